@@ -1,0 +1,1 @@
+"""aprompt: async-first prompt optimization for multi-stage language-model programs."""

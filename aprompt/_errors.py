@@ -1,0 +1,120 @@
+"""The exception tree: every error aprompt raises derives from :class:`APromptError`.
+
+Errors carry the context a user needs (the endpoint, the HTTP status, the server's message, the raw model
+text) and never a secret: API keys and request headers are not stored on any exception.
+"""
+
+from __future__ import annotations
+
+
+class APromptError(Exception):
+    """Base class of every error raised by aprompt."""
+
+
+class ConfigError(APromptError, ValueError):
+    """Invalid arguments or configuration, detected before any LM call is spent."""
+
+
+class ModelNotFoundError(ConfigError):
+    """The embedded local model's GGUF file could not be located."""
+
+
+class LMError(APromptError):
+    """A language-model request failed.
+
+    Attributes:
+        endpoint: base URL of the endpoint that failed (no credentials), or ``None``.
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} (endpoint: {self.endpoint})" if self.endpoint else base
+
+
+class LMConnectionError(LMError):
+    """The endpoint could not be reached or dropped the connection."""
+
+
+class LMTimeoutError(LMError):
+    """The endpoint did not answer within the configured timeout."""
+
+
+class LMStatusError(LMError):
+    """The endpoint answered with an HTTP error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        server_message: the error message from the response body, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        server_message: str = "",
+        endpoint: str | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.status_code = status_code
+        self.server_message = server_message
+
+
+class RateLimitError(LMStatusError):
+    """HTTP 429: the endpoint's rate limit was exceeded.
+
+    Attributes:
+        retry_after: seconds the server asked us to wait, if it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 429,
+        server_message: str = "",
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, status_code=status_code, server_message=server_message, endpoint=endpoint
+        )
+        self.retry_after = retry_after
+
+
+class ServerError(LMStatusError):
+    """HTTP 5xx (or 408/409): a transient server-side failure, retried."""
+
+
+class RequestRejectedError(LMStatusError):
+    """HTTP 4xx other than 408/409/429: the request itself is wrong; never retried."""
+
+
+class AuthenticationError(RequestRejectedError):
+    """HTTP 401/403: the API key is missing, wrong or lacks permission."""
+
+
+class BadResponseError(LMError):
+    """The endpoint answered 2xx with a body that is not a valid chat completion."""
+
+
+class ParseError(APromptError):
+    """A model reply could not be parsed into the signature's output fields.
+
+    Attributes:
+        raw_text: the model's reply as received.
+        missing: names of the output fields that were missing or invalid.
+    """
+
+    def __init__(self, message: str, *, raw_text: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.raw_text = raw_text
+        self.missing = missing
+
+
+class StateError(APromptError, ValueError):
+    """Saved prompt state does not match the program it is loaded into, or is malformed."""

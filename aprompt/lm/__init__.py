@@ -1,0 +1,1 @@
+"""Language-model clients, limits, retries, caching and usage accounting."""
