@@ -1,0 +1,1 @@
+"""Test helpers: fake LM servers on loopback."""
