@@ -1,1 +1,137 @@
-"""aprompt: async-first prompt optimization for multi-stage language-model programs."""
+"""aprompt: async-first prompt optimization (MIPRO) for multi-stage language-model programs.
+
+Example::
+
+    import aprompt
+
+    async with aprompt.local_lm() as lm:
+        result = await aprompt.optimize(program, trainset, metric, lm=lm, budget="light")
+        result.save("optimized.json")
+"""
+
+from aprompt import tpe
+from aprompt._errors import (
+    APromptError,
+    AuthenticationError,
+    BadResponseError,
+    CacheError,
+    ConfigError,
+    LMConnectionError,
+    LMError,
+    LMStatusError,
+    LMTimeoutError,
+    ModelNotFoundError,
+    ParseError,
+    RateLimitError,
+    RequestRejectedError,
+    ServerError,
+    StateError,
+)
+from aprompt.lm.cache import ResponseCache
+from aprompt.lm.local import LocalLM, find_local_model, local_lm
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.types import LM, Completion, Message, TokenUsage
+from aprompt.lm.usage import UsageSnapshot, total_usage
+from aprompt.optimize.api import optimize, optimize_events
+from aprompt.optimize.budget import Budget
+from aprompt.optimize.evaluate import Evaluation, evaluate
+from aprompt.optimize.events import (
+    CandidateDropped,
+    CandidateProposed,
+    Event,
+    FullEvaluation,
+    NewBest,
+    PhaseFinished,
+    PhaseStarted,
+    RunFinished,
+    RunPlanned,
+    TrialScored,
+)
+from aprompt.optimize.examples import Example
+from aprompt.optimize.propose import Grounding
+from aprompt.optimize.result import OptimizeResult, load
+from aprompt.program import (
+    ChainOfThought,
+    Demo,
+    Field,
+    InputField,
+    OutputField,
+    Predict,
+    Prediction,
+    Signature,
+    Trace,
+    TraceEntry,
+    load_state,
+    load_state_file,
+    named_predictors,
+    program_state,
+    save_state,
+    trace,
+    use_lm,
+)
+
+__all__ = [
+    "LM",
+    "APromptError",
+    "AuthenticationError",
+    "BadResponseError",
+    "Budget",
+    "CacheError",
+    "CandidateDropped",
+    "CandidateProposed",
+    "ChainOfThought",
+    "Completion",
+    "ConfigError",
+    "Demo",
+    "Evaluation",
+    "Event",
+    "Example",
+    "Field",
+    "FullEvaluation",
+    "Grounding",
+    "InputField",
+    "LMConnectionError",
+    "LMError",
+    "LMStatusError",
+    "LMTimeoutError",
+    "LocalLM",
+    "Message",
+    "ModelNotFoundError",
+    "NewBest",
+    "OpenAICompatibleLM",
+    "OptimizeResult",
+    "OutputField",
+    "ParseError",
+    "PhaseFinished",
+    "PhaseStarted",
+    "Predict",
+    "Prediction",
+    "RateLimitError",
+    "RequestRejectedError",
+    "ResponseCache",
+    "RunFinished",
+    "RunPlanned",
+    "ServerError",
+    "Signature",
+    "StateError",
+    "TokenUsage",
+    "Trace",
+    "TraceEntry",
+    "TrialScored",
+    "UsageSnapshot",
+    "evaluate",
+    "find_local_model",
+    "load",
+    "load_state",
+    "load_state_file",
+    "local_lm",
+    "named_predictors",
+    "optimize",
+    "optimize_events",
+    "program_state",
+    "save_state",
+    "total_usage",
+    "tpe",
+    "trace",
+    "use_lm",
+]

@@ -118,3 +118,19 @@ class ParseError(APromptError):
 
 class StateError(APromptError, ValueError):
     """Saved prompt state does not match the program it is loaded into, or is malformed."""
+
+
+class CacheError(APromptError):
+    """The LM response cache cannot be used: a corrupt, foreign or newer file, or a closed cache.
+
+    Attributes:
+        path: the cache file involved, or ``None`` for an in-memory cache.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} (cache file: {self.path})" if self.path else base

@@ -1,96 +1,123 @@
-"""Chat completions against any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...)."""
+"""Chat completions against any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...).
+
+Only the OpenAI wire format lives here; limits, retries, routing, caching and usage come from
+:class:`~aprompt.lm.http.HTTPChatLM`.
+"""
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
-from aprompt._errors import BadResponseError, LMStatusError
-from aprompt.lm.types import Completion, Message, TokenUsage, canonical_params
-from aprompt.lm.usage import UsageCounter, UsageSnapshot
+from aprompt.lm.cache import ResponseCache
+from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, EndpointSpec, HTTPChatLM
+from aprompt.lm.retry import RetryPolicy
+from aprompt.lm.types import Completion, Message, TokenUsage
+
+__all__ = ["OpenAICompatibleLM"]
 
 
-class OpenAICompatibleLM:
-    """An async chat client for an OpenAI-compatible ``/chat/completions`` endpoint.
+class OpenAICompatibleLM(HTTPChatLM):
+    """A production async client for OpenAI-compatible ``/chat/completions`` endpoints.
 
-    Minimal first version: one endpoint, one shared ``httpx.AsyncClient``.
+    Args:
+        model: the model name sent with each request.
+        base_url: a base URL, or several (strings or :class:`~aprompt.lm.endpoints.Endpoint` with
+            their own concurrency, rate limits and key); each request goes to the least-loaded
+            healthy one.
+        api_key: the key; default: the ``api_key_env`` environment variable. An empty key sends no
+            ``Authorization`` header. Keys never appear in ``repr``, logs, errors or the cache.
+        api_key_env: the environment variable read when ``api_key`` is None.
+        timeout: seconds for connecting, sending, and waiting for the response (then retried).
+        max_concurrency: requests in flight at once over all endpoints (each endpoint keeps up
+            to this many keep-alive connections, in lanes: see :mod:`aprompt.lm.connections`).
+        requests_per_minute, tokens_per_minute: client-wide limits shared by all endpoints (see
+            :mod:`aprompt.lm.limits` for the exact guarantee); None for no limit.
+        max_retries: re-sends after a retryable failure (overrides ``retry.max_retries``).
+        retry: the back-off policy (:class:`~aprompt.lm.retry.RetryPolicy`; default 6 retries, 0.5 s
+            doubling to 30 s, half jitter).
+        cache: a :class:`~aprompt.lm.cache.ResponseCache`; hits make no request. Not closed by us.
+        default_params: sampling parameters sent with every request unless overridden per call.
+        http_client: an ``httpx.AsyncClient`` to send every request with instead of our own
+            connection lanes (not closed by us; keep its pool small: httpcore's pool costs
+            CPU per request in proportion to the square of its connections).
+        endpoint_cooldown: seconds an endpoint is avoided after a connection error, timeout or 5xx.
+
+    Example::
+
+        async with OpenAICompatibleLM("gpt-4o-mini", max_concurrency=32,
+                                      requests_per_minute=500, cache=cache) as lm:
+            completion = await lm.chat([{"role": "user", "content": "Hi"}], temperature=0.0)
+            print(completion.text, lm.usage)
     """
+
+    path: ClassVar[str] = "/chat/completions"
 
     def __init__(
         self,
         model: str,
-        base_url: str = "https://api.openai.com/v1",
+        base_url: EndpointSpec = "https://api.openai.com/v1",
         *,
         api_key: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 60.0,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        cache: ResponseCache | None = None,
         default_params: Mapping[str, Any] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        endpoint_cooldown: float = 5.0,
     ) -> None:
-        self._model = model
-        self._base_url = base_url.rstrip("/")
-        key = api_key if api_key is not None else os.environ.get(api_key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout)
-        self._default_params = dict(default_params or {})
-        self._usage = UsageCounter()
+        super().__init__(
+            model,
+            base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            max_retries=max_retries,
+            retry=retry,
+            cache=cache,
+            default_params=default_params,
+            http_client=http_client,
+            endpoint_cooldown=endpoint_cooldown,
+        )
 
-    @property
-    def model(self) -> str:
-        return self._model
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    @property
-    def usage(self) -> UsageSnapshot:
-        return self._usage.snapshot()
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatibleLM(model={self._model!r}, base_url={self._base_url!r})"
-
-    async def chat(
-        self, messages: Sequence[Message], *, rollout: int = 0, **params: Any
-    ) -> Completion:
-        body = {
+    def _request_body(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Any:
+        return {
             "model": self._model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-            **canonical_params({**self._default_params, **params}),
+            **params,
         }
-        self._usage.calls += 1
-        self._usage.requests += 1
-        response = await self._client.post(f"{self._base_url}/chat/completions", json=body)
-        if response.status_code >= 400:
-            raise LMStatusError(
-                f"HTTP {response.status_code}",
-                status_code=response.status_code,
-                server_message=response.text[:500],
-                endpoint=self._base_url,
-            )
+
+    def _parse_completion(self, content: bytes) -> Completion:
+        data = json.loads(content)
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        return Completion(
+            text=choice["message"]["content"] or "",
+            usage=TokenUsage(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            ),
+            model=str(data.get("model") or self._model),
+            finish_reason=choice.get("finish_reason"),
+        )
+
+    def _server_message(self, content: bytes) -> str:
         try:
-            data = response.json()
-            choice = data["choices"][0]
-            usage = data.get("usage") or {}
-            completion = Completion(
-                text=choice["message"]["content"] or "",
-                usage=TokenUsage(
-                    int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-                ),
-                model=str(data.get("model", self._model)),
-                finish_reason=choice.get("finish_reason"),
-            )
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BadResponseError(
-                f"malformed chat completion: {exc!r}", endpoint=self._base_url
-            ) from None
-        self._usage.prompt_tokens += completion.usage.prompt_tokens
-        self._usage.completion_tokens += completion.usage.completion_tokens
-        return completion
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def __aenter__(self) -> OpenAICompatibleLM:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+            error = json.loads(content)["error"]
+            message = error["message"] if isinstance(error, dict) else error
+            return str(message)[:500]
+        except (ValueError, KeyError, TypeError):
+            return content.decode("utf-8", "replace").strip()[:500]

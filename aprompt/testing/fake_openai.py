@@ -1,9 +1,10 @@
 """A fake OpenAI-compatible chat server on loopback, with scriptable answers and fault injection.
 
-It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for real clients such as httpx, and is
-meant for tests and benchmarks: every request is recorded with its arrival and finish times, the number
-of requests in flight is tracked, and faults (429 with Retry-After, 5xx, delays, dropped connections,
-invalid JSON, bodies missing fields) can be queued for the next requests or drawn at seeded rates.
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for real clients such as httpx,
+and is meant for tests and benchmarks: every request is recorded with its arrival and finish times,
+the number of requests in flight is tracked, and faults (429 with Retry-After, 5xx, delays, dropped
+connections, invalid JSON, bodies missing fields) can be queued for the next requests or drawn at
+seeded rates. ``python -m aprompt.testing.fake_openai --latency-ms 20`` runs one in its own process.
 
 Example::
 
@@ -14,13 +15,16 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import math
 import random
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -30,8 +34,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 __all__ = [
     "ChatRequest",
-    "Fault",
     "FakeOpenAIServer",
+    "Fault",
     "RecordedRequest",
     "ServerRateLimit",
     "estimate_tokens",
@@ -78,7 +82,7 @@ class Fault:
 
     @classmethod
     def rate_limited(cls, retry_after: str | None = "1") -> Fault:
-        """HTTP 429; ``retry_after`` is sent verbatim (seconds, or an HTTP date), or omitted if None."""
+        """HTTP 429; ``retry_after`` is sent verbatim (seconds or an HTTP date); None omits it."""
         return cls("status", status=429, retry_after=retry_after, message="rate limit exceeded")
 
     @classmethod
@@ -104,8 +108,9 @@ class Fault:
 
 @attrs.frozen
 class ServerRateLimit:
-    """A hard server-side limit: more than ``requests_per_minute`` requests (or ``tokens_per_minute``
-    prompt+completion tokens) in any trailing 60 s window are answered 429 with Retry-After."""
+    """A hard server-side limit: more than ``requests_per_minute`` requests (or
+    ``tokens_per_minute`` prompt+completion tokens) in any trailing 60 s window are answered 429
+    with Retry-After."""
 
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
@@ -143,6 +148,8 @@ class FakeOpenAIServer:
         fault_rates: probability per request of each :class:`Fault` (drawn in order, seeded).
         rate_limit: a hard server-side rate limit answered with 429.
         seed: seeds the latency and fault draws.
+        record: keep a :class:`RecordedRequest` per request in :attr:`requests` (turn off for long
+            benchmark runs; :attr:`answered` still counts).
     """
 
     responder: Responder = _default_responder
@@ -153,16 +160,20 @@ class FakeOpenAIServer:
     seed: int = 0
     host: str = "127.0.0.1"
     port: int = 0
+    record: bool = True
 
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     in_flight: int = attrs.field(default=0, init=False)
     max_in_flight: int = attrs.field(default=0, init=False)
+    answered: int = attrs.field(default=0, init=False)
     connections_opened: int = attrs.field(default=0, init=False)
     _faults: deque[Fault] = attrs.field(factory=deque, init=False)
     _rng: random.Random = attrs.field(init=False)
     _window: deque[tuple[float, int]] = attrs.field(factory=deque, init=False)
     _task_group: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
-    _listener: anyio.abc.SocketListener | None = attrs.field(default=None, init=False)
+    _listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = attrs.field(
+        default=None, init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -187,13 +198,14 @@ class FakeOpenAIServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> FakeOpenAIServer:
-        self._listener = await anyio.create_tcp_listener(
+        listener = await anyio.create_tcp_listener(
             local_host=self.host, local_port=self.port, reuse_port=False
         )
-        self.port = int(self._listener.extra(anyio.abc.SocketAttribute.local_port))
+        self._listener = listener
+        self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._listener.serve, self._handle_connection)
+        self._task_group.start_soon(listener.serve, self._handle_connection)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -215,7 +227,7 @@ class FakeOpenAIServer:
                 except anyio.DelimiterNotFound:
                     return
                 lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+                method, path, _ = [*lines[0].split(" ", 2), "", ""][:3]
                 headers = {}
                 for line in lines[1:]:
                     name, _, value = line.partition(":")
@@ -257,29 +269,42 @@ class FakeOpenAIServer:
             return False
         finally:
             self.in_flight -= 1
-            self.requests.append(
-                RecordedRequest(
-                    path=path,
-                    body=body,
-                    headers={k: v for k, v in headers.items()},
-                    started=started,
-                    finished=time.monotonic(),
-                    status=status,
-                    fault=fault_name,
+            if status == 200 and fault_name is None:
+                self.answered += 1
+            if self.record:
+                self.requests.append(
+                    RecordedRequest(
+                        path=path,
+                        body=body,
+                        headers={k: v for k, v in headers.items()},
+                        started=started,
+                        finished=time.monotonic(),
+                        status=status,
+                        fault=fault_name,
+                    )
                 )
-            )
 
     async def _answer(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
     ) -> tuple[int, bytes, dict[str, str], str | None]:
         if method == "GET" and path.rstrip("/").endswith("/models"):
-            return 200, _json({"object": "list", "data": [{"id": "fake", "object": "model"}]}), {}, None
+            return (
+                200,
+                _json({"object": "list", "data": [{"id": "fake", "object": "model"}]}),
+                {},
+                None,
+            )
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
             return 404, _error_body("not found", "invalid_request_error"), {}, None
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             return 401, _error_body("Incorrect API key provided.", "invalid_api_key"), {}, None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return 400, _error_body("'messages' is a required property", "invalid_request_error"), {}, None
+            return (
+                400,
+                _error_body("'messages' is a required property", "invalid_request_error"),
+                {},
+                None,
+            )
 
         fault = self._next_fault()
         latency = self.latency(self._rng) if callable(self.latency) else self.latency
@@ -288,7 +313,12 @@ class FakeOpenAIServer:
         if fault is not None and fault.kind == "status":
             extra = {"retry-after": fault.retry_after} if fault.retry_after else {}
             await anyio.sleep(min(latency, 0.05))
-            return fault.status, _error_body(fault.message, "injected"), extra, f"status:{fault.status}"
+            return (
+                fault.status,
+                _error_body(fault.message, "injected"),
+                extra,
+                f"status:{fault.status}",
+            )
         if fault is not None and fault.kind == "drop":
             await anyio.sleep(min(latency, 0.05))
             return -1, b"", {}, "drop"
@@ -307,9 +337,12 @@ class FakeOpenAIServer:
         completion_tokens = estimate_tokens(text)
         limited = self._over_rate_limit(prompt_tokens + completion_tokens)
         if limited is not None:
-            return 429, _error_body("rate limit exceeded", "rate_limit_exceeded"), {
-                "retry-after": f"{limited:.3f}"
-            }, "rate_limit"
+            return (
+                429,
+                _error_body("rate limit exceeded", "rate_limit_exceeded"),
+                {"retry-after": f"{limited:.3f}"},
+                "rate_limit",
+            )
         await anyio.sleep(latency)
         if fault is not None and fault.kind == "invalid_json":
             return 200, b'{"choices": [{"message": ', {}, "invalid_json"
@@ -357,7 +390,9 @@ class FakeOpenAIServer:
         over_requests = (
             limit.requests_per_minute is not None and count + 1 > limit.requests_per_minute
         )
-        over_tokens = limit.tokens_per_minute is not None and used + tokens > limit.tokens_per_minute
+        over_tokens = (
+            limit.tokens_per_minute is not None and used + tokens > limit.tokens_per_minute
+        )
         if not (over_requests or over_tokens):
             self._window.append((now, tokens))
             return None
@@ -373,7 +408,13 @@ def _error_body(message: str, code: str) -> bytes:
     return _json({"error": {"message": message, "type": code, "code": code}})
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+}
 
 
 async def _send(
@@ -388,3 +429,48 @@ async def _send(
     ]
     head += [f"{name}: {value}" for name, value in extra_headers.items()]
     await stream.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+
+
+async def serve_forever(server: FakeOpenAIServer, *, ready: Callable[[str], None]) -> None:
+    """Run ``server`` until SIGINT or SIGTERM, calling ``ready(base_url)`` once it listens."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with server:
+            ready(server.base_url)
+            async for _ in signals:
+                return
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m aprompt.testing.fake_openai --port 0 --latency-ms 20``: serve in this process.
+
+    Prints the base URL as the first line of stdout once listening (for benchmarks that run the
+    server in a separate process, so that its CPU does not count as the client's), then serves
+    until SIGINT or SIGTERM and prints how many chat requests it answered.
+    """
+    parser = argparse.ArgumentParser(prog="python -m aprompt.testing.fake_openai")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of each answer")
+    parser.add_argument("--api-key", default=None, help="require this bearer key")
+    parser.add_argument("--text", default="Answer: ok", help="the assistant's reply")
+    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    args = parser.parse_args(argv)
+    text = args.text
+    server = FakeOpenAIServer(
+        responder=lambda request: text,
+        latency=args.latency_ms / 1000.0,
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        record=False,
+    )
+
+    def ready(base_url: str) -> None:
+        print(base_url, flush=True)
+
+    anyio.run(partial(serve_forever, server, ready=ready), backend=args.backend)
+    print(f"answered {server.answered} chat requests", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The cache an LM client consults: memory, then disk, then the endpoint, with single-flight."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+import attrs
+
+from aprompt._errors import CacheError
+from aprompt.lm.cache._memory import MemoryCache
+from aprompt.lm.cache._sqlite import SQLiteCache
+from aprompt.lm.types import Completion
+
+CACHE_FILE_NAME = "lm-cache.sqlite3"
+
+
+def default_cache_dir() -> Path:
+    """The directory :meth:`ResponseCache.in_directory` is usually given.
+
+    ``$APROMPT_CACHE_DIR`` when set (``~`` expanded), else ``~/.cache/aprompt``.
+    """
+    configured = os.environ.get("APROMPT_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "aprompt"
+
+
+@attrs.frozen
+class CacheStats:
+    """What a :class:`ResponseCache` has answered since it was created.
+
+    Attributes:
+        memory_hits: calls answered from the in-memory LRU.
+        disk_hits: calls answered from the SQLite file.
+        coalesced: calls that awaited an identical call already computing (single-flight).
+        misses: calls that ran ``compute`` (including those whose compute then failed).
+    """
+
+    memory_hits: int = 0
+    disk_hits: int = 0
+    coalesced: int = 0
+    misses: int = 0
+
+    @property
+    def hits(self) -> int:
+        """Calls answered without running ``compute``: the calls that returned ``hit=True``."""
+        return self.memory_hits + self.disk_hits + self.coalesced
+
+    @property
+    def calls(self) -> int:
+        return self.hits + self.misses
+
+
+@attrs.define
+class _Counts:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    coalesced: int = 0
+    misses: int = 0
+
+
+@attrs.define
+class _Flight:
+    """One compute in progress; identical calls wait on ``done`` and take its outcome."""
+
+    done: anyio.Event
+    # The completion marked cached=True, as every coalesced caller receives it.
+    result: Completion | None = None
+    error: Exception | None = None
+
+
+class ResponseCache:
+    """Answers chat requests from memory, then disk, then by computing; identical calls share one.
+
+    :meth:`get_or_compute` looks a key up in the in-memory LRU, then in the SQLite file (promoting
+    a disk hit to memory), and only then awaits ``compute``. Concurrent calls with a key that is
+    being computed wait for that result instead of computing again (single-flight). Errors are
+    never cached: if the compute raises, every waiting call raises the same exception and nothing
+    is stored. If the computing call is cancelled, one of the waiting calls computes instead.
+
+    With neither store (:meth:`disabled`), every call computes and nothing is coalesced.
+
+    One ``ResponseCache`` serves one event loop at a time (asyncio or trio); the SQLite file
+    behind it can be shared with other caches, threads and processes.
+
+    Example:
+        >>> async def main() -> None:  # doctest: +SKIP
+        ...     with ResponseCache.in_directory(default_cache_dir()) as cache:
+        ...         key = request_key(model="m", messages=messages, params={"temperature": 0})
+        ...         completion, hit = await cache.get_or_compute(key, lambda: lm_call(messages))
+    """
+
+    def __init__(self, memory: MemoryCache | None, disk: SQLiteCache | None) -> None:
+        self._memory = memory
+        self._disk = disk
+        self._enabled = memory is not None or disk is not None
+        self._flights: dict[str, _Flight] = {}
+        self._counts = _Counts()
+        self._closed = False
+
+    @classmethod
+    def in_directory(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_entries: int = 10_000,
+        busy_timeout: float = 30.0,
+    ) -> ResponseCache:
+        """A disk cache in ``path/lm-cache.sqlite3`` (the directory is created) behind an LRU.
+
+        Raises:
+            CacheError: the file exists but is not a usable aprompt cache.
+        """
+        directory = Path(path).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        memory = MemoryCache(max_entries)
+        return cls(memory, SQLiteCache(directory / CACHE_FILE_NAME, busy_timeout=busy_timeout))
+
+    @classmethod
+    def memory_only(cls, max_entries: int = 10_000) -> ResponseCache:
+        """An in-process LRU only: nothing outlives the process."""
+        return cls(MemoryCache(max_entries), None)
+
+    @classmethod
+    def disabled(cls) -> ResponseCache:
+        """No cache: every call computes, and identical concurrent calls are not coalesced."""
+        return cls(None, None)
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def memory(self) -> MemoryCache | None:
+        return self._memory
+
+    @property
+    def disk(self) -> SQLiteCache | None:
+        return self._disk
+
+    @property
+    def stats(self) -> CacheStats:
+        """Counters since creation (see :class:`CacheStats`)."""
+        return CacheStats(**attrs.asdict(self._counts))
+
+    async def get_or_compute(
+        self, key: str, compute: Callable[[], Awaitable[Completion]]
+    ) -> tuple[Completion, bool]:
+        """Return ``(completion, hit)`` for ``key``, awaiting ``compute()`` only on a miss.
+
+        ``hit`` is True when the completion came from memory, disk or an identical call in
+        flight; such completions have ``cached=True``. A computed completion is stored and
+        returned with ``cached=False``.
+
+        Raises:
+            CacheError: the cache is closed, or its file cannot be read or written.
+            Exception: whatever ``compute`` raised, in this call or in the identical call it
+                waited for.
+        """
+        if self._closed:
+            path = self._disk.path if self._disk is not None else None
+            raise CacheError("the LM cache is closed", path=path)
+        if not self._enabled:
+            self._counts.misses += 1
+            return _fresh(await compute()), False
+        while True:
+            if self._memory is not None:
+                found = self._memory.get(key)
+                if found is not None:
+                    self._counts.memory_hits += 1
+                    return (found if found.cached else attrs.evolve(found, cached=True)), True
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._lead(key, compute)
+            await flight.done.wait()
+            if flight.result is not None:
+                self._counts.coalesced += 1
+                return flight.result, True
+            if flight.error is not None:
+                raise flight.error
+            # The computing call was cancelled before it had a result: the first waiter to get
+            # here finds no flight and computes; the others wait for it.
+
+    async def _lead(
+        self, key: str, compute: Callable[[], Awaitable[Completion]]
+    ) -> tuple[Completion, bool]:
+        flight = _Flight(anyio.Event())
+        self._flights[key] = flight
+        try:
+            if self._disk is not None:
+                found = self._disk.get(key)
+                if found is not None:
+                    self._counts.disk_hits += 1
+                    self._remember(key, found)
+                    flight.result = found
+                    return found, True
+            self._counts.misses += 1
+            fresh = _fresh(await compute())
+            flight.result = attrs.evolve(fresh, cached=True)
+            self._remember(key, flight.result)
+            flight.done.set()  # waiters need not wait for the disk write
+            if self._disk is not None:
+                await self._disk.put(key, fresh)
+            return fresh, False
+        except Exception as exc:
+            if flight.result is None:
+                flight.error = exc
+            raise
+        finally:
+            # Waiters wake with a result, an error, or neither (cancelled): then one takes over.
+            del self._flights[key]
+            flight.done.set()
+
+    def _remember(self, key: str, completion: Completion) -> None:
+        if self._memory is not None:
+            self._memory.put(key, completion)
+
+    def clear(self) -> None:
+        """Forget every entry, in memory and on disk (calls in flight still store theirs)."""
+        if self._memory is not None:
+            self._memory.clear()
+        if self._disk is not None:
+            self._disk.clear()
+
+    def close(self) -> None:
+        """Close the disk file; idempotent. Later calls raise :class:`CacheError`."""
+        self._closed = True
+        if self._disk is not None:
+            self._disk.close()
+
+    def __len__(self) -> int:
+        """Entries stored: on disk if there is a disk (a table scan), else in memory."""
+        if self._disk is not None:
+            return len(self._disk)
+        return len(self._memory) if self._memory is not None else 0
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResponseCache(memory={self._memory!r}, disk={self._disk!r})"
+
+
+def _fresh(completion: Completion) -> Completion:
+    return attrs.evolve(completion, cached=False) if completion.cached else completion

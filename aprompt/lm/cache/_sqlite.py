@@ -1,0 +1,270 @@
+"""A completion store in one SQLite file, shared safely by tasks, threads and processes.
+
+Threading: reads run inline on the event loop, writes run in a worker thread.
+
+- A read is one primary-key lookup in WAL mode, where readers never wait for writers (their own
+  or another process's): tens of microseconds, less than a hop to a worker thread and back. Warm
+  caches are read-heavy, so the hot path stays on the loop and needs no thread-pool token.
+- A write only follows an LM call (milliseconds to minutes), so the thread hop is noise next to
+  it, and the thread absorbs what can stall a write: waiting up to ``busy_timeout`` for another
+  process's write lock, and the fsync of an automatic WAL checkpoint.
+
+Each direction owns one connection guarded by its own lock (sqlite3 connections must not be
+shared across threads unguarded), so a read never queues behind a write stuck on the file lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from aprompt._errors import CacheError
+from aprompt.lm.types import Completion, TokenUsage
+
+# Written into the file header, so a foreign SQLite database is told apart from ours.
+_APPLICATION_ID = 0x61707263  # "aprc"
+SCHEMA_VERSION = 1
+
+_T = TypeVar("_T")
+
+_CREATE = (
+    "CREATE TABLE completions ("
+    " key TEXT PRIMARY KEY NOT NULL,"
+    " value TEXT NOT NULL,"
+    " created REAL NOT NULL"
+    ") WITHOUT ROWID"
+)
+_SELECT = "SELECT value FROM completions WHERE key = ?"
+# First writer wins: two processes that computed the same key keep one stable answer on disk.
+_INSERT = (
+    "INSERT INTO completions (key, value, created) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
+
+
+class SQLiteCache:
+    """Completions in one SQLite file (WAL mode), keyed by :func:`request_key`.
+
+    Rows hold only the key, the completion (text, token usage, model, finish reason) as JSON and a
+    creation timestamp: never the prompt, the parameters or any credential. The schema is
+    versioned in the file header (``PRAGMA application_id`` and ``user_version``).
+
+    Any number of tasks (asyncio or trio), threads and processes may share the file at once; a
+    process that finds the file locked waits up to ``busy_timeout`` seconds. Keep the file on a
+    local disk: WAL needs shared memory, which network file systems do not provide.
+
+    Raises:
+        CacheError: the file is not a SQLite database, is another program's database, was
+            written by a newer aprompt, or cannot be opened.
+
+    Example:
+        >>> with SQLiteCache(tmp_path / "lm-cache.sqlite3") as disk:  # doctest: +SKIP
+        ...     disk.get("0" * 64) is None
+        True
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        self._path = os.fspath(path)
+        self._writer = _connect(self._path, busy_timeout, prepare=True)
+        try:
+            self._reader = _connect(self._path, busy_timeout, prepare=False)
+            self._reader.execute("PRAGMA query_only = ON")
+        except BaseException:
+            self._writer.close()
+            raise
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def get(self, key: str) -> Completion | None:
+        """Return the completion stored under ``key``, marked ``cached=True``, or ``None``.
+
+        Runs inline: one indexed read that never waits for writers.
+        """
+        with self._read_lock:
+            self._check_open()
+            try:
+                row = self._reader.execute(_SELECT, (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise CacheError(f"cannot read the LM cache: {exc}", path=self._path) from exc
+        return None if row is None else _decode(row[0], key, self._path)
+
+    async def put(self, key: str, completion: Completion) -> None:
+        """Store ``completion`` under ``key`` in a worker thread; a key already stored is kept.
+
+        The ``cached`` flag is not stored: what :meth:`get` returns is always ``cached=True``.
+        """
+        value = _encode(completion)
+        await anyio.to_thread.run_sync(self._write, key, value)
+
+    def clear(self) -> None:
+        """Delete every entry (blocking; entries other processes write afterwards remain)."""
+        with self._write_lock:
+            self._check_open()
+            try:
+                self._writer.execute("DELETE FROM completions")
+            except sqlite3.Error as exc:
+                raise CacheError(f"cannot clear the LM cache: {exc}", path=self._path) from exc
+
+    def close(self) -> None:
+        """Close the connections; idempotent. Later reads and writes raise :class:`CacheError`."""
+        with self._write_lock, self._read_lock:
+            if not self._closed:
+                self._closed = True
+                self._reader.close()
+                self._writer.close()
+
+    def __len__(self) -> int:
+        """Number of entries in the file (a table scan: fine for reports, not for hot loops)."""
+        with self._read_lock:
+            self._check_open()
+            try:
+                (count,) = self._reader.execute("SELECT count(*) FROM completions").fetchone()
+            except sqlite3.Error as exc:
+                raise CacheError(f"cannot read the LM cache: {exc}", path=self._path) from exc
+        return int(count)
+
+    def __enter__(self) -> SQLiteCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteCache({self._path!r})"
+
+    def _write(self, key: str, value: str) -> None:
+        with self._write_lock:
+            self._check_open()
+            try:
+                self._writer.execute(_INSERT, (key, value, time.time()))
+            except sqlite3.Error as exc:
+                raise CacheError(f"cannot write to the LM cache: {exc}", path=self._path) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheError("the LM cache is closed", path=self._path)
+
+
+def _connect(path: str, busy_timeout: float, *, prepare: bool) -> sqlite3.Connection:
+    """Open one autocommit connection; with ``prepare``, validate (or create) the schema first."""
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise CacheError(f"cannot open the LM cache: {exc}", path=path) from exc
+    try:
+        if prepare:
+            _prepare(conn, path)
+        conn.execute("PRAGMA synchronous = NORMAL")  # safe in WAL: a crash loses no committed row
+    except CacheError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise CacheError(f"not a usable aprompt LM cache ({exc})", path=path) from exc
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: str) -> None:
+    """Check that the file is ours at a version we read, creating the schema in an empty file."""
+    # The first read of the header is what fails on a file that is not a SQLite database at all.
+    if _pragma(conn, "application_id") == 0:
+        _create_schema_if_empty(conn, path)
+    if _pragma(conn, "application_id") != _APPLICATION_ID:
+        raise CacheError(
+            "the file is a SQLite database of another program, not an aprompt LM cache; "
+            "point the cache elsewhere",
+            path=path,
+        )
+    version = _pragma(conn, "user_version")
+    if version != SCHEMA_VERSION:
+        raise CacheError(
+            f"the LM cache has schema version {version}, this aprompt reads version "
+            f"{SCHEMA_VERSION}; use a matching aprompt or another cache directory",
+            path=path,
+        )
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise CacheError(f"cannot put the LM cache in WAL mode (got {mode!r})", path=path)
+
+
+def _create_schema_if_empty(conn: sqlite3.Connection, path: str) -> None:
+    # IMMEDIATE takes the write lock first, so two processes creating one file take turns.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _pragma(conn, "application_id") == 0:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if tables:
+                raise CacheError(
+                    "the file is a SQLite database of another program, not an aprompt LM cache; "
+                    "point the cache elsewhere",
+                    path=path,
+                )
+            conn.execute(_CREATE)
+            conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _pragma(conn: sqlite3.Connection, name: str) -> int:
+    return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def _encode(completion: Completion) -> str:
+    return json.dumps(
+        {
+            "text": completion.text,
+            "prompt_tokens": completion.usage.prompt_tokens,
+            "completion_tokens": completion.usage.completion_tokens,
+            "model": completion.model,
+            "finish_reason": completion.finish_reason,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _decode(value: str, key: str, path: str) -> Completion:
+    try:
+        data: dict[str, Any] = json.loads(value)
+        finish_reason = data["finish_reason"]
+        completion = Completion(
+            text=_typed(data["text"], str),
+            usage=TokenUsage(
+                _typed(data["prompt_tokens"], int), _typed(data["completion_tokens"], int)
+            ),
+            model=_typed(data["model"], str),
+            finish_reason=None if finish_reason is None else _typed(finish_reason, str),
+            cached=True,
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CacheError(f"malformed LM cache entry {key}: {exc!r}", path=path) from exc
+    return completion
+
+
+def _typed(value: object, kind: type[_T]) -> _T:
+    if not isinstance(value, kind):
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,217 @@
+"""Several endpoints behind one client: their configuration, runtime state, routing and health.
+
+Each request goes to the least-loaded *available* endpoint, load being ``in_flight /
+max_concurrency`` (requests routed to it, waiting for a slot included), so an endpoint with a
+quarter of the capacity gets about a quarter of the traffic. An endpoint is unavailable while it
+cools down after a connection error, timeout or 5xx, or while its limiter is paused by a 429; a
+retry therefore fails over to another one. When every endpoint is unavailable the least-loaded one
+is used anyway (the retry back-off spaces those).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+import anyio
+import attrs
+import httpx
+
+from aprompt._errors import ConfigError
+from aprompt.lm.connections import ConnectionLanes
+from aprompt.lm.limits import RateLimiter
+
+__all__ = ["Endpoint", "EndpointLease", "EndpointPool", "EndpointState", "public_url"]
+
+
+@attrs.frozen
+class Endpoint:
+    """One server speaking the provider's API, with its own limits and, optionally, its own key.
+
+    Attributes:
+        url: the base URL (e.g. ``http://gpu-1:8000/v1``).
+        max_concurrency: requests in flight here at once (default: the client's).
+        requests_per_minute, tokens_per_minute: this endpoint's own rate limits (see
+            :mod:`aprompt.lm.limits`), in addition to any client-wide ones.
+        api_key: this endpoint's key (never shown in ``repr``); default: ``api_key_env``, then the
+            client's key.
+        api_key_env: an environment variable holding this endpoint's key.
+
+    Example:
+        >>> Endpoint("http://gpu-1:8000/v1", max_concurrency=16, api_key="sk-...").url
+        'http://gpu-1:8000/v1'
+    """
+
+    url: str
+    max_concurrency: int | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    api_key: str | None = attrs.field(default=None, repr=False)
+    api_key_env: str | None = None
+
+
+def public_url(url: str) -> str:
+    """``url`` without credentials or a trailing slash: safe to show in errors and logs."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise ConfigError("invalid endpoint URL") from None
+    if not parsed.scheme or not parsed.host:
+        raise ConfigError(f"endpoint URL needs a scheme and a host: {url.split('@')[-1]!r}")
+    if parsed.userinfo:
+        parsed = parsed.copy_with(username=None, password=None)
+    return str(parsed).rstrip("/")
+
+
+class EndpointState:
+    """The runtime state of one endpoint: its slots, rate limiter, load and health.
+
+    Attributes:
+        url: the credential-free base URL (also what errors and logs show).
+        headers: request headers for this endpoint, authentication included (never shown).
+        capacity: its concurrency cap.
+        slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity``.
+        limiter: its :class:`~aprompt.lm.limits.RateLimiter` (the one a 429 from here pauses).
+        lanes: its keep-alive connections (see :mod:`aprompt.lm.connections`).
+        in_flight: requests routed here and not yet finished (including those waiting for a slot).
+        unhealthy_until: clock reading until which it cools down after a failure.
+    """
+
+    __slots__ = (
+        "capacity",
+        "headers",
+        "in_flight",
+        "lanes",
+        "limiter",
+        "slots",
+        "unhealthy_until",
+        "url",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        capacity: int,
+        limiter: RateLimiter,
+        lanes: ConnectionLanes,
+    ) -> None:
+        if capacity < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {capacity}")
+        self.url = url
+        self.headers = dict(headers)
+        self.capacity = capacity
+        self.slots = anyio.CapacityLimiter(capacity)
+        self.limiter = limiter
+        self.lanes = lanes
+        self.in_flight = 0
+        self.unhealthy_until = -math.inf
+
+    def __repr__(self) -> str:
+        return f"EndpointState({self.url!r}, in_flight={self.in_flight}, capacity={self.capacity})"
+
+
+class EndpointPool:
+    """Routes requests over several :class:`EndpointState` and tracks their health.
+
+    Args:
+        endpoints: at least one endpoint.
+        cooldown: seconds an endpoint is avoided after a connection error, timeout or 5xx.
+        clock: a monotonic clock in seconds.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[EndpointState],
+        *,
+        cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not endpoints:
+            raise ConfigError("at least one endpoint is needed")
+        self._endpoints = tuple(endpoints)
+        self._cooldown = cooldown
+        self._clock = clock
+        self._turn = 0
+
+    @property
+    def endpoints(self) -> tuple[EndpointState, ...]:
+        return self._endpoints
+
+    @property
+    def capacity(self) -> int:
+        """Total concurrency over all endpoints."""
+        return sum(endpoint.capacity for endpoint in self._endpoints)
+
+    def is_available(self, endpoint: EndpointState) -> bool:
+        """Not cooling down after a failure and not paused by a 429."""
+        now = self._clock()
+        return now >= endpoint.unhealthy_until and now >= endpoint.limiter.paused_until
+
+    def choose(self) -> EndpointState:
+        """The least-loaded available endpoint (ties rotate), or the least-loaded one if none is."""
+        endpoints = self._endpoints
+        if len(endpoints) == 1:
+            return endpoints[0]
+        start = self._turn = (self._turn + 1) % len(endpoints)
+        best = endpoints[start]
+        best_rank = self._rank(best)
+        for offset in range(1, len(endpoints)):
+            candidate = endpoints[(start + offset) % len(endpoints)]
+            rank = self._rank(candidate)
+            if rank < best_rank:
+                best, best_rank = candidate, rank
+        return best
+
+    def _rank(self, endpoint: EndpointState) -> tuple[bool, float]:
+        return (not self.is_available(endpoint), endpoint.in_flight / endpoint.capacity)
+
+    def lease(self) -> EndpointLease:
+        """``async with pool.lease() as lease:`` routes a request and holds one of its slots."""
+        return EndpointLease(self)
+
+    async def aclose(self) -> None:
+        """Close every endpoint's connections."""
+        for endpoint in self._endpoints:
+            await endpoint.lanes.aclose()
+
+    def mark_unhealthy(self, endpoint: EndpointState) -> None:
+        """Avoid ``endpoint`` for the cool-down (only matters when there is another to use)."""
+        endpoint.unhealthy_until = self._clock() + self._cooldown
+
+
+class EndpointLease:
+    """An async context manager: choose an endpoint, count it in flight, hold one of its slots and a
+    place in one of its connection lanes (:attr:`endpoint`, :attr:`client`)."""
+
+    __slots__ = ("_lane", "_pool", "client", "endpoint")
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self._pool = pool
+
+    async def __aenter__(self) -> EndpointLease:
+        endpoint = self._pool.choose()
+        endpoint.in_flight += 1
+        try:
+            await endpoint.slots.acquire()
+        except BaseException:
+            endpoint.in_flight -= 1
+            raise
+        self.endpoint = endpoint
+        self._lane = endpoint.lanes.take()
+        self.client = endpoint.lanes.client(self._lane)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        endpoint = self.endpoint
+        endpoint.lanes.give(self._lane)
+        endpoint.slots.release()
+        endpoint.in_flight -= 1

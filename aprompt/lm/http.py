@@ -1,0 +1,336 @@
+"""The provider-independent half of the HTTP chat clients: pooled keep-alive connections,
+concurrency caps, rate limits, retries, endpoint routing, the response cache and usage accounting.
+
+A provider client subclasses :class:`HTTPChatLM` and supplies only its wire format: the request
+path, authentication headers, request body, response parsing and error-message extraction (see
+:class:`~aprompt.lm.openai.OpenAICompatibleLM`).
+
+One call, in order: the cache (identical in-flight calls share one computation), then per attempt
+the client-wide concurrency slot, an endpoint (least-loaded available), one of its slots and a
+connection (:mod:`aprompt.lm.connections`), the endpoint's rate limiter, the client-wide rate
+limiter, and only then the HTTP request. Retry back-offs are slept outside every slot.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import anyio
+import attrs
+import httpx
+import tenacity
+
+from aprompt._errors import (
+    BadResponseError,
+    ConfigError,
+    LMConnectionError,
+    LMError,
+    LMTimeoutError,
+    RateLimitError,
+    ServerError,
+)
+from aprompt.lm.cache import ResponseCache, request_key
+from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
+from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
+from aprompt.lm.limits import RateLimiter, estimate_request_tokens
+from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
+from aprompt.lm.types import Completion, Message, canonical_params
+from aprompt.lm.usage import UsageCounter, UsageSnapshot
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "EndpointSpec", "HTTPChatLM"]
+
+logger = logging.getLogger("aprompt.lm")
+
+DEFAULT_MAX_CONCURRENCY = 64
+
+#: What a client accepts as its endpoints: a base URL, an :class:`Endpoint`, or several of them.
+EndpointSpec = str | Endpoint | Sequence[str | Endpoint]
+
+
+class HTTPChatLM(abc.ABC):
+    """Base of the HTTP chat clients; implements the :class:`~aprompt.lm.types.LM` protocol.
+
+    Subclasses set :attr:`path` and implement the ``_auth_headers``, ``_request_body``,
+    ``_parse_completion`` and ``_server_message`` hooks. See
+    :class:`~aprompt.lm.openai.OpenAICompatibleLM` for the arguments.
+    """
+
+    #: Appended to each endpoint's base URL, e.g. ``"/chat/completions"``.
+    path: ClassVar[str]
+
+    def __init__(
+        self,
+        model: str,
+        endpoints: EndpointSpec,
+        *,
+        api_key: str | None,
+        api_key_env: str | None,
+        timeout: float,
+        max_concurrency: int,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        max_retries: int | None,
+        retry: RetryPolicy | None,
+        cache: ResponseCache | None,
+        default_params: Mapping[str, Any] | None,
+        http_client: httpx.AsyncClient | None,
+        endpoint_cooldown: float,
+    ) -> None:
+        if not model:
+            raise ConfigError("a model name is required")
+        if max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {timeout}")
+        self._model = model
+        default_key = api_key if api_key is not None else _env(api_key_env)
+        specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
+        make_client = LaneClientFactory(timeout)
+        states, keys = [], []
+        for spec in specs:
+            endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
+            key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
+            keys.append(key)
+            capacity = endpoint.max_concurrency or max_concurrency
+            states.append(
+                EndpointState(
+                    public_url(endpoint.url),
+                    headers=self._auth_headers(key),
+                    capacity=capacity,
+                    limiter=RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute),
+                    lanes=ConnectionLanes(capacity, make_client, shared_client=http_client),
+                )
+            )
+        self._secrets = tuple({key for key in keys if key})
+        self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
+        total = min(max_concurrency, self._pool.capacity)
+        self._slots = anyio.CapacityLimiter(total)
+        self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+        policy = retry if retry is not None else RetryPolicy()
+        self._retry = (
+            policy if max_retries is None else attrs.evolve(policy, max_retries=max_retries)
+        )
+        self._cache = cache
+        self._default_params = dict(default_params or {})
+        self._usage = UsageCounter()
+        self._timeout = timeout
+        self._closed = False
+
+    # -- wire-format hooks ------------------------------------------------------------------
+    @abc.abstractmethod
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """Headers authenticating with ``api_key`` (None: no key configured)."""
+
+    @abc.abstractmethod
+    def _request_body(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Any:
+        """The JSON body of one request (``params`` are canonical and never hold ``rollout``)."""
+
+    @abc.abstractmethod
+    def _parse_completion(self, content: bytes) -> Completion:
+        """A 2xx body as a completion; raises ValueError, KeyError, IndexError or TypeError
+        if it is malformed."""
+
+    @abc.abstractmethod
+    def _server_message(self, content: bytes) -> str:
+        """The human-readable error message in an error body (or a short excerpt of the body)."""
+
+    # -- public surface ---------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def usage(self) -> UsageSnapshot:
+        """Counters since creation (see :class:`~aprompt.lm.usage.UsageSnapshot`); cheap to read."""
+        return self._usage.snapshot()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints' base URLs, without credentials."""
+        return tuple(endpoint.url for endpoint in self._pool.endpoints)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._retry
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        return self._cache
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self._model!r}, endpoints={list(self.endpoints)!r})"
+
+    async def chat(
+        self, messages: Sequence[Message], *, rollout: int = 0, **params: Any
+    ) -> Completion:
+        """Answer one chat request, from the cache when one is configured and holds it.
+
+        ``params`` (merged over ``default_params``; ``None`` values dropped) are sent to the server;
+        ``rollout`` only tells otherwise identical requests apart in the cache and is never sent.
+
+        Raises:
+            AuthenticationError: HTTP 401/403 (not retried).
+            RequestRejectedError: another 4xx (not retried).
+            RateLimitError, ServerError, LMTimeoutError, LMConnectionError, BadResponseError: the
+                last failure, once retries are exhausted.
+        """
+        if self._closed:
+            raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
+        request_params = canonical_params({**self._default_params, **params})
+        try:
+            if self._cache is None:
+                completion = await self._complete(messages, request_params)
+            else:
+                key = request_key(
+                    model=self._model, messages=messages, params=request_params, rollout=rollout
+                )
+                completion, hit = await self._cache.get_or_compute(
+                    key, lambda: self._complete(messages, request_params)
+                )
+                if hit:
+                    self._usage.cache_hits += 1
+        except LMError:
+            self._usage.errors += 1
+            raise
+        self._usage.calls += 1
+        return completion
+
+    async def aclose(self) -> None:
+        """Close the connections this object opened (an ``http_client`` passed in stays open).
+
+        Later calls raise :class:`~aprompt._errors.LMError`.
+        """
+        self._closed = True
+        await self._pool.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- one call, its attempts -------------------------------------------------------------
+    async def _complete(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Completion:
+        try:
+            payload = json.dumps(self._request_body(messages, params)).encode()
+        except (TypeError, ValueError) as exc:
+            problem = str(exc)
+        else:
+            problem = ""
+        if problem:
+            raise ConfigError(f"request cannot be sent as JSON: {problem}")
+        reserved = estimate_request_tokens(messages, params)
+        attempts = 0
+
+        async def attempt() -> Completion:
+            nonlocal attempts
+            attempts += 1
+            return await self._attempt(payload, reserved, is_retry=attempts > 1)
+
+        completion: Completion = await self._retry.retrying(self._log_retry)(attempt)
+        self._usage.prompt_tokens += completion.usage.prompt_tokens
+        self._usage.completion_tokens += completion.usage.completion_tokens
+        return completion
+
+    async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
+        async with self._slots, self._pool.lease() as lease:
+            endpoint = lease.endpoint
+            await endpoint.limiter.acquire(reserved)
+            used = 0
+            try:
+                await self._limiter.acquire(reserved)
+                self._usage.requests += 1
+                if is_retry:
+                    self._usage.retries += 1
+                completion = await self._exchange(lease.client, endpoint, payload)
+                # A server that reports no usage keeps the estimate charged.
+                used = completion.usage.total_tokens or reserved
+                return completion
+            except LMError as error:
+                self._note_failure(endpoint, error)
+                raise
+            finally:
+                endpoint.limiter.settle(reserved, used)
+                self._limiter.settle(reserved, used)
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, endpoint: EndpointState, payload: bytes
+    ) -> Completion:
+        # Errors are raised outside the except blocks so that no httpx exception, whose request
+        # carries the Authorization header, is chained onto ours.
+        failure: LMError | None = None
+        try:
+            response = await client.post(
+                endpoint.url + self.path, content=payload, headers=endpoint.headers
+            )
+        except httpx.TimeoutException:
+            failure = LMTimeoutError(
+                f"no response within the {self._timeout:g} s timeout", endpoint=endpoint.url
+            )
+        except httpx.HTTPError as exc:
+            failure = LMConnectionError(
+                self._scrub(f"connection failed: {type(exc).__name__}: {exc}"),
+                endpoint=endpoint.url,
+            )
+        if failure is not None:
+            raise failure
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise error_for_status(
+                status,
+                self._scrub(self._server_message(response.content)),
+                endpoint=endpoint.url,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        try:
+            return self._parse_completion(response.content)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        raise BadResponseError(
+            self._scrub(f"malformed response body ({detail[:200]})"), endpoint=endpoint.url
+        )
+
+    def _note_failure(self, endpoint: EndpointState, error: LMError) -> None:
+        if isinstance(error, RateLimitError):
+            self._usage.rate_limited += 1
+            pause = self._retry.pause_after_rate_limit(error.retry_after)
+            endpoint.limiter.pause(pause)
+            if self._limiter.limited:
+                self._limiter.pause(pause)
+            logger.info("%s: HTTP 429, pausing requests for %.2f s", endpoint.url, pause)
+        elif isinstance(error, LMConnectionError | LMTimeoutError) or (
+            isinstance(error, ServerError) and error.status_code >= 500
+        ):
+            self._pool.mark_unhealthy(endpoint)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        sleep = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.debug(
+            "%s: attempt %d of %d failed (%s); retrying in %.3f s",
+            self._model,
+            state.attempt_number,
+            self._retry.max_retries + 1,
+            error,
+            sleep,
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _env(name: str | None) -> str | None:
+    return os.environ.get(name) if name else None

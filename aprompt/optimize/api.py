@@ -1,0 +1,265 @@
+"""``await aprompt.optimize(...)``: validate, plan, run a strategy, and return the optimized program."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from aprompt._errors import ConfigError
+from aprompt.lm.types import LM
+from aprompt.optimize.budget import Budget, estimate_calls, resolve_budget
+from aprompt.optimize.evaluate import Metric, program_entry
+from aprompt.optimize.events import Event, EventCallback, RunFinished, RunPlanned
+from aprompt.optimize.examples import Example, as_examples
+from aprompt.optimize.propose import Grounding
+from aprompt.optimize.result import OptimizeResult
+from aprompt.optimize.run_context import RunContext
+from aprompt.optimize.strategies import STRATEGIES
+from aprompt.program.context import current_lm
+from aprompt.program.discovery import named_predictors
+
+
+def split_valset(
+    trainset: Sequence[Example], valset: Sequence[Example] | None, val_size: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Given no valset, hold out a seeded part of the trainset (at most half, at most ``val_size``);
+    a valset larger than ``val_size`` is subsampled (seeded)."""
+    rng = random.Random(f"{seed}:split")
+    if valset is None:
+        if len(trainset) < 2:
+            raise ConfigError("need at least 2 training examples when no valset is given")
+        shuffled = list(trainset)
+        rng.shuffle(shuffled)
+        n_val = min(val_size, max(1, len(shuffled) // 2))
+        return shuffled[n_val:], shuffled[:n_val]
+    val = list(valset)
+    if len(val) > val_size:
+        val = rng.sample(val, val_size)
+    return list(trainset), val
+
+
+def check_inputs(program: object, examples: Sequence[Example], role: str) -> None:
+    """Every example's inputs must bind to the program's call signature."""
+    try:
+        signature = inspect.signature(program_entry(program))
+    except (TypeError, ValueError):
+        return
+    for example in examples:
+        try:
+            signature.bind(**example.inputs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"{role} example {example.id} does not fit the program's inputs "
+                f"{list(signature.parameters)}: {exc}"
+            ) from None
+
+
+def copy_program(program: object) -> object:
+    """A deep copy sharing LM clients (and anything else that cannot be copied safely)."""
+    memo: dict[int, Any] = {}
+    seen: set[int] = set()
+
+    def mark(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 8:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, LM):
+            memo[id(obj)] = obj
+            return
+        children = (
+            obj.values() if isinstance(obj, dict)
+            else obj if isinstance(obj, list | tuple)
+            else vars(obj).values() if hasattr(obj, "__dict__") and not isinstance(obj, type)
+            else ()
+        )
+        for child in children:
+            mark(child, depth + 1)
+
+    mark(program, 0)
+    try:
+        return copy.deepcopy(program, memo)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot copy the program ({type(exc).__name__}: {exc}); pass in_place=True to optimize "
+            "it in place"
+        ) from None
+
+
+async def optimize(
+    program: object,
+    trainset: Sequence[Example | Mapping[str, Any]],
+    metric: Metric,
+    *,
+    lm: LM | None = None,
+    proposer_lm: LM | None = None,
+    teacher_lm: LM | None = None,
+    valset: Sequence[Example | Mapping[str, Any]] | None = None,
+    strategy: str = "mipro",
+    budget: str | Budget | Mapping[str, Any] = "light",
+    seed: int = 0,
+    input_fields: Sequence[str] | None = None,
+    grounding: Grounding | None = None,
+    concurrency: int = 256,
+    bootstrap_threshold: float = 1.0,
+    in_place: bool = False,
+    on_event: EventCallback | None = None,
+) -> OptimizeResult:
+    """Optimize the instructions and demos of every predictor in ``program``.
+
+    Args:
+        program: an object (or bound async function) whose attributes hold predictors; it is called
+            with each example's inputs as keyword arguments.
+        trainset: examples (or mappings, with ``input_fields`` naming the program inputs).
+        metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async.
+        lm: the LM for predictors that have none (else the :func:`aprompt.use_lm` default).
+        proposer_lm: writes summaries and instruction proposals (default: ``lm``).
+        teacher_lm: runs the program while bootstrapping demos (default: ``lm``).
+        valset: scored during search; default: a seeded part of the trainset.
+        strategy: ``"mipro"`` or another key of :data:`aprompt.optimize.strategies.STRATEGIES`.
+        budget: ``"light"``, ``"medium"``, ``"heavy"``, a :class:`Budget` or a mapping of overrides.
+        seed: the same seed and a warm cache give the same result with no new LM calls.
+        grounding: which pieces ground the instruction proposals, and the proposer temperature.
+        concurrency: program runs in flight at once (LM calls are further limited by the LM client).
+        in_place: write the best prompts into ``program`` itself instead of a copy.
+        on_event: called (sync or async) with every progress event.
+
+    Example::
+
+        result = await aprompt.optimize(program, trainset, metric, lm=lm, budget="light")
+        print(result.baseline_score, "->", result.score)
+        result.save("optimized.json")
+    """
+    started = time.monotonic()
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    plan = resolve_budget(budget)
+    predictors = named_predictors(program)
+    if not predictors:
+        raise ConfigError(f"program {type(program).__name__} holds no predictors to optimize")
+    train = as_examples(trainset, input_fields, role="trainset")
+    if not train:
+        raise ConfigError("trainset is empty")
+    val_given = as_examples(valset, input_fields, role="valset") if valset is not None else None
+    train, val = split_valset(train, val_given, plan.val_size, seed)
+    check_inputs(program, [*train, *val], "trainset/valset")
+    if not callable(metric):
+        raise ConfigError("metric must be callable: metric(example, prediction) -> bool | float")
+    default_lm = lm if lm is not None else current_lm()
+    if default_lm is None and any(p.lm is None for _, p in predictors):
+        raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")
+    proposer = proposer_lm or default_lm or predictors[0][1].lm
+    assert proposer is not None
+    target = program if in_place else copy_program(program)
+
+    ctx = RunContext(
+        program=program,
+        predictors=predictors,
+        trainset=train,
+        valset=val,
+        metric=metric,
+        budget=plan,
+        seed=seed,
+        lm=default_lm,
+        proposer_lm=proposer,
+        teacher_lm=teacher_lm,
+        grounding=grounding or Grounding(),
+        concurrency=concurrency,
+        on_event=on_event,
+        bootstrap_threshold=bootstrap_threshold,
+    )
+    await ctx.emit(_plan_event(strategy, plan, len(predictors), len(train), len(val)))
+    candidates, outcome = await STRATEGIES[strategy](ctx)
+
+    prompts = candidates.prompts_for(outcome.best_choice)
+    for name, predictor in named_predictors(target):
+        if name in prompts:
+            predictor.instruction = prompts[name].instruction
+            predictor.demos = prompts[name].demos
+    result = OptimizeResult(
+        program=target,
+        strategy=strategy,
+        score=outcome.best_score,
+        baseline_score=outcome.baseline_score,
+        best_choice=outcome.best_choice,
+        trials=outcome.trials,
+        full_evals=outcome.full_evals,
+        candidates=candidates,
+        dropped=tuple(ctx.dropped),
+        phases=tuple(ctx.phases),
+        seconds=time.monotonic() - started,
+        seed=seed,
+        failures=dict(ctx.failures),
+    )
+    await ctx.emit(
+        RunFinished(result.score, result.baseline_score, result.seconds, result.usage)
+    )
+    return result
+
+
+def _plan_event(
+    strategy: str, plan: Budget, n_predictors: int, n_train: int, n_val: int
+) -> RunPlanned:
+    searches_demos = strategy not in ("mipro_zero_shot", "module_opro")
+    n_trials = plan.trials_for(n_predictors, searches_demos)
+    estimate = estimate_calls(
+        plan,
+        n_predictors=n_predictors,
+        calls_per_run=float(n_predictors),
+        n_trials=n_trials,
+        val_size=n_val,
+        bootstrap_runs=min(n_train, max(0, plan.n_candidates - 2) * plan.max_bootstrapped_demos * 2),
+        proposal_calls=n_predictors * max(0, plan.n_candidates - 1) + 4,
+    )
+    return RunPlanned(
+        strategy,
+        n_trials,
+        n_val,
+        estimate.total,
+        {
+            "bootstrap": estimate.bootstrap,
+            "proposal": estimate.proposal,
+            "evaluation": estimate.evaluation,
+            "per_program_run": math.ceil(n_predictors),
+        },
+    )
+
+
+async def optimize_events(
+    program: object, trainset: Sequence[Example | Mapping[str, Any]], metric: Metric, **options: Any
+) -> AsyncIterator[Event | OptimizeResult]:
+    """Run :func:`optimize` and yield its events as they happen, then the :class:`OptimizeResult`.
+
+    Consume it to the end, or wrap it in ``contextlib.aclosing`` when you may stop early.
+
+    Example::
+
+        async for item in aprompt.optimize_events(program, trainset, metric, lm=lm):
+            if isinstance(item, aprompt.OptimizeResult):
+                result = item
+            else:
+                print(item)
+    """
+    if "on_event" in options:
+        raise ConfigError("optimize_events delivers the events itself; do not pass on_event")
+    send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=math.inf)
+    outcome: list[OptimizeResult] = []
+
+    async def run() -> None:
+        async with send:
+            outcome.append(await optimize(program, trainset, metric, on_event=send.send, **options))
+
+    async with anyio.create_task_group() as group, receive:
+        group.start_soon(run)
+        async for event in receive:
+            yield event
+    yield outcome[0]
+
+
+__all__ = ["optimize", "optimize_events", "split_valset"]

@@ -1,0 +1,119 @@
+"""Run sizes: the ``light`` / ``medium`` / ``heavy`` presets, explicit overrides, and a call estimate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from aprompt._errors import ConfigError
+
+
+@attrs.frozen
+class Budget:
+    """How much search a run does.
+
+    Attributes:
+        n_candidates: instruction candidates and demo sets per predictor (the original instruction and the
+            empty demo set are among them).
+        val_size: validation examples used (a random subset when the valset is larger).
+        n_trials: mini-batch trials; ``None`` derives it from the search space like the reference does.
+        minibatch_size: validation examples scored per trial.
+        full_eval_every: a full evaluation of the best untested combination every this many trials.
+        max_bootstrapped_demos / max_labeled_demos: demos per bootstrapped set.
+        parallel_trials: trials evaluated at once (suggestions asked together).
+    """
+
+    n_candidates: int = 6
+    val_size: int = 100
+    n_trials: int | None = None
+    minibatch_size: int = 35
+    full_eval_every: int = 5
+    max_bootstrapped_demos: int = 4
+    max_labeled_demos: int = 4
+    parallel_trials: int = 2
+
+    def __attrs_post_init__(self) -> None:
+        checks = {
+            "n_candidates": self.n_candidates >= 1,
+            "val_size": self.val_size >= 1,
+            "minibatch_size": self.minibatch_size >= 1,
+            "full_eval_every": self.full_eval_every >= 1,
+            "max_bootstrapped_demos": self.max_bootstrapped_demos >= 0,
+            "max_labeled_demos": self.max_labeled_demos >= 0,
+            "parallel_trials": self.parallel_trials >= 1,
+            "n_trials": self.n_trials is None or self.n_trials >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"budget values out of range: {', '.join(bad)} (a budget must allow one trial)")
+
+    def trials_for(self, n_predictors: int, searches_demos: bool) -> int:
+        """Trials for a search space: ``max(2·V·log2(N), 1.5·N)``, V = searched variables."""
+        if self.n_trials is not None:
+            return self.n_trials
+        variables = n_predictors * (2 if searches_demos else 1)
+        n = max(self.n_candidates, 2)
+        return max(1, int(max(2 * variables * math.log2(n), 1.5 * n)))
+
+
+PRESETS: Mapping[str, Budget] = {
+    "light": Budget(n_candidates=6, val_size=100),
+    "medium": Budget(n_candidates=12, val_size=300),
+    "heavy": Budget(n_candidates=18, val_size=1000),
+}
+
+
+def resolve_budget(budget: str | Budget | Mapping[str, Any]) -> Budget:
+    """A preset name, a :class:`Budget`, or a mapping of overrides on ``light``
+    (``{"preset": "medium", "n_trials": 30}`` starts from another preset)."""
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, str):
+        if budget not in PRESETS:
+            raise ConfigError(f"unknown budget {budget!r}; use one of {sorted(PRESETS)} or a Budget")
+        return PRESETS[budget]
+    if isinstance(budget, Mapping):
+        overrides = dict(budget)
+        base = resolve_budget(str(overrides.pop("preset", "light")))
+        unknown = set(overrides) - {f.name for f in attrs.fields(Budget)}
+        if unknown:
+            raise ConfigError(f"unknown budget field(s): {sorted(unknown)}")
+        return attrs.evolve(base, **overrides)
+    raise ConfigError(f"budget must be a preset name, a Budget or a mapping, not {type(budget).__name__}")
+
+
+@attrs.frozen
+class CallEstimate:
+    """Expected LM calls of a run, by phase (program runs × calls per run)."""
+
+    bootstrap: int
+    proposal: int
+    evaluation: int
+
+    @property
+    def total(self) -> int:
+        return self.bootstrap + self.proposal + self.evaluation
+
+
+def estimate_calls(
+    budget: Budget,
+    *,
+    n_predictors: int,
+    calls_per_run: float,
+    n_trials: int,
+    val_size: int,
+    bootstrap_runs: int,
+    proposal_calls: int,
+) -> CallEstimate:
+    """Upper-bound estimate before any cache: full evaluations (baseline, one per ``full_eval_every``
+    trials and a last one) plus every mini-batch."""
+    full_evals = 1 + math.ceil(n_trials / budget.full_eval_every)
+    runs = full_evals * val_size + n_trials * min(budget.minibatch_size, val_size)
+    return CallEstimate(
+        bootstrap=math.ceil(bootstrap_runs * calls_per_run),
+        proposal=proposal_calls,
+        evaluation=math.ceil(runs * calls_per_run),
+    )

@@ -1,0 +1,115 @@
+"""Typed progress events emitted by an optimization run.
+
+Every event is a frozen value; apps receive them through ``optimize(..., on_event=callback)`` or by
+iterating ``optimize_events(...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+
+from aprompt.lm.usage import UsageSnapshot
+
+
+@attrs.frozen
+class PhaseStarted:
+    """A phase began: ``"baseline"``, ``"bootstrap"``, ``"propose"``, ``"search"``, ``"final"``."""
+
+    phase: str
+    detail: str = ""
+
+
+@attrs.frozen
+class PhaseFinished:
+    """A phase ended, with the LM usage it cost and its wall time."""
+
+    phase: str
+    seconds: float
+    usage: UsageSnapshot
+
+
+@attrs.frozen
+class RunPlanned:
+    """The run's plan, before the search spends its calls."""
+
+    strategy: str
+    n_trials: int
+    val_size: int
+    expected_lm_calls: int
+    detail: Mapping[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class CandidateProposed:
+    """A new instruction candidate (``kind="instruction"``) or demo set (``kind="demos"``)."""
+
+    predictor: str
+    kind: str
+    index: int
+    value: Any
+
+
+@attrs.frozen
+class CandidateDropped:
+    """A proposal that failed to parse or validate, with the reason; the run goes on without it."""
+
+    predictor: str
+    index: int
+    reason: str
+
+
+@attrs.frozen
+class TrialScored:
+    """A mini-batch trial finished."""
+
+    number: int
+    choice: Mapping[str, int]
+    score: float | None
+    n_examples: int
+    n_failed: int
+
+
+@attrs.frozen
+class FullEvaluation:
+    """A combination was scored on the whole validation set."""
+
+    choice: Mapping[str, int]
+    score: float
+    n_examples: int
+    n_failed: int
+    is_baseline: bool = False
+
+
+@attrs.frozen
+class NewBest:
+    """The best fully evaluated combination changed."""
+
+    choice: Mapping[str, int]
+    score: float
+
+
+@attrs.frozen
+class RunFinished:
+    """The run ended; ``best_score`` is the returned program's full-validation score."""
+
+    best_score: float
+    baseline_score: float
+    seconds: float
+    usage: UsageSnapshot
+
+
+Event = (
+    PhaseStarted
+    | PhaseFinished
+    | RunPlanned
+    | CandidateProposed
+    | CandidateDropped
+    | TrialScored
+    | FullEvaluation
+    | NewBest
+    | RunFinished
+)
+EventCallback = Callable[[Event], None | Awaitable[None]]

@@ -1,0 +1,93 @@
+"""Training and validation examples: program inputs plus the labels a metric reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from aprompt._errors import ConfigError
+
+
+def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
+    blob = json.dumps([inputs, labels], sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@attrs.frozen
+class Example:
+    """One example. ``inputs`` are passed to the program as keyword arguments; ``labels`` are for the
+    metric (and for labeled demos). ``id`` is stable: given, or a hash of the content.
+
+    Fields read as attributes too: ``example.question``, ``example.answer``.
+
+    Example::
+
+        Example.from_dict({"question": "2+2?", "answer": "4"}, inputs=["question"])
+    """
+
+    inputs: Mapping[str, Any] = attrs.field(converter=dict)
+    labels: Mapping[str, Any] = attrs.field(converter=dict, factory=dict)
+    id: str = attrs.field(default="")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", _content_id(self.inputs, self.labels))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], inputs: Sequence[str], id: str = "") -> Example:
+        """Split ``data`` into inputs (the keys named in ``inputs``) and labels (the rest)."""
+        missing = [key for key in inputs if key not in data]
+        if missing:
+            raise ConfigError(f"example lacks input field(s) {missing}: {dict(data)!r:.200}")
+        return cls(
+            inputs={k: data[k] for k in inputs},
+            labels={k: v for k, v in data.items() if k not in inputs},
+            id=id,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        for part in ("inputs", "labels"):
+            values = object.__getattribute__(self, part)
+            if name in values:
+                return values[name]
+        raise AttributeError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.inputs.get(name, self.labels.get(name, default))
+
+    def fields(self) -> dict[str, Any]:
+        """Inputs and labels in one mapping."""
+        return {**self.inputs, **self.labels}
+
+
+def as_examples(items: Iterable[Example | Mapping[str, Any]], inputs: Sequence[str] | None = None,
+                *, role: str = "trainset") -> list[Example]:
+    """Normalise a dataset to :class:`Example` objects with unique ids.
+
+    Plain mappings need ``inputs`` (the program's input field names). Duplicate ids get a ``#n`` suffix so
+    every example stays addressable.
+    """
+    out: list[Example] = []
+    seen: dict[str, int] = {}
+    for position, item in enumerate(items):
+        if isinstance(item, Example):
+            example = item
+        elif isinstance(item, Mapping):
+            if inputs is None:
+                raise ConfigError(
+                    f"{role}[{position}] is a mapping; pass input_fields=[...] to say which keys are "
+                    "program inputs, or give Example objects"
+                )
+            example = Example.from_dict(item, inputs)
+        else:
+            raise ConfigError(f"{role}[{position}] is {type(item).__name__}, not an Example or mapping")
+        count = seen.get(example.id, 0)
+        seen[example.id] = count + 1
+        if count:
+            example = attrs.evolve(example, id=f"{example.id}#{count}")
+        out.append(example)
+    return out

@@ -1,0 +1,209 @@
+"""The grounded instruction proposer (MIPRO stage 2).
+
+For one predictor it asks a proposer LM for new instructions, each prompt grounded in some of: the data
+summary, the program description, demos of this predictor, a random style tip and the instructions (with
+scores, for OPRO) proposed so far. A proposal that fails to parse or validate is retried with another
+rollout and then dropped with a recorded reason; the original instruction is always candidate 0.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import attrs
+
+from aprompt._errors import LMError, ParseError
+from aprompt.lm.types import LM
+from aprompt.program.predictor import Predict
+from aprompt.program.values import Demo
+
+TIPS: dict[str, str] = {
+    "none": "",
+    "creative": "Don't be afraid to be creative when writing the instruction.",
+    "simple": "Keep the instruction clear and concise.",
+    "description": "Make the instruction informative: describe the task precisely.",
+    "high_stakes": "Spell out the high stakes of getting this task right.",
+    "persona": "Start the instruction with a persona relevant to the task (e.g. 'You are a ...').",
+    "format": "Say exactly what form the answer must take.",
+}
+
+MIN_INSTRUCTION_CHARS = 12
+MAX_INSTRUCTION_CHARS = 1500
+
+
+@attrs.frozen
+class Grounding:
+    """Which grounding pieces a proposal prompt includes, and the proposer's temperature."""
+
+    data_summary: bool = True
+    program_summary: bool = True
+    demos: bool = True
+    tip: bool = True
+    history: bool = True
+    temperature: float = 1.0
+
+
+@attrs.frozen
+class ProposalContext:
+    """What a proposer may be grounded in, for one predictor."""
+
+    predictor_name: str
+    predictor: Predict
+    data_summary: str | None = None
+    program_summary: str | None = None
+
+
+@attrs.frozen
+class Proposal:
+    """One proposal attempt's outcome: an instruction, or the reason it was dropped."""
+
+    index: int
+    instruction: str | None
+    reason: str = ""
+    tip: str = "none"
+
+
+def clean_instruction(text: str) -> str:
+    """Strip a leading label (``Instruction:``), quotes and whitespace from a proposer reply."""
+    value = text.strip()
+    for label in ("proposed instruction:", "instruction:", "new instruction:"):
+        if value.lower().startswith(label):
+            value = value[len(label) :]
+    return value.strip().strip("\"'`").strip()
+
+
+def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
+    """Return why ``text`` is not a usable instruction, or ``None`` when it is."""
+    if len(text) < MIN_INSTRUCTION_CHARS:
+        return f"too short ({len(text)} chars)"
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        return f"too long ({len(text)} chars)"
+    if text.casefold() in {e.casefold() for e in existing}:
+        return "duplicate of an existing candidate"
+    return None
+
+
+def _render_demos(demos: Sequence[Demo], limit: int = 3, max_chars: int = 300) -> str:
+    lines = []
+    for demo in list(demos)[:limit]:
+        text = "; ".join(f"{k}: {v}" for k, v in demo.items())
+        lines.append(f"- {text[:max_chars]}")
+    return "\n".join(lines)
+
+
+def _render_history(history: Sequence[tuple[str, float | None]]) -> str:
+    lines = []
+    for instruction, score in history:
+        suffix = f" (score {score:.2f})" if score is not None else ""
+        lines.append(f"- {instruction[:300]}{suffix}")
+    return "\n".join(lines)
+
+
+def build_proposer(
+    context: ProposalContext,
+    grounding: Grounding,
+    *,
+    demos: Sequence[Demo],
+    tip: str,
+    history: Sequence[tuple[str, float | None]],
+) -> tuple[Predict, dict[str, str]]:
+    """The proposer predictor for one proposal and its inputs (only the grounding pieces in use)."""
+    inputs: dict[str, str] = {
+        "module": f"{context.predictor_name}: {context.predictor.signature}",
+        "current_instruction": context.predictor.instruction,
+    }
+    if grounding.data_summary and context.data_summary:
+        inputs["dataset_summary"] = context.data_summary
+    if grounding.program_summary and context.program_summary:
+        inputs["program_description"] = context.program_summary
+    if grounding.demos and demos:
+        inputs["examples_of_good_calls"] = _render_demos(demos)
+    if grounding.history and history:
+        inputs["previous_instructions"] = _render_history(history)
+    if grounding.tip and TIPS.get(tip):
+        inputs["tip"] = TIPS[tip]
+    scored = any(score is not None for _, score in history)
+    goal = (
+        "Propose a new instruction that scores higher than the previous ones."
+        if scored and grounding.history
+        else "Propose a better instruction for this module."
+    )
+    predictor = Predict(
+        f"{', '.join(inputs)} -> proposed_instruction",
+        instruction=(
+            "You write instructions for one module of a language-model program. "
+            f"{goal} Reply with the instruction only."
+        ),
+        max_parse_retries=1,
+        temperature=grounding.temperature,
+        max_tokens=200,
+    )
+    return predictor, inputs
+
+
+async def propose_instruction(
+    context: ProposalContext,
+    lm: LM,
+    *,
+    index: int,
+    grounding: Grounding,
+    demos: Sequence[Demo],
+    existing: Sequence[str],
+    history: Sequence[tuple[str, float | None]] = (),
+    seed: int = 0,
+    attempts: int = 3,
+) -> Proposal:
+    """Propose candidate ``index`` for one predictor; never raises for a bad reply or an LM failure."""
+    tip = random.Random(f"{seed}:{context.predictor_name}:{index}").choice(sorted(TIPS))
+    tip = tip if grounding.tip else "none"
+    predictor, inputs = build_proposer(context, grounding, demos=demos, tip=tip, history=history)
+    reason = ""
+    for attempt in range(attempts):
+        rollout = index * 100 + attempt
+        try:
+            prediction = await predictor(lm=lm, rollout=rollout, **inputs)
+        except (ParseError, LMError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            continue
+        text = clean_instruction(str(prediction["proposed_instruction"]))
+        problem = validate_instruction(text, existing)
+        if problem is None:
+            return Proposal(index, text, tip=tip)
+        reason = problem
+    return Proposal(index, None, reason=f"dropped after {attempts} attempt(s): {reason}", tip=tip)
+
+
+async def propose_instructions(
+    context: ProposalContext,
+    lm: LM,
+    *,
+    n_candidates: int,
+    grounding: Grounding,
+    demo_sets: Sequence[Sequence[Demo]],
+    seed: int = 0,
+) -> list[Proposal]:
+    """Candidates 1..n-1 for one predictor, one after another so each sees the ones before it.
+
+    Candidate 0 (the original instruction) is not proposed; the returned list holds every attempt,
+    usable or dropped, in order.
+    """
+    original = context.predictor.instruction
+    existing = [original]
+    proposals: list[Proposal] = []
+    for index in range(1, n_candidates):
+        demos = demo_sets[index % len(demo_sets)] if demo_sets else ()
+        proposal = await propose_instruction(
+            context,
+            lm,
+            index=index,
+            grounding=grounding,
+            demos=demos,
+            existing=existing,
+            history=[(text, None) for text in existing],
+            seed=seed,
+        )
+        proposals.append(proposal)
+        if proposal.instruction is not None:
+            existing.append(proposal.instruction)
+    return proposals

@@ -1,0 +1,75 @@
+"""What every strategy shares during one run: inputs, LMs, events, and per-phase usage."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+
+from aprompt.lm.types import LM
+from aprompt.lm.usage import UsageSnapshot, total_usage
+from aprompt.optimize.budget import Budget
+from aprompt.optimize.evaluate import Metric
+from aprompt.optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
+from aprompt.optimize.examples import Example
+from aprompt.optimize.propose import Grounding
+from aprompt.optimize.result import PhaseUsage
+from aprompt.program.predictor import Predict
+
+
+@attrs.define
+class RunContext:
+    """One run's shared inputs and bookkeeping (created by :func:`aprompt.optimize`)."""
+
+    program: object
+    predictors: Sequence[tuple[str, Predict]]
+    trainset: Sequence[Example]
+    valset: Sequence[Example]
+    metric: Metric
+    budget: Budget
+    seed: int
+    lm: LM | None
+    proposer_lm: LM
+    teacher_lm: LM | None
+    grounding: Grounding
+    concurrency: int
+    on_event: EventCallback | None
+    bootstrap_threshold: float = 1.0
+    phases: list[PhaseUsage] = attrs.field(factory=list)
+    dropped: list[tuple[str, int, str]] = attrs.field(factory=list)
+    failures: dict[str, str] = attrs.field(factory=dict)
+    _lms: list[Any] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        found: dict[int, Any] = {}
+        for lm in (self.lm, self.proposer_lm, self.teacher_lm, *(p.lm for _, p in self.predictors)):
+            if lm is not None and hasattr(lm, "usage"):
+                found.setdefault(id(lm), lm)
+        self._lms = list(found.values())
+
+    def usage(self) -> UsageSnapshot:
+        """Total usage of every LM this run touches (those that count usage)."""
+        return total_usage(lm.usage for lm in self._lms if isinstance(lm.usage, UsageSnapshot))
+
+    async def emit(self, event: Event) -> None:
+        if self.on_event is None:
+            return
+        outcome = self.on_event(event)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    @asynccontextmanager
+    async def phase(self, name: str, detail: str = "") -> AsyncIterator[None]:
+        """Time a phase and record its LM usage; emits PhaseStarted/PhaseFinished."""
+        await self.emit(PhaseStarted(name, detail))
+        started, before = time.monotonic(), self.usage()
+        try:
+            yield
+        finally:
+            record = PhaseUsage(name, time.monotonic() - started, self.usage() - before)
+            self.phases.append(record)
+        await self.emit(PhaseFinished(name, record.seconds, record.usage))

@@ -1,0 +1,253 @@
+"""The search loop (MIPRO stage 3): TPE-guided mini-batch trials with periodic full evaluations.
+
+The baseline (all candidates at index 0) is fully evaluated first. Trials are asked from the TPE in
+batches of ``parallel_trials`` and their mini-batches run concurrently; every ``full_eval_every`` trials the
+combination with the best pooled mini-batch mean that has no full evaluation yet gets one, and once more at
+the end. The returned choice is the best by full-validation score; a tie keeps the earlier (the baseline
+first), so a combination must beat the unoptimized program to replace it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import anyio
+import attrs
+
+from aprompt.lm.types import LM
+from aprompt.optimize.candidates import Candidates, Choice, choice_key
+from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
+from aprompt.optimize.events import Event, FullEvaluation, NewBest, TrialScored
+from aprompt.optimize.examples import Example
+from aprompt.tpe import Categorical, TPESampler
+
+Emit = Callable[[Event], Awaitable[None]]
+
+
+class ProposalHook(Protocol):
+    """Lets a strategy replace instruction indices by its own parameters (MIPRO++)."""
+
+    def extra_parameters(self, candidates: Candidates) -> dict[str, int]: ...
+
+    async def resolve(self, loop: SearchLoop, choice: dict[str, int]) -> dict[str, int]: ...
+
+
+@attrs.frozen
+class Trial:
+    """One mini-batch trial; ``score`` is ``None`` when LM failures left it unscored."""
+
+    number: int
+    choice: Mapping[str, int]
+    example_ids: tuple[str, ...]
+    scores: Mapping[str, float]
+    score: float | None
+    n_failed: int
+    n_unscored: int
+    seconds: float
+
+
+@attrs.frozen
+class FullEval:
+    """A full evaluation of one combination on the validation set."""
+
+    choice: Mapping[str, int]
+    score: float
+    scores: Mapping[str, float]
+    n_failed: int
+    n_unscored: int
+    after_trial: int
+
+
+@attrs.frozen
+class SearchOutcome:
+    best_choice: Mapping[str, int]
+    best_score: float
+    baseline_score: float
+    trials: tuple[Trial, ...]
+    full_evals: tuple[FullEval, ...]
+
+
+def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> list[Example]:
+    """The trial's mini-batch: a seeded sample, a pure function of (seed, trial number)."""
+    if size >= len(valset):
+        return list(valset)
+    return random.Random(f"{seed}:minibatch:{trial}").sample(list(valset), size)
+
+
+@attrs.define
+class _Pool:
+    """Per-combination evidence: every example score seen in mini-batches."""
+
+    scores: dict[tuple[tuple[str, int], ...], dict[str, float]] = attrs.Factory(dict)
+    choices: dict[tuple[tuple[str, int], ...], dict[str, int]] = attrs.Factory(dict)
+
+    def add(self, choice: Choice, scores: Mapping[str, float]) -> None:
+        key = choice_key(choice)
+        self.choices.setdefault(key, dict(choice))
+        self.scores.setdefault(key, {}).update(scores)
+
+    def best_untested(self, tested: set[tuple[tuple[str, int], ...]]) -> dict[str, int] | None:
+        ranked = [
+            (sum(s.values()) / len(s), len(s), key)
+            for key, s in self.scores.items()
+            if s and key not in tested
+        ]
+        if not ranked:
+            return None
+        # Best mean; more evidence breaks ties; the key keeps the order deterministic.
+        _, _, key = max(ranked, key=lambda item: (item[0], item[1], [-v for _, v in item[2]]))
+        return self.choices[key]
+
+
+@attrs.define
+class SearchLoop:
+    """Runs one search; see the module docstring. ``emit`` receives progress events."""
+
+    program: object
+    candidates: Candidates
+    valset: Sequence[Example]
+    metric: Metric
+    emit: Emit
+    n_trials: int
+    minibatch_size: int = 35
+    full_eval_every: int = 5
+    parallel_trials: int = 2
+    seed: int = 0
+    lm: LM | None = None
+    concurrency: int = 64
+
+    trials: list[Trial] = attrs.field(factory=list, init=False)
+    full_evals: list[FullEval] = attrs.field(factory=list, init=False)
+    _pool: _Pool = attrs.field(factory=_Pool, init=False)
+    _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
+    _best: FullEval | None = attrs.field(default=None, init=False)
+    _limiter: anyio.CapacityLimiter = attrs.field(init=False)
+    proposal_hook: ProposalHook | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
+
+    async def run(self) -> SearchOutcome:
+        await self.full_evaluation(self.candidates.baseline(), is_baseline=True)
+        space: dict[str, Categorical] = self.candidates.parameters()
+        if self.proposal_hook is not None:
+            space = {k: v for k, v in space.items() if not k.endswith(".instruction")}
+            extra = self.proposal_hook.extra_parameters(self.candidates)
+            space.update({k: Categorical(n) for k, n in extra.items()})
+        if space:
+            sampler = TPESampler(space, seed=self.seed, n_trials_hint=self.n_trials)
+            await self._trials(sampler)
+        return await self.run_outcome(final_full_eval=True)
+
+    async def run_outcome(self, *, final_full_eval: bool = False) -> SearchOutcome:
+        """The outcome so far; with ``final_full_eval``, first fully evaluate the best untested."""
+        if final_full_eval:
+            await self.full_evaluate_best_untested()
+        assert self._best is not None and self.full_evals, "the baseline is evaluated first"
+        return SearchOutcome(
+            best_choice=dict(self._best.choice),
+            best_score=self._best.score,
+            baseline_score=self.full_evals[0].score,
+            trials=tuple(self.trials),
+            full_evals=tuple(self.full_evals),
+        )
+
+    async def full_evaluate_best_untested(self) -> FullEval | None:
+        choice = self._pool.best_untested(self._tested)
+        return await self.full_evaluation(choice) if choice is not None else None
+
+    async def single_trial(self, number: int, choice: dict[str, int]) -> Trial:
+        """Run and record one trial outside the TPE loop (used by OPRO-style strategies)."""
+        trial = await self._trial(number, choice)
+        await self._record(trial)
+        return trial
+
+    async def _record(self, trial: Trial) -> None:
+        self.trials.append(trial)
+        self._pool.add(trial.choice, trial.scores)
+        await self.emit(
+            TrialScored(trial.number, trial.choice, trial.score, len(trial.example_ids), trial.n_failed)
+        )
+
+    async def _trials(self, sampler: TPESampler) -> None:
+        next_full = self.full_eval_every
+        while len(self.trials) < self.n_trials:
+            k = min(self.parallel_trials, self.n_trials - len(self.trials))
+            suggestions = sampler.ask_batch(k)
+            done: list[Trial] = []
+
+            async def one(number: int, choice: dict[str, int]) -> None:
+                done.append(await self._trial(number, choice))
+
+            # Choices are resolved one by one (a proposal hook may add candidates), then evaluated
+            # together.
+            choices = [await self._resolve(s.params) for s in suggestions]
+            async with anyio.create_task_group() as group:
+                for suggestion, choice in zip(suggestions, choices, strict=True):
+                    group.start_soon(one, suggestion.number, choice)
+            for trial in sorted(done, key=lambda t: t.number):
+                # Unscored trials are told as failures: an LM outage says nothing about the prompt.
+                if trial.score is None:
+                    sampler.tell_failed(trial.number)
+                else:
+                    sampler.tell(trial.number, trial.score)
+                await self._record(trial)
+            if len(self.trials) >= next_full and len(self.trials) < self.n_trials:
+                next_full += self.full_eval_every
+                await self.full_evaluate_best_untested()
+
+    async def _resolve(self, params: Mapping[str, Any]) -> dict[str, int]:
+        choice = {key: int(value) for key, value in params.items()}
+        if self.proposal_hook is not None:
+            choice = await self.proposal_hook.resolve(self, choice)
+        return choice
+
+    async def _trial(self, number: int, choice: dict[str, int]) -> Trial:
+        started = time.monotonic()
+        batch = minibatch(self.valset, self.minibatch_size, self.seed, number)
+        evaluation = await self._evaluate(choice, batch)
+        return Trial(
+            number=number,
+            choice=choice,
+            example_ids=tuple(e.id for e in batch),
+            scores=evaluation.scores,
+            score=evaluation.mean,
+            n_failed=evaluation.n_failed,
+            n_unscored=evaluation.n_unscored,
+            seconds=time.monotonic() - started,
+        )
+
+    async def _evaluate(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
+        return await evaluate(
+            self.program,
+            examples,
+            self.metric,
+            prompts=self.candidates.prompts_for(choice),
+            lm=self.lm,
+            concurrency=self._limiter,
+        )
+
+    async def full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
+        evaluation = await self._evaluate(choice, self.valset)
+        result = FullEval(
+            choice=dict(choice),
+            score=evaluation.mean if evaluation.mean is not None else 0.0,
+            scores=evaluation.scores,
+            n_failed=evaluation.n_failed,
+            n_unscored=evaluation.n_unscored,
+            after_trial=len(self.trials),
+        )
+        self.full_evals.append(result)
+        self._tested.add(choice_key(choice))
+        await self.emit(
+            FullEvaluation(
+                result.choice, result.score, len(self.valset), result.n_failed, is_baseline
+            )
+        )
+        if self._best is None or result.score > self._best.score:
+            self._best = result
+            await self.emit(NewBest(result.choice, result.score))
+        return result

@@ -1,0 +1,323 @@
+"""The optimization strategies, assembled from the shared parts (bootstrap, propose, search).
+
+=========================  ==============  ===============  ==========================================
+strategy                   instructions    demos            search
+=========================  ==============  ===============  ==========================================
+``mipro`` (default)        proposed        bootstrapped     TPE over both, mini-batches
+``mipro_zero_shot``        proposed        none             TPE, mini-batches
+``bayesian_bootstrap``     original        bootstrapped     TPE, mini-batches
+``bootstrap_random_search`` original       bootstrapped     random demo sets, each fully evaluated
+``module_opro``            proposed        none             rounds: propose with scored history
+``mipro_plus_plus``        proposed        bootstrapped     TPE also over the proposer's grounding
+=========================  ==============  ===============  ==========================================
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
+import attrs
+
+from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets
+from aprompt.optimize.candidates import Candidates
+from aprompt.optimize.events import CandidateDropped, CandidateProposed
+from aprompt.optimize.propose import Grounding, ProposalContext, propose_instruction, propose_instructions
+from aprompt.optimize.run_context import RunContext
+from aprompt.optimize.search import SearchLoop, SearchOutcome
+from aprompt.optimize.summaries import summarize_data, summarize_program
+
+Strategy = Callable[[RunContext], Awaitable[tuple[Candidates, SearchOutcome]]]
+
+
+async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]]:
+    """Demo sets per predictor; set 0 is the program's own demos."""
+    async with ctx.phase("bootstrap"):
+        result = await bootstrap_demo_sets(
+            ctx.program,
+            ctx.predictors,
+            ctx.trainset,
+            ctx.metric,
+            n_sets=ctx.budget.n_candidates,
+            max_bootstrapped=ctx.budget.max_bootstrapped_demos,
+            max_labeled=ctx.budget.max_labeled_demos,
+            seed=ctx.seed,
+            teacher_lm=ctx.teacher_lm,
+            lm=ctx.lm,
+            threshold=ctx.bootstrap_threshold,
+            concurrency=ctx.concurrency,
+        )
+        ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
+        sets: dict[str, tuple[DemoSet, ...]] = {}
+        for name, predictor in ctx.predictors:
+            own = DemoSet(tuple(predictor.demos))
+            sets[name] = (own, *result.demo_sets[name][1:])
+            for index, demo_set in enumerate(sets[name][1:], start=1):
+                await ctx.emit(CandidateProposed(name, "demos", index, demo_set))
+    return sets
+
+
+async def grounding_texts(ctx: RunContext) -> tuple[str | None, str | None]:
+    """Data summary and program description, each ``None`` when switched off or unusable."""
+    data_summary = program_summary = None
+    if ctx.grounding.data_summary:
+        got = await summarize_data(ctx.trainset, ctx.proposer_lm, seed=ctx.seed)
+        data_summary = got.text
+        if got.text is None:
+            ctx.dropped.append(("*", -1, f"data summary: {got.reason}"))
+    if ctx.grounding.program_summary:
+        got = await summarize_program(ctx.program, ctx.predictors, ctx.proposer_lm)
+        program_summary = got.text
+        if got.text is None:
+            ctx.dropped.append(("*", -1, f"program summary: {got.reason}"))
+    return data_summary, program_summary
+
+
+async def instruction_candidates(
+    ctx: RunContext, demo_sets: Mapping[str, tuple[DemoSet, ...]]
+) -> dict[str, tuple[str, ...]]:
+    """Proposed instructions per predictor (the original first); predictors are proposed for
+    concurrently, each predictor's candidates one after another so each sees the earlier ones."""
+    async with ctx.phase("propose"):
+        data_summary, program_summary = await grounding_texts(ctx)
+        out: dict[str, tuple[str, ...]] = {}
+
+        async def for_predictor(name: str) -> None:
+            predictor = dict(ctx.predictors)[name]
+            context = ProposalContext(name, predictor, data_summary, program_summary)
+            proposals = await propose_instructions(
+                context,
+                ctx.proposer_lm,
+                n_candidates=ctx.budget.n_candidates,
+                grounding=ctx.grounding,
+                demo_sets=[s.demos for s in demo_sets.get(name, ())],
+                seed=ctx.seed,
+            )
+            kept = [predictor.instruction]
+            for proposal in proposals:
+                if proposal.instruction is None:
+                    ctx.dropped.append((name, proposal.index, proposal.reason))
+                    await ctx.emit(CandidateDropped(name, proposal.index, proposal.reason))
+                else:
+                    kept.append(proposal.instruction)
+                    await ctx.emit(CandidateProposed(name, "instruction", len(kept) - 1, kept[-1]))
+            out[name] = tuple(kept)
+
+        async with anyio.create_task_group() as group:
+            for name, _ in ctx.predictors:
+                group.start_soon(for_predictor, name)
+    return {name: out[name] for name, _ in ctx.predictors}
+
+
+def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
+    return SearchLoop(
+        program=ctx.program,
+        candidates=candidates,
+        valset=ctx.valset,
+        metric=ctx.metric,
+        emit=ctx.emit,
+        n_trials=n_trials,
+        minibatch_size=ctx.budget.minibatch_size,
+        full_eval_every=ctx.budget.full_eval_every,
+        parallel_trials=ctx.budget.parallel_trials,
+        seed=ctx.seed,
+        lm=ctx.lm,
+        concurrency=ctx.concurrency,
+    )
+
+
+async def _tpe_search(ctx: RunContext, candidates: Candidates) -> SearchOutcome:
+    n_trials = ctx.budget.trials_for(len(ctx.predictors), candidates.search_demos)
+    async with ctx.phase("search", f"{n_trials} trials"):
+        return await _loop(ctx, candidates, n_trials).run()
+
+
+async def mipro(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+    demo_sets = await bootstrap_candidates(ctx)
+    instructions = await instruction_candidates(ctx, demo_sets)
+    candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)
+    return candidates, await _tpe_search(ctx, candidates)
+
+
+async def mipro_zero_shot(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+    instructions = await instruction_candidates(ctx, {})
+    base = Candidates.original(ctx.predictors)
+    candidates = attrs.evolve(base, instructions=instructions, search_demos=False)
+    return candidates, await _tpe_search(ctx, candidates)
+
+
+async def bayesian_bootstrap(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+    demo_sets = await bootstrap_candidates(ctx)
+    base = Candidates.original(ctx.predictors)
+    candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
+    return candidates, await _tpe_search(ctx, candidates)
+
+
+async def bootstrap_random_search(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+    """Demos only: random joint choices of demo sets, each fully evaluated; the best is kept."""
+    demo_sets = await bootstrap_candidates(ctx)
+    base = Candidates.original(ctx.predictors)
+    candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
+    space = candidates.parameters()
+    n_full = max(1, ctx.budget.trials_for(len(ctx.predictors), True) // ctx.budget.full_eval_every)
+    rng = random.Random(f"{ctx.seed}:random-search")
+    async with ctx.phase("search", f"{n_full} random full evaluations"):
+        loop = _loop(ctx, candidates, 0)
+        await loop.full_evaluation(candidates.baseline(), is_baseline=True)
+        seen = {tuple(sorted(candidates.baseline().items()))}
+        combos = []
+        for _ in range(n_full * 20):
+            choice = {key: rng.randrange(dist.n_choices) for key, dist in space.items()}
+            key = tuple(sorted(choice.items()))
+            if key not in seen:
+                seen.add(key)
+                combos.append(choice)
+            if len(combos) >= n_full:
+                break
+        for choice in combos:
+            await loop.full_evaluation(choice)
+        return candidates, await loop.run_outcome()
+
+
+async def module_opro(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+    """Instructions only: each round, every predictor's proposer sees its past instructions with the
+    program-level mini-batch score they got, and writes the next one."""
+    candidates = attrs.evolve(Candidates.original(ctx.predictors), search_demos=False)
+    n_rounds = max(1, ctx.budget.n_candidates - 1)
+    async with ctx.phase("search", f"{n_rounds} OPRO rounds"):
+        data_summary, program_summary = await grounding_texts(ctx)
+        loop = _loop(ctx, candidates, 0)
+        await loop.full_evaluation(candidates.baseline(), is_baseline=True)
+        history: dict[str, list[tuple[str, float | None]]] = {
+            name: [(p.instruction, loop.full_evals[0].score)] for name, p in ctx.predictors
+        }
+        for round_number in range(1, n_rounds + 1):
+            choice: dict[str, int] = {}
+            instructions = {k: list(v) for k, v in candidates.instructions.items()}
+            for name, predictor in ctx.predictors:
+                proposal = await propose_instruction(
+                    ProposalContext(name, predictor, data_summary, program_summary),
+                    ctx.proposer_lm,
+                    index=round_number,
+                    grounding=ctx.grounding,
+                    demos=(),
+                    existing=instructions[name],
+                    history=history[name],
+                    seed=ctx.seed,
+                )
+                if proposal.instruction is None:
+                    ctx.dropped.append((name, round_number, proposal.reason))
+                    await ctx.emit(CandidateDropped(name, round_number, proposal.reason))
+                    continue
+                instructions[name].append(proposal.instruction)
+                choice[f"{name}.instruction"] = len(instructions[name]) - 1
+                await ctx.emit(
+                    CandidateProposed(name, "instruction", choice[f"{name}.instruction"], proposal.instruction)
+                )
+            if not choice:
+                continue
+            candidates = attrs.evolve(
+                candidates, instructions={k: tuple(v) for k, v in instructions.items()}
+            )
+            loop.candidates = candidates
+            trial = await loop.single_trial(round_number - 1, choice)
+            for name, _ in ctx.predictors:
+                key = f"{name}.instruction"
+                if key in choice:
+                    history[name].append((instructions[name][choice[key]], trial.score))
+            if round_number % max(1, ctx.budget.full_eval_every // 2) == 0:
+                await loop.full_evaluate_best_untested()
+        return candidates, await loop.run_outcome(final_full_eval=True)
+
+
+GROUNDING_OPTIONS: tuple[Grounding, ...] = (
+    Grounding(),
+    Grounding(data_summary=False),
+    Grounding(program_summary=False),
+    Grounding(demos=False),
+    Grounding(data_summary=False, program_summary=False),
+    Grounding(tip=False, history=False),
+)
+TEMPERATURES = (0.5, 1.0, 1.4)
+
+
+async def mipro_plus_plus(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+    """MIPRO whose TPE also chooses, per predictor, the proposer's grounding and temperature; each
+    trial proposes the instructions it evaluates with the chosen settings (learning how to propose)."""
+    demo_sets = await bootstrap_candidates(ctx)
+    async with ctx.phase("propose", "summaries"):
+        data_summary, program_summary = await grounding_texts(ctx)
+    candidates = Candidates(
+        tuple(n for n, _ in ctx.predictors),
+        {n: (p.instruction,) for n, p in ctx.predictors},
+        demo_sets,
+    )
+    n_trials = ctx.budget.trials_for(len(ctx.predictors), True) * 2
+    async with ctx.phase("search", f"{n_trials} trials with proposals"):
+        loop = _loop(ctx, candidates, n_trials)
+        loop.proposal_hook = _ProposalHook(ctx, data_summary, program_summary)
+        outcome = await loop.run()
+        return loop.candidates, outcome
+
+
+@attrs.define
+class _ProposalHook:
+    """Turns a MIPRO++ suggestion (grounding, temperature) into an instruction index, proposing and
+    caching a new instruction per distinct setting."""
+
+    ctx: RunContext
+    data_summary: str | None
+    program_summary: str | None
+    made: dict[tuple[str, int, int], int] = attrs.Factory(dict)
+
+    def extra_parameters(self, candidates: Candidates) -> dict[str, int]:
+        out = {}
+        for name in candidates.predictors:
+            out[f"{name}.grounding"] = len(GROUNDING_OPTIONS)
+            out[f"{name}.temperature"] = len(TEMPERATURES)
+        return out
+
+    async def resolve(self, loop: SearchLoop, choice: dict[str, int]) -> dict[str, int]:
+        resolved = {k: v for k, v in choice.items() if k.endswith(".demos")}
+        for name, predictor in self.ctx.predictors:
+            g, t = choice.get(f"{name}.grounding", 0), choice.get(f"{name}.temperature", 0)
+            key = (name, g, t)
+            if key not in self.made:
+                grounding = attrs.evolve(GROUNDING_OPTIONS[g], temperature=TEMPERATURES[t])
+                existing = list(loop.candidates.instructions[name])
+                demo_sets = loop.candidates.demo_sets[name]
+                demos = demo_sets[choice.get(f"{name}.demos", 0)].demos
+                proposal = await propose_instruction(
+                    ProposalContext(name, predictor, self.data_summary, self.program_summary),
+                    self.ctx.proposer_lm,
+                    index=len(self.made) + 1,
+                    grounding=grounding,
+                    demos=demos,
+                    existing=existing,
+                    history=[(text, None) for text in existing],
+                    seed=self.ctx.seed,
+                )
+                if proposal.instruction is None:
+                    self.ctx.dropped.append((name, proposal.index, proposal.reason))
+                    self.made[key] = 0
+                else:
+                    instructions = {k: tuple(v) for k, v in loop.candidates.instructions.items()}
+                    instructions[name] = (*instructions[name], proposal.instruction)
+                    loop.candidates = attrs.evolve(loop.candidates, instructions=instructions)
+                    self.made[key] = len(instructions[name]) - 1
+                    await self.ctx.emit(
+                        CandidateProposed(name, "instruction", self.made[key], proposal.instruction)
+                    )
+            resolved[f"{name}.instruction"] = self.made[key]
+        return resolved
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "mipro": mipro,
+    "mipro_zero_shot": mipro_zero_shot,
+    "bayesian_bootstrap": bayesian_bootstrap,
+    "bootstrap_random_search": bootstrap_random_search,
+    "module_opro": module_opro,
+    "mipro_plus_plus": mipro_plus_plus,
+}

@@ -1,0 +1,284 @@
+"""The chat format of a predictor: rendering its prompt, and reading the model's reply back into
+fields.
+
+Layout (the stable part first, so a server-side prefix cache such as llama.cpp's reuses it across
+calls):
+
+1. system: the instruction, the input and output fields with their descriptions, and the reply
+   format (``Label: value``, one output field per line, in order);
+2. each demo as a user turn (its input fields as ``Label: value`` lines) and an assistant turn (its
+   output fields the same way); a demo shows only the fields it has, so a labeled demo without
+   ``reasoning`` just has no ``Reasoning:`` line;
+3. a final user turn with this call's inputs.
+
+Rendering is a pure function of (signature, instruction, demos, inputs): byte-identical for equal
+arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from aprompt._errors import ParseError
+from aprompt.lm.types import Message
+from aprompt.program.coerce import (
+    CoercionError,
+    coerce,
+    describe_type,
+    format_input,
+    format_output,
+)
+from aprompt.program.fields import Field
+from aprompt.program.signature import Signature
+
+__all__ = ["Reading", "correction_message", "format_messages", "parse_reply", "read_reply"]
+
+_NO_INPUTS = "(no inputs)"
+
+
+# -- rendering -------------------------------------------------------------------------------------
+def format_messages(
+    signature: Signature,
+    inputs: Mapping[str, Any],
+    *,
+    demos: Sequence[Mapping[str, Any]] = (),
+    instruction: str | None = None,
+) -> list[Message]:
+    """The messages a predictor sends for ``inputs``.
+
+    Example::
+
+        format_messages(Signature.parse("question -> answer: int"), {"question": "2+2?"})
+        # [{"role": "system", "content": "Given the fields `question`, ..."},
+        #  {"role": "user", "content": "Question: 2+2?"}]
+    """
+    messages: list[Message] = [{"role": "system", "content": system_prompt(signature, instruction)}]
+    for demo in demos:
+        user = _input_block(signature, demo)
+        assistant = _output_block(signature, demo)
+        if assistant:  # a demo without any output value teaches nothing
+            messages.append({"role": "user", "content": user or _NO_INPUTS})
+            messages.append({"role": "assistant", "content": assistant})
+    messages.append({"role": "user", "content": _input_block(signature, inputs) or _NO_INPUTS})
+    return messages
+
+
+def system_prompt(signature: Signature, instruction: str | None = None) -> str:
+    """Instruction, field descriptions and the reply format: the part shared by every call."""
+    parts = [(instruction if instruction is not None else signature.instruction).strip()]
+    if signature.inputs:
+        parts.append("Input fields:\n" + "\n".join(_describe(f, False) for f in signature.inputs))
+    parts.append("Output fields:\n" + "\n".join(_describe(f, True) for f in signature.outputs))
+    parts.append(
+        "Reply in exactly this format, each field on its own line, in this order:\n"
+        + reply_format(signature)
+    )
+    return "\n\n".join(p for p in parts if p)
+
+
+def reply_format(signature: Signature) -> str:
+    """``Label: <placeholder>`` per output field, e.g. ``Answer: <an integer>``."""
+    return "\n".join(f"{f.label}: <{_placeholder(f)}>" for f in signature.outputs)
+
+
+def correction_message(signature: Signature, problems: Mapping[str, str]) -> str:
+    """The follow-up user message after an unreadable reply: what was wrong, the exact format."""
+    lines = [f"- {signature.field(name).label}: {why}" for name, why in problems.items()]
+    return (
+        "Your reply could not be read:\n"
+        + "\n".join(lines)
+        + "\nReply again with every field on its own line, in exactly this format:\n"
+        + reply_format(signature)
+    )
+
+
+def _describe(field: Field, output: bool) -> str:
+    kind = describe_type(field.annotation) if output and field.annotation is not str else ""
+    description = field.description.strip()
+    text = f"{description} ({kind})" if description and kind else description or kind
+    return f"- {field.label}: {text}" if text else f"- {field.label}"
+
+
+def _placeholder(field: Field) -> str:
+    return field.name if field.annotation is str else describe_type(field.annotation)
+
+
+def _input_block(signature: Signature, values: Mapping[str, Any]) -> str:
+    lines = []
+    for field in signature.inputs:
+        if field.name in values:
+            value = values[field.name]
+            text = format_input(value)
+            block = isinstance(value, list | tuple) and text.startswith("[1] ")
+            lines.append(f"{field.label}:\n{text}" if block else _line(field.label, text))
+    return "\n".join(lines)
+
+
+def _output_block(signature: Signature, values: Mapping[str, Any]) -> str:
+    return "\n".join(
+        _line(f.label, format_output(values[f.name], f.annotation))
+        for f in signature.outputs
+        if f.name in values
+    )
+
+
+def _line(label: str, text: str) -> str:
+    return f"{label}: {text}" if text else f"{label}:"
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+@attrs.frozen
+class Reading:
+    """What could be read from one reply: typed values, and a reason per missing/invalid field."""
+
+    values: dict[str, Any]
+    problems: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_EMPH = r"(?:\*\*|__|\*|_)?"
+_BOLD = r"(?:\*\*|__)?"
+
+
+def _label_pattern(field: Field) -> str:
+    # Match the label and the bare name, with spaces, underscores or hyphens between words.
+    forms = set()
+    for form in (field.label, field.name):
+        words = [w for w in re.split(r"[\s_]+", form) if w]
+        forms.add(r"[ \t_-]+".join(re.escape(w) for w in words))
+    return "(?:" + "|".join(sorted(forms, key=lambda s: (-len(s), s))) + ")"
+
+
+def _line_patterns(field: Field) -> list[re.Pattern[str]]:
+    label = _label_pattern(field)
+    # Possessive whitespace runs (``*+``) keep matching linear on long runs of blanks.
+    colon = (
+        rf"^[ \t>]*+(?:[-*+•][ \t]++)?(?:\#{{1,6}}[ \t]*+)?{_EMPH}[ \t]*+{label}"
+        rf"[ \t]*+{_EMPH}[ \t]*+:[ \t]*+{_BOLD}[ \t]*+"
+    )
+    heading = (
+        rf"^[ \t>]*+(?:\#{{1,6}}[ \t]*+{_BOLD}|\*\*|__)[ \t]*+{label}"
+        rf"[ \t]*+{_BOLD}[ \t]*+:?[ \t]*+{_BOLD}[ \t]*+$"
+    )
+    return [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (colon, heading)]
+
+
+def _inline_patterns(field: Field) -> list[re.Pattern[str]]:
+    label = rf"(?<!\w){_label_pattern(field)}"
+    colon = rf"{label}[ \t]*+{_BOLD}[ \t]*+:[ \t]*+{_BOLD}[ \t]*+"
+    # Small models answer in prose ("The answer is 3."): "<label> is" is the weakest marker.
+    prose = rf"{label}[ \t]++is\b[ \t]*+:?[ \t]*+{_BOLD}[ \t]*+"
+    return [re.compile(p, re.IGNORECASE) for p in (colon, prose)]
+
+
+# (start, end, output field name); the name is None for an input label, which only ends a value.
+_Marker = tuple[int, int, str | None]
+
+
+def _find_markers(signature: Signature, text: str) -> list[_Marker]:
+    found: list[_Marker] = []
+    for field in signature.fields:
+        name = field.name if field in signature.outputs else None
+        for pattern in _line_patterns(field):
+            found.extend((m.start(), m.end(), name) for m in pattern.finditer(text))
+    present = {name for _, _, name in found}
+    for field in signature.outputs:
+        # Only a field with no line-start marker is looked for mid-line ("... so the answer: 4").
+        if field.name not in present:
+            for pattern in _inline_patterns(field):
+                match = pattern.search(text)
+                if match:
+                    found.append((match.start(), match.end(), field.name))
+                    break
+    return _without_overlaps(found)
+
+
+def _without_overlaps(markers: list[_Marker]) -> list[_Marker]:
+    kept: list[_Marker] = []
+    for marker in sorted(markers, key=lambda m: (m[0], -m[1])):
+        if not kept or marker[0] >= kept[-1][1]:
+            kept.append(marker)
+    return kept
+
+
+def _field_texts(markers: list[_Marker], text: str) -> dict[str, list[str]]:
+    """Each output field's values, one per marker occurrence, each running to the next marker."""
+    texts: dict[str, list[str]] = {}
+    for i, (_, end, name) in enumerate(markers):
+        if name is not None:
+            stop = markers[i + 1][0] if i + 1 < len(markers) else len(text)
+            texts.setdefault(name, []).append(_clean(text[end:stop]))
+    return texts
+
+
+def _clean(value: str) -> str:
+    value = value.strip()
+    # "**Answer: 42**" leaves a dangling "**"; strip emphasis only from one-line values so that
+    # multi-line text (e.g. reasoning with "* " bullets) is kept intact.
+    return value if "\n" in value else value.strip("*").strip()
+
+
+def read_reply(signature: Signature, text: str) -> Reading:
+    """Read every output field from ``text``; never raises.
+
+    Markers are ``Label:`` (or the field name) at a line start, any case, with markdown around them
+    (``**Answer:**``, ``## Answer``, ``- Answer:``); text before the first marker is ignored and a
+    value runs to the next marker of any field (input labels included, so an echoed next question
+    stops it). A field without a line-start marker is looked for mid-line: ``so the answer: 4``,
+    else in prose, ``the answer is 4``. When a field appears several times, its first value that
+    coerces wins. Unlabeled text before the first marker is the first output field's value when
+    that field is text and has no marker (a model that reasons first and labels only its answer).
+    With a single output field and no marker at all, the whole reply is the value.
+    """
+    markers = _find_markers(signature, text)
+    texts = _field_texts(markers, text)
+    first = signature.outputs[0]
+    if len(signature.outputs) == 1 and not texts:
+        texts = {first.name: [_clean(text)]}
+    elif texts and first.name not in texts and first.annotation is str:
+        leading = _clean(text[: markers[0][0]])
+        if leading:
+            texts[first.name] = [leading]
+    values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for field in signature.outputs:
+        candidates = texts.get(field.name)
+        if not candidates:
+            problems[field.name] = "missing"
+            continue
+        errors = []
+        for candidate in candidates:
+            try:
+                values[field.name] = coerce(candidate, field.annotation)
+                break
+            except CoercionError as exc:
+                errors.append(str(exc))
+        else:
+            problems[field.name] = errors[0]
+    return Reading(values, problems)
+
+
+def parse_reply(signature: Signature, text: str) -> dict[str, Any]:
+    """Read the output fields from ``text`` or raise :class:`~aprompt.ParseError`.
+
+    Example::
+
+        parse_reply(Signature.parse("q -> answer: int"), "**Answer:** about 42.")  # {"answer": 42}
+    """
+    reading = read_reply(signature, text)
+    if reading.problems:
+        raise ParseError(
+            describe_problems(reading.problems), raw_text=text, missing=tuple(reading.problems)
+        )
+    return reading.values
+
+
+def describe_problems(problems: Mapping[str, str]) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in problems.items())

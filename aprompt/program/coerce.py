@@ -1,0 +1,192 @@
+"""Turning a model's text into typed values, and typed values into text the parser reads back.
+
+Coercion rules (each raises :class:`CoercionError` with a reason the model can act on):
+
+- ``str``: the text as is (already stripped); empty text is an error.
+- ``int``: the first number in the text. Thousands separators are dropped (``3,000`` → 3000), a
+  trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored (``about 7`` →
+  7); a fraction (``4.5``) is an error. With no digits at all, the first number word from zero to
+  twenty counts (``seven`` → 7), because small models often spell counts out.
+- ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read).
+- ``bool``: the first of ``yes``/``true`` or ``no``/``false`` as a whole word (any case); a bare
+  ``1``/``0``.
+- ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
+  spaces; otherwise the single choice mentioned as a whole word or phrase in the text (two mentioned
+  is an error).
+- ``list[T]``: a JSON (or Python) list; else bullet or numbered lines; else one item per line; else
+  comma-separated items. Each item is coerced to ``T``.
+
+Formatting (:func:`format_output`) is the inverse for every value the rules accept: ints and floats
+in ``repr`` form, bools as ``yes``/``no``, lists as JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import typing
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aprompt.program.fields import is_list, is_literal, normalize_choice
+
+__all__ = ["CoercionError", "coerce", "describe_type", "format_input", "format_output"]
+
+
+class CoercionError(ValueError):
+    """A field's text does not hold a value of the field's type; the message says why."""
+
+
+_NUMBER = re.compile(
+    r"(?<![\d.])[-+]?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+)
+_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty"
+).split()
+_NUMBER_WORD = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
+_BOOL_WORD = re.compile(r"\b(yes|true|no|false)\b", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|\[\d+\])\s+(.*\S)\s*$")
+
+
+def coerce(text: str, annotation: Any) -> Any:
+    """Read a value of type ``annotation`` from ``text`` (see the module docstring for the rules).
+
+    Example::
+
+        coerce("about 3,000 people", int)  # -> 3000
+    """
+    text = text.strip()
+    if not text:
+        raise CoercionError("the value is empty")
+    if annotation is str:
+        return text
+    if annotation is bool:
+        return _coerce_bool(text)
+    if annotation is int or annotation is float:
+        return _coerce_number(text, annotation)
+    if is_literal(annotation):
+        return _coerce_choice(text, typing.get_args(annotation))
+    if is_list(annotation):
+        item_type = typing.get_args(annotation)[0]
+        return [_coerce_item(item, item_type) for item in _split_list(text)]
+    raise CoercionError(f"unsupported type {annotation!r}")
+
+
+def _coerce_number(text: str, annotation: Any) -> int | float:
+    match = _NUMBER.search(text)
+    if match is None:
+        word = _NUMBER_WORD.search(text)
+        if word is None:
+            raise CoercionError(f"expected {describe_type(annotation)}, got {text[:80]!r}")
+        number = Decimal(_WORDS.index(word.group(1).lower()))
+    else:
+        try:
+            number = Decimal(match.group(0).replace(",", ""))
+        except InvalidOperation:  # pragma: no cover - the pattern only matches valid decimals
+            raise CoercionError(f"cannot read the number {match.group(0)!r}") from None
+    if annotation is float:
+        return float(number)
+    if number != number.to_integral_value():
+        raise CoercionError(f"expected a whole number, got {match.group(0) if match else text!r}")
+    return int(number)
+
+
+def _coerce_bool(text: str) -> bool:
+    if text in ("1", "0"):
+        return text == "1"
+    match = _BOOL_WORD.search(text)
+    if match is None:
+        raise CoercionError(f"expected yes or no, got {text[:80]!r}")
+    return match.group(1).lower() in ("yes", "true")
+
+
+def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
+    wanted = normalize_choice(text)
+    by_form = {normalize_choice(str(c)): c for c in choices}
+    if wanted in by_form:
+        return by_form[wanted]
+    padded = f" {wanted} "
+    mentioned = [form for form in by_form if form and f" {form} " in padded]
+    # A mention inside a longer mentioned choice ("good" in "very good") is not a separate mention.
+    mentioned = [
+        f for f in mentioned if not any(f != g and f" {f} " in f" {g} " for g in mentioned)
+    ]
+    if len(mentioned) == 1:
+        return by_form[mentioned[0]]
+    options = ", ".join(str(c) for c in choices)
+    problem = "names several of" if mentioned else "is not one of"
+    raise CoercionError(f"{text[:80]!r} {problem}: {options}")
+
+
+def _coerce_item(item: Any, item_type: Any) -> Any:
+    if isinstance(item, str):
+        # Items are already delimited (JSON quotes, bullets, commas): text items are kept exactly.
+        return item if item_type is str else coerce(item, item_type)
+    if isinstance(item, bool) and item_type is bool:
+        return item
+    if isinstance(item, int | float) and not isinstance(item, bool) and item_type in (int, float):
+        return coerce(repr(item), item_type)
+    if isinstance(item, int | float | bool):
+        return coerce(json.dumps(item), item_type)
+    raise CoercionError(f"list items must be single values, got {json.dumps(item)[:80]}")
+
+
+def _split_list(text: str) -> list[Any]:
+    if text.startswith("[") and text.endswith("]"):
+        for reader in (json.loads, ast.literal_eval):
+            try:
+                data = reader(text)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            if isinstance(data, list | tuple):
+                return list(data)
+    lines = [line for line in text.splitlines() if line.strip()]
+    bullets = [_BULLET.match(line) for line in lines]
+    if len(lines) > 1 or all(bullets):
+        return [m.group(1) if m else line.strip() for m, line in zip(bullets, lines, strict=True)]
+    return [part.strip().strip("'\"") for part in text.split(",") if part.strip().strip("'\"")]
+
+
+def describe_type(annotation: Any) -> str:
+    """How the prompt names a type: ``an integer``, ``yes or no``, ``one of: a, b``."""
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if annotation is bool:
+        return "yes or no"
+    if is_literal(annotation):
+        return "one of: " + ", ".join(str(c) for c in typing.get_args(annotation))
+    if is_list(annotation):
+        item = typing.get_args(annotation)[0]
+        of = "" if item is str else f" of {describe_type(item)} values"
+        return f'a JSON list{of}, like ["first", "second"]' if item is str else f"a JSON list{of}"
+    return "text"
+
+
+def format_output(value: Any, annotation: Any = str) -> str:
+    """Render an output value as the model should write it, so that :func:`coerce` reads it back."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return json.dumps([_plain(v) for v in value], ensure_ascii=False)
+    if isinstance(value, str):
+        return value
+    return json.dumps(_plain(value), ensure_ascii=False, default=str)
+
+
+def format_input(value: Any) -> str:
+    """Render an input value for the prompt: lists of text as numbered lines, others plainly."""
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value) and value:
+        return "\n".join(f"[{i}] {v}" for i, v in enumerate(value, start=1))
+    return format_output(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,246 @@
+"""Predictors: an LM call shaped by a signature, with the prompt state an optimizer changes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aprompt._errors import ConfigError, ParseError, StateError
+from aprompt.lm.types import LM, Message, TokenUsage
+from aprompt.program.adapter import (
+    correction_message,
+    describe_problems,
+    format_messages,
+    read_reply,
+)
+from aprompt.program.context import ACTIVE_TRACES, current_lm
+from aprompt.program.fields import Field
+from aprompt.program.overrides import active_overrides
+from aprompt.program.signature import Signature, as_signature
+from aprompt.program.values import Demo, Prediction, as_demo
+
+__all__ = ["ChainOfThought", "Predict"]
+
+REASONING = Field(
+    "reasoning", str, "step-by-step thinking that works out the answer", label="Reasoning"
+)
+
+
+class Predict:
+    """An async callable that fills a signature's output fields with one LM call.
+
+    Its prompt state — ``instruction`` and ``demos`` — is mutable and is what an optimizer changes;
+    the signature is fixed. A call keeps nothing on ``self``: it snapshots the state when it starts,
+    so one predictor serves many concurrent calls (and may be re-tuned between them).
+
+    Args:
+        signature: a :class:`Signature`, a string like ``"question -> answer: int"``, or a
+            declaration class.
+        instruction: the starting instruction; the signature's by default.
+        demos: starting demos (``Demo`` objects or mappings of field values).
+        lm: the LM to use when a call gives none; else the :func:`use_lm` default.
+        max_parse_retries: corrective follow-ups after an unreadable reply before ``ParseError``.
+        **lm_params: sampling parameters for every call (``temperature=0.7``, ``max_tokens=256``).
+
+    Example::
+
+        answer = Predict("question -> answer: int", temperature=0.0)
+        prediction = await answer(question="How many legs has a cat?", lm=lm)
+        prediction.answer  # 4
+    """
+
+    def __init__(
+        self,
+        signature: Signature | str | type,
+        *,
+        instruction: str | None = None,
+        demos: Iterable[Demo | Mapping[str, Any]] = (),
+        lm: LM | None = None,
+        max_parse_retries: int = 2,
+        **lm_params: Any,
+    ) -> None:
+        if max_parse_retries < 0:
+            raise ConfigError(f"max_parse_retries must be >= 0, got {max_parse_retries}")
+        self._signature = self._prepare(as_signature(signature))
+        self.instruction: str = (
+            instruction if instruction is not None else self._signature.instruction
+        )
+        self.demos = demos
+        self.lm = lm
+        self.max_parse_retries = max_parse_retries
+        self.lm_params: dict[str, Any] = dict(lm_params)
+
+    def _prepare(self, signature: Signature) -> Signature:
+        """Hook for subclasses that derive their signature (ChainOfThought adds ``reasoning``)."""
+        return signature
+
+    @property
+    def signature(self) -> Signature:
+        """The fixed signature (its instruction is the original one; see ``self.instruction``)."""
+        return self._signature
+
+    @property
+    def demos(self) -> list[Demo]:
+        """The demos shown before each call (assign any iterable of Demos or mappings)."""
+        return self._demos
+
+    @demos.setter
+    def demos(self, demos: Iterable[Demo | Mapping[str, Any]]) -> None:
+        self._demos = [as_demo(d) for d in demos]
+
+    # -- calling ---------------------------------------------------------------------------------
+    async def __call__(
+        self,
+        *,
+        lm: LM | None = None,
+        rollout: int | None = None,
+        lm_params: Mapping[str, Any] | None = None,
+        **inputs: Any,
+    ) -> Prediction:
+        """Predict the output fields for ``inputs`` (keyword arguments named after input fields).
+
+        ``rollout`` (default 0) is passed to ``lm.chat``: part of a cache key, a different rollout
+        draws a different, still cacheable, sample. ``lm_params`` override this predictor's
+        sampling parameters. Inside :func:`~aprompt.program.overrides.override_prompts`, the
+        block's instruction and demos for this predictor replace its own, and the block's rollout
+        and sampling parameters apply unless the call gives its own.
+
+        Raises :class:`ConfigError` for wrong inputs or no LM, and :class:`ParseError` when the
+        reply stays unreadable after ``max_parse_retries`` corrective follow-ups.
+        """
+        client = self._resolve_lm(lm)
+        self._check_inputs(inputs)
+        signature = self._signature
+        instruction, demos, params, rollout = self._effective_settings(rollout, lm_params)
+        messages = format_messages(signature, inputs, demos=demos, instruction=instruction)
+        conversation: list[Message] = messages
+        usage = TokenUsage()
+        for _attempt in range(self.max_parse_retries + 1):
+            # Retries keep the caller's rollout: their messages differ (the correction is appended),
+            # so a cache never replays the bad reply, and a re-run replays the same retries.
+            completion = await client.chat(conversation, rollout=rollout, **params)
+            usage = TokenUsage(
+                usage.prompt_tokens + completion.usage.prompt_tokens,
+                usage.completion_tokens + completion.usage.completion_tokens,
+            )
+            reading = read_reply(signature, completion.text)
+            if reading.ok:
+                prediction = Prediction(reading.values, completion=completion, usage=usage)
+                for sink in ACTIVE_TRACES.get():
+                    sink.record(self, inputs, prediction)
+                return prediction
+            # Only the latest bad reply is kept: a growing transcript of failures would crowd a
+            # small model's context and teach it the wrong format.
+            conversation = [
+                *messages,
+                {"role": "assistant", "content": completion.text},
+                {"role": "user", "content": correction_message(signature, reading.problems)},
+            ]
+        raise ParseError(
+            f"{self!r}: reply unreadable after {self.max_parse_retries + 1} attempt(s): "
+            f"{describe_problems(reading.problems)}",
+            raw_text=completion.text,
+            missing=tuple(reading.problems),
+        )
+
+    def _effective_settings(
+        self, rollout: int | None, lm_params: Mapping[str, Any] | None
+    ) -> tuple[str, tuple[Demo, ...], dict[str, Any], int]:
+        """Snapshot of (instruction, demos, sampling params, rollout) for one call: the call's
+        arguments over the task's prompt overrides over this predictor's own state."""
+        instruction, demos = self.instruction, tuple(self._demos)
+        params = dict(self.lm_params)
+        overrides = active_overrides()
+        if overrides is not None:
+            prompt = overrides.prompts.get(id(self))
+            if prompt is not None:
+                instruction, demos = prompt.instruction, prompt.demos
+            params.update(overrides.lm_params)
+            rollout = overrides.rollout if rollout is None else rollout
+        params.update(lm_params or {})
+        return instruction, demos, params, rollout or 0
+
+    def _resolve_lm(self, lm: LM | None) -> LM:
+        resolved = lm if lm is not None else self.lm if self.lm is not None else current_lm()
+        if resolved is None:
+            raise ConfigError(
+                f"{self!r} has no LM: pass lm= to the call or to the predictor, "
+                "or wrap the calls in `with aprompt.use_lm(lm):`"
+            )
+        return resolved
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        expected = self._signature.input_names
+        missing = [n for n in expected if n not in inputs]
+        unknown = sorted(n for n in inputs if n not in expected)
+        if missing or unknown:
+            detail = "; ".join(
+                part
+                for part in (
+                    f"missing {missing}" if missing else "",
+                    f"unexpected {unknown}" if unknown else "",
+                )
+                if part
+            )
+            raise ConfigError(f"{self!r} takes inputs {list(expected)}: {detail}")
+
+    # -- prompt state ----------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """This predictor's prompt state: ``{"signature", "instruction", "demos"}``."""
+        return {
+            "signature": str(self._signature),
+            "instruction": self.instruction,
+            "demos": [d.to_dict() for d in self._demos],
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restore prompt state from :meth:`get_state`; :class:`StateError` if it does not fit."""
+        check_state(self, state)
+        self.instruction = state["instruction"]
+        self.demos = state["demos"]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Predict:
+        # Copies share the (immutable) signature and the LM client — never duplicate a connection
+        # pool — but own their prompt state, so a copied program can be tuned independently.
+        clone = copy.copy(self)
+        clone._demos = copy.deepcopy(self._demos, memo)
+        clone.lm_params = copy.deepcopy(self.lm_params, memo)
+        return clone
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self._signature)!r})"
+
+
+def check_state(predictor: Predict, state: Mapping[str, Any], where: str = "") -> None:
+    """Raise :class:`StateError` unless ``state`` is a valid prompt state for ``predictor``."""
+    where = where or repr(predictor)
+    if not isinstance(state, Mapping):
+        raise StateError(f"{where}: state must be an object, got {type(state).__name__}")
+    if state.get("signature") != str(predictor.signature):
+        raise StateError(
+            f"{where}: saved signature {state.get('signature')!r} does not match "
+            f"the predictor's {str(predictor.signature)!r}"
+        )
+    if not isinstance(state.get("instruction"), str):
+        raise StateError(f"{where}: 'instruction' must be a string")
+    demos = state.get("demos")
+    if not isinstance(demos, list) or not all(
+        isinstance(d, Mapping) and all(isinstance(k, str) for k in d) for d in demos
+    ):
+        raise StateError(f"{where}: 'demos' must be a list of objects with string keys")
+
+
+class ChainOfThought(Predict):
+    """A :class:`Predict` that asks for a ``reasoning`` field before the signature's outputs.
+
+    Example::
+
+        solve = ChainOfThought("question -> answer: int")
+        str(solve.signature)  # 'question -> reasoning, answer: int'
+    """
+
+    def _prepare(self, signature: Signature) -> Signature:
+        if REASONING.name in signature.output_names or REASONING.name in signature.input_names:
+            raise ConfigError(f"signature {signature} already has a 'reasoning' field")
+        return signature.prepend_output(REASONING)

@@ -1,0 +1,117 @@
+"""Saving and loading a program's prompt state (every predictor's instruction and demos) as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aprompt._errors import StateError
+from aprompt.program.discovery import named_predictors
+from aprompt.program.predictor import check_state
+
+__all__ = ["STATE_VERSION", "load_state", "load_state_file", "program_state", "save_state"]
+
+STATE_VERSION = 1
+_VERSION_KEY = "aprompt_state_version"
+
+
+def program_state(program: object) -> dict[str, Any]:
+    """The prompt state of every predictor of ``program`` as plain JSON values.
+
+    Shape: ``{"aprompt_state_version": 1, "predictors": {name: {"signature", "instruction",
+    "demos"}}}`` (names from :func:`named_predictors`). Raises :class:`StateError` if a demo holds a
+    value JSON cannot represent.
+
+    Example::
+
+        data = program_state(program)
+        load_state(other_copy_of_program, data)
+    """
+    predictors = {}
+    for name, predictor in named_predictors(program):
+        state = predictor.get_state()
+        state["demos"] = [
+            _json_value(d, f"{name}.demos[{i}]") for i, d in enumerate(state["demos"])
+        ]
+        predictors[name] = state
+    return {_VERSION_KEY: STATE_VERSION, "predictors": predictors}
+
+
+def load_state(program: object, data: Mapping[str, Any]) -> None:
+    """Set every predictor of ``program`` from ``data`` (as made by :func:`program_state`).
+
+    All of it is checked before anything changes: the version, that the predictor names are exactly
+    the program's, and that each saved signature matches; any mismatch raises :class:`StateError`
+    naming it and leaves the program as it was.
+    """
+    if not isinstance(data, Mapping):
+        raise StateError(f"prompt state must be an object, got {type(data).__name__}")
+    version = data.get(_VERSION_KEY)
+    if version != STATE_VERSION:
+        raise StateError(f"unsupported prompt state version {version!r} (expected {STATE_VERSION})")
+    saved = data.get("predictors")
+    if not isinstance(saved, Mapping):
+        raise StateError("prompt state lacks a 'predictors' object")
+    predictors = dict(named_predictors(program))
+    missing = sorted(set(predictors) - set(saved))
+    extra = sorted(set(saved) - set(predictors))
+    if missing or extra:
+        raise StateError(
+            "prompt state does not match the program's predictors: "
+            + "; ".join(
+                part
+                for part in (
+                    f"not in the state: {missing}" if missing else "",
+                    f"not in the program: {extra}" if extra else "",
+                )
+                if part
+            )
+        )
+    for name, predictor in predictors.items():
+        check_state(predictor, saved[name], where=f"predictor {name!r}")
+    for name, predictor in predictors.items():
+        predictor.set_state(saved[name])
+
+
+def save_state(program: object, path: str | os.PathLike[str]) -> None:
+    """Write :func:`program_state` to ``path`` as JSON (atomically: a crash leaves the old file)."""
+    target = Path(path)
+    text = json.dumps(program_state(program), indent=2, ensure_ascii=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state_file(program: object, path: str | os.PathLike[str]) -> None:
+    """Read a file written by :func:`save_state` and :func:`load_state` it into ``program``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StateError(f"{path}: not valid JSON ({exc})") from None
+    load_state(program, data)
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """A deep copy of ``value`` in plain JSON types (tuples become lists); StateError otherwise."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise StateError(f"{where}: {value!r} cannot be saved as JSON")
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise StateError(f"{where}: object keys must be strings")
+        return {k: _json_value(v, f"{where}.{k}") for k, v in value.items()}
+    raise StateError(f"{where}: a {type(value).__name__} value cannot be saved as JSON")

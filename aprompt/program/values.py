@@ -1,0 +1,90 @@
+"""The values a predictor produces and learns from: :class:`Prediction` and :class:`Demo`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from aprompt.lm.types import Completion, TokenUsage
+
+__all__ = ["Demo", "Prediction"]
+
+
+def _plain_dict(values: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(values)
+
+
+class _FieldValues(Mapping[str, Any]):
+    """Read-only mapping over ``_fields`` plus attribute access (``prediction.answer``)."""
+
+    __slots__ = ()
+    _fields: dict[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self._fields[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails; read the slot directly so that a half-built object
+        # (during copy or unpickling) raises AttributeError instead of recursing.
+        try:
+            fields = object.__getattribute__(self, "_fields")
+        except AttributeError:
+            raise AttributeError(name) from None
+        try:
+            return fields[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The field values as a plain dict (JSON-able when the values are)."""
+        return dict(self._fields)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._fields.items())
+        return f"{type(self).__name__}({inner})"
+
+
+@attrs.frozen(repr=False, eq=True, hash=False)
+class Prediction(_FieldValues):
+    """The output fields of one predictor call, by attribute or key, plus what the call cost.
+
+    Attributes:
+        completion: the LM completion the values were read from (the last one after retries).
+        usage: tokens of every attempt of this call, retries included.
+
+    Example::
+
+        prediction = await predict(question="2+2?")
+        prediction.answer, prediction["answer"], dict(prediction)
+    """
+
+    _fields: dict[str, Any] = attrs.field(alias="fields", converter=_plain_dict)
+    completion: Completion | None = None
+    usage: TokenUsage = attrs.field(factory=TokenUsage)
+
+
+@attrs.frozen(repr=False, eq=True, hash=False)
+class Demo(_FieldValues):
+    """One few-shot example for a predictor: values of (some of) its input and output fields.
+
+    Fields the demo lacks are simply not shown in the prompt, so a labeled demo (inputs and the
+    final answer) and a bootstrapped one (every field, reasoning included) both work.
+
+    Example::
+
+        Demo({"question": "2+2?", "answer": 4})
+    """
+
+    _fields: dict[str, Any] = attrs.field(alias="fields", converter=_plain_dict)
+
+
+def as_demo(value: Demo | Mapping[str, Any]) -> Demo:
+    return value if isinstance(value, Demo) else Demo(value)

@@ -1,0 +1,194 @@
+"""Several endpoints: routing by load, per-endpoint limits and keys, health and fail-over."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from aprompt._errors import ConfigError
+from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
+from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
+from aprompt.lm.limits import RateLimiter
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.retry import RetryPolicy
+from aprompt.lm.types import Message
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+from tests.conftest import TEST_API_KEY
+
+pytestmark = pytest.mark.anyio
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+QUICK = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
+
+
+@pytest.fixture
+async def second_server() -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer(api_key=TEST_API_KEY) as server:
+        yield server
+
+
+async def run_calls(lm: OpenAICompatibleLM, count: int) -> None:
+    async with anyio.create_task_group() as tg:
+        for index in range(count):
+            tg.start_soon(lm.chat, question(index))
+
+
+def question(index: int) -> list[Message]:
+    return [{"role": "user", "content": f"Question {index}"}]
+
+
+def state(url: str, capacity: int = 4) -> EndpointState:
+    lanes = ConnectionLanes(capacity, LaneClientFactory(timeout=1.0))
+    return EndpointState(url, headers={}, capacity=capacity, limiter=RateLimiter(), lanes=lanes)
+
+
+# -- configuration -------------------------------------------------------------------------------
+def test_endpoint_repr_hides_its_api_key() -> None:
+    endpoint = Endpoint("http://gpu-1:8000/v1", max_concurrency=4, api_key=TEST_API_KEY)
+    assert TEST_API_KEY not in repr(endpoint)
+
+
+def test_public_url_drops_credentials_and_trailing_slash() -> None:
+    assert public_url("http://user:secret@gpu-1:8000/v1/") == "http://gpu-1:8000/v1"
+
+
+def test_url_without_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        public_url("gpu-1:8000/v1")
+
+
+# -- routing (pool alone) ------------------------------------------------------------------------
+def test_pool_routes_to_the_least_loaded_endpoint_relative_to_capacity() -> None:
+    small, large = state("http://a/v1", capacity=2), state("http://b/v1", capacity=8)
+    pool = EndpointPool([small, large])
+    small.in_flight, large.in_flight = 1, 3  # 50 % versus 37.5 %
+    assert pool.choose() is large
+
+
+def test_pool_avoids_an_endpoint_cooling_down_after_a_failure() -> None:
+    first, second = state("http://a/v1"), state("http://b/v1")
+    pool = EndpointPool([first, second], cooldown=60.0)
+    second.in_flight = 3
+    pool.mark_unhealthy(first)
+    assert [pool.choose() for _ in range(4)] == [second] * 4
+
+
+def test_pool_still_routes_when_every_endpoint_is_unhealthy() -> None:
+    first, second = state("http://a/v1"), state("http://b/v1")
+    pool = EndpointPool([first, second], cooldown=60.0)
+    pool.mark_unhealthy(first)
+    pool.mark_unhealthy(second)
+    first.in_flight = 2
+    assert pool.choose() is second
+
+
+def test_lanes_hand_out_places_last_in_first_out_and_spread_when_busy() -> None:
+    lanes = ConnectionLanes(4, LaneClientFactory(timeout=1.0), lane_size=2)
+    first = lanes.take()
+    lanes.give(first)
+    assert lanes.take() == first  # a lone caller keeps its warm connection
+    assert {first, lanes.take()} == {0, 1}  # concurrent callers spread over the lanes
+
+
+async def test_lanes_over_a_shared_client_give_every_slot_that_client() -> None:
+    async with httpx.AsyncClient() as client:
+        lanes = ConnectionLanes(3, LaneClientFactory(timeout=1.0), shared_client=client)
+        places = [lanes.take() for _ in range(3)]
+        assert {id(lanes.client(place)) for place in places} == {id(client)}
+
+
+# -- routing against two servers -----------------------------------------------------------------
+@both_backends
+async def test_load_spreads_across_two_endpoints(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    for server in (fake_server, second_server):
+        server.latency = 0.01
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=16) as lm:
+        await run_calls(lm, 80)
+    counts = [len(fake_server.chat_requests), len(second_server.chat_requests)]
+    assert sum(counts) == 80 and min(counts) >= 30
+
+
+@both_backends
+async def test_calls_fail_over_when_one_endpoint_drops_every_connection(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    fake_server.fault_rates = [(Fault.drop_connection(), 1.0)]
+    second_server.latency = 0.01
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM(
+        "m", urls, api_key=TEST_API_KEY, max_concurrency=8, retry=QUICK
+    ) as lm:
+        await run_calls(lm, 40)
+    assert lm.usage.calls == 40 and lm.usage.errors == 0
+    assert len(second_server.chat_requests) == 40
+    # Once marked unhealthy, the broken endpoint only saw the requests routed before that.
+    assert 1 <= len(fake_server.chat_requests) <= 8
+
+
+@both_backends
+async def test_endpoint_with_a_lower_concurrency_limit_gets_proportionally_fewer_calls(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    for server in (fake_server, second_server):
+        server.latency = 0.01
+    endpoints = [
+        Endpoint(fake_server.base_url, max_concurrency=2),
+        Endpoint(second_server.base_url, max_concurrency=8),
+    ]
+    async with OpenAICompatibleLM("m", endpoints, api_key=TEST_API_KEY) as lm:
+        await run_calls(lm, 100)
+    small = len(fake_server.chat_requests)
+    assert len(second_server.chat_requests) + small == 100
+    assert 12 <= small <= 28  # capacity share: 2 / 10
+    assert fake_server.max_in_flight <= 2 and second_server.max_in_flight <= 8
+
+
+async def test_endpoint_with_a_lower_rate_limit_gets_fewer_calls(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    endpoints = [
+        Endpoint(fake_server.base_url, max_concurrency=2, requests_per_minute=240),
+        Endpoint(second_server.base_url, max_concurrency=4),
+    ]
+    second_server.latency = 0.01
+    async with OpenAICompatibleLM("m", endpoints, api_key=TEST_API_KEY) as lm:
+        await run_calls(lm, 60)
+    # The limited endpoint admits a burst of 4, then 3.93/s; meanwhile the other does the rest.
+    assert len(fake_server.chat_requests) <= 8
+    assert len(second_server.chat_requests) >= 52
+
+
+async def test_each_endpoint_sends_its_own_api_key(lm_kwargs: dict[str, Any]) -> None:
+    async with (
+        FakeOpenAIServer(api_key="sk-first-1111") as first,
+        FakeOpenAIServer(api_key="sk-second-2222") as second,
+    ):
+        endpoints = [
+            Endpoint(first.base_url, api_key="sk-first-1111"),
+            Endpoint(second.base_url, api_key="sk-second-2222"),
+        ]
+        async with OpenAICompatibleLM("m", endpoints, max_concurrency=4) as lm:
+            await run_calls(lm, 12)
+            assert "sk-first" not in repr(lm) and "sk-second" not in repr(lm)
+        assert first.chat_requests and second.chat_requests
+        assert {r.status for r in first.chat_requests + second.chat_requests} == {200}
+
+
+async def test_a_429_from_one_endpoint_sends_the_next_calls_to_the_other(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    fake_server.queue_faults(Fault.rate_limited("5"))
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, retry=QUICK) as lm:
+        with anyio.fail_after(2):
+            for index in range(6):
+                await lm.chat(question(index))
+    assert [r.status for r in fake_server.chat_requests] == [429]
+    assert len(second_server.chat_requests) == 6

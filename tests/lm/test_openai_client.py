@@ -1,0 +1,347 @@
+"""The OpenAI-compatible client against a loopback server: requests, limits, cache, usage, keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from aprompt._errors import AuthenticationError, ConfigError, LMError, ServerError
+from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.retry import RetryPolicy
+from aprompt.lm.types import LM, Message
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+from tests.conftest import TEST_API_KEY
+
+pytestmark = pytest.mark.anyio
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+QUICK = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
+HELLO: list[Message] = [{"role": "user", "content": "Hello"}]
+
+
+def question(index: int) -> list[Message]:
+    return [{"role": "user", "content": f"Question {index}"}]
+
+
+async def run_all(lm: OpenAICompatibleLM, prompts: list[list[Message]]) -> None:
+    async with anyio.create_task_group() as tg:
+        for messages in prompts:
+            tg.start_soon(lm.chat, messages)
+
+
+def files_content(directory: Path) -> dict[str, bytes]:
+    """Every file in ``directory`` (the SQLite file and any journal beside it)."""
+    return {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()}
+
+
+def max_in_window(times: list[float], width: float) -> int:
+    times = sorted(times)
+    return max(sum(1 for u in times[i:] if u < t + width) for i, t in enumerate(times))
+
+
+# -- requests and responses ----------------------------------------------------------------------
+@both_backends
+async def test_chat_returns_the_text_and_the_reported_usage(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.responder = lambda request: f"echo {request.last_user}"
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        completion = await lm.chat(HELLO)
+    assert isinstance(lm, LM)
+    assert (completion.text, completion.finish_reason, completion.cached) == (
+        "echo Hello",
+        "stop",
+        False,
+    )
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (2, 3)
+
+
+async def test_rollout_is_never_sent_and_params_merge_over_defaults(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    defaults = {"temperature": 0.0, "max_tokens": 64, "seed": 1}
+    async with OpenAICompatibleLM(**lm_kwargs, default_params=defaults) as lm:
+        await lm.chat(HELLO, rollout=3, temperature=0.7, seed=None)
+    (request,) = fake_server.chat_requests
+    assert request.body == {
+        "model": "fake-model",
+        "messages": HELLO,
+        "max_tokens": 64,
+        "temperature": 0.7,
+    }
+
+
+async def test_api_key_is_read_from_the_environment_variable(
+    fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_FAKE_KEY", TEST_API_KEY)
+    async with OpenAICompatibleLM(
+        "fake-model", fake_server.base_url, api_key_env="MY_FAKE_KEY"
+    ) as lm:
+        await lm.chat(HELLO)
+    assert fake_server.chat_requests[0].headers["authorization"] == f"Bearer {TEST_API_KEY}"
+
+
+async def test_repr_shows_model_and_endpoint_but_not_the_key(lm_kwargs: dict[str, Any]) -> None:
+    lm = OpenAICompatibleLM(**lm_kwargs)
+    assert "fake-model" in repr(lm) and lm_kwargs["base_url"] in repr(lm)
+    assert TEST_API_KEY not in repr(lm) and TEST_API_KEY not in str(lm)
+    await lm.aclose()
+
+
+async def test_no_key_in_errors_or_debug_logs(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    errors: list[BaseException] = []
+    fake_server.queue_faults(*[Fault.drop_connection()] * 2, *[Fault.http_status(502)] * 2)
+    async with OpenAICompatibleLM(**lm_kwargs, retry=QUICK, max_retries=1) as lm:
+        for _ in range(2):
+            with pytest.raises(LMError) as caught:
+                await lm.chat(HELLO)
+            errors.append(caught.value)
+        fake_server.queue_faults(Fault.rate_limited("0.01"))
+        await lm.chat(HELLO)
+    async with OpenAICompatibleLM(**{**lm_kwargs, "api_key": TEST_API_KEY + "x"}) as lm:
+        with pytest.raises(AuthenticationError) as caught:
+            await lm.chat(HELLO)
+        errors.append(caught.value)
+    assert "retrying" in caplog.text  # the retries were logged ...
+    assert TEST_API_KEY not in caplog.text  # ... without the key
+    for error in errors:
+        chained: BaseException | None = error
+        while chained is not None:
+            assert TEST_API_KEY not in f"{chained} {chained!r} {vars(chained)!r}"
+            chained = chained.__cause__ or chained.__context__
+
+
+async def test_a_passed_in_http_client_is_used_and_left_open(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    async with httpx.AsyncClient() as client:
+        async with OpenAICompatibleLM(**lm_kwargs, http_client=client) as lm:
+            await lm.chat(HELLO)
+        assert not client.is_closed
+        response = await client.get(f"{fake_server.base_url}/models")
+        assert response.status_code == 200
+
+
+async def test_the_owned_http_client_is_closed_on_exit(lm_kwargs: dict[str, Any]) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        await lm.chat(HELLO)
+    with pytest.raises(LMError, match="closed"):
+        await lm.chat(HELLO)
+
+
+# -- concurrency and rate limits -----------------------------------------------------------------
+@both_backends
+async def test_concurrency_cap_holds_at_the_server(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.latency = 0.02
+    async with OpenAICompatibleLM(**lm_kwargs, max_concurrency=8) as lm:
+        await run_all(lm, [question(i) for i in range(100)])
+    assert fake_server.max_in_flight == 8
+    assert lm.usage.calls == 100
+
+
+@both_backends
+async def test_requests_per_minute_hold_in_every_window_at_the_server(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    rpm, calls = 1200, 50  # burst 20, then 19.67/s: about 1.5 s
+    burst, rate = rpm / 60, (rpm - rpm / 60) / 60
+    sent: dict[str, float] = {}
+
+    async def record_send(request: httpx.Request) -> None:
+        sent[json.loads(request.content)["messages"][0]["content"]] = time.monotonic()
+
+    async with httpx.AsyncClient(event_hooks={"request": [record_send]}) as client:
+        async with OpenAICompatibleLM(
+            **lm_kwargs, requests_per_minute=rpm, http_client=client
+        ) as lm:
+            await run_all(lm, [question(i) for i in range(calls)])
+    arrived = {r.body["messages"][0]["content"]: r.started for r in fake_server.chat_requests}
+    # The server sees each request a transit time after it left; only the spread of those times
+    # (connection set-up, scheduling) can squeeze requests closer together at the server.
+    transit = [arrived[content] - sent[content] for content in sent]
+    jitter = max(transit) - min(transit)
+    for width in (0.1, 0.25, 0.5, 1.0):
+        bound = burst + rate * width
+        assert max_in_window(list(sent.values()), width) <= bound + 1e-9, width
+        assert max_in_window(list(arrived.values()), width) <= bound + rate * jitter, width
+    assert max(sent.values()) - min(sent.values()) <= (calls - burst) / rate * 1.2
+
+
+async def test_tokens_per_minute_pace_requests_by_their_estimated_tokens(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # Each request reserves 4 + 4 prompt tokens + 92 max_tokens = 100; burst 100, 5900/min after.
+    tpm = 6000
+    async with OpenAICompatibleLM(**lm_kwargs, tokens_per_minute=tpm) as lm:
+        started = time.monotonic()
+        for _ in range(4):
+            await lm.chat([{"role": "user", "content": "x" * 16}], max_tokens=92)
+    # The server reports 4 + 3 tokens, so refunds shorten each wait: 3 waits for about 7 tokens.
+    assert time.monotonic() - started < 3 * 100 / (5900 / 60)
+    assert time.monotonic() - started >= 3 * 7 / (5900 / 60) * 0.9
+
+
+@both_backends
+async def test_a_429_pauses_every_task_for_its_retry_after(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.latency = 0.02
+    fake_server.queue_faults(Fault.rate_limited(retry_after="1"))
+
+    async def worker(lm: OpenAICompatibleLM, index: int) -> None:
+        for call in range(6):
+            await lm.chat(question(index * 100 + call))
+
+    async with OpenAICompatibleLM(**lm_kwargs, retry=QUICK) as lm:
+        async with anyio.create_task_group() as tg:
+            for index in range(8):
+                tg.start_soon(worker, lm, index)
+    limited = next(r for r in fake_server.chat_requests if r.status == 429)
+    # Requests already on the wire when the 429 left the server may still arrive just after it.
+    during_pause = [
+        r
+        for r in fake_server.chat_requests
+        if limited.finished + 0.05 < r.started < limited.finished + 1.0
+    ]
+    assert during_pause == []
+    assert lm.usage.calls == 48 and lm.usage.rate_limited == 1
+
+
+# -- cache ---------------------------------------------------------------------------------------
+@both_backends
+async def test_identical_concurrent_requests_make_one_http_call(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    fake_server.latency = 0.05
+    with ResponseCache.in_directory(tmp_path) as cache:
+        async with OpenAICompatibleLM(**lm_kwargs, cache=cache) as lm:
+            await run_all(lm, [HELLO] * 20)
+    assert len(fake_server.chat_requests) == 1
+    assert (lm.usage.calls, lm.usage.cache_hits, lm.usage.requests) == (20, 19, 1)
+
+
+async def test_a_cache_hit_makes_no_request_and_counts_as_a_call(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    with ResponseCache.in_directory(tmp_path) as cache:
+        async with OpenAICompatibleLM(**lm_kwargs, cache=cache) as lm:
+            first = await lm.chat(HELLO, temperature=0.0)
+            again = await lm.chat(HELLO, temperature=0.0)
+            other_rollout = await lm.chat(HELLO, temperature=0.0, rollout=1)
+    assert (first.cached, again.cached, other_rollout.cached) == (False, True, False)
+    assert again.text == first.text
+    assert len(fake_server.chat_requests) == 2
+    assert (lm.usage.calls, lm.usage.cache_hits, lm.usage.requests) == (3, 1, 2)
+    assert lm.usage.prompt_tokens == 2 * first.usage.prompt_tokens
+
+
+async def test_the_cache_file_holds_no_api_key(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    with ResponseCache.in_directory(tmp_path) as cache:
+        async with OpenAICompatibleLM(**lm_kwargs, cache=cache) as lm:
+            await run_all(lm, [question(i) for i in range(5)])
+    stored = files_content(tmp_path)
+    assert CACHE_FILE_NAME in stored and len(stored[CACHE_FILE_NAME]) > 0
+    assert all(TEST_API_KEY.encode() not in content for content in stored.values())
+
+
+CHILD = """
+import json, sys
+import anyio
+from aprompt.lm.cache import ResponseCache
+from aprompt.lm.openai import OpenAICompatibleLM
+
+async def main() -> None:
+    with ResponseCache.in_directory(sys.argv[1]) as cache:
+        async with OpenAICompatibleLM("fake-model", sys.argv[2], cache=cache) as lm:
+            completion = await lm.chat([{"role": "user", "content": "6 x 7?"}], temperature=0)
+    print(json.dumps({"text": completion.text, "cached": completion.cached, **lm.usage.as_dict()}))
+
+anyio.run(main)
+"""
+
+
+async def test_the_disk_cache_answers_a_new_process_without_a_request(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_server.responder = lambda request: "42"
+    command = [sys.executable, "-c", CHILD, str(tmp_path / "cache"), fake_server.base_url]
+    env = {**os.environ, "OPENAI_API_KEY": TEST_API_KEY}
+    first = json.loads((await anyio.run_process(command, env=env)).stdout)
+    second = json.loads((await anyio.run_process(command, env=env)).stdout)
+    assert (first["text"], first["cached"], first["requests"]) == ("42", False, 1)
+    assert (second["text"], second["cached"], second["requests"]) == ("42", True, 0)
+    assert second["cache_hits"] == 1
+    assert len(fake_server.chat_requests) == 1
+
+
+# -- usage ---------------------------------------------------------------------------------------
+async def test_usage_counts_calls_hits_requests_retries_errors_and_tokens_exactly(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    with ResponseCache.in_directory(tmp_path) as cache:
+        async with OpenAICompatibleLM(**lm_kwargs, cache=cache, retry=QUICK, max_retries=2) as lm:
+            fake_server.queue_faults(Fault.http_status(503), Fault.rate_limited("0.01"))
+            fresh = await lm.chat(HELLO)  # 3 requests, 2 retries, 1 rate-limited
+            await lm.chat(HELLO)  # a cache hit
+            fake_server.queue_faults(*[Fault.http_status(500)] * 3)
+            with pytest.raises(ServerError):
+                await lm.chat(question(1))  # 3 requests, 2 retries, 1 error
+            usage = lm.usage
+    assert usage.as_dict() == {
+        "calls": 2,
+        "cache_hits": 1,
+        "requests": 6,
+        "retries": 4,
+        "errors": 1,
+        "rate_limited": 1,
+        "prompt_tokens": fresh.usage.prompt_tokens,
+        "completion_tokens": fresh.usage.completion_tokens,
+    }
+    assert usage.lm_calls == 1
+
+
+# -- connections ---------------------------------------------------------------------------------
+async def test_sequential_calls_reuse_one_keep_alive_connection(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        for index in range(5):
+            await lm.chat(question(index))
+    assert fake_server.connections_opened == 1
+
+
+async def test_concurrent_calls_open_no_more_connections_than_the_concurrency_cap(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.latency = 0.005
+    async with OpenAICompatibleLM(**lm_kwargs, max_concurrency=8) as lm:
+        for _ in range(3):
+            await run_all(lm, [question(i) for i in range(40)])
+    assert fake_server.connections_opened == 8
+
+
+async def test_a_parameter_that_is_not_json_is_a_config_error_before_any_request(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        with pytest.raises(ConfigError):
+            await lm.chat(HELLO, logit_bias=object())
+    assert fake_server.chat_requests == [] and lm.usage.requests == 0

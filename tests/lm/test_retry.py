@@ -1,0 +1,234 @@
+"""Retries: the back-off policy, Retry-After parsing, typed errors, and retries against a server."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from aprompt._errors import (
+    AuthenticationError,
+    BadResponseError,
+    LMConnectionError,
+    RateLimitError,
+    RequestRejectedError,
+    ServerError,
+)
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
+from aprompt.lm.types import Message
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+from tests.conftest import TEST_API_KEY
+
+pytestmark = pytest.mark.anyio
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+QUICK = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
+HELLO: list[Message] = [{"role": "user", "content": "Hello"}]
+
+
+def assert_no_secret(error: BaseException) -> None:
+    """Neither the error nor anything chained to it mentions the key."""
+    seen: BaseException | None = error
+    while seen is not None:
+        assert TEST_API_KEY not in str(seen) and TEST_API_KEY not in repr(seen)
+        assert TEST_API_KEY not in repr(vars(seen))
+        seen = seen.__cause__ or seen.__context__
+
+
+# -- the policy alone ----------------------------------------------------------------------------
+def test_backoff_doubles_from_the_initial_value_up_to_the_cap() -> None:
+    policy = RetryPolicy(initial_backoff=0.5, max_backoff=4.0, jitter=0.0)
+    assert [policy.backoff(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_backoff_jitter_stays_within_the_jitter_fraction() -> None:
+    policy = RetryPolicy(initial_backoff=1.0, jitter=0.5)
+    rng = random.Random(7)
+    draws = [policy.backoff(1, rng) for _ in range(200)]
+    assert 0.5 <= min(draws) < 0.6 and 0.9 < max(draws) <= 1.0
+
+
+def test_retry_after_in_seconds_is_parsed() -> None:
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after(" 0.25 ") == 0.25
+
+
+def test_retry_after_as_http_date_is_seconds_from_now() -> None:
+    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+    header = email.utils.format_datetime(now + timedelta(seconds=3), usegmt=True)
+    assert parse_retry_after(header, now=now) == 3.0
+    assert (
+        parse_retry_after(email.utils.format_datetime(now, usegmt=True), now=now + timedelta(1))
+        == 0
+    )
+
+
+def test_unreadable_or_missing_retry_after_is_none() -> None:
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+
+
+def test_long_retry_after_is_capped_and_missing_one_uses_the_default_pause() -> None:
+    policy = RetryPolicy(max_retry_after=10.0, rate_limit_pause=0.7)
+    assert policy.pause_after_rate_limit(3600.0) == 10.0
+    assert policy.pause_after_rate_limit(None) == 0.7
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (429, RateLimitError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (400, RequestRejectedError),
+        (404, RequestRejectedError),
+        (408, ServerError),
+        (409, ServerError),
+        (500, ServerError),
+        (503, ServerError),
+    ],
+)
+def test_each_error_status_maps_to_its_typed_error(status: int, kind: type[Exception]) -> None:
+    error = error_for_status(status, "why", endpoint="http://h/v1")
+    assert type(error) is kind
+    assert "why" in str(error) and "http://h/v1" in str(error)
+
+
+# -- against the fake server ---------------------------------------------------------------------
+def quick_lm(lm_kwargs: dict[str, Any], **options: Any) -> OpenAICompatibleLM:
+    return OpenAICompatibleLM(**{**lm_kwargs, "retry": QUICK, **options})
+
+
+@both_backends
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.http_status(500),
+        Fault.http_status(503),
+        Fault.http_status(408),
+        Fault.rate_limited(retry_after="0.05"),
+        Fault.rate_limited(retry_after=None),
+        Fault.drop_connection(),
+        Fault.invalid_json(),
+        Fault.missing_choices(),
+    ],
+    ids=["500", "503", "408", "429", "429-no-retry-after", "drop", "invalid-json", "no-choices"],
+)
+async def test_transient_failure_is_retried_then_succeeds(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], fault: Fault
+) -> None:
+    fake_server.queue_faults(fault, fault)
+    async with quick_lm(
+        lm_kwargs, retry=RetryPolicy(initial_backoff=0.005, rate_limit_pause=0.05)
+    ) as lm:
+        completion = await lm.chat(HELLO)
+    assert completion.text == "Answer: ok"
+    assert [r.fault is not None for r in fake_server.chat_requests] == [True, True, False]
+    assert (lm.usage.requests, lm.usage.retries, lm.usage.errors) == (3, 2, 0)
+
+
+async def test_response_slower_than_the_timeout_is_retried(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(Fault.delay(2.0))
+    async with quick_lm(lm_kwargs, timeout=0.2) as lm:
+        started = time.monotonic()
+        completion = await lm.chat(HELLO)
+    assert completion.text == "Answer: ok"
+    assert time.monotonic() - started < 1.0
+    assert lm.usage.retries == 1
+
+
+async def test_retry_after_seconds_delays_the_retry(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(Fault.rate_limited(retry_after="0.3"))
+    async with quick_lm(lm_kwargs) as lm:
+        await lm.chat(HELLO)
+    limited, retried = fake_server.chat_requests
+    assert retried.started - limited.finished >= 0.3
+    assert lm.usage.rate_limited == 1
+
+
+async def test_retry_after_http_date_delays_the_retry_until_that_time(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # HTTP dates have whole seconds: "now + 2 s" truncated lies between 1 and 2 s ahead.
+    when = datetime.now(UTC) + timedelta(seconds=2)
+    fake_server.queue_faults(Fault.rate_limited(email.utils.format_datetime(when, usegmt=True)))
+    async with quick_lm(lm_kwargs) as lm:
+        await lm.chat(HELLO)
+    limited, retried = fake_server.chat_requests
+    assert retried.started - limited.finished >= 0.95
+    assert datetime.now(UTC) >= when.replace(microsecond=0)
+
+
+async def test_exhausted_retries_raise_the_last_typed_error(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(
+        Fault.http_status(500), Fault.drop_connection(), Fault.http_status(503)
+    )
+    async with quick_lm(lm_kwargs, max_retries=2) as lm:
+        with pytest.raises(ServerError) as caught:
+            await lm.chat(HELLO)
+    assert caught.value.status_code == 503
+    assert caught.value.endpoint == fake_server.base_url
+    assert (lm.usage.requests, lm.usage.retries, lm.usage.errors, lm.usage.calls) == (3, 2, 1, 0)
+    assert_no_secret(caught.value)
+
+
+async def test_dropped_connections_exhausting_retries_raise_a_connection_error(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(Fault.drop_connection(), Fault.drop_connection())
+    async with quick_lm(lm_kwargs, max_retries=1) as lm:
+        with pytest.raises(LMConnectionError) as caught:
+            await lm.chat(HELLO)
+    assert fake_server.base_url in str(caught.value)
+    assert_no_secret(caught.value)
+
+
+async def test_malformed_bodies_exhausting_retries_raise_a_bad_response_error(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(Fault.invalid_json(), Fault.missing_choices())
+    async with quick_lm(lm_kwargs, max_retries=1) as lm:
+        with pytest.raises(BadResponseError) as caught:
+            await lm.chat(HELLO)
+    assert "choices" in str(caught.value)
+    assert_no_secret(caught.value)
+
+
+@both_backends
+async def test_wrong_key_raises_authentication_error_with_the_server_message_at_once(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    async with quick_lm(lm_kwargs, api_key="sk-wrong-key-123") as lm:
+        with pytest.raises(AuthenticationError) as caught:
+            await lm.chat(HELLO)
+    assert caught.value.status_code == 401
+    assert "Incorrect API key provided." in str(caught.value)
+    assert fake_server.base_url in str(caught.value)
+    assert "sk-wrong-key-123" not in str(caught.value) and "sk-wrong-key-123" not in repr(lm)
+    assert lm.usage.requests == 1 and lm.usage.errors == 1
+
+
+async def test_bad_request_raises_request_rejected_error_with_the_server_message_at_once(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(Fault.http_status(400, "'temperature' must be at most 2"))
+    async with quick_lm(lm_kwargs) as lm:
+        with pytest.raises(RequestRejectedError) as caught:
+            await lm.chat(HELLO, temperature=7)
+    assert caught.value.status_code == 400
+    assert caught.value.server_message == "'temperature' must be at most 2"
+    assert "'temperature' must be at most 2" in str(caught.value)
+    assert lm.usage.requests == 1
+    assert_no_secret(caught.value)

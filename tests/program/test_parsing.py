@@ -1,0 +1,180 @@
+"""Reading a model's reply: markers, markdown, extra text, multi-line values, typed coercion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from aprompt._errors import ParseError
+from aprompt.program import Signature, parse_reply
+
+QA = Signature.parse("question -> answer")
+COT = Signature.parse("question -> reasoning, answer: int")
+
+
+def test_markers_are_found_at_line_starts_in_any_case() -> None:
+    assert parse_reply(COT, "reasoning: two and two\nANSWER: 4") == {
+        "reasoning": "two and two",
+        "answer": 4,
+    }
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "**Answer:** Paris",
+        "**Answer**: Paris",
+        "## Answer\nParis",
+        "### Answer:\n\nParis",
+        "- Answer: Paris",
+        "   Answer:   Paris   ",
+        "**Answer: Paris**",
+        "> answer: Paris",
+    ],
+)
+def test_markdown_around_a_marker_is_tolerated(reply: str) -> None:
+    assert parse_reply(QA, reply) == {"answer": "Paris"}
+
+
+def test_text_before_the_first_marker_and_blank_lines_are_ignored() -> None:
+    reply = "Sure! Here is my reply.\n\nReasoning: 2+2 is 4.\n\nAnswer: 4\n"
+    assert parse_reply(COT, reply) == {"reasoning": "2+2 is 4.", "answer": 4}
+
+
+def test_a_value_runs_over_several_lines_until_the_next_marker() -> None:
+    reply = "Reasoning: first I count the cats.\nThen the dogs.\n\n* one more step\nAnswer: 3"
+    assert parse_reply(COT, reply)["reasoning"] == (
+        "first I count the cats.\nThen the dogs.\n\n* one more step"
+    )
+
+
+def test_an_echoed_input_label_ends_the_value() -> None:
+    reply = "Answer: Paris\nQuestion: what is the capital of Spain?\nAnswer: Madrid"
+    assert parse_reply(QA, reply) == {"answer": "Paris"}
+
+
+def test_fields_may_come_in_another_order() -> None:
+    assert parse_reply(COT, "Answer: 5\nReasoning: counted") == {
+        "reasoning": "counted",
+        "answer": 5,
+    }
+
+
+def test_a_marker_mid_line_is_used_when_none_starts_a_line() -> None:
+    assert parse_reply(COT, "Reasoning: one plus one, so the answer: 2") == {
+        "reasoning": "one plus one, so the",
+        "answer": 2,
+    }
+
+
+def test_a_prose_answer_is_read_when_no_marker_has_a_colon() -> None:
+    assert parse_reply(COT, "Reasoning: a cat and a dog, so the answer is 2.") == {
+        "reasoning": "a cat and a dog, so the",
+        "answer": 2,
+    }
+
+
+def test_unlabeled_text_before_the_first_marker_is_the_first_text_field() -> None:
+    reply = "I count a cat and two dogs.\nAnswer: 3"
+    assert parse_reply(COT, reply) == {"reasoning": "I count a cat and two dogs.", "answer": 3}
+
+
+def test_leading_text_is_not_taken_for_a_typed_first_field() -> None:
+    signature = Signature.parse("question -> count: int, note")
+    with pytest.raises(ParseError) as caught:
+        parse_reply(signature, "There are 3.\nNote: easy")
+    assert caught.value.missing == ("count",)
+
+
+def test_a_repeated_field_takes_its_first_readable_value() -> None:
+    assert parse_reply(COT, "Reasoning: r\nAnswer: <an integer>\nAnswer: 7")["answer"] == 7
+
+
+def test_a_single_output_field_without_marker_takes_the_whole_reply() -> None:
+    assert parse_reply(QA, "  Paris is the capital.\n") == {"answer": "Paris is the capital."}
+
+
+def test_the_field_name_works_as_a_marker_as_well_as_the_label() -> None:
+    signature = Signature.parse("question -> short_answer")
+    assert parse_reply(signature, "short_answer: yes") == {"short_answer": "yes"}
+    assert parse_reply(signature, "Short Answer: yes") == {"short_answer": "yes"}
+
+
+def test_a_missing_field_raises_parse_error_with_the_raw_text() -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_reply(COT, "Reasoning: I am not sure.")
+    assert caught.value.raw_text == "Reasoning: I am not sure."
+    assert caught.value.missing == ("answer",)
+
+
+def test_an_empty_value_is_a_problem() -> None:
+    with pytest.raises(ParseError, match="empty"):
+        parse_reply(QA, "Answer:   \n")
+
+
+@pytest.mark.parametrize(
+    ("type_", "text", "expected"),
+    [
+        ("int", "42", 42),
+        ("int", "42.", 42),
+        ("int", "about 7 apples", 7),
+        ("int", "3,000", 3000),
+        ("int", "-12", -12),
+        ("int", "7.0", 7),
+        ("int", "There are seven.", 7),
+        ("int", "123456789012345678901234567890", 123456789012345678901234567890),
+        ("float", "3.25", 3.25),
+        ("float", "roughly .5 of it", 0.5),
+        ("float", "1e-3", 0.001),
+        ("float", "$1,234.50", 1234.5),
+        ("bool", "Yes", True),
+        ("bool", "no, it is not", False),
+        ("bool", "TRUE.", True),
+        ("bool", "0", False),
+        ("Literal['positive', 'negative']", "Positive", "positive"),
+        ("Literal['positive', 'negative']", "  NEGATIVE!! ", "negative"),
+        ("Literal['positive', 'negative']", "It is clearly positive.", "positive"),
+        ("Literal['good', 'very good']", "very good", "very good"),
+        ("Literal['good', 'very good']", "I'd say very good overall", "very good"),
+        ("Literal[1, 2, 3]", "2", 2),
+        ("list[str]", '["a", "b c"]', ["a", "b c"]),
+        ("list[str]", "['a', 'b']", ["a", "b"]),
+        ("list[str]", "- a\n- b c\n* d", ["a", "b c", "d"]),
+        ("list[str]", "1. a\n2) b", ["a", "b"]),
+        ("list[str]", "a, b ,c", ["a", "b", "c"]),
+        ("list[str]", "[]", []),
+        ("list[int]", "[1, 2]", [1, 2]),
+        ("list[int]", "1, two, 3", [1, 2, 3]),
+    ],
+)
+def test_typed_fields_are_coerced(type_: str, text: str, expected: Any) -> None:
+    signature = Signature.parse(f"question -> answer: {type_}")
+    assert parse_reply(signature, f"Answer: {text}") == {"answer": expected}
+
+
+@pytest.mark.parametrize(
+    ("type_", "text", "message"),
+    [
+        ("int", "no idea", "expected an integer"),
+        ("int", "4.5", "whole number"),
+        ("float", "a lot", "expected a number"),
+        ("bool", "maybe", "expected yes or no"),
+        ("Literal['positive', 'negative']", "neutral", "is not one of"),
+        ("Literal['positive', 'negative']", "positive or negative", "names several of"),
+        ("list[int]", "[1, [2]]", "single values"),
+    ],
+)
+def test_unreadable_typed_values_are_parse_errors_with_a_reason(
+    type_: str, text: str, message: str
+) -> None:
+    signature = Signature.parse(f"question -> answer: {type_}")
+    with pytest.raises(ParseError, match=message) as caught:
+        parse_reply(signature, f"Answer: {text}")
+    assert caught.value.missing == ("answer",)
+
+
+def test_long_runs_of_blanks_parse_quickly() -> None:
+    reply = " " * 20_000 + "\n" + "\t " * 10_000 + "x"
+    with pytest.raises(ParseError):
+        parse_reply(COT, reply)

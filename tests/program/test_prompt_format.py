@@ -1,0 +1,113 @@
+"""The messages a predictor renders: stable system part first, demos as prior turns, inputs last."""
+
+from __future__ import annotations
+
+from aprompt.program import ChainOfThought, Demo, Signature, format_messages
+
+SIGNATURE = Signature.parse(
+    "question, context: list[str] -> answer: int", "Count the objects in the question."
+)
+
+
+def test_the_system_message_holds_instruction_fields_and_reply_format() -> None:
+    messages = format_messages(SIGNATURE, {"question": "q", "context": ["a"]})
+    assert messages[0] == {
+        "role": "system",
+        "content": (
+            "Count the objects in the question.\n"
+            "\n"
+            "Input fields:\n"
+            "- Question\n"
+            "- Context\n"
+            "\n"
+            "Output fields:\n"
+            "- Answer: an integer\n"
+            "\n"
+            "Reply in exactly this format, each field on its own line, in this order:\n"
+            "Answer: <an integer>"
+        ),
+    }
+
+
+def test_the_final_user_turn_holds_the_inputs_as_label_lines() -> None:
+    messages = format_messages(SIGNATURE, {"question": "How many?", "context": ["a cat", "a dog"]})
+    assert messages[-1] == {
+        "role": "user",
+        "content": "Question: How many?\nContext:\n[1] a cat\n[2] a dog",
+    }
+
+
+def test_demos_become_user_and_assistant_turns_in_order() -> None:
+    demos = [
+        Demo({"question": "q1", "context": ["c1"], "answer": 1}),
+        {"question": "q2", "context": ["c2"], "answer": 2},
+    ]
+    messages = format_messages(SIGNATURE, {"question": "q3", "context": []}, demos=demos)
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert messages[1]["content"] == "Question: q1\nContext:\n[1] c1"
+    assert messages[2]["content"] == "Answer: 1"
+    assert messages[4]["content"] == "Answer: 2"
+
+
+def test_a_demo_without_some_fields_shows_only_those_it_has() -> None:
+    signature = ChainOfThought("question -> answer: int").signature
+    labeled = {"question": "2+2?", "answer": 4}
+    messages = format_messages(signature, {"question": "3+3?"}, demos=[labeled])
+    assert messages[1]["content"] == "Question: 2+2?"
+    assert messages[2]["content"] == "Answer: 4"
+
+
+def test_a_demo_without_any_output_value_is_left_out() -> None:
+    messages = format_messages(
+        SIGNATURE, {"question": "q", "context": []}, demos=[{"question": "x"}]
+    )
+    assert len(messages) == 2
+
+
+def test_typed_outputs_are_described_with_their_type() -> None:
+    signature = Signature.parse(
+        "q -> ok: bool, label: Literal['spam', 'ham'], tags: list[str], score: float"
+    )
+    system = format_messages(signature, {"q": "x"})[0]["content"]
+    assert system.endswith(
+        "Ok: <yes or no>\n"
+        "Label: <one of: spam, ham>\n"
+        'Tags: <a JSON list, like ["first", "second"]>\n'
+        "Score: <a number>"
+    )
+
+
+def test_field_descriptions_are_shown_with_their_labels() -> None:
+    signature = Signature.parse("question -> answer: int").prepend_output(
+        ChainOfThought("q -> a").signature.field("reasoning")
+    )
+    system = format_messages(signature, {"question": "q"})[0]["content"]
+    assert "- Reasoning: step-by-step thinking that works out the answer\n" in system
+    assert system.endswith("Reasoning: <reasoning>\nAnswer: <an integer>")
+
+
+def test_an_instruction_override_replaces_only_the_first_paragraph() -> None:
+    plain = format_messages(SIGNATURE, {"question": "q", "context": []})
+    other = format_messages(SIGNATURE, {"question": "q", "context": []}, instruction="Be exact.")
+    assert other[0]["content"].startswith("Be exact.\n\nInput fields:")
+    assert other[0]["content"].split("\n\n")[1:] == plain[0]["content"].split("\n\n")[1:]
+
+
+def test_rendering_is_deterministic() -> None:
+    demos = [{"question": "q1", "context": ["c"], "answer": 1}]
+    inputs = {"context": ["c2"], "question": "q2"}
+    first = format_messages(SIGNATURE, inputs, demos=demos)
+    second = format_messages(SIGNATURE, dict(reversed(list(inputs.items()))), demos=demos)
+    assert repr(first) == repr(second)
+
+
+def test_a_signature_without_inputs_still_has_a_user_turn() -> None:
+    messages = format_messages(Signature.parse("-> joke"), {})
+    assert messages[-1] == {"role": "user", "content": "(no inputs)"}

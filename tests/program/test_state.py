@@ -1,0 +1,140 @@
+"""Saving and loading prompt state: exact JSON round trips and clear errors on mismatches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aprompt._errors import StateError
+from aprompt.program import (
+    ChainOfThought,
+    Demo,
+    Predict,
+    load_state,
+    load_state_file,
+    program_state,
+    save_state,
+)
+
+
+class Program:
+    def __init__(self) -> None:
+        self.classify = Predict("text -> label: Literal['spam', 'ham']")
+        self.steps = [ChainOfThought("question, context: list[str] -> answer: int")]
+
+
+def tuned() -> Program:
+    program = Program()
+    program.classify.instruction = "Flag unsolicited offers as spam."
+    program.classify.demos = [{"text": "WIN a prize ünïcode", "label": "spam"}]
+    program.steps[0].demos = [
+        Demo({"question": "how many?", "context": ["a", "b"], "reasoning": "two", "answer": 2}),
+        Demo({"question": "labeled only", "context": [], "answer": 0}),
+    ]
+    return program
+
+
+def test_the_state_has_the_documented_shape() -> None:
+    state = program_state(tuned())
+    assert state["aprompt_state_version"] == 1
+    assert list(state["predictors"]) == ["classify", "steps.0"]
+    assert state["predictors"]["steps.0"] == {
+        "signature": "question, context: list[str] -> reasoning, answer: int",
+        "instruction": Program().steps[0].instruction,
+        "demos": [
+            {"question": "how many?", "context": ["a", "b"], "reasoning": "two", "answer": 2},
+            {"question": "labeled only", "context": [], "answer": 0},
+        ],
+    }
+
+
+def test_state_survives_a_json_round_trip_exactly() -> None:
+    original = program_state(tuned())
+    fresh = Program()
+    load_state(fresh, json.loads(json.dumps(original)))
+    assert program_state(fresh) == original
+    assert fresh.classify.demos == tuned().classify.demos
+
+
+def test_a_file_round_trip_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.json"
+    save_state(tuned(), path)
+    fresh = Program()
+    load_state_file(fresh, path)
+    assert program_state(fresh) == program_state(tuned())
+    assert json.loads(path.read_text(encoding="utf-8")) == program_state(tuned())
+
+
+def test_tuple_values_are_saved_as_lists() -> None:
+    program = Program()
+    program.steps[0].demos = [{"question": "q", "context": ("a",), "answer": 1}]
+    assert program_state(program)["predictors"]["steps.0"]["demos"][0]["context"] == ["a"]
+
+
+def test_a_value_json_cannot_hold_is_a_state_error() -> None:
+    program = Program()
+    program.classify.demos = [{"text": object(), "label": "ham"}]
+    with pytest.raises(StateError, match=r"classify\.demos\[0\]\.text"):
+        program_state(program)
+
+
+def _mutated(change: Any) -> dict[str, Any]:
+    state = program_state(tuned())
+    change(state)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.update(aprompt_state_version=2), "unsupported prompt state version 2"),
+        (lambda s: s.pop("predictors"), "lacks a 'predictors' object"),
+        (lambda s: s["predictors"].pop("classify"), r"not in the state: \['classify'\]"),
+        (
+            lambda s: s["predictors"].update(extra=s["predictors"]["classify"]),
+            r"not in the program: \['extra'\]",
+        ),
+        (
+            lambda s: s["predictors"]["classify"].update(signature="text -> label"),
+            r"predictor 'classify': saved signature 'text -> label' does not match",
+        ),
+        (
+            lambda s: s["predictors"]["steps.0"].update(instruction=None),
+            r"'steps.0': 'instruction' must be a string",
+        ),
+        (
+            lambda s: s["predictors"]["steps.0"].update(demos=["not an object"]),
+            r"'steps.0': 'demos' must be a list of objects",
+        ),
+    ],
+)
+def test_a_mismatching_state_is_a_state_error_naming_the_problem(change: Any, message: str) -> None:
+    with pytest.raises(StateError, match=message):
+        load_state(Program(), _mutated(change))
+
+
+def test_a_failed_load_leaves_the_program_unchanged() -> None:
+    program = tuned()
+    before = program_state(program)
+    state = program_state(Program())
+    state["predictors"]["steps.0"]["signature"] = "x -> y"
+    with pytest.raises(StateError):
+        load_state(program, state)
+    assert program_state(program) == before
+
+
+def test_a_non_json_file_is_a_state_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(StateError, match="not valid JSON"):
+        load_state_file(Program(), path)
+
+
+def test_a_single_predictor_round_trips_through_its_own_state() -> None:
+    predict = Predict("q -> a", instruction="Be brief.", demos=[{"q": "x", "a": "y"}])
+    other = Predict("q -> a")
+    other.set_state(predict.get_state())
+    assert (other.instruction, other.demos) == (predict.instruction, predict.demos)
