@@ -80,9 +80,7 @@ class RateLimitError(LMStatusError):
         endpoint: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(
-            message, status_code=status_code, server_message=server_message, endpoint=endpoint
-        )
+        super().__init__(message, status_code=status_code, server_message=server_message, endpoint=endpoint)
         self.retry_after = retry_after
 
 

@@ -111,10 +111,7 @@ def row(name: str, runs: list[Measurement]) -> str:
     calls = runs[0].calls
     servers = [m.server_cpu for m in runs if m.server_cpu is not None]
     server = f"{statistics.median(servers) / calls * 1e3:.3f}" if servers else "n/a"
-    return (
-        f"| {name} | {calls:,} | {wall:.2f} | {calls / wall:,.0f} | "
-        f"{cpu / calls * 1e3:.3f} | {server} |"
-    )
+    return f"| {name} | {calls:,} | {wall:.2f} | {calls / wall:,.0f} | {cpu / calls * 1e3:.3f} | {server} |"
 
 
 async def run(args: argparse.Namespace, base_url: str, server_pid: int) -> list[str]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import httpx
 
-__all__ = ["DEFAULT_LANE_SIZE", "ConnectionLanes"]
+__all__ = ["DEFAULT_LANE_SIZE", "ConnectionLanes", "LaneClientFactory"]
 
 #: Connections per lane: 1 makes httpcore's per-request pool scans cheapest (0.53 ms of client CPU
 #: per call at 256 concurrent, against 0.65 ms with 4 and 0.92 ms with 8).

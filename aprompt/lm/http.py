@@ -113,9 +113,7 @@ class HTTPChatLM(abc.ABC):
         self._slots = anyio.CapacityLimiter(total)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         policy = retry if retry is not None else RetryPolicy()
-        self._retry = (
-            policy if max_retries is None else attrs.evolve(policy, max_retries=max_retries)
-        )
+        self._retry = policy if max_retries is None else attrs.evolve(policy, max_retries=max_retries)
         self._cache = cache
         self._default_params = dict(default_params or {})
         self._usage = UsageCounter()
@@ -166,9 +164,7 @@ class HTTPChatLM(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._model!r}, endpoints={list(self.endpoints)!r})"
 
-    async def chat(
-        self, messages: Sequence[Message], *, rollout: int = 0, **params: Any
-    ) -> Completion:
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
         """Answer one chat request, from the cache when one is configured and holds it.
 
         ``params`` (merged over ``default_params``; ``None`` values dropped) are sent to the server;
@@ -271,9 +267,7 @@ class HTTPChatLM(abc.ABC):
         # carries the Authorization header, is chained onto ours.
         failure: LMError | None = None
         try:
-            response = await client.post(
-                endpoint.url + self.path, content=payload, headers=endpoint.headers
-            )
+            response = await client.post(endpoint.url + self.path, content=payload, headers=endpoint.headers)
         except httpx.TimeoutException:
             failure = LMTimeoutError(
                 f"no response within the {self._timeout:g} s timeout", endpoint=endpoint.url

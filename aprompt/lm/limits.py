@@ -67,9 +67,7 @@ def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     return math.ceil(chars / 4) + _TOKENS_PER_MESSAGE * len(messages)
 
 
-def estimate_request_tokens(
-    messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
-) -> int:
+def estimate_request_tokens(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> int:
     """Tokens to reserve for a request: the prompt estimate plus the completion budget
     (``max_tokens`` or ``max_completion_tokens``, else :data:`DEFAULT_COMPLETION_TOKENS`)."""
     budget = params.get("max_tokens") or params.get("max_completion_tokens")

@@ -126,7 +126,7 @@ class LocalLM:
         if self._server is not None:
             raise ConfigError("this LocalLM is already running")
         self._server = await anyio.to_thread.run_sync(self._start_server)
-        options = {"max_concurrency": self._n_parallel, "timeout": 600.0}
+        options: dict[str, Any] = {"max_concurrency": self._n_parallel, "timeout": 600.0}
         options.update(self._client_options)
         try:
             # An empty key: never forward a cloud provider's key from the environment to this server.

@@ -107,9 +107,7 @@ class OpenAICompatibleLM(HTTPChatLM):
         usage = data.get("usage") or {}
         return Completion(
             text=choice["message"]["content"] or "",
-            usage=TokenUsage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            ),
+            usage=TokenUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
             model=str(data.get("model") or self._model),
             finish_reason=choice.get("finish_reason"),
         )

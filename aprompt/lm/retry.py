@@ -66,9 +66,7 @@ class RetryPolicy:
     initial_backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
     max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    jitter: float = attrs.field(
-        default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
-    )
+    jitter: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
     max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
     rate_limit_pause: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
 

@@ -58,9 +58,7 @@ class LM(Protocol):
     @property
     def model(self) -> str: ...
 
-    async def chat(
-        self, messages: Sequence[Message], *, rollout: int = 0, **params: Any
-    ) -> Completion: ...
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion: ...
 
 
 def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,14 +40,10 @@ class UsageSnapshot:
         return self.calls - self.cache_hits
 
     def __add__(self, other: UsageSnapshot) -> UsageSnapshot:
-        return UsageSnapshot(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _FIELDS}
-        )
+        return UsageSnapshot(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _FIELDS})
 
     def __sub__(self, other: UsageSnapshot) -> UsageSnapshot:
-        return UsageSnapshot(
-            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in _FIELDS}
-        )
+        return UsageSnapshot(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in _FIELDS})
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)

@@ -74,9 +74,12 @@ def copy_program(program: object) -> object:
             memo[id(obj)] = obj
             return
         children = (
-            obj.values() if isinstance(obj, dict)
-            else obj if isinstance(obj, list | tuple)
-            else vars(obj).values() if hasattr(obj, "__dict__") and not isinstance(obj, type)
+            obj.values()
+            if isinstance(obj, dict)
+            else obj
+            if isinstance(obj, list | tuple)
+            else vars(obj).values()
+            if hasattr(obj, "__dict__") and not isinstance(obj, type)
             else ()
         )
         for child in children:
@@ -197,15 +200,11 @@ async def optimize(
         seed=seed,
         failures=dict(ctx.failures),
     )
-    await ctx.emit(
-        RunFinished(result.score, result.baseline_score, result.seconds, result.usage)
-    )
+    await ctx.emit(RunFinished(result.score, result.baseline_score, result.seconds, result.usage))
     return result
 
 
-def _plan_event(
-    strategy: str, plan: Budget, n_predictors: int, n_train: int, n_val: int
-) -> RunPlanned:
+def _plan_event(strategy: str, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
     searches_demos = strategy not in ("mipro_zero_shot", "module_opro")
     n_trials = plan.trials_for(n_predictors, searches_demos)
     estimate = estimate_calls(

@@ -54,7 +54,8 @@ def labeled_demo(predictor: Predict, example: Example) -> Demo | None:
 
 
 def labeled_set(predictor: Predict, examples: Sequence[Example], limit: int) -> DemoSet:
-    demos, ids = [], []
+    demos: list[Demo] = []
+    ids: list[str] = []
     for example in examples:
         if len(demos) >= limit:
             break
@@ -109,14 +110,10 @@ async def bootstrap_demo_sets(
             lm_params={"temperature": temperature} if temperature is not None else None,
         )
         for name, predictor in predictors:
-            sets[name].append(
-                _bootstrapped_set(name, predictor, found, order, max_bootstrapped, max_labeled)
-            )
+            sets[name].append(_bootstrapped_set(name, predictor, found, order, max_bootstrapped, max_labeled))
     passed = sum(1 for r in runs.values() if r.score is not None and r.score >= threshold)
     failures = {f"{eid}@{rollout}": r.error for (eid, rollout), r in runs.items() if r.error}
-    return BootstrapResult(
-        {name: tuple(s) for name, s in sets.items()}, len(runs), passed, failures
-    )
+    return BootstrapResult({name: tuple(s) for name, s in sets.items()}, len(runs), passed, failures)
 
 
 async def _collect_passing(
@@ -180,6 +177,4 @@ def _bootstrapped_set(
     n_boot = len(demos)
     used = set(ids)
     extra = labeled_set(predictor, [e for e in order if e.id not in used], max_labeled)
-    return DemoSet(
-        (*demos, *extra.demos), n_boot, (*ids, *extra.source_ids)
-    )
+    return DemoSet((*demos, *extra.demos), n_boot, (*ids, *extra.source_ids))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -165,9 +165,7 @@ async def evaluate(
 
     async def one(position: int, example: Example) -> None:
         async with limiter:
-            results[position] = await run_example(
-                program, example, metric, collect_trace=collect_traces
-            )
+            results[position] = await run_example(program, example, metric, collect_trace=collect_traces)
 
     with override_prompts(program, prompts or {}, rollout=rollout, lm_params=lm_params):
         if lm is not None:
@@ -179,7 +177,7 @@ async def evaluate(
 
 
 async def _run_all(
-    one: Callable[[int, Example], Awaitable[None]], examples: Sequence[Example]
+    one: Callable[[int, Example], Coroutine[Any, Any, None]], examples: Sequence[Example]
 ) -> None:
     async with anyio.create_task_group() as group:
         for position, example in enumerate(examples):

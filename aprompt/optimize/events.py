@@ -112,4 +112,4 @@ Event = (
     | NewBest
     | RunFinished
 )
-EventCallback = Callable[[Event], None | Awaitable[None]]
+EventCallback = Callable[[Event], Awaitable[None] | None]

@@ -64,8 +64,12 @@ class Example:
         return {**self.inputs, **self.labels}
 
 
-def as_examples(items: Iterable[Example | Mapping[str, Any]], inputs: Sequence[str] | None = None,
-                *, role: str = "trainset") -> list[Example]:
+def as_examples(
+    items: Iterable[Example | Mapping[str, Any]],
+    inputs: Sequence[str] | None = None,
+    *,
+    role: str = "trainset",
+) -> list[Example]:
     """Normalise a dataset to :class:`Example` objects with unique ids.
 
     Plain mappings need ``inputs`` (the program's input field names). Duplicate ids get a ``#n`` suffix so

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -29,7 +30,7 @@ TIPS: dict[str, str] = {
 }
 
 MIN_INSTRUCTION_CHARS = 12
-MAX_INSTRUCTION_CHARS = 1500
+MAX_INSTRUCTION_CHARS = 600
 
 
 @attrs.frozen
@@ -107,9 +108,9 @@ def build_proposer(
     demos: Sequence[Demo],
     tip: str,
     history: Sequence[tuple[str, float | None]],
-) -> tuple[Predict, dict[str, str]]:
+) -> tuple[Predict, dict[str, Any]]:
     """The proposer predictor for one proposal and its inputs (only the grounding pieces in use)."""
-    inputs: dict[str, str] = {
+    inputs: dict[str, Any] = {
         "module": f"{context.predictor_name}: {context.predictor.signature}",
         "current_instruction": context.predictor.instruction,
     }

@@ -79,8 +79,7 @@ class OptimizeResult:
             "candidates": self.candidates.describe(),
             "dropped": [list(d) for d in self.dropped],
             "phases": [
-                {"phase": p.phase, "seconds": p.seconds, "usage": p.usage.as_dict()}
-                for p in self.phases
+                {"phase": p.phase, "seconds": p.seconds, "usage": p.usage.as_dict()} for p in self.phases
             ],
             "seconds": self.seconds,
         }

@@ -177,17 +177,10 @@ class SearchLoop:
         while len(self.trials) < self.n_trials:
             k = min(self.parallel_trials, self.n_trials - len(self.trials))
             suggestions = sampler.ask_batch(k)
-            done: list[Trial] = []
-
-            async def one(number: int, choice: dict[str, int]) -> None:
-                done.append(await self._trial(number, choice))
-
             # Choices are resolved one by one (a proposal hook may add candidates), then evaluated
             # together.
             choices = [await self._resolve(s.params) for s in suggestions]
-            async with anyio.create_task_group() as group:
-                for suggestion, choice in zip(suggestions, choices, strict=True):
-                    group.start_soon(one, suggestion.number, choice)
+            done = await self._run_batch([(s.number, c) for s, c in zip(suggestions, choices, strict=True)])
             for trial in sorted(done, key=lambda t: t.number):
                 # Unscored trials are told as failures: an LM outage says nothing about the prompt.
                 if trial.score is None:
@@ -198,6 +191,17 @@ class SearchLoop:
             if len(self.trials) >= next_full and len(self.trials) < self.n_trials:
                 next_full += self.full_eval_every
                 await self.full_evaluate_best_untested()
+
+    async def _run_batch(self, batch: Sequence[tuple[int, dict[str, int]]]) -> list[Trial]:
+        done: list[Trial] = []
+
+        async def one(number: int, choice: dict[str, int]) -> None:
+            done.append(await self._trial(number, choice))
+
+        async with anyio.create_task_group() as group:
+            for number, choice in batch:
+                group.start_soon(one, number, choice)
+        return done
 
     async def _resolve(self, params: Mapping[str, Any]) -> dict[str, int]:
         choice = {key: int(value) for key, value in params.items()}
@@ -243,9 +247,7 @@ class SearchLoop:
         self.full_evals.append(result)
         self._tested.add(choice_key(choice))
         await self.emit(
-            FullEvaluation(
-                result.choice, result.score, len(self.valset), result.n_failed, is_baseline
-            )
+            FullEvaluation(result.choice, result.score, len(self.valset), result.n_failed, is_baseline)
         )
         if self._best is None or result.score > self._best.score:
             self._best = result

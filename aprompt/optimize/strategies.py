@@ -23,7 +23,12 @@ import attrs
 from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.events import CandidateDropped, CandidateProposed
-from aprompt.optimize.propose import Grounding, ProposalContext, propose_instruction, propose_instructions
+from aprompt.optimize.propose import (
+    Grounding,
+    ProposalContext,
+    propose_instruction,
+    propose_instructions,
+)
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchLoop, SearchOutcome
 from aprompt.optimize.summaries import summarize_data, summarize_program
@@ -213,13 +218,13 @@ async def module_opro(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
                 instructions[name].append(proposal.instruction)
                 choice[f"{name}.instruction"] = len(instructions[name]) - 1
                 await ctx.emit(
-                    CandidateProposed(name, "instruction", choice[f"{name}.instruction"], proposal.instruction)
+                    CandidateProposed(
+                        name, "instruction", choice[f"{name}.instruction"], proposal.instruction
+                    )
                 )
             if not choice:
                 continue
-            candidates = attrs.evolve(
-                candidates, instructions={k: tuple(v) for k, v in instructions.items()}
-            )
+            candidates = attrs.evolve(candidates, instructions={k: tuple(v) for k, v in instructions.items()})
             loop.candidates = candidates
             trial = await loop.single_trial(round_number - 1, choice)
             for name, _ in ctx.predictors:

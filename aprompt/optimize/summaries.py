@@ -104,9 +104,7 @@ async def summarize_data(
             notes.append(got.text)
     if not notes:
         return Grounded(None, "no usable observations")
-    return await _ask(
-        _with_params(_CONDENSE, temperature), lm, attempts, observations="\n".join(notes)
-    )
+    return await _ask(_with_params(_CONDENSE, temperature), lm, attempts, observations="\n".join(notes))
 
 
 def program_source(program: object) -> str:

@@ -78,13 +78,9 @@ def override_prompts(
         raise ConfigError(f"no predictor named {unknown} in the program (has {sorted(by_name)})")
     resolved: dict[int, PromptOverride] = {}
     for name, value in prompts.items():
-        override = (
-            value if isinstance(value, PromptOverride) else PromptOverride(value[0], value[1])
-        )
+        override = value if isinstance(value, PromptOverride) else PromptOverride(value[0], value[1])
         resolved[id(by_name[name])] = override
-    active = ActiveOverrides(
-        resolved, rollout, dict(lm_params or {}), keep_alive=tuple(by_name.values())
-    )
+    active = ActiveOverrides(resolved, rollout, dict(lm_params or {}), keep_alive=tuple(by_name.values()))
     token = _ACTIVE.set(active)
     try:
         yield active

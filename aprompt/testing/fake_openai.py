@@ -171,9 +171,7 @@ class FakeOpenAIServer:
     _rng: random.Random = attrs.field(init=False)
     _window: deque[tuple[float, int]] = attrs.field(factory=deque, init=False)
     _task_group: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
-    _listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = attrs.field(
-        default=None, init=False
-    )
+    _listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -258,9 +256,7 @@ class FakeOpenAIServer:
         except ValueError:
             body = None
         try:
-            status, payload, extra_headers, fault_name = await self._answer(
-                method, path, headers, body
-            )
+            status, payload, extra_headers, fault_name = await self._answer(method, path, headers, body)
             if status < 0:  # dropped connection
                 return False
             await _send(stream, status, payload, extra_headers)
@@ -387,12 +383,8 @@ class FakeOpenAIServer:
             self._window.popleft()
         count = len(self._window)
         used = sum(t for _, t in self._window)
-        over_requests = (
-            limit.requests_per_minute is not None and count + 1 > limit.requests_per_minute
-        )
-        over_tokens = (
-            limit.tokens_per_minute is not None and used + tokens > limit.tokens_per_minute
-        )
+        over_requests = limit.requests_per_minute is not None and count + 1 > limit.requests_per_minute
+        over_tokens = limit.tokens_per_minute is not None and used + tokens > limit.tokens_per_minute
         if not (over_requests or over_tokens):
             self._window.append((now, tokens))
             return None

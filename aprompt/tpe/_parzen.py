@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import attrs
 import numpy as np
-from scipy.special import log_ndtr, logsumexp, ndtr, ndtri
+import numpy.typing as npt
+from scipy.special import log_ndtr, logsumexp, ndtr, ndtri  # type: ignore[import-untyped]
 
 from aprompt.tpe._space import EncodedSpace, FloatArray, IntArray
 
@@ -34,14 +35,16 @@ class ParzenEstimator:
 
     log_weights: FloatArray  # (K,), log of the normalised mixture weights
     centres: IntArray  # (K, Dc), observed choices; _NO_CENTRE for the prior kernel
-    smoothing: float  # categorical pseudo-count per choice
+    keep: FloatArray  # (K, Dc), probability that a draw keeps the kernel's centre
+    log_hit: FloatArray  # (K, Dc), log probability of the centre
+    log_miss: FloatArray  # (K, Dc), log probability of any other choice
     n_choices: IntArray  # (Dc,)
     mu: FloatArray  # (K, Dn)
     sigma: FloatArray  # (K, Dn)
-    log_mass: FloatArray  # (K, Dn), log of each kernel's Gaussian mass inside the bounds
+    log_norm: FloatArray  # (K, Dn), log normaliser: in-bounds mass (and sigma sqrt(2 pi) for floats)
     low: FloatArray  # (Dn,)
     high: FloatArray  # (Dn,)
-    is_int: np.ndarray  # (Dn,) bool
+    is_int: npt.NDArray[np.bool_]  # (Dn,)
 
     @property
     def n_kernels(self) -> int:
@@ -58,23 +61,34 @@ def fit_parzen(
 ) -> ParzenEstimator:
     """Fit the estimator to ``n`` observations (``cats`` is ``(n, Dc)``, ``nums`` ``(n, Dn)``)."""
     n = cats.shape[0]
-    n_kernels = n + 1
     mix = np.append(np.asarray(weights, dtype=np.float64), prior_weight)
+
+    # Categorical: observed kernels (1[x == c] + a) / (1 + C a); the prior row is uniform.
+    a = prior_weight / (n + 1)
     centres = np.vstack([cats, np.full((1, cats.shape[1]), _NO_CENTRE, dtype=np.int64)])
+    n_choices = space.n_choices.astype(np.float64)
+    is_prior = centres == _NO_CENTRE
+    log_denominator = np.log1p(n_choices * a)
+    log_hit = np.where(is_prior, -np.log(n_choices), np.log1p(a) - log_denominator)
+    log_miss = np.where(is_prior, -np.log(n_choices), np.log(a) - log_denominator)
+    keep = np.where(is_prior, 0.0, 1.0 / (1.0 + n_choices * a))
 
     span = space.high - space.low
     mu = np.vstack([nums, ((space.low + space.high) / 2)[None, :]])
     sigma = np.broadcast_to(bandwidth(span, n, space.n_dims, space.is_int), (n, span.shape[0]))
     sigma = np.vstack([sigma, span[None, :]])
     log_mass = log_normal_mass((space.low - mu) / sigma, (space.high - mu) / sigma)
+    log_norm = np.where(space.is_int, log_mass, log_mass + np.log(sigma) + _LOG_SQRT_2PI)
     return ParzenEstimator(
         log_weights=np.log(mix) - np.log(mix.sum()),
         centres=centres,
-        smoothing=prior_weight / n_kernels,
+        keep=keep,
+        log_hit=log_hit,
+        log_miss=log_miss,
         n_choices=space.n_choices,
         mu=mu,
         sigma=sigma,
-        log_mass=log_mass,
+        log_norm=log_norm,
         low=space.low,
         high=space.high,
         is_int=space.is_int,
@@ -103,16 +117,12 @@ def sample(
     num_k = kernels[:, n_cat:] if per_dimension else np.broadcast_to(kernels, (n, n_num))
 
     centres = np.take_along_axis(est.centres, cat_k, axis=0) if n_cat else cat_k.astype(np.int64)
-    keep = rng.random((n, n_cat)) < np.where(
-        centres == _NO_CENTRE, 0.0, 1.0 / (1.0 + est.n_choices * est.smoothing)
-    )
+    keep = rng.random((n, n_cat)) < np.take_along_axis(est.keep, cat_k, axis=0)
     uniform = rng.integers(0, est.n_choices, size=(n, n_cat), dtype=np.int64)
     cats = np.where(keep, centres, uniform)
 
     cols = np.arange(n_num)[None, :]
-    nums = sample_truncated_normal(
-        rng, est.mu[num_k, cols], est.sigma[num_k, cols], est.low, est.high
-    )
+    nums = sample_truncated_normal(rng, est.mu[num_k, cols], est.sigma[num_k, cols], est.low, est.high)
     nums = np.where(est.is_int, np.clip(np.round(nums), est.low + 0.5, est.high - 0.5), nums)
     return cats.astype(np.int64), nums
 
@@ -120,19 +130,20 @@ def sample(
 def log_pdf_per_kernel(est: ParzenEstimator, cats: IntArray, nums: FloatArray) -> FloatArray:
     """``(n, K, D)``: the log probability (or density) of each point's value in each dimension under each
     kernel, categorical dimensions first."""
+    n_cat = est.centres.shape[1]
+    out = np.empty((cats.shape[0], est.n_kernels, n_cat + est.mu.shape[1]))
     match = cats[:, None, :] == est.centres[None, :, :]
-    a = est.smoothing
-    cat_lp = np.where(
-        est.centres[None, :, :] == _NO_CENTRE,
-        -np.log(est.n_choices),
-        np.log(match + a) - np.log1p(est.n_choices * a),
-    )
-    x = nums[:, None, :]
-    z_lo = (np.where(est.is_int, x - 0.5, x) - est.mu) / est.sigma
-    z_hi = (np.where(est.is_int, x + 0.5, x) - est.mu) / est.sigma
-    density = -0.5 * z_lo**2 - np.log(est.sigma) - _LOG_SQRT_2PI
-    num_lp = np.where(est.is_int, log_normal_mass(z_lo, z_hi), density) - est.log_mass
-    return np.concatenate([np.broadcast_to(cat_lp, match.shape), num_lp], axis=2)
+    out[:, :, :n_cat] = np.where(match, est.log_hit, est.log_miss)
+    for cols, is_int in ((np.flatnonzero(~est.is_int), False), (np.flatnonzero(est.is_int), True)):
+        if cols.size == 0:
+            continue
+        x, mu, sigma = nums[:, None, cols], est.mu[:, cols], est.sigma[:, cols]
+        if is_int:
+            lp = log_normal_mass((x - 0.5 - mu) / sigma, (x + 0.5 - mu) / sigma)
+        else:
+            lp = -0.5 * ((x - mu) / sigma) ** 2
+        out[:, :, n_cat + cols] = lp - est.log_norm[:, cols]
+    return out
 
 
 def joint_log_pdf(est: ParzenEstimator, cats: IntArray, nums: FloatArray) -> FloatArray:
@@ -144,9 +155,7 @@ def joint_log_pdf(est: ParzenEstimator, cats: IntArray, nums: FloatArray) -> Flo
 def marginal_log_pdf(est: ParzenEstimator, cats: IntArray, nums: FloatArray) -> FloatArray:
     """``(n, D)``: the log of the mixture's marginal probability of each point's value per dimension."""
     per_kernel = log_pdf_per_kernel(est, cats, nums)
-    return np.asarray(
-        logsumexp(per_kernel + est.log_weights[None, :, None], axis=1), dtype=np.float64
-    )
+    return np.asarray(logsumexp(per_kernel + est.log_weights[None, :, None], axis=1), dtype=np.float64)
 
 
 def log_normal_mass(a: FloatArray, b: FloatArray) -> FloatArray:

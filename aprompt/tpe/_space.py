@@ -10,7 +10,7 @@ width one and rounding a sample gives every integer the same share of a uniform 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
 import attrs
@@ -22,6 +22,10 @@ from aprompt._errors import ConfigError
 IntArray: TypeAlias = npt.NDArray[np.int64]
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 ParamValue: TypeAlias = int | float
+
+
+def _as_labels(labels: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if labels is None else tuple(labels)
 
 
 @attrs.frozen
@@ -36,9 +40,7 @@ class Categorical:
     """
 
     n_choices: int
-    labels: tuple[str, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple)
-    )
+    labels: tuple[str, ...] | None = attrs.field(default=None, converter=_as_labels)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.n_choices, bool) or not isinstance(self.n_choices, int):
@@ -46,9 +48,7 @@ class Categorical:
         if self.n_choices < 1:
             raise ConfigError(f"Categorical needs at least one choice, got n_choices={self.n_choices}")
         if self.labels is not None and len(self.labels) != self.n_choices:
-            raise ConfigError(
-                f"Categorical has {self.n_choices} choices but {len(self.labels)} labels"
-            )
+            raise ConfigError(f"Categorical has {self.n_choices} choices but {len(self.labels)} labels")
 
     def label(self, index: int) -> str:
         """The label of choice ``index`` (its index as text when the choices have no labels)."""
@@ -74,7 +74,7 @@ class IntRange:
 
 @attrs.frozen
 class FloatRange:
-    """A float in ``[low, high]`` (``low < high``); ``log=True`` searches it on a log scale (needs ``low > 0``)."""
+    """A float in ``[low, high]`` (``low < high``); ``log=True`` searches a log scale (needs ``low > 0``)."""
 
     low: float
     high: float
@@ -155,9 +155,7 @@ def encode_space(space: Mapping[str, Distribution]) -> EncodedSpace:
     )
 
 
-def encode_params(
-    space: EncodedSpace, params: Mapping[str, object]
-) -> tuple[IntArray, FloatArray]:
+def encode_params(space: EncodedSpace, params: Mapping[str, object]) -> tuple[IntArray, FloatArray]:
     """One point's internal rows; raises :class:`ConfigError` for missing, extra or out-of-range values."""
     expected = set(space.cat_names) | set(space.num_names)
     if set(params) != expected:
@@ -187,9 +185,7 @@ def encode_params(
 
 def decode_params(space: EncodedSpace, cats: IntArray, nums: FloatArray) -> dict[str, ParamValue]:
     """The user-facing params of one internal point: ints for categorical and integer parameters."""
-    params: dict[str, ParamValue] = {
-        name: int(cats[i]) for i, name in enumerate(space.cat_names)
-    }
+    params: dict[str, ParamValue] = {name: int(cats[i]) for i, name in enumerate(space.cat_names)}
     for j, name in enumerate(space.num_names):
         y = float(np.clip(nums[j], space.low[j], space.high[j]))
         if space.is_int[j]:

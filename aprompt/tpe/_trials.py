@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 
 import attrs
 import numpy as np
@@ -91,6 +92,8 @@ class TrialTable:
         self.numbers: IntArray = np.empty(16, dtype=np.int64)
         self.params: list[dict[str, ParamValue]] = []
         self._rows: dict[int, int] = {}
+        # How many trials in each state sit at each point: repeat checks without scanning the table.
+        self._points: tuple[Counter[bytes], ...] = (Counter(), Counter(), Counter())
 
     def __len__(self) -> int:
         return self._size
@@ -123,6 +126,7 @@ class TrialTable:
         self.values[row] = np.nan if value is None else value
         self.params.append(params)
         self._rows[number] = row
+        self._points[self.states[row]][point_key(cats, nums)] += 1
         self._size += 1
 
     def state_of(self, number: int) -> TrialState | None:
@@ -133,11 +137,18 @@ class TrialTable:
 
     def finish(self, number: int, state: TrialState, value: float | None) -> None:
         row = self._rows[number]
+        key = point_key(self.cats[row], self.nums[row])
+        self._points[self.states[row]][key] -= 1
         self.states[row] = _CODES[state]
+        self._points[self.states[row]][key] += 1
         self.values[row] = np.nan if value is None else value
 
+    def has_point(self, key: bytes, states: tuple[int, ...]) -> bool:
+        """Whether a trial in one of ``states`` (codes) sits at the point with this :func:`point_key`."""
+        return any(self._points[code][key] > 0 for code in states)
+
     def records(self) -> tuple[TrialRecord, ...]:
-        cats, nums, values, states, numbers = self.view()
+        _, _, values, states, numbers = self.view()
         return tuple(
             TrialRecord(
                 number=int(numbers[row]),
@@ -157,8 +168,12 @@ class TrialTable:
         self.numbers = _resized(self.numbers, capacity)
 
 
-def _resized(array: np.ndarray, capacity: int) -> np.ndarray:  # type: ignore[type-arg]
+def point_key(cats: IntArray, nums: FloatArray) -> bytes:
+    """A hashable identity of one internal point (``-0.0`` and ``0.0`` are the same point)."""
+    return np.ascontiguousarray(cats).tobytes() + np.ascontiguousarray(nums + 0.0).tobytes()
+
+
+def _resized(array: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.empty((capacity, *array.shape[1:]), dtype=array.dtype)
     grown[: array.shape[0]] = array
     return grown
-

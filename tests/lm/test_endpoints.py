@@ -122,9 +122,7 @@ async def test_calls_fail_over_when_one_endpoint_drops_every_connection(
     fake_server.fault_rates = [(Fault.drop_connection(), 1.0)]
     second_server.latency = 0.01
     urls = [fake_server.base_url, second_server.base_url]
-    async with OpenAICompatibleLM(
-        "m", urls, api_key=TEST_API_KEY, max_concurrency=8, retry=QUICK
-    ) as lm:
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=8, retry=QUICK) as lm:
         await run_calls(lm, 40)
     assert lm.usage.calls == 40 and lm.usage.errors == 0
     assert len(second_server.chat_requests) == 40

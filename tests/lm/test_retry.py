@@ -62,10 +62,7 @@ def test_retry_after_as_http_date_is_seconds_from_now() -> None:
     now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
     header = email.utils.format_datetime(now + timedelta(seconds=3), usegmt=True)
     assert parse_retry_after(header, now=now) == 3.0
-    assert (
-        parse_retry_after(email.utils.format_datetime(now, usegmt=True), now=now + timedelta(1))
-        == 0
-    )
+    assert parse_retry_after(email.utils.format_datetime(now, usegmt=True), now=now + timedelta(1)) == 0
 
 
 def test_unreadable_or_missing_retry_after_is_none() -> None:
@@ -124,9 +121,7 @@ async def test_transient_failure_is_retried_then_succeeds(
     fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], fault: Fault
 ) -> None:
     fake_server.queue_faults(fault, fault)
-    async with quick_lm(
-        lm_kwargs, retry=RetryPolicy(initial_backoff=0.005, rate_limit_pause=0.05)
-    ) as lm:
+    async with quick_lm(lm_kwargs, retry=RetryPolicy(initial_backoff=0.005, rate_limit_pause=0.05)) as lm:
         completion = await lm.chat(HELLO)
     assert completion.text == "Answer: ok"
     assert [r.fault is not None for r in fake_server.chat_requests] == [True, True, False]
@@ -172,9 +167,7 @@ async def test_retry_after_http_date_delays_the_retry_until_that_time(
 async def test_exhausted_retries_raise_the_last_typed_error(
     fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
 ) -> None:
-    fake_server.queue_faults(
-        Fault.http_status(500), Fault.drop_connection(), Fault.http_status(503)
-    )
+    fake_server.queue_faults(Fault.http_status(500), Fault.drop_connection(), Fault.http_status(503))
     async with quick_lm(lm_kwargs, max_retries=2) as lm:
         with pytest.raises(ServerError) as caught:
             await lm.chat(HELLO)

@@ -14,8 +14,13 @@ from tests.optimize.world import TwoStageProgram, World, demo_items_of, examples
 
 pytestmark = pytest.mark.anyio
 
-BUDGET = {"n_candidates": 6, "val_size": 100, "n_trials": 24, "minibatch_size": 30,
-          "parallel_trials": 3}
+BUDGET = {
+    "n_candidates": 6,
+    "val_size": 100,
+    "n_trials": 24,
+    "minibatch_size": 30,
+    "parallel_trials": 3,
+}
 
 
 def _true_accuracy(result: aprompt.OptimizeResult, choice: dict[str, int]) -> float:
@@ -23,8 +28,7 @@ def _true_accuracy(result: aprompt.OptimizeResult, choice: dict[str, int]) -> fl
     prompts = candidates.prompts_for(choice)
     return World.expected_accuracy(
         {name: prompts[name].instruction for name in candidates.predictors},
-        {name: demo_items_of([d.to_dict() for d in prompts[name].demos])
-         for name in candidates.predictors},
+        {name: demo_items_of([d.to_dict() for d in prompts[name].demos]) for name in candidates.predictors},
     )
 
 
@@ -37,8 +41,9 @@ def _best_possible(result: aprompt.OptimizeResult) -> float:
     )
 
 
-async def _optimize(server: FakeOpenAIServer, strategy: str, tmp_path: Path,
-                    **options: object) -> aprompt.OptimizeResult:
+async def _optimize(
+    server: FakeOpenAIServer, strategy: str, tmp_path: Path, **options: object
+) -> aprompt.OptimizeResult:
     cache = ResponseCache.in_directory(tmp_path / "cache")
     async with OpenAICompatibleLM(
         "world", server.base_url, api_key="sk-world", cache=cache, max_concurrency=256
@@ -71,9 +76,10 @@ async def test_mipro_reaches_within_a_few_points_of_the_best_combination(tmp_pat
 async def test_bootstrap_random_search_beats_the_unoptimized_program(tmp_path: Path) -> None:
     async with FakeOpenAIServer(responder=World(), latency=0.002, api_key="sk-world") as server:
         result = await _optimize(server, "bootstrap_random_search", tmp_path)
-    assert _true_accuracy(result, dict(result.best_choice)) > _true_accuracy(
-        result, result.candidates.baseline()
-    ) + 0.05
+    assert (
+        _true_accuracy(result, dict(result.best_choice))
+        > _true_accuracy(result, result.candidates.baseline()) + 0.05
+    )
     assert result.score > result.baseline_score
 
 

@@ -113,9 +113,7 @@ class World:
         return f"Answer: {'ans-' + str(item) if right and code_ok else 'no idea'}"
 
     @staticmethod
-    def expected_accuracy(
-        instructions: Mapping[str, str], demo_items: Mapping[str, Sequence[int]]
-    ) -> float:
+    def expected_accuracy(instructions: Mapping[str, str], demo_items: Mapping[str, Sequence[int]]) -> float:
         """True accuracy of a combination (the hash makes each answer a draw with this mean)."""
         return stage_probability(
             "extract", instructions["extract"], demo_items["extract"]

@@ -6,8 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
-from scipy import stats
-from scipy.special import logsumexp
+from scipy import stats  # type: ignore[import-untyped]
+from scipy.special import logsumexp  # type: ignore[import-untyped]
 
 from aprompt.tpe import Categorical, FloatRange, IntRange
 from aprompt.tpe._parzen import (
@@ -26,9 +26,7 @@ CATS = encode_space({"a": Categorical(3), "b": Categorical(4)})
 
 def _fit_cats(observed: list[list[int]], prior_weight: float = 1.0):  # type: ignore[no-untyped-def]
     cats = np.asarray(observed, dtype=np.int64).reshape(-1, 2)
-    return fit_parzen(
-        CATS, cats, np.empty((len(cats), 0)), np.ones(len(cats)), prior_weight=prior_weight
-    )
+    return fit_parzen(CATS, cats, np.empty((len(cats), 0)), np.ones(len(cats)), prior_weight=prior_weight)
 
 
 def _all_cat_points() -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +72,10 @@ def test_categorical_samples_follow_the_estimated_probabilities() -> None:
 def test_integer_probabilities_are_bin_masses_that_sum_to_one() -> None:
     space = encode_space({"k": IntRange(1, 6)})
     est = fit_parzen(
-        space, np.empty((2, 0), dtype=np.int64), np.array([[2.0], [5.0]]), np.ones(2),
+        space,
+        np.empty((2, 0), dtype=np.int64),
+        np.array([[2.0], [5.0]]),
+        np.ones(2),
         prior_weight=1.0,
     )
     ks = np.arange(1, 7, dtype=np.float64)[:, None]
@@ -85,7 +86,10 @@ def test_integer_probabilities_are_bin_masses_that_sum_to_one() -> None:
 def test_float_density_integrates_to_one_within_the_bounds() -> None:
     space = encode_space({"x": FloatRange(-1.0, 2.0)})
     est = fit_parzen(
-        space, np.empty((3, 0), dtype=np.int64), np.array([[-0.9], [0.0], [1.9]]), np.ones(3),
+        space,
+        np.empty((3, 0), dtype=np.int64),
+        np.array([[-0.9], [0.0], [1.9]]),
+        np.ones(3),
         prior_weight=1.0,
     )
     xs = np.linspace(-1.0, 2.0, 20_001)
@@ -134,9 +138,7 @@ def test_log_normal_mass_matches_scipy_including_far_tails() -> None:
 
 def test_truncated_normal_samples_match_scipy() -> None:
     rng = np.random.default_rng(3)
-    x = sample_truncated_normal(
-        rng, np.full(50_000, 0.8), np.full(50_000, 0.3), np.array(0.0), np.array(1.0)
-    )
+    x = sample_truncated_normal(rng, np.full(50_000, 0.8), np.full(50_000, 0.3), np.array(0.0), np.array(1.0))
     dist = stats.truncnorm((0.0 - 0.8) / 0.3, (1.0 - 0.8) / 0.3, loc=0.8, scale=0.3)
     assert x.min() >= 0.0 and x.max() <= 1.0
     assert stats.kstest(x, dist.cdf).pvalue > 0.01
@@ -144,7 +146,5 @@ def test_truncated_normal_samples_match_scipy() -> None:
 
 def test_truncated_normal_far_outside_the_kernel_still_lands_in_bounds() -> None:
     rng = np.random.default_rng(4)
-    x = sample_truncated_normal(
-        rng, np.full(1_000, -50.0), np.full(1_000, 1.0), np.array(0.0), np.array(1.0)
-    )
+    x = sample_truncated_normal(rng, np.full(1_000, -50.0), np.full(1_000, 1.0), np.array(0.0), np.array(1.0))
     assert np.all((x >= 0.0) & (x <= 1.0))

@@ -69,7 +69,7 @@ def test_ask_numbers_trials_from_zero_and_tell_completes_them() -> None:
     assert sampler.pending == (0, 1)
     sampler.tell(first, 0.5)
     sampler.tell(1, 0.25)
-    assert sampler.pending == ()
+    assert len(sampler.pending) == 0
     assert [(r.number, r.state, r.value) for r in sampler.trials] == [
         (0, TrialState.COMPLETE, 0.5),
         (1, TrialState.COMPLETE, 0.25),
@@ -155,8 +155,7 @@ def test_history_survives_a_json_round_trip() -> None:
         ]
     )
     history = [
-        TrialRecord(d["number"], d["params"], TrialState(d["state"]), d["value"])
-        for d in json.loads(journal)
+        TrialRecord(d["number"], d["params"], TrialState(d["state"]), d["value"]) for d in json.loads(journal)
     ]
     resumed = TPESampler.from_history(MIXED, history, seed=9, n_startup=3)
     assert resumed.ask() == original.ask()

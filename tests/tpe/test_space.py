@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from aprompt._errors import ConfigError
-from aprompt.tpe import Categorical, FloatRange, IntRange
+from aprompt.tpe import Categorical, Distribution, FloatRange, IntRange
 from aprompt.tpe._space import decode_params, encode_params, encode_space, sample_uniform
 
-SPACE = {
+SPACE: dict[str, Distribution] = {
     "instruction": Categorical(4),
     "k": IntRange(1, 8),
     "temperature": FloatRange(0.0, 1.5),
@@ -24,7 +24,7 @@ SPACE = {
     [
         lambda: Categorical(0),
         lambda: Categorical(2.0),  # type: ignore[arg-type]
-        lambda: Categorical(True),  # type: ignore[arg-type]
+        lambda: Categorical(True),
         lambda: Categorical(2, labels=("only one",)),
         lambda: IntRange(5, 4),
         lambda: IntRange(0, 1.5),  # type: ignore[arg-type]

@@ -10,7 +10,15 @@ from aprompt.tpe._split import split_good_bad
 
 def test_gamma_takes_a_quarter_rounded_up_capped_at_25() -> None:
     assert [default_gamma(n) for n in (0, 1, 2, 4, 5, 10, 40, 100, 5_000)] == [
-        0, 1, 1, 1, 2, 3, 10, 25, 25,
+        0,
+        1,
+        1,
+        1,
+        2,
+        3,
+        10,
+        25,
+        25,
     ]
 
 

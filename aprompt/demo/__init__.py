@@ -1,0 +1,1 @@
+"""The README demo: optimize an object-counting program on the embedded local model."""
