@@ -200,19 +200,24 @@ class TPESampler:
         self._table.finish(number, TrialState.FAILED, None)
 
     def tell_history(self, history: Iterable[TrialRecord]) -> None:
-        """Record past trials (for example a journal's) numbered after every trial known so far."""
-        records = sorted(history, key=lambda r: r.number)
+        """Record past trials (for example a journal's) numbered after every trial known so far.
+
+        All or nothing: a record that does not fit raises :class:`TrialError` and none is recorded.
+        """
+        records = list(history)
         for record in records:
             if not isinstance(record, TrialRecord):
                 raise TrialError(f"history entries must be TrialRecord, got {record!r}")
-            if record.number < self._next_number:
-                raise TrialError(
-                    f"trial {record.number} is already known or before trial {self._next_number - 1}"
-                )
+        records.sort(key=lambda r: r.number)
+        rows = []
+        for previous, record in zip([None, *records], records, strict=False):
+            if record.number < self._next_number or (previous and previous.number == record.number):
+                raise TrialError(f"trial {record.number} is already known (or listed twice)")
             try:
-                cats, nums = encode_params(self._encoded, record.params)
+                rows.append(encode_params(self._encoded, record.params))
             except ConfigError as exc:
                 raise TrialError(f"trial {record.number}: {exc}") from exc
+        for record, (cats, nums) in zip(records, rows, strict=True):
             self._table.add(record.number, cats, nums, dict(record.params), record.state, record.value)
             self._next_number = record.number + 1
 

@@ -98,9 +98,6 @@ class TrialTable:
     def __len__(self) -> int:
         return self._size
 
-    def __contains__(self, number: int) -> bool:
-        return number in self._rows
-
     def view(self) -> tuple[IntArray, FloatArray, FloatArray, np.ndarray, IntArray]:
         """``(cats, nums, values, states, numbers)`` of the filled rows (views, do not modify)."""
         n = self._size

@@ -322,6 +322,21 @@ def test_history_records_check_their_state_and_value() -> None:
         TrialRecord(-1, {}, TrialState.PENDING)
 
 
+def test_a_history_that_fails_records_nothing() -> None:
+    good = TrialRecord(0, {"a": 1}, TrialState.COMPLETE, 0.5)
+    bad = TrialRecord(1, {"a": 7}, TrialState.COMPLETE, 0.5)
+    sampler = TPESampler({"a": Categorical(2)})
+    with pytest.raises(TrialError, match="trial 1"):
+        sampler.tell_history([good, bad])
+    assert sampler.trials == () and sampler.ask().number == 0
+
+
+def test_a_history_listing_a_trial_twice_is_an_error() -> None:
+    record = TrialRecord(0, {"a": 1}, TrialState.COMPLETE, 0.5)
+    with pytest.raises(TrialError, match="twice"):
+        TPESampler.from_history({"a": Categorical(2)}, [record, record])
+
+
 def test_history_cannot_rewrite_known_trials() -> None:
     sampler = TPESampler(MIXED)
     s = sampler.ask()

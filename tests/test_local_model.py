@@ -1,0 +1,82 @@
+"""Smoke tests on the real embedded model (SmolLM2-135M under llama.cpp on loopback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt.demo.__main__ import CountObjects, exact_count, load_examples
+
+pytestmark = [pytest.mark.anyio, pytest.mark.local_model]
+
+
+class ListThenCount:
+    """Two stages: list the objects asked about, then count them."""
+
+    def __init__(self) -> None:
+        self.list_objects = aprompt.Predict(
+            "question -> objects",
+            instruction="List the objects the question asks about, separated by commas.",
+            temperature=0.0,
+            max_tokens=48,
+        )
+        self.count = aprompt.Predict(
+            "question, objects -> answer: int",
+            instruction="Count the objects. Reply with the number only.",
+            temperature=0.0,
+            max_tokens=16,
+        )
+
+    async def __call__(self, question: str) -> aprompt.Prediction:
+        listed = await self.list_objects(question=question)
+        return await self.count(question=question, objects=listed.objects)
+
+
+async def test_a_two_predictor_program_runs_on_ten_examples_and_returns_parsed_fields() -> None:
+    examples = load_examples()[:10]
+    program = ListThenCount()
+    async with aprompt.local_lm(n_parallel=4) as lm:
+        evaluation = await aprompt.evaluate(program, examples, exact_count, lm=lm, collect_traces=True)
+    assert len(evaluation.results) == 10
+    assert evaluation.n_unscored == 0
+    parsed = [r for r in evaluation.results if r.error is None]
+    assert len(parsed) >= 8, evaluation.errors
+    for result in parsed:
+        assert isinstance(result.prediction.answer, int)
+        assert [e.predictor_name for e in result.trace] == ["list_objects", "count"]
+        assert result.trace[0].outputs["objects"]
+
+
+async def test_a_light_mipro_run_finishes_on_the_local_model_and_reports_held_out_accuracy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    examples = load_examples()
+    train, val, test = examples[:24], examples[24:40], examples[40:70]
+    program = CountObjects()
+    budget: dict[str, Any] = {
+        "preset": "light",
+        "n_candidates": 3,
+        "val_size": 16,
+        "n_trials": 4,
+        "minibatch_size": 8,
+        "max_bootstrapped_demos": 2,
+        "max_labeled_demos": 2,
+    }
+    cache = aprompt.ResponseCache.in_directory(tmp_path / "cache")
+    async with aprompt.local_lm(n_parallel=4, cache=cache) as lm:
+        result = await aprompt.optimize(program, train, exact_count, valset=val, lm=lm, budget=budget)
+        before = await aprompt.evaluate(program, test, exact_count, lm=lm)
+        after = await aprompt.evaluate(result.program, test, exact_count, lm=lm)
+    assert len(result.trials) == 4
+    assert result.score >= result.baseline_score
+    assert before.mean is not None and after.mean is not None
+    assert result.usage.lm_calls > 0
+    with capsys.disabled():
+        print(
+            f"\n[local model] held-out accuracy on {len(test)}: unoptimized {before.mean:.3f}, "
+            f"optimized {after.mean:.3f}; validation {result.baseline_score:.3f} -> {result.score:.3f}; "
+            f"{result.usage.lm_calls} LM calls, {result.seconds:.0f}s"
+        )
