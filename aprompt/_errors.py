@@ -132,3 +132,15 @@ class CacheError(APromptError):
     def __str__(self) -> str:
         base = super().__str__()
         return f"{base} (cache file: {self.path})" if self.path else base
+
+
+class JournalError(APromptError):
+    """A run journal cannot be opened, read or written (not a journal, damaged, or closed).
+
+    Attributes:
+        path: the journal file.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path

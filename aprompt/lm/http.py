@@ -159,7 +159,13 @@ class HTTPChatLM(abc.ABC):
 
     @property
     def cache(self) -> ResponseCache | None:
+        """The response cache, or ``None``. Assignable: an optimization with a ``run_dir`` attaches the
+        run's cache for its duration when none is set."""
         return self._cache
+
+    @cache.setter
+    def cache(self, cache: ResponseCache | None) -> None:
+        self._cache = cache
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._model!r}, endpoints={list(self.endpoints)!r})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -24,6 +25,8 @@ from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.strategies import STRATEGIES
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
+from aprompt.run.limits import RunLimits
+from aprompt.run.storage import run_fingerprint, run_storage
 
 
 def split_valset(
@@ -113,6 +116,13 @@ async def optimize(
     bootstrap_threshold: float = 1.0,
     in_place: bool = False,
     on_event: EventCallback | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    max_lm_calls: int | None = None,
+    max_tokens: int | None = None,
+    max_cost: float | None = None,
+    max_time: float | None = None,
+    prices: Mapping[str, tuple[float, float]] | None = None,
 ) -> OptimizeResult:
     """Optimize the instructions and demos of every predictor in ``program``.
 
@@ -132,6 +142,12 @@ async def optimize(
         concurrency: program runs in flight at once (LM calls are further limited by the LM client).
         in_place: write the best prompts into ``program`` itself instead of a copy.
         on_event: called (sync or async) with every progress event.
+        run_dir: journal every durable fact there (and keep the LM cache there when the LM has none);
+            calling again with the same ``run_dir`` resumes the run where it stopped.
+        resume: with ``False``, an existing journal in ``run_dir`` is cleared and the run starts over.
+        max_lm_calls, max_tokens, max_cost, max_time: stop at the next safe point once reached and
+            return the best program so far (``result.stopped_by`` names the limit); ``max_cost`` prices
+            tokens with ``prices={model: (input, output) per million tokens}``.
 
     Example::
 
@@ -159,24 +175,36 @@ async def optimize(
         raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")
     proposer = proposer_lm or default_lm or predictors[0][1].lm
     assert proposer is not None
+    limits = RunLimits(max_lm_calls, max_tokens, max_cost, max_time, dict(prices or {}))
     target = program if in_place else copy_program(program)
-
-    ctx = RunContext(
-        program=program,
-        predictors=predictors,
-        trainset=train,
-        valset=val,
-        metric=metric,
-        budget=plan,
-        seed=seed,
-        lm=default_lm,
-        proposer_lm=proposer,
-        teacher_lm=teacher_lm,
-        grounding=grounding or Grounding(),
-        concurrency=concurrency,
-        on_event=on_event,
-        bootstrap_threshold=bootstrap_threshold,
+    grounding = grounding or Grounding()
+    fingerprint = run_fingerprint(
+        strategy, plan, seed, grounding, bootstrap_threshold, predictors, train, val
     )
+    async with run_storage(run_dir, resume, fingerprint, [default_lm, proposer, teacher_lm]) as journal:
+        ctx = RunContext(
+            program=program,
+            predictors=predictors,
+            trainset=train,
+            valset=val,
+            metric=metric,
+            budget=plan,
+            seed=seed,
+            lm=default_lm,
+            proposer_lm=proposer,
+            teacher_lm=teacher_lm,
+            grounding=grounding,
+            concurrency=concurrency,
+            on_event=on_event,
+            bootstrap_threshold=bootstrap_threshold,
+            journal=journal,
+            limits=limits,
+        )
+        return await _run(ctx, strategy, target, started)
+
+
+async def _run(ctx: RunContext, strategy: str, target: object, started: float) -> OptimizeResult:
+    plan, predictors, train, val, seed = ctx.budget, ctx.predictors, ctx.trainset, ctx.valset, ctx.seed
     await ctx.emit(_plan_event(strategy, plan, len(predictors), len(train), len(val)))
     candidates, outcome = await STRATEGIES[strategy](ctx)
 
@@ -199,7 +227,10 @@ async def optimize(
         seconds=time.monotonic() - started,
         seed=seed,
         failures=dict(ctx.failures),
+        stopped_by=ctx.stopped_by,
     )
+    if ctx.journal is not None:
+        ctx.journal.append("result", {"score": result.score, "best_choice": dict(result.best_choice)})
     await ctx.emit(RunFinished(result.score, result.baseline_score, result.seconds, result.usage))
     return result
 

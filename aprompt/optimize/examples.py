@@ -12,6 +12,10 @@ import attrs
 from aprompt._errors import ConfigError
 
 
+def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(value)
+
+
 def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
     blob = json.dumps([inputs, labels], sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -29,8 +33,8 @@ class Example:
         Example.from_dict({"question": "2+2?", "answer": "4"}, inputs=["question"])
     """
 
-    inputs: Mapping[str, Any] = attrs.field(converter=dict)
-    labels: Mapping[str, Any] = attrs.field(converter=dict, factory=dict)
+    inputs: Mapping[str, Any] = attrs.field(converter=_as_dict)
+    labels: Mapping[str, Any] = attrs.field(converter=_as_dict, factory=dict)
     id: str = attrs.field(default="")
 
     def __attrs_post_init__(self) -> None:

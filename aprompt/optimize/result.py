@@ -55,6 +55,7 @@ class OptimizeResult:
     seconds: float
     seed: int
     failures: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    stopped_by: str | None = None
 
     @property
     def usage(self) -> UsageSnapshot:
@@ -82,6 +83,7 @@ class OptimizeResult:
                 {"phase": p.phase, "seconds": p.seconds, "usage": p.usage.as_dict()} for p in self.phases
             ],
             "seconds": self.seconds,
+            "stopped_by": self.stopped_by,
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -19,6 +19,10 @@ from aprompt.optimize.examples import Example
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import PhaseUsage
 from aprompt.program.predictor import Predict
+from aprompt.run.journal import RunJournal
+from aprompt.run.limits import LimitWatch, RunLimits
+
+T = TypeVar("T")
 
 
 @attrs.define
@@ -39,6 +43,10 @@ class RunContext:
     concurrency: int
     on_event: EventCallback | None
     bootstrap_threshold: float = 1.0
+    journal: RunJournal | None = None
+    limits: RunLimits = attrs.field(factory=RunLimits)
+    stopped_by: str | None = None
+    _watch: LimitWatch | None = None
     phases: list[PhaseUsage] = attrs.field(factory=list)
     dropped: list[tuple[str, int, str]] = attrs.field(factory=list)
     failures: dict[str, str] = attrs.field(factory=dict)
@@ -50,10 +58,39 @@ class RunContext:
             if lm is not None and hasattr(lm, "usage"):
                 found.setdefault(id(lm), lm)
         self._lms = list(found.values())
+        self._watch = LimitWatch(self.limits, self._lms)
+
+    def limit_reached(self) -> str | None:
+        """Check the run's limits (at a safe point); remembers the first one reached."""
+        if self.stopped_by is None and self._watch is not None:
+            self.stopped_by = self._watch.reached()
+        return self.stopped_by
 
     def usage(self) -> UsageSnapshot:
         """Total usage of every LM this run touches (those that count usage)."""
         return total_usage(lm.usage for lm in self._lms if isinstance(lm.usage, UsageSnapshot))
+
+    async def memo(
+        self,
+        kind: str,
+        key: str,
+        compute: Callable[[], Awaitable[T]],
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+    ) -> T:
+        """``compute()``, or its journaled result when this run already did it (resume).
+
+        Every expensive step goes through here with a key that is a pure function of the run's config
+        and the step, so a resumed run re-executes its deterministic flow and reads back what it paid for.
+        """
+        if self.journal is not None:
+            found = self.journal.latest(kind, key)
+            if found is not None:
+                return decode(found)
+        value = await compute()
+        if self.journal is not None:
+            self.journal.append(kind, encode(value), key=key)
+        return value
 
     async def emit(self, event: Event) -> None:
         if self.on_event is None:

@@ -9,14 +9,16 @@ first), so a combination must beat the unoptimized program to replace it.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import attrs
 
+from aprompt._errors import JournalError
 from aprompt.lm.types import LM
 from aprompt.optimize.candidates import Candidates, Choice, choice_key
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
@@ -25,6 +27,47 @@ from aprompt.optimize.examples import Example
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
+T = TypeVar("T")
+
+
+class Memo(Protocol):
+    """``RunContext.memo``: compute, or read back a journaled result (see :mod:`aprompt.run.journal`)."""
+
+    async def __call__(
+        self,
+        kind: str,
+        key: str,
+        compute: Callable[[], Awaitable[T]],
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+    ) -> T: ...
+
+
+async def no_memo(
+    kind: str,
+    key: str,
+    compute: Callable[[], Awaitable[T]],
+    encode: Callable[[T], Any],
+    decode: Callable[[Any], T],
+) -> T:
+    """The memo of a run without a journal: always compute."""
+    return await compute()
+
+
+def trial_to_json(trial: Trial) -> dict[str, Any]:
+    return attrs.asdict(trial)
+
+
+def trial_from_json(data: Mapping[str, Any]) -> Trial:
+    return Trial(**{**data, "example_ids": tuple(data["example_ids"])})
+
+
+def full_eval_to_json(full: FullEval) -> dict[str, Any]:
+    return attrs.asdict(full)
+
+
+def full_eval_from_json(data: Mapping[str, Any]) -> FullEval:
+    return FullEval(**data)
 
 
 class ProposalHook(Protocol):
@@ -126,6 +169,8 @@ class SearchLoop:
     _best: FullEval | None = attrs.field(default=None, init=False)
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     proposal_hook: ProposalHook | None = attrs.field(default=None, init=False)
+    memo: Memo = attrs.field(default=no_memo, kw_only=True)
+    should_stop: Callable[[], str | None] = attrs.field(default=lambda: None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
@@ -156,6 +201,8 @@ class SearchLoop:
         )
 
     async def full_evaluate_best_untested(self) -> FullEval | None:
+        if self.should_stop() is not None:
+            return None
         choice = self._pool.best_untested(self._tested)
         return await self.full_evaluation(choice) if choice is not None else None
 
@@ -175,6 +222,8 @@ class SearchLoop:
     async def _trials(self, sampler: TPESampler) -> None:
         next_full = self.full_eval_every
         while len(self.trials) < self.n_trials:
+            if self.should_stop() is not None:
+                return
             k = min(self.parallel_trials, self.n_trials - len(self.trials))
             suggestions = sampler.ask_batch(k)
             # Choices are resolved one by one (a proposal hook may add candidates), then evaluated
@@ -210,6 +259,17 @@ class SearchLoop:
         return choice
 
     async def _trial(self, number: int, choice: dict[str, int]) -> Trial:
+        trial = await self.memo(
+            "trial", str(number), lambda: self._run_trial(number, choice), trial_to_json, trial_from_json
+        )
+        if dict(trial.choice) != choice:
+            raise JournalError(
+                f"the journal's trial {number} chose {dict(trial.choice)}, this run chose {choice}: "
+                "the run_dir belongs to a different run; pass resume=False to start over"
+            )
+        return trial
+
+    async def _run_trial(self, number: int, choice: dict[str, int]) -> Trial:
         started = time.monotonic()
         batch = minibatch(self.valset, self.minibatch_size, self.seed, number)
         evaluation = await self._evaluate(choice, batch)
@@ -224,6 +284,17 @@ class SearchLoop:
             seconds=time.monotonic() - started,
         )
 
+    async def _run_full_evaluation(self, choice: Choice) -> FullEval:
+        evaluation = await self._evaluate(choice, self.valset)
+        return FullEval(
+            choice=dict(choice),
+            score=evaluation.mean if evaluation.mean is not None else 0.0,
+            scores=evaluation.scores,
+            n_failed=evaluation.n_failed,
+            n_unscored=evaluation.n_unscored,
+            after_trial=len(self.trials),
+        )
+
     async def _evaluate(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
         return await evaluate(
             self.program,
@@ -235,14 +306,13 @@ class SearchLoop:
         )
 
     async def full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
-        evaluation = await self._evaluate(choice, self.valset)
-        result = FullEval(
-            choice=dict(choice),
-            score=evaluation.mean if evaluation.mean is not None else 0.0,
-            scores=evaluation.scores,
-            n_failed=evaluation.n_failed,
-            n_unscored=evaluation.n_unscored,
-            after_trial=len(self.trials),
+        key = json.dumps(sorted(choice.items()))
+        result = await self.memo(
+            "full_eval",
+            key,
+            lambda: self._run_full_evaluation(choice),
+            full_eval_to_json,
+            full_eval_from_json,
         )
         self.full_evals.append(result)
         self._tested.add(choice_key(choice))

@@ -15,7 +15,9 @@ strategy                   instructions    demos            search
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
 
 import anyio
 import attrs
@@ -25,6 +27,7 @@ from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.events import CandidateDropped, CandidateProposed
 from aprompt.optimize.propose import (
     Grounding,
+    Proposal,
     ProposalContext,
     propose_instruction,
     propose_instructions,
@@ -32,13 +35,15 @@ from aprompt.optimize.propose import (
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchLoop, SearchOutcome
 from aprompt.optimize.summaries import summarize_data, summarize_program
+from aprompt.program.values import Demo
 
 Strategy = Callable[[RunContext], Awaitable[tuple[Candidates, SearchOutcome]]]
 
 
 async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]]:
     """Demo sets per predictor; set 0 is the program's own demos."""
-    async with ctx.phase("bootstrap"):
+
+    async def compute() -> dict[str, tuple[DemoSet, ...]]:
         result = await bootstrap_demo_sets(
             ctx.program,
             ctx.predictors,
@@ -54,17 +59,50 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             concurrency=ctx.concurrency,
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
-        sets: dict[str, tuple[DemoSet, ...]] = {}
-        for name, predictor in ctx.predictors:
-            own = DemoSet(tuple(predictor.demos))
-            sets[name] = (own, *result.demo_sets[name][1:])
+        return {
+            name: (DemoSet(tuple(predictor.demos)), *result.demo_sets[name][1:])
+            for name, predictor in ctx.predictors
+        }
+
+    async with ctx.phase("bootstrap"):
+        sets = await ctx.memo("demo_sets", "all", compute, demo_sets_to_json, demo_sets_from_json)
+        for name, _ in ctx.predictors:
             for index, demo_set in enumerate(sets[name][1:], start=1):
                 await ctx.emit(CandidateProposed(name, "demos", index, demo_set))
     return sets
 
 
+def demo_sets_to_json(sets: Mapping[str, tuple[DemoSet, ...]]) -> dict[str, Any]:
+    return {
+        name: [
+            {
+                "demos": [d.to_dict() for d in s.demos],
+                "bootstrapped": s.bootstrapped,
+                "source_ids": list(s.source_ids),
+            }
+            for s in group
+        ]
+        for name, group in sets.items()
+    }
+
+
+def demo_sets_from_json(data: Mapping[str, Any]) -> dict[str, tuple[DemoSet, ...]]:
+    return {
+        name: tuple(
+            DemoSet(tuple(Demo(d) for d in s["demos"]), s["bootstrapped"], tuple(s["source_ids"]))
+            for s in group
+        )
+        for name, group in data.items()
+    }
+
+
 async def grounding_texts(ctx: RunContext) -> tuple[str | None, str | None]:
     """Data summary and program description, each ``None`` when switched off or unusable."""
+    found = await ctx.memo("summaries", "all", lambda: _grounding_texts(ctx), list, tuple)
+    return found[0], found[1]
+
+
+async def _grounding_texts(ctx: RunContext) -> tuple[str | None, str | None]:
     data_summary = program_summary = None
     if ctx.grounding.data_summary:
         got = await summarize_data(ctx.trainset, ctx.proposer_lm, seed=ctx.seed)
@@ -84,6 +122,8 @@ async def instruction_candidates(
 ) -> dict[str, tuple[str, ...]]:
     """Proposed instructions per predictor (the original first); predictors are proposed for
     concurrently, each predictor's candidates one after another so each sees the earlier ones."""
+    if ctx.limit_reached() is not None:
+        return {name: (predictor.instruction,) for name, predictor in ctx.predictors}
     async with ctx.phase("propose"):
         data_summary, program_summary = await grounding_texts(ctx)
         out: dict[str, tuple[str, ...]] = {}
@@ -91,14 +131,18 @@ async def instruction_candidates(
         async def for_predictor(name: str) -> None:
             predictor = dict(ctx.predictors)[name]
             context = ProposalContext(name, predictor, data_summary, program_summary)
-            proposals = await propose_instructions(
-                context,
-                ctx.proposer_lm,
-                n_candidates=ctx.budget.n_candidates,
-                grounding=ctx.grounding,
-                demo_sets=[s.demos for s in demo_sets.get(name, ())],
-                seed=ctx.seed,
-            )
+
+            async def compute() -> list[Proposal]:
+                return await propose_instructions(
+                    context,
+                    ctx.proposer_lm,
+                    n_candidates=ctx.budget.n_candidates,
+                    grounding=ctx.grounding,
+                    demo_sets=[s.demos for s in demo_sets.get(name, ())],
+                    seed=ctx.seed,
+                )
+
+            proposals = await ctx.memo("proposals", name, compute, proposals_to_json, proposals_from_json)
             kept = [predictor.instruction]
             for proposal in proposals:
                 if proposal.instruction is None:
@@ -115,6 +159,14 @@ async def instruction_candidates(
     return {name: out[name] for name, _ in ctx.predictors}
 
 
+def proposals_to_json(proposals: Sequence[Proposal]) -> list[dict[str, Any]]:
+    return [attrs.asdict(p) for p in proposals]
+
+
+def proposals_from_json(data: Sequence[Mapping[str, Any]]) -> list[Proposal]:
+    return [Proposal(**p) for p in data]
+
+
 def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
     return SearchLoop(
         program=ctx.program,
@@ -129,6 +181,8 @@ def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
         seed=ctx.seed,
         lm=ctx.lm,
         concurrency=ctx.concurrency,
+        memo=ctx.memo,
+        should_stop=ctx.limit_reached,
     )
 
 
@@ -181,6 +235,8 @@ async def bootstrap_random_search(ctx: RunContext) -> tuple[Candidates, SearchOu
             if len(combos) >= n_full:
                 break
         for choice in combos:
+            if ctx.limit_reached() is not None:
+                break
             await loop.full_evaluation(choice)
         return candidates, await loop.run_outcome()
 
@@ -198,18 +254,27 @@ async def module_opro(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
             name: [(p.instruction, loop.full_evals[0].score)] for name, p in ctx.predictors
         }
         for round_number in range(1, n_rounds + 1):
+            if ctx.limit_reached() is not None:
+                break
             choice: dict[str, int] = {}
             instructions = {k: list(v) for k, v in candidates.instructions.items()}
             for name, predictor in ctx.predictors:
-                proposal = await propose_instruction(
-                    ProposalContext(name, predictor, data_summary, program_summary),
-                    ctx.proposer_lm,
-                    index=round_number,
-                    grounding=ctx.grounding,
-                    demos=(),
-                    existing=instructions[name],
-                    history=history[name],
-                    seed=ctx.seed,
+                proposal = await ctx.memo(
+                    "opro_proposal",
+                    f"{name}:{round_number}",
+                    partial(
+                        propose_instruction,
+                        ProposalContext(name, predictor, data_summary, program_summary),
+                        ctx.proposer_lm,
+                        index=round_number,
+                        grounding=ctx.grounding,
+                        demos=(),
+                        existing=instructions[name],
+                        history=list(history[name]),
+                        seed=ctx.seed,
+                    ),
+                    attrs.asdict,
+                    lambda data: Proposal(**data),
                 )
                 if proposal.instruction is None:
                     ctx.dropped.append((name, round_number, proposal.reason))
@@ -293,15 +358,22 @@ class _ProposalHook:
                 existing = list(loop.candidates.instructions[name])
                 demo_sets = loop.candidates.demo_sets[name]
                 demos = demo_sets[choice.get(f"{name}.demos", 0)].demos
-                proposal = await propose_instruction(
-                    ProposalContext(name, predictor, self.data_summary, self.program_summary),
-                    self.ctx.proposer_lm,
-                    index=len(self.made) + 1,
-                    grounding=grounding,
-                    demos=demos,
-                    existing=existing,
-                    history=[(text, None) for text in existing],
-                    seed=self.ctx.seed,
+                proposal = await self.ctx.memo(
+                    "mipro_pp_proposal",
+                    f"{name}:{g}:{t}:{len(self.made) + 1}",
+                    partial(
+                        propose_instruction,
+                        ProposalContext(name, predictor, self.data_summary, self.program_summary),
+                        self.ctx.proposer_lm,
+                        index=len(self.made) + 1,
+                        grounding=grounding,
+                        demos=demos,
+                        existing=existing,
+                        history=[(text, None) for text in existing],
+                        seed=self.ctx.seed,
+                    ),
+                    attrs.asdict,
+                    lambda data: Proposal(**data),
                 )
                 if proposal.instruction is None:
                     self.ctx.dropped.append((name, proposal.index, proposal.reason))

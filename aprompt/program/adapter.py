@@ -74,8 +74,7 @@ def system_prompt(signature: Signature, instruction: str | None = None) -> str:
         parts.append("Input fields:\n" + "\n".join(_describe(f, False) for f in signature.inputs))
     parts.append("Output fields:\n" + "\n".join(_describe(f, True) for f in signature.outputs))
     parts.append(
-        "Reply in exactly this format, each field on its own line, in this order:\n"
-        + reply_format(signature)
+        "Reply in exactly this format, each field on its own line, in this order:\n" + reply_format(signature)
     )
     return "\n\n".join(p for p in parts if p)
 
@@ -274,9 +273,7 @@ def parse_reply(signature: Signature, text: str) -> dict[str, Any]:
     """
     reading = read_reply(signature, text)
     if reading.problems:
-        raise ParseError(
-            describe_problems(reading.problems), raw_text=text, missing=tuple(reading.problems)
-        )
+        raise ParseError(describe_problems(reading.problems), raw_text=text, missing=tuple(reading.problems))
     return reading.values
 
 

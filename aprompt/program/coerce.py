@@ -38,9 +38,7 @@ class CoercionError(ValueError):
     """A field's text does not hold a value of the field's type; the message says why."""
 
 
-_NUMBER = re.compile(
-    r"(?<![\d.])[-+]?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-)
+_NUMBER = re.compile(r"(?<![\d.])[-+]?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen twenty"
@@ -110,9 +108,7 @@ def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
     padded = f" {wanted} "
     mentioned = [form for form in by_form if form and f" {form} " in padded]
     # A mention inside a longer mentioned choice ("good" in "very good") is not a separate mention.
-    mentioned = [
-        f for f in mentioned if not any(f != g and f" {f} " in f" {g} " for g in mentioned)
-    ]
+    mentioned = [f for f in mentioned if not any(f != g and f" {f} " in f" {g} " for g in mentioned)]
     if len(mentioned) == 1:
         return by_form[mentioned[0]]
     options = ", ".join(str(c) for c in choices)

@@ -28,9 +28,7 @@ class TraceSink(Protocol):
     """What a predictor reports each successful call to (implemented by
     :class:`~aprompt.program.Trace`)."""
 
-    def record(
-        self, predictor: Predict, inputs: Mapping[str, Any], prediction: Prediction
-    ) -> None: ...
+    def record(self, predictor: Predict, inputs: Mapping[str, Any], prediction: Prediction) -> None: ...
 
 
 ACTIVE_TRACES: contextvars.ContextVar[tuple[TraceSink, ...]] = contextvars.ContextVar(

@@ -67,9 +67,7 @@ def normalize_type(annotation: Any) -> Any:
     if is_literal(annotation):
         choices = typing.get_args(annotation)
         if not choices or not all(isinstance(c, str | int | bool) for c in choices):
-            raise ConfigError(
-                f"Literal choices must be str, int or bool values, not {annotation!r}"
-            )
+            raise ConfigError(f"Literal choices must be str, int or bool values, not {annotation!r}")
         normalized = [normalize_choice(str(c)) for c in choices]
         if len(set(normalized)) != len(normalized):
             raise ConfigError(
@@ -83,8 +81,7 @@ def normalize_type(annotation: Any) -> Any:
             raise ConfigError(f"nested lists are not supported: {annotation!r}")
         return types.GenericAlias(list, (normalize_type(item),))
     raise ConfigError(
-        f"unsupported field type {annotation!r}: "
-        "use str, int, float, bool, Literal[...] or list[...]"
+        f"unsupported field type {annotation!r}: use str, int, float, bool, Literal[...] or list[...]"
     )
 
 
@@ -179,15 +176,11 @@ class Field:
         if self.name in RESERVED_NAMES:
             raise ConfigError(f"field name {self.name!r} is reserved; choose another name")
         if not self.label.strip() or any(ch in self.label for ch in ":\r\n"):
-            raise ConfigError(
-                f"label {self.label!r} of field {self.name!r} must be one line without ':'"
-            )
+            raise ConfigError(f"label {self.label!r} of field {self.name!r} must be one line without ':'")
 
     def spec(self) -> str:
         """``name`` for str fields, ``name: type`` otherwise."""
-        return (
-            self.name if self.annotation is str else f"{self.name}: {type_to_str(self.annotation)}"
-        )
+        return self.name if self.annotation is str else f"{self.name}: {type_to_str(self.annotation)}"
 
 
 @attrs.frozen

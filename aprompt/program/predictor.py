@@ -22,9 +22,7 @@ from aprompt.program.values import Demo, Prediction, as_demo
 
 __all__ = ["ChainOfThought", "Predict"]
 
-REASONING = Field(
-    "reasoning", str, "step-by-step thinking that works out the answer", label="Reasoning"
-)
+REASONING = Field("reasoning", str, "step-by-step thinking that works out the answer", label="Reasoning")
 
 
 class Predict:
@@ -63,9 +61,7 @@ class Predict:
         if max_parse_retries < 0:
             raise ConfigError(f"max_parse_retries must be >= 0, got {max_parse_retries}")
         self._signature = self._prepare(as_signature(signature))
-        self.instruction: str = (
-            instruction if instruction is not None else self._signature.instruction
-        )
+        self.instruction: str = instruction if instruction is not None else self._signature.instruction
         self.demos = demos
         self.lm = lm
         self.max_parse_retries = max_parse_retries

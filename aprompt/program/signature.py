@@ -82,9 +82,7 @@ class Signature:
         ``list[str]``, ``Literal['a', 'b']``. Raises :class:`ConfigError` naming the problem.
         """
         if text.count("->") != 1:
-            raise ConfigError(
-                f"signature {text!r} needs exactly one '->' between inputs and outputs"
-            )
+            raise ConfigError(f"signature {text!r} needs exactly one '->' between inputs and outputs")
         left, right = text.split("->")
         return cls(
             inputs=_parse_side(left, text),
@@ -107,8 +105,7 @@ class Signature:
             spec = declaration.__dict__.get(name)
             if not isinstance(spec, FieldSpec):
                 raise ConfigError(
-                    f"{declaration.__name__}.{name} must be declared "
-                    "with InputField() or OutputField()"
+                    f"{declaration.__name__}.{name} must be declared with InputField() or OutputField()"
                 )
             annotation = hints.get(name, raw)
             if isinstance(annotation, str):

@@ -34,9 +34,7 @@ def program_state(program: object) -> dict[str, Any]:
     predictors = {}
     for name, predictor in named_predictors(program):
         state = predictor.get_state()
-        state["demos"] = [
-            _json_value(d, f"{name}.demos[{i}]") for i, d in enumerate(state["demos"])
-        ]
+        state["demos"] = [_json_value(d, f"{name}.demos[{i}]") for i, d in enumerate(state["demos"])]
         predictors[name] = state
     return {_VERSION_KEY: STATE_VERSION, "predictors": predictors}
 

@@ -65,6 +65,5 @@ def request_key(
 
 def _reject_unserializable(value: object) -> object:
     raise ConfigError(
-        f"cannot build a cache key: parameter value of type {type(value).__name__} "
-        "is not JSON-serializable"
+        f"cannot build a cache key: parameter value of type {type(value).__name__} is not JSON-serializable"
     )

@@ -185,9 +185,7 @@ class ResponseCache:
             # The computing call was cancelled before it had a result: the first waiter to get
             # here finds no flight and computes; the others wait for it.
 
-    async def _lead(
-        self, key: str, compute: Callable[[], Awaitable[Completion]]
-    ) -> tuple[Completion, bool]:
+    async def _lead(self, key: str, compute: Callable[[], Awaitable[Completion]]) -> tuple[Completion, bool]:
         flight = _Flight(anyio.Event())
         self._flights[key] = flight
         try:

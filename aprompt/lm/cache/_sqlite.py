@@ -43,9 +43,7 @@ _CREATE = (
 )
 _SELECT = "SELECT value FROM completions WHERE key = ?"
 # First writer wins: two processes that computed the same key keep one stable answer on disk.
-_INSERT = (
-    "INSERT INTO completions (key, value, created) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
-)
+_INSERT = "INSERT INTO completions (key, value, created) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
 
 
 class SQLiteCache:
@@ -164,9 +162,7 @@ class SQLiteCache:
 def _connect(path: str, busy_timeout: float, *, prepare: bool) -> sqlite3.Connection:
     """Open one autocommit connection; with ``prepare``, validate (or create) the schema first."""
     try:
-        conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise CacheError(f"cannot open the LM cache: {exc}", path=path) from exc
     try:
@@ -252,9 +248,7 @@ def _decode(value: str, key: str, path: str) -> Completion:
         finish_reason = data["finish_reason"]
         completion = Completion(
             text=_typed(data["text"], str),
-            usage=TokenUsage(
-                _typed(data["prompt_tokens"], int), _typed(data["completion_tokens"], int)
-            ),
+            usage=TokenUsage(_typed(data["prompt_tokens"], int), _typed(data["completion_tokens"], int)),
             model=_typed(data["model"], str),
             finish_reason=None if finish_reason is None else _typed(finish_reason, str),
             cached=True,

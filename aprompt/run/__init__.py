@@ -1,0 +1,1 @@
+"""Run bookkeeping: the journal that makes runs resumable."""
