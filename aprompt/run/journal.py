@@ -88,7 +88,7 @@ class RunJournal:
 
     def append(self, kind: str, payload: Any, key: str = "") -> None:
         """Durably append one record (one transaction)."""
-        text = json.dumps(payload, ensure_ascii=False, sort_keys=True, default=_jsonable)
+        text = json.dumps(payload, ensure_ascii=False, default=_jsonable)  # key order matters (demos)
         try:
             self._conn().execute(
                 "INSERT INTO records (kind, key, payload, created) VALUES (?, ?, ?, ?)",

@@ -1,0 +1,103 @@
+"""A run journaled in run_dir resumes after an interruption to the same result as an uninterrupted run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aprompt
+from aprompt import OpenAICompatibleLM
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.optimize.world import TwoStageProgram, World, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+BUDGET = {"n_candidates": 4, "val_size": 40, "n_trials": 12, "minibatch_size": 15, "parallel_trials": 2}
+
+
+async def _run(server: FakeOpenAIServer, run_dir: Path | None, **options: Any) -> aprompt.OptimizeResult:
+    async with OpenAICompatibleLM("world", server.base_url, api_key="sk-world", max_concurrency=64) as lm:
+        return await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 80),
+            metric,
+            valset=examples(200, 240),
+            lm=lm,
+            budget=BUDGET,
+            seed=3,
+            run_dir=run_dir,
+            **options,
+        )
+
+
+def _summary(result: aprompt.OptimizeResult) -> tuple[Any, ...]:
+    return (
+        dict(result.best_choice),
+        result.score,
+        [(t.number, dict(t.choice), t.score) for t in result.trials],
+        [(dict(f.choice), f.score) for f in result.full_evals],
+        result.candidates.describe(),
+    )
+
+
+@pytest.mark.parametrize("stop_after_events", [3, 9, 17, 26, 33])
+async def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, stop_after_events: int
+) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
+        reference = await _run(server, tmp_path / "reference")
+        reference_calls = len(server.chat_requests)
+        server.reset_records()
+        seen = 0
+
+        with anyio.CancelScope() as scope:
+
+            def stop_at(event: aprompt.Event) -> None:
+                nonlocal seen
+                seen += 1
+                if seen == stop_after_events:
+                    scope.cancel()
+
+            await _run(server, tmp_path / "run", on_event=stop_at)
+        assert scope.cancelled_caught, "the run was interrupted"
+        resumed = await _run(server, tmp_path / "run")
+        repeated = len(server.chat_requests) - reference_calls
+    assert _summary(resumed) == _summary(reference)
+    # Only calls in flight at the interruption are paid twice.
+    assert 0 <= repeated <= 0.1 * reference_calls, (repeated, reference_calls)
+
+
+async def test_a_different_config_on_an_existing_run_dir_is_refused(tmp_path: Path) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
+        await _run(server, tmp_path / "run")
+        async with OpenAICompatibleLM("world", server.base_url, api_key="sk-world") as lm:
+            with pytest.raises(aprompt.ConfigError, match="different config"):
+                await aprompt.optimize(
+                    TwoStageProgram(),
+                    examples(0, 80),
+                    metric,
+                    valset=examples(200, 240),
+                    lm=lm,
+                    budget=BUDGET,
+                    seed=4,
+                    run_dir=tmp_path / "run",
+                )
+
+
+async def test_resume_false_starts_over(tmp_path: Path) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
+        await _run(server, tmp_path / "run")
+        result = await _run(server, tmp_path / "run", resume=False)
+    assert len(result.trials) == BUDGET["n_trials"]
+
+
+async def test_a_finished_run_replays_from_its_journal_without_lm_calls(tmp_path: Path) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
+        first = await _run(server, tmp_path / "run")
+        before = len(server.chat_requests)
+        second = await _run(server, tmp_path / "run")
+        assert len(server.chat_requests) == before
+    assert _summary(second) == _summary(first)
