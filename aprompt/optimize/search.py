@@ -24,6 +24,7 @@ from aprompt.optimize.candidates import Candidates, Choice, choice_key
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
 from aprompt.optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt.optimize.examples import Example
+from aprompt.optimize.pooling import best_combination
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
@@ -171,6 +172,7 @@ class SearchLoop:
     proposal_hook: ProposalHook | None = attrs.field(default=None, init=False)
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
     should_stop: Callable[[], str | None] = attrs.field(default=lambda: None, kw_only=True)
+    pooled: bool = attrs.field(default=True, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
@@ -203,8 +205,18 @@ class SearchLoop:
     async def full_evaluate_best_untested(self) -> FullEval | None:
         if self.should_stop() is not None:
             return None
-        choice = self._pool.best_untested(self._tested)
+        choice = self.next_full_evaluation()
         return await self.full_evaluation(choice) if choice is not None else None
+
+    def next_full_evaluation(self) -> dict[str, int] | None:
+        """The combination with the best pooled estimate (see :mod:`aprompt.optimize.pooling`) that has
+        no full evaluation yet."""
+        if not self.pooled:
+            return self._pool.best_untested(self._tested)
+        observations = [(t.choice, t.score, len(t.scores)) for t in self.trials if t.score is not None]
+        own = {key: (sum(s.values()) / len(s), len(s)) for key, s in self._pool.scores.items() if s}
+        space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
+        return best_combination(observations, own, space, self._tested)
 
     async def single_trial(self, number: int, choice: dict[str, int]) -> Trial:
         """Run and record one trial outside the TPE loop (used by OPRO-style strategies)."""

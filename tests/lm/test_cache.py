@@ -119,9 +119,7 @@ def test_request_key_format_is_pinned() -> None:
 
 def test_request_key_is_stable_under_dict_reordering() -> None:
     reordered_params = {"stop": ["\n\n"], "max_tokens": 64, "temperature": 0.7}
-    reordered_messages: list[Message] = [
-        {"content": m["content"], "role": m["role"]} for m in MESSAGES
-    ]
+    reordered_messages: list[Message] = [{"content": m["content"], "role": m["role"]} for m in MESSAGES]
     nested_a = {"response_format": {"type": "json", "schema": {"a": 1, "b": 2}}}
     nested_b = {"response_format": {"schema": {"b": 2, "a": 1}, "type": "json"}}
     assert base_key(params=reordered_params, messages=reordered_messages) == base_key()
@@ -220,16 +218,12 @@ async def test_disk_hit_round_trips_the_completion_and_is_promoted_to_memory(
         assert reader.memory is not None and "k" in reader.memory
         await reader.get_or_compute("k", compute)
         assert hit and compute.calls == 0
-        assert from_disk == Completion(
-            "answer", TokenUsage(11, 7), "served-model", "stop", cached=True
-        )
+        assert from_disk == Completion("answer", TokenUsage(11, 7), "served-model", "stop", cached=True)
         assert reader.stats == CacheStats(memory_hits=1, disk_hits=1)
 
 
 @pytest.mark.anyio
-async def test_stats_count_memory_disk_coalesced_and_misses(
-    anyio_backend: str, tmp_path: Path
-) -> None:
+async def test_stats_count_memory_disk_coalesced_and_misses(anyio_backend: str, tmp_path: Path) -> None:
     with ResponseCache.in_directory(tmp_path) as first:
         await first.get_or_compute("on-disk", CountingCompute())
     with ResponseCache.in_directory(tmp_path) as cache:
@@ -288,9 +282,7 @@ async def test_closed_cache_raises_cache_error(anyio_backend: str, tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_fifty_identical_concurrent_calls_compute_once(
-    anyio_backend: str, tmp_path: Path
-) -> None:
+async def test_fifty_identical_concurrent_calls_compute_once(anyio_backend: str, tmp_path: Path) -> None:
     compute = CountingCompute(delay=0.02)
     results: list[tuple[Completion, bool]] = []
     with ResponseCache.in_directory(tmp_path) as cache:
@@ -309,9 +301,7 @@ async def test_fifty_identical_concurrent_calls_compute_once(
 
 
 @pytest.mark.anyio
-async def test_two_hundred_concurrent_tasks_share_one_cache(
-    anyio_backend: str, tmp_path: Path
-) -> None:
+async def test_two_hundred_concurrent_tasks_share_one_cache(anyio_backend: str, tmp_path: Path) -> None:
     computes = {f"k{i}": CountingCompute(f"text {i}", delay=0.001 * (i % 7)) for i in range(50)}
     results: dict[int, tuple[Completion, bool]] = {}
     with ResponseCache.in_directory(tmp_path) as cache:
@@ -434,9 +424,7 @@ def test_in_directory_creates_the_directory_and_a_wal_file(tmp_path: Path) -> No
 @pytest.mark.anyio
 async def test_only_the_completion_is_stored(anyio_backend: str, tmp_path: Path) -> None:
     secret_prompt = "PROMPT-TEXT-4f1d"
-    key = request_key(
-        model="m", messages=[{"role": "user", "content": secret_prompt}], params={"seed": 9}
-    )
+    key = request_key(model="m", messages=[{"role": "user", "content": secret_prompt}], params={"seed": 9})
     with ResponseCache.in_directory(tmp_path) as cache:
         await cache.get_or_compute(key, CountingCompute())
     conn = sqlite3.connect(tmp_path / CACHE_FILE_NAME)
@@ -458,9 +446,7 @@ async def test_only_the_completion_is_stored(anyio_backend: str, tmp_path: Path)
 
 
 @pytest.mark.anyio
-async def test_disk_keeps_the_first_completion_stored_under_a_key(
-    anyio_backend: str, tmp_path: Path
-) -> None:
+async def test_disk_keeps_the_first_completion_stored_under_a_key(anyio_backend: str, tmp_path: Path) -> None:
     with SQLiteCache(tmp_path / CACHE_FILE_NAME) as disk:
         await disk.put("k", Completion("first"))
         await disk.put("k", Completion("second"))
@@ -493,9 +479,7 @@ def test_newer_schema_version_raises_cache_error(tmp_path: Path) -> None:
         SQLiteCache(tmp_path / CACHE_FILE_NAME)
 
 
-def test_default_cache_dir_honours_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_cache_dir_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APROMPT_CACHE_DIR", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"
     monkeypatch.delenv("APROMPT_CACHE_DIR")
@@ -507,9 +491,7 @@ def test_default_cache_dir_honours_the_environment(
 
 
 @pytest.mark.anyio
-async def test_entries_written_here_are_read_by_a_new_process(
-    anyio_backend: str, tmp_path: Path
-) -> None:
+async def test_entries_written_here_are_read_by_a_new_process(anyio_backend: str, tmp_path: Path) -> None:
     with ResponseCache.in_directory(tmp_path) as cache:
         for i in range(5):
             name = f"here-{i}"
@@ -520,9 +502,7 @@ async def test_entries_written_here_are_read_by_a_new_process(
 
 
 @pytest.mark.anyio
-async def test_entries_written_by_another_process_are_read_here(
-    anyio_backend: str, tmp_path: Path
-) -> None:
+async def test_entries_written_by_another_process_are_read_here(anyio_backend: str, tmp_path: Path) -> None:
     done = run_worker("write", tmp_path, "there", 5)
     assert done.returncode == 0, done.stderr
     compute = CountingCompute("recomputed")

@@ -62,15 +62,19 @@ async def _optimize(
 
 
 async def test_mipro_reaches_within_a_few_points_of_the_best_combination(tmp_path: Path) -> None:
-    async with FakeOpenAIServer(responder=World(), latency=0.005, api_key="sk-world") as server:
-        result = await _optimize(server, "mipro", tmp_path)
-    best = _best_possible(result)
-    chosen = _true_accuracy(result, dict(result.best_choice))
-    baseline = _true_accuracy(result, result.candidates.baseline())
-    assert best - baseline > 0.2, "the world leaves room to improve"
-    assert chosen >= best - 0.06, (chosen, best)
-    # Every mini-batch fanned out: many requests were in flight at once at the server.
-    assert server.max_in_flight >= 30
+    gaps = []
+    for seed in (1, 2, 3, 4):
+        async with FakeOpenAIServer(responder=World(), latency=0.005, api_key="sk-world") as server:
+            result = await _optimize(server, "mipro", tmp_path / str(seed), seed=seed)
+        best = _best_possible(result)
+        chosen = _true_accuracy(result, dict(result.best_choice))
+        baseline = _true_accuracy(result, result.candidates.baseline())
+        assert best - baseline > 0.2, "the world leaves room to improve"
+        assert chosen >= best - 0.12, (seed, chosen, best)
+        gaps.append(best - chosen)
+        # Every mini-batch fanned out: many requests were in flight at once at the server.
+        assert server.max_in_flight >= 30
+    assert sum(gaps) / len(gaps) <= 0.06, gaps
 
 
 async def test_bootstrap_random_search_beats_the_unoptimized_program(tmp_path: Path) -> None:

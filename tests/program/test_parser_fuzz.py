@@ -41,9 +41,7 @@ def test_any_reply_either_parses_or_raises_parse_error(reply: str) -> None:
 
 # Free text without the characters that make markers (':' '#' '*' '_'), stripped and non-empty.
 PLAIN_TEXT = (
-    st.text(st.characters(codec="utf-8", exclude_characters=":#*_"), min_size=1)
-    .map(str.strip)
-    .filter(bool)
+    st.text(st.characters(codec="utf-8", exclude_characters=":#*_"), min_size=1).map(str.strip).filter(bool)
 )
 ANY_TEXT = st.text(st.characters(codec="utf-8"))
 

@@ -165,9 +165,7 @@ def test_typed_fields_are_coerced(type_: str, text: str, expected: Any) -> None:
         ("list[int]", "[1, [2]]", "single values"),
     ],
 )
-def test_unreadable_typed_values_are_parse_errors_with_a_reason(
-    type_: str, text: str, message: str
-) -> None:
+def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
     signature = Signature.parse(f"question -> answer: {type_}")
     with pytest.raises(ParseError, match=message) as caught:
         parse_reply(signature, f"Answer: {text}")

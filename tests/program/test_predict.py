@@ -39,9 +39,7 @@ class RecordingLM:
     def model(self) -> str:
         return self.inner.model
 
-    async def chat(
-        self, messages: Sequence[Message], *, rollout: int = 0, **params: Any
-    ) -> Completion:
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
         self.calls.append((rollout, params))
         return await self.inner.chat(messages, rollout=rollout, **params)
 
@@ -187,13 +185,10 @@ async def test_retries_keep_the_callers_rollout_and_usage_counts_every_attempt(
 ) -> None:
     fake_server.responder = _bad_then_good
     recording = RecordingLM(lm)
-    prediction = await Predict("question -> reasoning, answer: int", lm=recording)(
-        question="q", rollout=3
-    )
+    prediction = await Predict("question -> reasoning, answer: int", lm=recording)(question="q", rollout=3)
     assert [rollout for rollout, _ in recording.calls] == [3, 3]
     prompt_tokens = [
-        estimate_tokens("\n".join(m["content"] for m in sent_messages(fake_server, i)))
-        for i in range(2)
+        estimate_tokens("\n".join(m["content"] for m in sent_messages(fake_server, i))) for i in range(2)
     ]
     assert prediction.usage.prompt_tokens == sum(prompt_tokens)
 
@@ -226,9 +221,7 @@ async def test_chain_of_thought_asks_for_reasoning_before_the_outputs(
     assert str(solve.signature) == "question -> reasoning, answer: int"
     prediction = await solve(question="a cat and a dog?")
     assert (prediction.reasoning, prediction.answer) == ("one cat, one dog.", 2)
-    assert sent_messages(fake_server)[0]["content"].endswith(
-        "Reasoning: <reasoning>\nAnswer: <an integer>"
-    )
+    assert sent_messages(fake_server)[0]["content"].endswith("Reasoning: <reasoning>\nAnswer: <an integer>")
 
 
 def test_chain_of_thought_refuses_a_signature_that_has_reasoning() -> None:

@@ -65,16 +65,12 @@ def test_a_demo_without_some_fields_shows_only_those_it_has() -> None:
 
 
 def test_a_demo_without_any_output_value_is_left_out() -> None:
-    messages = format_messages(
-        SIGNATURE, {"question": "q", "context": []}, demos=[{"question": "x"}]
-    )
+    messages = format_messages(SIGNATURE, {"question": "q", "context": []}, demos=[{"question": "x"}])
     assert len(messages) == 2
 
 
 def test_typed_outputs_are_described_with_their_type() -> None:
-    signature = Signature.parse(
-        "q -> ok: bool, label: Literal['spam', 'ham'], tags: list[str], score: float"
-    )
+    signature = Signature.parse("q -> ok: bool, label: Literal['spam', 'ham'], tags: list[str], score: float")
     system = format_messages(signature, {"q": "x"})[0]["content"]
     assert system.endswith(
         "Ok: <yes or no>\n"
