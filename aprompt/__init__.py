@@ -50,6 +50,7 @@ from aprompt.optimize.events import (
 from aprompt.optimize.examples import Example
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import OptimizeResult, load
+from aprompt.optimize.sync import optimize_sync
 from aprompt.program import (
     ChainOfThought,
     Demo,
@@ -128,6 +129,7 @@ __all__ = [
     "named_predictors",
     "optimize",
     "optimize_events",
+    "optimize_sync",
     "program_state",
     "save_state",
     "total_usage",

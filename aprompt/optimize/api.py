@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
 import os
 import random
@@ -27,6 +28,8 @@ from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
 from aprompt.run.limits import RunLimits
 from aprompt.run.storage import run_fingerprint, run_storage
+
+logger = logging.getLogger("aprompt")
 
 
 def split_valset(
@@ -205,7 +208,15 @@ async def optimize(
 
 async def _run(ctx: RunContext, strategy: str, target: object, started: float) -> OptimizeResult:
     plan, predictors, train, val, seed = ctx.budget, ctx.predictors, ctx.trainset, ctx.valset, ctx.seed
-    await ctx.emit(_plan_event(strategy, plan, len(predictors), len(train), len(val)))
+    planned = _plan_event(strategy, plan, len(predictors), len(train), len(val))
+    logger.info(
+        "aprompt %s: %d trials on %d validation examples, about %d LM calls before caching",
+        strategy,
+        planned.n_trials,
+        planned.val_size,
+        planned.expected_lm_calls,
+    )
+    await ctx.emit(planned)
     candidates, outcome = await STRATEGIES[strategy](ctx)
 
     prompts = candidates.prompts_for(outcome.best_choice)
