@@ -158,6 +158,11 @@ class HTTPChatLM(abc.ABC):
         return self._retry
 
     @property
+    def capacity(self) -> int:
+        """Requests this client sends at once (its concurrency cap across endpoints)."""
+        return int(self._slots.total_tokens)
+
+    @property
     def cache(self) -> ResponseCache | None:
         """The response cache, or ``None``. Assignable: an optimization with a ``run_dir`` attaches the
         run's cache for its duration when none is set."""

@@ -23,7 +23,8 @@ class Budget:
         minibatch_size: validation examples scored per trial.
         full_eval_every: a full evaluation of the best untested combination every this many trials.
         max_bootstrapped_demos / max_labeled_demos: demos per bootstrapped set.
-        parallel_trials: trials evaluated at once (suggestions asked together).
+        parallel_trials: trials evaluated at once (suggestions asked together); ``None`` chooses from the
+            LM's spare capacity: as many as its concurrency cap can serve with full mini-batches, 1 to 8.
     """
 
     n_candidates: int = 6
@@ -33,7 +34,7 @@ class Budget:
     full_eval_every: int = 5
     max_bootstrapped_demos: int = 4
     max_labeled_demos: int = 4
-    parallel_trials: int = 2
+    parallel_trials: int | None = None
 
     def __attrs_post_init__(self) -> None:
         checks = {
@@ -43,12 +44,20 @@ class Budget:
             "full_eval_every": self.full_eval_every >= 1,
             "max_bootstrapped_demos": self.max_bootstrapped_demos >= 0,
             "max_labeled_demos": self.max_labeled_demos >= 0,
-            "parallel_trials": self.parallel_trials >= 1,
+            "parallel_trials": self.parallel_trials is None or self.parallel_trials >= 1,
             "n_trials": self.n_trials is None or self.n_trials >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"budget values out of range: {', '.join(bad)} (a budget must allow one trial)")
+
+    def parallel_trials_for(self, lm_capacity: int | None, calls_per_run: int) -> int:
+        """Trials to run at once: explicit, or what the LM's concurrency cap can serve in full."""
+        if self.parallel_trials is not None:
+            return self.parallel_trials
+        if lm_capacity is None:
+            return 2
+        return max(1, min(8, lm_capacity // max(1, self.minibatch_size * calls_per_run)))
 
     def trials_for(self, n_predictors: int, searches_demos: bool) -> int:
         """Trials for a search space: ``max(2·V·log2(N), 1.5·N)``, V = searched variables."""

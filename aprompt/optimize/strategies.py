@@ -167,6 +167,11 @@ def proposals_from_json(data: Sequence[Mapping[str, Any]]) -> list[Proposal]:
     return [Proposal(**p) for p in data]
 
 
+def _capacity(lm: object) -> int | None:
+    capacity = getattr(lm, "capacity", None)
+    return capacity if isinstance(capacity, int) else None
+
+
 def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
     return SearchLoop(
         program=ctx.program,
@@ -177,7 +182,7 @@ def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
         n_trials=n_trials,
         minibatch_size=ctx.budget.minibatch_size,
         full_eval_every=ctx.budget.full_eval_every,
-        parallel_trials=ctx.budget.parallel_trials,
+        parallel_trials=ctx.budget.parallel_trials_for(_capacity(ctx.lm), len(ctx.predictors)),
         seed=ctx.seed,
         lm=ctx.lm,
         concurrency=ctx.concurrency,
