@@ -214,7 +214,8 @@ class HTTPChatLM(abc.ABC):
         Later calls raise :class:`~aprompt._errors.LMError`.
         """
         self._closed = True
-        await self._pool.aclose()
+        with anyio.CancelScope(shield=True):  # closing must finish even when the caller is cancelled
+            await self._pool.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -27,6 +27,7 @@ from aprompt.optimize.strategies import STRATEGIES
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
 from aprompt.run.limits import RunLimits
+from aprompt.run.preflight import check_endpoints, check_limits, check_metric
 from aprompt.run.storage import run_fingerprint, run_storage
 
 logger = logging.getLogger("aprompt")
@@ -152,6 +153,11 @@ async def optimize(
             return the best program so far (``result.stopped_by`` names the limit); ``max_cost`` prices
             tokens with ``prices={model: (input, output) per million tokens}``.
 
+    Raises:
+        ConfigError: bad input (examples, metric, program, budget or limits), before any LM call.
+        LMConnectionError, AuthenticationError: an endpoint is unreachable or refuses the key; each is
+            probed once up front (``GET /models``, no tokens spent).
+
     Example::
 
         result = await aprompt.optimize(program, trainset, metric, lm=lm, budget="light")
@@ -169,16 +175,20 @@ async def optimize(
     if not train:
         raise ConfigError("trainset is empty")
     val_given = as_examples(valset, input_fields, role="valset") if valset is not None else None
+    if val_given is not None and not val_given:
+        raise ConfigError("valset is empty; pass None to hold out part of the trainset")
     train, val = split_valset(train, val_given, plan.val_size, seed)
     check_inputs(program, [*train, *val], "trainset/valset")
-    if not callable(metric):
-        raise ConfigError("metric must be callable: metric(example, prediction) -> bool | float")
+    check_metric(metric)
     default_lm = lm if lm is not None else current_lm()
     if default_lm is None and any(p.lm is None for _, p in predictors):
         raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")
     proposer = proposer_lm or default_lm or predictors[0][1].lm
     assert proposer is not None
     limits = RunLimits(max_lm_calls, max_tokens, max_cost, max_time, dict(prices or {}))
+    lms = [default_lm, proposer, teacher_lm, *(p.lm for _, p in predictors)]
+    check_limits(limits, lms, min_calls=len(val) + min(plan.minibatch_size, len(val)))
+    await check_endpoints(lms)
     target = program if in_place else copy_program(program)
     grounding = grounding or Grounding()
     fingerprint = run_fingerprint(

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from aprompt._errors import JournalError
 from aprompt.lm.types import LM
 from aprompt.lm.usage import UsageSnapshot, total_usage
 from aprompt.optimize.budget import Budget
@@ -86,7 +87,14 @@ class RunContext:
         if self.journal is not None:
             found = self.journal.latest(kind, key)
             if found is not None:
-                return decode(found)
+                try:
+                    return decode(found)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise JournalError(
+                        f"run journal {self.journal.path} holds a malformed {kind!r} record ({key!r}): "
+                        f"{type(exc).__name__}: {exc}; use resume=False to start over",
+                        path=str(self.journal.path),
+                    ) from None
         value = await compute()
         if self.journal is not None:
             self.journal.append(kind, encode(value), key=key)

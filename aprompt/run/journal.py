@@ -46,35 +46,20 @@ class RunJournal:
                 own recovery).
         """
         folder = Path(run_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / JOURNAL_FILE
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout = 30000")
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            tables = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-            if app_id == 0 and not tables:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                db.execute(
-                    "CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
-                    "key TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL, created REAL NOT NULL)"
-                )
-                db.execute("CREATE INDEX records_kind ON records (kind, key)")
-            elif app_id != APPLICATION_ID:
-                raise JournalError(f"{path} is not an aprompt run journal", path=str(path))
-            else:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version != SCHEMA_VERSION:
-                    raise JournalError(
-                        f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION}",
-                        path=str(path),
-                    )
-                db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-        except sqlite3.DatabaseError as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
+        try:
+            _prepare(db, path)
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file may also decode badly
+            db.close()
+            raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
+        except BaseException:
+            db.close()
+            raise
         return cls(path, db)
 
     @property
@@ -89,15 +74,11 @@ class RunJournal:
     def append(self, kind: str, payload: Any, key: str = "") -> None:
         """Durably append one record (one transaction)."""
         text = json.dumps(payload, ensure_ascii=False, default=_jsonable)  # key order matters (demos)
-        try:
-            self._conn().execute(
-                "INSERT INTO records (kind, key, payload, created) VALUES (?, ?, ?, ?)",
-                (kind, key, text, time.time()),
-            )
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(
-                f"cannot write to run journal {self._path}: {exc}", path=str(self._path)
-            ) from None
+        self._execute(
+            "write to",
+            "INSERT INTO records (kind, key, payload, created) VALUES (?, ?, ?, ?)",
+            (kind, key, text, time.time()),
+        )
 
     def records(self, kind: str, key: str | None = None) -> list[Any]:
         """Payloads of ``kind`` (and ``key``) in append order."""
@@ -109,14 +90,11 @@ class RunJournal:
         if key is not None:
             query += " AND key = ?"
             args = (kind, key)
-        try:
-            rows = self._conn().execute(query + " ORDER BY seq", args).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"cannot read run journal {self._path}: {exc}", path=str(self._path)) from None
+        rows = self._execute("read", query + " ORDER BY seq", args)
         for row_key, text in rows:
             try:
-                yield row_key, json.loads(text)
-            except ValueError:
+                yield str(row_key), json.loads(text)
+            except (TypeError, ValueError, RecursionError):  # not text, not JSON, or nested too deep
                 raise JournalError(
                     f"run journal {self._path} holds an unreadable {kind} record", path=str(self._path)
                 ) from None
@@ -128,12 +106,21 @@ class RunJournal:
 
     def kinds(self) -> dict[str, int]:
         """Record counts by kind (for reports and ``aprompt show``)."""
-        rows = self._conn().execute("SELECT kind, count(*) FROM records GROUP BY kind").fetchall()
-        return {kind: count for kind, count in rows}
+        rows = self._execute("read", "SELECT kind, count(*) FROM records GROUP BY kind")
+        return {str(kind): int(count) for kind, count in rows}
 
     def clear(self) -> None:
         """Forget every record (``optimize(..., resume=False)`` starts over)."""
-        self._conn().execute("DELETE FROM records")
+        self._execute("write to", "DELETE FROM records")
+
+    def _execute(self, doing: str, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement; any SQLite failure (a damaged file included) is a JournalError."""
+        try:
+            return self._conn().execute(query, args).fetchall()
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # damaged text decodes badly
+            raise JournalError(
+                f"cannot {doing} run journal {self._path}: {exc}", path=str(self._path)
+            ) from None
 
     def close(self) -> None:
         if self._db is not None:
@@ -148,6 +135,44 @@ class RunJournal:
 
     def __repr__(self) -> str:
         return f"RunJournal({str(self._path)!r})"
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema of a new journal, or check that an existing file is a journal we read."""
+    db.execute("PRAGMA busy_timeout = 30000")
+    if _is_blank(db):
+        db.execute("PRAGMA journal_mode = WAL")  # not allowed inside a transaction
+        # One transaction: a crash leaves all of the schema or none of it, never a journal without
+        # its table; and of two processes creating the same journal, the second finds it made.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if _is_blank(db):
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute(
+                    "CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+                    "key TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL, created REAL NOT NULL)"
+                )
+                db.execute("CREATE INDEX records_kind ON records (kind, key)")
+            db.execute("COMMIT")
+        finally:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+    if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        raise JournalError(f"{path} is not an aprompt run journal", path=str(path))
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise JournalError(
+            f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION}", path=str(path)
+        )
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+
+
+def _is_blank(db: sqlite3.Connection) -> bool:
+    """A new (empty) SQLite file: no application id and no table."""
+    app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    return app_id == 0 and not db.execute("SELECT 1 FROM sqlite_master WHERE type='table'").fetchall()
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,168 @@
+"""Checks made once before a run spends anything: the metric's shape, the run limits, and the endpoints.
+
+A run that is going to fail should fail here, with an error naming the problem, rather than after an
+hour of paid LM calls. Endpoints are probed with one ``GET {base_url}/models`` each, which costs no
+tokens: a refused connection or a timeout raises :class:`~aprompt._errors.LMConnectionError`, a 401 or
+403 raises :class:`~aprompt._errors.AuthenticationError`; both name the endpoint and never the key. Any
+other answer (200, 404 from a server without that route, a transient 5xx) lets the run go on.
+
+Example::
+
+    check_metric(metric)
+    check_limits(limits, lms, min_calls=45)
+    await check_endpoints([lm, proposer_lm])
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from aprompt._errors import AuthenticationError, ConfigError, LMConnectionError
+from aprompt.lm.http import HTTPChatLM
+from aprompt.run.limits import RunLimits
+
+__all__ = ["DEFAULT_PROBE_TIMEOUT", "check_endpoints", "check_limits", "check_metric"]
+
+#: Seconds an endpoint gets to accept a connection and answer ``GET /models``.
+DEFAULT_PROBE_TIMEOUT = 5.0
+
+
+def check_metric(metric: object) -> None:
+    """``metric`` must be callable as ``metric(example, prediction)``.
+
+    Raises:
+        ConfigError: not callable, or its signature cannot take two positional arguments.
+
+    Example:
+        >>> check_metric(lambda example, prediction, trace=None: 1.0)
+    """
+    if not callable(metric):
+        raise ConfigError("metric must be callable: metric(example, prediction) -> bool | float")
+    try:
+        signature = inspect.signature(metric)
+    except (TypeError, ValueError):
+        return  # a builtin or extension callable without a readable signature: trust it
+    try:
+        signature.bind(None, None)
+    except TypeError as exc:
+        name = getattr(metric, "__qualname__", type(metric).__name__)
+        raise ConfigError(
+            f"metric {name}{signature} cannot be called as metric(example, prediction): {exc}"
+        ) from None
+
+
+def check_limits(limits: RunLimits, lms: Iterable[Any], *, min_calls: int) -> None:
+    """The run limits must leave room for one trial, and ``max_cost`` needs a price for every model.
+
+    Args:
+        lms: every LM the run may call (those counting usage are priced).
+        min_calls: the fewest LM calls that score one trial (the baseline's full evaluation and one
+            mini-batch, one call per program run): a smaller ``max_lm_calls`` could never buy one.
+
+    Raises:
+        ConfigError: naming the limit.
+    """
+    for name in ("max_lm_calls", "max_tokens", "max_cost", "max_time"):
+        if getattr(limits, name) == 0:
+            raise ConfigError(f"{name}=0 leaves no room for a single trial; give a positive limit or None")
+    if limits.max_lm_calls is not None and limits.max_lm_calls < min_calls:
+        raise ConfigError(
+            f"max_lm_calls={limits.max_lm_calls} is smaller than one trial: scoring the baseline and one "
+            f"mini-batch takes at least {min_calls} LM calls"
+        )
+    if limits.max_cost is not None:
+        models = sorted({lm.model for lm in lms if lm is not None and hasattr(lm, "usage")})
+        unpriced = [model for model in models if model not in limits.prices]
+        if unpriced:
+            raise ConfigError(f"max_cost is set but prices has no entry for model(s) {unpriced}")
+
+
+@attrs.frozen
+class _Probe:
+    """One endpoint to probe: its credential-free base URL, its request headers (authentication
+    included; never shown) and, when the LM sends through a caller's own client, that client."""
+
+    url: str
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    client: httpx.AsyncClient | None = attrs.field(default=None, repr=False, eq=False)
+
+
+async def check_endpoints(lms: Iterable[Any], *, within: float = DEFAULT_PROBE_TIMEOUT) -> None:
+    """Probe each distinct endpoint of ``lms`` once (LMs without endpoints are skipped).
+
+    Raises:
+        LMConnectionError: an endpoint refused the connection or did not answer ``within`` seconds.
+        AuthenticationError: an endpoint answered 401 or 403 (the key is wrong or lacks permission).
+    """
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    probes: list[_Probe] = []
+    for lm in {id(lm): lm for lm in lms if lm is not None}.values():
+        for probe in _probes_of(lm):
+            key = (probe.url, tuple(sorted(probe.headers.items())))
+            if key not in seen:
+                seen.add(key)
+                probes.append(probe)
+    if not probes:
+        return
+    async with httpx.AsyncClient(timeout=within) as own_client:
+        for probe in probes:
+            await _check_one(probe, probe.client or own_client, within)
+
+
+def _probes_of(lm: object) -> list[_Probe]:
+    """The endpoints of an :class:`~aprompt.lm.http.HTTPChatLM` (none for any other LM)."""
+    if not isinstance(lm, HTTPChatLM):
+        return []
+    # HTTPChatLM keeps its endpoints' state (auth headers, a caller's shared client) private; this is
+    # the one place outside aprompt.lm that reads it.
+    return [
+        _Probe(state.url, state.headers, getattr(state.lanes, "_shared", None))
+        for state in lm._pool.endpoints
+    ]
+
+
+async def _check_one(probe: _Probe, client: httpx.AsyncClient, within: float) -> None:
+    url = probe.url + "/models"
+    problem = ""
+    try:
+        response = await client.get(url, headers=dict(probe.headers), timeout=within)
+    except httpx.TimeoutException:
+        problem = f"no answer within {within:g} s"
+    except httpx.HTTPError as exc:
+        # The message of a connection error names host and port, never the headers.
+        problem = f"{type(exc).__name__}: {_scrub(str(exc), probe.headers)}"
+    if problem:
+        # Raised outside the except block: httpx's exceptions hold the request and its headers.
+        raise LMConnectionError(f"cannot reach the LM endpoint ({problem})", endpoint=probe.url)
+    if response.status_code in (401, 403):
+        detail = _scrub(_server_message(response), probe.headers)
+        raise AuthenticationError(
+            f"the LM endpoint refused the API key (HTTP {response.status_code}"
+            + (f": {detail})" if detail else ")"),
+            status_code=response.status_code,
+            server_message=detail,
+            endpoint=probe.url,
+        )
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        message = error["message"] if isinstance(error, dict) else error
+        return str(message)[:300]
+    except (ValueError, KeyError, TypeError):
+        return response.text.strip()[:300]
+
+
+def _scrub(text: str, headers: Mapping[str, str]) -> str:
+    """``text`` without any part of the header values (servers may echo a key back)."""
+    for value in headers.values():
+        for token in value.split():
+            if len(token) >= 8:
+                text = text.replace(token, "***")
+    return text

@@ -1,0 +1,209 @@
+"""Bad input is refused with a typed error naming the problem before any LM call is spent.
+
+Every refused run below points at a fake server and asserts it saw no chat request, and that no journal
+was started in the run's ``run_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import OpenAICompatibleLM
+from aprompt.run.preflight import check_endpoints, check_metric
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.world import TwoStageProgram, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+BAD_KEY = "sk-bad-key-DO-NOT-LEAK-91c3e8"
+
+
+async def refused(
+    server: FakeOpenAIServer,
+    tmp_path: Path,
+    error: type[Exception],
+    match: str,
+    *,
+    program: object | None = None,
+    trainset: Any = None,
+    metric_: Any = metric,
+    **options: Any,
+) -> pytest.ExceptionInfo[Exception]:
+    """Run an optimization that must fail with ``error`` before the server sees a chat request."""
+    options.setdefault("budget", {"n_candidates": 3, "val_size": 20, "n_trials": 4, "minibatch_size": 10})
+    async with OpenAICompatibleLM("fake-model", server.base_url, api_key=TEST_API_KEY) as lm:
+        with pytest.raises(error, match=match) as info:
+            await aprompt.optimize(
+                program if program is not None else TwoStageProgram(),
+                trainset if trainset is not None else examples(0, 40),
+                metric_,
+                lm=lm,
+                run_dir=tmp_path / "run",
+                **options,
+            )
+    assert server.chat_requests == []
+    assert not (tmp_path / "run").exists()
+    return info
+
+
+async def test_an_empty_trainset(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "trainset is empty", trainset=[])
+
+
+async def test_a_single_example_without_a_valset(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "at least 2", trainset=examples(0, 1))
+
+
+async def test_an_empty_valset(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "valset is empty", valset=[])
+
+
+async def test_examples_missing_the_programs_inputs(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    trainset = [*examples(0, 10), aprompt.Example(inputs={"query": "What is item-7?"}, id="odd-one")]
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "odd-one", trainset=trainset)
+
+
+async def test_mappings_missing_an_input_field(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    rows = [{"question": f"q{i}", "answer": "a"} for i in range(10)] + [{"answer": "a"}]
+    await refused(
+        fake_server,
+        tmp_path,
+        aprompt.ConfigError,
+        "lacks input field",
+        trainset=rows,
+        input_fields=["question"],
+    )
+
+
+def one_argument(prediction: Any) -> bool:
+    return True
+
+
+def three_arguments(example: Any, prediction: Any, judge: Any) -> bool:
+    return True
+
+
+def keywords_only(*, example: Any, prediction: Any) -> bool:
+    return True
+
+
+@pytest.mark.parametrize("bad_metric", [one_argument, three_arguments, keywords_only, "exact_match"])
+async def test_a_metric_that_cannot_take_example_and_prediction(
+    fake_server: FakeOpenAIServer, tmp_path: Path, bad_metric: Any
+) -> None:
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "metric", metric_=bad_metric)
+
+
+def test_metrics_taking_two_positional_arguments_pass() -> None:
+    class Judge:
+        def __call__(self, example: Any, prediction: Any, trace: Any = None) -> float:
+            return 1.0
+
+    for good in (metric, lambda *args: 1.0, Judge(), max):  # max: a builtin without a signature
+        check_metric(good)
+
+
+async def test_a_program_without_predictors(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    class Plain:
+        async def __call__(self, question: str) -> str:
+            return question
+
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "no predictors", program=Plain())
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"budget": {"n_trials": 0}}, "n_trials"),
+        ({"budget": {"minibatch_size": 0}}, "minibatch_size"),
+        ({"max_lm_calls": 12}, "max_lm_calls=12 is smaller than one trial"),
+        ({"max_lm_calls": 0}, "max_lm_calls=0"),
+        ({"max_tokens": 0}, "max_tokens=0"),
+        ({"max_time": 0}, "max_time=0"),
+        ({"max_cost": 0, "prices": {"fake-model": (1.0, 1.0)}}, "max_cost=0"),
+        ({"max_cost": 1.0, "prices": {"gpt-4o": (1.0, 1.0)}}, "no entry for model.*fake-model"),
+        ({"max_time": -1}, "non-negative"),
+    ],
+)
+async def test_a_budget_smaller_than_one_trial(
+    fake_server: FakeOpenAIServer, tmp_path: Path, options: dict[str, Any], match: str
+) -> None:
+    await refused(fake_server, tmp_path, aprompt.ConfigError, match, **options)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    yield port
+
+
+async def test_an_unreachable_endpoint_is_named_up_front(closed_port: int, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port}/v1"
+    async with OpenAICompatibleLM("fake-model", url, api_key=TEST_API_KEY, max_retries=0) as lm:
+        with pytest.raises(aprompt.LMConnectionError) as info:
+            await aprompt.optimize(
+                TwoStageProgram(), examples(0, 40), metric, lm=lm, run_dir=tmp_path / "run"
+            )
+    assert info.value.endpoint == url and url in str(info.value)
+    assert lm.usage.requests == 0
+    assert not (tmp_path / "run").exists()
+
+
+async def test_an_endpoint_that_accepts_but_never_answers_is_unreachable() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        async with OpenAICompatibleLM("fake-model", url, api_key=TEST_API_KEY) as lm:
+            with pytest.raises(aprompt.LMConnectionError, match=r"no answer within 0\.2 s"):
+                await check_endpoints([lm], within=0.2)
+
+
+class StrictServer(FakeOpenAIServer):
+    """Like OpenAI: every route needs the key, and a wrong key is echoed back in the error message."""
+
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        given = headers.get("authorization", "").removeprefix("Bearer ")
+        if given != self.api_key:
+            message = f"Incorrect API key provided: {given}."
+            return 401, json.dumps({"error": {"message": message}}).encode(), {}, None
+        return await super()._answer(method, path, headers, body)
+
+
+async def test_a_bad_api_key_names_the_endpoint_never_the_key(tmp_path: Path) -> None:
+    async with (
+        StrictServer(api_key=TEST_API_KEY) as server,
+        OpenAICompatibleLM("fake-model", server.base_url, api_key=BAD_KEY) as lm,
+    ):
+        with pytest.raises(aprompt.AuthenticationError) as info:
+            await aprompt.optimize(
+                TwoStageProgram(), examples(0, 40), metric, lm=lm, run_dir=tmp_path / "run"
+            )
+        assert server.chat_requests == [] and len(server.requests) == 1
+    error = info.value
+    assert error.status_code == 401 and error.endpoint == server.base_url
+    assert server.base_url in str(error) and "API key" in str(error)
+    shown = " ".join([str(error), repr(error), repr(error.args), error.server_message, str(vars(error))])
+    assert BAD_KEY not in shown and TEST_API_KEY not in shown
+    assert error.__cause__ is None and error.__context__ is None  # no httpx request (with headers) attached
+
+
+async def test_endpoints_shared_by_several_lms_are_probed_once(fake_server: FakeOpenAIServer) -> None:
+    async with (
+        OpenAICompatibleLM("a", fake_server.base_url, api_key=TEST_API_KEY) as first,
+        OpenAICompatibleLM("b", [fake_server.base_url], api_key=TEST_API_KEY) as second,
+    ):
+        await check_endpoints([first, second, first, None, object()])
+    assert [r.path for r in fake_server.requests] == ["/v1/models"]
