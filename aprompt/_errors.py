@@ -144,3 +144,16 @@ class JournalError(APromptError):
     def __init__(self, message: str, *, path: str = "") -> None:
         super().__init__(message)
         self.path = path
+
+
+class OptimizationError(APromptError):
+    """A run cannot give a meaningful result, e.g. the program or the metric raised on every validation
+    example of the unoptimized program (a bug to fix before any search is worth its calls).
+
+    Attributes:
+        errors: example id -> ``"ExcType: message"``, for the first few failed examples.
+    """
+
+    def __init__(self, message: str, *, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = dict(errors or {})

@@ -301,15 +301,28 @@ async def optimize_events(
         raise ConfigError("optimize_events delivers the events itself; do not pass on_event")
     send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=math.inf)
     outcome: list[OptimizeResult] = []
+    failure: list[Exception] = []
 
     async def run() -> None:
         async with send:
-            outcome.append(await optimize(program, trainset, metric, on_event=send.send, **options))
+            try:
+                outcome.append(await optimize(program, trainset, metric, on_event=send.send, **options))
+            except Exception as exc:  # re-raised below as itself, not wrapped in an ExceptionGroup
+                failure.append(exc)
 
+    stopped_early = False
     async with anyio.create_task_group() as group, receive:
         group.start_soon(run)
-        async for event in receive:
-            yield event
+        try:
+            async for event in receive:
+                yield event
+        except GeneratorExit:  # the consumer closed us (aclose): stop the run, end quietly
+            stopped_early = True
+            group.cancel_scope.cancel()
+    if stopped_early:
+        return
+    if failure:
+        raise failure[0]
     yield outcome[0]
 
 

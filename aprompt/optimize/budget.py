@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,15 @@ class Budget:
     parallel_trials: int | None = None
 
     def __attrs_post_init__(self) -> None:
+        optional = {"n_trials", "parallel_trials"}
+        not_whole = [
+            f.name
+            for f in attrs.fields(Budget)
+            if not _is_count(getattr(self, f.name))
+            and not (f.name in optional and getattr(self, f.name) is None)
+        ]
+        if not_whole:
+            raise ConfigError(f"budget values must be whole numbers: {', '.join(not_whole)}")
         checks = {
             "n_candidates": self.n_candidates >= 1,
             "val_size": self.val_size >= 1,
@@ -66,6 +76,11 @@ class Budget:
         variables = n_predictors * (2 if searches_demos else 1)
         n = max(self.n_candidates, 2)
         return max(1, int(max(2 * variables * math.log2(n), 1.5 * n)))
+
+
+def _is_count(value: object) -> bool:
+    # A string or float would fail later, deep in the run; bool is an int but never a count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 PRESETS: Mapping[str, Budget] = {

@@ -117,21 +117,33 @@ async def run_example(
         try:
             result = entry(**example.inputs)
             prediction = await result if inspect.isawaitable(result) else result
-        except LMError as exc:
-            return ExampleResult(example.id, None, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
+            if (lm_error := _lm_error_in(exc)) is not None:
+                return ExampleResult(example.id, None, f"{type(lm_error).__name__}: {lm_error}")
             return ExampleResult(example.id, 0.0, f"{type(exc).__name__}: {exc}")
     try:
         value = metric(example, prediction)
         if inspect.isawaitable(value):
             value = await value
         score = metric_score(value)
-    except LMError as exc:  # an LM-judged metric whose LM failed
-        return ExampleResult(example.id, None, f"{type(exc).__name__}: {exc}", prediction)
     except Exception as exc:
+        if (lm_error := _lm_error_in(exc)) is not None:  # an LM-judged metric whose LM failed
+            return ExampleResult(example.id, None, f"{type(lm_error).__name__}: {lm_error}", prediction)
         return ExampleResult(example.id, 0.0, f"metric {type(exc).__name__}: {exc}", prediction)
     entries = tuple(recorded.entries) if collect_trace else ()
     return ExampleResult(example.id, score, None, prediction, entries)
+
+
+def _lm_error_in(exc: Exception) -> LMError | None:
+    """The LM failure that ended a run: ``exc`` itself, or one raised inside the program's own task
+    group (which arrives wrapped in an ``ExceptionGroup``)."""
+    if isinstance(exc, LMError):
+        return exc
+    if isinstance(exc, ExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _lm_error_in(inner)) is not None:
+                return found
+    return None
 
 
 async def evaluate(

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import attrs
 
-from aprompt._errors import JournalError
+from aprompt._errors import JournalError, OptimizationError
 from aprompt.lm.types import LM
 from aprompt.optimize.candidates import Candidates, Choice, choice_key
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
@@ -119,6 +119,26 @@ def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> li
     if size >= len(valset):
         return list(valset)
     return random.Random(f"{seed}:minibatch:{trial}").sample(list(valset), size)
+
+
+def check_baseline(evaluation: Evaluation) -> None:
+    """Refuse to search when the unoptimized program ran cleanly on no example because the program or
+    the metric raised. Parse errors alone do not count: an unreadable reply is the prompt's fault, which
+    the search may fix; neither do LM failures, which leave examples unscored."""
+    if len(evaluation.errors) < len(evaluation.results):
+        return
+    failures = {
+        r.example_id: r.error for r in evaluation.results if r.error is not None and r.score is not None
+    }
+    if all(error.startswith("ParseError:") for error in failures.values()):
+        return
+    first = dict(list(failures.items())[:3])
+    raise OptimizationError(
+        f"the program or the metric failed on every one of the {len(evaluation.results)} validation "
+        "examples of the unoptimized program; first errors: "
+        + "; ".join(f"{example_id}: {error}" for example_id, error in first.items()),
+        errors=first,
+    )
 
 
 @attrs.define
@@ -296,8 +316,10 @@ class SearchLoop:
             seconds=time.monotonic() - started,
         )
 
-    async def _run_full_evaluation(self, choice: Choice) -> FullEval:
+    async def _run_full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
         evaluation = await self._evaluate(choice, self.valset)
+        if is_baseline:
+            check_baseline(evaluation)
         return FullEval(
             choice=dict(choice),
             score=evaluation.mean if evaluation.mean is not None else 0.0,
@@ -322,7 +344,7 @@ class SearchLoop:
         result = await self.memo(
             "full_eval",
             key,
-            lambda: self._run_full_evaluation(choice),
+            lambda: self._run_full_evaluation(choice, is_baseline=is_baseline),
             full_eval_to_json,
             full_eval_from_json,
         )

@@ -328,7 +328,9 @@ async def mipro_plus_plus(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         {n: (p.instruction,) for n, p in ctx.predictors},
         demo_sets,
     )
-    n_trials = ctx.budget.trials_for(len(ctx.predictors), True) * 2
+    # The space is larger than MIPRO's (grounding and temperature too): twice the derived trials,
+    # unless the budget names its own count.
+    n_trials = ctx.budget.n_trials or ctx.budget.trials_for(len(ctx.predictors), True) * 2
     async with ctx.phase("search", f"{n_trials} trials with proposals"):
         loop = _loop(ctx, candidates, n_trials)
         loop.proposal_hook = _ProposalHook(ctx, data_summary, program_summary)
@@ -382,6 +384,7 @@ class _ProposalHook:
                 )
                 if proposal.instruction is None:
                     self.ctx.dropped.append((name, proposal.index, proposal.reason))
+                    await self.ctx.emit(CandidateDropped(name, proposal.index, proposal.reason))
                     self.made[key] = 0
                 else:
                     instructions = {k: tuple(v) for k, v in loop.candidates.instructions.items()}

@@ -96,14 +96,16 @@ async def summarize_data(
     rng.shuffle(sample)
     batches = [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)][:max_batches]
     notes: list[str] = []
+    reason = ""
     observe = _with_params(_OBSERVE, temperature)
     for batch in batches:
         text = "\n".join(f"- {format_example(e)}" for e in batch)
         got = await _ask(observe, lm, attempts, examples=text)
         if got.text is not None:
             notes.append(got.text)
+        reason = got.reason or reason
     if not notes:
-        return Grounded(None, "no usable observations")
+        return Grounded(None, f"no usable observations ({reason})")
     return await _ask(_with_params(_CONDENSE, temperature), lm, attempts, observations="\n".join(notes))
 
 

@@ -1,0 +1,112 @@
+"""``aprompt.optimize``: typed refusals before any LM call, a program that always fails, and in_place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import Example, Predict, Prediction
+from aprompt._errors import OptimizationError
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from tests.optimize.qa_task import SMALL_BUDGET, lm_for, optimize_in_world
+from tests.optimize.world import TwoStageProgram, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+
+class NoPredictors:
+    async def __call__(self, question: str) -> str:
+        return "ans"
+
+
+class AlwaysRaises(TwoStageProgram):
+    async def __call__(self, question: str) -> Any:
+        raise KeyError("code")
+
+
+REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
+    "no_predictors": ({"program": NoPredictors()}, "holds no predictors"),
+    "empty_trainset": ({"trainset": []}, "trainset is empty"),
+    "missing_inputs": (
+        {"trainset": [*examples(0, 5), Example(inputs={"query": "item-9"}, id="odd-one")]},
+        "example odd-one does not fit the program's inputs",
+    ),
+    "unknown_strategy": ({"strategy": "mipro_v9"}, "unknown strategy 'mipro_v9'"),
+    "bad_budget_value": ({"budget": {"n_candidates": 0}}, "n_candidates"),
+    "bad_budget_type": ({"budget": {"minibatch_size": "35"}}, "whole numbers: minibatch_size"),
+    "unknown_budget": ({"budget": "huge"}, "unknown budget 'huge'"),
+    "no_lm_anywhere": ({"lm": None}, "no LM"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+async def test_bad_input_is_a_config_error_before_any_lm_call(
+    fake_server: FakeOpenAIServer, case: str
+) -> None:
+    overrides, match = REFUSALS[case]
+    async with lm_for(fake_server) as lm:
+        # The proposer is given even where the program's LM is missing: it must not be called either.
+        options: dict[str, Any] = {"lm": lm, "proposer_lm": lm, "budget": SMALL_BUDGET, **overrides}
+        program = options.pop("program", TwoStageProgram())
+        trainset = options.pop("trainset", examples(0, 20))
+        with pytest.raises(aprompt.ConfigError, match=match):
+            await aprompt.optimize(program, trainset, metric, **options)
+    assert fake_server.chat_requests == []
+
+
+@pytest.mark.parametrize("strategy", ["mipro", "bootstrap_random_search", "module_opro"])
+async def test_a_program_failing_on_every_example_is_an_optimization_error(strategy: str) -> None:
+    with pytest.raises(OptimizationError, match="failed on every one of the 30 validation examples") as info:
+        await optimize_in_world(strategy, program=AlwaysRaises())
+    assert "KeyError: 'code'" in str(info.value)
+    assert len(info.value.errors) == 3
+    assert isinstance(info.value, aprompt.APromptError)
+
+
+async def test_a_baseline_that_only_fails_to_parse_is_still_optimized(fake_server: FakeOpenAIServer) -> None:
+    """An unreadable reply is the prompt's fault: demos may teach the format, so the run goes on."""
+
+    class Counter:
+        def __init__(self) -> None:
+            self.count = Predict("question -> count: int", max_parse_retries=0)
+
+        async def __call__(self, question: str) -> Prediction:
+            return await self.count(question=question)
+
+    def reply(request: ChatRequest) -> str:
+        shown_a_demo = any(m["role"] == "assistant" for m in request.messages)
+        return "Count: 3" if shown_a_demo else "Count: lots"
+
+    fake_server.responder = reply
+    trainset = [Example(inputs={"question": f"How many? ({i})"}, labels={"count": 3}) for i in range(40)]
+    async with lm_for(fake_server) as lm:
+        result = await aprompt.optimize(
+            Counter(), trainset, lambda e, p: p.count == 3, lm=lm, budget=SMALL_BUDGET, seed=1
+        )
+    assert result.baseline_score == 0.0
+    assert result.score == 1.0, "a labeled demo set fixed the format"
+
+
+async def test_the_input_program_is_left_unchanged_by_default() -> None:
+    program = TwoStageProgram()
+    result, _ = await optimize_in_world(program=program)
+    assert dict(result.best_choice) != result.candidates.baseline(), "the run found a better prompt"
+    assert result.program is not program
+    assert (program.extract.instruction, program.answer.instruction) == ("Find the code.", "Give the answer.")
+    assert program.extract.demos == [] and program.answer.demos == []
+    best = result.candidates.prompts_for(result.best_choice)
+    assert result.program.answer.instruction == best["answer"].instruction
+    assert tuple(result.program.answer.demos) == best["answer"].demos
+
+
+async def test_in_place_writes_the_best_prompts_into_the_program() -> None:
+    program = TwoStageProgram()
+    result, _ = await optimize_in_world(program=program, in_place=True)
+    assert result.program is program
+    best = result.candidates.prompts_for(result.best_choice)
+    assert dict(result.best_choice) != result.candidates.baseline()
+    for name, predictor in aprompt.named_predictors(program):
+        assert predictor.instruction == best[name].instruction
+        assert tuple(predictor.demos) == best[name].demos

@@ -1,0 +1,148 @@
+"""Demo candidates by rejection sampling: empty, labeled and bootstrapped sets, seeds, shared runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from aprompt import Example, named_predictors
+from aprompt.lm.types import LM
+from aprompt.optimize.bootstrap import BootstrapResult, bootstrap_demo_sets
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import QAProgram, answers, exact_match, item_of, last_user_of, lm_for, qa_examples
+from tests.optimize.world import TwoStageProgram, World, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+
+async def bootstrap(
+    program: object,
+    trainset: list[Example],
+    lm: LM,
+    *,
+    n_sets: int = 5,
+    seed: int = 0,
+    **options: Any,
+) -> BootstrapResult:
+    options.setdefault("max_bootstrapped", 3)
+    options.setdefault("max_labeled", 0)
+    return await bootstrap_demo_sets(
+        program,
+        named_predictors(program),
+        trainset,
+        options.pop("metric", exact_match),
+        n_sets=n_sets,
+        seed=seed,
+        lm=lm,
+        **options,
+    )
+
+
+async def test_demo_set_0_is_empty(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), qa_examples(0, 12), lm)
+    assert result.demo_sets["answer"][0].demos == ()
+
+
+async def test_demo_set_1_holds_labeled_demos_with_the_signatures_fields_and_costs_no_call(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), qa_examples(0, 12), lm, n_sets=2, max_labeled=3)
+    labeled = result.demo_sets["answer"][1]
+    # The "note" label is not a field of `question -> answer`, so it is left out.
+    assert [d.to_dict() for d in labeled.demos] == [
+        {"question": f"What is the answer for item-{i}?", "answer": f"ans-{i}"} for i in range(3)
+    ]
+    assert labeled.bootstrapped == 0
+    assert fake_server.chat_requests == []
+
+
+async def test_a_predictor_whose_fields_no_example_has_gets_no_labeled_demos(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # `question -> code` and `question, code -> answer`: no example has a code.
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(TwoStageProgram(), examples(0, 12), lm, n_sets=2, max_labeled=3)
+    assert result.demo_sets["extract"][1].demos == ()
+    assert result.demo_sets["answer"][1].demos == ()
+
+
+async def test_bootstrapped_demos_come_only_from_runs_that_passed_the_metric(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = answers  # items that are multiples of 3 are answered wrong
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), qa_examples(0, 30), lm, n_sets=6)
+    assert 0 < result.passed < result.runs, "some runs passed the metric and some failed"
+    for demo_set in result.demo_sets["answer"][2:]:
+        assert demo_set.bootstrapped == len(demo_set.demos) == 3
+        for demo, source in zip(demo_set.demos, demo_set.source_ids, strict=True):
+            item = item_of(str(demo["question"]))
+            assert item % 3 != 0
+            assert source == f"q{item}"
+            assert demo.to_dict() == {
+                "question": f"What is the answer for item-{item}?",
+                "answer": f"ans-{item}",
+            }
+
+
+async def test_the_threshold_decides_which_runs_pass(fake_server: FakeOpenAIServer) -> None:
+    async with lm_for(fake_server) as lm:
+        strict = await bootstrap(QAProgram(), qa_examples(0, 8), lm, n_sets=3, metric=lambda e, p: 0.5)
+        lenient = await bootstrap(
+            QAProgram(), qa_examples(0, 8), lm, n_sets=3, metric=lambda e, p: 0.5, threshold=0.5
+        )
+    assert strict.passed == 0 and strict.demo_sets["answer"][2].demos == ()
+    assert lenient.passed > 0 and len(lenient.demo_sets["answer"][2].demos) == 3
+
+
+async def test_each_bootstrapped_set_walks_the_trainset_in_its_own_order(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), qa_examples(0, 40), lm, n_sets=6)
+    sources = [s.source_ids for s in result.demo_sets["answer"][2:]]
+    assert len(set(sources)) == len(sources), sources
+
+
+async def test_the_same_seed_gives_identical_sets_and_another_seed_others(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        first = await bootstrap(QAProgram(), qa_examples(0, 40), lm, seed=7)
+        again = await bootstrap(QAProgram(), qa_examples(0, 40), lm, seed=7)
+        other = await bootstrap(QAProgram(), qa_examples(0, 40), lm, seed=8)
+    assert again.demo_sets == first.demo_sets
+    assert [s.source_ids for s in again.demo_sets["answer"]] == [
+        s.source_ids for s in first.demo_sets["answer"]
+    ]
+    assert other.demo_sets != first.demo_sets
+
+
+async def test_runs_are_shared_between_sets(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), qa_examples(0, 20), lm, n_sets=8)
+    asked = Counter(last_user_of(r) for r in fake_server.chat_requests)
+    assert max(asked.values()) == 1, "no example was run twice"
+    assert result.runs == len(fake_server.chat_requests) == len(asked)
+    # Six bootstrapped sets of three demos from 20 examples: later sets reuse earlier runs.
+    assert sum(len(s.demos) for s in result.demo_sets["answer"][2:]) > result.runs
+
+
+async def test_the_teacher_lm_runs_the_program_when_given(fake_server: FakeOpenAIServer) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as teacher_server:
+        async with lm_for(fake_server) as student, lm_for(teacher_server) as teacher:
+            result = await bootstrap(
+                TwoStageProgram(), examples(0, 30), student, teacher_lm=teacher, metric=metric, n_sets=4
+            )
+    assert fake_server.chat_requests == []
+    assert len(teacher_server.chat_requests) == 2 * result.runs > 0
+    assert result.passed > 0

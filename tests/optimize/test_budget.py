@@ -1,0 +1,109 @@
+"""Run sizes: the reference presets, the trials formula, overrides, refusals and the call estimate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt.optimize.budget import PRESETS, Budget, estimate_calls, resolve_budget
+
+
+@pytest.mark.parametrize(
+    ("preset", "n_candidates", "val_size"), [("light", 6, 100), ("medium", 12, 300), ("heavy", 18, 1000)]
+)
+def test_presets_match_the_reference(preset: str, n_candidates: int, val_size: int) -> None:
+    budget = resolve_budget(preset)
+    assert (budget.n_candidates, budget.val_size) == (n_candidates, val_size)
+    assert (budget.minibatch_size, budget.full_eval_every) == (35, 5)
+
+
+def test_light_gives_one_predictor_searching_demos_10_trials() -> None:
+    assert PRESETS["light"].trials_for(1, searches_demos=True) == 10
+
+
+@pytest.mark.parametrize(
+    ("n_predictors", "searches_demos", "preset", "trials"),
+    [
+        # max(2·V·log2(n), 1.5·n), V = predictors (×2 with demos), truncated to an int.
+        (1, False, "light", 9),  # max(5.17, 9)
+        (2, True, "light", 20),  # max(20.68, 9)
+        (1, True, "medium", 18),  # max(14.34, 18)
+        (3, True, "medium", 43),  # max(43.02, 18)
+        (2, True, "heavy", 33),  # max(33.36, 27)
+    ],
+)
+def test_trials_follow_the_reference_formula(
+    n_predictors: int, searches_demos: bool, preset: str, trials: int
+) -> None:
+    assert PRESETS[preset].trials_for(n_predictors, searches_demos) == trials
+
+
+def test_an_explicit_trial_count_wins_over_the_formula() -> None:
+    assert Budget(n_trials=3).trials_for(5, searches_demos=True) == 3
+
+
+def test_a_mapping_overrides_the_light_preset() -> None:
+    assert resolve_budget({"n_trials": 30, "minibatch_size": 20}) == Budget(
+        n_candidates=6, val_size=100, n_trials=30, minibatch_size=20
+    )
+
+
+def test_a_mapping_can_start_from_another_preset() -> None:
+    budget = resolve_budget({"preset": "heavy", "val_size": 50})
+    assert (budget.n_candidates, budget.val_size) == (18, 50)
+
+
+def test_a_budget_is_used_as_given() -> None:
+    budget = Budget(n_candidates=3, val_size=7)
+    assert resolve_budget(budget) is budget
+
+
+@pytest.mark.parametrize(
+    ("budget", "match"),
+    [
+        ("extreme", "unknown budget 'extreme'"),
+        ({"preset": "extreme"}, "unknown budget 'extreme'"),
+        ({"n_candidate": 3}, "unknown budget field"),
+        ({"n_candidates": 0}, "n_candidates"),
+        ({"minibatch_size": -1}, "minibatch_size"),
+        ({"full_eval_every": 0}, "full_eval_every"),
+        ({"n_trials": 0}, "n_trials"),
+        ({"parallel_trials": 0}, "parallel_trials"),
+        ({"max_bootstrapped_demos": -1}, "max_bootstrapped_demos"),
+        ({"n_candidates": "6"}, "n_candidates"),
+        ({"n_trials": 2.5}, "n_trials"),
+        ({"val_size": True}, "val_size"),
+        ({"n_trials": None, "val_size": None}, "val_size"),
+        (6, "not int"),
+    ],
+)
+def test_bad_budgets_are_config_errors(budget: Any, match: str) -> None:
+    with pytest.raises(aprompt.ConfigError, match=match):
+        resolve_budget(budget)
+
+
+def test_parallel_trials_follow_the_lms_capacity() -> None:
+    budget = Budget(minibatch_size=35)
+    assert budget.parallel_trials_for(None, calls_per_run=2) == 2
+    assert budget.parallel_trials_for(256, calls_per_run=2) == 3  # 256 // (35·2)
+    assert budget.parallel_trials_for(10, calls_per_run=2) == 1
+    assert budget.parallel_trials_for(100_000, calls_per_run=1) == 8
+    assert Budget(parallel_trials=5).parallel_trials_for(10, calls_per_run=2) == 5
+
+
+def test_the_call_estimate_of_a_light_run_matches_the_reference() -> None:
+    # One predictor, 10 trials, 100 validation examples: 3 full evaluations (the baseline, one after
+    # 5 trials, the last) and 10 mini-batches of 35 — the reference's ~650 evaluation calls.
+    estimate = estimate_calls(
+        PRESETS["light"],
+        n_predictors=1,
+        calls_per_run=1.0,
+        n_trials=10,
+        val_size=100,
+        bootstrap_runs=14,
+        proposal_calls=20,
+    )
+    assert (estimate.bootstrap, estimate.proposal, estimate.evaluation) == (14, 20, 650)
+    assert estimate.total == 684

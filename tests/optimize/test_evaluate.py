@@ -1,0 +1,174 @@
+"""The evaluator: scores, failures, LM outages, concurrency, order, traces and prompt overrides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from aprompt import Example, Prediction
+from aprompt.optimize.evaluate import evaluate
+from aprompt.program.overrides import PromptOverride
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+from tests.optimize.qa_task import (
+    ORIGINAL_INSTRUCTION,
+    QAProgram,
+    answers,
+    exact_match,
+    lm_for,
+    messages_of,
+    qa_examples,
+    system_of,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_sync_bool_metric_scores_right_answers_1_and_wrong_ones_0(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        evaluation = await evaluate(QAProgram(), qa_examples(1, 7), exact_match, lm=lm)
+    # Items 3 and 6 are answered wrong.
+    assert evaluation.scores == {"q1": 1.0, "q2": 1.0, "q3": 0.0, "q4": 1.0, "q5": 1.0, "q6": 0.0}
+    assert evaluation.mean == pytest.approx(4 / 6)
+    assert evaluation.n_failed == 0 and evaluation.errors == {}
+
+
+async def test_an_async_float_metric_is_awaited(fake_server: FakeOpenAIServer) -> None:
+    async def half(example: Example, prediction: Any) -> float:
+        return 0.5
+
+    async with lm_for(fake_server) as lm:
+        evaluation = await evaluate(QAProgram(), qa_examples(0, 4), half, lm=lm)
+    assert evaluation.scores == {f"q{i}": 0.5 for i in range(4)}
+    assert evaluation.mean == 0.5
+
+
+@pytest.mark.parametrize(
+    ("bad_value", "message"), [(1.5, "outside [0, 1]"), ("yes", "expected bool or float")]
+)
+async def test_a_metric_value_that_is_not_a_score_fails_only_that_example(
+    fake_server: FakeOpenAIServer, bad_value: object, message: str
+) -> None:
+    def metric(example: Example, prediction: Any) -> object:
+        return bad_value if example.id == "q2" else 1.0
+
+    async with lm_for(fake_server) as lm:
+        evaluation = await evaluate(QAProgram(), qa_examples(0, 4), metric, lm=lm)  # type: ignore[arg-type]
+    assert evaluation.scores == {"q0": 1.0, "q1": 1.0, "q2": 0.0, "q3": 1.0}
+    assert list(evaluation.errors) == ["q2"]
+    assert message in evaluation.errors["q2"]
+    assert evaluation.n_failed == 1 and evaluation.n_unscored == 0
+
+
+async def test_a_program_that_raises_scores_0_with_its_error_recorded(fake_server: FakeOpenAIServer) -> None:
+    class Fragile(QAProgram):
+        async def __call__(self, question: str) -> Prediction:
+            if "item-1?" in question:
+                raise RuntimeError("cannot handle item 1")
+            return await super().__call__(question)
+
+    async with lm_for(fake_server) as lm:
+        evaluation = await evaluate(Fragile(), qa_examples(0, 3), lambda e, p: 1.0, lm=lm)
+    assert evaluation.scores == {"q0": 1.0, "q1": 0.0, "q2": 1.0}
+    assert evaluation.errors == {"q1": "RuntimeError: cannot handle item 1"}
+    assert evaluation.n_failed == 1
+
+
+async def test_an_lm_failure_after_retries_leaves_the_example_unscored(fake_server: FakeOpenAIServer) -> None:
+    fake_server.queue_faults(Fault.http_status(500))
+    async with lm_for(fake_server, max_retries=0) as lm:
+        # One example at a time, so the first example's request is the one that fails.
+        evaluation = await evaluate(QAProgram(), qa_examples(0, 4), lambda e, p: 1.0, lm=lm, concurrency=1)
+    assert [r.score for r in evaluation.results] == [None, 1.0, 1.0, 1.0]
+    assert evaluation.results[0].lm_failure
+    assert "ServerError" in evaluation.errors["q0"]
+    assert evaluation.mean == 1.0, "an unscored example stays out of the mean"
+    assert evaluation.n_unscored == 1 and evaluation.n_failed == 0
+    assert "q0" not in evaluation.scores
+
+
+async def test_an_evaluation_with_every_lm_call_failing_has_no_mean() -> None:
+    async with FakeOpenAIServer(fault_rates=[(Fault.http_status(503), 1.0)]) as server:
+        async with lm_for(server, max_retries=0) as lm:
+            evaluation = await evaluate(QAProgram(), qa_examples(0, 3), lambda e, p: 1.0, lm=lm)
+    assert evaluation.mean is None
+    assert evaluation.n_unscored == 3 and evaluation.scores == {}
+
+
+async def test_the_concurrency_limit_bounds_the_runs_in_flight_and_is_reached() -> None:
+    async with FakeOpenAIServer(latency=0.03) as server:
+        async with lm_for(server) as lm:
+            await evaluate(QAProgram(), qa_examples(0, 12), lambda e, p: 1.0, lm=lm, concurrency=4)
+        assert server.max_in_flight == 4
+        assert len(server.chat_requests) == 12
+
+
+async def test_results_are_in_the_order_of_the_examples() -> None:
+    # Random latencies make the runs finish out of order.
+    async with FakeOpenAIServer(latency=lambda rng: rng.uniform(0.0, 0.03)) as server:
+        async with lm_for(server) as lm:
+            examples = qa_examples(0, 16)
+            evaluation = await evaluate(QAProgram(), examples, lambda e, p: 1.0, lm=lm)
+        arrivals_in_finish_order = [r.started for r in server.chat_requests]
+    assert arrivals_in_finish_order != sorted(arrivals_in_finish_order), "runs finished out of order"
+    assert [r.example_id for r in evaluation.results] == [e.id for e in examples]
+
+
+async def test_traces_are_kept_only_when_asked(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = answers
+    program = QAProgram()
+    async with lm_for(fake_server) as lm:
+        plain = await evaluate(program, qa_examples(1, 3), exact_match, lm=lm)
+        traced = await evaluate(program, qa_examples(1, 3), exact_match, lm=lm, collect_traces=True)
+    assert all(r.trace == () for r in plain.results)
+    entries = [r.trace for r in traced.results]
+    assert [len(t) for t in entries] == [1, 1]
+    first = entries[0][0]
+    assert first.predictor_name == "answer"
+    assert first.inputs == {"question": "What is the answer for item-1?"}
+    assert first.outputs == {"answer": "ans-1"}
+
+
+async def test_prompt_overrides_change_the_messages_the_server_sees(fake_server: FakeOpenAIServer) -> None:
+    program = QAProgram()
+    override = PromptOverride(
+        "Reply with the item's secret answer.", ({"question": "What is item-99?", "answer": "ans-99"},)
+    )
+    async with lm_for(fake_server) as lm:
+        await evaluate(program, qa_examples(0, 1), lambda e, p: 1.0, lm=lm, prompts={"answer": override})
+        await evaluate(program, qa_examples(0, 1), lambda e, p: 1.0, lm=lm)
+    overridden, own = fake_server.chat_requests
+    assert system_of(overridden).startswith("Reply with the item's secret answer.")
+    assert [m["content"] for m in messages_of(overridden)[1:3]] == [
+        "Question: What is item-99?",
+        "Answer: ans-99",
+    ]
+    assert system_of(own).startswith(ORIGINAL_INSTRUCTION)
+    assert len(messages_of(own)) == 2
+    assert program.answer.instruction == ORIGINAL_INSTRUCTION and program.answer.demos == []
+
+
+async def test_an_lm_failure_inside_the_programs_task_group_leaves_the_example_unscored(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    class TwoAtOnce(QAProgram):
+        async def __call__(self, question: str) -> Prediction:
+            found: list[Prediction] = []
+
+            async def ask() -> None:
+                found.append(await self.answer(question=question))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(ask)
+                group.start_soon(ask)
+            return found[0]
+
+    fake_server.queue_faults(Fault.http_status(500))
+    async with lm_for(fake_server, max_retries=0) as lm:
+        evaluation = await evaluate(TwoAtOnce(), qa_examples(0, 2), lambda e, p: 1.0, lm=lm, concurrency=1)
+    assert [r.score for r in evaluation.results] == [None, 1.0]
+    assert "ServerError" in evaluation.errors["q0"]

@@ -1,0 +1,170 @@
+"""Progress events: what ``on_event`` receives and in which order, and ``optimize_events``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+import aprompt
+from aprompt import (
+    CandidateDropped,
+    CandidateProposed,
+    Event,
+    FullEvaluation,
+    NewBest,
+    OptimizeResult,
+    PhaseFinished,
+    PhaseStarted,
+    RunFinished,
+    RunPlanned,
+    TrialScored,
+)
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import SMALL_BUDGET, lm_for, optimize_in_world
+from tests.optimize.world import TwoStageProgram, World, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
+async def events_of_a_run(*, asynchronous: bool = False) -> tuple[list[Event], OptimizeResult]:
+    events: list[Event] = []
+
+    async def record(event: Event) -> None:
+        events.append(event)
+
+    result, _ = await optimize_in_world(on_event=record if asynchronous else events.append)
+    return events, result
+
+
+Recorded = tuple[list[Event], OptimizeResult]
+
+
+@pytest.fixture(scope="module")
+def recorded() -> Recorded:
+    """The events of one run with a sync callback, shared by the tests that only read them."""
+    return anyio.run(events_of_a_run)
+
+
+def without_candidates(events: Sequence[object]) -> list[object]:
+    """The events whose order does not depend on timing (predictors propose concurrently)."""
+    return [e for e in events if not isinstance(e, CandidateProposed | CandidateDropped)]
+
+
+def test_a_sync_callback_sees_the_plan_first_and_the_finish_last(recorded: Recorded) -> None:
+    events, result = recorded
+    assert isinstance(events[0], RunPlanned)
+    assert events[0].strategy == "mipro" and events[0].n_trials == 6 and events[0].val_size == 30
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].best_score == result.score and events[-1].baseline_score == result.baseline_score
+    assert sum(isinstance(e, RunPlanned | RunFinished) for e in events) == 2
+
+
+@both_backends
+async def test_an_async_callback_is_awaited_for_every_event() -> None:
+    events, result = await events_of_a_run(asynchronous=True)
+    assert isinstance(events[0], RunPlanned) and isinstance(events[-1], RunFinished)
+    assert sum(isinstance(e, TrialScored) for e in events) == len(result.trials)
+
+
+def test_phases_start_and_finish_in_pairs(recorded: Recorded) -> None:
+    events, result = recorded
+    phases = [e for e in events if isinstance(e, PhaseStarted | PhaseFinished)]
+    assert [(type(e).__name__, e.phase) for e in phases] == [
+        (kind, phase)
+        for phase in ("bootstrap", "propose", "search")
+        for kind in ("PhaseStarted", "PhaseFinished")
+    ]
+    finished = [e for e in phases if isinstance(e, PhaseFinished)]
+    assert [(e.phase, e.seconds, e.usage) for e in finished] == [
+        (p.phase, p.seconds, p.usage) for p in result.phases
+    ]
+
+
+def test_every_trial_is_reported_once_in_order(recorded: Recorded) -> None:
+    events, result = recorded
+    scored = [e for e in events if isinstance(e, TrialScored)]
+    assert [e.number for e in scored] == list(range(len(result.trials))) == [t.number for t in result.trials]
+    assert [(e.choice, e.score) for e in scored] == [(t.choice, t.score) for t in result.trials]
+    assert all(e.n_examples == 10 for e in scored)
+
+
+def test_the_baseline_is_the_first_full_evaluation_and_the_first_best(recorded: Recorded) -> None:
+    events, result = recorded
+    full = [e for e in events if isinstance(e, FullEvaluation)]
+    assert [e.is_baseline for e in full] == [True] + [False] * (len(full) - 1)
+    assert full[0].choice == result.candidates.baseline() and full[0].score == result.baseline_score
+    assert len(full) == len(result.full_evals) >= 2
+    first_best = next(e for e in events if isinstance(e, NewBest))
+    assert events.index(first_best) == events.index(full[0]) + 1
+    assert first_best.choice == full[0].choice
+
+
+def test_a_new_best_is_announced_each_time_the_best_full_score_rises(recorded: Recorded) -> None:
+    events, result = recorded
+    best = [e for e in events if isinstance(e, NewBest)]
+    assert [e.score for e in best] == sorted({e.score for e in best})
+    assert best[-1].choice == result.best_choice and best[-1].score == result.score
+
+
+@both_backends
+async def test_optimize_events_yields_the_callbacks_events_then_the_result(recorded: Recorded) -> None:
+    expected, _ = recorded
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        items = [
+            item
+            async for item in aprompt.optimize_events(
+                TwoStageProgram(),
+                examples(0, 60),
+                metric,
+                valset=examples(200, 230),
+                lm=lm,
+                budget=SMALL_BUDGET,
+                seed=1,
+            )
+        ]
+    assert isinstance(items[-1], OptimizeResult)
+    events = items[:-1]
+    assert not any(isinstance(e, OptimizeResult) for e in events)
+    # Seconds and usage differ between runs; kinds, order and choices do not.
+    assert [type(e) for e in without_candidates(events)] == [type(e) for e in without_candidates(expected)]
+    assert Counter(type(e) for e in events) == Counter(type(e) for e in expected)
+    assert [e for e in events if isinstance(e, TrialScored)] == [
+        e for e in expected if isinstance(e, TrialScored)
+    ]
+
+
+@both_backends
+async def test_optimize_events_raises_the_runs_error_as_itself(fake_server: FakeOpenAIServer) -> None:
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(aprompt.ConfigError, match="trainset is empty"):
+            async for _ in aprompt.optimize_events(TwoStageProgram(), [], metric, lm=lm):
+                pass
+
+
+async def test_optimize_events_refuses_an_on_event_callback() -> None:
+    with pytest.raises(aprompt.ConfigError, match="do not pass on_event"):
+        async for _ in aprompt.optimize_events(TwoStageProgram(), examples(0, 4), metric, on_event=print):
+            pass
+
+
+@both_backends
+async def test_closing_optimize_events_early_stops_the_run_quietly() -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        events = aprompt.optimize_events(
+            TwoStageProgram(), examples(0, 60), metric, valset=examples(200, 230), lm=lm, budget=SMALL_BUDGET
+        )
+        async with contextlib.aclosing(events):
+            async for item in events:
+                if isinstance(item, PhaseFinished):
+                    break
+        calls = len(server.chat_requests)
+        await anyio.sleep(0.05)
+        assert len(server.chat_requests) == calls, "no call after the consumer stopped"
+    assert isinstance(item, PhaseFinished) and item.phase == "bootstrap"

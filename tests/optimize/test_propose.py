@@ -1,0 +1,203 @@
+"""Grounded proposals and summaries: what the proposer is shown, and bad replies that never stop a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import Demo, Predict
+from aprompt.optimize.propose import Grounding, ProposalContext, propose_instruction, propose_instructions
+from aprompt.optimize.summaries import summarize_data, summarize_program
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
+from tests.optimize.qa_task import (
+    ORIGINAL_INSTRUCTION,
+    QAProgram,
+    is_proposal,
+    last_user_of,
+    lm_for,
+    optimize_in_world,
+    qa_examples,
+)
+
+pytestmark = pytest.mark.anyio
+
+GOOD_PROPOSAL = "Proposed Instruction: Answer with the item's code word only."
+LONG_SUMMARY = "The examples ask for the answer of a numbered item; answers are short coded strings."
+
+#: Grounding switch -> the label of its field in the proposer's prompt.
+PIECES = {
+    "data_summary": "Dataset Summary:",
+    "program_summary": "Program Description:",
+    "demos": "Examples Of Good Calls:",
+    "history": "Previous Instructions:",
+    "tip": "Tip:",
+}
+
+
+def context() -> ProposalContext:
+    predictor = Predict("question -> answer", instruction=ORIGINAL_INSTRUCTION)
+    return ProposalContext("answer", predictor, "A dataset summary.", "A program description.")
+
+
+async def propose_once(server: FakeOpenAIServer, grounding: Grounding, **options: Any) -> str:
+    """Propose candidate 1 (seed 1 draws a tip for it) and return the proposer's user message."""
+    async with lm_for(server) as lm:
+        proposal = await propose_instruction(
+            context(),
+            lm,
+            index=1,
+            grounding=grounding,
+            demos=[Demo({"question": "What is item-5?", "answer": "ans-5"})],
+            existing=[ORIGINAL_INSTRUCTION],
+            history=[(ORIGINAL_INSTRUCTION, 0.25)],
+            seed=1,
+            **options,
+        )
+    assert proposal.instruction == "Answer with the item's code word only."
+    return last_user_of(server.chat_requests[-1])
+
+
+async def test_every_grounding_piece_is_shown_when_switched_on(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = lambda request: GOOD_PROPOSAL
+    prompt = await propose_once(fake_server, Grounding())
+    for label in PIECES.values():
+        assert label in prompt
+    assert "ans-5" in prompt and "(score 0.25)" in prompt and "A dataset summary." in prompt
+
+
+@pytest.mark.parametrize("piece", sorted(PIECES))
+async def test_a_grounding_piece_switched_off_is_left_out(fake_server: FakeOpenAIServer, piece: str) -> None:
+    fake_server.responder = lambda request: GOOD_PROPOSAL
+    prompt = await propose_once(fake_server, Grounding(**{piece: False}))
+    assert PIECES[piece] not in prompt
+    assert all(label in prompt for other, label in PIECES.items() if other != piece)
+
+
+async def test_the_proposer_samples_at_the_groundings_temperature(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = lambda request: GOOD_PROPOSAL
+    await propose_once(fake_server, Grounding(temperature=1.3))
+    body = fake_server.chat_requests[-1].body
+    assert body is not None and body["temperature"] == 1.3
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("Too short.", "too short (10 chars)"),
+        ("Proposed Instruction: " + "very " * 150 + "long.", "too long"),
+        (f"Proposed Instruction: {ORIGINAL_INSTRUCTION}", "duplicate of an existing candidate"),
+    ],
+)
+async def test_an_unusable_proposal_is_retried_then_dropped_with_the_reason(
+    fake_server: FakeOpenAIServer, reply: str, reason: str
+) -> None:
+    fake_server.responder = lambda request: reply
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(),
+            lm,
+            index=1,
+            grounding=Grounding(),
+            demos=(),
+            existing=[ORIGINAL_INSTRUCTION],
+            attempts=3,
+        )
+    assert proposal.instruction is None
+    assert proposal.reason.startswith(f"dropped after 3 attempt(s): {reason}")
+    assert len(fake_server.chat_requests) == 3
+
+
+async def test_a_retry_that_gets_a_usable_proposal_keeps_it(fake_server: FakeOpenAIServer) -> None:
+    replies = iter(["", "Proposed Instruction: Reply with the code word."])
+    fake_server.responder = lambda request: next(replies, "unused")
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert proposal.instruction == "Reply with the code word."
+
+
+async def test_an_lm_error_from_the_proposer_drops_the_proposal() -> None:
+    async with FakeOpenAIServer(fault_rates=[(Fault.http_status(400, "bad request"), 1.0)]) as server:
+        async with lm_for(server) as lm:
+            proposal = await propose_instruction(
+                context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+            )
+    assert proposal.instruction is None
+    assert "RequestRejectedError" in proposal.reason
+
+
+async def test_each_proposal_sees_the_instructions_proposed_before_it(fake_server: FakeOpenAIServer) -> None:
+    def propose(request: ChatRequest) -> str:
+        return f"Proposed Instruction: Answer carefully, version {len(fake_server.chat_requests)}."
+
+    fake_server.responder = propose
+    async with lm_for(fake_server) as lm:
+        proposals = await propose_instructions(
+            context(), lm, n_candidates=4, grounding=Grounding(), demo_sets=[()]
+        )
+    assert [p.instruction for p in proposals] == [f"Answer carefully, version {n}." for n in range(3)]
+    last_prompt = last_user_of(fake_server.chat_requests[-1])
+    for earlier in (ORIGINAL_INSTRUCTION, "Answer carefully, version 0.", "Answer carefully, version 1."):
+        assert earlier in last_prompt
+
+
+async def test_the_data_summary_is_written_from_the_training_examples(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = lambda request: LONG_SUMMARY
+    async with lm_for(fake_server) as lm:
+        summary = await summarize_data(qa_examples(0, 10), lm, batch_size=5)
+    assert summary.text == LONG_SUMMARY
+    observed, condensed = fake_server.chat_requests[:2], fake_server.chat_requests[-1]
+    shown = "".join(last_user_of(r) for r in observed)
+    assert all(f"question: What is the answer for item-{i}?; answer: ans-{i}" in shown for i in range(10))
+    assert LONG_SUMMARY in last_user_of(condensed)
+
+
+async def test_the_program_summary_shows_the_programs_source_and_signatures(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = lambda request: LONG_SUMMARY
+    program = QAProgram()
+    async with lm_for(fake_server) as lm:
+        summary = await summarize_program(program, aprompt.named_predictors(program), lm)
+    assert summary.text == LONG_SUMMARY
+    prompt = last_user_of(fake_server.chat_requests[0])
+    assert "class QAProgram" in prompt and "- answer: question -> answer" in prompt
+
+
+async def test_an_unusable_summary_is_given_up_with_a_reason(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = lambda request: "ok"
+    async with lm_for(fake_server) as lm:
+        summary = await summarize_data(qa_examples(0, 4), lm)
+    assert summary.text is None
+    assert summary.reason == "no usable observations (reply too short: 'ok')"
+
+
+async def test_a_proposer_answering_junk_leaves_only_the_original_instructions() -> None:
+    events: list[aprompt.Event] = []
+    async with FakeOpenAIServer(responder=lambda request: "ok") as junk_server:
+        async with lm_for(junk_server) as proposer:
+            result, _ = await optimize_in_world(proposer_lm=proposer, on_event=events.append)
+        assert any(is_proposal(r) for r in junk_server.chat_requests)
+    assert result.candidates.instructions == {"extract": ("Find the code.",), "answer": ("Give the answer.",)}
+    dropped = [e for e in events if isinstance(e, aprompt.CandidateDropped)]
+    assert sorted((e.predictor, e.index) for e in dropped) == [
+        (name, index) for name in ("answer", "extract") for index in (1, 2, 3)
+    ]
+    assert all("too short" in e.reason for e in dropped)
+    reasons = {(name, index): reason for name, index, reason in result.dropped}
+    assert {(e.predictor, e.index): e.reason for e in dropped}.items() <= reasons.items()
+    assert reasons[("*", -1)].startswith(("data summary", "program summary"))
+    assert len(result.trials) == 6, "the search still ran over the demo sets"
+
+
+async def test_a_proposer_answering_http_400_never_aborts_the_run() -> None:
+    async with FakeOpenAIServer(fault_rates=[(Fault.http_status(400, "model not allowed"), 1.0)]) as server:
+        async with lm_for(server) as proposer:
+            result, _ = await optimize_in_world(proposer_lm=proposer)
+        assert server.chat_requests and all(r.status == 400 for r in server.chat_requests)
+    assert result.candidates.instructions == {"extract": ("Find the code.",), "answer": ("Give the answer.",)}
+    assert result.dropped and all("RequestRejectedError" in reason for _, _, reason in result.dropped)
+    assert result.score >= result.baseline_score

@@ -1,0 +1,82 @@
+"""What a run returns: saving and loading the optimized prompts, usage by phase, wall times."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aprompt
+from aprompt import OptimizeResult, Predict
+from aprompt.testing.fake_openai import RecordedRequest
+from tests.optimize.qa_task import optimize_in_world
+from tests.optimize.world import TwoStageProgram
+
+Run = tuple[OptimizeResult, list[RecordedRequest]]
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    """One small optimization shared by this module's tests (they only read it)."""
+    return anyio.run(optimize_in_world)
+
+
+def prompts_of(program: object) -> dict[str, tuple[str, list[dict[str, object]]]]:
+    return {
+        name: (predictor.instruction, [d.to_dict() for d in predictor.demos])
+        for name, predictor in aprompt.named_predictors(program)
+    }
+
+
+def test_a_saved_result_loads_into_a_fresh_program_exactly(run: Run, tmp_path: Path) -> None:
+    result, _ = run
+    assert any(demos for _, demos in prompts_of(result.program).values()), "the best prompts have demos"
+    assert prompts_of(result.program) != prompts_of(TwoStageProgram())
+    path = result.save(tmp_path / "out" / "optimized.json")
+    fresh = aprompt.load(TwoStageProgram(), path)
+    assert prompts_of(fresh) == prompts_of(result.program)
+
+
+def test_the_saved_json_holds_the_run_record(run: Run, tmp_path: Path) -> None:
+    result, _ = run
+    data = json.loads(result.save(tmp_path / "optimized.json").read_text())
+    assert data["format"] == "aprompt-result" and data["strategy"] == "mipro"
+    assert (data["score"], data["baseline_score"]) == (result.score, result.baseline_score)
+    assert data["best_choice"] == dict(result.best_choice)
+    assert [t["number"] for t in data["trials"]] == [t.number for t in result.trials]
+    assert len(data["full_evals"]) == len(result.full_evals)
+    assert data["candidates"] == result.candidates.describe()
+    assert [p["phase"] for p in data["phases"]] == ["bootstrap", "propose", "search"]
+    assert not list(tmp_path.glob("*.tmp")), "written atomically"
+
+
+def test_loading_into_a_program_of_another_shape_is_a_state_error(run: Run, tmp_path: Path) -> None:
+    result, _ = run
+    path = result.save(tmp_path / "optimized.json")
+
+    class Other:
+        def __init__(self) -> None:
+            self.extract = Predict("text -> code")
+            self.answer = Predict("question, code -> answer")
+
+    with pytest.raises(aprompt.StateError):
+        aprompt.load(Other(), path)
+
+
+def test_usage_is_the_sum_of_the_phases_and_counts_every_request(run: Run) -> None:
+    result, requests = run
+    total = aprompt.UsageSnapshot()
+    for phase in result.phases:
+        total = total + phase.usage
+    assert result.usage == total
+    assert result.usage.requests == len(requests), "no LM call was made outside a phase"
+    assert result.usage.prompt_tokens > 0 and result.usage.lm_calls == result.usage.calls > 0
+
+
+def test_every_phase_has_a_wall_time_within_the_runs(run: Run) -> None:
+    result, _ = run
+    assert [p.phase for p in result.phases] == ["bootstrap", "propose", "search"]
+    assert all(p.seconds > 0 for p in result.phases)
+    assert sum(p.seconds for p in result.phases) <= result.seconds

@@ -1,0 +1,119 @@
+"""Each strategy's defining behaviour, in the simulated world, and a result at least the baseline's."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import aprompt
+from aprompt.optimize.strategies import TEMPERATURES
+from aprompt.testing.fake_openai import FakeOpenAIServer, RecordedRequest
+from tests.optimize.qa_task import (
+    is_program_call,
+    is_proposal,
+    last_user_of,
+    lm_for,
+    messages_of,
+    optimize_in_world,
+    system_of,
+)
+
+pytestmark = pytest.mark.anyio
+
+ORIGINAL = {"extract": "Find the code.", "answer": "Give the answer."}
+
+
+def has_demos(request: RecordedRequest) -> bool:
+    return any(m["role"] == "assistant" for m in messages_of(request))
+
+
+def proposals_for(requests: list[RecordedRequest], predictor: str) -> list[str]:
+    """The proposer prompts (user messages) for one predictor, in the order they were answered."""
+    return [
+        last_user_of(r)
+        for r in requests
+        if is_proposal(r) and last_user_of(r).startswith(f"Module: {predictor}:")
+    ]
+
+
+def grounding_shown(prompt: str) -> frozenset[str]:
+    return frozenset(re.findall(r"^([A-Z][A-Za-z ]+):", prompt, flags=re.MULTILINE))
+
+
+async def test_mipro_zero_shot_never_shows_a_demo() -> None:
+    result, requests = await optimize_in_world("mipro_zero_shot")
+    program_calls = [r for r in requests if is_program_call(r)]
+    assert program_calls and not any(has_demos(r) for r in program_calls)
+    assert not any("Examples Of Good Calls:" in last_user_of(r) for r in requests if is_proposal(r))
+    assert all(len(result.candidates.instructions[name]) > 1 for name in ORIGINAL)
+    assert all(key.endswith(".instruction") for key in result.best_choice)
+    assert result.score >= result.baseline_score
+
+
+async def test_bayesian_bootstrap_keeps_the_original_instructions() -> None:
+    result, requests = await optimize_in_world("bayesian_bootstrap")
+    assert not any(is_proposal(r) for r in requests)
+    program_calls = [r for r in requests if is_program_call(r)]
+    assert all(system_of(r).startswith(tuple(ORIGINAL.values())) for r in program_calls)
+    assert any(has_demos(r) for r in program_calls), "demo sets were searched"
+    assert {name: result.candidates.instructions[name] for name in ORIGINAL} == {
+        name: (text,) for name, text in ORIGINAL.items()
+    }
+    assert all(key.endswith(".demos") for key in result.best_choice)
+    assert result.score >= result.baseline_score
+
+
+async def test_module_opro_shows_each_proposer_its_past_instructions_with_their_scores() -> None:
+    result, requests = await optimize_in_world("module_opro")
+    prompts = proposals_for(requests, "extract")
+    assert len(prompts) >= 2
+    baseline = f"- Find the code. (score {result.baseline_score:.2f})"
+    assert baseline in prompts[0]
+    # Round 2 sees round 1's instruction with the score of the trial that tried it.
+    first_trial = result.trials[0]
+    proposed = result.candidates.instructions["extract"][first_trial.choice["extract.instruction"]]
+    assert first_trial.score is not None
+    assert f"- {proposed} (score {first_trial.score:.2f})" in prompts[1]
+    assert "scores higher than the previous ones" in next(system_of(r) for r in requests if is_proposal(r))
+    assert not any(has_demos(r) for r in requests if is_program_call(r))
+    assert result.score >= result.baseline_score
+
+
+async def test_mipro_plus_plus_proposes_with_the_grounding_and_temperature_the_search_chose() -> None:
+    result, requests = await optimize_in_world("mipro_plus_plus")
+    proposer = [r for r in requests if is_proposal(r)]
+    temperatures = {r.body["temperature"] for r in proposer if r.body is not None}
+    assert len(temperatures) >= 2 and temperatures <= set(TEMPERATURES)
+    shown = {grounding_shown(last_user_of(r)) for r in proposer}
+    assert len(shown) >= 2, shown
+    assert any(len(result.candidates.instructions[name]) > 1 for name in ORIGINAL)
+    assert {key.rsplit(".", 1)[1] for key in result.best_choice} == {"instruction", "demos"}
+    assert len(result.trials) == 6, "the budget's own trial count is kept"
+    assert result.score >= result.baseline_score
+
+
+async def test_bootstrap_random_search_fully_evaluates_random_demo_sets() -> None:
+    result, requests = await optimize_in_world("bootstrap_random_search")
+    assert result.trials == (), "no mini-batches"
+    assert not any(is_proposal(r) for r in requests)
+    choices = [dict(f.choice) for f in result.full_evals]
+    assert choices[0] == result.candidates.baseline()
+    assert len(choices) >= 2 and len({tuple(sorted(c.items())) for c in choices}) == len(choices)
+    assert all(set(c) == {"extract.demos", "answer.demos"} for c in choices)
+    assert all(len(f.scores) + f.n_unscored == 30 for f in result.full_evals)
+    assert result.score == max(f.score for f in result.full_evals) >= result.baseline_score
+
+
+@pytest.mark.parametrize("strategy", ["mipro", "module_opro", "mipro_plus_plus"])
+async def test_every_dropped_proposal_is_reported_as_an_event(strategy: str) -> None:
+    events: list[aprompt.Event] = []
+    async with (
+        FakeOpenAIServer(responder=lambda request: "ok") as junk_server,
+        lm_for(junk_server) as proposer,
+    ):
+        result, _ = await optimize_in_world(strategy, proposer_lm=proposer, on_event=events.append)
+    dropped = [(e.predictor, e.index, e.reason) for e in events if isinstance(e, aprompt.CandidateDropped)]
+    assert dropped and sorted(dropped) == sorted(d for d in result.dropped if d[0] != "*")
+    assert all(result.candidates.instructions[name] == (text,) for name, text in ORIGINAL.items())
+    assert result.score >= result.baseline_score
