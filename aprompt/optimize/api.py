@@ -259,6 +259,12 @@ async def _run(ctx: RunContext, strategy: str, target: object, started: float) -
 def _plan_event(strategy: str, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
     searches_demos = strategy not in ("mipro_zero_shot", "module_opro")
     n_trials = plan.trials_for(n_predictors, searches_demos)
+    if strategy == "module_opro":
+        n_trials = max(1, plan.n_candidates - 1)
+    elif strategy == "mipro_plus_plus" and plan.n_trials is None:
+        n_trials *= 2
+    elif strategy == "bootstrap_random_search":  # full evaluations only, no mini-batch trials
+        n_trials = 0
     estimate = estimate_calls(
         plan,
         n_predictors=n_predictors,
