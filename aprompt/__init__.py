@@ -28,7 +28,9 @@ from aprompt._errors import (
     ServerError,
     StateError,
 )
+from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import ResponseCache
+from aprompt.lm.endpoints import Endpoint
 from aprompt.lm.local import LocalLM, find_local_model, local_lm
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
@@ -75,6 +77,7 @@ from aprompt.program import (
 __all__ = [
     "LM",
     "APromptError",
+    "AnthropicLM",
     "AuthenticationError",
     "BadResponseError",
     "Budget",
@@ -85,6 +88,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "Demo",
+    "Endpoint",
     "Evaluation",
     "Event",
     "Example",

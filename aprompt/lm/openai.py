@@ -92,7 +92,11 @@ class OpenAICompatibleLM(HTTPChatLM):
         )
 
     def _auth_headers(self, api_key: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # The body is sent pre-serialized, so the JSON content type is declared here.
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
 
     def _request_body(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Any:
         return {

@@ -1,0 +1,252 @@
+"""Chat through Anthropic's Messages API (``POST /v1/messages``).
+
+Only the Anthropic wire format lives here; limits, retries, routing, caching and usage come from
+:class:`~aprompt.lm.http.HTTPChatLM`, exactly as for :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
+Programs keep speaking our OpenAI-shaped messages and parameters; :func:`messages_request` turns
+them into a Messages API request (its rules are listed there).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from aprompt._errors import ConfigError
+from aprompt.lm.cache import ResponseCache
+from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, EndpointSpec, HTTPChatLM
+from aprompt.lm.retry import RetryPolicy
+from aprompt.lm.types import Completion, Message, TokenUsage
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "DEFAULT_MAX_TOKENS",
+    "DROPPED_PARAMS",
+    "AnthropicLM",
+    "finish_reason",
+    "messages_request",
+]
+
+#: The ``anthropic-version`` header sent by default.
+ANTHROPIC_VERSION = "2023-06-01"
+
+#: ``max_tokens`` when neither the call nor ``default_params`` sets it (the API requires one).
+DEFAULT_MAX_TOKENS = 1024
+
+#: OpenAI sampling parameters the Messages API has no equivalent for; they are not sent (the API
+#: rejects unknown fields). Any other parameter is sent as given.
+DROPPED_PARAMS = frozenset(
+    {
+        "n",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "parallel_tool_calls",
+        "stream_options",
+        "user",
+    }
+)
+
+# Anthropic's stop reasons in the vocabulary of Completion.finish_reason (others pass unchanged).
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+_MAX_TEMPERATURE = 1.0
+
+
+def messages_request(model: str, messages: Sequence[Message], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The Messages API body for our OpenAI-shaped ``messages`` and ``params``.
+
+    Rules:
+
+    - every ``system`` message, wherever it stands, goes to the top-level ``system`` string (several
+      are joined with a blank line, in order); it is omitted when there is none;
+    - the other messages keep their order, and consecutive messages of the same role are merged
+      (contents joined with a blank line), since the API requires user and assistant to alternate;
+    - ``stop`` (a string or a list) becomes ``stop_sequences`` (appended to any given directly);
+      ``max_completion_tokens`` becomes ``max_tokens``; ``temperature`` above 1 (OpenAI allows up
+      to 2) is clamped to 1, the API's maximum;
+    - the parameters in :data:`DROPPED_PARAMS` are not sent; any other one is sent as given, and
+      may override a field computed here.
+
+    Example:
+        >>> body = messages_request("claude", [{"role": "system", "content": "Be brief."},
+        ...                                    {"role": "user", "content": "Hi"}], {"stop": "\\n", "seed": 1})
+        >>> body["system"], body["messages"], body["stop_sequences"], "seed" in body
+        ('Be brief.', [{'role': 'user', 'content': 'Hi'}], ['\\n'], False)
+    """
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    turns: list[dict[str, str]] = []
+    for message in messages:
+        if message["role"] == "system":
+            continue
+        if turns and turns[-1]["role"] == message["role"]:
+            turns[-1]["content"] += "\n\n" + message["content"]
+        else:
+            turns.append({"role": message["role"], "content": message["content"]})
+    body: dict[str, Any] = {"model": model}
+    if system:
+        body["system"] = "\n\n".join(system)
+    body["messages"] = turns
+    body.update(_translate_params(params))
+    return body
+
+
+def _translate_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    out = {name: value for name, value in params.items() if name not in DROPPED_PARAMS}
+    completion_budget = out.pop("max_completion_tokens", None)
+    if completion_budget is not None:
+        out["max_tokens"] = completion_budget
+    stop = out.pop("stop", None)
+    if stop is not None:
+        given = out.get("stop_sequences") or []
+        out["stop_sequences"] = [*given, *([stop] if isinstance(stop, str) else stop)]
+    temperature = out.get("temperature")
+    if isinstance(temperature, int | float) and temperature > _MAX_TEMPERATURE:
+        out["temperature"] = _MAX_TEMPERATURE
+    return out
+
+
+def finish_reason(stop_reason: str | None) -> str | None:
+    """Anthropic's ``stop_reason`` in OpenAI's words: ``end_turn``/``stop_sequence`` → ``"stop"``,
+    ``max_tokens`` → ``"length"``, ``tool_use`` → ``"tool_calls"``, ``refusal`` →
+    ``"content_filter"``; any other reason is kept as it is."""
+    if stop_reason is None:
+        return None
+    return _FINISH_REASONS.get(stop_reason, stop_reason)
+
+
+class AnthropicLM(HTTPChatLM):
+    """A production async client for Anthropic's Messages API, with the same limits, retries,
+    endpoint routing, cache and usage accounting as :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
+
+    Messages and parameters are written as for any other aprompt LM (OpenAI-shaped) and translated
+    by :func:`messages_request`. A 529 (overloaded) is retried like any 5xx, a 429 after its
+    ``retry-after``. ``usage.prompt_tokens`` counts input tokens read from or written to Anthropic's
+    prompt cache too; ``finish_reason`` is mapped by :func:`finish_reason`.
+
+    Args:
+        model: the model name sent with each request (e.g. ``"claude-3-5-haiku-latest"``).
+        base_url: ``https://api.anthropic.com`` (the API's ``/v1/messages`` is appended), or several
+            endpoints (strings or :class:`~aprompt.lm.endpoints.Endpoint` with their own concurrency,
+            rate limits and key).
+        api_key: the key, sent as ``x-api-key``; default: the ``api_key_env`` environment variable.
+            An empty key sends no ``x-api-key`` header. Keys never appear in ``repr``, logs, errors
+            or the cache.
+        api_key_env: the environment variable read when ``api_key`` is None.
+        anthropic_version: the ``anthropic-version`` header.
+        max_tokens: the completion budget when neither the call nor ``default_params`` gives one
+            (the API requires it). It is part of every cache key and of the tokens reserved under
+            ``tokens_per_minute``.
+        timeout, max_concurrency, requests_per_minute, tokens_per_minute, max_retries, retry, cache,
+            default_params, http_client, endpoint_cooldown: as for
+            :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
+
+    Example::
+
+        async with AnthropicLM("claude-3-5-haiku-latest", max_concurrency=16,
+                               requests_per_minute=50, cache=cache) as lm:
+            completion = await lm.chat([{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Hi"}], temperature=0.0)
+            print(completion.text, lm.usage)
+    """
+
+    path: ClassVar[str] = "/v1/messages"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: EndpointSpec = "https://api.anthropic.com",
+        *,
+        api_key: str | None = None,
+        api_key_env: str = "ANTHROPIC_API_KEY",
+        anthropic_version: str = ANTHROPIC_VERSION,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        timeout: float = 60.0,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        cache: ResponseCache | None = None,
+        default_params: Mapping[str, Any] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        endpoint_cooldown: float = 5.0,
+    ) -> None:
+        if max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
+        # Read by _auth_headers, which the base class calls while it builds the endpoints.
+        self._anthropic_version = anthropic_version
+        super().__init__(
+            model,
+            base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            max_retries=max_retries,
+            retry=retry,
+            cache=cache,
+            # As a default parameter, max_tokens enters the cache key and the tokens reserved.
+            default_params={"max_tokens": max_tokens, **(default_params or {})},
+            http_client=http_client,
+            endpoint_cooldown=endpoint_cooldown,
+        )
+        self._max_tokens = max_tokens
+
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        # Every header of a request lives here: the base sends these with each one.
+        headers = {"anthropic-version": self._anthropic_version, "content-type": "application/json"}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return headers
+
+    def _request_body(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Any:
+        body = messages_request(self._model, messages, params)
+        body.setdefault("max_tokens", self._max_tokens)  # a call that passed max_tokens=None
+        return body
+
+    def _parse_completion(self, content: bytes) -> Completion:
+        data = json.loads(content)
+        blocks = data["content"]
+        if not isinstance(blocks, list):
+            raise TypeError(f"content is a {type(blocks).__name__}, not a list of blocks")
+        texts = [block["text"] for block in blocks if block.get("type") == "text"]
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError("a text block's text is not a string")
+        usage = data.get("usage") or {}
+        prompt_tokens = sum(
+            int(usage.get(name) or 0)
+            for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        )
+        return Completion(
+            text="".join(texts),
+            usage=TokenUsage(prompt_tokens, int(usage.get("output_tokens") or 0)),
+            model=str(data.get("model") or self._model),
+            finish_reason=finish_reason(data.get("stop_reason")),
+        )
+
+    def _server_message(self, content: bytes) -> str:
+        try:
+            error = json.loads(content)["error"]
+            if isinstance(error, dict):
+                kind, message = error.get("type"), error["message"]
+                text = f"{kind}: {message}" if kind else str(message)
+            else:
+                text = str(error)
+            return text[:500]
+        except (ValueError, KeyError, TypeError):
+            return content.decode("utf-8", "replace").strip()[:500]
