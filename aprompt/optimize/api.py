@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import anyio
+import attrs
 
 from aprompt._errors import ConfigError
 from aprompt.lm.types import LM
@@ -26,6 +27,7 @@ from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.strategies import STRATEGIES
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
+from aprompt.program.state import program_state
 from aprompt.run.limits import RunLimits
 from aprompt.run.preflight import check_endpoints, check_limits, check_metric
 from aprompt.run.storage import run_fingerprint, run_storage
@@ -191,6 +193,14 @@ async def optimize(
     await check_endpoints(lms)
     target = program if in_place else copy_program(program)
     grounding = grounding or Grounding()
+    # Resolved here, not later, so the run's flow is part of its fingerprint (resume must match it).
+    capacity = getattr(default_lm, "capacity", None)
+    plan = attrs.evolve(
+        plan,
+        parallel_trials=plan.parallel_trials_for(
+            capacity if isinstance(capacity, int) else None, len(predictors)
+        ),
+    )
     fingerprint = run_fingerprint(
         strategy, plan, seed, grounding, bootstrap_threshold, predictors, train, val
     )
@@ -213,6 +223,8 @@ async def optimize(
             journal=journal,
             limits=limits,
         )
+        if journal is not None and journal.latest("original_state") is None:
+            journal.append("original_state", program_state(program))
         return await _run(ctx, strategy, target, started)
 
 

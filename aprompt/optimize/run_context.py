@@ -117,4 +117,8 @@ class RunContext:
         finally:
             record = PhaseUsage(name, time.monotonic() - started, self.usage() - before)
             self.phases.append(record)
+            if self.journal is not None:
+                self.journal.append(
+                    "phase", {"phase": name, "seconds": record.seconds, "usage": record.usage.as_dict()}
+                )
         await self.emit(PhaseFinished(name, record.seconds, record.usage))

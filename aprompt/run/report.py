@@ -1,0 +1,361 @@
+"""What a run did, read back from its journal: ``aprompt show`` (text) and ``aprompt report`` (HTML).
+
+:func:`load_run` gathers a :class:`RunView` from ``run_dir``: the journal's trials, full evaluations,
+candidates and result, plus two optional files beside it that the command line writes —
+``original_program.json`` (the prompts before optimizing) and ``result.json`` (the saved
+:class:`~aprompt.optimize.result.OptimizeResult`, with usage per phase). :func:`write_report` renders a
+self-contained HTML page; its plots need matplotlib (``pip install 'aprompt[ui]'``) and are left out,
+with a note, without it.
+
+Example::
+
+    print(describe_run(load_run("runs/qa")))
+    write_report("runs/qa", "runs/qa/report.html")
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from aprompt._errors import ConfigError
+from aprompt.run.journal import JOURNAL_FILE, RunJournal
+
+__all__ = [
+    "ORIGINAL_FILE",
+    "RESULT_FILE",
+    "CandidateStats",
+    "PromptView",
+    "RunView",
+    "choice_stats",
+    "describe_run",
+    "load_run",
+    "plot_best_so_far",
+    "plot_trial_scores",
+    "write_report",
+]
+
+ORIGINAL_FILE = "original_program.json"
+RESULT_FILE = "result.json"
+
+
+@attrs.frozen
+class PromptView:
+    """One predictor's prompt: its instruction (``None`` when the journal does not hold it) and demos."""
+
+    instruction: str | None
+    demos: tuple[Mapping[str, Any], ...]
+
+
+@attrs.frozen
+class CandidateStats:
+    """How the search treated one candidate of one parameter."""
+
+    index: int
+    tried: int
+    tried_late: int
+    mean_score: float | None
+    best_full: float | None
+
+
+@attrs.frozen
+class RunView:
+    """A run as recorded in its ``run_dir`` (finished or not)."""
+
+    run_dir: Path
+    config: Mapping[str, Any]
+    predictors: tuple[str, ...]
+    trials: tuple[Mapping[str, Any], ...]
+    full_evals: tuple[Mapping[str, Any], ...]
+    instructions: Mapping[str, Mapping[int, str]]
+    demo_sets: Mapping[str, tuple[tuple[Mapping[str, Any], ...], ...]]
+    dropped: tuple[tuple[str, str], ...]
+    best_choice: Mapping[str, int] | None
+    best_score: float | None
+    finished: bool
+    phases: tuple[Mapping[str, Any], ...] = ()
+    seconds: float | None = None
+    stopped_by: str | None = None
+
+    @property
+    def strategy(self) -> str:
+        return str(self.config.get("strategy", "?"))
+
+    @property
+    def baseline_score(self) -> float | None:
+        for full in self.full_evals:
+            if not any(full["choice"].values()):
+                return float(full["score"])
+        return None
+
+    def prompt(self, predictor: str, choice: Mapping[str, int] | None) -> PromptView:
+        """The prompt ``predictor`` uses under ``choice`` (``None``: the original)."""
+        choice = choice or {}
+        i = choice.get(f"{predictor}.instruction", 0)
+        d = choice.get(f"{predictor}.demos", 0)
+        sets = self.demo_sets.get(predictor, ())
+        return PromptView(self.instructions.get(predictor, {}).get(i), sets[d] if d < len(sets) else ())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _latest_by_key(journal: RunJournal, kind: str) -> list[Any]:
+    """One payload per key (the last written), in the order keys first appeared."""
+    found: dict[str, Any] = {}
+    for key, payload in journal.entries(kind):
+        found.pop(key, None)  # a resumed run may have rewritten it; keep the position of the newest
+        found[key] = payload
+    return list(found.values())
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunView:
+    """Read the journal (and the optional files beside it) of ``run_dir``.
+
+    Raises:
+        ConfigError: ``run_dir`` holds no run journal.
+        JournalError: the journal cannot be read.
+    """
+    folder = Path(run_dir)
+    if not (folder / JOURNAL_FILE).is_file():
+        raise ConfigError(f"{folder} holds no run journal ({JOURNAL_FILE}); is it a --run-dir of a run?")
+    with RunJournal.open(folder) as journal:
+        config = journal.latest("config") or {}
+        trials = sorted(_latest_by_key(journal, "trial"), key=lambda t: int(t.get("number", 0)))
+        full_evals = _latest_by_key(journal, "full_eval")
+        raw_sets = journal.latest("demo_sets", "all") or {}
+        proposals = {key: payload for key, payload in journal.entries("proposals")}
+        final = journal.latest("result")
+    predictors = tuple(config.get("program", {})) or tuple(raw_sets) or tuple(proposals)
+    instructions: dict[str, dict[int, str]] = {name: {} for name in predictors}
+    dropped: list[tuple[str, str]] = []
+    for name, items in proposals.items():
+        kept = [p for p in items if p.get("instruction") is not None]
+        dropped += [(name, str(p.get("reason", ""))) for p in items if p.get("instruction") is None]
+        instructions.setdefault(name, {}).update({i: str(p["instruction"]) for i, p in enumerate(kept, 1)})
+    demo_sets = {name: tuple(tuple(s.get("demos", ())) for s in sets) for name, sets in raw_sets.items()}
+    original = _read_json(folder / ORIGINAL_FILE)
+    result = _read_json(folder / RESULT_FILE)
+    if isinstance(result, dict) and isinstance(result.get("candidates"), dict):
+        for name, cands in result["candidates"].items():
+            instructions.setdefault(name, {}).update(dict(enumerate(cands.get("instructions", ()))))
+            if name not in demo_sets:
+                demo_sets[name] = tuple(tuple(s.get("demos", ())) for s in cands.get("demo_sets", ()))
+    if isinstance(original, dict):
+        for name, state in original.get("predictors", {}).items():
+            instructions.setdefault(name, {}).setdefault(0, str(state.get("instruction", "")))
+    best_choice, best_score = _best(final, full_evals)
+    usable = isinstance(result, dict) and final is not None and result.get("score") == final.get("score")
+    return RunView(
+        run_dir=folder,
+        config=config,
+        predictors=predictors,
+        trials=tuple(trials),
+        full_evals=tuple(full_evals),
+        instructions=instructions,
+        demo_sets=demo_sets,
+        dropped=tuple(dropped),
+        best_choice=best_choice,
+        best_score=best_score,
+        finished=final is not None,
+        phases=tuple(result.get("phases", ())) if usable and isinstance(result, dict) else (),
+        seconds=result.get("seconds") if usable and isinstance(result, dict) else None,
+        stopped_by=result.get("stopped_by") if usable and isinstance(result, dict) else None,
+    )
+
+
+def _best(final: Any, full_evals: Sequence[Mapping[str, Any]]) -> tuple[dict[str, int] | None, float | None]:
+    if isinstance(final, dict) and "best_choice" in final:
+        return dict(final["best_choice"]), float(final["score"])
+    if not full_evals:
+        return None, None
+    top = max(full_evals, key=lambda f: float(f["score"]))  # the first of equals, like the search
+    return dict(top["choice"]), float(top["score"])
+
+
+def choice_stats(view: RunView) -> dict[str, list[CandidateStats]]:
+    """Per searched parameter, per candidate: trials that tried it (in all, and in the later half —
+    where the surrogate's preference shows), its mean mini-batch score, and its best full evaluation."""
+    params: list[str] = []
+    for trial in view.trials:
+        params += [p for p in trial["choice"] if p not in params]
+    half = len(view.trials) // 2
+    out: dict[str, list[CandidateStats]] = {}
+    for param in params:
+        name, _, part = param.rpartition(".")
+        size = len(view.instructions.get(name, {})) if part == "instruction" else 0
+        size = max(size, len(view.demo_sets.get(name, ())) if part == "demos" else 0)
+        size = max([size, *(t["choice"].get(param, 0) + 1 for t in view.trials)])
+        rows = []
+        for index in range(size):
+            picked = [(n, t) for n, t in enumerate(view.trials) if t["choice"].get(param) == index]
+            scores = [float(t["score"]) for _, t in picked if t.get("score") is not None]
+            fulls = [float(f["score"]) for f in view.full_evals if f["choice"].get(param, 0) == index]
+            rows.append(
+                CandidateStats(
+                    index=index,
+                    tried=len(picked),
+                    tried_late=sum(1 for n, _ in picked if n >= half),
+                    mean_score=math.fsum(scores) / len(scores) if scores else None,
+                    best_full=max(fulls) if fulls else None,
+                )
+            )
+        out[param] = rows
+    return out
+
+
+def _score(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.3f}"
+
+
+def _choice_text(choice: Mapping[str, int]) -> str:
+    return " ".join(f"{key}={value}" for key, value in choice.items())
+
+
+def describe_run(view: RunView, *, max_instruction: int = 300) -> str:
+    """Readable text of a run: its state, the trials, the full evaluations and the best prompts."""
+    lines = [f"run {view.run_dir}: {view.strategy}, seed {view.config.get('seed', '?')}"]
+    state = "finished" if view.finished else "not finished (resume it with the same command)"
+    if view.stopped_by:
+        state += f", stopped by {view.stopped_by}"
+    lines.append(
+        f"state: {state}; {len(view.trials)} trials, {len(view.full_evals)} full evaluations; "
+        f"baseline {_score(view.baseline_score)} -> best {_score(view.best_score)}"
+    )
+    lines += ["", "trials (mini-batch scores):", f"  {'#':>4}  {'score':>6}  choice"]
+    for trial in view.trials:
+        lines.append(
+            f"  {trial['number']:>4}  {_score(trial.get('score')):>6}  {_choice_text(trial['choice'])}"
+        )
+    lines += ["", "full evaluations (validation set):", f"  {'after':>5}  {'score':>6}  choice"]
+    for full in view.full_evals:
+        lines.append(
+            f"  {full['after_trial']:>5}  {_score(full['score']):>6}  {_choice_text(full['choice'])}"
+        )
+    if view.best_choice is None:
+        lines += ["", "no combination fully evaluated yet"]
+        return "\n".join(lines)
+    lines += ["", f"best prompts ({_score(view.best_score)}: {_choice_text(view.best_choice)}):"]
+    for name in view.predictors:
+        prompt = view.prompt(name, view.best_choice)
+        index = view.best_choice.get(f"{name}.instruction", 0)
+        text = prompt.instruction
+        if text is None:
+            text = "(the original instruction)" if index == 0 else f"(candidate #{index}, not journaled)"
+        elif len(text) > max_instruction:
+            text = text[: max_instruction - 1] + "…"
+        lines.append(f"  {name}: instruction #{index}, {len(prompt.demos)} demos")
+        lines += [f"    {line}" for line in text.splitlines() or [""]]
+    return "\n".join(lines)
+
+
+def _new_figure(height: float) -> Any:
+    from matplotlib.figure import Figure  # no pyplot: no global figure state
+
+    figure = Figure(figsize=(10, height), dpi=100, layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def plot_trial_scores(view: RunView) -> bytes:
+    """PNG: each trial's mini-batch score and each full evaluation's score, by trial number."""
+    figure, axes = _new_figure(3.6)
+    scored = [(t["number"], float(t["score"])) for t in view.trials if t.get("score") is not None]
+    if scored:
+        axes.scatter(*zip(*scored, strict=True), s=28, color="#4c72b0", label="mini-batch trial", zorder=3)
+    failed = [t["number"] for t in view.trials if t.get("score") is None]
+    if failed:
+        axes.scatter(failed, [0] * len(failed), marker="x", color="#c44e52", label="trial unscored")
+    fulls = [(f["after_trial"] - 0.5, float(f["score"])) for f in view.full_evals]
+    if fulls:
+        axes.scatter(
+            *zip(*fulls, strict=True), s=70, marker="D", color="#dd8452", label="full evaluation", zorder=4
+        )
+    if view.baseline_score is not None:
+        axes.axhline(view.baseline_score, color="#999999", linestyle=":", label="baseline")
+    axes.set(xlabel="trial", ylabel="score", ylim=(-0.03, 1.03), title="Score per trial")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return _png(figure)
+
+
+def plot_best_so_far(view: RunView) -> bytes:
+    """PNG: the best mini-batch score and the best full-evaluation score so far, by trial number."""
+    figure, axes = _new_figure(3.2)
+    best, xs, ys = -math.inf, [], []
+    for trial in view.trials:
+        if trial.get("score") is not None:
+            best = max(best, float(trial["score"]))
+        if best > -math.inf:
+            xs.append(trial["number"])
+            ys.append(best)
+    if xs:
+        axes.step(xs, ys, where="post", color="#4c72b0", label="best mini-batch")
+    best, xs, ys = -math.inf, [], []
+    for full in sorted(view.full_evals, key=lambda f: int(f["after_trial"])):
+        best = max(best, float(full["score"]))
+        xs.append(full["after_trial"])
+        ys.append(best)
+    if xs:
+        last = max(xs[-1], len(view.trials))
+        axes.step(
+            [*xs, last],
+            [*ys, ys[-1]],
+            where="post",
+            color="#dd8452",
+            linewidth=2.5,
+            label="best full evaluation",
+        )
+    axes.set(xlabel="trial", ylabel="score", ylim=(-0.03, 1.03), title="Best so far")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return _png(figure)
+
+
+def _plots(view: RunView) -> dict[str, bytes] | None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    if not view.trials and not view.full_evals:
+        return {}
+    return {"trial_scores": plot_trial_scores(view), "best_so_far": plot_best_so_far(view)}
+
+
+def write_report(run_dir: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> Path:
+    """Write the HTML report of ``run_dir`` (default: ``run_dir/report.html``); returns its path.
+
+    One self-contained file: plots are embedded PNGs (left out, with a note, without matplotlib).
+
+    Raises:
+        ConfigError: ``run_dir`` holds no run journal, or the report cannot be written.
+    """
+    from aprompt.run.report_html import render_report
+
+    view = load_run(run_dir)
+    target = Path(out_path) if out_path is not None else Path(run_dir) / "report.html"
+    page = render_report(view, choice_stats(view), _plots(view))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {target}: {exc}") from None
+    return target

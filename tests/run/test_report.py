@@ -1,0 +1,199 @@
+"""A run's journal read back: ``describe_run`` (aprompt show), ``choice_stats`` and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aprompt
+from aprompt.run.report import (
+    ORIGINAL_FILE,
+    RESULT_FILE,
+    choice_stats,
+    describe_run,
+    load_run,
+    write_report,
+)
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.optimize.world import TwoStageProgram, World
+from tests.run._optimize_worker import BUDGET, run_world
+
+API_KEY = "sk-report-test"
+
+
+def _journaled_run(run_dir: Path, stop_after_events: int | None = None) -> aprompt.OptimizeResult | None:
+    """Optimize the simulated world into ``run_dir``, saving the files the CLI writes beside the journal
+    (or stop after ``stop_after_events`` events, leaving an unfinished run)."""
+
+    async def main() -> aprompt.OptimizeResult | None:
+        seen = 0
+        async with FakeOpenAIServer(responder=World(), api_key=API_KEY) as server:
+            with anyio.CancelScope() as scope:
+
+                def stop_at(event: aprompt.Event) -> None:
+                    nonlocal seen
+                    seen += 1
+                    if seen == stop_after_events:
+                        scope.cancel()
+
+                return await run_world(server.base_url, run_dir, API_KEY, on_event=stop_at)
+        return None
+
+    result = anyio.run(main)
+    if result is not None:
+        result.save(run_dir / RESULT_FILE)
+        aprompt.save_state(TwoStageProgram(), run_dir / ORIGINAL_FILE)
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, aprompt.OptimizeResult]:
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    result = _journaled_run(run_dir)
+    assert result is not None
+    return run_dir, result
+
+
+def test_load_run_reads_back_what_the_run_returned(finished_run: tuple[Path, aprompt.OptimizeResult]) -> None:
+    run_dir, result = finished_run
+    view = load_run(run_dir)
+    assert view.finished and view.strategy == "mipro"
+    assert [(t["number"], dict(t["choice"]), t["score"]) for t in view.trials] == [
+        (t.number, dict(t.choice), t.score) for t in result.trials
+    ]
+    assert [f["score"] for f in view.full_evals] == [f.score for f in result.full_evals]
+    assert (dict(view.best_choice or {}), view.best_score) == (dict(result.best_choice), result.score)
+    assert view.baseline_score == result.baseline_score
+    for name in view.predictors:  # every candidate instruction, the original one included
+        assert [view.instructions[name][i] for i in range(len(view.instructions[name]))] == list(
+            result.candidates.instructions[name]
+        )
+    assert view.phases and view.seconds == result.seconds
+
+
+def test_choice_stats_count_each_candidates_trials(finished_run: tuple[Path, aprompt.OptimizeResult]) -> None:
+    run_dir, result = finished_run
+    stats = choice_stats(load_run(run_dir))
+    assert set(stats) == set(result.trials[0].choice)
+    for param, rows in stats.items():
+        assert sum(row.tried for row in rows) == len(result.trials)
+        assert sum(row.tried_late for row in rows) == len(result.trials) - len(result.trials) // 2
+        for row in rows:
+            scores = [t.score for t in result.trials if t.choice[param] == row.index and t.score is not None]
+            assert row.mean_score == (pytest.approx(sum(scores) / len(scores)) if scores else None)
+
+
+def test_describe_run_lists_trials_full_evaluations_and_best_prompts(
+    finished_run: tuple[Path, aprompt.OptimizeResult],
+) -> None:
+    run_dir, result = finished_run
+    text = describe_run(load_run(run_dir))
+    assert f"{len(result.trials)} trials, {len(result.full_evals)} full evaluations" in text
+    assert f"baseline {result.baseline_score:.3f} -> best {result.score:.3f}" in text
+    for trial in result.trials:
+        assert f"{trial.number:>4}  {trial.score:>6.3f}  " in text
+    state = aprompt.program_state(result.program)["predictors"]
+    for name, prompt in state.items():
+        index = result.best_choice.get(f"{name}.instruction", 0)
+        assert f"{name}: instruction #{index}, {len(prompt['demos'])} demos" in text
+        assert prompt["instruction"] in text
+
+
+def test_the_report_is_one_html_file_with_plots_and_prompts(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    run_dir, result = finished_run
+    path = write_report(run_dir, tmp_path / "out" / "report.html")
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count('src="data:image/png;base64,') == 2
+    assert "Find the code." in page  # the original instruction, beside the optimized one
+    for name, prompt in aprompt.program_state(result.program)["predictors"].items():
+        assert prompt["instruction"] in page
+        assert f"<h3>{name}.instruction</h3>" in page or f"<h3>{name}.demos</h3>" in page
+    assert "Usage and time" in page and "<b>total</b>" in page
+
+
+def test_the_report_escapes_the_prompts(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    original = json.loads((copy / ORIGINAL_FILE).read_text())
+    original["predictors"]["extract"]["instruction"] = "<script>alert(1)</script> & more"
+    (copy / ORIGINAL_FILE).write_text(json.dumps(original))
+    (copy / RESULT_FILE).unlink()  # the originals now come from original_program.json alone
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+
+
+def test_without_matplotlib_the_report_says_how_to_get_plots(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    page = write_report(finished_run[0], tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png" not in page and "aprompt[ui]" in page
+
+
+def test_an_unfinished_run_is_shown_and_reported_as_far_as_it_went(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert _journaled_run(run_dir, stop_after_events=30) is None
+    view = load_run(run_dir)
+    assert not view.finished and 0 < len(view.trials) < BUDGET["n_trials"]
+    assert "not finished" in describe_run(view)
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "not finished" in page and "not in the journal" in page  # no original_program.json here
+
+
+def test_a_folder_without_a_journal_is_a_config_error_and_stays_untouched(tmp_path: Path) -> None:
+    with pytest.raises(aprompt.ConfigError, match="no run journal"):
+        load_run(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+
+
+def _screenshot(chromium: str, page: Path, shot: Path, profile: Path) -> None:
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_the_report_renders_in_headless_chromium(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    image = pytest.importorskip("matplotlib.image")
+    page = write_report(finished_run[0], tmp_path / "report.html")
+    shot = tmp_path / "report.png"
+    _screenshot(chromium, page, shot, tmp_path / "profile")
+    pixels = image.imread(shot)
+    assert pixels.shape[:2] == (1600, 1200)
+    rgb = pixels[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.05  # not a blank page
+    colours = {tuple(c) for c in (rgb[::97] * 255).round().astype(int).tolist()}
+    assert len(colours) > 50  # text, cards and plots, not one or two flat colours

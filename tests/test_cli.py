@@ -1,0 +1,303 @@
+"""The ``aprompt`` command line, end to end: subprocesses against a fake server living in this process.
+
+The fake server answers as the simulated world (:mod:`tests.optimize.world`) from a thread of the test
+process; the CLI runs as a real ``python -m aprompt`` child with a program module and JSONL/CSV data written
+to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aprompt
+from aprompt.cli import main
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.optimize.world import TwoStageProgram, World, examples
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "sk-cli-test-key"
+SIZES = ["--trials", "8", "--candidates", "3", "--val-size", "30", "--minibatch-size", "10", "--seed", "3"]
+
+
+@contextmanager
+def world_server(latency: float = 0.0) -> Iterator[FakeOpenAIServer]:
+    """A fake server answering as the simulated world, served from a thread of this process."""
+    ready, stop = threading.Event(), threading.Event()
+    box: list[FakeOpenAIServer] = []
+
+    async def serve() -> None:
+        async with FakeOpenAIServer(responder=World(), api_key=API_KEY, latency=latency) as server:
+            box.append(server)
+            ready.set()
+            await anyio.to_thread.run_sync(stop.wait)
+
+    thread = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield box[0]
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def write_task(folder: Path) -> Path:
+    """A program module, JSONL training data and CSV validation data in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cli_world.py").write_text(
+        "from tests.optimize.world import TwoStageProgram, metric\n\n"
+        "def build():\n    return TwoStageProgram()\n",
+        encoding="utf-8",
+    )
+    with (folder / "train.jsonl").open("w", encoding="utf-8") as f:
+        for example in examples(0, 60):
+            f.write(json.dumps({**example.inputs, **example.labels}) + "\n")
+    with (folder / "val.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["question", "answer"])
+        writer.writeheader()
+        writer.writerows({**e.inputs, **e.labels} for e in examples(200, 230))
+    return folder
+
+
+def optimize_args(base_url: str, run_dir: str = "run") -> list[str]:
+    return [
+        "optimize",
+        "cli_world.py:TwoStageProgram",
+        "--train",
+        "train.jsonl",
+        "--val",
+        "val.csv",
+        "--metric",
+        "cli_world.py:metric",
+        "--lm",
+        base_url,
+        "--model",
+        "world",
+        "--lm-concurrency",
+        "8",
+        "--run-dir",
+        run_dir,
+        *SIZES,
+    ]
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": API_KEY}
+
+
+def aprompt_cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aprompt", *args],
+        cwd=folder,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, FakeOpenAIServer]]:
+    """One finished ``aprompt optimize`` run (folder ``run``) with its server still up."""
+    folder = write_task(tmp_path_factory.mktemp("cli"))
+    with world_server() as server:
+        done = aprompt_cli(folder, *optimize_args(server.base_url))
+        assert done.returncode == 0, done.stderr
+        yield folder, server
+
+
+def test_optimize_saves_the_optimized_program_and_the_run(optimized: tuple[Path, FakeOpenAIServer]) -> None:
+    folder, _ = optimized
+    result = json.loads((folder / "run" / "result.json").read_text())
+    assert result["format"] == "aprompt-result" and len(result["trials"]) == 8
+    program = aprompt.load(TwoStageProgram(), folder / "run" / "result.json")
+    assert aprompt.program_state(program) == result["state"]
+    original = json.loads((folder / "run" / "original_program.json").read_text())
+    assert original == aprompt.program_state(TwoStageProgram())
+
+
+def test_a_finished_run_replays_from_its_journal_without_lm_calls(
+    optimized: tuple[Path, FakeOpenAIServer],
+) -> None:
+    folder, server = optimized
+    before = len(server.chat_requests)
+    done = aprompt_cli(folder, *optimize_args(server.base_url), "--quiet", "--out", "again.json")
+    assert done.returncode == 0, done.stderr
+    assert len(server.chat_requests) == before
+    assert "validation score: baseline" in done.stdout and "plan:" not in done.stdout
+    assert (
+        json.loads((folder / "again.json").read_text())["state"]
+        == json.loads((folder / "run" / "result.json").read_text())["state"]
+    )
+
+
+def test_show_prints_the_trials_and_the_best_prompts(optimized: tuple[Path, FakeOpenAIServer]) -> None:
+    folder, _ = optimized
+    done = aprompt_cli(folder, "show", "run")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((folder / "run" / "result.json").read_text())
+    assert "state: finished; 8 trials" in done.stdout
+    assert "trials (mini-batch scores):" in done.stdout and "full evaluations" in done.stdout
+    for name, prompt in result["state"]["predictors"].items():
+        assert f"{name}: instruction #" in done.stdout and prompt["instruction"] in done.stdout
+
+
+def test_report_writes_the_html_page(optimized: tuple[Path, FakeOpenAIServer]) -> None:
+    folder, _ = optimized
+    done = aprompt_cli(folder, "report", "run", "--out", "out/run.html")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wrote out/run.html"
+    page = (folder / "out" / "run.html").read_text(encoding="utf-8")
+    assert "aprompt run report" in page and "data:image/png;base64," in page
+
+
+def test_evaluate_scores_the_loaded_prompts(optimized: tuple[Path, FakeOpenAIServer]) -> None:
+    folder, server = optimized
+    common = ["--data", "val.csv", "--metric", "cli_world.py:metric", "--lm", server.base_url, "--model", "w"]
+    done = aprompt_cli(
+        folder, "evaluate", "cli_world.py:build", *common, "--load", "run/result.json", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["examples"] == 30 and figures["unscored"] == 0
+    result = json.loads((folder / "run" / "result.json").read_text())
+    assert figures["score"] == pytest.approx(result["score"])  # the same 30 validation examples
+
+
+def test_sigint_stops_cleanly_and_the_same_command_resumes_to_the_same_result(tmp_path: Path) -> None:
+    folder = write_task(tmp_path)
+    with world_server(latency=0.05) as server:
+        args = optimize_args(server.base_url, "interrupted")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "aprompt", *args],
+            cwd=folder,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        for line in child.stdout:  # plain progress lines: stdout is a pipe
+            if line.startswith("  trial 1 "):
+                break
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+        assert child.returncode == 130, stderr
+        assert "resume it with:" in stderr and "aprompt optimize cli_world.py:TwoStageProgram" in stderr
+        assert "Traceback" not in stderr
+        assert not (folder / "interrupted" / "result.json").exists()
+        server.latency = 0.0
+        resumed = aprompt_cli(folder, *args, "--quiet")
+        reference = aprompt_cli(folder, *optimize_args(server.base_url, "reference"), "--quiet")
+    assert resumed.returncode == 0 and reference.returncode == 0, resumed.stderr + reference.stderr
+    resumed_result = json.loads((folder / "interrupted" / "result.json").read_text())
+    reference_result = json.loads((folder / "reference" / "result.json").read_text())
+    for key in ("score", "best_choice", "trials", "full_evals", "candidates"):
+        if key == "trials":
+            strip = [{k: v for k, v in t.items() if k != "seconds"} for t in resumed_result[key]]
+            assert strip == [{k: v for k, v in t.items() if k != "seconds"} for t in reference_result[key]]
+        else:
+            assert resumed_result[key] == reference_result[key], key
+
+
+def test_python_dash_m_aprompt_teaches_with_examples(tmp_path: Path) -> None:
+    done = aprompt_cli(tmp_path, "--help")
+    assert done.returncode == 0
+    assert "examples:" in done.stdout and "aprompt optimize qa.py:QA" in done.stdout
+    assert "exit codes:" in done.stdout
+
+
+# -- errors and exit codes (in this process: no LM is ever reached) -----------------------------
+
+
+@pytest.fixture
+def task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(write_task(tmp_path))
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    return tmp_path
+
+
+def base_args(lm: str = "http://127.0.0.1:9/v1") -> list[str]:
+    return [*optimize_args(lm)[: -len(SIZES)], "--quiet"]
+
+
+def test_bad_arguments_exit_2_with_usage(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimize", "cli_world.py:TwoStageProgram", "--metric", "cli_world.py:metric"]) == 2
+    assert "the following arguments are required: --train" in capsys.readouterr().err
+    assert main(["optimise"]) == 2
+    assert main([*base_args(), "--budget", "huge"]) == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"--metric": "cli_world.py:no_such_metric"},
+            "--metric: cli_world.py has no attribute 'no_such_metric'",
+        ),
+        ({"--metric": "no_such_module:metric"}, "--metric: cannot import no_such_module"),
+        ({"--train": "missing.jsonl"}, "cannot read missing.jsonl"),
+        ({"--train": "cli_world.py"}, "unknown data format '.py'"),
+        ({"--lm": "ftp://example.org"}, "--lm must be 'local' or an http(s):// base URL"),
+        ({"--trials": "0"}, "budget values out of range: n_trials"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_clear_line(
+    task: Path, capsys: pytest.CaptureFixture[str], change: dict[str, str], message: str
+) -> None:
+    args = base_args()
+    for flag, value in change.items():
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aprompt: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_data_that_lacks_an_input_field_is_named_with_its_line(
+    task: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (task / "bad.jsonl").write_text('{"question": "q", "answer": "a"}\n{"answer": "b"}\n')
+    args = base_args()
+    args[args.index("--train") + 1] = "bad.jsonl"
+    assert main(args) == 2
+    assert "bad.jsonl, line 2: lacks input field(s) ['question']" in capsys.readouterr().err
+
+
+def test_an_unreachable_endpoint_exits_3(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(base_args("http://127.0.0.1:9/v1")) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("aprompt: LM error: cannot reach the LM endpoint") and "127.0.0.1:9" in err
+    assert "Traceback" not in err and API_KEY not in err
+
+
+def test_debug_shows_the_traceback(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*base_args("http://127.0.0.1:9/v1"), "--debug"]) == 3
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_show_of_a_folder_without_a_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(tmp_path / "nothing")]) == 2
+    assert "holds no run journal" in capsys.readouterr().err
+
+
+def test_demo_passes_its_arguments_on(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--trials" in out and "held-out" in out

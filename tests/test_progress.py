@@ -1,0 +1,171 @@
+"""Progress displays follow a run's events: plain lines off a terminal, a rich panel on one, or nothing."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Sequence
+
+import pytest
+
+from aprompt import (
+    CandidateProposed,
+    Event,
+    FullEvaluation,
+    NewBest,
+    PhaseFinished,
+    PhaseStarted,
+    RunFinished,
+    RunPlanned,
+    TrialScored,
+    UsageSnapshot,
+)
+from aprompt.progress import (
+    LineProgress,
+    LiveProgress,
+    Progress,
+    RunProgress,
+    format_duration,
+    progress_display,
+)
+
+CHOICE = {"extract.instruction": 1, "extract.demos": 2}
+USAGE = UsageSnapshot(calls=100, cache_hits=25, prompt_tokens=9000, completion_tokens=1000, rate_limited=3)
+
+
+def run_events() -> list[Event]:
+    return [
+        RunPlanned("mipro", 3, 40, 500),
+        PhaseStarted("propose"),
+        CandidateProposed("extract", "instruction", 1, "Find the code, carefully."),
+        PhaseFinished("propose", 2.0, UsageSnapshot(calls=10, prompt_tokens=800, completion_tokens=100)),
+        PhaseStarted("search", "3 trials"),
+        FullEvaluation({"extract.instruction": 0, "extract.demos": 0}, 0.1, 40, 0, is_baseline=True),
+        NewBest({"extract.instruction": 0, "extract.demos": 0}, 0.1),
+        TrialScored(0, CHOICE, 0.5, 15, 0),
+        TrialScored(1, CHOICE, None, 15, 15),
+        TrialScored(2, CHOICE, 0.4, 15, 0),
+        FullEvaluation(CHOICE, 0.375, 40, 0),
+        NewBest(CHOICE, 0.375),
+        PhaseFinished("search", 5.0, USAGE),
+        RunFinished(0.375, 0.1, 7.5, USAGE),
+    ]
+
+
+def feed(progress: Progress, events: Sequence[Event]) -> None:
+    for event in events:
+        progress(event)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_plain_lines_tell_the_plan_the_trials_and_the_result() -> None:
+    out = io.StringIO()
+    feed(LineProgress(out), run_events())
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "plan: mipro, 3 trials on 40 validation examples, about 500 LM calls before caching"
+    assert "[search] started: 3 trials" in lines
+    assert "  trial 0 (1/3 done): 0.500 (extract.instruction=1, extract.demos=2)" in lines
+    assert "  trial 1 (2/3 done): failed (extract.instruction=1, extract.demos=2)" in lines
+    assert any(line.startswith("  baseline: 0.100 on 40 examples") for line in lines)
+    assert "  new best: 0.375" in lines
+    assert lines[-1] == (
+        "finished in 8s: best 0.375 (baseline 0.100); 75 LM calls, 25% cache hits, 10,000 tokens, "
+        "3 rate-limited (429)"
+    )
+
+
+def test_quiet_shows_nothing_but_still_follows_the_run() -> None:
+    out = io.StringIO()
+    progress = progress_display(quiet=True, stream=out)
+    feed(progress, run_events())
+    assert out.getvalue() == ""
+    assert progress.state.trials_done == 3 and progress.state.best_score == 0.375
+
+
+def test_a_stream_that_is_not_a_terminal_gets_plain_lines() -> None:
+    assert isinstance(progress_display(stream=io.StringIO()), LineProgress)
+
+
+def test_without_rich_a_terminal_gets_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setitem(sys.modules, "rich", None)  # import rich now raises ImportError
+    assert isinstance(progress_display(stream=Terminal()), LineProgress)
+
+
+def test_usage_comes_from_finished_phases_or_from_the_live_source() -> None:
+    from_events = RunProgress()
+    live = RunProgress(usage_source=lambda: UsageSnapshot(calls=7))
+    for event in run_events()[:4]:
+        from_events.apply(event)
+        live.apply(event)
+    assert from_events.usage.calls == 10
+    assert live.usage.calls == 7
+
+
+def test_eta_follows_the_pace_of_the_trials() -> None:
+    clock = FakeClock()
+    state = RunProgress(clock=clock)
+    for event in run_events()[:5]:  # plan ... search started
+        state.apply(event)
+    clock.now += 10.0
+    state.apply(TrialScored(0, CHOICE, 0.5, 15, 0))
+    assert state.eta() == pytest.approx(20.0)  # 10 s a trial, two trials left
+    state.apply(RunFinished(0.5, 0.1, 10.0, USAGE))
+    assert state.eta() == 0.0
+
+
+def test_eta_before_the_search_uses_the_planned_calls() -> None:
+    clock = FakeClock()
+    state = RunProgress(usage_source=lambda: UsageSnapshot(calls=100), clock=clock)
+    state.apply(RunPlanned("mipro", 3, 40, 500))
+    clock.now += 10.0
+    assert state.eta() == pytest.approx(40.0)  # 100 of 500 calls in 10 s
+
+
+def test_durations_read_naturally() -> None:
+    assert [format_duration(s) for s in (None, 4.4, 75.2, 3725)] == ["?", "4s", "1m 15s", "1h 02m"]
+
+
+@pytest.mark.anyio
+async def test_the_live_panel_renders_to_a_rich_console() -> None:
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    async with LiveProgress(console, usage=lambda: USAGE, refresh_per_second=50) as progress:
+        feed(progress, run_events()[:-1])
+        panel = out.getvalue()
+        progress(run_events()[-1])
+    text = out.getvalue()
+    for label in ("phase", "trials", "best score", "LM calls", "tokens", "cache hits", "429s", "ETA"):
+        assert label in panel, label
+    assert "3/3" in panel and "(1 failed)" in panel
+    assert "0.375  (baseline 0.100)" in panel
+    assert "75 of ~500 planned" in panel  # LM calls: 100 calls, 25 of them cache hits
+    assert "25% of 100 calls" in panel and "3  (retries 0" in panel
+    assert "new best: 0.375" in text  # notable events are logged above the panel
+    last_frame = text[text.rindex("aprompt · mipro") :]  # it stays on screen
+    assert "phase       done" in last_frame and "ETA 0s" in last_frame
+
+
+def test_the_live_panel_shows_the_state_before_any_trial() -> None:
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    progress = LiveProgress(console)
+    progress(RunPlanned("mipro", 12, 40, 500))
+    progress(PhaseStarted("bootstrap"))
+    console.print(progress.render())
+    text = out.getvalue()
+    assert "aprompt · mipro" in text and "bootstrap" in text and "0/12" in text and "ETA ?" in text
