@@ -53,7 +53,7 @@ class RunJournal:
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
         try:
-            _prepare(db, path)
+            _prepare_with_retries(db, path)
         except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file may also decode badly
             db.close()
             raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
@@ -135,6 +135,19 @@ class RunJournal:
 
     def __repr__(self) -> str:
         return f"RunJournal({str(self._path)!r})"
+
+
+def _prepare_with_retries(db: sqlite3.Connection, path: Path, attempts: int = 6) -> None:
+    """:func:`_prepare`, retried when another process holds the lock while switching to WAL (SQLite does
+    not always wait on its busy timeout for a journal-mode change)."""
+    for attempt in range(attempts):
+        try:
+            _prepare(db, path)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
 
 
 def _prepare(db: sqlite3.Connection, path: Path) -> None:
