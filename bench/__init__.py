@@ -1,0 +1,1 @@
+"""Benchmarks (not installed with the package): run them as ``python -m bench.<name>`` from the repo root."""

@@ -1,0 +1,116 @@
+"""Running DSPy's MIPROv2 for a benchmark: a fresh cache, an LM on a given endpoint, compile, evaluate.
+
+Imports ``dspy`` (the ``bench`` extra). Progress bars and DSPy's, LiteLLM's and Optuna's info logs are
+switched off so a benchmark prints only its own lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dspy
+from dspy.teleprompt import MIPROv2
+
+#: Errors tolerated before DSPy aborts an evaluation (its default, 10, aborts a run on a small model
+#: that often misses DSPy's output format; failures still score 0).
+MAX_ERRORS = 1_000_000
+
+
+def quiet() -> None:
+    """Silence per-example error logs (a small model misses DSPy's format often; failures score 0)."""
+    for name in ("dspy", "LiteLLM", "litellm", "optuna", "httpx"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """MIPROv2 forces ``display_progress=True`` on its evaluations; send tqdm's bars (stderr) nowhere.
+    Logging handlers keep the real stderr, so warnings and errors still show."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
+
+
+def fresh_cache() -> None:
+    """A new, empty in-memory response cache (no disk): each run starts cold and replays its own
+    repeated calls, as aprompt does with its own fresh cache."""
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+
+
+def make_lm(base_url: str, model: str, *, max_tokens: int = 256, num_retries: int = 3, **kwargs: Any) -> Any:
+    """An LM on an OpenAI-compatible endpoint, temperature 0 unless told otherwise."""
+    kwargs.setdefault("temperature", 0.0)
+    return dspy.LM(
+        f"openai/{model}",
+        api_base=base_url,
+        api_key="none",
+        cache=True,
+        max_tokens=max_tokens,
+        num_retries=num_retries,
+        **kwargs,
+    )
+
+
+def compile_mipro(
+    program: Any,
+    trainset: Sequence[Any],
+    valset: Sequence[Any],
+    metric: Callable[..., float],
+    *,
+    task_lm: Any,
+    prompt_lm: Any,
+    seed: int,
+    num_threads: int,
+    auto: str | None = "light",
+    num_candidates: int | None = None,
+    num_trials: int | None = None,
+    minibatch_size: int = 35,
+    max_bootstrapped_demos: int = 4,
+    max_labeled_demos: int = 4,
+    **compile_options: Any,
+) -> Any:
+    """``MIPROv2(...).compile(...)`` with the given budget; ``auto=None`` takes explicit candidates and
+    trials; ``compile_options`` go to ``compile`` (e.g. ``data_aware_proposer=False``)."""
+    optimizer = MIPROv2(
+        metric=metric,
+        prompt_model=prompt_lm,
+        task_model=task_lm,
+        auto=auto,  # type: ignore[arg-type]
+        num_candidates=num_candidates if auto is None else None,
+        num_threads=num_threads,
+        max_errors=MAX_ERRORS,
+        seed=seed,
+        max_bootstrapped_demos=max_bootstrapped_demos,
+        max_labeled_demos=max_labeled_demos,
+        verbose=False,
+    )
+    with dspy.context(lm=task_lm), no_progress_bars():
+        return optimizer.compile(
+            program,
+            trainset=list(trainset),
+            valset=list(valset),
+            num_trials=num_trials if auto is None else None,
+            minibatch_size=minibatch_size,
+            seed=seed,
+            **compile_options,
+        )
+
+
+def evaluate(
+    program: Any, devset: Sequence[Any], metric: Callable[..., float], *, lm: Any, num_threads: int
+) -> float:
+    """Mean metric over ``devset`` in [0, 1] (DSPy reports percent)."""
+    evaluator = dspy.Evaluate(
+        devset=list(devset),
+        metric=metric,
+        num_threads=num_threads,
+        display_progress=False,
+        display_table=False,
+        max_errors=MAX_ERRORS,
+    )
+    with dspy.context(lm=lm), no_progress_bars():
+        result = evaluator(program)
+    return float(result.score) / 100.0

@@ -1,0 +1,550 @@
+"""Quality benchmark: how much each optimizer improves a program on the embedded local model, at what cost.
+
+Per task (``bench/tasks``) and seed: the unoptimized program, aprompt's ``bootstrap_random_search``,
+``mipro_zero_shot`` and ``mipro``, and DSPy's ``MIPROv2(auto="light")``; all on one llama.cpp server
+(SmolLM2-135M on loopback), the same train / validation data, and a held-out test part no optimizer sees.
+Every request goes through one counting proxy, so LM calls and tokens are measured identically for both
+libraries; each optimization starts with a fresh, empty response cache (aprompt's in memory, DSPy's in
+memory), so calls it repeats itself are free for both and nothing carries over between runs.
+
+Reported per method: test accuracy (mean and spread over seeds), optimization LM calls (HTTP requests
+that reached the model), prompt + completion tokens, and optimization wall time.
+
+    .venv/bin/python -m bench.quality                 # all tasks, seed 1; writes bench/results/quality.*
+    .venv/bin/python -m bench.quality --seeds 1,2,3 --tasks intent,count
+    .venv/bin/python -m bench.quality --quick         # 1 task, 6 examples per part, 2 trials; prints only
+    .venv/bin/python -m bench.quality --rerender bench/results/quality.json   # table + plot from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+import aprompt
+from aprompt.lm.local import LOCAL_MODEL_NAME
+from bench.counting_proxy import CountingProxy, Counts
+from bench.report import (
+    RESULTS_DIR,
+    command_line,
+    environment,
+    environment_line,
+    markdown_table,
+    mean_spread,
+    write_json,
+    write_text,
+)
+from bench.tasks import DEFAULT_DATA_DIR, TASKS, Split, Task
+
+APROMPT_STRATEGIES = ("bootstrap_random_search", "mipro_zero_shot", "mipro")
+METHODS = (
+    "aprompt:unoptimized",
+    *(f"aprompt:{s}" for s in APROMPT_STRATEGIES),
+    "dspy:unoptimized",
+    "dspy:miprov2",
+)
+# Most informative first (one single-stage and one multi-stage task), so a stopped run has both kinds.
+DEFAULT_TASKS = "count,intent_goal,intent,count_listed"
+QUICK_BUDGET = {
+    "n_candidates": 2,
+    "n_trials": 2,
+    "minibatch_size": 4,
+    "full_eval_every": 2,
+    "max_bootstrapped_demos": 1,
+    "max_labeled_demos": 1,
+}
+
+
+# Tiny mode skips the data and program summaries (each a few slow generations) in both libraries.
+QUICK_GROUNDING = aprompt.Grounding(data_summary=False, program_summary=False)
+
+
+@attrs.frozen
+class Settings:
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    n_train: int
+    n_val: int
+    n_test: int
+    parallel: int
+    threads: int
+    concurrency: int
+    dspy_attempts: int
+    quick: bool
+    data_dir: Path
+    out_dir: Path | None
+    command: str
+
+
+@attrs.frozen
+class Run:
+    """One method on one task with one seed. Cost fields cover the optimization only (not the test run)."""
+
+    task: str
+    method: str
+    seed: int | None
+    test_score: float | None
+    val_score: float | None
+    lm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    failed_requests: int = 0
+    library_lm_calls: int | None = None
+    note: str = ""
+
+
+def dspy_available() -> bool:
+    # Look for it without importing it (importing dspy takes seconds).
+    return importlib.util.find_spec("dspy") is not None
+
+
+# -- aprompt -------------------------------------------------------------------------------------
+def aprompt_lm(settings: Settings, base_url: str) -> aprompt.OpenAICompatibleLM:
+    """A client on the proxy with its own empty in-memory cache."""
+    return aprompt.OpenAICompatibleLM(
+        LOCAL_MODEL_NAME,
+        base_url,
+        api_key="",
+        max_concurrency=settings.concurrency,
+        timeout=600.0,
+        cache=aprompt.ResponseCache.memory_only(1_000_000),
+    )
+
+
+async def aprompt_test_score(task: Task, program: object, split: Split, lm: aprompt.LM) -> float:
+    evaluation = await aprompt.evaluate(program, task.examples(split.test), task.metric, lm=lm)
+    return evaluation.mean or 0.0
+
+
+async def run_aprompt(
+    settings: Settings, task: Task, split: Split, strategy: str, seed: int, proxy: CountingProxy
+) -> Run:
+    budget: Any = {**QUICK_BUDGET, "val_size": settings.n_val} if settings.quick else "light"
+    async with aprompt_lm(settings, proxy.base_url) as lm:
+        before, started = proxy.counts(), time.monotonic()
+        result = await aprompt.optimize(
+            task.program(),
+            task.examples(split.train),
+            task.metric,
+            valset=task.examples(split.val),
+            lm=lm,
+            strategy=strategy,
+            budget=budget,
+            seed=seed,
+            grounding=QUICK_GROUNDING if settings.quick else None,
+        )
+        seconds, spent = time.monotonic() - started, proxy.counts() - before
+    async with aprompt_lm(settings, proxy.base_url) as lm:
+        test = await aprompt_test_score(task, result.program, split, lm)
+    return _run(task, f"aprompt:{strategy}", seed, test, result.score, spent, seconds, result.usage.lm_calls)
+
+
+async def run_aprompt_unoptimized(settings: Settings, task: Task, split: Split, proxy: CountingProxy) -> Run:
+    async with aprompt_lm(settings, proxy.base_url) as lm:
+        test = await aprompt_test_score(task, task.program(), split, lm)
+    return _run(task, "aprompt:unoptimized", None, test, None, Counts(), 0.0, 0)
+
+
+# -- DSPy (runs in a worker thread; the proxy keeps serving on the event loop) ---------------------
+def run_dspy(settings: Settings, task: Task, split: Split, seed: int | None, proxy: CountingProxy) -> Run:
+    from bench import dspy_side
+    from bench.tasks import dspy_programs
+
+    dspy_side.quiet()
+    dspy_side.fresh_cache()
+    task_lm = dspy_side.make_lm(proxy.base_url, LOCAL_MODEL_NAME)
+    metric = dspy_programs.metric(task)
+    program = dspy_programs.PROGRAMS[task.name]()
+    compiled: Any | None = None
+    val_score, note = None, ""
+    before, started = proxy.counts(), time.monotonic()
+    if seed is not None:
+        compiled, note = compile_dspy(settings, task, split, seed, proxy.base_url, program, metric, task_lm)
+        program = compiled if compiled is not None else program
+        score = getattr(compiled, "score", None)
+        val_score = float(score) / 100.0 if isinstance(score, int | float) else None
+    seconds, spent = time.monotonic() - started, proxy.counts() - before
+    test: float | None = None
+    if compiled is not None or seed is None:
+        dspy_side.fresh_cache()
+        test = dspy_side.evaluate(
+            program,
+            dspy_programs.examples(task, split.test),
+            metric,
+            lm=task_lm,
+            num_threads=settings.concurrency,
+        )
+    method = "dspy:miprov2" if seed is not None else "dspy:unoptimized"
+    run = _run(task, method, seed, test, val_score, spent, seconds if seed is not None else 0.0, None)
+    return attrs.evolve(run, note=note)
+
+
+def compile_dspy(
+    settings: Settings,
+    task: Task,
+    split: Split,
+    seed: int,
+    base_url: str,
+    program: Any,
+    metric: Any,
+    task_lm: Any,
+) -> tuple[Any | None, str]:
+    """MIPROv2, retried with another seed when it raises (it aborts when one instruction proposal
+    cannot be parsed); returns the compiled program (None if every attempt failed) and a note."""
+    from bench import dspy_side
+    from bench.tasks import dspy_programs
+
+    budget: dict[str, Any] = (
+        {
+            "auto": None,
+            "num_candidates": QUICK_BUDGET["n_candidates"],
+            "num_trials": QUICK_BUDGET["n_trials"],
+            "minibatch_size": QUICK_BUDGET["minibatch_size"],
+            "max_bootstrapped_demos": QUICK_BUDGET["max_bootstrapped_demos"],
+            "max_labeled_demos": QUICK_BUDGET["max_labeled_demos"],
+            "data_aware_proposer": False,
+            "program_aware_proposer": False,
+        }
+        if settings.quick
+        else {"auto": "light"}
+    )
+    errors = []
+    for attempt in range(settings.dspy_attempts):
+        dspy_side.fresh_cache()
+        prompt_lm = dspy_side.make_lm(base_url, LOCAL_MODEL_NAME, temperature=1.0)
+        try:
+            compiled = dspy_side.compile_mipro(
+                program.deepcopy(),
+                dspy_programs.examples(task, split.train),
+                dspy_programs.examples(task, split.val),
+                metric,
+                task_lm=task_lm,
+                prompt_lm=prompt_lm,
+                seed=seed + 1000 * attempt,
+                num_threads=settings.concurrency,
+                **budget,
+            )
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            print(f"  DSPy MIPROv2 attempt {attempt + 1} failed: {errors[-1]}", flush=True)
+            continue
+        note = f"{attempt + 1} attempts ({'; '.join(errors)})" if errors else ""
+        return compiled, note
+    return None, f"failed {len(errors)} attempts: {'; '.join(errors)}"
+
+
+def _run(
+    task: Task,
+    method: str,
+    seed: int | None,
+    test: float | None,
+    val: float | None,
+    spent: Counts,
+    seconds: float,
+    library_calls: int | None,
+) -> Run:
+    return Run(
+        task=task.name,
+        method=method,
+        seed=seed,
+        test_score=test,
+        val_score=val,
+        lm_calls=spent.requests,
+        prompt_tokens=spent.prompt_tokens,
+        completion_tokens=spent.completion_tokens,
+        seconds=round(seconds, 2),
+        failed_requests=spent.failed,
+        library_lm_calls=library_calls,
+    )
+
+
+# -- the run ---------------------------------------------------------------------------------------
+async def run_method(
+    settings: Settings, task: Task, split: Split, method: str, seed: int, proxy: CountingProxy
+) -> Run:
+    library, _, name = method.partition(":")
+    if library == "dspy":
+        seed_or_none = None if name == "unoptimized" else seed
+        return await anyio.to_thread.run_sync(partial(run_dspy, settings, task, split, seed_or_none, proxy))
+    if name == "unoptimized":
+        return await run_aprompt_unoptimized(settings, task, split, proxy)
+    return await run_aprompt(settings, task, split, name, seed, proxy)
+
+
+async def run_all(settings: Settings) -> list[Run]:
+    runs: list[Run] = []
+    methods = [m for m in settings.methods if not m.startswith("dspy:") or dspy_available()]
+    skipped = sorted(set(settings.methods) - set(methods))
+    if skipped:
+        print(f"skipping {', '.join(skipped)}: dspy is not installed (pip install -e '.[bench]')")
+    local = aprompt.local_lm(n_parallel=settings.parallel, n_threads=settings.threads, ctx_per_slot=4096)
+    async with local as warmup:
+        await warmup.chat([{"role": "user", "content": "Hi"}], max_tokens=1)
+        assert local.base_url is not None
+        async with CountingProxy(local.base_url, max_connections=4 * settings.concurrency) as proxy:
+            for task_name in settings.tasks:
+                task = TASKS[task_name]
+                split = task.split(
+                    settings.data_dir, n_train=settings.n_train, n_val=settings.n_val, n_test=settings.n_test
+                )
+                for method in methods:
+                    # An unoptimized program at temperature 0 does not depend on the seed: run it once.
+                    seeds = settings.seeds[:1] if method.endswith(":unoptimized") else settings.seeds
+                    for seed in seeds:
+                        run = await run_method(settings, task, split, method, seed, proxy)
+                        runs.append(run)
+                        print(describe(run), flush=True)
+                        write_results(settings, runs, final=False)
+    return runs
+
+
+def describe(run: Run) -> str:
+    val = f"val {run.val_score:.3f}, " if run.val_score is not None else ""
+    test = f"test {run.test_score:.3f}" if run.test_score is not None else "FAILED"
+    note = f" ({run.note})" if run.note else ""
+    return (
+        f"{run.task:13} {run.method:33} seed {run.seed if run.seed is not None else '-'}: "
+        f"{test}, {val}{run.lm_calls} LM calls, "
+        f"{run.prompt_tokens + run.completion_tokens} tokens, {run.seconds:.0f}s{note}"
+    )
+
+
+# -- results ---------------------------------------------------------------------------------------
+def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per (task, method): means over seeds, and the spread of the test score."""
+    rows = []
+    keys = list(dict.fromkeys((r.task, r.method) for r in runs))
+    for task, method in keys:
+        group = [r for r in runs if r.task == task and r.method == method]
+        tests = [r.test_score for r in group if r.test_score is not None]
+        test_mean, test_sd = mean_spread(tests)
+        vals = [r.val_score for r in group if r.val_score is not None]
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "n_seeds": len(group),
+                "n_failed": len(group) - len(tests),
+                "test_mean": test_mean,
+                "test_sd": test_sd,
+                "test_min": min(tests, default=None),
+                "test_max": max(tests, default=None),
+                "val_mean": mean_spread(vals)[0],
+                "lm_calls": mean_spread([float(r.lm_calls) for r in group])[0],
+                "tokens": mean_spread([float(r.prompt_tokens + r.completion_tokens) for r in group])[0],
+                "seconds": mean_spread([r.seconds for r in group])[0],
+            }
+        )
+    return rows
+
+
+def render_markdown(settings: Settings, rows: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
+    lines = [
+        "# Quality benchmark: aprompt vs DSPy MIPROv2 on the embedded local model",
+        "",
+        f"command: `{settings.command}`",
+        "",
+        f"SmolLM2-135M-Instruct (llama.cpp, {settings.parallel} slots, {settings.threads} threads) on "
+        "loopback, "
+        f"shared by both libraries through one counting proxy; {settings.n_train} train / {settings.n_val} "
+        f"validation / {settings.n_test} test examples per task (fixed split); seeds "
+        f"{', '.join(map(str, settings.seeds))}; client concurrency {settings.concurrency} (aprompt "
+        f"max_concurrency, DSPy num_threads); budget: "
+        + ("quick" if settings.quick else 'aprompt `budget="light"`, DSPy `auto="light"`')
+        + ". LM calls, tokens and seconds are the optimization's (the test run is not counted); test = "
+        "held-out accuracy, mean ± sd over seeds [min–max].",
+        "",
+        environment_line(env),
+        "",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        lines += [f"## {task}: {TASKS[task].description}", ""]
+        table = []
+        for row in (r for r in rows if r["task"] == task):
+            table.append(
+                [
+                    row["method"],
+                    test_cell(row),
+                    f"{row['val_mean']:.3f}" if row["val_mean"] is not None else "—",
+                    f"{row['lm_calls']:,.0f}",
+                    f"{row['tokens']:,.0f}",
+                    f"{row['seconds']:.0f}",
+                    row["n_seeds"],
+                ]
+            )
+        header = ["method", "test accuracy", "val (best)", "LM calls", "tokens", "wall s", "seeds"]
+        lines += [markdown_table(header, table), ""]
+    return "\n".join(lines)
+
+
+def test_cell(row: dict[str, Any]) -> str:
+    if row["test_mean"] is None:
+        return f"failed ({row['n_failed']} of {row['n_seeds']})"
+    sd = f" ± {row['test_sd']:.3f}" if row["test_sd"] is not None else ""
+    spread = f" [{row['test_min']:.3f}–{row['test_max']:.3f}]" if row["n_seeds"] - row["n_failed"] > 1 else ""
+    failed = f", {row['n_failed']} failed" if row["n_failed"] else ""
+    return f"{row['test_mean']:.3f}{sd}{spread}{failed}"
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Test accuracy against optimization LM calls, one panel per task (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+        return None
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(9.0, 4.2 * len(tasks)), 4.2), squeeze=False)
+    markers = dict(zip(METHODS, "osD^vX", strict=True))
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for row in (r for r in rows if r["task"] == task and r["test_mean"] is not None):
+            axis.errorbar(
+                row["lm_calls"],
+                row["test_mean"],
+                yerr=row["test_sd"] or 0.0,
+                marker=markers.get(row["method"], "o"),
+                linestyle="none",
+                capsize=3,
+                label=row["method"],
+            )
+        axis.set_title(task)
+        shown = [r["test_mean"] + (r["test_sd"] or 0.0) for r in rows if r["task"] == task and r["test_mean"]]
+        axis.set_ylim(0.0, min(1.02, max(shown, default=0.0) + 0.05))
+        axis.set_xlabel("optimization LM calls")
+        axis.set_ylabel("test accuracy")
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_results(
+    settings: Settings, runs: Sequence[Run], *, final: bool = True, env: dict[str, Any] | None = None
+) -> list[Path]:
+    """Write the JSON, the table and the plot (after every run too, so a stopped run keeps its rows)."""
+    env = env or environment()
+    rows = summarize(runs)
+    text = render_markdown(settings, rows, env)
+    if final:
+        print()
+        print(text)
+    if settings.out_dir is None:
+        return []
+    data = {
+        "command": settings.command,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in attrs.asdict(settings).items()},
+        "environment": env,
+        "summary": rows,
+        "runs": [attrs.asdict(r) for r in runs],
+    }
+    written = [
+        write_json(settings.out_dir / "quality.json", data),
+        write_text(settings.out_dir / "quality.md", text),
+    ]
+    picture = plot(rows, settings.out_dir / "quality.png")
+    if picture is not None:
+        written.append(picture)
+    if final:
+        print("wrote " + ", ".join(str(p) for p in written))
+    return written
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="BIG-bench task folders")
+    parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}"
+    )
+    parser.add_argument("--seeds", default="1", help="comma-separated optimizer seeds (e.g. 1,2,3)")
+    parser.add_argument("--train", type=int, default=30, help="training examples per task")
+    parser.add_argument("--val", type=int, default=30, help="validation examples per task")
+    parser.add_argument("--test", type=int, default=50, help="held-out test examples per task")
+    parser.add_argument("--parallel", type=int, default=4, help="llama.cpp server slots")
+    # One thread short of the cores: llama.cpp's threads spin-wait for each other, and when one of them
+    # loses its core to another process throughput collapses (measured here: 20x slower).
+    parser.add_argument(
+        "--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="llama.cpp CPU threads"
+    )
+    parser.add_argument("--concurrency", type=int, default=0, help="client concurrency (default: --parallel)")
+    parser.add_argument(
+        "--dspy-attempts", type=int, default=2, help="MIPROv2 runs tried (new seed) when one raises"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny run: 1 task, 6 examples per part, 2 trials"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="default: bench/results (none with --quick)"
+    )
+    args = parser.parse_args(argv)
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = [t for t in tasks if t not in TASKS] + [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown task or method: {', '.join(unknown)}")
+    if args.quick:
+        tasks = tasks[:1]
+        args.train, args.val, args.test = min(args.train, 6), min(args.val, 6), min(args.test, 6)
+    return Settings(
+        tasks=tasks,
+        methods=methods,
+        seeds=tuple(int(s) for s in args.seeds.split(",") if s),
+        n_train=args.train,
+        n_val=args.val,
+        n_test=args.test,
+        parallel=args.parallel,
+        threads=args.threads,
+        concurrency=args.concurrency or args.parallel,
+        dspy_attempts=args.dspy_attempts,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        out_dir=args.out_dir if args.out_dir is not None or args.quick else RESULTS_DIR,
+        command=command_line("quality", sys.argv[1:] if argv is None else argv),
+    )
+
+
+def rerender(path: Path) -> list[Run]:
+    """Rewrite the table and the plot from a saved ``quality.json`` (no LM calls), next to it."""
+    data = json.loads(path.read_text())
+    saved = dict(data["settings"])
+    for key in ("tasks", "methods", "seeds"):
+        saved[key] = tuple(saved[key])
+    saved["data_dir"], saved["out_dir"] = Path(saved["data_dir"]), path.parent
+    runs = [Run(**run) for run in data["runs"]]
+    write_results(Settings(**saved), runs, env=data["environment"])
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> list[Run]:
+    if argv is None:
+        argv = sys.argv[1:]
+    if len(argv) == 2 and argv[0] == "--rerender":
+        return rerender(Path(argv[1]))
+    settings = parse_args(argv)
+    runs = anyio.run(run_all, settings)
+    write_results(settings, runs)
+    return runs
+
+
+if __name__ == "__main__":
+    main()
