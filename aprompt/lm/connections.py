@@ -56,6 +56,11 @@ class ConnectionLanes:
         self._free = [lane for _ in range(lane_size) for lane in reversed(range(lanes))]
         del self._free[:-capacity]
 
+    @property
+    def shared_client(self) -> httpx.AsyncClient | None:
+        """The caller's own client when one was given, else None."""
+        return self._shared
+
     def take(self) -> int:
         """Reserve a place; the caller must hold a concurrency slot (so one is always free)."""
         return self._free.pop()

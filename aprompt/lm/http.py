@@ -14,6 +14,7 @@ limiter, and only then the HTTP request. Retry back-offs are slept outside every
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter, estimate_request_tokens
+from aprompt.lm.probe import probe_endpoint
 from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
 from aprompt.lm.types import Completion, Message, canonical_params
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
@@ -207,6 +209,28 @@ class HTTPChatLM(abc.ABC):
             raise
         self._usage.calls += 1
         return completion
+
+    async def probe(self, *, within: float = 5.0, skip: set[str] | None = None) -> None:
+        """Check, without spending tokens, that every endpoint answers and accepts the key: one
+        ``GET {base_url}/models`` each (see :mod:`aprompt.lm.probe`).
+
+        Args:
+            within: seconds each endpoint gets to answer.
+            skip: identities (URL plus a digest of its headers) of endpoints already probed, e.g. by
+                another client on the same server; this call skips those and adds its own.
+
+        Raises:
+            LMConnectionError: an endpoint refused the connection or did not answer within ``within`` s.
+            AuthenticationError: an endpoint answered 401 or 403.
+        """
+        skip = set() if skip is None else skip
+        for state in self._pool.endpoints:
+            digest = hashlib.sha256(json.dumps(sorted(state.headers.items())).encode()).hexdigest()
+            identity = f"{state.url} {digest}"
+            if identity in skip:
+                continue
+            skip.add(identity)
+            await probe_endpoint(state.url, state.headers, client=state.lanes.shared_client, within=within)
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).

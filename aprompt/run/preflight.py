@@ -2,9 +2,10 @@
 
 A run that is going to fail should fail here, with an error naming the problem, rather than after an
 hour of paid LM calls. Endpoints are probed with one ``GET {base_url}/models`` each, which costs no
-tokens: a refused connection or a timeout raises :class:`~aprompt._errors.LMConnectionError`, a 401 or
-403 raises :class:`~aprompt._errors.AuthenticationError`; both name the endpoint and never the key. Any
-other answer (200, 404 from a server without that route, a transient 5xx) lets the run go on.
+tokens (:mod:`aprompt.lm.probe`): a refused connection or a timeout raises
+:class:`~aprompt._errors.LMConnectionError`, a 401 or 403 raises
+:class:`~aprompt._errors.AuthenticationError`; both name the endpoint and never the key. Any other answer
+(200, 404 from a server without that route, a transient 5xx) lets the run go on.
 
 Example::
 
@@ -16,13 +17,10 @@ Example::
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-import attrs
-import httpx
-
-from aprompt._errors import AuthenticationError, ConfigError, LMConnectionError
+from aprompt._errors import ConfigError
 from aprompt.lm.http import HTTPChatLM
 from aprompt.run.limits import RunLimits
 
@@ -82,87 +80,14 @@ def check_limits(limits: RunLimits, lms: Iterable[Any], *, min_calls: int) -> No
             raise ConfigError(f"max_cost is set but prices has no entry for model(s) {unpriced}")
 
 
-@attrs.frozen
-class _Probe:
-    """One endpoint to probe: its credential-free base URL, its request headers (authentication
-    included; never shown) and, when the LM sends through a caller's own client, that client."""
-
-    url: str
-    headers: Mapping[str, str] = attrs.field(repr=False)
-    client: httpx.AsyncClient | None = attrs.field(default=None, repr=False, eq=False)
-
-
 async def check_endpoints(lms: Iterable[Any], *, within: float = DEFAULT_PROBE_TIMEOUT) -> None:
-    """Probe each distinct endpoint of ``lms`` once (LMs without endpoints are skipped).
+    """Probe each distinct endpoint of the HTTP clients among ``lms`` once (others are skipped); see
+    :meth:`~aprompt.lm.http.HTTPChatLM.probe`.
 
     Raises:
         LMConnectionError: an endpoint refused the connection or did not answer ``within`` seconds.
         AuthenticationError: an endpoint answered 401 or 403 (the key is wrong or lacks permission).
     """
-    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    probes: list[_Probe] = []
-    for lm in {id(lm): lm for lm in lms if lm is not None}.values():
-        for probe in _probes_of(lm):
-            key = (probe.url, tuple(sorted(probe.headers.items())))
-            if key not in seen:
-                seen.add(key)
-                probes.append(probe)
-    if not probes:
-        return
-    async with httpx.AsyncClient(timeout=within) as own_client:
-        for probe in probes:
-            await _check_one(probe, probe.client or own_client, within)
-
-
-def _probes_of(lm: object) -> list[_Probe]:
-    """The endpoints of an :class:`~aprompt.lm.http.HTTPChatLM` (none for any other LM)."""
-    if not isinstance(lm, HTTPChatLM):
-        return []
-    # HTTPChatLM keeps its endpoints' state (auth headers, a caller's shared client) private; this is
-    # the one place outside aprompt.lm that reads it.
-    return [
-        _Probe(state.url, state.headers, getattr(state.lanes, "_shared", None))
-        for state in lm._pool.endpoints
-    ]
-
-
-async def _check_one(probe: _Probe, client: httpx.AsyncClient, within: float) -> None:
-    url = probe.url + "/models"
-    problem = ""
-    try:
-        response = await client.get(url, headers=dict(probe.headers), timeout=within)
-    except httpx.TimeoutException:
-        problem = f"no answer within {within:g} s"
-    except httpx.HTTPError as exc:
-        # The message of a connection error names host and port, never the headers.
-        problem = f"{type(exc).__name__}: {_scrub(str(exc), probe.headers)}"
-    if problem:
-        # Raised outside the except block: httpx's exceptions hold the request and its headers.
-        raise LMConnectionError(f"cannot reach the LM endpoint ({problem})", endpoint=probe.url)
-    if response.status_code in (401, 403):
-        detail = _scrub(_server_message(response), probe.headers)
-        raise AuthenticationError(
-            f"the LM endpoint refused the API key (HTTP {response.status_code}"
-            + (f": {detail})" if detail else ")"),
-            status_code=response.status_code,
-            server_message=detail,
-            endpoint=probe.url,
-        )
-
-
-def _server_message(response: httpx.Response) -> str:
-    try:
-        error = response.json()["error"]
-        message = error["message"] if isinstance(error, dict) else error
-        return str(message)[:300]
-    except (ValueError, KeyError, TypeError):
-        return response.text.strip()[:300]
-
-
-def _scrub(text: str, headers: Mapping[str, str]) -> str:
-    """``text`` without any part of the header values (servers may echo a key back)."""
-    for value in headers.values():
-        for token in value.split():
-            if len(token) >= 8:
-                text = text.replace(token, "***")
-    return text
+    probed: set[str] = set()
+    for lm in {id(lm): lm for lm in lms if isinstance(lm, HTTPChatLM)}.values():
+        await lm.probe(within=within, skip=probed)

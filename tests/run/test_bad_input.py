@@ -207,3 +207,16 @@ async def test_endpoints_shared_by_several_lms_are_probed_once(fake_server: Fake
     ):
         await check_endpoints([first, second, first, None, object()])
     assert [r.path for r in fake_server.requests] == ["/v1/models"]
+
+
+async def test_one_server_with_two_keys_is_probed_once_per_key(fake_server: FakeOpenAIServer) -> None:
+    async with (
+        OpenAICompatibleLM("a", fake_server.base_url, api_key=TEST_API_KEY) as first,
+        OpenAICompatibleLM("b", fake_server.base_url, api_key=BAD_KEY) as second,
+    ):
+        await check_endpoints([first, second])
+        probed: set[str] = set()
+        await first.probe(skip=probed)
+        await first.probe(skip=probed)
+    assert [r.path for r in fake_server.requests] == ["/v1/models"] * 3
+    assert not any(TEST_API_KEY in identity for identity in probed)
