@@ -18,8 +18,9 @@ from typing import Any
 import attrs
 
 from aprompt.lm.types import LM
-from aprompt.optimize.evaluate import ExampleResult, Metric, evaluate
+from aprompt.optimize.evaluate import Evaluation, ExampleResult, Metric, evaluate
 from aprompt.optimize.examples import Example
+from aprompt.optimize.outage import check_for_outage
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
@@ -111,6 +112,16 @@ async def bootstrap_demo_sets(
         )
         for name, predictor in predictors:
             sets[name].append(_bootstrapped_set(name, predictor, found, order, max_bootstrapped, max_labeled))
+    by_id = {e.id: e for e in trainset}
+    worked = next((by_id[eid] for (eid, _), r in runs.items() if not r.lm_failure), None)
+    await check_for_outage(
+        Evaluation(tuple(runs.values())),
+        "the bootstrap runs",
+        program=program,
+        metric=metric,
+        known_good=worked,
+        lm=teacher_lm or lm,
+    )
     passed = sum(1 for r in runs.values() if r.score is not None and r.score >= threshold)
     failures = {f"{eid}@{rollout}": r.error for (eid, rollout), r in runs.items() if r.error}
     return BootstrapResult({name: tuple(s) for name, s in sets.items()}, len(runs), passed, failures)

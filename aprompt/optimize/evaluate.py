@@ -166,7 +166,8 @@ async def evaluate(
         concurrency: a limit, or a shared :class:`anyio.CapacityLimiter` (so concurrent evaluations share
             one budget of in-flight program runs).
         collect_traces: keep each example's trace (for bootstrapping).
-        rollout, lm_params: applied to every predictor call (bootstrapping draws distinct samples).
+        rollout: applied to every predictor call (bootstrapping draws distinct samples).
+        lm_params: sampling parameters applied to every predictor call.
     """
     limiter = (
         concurrency

@@ -16,6 +16,7 @@ import attrs
 
 from aprompt._errors import LMError, ParseError
 from aprompt.lm.types import LM
+from aprompt.optimize.outage import raise_if_down
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
@@ -155,17 +156,27 @@ async def propose_instruction(
     seed: int = 0,
     attempts: int = 3,
 ) -> Proposal:
-    """Propose candidate ``index`` for one predictor; never raises for a bad reply or an LM failure."""
+    """Propose candidate ``index`` for one predictor; a bad reply is retried, then dropped.
+
+    Raises:
+        LMError: every attempt failed at the LM and the LM is down (:mod:`aprompt.optimize.outage`). An
+            outage is not the proposal's fault: dropping it would be journaled and kept by a resumed run.
+    """
     tip = random.Random(f"{seed}:{context.predictor_name}:{index}").choice(sorted(TIPS))
     tip = tip if grounding.tip else "none"
     predictor, inputs = build_proposer(context, grounding, demos=demos, tip=tip, history=history)
     reason = ""
+    lm_failures: list[LMError] = []
     for attempt in range(attempts):
         rollout = index * 100 + attempt
         try:
             prediction = await predictor(lm=lm, rollout=rollout, **inputs)
         except (ParseError, LMError) as exc:
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if isinstance(exc, LMError):
+                lm_failures.append(exc)
+                if len(lm_failures) == attempts:
+                    await raise_if_down(lm, exc, f"proposal {index} for {context.predictor_name}")
             continue
         text = clean_instruction(str(prediction["proposed_instruction"]))
         problem = validate_instruction(text, existing)

@@ -19,11 +19,13 @@ import anyio
 import attrs
 
 from aprompt._errors import JournalError, OptimizationError
+from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 from aprompt.optimize.candidates import Candidates, Choice, choice_key
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
 from aprompt.optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt.optimize.examples import Example
+from aprompt.optimize.outage import check_for_outage
 from aprompt.optimize.pooling import best_combination
 from aprompt.tpe import Categorical, TPESampler
 
@@ -279,7 +281,7 @@ class SearchLoop:
         async def one(number: int, choice: dict[str, int]) -> None:
             done.append(await self._trial(number, choice))
 
-        async with anyio.create_task_group() as group:
+        async with plain_errors_task_group() as group:
             for number, choice in batch:
                 group.start_soon(one, number, choice)
         return done
@@ -305,6 +307,7 @@ class SearchLoop:
         started = time.monotonic()
         batch = minibatch(self.valset, self.minibatch_size, self.seed, number)
         evaluation = await self._evaluate(choice, batch)
+        await self._check_for_outage(evaluation, f"trial {number}")
         return Trial(
             number=number,
             choice=choice,
@@ -318,15 +321,35 @@ class SearchLoop:
 
     async def _run_full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
         evaluation = await self._evaluate(choice, self.valset)
+        await self._check_for_outage(
+            evaluation, "the baseline's evaluation" if is_baseline else "a full evaluation"
+        )
         if is_baseline:
             check_baseline(evaluation)
         return FullEval(
             choice=dict(choice),
+            # Nothing scored though the LM works: every example failed for this prompt alone.
             score=evaluation.mean if evaluation.mean is not None else 0.0,
             scores=evaluation.scores,
             n_failed=evaluation.n_failed,
             n_unscored=evaluation.n_unscored,
             after_trial=len(self.trials),
+        )
+
+    async def _check_for_outage(self, evaluation: Evaluation, what: str) -> None:
+        """Raise rather than return a step whose unscored examples come from an LM outage."""
+        # Known to work with the original prompts: an example the baseline's evaluation scored (the
+        # baseline's own examples while it is the one being checked).
+        scored = self.full_evals[0].scores if self.full_evals else evaluation.scores
+        await check_for_outage(
+            evaluation,
+            what,
+            program=self.program,
+            metric=self.metric,
+            known_good=next((e for e in self.valset if e.id in scored), None),
+            lm=self.lm,
+            prompts=self.candidates.prompts_for(self.candidates.baseline()),
+            concurrency=self._limiter,
         )
 
     async def _evaluate(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:

@@ -1,15 +1,15 @@
 """The optimization strategies, assembled from the shared parts (bootstrap, propose, search).
 
-=========================  ==============  ===============  ==========================================
-strategy                   instructions    demos            search
-=========================  ==============  ===============  ==========================================
-``mipro`` (default)        proposed        bootstrapped     TPE over both, mini-batches
-``mipro_zero_shot``        proposed        none             TPE, mini-batches
-``bayesian_bootstrap``     original        bootstrapped     TPE, mini-batches
-``bootstrap_random_search`` original       bootstrapped     random demo sets, each fully evaluated
-``module_opro``            proposed        none             rounds: propose with scored history
-``mipro_plus_plus``        proposed        bootstrapped     TPE also over the proposer's grounding
-=========================  ==============  ===============  ==========================================
+===========================  ============  ============  ======================================
+strategy                     instructions  demos         search
+===========================  ============  ============  ======================================
+``mipro`` (default)          proposed      bootstrapped  TPE over both, mini-batches
+``mipro_zero_shot``          proposed      none          TPE, mini-batches
+``bayesian_bootstrap``       original      bootstrapped  TPE, mini-batches
+``bootstrap_random_search``  original      bootstrapped  random demo sets, each fully evaluated
+``module_opro``              proposed      none          rounds: propose with scored history
+``mipro_plus_plus``          proposed      bootstrapped  TPE also over the proposer's grounding
+===========================  ============  ============  ======================================
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import anyio
 import attrs
 
+from aprompt._taskgroups import plain_errors_task_group
 from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.events import CandidateDropped, CandidateProposed
@@ -153,7 +153,7 @@ async def instruction_candidates(
                     await ctx.emit(CandidateProposed(name, "instruction", len(kept) - 1, kept[-1]))
             out[name] = tuple(kept)
 
-        async with anyio.create_task_group() as group:
+        async with plain_errors_task_group() as group:
             for name, _ in ctx.predictors:
                 group.start_soon(for_predictor, name)
     return {name: out[name] for name, _ in ctx.predictors}

@@ -16,6 +16,7 @@ import attrs
 from aprompt._errors import LMError, ParseError
 from aprompt.lm.types import LM
 from aprompt.optimize.examples import Example
+from aprompt.optimize.outage import raise_if_down
 from aprompt.program.predictor import Predict
 
 _OBSERVE = Predict(
@@ -65,13 +66,19 @@ def format_example(example: Example, max_chars: int = 400) -> str:
 
 
 async def _ask(predict: Predict, lm: LM, attempts: int, **inputs: Any) -> Grounded:
-    """Call ``predict`` until it yields a usable text, with a new rollout per attempt."""
+    """Call ``predict`` until it yields a usable text, with a new rollout per attempt. When every attempt
+    failed at the LM and the LM is down, raises ``LMError`` (see :mod:`aprompt.optimize.outage`)."""
     reason = ""
+    lm_failures = 0
     for rollout in range(attempts):
         try:
             prediction = await predict(lm=lm, rollout=rollout, **inputs)
         except (ParseError, LMError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, LMError):
+                lm_failures += 1
+                if lm_failures == attempts:
+                    await raise_if_down(lm, exc, "a grounding summary")
             continue
         text = clean_text(next(iter(prediction.values())))
         if len(text) >= 20:

@@ -119,14 +119,34 @@ async def test_a_retry_that_gets_a_usable_proposal_keeps_it(fake_server: FakeOpe
     assert proposal.instruction == "Reply with the code word."
 
 
-async def test_an_lm_error_from_the_proposer_drops_the_proposal() -> None:
-    async with FakeOpenAIServer(fault_rates=[(Fault.http_status(400, "bad request"), 1.0)]) as server:
-        async with lm_for(server) as lm:
-            proposal = await propose_instruction(
-                context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
-            )
+class RejectingProposals(FakeOpenAIServer):
+    """Answers 400 to every request but the outage check's one-token request."""
+
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        if body is not None and body.get("max_tokens") != 1:
+            self.queue_faults(Fault.http_status(400, "bad request"))
+        return await super()._answer(method, path, headers, body)
+
+
+async def test_an_lm_error_for_one_proposal_drops_it_when_the_lm_still_answers() -> None:
+    async with RejectingProposals() as server, lm_for(server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+        assert server.chat_requests[-1].body is not None and server.chat_requests[-1].body["max_tokens"] == 1
     assert proposal.instruction is None
     assert "RequestRejectedError" in proposal.reason
+
+
+async def test_a_proposal_failing_because_the_lm_is_down_raises_instead_of_being_dropped() -> None:
+    async with FakeOpenAIServer(fault_rates=[(Fault.http_status(400, "bad request"), 1.0)]) as server:
+        async with lm_for(server) as lm:
+            with pytest.raises(aprompt.LMError, match=r"proposal 1 for .* refuses every request"):
+                await propose_instruction(
+                    context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+                )
 
 
 async def test_each_proposal_sees_the_instructions_proposed_before_it(fake_server: FakeOpenAIServer) -> None:
@@ -193,11 +213,10 @@ async def test_a_proposer_answering_junk_leaves_only_the_original_instructions()
     assert len(result.trials) == 6, "the search still ran over the demo sets"
 
 
-async def test_a_proposer_answering_http_400_never_aborts_the_run() -> None:
+async def test_a_proposer_refusing_every_request_stops_the_run_before_any_trial() -> None:
     async with FakeOpenAIServer(fault_rates=[(Fault.http_status(400, "model not allowed"), 1.0)]) as server:
         async with lm_for(server) as proposer:
-            result, _ = await optimize_in_world(proposer_lm=proposer)
+            with pytest.raises(aprompt.LMError) as info:
+                await optimize_in_world(proposer_lm=proposer)
         assert server.chat_requests and all(r.status == 400 for r in server.chat_requests)
-    assert result.candidates.instructions == {"extract": ("Find the code.",), "answer": ("Give the answer.",)}
-    assert result.dropped and all("RequestRejectedError" in reason for _, _, reason in result.dropped)
-    assert result.score >= result.baseline_score
+    assert "model not allowed" in str(info.value) and "refuses every request" in str(info.value)

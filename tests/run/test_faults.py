@@ -166,3 +166,31 @@ async def test_trials_left_wholly_unscored_are_told_to_the_tpe_as_failed(
     assert all(t.n_unscored == len(t.example_ids) and not t.scores for t in result.trials if t.score is None)
     assert {n for n, value in told.items() if value is None} == unscored
     assert all(told[t.number] == t.score for t in result.trials if t.score is not None)
+
+
+def down_after(n_answered: int) -> Callable[[dict[str, Any]], bool]:
+    """Requests pass until ``n_answered`` went through, then every one fails (an outage that lasts)."""
+    seen = 0
+
+    def broken(body: dict[str, Any]) -> bool:
+        nonlocal seen
+        seen += 1
+        return seen > n_answered
+
+    return broken
+
+
+@pytest.mark.parametrize("answered_before_outage", [0, 150, 400])
+async def test_an_outage_stops_the_run_and_the_resumed_run_ends_with_the_clean_result(
+    tmp_path: Path, answered_before_outage: int
+) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=API_KEY) as clean_server:
+        clean = await run_world(clean_server.base_url, None, API_KEY)
+    down = BreakingTransport(down_after(answered_before_outage))
+    with pytest.raises(aprompt.LMError, match=r"the LM failed on .* the endpoint looks down"):
+        await _run_through(down, tmp_path / "run")
+    assert down.refused > 0
+    # Nothing computed while the endpoint was down (empty demo sets, dropped proposals, a score of 0)
+    # may stand in for a result: on a working endpoint the resumed run ends where a clean run does.
+    resumed = await _run_through(BreakingTransport(lambda body: False), tmp_path / "run")
+    assert summary(resumed) == summary(clean)
