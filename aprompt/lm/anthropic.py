@@ -136,6 +136,10 @@ class AnthropicLM(HTTPChatLM):
     ``retry-after``. ``usage.prompt_tokens`` counts input tokens read from or written to Anthropic's
     prompt cache too; ``finish_reason`` is mapped by :func:`finish_reason`.
 
+    ``timeout``, ``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``, ``max_retries``,
+    ``retry``, ``cache``, ``default_params``, ``http_client`` and ``endpoint_cooldown`` are as for
+    :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
+
     Args:
         model: the model name sent with each request (e.g. ``"claude-3-5-haiku-latest"``).
         base_url: ``https://api.anthropic.com`` (the API's ``/v1/messages`` is appended), or several
@@ -149,9 +153,6 @@ class AnthropicLM(HTTPChatLM):
         max_tokens: the completion budget when neither the call nor ``default_params`` gives one
             (the API requires it). It is part of every cache key and of the tokens reserved under
             ``tokens_per_minute``.
-        timeout, max_concurrency, requests_per_minute, tokens_per_minute, max_retries, retry, cache,
-            default_params, http_client, endpoint_cooldown: as for
-            :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
 
     Example::
 
@@ -163,6 +164,7 @@ class AnthropicLM(HTTPChatLM):
     """
 
     path: ClassVar[str] = "/v1/messages"
+    cache_namespace: ClassVar[str] = "anthropic-messages"
 
     def __init__(
         self,

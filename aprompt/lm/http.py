@@ -65,6 +65,9 @@ class HTTPChatLM(abc.ABC):
 
     #: Appended to each endpoint's base URL, e.g. ``"/chat/completions"``.
     path: ClassVar[str]
+    #: Keeps cached answers of different wire protocols apart when model names coincide (OpenAI's
+    #: protocol keeps the empty namespace, so caches written before it existed stay valid).
+    cache_namespace: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -197,7 +200,11 @@ class HTTPChatLM(abc.ABC):
                 completion = await self._complete(messages, request_params)
             else:
                 key = request_key(
-                    model=self._model, messages=messages, params=request_params, rollout=rollout
+                    model=self._model,
+                    messages=messages,
+                    params=request_params,
+                    rollout=rollout,
+                    namespace=self.cache_namespace,
                 )
                 completion, hit = await self._cache.get_or_compute(
                     key, lambda: self._complete(messages, request_params)

@@ -24,10 +24,12 @@ from aprompt._errors import (
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
 from aprompt.lm.endpoints import Endpoint
+from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import LM, Message
 from aprompt.program import Predict
 from aprompt.testing.fake_anthropic import FakeAnthropicServer, Fault, MessagesRequest
+from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 
 pytestmark = pytest.mark.anyio
@@ -395,6 +397,21 @@ async def test_the_max_tokens_default_is_part_of_the_cache_key(
         async with AnthropicLM(**kwargs, cache=cache, max_tokens=500) as long:
             completion = await long.chat(HELLO)
     assert completion.cached is False and len(server.chat_requests) == 2
+
+
+async def test_an_openai_compatible_client_of_the_same_model_does_not_share_its_cache_entries(
+    server: FakeAnthropicServer, kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    with ResponseCache.in_directory(tmp_path) as cache:
+        async with AnthropicLM(**kwargs, cache=cache, max_tokens=50) as anthropic:
+            await anthropic.chat(HELLO, temperature=0.0)
+        async with FakeOpenAIServer() as openai_server:
+            async with OpenAICompatibleLM(
+                "fake-claude", openai_server.base_url, api_key=TEST_API_KEY, cache=cache
+            ) as openai:
+                completion = await openai.chat(HELLO, temperature=0.0, max_tokens=50)
+            assert len(openai_server.chat_requests) == 1
+    assert completion.cached is False
 
 
 async def test_the_cache_file_holds_no_api_key(
