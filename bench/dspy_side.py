@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dspy
+from dspy.adapters.utils import parse_value
 from dspy.teleprompt import MIPROv2
 from dspy.utils.exceptions import AdapterParseError
 
@@ -35,13 +36,16 @@ def no_progress_bars() -> Iterator[None]:
         yield
 
 
-class SingleTextFieldFallback(dspy.ChatAdapter):
-    """DSPy's chat format, plus one fallback: a reply to a signature whose only output is a ``str`` field
-    is taken whole when it lacks DSPy's field markers (aprompt's parser does the same).
+class SingleFieldFallback(dspy.ChatAdapter):
+    """DSPy's chat format, plus one fallback: a reply to a signature with a single output field that lacks
+    DSPy's field markers is read whole, as aprompt's parser reads such a reply.
 
+    The whole reply is typed by DSPy's own ``parse_value``; when that fails, the text is kept as a
+    string, and the benchmark's scorers (which take untyped strings from either library) judge it.
     Stock MIPROv2 aborts the whole run when one instruction proposal cannot be parsed, which on
-    SmolLM2 happens in every run (measured: 2 of 2 attempts on the count task). The fallback keeps
-    DSPy's search running on that model; typed fields (int, Literal) still fail and score 0.
+    SmolLM2 happens in every run (measured: 2 of 2 attempts on the count task), and a stock DSPy
+    program scores 0 on a reply without markers; with this fallback both libraries get the same
+    leniency and the comparison measures the optimizers.
     """
 
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
@@ -49,15 +53,19 @@ class SingleTextFieldFallback(dspy.ChatAdapter):
             return super().parse(signature, completion)
         except AdapterParseError:
             fields = signature.output_fields
-            only_text = len(fields) == 1 and next(iter(fields.values())).annotation is str
-            if not only_text or not completion.strip():
+            text = completion.strip()
+            if len(fields) != 1 or not text:
                 raise
-            return {next(iter(fields)): completion.strip()}
+            name, field = next(iter(fields.items()))
+            try:
+                return {name: parse_value(text, field.annotation)}
+            except Exception:
+                return {name: text}
 
 
 def use_adapter(lenient: bool) -> None:
-    """Stock ``ChatAdapter`` (``lenient=False``) or :class:`SingleTextFieldFallback` for every DSPy call."""
-    dspy.configure(adapter=SingleTextFieldFallback() if lenient else dspy.ChatAdapter())
+    """Stock ``ChatAdapter`` (``lenient=False``) or :class:`SingleFieldFallback` for every DSPy call."""
+    dspy.configure(adapter=SingleFieldFallback() if lenient else dspy.ChatAdapter())
 
 
 def fresh_cache() -> None:

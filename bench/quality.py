@@ -55,7 +55,7 @@ METHODS = (
     "dspy:miprov2",
 )
 #: Not run by default: MIPROv2 with DSPy's stock adapter, which aborts on SmolLM2 (see
-#: ``dspy_side.SingleTextFieldFallback``); the default DSPy methods use the fallback adapter.
+#: ``dspy_side.SingleFieldFallback``); the default DSPy methods use the fallback adapter.
 STOCK_DSPY_METHODS = ("dspy:unoptimized_stock", "dspy:miprov2_stock")
 ALL_METHODS = (*METHODS, *STOCK_DSPY_METHODS)
 # Single-stage and the multi-stage counting task first: SmolLM2 scores near 0 on intent_goal, so it
@@ -407,8 +407,8 @@ def render_markdown(settings: Settings, rows: Sequence[dict[str, Any]], env: dic
         "held-out accuracy, mean ± sd over seeds [min–max].",
         "",
         "`dspy:*` rows use DSPy's chat adapter plus one fallback (`bench/dspy_side.py`): a reply to a "
-        "signature whose only output is a text field is taken whole when it lacks DSPy's field markers, "
-        "as aprompt's parser does. `dspy:*_stock` rows use DSPy's stock adapter, with which MIPROv2 "
+        "signature with a single output field that lacks DSPy's field markers is read whole, as "
+        "aprompt's parser reads it. `dspy:*_stock` rows use DSPy's stock adapter, with which MIPROv2 "
         "aborts on this model when an instruction proposal cannot be parsed.",
         "",
         environment_line(env),
