@@ -26,7 +26,7 @@ from aprompt.optimize.result import OptimizeResult
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.strategies import STRATEGIES
 from aprompt.program.context import current_lm
-from aprompt.program.discovery import named_predictors
+from aprompt.program.discovery import is_function, named_predictors
 from aprompt.program.state import program_state
 from aprompt.run.limits import RunLimits
 from aprompt.run.preflight import check_endpoints, check_limits, check_metric
@@ -133,8 +133,10 @@ async def optimize(
     """Optimize the instructions and demos of every predictor in ``program``.
 
     Args:
-        program: an object (or bound async function) whose attributes hold predictors; it is called
-            with each example's inputs as keyword arguments.
+        program: an object (or bound async method) whose attributes hold predictors, or a plain async
+            function whose globals or closure hold them (``in_place=True`` is then required: a
+            module's predictors cannot be copied); it is called with each example's inputs as
+            keyword arguments.
         trainset: examples (or mappings, with ``input_fields`` naming the program inputs).
         metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async.
         lm: the LM for predictors that have none (else the :func:`aprompt.use_lm` default).
@@ -151,9 +153,12 @@ async def optimize(
         run_dir: journal every durable fact there (and keep the LM cache there when the LM has none);
             calling again with the same ``run_dir`` resumes the run where it stopped.
         resume: with ``False``, an existing journal in ``run_dir`` is cleared and the run starts over.
-        max_lm_calls, max_tokens, max_cost, max_time: stop at the next safe point once reached and
-            return the best program so far (``result.stopped_by`` names the limit); ``max_cost`` prices
-            tokens with ``prices={model: (input, output) per million tokens}``.
+        max_lm_calls: stop at the next safe point once this many LM calls reached an endpoint (cache
+            hits are free) and return the best program so far (``result.stopped_by`` names the limit).
+        max_tokens: likewise, once the calls used this many prompt + completion tokens.
+        max_cost: likewise, once the tokens used cost this much, priced with ``prices``.
+        max_time: likewise, after this many seconds of wall time.
+        prices: ``{model: (input, output)}`` prices per million tokens, for ``max_cost``.
 
     Raises:
         ConfigError: bad input (examples, metric, program, budget or limits), before any LM call.
@@ -172,7 +177,17 @@ async def optimize(
     plan = resolve_budget(budget)
     predictors = named_predictors(program)
     if not predictors:
-        raise ConfigError(f"program {type(program).__name__} holds no predictors to optimize")
+        raise ConfigError(
+            f"function {getattr(program, '__qualname__', program)} names no predictor (in its globals, "
+            "its closure, or functions it calls) to optimize"
+            if is_function(program)
+            else f"program {type(program).__name__} holds no predictors to optimize"
+        )
+    if is_function(program) and not in_place:
+        raise ConfigError(
+            f"program {getattr(program, '__qualname__', program)} is a function: its predictors live in "
+            "its module and cannot be copied; pass in_place=True to write the best prompts into them"
+        )
     train = as_examples(trainset, input_fields, role="trainset")
     if not train:
         raise ConfigError("trainset is empty")

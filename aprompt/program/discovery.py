@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dis
 import enum
 import functools
 import types
@@ -14,7 +15,7 @@ from aprompt.program.predictor import Predict
 from aprompt.program.signature import Signature
 from aprompt.program.values import Demo, Prediction
 
-__all__ = ["named_predictors"]
+__all__ = ["is_function", "named_predictors"]
 
 # Leaves: never predictors and never containers of predictors. LM clients are matched separately.
 _LEAF_TYPES = (
@@ -54,8 +55,13 @@ def named_predictors(program: object) -> list[tuple[str, Predict]]:
     then ``__slots__``), lists and tuples (``stages.0``) and mappings (``experts.math``; keys sorted
     by their string form, so names do not depend on how the dict was built). A predictor reachable
     twice keeps its first name; cycles are followed once. The walk does not enter predictors,
-    modules, classes, functions, LM clients, sets (no stable order) or plain values. A bound method
+    modules, classes, LM clients, sets (no stable order) or plain values. A bound method
     (``program.run``) is walked from its object; a bare predictor is named ``"self"``.
+
+    A plain function (``async def answer(question)``) is a program too: the walk enters the globals
+    its code names and the variables it closes over, named by those names (``PLAN``), and, through
+    them, the functions it calls (``plan_step.PLAN`` for a predictor only a helper names). Functions
+    are entered only from a function, never from an object's attributes.
 
     Example::
 
@@ -73,17 +79,58 @@ def named_predictors(program: object) -> list[tuple[str, Predict]]:
     found: list[tuple[str, Predict]] = []
     seen: set[int] = {id(program)}
     # An explicit stack, not recursion: programs nested deeper than the recursion limit still work.
-    stack: list[tuple[str, Any]] = list(reversed(_children("", program)))
+    # Each entry says whether it was reached from a function (only then are functions entered).
+    stack: list[tuple[str, Any, bool]] = [
+        (name, child, is_function(program)) for name, child in reversed(_children("", program))
+    ]
     while stack:
-        name, obj = stack.pop()
-        if id(obj) in seen or _is_leaf(obj):
+        name, obj, from_function = stack.pop()
+        if id(obj) in seen or (_is_leaf(obj) and not (from_function and is_function(obj))):
             continue
         seen.add(id(obj))
         if isinstance(obj, Predict):
             found.append((name, obj))
         else:
-            stack.extend(reversed(_children(name, obj)))
+            inside = is_function(obj)
+            stack.extend((child_name, child, inside) for child_name, child in reversed(_children(name, obj)))
     return found
+
+
+def is_function(obj: object) -> bool:
+    """A plain Python function (``def`` or ``async def``, lambdas included), not a builtin or method."""
+    return isinstance(obj, types.FunctionType)
+
+
+def _function_children(prefix: str, function: types.FunctionType) -> list[tuple[str, Any]]:
+    """The globals and closure variables the function's code reads (nested functions' code included),
+    in the order the code first reads them."""
+    closure = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
+    missing = object()
+    children: list[tuple[str, Any]] = []
+    for name in _names_read(function.__code__):
+        if name in closure:
+            try:
+                value = closure[name].cell_contents
+            except ValueError:  # a variable not bound yet
+                continue
+        else:
+            value = function.__globals__.get(name, missing)
+            if value is missing:
+                continue  # a builtin
+        children.append((f"{prefix}.{name}" if prefix else name, value))
+    return children
+
+
+def _names_read(code: types.CodeType) -> list[str]:
+    """Global and free-variable names ``code`` loads, first reads first, nested code walked in place."""
+    names: dict[str, None] = {}
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF"):
+            names.setdefault(str(instruction.argval), None)
+        elif isinstance(instruction.argval, types.CodeType):
+            for name in _names_read(instruction.argval):
+                names.setdefault(name, None)
+    return list(names)
 
 
 def _is_leaf(obj: Any) -> bool:
@@ -99,6 +146,8 @@ def _children(prefix: str, obj: Any) -> list[tuple[str, Any]]:
     def join(part: object) -> str:
         return f"{prefix}.{part}" if prefix else str(part)
 
+    if is_function(obj):
+        return _function_children(prefix, obj)
     if isinstance(obj, list | tuple):
         return [(join(i), item) for i, item in enumerate(obj)]
     if isinstance(obj, Mapping):
