@@ -167,7 +167,8 @@ class RateLimiter:
         requests_per_minute: the request limit, or None.
         tokens_per_minute: the token limit (prompt + completion), or None.
         period: the window of both limits in seconds (60; shorter only for tests).
-        request_burst, token_burst: bucket capacities (default one second's worth, at least 1).
+        request_burst: the request bucket's capacity (default one second's worth, at least 1).
+        token_burst: the token bucket's capacity (default one second's worth, at least 1).
         min_rate_factor: the lowest fraction of the rate repeated 429s can throttle to.
         clock: a monotonic clock in seconds.
 

@@ -34,8 +34,10 @@ class OpenAICompatibleLM(HTTPChatLM):
         timeout: seconds for connecting, sending, and waiting for the response (then retried).
         max_concurrency: requests in flight at once over all endpoints (each endpoint keeps up
             to this many keep-alive connections, in lanes: see :mod:`aprompt.lm.connections`).
-        requests_per_minute, tokens_per_minute: client-wide limits shared by all endpoints (see
+        requests_per_minute: a client-wide request limit shared by all endpoints (see
             :mod:`aprompt.lm.limits` for the exact guarantee); None for no limit.
+        tokens_per_minute: a client-wide limit on prompt + completion tokens, shared the same way;
+            None for no limit.
         max_retries: re-sends after a retryable failure (overrides ``retry.max_retries``).
         retry: the back-off policy (:class:`~aprompt.lm.retry.RetryPolicy`; default 6 retries, 0.5 s
             doubling to 30 s, half jitter).

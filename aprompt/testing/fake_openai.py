@@ -141,7 +141,7 @@ def _default_responder(request: ChatRequest) -> str:
 class FakeOpenAIServer:
     """A loopback server answering ``POST /v1/chat/completions`` (and ``/chat/completions``).
 
-    Args:
+    Attributes:
         responder: maps a :class:`ChatRequest` to the assistant's text (sync or async).
         latency: seconds to wait before answering, or a function of a seeded ``random.Random``.
         api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
