@@ -121,7 +121,9 @@ def program_source(program: object) -> str:
     target: Any = program if inspect.isfunction(program) or inspect.ismethod(program) else type(program)
     try:
         return inspect.getsource(target)
-    except (OSError, TypeError):
+    # OSError/TypeError: no source file; SyntaxError and others: inspect parsed a file that is not the
+    # code's (a class exec'd from a snippet names the document it came from).
+    except Exception:
         return ""
 
 

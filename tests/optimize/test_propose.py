@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +12,7 @@ import pytest
 import aprompt
 from aprompt import Demo, Predict
 from aprompt.optimize.propose import Grounding, ProposalContext, propose_instruction, propose_instructions
-from aprompt.optimize.summaries import summarize_data, summarize_program
+from aprompt.optimize.summaries import program_source, summarize_data, summarize_program
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.optimize.qa_task import (
     ORIGINAL_INSTRUCTION,
@@ -220,3 +223,15 @@ async def test_a_proposer_refusing_every_request_stops_the_run_before_any_trial(
                 await optimize_in_world(proposer_lm=proposer)
         assert server.chat_requests and all(r.status == 400 for r in server.chat_requests)
     assert "model not allowed" in str(info.value) and "refuses every request" in str(info.value)
+
+
+def test_program_source_is_empty_when_the_named_file_is_not_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\nProse that is not Python, about 135M models.\n\nclass Program: pass\n")
+    module = types.ModuleType("snippet")
+    module.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "snippet", module)
+    exec(compile("class Program:\n    pass\n", str(page), "exec"), vars(module))
+    assert program_source(module.Program()) == ""
