@@ -141,7 +141,8 @@ async def optimize(
         metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async.
         lm: the LM for predictors that have none (else the :func:`aprompt.use_lm` default).
         proposer_lm: writes summaries and instruction proposals (default: ``lm``).
-        teacher_lm: runs the program while bootstrapping demos (default: ``lm``).
+        teacher_lm: runs the program while bootstrapping demos (default: ``lm``); like ``lm``, it
+            serves the predictors that have no ``lm`` of their own.
         valset: scored during search; default: a seeded part of the trainset.
         strategy: ``"mipro"`` or another key of :data:`aprompt.optimize.strategies.STRATEGIES`.
         budget: ``"light"``, ``"medium"``, ``"heavy"``, a :class:`Budget` or a mapping of overrides.
