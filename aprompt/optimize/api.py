@@ -147,8 +147,11 @@ async def optimize(
         strategy: ``"mipro"`` or another key of :data:`aprompt.optimize.strategies.STRATEGIES`.
         budget: ``"light"``, ``"medium"``, ``"heavy"``, a :class:`Budget` or a mapping of overrides.
         seed: the same seed and a warm cache give the same result with no new LM calls.
+        input_fields: which keys of mapping examples are program inputs (the rest are labels);
+            needed only when examples are plain mappings.
         grounding: which pieces ground the instruction proposals, and the proposer temperature.
         concurrency: program runs in flight at once (LM calls are further limited by the LM client).
+        bootstrap_threshold: the metric score a run must reach for its trace to become demos.
         in_place: write the best prompts into ``program`` itself instead of a copy.
         on_event: called (sync or async) with every progress event.
         run_dir: journal every durable fact there (and keep the LM cache there when the LM has none);
