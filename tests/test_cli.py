@@ -143,6 +143,28 @@ def test_a_finished_run_replays_from_its_journal_without_lm_calls(
     )
 
 
+def test_an_async_agent_function_is_optimized_from_the_command_line(tmp_path: Path) -> None:
+    folder = write_task(tmp_path)
+    (folder / "cli_agent.py").write_text(
+        "from aprompt import Predict\n\n"
+        'EXTRACT = Predict("question -> code", instruction="Find the code.")\n'
+        'ANSWER = Predict("question, code -> answer", instruction="Give the answer.")\n\n'
+        "async def agent(question):\n"
+        "    found = await EXTRACT(question=question)\n"
+        "    return await ANSWER(question=question, code=found.code)\n",
+        encoding="utf-8",
+    )
+    args = optimize_args("", "agent-run")
+    args[args.index("cli_world.py:TwoStageProgram")] = "cli_agent.py:agent"
+    with world_server() as server:
+        args[args.index("--lm") + 1] = server.base_url
+        done = aprompt_cli(folder, *args, "--quiet")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((folder / "agent-run" / "result.json").read_text())
+    assert set(result["state"]["predictors"]) == {"EXTRACT", "ANSWER"}
+    assert len(result["trials"]) == 8 and result["score"] >= result["baseline_score"]
+
+
 def test_show_prints_the_trials_and_the_best_prompts(optimized: tuple[Path, FakeOpenAIServer]) -> None:
     folder, _ = optimized
     done = aprompt_cli(folder, "show", "run")

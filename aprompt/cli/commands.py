@@ -21,6 +21,7 @@ from aprompt._errors import (
 from aprompt.cli.errors import EXIT_LM, EXIT_OK
 from aprompt.cli.loading import input_fields, load_object, load_program, read_examples
 from aprompt.optimize.events import Event, RunPlanned
+from aprompt.program.discovery import is_function
 from aprompt.progress import progress_display
 from aprompt.run.preflight import check_endpoints
 from aprompt.run.report import ORIGINAL_FILE, RESULT_FILE, describe_run, load_run, write_report
@@ -102,6 +103,8 @@ async def optimize_command(args: argparse.Namespace) -> int:
             max_lm_calls=args.max_lm_calls,
             max_tokens=args.max_tokens,
             max_time=args.max_time,
+            # A function's predictors live in its module; this process only saves the result.
+            in_place=is_function(program),
         )
     out = Path(args.out) if args.out else (run_dir / RESULT_FILE if run_dir else Path("optimized.json"))
     for target in {out, *([run_dir / RESULT_FILE] if run_dir else [])}:
