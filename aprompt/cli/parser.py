@@ -26,8 +26,9 @@ exit codes: 0 done, 2 bad arguments or configuration, 3 LM endpoint error, 130 i
 1 anything else. Add --debug to see tracebacks."""
 
 INPUTS_HELP = """\
-PROGRAM is module:attribute or path/to/file.py:attribute: your program object, or a class (or a function)
-that builds it when called with no arguments. Data files are JSONL (one object per line), JSON (a list of
+PROGRAM is module:attribute or path/to/file.py:attribute: your program object, a class (or a function)
+that builds it when called with no arguments, or an async agent function whose predictors are module
+globals (they are optimized in place; the result file keeps them). Data files are JSONL (one object per line), JSON (a list of
 objects) or CSV (a header row): the fields named like the program's call parameters are its inputs, the
 other fields are labels for the metric. The metric (module:function or file.py:function) is called as
 metric(example, prediction) and returns a bool or a float in [0, 1].
