@@ -463,6 +463,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
                 row["test_mean"],
                 yerr=row["test_sd"] or 0.0,
                 marker=markers.get(row["method"], "o"),
+                # One colour per method in every panel (the colour cycle would restart per panel).
+                color=f"C{ALL_METHODS.index(row['method']) % 10}" if row["method"] in ALL_METHODS else None,
                 linestyle="none",
                 capsize=3,
                 label=row["method"],
@@ -473,8 +475,12 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         axis.set_xlabel("optimization LM calls")
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    # The legend of every panel together: a method missing from the first panel is still listed.
+    legend: dict[str, Any] = {}
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
