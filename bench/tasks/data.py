@@ -16,8 +16,8 @@ from pathlib import Path
 import attrs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: ``../shared/data/bigbench`` relative to the repository root.
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "bigbench"
+#: The task files copied into the repository (``bench/data/bigbench``; source and license in ``bench/data/README.md``).
+DEFAULT_DATA_DIR = REPO_ROOT / "bench" / "data" / "bigbench"
 
 
 @attrs.frozen
