@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 
-Reply = str | tuple[str, dict[str, Any]]
+Reply = str | tuple[str, dict[str, Any]] | Fault
 Responder = Callable[[ChatRequest], Reply | Awaitable[Reply]]
 #: What :meth:`FakeOpenAIServer.script` takes: one entry per chat request, or a function of its number.
 Script = Sequence[Fault | None] | Callable[[int], Fault | None]
@@ -124,7 +124,9 @@ class FakeOpenAIServer:
     """A loopback server answering ``POST /v1/chat/completions`` (and ``/chat/completions``).
 
     Attributes:
-        responder: maps a :class:`ChatRequest` to the assistant's text (sync or async).
+        responder: maps a :class:`ChatRequest` to the assistant's text (sync or async), to
+            ``(text, fields overriding the answer's)``, or to a ``Fault.reply(...)`` (status 200;
+            ``Fault.content_filter()``, ``Fault.truncated("...")``, ...) to answer that way.
         latency: seconds to wait before answering, or a function of a seeded ``random.Random``.
         api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
         fault_rates: probability per request of each :class:`Fault` (drawn in order, seeded).
@@ -427,7 +429,12 @@ class FakeOpenAIServer:
             reply = self.responder(request)
             if inspect.isawaitable(reply):
                 reply = await reply
-            text, extra = (reply, {}) if isinstance(reply, str) else reply
+            if isinstance(reply, Fault):
+                fault = _responder_reply(reply)
+                await anyio.sleep(fault.seconds)
+                text, extra = (fault.content if isinstance(fault.content, str) else None), {}
+            else:
+                text, extra = (reply, {}) if isinstance(reply, str) else reply
         if fault is not None and fault.kind == "reply":
             return text, {**extra, **(fault.fields or {})}, fault.finish_reason
         return text, extra, None
@@ -469,6 +476,12 @@ class FakeOpenAIServer:
 
 def _json(payload: Any) -> bytes:
     return json.dumps(payload).encode()
+
+
+def _responder_reply(reply: Fault) -> Fault:
+    if reply.kind != "reply" or reply.status != 200:
+        raise ValueError(f"a responder may return only a Fault.reply() with status 200, got {reply!r}")
+    return reply if reply.content is not FROM_RESPONDER else attrs.evolve(reply, content="")
 
 
 def _fault_name(fault: Fault | None) -> str | None:
