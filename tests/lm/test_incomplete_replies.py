@@ -4,10 +4,8 @@ never a reply: against both fake servers, on asyncio and trio."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import attrs
 import pytest
 
 import aprompt
@@ -20,57 +18,21 @@ from aprompt._errors import (
 )
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import ResponseCache
-from aprompt.lm.http import TRUNCATION_RETRY_MAX_TOKENS, HTTPChatLM
+from aprompt.lm.http import TRUNCATION_RETRY_MAX_TOKENS
 from aprompt.lm.openai import OpenAICompatibleLM
-from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Message
 from aprompt.testing.fake_anthropic import FakeAnthropicServer
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
-from tests.conftest import TEST_API_KEY
+from tests.lm.providers import QUICK, Provider
 
 pytestmark = pytest.mark.anyio
 
-QUICK = RetryPolicy(initial_backoff=0.005, max_backoff=0.02, max_retries=2)
 HELLO: list[Message] = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@attrs.define
-class Provider:
-    """A fake server and a way to make a client of it."""
-
-    name: str
-    server: FakeOpenAIServer
-    make: Callable[..., HTTPChatLM]
-
-    def sent(self, index: int) -> dict[str, Any]:
-        body = self.server.chat_requests[index].body
-        assert body is not None
-        return body
-
-
-@pytest.fixture(params=["openai", "anthropic"])
-async def provider(request: pytest.FixtureRequest) -> AsyncIterator[Provider]:
-    if request.param == "openai":
-        async with FakeOpenAIServer(api_key=TEST_API_KEY) as openai:
-
-            def make_openai(**options: Any) -> HTTPChatLM:
-                options = {"retry": QUICK, **options}
-                return OpenAICompatibleLM("fake", openai.base_url, api_key=TEST_API_KEY, **options)
-
-            yield Provider("openai", openai, make_openai)
-    else:
-        async with FakeAnthropicServer(api_key=TEST_API_KEY) as anthropic:
-
-            def make_anthropic(**options: Any) -> HTTPChatLM:
-                options = {"retry": QUICK, **options}
-                return AnthropicLM("fake", anthropic.base_url, api_key=TEST_API_KEY, **options)
-
-            yield Provider("anthropic", anthropic, make_anthropic)
 
 
 # -- empty and filtered replies: retried like a transient fault, then raised ----------------------
