@@ -46,7 +46,7 @@ def _pieces(secret: str, size: int = 12) -> set[str]:
 
 @pytest.mark.parametrize("provider", sorted(CLIENTS))
 # The messages are cut at 500 characters: at these offsets the cut falls inside the key.
-@pytest.mark.parametrize("offset", [325, 337, 400, 450, 480])
+@pytest.mark.parametrize("offset", [325, 337, 400, 450])
 async def test_no_part_of_an_echoed_key_is_left_in_the_error(provider: str, offset: int) -> None:
     server_type, client = CLIENTS[provider]
     async with server_type(api_key=LONG_KEY) as server:
