@@ -44,9 +44,6 @@ import tenacity
 from aprompt._errors import (
     BadResponseError,
     ConfigError,
-    ContentFilteredError,
-    EmptyResponseError,
-    IncompleteResponseError,
     LMConnectionError,
     LMError,
     LMTimeoutError,
@@ -60,6 +57,13 @@ from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter, estimate_request_tokens
 from aprompt.lm.probe import probe_endpoint
+from aprompt.lm.replies import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    TRUNCATION_RETRY_MAX_TOKENS,
+    incomplete_reply,
+    larger_budget,
+    read_capped,
+)
 from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
 from aprompt.lm.types import Completion, Message, canonical_params
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
@@ -75,12 +79,6 @@ __all__ = [
 logger = logging.getLogger("aprompt.lm")
 
 DEFAULT_MAX_CONCURRENCY = 64
-
-#: The longest response body read (10 MiB); a chat completion is a few kilobytes.
-DEFAULT_MAX_RESPONSE_BYTES = 10 * 2**20
-
-#: ``max_tokens`` of the one re-send after a truncated reply when the request set no budget.
-TRUNCATION_RETRY_MAX_TOKENS = 4096
 
 # Server messages in our errors are cut to this many characters (after the keys are scrubbed).
 _MESSAGE_CHARS = 500
@@ -322,7 +320,7 @@ class HTTPChatLM(abc.ABC):
                     raise
                 cut = truncated
             # Re-sent at once, outside the back-off: the same request would be cut the same way.
-            name, given, larger = _larger_budget(params)
+            name, given, larger = larger_budget(params)
             larger_params = {**params, name: larger}
             payload = json.dumps(self._request_body(messages, larger_params)).encode()
             reserved = estimate_request_tokens(messages, larger_params)
@@ -369,7 +367,7 @@ class HTTPChatLM(abc.ABC):
                 # Counted before the check: an incomplete reply is billed too.
                 self._usage.prompt_tokens += completion.usage.prompt_tokens
                 self._usage.completion_tokens += completion.usage.completion_tokens
-                incomplete = _incomplete(completion, endpoint.url)
+                incomplete = incomplete_reply(completion, endpoint.url)
                 if incomplete is not None:
                     raise incomplete
                 return completion
@@ -394,7 +392,7 @@ class HTTPChatLM(abc.ABC):
                 async with client.stream(
                     "POST", endpoint.url + self.path, content=payload, headers=endpoint.headers
                 ) as response:
-                    content, too_large = await self._read_body(response)
+                    content, too_large = await read_capped(response, self._max_response_bytes)
             except httpx.TimeoutException:
                 failure = self._timed_out(endpoint)
             except httpx.HTTPError as exc:
@@ -426,20 +424,6 @@ class HTTPChatLM(abc.ABC):
         raise BadResponseError(
             f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url
         )
-
-    async def _read_body(self, response: httpx.Response) -> tuple[bytes, bool]:
-        """The body, read up to ``max_response_bytes``, and whether it was longer (then it is cut)."""
-        cap = self._max_response_bytes
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            return b"", True
-        pieces, size = [], 0
-        async for piece in response.aiter_bytes():
-            pieces.append(piece)
-            size += len(piece)
-            if size > cap:
-                return b"".join(pieces)[:cap], True
-        return b"".join(pieces), False
 
     def _timed_out(self, endpoint: EndpointState) -> LMTimeoutError:
         return LMTimeoutError(
@@ -475,40 +459,6 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _incomplete(completion: Completion, endpoint: str) -> IncompleteResponseError | None:
-    """The error for a well-formed reply that is not an answer, or None for an answer."""
-    reason = completion.finish_reason
-    if reason == "length":
-        return TruncatedResponseError(
-            "the reply was cut at its token budget (finish_reason 'length')",
-            finish_reason=reason,
-            text=completion.text,
-            endpoint=endpoint,
-        )
-    if reason == "content_filter":
-        return ContentFilteredError(
-            "the provider withheld the reply (finish_reason 'content_filter')",
-            finish_reason=reason,
-            text=completion.text,
-            endpoint=endpoint,
-        )
-    if not completion.text:
-        return EmptyResponseError(
-            f"the reply is empty (finish_reason {reason!r})", finish_reason=reason, endpoint=endpoint
-        )
-    return None
-
-
-def _larger_budget(params: Mapping[str, Any]) -> tuple[str, int | None, int]:
-    """The completion-budget parameter to raise after a truncated reply: its name, its value (None:
-    unset), and the value to re-send with (twice it, or :data:`TRUNCATION_RETRY_MAX_TOKENS`)."""
-    name = "max_completion_tokens" if params.get("max_completion_tokens") else "max_tokens"
-    given = params.get(name)
-    if isinstance(given, int) and not isinstance(given, bool) and given > 0:
-        return name, given, 2 * given
-    return name, None, TRUNCATION_RETRY_MAX_TOKENS
 
 
 def _env(name: str | None) -> str | None:
