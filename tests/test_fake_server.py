@@ -191,3 +191,10 @@ async def test_the_anthropic_fake_sends_scripted_stop_reasons_and_outages_in_its
     ]
     assert refused.status_code == 529
     assert refused.json()["error"]["type"] == "overloaded_error"
+
+
+async def test_a_responder_may_answer_with_a_scripted_reply(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = lambda req: Fault.truncated("Val") if req.last_user == "hi" else "Answer: ok"
+    async with _client() as client:
+        response = await _post(client, fake_server)
+    assert _content(response) == ("Val", "length")
