@@ -16,6 +16,9 @@ from aprompt._errors import (
     BadResponseError,
     CacheError,
     ConfigError,
+    ContentFilteredError,
+    EmptyResponseError,
+    IncompleteResponseError,
     JournalError,
     LMConnectionError,
     LMError,
@@ -28,6 +31,7 @@ from aprompt._errors import (
     RequestRejectedError,
     ServerError,
     StateError,
+    TruncatedResponseError,
 )
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import ResponseCache
@@ -88,7 +92,9 @@ __all__ = [
     "ChainOfThought",
     "Completion",
     "ConfigError",
+    "ContentFilteredError",
     "Demo",
+    "EmptyResponseError",
     "Endpoint",
     "Evaluation",
     "Event",
@@ -96,6 +102,7 @@ __all__ = [
     "Field",
     "FullEvaluation",
     "Grounding",
+    "IncompleteResponseError",
     "InputField",
     "JournalError",
     "LMConnectionError",
@@ -127,6 +134,7 @@ __all__ = [
     "Trace",
     "TraceEntry",
     "TrialScored",
+    "TruncatedResponseError",
     "UsageSnapshot",
     "evaluate",
     "find_local_model",

@@ -100,6 +100,37 @@ class BadResponseError(LMError):
     """The endpoint answered 2xx with a body that is not a valid chat completion."""
 
 
+class IncompleteResponseError(BadResponseError):
+    """The endpoint answered 2xx with a well-formed reply that is not an answer (empty, filtered or
+    cut short): a provider fault, never scored as the prompt's.
+
+    Attributes:
+        finish_reason: the reply's finish reason (OpenAI's words: ``"length"``, ``"content_filter"``).
+        text: what the reply held (possibly a prefix that happens to parse).
+    """
+
+    def __init__(
+        self, message: str, *, finish_reason: str | None = None, text: str = "", endpoint: str | None = None
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.finish_reason = finish_reason
+        self.text = text
+
+
+class EmptyResponseError(IncompleteResponseError):
+    """The reply's content was empty or null (retried like a transient fault)."""
+
+
+class ContentFilteredError(IncompleteResponseError):
+    """The provider withheld or stopped the reply (``content_filter``, Anthropic's ``refusal``);
+    retried like a transient fault."""
+
+
+class TruncatedResponseError(IncompleteResponseError):
+    """The reply was cut at its token budget (``length``, Anthropic's ``max_tokens``), even after one
+    re-send with a larger ``max_tokens``."""
+
+
 class ParseError(APromptError):
     """A model reply could not be parsed into the signature's output fields.
 

@@ -16,7 +16,7 @@ import httpx
 
 from aprompt._errors import ConfigError
 from aprompt.lm.cache import ResponseCache
-from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, EndpointSpec, HTTPChatLM
+from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, TokenUsage
 
@@ -58,6 +58,7 @@ _FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
@@ -120,8 +121,8 @@ def _translate_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def finish_reason(stop_reason: str | None) -> str | None:
     """Anthropic's ``stop_reason`` in OpenAI's words: ``end_turn``/``stop_sequence`` → ``"stop"``,
-    ``max_tokens`` → ``"length"``, ``tool_use`` → ``"tool_calls"``, ``refusal`` →
-    ``"content_filter"``; any other reason is kept as it is."""
+    ``max_tokens`` and ``model_context_window_exceeded`` → ``"length"``, ``tool_use`` →
+    ``"tool_calls"``, ``refusal`` → ``"content_filter"``; any other reason is kept as it is."""
     if stop_reason is None:
         return None
     return _FINISH_REASONS.get(stop_reason, stop_reason)
@@ -137,8 +138,14 @@ class AnthropicLM(HTTPChatLM):
     prompt cache too; ``finish_reason`` is mapped by :func:`finish_reason`.
 
     ``timeout``, ``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``, ``max_retries``,
-    ``retry``, ``cache``, ``default_params``, ``http_client`` and ``endpoint_cooldown`` are as for
-    :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
+    ``retry``, ``cache``, ``default_params``, ``http_client``, ``endpoint_cooldown`` and
+    ``max_response_bytes`` are as for :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
+
+    A 200 that is not an answer raises an :class:`~aprompt._errors.IncompleteResponseError`: no text
+    content, ``stop_reason`` ``"refusal"`` (:class:`~aprompt._errors.ContentFilteredError`), or
+    ``"max_tokens"`` / ``"model_context_window_exceeded"``
+    (:class:`~aprompt._errors.TruncatedResponseError`, after one re-send with twice the
+    ``max_tokens``); see :mod:`aprompt.lm.http`.
 
     Args:
         model: the model name sent with each request (e.g. ``"claude-3-5-haiku-latest"``).
@@ -185,6 +192,7 @@ class AnthropicLM(HTTPChatLM):
         default_params: Mapping[str, Any] | None = None,
         http_client: httpx.AsyncClient | None = None,
         endpoint_cooldown: float = 5.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
@@ -206,6 +214,7 @@ class AnthropicLM(HTTPChatLM):
             default_params={"max_tokens": max_tokens, **(default_params or {})},
             http_client=http_client,
             endpoint_cooldown=endpoint_cooldown,
+            max_response_bytes=max_response_bytes,
         )
         self._max_tokens = max_tokens
 
@@ -249,6 +258,6 @@ class AnthropicLM(HTTPChatLM):
                 text = f"{kind}: {message}" if kind else str(message)
             else:
                 text = str(error)
-            return text[:500]
+            return text
         except (ValueError, KeyError, TypeError):
-            return content.decode("utf-8", "replace").strip()[:500]
+            return content.decode("utf-8", "replace").strip()

@@ -9,6 +9,20 @@ One call, in order: the cache (identical in-flight calls share one computation),
 the client-wide concurrency slot, an endpoint (least-loaded available), one of its slots and a
 connection (:mod:`aprompt.lm.connections`), the endpoint's rate limiter, the client-wide rate
 limiter, and only then the HTTP request. Retry back-offs are slept outside every slot.
+
+A provider fault is never an answer. Besides error statuses, timeouts and malformed bodies, a 2xx
+reply that is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filtered
+(``finish_reason: "content_filter"``, :class:`~aprompt._errors.ContentFilteredError`) or cut at its
+token budget (``"length"``, :class:`~aprompt._errors.TruncatedResponseError`) fails the attempt, and
+is never cached. Empty and filtered replies are retried like any transient fault; a truncated one is
+re-sent once, at once, with twice its ``max_tokens`` (or ``max_completion_tokens``; with
+:data:`TRUNCATION_RETRY_MAX_TOKENS` when the request set neither), a warning saying so, and raises if
+it is cut again. Their tokens count in :attr:`~HTTPChatLM.usage` (they are billed), and their
+re-sends in its ``requests`` and ``retries``.
+
+``timeout`` bounds each attempt as a whole (connecting, sending and reading the entire body), and a
+body longer than ``max_response_bytes`` is not read on: the attempt fails with a
+:class:`~aprompt._errors.BadResponseError` (retried like a malformed body).
 """
 
 from __future__ import annotations
@@ -34,22 +48,40 @@ from aprompt._errors import (
     LMError,
     LMTimeoutError,
     RateLimitError,
+    RequestRejectedError,
     ServerError,
+    TruncatedResponseError,
 )
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter, estimate_request_tokens
 from aprompt.lm.probe import probe_endpoint
+from aprompt.lm.replies import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    TRUNCATION_RETRY_MAX_TOKENS,
+    incomplete_reply,
+    larger_budget,
+    read_capped,
+)
 from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
 from aprompt.lm.types import Completion, Message, canonical_params
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "EndpointSpec", "HTTPChatLM"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "TRUNCATION_RETRY_MAX_TOKENS",
+    "EndpointSpec",
+    "HTTPChatLM",
+]
 
 logger = logging.getLogger("aprompt.lm")
 
 DEFAULT_MAX_CONCURRENCY = 64
+
+# Server messages in our errors are cut to this many characters (after the keys are scrubbed).
+_MESSAGE_CHARS = 500
 
 #: What a client accepts as its endpoints: a base URL, an :class:`Endpoint`, or several of them.
 EndpointSpec = str | Endpoint | Sequence[str | Endpoint]
@@ -86,9 +118,12 @@ class HTTPChatLM(abc.ABC):
         default_params: Mapping[str, Any] | None,
         http_client: httpx.AsyncClient | None,
         endpoint_cooldown: float,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if not model:
             raise ConfigError("a model name is required")
+        if max_response_bytes < 1:
+            raise ConfigError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if timeout <= 0:
@@ -123,6 +158,7 @@ class HTTPChatLM(abc.ABC):
         self._default_params = dict(default_params or {})
         self._usage = UsageCounter()
         self._timeout = timeout
+        self._max_response_bytes = max_response_bytes
         self._closed = False
 
     # -- wire-format hooks ------------------------------------------------------------------
@@ -141,7 +177,8 @@ class HTTPChatLM(abc.ABC):
 
     @abc.abstractmethod
     def _server_message(self, content: bytes) -> str:
-        """The human-readable error message in an error body (or a short excerpt of the body)."""
+        """The human-readable error message in an error body (or the body's text), uncut: the
+        caller scrubs the keys out of it first and cuts it after, so no key is left half-cut."""
 
     # -- public surface ---------------------------------------------------------------------
     @property
@@ -271,15 +308,47 @@ class HTTPChatLM(abc.ABC):
             raise ConfigError(f"request cannot be sent as JSON: {problem}")
         reserved = estimate_request_tokens(messages, params)
         attempts = 0
+        enlarged = False
 
         async def attempt() -> Completion:
-            nonlocal attempts
+            nonlocal attempts, payload, reserved, enlarged
             attempts += 1
-            return await self._attempt(payload, reserved, is_retry=attempts > 1)
+            try:
+                return await self._attempt(payload, reserved, is_retry=attempts > 1)
+            except TruncatedResponseError as truncated:
+                if enlarged:
+                    raise
+                cut = truncated
+            # Re-sent at once, outside the back-off: the same request would be cut the same way.
+            name, given, larger = larger_budget(params)
+            larger_params = {**params, name: larger}
+            payload = json.dumps(self._request_body(messages, larger_params)).encode()
+            reserved = estimate_request_tokens(messages, larger_params)
+            enlarged = True
+            logger.warning(
+                "%s: reply cut at its token budget (%s=%s, finish_reason %r); re-sending once with %s=%d",
+                self._model,
+                name,
+                given,
+                cut.finish_reason,
+                name,
+                larger,
+            )
+            attempts += 1
+            try:
+                return await self._attempt(payload, reserved, is_retry=True)
+            except TruncatedResponseError as again:
+                final, detail = again, f"cut again with {name}={larger}"
+            except RequestRejectedError as rejected:  # e.g. more than the model's output limit
+                final, detail = cut, f"a re-send with {name}={larger} was rejected: {rejected.args[0]}"
+            raise TruncatedResponseError(
+                f"{final.args[0]}; {detail}",
+                finish_reason=final.finish_reason,
+                text=final.text,
+                endpoint=final.endpoint,
+            )
 
         completion: Completion = await self._retry.retrying(self._log_retry)(attempt)
-        self._usage.prompt_tokens += completion.usage.prompt_tokens
-        self._usage.completion_tokens += completion.usage.completion_tokens
         return completion
 
     async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
@@ -295,6 +364,12 @@ class HTTPChatLM(abc.ABC):
                 completion = await self._exchange(lease.client, endpoint, payload)
                 # A server that reports no usage keeps the estimate charged.
                 used = completion.usage.total_tokens or reserved
+                # Counted before the check: an incomplete reply is billed too.
+                self._usage.prompt_tokens += completion.usage.prompt_tokens
+                self._usage.completion_tokens += completion.usage.completion_tokens
+                incomplete = incomplete_reply(completion, endpoint.url)
+                if incomplete is not None:
+                    raise incomplete
                 return completion
             except LMError as error:
                 self._note_failure(endpoint, error)
@@ -309,33 +384,50 @@ class HTTPChatLM(abc.ABC):
         # Errors are raised outside the except blocks so that no httpx exception, whose request
         # carries the Authorization header, is chained onto ours.
         failure: LMError | None = None
-        try:
-            response = await client.post(endpoint.url + self.path, content=payload, headers=endpoint.headers)
-        except httpx.TimeoutException:
-            failure = LMTimeoutError(
-                f"no response within the {self._timeout:g} s timeout", endpoint=endpoint.url
-            )
-        except httpx.HTTPError as exc:
-            failure = LMConnectionError(
-                self._scrub(f"connection failed: {type(exc).__name__}: {exc}"),
-                endpoint=endpoint.url,
-            )
+        content, too_large = b"", False
+        # The timeout bounds the whole exchange: httpx's own bounds each read only, and a server
+        # sending a byte at a time would keep the call waiting for as long as it liked.
+        with anyio.move_on_after(self._timeout) as deadline:
+            try:
+                async with client.stream(
+                    "POST", endpoint.url + self.path, content=payload, headers=endpoint.headers
+                ) as response:
+                    content, too_large = await read_capped(response, self._max_response_bytes)
+            except httpx.TimeoutException:
+                failure = self._timed_out(endpoint)
+            except httpx.HTTPError as exc:
+                failure = LMConnectionError(
+                    self._scrub(f"connection failed: {type(exc).__name__}: {exc}"),
+                    endpoint=endpoint.url,
+                )
+        if deadline.cancelled_caught:
+            failure = self._timed_out(endpoint)
         if failure is not None:
             raise failure
         status = response.status_code
         if not 200 <= status < 300:
             raise error_for_status(
                 status,
-                self._scrub(self._server_message(response.content)),
+                self._scrub(self._server_message(content))[:_MESSAGE_CHARS],
                 endpoint=endpoint.url,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
+        if too_large:
+            raise BadResponseError(
+                f"response body larger than max_response_bytes={self._max_response_bytes}",
+                endpoint=endpoint.url,
+            )
         try:
-            return self._parse_completion(response.content)
+            return self._parse_completion(content)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
         raise BadResponseError(
-            self._scrub(f"malformed response body ({detail[:200]})"), endpoint=endpoint.url
+            f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url
+        )
+
+    def _timed_out(self, endpoint: EndpointState) -> LMTimeoutError:
+        return LMTimeoutError(
+            f"no complete response within the {self._timeout:g} s timeout", endpoint=endpoint.url
         )
 
     def _note_failure(self, endpoint: EndpointState, error: LMError) -> None:

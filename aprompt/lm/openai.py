@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from aprompt.lm.cache import ResponseCache
-from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, EndpointSpec, HTTPChatLM
+from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, TokenUsage
 
@@ -31,7 +31,8 @@ class OpenAICompatibleLM(HTTPChatLM):
         api_key: the key; default: the ``api_key_env`` environment variable. An empty key sends no
             ``Authorization`` header. Keys never appear in ``repr``, logs, errors or the cache.
         api_key_env: the environment variable read when ``api_key`` is None.
-        timeout: seconds for connecting, sending, and waiting for the response (then retried).
+        timeout: seconds one attempt may take in all: connecting, sending, and receiving the whole
+            response (then it fails with :class:`~aprompt._errors.LMTimeoutError` and is retried).
         max_concurrency: requests in flight at once over all endpoints (each endpoint keeps up
             to this many keep-alive connections, in lanes: see :mod:`aprompt.lm.connections`).
         requests_per_minute: a client-wide request limit shared by all endpoints (see
@@ -47,6 +48,12 @@ class OpenAICompatibleLM(HTTPChatLM):
             connection lanes (not closed by us; keep its pool small: httpcore's pool costs
             CPU per request in proportion to the square of its connections).
         endpoint_cooldown: seconds an endpoint is avoided after a connection error, timeout or 5xx.
+        max_response_bytes: the longest response body read (default 10 MiB); a longer one fails the
+            attempt with :class:`~aprompt._errors.BadResponseError` (retried).
+
+    A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``
+    or ``"length"``) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
+    returned; see :mod:`aprompt.lm.http` for how each is retried.
 
     Example::
 
@@ -75,6 +82,7 @@ class OpenAICompatibleLM(HTTPChatLM):
         default_params: Mapping[str, Any] | None = None,
         http_client: httpx.AsyncClient | None = None,
         endpoint_cooldown: float = 5.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         super().__init__(
             model,
@@ -91,6 +99,7 @@ class OpenAICompatibleLM(HTTPChatLM):
             default_params=default_params,
             http_client=http_client,
             endpoint_cooldown=endpoint_cooldown,
+            max_response_bytes=max_response_bytes,
         )
 
     def _auth_headers(self, api_key: str | None) -> dict[str, str]:
@@ -122,6 +131,6 @@ class OpenAICompatibleLM(HTTPChatLM):
         try:
             error = json.loads(content)["error"]
             message = error["message"] if isinstance(error, dict) else error
-            return str(message)[:500]
+            return str(message)
         except (ValueError, KeyError, TypeError):
-            return content.decode("utf-8", "replace").strip()[:500]
+            return content.decode("utf-8", "replace").strip()

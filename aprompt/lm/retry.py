@@ -22,11 +22,15 @@ from aprompt._errors import (
     RateLimitError,
     RequestRejectedError,
     ServerError,
+    TruncatedResponseError,
 )
 
 __all__ = ["RETRYABLE_ERRORS", "RetryPolicy", "error_for_status", "parse_retry_after"]
 
-#: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections, malformed bodies.
+#: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections, malformed, empty, filtered
+#: or too large bodies (:class:`BadResponseError` and its subclasses) -- except a
+#: :class:`TruncatedResponseError`, which the client re-sends once itself, with a larger ``max_tokens``
+#: (the same request would be cut the same way again).
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     RateLimitError,
     ServerError,
@@ -37,7 +41,7 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, RETRYABLE_ERRORS)
+    return isinstance(error, RETRYABLE_ERRORS) and not isinstance(error, TruncatedResponseError)
 
 
 @attrs.frozen

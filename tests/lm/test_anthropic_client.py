@@ -259,13 +259,14 @@ async def test_prompt_tokens_include_prompt_cache_reads_and_writes(
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (1105, 7)
 
 
-async def test_a_reply_cut_by_max_tokens_finishes_with_length(
+async def test_a_reply_cut_by_max_tokens_is_resent_with_twice_the_budget(
     server: FakeAnthropicServer, kwargs: dict[str, Any]
 ) -> None:
-    server.responder = lambda request: "x" * 400
+    server.responder = lambda request: "x" * 60
     async with AnthropicLM(**kwargs) as lm:
         completion = await lm.chat(HELLO, max_tokens=10)
-    assert (completion.text, completion.finish_reason) == ("x" * 40, "length")
+    assert (completion.text, completion.finish_reason) == ("x" * 60, "stop")
+    assert [sent(server, i)["max_tokens"] for i in range(2)] == [10, 20]
 
 
 # -- retries -------------------------------------------------------------------------------------

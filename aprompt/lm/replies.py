@@ -1,0 +1,81 @@
+"""What makes a 2xx reply an answer, for the HTTP clients: its body within a size cap, and a finish
+that is neither empty, filtered nor cut at its token budget (see :mod:`aprompt.lm.http` for how each
+failure is retried)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from aprompt._errors import (
+    ContentFilteredError,
+    EmptyResponseError,
+    IncompleteResponseError,
+    TruncatedResponseError,
+)
+from aprompt.lm.types import Completion
+
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "TRUNCATION_RETRY_MAX_TOKENS",
+    "incomplete_reply",
+    "larger_budget",
+    "read_capped",
+]
+
+#: The longest response body read (10 MiB); a chat completion is a few kilobytes.
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 2**20
+
+#: ``max_tokens`` of the one re-send after a truncated reply when the request set no budget.
+TRUNCATION_RETRY_MAX_TOKENS = 4096
+
+
+async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """The body of a streamed ``response``, read up to ``cap`` bytes, and whether it was longer (then
+    it is cut, and the rest is not read)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return b"", True
+    pieces, size = [], 0
+    async for piece in response.aiter_bytes():
+        pieces.append(piece)
+        size += len(piece)
+        if size > cap:
+            return b"".join(pieces)[:cap], True
+    return b"".join(pieces), False
+
+
+def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteResponseError | None:
+    """The error for a well-formed reply that is not an answer, or None for an answer."""
+    reason = completion.finish_reason
+    if reason == "length":
+        return TruncatedResponseError(
+            "the reply was cut at its token budget (finish_reason 'length')",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
+    if reason == "content_filter":
+        return ContentFilteredError(
+            "the provider withheld the reply (finish_reason 'content_filter')",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
+    if not completion.text:
+        return EmptyResponseError(
+            f"the reply is empty (finish_reason {reason!r})", finish_reason=reason, endpoint=endpoint
+        )
+    return None
+
+
+def larger_budget(params: Mapping[str, Any]) -> tuple[str, int | None, int]:
+    """The completion-budget parameter to raise after a truncated reply: its name, its value (None:
+    unset), and the value to re-send with (twice it, or :data:`TRUNCATION_RETRY_MAX_TOKENS`)."""
+    name = "max_completion_tokens" if params.get("max_completion_tokens") else "max_tokens"
+    given = params.get(name)
+    if isinstance(given, int) and not isinstance(given, bool) and given > 0:
+        return name, given, 2 * given
+    return name, None, TRUNCATION_RETRY_MAX_TOKENS

@@ -1,0 +1,234 @@
+"""A 200 that is not an answer (empty or null content, filtered, cut at its token budget) is an LM failure,
+never a reply: against both fake servers, on asyncio and trio."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import Example, Predict, Prediction
+from aprompt._errors import (
+    BadResponseError,
+    ContentFilteredError,
+    EmptyResponseError,
+    TruncatedResponseError,
+)
+from aprompt.lm.anthropic import AnthropicLM
+from aprompt.lm.cache import ResponseCache
+from aprompt.lm.http import TRUNCATION_RETRY_MAX_TOKENS
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.types import Message
+from aprompt.testing.fake_anthropic import FakeAnthropicServer
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
+from tests.lm.providers import QUICK, Provider
+
+pytestmark = pytest.mark.anyio
+
+HELLO: list[Message] = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# -- empty and filtered replies: retried like a transient fault, then raised ----------------------
+
+
+@pytest.mark.parametrize("fault", [Fault.empty_content(), Fault.null_content()], ids=["empty", "null"])
+async def test_an_empty_reply_is_retried_and_the_next_answer_returned(
+    provider: Provider, fault: Fault
+) -> None:
+    provider.server.script([fault])
+    async with provider.make() as lm:
+        completion = await lm.chat(HELLO)
+    assert completion.text == "Answer: ok"
+    assert (lm.usage.requests, lm.usage.retries, lm.usage.errors) == (2, 1, 0)
+
+
+async def test_replies_empty_on_every_attempt_raise_empty_response_error(provider: Provider) -> None:
+    provider.server.script(lambda n: Fault.empty_content())
+    async with provider.make() as lm:
+        with pytest.raises(EmptyResponseError) as caught:
+            await lm.chat(HELLO)
+    assert isinstance(caught.value, BadResponseError)
+    assert (lm.usage.requests, lm.usage.retries, lm.usage.errors, lm.usage.calls) == (3, 2, 1, 0)
+
+
+async def test_a_filtered_reply_is_retried_and_the_next_answer_returned(provider: Provider) -> None:
+    provider.server.script([Fault.content_filter("I can't")])
+    async with provider.make() as lm:
+        completion = await lm.chat(HELLO)
+    assert (completion.text, completion.finish_reason) == ("Answer: ok", "stop")
+    assert (lm.usage.requests, lm.usage.retries) == (2, 1)
+
+
+async def test_replies_filtered_on_every_attempt_raise_content_filtered_error(provider: Provider) -> None:
+    provider.server.script(lambda n: Fault.content_filter("Answer: 4"))
+    async with provider.make() as lm:
+        with pytest.raises(ContentFilteredError) as caught:
+            await lm.chat(HELLO)
+    assert (caught.value.finish_reason, caught.value.text) == ("content_filter", "Answer: 4")
+    assert lm.usage.requests == 3
+
+
+async def test_an_anthropic_refusal_is_a_filtered_reply() -> None:
+    async with FakeAnthropicServer() as server:
+        server.script(lambda n: Fault.reply("no", finish_reason="refusal"))
+        async with AnthropicLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(ContentFilteredError):
+                await lm.chat(HELLO)
+
+
+async def test_the_tokens_of_incomplete_replies_count_in_usage(provider: Provider) -> None:
+    provider.server.script([Fault.content_filter("four words of reply"), Fault.empty_content()])
+    async with provider.make() as lm:
+        completion = await lm.chat(HELLO)
+    # Billed: the filtered reply's 5 completion tokens, the empty one's 0, the answer's 3.
+    assert lm.usage.completion_tokens == 5 + 0 + completion.usage.completion_tokens
+    assert lm.usage.prompt_tokens == 3 * completion.usage.prompt_tokens
+
+
+async def test_an_incomplete_reply_is_never_cached(provider: Provider) -> None:
+    provider.server.script([Fault.content_filter(), Fault.empty_content()])
+    with ResponseCache.memory_only() as cache:
+        async with provider.make(cache=cache, max_retries=0) as lm:
+            for expected in (ContentFilteredError, EmptyResponseError):
+                with pytest.raises(expected):
+                    await lm.chat(HELLO)
+            answered = await lm.chat(HELLO)
+            again = await lm.chat(HELLO)
+    assert (answered.text, answered.cached, again.cached) == ("Answer: ok", False, True)
+    assert len(provider.server.chat_requests) == 3
+
+
+# -- truncated replies: re-sent once with a larger budget, said so, then raised -------------------
+
+
+async def test_a_truncated_reply_is_resent_once_with_twice_max_tokens(
+    provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider.server.script([Fault.truncated("Value: 91")])
+    provider.server.responder = lambda request: "Value: 919"
+    with caplog.at_level(logging.WARNING, logger="aprompt.lm"):
+        async with provider.make() as lm:
+            completion = await lm.chat(HELLO, max_tokens=50)
+    assert completion.text == "Value: 919"
+    assert [provider.sent(i)["max_tokens"] for i in range(2)] == [50, 100]
+    assert (lm.usage.requests, lm.usage.retries, lm.usage.calls) == (2, 1, 1)
+    assert "re-sending once with max_tokens=100" in caplog.text
+
+
+async def test_a_reply_truncated_again_raises_without_more_retries(provider: Provider) -> None:
+    provider.server.script(lambda n: Fault.truncated("Value: 91"))
+    async with provider.make(max_retries=6) as lm:
+        with pytest.raises(TruncatedResponseError) as caught:
+            await lm.chat(HELLO, max_tokens=50)
+    assert "cut again with max_tokens=100" in str(caught.value)
+    assert (caught.value.text, caught.value.finish_reason) == ("Value: 91", "length")
+    assert len(provider.server.chat_requests) == 2
+    assert (lm.usage.requests, lm.usage.errors) == (2, 1)
+
+
+async def test_a_truncated_reply_is_resent_even_without_retries(provider: Provider) -> None:
+    provider.server.script([Fault.truncated("Value: 91")])
+    async with provider.make(max_retries=0) as lm:
+        completion = await lm.chat(HELLO, max_tokens=50)
+    assert completion.text == "Answer: ok"
+
+
+async def test_a_rejected_larger_budget_raises_the_truncation(provider: Provider) -> None:
+    provider.server.script([Fault.truncated("Value: 91"), Fault.reply("max_tokens is too large", status=400)])
+    async with provider.make() as lm:
+        with pytest.raises(TruncatedResponseError, match=r"max_tokens=100 was rejected.*too large"):
+            await lm.chat(HELLO, max_tokens=50)
+
+
+async def test_a_transient_fault_after_the_larger_resend_keeps_the_larger_budget(provider: Provider) -> None:
+    provider.server.script([Fault.truncated(), Fault.http_status(503)])
+    async with provider.make() as lm:
+        completion = await lm.chat(HELLO, max_tokens=50)
+    assert completion.text == "Answer: ok"
+    assert [provider.sent(i)["max_tokens"] for i in range(3)] == [50, 100, 100]
+
+
+async def test_a_truncated_reply_without_a_budget_is_resent_with_the_documented_cap() -> None:
+    async with FakeOpenAIServer() as server:
+        server.script([Fault.truncated()])
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            await lm.chat(HELLO)
+    bodies = [r.body or {} for r in server.chat_requests]
+    assert ["max_tokens" in bodies[0], bodies[1].get("max_tokens")] == [False, TRUNCATION_RETRY_MAX_TOKENS]
+
+
+async def test_max_completion_tokens_is_the_budget_doubled_when_it_is_set() -> None:
+    async with FakeOpenAIServer() as server:
+        server.script([Fault.truncated()])
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            await lm.chat(HELLO, max_completion_tokens=30)
+    assert [(r.body or {}).get("max_completion_tokens") for r in server.chat_requests] == [30, 60]
+
+
+async def test_an_anthropic_context_window_stop_is_a_truncated_reply() -> None:
+    async with FakeAnthropicServer() as server:
+        server.script(lambda n: Fault.reply("Val", finish_reason="model_context_window_exceeded"))
+        async with AnthropicLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(TruncatedResponseError):
+                await lm.chat(HELLO)
+
+
+# -- end to end: such examples are unscored, not scored 0 -----------------------------------------
+
+
+class ValueProgram:
+    """One predictor: question -> value."""
+
+    def __init__(self) -> None:
+        self.solve = Predict("question -> value", instruction="Compute the value.", max_parse_retries=0)
+
+    async def __call__(self, question: str) -> Prediction:
+        return await self.solve(question=question)
+
+
+#: What the server does for some items (every time it is asked); the others are answered right.
+ITEM_REPLIES = {
+    1: Fault.content_filter(),
+    2: Fault.empty_content(),
+    3: Fault.null_content(),
+    4: Fault.truncated("Value: 4"),  # a prefix that parses, of the right answer 419
+    7: "no fields here at all",  # finished normally but unreadable: the prompt's fault, scored 0
+}
+
+
+def answer_by_item(request: ChatRequest) -> str | Fault:
+    item = int(request.last_user.split("item-")[1].split("?")[0])
+    return ITEM_REPLIES.get(item, f"Value: {item}19")
+
+
+def value_metric(example: Example, prediction: Any) -> bool:
+    return str(prediction.value).strip() == example.labels["value"]
+
+
+async def test_evaluate_leaves_examples_with_incomplete_replies_unscored(provider: Provider) -> None:
+    provider.server.responder = answer_by_item
+    examples = [
+        Example(inputs={"question": f"What is item-{i}?"}, labels={"value": f"{i}19"}, id=f"v{i}")
+        for i in range(10)
+    ]
+    async with provider.make(max_retries=1) as lm:
+        evaluation = await aprompt.evaluate(ValueProgram(), examples, value_metric, lm=lm)
+    scores = {r.example_id: r.score for r in evaluation.results}
+    assert scores == {f"v{i}": None for i in (1, 2, 3, 4)} | {f"v{i}": 1.0 for i in (0, 5, 6, 8, 9)} | {
+        "v7": 0.0
+    }
+    assert evaluation.mean == pytest.approx(5 / 6)
+    errors = {r.example_id: (r.error or "").split(":")[0] for r in evaluation.results if r.score is None}
+    assert errors == {
+        "v1": "ContentFilteredError",
+        "v2": "EmptyResponseError",
+        "v3": "EmptyResponseError",
+        "v4": "TruncatedResponseError",
+    }

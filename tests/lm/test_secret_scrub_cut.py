@@ -1,0 +1,63 @@
+"""A key echoed in a server's error message is scrubbed out before the message is cut to length, so no
+part of it is left at the cut: both clients, on asyncio and trio."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from aprompt._errors import LMStatusError
+from aprompt.lm.anthropic import AnthropicLM
+from aprompt.lm.http import HTTPChatLM
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.retry import RetryPolicy
+from aprompt.testing.fake_anthropic import FakeAnthropicServer
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+NONE = RetryPolicy(max_retries=0)
+
+#: A 164-character key, as some providers issue.
+LONG_KEY = "sk-proj-" + "".join(f"{i:03d}Zq" for i in range(30)) + "end1xy"
+
+Client = Callable[[FakeOpenAIServer], HTTPChatLM]
+CLIENTS: dict[str, tuple[type[FakeOpenAIServer], Client]] = {
+    "openai": (
+        FakeOpenAIServer,
+        lambda s: OpenAICompatibleLM("m", s.base_url, api_key=LONG_KEY, max_retries=0),
+    ),
+    "anthropic": (
+        FakeAnthropicServer,
+        lambda s: AnthropicLM("m", s.base_url, api_key=LONG_KEY, max_retries=0),
+    ),
+}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _pieces(secret: str, size: int = 12) -> set[str]:
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+@pytest.mark.parametrize("provider", sorted(CLIENTS))
+# The messages are cut at 500 characters: at these offsets the cut falls inside the key.
+@pytest.mark.parametrize("offset", [325, 337, 400, 450])
+async def test_no_part_of_an_echoed_key_is_left_in_the_error(provider: str, offset: int) -> None:
+    server_type, client = CLIENTS[provider]
+    async with server_type(api_key=LONG_KEY) as server:
+        server.queue_faults(
+            Fault.reply("x" * offset + f"invalid key {LONG_KEY} for this project", status=400)
+        )
+        async with client(server) as lm:
+            with pytest.raises(LMStatusError) as caught:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    error = caught.value
+    shown = " ".join([str(error), repr(error), error.server_message])
+    assert len(LONG_KEY) == 164
+    assert [piece for piece in _pieces(LONG_KEY) if piece in shown] == []
+    assert "***" in shown
