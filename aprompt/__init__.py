@@ -26,6 +26,7 @@ from aprompt._errors import (
     ParseError,
     RateLimitError,
     RequestRejectedError,
+    RunDirLockedError,
     ServerError,
     StateError,
 )
@@ -118,6 +119,7 @@ __all__ = [
     "RateLimitError",
     "RequestRejectedError",
     "ResponseCache",
+    "RunDirLockedError",
     "RunFinished",
     "RunPlanned",
     "ServerError",
