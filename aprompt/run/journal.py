@@ -35,7 +35,7 @@ from aprompt._errors import JournalError
 JOURNAL_FILE = "journal.sqlite3"
 APPLICATION_ID = 0x4A524E4C  # "JRNL": tells our journal from any other SQLite file
 SCHEMA_VERSION = 2  # 2: records carry a checksum
-_START_OVER = "use resume=False (--fresh on the command line) to start over"
+_START_OVER = "use resume=False to start over"
 
 
 class RunJournal:

@@ -247,6 +247,8 @@ async def test_a_local_server_on_another_port_resumes(tmp_path: Path) -> None:
         resumed = await run(second, tmp_path)
         assert second.chat_requests == []  # everything read back from the journal and the cache
     assert resumed.score == reference.score and resumed.best_choice == reference.best_choice
+    with RunJournal.open(tmp_path) as journal:
+        assert journal.latest("config")["lm (endpoints)"] == ["http://127.0.0.1/v1"]
 
 
 async def test_a_journal_of_an_older_identity_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
