@@ -86,18 +86,20 @@ def callable_identity(fn: Any) -> str:
 
 
 def _endpoint_identity(url: str) -> str:
-    """The URL, without the port of a loopback host: a local server (``LocalLM``, llama.cpp) takes a
-    free port each time it starts, and a resumed run must still find itself."""
+    """The URL without credentials, its query as a digest (it may hold a key), and without the port of
+    a loopback host: a local server (``LocalLM``, llama.cpp) takes a free port each time it starts, and a
+    resumed run must still find itself."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback or parts.port is None:
-        return url
     netloc = f"[{host}]" if ":" in host else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if parts.port is not None and not loopback:
+        netloc += f":{parts.port}"
+    query = f"sha256={digest(parts.query)}" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _default_params(lm: Any) -> Any:
