@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from aprompt._errors import RunDirLockedError
+from aprompt._errors import JournalError, RunDirLockedError
 
 LOCK_FILE = "run.lock"
 
@@ -41,11 +41,15 @@ class RunDirLock:
 
         Raises:
             RunDirLockedError: another run holds the lock.
+            JournalError: ``run_dir`` cannot be created or written (e.g. a file is in its place).
         """
         folder = Path(run_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK_FILE
-        handle = open(path, "a+b")  # held open for the run: closing it releases the lock
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+b")  # held open for the run: closing it releases the lock
+        except OSError as exc:
+            raise JournalError(f"cannot open run_dir {folder}: {exc}", path=str(path)) from None
         try:
             locked = _try_lock(handle)
         except OSError as exc:

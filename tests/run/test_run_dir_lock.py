@@ -121,3 +121,9 @@ async def test_a_run_dir_is_free_again_after_a_refused_resume(tmp_path: Path) ->
             await run_world(server.base_url, tmp_path, API_KEY, bootstrap_threshold=0.5)
     with RunDirLock.acquire(tmp_path):
         pass
+
+
+def test_a_file_in_place_of_the_run_dir_is_a_journal_error(tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(aprompt.JournalError, match="cannot open run_dir"):
+        RunDirLock.acquire(tmp_path / "run")
