@@ -15,6 +15,19 @@ class ConfigError(APromptError, ValueError):
     """Invalid arguments or configuration, detected before any LM call is spent."""
 
 
+class RunDirLockedError(ConfigError):
+    """Another optimization is running in the same ``run_dir`` (another process, or a concurrent call in
+    this one); raised at once, before any LM call.
+
+    Attributes:
+        path: the lock file held by the other run.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class ModelNotFoundError(ConfigError):
     """The embedded local model's GGUF file could not be located."""
 

@@ -221,7 +221,18 @@ async def optimize(
         ),
     )
     fingerprint = run_fingerprint(
-        strategy, plan, seed, grounding, bootstrap_threshold, predictors, train, val
+        strategy,
+        plan,
+        seed,
+        grounding,
+        bootstrap_threshold,
+        predictors,
+        train,
+        val,
+        lm=default_lm,
+        proposer_lm=proposer,
+        teacher_lm=teacher_lm,
+        metric=metric,
     )
     async with run_storage(run_dir, resume, fingerprint, [default_lm, proposer, teacher_lm]) as journal:
         ctx = RunContext(

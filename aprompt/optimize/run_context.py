@@ -89,7 +89,7 @@ class RunContext:
             if found is not None:
                 try:
                     return decode(found)
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
                     raise JournalError(
                         f"run journal {self.journal.path} holds a malformed {kind!r} record ({key!r}): "
                         f"{type(exc).__name__}: {exc}; use resume=False to start over",

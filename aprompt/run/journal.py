@@ -6,6 +6,11 @@ crash or power loss, and a record torn by a crash mid-write is rolled back by SQ
 is never half there. Records are JSON payloads under a ``kind`` (``config``, ``demo_sets``,
 ``instructions``, ``trials``, ``full_eval``, ...) and an optional ``key``.
 
+Every record carries a SHA-256 checksum of its kind, key and payload, checked on every read: a record
+damaged on disk (or edited by hand) raises :class:`~aprompt.JournalError` naming it, never a changed score.
+Journals of schema 1 (aprompt before checksums) are upgraded in place on open; their records, which have no
+checksum, are refused when read (``resume=False`` clears them and starts over).
+
 Example::
 
     with RunJournal.open("runs/qa") as journal:
@@ -15,11 +20,13 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,8 @@ from aprompt._errors import JournalError
 
 JOURNAL_FILE = "journal.sqlite3"
 APPLICATION_ID = 0x4A524E4C  # "JRNL": tells our journal from any other SQLite file
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records carry a checksum
+_START_OVER = "use resume=False to start over"
 
 
 class RunJournal:
@@ -76,8 +84,8 @@ class RunJournal:
         text = json.dumps(payload, ensure_ascii=False, default=_jsonable)  # key order matters (demos)
         self._execute(
             "write to",
-            "INSERT INTO records (kind, key, payload, created) VALUES (?, ?, ?, ?)",
-            (kind, key, text, time.time()),
+            "INSERT INTO records (kind, key, payload, created, checksum) VALUES (?, ?, ?, ?, ?)",
+            (kind, key, text, time.time(), record_checksum(kind, key, text)),
         )
 
     def records(self, kind: str, key: str | None = None) -> list[Any]:
@@ -85,18 +93,37 @@ class RunJournal:
         return [payload for _, payload in self.entries(kind, key)]
 
     def entries(self, kind: str, key: str | None = None) -> Iterator[tuple[str, Any]]:
-        query = "SELECT key, payload FROM records WHERE kind = ?"
+        """``(key, payload)`` of ``kind`` (and ``key``) in append order, each checked against its checksum.
+
+        Raises:
+            JournalError: a record is damaged (its checksum does not match), unreadable, or was written
+                by an aprompt before checksums.
+        """
+        query = "SELECT seq, key, payload, checksum FROM records WHERE kind = ?"
         args: tuple[str, ...] = (kind,)
         if key is not None:
             query += " AND key = ?"
             args = (kind, key)
         rows = self._execute("read", query + " ORDER BY seq", args)
-        for row_key, text in rows:
-            try:
-                yield str(row_key), json.loads(text)
-            except (TypeError, ValueError, RecursionError):  # not text, not JSON, or nested too deep
+        for seq, row_key, text, checksum in rows:
+            where = f"run journal {self._path}: {kind} record {row_key!r} (#{seq})"
+            if checksum is None:
                 raise JournalError(
-                    f"run journal {self._path} holds an unreadable {kind} record", path=str(self._path)
+                    f"{where} was written by an older aprompt, without a checksum; {_START_OVER}",
+                    path=str(self._path),
+                )
+            if not isinstance(row_key, str) or not isinstance(text, str):
+                raise JournalError(f"{where} is unreadable; {_START_OVER}", path=str(self._path))
+            if checksum != record_checksum(kind, row_key, text):
+                raise JournalError(
+                    f"{where} is damaged (its checksum does not match); {_START_OVER}", path=str(self._path)
+                )
+            try:
+                yield row_key, json.loads(text)
+            except (TypeError, ValueError, RecursionError):  # not JSON, or nested too deep
+                raise JournalError(
+                    f"run journal {self._path} holds an unreadable {kind} record; {_START_OVER}",
+                    path=str(self._path),
                 ) from None
 
     def latest(self, kind: str, key: str | None = None) -> Any | None:
@@ -157,22 +184,23 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         db.execute("PRAGMA journal_mode = WAL")  # not allowed inside a transaction
         # One transaction: a crash leaves all of the schema or none of it, never a journal without
         # its table; and of two processes creating the same journal, the second finds it made.
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             if _is_blank(db):
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.execute(
                     "CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
-                    "key TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL, created REAL NOT NULL)"
+                    "key TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL, created REAL NOT NULL, "
+                    "checksum TEXT)"
                 )
                 db.execute("CREATE INDEX records_kind ON records (kind, key)")
-            db.execute("COMMIT")
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
     if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
         raise JournalError(f"{path} is not an aprompt run journal", path=str(path))
+    if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+        with _immediate(db):  # schema 1 lacks checksums: add the column; its records stay unchecked
+            if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+                db.execute("ALTER TABLE records ADD COLUMN checksum TEXT")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version != SCHEMA_VERSION:
         raise JournalError(
@@ -180,6 +208,23 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         )
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken before reading (so two processes preparing a journal take turns)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+
+def record_checksum(kind: str, key: str, payload: str) -> str:
+    """The SHA-256 a record is stored with: over its kind, key and JSON text."""
+    return hashlib.sha256(json.dumps([kind, key, payload], ensure_ascii=False).encode()).hexdigest()
 
 
 def _is_blank(db: sqlite3.Connection) -> bool:

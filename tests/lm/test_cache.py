@@ -434,7 +434,9 @@ async def test_only_the_completion_is_stored(anyio_backend: str, tmp_path: Path)
         conn.close()
     [(stored_key, value, created)] = rows
     assert stored_key == key and abs(created - time.time()) < 60
-    assert json.loads(value) == {
+    stored = json.loads(value)
+    assert len(stored.pop("checksum")) == 64  # a SHA-256 over the key and the completion
+    assert stored == {
         "text": "answer",
         "prompt_tokens": 11,
         "completion_tokens": 7,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aprompt._errors import JournalError
-from aprompt.run.journal import JOURNAL_FILE, RunJournal
+from aprompt.run.journal import JOURNAL_FILE, RunJournal, record_checksum
 
 # Appends big records as fast as it can, printing the number of each once ``append`` has returned.
 WRITER = """
@@ -116,7 +116,11 @@ def test_a_file_where_the_run_dir_should_be_is_refused(tmp_path: Path) -> None:
 def test_an_unreadable_record_is_a_journal_error(tmp_path: Path) -> None:
     RunJournal.open(tmp_path).close()
     db = sqlite3.connect(tmp_path / JOURNAL_FILE)
-    db.execute("INSERT INTO records (kind, key, payload, created) VALUES ('trial', '0', '{\"torn', 0)")
+    torn = '{"torn'  # checksummed as it is: the checksum passes, the JSON does not parse
+    db.execute(
+        "INSERT INTO records (kind, key, payload, created, checksum) VALUES ('trial', '0', ?, 0, ?)",
+        (torn, record_checksum("trial", "0", torn)),
+    )
     db.commit()
     db.close()
     with RunJournal.open(tmp_path) as journal, pytest.raises(JournalError, match="unreadable trial record"):

@@ -11,11 +11,18 @@ Threading: reads run inline on the event loop, writes run in a worker thread.
 
 Each direction owns one connection guarded by its own lock (sqlite3 connections must not be
 shared across threads unguarded), so a read never queues behind a write stuck on the file lock.
+
+Every entry carries a SHA-256 checksum over its key and completion. An entry that fails it — damaged on
+disk, edited by hand, or written by an aprompt before checksums — is a miss, logged at WARNING, and is
+replaced by the next answer computed for its key: a cache only saves calls, so asking the endpoint again
+is always correct, where raising would stop a run over a file the user need not care about.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -34,6 +41,8 @@ SCHEMA_VERSION = 1
 
 _T = TypeVar("_T")
 
+logger = logging.getLogger(__name__)
+
 _CREATE = (
     "CREATE TABLE completions ("
     " key TEXT PRIMARY KEY NOT NULL,"
@@ -44,13 +53,17 @@ _CREATE = (
 _SELECT = "SELECT value FROM completions WHERE key = ?"
 # First writer wins: two processes that computed the same key keep one stable answer on disk.
 _INSERT = "INSERT INTO completions (key, value, created) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING"
+# A rejected entry is replaced only while it is still the one rejected (another process may have
+# replaced it first: then its answer stands).
+_REPLACE = "UPDATE completions SET value = ?, created = ? WHERE key = ? AND value = ?"
 
 
 class SQLiteCache:
     """Completions in one SQLite file (WAL mode), keyed by :func:`request_key`.
 
-    Rows hold only the key, the completion (text, token usage, model, finish reason) as JSON and a
-    creation timestamp: never the prompt, the parameters or any credential. The schema is
+    Rows hold only the key, the completion (text, token usage, model, finish reason) and its checksum as
+    JSON, and a creation timestamp: never the prompt, the parameters or any credential. An entry that
+    fails its checksum is a miss (see the module docstring). The schema is
     versioned in the file header (``PRAGMA application_id`` and ``user_version``).
 
     Any number of tasks (asyncio or trio), threads and processes may share the file at once; a
@@ -79,6 +92,9 @@ class SQLiteCache:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._closed = False
+        # key -> the stored value rejected as damaged or unchecksummed, replaced by the next put.
+        self._rejected: dict[str, str] = {}
+        self._warned_old = False
 
     @property
     def path(self) -> str:
@@ -87,7 +103,8 @@ class SQLiteCache:
     def get(self, key: str) -> Completion | None:
         """Return the completion stored under ``key``, marked ``cached=True``, or ``None``.
 
-        Runs inline: one indexed read that never waits for writers.
+        ``None`` also for an entry that fails its checksum (logged at WARNING); the next :meth:`put`
+        of ``key`` replaces it. Runs inline: one indexed read that never waits for writers.
         """
         with self._read_lock:
             self._check_open()
@@ -95,14 +112,34 @@ class SQLiteCache:
                 row = self._reader.execute(_SELECT, (key,)).fetchone()
             except sqlite3.Error as exc:
                 raise CacheError(f"cannot read the LM cache: {exc}", path=self._path) from exc
-        return None if row is None else _decode(row[0], key, self._path)
+            if row is None:
+                return None
+            try:
+                return _decode(row[0], key)
+            except _Unchecked:
+                if not self._warned_old:
+                    self._warned_old = True
+                    logger.warning(
+                        "LM cache %s holds entries written by an older aprompt, without a checksum: "
+                        "they are treated as misses and replaced",
+                        self._path,
+                    )
+            except _Damaged as exc:
+                logger.warning(
+                    "LM cache %s: entry %s is damaged (%s); treated as a miss and replaced",
+                    self._path,
+                    key,
+                    exc,
+                )
+            self._rejected[key] = row[0]
+            return None
 
     async def put(self, key: str, completion: Completion) -> None:
         """Store ``completion`` under ``key`` in a worker thread; a key already stored is kept.
 
         The ``cached`` flag is not stored: what :meth:`get` returns is always ``cached=True``.
         """
-        value = _encode(completion)
+        value = _encode(key, completion)
         await anyio.to_thread.run_sync(self._write, key, value)
 
     def clear(self) -> None:
@@ -147,9 +184,13 @@ class SQLiteCache:
         return f"SQLiteCache({self._path!r})"
 
     def _write(self, key: str, value: str) -> None:
+        with self._read_lock:
+            rejected = self._rejected.pop(key, None)
         with self._write_lock:
             self._check_open()
             try:
+                if rejected is not None:
+                    self._writer.execute(_REPLACE, (value, time.time(), key, rejected))
                 self._writer.execute(_INSERT, (key, value, time.time()))
             except sqlite3.Error as exc:
                 raise CacheError(f"cannot write to the LM cache: {exc}", path=self._path) from exc
@@ -228,23 +269,45 @@ def _pragma(conn: sqlite3.Connection, name: str) -> int:
     return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
 
 
-def _encode(completion: Completion) -> str:
-    return json.dumps(
-        {
-            "text": completion.text,
-            "prompt_tokens": completion.usage.prompt_tokens,
-            "completion_tokens": completion.usage.completion_tokens,
-            "model": completion.model,
-            "finish_reason": completion.finish_reason,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+class _Damaged(Exception):
+    """A stored entry that fails its checksum or does not decode."""
 
 
-def _decode(value: str, key: str, path: str) -> Completion:
+class _Unchecked(_Damaged):
+    """A stored entry without a checksum (written by an aprompt before checksums)."""
+
+
+def _fields(completion: Completion) -> dict[str, Any]:
+    return {
+        "text": completion.text,
+        "prompt_tokens": completion.usage.prompt_tokens,
+        "completion_tokens": completion.usage.completion_tokens,
+        "model": completion.model,
+        "finish_reason": completion.finish_reason,
+    }
+
+
+def _checksum(key: str, fields: dict[str, Any]) -> str:
+    """SHA-256 over the key and the fields: an entry moved under another key fails it too."""
+    text = json.dumps([key, fields], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _encode(key: str, completion: Completion) -> str:
+    fields = _fields(completion)
+    entry = {**fields, "checksum": _checksum(key, fields)}
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode(value: str, key: str) -> Completion:
+    """The completion of a stored entry; raises :class:`_Damaged` (or :class:`_Unchecked`)."""
     try:
-        data: dict[str, Any] = json.loads(value)
+        data = json.loads(value)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, got {type(data).__name__}")
+        if "checksum" not in data:
+            raise _Unchecked("no checksum")
+        checksum = data.pop("checksum")
         finish_reason = data["finish_reason"]
         completion = Completion(
             text=_typed(data["text"], str),
@@ -253,8 +316,10 @@ def _decode(value: str, key: str, path: str) -> Completion:
             finish_reason=None if finish_reason is None else _typed(finish_reason, str),
             cached=True,
         )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CacheError(f"malformed LM cache entry {key}: {exc!r}", path=path) from exc
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise _Damaged(f"malformed: {exc!r}") from None
+    if checksum != _checksum(key, data):
+        raise _Damaged("its checksum does not match")
     return completion
 
 

@@ -1,0 +1,209 @@
+"""A run's identity: everything that decides its result, as plain JSON a resumed run must match.
+
+:func:`run_fingerprint` describes a run by human-readable keys (``"trainset content"``,
+``"lm (model)"``, ``"metric"``, ...) whose values are short digests or plain settings. Every value is a
+pure function of the run's inputs: no ``id()``, no memory address, no set order, so the same call in a
+new process gives the same fingerprint. API keys and request headers are never part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+#: Bumped when what the fingerprint covers changes: a journal of another version is refused.
+IDENTITY_VERSION = 2
+VERSION_KEY = "identity"
+
+# What ``repr`` gives objects without one of their own: the address differs in every process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable(value: Any) -> Any:
+    """A JSON-able stand-in for ``value`` that is the same in every process."""
+    if isinstance(value, set | frozenset):
+        return sorted(_canonical(item) for item in value)
+    if isinstance(value, bytes | bytearray):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return _ADDRESS.sub("", f"{type(value).__qualname__}:{value}")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_stable, ensure_ascii=False, separators=(",", ":"))
+
+
+def digest(value: Any) -> str:
+    """A short, process-independent hash of ``value`` (any mix of JSON types, sets, bytes, attrs
+    classes, dataclasses and objects with ``to_dict``)."""
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()[:16]
+
+
+def _qualified_name(target: Any) -> str:
+    module = getattr(target, "__module__", None) or "?"
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{name}"
+
+
+def _source_digest(target: Any) -> str | None:
+    try:
+        return hashlib.sha256(inspect.getsource(target).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # built in, defined in a REPL, or source not shipped
+        return None
+
+
+def callable_identity(fn: Any) -> str:
+    """``module.qualname``, plus ``#`` and a hash of the source when it can be read.
+
+    A bound method is its function; a ``functools.partial`` adds its bound arguments; a callable
+    object is its class (name and source), not its attributes.
+    """
+    if isinstance(fn, functools.partial):
+        bound = digest([list(fn.args), dict(fn.keywords)])
+        return f"partial({callable_identity(fn.func)}, {bound})"
+    target = getattr(fn, "__func__", fn)  # bound method
+    if not (inspect.isfunction(target) or inspect.isclass(target) or inspect.isbuiltin(target)):
+        target = type(target)  # a callable object: its class holds __call__
+    name = _qualified_name(target)
+    source = _source_digest(target)
+    return name if source is None else f"{name}#{source}"
+
+
+def _endpoint_identity(url: str) -> str:
+    """The URL without credentials, its query as a digest (it may hold a key), and without the port of
+    a loopback host: a local server (``LocalLM``, llama.cpp) takes a free port each time it starts, and a
+    resumed run must still find itself."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None and not loopback:
+        netloc += f":{parts.port}"
+    query = f"sha256={digest(parts.query)}" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _default_params(lm: Any) -> Any:
+    params = getattr(lm, "default_params", None)
+    if params is None:
+        # aprompt's HTTP clients keep them privately; a foreign LM without either has none to tell.
+        params = getattr(lm, "_default_params", None)
+    return dict(params) if isinstance(params, Mapping) else params
+
+
+def lm_identity(role: str, lm: Any) -> dict[str, Any]:
+    """The keys telling ``lm`` in ``role`` apart: its type, model, endpoint URLs (when it has
+    ``endpoints``) and a digest of its default sampling parameters (when it has them). Works for any
+    object with the :class:`~aprompt.lm.types.LM` protocol; never reads a key or a header."""
+    if lm is None:
+        return {role: None}
+    endpoints = getattr(lm, "endpoints", None)
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    params = _default_params(lm)
+    return {
+        f"{role} (type)": _qualified_name(type(lm)),
+        f"{role} (model)": str(getattr(lm, "model", "")),
+        f"{role} (endpoints)": (
+            sorted({_endpoint_identity(str(url)) for url in endpoints}) if endpoints is not None else None
+        ),
+        f"{role} (default params)": None if params is None else digest(params),
+    }
+
+
+def predictor_identity(predictor: Any) -> dict[str, Any]:
+    """A predictor's kind, full signature (fields, types, descriptions, labels), prompt state and
+    sampling parameters."""
+    signature = getattr(predictor, "signature", None)
+    fields = getattr(signature, "fields", ())
+    return {
+        "type": _qualified_name(type(predictor)),
+        "instruction": getattr(signature, "instruction", None),
+        "fields": [
+            [f.name, str(f.annotation), f.description, f.label, f.name in signature.input_names]
+            for f in fields
+        ]
+        if signature is not None
+        else None,
+        "state": predictor.get_state(),
+        "lm_params": dict(getattr(predictor, "lm_params", {}) or {}),
+    }
+
+
+def run_fingerprint(
+    strategy: str,
+    budget: Any,
+    seed: int,
+    grounding: Any,
+    bootstrap_threshold: float,
+    predictors: Sequence[tuple[str, Any]],
+    trainset: Sequence[Any],
+    valset: Sequence[Any],
+    *,
+    lm: Any,
+    proposer_lm: Any,
+    teacher_lm: Any,
+    metric: Any,
+) -> dict[str, Any]:
+    """What makes two runs the same run: a resumed run must match it exactly, key by key.
+
+    Example::
+
+        run_fingerprint("mipro", plan, 0, Grounding(), 1.0, predictors, train, val,
+                        lm=lm, proposer_lm=lm, teacher_lm=None, metric=exact_match)["lm (model)"]
+    """
+    fingerprint: dict[str, Any] = {
+        VERSION_KEY: IDENTITY_VERSION,
+        "strategy": strategy,
+        "seed": seed,
+        "budget": attrs.asdict(budget),
+        "grounding": attrs.asdict(grounding),
+        "bootstrap_threshold": bootstrap_threshold,
+        "program": {name: digest(predictor_identity(p)) for name, p in predictors},
+        "trainset": digest([e.id for e in trainset]),
+        "trainset content": digest([[e.inputs, e.labels] for e in trainset]),
+        "valset": digest([e.id for e in valset]),
+        "valset content": digest([[e.inputs, e.labels] for e in valset]),
+        "metric": callable_identity(metric),
+    }
+    fingerprint.update(lm_identity("lm", lm))
+    fingerprint.update(lm_identity("proposer_lm", proposer_lm))
+    fingerprint.update(lm_identity("teacher_lm", teacher_lm))
+    for name, predictor in predictors:
+        fingerprint.update(lm_identity(f"{name}.lm", getattr(predictor, "lm", None)))
+    return fingerprint
+
+
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ, sorted; a mapping value names its differing parts,
+    e.g. ``"program (answer)"`` or ``"budget (n_trials)"``."""
+    found = []
+    for key in sorted({*stored, *current}):
+        old, new = stored.get(key), current.get(key)
+        if old == new:
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            parts = sorted(str(k) for k in {*old, *new} if old.get(k) != new.get(k))
+            found.append(f"{key} ({', '.join(parts)})")
+        else:
+            found.append(key)
+    return found

@@ -1,0 +1,325 @@
+"""A run's identity covers everything that decides its result: resuming a different run is refused.
+
+Each test journals a small world run in a ``run_dir``, changes one thing, and calls again with the same
+``run_dir``: the call must fail with a ``ConfigError`` naming exactly what changed, before the fake
+server sees a single chat request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import Example, OpenAICompatibleLM, Predict
+from aprompt.lm.types import Completion, Message
+from aprompt.optimize.budget import resolve_budget
+from aprompt.optimize.propose import Grounding
+from aprompt.program.discovery import named_predictors
+from aprompt.run.journal import RunJournal
+from aprompt.run.storage import run_fingerprint
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import SMALL_BUDGET
+from tests.optimize.world import TwoStageProgram, World, metric
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as served:
+        yield served
+
+
+def items(start: int, stop: int, *, changed: int | None = None, field: str = "answer") -> list[Example]:
+    """World examples with fixed ids, so a changed label or input keeps its example's id."""
+    found = []
+    for i in range(start, stop):
+        inputs = {"question": f"What is the answer for item-{i}?"}
+        labels = {"answer": f"ans-{i}"}
+        if i == changed:
+            (labels if field == "answer" else inputs)[field] += " (fixed)"
+        found.append(Example(inputs=inputs, labels=labels, id=f"item{i}"))
+    return found
+
+
+class Relay:
+    """A foreign LM: only the protocol (``model`` and ``chat``), relaying to an aprompt client."""
+
+    def __init__(self, inner: aprompt.LM, model: str) -> None:
+        self._inner = inner
+        self._model = model
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        return await self._inner.chat(messages, rollout=rollout, **params)
+
+
+def client(server: FakeOpenAIServer, model: str = "world", **options: Any) -> OpenAICompatibleLM:
+    base_url = options.pop("base_url", server.base_url)
+    return OpenAICompatibleLM(model, base_url, api_key=TEST_API_KEY, **options)
+
+
+async def run(
+    server: FakeOpenAIServer,
+    run_dir: Path,
+    *,
+    lm: dict[str, Any] | None = None,
+    relay: str | None = None,
+    proposer: dict[str, Any] | None = None,
+    teacher: dict[str, Any] | None = None,
+    answer_lm: dict[str, Any] | None = None,
+    program: TwoStageProgram | None = None,
+    trainset: list[Example] | None = None,
+    valset: list[Example] | None = None,
+    metric_: Any = metric,
+    **options: Any,
+) -> aprompt.OptimizeResult:
+    """One world run in ``run_dir``; each ``dict`` argument makes a client of ``server`` with those
+    options for that role (``lm``'s model defaults to ``"world"``)."""
+    async with AsyncExitStack() as stack:
+        main = await stack.enter_async_context(client(server, **(lm or {})))
+        roles: dict[str, Any] = {}
+        for role, spec in (("proposer_lm", proposer), ("teacher_lm", teacher)):
+            if spec is not None:
+                roles[role] = await stack.enter_async_context(client(server, **spec))
+        program = program or TwoStageProgram()
+        if answer_lm is not None:
+            program.answer.lm = await stack.enter_async_context(client(server, **answer_lm))
+        return await aprompt.optimize(
+            program,
+            trainset if trainset is not None else items(0, 40),
+            metric_,
+            valset=valset if valset is not None else items(200, 230),
+            lm=Relay(main, relay) if relay is not None else main,
+            budget=SMALL_BUDGET,
+            seed=1,
+            run_dir=run_dir,
+            **roles,
+            **options,
+        )
+
+
+def differing(error: BaseException) -> set[str]:
+    """The keys a refusal names (``differs in: a; b (c)``)."""
+    message = str(error)
+    assert "differs in: " in message, message
+    return set(message.split("differs in: ", 1)[1].split("); use another run_dir", 1)[0].split("; "))
+
+
+async def refusal(server: FakeOpenAIServer, run_dir: Path, **changed: Any) -> set[str]:
+    """Resume ``run_dir`` with ``changed``: the keys it is refused for; no chat request is made."""
+    server.reset_records()
+    with pytest.raises(aprompt.ConfigError) as info:
+        await run(server, run_dir, **changed)
+    assert server.chat_requests == []
+    return differing(info.value)
+
+
+async def test_changed_labels_under_the_same_ids_are_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path)
+    assert await refusal(server, tmp_path, trainset=items(0, 40, changed=7)) == {"trainset content"}
+
+
+async def test_changed_inputs_under_the_same_ids_are_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path)
+    changed = items(200, 230, changed=210, field="question")
+    assert await refusal(server, tmp_path, valset=changed) == {"valset content"}
+
+
+async def test_another_model_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path)
+    found = await refusal(server, tmp_path, lm={"model": "world-v2"})
+    assert found == {"lm (model)", "proposer_lm (model)"}  # the proposer is the same LM by default
+
+
+async def test_another_endpoint_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path)
+    elsewhere = server.base_url.replace("127.0.0.1", "localhost")  # the same server, another URL
+    found = await refusal(server, tmp_path, lm={"base_url": elsewhere})
+    assert found == {"lm (endpoints)", "proposer_lm (endpoints)"}
+
+
+async def test_other_default_sampling_params_are_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path, lm={"default_params": {"temperature": 0.0}})
+    found = await refusal(server, tmp_path, lm={"default_params": {"temperature": 0.7}})
+    assert found == {"lm (default params)", "proposer_lm (default params)"}
+
+
+async def test_another_proposer_model_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path, proposer={"model": "writer"})
+    assert await refusal(server, tmp_path, proposer={"model": "writer-v2"}) == {"proposer_lm (model)"}
+
+
+async def test_another_teacher_model_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path, teacher={"model": "teacher"})
+    assert await refusal(server, tmp_path, teacher={"model": "teacher-v2"}) == {"teacher_lm (model)"}
+
+
+async def test_another_model_of_a_predictors_own_lm_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path, answer_lm={"model": "answerer"})
+    assert await refusal(server, tmp_path, answer_lm={"model": "answerer-v2"}) == {"answer.lm (model)"}
+
+
+async def test_a_fixed_metric_of_the_same_name_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    def fixed(example: Example, prediction: Any) -> bool:
+        return str(prediction.answer).strip().lower() == str(example.labels["answer"]).lower()
+
+    # The same qualified name as the metric of the first run: only its source changed.
+    fixed.__module__, fixed.__qualname__ = metric.__module__, metric.__qualname__
+    await run(server, tmp_path)
+    assert await refusal(server, tmp_path, metric_=fixed) == {"metric"}
+
+
+async def test_another_metric_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    def lenient(example: Example, prediction: Any) -> float:
+        return 1.0
+
+    await run(server, tmp_path)
+    assert await refusal(server, tmp_path, metric_=lenient) == {"metric"}
+
+
+async def test_a_changed_instruction_is_refused_naming_the_predictor(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path)
+    program = TwoStageProgram()
+    program.answer.instruction = "Give the answer, briefly."
+    assert await refusal(server, tmp_path, program=program) == {"program (answer)"}
+
+
+async def test_a_changed_signature_is_refused_naming_the_predictor(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path)
+    program = TwoStageProgram()
+    program.extract = Predict("question -> code: int", instruction="Find the code.")
+    assert await refusal(server, tmp_path, program=program) == {"program (extract)"}
+
+
+async def test_a_foreign_lm_resumes_and_another_model_of_it_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    first = await run(server, tmp_path, relay="relay-1")
+    again = await run(server, tmp_path, relay="relay-1")
+    assert again.score == first.score and again.best_choice == first.best_choice
+    assert await refusal(server, tmp_path, relay="relay-2") == {"lm (model)", "proposer_lm (model)"}
+
+
+async def test_a_foreign_lm_in_place_of_a_client_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path)
+    found = await refusal(server, tmp_path, relay="world")
+    assert {"lm (type)", "lm (endpoints)", "proposer_lm (type)"} <= found
+    assert "lm (model)" not in found
+
+
+async def test_a_local_server_on_another_port_resumes(tmp_path: Path) -> None:
+    """A local server (``LocalLM``) takes a free port each start: the port is not part of the run."""
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as first:
+        reference = await run(first, tmp_path)
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as second:
+        assert second.base_url != first.base_url
+        resumed = await run(second, tmp_path)
+        assert second.chat_requests == []  # everything read back from the journal and the cache
+    assert resumed.score == reference.score and resumed.best_choice == reference.best_choice
+    with RunJournal.open(tmp_path) as journal:
+        assert journal.latest("config")["lm (endpoints)"] == ["http://127.0.0.1/v1"]
+
+
+async def test_a_journal_of_an_older_identity_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    with RunJournal.open(tmp_path) as journal:  # what aprompt recorded before it covered LMs and metric
+        journal.append("config", {"strategy": "mipro", "seed": 1, "trainset": "0" * 16, "valset": "1" * 16})
+    with pytest.raises(aprompt.ConfigError, match=r"another aprompt version.*resume=False"):
+        await run(server, tmp_path)
+    assert server.chat_requests == []
+
+
+async def test_resume_false_starts_a_refused_run_over(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path)
+    await refusal(server, tmp_path, lm={"model": "world-v2"})
+    fresh = await run(server, tmp_path / "fresh", lm={"model": "world-v2"})
+    server.reset_records()
+    restarted = await run(server, tmp_path, lm={"model": "world-v2"}, resume=False)
+    assert restarted.score == fresh.score and restarted.best_choice == fresh.best_choice
+    with RunJournal.open(tmp_path) as journal:
+        assert [c["lm (model)"] for c in journal.records("config")] == ["world-v2"]
+
+
+class Described:
+    """Stands in for an LM in a fingerprint: what the fingerprint reads of one, and no connection."""
+
+    def __init__(self) -> None:
+        self.model = "world"
+        self.endpoints = ("http://api.example.com/v1", "http://127.0.0.1:8123/v1")
+        self.default_params = {"temperature": 0.3, "stop": ["\n\n"]}
+
+
+def world_fingerprint() -> dict[str, Any]:
+    """The fingerprint of a world run whose examples hold sets (ordered by the process's hash seed)."""
+    tags = {"a", "b", "c", "d"}
+    train = [
+        Example(inputs={"question": f"item-{i}"}, labels={"answer": f"ans-{i}", "tags": tags}, id=f"item{i}")
+        for i in range(5)
+    ]
+    return run_fingerprint(
+        "mipro",
+        resolve_budget(dict(SMALL_BUDGET)),
+        1,
+        Grounding(),
+        1.0,
+        named_predictors(TwoStageProgram()),
+        train,
+        train[:2],
+        lm=Described(),
+        proposer_lm=Described(),
+        teacher_lm=None,
+        metric=metric,
+    )
+
+
+def test_the_fingerprint_is_the_same_in_every_process() -> None:
+    here = json.loads(json.dumps(world_fingerprint()))
+    script = (
+        "import json; from tests.run.test_run_identity import world_fingerprint as f; print(json.dumps(f()))"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        )
+        assert json.loads(out.stdout) == here
+
+
+async def test_the_journaled_identity_holds_no_api_key_nor_param_values(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path, lm={"default_params": {"temperature": 0.25, "user": "u-7f3a"}})
+    with RunJournal.open(tmp_path) as journal:
+        text = json.dumps(journal.records("config"))
+    assert TEST_API_KEY not in text and "u-7f3a" not in text and "0.25" not in text
+    assert "world" in text  # the model is there, readable
