@@ -6,9 +6,14 @@ as the API does (``max_tokens`` required, user and assistant alternating from a 
 content only, no unknown fields, temperature within 0..1), honours ``stop_sequences`` and
 ``max_tokens``, and reports errors as ``{"type": "error", "error": {"type", "message"}}`` with the
 API's status codes (429 ``rate_limit_error`` with ``retry-after``, 529 ``overloaded_error``, ...).
-Connections, recording, latency, queued or seeded :class:`~aprompt.testing.fake_openai.Fault`
-and the hard :class:`~aprompt.testing.fake_openai.ServerRateLimit` come from
-:class:`~aprompt.testing.fake_openai.FakeOpenAIServer`, which it extends.
+Connections, recording, latency, queued, scripted or seeded
+:class:`~aprompt.testing.fake_openai.Fault` (every fault mode listed in
+:mod:`aprompt.testing.fake_openai`: slow and huge bodies, scripted replies, outages), and the hard
+:class:`~aprompt.testing.fake_openai.ServerRateLimit` come from
+:class:`~aprompt.testing.fake_openai.FakeOpenAIServer`, which it extends. A scripted
+``finish_reason`` is sent as its ``stop_reason``: ``"stop"`` → ``"end_turn"``, ``"length"`` →
+``"max_tokens"``, ``"content_filter"`` → ``"refusal"``, any other as it is; ``None`` content sends
+no content blocks.
 
 Example::
 
@@ -20,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Any
 
@@ -28,6 +32,7 @@ import anyio
 import attrs
 
 from aprompt.testing.fake_openai import (
+    Answer,
     ChatRequest,
     FakeOpenAIServer,
     Fault,
@@ -77,7 +82,8 @@ _FIELDS = frozenset(
     }
 )
 
-Answer = tuple[int, bytes, dict[str, str], str | None]
+# A scripted finish_reason (OpenAI's words) as the stop_reason this API sends.
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
 
 
 @attrs.frozen
@@ -124,6 +130,9 @@ class FakeAnthropicServer(FakeOpenAIServer):
         await super().__aenter__()
         return self
 
+    def _error_payload(self, status: int, message: str) -> bytes:
+        return anthropic_error_body(status, message)
+
     async def _answer(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
     ) -> Answer:
@@ -141,15 +150,11 @@ class FakeAnthropicServer(FakeOpenAIServer):
 
         fault = self._next_fault()
         latency = self.latency(self._rng) if callable(self.latency) else self.latency
-        if fault is not None and fault.kind == "delay":
+        if fault is not None and fault.kind in ("delay", "reply"):
             latency += fault.seconds
-        if fault is not None and fault.kind in ("status", "drop"):
-            await anyio.sleep(min(latency, 0.05))
-            if fault.kind == "drop":
-                return -1, b"", {}, "drop"
-            extra = {"retry-after": fault.retry_after} if fault.retry_after else {}
-            error = anthropic_error_body(fault.status, fault.message)
-            return fault.status, error, extra, f"status:{fault.status}"
+        failed = await self._injected_failure(fault, latency)
+        if failed is not None:
+            return failed
 
         request = MessagesRequest(
             model=str(body["model"]),
@@ -158,11 +163,10 @@ class FakeAnthropicServer(FakeOpenAIServer):
             headers=headers,
             system=_text(body.get("system", "")),
         )
-        reply = self.responder(request)
-        if inspect.isawaitable(reply):
-            reply = await reply
-        text, extra_fields = (reply, {}) if isinstance(reply, str) else reply
-        text, stop_reason, stop_sequence = _cut(text, body)
+        reply, extra_fields, finish = await self._reply(request, fault)
+        text, stop_reason, stop_sequence = _cut(reply or "", body)
+        if finish is not None:
+            stop_reason, stop_sequence = _STOP_REASONS.get(finish, finish), None
         input_tokens, output_tokens = estimate_tokens(request.prompt_text), estimate_tokens(text)
         limited = self._over_rate_limit(input_tokens + output_tokens)
         if limited is not None:
@@ -177,14 +181,14 @@ class FakeAnthropicServer(FakeOpenAIServer):
             "id": f"msg_fake{len(self.requests):06d}",
             "type": "message",
             "role": "assistant",
-            "content": [{"type": "text", "text": text}],
+            "content": [{"type": "text", "text": text}] if reply is not None else [],
             "model": request.model,
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
             **extra_fields,
         }
-        return 200, json.dumps(payload).encode(), {}, fault.kind if fault is not None else None
+        return self._answered(json.dumps(payload).encode(), fault)
 
 
 def _text(content: Any) -> str:

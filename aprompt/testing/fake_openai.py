@@ -1,15 +1,36 @@
 """A fake OpenAI-compatible chat server on loopback, with scriptable answers and fault injection.
 
-It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for real clients such as httpx,
-and is meant for tests and benchmarks: every request is recorded with its arrival and finish times,
-the number of requests in flight is tracked, and faults (429 with Retry-After, 5xx, delays, dropped
-connections, invalid JSON, bodies missing fields) can be queued for the next requests or drawn at
-seeded rates. ``python -m aprompt.testing.fake_openai --latency-ms 20`` runs one in its own process.
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length or chunked bodies) for real clients such
+as httpx, and is meant for tests and benchmarks: every request is recorded with its arrival and
+finish times, the number of requests in flight is tracked, and faults can be injected.
+``python -m aprompt.testing.fake_openai --latency-ms 20`` runs one in its own process.
+
+Fault modes (each a :class:`~aprompt.testing.wire.Fault`; the same on the Anthropic fake):
+
+- failures: ``Fault.http_status(503)``, ``Fault.rate_limited("2")`` (429 with Retry-After),
+  ``Fault.delay(s)``, ``Fault.drop_connection()``, ``Fault.invalid_json()``,
+  ``Fault.missing_choices()``;
+- answers that are not answers: ``Fault.empty_content()``, ``Fault.null_content()``,
+  ``Fault.content_filter()``, ``Fault.truncated()`` (``finish_reason: "length"``), or any
+  ``Fault.reply(content, finish_reason=..., status=..., delay=..., fields=...)``;
+- bodies: ``Fault.slow_body(chunk_bytes=1, every=0.5)`` (a 200 whose body trickles),
+  ``Fault.huge_body(megabytes=200, chunked=False)`` (streamed, never built in memory).
+
+They apply to chat requests, and are taken, for each request, from the script
+(``server.script([...])``: one entry per request in order, ``None`` for a normal answer, or a
+function of the request number counted from 0), else from the queue
+(``server.queue_faults(...)``), else drawn at the seeded ``fault_rates``.
+
+An outage (``server.outage(seconds=5, mode="503")``) answers every request, of any path, with
+that status, or closes the connection without answering (``mode="close"``), from now (or
+``after`` seconds from now) for ``seconds``; :meth:`FakeOpenAIServer.end_outage` ends it early.
 
 Example::
 
     async with FakeOpenAIServer(responder=lambda req: "Answer: 42") as server:
         lm = OpenAICompatibleLM(model="fake", base_url=server.base_url)
+        server.script([Fault.content_filter(), None, Fault.http_status(500)])
+        server.outage(seconds=2.0, mode="close", after=1.0)
         ...
 """
 
@@ -18,11 +39,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import random
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -31,20 +53,66 @@ import anyio.abc
 import attrs
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from aprompt.testing.wire import ChatRequest, Fault, RecordedRequest, ServerRateLimit, estimate_tokens
+from aprompt.testing.wire import (
+    FROM_RESPONDER,
+    ChatRequest,
+    Fault,
+    RecordedRequest,
+    ServerRateLimit,
+    estimate_tokens,
+)
 
 __all__ = [
+    "FROM_RESPONDER",
     "ChatRequest",
     "FakeOpenAIServer",
     "Fault",
     "RecordedRequest",
+    "Script",
     "ServerRateLimit",
+    "StreamedBody",
     "estimate_tokens",
 ]
 
 
 Reply = str | tuple[str, dict[str, Any]]
 Responder = Callable[[ChatRequest], Reply | Awaitable[Reply]]
+#: What :meth:`FakeOpenAIServer.script` takes: one entry per chat request, or a function of its number.
+Script = Sequence[Fault | None] | Callable[[int], Fault | None]
+
+_OUTAGE_MODES = ("close", "500", "502", "503", "504", "529", "429")
+
+
+@attrs.frozen
+class StreamedBody:
+    """A response body sent piece by piece: ``head``, ``padding`` filler bytes, then ``tail``, in
+    ``chunk_bytes`` pieces ``every`` seconds apart (chunked transfer encoding when ``chunked``)."""
+
+    head: bytes
+    tail: bytes = b""
+    padding: int = 0
+    chunk_bytes: int = 65536
+    every: float = 0.0
+    chunked: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.head) + self.padding + len(self.tail)
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        step = max(1, self.chunk_bytes)
+        filler = b"x" * min(step, self.padding)
+        first = True
+        for segment, size in ((self.head, len(self.head)), (None, self.padding), (self.tail, len(self.tail))):
+            for start in range(0, size, step):
+                if not first and self.every:
+                    await anyio.sleep(self.every)
+                first = False
+                end = min(size, start + step)
+                yield segment[start:end] if segment is not None else filler[: end - start]
+
+
+Answer = tuple[int, bytes | StreamedBody, dict[str, str], str | None]
 
 
 def _default_responder(request: ChatRequest) -> str:
@@ -81,7 +149,11 @@ class FakeOpenAIServer:
     max_in_flight: int = attrs.field(default=0, init=False)
     answered: int = attrs.field(default=0, init=False)
     connections_opened: int = attrs.field(default=0, init=False)
+    refused_in_outage: int = attrs.field(default=0, init=False)
     _faults: deque[Fault] = attrs.field(factory=deque, init=False)
+    _script: Script | None = attrs.field(default=None, init=False)
+    _scripted: int = attrs.field(default=0, init=False)
+    _outage: tuple[float, float, str] | None = attrs.field(default=None, init=False)
     _rng: random.Random = attrs.field(init=False)
     _window: deque[tuple[float, int]] = attrs.field(factory=deque, init=False)
     _task_group: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
@@ -94,6 +166,39 @@ class FakeOpenAIServer:
     def queue_faults(self, *faults: Fault) -> None:
         """Apply these faults, in order, to the next requests (one fault per request)."""
         self._faults.extend(faults)
+
+    def script(self, steps: Script | None) -> None:
+        """Script the next chat requests: entry ``n`` (or ``steps(n)``) applies to the ``n``-th
+        chat request from now (0-based); ``None`` there, or past the end of the list, falls back to
+        the queue and the rates. ``script(None)`` removes the script."""
+        self._script = steps
+        self._scripted = 0
+
+    def outage(self, seconds: float = math.inf, *, mode: str = "503", after: float = 0.0) -> None:
+        """Fail every request (any path) from ``after`` seconds from now, for ``seconds``.
+
+        ``mode``: ``"503"`` (or another of ``"500"``, ``"502"``, ``"504"``, ``"529"``, ``"429"``)
+        answers that status; ``"close"`` closes the connection without answering. Replaces any
+        outage set before; :meth:`end_outage` ends it early.
+        """
+        if mode not in _OUTAGE_MODES:
+            raise ValueError(f"mode must be one of {_OUTAGE_MODES}, got {mode!r}")
+        if seconds < 0 or after < 0:
+            raise ValueError(f"seconds and after must be >= 0, got {seconds!r}, {after!r}")
+        start = time.monotonic() + after
+        self._outage = (start, start + seconds, mode)
+
+    def end_outage(self) -> None:
+        """End the outage now (requests are answered again)."""
+        self._outage = None
+
+    @property
+    def in_outage(self) -> bool:
+        """Whether a request arriving now would be refused by the outage."""
+        if self._outage is None:
+            return False
+        start, end, _ = self._outage
+        return start <= time.monotonic() < end
 
     @property
     def base_url(self) -> str:
@@ -170,7 +275,11 @@ class FakeOpenAIServer:
         except ValueError:
             body = None
         try:
-            status, payload, extra_headers, fault_name = await self._answer(method, path, headers, body)
+            refused = self._refuse_in_outage()
+            if refused is not None:
+                status, payload, extra_headers, fault_name = refused
+            else:
+                status, payload, extra_headers, fault_name = await self._answer(method, path, headers, body)
             if status < 0:  # dropped connection
                 return False
             await _send(stream, status, payload, extra_headers)
@@ -194,9 +303,25 @@ class FakeOpenAIServer:
                     )
                 )
 
+    def _refuse_in_outage(self) -> Answer | None:
+        if not self.in_outage:
+            return None
+        assert self._outage is not None
+        self.refused_in_outage += 1
+        mode = self._outage[2]
+        if mode == "close":
+            return -1, b"", {}, "outage:close"
+        status = int(mode)
+        extra = {"retry-after": "1"} if status == 429 else {}
+        return status, self._error_payload(status, "service unavailable (outage)"), extra, f"outage:{status}"
+
+    def _error_payload(self, status: int, message: str) -> bytes:
+        """The body of an error answer (the Anthropic fake uses its API's format)."""
+        return _error_body(message, "injected")
+
     async def _answer(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
-    ) -> tuple[int, bytes, dict[str, str], str | None]:
+    ) -> Answer:
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return (
                 200,
@@ -218,20 +343,11 @@ class FakeOpenAIServer:
 
         fault = self._next_fault()
         latency = self.latency(self._rng) if callable(self.latency) else self.latency
-        if fault is not None and fault.kind == "delay":
+        if fault is not None and fault.kind in ("delay", "reply"):
             latency += fault.seconds
-        if fault is not None and fault.kind == "status":
-            extra = {"retry-after": fault.retry_after} if fault.retry_after else {}
-            await anyio.sleep(min(latency, 0.05))
-            return (
-                fault.status,
-                _error_body(fault.message, "injected"),
-                extra,
-                f"status:{fault.status}",
-            )
-        if fault is not None and fault.kind == "drop":
-            await anyio.sleep(min(latency, 0.05))
-            return -1, b"", {}, "drop"
+        failed = await self._injected_failure(fault, latency)
+        if failed is not None:
+            return failed
 
         request = ChatRequest(
             model=str(body.get("model", "")),
@@ -239,12 +355,9 @@ class FakeOpenAIServer:
             params={k: v for k, v in body.items() if k not in ("model", "messages")},
             headers=headers,
         )
-        reply = self.responder(request)
-        if inspect.isawaitable(reply):
-            reply = await reply
-        text, extra_fields = (reply, {}) if isinstance(reply, str) else reply
+        text, extra_fields, finish = await self._reply(request, fault)
         prompt_tokens = estimate_tokens(request.prompt_text)
-        completion_tokens = estimate_tokens(text)
+        completion_tokens = estimate_tokens(text or "")
         limited = self._over_rate_limit(prompt_tokens + completion_tokens)
         if limited is not None:
             return (
@@ -267,7 +380,7 @@ class FakeOpenAIServer:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "finish_reason": finish or "stop",
                 }
             ],
             "usage": {
@@ -277,9 +390,57 @@ class FakeOpenAIServer:
             },
             **extra_fields,
         }
-        return 200, _json(payload), {}, fault.kind if fault is not None else None
+        return self._answered(_json(payload), fault)
+
+    @staticmethod
+    def _answered(payload: bytes, fault: Fault | None) -> Answer:
+        """A 200 carrying ``payload``, sent as ``fault`` says (trickled, padded, or whole)."""
+        return 200, _shaped(payload, fault), {}, _fault_name(fault)
+
+    async def _injected_failure(self, fault: Fault | None, latency: float) -> Answer | None:
+        """The answer of a fault that fails before any reply is made, or None."""
+        if fault is None:
+            return None
+        if fault.kind == "drop":
+            await anyio.sleep(min(latency, 0.05))
+            return -1, b"", {}, "drop"
+        if fault.kind == "status":
+            extra = {"retry-after": fault.retry_after} if fault.retry_after else {}
+            await anyio.sleep(min(latency, 0.05))
+            error = self._error_payload(fault.status, fault.message)
+            return fault.status, error, extra, f"status:{fault.status}"
+        if fault.kind == "reply" and fault.status != 200:
+            await anyio.sleep(latency)
+            message = fault.content if isinstance(fault.content, str) else "scripted failure"
+            return fault.status, self._error_payload(fault.status, message), {}, f"reply:{fault.status}"
+        return None
+
+    async def _reply(
+        self, request: ChatRequest, fault: Fault | None
+    ) -> tuple[str | None, dict[str, Any], str | None]:
+        """The assistant's text (None: JSON null), fields overriding the answer's, and the
+        scripted finish reason (None: the server's own)."""
+        if fault is not None and fault.kind == "reply" and fault.content is not FROM_RESPONDER:
+            text: str | None = fault.content if isinstance(fault.content, str) else None
+            extra: dict[str, Any] = {}
+        else:
+            reply = self.responder(request)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            text, extra = (reply, {}) if isinstance(reply, str) else reply
+        if fault is not None and fault.kind == "reply":
+            return text, {**extra, **(fault.fields or {})}, fault.finish_reason
+        return text, extra, None
 
     def _next_fault(self) -> Fault | None:
+        if self._script is not None:
+            number, self._scripted = self._scripted, self._scripted + 1
+            if callable(self._script):
+                step = self._script(number)
+            else:
+                step = self._script[number] if number < len(self._script) else None
+            if step is not None:
+                return step
         if self._faults:
             return self._faults.popleft()
         for fault, rate in self.fault_rates:
@@ -310,6 +471,26 @@ def _json(payload: Any) -> bytes:
     return json.dumps(payload).encode()
 
 
+def _fault_name(fault: Fault | None) -> str | None:
+    if fault is None:
+        return None
+    if fault.kind == "reply":
+        return f"reply:{fault.finish_reason}" if fault.finish_reason else "reply"
+    return fault.kind
+
+
+def _shaped(payload: bytes, fault: Fault | None) -> bytes | StreamedBody:
+    """A JSON answer as ``fault`` sends it: trickled, padded to a huge size, or whole."""
+    if fault is not None and fault.kind == "slow_body":
+        return StreamedBody(payload, chunk_bytes=fault.chunk_bytes, every=fault.seconds)
+    if fault is not None and fault.kind == "huge_body":
+        # Still a valid answer when read whole: the padding is one more string field.
+        head, tail = payload[:-1] + b', "padding": "', b'"}'
+        padding = max(0, fault.body_bytes - len(head) - len(tail))
+        return StreamedBody(head, tail, padding, fault.chunk_bytes, chunked=fault.chunked)
+    return payload
+
+
 def _error_body(message: str, code: str) -> bytes:
     return _json({"error": {"message": message, "type": code, "code": code}})
 
@@ -324,17 +505,30 @@ _REASONS = {
 
 
 async def _send(
-    stream: anyio.abc.SocketStream, status: int, payload: bytes, extra_headers: dict[str, str]
+    stream: anyio.abc.SocketStream,
+    status: int,
+    payload: bytes | StreamedBody,
+    extra_headers: dict[str, str],
 ) -> None:
     reason = _REASONS.get(status, "Error" if status >= 400 else "OK")
+    chunked = isinstance(payload, StreamedBody) and payload.chunked
+    length = payload.length if isinstance(payload, StreamedBody) else len(payload)
     head = [
         f"HTTP/1.1 {status} {reason}",
         "Content-Type: application/json",
-        f"Content-Length: {len(payload)}",
+        "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}",
         "Connection: keep-alive",
     ]
     head += [f"{name}: {value}" for name, value in extra_headers.items()]
-    await stream.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+    head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+    if not isinstance(payload, StreamedBody):
+        await stream.send(head_bytes + payload)
+        return
+    await stream.send(head_bytes)
+    async for piece in payload.pieces():
+        await stream.send(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+    if chunked:
+        await stream.send(b"0\r\n\r\n")
 
 
 async def serve_forever(server: FakeOpenAIServer, *, ready: Callable[[str], None]) -> None:

@@ -3,12 +3,29 @@ their token count. Importable on its own; :mod:`aprompt.testing.fake_openai` re-
 
 from __future__ import annotations
 
+import enum
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-__all__ = ["ChatRequest", "Fault", "RecordedRequest", "ServerRateLimit", "estimate_tokens"]
+__all__ = [
+    "FROM_RESPONDER",
+    "ChatRequest",
+    "Fault",
+    "RecordedRequest",
+    "ServerRateLimit",
+    "estimate_tokens",
+]
+
+
+class _FromResponder(enum.Enum):
+    FROM_RESPONDER = "the responder's text"
+
+
+#: A scripted reply's ``content`` when the responder's text should be sent.
+FROM_RESPONDER = _FromResponder.FROM_RESPONDER
 
 
 def estimate_tokens(text: str) -> int:
@@ -37,13 +54,80 @@ class ChatRequest:
 
 @attrs.frozen
 class Fault:
-    """One injected failure. Build with the class methods."""
+    """One injected failure, or one scripted reply. Build with the class methods.
+
+    Faults are queued (``server.queue_faults``), drawn at seeded rates (``fault_rates``) or scripted
+    per request (``server.script``).
+    """
 
     kind: str
     status: int = 0
     retry_after: str | None = None
     seconds: float = 0.0
     message: str = ""
+    content: str | _FromResponder | None = FROM_RESPONDER
+    finish_reason: str | None = None
+    fields: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
+    chunk_bytes: int = 0
+    body_bytes: int = 0
+    chunked: bool = False
+
+    @classmethod
+    def reply(
+        cls,
+        content: str | _FromResponder | None = FROM_RESPONDER,
+        *,
+        finish_reason: str | None = None,
+        status: int = 200,
+        delay: float = 0.0,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Fault:
+        """A scripted answer: ``content`` as the assistant's text (``None`` sends JSON ``null``;
+        default: the responder's text), ending with ``finish_reason`` in OpenAI's words (``"stop"``,
+        ``"length"``, ``"content_filter"``; the Anthropic fake sends its ``stop_reason``
+        equivalent, and any other value as it is; default: the server's own), after ``delay``
+        seconds more. ``fields`` override top-level fields of the answer. A ``status`` other than
+        200 answers that HTTP error instead, with ``content`` as its message."""
+        return cls(
+            "reply",
+            status=status,
+            seconds=delay,
+            content=content,
+            finish_reason=finish_reason,
+            fields=dict(fields) if fields else None,
+        )
+
+    @classmethod
+    def empty_content(cls) -> Fault:
+        """Answer 200 with an empty assistant message that says it finished normally."""
+        return cls.reply("", finish_reason="stop")
+
+    @classmethod
+    def null_content(cls) -> Fault:
+        """Answer 200 with ``null`` content (OpenAI) or no content blocks (Anthropic)."""
+        return cls.reply(None, finish_reason="stop")
+
+    @classmethod
+    def content_filter(cls, content: str = "") -> Fault:
+        """Answer 200 with ``finish_reason: "content_filter"`` (Anthropic: ``stop_reason: "refusal"``)."""
+        return cls.reply(content, finish_reason="content_filter")
+
+    @classmethod
+    def truncated(cls, content: str | _FromResponder = FROM_RESPONDER) -> Fault:
+        """Answer 200 with ``finish_reason: "length"`` (Anthropic: ``"max_tokens"``): a reply cut short."""
+        return cls.reply(content, finish_reason="length")
+
+    @classmethod
+    def slow_body(cls, chunk_bytes: int = 1, every: float = 0.5) -> Fault:
+        """Answer 200 at once, but send the body ``chunk_bytes`` bytes every ``every`` seconds
+        (a slow-loris server: each read gets something, the whole takes long)."""
+        return cls("slow_body", chunk_bytes=chunk_bytes, seconds=every)
+
+    @classmethod
+    def huge_body(cls, megabytes: float, *, chunked: bool = False) -> Fault:
+        """Answer 200 with a valid answer padded to ``megabytes`` MiB, streamed in 64 KiB pieces
+        (never built in memory); with ``chunked``, without a Content-Length."""
+        return cls("huge_body", body_bytes=int(megabytes * 2**20), chunk_bytes=65536, chunked=chunked)
 
     @classmethod
     def http_status(cls, status: int, message: str = "injected failure") -> Fault:
