@@ -80,7 +80,7 @@ class OutagePolicy:
 
     tolerance: float = attrs.field(default=DEFAULT_OUTAGE_TOLERANCE, validator=attrs.validators.ge(0))
     reruns: int = attrs.field(default=2, validator=attrs.validators.ge(0))
-    first_wait: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    first_wait: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
     max_wait: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
 
 
