@@ -77,7 +77,7 @@ async def test_an_outage_mid_run_ends_with_the_clean_result(
     async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server:
         responder.server = server
         result = await run_world(
-            server.base_url, None, TEST_API_KEY, lm_options={"retry": FAST_RETRY}
+            server.base_url, None, TEST_API_KEY, lm_options={"retry": FAST_RETRY}, outage_tolerance=60
         )
         refused = server.refused_in_outage
     assert refused > 0, "the outage refused requests"
