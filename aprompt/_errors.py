@@ -48,6 +48,22 @@ class LMError(APromptError):
         return f"{base} (endpoint: {self.endpoint})" if self.endpoint else base
 
 
+class EndpointDownError(LMError):
+    """An LM stayed down (or refused every request) longer than the run's ``outage_tolerance``.
+
+    Nothing the outage touched was journaled: calling :func:`aprompt.optimize` again with the same
+    ``run_dir`` resumes from the step it stopped at, and answers already received are read from the
+    cache instead of being paid for again.
+
+    Attributes:
+        waited: seconds the run waited for the LM to answer again before giving up.
+    """
+
+    def __init__(self, message: str, *, waited: float = 0.0, endpoint: str | None = None) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.waited = waited
+
+
 class LMConnectionError(LMError):
     """The endpoint could not be reached or dropped the connection."""
 

@@ -21,6 +21,7 @@ from aprompt.optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt.optimize.evaluate import Metric, program_entry
 from aprompt.optimize.events import Event, EventCallback, RunFinished, RunPlanned
 from aprompt.optimize.examples import Example, as_examples
+from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import OptimizeResult
 from aprompt.optimize.run_context import RunContext
@@ -129,6 +130,7 @@ async def optimize(
     max_cost: float | None = None,
     max_time: float | None = None,
     prices: Mapping[str, tuple[float, float]] | None = None,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
 ) -> OptimizeResult:
     """Optimize the instructions and demos of every predictor in ``program``.
 
@@ -163,11 +165,16 @@ async def optimize(
         max_cost: likewise, once the tokens used cost this much, priced with ``prices``.
         max_time: likewise, after this many seconds of wall time.
         prices: ``{model: (input, output)}`` prices per million tokens, for ``max_cost``.
+        outage_tolerance: seconds to wait for an LM that went down (checked with back-off) before
+            stopping with :class:`~aprompt.EndpointDownError`; a step is re-run once the LM answers, so
+            an outage does not change the result (:mod:`aprompt.optimize.outage`).
 
     Raises:
         ConfigError: bad input (examples, metric, program, budget or limits), before any LM call.
         LMConnectionError, AuthenticationError: an endpoint is unreachable or refuses the key; each is
             probed once up front (``GET /models``, no tokens spent).
+        EndpointDownError: an LM stayed down longer than ``outage_tolerance`` (or refuses every request);
+            with a ``run_dir``, calling again resumes from the step it stopped at.
 
     Example::
 
@@ -206,6 +213,7 @@ async def optimize(
         raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")
     proposer = proposer_lm or default_lm or predictors[0][1].lm
     assert proposer is not None
+    outage = outage_policy(outage_tolerance)
     limits = RunLimits(max_lm_calls, max_tokens, max_cost, max_time, dict(prices or {}))
     lms = [default_lm, proposer, teacher_lm, *(p.lm for _, p in predictors)]
     check_limits(limits, lms, min_calls=len(val) + min(plan.minibatch_size, len(val)))
@@ -252,6 +260,7 @@ async def optimize(
             bootstrap_threshold=bootstrap_threshold,
             journal=journal,
             limits=limits,
+            outage=outage,
         )
         if journal is not None and journal.latest("original_state") is None:
             journal.append("original_state", program_state(program))

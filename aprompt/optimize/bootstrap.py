@@ -7,6 +7,9 @@ demos, until ``max_bootstrapped`` are found, then labeled demos fill up to ``max
 
 Runs are shared between sets: an example already run (same teacher, rollout and parameters) is not run
 again, so later sets cost only the examples no earlier set needed.
+
+Examples an LM outage left unscored are run again once the LM answers (:mod:`aprompt.optimize.outage`),
+so the demo sets are those a run on a working endpoint finds.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import attrs
 from aprompt.lm.types import LM
 from aprompt.optimize.evaluate import Evaluation, ExampleResult, Metric, evaluate
 from aprompt.optimize.examples import Example
-from aprompt.optimize.outage import check_for_outage
+from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
@@ -82,13 +85,19 @@ async def bootstrap_demo_sets(
     threshold: float = 1.0,
     concurrency: int = 64,
     temperature: float | None = None,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
 ) -> BootstrapResult:
     """Build ``n_sets`` demo sets per predictor.
 
     ``teacher_lm`` (a stronger model) runs the program when given, else ``lm``. With ``temperature`` set,
     set ``k`` samples with rollout ``k`` so sets differ even on the same examples, and re-runs replay
-    from the cache.
+    from the cache. ``outage`` says how long to wait out an LM outage (default
+    :data:`~aprompt.optimize.outage.DEFAULT_OUTAGE_TOLERANCE` seconds).
+
+    Raises:
+        EndpointDownError: the LM stayed down longer than ``outage.tolerance``; nothing is returned.
     """
+    guard = OutageGuard.for_program(predictors, teacher_lm or lm, outage)
     runs: dict[tuple[str, int], ExampleResult] = {}
     sets: dict[str, list[DemoSet]] = {name: [DemoSet(())] for name, _ in predictors}
     if n_sets >= 2:
@@ -105,6 +114,7 @@ async def bootstrap_demo_sets(
             runs,
             rollout=rollout,
             lm=teacher_lm or lm,
+            guard=guard,
             want=max_bootstrapped,
             threshold=threshold,
             concurrency=concurrency,
@@ -112,16 +122,6 @@ async def bootstrap_demo_sets(
         )
         for name, predictor in predictors:
             sets[name].append(_bootstrapped_set(name, predictor, found, order, max_bootstrapped, max_labeled))
-    by_id = {e.id: e for e in trainset}
-    worked = next((by_id[eid] for (eid, _), r in runs.items() if not r.lm_failure), None)
-    await check_for_outage(
-        Evaluation(tuple(runs.values())),
-        "the bootstrap runs",
-        program=program,
-        metric=metric,
-        known_good=worked,
-        lm=teacher_lm or lm,
-    )
     passed = sum(1 for r in runs.values() if r.score is not None and r.score >= threshold)
     failures = {f"{eid}@{rollout}": r.error for (eid, rollout), r in runs.items() if r.error}
     return BootstrapResult({name: tuple(s) for name, s in sets.items()}, len(runs), passed, failures)
@@ -135,6 +135,7 @@ async def _collect_passing(
     *,
     rollout: int,
     lm: LM | None,
+    guard: OutageGuard,
     want: int,
     threshold: float,
     concurrency: int,
@@ -149,16 +150,20 @@ async def _collect_passing(
         position += wave
         todo = [e for e in chunk if (e.id, rollout) not in runs]
         if todo:
-            evaluation = await evaluate(
-                program,
-                todo,
-                metric,
-                lm=lm,
-                concurrency=concurrency,
-                collect_traces=True,
-                rollout=rollout,
-                lm_params=lm_params,
-            )
+
+            async def run(examples: Sequence[Example]) -> Evaluation:
+                return await evaluate(
+                    program,
+                    examples,
+                    metric,
+                    lm=lm,
+                    concurrency=concurrency,
+                    collect_traces=True,
+                    rollout=rollout,
+                    lm_params=lm_params,
+                )
+
+            evaluation = await guard.evaluate(run, todo, "the bootstrap runs")
             for result in evaluation.results:
                 runs[(result.example_id, rollout)] = result
         for example in chunk:

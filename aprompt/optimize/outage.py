@@ -1,89 +1,234 @@
-"""Telling an LM outage from examples that fail on their own, before a step's result is journaled.
+"""Riding out an LM outage, so that every step records what it would have on a working endpoint.
 
-An example whose LM call fails after the client's retries is left unscored, and the step goes on:
-one odd request (a prompt over the context window, a content filter) must not stop a run. But if the
-endpoint is down, every later example fails too, and a step recorded then (an empty demo set, a trial
-with no score, a full evaluation scored on the few examples that got through) would be journaled and
-kept by a resumed run. So after a step with unscored examples, one *canary* re-runs an example known to
-work, with the original prompts and a fresh rollout (so no cache answers it): if the LM fails that too,
-the step raises :class:`~aprompt._errors.LMError` instead of returning, nothing of it is journaled, and
-the run resumes where it stopped once the endpoint works. A single request that failed on every attempt
-(a summary, an instruction proposal) is checked the same way with a one-token request.
+An example whose LM call fails after the client's retries is left unscored, and the evaluation goes on:
+one odd request (a prompt over the context window, a content filter) must not stop a run. But while an
+endpoint is down every example fails, and a step recorded then (a trial scored on the few examples that
+got through, an empty demo set, a dropped proposal) would be journaled, kept by a resumed run, and change
+the result. So a step is made complete before it is recorded.
+
+After a step (a trial, a full evaluation, a wave of bootstrap runs) with unscored examples, or a single
+request (a summary, a proposal) that failed at the LM, an :class:`OutageGuard` checks the step's LMs with
+a one-token request (a fresh rollout, so no cache answers it):
+
+- The check fails with a transient error (5xx, 429, a timeout, a dropped connection): the endpoint is
+  down. The guard checks again with exponential back-off (``first_wait`` doubling up to ``max_wait``)
+  until it answers, then re-runs only the failed examples (or the request, with its rollout) and merges
+  them in. If it still fails ``tolerance`` seconds after the step noticed the failure,
+  :class:`~aprompt._errors.EndpointDownError` stops the run: nothing of the step is journaled, and a later
+  call with the same ``run_dir`` resumes from it.
+- The check is refused (a 4xx such as a bad key or an unknown model): waiting cannot help, and
+  :class:`~aprompt._errors.EndpointDownError` stops the run at once.
+- The check passes: the LM works, so the failures may be the examples' own. They are re-run, up to
+  ``reruns`` times (default 2, so that an outage that ended just before the check is not taken for
+  them); what still fails is that example's own failure: it stays unscored, is counted, and is reported
+  in ``OptimizeResult.failures`` (a single request's ``LMError`` is raised to its caller, which drops it).
+
+Re-runs use the prompts and rollouts of the first run, and a response cache answers again what had
+succeeded, so a step that lived through an outage records exactly what a clean run records, and the
+search sees the same scores in the same order.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import anyio
+import attrs
 
-from aprompt._errors import LMError
-from aprompt.lm.types import LM
-from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
+from aprompt._errors import ConfigError, EndpointDownError, LMError
+from aprompt.lm.retry import RETRYABLE_ERRORS
+from aprompt.lm.types import LM, Message
+from aprompt.optimize.evaluate import Evaluation
 from aprompt.optimize.examples import Example
-from aprompt.program.overrides import PromptOverride
+from aprompt.program.context import current_lm
+from aprompt.program.predictor import Predict
 
-__all__ = ["CANARY_ROLLOUTS", "check_for_outage", "raise_if_down"]
+__all__ = [
+    "CANARY_ROLLOUTS",
+    "DEFAULT_OUTAGE_POLICY",
+    "DEFAULT_OUTAGE_TOLERANCE",
+    "OutageGuard",
+    "OutagePolicy",
+    "outage_policy",
+]
 
-#: Canary rollouts are drawn above this, far from the rollouts a run uses for its own samples.
+logger = logging.getLogger("aprompt")
+
+T = TypeVar("T")
+
+#: Check rollouts are drawn above this, far from the rollouts a run uses for its own samples.
 CANARY_ROLLOUTS = 1_000_000_000
 
+#: How long (seconds) :func:`aprompt.optimize` waits by default for an LM that went down.
+DEFAULT_OUTAGE_TOLERANCE = 300.0
 
-async def check_for_outage(
-    evaluation: Evaluation,
-    what: str,
-    *,
-    program: object,
-    metric: Metric,
-    known_good: Example | None,
-    lm: LM | None,
-    prompts: Mapping[str, PromptOverride] | None = None,
-    concurrency: int | anyio.CapacityLimiter = 1,
-) -> None:
-    """Raise :class:`LMError` when ``evaluation`` (of ``what``) has LM failures and a canary run of
-    ``known_good`` fails at the LM as well; return when it has none or the canary passes.
 
-    With no ``known_good`` example, an evaluation in which nothing was scored is taken for an outage.
+@attrs.frozen
+class OutagePolicy:
+    """How patiently a run waits out an LM outage; see the module docstring.
+
+    Attributes:
+        tolerance: seconds an LM may stay down (from the failed step) before the run stops.
+        reruns: re-runs of what failed at the LM while the LM answered a check, before it counts as a
+            failure of its own.
+        first_wait, max_wait: the back-off between checks while the LM is down, in seconds.
     """
-    failed = [r for r in evaluation.results if r.lm_failure]
-    if not failed:
-        return
-    summary = f"the LM failed on {len(failed)} of {len(evaluation.results)} examples of {what}"
-    if known_good is None:
-        if evaluation.mean is None:
-            raise LMError(f"{summary} (first failure: {failed[0].error}); {_RESUMES}")
-        return
-    canary = await evaluate(
-        program,
-        [known_good],
-        metric,
-        prompts=prompts,
-        lm=lm,
-        concurrency=concurrency,
-        rollout=_fresh_rollout(),
-    )
-    result = canary.results[0]
-    if result.lm_failure:
-        raise LMError(
-            f"{summary}, and on a check with an example that worked before ({result.error}); {_RESUMES}"
+
+    tolerance: float = attrs.field(default=DEFAULT_OUTAGE_TOLERANCE, validator=attrs.validators.ge(0))
+    reruns: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    first_wait: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    max_wait: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+
+
+#: The policy of a step run outside :func:`aprompt.optimize` (which passes its own).
+DEFAULT_OUTAGE_POLICY = OutagePolicy()
+
+
+def outage_policy(outage_tolerance: object) -> OutagePolicy:
+    """The policy for ``optimize(outage_tolerance=...)``; :class:`ConfigError` unless it is a finite
+    number of seconds >= 0 (0 stops at the first outage without waiting)."""
+    if (
+        isinstance(outage_tolerance, bool)
+        or not isinstance(outage_tolerance, int | float)
+        or not math.isfinite(outage_tolerance)
+        or outage_tolerance < 0
+    ):
+        raise ConfigError(
+            f"outage_tolerance must be a finite number of seconds >= 0, got {outage_tolerance!r}"
         )
+    return OutagePolicy(tolerance=float(outage_tolerance))
 
 
-async def raise_if_down(lm: LM, failure: LMError, what: str) -> None:
-    """After ``what`` failed at the LM on every attempt with ``failure``: raise :class:`LMError` when a
-    one-token request to ``lm`` fails as well (an outage); return when it answers (the failure was
-    that request's own, and the caller may drop it)."""
-    try:
-        await lm.chat([{"role": "user", "content": "Reply OK."}], rollout=_fresh_rollout(), max_tokens=1)
-    except LMError as down:
-        problem = f"{type(down).__name__}: {down}"
-    else:
-        return
-    raise LMError(
-        f"the LM failed on {what} ({type(failure).__name__}: {failure}), and on a one-token check "
-        f"({problem}): it is down or refuses every request. {_RESUMES_AFTER_FIX}"
-    )
+@attrs.frozen
+class OutageGuard:
+    """Completes steps across outages of ``lms`` (none given: the :func:`aprompt.use_lm` default)."""
+
+    lms: tuple[LM, ...]
+    policy: OutagePolicy = DEFAULT_OUTAGE_POLICY
+
+    @classmethod
+    def for_program(
+        cls, predictors: Sequence[tuple[str, Predict]], lm: LM | None, policy: OutagePolicy
+    ) -> OutageGuard:
+        """A guard of the LMs a program runs on: ``lm`` and the predictors' own."""
+        found: dict[int, LM] = {}
+        for candidate in (lm, *(predictor.lm for _, predictor in predictors)):
+            if candidate is not None:
+                found.setdefault(id(candidate), candidate)
+        return cls(tuple(found.values()), policy)
+
+    async def evaluate(
+        self,
+        run: Callable[[Sequence[Example]], Awaitable[Evaluation]],
+        examples: Sequence[Example],
+        what: str,
+    ) -> Evaluation:
+        """``run(examples)``, with the examples left unscored by LM failures re-run (see the module)
+        and merged in, in the order of ``examples``.
+
+        Raises:
+            EndpointDownError: the LMs stayed down longer than the tolerance, or refuse requests.
+        """
+        results = list((await run(examples)).results)
+        passed_checks = 0
+        while failed := [i for i, result in enumerate(results) if result.lm_failure]:
+            failure = results[failed[0]].error or "an LM failure"
+            if await self.wait_until_answering(
+                f"{len(failed)} of {len(results)} examples of {what}", failure
+            ):
+                passed_checks += 1
+                if passed_checks > self.policy.reruns:
+                    break  # the LM works and these keep failing: their own failures
+            again = await run([examples[i] for i in failed])
+            for position, result in zip(failed, again.results, strict=True):
+                results[position] = result
+        return Evaluation(tuple(results))
+
+    async def call(self, request: Callable[[], Awaitable[T]], what: str) -> T:
+        """``request()``, sent again after an outage; its ``LMError`` is raised once it failed
+        ``1 + reruns`` times while the LM answered checks.
+
+        Raises:
+            EndpointDownError: the LMs stayed down longer than the tolerance, or refuse requests.
+        """
+        passed_checks = 0
+        while True:
+            try:
+                return await request()
+            except EndpointDownError:
+                raise
+            except LMError as failure:
+                if await self.wait_until_answering(what, f"{type(failure).__name__}: {failure}"):
+                    passed_checks += 1
+                    if passed_checks > self.policy.reruns:
+                        raise
+
+    async def wait_until_answering(self, what: str, failure: str) -> bool:
+        """After ``what`` failed at the LM with ``failure``: ``True`` when the LMs answer a check at
+        once, ``False`` when they were down and answer again now.
+
+        Raises:
+            EndpointDownError: they refuse the check, or still fail it ``tolerance`` seconds on.
+        """
+        started = anyio.current_time()
+        problem = await self._check()
+        if problem is None:
+            return True
+        wait = self.policy.first_wait
+        while True:
+            waited = anyio.current_time() - started
+            if not isinstance(problem, RETRYABLE_ERRORS):
+                raise EndpointDownError(
+                    f"the LM failed on {what} ({failure}), and on a one-token check "
+                    f"({type(problem).__name__}: {problem}): it is down or refuses every request. "
+                    f"{_RESUMES_AFTER_FIX}",
+                    waited=waited,
+                    endpoint=problem.endpoint,
+                )
+            if waited >= self.policy.tolerance:
+                raise EndpointDownError(
+                    f"the LM failed on {what} ({failure}); the endpoint looks down: one-token checks "
+                    f"failed for {waited:.1f} s, past outage_tolerance={self.policy.tolerance:g} s "
+                    f"(last: {type(problem).__name__}: {problem}). {_RESUMES}",
+                    waited=waited,
+                    endpoint=problem.endpoint,
+                )
+            logger.warning(
+                "the LM failed on %s and a check failed too (%s: %s); checking again in %.1f s",
+                what,
+                type(problem).__name__,
+                problem,
+                min(wait, self.policy.tolerance - waited),
+            )
+            await anyio.sleep(min(wait, self.policy.tolerance - waited))
+            wait = min(wait * 2, self.policy.max_wait)
+            problem = await self._check()
+            if problem is None:
+                logger.warning(
+                    "the LM answers again after %.1f s; re-running what failed on %s",
+                    anyio.current_time() - started,
+                    what,
+                )
+                return False
+
+    async def _check(self) -> LMError | None:
+        """``None`` when every LM answers a one-token request, else the first failure."""
+        lms = self.lms or tuple(lm for lm in (current_lm(),) if lm is not None)
+        if not lms:
+            return LMError("no LM to check")
+        for lm in lms:
+            try:
+                await lm.chat(_CHECK, rollout=_fresh_rollout(), max_tokens=1)
+            except LMError as problem:
+                return problem
+        return None
+
+
+_CHECK: tuple[Message, ...] = ({"role": "user", "content": "Reply OK."},)
 
 
 def _fresh_rollout() -> int:
@@ -91,10 +236,10 @@ def _fresh_rollout() -> int:
 
 
 _RESUMES_AFTER_FIX = (
-    "Answers already received stay cached (and journaled with a run_dir), so the run resumes from here "
-    "once the endpoint works"
+    "Answers already received stay cached (and journaled with a run_dir), so calling again with the same "
+    "run_dir resumes from here once the endpoint works"
 )
 _RESUMES = (
-    "the endpoint looks down: answers already received stay cached (and journaled with a run_dir), "
-    "so the run resumes from here once it works"
+    "Answers already received stay cached (and journaled with a run_dir), so calling again with the same "
+    "run_dir resumes from here once it works"
 )

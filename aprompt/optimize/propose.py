@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import attrs
 
-from aprompt._errors import LMError, ParseError
+from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt.lm.types import LM
-from aprompt.optimize.outage import raise_if_down
+from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
@@ -155,28 +156,32 @@ async def propose_instruction(
     history: Sequence[tuple[str, float | None]] = (),
     seed: int = 0,
     attempts: int = 3,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
 ) -> Proposal:
     """Propose candidate ``index`` for one predictor; a bad reply is retried, then dropped.
 
+    An attempt that fails at the LM is sent again once the LM answers (:mod:`aprompt.optimize.outage`):
+    an outage is not the proposal's fault, and dropping it would be journaled and kept by a resumed run.
+
     Raises:
-        LMError: every attempt failed at the LM and the LM is down (:mod:`aprompt.optimize.outage`). An
-            outage is not the proposal's fault: dropping it would be journaled and kept by a resumed run.
+        EndpointDownError: the LM stayed down longer than ``outage.tolerance``.
     """
     tip = random.Random(f"{seed}:{context.predictor_name}:{index}").choice(sorted(TIPS))
     tip = tip if grounding.tip else "none"
     predictor, inputs = build_proposer(context, grounding, demos=demos, tip=tip, history=history)
     reason = ""
-    lm_failures: list[LMError] = []
+    guard = OutageGuard((lm,), outage)
     for attempt in range(attempts):
         rollout = index * 100 + attempt
         try:
-            prediction = await predictor(lm=lm, rollout=rollout, **inputs)
-        except (ParseError, LMError) as exc:
+            prediction = await guard.call(
+                partial(predictor, lm=lm, rollout=rollout, **inputs),
+                f"proposal {index} for {context.predictor_name}",
+            )
+        except EndpointDownError:
+            raise
+        except (ParseError, LMError) as exc:  # an LMError here is the request's own: the LM answers
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            if isinstance(exc, LMError):
-                lm_failures.append(exc)
-                if len(lm_failures) == attempts:
-                    await raise_if_down(lm, exc, f"proposal {index} for {context.predictor_name}")
             continue
         text = clean_instruction(str(prediction["proposed_instruction"]))
         problem = validate_instruction(text, existing)
@@ -194,6 +199,7 @@ async def propose_instructions(
     grounding: Grounding,
     demo_sets: Sequence[Sequence[Demo]],
     seed: int = 0,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
 ) -> list[Proposal]:
     """Candidates 1..n-1 for one predictor, one after another so each sees the ones before it.
 
@@ -214,6 +220,7 @@ async def propose_instructions(
             existing=existing,
             history=[(text, None) for text in existing],
             seed=seed,
+            outage=outage,
         )
         proposals.append(proposal)
         if proposal.instruction is not None:

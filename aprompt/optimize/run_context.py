@@ -17,6 +17,7 @@ from aprompt.optimize.budget import Budget
 from aprompt.optimize.evaluate import Metric
 from aprompt.optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
 from aprompt.optimize.examples import Example
+from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import PhaseUsage
 from aprompt.program.predictor import Predict
@@ -47,6 +48,7 @@ class RunContext:
     journal: RunJournal | None = None
     limits: RunLimits = attrs.field(factory=RunLimits)
     stopped_by: str | None = None
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY
     _watch: LimitWatch | None = None
     phases: list[PhaseUsage] = attrs.field(factory=list)
     dropped: list[tuple[str, int, str]] = attrs.field(factory=list)

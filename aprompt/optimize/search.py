@@ -5,6 +5,10 @@ batches of ``parallel_trials`` and their mini-batches run concurrently; every ``
 combination with the best pooled mini-batch mean that has no full evaluation yet gets one, and once more at
 the end. The returned choice is the best by full-validation score; a tie keeps the earlier (the baseline
 first), so a combination must beat the unoptimized program to replace it.
+
+A trial or full evaluation is complete before it is journaled and told to the TPE: examples an LM outage
+left unscored are run again once the LM answers (:mod:`aprompt.optimize.outage`); only those that fail
+while the LM works stay unscored (``lm_failures``) and are reported in ``failures``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -25,7 +30,7 @@ from aprompt.optimize.candidates import Candidates, Choice, choice_key
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
 from aprompt.optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt.optimize.examples import Example
-from aprompt.optimize.outage import check_for_outage
+from aprompt.optimize.outage import OutageGuard
 from aprompt.optimize.pooling import best_combination
 from aprompt.tpe import Categorical, TPESampler
 
@@ -83,7 +88,11 @@ class ProposalHook(Protocol):
 
 @attrs.frozen
 class Trial:
-    """One mini-batch trial; ``score`` is ``None`` when LM failures left it unscored."""
+    """One mini-batch trial; ``score`` is ``None`` when LM failures left it unscored.
+
+    ``lm_failures`` maps each example left unscored (it failed at the LM while the LM answered checks,
+    see :mod:`aprompt.optimize.outage`) to its error; likewise in :class:`FullEval`.
+    """
 
     number: int
     choice: Mapping[str, int]
@@ -93,6 +102,7 @@ class Trial:
     n_failed: int
     n_unscored: int
     seconds: float
+    lm_failures: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -105,6 +115,7 @@ class FullEval:
     n_failed: int
     n_unscored: int
     after_trial: int
+    lm_failures: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -114,6 +125,11 @@ class SearchOutcome:
     baseline_score: float
     trials: tuple[Trial, ...]
     full_evals: tuple[FullEval, ...]
+
+
+def _lm_failures(evaluation: Evaluation) -> dict[str, str]:
+    """Example id -> error of the examples an LM failure left unscored."""
+    return {r.example_id: r.error or "LM failure" for r in evaluation.results if r.lm_failure}
 
 
 def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> list[Example]:
@@ -195,6 +211,9 @@ class SearchLoop:
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
     should_stop: Callable[[], str | None] = attrs.field(default=lambda: None, kw_only=True)
     pooled: bool = attrs.field(default=True, kw_only=True)
+    # Outage handling: steps are completed across outages; own LM failures are reported in `failures`.
+    outage: OutageGuard = attrs.field(kw_only=True)
+    failures: dict[str, str] = attrs.field(factory=dict, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
@@ -249,6 +268,7 @@ class SearchLoop:
     async def _record(self, trial: Trial) -> None:
         self.trials.append(trial)
         self._pool.add(trial.choice, trial.scores)
+        self.failures.update({f"trial:{trial.number}:{eid}": e for eid, e in trial.lm_failures.items()})
         await self.emit(
             TrialScored(trial.number, trial.choice, trial.score, len(trial.example_ids), trial.n_failed)
         )
@@ -306,8 +326,7 @@ class SearchLoop:
     async def _run_trial(self, number: int, choice: dict[str, int]) -> Trial:
         started = time.monotonic()
         batch = minibatch(self.valset, self.minibatch_size, self.seed, number)
-        evaluation = await self._evaluate(choice, batch)
-        await self._check_for_outage(evaluation, f"trial {number}")
+        evaluation = await self.outage.evaluate(partial(self._evaluate, choice), batch, f"trial {number}")
         return Trial(
             number=number,
             choice=choice,
@@ -317,12 +336,14 @@ class SearchLoop:
             n_failed=evaluation.n_failed,
             n_unscored=evaluation.n_unscored,
             seconds=time.monotonic() - started,
+            lm_failures=_lm_failures(evaluation),
         )
 
     async def _run_full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
-        evaluation = await self._evaluate(choice, self.valset)
-        await self._check_for_outage(
-            evaluation, "the baseline's evaluation" if is_baseline else "a full evaluation"
+        evaluation = await self.outage.evaluate(
+            partial(self._evaluate, choice),
+            self.valset,
+            "the baseline's evaluation" if is_baseline else "a full evaluation",
         )
         if is_baseline:
             check_baseline(evaluation)
@@ -334,22 +355,7 @@ class SearchLoop:
             n_failed=evaluation.n_failed,
             n_unscored=evaluation.n_unscored,
             after_trial=len(self.trials),
-        )
-
-    async def _check_for_outage(self, evaluation: Evaluation, what: str) -> None:
-        """Raise rather than return a step whose unscored examples come from an LM outage."""
-        # Known to work with the original prompts: an example the baseline's evaluation scored (the
-        # baseline's own examples while it is the one being checked).
-        scored = self.full_evals[0].scores if self.full_evals else evaluation.scores
-        await check_for_outage(
-            evaluation,
-            what,
-            program=self.program,
-            metric=self.metric,
-            known_good=next((e for e in self.valset if e.id in scored), None),
-            lm=self.lm,
-            prompts=self.candidates.prompts_for(self.candidates.baseline()),
-            concurrency=self._limiter,
+            lm_failures=_lm_failures(evaluation),
         )
 
     async def _evaluate(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
@@ -373,6 +379,8 @@ class SearchLoop:
         )
         self.full_evals.append(result)
         self._tested.add(choice_key(choice))
+        index = len(self.full_evals) - 1
+        self.failures.update({f"full_eval:{index}:{eid}": e for eid, e in result.lm_failures.items()})
         await self.emit(
             FullEvaluation(result.choice, result.score, len(self.valset), result.n_failed, is_baseline)
         )

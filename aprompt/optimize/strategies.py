@@ -25,6 +25,7 @@ from aprompt._taskgroups import plain_errors_task_group
 from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.events import CandidateDropped, CandidateProposed
+from aprompt.optimize.outage import OutageGuard
 from aprompt.optimize.propose import (
     Grounding,
     Proposal,
@@ -57,6 +58,7 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             lm=ctx.lm,
             threshold=ctx.bootstrap_threshold,
             concurrency=ctx.concurrency,
+            outage=ctx.outage,
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
         return {
@@ -105,12 +107,12 @@ async def grounding_texts(ctx: RunContext) -> tuple[str | None, str | None]:
 async def _grounding_texts(ctx: RunContext) -> tuple[str | None, str | None]:
     data_summary = program_summary = None
     if ctx.grounding.data_summary:
-        got = await summarize_data(ctx.trainset, ctx.proposer_lm, seed=ctx.seed)
+        got = await summarize_data(ctx.trainset, ctx.proposer_lm, seed=ctx.seed, outage=ctx.outage)
         data_summary = got.text
         if got.text is None:
             ctx.dropped.append(("*", -1, f"data summary: {got.reason}"))
     if ctx.grounding.program_summary:
-        got = await summarize_program(ctx.program, ctx.predictors, ctx.proposer_lm)
+        got = await summarize_program(ctx.program, ctx.predictors, ctx.proposer_lm, outage=ctx.outage)
         program_summary = got.text
         if got.text is None:
             ctx.dropped.append(("*", -1, f"program summary: {got.reason}"))
@@ -140,6 +142,7 @@ async def instruction_candidates(
                     grounding=ctx.grounding,
                     demo_sets=[s.demos for s in demo_sets.get(name, ())],
                     seed=ctx.seed,
+                    outage=ctx.outage,
                 )
 
             proposals = await ctx.memo("proposals", name, compute, proposals_to_json, proposals_from_json)
@@ -188,6 +191,8 @@ def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
         concurrency=ctx.concurrency,
         memo=ctx.memo,
         should_stop=ctx.limit_reached,
+        outage=OutageGuard.for_program(ctx.predictors, ctx.lm, ctx.outage),
+        failures=ctx.failures,
     )
 
 
@@ -277,6 +282,7 @@ async def module_opro(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
                         existing=instructions[name],
                         history=list(history[name]),
                         seed=ctx.seed,
+                        outage=ctx.outage,
                     ),
                     attrs.asdict,
                     lambda data: Proposal(**data),
@@ -378,6 +384,7 @@ class _ProposalHook:
                         existing=existing,
                         history=[(text, None) for text in existing],
                         seed=self.ctx.seed,
+                        outage=self.ctx.outage,
                     ),
                     attrs.asdict,
                     lambda data: Proposal(**data),

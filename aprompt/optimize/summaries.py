@@ -1,7 +1,9 @@
 """Grounding for the proposer: a summary of the training data and a description of the program.
 
 Both are written by an LM. A reply that is empty or unusable is retried with another rollout and then
-given up on (``None`` plus a reason): grounding is a help, never a reason to abort a run.
+given up on (``None`` plus a reason): grounding is a help, never a reason to abort a run. A request that
+fails at the LM is sent again once the LM answers (:mod:`aprompt.optimize.outage`), so an outage does not
+change the text.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import attrs
 
-from aprompt._errors import LMError, ParseError
+from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt.lm.types import LM
 from aprompt.optimize.examples import Example
-from aprompt.optimize.outage import raise_if_down
+from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt.program.predictor import Predict
 
 _OBSERVE = Predict(
@@ -65,20 +68,21 @@ def format_example(example: Example, max_chars: int = 400) -> str:
     return clean_text("; ".join(parts), max_chars)
 
 
-async def _ask(predict: Predict, lm: LM, attempts: int, **inputs: Any) -> Grounded:
-    """Call ``predict`` until it yields a usable text, with a new rollout per attempt. When every attempt
-    failed at the LM and the LM is down, raises ``LMError`` (see :mod:`aprompt.optimize.outage`)."""
+async def _ask(predict: Predict, lm: LM, attempts: int, outage: OutagePolicy, **inputs: Any) -> Grounded:
+    """Call ``predict`` until it yields a usable text, with a new rollout per attempt; a request that
+    fails at the LM is sent again once it answers. Raises ``EndpointDownError`` when the LM stays down
+    longer than ``outage.tolerance`` (see :mod:`aprompt.optimize.outage`)."""
     reason = ""
-    lm_failures = 0
+    guard = OutageGuard((lm,), outage)
     for rollout in range(attempts):
         try:
-            prediction = await predict(lm=lm, rollout=rollout, **inputs)
-        except (ParseError, LMError) as exc:
+            prediction = await guard.call(
+                partial(predict, lm=lm, rollout=rollout, **inputs), "a grounding summary"
+            )
+        except EndpointDownError:
+            raise
+        except (ParseError, LMError) as exc:  # an LMError here is the request's own: the LM answers
             reason = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, LMError):
-                lm_failures += 1
-                if lm_failures == attempts:
-                    await raise_if_down(lm, exc, "a grounding summary")
             continue
         text = clean_text(next(iter(prediction.values())))
         if len(text) >= 20:
@@ -96,6 +100,7 @@ async def summarize_data(
     max_batches: int = 3,
     attempts: int = 2,
     temperature: float = 0.7,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
 ) -> Grounded:
     """Write a short description of the dataset: observations on a few batches, then a summary."""
     rng = random.Random(seed)
@@ -107,13 +112,15 @@ async def summarize_data(
     observe = _with_params(_OBSERVE, temperature)
     for batch in batches:
         text = "\n".join(f"- {format_example(e)}" for e in batch)
-        got = await _ask(observe, lm, attempts, examples=text)
+        got = await _ask(observe, lm, attempts, outage, examples=text)
         if got.text is not None:
             notes.append(got.text)
         reason = got.reason or reason
     if not notes:
         return Grounded(None, f"no usable observations ({reason})")
-    return await _ask(_with_params(_CONDENSE, temperature), lm, attempts, observations="\n".join(notes))
+    return await _ask(
+        _with_params(_CONDENSE, temperature), lm, attempts, outage, observations="\n".join(notes)
+    )
 
 
 def program_source(program: object) -> str:
@@ -139,6 +146,7 @@ async def summarize_program(
     attempts: int = 2,
     temperature: float = 0.7,
     max_source_chars: int = 3000,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
 ) -> Grounded:
     """Describe what the program does, from its predictors' signatures and its source."""
     source = program_source(program)[:max_source_chars] or "(source not available)"
@@ -146,6 +154,7 @@ async def summarize_program(
         _with_params(_DESCRIBE_PROGRAM, temperature),
         lm,
         attempts,
+        outage,
         program_code=source,
         modules=describe_modules(predictors),
     )

@@ -109,13 +109,15 @@ def asks_about(items: set[int]) -> Callable[[dict[str, Any]], bool]:
     return broken
 
 
-async def _run_through(transport: BreakingTransport, run_dir: Path | None) -> aprompt.OptimizeResult:
+async def _run_through(
+    transport: BreakingTransport, run_dir: Path | None, **options: Any
+) -> aprompt.OptimizeResult:
     async with (
         FakeOpenAIServer(responder=World(), api_key=API_KEY) as server,
         httpx.AsyncClient(transport=transport) as client,
     ):
         lm_options = {"http_client": client, "retry": RetryPolicy(max_retries=2, initial_backoff=0.001)}
-        return await run_world(server.base_url, run_dir, API_KEY, lm_options=lm_options)
+        return await run_world(server.base_url, run_dir, API_KEY, lm_options=lm_options, **options)
 
 
 async def test_examples_an_endpoint_always_fails_are_counted_unscored_not_dropped(tmp_path: Path) -> None:
@@ -187,8 +189,8 @@ async def test_an_outage_stops_the_run_and_the_resumed_run_ends_with_the_clean_r
     async with FakeOpenAIServer(responder=World(), api_key=API_KEY) as clean_server:
         clean = await run_world(clean_server.base_url, None, API_KEY)
     down = BreakingTransport(down_after(answered_before_outage))
-    with pytest.raises(aprompt.LMError, match=r"the LM failed on .* the endpoint looks down"):
-        await _run_through(down, tmp_path / "run")
+    with pytest.raises(aprompt.EndpointDownError, match=r"the LM failed on .* the endpoint looks down"):
+        await _run_through(down, tmp_path / "run", outage_tolerance=0)
     assert down.refused > 0
     # Nothing computed while the endpoint was down (empty demo sets, dropped proposals, a score of 0)
     # may stand in for a result: on a working endpoint the resumed run ends where a clean run does.

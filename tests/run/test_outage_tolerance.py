@@ -1,0 +1,142 @@
+"""Outage tolerance: an LM outage mid-run does not change the result; one past the tolerance stops the run
+with EndpointDownError, and a later call resumes it; an example that fails alone is reported, not waited on.
+
+The outage is the fake server's own (every request answered 503, or every connection closed), started by
+the responder once the run has had a given number of answers, so it falls in a chosen phase: bootstrap
+(30), summaries and proposals (75), the baseline's evaluation (140) or the search trials (300 of 761),
+for 2 s (longer than a step) or 0.2 s (over before the step that lost examples to it ends).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt.lm.retry import RetryPolicy
+from aprompt.run.journal import RunJournal
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import QAProgram, exact_match, lm_for, qa_examples
+from tests.optimize.world import World, examples
+from tests.run._optimize_worker import run_world, summary
+from tests.run.test_faults import BreakingTransport, _run_through, asks_about
+
+pytestmark = pytest.mark.anyio
+
+# Requests give up fast, so an outage leaves examples unscored at once (the run, not the client, waits).
+FAST_RETRY = RetryPolicy(max_retries=2, initial_backoff=0.01, max_backoff=0.02)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class OutageAfter:
+    """The World's responder that starts a server outage once it has answered ``n_answered`` requests."""
+
+    def __init__(self, n_answered: int, seconds: float, mode: str) -> None:
+        self.world = World()
+        self.n_answered, self.seconds, self.mode = n_answered, seconds, mode
+        self.server: FakeOpenAIServer | None = None
+        self.answers = 0
+
+    def __call__(self, request: ChatRequest) -> str:
+        self.answers += 1
+        if self.server is not None and self.answers == self.n_answered:
+            self.server.outage(seconds=self.seconds, mode=self.mode)
+        return self.world(request)
+
+
+async def clean_run() -> aprompt.OptimizeResult:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        return await run_world(server.base_url, None, TEST_API_KEY)
+
+
+@pytest.mark.parametrize(
+    ("answered_before_outage", "mode", "seconds"),
+    [
+        (30, "503", 2.0),
+        (75, "close", 2.0),
+        (140, "503", 2.0),
+        (300, "close", 2.0),
+        # Over before the step ends: the check passes, yet the step lost examples to the outage.
+        (300, "503", 0.2),
+    ],
+)
+async def test_an_outage_mid_run_ends_with_the_clean_result(
+    answered_before_outage: int, mode: str, seconds: float
+) -> None:
+    clean = await clean_run()
+    responder = OutageAfter(answered_before_outage, seconds, mode)
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server:
+        responder.server = server
+        result = await run_world(
+            server.base_url, None, TEST_API_KEY, lm_options={"retry": FAST_RETRY}, outage_tolerance=60
+        )
+        refused = server.refused_in_outage
+    assert refused > 0, "the outage refused requests"
+    assert result.usage.errors > 0, "requests failed after their retries: steps lost examples"
+    assert summary(result) == summary(clean)
+    assert result.failures == {} and clean.failures == {}
+    assert all(t.n_unscored == 0 for t in result.trials) and all(f.n_unscored == 0 for f in result.full_evals)
+
+
+async def test_an_outage_longer_than_the_tolerance_stops_the_run_and_a_later_call_resumes_it(
+    tmp_path: Path,
+) -> None:
+    clean = await clean_run()
+    responder = OutageAfter(300, math.inf, "503")
+    run_dir = tmp_path / "run"
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server:
+        responder.server = server
+        options: dict[str, Any] = {"lm_options": {"retry": FAST_RETRY}, "outage_tolerance": 1.0}
+        with pytest.raises(aprompt.EndpointDownError, match="outage_tolerance=1 s") as stopped:
+            await run_world(server.base_url, run_dir, TEST_API_KEY, **options)
+        assert stopped.value.waited >= 1.0
+        assert "calling again with the same run_dir resumes" in str(stopped.value)
+        with RunJournal.open(run_dir) as journal:
+            journaled = [payload for _, payload in journal.entries("trial")]
+        assert journaled, "trials before the outage were journaled"
+        assert all(trial["n_unscored"] == 0 for trial in journaled), "no trial the outage cut short"
+
+        server.end_outage()
+        before = len(server.chat_requests)
+        resumed = await run_world(server.base_url, run_dir, TEST_API_KEY, **options)
+        resumed_requests = len(server.chat_requests) - before
+    assert summary(resumed) == summary(clean)
+    assert resumed.failures == {}
+    assert resumed_requests < 761 - 300, "the resumed run read back what the first call paid for"
+
+
+async def test_an_example_failing_alone_while_the_lm_works_is_unscored_and_reported() -> None:
+    broken = next(e.id for i, e in enumerate(examples(200, 240), start=200) if i == 215)
+    transport = BreakingTransport(asks_about({215}))
+    result = await _run_through(transport, None)  # the default tolerance: nothing is waited for
+
+    steps = [f"full_eval:{index}" for index in range(len(result.full_evals))] + [
+        f"trial:{t.number}" for t in result.trials if broken in t.example_ids
+    ]
+    assert result.failures.keys() == {f"{step}:{broken}" for step in steps}
+    assert all(error.startswith("ServerError") for error in result.failures.values())
+    assert all(f.n_unscored == 1 and f.lm_failures.keys() == {broken} for f in result.full_evals)
+    # Each step sent it once and re-ran it twice (the LM answered every check), each time with 2 retries.
+    assert transport.refused == len(steps) * 3 * 3
+    assert len(result.trials) == 12
+
+
+@pytest.mark.parametrize("tolerance", [-1, math.nan, math.inf, "300", True])
+async def test_a_bad_outage_tolerance_is_refused_before_any_call(
+    fake_server: FakeOpenAIServer, tolerance: Any
+) -> None:
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(aprompt.ConfigError, match=r"outage_tolerance .*" + re.escape(repr(tolerance))):
+            await aprompt.optimize(
+                QAProgram(), qa_examples(0, 10), exact_match, lm=lm, outage_tolerance=tolerance
+            )
+    assert fake_server.chat_requests == []
