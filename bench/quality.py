@@ -34,6 +34,7 @@ import attrs
 
 import aprompt
 from aprompt.lm.local import LOCAL_MODEL_NAME
+from aprompt.lm.replies import accepting_cut_replies
 from bench.counting_proxy import CountingProxy, Counts
 from bench.report import (
     RESULTS_DIR,
@@ -329,7 +330,8 @@ async def run_all(settings: Settings) -> list[Run]:
         print(f"skipping {', '.join(skipped)}: dspy is not installed (pip install -e '.[bench]')")
     local = aprompt.local_lm(n_parallel=settings.parallel, n_threads=settings.threads, ctx_per_slot=4096)
     async with local as warmup:
-        await warmup.chat([{"role": "user", "content": "Hi"}], max_tokens=1)
+        with accepting_cut_replies(lambda text: True):  # one token is the whole warm-up
+            await warmup.chat([{"role": "user", "content": "Hi"}], max_tokens=1)
         assert local.base_url is not None
         async with CountingProxy(local.base_url, max_connections=4 * settings.concurrency) as proxy:
             for task_name in settings.tasks:

@@ -4,7 +4,9 @@ failure is retried)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ from aprompt.lm.types import Completion
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "TRUNCATION_RETRY_MAX_TOKENS",
+    "accepting_cut_replies",
     "incomplete_reply",
     "larger_budget",
     "read_capped",
@@ -47,9 +50,36 @@ async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
     return b"".join(pieces), False
 
 
+#: Set by a caller that can tell a cut reply which already holds its whole answer (a predictor whose
+#: every output field was written, each ended before the cut): such a reply is an answer.
+_CUT_REPLY_IS_ANSWER: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
+    "aprompt_cut_reply_is_answer", default=None
+)
+
+
+@contextmanager
+def accepting_cut_replies(is_answer: Callable[[str], bool]) -> Iterator[None]:
+    """Within the block, a reply cut at its token budget whose text satisfies ``is_answer`` is an
+    answer, not a :class:`~aprompt._errors.TruncatedResponseError` (and is not re-sent).
+
+    Example::
+
+        with accepting_cut_replies(lambda text: "\n" in text):
+            completion = await lm.chat(messages, max_tokens=16)
+    """
+    token = _CUT_REPLY_IS_ANSWER.set(is_answer)
+    try:
+        yield
+    finally:
+        _CUT_REPLY_IS_ANSWER.reset(token)
+
+
 def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteResponseError | None:
     """The error for a well-formed reply that is not an answer, or None for an answer."""
     reason = completion.finish_reason
+    is_answer = _CUT_REPLY_IS_ANSWER.get()
+    if reason == "length" and completion.text and is_answer is not None and is_answer(completion.text):
+        return None
     if reason == "length":
         return TruncatedResponseError(
             "the reply was cut at its token budget (finish_reason 'length')",

@@ -39,7 +39,8 @@ from typing import TypeVar
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, EndpointDownError, LMError
+from aprompt._errors import ConfigError, EndpointDownError, IncompleteResponseError, LMError
+from aprompt.lm.replies import accepting_cut_replies
 from aprompt.lm.retry import RETRYABLE_ERRORS
 from aprompt.lm.types import LM, Message
 from aprompt.optimize.evaluate import Evaluation
@@ -222,7 +223,11 @@ class OutageGuard:
             return LMError("no LM to check")
         for lm in lms:
             try:
-                await lm.chat(_CHECK, rollout=_fresh_rollout(), max_tokens=1)
+                # One token is all the check needs: a reply cut there is an answer, not re-sent.
+                with accepting_cut_replies(lambda text: True):
+                    await lm.chat(_CHECK, rollout=_fresh_rollout(), max_tokens=1)
+            except IncompleteResponseError:
+                continue  # a cut or empty reply still shows the endpoint answers
             except LMError as problem:
                 return problem
         return None

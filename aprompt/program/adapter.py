@@ -264,6 +264,30 @@ def read_reply(signature: Signature, text: str) -> Reading:
     return Reading(values, problems)
 
 
+def answered_before_cut(signature: Signature, text: str) -> bool:
+    """Whether ``text``, a reply cut at its token budget, already holds its whole answer: every output
+    field reads, and the last one written ended before the cut — a later marker follows it (the model
+    went on to echo an input label), or, for a field that is not free text, a line break ends its value.
+
+    ``Answer: 91`` cut from ``Answer: 919`` does not; ``Answer: 919\nBecause ...`` does.
+    """
+    if not read_reply(signature, text).ok:
+        return False
+    markers = _find_markers(signature, text)
+    written = [marker for marker in markers if marker[2] is not None]
+    if not written:
+        return False  # the whole reply is the value: nothing shows where it would have ended
+    last = written[-1]
+    if any(marker[0] >= last[1] for marker in markers):
+        return True
+    field = next(f for f in signature.outputs if f.name == last[2])
+    if field.annotation is str:
+        return False
+    value = text[last[1] :].lstrip(" \t")
+    line_end = value.find("\n")
+    return line_end > 0 and bool(value[:line_end].strip())
+
+
 def parse_reply(signature: Signature, text: str) -> dict[str, Any]:
     """Read the output fields from ``text`` or raise :class:`~aprompt.ParseError`.
 

@@ -7,8 +7,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aprompt._errors import ConfigError, ParseError, StateError
+from aprompt.lm.replies import accepting_cut_replies, incomplete_reply
 from aprompt.lm.types import LM, Message, TokenUsage
 from aprompt.program.adapter import (
+    answered_before_cut,
     correction_message,
     describe_problems,
     format_messages,
@@ -115,7 +117,13 @@ class Predict:
         for _attempt in range(self.max_parse_retries + 1):
             # Retries keep the caller's rollout: their messages differ (the correction is appended),
             # so a cache never replays the bad reply, and a re-run replays the same retries.
-            completion = await client.chat(conversation, rollout=rollout, **params)
+            # A reply cut at its token budget is an answer only when it already holds every field.
+            with accepting_cut_replies(lambda text: answered_before_cut(signature, text)):
+                completion = await client.chat(conversation, rollout=rollout, **params)
+                # Any LM, not only aprompt's clients: an empty, filtered or cut reply is a provider fault.
+                not_an_answer = incomplete_reply(completion, endpoint="")
+            if not_an_answer is not None:
+                raise not_an_answer
             usage = TokenUsage(
                 usage.prompt_tokens + completion.usage.prompt_tokens,
                 usage.completion_tokens + completion.usage.completion_tokens,

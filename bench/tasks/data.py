@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: The task files copied into the repository (``bench/data/bigbench``; source and license in ``bench/data/README.md``).
+#: The task files copied into the repository (source and license: ``bench/data/README.md``).
 DEFAULT_DATA_DIR = REPO_ROOT / "bench" / "data" / "bigbench"
 
 
