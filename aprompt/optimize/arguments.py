@@ -207,7 +207,7 @@ async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) ->
             f"example {example.id}'s own labels {_show(dict(example.labels))}"
         ) from exc
     try:
-        metric_score(value)
+        metric_score(value, metric)
     except ConfigError as exc:
         raise ConfigError(
             f"{exc} (scoring a prediction made of example {example.id}'s own labels); "
