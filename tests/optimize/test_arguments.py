@@ -135,8 +135,10 @@ async def test_a_dataset_that_is_not_a_list_is_refused(
 async def test_a_run_dir_that_is_a_file_is_refused(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     (tmp_path / "run").write_text("not a directory")
     async with lm_for(fake_server) as lm:
-        with pytest.raises(aprompt.ConfigError, match="run_dir .* is not a directory"):
-            await aprompt.optimize(TwoStageProgram(), examples(0, 20), metric, lm=lm, run_dir=tmp_path / "run")
+        with pytest.raises(aprompt.ConfigError, match=r"run_dir .* is not a directory"):
+            await aprompt.optimize(
+                TwoStageProgram(), examples(0, 20), metric, lm=lm, run_dir=tmp_path / "run"
+            )
     assert fake_server.chat_requests == []
 
 

@@ -171,7 +171,12 @@ async def test_an_error_in_the_loop_body_stops_the_run_and_propagates_as_itself(
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
         with pytest.raises(Stop):
             async with aprompt.optimize_events(
-                TwoStageProgram(), examples(0, 60), metric, valset=examples(200, 230), lm=lm, budget=SMALL_BUDGET
+                TwoStageProgram(),
+                examples(0, 60),
+                metric,
+                valset=examples(200, 230),
+                lm=lm,
+                budget=SMALL_BUDGET,
             ) as stream:
                 async for event in stream:
                     if isinstance(event, PhaseStarted):
