@@ -139,7 +139,7 @@ async def optimize(
             a metric that returns no valid score for a prediction made of an example's own labels),
             before any LM call. During the run: a metric value that is not a score (``None``, NaN, a
             string, 2.5), or a predictor called where the run's prompts cannot reach it (a worker task or
-            thread started before the run; see the docs' "Programs" concept).
+            thread started before the run; see "Program" in the docs' concepts).
         OptimizationError: the metric raised on every prediction of its first evaluation (before it
             ever returned a score), or the program or metric failed on every baseline example.
         LMConnectionError, AuthenticationError: an endpoint is unreachable or refuses the key; each is

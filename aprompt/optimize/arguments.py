@@ -22,7 +22,7 @@ import inspect
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeGuard
 
 from aprompt._errors import APromptError, ConfigError
@@ -140,7 +140,8 @@ def check_lm(name: str, lm: object) -> None:
 
 
 def _check_dataset(name: str, value: object) -> None:
-    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence | list | tuple):
+    # Any iterable of examples (a list, a datasets.Dataset), but not one text or one mapping.
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         raise ConfigError(
             f"{name} must be a list of aprompt.Example objects or mappings, got {type(value).__name__} "
             f"{_show(value)}"

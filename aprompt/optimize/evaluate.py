@@ -208,7 +208,7 @@ def check_metric_worked(metric: Metric, evaluation: Evaluation) -> None:
     program run succeeded in this evaluation: every score would be 0, the search blind."""
     if not isinstance(metric, RunMetric) or metric.worked:
         return
-    ran = [r for r in evaluation.results if r.prediction is not None and not r.lm_failure]
+    ran = [r for r in evaluation.results if r.error is None or r.metric_failed]  # the program ran
     if not ran or not all(r.metric_failed for r in ran):
         return
     first = {r.example_id: r.error or "" for r in ran[:3]}
