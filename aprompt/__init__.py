@@ -42,7 +42,7 @@ from aprompt.lm.local import LocalLM, find_local_model, local_lm
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
 from aprompt.lm.usage import UsageSnapshot, total_usage
-from aprompt.optimize.api import optimize, optimize_events
+from aprompt.optimize.api import optimize
 from aprompt.optimize.budget import Budget
 from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.optimize.events import (
@@ -60,6 +60,7 @@ from aprompt.optimize.events import (
 from aprompt.optimize.examples import Example
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import OptimizeResult, load
+from aprompt.optimize.streaming import optimize_events
 from aprompt.optimize.sync import optimize_sync
 from aprompt.program import (
     ChainOfThought,

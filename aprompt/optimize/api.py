@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import anyio
 import attrs
 
 from aprompt._errors import ConfigError
 from aprompt.lm.types import LM
+from aprompt.optimize.arguments import check_arguments, check_metric_on_labels
 from aprompt.optimize.budget import Budget, estimate_calls, resolve_budget
-from aprompt.optimize.evaluate import Metric, program_entry
-from aprompt.optimize.events import Event, EventCallback, RunFinished, RunPlanned
+from aprompt.optimize.evaluate import Metric, RunMetric, program_entry
+from aprompt.optimize.events import EventCallback, RunFinished, RunPlanned
 from aprompt.optimize.examples import Example, as_examples
 from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
 from aprompt.optimize.propose import Grounding
@@ -27,7 +26,9 @@ from aprompt.optimize.result import OptimizeResult
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.strategies import STRATEGIES
 from aprompt.program.context import current_lm
+from aprompt.program.copying import copy_program
 from aprompt.program.discovery import is_function, named_predictors
+from aprompt.program.overrides import watch_predictors
 from aprompt.program.state import program_state
 from aprompt.run.limits import RunLimits
 from aprompt.run.preflight import check_endpoints, check_limits, check_metric
@@ -69,40 +70,6 @@ def check_inputs(program: object, examples: Sequence[Example], role: str) -> Non
                 f"{role} example {example.id} does not fit the program's inputs "
                 f"{list(signature.parameters)}: {exc}"
             ) from None
-
-
-def copy_program(program: object) -> object:
-    """A deep copy sharing LM clients (and anything else that cannot be copied safely)."""
-    memo: dict[int, Any] = {}
-    seen: set[int] = set()
-
-    def mark(obj: Any, depth: int) -> None:
-        if id(obj) in seen or depth > 8:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, LM):
-            memo[id(obj)] = obj
-            return
-        children = (
-            obj.values()
-            if isinstance(obj, dict)
-            else obj
-            if isinstance(obj, list | tuple)
-            else vars(obj).values()
-            if hasattr(obj, "__dict__") and not isinstance(obj, type)
-            else ()
-        )
-        for child in children:
-            mark(child, depth + 1)
-
-    mark(program, 0)
-    try:
-        return copy.deepcopy(program, memo)
-    except Exception as exc:
-        raise ConfigError(
-            f"cannot copy the program ({type(exc).__name__}: {exc}); pass in_place=True to optimize "
-            "it in place"
-        ) from None
 
 
 async def optimize(
@@ -169,8 +136,17 @@ async def optimize(
             stopping with :class:`~aprompt.EndpointDownError`; a step is re-run once the LM answers, so
             an outage does not change the result (:mod:`aprompt.optimize.outage`).
 
+    The returned program (unless ``in_place``) is a copy holding copies of the predictors and sharing
+    everything else (locks, clients, data) with ``program``, whose prompts stay unchanged.
+
     Raises:
-        ConfigError: bad input (examples, metric, program, budget or limits), before any LM call.
+        ConfigError: bad input (the type or range of any argument, examples, program, budget, limits, or
+            a metric that returns no valid score for a prediction made of an example's own labels),
+            before any LM call. During the run: a metric value that is not a score (``None``, NaN, a
+            string, 2.5), or a predictor called where the run's prompts cannot reach it (a worker task or
+            thread started before the run; see "Program" in the docs' concepts).
+        OptimizationError: the metric raised on every prediction of its first evaluation (before it
+            ever returned a score), or the program or metric failed on every baseline example.
         LMConnectionError, AuthenticationError: an endpoint is unreachable or refuses the key; each is
             probed once up front (``GET /models``, no tokens spent).
         EndpointDownError: an LM stayed down longer than ``outage_tolerance`` (or refuses every request);
@@ -183,8 +159,29 @@ async def optimize(
         result.save("optimized.json")
     """
     started = time.monotonic()
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    check_arguments(
+        trainset=trainset,
+        valset=valset,
+        strategy=strategy,
+        budget=budget,
+        seed=seed,
+        input_fields=input_fields,
+        grounding=grounding,
+        concurrency=concurrency,
+        bootstrap_threshold=bootstrap_threshold,
+        in_place=in_place,
+        on_event=on_event,
+        run_dir=run_dir,
+        resume=resume,
+        lms={"lm": lm, "proposer_lm": proposer_lm, "teacher_lm": teacher_lm},
+        limits={
+            "max_lm_calls": max_lm_calls,
+            "max_tokens": max_tokens,
+            "max_cost": max_cost,
+            "max_time": max_time,
+        },
+        prices=prices,
+    )
     plan = resolve_budget(budget)
     predictors = named_predictors(program)
     if not predictors:
@@ -208,6 +205,7 @@ async def optimize(
     train, val = split_valset(train, val_given, plan.val_size, seed)
     check_inputs(program, [*train, *val], "trainset/valset")
     check_metric(metric)
+    await check_metric_on_labels(metric, [*val, *train])
     default_lm = lm if lm is not None else current_lm()
     if default_lm is None and any(p.lm is None for _, p in predictors):
         raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")
@@ -248,7 +246,7 @@ async def optimize(
             predictors=predictors,
             trainset=train,
             valset=val,
-            metric=metric,
+            metric=RunMetric(metric),
             budget=plan,
             seed=seed,
             lm=default_lm,
@@ -264,7 +262,8 @@ async def optimize(
         )
         if journal is not None and journal.latest("original_state") is None:
             journal.append("original_state", program_state(program))
-        return await _run(ctx, strategy, target, started)
+        with watch_predictors(predictors):
+            return await _run(ctx, strategy, target, started)
 
 
 async def _run(ctx: RunContext, strategy: str, target: object, started: float) -> OptimizeResult:
@@ -339,48 +338,4 @@ def _plan_event(strategy: str, plan: Budget, n_predictors: int, n_train: int, n_
     )
 
 
-async def optimize_events(
-    program: object, trainset: Sequence[Example | Mapping[str, Any]], metric: Metric, **options: Any
-) -> AsyncIterator[Event | OptimizeResult]:
-    """Run :func:`optimize` and yield its events as they happen, then the :class:`OptimizeResult`.
-
-    Consume it to the end, or wrap it in ``contextlib.aclosing`` when you may stop early.
-
-    Example::
-
-        async for item in aprompt.optimize_events(program, trainset, metric, lm=lm):
-            if isinstance(item, aprompt.OptimizeResult):
-                result = item
-            else:
-                print(item)
-    """
-    if "on_event" in options:
-        raise ConfigError("optimize_events delivers the events itself; do not pass on_event")
-    send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=math.inf)
-    outcome: list[OptimizeResult] = []
-    failure: list[Exception] = []
-
-    async def run() -> None:
-        async with send:
-            try:
-                outcome.append(await optimize(program, trainset, metric, on_event=send.send, **options))
-            except Exception as exc:  # re-raised below as itself, not wrapped in an ExceptionGroup
-                failure.append(exc)
-
-    stopped_early = False
-    async with anyio.create_task_group() as group, receive:
-        group.start_soon(run)
-        try:
-            async for event in receive:
-                yield event
-        except GeneratorExit:  # the consumer closed us (aclose): stop the run, end quietly
-            stopped_early = True
-            group.cancel_scope.cancel()
-    if stopped_early:
-        return
-    if failure:
-        raise failure[0]
-    yield outcome[0]
-
-
-__all__ = ["optimize", "optimize_events", "split_valset"]
+__all__ = ["optimize", "split_valset"]

@@ -4,10 +4,21 @@ One evaluator serves bootstrapping (with traces), mini-batch trials and full eva
 in its own task under its own trace and prompt overrides, so any number of evaluations — of different
 prompt choices — can share one program object at the same time.
 
-Failures never abort an evaluation. A program or metric error (a ``ParseError`` included: an unreadable
-reply is the prompt's fault) scores 0 and is recorded with the example id. An LM failure that outlasted the
-client's retries (``LMError``) is *not* the prompt's fault: that example is left unscored, counted, and kept
-out of the mean, so a burst of 429s never teaches the search that a good prompt is bad.
+A program or metric error (a ``ParseError`` included: an unreadable reply is the prompt's fault) scores 0
+and is recorded with the example id. An LM failure that outlasted the client's retries (``LMError``) is *not*
+the prompt's fault: that example is left unscored, counted, and kept out of the mean, so a burst of 429s
+never teaches the search that a good prompt is bad.
+
+Three things are the user's bug, never the prompt's, and abort the evaluation at once:
+
+- a metric *value* that is not a score (``None``, NaN, a string, 2.5): :class:`ConfigError` naming the
+  metric and the value;
+- during a run (the metric wrapped in :class:`RunMetric`), a metric that has never scored a real
+  prediction and raised on every example whose program run succeeded: :class:`OptimizationError` (a
+  metric that raises on *some* predictions, e.g. on the odd output of a bad candidate, scores those 0);
+- a predictor of the program under optimization called where the run's prompt overrides cannot reach it
+  (a worker task or thread started outside the evaluation): :class:`ConfigError`, see
+  :func:`aprompt.program.overrides.watch_predictors`.
 """
 
 from __future__ import annotations
@@ -20,11 +31,12 @@ from typing import Any
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, LMError
+from aprompt._errors import ConfigError, LMError, OptimizationError
+from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 from aprompt.optimize.examples import Example
 from aprompt.program.context import use_lm
-from aprompt.program.overrides import PromptOverride, override_prompts
+from aprompt.program.overrides import PromptOverride, current_watch, override_prompts
 from aprompt.program.trace import TraceEntry, trace
 
 Metric = Callable[[Example, Any], "float | bool | Awaitable[float | bool]"]
@@ -44,6 +56,7 @@ class ExampleResult:
     error: str | None = None
     prediction: Any = attrs.field(default=None, eq=False, repr=False)
     trace: tuple[TraceEntry, ...] = attrs.field(default=(), eq=False, repr=False)
+    metric_failed: bool = attrs.field(default=False, eq=False, repr=False)
 
     @property
     def lm_failure(self) -> bool:
@@ -92,16 +105,46 @@ def program_entry(program: object) -> Callable[..., Any]:
     raise ConfigError(f"program {type(program).__name__} is not callable and has no forward()")
 
 
-def metric_score(value: object) -> float:
-    """Check and convert a metric's return value to a float in [0, 1]."""
+def describe_metric(metric: object) -> str:
+    """The metric's name for messages: its qualified name, else its type's."""
+    metric = metric.metric if isinstance(metric, RunMetric) else metric
+    return str(getattr(metric, "__qualname__", None) or type(metric).__name__)
+
+
+def metric_score(value: object, metric: object = None) -> float:
+    """Check and convert a metric's return value to a float in [0, 1].
+
+    Raises:
+        ConfigError: naming the metric (when given) and the value: not a bool or number, NaN, or outside
+            [0, 1]. A wrong value is the metric's bug, not the prompt's.
+    """
+    if type(value).__module__ == "numpy" and callable(getattr(value, "item", None)):
+        value = value.item()  # type: ignore[attr-defined]  # numpy.bool_, numpy.float64 ... as Python values
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    name = f"metric {describe_metric(metric)}" if metric is not None else "metric"
+    if isinstance(value, int | float):
         score = float(value)
         if 0.0 <= score <= 1.0:
             return score
-        raise ValueError(f"metric returned {value!r}, outside [0, 1]")
-    raise TypeError(f"metric returned {type(value).__name__}, expected bool or float in [0, 1]")
+        raise ConfigError(
+            f"{name} returned {value!r}, outside [0, 1]; a metric returns a bool or a float in [0, 1]"
+        )
+    raise ConfigError(
+        f"{name} returned {type(value).__name__} {value!r:.80}, expected a bool or a float in [0, 1]"
+    )
+
+
+class RunMetric:
+    """A run's metric: calls the user's ``metric`` and remembers whether it has scored a real
+    prediction yet (until then, an evaluation where it raised on every prediction aborts the run)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.worked = False
+
+    def __call__(self, example: Example, prediction: Any) -> float | bool | Awaitable[float | bool]:
+        return self.metric(example, prediction)
 
 
 async def run_example(
@@ -113,25 +156,68 @@ async def run_example(
 ) -> ExampleResult:
     """Run and score one example (inside the caller's overrides and LM context)."""
     entry = program_entry(program)
+    failed: ExampleResult | None = None
     with trace(program) as recorded:
         try:
             result = entry(**example.inputs)
             prediction = await result if inspect.isawaitable(result) else result
         except Exception as exc:
             if (lm_error := _lm_error_in(exc)) is not None:
-                return ExampleResult(example.id, None, f"{type(lm_error).__name__}: {lm_error}")
-            return ExampleResult(example.id, 0.0, f"{type(exc).__name__}: {exc}")
+                failed = ExampleResult(example.id, None, f"{type(lm_error).__name__}: {lm_error}")
+            else:
+                failed = ExampleResult(example.id, 0.0, f"{type(exc).__name__}: {exc}")
+    check_watch()  # before anything is scored: a run whose prompts never applied measures nothing
+    if failed is not None:
+        return failed
     try:
         value = metric(example, prediction)
         if inspect.isawaitable(value):
             value = await value
-        score = metric_score(value)
+    except ConfigError:
+        raise
     except Exception as exc:
         if (lm_error := _lm_error_in(exc)) is not None:  # an LM-judged metric whose LM failed
             return ExampleResult(example.id, None, f"{type(lm_error).__name__}: {lm_error}", prediction)
-        return ExampleResult(example.id, 0.0, f"metric {type(exc).__name__}: {exc}", prediction)
+        error = f"metric {type(exc).__name__}: {exc}"
+        return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)
+    score = metric_score(value, metric)
+    if isinstance(metric, RunMetric):
+        metric.worked = True
     entries = tuple(recorded.entries) if collect_trace else ()
     return ExampleResult(example.id, score, None, prediction, entries)
+
+
+def check_watch() -> None:
+    """Raise if a predictor of the program under optimization was called without the run's prompts."""
+    watch = current_watch()
+    if watch is not None and watch.unguided:
+        names = sorted(set(watch.unguided))
+        raise ConfigError(
+            f"predictor(s) {names} of the program under optimization were called outside the evaluation's "
+            "context, so they never saw the candidate prompts and every candidate would score as the "
+            "baseline. The program runs its predictors elsewhere: a worker task started before optimize(), "
+            "or a thread or event loop that does not inherit the caller's contextvars. Start the worker "
+            "inside the program call, or carry the context over (anyio.to_thread.run_sync does; with a "
+            "thread pool, submit contextvars.copy_context().run). Calling the same predictors from other "
+            "code while optimize() runs also triggers this: optimize a separate instance of the program."
+        )
+
+
+def check_metric_worked(metric: Metric, evaluation: Evaluation) -> None:
+    """Abort a run whose metric has never scored a real prediction and raised on every example whose
+    program run succeeded in this evaluation: every score would be 0, the search blind."""
+    if not isinstance(metric, RunMetric) or metric.worked:
+        return
+    ran = [r for r in evaluation.results if r.error is None or r.metric_failed]  # the program ran
+    if not ran or not all(r.metric_failed for r in ran):
+        return
+    first = {r.example_id: r.error or "" for r in ran[:3]}
+    raise OptimizationError(
+        f"metric {describe_metric(metric)} raised on every one of the {len(ran)} predictions it was "
+        "given (the program ran fine); first errors: "
+        + "; ".join(f"{example_id}: {error}" for example_id, error in first.items()),
+        errors=first,
+    )
 
 
 def _lm_error_in(exc: Exception) -> LMError | None:
@@ -186,12 +272,15 @@ async def evaluate(
                 await _run_all(one, examples)
         else:
             await _run_all(one, examples)
-    return Evaluation(tuple(r for r in results if r is not None))
+    evaluation = Evaluation(tuple(r for r in results if r is not None))
+    check_metric_worked(metric, evaluation)
+    return evaluation
 
 
 async def _run_all(
     one: Callable[[int, Example], Coroutine[Any, Any, None]], examples: Sequence[Example]
 ) -> None:
-    async with anyio.create_task_group() as group:
+    # A ConfigError from one example (a bad metric value) reaches the caller as itself.
+    async with plain_errors_task_group() as group:
         for position, example in enumerate(examples):
             group.start_soon(one, position, example)

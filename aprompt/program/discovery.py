@@ -9,13 +9,18 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+from aprompt._errors import ConfigError
 from aprompt.lm.types import LM, Completion
 from aprompt.program.fields import Field
 from aprompt.program.predictor import Predict
 from aprompt.program.signature import Signature
 from aprompt.program.values import Demo, Prediction
 
-__all__ = ["is_function", "named_predictors"]
+__all__ = ["Route", "is_function", "named_predictors", "predictor_routes", "show_route"]
+
+#: How a predictor is reached from the program: ``("attr", name)`` (an attribute or slot), ``("item",
+#: key)`` (a list or tuple index, a mapping key) or ``("global" | "closure", name)`` (from a function).
+Route = tuple[tuple[str, Any], ...]
 
 # Leaves: never predictors and never containers of predictors. LM clients are matched separately.
 _LEAF_TYPES = (
@@ -72,28 +77,57 @@ def named_predictors(program: object) -> list[tuple[str, Predict]]:
 
         [name for name, _ in named_predictors(RAG())]  # ['query', 'stages.0', 'stages.1']
     """
+    return [(name, predictor) for name, predictor, _ in predictor_routes(program)]
+
+
+def predictor_routes(program: object) -> list[tuple[str, Predict, Route]]:
+    """:func:`named_predictors` with the route to each predictor (for copying the program).
+
+    Raises:
+        ConfigError: two different predictors get the same name (``{0: p, "0": q}`` are both ``s.0``),
+            naming both routes: their saved prompts would be mixed up.
+    """
     if isinstance(program, types.MethodType):
         program = program.__self__
     if isinstance(program, Predict):
-        return [(ROOT_NAME, program)]
-    found: list[tuple[str, Predict]] = []
+        return [(ROOT_NAME, program, ())]
+    found: list[tuple[str, Predict, Route]] = []
+    by_name: dict[str, Route] = {}
     seen: set[int] = {id(program)}
     # An explicit stack, not recursion: programs nested deeper than the recursion limit still work.
     # Each entry says whether it was reached from a function (only then are functions entered).
-    stack: list[tuple[str, Any, bool]] = [
-        (name, child, is_function(program)) for name, child in reversed(_children("", program))
+    stack: list[tuple[str, Any, bool, Route]] = [
+        (name, child, is_function(program), (step,)) for name, child, step in reversed(_children("", program))
     ]
     while stack:
-        name, obj, from_function = stack.pop()
+        name, obj, from_function, route = stack.pop()
         if id(obj) in seen or (_is_leaf(obj) and not (from_function and is_function(obj))):
             continue
         seen.add(id(obj))
         if isinstance(obj, Predict):
-            found.append((name, obj))
+            if name in by_name:
+                raise ConfigError(
+                    f"two predictors of the program get the same name {name!r}: "
+                    f"{show_route(by_name[name])} and {show_route(route)}; give them distinct names "
+                    "(attribute names or mapping keys whose str() differ)"
+                )
+            by_name[name] = route
+            found.append((name, obj, route))
         else:
             inside = is_function(obj)
-            stack.extend((child_name, child, inside) for child_name, child in reversed(_children(name, obj)))
+            stack.extend(
+                (child_name, child, inside, (*route, step))
+                for child_name, child, step in reversed(_children(name, obj))
+            )
     return found
+
+
+def show_route(route: Route) -> str:
+    """A route as Python-like text: ``program.stages[0]``, ``program.experts['0']``."""
+    text = "program"
+    for kind, key in route:
+        text += f"[{key!r}]" if kind == "item" else f".{key}" if kind == "attr" else f" -> {key}"
+    return text
 
 
 def is_function(obj: object) -> bool:
@@ -101,23 +135,25 @@ def is_function(obj: object) -> bool:
     return isinstance(obj, types.FunctionType)
 
 
-def _function_children(prefix: str, function: types.FunctionType) -> list[tuple[str, Any]]:
+def _function_children(prefix: str, function: types.FunctionType) -> list[tuple[str, Any, tuple[str, Any]]]:
     """The globals and closure variables the function's code reads (nested functions' code included),
     in the order the code first reads them."""
     closure = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
     missing = object()
-    children: list[tuple[str, Any]] = []
+    children: list[tuple[str, Any, tuple[str, Any]]] = []
     for name in _names_read(function.__code__):
         if name in closure:
             try:
                 value = closure[name].cell_contents
             except ValueError:  # a variable not bound yet
                 continue
+            kind = "closure"
         else:
             value = function.__globals__.get(name, missing)
             if value is missing:
                 continue  # a builtin
-        children.append((f"{prefix}.{name}" if prefix else name, value))
+            kind = "global"
+        children.append((f"{prefix}.{name}" if prefix else name, value, (kind, name)))
     return children
 
 
@@ -142,18 +178,18 @@ def _is_leaf(obj: Any) -> bool:
         return False
 
 
-def _children(prefix: str, obj: Any) -> list[tuple[str, Any]]:
+def _children(prefix: str, obj: Any) -> list[tuple[str, Any, tuple[str, Any]]]:
     def join(part: object) -> str:
         return f"{prefix}.{part}" if prefix else str(part)
 
     if is_function(obj):
         return _function_children(prefix, obj)
     if isinstance(obj, list | tuple):
-        return [(join(i), item) for i, item in enumerate(obj)]
+        return [(join(i), item, ("item", i)) for i, item in enumerate(obj)]
     if isinstance(obj, Mapping):
         keys = sorted(obj, key=str)
-        return [(join(key), obj[key]) for key in keys]
-    return [(join(attr), value) for attr, value in _attributes(obj)]
+        return [(join(key), obj[key], ("item", key)) for key in keys]
+    return [(join(attr), value, ("attr", attr)) for attr, value in _attributes(obj)]
 
 
 def _attributes(obj: Any) -> list[tuple[str, Any]]:

@@ -5,11 +5,19 @@ the predictors (which concurrent runs would see), it sets, in a context variable
 and demos each predictor should use, plus a rollout index and sampling parameters (for
 bootstrapping). Predictors read the override of the task they run in; tasks started inside inherit
 it.
+
+Context variables reach only code that runs in the evaluation's context: the program's own tasks, and
+threads started with :func:`anyio.to_thread.run_sync` or ``contextvars.copy_context().run``. A worker
+task started before the optimization (a queue consumer) or a thread pool / event loop of its own calls
+the predictors with no override, so every candidate would silently score as the baseline.
+:func:`watch_predictors` catches that: while it is active, a call of a watched predictor outside an
+override covering it is recorded, and the evaluation raises.
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +27,16 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt.program.values import Demo, as_demo
 
-__all__ = ["ActiveOverrides", "PromptOverride", "active_overrides", "override_prompts"]
+__all__ = [
+    "ActiveOverrides",
+    "PredictorWatch",
+    "PromptOverride",
+    "active_overrides",
+    "current_watch",
+    "note_call",
+    "override_prompts",
+    "watch_predictors",
+]
 
 
 def _demo_tuple(demos: Iterable[Demo | Mapping[str, Any]]) -> tuple[Demo, ...]:
@@ -42,6 +59,8 @@ class ActiveOverrides:
     rollout: int | None = None
     lm_params: Mapping[str, Any] = attrs.field(factory=dict)
     keep_alive: tuple[object, ...] = attrs.field(default=(), eq=False, repr=False)
+    #: ids of every predictor of the program the block was opened for (named in ``prompts`` or not).
+    covered: frozenset[int] = attrs.field(default=frozenset(), eq=False, repr=False)
 
 
 _ACTIVE: contextvars.ContextVar[ActiveOverrides | None] = contextvars.ContextVar(
@@ -80,9 +99,78 @@ def override_prompts(
     for name, value in prompts.items():
         override = value if isinstance(value, PromptOverride) else PromptOverride(value[0], value[1])
         resolved[id(by_name[name])] = override
-    active = ActiveOverrides(resolved, rollout, dict(lm_params or {}), keep_alive=tuple(by_name.values()))
+    active = ActiveOverrides(
+        resolved,
+        rollout,
+        dict(lm_params or {}),
+        keep_alive=tuple(by_name.values()),
+        covered=frozenset(id(p) for p in by_name.values()),
+    )
     token = _ACTIVE.set(active)
     try:
         yield active
     finally:
         _ACTIVE.reset(token)
+
+
+@attrs.define
+class PredictorWatch:
+    """Predictors of a program under optimization, and those called with no override covering them."""
+
+    names: Mapping[int, str]
+    keep_alive: tuple[object, ...] = attrs.field(eq=False, repr=False)
+    unguided: list[str] = attrs.field(factory=list)
+
+
+# The one piece of module state: a call made outside every context (a foreign thread, a task started
+# before the run) can only be matched to its run through the predictor object itself. Replaced, never
+# mutated, under the lock, so readers on any thread see a consistent tuple without locking.
+_WATCHES: tuple[PredictorWatch, ...] = ()
+_WATCHES_LOCK = threading.Lock()
+_CURRENT_WATCH: contextvars.ContextVar[PredictorWatch | None] = contextvars.ContextVar(
+    "aprompt_predictor_watch", default=None
+)
+
+
+def current_watch() -> PredictorWatch | None:
+    """The watch of the run this task belongs to, if any."""
+    return _CURRENT_WATCH.get()
+
+
+@contextmanager
+def watch_predictors(predictors: Sequence[tuple[str, object]]) -> Iterator[PredictorWatch]:
+    """Within the block, record every call of one of ``predictors`` made outside an override block
+    opened for their program (see the module); :func:`current_watch` returns the watch in this task and
+    tasks started in it.
+
+    Example::
+
+        with watch_predictors(named_predictors(program)) as watch:
+            ...  # evaluate
+        assert not watch.unguided
+    """
+    global _WATCHES
+    watch = PredictorWatch(
+        {id(p): name for name, p in predictors}, keep_alive=tuple(p for _, p in predictors)
+    )
+    with _WATCHES_LOCK:
+        _WATCHES = (*_WATCHES, watch)
+    token = _CURRENT_WATCH.set(watch)
+    try:
+        yield watch
+    finally:
+        _CURRENT_WATCH.reset(token)
+        with _WATCHES_LOCK:
+            _WATCHES = tuple(w for w in _WATCHES if w is not watch)
+
+
+def note_call(predictor: object, active: ActiveOverrides | None) -> None:
+    """Called by every predictor call: record it on each watch of ``predictor`` unless ``active`` (the
+    calling task's overrides) covers it."""
+    watches = _WATCHES
+    if not watches or (active is not None and id(predictor) in active.covered):
+        return
+    for watch in watches:
+        name = watch.names.get(id(predictor))
+        if name is not None:
+            watch.unguided.append(name)

@@ -18,7 +18,7 @@ from aprompt.program.adapter import (
 )
 from aprompt.program.context import ACTIVE_TRACES, current_lm
 from aprompt.program.fields import Field
-from aprompt.program.overrides import active_overrides
+from aprompt.program.overrides import active_overrides, note_call
 from aprompt.program.signature import Signature, as_signature
 from aprompt.program.values import Demo, Prediction, as_demo
 
@@ -156,6 +156,7 @@ class Predict:
         instruction, demos = self.instruction, tuple(self._demos)
         params = dict(self.lm_params)
         overrides = active_overrides()
+        note_call(self, overrides)  # a call the run's prompts cannot reach fails the evaluation
         if overrides is not None:
             prompt = overrides.prompts.get(id(self))
             if prompt is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aprompt import Example, Prediction
+from aprompt import ConfigError, Example, Prediction
 from aprompt.optimize.evaluate import evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
@@ -48,20 +48,27 @@ async def test_an_async_float_metric_is_awaited(fake_server: FakeOpenAIServer) -
 
 
 @pytest.mark.parametrize(
-    ("bad_value", "message"), [(1.5, "outside [0, 1]"), ("yes", "expected bool or float")]
+    ("bad_value", "message"),
+    [(1.5, "returned 1.5, outside"), ("yes", "returned str 'yes'"), (None, "returned NoneType None")],
 )
-async def test_a_metric_value_that_is_not_a_score_fails_only_that_example(
+async def test_a_metric_value_that_is_not_a_score_aborts_the_evaluation_naming_the_metric(
     fake_server: FakeOpenAIServer, bad_value: object, message: str
 ) -> None:
-    def metric(example: Example, prediction: Any) -> object:
+    def odd_metric(example: Example, prediction: Any) -> object:
         return bad_value if example.id == "q2" else 1.0
 
     async with lm_for(fake_server) as lm:
-        evaluation = await evaluate(QAProgram(), qa_examples(0, 4), metric, lm=lm)  # type: ignore[arg-type]
-    assert evaluation.scores == {"q0": 1.0, "q1": 1.0, "q2": 0.0, "q3": 1.0}
-    assert list(evaluation.errors) == ["q2"]
-    assert message in evaluation.errors["q2"]
-    assert evaluation.n_failed == 1 and evaluation.n_unscored == 0
+        with pytest.raises(ConfigError, match=f"metric .*odd_metric {message}"):
+            await evaluate(QAProgram(), qa_examples(0, 4), odd_metric, lm=lm)  # type: ignore[arg-type]
+
+
+async def test_numpy_scores_are_scores(fake_server: FakeOpenAIServer) -> None:
+    numpy = pytest.importorskip("numpy")
+    values = {"q0": numpy.bool_(True), "q1": numpy.float64(0.25), "q2": numpy.int64(0)}
+
+    async with lm_for(fake_server) as lm:
+        evaluation = await evaluate(QAProgram(), qa_examples(0, 3), lambda e, p: values[e.id], lm=lm)
+    assert evaluation.scores == {"q0": 1.0, "q1": 0.25, "q2": 0.0}
 
 
 async def test_a_program_that_raises_scores_0_with_its_error_recorded(fake_server: FakeOpenAIServer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -115,23 +114,20 @@ def test_a_new_best_is_announced_each_time_the_best_full_score_rises(recorded: R
 
 @both_backends
 async def test_optimize_events_yields_the_callbacks_events_then_the_result(recorded: Recorded) -> None:
-    expected, _ = recorded
+    expected, expected_result = recorded
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
-        items = [
-            item
-            async for item in aprompt.optimize_events(
-                TwoStageProgram(),
-                examples(0, 60),
-                metric,
-                valset=examples(200, 230),
-                lm=lm,
-                budget=SMALL_BUDGET,
-                seed=1,
-            )
-        ]
-    assert isinstance(items[-1], OptimizeResult)
-    events = items[:-1]
-    assert not any(isinstance(e, OptimizeResult) for e in events)
+        async with aprompt.optimize_events(
+            TwoStageProgram(),
+            examples(0, 60),
+            metric,
+            valset=examples(200, 230),
+            lm=lm,
+            budget=SMALL_BUDGET,
+            seed=1,
+        ) as stream:
+            events = [event async for event in stream]
+    assert isinstance(stream.result, OptimizeResult)
+    assert stream.result.best_choice == expected_result.best_choice
     # Seconds and usage differ between runs; kinds, order and choices do not.
     assert [type(e) for e in without_candidates(events)] == [type(e) for e in without_candidates(expected)]
     assert Counter(type(e) for e in events) == Counter(type(e) for e in expected)
@@ -144,27 +140,47 @@ async def test_optimize_events_yields_the_callbacks_events_then_the_result(recor
 async def test_optimize_events_raises_the_runs_error_as_itself(fake_server: FakeOpenAIServer) -> None:
     async with lm_for(fake_server) as lm:
         with pytest.raises(aprompt.ConfigError, match="trainset is empty"):
-            async for _ in aprompt.optimize_events(TwoStageProgram(), [], metric, lm=lm):
-                pass
-
-
-async def test_optimize_events_refuses_an_on_event_callback() -> None:
-    with pytest.raises(aprompt.ConfigError, match="do not pass on_event"):
-        async for _ in aprompt.optimize_events(TwoStageProgram(), examples(0, 4), metric, on_event=print):
-            pass
+            async with aprompt.optimize_events(TwoStageProgram(), [], metric, lm=lm) as stream:
+                async for _ in stream:
+                    pass
 
 
 @both_backends
-async def test_closing_optimize_events_early_stops_the_run_quietly() -> None:
+async def test_break_leaves_the_block_and_stops_the_run_quietly() -> None:
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
-        events = aprompt.optimize_events(
+        async with aprompt.optimize_events(
             TwoStageProgram(), examples(0, 60), metric, valset=examples(200, 230), lm=lm, budget=SMALL_BUDGET
-        )
-        async with contextlib.aclosing(events):
-            async for item in events:
-                if isinstance(item, PhaseFinished):
+        ) as stream:
+            async for event in stream:
+                if isinstance(event, PhaseFinished):
                     break
         calls = len(server.chat_requests)
         await anyio.sleep(0.05)
         assert len(server.chat_requests) == calls, "no call after the consumer stopped"
-    assert isinstance(item, PhaseFinished) and item.phase == "bootstrap"
+    assert isinstance(event, PhaseFinished) and event.phase == "bootstrap"
+    with pytest.raises(aprompt.ConfigError, match="has not finished"):
+        stream.result  # noqa: B018
+
+
+class Stop(Exception):
+    pass
+
+
+@both_backends
+async def test_an_error_in_the_loop_body_stops_the_run_and_propagates_as_itself() -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        with pytest.raises(Stop):
+            async with aprompt.optimize_events(
+                TwoStageProgram(),
+                examples(0, 60),
+                metric,
+                valset=examples(200, 230),
+                lm=lm,
+                budget=SMALL_BUDGET,
+            ) as stream:
+                async for event in stream:
+                    if isinstance(event, PhaseStarted):
+                        raise Stop
+        calls = len(server.chat_requests)
+        await anyio.sleep(0.05)
+        assert len(server.chat_requests) == calls, "no call after the consumer stopped"

@@ -1,0 +1,210 @@
+"""Every argument of ``aprompt.optimize`` is checked before any LM call: a wrong type or range, a metric
+that gives no valid score for a prediction made of an example's own labels, and predictors whose names
+collide are each a ``ConfigError`` naming the argument and the value, and the server sees no chat request.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import Example, Predict
+from aprompt.optimize.arguments import check_metric_on_labels
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.optimize.qa_task import lm_for
+from tests.optimize.world import TwoStageProgram, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+TINY_BUDGET = {"n_candidates": 3, "val_size": 10, "n_trials": 2, "minibatch_size": 5}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def refused(
+    server: FakeOpenAIServer,
+    tmp_path: Path,
+    match: str,
+    *,
+    program: object | None = None,
+    trainset: Any = None,
+    metric_: Any = metric,
+    **options: Any,
+) -> str:
+    """Run an optimization that must fail with a ConfigError before the server sees a chat request;
+    returns the message."""
+    options.setdefault("budget", TINY_BUDGET)
+    options.setdefault("run_dir", tmp_path / "run")
+    async with lm_for(server) as lm:
+        options.setdefault("lm", lm)
+        with pytest.raises(aprompt.ConfigError, match=match) as info:
+            await aprompt.optimize(
+                program if program is not None else TwoStageProgram(),
+                examples(0, 20) if trainset is None else trainset,
+                metric_,
+                **options,
+            )
+    assert server.chat_requests == []
+    assert not (tmp_path / "run").exists()
+    return str(info.value)
+
+
+class SyncChat:
+    model = "sync-model"
+
+    def chat(self, messages: Any, **params: Any) -> Any:
+        return None
+
+
+# Unknown strategies and limits that are not non-negative numbers were refused already (RunLimits,
+# tests/run/test_bad_input.py); these were not, or only after LM calls were spent.
+BAD_ARGUMENTS: list[tuple[str, object]] = [
+    ("seed", "abc"),
+    ("seed", -1),
+    ("seed", 1.5),
+    ("seed", None),
+    ("seed", True),
+    ("concurrency", 2.5),
+    ("concurrency", 0),
+    ("concurrency", -3),
+    ("concurrency", "8"),
+    ("max_tokens", 2.5),
+    ("max_cost", True),
+    ("bootstrap_threshold", 2),
+    ("bootstrap_threshold", math.nan),
+    ("bootstrap_threshold", -1),
+    ("bootstrap_threshold", "1"),
+    ("grounding", "yes"),
+    ("budget", 5),
+    ("in_place", "yes"),
+    ("resume", 1),
+    ("run_dir", 5),
+    ("on_event", "print"),
+    ("input_fields", "question"),
+    ("input_fields", [1, 2]),
+    ("lm", object()),
+    ("proposer_lm", "gpt-4o"),
+    ("teacher_lm", SyncChat()),
+]
+
+
+@pytest.mark.parametrize(("argument", "value"), BAD_ARGUMENTS, ids=[f"{a}={v!r}" for a, v in BAD_ARGUMENTS])
+async def test_a_bad_argument_is_refused_naming_it_and_its_value(
+    fake_server: FakeOpenAIServer, tmp_path: Path, argument: str, value: object
+) -> None:
+    if argument == "run_dir":
+        message = await refused(fake_server, tmp_path, argument, run_dir=value)
+    else:
+        message = await refused(fake_server, tmp_path, argument, **{argument: value})
+    assert repr(value)[:20] in message
+
+
+BAD_PRICES: list[object] = [
+    {"fake-model": (math.nan, 1.0)},
+    {"fake-model": (-1.0, 1.0)},
+    {"fake-model": (1.0, math.inf)},
+    {"fake-model": 1.0},
+    {"fake-model": (1.0, "2")},
+    {"fake-model": (True, 1.0)},
+    [("fake-model", (1.0, 1.0))],
+]
+
+
+@pytest.mark.parametrize("prices", BAD_PRICES, ids=[repr(p) for p in BAD_PRICES])
+async def test_bad_prices_are_refused(fake_server: FakeOpenAIServer, tmp_path: Path, prices: object) -> None:
+    await refused(fake_server, tmp_path, "prices", max_cost=1.0, prices=prices)
+
+
+@pytest.mark.parametrize(("argument", "value"), [("trainset", 5), ("valset", 5)])
+async def test_a_dataset_that_is_not_a_list_is_refused(
+    fake_server: FakeOpenAIServer, tmp_path: Path, argument: str, value: object
+) -> None:
+    if argument == "trainset":
+        await refused(fake_server, tmp_path, "trainset", trainset=value)
+    else:
+        await refused(fake_server, tmp_path, "valset", valset=value)
+
+
+async def test_a_run_dir_that_is_a_file_is_refused(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("not a directory")
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(aprompt.ConfigError, match=r"run_dir .* is not a directory"):
+            await aprompt.optimize(
+                TwoStageProgram(), examples(0, 20), metric, lm=lm, run_dir=tmp_path / "run"
+            )
+    assert fake_server.chat_requests == []
+
+
+def returns_none(example: Example, prediction: Any) -> Any:
+    return None
+
+
+def returns_nan(example: Example, prediction: Any) -> float:
+    return math.nan
+
+
+def returns_a_string(example: Example, prediction: Any) -> str:
+    return "yes"
+
+
+def returns_2_5(example: Example, prediction: Any) -> float:
+    return 2.5
+
+
+def raises(example: Example, prediction: Any) -> bool:
+    raise RuntimeError("metric bug")
+
+
+async def returns_none_async(example: Example, prediction: Any) -> Any:
+    return None
+
+
+BAD_METRICS = [returns_none, returns_nan, returns_a_string, returns_2_5, raises, returns_none_async]
+
+
+@pytest.mark.parametrize("bad_metric", BAD_METRICS, ids=[m.__name__ for m in BAD_METRICS])
+async def test_a_metric_without_a_valid_score_for_the_labels_is_refused(
+    fake_server: FakeOpenAIServer, tmp_path: Path, bad_metric: Any
+) -> None:
+    message = await refused(fake_server, tmp_path, "metric", metric_=bad_metric)
+    assert bad_metric.__name__ in message
+
+
+def reads_reasoning(example: Example, prediction: Any) -> bool:
+    return bool(prediction.reasoning) and prediction.answer == example.labels["answer"]
+
+
+async def test_a_metric_reading_a_field_the_labels_lack_is_not_refused_up_front(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # The labels have no "reasoning", so the label-made prediction cannot be scored; real ones may be.
+    await check_metric_on_labels(reads_reasoning, examples(0, 2))
+
+
+def test_predictors_whose_names_collide_are_refused_naming_both() -> None:
+    class Experts:
+        def __init__(self) -> None:
+            self.experts = {0: Predict("question -> answer"), "0": Predict("question -> answer")}
+
+    with pytest.raises(aprompt.ConfigError, match=r"program\.experts\[0\] and program\.experts\['0'\]"):
+        aprompt.named_predictors(Experts())
+
+
+async def test_an_optimization_of_colliding_predictors_is_refused(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    class Experts:
+        def __init__(self) -> None:
+            self.s = {0: Predict("question -> answer"), "0": Predict("question -> answer")}
+
+        async def __call__(self, question: str) -> Any:
+            return await self.s[0](question=question)
+
+    await refused(fake_server, tmp_path, r"s\.0.*program\.s\[0\] and program\.s\['0'\]", program=Experts())

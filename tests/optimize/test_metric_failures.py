@@ -1,0 +1,75 @@
+"""A metric that passes the label check but fails on real predictions stops the run at its first
+evaluation, not after a whole run of zeros: a value that is not a score is a ConfigError at once, and a
+metric that raised on every prediction it was given is an OptimizationError.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import Example
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import SMALL_BUDGET, lm_for
+from tests.optimize.world import TwoStageProgram, World, examples
+from tests.optimize.world import metric as exact_metric
+
+pytestmark = pytest.mark.anyio
+
+#: A wave of the bootstrap (8 examples) through the two-stage program: the first evaluation of a run.
+FIRST_EVALUATION_CALLS = 16
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def optimize_against(server: FakeOpenAIServer, metric: Any) -> None:
+    async with lm_for(server) as lm:
+        await aprompt.optimize(TwoStageProgram(), examples(0, 60), metric, lm=lm, budget=SMALL_BUDGET)
+
+
+@pytest.mark.parametrize("bad_value", [None, float("nan"), "no", 2.5])
+async def test_a_metric_value_that_is_not_a_score_stops_the_run_at_once(
+    fake_server: FakeOpenAIServer, bad_value: object
+) -> None:
+    # Right answers (the labels) score True; the fake server's "ok" answers get the bad value.
+    def picky(example: Example, prediction: Any) -> object:
+        return True if prediction.answer == example.labels["answer"] else bad_value
+
+    with pytest.raises(aprompt.ConfigError, match=f"metric .*picky returned .*{bad_value!r}"):
+        await optimize_against(fake_server, picky)
+    assert 0 < len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS
+
+
+async def test_a_metric_raising_on_every_prediction_stops_the_run_after_its_first_evaluation(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # Reads a field neither the labels nor the program's predictions have: not refused up front.
+    def reads_reasoning(example: Example, prediction: Any) -> bool:
+        return bool(prediction.reasoning)
+
+    with pytest.raises(
+        aprompt.OptimizationError, match=r"metric .*reads_reasoning raised on every one"
+    ) as info:
+        await optimize_against(fake_server, reads_reasoning)
+    assert 0 < len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS
+    assert all("AttributeError" in error for error in info.value.errors.values())
+
+
+async def test_a_metric_raising_on_some_predictions_scores_them_0_and_the_run_goes_on() -> None:
+    def fragile(example: Example, prediction: Any) -> bool:
+        if example.labels["answer"].endswith("7"):
+            raise ValueError("cannot read this one")
+        return exact_metric(example, prediction)
+
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        result = await aprompt.optimize(
+            TwoStageProgram(), examples(0, 60), fragile, valset=examples(200, 230), lm=lm, budget=SMALL_BUDGET
+        )
+    assert len(result.trials) == SMALL_BUDGET["n_trials"]
+    assert result.score > 0
