@@ -23,6 +23,7 @@ from aprompt.optimize.budget import Budget
 from aprompt.optimize.evaluate import Metric
 from aprompt.optimize.events import Event
 from aprompt.optimize.examples import Example
+from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import OptimizeResult
 
@@ -90,6 +91,7 @@ async def optimize_events(
     max_cost: float | None = None,
     max_time: float | None = None,
     prices: Mapping[str, tuple[float, float]] | None = None,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
 ) -> AsyncIterator[EventStream]:
     """Run :func:`optimize` (same arguments, less ``on_event``) and stream its events.
 
@@ -135,6 +137,7 @@ async def optimize_events(
                     max_cost=max_cost,
                     max_time=max_time,
                     prices=prices,
+                    outage_tolerance=outage_tolerance,
                 )
             except Exception as exc:  # raised by the iteration as itself, not wrapped in an ExceptionGroup
                 stream._error = exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Sequence
 
@@ -184,3 +185,12 @@ async def test_an_error_in_the_loop_body_stops_the_run_and_propagates_as_itself(
         calls = len(server.chat_requests)
         await anyio.sleep(0.05)
         assert len(server.chat_requests) == calls, "no call after the consumer stopped"
+
+
+def test_optimize_events_takes_every_option_of_optimize_with_the_same_defaults() -> None:
+    own = dict(inspect.signature(aprompt.optimize).parameters)
+    del own["on_event"]
+    streamed = dict(inspect.signature(aprompt.optimize_events).parameters)
+    assert {name: (p.kind, p.default) for name, p in streamed.items()} == {
+        name: (p.kind, p.default) for name, p in own.items()
+    }
