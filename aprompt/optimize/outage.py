@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import anyio
 
 from aprompt._errors import LMError
+from aprompt.lm.metering import metered_chat
 from aprompt.lm.types import LM
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
 from aprompt.optimize.examples import Example
@@ -75,7 +76,9 @@ async def raise_if_down(lm: LM, failure: LMError, what: str) -> None:
     one-token request to ``lm`` fails as well (an outage); return when it answers (the failure was
     that request's own, and the caller may drop it)."""
     try:
-        await lm.chat([{"role": "user", "content": "Reply OK."}], rollout=_fresh_rollout(), max_tokens=1)
+        await metered_chat(
+            lm, [{"role": "user", "content": "Reply OK."}], rollout=_fresh_rollout(), max_tokens=1
+        )
     except LMError as down:
         problem = f"{type(down).__name__}: {down}"
     else:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aprompt._errors import ConfigError, ParseError, StateError
+from aprompt.lm.metering import metered_chat
 from aprompt.lm.types import LM, Message, TokenUsage
 from aprompt.program.adapter import (
     correction_message,
@@ -115,7 +116,10 @@ class Predict:
         for _attempt in range(self.max_parse_retries + 1):
             # Retries keep the caller's rollout: their messages differ (the correction is appended),
             # so a cache never replays the bad reply, and a re-run replays the same retries.
-            completion = await client.chat(conversation, rollout=rollout, **params)
+            traces = ACTIVE_TRACES.get()  # the innermost is the program run's own: it tells runs apart
+            completion = await metered_chat(
+                client, conversation, rollout=rollout, unit=traces[-1] if traces else None, **params
+            )
             usage = TokenUsage(
                 usage.prompt_tokens + completion.usage.prompt_tokens,
                 usage.completion_tokens + completion.usage.completion_tokens,
