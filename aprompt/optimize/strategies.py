@@ -128,9 +128,13 @@ async def instruction_candidates(
     """Proposed instructions per predictor (the original first); predictors are proposed for
     concurrently, each predictor's candidates one after another so each sees the earlier ones."""
     n_proposals = max(0, ctx.budget.n_candidates - 1)
+    n_summaries = 4 * ctx.grounding.data_summary + ctx.grounding.program_summary  # 3 batches + condensing
     ctx.admit_step(
         "proposing instructions",
-        [("summaries", "all", 5), *(("proposals", name, n_proposals) for name, _ in ctx.predictors)],
+        [
+            ("summaries", "all", n_summaries),
+            *(("proposals", name, n_proposals) for name, _ in ctx.predictors),
+        ],
         calls=True,
     )
     async with ctx.phase("propose"):
