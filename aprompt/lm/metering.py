@@ -148,7 +148,6 @@ class RequestMeter:
         self.reserved = self._counter.requests
         self.first_run_budget = first_run_budget
         self._first: _FirstRun | None = None
-        self.refused: str | None = None
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -204,7 +203,6 @@ class RequestMeter:
         """
         limit = self.reached()
         if limit is not None:
-            self.refused = self.refused or limit
             raise LimitReached(limit, f"run limit reached: {self.describe(limit)}")
         if self.max_cost is not None and model not in self.prices:
             raise ConfigError(f"max_cost is set but prices has no entry for model {model!r}")
@@ -230,7 +228,6 @@ class RequestMeter:
         runs, what = self.first_run_budget
         if self.max_requests is not None and (self._first.requests + 1) * runs > self.max_requests:
             needed = (self._first.requests + 1) * runs
-            self.refused = self.refused or "max_lm_calls"
             raise LimitReached(
                 "max_lm_calls",
                 f"max_lm_calls={self.max_requests} cannot pay for {what}: the program's first run "
@@ -344,7 +341,6 @@ async def metered_chat(
         _PREPAID.reset(prepaid_token)
         _UNIT.reset(unit_token)
     if scope.cancelled_caught:
-        meter.refused = meter.refused or "max_time"
         raise LimitReached("max_time", f"run limit reached: {meter.describe('max_time')}")
     if prepaid is not None and not prepaid.claimed:
         if completion.cached:

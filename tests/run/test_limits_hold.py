@@ -306,3 +306,27 @@ async def test_max_lm_calls_that_cannot_pay_for_one_trial_at_the_real_calls_per_
 
     # Two proposals, the first run's first call, and the calls other runs had in flight.
     assert received <= 2 + 1 + CAP
+
+
+class LoggingLM:
+    """A wrapper around an aprompt client, as a user might write one to log calls."""
+
+    def __init__(self, inner: OpenAICompatibleLM) -> None:
+        self.inner, self.model, self.seen = inner, inner.model, 0
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        self.seen += 1
+        return await self.inner.chat(messages, rollout=rollout, **params)
+
+
+async def test_a_wrapper_around_an_aprompt_client_is_counted_once_per_request() -> None:
+    limit = 100
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        result = await qa_run(LoggingLM(lm), max_lm_calls=limit)
+        received = len(server.chat_requests)
+
+    assert result.stopped_by == "max_lm_calls"
+    assert received <= limit
+    # Not twice each (the wrapper's call and its client's request): the run spent its whole budget.
+    assert received <= result.spent["lm_calls"] <= received + CAP
+    assert result.spent["lm_calls"] > limit - 25  # the next step (a full evaluation) costs 20
