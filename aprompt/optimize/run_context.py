@@ -10,7 +10,6 @@ with the best program so far. What was spent is journaled after every step (see
 from __future__ import annotations
 
 import inspect
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -47,7 +46,6 @@ from aprompt.run.preflight import check_limits
 if TYPE_CHECKING:
     from aprompt.optimize.search import SearchLoop
 
-logger = logging.getLogger("aprompt")
 #: Step kinds that score programs; every other step (bootstrap, proposals) keeps the budget of the
 #: baseline's evaluation and one mini-batch untouched.
 _SCORING_STEPS = frozenset({"trial", "full_eval"})
@@ -214,7 +212,6 @@ class RunContext:
                 "nothing is scored yet. Raise the limit and call again (with a run_dir it resumes)",
                 limit=refusal.limit,
             ) from None
-        logger.info("aprompt: %s; returning the best program so far", refusal)
         return loop.candidates, await loop.run_outcome()
 
     async def memo(
