@@ -217,3 +217,16 @@ class OptimizationError(APromptError):
     def __init__(self, message: str, *, errors: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.errors = dict(errors or {})
+
+
+class RunLimitError(OptimizationError):
+    """A run limit was reached before the unoptimized program's evaluation finished, so there is no
+    scored program to return. Raise the limit and call again (with a ``run_dir`` the run resumes).
+
+    Attributes:
+        limit: the limit's name (``"max_time"``, ``"max_lm_calls"``, ...).
+    """
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit

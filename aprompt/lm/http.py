@@ -56,6 +56,7 @@ from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter, estimate_request_tokens
+from aprompt.lm.metering import admit_request
 from aprompt.lm.probe import probe_endpoint
 from aprompt.lm.replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -100,6 +101,8 @@ class HTTPChatLM(abc.ABC):
     #: Keeps cached answers of different wire protocols apart when model names coincide (OpenAI's
     #: protocol keeps the empty namespace, so caches written before it existed stay valid).
     cache_namespace: ClassVar[str] = ""
+    #: Each HTTP request is admitted by the run's meter (:mod:`aprompt.lm.metering`), retries included.
+    meters_requests: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -356,12 +359,16 @@ class HTTPChatLM(abc.ABC):
             endpoint = lease.endpoint
             await endpoint.limiter.acquire(reserved)
             used = 0
+            meter = None
             try:
                 await self._limiter.acquire(reserved)
+                meter = admit_request(self._model, retry=is_retry)  # may refuse: a run limit is spent
                 self._usage.requests += 1
                 if is_retry:
                     self._usage.retries += 1
                 completion = await self._exchange(lease.client, endpoint, payload)
+                if meter is not None:
+                    meter.settle(self._model, completion.usage)
                 # A server that reports no usage keeps the estimate charged.
                 used = completion.usage.total_tokens or reserved
                 # Counted before the check: an incomplete reply is billed too.
@@ -373,6 +380,8 @@ class HTTPChatLM(abc.ABC):
                 return completion
             except LMError as error:
                 self._note_failure(endpoint, error)
+                if meter is not None:
+                    meter.note_failure(error)
                 raise
             finally:
                 endpoint.limiter.settle(reserved, used)

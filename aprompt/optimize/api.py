@@ -126,11 +126,17 @@ async def optimize(
         run_dir: journal every durable fact there (and keep the LM cache there when the LM has none);
             calling again with the same ``run_dir`` resumes the run where it stopped.
         resume: with ``False``, an existing journal in ``run_dir`` is cleared and the run starts over.
-        max_lm_calls: stop at the next safe point once this many LM calls reached an endpoint (cache
-            hits are free) and return the best program so far (``result.stopped_by`` names the limit).
-        max_tokens: likewise, once the calls used this many prompt + completion tokens.
-        max_cost: likewise, once the tokens used cost this much, priced with ``prices``.
-        max_time: likewise, after this many seconds of wall time.
+        max_lm_calls: the most requests the run sends to endpoints, retries included (cache hits are
+            free). A step the rest cannot pay for (estimated from the program's measured calls per
+            run) is not started, a request past the limit is refused and its step abandoned, and the
+            best program so far is returned (``result.stopped_by`` names the limit, ``result.spent``
+            the amounts). Limits count for any LM object and are cumulative over the calls of one run:
+            with a ``run_dir`` a resumed run continues the same budget, and calling a stopped run again
+            with the same limit spends nothing.
+        max_tokens: likewise, prompt + completion tokens (may pass by what the requests in flight cost).
+        max_cost: likewise, money, priced with ``prices``.
+        max_time: likewise, seconds of wall time (all calls of the run together); calls in flight at
+            the deadline are cancelled.
         prices: ``{model: (input, output)}`` prices per million tokens, for ``max_cost``.
         outage_tolerance: seconds to wait for an LM that went down (checked with back-off) before
             stopping with :class:`~aprompt.EndpointDownError`; a step is re-run once the LM answers, so
@@ -144,9 +150,12 @@ async def optimize(
             a metric that returns no valid score for a prediction made of an example's own labels),
             before any LM call. During the run: a metric value that is not a score (``None``, NaN, a
             string, 2.5), or a predictor called where the run's prompts cannot reach it (a worker task or
-            thread started before the run; see "Program" in the docs' concepts).
+            thread started before the run; see "Program" in the docs' concepts); or ``max_lm_calls``
+            cannot pay for the baseline and one mini-batch at the calls per run the program's first run
+            showed.
         OptimizationError: the metric raised on every prediction of its first evaluation (before it
             ever returned a score), or the program or metric failed on every baseline example.
+        RunLimitError: a limit stopped the run before the baseline was scored.
         LMConnectionError, AuthenticationError: an endpoint is unreachable or refuses the key; each is
             probed once up front (``GET /models``, no tokens spent).
         EndpointDownError: an LM stayed down longer than ``outage_tolerance`` (or refuses every request);
@@ -214,7 +223,7 @@ async def optimize(
     outage = outage_policy(outage_tolerance)
     limits = RunLimits(max_lm_calls, max_tokens, max_cost, max_time, dict(prices or {}))
     lms = [default_lm, proposer, teacher_lm, *(p.lm for _, p in predictors)]
-    check_limits(limits, lms, min_calls=len(val) + min(plan.minibatch_size, len(val)))
+    check_limits(limits, lms, runs=len(val) + min(plan.minibatch_size, len(val)))
     await check_endpoints(lms)
     target = program if in_place else copy_program(program)
     grounding = grounding or Grounding()
@@ -260,6 +269,7 @@ async def optimize(
             limits=limits,
             outage=outage,
         )
+        ctx.check_limits()  # again, with the calls per run measured by earlier calls of this run
         if journal is not None and journal.latest("original_state") is None:
             journal.append("original_state", program_state(program))
         with watch_predictors(predictors):
@@ -277,7 +287,7 @@ async def _run(ctx: RunContext, strategy: str, target: object, started: float) -
         planned.expected_lm_calls,
     )
     await ctx.emit(planned)
-    candidates, outcome = await STRATEGIES[strategy](ctx)
+    candidates, outcome = await ctx.run_strategy(STRATEGIES[strategy])
 
     prompts = candidates.prompts_for(outcome.best_choice)
     for name, predictor in named_predictors(target):
@@ -299,7 +309,10 @@ async def _run(ctx: RunContext, strategy: str, target: object, started: float) -
         seed=seed,
         failures=dict(ctx.failures),
         stopped_by=ctx.stopped_by,
+        spent=ctx.spent(),
     )
+    if ctx.stopped_by is not None:
+        logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(ctx.stopped_by), result.spent)
     if ctx.journal is not None:
         ctx.journal.append("result", {"score": result.score, "best_choice": dict(result.best_choice)})
     await ctx.emit(RunFinished(result.score, result.baseline_score, result.seconds, result.usage))

@@ -40,6 +40,7 @@ import anyio
 import attrs
 
 from aprompt._errors import ConfigError, EndpointDownError, IncompleteResponseError, LMError
+from aprompt.lm.metering import metered_chat
 from aprompt.lm.replies import accepting_cut_replies
 from aprompt.lm.retry import RETRYABLE_ERRORS
 from aprompt.lm.types import LM, Message
@@ -225,7 +226,7 @@ class OutageGuard:
             try:
                 # One token is all the check needs: a reply cut there is an answer, not re-sent.
                 with accepting_cut_replies(lambda text: True):
-                    await lm.chat(_CHECK, rollout=_fresh_rollout(), max_tokens=1)
+                    await metered_chat(lm, _CHECK, rollout=_fresh_rollout(), max_tokens=1)
             except IncompleteResponseError:
                 continue  # a cut or empty reply still shows the endpoint answers
             except LMError as problem:

@@ -39,7 +39,10 @@ class OptimizeResult:
         trials / full_evals: every mini-batch trial and every full evaluation.
         candidates: the instructions and demo sets searched.
         dropped: proposals that failed to parse or validate, with their reasons.
-        phases: usage and wall time per phase; ``usage`` is their total.
+        phases: usage and wall time per phase of this call; ``usage`` is their total.
+        stopped_by: the run limit that stopped the run early, or ``None``.
+        spent: what the run has spent against its limits, earlier calls of a resumed run included:
+            ``lm_calls`` (requests sent, retries included), ``tokens``, ``cost``, ``seconds``.
     """
 
     program: Any = attrs.field(repr=False)
@@ -56,6 +59,7 @@ class OptimizeResult:
     seed: int
     failures: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     stopped_by: str | None = None
+    spent: Mapping[str, float] = attrs.field(factory=dict)
 
     @property
     def usage(self) -> UsageSnapshot:
@@ -84,6 +88,7 @@ class OptimizeResult:
             ],
             "seconds": self.seconds,
             "stopped_by": self.stopped_by,
+            "spent": dict(self.spent),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:

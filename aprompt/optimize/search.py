@@ -210,6 +210,11 @@ class SearchLoop:
     proposal_hook: ProposalHook | None = attrs.field(default=None, init=False)
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
     should_stop: Callable[[], str | None] = attrs.field(default=lambda: None, kw_only=True)
+    #: Raises (``LimitReached``) when the run's budget cannot pay for a step: ``(what, [(journal kind,
+    #: key, program runs), ...])``; see ``RunContext.admit_step``.
+    admit_step: Callable[[str, Sequence[tuple[str, str, int]]], None] = attrs.field(
+        default=lambda what, parts: None, kw_only=True
+    )
     pooled: bool = attrs.field(default=True, kw_only=True)
     # Outage handling: steps are completed across outages; own LM failures are reported in `failures`.
     outage: OutageGuard = attrs.field(kw_only=True)
@@ -283,6 +288,10 @@ class SearchLoop:
             # Choices are resolved one by one (a proposal hook may add candidates), then evaluated
             # together.
             choices = [await self._resolve(s.params) for s in suggestions]
+            self.admit_step(
+                f"{len(suggestions)} trial(s)",
+                [("trial", str(s.number), len(self._batch_of(s.number))) for s in suggestions],
+            )
             done = await self._run_batch([(s.number, c) for s, c in zip(suggestions, choices, strict=True)])
             for trial in sorted(done, key=lambda t: t.number):
                 # Unscored trials are told as failures: an LM outage says nothing about the prompt.
@@ -323,9 +332,12 @@ class SearchLoop:
             )
         return trial
 
+    def _batch_of(self, number: int) -> list[Example]:
+        return minibatch(self.valset, self.minibatch_size, self.seed, number)
+
     async def _run_trial(self, number: int, choice: dict[str, int]) -> Trial:
         started = time.monotonic()
-        batch = minibatch(self.valset, self.minibatch_size, self.seed, number)
+        batch = self._batch_of(number)
         evaluation = await self.outage.evaluate(partial(self._evaluate, choice), batch, f"trial {number}")
         return Trial(
             number=number,
@@ -370,6 +382,8 @@ class SearchLoop:
 
     async def full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
         key = json.dumps(sorted(choice.items()))
+        what = "the baseline's evaluation" if is_baseline else "a full evaluation"
+        self.admit_step(what, [("full_eval", key, len(self.valset))])
         result = await self.memo(
             "full_eval",
             key,

@@ -61,11 +61,16 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             outage=ctx.outage,
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
+        ctx.pending_runs = result.runs  # measures what a program run costs
         return {
             name: (DemoSet(tuple(predictor.demos)), *result.demo_sets[name][1:])
             for name, predictor in ctx.predictors
         }
 
+    n_sets, most = ctx.budget.n_candidates, ctx.budget.max_bootstrapped_demos
+    ctx.admit_step(
+        "bootstrapping demos", [("demo_sets", "all", min(len(ctx.trainset), max(0, n_sets - 2) * most * 2))]
+    )
     async with ctx.phase("bootstrap"):
         sets = await ctx.memo("demo_sets", "all", compute, demo_sets_to_json, demo_sets_from_json)
         for name, _ in ctx.predictors:
@@ -124,8 +129,16 @@ async def instruction_candidates(
 ) -> dict[str, tuple[str, ...]]:
     """Proposed instructions per predictor (the original first); predictors are proposed for
     concurrently, each predictor's candidates one after another so each sees the earlier ones."""
-    if ctx.limit_reached() is not None:
-        return {name: (predictor.instruction,) for name, predictor in ctx.predictors}
+    n_proposals = max(0, ctx.budget.n_candidates - 1)
+    n_summaries = 4 * ctx.grounding.data_summary + ctx.grounding.program_summary  # 3 batches + condensing
+    ctx.admit_step(
+        "proposing instructions",
+        [
+            ("summaries", "all", n_summaries),
+            *(("proposals", name, n_proposals) for name, _ in ctx.predictors),
+        ],
+        calls=True,
+    )
     async with ctx.phase("propose"):
         data_summary, program_summary = await grounding_texts(ctx)
         out: dict[str, tuple[str, ...]] = {}
@@ -176,7 +189,7 @@ def _capacity(lm: object) -> int | None:
 
 
 def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
-    return SearchLoop(
+    ctx.search_loop = SearchLoop(
         program=ctx.program,
         candidates=candidates,
         valset=ctx.valset,
@@ -193,7 +206,9 @@ def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
         should_stop=ctx.limit_reached,
         outage=OutageGuard.for_program(ctx.predictors, ctx.lm, ctx.outage),
         failures=ctx.failures,
+        admit_step=ctx.admit_step,
     )
+    return ctx.search_loop
 
 
 async def _tpe_search(ctx: RunContext, candidates: Candidates) -> SearchOutcome:

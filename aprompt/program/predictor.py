@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aprompt._errors import ConfigError, ParseError, StateError
+from aprompt.lm.metering import metered_chat
 from aprompt.lm.replies import accepting_cut_replies, incomplete_reply
 from aprompt.lm.types import LM, Message, TokenUsage
 from aprompt.program.adapter import (
@@ -118,8 +119,11 @@ class Predict:
             # Retries keep the caller's rollout: their messages differ (the correction is appended),
             # so a cache never replays the bad reply, and a re-run replays the same retries.
             # A reply cut at its token budget is an answer only when it already holds every field.
+            traces = ACTIVE_TRACES.get()  # the innermost is the program run's own: it tells runs apart
             with accepting_cut_replies(lambda text: answered_before_cut(signature, text)):
-                completion = await client.chat(conversation, rollout=rollout, **params)
+                completion = await metered_chat(
+                    client, conversation, rollout=rollout, unit=traces[-1] if traces else None, **params
+                )
                 # Any LM, not only aprompt's clients: an empty, filtered or cut reply is a provider fault.
                 not_an_answer = incomplete_reply(completion, endpoint="")
             if not_an_answer is not None:

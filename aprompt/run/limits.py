@@ -1,15 +1,28 @@
-"""Run budgets: stop an optimization at the next safe point once calls, tokens, cost or time run out."""
+"""Run limits: what a run may spend, what it has spent (journaled, so a resumed run continues the same
+budget), and the estimate of a step's cost that decides whether the step may start.
+
+The counting itself happens request by request in :mod:`aprompt.lm.metering`; this module turns a
+:class:`RunLimits` and the journal's last ``spent`` record into that meter, and writes the record back.
+
+``max_time`` is cumulative like the others: it bounds the wall time of all calls of one run together
+(time between a crash and the resume is not counted), so calling a run that stopped on ``max_time``
+again with the same limit returns at once; give a larger ``max_time`` to continue.
+"""
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from aprompt._errors import ConfigError
+from aprompt._errors import ConfigError, RunLimitError
+from aprompt.lm.metering import RequestMeter
+from aprompt.lm.usage import UsageSnapshot
+
+#: The journal kind of the record of what a run has spent (the latest one counts).
+SPENT_KIND = "spent"
 
 
 @attrs.frozen
@@ -17,13 +30,16 @@ class RunLimits:
     """Hard limits on one run; ``None`` means unlimited.
 
     Attributes:
-        max_lm_calls: calls that reached an endpoint (cache hits are free).
-        max_tokens: prompt + completion tokens of those calls.
+        max_lm_calls: requests sent to an endpoint, retries included (cache hits are free).
+        max_tokens: prompt + completion tokens of those requests.
         max_cost: money, priced with ``prices``: model name -> (input, output) price per million tokens.
-        max_time: seconds of wall time since the run started.
+        max_time: seconds of wall time of the run (all its calls together, when it is resumed).
 
-    The run checks them between trials and phases; work in flight finishes (it is already paid for), so
-    a run may overshoot by one batch of trials.
+    All are cumulative over the calls of one run (a ``run_dir`` journals what was spent). A step that
+    the remaining budget cannot pay for is not started; a request past a spent limit is refused, and
+    the step it belonged to is abandoned. ``max_lm_calls`` is never exceeded; tokens and cost may pass
+    their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
+    flight are cancelled.
     """
 
     max_lm_calls: int | None = None
@@ -46,45 +62,99 @@ class RunLimits:
 
 
 @attrs.define
-class LimitWatch:
-    """Measures a run against its :class:`RunLimits` (usage is counted from the watch's start)."""
+class RunCosts:
+    """What the run's program runs cost, measured on finished steps: the basis of step estimates."""
 
-    limits: RunLimits
-    lms: Sequence[Any]
-    started: float = attrs.field(factory=time.monotonic)
-    _baseline: dict[int, Any] = attrs.field(factory=dict)
+    runs: int = 0
+    requests: int = 0
+    tokens: int = 0
 
-    def __attrs_post_init__(self) -> None:
-        self._baseline = {id(lm): lm.usage for lm in self.lms}
+    def add(self, runs: int, used: UsageSnapshot) -> None:
+        self.runs += runs
+        self.requests += used.requests
+        self.tokens += used.total_tokens
 
-    def cost(self) -> float:
-        total = 0.0
-        for lm in self.lms:
-            used = lm.usage - self._baseline[id(lm)]
-            price_in, price_out = self.limits.prices.get(lm.model, (math.nan, math.nan))
-            if math.isnan(price_in) and (used.prompt_tokens or used.completion_tokens):
-                raise ConfigError(f"max_cost is set but prices has no entry for model {lm.model!r}")
-            if used.prompt_tokens or used.completion_tokens:
-                total += (used.prompt_tokens * price_in + used.completion_tokens * price_out) / 1e6
-        return total
+    @property
+    def calls_per_run(self) -> float | None:
+        """Requests per program run, or ``None`` before any step was measured."""
+        return self.requests / self.runs if self.runs else None
 
-    def reached(self) -> str | None:
-        """The name of the first limit reached (``"max_lm_calls"``, ...), or ``None``."""
-        if not self.limits.active:
-            return None
-        calls = tokens = 0
-        for lm in self.lms:
-            used = lm.usage - self._baseline[id(lm)]
-            calls += used.lm_calls
-            tokens += used.total_tokens
-        checks = (
-            ("max_lm_calls", self.limits.max_lm_calls, calls),
-            ("max_tokens", self.limits.max_tokens, tokens),
-            ("max_time", self.limits.max_time, time.monotonic() - self.started),
-        )
-        for name, limit, value in checks:
-            if limit is not None and value >= limit:
-                return name
-        if self.limits.max_cost is not None and self.cost() >= self.limits.max_cost:
-            return "max_cost"
-        return None
+
+def step_estimate(
+    meter: RequestMeter, costs: RunCosts, *, runs: int, calls: int
+) -> tuple[float, float, float]:
+    """Requests, tokens and cost of ``runs`` program runs and ``calls`` single LM calls.
+
+    Per program run: the measured means (one request and no tokens per run before any step was
+    measured); per call: the run's mean tokens per request so far; cost: the run's mean price per token.
+    """
+    used = meter.usage
+    tokens_per_request = used.total_tokens / used.requests if used.requests else 0.0
+    price_per_token = meter.cost / used.total_tokens if used.total_tokens else 0.0
+    run_requests = costs.requests / costs.runs if costs.runs else 1.0
+    run_tokens = costs.tokens / costs.runs if costs.runs else tokens_per_request
+    requests = runs * run_requests + calls
+    tokens = runs * run_tokens + calls * tokens_per_request
+    return requests, tokens, tokens * price_per_token
+
+
+def unaffordable(meter: RequestMeter, estimate: tuple[float, float, float]) -> str | None:
+    """The first limit that is spent, or that the remaining budget cannot pay ``estimate`` from."""
+    reached = meter.reached()
+    if reached is not None:
+        return reached
+    requests, tokens, cost = estimate
+    used = meter.usage
+    checks = (
+        ("max_lm_calls", meter.max_requests, used.requests + requests),
+        ("max_tokens", meter.max_tokens, used.total_tokens + tokens),
+        ("max_cost", meter.max_cost, meter.cost + cost),
+    )
+    for name, limit, total in checks:
+        if limit is not None and total > limit:
+            return name
+    return None
+
+
+def spent_record(meter: RequestMeter, costs: RunCosts, *, requests: int | None = None) -> dict[str, Any]:
+    """The journal payload of what the run has spent (``requests`` overrides the count: a reservation)."""
+    usage = meter.usage.as_dict()
+    if requests is not None:
+        usage["requests"] = requests
+    return {
+        "usage": usage,
+        "cost": meter.cost,
+        "seconds": meter.seconds,
+        "costs": attrs.asdict(costs),
+    }
+
+
+def meter_for(
+    limits: RunLimits,
+    record: Mapping[str, Any] | None,
+    *,
+    on_reserve: Callable[[RequestMeter], None] | None = None,
+    first_run_budget: tuple[int, str] | None = None,
+) -> tuple[RequestMeter, RunCosts]:
+    """The meter of a run with ``limits`` that has already spent what ``record`` (the journal's last
+    ``spent`` record, or ``None``) says, and the measured costs it holds.
+
+    Raises:
+        KeyError, TypeError, ValueError: ``record`` is malformed (the caller names the journal).
+    """
+    costs = RunCosts(**record["costs"]) if record is not None else RunCosts()
+    chunk = 16 if limits.max_lm_calls is None else max(1, min(32, limits.max_lm_calls // 20))
+    meter = RequestMeter(
+        max_requests=limits.max_lm_calls,
+        max_tokens=limits.max_tokens,
+        max_cost=limits.max_cost,
+        max_seconds=limits.max_time,
+        prices=limits.prices,
+        spent=UsageSnapshot(**record["usage"]) if record is not None else None,
+        spent_cost=float(record["cost"]) if record is not None else 0.0,
+        spent_seconds=float(record["seconds"]) if record is not None else 0.0,
+        on_reserve=on_reserve if limits.max_lm_calls is not None else None,
+        reserve_chunk=chunk,
+        first_run_budget=first_run_budget if costs.runs == 0 else None,
+    )
+    return meter, costs

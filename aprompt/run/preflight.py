@@ -10,13 +10,14 @@ tokens (:mod:`aprompt.lm.probe`): a refused connection or a timeout raises
 Example::
 
     check_metric(metric)
-    check_limits(limits, lms, min_calls=45)
+    check_limits(limits, lms, runs=45)
     await check_endpoints([lm, proposer_lm])
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,27 +55,39 @@ def check_metric(metric: object) -> None:
         ) from None
 
 
-def check_limits(limits: RunLimits, lms: Iterable[Any], *, min_calls: int) -> None:
+def check_limits(
+    limits: RunLimits, lms: Iterable[Any], *, runs: int, calls_per_run: float | None = None
+) -> None:
     """The run limits must leave room for one trial, and ``max_cost`` needs a price for every model.
 
     Args:
-        lms: every LM the run may call (those counting usage are priced).
-        min_calls: the fewest LM calls that score one trial (the baseline's full evaluation and one
-            mini-batch, one call per program run): a smaller ``max_lm_calls`` could never buy one.
+        lms: every LM the run may call (each is priced by its ``model``).
+        runs: the program runs that score one trial: the baseline's full evaluation and one mini-batch.
+        calls_per_run: the program's LM calls per run, as measured (by an earlier call of the same run);
+            ``None`` before it was measured: then one call per run is assumed here, and the run checks
+            again on the program's first run (:mod:`aprompt.lm.metering`).
 
     Raises:
-        ConfigError: naming the limit.
+        ConfigError: naming the limit and the numbers.
     """
     for name in ("max_lm_calls", "max_tokens", "max_cost", "max_time"):
         if getattr(limits, name) == 0:
             raise ConfigError(f"{name}=0 leaves no room for a single trial; give a positive limit or None")
-    if limits.max_lm_calls is not None and limits.max_lm_calls < min_calls:
+    per_run = 1.0 if calls_per_run is None else calls_per_run
+    needed = math.ceil(runs * per_run)
+    if limits.max_lm_calls is not None and limits.max_lm_calls < needed:
+        measured = (
+            "1 LM call per run (at least)"
+            if calls_per_run is None
+            else f"{per_run:.3g} LM calls per run (measured on this run's program runs)"
+        )
         raise ConfigError(
             f"max_lm_calls={limits.max_lm_calls} is smaller than one trial: scoring the baseline and one "
-            f"mini-batch takes at least {min_calls} LM calls"
+            f"mini-batch takes {runs} program runs at {measured}, {needed} LM calls; give "
+            f"max_lm_calls={needed} or more"
         )
     if limits.max_cost is not None:
-        models = sorted({lm.model for lm in lms if lm is not None and hasattr(lm, "usage")})
+        models = sorted({str(lm.model) for lm in lms if lm is not None and hasattr(lm, "model")})
         unpriced = [model for model in models if model not in limits.prices]
         if unpriced:
             raise ConfigError(f"max_cost is set but prices has no entry for model(s) {unpriced}")

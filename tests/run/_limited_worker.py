@@ -1,0 +1,29 @@
+"""A journaled, limited optimization of the simulated world: the child the limit kill test kills.
+
+``python -m tests.run._limited_worker BASE_URL RUN_DIR OUT_JSON MAX_LM_CALLS`` (API key in
+``$APROMPT_WORKER_KEY``) runs :func:`tests.run._optimize_worker.run_world` with that ``max_lm_calls`` and
+writes what it returned (``stopped_by``, ``spent``) to ``OUT_JSON``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import anyio
+
+from tests.run._optimize_worker import KEY_ENV_VAR, run_world
+
+
+def main(argv: list[str]) -> None:
+    base_url, run_dir, out, limit = argv
+    run = partial(run_world, base_url, run_dir, os.environ[KEY_ENV_VAR], max_lm_calls=int(limit))
+    result = anyio.run(run)
+    Path(out).write_text(json.dumps({"stopped_by": result.stopped_by, "spent": dict(result.spent)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

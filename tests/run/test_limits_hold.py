@@ -1,0 +1,337 @@
+"""Run limits hold, measured where it counts: at the server.
+
+Every request that reaches an endpoint counts against ``max_lm_calls`` (retries included), whatever the
+LM object; a request is counted when it is admitted, before it is sent, so the requests the server
+receives never exceed the limit (the bound asserted here is the limit itself, with no allowance for
+requests in flight). The budget is journaled, so neither a resume nor a kill gives a run a fresh one;
+``max_time`` cancels calls in flight at the deadline; a limit that cannot pay for the baseline and one
+mini-batch at the program's real calls per run is refused as soon as the first program run shows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+import aprompt
+from aprompt import Completion, Message, OpenAICompatibleLM, TokenUsage
+from aprompt.lm.retry import RetryPolicy
+from aprompt.run.limits import RunLimitError
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import QAProgram, answers, exact_match, qa_examples
+from tests.optimize.world import TwoStageProgram, World, examples, metric
+from tests.run._optimize_worker import KEY_ENV_VAR
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+#: A small run: an unlimited one sends 191 requests (bootstrap 4, proposals 7, search 180).
+BUDGET = {
+    "n_candidates": 3,
+    "val_size": 20,
+    "minibatch_size": 5,
+    "n_trials": 16,
+    "parallel_trials": 2,
+    "full_eval_every": 4,
+    "max_bootstrapped_demos": 2,
+    "max_labeled_demos": 2,
+}
+#: The client's concurrency cap (and the run's): small, so that little is in flight at a limit.
+CAP = 4
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def responder(request: ChatRequest) -> str:
+    """Answers the QA program (item N right unless N is a multiple of 3), the proposer and summaries."""
+    system = str(request.messages[0]["content"])
+    if "You write instructions" in system:
+        k = int(hashlib.sha256(json.dumps(request.messages).encode()).hexdigest()[:6], 16)
+        return f"Proposed instruction: Answer the question about the item, style {k}."
+    if "Output fields:\n- Answer" in system and "item-" in request.last_user:
+        return answers(request)
+    return "The questions ask for the answer of numbered items; each answer is short."
+
+
+async def qa_run(lm: aprompt.LM, run_dir: Path | None = None, **options: Any) -> aprompt.OptimizeResult:
+    return await aprompt.optimize(
+        QAProgram(),
+        qa_examples(0, 24),
+        exact_match,
+        valset=qa_examples(100, 120),
+        lm=lm,
+        budget=BUDGET,
+        seed=1,
+        concurrency=CAP,
+        run_dir=run_dir,
+        **options,
+    )
+
+
+def client(server: FakeOpenAIServer, **options: Any) -> OpenAICompatibleLM:
+    return OpenAICompatibleLM(
+        "fake-model", server.base_url, api_key=TEST_API_KEY, **{"max_concurrency": CAP, **options}
+    )
+
+
+def assert_best_so_far(result: aprompt.OptimizeResult) -> None:
+    best = max(result.full_evals, key=lambda f: f.score)
+    assert (result.score, dict(result.best_choice)) == (best.score, dict(best.choice))
+
+
+@pytest.mark.parametrize("limit", [50, 100, 150])
+async def test_max_lm_calls_bounds_the_requests_the_server_receives(limit: int) -> None:
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        result = await qa_run(lm, max_lm_calls=limit)
+        received = len(server.chat_requests)
+
+    assert result.stopped_by == "max_lm_calls"
+    assert received <= limit
+    assert received <= result.spent["lm_calls"] <= limit
+    assert result.usage.requests == result.spent["lm_calls"]
+    assert_best_so_far(result)
+
+
+async def test_retries_count_against_max_lm_calls() -> None:
+    limit = 120
+    fast_retries = RetryPolicy(initial_backoff=0.001, max_backoff=0.002)
+    async with (
+        FakeOpenAIServer(
+            responder=responder,
+            api_key=TEST_API_KEY,
+            fault_rates=[(Fault.http_status(503), 0.2)],
+            seed=7,
+        ) as server,
+        client(server, retry=fast_retries) as lm,
+    ):
+        result = await qa_run(lm, max_lm_calls=limit)
+        received = server.chat_requests
+
+    failed = [r for r in received if r.status == 503]
+    assert len(failed) > 10  # the limit had retries to count
+    assert result.usage.retries >= len(failed) - CAP  # a refused retry of a 503 was never sent
+    assert result.stopped_by == "max_lm_calls"
+    assert len(received) <= limit
+
+
+async def test_max_time_cancels_stalled_requests_at_the_deadline_and_returns_the_best_so_far() -> None:
+    stall = anyio.Event()
+
+    async def stalling(request: ChatRequest) -> str:
+        if stall.is_set():
+            await anyio.sleep(60)
+        return responder(request)
+
+    def on_event(event: aprompt.Event) -> None:
+        if isinstance(event, aprompt.FullEvaluation) and event.is_baseline:
+            stall.set()  # every request after the baseline's evaluation stalls
+
+    async with FakeOpenAIServer(responder=stalling, api_key=TEST_API_KEY) as server, client(server) as lm:
+        started = time.monotonic()
+        result = await qa_run(lm, max_time=3.0, on_event=on_event)
+        elapsed = time.monotonic() - started
+
+    assert result.stopped_by == "max_time"
+    assert elapsed < 3.0 + 2.0
+    assert [f.choice for f in result.full_evals] == [{"answer.instruction": 0, "answer.demos": 0}]
+    assert result.score == result.baseline_score
+
+
+async def test_max_time_before_the_baseline_is_scored_raises_a_run_limit_error() -> None:
+    async def stalling(request: ChatRequest) -> str:
+        if "item-1" in request.last_user and "Output fields:\n- Answer" in request.messages[0]["content"]:
+            await anyio.sleep(60)
+        return responder(request)
+
+    async with FakeOpenAIServer(responder=stalling, api_key=TEST_API_KEY) as server, client(server) as lm:
+        started = time.monotonic()
+        with pytest.raises(RunLimitError, match="max_time=1") as info:
+            await qa_run(lm, max_time=1.0)
+        elapsed = time.monotonic() - started
+
+    assert info.value.limit == "max_time"
+    assert elapsed < 1.0 + 2.0
+
+
+async def test_a_run_stopped_by_a_limit_spends_nothing_more_until_the_limit_is_raised(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        first = await qa_run(lm, run_dir, max_lm_calls=100)
+        after_first = len(server.chat_requests)
+        again = await qa_run(lm, run_dir, max_lm_calls=100)
+        after_again = len(server.chat_requests)
+        raised = await qa_run(lm, run_dir, max_lm_calls=150)
+        after_raised = len(server.chat_requests)
+
+    assert first.stopped_by == again.stopped_by == "max_lm_calls"
+    assert after_again == after_first
+    assert (again.score, again.best_choice, again.trials) == (first.score, first.best_choice, first.trials)
+    assert again.spent["lm_calls"] == first.spent["lm_calls"]
+    assert after_raised > after_first
+    assert len(raised.trials) > len(first.trials)
+    assert after_raised <= 150  # one budget over the three calls
+
+
+class KillAt:
+    """The World's responder, which SIGKILLs the child when the server has received ``points[0]``
+    requests in all (then the next point)."""
+
+    def __init__(self, points: Sequence[int]) -> None:
+        self.world = World()
+        self.total = 0
+        self.points = list(points)
+        self.child: anyio.abc.Process | None = None
+
+    def __call__(self, request: ChatRequest) -> str:
+        self.total += 1
+        if self.child is not None and self.points and self.total >= self.points[0]:
+            self.points.pop(0)
+            os.kill(self.child.pid, signal.SIGKILL)
+            self.child = None
+        return self.world(request)
+
+
+async def run_child(switch: KillAt, base_url: str, run_dir: Path, out: Path, limit: int) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "tests.run._limited_worker",
+        base_url,
+        str(run_dir),
+        str(out),
+        str(limit),
+    ]
+    env = {**os.environ, KEY_ENV_VAR: TEST_API_KEY}
+    async with await anyio.open_process(
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    ) as child:
+        switch.child = child
+        assert child.stderr is not None
+        async for _ in child.stderr:
+            pass
+        code = await child.wait()
+    switch.child = None
+    return code
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+async def test_a_killed_and_resumed_run_keeps_its_requests_under_max_lm_calls(tmp_path: Path) -> None:
+    limit = 400  # of the 761 requests an unlimited world run sends
+    seed = int(os.environ.get("APROMPT_KILL_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    # The run sends at least 236 requests: 400, less a step it cannot pay for (80), the 20 requests
+    # reserved ahead in the journal and up to 8 in flight (answered, not cached), lost at each kill.
+    points = sorted(rng.sample(range(40, 230), 3))
+    switch = KillAt(points)
+    run_dir, out = tmp_path / "run", tmp_path / "result.json"
+    with anyio.fail_after(120):
+        async with FakeOpenAIServer(responder=switch, api_key=TEST_API_KEY) as server:
+            codes = [await run_child(switch, server.base_url, run_dir, out, limit) for _ in range(4)]
+
+    print(f"\nkilled at requests {points} (APROMPT_KILL_SEED={seed}): {switch.total} requests in all")
+    assert codes == [-signal.SIGKILL] * 3 + [0]
+    finished = json.loads(out.read_text())
+    assert finished["stopped_by"] == "max_lm_calls"
+    assert switch.total <= limit
+    assert finished["spent"]["lm_calls"] <= limit
+
+
+class PlainLM:
+    """Another framework's model: ``model`` and ``async chat``, talking to the server with httpx."""
+
+    def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:
+        self.model, self._url, self._http = "fake-model", base_url + "/chat/completions", http
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        body = {"model": self.model, "messages": list(messages), **params}
+        headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+        reply = (await self._http.post(self._url, json=body, headers=headers)).json()
+        usage = TokenUsage(reply["usage"]["prompt_tokens"], reply["usage"]["completion_tokens"])
+        return Completion(reply["choices"][0]["message"]["content"], usage)
+
+
+async def test_limits_and_usage_hold_for_an_lm_that_is_not_an_aprompt_client() -> None:
+    limit = 60
+    async with (
+        FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server,
+        httpx.AsyncClient() as http,
+    ):
+        result = await qa_run(PlainLM(server.base_url, http), max_lm_calls=limit)
+        received = len(server.chat_requests)
+
+    assert result.stopped_by == "max_lm_calls"
+    assert received <= limit
+    assert received <= result.spent["lm_calls"] <= limit
+    assert result.usage.requests == result.spent["lm_calls"]
+    assert result.usage.calls >= received - CAP  # calls cancelled when the limit refused one are not
+    assert result.usage.total_tokens > 0
+
+
+async def test_max_lm_calls_that_cannot_pay_for_one_trial_at_the_real_calls_per_run_is_a_config_error() -> (
+    None
+):
+    # 10 validation runs + one mini-batch of 5, at the 2 calls per run of a two-predictor program: 30 calls.
+    # 20 passes the check made before the first call (1 call per run at least); the first run shows 2.
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        client(server) as lm,
+    ):
+        with pytest.raises(aprompt.ConfigError, match=r"max_lm_calls=20 cannot pay for .* 30 calls"):
+            await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 20),
+                metric,
+                valset=examples(200, 210),
+                lm=lm,
+                strategy="mipro_zero_shot",
+                budget={"n_candidates": 2, "val_size": 10, "minibatch_size": 5, "n_trials": 4},
+                grounding=aprompt.Grounding(data_summary=False, program_summary=False),
+                concurrency=CAP,
+                max_lm_calls=20,
+            )
+        received = len(server.chat_requests)
+
+    # Two proposals, the first run's first call, and the calls other runs had in flight.
+    assert received <= 2 + 1 + CAP
+
+
+class LoggingLM:
+    """A wrapper around an aprompt client, as a user might write one to log calls."""
+
+    def __init__(self, inner: OpenAICompatibleLM) -> None:
+        self.inner, self.model, self.seen = inner, inner.model, 0
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        self.seen += 1
+        return await self.inner.chat(messages, rollout=rollout, **params)
+
+
+async def test_a_wrapper_around_an_aprompt_client_is_counted_once_per_request() -> None:
+    limit = 100
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        result = await qa_run(LoggingLM(lm), max_lm_calls=limit)
+        received = len(server.chat_requests)
+
+    assert result.stopped_by == "max_lm_calls"
+    assert received <= limit
+    # Not twice each (the wrapper's call and its client's request): the run spent its whole budget.
+    assert received <= result.spent["lm_calls"] <= received + CAP
+    assert result.spent["lm_calls"] > limit - 25  # the next step (a full evaluation) costs 20
