@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from aprompt._errors import ConfigError, JournalError
+from aprompt._errors import ConfigError, JournalError, RunLimitError
 from aprompt.lm.metering import LimitReached, RequestMeter, measuring, metering
 from aprompt.lm.types import LM
 from aprompt.lm.usage import UsageSnapshot
@@ -35,7 +35,6 @@ from aprompt.run.journal import RunJournal
 from aprompt.run.limits import (
     SPENT_KIND,
     RunCosts,
-    RunLimitError,
     RunLimits,
     meter_for,
     spent_record,

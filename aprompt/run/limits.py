@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from aprompt._errors import ConfigError, RunLimitError
+from aprompt._errors import ConfigError
 from aprompt.lm.metering import RequestMeter
 from aprompt.lm.usage import UsageSnapshot
 

@@ -28,9 +28,8 @@ import httpx
 import pytest
 
 import aprompt
-from aprompt import Completion, Message, OpenAICompatibleLM, TokenUsage
+from aprompt import Completion, Message, OpenAICompatibleLM, RunLimitError, TokenUsage
 from aprompt.lm.retry import RetryPolicy
-from aprompt.run.limits import RunLimitError
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, answers, exact_match, qa_examples
