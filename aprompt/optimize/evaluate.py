@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, LMError, OptimizationError
+from aprompt._errors import ConfigError, IncompleteResponseError, LMError, OptimizationError
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 from aprompt.optimize.examples import Example
@@ -49,6 +49,9 @@ class ExampleResult:
     Attributes:
         score: in [0, 1]; ``None`` when an LM failure left it unscored.
         error: ``"ExcType: message"`` when the program or metric failed, else ``None``.
+        lm_answered: the LM failure was a reply that is not an answer (empty, filtered, or cut at its
+            token budget): the endpoint works, and asking again the same way gets the same reply, so
+            it is this example's own failure, never a sign of an outage.
     """
 
     example_id: str
@@ -57,6 +60,7 @@ class ExampleResult:
     prediction: Any = attrs.field(default=None, eq=False, repr=False)
     trace: tuple[TraceEntry, ...] = attrs.field(default=(), eq=False, repr=False)
     metric_failed: bool = attrs.field(default=False, eq=False, repr=False)
+    lm_answered: bool = attrs.field(default=False, eq=False, repr=False)
 
     @property
     def lm_failure(self) -> bool:
@@ -163,7 +167,12 @@ async def run_example(
             prediction = await result if inspect.isawaitable(result) else result
         except Exception as exc:
             if (lm_error := _lm_error_in(exc)) is not None:
-                failed = ExampleResult(example.id, None, f"{type(lm_error).__name__}: {lm_error}")
+                failed = ExampleResult(
+                    example.id,
+                    None,
+                    f"{type(lm_error).__name__}: {lm_error}",
+                    lm_answered=isinstance(lm_error, IncompleteResponseError),
+                )
             else:
                 failed = ExampleResult(example.id, 0.0, f"{type(exc).__name__}: {exc}")
     check_watch()  # before anything is scored: a run whose prompts never applied measures nothing
@@ -177,7 +186,13 @@ async def run_example(
         raise
     except Exception as exc:
         if (lm_error := _lm_error_in(exc)) is not None:  # an LM-judged metric whose LM failed
-            return ExampleResult(example.id, None, f"{type(lm_error).__name__}: {lm_error}", prediction)
+            return ExampleResult(
+                example.id,
+                None,
+                f"{type(lm_error).__name__}: {lm_error}",
+                prediction,
+                lm_answered=isinstance(lm_error, IncompleteResponseError),
+            )
         error = f"metric {type(exc).__name__}: {exc}"
         return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)
     score = metric_score(value, metric)

@@ -23,6 +23,11 @@ a one-token request (a fresh rollout, so no cache answers it):
   them); what still fails is that example's own failure: it stays unscored, is counted, and is reported
   in ``OptimizeResult.failures`` (a single request's ``LMError`` is raised to its caller, which drops it).
 
+A reply that is not an answer (cut at its token budget, empty, filtered;
+:class:`~aprompt._errors.IncompleteResponseError`) left its example unscored too, but it shows the endpoint
+works, and the client has already retried it: that example's own failure at once, with no check and no
+re-run.
+
 Re-runs use the prompts and rollouts of the first run, and a response cache answers again what had
 succeeded, so a step that lived through an outage records exactly what a clean run records, and the
 search sees the same scores in the same order.
@@ -137,7 +142,11 @@ class OutageGuard:
         """
         results = list((await run(examples)).results)
         passed_checks = 0
-        while failed := [i for i, result in enumerate(results) if result.lm_failure]:
+        # A reply that is not an answer (cut, empty, filtered) shows the LM works, and the same request
+        # gets it again: only the other failures can be an outage worth waiting out and re-running.
+        while failed := [
+            i for i, result in enumerate(results) if result.lm_failure and not result.lm_answered
+        ]:
             failure = results[failed[0]].error or "an LM failure"
             if await self.wait_until_answering(
                 f"{len(failed)} of {len(results)} examples of {what}", failure

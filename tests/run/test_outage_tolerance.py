@@ -9,8 +9,10 @@ for 2 s (longer than a step) or 0.2 s (over before the step that lost examples t
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ import pytest
 
 import aprompt
 from aprompt.lm.retry import RetryPolicy
+from aprompt.optimize.evaluate import Evaluation
+from aprompt.optimize.outage import OutageGuard, OutagePolicy
 from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from aprompt.testing.wire import Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, exact_match, lm_for, qa_examples
 from tests.optimize.world import World, examples
@@ -140,3 +145,29 @@ async def test_a_bad_outage_tolerance_is_refused_before_any_call(
                 QAProgram(), qa_examples(0, 10), exact_match, lm=lm, outage_tolerance=tolerance
             )
     assert fake_server.chat_requests == []
+
+
+@pytest.mark.anyio
+async def test_a_reply_cut_before_its_answer_is_the_examples_own_failure_without_reruns(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # The model runs past its budget on one question every time it is asked: the endpoint works, so
+    # that example is unscored and reported, never re-run as if the LM were down.
+    fake_server.responder = lambda request: (
+        Fault.truncated("Answer: 9") if "question 3?" in request.last_user else "Answer: ok"
+    )
+    program = aprompt.Predict("question -> answer", max_tokens=8)
+    examples = [aprompt.Example({"question": f"question {i}?"}, {"answer": "ok"}) for i in range(6)]
+    async with aprompt.OpenAICompatibleLM(
+        model="fake-model", base_url=fake_server.base_url, api_key=TEST_API_KEY
+    ) as lm:
+        guard = OutageGuard((lm,), OutagePolicy(tolerance=5.0))
+
+        async def run(batch: Sequence[aprompt.Example]) -> Evaluation:
+            return await aprompt.evaluate(program, batch, exact_match, lm=lm)
+
+        evaluation = await guard.evaluate(run, examples, "a test step")
+    assert evaluation.scores == {e.id: 1.0 for i, e in enumerate(examples) if i != 3}
+    assert evaluation.results[3].lm_answered
+    cut = [r for r in fake_server.chat_requests if r.body and "question 3?" in json.dumps(r.body)]
+    assert len(cut) == 2  # the request and its one re-send with a larger budget; no re-run, no check
