@@ -1,6 +1,7 @@
 """Quality benchmark: how much each optimizer improves a program on the embedded local model, at what cost.
 
-Per task (``bench/tasks``) and seed: the unoptimized program, aprompt's ``bootstrap_random_search``,
+Per task (``bench/tasks``) and seed: the unoptimized program, the prompt a user would write by hand (its
+instruction plus 3 training examples as demos: the bar to beat), aprompt's ``bootstrap_random_search``,
 ``mipro_zero_shot`` and ``mipro``, and DSPy's ``MIPROv2(auto="light")``; all on one llama.cpp server
 (SmolLM2-135M on loopback), the same train / validation data, and a held-out test part no optimizer sees.
 Every request goes through one counting proxy, so LM calls and tokens are measured identically for both
@@ -22,6 +23,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +53,7 @@ from bench.tasks import DEFAULT_DATA_DIR, TASKS, Split, Task
 APROMPT_STRATEGIES = ("bootstrap_random_search", "mipro_zero_shot", "mipro")
 METHODS = (
     "aprompt:unoptimized",
+    "aprompt:hand_few_shot",
     *(f"aprompt:{s}" for s in APROMPT_STRATEGIES),
     "dspy:unoptimized",
     "dspy:miprov2",
@@ -157,6 +160,33 @@ async def run_aprompt(
     async with aprompt_lm(settings, proxy.base_url) as lm:
         test = await aprompt_test_score(task, result.program, split, lm)
     return _run(task, f"aprompt:{strategy}", seed, test, result.score, spent, seconds, result.usage.lm_calls)
+
+
+#: Training examples a hand-written prompt shows as demos: what a user writes before optimizing.
+HAND_DEMOS = 3
+
+
+def hand_few_shot(task: Task, split: Split, seed: int) -> object:
+    """The program with the prompt a user would write by hand: its own instruction plus ``HAND_DEMOS``
+    training examples (a seeded draw) as demos of every predictor whose outputs they label (the last
+    stage of a two-stage program, shown with the fields the examples have; an intermediate stage has
+    no labels to show)."""
+    program = task.program()
+    drawn = random.Random(f"{seed}:hand").sample(task.examples(split.train), HAND_DEMOS)
+    values = [{**e.inputs, **e.labels} for e in drawn]
+    for _, predictor in aprompt.named_predictors(program):
+        names = [*predictor.signature.input_names, *predictor.signature.output_names]
+        if all(set(predictor.signature.output_names) <= set(v) for v in values):
+            predictor.demos = [{name: v[name] for name in names if name in v} for v in values]
+    return program
+
+
+async def run_aprompt_hand_few_shot(
+    settings: Settings, task: Task, split: Split, seed: int, proxy: CountingProxy
+) -> Run:
+    async with aprompt_lm(settings, proxy.base_url) as lm:
+        test = await aprompt_test_score(task, hand_few_shot(task, split, seed), split, lm)
+    return _run(task, "aprompt:hand_few_shot", seed, test, None, Counts(), 0.0, 0)
 
 
 async def run_aprompt_unoptimized(settings: Settings, task: Task, split: Split, proxy: CountingProxy) -> Run:
@@ -295,6 +325,8 @@ async def run_method(
         )
     if name == "unoptimized":
         return await run_aprompt_unoptimized(settings, task, split, proxy)
+    if name == "hand_few_shot":
+        return await run_aprompt_hand_few_shot(settings, task, split, seed, proxy)
     return await run_aprompt(settings, task, split, name, seed, proxy)
 
 
@@ -457,7 +489,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         return None
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(9.0, 4.2 * len(tasks)), 4.2), squeeze=False)
-    markers = dict(zip(ALL_METHODS, "osD^vXPx", strict=True))
+    markers = dict(zip(ALL_METHODS, "o*sD^vXPx", strict=True))
     for axis, task in zip(axes[0], tasks, strict=True):
         for row in (r for r in rows if r["task"] == task and r["test_mean"] is not None):
             axis.errorbar(

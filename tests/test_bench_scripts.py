@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import aprompt
 from bench.simulated_lm import SimulatedLM, aprompt_output_fields, dspy_output_fields
 from bench.tasks import TASKS, split_records
 from bench.tasks.metrics import choice_accuracy, count_accuracy
@@ -89,7 +90,7 @@ def test_the_throughput_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
 @pytest.mark.local_model
 def test_the_quality_benchmark_runs_in_quick_mode_on_the_local_model(tmp_path: Path) -> None:
     quality = importlib.import_module("bench.quality")
-    methods = ["aprompt:unoptimized", "aprompt:mipro"]
+    methods = ["aprompt:unoptimized", "aprompt:hand_few_shot", "aprompt:mipro"]
     if HAS_DSPY:
         methods += ["dspy:unoptimized", "dspy:miprov2"]
     runs = quality.main(
@@ -103,3 +104,18 @@ def test_the_quality_benchmark_runs_in_quick_mode_on_the_local_model(tmp_path: P
     assert (tmp_path / "quality.md").read_text().splitlines()[2].startswith("command: `.venv/bin/python -m")
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_hand_written_prompt_shows_three_training_examples_where_their_fields_fit() -> None:
+    quality = importlib.import_module("bench.quality")
+    for name in ("count", "count_listed"):
+        task = TASKS[name]
+        split = task.split(n_train=20, n_val=5, n_test=5)
+        program = quality.hand_few_shot(task, split, seed=1)
+        predictors = [p for _, p in aprompt.named_predictors(program)]
+        shown = [{**e.inputs, **e.labels} for e in task.examples(split.train)]
+        assert len(predictors[-1].demos) == quality.HAND_DEMOS
+        for demo in predictors[-1].demos:
+            assert any(all(values.get(k) == v for k, v in demo.items()) for values in shown)
+        # An intermediate stage has no labels for its outputs: it keeps its own (empty) demos.
+        assert all(p.demos == [] for p in predictors[:-1])
