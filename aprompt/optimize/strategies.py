@@ -24,7 +24,8 @@ import attrs
 
 from aprompt._errors import JournalError
 from aprompt._taskgroups import plain_errors_task_group
-from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets
+from aprompt.lm.metering import LimitReached
+from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets, size_ladder
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.optimize.events import CandidateDropped, CandidateProposed
@@ -49,7 +50,9 @@ logger = logging.getLogger("aprompt")
 
 
 async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]]:
-    """Demo sets per predictor; set 0 is the program's own demos."""
+    """Demo sets per predictor, of several sizes up to ``Budget.max_demos`` (see
+    :mod:`aprompt.optimize.bootstrap`); set 0 is the program's own demos, and when it has some, an empty
+    set follows it, so showing no demos is always a choice."""
 
     async def compute() -> dict[str, tuple[DemoSet, ...]]:
         result = await bootstrap_demo_sets(
@@ -66,11 +69,16 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             threshold=ctx.bootstrap_threshold,
             concurrency=ctx.concurrency,
             outage=ctx.outage,
+            set_sizes=size_ladder(ctx.budget.max_demos),
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
         ctx.pending_runs = result.runs  # measures what a program run costs
         return {
-            name: (DemoSet(tuple(predictor.demos)), *result.demo_sets[name][1:])
+            name: (
+                DemoSet(tuple(predictor.demos)),
+                *((DemoSet(()),) if predictor.demos else ()),
+                *result.demo_sets[name][1:],
+            )
             for name, predictor in ctx.predictors
         }
 
@@ -240,14 +248,23 @@ async def screen_instructions(
     if len(instructions) < 2 or not examples:
         return []
     runs = len(instructions) * len(examples)
-    ctx.admit_step(f"screening the proposals for {name}", [("screen", name, runs)])
+    stopped_by = ctx.stopped_by
+    try:
+        ctx.admit_step(f"screening the proposals for {name}", [("screen", name, runs)])
+    except LimitReached as refusal:
+        # The screen is a filter, never worth the baseline's evaluation: the run goes on unscreened.
+        ctx.stopped_by = stopped_by
+        logger.info("aprompt: the proposals for %s are not screened: %s", name, refusal)
+        return []
     guard = OutageGuard.for_program(ctx.predictors, ctx.lm, ctx.outage)
 
     async def compute() -> list[dict[str, float]]:
-        results: list[dict[str, float]] = [{} for _ in instructions]
+        results: list[dict[str, float]] = []
+        # One instruction after another: the other predictors' calls, the same for every instruction,
+        # are then answered from the cache instead of being sent at once.
+        for position, instruction in enumerate(instructions):
 
-        async def one(position: int, instruction: str) -> None:
-            async def run(todo: Sequence[Example]) -> Evaluation:
+            async def run(todo: Sequence[Example], instruction: str = instruction) -> Evaluation:
                 return await evaluate(
                     ctx.program,
                     todo,
@@ -258,11 +275,7 @@ async def screen_instructions(
                 )
 
             evaluation = await guard.evaluate(run, examples, f"the screen of {name}'s proposal {position}")
-            results[position] = evaluation.scores
-
-        async with plain_errors_task_group() as group:
-            for position, instruction in enumerate(instructions):
-                group.start_soon(one, position, instruction)
+            results.append(evaluation.scores)
         ctx.pending_runs = runs  # measures what a program run costs
         return results
 
