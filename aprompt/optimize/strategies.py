@@ -14,6 +14,7 @@ strategy                     instructions  demos         search
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -74,10 +75,12 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
         ctx.pending_runs = result.runs  # measures what a program run costs
         return {
-            name: (
-                DemoSet(tuple(predictor.demos)),
-                *((DemoSet(()),) if predictor.demos else ()),
-                *result.demo_sets[name][1:],
+            name: distinct_sets(
+                (
+                    DemoSet(tuple(predictor.demos)),
+                    *((DemoSet(()),) if predictor.demos else ()),
+                    *result.demo_sets[name][1:],
+                )
             )
             for name, predictor in ctx.predictors
         }
@@ -92,6 +95,20 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             for index, demo_set in enumerate(sets[name][1:], start=1):
                 await ctx.emit(CandidateProposed(name, "demos", index, demo_set))
     return sets
+
+
+def distinct_sets(sets: Sequence[DemoSet]) -> tuple[DemoSet, ...]:
+    """``sets`` without those showing the same demos as an earlier one (a labeled set is empty when no
+    example has the predictor's fields; a small trainset gives equal sets): a repeat only dilutes the
+    search."""
+    seen: set[str] = set()
+    out = []
+    for demo_set in sets:
+        key = json.dumps([d.to_dict() for d in demo_set.demos], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(demo_set)
+    return tuple(out)
 
 
 def demo_sets_to_json(sets: Mapping[str, tuple[DemoSet, ...]]) -> dict[str, Any]:
