@@ -152,7 +152,8 @@ def _cut_sections(text: str, labels: Sequence[str], removed: list[str]) -> str:
         # Field labels count at a line's start only: inside a sentence "the Answer:" may be prose.
         for line_start in (True,) if kind == "field label" else (True, False):
             for match in re.finditer(_marker_pattern(names, line_start=line_start), text):
-                label = re.sub(r"[^A-Za-z ]", "", match.group(0)).strip()
+                said = re.sub(r"[^a-z]", "", match.group(0).lower())
+                label = next(n for n in names if re.sub(r"[^a-z]", "", n.lower()) == said)
                 kinds.append((match.start(), match.end(), kind, label))
     markers: list[tuple[int, int, str, str]] = []
     for marker in sorted(kinds, key=lambda m: (m[0], -(m[1] - m[0]))):
@@ -167,7 +168,7 @@ def _cut_sections(text: str, labels: Sequence[str], removed: list[str]) -> str:
         if kind == "answer":
             parts.append("\n" + text[end:limit])
             continue
-        removed.append(f"{kind}: {label.title() if kind == 'scaffolding' else label}")
+        removed.append(f"{kind}: {label}")
         cut = _section_end(text, end, limit) if kind == "scaffolding" else _line_end(text, end, limit)
         parts.append("\n" + text[cut:limit])
     return "".join(parts)
