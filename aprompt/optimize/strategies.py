@@ -259,23 +259,25 @@ async def screen_instructions(
     ctx: RunContext, name: str, instructions: Sequence[str]
 ) -> list[dict[str, float]]:
     """Per-example scores of each instruction for predictor ``name`` (no demos; the other predictors as
-    the program has them) on :func:`screen_examples`; ``[]`` when the screen is off or has nothing to
-    compare. Journaled, so a resumed run screens nothing again."""
+    the program has them) on :func:`screen_examples`; ``[]`` when the screen is off, has nothing to
+    compare, or the run's limits cannot pay for it. Journaled, so a resumed run screens nothing again."""
     examples = screen_examples(ctx)
     if len(instructions) < 2 or not examples:
         return []
     runs = len(instructions) * len(examples)
-    stopped_by = ctx.stopped_by
-    try:
-        ctx.admit_step(f"screening the proposals for {name}", [("screen", name, runs)])
-    except LimitReached as refusal:
-        # The screen is a filter, never worth the baseline's evaluation: the run goes on unscreened.
-        ctx.stopped_by = stopped_by
-        logger.info("aprompt: the proposals for %s are not screened: %s", name, refusal)
-        return []
     guard = OutageGuard.for_program(ctx.predictors, ctx.lm, ctx.outage)
 
     async def compute() -> list[dict[str, float]]:
+        stopped_by = ctx.stopped_by
+        try:
+            ctx.admit_step(f"screening the proposals for {name}", [("screen", name, runs)])
+        except LimitReached as refusal:
+            # The screen is a filter, never worth the baseline's evaluation: the run goes on unscreened.
+            # The skip is journaled like a screen, so a resumed run (with a higher limit) searches the
+            # same candidates.
+            ctx.stopped_by = stopped_by
+            logger.info("aprompt: the proposals for %s are not screened: %s", name, refusal)
+            return []
         results: list[dict[str, float]] = []
         # One instruction after another: the other predictors' calls, the same for every instruction,
         # are then answered from the cache instead of being sent at once.

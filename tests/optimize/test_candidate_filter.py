@@ -368,3 +368,23 @@ async def test_a_program_with_its_own_demos_can_still_be_searched_without_any(
         )  # fmt: skip
     sets = result.candidates.demo_sets["answer"]
     assert [len(s.demos) for s in sets[:2]] == [1, 0]
+
+
+@pytest.mark.anyio
+async def test_a_screen_skipped_for_the_limit_stays_skipped_when_the_run_resumes_with_more(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    def program(request: ChatRequest) -> str:
+        return "Answer: wrong" if "hero" in system_of_request(request) else answers(request)
+
+    fake_server.responder = scripted(
+        lambda k: f"{OFF_TOPIC} Tale {k}." if k % 2 else f"Answer item {k}.", program
+    )
+    # 45 calls pay for the baseline and a trial, not for the screen too: the run goes on unscreened.
+    stopped, _ = await qa_optimize(fake_server, run_dir=tmp_path / "run", max_lm_calls=45)
+    assert stopped.stopped_by == "max_lm_calls" and stopped.trials and not stopped.dropped
+    assert len(stopped.candidates.instructions["answer"]) == 4
+    resumed, _ = await qa_optimize(fake_server, run_dir=tmp_path / "run")
+    assert resumed.stopped_by is None and len(resumed.trials) == BUDGET["n_trials"]
+    assert resumed.candidates.describe() == stopped.candidates.describe()
+    assert [t.choice for t in resumed.trials[: len(stopped.trials)]] == [t.choice for t in stopped.trials]
