@@ -336,6 +336,7 @@ def _plan_event(strategy: str, plan: Budget, n_predictors: int, n_train: int, n_
         val_size=n_val,
         bootstrap_runs=min(n_train, max(0, plan.n_candidates - 2) * plan.max_bootstrapped_demos * 2),
         proposal_calls=n_predictors * max(0, plan.n_candidates - 1) + 4,
+        screen_runs=plan.screen_runs(n_predictors, n_val) if strategy in ("mipro", "mipro_zero_shot") else 0,
     )
     return RunPlanned(
         strategy,
@@ -345,6 +346,7 @@ def _plan_event(strategy: str, plan: Budget, n_predictors: int, n_train: int, n_
         {
             "bootstrap": estimate.bootstrap,
             "proposal": estimate.proposal,
+            "screen": estimate.screen,
             "evaluation": estimate.evaluation,
             "per_program_run": math.ceil(n_predictors),
         },

@@ -23,7 +23,12 @@ class Budget:
         n_trials: mini-batch trials; ``None`` derives it from the search space like the reference does.
         minibatch_size: validation examples scored per trial.
         full_eval_every: a full evaluation of the best untested combination every this many trials.
-        max_bootstrapped_demos / max_labeled_demos: demos per bootstrapped set.
+        max_bootstrapped_demos / max_labeled_demos: a demo set holds at most ``max_bootstrapped_demos``
+            demos from passing program runs and ``max_labeled_demos`` labeled training examples, so at
+            most :attr:`max_demos` (their sum) in all; candidate sets come in several sizes up to it,
+            0 included, and the search picks the size (see :mod:`aprompt.optimize.bootstrap`).
+        screen_size: validation examples of the screen that drops proposals far worse than the original
+            instruction (both without demos; see :mod:`aprompt.optimize.proposal_filter`); 0 turns it off.
         parallel_trials: trials evaluated at once (suggestions asked together); ``None`` chooses from the
             LM's spare capacity: as many as its concurrency cap can serve with full mini-batches, 1 to 8.
     """
@@ -36,6 +41,7 @@ class Budget:
     max_bootstrapped_demos: int = 4
     max_labeled_demos: int = 4
     parallel_trials: int | None = None
+    screen_size: int = 5
 
     def __attrs_post_init__(self) -> None:
         optional = {"n_trials", "parallel_trials"}
@@ -54,12 +60,25 @@ class Budget:
             "full_eval_every": self.full_eval_every >= 1,
             "max_bootstrapped_demos": self.max_bootstrapped_demos >= 0,
             "max_labeled_demos": self.max_labeled_demos >= 0,
+            "screen_size": self.screen_size >= 0,
             "parallel_trials": self.parallel_trials is None or self.parallel_trials >= 1,
             "n_trials": self.n_trials is None or self.n_trials >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"budget values out of range: {', '.join(bad)} (a budget must allow one trial)")
+
+    @property
+    def max_demos(self) -> int:
+        """The most demos one candidate set holds: ``max_bootstrapped_demos + max_labeled_demos``."""
+        return self.max_bootstrapped_demos + self.max_labeled_demos
+
+    def screen_runs(self, n_predictors: int, val_size: int) -> int:
+        """Program runs of the proposal screen: per predictor, the original and each proposal on
+        ``screen_size`` validation examples."""
+        return (
+            n_predictors * self.n_candidates * min(self.screen_size, val_size) if self.n_candidates > 1 else 0
+        )
 
     def parallel_trials_for(self, lm_capacity: int | None, calls_per_run: int) -> int:
         """Trials to run at once: explicit, or what the LM's concurrency cap can serve in full."""
@@ -116,10 +135,11 @@ class CallEstimate:
     bootstrap: int
     proposal: int
     evaluation: int
+    screen: int = 0
 
     @property
     def total(self) -> int:
-        return self.bootstrap + self.proposal + self.evaluation
+        return self.bootstrap + self.proposal + self.screen + self.evaluation
 
 
 def estimate_calls(
@@ -131,13 +151,15 @@ def estimate_calls(
     val_size: int,
     bootstrap_runs: int,
     proposal_calls: int,
+    screen_runs: int = 0,
 ) -> CallEstimate:
     """Upper-bound estimate before any cache: full evaluations (baseline, one per ``full_eval_every``
-    trials and a last one) plus every mini-batch."""
+    trials and a last one) plus every mini-batch; ``screen_runs`` program runs screen the proposals."""
     full_evals = 1 + math.ceil(n_trials / budget.full_eval_every)
     runs = full_evals * val_size + n_trials * min(budget.minibatch_size, val_size)
     return CallEstimate(
         bootstrap=math.ceil(bootstrap_runs * calls_per_run),
         proposal=proposal_calls,
         evaluation=math.ceil(runs * calls_per_run),
+        screen=math.ceil(screen_runs * calls_per_run),
     )

@@ -25,7 +25,10 @@ class Candidates:
     """Candidate instructions and demo sets per predictor name.
 
     Index 0 of each is the program's own (original instruction, current demos), so the all-zeros choice is
-    the unoptimized program.
+    the unoptimized program. The other instructions are the proposals that survived cleaning and the
+    screen (:mod:`aprompt.optimize.proposal_filter`); the other demo sets are distinct, of several sizes up
+    to ``Budget.max_demos`` (:mod:`aprompt.optimize.bootstrap`). A predictor with one instruction (every
+    proposal dropped) or one demo set has no parameter for it: the search spends its trials on the rest.
     """
 
     predictors: tuple[str, ...]

@@ -54,7 +54,9 @@ class CandidateProposed:
 
 @attrs.frozen
 class CandidateDropped:
-    """A proposal that failed to parse or validate, with the reason; the run goes on without it."""
+    """A proposal dropped before the search (unreadable, echoing the proposer's prompt, or failing the
+    screen), with the reason; the run goes on without it. ``index`` -1 says a predictor lost every
+    proposal and is searched on demos only."""
 
     predictor: str
     index: int

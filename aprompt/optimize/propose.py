@@ -2,8 +2,10 @@
 
 For one predictor it asks a proposer LM for new instructions, each prompt grounded in some of: the data
 summary, the program description, demos of this predictor, a random style tip and the instructions (with
-scores, for OPRO) proposed so far. A proposal that fails to parse or validate is retried with another
-rollout and then dropped with a recorded reason; the original instruction is always candidate 0.
+scores, for OPRO) proposed so far. Each reply is cleaned (:func:`clean_reply`: echoed scaffolding and
+field-label lines removed, see :mod:`aprompt.optimize.proposal_filter`); one that fails to parse, has
+nothing usable left, or fails validation is retried with another rollout and then dropped with a recorded
+reason; the original instruction is always candidate 0.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import attrs
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt.lm.types import LM
 from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt.optimize.proposal_filter import Cleaned, clean_proposal, field_labels
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
@@ -57,14 +60,27 @@ class ProposalContext:
     program_summary: str | None = None
 
 
+_ROLE = "You write instructions for one module of a language-model program."
+_GOAL_SCORED = "Propose a new instruction that scores higher than the previous ones."
+_GOAL = "Propose a better instruction for this module."
+_REPLY = "Reply with the instruction only."
+#: The sentences of the proposer's own instruction: a proposal that repeats one has it removed.
+PROPOSER_SENTENCES: tuple[str, ...] = (_ROLE, _GOAL_SCORED, _GOAL, _REPLY)
+
+
 @attrs.frozen
 class Proposal:
-    """One proposal attempt's outcome: an instruction, or the reason it was dropped."""
+    """One proposal attempt's outcome: an instruction, or the reason it was dropped.
+
+    ``cleaned`` says what was cut from the reply to get the instruction (empty when nothing was);
+    journals written before it existed read back with ``""``.
+    """
 
     index: int
     instruction: str | None
     reason: str = ""
     tip: str = "none"
+    cleaned: str = ""
 
 
 def clean_instruction(text: str) -> str:
@@ -74,6 +90,14 @@ def clean_instruction(text: str) -> str:
         if value.lower().startswith(label):
             value = value[len(label) :]
     return value.strip().strip("\"'`").strip()
+
+
+def clean_reply(text: str, predictor: Predict) -> Cleaned:
+    """A proposer reply as an instruction for ``predictor``: :func:`clean_instruction`, then echoed
+    scaffolding, the proposer's own sentences and lines starting with ``predictor``'s field labels removed
+    (:func:`aprompt.optimize.proposal_filter.clean_proposal`)."""
+    sentences = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip))
+    return clean_proposal(clean_instruction(text), field_labels(predictor), sentences)
 
 
 def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
@@ -127,17 +151,10 @@ def build_proposer(
     if grounding.tip and TIPS.get(tip):
         inputs["tip"] = TIPS[tip]
     scored = any(score is not None for _, score in history)
-    goal = (
-        "Propose a new instruction that scores higher than the previous ones."
-        if scored and grounding.history
-        else "Propose a better instruction for this module."
-    )
+    goal = _GOAL_SCORED if scored and grounding.history else _GOAL
     predictor = Predict(
         f"{', '.join(inputs)} -> proposed_instruction",
-        instruction=(
-            "You write instructions for one module of a language-model program. "
-            f"{goal} Reply with the instruction only."
-        ),
+        instruction=f"{_ROLE} {goal} {_REPLY}",
         max_parse_retries=1,
         temperature=grounding.temperature,
         max_tokens=200,
@@ -183,10 +200,13 @@ async def propose_instruction(
         except (ParseError, LMError) as exc:  # an LMError here is the request's own: the LM answers
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
             continue
-        text = clean_instruction(str(prediction["proposed_instruction"]))
-        problem = validate_instruction(text, existing)
+        cleaned = clean_reply(str(prediction["proposed_instruction"]), context.predictor)
+        if cleaned.text is None:
+            reason = cleaned.reason
+            continue
+        problem = validate_instruction(cleaned.text, existing)
         if problem is None:
-            return Proposal(index, text, tip=tip)
+            return Proposal(index, cleaned.text, tip=tip, cleaned=cleaned.note)
         reason = problem
     return Proposal(index, None, reason=f"dropped after {attempts} attempt(s): {reason}", tip=tip)
 

@@ -207,9 +207,10 @@ async def test_a_proposer_answering_junk_leaves_only_the_original_instructions()
     assert result.candidates.instructions == {"extract": ("Find the code.",), "answer": ("Give the answer.",)}
     dropped = [e for e in events if isinstance(e, aprompt.CandidateDropped)]
     assert sorted((e.predictor, e.index) for e in dropped) == [
-        (name, index) for name in ("answer", "extract") for index in (1, 2, 3)
+        (name, index) for name in ("answer", "extract") for index in (-1, 1, 2, 3)
     ]
-    assert all("too short" in e.reason for e in dropped)
+    assert all("too short" in e.reason for e in dropped if e.index >= 0)
+    assert all("every proposal" in e.reason for e in dropped if e.index < 0)
     reasons = {(name, index): reason for name, index, reason in result.dropped}
     assert {(e.predictor, e.index): e.reason for e in dropped}.items() <= reasons.items()
     assert reasons[("*", -1)].startswith(("data summary", "program summary"))

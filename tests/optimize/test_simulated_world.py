@@ -20,6 +20,7 @@ BUDGET = {
     "n_trials": 24,
     "minibatch_size": 30,
     "parallel_trials": 3,
+    "screen_size": 0,  # the world's proposals are off-task by design (see SMALL_BUDGET in qa_task.py)
 }
 
 

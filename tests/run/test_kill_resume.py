@@ -90,7 +90,7 @@ def phase_of(run_dir: Path) -> str:
         return "finished"
     if "demo_sets" not in kinds:
         return "bootstrap"
-    if kinds.get("proposals", 0) < 2:
+    if kinds.get("proposals", 0) < 2 or kinds.get("screen", 0) < 2:  # proposed, then screened
         return "propose"
     if "full_eval" not in kinds:
         return "baseline"

@@ -1,0 +1,261 @@
+"""Candidates worth searching: clean or drop proposals before the search spends trials on them.
+
+Three deterministic checks, none of which asks an LM:
+
+- **Echoed scaffolding.** A small proposer often repeats its own prompt (``Current Instruction: …
+  Dataset Summary: … Previous Instructions: - …``). :func:`clean_proposal` removes every section that
+  starts with one of the proposer's labels (:data:`SCAFFOLDING_LABELS`: a label line, the rest of its
+  line, and the bullet lines under it), the sentences of the proposer's own instruction and tips, and
+  keeps what follows an answer label (``Proposed Instruction:``). What remains is the instruction; when
+  nothing usable remains, the proposal is dropped.
+- **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
+  ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
+- **Off-task or far worse, on a screen.** Each surviving proposal and the original instruction are scored,
+  without demos, on the same few validation examples (``Budget.screen_size``). A proposal is dropped when
+  its mean is at least :data:`FAR_BELOW` under the original's, or when it is *off-task* — it shares no
+  content word (:func:`content_words`: lower-cased, plural and ``-ing``/``-ed`` endings cut, common words
+  and prompt jargon left out) with the task's field names, labels and descriptions, the original
+  instruction, the data summary or the program description — **and** it scores below the original on the
+  screen. A word-overlap test alone would drop a good paraphrase; the screen alone, on so few examples,
+  is noise; together they drop proposals that are both unrelated and not better. Screens on fewer than
+  :data:`MIN_SCREENED` shared examples decide nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from aprompt.program.predictor import Predict
+
+#: Labels of the proposer's prompt (propose.py) and of the grounding prompts (summaries.py); a proposal
+#: line starting with one of them is an echo of the scaffolding, never part of an instruction.
+SCAFFOLDING_LABELS: tuple[str, ...] = (
+    "Module",
+    "Modules",
+    "Current Instruction",
+    "Dataset Summary",
+    "Data Summary",
+    "Program Description",
+    "Program Code",
+    "Examples Of Good Calls",
+    "Previous Instructions",
+    "Previous Instruction",
+    "Tip",
+    "Observations",
+    "Input Fields",
+    "Output Fields",
+)
+#: Labels after which a proposer writes the instruction itself: what follows is kept.
+ANSWER_LABELS: tuple[str, ...] = (
+    "Proposed Instruction",
+    "New Instruction",
+    "Improved Instruction",
+    "Instruction",
+)
+#: Fewest characters (letters included) an instruction must keep after cleaning.
+MIN_USABLE_CHARS = 12
+#: A proposal whose screen mean is this far under the original's is dropped.
+FAR_BELOW = 0.4
+#: Fewest examples scored for both the original and a proposal before the screen decides anything.
+MIN_SCREENED = 3
+
+_BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
+_COMMON = frozenset(
+    """a about above after again all also an and any are as at be been before being below between both
+    but by can could did do does doing done each either every few for from further had has have having
+    he her here hers him his how i if in into is it its itself just may me might more most must my no
+    nor not now of off on once only or other our out over own same she should so some such than that
+    the their them then there these they this those through to too under until up very was we were what
+    when where which while who whom why will with would you your yours always never one two three first
+    well make sure use using give given following based provide each way like get simple clear clearly
+    concise concisely precise precisely carefully careful correct correctly accurate accurately
+    example task instruction module prompt input output field reply respond response text language model
+    program write new better good best""".split()
+)
+
+
+@attrs.frozen
+class Cleaned:
+    """A proposal after cleaning: the instruction, or ``None`` with the reason it is unusable.
+
+    ``removed`` names what was cut (``"scaffolding: Current Instruction"``, ``"field label: Answer"``,
+    ``"proposer sentence"``), empty when the proposal was clean.
+    """
+
+    text: str | None
+    removed: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def note(self) -> str:
+        """One line saying what was cut, for records; empty when nothing was."""
+        return f"cleaned: removed {', '.join(self.removed)}" if self.removed else ""
+
+
+def field_labels(predictor: Predict) -> tuple[str, ...]:
+    """The labels the program's predictor shows the model (``Question``, ``Answer``, ...)."""
+    return tuple(f.label for f in predictor.signature.fields)
+
+
+def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[str] = ()) -> Cleaned:
+    """Remove echoed scaffolding and field-label lines from a proposer's reply (see the module doc).
+
+    Args:
+        text: the proposer's reply (the parsed ``proposed_instruction``).
+        labels: the program's field labels (:func:`field_labels`); lines starting with one are removed.
+        sentences: the proposer's own sentences (its instruction, the tips), removed wherever they occur.
+    """
+    removed: list[str] = []
+    kept = _cut_sections(text.strip(), labels, removed)
+    for sentence in (s for s in sentences if s):
+        pattern = re.compile(re.escape(sentence), re.IGNORECASE)
+        if pattern.search(kept):
+            kept = pattern.sub(" ", kept)
+            removed.append("proposer sentence")
+    value = _tidy(kept)
+    removed = list(dict.fromkeys(removed))
+    if len(value) < MIN_USABLE_CHARS or not re.search(r"[^\W\d_]", value):
+        what = (
+            "the proposer's scaffolding" if any(r.startswith(("scaff", "proposer")) for r in removed) else ""
+        )
+        what = what or ("the program's field labels" if removed else "")
+        reason = (
+            f"echoes {what} ({', '.join(removed)}); nothing usable is left"
+            if what
+            else f"too short ({len(value)} chars)"
+        )
+        return Cleaned(None, tuple(removed), reason)
+    return Cleaned(value, tuple(removed))
+
+
+def _marker_pattern(labels: Iterable[str], *, line_start: bool) -> str:
+    names = "|".join(
+        re.escape(label).replace(r"\ ", r"[ _]+") for label in sorted(set(labels), key=len, reverse=True)
+    )
+    if line_start:
+        # A label at the start of a line, maybe after a bullet, a quote mark or markdown emphasis.
+        return rf"(?im)^[ \t>]*(?:[-*+•][ \t]+)?(?:\#{{1,6}}[ \t]*)?[*_`\"']*(?:{names})[*_`]*[ \t]*:[*_]*"
+    # Inside a line: the exact title-case label after a space or punctuation ("... Dataset Summary: ...").
+    return rf"(?m)(?<=[\s.;,!?\"'])(?:{names})[ \t]*:"
+
+
+def _cut_sections(text: str, labels: Sequence[str], removed: list[str]) -> str:
+    """Keep the text outside scaffolding sections and field-label lines (answer sections are kept)."""
+    kinds: list[tuple[int, int, str, str]] = []  # (start, end of marker, kind, label)
+    groups = (("scaffolding", SCAFFOLDING_LABELS), ("answer", ANSWER_LABELS), ("field label", tuple(labels)))
+    for kind, names in groups:
+        if not names:
+            continue
+        # Field labels count at a line's start only: inside a sentence "the Answer:" may be prose.
+        for line_start in (True,) if kind == "field label" else (True, False):
+            for match in re.finditer(_marker_pattern(names, line_start=line_start), text):
+                said = re.sub(r"[^a-z]", "", match.group(0).lower())
+                label = next(n for n in names if re.sub(r"[^a-z]", "", n.lower()) == said)
+                kinds.append((match.start(), match.end(), kind, label))
+    markers: list[tuple[int, int, str, str]] = []
+    for marker in sorted(kinds, key=lambda m: (m[0], -(m[1] - m[0]))):
+        if markers and marker[0] < markers[-1][1]:
+            continue  # overlaps an earlier, longer marker
+        markers.append(marker)
+    if not markers:
+        return text
+    parts = [text[: markers[0][0]]]
+    for position, (_, end, kind, label) in enumerate(markers):
+        limit = markers[position + 1][0] if position + 1 < len(markers) else len(text)
+        if kind == "answer":
+            parts.append("\n" + text[end:limit])
+            continue
+        removed.append(f"{kind}: {label}")
+        cut = _section_end(text, end, limit) if kind == "scaffolding" else _line_end(text, end, limit)
+        parts.append("\n" + text[cut:limit])
+    return "".join(parts)
+
+
+def _line_end(text: str, start: int, limit: int) -> int:
+    newline = text.find("\n", start, limit)
+    return limit if newline < 0 else newline
+
+
+def _section_end(text: str, start: int, limit: int) -> int:
+    """Where a scaffolding section ends: the rest of its line, then the bullet lines under it (and its
+    value's first line when the label stood alone on its line); a blank or plain line ends it."""
+    end = _line_end(text, start, limit)
+    has_value = bool(text[start:end].strip())
+    while end < limit:
+        next_end = _line_end(text, end + 1, limit)
+        line = text[end + 1 : next_end]
+        if not line.strip():
+            break
+        if _BULLET.match(line) or not has_value:
+            has_value = True
+            end = next_end
+            continue
+        break
+    return end
+
+
+def _tidy(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines()]
+    value = "\n".join(line for line in lines if line.strip("-*•#>\"'` \t"))
+    value = re.sub(r"[ \t]{2,}", " ", value)
+    return value.strip().strip("\"'`").strip()
+
+
+def _stem(word: str) -> str:
+    for suffix, replacement in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: len(word) - len(suffix)] + replacement
+    return word
+
+
+def content_words(text: str) -> frozenset[str]:
+    """Lower-cased, stemmed words of ``text`` that carry meaning (3+ letters, not common or prompt jargon)."""
+    words = re.findall(r"[^\W\d_]+", text.lower().replace("_", " "))
+    return frozenset(_stem(w) for w in words if len(w) >= 3 and w not in _COMMON and _stem(w) not in _COMMON)
+
+
+def task_vocabulary(predictor: Predict, *texts: str | None) -> frozenset[str]:
+    """Content words of the task: the predictor's field names, labels and descriptions, its original
+    instruction, and ``texts`` (the data summary and the program description)."""
+    parts = [predictor.instruction, *(t for t in texts if t)]
+    for field in predictor.signature.fields:
+        parts.extend((field.name, field.label, field.description))
+    return frozenset().union(*(content_words(p) for p in parts))
+
+
+def on_task(instruction: str, vocabulary: frozenset[str]) -> bool:
+    """Whether ``instruction`` shares a content word with the task's ``vocabulary``."""
+    return bool(content_words(instruction) & vocabulary)
+
+
+def screen_means(
+    original: Mapping[str, float], proposal: Mapping[str, float]
+) -> tuple[float, float, int] | None:
+    """Means of the original and a proposal on the examples both were scored on, and how many; ``None``
+    when fewer than :data:`MIN_SCREENED` (an LM failure leaves an example unscored)."""
+    shared = sorted(set(original) & set(proposal))
+    if len(shared) < MIN_SCREENED:
+        return None
+    n = len(shared)
+    return sum(original[e] for e in shared) / n, sum(proposal[e] for e in shared) / n, n
+
+
+def screen_verdict(
+    original: Mapping[str, float], proposal: Mapping[str, float], *, task_related: bool
+) -> str | None:
+    """Why a proposal is dropped after the screen (per-example scores, no demos), or ``None`` to keep it."""
+    means = screen_means(original, proposal)
+    if means is None:
+        return None
+    base, score, n = means
+    if base - score >= FAR_BELOW - 1e-9:
+        return f"scores far below the original on the screen ({score:.2f} vs {base:.2f} on {n} examples)"
+    if not task_related and score < base:
+        return (
+            "off-task: shares no word with the task's fields, instruction or data summary, and scores "
+            f"below the original on the screen ({score:.2f} vs {base:.2f} on {n} examples)"
+        )
+    return None
