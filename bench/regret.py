@@ -15,7 +15,8 @@ The world answers in-process (an LM object, no HTTP), so a run takes seconds. Ru
 training examples ``item-0 .. item-199`` and the preset's ``val_size`` validation examples after them.
 DSPy's MIPROv2 is not run here (it needs ``pip install -e '.[bench]'`` and an adapter to this world).
 
-    .venv/bin/python -m bench.regret           # 15 runs per budget (light, medium); writes bench/results/
+    .venv/bin/python -m bench.regret           # 15 runs per budget (light, medium); writes
+                                               # bench/results/regret_latest.{md,json}
     .venv/bin/python -m bench.regret --runs 50 # more runs, tighter means
     .venv/bin/python -m bench.regret --quick     # 2 tiny runs, seconds; prints only
 """
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
     parser.add_argument("--budgets", default=",".join(BUDGETS), help="comma-separated presets")
     parser.add_argument("--quick", action="store_true", help="2 runs of QUICK_BUDGET; prints only")
     parser.add_argument("--out-dir", type=Path, default=None, help=f"where to write (default {RESULTS_DIR})")
-    parser.add_argument("--name", default="regret", help="file name stem of the results")
+    parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
     args = parser.parse_args(argv)
     logging.getLogger("aprompt").setLevel(logging.WARNING)
     budgets = [b for b in args.budgets.split(",") if b]

@@ -48,14 +48,14 @@ from aprompt.optimize.examples import Example
 from aprompt.optimize.final_pick import (
     MIN_SHARED,
     NOTHING_SCORES,
-    Evidence,
     FinalPick,
+    collect_evidence,
     key_of,
     nothing_scores,
     pick,
 )
 from aprompt.optimize.outage import OutageGuard
-from aprompt.optimize.pooling import best_combination, pooled_estimates
+from aprompt.optimize.pooling import best_combination
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
@@ -190,9 +190,6 @@ def check_baseline(evaluation: Evaluation) -> None:
     )
 
 
-Key = tuple[tuple[str, int], ...]
-
-
 @attrs.define
 class _Pool:
     """Per-combination evidence: every example score seen in mini-batches."""
@@ -276,6 +273,8 @@ class SearchLoop:
         ``final_full_eval``, first spend the plan's remaining full evaluations (at least one) on the
         pick's challengers (see the module docstring)."""
         assert self.full_evals, "the baseline is evaluated first"
+        if self.stopped == NOTHING_SCORES and not self._nothing_scored():
+            self.stopped = None  # a strategy ran more trials after the stop (module_opro), and one scored
         if final_full_eval:
             await self._final_evaluations()
         chosen = self.decide()
@@ -318,21 +317,9 @@ class SearchLoop:
 
     def decide(self) -> FinalPick:
         """The pick from all evidence so far (a pure function of the trials and full evaluations)."""
-        scores: dict[Key, dict[str, float]] = {}
-        choices: dict[Key, Mapping[str, int]] = {}
-        for choice, example_scores in [(t.choice, t.scores) for t in self.trials] + [
-            (f.choice, f.scores) for f in self.full_evals
-        ]:
-            key = key_of(choice)
-            choices.setdefault(key, choice)
-            scores.setdefault(key, {}).update(example_scores)
-        observations = [(t.choice, t.score, len(t.scores)) for t in self.trials if t.score is not None]
-        observations += [(f.choice, f.score, len(f.scores)) for f in self.full_evals if f.scores]
-        own = {key: (sum(s.values()) / len(s), len(s)) for key, s in scores.items() if s}
-        estimates = pooled_estimates(observations, own, choices)
-        evidence = [
-            Evidence(choices[key], scores[key], estimates[key], key in self._tested) for key in choices
-        ]
+        evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
+        evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
+        evidence = collect_evidence(evaluations, self._tested)
         return pick(evidence, self.full_evals[0].choice, min_shared=min(MIN_SHARED, len(self.valset)))
 
     def _full_score(self, choice: Mapping[str, int]) -> float:
@@ -341,9 +328,7 @@ class SearchLoop:
 
     def _stops_as_nothing_scores(self) -> bool:
         """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
-        if len(self.full_evals) != 1 or not nothing_scores(
-            self.full_evals[0].scores, [t.scores for t in self.trials]
-        ):
+        if len(self.full_evals) != 1 or not self._nothing_scored():
             return False
         self.stopped = NOTHING_SCORES
         logger.info(
@@ -352,6 +337,9 @@ class SearchLoop:
             len(self.trials),
         )
         return True
+
+    def _nothing_scored(self) -> bool:
+        return nothing_scores(self.full_evals[0].scores, [t.scores for t in self.trials])
 
     async def full_evaluate_best_untested(self) -> FullEval | None:
         if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():

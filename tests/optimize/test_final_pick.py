@@ -16,6 +16,8 @@ import aprompt
 from aprompt.optimize.final_pick import (
     Evidence,
     FinalPick,
+    collect_evidence,
+    key_of,
     nothing_scores,
     paired_difference,
     pick,
@@ -80,6 +82,20 @@ def test_a_paired_difference_has_the_paired_t_interval_at_90_percent() -> None:
 def test_without_shared_examples_a_difference_is_undecided() -> None:
     d = paired_difference(scores([1, 1]), scores([0, 0], start=5))
     assert (d.n, d.low, d.high) == (0, -1.0, 1.0) and not d.better()
+
+
+def test_a_combinations_evidence_merges_its_trials_and_full_evaluation_by_example() -> None:
+    evaluations = [
+        (A, right(3, 4), 0.75),  # a trial: e0..e3
+        (B, right(1, 4), 0.25),
+        (A, right(2, 4, start=2) | {"e6": 1.0}, 0.6),  # a full evaluation: e2..e6
+        (B, {}, None),  # an unscored trial says nothing
+    ]
+    found = {key_of(e.choice): e for e in collect_evidence(evaluations, {key_of(A)})}
+    a, b = found[key_of(A)], found[key_of(B)]
+    assert a.full and not b.full
+    assert a.scores == {"e0": 1.0, "e1": 1.0, "e2": 1.0, "e3": 1.0, "e4": 0.0, "e5": 0.0, "e6": 1.0}
+    assert a.estimate > b.estimate
 
 
 # -- the pick -------------------------------------------------------------------------------------------
