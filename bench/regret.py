@@ -1,6 +1,7 @@
 """Regret benchmark: how close the returned program comes to the best one, in a world with known truth.
 
-The simulated world of ``tests/optimize/world.py``: a two-stage program whose answers are right with a
+The simulated world of ``tests/optimize/world.py`` (or ``--world no_gain``, where every proposal and demo set
+makes the program worse): a two-stage program whose answers are right with a
 probability set by the instruction and the demos in each stage's prompt (a hash of the prompt draws each
 answer, so every run repeats exactly). Its true accuracy is known for every combination of candidates,
 so for each run:
@@ -15,10 +16,11 @@ The world answers in-process (an LM object, no HTTP), so a run takes seconds. Ru
 training examples ``item-0 .. item-199`` and the preset's ``val_size`` validation examples after them.
 DSPy's MIPROv2 is not run here (it needs ``pip install -e '.[bench]'`` and an adapter to this world).
 
-    .venv/bin/python -m bench.regret           # 15 runs per budget (light, medium); writes
-                                               # bench/results/regret_latest.{md,json}
-    .venv/bin/python -m bench.regret --runs 50 # more runs, tighter means
-    .venv/bin/python -m bench.regret --quick     # 2 tiny runs, seconds; prints only
+    .venv/bin/python -m bench.regret                  # 15 runs per budget (light, medium); writes
+                                                      # bench/results/regret_latest.{md,json}
+    .venv/bin/python -m bench.regret --runs 50        # more runs, tighter means
+    .venv/bin/python -m bench.regret --world no_gain  # where nothing helps (tests/optimize/no_gain_world.py)
+    .venv/bin/python -m bench.regret --quick          # 2 tiny runs, seconds; prints only
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from bench.report import (
     write_json,
     write_text,
 )
+from tests.optimize.no_gain_world import NoGainWorld
 from tests.optimize.world import TwoStageProgram, World, demo_items_of, examples, metric
 
 N_TRAIN = 200
@@ -62,8 +65,8 @@ class WorldLM:
     model = "world"
     capacity = 256  # as the HTTP client of tests/optimize/test_simulated_world.py
 
-    def __init__(self) -> None:
-        self.world = World()
+    def __init__(self, world: World) -> None:
+        self.world = world
         self.calls = 0
 
     async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
@@ -99,25 +102,27 @@ class Run:
         return self.returned < self.baseline - 1e-12
 
 
-def true_accuracy(candidates: Candidates, choice: Mapping[str, int]) -> float:
+def true_accuracy(candidates: Candidates, choice: Mapping[str, int], world: str = "world") -> float:
     prompts = candidates.prompts_for(dict(choice))
+    if world == "no_gain":
+        return NoGainWorld.accuracy(prompts)
     return World.expected_accuracy(
         {name: prompts[name].instruction for name in candidates.predictors},
         {name: demo_items_of([d.to_dict() for d in prompts[name].demos]) for name in candidates.predictors},
     )
 
 
-def best_in_grid(candidates: Candidates) -> float:
+def best_in_grid(candidates: Candidates, world: str = "world") -> float:
     space = candidates.parameters()
     names = list(space)
     return max(
-        true_accuracy(candidates, dict(zip(names, combo, strict=True)))
+        true_accuracy(candidates, dict(zip(names, combo, strict=True)), world)
         for combo in itertools.product(*(range(space[n].n_choices) for n in names))
     )
 
 
-async def one_run(budget_name: str, budget: str | Mapping[str, Any], seed: int) -> Run:
-    lm = WorldLM()
+async def one_run(budget_name: str, budget: str | Mapping[str, Any], seed: int, world: str = "world") -> Run:
+    lm = WorldLM(WORLDS[world]())
     val_size = budget["val_size"] if isinstance(budget, Mapping) else PRESET_VAL_SIZE[budget]
     started = time.monotonic()
     result = await aprompt.optimize(
@@ -136,10 +141,10 @@ async def one_run(budget_name: str, budget: str | Mapping[str, Any], seed: int) 
     return Run(
         budget=budget_name,
         seed=seed,
-        best_possible=best_in_grid(candidates),
-        returned=true_accuracy(candidates, result.best_choice),
-        baseline=true_accuracy(candidates, candidates.baseline()),
-        best_evaluated=max(true_accuracy(candidates, c) for c in evaluated),
+        best_possible=best_in_grid(candidates, world),
+        returned=true_accuracy(candidates, result.best_choice, world),
+        baseline=true_accuracy(candidates, candidates.baseline(), world),
+        best_evaluated=max(true_accuracy(candidates, c, world) for c in evaluated),
         lm_calls=lm.calls,
         seconds=seconds,
         pick=None if pick is None else str(getattr(pick, "reason", pick)),
@@ -147,6 +152,9 @@ async def one_run(budget_name: str, budget: str | Mapping[str, Any], seed: int) 
 
 
 PRESET_VAL_SIZE = {"light": 100, "medium": 300}
+#: ``world``: tests/optimize/world.py; ``no_gain``: tests/optimize/no_gain_world.py, where every proposal
+#: and demo set makes the program worse (the baseline is the best in the grid).
+WORLDS: dict[str, type[World]] = {"world": World, "no_gain": NoGainWorld}
 
 
 def summary_rows(runs: Sequence[Run]) -> list[list[object]]:
@@ -215,12 +223,12 @@ RUN_HEADER = [
 ]
 
 
-async def run_all(budgets: Sequence[str], n_runs: int) -> list[Run]:
+async def run_all(budgets: Sequence[str], n_runs: int, world: str) -> list[Run]:
     runs = []
     for name in budgets:
         budget: str | Mapping[str, Any] = QUICK_BUDGET if name == "quick" else name
         for seed in range(n_runs):
-            run = await one_run(name, budget, seed)
+            run = await one_run(name, budget, seed, world)
             print(
                 f"{name} seed {seed}: regret {run.regret:.3f} (best evaluated {run.evaluated_regret:.3f}), "
                 f"returned {run.returned:.3f}, baseline {run.baseline:.3f}, {run.lm_calls} calls, "
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
     parser.add_argument("--budgets", default=",".join(BUDGETS), help="comma-separated presets")
     parser.add_argument("--quick", action="store_true", help="2 runs of QUICK_BUDGET; prints only")
     parser.add_argument("--out-dir", type=Path, default=None, help=f"where to write (default {RESULTS_DIR})")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="world", help="the simulated world")
     parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
     args = parser.parse_args(argv)
     logging.getLogger("aprompt").setLevel(logging.WARNING)
@@ -250,7 +259,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
         n_runs = args.runs
     command = command_line("regret", argv)
     print(f"command: {command}", flush=True)
-    runs = anyio.run(run_all, budgets, n_runs)
+    runs = anyio.run(run_all, budgets, n_runs, args.world)
     summary = markdown_table(SUMMARY_HEADER, summary_rows(runs))
     print("\n" + summary, flush=True)
     out_dir = args.out_dir if args.out_dir is not None or args.quick else RESULTS_DIR
@@ -262,7 +271,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
         )
         text = "\n".join(
             [
-                "# Regret in the simulated world",
+                f"# Regret in the simulated world ({args.world})",
                 "",
                 f"command: `{command}`",
                 "",

@@ -103,7 +103,9 @@ def test_the_regret_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "regret_latest.json").read_text())
     assert data["command"].startswith(".venv/bin/python -m bench.regret --quick")
     text = (tmp_path / "regret_latest.md").read_text()
-    assert text.startswith("# Regret in the simulated world") and "runs worse than the baseline" in text
+    assert (
+        text.startswith("# Regret in the simulated world (world)") and "runs worse than the baseline" in text
+    )
 
 
 @pytest.mark.local_model

@@ -10,16 +10,17 @@ the adjustment the chance that one of them wins by luck alone would grow with ``
 is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
 
 The pick starts from the unoptimized program (the baseline) as the incumbent and walks the fully
-evaluated combinations from the most promising down — ranked by the pooled estimate of
+evaluated combinations from the highest mean score down — equal means ranked by the pooled estimate of
 :mod:`aprompt.optimize.pooling` (the additive model over all trials blended with each combination's own
-mean), then by evidence, then by the choice itself, never by the order they were evaluated in — and each
-one that is better than the incumbent replaces it. So the baseline is replaced only on paired evidence
+mean), then by the choice itself, never by the order they were evaluated in — and each one that is
+better than the incumbent replaces it. So the baseline is replaced only on paired evidence
 that the new program is better, a tie is never broken by evaluation order, and a combination with few
 lucky examples never wins: only a fully evaluated combination can be returned, and it must beat the
 incumbent on the examples they share.
 
 Combinations that score above the pick on their shared examples without the evidence to replace it are
-the pick's *challengers*: evaluating them fully (while the run's budget allows) is what can change the
+the pick's *challengers*, ranked by the pooled estimate (a mini-batch mean alone is too noisy to rank
+by): evaluating them fully (while the run's budget allows) is what can change the
 decision (see :meth:`aprompt.optimize.search.SearchLoop.run_outcome`).
 """
 
@@ -168,6 +169,15 @@ def rank(evidence: Sequence[Evidence]) -> list[Evidence]:
     return sorted(evidence, key=lambda e: (-e.estimate, -len(e.scores), key_of(e.choice)))
 
 
+def by_mean(evidence: Sequence[Evidence]) -> list[Evidence]:
+    """Highest mean score over its own examples first; equal means by :func:`rank`'s order."""
+    return sorted(rank(evidence), key=lambda e: -mean_of(e.scores))  # a stable sort keeps rank's order
+
+
+def mean_of(scores: Mapping[str, float]) -> float:
+    return sum(scores.values()) / len(scores) if scores else 0.0
+
+
 def describe_choice(choice: Mapping[str, int]) -> str:
     return "{" + ", ".join(f"{name}={value}" for name, value in sorted(choice.items())) + "}"
 
@@ -197,8 +207,8 @@ def pick(
         return paired_difference(a.scores, b.scores, level)
 
     incumbent = base
-    for candidate in others:
-        if candidate.full and versus(candidate, incumbent).better(min_shared):
+    for candidate in by_mean([e for e in others if e.full]):
+        if versus(candidate, incumbent).better(min_shared):
             incumbent = candidate
     challengers = tuple(e.choice for e in others if e is not incumbent and versus(e, incumbent).mean > 0.0)
     if incumbent is not base:

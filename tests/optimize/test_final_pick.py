@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pytest
 
@@ -24,13 +23,12 @@ from aprompt.optimize.final_pick import (
 )
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
+from tests.optimize.no_gain_world import NoGainWorld
 from tests.optimize.qa_task import lm_for
 from tests.optimize.world import (
     TwoStageProgram,
     World,
-    _items_in,
     _stage_of,
-    _unit,
     demo_items_of,
     examples,
     metric,
@@ -179,37 +177,6 @@ BUDGET: Mapping[str, int] = {
     "full_eval_every": 4,
     "parallel_trials": 2,
 }
-ORIGINAL = {"extract": "Find the code.", "answer": "Give the answer."}
-
-
-class NoGainWorld(World):
-    """The simulated world turned around: each stage is right with probability 0.8 with its original
-    instruction and no demos, and any proposed instruction (−0.15) or demo set (−0.10) makes it worse. The
-    unoptimized program is the best there is; a noisy pick replaces it with a worse one."""
-
-    def __call__(self, request: ChatRequest) -> str:
-        stage = _stage_of(request)
-        if stage not in ("extract", "answer"):
-            return super().__call__(request)
-        system = str(request.messages[0]["content"])
-        has_demos = any(m["role"] == "assistant" for m in request.messages[1:-1])
-        p = self.probability(stage, system.startswith(ORIGINAL[stage]), has_demos)
-        item = _items_in(request.last_user)[0]
-        ok = _unit(str(request.messages)) < p
-        if stage == "extract":
-            return f"Code: {'code-' + str(item) if ok else 'unknown'}"
-        return f"Answer: {'ans-' + str(item) if ok and f'code-{item}' in request.last_user else 'no idea'}"
-
-    @staticmethod
-    def probability(stage: str, original: bool, has_demos: bool) -> float:
-        return 0.8 - (0.0 if original else 0.15) - (0.10 if has_demos else 0.0)
-
-    @classmethod
-    def accuracy(cls, prompts: Mapping[str, Any]) -> float:
-        p = 1.0
-        for stage, prompt in prompts.items():
-            p *= cls.probability(stage, prompt.instruction.startswith(ORIGINAL[stage]), bool(prompt.demos))
-        return p
 
 
 def true_accuracy(world: World, result: aprompt.OptimizeResult, choice: Mapping[str, int]) -> float:
