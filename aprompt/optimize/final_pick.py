@@ -9,6 +9,11 @@ evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is the bes
 the adjustment the chance that one of them wins by luck alone would grow with ``k``. The reported interval
 is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
 
+A validation set of fewer than ``MIN_SHARED`` (10) examples is too small for a confidence bound to ever
+say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combination is better when its mean
+on all the shared examples (the whole validation set) is strictly higher, and the reason says that the
+evidence is thin. Ties still keep the incumbent.
+
 The pick starts from the unoptimized program (the baseline) as the incumbent and walks the fully
 evaluated combinations from the highest mean score down — equal means ranked by the pooled estimate of
 :mod:`aprompt.optimize.pooling` (the additive model over all trials blended with each combination's own
@@ -63,13 +68,17 @@ class PairedDifference:
     level: float = 0.95
 
     def better(self, min_shared: int = MIN_SHARED) -> bool:
-        """``a`` is better than ``b``: the interval lies above 0, on at least ``min_shared`` examples."""
-        return self.n >= min_shared and self.low > 0.0
+        """``a`` is better than ``b``: on at least ``min_shared`` examples, the interval lies above 0;
+        below :data:`MIN_SHARED` examples (a tiny validation set), the mean is above 0."""
+        if self.n < min_shared:
+            return False
+        return self.mean > 0.0 if self.n < MIN_SHARED else self.low > 0.0
 
     def describe(self) -> str:
+        thin = f"; fewer than {MIN_SHARED} examples: no confidence bound" if self.n < MIN_SHARED else ""
         return (
             f"{self.mean:+.3f} on {self.n} shared examples "
-            f"({2 * self.level - 1:.1%} interval [{self.low:+.3f}, {self.high:+.3f}])"
+            f"({2 * self.level - 1:.1%} interval [{self.low:+.3f}, {self.high:+.3f}]{thin})"
         )
 
 

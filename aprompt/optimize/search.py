@@ -6,14 +6,14 @@ combination with the best pooled mini-batch mean that has no full evaluation yet
 
 The returned choice is decided by :mod:`aprompt.optimize.final_pick` from all the evidence: every
 combination's per-example scores from trials and full evaluations, compared pairwise on shared examples. A
-fully evaluated combination replaces the baseline (or an earlier pick) only when the lower confidence bound of
-its mean paired difference on their shared examples is above 0 (one-sided 95 %, Bonferroni-adjusted for the
-fully evaluated combinations weighed); they are weighed from the highest mean down, and ties never go by
-evaluation order (the pooled estimate of :mod:`aprompt.optimize.pooling` breaks them). At the end, the plan's
-last full evaluation(s) go to the pick's most promising *challenger* — a combination that scored above the
-pick on shared examples but has no full evaluation — or, when there is none, to the best untested combination
-by the pooled estimate; the pick is then decided again. ``SearchOutcome.pick`` says what was returned and why
-(also logged at INFO).
+fully evaluated combination replaces the baseline (or an earlier pick) only when the lower confidence bound
+of its mean paired difference on their shared examples is above 0 (one-sided 95 %, Bonferroni-adjusted for
+the fully evaluated combinations weighed; below 10 validation examples a higher mean); they are weighed from
+the highest mean down, and ties never go by evaluation order (the pooled estimate of
+:mod:`aprompt.optimize.pooling` breaks them). At the end, the plan's last full evaluation(s) go to the
+pick's most promising *challenger* — a combination that scored above the pick on shared examples but has no
+full evaluation — or, when there is none, to the best untested combination by the pooled estimate; the pick
+is then decided again. ``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
 
 When the baseline and every trial scored 0 on every example at the first full evaluation after the
 baseline, nothing the search can try is expected to score either: the search stops there (no more trials

@@ -159,6 +159,16 @@ def test_a_tie_with_the_baseline_keeps_the_baseline() -> None:
     assert chosen.reason.startswith("kept the unoptimized program: no combination scored above it")
 
 
+def test_on_a_validation_set_too_small_for_a_bound_a_higher_score_decides_and_the_reason_says_so() -> None:
+    base = evidence(BASE, right(3, 5), 0.6)
+    c = evidence(C, right(5, 5), 0.9)  # +2 of 5: no 95 % bound can say better on 5 examples
+    tie = evidence(A, right(3, 5), 0.95)
+    chosen = pick([base, c, tie], BASE, min_shared=5)
+    assert dict(chosen.choice) == C
+    assert "on 5 shared examples" in chosen.reason and "no confidence bound" in chosen.reason
+    assert pick([base, tie], BASE, min_shared=5).kept_baseline, "a tie still keeps the baseline"
+
+
 def test_nothing_scores_only_when_the_baseline_and_every_trial_scored_zero() -> None:
     assert nothing_scores(right(0, 10), [right(0, 5), right(0, 5, start=5)])
     assert not nothing_scores(right(0, 10), [right(0, 5), right(1, 5)])
