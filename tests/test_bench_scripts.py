@@ -18,7 +18,14 @@ from bench.simulated_lm import SimulatedLM, aprompt_output_fields, dspy_output_f
 from bench.tasks import TASKS, split_records
 from bench.tasks.metrics import choice_accuracy, count_accuracy
 
-BENCH_SCRIPTS = ["bench.quality", "bench.throughput", "bench.sim_server", "bench.lm_client", "bench.tpe"]
+BENCH_SCRIPTS = [
+    "bench.quality",
+    "bench.throughput",
+    "bench.sim_server",
+    "bench.lm_client",
+    "bench.tpe",
+    "bench.regret",
+]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
 
 
@@ -85,6 +92,21 @@ def test_the_throughput_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "throughput.json").read_text())
     assert data["command"].startswith(".venv/bin/python -m bench.throughput --quick")
     assert (tmp_path / "throughput.md").read_text().startswith("# Throughput benchmark")
+
+
+def test_the_regret_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
+    regret = importlib.import_module("bench.regret")
+    runs = regret.main(["--quick", "--out-dir", str(tmp_path)])
+    assert [r.seed for r in runs] == [0, 1]
+    for run in runs:
+        assert run.best_possible >= run.best_evaluated >= run.returned >= run.baseline > 0
+        assert run.lm_calls > 0 and run.pick
+    data = json.loads((tmp_path / "regret_latest.json").read_text())
+    assert data["command"].startswith(".venv/bin/python -m bench.regret --quick")
+    text = (tmp_path / "regret_latest.md").read_text()
+    assert (
+        text.startswith("# Regret in the simulated world (world)") and "runs worse than the baseline" in text
+    )
 
 
 @pytest.mark.local_model

@@ -310,6 +310,7 @@ async def _run(ctx: RunContext, strategy: str, target: object, started: float) -
         failures=dict(ctx.failures),
         stopped_by=ctx.stopped_by,
         spent=ctx.spent(),
+        pick=outcome.pick,
     )
     if ctx.stopped_by is not None:
         logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(ctx.stopped_by), result.spent)

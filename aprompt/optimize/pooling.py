@@ -56,6 +56,38 @@ def _key(choice: Mapping[str, int]) -> Key:
     return tuple(sorted((k, int(v)) for k, v in choice.items()))
 
 
+def pooled_estimates(
+    observations: Sequence[tuple[Mapping[str, int], float, int]],
+    own_scores: Mapping[Key, tuple[float, int]],
+    choices: Mapping[Key, Mapping[str, int]],
+    prior_examples: float = 30.0,
+) -> dict[Key, float]:
+    """Each combination's estimated mean: the additive model's prediction blended with its own mean.
+
+    Args:
+        observations: (choice, mean score, examples) of every scored evaluation, to fit the model on.
+        own_scores: per combination with evidence of its own, its mean and number of examples.
+        choices: the combinations to estimate, by key.
+        prior_examples: how many examples the model estimate is worth when blended with a combination's
+            own mean.
+    """
+    if observations:
+        columns, coef = fit_additive(observations)
+    out: dict[Key, float] = {}
+    for key, choice in choices.items():
+        own = own_scores.get(key)
+        if not observations:
+            out[key] = own[0] if own is not None else 0.0
+            continue
+        model = float(_features(choice, columns) @ coef)
+        if own is None:
+            out[key] = model
+        else:
+            mean, n = own
+            out[key] = (mean * n + model * prior_examples) / (n + prior_examples)
+    return out
+
+
 def best_combination(
     observations: Sequence[tuple[Mapping[str, int], float, int]],
     own_scores: Mapping[Key, tuple[float, int]],
@@ -76,10 +108,6 @@ def best_combination(
     if not observations:
         return None
     columns, coef = fit_additive(observations)
-
-    def predict(choice: Mapping[str, int]) -> float:
-        return float(_features(choice, columns) @ coef)
-
     candidates: dict[Key, dict[str, int]] = {}
     for choice, _, _ in observations:
         candidates.setdefault(_key(choice), dict(choice))
@@ -93,17 +121,7 @@ def best_combination(
             if (name, value) in columns:
                 variant = {**argmax, name: value}
                 candidates.setdefault(_key(variant), variant)
-
-    def estimate(key: Key, choice: Mapping[str, int]) -> float:
-        model = predict(choice)
-        own = own_scores.get(key)
-        if own is None:
-            return model
-        mean, n = own
-        return (mean * n + model * prior_examples) / (n + prior_examples)
-
-    ranked = sorted(
-        ((estimate(key, choice), key) for key, choice in candidates.items() if key not in exclude),
-        key=lambda item: (-item[0], item[1]),
-    )
-    return dict(candidates[ranked[0][1]]) if ranked else None
+    open_ = {key: choice for key, choice in candidates.items() if key not in exclude}
+    estimates = pooled_estimates(observations, own_scores, open_, prior_examples)
+    ranked = sorted(estimates.items(), key=lambda item: (-item[1], item[0]))
+    return dict(candidates[ranked[0][0]]) if ranked else None

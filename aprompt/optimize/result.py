@@ -13,6 +13,7 @@ import attrs
 from aprompt._errors import StateError
 from aprompt.lm.usage import UsageSnapshot
 from aprompt.optimize.candidates import Candidates
+from aprompt.optimize.final_pick import FinalPick
 from aprompt.optimize.search import FullEval, Trial
 from aprompt.program.state import load_state, program_state
 
@@ -41,6 +42,10 @@ class OptimizeResult:
         dropped: proposals that failed to parse or validate, with their reasons.
         phases: usage and wall time per phase of this call; ``usage`` is their total.
         stopped_by: the run limit that stopped the run early, or ``None``.
+        pick: why the returned combination was chosen (:class:`~aprompt.optimize.final_pick.FinalPick`):
+            ``pick.reason`` in words, ``pick.evidence`` the paired difference with the baseline on shared
+            examples (n, mean, interval); ``pick.stopped == "nothing_scores"`` when the search stopped
+            because the baseline and every trial scored 0.
         spent: what the run has spent against its limits, earlier calls of a resumed run included:
             ``lm_calls`` (requests sent, retries included), ``tokens``, ``cost``, ``seconds``.
     """
@@ -60,6 +65,7 @@ class OptimizeResult:
     failures: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     stopped_by: str | None = None
     spent: Mapping[str, float] = attrs.field(factory=dict)
+    pick: FinalPick | None = None
 
     @property
     def usage(self) -> UsageSnapshot:
@@ -89,6 +95,7 @@ class OptimizeResult:
             "seconds": self.seconds,
             "stopped_by": self.stopped_by,
             "spent": dict(self.spent),
+            "pick": attrs.asdict(self.pick) if self.pick is not None else None,
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:

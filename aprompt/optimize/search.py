@@ -2,9 +2,22 @@
 
 The baseline (all candidates at index 0) is fully evaluated first. Trials are asked from the TPE in
 batches of ``parallel_trials`` and their mini-batches run concurrently; every ``full_eval_every`` trials the
-combination with the best pooled mini-batch mean that has no full evaluation yet gets one, and once more at
-the end. The returned choice is the best by full-validation score; a tie keeps the earlier (the baseline
-first), so a combination must beat the unoptimized program to replace it.
+combination with the best pooled mini-batch mean that has no full evaluation yet gets one.
+
+The returned choice is decided by :mod:`aprompt.optimize.final_pick` from all the evidence: every
+combination's per-example scores from trials and full evaluations, compared pairwise on shared examples. A
+fully evaluated combination replaces the baseline (or an earlier pick) only when the lower confidence bound
+of its mean paired difference on their shared examples is above 0 (one-sided 95 %, Bonferroni-adjusted for
+the fully evaluated combinations weighed; below 10 validation examples a higher mean); they are weighed from
+the highest mean down, and ties never go by evaluation order (the pooled estimate of
+:mod:`aprompt.optimize.pooling` breaks them). At the end, the plan's last full evaluation(s) go to the
+pick's most promising *challenger* — a combination that scored above the pick on shared examples but has no
+full evaluation — or, when there is none, to the best untested combination by the pooled estimate; the pick
+is then decided again. ``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
+
+When the baseline and every trial scored 0 on every example at the first full evaluation after the
+baseline, nothing the search can try is expected to score either: the search stops there (no more trials
+or full evaluations) and returns the baseline with ``pick.stopped == "nothing_scores"``.
 
 A trial or full evaluation is complete before it is journaled and told to the TPE: examples an LM outage
 left unscored are run again once the LM answers (:mod:`aprompt.optimize.outage`); only those that fail
@@ -14,6 +27,8 @@ while the LM works stay unscored (``lm_failures``) and are reported in ``failure
 from __future__ import annotations
 
 import json
+import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,12 +45,22 @@ from aprompt.optimize.candidates import Candidates, Choice, choice_key
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
 from aprompt.optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt.optimize.examples import Example
+from aprompt.optimize.final_pick import (
+    MIN_SHARED,
+    NOTHING_SCORES,
+    FinalPick,
+    collect_evidence,
+    key_of,
+    nothing_scores,
+    pick,
+)
 from aprompt.optimize.outage import OutageGuard
 from aprompt.optimize.pooling import best_combination
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
 T = TypeVar("T")
+logger = logging.getLogger("aprompt")
 
 
 class Memo(Protocol):
@@ -120,11 +145,17 @@ class FullEval:
 
 @attrs.frozen
 class SearchOutcome:
+    """What a search returns: the picked combination, its full-validation score, and the record.
+
+    ``pick`` says why that combination was returned (see :mod:`aprompt.optimize.final_pick`).
+    """
+
     best_choice: Mapping[str, int]
     best_score: float
     baseline_score: float
     trials: tuple[Trial, ...]
     full_evals: tuple[FullEval, ...]
+    pick: FinalPick | None = None
 
 
 def _lm_failures(evaluation: Evaluation) -> dict[str, str]:
@@ -205,7 +236,9 @@ class SearchLoop:
     full_evals: list[FullEval] = attrs.field(factory=list, init=False)
     _pool: _Pool = attrs.field(factory=_Pool, init=False)
     _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
-    _best: FullEval | None = attrs.field(default=None, init=False)
+    _pick: FinalPick | None = attrs.field(default=None, init=False)
+    #: Why the search stopped on its own before its planned end (``"nothing_scores"``), or ``None``.
+    stopped: str | None = attrs.field(default=None, init=False)
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     proposal_hook: ProposalHook | None = attrs.field(default=None, init=False)
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
@@ -236,20 +269,80 @@ class SearchLoop:
         return await self.run_outcome(final_full_eval=True)
 
     async def run_outcome(self, *, final_full_eval: bool = False) -> SearchOutcome:
-        """The outcome so far; with ``final_full_eval``, first fully evaluate the best untested."""
+        """The outcome so far, decided by :func:`~aprompt.optimize.final_pick.pick`; with
+        ``final_full_eval``, first spend the plan's remaining full evaluations (at least one) on the
+        pick's challengers (see the module docstring)."""
+        assert self.full_evals, "the baseline is evaluated first"
+        if self.stopped == NOTHING_SCORES and not self._nothing_scored():
+            self.stopped = None  # a strategy ran more trials after the stop (module_opro), and one scored
         if final_full_eval:
-            await self.full_evaluate_best_untested()
-        assert self._best is not None and self.full_evals, "the baseline is evaluated first"
+            await self._final_evaluations()
+        chosen = self.decide()
+        if self.stopped == NOTHING_SCORES:
+            chosen = attrs.evolve(
+                chosen,
+                stopped=NOTHING_SCORES,
+                reason=f"kept the unoptimized program: it and all {len(self.trials)} trials scored 0 on "
+                "every example, so the search stopped early (nothing_scores)",
+            )
+        logger.info("aprompt: final pick: %s", chosen.reason)
         return SearchOutcome(
-            best_choice=dict(self._best.choice),
-            best_score=self._best.score,
+            best_choice=dict(chosen.choice),
+            best_score=self._full_score(chosen.choice),
             baseline_score=self.full_evals[0].score,
             trials=tuple(self.trials),
             full_evals=tuple(self.full_evals),
+            pick=chosen,
         )
 
+    async def _final_evaluations(self) -> None:
+        planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
+        for _ in range(max(1, planned - len(self.full_evals))):
+            if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
+                return
+            choice = self._next_for_pick()
+            if choice is None:
+                return
+            await self.full_evaluation(choice)
+
+    def _next_for_pick(self) -> dict[str, int] | None:
+        """While the baseline is kept, its most promising challenger without a full evaluation (the
+        evaluation that can settle the undecided); else the best untested by the pooled estimate."""
+        current = self.decide()
+        if current.kept_baseline:
+            for challenger in current.challengers:
+                if key_of(challenger) not in self._tested:
+                    return dict(challenger)
+        return self.next_full_evaluation()
+
+    def decide(self) -> FinalPick:
+        """The pick from all evidence so far (a pure function of the trials and full evaluations)."""
+        evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
+        evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
+        evidence = collect_evidence(evaluations, self._tested)
+        return pick(evidence, self.full_evals[0].choice, min_shared=min(MIN_SHARED, len(self.valset)))
+
+    def _full_score(self, choice: Mapping[str, int]) -> float:
+        key = key_of(choice)
+        return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
+
+    def _stops_as_nothing_scores(self) -> bool:
+        """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
+        if len(self.full_evals) != 1 or not self._nothing_scored():
+            return False
+        self.stopped = NOTHING_SCORES
+        logger.info(
+            "aprompt: the unoptimized program and all %d trials scored 0 on every example; "
+            "stopping the search (nothing_scores)",
+            len(self.trials),
+        )
+        return True
+
+    def _nothing_scored(self) -> bool:
+        return nothing_scores(self.full_evals[0].scores, [t.scores for t in self.trials])
+
     async def full_evaluate_best_untested(self) -> FullEval | None:
-        if self.should_stop() is not None:
+        if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
             return None
         choice = self.next_full_evaluation()
         return await self.full_evaluation(choice) if choice is not None else None
@@ -281,7 +374,7 @@ class SearchLoop:
     async def _trials(self, sampler: TPESampler) -> None:
         next_full = self.full_eval_every
         while len(self.trials) < self.n_trials:
-            if self.should_stop() is not None:
+            if self.stopped is not None or self.should_stop() is not None:
                 return
             k = min(self.parallel_trials, self.n_trials - len(self.trials))
             suggestions = sampler.ask_batch(k)
@@ -398,7 +491,8 @@ class SearchLoop:
         await self.emit(
             FullEvaluation(result.choice, result.score, len(self.valset), result.n_failed, is_baseline)
         )
-        if self._best is None or result.score > self._best.score:
-            self._best = result
-            await self.emit(NewBest(result.choice, result.score))
+        # The pick is decided again from all evidence; no tie goes to the earlier evaluation.
+        previous, self._pick = self._pick, self.decide()
+        if previous is None or key_of(previous.choice) != key_of(self._pick.choice):
+            await self.emit(NewBest(dict(self._pick.choice), self._full_score(self._pick.choice)))
         return result

@@ -56,7 +56,7 @@ async def _optimize(
             valset=examples(200, 300),
             lm=lm,
             strategy=strategy,
-            budget=BUDGET,
+            budget=options.pop("budget", BUDGET),  # type: ignore[arg-type]
             seed=options.pop("seed", 1),  # type: ignore[arg-type]
             **options,  # type: ignore[arg-type]
         )
@@ -79,8 +79,10 @@ async def test_mipro_reaches_within_a_few_points_of_the_best_combination(tmp_pat
 
 
 async def test_bootstrap_random_search_beats_the_unoptimized_program(tmp_path: Path) -> None:
+    # 8 demo sets per predictor: enough for a set whose gain its full evaluation can show (paired evidence).
     async with FakeOpenAIServer(responder=World(), latency=0.002, api_key="sk-world") as server:
-        result = await _optimize(server, "bootstrap_random_search", tmp_path)
+        budget = {**BUDGET, "n_candidates": 8}
+        result = await _optimize(server, "bootstrap_random_search", tmp_path, budget=budget)
     assert (
         _true_accuracy(result, dict(result.best_choice))
         > _true_accuracy(result, result.candidates.baseline()) + 0.05

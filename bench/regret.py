@@ -1,0 +1,291 @@
+"""Regret benchmark: how close the returned program comes to the best one, in a world with known truth.
+
+The simulated world of ``tests/optimize/world.py`` (or ``--world no_gain``, where every proposal and demo set
+makes the program worse): a two-stage program whose answers are right with a
+probability set by the instruction and the demos in each stage's prompt (a hash of the prompt draws each
+answer, so every run repeats exactly). Its true accuracy is known for every combination of candidates,
+so for each run:
+
+- **regret** = true accuracy of the best combination in the run's own grid (every instruction × demo set
+  the run searched) − that of the returned program;
+- **regret of the best evaluated** = the same for the best combination the run scored at all (a trial or a
+  full evaluation): what a perfect final pick would have reached;
+- **worse than the baseline**: the returned program's true accuracy is below the unoptimized program's.
+
+The world answers in-process (an LM object, no HTTP), so a run takes seconds. Runs use seeds 0..n−1,
+training examples ``item-0 .. item-199`` and the preset's ``val_size`` validation examples after them.
+DSPy's MIPROv2 is not run here (it needs ``pip install -e '.[bench]'`` and an adapter to this world).
+
+    .venv/bin/python -m bench.regret                  # 15 runs per budget (light, medium); writes
+                                                      # bench/results/regret_latest.{md,json}
+    .venv/bin/python -m bench.regret --runs 50        # more runs, tighter means
+    .venv/bin/python -m bench.regret --world no_gain  # where nothing helps (tests/optimize/no_gain_world.py)
+    .venv/bin/python -m bench.regret --quick          # 2 tiny runs, seconds; prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+import aprompt
+from aprompt.lm.types import Completion, Message, canonical_params
+from aprompt.optimize.candidates import Candidates
+from aprompt.testing.wire import ChatRequest
+from bench.report import (
+    RESULTS_DIR,
+    command_line,
+    environment,
+    environment_line,
+    markdown_table,
+    write_json,
+    write_text,
+)
+from tests.optimize.no_gain_world import NoGainWorld
+from tests.optimize.world import TwoStageProgram, World, demo_items_of, examples, metric
+
+N_TRAIN = 200
+#: A few trials on a small grid and valset: the shape of a run, in seconds.
+QUICK_BUDGET: dict[str, Any] = {"n_candidates": 4, "val_size": 40, "n_trials": 6, "minibatch_size": 15}
+BUDGETS = ("light", "medium")
+
+
+class WorldLM:
+    """The world as an in-process LM (the same replies as over HTTP: ``rollout`` is never sent)."""
+
+    model = "world"
+    capacity = 256  # as the HTTP client of tests/optimize/test_simulated_world.py
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.calls = 0
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        self.calls += 1
+        request = ChatRequest(self.model, [dict(m) for m in messages], canonical_params(params), {})
+        return Completion(self.world(request), model=self.model)
+
+
+@attrs.frozen
+class Run:
+    """One optimization's outcome against the truth."""
+
+    budget: str
+    seed: int
+    best_possible: float
+    returned: float
+    baseline: float
+    best_evaluated: float
+    lm_calls: int
+    seconds: float
+    pick: str | None  # the result's account of its final pick, where the result carries one
+
+    @property
+    def regret(self) -> float:
+        return self.best_possible - self.returned
+
+    @property
+    def evaluated_regret(self) -> float:
+        return self.best_possible - self.best_evaluated
+
+    @property
+    def worse_than_baseline(self) -> bool:
+        return self.returned < self.baseline - 1e-12
+
+
+def true_accuracy(candidates: Candidates, choice: Mapping[str, int], world: str = "world") -> float:
+    prompts = candidates.prompts_for(dict(choice))
+    if world == "no_gain":
+        return NoGainWorld.accuracy(prompts)
+    return World.expected_accuracy(
+        {name: prompts[name].instruction for name in candidates.predictors},
+        {name: demo_items_of([d.to_dict() for d in prompts[name].demos]) for name in candidates.predictors},
+    )
+
+
+def best_in_grid(candidates: Candidates, world: str = "world") -> float:
+    space = candidates.parameters()
+    names = list(space)
+    return max(
+        true_accuracy(candidates, dict(zip(names, combo, strict=True)), world)
+        for combo in itertools.product(*(range(space[n].n_choices) for n in names))
+    )
+
+
+async def one_run(budget_name: str, budget: str | Mapping[str, Any], seed: int, world: str = "world") -> Run:
+    lm = WorldLM(WORLDS[world]())
+    val_size = budget["val_size"] if isinstance(budget, Mapping) else PRESET_VAL_SIZE[budget]
+    started = time.monotonic()
+    result = await aprompt.optimize(
+        TwoStageProgram(),
+        examples(0, N_TRAIN),
+        metric,
+        valset=examples(N_TRAIN, N_TRAIN + val_size),
+        lm=lm,
+        budget=budget,
+        seed=seed,
+    )
+    seconds = time.monotonic() - started
+    candidates = result.candidates
+    evaluated = [t.choice for t in result.trials] + [f.choice for f in result.full_evals]
+    pick = getattr(result, "pick", None)
+    return Run(
+        budget=budget_name,
+        seed=seed,
+        best_possible=best_in_grid(candidates, world),
+        returned=true_accuracy(candidates, result.best_choice, world),
+        baseline=true_accuracy(candidates, candidates.baseline(), world),
+        best_evaluated=max(true_accuracy(candidates, c, world) for c in evaluated),
+        lm_calls=lm.calls,
+        seconds=seconds,
+        pick=None if pick is None else str(getattr(pick, "reason", pick)),
+    )
+
+
+PRESET_VAL_SIZE = {"light": 100, "medium": 300}
+#: ``world``: tests/optimize/world.py; ``no_gain``: tests/optimize/no_gain_world.py, where every proposal
+#: and demo set makes the program worse (the baseline is the best in the grid).
+WORLDS: dict[str, type[World]] = {"world": World, "no_gain": NoGainWorld}
+
+
+def summary_rows(runs: Sequence[Run]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for budget in dict.fromkeys(r.budget for r in runs):
+        group = [r for r in runs if r.budget == budget]
+        regrets = [r.regret for r in group]
+        rows.append(
+            [
+                budget,
+                len(group),
+                f"{statistics.fmean(regrets):.3f}",
+                f"{statistics.median(regrets):.3f}",
+                f"{max(regrets):.3f}",
+                f"{statistics.fmean(r.evaluated_regret for r in group):.3f}",
+                sum(r.worse_than_baseline for r in group),
+                f"{statistics.fmean(r.returned - r.baseline for r in group):.3f}",
+                f"{statistics.fmean(r.lm_calls for r in group):,.0f}",
+            ]
+        )
+    return rows
+
+
+SUMMARY_HEADER = [
+    "budget",
+    "runs",
+    "mean regret",
+    "median regret",
+    "max regret",
+    "mean regret of the best evaluated",
+    "runs worse than the baseline",
+    "mean gain over the baseline (true)",
+    "mean LM calls",
+]
+
+
+def run_rows(runs: Sequence[Run]) -> list[list[object]]:
+    return [
+        [
+            r.budget,
+            r.seed,
+            f"{r.best_possible:.3f}",
+            f"{r.returned:.3f}",
+            f"{r.best_evaluated:.3f}",
+            f"{r.baseline:.3f}",
+            f"{r.regret:.3f}",
+            f"{r.lm_calls:,}",
+            f"{r.seconds:.1f}",
+            (r.pick or "").replace("|", "/"),
+        ]
+        for r in runs
+    ]
+
+
+RUN_HEADER = [
+    "budget",
+    "seed",
+    "best in grid",
+    "returned",
+    "best evaluated",
+    "baseline",
+    "regret",
+    "LM calls",
+    "seconds",
+    "pick",
+]
+
+
+async def run_all(budgets: Sequence[str], n_runs: int, world: str) -> list[Run]:
+    runs = []
+    for name in budgets:
+        budget: str | Mapping[str, Any] = QUICK_BUDGET if name == "quick" else name
+        for seed in range(n_runs):
+            run = await one_run(name, budget, seed, world)
+            print(
+                f"{name} seed {seed}: regret {run.regret:.3f} (best evaluated {run.evaluated_regret:.3f}), "
+                f"returned {run.returned:.3f}, baseline {run.baseline:.3f}, {run.lm_calls} calls, "
+                f"{run.seconds:.1f} s",
+                flush=True,
+            )
+            runs.append(run)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> list[Run]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--runs", type=int, default=15, help="runs (seeds 0..n-1) per budget")
+    parser.add_argument("--budgets", default=",".join(BUDGETS), help="comma-separated presets")
+    parser.add_argument("--quick", action="store_true", help="2 runs of QUICK_BUDGET; prints only")
+    parser.add_argument("--out-dir", type=Path, default=None, help=f"where to write (default {RESULTS_DIR})")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="world", help="the simulated world")
+    parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
+    args = parser.parse_args(argv)
+    logging.getLogger("aprompt").setLevel(logging.WARNING)
+    budgets = [b for b in args.budgets.split(",") if b]
+    unknown = [b for b in budgets if b not in PRESET_VAL_SIZE]
+    if unknown:
+        parser.error(f"unknown budget(s) {unknown}; use {sorted(PRESET_VAL_SIZE)}")
+    if args.quick:
+        budgets, n_runs = ["quick"], 2
+    else:
+        n_runs = args.runs
+    command = command_line("regret", argv)
+    print(f"command: {command}", flush=True)
+    runs = anyio.run(run_all, budgets, n_runs, args.world)
+    summary = markdown_table(SUMMARY_HEADER, summary_rows(runs))
+    print("\n" + summary, flush=True)
+    out_dir = args.out_dir if args.out_dir is not None or args.quick else RESULTS_DIR
+    if out_dir is not None:
+        env = environment()
+        write_json(
+            out_dir / f"{args.name}.json",
+            {"command": command, "environment": env, "runs": [attrs.asdict(r) for r in runs]},
+        )
+        text = "\n".join(
+            [
+                f"# Regret in the simulated world ({args.world})",
+                "",
+                f"command: `{command}`",
+                "",
+                environment_line(env),
+                "",
+                summary,
+                "",
+                markdown_table(RUN_HEADER, run_rows(runs)),
+            ]
+        )
+        write_text(out_dir / f"{args.name}.md", text)
+        print(f"\nwrote {out_dir / (args.name + '.md')}", flush=True)
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The final pick (aprompt/optimize/final_pick.py): paired evidence decides what a search returns.
+
+Pure functions first, then whole runs: in simulated worlds with known truth no run returns a program
+worse than the unoptimized one, and a world where nothing scores stops early and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+import aprompt
+from aprompt.optimize.final_pick import (
+    Evidence,
+    FinalPick,
+    collect_evidence,
+    key_of,
+    nothing_scores,
+    paired_difference,
+    pick,
+)
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.no_gain_world import NoGainWorld
+from tests.optimize.qa_task import lm_for
+from tests.optimize.world import (
+    TwoStageProgram,
+    World,
+    _stage_of,
+    demo_items_of,
+    examples,
+    metric,
+)
+
+BASE = {"a": 0, "b": 0}
+A = {"a": 1, "b": 0}
+B = {"a": 0, "b": 1}
+C = {"a": 1, "b": 1}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def scores(pattern: Sequence[int], start: int = 0) -> dict[str, float]:
+    """Example ids ``e<start>``, ``e<start+1>``, ... scored as in ``pattern``."""
+    return {f"e{start + i}": float(v) for i, v in enumerate(pattern)}
+
+
+def right(n_right: int, n: int, start: int = 0) -> dict[str, float]:
+    return scores([1] * n_right + [0] * (n - n_right), start)
+
+
+def evidence(
+    choice: Mapping[str, int], example_scores: Mapping[str, float], estimate: float, full: bool = True
+) -> Evidence:
+    return Evidence(choice, example_scores, estimate, full)
+
+
+# -- paired differences ---------------------------------------------------------------------------------
+
+
+def test_a_paired_difference_counts_only_the_examples_both_were_scored_on() -> None:
+    d = paired_difference(scores([1, 1, 0, 1]), scores([0, 1], start=2) | {"e0": 0.0})
+    # Shared: e0 (1 - 0), e2 (0 - 0), e3 (1 - 1).
+    assert (d.n, round(d.mean, 6)) == (3, round(1 / 3, 6))
+
+
+def test_a_paired_difference_has_the_paired_t_interval_at_90_percent() -> None:
+    d = paired_difference(scores([1, 0, 1, 1, 0, 1, 1, 1, 0, 1]), scores([0] * 10))
+    # mean 0.7, sd 0.483, t(0.95, 9) = 1.833: half width 0.280.
+    assert d.mean == pytest.approx(0.7)
+    assert (d.low, d.high) == (pytest.approx(0.420, abs=1e-3), pytest.approx(0.980, abs=1e-3))
+    assert d.better()
+
+
+def test_without_shared_examples_a_difference_is_undecided() -> None:
+    d = paired_difference(scores([1, 1]), scores([0, 0], start=5))
+    assert (d.n, d.low, d.high) == (0, -1.0, 1.0) and not d.better()
+
+
+def test_a_combinations_evidence_merges_its_trials_and_full_evaluation_by_example() -> None:
+    evaluations = [
+        (A, right(3, 4), 0.75),  # a trial: e0..e3
+        (B, right(1, 4), 0.25),
+        (A, right(2, 4, start=2) | {"e6": 1.0}, 0.6),  # a full evaluation: e2..e6
+        (B, {}, None),  # an unscored trial says nothing
+    ]
+    found = {key_of(e.choice): e for e in collect_evidence(evaluations, {key_of(A)})}
+    a, b = found[key_of(A)], found[key_of(B)]
+    assert a.full and not b.full
+    assert a.scores == {"e0": 1.0, "e1": 1.0, "e2": 1.0, "e3": 1.0, "e4": 0.0, "e5": 0.0, "e6": 1.0}
+    assert a.estimate > b.estimate
+
+
+# -- the pick -------------------------------------------------------------------------------------------
+
+
+def test_a_tie_never_goes_by_evaluation_order() -> None:
+    # A and B both score 70/100 in full; A's pooled estimate (its trials, the additive model) is higher.
+    base = evidence(BASE, right(30, 100), 0.30)
+    a = evidence(A, scores([0, 1] * 15 + [1] * 55 + [0] * 15), 0.74)
+    b = evidence(B, right(70, 100), 0.66)
+    assert sum(a.scores.values()) == sum(b.scores.values()) == 70
+    for order in ([base, a, b], [base, b, a], [b, a, base]):
+        assert dict(pick(order, BASE).choice) == A
+
+
+def test_a_lucky_small_sample_winner_does_not_beat_a_candidate_better_on_shared_examples() -> None:
+    base = evidence(BASE, right(30, 100), 0.30)
+    # A: 60/100 in full, 31 of the 35 examples it shares with B; B: 29/35 (0.83) on a mini-batch only,
+    # and the higher estimate.
+    a_scores = right(31, 35) | right(29, 65, start=35)
+    a = evidence(A, a_scores, 0.62)
+    b = evidence(B, right(29, 35), 0.80, full=False)
+    chosen = pick([base, a, b], BASE)
+    assert dict(chosen.choice) == A and not chosen.kept_baseline
+    assert B not in [dict(c) for c in chosen.challengers]
+
+
+def test_a_trial_only_combination_better_on_shared_examples_is_a_challenger_not_the_pick() -> None:
+    base = evidence(BASE, right(30, 100), 0.30)
+    a = evidence(A, right(10, 35) | right(40, 65, start=35), 0.50)
+    b = evidence(B, right(33, 35), 0.80, full=False)  # far better on the 35 shared examples
+    chosen = pick([base, a, b], BASE)
+    assert dict(chosen.choice) == A
+    assert [dict(c) for c in chosen.challengers] == [B]
+
+
+def test_undecided_evidence_keeps_the_baseline_and_says_why() -> None:
+    base = evidence(BASE, right(50, 100), 0.50)
+    c = evidence(C, scores([0] * 10 + [1] * 55 + [0] * 35), 0.56)  # +0.05 on 100 examples: noise
+    chosen = pick([base, c], BASE)
+    assert chosen.kept_baseline and dict(chosen.choice) == BASE
+    assert chosen.evidence is not None and chosen.evidence.n == 100
+    assert chosen.evidence.low < 0 < chosen.evidence.mean
+    assert dict(chosen.challenger or {}) == C
+    assert chosen.reason.startswith("kept the unoptimized program: the evidence does not say")
+    assert "+0.050 on 100 shared examples" in chosen.reason
+
+
+def test_paired_evidence_replaces_the_baseline() -> None:
+    base = evidence(BASE, right(30, 100), 0.30)
+    c = evidence(C, right(60, 100), 0.58)
+    chosen = pick([base, c], BASE)
+    assert dict(chosen.choice) == C and not chosen.kept_baseline
+    assert chosen.evidence is not None and chosen.evidence.low > 0
+    assert "beat the unoptimized program by +0.300 on 100 shared examples" in chosen.reason
+
+
+def test_a_tie_with_the_baseline_keeps_the_baseline() -> None:
+    base = evidence(BASE, right(70, 100), 0.60)
+    c = evidence(C, right(70, 100, start=0), 0.90)  # the same 70 examples: no evidence of a difference
+    chosen = pick([base, c], BASE)
+    assert chosen.kept_baseline
+    assert chosen.reason.startswith("kept the unoptimized program: no combination scored above it")
+
+
+def test_on_a_validation_set_too_small_for_a_bound_a_higher_score_decides_and_the_reason_says_so() -> None:
+    base = evidence(BASE, right(3, 5), 0.6)
+    c = evidence(C, right(5, 5), 0.9)  # +2 of 5: no 95 % bound can say better on 5 examples
+    tie = evidence(A, right(3, 5), 0.95)
+    chosen = pick([base, c, tie], BASE, min_shared=5)
+    assert dict(chosen.choice) == C
+    assert "on 5 shared examples" in chosen.reason and "no confidence bound" in chosen.reason
+    assert pick([base, tie], BASE, min_shared=5).kept_baseline, "a tie still keeps the baseline"
+
+
+def test_nothing_scores_only_when_the_baseline_and_every_trial_scored_zero() -> None:
+    assert nothing_scores(right(0, 10), [right(0, 5), right(0, 5, start=5)])
+    assert not nothing_scores(right(0, 10), [right(0, 5), right(1, 5)])
+    assert not nothing_scores(right(1, 10), [right(0, 5)])
+    assert not nothing_scores(right(0, 10), [{}]), "unscored trials say nothing"
+
+
+# -- whole runs -------------------------------------------------------------------------------------------
+
+#: Small enough for 8 runs per world and backend; a full evaluation after every 4 trials.
+BUDGET: Mapping[str, int] = {
+    "n_candidates": 4,
+    "val_size": 40,
+    "n_trials": 8,
+    "minibatch_size": 15,
+    "full_eval_every": 4,
+    "parallel_trials": 2,
+}
+
+
+def true_accuracy(world: World, result: aprompt.OptimizeResult, choice: Mapping[str, int]) -> float:
+    prompts = result.candidates.prompts_for(dict(choice))
+    if isinstance(world, NoGainWorld):
+        return NoGainWorld.accuracy(prompts)
+    return World.expected_accuracy(
+        {name: prompts[name].instruction for name in prompts},
+        {name: demo_items_of([d.to_dict() for d in prompts[name].demos]) for name in prompts},
+    )
+
+
+async def optimize_in(world: World, seed: int, budget: Mapping[str, int] = BUDGET) -> aprompt.OptimizeResult:
+    async with FakeOpenAIServer(responder=world, api_key=TEST_API_KEY) as server:
+        async with lm_for(server) as lm:
+            return await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 60),
+                metric,
+                valset=examples(200, 200 + budget["val_size"]),
+                lm=lm,
+                budget=budget,
+                seed=seed,
+            )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("world", [World, NoGainWorld], ids=["world", "no_gain_world"])
+async def test_no_run_returns_a_program_worse_than_the_baseline(world: type[World]) -> None:
+    for seed in range(8):
+        instance = world()
+        result = await optimize_in(instance, seed)
+        returned = true_accuracy(instance, result, result.best_choice)
+        baseline = true_accuracy(instance, result, result.candidates.baseline())
+        assert returned >= baseline, (seed, returned, baseline, result.pick)
+        assert result.pick is not None and result.pick.reason
+
+
+@pytest.mark.anyio
+async def test_a_run_reports_its_pick_on_the_result_and_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="aprompt"):
+        result = await optimize_in(World(), seed=1)
+    assert isinstance(result.pick, FinalPick) and dict(result.pick.choice) == dict(result.best_choice)
+    assert not result.pick.kept_baseline and result.score > result.baseline_score
+    assert result.pick.evidence is not None and result.pick.evidence.n == BUDGET["val_size"]
+    assert f"final pick: {result.pick.reason}" in caplog.text
+    assert result.to_dict()["pick"]["reason"] == result.pick.reason
+
+
+def nothing_right(request: ChatRequest) -> str:
+    """The world's proposer and summaries, and a program that never gets an answer right."""
+    stage = _stage_of(request)
+    if stage in ("extract", "answer"):
+        return "Code: unknown" if stage == "extract" else "Answer: no idea"
+    return World()(request)
+
+
+@pytest.mark.anyio
+async def test_a_world_where_nothing_scores_stops_at_the_first_full_evaluation_and_says_why() -> None:
+    budget = {**BUDGET, "n_trials": 20}
+    async with FakeOpenAIServer(responder=nothing_right, api_key=TEST_API_KEY) as server:
+        async with lm_for(server) as lm:
+            result = await aprompt.optimize(
+                TwoStageProgram(), examples(0, 60), metric, valset=examples(200, 240), lm=lm, budget=budget
+            )
+    assert result.pick is not None and result.pick.stopped == "nothing_scores"
+    assert result.pick.kept_baseline and result.score == result.baseline_score == 0.0
+    # The trials up to the first full evaluation after the baseline's, and no full evaluation after it.
+    assert len(result.trials) == BUDGET["full_eval_every"] and len(result.full_evals) == 1
+    assert "scored 0 on every example" in result.pick.reason
