@@ -43,14 +43,17 @@ def _summary(result: aprompt.OptimizeResult) -> tuple[Any, ...]:
     )
 
 
-@pytest.mark.parametrize("stop_after_events", [3, 9, 17, 26, 33])
+@pytest.mark.parametrize("stop_at_share", [0.05, 0.2, 0.4, 0.65, 0.9])
 async def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
-    tmp_path: Path, stop_after_events: int
+    tmp_path: Path, stop_at_share: float
 ) -> None:
     async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
-        reference = await _run(server, tmp_path / "reference")
+        events: list[aprompt.Event] = []
+        reference = await _run(server, tmp_path / "reference", on_event=events.append)
         reference_calls = len(server.chat_requests)
         server.reset_records()
+        # Interrupted at that share of the uninterrupted run's events (its last is RunFinished).
+        stop_after_events = max(1, int(stop_at_share * (len(events) - 1)))
         seen = 0
 
         with anyio.CancelScope() as scope:
