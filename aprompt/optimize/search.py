@@ -240,7 +240,9 @@ class SearchLoop:
     #: Why the search stopped on its own before its planned end (``"nothing_scores"``), or ``None``.
     stopped: str | None = attrs.field(default=None, init=False)
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
-    proposal_hook: ProposalHook | None = attrs.field(default=None, init=False)
+    _sampler: TPESampler | None = attrs.field(default=None, init=False)
+    #: Lets a strategy replace the instruction parameters by its own (MIPRO++); fixed for the run.
+    proposal_hook: ProposalHook | None = attrs.field(default=None, kw_only=True)
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
     should_stop: Callable[[], str | None] = attrs.field(default=lambda: None, kw_only=True)
     #: Raises (``LimitReached``) when the run's budget cannot pay for a step: ``(what, [(journal kind,
@@ -258,15 +260,41 @@ class SearchLoop:
 
     async def run(self) -> SearchOutcome:
         await self.full_evaluation(self.candidates.baseline(), is_baseline=True)
+        space = self._space()
+        if space:
+            self._sampler = TPESampler(space, seed=self.seed, n_trials_hint=self.n_trials)
+            await self._trials()
+        return await self.run_outcome(final_full_eval=True)
+
+    def _space(self) -> dict[str, Categorical]:
         space: dict[str, Categorical] = self.candidates.parameters()
         if self.proposal_hook is not None:
             space = {k: v for k, v in space.items() if not k.endswith(".instruction")}
             extra = self.proposal_hook.extra_parameters(self.candidates)
             space.update({k: Categorical(n) for k, n in extra.items()})
-        if space:
-            sampler = TPESampler(space, seed=self.seed, n_trials_hint=self.n_trials)
-            await self._trials(sampler)
-        return await self.run_outcome(final_full_eval=True)
+        return space
+
+    def add_instruction(self, name: str, instruction: str) -> int:
+        """Add a candidate instruction for predictor ``name`` to the running search; returns its index.
+
+        The TPE (when it searches instructions) is rebuilt over the grown space from its own history,
+        so earlier trials keep their weight and the suggestions stay a function of the seed and the
+        trials; a trial recorded before the predictor had a searched instruction chose index 0.
+        """
+        instructions = {k: tuple(v) for k, v in self.candidates.instructions.items()}
+        instructions[name] = (*instructions[name], instruction)
+        self.candidates = attrs.evolve(self.candidates, instructions=instructions)
+        if self._sampler is not None:
+            space = self._space()
+            if space != self._sampler.space:
+                history = [
+                    attrs.evolve(record, params={key: record.params.get(key, 0) for key in space})
+                    for record in self._sampler.trials
+                ]
+                self._sampler = TPESampler.from_history(
+                    space, history, seed=self.seed, n_trials_hint=self.n_trials
+                )
+        return len(instructions[name]) - 1
 
     async def run_outcome(self, *, final_full_eval: bool = False) -> SearchOutcome:
         """The outcome so far, decided by :func:`~aprompt.optimize.final_pick.pick`; with
@@ -371,13 +399,14 @@ class SearchLoop:
             TrialScored(trial.number, trial.choice, trial.score, len(trial.example_ids), trial.n_failed)
         )
 
-    async def _trials(self, sampler: TPESampler) -> None:
+    async def _trials(self) -> None:
         next_full = self.full_eval_every
         while len(self.trials) < self.n_trials:
             if self.stopped is not None or self.should_stop() is not None:
                 return
             k = min(self.parallel_trials, self.n_trials - len(self.trials))
-            suggestions = sampler.ask_batch(k)
+            assert self._sampler is not None
+            suggestions = self._sampler.ask_batch(k)
             # Choices are resolved one by one (a proposal hook may add candidates), then evaluated
             # together.
             choices = [await self._resolve(s.params) for s in suggestions]
@@ -389,9 +418,9 @@ class SearchLoop:
             for trial in sorted(done, key=lambda t: t.number):
                 # Unscored trials are told as failures: an LM outage says nothing about the prompt.
                 if trial.score is None:
-                    sampler.tell_failed(trial.number)
+                    self._sampler.tell_failed(trial.number)
                 else:
-                    sampler.tell(trial.number, trial.score)
+                    self._sampler.tell(trial.number, trial.score)
                 await self._record(trial)
             if len(self.trials) >= next_full and len(self.trials) < self.n_trials:
                 next_full += self.full_eval_every

@@ -41,7 +41,7 @@ from aprompt.optimize.propose import (
     propose_instructions,
 )
 from aprompt.optimize.run_context import RunContext
-from aprompt.optimize.search import SearchLoop, SearchOutcome
+from aprompt.optimize.search import ProposalHook, SearchLoop, SearchOutcome
 from aprompt.optimize.summaries import summarize_data, summarize_program
 from aprompt.program.overrides import PromptOverride
 from aprompt.program.values import Demo
@@ -325,8 +325,11 @@ def _capacity(lm: object) -> int | None:
     return capacity if isinstance(capacity, int) else None
 
 
-def _loop(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchLoop:
+def _loop(
+    ctx: RunContext, candidates: Candidates, n_trials: int, proposal_hook: ProposalHook | None = None
+) -> SearchLoop:
     ctx.search_loop = SearchLoop(
+        proposal_hook=proposal_hook,
         program=ctx.program,
         candidates=candidates,
         valset=ctx.valset,
@@ -444,7 +447,7 @@ async def module_opro(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
                     await ctx.emit(CandidateDropped(name, round_number, proposal.reason))
                     continue
                 instructions[name].append(proposal.instruction)
-                choice[f"{name}.instruction"] = len(instructions[name]) - 1
+                choice[f"{name}.instruction"] = loop.add_instruction(name, proposal.instruction)
                 await ctx.emit(
                     CandidateProposed(
                         name, "instruction", choice[f"{name}.instruction"], proposal.instruction
@@ -452,8 +455,7 @@ async def module_opro(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
                 )
             if not choice:
                 continue
-            candidates = attrs.evolve(candidates, instructions={k: tuple(v) for k, v in instructions.items()})
-            loop.candidates = candidates
+            candidates = loop.candidates
             trial = await loop.single_trial(round_number - 1, choice)
             for name, _ in ctx.predictors:
                 key = f"{name}.instruction"
@@ -490,8 +492,7 @@ async def mipro_plus_plus(ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
     # unless the budget names its own count.
     n_trials = ctx.budget.n_trials or ctx.budget.trials_for(len(ctx.predictors), True) * 2
     async with ctx.phase("search", f"{n_trials} trials with proposals"):
-        loop = _loop(ctx, candidates, n_trials)
-        loop.proposal_hook = _ProposalHook(ctx, data_summary, program_summary)
+        loop = _loop(ctx, candidates, n_trials, _ProposalHook(ctx, data_summary, program_summary))
         outcome = await loop.run()
         return loop.candidates, outcome
 
@@ -546,10 +547,7 @@ class _ProposalHook:
                     await self.ctx.emit(CandidateDropped(name, proposal.index, proposal.reason))
                     self.made[key] = 0
                 else:
-                    instructions = {k: tuple(v) for k, v in loop.candidates.instructions.items()}
-                    instructions[name] = (*instructions[name], proposal.instruction)
-                    loop.candidates = attrs.evolve(loop.candidates, instructions=instructions)
-                    self.made[key] = len(instructions[name]) - 1
+                    self.made[key] = loop.add_instruction(name, proposal.instruction)
                     await self.ctx.emit(
                         CandidateProposed(name, "instruction", self.made[key], proposal.instruction)
                     )
