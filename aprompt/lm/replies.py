@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "TRUNCATION_RETRY_MAX_TOKENS",
     "accepting_cut_replies",
+    "cut_reply_acceptor",
     "incomplete_reply",
     "larger_budget",
     "read_capped",
@@ -72,6 +73,11 @@ def accepting_cut_replies(is_answer: Callable[[str], bool]) -> Iterator[None]:
         yield
     finally:
         _CUT_REPLY_IS_ANSWER.reset(token)
+
+
+def cut_reply_acceptor() -> Callable[[str], bool] | None:
+    """The test set by the innermost :func:`accepting_cut_replies` block, or ``None`` outside one."""
+    return _CUT_REPLY_IS_ANSWER.get()
 
 
 def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteResponseError | None:

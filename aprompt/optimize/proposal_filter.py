@@ -95,6 +95,16 @@ class Cleaned:
         return f"cleaned: removed {', '.join(self.removed)}" if self.removed else ""
 
 
+def whole_sentences(text: str, max_chars: int) -> str:
+    """``text`` cut after its last whole sentence that ends within ``max_chars`` (a proposer that rambles
+    past its token budget often wrote a usable instruction first); unchanged when short enough or when no
+    sentence ends in time."""
+    if len(text) <= max_chars:
+        return text
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text[: max_chars + 1])]
+    return text[: ends[-1]].rstrip() if ends else text
+
+
 def field_labels(predictor: Predict) -> tuple[str, ...]:
     """The labels the program's predictor shows the model (``Question``, ``Answer``, ...)."""
     return tuple(f.label for f in predictor.signature.fields)

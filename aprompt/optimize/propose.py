@@ -18,9 +18,10 @@ from typing import Any
 import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
+from aprompt.lm.replies import accepting_cut_replies
 from aprompt.lm.types import LM
 from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
-from aprompt.optimize.proposal_filter import Cleaned, clean_proposal, field_labels
+from aprompt.optimize.proposal_filter import Cleaned, clean_proposal, field_labels, whole_sentences
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
@@ -36,6 +37,9 @@ TIPS: dict[str, str] = {
 
 MIN_INSTRUCTION_CHARS = 12
 MAX_INSTRUCTION_CHARS = 600
+#: Room for an instruction of ``MAX_INSTRUCTION_CHARS``; a reply cut there is kept, to its last whole
+#: sentence (re-sending it with a larger budget would only buy a longer ramble from a small model).
+PROPOSAL_MAX_TOKENS = 160
 
 
 @attrs.frozen
@@ -157,7 +161,7 @@ def build_proposer(
         instruction=f"{_ROLE} {goal} {_REPLY}",
         max_parse_retries=1,
         temperature=grounding.temperature,
-        max_tokens=200,
+        max_tokens=PROPOSAL_MAX_TOKENS,
     )
     return predictor, inputs
 
@@ -191,10 +195,11 @@ async def propose_instruction(
     for attempt in range(attempts):
         rollout = index * 100 + attempt
         try:
-            prediction = await guard.call(
-                partial(predictor, lm=lm, rollout=rollout, **inputs),
-                f"proposal {index} for {context.predictor_name}",
-            )
+            with accepting_cut_replies(lambda text: True):
+                prediction = await guard.call(
+                    partial(predictor, lm=lm, rollout=rollout, **inputs),
+                    f"proposal {index} for {context.predictor_name}",
+                )
         except EndpointDownError:
             raise
         except (ParseError, LMError) as exc:  # an LMError here is the request's own: the LM answers
@@ -204,9 +209,13 @@ async def propose_instruction(
         if cleaned.text is None:
             reason = cleaned.reason
             continue
-        problem = validate_instruction(cleaned.text, existing)
+        text = whole_sentences(cleaned.text, MAX_INSTRUCTION_CHARS)
+        note = cleaned.note
+        if text != cleaned.text:
+            note = f"{note}; cut to whole sentences".lstrip("; ")
+        problem = validate_instruction(text, existing)
         if problem is None:
-            return Proposal(index, cleaned.text, tip=tip, cleaned=cleaned.note)
+            return Proposal(index, text, tip=tip, cleaned=note)
         reason = problem
     return Proposal(index, None, reason=f"dropped after {attempts} attempt(s): {reason}", tip=tip)
 

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
+from aprompt.lm.replies import accepting_cut_replies
 from aprompt.lm.types import LM
 from aprompt.optimize.examples import Example
 from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
@@ -76,9 +77,11 @@ async def _ask(predict: Predict, lm: LM, attempts: int, outage: OutagePolicy, **
     guard = OutageGuard((lm,), outage)
     for rollout in range(attempts):
         try:
-            prediction = await guard.call(
-                partial(predict, lm=lm, rollout=rollout, **inputs), "a grounding summary"
-            )
+            # A summary cut at its token budget is still a summary (clean_text clips it anyway).
+            with accepting_cut_replies(lambda text: True):
+                prediction = await guard.call(
+                    partial(predict, lm=lm, rollout=rollout, **inputs), "a grounding summary"
+                )
         except EndpointDownError:
             raise
         except (ParseError, LMError) as exc:  # an LMError here is the request's own: the LM answers

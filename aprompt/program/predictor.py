@@ -8,7 +8,7 @@ from typing import Any
 
 from aprompt._errors import ConfigError, ParseError, StateError
 from aprompt.lm.metering import metered_chat
-from aprompt.lm.replies import accepting_cut_replies, incomplete_reply
+from aprompt.lm.replies import accepting_cut_replies, cut_reply_acceptor, incomplete_reply
 from aprompt.lm.types import LM, Message, TokenUsage
 from aprompt.program.adapter import (
     answered_before_cut,
@@ -115,12 +115,18 @@ class Predict:
         messages = format_messages(signature, inputs, demos=demos, instruction=instruction)
         conversation: list[Message] = messages
         usage = TokenUsage()
+        caller_accepts = cut_reply_acceptor()  # a caller that can use a cut reply (the proposer) says so
         for _attempt in range(self.max_parse_retries + 1):
             # Retries keep the caller's rollout: their messages differ (the correction is appended),
             # so a cache never replays the bad reply, and a re-run replays the same retries.
             # A reply cut at its token budget is an answer only when it already holds every field.
             traces = ACTIVE_TRACES.get()  # the innermost is the program run's own: it tells runs apart
-            with accepting_cut_replies(lambda text: answered_before_cut(signature, text)):
+            with accepting_cut_replies(
+                lambda text: (
+                    answered_before_cut(signature, text)
+                    or (caller_accepts is not None and caller_accepts(text))
+                )
+            ):
                 completion = await metered_chat(
                     client, conversation, rollout=rollout, unit=traces[-1] if traces else None, **params
                 )

@@ -236,3 +236,32 @@ def test_program_source_is_empty_when_the_named_file_is_not_python(
     monkeypatch.setitem(sys.modules, "snippet", module)
     exec(compile("class Program:\n    pass\n", str(page), "exec"), vars(module))
     assert program_source(module.Program()) == ""
+
+
+RAMBLE = "Proposed Instruction: Answer with the item's code word only. " + "Then think about it more. " * 40
+
+
+async def test_a_proposal_cut_at_its_token_budget_is_kept_to_its_whole_sentences(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # A small proposer rambles past its budget; re-sending with more tokens only buys a longer ramble.
+    fake_server.script([Fault.truncated(RAMBLE)])
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=[], existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert len(fake_server.chat_requests) == 1
+    assert proposal.instruction is not None
+    assert proposal.instruction.startswith("Answer with the item's code word only.")
+    assert proposal.instruction.endswith(".") and len(proposal.instruction) <= 600
+    assert "whole sentences" in proposal.cleaned
+
+
+async def test_a_summary_cut_at_its_token_budget_is_used_without_a_resend(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.script([Fault.truncated(LONG_SUMMARY + " It goes on and")])
+    async with lm_for(fake_server) as lm:
+        got = await summarize_program(QAProgram(), [("answer", QAProgram().answer)], lm)
+    assert len(fake_server.chat_requests) == 1
+    assert got.text is not None and got.text.startswith(LONG_SUMMARY[:40])
