@@ -20,7 +20,7 @@ import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt.lm.types import LM
-from aprompt.optimize.grounding import GROUNDING_SOURCES
+from aprompt.optimize import grounding as grounding_sources
 from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt.optimize.proposal_filter import Cleaned, clean_proposal, field_labels
 from aprompt.program.predictor import Predict
@@ -158,7 +158,7 @@ def build_proposer(
         "current_instruction": context.predictor.instruction,
     }
     texts = context.grounding_texts()
-    for source in GROUNDING_SOURCES:
+    for source in grounding_sources.GROUNDING_SOURCES:
         if source.name in texts and source.enabled(grounding):
             inputs[source.field] = texts[source.name]
     if grounding.demos and demos:

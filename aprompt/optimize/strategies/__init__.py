@@ -19,7 +19,12 @@ A new strategy subclasses :class:`Strategy` (its :meth:`~Strategy.plan` states i
 
 from aprompt.optimize.strategies.base import Strategy, StrategyPlan
 from aprompt.optimize.strategies.mipro_plus_plus import GROUNDING_OPTIONS, TEMPERATURES
-from aprompt.optimize.strategies.registry import STRATEGIES, register_strategy, resolve_strategy
+from aprompt.optimize.strategies.registry import (
+    STRATEGIES,
+    register_strategy,
+    resolve_strategy,
+    unregister_strategy,
+)
 
 __all__ = [
     "GROUNDING_OPTIONS",
@@ -29,4 +34,5 @@ __all__ = [
     "StrategyPlan",
     "register_strategy",
     "resolve_strategy",
+    "unregister_strategy",
 ]

@@ -38,6 +38,11 @@ def register_strategy(strategy: Strategy, *, replace: bool = False) -> Strategy:
     return strategy
 
 
+def unregister_strategy(name: str) -> None:
+    """Forget the strategy registered as ``name`` (nothing happens when there is none)."""
+    _registered.pop(name, None)
+
+
 def resolve_strategy(strategy: str | Strategy) -> Strategy:
     """The registered strategy of that name, or ``strategy`` itself.
 
@@ -65,4 +70,4 @@ for _builtin in (
     register_strategy(_builtin)
 
 
-__all__ = ["STRATEGIES", "register_strategy", "resolve_strategy"]
+__all__ = ["STRATEGIES", "register_strategy", "resolve_strategy", "unregister_strategy"]

@@ -15,12 +15,12 @@ import attrs
 from aprompt._errors import JournalError
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.metering import LimitReached
+from aprompt.optimize import grounding as grounding_sources
 from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets, size_ladder
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.optimize.events import CandidateDropped, CandidateProposed
 from aprompt.optimize.examples import Example
-from aprompt.optimize.grounding import GROUNDING_SOURCES
 from aprompt.optimize.outage import OutageGuard
 from aprompt.optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
 from aprompt.optimize.propose import Proposal, ProposalContext, propose_instructions
@@ -120,7 +120,7 @@ def demo_sets_from_json(data: Mapping[str, Any]) -> dict[str, tuple[DemoSet, ...
 async def grounding_texts(ctx: RunContext) -> dict[str, str | None]:
     """The text of every grounding source (:data:`~aprompt.optimize.grounding.GROUNDING_SOURCES`) by
     name, ``None`` where switched off or unusable; written once per run and journaled together."""
-    names = [source.name for source in GROUNDING_SOURCES]
+    names = [source.name for source in grounding_sources.GROUNDING_SOURCES]
 
     def encode(texts: Mapping[str, str | None]) -> list[str | None]:
         return [texts[name] for name in names]
@@ -133,7 +133,7 @@ async def grounding_texts(ctx: RunContext) -> dict[str, str | None]:
 
 async def _grounding_texts(ctx: RunContext) -> dict[str, str | None]:
     texts: dict[str, str | None] = {}
-    for source in GROUNDING_SOURCES:
+    for source in grounding_sources.GROUNDING_SOURCES:
         texts[source.name] = None
         if source.enabled(ctx.grounding):
             got = await source.text(ctx)
@@ -145,7 +145,9 @@ async def _grounding_texts(ctx: RunContext) -> dict[str, str | None]:
 
 def grounding_calls(ctx: RunContext) -> int:
     """The most LM calls the run's grounding sources make."""
-    return sum(source.max_calls for source in GROUNDING_SOURCES if source.enabled(ctx.grounding))
+    return sum(
+        source.max_calls for source in grounding_sources.GROUNDING_SOURCES if source.enabled(ctx.grounding)
+    )
 
 
 async def instruction_candidates(
