@@ -24,7 +24,7 @@ from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import OptimizeResult
 from aprompt.optimize.run_context import RunContext
-from aprompt.optimize.strategies import STRATEGIES
+from aprompt.optimize.strategies import Strategy, resolve_strategy
 from aprompt.program.context import current_lm
 from aprompt.program.copying import copy_program
 from aprompt.program.discovery import is_function, named_predictors
@@ -81,7 +81,7 @@ async def optimize(
     proposer_lm: LM | None = None,
     teacher_lm: LM | None = None,
     valset: Sequence[Example | Mapping[str, Any]] | None = None,
-    strategy: str = "mipro",
+    strategy: str | Strategy = "mipro",
     budget: str | Budget | Mapping[str, Any] = "light",
     seed: int = 0,
     input_fields: Sequence[str] | None = None,
@@ -113,7 +113,8 @@ async def optimize(
         teacher_lm: runs the program while bootstrapping demos (default: ``lm``); like ``lm``, it
             serves the predictors that have no ``lm`` of their own.
         valset: scored during search; default: a seeded part of the trainset.
-        strategy: ``"mipro"`` or another key of :data:`aprompt.optimize.strategies.STRATEGIES`.
+        strategy: ``"mipro"`` or another key of :data:`aprompt.optimize.strategies.STRATEGIES`, or a
+            :class:`~aprompt.optimize.strategies.Strategy` instance.
         budget: ``"light"``, ``"medium"``, ``"heavy"``, a :class:`Budget` or a mapping of overrides.
         seed: the same seed and a warm cache give the same result with no new LM calls.
         input_fields: which keys of mapping examples are program inputs (the rest are labels);
@@ -191,6 +192,7 @@ async def optimize(
         },
         prices=prices,
     )
+    chosen = resolve_strategy(strategy)
     plan = resolve_budget(budget)
     predictors = named_predictors(program)
     if not predictors:
@@ -236,7 +238,7 @@ async def optimize(
         ),
     )
     fingerprint = run_fingerprint(
-        strategy,
+        chosen.name,
         plan,
         seed,
         grounding,
@@ -273,21 +275,21 @@ async def optimize(
         if journal is not None and journal.latest("original_state") is None:
             journal.append("original_state", program_state(program))
         with watch_predictors(predictors):
-            return await _run(ctx, strategy, target, started)
+            return await _run(ctx, chosen, target, started)
 
 
-async def _run(ctx: RunContext, strategy: str, target: object, started: float) -> OptimizeResult:
+async def _run(ctx: RunContext, strategy: Strategy, target: object, started: float) -> OptimizeResult:
     plan, predictors, train, val, seed = ctx.budget, ctx.predictors, ctx.trainset, ctx.valset, ctx.seed
     planned = _plan_event(strategy, plan, len(predictors), len(train), len(val))
     logger.info(
         "aprompt %s: %d trials on %d validation examples, about %d LM calls before caching",
-        strategy,
+        strategy.name,
         planned.n_trials,
         planned.val_size,
         planned.expected_lm_calls,
     )
     await ctx.emit(planned)
-    candidates, outcome = await ctx.run_strategy(STRATEGIES[strategy])
+    candidates, outcome = await ctx.run_strategy(strategy)
 
     prompts = candidates.prompts_for(outcome.best_choice)
     for name, predictor in named_predictors(target):
@@ -296,7 +298,7 @@ async def _run(ctx: RunContext, strategy: str, target: object, started: float) -
             predictor.demos = prompts[name].demos
     result = OptimizeResult(
         program=target,
-        strategy=strategy,
+        strategy=strategy.name,
         score=outcome.best_score,
         baseline_score=outcome.baseline_score,
         best_choice=outcome.best_choice,
@@ -320,28 +322,22 @@ async def _run(ctx: RunContext, strategy: str, target: object, started: float) -
     return result
 
 
-def _plan_event(strategy: str, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
-    searches_demos = strategy not in ("mipro_zero_shot", "module_opro")
-    n_trials = plan.trials_for(n_predictors, searches_demos)
-    if strategy == "module_opro":
-        n_trials = max(1, plan.n_candidates - 1)
-    elif strategy == "mipro_plus_plus" and plan.n_trials is None:
-        n_trials *= 2
-    elif strategy == "bootstrap_random_search":  # full evaluations only, no mini-batch trials
-        n_trials = 0
+def _plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
+    """The run's plan, as ``strategy`` plans it, with its LM-call estimate."""
+    planned = strategy.plan(plan, n_predictors, n_train, n_val)
     estimate = estimate_calls(
         plan,
         n_predictors=n_predictors,
         calls_per_run=float(n_predictors),
-        n_trials=n_trials,
+        n_trials=planned.n_trials,
         val_size=n_val,
-        bootstrap_runs=min(n_train, max(0, plan.n_candidates - 2) * plan.max_bootstrapped_demos * 2),
-        proposal_calls=n_predictors * max(0, plan.n_candidates - 1) + 4,
-        screen_runs=plan.screen_runs(n_predictors, n_val) if strategy in ("mipro", "mipro_zero_shot") else 0,
+        bootstrap_runs=planned.bootstrap_runs,
+        proposal_calls=planned.proposal_calls,
+        screen_runs=planned.screen_runs,
     )
     return RunPlanned(
-        strategy,
-        n_trials,
+        strategy.name,
+        planned.n_trials,
         n_val,
         estimate.total,
         {

@@ -30,7 +30,7 @@ from aprompt.optimize.budget import Budget
 from aprompt.optimize.evaluate import Metric, describe_metric, metric_score
 from aprompt.optimize.examples import Example
 from aprompt.optimize.propose import Grounding
-from aprompt.optimize.strategies import STRATEGIES
+from aprompt.optimize.strategies import STRATEGIES, Strategy
 from aprompt.program.values import Prediction
 
 __all__ = ["check_arguments", "check_lm", "check_metric_on_labels"]
@@ -84,8 +84,15 @@ def check_arguments(
     _check_dataset("trainset", trainset)
     if valset is not None:
         _check_dataset("valset", valset)
-    if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {_show(strategy)}; choose one of {sorted(STRATEGIES)}")
+    if not isinstance(strategy, Strategy) and (not isinstance(strategy, str) or strategy not in STRATEGIES):
+        raise ConfigError(
+            f"unknown strategy {_show(strategy)}; choose one of {sorted(STRATEGIES)} or pass a "
+            "Strategy instance"
+        )
+    if isinstance(strategy, Strategy) and not (
+        isinstance(getattr(strategy, "name", None), str) and strategy.name
+    ):
+        raise ConfigError(f"strategy {type(strategy).__name__} needs a non-empty `name` (a str)")
     if not isinstance(budget, str | Budget | Mapping):
         raise ConfigError(
             f"budget must be a preset name, a Budget or a mapping, got {type(budget).__name__} "

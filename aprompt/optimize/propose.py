@@ -1,17 +1,18 @@
 """The grounded instruction proposer (MIPRO stage 2).
 
-For one predictor it asks a proposer LM for new instructions, each prompt grounded in some of: the data
-summary, the program description, demos of this predictor, a random style tip and the instructions (with
-scores, for OPRO) proposed so far. Each reply is cleaned (:func:`clean_reply`: echoed scaffolding and
-field-label lines removed, see :mod:`aprompt.optimize.proposal_filter`); one that fails to parse, has
-nothing usable left, or fails validation is retried with another rollout and then dropped with a recorded
-reason; the original instruction is always candidate 0.
+For one predictor it asks a proposer LM for new instructions, each prompt grounded in some of: the run's
+grounding texts (the data summary, the program description; :mod:`aprompt.optimize.grounding`), demos of
+this predictor, a random style tip and the instructions (with scores, for OPRO) proposed so far. Each
+reply is cleaned (:func:`clean_reply`: echoed scaffolding and field-label lines removed, see
+:mod:`aprompt.optimize.proposal_filter`); one that fails to parse, has nothing usable left, or fails
+validation is retried with another rollout and then dropped with a recorded reason; the original
+instruction is always candidate 0.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -20,6 +21,7 @@ import attrs
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt.lm.replies import accepting_cut_replies
 from aprompt.lm.types import LM
+from aprompt.optimize import grounding as grounding_sources
 from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt.optimize.proposal_filter import Cleaned, clean_proposal, field_labels, whole_sentences
 from aprompt.program.predictor import Predict
@@ -44,7 +46,11 @@ PROPOSAL_MAX_TOKENS = 160
 
 @attrs.frozen
 class Grounding:
-    """Which grounding pieces a proposal prompt includes, and the proposer's temperature."""
+    """Which grounding pieces a proposal prompt includes, and the proposer's temperature.
+
+    ``data_summary`` and ``program_summary`` switch the run-level sources of the same names
+    (:mod:`aprompt.optimize.grounding`); ``demos``, ``tip`` and ``history`` the per-proposal pieces.
+    """
 
     data_summary: bool = True
     program_summary: bool = True
@@ -56,12 +62,23 @@ class Grounding:
 
 @attrs.frozen
 class ProposalContext:
-    """What a proposer may be grounded in, for one predictor."""
+    """What a proposer may be grounded in, for one predictor.
+
+    ``texts`` holds the run's grounding texts by source name (:mod:`aprompt.optimize.grounding`);
+    ``data_summary`` and ``program_summary`` are the same as ``texts`` entries of those names, for a
+    context built by hand.
+    """
 
     predictor_name: str
     predictor: Predict
     data_summary: str | None = None
     program_summary: str | None = None
+    texts: Mapping[str, str | None] = attrs.field(factory=dict)
+
+    def grounding_texts(self) -> dict[str, str]:
+        """Every usable grounding text, by source name (an entry of ``texts`` wins)."""
+        found = {"data_summary": self.data_summary, "program_summary": self.program_summary, **self.texts}
+        return {name: text for name, text in found.items() if text}
 
 
 _ROLE = "You write instructions for one module of a language-model program."
@@ -144,10 +161,10 @@ def build_proposer(
         "module": f"{context.predictor_name}: {context.predictor.signature}",
         "current_instruction": context.predictor.instruction,
     }
-    if grounding.data_summary and context.data_summary:
-        inputs["dataset_summary"] = context.data_summary
-    if grounding.program_summary and context.program_summary:
-        inputs["program_description"] = context.program_summary
+    texts = context.grounding_texts()
+    for source in grounding_sources.GROUNDING_SOURCES:
+        if source.name in texts and source.enabled(grounding):
+            inputs[source.field] = texts[source.name]
     if grounding.demos and demos:
         inputs["examples_of_good_calls"] = _render_demos(demos)
     if grounding.history and history:

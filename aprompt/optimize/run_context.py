@@ -45,6 +45,7 @@ from aprompt.run.preflight import check_limits
 
 if TYPE_CHECKING:
     from aprompt.optimize.search import SearchLoop
+    from aprompt.optimize.strategies.base import Strategy
 
 #: Step kinds that score programs; every other step (bootstrap, proposals) keeps the budget of the
 #: baseline's evaluation and one mini-batch untouched.
@@ -180,11 +181,10 @@ class RunContext:
             self.journal.append(SPENT_KIND, spent_record(self.meter, self.costs))
             self.meter.reserved = self.meter.usage.requests
 
-    async def run_strategy(
-        self, strategy: Callable[[RunContext], Awaitable[tuple[Candidates, SearchOutcome]]]
-    ) -> tuple[Candidates, SearchOutcome]:
-        """Run ``strategy`` under the run's meter; when a limit refuses a step or a request, the step is
-        abandoned and the best program so far is returned (``stopped_by`` names the limit).
+    async def run_strategy(self, strategy: Strategy) -> tuple[Candidates, SearchOutcome]:
+        """Run ``strategy`` on this context under the run's meter; when a limit refuses a step or a
+        request, the step is abandoned and the best program so far is returned (``stopped_by`` names the
+        limit).
 
         Raises:
             RunLimitError: a limit stopped the run before the baseline was scored.
@@ -193,7 +193,7 @@ class RunContext:
         try:
             with metering(self.meter):
                 try:
-                    return await strategy(self)
+                    return await strategy.run(self)
                 except BaseException as exc:
                     refusal = limit_reached_in(exc)
                     if refusal is None:

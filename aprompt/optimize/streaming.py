@@ -26,6 +26,7 @@ from aprompt.optimize.examples import Example
 from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import OptimizeResult
+from aprompt.optimize.strategies import Strategy
 
 __all__ = ["EventStream", "optimize_events"]
 
@@ -76,7 +77,7 @@ async def optimize_events(
     proposer_lm: LM | None = None,
     teacher_lm: LM | None = None,
     valset: Sequence[Example | Mapping[str, Any]] | None = None,
-    strategy: str = "mipro",
+    strategy: str | Strategy = "mipro",
     budget: str | Budget | Mapping[str, Any] = "light",
     seed: int = 0,
     input_fields: Sequence[str] | None = None,

@@ -1,0 +1,27 @@
+"""``bayesian_bootstrap``: the original instructions, bootstrapped demo sets searched by TPE."""
+
+from __future__ import annotations
+
+import attrs
+
+from aprompt.optimize.budget import Budget
+from aprompt.optimize.candidates import Candidates
+from aprompt.optimize.run_context import RunContext
+from aprompt.optimize.search import SearchOutcome
+from aprompt.optimize.strategies.base import Strategy, StrategyPlan
+from aprompt.optimize.strategies.steps import bootstrap_candidates, tpe_search
+
+
+class BayesianBootstrap(Strategy):
+    """Demos only: bootstrapped demo sets searched by TPE on mini-batches, the instructions kept."""
+
+    name = "bayesian_bootstrap"
+
+    def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
+        return StrategyPlan.standard(budget, n_predictors, n_train, n_val, searches_instructions=False)
+
+    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+        demo_sets = await bootstrap_candidates(ctx)
+        base = Candidates.original(ctx.predictors)
+        candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
+        return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)

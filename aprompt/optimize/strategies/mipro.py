@@ -1,0 +1,25 @@
+"""``mipro``: proposed instructions and bootstrapped demos, searched together by TPE on mini-batches."""
+
+from __future__ import annotations
+
+from aprompt.optimize.budget import Budget
+from aprompt.optimize.candidates import Candidates
+from aprompt.optimize.run_context import RunContext
+from aprompt.optimize.search import SearchOutcome
+from aprompt.optimize.strategies.base import Strategy, StrategyPlan
+from aprompt.optimize.strategies.steps import bootstrap_candidates, instruction_candidates, tpe_search
+
+
+class Mipro(Strategy):
+    """Proposed instructions and bootstrapped demos, searched together by TPE on mini-batches."""
+
+    name = "mipro"
+
+    def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
+        return StrategyPlan.standard(budget, n_predictors, n_train, n_val, screened=True)
+
+    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+        demo_sets = await bootstrap_candidates(ctx)
+        instructions = await instruction_candidates(ctx, demo_sets)
+        candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)
+        return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)

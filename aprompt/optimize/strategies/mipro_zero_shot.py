@@ -1,0 +1,29 @@
+"""``mipro_zero_shot``: proposed instructions only, no demos, searched by TPE on mini-batches."""
+
+from __future__ import annotations
+
+import attrs
+
+from aprompt.optimize.budget import Budget
+from aprompt.optimize.candidates import Candidates
+from aprompt.optimize.run_context import RunContext
+from aprompt.optimize.search import SearchOutcome
+from aprompt.optimize.strategies.base import Strategy, StrategyPlan
+from aprompt.optimize.strategies.steps import instruction_candidates, tpe_search
+
+
+class MiproZeroShot(Strategy):
+    """Proposed instructions only (no demos), searched by TPE on mini-batches."""
+
+    name = "mipro_zero_shot"
+
+    def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
+        return StrategyPlan.standard(
+            budget, n_predictors, n_train, n_val, searches_demos=False, screened=True
+        )
+
+    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+        instructions = await instruction_candidates(ctx, {})
+        base = Candidates.original(ctx.predictors)
+        candidates = attrs.evolve(base, instructions=instructions, search_demos=False)
+        return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)
