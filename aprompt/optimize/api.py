@@ -107,7 +107,9 @@ async def optimize(
             module's predictors cannot be copied); it is called with each example's inputs as
             keyword arguments.
         trainset: examples (or mappings, with ``input_fields`` naming the program inputs).
-        metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async.
+        metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async; or a score with
+            text feedback, ``(score, feedback)`` or an object with ``.score`` and ``.feedback`` (shown to
+            the proposer by ``strategy="mipro_reflective"``).
         lm: the LM for predictors that have none (else the :func:`aprompt.use_lm` default).
         proposer_lm: writes summaries and instruction proposals (default: ``lm``).
         teacher_lm: runs the program while bootstrapping demos (default: ``lm``); like ``lm``, it
@@ -337,7 +339,9 @@ def _plan_event(strategy: str, plan: Budget, n_predictors: int, n_train: int, n_
         val_size=n_val,
         bootstrap_runs=min(n_train, max(0, plan.n_candidates - 2) * plan.max_bootstrapped_demos * 2),
         proposal_calls=n_predictors * max(0, plan.n_candidates - 1) + 4,
-        screen_runs=plan.screen_runs(n_predictors, n_val) if strategy in ("mipro", "mipro_zero_shot") else 0,
+        screen_runs=plan.screen_runs(n_predictors, n_val)
+        if strategy in ("mipro", "mipro_zero_shot", "mipro_reflective")
+        else 0,
     )
     return RunPlanned(
         strategy,

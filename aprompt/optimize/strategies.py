@@ -9,6 +9,7 @@ strategy                     instructions  demos         search
 ``bootstrap_random_search``  original      bootstrapped  random demo sets, each fully evaluated
 ``module_opro``              proposed      none          rounds: propose with scored history
 ``mipro_plus_plus``          proposed      bootstrapped  TPE also over the proposer's grounding
+``mipro_reflective``         + reflective  bootstrapped  TPE; candidates added from failures
 ===========================  ============  ============  ======================================
 """
 
@@ -26,6 +27,7 @@ import attrs
 from aprompt._errors import JournalError
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.metering import LimitReached
+from aprompt.optimize import reflect
 from aprompt.optimize.bootstrap import DemoSet, bootstrap_demo_sets, size_ladder
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.evaluate import Evaluation, evaluate
@@ -562,4 +564,5 @@ STRATEGIES: dict[str, Strategy] = {
     "bootstrap_random_search": bootstrap_random_search,
     "module_opro": module_opro,
     "mipro_plus_plus": mipro_plus_plus,
+    "mipro_reflective": reflect.mipro_reflective,
 }
