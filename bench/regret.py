@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> list[Run]:
         )
         text = "\n".join(
             [
-                f"# Regret in the simulated world ({args.world}, strategy {args.strategy})",
+                f"# Regret in the simulated world ({args.world})"
+                + (f", strategy {args.strategy}" if args.strategy != "mipro" else ""),
                 "",
                 f"command: `{command}`",
                 "",
