@@ -61,7 +61,9 @@ METHODS = (
 #: Not run by default: MIPROv2 with DSPy's stock adapter, which aborts on SmolLM2 (see
 #: ``dspy_side.SingleFieldFallback``); the default DSPy methods use the fallback adapter.
 STOCK_DSPY_METHODS = ("dspy:unoptimized_stock", "dspy:miprov2_stock")
-ALL_METHODS = (*METHODS, *STOCK_DSPY_METHODS)
+#: Not run by default: strategies measured against ``mipro`` on request (bench/results/reflective.md).
+EXTRA_APROMPT_METHODS = ("aprompt:mipro_reflective",)
+ALL_METHODS = (*METHODS, *STOCK_DSPY_METHODS, *EXTRA_APROMPT_METHODS)
 # Single-stage and the multi-stage counting task first: SmolLM2 scores near 0 on intent_goal, so it
 # tells the least and runs last.
 DEFAULT_TASKS = "count,intent,count_listed,intent_goal"
@@ -489,7 +491,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         return None
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(9.0, 4.2 * len(tasks)), 4.2), squeeze=False)
-    markers = dict(zip(ALL_METHODS, "o*sD^vXPx", strict=True))
+    markers = dict(zip(ALL_METHODS, "o*sD^vXPxh", strict=True))
     for axis, task in zip(axes[0], tasks, strict=True):
         for row in (r for r in rows if r["task"] == task and r["test_mean"] is not None):
             axis.errorbar(

@@ -121,7 +121,13 @@ def best_in_grid(candidates: Candidates, world: str = "world") -> float:
     )
 
 
-async def one_run(budget_name: str, budget: str | Mapping[str, Any], seed: int, world: str = "world") -> Run:
+async def one_run(
+    budget_name: str,
+    budget: str | Mapping[str, Any],
+    seed: int,
+    world: str = "world",
+    strategy: str = "mipro",
+) -> Run:
     lm = WorldLM(WORLDS[world]())
     val_size = budget["val_size"] if isinstance(budget, Mapping) else PRESET_VAL_SIZE[budget]
     started = time.monotonic()
@@ -133,6 +139,7 @@ async def one_run(budget_name: str, budget: str | Mapping[str, Any], seed: int, 
         lm=lm,
         budget=budget,
         seed=seed,
+        strategy=strategy,
     )
     seconds = time.monotonic() - started
     candidates = result.candidates
@@ -223,12 +230,12 @@ RUN_HEADER = [
 ]
 
 
-async def run_all(budgets: Sequence[str], n_runs: int, world: str) -> list[Run]:
+async def run_all(budgets: Sequence[str], n_runs: int, world: str, strategy: str = "mipro") -> list[Run]:
     runs = []
     for name in budgets:
         budget: str | Mapping[str, Any] = QUICK_BUDGET if name == "quick" else name
         for seed in range(n_runs):
-            run = await one_run(name, budget, seed, world)
+            run = await one_run(name, budget, seed, world, strategy)
             print(
                 f"{name} seed {seed}: regret {run.regret:.3f} (best evaluated {run.evaluated_regret:.3f}), "
                 f"returned {run.returned:.3f}, baseline {run.baseline:.3f}, {run.lm_calls} calls, "
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
     parser.add_argument("--out-dir", type=Path, default=None, help=f"where to write (default {RESULTS_DIR})")
     parser.add_argument("--world", choices=sorted(WORLDS), default="world", help="the simulated world")
     parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
+    parser.add_argument("--strategy", default="mipro", help="the aprompt strategy run (default mipro)")
     args = parser.parse_args(argv)
     logging.getLogger("aprompt").setLevel(logging.WARNING)
     budgets = [b for b in args.budgets.split(",") if b]
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
         n_runs = args.runs
     command = command_line("regret", argv)
     print(f"command: {command}", flush=True)
-    runs = anyio.run(run_all, budgets, n_runs, args.world)
+    runs = anyio.run(run_all, budgets, n_runs, args.world, args.strategy)
     summary = markdown_table(SUMMARY_HEADER, summary_rows(runs))
     print("\n" + summary, flush=True)
     out_dir = args.out_dir if args.out_dir is not None or args.quick else RESULTS_DIR
@@ -271,7 +279,8 @@ def main(argv: list[str] | None = None) -> list[Run]:
         )
         text = "\n".join(
             [
-                f"# Regret in the simulated world ({args.world})",
+                f"# Regret in the simulated world ({args.world})"
+                + (f", strategy {args.strategy}" if args.strategy != "mipro" else ""),
                 "",
                 f"command: `{command}`",
                 "",

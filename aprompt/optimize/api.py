@@ -107,7 +107,9 @@ async def optimize(
             module's predictors cannot be copied); it is called with each example's inputs as
             keyword arguments.
         trainset: examples (or mappings, with ``input_fields`` naming the program inputs).
-        metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async.
+        metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async; or a score with
+            text feedback, ``(score, feedback)`` or an object with ``.score`` and ``.feedback`` (shown to
+            the proposer by ``strategy="mipro_reflective"``).
         lm: the LM for predictors that have none (else the :func:`aprompt.use_lm` default).
         proposer_lm: writes summaries and instruction proposals (default: ``lm``).
         teacher_lm: runs the program while bootstrapping demos (default: ``lm``); like ``lm``, it

@@ -188,10 +188,12 @@ def _check_prices(prices: object) -> None:
 
 async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) -> None:
     """Score a prediction made of the own labels of the first of ``examples`` that has labels: the metric
-    must return a bool or a float in [0, 1] for it.
+    must return a bool or a float in [0, 1] for it, or such a score with text feedback (a pair
+    ``(score, feedback)`` or an object with ``.score`` and ``.feedback``).
 
     Raises:
-        ConfigError: the metric returned something else (``None``, NaN, a string, 2.5), or raised an
+        ConfigError: the metric returned something else (``None``, NaN, a string, 2.5, ``("x", 1)``: a
+            pair whose score is not one, or whose feedback is not text), or raised an
             error other than a missing field (``AttributeError``, ``KeyError``, ``IndexError``), which a
             real prediction may well have. An LM failure inside an LM-judged metric is not refused here.
     """
@@ -219,5 +221,5 @@ async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) ->
     except ConfigError as exc:
         raise ConfigError(
             f"{exc} (scoring a prediction made of example {example.id}'s own labels); "
-            "a metric must return a bool or a float in [0, 1]"
+            "a metric must return a bool or a float in [0, 1], or a pair (score, feedback text)"
         ) from None

@@ -11,8 +11,8 @@ never teaches the search that a good prompt is bad.
 
 Three things are the user's bug, never the prompt's, and abort the evaluation at once:
 
-- a metric *value* that is not a score (``None``, NaN, a string, 2.5): :class:`ConfigError` naming the
-  metric and the value;
+- a metric *value* that is not a score (``None``, NaN, a string, 2.5, a pair whose first item is not a
+  score or whose second is not text): :class:`ConfigError` naming the metric and the value;
 - during a run (the metric wrapped in :class:`RunMetric`), a metric that has never scored a real
   prediction and raised on every example whose program run succeeded: :class:`OptimizationError` (a
   metric that raises on *some* predictions, e.g. on the odd output of a bad candidate, scores those 0);
@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import attrs
@@ -39,7 +39,22 @@ from aprompt.program.context import use_lm
 from aprompt.program.overrides import PromptOverride, current_watch, override_prompts
 from aprompt.program.trace import TraceEntry, trace
 
-Metric = Callable[[Example, Any], "float | bool | Awaitable[float | bool]"]
+
+@runtime_checkable
+class ScoreWithFeedback(Protocol):
+    """A metric value with an explanation, like DSPy's ``Prediction(score=..., feedback=...)``."""
+
+    @property
+    def score(self) -> float | bool: ...
+
+    @property
+    def feedback(self) -> str | None: ...
+
+
+#: What a metric returns: a score (a bool or a float in [0, 1]), or a score with text feedback saying
+#: why, as a pair ``(score, feedback)`` or an object with ``.score`` and ``.feedback``.
+MetricValue = float | bool | tuple[float | bool, str | None] | ScoreWithFeedback
+Metric = Callable[[Example, Any], "MetricValue | Awaitable[MetricValue]"]
 
 
 @attrs.frozen
@@ -49,6 +64,8 @@ class ExampleResult:
     Attributes:
         score: in [0, 1]; ``None`` when an LM failure left it unscored.
         error: ``"ExcType: message"`` when the program or metric failed, else ``None``.
+        feedback: the metric's text feedback on the prediction, when it gave one (see
+            :func:`metric_feedback`).
         lm_answered: the LM failure was a reply that is not an answer (empty, filtered, or cut at its
             token budget): the endpoint works, and asking again the same way gets the same reply, so
             it is this example's own failure, never a sign of an outage.
@@ -61,6 +78,7 @@ class ExampleResult:
     trace: tuple[TraceEntry, ...] = attrs.field(default=(), eq=False, repr=False)
     metric_failed: bool = attrs.field(default=False, eq=False, repr=False)
     lm_answered: bool = attrs.field(default=False, eq=False, repr=False)
+    feedback: str | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def lm_failure(self) -> bool:
@@ -116,26 +134,67 @@ def describe_metric(metric: object) -> str:
 
 
 def metric_score(value: object, metric: object = None) -> float:
-    """Check and convert a metric's return value to a float in [0, 1].
+    """Check and convert a metric's return value to a float in [0, 1] (the score of a value with
+    feedback, see :func:`metric_feedback`).
 
     Raises:
         ConfigError: naming the metric (when given) and the value: not a bool or number, NaN, or outside
-            [0, 1]. A wrong value is the metric's bug, not the prompt's.
+            [0, 1], or a pair or object with feedback whose score is not one or whose feedback is not
+            text. A wrong value is the metric's bug, not the prompt's.
     """
+    return metric_feedback(value, metric)[0]
+
+
+def metric_feedback(value: object, metric: object = None) -> tuple[float, str | None]:
+    """A metric's return value as ``(score in [0, 1], feedback or None)``.
+
+    A metric returns a bool or a float, or a score with text feedback: a pair ``(score, feedback)`` or
+    an object with ``.score`` and ``.feedback`` attributes (DSPy's ``Prediction(score=..., feedback=...)``
+    is one). Empty feedback counts as none.
+
+    Raises:
+        ConfigError: as for :func:`metric_score`.
+    """
+    name = f"metric {describe_metric(metric)}" if metric is not None else "metric"
+    score: object = value
+    feedback: object = None
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ConfigError(
+                f"{name} returned a tuple of {len(value)} items {value!r:.80}; a metric returns a score or "
+                "a pair (score, feedback text)"
+            )
+        score, feedback = value
+    elif not _is_plain_score(value) and hasattr(value, "score"):
+        score, feedback = getattr(value, "score"), getattr(value, "feedback", None)  # noqa: B009
+    checked = _score(score, name, whole=value)
+    if feedback is not None and not isinstance(feedback, str):
+        raise ConfigError(
+            f"{name} returned feedback of type {type(feedback).__name__} {feedback!r:.80}; the feedback "
+            "of a (score, feedback) value must be text or None"
+        )
+    return checked, (feedback.strip() or None) if feedback is not None else None
+
+
+def _is_plain_score(value: object) -> bool:
+    return isinstance(value, bool | int | float) or type(value).__module__ == "numpy"
+
+
+def _score(value: object, name: str, *, whole: object) -> float:
+    shown = "" if whole is value else f" (in {whole!r:.80})"
     if type(value).__module__ == "numpy" and callable(getattr(value, "item", None)):
         value = value.item()  # type: ignore[attr-defined]  # numpy.bool_, numpy.float64 ... as Python values
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    name = f"metric {describe_metric(metric)}" if metric is not None else "metric"
     if isinstance(value, int | float):
         score = float(value)
         if 0.0 <= score <= 1.0:
             return score
         raise ConfigError(
-            f"{name} returned {value!r}, outside [0, 1]; a metric returns a bool or a float in [0, 1]"
+            f"{name} returned {value!r}{shown}, outside [0, 1]; a metric returns a bool or a float in [0, 1]"
         )
     raise ConfigError(
-        f"{name} returned {type(value).__name__} {value!r:.80}, expected a bool or a float in [0, 1]"
+        f"{name} returned {type(value).__name__} {value!r:.80}{shown}, expected a bool or a float in [0, 1]"
     )
 
 
@@ -147,7 +206,7 @@ class RunMetric:
         self.metric = metric
         self.worked = False
 
-    def __call__(self, example: Example, prediction: Any) -> float | bool | Awaitable[float | bool]:
+    def __call__(self, example: Example, prediction: Any) -> MetricValue | Awaitable[MetricValue]:
         return self.metric(example, prediction)
 
 
@@ -195,11 +254,11 @@ async def run_example(
             )
         error = f"metric {type(exc).__name__}: {exc}"
         return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)
-    score = metric_score(value, metric)
+    score, feedback = metric_feedback(value, metric)
     if isinstance(metric, RunMetric):
         metric.worked = True
     entries = tuple(recorded.entries) if collect_trace else ()
-    return ExampleResult(example.id, score, None, prediction, entries)
+    return ExampleResult(example.id, score, None, prediction, entries, feedback=feedback)
 
 
 def check_watch() -> None:

@@ -215,6 +215,10 @@ class _Pool:
         return self.choices[key]
 
 
+async def no_hook(loop: SearchLoop) -> None:
+    """The default ``SearchLoop.after_evaluation``: nothing."""
+
+
 @attrs.define
 class SearchLoop:
     """Runs one search; see the module docstring. ``emit`` receives progress events."""
@@ -254,6 +258,8 @@ class SearchLoop:
     # Outage handling: steps are completed across outages; own LM failures are reported in `failures`.
     outage: OutageGuard = attrs.field(kw_only=True)
     failures: dict[str, str] = attrs.field(factory=dict, kw_only=True)
+    #: Awaited right after each periodic full evaluation (reflective proposals add candidates there).
+    after_evaluation: Callable[[SearchLoop], Awaitable[None]] = attrs.field(default=no_hook, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
@@ -425,6 +431,7 @@ class SearchLoop:
             if len(self.trials) >= next_full and len(self.trials) < self.n_trials:
                 next_full += self.full_eval_every
                 await self.full_evaluate_best_untested()
+                await self.after_evaluation(self)
 
     async def _run_batch(self, batch: Sequence[tuple[int, dict[str, int]]]) -> list[Trial]:
         done: list[Trial] = []

@@ -10,6 +10,7 @@ strategy                     instructions  demos         search
 ``bootstrap_random_search``  original      bootstrapped  random demo sets, each fully evaluated
 ``module_opro``              proposed      none          rounds: propose with scored history
 ``mipro_plus_plus``          proposed      bootstrapped  TPE also over the proposer's grounding
+``mipro_reflective``         + reflective  bootstrapped  as mipro; instructions from failures join
 ===========================  ============  ============  ======================================
 
 A new strategy subclasses :class:`Strategy` (its :meth:`~Strategy.plan` states its trial count, its

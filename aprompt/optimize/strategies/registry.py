@@ -11,6 +11,7 @@ from aprompt.optimize.strategies.bayesian_bootstrap import BayesianBootstrap
 from aprompt.optimize.strategies.bootstrap_random_search import BootstrapRandomSearch
 from aprompt.optimize.strategies.mipro import Mipro
 from aprompt.optimize.strategies.mipro_plus_plus import MiproPlusPlus
+from aprompt.optimize.strategies.mipro_reflective import MiproReflective
 from aprompt.optimize.strategies.mipro_zero_shot import MiproZeroShot
 from aprompt.optimize.strategies.module_opro import ModuleOpro
 
@@ -66,6 +67,7 @@ for _builtin in (
     BootstrapRandomSearch(),
     ModuleOpro(),
     MiproPlusPlus(),
+    MiproReflective(),
 ):
     register_strategy(_builtin)
 

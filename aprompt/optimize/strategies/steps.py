@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -25,7 +25,7 @@ from aprompt.optimize.outage import OutageGuard
 from aprompt.optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
 from aprompt.optimize.propose import Proposal, ProposalContext, propose_instructions
 from aprompt.optimize.run_context import RunContext
-from aprompt.optimize.search import ProposalHook, SearchLoop, SearchOutcome
+from aprompt.optimize.search import ProposalHook, SearchLoop, SearchOutcome, no_hook
 from aprompt.program.overrides import PromptOverride
 from aprompt.program.values import Demo
 
@@ -320,11 +320,16 @@ def _capacity(lm: object) -> int | None:
 
 
 def search_loop(
-    ctx: RunContext, candidates: Candidates, n_trials: int, proposal_hook: ProposalHook | None = None
+    ctx: RunContext,
+    candidates: Candidates,
+    n_trials: int,
+    proposal_hook: ProposalHook | None = None,
+    after_evaluation: Callable[[SearchLoop], Awaitable[None]] | None = None,
 ) -> SearchLoop:
     """The run's search loop over ``candidates`` (kept in ``ctx.search_loop``: a stopped run returns the
-    best it found)."""
+    best it found); ``after_evaluation`` runs after each periodic full evaluation."""
     ctx.search_loop = SearchLoop(
+        after_evaluation=after_evaluation or no_hook,
         proposal_hook=proposal_hook,
         program=ctx.program,
         candidates=candidates,

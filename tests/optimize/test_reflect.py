@@ -1,0 +1,305 @@
+"""Reflective proposals: metric feedback, the reflection prompt, candidates added to the running search,
+resume, and the search loop's growing space."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aprompt
+from aprompt import ConfigError, Example, OpenAICompatibleLM, Prediction
+from aprompt.lm.cache import ResponseCache
+from aprompt.optimize.bootstrap import DemoSet
+from aprompt.optimize.candidates import Candidates
+from aprompt.optimize.evaluate import evaluate
+from aprompt.optimize.events import Event
+from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
+from aprompt.optimize.search import SearchLoop
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import (
+    SMALL_BUDGET,
+    QAProgram,
+    answers,
+    exact_match,
+    is_proposal,
+    item_of,
+    last_user_of,
+    lm_for,
+    qa_examples,
+)
+from tests.optimize.world import TwoStageProgram, World, examples
+
+pytestmark = pytest.mark.anyio
+
+#: Enough trials for three reflections (after trials 4, 8 and 12).
+BUDGET = {**SMALL_BUDGET, "n_trials": 14, "full_eval_every": 4}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def is_reflection(record: RecordedRequest) -> bool:
+    return is_proposal(record) and "Failing Runs:" in last_user_of(record)
+
+
+def feedback_metric(example: Example, prediction: Any) -> tuple[bool, str]:
+    got = str(prediction.answer).strip()
+    right = got == example.labels["answer"]
+    return right, "correct" if right else f"the answer should be {example.labels['answer']}, not {got!r}"
+
+
+def runs_of(prompt: str) -> list[str]:
+    """The failing runs a reflection prompt shows, one block each."""
+    return re.findall(r"Run \d+ \(score [\d.]+\)\n(?:- .*(?:\n|$))+", prompt)
+
+
+async def test_a_score_with_feedback_is_scored_and_keeps_its_feedback(fake_server: FakeOpenAIServer) -> None:
+    fake_server.responder = answers
+
+    def as_prediction(example: Example, prediction: Any) -> Prediction:
+        score, feedback = feedback_metric(example, prediction)
+        return Prediction({"score": float(score), "feedback": feedback})
+
+    async with lm_for(fake_server) as lm:
+        pairs = await evaluate(QAProgram(), qa_examples(1, 5), feedback_metric, lm=lm)
+        objects = await evaluate(QAProgram(), qa_examples(1, 5), as_prediction, lm=lm)
+    for evaluation in (pairs, objects):
+        # Item 3 is answered wrong.
+        assert evaluation.scores == {"q1": 1.0, "q2": 1.0, "q3": 0.0, "q4": 1.0}
+        feedback = {r.example_id: r.feedback for r in evaluation.results}
+        assert feedback["q3"] == "the answer should be ans-3, not 'wrong'"
+        assert feedback["q1"] == "correct"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(("x", 1), "returned str 'x'"), ((1.0, 3), "feedback of type int"), ((1.0, "ok", 2), "tuple of 3")],
+)
+async def test_a_metric_returning_a_bad_pair_is_refused_at_the_label_check(
+    fake_server: FakeOpenAIServer, value: object, message: str
+) -> None:
+    def bad_pair(example: Example, prediction: Any) -> object:
+        return value
+
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match=re.escape(message) + ".*own labels"):
+            await aprompt.optimize(
+                QAProgram(), qa_examples(0, 20), bad_pair, lm=lm, strategy="mipro_reflective"
+            )
+    assert fake_server.chat_requests == [], "refused before any LM call"
+
+
+async def test_the_metric_feedback_reaches_the_reflection_prompt() -> None:
+    result, requests, _ = await _world(feedback_metric)
+    prompts = [last_user_of(r) for r in requests if is_reflection(r)]
+    assert prompts, "the search reflected"
+    shown = [block for prompt in prompts for block in runs_of(prompt)]
+    assert shown
+    for block in shown:
+        item = item_of(block)
+        assert f"- feedback: the answer should be ans-{item}, not " in block
+    assert result.score >= result.baseline_score
+
+
+async def test_the_reflection_prompt_holds_each_failing_runs_stage_outputs_and_expected_label() -> None:
+    _, requests, world = await _world(_plain_metric)
+    reflections = [r for r in requests if is_reflection(r)]
+    for stage, outputs in (
+        ("extract", r"code: (code-\d+|unknown)"),
+        ("answer", r"answer: (ans-\d+|no idea)"),
+    ):
+        prompts = [last_user_of(r) for r in reflections if last_user_of(r).startswith(f"Module: {stage}:")]
+        assert prompts, stage
+        for block in (b for prompt in prompts for b in runs_of(prompt)):
+            item = item_of(block)
+            assert f"- module inputs: question: What is the answer for item-{item}?" in block
+            found = re.search(r"- module outputs: (.*)", block)
+            assert found is not None and re.fullmatch(outputs, found.group(1)), block
+            # The world answered this stage that way for this item.
+            assert found.group(1) in world.replies[(stage, item)], block
+            assert f"- expected: answer: ans-{item}" in block
+            assert "- program output: answer: " in block
+            assert "- feedback:" not in block, "a plain metric gives no feedback"
+
+
+async def test_a_reflective_candidate_joins_the_running_search_and_a_trial_chooses_it() -> None:
+    events: list[Event] = []
+    result, requests, _ = await _world(_plain_metric, on_event=events.append)
+    proposed_mid_search = []
+    trials_seen = 0
+    for event in events:
+        if isinstance(event, aprompt.TrialScored):
+            trials_seen += 1
+        elif isinstance(event, aprompt.CandidateProposed) and event.kind == "instruction" and trials_seen:
+            proposed_mid_search.append((event.predictor, event.index, trials_seen))
+    assert proposed_mid_search, "reflections added candidates after trials had run"
+    for name, index, _ in proposed_mid_search:
+        assert 0 < index < len(result.candidates.instructions[name])
+    chosen = [
+        t
+        for t in result.trials
+        if any(t.choice.get(f"{name}.instruction") == index for name, index, _ in proposed_mid_search)
+    ]
+    assert chosen, "a trial chose a reflective candidate"
+    first_added = min(after for _, _, after in proposed_mid_search)
+    assert all(t.number >= first_added for t in chosen)
+    assert sum(1 for r in requests if is_reflection(r)) >= len(proposed_mid_search)
+
+
+async def test_a_resumed_run_replays_its_journaled_reflections_with_no_proposer_call(tmp_path: Path) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        reference = await _cacheless_run(server, tmp_path / "reference")
+        reference_reflections = sum(1 for r in server.chat_requests if is_reflection(r))
+        server.reset_records()
+        trials_seen = 0
+
+        with anyio.CancelScope() as scope:
+
+            def stop_after_first_reflection(event: Event) -> None:
+                nonlocal trials_seen
+                trials_seen += isinstance(event, aprompt.TrialScored)
+                if isinstance(event, aprompt.CandidateProposed) and trials_seen:
+                    scope.cancel()
+
+            await _cacheless_run(server, tmp_path / "run", on_event=stop_after_first_reflection)
+        assert scope.cancelled_caught, "the run was interrupted after its first reflection"
+        before = [last_user_of(r) for r in server.chat_requests if is_reflection(r)]
+        assert before
+        server.reset_records()
+        resumed = await _cacheless_run(server, tmp_path / "run")
+        after = [last_user_of(r) for r in server.chat_requests if is_reflection(r)]
+    # No LM cache: only the journal keeps the first reflection from being asked again.
+    assert not set(before) & set(after)
+    assert len(before) + len(after) == reference_reflections
+    assert resumed.candidates.describe() == reference.candidates.describe()
+    assert [dict(t.choice) for t in resumed.trials] == [dict(t.choice) for t in reference.trials]
+    assert resumed.score == reference.score
+
+
+async def test_add_instruction_grows_the_search_space_mid_run_and_later_trials_choose_the_new_index(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    def by_instruction(request: ChatRequest) -> str:
+        item = item_of(request.last_user)
+        right = "code" in str(request.messages[0].get("content", "")) or item % 2 == 0
+        return f"Answer: {'ans-' + str(item) if right else 'wrong'}"
+
+    fake_server.responder = by_instruction
+    async with lm_for(fake_server) as lm:
+        first = await _grown_search(lm, seed=5)
+        again = await _grown_search(lm, seed=5)
+    loop, added_after = first
+    assert loop.candidates.instructions["answer"][-1] == "Answer with the code of the item."
+    new_index = len(loop.candidates.instructions["answer"]) - 1
+    assert all(t.choice["answer.instruction"] < new_index for t in loop.trials[:added_after])
+    assert any(t.choice["answer.instruction"] == new_index for t in loop.trials[added_after:])
+    assert [dict(t.choice) for t in again[0].trials] == [dict(t.choice) for t in loop.trials]
+
+
+async def _grown_search(lm: OpenAICompatibleLM, *, seed: int) -> tuple[SearchLoop, int]:
+    """A search over two instructions that adds a third after its first periodic full evaluation."""
+    added_after: list[int] = []
+
+    async def add_one(loop: SearchLoop) -> None:
+        if not added_after:
+            added_after.append(len(loop.trials))
+            loop.add_instruction("answer", "Answer with the code of the item.")
+
+    async def ignore(event: Event) -> None:
+        pass
+
+    candidates = Candidates(
+        ("answer",),
+        {"answer": ("Answer the question.", "Answer briefly.")},
+        {"answer": (DemoSet(()),)},
+    )
+    loop = SearchLoop(
+        program=QAProgram(),
+        candidates=candidates,
+        valset=qa_examples(0, 12),
+        metric=exact_match,
+        emit=ignore,
+        n_trials=10,
+        minibatch_size=4,
+        full_eval_every=3,
+        parallel_trials=1,
+        seed=seed,
+        lm=lm,
+        outage=OutageGuard((lm,), DEFAULT_OUTAGE_POLICY),
+        after_evaluation=add_one,
+    )
+    await loop.run()
+    return loop, added_after[0]
+
+
+def _plain_metric(example: Example, prediction: Any) -> bool:
+    return str(prediction.answer).strip() == example.labels["answer"]
+
+
+class RecordingWorld(World):
+    """The world, remembering its program replies per (stage, item) as ``field: value``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: dict[tuple[str, int], set[str]] = {}
+
+    def __call__(self, request: ChatRequest) -> str:
+        reply = super().__call__(request)
+        field, _, value = reply.partition(": ")
+        if field in ("Code", "Answer") and not is_proposal_request(request):
+            stage = "extract" if field == "Code" else "answer"
+            self.replies.setdefault((stage, item_of(request.last_user)), set()).add(
+                f"{field.lower()}: {value}"
+            )
+        return reply
+
+
+def is_proposal_request(request: ChatRequest) -> bool:
+    return str(request.messages[0].get("content", "")).startswith("You write instructions")
+
+
+async def _world(
+    metric: Any, **options: Any
+) -> tuple[aprompt.OptimizeResult, list[RecordedRequest], RecordingWorld]:
+    world = RecordingWorld()
+    async with (
+        FakeOpenAIServer(responder=world, api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+    ):
+        result = await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 60),
+            metric,
+            valset=examples(200, 230),
+            lm=lm,
+            strategy="mipro_reflective",
+            budget=BUDGET,
+            seed=1,
+            **options,
+        )
+        return result, server.chat_requests, world
+
+
+async def _cacheless_run(server: FakeOpenAIServer, run_dir: Path, **options: Any) -> aprompt.OptimizeResult:
+    async with OpenAICompatibleLM(
+        "world", server.base_url, api_key=TEST_API_KEY, cache=ResponseCache.disabled()
+    ) as lm:
+        return await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 60),
+            _plain_metric,
+            valset=examples(200, 230),
+            lm=lm,
+            strategy="mipro_reflective",
+            budget=BUDGET,
+            seed=1,
+            run_dir=run_dir,
+            **options,
+        )
