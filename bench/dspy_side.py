@@ -157,17 +157,17 @@ def compile_bootstrap_rs(
     """
     shuffled = list(trainset)
     random.Random(f"{seed}:bootstrap_rs").shuffle(shuffled)
-    optimizer = BootstrapFewShotWithRandomSearch(
-        metric=metric,
-        max_bootstrapped_demos=max_bootstrapped_demos,
-        max_labeled_demos=max_labeled_demos,
-        num_candidate_programs=num_candidate_programs,
-        num_threads=num_threads,
-        max_errors=MAX_ERRORS,
-    )
-    # It prints its progress (every candidate's score) to stdout.
+    # It prints its settings and progress (every candidate's score) to stdout.
     with dspy.context(lm=task_lm), no_progress_bars(), open(os.devnull, "w") as sink:
         with contextlib.redirect_stdout(sink):
+            optimizer = BootstrapFewShotWithRandomSearch(
+                metric=metric,
+                max_bootstrapped_demos=max_bootstrapped_demos,
+                max_labeled_demos=max_labeled_demos,
+                num_candidate_programs=num_candidate_programs,
+                num_threads=num_threads,
+                max_errors=MAX_ERRORS,
+            )
             return optimizer.compile(program, trainset=shuffled, valset=list(valset))
 
 
