@@ -1,7 +1,8 @@
-"""Running DSPy's MIPROv2 for a benchmark: a fresh cache, an LM on a given endpoint, compile, evaluate.
+"""Running DSPy's optimizers for a benchmark (MIPROv2, BootstrapFewShotWithRandomSearch): a fresh cache, an
+LM on a given endpoint, compile, evaluate.
 
-Imports ``dspy`` (the ``bench`` extra). Progress bars and DSPy's, LiteLLM's and Optuna's info logs are
-switched off so a benchmark prints only its own lines.
+Imports ``dspy`` (the ``bench`` extra). Progress bars and DSPy's, LiteLLM's and Optuna's info logs (and
+BootstrapFewShotWithRandomSearch's prints) are switched off so a benchmark prints only its own lines.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dspy
 from dspy.adapters.utils import parse_value
-from dspy.teleprompt import MIPROv2
+from dspy.teleprompt import BootstrapFewShotWithRandomSearch, MIPROv2
 from dspy.utils.exceptions import AdapterParseError
 
 #: Errors tolerated before DSPy aborts an evaluation (its default, 10, aborts a run on a small model
@@ -133,10 +135,46 @@ def compile_mipro(
         )
 
 
+def compile_bootstrap_rs(
+    program: Any,
+    trainset: Sequence[Any],
+    valset: Sequence[Any],
+    metric: Callable[..., float],
+    *,
+    task_lm: Any,
+    seed: int,
+    num_threads: int,
+    num_candidate_programs: int,
+    max_bootstrapped_demos: int = 4,
+    max_labeled_demos: int = 4,
+) -> Any:
+    """``BootstrapFewShotWithRandomSearch(...).compile(...)``: the zero-shot program, labeled demos only,
+    the unshuffled bootstrap and ``num_candidate_programs`` shuffled bootstraps, each scored on the whole
+    ``valset``; the best is returned.
+
+    The optimizer takes no seed (its candidates are seeded ``-3 .. n-1`` whatever the run), so ``seed``
+    shuffles the training set it is given: another seed bootstraps from, and labels with, other examples.
+    """
+    shuffled = list(trainset)
+    random.Random(f"{seed}:bootstrap_rs").shuffle(shuffled)
+    # It prints its settings and progress (every candidate's score) to stdout.
+    with dspy.context(lm=task_lm), no_progress_bars(), open(os.devnull, "w") as sink:
+        with contextlib.redirect_stdout(sink):
+            optimizer = BootstrapFewShotWithRandomSearch(
+                metric=metric,
+                max_bootstrapped_demos=max_bootstrapped_demos,
+                max_labeled_demos=max_labeled_demos,
+                num_candidate_programs=num_candidate_programs,
+                num_threads=num_threads,
+                max_errors=MAX_ERRORS,
+            )
+            return optimizer.compile(program, trainset=shuffled, valset=list(valset))
+
+
 def evaluate(
     program: Any, devset: Sequence[Any], metric: Callable[..., float], *, lm: Any, num_threads: int
-) -> float:
-    """Mean metric over ``devset`` in [0, 1] (DSPy reports percent)."""
+) -> list[float]:
+    """The metric of every example of ``devset``, in order (an example whose run failed scores 0)."""
     evaluator = dspy.Evaluate(
         devset=list(devset),
         metric=metric,
@@ -147,4 +185,4 @@ def evaluate(
     )
     with dspy.context(lm=lm), no_progress_bars():
         result = evaluator(program)
-    return float(result.score) / 100.0
+    return [float(score) for _, _, score in result.results]

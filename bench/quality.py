@@ -1,18 +1,38 @@
 """Quality benchmark: how much each optimizer improves a program on the embedded local model, at what cost.
 
-Per task (``bench/tasks``) and seed: the unoptimized program, the prompt a user would write by hand (its
-instruction plus 3 training examples as demos: the bar to beat), aprompt's ``bootstrap_random_search``,
-``mipro_zero_shot`` and ``mipro``, and DSPy's ``MIPROv2(auto="light")``; all on one llama.cpp server
-(SmolLM2-135M on loopback), the same train / validation data, and a held-out test part no optimizer sees.
-Every request goes through one counting proxy, so LM calls and tokens are measured identically for both
+Per task (``bench/tasks``) and seed, side by side: the unoptimized program; the prompt a user would write by
+hand (its instruction plus 3 training examples as demos: the bar to beat); each aprompt strategy asked for
+(``aprompt:<name>`` for any name in ``aprompt.optimize.strategies.STRATEGIES``; by default
+``bootstrap_random_search``, ``mipro_zero_shot`` and ``mipro``, ``budget="light"``); DSPy's
+``MIPROv2(auto="light")`` and ``BootstrapFewShotWithRandomSearch`` (``dspy:bootstrap_rs``). All run on one
+llama.cpp server (SmolLM2-135M on loopback), with the same train / validation data, and a held-out test
+part no optimizer sees (200 examples by default, fewer only where a task has too few records). Every
+request goes through one counting proxy, so LM calls and tokens are measured identically for both
 libraries; each optimization starts with a fresh, empty response cache (aprompt's in memory, DSPy's in
 memory), so calls it repeats itself are free for both and nothing carries over between runs.
 
-Reported per method: test accuracy (mean and spread over seeds), optimization LM calls (HTTP requests
-that reached the model), prompt + completion tokens, and optimization wall time.
+Comparable calls: ``dspy:bootstrap_rs`` bootstraps at most 4 demos and shows at most 4 labeled ones per
+predictor (aprompt's ``light`` budget and MIPROv2's), and its ``num_candidate_programs`` is set so that its
+full validation evaluations (that number + 3: zero-shot, labeled-only, unshuffled) run as many programs on
+the validation set as MIPROv2 light does by DSPy's own estimate (``minibatch_size × trials + |val| ×
+(trials // 5 + 1)``, or ``|val| × trials`` when the valset is too small for mini-batches): see
+:func:`bootstrap_rs_candidates`. Bootstrapping and proposal calls are not matched; the table reports the
+calls each method really made. BootstrapFewShotWithRandomSearch takes no seed, so the seed shuffles its
+training set.
+
+Reported per task and method: test accuracy (mean over seeds), its 95 % interval, optimization LM calls
+(HTTP requests that reached the model, mean over seeds), prompt + completion tokens, and optimization wall
+time. The interval is a t-interval over seeds (mean ± t(0.975, k-1)·sd/√k) where two or more seeds ran,
+and otherwise (one seed, or an unoptimized program, which does not depend on the seed) a percentile
+bootstrap over the test examples of the one run (2,000 resamples); the table says which.
+
+Every finished run is appended to ``quality.json`` at once, so a long run can be stopped and continued
+with ``--resume`` (same sizes and server settings; missing and failed runs are run, the rest kept).
 
     .venv/bin/python -m bench.quality                 # all tasks, seed 1; writes bench/results/quality.*
-    .venv/bin/python -m bench.quality --seeds 1,2,3 --tasks intent,count
+    .venv/bin/python -m bench.quality --seeds 1,2,3   # the issue's table: 3 seeds, 200 test examples
+    .venv/bin/python -m bench.quality --seeds 1,2,3 --tasks negate,negate_twostep --resume
+    .venv/bin/python -m bench.quality --methods aprompt:hand_few_shot,aprompt:mipro_reflective
     .venv/bin/python -m bench.quality --quick         # 1 task, 6 examples per part, 2 trials; prints only
     .venv/bin/python -m bench.quality --rerender bench/results/quality.json   # table + plot from the JSON
 """
@@ -22,6 +42,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import random
 import sys
@@ -37,36 +58,42 @@ import attrs
 import aprompt
 from aprompt.lm.local import LOCAL_MODEL_NAME
 from aprompt.lm.replies import accepting_cut_replies
+from aprompt.optimize.strategies import STRATEGIES
 from bench.counting_proxy import CountingProxy, Counts
 from bench.report import (
     RESULTS_DIR,
+    bootstrap_interval,
     command_line,
     environment,
     environment_line,
     markdown_table,
     mean_spread,
+    t_interval,
     write_json,
     write_text,
 )
-from bench.tasks import DEFAULT_DATA_DIR, TASKS, Split, Task
+from bench.tasks import DEFAULT_DATA_DIR, TASKS, Split, Task, split_records
 
+#: The aprompt strategies run by default; any other name in ``STRATEGIES`` runs when asked for.
 APROMPT_STRATEGIES = ("bootstrap_random_search", "mipro_zero_shot", "mipro")
+DSPY_OPTIMIZERS = ("miprov2", "bootstrap_rs")
 METHODS = (
     "aprompt:unoptimized",
     "aprompt:hand_few_shot",
     *(f"aprompt:{s}" for s in APROMPT_STRATEGIES),
     "dspy:unoptimized",
-    "dspy:miprov2",
+    *(f"dspy:{o}" for o in DSPY_OPTIMIZERS),
 )
 #: Not run by default: MIPROv2 with DSPy's stock adapter, which aborts on SmolLM2 (see
 #: ``dspy_side.SingleFieldFallback``); the default DSPy methods use the fallback adapter.
 STOCK_DSPY_METHODS = ("dspy:unoptimized_stock", "dspy:miprov2_stock")
-#: Not run by default: strategies measured against ``mipro`` on request (bench/results/reflective.md).
-EXTRA_APROMPT_METHODS = ("aprompt:mipro_reflective",)
-ALL_METHODS = (*METHODS, *STOCK_DSPY_METHODS, *EXTRA_APROMPT_METHODS)
-# Single-stage and the multi-stage counting task first: SmolLM2 scores near 0 on intent_goal, so it
-# tells the least and runs last.
-DEFAULT_TASKS = "count,intent,count_listed,intent_goal"
+ALL_METHODS = (*METHODS, *STOCK_DSPY_METHODS)
+# The negation tasks first (SmolLM2 scores ~0 zero-shot and ~0.6 with 3 demos: optimization has room),
+# then single-stage before multi-stage; SmolLM2 scores near 0 on intent_goal, so it tells the least and
+# runs last.
+DEFAULT_TASKS = "negate,negate_twostep,count,intent,count_listed,intent_goal"
+#: Held-out test examples per task by default (fewer where a task has too few records).
+DEFAULT_TEST = 200
 QUICK_BUDGET = {
     "n_candidates": 2,
     "n_trials": 2,
@@ -75,6 +102,13 @@ QUICK_BUDGET = {
     "max_bootstrapped_demos": 1,
     "max_labeled_demos": 1,
 }
+
+
+def known_methods() -> tuple[str, ...]:
+    """Every method name accepted: the fixed ones, and ``aprompt:<name>`` for every registered strategy
+    (read at run time, so a strategy added to aprompt is a method here at once)."""
+    registered = tuple(f"aprompt:{name}" for name in STRATEGIES)
+    return tuple(dict.fromkeys((*ALL_METHODS, *registered)))
 
 
 # Tiny mode skips the data and program summaries (each a few slow generations) in both libraries.
@@ -116,6 +150,8 @@ class Run:
     failed_requests: int = 0
     library_lm_calls: int | None = None
     note: str = ""
+    #: The metric of every scored test example (for the bootstrap interval of a single run).
+    test_scores: list[float] | None = None
 
 
 def dspy_available() -> bool:
@@ -136,9 +172,11 @@ def aprompt_lm(settings: Settings, base_url: str) -> aprompt.OpenAICompatibleLM:
     )
 
 
-async def aprompt_test_score(task: Task, program: object, split: Split, lm: aprompt.LM) -> float:
+async def aprompt_test_scores(task: Task, program: object, split: Split, lm: aprompt.LM) -> list[float]:
+    """The metric of every scored test example (one the LM never answered is left out, as in aprompt's
+    own mean)."""
     evaluation = await aprompt.evaluate(program, task.examples(split.test), task.metric, lm=lm)
-    return evaluation.mean or 0.0
+    return [r.score for r in evaluation.results if r.score is not None]
 
 
 async def run_aprompt(
@@ -160,7 +198,7 @@ async def run_aprompt(
         )
         seconds, spent = time.monotonic() - started, proxy.counts() - before
     async with aprompt_lm(settings, proxy.base_url) as lm:
-        test = await aprompt_test_score(task, result.program, split, lm)
+        test = await aprompt_test_scores(task, result.program, split, lm)
     return _run(task, f"aprompt:{strategy}", seed, test, result.score, spent, seconds, result.usage.lm_calls)
 
 
@@ -187,23 +225,52 @@ async def run_aprompt_hand_few_shot(
     settings: Settings, task: Task, split: Split, seed: int, proxy: CountingProxy
 ) -> Run:
     async with aprompt_lm(settings, proxy.base_url) as lm:
-        test = await aprompt_test_score(task, hand_few_shot(task, split, seed), split, lm)
+        test = await aprompt_test_scores(task, hand_few_shot(task, split, seed), split, lm)
     return _run(task, "aprompt:hand_few_shot", seed, test, None, Counts(), 0.0, 0)
 
 
 async def run_aprompt_unoptimized(settings: Settings, task: Task, split: Split, proxy: CountingProxy) -> Run:
     async with aprompt_lm(settings, proxy.base_url) as lm:
-        test = await aprompt_test_score(task, task.program(), split, lm)
+        test = await aprompt_test_scores(task, task.program(), split, lm)
     return _run(task, "aprompt:unoptimized", None, test, None, Counts(), 0.0, 0)
 
 
 # -- DSPy (runs in a worker thread; the proxy keeps serving on the event loop) ---------------------
+def bootstrap_rs_candidates(n_val: int, n_predictors: int, *, quick: bool) -> int:
+    """``num_candidate_programs`` for DSPy's BootstrapFewShotWithRandomSearch, so that its full
+    validation evaluations (this number + 3) run as many programs on the validation set as DSPy's
+    MIPROv2 does in the benchmark (``auto="light"``, or the quick budget), by MIPROv2's own estimate.
+
+    MIPROv2 light: 6 candidates, a valset of at most 100, trials ``T = max(2·V·log2 6, 1.5·6)`` with
+    ``V = 2 × predictors``, mini-batches of 35 only when the valset has more than 50 examples; it runs
+    ``35·T + |val|·(T // 5 + 1)`` programs, or ``|val|·T`` without mini-batches.
+    """
+    if quick:
+        val, trials, minibatch_size, minibatch = (
+            n_val,
+            QUICK_BUDGET["n_trials"],
+            QUICK_BUDGET["minibatch_size"],
+            True,
+        )
+    else:
+        val = min(n_val, 100)
+        trials = int(max(2 * 2 * n_predictors * math.log2(6), 1.5 * 6))
+        minibatch_size, minibatch = 35, val > 50
+    runs = minibatch_size * trials + val * (trials // 5 + 1) if minibatch else val * trials
+    return max(1, math.floor(runs / max(1, val) + 0.5) - 3)
+
+
 def run_dspy(
-    settings: Settings, task: Task, split: Split, seed: int | None, proxy: CountingProxy, *, stock: bool
+    settings: Settings, task: Task, split: Split, method: str, seed: int | None, proxy: CountingProxy
 ) -> Run:
+    """One DSPy method: ``dspy:unoptimized``, ``dspy:miprov2`` or ``dspy:bootstrap_rs`` (``_stock``: with
+    DSPy's stock adapter); ``seed`` is None for the unoptimized program."""
     from bench import dspy_side
     from bench.tasks import dspy_programs
 
+    name = method.partition(":")[2]
+    stock = name.endswith("_stock")
+    optimizer = name.removesuffix("_stock")
     dspy_side.quiet()
     dspy_side.use_adapter(lenient=not stock)
     dspy_side.fresh_cache()
@@ -214,12 +281,13 @@ def run_dspy(
     val_score, note = None, ""
     before, started = proxy.counts(), time.monotonic()
     if seed is not None:
-        compiled, note = compile_dspy(settings, task, split, seed, proxy.base_url, program, metric, task_lm)
+        compiled, note = compile_dspy(
+            settings, task, split, seed, proxy.base_url, program, metric, task_lm, optimizer
+        )
         program = compiled if compiled is not None else program
-        score = getattr(compiled, "score", None)
-        val_score = float(score) / 100.0 if isinstance(score, int | float) else None
+        val_score = dspy_val_score(compiled)
     seconds, spent = time.monotonic() - started, proxy.counts() - before
-    test: float | None = None
+    test: list[float] | None = None
     if compiled is not None or seed is None:
         dspy_side.fresh_cache()
         test = dspy_side.evaluate(
@@ -229,10 +297,18 @@ def run_dspy(
             lm=task_lm,
             num_threads=settings.concurrency,
         )
-    method = "dspy:miprov2" if seed is not None else "dspy:unoptimized"
-    method += "_stock" if stock else ""
     run = _run(task, method, seed, test, val_score, spent, seconds if seed is not None else 0.0, None)
     return attrs.evolve(run, note=note)
+
+
+def dspy_val_score(compiled: Any | None) -> float | None:
+    """The validation score DSPy reports for its pick, in [0, 1]: MIPROv2's ``score``, or the best of
+    BootstrapFewShotWithRandomSearch's ``candidate_programs`` (both in percent)."""
+    score = getattr(compiled, "score", None)
+    candidates = getattr(compiled, "candidate_programs", None)
+    if not isinstance(score, int | float) and candidates:
+        score = candidates[0].get("score")
+    return float(score) / 100.0 if isinstance(score, int | float) else None
 
 
 def compile_dspy(
@@ -244,48 +320,70 @@ def compile_dspy(
     program: Any,
     metric: Any,
     task_lm: Any,
+    optimizer: str = "miprov2",
 ) -> tuple[Any | None, str]:
-    """MIPROv2, retried with another seed when it raises (it aborts when one instruction proposal
-    cannot be parsed); returns the compiled program (None if every attempt failed) and a note."""
+    """MIPROv2 or BootstrapFewShotWithRandomSearch, retried with another seed when it raises (MIPROv2
+    aborts when one instruction proposal cannot be parsed); returns the compiled program (None if every
+    attempt failed) and a note."""
     from bench import dspy_side
     from bench.tasks import dspy_programs
 
+    demos: dict[str, int] = (
+        {k: QUICK_BUDGET[k] for k in ("max_bootstrapped_demos", "max_labeled_demos")}
+        if settings.quick
+        else {"max_bootstrapped_demos": 4, "max_labeled_demos": 4}  # aprompt's and MIPROv2's light
+    )
     budget: dict[str, Any] = (
         {
             "auto": None,
             "num_candidates": QUICK_BUDGET["n_candidates"],
             "num_trials": QUICK_BUDGET["n_trials"],
             "minibatch_size": QUICK_BUDGET["minibatch_size"],
-            "max_bootstrapped_demos": QUICK_BUDGET["max_bootstrapped_demos"],
-            "max_labeled_demos": QUICK_BUDGET["max_labeled_demos"],
+            **demos,
             "data_aware_proposer": False,
             "program_aware_proposer": False,
         }
         if settings.quick
         else {"auto": "light"}
     )
+    n_programs = bootstrap_rs_candidates(len(split.val), task.n_stages, quick=settings.quick)
     errors = []
     for attempt in range(settings.dspy_attempts):
         dspy_side.fresh_cache()
-        prompt_lm = dspy_side.make_lm(base_url, LOCAL_MODEL_NAME, temperature=1.0)
+        trainset = dspy_programs.examples(task, split.train)
+        valset = dspy_programs.examples(task, split.val)
         try:
-            compiled = dspy_side.compile_mipro(
-                program.deepcopy(),
-                dspy_programs.examples(task, split.train),
-                dspy_programs.examples(task, split.val),
-                metric,
-                task_lm=task_lm,
-                prompt_lm=prompt_lm,
-                seed=seed + 1000 * attempt,
-                num_threads=settings.concurrency,
-                **budget,
-            )
+            if optimizer == "bootstrap_rs":
+                compiled = dspy_side.compile_bootstrap_rs(
+                    program.deepcopy(),
+                    trainset,
+                    valset,
+                    metric,
+                    task_lm=task_lm,
+                    seed=seed + 1000 * attempt,
+                    num_threads=settings.concurrency,
+                    num_candidate_programs=n_programs,
+                    **demos,
+                )
+            else:
+                compiled = dspy_side.compile_mipro(
+                    program.deepcopy(),
+                    trainset,
+                    valset,
+                    metric,
+                    task_lm=task_lm,
+                    prompt_lm=dspy_side.make_lm(base_url, LOCAL_MODEL_NAME, temperature=1.0),
+                    seed=seed + 1000 * attempt,
+                    num_threads=settings.concurrency,
+                    **budget,
+                )
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-            print(f"  DSPy MIPROv2 attempt {attempt + 1} failed: {errors[-1]}", flush=True)
+            print(f"  DSPy {optimizer} attempt {attempt + 1} failed: {errors[-1]}", flush=True)
             continue
-        note = f"{attempt + 1} attempts ({'; '.join(errors)})" if errors else ""
-        return compiled, note
+        notes = [f"{n_programs} candidate programs"] if optimizer == "bootstrap_rs" else []
+        notes += [f"{attempt + 1} attempts ({'; '.join(errors)})"] if errors else []
+        return compiled, ", ".join(notes)
     return None, f"failed {len(errors)} attempts: {'; '.join(errors)}"
 
 
@@ -293,7 +391,7 @@ def _run(
     task: Task,
     method: str,
     seed: int | None,
-    test: float | None,
+    test: Sequence[float] | None,
     val: float | None,
     spent: Counts,
     seconds: float,
@@ -303,7 +401,7 @@ def _run(
         task=task.name,
         method=method,
         seed=seed,
-        test_score=test,
+        test_score=math.fsum(test) / len(test) if test else None,
         val_score=val,
         lm_calls=spent.requests,
         prompt_tokens=spent.prompt_tokens,
@@ -311,6 +409,7 @@ def _run(
         seconds=round(seconds, 2),
         failed_requests=spent.failed,
         library_lm_calls=library_calls,
+        test_scores=list(test) if test is not None else None,
     )
 
 
@@ -321,9 +420,8 @@ async def run_method(
     library, _, name = method.partition(":")
     if library == "dspy":
         seed_or_none = None if is_unoptimized(method) else seed
-        stock = name.endswith("_stock")
         return await anyio.to_thread.run_sync(
-            partial(run_dspy, settings, task, split, seed_or_none, proxy, stock=stock)
+            partial(run_dspy, settings, task, split, method, seed_or_none, proxy)
         )
     if name == "unoptimized":
         return await run_aprompt_unoptimized(settings, task, split, proxy)
@@ -351,6 +449,22 @@ def done_runs(settings: Settings) -> list[Run]:
     return [Run(**run) for run in data["runs"]]
 
 
+def task_split(settings: Settings, task: Task) -> Split:
+    """The task's fixed split: ``n_train`` and ``n_val`` examples, and ``n_test`` or as many as the task
+    has left after those (a task too small for its train and validation parts is an error)."""
+    records = task.records(settings.data_dir)
+    left = len(records) - settings.n_train - settings.n_val
+    if left < 1:
+        raise SystemExit(
+            f"task {task.name} has {len(records)} examples: too few for {settings.n_train} train and "
+            f"{settings.n_val} validation examples and a test part"
+        )
+    n_test = min(settings.n_test, left)
+    if n_test < settings.n_test:
+        print(f"{task.name}: {n_test} test examples (all the task has left)", flush=True)
+    return split_records(records, n_train=settings.n_train, n_val=settings.n_val, n_test=n_test)
+
+
 async def run_all(settings: Settings) -> list[Run]:
     runs = done_runs(settings)
     done = {(r.task, r.method, r.seed) for r in runs if r.test_score is not None}
@@ -370,9 +484,7 @@ async def run_all(settings: Settings) -> list[Run]:
         async with CountingProxy(local.base_url, max_connections=4 * settings.concurrency) as proxy:
             for task_name in settings.tasks:
                 task = TASKS[task_name]
-                split = task.split(
-                    settings.data_dir, n_train=settings.n_train, n_val=settings.n_val, n_test=settings.n_test
-                )
+                split = task_split(settings, task)
                 for method in methods:
                     # An unoptimized program at temperature 0 does not depend on the seed: run it once.
                     seeds = settings.seeds[:1] if is_unoptimized(method) else settings.seeds
@@ -398,23 +510,33 @@ def describe(run: Run) -> str:
 
 
 # -- results ---------------------------------------------------------------------------------------
-def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per (task, method): means over seeds, and the spread of the test score."""
+def summarize(runs: Sequence[Run], order: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One row per (task, method): means over seeds, and the test score's 95 % interval (see the module
+    docstring); a task's rows in the order of ``order``, then any other method in the order it ran."""
     rows = []
     keys = list(dict.fromkeys((r.task, r.method) for r in runs))
+    rank = {method: position for position, method in enumerate(order)}
+    tasks = list(dict.fromkeys(task for task, _ in keys))
+    keys.sort(key=lambda key: (tasks.index(key[0]), rank.get(key[1], len(rank))))
     for task, method in keys:
         group = [r for r in runs if r.task == task and r.method == method]
         tests = [r.test_score for r in group if r.test_score is not None]
         test_mean, test_sd = mean_spread(tests)
         vals = [r.val_score for r in group if r.val_score is not None]
+        interval, over = test_interval(task, method, group)
+        scored = [r for r in group if r.test_scores is not None]
         rows.append(
             {
                 "task": task,
                 "method": method,
                 "n_seeds": len(group),
                 "n_failed": len(group) - len(tests),
+                "n_test": len(scored[0].test_scores or ()) if scored else None,
                 "test_mean": test_mean,
                 "test_sd": test_sd,
+                "test_low": interval[0] if interval else None,
+                "test_high": interval[1] if interval else None,
+                "interval_over": over,
                 "test_min": min(tests, default=None),
                 "test_max": max(tests, default=None),
                 "val_mean": mean_spread(vals)[0],
@@ -426,21 +548,50 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def test_interval(task: str, method: str, group: Sequence[Run]) -> tuple[tuple[float, float] | None, str]:
+    """The 95 % interval of a row's test score and what it is over: a t-interval over the seeds that
+    finished (two or more), else a percentile bootstrap over the test examples of the one run; both
+    clipped to [0, 1]."""
+    finished = [r for r in group if r.test_score is not None]
+    interval: tuple[float, float] | None = None
+    if len(finished) >= 2:
+        interval = t_interval([r.test_score for r in finished if r.test_score is not None])
+        over = f"{len(finished)} seeds (t)"
+    elif finished and finished[0].test_scores:
+        scores = finished[0].test_scores
+        interval = bootstrap_interval(scores, seed=f"{task}:{method}")
+        over = f"{len(scores)} examples (bootstrap)"
+    else:
+        return None, ""
+    if interval is None:
+        return None, ""
+    return (max(0.0, interval[0]), min(1.0, interval[1])), over
+
+
 def render_markdown(settings: Settings, rows: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
     lines = [
-        "# Quality benchmark: aprompt vs DSPy MIPROv2 on the embedded local model",
+        "# Quality benchmark: aprompt vs DSPy on the embedded local model",
         "",
         f"command: `{settings.command}`",
         "",
         f"SmolLM2-135M-Instruct (llama.cpp, {settings.parallel} slots, {settings.threads} threads) on "
         "loopback, "
         f"shared by both libraries through one counting proxy; {settings.n_train} train / {settings.n_val} "
-        f"validation / {settings.n_test} test examples per task (fixed split); seeds "
+        f"validation / {settings.n_test} test examples per task (fixed split; fewer test examples where a "
+        f"task has too few, see the `test n` column); seeds "
         f"{', '.join(map(str, settings.seeds))}; client concurrency {settings.concurrency} (aprompt "
         f"max_concurrency, DSPy num_threads); budget: "
-        + ("quick" if settings.quick else 'aprompt `budget="light"`, DSPy `auto="light"`')
-        + ". LM calls, tokens and seconds are the optimization's (the test run is not counted); test = "
-        "held-out accuracy, mean ± sd over seeds [min–max].",
+        + (
+            "quick"
+            if settings.quick
+            else 'aprompt `budget="light"`, DSPy MIPROv2 `auto="light"`, DSPy '
+            "BootstrapFewShotWithRandomSearch with 4 + 4 demos and as many validation runs as MIPROv2 light"
+        )
+        + ". LM calls, tokens and seconds are the optimization's, means over seeds (the test run is not "
+        "counted); test = held-out accuracy, mean over seeds, with its 95 % interval: a t-interval over "
+        "the seeds where two or more ran, else a percentile bootstrap over the test examples of the one "
+        "run (an unoptimized program does not depend on the seed and runs once); `over` says which. "
+        "`aprompt:hand_few_shot` is the instruction plus 3 training examples as demos (no optimization).",
         "",
         "`dspy:*` rows use DSPy's chat adapter plus one fallback (`bench/dspy_side.py`): a reply to a "
         "signature with a single output field that lacks DSPy's field markers is read whole, as "
@@ -458,6 +609,9 @@ def render_markdown(settings: Settings, rows: Sequence[dict[str, Any]], env: dic
                 [
                     row["method"],
                     test_cell(row),
+                    interval_cell(row),
+                    row["interval_over"] or "—",
+                    row["n_test"] if row.get("n_test") is not None else "—",
                     f"{row['val_mean']:.3f}" if row["val_mean"] is not None else "—",
                     f"{row['lm_calls']:,.0f}",
                     f"{row['tokens']:,.0f}",
@@ -465,7 +619,18 @@ def render_markdown(settings: Settings, rows: Sequence[dict[str, Any]], env: dic
                     row["n_seeds"],
                 ]
             )
-        header = ["method", "test accuracy", "val (best)", "LM calls", "tokens", "wall s", "seeds"]
+        header = [
+            "method",
+            "test accuracy",
+            "95 % interval",
+            "over",
+            "test n",
+            "val (best)",
+            "LM calls",
+            "tokens",
+            "wall s",
+            "seeds",
+        ]
         lines += [markdown_table(header, table), ""]
     return "\n".join(lines)
 
@@ -473,10 +638,14 @@ def render_markdown(settings: Settings, rows: Sequence[dict[str, Any]], env: dic
 def test_cell(row: dict[str, Any]) -> str:
     if row["test_mean"] is None:
         return f"failed ({row['n_failed']} of {row['n_seeds']})"
-    sd = f" ± {row['test_sd']:.3f}" if row["test_sd"] is not None else ""
-    spread = f" [{row['test_min']:.3f}–{row['test_max']:.3f}]" if row["n_seeds"] - row["n_failed"] > 1 else ""
     failed = f", {row['n_failed']} failed" if row["n_failed"] else ""
-    return f"{row['test_mean']:.3f}{sd}{spread}{failed}"
+    return f"{row['test_mean']:.3f}{failed}"
+
+
+def interval_cell(row: dict[str, Any]) -> str:
+    if row.get("test_low") is None or row.get("test_high") is None:
+        return "—"
+    return f"{row['test_low']:.3f}–{row['test_high']:.3f}"
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -491,22 +660,24 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         return None
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(9.0, 4.2 * len(tasks)), 4.2), squeeze=False)
-    markers = dict(zip(ALL_METHODS, "o*sD^vXPxh", strict=True))
+    # One marker and colour per method in every panel (the colour cycle would restart per panel).
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     for axis, task in zip(axes[0], tasks, strict=True):
         for row in (r for r in rows if r["task"] == task and r["test_mean"] is not None):
+            index = methods.index(row["method"])
+            low, high = row.get("test_low"), row.get("test_high")
             axis.errorbar(
                 row["lm_calls"],
                 row["test_mean"],
-                yerr=row["test_sd"] or 0.0,
-                marker=markers.get(row["method"], "o"),
-                # One colour per method in every panel (the colour cycle would restart per panel).
-                color=f"C{ALL_METHODS.index(row['method']) % 10}" if row["method"] in ALL_METHODS else None,
+                yerr=[[row["test_mean"] - low], [high - row["test_mean"]]] if low is not None else None,
+                marker="o*sD^vXPxhp<>"[index % 13],
+                color=f"C{index % 10}",
                 linestyle="none",
                 capsize=3,
                 label=row["method"],
             )
         axis.set_title(task)
-        shown = [r["test_mean"] + (r["test_sd"] or 0.0) for r in rows if r["task"] == task and r["test_mean"]]
+        shown = [r.get("test_high") or r["test_mean"] for r in rows if r["task"] == task and r["test_mean"]]
         axis.set_ylim(0.0, min(1.02, max(shown, default=0.0) + 0.05))
         axis.set_xlabel("optimization LM calls")
         axis.set_ylabel("test accuracy")
@@ -529,7 +700,7 @@ def write_results(
 ) -> list[Path]:
     """Write the JSON, the table and the plot (after every run too, so a stopped run keeps its rows)."""
     env = env or environment()
-    rows = summarize(runs)
+    rows = summarize(runs, settings.methods)
     text = render_markdown(settings, rows, env)
     if final:
         print()
@@ -560,12 +731,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="BIG-bench task folders")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument(
-        "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(ALL_METHODS)}"
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated, of {', '.join(known_methods())}",
     )
     parser.add_argument("--seeds", default="1", help="comma-separated optimizer seeds (e.g. 1,2,3)")
     parser.add_argument("--train", type=int, default=30, help="training examples per task")
     parser.add_argument("--val", type=int, default=30, help="validation examples per task")
-    parser.add_argument("--test", type=int, default=50, help="held-out test examples per task")
+    parser.add_argument(
+        "--test",
+        type=int,
+        default=DEFAULT_TEST,
+        help="held-out test examples per task (fewer where a task has too few)",
+    )
     parser.add_argument("--parallel", type=int, default=4, help="llama.cpp server slots")
     # One thread short of the cores: llama.cpp's threads spin-wait for each other, and when one of them
     # loses its core to another process throughput collapses (measured here: 20x slower).
@@ -590,7 +768,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     tasks = tuple(t for t in args.tasks.split(",") if t)
     methods = tuple(m for m in args.methods.split(",") if m)
-    unknown = [t for t in tasks if t not in TASKS] + [m for m in methods if m not in ALL_METHODS]
+    known = known_methods()
+    unknown = [t for t in tasks if t not in TASKS] + [m for m in methods if m not in known]
     if unknown:
         parser.error(f"unknown task or method: {', '.join(unknown)}")
     if args.quick:

@@ -10,13 +10,17 @@ import importlib
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 import aprompt
+from aprompt.optimize.strategies import STRATEGIES
+from bench.report import bootstrap_interval, t_interval, t_quantile_975
 from bench.simulated_lm import SimulatedLM, aprompt_output_fields, dspy_output_fields
 from bench.tasks import TASKS, split_records
-from bench.tasks.metrics import choice_accuracy, count_accuracy
+from bench.tasks.metrics import choice_accuracy, count_accuracy, sentence_match
 
 BENCH_SCRIPTS = [
     "bench.quality",
@@ -56,6 +60,26 @@ def test_the_scorers_accept_the_same_answer_written_differently() -> None:
     assert count_accuracy("There are seven.", ["7"]) == 1.0
     assert count_accuracy(7, ["seven", "7"]) == 1.0
     assert count_accuracy("none given", ["7"]) == 0.0
+
+
+def test_the_sentence_scorer_forgives_case_spacing_and_a_final_period_only() -> None:
+    gold = ["the nurse does not play tennis"]
+    assert sentence_match("The nurse  does not play tennis.", gold) == 1.0
+    assert sentence_match(" the nurse does not play tennis ", gold) == 1.0
+    assert sentence_match("the nurse does not play the tennis", gold) == 0.0
+    assert sentence_match("the nurse doesn't play tennis", gold) == 0.0
+    assert sentence_match("the nurse does not play tennis!", gold) == 0.0
+
+
+def test_the_negation_tasks_read_sentences_and_their_negations() -> None:
+    for name, stages in (("negate", 1), ("negate_twostep", 2)):
+        task = TASKS[name]
+        example = task.examples(task.records()[1:2])[0]
+        assert example.inputs == {"sentence": "the nurse plays tennis"}
+        assert example.labels == {"negated": "the nurse does not play tennis"}
+        predictors = aprompt.named_predictors(task.program())
+        assert len(predictors) == task.n_stages == stages
+        assert predictors[-1][1].signature.output_names == ("negated",)
 
 
 def test_the_simulated_lm_answers_each_library_in_its_own_format() -> None:
@@ -114,15 +138,17 @@ def test_the_quality_benchmark_runs_in_quick_mode_on_the_local_model(tmp_path: P
     quality = importlib.import_module("bench.quality")
     methods = ["aprompt:unoptimized", "aprompt:hand_few_shot", "aprompt:mipro"]
     if HAS_DSPY:
-        methods += ["dspy:unoptimized", "dspy:miprov2"]
+        methods += ["dspy:unoptimized", "dspy:miprov2", "dspy:bootstrap_rs"]
     runs = quality.main(
         ["--quick", "--methods", ",".join(methods), "--dspy-attempts", "1", "--out-dir", str(tmp_path)]
     )
     assert {r.method for r in runs} == set(methods)
     mipro = next(r for r in runs if r.method == "aprompt:mipro")
     assert mipro.lm_calls > 0 and mipro.test_score is not None
+    assert all(r.test_scores is not None and len(r.test_scores) == 6 for r in runs)
     data = json.loads((tmp_path / "quality.json").read_text())
-    assert {row["method"] for row in data["summary"]} == set(methods)
+    assert [row["method"] for row in data["summary"]] == methods
+    assert all(row["interval_over"] == "6 examples (bootstrap)" for row in data["summary"])
     assert (tmp_path / "quality.md").read_text().splitlines()[2].startswith("command: `.venv/bin/python -m")
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,7 +156,7 @@ def test_the_quality_benchmark_runs_in_quick_mode_on_the_local_model(tmp_path: P
 
 def test_the_hand_written_prompt_shows_three_training_examples_where_their_fields_fit() -> None:
     quality = importlib.import_module("bench.quality")
-    for name in ("count", "count_listed"):
+    for name in ("count", "count_listed", "negate_twostep"):
         task = TASKS[name]
         split = task.split(n_train=20, n_val=5, n_test=5)
         program = quality.hand_few_shot(task, split, seed=1)
@@ -141,3 +167,103 @@ def test_the_hand_written_prompt_shows_three_training_examples_where_their_field
             assert any(all(values.get(k) == v for k, v in demo.items()) for values in shown)
         # An intermediate stage has no labels for its outputs: it keeps its own (empty) demos.
         assert all(p.demos == [] for p in predictors[:-1])
+
+
+def quality_run(method: str, seed: int | None, scores: list[float], task: str = "negate") -> Any:
+    quality = importlib.import_module("bench.quality")
+    return quality.Run(
+        task=task,
+        method=method,
+        seed=seed,
+        test_score=sum(scores) / len(scores),
+        val_score=None,
+        lm_calls=10,
+        prompt_tokens=100,
+        completion_tokens=10,
+        seconds=1.0,
+        test_scores=scores,
+    )
+
+
+def test_every_registered_aprompt_strategy_is_a_quality_method() -> None:
+    quality = importlib.import_module("bench.quality")
+    every = ",".join(f"aprompt:{name}" for name in STRATEGIES)
+    settings = quality.parse_args(["--methods", f"{every},dspy:bootstrap_rs"])
+    assert settings.methods == (*(f"aprompt:{name}" for name in STRATEGIES), "dspy:bootstrap_rs")
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--methods", "aprompt:no_such_strategy"])
+
+
+def test_the_quality_defaults_hold_200_test_examples_and_the_dspy_random_search() -> None:
+    quality = importlib.import_module("bench.quality")
+    settings = quality.parse_args([])
+    assert settings.n_test == 200
+    assert {"dspy:miprov2", "dspy:bootstrap_rs", "aprompt:hand_few_shot"} <= set(settings.methods)
+    assert settings.tasks[:2] == ("negate", "negate_twostep")
+
+
+def test_a_task_with_too_few_records_gets_every_record_left_as_its_test_part() -> None:
+    quality = importlib.import_module("bench.quality")
+    settings = quality.parse_args(["--tasks", "intent", "--train", "30", "--val", "30", "--test", "1000"])
+    split = quality.task_split(settings, TASKS["intent"])
+    assert (len(split.train), len(split.val), len(split.test)) == (
+        30,
+        30,
+        len(TASKS["intent"].records()) - 60,
+    )
+    smaller = quality.task_split(attrs.evolve(settings, n_test=200), TASKS["intent"])
+    assert smaller.test == split.test[:200]
+
+
+def test_dspy_random_search_runs_as_many_validation_programs_as_miprov2_light() -> None:
+    quality = importlib.import_module("bench.quality")
+    # 1 predictor: 10 trials. 30 validation examples are too few for mini-batches: 10 x 30 runs = 10
+    # full evaluations; 100 are enough: 35 x 10 + 100 x 3 = 650 runs, 6.5 full evaluations.
+    assert quality.bootstrap_rs_candidates(30, 1, quick=False) == 10 - 3
+    assert quality.bootstrap_rs_candidates(100, 1, quick=False) == 7 - 3
+    # 2 predictors: 20 trials; 35 x 20 + 100 x 5 = 1,200 runs; a larger valset is cut to 100 by MIPROv2.
+    assert quality.bootstrap_rs_candidates(30, 2, quick=False) == 20 - 3
+    assert quality.bootstrap_rs_candidates(500, 2, quick=False) == 12 - 3
+    assert quality.bootstrap_rs_candidates(6, 1, quick=True) == 1
+
+
+def test_the_quality_table_gives_a_t_interval_over_seeds_and_a_bootstrap_over_examples_for_one_run() -> None:
+    quality = importlib.import_module("bench.quality")
+    runs = [
+        quality_run("aprompt:mipro", seed, [1.0] * hits + [0.0] * (10 - hits))
+        for seed, hits in enumerate((5, 6, 7))
+    ]
+    runs.append(quality_run("aprompt:unoptimized", None, [1.0] * 3 + [0.0] * 17))
+    rows = quality.summarize(runs, ["aprompt:unoptimized", "aprompt:mipro"])
+    assert [row["method"] for row in rows] == ["aprompt:unoptimized", "aprompt:mipro"]
+    unoptimized, mipro = rows
+    assert mipro["interval_over"] == "3 seeds (t)"
+    # mean 0.6, sd 0.1: 0.6 +- 4.303 x 0.1 / sqrt(3)
+    assert mipro["test_mean"] == pytest.approx(0.6)
+    assert (mipro["test_low"], mipro["test_high"]) == pytest.approx((0.6 - 0.24843, 0.6 + 0.24843), abs=1e-4)
+    assert unoptimized["interval_over"] == "20 examples (bootstrap)" and unoptimized["n_test"] == 20
+    assert 0.0 <= unoptimized["test_low"] < 0.15 < unoptimized["test_high"] <= 0.5
+
+
+def test_a_stopped_quality_run_is_resumed_from_its_saved_runs(tmp_path: Path) -> None:
+    quality = importlib.import_module("bench.quality")
+    settings = quality.parse_args(["--tasks", "negate", "--resume", "--out-dir", str(tmp_path)])
+    runs = [quality_run("aprompt:unoptimized", None, [1.0, 0.0]), quality_run("aprompt:mipro", 1, [1.0, 1.0])]
+    quality.write_results(settings, runs, final=False)
+    assert quality.done_runs(settings) == runs
+    with pytest.raises(SystemExit, match="n_test"):
+        quality.done_runs(attrs.evolve(settings, n_test=50))
+
+
+def test_the_confidence_intervals_match_their_textbook_values() -> None:
+    assert t_quantile_975(2) == pytest.approx(4.303, abs=1e-3)
+    assert t_quantile_975(60) == pytest.approx(2.000, abs=1e-3)  # past the table: the expansion
+    assert t_interval([0.5]) is None
+    low, high = t_interval([0.5, 0.6, 0.7]) or (0.0, 0.0)
+    assert (low, high) == pytest.approx((0.6 - 0.24843, 0.6 + 0.24843), abs=1e-4)
+    values = [1.0] * 30 + [0.0] * 70
+    low, high = bootstrap_interval(values) or (0.0, 0.0)
+    # The normal approximation: 0.3 +- 1.96 x sqrt(0.3 x 0.7 / 100) = 0.21 .. 0.39.
+    assert low == pytest.approx(0.21, abs=0.02) and high == pytest.approx(0.39, abs=0.02)
+    assert bootstrap_interval(values) == (low, high)
+    assert bootstrap_interval([]) is None

@@ -7,7 +7,13 @@ task           data                    program                                  
 ``count``      object_counting         1 predictor: question -> answer: int         count exact match
 ``intent_goal`` intent_recognition     2 stages: describe goal -> classify          choice accuracy
 ``count_listed`` object_counting       2 stages: list the objects -> count          count exact match
+``negate``     sentence_negation       1 predictor: sentence -> negated             sentence match
+``negate_twostep`` sentence_negation   2 stages: find the verb phrase -> negate     sentence match
 =============  ======================  ===========================================  ====================
+
+``sentence_negation`` is BIG-bench's ``linguistic_mappings/sentence_negation_json`` (3,040 sentences in
+four forms: simple and perfect, singular and plural); "sentence match" is exact match after lower-casing,
+collapsing spaces and dropping a final period.
 
 Example::
 
@@ -28,7 +34,7 @@ import attrs
 import aprompt
 from bench.tasks import programs
 from bench.tasks.data import DEFAULT_DATA_DIR, Record, Split, load_records, split_records
-from bench.tasks.metrics import as_count, choice_accuracy, count_accuracy
+from bench.tasks.metrics import as_count, choice_accuracy, count_accuracy, sentence_match
 
 __all__ = ["DEFAULT_DATA_DIR", "TASKS", "Record", "Split", "Task", "load_records", "split_records"]
 
@@ -105,6 +111,10 @@ def _count_score(value: object, gold: Any) -> float:
     return count_accuracy(value, [str(gold)])
 
 
+def _sentence_score(value: object, gold: Any) -> float:
+    return sentence_match(value, [gold])
+
+
 _INTENT = {
     "source": "intent_recognition",
     "input_name": "utterance",
@@ -120,6 +130,14 @@ _COUNT = {
     "to_input": _strip_prefix(""),
     "to_label": _count_label,
     "score": _count_score,
+}
+_NEGATE: dict[str, Any] = {
+    "source": "linguistic_mappings/sentence_negation_json",
+    "input_name": "sentence",
+    "answer_name": "negated",
+    "to_input": _strip_prefix(""),
+    "to_label": lambda r: r.targets[0],
+    "score": _sentence_score,
 }
 
 TASKS: dict[str, Task] = {
@@ -150,5 +168,19 @@ TASKS: dict[str, Task] = {
         n_stages=2,
         program=programs.ListThenCount,
         **_COUNT,
+    ),
+    "negate": Task(
+        "negate",
+        description="1 predictor, rewrite (negate a sentence), sentence match",
+        n_stages=1,
+        program=programs.Negate,
+        **_NEGATE,
+    ),
+    "negate_twostep": Task(
+        "negate_twostep",
+        description="2 stages: find the verb phrase -> negate, sentence match",
+        n_stages=2,
+        program=programs.VerbThenNegate,
+        **_NEGATE,
     ),
 }

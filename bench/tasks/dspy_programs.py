@@ -16,7 +16,10 @@ from bench.tasks.stages import (
     COUNT_ITEMS,
     DESCRIBE_GOAL,
     DSPY_MARKER_TOKENS,
+    FIND_VERB,
     LIST_ITEMS,
+    NEGATE,
+    NEGATE_WITH_VERB,
     Stage,
 )
 
@@ -79,11 +82,37 @@ class ListThenCount(dspy.Module):
         return self.count(question=question, objects=listed.objects)
 
 
+class Negate(dspy.Module):
+    """One predictor: sentence -> negated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.negate = predictor(NEGATE)
+
+    def forward(self, sentence: str) -> dspy.Prediction:
+        return self.negate(sentence=sentence)
+
+
+class VerbThenNegate(dspy.Module):
+    """Two stages: find the main verb phrase, then negate the sentence with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.find_verb = predictor(FIND_VERB)
+        self.negate = predictor(NEGATE_WITH_VERB)
+
+    def forward(self, sentence: str) -> dspy.Prediction:
+        found = self.find_verb(sentence=sentence)
+        return self.negate(sentence=sentence, verb=found.verb)
+
+
 PROGRAMS = {
     "intent": ClassifyIntent,
     "intent_goal": GoalThenIntent,
     "count": CountObjects,
     "count_listed": ListThenCount,
+    "negate": Negate,
+    "negate_twostep": VerbThenNegate,
 }
 
 

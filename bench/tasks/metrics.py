@@ -60,3 +60,15 @@ def count_accuracy(prediction: object, targets: Iterable[str]) -> float:
     value = as_count(prediction)
     wanted = {as_count(t) for t in targets}
     return 1.0 if value is not None and value in wanted else 0.0
+
+
+def sentence_form(text: object) -> str:
+    """Lower case, whitespace collapsed, one final period dropped: the form two sentences are compared in."""
+    value = " ".join(str(text).lower().split())
+    return value[:-1].rstrip() if value.endswith(".") else value
+
+
+def sentence_match(prediction: object, targets: Iterable[str]) -> float:
+    """1.0 when the prediction is an accepted sentence, up to case, spacing and a final period."""
+    value = sentence_form(prediction)
+    return 1.0 if any(value == sentence_form(t) for t in targets) else 0.0

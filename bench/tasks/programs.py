@@ -10,7 +10,10 @@ from bench.tasks.stages import (
     COUNT,
     COUNT_ITEMS,
     DESCRIBE_GOAL,
+    FIND_VERB,
     LIST_ITEMS,
+    NEGATE,
+    NEGATE_WITH_VERB,
     Stage,
 )
 
@@ -69,3 +72,25 @@ class ListThenCount:
     async def __call__(self, question: str) -> aprompt.Prediction:
         listed = await self.list_items(question=question)
         return await self.count(question=question, objects=listed.objects)
+
+
+class Negate:
+    """One predictor: sentence -> negated."""
+
+    def __init__(self) -> None:
+        self.negate = predictor(NEGATE)
+
+    async def __call__(self, sentence: str) -> aprompt.Prediction:
+        return await self.negate(sentence=sentence)
+
+
+class VerbThenNegate:
+    """Two stages: find the main verb phrase, then negate the sentence with it."""
+
+    def __init__(self) -> None:
+        self.find_verb = predictor(FIND_VERB)
+        self.negate = predictor(NEGATE_WITH_VERB)
+
+    async def __call__(self, sentence: str) -> aprompt.Prediction:
+        found = await self.find_verb(sentence=sentence)
+        return await self.negate(sentence=sentence, verb=found.verb)

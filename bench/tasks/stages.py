@@ -47,6 +47,10 @@ class Stage:
 
 UTTERANCE = ("utterance", "what the user said to a voice assistant")
 QUESTION = ("question", "a list of things someone has, and a question about how many of a kind")
+SENTENCE = ("sentence", "a short English sentence")
+VERB = ("verb", "the main verb phrase of the sentence")
+NEGATED = ("negated", str, "the sentence, negated")
+NEGATE_INSTRUCTION = "Rewrite the sentence so that it says the opposite: negate its verb."
 
 CLASSIFY_INTENT = Stage(
     "classify",
@@ -91,3 +95,12 @@ COUNT_ITEMS = Stage(
     (("answer", int, "how many there are"),),
     max_tokens=16,
 )
+NEGATE = Stage("negate", NEGATE_INSTRUCTION, (SENTENCE,), (NEGATED,), max_tokens=32)
+FIND_VERB = Stage(
+    "find_verb",
+    "Find the main verb phrase of the sentence.",
+    (SENTENCE,),
+    ((VERB[0], str, VERB[1]),),
+    max_tokens=16,
+)
+NEGATE_WITH_VERB = Stage("negate", NEGATE_INSTRUCTION, (SENTENCE, VERB), (NEGATED,), max_tokens=32)
