@@ -146,8 +146,9 @@ def correction_message(
         kind = "" if field.annotation is str else f" ({describe_type(field.annotation)})"
         again = f"\nReply again with the {field.label}{kind} only: no label, no other text."
     else:
-        again = "\nReply again with every field on its own line, in exactly this format:\n" + reply_format_lines(
-            signature
+        again = (
+            "\nReply again with every field on its own line, in exactly this format:\n"
+            + reply_format_lines(signature)
         )
     return "Your reply could not be read:\n" + "\n".join(lines) + again
 
