@@ -21,7 +21,7 @@ from aprompt.program.adapter import (
 )
 from aprompt.program.context import ACTIVE_TRACES, current_lm
 from aprompt.program.fields import Field
-from aprompt.program.overrides import active_overrides, note_call
+from aprompt.program.overrides import PromptOverride, active_overrides, note_call
 from aprompt.program.signature import Signature, as_signature
 from aprompt.program.values import Demo, Prediction, as_demo
 
@@ -235,6 +235,14 @@ class Predict:
         self.instruction = state["instruction"]
         self.demos = state["demos"]
         self.reply_format = state.get("reply_format", "fields")
+
+    def use_prompt(self, prompt: PromptOverride) -> None:
+        """Make ``prompt`` (e.g. an optimizer's choice) this predictor's own: its instruction, demos and
+        reply format (``None`` keeps the current one)."""
+        self.instruction = prompt.instruction
+        self.demos = prompt.demos
+        if prompt.reply_format is not None:
+            self.reply_format = prompt.reply_format
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Predict:
         # Copies share the (immutable) signature and the LM client — never duplicate a connection
