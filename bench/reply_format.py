@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import time
@@ -46,17 +47,20 @@ async def score(
     evaluation = await aprompt.evaluate(
         program, task.examples(split.test), task.metric, prompts=prompts, lm=lm, concurrency=4
     )
-    values = [r.score for r in evaluation.results if r.score is not None]
-    mean = evaluation.mean or 0.0
+    # An unscored example (the LM failed: here, a reply still cut at twice its token budget) is the
+    # prompt's failure as much as an unreadable one: both count as wrong, so each row is over all examples.
+    scores = [r.score or 0.0 for r in evaluation.results]
+    mean = math.fsum(scores) / len(scores)
     return {
         "task": task_name,
         "prompt": prompt,
         "format": reply_format,
-        "n": len(values),
+        "n": len(scores),
         "accuracy": mean,
-        "se": math.sqrt(mean * (1 - mean) / max(1, len(values))),
+        "se": math.sqrt(mean * (1 - mean) / len(scores)),
         "unreadable": evaluation.n_failed,
-        "scores": [r.score for r in evaluation.results],
+        "cut": evaluation.n_unscored,
+        "scores": scores,
         "seconds": time.monotonic() - started,
     }
 
@@ -64,7 +68,7 @@ async def score(
 def paired(rows: Sequence[dict[str, Any]]) -> str:
     """bare − fields on the same examples: mean difference and examples won / lost."""
     fields, bare = (next(r for r in rows if r["format"] == f) for f in FORMATS)
-    pairs = [(a or 0.0, b or 0.0) for a, b in zip(fields["scores"], bare["scores"], strict=True)]
+    pairs = list(zip(fields["scores"], bare["scores"], strict=True))
     diff = sum(b - a for a, b in pairs) / len(pairs)
     won = sum(1 for a, b in pairs if b > a)
     lost = sum(1 for a, b in pairs if b < a)
@@ -80,13 +84,15 @@ def render(rows: Sequence[dict[str, Any]], command: str, settings: dict[str, Any
         f"{LOCAL_MODEL_NAME} (llama.cpp, {settings['parallel']} slots, {settings['threads']} threads), "
         f"temperature 0; {settings['n_test']} held-out test examples per task (the fixed split of "
         "`bench.quality`); the same instruction and demos in both formats, applied as prompt overrides; "
-        "nothing optimized. `unreadable` counts replies that stayed unparseable after the corrective "
-        "retries (scored 0).",
+        "nothing optimized. Accuracy is over all examples: `unreadable` counts replies that stayed "
+        "unparseable after the corrective retries, `cut` replies still cut at twice their token budget "
+        "(left unscored by an evaluation, as an LM failure); both count as wrong here. The paired column "
+        "compares the two formats example by example.",
         "",
         f"Python {platform.python_version()}, {platform.platform()}.",
         "",
-        "| task | prompt | format | accuracy ± se | unreadable | bare − fields (paired) | wall s |",
-        "|---|---|---|---:|---:|---|---:|",
+        "| task | prompt | format | accuracy ± se | unreadable | cut | bare − fields (paired) | wall s |",
+        "|---|---|---|---:|---:|---:|---|---:|",
     ]
     for task in dict.fromkeys(r["task"] for r in rows):
         for prompt in PROMPTS:
@@ -95,7 +101,7 @@ def render(rows: Sequence[dict[str, Any]], command: str, settings: dict[str, Any
                 delta = paired(group) if row["format"] == "bare" and len(group) == 2 else ""
                 lines.append(
                     f"| {task} | {prompt} | {row['format']} | {row['accuracy']:.3f} ± {row['se']:.3f} | "
-                    f"{row['unreadable']} | {delta} | {row['seconds']:.0f} |"
+                    f"{row['unreadable']} | {row['cut']} | {delta} | {row['seconds']:.0f} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -122,7 +128,7 @@ async def main(argv: Sequence[str] | None = None) -> str:
                     row = await score(task, prompt, reply_format, args.test, lm)
                     print(
                         f"{task} / {prompt} / {reply_format}: {row['accuracy']:.3f} "
-                        f"({row['unreadable']} unreadable, {row['seconds']:.0f} s)",
+                        f"({row['unreadable']} unreadable, {row['cut']} cut, {row['seconds']:.0f} s)",
                         flush=True,
                     )
                     rows.append(row)
@@ -132,6 +138,7 @@ async def main(argv: Sequence[str] | None = None) -> str:
     print(text)
     if args.out:
         await anyio.Path(args.out).write_text(text)
+        await anyio.Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
     return text
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import aprompt
-from aprompt import ChainOfThought, Example, OpenAICompatibleLM, Predict
+from aprompt import ChainOfThought, OpenAICompatibleLM, Predict
 from aprompt.optimize.budget import Budget, resolve_budget
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.evaluate import Metric
@@ -18,6 +18,7 @@ from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
 from aprompt.optimize.search import SearchLoop
 from aprompt.program.discovery import named_predictors
 from aprompt.program.overrides import PromptOverride
+from aprompt.run.report import RunView, describe_run
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import SMALL_BUDGET, QAProgram, exact_match, item_of, lm_for, qa_examples
@@ -165,6 +166,27 @@ async def test_using_the_chosen_prompt_makes_the_format_the_predictors_own(
     assert program.answer.reply_format == "bare"  # an override without a format keeps the current one
 
 
+# -- the report ------------------------------------------------------------------------------------
+def test_the_report_names_the_chosen_reply_format() -> None:
+    view = RunView(
+        run_dir=Path("run"),
+        config={},
+        predictors=("answer", "explain"),
+        trials=(),
+        full_evals=(),
+        instructions={"answer": {0: "Answer."}, "explain": {0: "Explain."}},
+        demo_sets={},
+        dropped=(),
+        best_choice={"answer.format": 1},
+        best_score=1.0,
+        finished=True,
+        reply_formats={"answer": ("fields", "bare"), "explain": ("fields", "bare")},
+    )
+    lines = describe_run(view).splitlines()
+    assert "  answer: instruction #0, 0 demos, bare reply" in lines
+    assert "  explain: instruction #0, 0 demos" in lines  # its own default format, not searched
+
+
 # -- the run's identity ----------------------------------------------------------------------------
 @pytest.mark.anyio
 async def test_resuming_with_the_switch_flipped_is_refused(tmp_path: Path) -> None:
@@ -190,3 +212,36 @@ async def test_resuming_with_the_switch_flipped_is_refused(tmp_path: Path) -> No
         with pytest.raises(aprompt.ConfigError, match=r"differs in: budget \("):
             await run(True)
         assert world.chat_requests == []
+
+
+# -- a whole run ------------------------------------------------------------------------------------
+def answers_only_when_bare_or_proposes(request: ChatRequest) -> str:
+    """:func:`answers_only_when_bare` for program calls; a fixed text for proposals and summaries."""
+    if "Output fields:\n- Answer" not in str(request.messages[0]["content"]):
+        return "Answer the question with its item's answer."
+    return answers_only_when_bare(request)
+
+
+# Strict: once the strategies build their candidates with ``with_formats`` and the chosen prompt is made the
+# program's own with ``use_prompt``, this passes and the marker must go.
+@pytest.mark.xfail(strict=True, reason="the strategies do not build their candidates with_formats yet")
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", ["mipro", "bayesian_bootstrap", "mipro_plus_plus"])
+async def test_an_optimization_with_the_switch_on_returns_the_better_format(
+    server: FakeOpenAIServer, lm: OpenAICompatibleLM, strategy: str
+) -> None:
+    server.responder = answers_only_when_bare_or_proposes
+    result = await aprompt.optimize(
+        QAProgram(),
+        qa_examples(0, 20),
+        exact_match,
+        valset=qa_examples(100, 120),
+        lm=lm,
+        strategy=strategy,
+        budget={**SMALL_BUDGET, "search_formats": True},
+        seed=1,
+    )
+    assert (result.baseline_score, result.score) == (0.0, 1.0)
+    assert result.best_choice["answer.format"] == 1
+    assert result.program.answer.reply_format == "bare"
+    assert result.to_dict()["state"]["predictors"]["answer"]["reply_format"] == "bare"
