@@ -29,6 +29,7 @@ BENCH_SCRIPTS = [
     "bench.lm_client",
     "bench.tpe",
     "bench.regret",
+    "bench.reply_format",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
 

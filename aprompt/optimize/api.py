@@ -296,8 +296,7 @@ async def _run(ctx: RunContext, strategy: Strategy, target: object, started: flo
     prompts = candidates.prompts_for(outcome.best_choice)
     for name, predictor in named_predictors(target):
         if name in prompts:
-            predictor.instruction = prompts[name].instruction
-            predictor.demos = prompts[name].demos
+            predictor.use_prompt(prompts[name])
     result = OptimizeResult(
         program=target,
         strategy=strategy.name,

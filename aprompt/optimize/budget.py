@@ -31,6 +31,8 @@ class Budget:
             instruction (both without demos; see :mod:`aprompt.optimize.proposal_filter`); 0 turns it off.
         parallel_trials: trials evaluated at once (suggestions asked together); ``None`` chooses from the
             LM's spare capacity: as many as its concurrency cap can serve with full mini-batches, 1 to 8.
+        search_formats: also search, per predictor with one output field, its reply format: ``Label: value``
+            lines or the bare value (see :mod:`aprompt.program.adapter`).
     """
 
     n_candidates: int = 6
@@ -42,6 +44,7 @@ class Budget:
     max_labeled_demos: int = 4
     parallel_trials: int | None = None
     screen_size: int = 5
+    search_formats: bool = False
 
     def __attrs_post_init__(self) -> None:
         optional = {"n_trials", "parallel_trials"}
@@ -50,6 +53,7 @@ class Budget:
             for f in attrs.fields(Budget)
             if not _is_count(getattr(self, f.name))
             and not (f.name in optional and getattr(self, f.name) is None)
+            and f.name != "search_formats"
         ]
         if not_whole:
             raise ConfigError(f"budget values must be whole numbers: {', '.join(not_whole)}")
@@ -63,6 +67,7 @@ class Budget:
             "screen_size": self.screen_size >= 0,
             "parallel_trials": self.parallel_trials is None or self.parallel_trials >= 1,
             "n_trials": self.n_trials is None or self.n_trials >= 1,
+            "search_formats": isinstance(self.search_formats, bool),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

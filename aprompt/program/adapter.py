@@ -11,19 +11,24 @@ calls):
    ``reasoning`` just has no ``Reasoning:`` line;
 3. a final user turn with this call's inputs.
 
-Rendering is a pure function of (signature, instruction, demos, inputs): byte-identical for equal
-arguments.
+The reply format is ``"fields"`` (the ``Label: value`` lines above) or, for a signature with exactly
+one output field, ``"bare"``: the model replies with the value alone, and each demo's assistant turn
+shows the value alone. A small model may find one of the two easier; :mod:`aprompt.optimize` can search
+it.
+
+Rendering is a pure function of (signature, instruction, demos, inputs, reply format): byte-identical
+for equal arguments.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
-from aprompt._errors import ParseError
+from aprompt._errors import ConfigError, ParseError
 from aprompt.lm.types import Message
 from aprompt.program.coerce import (
     CoercionError,
@@ -35,9 +40,41 @@ from aprompt.program.coerce import (
 from aprompt.program.fields import Field
 from aprompt.program.signature import Signature
 
-__all__ = ["Reading", "correction_message", "format_messages", "parse_reply", "read_reply"]
+__all__ = [
+    "REPLY_FORMATS",
+    "Reading",
+    "ReplyFormat",
+    "bare_applies",
+    "check_reply_format",
+    "correction_message",
+    "format_messages",
+    "parse_reply",
+    "read_reply",
+]
 
 _NO_INPUTS = "(no inputs)"
+
+#: ``"fields"``: one ``Label: value`` line per output field; ``"bare"``: the single output's value alone.
+ReplyFormat = Literal["fields", "bare"]
+REPLY_FORMATS: tuple[ReplyFormat, ...] = ("fields", "bare")
+
+
+def bare_applies(signature: Signature) -> bool:
+    """Whether ``signature`` can take a bare reply: it has exactly one output field (a
+    ``ChainOfThought`` never does: its ``reasoning`` is a second one)."""
+    return len(signature.outputs) == 1
+
+
+def check_reply_format(signature: Signature, reply_format: object, where: str) -> ReplyFormat:
+    """``reply_format`` if it is valid for ``signature``; :class:`ConfigError` naming ``where`` otherwise."""
+    if reply_format not in REPLY_FORMATS:
+        raise ConfigError(f"{where}: reply_format must be one of {list(REPLY_FORMATS)}, got {reply_format!r}")
+    if reply_format == "bare" and not bare_applies(signature):
+        raise ConfigError(
+            f"{where}: reply_format 'bare' needs exactly one output field; "
+            f"{signature} has {len(signature.outputs)} ({', '.join(signature.output_names)})"
+        )
+    return "bare" if reply_format == "bare" else "fields"
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -47,8 +84,10 @@ def format_messages(
     *,
     demos: Sequence[Mapping[str, Any]] = (),
     instruction: str | None = None,
+    reply_format: ReplyFormat = "fields",
 ) -> list[Message]:
-    """The messages a predictor sends for ``inputs``.
+    """The messages a predictor sends for ``inputs`` (``reply_format="bare"`` asks for the value alone;
+    :class:`ConfigError` for a signature with several output fields).
 
     Example::
 
@@ -56,10 +95,13 @@ def format_messages(
         # [{"role": "system", "content": "Given the fields `question`, ..."},
         #  {"role": "user", "content": "Question: 2+2?"}]
     """
-    messages: list[Message] = [{"role": "system", "content": system_prompt(signature, instruction)}]
+    bare = check_reply_format(signature, reply_format, "format_messages") == "bare"
+    messages: list[Message] = [
+        {"role": "system", "content": system_prompt(signature, instruction, reply_format)}
+    ]
     for demo in demos:
         user = _input_block(signature, demo)
-        assistant = _output_block(signature, demo)
+        assistant = _bare_value(signature, demo) if bare else _output_block(signature, demo)
         if assistant:  # a demo without any output value teaches nothing
             messages.append({"role": "user", "content": user or _NO_INPUTS})
             messages.append({"role": "assistant", "content": assistant})
@@ -67,32 +109,48 @@ def format_messages(
     return messages
 
 
-def system_prompt(signature: Signature, instruction: str | None = None) -> str:
+def system_prompt(
+    signature: Signature, instruction: str | None = None, reply_format: ReplyFormat = "fields"
+) -> str:
     """Instruction, field descriptions and the reply format: the part shared by every call."""
     parts = [(instruction if instruction is not None else signature.instruction).strip()]
     if signature.inputs:
         parts.append("Input fields:\n" + "\n".join(_describe(f, False) for f in signature.inputs))
     parts.append("Output fields:\n" + "\n".join(_describe(f, True) for f in signature.outputs))
-    parts.append(
-        "Reply in exactly this format, each field on its own line, in this order:\n" + reply_format(signature)
-    )
+    parts.append(_format_request(signature, reply_format))
     return "\n\n".join(p for p in parts if p)
 
 
-def reply_format(signature: Signature) -> str:
+def _format_request(signature: Signature, reply_format: ReplyFormat) -> str:
+    if check_reply_format(signature, reply_format, "system_prompt") == "bare":
+        field = signature.outputs[0]
+        kind = "" if field.annotation is str else f" ({describe_type(field.annotation)})"
+        return f"Reply with the {field.label}{kind} only: no label, no other text."
+    return "Reply in exactly this format, each field on its own line, in this order:\n" + reply_format_lines(
+        signature
+    )
+
+
+def reply_format_lines(signature: Signature) -> str:
     """``Label: <placeholder>`` per output field, e.g. ``Answer: <an integer>``."""
     return "\n".join(f"{f.label}: <{_placeholder(f)}>" for f in signature.outputs)
 
 
-def correction_message(signature: Signature, problems: Mapping[str, str]) -> str:
+def correction_message(
+    signature: Signature, problems: Mapping[str, str], reply_format: ReplyFormat = "fields"
+) -> str:
     """The follow-up user message after an unreadable reply: what was wrong, the exact format."""
     lines = [f"- {signature.field(name).label}: {why}" for name, why in problems.items()]
-    return (
-        "Your reply could not be read:\n"
-        + "\n".join(lines)
-        + "\nReply again with every field on its own line, in exactly this format:\n"
-        + reply_format(signature)
-    )
+    if check_reply_format(signature, reply_format, "correction_message") == "bare":
+        field = signature.outputs[0]
+        kind = "" if field.annotation is str else f" ({describe_type(field.annotation)})"
+        again = f"\nReply again with the {field.label}{kind} only: no label, no other text."
+    else:
+        again = (
+            "\nReply again with every field on its own line, in exactly this format:\n"
+            + reply_format_lines(signature)
+        )
+    return "Your reply could not be read:\n" + "\n".join(lines) + again
 
 
 def _describe(field: Field, output: bool) -> str:
@@ -123,6 +181,11 @@ def _output_block(signature: Signature, values: Mapping[str, Any]) -> str:
         for f in signature.outputs
         if f.name in values
     )
+
+
+def _bare_value(signature: Signature, values: Mapping[str, Any]) -> str:
+    field = signature.outputs[0]
+    return format_output(values[field.name], field.annotation) if field.name in values else ""
 
 
 def _line(label: str, text: str) -> str:
@@ -224,7 +287,7 @@ def _clean(value: str) -> str:
     return value if "\n" in value else value.strip("*").strip()
 
 
-def read_reply(signature: Signature, text: str) -> Reading:
+def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fields") -> Reading:
     """Read every output field from ``text``; never raises.
 
     Markers are ``Label:`` (or the field name) at a line start, any case, with markdown around them
@@ -235,12 +298,15 @@ def read_reply(signature: Signature, text: str) -> Reading:
     coerces wins. Unlabeled text before the first marker is the first output field's value when
     that field is text and has no marker (a model that reasons first and labels only its answer).
     With a single output field and no marker at all, the whole reply is the value.
+
+    A ``"bare"`` reply is read the same way (so one that labels its value anyway, ``Answer: 4``,
+    reads), except that an unlabeled value ends where the model goes on to echo an input label.
     """
     markers = _find_markers(signature, text)
     texts = _field_texts(markers, text)
     first = signature.outputs[0]
     if len(signature.outputs) == 1 and not texts:
-        texts = {first.name: [_clean(text)]}
+        texts = {first.name: _unlabeled_values(markers, text, reply_format)}
     elif texts and first.name not in texts and first.annotation is str:
         leading = _clean(text[: markers[0][0]])
         if leading:
@@ -264,38 +330,60 @@ def read_reply(signature: Signature, text: str) -> Reading:
     return Reading(values, problems)
 
 
-def answered_before_cut(signature: Signature, text: str) -> bool:
+def _unlabeled_values(markers: list[_Marker], text: str, reply_format: ReplyFormat) -> list[str]:
+    """A single output's value when no marker labels it: the whole reply; for a bare reply, first the
+    text before an echoed input label (``4\nQuestion: ...``), then the whole reply."""
+    whole = _clean(text)
+    if reply_format == "bare" and markers and markers[0][0] > 0:
+        before = _clean(text[: markers[0][0]])
+        if before:
+            return [before, whole]
+    return [whole]
+
+
+def answered_before_cut(signature: Signature, text: str, reply_format: ReplyFormat = "fields") -> bool:
     """Whether ``text``, a reply cut at its token budget, already holds its whole answer: every output
     field reads, and the last one written ended before the cut — a later marker follows it (the model
     went on to echo an input label), or, for a field that is not free text, a line break ends its value.
 
-    ``Answer: 91`` cut from ``Answer: 919`` does not; ``Answer: 919\nBecause ...`` does.
+    ``Answer: 91`` cut from ``Answer: 919`` does not; ``Answer: 919\nBecause ...`` does. An unlabeled
+    bare value ends the same ways: an input label follows it, or a line break ends a value that is not
+    free text (``91`` does not, ``919\nBecause ...`` does).
     """
-    if not read_reply(signature, text).ok:
+    if not read_reply(signature, text, reply_format).ok:
         return False
     markers = _find_markers(signature, text)
     written = [marker for marker in markers if marker[2] is not None]
     if not written:
-        return False  # the whole reply is the value: nothing shows where it would have ended
+        if reply_format != "bare":
+            return False  # the whole reply is the value: nothing shows where it would have ended
+        # An unlabeled bare value ends at an echoed input label after it, or at a line break.
+        return any(start > 0 for start, _, _ in markers) or _line_ended(signature.outputs[0], text.lstrip())
     last = written[-1]
     if any(marker[0] >= last[1] for marker in markers):
         return True
     field = next(f for f in signature.outputs if f.name == last[2])
+    return _line_ended(field, text[last[1] :])
+
+
+def _line_ended(field: Field, value: str) -> bool:
+    """Whether a line break ends ``value`` (the text after its marker) on a non-empty line; free text
+    may run on over several lines, so it never counts as ended."""
     if field.annotation is str:
         return False
-    value = text[last[1] :].lstrip(" \t")
+    value = value.lstrip(" \t")
     line_end = value.find("\n")
     return line_end > 0 and bool(value[:line_end].strip())
 
 
-def parse_reply(signature: Signature, text: str) -> dict[str, Any]:
+def parse_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fields") -> dict[str, Any]:
     """Read the output fields from ``text`` or raise :class:`~aprompt.ParseError`.
 
     Example::
 
         parse_reply(Signature.parse("q -> answer: int"), "**Answer:** about 42.")  # {"answer": 42}
     """
-    reading = read_reply(signature, text)
+    reading = read_reply(signature, text, reply_format)
     if reading.problems:
         raise ParseError(describe_problems(reading.problems), raw_text=text, missing=tuple(reading.problems))
     return reading.values

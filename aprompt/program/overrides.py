@@ -1,8 +1,8 @@
 """Per-task prompt overrides: run a program with other instructions and demos without changing it.
 
 An optimizer evaluates many prompt choices at once through ONE program object. Instead of mutating
-the predictors (which concurrent runs would see), it sets, in a context variable, the instruction
-and demos each predictor should use, plus a rollout index and sampling parameters (for
+the predictors (which concurrent runs would see), it sets, in a context variable, the instruction,
+demos and reply format each predictor should use, plus a rollout index and sampling parameters (for
 bootstrapping). Predictors read the override of the task they run in; tasks started inside inherit
 it.
 
@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from aprompt._errors import ConfigError
+from aprompt.program.adapter import REPLY_FORMATS, ReplyFormat, check_reply_format
 from aprompt.program.values import Demo, as_demo
 
 __all__ = [
@@ -45,10 +46,14 @@ def _demo_tuple(demos: Iterable[Demo | Mapping[str, Any]]) -> tuple[Demo, ...]:
 
 @attrs.frozen
 class PromptOverride:
-    """The instruction and demos one predictor uses inside :func:`override_prompts`."""
+    """The instruction, demos and reply format one predictor uses inside :func:`override_prompts`;
+    ``reply_format=None`` keeps the predictor's own."""
 
     instruction: str
     demos: tuple[Demo, ...] = attrs.field(default=(), converter=_demo_tuple)
+    reply_format: ReplyFormat | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(REPLY_FORMATS))
+    )
 
 
 @attrs.frozen
@@ -98,6 +103,8 @@ def override_prompts(
     resolved: dict[int, PromptOverride] = {}
     for name, value in prompts.items():
         override = value if isinstance(value, PromptOverride) else PromptOverride(value[0], value[1])
+        if override.reply_format is not None:
+            check_reply_format(by_name[name].signature, override.reply_format, f"predictor {name!r}")
         resolved[id(by_name[name])] = override
     active = ActiveOverrides(
         resolved,

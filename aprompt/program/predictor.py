@@ -11,7 +11,9 @@ from aprompt.lm.metering import metered_chat
 from aprompt.lm.replies import accepting_cut_replies, cut_reply_acceptor, incomplete_reply
 from aprompt.lm.types import LM, Message, TokenUsage
 from aprompt.program.adapter import (
+    ReplyFormat,
     answered_before_cut,
+    check_reply_format,
     correction_message,
     describe_problems,
     format_messages,
@@ -19,7 +21,7 @@ from aprompt.program.adapter import (
 )
 from aprompt.program.context import ACTIVE_TRACES, current_lm
 from aprompt.program.fields import Field
-from aprompt.program.overrides import active_overrides, note_call
+from aprompt.program.overrides import PromptOverride, active_overrides, note_call
 from aprompt.program.signature import Signature, as_signature
 from aprompt.program.values import Demo, Prediction, as_demo
 
@@ -31,7 +33,8 @@ REASONING = Field("reasoning", str, "step-by-step thinking that works out the an
 class Predict:
     """An async callable that fills a signature's output fields with one LM call.
 
-    Its prompt state — ``instruction`` and ``demos`` — is mutable and is what an optimizer changes;
+    Its prompt state — ``instruction``, ``demos`` and ``reply_format`` — is mutable and is what an
+    optimizer changes;
     the signature is fixed. A call keeps nothing on ``self``: it snapshots the state when it starts,
     so one predictor serves many concurrent calls (and may be re-tuned between them).
 
@@ -40,6 +43,8 @@ class Predict:
             declaration class.
         instruction: the starting instruction; the signature's by default.
         demos: starting demos (``Demo`` objects or mappings of field values).
+        reply_format: ``"fields"`` (``Label: value`` lines) or, for a signature with one output field,
+            ``"bare"`` (the value alone; demos are shown the same way).
         lm: the LM to use when a call gives none; else the :func:`use_lm` default.
         max_parse_retries: corrective follow-ups after an unreadable reply before ``ParseError``.
         **lm_params: sampling parameters for every call (``temperature=0.7``, ``max_tokens=256``).
@@ -57,6 +62,7 @@ class Predict:
         *,
         instruction: str | None = None,
         demos: Iterable[Demo | Mapping[str, Any]] = (),
+        reply_format: ReplyFormat = "fields",
         lm: LM | None = None,
         max_parse_retries: int = 2,
         **lm_params: Any,
@@ -66,6 +72,7 @@ class Predict:
         self._signature = self._prepare(as_signature(signature))
         self.instruction: str = instruction if instruction is not None else self._signature.instruction
         self.demos = demos
+        self.reply_format = reply_format
         self.lm = lm
         self.max_parse_retries = max_parse_retries
         self.lm_params: dict[str, Any] = dict(lm_params)
@@ -87,6 +94,16 @@ class Predict:
     @demos.setter
     def demos(self, demos: Iterable[Demo | Mapping[str, Any]]) -> None:
         self._demos = [as_demo(d) for d in demos]
+
+    @property
+    def reply_format(self) -> ReplyFormat:
+        """``"fields"`` or ``"bare"``; setting ``"bare"`` on a signature with several output fields
+        raises :class:`ConfigError`."""
+        return self._reply_format
+
+    @reply_format.setter
+    def reply_format(self, reply_format: ReplyFormat) -> None:
+        self._reply_format = check_reply_format(self._signature, reply_format, repr(self))
 
     # -- calling ---------------------------------------------------------------------------------
     async def __call__(
@@ -111,8 +128,10 @@ class Predict:
         client = self._resolve_lm(lm)
         self._check_inputs(inputs)
         signature = self._signature
-        instruction, demos, params, rollout = self._effective_settings(rollout, lm_params)
-        messages = format_messages(signature, inputs, demos=demos, instruction=instruction)
+        instruction, demos, reply_format, params, rollout = self._effective_settings(rollout, lm_params)
+        messages = format_messages(
+            signature, inputs, demos=demos, instruction=instruction, reply_format=reply_format
+        )
         conversation: list[Message] = messages
         usage = TokenUsage()
         caller_accepts = cut_reply_acceptor()  # a caller that can use a cut reply (the proposer) says so
@@ -123,7 +142,7 @@ class Predict:
             traces = ACTIVE_TRACES.get()  # the innermost is the program run's own: it tells runs apart
             with accepting_cut_replies(
                 lambda text: (
-                    answered_before_cut(signature, text)
+                    answered_before_cut(signature, text, reply_format)
                     or (caller_accepts is not None and caller_accepts(text))
                 )
             ):
@@ -138,7 +157,7 @@ class Predict:
                 usage.prompt_tokens + completion.usage.prompt_tokens,
                 usage.completion_tokens + completion.usage.completion_tokens,
             )
-            reading = read_reply(signature, completion.text)
+            reading = read_reply(signature, completion.text, reply_format)
             if reading.ok:
                 prediction = Prediction(reading.values, completion=completion, usage=usage)
                 for sink in ACTIVE_TRACES.get():
@@ -149,7 +168,7 @@ class Predict:
             conversation = [
                 *messages,
                 {"role": "assistant", "content": completion.text},
-                {"role": "user", "content": correction_message(signature, reading.problems)},
+                {"role": "user", "content": correction_message(signature, reading.problems, reply_format)},
             ]
         raise ParseError(
             f"{self!r}: reply unreadable after {self.max_parse_retries + 1} attempt(s): "
@@ -160,10 +179,10 @@ class Predict:
 
     def _effective_settings(
         self, rollout: int | None, lm_params: Mapping[str, Any] | None
-    ) -> tuple[str, tuple[Demo, ...], dict[str, Any], int]:
-        """Snapshot of (instruction, demos, sampling params, rollout) for one call: the call's
-        arguments over the task's prompt overrides over this predictor's own state."""
-        instruction, demos = self.instruction, tuple(self._demos)
+    ) -> tuple[str, tuple[Demo, ...], ReplyFormat, dict[str, Any], int]:
+        """Snapshot of (instruction, demos, reply format, sampling params, rollout) for one call: the
+        call's arguments over the task's prompt overrides over this predictor's own state."""
+        instruction, demos, reply_format = self.instruction, tuple(self._demos), self._reply_format
         params = dict(self.lm_params)
         overrides = active_overrides()
         note_call(self, overrides)  # a call the run's prompts cannot reach fails the evaluation
@@ -171,10 +190,11 @@ class Predict:
             prompt = overrides.prompts.get(id(self))
             if prompt is not None:
                 instruction, demos = prompt.instruction, prompt.demos
+                reply_format = prompt.reply_format or reply_format
             params.update(overrides.lm_params)
             rollout = overrides.rollout if rollout is None else rollout
         params.update(lm_params or {})
-        return instruction, demos, params, rollout or 0
+        return instruction, demos, reply_format, params, rollout or 0
 
     def _resolve_lm(self, lm: LM | None) -> LM:
         resolved = lm if lm is not None else self.lm if self.lm is not None else current_lm()
@@ -202,18 +222,33 @@ class Predict:
 
     # -- prompt state ----------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
-        """This predictor's prompt state: ``{"signature", "instruction", "demos"}``."""
-        return {
+        """This predictor's prompt state: ``{"signature", "instruction", "demos"}``, plus
+        ``"reply_format"`` when it is not the default ``"fields"`` (so the state of a predictor that
+        keeps the default reads as it did before reply formats existed)."""
+        state = {
             "signature": str(self._signature),
             "instruction": self.instruction,
             "demos": [d.to_dict() for d in self._demos],
         }
+        if self._reply_format != "fields":
+            state["reply_format"] = self._reply_format
+        return state
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Restore prompt state from :meth:`get_state`; :class:`StateError` if it does not fit."""
+        """Restore prompt state from :meth:`get_state` (a state without ``"reply_format"`` means
+        ``"fields"``); :class:`StateError` if it does not fit."""
         check_state(self, state)
         self.instruction = state["instruction"]
         self.demos = state["demos"]
+        self.reply_format = state.get("reply_format", "fields")
+
+    def use_prompt(self, prompt: PromptOverride) -> None:
+        """Make ``prompt`` (e.g. an optimizer's choice) this predictor's own: its instruction, demos and
+        reply format (``None`` keeps the current one)."""
+        self.instruction = prompt.instruction
+        self.demos = prompt.demos
+        if prompt.reply_format is not None:
+            self.reply_format = prompt.reply_format
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Predict:
         # Copies share the (immutable) signature and the LM client — never duplicate a connection
@@ -244,6 +279,10 @@ def check_state(predictor: Predict, state: Mapping[str, Any], where: str = "") -
         isinstance(d, Mapping) and all(isinstance(k, str) for k in d) for d in demos
     ):
         raise StateError(f"{where}: 'demos' must be a list of objects with string keys")
+    try:
+        check_reply_format(predictor.signature, state.get("reply_format", "fields"), where)
+    except ConfigError as exc:
+        raise StateError(str(exc)) from None
 
 
 class ChainOfThought(Predict):

@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 
 from aprompt._errors import ConfigError
+from aprompt.program.adapter import REPLY_FORMATS
 from aprompt.run.journal import JOURNAL_FILE, RunJournal
 
 __all__ = [
@@ -48,10 +49,12 @@ RESULT_FILE = "result.json"
 
 @attrs.frozen
 class PromptView:
-    """One predictor's prompt: its instruction (``None`` when the journal does not hold it) and demos."""
+    """One predictor's prompt: its instruction (``None`` when the journal does not hold it), demos, and
+    reply format (``None`` when the run does not show it: no original program beside the journal)."""
 
     instruction: str | None
     demos: tuple[Mapping[str, Any], ...]
+    reply_format: str | None = None
 
 
 @attrs.frozen
@@ -83,6 +86,8 @@ class RunView:
     phases: tuple[Mapping[str, Any], ...] = ()
     seconds: float | None = None
     stopped_by: str | None = None
+    #: per predictor, its reply formats as the search indexes them (its own first).
+    reply_formats: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     @property
     def strategy(self) -> str:
@@ -100,8 +105,14 @@ class RunView:
         choice = choice or {}
         i = choice.get(f"{predictor}.instruction", 0)
         d = choice.get(f"{predictor}.demos", 0)
+        f = choice.get(f"{predictor}.format", 0)
         sets = self.demo_sets.get(predictor, ())
-        return PromptView(self.instructions.get(predictor, {}).get(i), sets[d] if d < len(sets) else ())
+        formats = self.reply_formats.get(predictor, ())
+        return PromptView(
+            self.instructions.get(predictor, {}).get(i),
+            sets[d] if d < len(sets) else (),
+            formats[f] if f < len(formats) else None,
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -152,9 +163,13 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
             instructions.setdefault(name, {}).update(dict(enumerate(cands.get("instructions", ()))))
             if name not in demo_sets:
                 demo_sets[name] = tuple(tuple(s.get("demos", ())) for s in cands.get("demo_sets", ()))
+    reply_formats: dict[str, tuple[str, ...]] = {}
     if isinstance(original, dict):
         for name, state in original.get("predictors", {}).items():
             instructions.setdefault(name, {}).setdefault(0, str(state.get("instruction", "")))
+            # Index 0 is the predictor's own format; a searched format parameter's other choice is the other.
+            own = str(state.get("reply_format", "fields"))
+            reply_formats[name] = (own, *(f for f in REPLY_FORMATS if f != own))
     best_choice, best_score = _best(final, full_evals)
     usable = isinstance(result, dict) and final is not None and result.get("score") == final.get("score")
     return RunView(
@@ -172,6 +187,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         phases=tuple(result.get("phases", ())) if usable and isinstance(result, dict) else (),
         seconds=result.get("seconds") if usable and isinstance(result, dict) else None,
         stopped_by=result.get("stopped_by") if usable and isinstance(result, dict) else None,
+        reply_formats=reply_formats,
     )
 
 
@@ -223,6 +239,12 @@ def _choice_text(choice: Mapping[str, int]) -> str:
     return " ".join(f"{key}={value}" for key, value in choice.items())
 
 
+def _shows_format(view: RunView, name: str, prompt: PromptView) -> bool:
+    """Whether a prompt's reply format is worth a word: it was searched, or it is not the default."""
+    searched = f"{name}.format" in (view.best_choice or {})
+    return prompt.reply_format is not None and (searched or prompt.reply_format != "fields")
+
+
 def describe_run(view: RunView, *, max_instruction: int = 300) -> str:
     """Readable text of a run: its state, the trials, the full evaluations and the best prompts."""
     lines = [f"run {view.run_dir}: {view.strategy}, seed {view.config.get('seed', '?')}"]
@@ -255,7 +277,8 @@ def describe_run(view: RunView, *, max_instruction: int = 300) -> str:
             text = "(the original instruction)" if index == 0 else f"(candidate #{index}, not journaled)"
         elif len(text) > max_instruction:
             text = text[: max_instruction - 1] + "…"
-        lines.append(f"  {name}: instruction #{index}, {len(prompt.demos)} demos")
+        reply = f", {prompt.reply_format} reply" if _shows_format(view, name, prompt) else ""
+        lines.append(f"  {name}: instruction #{index}, {len(prompt.demos)} demos{reply}")
         lines += [f"    {line}" for line in text.splitlines() or [""]]
     return "\n".join(lines)
 

@@ -142,6 +142,10 @@ def _prompt_box(title: str, prompt: PromptView, css: str) -> str:
     return f'<div class="prompt {css}"><div class="head">{_e(title)}</div>{body}{_demos(prompt.demos)}</div>'
 
 
+def _format_note(prompt: PromptView) -> str:
+    return f", {prompt.reply_format} reply" if prompt.reply_format not in (None, "fields") else ""
+
+
 def _prompts(view: RunView) -> str:
     if view.best_choice is None:
         return '<p class="note">No combination was fully evaluated yet.</p>'
@@ -154,7 +158,9 @@ def _prompts(view: RunView) -> str:
         parts.append(
             f"<h3>{_e(name)}</h3><div class='side'>"
             + _prompt_box("Original", original, "")
-            + _prompt_box(f"Optimized · instruction #{i}, demo set #{d}", best, "optimized")
+            + _prompt_box(
+                f"Optimized · instruction #{i}, demo set #{d}{_format_note(best)}", best, "optimized"
+            )
             + "</div>"
         )
     return "".join(parts)
@@ -184,6 +190,9 @@ def _preferences(view: RunView, stats: Mapping[str, list[CandidateStats]]) -> st
                 text = view.instructions.get(name, {}).get(row.index)
                 what = _e((text or "")[:110] + ("…" if text and len(text) > 110 else ""))
                 what = what or ("" if row.index == 0 else "<i>not journaled</i>")
+            elif part == "format":
+                formats = view.reply_formats.get(name, ())
+                what = f"{formats[row.index]} reply" if row.index < len(formats) else "?"
             else:
                 sets = view.demo_sets.get(name, ())
                 what = f"{len(sets[row.index])} demos" if row.index < len(sets) else "?"

@@ -24,4 +24,5 @@ class BayesianBootstrap(Strategy):
         demo_sets = await bootstrap_candidates(ctx)
         base = Candidates.original(ctx.predictors)
         candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
+        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
         return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)

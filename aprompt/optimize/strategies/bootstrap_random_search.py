@@ -29,6 +29,7 @@ class BootstrapRandomSearch(Strategy):
         demo_sets = await bootstrap_candidates(ctx)
         base = Candidates.original(ctx.predictors)
         candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
+        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
         space = candidates.parameters()
         n_full = max(1, ctx.budget.trials_for(len(ctx.predictors), True) // ctx.budget.full_eval_every)
         rng = random.Random(f"{ctx.seed}:random-search")

@@ -22,4 +22,5 @@ class Mipro(Strategy):
         demo_sets = await bootstrap_candidates(ctx)
         instructions = await instruction_candidates(ctx, demo_sets)
         candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)
+        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
         return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)

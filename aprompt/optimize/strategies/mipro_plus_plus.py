@@ -50,7 +50,7 @@ class MiproPlusPlus(Strategy):
             tuple(n for n, _ in ctx.predictors),
             {n: (p.instruction,) for n, p in ctx.predictors},
             demo_sets,
-        )
+        ).with_formats(ctx.predictors, ctx.budget.search_formats)
         n_trials = self.plan_for(ctx).n_trials
         async with ctx.phase("search", f"{n_trials} trials with proposals"):
             loop = search_loop(ctx, candidates, n_trials, _ProposalHook(ctx, texts))
@@ -75,7 +75,7 @@ class _ProposalHook:
         return out
 
     async def resolve(self, loop: SearchLoop, choice: dict[str, int]) -> dict[str, int]:
-        resolved = {k: v for k, v in choice.items() if k.endswith(".demos")}
+        resolved = {k: v for k, v in choice.items() if k.endswith((".demos", ".format"))}
         for name, predictor in self.ctx.predictors:
             g, t = choice.get(f"{name}.grounding", 0), choice.get(f"{name}.temperature", 0)
             key = (name, g, t)

@@ -26,6 +26,7 @@ class MiproReflective(Strategy):
         demo_sets = await bootstrap_candidates(ctx)
         instructions = await instruction_candidates(ctx, demo_sets)
         candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)
+        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
         n_trials = self.plan_for(ctx).n_trials
         async with ctx.phase("search", f"{n_trials} trials with reflective proposals"):
             loop = search_loop(ctx, candidates, n_trials, after_evaluation=ReflectiveProposals(ctx))

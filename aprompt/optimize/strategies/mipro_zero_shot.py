@@ -26,4 +26,5 @@ class MiproZeroShot(Strategy):
         instructions = await instruction_candidates(ctx, {})
         base = Candidates.original(ctx.predictors)
         candidates = attrs.evolve(base, instructions=instructions, search_demos=False)
+        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
         return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)
