@@ -31,6 +31,11 @@ class Budget:
             instruction (both without demos; see :mod:`aprompt.optimize.proposal_filter`); 0 turns it off.
         parallel_trials: trials evaluated at once (suggestions asked together); ``None`` chooses from the
             LM's spare capacity: as many as its concurrency cap can serve with full mini-batches, 1 to 8.
+        racing: spend the full evaluations' budget on races among the most promising combinations
+            (growing shared parts of the valset, clear losers dropped early) and stop a trial after the
+            first part of its mini-batch when it is clearly losing to the current pick, instead of one
+            full evaluation every ``full_eval_every`` trials (see :mod:`aprompt.optimize.racing`); the
+            run sends at most the LM calls it would without. ``False`` gives the plain schedule.
     """
 
     n_candidates: int = 6
@@ -42,13 +47,17 @@ class Budget:
     max_labeled_demos: int = 4
     parallel_trials: int | None = None
     screen_size: int = 5
+    racing: bool = True
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.racing, bool):
+            raise ConfigError(f"budget value racing must be True or False, not {self.racing!r}")
         optional = {"n_trials", "parallel_trials"}
         not_whole = [
             f.name
             for f in attrs.fields(Budget)
-            if not _is_count(getattr(self, f.name))
+            if f.name != "racing"
+            and not _is_count(getattr(self, f.name))
             and not (f.name in optional and getattr(self, f.name) is None)
         ]
         if not_whole:

@@ -74,6 +74,12 @@ class PairedDifference:
             return False
         return self.mean > 0.0 if self.n < MIN_SHARED else self.low > 0.0
 
+    def worse(self) -> bool:
+        """``a`` is clearly worse than ``b``: on at least :data:`MIN_SHARED` examples, the interval lies
+        below 0. Used to drop a candidate early (a race's rung, a trial's first stage); never said on
+        thinner evidence, where a candidate runs on instead."""
+        return self.n >= MIN_SHARED and self.high < 0.0
+
     def describe(self) -> str:
         thin = f"; fewer than {MIN_SHARED} examples: no confidence bound" if self.n < MIN_SHARED else ""
         return (
