@@ -163,7 +163,8 @@ def estimate_calls(
     screen_runs: int = 0,
 ) -> CallEstimate:
     """Upper-bound estimate before any cache: full evaluations (baseline, one per ``full_eval_every``
-    trials and a last one) plus every mini-batch; ``screen_runs`` program runs screen the proposals."""
+    trials and a last one) plus every mini-batch; ``screen_runs`` program runs screen the proposals.
+    With ``racing`` the search spends at most these program runs, differently divided."""
     full_evals = 1 + math.ceil(n_trials / budget.full_eval_every)
     runs = full_evals * val_size + n_trials * min(budget.minibatch_size, val_size)
     return CallEstimate(

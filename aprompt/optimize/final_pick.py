@@ -1,13 +1,13 @@
 """The final pick: which program a search returns, decided on paired evidence.
 
-Every combination the search scored has per-example scores (its mini-batch trials and full evaluations,
-merged by example id). Two combinations are compared on the examples *both* were scored on: the paired
-differences ``a − b`` per shared example, their mean, and a paired t-interval. A combination is **better**
-than another when the interval's lower end — a one-sided lower confidence bound — is above 0 on at least
-``min_shared`` shared examples. The bound's level is 95 %, Bonferroni-adjusted for the ``k`` fully
-evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is the best of several, so without
-the adjustment the chance that one of them wins by luck alone would grow with ``k``. The reported interval
-is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
+Every combination the search scored has per-example scores (its mini-batch trials, race rungs and full
+evaluations, merged by example id; see :mod:`aprompt.optimize.racing`). Two combinations are compared on the
+examples *both* were scored on: the paired differences ``a − b`` per shared example, their mean, and a paired
+t-interval. A combination is **better** than another when the interval's lower end — a one-sided lower
+confidence bound — is above 0 on at least ``min_shared`` shared examples. The bound's level is 95 %,
+Bonferroni-adjusted for the ``k`` fully evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is
+the best of several, so without the adjustment the chance that one of them wins by luck alone would grow with
+``k``. The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
 
 A validation set of fewer than ``MIN_SHARED`` (10) examples is too small for a confidence bound to ever
 say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combination is better when its mean

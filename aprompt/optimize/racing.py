@@ -38,7 +38,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +46,12 @@ import attrs
 
 from aprompt._errors import JournalError
 from aprompt._taskgroups import plain_errors_task_group
+from aprompt.optimize.evaluate import Evaluation
 from aprompt.optimize.examples import Example
 from aprompt.optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference
 
 if TYPE_CHECKING:
+    from aprompt.optimize.outage import OutageGuard
     from aprompt.optimize.search import SearchLoop
 
 logger = logging.getLogger("aprompt")
@@ -133,6 +135,58 @@ def affordable(increments: Sequence[Sequence[int]], allowance: int) -> int:
 
 def _choice_json(choice: Mapping[str, int]) -> str:
     return json.dumps(sorted((name, int(value)) for name, value in choice.items()))
+
+
+async def staged_evaluation(
+    outage: OutageGuard,
+    run: Callable[[Sequence[Example]], Awaitable[Evaluation]],
+    batch: Sequence[Example],
+    incumbent: Mapping[str, float] | None,
+    what: str,
+) -> tuple[Evaluation, bool]:
+    """A trial's mini-batch in two stages, each concurrent inside; after the first, a trial clearly
+    losing to ``incumbent`` (the pick's scores; ``None``: no stopping) stops. Returns the evaluation of
+    the examples run, in the batch's order, and whether it stopped early."""
+    first = first_stage_size(len(batch)) if incumbent is not None else None
+    if first is None or incumbent is None:
+        return await outage.evaluate(run, batch, what), False
+    evaluation = await outage.evaluate(run, batch[:first], what)
+    if clearly_worse(evaluation.scores, incumbent):
+        return evaluation, True
+    rest = await outage.evaluate(run, batch[first:], what)
+    return Evaluation(evaluation.results + rest.results), False
+
+
+async def final_races(loop: SearchLoop, left: int) -> None:
+    """Races on what the plan has ``left`` (at least one full evaluation's worth, as without racing),
+    until no entrant can be completed."""
+    allowance = max(left, len(loop.valset))
+    while allowance > 0:
+        if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
+            return
+        entrants = _final_entrants(loop)
+        if not entrants:
+            return
+        settled = len(loop.full_evals) + len(loop.raced_out)
+        spent = await run_race(loop, entrants, allowance)
+        if spent == 0 and len(loop.full_evals) + len(loop.raced_out) == settled:
+            return  # no entrant was affordable
+        allowance -= spent
+
+
+def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:
+    """The pick's untested challengers while the baseline is kept, then the best by the pooled
+    estimate."""
+    current = loop.decide()
+    tested = {key_of(f.choice) for f in loop.full_evals}
+    first = [
+        dict(c)
+        for c in (current.challengers if current.kept_baseline else ())
+        if key_of(c) not in tested and key_of(c) not in loop.raced_out
+    ]
+    firsts = {key_of(c) for c in first}
+    rest = [c for c in loop.ranked_untested(MAX_ENTRANTS) if key_of(c) not in firsts]
+    return (first + rest)[:MAX_ENTRANTS]
 
 
 async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> int:

@@ -61,7 +61,14 @@ from aprompt.optimize.final_pick import (
 )
 from aprompt.optimize.outage import OutageGuard
 from aprompt.optimize.pooling import ranked_combinations
-from aprompt.optimize.racing import MAX_ENTRANTS, RungEval, clearly_worse, first_stage_size, run_race
+from aprompt.optimize.racing import (
+    MAX_ENTRANTS,
+    RungEval,
+    final_races,
+    first_stage_size,
+    run_race,
+    staged_evaluation,
+)
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
@@ -353,45 +360,16 @@ class SearchLoop:
     async def _final_evaluations(self) -> None:
         planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
         if self.racing:
-            await self._final_races(planned)
+            n = len(self.valset)
+            await final_races(self, planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent)
             return
         for _ in range(max(1, planned - len(self.full_evals))):
-            if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
+            if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
                 return
             choice = self._next_for_pick()
             if choice is None:
                 return
             await self.full_evaluation(choice)
-
-    async def _final_races(self, planned: int) -> None:
-        """Races on what the plan leaves (at least one full evaluation's worth, as without racing)."""
-        n = len(self.valset)
-        plan = planned * n + self.n_trials * min(self.minibatch_size, n)
-        allowance = max(plan - self._spent, n)
-        while allowance > 0:
-            if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
-                return
-            entrants = self._final_entrants()
-            if not entrants:
-                return
-            settled = len(self._tested) + len(self.raced_out)
-            spent = await run_race(self, entrants, allowance)
-            if spent == 0 and len(self._tested) + len(self.raced_out) == settled:
-                return  # no entrant was affordable
-            allowance -= spent
-
-    def _final_entrants(self) -> list[dict[str, int]]:
-        """The pick's untested challengers while the baseline is kept, then the best by the pooled
-        estimate."""
-        current = self.decide()
-        excluded = self._tested | self.raced_out
-        first = (
-            [dict(c) for c in current.challengers if key_of(c) not in excluded]
-            if current.kept_baseline
-            else []
-        )
-        rest = [c for c in self.ranked_untested(MAX_ENTRANTS) if key_of(c) not in {key_of(f) for f in first}]
-        return (first + rest)[:MAX_ENTRANTS]
 
     def _next_for_pick(self) -> dict[str, int] | None:
         """While the baseline is kept, its most promising challenger without a full evaluation (the
@@ -425,7 +403,7 @@ class SearchLoop:
         key = key_of(choice)
         return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
 
-    def _stops_as_nothing_scores(self) -> bool:
+    def stops_as_nothing_scores(self) -> bool:
         """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
         if len(self.full_evals) != 1 or not self._nothing_scored():
             return False
@@ -441,7 +419,7 @@ class SearchLoop:
         return nothing_scores(self.full_evals[0].scores, [t.scores for t in self.trials])
 
     async def full_evaluate_best_untested(self) -> FullEval | None:
-        if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
+        if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
             return None
         choice = self.next_full_evaluation()
         return await self.full_evaluation(choice) if choice is not None else None
@@ -521,7 +499,7 @@ class SearchLoop:
             await self.full_evaluate_best_untested()
             return
         self._points += 1
-        if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
+        if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
             return
         n = len(self.valset)
         plan = (1 + self._points) * n + len(self.trials) * min(self.minibatch_size, n)
@@ -591,21 +569,10 @@ class SearchLoop:
     ) -> Trial:
         started = time.monotonic()
         batch = self._batch_of(number)
-        run = partial(self._evaluate, choice)
-        first = first_stage_size(len(batch)) if incumbent is not None else None
-        stopped_early = False
-        if first is None:
-            evaluation = await self.outage.evaluate(run, batch, f"trial {number}")
-        else:
-            # Two stages, each concurrent inside: a trial clearly losing to the pick stops after the first.
-            evaluation = await self.outage.evaluate(run, batch[:first], f"trial {number}")
-            assert incumbent is not None
-            stopped_early = clearly_worse(evaluation.scores, incumbent)
-            if stopped_early:
-                batch = batch[:first]
-            else:
-                rest = await self.outage.evaluate(run, batch[first:], f"trial {number}")
-                evaluation = Evaluation(evaluation.results + rest.results)
+        evaluation, stopped_early = await staged_evaluation(
+            self.outage, partial(self._evaluate, choice), batch, incumbent, f"trial {number}"
+        )
+        batch = batch[: len(evaluation.results)]
         return Trial(
             number=number,
             choice=choice,
