@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from aprompt._errors import JournalError
-from aprompt._taskgroups import plain_errors_task_group
 from aprompt.optimize.evaluate import Evaluation
 from aprompt.optimize.examples import Example
 from aprompt.optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference
@@ -277,16 +276,9 @@ def _dropped(
 async def _rung_all(
     loop: SearchLoop, race: int, rung: int, todo: Sequence[tuple[dict[str, int], list[Example]]]
 ) -> list[RungEval]:
-    """One rung's evaluations, run together, in the order of ``todo`` whatever order they finish in."""
-    done: dict[str, RungEval] = {}
-
-    async def one(choice: dict[str, int], examples: list[Example]) -> None:
-        done[_choice_json(choice)] = await _rung(loop, race, rung, choice, examples)
-
-    async with plain_errors_task_group() as group:
-        for choice, examples in todo:
-            group.start_soon(one, choice, examples)
-    return [done[_choice_json(choice)] for choice, _ in todo]
+    """One rung's evaluations, one racer after another (each concurrent inside): racers often share a
+    predictor's prompt, whose calls are then answered from the cache instead of being sent at once."""
+    return [await _rung(loop, race, rung, choice, examples) for choice, examples in todo]
 
 
 def _rung_key(race: int, rung: int, choice: Mapping[str, int]) -> str:
