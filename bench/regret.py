@@ -129,7 +129,11 @@ async def one_run(
     strategy: str = "mipro",
 ) -> Run:
     lm = WorldLM(WORLDS[world]())
-    val_size = budget["val_size"] if isinstance(budget, Mapping) else PRESET_VAL_SIZE[budget]
+    val_size = (
+        budget.get("val_size", PRESET_VAL_SIZE[budget.get("preset", "light")])
+        if isinstance(budget, Mapping)
+        else PRESET_VAL_SIZE[budget]
+    )
     started = time.monotonic()
     result = await aprompt.optimize(
         TwoStageProgram(),
@@ -230,10 +234,18 @@ RUN_HEADER = [
 ]
 
 
-async def run_all(budgets: Sequence[str], n_runs: int, world: str, strategy: str = "mipro") -> list[Run]:
+async def run_all(
+    budgets: Sequence[str], n_runs: int, world: str, strategy: str = "mipro", racing: bool = True
+) -> list[Run]:
     runs = []
     for name in budgets:
         budget: str | Mapping[str, Any] = QUICK_BUDGET if name == "quick" else name
+        if not racing:
+            budget = (
+                {**budget, "racing": False}
+                if isinstance(budget, Mapping)
+                else {"preset": name, "racing": False}
+            )
         for seed in range(n_runs):
             run = await one_run(name, budget, seed, world, strategy)
             print(
@@ -255,6 +267,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
     parser.add_argument("--world", choices=sorted(WORLDS), default="world", help="the simulated world")
     parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
     parser.add_argument("--strategy", default="mipro", help="the aprompt strategy run (default mipro)")
+    parser.add_argument(
+        "--no-racing", action="store_true", help="Budget.racing=False: one full evaluation per period"
+    )
     args = parser.parse_args(argv)
     logging.getLogger("aprompt").setLevel(logging.WARNING)
     budgets = [b for b in args.budgets.split(",") if b]
@@ -267,7 +282,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
         n_runs = args.runs
     command = command_line("regret", argv)
     print(f"command: {command}", flush=True)
-    runs = anyio.run(run_all, budgets, n_runs, args.world, args.strategy)
+    runs = anyio.run(run_all, budgets, n_runs, args.world, args.strategy, not args.no_racing)
     summary = markdown_table(SUMMARY_HEADER, summary_rows(runs))
     print("\n" + summary, flush=True)
     out_dir = args.out_dir if args.out_dir is not None or args.quick else RESULTS_DIR

@@ -33,6 +33,11 @@ class Budget:
             LM's spare capacity: as many as its concurrency cap can serve with full mini-batches, 1 to 8.
         search_formats: also search, per predictor with one output field, its reply format: ``Label: value``
             lines or the bare value (see :mod:`aprompt.program.adapter`).
+        racing: spend the full evaluations' budget on races among the most promising combinations
+            (growing shared parts of the valset, clear losers dropped early) and stop a trial after the
+            first part of its mini-batch when it is clearly losing to the current pick, instead of one
+            full evaluation every ``full_eval_every`` trials (see :mod:`aprompt.optimize.racing`); the
+            run sends at most the LM calls it would without. ``False`` gives the plain schedule.
     """
 
     n_candidates: int = 6
@@ -45,13 +50,17 @@ class Budget:
     parallel_trials: int | None = None
     screen_size: int = 5
     search_formats: bool = False
+    racing: bool = True
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.racing, bool):
+            raise ConfigError(f"budget value racing must be True or False, not {self.racing!r}")
         optional = {"n_trials", "parallel_trials"}
         not_whole = [
             f.name
             for f in attrs.fields(Budget)
-            if not _is_count(getattr(self, f.name))
+            if f.name != "racing"
+            and not _is_count(getattr(self, f.name))
             and not (f.name in optional and getattr(self, f.name) is None)
             and f.name != "search_formats"
         ]
@@ -159,7 +168,8 @@ def estimate_calls(
     screen_runs: int = 0,
 ) -> CallEstimate:
     """Upper-bound estimate before any cache: full evaluations (baseline, one per ``full_eval_every``
-    trials and a last one) plus every mini-batch; ``screen_runs`` program runs screen the proposals."""
+    trials and a last one) plus every mini-batch; ``screen_runs`` program runs screen the proposals.
+    With ``racing`` the search spends at most these program runs, differently divided."""
     full_evals = 1 + math.ceil(n_trials / budget.full_eval_every)
     runs = full_evals * val_size + n_trials * min(budget.minibatch_size, val_size)
     return CallEstimate(

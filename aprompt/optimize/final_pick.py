@@ -1,13 +1,13 @@
 """The final pick: which program a search returns, decided on paired evidence.
 
-Every combination the search scored has per-example scores (its mini-batch trials and full evaluations,
-merged by example id). Two combinations are compared on the examples *both* were scored on: the paired
-differences ``a − b`` per shared example, their mean, and a paired t-interval. A combination is **better**
-than another when the interval's lower end — a one-sided lower confidence bound — is above 0 on at least
-``min_shared`` shared examples. The bound's level is 95 %, Bonferroni-adjusted for the ``k`` fully
-evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is the best of several, so without
-the adjustment the chance that one of them wins by luck alone would grow with ``k``. The reported interval
-is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
+Every combination the search scored has per-example scores (its mini-batch trials, race rungs and full
+evaluations, merged by example id; see :mod:`aprompt.optimize.racing`). Two combinations are compared on the
+examples *both* were scored on: the paired differences ``a − b`` per shared example, their mean, and a paired
+t-interval. A combination is **better** than another when the interval's lower end — a one-sided lower
+confidence bound — is above 0 on at least ``min_shared`` shared examples. The bound's level is 95 %,
+Bonferroni-adjusted for the ``k`` fully evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is
+the best of several, so without the adjustment the chance that one of them wins by luck alone would grow with
+``k``. The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
 
 A validation set of fewer than ``MIN_SHARED`` (10) examples is too small for a confidence bound to ever
 say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combination is better when its mean
@@ -73,6 +73,12 @@ class PairedDifference:
         if self.n < min_shared:
             return False
         return self.mean > 0.0 if self.n < MIN_SHARED else self.low > 0.0
+
+    def worse(self) -> bool:
+        """``a`` is clearly worse than ``b``: on at least :data:`MIN_SHARED` examples, the interval lies
+        below 0. Used to drop a candidate early (a race's rung, a trial's first stage); never said on
+        thinner evidence, where a candidate runs on instead."""
+        return self.n >= MIN_SHARED and self.high < 0.0
 
     def describe(self) -> str:
         thin = f"; fewer than {MIN_SHARED} examples: no confidence bound" if self.n < MIN_SHARED else ""

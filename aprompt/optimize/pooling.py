@@ -95,18 +95,34 @@ def best_combination(
     exclude: set[Key],
     prior_examples: float = 30.0,
 ) -> dict[str, int] | None:
-    """The combination with the highest estimated mean that is not in ``exclude``.
+    """The combination with the highest estimated mean that is not in ``exclude`` (the first of
+    :func:`ranked_combinations`)."""
+    ranked = ranked_combinations(observations, own_scores, space, exclude, 1, prior_examples)
+    return ranked[0] if ranked else None
+
+
+def ranked_combinations(
+    observations: Sequence[tuple[Mapping[str, int], float, int]],
+    own_scores: Mapping[Key, tuple[float, int]],
+    space: Mapping[str, int],
+    exclude: set[Key],
+    limit: int,
+    prior_examples: float = 30.0,
+) -> list[dict[str, int]]:
+    """Up to ``limit`` combinations not in ``exclude``, highest estimated mean first (equal estimates
+    by the choice itself).
 
     Args:
         observations: every trial as (choice, mean score, examples).
         own_scores: per tried combination, its pooled mean and number of examples.
         space: parameter name -> number of choices (for the model's own proposals).
         exclude: combinations already fully evaluated.
+        limit: how many to return at most.
         prior_examples: how many examples the model estimate is worth when blended with a combination's
             own mean.
     """
     if not observations:
-        return None
+        return []
     columns, coef = fit_additive(observations)
     candidates: dict[Key, dict[str, int]] = {}
     for choice, _, _ in observations:
@@ -124,4 +140,4 @@ def best_combination(
     open_ = {key: choice for key, choice in candidates.items() if key not in exclude}
     estimates = pooled_estimates(observations, own_scores, open_, prior_examples)
     ranked = sorted(estimates.items(), key=lambda item: (-item[1], item[0]))
-    return dict(candidates[ranked[0][0]]) if ranked else None
+    return [dict(candidates[key]) for key, _ in ranked[:limit]]

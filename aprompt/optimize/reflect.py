@@ -187,11 +187,14 @@ class ReflectiveProposals:
     k: int = K_FAILURES
     _failures: list[tuple[Example, ExampleResult]] | None = attrs.field(default=None, init=False)
     _lock: anyio.Lock = attrs.field(factory=anyio.Lock, init=False)
+    #: Periodic evaluations seen: numbers each reflection (a race need not add a full evaluation).
+    _points: int = attrs.field(default=0, init=False)
 
     async def __call__(self, loop: SearchLoop) -> None:
+        self._points += 1
+        number = self._points
         if loop.stopped is not None or loop.should_stop() is not None:
             return
-        number = len(loop.full_evals)
         choice = dict(loop.decide().choice)
         scores = next((f.scores for f in reversed(loop.full_evals) if key_of(f.choice) == key_of(choice)), {})
         ids = failing_ids(scores, loop.valset, 2 * self.k, f"{self.ctx.seed}:reflection:{number}")

@@ -28,6 +28,7 @@ from aprompt.optimize.events import Event, EventCallback, PhaseFinished, PhaseSt
 from aprompt.optimize.examples import Example
 from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt.optimize.propose import Grounding
+from aprompt.optimize.racing import RungEval
 from aprompt.optimize.result import PhaseUsage
 from aprompt.optimize.search import FullEval, SearchOutcome, Trial
 from aprompt.program.predictor import Predict
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 #: Step kinds that score programs; every other step (bootstrap, proposals) keeps the budget of the
 #: baseline's evaluation and one mini-batch untouched.
-_SCORING_STEPS = frozenset({"trial", "full_eval"})
+_SCORING_STEPS = frozenset({"trial", "full_eval", "race"})
 
 T = TypeVar("T")
 
@@ -254,7 +255,9 @@ class RunContext:
         if isinstance(value, Trial):
             return len(value.example_ids)
         if isinstance(value, FullEval):
-            return len(value.scores) + value.n_unscored
+            return len(value.scores) + value.n_unscored - value.reused
+        if isinstance(value, RungEval):
+            return len(value.example_ids)
         runs, self.pending_runs = self.pending_runs, 0
         return runs
 

@@ -22,6 +22,11 @@ or full evaluations) and returns the baseline with ``pick.stopped == "nothing_sc
 A trial or full evaluation is complete before it is journaled and told to the TPE: examples an LM outage
 left unscored are run again once the LM answers (:mod:`aprompt.optimize.outage`); only those that fail
 while the LM works stay unscored (``lm_failures``) and are reported in ``failures``.
+
+With ``racing`` (``Budget.racing``, the default), the periodic and final full evaluations are spent on races
+among the most promising untested combinations instead, and a trial clearly losing to the pick after the
+first part of its mini-batch stops there (:mod:`aprompt.optimize.racing`); the rungs of the races are
+evidence for the pick like trials, and still only a fully evaluated combination can be returned.
 """
 
 from __future__ import annotations
@@ -55,7 +60,15 @@ from aprompt.optimize.final_pick import (
     pick,
 )
 from aprompt.optimize.outage import OutageGuard
-from aprompt.optimize.pooling import best_combination
+from aprompt.optimize.pooling import ranked_combinations
+from aprompt.optimize.racing import (
+    MAX_ENTRANTS,
+    RungEval,
+    final_races,
+    first_stage_size,
+    run_race,
+    staged_evaluation,
+)
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
@@ -117,6 +130,10 @@ class Trial:
 
     ``lm_failures`` maps each example left unscored (it failed at the LM while the LM answered checks,
     see :mod:`aprompt.optimize.outage`) to its error; likewise in :class:`FullEval`.
+
+    ``stopped_early``: the trial was clearly losing to the current pick after the first stage of its
+    mini-batch and stopped there (:mod:`aprompt.optimize.racing`); ``example_ids`` are then the examples
+    it ran and ``score`` is its mean on them.
     """
 
     number: int
@@ -128,11 +145,17 @@ class Trial:
     n_unscored: int
     seconds: float
     lm_failures: Mapping[str, str] = attrs.field(factory=dict)
+    stopped_early: bool = False
 
 
 @attrs.frozen
 class FullEval:
-    """A full evaluation of one combination on the validation set."""
+    """A full evaluation of one combination on the validation set.
+
+    ``reused``: how many of its scores come from the combination's earlier trials and race rungs (the
+    same program on the same examples) instead of being run again; ``n_failed`` and ``n_unscored`` count
+    the examples it ran.
+    """
 
     choice: Mapping[str, int]
     score: float
@@ -141,13 +164,15 @@ class FullEval:
     n_unscored: int
     after_trial: int
     lm_failures: Mapping[str, str] = attrs.field(factory=dict)
+    reused: int = 0
 
 
 @attrs.frozen
 class SearchOutcome:
     """What a search returns: the picked combination, its full-validation score, and the record.
 
-    ``pick`` says why that combination was returned (see :mod:`aprompt.optimize.final_pick`).
+    ``pick`` says why that combination was returned (see :mod:`aprompt.optimize.final_pick`);
+    ``rungs`` are the races' partial evaluations (:mod:`aprompt.optimize.racing`).
     """
 
     best_choice: Mapping[str, int]
@@ -156,6 +181,7 @@ class SearchOutcome:
     trials: tuple[Trial, ...]
     full_evals: tuple[FullEval, ...]
     pick: FinalPick | None = None
+    rungs: tuple[RungEval, ...] = ()
 
 
 def _lm_failures(evaluation: Evaluation) -> dict[str, str]:
@@ -202,17 +228,15 @@ class _Pool:
         self.choices.setdefault(key, dict(choice))
         self.scores.setdefault(key, {}).update(scores)
 
-    def best_untested(self, tested: set[tuple[tuple[str, int], ...]]) -> dict[str, int] | None:
+    def ranked_untested(self, tested: set[tuple[tuple[str, int], ...]], limit: int) -> list[dict[str, int]]:
         ranked = [
             (sum(s.values()) / len(s), len(s), key)
             for key, s in self.scores.items()
             if s and key not in tested
         ]
-        if not ranked:
-            return None
         # Best mean; more evidence breaks ties; the key keeps the order deterministic.
-        _, _, key = max(ranked, key=lambda item: (item[0], item[1], [-v for _, v in item[2]]))
-        return self.choices[key]
+        ranked.sort(key=lambda item: (item[0], item[1], [-v for _, v in item[2]]), reverse=True)
+        return [self.choices[key] for _, _, key in ranked[:limit]]
 
 
 async def no_hook(loop: SearchLoop) -> None:
@@ -235,9 +259,18 @@ class SearchLoop:
     seed: int = 0
     lm: LM | None = None
     concurrency: int = 64
+    #: Races and trials stopped early (:mod:`aprompt.optimize.racing`) instead of the plain schedule.
+    racing: bool = True
 
     trials: list[Trial] = attrs.field(factory=list, init=False)
     full_evals: list[FullEval] = attrs.field(factory=list, init=False)
+    rungs: list[RungEval] = attrs.field(factory=list, init=False)
+    #: Races run so far (numbers the next one's journal keys); combinations a race dropped.
+    races_started: int = attrs.field(default=0, init=False)
+    raced_out: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
+    #: Program runs of the trials, rungs and full evaluations so far, and the periodic points passed.
+    _spent: int = attrs.field(default=0, init=False)
+    _points: int = attrs.field(default=0, init=False)
     _pool: _Pool = attrs.field(factory=_Pool, init=False)
     _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
     _pick: FinalPick | None = attrs.field(default=None, init=False)
@@ -327,12 +360,17 @@ class SearchLoop:
             trials=tuple(self.trials),
             full_evals=tuple(self.full_evals),
             pick=chosen,
+            rungs=tuple(self.rungs),
         )
 
     async def _final_evaluations(self) -> None:
         planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
+        if self.racing:
+            n = len(self.valset)
+            await final_races(self, planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent)
+            return
         for _ in range(max(1, planned - len(self.full_evals))):
-            if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
+            if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
                 return
             choice = self._next_for_pick()
             if choice is None:
@@ -350,17 +388,28 @@ class SearchLoop:
         return self.next_full_evaluation()
 
     def decide(self) -> FinalPick:
-        """The pick from all evidence so far (a pure function of the trials and full evaluations)."""
+        """The pick from all evidence so far (a pure function of the trials, rungs and full evaluations)."""
         evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
+        evaluations += [(r.choice, r.scores, r.score) for r in self.rungs]
         evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
         evidence = collect_evidence(evaluations, self._tested)
         return pick(evidence, self.full_evals[0].choice, min_shared=min(MIN_SHARED, len(self.valset)))
+
+    def scores_of(self, choice: Mapping[str, int]) -> dict[str, float]:
+        """Every example score of ``choice`` so far (trials, rungs, full evaluations), by example id."""
+        key = key_of(choice)
+        merged: dict[str, float] = {}
+        records: list[Trial | RungEval | FullEval] = [*self.trials, *self.rungs, *self.full_evals]
+        for record in records:
+            if key_of(record.choice) == key:
+                merged.update(record.scores)
+        return merged
 
     def _full_score(self, choice: Mapping[str, int]) -> float:
         key = key_of(choice)
         return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
 
-    def _stops_as_nothing_scores(self) -> bool:
+    def stops_as_nothing_scores(self) -> bool:
         """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
         if len(self.full_evals) != 1 or not self._nothing_scored():
             return False
@@ -376,7 +425,7 @@ class SearchLoop:
         return nothing_scores(self.full_evals[0].scores, [t.scores for t in self.trials])
 
     async def full_evaluate_best_untested(self) -> FullEval | None:
-        if self.stopped is not None or self.should_stop() is not None or self._stops_as_nothing_scores():
+        if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
             return None
         choice = self.next_full_evaluation()
         return await self.full_evaluation(choice) if choice is not None else None
@@ -384,21 +433,36 @@ class SearchLoop:
     def next_full_evaluation(self) -> dict[str, int] | None:
         """The combination with the best pooled estimate (see :mod:`aprompt.optimize.pooling`) that has
         no full evaluation yet."""
+        ranked = self.ranked_untested(1)
+        return ranked[0] if ranked else None
+
+    def ranked_untested(self, limit: int) -> list[dict[str, int]]:
+        """Up to ``limit`` combinations without a full evaluation (nor dropped by a race), best pooled
+        estimate first; trials and race rungs are the evidence."""
+        excluded = self._tested | self.raced_out
         if not self.pooled:
-            return self._pool.best_untested(self._tested)
-        observations = [(t.choice, t.score, len(t.scores)) for t in self.trials if t.score is not None]
+            return self._pool.ranked_untested(excluded, limit)
+        scored: list[Trial | RungEval] = [*self.trials, *self.rungs]
+        observations = [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
         own = {key: (sum(s.values()) / len(s), len(s)) for key, s in self._pool.scores.items() if s}
         space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
-        return best_combination(observations, own, space, self._tested)
+        return ranked_combinations(observations, own, space, excluded, limit)
 
     async def single_trial(self, number: int, choice: dict[str, int]) -> Trial:
         """Run and record one trial outside the TPE loop (used by OPRO-style strategies)."""
-        trial = await self._trial(number, choice)
+        trial = await self._trial(number, choice, self._incumbent())
         await self._record(trial)
         return trial
 
+    def _incumbent(self) -> dict[str, float] | None:
+        """The current pick's full-evaluation scores a trial is compared with to stop early (racing)."""
+        if not self.racing or not self.full_evals:
+            return None
+        return self.scores_of(self.decide().choice)
+
     async def _record(self, trial: Trial) -> None:
         self.trials.append(trial)
+        self._spent += len(trial.example_ids)
         self._pool.add(trial.choice, trial.scores)
         self.failures.update({f"trial:{trial.number}:{eid}": e for eid, e in trial.lm_failures.items()})
         await self.emit(
@@ -420,7 +484,9 @@ class SearchLoop:
                 f"{len(suggestions)} trial(s)",
                 [("trial", str(s.number), len(self._batch_of(s.number))) for s in suggestions],
             )
-            done = await self._run_batch([(s.number, c) for s, c in zip(suggestions, choices, strict=True)])
+            done = await self._run_batch(
+                [(s.number, c) for s, c in zip(suggestions, choices, strict=True)], self._incumbent()
+            )
             for trial in sorted(done, key=lambda t: t.number):
                 # Unscored trials are told as failures: an LM outage says nothing about the prompt.
                 if trial.score is None:
@@ -430,14 +496,40 @@ class SearchLoop:
                 await self._record(trial)
             if len(self.trials) >= next_full and len(self.trials) < self.n_trials:
                 next_full += self.full_eval_every
-                await self.full_evaluate_best_untested()
+                await self._periodic_evaluation()
                 await self.after_evaluation(self)
 
-    async def _run_batch(self, batch: Sequence[tuple[int, dict[str, int]]]) -> list[Trial]:
+    async def _periodic_evaluation(self) -> None:
+        """Every ``full_eval_every`` trials: a race within what the plan gave the evaluations so far, or
+        (without racing) a full evaluation of the best untested combination."""
+        if not self.racing:
+            await self.full_evaluate_best_untested()
+            return
+        self._points += 1
+        if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
+            return
+        n = len(self.valset)
+        plan = (1 + self._points) * n + len(self.trials) * min(self.minibatch_size, n)
+        entrants = self.ranked_untested(MAX_ENTRANTS)
+        if entrants:
+            await run_race(self, entrants, plan - self._spent)
+
+    def record_rung(self, rung: RungEval) -> None:
+        """Add a race rung's scores to the evidence."""
+        self.rungs.append(rung)
+        self._spent += len(rung.example_ids)
+        self._pool.add(rung.choice, rung.scores)
+        self.failures.update(
+            {f"race:{rung.race}:{rung.rung}:{eid}": e for eid, e in rung.lm_failures.items()}
+        )
+
+    async def _run_batch(
+        self, batch: Sequence[tuple[int, dict[str, int]]], incumbent: Mapping[str, float] | None
+    ) -> list[Trial]:
         done: list[Trial] = []
 
         async def one(number: int, choice: dict[str, int]) -> None:
-            done.append(await self._trial(number, choice))
+            done.append(await self._trial(number, choice, incumbent))
 
         async with plain_errors_task_group() as group:
             for number, choice in batch:
@@ -450,13 +542,28 @@ class SearchLoop:
             choice = await self.proposal_hook.resolve(self, choice)
         return choice
 
-    async def _trial(self, number: int, choice: dict[str, int]) -> Trial:
+    async def _trial(
+        self, number: int, choice: dict[str, int], incumbent: Mapping[str, float] | None
+    ) -> Trial:
         trial = await self.memo(
-            "trial", str(number), lambda: self._run_trial(number, choice), trial_to_json, trial_from_json
+            "trial",
+            str(number),
+            lambda: self._run_trial(number, choice, incumbent),
+            trial_to_json,
+            trial_from_json,
         )
         if dict(trial.choice) != choice:
             raise JournalError(
                 f"the journal's trial {number} chose {dict(trial.choice)}, this run chose {choice}: "
+                "the run_dir belongs to a different run; pass resume=False to start over"
+            )
+        batch = tuple(e.id for e in self._batch_of(number))
+        first = first_stage_size(len(batch)) if incumbent is not None else None
+        expected = batch[:first] if trial.stopped_early and first is not None else batch
+        if trial.example_ids != expected:
+            raise JournalError(
+                f"the journal's trial {number} ran {len(trial.example_ids)} examples "
+                f"({'stopped early' if trial.stopped_early else 'in full'}), this run's mini-batch differs: "
                 "the run_dir belongs to a different run; pass resume=False to start over"
             )
         return trial
@@ -464,10 +571,15 @@ class SearchLoop:
     def _batch_of(self, number: int) -> list[Example]:
         return minibatch(self.valset, self.minibatch_size, self.seed, number)
 
-    async def _run_trial(self, number: int, choice: dict[str, int]) -> Trial:
+    async def _run_trial(
+        self, number: int, choice: dict[str, int], incumbent: Mapping[str, float] | None
+    ) -> Trial:
         started = time.monotonic()
         batch = self._batch_of(number)
-        evaluation = await self.outage.evaluate(partial(self._evaluate, choice), batch, f"trial {number}")
+        evaluation, stopped_early = await staged_evaluation(
+            self.outage, partial(self._evaluate, choice), batch, incumbent, f"trial {number}"
+        )
+        batch = batch[: len(evaluation.results)]
         return Trial(
             number=number,
             choice=choice,
@@ -478,26 +590,45 @@ class SearchLoop:
             n_unscored=evaluation.n_unscored,
             seconds=time.monotonic() - started,
             lm_failures=_lm_failures(evaluation),
+            stopped_early=stopped_early,
         )
 
-    async def _run_full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
-        evaluation = await self.outage.evaluate(
-            partial(self._evaluate, choice),
-            self.valset,
-            "the baseline's evaluation" if is_baseline else "a full evaluation",
+    async def _run_full_evaluation(
+        self, choice: Choice, known: Mapping[str, float], *, is_baseline: bool = False
+    ) -> FullEval:
+        todo = [e for e in self.valset if e.id not in known]
+        evaluation = (
+            await self.outage.evaluate(
+                partial(self._evaluate, choice),
+                todo,
+                "the baseline's evaluation" if is_baseline else "a full evaluation",
+            )
+            if todo
+            else Evaluation(())
         )
         if is_baseline:
             check_baseline(evaluation)
+        ran = evaluation.scores
+        scores = {
+            e.id: known[e.id] if e.id in known else ran[e.id]
+            for e in self.valset
+            if e.id in known or e.id in ran
+        }
         return FullEval(
             choice=dict(choice),
             # Nothing scored though the LM works: every example failed for this prompt alone.
-            score=evaluation.mean if evaluation.mean is not None else 0.0,
-            scores=evaluation.scores,
+            score=math.fsum(scores.values()) / len(scores) if scores else 0.0,
+            scores=scores,
             n_failed=evaluation.n_failed,
             n_unscored=evaluation.n_unscored,
             after_trial=len(self.trials),
             lm_failures=_lm_failures(evaluation),
+            reused=len(known),
         )
+
+    async def evaluate_choice(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
+        """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal)."""
+        return await self._evaluate(choice, examples)
 
     async def _evaluate(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
         return await evaluate(
@@ -509,18 +640,31 @@ class SearchLoop:
             concurrency=self._limiter,
         )
 
-    async def full_evaluation(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
+    async def full_evaluation(
+        self, choice: Choice, *, is_baseline: bool = False, known: Mapping[str, float] | None = None
+    ) -> FullEval:
+        """Fully evaluate ``choice``; ``known`` scores of it (example id -> score, from its trials and
+        race rungs) are reused instead of run again."""
+        ids = {e.id for e in self.valset}
+        reuse = {k: v for k, v in (known or {}).items() if k in ids}
         key = json.dumps(sorted(choice.items()))
         what = "the baseline's evaluation" if is_baseline else "a full evaluation"
-        self.admit_step(what, [("full_eval", key, len(self.valset))])
+        self.admit_step(what, [("full_eval", key, len(self.valset) - len(reuse))])
         result = await self.memo(
             "full_eval",
             key,
-            lambda: self._run_full_evaluation(choice, is_baseline=is_baseline),
+            lambda: self._run_full_evaluation(choice, reuse, is_baseline=is_baseline),
             full_eval_to_json,
             full_eval_from_json,
         )
+        if result.reused != len(reuse):
+            raise JournalError(
+                f"the journal's full evaluation of {dict(choice)} reused {result.reused} earlier scores, "
+                f"this run reuses {len(reuse)}: the run_dir belongs to a different run; pass resume=False "
+                "to start over"
+            )
         self.full_evals.append(result)
+        self._spent += len(result.scores) + result.n_unscored - result.reused
         self._tested.add(choice_key(choice))
         index = len(self.full_evals) - 1
         self.failures.update({f"full_eval:{index}:{eid}": e for eid, e in result.lm_failures.items()})

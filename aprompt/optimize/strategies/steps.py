@@ -339,6 +339,7 @@ def search_loop(
         n_trials=n_trials,
         minibatch_size=ctx.budget.minibatch_size,
         full_eval_every=ctx.budget.full_eval_every,
+        racing=ctx.budget.racing,
         parallel_trials=ctx.budget.parallel_trials_for(_capacity(ctx.lm), len(ctx.predictors)),
         seed=ctx.seed,
         lm=ctx.lm,

@@ -1,0 +1,216 @@
+"""Multi-fidelity evaluation (aprompt/optimize/racing.py): races and trials stopped early, in the world
+of tests/optimize/world.py served by the fake OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aprompt
+from aprompt import OpenAICompatibleLM, ResponseCache
+from aprompt.optimize.candidates import Candidates
+from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
+from aprompt.optimize.racing import affordable, run_race
+from aprompt.optimize.search import SearchLoop
+from aprompt.program.discovery import named_predictors
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import lm_for
+from tests.optimize.world import TwoStageProgram, World, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+#: Per stage: the instruction of index 0 (the program's own here) is as good as index 2 (quality +0.30
+#: in the world: variants 3 and 10), index 1 is poor (variant 1: −0.05).
+INSTRUCTIONS = (
+    "Solve it carefully, variant 3.",
+    "Solve it carefully, variant 1.",
+    "Solve it carefully, variant 10.",
+)
+GOOD = {"extract.instruction": 2, "answer.instruction": 2}
+POOR = {"extract.instruction": 1, "answer.instruction": 1}
+#: Mini-batches of a first stage of 12 examples; a period of 4 trials; seed 4 stops a trial early.
+BUDGET: Mapping[str, Any] = {
+    "n_candidates": 4,
+    "val_size": 60,
+    "n_trials": 12,
+    "minibatch_size": 30,
+    "full_eval_every": 4,
+    "parallel_trials": 2,
+    "screen_size": 0,
+}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@asynccontextmanager
+async def search_loop(
+    racing: bool, minibatch_size: int = 50
+) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
+    """A search over the instructions above, on 100 validation examples, its baseline evaluated."""
+    program = TwoStageProgram()
+    predictors = named_predictors(program)
+    candidates = Candidates.original(predictors)
+    candidates = Candidates(
+        predictors=candidates.predictors,
+        instructions={name: INSTRUCTIONS for name in candidates.predictors},
+        demo_sets=candidates.demo_sets,
+        search_demos=False,
+    )
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        async with lm_for(server, max_concurrency=64) as lm:
+
+            async def ignore(event: object) -> None:
+                return None
+
+            loop = SearchLoop(
+                program=program,
+                candidates=candidates,
+                valset=examples(200, 300),
+                metric=metric,
+                emit=ignore,
+                n_trials=8,
+                minibatch_size=minibatch_size,
+                lm=lm,
+                racing=racing,
+                outage=OutageGuard.for_program(predictors, lm, DEFAULT_OUTAGE_POLICY),
+            )
+            await loop.full_evaluation(candidates.baseline(), is_baseline=True)
+            yield loop, server
+
+
+async def test_a_trial_clearly_losing_to_the_pick_stops_after_its_first_stage() -> None:
+    async with search_loop(racing=True) as (loop, server):
+        before = len(server.chat_requests)
+        trial = await loop.single_trial(0, dict(POOR))
+        requests = len(server.chat_requests) - before
+    assert trial.stopped_early
+    assert len(trial.example_ids) == 20 and len(trial.scores) == 20  # 40 % of the 50-example mini-batch
+    assert trial.score == sum(trial.scores.values()) / 20
+    assert requests == 2 * 20  # two stages per program run, the second half never sent
+    async with search_loop(racing=False) as (loop, server):
+        before = len(server.chat_requests)
+        plain = await loop.single_trial(0, dict(POOR))
+        assert len(server.chat_requests) - before == 2 * 50
+    assert not plain.stopped_early and len(plain.example_ids) == 50
+
+
+async def test_a_trial_as_good_as_the_pick_runs_its_whole_mini_batch() -> None:
+    async with search_loop(racing=True) as (loop, _):
+        trial = await loop.single_trial(0, dict(GOOD))
+    assert not trial.stopped_early and len(trial.example_ids) == 50
+
+
+async def test_a_race_drops_a_clearly_worse_combination_before_the_full_validation_set() -> None:
+    async with search_loop(racing=True) as (loop, _):
+        n = len(loop.valset)
+        spent = await run_race(loop, [dict(POOR), dict(GOOD)], allowance=2 * n)
+        poor_examples = len(loop.scores_of(POOR))
+        fully_evaluated = [dict(f.choice) for f in loop.full_evals[1:]]
+        outcome = await loop.run_outcome()
+    assert poor_examples < n  # dropped after a rung: never run on the rest of the valset
+    assert fully_evaluated == [GOOD]
+    assert spent == poor_examples + n <= 2 * n
+    # The rungs are evidence for the pick, and are reported with the outcome.
+    assert {tuple(sorted(r.choice.items())) for r in outcome.rungs} == {
+        tuple(sorted(POOR.items())),
+        tuple(sorted(GOOD.items())),
+    }
+
+
+def test_a_rung_takes_the_racers_whose_halving_plan_the_allowance_pays_for() -> None:
+    # Three rungs of 25 examples' increments each: 4 racers cost 4·25 + 2·25 + 1·50 = 200 runs.
+    unseen = [25, 25, 50]
+    assert affordable([unseen] * 6, 200) == 4
+    assert affordable([unseen] * 6, 199) == 3
+    assert affordable([unseen] * 6, 99) == 0  # not even one can be completed
+    # Examples a racer already has cost nothing.
+    assert affordable([[0, 0, 10]] * 3, 10) == 3
+
+
+async def optimize(
+    server: FakeOpenAIServer, cache_dir: Path | None, **options: Any
+) -> aprompt.OptimizeResult:
+    racing = options.pop("racing", True)
+    cache = ResponseCache.in_directory(cache_dir) if cache_dir is not None else None
+    async with OpenAICompatibleLM(
+        "world", server.base_url, api_key=TEST_API_KEY, cache=cache, max_concurrency=64
+    ) as lm:
+        return await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 80),
+            metric,
+            valset=examples(200, 260),
+            lm=lm,
+            budget={**BUDGET, "racing": racing},
+            seed=options.pop("seed", 4),
+            **options,
+        )
+
+
+def summary(result: aprompt.OptimizeResult) -> tuple[Any, ...]:
+    return (
+        dict(result.best_choice),
+        result.score,
+        [(t.number, dict(t.choice), t.score, t.example_ids, t.stopped_early) for t in result.trials],
+        [(dict(f.choice), f.scores, f.reused) for f in result.full_evals],
+        result.candidates.describe(),
+    )
+
+
+async def test_racing_sends_no_more_requests_than_the_plain_schedule() -> None:
+    # Without a response cache, where the plain schedule sends what the plan counts. (With one, the plain
+    # schedule's repeats of examples are free: racing then stays within the plan, not within the plain run.)
+    for seed in (3, 4):
+        async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+            plain = await optimize(server, None, racing=False, seed=seed)
+            plain_requests = len(server.chat_requests)
+            server.reset_records()
+            raced = await optimize(server, None, seed=seed)
+            raced_requests = len(server.chat_requests)
+        assert raced_requests <= plain_requests, (seed, raced_requests, plain_requests)
+        assert not any(t.stopped_early for t in plain.trials)
+        # Racing changed the run: its full evaluations reused what the trials and rungs had scored.
+        assert any(f.reused for f in raced.full_evals) and not any(f.reused for f in plain.full_evals)
+
+
+async def test_same_seed_and_warm_cache_repeat_a_racing_run_with_no_new_requests(tmp_path: Path) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        first = await optimize(server, tmp_path / "cache")
+        sent = len(server.chat_requests)
+        second = await optimize(server, tmp_path / "cache")
+        assert len(server.chat_requests) == sent
+    assert any(t.stopped_early for t in first.trials)
+    assert summary(second) == summary(first)
+
+
+@pytest.mark.parametrize("stop_at_share", [0.4, 0.7, 0.9])
+async def test_an_interrupted_racing_run_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, stop_at_share: float
+) -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        events: list[aprompt.Event] = []
+        reference = await optimize(server, None, run_dir=tmp_path / "reference", on_event=events.append)
+        stop_after = max(1, int(stop_at_share * (len(events) - 1)))
+        seen = 0
+        with anyio.CancelScope() as scope:
+
+            def stop_at(event: aprompt.Event) -> None:
+                nonlocal seen
+                seen += 1
+                if seen == stop_after:
+                    scope.cancel()
+
+            await optimize(server, None, run_dir=tmp_path / "run", on_event=stop_at)
+        assert scope.cancelled_caught, "the run was interrupted"
+        resumed = await optimize(server, None, run_dir=tmp_path / "run")
+    assert any(t.stopped_early for t in reference.trials)
+    assert summary(resumed) == summary(reference)
