@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import aprompt
-from aprompt.demo.__main__ import CountObjects, exact_count, load_examples
+
+COUNTING = Path(__file__).parent.parent / "bench" / "data" / "bigbench" / "object_counting" / "task.json"
+NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+
+
+def load_examples() -> list[aprompt.Example]:
+    """BIG-bench ``object_counting`` (Apache-2.0, see bench/data/README.md)."""
+    out = []
+    for item in json.loads(COUNTING.read_text())["examples"]:
+        targets = item["target"] if isinstance(item["target"], list) else [item["target"]]
+        digits = [t for t in targets if re.fullmatch(r"\d+", str(t))]
+        value = int(digits[0]) if digits else NUMBER_WORDS[str(targets[0])]
+        out.append(aprompt.Example(inputs={"question": item["input"]}, labels={"answer": value}))
+    return out
+
+
+def exact_count(example: aprompt.Example, prediction: Any) -> bool:
+    return int(prediction.answer) == int(example.labels["answer"])
+
+
+class CountObjects:
+    """Answer a counting question with a number."""
+
+    def __init__(self) -> None:
+        self.count = aprompt.Predict(
+            "question -> answer: int",
+            instruction="Count the objects the question asks about. Reply with the number only.",
+            temperature=0.0,
+            max_tokens=24,
+        )
+
+    async def __call__(self, question: str) -> aprompt.Prediction:
+        return await self.count(question=question)
+
 
 pytestmark = [pytest.mark.anyio, pytest.mark.local_model]
 

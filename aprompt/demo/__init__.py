@@ -1,1 +1,1 @@
-"""The README demo: optimize an object-counting program on the embedded local model."""
+"""The README demo: optimize a sentence-negation program on the embedded local model."""
