@@ -1,6 +1,8 @@
 """The search loop (MIPRO stage 3): TPE-guided mini-batch trials with periodic full evaluations.
 
-The baseline (all candidates at index 0) is fully evaluated first. Trials are asked from the TPE in
+The baseline (all candidates at index 0) is fully evaluated first, then the ``references`` (the strategies
+pass the prompt a user would write by hand: instructions as written, labeled training examples as demos),
+so the pick weighs every program against them from the start. Trials are asked from the TPE in
 batches of ``parallel_trials`` and their mini-batches run concurrently; every ``full_eval_every`` trials the
 combination with the best pooled mini-batch mean that has no full evaluation yet gets one.
 
@@ -278,6 +280,9 @@ class SearchLoop:
     stopped: str | None = attrs.field(default=None, init=False)
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     _sampler: TPESampler | None = attrs.field(default=None, init=False)
+    _n_references: int = attrs.field(default=0, init=False)
+    #: Combinations fully evaluated right after the baseline (see ``_reference_evaluations``).
+    references: Sequence[Mapping[str, int]] = attrs.field(default=(), kw_only=True)
     #: Lets a strategy replace the instruction parameters by its own (MIPRO++); fixed for the run.
     proposal_hook: ProposalHook | None = attrs.field(default=None, kw_only=True)
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
@@ -299,11 +304,27 @@ class SearchLoop:
 
     async def run(self) -> SearchOutcome:
         await self.full_evaluation(self.candidates.baseline(), is_baseline=True)
+        await self._reference_evaluations()
         space = self._space()
         if space:
             self._sampler = TPESampler(space, seed=self.seed, n_trials_hint=self.n_trials)
             await self._trials()
         return await self.run_outcome(final_full_eval=True)
+
+    async def _reference_evaluations(self) -> None:
+        """Fully evaluate the ``references`` (the prompt a user would write by hand: the instruction with
+        labeled training examples as demos) right after the baseline, so the final pick weighs every
+        program against them from the start and returns one of the others only on paired evidence."""
+        space = self._space()
+        for reference in self.references:
+            choice = {key: value for key, value in reference.items() if key in space}
+            if not choice or any(v >= space[k].n_choices for k, v in choice.items()):
+                continue
+            choice = {**self.candidates.baseline(), **choice}
+            if choice_key(choice) in self._tested or self.should_stop() is not None:
+                continue
+            await self.full_evaluation(choice)
+            self._n_references += 1
 
     def _space(self) -> dict[str, Categorical]:
         space: dict[str, Categorical] = self.candidates.parameters()
@@ -411,7 +432,7 @@ class SearchLoop:
 
     def stops_as_nothing_scores(self) -> bool:
         """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
-        if len(self.full_evals) != 1 or not self._nothing_scored():
+        if len(self.full_evals) != 1 + self._n_references or not self._nothing_scored():
             return False
         self.stopped = NOTHING_SCORES
         logger.info(
@@ -422,7 +443,9 @@ class SearchLoop:
         return True
 
     def _nothing_scored(self) -> bool:
-        return nothing_scores(self.full_evals[0].scores, [t.scores for t in self.trials])
+        evaluated = [t.scores for t in self.trials]
+        evaluated += [f.scores for f in self.full_evals[1 : 1 + self._n_references]]
+        return nothing_scores(self.full_evals[0].scores, evaluated)
 
     async def full_evaluate_best_untested(self) -> FullEval | None:
         if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():

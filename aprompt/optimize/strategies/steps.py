@@ -319,6 +319,19 @@ def _capacity(lm: object) -> int | None:
     return capacity if isinstance(capacity, int) else None
 
 
+def labeled_reference(candidates: Candidates) -> dict[str, int]:
+    """The choice a user would write by hand: each predictor's instruction as written, with its first
+    labeled-only demo set (training examples as demos, see :mod:`aprompt.optimize.bootstrap`) where it has
+    one; empty when no predictor has one (a program without labels for its stages)."""
+    choice = {}
+    for name in candidates.predictors:
+        sets = candidates.demo_sets[name]
+        labeled = next((i for i, s in enumerate(sets) if i > 0 and s.demos and s.bootstrapped == 0), None)
+        if labeled is not None and candidates.search_demos:
+            choice[f"{name}.demos"] = labeled
+    return choice
+
+
 def search_loop(
     ctx: RunContext,
     candidates: Candidates,
@@ -329,6 +342,7 @@ def search_loop(
     """The run's search loop over ``candidates`` (kept in ``ctx.search_loop``: a stopped run returns the
     best it found); ``after_evaluation`` runs after each periodic full evaluation."""
     ctx.search_loop = SearchLoop(
+        references=[labeled_reference(candidates)],
         after_evaluation=after_evaluation or no_hook,
         proposal_hook=proposal_hook,
         program=ctx.program,

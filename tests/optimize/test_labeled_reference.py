@@ -1,0 +1,75 @@
+"""The prompt a user would write by hand (the instruction with labeled training examples as demos) is
+fully evaluated right after the baseline, so the pick weighs everything against it from the start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import (
+    SMALL_BUDGET,
+    QAProgram,
+    exact_match,
+    item_of,
+    lm_for,
+    optimize_in_world,
+    qa_examples,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def demos_help(request: ChatRequest) -> str:
+    """Right on every item when the prompt shows demos (more than system + question), else wrong;
+    proposals and summaries get a usable instruction."""
+    system = str(request.messages[0].get("content", ""))
+    if not system.startswith("Your input fields") and "answer" not in system.lower():
+        return "Proposed Instruction: Answer the question about the item."
+    if len(request.messages) <= 2:
+        return "Answer: wrong"
+    return f"Answer: ans-{item_of(request.last_user)}"
+
+
+async def optimize(server: FakeOpenAIServer, **options: Any) -> aprompt.OptimizeResult:
+    async with lm_for(server) as lm:
+        return await aprompt.optimize(
+            QAProgram(),
+            qa_examples(0, 40),
+            exact_match,
+            valset=qa_examples(100, 130),
+            lm=lm,
+            budget=dict(SMALL_BUDGET),
+            seed=2,
+            **options,
+        )
+
+
+@pytest.mark.parametrize("strategy", ["mipro", "bayesian_bootstrap"])
+async def test_the_labeled_demos_are_fully_evaluated_right_after_the_baseline(strategy: str) -> None:
+    async with FakeOpenAIServer(responder=demos_help, api_key=TEST_API_KEY) as server:
+        result = await optimize(server, strategy=strategy)
+    assert result.candidates is not None
+    sets = result.candidates.demo_sets["answer"]
+    reference = result.full_evals[1]
+    index = reference.choice["answer.demos"]
+    assert sets[index].demos and sets[index].bootstrapped == 0  # training examples as they are
+    assert all(v == 0 for k, v in reference.choice.items() if k != "answer.demos")
+    assert reference.after_trial == 0 and reference.score == 1.0
+    assert result.score == 1.0 and result.baseline_score == 0.0
+
+
+async def test_a_program_whose_stages_have_no_labels_has_no_reference() -> None:
+    # The simulated world's stages read `code`, which no example labels: no labeled demo set exists, so
+    # every full evaluation after the baseline's comes from the search.
+    result, _ = await optimize_in_world("mipro")
+    assert len(result.full_evals) > 1
+    assert all(f.after_trial > 0 for f in result.full_evals[1:])
