@@ -14,7 +14,8 @@ say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combinati
 on all the shared examples (the whole validation set) is strictly higher, and the reason says that the
 evidence is thin. Ties still keep the incumbent.
 
-The pick starts from the unoptimized program (the baseline) as the incumbent and walks the fully
+The pick starts from the unoptimized program (the baseline) as the incumbent; the ``references`` (the
+prompt a user would write by hand) come first and replace it when better, and then the pick walks the fully
 evaluated combinations from the highest mean score down — equal means ranked by the pooled estimate of
 :mod:`aprompt.optimize.pooling` (the additive model over all trials blended with each combination's own
 mean), then by the choice itself, never by the order they were evaluated in — and each one that is
@@ -202,6 +203,7 @@ def pick(
     baseline: Mapping[str, int],
     *,
     min_shared: int = MIN_SHARED,
+    references: Sequence[Mapping[str, int]] = (),
 ) -> FinalPick:
     """Decide the returned combination (see the module docstring).
 
@@ -209,6 +211,9 @@ def pick(
         evidence: every scored combination, the baseline among them (fully evaluated).
         baseline: the unoptimized combination.
         min_shared: fewest shared examples on which one combination can be found better than another.
+        references: fully evaluated combinations weighed before all others (the prompt a user would
+            write by hand): one that beats the baseline becomes the program to beat, so a search result
+            replaces it only on paired evidence, never on a lead within the noise.
     """
     base_key = key_of(baseline)
     by_key = {key_of(e.choice): e for e in evidence}
@@ -222,16 +227,26 @@ def pick(
         return paired_difference(a.scores, b.scores, level)
 
     incumbent = base
+    reference_keys = [key_of(r) for r in references]
+    for key in reference_keys:
+        reference = by_key.get(key)
+        if reference is not None and reference.full and versus(reference, incumbent).better(min_shared):
+            incumbent = reference
     for candidate in by_mean([e for e in others if e.full]):
         if versus(candidate, incumbent).better(min_shared):
             incumbent = candidate
     challengers = tuple(e.choice for e in others if e is not incumbent and versus(e, incumbent).mean > 0.0)
     if incumbent is not base:
         against = versus(incumbent, base)
+        hand = (
+            " (the instructions as written with labeled demos)"
+            if key_of(incumbent.choice) in reference_keys
+            else ""
+        )
         return FinalPick(
             incumbent.choice,
             False,
-            f"{describe_choice(incumbent.choice)} beat the unoptimized program by {against.describe()}",
+            f"{describe_choice(incumbent.choice)}{hand} beat the unoptimized program by {against.describe()}",
             against,
             challengers=challengers,
         )

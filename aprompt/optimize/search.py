@@ -280,7 +280,7 @@ class SearchLoop:
     stopped: str | None = attrs.field(default=None, init=False)
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     _sampler: TPESampler | None = attrs.field(default=None, init=False)
-    _n_references: int = attrs.field(default=0, init=False)
+    _reference_choices: list[dict[str, int]] = attrs.field(factory=list, init=False)
     #: Combinations fully evaluated right after the baseline (see ``_reference_evaluations``).
     references: Sequence[Mapping[str, int]] = attrs.field(default=(), kw_only=True)
     #: Lets a strategy replace the instruction parameters by its own (MIPRO++); fixed for the run.
@@ -323,8 +323,8 @@ class SearchLoop:
             choice = {**self.candidates.baseline(), **choice}
             if choice_key(choice) in self._tested or self.should_stop() is not None:
                 continue
+            self._reference_choices.append(choice)
             await self.full_evaluation(choice)
-            self._n_references += 1
 
     def _space(self) -> dict[str, Categorical]:
         space: dict[str, Categorical] = self.candidates.parameters()
@@ -414,7 +414,12 @@ class SearchLoop:
         evaluations += [(r.choice, r.scores, r.score) for r in self.rungs]
         evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
         evidence = collect_evidence(evaluations, self._tested)
-        return pick(evidence, self.full_evals[0].choice, min_shared=min(MIN_SHARED, len(self.valset)))
+        return pick(
+            evidence,
+            self.full_evals[0].choice,
+            min_shared=min(MIN_SHARED, len(self.valset)),
+            references=self._reference_choices,
+        )
 
     def scores_of(self, choice: Mapping[str, int]) -> dict[str, float]:
         """Every example score of ``choice`` so far (trials, rungs, full evaluations), by example id."""
@@ -432,7 +437,7 @@ class SearchLoop:
 
     def stops_as_nothing_scores(self) -> bool:
         """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
-        if len(self.full_evals) != 1 + self._n_references or not self._nothing_scored():
+        if len(self.full_evals) != 1 + len(self._reference_choices) or not self._nothing_scored():
             return False
         self.stopped = NOTHING_SCORES
         logger.info(
@@ -444,7 +449,7 @@ class SearchLoop:
 
     def _nothing_scored(self) -> bool:
         evaluated = [t.scores for t in self.trials]
-        evaluated += [f.scores for f in self.full_evals[1 : 1 + self._n_references]]
+        evaluated += [f.scores for f in self.full_evals[1 : 1 + len(self._reference_choices)]]
         return nothing_scores(self.full_evals[0].scores, evaluated)
 
     async def full_evaluate_best_untested(self) -> FullEval | None:

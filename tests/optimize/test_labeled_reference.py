@@ -73,3 +73,28 @@ async def test_a_program_whose_stages_have_no_labels_has_no_reference() -> None:
     result, _ = await optimize_in_world("mipro")
     assert len(result.full_evals) > 1
     assert all(f.after_trial > 0 for f in result.full_evals[1:])
+
+
+def slightly_better_instruction(request: ChatRequest) -> str:
+    """With demos, right on items not a multiple of 3; the proposed instruction also gets the multiples
+    of 9 right: on items 100..129 that is 23 of 30 against 20 of 30, a lead within the noise."""
+    reply = demos_help(request)
+    if not reply.startswith("Answer: ans-"):
+        return reply
+    item = item_of(request.last_user)
+    proposed = "about the item" in str(request.messages[0].get("content", ""))
+    return reply if item % 3 != 0 or (proposed and item % 9 == 0) else "Answer: wrong"
+
+
+async def test_a_search_result_leading_the_labeled_demos_within_the_noise_is_not_returned() -> None:
+    async with FakeOpenAIServer(responder=slightly_better_instruction, api_key=TEST_API_KEY) as server:
+        result = await optimize(server, strategy="mipro")
+    assert result.candidates is not None
+    reference = dict(result.full_evals[1].choice)
+    better = {**reference, "answer.instruction": 1}
+    scores = {tuple(sorted(f.choice.items())): f.score for f in result.full_evals}
+    # The search found and fully evaluated the slightly better program (the premise of the test) ...
+    assert scores[tuple(sorted(better.items()))] > scores[tuple(sorted(reference.items()))]
+    # ... and the pick kept the hand-written prompt: 3 examples are no evidence.
+    assert dict(result.best_choice) == reference
+    assert result.pick is not None and "labeled demos" in result.pick.reason
