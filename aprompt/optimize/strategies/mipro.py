@@ -18,9 +18,13 @@ class Mipro(Strategy):
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
         return StrategyPlan.standard(budget, n_predictors, n_train, n_val, screened=True)
 
-    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+    async def candidates(self, ctx: RunContext) -> Candidates:
+        """Bootstrapped demo sets and screened proposals for every predictor: MIPRO's search space."""
         demo_sets = await bootstrap_candidates(ctx)
         instructions = await instruction_candidates(ctx, demo_sets)
         candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)
-        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
+        return candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
+
+    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+        candidates = await self.candidates(ctx)
         return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)
