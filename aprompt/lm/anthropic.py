@@ -183,7 +183,7 @@ class AnthropicLM(HTTPChatLM):
         anthropic_version: str = ANTHROPIC_VERSION,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         timeout: float = 60.0,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_concurrency: int | None = DEFAULT_MAX_CONCURRENCY,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         max_retries: int | None = None,

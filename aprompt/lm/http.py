@@ -6,9 +6,19 @@ path, authentication headers, request body, response parsing and error-message e
 :class:`~aprompt.lm.openai.OpenAICompatibleLM`).
 
 One call, in order: the cache (identical in-flight calls share one computation), then per attempt
-the client-wide concurrency slot, an endpoint (least-loaded available), one of its slots and a
-connection (:mod:`aprompt.lm.connections`), the endpoint's rate limiter, the client-wide rate
-limiter, and only then the HTTP request. Retry back-offs are slept outside every slot.
+the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-loaded available), one of
+its slots and a connection (:mod:`aprompt.lm.connections`), the endpoint's rate limiter, the client-wide
+rate limiter, and only then the HTTP request. Retry back-offs and pauses are waited outside every slot.
+
+Concurrency. An explicit ``max_concurrency`` is a fixed cap. Without one (the default) the cap adapts
+(:mod:`aprompt.lm.adaptive`): from the rate limits and the measured latency (Little's law) when a limit
+is known, else additive increase / multiplicative decrease on 429s. Limits the server states in its
+``x-ratelimit-*`` headers become the endpoint's (:mod:`aprompt.lm.ratelimit_headers`), never above
+them.
+
+Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
+own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
+spread over ``RetryPolicy.pause_jitter`` of its length, so that they do not arrive all at once.
 
 A provider fault is never an answer. Besides error statuses, timeouts and malformed bodies, a 2xx
 reply that is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filtered
@@ -32,6 +42,8 @@ import hashlib
 import json
 import logging
 import os
+import random
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -52,12 +64,14 @@ from aprompt._errors import (
     ServerError,
     TruncatedResponseError,
 )
+from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter, estimate_request_tokens
 from aprompt.lm.metering import admit_request
 from aprompt.lm.probe import probe_endpoint
+from aprompt.lm.ratelimit_headers import apply_stated_limits, read_rate_limit_headers
 from aprompt.lm.replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
@@ -79,7 +93,11 @@ __all__ = [
 
 logger = logging.getLogger("aprompt.lm")
 
-DEFAULT_MAX_CONCURRENCY = 64
+#: ``max_concurrency`` when not given: None, an adaptive cap (see :mod:`aprompt.lm.adaptive`).
+DEFAULT_MAX_CONCURRENCY: int | None = None
+
+# The most that the attempts a pause held are spread over after it, in seconds.
+_MAX_PAUSE_SPREAD = 2.0
 
 # Server messages in our errors are cut to this many characters (after the keys are scrubbed).
 _MESSAGE_CHARS = 500
@@ -112,7 +130,7 @@ class HTTPChatLM(abc.ABC):
         api_key: str | None,
         api_key_env: str | None,
         timeout: float,
-        max_concurrency: int,
+        max_concurrency: int | None,
         requests_per_minute: float | None,
         tokens_per_minute: float | None,
         max_retries: int | None,
@@ -127,7 +145,7 @@ class HTTPChatLM(abc.ABC):
             raise ConfigError("a model name is required")
         if max_response_bytes < 1:
             raise ConfigError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
-        if max_concurrency < 1:
+        if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if timeout <= 0:
             raise ConfigError(f"timeout must be positive, got {timeout}")
@@ -140,7 +158,7 @@ class HTTPChatLM(abc.ABC):
             endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
             key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
             keys.append(key)
-            capacity = endpoint.max_concurrency or max_concurrency
+            capacity = endpoint.max_concurrency or max_concurrency or MAX_CONCURRENCY
             states.append(
                 EndpointState(
                     public_url(endpoint.url),
@@ -152,9 +170,12 @@ class HTTPChatLM(abc.ABC):
             )
         self._secrets = tuple({key for key in keys if key})
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
-        total = min(max_concurrency, self._pool.capacity)
-        self._slots = anyio.CapacityLimiter(total)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+        self._concurrency = ConcurrencyController(
+            max_concurrency, maximum=min(MAX_CONCURRENCY, self._pool.capacity), rates=self._rates
+        )
+        self._slots = self._concurrency.slots
+        self._rng = random.Random()
         policy = retry if retry is not None else RetryPolicy()
         self._retry = policy if max_retries is None else attrs.evolve(policy, max_retries=max_retries)
         self._cache = cache
@@ -204,8 +225,14 @@ class HTTPChatLM(abc.ABC):
 
     @property
     def capacity(self) -> int:
-        """Requests this client sends at once (its concurrency cap across endpoints)."""
-        return int(self._slots.total_tokens)
+        """Requests this client lets in flight now (its concurrency cap across endpoints).
+
+        With an explicit ``max_concurrency`` it is that number (at most the endpoints' total) and never
+        changes. Without one it is the adaptive cap (:mod:`aprompt.lm.adaptive`): it starts from the
+        rate limits (or 64 when none is known) and changes as latencies are measured, limits learned
+        and 429s met, so read it again rather than keep it. Calls beyond it wait in the client.
+        """
+        return self._concurrency.cap
 
     @property
     def cache(self) -> ResponseCache | None:
@@ -355,22 +382,26 @@ class HTTPChatLM(abc.ABC):
         return completion
 
     async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
+        await self._wait_out_pause()
         async with self._slots, self._pool.lease() as lease:
             endpoint = lease.endpoint
-            await endpoint.limiter.acquire(reserved)
-            used = 0
+            admitted = await endpoint.limiter.acquire(reserved)
+            admitted_here = None
+            used = reserved
             meter = None
             try:
-                await self._limiter.acquire(reserved)
+                admitted_here = await self._limiter.acquire(reserved)
                 meter = admit_request(self._model, retry=is_retry)  # may refuse: a run limit is spent
                 self._usage.requests += 1
                 if is_retry:
                     self._usage.retries += 1
+                sent = time.monotonic()
                 completion = await self._exchange(lease.client, endpoint, payload)
                 if meter is not None:
                     meter.settle(self._model, completion.usage)
                 # A server that reports no usage keeps the estimate charged.
                 used = completion.usage.total_tokens or reserved
+                self._concurrency.completed(time.monotonic() - sent, used)
                 # Counted before the check: an incomplete reply is billed too.
                 self._usage.prompt_tokens += completion.usage.prompt_tokens
                 self._usage.completion_tokens += completion.usage.completion_tokens
@@ -384,8 +415,37 @@ class HTTPChatLM(abc.ABC):
                     meter.note_failure(error)
                 raise
             finally:
-                endpoint.limiter.settle(reserved, used)
-                self._limiter.settle(reserved, used)
+                endpoint.limiter.settle(admitted, used)
+                if admitted_here is not None:
+                    self._limiter.settle(admitted_here, used)
+
+    async def _wait_out_pause(self) -> None:
+        """Wait, holding no slot, until a 429 pause lets requests through (every endpoint paused, or
+        the client), plus a random share of the pause so that the attempts it held do not all go at once."""
+        while True:
+            limiters = [endpoint.limiter for endpoint in self._pool.endpoints]
+            paused = min(limiters, key=lambda limiter: limiter.paused_until)
+            if self._limiter.paused_until > paused.paused_until:
+                paused = self._limiter
+            delay = paused.paused_until - time.monotonic()
+            if delay <= 0:
+                return
+            spread = min(self._retry.pause_jitter * paused.pause_seconds, _MAX_PAUSE_SPREAD)
+            await anyio.sleep(delay + spread * self._rng.random())
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        """The limits in force (requests, tokens per second): the client's, or the endpoints' sum
+        when each has one, whichever is lower; None where unknown."""
+        endpoints = [endpoint.limiter for endpoint in self._pool.endpoints]
+        rates: list[float | None] = []
+        for own, theirs in (
+            (self._limiter.requests_per_second, [limiter.requests_per_second for limiter in endpoints]),
+            (self._limiter.tokens_per_second, [limiter.tokens_per_second for limiter in endpoints]),
+        ):
+            known = [rate for rate in theirs if rate is not None]
+            pooled = sum(known) if len(known) == len(theirs) else None
+            rates.append(min(own, pooled) if own is not None and pooled is not None else own or pooled)
+        return rates[0], rates[1]
 
     async def _exchange(
         self, client: httpx.AsyncClient, endpoint: EndpointState, payload: bytes
@@ -414,6 +474,9 @@ class HTTPChatLM(abc.ABC):
         if failure is not None:
             raise failure
         status = response.status_code
+        stated = read_rate_limit_headers(response.headers)
+        if stated is not None:
+            apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
         if not 200 <= status < 300:
             raise error_for_status(
                 status,
@@ -443,10 +506,19 @@ class HTTPChatLM(abc.ABC):
         if isinstance(error, RateLimitError):
             self._usage.rate_limited += 1
             pause = self._retry.pause_after_rate_limit(error.retry_after)
-            endpoint.limiter.pause(pause)
+            started = endpoint.limiter.pause(pause)
             if self._limiter.limited:
-                self._limiter.pause(pause)
-            logger.info("%s: HTTP 429, pausing requests for %.2f s", endpoint.url, pause)
+                started = self._limiter.pause(pause) or started
+            if started:
+                self._concurrency.paused()
+                logger.info(
+                    "%s: HTTP 429, pausing requests for %.2f s (concurrency cap now %d)",
+                    endpoint.url,
+                    pause,
+                    self._concurrency.cap,
+                )
+            else:
+                logger.debug("%s: HTTP 429 within a pause", endpoint.url)
         elif isinstance(error, LMConnectionError | LMTimeoutError) or (
             isinstance(error, ServerError) and error.status_code >= 500
         ):

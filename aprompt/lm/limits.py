@@ -1,38 +1,55 @@
-"""Client-side rate limits: continuous token buckets for requests and tokens per minute, and a pause
-shared by every task after an HTTP 429.
+"""Client-side rate limits: sliding-window logs of the requests and tokens admitted in the last
+``period`` seconds, a burst cap, and a pause shared by every task after an HTTP 429.
 
-The guarantee. A :class:`TokenBucket` for ``limit`` per ``period`` seconds holds at most
-``capacity`` tokens (default ``max(1, limit / 60)``, one second's worth) and refills continuously at
-``(limit - capacity) / period`` per second. It starts full and a request is admitted only when the
-bucket holds its cost. Hence, in **every** interval of ``w`` seconds, the tokens handed out are at
-most::
+The guarantee. A :class:`RateLimiter` keeps a log of every admission: its clock reading and its cost
+(1 request; the tokens reserved, settled later against the usage the server reports). It admits a
+request costing ``c`` tokens at reading ``t`` only if, over the admissions logged at readings in
+``(t - period, t]`` (those admitted at ``t`` before it included)::
 
-    capacity + w * (limit - capacity) / period
+    requests + 1 <= R(t)   and   tokens + c <= T(t)
 
-which for ``w = period`` is exactly ``limit``: no 60 s window ever holds more than
-``requests_per_minute`` requests, and the documented initial burst is ``capacity``. The price is a
-steady rate lower than ``limit / period`` by ``capacity / period`` (1/60 of the limit with the
-default capacity).
+where ``R(t) <= requests_per_minute`` and ``T(t) <= tokens_per_minute`` are the limits in force.
+Hence in **every** window ``[s, s + period)`` of clock readings at most ``requests_per_minute``
+requests, and ``tokens_per_minute`` tokens, are admitted: the last admission ``t`` of such a window
+has every other one in ``[s, t]``, inside ``(t - period, t]``, and counted them all. Nothing else is
+lost: allowance a window leaves unused (a slow start, a pause) can be spent later, as soon as the
+burst cap below lets it.
 
-Two caveats apply to the *token* bucket only. A request whose cost exceeds ``capacity`` could never
-be admitted, so it waits for a full bucket and then borrows (the level goes negative); a window can
-then hold up to ``max(capacity, largest cost) + w * rate``. And costs are estimates reserved before
-the call (:func:`estimate_prompt_tokens` + the completion budget) that are settled against the usage
-the server reports afterwards: refunds make room, under-estimates are charged (the level may go
-negative) and delay later requests, so only requests in flight can push a window over, by their
-under-estimate.
+Caveats, all about tokens but the last. Token costs are estimates (:func:`estimate_request_tokens`)
+settled after the call (:meth:`RateLimiter.settle`), charged at the admission's own reading: refunds
+make room, and an under-estimate can push a window over ``T`` only by the under-estimates of requests
+that were still unsettled when that window's last request was admitted. A cost above the limit in
+force can never fit: it is admitted alone, into a window that holds no other admission. And the
+readings are the client's: a server counting arrival times sees the same counts up to the spread of
+network delays.
 
-After a 429, :meth:`RateLimiter.pause` blocks every acquisition until the ``Retry-After`` time,
-empties the buckets (no burst when the pause ends) and halves the refill rate (down to
-``min_rate_factor``), which then recovers linearly to the full rate over one ``period`` (AIMD:
-multiplicative decrease, additive increase). Several 429s within one pause count as one decrease.
-Both only ever lower the rate, so the guarantee above still holds.
+The burst cap. In every window of ``period / 60`` seconds (one second for per-minute limits) at most
+``request_burst`` requests and ``token_burst`` tokens are admitted; by default three times the even
+share (``limit / 20``, at least 1; a single larger cost is admitted alone, like above). So a run
+catches up on unused allowance at up to three times the steady rate, but never spends a minute's
+allowance in one instant: providers (OpenAI, Anthropic) say they may enforce a per-minute limit over
+shorter intervals (e.g. 60 RPM as 1 per second). ``math.inf`` disables the cap.
+
+After a 429, :meth:`RateLimiter.pause` blocks every acquisition until the ``Retry-After`` time, halves
+the limits in force (down to ``min_rate_factor``), which then recover linearly to the full limits over
+one ``period`` (AIMD: multiplicative decrease, additive increase), and lowers a default burst cap to
+the even share for good: a 429 inside our own limits means the server enforces something tighter,
+such as a sub-minute quantum. Several 429s within one pause count as one.
+
+Limits the server states (``x-ratelimit-limit-*`` headers, :mod:`aprompt.lm.ratelimit_headers`) are
+applied with :meth:`RateLimiter.learn`: the limit in force becomes the lower of the configured and the
+stated one. The log holds every admission whether or not a limit is known, so a limit learned mid-run
+also counts what was admitted before it was known. :meth:`RateLimiter.hold` (the server said nothing
+remains until its reset) blocks acquisitions like a pause, without throttling.
+
+Pauses, throttling and learning only ever lower the limits in force, so the guarantee always holds.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,8 +59,9 @@ from aprompt._errors import ConfigError
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
+    "Admission",
     "RateLimiter",
-    "TokenBucket",
+    "SlidingWindow",
     "estimate_prompt_tokens",
     "estimate_request_tokens",
 ]
@@ -54,6 +72,9 @@ DEFAULT_COMPLETION_TOKENS = 256
 
 # Role, separators and framing the chat template adds to each message.
 _TOKENS_PER_MESSAGE = 4
+# The burst window is this fraction of the period; the default burst cap is this many even shares.
+_BURST_WINDOWS_PER_PERIOD = 60
+_DEFAULT_BURST_SHARES = 3.0
 
 
 def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -75,109 +96,228 @@ def estimate_request_tokens(messages: Sequence[Mapping[str, Any]], params: Mappi
     return estimate_prompt_tokens(messages) + completion
 
 
-class TokenBucket:
-    """A continuously refilled bucket that never hands out more than ``limit`` per ``period``.
+class _Entry:
+    """One admission in a window's log; its cost is corrected when it is settled."""
+
+    __slots__ = ("at", "cost", "in_burst", "in_window")
+
+    def __init__(self, at: float, cost: float) -> None:
+        self.at = at
+        self.cost = cost
+        self.in_window = True
+        self.in_burst = True
+
+
+class _Log:
+    """The admissions of the last ``span`` seconds and the sum of their costs."""
+
+    __slots__ = ("entries", "span", "total")
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.entries: deque[_Entry] = deque()
+        self.total = 0.0
+
+    def expire(self, now: float, *, burst: bool) -> None:
+        horizon = now - self.span
+        entries = self.entries
+        while entries and entries[0].at <= horizon:
+            entry = entries.popleft()
+            self.total -= entry.cost
+            if burst:
+                entry.in_burst = False
+            else:
+                entry.in_window = False
+        if not entries:
+            self.total = 0.0  # no drift from float sums
+
+    def delay(self, cost: float, limit: float, now: float) -> float:
+        """Seconds until ``cost`` fits under ``limit`` by expiry alone (0: it fits now); a cost above
+        the limit fits once the log is empty."""
+        if not self.entries or self.total + cost <= limit:
+            return 0.0
+        excess = self.total + cost - limit
+        freed = 0.0
+        for entry in self.entries:
+            freed += entry.cost
+            if freed >= excess:
+                break
+        # Positive even when float rounding makes ``at + span`` land on ``now``: the caller sleeps.
+        return max(entry.at + self.span - now, 1e-6)
+
+
+class SlidingWindow:
+    """A log of admissions against ``limit`` per ``period`` seconds and a burst cap per ``period / 60``.
 
     Not async itself (:class:`RateLimiter` serializes access); the module docstring gives the bound.
 
     Args:
-        limit: tokens allowed in any window of ``period`` seconds.
+        limit: the most admitted in any window of ``period`` seconds, or None (unknown: the log is kept,
+            nothing is refused; :meth:`learn` sets one later).
         period: the window, in seconds.
-        capacity: the burst size; default ``max(1, limit / 60)``. Must be below ``limit``.
-        now: the clock reading the bucket starts (full) at.
+        burst: the most admitted in any window of ``period / 60`` seconds; default three times the even
+            share (``limit / 20``, at least 1); ``math.inf`` for no cap.
+        min_factor: the lowest fraction of the limit repeated throttling leaves in force.
     """
 
     __slots__ = (
+        "_burst",
+        "_burst_log",
+        "_even_burst",
         "_factor",
-        "_updated",
-        "capacity",
-        "level",
-        "limit",
+        "_factor_at",
+        "_log",
+        "_stated",
+        "configured",
         "min_factor",
         "period",
-        "rate",
     )
 
     def __init__(
         self,
-        limit: float,
+        limit: float | None,
         *,
         period: float = 60.0,
-        capacity: float | None = None,
+        burst: float | None = None,
         min_factor: float = 0.25,
-        now: float = 0.0,
     ) -> None:
-        capacity = max(1.0, limit / 60.0) if capacity is None else float(capacity)
-        if not (0 < capacity < limit) or period <= 0:
-            raise ConfigError(
-                f"a rate limit needs 0 < burst capacity < limit (got limit={limit}, "
-                f"capacity={capacity}); use a limit of at least 2 per minute"
-            )
-        self.limit = float(limit)
+        if limit is not None and not limit > 0:
+            raise ConfigError(f"a rate limit must be positive, got {limit!r}")
+        if not period > 0:
+            raise ConfigError(f"a rate limit's period must be positive, got {period!r}")
+        if burst is not None and not burst > 0:
+            raise ConfigError(f"a burst cap must be positive, got {burst!r}")
+        if not 0 < min_factor <= 1:
+            raise ConfigError(f"min_rate_factor must be in (0, 1], got {min_factor!r}")
+        self.configured = None if limit is None else float(limit)
         self.period = float(period)
-        self.capacity = capacity
-        self.rate = (self.limit - capacity) / self.period
         self.min_factor = min_factor
-        self.level = capacity
-        self._updated = now
+        self._stated: float | None = None
+        self._burst = burst  # None: the default, derived from the limit in force
+        self._even_burst = False  # after a 429: the default cap is the even share
         self._factor = 1.0
+        self._factor_at = -math.inf
+        self._log = _Log(self.period)
+        self._burst_log = _Log(self.period / _BURST_WINDOWS_PER_PERIOD)
 
     @property
-    def rate_factor(self) -> float:
-        """The fraction of the full refill rate in force (below 1 for a while after a 429)."""
-        return self._factor
+    def limit(self) -> float | None:
+        """The limit before throttling: the lower of the configured and the server-stated one."""
+        if self._stated is None:
+            return self.configured
+        return self._stated if self.configured is None else min(self.configured, self._stated)
 
-    def refill(self, now: float) -> None:
-        elapsed = now - self._updated
-        if elapsed <= 0:
-            return
-        # The factor only rises between refills, so its value at the start is a safe lower bound.
-        self.level = min(self.capacity, self.level + elapsed * self.rate * self._factor)
-        self._factor = min(1.0, self._factor + elapsed / self.period)
-        self._updated = now
+    @property
+    def burst(self) -> float:
+        """The burst cap before throttling (``inf`` while no limit is known)."""
+        if self._burst is not None:
+            return self._burst
+        limit = self.limit
+        if limit is None:
+            return math.inf
+        shares = 1.0 if self._even_burst else _DEFAULT_BURST_SHARES
+        return max(1.0, shares * limit / _BURST_WINDOWS_PER_PERIOD)
+
+    def factor(self, now: float) -> float:
+        """The fraction of the limits in force (below 1 for up to a period after a throttle)."""
+        return min(1.0, self._factor + (now - self._factor_at) / self.period)
+
+    def used(self, now: float) -> float:
+        """The cost admitted in ``(now - period, now]``."""
+        self._log.expire(now, burst=False)
+        return self._log.total
 
     def delay(self, cost: float, now: float) -> float:
-        """Seconds until ``cost`` can be taken (costs above capacity wait for a full bucket)."""
-        self.refill(now)
-        missing = min(cost, self.capacity) - self.level
-        return 0.0 if missing <= 1e-9 else missing / (self.rate * self._factor)
+        """Seconds until ``cost`` can be admitted (0: now); a lower bound, so callers check again."""
+        limit = self.limit
+        if limit is None:
+            return 0.0
+        self._log.expire(now, burst=False)
+        self._burst_log.expire(now, burst=True)
+        factor = self.factor(now)
+        delay = max(
+            self._log.delay(cost, limit * factor, now),
+            self._burst_log.delay(cost, self.burst * factor, now),
+        )
+        if delay > 0 and factor < 1.0 and self._log.entries:
+            # The limit recovers as the factor rises: the cost may fit before anything expires.
+            need = (self._log.total + cost) / limit
+            if need <= 1.0:
+                delay = min(delay, max(self._factor_at + (need - self._factor) * self.period - now, 1e-6))
+        return delay
 
-    def take(self, cost: float) -> None:
-        self.level -= cost
+    def admit(self, cost: float, now: float) -> _Entry:
+        """Log an admission of ``cost`` at ``now`` (call :meth:`delay` first: this does not check)."""
+        self._log.expire(now, burst=False)  # keeps the log a period long even with no limit known
+        self._burst_log.expire(now, burst=True)
+        entry = _Entry(now, float(cost))
+        self._log.entries.append(entry)
+        self._log.total += entry.cost
+        self._burst_log.entries.append(entry)
+        self._burst_log.total += entry.cost
+        return entry
 
-    def give(self, amount: float) -> None:
-        """Refund ``amount`` (or charge it, if negative); the level never exceeds capacity."""
-        self.level = min(self.capacity, self.level + amount)
+    def settle(self, entry: _Entry, cost: float) -> None:
+        """Correct ``entry``'s cost (a refund when lower), still charged at its admission time."""
+        change = float(cost) - entry.cost
+        entry.cost = float(cost)
+        if entry.in_window:
+            self._log.total += change
+        if entry.in_burst:
+            self._burst_log.total += change
 
     def throttle(self, now: float) -> None:
-        """After a 429: empty the bucket and halve the refill rate (AIMD decrease)."""
-        self.refill(now)
-        self.level = min(self.level, 0.0)
-        self._factor = max(self.min_factor, self._factor * 0.5)
+        """After a 429: halve the limits in force (they recover over a period); a default burst cap
+        drops to the even share for good."""
+        self._factor = max(self.min_factor, self.factor(now) * 0.5)
+        self._factor_at = now
+        self._even_burst = True
+
+    def learn(self, stated: float) -> None:
+        """The server states its limit: the one in force becomes the lower of it and the configured."""
+        if stated > 0:
+            self._stated = float(stated)
+
+
+class Admission:
+    """One admitted request: its entries in the limiter's logs, for :meth:`RateLimiter.settle`."""
+
+    __slots__ = ("_requests", "_tokens", "reserved")
+
+    def __init__(self, requests: _Entry, tokens: _Entry, reserved: int) -> None:
+        self._requests = requests
+        self._tokens = tokens
+        self.reserved = reserved
+
+    @property
+    def at(self) -> float:
+        """The limiter's clock reading when it was admitted."""
+        return self._requests.at
 
 
 class RateLimiter:
-    """Request and token buckets plus a shared pause, acquired in FIFO order.
+    """Request and token windows plus a shared pause, acquired in FIFO order.
 
     Tasks queue on a fair lock; only the task at the head sleeps until its request fits in both
-    buckets and the pause (if any) is over, so admission order is arrival order and no task starves.
-    A task cancelled while waiting takes nothing. With no limits configured only the pause applies.
+    windows and the pause (if any) is over, so admission order is arrival order and no task starves.
+    A task cancelled while waiting takes nothing. With no limit known, only the pause applies (the
+    logs are still kept, for a limit learned later).
 
     Args:
         requests_per_minute: the request limit, or None.
         tokens_per_minute: the token limit (prompt + completion), or None.
         period: the window of both limits in seconds (60; shorter only for tests).
-        request_burst: the request bucket's capacity (default one second's worth, at least 1).
-        token_burst: the token bucket's capacity (default one second's worth, at least 1).
-        min_rate_factor: the lowest fraction of the rate repeated 429s can throttle to.
+        request_burst: the most requests admitted in any ``period / 60`` (see the module docstring).
+        token_burst: the most tokens admitted in any ``period / 60``.
+        min_rate_factor: the lowest fraction of the limits repeated 429s can throttle to.
         clock: a monotonic clock in seconds.
 
     Example:
         >>> limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=100_000)
         >>> async def call() -> None:  # doctest: +SKIP
-        ...     await limiter.acquire(tokens=900)
+        ...     admission = await limiter.acquire(tokens=900)
         ...     ...  # send the request, read usage
-        ...     limiter.settle(reserved=900, used=640)
+        ...     limiter.settle(admission, used=640)
     """
 
     def __init__(
@@ -191,100 +331,123 @@ class RateLimiter:
         min_rate_factor: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        now = clock()
         self._clock = clock
-        self._requests = (
-            None
-            if requests_per_minute is None
-            else TokenBucket(
-                requests_per_minute,
-                period=period,
-                capacity=request_burst,
-                min_factor=min_rate_factor,
-                now=now,
-            )
+        self._requests = SlidingWindow(
+            requests_per_minute, period=period, burst=request_burst, min_factor=min_rate_factor
         )
-        self._tokens = (
-            None
-            if tokens_per_minute is None
-            else TokenBucket(
-                tokens_per_minute,
-                period=period,
-                capacity=token_burst,
-                min_factor=min_rate_factor,
-                now=now,
-            )
+        self._tokens = SlidingWindow(
+            tokens_per_minute, period=period, burst=token_burst, min_factor=min_rate_factor
         )
         self._lock = anyio.Lock()
         self._paused_until = -math.inf
+        self._pause_ends = -math.inf  # the end of the latest 429 pause (holds do not count)
+        self._pause_seconds = 0.0
 
     @property
     def limited(self) -> bool:
-        """True when a request or token limit is configured."""
-        return self._requests is not None or self._tokens is not None
+        """True when a request or token limit is configured or learned."""
+        return self._requests.limit is not None or self._tokens.limit is not None
 
     @property
-    def request_bucket(self) -> TokenBucket | None:
+    def request_window(self) -> SlidingWindow:
         return self._requests
 
     @property
-    def token_bucket(self) -> TokenBucket | None:
+    def token_window(self) -> SlidingWindow:
         return self._tokens
+
+    @property
+    def period(self) -> float:
+        return self._requests.period
+
+    @property
+    def requests_per_second(self) -> float | None:
+        """The request limit in force (before throttling) per second, or None when unknown."""
+        limit = self._requests.limit
+        return None if limit is None else limit / self._requests.period
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """The token limit in force (before throttling) per second, or None when unknown."""
+        limit = self._tokens.limit
+        return None if limit is None else limit / self._tokens.period
 
     @property
     def paused_until(self) -> float:
         """The clock reading before which nothing is admitted (``-inf`` when never paused)."""
         return self._paused_until
 
+    @property
+    def pause_seconds(self) -> float:
+        """The length of the latest pause or hold, in seconds."""
+        return self._pause_seconds
+
     def is_paused(self) -> bool:
         return self._clock() < self._paused_until
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request costing ``tokens`` is admitted, then take it from the buckets."""
+    async def acquire(self, tokens: int = 0) -> Admission:
+        """Wait until one request costing ``tokens`` is admitted; log it and return its admission."""
         if not self.limited:
             while True:
                 delay = self._paused_until - self._clock()
                 if delay <= 0:
-                    return
+                    return self._admit(tokens)
                 await anyio.sleep(delay)
         async with self._lock:
             while True:
                 delay = self._delay(tokens)
                 if delay <= 0:
-                    break
+                    return self._admit(tokens)
                 await anyio.sleep(delay)
-            if self._requests is not None:
-                self._requests.take(1)
-            if self._tokens is not None:
-                self._tokens.take(tokens)
+
+    def _admit(self, tokens: int) -> Admission:
+        now = self._clock()
+        return Admission(self._requests.admit(1, now), self._tokens.admit(tokens, now), tokens)
 
     def _delay(self, tokens: int) -> float:
         now = self._clock()
-        delay = self._paused_until - now
-        if self._requests is not None:
-            delay = max(delay, self._requests.delay(1, now))
-        if self._tokens is not None:
-            delay = max(delay, self._tokens.delay(tokens, now))
-        return delay
+        return max(self._paused_until - now, self._requests.delay(1, now), self._tokens.delay(tokens, now))
 
-    def settle(self, reserved: int, used: int) -> None:
-        """Correct a reservation of ``reserved`` tokens to the ``used`` the server reported."""
-        if self._tokens is not None and used != reserved:
-            self._tokens.give(reserved - used)
+    def settle(self, admission: Admission, used: int) -> None:
+        """Correct an admission's reserved tokens to the ``used`` the server reported."""
+        if used != admission.reserved:
+            self._tokens.settle(admission._tokens, used)
+            admission.reserved = used
 
-    def pause(self, seconds: float) -> None:
-        """Admit nothing for ``seconds`` (a 429's Retry-After); throttle buckets once per pause."""
+    def pause(self, seconds: float) -> bool:
+        """Admit nothing for ``seconds`` (a 429's Retry-After); throttle once per pause.
+
+        Returns True when this starts a new pause (the first 429 of it), False within one.
+        """
         now = self._clock()
-        if now >= self._paused_until:
-            for bucket in (self._requests, self._tokens):
-                if bucket is not None:
-                    bucket.throttle(now)
-        self._paused_until = max(self._paused_until, now + seconds)
+        started = now >= self._pause_ends
+        if started:
+            self._requests.throttle(now)
+            self._tokens.throttle(now)
+        self._pause_ends = max(self._pause_ends, now + seconds)
+        self._hold(now, seconds)
+        return started
+
+    def hold(self, seconds: float) -> None:
+        """Admit nothing for ``seconds`` (the server says none remain until then); no throttling."""
+        self._hold(self._clock(), seconds)
+
+    def _hold(self, now: float, seconds: float) -> None:
+        if now + seconds > self._paused_until:
+            self._paused_until = now + seconds
+            self._pause_seconds = seconds
+
+    def learn(self, requests_per_minute: float | None = None, tokens_per_minute: float | None = None) -> None:
+        """Apply limits the server states (per period); the ones in force never exceed them."""
+        if requests_per_minute is not None:
+            self._requests.learn(requests_per_minute)
+        if tokens_per_minute is not None:
+            self._tokens.learn(tokens_per_minute)
 
     def __repr__(self) -> str:
         parts = [
-            f"{name}={bucket.limit:g}/{bucket.period:g}s"
-            for name, bucket in (("requests", self._requests), ("tokens", self._tokens))
-            if bucket is not None
+            f"{name}={window.limit:g}/{window.period:g}s"
+            for name, window in (("requests", self._requests), ("tokens", self._tokens))
+            if window.limit is not None
         ]
         return f"RateLimiter({', '.join(parts)})"

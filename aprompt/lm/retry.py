@@ -52,7 +52,9 @@ class RetryPolicy:
     ``min(max_backoff, initial_backoff * multiplier**(n-1))``, scaled by a random factor in
     ``[1 - jitter, 1]`` (jitter spreads the retries of many tasks). With the defaults: about
     0.25-0.5, 0.5-1, 1-2, 2-4, 4-8, 8-16 s, 31 s at most in all. After a 429 the endpoint's shared
-    limiter also holds the retry until the ``Retry-After`` has passed.
+    limiter also holds the retry until the ``Retry-After`` has passed, and then a random share of
+    ``pause_jitter`` times the pause (2 s at most), so that the retries a pause held do not all arrive
+    at its end at once.
 
     Attributes:
         max_retries: re-sends after the first attempt; then the last failure's error is raised.
@@ -60,6 +62,7 @@ class RetryPolicy:
         jitter: the fraction of each back-off that is randomized (0 = none, 1 = full jitter).
         max_retry_after: the longest ``Retry-After`` honoured, in seconds (longer ones are capped).
         rate_limit_pause: the pause after a 429 that carries no ``Retry-After``, in seconds.
+        pause_jitter: the fraction of a pause over which the attempts it held are spread after it.
 
     Example:
         >>> RetryPolicy(max_retries=3, initial_backoff=0.01).backoff(2, random.Random(0)) <= 0.02
@@ -73,6 +76,7 @@ class RetryPolicy:
     jitter: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
     max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
     rate_limit_pause: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    pause_jitter: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the ``retry``-th re-send (1-based)."""

@@ -152,13 +152,14 @@ async def test_endpoint_with_a_lower_rate_limit_gets_fewer_calls(
     fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
 ) -> None:
     endpoints = [
-        Endpoint(fake_server.base_url, max_concurrency=2, requests_per_minute=240),
+        Endpoint(fake_server.base_url, max_concurrency=2, requests_per_minute=120),
         Endpoint(second_server.base_url, max_concurrency=4),
     ]
     second_server.latency = 0.01
     async with OpenAICompatibleLM("m", endpoints, api_key=TEST_API_KEY) as lm:
         await run_calls(lm, 60)
-    # The limited endpoint admits a burst of 4, then 3.93/s; meanwhile the other does the rest.
+    # The limited endpoint admits a burst of 6 in any second (three even shares of 2/s), then its two
+    # slots wait for the next second; meanwhile the other does the rest.
     assert len(fake_server.chat_requests) <= 8
     assert len(second_server.chat_requests) >= 52
 

@@ -1,0 +1,133 @@
+"""How many requests an HTTP client keeps in flight when the user fixes no ``max_concurrency``.
+
+With a rate limit known (configured, or stated by the server's ``x-ratelimit-limit-*`` headers), the
+cap follows Little's law: to sustain ``rate`` requests per second at ``latency`` seconds each,
+``rate × latency`` must be in flight. The cap is::
+
+    ceil(target_rate × latency × HEADROOM), clamped to [1, maximum]
+
+with ``target_rate = min(requests per second, tokens per second ÷ mean tokens per request)`` and
+``latency`` an exponentially weighted mean of successful exchanges' durations, measured as the run goes
+(a guess of 1 s, and 500 tokens per request, until the first answer). ``HEADROOM`` (2) covers the spread
+of latencies (a lognormal's 90th percentile with σ 0.5 is 1.9 × its median) and the catch-up bursts the
+limiter allows; the rate itself is the limiter's job, and requests it holds keep their slot, ready to
+go the moment allowance frees.
+
+With no limit known, the cap adapts to 429s (AIMD): it starts at :data:`INITIAL_CONCURRENCY`; each
+answer that arrives while every slot is taken adds ``1 / cap`` (one per round of ``cap`` requests). The
+first 429 of a pause halves it (several 429s of one pause count once): the halved cap becomes the
+slow-start threshold and the cap restarts at 1, so after the pause a single request finds out whether
+the server accepts again; each success then adds 1 (doubling per round) up to the threshold. A backlog
+of retries never fires at once into a server that still refuses.
+
+A ``max_concurrency`` given by the user is a fixed cap: none of this applies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import anyio
+
+__all__ = ["HEADROOM", "INITIAL_CONCURRENCY", "MAX_CONCURRENCY", "ConcurrencyController"]
+
+#: The most requests an adaptive client keeps in flight (its per-endpoint connection places too).
+MAX_CONCURRENCY = 1024
+#: The adaptive cap while no rate limit is known, before any 429 (the former fixed default).
+INITIAL_CONCURRENCY = 64
+#: In-flight requests per request the rate and latency call for (see the module docstring).
+HEADROOM = 2.0
+
+_LATENCY_GUESS = 1.0
+_TOKENS_GUESS = 500.0
+_SMOOTHING = 0.1
+
+#: The client's limits in force as (requests per second, tokens per second), None where unknown.
+Rates = Callable[[], tuple[float | None, float | None]]
+
+
+class ConcurrencyController:
+    """The concurrency cap of one client and the slots that enforce it (``async with controller.slots``).
+
+    Args:
+        fixed: the user's ``max_concurrency``: a fixed cap; None to adapt.
+        maximum: the highest cap (also the ceiling of a fixed one).
+        rates: reads the limits in force (they change when the server states its own).
+
+    Example:
+        >>> controller = ConcurrencyController(None, maximum=1024, rates=lambda: (50.0, None))
+        >>> controller.cap  # 50/s x the 1 s latency guess x headroom 2
+        100
+        >>> controller.completed(latency=0.5, tokens=200)
+        >>> controller.cap
+        50
+    """
+
+    def __init__(self, fixed: int | None, *, maximum: int, rates: Rates) -> None:
+        self._fixed = fixed
+        self._maximum = max(1, maximum if fixed is None else min(fixed, maximum))
+        self._rates = rates
+        self._latency: float | None = None
+        self._tokens: float | None = None
+        self._window = float(min(INITIAL_CONCURRENCY, self._maximum))
+        self._threshold = math.inf
+        self.slots = anyio.CapacityLimiter(self._maximum if fixed is not None else self._target())
+
+    @property
+    def adaptive(self) -> bool:
+        return self._fixed is None
+
+    @property
+    def cap(self) -> int:
+        """Requests allowed in flight now."""
+        return int(self.slots.total_tokens)
+
+    @property
+    def maximum(self) -> int:
+        return self._maximum
+
+    @property
+    def latency(self) -> float | None:
+        """The mean latency of successful exchanges so far (weighted to recent ones), or None."""
+        return self._latency
+
+    def completed(self, latency: float, tokens: int) -> None:
+        """An exchange succeeded after ``latency`` seconds, using ``tokens``; call it holding its slot."""
+        if self._fixed is not None:
+            return
+        self._latency = _smoothed(self._latency, latency)
+        if tokens > 0:
+            self._tokens = _smoothed(self._tokens, tokens)
+        if self.slots.available_tokens <= 0:  # the cap was binding: room to grow
+            self._window += 1.0 if self._window < self._threshold else 1.0 / self._window
+            self._window = min(self._window, float(self._maximum))
+        self._set(self._target())
+
+    def paused(self) -> None:
+        """A new pause began (the first 429 of it): halve, then restart from one (see module docstring)."""
+        if self._fixed is None:
+            self._threshold = max(1.0, self._window / 2)
+            self._window = 1.0
+            self._set(self._target())
+
+    def _target(self) -> int:
+        requests, tokens = self._rates()
+        rate = requests
+        if tokens is not None:
+            by_tokens = tokens / (self._tokens or _TOKENS_GUESS)
+            rate = by_tokens if rate is None else min(rate, by_tokens)
+        if rate is None:
+            target = self._window
+        else:
+            target = math.ceil(rate * (self._latency or _LATENCY_GUESS) * HEADROOM)
+        return max(1, min(self._maximum, int(target)))
+
+    def _set(self, cap: int) -> None:
+        if cap != self.slots.total_tokens:
+            self.slots.total_tokens = cap
+
+
+def _smoothed(mean: float | None, sample: float) -> float:
+    """An exponentially weighted mean moved towards ``sample`` (the first sample starts it)."""
+    return float(sample) if mean is None else mean + _SMOOTHING * (sample - mean)

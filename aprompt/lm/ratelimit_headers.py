@@ -1,0 +1,114 @@
+"""The rate-limit headers OpenAI-compatible servers send with their answers (429s included), and what
+the client does with them.
+
+``x-ratelimit-limit-requests`` / ``-tokens`` state the server's limits: :func:`apply_stated_limits`
+makes them limits of the endpoint's :class:`~aprompt.lm.limits.RateLimiter` (the one in force is the
+lower of the configured and the stated one; they are taken per minute, as OpenAI means them).
+``x-ratelimit-remaining-requests`` / ``-tokens`` with ``x-ratelimit-reset-requests`` / ``-tokens``
+(durations such as ``1s``, ``6m0s``, ``20ms``): when none remain, the endpoint holds its requests until
+the reset instead of collecting 429s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import attrs
+
+from aprompt.lm.limits import RateLimiter
+
+__all__ = ["StatedLimits", "apply_stated_limits", "parse_duration", "read_rate_limit_headers"]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+@attrs.frozen
+class StatedLimits:
+    """What one answer's headers say; None where a header is absent or unreadable.
+
+    Attributes:
+        requests_limit, tokens_limit: the server's limits (per minute).
+        requests_remaining, tokens_remaining: what remains of them now.
+        requests_reset, tokens_reset: seconds until they are replenished.
+    """
+
+    requests_limit: float | None = None
+    tokens_limit: float | None = None
+    requests_remaining: float | None = None
+    tokens_remaining: float | None = None
+    requests_reset: float | None = None
+    tokens_reset: float | None = None
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a reset header: a number of seconds, or a Go-style duration (``1h2m3.5s``, ``20ms``).
+
+    Example:
+        >>> parse_duration("6m0s"), parse_duration("20ms"), parse_duration("1.5")
+        (360.0, 0.02, 1.5)
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if seconds >= 0 else None  # NaN and negatives are unreadable
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    return total if position == len(text) else None
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None  # NaN and negatives are unreadable
+
+
+def read_rate_limit_headers(headers: Mapping[str, str]) -> StatedLimits | None:
+    """The ``x-ratelimit-*`` headers of an answer, or None when it has none.
+
+    Example:
+        >>> read_rate_limit_headers({"x-ratelimit-limit-requests": "600"}).requests_limit
+        600.0
+    """
+    limit_requests = headers.get("x-ratelimit-limit-requests")
+    limit_tokens = headers.get("x-ratelimit-limit-tokens")
+    remaining_requests = headers.get("x-ratelimit-remaining-requests")
+    remaining_tokens = headers.get("x-ratelimit-remaining-tokens")
+    if all(value is None for value in (limit_requests, limit_tokens, remaining_requests, remaining_tokens)):
+        return None
+    return StatedLimits(
+        requests_limit=_number(limit_requests),
+        tokens_limit=_number(limit_tokens),
+        requests_remaining=_number(remaining_requests),
+        tokens_remaining=_number(remaining_tokens),
+        requests_reset=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        tokens_reset=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
+
+
+def apply_stated_limits(limiter: RateLimiter, stated: StatedLimits, *, max_hold: float) -> None:
+    """Make the stated limits ``limiter``'s, and hold it until the reset when nothing remains (for at
+    most ``max_hold`` seconds)."""
+    limiter.learn(stated.requests_limit, stated.tokens_limit)
+    for remaining, reset in (
+        (stated.requests_remaining, stated.requests_reset),
+        (stated.tokens_remaining, stated.tokens_reset),
+    ):
+        if remaining is not None and remaining < 1 and reset:
+            limiter.hold(min(reset, max_hold))
