@@ -1,10 +1,10 @@
 """A run's storage in ``run_dir``: its lock, the journal (checked against the run's identity, see
-:mod:`aprompt.run.identity`) and the LM cache."""
+:mod:`aprompt.run.identity`) and the LM cache; without ``run_dir``, an LM cache in memory."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,9 @@ from aprompt.run.journal import RunJournal
 from aprompt.run.lock import RunDirLock
 
 CACHE_DIR = "cache"
+#: Answers the in-memory cache of a run without ``run_dir`` keeps (least recently used dropped first):
+#: enough for every request of a large run, at about a kilobyte each.
+MEMORY_CACHE_ENTRIES = 200_000
 
 
 def check_fingerprint(journal: RunJournal, fingerprint: Mapping[str, Any], resume: bool) -> None:
@@ -55,27 +58,39 @@ async def run_storage(
 ) -> AsyncIterator[RunJournal | None]:
     """Lock ``run_dir``, open its journal and attach its response cache to LMs that have none.
 
-    The cache is detached, both are closed and the lock released when the run ends, whatever way it ends.
+    Without ``run_dir``, LMs that have no cache get one in memory for the run, so that the run sends no
+    identical request twice (identical requests in flight at once share one answer too) and the
+    journal is None. The cache is detached, both are closed and the lock released when the run ends,
+    whatever way it ends.
 
     Raises:
         RunDirLockedError: another optimization holds ``run_dir``.
         ConfigError: the journal holds a different run (see :func:`check_fingerprint`).
     """
     if run_dir is None:
-        yield None
+        memory = ResponseCache.memory_only(MEMORY_CACHE_ENTRIES)
+        given = _attach(lms, lambda: memory)
+        try:
+            yield None
+        finally:
+            for lm in given:
+                lm.cache = None
+            memory.close()
         return
     with RunDirLock.acquire(run_dir):
         journal = RunJournal.open(run_dir)
         attached: list[Any] = []
         cache: ResponseCache | None = None
+
+        def disk_cache() -> ResponseCache:
+            nonlocal cache
+            if cache is None:
+                cache = ResponseCache.in_directory(Path(run_dir) / CACHE_DIR)
+            return cache
+
         try:
             check_fingerprint(journal, fingerprint, resume)
-            for lm in {id(lm): lm for lm in lms if lm is not None}.values():
-                if hasattr(type(lm), "cache") and getattr(lm, "cache", False) is None:
-                    if cache is None:
-                        cache = ResponseCache.in_directory(Path(run_dir) / CACHE_DIR)
-                    lm.cache = cache
-                    attached.append(lm)
+            attached = _attach(lms, disk_cache)
             yield journal
         finally:
             for lm in attached:
@@ -83,3 +98,13 @@ async def run_storage(
             if cache is not None:
                 cache.close()
             journal.close()
+
+
+def _attach(lms: Sequence[Any], cache: Callable[[], ResponseCache]) -> list[Any]:
+    """Give ``cache()`` to each LM (once each) that has an assignable ``cache`` set to None; returns them."""
+    attached: list[Any] = []
+    for lm in {id(lm): lm for lm in lms if lm is not None}.values():
+        if hasattr(type(lm), "cache") and getattr(lm, "cache", False) is None:
+            lm.cache = cache()
+            attached.append(lm)
+    return attached
