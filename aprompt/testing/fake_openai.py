@@ -131,6 +131,7 @@ class FakeOpenAIServer:
         api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
         fault_rates: probability per request of each :class:`Fault` (drawn in order, seeded).
         rate_limit: a hard server-side rate limit answered with 429.
+        response_headers: extra headers of the ``n``-th POST answer (0-based), or None.
         seed: seeds the latency and fault draws.
         record: keep a :class:`RecordedRequest` per request in :attr:`requests` (turn off for long
             benchmark runs; :attr:`answered` still counts).
@@ -145,6 +146,7 @@ class FakeOpenAIServer:
     host: str = "127.0.0.1"
     port: int = 0
     record: bool = True
+    response_headers: Callable[[int], dict[str, str]] | None = None
 
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     in_flight: int = attrs.field(default=0, init=False)
@@ -158,6 +160,7 @@ class FakeOpenAIServer:
     _outage: tuple[float, float, str] | None = attrs.field(default=None, init=False)
     _rng: random.Random = attrs.field(init=False)
     _window: deque[tuple[float, int]] = attrs.field(factory=deque, init=False)
+    _posts: int = attrs.field(default=0, init=False)
     _task_group: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
     _listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = attrs.field(default=None, init=False)
 
@@ -284,6 +287,7 @@ class FakeOpenAIServer:
                 status, payload, extra_headers, fault_name = await self._answer(method, path, headers, body)
             if status < 0:  # dropped connection
                 return False
+            extra_headers = {**extra_headers, **self._more_headers(method, status)}
             await _send(stream, status, payload, extra_headers)
             return True
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -455,14 +459,40 @@ class FakeOpenAIServer:
                 return fault
         return None
 
+    def _more_headers(self, method: str, status: int) -> dict[str, str]:
+        """The rate-limit headers (when asked for) and the scripted ones of a POST's answer."""
+        headers: dict[str, str] = {}
+        if method != "POST":
+            return headers
+        number, self._posts = self._posts, self._posts + 1
+        limit = self.rate_limit
+        if limit is not None and limit.headers and status in (200, 429):
+            now = time.monotonic()
+            self._expire_window(now, limit.period)
+            reset = f"{(self._window[0][0] + limit.period - now) if self._window else 0.0:.3f}s"
+            for kind, allowed, used in (
+                ("requests", limit.requests_per_minute, len(self._window)),
+                ("tokens", limit.tokens_per_minute, sum(t for _, t in self._window)),
+            ):
+                if allowed is not None:
+                    headers[f"x-ratelimit-limit-{kind}"] = f"{allowed:g}"
+                    headers[f"x-ratelimit-remaining-{kind}"] = f"{max(0.0, allowed - used):g}"
+                    headers[f"x-ratelimit-reset-{kind}"] = reset
+        if self.response_headers is not None:
+            headers.update(self.response_headers(number))
+        return headers
+
+    def _expire_window(self, now: float, period: float) -> None:
+        while self._window and self._window[0][0] <= now - period:
+            self._window.popleft()
+
     def _over_rate_limit(self, tokens: int) -> float | None:
-        """Admit this request into the 60 s window, or return the seconds until it would fit."""
+        """Admit this request into the window, or return the seconds until it would fit."""
         limit = self.rate_limit
         if limit is None:
             return None
         now = time.monotonic()
-        while self._window and self._window[0][0] <= now - 60.0:
-            self._window.popleft()
+        self._expire_window(now, limit.period)
         count = len(self._window)
         used = sum(t for _, t in self._window)
         over_requests = limit.requests_per_minute is not None and count + 1 > limit.requests_per_minute
@@ -471,7 +501,7 @@ class FakeOpenAIServer:
             self._window.append((now, tokens))
             return None
         oldest = self._window[0][0] if self._window else now
-        return max(0.001, oldest + 60.0 - now)
+        return max(0.001, oldest + limit.period - now)
 
 
 def _json(payload: Any) -> bytes:

@@ -163,10 +163,15 @@ class Fault:
 class ServerRateLimit:
     """A hard server-side limit: more than ``requests_per_minute`` requests (or
     ``tokens_per_minute`` prompt+completion tokens) in any trailing 60 s window are answered 429
-    with Retry-After."""
+    with Retry-After.
+
+    ``period`` changes the window (for tests). With ``headers``, every answer (429s included) carries
+    ``x-ratelimit-limit-*``, ``-remaining-*`` and ``-reset-*`` headers as OpenAI sends them."""
 
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    period: float = 60.0
+    headers: bool = False
 
 
 @attrs.frozen
