@@ -13,12 +13,14 @@ of latencies (a lognormal's 90th percentile with σ 0.5 is 1.9 × its median) an
 limiter allows; the rate itself is the limiter's job, and requests it holds keep their slot, ready to
 go the moment allowance frees.
 
-With no limit known, the cap adapts to 429s (AIMD): it starts at :data:`INITIAL_CONCURRENCY`; each
-answer that arrives while every slot is taken adds ``1 / cap`` (one per round of ``cap`` requests). The
-first 429 of a pause halves it (several 429s of one pause count once): the halved cap becomes the
+With no limit known, the cap adapts to 429s, as TCP's congestion window does to losses. It starts at
+:data:`INITIAL_CONCURRENCY` in slow start: each answer that arrives while every slot is taken adds 1, so
+the cap doubles per round of ``cap`` requests while the server keeps up. The first 429 of a pause
+(several 429s of one pause count once) halves it, multiplicatively: the halved cap becomes the
 slow-start threshold and the cap restarts at 1, so after the pause a single request finds out whether
-the server accepts again; each success then adds 1 (doubling per round) up to the threshold. A backlog
-of retries never fires at once into a server that still refuses.
+the server accepts again, and the cap doubles back to the threshold in a few rounds. Above the
+threshold it grows additively: ``1 / cap`` per answer at the cap, one per round. A backlog of retries
+therefore never fires at once into a server that still refuses.
 
 A ``max_concurrency`` given by the user is a fixed cap: none of this applies.
 """
