@@ -33,8 +33,10 @@ class OpenAICompatibleLM(HTTPChatLM):
         api_key_env: the environment variable read when ``api_key`` is None.
         timeout: seconds one attempt may take in all: connecting, sending, and receiving the whole
             response (then it fails with :class:`~aprompt._errors.LMTimeoutError` and is retried).
-        max_concurrency: requests in flight at once over all endpoints (each endpoint keeps up
-            to this many keep-alive connections, in lanes: see :mod:`aprompt.lm.connections`).
+        max_concurrency: a fixed cap on the requests in flight at once over all endpoints (each
+            endpoint keeps up to this many keep-alive connections, in lanes: see
+            :mod:`aprompt.lm.connections`); None (the default) adapts it to the rate limits and the
+            measured latency, or to 429s when no limit is known (:mod:`aprompt.lm.adaptive`).
         requests_per_minute: a client-wide request limit shared by all endpoints (see
             :mod:`aprompt.lm.limits` for the exact guarantee); None for no limit.
         tokens_per_minute: a client-wide limit on prompt + completion tokens, shared the same way;
