@@ -141,6 +141,8 @@ async def optimize(
 ) -> aprompt.OptimizeResult:
     racing = options.pop("racing", True)
     cache = ResponseCache.in_directory(cache_dir) if cache_dir is not None else None
+    if cache is None and options.get("run_dir") is None:
+        cache = ResponseCache.disabled()  # no cache at all: a run would answer repeats from memory
     async with OpenAICompatibleLM(
         "world", server.base_url, api_key=TEST_API_KEY, cache=cache, max_concurrency=64
     ) as lm:

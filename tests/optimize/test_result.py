@@ -72,7 +72,7 @@ def test_usage_is_the_sum_of_the_phases_and_counts_every_request(run: Run) -> No
         total = total + phase.usage
     assert result.usage == total
     assert result.usage.requests == len(requests), "no LM call was made outside a phase"
-    assert result.usage.prompt_tokens > 0 and result.usage.lm_calls == result.usage.calls > 0
+    assert result.usage.prompt_tokens > 0 and result.usage.lm_calls == result.usage.requests > 0
 
 
 def test_every_phase_has_a_wall_time_within_the_runs(run: Run) -> None:

@@ -96,7 +96,7 @@ def assert_best_so_far(result: aprompt.OptimizeResult) -> None:
     assert (result.score, dict(result.best_choice)) == (best.score, dict(best.choice))
 
 
-@pytest.mark.parametrize("limit", [50, 100, 150])
+@pytest.mark.parametrize("limit", [50, 100, 120])
 async def test_max_lm_calls_bounds_the_requests_the_server_receives(limit: int) -> None:
     async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
         result = await qa_run(lm, max_lm_calls=limit)
