@@ -8,10 +8,13 @@ cap follows Little's law: to sustain ``rate`` requests per second at ``latency``
 
 with ``target_rate = min(requests per second, tokens per second ÷ mean tokens per request)`` and
 ``latency`` an exponentially weighted mean of successful exchanges' durations, measured as the run goes
-(a guess of 1 s, and 500 tokens per request, until the first answer). ``HEADROOM`` (2) covers the spread
-of latencies (a lognormal's 90th percentile with σ 0.5 is 1.9 × its median) and the catch-up bursts the
-limiter allows; the rate itself is the limiter's job, and requests it holds keep their slot, ready to
-go the moment allowance frees.
+(a guess of 1 s, and 500 tokens per request, until the first answer). The rates are the fastest the
+limiter admits: its burst caps (by default three times the even share of ``requests_per_minute`` and
+``tokens_per_minute``, see :mod:`aprompt.lm.limits`), not the long-run average, because a run that has
+not used its window's allowance (every run shorter than a minute, any run after a slow start) may go
+that fast. Once the window is full the limiter holds the surplus; a request it holds keeps its slot,
+ready to go the moment allowance frees, which costs nothing at the server. ``HEADROOM`` (1.5) covers the
+spread of latencies around their mean.
 
 With no limit known, the cap adapts to 429s, as TCP's congestion window does to losses. It starts at
 :data:`INITIAL_CONCURRENCY` in slow start: each answer that arrives while every slot is taken adds 1, so
@@ -39,7 +42,7 @@ MAX_CONCURRENCY = 1024
 #: The adaptive cap while no rate limit is known, before any 429 (the former fixed default).
 INITIAL_CONCURRENCY = 64
 #: In-flight requests per request the rate and latency call for (see the module docstring).
-HEADROOM = 2.0
+HEADROOM = 1.5
 
 _LATENCY_GUESS = 1.0
 _TOKENS_GUESS = 500.0
@@ -59,11 +62,11 @@ class ConcurrencyController:
 
     Example:
         >>> controller = ConcurrencyController(None, maximum=1024, rates=lambda: (50.0, None))
-        >>> controller.cap  # 50/s x the 1 s latency guess x headroom 2
-        100
+        >>> controller.cap  # 50/s x the 1 s latency guess x headroom 1.5
+        75
         >>> controller.completed(latency=0.5, tokens=200)
         >>> controller.cap
-        50
+        38
     """
 
     def __init__(self, fixed: int | None, *, maximum: int, rates: Rates) -> None:

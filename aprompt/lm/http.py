@@ -434,13 +434,14 @@ class HTTPChatLM(abc.ABC):
             await anyio.sleep(delay + spread * self._rng.random())
 
     def _rates(self) -> tuple[float | None, float | None]:
-        """The limits in force (requests, tokens per second): the client's, or the endpoints' sum
-        when each has one, whichever is lower; None where unknown."""
-        endpoints = [endpoint.limiter for endpoint in self._pool.endpoints]
+        """The fastest the limits let requests and tokens go (per second, over a burst window): the
+        client's, or the endpoints' sum when each has a limit, whichever is lower; None where unknown."""
+        own_rates = self._limiter.peak_rates
+        endpoint_rates = [endpoint.limiter.peak_rates for endpoint in self._pool.endpoints]
         rates: list[float | None] = []
         for own, theirs in (
-            (self._limiter.requests_per_second, [limiter.requests_per_second for limiter in endpoints]),
-            (self._limiter.tokens_per_second, [limiter.tokens_per_second for limiter in endpoints]),
+            (own_rates[0], [requests for requests, _ in endpoint_rates]),
+            (own_rates[1], [tokens for _, tokens in endpoint_rates]),
         ):
             known = [rate for rate in theirs if rate is not None]
             pooled = sum(known) if len(known) == len(theirs) else None

@@ -218,6 +218,11 @@ class SlidingWindow:
         shares = 1.0 if self._even_burst else _DEFAULT_BURST_SHARES
         return max(1.0, shares * limit / _BURST_WINDOWS_PER_PERIOD)
 
+    @property
+    def peak_rate(self) -> float | None:
+        """The most admitted per second over a burst window (before throttling), None with no limit."""
+        return None if self.limit is None else self.burst * _BURST_WINDOWS_PER_PERIOD / self.period
+
     def factor(self, now: float) -> float:
         """The fraction of the limits in force (below 1 for up to a period after a throttle)."""
         return min(1.0, self._factor + (now - self._factor_at) / self.period)
@@ -361,16 +366,10 @@ class RateLimiter:
         return self._requests.period
 
     @property
-    def requests_per_second(self) -> float | None:
-        """The request limit in force (before throttling) per second, or None when unknown."""
-        limit = self._requests.limit
-        return None if limit is None else limit / self._requests.period
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        """The token limit in force (before throttling) per second, or None when unknown."""
-        limit = self._tokens.limit
-        return None if limit is None else limit / self._tokens.period
+    def peak_rates(self) -> tuple[float | None, float | None]:
+        """The most requests and tokens admitted per second over a burst window (the burst caps in
+        force, before throttling): the fastest this limiter lets a run go; None where no limit."""
+        return self._requests.peak_rate, self._tokens.peak_rate
 
     @property
     def paused_until(self) -> float:

@@ -57,18 +57,18 @@ def answer_rounds(controller: ConcurrencyController, rounds: int) -> list[int]:
 # -- the controller alone ----------------------------------------------------------------------------
 async def test_with_a_request_limit_the_cap_is_rate_times_latency_times_headroom() -> None:
     controller = ConcurrencyController(None, maximum=1024, rates=lambda: (50.0, None))
-    assert controller.cap == 100  # before any answer: a latency of 1 s
+    assert controller.cap == 75  # before any answer: a latency of 1 s; x 1.5
     controller.completed(latency=0.4, tokens=100)
-    assert controller.cap == 40
+    assert controller.cap == 30
     controller.completed(latency=1.4, tokens=100)  # the latency is a weighted mean: 0.4 + 0.1 * 1.0
     assert controller.latency == pytest.approx(0.5)
-    assert controller.cap == 50
+    assert controller.cap == 38
 
 
 async def test_a_token_limit_counts_requests_by_their_mean_tokens() -> None:
     controller = ConcurrencyController(None, maximum=1024, rates=lambda: (50.0, 2000.0))
     controller.completed(latency=1.0, tokens=200)  # 2000 / 200 = 10 requests a second bind
-    assert controller.cap == 20
+    assert controller.cap == 15
 
 
 async def test_the_cap_stays_between_one_and_the_maximum() -> None:
@@ -83,7 +83,7 @@ async def test_a_limit_learned_later_switches_to_littles_law() -> None:
     rates: list[tuple[float | None, float | None]] = [(None, None)]
     controller = ConcurrencyController(None, maximum=1024, rates=lambda: rates[0])
     assert controller.cap == INITIAL_CONCURRENCY
-    rates[0] = (5.0, None)
+    rates[0] = (6.0, None)
     controller.completed(latency=0.5, tokens=10)
     assert controller.cap == 5
 
@@ -134,10 +134,11 @@ async def test_the_default_cap_follows_the_rate_limit_and_the_measured_latency(
 ) -> None:
     fake_server.latency = 0.2
     async with OpenAICompatibleLM(**lm_kwargs, requests_per_minute=600) as lm:
-        assert lm.capacity == 20  # 10/s x a 1 s guess x 2
+        # The limiter lets 30 a second go (three even shares): 30/s x a 1 s guess x 1.5
+        assert lm.capacity == 45
         await run_all(lm, 30)
-        # 10/s x at least 0.2 s x 2; at most 12 unless a loaded machine answers 0.4 s later still
-        assert 4 <= lm.capacity <= 12
+        # 30/s x at least 0.2 s x 1.5; at most 30 unless a loaded machine answers 0.47 s later still
+        assert 9 <= lm.capacity <= 30
 
 
 async def test_without_limits_the_first_request_after_a_429_pause_goes_alone(

@@ -198,6 +198,13 @@ def test_a_throttle_halves_the_limit_which_recovers_over_one_period() -> None:
     assert window.delay(10, 0.0) == pytest.approx(0.4)  # 60 fits once the factor reaches 0.6
 
 
+def test_the_peak_rate_is_the_burst_cap_per_second() -> None:
+    assert SlidingWindow(600, period=60.0).peak_rate == 30
+    assert SlidingWindow(600, period=60.0, burst=5).peak_rate == 5
+    assert SlidingWindow(None, period=60.0).peak_rate is None
+    assert RateLimiter(requests_per_minute=600, tokens_per_minute=60_000).peak_rates == (30, 3000)
+
+
 def test_after_a_throttle_the_default_burst_cap_is_the_even_share() -> None:
     window = SlidingWindow(600, period=60.0)
     window.throttle(0.0)
