@@ -57,7 +57,8 @@ class ConcurrencyController:
 
     Args:
         fixed: the user's ``max_concurrency``: a fixed cap; None to adapt.
-        maximum: the highest cap (also the ceiling of a fixed one).
+        maximum: the most the endpoints take at once: the ceiling of a fixed cap, and of an adaptive
+            one together with :data:`MAX_CONCURRENCY`.
         rates: reads the limits in force (they change when the server states its own).
 
     Example:
@@ -71,7 +72,7 @@ class ConcurrencyController:
 
     def __init__(self, fixed: int | None, *, maximum: int, rates: Rates) -> None:
         self._fixed = fixed
-        self._maximum = max(1, maximum if fixed is None else min(fixed, maximum))
+        self._maximum = max(1, min(MAX_CONCURRENCY, maximum) if fixed is None else min(fixed, maximum))
         self._rates = rates
         self._latency: float | None = None
         self._tokens: float | None = None

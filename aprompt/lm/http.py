@@ -71,7 +71,7 @@ from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_u
 from aprompt.lm.limits import RateLimiter, estimate_request_tokens
 from aprompt.lm.metering import admit_request
 from aprompt.lm.probe import probe_endpoint
-from aprompt.lm.ratelimit_headers import apply_stated_limits, read_rate_limit_headers
+from aprompt.lm.ratelimit_headers import apply_stated_limits, read_raw_rate_limit_headers
 from aprompt.lm.replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
@@ -172,7 +172,7 @@ class HTTPChatLM(abc.ABC):
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         self._concurrency = ConcurrencyController(
-            max_concurrency, maximum=min(MAX_CONCURRENCY, self._pool.capacity), rates=self._rates
+            max_concurrency, maximum=self._pool.capacity, rates=self._rates
         )
         self._slots = self._concurrency.slots
         self._rng = random.Random()
@@ -475,7 +475,7 @@ class HTTPChatLM(abc.ABC):
         if failure is not None:
             raise failure
         status = response.status_code
-        stated = read_rate_limit_headers(response.headers)
+        stated = read_raw_rate_limit_headers(response.headers.raw)
         if stated is not None:
             apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
         if not 200 <= status < 300:

@@ -12,13 +12,19 @@ the reset instead of collecting 429s.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
 from aprompt.lm.limits import RateLimiter
 
-__all__ = ["StatedLimits", "apply_stated_limits", "parse_duration", "read_rate_limit_headers"]
+__all__ = [
+    "StatedLimits",
+    "apply_stated_limits",
+    "parse_duration",
+    "read_rate_limit_headers",
+    "read_raw_rate_limit_headers",
+]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -100,6 +106,17 @@ def read_rate_limit_headers(headers: Mapping[str, str]) -> StatedLimits | None:
         requests_reset=parse_duration(headers.get("x-ratelimit-reset-requests")),
         tokens_reset=parse_duration(headers.get("x-ratelimit-reset-tokens")),
     )
+
+
+def read_raw_rate_limit_headers(raw: Iterable[tuple[bytes, bytes]]) -> StatedLimits | None:
+    """:func:`read_rate_limit_headers` of raw ``(name, value)`` byte pairs (``httpx.Headers.raw``): one
+    pass over them, cheaper per answer than looking each name up (most answers have none)."""
+    found = {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in raw
+        if name[:12].lower() == b"x-ratelimit-"
+    }
+    return read_rate_limit_headers(found) if found else None
 
 
 def apply_stated_limits(limiter: RateLimiter, stated: StatedLimits, *, max_hold: float) -> None:

@@ -112,6 +112,15 @@ async def test_a_pause_restarts_from_one_probe_doubles_back_to_half_then_adds_on
     assert above[-1] - above[0] >= 3
 
 
+async def test_an_adaptive_cap_never_passes_1024_but_a_fixed_one_may(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs, requests_per_minute=10**7) as adaptive:
+        assert adaptive.capacity == 1024
+    async with OpenAICompatibleLM(**lm_kwargs, max_concurrency=2000) as fixed:
+        assert fixed.capacity == 2000
+
+
 async def test_a_fixed_cap_never_changes() -> None:
     controller = ConcurrencyController(16, maximum=1024, rates=lambda: (1.0, None))
     controller.completed(latency=30.0, tokens=10)

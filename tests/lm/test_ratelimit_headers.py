@@ -9,7 +9,12 @@ import anyio
 import pytest
 
 from aprompt.lm.openai import OpenAICompatibleLM
-from aprompt.lm.ratelimit_headers import StatedLimits, parse_duration, read_rate_limit_headers
+from aprompt.lm.ratelimit_headers import (
+    StatedLimits,
+    parse_duration,
+    read_rate_limit_headers,
+    read_raw_rate_limit_headers,
+)
 from aprompt.lm.types import Message
 from aprompt.testing.fake_openai import FakeOpenAIServer, ServerRateLimit
 
@@ -49,6 +54,12 @@ def test_headers_are_read_and_missing_or_unreadable_ones_are_none() -> None:
         requests_limit=600.0, requests_remaining=599.0, requests_reset=0.1
     )
     assert read_rate_limit_headers({"retry-after": "1"}) is None
+
+
+def test_raw_headers_are_read_whatever_the_case_of_their_names() -> None:
+    raw = [(b"Content-Type", b"application/json"), (b"X-RateLimit-Limit-Tokens", b"150000")]
+    assert read_raw_rate_limit_headers(raw) == StatedLimits(tokens_limit=150000.0)
+    assert read_raw_rate_limit_headers([(b"Content-Type", b"application/json")]) is None
 
 
 async def test_a_limit_the_server_states_keeps_the_client_under_it(fake_server: FakeOpenAIServer) -> None:
