@@ -1,6 +1,6 @@
 """The throughput benchmark's endpoint, run in its own process: a fake OpenAI-compatible server on
-loopback with long-tailed latency, a hard rate limit (429 + Retry-After, and OpenAI's ``x-ratelimit-*``
-headers on every answer) and the simulated LM.
+loopback with long-tailed latency, a hard rate limit (429 + Retry-After in whole seconds and
+``retry-after-ms``, and OpenAI's ``x-ratelimit-*`` headers on every answer) and the simulated LM.
 
     .venv/bin/python -m bench.sim_server --task intent --rpm 300 --tpm 150000 --log requests.json
 
@@ -80,15 +80,22 @@ def _duration(seconds: float) -> str:
 
 @attrs.define
 class SimServer(FakeOpenAIServer):
-    """The fake server plus the rate-limit headers an OpenAI endpoint sends with every answer (200 or
-    429): ``x-ratelimit-limit-*``, ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for requests
-    and tokens, read from the server's 60 s window; a reset is the time until the oldest entry of the
-    window leaves it (when the next allowance frees)."""
+    """The fake server with a 429's Retry-After in whole seconds (plus ``retry-after-ms``) and the
+    rate-limit headers an OpenAI endpoint sends with every answer (200 or 429): ``x-ratelimit-limit-*``,
+    ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for requests and tokens, read from the
+    server's 60 s window; a reset is the time until the oldest entry of the window leaves it (when the
+    next allowance frees)."""
 
     ratelimit_headers: bool = True
 
     async def _answer(self, *args: Any, **kwargs: Any) -> Any:
         status, payload, headers, fault = await super()._answer(*args, **kwargs)
+        if status == 429 and "retry-after" in headers:
+            # As OpenAI: whole seconds (HTTP's delay-seconds; LiteLLM ignores a fraction) and the
+            # exact wait in retry-after-ms.
+            seconds = float(headers["retry-after"])
+            headers = {**headers, "retry-after": str(max(1, math.ceil(seconds)))}
+            headers["retry-after-ms"] = str(round(seconds * 1000))
         if self.ratelimit_headers and self.rate_limit is not None and status in (200, 429):
             headers = {**headers, **self.limit_headers()}
         return status, payload, headers, fault

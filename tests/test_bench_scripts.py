@@ -179,7 +179,8 @@ async def test_the_simulated_endpoint_sends_rate_limit_headers_and_logs_each_arr
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["1", "0", "0"]
     assert {a.headers["x-ratelimit-limit-requests"] for a in answers} == {"2"}
-    assert float(answers[2].headers["retry-after"]) > 50
+    assert int(answers[2].headers["retry-after"]) >= 50  # whole seconds, as LiteLLM reads it
+    assert 50_000 < int(answers[2].headers["retry-after-ms"]) <= 60_000
     assert answers[2].headers["x-ratelimit-reset-requests"].endswith("s")
     log = request_log(server)
     assert [status for _, _, status in log] == [200, 200, 429]
