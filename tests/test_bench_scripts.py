@@ -135,6 +135,15 @@ def test_the_throughput_benchmark_runs_every_regime_in_quick_mode(tmp_path: Path
         assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.local_model
+def test_the_throughput_benchmark_measures_how_busy_search_keeps_the_local_model(tmp_path: Path) -> None:
+    throughput = importlib.import_module("bench.throughput")
+    throughput.main(["--local", "--quick", "--out-dir", str(tmp_path)])
+    data = json.loads((tmp_path / "throughput_local.json").read_text())
+    assert data["requests"] > 0 and data["search_s"] > 0
+    assert 0.0 < data["busy_in_search"] <= 1.0 and 0.0 < data["busy_overall"] <= 1.0
+
+
 def test_the_throughput_bound_is_the_binding_limit_plus_one_median_latency() -> None:
     throughput = importlib.import_module("bench.throughput")
     rate, tokens = throughput.REGIMES["rate"], throughput.REGIMES["tokens"]
