@@ -9,6 +9,7 @@ import platform
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
@@ -22,6 +23,24 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """How to reproduce this run: ``python -m bench.<module> <args>``."""
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join([".venv/bin/python", "-m", f"bench.{module}", *args])
+
+
+def git_commit(root: Path) -> str:
+    """The commit the code under ``root`` is at (short hash), ``+changes`` when ``aprompt/`` or ``bench/``
+    (results aside) differ from it; ``unknown`` outside a git checkout."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(done.stderr.strip())
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changes = git("status", "--porcelain", "--", "aprompt", "bench", ":(exclude)bench/results")
+    except OSError:
+        return "unknown"
+    return commit + ("+changes" if changes else "")
 
 
 def environment() -> dict[str, Any]:

@@ -9,15 +9,21 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
+import random
+import statistics
 from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import pytest
 
 import aprompt
 from aprompt.optimize.strategies import STRATEGIES
+from aprompt.testing.fake_openai import ServerRateLimit
 from bench.report import bootstrap_interval, t_interval, t_quantile_975
+from bench.sim_server import SimServer, latency_model, median_latency, request_log
 from bench.simulated_lm import SimulatedLM, aprompt_output_fields, dspy_output_fields
 from bench.tasks import TASKS, split_records
 from bench.tasks.metrics import choice_accuracy, count_accuracy, sentence_match
@@ -32,6 +38,11 @@ BENCH_SCRIPTS = [
     "bench.reply_format",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.mark.parametrize("module", BENCH_SCRIPTS)
@@ -103,20 +114,87 @@ def test_the_simulated_lm_answers_each_library_in_its_own_format() -> None:
     assert [f.kind for f in aprompt_output_fields(aprompt_system)] == ["choice"]
 
 
-def test_the_throughput_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
+def test_the_throughput_benchmark_runs_every_regime_in_quick_mode(tmp_path: Path) -> None:
     throughput = importlib.import_module("bench.throughput")
-    systems = "aprompt,dspy,aprompt-warm" if HAS_DSPY else "aprompt,aprompt-warm"
+    systems = "aprompt,aprompt-untold,dspy" if HAS_DSPY else "aprompt,aprompt-untold"
     results = throughput.main(["--quick", "--systems", systems, "--out-dir", str(tmp_path)])
-    by_system = {m.system.split(" ")[0].rstrip(","): m for m in results}
-    ours = next(m for m in results if m.system.startswith("aprompt ("))
-    warm = next(m for m in results if m.system.endswith("warm cache"))
-    assert ours.answered > 0 and ours.rate_limited == 0
-    assert warm.requests == 0
+    assert {m.regime for m in results} == {"rate", "latency", "tokens"}
+    for m in results:
+        assert m.answered > 0 and m.lost == 0 and m.bound_s > 0, m
+        assert m.mean_in_flight > 0 and max(m.in_flight) <= m.max_in_flight, m
+        assert m.cpu_s > 0, m
+    told = [m for m in results if m.system == "aprompt, told the limits"]
+    assert len(told) == 3 and all(m.rate_limited == 0 and m.search_starts_s is not None for m in told)
     if HAS_DSPY:
-        assert by_system["DSPy"].answered > 0
+        assert any(m.system.startswith("DSPy") for m in results)
     data = json.loads((tmp_path / "throughput.json").read_text())
     assert data["command"].startswith(".venv/bin/python -m bench.throughput --quick")
+    assert len(data["results"]) == len(results) and data["commit"]
     assert (tmp_path / "throughput.md").read_text().startswith("# Throughput benchmark")
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.local_model
+def test_the_throughput_benchmark_measures_how_busy_search_keeps_the_local_model(tmp_path: Path) -> None:
+    throughput = importlib.import_module("bench.throughput")
+    throughput.main(["--local", "--quick", "--out-dir", str(tmp_path)])
+    data = json.loads((tmp_path / "throughput_local.json").read_text())
+    assert data["requests"] > 0 and data["search_s"] > 0
+    assert 0.0 < data["busy_in_search"] <= 1.0 and 0.0 < data["busy_overall"] <= 1.0
+
+
+def test_the_throughput_bound_is_the_binding_limit_plus_one_median_latency() -> None:
+    throughput = importlib.import_module("bench.throughput")
+    rate, tokens = throughput.REGIMES["rate"], throughput.REGIMES["tokens"]
+    # 600 calls at 600/min: 60 s; 100k tokens at 300k/min: 20 s.
+    assert throughput.bound_seconds(600, 100_000, rate, 1.0, 0.6) == pytest.approx(60.6)
+    # 690 calls at 3,000/min: 13.8 s; 200k tokens at 150k/min: 80 s.
+    assert throughput.bound_seconds(690, 200_000, tokens, 1.0, 0.6) == pytest.approx(80.6)
+    assert throughput.bound_seconds(0, 0, rate, 1.0, 0.6) == 0.0
+
+
+def test_requests_in_flight_are_read_from_the_servers_request_log() -> None:
+    throughput = importlib.import_module("bench.throughput")
+    log = [(10.0, 12.0, 200), (11.0, 13.0, 200), (11.0, 11.5, 429)]
+    times, counts = throughput.in_flight_series(log, origin=10.0)
+    assert (times, counts) == ([0.0, 1.0, 1.5, 2.0, 3.0], [1, 3, 2, 1, 0])
+    assert throughput.sample_series(times, counts, end=3.0, step=0.5) == [1, 1, 3, 2, 1, 1, 0]
+    # 2 + 2 + 0.5 request-seconds over 4 s.
+    assert throughput.mean_in_flight(log, 10.0, 14.0) == pytest.approx(1.125)
+    # Overlapping intervals count once: [0, 2] and [3, 4] of [0, 5].
+    assert throughput.busy_fraction([(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)], 0.0, 5.0) == pytest.approx(0.6)
+
+
+def test_the_simulated_endpoint_latency_is_log_normal_with_median_600_ms_and_sigma_0_5() -> None:
+    draw = latency_model(1.0)
+    rng = random.Random(3)
+    logs = [math.log(draw(rng)) for _ in range(20_000)]
+    assert math.exp(statistics.median(logs)) == pytest.approx(0.6, rel=0.02)
+    assert statistics.stdev(logs) == pytest.approx(0.5, rel=0.03)
+    capped = [latency_model(2.0, "capped")(rng) for _ in range(2_000)]
+    assert 0.6 <= min(capped) and max(capped) <= 3.0
+    assert median_latency(2.0) == pytest.approx(1.2)
+
+
+@pytest.mark.anyio
+async def test_the_simulated_endpoint_sends_rate_limit_headers_and_logs_each_arrival_and_finish() -> None:
+    server = SimServer(
+        responder=lambda request: "Answer: ok", latency=0.01, rate_limit=ServerRateLimit(2, None)
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with server, httpx.AsyncClient(timeout=10.0) as client:
+        answers = [await client.post(f"{server.base_url}/chat/completions", json=body) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["1", "0", "0"]
+    assert {a.headers["x-ratelimit-limit-requests"] for a in answers} == {"2"}
+    assert int(answers[2].headers["retry-after"]) >= 50  # whole seconds, as LiteLLM reads it
+    assert 50_000 < int(answers[2].headers["retry-after-ms"]) <= 60_000
+    assert answers[2].headers["x-ratelimit-reset-requests"].endswith("s")
+    log = request_log(server)
+    assert [status for _, _, status in log] == [200, 200, 429]
+    assert all(started <= finished for started, finished, _ in log)
+    assert log[0][1] - log[0][0] >= 0.01 and log[0][1] <= log[1][0]
 
 
 def test_the_regret_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
