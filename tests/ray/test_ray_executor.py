@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'aprompt[ray]')")
+
 from aprompt import ConfigError, Example, program_state
 from aprompt.executors import RayExecutor
 from aprompt.optimize.evaluate import Evaluation, evaluate
