@@ -1,4 +1,4 @@
-"""One small local Ray cluster for the whole test session (2 CPUs, a small object store, no dashboard).
+"""One small local Ray cluster for the tests of this package (2 CPUs, a small object store, no dashboard).
 
 Ray is an optional extra (``aprompt[ray]``): without it every test here is skipped, saying why.
 """
@@ -19,7 +19,7 @@ except ImportError:  # the tests skip themselves, saying why
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[None]:
     """A local cluster whose worker processes can import this checkout (and ``tests``)."""
     if ray is None:
