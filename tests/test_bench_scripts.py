@@ -36,6 +36,7 @@ BENCH_SCRIPTS = [
     "bench.tpe",
     "bench.regret",
     "bench.reply_format",
+    "bench.scale",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
 

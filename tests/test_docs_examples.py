@@ -257,6 +257,21 @@ async def test_trio_app_stops_cleanly_at_its_time_limit(
     assert not (tmp_path / "weeks.json").exists()
 
 
+# -- own_executor.py ----------------------------------------------------------------------------------------
+@both_backends
+async def test_own_executor_runs_every_program_run_and_gives_the_in_process_result(
+    server: FakeOpenAIServer,
+    lm: aprompt.LM,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    example = load_example("own_executor", monkeypatch)
+    result, runs = await example.main(lm, budget=TINY_BUDGET)
+    assert result.baseline_score < 1.0 and result.score == 1.0
+    assert runs > len(example.TRAINSET)  # bootstrap, trials and full evaluations all went through it
+    assert "same as in-process: True" in capsys.readouterr().out
+
+
 # -- every example as a script ------------------------------------------------------------------------------
 #: Per example: its command-line arguments, lines its output must hold, and the result files it must save.
 SCRIPTS = {
@@ -272,6 +287,7 @@ SCRIPTS = {
         [],
     ),
     "trio_app": (["weeks.json"], ["-> 1.00; saved to weeks.json"], ["weeks.json"]),
+    "own_executor": ([], ["program runs through FreshCopyExecutor", "-> 1.00; same as in-process: True"], []),
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from aprompt._errors import ConfigError
+from aprompt.executors.base import Executor, check_executor, use_executor
 from aprompt.lm.types import LM
 from aprompt.optimize.arguments import check_arguments, check_metric_on_labels
 from aprompt.optimize.budget import Budget, estimate_calls, resolve_budget
@@ -98,6 +99,7 @@ async def optimize(
     max_time: float | None = None,
     prices: Mapping[str, tuple[float, float]] | None = None,
     outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    executor: Executor | None = None,
 ) -> OptimizeResult:
     """Optimize the instructions and demos of every predictor in ``program``.
 
@@ -144,6 +146,9 @@ async def optimize(
         outage_tolerance: seconds to wait for an LM that went down (checked with back-off) before
             stopping with :class:`~aprompt.EndpointDownError`; a step is re-run once the LM answers, so
             an outage does not change the result (:mod:`aprompt.optimize.outage`).
+        executor: where the program runs happen (:mod:`aprompt.executors`): in this process by default,
+            or e.g. on a Ray cluster (:class:`~aprompt.executors.RayExecutor`); the LM calls, limits,
+            cache, journal and result are the same.
 
     The returned program (unless ``in_place``) is a copy holding copies of the predictors and sharing
     everything else (locks, clients, data) with ``program``, whose prompts stay unchanged.
@@ -194,6 +199,7 @@ async def optimize(
         },
         prices=prices,
     )
+    check_executor(executor)
     chosen = resolve_strategy(strategy)
     plan = resolve_budget(budget)
     predictors = named_predictors(program)
@@ -276,7 +282,7 @@ async def optimize(
         ctx.check_limits()  # again, with the calls per run measured by earlier calls of this run
         if journal is not None and journal.latest("original_state") is None:
             journal.append("original_state", program_state(program))
-        with watch_predictors(predictors):
+        with watch_predictors(predictors), use_executor(executor):
             return await _run(ctx, chosen, target, started)
 
 

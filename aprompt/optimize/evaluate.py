@@ -31,13 +31,23 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, IncompleteResponseError, LMError, OptimizationError
+from aprompt._errors import ConfigError, IncompleteResponseError, OptimizationError
 from aprompt._taskgroups import plain_errors_task_group
+from aprompt.executors.base import (
+    Executor,
+    ProgramOutcome,
+    ProgramRun,
+    current_executor,
+    lm_error_in,
+    run_program,
+)
+from aprompt.executors.base import check_watch as check_watch  # its old home
+from aprompt.executors.base import program_entry as program_entry  # its old home
 from aprompt.lm.types import LM
 from aprompt.optimize.examples import Example
 from aprompt.program.context import use_lm
-from aprompt.program.overrides import PromptOverride, current_watch, override_prompts
-from aprompt.program.trace import TraceEntry, trace
+from aprompt.program.overrides import PromptOverride, PromptState
+from aprompt.program.trace import TraceEntry
 
 
 @runtime_checkable
@@ -115,16 +125,6 @@ class Evaluation:
     @property
     def errors(self) -> dict[str, str]:
         return {r.example_id: r.error for r in self.results if r.error is not None}
-
-
-def program_entry(program: object) -> Callable[..., Any]:
-    """The callable that runs ``program``: itself when callable, else its ``forward``."""
-    if callable(program):
-        return program
-    forward = getattr(program, "forward", None)
-    if callable(forward):
-        return forward  # type: ignore[no-any-return]
-    raise ConfigError(f"program {type(program).__name__} is not callable and has no forward()")
 
 
 def describe_metric(metric: object) -> str:
@@ -218,25 +218,21 @@ async def run_example(
     collect_trace: bool = False,
 ) -> ExampleResult:
     """Run and score one example (inside the caller's overrides and LM context)."""
-    entry = program_entry(program)
-    failed: ExampleResult | None = None
-    with trace(program) as recorded:
-        try:
-            result = entry(**example.inputs)
-            prediction = await result if inspect.isawaitable(result) else result
-        except Exception as exc:
-            if (lm_error := _lm_error_in(exc)) is not None:
-                failed = ExampleResult(
-                    example.id,
-                    None,
-                    f"{type(lm_error).__name__}: {lm_error}",
-                    lm_answered=isinstance(lm_error, IncompleteResponseError),
-                )
-            else:
-                failed = ExampleResult(example.id, 0.0, f"{type(exc).__name__}: {exc}")
-    check_watch()  # before anything is scored: a run whose prompts never applied measures nothing
-    if failed is not None:
-        return failed
+    outcome = await run_program(program, example.inputs, collect_trace=collect_trace)
+    return await score_outcome(example, outcome, metric)
+
+
+async def score_outcome(example: Example, outcome: ProgramOutcome, metric: Metric) -> ExampleResult:
+    """Score one program run's outcome with the metric (in the evaluating task, wherever the program
+    ran)."""
+    if outcome.error is not None:
+        return ExampleResult(
+            example.id,
+            None if outcome.lm_failure else 0.0,
+            outcome.error,
+            lm_answered=outcome.lm_answered,
+        )
+    prediction = outcome.prediction
     try:
         value = metric(example, prediction)
         if inspect.isawaitable(value):
@@ -244,7 +240,7 @@ async def run_example(
     except ConfigError:
         raise
     except Exception as exc:
-        if (lm_error := _lm_error_in(exc)) is not None:  # an LM-judged metric whose LM failed
+        if (lm_error := lm_error_in(exc)) is not None:  # an LM-judged metric whose LM failed
             return ExampleResult(
                 example.id,
                 None,
@@ -257,24 +253,7 @@ async def run_example(
     score, feedback = metric_feedback(value, metric)
     if isinstance(metric, RunMetric):
         metric.worked = True
-    entries = tuple(recorded.entries) if collect_trace else ()
-    return ExampleResult(example.id, score, None, prediction, entries, feedback=feedback)
-
-
-def check_watch() -> None:
-    """Raise if a predictor of the program under optimization was called without the run's prompts."""
-    watch = current_watch()
-    if watch is not None and watch.unguided:
-        names = sorted(set(watch.unguided))
-        raise ConfigError(
-            f"predictor(s) {names} of the program under optimization were called outside the evaluation's "
-            "context, so they never saw the candidate prompts and every candidate would score as the "
-            "baseline. The program runs its predictors elsewhere: a worker task started before optimize(), "
-            "or a thread or event loop that does not inherit the caller's contextvars. Start the worker "
-            "inside the program call, or carry the context over (anyio.to_thread.run_sync does; with a "
-            "thread pool, submit contextvars.copy_context().run). Calling the same predictors from other "
-            "code while optimize() runs also triggers this: optimize a separate instance of the program."
-        )
+    return ExampleResult(example.id, score, None, prediction, outcome.trace, feedback=feedback)
 
 
 def check_metric_worked(metric: Metric, evaluation: Evaluation) -> None:
@@ -294,18 +273,6 @@ def check_metric_worked(metric: Metric, evaluation: Evaluation) -> None:
     )
 
 
-def _lm_error_in(exc: Exception) -> LMError | None:
-    """The LM failure that ended a run: ``exc`` itself, or one raised inside the program's own task
-    group (which arrives wrapped in an ``ExceptionGroup``)."""
-    if isinstance(exc, LMError):
-        return exc
-    if isinstance(exc, ExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _lm_error_in(inner)) is not None:
-                return found
-    return None
-
-
 async def evaluate(
     program: object,
     examples: Sequence[Example],
@@ -317,6 +284,7 @@ async def evaluate(
     collect_traces: bool = False,
     rollout: int | None = None,
     lm_params: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> Evaluation:
     """Score ``program`` on ``examples``, at most ``concurrency`` examples in flight.
 
@@ -328,6 +296,9 @@ async def evaluate(
         collect_traces: keep each example's trace (for bootstrapping).
         rollout: applied to every predictor call (bootstrapping draws distinct samples).
         lm_params: sampling parameters applied to every predictor call.
+        executor: where the program runs happen (see :mod:`aprompt.executors`); default: the one of the
+            enclosing :func:`~aprompt.executors.use_executor` block (``optimize(executor=...)`` opens
+            one), else in this process. Scores and traces are the same wherever the runs happen.
     """
     limiter = (
         concurrency
@@ -335,12 +306,17 @@ async def evaluate(
         else anyio.CapacityLimiter(max(1, concurrency))
     )
     results: list[ExampleResult | None] = [None] * len(examples)
+    runner = executor if executor is not None else current_executor()
+    state = PromptState(prompts or {}, rollout, lm_params or {})
 
     async def one(position: int, example: Example) -> None:
         async with limiter:
-            results[position] = await run_example(program, example, metric, collect_trace=collect_traces)
+            run = ProgramRun(example.id, example.inputs, state, lm, collect_traces)
+            outcome = await runner.run_program(program, run)
+            results[position] = await score_outcome(example, outcome, metric)
 
-    with override_prompts(program, prompts or {}, rollout=rollout, lm_params=lm_params):
+    # The block checks the state's names once, up front, and is the context of the metric (as before).
+    with state.apply(program):
         if lm is not None:
             with use_lm(lm):
                 await _run_all(one, examples)

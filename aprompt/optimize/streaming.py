@@ -17,6 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from aprompt._errors import ConfigError
+from aprompt.executors.base import Executor
 from aprompt.lm.types import LM
 from aprompt.optimize.api import optimize
 from aprompt.optimize.budget import Budget
@@ -93,6 +94,7 @@ async def optimize_events(
     max_time: float | None = None,
     prices: Mapping[str, tuple[float, float]] | None = None,
     outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    executor: Executor | None = None,
 ) -> AsyncIterator[EventStream]:
     """Run :func:`optimize` (same arguments, less ``on_event``) and stream its events.
 
@@ -139,6 +141,7 @@ async def optimize_events(
                     max_time=max_time,
                     prices=prices,
                     outage_tolerance=outage_tolerance,
+                    executor=executor,
                 )
             except Exception as exc:  # raised by the iteration as itself, not wrapped in an ExceptionGroup
                 stream._error = exc

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import attrs
@@ -32,6 +32,7 @@ __all__ = [
     "ActiveOverrides",
     "PredictorWatch",
     "PromptOverride",
+    "PromptState",
     "active_overrides",
     "current_watch",
     "note_call",
@@ -66,6 +67,46 @@ class ActiveOverrides:
     keep_alive: tuple[object, ...] = attrs.field(default=(), eq=False, repr=False)
     #: ids of every predictor of the program the block was opened for (named in ``prompts`` or not).
     covered: frozenset[int] = attrs.field(default=frozenset(), eq=False, repr=False)
+
+
+def _plain_dict(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(mapping)
+
+
+@attrs.frozen
+class PromptState:
+    """The prompt state of one program run, as a plain, serializable value: the prompts by predictor
+    NAME (see :func:`~aprompt.program.named_predictors`), the rollout and the sampling parameters.
+
+    It travels with a run wherever the run happens (another task, thread, process or machine) and is
+    applied there to that place's own copy of the program with :meth:`apply`; names, unlike the
+    predictor ids :func:`override_prompts` resolves them to, mean the same in every copy.
+
+    Example::
+
+        state = PromptState({"answer": PromptOverride("Reply with a number.")}, rollout=1)
+        with state.apply(copy_of_program):
+            prediction = await copy_of_program(question="...")
+    """
+
+    prompts: Mapping[str, PromptOverride] = attrs.field(factory=dict, converter=_plain_dict)
+    rollout: int | None = None
+    lm_params: Mapping[str, Any] = attrs.field(factory=dict, converter=_plain_dict)
+
+    def apply(self, program: object) -> AbstractContextManager[ActiveOverrides]:
+        """:func:`override_prompts` with this state for ``program`` (raises :class:`ConfigError` when
+        it has no predictor of a name the state gives)."""
+        return override_prompts(program, self.prompts, rollout=self.rollout, lm_params=self.lm_params)
+
+    def completed(self, predictors: Iterable[tuple[str, Any]]) -> PromptState:
+        """This state with the current own prompt of each other predictor of ``predictors`` (name,
+        predictor pairs of the program) made explicit: applied to another copy of the program, whatever
+        prompts that copy holds, a run sees exactly what it would see here."""
+        prompts = dict(self.prompts)
+        for name, predictor in predictors:
+            if name not in prompts:
+                prompts[name] = PromptOverride(predictor.instruction, predictor.demos, predictor.reply_format)
+        return attrs.evolve(self, prompts=prompts)
 
 
 _ACTIVE: contextvars.ContextVar[ActiveOverrides | None] = contextvars.ContextVar(

@@ -1,0 +1,329 @@
+"""LM calls of a program run elsewhere, answered by the driver's own LM clients.
+
+Why the calls come back: a run's rate limits, response cache, usage, cost and ``max_lm_calls`` live in
+the driver's LM clients and in its :class:`~aprompt.lm.metering.RequestMeter`. Sending every LM request
+of a remote program run back to them keeps ONE source of truth for all of it: a limit holds across the
+whole cluster with no shared-limiter protocol to get right, the cache is shared by construction, the
+journal records what was really spent, and a run's requests are metered in the evaluating task's own
+context (its step's usage scope, its first-run budget), exactly as in-process. The cost is a round trip
+per LM call, small next to an LM call; what does not scale with it is discussed in ``docs/scaling.md``.
+
+The pieces, each usable by any executor that runs programs elsewhere:
+
+* where the program runs: its LMs are :class:`RelayedLM` stand-ins (keys of the driver's LMs), and
+  :func:`run_relayed` runs it with an :class:`LMChannel` that carries each :class:`LMRequest` to the
+  driver and brings its :class:`LMReply` back;
+* in the evaluating task: a :class:`RunRelay` answers each request with the real client
+  (:meth:`RunRelay.answer`) and turns the run's :class:`RelayedOutcome` into the
+  :class:`~aprompt.executors.base.ProgramOutcome` the evaluation scores (:meth:`RunRelay.outcome`).
+
+A failure of the driver's call travels as a reference: the program sees a stand-in exception, and the
+outcome carries the original back (its type and message are those of the in-process run), so an LM
+failure still leaves its example unscored, and a spent run limit still stops the run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any, Protocol
+
+import attrs
+
+from aprompt._errors import ConfigError, IncompleteResponseError, LMError
+from aprompt.executors.base import ProgramOutcome, ProgramRun, execute_run, lm_error_in
+from aprompt.lm.metering import LimitReached, RequestMeter, metered_chat, metering
+from aprompt.lm.replies import accepting_cut_replies, cut_reply_acceptor
+from aprompt.lm.types import LM, Completion, Message, TokenUsage
+from aprompt.program.discovery import named_predictors
+from aprompt.program.overrides import watch_predictors
+from aprompt.program.predictor import Predict
+from aprompt.program.trace import TraceEntry
+
+__all__ = [
+    "LMChannel",
+    "LMReply",
+    "LMRequest",
+    "LMTable",
+    "RelayedLM",
+    "RelayedOutcome",
+    "RunRelay",
+    "run_relayed",
+]
+
+
+@attrs.frozen
+class LMRequest:
+    """One chat call a remote predictor makes: which of the driver's LMs (``lm``, a key of its
+    :class:`LMTable`), the messages, rollout and sampling parameters, and the caller's test for a reply
+    cut at its token budget that still holds the whole answer (a function, shipped by value)."""
+
+    lm: int
+    messages: Sequence[Message]
+    rollout: int = 0
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    accepts: Callable[[str], bool] | None = None
+
+
+@attrs.frozen
+class LMReply:
+    """The driver's answer to an :class:`LMRequest`: a completion, or a failure by reference.
+
+    Attributes:
+        kind: ``"ok"``, ``"lm_error"`` (an :class:`~aprompt.LMError`), ``"limit"`` (a run limit refused
+            the request) or ``"error"`` (anything else the call raised).
+    """
+
+    kind: str
+    completion: Completion | None = None
+    ref: int = -1
+    text: str = ""
+    limit: str = ""
+
+
+class LMChannel(Protocol):
+    """Carries a request from where the program runs to the driver and returns the reply."""
+
+    async def ask(self, request: LMRequest) -> LMReply: ...
+
+
+_CHANNEL: contextvars.ContextVar[LMChannel | None] = contextvars.ContextVar(
+    "aprompt_lm_channel", default=None
+)
+
+
+class RelayedLMError(LMError):
+    """What a remote program sees when the driver's LM call failed with an LM error (``ref`` names the
+    original, which the outcome carries back)."""
+
+    def __init__(self, message: str, *, ref: int) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+class RelayedError(Exception):
+    """What a remote program sees when the driver's LM call raised anything else."""
+
+    def __init__(self, message: str, *, ref: int) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+class RelayedLM:
+    """Stand-in, where a program runs remotely, for one of the driver's LMs: each chat call goes through
+    the run's :class:`LMChannel` to the driver's real client. It meters nothing itself (the driver
+    does), so the remote side's :func:`~aprompt.lm.metering.metered_chat` only counts it."""
+
+    meters_requests = True
+
+    def __init__(self, key: int, model: str) -> None:
+        self.key = key
+        self._model = model
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        """Ask the driver's LM; raises a stand-in of the driver's failure (see the module)."""
+        channel = _CHANNEL.get()
+        if channel is None:
+            raise ConfigError(
+                f"{self!r} was called outside a relayed program run: it stands in for one of the driver's "
+                "LMs and can only be used inside run_relayed()"
+            )
+        request = LMRequest(self.key, list(messages), rollout, dict(params), cut_reply_acceptor())
+        reply = await channel.ask(request)
+        if reply.kind == "ok" and reply.completion is not None:
+            return reply.completion
+        if reply.kind == "lm_error":
+            raise RelayedLMError(reply.text, ref=reply.ref)
+        if reply.kind == "limit":
+            stop = LimitReached(reply.limit, reply.text)
+            stop.relay_ref = reply.ref  # type: ignore[attr-defined]  # carried back by the outcome
+            raise stop
+        raise RelayedError(reply.text, ref=reply.ref)
+
+    def __reduce__(self) -> tuple[type[RelayedLM], tuple[int, str]]:
+        return RelayedLM, (self.key, self._model)
+
+    def __repr__(self) -> str:
+        return f"RelayedLM({self.key}, {self._model!r})"
+
+
+class LMTable:
+    """The driver's LMs a remote run may call, by small integer keys (one table per executor; it keeps
+    the LMs alive so their keys stay valid)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[int, int] = {}
+        self._lms: list[LM] = []
+
+    def key_of(self, lm: LM) -> int:
+        """The key of ``lm`` (given one on first sight)."""
+        key = self._keys.get(id(lm))
+        if key is None:
+            key = self._keys[id(lm)] = len(self._lms)
+            self._lms.append(lm)
+        return key
+
+    def stand_in(self, lm: LM) -> RelayedLM:
+        """The :class:`RelayedLM` for ``lm``."""
+        return RelayedLM(self.key_of(lm), str(lm.model))
+
+    def __getitem__(self, key: int) -> LM:
+        return self._lms[key]
+
+
+@attrs.frozen
+class RelayedOutcome:
+    """What a remote run sends back (plain values; failures of the driver's calls by reference).
+
+    Attributes:
+        trace: ``(predictor name, predictor or None, inputs, outputs, usage, reply text)`` per call; the
+            predictor object travels only for a predictor that is not part of the program.
+        error_ref: the run's error is a stand-in of this failure of the driver's call.
+        stopped_ref: a run limit refused one of the run's requests (this one): the run is abandoned.
+        config_error: the run could not apply its prompts or load its program, or a predictor ran where the
+            run's prompts cannot reach it, or an LM was called directly instead of through the driver.
+    """
+
+    prediction: Any = None
+    error: str | None = None
+    lm_failure: bool = False
+    lm_answered: bool = False
+    trace: tuple[tuple[str, Predict | None, dict[str, Any], dict[str, Any], TokenUsage, str], ...] = ()
+    error_ref: int | None = None
+    stopped_ref: int | None = None
+    config_error: str | None = None
+
+
+class _DirectCalls(RequestMeter):
+    """The meter of a remote run: the relayed calls are metered by the driver; any LM request admitted
+    here comes from a client the program holds itself (a module-level one), which would escape the
+    run's limits, cache and usage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models: list[str] = []
+
+    def admit(self, model: str, *, retry: bool = False) -> None:
+        self.models.append(model)
+        raise ConfigError(f"an LM client for {model!r} was called directly in a remote program run")
+
+
+async def run_relayed(program: object, run: ProgramRun, channel: LMChannel) -> RelayedOutcome:
+    """Run ``program`` once here (see :func:`~aprompt.executors.base.execute_run`), its LM calls going
+    through ``channel``: ``run.lm`` and the program's own LMs must be :class:`RelayedLM` stand-ins."""
+    direct = _DirectCalls()
+    token = _CHANNEL.set(channel)
+    try:
+        with watch_predictors(named_predictors(program)), metering(direct):
+            outcome = await execute_run(program, run)
+    except ConfigError as exc:
+        return RelayedOutcome(config_error=str(exc))
+    except BaseException as exc:
+        stop = _relayed_stop(exc)
+        if stop is None:
+            raise
+        return RelayedOutcome(stopped_ref=stop)
+    finally:
+        _CHANNEL.reset(token)
+    if direct.models:
+        return RelayedOutcome(
+            config_error=f"the program called an LM client for {direct.models[0]!r} of its own, not through "
+            "the driver (a client created at import time, or passed as lm= to a predictor call): its calls "
+            "would escape the run's limits, cache and usage. Give predictors no LM of their own and pass "
+            "lm= to optimize()/evaluate(), or keep the client on the program object"
+        )
+    return _relayed(outcome, {name for name, _ in named_predictors(program)})
+
+
+def _relayed(outcome: ProgramOutcome, names: set[str]) -> RelayedOutcome:
+    trace = tuple(
+        (
+            e.predictor_name,
+            None if e.predictor_name in names else e.predictor,
+            e.inputs,
+            e.outputs,
+            e.usage,
+            e.raw_text,
+        )
+        for e in outcome.trace
+    )
+    cause = outcome.cause
+    failure = lm_error_in(cause) or cause if cause is not None else None
+    ref = failure.ref if isinstance(failure, RelayedLMError | RelayedError) else None
+    return RelayedOutcome(
+        outcome.prediction, outcome.error, outcome.lm_failure, outcome.lm_answered, trace, ref
+    )
+
+
+def _relayed_stop(exc: BaseException) -> int | None:
+    ref = getattr(exc, "relay_ref", None)
+    if isinstance(exc, LimitReached) and isinstance(ref, int):
+        return ref
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _relayed_stop(inner)) is not None:
+                return found
+    return None
+
+
+class RunRelay:
+    """The evaluating task's side of one remote program run: answers its LM requests with the driver's
+    clients, in this task's context (its run meter, usage scopes, limits), and resolves its outcome."""
+
+    def __init__(self, lms: LMTable) -> None:
+        self._lms = lms
+        self._unit = object()  # the run, for the meter's first-run budget (see metered_chat)
+        self._failures: dict[int, BaseException] = {}
+        self._refs = itertools.count()
+
+    async def answer(self, request: LMRequest) -> LMReply:
+        """Make ``request``'s call as the remote predictor would have made it here."""
+        lm = self._lms[request.lm]
+        accepting = accepting_cut_replies(request.accepts) if request.accepts is not None else nullcontext()
+        try:
+            with accepting:
+                completion = await metered_chat(
+                    lm, list(request.messages), rollout=request.rollout, unit=self._unit, **request.params
+                )
+        except LimitReached as stop:
+            return LMReply("limit", ref=self._keep(stop), text=str(stop), limit=stop.limit)
+        except LMError as exc:
+            return LMReply("lm_error", ref=self._keep(exc), text=str(exc))
+        except Exception as exc:
+            return LMReply("error", ref=self._keep(exc), text=str(exc))
+        return LMReply("ok", completion)
+
+    def _keep(self, failure: BaseException) -> int:
+        ref = next(self._refs)
+        self._failures[ref] = failure
+        return ref
+
+    def outcome(self, relayed: RelayedOutcome, predictors: Mapping[str, Predict]) -> ProgramOutcome:
+        """The run's outcome, with this side's failures and predictors in place of their stand-ins.
+
+        Raises:
+            LimitReached: a run limit refused one of the run's requests (the original refusal).
+            ConfigError: see :attr:`RelayedOutcome.config_error`.
+        """
+        if relayed.stopped_ref is not None:
+            raise self._failures[relayed.stopped_ref]
+        if relayed.config_error is not None:
+            raise ConfigError(relayed.config_error)
+        error, lm_failure, lm_answered = relayed.error, relayed.lm_failure, relayed.lm_answered
+        if relayed.error_ref is not None:
+            original = self._failures[relayed.error_ref]
+            error = f"{type(original).__name__}: {original}"
+            lm_failure = isinstance(original, LMError)
+            lm_answered = isinstance(original, IncompleteResponseError)
+        trace = tuple(
+            TraceEntry(name, predictor, inputs, outputs, usage, text)
+            for name, remote, inputs, outputs, usage, text in relayed.trace
+            if (predictor := predictors.get(name) or remote) is not None
+        )
+        return ProgramOutcome(relayed.prediction, error, lm_failure, lm_answered, trace)

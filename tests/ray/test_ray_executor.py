@@ -1,0 +1,221 @@
+"""Program runs on a real local Ray cluster (2 worker processes) against the loopback fake server: the
+same scores, traces and optimization result as in-process, the driver's LM limits and usage exact, a
+killed worker process retried, cancellation reaching the workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'aprompt[ray]')")
+
+from aprompt import ConfigError, Example, program_state
+from aprompt.executors import RayExecutor
+from aprompt.optimize.evaluate import Evaluation, evaluate
+from aprompt.program.overrides import PromptOverride
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+from tests.optimize.qa_task import (
+    QAProgram,
+    answers,
+    exact_match,
+    is_program_call,
+    last_user_of,
+    lm_for,
+    optimize_in_world,
+    qa_examples,
+    system_of,
+)
+from tests.ray.programs import ANSWER, PausingProgram, answer_question
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_cluster")]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def executor() -> AsyncIterator[RayExecutor]:
+    async with RayExecutor(workers=2, runs_per_worker=4) as opened:
+        yield opened
+
+
+def marks(directory: Path, prefix: str) -> list[str]:
+    """Names of the files in ``directory`` starting with ``prefix`` (a program's marks), sorted."""
+    return sorted(name for name in os.listdir(directory) if name.startswith(prefix))
+
+
+async def wait_for_marks(directory: Path, prefix: str, seconds: float = 60) -> list[str]:
+    for _ in range(int(seconds / 0.05)):
+        if found := marks(directory, prefix):
+            return found
+        await anyio.sleep(0.05)
+    raise AssertionError(f"no {prefix}* file appeared in {seconds} s")
+
+
+def outcome_of(evaluation: Evaluation) -> list[tuple[Any, ...]]:
+    """Everything an evaluation says of each example, traces included, in order."""
+    return [
+        (
+            r.example_id,
+            r.score,
+            r.error,
+            r.lm_answered,
+            r.prediction.to_dict() if r.prediction is not None else None,
+            [(e.predictor_name, e.predictor, e.inputs, e.outputs, e.usage, e.raw_text) for e in r.trace],
+        )
+        for r in evaluation.results
+    ]
+
+
+async def test_runs_on_ray_score_and_trace_exactly_like_runs_in_process(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    program = QAProgram()
+    prompts = {"answer": PromptOverride("Answer precisely.", [{"question": "q?", "answer": "a"}])}
+    options: dict[str, Any] = {"prompts": prompts, "collect_traces": True, "rollout": 2}
+    async with lm_for(fake_server) as lm:
+        here = await evaluate(program, qa_examples(1, 13), exact_match, lm=lm, **options)
+        there = await evaluate(program, qa_examples(1, 13), exact_match, lm=lm, executor=executor, **options)
+    assert outcome_of(there) == outcome_of(here)
+    assert there.results[0].trace[0].predictor is program.answer  # the driver's own predictor
+    assert there.scores == {f"q{i}": 0.0 if i % 3 == 0 else 1.0 for i in range(1, 13)}
+    # Both runs sent the same requests, the candidate's prompt in each.
+    first, second = fake_server.chat_requests[:12], fake_server.chat_requests[12:]
+    assert sorted(map(last_user_of, second)) == sorted(map(last_user_of, first))
+    assert all(system_of(r).startswith("Answer precisely.") for r in second)
+
+
+async def test_a_function_program_with_module_level_predictors_gets_each_runs_prompts_on_ray(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        for instruction in ("First wording.", "Second wording."):
+            prompts = {"ANSWER": PromptOverride(instruction)}
+            evaluation = await evaluate(
+                answer_question, qa_examples(1, 5), exact_match, lm=lm, prompts=prompts, executor=executor
+            )
+            assert evaluation.scores == {"q1": 1.0, "q2": 1.0, "q3": 0.0, "q4": 1.0}
+        # The driver's own prompt state travels with each run, whatever the workers imported.
+        ANSWER.instruction = "Changed on the driver."
+        try:
+            await evaluate(answer_question, qa_examples(1, 3), exact_match, lm=lm, executor=executor)
+        finally:
+            ANSWER.instruction = "Answer the question."
+    systems = [system_of(r).split("\n")[0] for r in fake_server.chat_requests]
+    assert systems == ["First wording."] * 4 + ["Second wording."] * 4 + ["Changed on the driver."] * 2
+
+
+async def test_optimize_on_ray_returns_the_same_program_trials_and_score_as_in_process(
+    executor: RayExecutor,
+) -> None:
+    here, here_requests = await optimize_in_world(seed=3)
+    there, there_requests = await optimize_in_world(seed=3, executor=executor)
+    assert there.score == here.score and there.baseline_score == here.baseline_score
+    assert [(t.number, t.choice, t.scores) for t in there.trials] == [
+        (t.number, t.choice, t.scores) for t in here.trials
+    ]
+    assert [(f.choice, f.scores) for f in there.full_evals] == [(f.choice, f.scores) for f in here.full_evals]
+    assert program_state(there.program) == program_state(here.program)
+    # The same LM requests, all made by the driver's client, and counted the same.
+    assert Counter(map(last_user_of, there_requests)) == Counter(map(last_user_of, here_requests))
+    assert there.usage.requests == here.usage.requests == len(here_requests)
+
+
+async def test_a_killed_worker_process_costs_a_retry_of_its_runs_never_a_wrong_score(
+    fake_server: FakeOpenAIServer, executor: RayExecutor, tmp_path: Path
+) -> None:
+    fake_server.responder = answers
+    program = PausingProgram(tmp_path, pause_seconds=60)
+    examples = qa_examples(1, 9)
+    examples[3] = Example(inputs={"question": "pause item-4?"}, labels={"answer": "ans-4"}, id="q4")
+    killed: list[int] = []
+
+    async def kill_the_paused_worker() -> None:
+        pid = int((await wait_for_marks(tmp_path, "attempt-0-"))[0].rsplit("-", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    async with lm_for(fake_server) as lm:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(kill_the_paused_worker)
+                evaluation = await evaluate(program, examples, exact_match, lm=lm, executor=executor)
+    assert killed and killed[0] not in executor.worker_pids()  # the worker process was replaced
+    assert [name.split("-")[1] for name in marks(tmp_path, "attempt-")] == ["0", "1"]  # one retry
+    assert evaluation.scores == {f"q{i}": 0.0 if i % 3 == 0 else 1.0 for i in range(1, 9)}
+    assert [r.error for r in evaluation.results] == [None] * 8
+
+
+async def test_cancelling_an_evaluation_cancels_its_runs_on_the_workers(
+    fake_server: FakeOpenAIServer, executor: RayExecutor, tmp_path: Path
+) -> None:
+    program = PausingProgram(tmp_path, pause_seconds=60)
+    examples = [Example(inputs={"question": "pause"}, labels={"answer": "-"}, id="p0")]
+    async with lm_for(fake_server) as lm:
+        with anyio.move_on_after(30) as scope:
+            async with anyio.create_task_group() as group:
+
+                async def cancel_once_started() -> None:
+                    await wait_for_marks(tmp_path, "attempt-")
+                    group.cancel_scope.cancel()
+
+                group.start_soon(cancel_once_started)
+                await evaluate(program, examples, exact_match, lm=lm, executor=executor)
+        assert not scope.cancelled_caught  # cancelled by the test, long before the pause ended
+        assert await wait_for_marks(tmp_path, "cancelled-", seconds=20)
+    assert fake_server.chat_requests == []
+
+
+async def test_on_ray_the_drivers_concurrency_limit_holds_and_usage_is_exact(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    fake_server.latency = 0.05
+    async with lm_for(fake_server, max_concurrency=2) as lm:
+        evaluation = await evaluate(QAProgram(), qa_examples(1, 17), exact_match, lm=lm, executor=executor)
+    assert len(evaluation.scores) == 16
+    assert fake_server.max_in_flight == 2  # 8 runs at once on the workers, never more than 2 LM calls
+    assert len(fake_server.chat_requests) == 16
+
+
+async def test_max_lm_calls_stops_a_ray_run_with_exactly_what_it_sent_counted(
+    executor: RayExecutor,
+) -> None:
+    here, _ = await optimize_in_world(seed=3, max_lm_calls=300)
+    there, requests = await optimize_in_world(seed=3, executor=executor, max_lm_calls=300)
+    assert there.stopped_by == here.stopped_by == "max_lm_calls"
+    assert len(requests) == there.usage.requests == there.spent["lm_calls"] == here.spent["lm_calls"] <= 300
+    assert there.score == here.score and len(there.trials) == len(here.trials)
+    assert any(is_program_call(r) for r in requests)
+
+
+async def test_an_lm_failure_on_ray_leaves_its_example_unscored_as_in_process(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    def refuse_item_2(request: Any) -> Any:
+        return Fault.content_filter() if "item-2?" in request.last_user else answers(request)
+
+    fake_server.responder = refuse_item_2
+    async with lm_for(fake_server, max_retries=0) as lm:
+        here = await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm)
+        there = await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm, executor=executor)
+    assert outcome_of(there) == outcome_of(here)
+    assert there.n_unscored == 1 and there.results[1].lm_failure and there.results[1].lm_answered
+    assert there.results[1].error is not None and there.results[1].error.startswith("ContentFilteredError")
+
+
+async def test_an_executor_used_unopened_is_a_config_error(fake_server: FakeOpenAIServer) -> None:
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match="not open"):
+            await evaluate(QAProgram(), qa_examples(1, 2), exact_match, lm=lm, executor=RayExecutor())

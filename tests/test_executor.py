@@ -1,0 +1,155 @@
+"""The executor protocol without Ray: prompt state as a plain value applied by predictor name to any copy
+of a program, a user's own executor giving in-process results, and optimize() sending every program run
+through the executor it is given."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt import ConfigError, program_state
+from aprompt.executors import (
+    InProcessExecutor,
+    ProgramOutcome,
+    ProgramRun,
+    PromptState,
+    current_executor,
+    execute_run,
+    use_executor,
+)
+from aprompt.optimize.evaluate import Evaluation, evaluate
+from aprompt.program.overrides import PromptOverride
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import (
+    SMALL_BUDGET,
+    QAProgram,
+    answers,
+    exact_match,
+    is_program_call,
+    lm_for,
+    optimize_in_world,
+    qa_examples,
+    system_of,
+)
+from tests.optimize.world import TwoStageProgram, World, examples, metric
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class FreshCopyExecutor:
+    """Every run on its own deep copy of the program: the prompts reach it only by name."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run_program(self, program: object, run: ProgramRun) -> ProgramOutcome:
+        self.runs += 1
+        return await execute_run(copy.deepcopy(program), run)
+
+
+def outcome_of(evaluation: Evaluation) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.example_id,
+            r.score,
+            r.error,
+            [(e.predictor_name, e.inputs, e.outputs, e.raw_text) for e in r.trace],
+        )
+        for r in evaluation.results
+    ]
+
+
+async def test_a_prompt_state_survives_pickling_and_applies_by_name_to_another_copy(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    state = PromptState({"answer": PromptOverride("Sent by value.", [{"question": "q", "answer": "a"}])})
+    shipped = pickle.loads(pickle.dumps(state))
+    assert shipped == state
+    async with lm_for(fake_server) as lm:
+        run = ProgramRun("q1", {"question": "What is the answer for item-1?"}, shipped, lm)
+        outcome = await execute_run(copy.deepcopy(QAProgram()), run)
+    assert outcome.error is None
+    assert system_of(fake_server.chat_requests[0]).startswith("Sent by value.")
+
+
+def test_a_completed_state_carries_every_predictors_own_prompt() -> None:
+    program = TwoStageProgram()
+    program.answer.instruction = "Changed here."
+    state = PromptState({"extract": PromptOverride("Given.")}).completed(aprompt.named_predictors(program))
+    assert {name: p.instruction for name, p in state.prompts.items()} == {
+        "extract": "Given.",
+        "answer": "Changed here.",
+    }
+
+
+async def test_a_users_own_executor_gives_the_in_process_scores_and_traces(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = answers
+    prompts = {"answer": PromptOverride("Answer precisely.")}
+    executor = FreshCopyExecutor()
+    async with lm_for(fake_server) as lm:
+        here = await evaluate(
+            QAProgram(), qa_examples(1, 8), exact_match, lm=lm, prompts=prompts, collect_traces=True
+        )
+        there = await evaluate(
+            QAProgram(),
+            qa_examples(1, 8),
+            exact_match,
+            lm=lm,
+            prompts=prompts,
+            collect_traces=True,
+            executor=executor,
+        )
+    assert executor.runs == 7
+    assert outcome_of(there) == outcome_of(here)
+    assert all(system_of(r).startswith("Answer precisely.") for r in fake_server.chat_requests)
+
+
+async def test_an_evaluation_uses_the_executor_of_its_use_executor_block(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    executor = FreshCopyExecutor()
+    async with lm_for(fake_server) as lm:
+        with use_executor(executor):
+            await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm)
+        await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm)
+    assert executor.runs == 3
+
+
+async def test_optimize_sends_every_program_run_through_its_executor_with_the_same_result() -> None:
+    executor = FreshCopyExecutor()
+    here, _ = await optimize_in_world(seed=2)
+    there, requests = await optimize_in_world(seed=2, executor=executor)
+    assert there.score == here.score and program_state(there.program) == program_state(here.program)
+    assert [(t.choice, t.scores) for t in there.trials] == [(t.choice, t.scores) for t in here.trials]
+    # Two predictor calls per program run, every one of them made by a run of the executor.
+    assert 2 * executor.runs == sum(1 for r in requests if is_program_call(r))
+
+
+async def test_an_executor_without_run_program_is_a_config_error_before_any_lm_call() -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        with pytest.raises(ConfigError, match="executor must be None or have an async run_program"):
+            await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 20),
+                metric,
+                lm=lm,
+                budget=SMALL_BUDGET,
+                executor=object(),  # type: ignore[arg-type]
+            )
+        assert server.chat_requests == []
+
+
+def test_the_default_executor_runs_in_process() -> None:
+    assert isinstance(current_executor(), InProcessExecutor)
