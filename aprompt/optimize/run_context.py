@@ -187,7 +187,14 @@ class RunContext:
             "seconds": self.meter.seconds,
         }
 
-    def admit_step(self, what: str, parts: Sequence[tuple[str, str, int]], *, calls: bool = False) -> None:
+    def admit_step(
+        self,
+        what: str,
+        parts: Sequence[tuple[str, str, int]],
+        *,
+        calls: bool = False,
+        ahead: tuple[int, int] = (0, 0),
+    ) -> None:
         """Refuse a step the remaining budget cannot pay for, by raising
         :class:`~aprompt.lm.metering.LimitReached`.
 
@@ -200,6 +207,9 @@ class RunContext:
             what: the step, for the message.
             parts: ``(journal kind, key, size)`` of the step's parts; parts already journaled, or admitted
                 and in flight, are free. ``size`` counts program runs, or LM calls when ``calls`` is set.
+            ahead: ``(program runs, LM calls)`` of steps not admitted yet that must keep their budget: a
+                step started early (the hand-written prompt's evaluation, beside the proposals) is admitted
+                only when the budget pays for these too.
         """
         todo_parts = [
             (kind, key, size)
@@ -212,7 +222,9 @@ class RunContext:
         runs, n_calls = (0, todo) if calls else (todo, 0)
         reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
         own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls)
-        with_reserve = step_estimate(self.meter, self.costs, runs=runs + reserved, calls=n_calls)
+        with_reserve = step_estimate(
+            self.meter, self.costs, runs=runs + reserved + ahead[0], calls=n_calls + ahead[1]
+        )
         others = [c.outstanding() for c in self._commitments.values()]
         estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
         limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]))

@@ -13,6 +13,10 @@ import json
 import pytest
 
 import aprompt
+from aprompt.lm.metering import LimitReached
+from aprompt.optimize.budget import resolve_budget
+from aprompt.optimize.run_context import RunContext
+from aprompt.run.limits import RunLimits
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (
@@ -148,3 +152,37 @@ async def test_a_program_failing_on_every_validation_example_stops_the_run_befor
     # Stopped as soon as the baseline's evaluation ended (it sends no request), not after the bootstrap
     # and the proposals.
     assert not any(is_proposal(r) for r in requests)
+
+
+def limited_context(max_lm_calls: int) -> RunContext:
+    """A run's context with a call limit and 20 validation examples (no program: steps are only admitted)."""
+    return RunContext(
+        program=QAProgram(),
+        predictors=[],
+        trainset=[],
+        valset=qa_examples(*VAL),
+        metric=exact_match,
+        budget=resolve_budget({"minibatch_size": 5}),
+        seed=0,
+        lm=None,
+        proposer_lm=None,  # type: ignore[arg-type]  # nothing is proposed
+        teacher_lm=None,
+        grounding=aprompt.Grounding(),
+        concurrency=4,
+        on_event=None,
+        limits=RunLimits(max_lm_calls=max_lm_calls),
+    )
+
+
+async def test_a_step_is_admitted_only_when_the_steps_in_flight_leave_it_enough() -> None:
+    ctx = limited_context(100)
+    ctx.admit_step("a full evaluation", [("full_eval", "a", 60)])  # 60 runs, at one call a run so far
+    with pytest.raises(LimitReached, match="cannot pay for another"):
+        ctx.admit_step("another", [("full_eval", "b", 60)])
+    ctx.stopped_by = None
+
+    async def evaluated() -> int:
+        return 0
+
+    await ctx.memo("full_eval", "a", evaluated, lambda v: v, lambda v: int(v))  # the first one ends
+    ctx.admit_step("another", [("full_eval", "b", 60)])  # then its budget is free again

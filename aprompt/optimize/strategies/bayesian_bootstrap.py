@@ -24,7 +24,7 @@ class BayesianBootstrap(Strategy):
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         async with pipeline(ctx, grounding=False) as early:
             demo_sets = await bootstrap_candidates(ctx)
-            early.start_reference(demo_sets)
+            early.start_reference(demo_sets, self.plan_for(ctx))
             base = Candidates.original(ctx.predictors)
             candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
             candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)

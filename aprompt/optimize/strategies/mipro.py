@@ -23,7 +23,7 @@ class Mipro(Strategy):
         """Bootstrapped demo sets and screened proposals for every predictor: MIPRO's search space (the
         hand-written prompt's evaluation starts as soon as the demo sets exist, beside the proposals)."""
         demo_sets = await bootstrap_candidates(ctx)
-        early.start_reference(demo_sets)
+        early.start_reference(demo_sets, self.plan_for(ctx))
         instructions = await instruction_candidates(ctx, demo_sets, await early.texts())
         candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)
         return candidates.with_formats(ctx.predictors, ctx.budget.search_formats)

@@ -46,7 +46,7 @@ class MiproPlusPlus(Strategy):
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         async with pipeline(ctx) as early:
             demo_sets = await bootstrap_candidates(ctx)
-            early.start_reference(demo_sets)
+            early.start_reference(demo_sets, self.plan_for(ctx))
             texts = await early.texts()
             candidates = Candidates(
                 tuple(n for n, _ in ctx.predictors),

@@ -42,8 +42,9 @@ from aprompt.lm.metering import LimitReached
 from aprompt.optimize.bootstrap import DemoSet
 from aprompt.optimize.candidates import Candidates, Choice
 from aprompt.optimize.outage import OutageGuard
-from aprompt.optimize.run_context import BASELINE_KIND, RunContext
+from aprompt.optimize.run_context import BASELINE_KIND, RunContext, limit_reached_in
 from aprompt.optimize.search import FullEval, SearchLoop, full_eval_from_json, full_eval_to_json
+from aprompt.optimize.strategies.base import StrategyPlan
 from aprompt.optimize.strategies.steps import grounding_calls, grounding_texts, labeled_reference
 from aprompt.program.overrides import PromptOverride
 
@@ -61,13 +62,21 @@ class Deferred(Generic[T]):
 
     _event: anyio.Event = attrs.field(factory=anyio.Event)
     _value: T | None = None
+    _error: BaseException | None = None
 
     def set(self, value: T) -> None:
         self._value = value
         self._event.set()
 
+    def fail(self, error: BaseException) -> None:
+        """Make every wait raise ``error`` (a step refused by the run's limits)."""
+        self._error = error
+        self._event.set()
+
     async def wait(self) -> T:
         await self._event.wait()
+        if self._error is not None:
+            raise self._error
         return self._value  # type: ignore[return-value]  # set before the event
 
 
@@ -90,11 +99,14 @@ class Pipeline:
         """The unoptimized program's full evaluation (choice ``{}``), once scored."""
         return await self._baseline.wait()
 
-    def start_reference(self, demo_sets: Mapping[str, tuple[DemoSet, ...]]) -> None:
+    def start_reference(
+        self, demo_sets: Mapping[str, tuple[DemoSet, ...]], plan: StrategyPlan | None = None
+    ) -> None:
         """Start the evaluation of the prompt a user would write by hand
         (:func:`~aprompt.optimize.strategies.steps.labeled_reference`) with these demo sets; nothing
-        when no predictor has a labeled set, or when the run's limits cannot pay for it now (the search
-        then meets the refusal itself, as it would have without a pipeline)."""
+        when no predictor has a labeled set, or when the run's limits cannot pay for it and for what
+        goes before it (``plan``'s proposals and screen, the first mini-batch): the search then meets
+        the refusal itself, as it would have without a pipeline."""
         candidates = attrs.evolve(Candidates.original(self.ctx.predictors), demo_sets=demo_sets)
         choice = labeled_reference(candidates)
         if not choice:
@@ -103,7 +115,9 @@ class Pipeline:
         stopped_by = self.ctx.stopped_by
         try:
             what = "the hand-written prompt's evaluation"
-            self.ctx.admit_step(what, [(REFERENCE_KIND, key, len(self.ctx.valset))])
+            ahead_runs = min(self.ctx.budget.minibatch_size, len(self.ctx.valset))
+            ahead = (ahead_runs, 0) if plan is None else (ahead_runs + plan.screen_runs, plan.proposal_calls)
+            self.ctx.admit_step(what, [(REFERENCE_KIND, key, len(self.ctx.valset))], ahead=ahead)
         except LimitReached as refusal:
             self.ctx.stopped_by = stopped_by
             logger.info("aprompt: the hand-written prompt is not evaluated ahead of the search: %s", refusal)
@@ -172,7 +186,12 @@ class Pipeline:
 
     async def _run_grounding(self) -> None:
         parts = [("summaries", "all", grounding_calls(self.ctx))]
-        self.ctx.admit_step("writing the grounding texts", parts, calls=True)
+        try:
+            self.ctx.admit_step("writing the grounding texts", parts, calls=True)
+        except LimitReached as refusal:
+            # Refused where the texts are needed (the proposals), so that the steps in flight end first.
+            self._texts.fail(refusal)
+            return
         async with self.ctx.phase("grounding"):
             texts = await grounding_texts(self.ctx)
         self._texts.set(texts)
@@ -196,13 +215,25 @@ class Pipeline:
 async def pipeline(ctx: RunContext, *, grounding: bool = True) -> AsyncIterator[Pipeline]:
     """Start the baseline's evaluation (and, with ``grounding``, the grounding texts) now, beside the
     block; see the module docstring."""
+    refusal: BaseException | None = None
     async with _own_errors(), plain_errors_task_group() as group:
         early = Pipeline(ctx, group)
         early._start_baseline()
         if grounding:
             group.start_soon(early._run_grounding)
-        yield early
-        group.cancel_scope.cancel()  # what nothing awaited (a skipped reference) is not paid for
+        try:
+            yield early
+        except BaseException as exc:
+            if limit_reached_in(exc) is None:
+                raise
+            # A limit stopped the strategy: the steps in flight were admitted, so they end (and are
+            # journaled) first; the stopped run returns the baseline at least, and calling it again with
+            # the same limit finds everything it paid for.
+            refusal = exc
+        else:
+            group.cancel_scope.cancel()  # what nothing awaited (a skipped reference) is not paid for
+    if refusal is not None:
+        raise refusal
 
 
 @asynccontextmanager
