@@ -100,6 +100,8 @@ class RunProgress:
     expected_lm_calls: int = 0
     finished: bool = False
     phase_usage: UsageSnapshot = attrs.field(factory=UsageSnapshot)
+    #: Phases started and not finished, with their details, in the order they started.
+    running: list[tuple[str, str]] = attrs.field(factory=list)
     started: float = attrs.field(init=False)
     search_started: float | None = attrs.field(default=None, init=False)
     ended: float | None = attrs.field(default=None, init=False)
@@ -114,11 +116,16 @@ class RunProgress:
             self.trials_planned = event.n_trials
             self.expected_lm_calls = event.expected_lm_calls
         elif isinstance(event, PhaseStarted):
-            self.phase, self.phase_detail = event.phase, event.detail
+            self.running.append((event.phase, event.detail))
+            self._show_running()
             if event.phase == "search" and self.search_started is None:
                 self.search_started = self.clock()
         elif isinstance(event, PhaseFinished):
             self.phase_usage = self.phase_usage + event.usage
+            running = [name for name, _ in self.running]
+            if event.phase in running:
+                del self.running[running.index(event.phase)]
+            self._show_running()
         elif isinstance(event, TrialScored):
             self.trials_done += 1
             self.trials_failed += event.score is None
@@ -133,6 +140,13 @@ class RunProgress:
             self.best_score, self.baseline_score = event.best_score, event.baseline_score
             self.phase_usage = event.usage
             self.ended = self.clock()
+
+    def _show_running(self) -> None:
+        """Phases overlap (a step starts when its inputs exist): show every one going on, the latest's
+        detail; between phases, the last one shown stays."""
+        if self.running:
+            self.phase = " + ".join(name for name, _ in self.running)
+            self.phase_detail = self.running[-1][1]
 
     @property
     def usage(self) -> UsageSnapshot:

@@ -112,6 +112,18 @@ def test_usage_comes_from_finished_phases_or_from_the_live_source() -> None:
     assert live.usage.calls == 7
 
 
+def test_overlapping_phases_are_shown_together_until_each_finishes() -> None:
+    state = RunProgress()
+    state.apply(PhaseStarted("bootstrap"))
+    state.apply(PhaseStarted("baseline"))
+    assert state.phase == "bootstrap + baseline"
+    state.apply(PhaseFinished("baseline", 1.0, UsageSnapshot()))
+    assert state.phase == "bootstrap"
+    state.apply(PhaseFinished("bootstrap", 2.0, UsageSnapshot()))
+    state.apply(PhaseStarted("search", "3 trials"))
+    assert (state.phase, state.phase_detail) == ("search", "3 trials")
+
+
 def test_eta_follows_the_pace_of_the_trials() -> None:
     clock = FakeClock()
     state = RunProgress(clock=clock)

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import anyio
 import attrs
 
 from aprompt.lm.types import LM
@@ -153,7 +154,7 @@ async def bootstrap_demo_sets(
     teacher_lm: LM | None = None,
     lm: LM | None = None,
     threshold: float = 1.0,
-    concurrency: int = 64,
+    concurrency: int | anyio.CapacityLimiter = 64,
     temperature: float | None = None,
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
     set_sizes: Sequence[int] | None = None,
@@ -220,7 +221,7 @@ async def _collect_passing(
     want: int,
     quota: int,
     threshold: float,
-    concurrency: int,
+    concurrency: int | anyio.CapacityLimiter,
     lm_params: Mapping[str, Any] | None,
 ) -> list[ExampleResult]:
     """Walk ``order`` in concurrent waves until ``want`` passing runs with labels within ``quota`` are

@@ -2,7 +2,9 @@
 
 For one predictor it asks a proposer LM for new instructions, each prompt grounded in some of: the run's
 grounding texts (the data summary, the program description; :mod:`aprompt.optimize.grounding`), demos of
-this predictor, a random style tip and the instructions (with scores, for OPRO) proposed so far. Each
+this predictor, a random style tip and the instructions (with scores, for OPRO) proposed so far (a
+predictor's candidates are drawn at once, so these are the original and, for a draw made again because it
+repeated a sibling, the siblings: :func:`propose_instructions`). Each
 reply is cleaned (:func:`clean_reply`: echoed scaffolding and field-label lines removed, see
 :mod:`aprompt.optimize.proposal_filter`); one that fails to parse, has nothing usable left, or fails
 validation is retried with another rollout and then dropped with a recorded reason; the original
@@ -12,13 +14,14 @@ instruction is always candidate 0.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
+from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.replies import accepting_cut_replies
 from aprompt.lm.types import LM
 from aprompt.optimize import grounding as grounding_sources
@@ -195,8 +198,12 @@ async def propose_instruction(
     seed: int = 0,
     attempts: int = 3,
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
+    first_rollout: int = 0,
 ) -> Proposal:
     """Propose candidate ``index`` for one predictor; a bad reply is retried, then dropped.
+
+    Attempt ``k`` samples rollout ``index * 100 + first_rollout + k`` (a draw made again for another
+    reason passes another ``first_rollout``).
 
     An attempt that fails at the LM is sent again once the LM answers (:mod:`aprompt.optimize.outage`):
     an outage is not the proposal's fault, and dropping it would be journaled and kept by a resumed run.
@@ -210,7 +217,7 @@ async def propose_instruction(
     reason = ""
     guard = OutageGuard((lm,), outage)
     for attempt in range(attempts):
-        rollout = index * 100 + attempt
+        rollout = index * 100 + first_rollout + attempt
         try:
             with accepting_cut_replies(lambda text: True):
                 prediction = await guard.call(
@@ -247,28 +254,76 @@ async def propose_instructions(
     seed: int = 0,
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
 ) -> list[Proposal]:
-    """Candidates 1..n-1 for one predictor, one after another so each sees the ones before it.
+    """Candidates 1..n-1 for one predictor, drawn at once, in two waves.
+
+    First every candidate at once, each with its own style tip and demo set (candidate ``i`` shows set
+    ``i`` of ``demo_sets``, in turn) and the original instruction as its only history: a draw cannot see
+    siblings that do not exist yet. Then each candidate that repeated an earlier one (case aside, in index
+    order) is drawn again, at once, seeing the original and every instruction kept from the first wave (and
+    on other rollouts), so it is asked for something else; one still repeating is dropped. A pure function
+    of the seed and the inputs, like the draws it is made of.
 
     Candidate 0 (the original instruction) is not proposed; the returned list holds every attempt,
-    usable or dropped, in order.
+    usable or dropped, in index order.
     """
     original = context.predictor.instruction
-    existing = [original]
-    proposals: list[Proposal] = []
-    for index in range(1, n_candidates):
-        demos = demo_sets[index % len(demo_sets)] if demo_sets else ()
-        proposal = await propose_instruction(
+    indices = list(range(1, n_candidates))
+
+    async def draw(index: int, existing: Sequence[str], wave: int) -> Proposal:
+        return await propose_instruction(
             context,
             lm,
             index=index,
             grounding=grounding,
-            demos=demos,
+            demos=demo_sets[index % len(demo_sets)] if demo_sets else (),
             existing=existing,
             history=[(text, None) for text in existing],
             seed=seed,
             outage=outage,
+            first_rollout=wave * 50,
         )
+
+    first = await _all_at_once([partial(draw, index, [original], 0) for index in indices])
+    kept, repeats = _first_of_each([original], first)
+    second = await _all_at_once([partial(draw, index, kept, 1) for index in repeats])
+    again = {p.index: p for p in second}
+    _, still = _first_of_each(kept, second)
+    proposals = []
+    for proposal in first:
+        if proposal.index in still:
+            reason = "duplicate of an earlier proposal, drawn twice"
+            proposal = Proposal(proposal.index, None, reason=reason, tip=proposal.tip)
+        elif proposal.index in again:
+            proposal = again[proposal.index]
         proposals.append(proposal)
-        if proposal.instruction is not None:
-            existing.append(proposal.instruction)
     return proposals
+
+
+def _first_of_each(existing: Sequence[str], proposals: Sequence[Proposal]) -> tuple[list[str], list[int]]:
+    """``existing`` plus each proposal's instruction not seen before (case aside), and the indices of
+    the proposals that repeated one."""
+    kept = list(existing)
+    seen = {text.casefold() for text in existing}
+    repeats = []
+    for proposal in proposals:
+        if proposal.instruction is None:
+            continue
+        if proposal.instruction.casefold() in seen:
+            repeats.append(proposal.index)
+        else:
+            seen.add(proposal.instruction.casefold())
+            kept.append(proposal.instruction)
+    return kept, repeats
+
+
+async def _all_at_once(draws: Sequence[Callable[[], Awaitable[Proposal]]]) -> list[Proposal]:
+    """Every draw at once; the proposals in the order of ``draws``."""
+    out: list[Proposal | None] = [None] * len(draws)
+
+    async def one(position: int) -> None:
+        out[position] = await draws[position]()
+
+    async with plain_errors_task_group() as group:
+        for position in range(len(draws)):
+            group.start_soon(one, position)
+    return [p for p in out if p is not None]

@@ -22,11 +22,13 @@ RESULT_FORMAT = "aprompt-result"
 
 @attrs.frozen
 class PhaseUsage:
-    """LM usage and wall time of one phase."""
+    """LM usage and wall time of one phase; ``started``: seconds after the run began (phases overlap:
+    a step starts the moment its inputs exist)."""
 
     phase: str
     seconds: float
     usage: UsageSnapshot
+    started: float = 0.0
 
 
 @attrs.frozen
@@ -90,7 +92,8 @@ class OptimizeResult:
             "candidates": self.candidates.describe(),
             "dropped": [list(d) for d in self.dropped],
             "phases": [
-                {"phase": p.phase, "seconds": p.seconds, "usage": p.usage.as_dict()} for p in self.phases
+                {"phase": p.phase, "seconds": p.seconds, "started": p.started, "usage": p.usage.as_dict()}
+                for p in self.phases
             ],
             "seconds": self.seconds,
             "stopped_by": self.stopped_by,

@@ -9,18 +9,20 @@ with the best program so far. What was spent is journaled after every step (see
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import attrs
 
 from aprompt._errors import ConfigError, JournalError, RunLimitError
 from aprompt.lm.metering import LimitReached, RequestMeter, measuring, metering
 from aprompt.lm.types import LM
-from aprompt.lm.usage import UsageSnapshot
+from aprompt.lm.usage import UsageCounter, UsageSnapshot
 from aprompt.optimize.budget import Budget
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.evaluate import Metric
@@ -48,11 +50,48 @@ if TYPE_CHECKING:
     from aprompt.optimize.search import SearchLoop
     from aprompt.optimize.strategies.base import Strategy
 
+#: The journal kind of the unoptimized program's evaluation started beside the bootstrap
+#: (:mod:`aprompt.optimize.strategies.pipeline`).
+BASELINE_KIND = "baseline_eval"
+
 #: Step kinds that score programs; every other step (bootstrap, proposals) keeps the budget of the
 #: baseline's evaluation and one mini-batch untouched.
-_SCORING_STEPS = frozenset({"trial", "full_eval", "race"})
+_SCORING_STEPS = frozenset({"trial", "full_eval", "race", BASELINE_KIND, "reference_eval"})
 
 T = TypeVar("T")
+
+
+@attrs.define
+class _StepRuns:
+    """The program runs of the step a :meth:`RunContext.memo` is computing, when its result does not tell
+    them (``None``: read them from the result)."""
+
+    runs: int | None = None
+
+
+# The step being computed in this task (and in the tasks it starts): steps overlap, so what one step
+# reports of its runs must not reach another.
+_STEP_RUNS: contextvars.ContextVar[_StepRuns | None] = contextvars.ContextVar(
+    "aprompt_step_runs", default=None
+)
+
+
+@attrs.define
+class _Commitment:
+    """An admitted step not finished yet: its estimate, and what it has spent so far once started."""
+
+    requests: float
+    tokens: float
+    cost: float
+    used: UsageCounter | None = None
+
+    def outstanding(self) -> tuple[float, float, float]:
+        """What it is still expected to spend."""
+        if self.used is None:
+            return self.requests, self.tokens, self.cost
+        tokens = max(0.0, self.tokens - self.used.prompt_tokens - self.used.completion_tokens)
+        cost = self.cost * tokens / self.tokens if self.tokens else 0.0
+        return max(0.0, self.requests - self.used.requests), tokens, cost
 
 
 @attrs.define
@@ -82,10 +121,17 @@ class RunContext:
     failures: dict[str, str] = attrs.field(factory=dict)
     #: The search loop of the run, once a strategy made one: what a stopped run returns comes from it.
     search_loop: SearchLoop | None = None
-    #: Program runs of the step being computed that its result does not tell (a bootstrap's runs).
-    pending_runs: int = 0
+    #: The unoptimized program's full evaluation once scored (it may be scored before the search loop
+    #: exists, beside the bootstrap: :mod:`aprompt.optimize.strategies.pipeline`).
+    baseline: FullEval | None = None
     meter: RequestMeter = attrs.field(init=False)
     costs: RunCosts = attrs.field(init=False)
+    #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
+    #: counts what the others are still expected to spend.
+    _commitments: dict[tuple[str, str], _Commitment] = attrs.field(factory=dict, init=False)
+    #: The run's start, for the phases' start times.
+    _started: float = attrs.field(factory=time.monotonic, init=False)
+    _limiter: anyio.CapacityLimiter | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         record = self.journal.latest(SPENT_KIND) if self.journal is not None else None
@@ -101,6 +147,13 @@ class RunContext:
                 f"{type(exc).__name__}: {exc}; use resume=False to start over",
                 path=str(self.journal.path),
             ) from None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Program runs in flight at once (``concurrency``), shared by the run's overlapping steps."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
+        return self._limiter
 
     def first_trial_runs(self) -> tuple[int, str]:
         """Program runs that score one trial (the baseline's evaluation and one mini-batch), described."""
@@ -134,24 +187,51 @@ class RunContext:
             "seconds": self.meter.seconds,
         }
 
-    def admit_step(self, what: str, parts: Sequence[tuple[str, str, int]], *, calls: bool = False) -> None:
+    def admit_step(
+        self,
+        what: str,
+        parts: Sequence[tuple[str, str, int]],
+        *,
+        calls: bool = False,
+        ahead: tuple[int, int] = (0, 0),
+    ) -> None:
         """Refuse a step the remaining budget cannot pay for, by raising
         :class:`~aprompt.lm.metering.LimitReached`.
 
+        Steps overlap (the baseline's evaluation beside the bootstrap, proposals beside the reference's
+        evaluation), so the budget a step may use is what remains after the admitted steps still in
+        flight have spent what they are expected to; an admitted part stays committed until its
+        :meth:`memo` finishes.
+
         Args:
             what: the step, for the message.
-            parts: ``(journal kind, key, size)`` of the step's parts; parts already journaled are free.
-                ``size`` counts program runs, or LM calls when ``calls`` is set.
+            parts: ``(journal kind, key, size)`` of the step's parts; parts already journaled, or admitted
+                and in flight, are free. ``size`` counts program runs, or LM calls when ``calls`` is set.
+            ahead: ``(program runs, LM calls)`` of steps not admitted yet that must keep their budget: a
+                step started early (the hand-written prompt's evaluation, beside the proposals) is admitted
+                only when the budget pays for these too.
         """
-        todo = sum(size for kind, key, size in parts if not self._journaled(kind, key))
+        todo_parts = [
+            (kind, key, size)
+            for kind, key, size in parts
+            if size > 0 and not self._journaled(kind, key) and (kind, key) not in self._commitments
+        ]
+        todo = sum(size for _, _, size in todo_parts)
         if todo == 0:
             return
         runs, n_calls = (0, todo) if calls else (todo, 0)
-        if not all(kind in _SCORING_STEPS for kind, _, _ in parts):
-            runs += self._reserved_runs()
-        estimate = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls)
-        limit = unaffordable(self.meter, estimate)
+        reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
+        own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls)
+        with_reserve = step_estimate(
+            self.meter, self.costs, runs=runs + reserved + ahead[0], calls=n_calls + ahead[1]
+        )
+        others = [c.outstanding() for c in self._commitments.values()]
+        estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
+        limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]))
         if limit is None:
+            for kind, key, size in todo_parts:
+                share = size / todo
+                self._commitments[(kind, key)] = _Commitment(own[0] * share, own[1] * share, own[2] * share)
             return
         self.stopped_by = self.stopped_by or limit
         raise LimitReached(
@@ -161,12 +241,23 @@ class RunContext:
         )
 
     def _reserved_runs(self) -> int:
-        """Runs kept for the baseline's evaluation and the first mini-batch, while they are to come."""
+        """Runs kept for the baseline's evaluation and the first mini-batch, while they are to come (and
+        not admitted yet: an admitted one is counted as a commitment)."""
         loop = self.search_loop
-        baseline_done = loop is not None and bool(loop.full_evals)
+        baseline_done = self.baseline is not None or (loop is not None and bool(loop.full_evals))
+        baseline_done = baseline_done or any(kind == BASELINE_KIND for kind, _ in self._commitments)
         trial_done = loop is not None and bool(loop.trials)
+        trial_done = trial_done or any(kind == "trial" for kind, _ in self._commitments)
         n_val = len(self.valset)
         return (0 if baseline_done else n_val) + (0 if trial_done else min(self.budget.minibatch_size, n_val))
+
+    def note_runs(self, runs: int) -> None:
+        """Tell the step being computed (inside :meth:`memo`) how many program runs it made, when its
+        result does not tell them (a bootstrap's runs; ``0`` for a result made by another step): what a
+        program run costs is measured from them."""
+        step = _STEP_RUNS.get()
+        if step is not None:
+            step.runs = runs
 
     def _journaled(self, kind: str, key: str) -> bool:
         return self.journal is not None and self.journal.latest(kind, key) is not None
@@ -208,13 +299,19 @@ class RunContext:
             raise ConfigError(str(refusal)) from None
         self.stopped_by = self.stopped_by or refusal.limit
         loop = self.search_loop
-        if loop is None or not loop.full_evals:
-            raise RunLimitError(
-                f"{refusal}; the run stopped before the unoptimized program's evaluation finished, so "
-                "nothing is scored yet. Raise the limit and call again (with a run_dir it resumes)",
-                limit=refusal.limit,
-            ) from None
-        return loop.candidates, await loop.run_outcome()
+        if loop is not None and loop.full_evals:
+            return loop.candidates, await loop.run_outcome()
+        if self.baseline is not None:
+            # Scored beside the bootstrap, before any search: the unoptimized program is the best so far.
+            candidates = Candidates.original(self.predictors)
+            baseline = attrs.evolve(self.baseline, choice=candidates.baseline())
+            score = baseline.score
+            return candidates, SearchOutcome(baseline.choice, score, score, (), (baseline,))
+        raise RunLimitError(
+            f"{refusal}; the run stopped before the unoptimized program's evaluation finished, so "
+            "nothing is scored yet. Raise the limit and call again (with a run_dir it resumes)",
+            limit=refusal.limit,
+        ) from None
 
     async def memo(
         self,
@@ -232,6 +329,7 @@ class RunContext:
         if self.journal is not None:
             found = self.journal.latest(kind, key)
             if found is not None:
+                self._commitments.pop((kind, key), None)
                 try:
                     return decode(found)
                 except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
@@ -240,9 +338,19 @@ class RunContext:
                         f"{type(exc).__name__}: {exc}; use resume=False to start over",
                         path=str(self.journal.path),
                     ) from None
-        with measuring() as used:
-            value = await compute()
-        runs = self._program_runs(value)
+        step = _StepRuns()
+        token = _STEP_RUNS.set(step)
+        commitment = self._commitments.get((kind, key))
+        try:
+            with measuring() as used:
+                if commitment is not None:
+                    commitment.used = used
+                value = await compute()
+        finally:
+            _STEP_RUNS.reset(token)
+            if self._commitments.get((kind, key)) is commitment:
+                self._commitments.pop((kind, key), None)
+        runs = self._program_runs(value) if step.runs is None else step.runs
         if runs:
             self.costs.add(runs, used.snapshot())
         if self.journal is not None:
@@ -251,15 +359,14 @@ class RunContext:
         return value
 
     def _program_runs(self, value: object) -> int:
-        """Program runs a step made (to measure what one costs)."""
+        """Program runs a step made, as its result tells them (to measure what one costs)."""
         if isinstance(value, Trial):
             return len(value.example_ids)
         if isinstance(value, FullEval):
             return len(value.scores) + value.n_unscored - value.reused
         if isinstance(value, RungEval):
             return len(value.example_ids)
-        runs, self.pending_runs = self.pending_runs, 0
-        return runs
+        return 0
 
     async def emit(self, event: Event) -> None:
         if self.on_event is None:
@@ -270,17 +377,31 @@ class RunContext:
 
     @asynccontextmanager
     async def phase(self, name: str, detail: str = "") -> AsyncIterator[None]:
-        """Time a phase and record its LM usage; emits PhaseStarted/PhaseFinished."""
+        """Time a phase and record its LM usage; emits PhaseStarted/PhaseFinished.
+
+        Phases may overlap (steps start the moment their inputs exist): a phase's usage is what the
+        code inside its block, and the tasks started there, spent (so the phases' usages add up to the
+        run's), and it is listed in ``phases`` in the order phases started, with its start time.
+        """
         await self.emit(PhaseStarted(name, detail))
-        started, before = time.monotonic(), self.usage()
+        started = time.monotonic()
+        slot = len(self.phases)
+        self.phases.append(PhaseUsage(name, 0.0, UsageSnapshot(), started - self._started))
         try:
-            yield
+            with measuring() as used:
+                yield
         finally:
-            record = PhaseUsage(name, time.monotonic() - started, self.usage() - before)
-            self.phases.append(record)
+            record = PhaseUsage(name, time.monotonic() - started, used.snapshot(), started - self._started)
+            self.phases[slot] = record
             if self.journal is not None:
                 self.journal.append(
-                    "phase", {"phase": name, "seconds": record.seconds, "usage": record.usage.as_dict()}
+                    "phase",
+                    {
+                        "phase": name,
+                        "seconds": record.seconds,
+                        "started": record.started,
+                        "usage": record.usage.as_dict(),
+                    },
                 )
         await self.emit(PhaseFinished(name, record.seconds, record.usage))
 

@@ -118,6 +118,10 @@ def full_eval_from_json(data: Mapping[str, Any]) -> FullEval:
     return FullEval(**data)
 
 
+#: See ``SearchLoop.prefetched``.
+Prefetched = Callable[[Candidates, Choice], Callable[[], Awaitable["FullEval"]] | None]
+
+
 class ProposalHook(Protocol):
     """Lets a strategy replace instruction indices by its own parameters (MIPRO++)."""
 
@@ -298,9 +302,15 @@ class SearchLoop:
     failures: dict[str, str] = attrs.field(factory=dict, kw_only=True)
     #: Awaited right after each periodic full evaluation (reflective proposals add candidates there).
     after_evaluation: Callable[[SearchLoop], Awaitable[None]] = attrs.field(default=no_hook, kw_only=True)
+    #: Full evaluations started before the search (the baseline's, the references'; see
+    #: :mod:`aprompt.optimize.strategies.pipeline`): given the candidates and a choice, how to await
+    #: the evaluation of the same prompts, or ``None``. Handed in, not evaluated again.
+    prefetched: Prefetched | None = attrs.field(default=None, kw_only=True)
+    #: Program runs in flight at once: a limit of its own, or one the run's other steps share.
+    limiter: anyio.CapacityLimiter | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
+        self._limiter = self.limiter or anyio.CapacityLimiter(max(1, self.concurrency))
 
     async def run(self) -> SearchOutcome:
         await self.full_evaluation(self.candidates.baseline(), is_baseline=True)
@@ -654,6 +664,14 @@ class SearchLoop:
             reused=len(known),
         )
 
+    async def _handed_in(self, early: Callable[[], Awaitable[FullEval]], choice: Choice) -> FullEval:
+        return attrs.evolve(await early(), choice=dict(choice), after_trial=len(self.trials))
+
+    async def evaluate_in_full(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
+        """Fully evaluate ``choice`` on the validation set without recording it (no journal, no event):
+        an evaluation made before the search, handed in later through ``prefetched``."""
+        return await self._run_full_evaluation(choice, {}, is_baseline=is_baseline)
+
     async def evaluate_choice(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
         """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal)."""
         return await self._evaluate(choice, examples)
@@ -677,11 +695,14 @@ class SearchLoop:
         reuse = {k: v for k, v in (known or {}).items() if k in ids}
         key = json.dumps(sorted(choice.items()))
         what = "the baseline's evaluation" if is_baseline else "a full evaluation"
-        self.admit_step(what, [("full_eval", key, len(self.valset) - len(reuse))])
+        early = self.prefetched(self.candidates, choice) if self.prefetched and not reuse else None
+        self.admit_step(what, [("full_eval", key, 0 if early else len(self.valset) - len(reuse))])
         result = await self.memo(
             "full_eval",
             key,
-            lambda: self._run_full_evaluation(choice, reuse, is_baseline=is_baseline),
+            partial(self._handed_in, early, choice)
+            if early
+            else lambda: self._run_full_evaluation(choice, reuse, is_baseline=is_baseline),
             full_eval_to_json,
             full_eval_from_json,
         )

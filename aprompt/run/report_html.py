@@ -271,6 +271,10 @@ def _usage(view: RunView) -> str:
             [_e(phase.get("phase", "?")), f"{float(phase.get('seconds', 0.0)):.1f}"]
             + [f"{int(usage.get(k, 0)):,}" for k in keys]
         )
+    if all("started" in phase for phase in view.phases):
+        # Phases overlap (a step starts when its inputs exist): the total is the span they cover.
+        ends = [float(p["started"]) + float(p.get("seconds", 0.0)) for p in view.phases]
+        seconds = max(ends) - min(float(p["started"]) for p in view.phases)
     rows.append(["<b>total</b>", f"<b>{seconds:.1f}</b>"] + [f"<b>{totals[k]:,}</b>" for k in keys])
     headers = [
         "phase",

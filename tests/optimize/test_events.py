@@ -53,8 +53,10 @@ def recorded() -> Recorded:
 
 
 def without_candidates(events: Sequence[object]) -> list[object]:
-    """The events whose order does not depend on timing (predictors propose concurrently)."""
-    return [e for e in events if not isinstance(e, CandidateProposed | CandidateDropped)]
+    """The events whose order does not depend on timing (predictors propose concurrently, and phases
+    overlap: a step starts when its inputs exist)."""
+    timed = CandidateProposed | CandidateDropped | PhaseStarted | PhaseFinished
+    return [e for e in events if not isinstance(e, timed)]
 
 
 def test_a_sync_callback_sees_the_plan_first_and_the_finish_last(recorded: Recorded) -> None:
@@ -76,15 +78,32 @@ async def test_an_async_callback_is_awaited_for_every_event() -> None:
 def test_phases_start_and_finish_in_pairs(recorded: Recorded) -> None:
     events, result = recorded
     phases = [e for e in events if isinstance(e, PhaseStarted | PhaseFinished)]
-    assert [(type(e).__name__, e.phase) for e in phases] == [
-        (kind, phase)
-        for phase in ("bootstrap", "propose", "search")
-        for kind in ("PhaseStarted", "PhaseFinished")
-    ]
+    started = [e.phase for e in phases if isinstance(e, PhaseStarted)]
     finished = [e for e in phases if isinstance(e, PhaseFinished)]
-    assert [(e.phase, e.seconds, e.usage) for e in finished] == [
+    assert sorted(started) == sorted(e.phase for e in finished)
+    # No labeled demo set in this world: no hand-written prompt ("reference") to evaluate.
+    assert sorted(started) == ["baseline", "bootstrap", "grounding", "propose", "search"]
+    for phase in started:  # each finishes after it started
+        assert events.index(next(e for e in finished if e.phase == phase)) > events.index(
+            next(e for e in phases if isinstance(e, PhaseStarted) and e.phase == phase)
+        )
+    assert sorted((e.phase, e.seconds, e.usage) for e in finished) == sorted(
         (p.phase, p.seconds, p.usage) for p in result.phases
-    ]
+    )
+
+
+def test_steps_start_when_their_inputs_exist(recorded: Recorded) -> None:
+    events, _ = recorded
+    at = {
+        (type(e).__name__, e.phase): i
+        for i, e in enumerate(events)
+        if isinstance(e, PhaseStarted | PhaseFinished)
+    }
+    # No demo needed: beside the bootstrap.
+    assert at[("PhaseStarted", "baseline")] < at[("PhaseFinished", "bootstrap")]
+    assert at[("PhaseStarted", "grounding")] < at[("PhaseFinished", "bootstrap")]
+    assert at[("PhaseFinished", "bootstrap")] < at[("PhaseStarted", "propose")]
+    assert at[("PhaseFinished", "propose")] < at[("PhaseStarted", "search")]
 
 
 def test_every_trial_is_reported_once_in_order(recorded: Recorded) -> None:
@@ -155,10 +174,13 @@ async def test_break_leaves_the_block_and_stops_the_run_quietly() -> None:
             async for event in stream:
                 if isinstance(event, PhaseFinished):
                     break
+        # Phases overlap: requests the client sent before the block was left may reach the server (in
+        # this event loop) a moment later.
+        await anyio.sleep(0.2)
         calls = len(server.chat_requests)
         await anyio.sleep(0.05)
         assert len(server.chat_requests) == calls, "no call after the consumer stopped"
-    assert isinstance(event, PhaseFinished) and event.phase == "bootstrap"
+    assert isinstance(event, PhaseFinished)
     with pytest.raises(aprompt.ConfigError, match="has not finished"):
         stream.result  # noqa: B018
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import types
 from pathlib import Path
@@ -152,19 +153,70 @@ async def test_a_proposal_failing_because_the_lm_is_down_raises_instead_of_being
                 )
 
 
-async def test_each_proposal_sees_the_instructions_proposed_before_it(fake_server: FakeOpenAIServer) -> None:
-    def propose(request: ChatRequest) -> str:
-        return f"Proposed Instruction: Answer carefully, version {len(fake_server.chat_requests)}."
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 
-    fake_server.responder = propose
-    async with lm_for(fake_server) as lm:
+
+@both_backends
+async def test_every_proposal_of_a_predictor_is_drawn_at_once_seeing_the_original_only() -> None:
+    count = itertools.count()
+
+    def propose(request: ChatRequest) -> str:
+        return f"Proposed Instruction: Answer carefully, version {next(count)}."
+
+    async with FakeOpenAIServer(responder=propose, latency=0.3) as server, lm_for(server) as lm:
+        proposals = await propose_instructions(
+            context(), lm, n_candidates=5, grounding=Grounding(), demo_sets=[()]
+        )
+    requests = sorted(server.chat_requests, key=lambda r: r.started)
+    assert len(requests) == 4 and all(p.instruction for p in proposals)
+    # Every request arrived before the first one was answered: none waited for another.
+    assert requests[-1].started < min(r.finished for r in requests)
+    for request in requests:
+        prompt = last_user_of(request)
+        assert ORIGINAL_INSTRUCTION in prompt
+        assert not any(p.instruction in prompt for p in proposals if p.instruction)
+
+
+@both_backends
+async def test_a_proposal_repeating_an_earlier_one_is_drawn_again_seeing_the_others() -> None:
+    count = itertools.count()
+
+    def propose(request: ChatRequest) -> str:
+        if "Answer with the code word only." not in request.last_user:
+            return "Proposed Instruction: Answer with the code word only."  # the first draw of each
+        return f"Proposed Instruction: Give the answer as written, variant {next(count)}."
+
+    async with FakeOpenAIServer(responder=propose) as server, lm_for(server) as lm:
+        proposals = await propose_instructions(
+            context(), lm, n_candidates=4, grounding=Grounding(), demo_sets=[()], seed=3
+        )
+    kept = [p.instruction for p in proposals]
+    assert kept[0] == "Answer with the code word only."
+    assert all(text is not None and text.startswith("Give the answer as written") for text in kept[1:])
+    assert len({text.casefold() for text in kept if text}) == 3
+    assert [p.index for p in proposals] == [1, 2, 3]
+    redrawn = [r for r in server.chat_requests if "Answer with the code word only." in last_user_of(r)]
+    assert len(server.chat_requests) - len(redrawn) == 3  # every first draw saw the original only
+    assert len(redrawn) == 2  # candidates 2 and 3 drawn again, each once, seeing candidate 1
+
+
+@both_backends
+async def test_a_proposal_repeating_a_sibling_of_its_second_draw_is_dropped() -> None:
+    def propose(request: ChatRequest) -> str:
+        if "Answer with the code word only." not in request.last_user:
+            return "Proposed Instruction: Answer with the code word only."
+        return "Proposed Instruction: Give the answer as written."  # every second draw says the same
+
+    async with FakeOpenAIServer(responder=propose) as server, lm_for(server) as lm:
         proposals = await propose_instructions(
             context(), lm, n_candidates=4, grounding=Grounding(), demo_sets=[()]
         )
-    assert [p.instruction for p in proposals] == [f"Answer carefully, version {n}." for n in range(3)]
-    last_prompt = last_user_of(fake_server.chat_requests[-1])
-    for earlier in (ORIGINAL_INSTRUCTION, "Answer carefully, version 0.", "Answer carefully, version 1."):
-        assert earlier in last_prompt
+    assert [p.instruction for p in proposals[:2]] == [
+        "Answer with the code word only.",
+        "Give the answer as written.",
+    ]
+    assert proposals[2].instruction is None
+    assert proposals[2].reason == "duplicate of an earlier proposal, drawn twice"
 
 
 async def test_the_data_summary_is_written_from_the_training_examples(fake_server: FakeOpenAIServer) -> None:

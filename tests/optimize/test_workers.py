@@ -88,6 +88,11 @@ class ThreadProgram:
         return await self.hand_over(lambda: asyncio.run(self.in_thread(question)))  # type: ignore[no-any-return]
 
 
+def program_calls(server: FakeOpenAIServer) -> list[object]:
+    """The requests of the program under optimization (not the proposer's grounding texts)."""
+    return [r for r in server.chat_requests if system_of(r).startswith(ORIGINAL_INSTRUCTION)]
+
+
 @pytest.fixture
 async def world_server() -> Any:
     async with FakeOpenAIServer(api_key=TEST_API_KEY) as server:
@@ -108,7 +113,7 @@ async def test_a_queue_consumer_started_before_the_run_is_refused(world_server: 
         with pytest.raises(aprompt.ConfigError, match=rf"\['answer'\] .*{REFUSAL}.*Start the worker inside"):
             await optimize(program, world_server)
         group.cancel_scope.cancel()
-    assert len(world_server.chat_requests) <= 8, "refused at the first evaluation"
+    assert len(program_calls(world_server)) <= 8, "refused at the first evaluation"
 
 
 async def test_a_queue_consumer_started_inside_the_call_sees_the_candidates(
@@ -135,7 +140,9 @@ async def test_a_thread_pool_made_before_the_run_is_refused(
 
     with pytest.raises(aprompt.ConfigError, match=REFUSAL):
         await optimize(ThreadProgram(world_server, hand_over), world_server)
-    assert len(world_server.chat_requests) <= 8
+    # Refused at the first evaluations, which start together: the bootstrap's first wave (8 examples) and
+    # the baseline's (30); work already handed to the pool still runs.
+    assert len(program_calls(world_server)) <= 8 + 30
 
 
 async def test_a_thread_that_carries_the_context_sees_the_candidates(world_server: FakeOpenAIServer) -> None:

@@ -71,10 +71,10 @@ def kill_points(marks: list[tuple[str, int]], rng: random.Random) -> list[int]:
     trials = sorted({position for name, position in marks if name == "trial"})
     full = [position for name, position in marks if name == "full_eval"]
     spans = [
-        (0, at["bootstrap_end"]),  # bootstrapping demos
-        (at["bootstrap_end"], at["propose_end"]),  # proposing instructions
-        (at["propose_end"], full[0]),  # the baseline's full evaluation
-        (full[0], trials[0]),  # the first batch of trials
+        (0, at["bootstrap_end"]),  # bootstrapping demos, the baseline's full evaluation beside
+        (at["bootstrap_end"], at["propose_end"]),  # proposing instructions, the hand-written prompt's beside
+        (at["propose_end"], trials[0]),  # the first batch of trials
+        (trials[0], trials[1]),  # the second batch
         (trials[-2], trials[-1]),  # late trials (and a periodic full evaluation)
         (trials[-1], full[-1]),  # the final full evaluation
     ]
@@ -88,12 +88,10 @@ def phase_of(run_dir: Path) -> str:
         kinds = journal.kinds()
     if "result" in kinds:
         return "finished"
-    if "demo_sets" not in kinds:
+    if "demo_sets" not in kinds:  # the baseline's evaluation goes on beside
         return "bootstrap"
     if kinds.get("proposals", 0) < 2 or kinds.get("screen", 0) < 2:  # proposed, then screened
         return "propose"
-    if "full_eval" not in kinds:
-        return "baseline"
     if kinds.get("trial", 0) < BUDGET["n_trials"]:
         return "search"
     return "final"
@@ -156,7 +154,7 @@ async def test_a_run_killed_in_every_phase_resumes_to_the_uninterrupted_result(t
         f"{switch.total} LM calls over {len(points) + 1} processes against {reference_calls} "
         f"uninterrupted; repeated {repeated} ({fraction:.1%})"
     )
-    assert phases == ["bootstrap", "propose", "baseline", "search", "search", "final"]
+    assert phases == ["bootstrap", "propose", "search", "search", "search", "final"]
     assert resumed == reference
     # Only calls in flight at a kill (answered, not yet cached) are paid twice.
     assert 0 <= fraction <= 0.1, (repeated, reference_calls)

@@ -9,6 +9,7 @@ from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchOutcome
 from aprompt.optimize.strategies.base import Strategy, StrategyPlan
+from aprompt.optimize.strategies.pipeline import pipeline
 from aprompt.optimize.strategies.steps import bootstrap_candidates, tpe_search
 
 
@@ -21,8 +22,10 @@ class BayesianBootstrap(Strategy):
         return StrategyPlan.standard(budget, n_predictors, n_train, n_val, searches_instructions=False)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
-        demo_sets = await bootstrap_candidates(ctx)
-        base = Candidates.original(ctx.predictors)
-        candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
-        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
-        return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)
+        async with pipeline(ctx, grounding=False) as early:
+            demo_sets = await bootstrap_candidates(ctx)
+            early.start_reference(demo_sets, self.plan_for(ctx))
+            base = Candidates.original(ctx.predictors)
+            candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
+            candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
+            return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials, early)

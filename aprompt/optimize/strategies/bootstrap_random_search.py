@@ -6,11 +6,13 @@ import random
 
 import attrs
 
+from aprompt.optimize.bootstrap import DemoSet
 from aprompt.optimize.budget import Budget
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchOutcome
 from aprompt.optimize.strategies.base import Strategy, StrategyPlan
+from aprompt.optimize.strategies.pipeline import Pipeline, pipeline
 from aprompt.optimize.strategies.steps import bootstrap_candidates, search_loop
 
 
@@ -26,7 +28,13 @@ class BootstrapRandomSearch(Strategy):
         )
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
-        demo_sets = await bootstrap_candidates(ctx)
+        async with pipeline(ctx, grounding=False) as early:
+            demo_sets = await bootstrap_candidates(ctx)
+            return await self._search(ctx, demo_sets, early)
+
+    async def _search(
+        self, ctx: RunContext, demo_sets: dict[str, tuple[DemoSet, ...]], early: Pipeline
+    ) -> tuple[Candidates, SearchOutcome]:
         base = Candidates.original(ctx.predictors)
         candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
         candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
@@ -34,7 +42,7 @@ class BootstrapRandomSearch(Strategy):
         n_full = max(1, ctx.budget.trials_for(len(ctx.predictors), True) // ctx.budget.full_eval_every)
         rng = random.Random(f"{ctx.seed}:random-search")
         async with ctx.phase("search", f"{n_full} random full evaluations"):
-            loop = search_loop(ctx, candidates, self.plan_for(ctx).n_trials)
+            loop = search_loop(ctx, candidates, self.plan_for(ctx).n_trials, early=early)
             await loop.full_evaluation(candidates.baseline(), is_baseline=True)
             seen = {tuple(sorted(candidates.baseline().items()))}
             combos = []

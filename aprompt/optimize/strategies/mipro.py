@@ -7,6 +7,7 @@ from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchOutcome
 from aprompt.optimize.strategies.base import Strategy, StrategyPlan
+from aprompt.optimize.strategies.pipeline import Pipeline, pipeline
 from aprompt.optimize.strategies.steps import bootstrap_candidates, instruction_candidates, tpe_search
 
 
@@ -18,13 +19,16 @@ class Mipro(Strategy):
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
         return StrategyPlan.standard(budget, n_predictors, n_train, n_val, screened=True)
 
-    async def candidates(self, ctx: RunContext) -> Candidates:
-        """Bootstrapped demo sets and screened proposals for every predictor: MIPRO's search space."""
+    async def candidates(self, ctx: RunContext, early: Pipeline) -> Candidates:
+        """Bootstrapped demo sets and screened proposals for every predictor: MIPRO's search space (the
+        hand-written prompt's evaluation starts as soon as the demo sets exist, beside the proposals)."""
         demo_sets = await bootstrap_candidates(ctx)
-        instructions = await instruction_candidates(ctx, demo_sets)
+        early.start_reference(demo_sets, self.plan_for(ctx))
+        instructions = await instruction_candidates(ctx, demo_sets, await early.texts())
         candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)
         return candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
-        candidates = await self.candidates(ctx)
-        return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)
+        async with pipeline(ctx) as early:
+            candidates = await self.candidates(ctx, early)
+            return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials, early)

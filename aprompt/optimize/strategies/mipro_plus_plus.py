@@ -15,7 +15,8 @@ from aprompt.optimize.propose import Grounding, Proposal, ProposalContext, propo
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchLoop, SearchOutcome
 from aprompt.optimize.strategies.base import Strategy, StrategyPlan
-from aprompt.optimize.strategies.steps import bootstrap_candidates, grounding_texts, search_loop
+from aprompt.optimize.strategies.pipeline import pipeline
+from aprompt.optimize.strategies.steps import bootstrap_candidates, search_loop
 
 #: The proposer groundings the search chooses among, per predictor.
 GROUNDING_OPTIONS: tuple[Grounding, ...] = (
@@ -43,19 +44,20 @@ class MiproPlusPlus(Strategy):
         return StrategyPlan.standard(budget, n_predictors, n_train, n_val, n_trials=n_trials)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
-        demo_sets = await bootstrap_candidates(ctx)
-        async with ctx.phase("propose", "summaries"):
-            texts = await grounding_texts(ctx)
-        candidates = Candidates(
-            tuple(n for n, _ in ctx.predictors),
-            {n: (p.instruction,) for n, p in ctx.predictors},
-            demo_sets,
-        ).with_formats(ctx.predictors, ctx.budget.search_formats)
-        n_trials = self.plan_for(ctx).n_trials
-        async with ctx.phase("search", f"{n_trials} trials with proposals"):
-            loop = search_loop(ctx, candidates, n_trials, _ProposalHook(ctx, texts))
-            outcome = await loop.run()
-            return loop.candidates, outcome
+        async with pipeline(ctx) as early:
+            demo_sets = await bootstrap_candidates(ctx)
+            early.start_reference(demo_sets, self.plan_for(ctx))
+            texts = await early.texts()
+            candidates = Candidates(
+                tuple(n for n, _ in ctx.predictors),
+                {n: (p.instruction,) for n, p in ctx.predictors},
+                demo_sets,
+            ).with_formats(ctx.predictors, ctx.budget.search_formats)
+            n_trials = self.plan_for(ctx).n_trials
+            async with ctx.phase("search", f"{n_trials} trials with proposals"):
+                loop = search_loop(ctx, candidates, n_trials, _ProposalHook(ctx, texts), early=early)
+                outcome = await loop.run()
+                return loop.candidates, outcome
 
 
 @attrs.define

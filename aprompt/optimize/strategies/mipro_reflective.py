@@ -7,6 +7,7 @@ from aprompt.optimize.reflect import ReflectiveProposals
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchOutcome
 from aprompt.optimize.strategies.mipro import Mipro
+from aprompt.optimize.strategies.pipeline import pipeline
 from aprompt.optimize.strategies.steps import search_loop
 
 
@@ -19,9 +20,11 @@ class MiproReflective(Mipro):
     name = "mipro_reflective"
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
-        candidates = await self.candidates(ctx)
-        n_trials = self.plan_for(ctx).n_trials
-        async with ctx.phase("search", f"{n_trials} trials with reflective proposals"):
-            loop = search_loop(ctx, candidates, n_trials, after_evaluation=ReflectiveProposals(ctx))
-            outcome = await loop.run()
-        return loop.candidates, outcome
+        async with pipeline(ctx) as early:
+            candidates = await self.candidates(ctx, early)
+            n_trials = self.plan_for(ctx).n_trials
+            async with ctx.phase("search", f"{n_trials} trials with reflective proposals"):
+                reflective = ReflectiveProposals(ctx)
+                loop = search_loop(ctx, candidates, n_trials, after_evaluation=reflective, early=early)
+                outcome = await loop.run()
+            return loop.candidates, outcome

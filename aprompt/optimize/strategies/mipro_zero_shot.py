@@ -9,6 +9,7 @@ from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchOutcome
 from aprompt.optimize.strategies.base import Strategy, StrategyPlan
+from aprompt.optimize.strategies.pipeline import pipeline
 from aprompt.optimize.strategies.steps import instruction_candidates, tpe_search
 
 
@@ -23,8 +24,9 @@ class MiproZeroShot(Strategy):
         )
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
-        instructions = await instruction_candidates(ctx, {})
-        base = Candidates.original(ctx.predictors)
-        candidates = attrs.evolve(base, instructions=instructions, search_demos=False)
-        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
-        return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials)
+        async with pipeline(ctx) as early:
+            instructions = await instruction_candidates(ctx, {}, await early.texts())
+            base = Candidates.original(ctx.predictors)
+            candidates = attrs.evolve(base, instructions=instructions, search_demos=False)
+            candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
+            return candidates, await tpe_search(ctx, candidates, self.plan_for(ctx).n_trials, early)

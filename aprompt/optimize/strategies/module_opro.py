@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 
 import attrs
@@ -13,7 +14,8 @@ from aprompt.optimize.propose import Proposal, ProposalContext, propose_instruct
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import SearchOutcome
 from aprompt.optimize.strategies.base import Strategy, StrategyPlan
-from aprompt.optimize.strategies.steps import grounding_texts, search_loop
+from aprompt.optimize.strategies.pipeline import Pipeline, pipeline
+from aprompt.optimize.strategies.steps import search_loop
 
 
 class ModuleOpro(Strategy):
@@ -35,9 +37,20 @@ class ModuleOpro(Strategy):
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         candidates = attrs.evolve(Candidates.original(ctx.predictors), search_demos=False)
         n_rounds = self.plan_for(ctx).n_trials
+        async with pipeline(ctx) as early:
+            texts = await early.texts()
+            return await self._rounds(ctx, candidates, n_rounds, texts, early)
+
+    async def _rounds(
+        self,
+        ctx: RunContext,
+        candidates: Candidates,
+        n_rounds: int,
+        texts: Mapping[str, str | None],
+        early: Pipeline,
+    ) -> tuple[Candidates, SearchOutcome]:
         async with ctx.phase("search", f"{n_rounds} OPRO rounds"):
-            texts = await grounding_texts(ctx)
-            loop = search_loop(ctx, candidates, 0)
+            loop = search_loop(ctx, candidates, 0, early=early)
             await loop.full_evaluation(candidates.baseline(), is_baseline=True)
             history: dict[str, list[tuple[str, float | None]]] = {
                 name: [(p.instruction, loop.full_evals[0].score)] for name, p in ctx.predictors

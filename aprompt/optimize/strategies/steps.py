@@ -1,6 +1,7 @@
 """The steps strategies are built from: bootstrapping demo sets, grounding texts, proposing and screening
 instructions, and the search loop (each journaled through ``ctx.memo``, so a resumed run pays for none
-again)."""
+again). Steps that need no earlier one's result start beside them
+(:mod:`aprompt.optimize.strategies.pipeline`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -28,6 +29,9 @@ from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.search import ProposalHook, SearchLoop, SearchOutcome, no_hook
 from aprompt.program.overrides import PromptOverride
 from aprompt.program.values import Demo
+
+if TYPE_CHECKING:
+    from aprompt.optimize.strategies.pipeline import Pipeline
 
 logger = logging.getLogger("aprompt")
 
@@ -50,12 +54,12 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             teacher_lm=ctx.teacher_lm,
             lm=ctx.lm,
             threshold=ctx.bootstrap_threshold,
-            concurrency=ctx.concurrency,
+            concurrency=ctx.limiter,
             outage=ctx.outage,
             set_sizes=size_ladder(ctx.budget.max_demos),
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
-        ctx.pending_runs = result.runs  # measures what a program run costs
+        ctx.note_runs(result.runs)  # measures what a program run costs
         return {
             name: distinct_sets(
                 (
@@ -151,33 +155,40 @@ def grounding_calls(ctx: RunContext) -> int:
 
 
 async def instruction_candidates(
-    ctx: RunContext, demo_sets: Mapping[str, tuple[DemoSet, ...]]
+    ctx: RunContext,
+    demo_sets: Mapping[str, tuple[DemoSet, ...]],
+    texts: Mapping[str, str | None] | None = None,
 ) -> dict[str, tuple[str, ...]]:
     """Proposed instructions per predictor (the original first), each worth searching.
 
-    Predictors are proposed for concurrently, each predictor's candidates one after another so each sees
-    the earlier ones. Replies are cleaned as they come (echoed scaffolding and field labels removed, see
-    :mod:`aprompt.optimize.proposal_filter`); then every usable proposal is screened against the original
-    instruction on ``Budget.screen_size`` validation examples without demos, and dropped when far worse,
-    or off-task and worse. Every drop is in ``ctx.dropped`` and a :class:`CandidateDropped` event; a
+    ``texts``: the grounding texts, when the run wrote them already (beside the bootstrap, see
+    :mod:`aprompt.optimize.strategies.pipeline`); else they are written here first.
+
+    Every proposal of every predictor is drawn at once
+    (:func:`~aprompt.optimize.propose.propose_instructions`), and each predictor's proposals are screened
+    as soon as they are in. Replies are cleaned as they come
+    (echoed scaffolding and field labels removed, see :mod:`aprompt.optimize.proposal_filter`); then every
+    usable proposal is screened against the original instruction on ``Budget.screen_size`` validation
+    examples without demos, and dropped when far worse, or off-task and worse. Every drop is in
+    ``ctx.dropped`` and a :class:`CandidateDropped` event (in predictor order, whatever finished first); a
     predictor left with the original alone is searched on demos only, and the run says so.
     """
     n_proposals = max(0, ctx.budget.n_candidates - 1)
     ctx.admit_step(
         "proposing instructions",
         [
-            ("summaries", "all", grounding_calls(ctx)),
+            *([("summaries", "all", grounding_calls(ctx))] if texts is None else []),
             *(("proposals", name, n_proposals) for name, _ in ctx.predictors),
         ],
         calls=True,
     )
     async with ctx.phase("propose"):
-        texts = await grounding_texts(ctx)
-        found: dict[str, list[Proposal]] = {}
+        grounded = await grounding_texts(ctx) if texts is None else texts
+        found: dict[str, tuple[list[Proposal], list[dict[str, float]]]] = {}
 
         async def for_predictor(name: str) -> None:
             predictor = dict(ctx.predictors)[name]
-            context = ProposalContext(name, predictor, texts=texts)
+            context = ProposalContext(name, predictor, texts=grounded)
 
             async def compute() -> list[Proposal]:
                 return await propose_instructions(
@@ -190,16 +201,18 @@ async def instruction_candidates(
                     outage=ctx.outage,
                 )
 
-            found[name] = await ctx.memo("proposals", name, compute, proposals_to_json, proposals_from_json)
+            proposals = await ctx.memo("proposals", name, compute, proposals_to_json, proposals_from_json)
+            usable = [p.instruction for p in proposals if p.instruction is not None]
+            found[name] = (proposals, await screen_instructions(ctx, name, [predictor.instruction, *usable]))
 
         async with plain_errors_task_group() as group:
             for name, _ in ctx.predictors:
                 group.start_soon(for_predictor, name)
         out: dict[str, tuple[str, ...]] = {}
-        # One predictor after another: a screen's runs measure what a program run costs.
         for name, predictor in ctx.predictors:
+            proposals, scores = found[name]
             usable: list[Proposal] = []
-            for proposal in found[name]:
+            for proposal in proposals:
                 if proposal.instruction is None:
                     await drop(ctx, name, proposal.index, proposal.reason)
                 else:
@@ -207,10 +220,7 @@ async def instruction_candidates(
                     if proposal.cleaned:
                         logger.info("aprompt: proposal %d for %s %s", proposal.index, name, proposal.cleaned)
             kept = [predictor.instruction]
-            scores = await screen_instructions(
-                ctx, name, [predictor.instruction, *(p.instruction or "" for p in usable)]
-            )
-            vocabulary = task_vocabulary(predictor, *texts.values())
+            vocabulary = task_vocabulary(predictor, *grounded.values())
             for position, proposal in enumerate(usable, start=1):
                 assert proposal.instruction is not None
                 verdict = (
@@ -284,12 +294,12 @@ async def screen_instructions(
                     ctx.metric,
                     prompts={name: PromptOverride(instruction, ())},
                     lm=ctx.lm,
-                    concurrency=ctx.concurrency,
+                    concurrency=ctx.limiter,
                 )
 
             evaluation = await guard.evaluate(run, examples, f"the screen of {name}'s proposal {position}")
             results.append(evaluation.scores)
-        ctx.pending_runs = runs  # measures what a program run costs
+        ctx.note_runs(runs)  # measures what a program run costs
         return results
 
     def encode(scores: list[dict[str, float]]) -> dict[str, Any]:
@@ -338,9 +348,12 @@ def search_loop(
     n_trials: int,
     proposal_hook: ProposalHook | None = None,
     after_evaluation: Callable[[SearchLoop], Awaitable[None]] | None = None,
+    early: Pipeline | None = None,
 ) -> SearchLoop:
     """The run's search loop over ``candidates`` (kept in ``ctx.search_loop``: a stopped run returns the
-    best it found); ``after_evaluation`` runs after each periodic full evaluation."""
+    best it found); ``after_evaluation`` runs after each periodic full evaluation; ``early``: the run's
+    pipeline, whose evaluations (the baseline's, the hand-written prompt's) the loop takes instead of
+    running them again."""
     ctx.search_loop = SearchLoop(
         references=[labeled_reference(candidates)],
         after_evaluation=after_evaluation or no_hook,
@@ -358,16 +371,20 @@ def search_loop(
         seed=ctx.seed,
         lm=ctx.lm,
         concurrency=ctx.concurrency,
+        limiter=ctx.limiter,
         memo=ctx.memo,
         should_stop=ctx.limit_reached,
         outage=OutageGuard.for_program(ctx.predictors, ctx.lm, ctx.outage),
         failures=ctx.failures,
         admit_step=ctx.admit_step,
+        prefetched=early.prefetched if early is not None else None,
     )
     return ctx.search_loop
 
 
-async def tpe_search(ctx: RunContext, candidates: Candidates, n_trials: int) -> SearchOutcome:
+async def tpe_search(
+    ctx: RunContext, candidates: Candidates, n_trials: int, early: Pipeline | None = None
+) -> SearchOutcome:
     """``n_trials`` TPE trials over ``candidates`` (the ``search`` phase)."""
     async with ctx.phase("search", f"{n_trials} trials"):
-        return await search_loop(ctx, candidates, n_trials).run()
+        return await search_loop(ctx, candidates, n_trials, early=early).run()

@@ -1,0 +1,188 @@
+"""A run is a pipeline, not phases: each step starts the moment its inputs exist.
+
+Asserted from the loopback server's request log (arrival and finish times), as orderings, never as
+durations: the server answers every request after a fixed latency, so a step that waited for another
+would arrive a whole latency later than one that did not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+import aprompt
+from aprompt.lm.metering import LimitReached
+from aprompt.optimize.budget import resolve_budget
+from aprompt.optimize.run_context import RunContext
+from aprompt.run.limits import RunLimits
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import (
+    ORIGINAL_INSTRUCTION,
+    QAProgram,
+    answers,
+    exact_match,
+    is_proposal,
+    item_of,
+    last_user_of,
+    lm_for,
+    messages_of,
+    qa_examples,
+    system_of,
+)
+
+pytestmark = pytest.mark.anyio
+
+#: Every answer takes this long: long beside the event loop's own delays, even on a loaded machine.
+LATENCY = 0.3
+BUDGET = {
+    "n_candidates": 4,
+    "n_trials": 2,
+    "minibatch_size": 5,
+    "parallel_trials": 2,
+    "full_eval_every": 2,
+    "max_bootstrapped_demos": 2,
+    "max_labeled_demos": 2,
+    "screen_size": 5,
+}
+TRAIN, VAL = (0, 24), (100, 120)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def responder(request: ChatRequest) -> str:
+    """The QA program's answers (:func:`~tests.optimize.qa_task.answers`), distinct proposals, and a
+    sentence for the grounding texts."""
+    system = str(request.messages[0]["content"])
+    if system.startswith("You write instructions"):
+        k = int(hashlib.sha256(json.dumps(request.messages).encode()).hexdigest()[:6], 16)
+        return f"Proposed instruction: Answer the question about the item, style {k}."
+    if "Output fields:\n- Answer" in system and "item-" in request.last_user:
+        return answers(request)
+    return "The questions ask for the answer of numbered items; each answer is short."
+
+
+def as_written(record: RecordedRequest, items: tuple[int, int]) -> bool:
+    """A call of the program as written (its own instruction, no demos) on an item of ``items``."""
+    return (
+        system_of(record).startswith(ORIGINAL_INSTRUCTION)
+        and len(messages_of(record)) == 2
+        and items[0] <= item_of(last_user_of(record)) < items[1]
+    )
+
+
+async def run(
+    program: object = None, log: list[RecordedRequest] | None = None
+) -> tuple[aprompt.OptimizeResult, list[RecordedRequest]]:
+    """A small MIPRO run of the QA program; the result and every chat request, by arrival (also into
+    ``log``, when the run raises)."""
+    log = [] if log is None else log
+    async with (
+        FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY, latency=LATENCY) as server,
+        lm_for(server) as lm,
+    ):
+        try:
+            result = await aprompt.optimize(
+                program or QAProgram(),
+                qa_examples(*TRAIN),
+                exact_match,
+                valset=qa_examples(*VAL),
+                lm=lm,
+                budget=BUDGET,
+                seed=1,
+            )
+        finally:
+            log.extend(sorted(server.chat_requests, key=lambda r: r.started))
+        return result, log
+
+
+async def test_the_baselines_evaluation_starts_before_bootstrapping_ends() -> None:
+    _, requests = await run()
+    bootstrap = [r for r in requests if as_written(r, TRAIN)]
+    baseline = [r for r in requests if as_written(r, VAL)]
+    assert bootstrap and baseline
+    # The baseline needs no demo: its first request arrives before the bootstrap's last answer left.
+    assert baseline[0].started < max(r.finished for r in bootstrap)
+    assert baseline[0].started < bootstrap[0].finished  # in fact beside its very first wave
+
+
+async def test_the_first_proposals_of_every_candidate_are_in_flight_together() -> None:
+    result, requests = await run()
+    proposals = [r for r in requests if is_proposal(r)]
+    first_wave = proposals[: BUDGET["n_candidates"] - 1]
+    assert len(result.candidates.instructions["answer"]) > 1
+    assert len({last_user_of(r) for r in first_wave}) == len(first_wave), "one request per candidate"
+    # Each arrived before any of them was answered: none waited for another.
+    assert max(r.started for r in first_wave) < min(r.finished for r in first_wave)
+
+
+async def test_the_hand_written_prompt_is_evaluated_beside_the_proposals_and_their_screen() -> None:
+    result, requests = await run()
+    proposals = [r for r in requests if is_proposal(r)]
+    with_demos = [
+        r
+        for r in requests
+        if system_of(r).startswith(ORIGINAL_INSTRUCTION)
+        and len(messages_of(r)) > 2
+        and VAL[0] <= item_of(last_user_of(r)) < VAL[1]
+    ]
+    assert with_demos, "the hand-written prompt (labeled demos) was evaluated"
+    assert with_demos[0].started < max(r.finished for r in proposals)
+    assert len(result.full_evals) >= 2 and result.full_evals[1].choice["answer.demos"] > 0
+
+
+class FailsOnValidation(QAProgram):
+    """Raises on every validation item: the unoptimized program cannot be scored."""
+
+    async def __call__(self, question: str) -> aprompt.Prediction:
+        if item_of(question) >= VAL[0]:
+            raise ValueError("this program cannot read validation items")
+        return await super().__call__(question)
+
+
+async def test_a_program_failing_on_every_validation_example_stops_the_run_before_bootstrap_ends() -> None:
+    requests: list[RecordedRequest] = []
+    with pytest.raises(aprompt.OptimizationError, match="failed on every one of the 20 validation examples"):
+        await run(FailsOnValidation(), requests)
+    # Stopped as soon as the baseline's evaluation ended (it sends no request), not after the bootstrap
+    # and the proposals.
+    assert not any(is_proposal(r) for r in requests)
+
+
+def limited_context(max_lm_calls: int) -> RunContext:
+    """A run's context with a call limit and 20 validation examples (no program: steps are only admitted)."""
+    return RunContext(
+        program=QAProgram(),
+        predictors=[],
+        trainset=[],
+        valset=qa_examples(*VAL),
+        metric=exact_match,
+        budget=resolve_budget({"minibatch_size": 5}),
+        seed=0,
+        lm=None,
+        proposer_lm=None,  # type: ignore[arg-type]  # nothing is proposed
+        teacher_lm=None,
+        grounding=aprompt.Grounding(),
+        concurrency=4,
+        on_event=None,
+        limits=RunLimits(max_lm_calls=max_lm_calls),
+    )
+
+
+async def test_a_step_is_admitted_only_when_the_steps_in_flight_leave_it_enough() -> None:
+    ctx = limited_context(100)
+    ctx.admit_step("a full evaluation", [("full_eval", "a", 60)])  # 60 runs, at one call a run so far
+    with pytest.raises(LimitReached, match="cannot pay for another"):
+        ctx.admit_step("another", [("full_eval", "b", 60)])
+    ctx.stopped_by = None
+
+    async def evaluated() -> int:
+        return 0
+
+    await ctx.memo("full_eval", "a", evaluated, lambda v: v, lambda v: int(v))  # the first one ends
+    ctx.admit_step("another", [("full_eval", "b", 60)])  # then its budget is free again
