@@ -2,9 +2,25 @@
 
 The baseline (all candidates at index 0) is fully evaluated first, then the ``references`` (the strategies
 pass the prompt a user would write by hand: instructions as written, labeled training examples as demos),
-so the pick weighs every program against them from the start. Trials are asked from the TPE in
-batches of ``parallel_trials`` and their mini-batches run concurrently; every ``full_eval_every`` trials the
+so the pick weighs every program against them from the start. Then the TPE trials run, each on a
+seeded mini-batch, with periodic full evaluations beside them (below); every ``full_eval_every`` trials the
 combination with the best pooled mini-batch mean that has no full evaluation yet gets one.
+
+**Continuous trials.** ``parallel_trials`` trials are in flight at a time, with no batch barrier: trial
+*n* is asked from the TPE as soon as trial *n − parallel_trials* has been told, and trials are told strictly
+in number order (one that finishes early waits for those before it). So trial *n*'s suggestion is a
+function of trials *0 .. n − parallel_trials* (told) and of those between (pending: the TPE counts them as
+bad observations, a constant liar), never of which finished first. The periodic evaluation at point *K*
+(once trial *K − 1* is told) is decided from the evidence there — trials *0 .. K − 1* and the evaluations
+before — and runs beside the trials that follow, on a copy of the search that sees only that evidence;
+``after_evaluation`` follows it on the same copy. What it records (full evaluations, race rungs, the
+candidates ``after_evaluation`` added) joins the search once trial *K* is told, before trial
+*K + parallel_trials* is asked, which waits for it if needed: that is the first trial whose suggestion, or
+whose stopping early (racing, below), can depend on it. Every decision thus depends on the seed and the
+results (and the LM cache) only, whatever the timing, and a resumed run replays the same flow from its
+journal. Each trial is admitted by the run's limits before it starts (the trials still running counted as
+unpaid); once a limit stops the run or refuses a trial, no trial starts any more, those running are
+completed and recorded, and the search returns the best it found.
 
 The returned choice is decided by :mod:`aprompt.optimize.final_pick` from all the evidence: every
 combination's per-example scores from trials and full evaluations, compared pairwise on shared examples. A
@@ -18,8 +34,9 @@ full evaluation — or, when there is none, to the best untested combination by 
 is then decided again. ``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
 
 When the baseline and every trial scored 0 on every example at the first full evaluation after the
-baseline, nothing the search can try is expected to score either: the search stops there (no more trials
-or full evaluations) and returns the baseline with ``pick.stopped == "nothing_scores"``.
+baseline, nothing the search can try is expected to score either: the search stops there (the trials
+running are cancelled; no more trials or full evaluations) and returns the baseline with
+``pick.stopped == "nothing_scores"``.
 
 A trial or full evaluation is complete before it is journaled and told to the TPE: examples an LM outage
 left unscored are run again once the LM answers (:mod:`aprompt.optimize.outage`); only those that fail
@@ -253,7 +270,7 @@ class _Pool:
 @attrs.define
 class _Evaluation:
     """A periodic evaluation running beside the trials, on ``fork``: what it records joins the search
-    once trial ``joins_after`` is told. The counts are the search's when it was decided."""
+    once trial ``joins_after`` is told. The counts and candidates are the search's when it was decided."""
 
     fork: SearchLoop
     joins_after: int
@@ -344,7 +361,8 @@ class SearchLoop:
     # Outage handling: steps are completed across outages; own LM failures are reported in `failures`.
     outage: OutageGuard = attrs.field(kw_only=True)
     failures: dict[str, str] = attrs.field(factory=dict, kw_only=True)
-    #: Awaited right after each periodic full evaluation (reflective proposals add candidates there).
+    #: Awaited right after each periodic evaluation, on the copy of the search it ran on (see "Continuous
+    #: trials" in the module docstring): candidates it adds (reflective proposals) join the search with it.
     after_evaluation: Callable[[SearchLoop], Awaitable[None]] = attrs.field(default=no_hook, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
@@ -388,6 +406,9 @@ class SearchLoop:
         The TPE (when it searches instructions) is rebuilt over the grown space from its own history,
         so earlier trials keep their weight and the suggestions stay a function of the seed and the
         trials; a trial recorded before the predictor had a searched instruction chose index 0.
+        Called from ``after_evaluation``, it adds to the evaluation's copy of the search; the instruction
+        joins the search with the evaluation, at the same index unless a proposal hook added one to the
+        same predictor meanwhile (no strategy uses both).
         """
         instructions = {k: tuple(v) for k, v in self.candidates.instructions.items()}
         instructions[name] = (*instructions[name], instruction)
@@ -654,7 +675,7 @@ class SearchLoop:
                 step = partial(run_race, entrants=entrants, allowance=plan - self._spent)
         evaluation = _Evaluation(
             fork=self._fork(),
-            joins_after=point + self.full_eval_every - 1,
+            joins_after=point,
             full_evals=len(self.full_evals),
             rungs=len(self.rungs),
             spent=self._spent,
