@@ -2,9 +2,25 @@
 
 The baseline (all candidates at index 0) is fully evaluated first, then the ``references`` (the strategies
 pass the prompt a user would write by hand: instructions as written, labeled training examples as demos),
-so the pick weighs every program against them from the start. Trials are asked from the TPE in
-batches of ``parallel_trials`` and their mini-batches run concurrently; every ``full_eval_every`` trials the
+so the pick weighs every program against them from the start. Then the TPE trials run, each on a
+seeded mini-batch, with periodic full evaluations beside them (below); every ``full_eval_every`` trials the
 combination with the best pooled mini-batch mean that has no full evaluation yet gets one.
+
+**Continuous trials.** ``parallel_trials`` trials are in flight at a time, with no batch barrier: trial
+*n* is asked from the TPE as soon as trial *n − parallel_trials* has been told, and trials are told strictly
+in number order (one that finishes early waits for those before it). So trial *n*'s suggestion is a
+function of trials *0 .. n − parallel_trials* (told) and of those between (pending: the TPE counts them as
+bad observations, a constant liar), never of which finished first. The periodic evaluation at point *K*
+(once trial *K − 1* is told) is decided from the evidence there — trials *0 .. K − 1* and the evaluations
+before — and runs beside the trials that follow, on a copy of the search that sees only that evidence;
+``after_evaluation`` follows it on the same copy. What it records (full evaluations, race rungs, the
+candidates ``after_evaluation`` added) joins the search once trial *K* is told, before trial
+*K + parallel_trials* is asked, which waits for it if needed: that is the first trial whose suggestion, or
+whose stopping early (racing, below), can depend on it. Every decision thus depends on the seed and the
+results (and the LM cache) only, whatever the timing, and a resumed run replays the same flow from its
+journal. Each trial is admitted by the run's limits before it starts (the trials still running counted as
+unpaid); once a limit stops the run or refuses a trial, no trial starts any more, those running are
+completed and recorded, and the search returns the best it found.
 
 The returned choice is decided by :mod:`aprompt.optimize.final_pick` from all the evidence: every
 combination's per-example scores from trials and full evaluations, compared pairwise on shared examples. A
@@ -18,8 +34,9 @@ full evaluation — or, when there is none, to the best untested combination by 
 is then decided again. ``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
 
 When the baseline and every trial scored 0 on every example at the first full evaluation after the
-baseline, nothing the search can try is expected to score either: the search stops there (no more trials
-or full evaluations) and returns the baseline with ``pick.stopped == "nothing_scores"``.
+baseline, nothing the search can try is expected to score either: the search stops there (the trials
+running are cancelled; no more trials or full evaluations) and returns the baseline with
+``pick.stopped == "nothing_scores"``.
 
 A trial or full evaluation is complete before it is journaled and told to the TPE: examples an LM outage
 left unscored are run again once the LM answers (:mod:`aprompt.optimize.outage`); only those that fail
@@ -33,6 +50,7 @@ evidence for the pick like trials, and still only a fully evaluated combination 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -43,10 +61,12 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import anyio
+import anyio.abc
 import attrs
 
 from aprompt._errors import JournalError, OptimizationError
 from aprompt._taskgroups import plain_errors_task_group
+from aprompt.lm.metering import LimitReached
 from aprompt.lm.types import LM
 from aprompt.optimize.candidates import Candidates, Choice, choice_key
 from aprompt.optimize.evaluate import Evaluation, Metric, evaluate
@@ -234,6 +254,12 @@ class _Pool:
         self.choices.setdefault(key, dict(choice))
         self.scores.setdefault(key, {}).update(scores)
 
+    def copy(self) -> _Pool:
+        return _Pool(
+            {key: dict(scores) for key, scores in self.scores.items()},
+            {key: dict(choice) for key, choice in self.choices.items()},
+        )
+
     def ranked_untested(self, tested: set[tuple[tuple[str, int], ...]], limit: int) -> list[dict[str, int]]:
         ranked = [
             (sum(s.values()) / len(s), len(s), key)
@@ -243,6 +269,45 @@ class _Pool:
         # Best mean; more evidence breaks ties; the key keeps the order deterministic.
         ranked.sort(key=lambda item: (item[0], item[1], [-v for _, v in item[2]]), reverse=True)
         return [self.choices[key] for _, _, key in ranked[:limit]]
+
+
+@attrs.define
+class _Evaluation:
+    """A periodic evaluation running beside the trials, on ``fork``: what it records joins the search
+    once trial ``joins_after`` is told. The counts and candidates are the search's when it was decided."""
+
+    fork: SearchLoop
+    joins_after: int
+    full_evals: int
+    rungs: int
+    spent: int
+    candidates: Candidates
+    finished: anyio.Event = attrs.Factory(anyio.Event)
+    merged: bool = False
+
+
+@attrs.define
+class _Window:
+    """The trials in flight: asked up to ``asked``, told (in number order) up to ``told``."""
+
+    first: int
+    asked: int = attrs.field(init=False)
+    told: int = attrs.field(init=False)
+    #: Per trial asked and not told: its cancel scope, and the event set when it is done.
+    running: dict[int, anyio.CancelScope] = attrs.Factory(dict)
+    finished: dict[int, anyio.Event] = attrs.Factory(dict)
+    done: dict[int, Trial] = attrs.Factory(dict)
+    evaluation: _Evaluation | None = None
+    #: No trial starts any more (the search stops, or a limit refused one: ``refusal``).
+    stopping: bool = False
+    refusal: LimitReached | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.asked = self.told = self.first
+
+    def cancel_running(self) -> None:
+        for scope in self.running.values():
+            scope.cancel()
 
 
 async def no_hook(loop: SearchLoop) -> None:
@@ -300,7 +365,8 @@ class SearchLoop:
     # Outage handling: steps are completed across outages; own LM failures are reported in `failures`.
     outage: OutageGuard = attrs.field(kw_only=True)
     failures: dict[str, str] = attrs.field(factory=dict, kw_only=True)
-    #: Awaited right after each periodic full evaluation (reflective proposals add candidates there).
+    #: Awaited right after each periodic evaluation, on the copy of the search it ran on (see "Continuous
+    #: trials" in the module docstring): candidates it adds (reflective proposals) join the search with it.
     after_evaluation: Callable[[SearchLoop], Awaitable[None]] = attrs.field(default=no_hook, kw_only=True)
     #: Full evaluations started before the search (the baseline's, the references'; see
     #: :mod:`aprompt.optimize.strategies.pipeline`): given the candidates and a choice, how to await
@@ -350,6 +416,9 @@ class SearchLoop:
         The TPE (when it searches instructions) is rebuilt over the grown space from its own history,
         so earlier trials keep their weight and the suggestions stay a function of the seed and the
         trials; a trial recorded before the predictor had a searched instruction chose index 0.
+        Called from ``after_evaluation``, it adds to the evaluation's copy of the search; the instruction
+        joins the search with the evaluation, at the same index unless a proposal hook added one to the
+        same predictor meanwhile (no strategy uses both).
         """
         instructions = {k: tuple(v) for k, v in self.candidates.instructions.items()}
         instructions[name] = (*instructions[name], instruction)
@@ -508,49 +577,169 @@ class SearchLoop:
         )
 
     async def _trials(self) -> None:
-        next_full = self.full_eval_every
-        while len(self.trials) < self.n_trials:
-            if self.stopped is not None or self.should_stop() is not None:
-                return
-            k = min(self.parallel_trials, self.n_trials - len(self.trials))
-            assert self._sampler is not None
-            suggestions = self._sampler.ask_batch(k)
-            # Choices are resolved one by one (a proposal hook may add candidates), then evaluated
-            # together.
-            choices = [await self._resolve(s.params) for s in suggestions]
-            self.admit_step(
-                f"{len(suggestions)} trial(s)",
-                [("trial", str(s.number), len(self._batch_of(s.number))) for s in suggestions],
-            )
-            done = await self._run_batch(
-                [(s.number, c) for s, c in zip(suggestions, choices, strict=True)], self._incumbent()
-            )
-            for trial in sorted(done, key=lambda t: t.number):
-                # Unscored trials are told as failures: an LM outage says nothing about the prompt.
-                if trial.score is None:
-                    self._sampler.tell_failed(trial.number)
-                else:
-                    self._sampler.tell(trial.number, trial.score)
-                await self._record(trial)
-            if len(self.trials) >= next_full and len(self.trials) < self.n_trials:
-                next_full += self.full_eval_every
-                await self._periodic_evaluation()
-                await self.after_evaluation(self)
+        """The TPE trials, continuously, with the periodic evaluations beside them (see "Continuous
+        trials" in the module docstring)."""
+        assert self._sampler is not None
+        window = _Window(first=len(self.trials))
+        try:
+            async with plain_errors_task_group() as group:
+                while window.asked < min(window.first + max(1, self.parallel_trials), self.n_trials):
+                    if not await self._start_trial(group, window):
+                        break
+                while window.told < window.asked:
+                    await self._tell_next(window)
+                    if window.evaluation is not None and window.evaluation.joins_after < window.told:
+                        await self._join(window.evaluation)
+                        window.evaluation = None
+                    if window.told % self.full_eval_every == 0 and window.told < self.n_trials:
+                        if not window.stopping:
+                            window.evaluation = self._periodic_evaluation(group, window.told)
+                        if self.stopped is not None:
+                            window.cancel_running()  # nothing scores: the search stops here
+                            break
+                    if window.asked < self.n_trials and not window.stopping:
+                        await self._start_trial(group, window)
+                if window.evaluation is not None:
+                    await self._join(window.evaluation)
+                    window.evaluation = None
+        except BaseException:
+            # A run stopped by a limit returns the best found: what the evaluation finished counts.
+            if window.evaluation is not None:
+                self._merge(window.evaluation)
+            raise
+        if window.refusal is not None:
+            raise window.refusal
 
-    async def _periodic_evaluation(self) -> None:
-        """Every ``full_eval_every`` trials: a race within what the plan gave the evaluations so far, or
-        (without racing) a full evaluation of the best untested combination."""
-        if not self.racing:
-            await self.full_evaluate_best_untested()
-            return
-        self._points += 1
+    async def _start_trial(self, group: anyio.abc.TaskGroup, window: _Window) -> bool:
+        """Ask the TPE for the next trial and start it, unless the search stops or the run's limits
+        refuse it (then no trial starts any more, and those running are completed)."""
+        number = window.asked
+        if self.stopped is not None or self.should_stop() is not None:
+            window.stopping = True
+            return False
+        size = min(self.minibatch_size, len(self.valset))
+        running = [("trial", str(n), size) for n in sorted(window.running)]
+        try:
+            # The trials still running count as not yet paid for, as when a batch was admitted whole.
+            self.admit_step(f"trial {number}", [*running, ("trial", str(number), size)])
+        except LimitReached as refusal:
+            window.stopping, window.refusal = True, refusal
+            return False
+        assert self._sampler is not None
+        suggestion = self._sampler.ask()
+        assert suggestion.number == number, (suggestion.number, number)
+        choice = await self._resolve(suggestion.params)
+        window.asked += 1
+        scope = window.running[number] = anyio.CancelScope()
+        finished = window.finished[number] = anyio.Event()
+        group.start_soon(self._run_in_window, window, scope, finished, number, choice, self._incumbent())
+        return True
+
+    async def _run_in_window(
+        self,
+        window: _Window,
+        scope: anyio.CancelScope,
+        finished: anyio.Event,
+        number: int,
+        choice: dict[str, int],
+        incumbent: Mapping[str, float] | None,
+    ) -> None:
+        with scope:
+            window.done[number] = await self._trial(number, choice, incumbent)
+            finished.set()
+
+    async def _tell_next(self, window: _Window) -> None:
+        """Wait for the next trial in number order, then tell the TPE and record it."""
+        number = window.told
+        await window.finished.pop(number).wait()
+        trial = window.done.pop(number)
+        del window.running[number]
+        assert self._sampler is not None
+        # Unscored trials are told as failures: an LM outage says nothing about the prompt.
+        if trial.score is None:
+            self._sampler.tell_failed(trial.number)
+        else:
+            self._sampler.tell(trial.number, trial.score)
+        window.told += 1
+        await self._record(trial)
+
+    def _periodic_evaluation(self, group: anyio.abc.TaskGroup, point: int) -> _Evaluation | None:
+        """Decide, from the evidence after ``point`` trials, the periodic evaluation there — a race
+        within what the plan gave the evaluations so far, or (without racing) a full evaluation of the
+        best untested combination — and start it beside the trials, followed by ``after_evaluation``;
+        ``None`` when the search stops here."""
+        if self.racing:
+            self._points += 1
         if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
+            return None
+        step: Callable[[SearchLoop], Awaitable[object]] | None = None
+        if not self.racing:
+            choice = self.next_full_evaluation()
+            if choice is not None:
+                step = partial(SearchLoop.full_evaluation, choice=choice)
+        else:
+            n = len(self.valset)
+            plan = (1 + self._points) * n + len(self.trials) * min(self.minibatch_size, n)
+            entrants = self.ranked_untested(MAX_ENTRANTS)
+            if entrants:
+                step = partial(run_race, entrants=entrants, allowance=plan - self._spent)
+        evaluation = _Evaluation(
+            fork=self._fork(),
+            joins_after=point,
+            full_evals=len(self.full_evals),
+            rungs=len(self.rungs),
+            spent=self._spent,
+            candidates=self.candidates,
+        )
+        group.start_soon(self._evaluate_beside, evaluation, step)
+        return evaluation
+
+    async def _evaluate_beside(
+        self, evaluation: _Evaluation, step: Callable[[SearchLoop], Awaitable[object]] | None
+    ) -> None:
+        if step is not None:
+            await step(evaluation.fork)
+        await self.after_evaluation(evaluation.fork)
+        evaluation.finished.set()
+
+    def _fork(self) -> SearchLoop:
+        """A copy of the search for an evaluation beside the trials: it sees the evidence as it is now,
+        and its own records only, whatever the trials record meanwhile; it never touches the TPE."""
+        fork = copy.copy(self)
+        fork.trials = list(self.trials)
+        fork.full_evals = list(self.full_evals)
+        fork.rungs = list(self.rungs)
+        fork.raced_out = set(self.raced_out)
+        fork._tested = set(self._tested)
+        fork._pool = self._pool.copy()
+        fork._reference_choices = list(self._reference_choices)
+        fork._sampler = None
+        return fork
+
+    async def _join(self, evaluation: _Evaluation) -> None:
+        await evaluation.finished.wait()
+        self._merge(evaluation)
+
+    def _merge(self, evaluation: _Evaluation) -> None:
+        """Add what the evaluation recorded (all of it, or what it finished when the run stopped) to
+        the search, and the candidates ``after_evaluation`` added, in the order it added them."""
+        if evaluation.merged:
             return
-        n = len(self.valset)
-        plan = (1 + self._points) * n + len(self.trials) * min(self.minibatch_size, n)
-        entrants = self.ranked_untested(MAX_ENTRANTS)
-        if entrants:
-            await run_race(self, entrants, plan - self._spent)
+        evaluation.merged = True
+        fork = evaluation.fork
+        self.full_evals.extend(fork.full_evals[evaluation.full_evals :])
+        for rung in fork.rungs[evaluation.rungs :]:
+            self.rungs.append(rung)
+            self._pool.add(rung.choice, rung.scores)
+        self._spent += fork._spent - evaluation.spent
+        self._tested |= fork._tested
+        self.raced_out |= fork.raced_out
+        self.races_started = fork.races_started
+        self._pick = fork._pick
+        self.stopped = self.stopped or fork.stopped
+        for name, texts in fork.candidates.instructions.items():
+            for text in texts[len(evaluation.candidates.instructions[name]) :]:
+                self.add_instruction(name, text)
 
     def record_rung(self, rung: RungEval) -> None:
         """Add a race rung's scores to the evidence."""
@@ -560,19 +749,6 @@ class SearchLoop:
         self.failures.update(
             {f"race:{rung.race}:{rung.rung}:{eid}": e for eid, e in rung.lm_failures.items()}
         )
-
-    async def _run_batch(
-        self, batch: Sequence[tuple[int, dict[str, int]]], incumbent: Mapping[str, float] | None
-    ) -> list[Trial]:
-        done: list[Trial] = []
-
-        async def one(number: int, choice: dict[str, int]) -> None:
-            done.append(await self._trial(number, choice, incumbent))
-
-        async with plain_errors_task_group() as group:
-            for number, choice in batch:
-                group.start_soon(one, number, choice)
-        return done
 
     async def _resolve(self, params: Mapping[str, Any]) -> dict[str, int]:
         choice = {key: int(value) for key, value in params.items()}

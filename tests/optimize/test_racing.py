@@ -34,7 +34,7 @@ INSTRUCTIONS = (
 )
 GOOD = {"extract.instruction": 2, "answer.instruction": 2}
 POOR = {"extract.instruction": 1, "answer.instruction": 1}
-#: Mini-batches of a first stage of 12 examples; a period of 4 trials; seed 4 stops a trial early.
+#: Mini-batches of a first stage of 12 examples; a period of 4 trials; seed 0 stops trials early.
 BUDGET: Mapping[str, Any] = {
     "n_candidates": 4,
     "val_size": 60,
@@ -153,7 +153,7 @@ async def optimize(
             valset=examples(200, 260),
             lm=lm,
             budget={**BUDGET, "racing": racing},
-            seed=options.pop("seed", 4),
+            seed=options.pop("seed", 0),
             **options,
         )
 
