@@ -18,9 +18,12 @@ candidates ``after_evaluation`` added) joins the search once trial *K* is told, 
 *K + parallel_trials* is asked, which waits for it if needed: that is the first trial whose suggestion, or
 whose stopping early (racing, below), can depend on it. Every decision thus depends on the seed and the
 results (and the LM cache) only, whatever the timing, and a resumed run replays the same flow from its
-journal. Each trial is admitted by the run's limits before it starts (the trials still running counted as
-unpaid); once a limit stops the run or refuses a trial, no trial starts any more, those running are
-completed and recorded, and the search returns the best it found.
+journal. Each step (a trial, a race's rung, a full evaluation) is admitted by the run's limits before it
+starts, counting what may run beside it (a full window of trials; for a trial, the evaluation not yet
+joined), amounts fixed by the flow, and a journaled step for free: so a run stopped by a limit and resumed
+under the same limit replays what it did and stops at the same step. Once a limit refuses a trial, or a step
+of the evaluation beside (from its join on), no trial starts any more, those running are completed and
+recorded, and the search returns the best found.
 
 The returned choice is decided by :mod:`aprompt.optimize.final_pick` from all the evidence: every
 combination's per-example scores from trials and full evaluations, compared pairwise on shared examples. A
@@ -278,12 +281,16 @@ class _Evaluation:
 
     fork: SearchLoop
     joins_after: int
+    #: Program runs it may spend (its race's allowance, or a full evaluation's).
+    allowance: int
     full_evals: int
     rungs: int
     spent: int
     candidates: Candidates
     finished: anyio.Event = attrs.Factory(anyio.Event)
     merged: bool = False
+    #: The run's limits refused one of its steps (the search stops at its join).
+    refusal: LimitReached | None = None
 
 
 @attrs.define
@@ -308,6 +315,31 @@ class _Window:
     def cancel_running(self) -> None:
         for scope in self.running.values():
             scope.cancel()
+
+
+def _with_reserve(
+    admit: Callable[[str, Sequence[tuple[str, str, int]]], None],
+    reserve: int,
+    what: str,
+    parts: Sequence[tuple[str, str, int]],
+) -> None:
+    """``admit`` with ``reserve`` program runs added to the first part (free with it when journaled)."""
+    if parts:
+        (kind, key, size), *rest = parts
+        parts = [(kind, key, size + reserve), *rest]
+    admit(what, parts)
+
+
+def _limit_refusal(exc: BaseException) -> LimitReached | None:
+    """``exc`` when it is a :class:`LimitReached`, or a group of nothing else, else ``None``."""
+    if isinstance(exc, LimitReached):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(LimitReached)
+        if matched is not None and rest is None:
+            first = matched.exceptions[0]
+            return first if isinstance(first, LimitReached) else _limit_refusal(first)
+    return None
 
 
 async def no_hook(loop: SearchLoop) -> None:
@@ -589,8 +621,7 @@ class SearchLoop:
                 while window.told < window.asked:
                     await self._tell_next(window)
                     if window.evaluation is not None and window.evaluation.joins_after < window.told:
-                        await self._join(window.evaluation)
-                        window.evaluation = None
+                        await self._join(window)
                     if window.told % self.full_eval_every == 0 and window.told < self.n_trials:
                         if not window.stopping:
                             window.evaluation = self._periodic_evaluation(group, window.told)
@@ -600,8 +631,7 @@ class SearchLoop:
                     if window.asked < self.n_trials and not window.stopping:
                         await self._start_trial(group, window)
                 if window.evaluation is not None:
-                    await self._join(window.evaluation)
-                    window.evaluation = None
+                    await self._join(window)
         except BaseException:
             # A run stopped by a limit returns the best found: what the evaluation finished counts.
             if window.evaluation is not None:
@@ -614,14 +644,15 @@ class SearchLoop:
         """Ask the TPE for the next trial and start it, unless the search stops or the run's limits
         refuse it (then no trial starts any more, and those running are completed)."""
         number = window.asked
-        if self.stopped is not None or self.should_stop() is not None:
+        if self.stopped is not None:
             window.stopping = True
             return False
-        size = min(self.minibatch_size, len(self.valset))
-        running = [("trial", str(n), size) for n in sorted(window.running)]
+        # With what may run beside it: the window's other trials, the evaluation not yet joined. The sizes
+        # are fixed by the flow, so a resumed run under the same limit refuses the same trial (a
+        # journaled trial is free).
+        beside = window.evaluation.allowance if window.evaluation is not None else 0
         try:
-            # The trials still running count as not yet paid for, as when a batch was admitted whole.
-            self.admit_step(f"trial {number}", [*running, ("trial", str(number), size)])
+            self.admit_step(f"trial {number}", [("trial", str(number), self._window_runs() + beside)])
         except LimitReached as refusal:
             window.stopping, window.refusal = True, refusal
             return False
@@ -670,22 +701,25 @@ class SearchLoop:
         ``None`` when the search stops here."""
         if self.racing:
             self._points += 1
-        if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
+        if self.stopped is not None or self.stops_as_nothing_scores():
             return None
         step: Callable[[SearchLoop], Awaitable[object]] | None = None
         if not self.racing:
             choice = self.next_full_evaluation()
             if choice is not None:
                 step = partial(SearchLoop.full_evaluation, choice=choice)
+            allowance = len(self.valset)
         else:
             n = len(self.valset)
             plan = (1 + self._points) * n + len(self.trials) * min(self.minibatch_size, n)
             entrants = self.ranked_untested(MAX_ENTRANTS)
+            allowance = max(0, plan - self._spent)
             if entrants:
-                step = partial(run_race, entrants=entrants, allowance=plan - self._spent)
+                step = partial(run_race, entrants=entrants, allowance=allowance)
         evaluation = _Evaluation(
             fork=self._fork(),
             joins_after=point,
+            allowance=allowance if step is not None else 0,
             full_evals=len(self.full_evals),
             rungs=len(self.rungs),
             spent=self._spent,
@@ -697,9 +731,16 @@ class SearchLoop:
     async def _evaluate_beside(
         self, evaluation: _Evaluation, step: Callable[[SearchLoop], Awaitable[object]] | None
     ) -> None:
-        if step is not None:
-            await step(evaluation.fork)
-        await self.after_evaluation(evaluation.fork)
+        try:
+            if step is not None:
+                await step(evaluation.fork)
+            await self.after_evaluation(evaluation.fork)
+        except BaseException as exc:
+            refusal = _limit_refusal(exc)
+            if refusal is None:
+                raise
+            # The search stops at the evaluation's join, a fixed point, not now.
+            evaluation.refusal = refusal
         evaluation.finished.set()
 
     def _fork(self) -> SearchLoop:
@@ -714,11 +755,25 @@ class SearchLoop:
         fork._pool = self._pool.copy()
         fork._reference_choices = list(self._reference_choices)
         fork._sampler = None
+        # Its steps are admitted one by one with the trials that may run beside them (a journaled step is
+        # free), so a resumed run replays them even when the meter has reached a limit.
+        fork.should_stop = lambda: None
+        fork.admit_step = partial(_with_reserve, self.admit_step, self._window_runs())
         return fork
 
-    async def _join(self, evaluation: _Evaluation) -> None:
+    def _window_runs(self) -> int:
+        """Program runs of a full window of trials."""
+        return max(1, self.parallel_trials) * min(self.minibatch_size, len(self.valset))
+
+    async def _join(self, window: _Window) -> None:
+        evaluation = window.evaluation
+        assert evaluation is not None
         await evaluation.finished.wait()
         self._merge(evaluation)
+        window.evaluation = None
+        if evaluation.refusal is not None:
+            window.stopping = True
+            window.refusal = window.refusal or evaluation.refusal
 
     def _merge(self, evaluation: _Evaluation) -> None:
         """Add what the evaluation recorded (all of it, or what it finished when the run stopped) to

@@ -202,9 +202,10 @@ async def test_a_periodic_full_evaluation_runs_beside_the_trials_that_follow_it(
 
 
 async def world_run(
-    run_dir: Path, latency_seed: int, strategy: str = "mipro", **options: Any
+    run_dir: Path, latency_seed: int, strategy: str = "mipro", sent: list[int] | None = None, **options: Any
 ) -> aprompt.OptimizeResult:
-    """A world optimization journaled in ``run_dir``; every request's latency drawn at ``latency_seed``."""
+    """A world optimization journaled in ``run_dir``; every request's latency drawn at ``latency_seed``.
+    The number of requests the server received is appended to ``sent``."""
     async with FakeOpenAIServer(
         responder=World(),
         api_key=TEST_API_KEY,
@@ -214,18 +215,22 @@ async def world_run(
         async with OpenAICompatibleLM(
             "world", server.base_url, api_key=TEST_API_KEY, max_concurrency=64
         ) as lm:
-            return await aprompt.optimize(
-                TwoStageProgram(),
-                examples(0, 60),
-                metric,
-                valset=examples(200, 230),
-                lm=lm,
-                strategy=strategy,
-                budget=WORLD_BUDGET,
-                seed=1,
-                run_dir=run_dir,
-                **options,
-            )
+            try:
+                return await aprompt.optimize(
+                    TwoStageProgram(),
+                    examples(0, 60),
+                    metric,
+                    valset=examples(200, 230),
+                    lm=lm,
+                    strategy=strategy,
+                    budget=WORLD_BUDGET,
+                    seed=1,
+                    run_dir=run_dir,
+                    **options,
+                )
+            finally:
+                if sent is not None:
+                    sent.append(len(server.chat_requests))
 
 
 def summary(result: aprompt.OptimizeResult) -> tuple[Any, ...]:
@@ -278,3 +283,17 @@ async def test_a_search_cut_with_trials_in_flight_resumes_to_the_uninterrupted_r
     resumed = await world_run(tmp_path / "run", latency_seed=23)
     assert summary(resumed) == summary(reference)
     assert journaled_steps(tmp_path / "run") == journaled_steps(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("max_lm_calls", [300, 370])
+async def test_a_run_stopped_by_a_limit_mid_search_resumes_under_it_to_the_same_result_and_no_request(
+    tmp_path: Path, max_lm_calls: int
+) -> None:
+    # A full run sends about 406 requests; these limits stop it with trials and an evaluation in flight.
+    sent: list[int] = []
+    first = await world_run(tmp_path / "run", latency_seed=31, sent=sent, max_lm_calls=max_lm_calls)
+    again = await world_run(tmp_path / "run", latency_seed=32, sent=sent, max_lm_calls=max_lm_calls)
+    assert first.stopped_by == again.stopped_by == "max_lm_calls"
+    assert 0 < len(first.trials) < WORLD_BUDGET["n_trials"]
+    assert sent[0] <= max_lm_calls and sent[1] == 0
+    assert summary(again) == summary(first)

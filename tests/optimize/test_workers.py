@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 import aprompt
 from aprompt import Predict, Prediction
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import ORIGINAL_INSTRUCTION, SMALL_BUDGET, lm_for, system_of
 from tests.optimize.world import examples, metric
@@ -93,9 +94,15 @@ def program_calls(server: FakeOpenAIServer) -> list[object]:
     return [r for r in server.chat_requests if system_of(r).startswith(ORIGINAL_INSTRUCTION)]
 
 
+def right_answers(request: ChatRequest) -> str:
+    """Every item's answer right (a run where nothing scores would stop at its first full evaluation)."""
+    found = re.search(r"item-(\d+)", request.last_user)
+    return f"Answer: ans-{found.group(1)}" if found else "Answer: ok"
+
+
 @pytest.fixture
 async def world_server() -> Any:
-    async with FakeOpenAIServer(api_key=TEST_API_KEY) as server:
+    async with FakeOpenAIServer(responder=right_answers, api_key=TEST_API_KEY) as server:
         yield server
 
 
