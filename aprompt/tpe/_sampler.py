@@ -23,8 +23,8 @@ One ask, for trial number ``t``:
    ``max(n_choices)`` trials try every choice of every parameter at least once (a seeded round-robin,
    parameters paired at random), and a choice added later (a grown space rebuilt from its history) is
    tried next. A choice never tried has no evidence for the estimators, nor for a caller that pools
-   trial scores per choice, and a short run would otherwise leave some untried: on the simulated world
-   of ``bench/regret.py`` the best combination often used one.
+   trial scores per choice, and a short run would otherwise leave some untried (on the simulated world
+   of ``bench/regret.py`` covering lowered the mean regret; see ``bench/results/regret.md``).
 
 Failed trials (:meth:`TPESampler.tell_failed`) are left out of both estimators and their points stay
 available: a failure (an LM outage, say) says nothing about how good the params are.
