@@ -18,7 +18,7 @@ Example::
 See ``_sampler`` for the algorithm, ``_parzen`` for the estimators and ``_split`` for the good/bad split.
 """
 
-from aprompt.tpe._sampler import TPESampler, default_n_startup
+from aprompt.tpe._sampler import TPESampler, default_n_cover, default_n_startup
 from aprompt.tpe._space import Categorical, Distribution, FloatRange, IntRange, ParamValue
 from aprompt.tpe._split import default_gamma, flat_weights, recency_weights
 from aprompt.tpe._trials import Suggestion, TrialError, TrialRecord, TrialState
@@ -35,6 +35,7 @@ __all__ = [
     "TrialRecord",
     "TrialState",
     "default_gamma",
+    "default_n_cover",
     "default_n_startup",
     "flat_weights",
     "recency_weights",

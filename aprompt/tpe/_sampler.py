@@ -18,6 +18,13 @@ One ask, for trial number ``t``:
    With noisy scores a repeat spends a trial re-measuring a point the caller can already judge
    (the search loop pools mini-batch evidence and fully evaluates the leaders), while a new point can
    only add to what the search has found.
+5. Covering: while ``t < n_cover``, each categorical parameter that has a choice no trial (pending or
+   complete) holds takes one of those choices instead, drawn with ``rng``. So the first
+   ``max(n_choices)`` trials try every choice of every parameter at least once (a seeded round-robin,
+   parameters paired at random), and a choice added later (a grown space rebuilt from its history) is
+   tried next. A choice never tried has no evidence for the estimators, nor for a caller that pools
+   trial scores per choice, and a short run would otherwise leave some untried (on the simulated world
+   of ``bench/regret.py`` covering lowered the mean regret; see ``bench/results/regret.md``).
 
 Failed trials (:meth:`TPESampler.tell_failed`) are left out of both estimators and their points stay
 available: a failure (an LM outage, say) says nothing about how good the params are.
@@ -54,6 +61,15 @@ from aprompt.tpe._trials import (
 )
 
 
+def default_n_cover(n_trials_hint: int | None) -> int | None:
+    """Trial numbers below which untried categorical choices are forced: half the planned trials (at
+    least one), so a space with more choices than that still leaves the model half the run; without a
+    hint ``None``: no limit (covering ends by itself once every choice has a trial)."""
+    if n_trials_hint is None:
+        return None
+    return max(1, math.ceil(n_trials_hint / 2))
+
+
 def default_n_startup(n_trials_hint: int | None, n_dims: int) -> int:
     """Random start-up trials before the model takes over: a fifth of the planned trials, from 2 to 10.
 
@@ -83,6 +99,9 @@ class TPESampler:
         weights: ``n -> (n,) array`` of observation weights in trial order; default equal weights
             (:func:`recency_weights` favours recent trials).
         avoid_repeats: pass over candidates at the point of a complete trial, not only of a pending one.
+        n_cover: trials numbered below this take, per categorical parameter, a choice no trial holds yet
+            while there is one (step 5 above); default :func:`default_n_cover` (from ``n_trials_hint``;
+            without one, no limit); ``0`` turns covering off.
 
     Example::
 
@@ -105,6 +124,7 @@ class TPESampler:
         multivariate: bool = True,
         weights: Callable[[int], FloatArray] = flat_weights,
         avoid_repeats: bool = True,
+        n_cover: int | None = None,
     ) -> None:
         self._space = dict(space)
         self._encoded = encode_space(space)
@@ -113,6 +133,8 @@ class TPESampler:
             _check_int("n_trials_hint", n_trials_hint, minimum=1)
         if n_startup is not None:
             _check_int("n_startup", n_startup, minimum=0)
+        if n_cover is not None:
+            _check_int("n_cover", n_cover, minimum=0)
         _check_int("n_ei_candidates", n_ei_candidates, minimum=1)
         if isinstance(prior_weight, bool) or not isinstance(prior_weight, int | float):
             raise ConfigError(f"prior_weight must be a number, got {prior_weight!r}")
@@ -130,6 +152,7 @@ class TPESampler:
         self._multivariate = multivariate
         self._weights = weights
         self._avoid_repeats = avoid_repeats
+        self._n_cover = default_n_cover(n_trials_hint) if n_cover is None else n_cover
         self._table = TrialTable(len(self._encoded.cat_names), len(self._encoded.num_names))
         self._next_number = 0
 
@@ -159,6 +182,11 @@ class TPESampler:
         return self._n_startup
 
     @property
+    def n_cover(self) -> int | None:
+        """Trial numbers below which untried categorical choices are forced (``None``: no limit)."""
+        return self._n_cover
+
+    @property
     def trials(self) -> tuple[TrialRecord, ...]:
         """Every trial asked or recorded so far, in number order: the journal to rebuild from."""
         return self._table.records()
@@ -172,7 +200,7 @@ class TPESampler:
     def ask(self) -> Suggestion:
         """Suggest params for the next trial (number ``0, 1, 2, ...``); it stays pending until told."""
         number = self._next_number
-        cats, nums = self._suggest(np.random.default_rng([self._seed, number]))
+        cats, nums = self._suggest(np.random.default_rng([self._seed, number]), number)
         params = decode_params(self._encoded, cats, nums)
         # Store the encoding of what the caller sees, so a rebuild from these params is bit-identical.
         cats, nums = encode_params(self._encoded, params)
@@ -225,7 +253,7 @@ class TPESampler:
         _, _, _, states, _ = self._table.view()
         return (
             f"TPESampler(space={self._space!r}, seed={self._seed}, n_startup={self._n_startup}, "
-            f"multivariate={self._multivariate}, trials={len(self._table)}, "
+            f"multivariate={self._multivariate}, n_cover={self._n_cover}, trials={len(self._table)}, "
             f"pending={int(np.sum(states == TrialTable.PENDING))})"
         )
 
@@ -240,7 +268,7 @@ class TPESampler:
             raise TrialError(f"trial {number} was already told ({state.value})")
         return number
 
-    def _suggest(self, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:
+    def _suggest(self, rng: np.random.Generator, number: int) -> tuple[IntArray, FloatArray]:
         cats, nums, values, states, numbers = self._table.view()
         complete = np.flatnonzero(states == TrialTable.COMPLETE)
         pending = np.flatnonzero(states == TrialTable.PENDING)
@@ -257,7 +285,19 @@ class TPESampler:
             above = self._fit(cats[bad_rows], nums[bad_rows])
             cand_cats, cand_nums, scores = self._candidates(below, above, rng, n)
         best = self._best_untaken(scores, cand_cats, cand_nums)
-        return cand_cats[best], cand_nums[best]
+        chosen = cand_cats[best].copy()
+        if self._n_cover is None or number < self._n_cover:
+            self._cover(chosen, cats[states != TrialTable.FAILED], rng)
+        return chosen, cand_nums[best]
+
+    def _cover(self, chosen: IntArray, held: IntArray, rng: np.random.Generator) -> None:
+        """Replace, in place, each categorical value of ``chosen`` whose parameter has choices no row of
+        ``held`` takes by one of those, drawn uniformly."""
+        for d, n_choices in enumerate(self._encoded.n_choices):
+            counts = np.bincount(held[:, d], minlength=int(n_choices))
+            untried = np.flatnonzero(counts == 0)
+            if untried.size:
+                chosen[d] = untried[int(rng.integers(untried.size))]
 
     def _best_untaken(self, scores: FloatArray, cats: IntArray, nums: FloatArray) -> int:
         """The highest-scoring candidate whose point no pending (or, with ``avoid_repeats``, complete)
