@@ -57,6 +57,8 @@ BASELINE_KIND = "baseline_eval"
 #: Step kinds that score programs; every other step (bootstrap, proposals) keeps the budget of the
 #: baseline's evaluation and one mini-batch untouched.
 _SCORING_STEPS = frozenset({"trial", "full_eval", "race", BASELINE_KIND, "reference_eval"})
+#: Journal kind of a step a limit refused (see ``RunContext._journal_refusal``).
+REFUSAL_KIND = "refused"
 
 T = TypeVar("T")
 
@@ -219,6 +221,14 @@ class RunContext:
         todo = sum(size for _, _, size in todo_parts)
         if todo == 0:
             return
+        refused = self._refused_before(todo_parts)
+        if refused is not None:
+            self.stopped_by = self.stopped_by or refused
+            raise LimitReached(
+                refused,
+                f"{self.meter.describe(refused)} cannot pay for {what}: it refused the same step when this "
+                "run was stopped, at the same limit; raise the limit to go on",
+            )
         runs, n_calls = (0, todo) if calls else (todo, 0)
         reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
         own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls)
@@ -234,6 +244,7 @@ class RunContext:
                 self._commitments[(kind, key)] = _Commitment(own[0] * share, own[1] * share, own[2] * share)
             return
         self.stopped_by = self.stopped_by or limit
+        self._journal_refusal(todo_parts, limit)
         raise LimitReached(
             limit,
             f"{self.meter.describe(limit)} cannot pay for {what} (about {estimate[0]:.0f} more LM calls, "
@@ -258,6 +269,37 @@ class RunContext:
         step = _STEP_RUNS.get()
         if step is not None:
             step.runs = runs
+
+    def _limit_value(self, name: str) -> float | None:
+        return {
+            "max_lm_calls": self.limits.max_lm_calls,
+            "max_tokens": self.limits.max_tokens,
+            "max_cost": self.limits.max_cost,
+        }.get(name)
+
+    def _journal_refusal(self, parts: Sequence[tuple[str, str, int]], limit: str) -> None:
+        """Journal that ``limit`` refused the step of ``parts``. Steps overlap, so whether a step is
+        affordable depends on how far the steps beside it had got; a resumed run under the same limit
+        must nevertheless stop at the same step and send nothing more, so it reads this record."""
+        value = self._limit_value(limit)
+        if self.journal is None or value is None:
+            return
+        kind, key, _ = parts[0]
+        self.journal.append(REFUSAL_KIND, {"limit": limit, "value": value}, key=f"{kind}:{key}")
+
+    def _refused_before(self, parts: Sequence[tuple[str, str, int]]) -> str | None:
+        """The limit that refused this step when the run was stopped, if it is not higher now."""
+        if self.journal is None:
+            return None
+        kind, key, _ = parts[0]
+        found = self.journal.latest(REFUSAL_KIND, f"{kind}:{key}")
+        if not isinstance(found, dict):
+            return None
+        limit, value = found.get("limit"), found.get("value")
+        now = self._limit_value(str(limit))
+        if now is None or not isinstance(value, int | float) or now > value:
+            return None
+        return str(limit)
 
     def _journaled(self, kind: str, key: str) -> bool:
         return self.journal is not None and self.journal.latest(kind, key) is not None

@@ -647,12 +647,12 @@ class SearchLoop:
         if self.stopped is not None:
             window.stopping = True
             return False
-        # With what may run beside it: the window's other trials, the evaluation not yet joined. The sizes
-        # are fixed by the flow, so a resumed run under the same limit refuses the same trial (a
-        # journaled trial is free).
-        beside = window.evaluation.allowance if window.evaluation is not None else 0
+        # The run's admission counts what the admitted steps beside it (the window's other trials, an
+        # evaluation not yet joined) are still expected to spend; a resumed run under the same limit
+        # refuses the same trial (the refusal is journaled, a journaled trial is free).
         try:
-            self.admit_step(f"trial {number}", [("trial", str(number), self._window_runs() + beside)])
+            size = min(self.minibatch_size, len(self.valset))
+            self.admit_step(f"trial {number}", [("trial", str(number), size)])
         except LimitReached as refusal:
             window.stopping, window.refusal = True, refusal
             return False

@@ -285,7 +285,7 @@ async def test_a_search_cut_with_trials_in_flight_resumes_to_the_uninterrupted_r
     assert journaled_steps(tmp_path / "run") == journaled_steps(tmp_path / "reference")
 
 
-@pytest.mark.parametrize("max_lm_calls", [300, 370])
+@pytest.mark.parametrize("max_lm_calls", [300, 340])
 async def test_a_run_stopped_by_a_limit_mid_search_resumes_under_it_to_the_same_result_and_no_request(
     tmp_path: Path, max_lm_calls: int
 ) -> None:
