@@ -19,10 +19,10 @@ candidates ``after_evaluation`` added) joins the search once trial *K* is told, 
 whose stopping early (racing, below), can depend on it. Every decision thus depends on the seed and the
 results (and the LM cache) only, whatever the timing, and a resumed run replays the same flow from its
 journal. Each step (a trial, a race's rung, a full evaluation) is admitted by the run's limits before it
-starts, counting what may run beside it (a full window of trials; for a trial, the evaluation not yet
-joined), amounts fixed by the flow, and a journaled step for free: so a run stopped by a limit and resumed
-under the same limit replays what it did and stops at the same step. Once a limit refuses a trial, or a step
-of the evaluation beside (from its join on), no trial starts any more, those running are completed and
+starts, counting what the admitted steps beside it are still expected to spend, and a journaled step for
+free; a refusal is journaled, so a run stopped by a limit and resumed under the same limit replays what it
+did and stops at the same step. Once a limit refuses a trial, or a step of the evaluation beside (from its
+join on), no trial starts any more, those running are completed and
 recorded, and the search returns the best found.
 
 The returned choice is decided by :mod:`aprompt.optimize.final_pick` from all the evidence: every
