@@ -296,14 +296,18 @@ def aprompt_budget(settings: Settings) -> str | dict[str, Any]:
 
 
 async def optimize_aprompt(
-    settings: Settings, task: Task, split: Split, lm: aprompt.LM
+    settings: Settings, task: Task, split: Split, lm: aprompt.LM, *, progress: bool = False
 ) -> tuple[float, dict[str, float]]:
-    """One optimization; returns its best validation score and when each phase started (monotonic)."""
+    """One optimization; returns its best validation score and when each phase started (monotonic);
+    ``progress`` prints each phase's start."""
     phases: dict[str, float] = {}
+    started = time.monotonic()
 
     def on_event(event: aprompt.Event) -> None:
         if isinstance(event, aprompt.PhaseStarted):
             phases.setdefault(event.phase, time.monotonic())
+            if progress:
+                print(f"  {time.monotonic() - started:7.1f}s  {event.phase} starts", flush=True)
         elif isinstance(event, aprompt.PhaseFinished):
             phases[f"{event.phase}:end"] = time.monotonic()
 
@@ -737,7 +741,7 @@ async def run_local(settings: Settings) -> LocalMeasurement:
             )
             started = time.monotonic()
             async with lm:
-                score, phases = await optimize_aprompt(settings, task, split, lm)
+                score, phases = await optimize_aprompt(settings, task, split, lm, progress=True)
             ended = time.monotonic()
     search = (phases.get("search", ended), phases.get("search:end", ended))
     return LocalMeasurement(

@@ -150,8 +150,8 @@ def test_the_throughput_bound_is_the_binding_limit_plus_one_median_latency() -> 
     rate, tokens = throughput.REGIMES["rate"], throughput.REGIMES["tokens"]
     # 600 calls at 600/min: 60 s; 100k tokens at 300k/min: 20 s.
     assert throughput.bound_seconds(600, 100_000, rate, 1.0, 0.6) == pytest.approx(60.6)
-    # 690 calls at 3,000/min: 13.8 s; 200k tokens at 150k/min: 80 s.
-    assert throughput.bound_seconds(690, 200_000, tokens, 1.0, 0.6) == pytest.approx(80.6)
+    # 690 calls at 3,000/min: 13.8 s; 100k tokens at 60k/min: 100 s.
+    assert throughput.bound_seconds(690, 100_000, tokens, 1.0, 0.6) == pytest.approx(100.6)
     assert throughput.bound_seconds(0, 0, rate, 1.0, 0.6) == 0.0
 
 

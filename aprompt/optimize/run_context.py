@@ -390,8 +390,9 @@ class RunContext:
                 value = await compute()
         finally:
             _STEP_RUNS.reset(token)
-            if self._commitments.get((kind, key)) is commitment:
-                self._commitments.pop((kind, key), None)
+            # Ended (or failed): what it spent is in the meter now, whether admitted before the step
+            # started or inside it (a screen admits itself).
+            self._commitments.pop((kind, key), None)
         runs = self._program_runs(value) if step.runs is None else step.runs
         if runs:
             self.costs.add(runs, used.snapshot())

@@ -41,6 +41,10 @@ baseline, nothing the search can try is expected to score either: the search sto
 running are cancelled; no more trials or full evaluations) and returns the baseline with
 ``pick.stopped == "nothing_scores"``.
 
+A full evaluation a strategy made ahead of the search (the baseline's beside the bootstrap, the reference's
+beside the proposals: :mod:`aprompt.optimize.strategies.pipeline`) is handed in through ``prefetched``
+instead of run again, and journaled like the others.
+
 A trial or full evaluation is complete before it is journaled and told to the TPE: examples an LM outage
 left unscored are run again once the LM answers (:mod:`aprompt.optimize.outage`); only those that fail
 while the LM works stay unscored (``lm_failures``) and are reported in ``failures``.
