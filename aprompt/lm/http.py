@@ -387,7 +387,7 @@ class HTTPChatLM(abc.ABC):
             endpoint = lease.endpoint
             admitted = await endpoint.limiter.acquire(reserved)
             admitted_here = None
-            used = reserved
+            used = 0  # a request that fails before an answer is refunded its tokens
             meter = None
             try:
                 admitted_here = await self._limiter.acquire(reserved)
