@@ -640,9 +640,10 @@ class SearchLoop:
         # With what may run beside it: the window's other trials, the evaluation not yet joined. The sizes
         # are fixed by the flow, so a resumed run under the same limit refuses the same trial (a
         # journaled trial is free).
+        trials = min(max(1, self.parallel_trials), number - window.first + 1)
         beside = window.evaluation.allowance if window.evaluation is not None else 0
         try:
-            self.admit_step(f"trial {number}", [("trial", str(number), self._window_runs() + beside)])
+            self.admit_step(f"trial {number}", [("trial", str(number), self._window_runs(trials) + beside)])
         except LimitReached as refusal:
             window.stopping, window.refusal = True, refusal
             return False
@@ -748,12 +749,12 @@ class SearchLoop:
         # Its steps are admitted one by one with the trials that may run beside them (a journaled step is
         # free), so a resumed run replays them even when the meter has reached a limit.
         fork.should_stop = lambda: None
-        fork.admit_step = partial(_with_reserve, self.admit_step, self._window_runs())
+        fork.admit_step = partial(_with_reserve, self.admit_step, self._window_runs(self.parallel_trials))
         return fork
 
-    def _window_runs(self) -> int:
-        """Program runs of a full window of trials."""
-        return max(1, self.parallel_trials) * min(self.minibatch_size, len(self.valset))
+    def _window_runs(self, trials: int) -> int:
+        """Program runs of ``trials`` trials of the window (at least one)."""
+        return max(1, trials) * min(self.minibatch_size, len(self.valset))
 
     async def _join(self, window: _Window) -> None:
         evaluation = window.evaluation
