@@ -762,12 +762,12 @@ class SearchLoop:
         # Its steps are admitted one by one with the trials that may run beside them (a journaled step is
         # free), so a resumed run replays them even when the meter has reached a limit.
         fork.should_stop = lambda: None
-        fork.admit_step = partial(_with_reserve, self.admit_step, self._window_runs())
+        fork.admit_step = partial(_with_reserve, self.admit_step, self._window_runs(self.parallel_trials))
         return fork
 
-    def _window_runs(self) -> int:
-        """Program runs of a full window of trials."""
-        return max(1, self.parallel_trials) * min(self.minibatch_size, len(self.valset))
+    def _window_runs(self, trials: int) -> int:
+        """Program runs of ``trials`` trials of the window (at least one)."""
+        return max(1, trials) * min(self.minibatch_size, len(self.valset))
 
     async def _join(self, window: _Window) -> None:
         evaluation = window.evaluation

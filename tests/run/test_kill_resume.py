@@ -154,7 +154,10 @@ async def test_a_run_killed_in_every_phase_resumes_to_the_uninterrupted_result(t
         f"{switch.total} LM calls over {len(points) + 1} processes against {reference_calls} "
         f"uninterrupted; repeated {repeated} ({fraction:.1%})"
     )
-    assert phases == ["bootstrap", "propose", "search", "search", "search", "final"]
+    # The fifth kill falls among the last trials; with trials running continuously, the last one may be
+    # journaled already while the periodic evaluation beside it runs, which the journal reads as "final".
+    assert phases[:4] == ["bootstrap", "propose", "search", "search"]
+    assert phases[4] in ("search", "final") and phases[5] == "final"
     assert resumed == reference
     # Only calls in flight at a kill (answered, not yet cached) are paid twice.
     assert 0 <= fraction <= 0.1, (repeated, reference_calls)
