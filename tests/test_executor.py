@@ -21,6 +21,7 @@ from aprompt.executors import (
     execute_run,
     use_executor,
 )
+from aprompt.lm.cache import ResponseCache
 from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer
@@ -130,7 +131,10 @@ async def test_an_evaluation_uses_the_executor_of_its_use_executor_block(
 async def test_optimize_sends_every_program_run_through_its_executor_with_the_same_result() -> None:
     executor = FreshCopyExecutor()
     here, _ = await optimize_in_world(seed=2)
-    there, requests = await optimize_in_world(seed=2, executor=executor)
+    # No cache: every program run then sends its own requests, so they count the executor's runs.
+    there, requests = await optimize_in_world(
+        seed=2, executor=executor, lm_options={"cache": ResponseCache.disabled()}
+    )
     assert there.score == here.score and program_state(there.program) == program_state(here.program)
     assert [(t.choice, t.scores) for t in there.trials] == [(t.choice, t.scores) for t in here.trials]
     # Two predictor calls per program run, every one of them made by a run of the executor.

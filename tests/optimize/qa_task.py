@@ -107,12 +107,14 @@ async def optimize_in_world(
     seed: int = 1,
     budget: Mapping[str, Any] = SMALL_BUDGET,
     program: object | None = None,
+    lm_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> tuple[aprompt.OptimizeResult, list[RecordedRequest]]:
-    """Optimize the world's two-stage program; returns the result and every chat request made."""
+    """Optimize the world's two-stage program; returns the result and every chat request made
+    (``lm_options`` go to the client, e.g. a disabled cache)."""
     async with (
         FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
-        lm_for(server) as lm,
+        lm_for(server, **(lm_options or {})) as lm,
     ):
         result = await aprompt.optimize(
             program if program is not None else TwoStageProgram(),

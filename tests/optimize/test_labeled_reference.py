@@ -91,10 +91,14 @@ async def test_a_search_result_leading_the_labeled_demos_within_the_noise_is_not
         result = await optimize(server, strategy="mipro")
     assert result.candidates is not None
     reference = dict(result.full_evals[1].choice)
-    better = {**reference, "answer.instruction": 1}
-    scores = {tuple(sorted(f.choice.items())): f.score for f in result.full_evals}
-    # The search found and fully evaluated the slightly better program (the premise of the test) ...
-    assert scores[tuple(sorted(better.items()))] > scores[tuple(sorted(reference.items()))]
+    leading = [
+        f
+        for f in result.full_evals[2:]
+        if f.score > result.full_evals[1].score and f.choice["answer.instruction"] != 0
+    ]
+    # The search found and fully evaluated a program with a proposed instruction leading the hand-written
+    # prompt within the noise (the premise of the test) ...
+    assert leading
     # ... and the pick kept the hand-written prompt: 3 examples are no evidence.
     assert dict(result.best_choice) == reference
     assert result.pick is not None and "labeled demos" in result.pick.reason
