@@ -223,10 +223,11 @@ async def test_a_proposal_far_below_the_original_on_the_screen_is_dropped_before
         lambda k: f"{OFF_TOPIC} Tale {k}." if k % 2 else f"Answer item {k}.", program
     )
     result, events = await qa_optimize(fake_server)
-    # Proposals 1 and 3 answer everything wrong; proposal 2 answers like the original.
+    # Replies 1 and 3 answer everything wrong; reply 2 answers like the original. (Proposals are drawn at
+    # once: which candidate gets which reply follows the order the requests arrive in.)
     assert result.candidates.instructions["answer"] == (ORIGINAL_INSTRUCTION, "Answer item 2.")
     dropped = {e.index: e.reason for e in events if isinstance(e, aprompt.CandidateDropped)}
-    assert sorted(dropped) == [1, 3]
+    assert len(dropped) == 2 and set(dropped) <= {1, 2, 3}
     assert all(
         reason.startswith("scores far below the original on the screen (0.00 vs")
         for reason in dropped.values()
