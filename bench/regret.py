@@ -368,7 +368,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
         "--paired-with", type=Path, default=None, help="another run's json: print the change paired by seed"
     )
     parser.add_argument("--budgets", default=",".join(BUDGETS), help="comma-separated presets")
-    parser.add_argument("--quick", action="store_true", help="2 runs of QUICK_BUDGET; prints only")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 runs (or --seeds) of QUICK_BUDGET; prints only"
+    )
     parser.add_argument("--out-dir", type=Path, default=None, help=f"where to write (default {RESULTS_DIR})")
     parser.add_argument("--world", choices=sorted(WORLDS), default="world", help="the simulated world")
     parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
@@ -382,13 +384,13 @@ def main(argv: list[str] | None = None) -> list[Run]:
     unknown = [b for b in budgets if b not in PRESET_VAL_SIZE]
     if unknown:
         parser.error(f"unknown budget(s) {unknown}; use {sorted(PRESET_VAL_SIZE)}")
-    if args.quick:
-        budgets, seeds = ["quick"], list(range(2))
-    elif args.seeds is not None:
+    if args.seeds is not None:
         start, _, stop = args.seeds.partition(":")
         seeds = list(range(int(start), int(stop)))
     else:
-        seeds = list(range(args.runs))
+        seeds = list(range(2 if args.quick else args.runs))
+    if args.quick:
+        budgets = ["quick"]
     command = command_line("regret", argv)
     print(f"command: {command}", flush=True)
     racing = not args.no_racing
