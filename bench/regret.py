@@ -21,12 +21,17 @@ DSPy's MIPROv2 is not run here (it needs ``pip install -e '.[bench]'`` and an ad
     .venv/bin/python -m bench.regret --runs 50        # more runs, tighter means
     .venv/bin/python -m bench.regret --world no_gain  # where nothing helps (tests/optimize/no_gain_world.py)
     .venv/bin/python -m bench.regret --quick          # 2 tiny runs, seconds; prints only
+    .venv/bin/python -m bench.regret --seeds 0:100 --workers 2 --paired-with bench/results/other.json
+                                                      # seeds 0..99 in 2 processes; the change against
+                                                      # another run's json, paired by budget and seed
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import itertools
+import json
 import logging
 import statistics
 import time
@@ -47,6 +52,7 @@ from bench.report import (
     environment,
     environment_line,
     markdown_table,
+    t_interval,
     write_json,
     write_text,
 )
@@ -88,6 +94,9 @@ class Run:
     lm_calls: int
     seconds: float
     pick: str | None  # the result's account of its final pick, where the result carries one
+    #: Where the returned program misses the nearest best combination of the grid: per differing parameter,
+    #: ``name: returned -> best (trials with the best's choice, their examples)``; "" when nothing is missed.
+    missed: str = ""
 
     @property
     def regret(self) -> float:
@@ -149,17 +158,50 @@ async def one_run(
     candidates = result.candidates
     evaluated = [t.choice for t in result.trials] + [f.choice for f in result.full_evals]
     pick = getattr(result, "pick", None)
+    best_possible = best_in_grid(candidates, world)
+    returned = true_accuracy(candidates, result.best_choice, world)
     return Run(
         budget=budget_name,
         seed=seed,
-        best_possible=best_in_grid(candidates, world),
-        returned=true_accuracy(candidates, result.best_choice, world),
+        best_possible=best_possible,
+        returned=returned,
         baseline=true_accuracy(candidates, candidates.baseline(), world),
         best_evaluated=max(true_accuracy(candidates, c, world) for c in evaluated),
         lm_calls=lm.calls,
         seconds=seconds,
         pick=None if pick is None else str(getattr(pick, "reason", pick)),
+        missed=missed(candidates, result.best_choice, result.trials, best_possible, world)
+        if returned < best_possible - 1e-12
+        else "",
     )
+
+
+def missed(
+    candidates: Candidates,
+    returned: Mapping[str, int],
+    trials: Sequence[Any],
+    best_possible: float,
+    world: str = "world",
+) -> str:
+    """Which parameters of the returned choice differ from the nearest best combination of the grid, and
+    how much trial evidence the best's choice of each had."""
+    space = candidates.parameters()
+    names = list(space)
+    bests = [
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*(range(space[n].n_choices) for n in names))
+        if true_accuracy(candidates, dict(zip(names, combo, strict=True)), world) >= best_possible - 1e-12
+    ]
+    nearest = min(bests, key=lambda b: (sum(b[n] != returned.get(n, 0) for n in names), sorted(b.items())))
+    parts = []
+    for name in names:
+        if nearest[name] != returned.get(name, 0):
+            with_it = [t for t in trials if t.choice.get(name, 0) == nearest[name]]
+            examples = sum(len(t.scores) for t in with_it)
+            parts.append(
+                f"{name}: {returned.get(name, 0)} -> {nearest[name]} ({len(with_it)} trials, {examples} ex)"
+            )
+    return "; ".join(parts)
 
 
 PRESET_VAL_SIZE = {"light": 100, "medium": 300}
@@ -215,6 +257,7 @@ def run_rows(runs: Sequence[Run]) -> list[list[object]]:
             f"{r.lm_calls:,}",
             f"{r.seconds:.1f}",
             (r.pick or "").replace("|", "/"),
+            r.missed,
         ]
         for r in runs
     ]
@@ -231,38 +274,103 @@ RUN_HEADER = [
     "LM calls",
     "seconds",
     "pick",
+    "missed (nearest best's choice: trials, examples)",
 ]
 
 
+def _budget_of(name: str, racing: bool) -> str | Mapping[str, Any]:
+    budget: str | Mapping[str, Any] = QUICK_BUDGET if name == "quick" else name
+    if not racing:
+        budget = (
+            {**budget, "racing": False} if isinstance(budget, Mapping) else {"preset": name, "racing": False}
+        )
+    return budget
+
+
+def _print_run(run: Run) -> None:
+    print(
+        f"{run.budget} seed {run.seed}: regret {run.regret:.3f} (best evaluated {run.evaluated_regret:.3f}), "
+        f"returned {run.returned:.3f}, baseline {run.baseline:.3f}, {run.lm_calls} calls, {run.seconds:.1f} s"
+        + (f"; missed {run.missed}" if run.missed else ""),
+        flush=True,
+    )
+
+
+def _one_run_sync(name: str, seed: int, world: str, strategy: str, racing: bool) -> Run:
+    logging.getLogger("aprompt").setLevel(logging.WARNING)
+    return anyio.run(one_run, name, _budget_of(name, racing), seed, world, strategy)
+
+
 async def run_all(
-    budgets: Sequence[str], n_runs: int, world: str, strategy: str = "mipro", racing: bool = True
+    budgets: Sequence[str],
+    seeds: Sequence[int],
+    world: str,
+    strategy: str = "mipro",
+    racing: bool = True,
 ) -> list[Run]:
     runs = []
     for name in budgets:
-        budget: str | Mapping[str, Any] = QUICK_BUDGET if name == "quick" else name
-        if not racing:
-            budget = (
-                {**budget, "racing": False}
-                if isinstance(budget, Mapping)
-                else {"preset": name, "racing": False}
-            )
-        for seed in range(n_runs):
-            run = await one_run(name, budget, seed, world, strategy)
-            print(
-                f"{name} seed {seed}: regret {run.regret:.3f} (best evaluated {run.evaluated_regret:.3f}), "
-                f"returned {run.returned:.3f}, baseline {run.baseline:.3f}, {run.lm_calls} calls, "
-                f"{run.seconds:.1f} s",
-                flush=True,
-            )
+        for seed in seeds:
+            run = await one_run(name, _budget_of(name, racing), seed, world, strategy)
+            _print_run(run)
             runs.append(run)
     return runs
+
+
+def run_parallel(
+    budgets: Sequence[str], seeds: Sequence[int], world: str, strategy: str, racing: bool, workers: int
+) -> list[Run]:
+    """The runs of :func:`run_all` in ``workers`` processes (each run is a pure function of its seed)."""
+    jobs = [(name, seed) for name in budgets for seed in seeds]
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        futures = [pool.submit(_one_run_sync, name, seed, world, strategy, racing) for name, seed in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            _print_run(future.result())
+        return [future.result() for future in futures]
+
+
+def paired_rows(runs: Sequence[Run], other: Sequence[Mapping[str, Any]]) -> list[list[object]]:
+    """This run's regret − another's, paired by budget and seed: mean, 95 % t-interval, lower/higher."""
+    theirs = {(r["budget"], r["seed"]): r["best_possible"] - r["returned"] for r in other}
+    rows: list[list[object]] = []
+    for budget in dict.fromkeys(r.budget for r in runs):
+        diffs = [
+            r.regret - theirs[(budget, r.seed)]
+            for r in runs
+            if r.budget == budget and (budget, r.seed) in theirs
+        ]
+        if len(diffs) < 2:
+            continue
+        interval = t_interval(diffs)
+        low, high = interval if interval is not None else (float("nan"), float("nan"))
+        rows.append(
+            [
+                budget,
+                len(diffs),
+                f"{statistics.fmean(diffs):+.4f}",
+                f"[{low:+.4f}, {high:+.4f}]",
+                sum(d < -1e-12 for d in diffs),
+                sum(d > 1e-12 for d in diffs),
+            ]
+        )
+    return rows
+
+
+PAIRED_HEADER = ["budget", "paired runs", "mean change in regret", "95 % interval", "lower", "higher"]
 
 
 def main(argv: list[str] | None = None) -> list[Run]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--runs", type=int, default=15, help="runs (seeds 0..n-1) per budget")
+    parser.add_argument("--seeds", default=None, help="START:STOP, the seeds run (instead of --runs)")
+    parser.add_argument("--workers", type=int, default=1, help="processes running the runs (default 1)")
+    parser.add_argument(
+        "--paired-with", type=Path, default=None, help="another run's json: print the change paired by seed"
+    )
     parser.add_argument("--budgets", default=",".join(BUDGETS), help="comma-separated presets")
-    parser.add_argument("--quick", action="store_true", help="2 runs of QUICK_BUDGET; prints only")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 runs (or --seeds) of QUICK_BUDGET; prints only"
+    )
     parser.add_argument("--out-dir", type=Path, default=None, help=f"where to write (default {RESULTS_DIR})")
     parser.add_argument("--world", choices=sorted(WORLDS), default="world", help="the simulated world")
     parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
@@ -276,15 +384,27 @@ def main(argv: list[str] | None = None) -> list[Run]:
     unknown = [b for b in budgets if b not in PRESET_VAL_SIZE]
     if unknown:
         parser.error(f"unknown budget(s) {unknown}; use {sorted(PRESET_VAL_SIZE)}")
-    if args.quick:
-        budgets, n_runs = ["quick"], 2
+    if args.seeds is not None:
+        start, _, stop = args.seeds.partition(":")
+        seeds = list(range(int(start), int(stop)))
     else:
-        n_runs = args.runs
+        seeds = list(range(2 if args.quick else args.runs))
+    if args.quick:
+        budgets = ["quick"]
     command = command_line("regret", argv)
     print(f"command: {command}", flush=True)
-    runs = anyio.run(run_all, budgets, n_runs, args.world, args.strategy, not args.no_racing)
+    racing = not args.no_racing
+    if args.workers > 1:
+        runs = run_parallel(budgets, seeds, args.world, args.strategy, racing, args.workers)
+    else:
+        runs = anyio.run(run_all, budgets, seeds, args.world, args.strategy, racing)
     summary = markdown_table(SUMMARY_HEADER, summary_rows(runs))
     print("\n" + summary, flush=True)
+    if args.paired_with is not None:
+        other = json.loads(args.paired_with.read_text())["runs"]
+        summary += "\n\nPaired by seed with `" + str(args.paired_with) + "` (this − that):\n\n"
+        summary += markdown_table(PAIRED_HEADER, paired_rows(runs, other))
+        print(summary.split("\n\n", 1)[1], flush=True)
     out_dir = args.out_dir if args.out_dir is not None or args.quick else RESULTS_DIR
     if out_dir is not None:
         env = environment()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from pathlib import Path
 
@@ -100,3 +101,19 @@ async def test_same_seed_and_warm_cache_repeat_the_run_with_no_new_calls(tmp_pat
     assert [t.choice for t in second.trials] == [t.choice for t in first.trials]
     assert second.candidates.describe() == first.candidates.describe()
     assert second.usage.lm_calls == 0
+
+
+def test_the_regret_benchmark_runs_seeds_in_worker_processes_and_pairs_them_by_seed(tmp_path: Path) -> None:
+    regret = importlib.import_module("bench.regret")
+    quick = ["--quick", "--seeds", "3:5", "--out-dir", str(tmp_path)]
+    parallel = regret.main([*quick, "--workers", "2", "--name", "parallel"])
+    one_process = regret.main([*quick, "--name", "one", "--paired-with", str(tmp_path / "parallel.json")])
+    assert [r.seed for r in parallel] == [r.seed for r in one_process] == [3, 4]
+    # A run is a function of its seed: the same in a worker process as in this one.
+    assert [(r.returned, r.best_possible, r.lm_calls) for r in parallel] == [
+        (r.returned, r.best_possible, r.lm_calls) for r in one_process
+    ]
+    # The nearest best combination's missed parameters are named exactly when there is regret.
+    assert all(bool(r.missed) == (r.regret > 1e-12) for r in parallel)
+    text = (tmp_path / "one.md").read_text()
+    assert "Paired by seed with" in text and "| quick | 2 | +0.0000 | [+0.0000, +0.0000] | 0 | 0 |" in text
