@@ -9,15 +9,28 @@ the combination's own mean (shrinkage: the more examples a combination has, the 
 Besides the combinations already tried, the model's best guesses are considered too: its argmax and the
 single-parameter changes of it. A combination never tried on a mini-batch can so be fully evaluated when
 the evidence says it combines the best parts, which a run of a few dozen trials would rarely stumble on.
+
+With ``optimism`` (the search's races), the most promising combination still comes first, and the rest are
+ranked by an upper bound instead of the estimate: the estimate plus ``optimism`` posterior standard
+deviations (the ridge fit read as a Bayesian posterior, :func:`effect_covariance`). A choice seen in one or
+two mini-batches has its effect shrunk far towards 0 by the ridge, so ranked by the estimate alone the
+combination that swaps it in would rarely race, however good it is; its wide posterior lets it in beside
+the best-estimated one, and the race's first rung decides cheaply.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 Key = tuple[tuple[str, int], ...]
+
+#: The ridge of :func:`fit_additive`, in examples.
+RIDGE = 50.0
+#: Posterior standard deviations added to the estimate to rank the race entrants after the first.
+RACE_OPTIMISM = 2.0
 
 
 def _features(choice: Mapping[str, int], columns: Mapping[tuple[str, int], int]) -> np.ndarray:
@@ -31,7 +44,7 @@ def _features(choice: Mapping[str, int], columns: Mapping[tuple[str, int], int])
 
 
 def fit_additive(
-    observations: Sequence[tuple[Mapping[str, int], float, int]], ridge: float = 50.0
+    observations: Sequence[tuple[Mapping[str, int], float, int]], ridge: float = RIDGE
 ) -> tuple[dict[tuple[str, int], int], np.ndarray]:
     """Fit score ≈ intercept + Σ effect[(param, choice)] by weighted ridge regression.
 
@@ -45,11 +58,36 @@ def fit_additive(
     x = np.array([_features(choice, columns) for choice, _, _ in observations])
     y = np.array([score for _, score, _ in observations])
     w = np.array([float(n) for _, _, n in observations])
-    penalty = np.full(len(columns) + 1, ridge)
-    penalty[0] = 1e-6  # the intercept is not shrunk
-    gram = (x * w[:, None]).T @ x + np.diag(penalty)
-    coef = np.linalg.solve(gram, (x * w[:, None]).T @ y)
+    coef = np.linalg.solve(_gram(x, w, ridge), (x * w[:, None]).T @ y)
     return columns, coef
+
+
+def _gram(x: np.ndarray, w: np.ndarray, ridge: float) -> np.ndarray:
+    penalty = np.full(x.shape[1], ridge)
+    penalty[0] = 1e-6  # the intercept is not shrunk
+    return np.asarray((x * w[:, None]).T @ x + np.diag(penalty))
+
+
+def score_variance(observations: Sequence[tuple[Mapping[str, int], float, int]]) -> float:
+    """One example's score variance, ``m(1 − m)`` for the examples' mean score ``m`` (kept within
+    [0.05, 0.95]): exact for scores of 0 or 1, an upper bound for scores in [0, 1]."""
+    w = np.array([float(n) for _, _, n in observations])
+    y = np.array([score for _, score, _ in observations])
+    m = float(np.clip((w @ y) / max(float(w.sum()), 1e-12), 0.05, 0.95))
+    return m * (1.0 - m)
+
+
+def effect_covariance(
+    observations: Sequence[tuple[Mapping[str, int], float, int]],
+    columns: Mapping[tuple[str, int], int],
+    ridge: float = RIDGE,
+) -> np.ndarray:
+    """The posterior covariance of :func:`fit_additive`'s coefficients: each effect a priori within
+    ``σ²/ridge`` of 0, a mean of ``n`` examples within ``σ²/n`` of the model, ``σ²`` the
+    :func:`score_variance`. An effect seen on few examples has a wide posterior."""
+    x = np.array([_features(choice, columns) for choice, _, _ in observations])
+    w = np.array([float(n) for _, _, n in observations])
+    return np.asarray(score_variance(observations) * np.linalg.inv(_gram(x, w, ridge)))
 
 
 def _key(choice: Mapping[str, int]) -> Key:
@@ -108,9 +146,11 @@ def ranked_combinations(
     exclude: set[Key],
     limit: int,
     prior_examples: float = 30.0,
+    optimism: float = 0.0,
 ) -> list[dict[str, int]]:
     """Up to ``limit`` combinations not in ``exclude``, highest estimated mean first (equal estimates
-    by the choice itself).
+    by the choice itself); with ``optimism``, the first so and the rest by their upper bound (see the
+    module docstring).
 
     Args:
         observations: every trial as (choice, mean score, examples).
@@ -120,6 +160,8 @@ def ranked_combinations(
         limit: how many to return at most.
         prior_examples: how many examples the model estimate is worth when blended with a combination's
             own mean.
+        optimism: posterior standard deviations added to rank all but the first; 0 ranks by the
+            estimate alone.
     """
     if not observations:
         return []
@@ -140,4 +182,17 @@ def ranked_combinations(
     open_ = {key: choice for key, choice in candidates.items() if key not in exclude}
     estimates = pooled_estimates(observations, own_scores, open_, prior_examples)
     ranked = sorted(estimates.items(), key=lambda item: (-item[1], item[0]))
+    if optimism > 0.0 and len(ranked) > 1:
+        covariance = effect_covariance(observations, columns)
+        sigma2 = score_variance(observations)
+
+        def upper(key: Key) -> float:
+            row = _features(open_[key], columns)
+            variance = float(row @ covariance @ row)
+            own = own_scores.get(key)
+            if own is not None:  # its own examples narrow it further (the blend in pooled_estimates)
+                variance = 1.0 / (1.0 / variance + own[1] / sigma2)
+            return estimates[key] + optimism * math.sqrt(variance)
+
+        ranked = [ranked[0], *sorted(ranked[1:], key=lambda item: (-upper(item[0]), item[0]))]
     return [dict(candidates[key]) for key, _ in ranked[:limit]]

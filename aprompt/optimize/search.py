@@ -89,7 +89,7 @@ from aprompt.optimize.final_pick import (
     pick,
 )
 from aprompt.optimize.outage import OutageGuard
-from aprompt.optimize.pooling import ranked_combinations
+from aprompt.optimize.pooling import RACE_OPTIMISM, ranked_combinations
 from aprompt.optimize.racing import (
     MAX_ENTRANTS,
     RungEval,
@@ -581,7 +581,8 @@ class SearchLoop:
 
     def ranked_untested(self, limit: int) -> list[dict[str, int]]:
         """Up to ``limit`` combinations without a full evaluation (nor dropped by a race), best pooled
-        estimate first; trials and race rungs are the evidence."""
+        estimate first, then by an optimistic bound (``RACE_OPTIMISM``: a choice with few trials gets a
+        race); trials and race rungs are the evidence."""
         excluded = self._tested | self.raced_out
         if not self.pooled:
             return self._pool.ranked_untested(excluded, limit)
@@ -589,7 +590,7 @@ class SearchLoop:
         observations = [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
         own = {key: (sum(s.values()) / len(s), len(s)) for key, s in self._pool.scores.items() if s}
         space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
-        return ranked_combinations(observations, own, space, excluded, limit)
+        return ranked_combinations(observations, own, space, excluded, limit, optimism=RACE_OPTIMISM)
 
     async def single_trial(self, number: int, choice: dict[str, int]) -> Trial:
         """Run and record one trial outside the TPE loop (used by OPRO-style strategies)."""

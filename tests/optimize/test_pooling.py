@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from aprompt.optimize.pooling import best_combination, fit_additive
+from aprompt.optimize.pooling import best_combination, effect_covariance, fit_additive, ranked_combinations
 
 
 def _additive_trials(n: int, seed: int) -> list[tuple[dict[str, int], float, int]]:
@@ -43,3 +43,48 @@ def test_fully_evaluated_combinations_are_skipped() -> None:
     own = {(("a", 1),): (0.9, 30), (("a", 0),): (0.1, 30)}
     assert best_combination(trials, own, {"a": 2}, exclude={(("a", 1),)}) == {"a": 0}
     assert best_combination([], {}, {"a": 2}, exclude=set()) is None
+
+
+def _well_sampled_and_one_seen_once(seen_once: float) -> list[tuple[dict[str, int], float, int]]:
+    """Four mini-batches of each of six combinations over ``a`` = 0, 1, 3; ``a`` = 2 on one only."""
+    trials = []
+    for choice, mean in [
+        ({"a": 0, "b": 0}, 0.30),
+        ({"a": 1, "b": 0}, 0.50),
+        ({"a": 0, "b": 1}, 0.45),
+        ({"a": 1, "b": 1}, 0.62),
+        ({"a": 3, "b": 1}, 0.64),
+        ({"a": 3, "b": 0}, 0.52),
+    ]:
+        trials += [(choice, mean, 30)] * 4
+    return [*trials, ({"a": 2, "b": 0}, seen_once, 30)]
+
+
+def _own(
+    trials: list[tuple[dict[str, int], float, int]],
+) -> dict[tuple[tuple[str, int], ...], tuple[float, int]]:
+    own: dict[tuple[tuple[str, int], ...], tuple[float, int]] = {}
+    for choice, mean, n in trials:
+        key = tuple(sorted(choice.items()))
+        total, seen = own.get(key, (0.0, 0))
+        own[key] = ((total * seen + mean * n) / (seen + n), seen + n)
+    return own
+
+
+def test_an_effect_seen_on_fewer_examples_has_a_wider_posterior() -> None:
+    trials = _well_sampled_and_one_seen_once(0.5)
+    columns, _ = fit_additive(trials)
+    covariance = effect_covariance(trials, columns)
+    variance = {value: covariance[columns[("a", value)], columns[("a", value)]] for value in (1, 2, 3)}
+    assert variance[2] > 1.5 * max(variance[1], variance[3])
+
+
+def test_with_optimism_a_choice_seen_once_races_right_after_the_best_estimate() -> None:
+    trials = _well_sampled_and_one_seen_once(0.45)
+    space = {"a": 4, "b": 2}
+    plain = ranked_combinations(trials, _own(trials), space, set(), 3)
+    optimistic = ranked_combinations(trials, _own(trials), space, set(), 3, optimism=2.0)
+    # By the estimate alone, the well-sampled runner-up goes before the choice seen on one mini-batch.
+    assert plain == [{"a": 3, "b": 1}, {"a": 1, "b": 1}, {"a": 2, "b": 1}]
+    # Optimism keeps the best estimate first and lets the under-sampled choice race beside it.
+    assert optimistic == [{"a": 3, "b": 1}, {"a": 2, "b": 1}, {"a": 1, "b": 1}]
