@@ -8,6 +8,7 @@ import copy
 import pickle
 from typing import Any
 
+import anyio
 import pytest
 
 import aprompt
@@ -21,6 +22,7 @@ from aprompt.executors import (
     execute_run,
     use_executor,
 )
+from aprompt.executors.relay import LMReply, LMRequest, LMTable, RunRelay, run_relayed
 from aprompt.lm.cache import ResponseCache
 from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.program.overrides import PromptOverride
@@ -56,6 +58,37 @@ class FreshCopyExecutor:
     async def run_program(self, program: object, run: ProgramRun) -> ProgramOutcome:
         self.runs += 1
         return await execute_run(copy.deepcopy(program), run)
+
+
+class LoopbackChannel:
+    """Carries a relayed run's requests to a task of the driver's own context (:meth:`serve`, started before
+    the run), which answers them with its :class:`RunRelay`: what a cluster's relay actor does across
+    processes."""
+
+    def __init__(self) -> None:
+        self.send, self._receive = anyio.create_memory_object_stream[
+            tuple[RunRelay, LMRequest, list[LMReply], anyio.Event]
+        ](16)
+
+    async def serve(self) -> None:
+        async for relay, request, reply, answered in self._receive:
+            reply.append(await relay.answer(request))
+            answered.set()
+
+    def for_run(self, relay: RunRelay) -> RunChannel:
+        return RunChannel(self, relay)
+
+
+class RunChannel:
+    def __init__(self, loopback: LoopbackChannel, relay: RunRelay) -> None:
+        self._loopback, self._relay = loopback, relay
+
+    async def ask(self, request: LMRequest) -> LMReply:
+        reply: list[LMReply] = []
+        answered = anyio.Event()
+        await self._loopback.send.send((self._relay, request, reply, answered))
+        await answered.wait()
+        return reply[0]
 
 
 def outcome_of(evaluation: Evaluation) -> list[tuple[Any, ...]]:
@@ -157,3 +190,33 @@ async def test_an_executor_without_run_program_is_a_config_error_before_any_lm_c
 
 def test_the_default_executor_runs_in_process() -> None:
     assert isinstance(current_executor(), InProcessExecutor)
+
+
+async def test_a_relayed_run_calls_the_lm_of_the_drivers_predictor_not_its_copys_own() -> None:
+    async with (
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as own_server,
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as default_server,
+        lm_for(own_server) as own,
+        lm_for(default_server) as default,
+        anyio.create_task_group() as group,
+    ):
+        loopback = LoopbackChannel()
+        group.start_soon(loopback.serve)
+        program = QAProgram()
+        program.answer.lm = own
+        remote = copy.deepcopy(program)  # a worker's copy: its predictor holds a client of a dead address
+        remote.answer.lm = aprompt.OpenAICompatibleLM("elsewhere", "http://127.0.0.1:9/v1", max_retries=0)
+        lms = LMTable()
+        question = {"question": "What is the answer for item-1?"}
+        run = ProgramRun("q1", question, PromptState(), lms.stand_in(default))
+        outcomes = []
+        for driver_lm in (own, None):  # None: the driver's predictor has no LM, the run's default is used
+            program.answer.lm = driver_lm
+            relay = RunRelay(lms)
+            own_lms = lms.own_lms(aprompt.named_predictors(program))
+            relayed = await run_relayed(remote, run, loopback.for_run(relay), own_lms)
+            outcomes.append(relay.outcome(relayed, dict(aprompt.named_predictors(program))))
+        group.cancel_scope.cancel()
+    assert [(o.error, o.prediction.answer) for o in outcomes] == [(None, "ans-1")] * 2
+    assert (len(own_server.chat_requests), len(default_server.chat_requests)) == (1, 1)
+    assert own.usage.requests == default.usage.requests == 1

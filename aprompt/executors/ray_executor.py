@@ -8,7 +8,8 @@ How it works (see ``docs/scaling.md`` for the why):
   per worker process.
 * Each program run is one call of a worker actor (``workers`` async actors, ``runs_per_worker`` runs at
   once each) carrying the run's :class:`~aprompt.program.overrides.PromptState` — the prompts of every
-  predictor by name — which the worker applies to its own copy.
+  predictor by name — which the worker applies to its own copy, and the key of each predictor's own LM
+  (that of the driver's predictor), so a module-level predictor with ``lm=`` calls the driver's client.
 * Each LM call of a remote run goes to a relay actor; the evaluating task of the driver takes it from
   there, makes it with the driver's real client (limiter, cache, meter, usage) and puts the reply back.
 * A worker process that dies is restarted by Ray and its runs are sent again (``retries``); a run is
@@ -220,12 +221,14 @@ class RayExecutor:
             state=run.state.completed(shipped.predictors),
             lm=self._lms.stand_in(run.lm) if run.lm is not None else None,
         )
+        # Read per run, like the prompts: the LM each driver's predictor holds now.
+        own_lms = self._lms.own_lms(shipped.predictors)
         relay = RunRelay(self._lms)
         run_id = next(self._ids)
         async with self._slots:
             worker = min(workers, key=lambda w: w.busy)
             worker.busy += 1
-            ref = worker.handle.run.remote(shipped.box, shipped.key, self._relay, run_id, remote)
+            ref = worker.handle.run.remote(shipped.box, shipped.key, self._relay, run_id, remote, own_lms)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._serve, relay, run_id, group)
@@ -416,7 +419,13 @@ class _WorkerActor:
         return os.getpid()
 
     async def run(
-        self, box: Sequence[Any], key: str, relay: Any, run_id: int, run: ProgramRun
+        self,
+        box: Sequence[Any],
+        key: str,
+        relay: Any,
+        run_id: int,
+        run: ProgramRun,
+        own_lms: Mapping[str, RelayedLM | None],
     ) -> RelayedOutcome:
         program = self._programs.get(key)
         if program is None:
@@ -431,4 +440,4 @@ class _WorkerActor:
             self._programs[key] = program
             while len(self._programs) > 8:
                 self._programs.popitem(last=False)
-        return await run_relayed(program, run, _ActorChannel(relay, run_id))
+        return await run_relayed(program, run, _ActorChannel(relay, run_id), own_lms)

@@ -12,7 +12,10 @@ The pieces, each usable by any executor that runs programs elsewhere:
 
 * where the program runs: its LMs are :class:`RelayedLM` stand-ins (keys of the driver's LMs), and
   :func:`run_relayed` runs it with an :class:`LMChannel` that carries each :class:`LMRequest` to the
-  driver and brings its :class:`LMReply` back;
+  driver and brings its :class:`LMReply` back. A predictor's own LM (``Predict(..., lm=...)``) is the
+  driver's copy of that predictor's LM, named per run (:meth:`LMTable.own_lms`): a module-level
+  predictor the worker imported, whatever client its import created, calls the LM the driver's
+  predictor holds;
 * in the evaluating task: a :class:`RunRelay` answers each request with the real client
   (:meth:`RunRelay.answer`) and turns the run's :class:`RelayedOutcome` into the
   :class:`~aprompt.executors.base.ProgramOutcome` the evaluation scores (:meth:`RunRelay.outcome`).
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Protocol
 
@@ -37,6 +40,7 @@ from aprompt.executors.base import ProgramOutcome, ProgramRun, execute_run, lm_e
 from aprompt.lm.metering import LimitReached, RequestMeter, metered_chat, metering
 from aprompt.lm.replies import accepting_cut_replies, cut_reply_acceptor
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
+from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
 from aprompt.program.overrides import watch_predictors
 from aprompt.program.predictor import Predict
@@ -173,8 +177,74 @@ class LMTable:
         """The :class:`RelayedLM` for ``lm``."""
         return RelayedLM(self.key_of(lm), str(lm.model))
 
+    def own_lms(self, predictors: Iterable[tuple[str, Predict]]) -> dict[str, RelayedLM | None]:
+        """The stand-in of each predictor's own LM, by predictor name (``None``: it has none and uses
+        the run's default): what :func:`run_relayed` gives the remote copies of these predictors."""
+        return {name: None if p.lm is None else self.stand_in(p.lm) for name, p in predictors}
+
     def __getitem__(self, key: int) -> LM:
         return self._lms[key]
+
+
+# The run's own LM of each predictor of the program (by predictor id; None: the run's default LM).
+_OWN_LMS: contextvars.ContextVar[Mapping[int, RelayedLM | None] | None] = contextvars.ContextVar(
+    "aprompt_own_lms", default=None
+)
+
+
+class _PredictorLM:
+    """The LM a predictor of a remote program holds in place of its own: it calls the stand-in the
+    current run names for this predictor (the driver's predictor's LM), or the run's default LM. So a
+    module-level predictor the worker imported never calls the client its import created, and a run
+    sees the LM the driver's predictor holds at the time of the run, like its prompts."""
+
+    meters_requests = True  # the LM it calls is a stand-in: the driver meters the request
+
+    def __init__(self, predictor: Predict) -> None:
+        self._predictor_id = id(predictor)
+        self._name = repr(predictor)
+
+    def _current(self) -> LM:
+        routes = _OWN_LMS.get()
+        if routes is None or self._predictor_id not in routes:
+            raise ConfigError(
+                f"{self._name} was called outside the relayed program run it belongs to: its LM is the "
+                "driver's, which only the run's own calls can reach"
+            )
+        lm = routes[self._predictor_id] or current_lm()
+        if lm is None:
+            raise ConfigError(
+                f"{self._name} has no LM: give the driver's predictor one, or pass lm= to "
+                "evaluate()/optimize()"
+            )
+        return lm
+
+    @property
+    def model(self) -> str:
+        try:
+            return self._current().model
+        except ConfigError:
+            return ""
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        return await self._current().chat(messages, rollout=rollout, **params)
+
+    def __repr__(self) -> str:
+        return f"_PredictorLM({self._name})"
+
+
+def _route_own_lms(
+    predictors: Iterable[tuple[str, Predict]], own_lms: Mapping[str, RelayedLM | None]
+) -> dict[int, RelayedLM | None]:
+    """Give each of ``predictors`` named in ``own_lms`` a :class:`_PredictorLM` (once: it stays with the
+    remote copy) and return the run's routes, by predictor id."""
+    routes: dict[int, RelayedLM | None] = {}
+    for name, predictor in predictors:
+        if name in own_lms:
+            if not isinstance(predictor.lm, _PredictorLM):
+                predictor.lm = _PredictorLM(predictor)
+            routes[id(predictor)] = own_lms[name]
+    return routes
 
 
 @attrs.frozen
@@ -214,13 +284,26 @@ class _DirectCalls(RequestMeter):
         raise ConfigError(f"an LM client for {model!r} was called directly in a remote program run")
 
 
-async def run_relayed(program: object, run: ProgramRun, channel: LMChannel) -> RelayedOutcome:
+async def run_relayed(
+    program: object,
+    run: ProgramRun,
+    channel: LMChannel,
+    own_lms: Mapping[str, RelayedLM | None] | None = None,
+) -> RelayedOutcome:
     """Run ``program`` once here (see :func:`~aprompt.executors.base.execute_run`), its LM calls going
-    through ``channel``: ``run.lm`` and the program's own LMs must be :class:`RelayedLM` stand-ins."""
+    through ``channel``: ``run.lm`` and the program's own LMs must be :class:`RelayedLM` stand-ins.
+
+    ``own_lms`` (from :meth:`LMTable.own_lms` of the driver's copy of the program) names each
+    predictor's own LM for this run; each predictor it names then calls that LM (or, for ``None``, the
+    run's default) whatever LM this copy of the predictor was created with.
+    """
     direct = _DirectCalls()
     token = _CHANNEL.set(channel)
+    routes_token = _OWN_LMS.set({})
     try:
-        with watch_predictors(named_predictors(program)), metering(direct):
+        predictors = named_predictors(program)
+        _OWN_LMS.set(_route_own_lms(predictors, own_lms) if own_lms is not None else {})
+        with watch_predictors(predictors), metering(direct):
             outcome = await execute_run(program, run)
     except ConfigError as exc:
         return RelayedOutcome(config_error=str(exc))
@@ -230,15 +313,16 @@ async def run_relayed(program: object, run: ProgramRun, channel: LMChannel) -> R
             raise
         return RelayedOutcome(stopped_ref=stop)
     finally:
+        _OWN_LMS.reset(routes_token)
         _CHANNEL.reset(token)
     if direct.models:
         return RelayedOutcome(
             config_error=f"the program called an LM client for {direct.models[0]!r} of its own, not through "
-            "the driver (a client created at import time, or passed as lm= to a predictor call): its calls "
-            "would escape the run's limits, cache and usage. Give predictors no LM of their own and pass "
-            "lm= to optimize()/evaluate(), or keep the client on the program object"
+            "the driver (a client passed as lm= to a predictor call, or called directly): its calls would "
+            "escape the run's limits, cache and usage. Give the predictor the client (Predict(..., lm=...)), "
+            "pass lm= to optimize()/evaluate(), or keep the client on the program object"
         )
-    return _relayed(outcome, {name for name, _ in named_predictors(program)})
+    return _relayed(outcome, {name for name, _ in predictors})
 
 
 def _relayed(outcome: ProgramOutcome, names: set[str]) -> RelayedOutcome:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 
-from aprompt import Predict, Prediction
+from aprompt import OpenAICompatibleLM, Predict, Prediction
 
 #: A module-level predictor: a function program's workers use their own import of it.
 ANSWER = Predict("question -> answer", instruction="Answer the question.")
@@ -16,6 +16,27 @@ ANSWER = Predict("question -> answer", instruction="Answer the question.")
 async def answer_question(question: str) -> Prediction:
     """A function program whose predictor lives in this module."""
     return await ANSWER(question=question)
+
+
+#: Module-level predictors with LM clients of their own, created at import. Their address has nothing
+#: listening: a worker that called its own import's client would fail; the tests give the driver's
+#: copies clients of their fake servers.
+DRAFT = Predict(
+    "question -> answer",
+    instruction="Draft an answer.",
+    lm=OpenAICompatibleLM("draft-model", "http://127.0.0.1:9/v1", api_key="unused", max_retries=0),
+)
+CHECK = Predict(
+    "question, draft -> answer",
+    instruction="Check the draft.",
+    lm=OpenAICompatibleLM("check-model", "http://127.0.0.1:9/v1", api_key="unused", max_retries=0),
+)
+
+
+async def draft_and_check(question: str) -> Prediction:
+    """A function program whose two module-level predictors each have an LM of their own."""
+    draft = await DRAFT(question=question)
+    return await CHECK(question=question, draft=draft.answer)
 
 
 class PausingProgram:
@@ -38,4 +59,24 @@ class PausingProgram:
                 except BaseException:
                     (self.marks / f"cancelled-{os.getpid()}").write_text(question)
                     raise
+        return await self.answer(question=question)
+
+
+class SleepingProgram:
+    """One predictor; every question holding ``pause`` writes a ``started-<question>`` mark and sleeps
+    ``pause_seconds`` (a cancelled one leaves ``cancelled-<question>``), others answer at once."""
+
+    def __init__(self, marks: Path, pause_seconds: float) -> None:
+        self.answer = Predict("question -> answer", instruction="Answer the question.")
+        self.marks = marks
+        self.pause_seconds = pause_seconds
+
+    async def __call__(self, question: str) -> Prediction:
+        if "pause" in question:
+            (self.marks / f"started-{question}").write_text(str(os.getpid()))
+            try:
+                await anyio.sleep(self.pause_seconds)
+            except BaseException:
+                (self.marks / f"cancelled-{question}").write_text(str(os.getpid()))
+                raise
         return await self.answer(question=question)

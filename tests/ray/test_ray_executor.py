@@ -16,23 +16,33 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'aprompt[ray]')")
 
-from aprompt import ConfigError, Example, program_state
+from aprompt import ConfigError, Example, OpenAICompatibleLM, program_state
 from aprompt.executors import RayExecutor
 from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.program.overrides import PromptOverride
-from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault, ServerRateLimit
+from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (
     QAProgram,
     answers,
     exact_match,
     is_program_call,
+    item_of,
     last_user_of,
     lm_for,
     optimize_in_world,
     qa_examples,
     system_of,
 )
-from tests.ray.programs import ANSWER, PausingProgram, answer_question
+from tests.ray.programs import (
+    ANSWER,
+    CHECK,
+    DRAFT,
+    PausingProgram,
+    SleepingProgram,
+    answer_question,
+    draft_and_check,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_cluster")]
 
@@ -53,12 +63,12 @@ def marks(directory: Path, prefix: str) -> list[str]:
     return sorted(name for name in os.listdir(directory) if name.startswith(prefix))
 
 
-async def wait_for_marks(directory: Path, prefix: str, seconds: float = 60) -> list[str]:
+async def wait_for_marks(directory: Path, prefix: str, seconds: float = 60, count: int = 1) -> list[str]:
     for _ in range(int(seconds / 0.05)):
-        if found := marks(directory, prefix):
+        if len(found := marks(directory, prefix)) >= count:
             return found
         await anyio.sleep(0.05)
-    raise AssertionError(f"no {prefix}* file appeared in {seconds} s")
+    raise AssertionError(f"not {count} {prefix}* file(s) in {seconds} s: {marks(directory, prefix)}")
 
 
 def outcome_of(evaluation: Evaluation) -> list[tuple[Any, ...]]:
@@ -130,6 +140,7 @@ async def test_optimize_on_ray_returns_the_same_program_trials_and_score_as_in_p
     # The same LM requests, all made by the driver's client, and counted the same.
     assert Counter(map(last_user_of, there_requests)) == Counter(map(last_user_of, here_requests))
     assert there.usage.requests == here.usage.requests == len(here_requests)
+    assert there.usage == here.usage  # tokens, calls and cache hits too
 
 
 async def test_a_killed_worker_process_costs_a_retry_of_its_runs_never_a_wrong_score(
@@ -219,3 +230,98 @@ async def test_an_executor_used_unopened_is_a_config_error(fake_server: FakeOpen
     async with lm_for(fake_server) as lm:
         with pytest.raises(ConfigError, match="not open"):
             await evaluate(QAProgram(), qa_examples(1, 2), exact_match, lm=lm, executor=RayExecutor())
+
+
+async def test_module_level_predictors_with_their_own_lms_call_the_drivers_clients_on_ray(
+    executor: RayExecutor,
+) -> None:
+    async with (
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY, latency=0.02) as draft_server,
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as check_server,
+        OpenAICompatibleLM(
+            "draft-model", draft_server.base_url, api_key=TEST_API_KEY, max_concurrency=1
+        ) as d,
+        OpenAICompatibleLM("check-model", check_server.base_url, api_key=TEST_API_KEY) as c,
+    ):
+        imported = DRAFT.lm, CHECK.lm  # the workers' imports hold clients of a dead address
+        DRAFT.lm, CHECK.lm = d, c
+        try:
+            evaluation = await evaluate(draft_and_check, qa_examples(1, 9), exact_match, executor=executor)
+        finally:
+            DRAFT.lm, CHECK.lm = imported
+    assert evaluation.errors == {}
+    assert evaluation.scores == {f"q{i}": 0.0 if i % 3 == 0 else 1.0 for i in range(1, 9)}
+    for server, model, instruction in (
+        (draft_server, "draft-model", "Draft an answer."),
+        (check_server, "check-model", "Check the draft."),
+    ):
+        requests = server.chat_requests
+        assert [r.body["model"] if r.body else None for r in requests] == [model] * 8
+        assert all(system_of(r).startswith(instruction) for r in requests)
+        assert sorted(item_of(last_user_of(r)) for r in requests) == list(range(1, 9))
+    # Each predictor's calls went through its own driver's client: its usage and its limit.
+    assert d.usage.requests == c.usage.requests == 8
+    assert draft_server.max_in_flight == 1
+
+
+async def test_on_ray_a_known_rate_limit_holds_across_the_whole_cluster_with_no_429(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    # A minute-long window cannot be overrun in a test of seconds, so the server enforces the share of the
+    # client's 600 requests a minute that the client promises per second (its burst cap: 30 in any second),
+    # over 0.8 s windows to leave room for network delays. Eight runs in flight on two worker processes
+    # send faster than that: only one limit for the whole cluster keeps them under it.
+    fake_server.responder = answers
+    fake_server.rate_limit = ServerRateLimit(requests_per_minute=30, period=0.8)
+    async with lm_for(fake_server, requests_per_minute=600) as lm:
+        evaluation = await evaluate(QAProgram(), qa_examples(1, 76), exact_match, lm=lm, executor=executor)
+    statuses = Counter(r.status for r in fake_server.chat_requests)
+    assert statuses == {200: 75}
+    assert len(evaluation.scores) == 75 and lm.usage.rate_limited == 0
+    arrived = sorted(r.started for r in fake_server.chat_requests)
+    assert arrived[60] - arrived[0] >= 1.8  # the limit really paced the cluster: three bursts of 30
+
+
+async def test_cancelling_an_evaluation_frees_every_worker_slot_for_the_next_one(
+    fake_server: FakeOpenAIServer, executor: RayExecutor, tmp_path: Path
+) -> None:
+    fake_server.responder = answers
+    program = SleepingProgram(tmp_path, pause_seconds=120)
+    slots = 2 * 4  # workers * runs_per_worker of the fixture's executor: every slot of the cluster
+    paused = [
+        Example(inputs={"question": f"pause item-{i}?"}, labels={"answer": "-"}, id=f"p{i}")
+        for i in range(slots)
+    ]
+    async with lm_for(fake_server) as lm:
+        async with anyio.create_task_group() as group:
+
+            async def cancel_once_all_started() -> None:
+                await wait_for_marks(tmp_path, "started-", count=slots)
+                group.cancel_scope.cancel()
+
+            group.start_soon(cancel_once_all_started)
+            with anyio.fail_after(60):
+                await evaluate(program, paused, exact_match, lm=lm, executor=executor)
+        with anyio.fail_after(30):  # far less than the pauses: the cancelled runs hold no slot
+            await wait_for_marks(tmp_path, "cancelled-", count=slots)
+            evaluation = await evaluate(program, qa_examples(1, 9), exact_match, lm=lm, executor=executor)
+    assert evaluation.scores == {f"q{i}": 0.0 if i % 3 == 0 else 1.0 for i in range(1, 9)}
+
+
+async def test_a_run_stopped_on_ray_resumes_on_ray_to_the_in_process_result(
+    executor: RayExecutor, tmp_path: Path
+) -> None:
+    # Both with a run_dir: a run's LM cache lives there, so both send each distinct request once.
+    here, here_requests = await optimize_in_world(seed=3, run_dir=tmp_path / "here")
+    run_dir = tmp_path / "run"
+    stopped, _ = await optimize_in_world(seed=3, executor=executor, run_dir=run_dir, max_lm_calls=300)
+    resumed, resumed_requests = await optimize_in_world(seed=3, executor=executor, run_dir=run_dir)
+    assert stopped.stopped_by == "max_lm_calls" and resumed.stopped_by is None
+    assert resumed.score == here.score and program_state(resumed.program) == program_state(here.program)
+    assert [(t.number, t.choice, t.scores) for t in resumed.trials] == [
+        (t.number, t.choice, t.scores) for t in here.trials
+    ]
+    # The resumed run read back what the stopped one paid for (its journal and cache in run_dir), and its
+    # count continues the stopped run's.
+    assert len(here_requests) - stopped.spent["lm_calls"] <= len(resumed_requests) < len(here_requests)
+    assert resumed.spent["lm_calls"] == stopped.spent["lm_calls"] + len(resumed_requests)
