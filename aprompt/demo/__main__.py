@@ -212,6 +212,7 @@ async def main(args: argparse.Namespace) -> None:
         "val_size": args.val,
         "n_trials": args.trials,
         "minibatch_size": args.minibatch,
+        "n_candidates": args.candidates,
     }
     cache = aprompt.ResponseCache.in_directory(args.cache_dir) if args.cache_dir else None
     logging.getLogger("aprompt.lm").addFilter(QuietResends())
@@ -299,6 +300,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", type=int, default=60, help="held-out test examples")
     parser.add_argument("--trials", type=int, default=10, help="mini-batch trials")
     parser.add_argument("--minibatch", type=int, default=15, help="examples per mini-batch trial")
+    parser.add_argument(
+        "--candidates", type=int, default=6, help="instructions (the original and proposals) and demo sets"
+    )
     parser.add_argument("--parallel", type=int, default=4, help="llama.cpp server slots")
     parser.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS, help="llama.cpp CPU threads (0: its own choice)"
