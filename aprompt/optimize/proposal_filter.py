@@ -7,8 +7,7 @@ Three deterministic checks, none of which asks an LM:
   starts with one of the proposer's labels (:data:`SCAFFOLDING_LABELS`: a label line, the rest of its
   line, and the bullet lines under it), the sentences of the proposer's own instruction and tips, and
   keeps what follows an answer label (``Proposed Instruction:``). What remains is the instruction; when
-  nothing usable remains, or what remains repeats a line or a phrase (:func:`repeated_phrase`: a small
-  model caught in a loop), the proposal is dropped.
+  nothing usable remains, the proposal is dropped.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
   ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
 - **Off-task or far worse, on a screen.** Each surviving proposal and the original instruction are scored,
@@ -60,9 +59,6 @@ ANSWER_LABELS: tuple[str, ...] = (
 MIN_USABLE_CHARS = 12
 #: A proposal whose screen mean is this far under the original's is dropped.
 FAR_BELOW = 0.4
-#: A line, or a phrase of ``REPEATED_WORDS`` words, said this many times makes a proposal degenerate.
-REPEATS_DEGENERATE = 3
-REPEATED_WORDS = 4
 #: Fewest examples scored for both the original and a proposal before the screen decides anything.
 MIN_SCREENED = 3
 
@@ -109,22 +105,6 @@ def whole_sentences(text: str, max_chars: int) -> str:
     return text[: ends[-1]].rstrip() if ends else text
 
 
-def repeated_phrase(text: str) -> str | None:
-    """A phrase of :data:`REPEATED_WORDS` words, or a whole line, that ``text`` says
-    :data:`REPEATS_DEGENERATE` or more times, or ``None``: a small model caught in a loop
-    (``Immutable:`` line after line, "The example is: The example is: ..."), never an instruction."""
-    lines = [line.strip().lower() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if lines.count(line) >= REPEATS_DEGENERATE:
-            return line
-    words = re.findall(r"[^\W_]+", text.lower())
-    phrases = [" ".join(words[i : i + REPEATED_WORDS]) for i in range(len(words) - REPEATED_WORDS + 1)]
-    for phrase in phrases:
-        if phrases.count(phrase) >= REPEATS_DEGENERATE:
-            return phrase
-    return None
-
-
 def field_labels(predictor: Predict) -> tuple[str, ...]:
     """The labels the program's predictor shows the model (``Question``, ``Answer``, ...)."""
     return tuple(f.label for f in predictor.signature.fields)
@@ -147,9 +127,6 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
             removed.append("proposer sentence")
     value = _tidy(kept)
     removed = list(dict.fromkeys(removed))
-    looping = repeated_phrase(value)
-    if looping is not None:
-        return Cleaned(None, tuple(removed), f"repeats itself ({looping!r} {REPEATS_DEGENERATE}+ times)")
     if len(value) < MIN_USABLE_CHARS or not re.search(r"[^\W\d_]", value):
         what = (
             "the proposer's scaffolding" if any(r.startswith(("scaff", "proposer")) for r in removed) else ""

@@ -13,7 +13,7 @@ import pytest
 import aprompt
 from aprompt import Example, Predict, named_predictors
 from aprompt.optimize.bootstrap import bootstrap_demo_sets, size_ladder
-from aprompt.optimize.proposal_filter import clean_proposal, on_task, screen_verdict, task_vocabulary
+from aprompt.optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
 from aprompt.optimize.propose import clean_reply
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.optimize.qa_task import (
@@ -69,23 +69,6 @@ def test_an_instruction_after_echoed_scaffolding_is_kept_alone() -> None:
     cleaned = clean_reply(reply, Predict("question -> answer"))
     assert cleaned.text == "Reply with the item's code only."
     assert cleaned.note == "cleaned: removed scaffolding: Current Instruction"
-
-
-#: Proposals the embedded model wrote for the demo's sentence-negation task, caught in a loop.
-LOOPING = (
-    "Immutable, Reactive and Recurrent.\nImmutable:\nImmutable:\nImmutable:\nImmutable:",
-    "The example with the second sentence is: The example with the second sentence is: The example with "
-    "the second sentence is: The example with",
-)
-
-
-@pytest.mark.parametrize("proposal", LOOPING, ids=["line", "phrase"])
-def test_a_proposal_that_says_a_line_or_a_phrase_three_times_is_dropped(proposal: str) -> None:
-    cleaned = clean_proposal(proposal)
-    assert cleaned.text is None
-    assert cleaned.reason.startswith("repeats itself")
-    twice = "Negate the verb of the sentence. Keep every other word; negate the verb of the sentence."
-    assert clean_proposal(twice).text == twice
 
 
 def test_lines_starting_with_a_field_label_are_removed() -> None:
