@@ -1,12 +1,31 @@
-"""The demo's task: its data ships with the package and its metric reads a reply as a person would."""
+"""The demo: its data ships with the package, its metric reads a reply as a person would, and on the real
+local model it says how long it will take, shows held-out sentences before and after, a readable
+instruction, and the hand-written prompt's score beside the optimized one."""
 
 from __future__ import annotations
 
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 import aprompt
-from aprompt.demo.__main__ import exact_negation, fixed_examples, load_examples, parse_args
+from aprompt.demo.__main__ import (
+    comparison,
+    estimate_seconds,
+    exact_negation,
+    fixed_examples,
+    load_examples,
+    parse_args,
+    shown_examples,
+)
 from aprompt.optimize.evaluate import Evaluation, ExampleResult
+from aprompt.optimize.proposal_filter import SCAFFOLDING_LABELS, clean_proposal
 
 
 def test_the_demo_data_ships_with_the_package_with_every_sentence_kind_balanced() -> None:
@@ -35,3 +54,64 @@ def test_the_demo_shows_held_out_examples_the_optimized_program_fixed() -> None:
 def test_the_demo_fits_its_default_split_in_the_shipped_data() -> None:
     args = parse_args([])
     assert args.train + args.val + args.test <= len(load_examples())
+
+
+def _evaluation(scores: list[float]) -> Evaluation:
+    return Evaluation(tuple(ExampleResult(f"e{i}", s) for i, s in enumerate(scores)))
+
+
+def test_the_demo_shows_fixed_sentences_first_then_others_when_too_few_were_fixed() -> None:
+    test = load_examples()[:4]
+    before, after = _evaluation([1.0, 0.0, 0.0, 0.0]), _evaluation([1.0, 0.0, 1.0, 0.0])
+    assert shown_examples(test, before, after, 2) == [2, 0]
+    assert shown_examples(test, before, after, 1) == [2]
+
+
+def test_the_demo_time_estimate_counts_the_plans_calls_proposals_weighed_and_the_last_evaluation() -> None:
+    plan = aprompt.RunPlanned("mipro", 10, 30, 400, {"proposal": 10})
+    bare = estimate_seconds(aprompt.RunPlanned("mipro", 10, 30, 390, {"proposal": 0}), 0.1, 0)
+    assert bare == pytest.approx(39.0)
+    assert estimate_seconds(plan, 0.1, 0) > bare + 0.1 * 10  # a proposal costs more than a program call
+    assert estimate_seconds(plan, 0.1, 60) == pytest.approx(estimate_seconds(plan, 0.1, 0) + 6.0)
+
+
+def test_the_demo_states_which_prompt_wins_from_the_sentences_only_one_gets_right() -> None:
+    optimized, hand = _evaluation([1.0, 1.0, 1.0, 0.0]), _evaluation([1.0, 0.0, 0.0, 1.0])
+    assert comparison(optimized, hand).startswith("the optimized program beats the hand-written prompt by 25")
+    assert "only the optimized program is right on 2 sentences, only the hand-written prompt on 1" in (
+        comparison(optimized, hand)
+    )
+    assert comparison(hand, optimized).startswith("the hand-written prompt beats the optimized program by 25")
+
+
+@pytest.mark.local_model
+def test_the_demo_on_the_local_model_estimates_its_time_and_shows_sentences_and_a_readable_instruction(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "demo.json"
+    small = ["--train", "20", "--val", "10", "--test", "10", "--trials", "2", "--minibatch", "5"]
+    small += ["--candidates", "2"]  # one proposal: proposals are the demo's longest calls
+    done = subprocess.run(
+        [sys.executable, "-m", "aprompt.demo", *small, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,  # minutes on an idle machine; a busy one runs llama.cpp far slower
+        check=True,
+    )
+    printed = done.stdout
+    assert re.search(r"^time: about \d+ (s|min) in all from the \d+\.\d\d s per call", printed, re.M)
+    assert re.search(r"^  written by hand \(\+ 3 training examples\): +\d\.\d{3}$", printed, re.M)
+    assert re.search(r"^  optimized by aprompt \(\d+ demos\): +\d\.\d{3}$", printed, re.M)
+    assert re.search(r"^(the optimized program|the hand-written prompt) (beats|and)", printed, re.M)
+    shown = re.findall(
+        r"^  sentence: +(.*)\n  expected: +(.*)\n  as written: .*\n  optimized: .*$", printed, re.M
+    )
+    assert len(shown) == 2
+    sentences = {e.inputs["sentence"] for e in load_examples()}
+    assert all(ast.literal_eval(sentence) in sentences for sentence, _ in shown)
+    printed_instruction = ast.literal_eval(re.findall(r"^  instruction: (.*)$", printed, re.M)[-1])
+    saved = json.loads(out.read_text())["state"]["predictors"]["negate"]["instruction"]
+    assert printed_instruction == saved
+    assert clean_proposal(saved).text == saved  # nothing of the proposer's scaffolding to cut
+    assert not any(f"{label}:" in saved for label in SCAFFOLDING_LABELS)
+    assert re.search(r"^demo finished in \d+ s after the model started \(load average", printed, re.M)

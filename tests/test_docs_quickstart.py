@@ -2,14 +2,21 @@
 
 The first Python block of ``docs/quickstart.md`` defines ``main(lm)`` and runs it on the local model only
 under ``__main__``; the test executes the block as a module of another name and awaits ``main`` with a client
-of a loopback fake server, so the page cannot drift from the library.
+of a loopback fake server, so the page cannot drift from the library. The second block (``count_server.py``)
+runs the same ``main`` on a server named by the environment of the page's ``export`` block; the test sets that
+environment to the fake server and runs it as written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +32,30 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "docs" / "quickstart.md"
 REPLY_FORMAT = "Reply in exactly this format, each field on its own line, in this order:\n"
 
 
+def blocks(markdown: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", markdown, flags=re.DOTALL | re.MULTILINE)
+
+
 def first_python_block(markdown: str) -> str:
-    found = re.search(r"^```python\n(.*?)^```$", markdown, flags=re.DOTALL | re.MULTILINE)
-    assert found is not None, "docs/quickstart.md has no ```python block"
-    return found.group(1)
+    found = blocks(markdown, "python")
+    assert found, "docs/quickstart.md has no ```python block"
+    return found[0]
+
+
+@contextmanager
+def httpx_level_restored() -> Iterator[None]:
+    """The page's block quiets httpx's logger for the process; give other tests back its level."""
+    httpx_logger = logging.getLogger("httpx")
+    level = httpx_logger.level
+    try:
+        yield
+    finally:
+        httpx_logger.setLevel(level)
+
+
+def exported(bash: str) -> dict[str, str]:
+    """The variables an ``export NAME=value  # comment`` block sets."""
+    return dict(re.findall(r"^export (\w+)=(\S+)", bash, flags=re.MULTILINE))
 
 
 class CountingWorld:
@@ -88,3 +115,40 @@ async def test_the_quickstart_script_optimizes_and_saves_a_result(
     assert saved["score"] == result.score
     fresh = aprompt.load(module["CountObjects"](), tmp_path / "count.json")
     assert aprompt.program_state(fresh) == aprompt.program_state(result.program)
+
+
+async def test_the_quickstart_server_block_runs_on_the_endpoint_its_environment_names_and_logs_its_plan(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    page = QUICKSTART.read_text()
+    python, bash = blocks(page, "python"), blocks(page, "bash")
+    names = next(exported(b) for b in bash if "OPENAI_BASE_URL" in b)
+    assert set(names) == {"OPENAI_BASE_URL", "OPENAI_API_KEY", "APROMPT_MODEL"}
+    assert len(python) >= 2 and "from count import main" in python[1]
+    count = types.ModuleType("count")  # the first block, saved as count.py
+    exec(compile(python[0], str(QUICKSTART), "exec"), count.__dict__)
+    monkeypatch.setitem(sys.modules, "count", count)
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
+    world = CountingWorld({e.inputs["question"]: e.labels["answer"] for e in count.trainset})
+
+    with httpx_level_restored():
+        async with FakeOpenAIServer(responder=world, api_key=TEST_API_KEY) as server:
+            monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+            monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+            monkeypatch.setenv("APROMPT_MODEL", "fake-model")
+            module: dict[str, Any] = {"__name__": "count_server"}
+            exec(compile(python[1], str(QUICKSTART), "exec"), module)
+            await module["run_on_server"]()
+            assert {(r.body or {}).get("model") for r in server.chat_requests} == {"fake-model"}
+
+    assert "-> 1.00" in capsys.readouterr().out
+    assert (tmp_path / "count.json").is_file()
+    logged = [r.getMessage() for r in caplog.records if r.name == "aprompt"]
+    assert any(re.fullmatch(r"aprompt mipro: \d+ trials on 4 validation examples, .*", m) for m in logged)
+    assert any(m.startswith("aprompt: final pick: ") for m in logged)
+    assert all(TEST_API_KEY not in m for m in logged)
+    assert not [r for r in caplog.records if r.name.startswith("httpx")], "one log line per request"
