@@ -355,7 +355,8 @@ def run_aprompt(
         async with aprompt_client(settings, regime, base_url, told) as lm:
             return await optimize_aprompt(settings, task, split, lm)
 
-    profiler = cProfile.Profile() if settings.profile is not None else None
+    # CPU time, not wall: what the client spends, whatever the machine's load.
+    profiler = cProfile.Profile(time.process_time) if settings.profile is not None else None
     started, cpu = time.monotonic(), time.process_time()
     score: float | None = None
     phases: dict[str, float] = {}

@@ -169,6 +169,8 @@ class HTTPChatLM(abc.ABC):
                 )
             )
         self._secrets = tuple({key for key in keys if key})
+        # Parsed once: httpx would parse a string URL again for every request.
+        self._request_urls = {state.url: httpx.URL(state.url + self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         self._concurrency = ConcurrencyController(
@@ -318,7 +320,8 @@ class HTTPChatLM(abc.ABC):
             if identity in skip:
                 continue
             skip.add(identity)
-            await probe_endpoint(state.url, state.headers, client=state.lanes.shared_client, within=within)
+            # Through the connection the first call will take: it stays open for it.
+            await probe_endpoint(state.url, state.headers, client=state.lanes.idle_client(), within=within)
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).
@@ -487,7 +490,7 @@ class HTTPChatLM(abc.ABC):
         with anyio.move_on_after(self._timeout) as deadline:
             try:
                 async with client.stream(
-                    "POST", endpoint.url + self.path, content=payload, headers=endpoint.headers
+                    "POST", self._request_urls[endpoint.url], content=payload, headers=endpoint.headers
                 ) as response:
                     content, too_large = await read_capped(response, self._max_response_bytes)
             except httpx.TimeoutException:
