@@ -184,7 +184,7 @@ def test_raw_anthropic_headers_are_read_whatever_the_case_of_their_names() -> No
 async def test_an_anthropic_client_keeps_under_the_limit_its_server_states() -> None:
     async with FakeAnthropicServer(rate_limit=ServerRateLimit(requests_per_minute=5, headers=True)) as server:
         async with AnthropicLM("fake-claude", server.base_url, api_key="") as lm:
-            with anyio.move_on_after(2.5):
+            with anyio.move_on_after(3.5):  # room for two or more calls on a loaded machine
                 for index in range(7):
                     await lm.chat(question(index))
     records = server.chat_requests
