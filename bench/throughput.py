@@ -29,15 +29,22 @@ proxy and prints the fraction of the search phase during which the model server 
     .venv/bin/python -m bench.throughput                 # ~30 minutes; writes bench/results/throughput.*
     .venv/bin/python -m bench.throughput --quick         # seconds; prints only
     .venv/bin/python -m bench.throughput --local         # minutes, on the embedded model
+    .venv/bin/python -m bench.throughput --systems aprompt --regimes latency --profile /tmp/prof
+                                                         # cProfile of each aprompt run: /tmp/prof.*.prof
+
+A profiled run's client CPU includes the profiler's own overhead (roughly doubling it): time CPU
+without ``--profile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import cProfile
 import importlib.util
 import json
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -129,6 +136,8 @@ class Settings:
     name: str
     label: str
     command: str
+    #: ``--profile``: where each aprompt run's cProfile statistics go (``<profile>.<regime>.<system>.prof``).
+    profile: Path | None = None
 
     @property
     def median_latency(self) -> float:
@@ -346,14 +355,23 @@ def run_aprompt(
         async with aprompt_client(settings, regime, base_url, told) as lm:
             return await optimize_aprompt(settings, task, split, lm)
 
+    # CPU time, not wall: what the client spends, whatever the machine's load.
+    profiler = cProfile.Profile(time.process_time) if settings.profile is not None else None
     started, cpu = time.monotonic(), time.process_time()
     score: float | None = None
     phases: dict[str, float] = {}
     note = ""
+    if profiler is not None:
+        profiler.enable()
     try:
         score, phases = anyio.run(run)
     except Exception as exc:
         note = f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    finally:
+        if profiler is not None:
+            profiler.disable()
+    if profiler is not None and settings.profile is not None:
+        save_profile(profiler, Path(f"{settings.profile}.{regime.name}.{'told' if told else 'untold'}.prof"))
     return Outcome(
         started,
         time.monotonic() - started,
@@ -362,6 +380,14 @@ def run_aprompt(
         phases.get("search"),
         note,
     )
+
+
+def save_profile(profiler: cProfile.Profile, path: Path, top: int = 25) -> None:
+    """Write ``profiler``'s statistics to ``path`` and print its ``top`` functions by own time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(str(path))
+    print(f"profile: {path}", flush=True)
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
 
 
 # -- DSPy ----------------------------------------------------------------------------------------
@@ -820,6 +846,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     )
     parser.add_argument("--name", default="throughput", help="results file name, without extension")
     parser.add_argument("--label", default="", help="a label for the results' title, e.g. 'before'")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="cProfile each aprompt run: PROFILE.<regime>.<system>.prof"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.train, args.val = 8, 8
@@ -853,6 +882,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         name=args.name,
         label=args.label,
         command=command_line("throughput", sys.argv[1:] if argv is None else argv),
+        profile=args.profile,
     )
 
 

@@ -26,6 +26,11 @@ threshold it grows additively: ``1 / cap`` per answer at the cap, one per round.
 therefore never fires at once into a server that still refuses.
 
 A ``max_concurrency`` given by the user is a fixed cap: none of this applies.
+
+:meth:`ConcurrencyController.planned` is the cap a run can plan for before any answer (the optimizer
+sizes its window of trials from it, and that window must not depend on timing): the fixed cap, or the
+Little's-law cap of the configured limits at the latency and token guesses; None when adaptive with no
+limit configured.
 """
 
 from __future__ import annotations
@@ -98,6 +103,20 @@ class ConcurrencyController:
         """The mean latency of successful exchanges so far (weighted to recent ones), or None."""
         return self._latency
 
+    def planned(self, rates: tuple[float | None, float | None]) -> int | None:
+        """The cap before any answer from ``rates`` (the configured limits, per second): the fixed cap,
+        else the Little's-law cap at the guesses, or None when adaptive and neither rate is known.
+
+        Example:
+            >>> ConcurrencyController(None, maximum=1024, rates=lambda: (None, None)).planned((30.0, None))
+            45
+        """
+        if self._fixed is not None:
+            return self._maximum
+        if rates[0] is None and rates[1] is None:
+            return None
+        return _little_cap(rates, None, None, self._maximum)
+
     def completed(self, latency: float, tokens: int) -> None:
         """An exchange succeeded after ``latency`` seconds, using ``tokens``; call it holding its slot."""
         if self._fixed is not None:
@@ -118,20 +137,27 @@ class ConcurrencyController:
             self._set(self._target())
 
     def _target(self) -> int:
-        requests, tokens = self._rates()
-        rate = requests
-        if tokens is not None:
-            by_tokens = tokens / (self._tokens or _TOKENS_GUESS)
-            rate = by_tokens if rate is None else min(rate, by_tokens)
-        if rate is None:
-            target = self._window
-        else:
-            target = math.ceil(rate * (self._latency or _LATENCY_GUESS) * HEADROOM)
-        return max(1, min(self._maximum, int(target)))
+        rates = self._rates()
+        if rates[0] is None and rates[1] is None:
+            return max(1, min(self._maximum, int(self._window)))
+        return _little_cap(rates, self._latency, self._tokens, self._maximum)
 
     def _set(self, cap: int) -> None:
         if cap != self.slots.total_tokens:
             self.slots.total_tokens = cap
+
+
+def _little_cap(
+    rates: tuple[float | None, float | None], latency: float | None, tokens: float | None, maximum: int
+) -> int:
+    """``ceil(target_rate × latency × HEADROOM)`` in [1, maximum]; a rate must be known."""
+    requests, tokens_rate = rates
+    rate = requests
+    if tokens_rate is not None:
+        by_tokens = tokens_rate / (tokens or _TOKENS_GUESS)
+        rate = by_tokens if rate is None else min(rate, by_tokens)
+    assert rate is not None
+    return max(1, min(maximum, math.ceil(rate * (latency or _LATENCY_GUESS) * HEADROOM)))
 
 
 def _smoothed(mean: float | None, sample: float) -> float:

@@ -17,6 +17,7 @@ import httpx
 from aprompt._errors import ConfigError
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
+from aprompt.lm.ratelimit_headers import StatedLimits, read_raw_anthropic_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, TokenUsage
 
@@ -134,8 +135,10 @@ class AnthropicLM(HTTPChatLM):
 
     Messages and parameters are written as for any other aprompt LM (OpenAI-shaped) and translated
     by :func:`messages_request`. A 529 (overloaded) is retried like any 5xx, a 429 after its
-    ``retry-after``. ``usage.prompt_tokens`` counts input tokens read from or written to Anthropic's
-    prompt cache too; ``finish_reason`` is mapped by :func:`finish_reason`.
+    ``retry-after``; the ``anthropic-ratelimit-*`` headers' limits become the endpoint's, and when one
+    says none remain the endpoint waits for its reset (:mod:`aprompt.lm.ratelimit_headers`).
+    ``usage.prompt_tokens`` counts input tokens read from or written to Anthropic's prompt cache too;
+    ``finish_reason`` is mapped by :func:`finish_reason`.
 
     ``timeout``, ``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``, ``max_retries``,
     ``retry``, ``cache``, ``default_params``, ``http_client``, ``endpoint_cooldown`` and
@@ -249,6 +252,9 @@ class AnthropicLM(HTTPChatLM):
             model=str(data.get("model") or self._model),
             finish_reason=finish_reason(data.get("stop_reason")),
         )
+
+    def _stated_limits(self, raw: list[tuple[bytes, bytes]]) -> StatedLimits | None:
+        return read_raw_anthropic_rate_limit_headers(raw)
 
     def _server_message(self, content: bytes) -> str:
         try:

@@ -71,7 +71,7 @@ from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_u
 from aprompt.lm.limits import RateLimiter, estimate_request_tokens
 from aprompt.lm.metering import admit_request
 from aprompt.lm.probe import probe_endpoint
-from aprompt.lm.ratelimit_headers import apply_stated_limits, read_raw_rate_limit_headers
+from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
 from aprompt.lm.replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
@@ -169,6 +169,8 @@ class HTTPChatLM(abc.ABC):
                 )
             )
         self._secrets = tuple({key for key in keys if key})
+        # Parsed once: httpx would parse a string URL again for every request.
+        self._request_urls = {state.url: httpx.URL(state.url + self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         self._concurrency = ConcurrencyController(
@@ -204,6 +206,10 @@ class HTTPChatLM(abc.ABC):
         """The human-readable error message in an error body (or the body's text), uncut: the
         caller scrubs the keys out of it first and cuts it after, so no key is left half-cut."""
 
+    def _stated_limits(self, raw: list[tuple[bytes, bytes]]) -> StatedLimits | None:
+        """The rate limits an answer's raw headers state (OpenAI's ``x-ratelimit-*`` here), or None."""
+        return read_raw_rate_limit_headers(raw)
+
     # -- public surface ---------------------------------------------------------------------
     @property
     def model(self) -> str:
@@ -233,6 +239,16 @@ class HTTPChatLM(abc.ABC):
         and 429s met, so read it again rather than keep it. Calls beyond it wait in the client.
         """
         return self._concurrency.cap
+
+    @property
+    def planned_concurrency(self) -> int | None:
+        """Requests in flight this client plans for from its configuration alone, the same before and
+        after any call: an explicit ``max_concurrency`` (at most the endpoints' total), or, adaptive,
+        the cap the configured ``requests_per_minute`` / ``tokens_per_minute`` give at a 1 s latency
+        guess (:mod:`aprompt.lm.adaptive`); None when adaptive with no limit configured (it finds its cap
+        as it goes). The optimizer sizes its window of trials from it, which must not depend on timing.
+        """
+        return self._concurrency.planned(self._configured_rates())
 
     @property
     def cache(self) -> ResponseCache | None:
@@ -304,7 +320,8 @@ class HTTPChatLM(abc.ABC):
             if identity in skip:
                 continue
             skip.add(identity)
-            await probe_endpoint(state.url, state.headers, client=state.lanes.shared_client, within=within)
+            # Through the connection the first call will take: it stays open for it.
+            await probe_endpoint(state.url, state.headers, client=state.lanes.idle_client(), within=within)
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).
@@ -436,8 +453,21 @@ class HTTPChatLM(abc.ABC):
     def _rates(self) -> tuple[float | None, float | None]:
         """The fastest the limits let requests and tokens go (per second, over a burst window): the
         client's, or the endpoints' sum when each has a limit, whichever is lower; None where unknown."""
-        own_rates = self._limiter.peak_rates
-        endpoint_rates = [endpoint.limiter.peak_rates for endpoint in self._pool.endpoints]
+        return self._pooled_rates(
+            self._limiter.peak_rates, [endpoint.limiter.peak_rates for endpoint in self._pool.endpoints]
+        )
+
+    def _configured_rates(self) -> tuple[float | None, float | None]:
+        """:meth:`_rates` of the configured limits alone (nothing learned from the server)."""
+        return self._pooled_rates(
+            self._limiter.configured_peak_rates,
+            [endpoint.limiter.configured_peak_rates for endpoint in self._pool.endpoints],
+        )
+
+    @staticmethod
+    def _pooled_rates(
+        own_rates: tuple[float | None, float | None], endpoint_rates: list[tuple[float | None, float | None]]
+    ) -> tuple[float | None, float | None]:
         rates: list[float | None] = []
         for own, theirs in (
             (own_rates[0], [requests for requests, _ in endpoint_rates]),
@@ -460,7 +490,7 @@ class HTTPChatLM(abc.ABC):
         with anyio.move_on_after(self._timeout) as deadline:
             try:
                 async with client.stream(
-                    "POST", endpoint.url + self.path, content=payload, headers=endpoint.headers
+                    "POST", self._request_urls[endpoint.url], content=payload, headers=endpoint.headers
                 ) as response:
                     content, too_large = await read_capped(response, self._max_response_bytes)
             except httpx.TimeoutException:
@@ -475,7 +505,7 @@ class HTTPChatLM(abc.ABC):
         if failure is not None:
             raise failure
         status = response.status_code
-        stated = read_raw_rate_limit_headers(response.headers.raw)
+        stated = self._stated_limits(response.headers.raw)
         if stated is not None:
             apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
         if not 200 <= status < 300:

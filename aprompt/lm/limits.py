@@ -223,6 +223,17 @@ class SlidingWindow:
         """The most admitted per second over a burst window (before throttling), None with no limit."""
         return None if self.limit is None else self.burst * _BURST_WINDOWS_PER_PERIOD / self.period
 
+    @property
+    def configured_peak_rate(self) -> float | None:
+        """:attr:`peak_rate` from the configured limit alone (nothing learned or throttled): what a run
+        can plan for before its first answer; None when none is configured."""
+        if self.configured is None:
+            return None
+        burst = self._burst
+        if burst is None:
+            burst = max(1.0, _DEFAULT_BURST_SHARES * self.configured / _BURST_WINDOWS_PER_PERIOD)
+        return burst * _BURST_WINDOWS_PER_PERIOD / self.period
+
     def factor(self, now: float) -> float:
         """The fraction of the limits in force (below 1 for up to a period after a throttle)."""
         return min(1.0, self._factor + (now - self._factor_at) / self.period)
@@ -370,6 +381,12 @@ class RateLimiter:
         """The most requests and tokens admitted per second over a burst window (the burst caps in
         force, before throttling): the fastest this limiter lets a run go; None where no limit."""
         return self._requests.peak_rate, self._tokens.peak_rate
+
+    @property
+    def configured_peak_rates(self) -> tuple[float | None, float | None]:
+        """:attr:`peak_rates` from the configured limits alone (see
+        :attr:`SlidingWindow.configured_peak_rate`)."""
+        return self._requests.configured_peak_rate, self._tokens.configured_peak_rate
 
     @property
     def paused_until(self) -> float:

@@ -7,12 +7,22 @@ lower of the configured and the stated one; they are taken per minute, as OpenAI
 ``x-ratelimit-remaining-requests`` / ``-tokens`` with ``x-ratelimit-reset-requests`` / ``-tokens``
 (durations such as ``1s``, ``6m0s``, ``20ms``): when none remain, the endpoint holds its requests until
 the reset instead of collecting 429s.
+
+Anthropic states the same in its own names (:func:`read_anthropic_rate_limit_headers`):
+``anthropic-ratelimit-requests-limit`` / ``-remaining`` / ``-reset``, likewise ``-tokens-``,
+``-input-tokens-`` and ``-output-tokens-``, each reset an RFC 3339 time (when the limit is fully
+replenished), per minute too. Our token windows count input and output together, so the input-token
+limit (else ``tokens``) is taken as the token limit: staying under it in total keeps the input under it;
+an output limit reached is met by holding until its reset like any other. ``retry-after`` on a 429 is
+read by :mod:`aprompt.lm.retry` for both providers.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 import attrs
 
@@ -22,7 +32,10 @@ __all__ = [
     "StatedLimits",
     "apply_stated_limits",
     "parse_duration",
+    "parse_reset_time",
+    "read_anthropic_rate_limit_headers",
     "read_rate_limit_headers",
+    "read_raw_anthropic_rate_limit_headers",
     "read_raw_rate_limit_headers",
 ]
 
@@ -117,6 +130,82 @@ def read_raw_rate_limit_headers(raw: Iterable[tuple[bytes, bytes]]) -> StatedLim
         if name[:12].lower() == b"x-ratelimit-"
     }
     return read_rate_limit_headers(found) if found else None
+
+
+def parse_reset_time(text: str | None, now: float) -> float | None:
+    """Seconds from ``now`` (a ``time.time()`` reading) to an RFC 3339 reset time (0 when past).
+
+    Example:
+        >>> parse_reset_time("1970-01-01T00:01:00Z", now=30.0)
+        30.0
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # RFC 3339 requires an offset: a time without one is unreadable
+        return None
+    return max(0.0, moment.timestamp() - now)
+
+
+def read_anthropic_rate_limit_headers(
+    headers: Mapping[str, str], *, now: float | None = None
+) -> StatedLimits | None:
+    """The ``anthropic-ratelimit-*`` headers of an answer (names in lower case), or None when it has none;
+    resets in seconds from ``now`` (default: ``time.time()``). The token limit is the input-token one when
+    stated (see the module docstring); the token reset is that of an exhausted token limit, if any.
+
+    Example:
+        >>> stated = read_anthropic_rate_limit_headers(
+        ...     {"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "0",
+        ...      "anthropic-ratelimit-requests-reset": "1970-01-01T00:00:12Z"}, now=10.0)
+        >>> stated.requests_limit, stated.requests_remaining, stated.requests_reset
+        (50.0, 0.0, 2.0)
+    """
+    prefix = "anthropic-ratelimit-"
+    if not any(name.startswith(prefix) for name in headers):
+        return None
+    clock = time.time() if now is None else now
+
+    def read(kind: str) -> tuple[float | None, float | None, float | None]:
+        return (
+            _number(headers.get(f"{prefix}{kind}-limit")),
+            _number(headers.get(f"{prefix}{kind}-remaining")),
+            parse_reset_time(headers.get(f"{prefix}{kind}-reset"), clock),
+        )
+
+    requests = read("requests")
+    token_kinds = [read(kind) for kind in ("input-tokens", "tokens", "output-tokens")]
+    tokens_limit = next((limit for limit, _, _ in token_kinds[:2] if limit is not None), None)
+    stated_remaining = [(remaining, reset) for _, remaining, reset in token_kinds if remaining is not None]
+    # The limit that holds the client longest decides: an exhausted one, else the scarcest.
+    exhausted = [(remaining, reset or 0.0) for remaining, reset in stated_remaining if remaining < 1]
+    tokens_remaining: float | None = None
+    tokens_reset: float | None = None
+    if exhausted:
+        tokens_remaining, tokens_reset = max(exhausted, key=lambda pair: pair[1])
+    elif stated_remaining:
+        tokens_remaining, tokens_reset = min(stated_remaining, key=lambda pair: pair[0])
+    return StatedLimits(
+        requests_limit=requests[0],
+        tokens_limit=tokens_limit,
+        requests_remaining=requests[1],
+        tokens_remaining=tokens_remaining,
+        requests_reset=requests[2],
+        tokens_reset=tokens_reset,
+    )
+
+
+def read_raw_anthropic_rate_limit_headers(raw: Iterable[tuple[bytes, bytes]]) -> StatedLimits | None:
+    """:func:`read_anthropic_rate_limit_headers` of raw ``(name, value)`` byte pairs, in one pass."""
+    found = {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in raw
+        if name[:20].lower() == b"anthropic-ratelimit-"
+    }
+    return read_anthropic_rate_limit_headers(found) if found else None
 
 
 def apply_stated_limits(limiter: RateLimiter, stated: StatedLimits, *, max_hold: float) -> None:

@@ -238,7 +238,7 @@ async def optimize(
     target = program if in_place else copy_program(program)
     grounding = grounding or Grounding()
     # Resolved here, not later, so the run's flow is part of its fingerprint (resume must match it).
-    capacity = getattr(default_lm, "capacity", None)
+    capacity = getattr(default_lm, "planned_concurrency", None)  # from its configuration, not timing
     plan = attrs.evolve(
         plan,
         parallel_trials=plan.parallel_trials_for(

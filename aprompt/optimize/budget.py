@@ -11,6 +11,13 @@ import attrs
 
 from aprompt._errors import ConfigError
 
+#: The most trials a chosen window holds: beyond it, suggestions see too few results (the TPE's model
+#: starts after a fifth of a run's trials are told).
+MAX_PARALLEL_TRIALS = 8
+#: The window when the LM's concurrency is unknown: an adaptive client starts at 64 requests in flight
+#: and grows while the server keeps up, which four 35-call trials keep busy.
+ADAPTIVE_PARALLEL_TRIALS = 4
+
 
 @attrs.frozen
 class Budget:
@@ -29,8 +36,8 @@ class Budget:
             0 included, and the search picks the size (see :mod:`aprompt.optimize.bootstrap`).
         screen_size: validation examples of the screen that drops proposals far worse than the original
             instruction (both without demos; see :mod:`aprompt.optimize.proposal_filter`); 0 turns it off.
-        parallel_trials: trials evaluated at once (suggestions asked together); ``None`` chooses from the
-            LM's spare capacity: as many as its concurrency cap can serve with full mini-batches, 1 to 8.
+        parallel_trials: trials in flight at once (the window of continuous trials); ``None`` chooses
+            from the LM's planned concurrency (:meth:`parallel_trials_for`).
         search_formats: also search, per predictor with one output field, its reply format: ``Label: value``
             lines or the bare value (see :mod:`aprompt.program.adapter`).
         racing: spend the full evaluations' budget on races among the most promising combinations
@@ -95,12 +102,29 @@ class Budget:
         )
 
     def parallel_trials_for(self, lm_capacity: int | None, calls_per_run: int) -> int:
-        """Trials to run at once: explicit, or what the LM's concurrency cap can serve in full."""
+        """Trials in flight at once: ``parallel_trials`` when given, else enough to keep the LM busy.
+
+        ``lm_capacity`` is the LM's planned concurrency (``planned_concurrency`` of the HTTP clients:
+        their fixed cap, or what their configured rate limits call for by Little's law at a latency
+        guess). A trial finishing holds only its slowest calls in flight, so besides it the window keeps
+        enough trials to fill the rest of the cap: ``1 + ceil((capacity - 1) / calls per trial)``, from 1
+        to :data:`MAX_PARALLEL_TRIALS`. With no capacity known (an adaptive client with no limit
+        configured, or an LM that says nothing), :data:`ADAPTIVE_PARALLEL_TRIALS`.
+
+        Never from measured latency: trial *n*'s suggestion depends on the window (it sees the trials up
+        to *n − window*), so the window comes from the run's inputs only, and a replayed or resumed run
+        asks the same suggestions.
+
+        Example:
+            >>> Budget(minibatch_size=35).parallel_trials_for(64, calls_per_run=1)  # 1 + ceil(63/35)
+            3
+        """
         if self.parallel_trials is not None:
             return self.parallel_trials
         if lm_capacity is None:
-            return 2
-        return max(1, min(8, lm_capacity // max(1, self.minibatch_size * calls_per_run)))
+            return ADAPTIVE_PARALLEL_TRIALS
+        per_trial = max(1, self.minibatch_size * calls_per_run)
+        return max(1, min(MAX_PARALLEL_TRIALS, 1 + math.ceil((lm_capacity - 1) / per_trial)))
 
     def trials_for(self, n_predictors: int, searches_demos: bool) -> int:
         """Trials for a search space: ``max(2·V·log2(N), 1.5·N)``, V = searched variables."""

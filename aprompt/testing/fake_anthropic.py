@@ -26,6 +26,8 @@ Example::
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -132,6 +134,22 @@ class FakeAnthropicServer(FakeOpenAIServer):
 
     def _error_payload(self, status: int, message: str) -> bytes:
         return anthropic_error_body(status, message)
+
+    def _more_headers(self, method: str, status: int) -> dict[str, str]:
+        headers = super()._more_headers(method, status)
+        if self.rate_limit is None or not self.rate_limit.headers:
+            return headers
+        # The same figures in Anthropic's names; its reset is the time the limit is full again.
+        now = time.time()
+        for kind in ("requests", "tokens"):
+            for field in ("limit", "remaining", "reset"):
+                value = headers.pop(f"x-ratelimit-{field}-{kind}", None)
+                if value is not None and field == "reset":
+                    moment = datetime.fromtimestamp(now + float(value.rstrip("s")), tz=UTC)
+                    value = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                if value is not None:
+                    headers[f"anthropic-ratelimit-{kind}-{field}"] = value
+        return headers
 
     async def _answer(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None

@@ -128,7 +128,37 @@ async def test_a_fixed_cap_never_changes() -> None:
     assert controller.cap == 16 and not controller.adaptive
 
 
+async def test_the_planned_cap_is_the_fixed_cap_or_littles_law_at_the_guesses() -> None:
+    measured = ConcurrencyController(None, maximum=1024, rates=lambda: (50.0, None))
+    measured.completed(latency=0.1, tokens=10)
+    assert measured.planned((30.0, None)) == 45  # 30/s x the 1 s guess x 1.5, whatever was measured
+    assert measured.planned((None, 15_000.0)) == 45  # 15,000 tokens/s at the 500-token guess
+    assert measured.planned((None, None)) is None  # adaptive, nothing to plan from
+    assert ConcurrencyController(16, maximum=1024, rates=lambda: (1.0, None)).planned((None, None)) == 16
+
+
 # -- a client against the fake server ------------------------------------------------------------------
+async def test_the_planned_concurrency_follows_the_configured_limits_not_the_measured_latency_or_stated_ones(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.latency = 0.05
+    fake_server.response_headers = lambda number: {"x-ratelimit-limit-requests": "120"}
+    async with OpenAICompatibleLM(**lm_kwargs, requests_per_minute=600) as lm:
+        assert lm.planned_concurrency == 45  # 30/s x a 1 s guess x 1.5
+        await run_all(lm, 10)
+        assert lm.capacity < 45  # the cap in force follows the stated limit and the latency...
+        assert lm.planned_concurrency == 45  # ...the plan does not
+
+
+async def test_the_planned_concurrency_is_an_explicit_cap_or_none_when_adaptive_without_limits(
+    lm_kwargs: dict[str, Any],
+) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs, max_concurrency=16) as fixed:
+        assert fixed.planned_concurrency == 16
+    async with OpenAICompatibleLM(**lm_kwargs) as adaptive:
+        assert adaptive.planned_concurrency is None
+
+
 async def test_with_a_high_rate_limit_the_client_keeps_more_than_64_in_flight(
     fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
 ) -> None:

@@ -319,6 +319,29 @@ async def test_sequential_calls_reuse_one_keep_alive_connection(
     assert fake_server.connections_opened == 1
 
 
+@both_backends
+async def test_the_probe_opens_the_connection_the_first_call_then_uses(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        await lm.probe()
+        await lm.chat(question(0))
+    assert [r.path for r in fake_server.requests] == ["/v1/models", "/v1/chat/completions"]
+    assert fake_server.connections_opened == 1
+
+
+@both_backends
+async def test_cookies_an_answer_sets_are_not_sent_back(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.response_headers = lambda number: {"set-cookie": f"session=s{number}; Path=/"}
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        for index in range(3):
+            await lm.chat(question(index))
+    assert fake_server.connections_opened == 1  # one lane, whose client would keep a jar
+    assert [r.headers.get("cookie") for r in fake_server.chat_requests] == [None, None, None]
+
+
 async def test_concurrent_calls_open_no_more_connections_than_the_concurrency_cap(
     fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
 ) -> None:

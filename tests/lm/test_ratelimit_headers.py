@@ -1,21 +1,30 @@
-"""The x-ratelimit-* headers: reading them, and a client that keeps under the limits a server states."""
+"""The rate-limit headers (OpenAI's x-ratelimit-*, Anthropic's anthropic-ratelimit-*): reading them, and a
+client that keeps under the limits a server states."""
 
 from __future__ import annotations
 
 import itertools
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
+from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.ratelimit_headers import (
     StatedLimits,
     parse_duration,
+    parse_reset_time,
+    read_anthropic_rate_limit_headers,
     read_rate_limit_headers,
+    read_raw_anthropic_rate_limit_headers,
     read_raw_rate_limit_headers,
 )
 from aprompt.lm.types import Message
+from aprompt.testing.fake_anthropic import FakeAnthropicServer
 from aprompt.testing.fake_openai import FakeOpenAIServer, ServerRateLimit
 
 pytestmark = pytest.mark.anyio
@@ -106,3 +115,116 @@ async def test_a_stated_limit_sets_the_adaptive_cap(
         # 120/min lets 6 go in a second: 6/s x a latency of 0.1 s (or a few times that on a loaded
         # machine) x 1.5
         assert lm.capacity <= 5
+
+
+# -- Anthropic's headers ---------------------------------------------------------------------------
+def rfc3339(seconds: float) -> str:
+    """The RFC 3339 time ``seconds`` after the epoch, as Anthropic writes its resets."""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1970-01-01T00:01:40Z", 60.0),
+        ("1970-01-01T00:01:40.5+00:00", 60.5),
+        ("1970-01-01T01:01:40+01:00", 60.0),
+        ("1970-01-01T00:00:10Z", 0.0),  # already past
+    ],
+)
+def test_anthropic_reset_times_are_read_as_seconds_from_now(text: str, seconds: float) -> None:
+    assert parse_reset_time(text, now=40.0) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", [None, "", "soon", "60", "1970-01-01T00:01:40"])
+def test_unreadable_anthropic_reset_times_are_none(text: str | None) -> None:
+    assert parse_reset_time(text, now=40.0) is None
+
+
+def test_anthropic_headers_are_read_and_the_input_token_limit_is_the_token_limit() -> None:
+    headers = {
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "49",
+        "anthropic-ratelimit-requests-reset": rfc3339(101.0),
+        "anthropic-ratelimit-tokens-limit": "8000",
+        "anthropic-ratelimit-tokens-remaining": "7000",
+        "anthropic-ratelimit-input-tokens-limit": "40000",
+        "anthropic-ratelimit-input-tokens-remaining": "39000",
+        "anthropic-ratelimit-input-tokens-reset": rfc3339(100.5),
+    }
+    assert read_anthropic_rate_limit_headers(headers, now=100.0) == StatedLimits(
+        requests_limit=50.0,
+        tokens_limit=40000.0,
+        requests_remaining=49.0,
+        tokens_remaining=7000.0,
+        requests_reset=pytest.approx(1.0),
+        tokens_reset=None,
+    )
+    assert read_anthropic_rate_limit_headers({"retry-after": "1"}) is None
+
+
+def test_an_exhausted_anthropic_output_token_limit_holds_until_its_reset() -> None:
+    headers = {
+        "anthropic-ratelimit-input-tokens-remaining": "39000",
+        "anthropic-ratelimit-input-tokens-reset": rfc3339(100.5),
+        "anthropic-ratelimit-output-tokens-remaining": "0",
+        "anthropic-ratelimit-output-tokens-reset": rfc3339(103.0),
+    }
+    stated = read_anthropic_rate_limit_headers(headers, now=100.0)
+    assert stated is not None
+    assert (stated.tokens_remaining, stated.tokens_reset) == (0.0, pytest.approx(3.0))
+
+
+def test_raw_anthropic_headers_are_read_whatever_the_case_of_their_names() -> None:
+    raw = [(b"Content-Type", b"application/json"), (b"Anthropic-RateLimit-Requests-Limit", b"50")]
+    assert read_raw_anthropic_rate_limit_headers(raw) == StatedLimits(requests_limit=50.0)
+    assert read_raw_anthropic_rate_limit_headers([(b"X-RateLimit-Limit-Requests", b"50")]) is None
+
+
+async def test_an_anthropic_client_keeps_under_the_limit_its_server_states() -> None:
+    async with FakeAnthropicServer(rate_limit=ServerRateLimit(requests_per_minute=5, headers=True)) as server:
+        async with AnthropicLM("fake-claude", server.base_url, api_key="") as lm:
+            with anyio.move_on_after(3.5):  # room for two or more calls on a loaded machine
+                for index in range(7):
+                    await lm.chat(question(index))
+    records = server.chat_requests
+    # Learned from the first answer: 5 a minute, so at most one a second (the burst cap), no 429.
+    arrivals = [r.started for r in records]
+    assert [r.status for r in records] == [200] * len(arrivals)
+    assert len(arrivals) >= 2
+    assert all(later - earlier >= 0.95 for earlier, later in itertools.pairwise(arrivals))
+    assert lm.usage.rate_limited == 0
+
+
+async def test_the_fake_anthropic_server_states_its_limit_in_anthropics_headers() -> None:
+    limit = ServerRateLimit(requests_per_minute=5, tokens_per_minute=1000, headers=True)
+    async with FakeAnthropicServer(rate_limit=limit) as server:
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(
+                server.base_url + "/v1/messages",
+                headers={"anthropic-version": "2023-06-01"},
+                json={"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]},
+            )
+    stated = read_anthropic_rate_limit_headers(reply.headers)
+    assert not any(name.startswith("x-ratelimit-") for name in reply.headers)
+    assert stated is not None
+    assert (stated.requests_limit, stated.requests_remaining, stated.tokens_limit) == (5.0, 4.0, 1000.0)
+    assert stated.requests_reset is not None and 59.0 < stated.requests_reset <= 60.0
+
+
+async def test_when_anthropic_says_none_remain_the_client_holds_until_the_reset() -> None:
+    def headers(number: int) -> dict[str, str]:
+        if number == 0:
+            return {
+                "anthropic-ratelimit-requests-remaining": "0",
+                "anthropic-ratelimit-requests-reset": rfc3339(time.time() + 0.5),
+            }
+        return {}
+
+    async with FakeAnthropicServer(response_headers=headers) as server:
+        async with AnthropicLM("fake-claude", server.base_url, api_key="") as lm:
+            await lm.chat(question(0))
+            await lm.chat(question(1))
+    first, second = server.chat_requests
+    assert second.started >= first.finished + 0.3
+    assert lm.usage.rate_limited == 0

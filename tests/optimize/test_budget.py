@@ -84,13 +84,28 @@ def test_bad_budgets_are_config_errors(budget: Any, match: str) -> None:
         resolve_budget(budget)
 
 
-def test_parallel_trials_follow_the_lms_capacity() -> None:
-    budget = Budget(minibatch_size=35)
-    assert budget.parallel_trials_for(None, calls_per_run=2) == 2
-    assert budget.parallel_trials_for(256, calls_per_run=2) == 3  # 256 // (35·2)
-    assert budget.parallel_trials_for(10, calls_per_run=2) == 1
-    assert budget.parallel_trials_for(100_000, calls_per_run=1) == 8
+@pytest.mark.parametrize(
+    ("capacity", "calls_per_run", "window"),
+    [
+        (64, 1, 3),  # a trial's tail besides, 63 more slots: two more trials of 35
+        (45, 1, 3),  # 600 requests/min told: 30/s x a 1 s guess x 1.5
+        (35, 1, 2),  # the next trial fills the slots a finishing one frees
+        (4, 1, 2),  # the local model's four slots
+        (1, 1, 1),  # one slot: the next trial would only wait
+        (256, 2, 5),  # 1 + ceil(255 / 70)
+        (100_000, 1, 8),  # never more than eight
+        (None, 1, 4),  # adaptive with no limit known: enough to keep it busy
+    ],
+)
+def test_the_trial_window_keeps_the_lms_planned_concurrency_busy(
+    capacity: int | None, calls_per_run: int, window: int
+) -> None:
+    assert Budget(minibatch_size=35).parallel_trials_for(capacity, calls_per_run=calls_per_run) == window
+
+
+def test_an_explicit_trial_window_is_kept() -> None:
     assert Budget(parallel_trials=5).parallel_trials_for(10, calls_per_run=2) == 5
+    assert Budget(parallel_trials=1).parallel_trials_for(None, calls_per_run=2) == 1
 
 
 def test_the_call_estimate_of_a_light_run_matches_the_reference() -> None:

@@ -297,3 +297,37 @@ async def test_a_run_stopped_by_a_limit_mid_search_resumes_under_it_to_the_same_
     assert 0 < len(first.trials) < WORLD_BUDGET["n_trials"]
     assert sent[0] <= max_lm_calls and sent[1] == 0
     assert summary(again) == summary(first)
+
+
+async def test_the_default_window_depends_on_the_clients_configuration_not_on_what_it_measured(
+    tmp_path: Path,
+) -> None:
+    # The window decides which results a suggestion sees, so a client that has measured its latency and
+    # learned a stated limit (a warm one) must plan the same window, and so the same search, as a fresh one.
+    budget = {key: value for key, value in WORLD_BUDGET.items() if key != "parallel_trials"}
+    async with FakeOpenAIServer(
+        responder=World(),
+        api_key=TEST_API_KEY,
+        latency=lambda rng: rng.uniform(0.0, 0.02),
+        seed=41,
+        response_headers=lambda number: {"x-ratelimit-limit-requests": "3000"},
+    ) as server:
+        async with OpenAICompatibleLM(
+            "world", server.base_url, api_key=TEST_API_KEY, requests_per_minute=6000
+        ) as lm:
+            results = []
+            for name in ("fresh", "warm"):
+                results.append(
+                    await aprompt.optimize(
+                        TwoStageProgram(),
+                        examples(0, 60),
+                        metric,
+                        valset=examples(200, 230),
+                        lm=lm,
+                        budget=budget,
+                        seed=1,
+                        run_dir=tmp_path / name,
+                    )
+                )
+    assert summary(results[1]) == summary(results[0])
+    assert journaled_steps(tmp_path / "warm") == journaled_steps(tmp_path / "fresh")
