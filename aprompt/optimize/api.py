@@ -139,8 +139,12 @@ async def optimize(
             (``result.stopped_by`` names the limit, ``result.spent`` the amounts). Limits count for any
             LM object and are cumulative over the calls of one run: with a ``run_dir`` a resumed run
             continues the same budget, and calling a stopped run again with the same limit spends nothing.
-        max_lm_calls, max_tokens, max_cost, max_time, prices: deprecated (a :class:`DeprecationWarning`):
-            the fields of ``limits``, as separate arguments; giving both is a :class:`ConfigError`.
+        max_lm_calls: deprecated (a :class:`DeprecationWarning`): ``limits=aprompt.Limits(max_lm_calls=...)``;
+            giving an old limit argument with ``limits`` is a :class:`ConfigError`.
+        max_tokens: deprecated: ``limits=aprompt.Limits(max_tokens=...)``.
+        max_cost: deprecated: ``limits=aprompt.Limits(max_cost=..., prices=...)``.
+        max_time: deprecated: ``limits=aprompt.Limits(max_time=...)``.
+        prices: deprecated: ``limits=aprompt.Limits(prices=...)``.
         outage_tolerance: seconds to wait for an LM that went down (checked with back-off) before
             stopping with :class:`~aprompt.EndpointDownError`; a step is re-run once the LM answers, so
             an outage does not change the result (:mod:`aprompt.optimize.outage`).
