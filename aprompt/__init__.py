@@ -9,7 +9,7 @@ Example::
         result.save("optimized.json")
 """
 
-from aprompt import tpe
+from aprompt import strategies, tpe
 from aprompt._errors import (
     APromptError,
     AuthenticationError,
@@ -82,6 +82,7 @@ from aprompt.program import (
     trace,
     use_lm,
 )
+from aprompt.run.limits import Limits
 
 __all__ = [
     "LM",
@@ -114,6 +115,7 @@ __all__ = [
     "LMError",
     "LMStatusError",
     "LMTimeoutError",
+    "Limits",
     "LocalLM",
     "Message",
     "ModelNotFoundError",
@@ -155,6 +157,7 @@ __all__ = [
     "optimize_sync",
     "program_state",
     "save_state",
+    "strategies",
     "total_usage",
     "tpe",
     "trace",

@@ -100,9 +100,9 @@ async def optimize_command(args: argparse.Namespace) -> int:
             on_event=on_event,
             run_dir=run_dir,
             resume=not args.fresh,
-            max_lm_calls=args.max_lm_calls,
-            max_tokens=args.max_tokens,
-            max_time=args.max_time,
+            limits=aprompt.Limits(
+                max_lm_calls=args.max_lm_calls, max_tokens=args.max_tokens, max_time=args.max_time
+            ),
             # A function's predictors live in its module; this process only saves the result.
             in_place=is_function(program),
         )

@@ -9,21 +9,21 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
 from aprompt._errors import ConfigError
 from aprompt.executors.base import Executor, check_executor, use_executor
 from aprompt.lm.types import LM
-from aprompt.optimize.arguments import check_arguments, check_metric_on_labels
+from aprompt.optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
 from aprompt.optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt.optimize.evaluate import Metric, RunMetric, program_entry
 from aprompt.optimize.events import EventCallback, RunFinished, RunPlanned
 from aprompt.optimize.examples import Example, as_examples
 from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
 from aprompt.optimize.propose import Grounding
-from aprompt.optimize.result import OptimizeResult
+from aprompt.optimize.result import OptimizeResult, P
 from aprompt.optimize.run_context import RunContext
 from aprompt.optimize.strategies import Strategy, resolve_strategy
 from aprompt.program.context import current_lm
@@ -31,7 +31,7 @@ from aprompt.program.copying import copy_program
 from aprompt.program.discovery import is_function, named_predictors
 from aprompt.program.overrides import watch_predictors
 from aprompt.program.state import program_state
-from aprompt.run.limits import RunLimits
+from aprompt.run.limits import Limits
 from aprompt.run.preflight import check_endpoints, check_limits, check_metric
 from aprompt.run.storage import run_fingerprint, run_storage
 
@@ -74,7 +74,7 @@ def check_inputs(program: object, examples: Sequence[Example], role: str) -> Non
 
 
 async def optimize(
-    program: object,
+    program: P,
     trainset: Sequence[Example | Mapping[str, Any]],
     metric: Metric,
     *,
@@ -93,6 +93,7 @@ async def optimize(
     on_event: EventCallback | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
+    limits: Limits | None = None,
     max_lm_calls: int | None = None,
     max_tokens: int | None = None,
     max_cost: float | None = None,
@@ -100,7 +101,7 @@ async def optimize(
     prices: Mapping[str, tuple[float, float]] | None = None,
     outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
     executor: Executor | None = None,
-) -> OptimizeResult:
+) -> OptimizeResult[P]:
     """Optimize the instructions and demos of every predictor in ``program``.
 
     Args:
@@ -131,18 +132,19 @@ async def optimize(
         run_dir: journal every durable fact there (and keep the LM cache there when the LM has none);
             calling again with the same ``run_dir`` resumes the run where it stopped.
         resume: with ``False``, an existing journal in ``run_dir`` is cleared and the run starts over.
-        max_lm_calls: the most requests the run sends to endpoints, retries included (cache hits are
-            free). A step the rest cannot pay for (estimated from the program's measured calls per
-            run) is not started, a request past the limit is refused and its step abandoned, and the
-            best program so far is returned (``result.stopped_by`` names the limit, ``result.spent``
-            the amounts). Limits count for any LM object and are cumulative over the calls of one run:
-            with a ``run_dir`` a resumed run continues the same budget, and calling a stopped run again
-            with the same limit spends nothing.
-        max_tokens: likewise, prompt + completion tokens (may pass by what the requests in flight cost).
-        max_cost: likewise, money, priced with ``prices``.
-        max_time: likewise, seconds of wall time (all calls of the run together); calls in flight at
-            the deadline are cancelled.
-        prices: ``{model: (input, output)}`` prices per million tokens, for ``max_cost``.
+        limits: hard limits on what the run spends (:class:`aprompt.Limits`: ``max_lm_calls``,
+            ``max_tokens``, ``max_cost`` with ``prices``, ``max_time``). A step the rest cannot pay for
+            (estimated from the program's measured calls per run) is not started, a request past the
+            limit is refused and its step abandoned, and the best program so far is returned
+            (``result.stopped_by`` names the limit, ``result.spent`` the amounts). Limits count for any
+            LM object and are cumulative over the calls of one run: with a ``run_dir`` a resumed run
+            continues the same budget, and calling a stopped run again with the same limit spends nothing.
+        max_lm_calls: deprecated (a :class:`DeprecationWarning`): ``limits=aprompt.Limits(max_lm_calls=...)``;
+            giving an old limit argument with ``limits`` is a :class:`ConfigError`.
+        max_tokens: deprecated: ``limits=aprompt.Limits(max_tokens=...)``.
+        max_cost: deprecated: ``limits=aprompt.Limits(max_cost=..., prices=...)``.
+        max_time: deprecated: ``limits=aprompt.Limits(max_time=...)``.
+        prices: deprecated: ``limits=aprompt.Limits(prices=...)``.
         outage_tolerance: seconds to wait for an LM that went down (checked with back-off) before
             stopping with :class:`~aprompt.EndpointDownError`; a step is re-run once the LM answers, so
             an outage does not change the result (:mod:`aprompt.optimize.outage`).
@@ -171,11 +173,25 @@ async def optimize(
 
     Example::
 
-        result = await aprompt.optimize(program, trainset, metric, lm=lm, budget="light")
+        result = await aprompt.optimize(
+            program, trainset, metric, lm=lm, budget="light", limits=aprompt.Limits(max_lm_calls=2_000)
+        )
         print(result.baseline_score, "->", result.score)
         result.save("optimized.json")
     """
     started = time.monotonic()
+    run_limits = resolve_limits(
+        limits,
+        {
+            "max_lm_calls": max_lm_calls,
+            "max_tokens": max_tokens,
+            "max_cost": max_cost,
+            "max_time": max_time,
+            "prices": prices,
+        },
+        function="optimize",
+        stacklevel=2,
+    )
     check_arguments(
         trainset=trainset,
         valset=valset,
@@ -191,13 +207,6 @@ async def optimize(
         run_dir=run_dir,
         resume=resume,
         lms={"lm": lm, "proposer_lm": proposer_lm, "teacher_lm": teacher_lm},
-        limits={
-            "max_lm_calls": max_lm_calls,
-            "max_tokens": max_tokens,
-            "max_cost": max_cost,
-            "max_time": max_time,
-        },
-        prices=prices,
     )
     check_executor(executor)
     chosen = resolve_strategy(strategy)
@@ -231,11 +240,11 @@ async def optimize(
     proposer = proposer_lm or default_lm or predictors[0][1].lm
     assert proposer is not None
     outage = outage_policy(outage_tolerance)
-    limits = RunLimits(max_lm_calls, max_tokens, max_cost, max_time, dict(prices or {}))
     lms = [default_lm, proposer, teacher_lm, *(p.lm for _, p in predictors)]
-    check_limits(limits, lms, runs=len(val) + min(plan.minibatch_size, len(val)))
+    check_limits(run_limits, lms, runs=len(val) + min(plan.minibatch_size, len(val)))
     await check_endpoints(lms)
-    target = program if in_place else copy_program(program)
+    # A copy of a P is a P (copy_program copies predictors and shares the rest).
+    target = program if in_place else cast(P, copy_program(program))
     grounding = grounding or Grounding()
     # Resolved here, not later, so the run's flow is part of its fingerprint (resume must match it).
     capacity = getattr(default_lm, "planned_concurrency", None)  # from its configuration, not timing
@@ -276,7 +285,7 @@ async def optimize(
             on_event=on_event,
             bootstrap_threshold=bootstrap_threshold,
             journal=journal,
-            limits=limits,
+            limits=run_limits,
             outage=outage,
         )
         ctx.check_limits()  # again, with the calls per run measured by earlier calls of this run
@@ -286,7 +295,7 @@ async def optimize(
             return await _run(ctx, chosen, target, started)
 
 
-async def _run(ctx: RunContext, strategy: Strategy, target: object, started: float) -> OptimizeResult:
+async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -> OptimizeResult[P]:
     plan, predictors, train, val, seed = ctx.budget, ctx.predictors, ctx.trainset, ctx.valset, ctx.seed
     planned = _plan_event(strategy, plan, len(predictors), len(train), len(val))
     logger.info(

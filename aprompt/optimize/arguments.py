@@ -19,9 +19,9 @@ Example::
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeGuard
 
@@ -32,8 +32,9 @@ from aprompt.optimize.examples import Example
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.strategies import STRATEGIES, Strategy
 from aprompt.program.values import Prediction
+from aprompt.run.limits import Limits
 
-__all__ = ["check_arguments", "check_lm", "check_metric_on_labels"]
+__all__ = ["check_arguments", "check_lm", "check_metric_on_labels", "resolve_limits"]
 
 #: What a metric may raise on a prediction built from labels without being refused up front: the
 #: labels lack a field it reads (a reasoning field, a list of retrieved passages...).
@@ -69,14 +70,13 @@ def check_arguments(
     run_dir: object,
     resume: object,
     lms: Mapping[str, object],
-    limits: Mapping[str, object],
-    prices: object,
 ) -> None:
     """Check the type and range of every plain argument of :func:`aprompt.optimize`.
 
     Args:
         lms: ``{"lm": lm, "proposer_lm": ..., "teacher_lm": ...}`` (``None`` values allowed).
-        limits: ``{"max_lm_calls": ..., "max_tokens": ..., "max_cost": ..., "max_time": ...}``.
+
+    The limits are checked by :class:`~aprompt.run.limits.Limits` (see :func:`resolve_limits`).
 
     Raises:
         ConfigError: naming the first bad argument and its value.
@@ -127,9 +127,6 @@ def check_arguments(
     for name, lm in lms.items():
         if lm is not None:
             check_lm(name, lm)
-    for name, value in limits.items():
-        _check_limit(name, value)
-    _check_prices(prices)
 
 
 def check_lm(name: str, lm: object) -> None:
@@ -155,35 +152,39 @@ def _check_dataset(name: str, value: object) -> None:
         )
 
 
-def _check_limit(name: str, value: object) -> None:
-    if value is None:
-        return
-    whole = name in ("max_lm_calls", "max_tokens")
-    ok_type = _is_whole(value) if whole else _is_real(value)
-    if not ok_type or not _is_real(value) or math.isnan(float(value)) or float(value) < 0:
-        kind = "a whole number" if whole else "a number"
-        raise ConfigError(f"{name} must be {kind}, non-negative, or None; got {_show(value)}")
+#: The keyword arguments that ``limits=aprompt.Limits(...)`` replaces, in the order of its fields.
+OLD_LIMIT_ARGUMENTS = ("max_lm_calls", "max_tokens", "max_cost", "max_time", "prices")
 
 
-def _check_prices(prices: object) -> None:
-    if prices is None:
-        return
-    if not isinstance(prices, Mapping):
-        raise ConfigError(f"prices must be a mapping {{model: (input, output)}}, got {_show(prices)}")
-    for model, pair in prices.items():
-        if not isinstance(model, str):
-            raise ConfigError(f"prices keys must be model names (str), got {_show(model)}")
-        if isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2:
+def resolve_limits(limits: object, old: Mapping[str, object], *, function: str, stacklevel: int) -> Limits:
+    """The run's :class:`~aprompt.run.limits.Limits`: ``limits`` itself, or built from the old keyword
+    arguments ``old`` (``{"max_lm_calls": ..., ..., "prices": ...}``, ``None`` when not given), which
+    still work but emit a :class:`DeprecationWarning` naming the replacement (``stacklevel`` points it
+    at the caller of ``function``).
+
+    Raises:
+        ConfigError: ``limits`` is not a ``Limits``, both ``limits`` and an old argument were given, or a
+            limit is out of range (naming it and its value).
+    """
+    given = {name: value for name, value in old.items() if value is not None}
+    if limits is not None:
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be an aprompt.Limits or None, got {_show(limits)}")
+        if given:
             raise ConfigError(
-                f"prices[{model!r}] must be a pair (input, output) of prices per million tokens, "
-                f"got {_show(pair)}"
+                f"{function}() got both limits= and {', '.join(f'{name}=' for name in given)}; "
+                f"put them all in limits=aprompt.Limits(...)"
             )
-        for price in pair:
-            if not _is_real(price) or not math.isfinite(float(price)) or float(price) < 0:
-                raise ConfigError(
-                    f"prices[{model!r}] must hold finite non-negative numbers (per million tokens), "
-                    f"got {_show(pair)}"
-                )
+        return limits
+    if not given:
+        return Limits()
+    replacement = ", ".join(f"{name}=..." for name in given)
+    warnings.warn(
+        f"{function}({replacement}) is deprecated; pass limits=aprompt.Limits({replacement}) instead",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return Limits(**given)  # type: ignore[arg-type]  # checked by Limits's validators
 
 
 async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -18,6 +18,9 @@ from aprompt.optimize.search import FullEval, Trial
 from aprompt.program.state import load_state, program_state
 
 RESULT_FORMAT = "aprompt-result"
+
+#: The program type: ``optimize(program: P, ...)`` gives an ``OptimizeResult[P]``, whose ``program`` is a P.
+P = TypeVar("P")
 
 
 @attrs.frozen
@@ -32,7 +35,7 @@ class PhaseUsage:
 
 
 @attrs.frozen
-class OptimizeResult:
+class OptimizeResult(Generic[P]):
     """The outcome of :func:`aprompt.optimize`.
 
     Attributes:
@@ -52,7 +55,7 @@ class OptimizeResult:
             ``lm_calls`` (requests sent, retries included), ``tokens``, ``cost``, ``seconds``.
     """
 
-    program: Any = attrs.field(repr=False)
+    program: P = attrs.field(repr=False)
     strategy: str
     score: float
     baseline_score: float
@@ -111,8 +114,13 @@ class OptimizeResult:
         return target
 
 
-def load(program: object, path: str | os.PathLike[str]) -> object:
-    """Load saved prompts into ``program`` (in place) from a result file or a state file; returns it."""
+def load(program: P, path: str | os.PathLike[str]) -> P:
+    """Load saved prompts into ``program`` (in place) from a result file or a state file; returns it.
+
+    Example::
+
+        qa = aprompt.load(QA(), "optimized.json")  # a QA, typed as one
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:

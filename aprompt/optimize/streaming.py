@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Generic
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -20,19 +20,21 @@ from aprompt._errors import ConfigError
 from aprompt.executors.base import Executor
 from aprompt.lm.types import LM
 from aprompt.optimize.api import optimize
+from aprompt.optimize.arguments import resolve_limits
 from aprompt.optimize.budget import Budget
 from aprompt.optimize.evaluate import Metric
 from aprompt.optimize.events import Event
 from aprompt.optimize.examples import Example
 from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE
 from aprompt.optimize.propose import Grounding
-from aprompt.optimize.result import OptimizeResult
+from aprompt.optimize.result import OptimizeResult, P
 from aprompt.optimize.strategies import Strategy
+from aprompt.run.limits import Limits
 
 __all__ = ["EventStream", "optimize_events"]
 
 
-class EventStream:
+class EventStream(Generic[P]):
     """The events of a run started by :func:`optimize_events`, then its :attr:`result`.
 
     Iterate it (once) inside the ``async with`` block; the iteration ends when the run does, and raises
@@ -41,7 +43,7 @@ class EventStream:
 
     def __init__(self, receive: MemoryObjectReceiveStream[Event]) -> None:
         self._receive = receive
-        self._result: OptimizeResult | None = None
+        self._result: OptimizeResult[P] | None = None
         self._error: Exception | None = None
         self._error_raised = False
 
@@ -53,7 +55,7 @@ class EventStream:
             raise self._error
 
     @property
-    def result(self) -> OptimizeResult:
+    def result(self) -> OptimizeResult[P]:
         """The run's :class:`OptimizeResult`, once every event was read.
 
         Raises:
@@ -70,7 +72,7 @@ class EventStream:
 
 @asynccontextmanager
 async def optimize_events(
-    program: object,
+    program: P,
     trainset: Sequence[Example | Mapping[str, Any]],
     metric: Metric,
     *,
@@ -88,6 +90,7 @@ async def optimize_events(
     in_place: bool = False,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
+    limits: Limits | None = None,
     max_lm_calls: int | None = None,
     max_tokens: int | None = None,
     max_cost: float | None = None,
@@ -95,7 +98,7 @@ async def optimize_events(
     prices: Mapping[str, tuple[float, float]] | None = None,
     outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
     executor: Executor | None = None,
-) -> AsyncIterator[EventStream]:
+) -> AsyncIterator[EventStream[P]]:
     """Run :func:`optimize` (same arguments, less ``on_event``) and stream its events.
 
     The run goes on in the background of the ``async with`` block: iterate the events as they happen,
@@ -110,8 +113,20 @@ async def optimize_events(
                 print(event)
         result = events.result
     """
+    run_limits = resolve_limits(
+        limits,
+        {
+            "max_lm_calls": max_lm_calls,
+            "max_tokens": max_tokens,
+            "max_cost": max_cost,
+            "max_time": max_time,
+            "prices": prices,
+        },
+        function="optimize_events",
+        stacklevel=3,  # the caller of `async with`'s __aenter__
+    )
     send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=math.inf)
-    stream = EventStream(receive)
+    stream = EventStream[P](receive)
 
     async def run() -> None:
         async with send:
@@ -135,11 +150,7 @@ async def optimize_events(
                     on_event=send.send,
                     run_dir=run_dir,
                     resume=resume,
-                    max_lm_calls=max_lm_calls,
-                    max_tokens=max_tokens,
-                    max_cost=max_cost,
-                    max_time=max_time,
-                    prices=prices,
+                    limits=run_limits,
                     outage_tolerance=outage_tolerance,
                     executor=executor,
                 )

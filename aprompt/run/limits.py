@@ -2,7 +2,7 @@
 budget), and the estimate of a step's cost that decides whether the step may start.
 
 The counting itself happens request by request in :mod:`aprompt.lm.metering`; this module turns a
-:class:`RunLimits` and the journal's last ``spent`` record into that meter, and writes the record back.
+:class:`Limits` and the journal's last ``spent`` record into that meter, and writes the record back.
 
 ``max_time`` is cumulative like the others: it bounds the wall time of all calls of one run together
 (time between a crash and the resume is not counted), so calling a run that stopped on ``max_time``
@@ -12,7 +12,8 @@ again with the same limit returns at once; give a larger ``max_time`` to continu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -25,40 +26,105 @@ from aprompt.lm.usage import UsageSnapshot
 SPENT_KIND = "spent"
 
 
+_WHOLE = ("max_lm_calls", "max_tokens")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_number(value: object, *, whole: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral if whole else numbers.Real)
+
+
+def _check_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    whole = attribute.name in _WHOLE
+    if not _is_number(value, whole=whole) or math.isnan(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{attribute.name} must be {kind}, non-negative, or None; got {_show(value)}")
+
+
+def _as_prices(prices: object) -> dict[str, tuple[float, float]]:
+    """``prices`` checked and copied: ``{model: (input, output)}`` finite non-negative prices per million
+    tokens (``None`` is no prices)."""
+    if prices is None:
+        return {}
+    if not isinstance(prices, Mapping):
+        raise ConfigError(f"prices must be a mapping {{model: (input, output)}}, got {_show(prices)}")
+    checked: dict[str, tuple[float, float]] = {}
+    for model, pair in prices.items():
+        if not isinstance(model, str):
+            raise ConfigError(f"prices keys must be model names (str), got {_show(model)}")
+        if isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ConfigError(
+                f"prices[{model!r}] must be a pair (input, output) of prices per million tokens, "
+                f"got {_show(pair)}"
+            )
+        for price in pair:
+            if not _is_number(price, whole=False) or not math.isfinite(float(price)) or float(price) < 0:
+                raise ConfigError(
+                    f"prices[{model!r}] must hold finite non-negative numbers (per million tokens), "
+                    f"got {_show(pair)}"
+                )
+        checked[model] = (float(pair[0]), float(pair[1]))
+    return checked
+
+
 @attrs.frozen
-class RunLimits:
-    """Hard limits on one run; ``None`` means unlimited.
+class Limits:
+    """Hard limits on one run of :func:`aprompt.optimize` (``limits=aprompt.Limits(...)``); ``None`` means
+    unlimited.
 
     Attributes:
         max_lm_calls: requests sent to an endpoint, retries included (cache hits are free).
         max_tokens: prompt + completion tokens of those requests.
         max_cost: money, priced with ``prices``: model name -> (input, output) price per million tokens.
         max_time: seconds of wall time of the run (all its calls together, when it is resumed).
+        prices: ``{model: (input, output)}`` prices per million tokens, for ``max_cost`` (every model the
+            run uses needs one).
 
     All are cumulative over the calls of one run (a ``run_dir`` journals what was spent). A step that
     the remaining budget cannot pay for is not started; a request past a spent limit is refused, and
     the step it belonged to is abandoned. ``max_lm_calls`` is never exceeded; tokens and cost may pass
     their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
     flight are cancelled.
+
+    Raises:
+        ConfigError: a limit that is not a non-negative number (a whole one for ``max_lm_calls`` and
+            ``max_tokens``), a malformed or negative price, or ``max_cost`` without ``prices``; the
+            message names the field and the value.
+
+    Example::
+
+        limits = aprompt.Limits(max_lm_calls=5_000, max_cost=2.0, prices={"gpt-4o-mini": (0.15, 0.60)})
+        result = await aprompt.optimize(program, trainset, metric, lm=lm, limits=limits)
     """
 
-    max_lm_calls: int | None = None
-    max_tokens: int | None = None
-    max_cost: float | None = None
-    max_time: float | None = None
-    prices: Mapping[str, tuple[float, float]] = attrs.field(factory=dict)
+    max_lm_calls: int | None = attrs.field(default=None, validator=_check_limit)
+    max_tokens: int | None = attrs.field(default=None, validator=_check_limit)
+    max_cost: float | None = attrs.field(default=None, validator=_check_limit)
+    max_time: float | None = attrs.field(default=None, validator=_check_limit)
+    prices: Mapping[str, tuple[float, float]] = attrs.field(factory=dict, converter=_as_prices)
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_lm_calls", "max_tokens", "max_cost", "max_time"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or math.isnan(value) or value < 0):
-                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
         if self.max_cost is not None and not self.prices:
-            raise ConfigError("max_cost needs prices={model: (input_per_million, output_per_million)}")
+            raise ConfigError(
+                f"max_cost={self.max_cost!r} needs prices={{model: (input_per_million, output_per_million)}}"
+            )
 
     @property
     def active(self) -> bool:
+        """Whether any limit is set."""
         return any(v is not None for v in (self.max_lm_calls, self.max_tokens, self.max_cost, self.max_time))
+
+
+#: The former name of :class:`Limits`.
+RunLimits = Limits
 
 
 @attrs.define
@@ -130,7 +196,7 @@ def spent_record(meter: RequestMeter, costs: RunCosts, *, requests: int | None =
 
 
 def meter_for(
-    limits: RunLimits,
+    limits: Limits,
     record: Mapping[str, Any] | None,
     *,
     on_reserve: Callable[[RequestMeter], None] | None = None,
