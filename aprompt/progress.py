@@ -178,9 +178,7 @@ def _choice_text(choice: Any) -> str:
 
 
 def _usage_text(usage: UsageSnapshot) -> str:
-    hit_rate = usage.cache_hits / usage.calls if usage.calls else 0.0
-    text = f"{usage.lm_calls:,} LM calls, {hit_rate:.0%} cache hits, {usage.total_tokens:,} tokens"
-    return text + (f", {usage.rate_limited} rate-limited (429)" if usage.rate_limited else "")
+    return usage.describe()
 
 
 def event_line(event: Event, state: RunProgress) -> str | None:

@@ -30,7 +30,9 @@ from aprompt.progress import (
 )
 
 CHOICE = {"extract.instruction": 1, "extract.demos": 2}
-USAGE = UsageSnapshot(calls=100, cache_hits=25, prompt_tokens=9000, completion_tokens=1000, rate_limited=3)
+USAGE = UsageSnapshot(
+    calls=100, cache_hits=25, requests=75, prompt_tokens=9000, completion_tokens=1000, rate_limited=3
+)
 
 
 def run_events() -> list[Event]:
@@ -76,8 +78,8 @@ def test_plain_lines_tell_the_plan_the_trials_and_the_result() -> None:
     assert any(line.startswith("  baseline: 0.100 on 40 examples") for line in lines)
     assert "  new best: 0.375" in lines
     assert lines[-1] == (
-        "finished in 8s: best 0.375 (baseline 0.100); 75 LM calls, 25% cache hits, 10,000 tokens, "
-        "3 rate-limited (429)"
+        "finished in 8s: best 0.375 (baseline 0.100); 75 LM calls sent (0 retries), 25 cache hits, "
+        "10,000 tokens, 3 rate-limited (429)"
     )
 
 
@@ -163,7 +165,7 @@ async def test_the_live_panel_renders_to_a_rich_console() -> None:
         assert label in panel, label
     assert "3/3" in panel and "(1 failed)" in panel
     assert "0.375  (baseline 0.100)" in panel
-    assert "75 of ~500 planned" in panel  # LM calls: 100 calls, 25 of them cache hits
+    assert "75 of ~500 planned" in panel  # LM calls sent: 100 calls answered, 25 of them cache hits
     assert "25% of 100 calls" in panel and "3  (retries 0" in panel
     assert "new best: 0.375" in text  # notable events are logged above the panel
     last_frame = text[text.rindex("aprompt · mipro") :]  # it stays on screen

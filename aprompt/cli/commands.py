@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import shlex
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from aprompt._errors import (
 from aprompt.cli.errors import EXIT_LM, EXIT_OK
 from aprompt.cli.loading import input_fields, load_object, load_program, read_examples
 from aprompt.optimize.events import Event, RunPlanned
+from aprompt.optimize.per_example import describe_example
 from aprompt.program.discovery import is_function
 from aprompt.progress import progress_display
 from aprompt.run.preflight import check_endpoints
@@ -112,14 +114,18 @@ async def optimize_command(args: argparse.Namespace) -> int:
             result.save(target)
         except OSError as exc:
             raise ConfigError(f"cannot write the result to {target}: {exc.strerror or exc}") from None
-    usage = result.usage
     stopped = f" (stopped by {result.stopped_by})" if result.stopped_by else ""
-    hits = usage.cache_hits / usage.calls if usage.calls else 0.0
     print(f"validation score: baseline {result.baseline_score:.3f} -> optimized {result.score:.3f}{stopped}")
-    print(
-        f"usage: {usage.lm_calls:,} LM calls, {hits:.0%} cache hits, {usage.total_tokens:,} tokens, "
-        f"{usage.rate_limited} rate-limited; {result.seconds:.1f} s"
-    )
+    if result.pick is not None:
+        print(f"why this program: {result.pick.reason}")
+    examples = result.examples
+    if len(examples):
+        print(
+            f"examples: {len(result.failing_examples())} of {len(examples)} still failing, "
+            f"{len(result.fixed_examples())} fixed and {len(result.broken_examples())} broken compared "
+            "with the baseline"
+        )
+    print(f"usage: {result.usage.describe()}; {result.seconds:.1f} s")
     print(f"saved the optimized program to {out}  (load it with aprompt.load(program, {str(out)!r}))")
     if run_dir is not None:
         where = shlex.quote(str(run_dir))
@@ -137,23 +143,41 @@ async def evaluate_command(args: argparse.Namespace) -> int:
     async with open_lm(args) as lm:
         await check_endpoints([lm])
         evaluation = await aprompt.evaluate(program, data, metric, lm=lm, concurrency=args.concurrency)
-    figures = {
+    table = evaluation.table(data)
+    failing = table.failing()
+    shown = args.show_failures if args.show_failures is not None else (0 if args.json else 3)
+    if shown < 0:
+        raise ConfigError(f"--show-failures must be 0 or more, not {shown}")
+    figures: dict[str, Any] = {
         "score": evaluation.mean,
         "examples": len(evaluation.results),
         "failed": evaluation.n_failed,
         "unscored": evaluation.n_unscored,
+        "failing": len(failing),
     }
     if args.json:
-        print(json.dumps(figures))
+        if shown:
+            figures["failing_examples"] = [row.to_dict() for row in failing[:shown]]
+        print(json.dumps(figures, ensure_ascii=False))
     elif evaluation.mean is not None:
         print(
             f"score {evaluation.mean:.3f} on {len(evaluation.results)} examples "
-            f"({evaluation.n_failed} failed, {evaluation.n_unscored} left unscored by LM errors)"
+            f"({len(failing)} below full marks; {evaluation.n_failed} failed with an error, "
+            f"{evaluation.n_unscored} left unscored by LM errors)"
         )
+        if shown and failing:
+            first = min(shown, len(failing))
+            print(f"\nfailing examples (the first {first} of {len(failing)}, lowest score first):")
+            for row in failing[:shown]:
+                print("\n".join(f"  {line}" for line in describe_example(row, _terminal_width() - 2)))
     if evaluation.n_unscored:
         first = next(iter(evaluation.errors.values()), "")
         print(f"warning: {evaluation.n_unscored} examples unscored; first error: {first}", file=sys.stderr)
     return EXIT_LM if evaluation.mean is None else EXIT_OK
+
+
+def _terminal_width() -> int:
+    return max(60, min(160, shutil.get_terminal_size((100, 24)).columns))
 
 
 def show_command(args: argparse.Namespace) -> int:

@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--load", metavar="RESULT.json", help="load optimized prompts (a result or state file)")
     ev.add_argument("--concurrency", type=int, default=64, metavar="N", help="program runs in flight")
     ev.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ev.add_argument(
+        "--show-failures",
+        type=int,
+        metavar="N",
+        help="print the first N examples the program fails (inputs, output, expected; default 3, 0: none)",
+    )
     ev.set_defaults(handler=evaluate_command)
 
     show = command("show", "print a run's trials, full evaluations and best prompts")

@@ -81,7 +81,7 @@ from aprompt.lm.replies import (
 )
 from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
 from aprompt.lm.types import Completion, Message, canonical_params
-from aprompt.lm.usage import UsageCounter, UsageSnapshot
+from aprompt.lm.usage import UsageCounter, UsageSnapshot, note_request
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
@@ -406,6 +406,7 @@ class HTTPChatLM(abc.ABC):
             admitted_here = None
             used = 0  # a request that fails before an answer is refunded its tokens
             meter = None
+            sent: float | None = None
             try:
                 admitted_here = await self._limiter.acquire(reserved)
                 meter = admit_request(self._model, retry=is_retry)  # may refuse: a run limit is spent
@@ -432,6 +433,8 @@ class HTTPChatLM(abc.ABC):
                     meter.note_failure(error)
                 raise
             finally:
+                if sent is not None:  # for the report's chart of requests in flight
+                    note_request(sent, time.monotonic())
                 endpoint.limiter.settle(admitted, used)
                 if admitted_here is not None:
                     self._limiter.settle(admitted_here, used)

@@ -16,12 +16,14 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt.executors.base import Executor, check_executor, use_executor
 from aprompt.lm.types import LM
+from aprompt.lm.usage import IN_FLIGHT_KIND, timing_requests
 from aprompt.optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
 from aprompt.optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt.optimize.evaluate import Metric, RunMetric, program_entry
 from aprompt.optimize.events import EventCallback, RunFinished, RunPlanned
 from aprompt.optimize.examples import Example, as_examples
 from aprompt.optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
+from aprompt.optimize.per_example import final_examples, recording_outputs
 from aprompt.optimize.propose import Grounding
 from aprompt.optimize.result import OptimizeResult, P
 from aprompt.optimize.run_context import RunContext
@@ -306,7 +308,11 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
         planned.expected_lm_calls,
     )
     await ctx.emit(planned)
-    candidates, outcome = await ctx.run_strategy(strategy)
+    with recording_outputs() as outputs, timing_requests() as requests:
+        candidates, outcome = await ctx.run_strategy(strategy)
+    examples = final_examples(ctx.valset, candidates, outcome, outputs, ctx.journal)
+    if ctx.journal is not None and len(requests):  # a call answered from the cache keeps the last chart
+        ctx.journal.append(IN_FLIGHT_KIND, requests.record())
 
     prompts = candidates.prompts_for(outcome.best_choice)
     for name, predictor in named_predictors(target):
@@ -329,11 +335,15 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
         stopped_by=ctx.stopped_by,
         spent=ctx.spent(),
         pick=outcome.pick,
+        examples=examples,
     )
     if ctx.stopped_by is not None:
         logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(ctx.stopped_by), result.spent)
     if ctx.journal is not None:
-        ctx.journal.append("result", {"score": result.score, "best_choice": dict(result.best_choice)})
+        pick = attrs.asdict(result.pick) if result.pick is not None else None
+        ctx.journal.append(
+            "result", {"score": result.score, "best_choice": dict(result.best_choice), "pick": pick}
+        )
     await ctx.emit(RunFinished(result.score, result.baseline_score, result.seconds, result.usage))
     return result
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
@@ -44,7 +44,8 @@ from aprompt.executors.base import (
 from aprompt.executors.base import check_watch as check_watch  # its old home
 from aprompt.executors.base import program_entry as program_entry  # its old home
 from aprompt.lm.types import LM
-from aprompt.optimize.examples import Example
+from aprompt.optimize.examples import Example, as_examples
+from aprompt.optimize.per_example import ExampleTable, current_output_log, program_key
 from aprompt.program.context import use_lm
 from aprompt.program.overrides import PromptOverride, PromptState
 from aprompt.program.trace import TraceEntry
@@ -125,6 +126,21 @@ class Evaluation:
     @property
     def errors(self) -> dict[str, str]:
         return {r.example_id: r.error for r in self.results if r.error is not None}
+
+    def table(
+        self, examples: Iterable[Example | Mapping[str, Any]], input_fields: Sequence[str] | None = None
+    ) -> ExampleTable:
+        """Per example: its inputs, the labels the metric expects, and this evaluation's output, score,
+        error and feedback (see :mod:`aprompt.optimize.per_example`); ``examples`` as given to
+        :func:`evaluate`.
+
+        Example::
+
+            evaluation = await aprompt.evaluate(program, examples, metric, lm=lm)
+            for row in evaluation.table(examples).failing()[:5]:
+                print(row.inputs, row.outcome.output, row.labels, row.outcome.score)
+        """
+        return ExampleTable.of_evaluation(_examples(examples, input_fields), self)
 
 
 def describe_metric(metric: object) -> str:
@@ -273,11 +289,31 @@ def check_metric_worked(metric: Metric, evaluation: Evaluation) -> None:
     )
 
 
+def _examples(examples: object, input_fields: object) -> list[Example]:
+    """``examples`` as :class:`Example` objects (mappings split by ``input_fields``), checked."""
+    if isinstance(examples, str | bytes | Mapping) or not isinstance(examples, Iterable):
+        raise ConfigError(
+            "examples must be a list of aprompt.Example objects or mappings, got "
+            f"{type(examples).__name__} {examples!r:.80}"
+        )
+    if input_fields is not None and (
+        isinstance(input_fields, str | bytes)
+        or not isinstance(input_fields, Sequence)
+        or not all(isinstance(name, str) for name in input_fields)
+    ):
+        raise ConfigError(f"input_fields must be a list of field names, got {input_fields!r:.80}")
+    items = list(examples)
+    if all(isinstance(item, Example) for item in items):
+        return items  # as given: ids stay the caller's, duplicates included
+    return as_examples(items, input_fields, role="examples")
+
+
 async def evaluate(
     program: object,
-    examples: Sequence[Example],
+    examples: Iterable[Example | Mapping[str, Any]],
     metric: Metric,
     *,
+    input_fields: Sequence[str] | None = None,
     prompts: Mapping[str, PromptOverride] | None = None,
     lm: LM | None = None,
     concurrency: int | anyio.CapacityLimiter = 64,
@@ -289,6 +325,9 @@ async def evaluate(
     """Score ``program`` on ``examples``, at most ``concurrency`` examples in flight.
 
     Args:
+        examples: :class:`Example` objects, or mappings with ``input_fields`` naming the program inputs
+            (the rest are labels), as :func:`aprompt.optimize` takes them.
+        input_fields: which keys of mapping examples are program inputs.
         prompts: per predictor name, the instruction and demos to use instead of the program's own.
         lm: the default LM for predictors that have none (as with :func:`aprompt.use_lm`).
         concurrency: a limit, or a shared :class:`anyio.CapacityLimiter` (so concurrent evaluations share
@@ -299,13 +338,24 @@ async def evaluate(
         executor: where the program runs happen (see :mod:`aprompt.executors`); default: the one of the
             enclosing :func:`~aprompt.executors.use_executor` block (``optimize(executor=...)`` opens
             one), else in this process. Scores and traces are the same wherever the runs happen.
+
+    Raises:
+        ConfigError: ``examples`` is not a list of examples or mappings, a mapping lacks an input
+            field or comes without ``input_fields``; or a metric value is not a score.
+
+    Example::
+
+        evaluation = await aprompt.evaluate(program, [{"question": "2+2?", "answer": "4"}], exact,
+                                            input_fields=["question"], lm=lm)
+        print(evaluation.mean, evaluation.table(examples).failing())
     """
+    items = _examples(examples, input_fields)
     limiter = (
         concurrency
         if isinstance(concurrency, anyio.CapacityLimiter)
         else anyio.CapacityLimiter(max(1, concurrency))
     )
-    results: list[ExampleResult | None] = [None] * len(examples)
+    results: list[ExampleResult | None] = [None] * len(items)
     runner = executor if executor is not None else current_executor()
     state = PromptState(prompts or {}, rollout, lm_params or {})
 
@@ -319,11 +369,14 @@ async def evaluate(
     with state.apply(program):
         if lm is not None:
             with use_lm(lm):
-                await _run_all(one, examples)
+                await _run_all(one, items)
         else:
-            await _run_all(one, examples)
+            await _run_all(one, items)
     evaluation = Evaluation(tuple(r for r in results if r is not None))
     check_metric_worked(metric, evaluation)
+    log = current_output_log()
+    if log is not None:  # an optimization keeps what each program produced, for its per-example view
+        log.add(program_key(prompts or {}, rollout, lm_params or {}), evaluation.results)
     return evaluation
 
 

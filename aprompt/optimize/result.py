@@ -14,6 +14,7 @@ from aprompt._errors import StateError
 from aprompt.lm.usage import UsageSnapshot
 from aprompt.optimize.candidates import Candidates
 from aprompt.optimize.final_pick import FinalPick
+from aprompt.optimize.per_example import PASS_SCORE, ExampleRow, ExampleTable
 from aprompt.optimize.search import FullEval, Trial
 from aprompt.program.state import load_state, program_state
 
@@ -53,6 +54,10 @@ class OptimizeResult(Generic[P]):
             because the baseline and every trial scored 0.
         spent: what the run has spent against its limits, earlier calls of a resumed run included:
             ``lm_calls`` (requests sent, retries included), ``tokens``, ``cost``, ``seconds``.
+        examples: per validation example, the returned program's and the unoptimized program's score,
+            output, error and feedback, with the example's inputs and labels
+            (:class:`~aprompt.optimize.per_example.ExampleTable`); see :meth:`failing_examples`,
+            :meth:`fixed_examples` and :meth:`broken_examples`.
     """
 
     program: P = attrs.field(repr=False)
@@ -71,6 +76,7 @@ class OptimizeResult(Generic[P]):
     stopped_by: str | None = None
     spent: Mapping[str, float] = attrs.field(factory=dict)
     pick: FinalPick | None = None
+    examples: ExampleTable = attrs.field(factory=ExampleTable, repr=False)
 
     @property
     def usage(self) -> UsageSnapshot:
@@ -102,6 +108,7 @@ class OptimizeResult(Generic[P]):
             "stopped_by": self.stopped_by,
             "spent": dict(self.spent),
             "pick": attrs.asdict(self.pick) if self.pick is not None else None,
+            "examples": self.examples.to_dict(),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -112,6 +119,26 @@ class OptimizeResult(Generic[P]):
         temporary.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str))
         os.replace(temporary, target)
         return target
+
+    def failing_examples(self, below: float = PASS_SCORE) -> list[ExampleRow]:
+        """Validation examples the returned program still fails (scored below ``below``; default: short
+        of full marks), lowest score first: each with its inputs, ``labels`` (what the metric expects),
+        and ``outcome`` (output, score, error, feedback) beside the unoptimized program's ``baseline``.
+
+        Example::
+
+            for row in result.failing_examples()[:5]:
+                print(row.inputs, "->", row.outcome.output, "expected", row.labels, row.outcome.score)
+        """
+        return self.examples.failing(below)
+
+    def fixed_examples(self) -> list[ExampleRow]:
+        """Validation examples the returned program scores higher than the unoptimized program did."""
+        return self.examples.fixed()
+
+    def broken_examples(self) -> list[ExampleRow]:
+        """Validation examples the returned program scores lower than the unoptimized program did."""
+        return self.examples.broken()
 
 
 def load(program: P, path: str | os.PathLike[str]) -> P:

@@ -26,6 +26,8 @@ from typing import Any
 import attrs
 
 from aprompt._errors import ConfigError
+from aprompt.lm.usage import IN_FLIGHT_KIND
+from aprompt.optimize.per_example import EXAMPLES_KIND, ExampleTable, describe_examples
 from aprompt.program.adapter import REPLY_FORMATS
 from aprompt.run.journal import JOURNAL_FILE, RunJournal
 
@@ -88,6 +90,14 @@ class RunView:
     stopped_by: str | None = None
     #: per predictor, its reply formats as the search indexes them (its own first).
     reply_formats: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    #: the returned and the unoptimized program per validation example (a finished run's; ``None``
+    #: when the run has not finished, or was journaled by an aprompt before per-example records).
+    examples: ExampleTable | None = None
+    #: why the returned program was chosen: ``reason``, ``evidence`` (n, mean, low, high, level), ...
+    #: (:class:`~aprompt.optimize.final_pick.FinalPick` as JSON), when the run journaled it.
+    pick: Mapping[str, Any] | None = None
+    #: requests in flight over the last call of the run: ``(seconds since it began, mean in flight)``.
+    in_flight: tuple[tuple[float, float], ...] = ()
 
     @property
     def strategy(self) -> str:
@@ -148,6 +158,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         raw_sets = journal.latest("demo_sets", "all") or {}
         proposals = {key: payload for key, payload in journal.entries("proposals")}
         final = journal.latest("result")
+        examples = _examples(journal.latest(EXAMPLES_KIND)) if final is not None else None
+        in_flight = _series(journal.latest(IN_FLIGHT_KIND))
     predictors = tuple(config.get("program", {})) or tuple(raw_sets) or tuple(proposals)
     instructions: dict[str, dict[int, str]] = {name: {} for name in predictors}
     dropped: list[tuple[str, str]] = []
@@ -188,7 +200,36 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         seconds=result.get("seconds") if usable and isinstance(result, dict) else None,
         stopped_by=result.get("stopped_by") if usable and isinstance(result, dict) else None,
         reply_formats=reply_formats,
+        examples=examples,
+        pick=_pick(final, result if usable else None),
+        in_flight=in_flight,
     )
+
+
+def _examples(found: Any) -> ExampleTable | None:
+    if not isinstance(found, Mapping):
+        return None
+    try:
+        return ExampleTable.from_dict(found)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # a damaged or foreign record: the report does without it
+
+
+def _pick(final: Any, result: Any) -> Mapping[str, Any] | None:
+    for source in (final, result):
+        if isinstance(source, Mapping) and isinstance(source.get("pick"), Mapping):
+            return dict(source["pick"])
+    return None
+
+
+def _series(found: Any) -> tuple[tuple[float, float], ...]:
+    points = found.get("points") if isinstance(found, Mapping) else None
+    if not isinstance(points, list):
+        return ()
+    try:
+        return tuple((float(t), float(n)) for t, n in points)
+    except (TypeError, ValueError):
+        return ()
 
 
 def _best(final: Any, full_evals: Sequence[Mapping[str, Any]]) -> tuple[dict[str, int] | None, float | None]:
@@ -245,8 +286,16 @@ def _shows_format(view: RunView, name: str, prompt: PromptView) -> bool:
     return prompt.reply_format is not None and (searched or prompt.reply_format != "fields")
 
 
-def describe_run(view: RunView, *, max_instruction: int = 300) -> str:
-    """Readable text of a run: its state, the trials, the full evaluations and the best prompts."""
+def pick_text(pick: Mapping[str, Any] | None) -> str | None:
+    """Why the returned program was chosen, in words (``None`` when the run did not record it)."""
+    if not pick or not pick.get("reason"):
+        return None
+    return str(pick["reason"])
+
+
+def describe_run(view: RunView, *, max_instruction: int = 300, max_examples: int = 5) -> str:
+    """Readable text of a run: its state, the trials, the full evaluations, the best prompts, why they
+    were chosen, and the validation examples they still fail (the first ``max_examples``)."""
     lines = [f"run {view.run_dir}: {view.strategy}, seed {view.config.get('seed', '?')}"]
     state = "finished" if view.finished else "not finished (resume it with the same command)"
     if view.stopped_by:
@@ -280,6 +329,11 @@ def describe_run(view: RunView, *, max_instruction: int = 300) -> str:
         reply = f", {prompt.reply_format} reply" if _shows_format(view, name, prompt) else ""
         lines.append(f"  {name}: instruction #{index}, {len(prompt.demos)} demos{reply}")
         lines += [f"    {line}" for line in text.splitlines() or [""]]
+    reason = pick_text(view.pick)
+    if reason is not None:
+        lines += ["", f"why this program: {reason}"]
+    if view.examples is not None and len(view.examples):
+        lines += ["", *describe_examples(view.examples, limit=max_examples)]
     return "\n".join(lines)
 
 

@@ -11,11 +11,18 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aprompt.run.report import CandidateStats, PromptView, RunView
+from aprompt.optimize.per_example import ExampleOutcome, ExampleRow, ExampleTable
+from aprompt.run.report import CandidateStats, PromptView, RunView, pick_text
 
 __all__ = ["render_report"]
 
 MAX_DEMOS_SHOWN = 3
+#: Examples shown per list (failing, fixed, broken) before the rest fold away.
+MAX_EXAMPLES_SHOWN = 20
+#: Characters of one value (an input, an output, a label) shown in the examples' tables.
+MAX_VALUE_CHARS = 600
+#: The background of a failing example's row.
+FAILING_ROW = "#fdf0ef"
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330;
@@ -50,6 +57,13 @@ pre { white-space: pre-wrap; word-break: break-word; background: #f7f8fa; border
 .demo b { color: #3a4358; }
 details > summary { cursor: pointer; color: #3a5a9a; margin: 4px 0; }
 td.text { max-width: 520px; font-size: 12.5px; }
+p.why { background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 10px 12px;
+        margin-top: 12px; }
+table.examples td { font-size: 12.5px; max-width: 300px; white-space: pre-wrap; word-break: break-word; }
+table.examples td.num { white-space: nowrap; }
+table.examples.failing td { background: FAILING_ROW; }
+svg.inflight { background: #fff; border: 1px solid #dde1e8; border-radius: 8px; display: block;
+               margin: 10px 0; }
 """
 
 
@@ -91,7 +105,7 @@ def _summary(view: RunView) -> str:
     if view.best_score is not None and view.baseline_score is not None:
         delta = view.best_score - view.baseline_score
         gain = _card("Improvement", f"{delta:+.3f}", "good" if delta > 0 else "bad" if delta < 0 else "")
-    total_calls = sum(int(p.get("usage", {}).get("calls", 0)) for p in view.phases)
+    sent = sum(int(p.get("usage", {}).get("requests", 0)) for p in view.phases)
     hits = sum(int(p.get("usage", {}).get("cache_hits", 0)) for p in view.phases)
     cards = [
         _card("Strategy", _e(view.strategy)),
@@ -105,8 +119,14 @@ def _summary(view: RunView) -> str:
     if view.seconds is not None:
         cards.append(_card("Time", f"{view.seconds:.0f} s"))
     if view.phases:
-        cards.append(_card("LM calls", f"{total_calls - hits:,}"))
-    return f'<div class="cards">{"".join(cards)}</div>'
+        cards.append(_card("LM calls sent", f"{sent:,}"))
+        cards.append(_card("Cache hits", f"{hits:,}"))
+    evidence = (view.pick or {}).get("evidence")
+    if isinstance(evidence, Mapping) and "mean" in evidence and "n" in evidence:
+        cards.append(_card("Evidence vs baseline", f"{float(evidence['mean']):+.3f} on {int(evidence['n'])}"))
+    reason = pick_text(view.pick)
+    why = f'<p class="why"><b>Why this program:</b> {_e(reason)}</p>' if reason else ""
+    return f'<div class="cards">{"".join(cards)}</div>{why}'
 
 
 def _plots(images: Mapping[str, bytes] | None) -> str:
@@ -259,7 +279,15 @@ def _usage(view: RunView) -> str:
             '<p class="note">Usage per phase is saved by <code>aprompt optimize</code> (in '
             "<code>result.json</code> beside the journal) once a run finishes; this run has none.</p>"
         )
-    keys = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "rate_limited", "retries")
+    keys = (
+        "requests",
+        "retries",
+        "cache_hits",
+        "calls",
+        "prompt_tokens",
+        "completion_tokens",
+        "rate_limited",
+    )
     rows, totals = [], dict.fromkeys(keys, 0)
     seconds = 0.0
     for phase in view.phases:
@@ -279,14 +307,141 @@ def _usage(view: RunView) -> str:
     headers = [
         "phase",
         "seconds",
-        "calls",
+        "LM calls sent",
+        "retries",
         "cache hits",
+        "calls answered",
         "prompt tokens",
         "completion tokens",
         "429s",
-        "retries",
     ]
-    return _table(headers, rows, numeric=range(1, 8))
+    return _table(headers, rows, numeric=range(1, 9)) + USAGE_TERMS
+
+
+#: What the usage columns and cards mean (one meaning everywhere; see :mod:`aprompt.lm.usage`).
+USAGE_TERMS = (
+    '<p class="muted"><b>LM calls sent</b>: requests sent to the endpoints, retries included (what '
+    "<code>max_lm_calls</code> counts). <b>Cache hits</b>: calls answered from the cache, which send "
+    "nothing. <b>Calls answered</b>: cache hits plus calls an endpoint answered.</p>"
+)
+
+
+def _value(value: Any) -> str:
+    """One input, output or label set, escaped and cut at :data:`MAX_VALUE_CHARS`."""
+    if isinstance(value, Mapping):
+        text = "\n".join(
+            f"{k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}" for k, v in value.items()
+        )
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[: MAX_VALUE_CHARS - 1] + "…"
+    return _e(text)
+
+
+def _output(outcome: ExampleOutcome) -> str:
+    if not outcome.recorded:
+        return '<span class="note">not recorded (the run was resumed after a crash)</span>'
+    parts = [] if outcome.output is None else [_value(outcome.output)]
+    if outcome.error:
+        parts.append(f'<span class="bad">{_value(outcome.error)}</span>')
+    if outcome.feedback:
+        parts.append(f'<span class="muted">feedback: {_value(outcome.feedback)}</span>')
+    return "\n".join(parts) or '<span class="note">no output</span>'
+
+
+def _example_rows(rows: list[ExampleRow], baseline: bool, css: str = "") -> str:
+    headers = ["example", "inputs", "output", "expected", "score"] + (
+        ["baseline", "baseline output"] if baseline else []
+    )
+
+    def row_html(row: ExampleRow) -> str:
+        cells = [
+            f"<td>{_e(row.example_id)}</td>",
+            f"<td>{_value(row.inputs)}</td>",
+            f"<td>{_output(row.outcome)}</td>",
+            f"<td>{_value(row.labels)}</td>",
+            f'<td class="num">{_score(row.outcome.score)}</td>',
+        ]
+        if baseline:
+            base = row.baseline or ExampleOutcome(None, recorded=False)
+            cells += [f'<td class="num">{_score(base.score)}</td>', f"<td>{_output(base)}</td>"]
+        return f"<tr>{''.join(cells)}</tr>"
+
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    shown = "".join(row_html(r) for r in rows[:MAX_EXAMPLES_SHOWN])
+    table = f"<table class='wide examples {css}'><tr>{head}</tr>{shown}</table>"
+    rest = rows[MAX_EXAMPLES_SHOWN:]
+    if rest:
+        more = "".join(row_html(r) for r in rest)
+        table += (
+            f"<details><summary>{len(rest)} more</summary>"
+            f"<table class='wide examples {css}'><tr>{head}</tr>{more}</table></details>"
+        )
+    return table
+
+
+def _examples(view: RunView) -> str:
+    table: ExampleTable | None = view.examples
+    if table is None or not len(table):
+        return (
+            '<p class="note">Per-example outcomes are journaled when a run finishes (by this aprompt '
+            "version); this run has none.</p>"
+        )
+    baseline = any(r.baseline is not None for r in table.rows)
+    failing, fixed, broken = table.failing(), table.fixed(), table.broken()
+    scored = sum(1 for r in table.rows if r.outcome.score is not None)
+    parts = [
+        f"<h3 id='failing'>Still failing: {len(failing)} of {scored} validation examples</h3>",
+        _example_rows(failing, baseline, "failing")
+        if failing
+        else '<p class="muted">None: every scored example passes.</p>',
+    ]
+    if baseline:
+        parts += [
+            f"<h3 id='fixed'>Fixed compared with the baseline: {len(fixed)}</h3>",
+            _example_rows(fixed, baseline) if fixed else '<p class="muted">None.</p>',
+            f"<h3 id='broken'>Broken compared with the baseline: {len(broken)}</h3>",
+            _example_rows(broken, baseline) if broken else '<p class="muted">None.</p>',
+        ]
+    unscored = table.unscored()
+    if unscored:
+        parts.append(f'<p class="note">{len(unscored)} examples were left unscored by LM failures.</p>')
+    return "".join(parts)
+
+
+def _in_flight(view: RunView) -> str:
+    """An inline SVG of the mean requests in flight per time slice (no matplotlib needed)."""
+    points = view.in_flight
+    if not points:
+        return '<p class="note">No request timeline was journaled for this run.</p>'
+    width, height, left, bottom = 900, 180, 44, 26
+    end = points[-1][0] + (points[-1][0] - points[-2][0] if len(points) > 1 else 1.0) / 2
+    top = max(1.0, max(n for _, n in points))
+
+    def x(t: float) -> float:
+        return left + (width - left - 10) * t / end if end > 0 else left
+
+    def y(n: float) -> float:
+        return 8 + (height - bottom - 8) * (1 - n / top)
+
+    line = " ".join(f"{x(t):.1f},{y(n):.1f}" for t, n in points)
+    area = f"{x(points[0][0]):.1f},{y(0):.1f} {line} {x(points[-1][0]):.1f},{y(0):.1f}"
+    axis = (
+        f'<line x1="{left}" y1="{y(0):.1f}" x2="{width - 10}" y2="{y(0):.1f}" stroke="#999"/>'
+        f'<text x="{left - 6}" y="{y(top) + 4:.1f}" text-anchor="end" font-size="11">{top:.0f}</text>'
+        f'<text x="{left - 6}" y="{y(0) + 4:.1f}" text-anchor="end" font-size="11">0</text>'
+        f'<text x="{width - 10}" y="{height - 6}" text-anchor="end" font-size="11">{end:.0f} s</text>'
+        f'<text x="{left}" y="{height - 6}" font-size="11">0 s</text>'
+    )
+    return (
+        f'<svg class="inflight" role="img" aria-label="LM requests in flight over time" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}">{axis}'
+        f'<polygon points="{area}" fill="#4c72b0" fill-opacity="0.25"/>'
+        f'<polyline points="{line}" fill="none" stroke="#4c72b0" stroke-width="1.5"/></svg>'
+        '<p class="muted">Mean LM requests in flight per time slice, over the last call of the run that '
+        "sent requests (seconds since it began).</p>"
+    )
 
 
 def _dropped(view: RunView) -> str:
@@ -305,7 +460,7 @@ def render_report(
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>aprompt report · {_e(view.run_dir.name)}</title>
-<style>{CSS}</style></head>
+<style>{CSS.replace("FAILING_ROW", FAILING_ROW)}</style></head>
 <body><main>
 <h1>aprompt run report</h1>
 <div class="muted">{_e(view.run_dir)} · seed {_e(view.config.get("seed", "?"))}</div>
@@ -314,12 +469,16 @@ def render_report(
 {_plots(images)}
 <h2>Final prompts</h2>
 {_prompts(view)}
+<h2>Examples</h2>
+{_examples(view)}
 <h2>What the search favoured</h2>
 {_preferences(view, stats)}
 <h2>Evaluations</h2>
 {_trials(view)}
 <h2>Usage and time</h2>
 {_usage(view)}
+<h3>Requests in flight</h3>
+{_in_flight(view)}
 {_dropped(view)}
 <details><summary>Run configuration</summary><pre>{_e(config)}</pre></details>
 </main></body></html>

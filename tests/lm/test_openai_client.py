@@ -306,7 +306,7 @@ async def test_usage_counts_calls_hits_requests_retries_errors_and_tokens_exactl
         "prompt_tokens": fresh.usage.prompt_tokens,
         "completion_tokens": fresh.usage.completion_tokens,
     }
-    assert usage.lm_calls == 1
+    assert usage.lm_calls == usage.requests == 6  # LM calls: the requests sent, retries included
 
 
 # -- connections ---------------------------------------------------------------------------------
