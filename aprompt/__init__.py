@@ -9,6 +9,9 @@ Example::
         result.save("optimized.json")
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from aprompt import tpe
 from aprompt._errors import (
     APromptError,
@@ -82,6 +85,11 @@ from aprompt.program import (
     trace,
     use_lm,
 )
+
+try:
+    __version__ = _version("aprompt")
+except _PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LM",
