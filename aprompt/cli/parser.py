@@ -79,7 +79,8 @@ def _add_lm_args(parser: argparse.ArgumentParser) -> None:
         "--lm",
         metavar="local|openai|anthropic|URL",
         help="the client: the embedded model, an OpenAI-compatible endpoint, Anthropic, or an "
-        "OpenAI-compatible base URL (default: openai when a base URL or a model is given, else local)",
+        "OpenAI-compatible base URL (default: openai when a base URL or a model is set, here or in "
+        "$OPENAI_BASE_URL or $APROMPT_MODEL; else local)",
     )
     lm.add_argument(
         "--base-url",
