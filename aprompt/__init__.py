@@ -9,6 +9,9 @@ Example::
         result.save("optimized.json")
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from aprompt import strategies, tpe
 from aprompt._errors import (
     APromptError,
@@ -83,6 +86,11 @@ from aprompt.program import (
     use_lm,
 )
 from aprompt.run.limits import Limits
+
+try:
+    __version__ = _version("aprompt")
+except _PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LM",

@@ -273,7 +273,7 @@ def test_bad_arguments_exit_2_with_usage(task: Path, capsys: pytest.CaptureFixtu
         ({"--metric": "no_such_module:metric"}, "--metric: cannot import no_such_module"),
         ({"--train": "missing.jsonl"}, "cannot read missing.jsonl"),
         ({"--train": "cli_world.py"}, "unknown data format '.py'"),
-        ({"--lm": "ftp://example.org"}, "--lm must be 'local' or an http(s):// base URL"),
+        ({"--lm": "ftp://example.org"}, "--lm must be 'local', 'openai', 'anthropic' or an http(s)://"),
         ({"--trials": "0"}, "budget values out of range: n_trials"),
     ],
 )

@@ -2,7 +2,7 @@
 
 Each example is imported by path (``docs/`` is not a package), afresh for every test so that module
 globals never carry over, and its ``main`` is called in-process with a client of the fake server; a last
-test runs every example as a script, the way a user would, with ``APROMPT_BASE_URL`` pointing at it.
+test runs every example as a script, the way a user would, with ``OPENAI_BASE_URL`` pointing at it.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ async def test_app_answers_bad_requests_with_json_errors(
 async def test_app_opens_its_lm_at_lifespan_startup_and_closes_it_at_shutdown(
     server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("APROMPT_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
     app = load_example("fastapi_style_app", monkeypatch).create_app()
     to_app, app_receives = anyio.create_memory_object_stream[dict[str, Any]](4)
@@ -249,7 +249,7 @@ async def test_trio_app_stops_cleanly_at_its_time_limit(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("APROMPT_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
     server.latency = 0.5
     await load_example("trio_app", monkeypatch).run(str(tmp_path / "weeks.json"), limit=0.2)
@@ -300,7 +300,7 @@ async def test_each_example_runs_as_a_script_against_the_environments_endpoint(
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "APROMPT_BASE_URL": server.base_url,
+        "OPENAI_BASE_URL": server.base_url,
         "APROMPT_MODEL": "fake-model",
         "OPENAI_API_KEY": TEST_API_KEY,
     }

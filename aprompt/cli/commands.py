@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.util
 import json
 import shlex
 import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from aprompt._errors import (
     StateError,
 )
 from aprompt.cli.errors import EXIT_LM, EXIT_OK
+from aprompt.cli.lms import open_lm, open_lms
 from aprompt.cli.loading import input_fields, load_object, load_program, read_examples
 from aprompt.optimize.events import Event, RunPlanned
 from aprompt.optimize.per_example import describe_example
@@ -27,27 +26,6 @@ from aprompt.program.discovery import is_function
 from aprompt.progress import progress_display
 from aprompt.run.preflight import check_endpoints
 from aprompt.run.report import ORIGINAL_FILE, RESULT_FILE, describe_run, load_run, write_report
-
-
-@contextlib.asynccontextmanager
-async def open_lm(args: argparse.Namespace) -> AsyncIterator[Any]:
-    """The LM of ``--lm``: the embedded local model, or an OpenAI-compatible client."""
-    if args.lm == "local":
-        async with aprompt.local_lm(n_parallel=args.lm_concurrency or 4) as local:
-            yield local
-        return
-    if not args.lm.startswith(("http://", "https://")):
-        raise ConfigError(f"--lm must be 'local' or an http(s):// base URL, not {args.lm!r}")
-    if not args.model:
-        raise ConfigError("--model is required with an --lm URL (or set $APROMPT_MODEL)")
-    options: dict[str, Any] = {"timeout": args.timeout, "api_key_env": args.api_key_env}
-    if args.lm_concurrency:
-        options["max_concurrency"] = args.lm_concurrency
-    if args.rpm:
-        options["requests_per_minute"] = args.rpm
-    async with aprompt.OpenAICompatibleLM(args.model, args.lm, **options) as lm:
-        yield lm
-
 
 # -- commands ------------------------------------------------------------------------------------
 
@@ -83,7 +61,10 @@ async def optimize_command(args: argparse.Namespace) -> int:
             if args.fresh or not target.exists():
                 target.write_text(json.dumps(original, indent=2, ensure_ascii=False), encoding="utf-8")
 
-    async with open_lm(args) as lm, progress_display(quiet=args.quiet, usage=lambda: lm.usage) as display:
+    async with (
+        open_lms(args) as lms,
+        progress_display(quiet=args.quiet, usage=lambda: lms.lm.usage) as display,
+    ):
 
         def on_event(event: Event) -> None:
             keep_original(event)
@@ -93,7 +74,8 @@ async def optimize_command(args: argparse.Namespace) -> int:
             program,
             train,
             metric,
-            lm=lm,
+            lm=lms.lm,
+            proposer_lm=lms.proposer_lm,
             valset=val,
             strategy=args.strategy,
             budget=_budget(args),
@@ -103,7 +85,11 @@ async def optimize_command(args: argparse.Namespace) -> int:
             run_dir=run_dir,
             resume=not args.fresh,
             limits=aprompt.Limits(
-                max_lm_calls=args.max_lm_calls, max_tokens=args.max_tokens, max_time=args.max_time
+                max_lm_calls=args.max_lm_calls,
+                max_tokens=args.max_tokens,
+                max_time=args.max_time,
+                max_cost=args.max_cost,
+                prices=lms.prices,
             ),
             # A function's predictors live in its module; this process only saves the result.
             in_place=is_function(program),

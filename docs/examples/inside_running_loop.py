@@ -6,7 +6,7 @@ starts a loop of its own, so the heartbeat keeps beating while the optimization 
 ``aprompt.optimize_sync`` is for plain scripts: inside a running loop it refuses with a ``ConfigError`` that
 says what to do instead.
 
-Run it (the LM is ``APROMPT_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
+Run it (the LM is ``OPENAI_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
 
     python docs/examples/inside_running_loop.py
 """
@@ -54,10 +54,10 @@ def same_sentiment(example: aprompt.Example, prediction: aprompt.Prediction) -> 
 
 
 def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.OpenAICompatibleLM]:
-    """``APROMPT_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
-    base_url = os.environ.get("APROMPT_BASE_URL")
-    if base_url:
-        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"), base_url)
+    """``OPENAI_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
+    if os.environ.get("OPENAI_BASE_URL"):
+        # The client reads $OPENAI_BASE_URL and $OPENAI_API_KEY itself.
+        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"))
     return aprompt.local_lm()
 
 

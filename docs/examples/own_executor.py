@@ -7,7 +7,7 @@ every predictor BY NAME — and returns the outcome. This one gives every run a 
 through that explicit state; the result is the same as in-process. ``RayExecutor`` is the same protocol
 with the runs on a Ray cluster.
 
-Run it (the LM is ``APROMPT_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
+Run it (the LM is ``OPENAI_BASE_URL`` + ``APROMPT_MODEL``, else the embedded local model)::
 
     python docs/examples/own_executor.py
 """
@@ -73,10 +73,10 @@ async def main(lm: aprompt.LM, budget: Mapping[str, Any] = BUDGET) -> tuple[apro
 
 
 def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.OpenAICompatibleLM]:
-    """``APROMPT_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
-    base_url = os.environ.get("APROMPT_BASE_URL")
-    if base_url:
-        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"), base_url)
+    """``OPENAI_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
+    if os.environ.get("OPENAI_BASE_URL"):
+        # The client reads $OPENAI_BASE_URL and $OPENAI_API_KEY itself.
+        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"))
     return aprompt.local_lm()
 
 

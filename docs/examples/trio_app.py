@@ -5,7 +5,7 @@ client, limits, retries and task groups all follow trio's structured concurrency
 has nothing trio-specific (it runs under asyncio too); ``run`` is the trio app around it: it bounds the whole
 optimization with ``trio.move_on_after``, and a cancelled run stops cleanly, leaving no task behind.
 
-Run it (needs trio: ``pip install trio``; the LM is ``APROMPT_BASE_URL`` + ``APROMPT_MODEL``, else the
+Run it (needs trio: ``pip install trio``; the LM is ``OPENAI_BASE_URL`` + ``APROMPT_MODEL``, else the
 embedded local model)::
 
     python docs/examples/trio_app.py [optimized_weeks.json]
@@ -50,10 +50,10 @@ def right_days(example: aprompt.Example, prediction: aprompt.Prediction) -> bool
 
 
 def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.OpenAICompatibleLM]:
-    """``APROMPT_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
-    base_url = os.environ.get("APROMPT_BASE_URL")
-    if base_url:
-        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"), base_url)
+    """``OPENAI_BASE_URL`` (+ ``APROMPT_MODEL``, key from ``OPENAI_API_KEY``), else the local model."""
+    if os.environ.get("OPENAI_BASE_URL"):
+        # The client reads $OPENAI_BASE_URL and $OPENAI_API_KEY itself.
+        return aprompt.OpenAICompatibleLM(os.environ.get("APROMPT_MODEL", "gpt-4o-mini"))
     return aprompt.local_lm()
 
 
