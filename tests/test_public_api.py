@@ -46,7 +46,8 @@ def is_public_module(dotted: str, shown: set[str]) -> bool:
 def public_names(module: ModuleType) -> set[str]:
     exported = getattr(module, "__all__", None)
     if exported is not None:
-        return set(exported)
+        # ``__version__`` is public by convention, never listed in ``__all__``.
+        return set(exported) | ({"__version__"} & set(vars(module)))
     return {name for name in vars(module) if not name.startswith("_")}
 
 
