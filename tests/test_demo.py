@@ -24,8 +24,8 @@ from aprompt.demo.__main__ import (
     parse_args,
     shown_examples,
 )
-from aprompt.optimize.evaluate import Evaluation, ExampleResult
-from aprompt.optimize.proposal_filter import SCAFFOLDING_LABELS, clean_proposal
+from aprompt._optimize.evaluate import Evaluation, ExampleResult
+from aprompt._optimize.proposal_filter import SCAFFOLDING_LABELS, clean_proposal
 
 
 def test_the_demo_data_ships_with_the_package_with_every_sentence_kind_balanced() -> None:

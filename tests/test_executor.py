@@ -13,6 +13,7 @@ import pytest
 
 import aprompt
 from aprompt import ConfigError, program_state
+from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt.executors import (
     InProcessExecutor,
     ProgramOutcome,
@@ -24,7 +25,6 @@ from aprompt.executors import (
 )
 from aprompt.executors.relay import LMReply, LMRequest, LMTable, RunRelay, run_relayed
 from aprompt.lm.cache import ResponseCache
-from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY

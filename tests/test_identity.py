@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import aprompt
-from aprompt.cli import main
+from aprompt._cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 
 import aprompt
-from aprompt.optimize.evaluate import Evaluation
-from aprompt.optimize.events import Event
+from aprompt._optimize.evaluate import Evaluation
+from aprompt._optimize.events import Event
 
 INSTRUCTION = "Rewrite the sentence so that it says the opposite: negate its verb."
 #: Wall time of the default demo on an idle 2-core machine, model start excluded (see ``README.md``).

@@ -3,7 +3,7 @@
 :func:`load_run` gathers a :class:`RunView` from ``run_dir``: the journal's trials, full evaluations,
 candidates and result, plus two optional files beside it that the command line writes —
 ``original_program.json`` (the prompts before optimizing) and ``result.json`` (the saved
-:class:`~aprompt.optimize.result.OptimizeResult`, with usage per phase). :func:`write_report` renders a
+:class:`~aprompt._optimize.result.OptimizeResult`, with usage per phase). :func:`write_report` renders a
 self-contained HTML page; its plots need matplotlib (``pip install 'aprompt[ui]'``) and are left out,
 with a note, without it.
 
@@ -26,8 +26,8 @@ from typing import Any
 import attrs
 
 from aprompt._errors import ConfigError
+from aprompt._optimize.per_example import EXAMPLES_KIND, ExampleTable, describe_examples
 from aprompt.lm.usage import IN_FLIGHT_KIND
-from aprompt.optimize.per_example import EXAMPLES_KIND, ExampleTable, describe_examples
 from aprompt.program.adapter import REPLY_FORMATS
 from aprompt.run.journal import JOURNAL_FILE, RunJournal
 
@@ -94,7 +94,7 @@ class RunView:
     #: when the run has not finished, or was journaled by an aprompt before per-example records).
     examples: ExampleTable | None = None
     #: why the returned program was chosen: ``reason``, ``evidence`` (n, mean, low, high, level), ...
-    #: (:class:`~aprompt.optimize.final_pick.FinalPick` as JSON), when the run journaled it.
+    #: (:class:`~aprompt._optimize.final_pick.FinalPick` as JSON), when the run journaled it.
     pick: Mapping[str, Any] | None = None
     #: requests in flight over the last call of the run: ``(seconds since it began, mean in flight)``.
     in_flight: tuple[tuple[float, float], ...] = ()
@@ -423,7 +423,7 @@ def write_report(run_dir: str | os.PathLike[str], out_path: str | os.PathLike[st
     Raises:
         ConfigError: ``run_dir`` holds no run journal, or the report cannot be written.
     """
-    from aprompt.run.report_html import render_report
+    from aprompt.run._report_html import render_report
 
     view = load_run(run_dir)
     target = Path(out_path) if out_path is not None else Path(run_dir) / "report.html"

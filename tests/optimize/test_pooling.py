@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from aprompt.optimize.pooling import best_combination, effect_covariance, fit_additive, ranked_combinations
+from aprompt._optimize.pooling import best_combination, effect_covariance, fit_additive, ranked_combinations
 
 
 def _additive_trials(n: int, seed: int) -> list[tuple[dict[str, int], float, int]]:

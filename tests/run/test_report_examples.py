@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 import aprompt
-from aprompt.optimize.per_example import ExampleRow
+from aprompt._optimize.per_example import ExampleRow
+from aprompt.run._report_html import FAILING_ROW, MAX_EXAMPLES_SHOWN
 from aprompt.run.report import ORIGINAL_FILE, RESULT_FILE, describe_run, load_run, write_report
-from aprompt.run.report_html import FAILING_ROW, MAX_EXAMPLES_SHOWN
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.optimize.world import TwoStageProgram, World, examples, metric
 from tests.run._optimize_worker import MAX_CONCURRENCY, run_world

@@ -12,8 +12,8 @@ import pytest
 
 import aprompt
 from aprompt.run.report import RESULT_FILE, write_report
+from aprompt.testing._wire import Fault
 from aprompt.testing.fake_openai import FakeOpenAIServer
-from aprompt.testing.wire import Fault
 from tests.optimize.world import World
 from tests.run._optimize_worker import run_world
 

@@ -1,0 +1,415 @@
+"""Per-example view of evaluations: which examples a program still fails, and which an optimization fixed
+or broke compared with the unoptimized program (what DSPy's ``Evaluate(display_table=...)`` shows).
+
+An :class:`ExampleTable` holds one :class:`ExampleRow` per example: its inputs, its labels (what the
+metric expects), and the program's :class:`ExampleOutcome` (score, output, error, the metric's feedback);
+for an optimization, the unoptimized program's outcome beside it. ``aprompt.evaluate`` gives one through
+:meth:`~aprompt._optimize.evaluate.Evaluation.table`; ``OptimizeResult.examples`` is the optimized and the
+unoptimized program on the validation set.
+
+During :func:`aprompt.optimize` an :class:`OutputLog` (opened with :func:`recording_outputs`) keeps what
+every evaluated program produced on every example, so that the final table needs no LM call: the scores
+are the full evaluations' own, the outputs those of the same program on the same example. A run resumed
+after a crash lost the outputs its earlier process held in memory: those rows say
+``recorded=False`` (the score is still the full evaluation's).
+
+Example::
+
+    result = await aprompt.optimize(program, trainset, metric, lm=lm)
+    for row in result.failing_examples()[:5]:
+        print(row.example_id, row.inputs, row.outcome.output, row.labels, row.outcome.score)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from aprompt.run.identity import digest
+
+if TYPE_CHECKING:
+    from aprompt._optimize.candidates import Candidates
+    from aprompt._optimize.evaluate import Evaluation, ExampleResult
+    from aprompt._optimize.examples import Example
+    from aprompt._optimize.search import SearchOutcome
+    from aprompt.run.journal import RunJournal
+
+__all__ = [
+    "PASS_SCORE",
+    "ExampleOutcome",
+    "ExampleRow",
+    "ExampleTable",
+    "OutputLog",
+    "describe_example",
+    "describe_examples",
+    "output_value",
+    "recording_outputs",
+]
+
+#: The score an example must reach to pass; below it the program *fails* it (by default: anything
+#: short of full marks).
+PASS_SCORE = 1.0
+
+
+def output_value(prediction: Any) -> Any:
+    """A JSON-able stand-in for a program's output: a prediction or other mapping as a dict of its fields,
+    text, numbers, booleans and ``None`` as they are, lists as lists; any value JSON cannot hold inside
+    them as its text, and any other object as its ``repr``."""
+    to_dict = getattr(prediction, "to_dict", None)
+    if callable(to_dict):
+        value: Any = to_dict()
+    elif isinstance(prediction, Mapping):
+        value = dict(prediction)
+    elif isinstance(prediction, str | int | float | bool | list | tuple) or prediction is None:
+        value = prediction
+    else:
+        return repr(prediction)
+    try:
+        return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+    except (TypeError, ValueError, RecursionError):  # keys JSON cannot hold, NaN is fine, cycles are not
+        return repr(prediction)
+
+
+@attrs.frozen
+class ExampleOutcome:
+    """One program's outcome on one example.
+
+    Attributes:
+        score: in [0, 1]; ``None`` when an LM failure left the example unscored.
+        output: the program's output as plain JSON (see :func:`output_value`); ``None`` when it failed
+            or the output was not recorded.
+        error: ``"ExcType: message"`` when the program or the metric failed (or the LM, when unscored).
+        feedback: the metric's text feedback, when it gave one.
+        recorded: whether the run kept the output (see the module docstring).
+    """
+
+    score: float | None
+    output: Any = None
+    error: str | None = None
+    feedback: str | None = None
+    recorded: bool = True
+
+    @classmethod
+    def of(cls, result: ExampleResult) -> ExampleOutcome:
+        """The outcome an :class:`~aprompt._optimize.evaluate.ExampleResult` describes."""
+        output = output_value(result.prediction) if result.prediction is not None else None
+        return cls(result.score, output, result.error, result.feedback)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExampleOutcome:
+        score = data.get("score")
+        return cls(
+            None if score is None else float(score),
+            data.get("output"),
+            data.get("error"),
+            data.get("feedback"),
+            bool(data.get("recorded", True)),
+        )
+
+
+@attrs.frozen
+class ExampleRow:
+    """One example: its inputs, the labels the metric reads, and the program's outcome (for an
+    optimization: the optimized program's, with the unoptimized program's as ``baseline``)."""
+
+    example_id: str
+    inputs: Mapping[str, Any]
+    labels: Mapping[str, Any]
+    outcome: ExampleOutcome
+    baseline: ExampleOutcome | None = None
+
+    @property
+    def gain(self) -> float | None:
+        """The score minus the baseline's (``None`` without a baseline or when either is unscored)."""
+        if self.baseline is None or self.baseline.score is None or self.outcome.score is None:
+            return None
+        return self.outcome.score - self.baseline.score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.example_id,
+            "inputs": output_value(dict(self.inputs)),
+            "labels": output_value(dict(self.labels)),
+            "outcome": self.outcome.to_dict(),
+            "baseline": self.baseline.to_dict() if self.baseline is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExampleRow:
+        baseline = data.get("baseline")
+        return cls(
+            str(data["id"]),
+            dict(data.get("inputs") or {}),
+            dict(data.get("labels") or {}),
+            ExampleOutcome.from_dict(data["outcome"]),
+            ExampleOutcome.from_dict(baseline) if baseline is not None else None,
+        )
+
+
+@attrs.frozen
+class ExampleTable:
+    """Per-example outcomes, in the order of the examples.
+
+    Example::
+
+        table = evaluation.table(examples)
+        for row in table.failing()[:3]:
+            print(row.inputs, row.outcome.output, row.labels, row.outcome.score)
+    """
+
+    rows: tuple[ExampleRow, ...] = ()
+
+    def __iter__(self) -> Iterator[ExampleRow]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def failing(self, below: float = PASS_SCORE) -> list[ExampleRow]:
+        """Scored examples whose score is below ``below`` (default: short of full marks), lowest first
+        (equal scores in the examples' order). Examples an LM failure left unscored are not the
+        program's failures: see :meth:`unscored`."""
+        found = [r for r in self.rows if r.outcome.score is not None and r.outcome.score < below]
+        return sorted(found, key=lambda r: r.outcome.score or 0.0)
+
+    def fixed(self) -> list[ExampleRow]:
+        """Examples the program scores higher than the baseline did, largest gain first."""
+        return sorted((r for r in self.rows if (r.gain or 0.0) > 0.0), key=lambda r: -(r.gain or 0.0))
+
+    def broken(self) -> list[ExampleRow]:
+        """Examples the program scores lower than the baseline did, largest loss first."""
+        return sorted((r for r in self.rows if (r.gain or 0.0) < 0.0), key=lambda r: r.gain or 0.0)
+
+    def unscored(self) -> list[ExampleRow]:
+        """Examples an LM failure left unscored."""
+        return [r for r in self.rows if r.outcome.score is None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [r.to_dict() for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExampleTable:
+        return cls(tuple(ExampleRow.from_dict(r) for r in data.get("rows", ())))
+
+    @classmethod
+    def of_evaluation(cls, examples: Sequence[Example], evaluation: Evaluation) -> ExampleTable:
+        """The table of one evaluation of ``examples`` (the same examples, in the same order)."""
+        by_id = {r.example_id: r for r in evaluation.results}
+        return cls(
+            tuple(
+                ExampleRow(e.id, e.inputs, e.labels, ExampleOutcome.of(by_id[e.id]))
+                for e in examples
+                if e.id in by_id
+            )
+        )
+
+
+def program_key(prompts: Mapping[str, Any], rollout: int | None, lm_params: Mapping[str, Any]) -> str:
+    """What tells one evaluated program from another: its prompts and the call settings applied."""
+    return digest([sorted(prompts.items()), rollout, sorted(lm_params.items())])
+
+
+class OutputLog:
+    """What each evaluated program (its prompts) produced on each example during one run, as plain JSON
+    (predictions are not kept: only :func:`output_value` of them)."""
+
+    def __init__(self) -> None:
+        self._outcomes: dict[str, dict[str, ExampleOutcome]] = {}
+
+    def add(self, key: str, results: Sequence[ExampleResult]) -> None:
+        """Record an evaluation's results under its program ``key`` (:func:`program_key`); an example
+        left unscored by an LM failure never replaces a scored outcome of the same program."""
+        found = self._outcomes.setdefault(key, {})
+        for result in results:
+            known = found.get(result.example_id)
+            if result.score is None and known is not None and known.score is not None:
+                continue
+            found[result.example_id] = ExampleOutcome.of(result)
+
+    def outcomes(self, prompts: Mapping[str, Any]) -> dict[str, ExampleOutcome]:
+        """Example id -> outcome of the program with ``prompts`` (no rollout, no extra call settings)."""
+        return dict(self._outcomes.get(program_key(prompts, None, {}), {}))
+
+
+_OUTPUT_LOG: contextvars.ContextVar[OutputLog | None] = contextvars.ContextVar(
+    "aprompt_output_log", default=None
+)
+
+
+@contextmanager
+def recording_outputs() -> Iterator[OutputLog]:
+    """Within the block (and the tasks started in it), every :func:`~aprompt._optimize.evaluate.evaluate`
+    records its outcomes in the yielded log."""
+    log = OutputLog()
+    token = _OUTPUT_LOG.set(log)
+    try:
+        yield log
+    finally:
+        _OUTPUT_LOG.reset(token)
+
+
+def current_output_log() -> OutputLog | None:
+    """The log of the enclosing :func:`recording_outputs` block, if any."""
+    return _OUTPUT_LOG.get()
+
+
+def run_table(
+    valset: Sequence[Example],
+    scores: Mapping[str, float],
+    baseline_scores: Mapping[str, float],
+    outputs: Mapping[str, ExampleOutcome],
+    baseline_outputs: Mapping[str, ExampleOutcome],
+) -> ExampleTable:
+    """The table of an optimization: per validation example, the returned program's and the baseline's
+    full-evaluation scores (``None``: left unscored), with the outputs recorded for them
+    (``recorded=False`` where none was kept)."""
+
+    def outcome(
+        example_id: str, found: Mapping[str, float], kept: Mapping[str, ExampleOutcome]
+    ) -> ExampleOutcome:
+        score = found.get(example_id)
+        output = kept.get(example_id)
+        return ExampleOutcome(score, recorded=False) if output is None else attrs.evolve(output, score=score)
+
+    return ExampleTable(
+        tuple(
+            ExampleRow(
+                e.id,
+                e.inputs,
+                e.labels,
+                outcome(e.id, scores, outputs),
+                outcome(e.id, baseline_scores, baseline_outputs),
+            )
+            for e in valset
+        )
+    )
+
+
+#: The journal kind of an optimization's final per-example table (see :func:`final_examples`).
+EXAMPLES_KIND = "examples"
+
+
+def _choice_key(choice: Mapping[str, int]) -> str:
+    return json.dumps(sorted((str(k), int(v)) for k, v in choice.items()))
+
+
+def _journaled_outputs(journal: RunJournal | None) -> dict[str, dict[str, ExampleOutcome]]:
+    """Choice key -> example id -> recorded outcome, from the table an earlier call of the run journaled."""
+    found = journal.latest(EXAMPLES_KIND) if journal is not None else None
+    if not isinstance(found, Mapping):
+        return {}
+    try:
+        table = ExampleTable.from_dict(found)
+        kept: dict[str, dict[str, ExampleOutcome]] = {}
+        for column, choice in (("outcome", found["choice"]), ("baseline", found["baseline_choice"])):
+            outcomes = kept.setdefault(_choice_key(choice), {})
+            for row in table.rows:
+                outcome = getattr(row, column)
+                if outcome is not None and outcome.recorded:
+                    outcomes[row.example_id] = outcome
+        return kept
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}  # only a view: a record this aprompt cannot read costs the old outputs, not the run
+
+
+def final_examples(
+    valset: Sequence[Example],
+    candidates: Candidates,
+    outcome: SearchOutcome,
+    log: OutputLog,
+    journal: RunJournal | None,
+) -> ExampleTable:
+    """The per-example table of an optimization's outcome (the returned and the unoptimized program on
+    the validation set, from their full evaluations and the outputs ``log`` recorded, or an earlier call
+    of the same run journaled), journaled under :data:`EXAMPLES_KIND` for ``aprompt show``/``report``."""
+    best, base = dict(outcome.best_choice), candidates.baseline()
+
+    def scores(choice: Mapping[str, int]) -> Mapping[str, float]:
+        key = _choice_key(choice)
+        fulls = [f for f in outcome.full_evals if _choice_key(f.choice) == key]
+        return fulls[-1].scores if fulls else {}
+
+    kept = _journaled_outputs(journal)
+
+    def outputs(choice: Mapping[str, int]) -> dict[str, ExampleOutcome]:
+        prompts = candidates.prompts_for(choice)
+        # A predictor's own reply format may be named or left out (None: "its own"); the baseline is
+        # evaluated both ways (before the formats are listed, and by the search): look both up.
+        own = {name: formats[0] for name, formats in candidates.formats.items() if formats}
+        plain = {
+            name: attrs.evolve(p, reply_format=None) if p.reply_format == own.get(name) else p
+            for name, p in prompts.items()
+        }
+        return {**kept.get(_choice_key(choice), {}), **log.outcomes(plain), **log.outcomes(prompts)}
+
+    table = run_table(valset, scores(best), scores(base), outputs(best), outputs(base))
+    if journal is not None:
+        journal.append(EXAMPLES_KIND, {"choice": best, "baseline_choice": base, **table.to_dict()})
+    return table
+
+
+def _one_line(value: Any, width: int) -> str:
+    """``value`` on one line of at most ``width`` characters (cut with ``…``)."""
+    if isinstance(value, Mapping):
+        text = ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    else:
+        text = _plain(value)
+    text = " ".join(text.split())  # newlines and runs of spaces: one space
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _score_text(value: float | None) -> str:
+    return "unscored" if value is None else f"{value:.3f}"
+
+
+def describe_example(row: ExampleRow, width: int = 100) -> list[str]:
+    """A few readable lines of one example: its score (and the baseline's), inputs, output, expected
+    labels, and the error or the metric's feedback; each value cut to fit ``width`` characters."""
+    head = f"{row.example_id}: score {_score_text(row.outcome.score)}"
+    if row.baseline is not None:
+        head += f" (baseline {_score_text(row.baseline.score)})"
+    room = max(20, width - 14)
+    lines = [head, f"  inputs:   {_one_line(row.inputs, room)}"]
+    if row.outcome.recorded:
+        output = "(no output)" if row.outcome.output is None else _one_line(row.outcome.output, room)
+    else:
+        output = "(not recorded: the run was resumed after a crash)"
+    lines.append(f"  output:   {output}")
+    lines.append(f"  expected: {_one_line(row.labels, room)}")
+    if row.outcome.error:
+        lines.append(f"  error:    {_one_line(row.outcome.error, room)}")
+    if row.outcome.feedback:
+        lines.append(f"  feedback: {_one_line(row.outcome.feedback, room)}")
+    return lines
+
+
+def describe_examples(table: ExampleTable, *, limit: int = 5, width: int = 100) -> list[str]:
+    """Text of the examples still failing (the first ``limit``), and of those fixed and broken compared
+    with the baseline (when the table has one)."""
+    failing = table.failing()
+    scored = sum(1 for r in table.rows if r.outcome.score is not None)
+    lines = [f"examples still failing: {len(failing)} of {scored} scored"]
+    for row in failing[:limit]:
+        lines += [f"  {line}" for line in describe_example(row, width - 2)]
+    if len(failing) > limit:
+        lines.append(f"  ... and {len(failing) - limit} more")
+    if any(r.baseline is not None for r in table.rows):
+        for name, rows in (("fixed", table.fixed()), ("broken", table.broken())):
+            ids = ", ".join(r.example_id for r in rows[:limit]) + (" ..." if len(rows) > limit else "")
+            lines.append(f"{name} compared with the baseline: {len(rows)}" + (f" ({ids})" if rows else ""))
+    unscored = table.unscored()
+    if unscored:
+        lines.append(f"left unscored by LM failures: {len(unscored)}")
+    return lines
