@@ -36,17 +36,10 @@ from aprompt._errors import (
     StateError,
     TruncatedResponseError,
 )
-from aprompt.lm.anthropic import AnthropicLM
-from aprompt.lm.cache import ResponseCache
-from aprompt.lm.endpoints import Endpoint
-from aprompt.lm.local import LocalLM, find_local_model, local_lm
-from aprompt.lm.openai import OpenAICompatibleLM
-from aprompt.lm.types import LM, Completion, Message, TokenUsage
-from aprompt.lm.usage import UsageSnapshot, total_usage
-from aprompt.optimize.api import optimize
-from aprompt.optimize.budget import Budget
-from aprompt.optimize.evaluate import Evaluation, evaluate
-from aprompt.optimize.events import (
+from aprompt._optimize.api import optimize
+from aprompt._optimize.budget import Budget
+from aprompt._optimize.evaluate import Evaluation, ExampleResult, evaluate
+from aprompt._optimize.events import (
     CandidateDropped,
     CandidateProposed,
     Event,
@@ -58,11 +51,19 @@ from aprompt.optimize.events import (
     RunPlanned,
     TrialScored,
 )
-from aprompt.optimize.examples import Example
-from aprompt.optimize.propose import Grounding
-from aprompt.optimize.result import OptimizeResult, load
-from aprompt.optimize.streaming import optimize_events
-from aprompt.optimize.sync import optimize_sync
+from aprompt._optimize.examples import Example
+from aprompt._optimize.final_pick import FinalPick
+from aprompt._optimize.propose import Grounding
+from aprompt._optimize.result import OptimizeResult, PhaseUsage, load
+from aprompt._optimize.streaming import EventStream, optimize_events
+from aprompt._optimize.sync import optimize_sync
+from aprompt.lm.anthropic import AnthropicLM
+from aprompt.lm.cache import ResponseCache
+from aprompt.lm.endpoints import Endpoint
+from aprompt.lm.local import LocalLM, find_local_model, local_lm
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.types import LM, Completion, Message, TokenUsage
+from aprompt.lm.usage import UsageSnapshot, total_usage
 from aprompt.program import (
     ChainOfThought,
     Demo,
@@ -82,7 +83,7 @@ from aprompt.program import (
     trace,
     use_lm,
 )
-from aprompt.run.limits import Limits
+from aprompt.run._limits import Limits
 
 __all__ = [
     "LM",
@@ -104,8 +105,11 @@ __all__ = [
     "EndpointDownError",
     "Evaluation",
     "Event",
+    "EventStream",
     "Example",
+    "ExampleResult",
     "Field",
+    "FinalPick",
     "FullEvaluation",
     "Grounding",
     "IncompleteResponseError",
@@ -127,6 +131,7 @@ __all__ = [
     "ParseError",
     "PhaseFinished",
     "PhaseStarted",
+    "PhaseUsage",
     "Predict",
     "Prediction",
     "RateLimitError",

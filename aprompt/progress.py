@@ -25,8 +25,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from aprompt.lm.usage import UsageSnapshot
-from aprompt.optimize.events import (
+from aprompt._optimize.events import (
     CandidateDropped,
     CandidateProposed,
     Event,
@@ -38,6 +37,7 @@ from aprompt.optimize.events import (
     RunPlanned,
     TrialScored,
 )
+from aprompt.lm.usage import UsageSnapshot
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

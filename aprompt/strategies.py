@@ -17,15 +17,15 @@ Example::
         ...
 """
 
-from aprompt.optimize.budget import Budget
-from aprompt.optimize.candidates import Candidates
-from aprompt.optimize.grounding import GROUNDING_SOURCES, GroundingSource
-from aprompt.optimize.reflect import ReflectiveProposals
-from aprompt.optimize.run_context import RunContext
-from aprompt.optimize.search import FullEval, SearchOutcome, Trial
-from aprompt.optimize.strategies.base import Strategy, StrategyPlan
-from aprompt.optimize.strategies.registry import STRATEGIES, register_strategy, unregister_strategy
-from aprompt.optimize.strategies.steps import (
+from aprompt._optimize.budget import Budget
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.grounding import GROUNDING_SOURCES, GroundingSource
+from aprompt._optimize.reflect import ReflectiveProposals
+from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.search import FullEval, SearchOutcome, Trial
+from aprompt._optimize.strategies.base import Strategy, StrategyPlan
+from aprompt._optimize.strategies.registry import STRATEGIES, register_strategy, unregister_strategy
+from aprompt._optimize.strategies.steps import (
     bootstrap_candidates,
     grounding_texts,
     instruction_candidates,

@@ -2,7 +2,7 @@
 
 Per task (``bench/tasks``) and seed, side by side: the unoptimized program; the prompt a user would write by
 hand (its instruction plus 3 training examples as demos: the bar to beat); each aprompt strategy asked for
-(``aprompt:<name>`` for any name in ``aprompt.optimize.strategies.STRATEGIES``; by default
+(``aprompt:<name>`` for any name in ``aprompt._optimize.strategies.STRATEGIES``; by default
 ``bootstrap_random_search``, ``mipro_zero_shot`` and ``mipro``, ``budget="light"``); DSPy's
 ``MIPROv2(auto="light")`` and ``BootstrapFewShotWithRandomSearch`` (``dspy:bootstrap_rs``). All run on one
 llama.cpp server (SmolLM2-135M on loopback), with the same train / validation data, and a held-out test
@@ -56,9 +56,9 @@ import anyio
 import attrs
 
 import aprompt
+from aprompt._optimize.strategies import STRATEGIES
+from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.local import LOCAL_MODEL_NAME
-from aprompt.lm.replies import accepting_cut_replies
-from aprompt.optimize.strategies import STRATEGIES
 from bench.counting_proxy import CountingProxy, Counts
 from bench.report import (
     RESULTS_DIR,

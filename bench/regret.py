@@ -38,9 +38,9 @@ import anyio
 import attrs
 
 import aprompt
+from aprompt._optimize.candidates import Candidates
 from aprompt.lm.types import Completion, Message, canonical_params
-from aprompt.optimize.candidates import Candidates
-from aprompt.testing.wire import ChatRequest
+from aprompt.testing._wire import ChatRequest
 from bench.report import (
     RESULTS_DIR,
     command_line,

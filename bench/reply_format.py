@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 
 import aprompt
+from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.local import LOCAL_MODEL_NAME
-from aprompt.lm.replies import accepting_cut_replies
 from aprompt.program.overrides import PromptOverride
 from bench.quality import HAND_DEMOS, hand_few_shot
 from bench.tasks import DEFAULT_DATA_DIR, TASKS

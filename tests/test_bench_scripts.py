@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import aprompt
-from aprompt.optimize.strategies import STRATEGIES
+from aprompt._optimize.strategies import STRATEGIES
 from aprompt.testing.fake_openai import ServerRateLimit
 from bench.report import bootstrap_interval, t_interval, t_quantile_975
 from bench.sim_server import SimServer, latency_model, median_latency, request_log

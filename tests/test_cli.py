@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 import aprompt
-from aprompt.cli import main
+from aprompt._cli import main
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.optimize.world import TwoStageProgram, World, examples
 

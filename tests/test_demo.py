@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import aprompt
+from aprompt._optimize.evaluate import Evaluation, ExampleResult
 from aprompt.demo.__main__ import exact_negation, fixed_examples, load_examples, parse_args
-from aprompt.optimize.evaluate import Evaluation, ExampleResult
 
 
 def test_the_demo_data_ships_with_the_package_with_every_sentence_kind_balanced() -> None:

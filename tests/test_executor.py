@@ -12,6 +12,7 @@ import pytest
 
 import aprompt
 from aprompt import ConfigError, program_state
+from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt.executors import (
     InProcessExecutor,
     ProgramOutcome,
@@ -22,7 +23,6 @@ from aprompt.executors import (
     use_executor,
 )
 from aprompt.lm.cache import ResponseCache
-from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY

@@ -149,3 +149,24 @@ def test_the_strategies_module_is_the_custom_strategy_api() -> None:
         "tpe_search",
     }
     assert needed <= set(aprompt.strategies.__all__)
+
+
+def test_every_module_is_private_or_documented_in_the_reference() -> None:
+    shown = documented()
+    undocumented = []
+    for path in sorted((ROOT / "aprompt").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        dotted = ".".join(parts[:-1] if package else parts)
+        if is_private(dotted):
+            continue
+        if dotted in shown or (package and is_public_module(dotted, shown)):
+            continue
+        undocumented.append(dotted)
+    assert undocumented == [], "make them private (`_name`) or document them (`::: module` in docs/reference)"
+
+
+def test_every_public_path_the_reference_renders_is_a_public_name() -> None:
+    shown = documented()
+    missing = [path for path in sorted(shown) if not is_private(path) and problem_with(path, shown)]
+    assert missing == []

@@ -21,8 +21,8 @@ from typing import Any
 import anyio
 
 import aprompt
-from aprompt.optimize.evaluate import Evaluation
-from aprompt.optimize.events import Event
+from aprompt._optimize.evaluate import Evaluation
+from aprompt._optimize.events import Event
 
 #: How many program calls' time one proposal takes (see ``Narrator``).
 PROPOSAL_WEIGHT = 25

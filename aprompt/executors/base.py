@@ -74,7 +74,7 @@ class ProgramOutcome:
         lm_failure: the error is an LM failure that outlasted the client's retries: the example is left
             unscored (not the prompt's fault), never scored 0.
         lm_answered: that LM failure was a reply that is not an answer (see
-            :class:`~aprompt.optimize.evaluate.ExampleResult`).
+            :class:`~aprompt._optimize.evaluate.ExampleResult`).
         trace: the run's predictor calls, when the run asked for them and the program succeeded.
         cause: the exception that ended the run (where it ran; never sent elsewhere).
     """

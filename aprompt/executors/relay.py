@@ -1,7 +1,7 @@
 """LM calls of a program run elsewhere, answered by the driver's own LM clients.
 
 Why the calls come back: a run's rate limits, response cache, usage, cost and ``max_lm_calls`` live in
-the driver's LM clients and in its :class:`~aprompt.lm.metering.RequestMeter`. Sending every LM request
+the driver's LM clients and in its :class:`~aprompt.lm._metering.RequestMeter`. Sending every LM request
 of a remote program run back to them keeps ONE source of truth for all of it: a limit holds across the
 whole cluster with no shared-limiter protocol to get right, the cache is shared by construction, the
 journal records what was really spent, and a run's requests are metered in the evaluating task's own
@@ -34,8 +34,8 @@ import attrs
 
 from aprompt._errors import ConfigError, IncompleteResponseError, LMError
 from aprompt.executors.base import ProgramOutcome, ProgramRun, execute_run, lm_error_in
-from aprompt.lm.metering import LimitReached, RequestMeter, metered_chat, metering
-from aprompt.lm.replies import accepting_cut_replies, cut_reply_acceptor
+from aprompt.lm._metering import LimitReached, RequestMeter, metered_chat, metering
+from aprompt.lm._replies import accepting_cut_replies, cut_reply_acceptor
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
 from aprompt.program.discovery import named_predictors
 from aprompt.program.overrides import watch_predictors
@@ -114,7 +114,7 @@ class RelayedError(Exception):
 class RelayedLM:
     """Stand-in, where a program runs remotely, for one of the driver's LMs: each chat call goes through
     the run's :class:`LMChannel` to the driver's real client. It meters nothing itself (the driver
-    does), so the remote side's :func:`~aprompt.lm.metering.metered_chat` only counts it."""
+    does), so the remote side's :func:`~aprompt.lm._metering.metered_chat` only counts it."""
 
     meters_requests = True
 

@@ -1,7 +1,7 @@
 """Chat through Anthropic's Messages API (``POST /v1/messages``).
 
 Only the Anthropic wire format lives here; limits, retries, routing, caching and usage come from
-:class:`~aprompt.lm.http.HTTPChatLM`, exactly as for :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
+:class:`~aprompt.lm._http.HTTPChatLM`, exactly as for :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
 Programs keep speaking our OpenAI-shaped messages and parameters; :func:`messages_request` turns
 them into a Messages API request (its rules are listed there).
 """
@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import httpx
 
 from aprompt._errors import ConfigError
+from aprompt.lm._http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
 from aprompt.lm.cache import ResponseCache
-from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, TokenUsage
 
@@ -145,7 +145,7 @@ class AnthropicLM(HTTPChatLM):
     content, ``stop_reason`` ``"refusal"`` (:class:`~aprompt._errors.ContentFilteredError`), or
     ``"max_tokens"`` / ``"model_context_window_exceeded"``
     (:class:`~aprompt._errors.TruncatedResponseError`, after one re-send with twice the
-    ``max_tokens``); see :mod:`aprompt.lm.http`.
+    ``max_tokens``); see :mod:`aprompt.lm._http`.
 
     Args:
         model: the model name sent with each request (e.g. ``"claude-3-5-haiku-latest"``).

@@ -20,7 +20,7 @@ import attrs
 import httpx
 
 from aprompt._errors import ConfigError
-from aprompt.lm.connections import ConnectionLanes
+from aprompt.lm._connections import ConnectionLanes
 from aprompt.lm.limits import RateLimiter
 
 __all__ = ["Endpoint", "EndpointLease", "EndpointPool", "EndpointState", "public_url"]
@@ -74,7 +74,7 @@ class EndpointState:
         capacity: its concurrency cap.
         slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity``.
         limiter: its :class:`~aprompt.lm.limits.RateLimiter` (the one a 429 from here pauses).
-        lanes: its keep-alive connections (see :mod:`aprompt.lm.connections`).
+        lanes: its keep-alive connections (see :mod:`aprompt.lm._connections`).
         in_flight: requests routed here and not yet finished (including those waiting for a slot).
         unhealthy_until: clock reading until which it cools down after a failure.
     """

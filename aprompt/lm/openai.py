@@ -1,7 +1,7 @@
 """Chat completions against any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...).
 
 Only the OpenAI wire format lives here; limits, retries, routing, caching and usage come from
-:class:`~aprompt.lm.http.HTTPChatLM`.
+:class:`~aprompt.lm._http.HTTPChatLM`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 import httpx
 
+from aprompt.lm._http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
 from aprompt.lm.cache import ResponseCache
-from aprompt.lm.http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, TokenUsage
 
@@ -35,7 +35,7 @@ class OpenAICompatibleLM(HTTPChatLM):
             response (then it fails with :class:`~aprompt._errors.LMTimeoutError` and is retried).
         max_concurrency: a fixed cap on the requests in flight at once over all endpoints (each
             endpoint keeps up to this many keep-alive connections, in lanes: see
-            :mod:`aprompt.lm.connections`); None (the default) adapts it to the rate limits and the
+            :mod:`aprompt.lm._connections`); None (the default) adapts it to the rate limits and the
             measured latency, or to 429s when no limit is known (:mod:`aprompt.lm.adaptive`).
         requests_per_minute: a client-wide request limit shared by all endpoints (see
             :mod:`aprompt.lm.limits` for the exact guarantee); None for no limit.
@@ -55,7 +55,7 @@ class OpenAICompatibleLM(HTTPChatLM):
 
     A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``
     or ``"length"``) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
-    returned; see :mod:`aprompt.lm.http` for how each is retried.
+    returned; see :mod:`aprompt.lm._http` for how each is retried.
 
     Example::
 

@@ -30,7 +30,7 @@ import attrs
 
 from aprompt._errors import ConfigError, ParseError
 from aprompt.lm.types import Message
-from aprompt.program.coerce import (
+from aprompt.program._coerce import (
     CoercionError,
     coerce,
     describe_type,

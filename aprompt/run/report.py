@@ -3,7 +3,7 @@
 :func:`load_run` gathers a :class:`RunView` from ``run_dir``: the journal's trials, full evaluations,
 candidates and result, plus two optional files beside it that the command line writes —
 ``original_program.json`` (the prompts before optimizing) and ``result.json`` (the saved
-:class:`~aprompt.optimize.result.OptimizeResult`, with usage per phase). :func:`write_report` renders a
+:class:`~aprompt._optimize.result.OptimizeResult`, with usage per phase). :func:`write_report` renders a
 self-contained HTML page; its plots need matplotlib (``pip install 'aprompt[ui]'``) and are left out,
 with a note, without it.
 
@@ -369,7 +369,7 @@ def write_report(run_dir: str | os.PathLike[str], out_path: str | os.PathLike[st
     Raises:
         ConfigError: ``run_dir`` holds no run journal, or the report cannot be written.
     """
-    from aprompt.run.report_html import render_report
+    from aprompt.run._report_html import render_report
 
     view = load_run(run_dir)
     target = Path(out_path) if out_path is not None else Path(run_dir) / "report.html"

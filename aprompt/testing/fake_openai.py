@@ -5,7 +5,7 @@ as httpx, and is meant for tests and benchmarks: every request is recorded with 
 finish times, the number of requests in flight is tracked, and faults can be injected.
 ``python -m aprompt.testing.fake_openai --latency-ms 20`` runs one in its own process.
 
-Fault modes (each a :class:`~aprompt.testing.wire.Fault`; the same on the Anthropic fake):
+Fault modes (each a :class:`~aprompt.testing._wire.Fault`; the same on the Anthropic fake):
 
 - failures: ``Fault.http_status(503)``, ``Fault.rate_limited("2")`` (429 with Retry-After),
   ``Fault.delay(s)``, ``Fault.drop_connection()``, ``Fault.invalid_json()``,
@@ -53,7 +53,7 @@ import anyio.abc
 import attrs
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from aprompt.testing.wire import (
+from aprompt.testing._wire import (
     FROM_RESPONDER,
     ChatRequest,
     Fault,

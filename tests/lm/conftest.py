@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.anthropic import AnthropicLM
-from aprompt.lm.http import HTTPChatLM
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.testing.fake_anthropic import FakeAnthropicServer
 from aprompt.testing.fake_openai import FakeOpenAIServer

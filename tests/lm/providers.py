@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from aprompt.lm.http import HTTPChatLM
+from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.testing.fake_openai import FakeOpenAIServer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
-from aprompt.run.storage import CACHE_DIR
+from aprompt.run._storage import CACHE_DIR
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.lm.test_cache import CountingCompute, key_of
 from tests.optimize.world import World

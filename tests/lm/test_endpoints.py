@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from aprompt._errors import ConfigError
-from aprompt.lm.connections import ConnectionLanes, LaneClientFactory
+from aprompt.lm._connections import ConnectionLanes, LaneClientFactory
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter
 from aprompt.lm.openai import OpenAICompatibleLM

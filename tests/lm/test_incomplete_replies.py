@@ -16,9 +16,9 @@ from aprompt._errors import (
     EmptyResponseError,
     TruncatedResponseError,
 )
+from aprompt.lm._http import TRUNCATION_RETRY_MAX_TOKENS
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import ResponseCache
-from aprompt.lm.http import TRUNCATION_RETRY_MAX_TOKENS
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import Message
 from aprompt.testing.fake_anthropic import FakeAnthropicServer

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from aprompt._errors import LMStatusError
+from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.anthropic import AnthropicLM
-from aprompt.lm.http import HTTPChatLM
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.testing.fake_anthropic import FakeAnthropicServer

@@ -13,7 +13,7 @@ import pytest
 
 import aprompt
 from aprompt import Example, Predict
-from aprompt.optimize.arguments import check_metric_on_labels
+from aprompt._optimize.arguments import check_metric_on_labels
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.optimize.qa_task import lm_for
 from tests.optimize.world import TwoStageProgram, examples, metric

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from aprompt import Example, named_predictors
+from aprompt._optimize.bootstrap import BootstrapResult, bootstrap_demo_sets
 from aprompt.lm.types import LM
-from aprompt.optimize.bootstrap import BootstrapResult, bootstrap_demo_sets
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, answers, exact_match, item_of, last_user_of, lm_for, qa_examples

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import aprompt
-from aprompt.optimize.budget import PRESETS, Budget, estimate_calls, resolve_budget
+from aprompt._optimize.budget import PRESETS, Budget, estimate_calls, resolve_budget
 
 
 @pytest.mark.parametrize(

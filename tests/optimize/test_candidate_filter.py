@@ -12,9 +12,9 @@ import pytest
 
 import aprompt
 from aprompt import Example, Predict, named_predictors
-from aprompt.optimize.bootstrap import bootstrap_demo_sets, size_ladder
-from aprompt.optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
-from aprompt.optimize.propose import clean_reply
+from aprompt._optimize.bootstrap import bootstrap_demo_sets, size_ladder
+from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
+from aprompt._optimize.propose import clean_reply
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.optimize.qa_task import (
     ORIGINAL_INSTRUCTION,

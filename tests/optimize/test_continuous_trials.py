@@ -1,4 +1,4 @@
-"""Continuous trials (aprompt/optimize/search.py): no batch barrier, periodic evaluations beside the trials,
+"""Continuous trials (aprompt/_optimize/search.py): no batch barrier, periodic evaluations beside the trials,
 and a result that is a function of the seed whatever the timing, resumed or not.
 
 Served by the loopback fake OpenAI-compatible server, whose request log (arrival and finish times) shows
@@ -17,12 +17,12 @@ import pytest
 
 import aprompt
 from aprompt import OpenAICompatibleLM
+from aprompt._optimize.bootstrap import DemoSet
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.events import Event
+from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
+from aprompt._optimize.search import SearchLoop, minibatch
 from aprompt.lm.cache import ResponseCache
-from aprompt.optimize.bootstrap import DemoSet
-from aprompt.optimize.candidates import Candidates
-from aprompt.optimize.events import Event
-from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt.optimize.search import SearchLoop, minibatch
 from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.conftest import TEST_API_KEY

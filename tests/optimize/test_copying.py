@@ -15,7 +15,7 @@ import pytest
 
 import aprompt
 from aprompt import Predict
-from aprompt.program.copying import copy_program
+from aprompt.program._copying import copy_program
 from tests.optimize.qa_task import optimize_in_world
 from tests.optimize.world import TwoStageProgram
 

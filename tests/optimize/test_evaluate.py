@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from aprompt import ConfigError, Example, Prediction
-from aprompt.optimize.evaluate import evaluate
+from aprompt._optimize.evaluate import evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
 from tests.optimize.qa_task import (

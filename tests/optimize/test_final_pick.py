@@ -1,4 +1,4 @@
-"""The final pick (aprompt/optimize/final_pick.py): paired evidence decides what a search returns.
+"""The final pick (aprompt/_optimize/final_pick.py): paired evidence decides what a search returns.
 
 Pure functions first, then whole runs: in simulated worlds with known truth no run returns a program
 worse than the unoptimized one, and a world where nothing scores stops early and says why.
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 import aprompt
-from aprompt.optimize.final_pick import (
+from aprompt._optimize.final_pick import (
     Evidence,
     FinalPick,
     collect_evidence,

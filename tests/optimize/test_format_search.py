@@ -11,11 +11,11 @@ import pytest
 
 import aprompt
 from aprompt import ChainOfThought, OpenAICompatibleLM, Predict
-from aprompt.optimize.budget import Budget, resolve_budget
-from aprompt.optimize.candidates import Candidates
-from aprompt.optimize.evaluate import Metric
-from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt.optimize.search import SearchLoop
+from aprompt._optimize.budget import Budget, resolve_budget
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.evaluate import Metric
+from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
+from aprompt._optimize.search import SearchLoop
 from aprompt.program.discovery import named_predictors
 from aprompt.program.overrides import PromptOverride
 from aprompt.run.report import RunView, describe_run

@@ -13,10 +13,10 @@ import json
 import pytest
 
 import aprompt
-from aprompt.lm.metering import LimitReached
-from aprompt.optimize.budget import resolve_budget
-from aprompt.optimize.run_context import RunContext
-from aprompt.run.limits import RunLimits
+from aprompt._optimize.budget import resolve_budget
+from aprompt._optimize.run_context import RunContext
+from aprompt.lm._metering import LimitReached
+from aprompt.run._limits import RunLimits
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from aprompt.optimize.pooling import best_combination, fit_additive
+from aprompt._optimize.pooling import best_combination, fit_additive
 
 
 def _additive_trials(n: int, seed: int) -> list[tuple[dict[str, int], float, int]]:

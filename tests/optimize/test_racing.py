@@ -1,4 +1,4 @@
-"""Multi-fidelity evaluation (aprompt/optimize/racing.py): races and trials stopped early, in the world
+"""Multi-fidelity evaluation (aprompt/_optimize/racing.py): races and trials stopped early, in the world
 of tests/optimize/world.py served by the fake OpenAI-compatible server."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 
 import aprompt
 from aprompt import OpenAICompatibleLM, ResponseCache
-from aprompt.optimize.candidates import Candidates
-from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt.optimize.racing import affordable, run_race
-from aprompt.optimize.search import SearchLoop
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
+from aprompt._optimize.racing import affordable, run_race
+from aprompt._optimize.search import SearchLoop
 from aprompt.program.discovery import named_predictors
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY

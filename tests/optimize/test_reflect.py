@@ -12,13 +12,13 @@ import pytest
 
 import aprompt
 from aprompt import ConfigError, Example, OpenAICompatibleLM, Prediction
+from aprompt._optimize.bootstrap import DemoSet
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.evaluate import evaluate
+from aprompt._optimize.events import Event
+from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
+from aprompt._optimize.search import SearchLoop
 from aprompt.lm.cache import ResponseCache
-from aprompt.optimize.bootstrap import DemoSet
-from aprompt.optimize.candidates import Candidates
-from aprompt.optimize.evaluate import evaluate
-from aprompt.optimize.events import Event
-from aprompt.optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt.optimize.search import SearchLoop
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (

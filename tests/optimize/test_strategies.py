@@ -7,7 +7,7 @@ import re
 import pytest
 
 import aprompt
-from aprompt.optimize.strategies import TEMPERATURES
+from aprompt._optimize.strategies import TEMPERATURES
 from aprompt.testing.fake_openai import FakeOpenAIServer, RecordedRequest
 from tests.optimize.qa_task import (
     is_program_call,

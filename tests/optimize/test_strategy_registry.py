@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 import aprompt
-from aprompt.optimize import grounding
-from aprompt.optimize.budget import resolve_budget
-from aprompt.optimize.grounding import GroundingSource
-from aprompt.optimize.propose import Grounding
-from aprompt.optimize.run_context import RunContext
-from aprompt.optimize.strategies import STRATEGIES, Strategy, register_strategy, unregister_strategy
-from aprompt.optimize.summaries import Grounded
+from aprompt._optimize import grounding
+from aprompt._optimize.budget import resolve_budget
+from aprompt._optimize.grounding import GroundingSource
+from aprompt._optimize.propose import Grounding
+from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.strategies import STRATEGIES, Strategy, register_strategy, unregister_strategy
+from aprompt._optimize.summaries import Grounded
 from aprompt.run.journal import RunJournal
 from tests.optimize.qa_task import SMALL_BUDGET, is_proposal, last_user_of, optimize_in_world
 

@@ -11,8 +11,8 @@ import aprompt
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.program.adapter import answered_before_cut
 from aprompt.program.signature import Signature
+from aprompt.testing._wire import Fault
 from aprompt.testing.fake_openai import FakeOpenAIServer
-from aprompt.testing.wire import Fault
 
 
 @pytest.fixture(params=["asyncio", "trio"])

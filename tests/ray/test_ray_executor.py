@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'aprompt[ray]')")
 
 from aprompt import ConfigError, Example, program_state
+from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt.executors import RayExecutor
-from aprompt.optimize.evaluate import Evaluation, evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
 from tests.optimize.qa_task import (

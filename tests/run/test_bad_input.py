@@ -16,7 +16,7 @@ import pytest
 
 import aprompt
 from aprompt import OpenAICompatibleLM
-from aprompt.run.preflight import check_endpoints, check_metric
+from aprompt.run._preflight import check_endpoints, check_metric
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.world import TwoStageProgram, examples, metric

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 import aprompt
+from aprompt._optimize import search
 from aprompt.lm.retry import RetryPolicy
-from aprompt.optimize import search
 from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from aprompt.tpe import Suggestion, TPESampler

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 import aprompt
+from aprompt._optimize.evaluate import Evaluation
+from aprompt._optimize.outage import OutageGuard, OutagePolicy
 from aprompt.lm.retry import RetryPolicy
-from aprompt.optimize.evaluate import Evaluation
-from aprompt.optimize.outage import OutageGuard, OutagePolicy
 from aprompt.run.journal import RunJournal
+from aprompt.testing._wire import Fault
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
-from aprompt.testing.wire import Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, exact_match, lm_for, qa_examples
 from tests.optimize.world import World, examples

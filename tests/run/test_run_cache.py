@@ -12,7 +12,7 @@ import pytest
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import Message
-from aprompt.run.storage import run_storage
+from aprompt.run._storage import run_storage
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.optimize.qa_task import optimize_in_world
 

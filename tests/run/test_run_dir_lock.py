@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import aprompt
-from aprompt.optimize.events import Event, RunPlanned
+from aprompt._optimize.events import Event, RunPlanned
 from aprompt.run.journal import RunJournal
 from aprompt.run.lock import LOCK_FILE, RunDirLock
 from aprompt.testing.fake_openai import FakeOpenAIServer

@@ -20,12 +20,12 @@ import pytest
 
 import aprompt
 from aprompt import Example, OpenAICompatibleLM, Predict
+from aprompt._optimize.budget import resolve_budget
+from aprompt._optimize.propose import Grounding
 from aprompt.lm.types import Completion, Message
-from aprompt.optimize.budget import resolve_budget
-from aprompt.optimize.propose import Grounding
 from aprompt.program.discovery import named_predictors
+from aprompt.run._storage import run_fingerprint
 from aprompt.run.journal import RunJournal
-from aprompt.run.storage import run_fingerprint
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import SMALL_BUDGET

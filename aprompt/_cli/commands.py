@@ -1,0 +1,178 @@
+"""The commands: ``optimize``, ``evaluate``, ``show``, ``report`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import shlex
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aprompt
+from aprompt._cli.errors import EXIT_LM, EXIT_OK
+from aprompt._cli.loading import input_fields, load_object, load_program, read_examples
+from aprompt._errors import (
+    ConfigError,
+    StateError,
+)
+from aprompt._optimize.events import Event, RunPlanned
+from aprompt.program.discovery import is_function
+from aprompt.progress import progress_display
+from aprompt.run._preflight import check_endpoints
+from aprompt.run.report import ORIGINAL_FILE, RESULT_FILE, describe_run, load_run, write_report
+
+
+@contextlib.asynccontextmanager
+async def open_lm(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The LM of ``--lm``: the embedded local model, or an OpenAI-compatible client."""
+    if args.lm == "local":
+        async with aprompt.local_lm(n_parallel=args.lm_concurrency or 4) as local:
+            yield local
+        return
+    if not args.lm.startswith(("http://", "https://")):
+        raise ConfigError(f"--lm must be 'local' or an http(s):// base URL, not {args.lm!r}")
+    if not args.model:
+        raise ConfigError("--model is required with an --lm URL (or set $APROMPT_MODEL)")
+    options: dict[str, Any] = {"timeout": args.timeout, "api_key_env": args.api_key_env}
+    if args.lm_concurrency:
+        options["max_concurrency"] = args.lm_concurrency
+    if args.rpm:
+        options["requests_per_minute"] = args.rpm
+    async with aprompt.OpenAICompatibleLM(args.model, args.lm, **options) as lm:
+        yield lm
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    budget: dict[str, Any] = {"preset": args.budget}
+    overrides = {
+        "n_trials": args.trials,
+        "n_candidates": args.candidates,
+        "val_size": args.val_size,
+        "minibatch_size": args.minibatch_size,
+    }
+    budget.update({k: v for k, v in overrides.items() if v is not None})
+    return budget
+
+
+async def optimize_command(args: argparse.Namespace) -> int:
+    program = load_program(args.program)
+    fields, required = input_fields(program, args.inputs)
+    train = read_examples(args.train, fields, required)
+    val = read_examples(args.val, fields, required) if args.val else None
+    metric = load_object(args.metric, "--metric")
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    try:
+        original: dict[str, Any] | None = aprompt.program_state(program)
+    except StateError:
+        original = None  # demos JSON cannot hold: the report does without the originals
+
+    def keep_original(event: Event) -> None:
+        # After RunPlanned the journal has accepted this run's config: the run_dir is ours to write.
+        if isinstance(event, RunPlanned) and run_dir is not None and original is not None:
+            target = run_dir / ORIGINAL_FILE
+            if args.fresh or not target.exists():
+                target.write_text(json.dumps(original, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    async with open_lm(args) as lm, progress_display(quiet=args.quiet, usage=lambda: lm.usage) as display:
+
+        def on_event(event: Event) -> None:
+            keep_original(event)
+            display(event)
+
+        result = await aprompt.optimize(
+            program,
+            train,
+            metric,
+            lm=lm,
+            valset=val,
+            strategy=args.strategy,
+            budget=_budget(args),
+            seed=args.seed,
+            concurrency=args.concurrency,
+            on_event=on_event,
+            run_dir=run_dir,
+            resume=not args.fresh,
+            limits=aprompt.Limits(
+                max_lm_calls=args.max_lm_calls, max_tokens=args.max_tokens, max_time=args.max_time
+            ),
+            # A function's predictors live in its module; this process only saves the result.
+            in_place=is_function(program),
+        )
+    out = Path(args.out) if args.out else (run_dir / RESULT_FILE if run_dir else Path("optimized.json"))
+    for target in {out, *([run_dir / RESULT_FILE] if run_dir else [])}:
+        try:
+            result.save(target)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the result to {target}: {exc.strerror or exc}") from None
+    usage = result.usage
+    stopped = f" (stopped by {result.stopped_by})" if result.stopped_by else ""
+    hits = usage.cache_hits / usage.calls if usage.calls else 0.0
+    print(f"validation score: baseline {result.baseline_score:.3f} -> optimized {result.score:.3f}{stopped}")
+    print(
+        f"usage: {usage.lm_calls:,} LM calls, {hits:.0%} cache hits, {usage.total_tokens:,} tokens, "
+        f"{usage.rate_limited} rate-limited; {result.seconds:.1f} s"
+    )
+    print(f"saved the optimized program to {out}  (load it with aprompt.load(program, {str(out)!r}))")
+    if run_dir is not None:
+        where = shlex.quote(str(run_dir))
+        print(f"inspect the run: aprompt show {where}; aprompt report {where}")
+    return EXIT_OK
+
+
+async def evaluate_command(args: argparse.Namespace) -> int:
+    program = load_program(args.program)
+    if args.load:
+        aprompt.load(program, args.load)
+    fields, required = input_fields(program, args.inputs)
+    data = read_examples(args.data, fields, required)
+    metric = load_object(args.metric, "--metric")
+    async with open_lm(args) as lm:
+        await check_endpoints([lm])
+        evaluation = await aprompt.evaluate(program, data, metric, lm=lm, concurrency=args.concurrency)
+    figures = {
+        "score": evaluation.mean,
+        "examples": len(evaluation.results),
+        "failed": evaluation.n_failed,
+        "unscored": evaluation.n_unscored,
+    }
+    if args.json:
+        print(json.dumps(figures))
+    elif evaluation.mean is not None:
+        print(
+            f"score {evaluation.mean:.3f} on {len(evaluation.results)} examples "
+            f"({evaluation.n_failed} failed, {evaluation.n_unscored} left unscored by LM errors)"
+        )
+    if evaluation.n_unscored:
+        first = next(iter(evaluation.errors.values()), "")
+        print(f"warning: {evaluation.n_unscored} examples unscored; first error: {first}", file=sys.stderr)
+    return EXIT_LM if evaluation.mean is None else EXIT_OK
+
+
+def show_command(args: argparse.Namespace) -> int:
+    print(describe_run(load_run(args.run_dir)))
+    return EXIT_OK
+
+
+def report_command(args: argparse.Namespace) -> int:
+    path = write_report(args.run_dir, args.out)
+    print(f"wrote {path}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("note: the report has no plots; pip install 'aprompt[ui]' for them", file=sys.stderr)
+    return EXIT_OK
+
+
+async def demo_command(args: argparse.Namespace) -> int:
+    demo = importlib.import_module("aprompt.demo.__main__")
+    await demo.main(demo.parse_args(args.demo_args))
+    return EXIT_OK
+
+
+# -- running: signals, errors, exit codes --------------------------------------------------------

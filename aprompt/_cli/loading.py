@@ -1,0 +1,163 @@
+"""Loading what a command line names: the program (``module:attr`` or ``path.py:attr``), the metric,
+and examples from JSONL or CSV files."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aprompt
+from aprompt._errors import (
+    ConfigError,
+)
+from aprompt._optimize.evaluate import program_entry
+
+
+def _import_file(path: Path) -> Any:
+    resolved = path.resolve()
+    name = resolved.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == resolved:
+            return loaded
+        name = f"aprompt_user_{name}"  # never replace a module already imported under that name
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(resolved.parent))  # so the file imports its neighbours
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_object(spec: str, what: str) -> Any:
+    """``module:attr`` or ``file.py:attr`` (``attr`` may be dotted) → the object.
+
+    Raises:
+        ConfigError: malformed spec, missing file, module or attribute, or an import that raised.
+    """
+    source, _, attribute = spec.rpartition(":")
+    if not source or not attribute:
+        raise ConfigError(f"{what} {spec!r} must be module:attribute or path/to/file.py:attribute")
+    is_file = source.endswith(".py") or "/" in source or os.sep in source
+    try:
+        if is_file:
+            if not Path(source).is_file():
+                raise ConfigError(f"{what} file {source} does not exist")
+            obj = _import_file(Path(source))
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            obj = importlib.import_module(source)
+    except ConfigError:
+        raise
+    except ImportError as exc:
+        raise ConfigError(f"{what}: cannot import {source}: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(f"{what}: importing {source} raised {type(exc).__name__}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"{what}: {source} has no attribute {attribute!r}") from None
+    return obj
+
+
+def load_program(spec: str) -> Any:
+    """The program named by ``spec``; a class or a plain function is called with no arguments."""
+    obj = load_object(spec, "PROGRAM")
+    if isinstance(obj, type) or (inspect.isfunction(obj) and not inspect.iscoroutinefunction(obj)):
+        try:
+            return obj()
+        except TypeError as exc:
+            raise ConfigError(
+                f"PROGRAM {spec}: {obj.__name__}() needs arguments ({exc}); point at a program object, "
+                "or at a class or function that builds one with no arguments"
+            ) from exc
+    return obj
+
+
+def input_fields(program: object, given: str | None) -> tuple[list[str], set[str]]:
+    """The program's input field names and the required ones (``--inputs`` names them all)."""
+    if given:
+        names = [name.strip() for name in given.split(",") if name.strip()]
+        return names, set(names)
+    try:
+        params = inspect.signature(program_entry(program)).parameters.values()
+    except (TypeError, ValueError):
+        params = []  # type: ignore[assignment]
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not named:
+        raise ConfigError(
+            "cannot tell the program's input fields from its signature; name them with --inputs"
+        )
+    return [p.name for p in named], {p.name for p in named if p.default is p.empty}
+
+
+def _rows(path: Path) -> list[tuple[str, Any]]:
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8-sig")
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((f"line {number}", json.loads(line)))
+                except ValueError as exc:
+                    raise ConfigError(f"{path}, line {number}: not JSON ({exc})") from None
+        return rows
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not JSON ({exc})") from None
+        items = data.get("examples") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise ConfigError(f"{path}: expected a list of objects (or {{'examples': [...]}})")
+        return [(f"item {n}", item) for n, item in enumerate(items)]
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        return [(f"row {n}", dict(row)) for n, row in enumerate(reader, 2)]
+    raise ConfigError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .jsonl, .json or .csv")
+
+
+def read_examples(
+    path: str | os.PathLike[str], fields: Sequence[str], required: set[str]
+) -> list[aprompt.Example]:
+    """Examples from a JSONL, JSON or CSV file: ``fields`` are inputs, the rest labels.
+
+    Raises:
+        ConfigError: unreadable file, unknown format, a record that is not an object or lacks an input.
+    """
+    source = Path(path)
+    try:
+        rows = _rows(source)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source} is not UTF-8 text ({exc})") from None
+    examples = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise ConfigError(f"{source}, {where}: expected an object, got {type(row).__name__}")
+        missing = sorted(required - set(row))
+        if missing:
+            raise ConfigError(f"{source}, {where}: lacks input field(s) {missing} (has {sorted(row)})")
+        inputs = {k: row[k] for k in fields if k in row}
+        examples.append(aprompt.Example(inputs, {k: v for k, v in row.items() if k not in inputs}))
+    if not examples:
+        raise ConfigError(f"{source} holds no examples")
+    return examples

@@ -1,0 +1,87 @@
+"""``main``: parse, run the command under a signal watch, and turn its outcome into an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import shlex
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from aprompt._cli.errors import EXIT_CONFIG, leaf_error, report_error
+from aprompt._cli.parser import build_parser
+
+
+async def _until_signal(body: Callable[[], Awaitable[int]], caught: list[int]) -> int | None:
+    """Run ``body``; SIGINT/SIGTERM cancel it (it cleans up as on any cancellation) and return None."""
+    code: int | None = None
+
+    async def watch(group: Any) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for signum in received:
+                caught.append(int(signum))
+                group.cancel_scope.cancel()
+                return  # a second Ctrl-C during cleanup interrupts at once
+
+    try:
+        async with anyio.create_task_group() as group:
+            if sys.platform != "win32":
+                group.start_soon(watch, group)
+            code = await body()
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as errors:
+        raise leaf_error(errors) from None  # the user's error, not our task group's wrapping
+    return code
+
+
+def _interrupted(args: argparse.Namespace, argv: Sequence[str], signum: int) -> int:
+    print("\ninterrupted.", file=sys.stderr)
+    if getattr(args, "command", "") == "optimize":
+        if args.run_dir:
+            command = "aprompt " + shlex.join(a for a in argv if a != "--fresh")
+            print(f"the run is saved in {args.run_dir}; resume it with:\n  {command}", file=sys.stderr)
+        else:
+            print("nothing was saved; pass --run-dir DIR to make a run resumable", file=sys.stderr)
+    return 128 + signum
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line (``argv`` default: ``sys.argv[1:]``) and return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
+    debug = bool(getattr(args, "debug", False))
+    log = logging.getLogger("aprompt")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    log.addHandler(handler)
+    log_level = log.level
+    log.setLevel(logging.DEBUG if debug else logging.WARNING)
+    try:
+        return _dispatch(args, argv, debug)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(log_level)
+
+
+def _dispatch(args: argparse.Namespace, argv: Sequence[str], debug: bool) -> int:
+    caught: list[int] = []
+    try:
+        handler = args.handler
+        if inspect.iscoroutinefunction(handler):
+            code = anyio.run(_until_signal, lambda: handler(args), caught)
+            return code if code is not None else _interrupted(args, argv, caught[0] if caught else 2)
+        return int(handler(args))
+    except KeyboardInterrupt:
+        return _interrupted(args, argv, signal.SIGINT)
+    except BaseException as exc:
+        if caught:  # an error raised while a signal cancelled the run
+            return _interrupted(args, argv, caught[0])
+        return report_error(exc, debug)

@@ -1,0 +1,369 @@
+"""``await aprompt.optimize(...)``: validate, plan, run a strategy, and return the optimized program."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import attrs
+
+from aprompt._errors import ConfigError
+from aprompt._optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
+from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
+from aprompt._optimize.evaluate import Metric, RunMetric, program_entry
+from aprompt._optimize.events import EventCallback, RunFinished, RunPlanned
+from aprompt._optimize.examples import Example, as_examples
+from aprompt._optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
+from aprompt._optimize.propose import Grounding
+from aprompt._optimize.result import OptimizeResult, P
+from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.strategies import Strategy, resolve_strategy
+from aprompt.executors.base import Executor, check_executor, use_executor
+from aprompt.lm.types import LM
+from aprompt.program._copying import copy_program
+from aprompt.program.context import current_lm
+from aprompt.program.discovery import is_function, named_predictors
+from aprompt.program.overrides import watch_predictors
+from aprompt.program.state import program_state
+from aprompt.run._limits import Limits
+from aprompt.run._preflight import check_endpoints, check_limits, check_metric
+from aprompt.run._storage import run_fingerprint, run_storage
+
+logger = logging.getLogger("aprompt")
+
+
+def split_valset(
+    trainset: Sequence[Example], valset: Sequence[Example] | None, val_size: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Given no valset, hold out a seeded part of the trainset (at most half, at most ``val_size``);
+    a valset larger than ``val_size`` is subsampled (seeded)."""
+    rng = random.Random(f"{seed}:split")
+    if valset is None:
+        if len(trainset) < 2:
+            raise ConfigError("need at least 2 training examples when no valset is given")
+        shuffled = list(trainset)
+        rng.shuffle(shuffled)
+        n_val = min(val_size, max(1, len(shuffled) // 2))
+        return shuffled[n_val:], shuffled[:n_val]
+    val = list(valset)
+    if len(val) > val_size:
+        val = rng.sample(val, val_size)
+    return list(trainset), val
+
+
+def check_inputs(program: object, examples: Sequence[Example], role: str) -> None:
+    """Every example's inputs must bind to the program's call signature."""
+    try:
+        signature = inspect.signature(program_entry(program))
+    except (TypeError, ValueError):
+        return
+    for example in examples:
+        try:
+            signature.bind(**example.inputs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"{role} example {example.id} does not fit the program's inputs "
+                f"{list(signature.parameters)}: {exc}"
+            ) from None
+
+
+async def optimize(
+    program: P,
+    trainset: Sequence[Example | Mapping[str, Any]],
+    metric: Metric,
+    *,
+    lm: LM | None = None,
+    proposer_lm: LM | None = None,
+    teacher_lm: LM | None = None,
+    valset: Sequence[Example | Mapping[str, Any]] | None = None,
+    strategy: str | Strategy = "mipro",
+    budget: str | Budget | Mapping[str, Any] = "light",
+    seed: int = 0,
+    input_fields: Sequence[str] | None = None,
+    grounding: Grounding | None = None,
+    concurrency: int = 256,
+    bootstrap_threshold: float = 1.0,
+    in_place: bool = False,
+    on_event: EventCallback | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    limits: Limits | None = None,
+    max_lm_calls: int | None = None,
+    max_tokens: int | None = None,
+    max_cost: float | None = None,
+    max_time: float | None = None,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    executor: Executor | None = None,
+) -> OptimizeResult[P]:
+    """Optimize the instructions and demos of every predictor in ``program``.
+
+    Args:
+        program: an object (or bound async method) whose attributes hold predictors, or a plain async
+            function whose globals or closure hold them (``in_place=True`` is then required: a
+            module's predictors cannot be copied); it is called with each example's inputs as
+            keyword arguments.
+        trainset: examples (or mappings, with ``input_fields`` naming the program inputs).
+        metric: ``metric(example, prediction) -> bool | float in [0, 1]``, sync or async; or a score with
+            text feedback, ``(score, feedback)`` or an object with ``.score`` and ``.feedback`` (shown to
+            the proposer by ``strategy="mipro_reflective"``).
+        lm: the LM for predictors that have none (else the :func:`aprompt.use_lm` default).
+        proposer_lm: writes summaries and instruction proposals (default: ``lm``).
+        teacher_lm: runs the program while bootstrapping demos (default: ``lm``); like ``lm``, it
+            serves the predictors that have no ``lm`` of their own.
+        valset: scored during search; default: a seeded part of the trainset.
+        strategy: ``"mipro"`` or another key of :data:`aprompt._optimize.strategies.STRATEGIES`, or a
+            :class:`~aprompt._optimize.strategies.Strategy` instance.
+        budget: ``"light"``, ``"medium"``, ``"heavy"``, a :class:`Budget` or a mapping of overrides.
+        seed: the same seed and a warm cache give the same result with no new LM calls.
+        input_fields: which keys of mapping examples are program inputs (the rest are labels);
+            needed only when examples are plain mappings.
+        grounding: which pieces ground the instruction proposals, and the proposer temperature.
+        concurrency: program runs in flight at once (LM calls are further limited by the LM client).
+        bootstrap_threshold: the metric score a run must reach for its trace to become demos.
+        in_place: write the best prompts into ``program`` itself instead of a copy.
+        on_event: called (sync or async) with every progress event.
+        run_dir: journal every durable fact there (and keep the LM cache there when the LM has none);
+            calling again with the same ``run_dir`` resumes the run where it stopped.
+        resume: with ``False``, an existing journal in ``run_dir`` is cleared and the run starts over.
+        limits: hard limits on what the run spends (:class:`aprompt.Limits`: ``max_lm_calls``,
+            ``max_tokens``, ``max_cost`` with ``prices``, ``max_time``). A step the rest cannot pay for
+            (estimated from the program's measured calls per run) is not started, a request past the
+            limit is refused and its step abandoned, and the best program so far is returned
+            (``result.stopped_by`` names the limit, ``result.spent`` the amounts). Limits count for any
+            LM object and are cumulative over the calls of one run: with a ``run_dir`` a resumed run
+            continues the same budget, and calling a stopped run again with the same limit spends nothing.
+        max_lm_calls: deprecated (a :class:`DeprecationWarning`): ``limits=aprompt.Limits(max_lm_calls=...)``;
+            giving an old limit argument with ``limits`` is a :class:`ConfigError`.
+        max_tokens: deprecated: ``limits=aprompt.Limits(max_tokens=...)``.
+        max_cost: deprecated: ``limits=aprompt.Limits(max_cost=..., prices=...)``.
+        max_time: deprecated: ``limits=aprompt.Limits(max_time=...)``.
+        prices: deprecated: ``limits=aprompt.Limits(prices=...)``.
+        outage_tolerance: seconds to wait for an LM that went down (checked with back-off) before
+            stopping with :class:`~aprompt.EndpointDownError`; a step is re-run once the LM answers, so
+            an outage does not change the result (:mod:`aprompt._optimize.outage`).
+        executor: where the program runs happen (:mod:`aprompt.executors`): in this process by default,
+            or e.g. on a Ray cluster (:class:`~aprompt.executors.RayExecutor`); the LM calls, limits,
+            cache, journal and result are the same.
+
+    The returned program (unless ``in_place``) is a copy holding copies of the predictors and sharing
+    everything else (locks, clients, data) with ``program``, whose prompts stay unchanged.
+
+    Raises:
+        ConfigError: bad input (the type or range of any argument, examples, program, budget, limits, or
+            a metric that returns no valid score for a prediction made of an example's own labels),
+            before any LM call. During the run: a metric value that is not a score (``None``, NaN, a
+            string, 2.5), or a predictor called where the run's prompts cannot reach it (a worker task or
+            thread started before the run; see "Program" in the docs' concepts); or ``max_lm_calls``
+            cannot pay for the baseline and one mini-batch at the calls per run the program's first run
+            showed.
+        OptimizationError: the metric raised on every prediction of its first evaluation (before it
+            ever returned a score), or the program or metric failed on every baseline example.
+        RunLimitError: a limit stopped the run before the baseline was scored.
+        LMConnectionError, AuthenticationError: an endpoint is unreachable or refuses the key; each is
+            probed once up front (``GET /models``, no tokens spent).
+        EndpointDownError: an LM stayed down longer than ``outage_tolerance`` (or refuses every request);
+            with a ``run_dir``, calling again resumes from the step it stopped at.
+
+    Example::
+
+        result = await aprompt.optimize(
+            program, trainset, metric, lm=lm, budget="light", limits=aprompt.Limits(max_lm_calls=2_000)
+        )
+        print(result.baseline_score, "->", result.score)
+        result.save("optimized.json")
+    """
+    started = time.monotonic()
+    run_limits = resolve_limits(
+        limits,
+        {
+            "max_lm_calls": max_lm_calls,
+            "max_tokens": max_tokens,
+            "max_cost": max_cost,
+            "max_time": max_time,
+            "prices": prices,
+        },
+        function="optimize",
+        stacklevel=2,
+    )
+    check_arguments(
+        trainset=trainset,
+        valset=valset,
+        strategy=strategy,
+        budget=budget,
+        seed=seed,
+        input_fields=input_fields,
+        grounding=grounding,
+        concurrency=concurrency,
+        bootstrap_threshold=bootstrap_threshold,
+        in_place=in_place,
+        on_event=on_event,
+        run_dir=run_dir,
+        resume=resume,
+        lms={"lm": lm, "proposer_lm": proposer_lm, "teacher_lm": teacher_lm},
+    )
+    check_executor(executor)
+    chosen = resolve_strategy(strategy)
+    plan = resolve_budget(budget)
+    predictors = named_predictors(program)
+    if not predictors:
+        raise ConfigError(
+            f"function {getattr(program, '__qualname__', program)} names no predictor (in its globals, "
+            "its closure, or functions it calls) to optimize"
+            if is_function(program)
+            else f"program {type(program).__name__} holds no predictors to optimize"
+        )
+    if is_function(program) and not in_place:
+        raise ConfigError(
+            f"program {getattr(program, '__qualname__', program)} is a function: its predictors live in "
+            "its module and cannot be copied; pass in_place=True to write the best prompts into them"
+        )
+    train = as_examples(trainset, input_fields, role="trainset")
+    if not train:
+        raise ConfigError("trainset is empty")
+    val_given = as_examples(valset, input_fields, role="valset") if valset is not None else None
+    if val_given is not None and not val_given:
+        raise ConfigError("valset is empty; pass None to hold out part of the trainset")
+    train, val = split_valset(train, val_given, plan.val_size, seed)
+    check_inputs(program, [*train, *val], "trainset/valset")
+    check_metric(metric)
+    await check_metric_on_labels(metric, [*val, *train])
+    default_lm = lm if lm is not None else current_lm()
+    if default_lm is None and any(p.lm is None for _, p in predictors):
+        raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")
+    proposer = proposer_lm or default_lm or predictors[0][1].lm
+    assert proposer is not None
+    outage = outage_policy(outage_tolerance)
+    lms = [default_lm, proposer, teacher_lm, *(p.lm for _, p in predictors)]
+    check_limits(run_limits, lms, runs=len(val) + min(plan.minibatch_size, len(val)))
+    await check_endpoints(lms)
+    # A copy of a P is a P (copy_program copies predictors and shares the rest).
+    target = program if in_place else cast(P, copy_program(program))
+    grounding = grounding or Grounding()
+    # Resolved here, not later, so the run's flow is part of its fingerprint (resume must match it).
+    capacity = getattr(default_lm, "capacity", None)
+    plan = attrs.evolve(
+        plan,
+        parallel_trials=plan.parallel_trials_for(
+            capacity if isinstance(capacity, int) else None, len(predictors)
+        ),
+    )
+    fingerprint = run_fingerprint(
+        chosen.name,
+        plan,
+        seed,
+        grounding,
+        bootstrap_threshold,
+        predictors,
+        train,
+        val,
+        lm=default_lm,
+        proposer_lm=proposer,
+        teacher_lm=teacher_lm,
+        metric=metric,
+    )
+    async with run_storage(run_dir, resume, fingerprint, [default_lm, proposer, teacher_lm]) as journal:
+        ctx = RunContext(
+            program=program,
+            predictors=predictors,
+            trainset=train,
+            valset=val,
+            metric=RunMetric(metric),
+            budget=plan,
+            seed=seed,
+            lm=default_lm,
+            proposer_lm=proposer,
+            teacher_lm=teacher_lm,
+            grounding=grounding,
+            concurrency=concurrency,
+            on_event=on_event,
+            bootstrap_threshold=bootstrap_threshold,
+            journal=journal,
+            limits=run_limits,
+            outage=outage,
+        )
+        ctx.check_limits()  # again, with the calls per run measured by earlier calls of this run
+        if journal is not None and journal.latest("original_state") is None:
+            journal.append("original_state", program_state(program))
+        with watch_predictors(predictors), use_executor(executor):
+            return await _run(ctx, chosen, target, started)
+
+
+async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -> OptimizeResult[P]:
+    plan, predictors, train, val, seed = ctx.budget, ctx.predictors, ctx.trainset, ctx.valset, ctx.seed
+    planned = _plan_event(strategy, plan, len(predictors), len(train), len(val))
+    logger.info(
+        "aprompt %s: %d trials on %d validation examples, about %d LM calls before caching",
+        strategy.name,
+        planned.n_trials,
+        planned.val_size,
+        planned.expected_lm_calls,
+    )
+    await ctx.emit(planned)
+    candidates, outcome = await ctx.run_strategy(strategy)
+
+    prompts = candidates.prompts_for(outcome.best_choice)
+    for name, predictor in named_predictors(target):
+        if name in prompts:
+            predictor.use_prompt(prompts[name])
+    result = OptimizeResult(
+        program=target,
+        strategy=strategy.name,
+        score=outcome.best_score,
+        baseline_score=outcome.baseline_score,
+        best_choice=outcome.best_choice,
+        trials=outcome.trials,
+        full_evals=outcome.full_evals,
+        candidates=candidates,
+        dropped=tuple(ctx.dropped),
+        phases=tuple(ctx.phases),
+        seconds=time.monotonic() - started,
+        seed=seed,
+        failures=dict(ctx.failures),
+        stopped_by=ctx.stopped_by,
+        spent=ctx.spent(),
+        pick=outcome.pick,
+    )
+    if ctx.stopped_by is not None:
+        logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(ctx.stopped_by), result.spent)
+    if ctx.journal is not None:
+        ctx.journal.append("result", {"score": result.score, "best_choice": dict(result.best_choice)})
+    await ctx.emit(RunFinished(result.score, result.baseline_score, result.seconds, result.usage))
+    return result
+
+
+def _plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
+    """The run's plan, as ``strategy`` plans it, with its LM-call estimate."""
+    planned = strategy.plan(plan, n_predictors, n_train, n_val)
+    estimate = estimate_calls(
+        plan,
+        n_predictors=n_predictors,
+        calls_per_run=float(n_predictors),
+        n_trials=planned.n_trials,
+        val_size=n_val,
+        bootstrap_runs=planned.bootstrap_runs,
+        proposal_calls=planned.proposal_calls,
+        screen_runs=planned.screen_runs,
+    )
+    return RunPlanned(
+        strategy.name,
+        planned.n_trials,
+        n_val,
+        estimate.total,
+        {
+            "bootstrap": estimate.bootstrap,
+            "proposal": estimate.proposal,
+            "screen": estimate.screen,
+            "evaluation": estimate.evaluation,
+            "per_program_run": math.ceil(n_predictors),
+        },
+    )
+
+
+__all__ = ["optimize", "split_valset"]

@@ -1,0 +1,226 @@
+"""The arguments of :func:`aprompt.optimize`, checked before anything is spent.
+
+A wrong type or range (``seed="abc"``, ``concurrency=0``, a NaN price, a metric returning ``None``) used
+to surface deep in a run, after the bootstrap had paid for its LM calls, or never (a negative price
+simply lowered the cost). Each check here raises a :class:`~aprompt._errors.ConfigError` naming the
+argument and the value it got.
+
+The metric is also tried once on a prediction built from an example's own labels (the perfect
+answer): it must return a valid score there. A metric that cannot read such a prediction (it reads a
+field the labels lack: ``AttributeError``, ``KeyError``, ``IndexError``) is let through; its real
+predictions are checked as they are scored (see :mod:`aprompt._optimize.evaluate`).
+
+Example::
+
+    check_arguments(seed=0, concurrency=8, bootstrap_threshold=1.0, ...)
+    await check_metric_on_labels(metric, examples[0])
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeGuard
+
+from aprompt._errors import APromptError, ConfigError
+from aprompt._optimize.budget import Budget
+from aprompt._optimize.evaluate import Metric, describe_metric, metric_score
+from aprompt._optimize.examples import Example
+from aprompt._optimize.propose import Grounding
+from aprompt._optimize.strategies import STRATEGIES, Strategy
+from aprompt.program.values import Prediction
+from aprompt.run._limits import Limits
+
+__all__ = ["check_arguments", "check_lm", "check_metric_on_labels", "resolve_limits"]
+
+#: What a metric may raise on a prediction built from labels without being refused up front: the
+#: labels lack a field it reads (a reasoning field, a list of retrieved passages...).
+_CANNOT_READ_LABELS = (AttributeError, LookupError)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_whole(value: object) -> TypeGuard[numbers.Integral]:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> TypeGuard[numbers.Real]:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_arguments(
+    *,
+    trainset: object,
+    valset: object,
+    strategy: object,
+    budget: object,
+    seed: object,
+    input_fields: object,
+    grounding: object,
+    concurrency: object,
+    bootstrap_threshold: object,
+    in_place: object,
+    on_event: object,
+    run_dir: object,
+    resume: object,
+    lms: Mapping[str, object],
+) -> None:
+    """Check the type and range of every plain argument of :func:`aprompt.optimize`.
+
+    Args:
+        lms: ``{"lm": lm, "proposer_lm": ..., "teacher_lm": ...}`` (``None`` values allowed).
+
+    The limits are checked by :class:`~aprompt.run._limits.Limits` (see :func:`resolve_limits`).
+
+    Raises:
+        ConfigError: naming the first bad argument and its value.
+    """
+    _check_dataset("trainset", trainset)
+    if valset is not None:
+        _check_dataset("valset", valset)
+    if not isinstance(strategy, Strategy) and (not isinstance(strategy, str) or strategy not in STRATEGIES):
+        raise ConfigError(
+            f"unknown strategy {_show(strategy)}; choose one of {sorted(STRATEGIES)} or pass a "
+            "Strategy instance"
+        )
+    if isinstance(strategy, Strategy) and not (
+        isinstance(getattr(strategy, "name", None), str) and strategy.name
+    ):
+        raise ConfigError(f"strategy {type(strategy).__name__} needs a non-empty `name` (a str)")
+    if not isinstance(budget, str | Budget | Mapping):
+        raise ConfigError(
+            f"budget must be a preset name, a Budget or a mapping, got {type(budget).__name__} "
+            f"{_show(budget)}"
+        )
+    if not _is_whole(seed) or int(seed) < 0:
+        raise ConfigError(f"seed must be a whole number >= 0, got {_show(seed)}")
+    if input_fields is not None and (
+        isinstance(input_fields, str | bytes)
+        or not isinstance(input_fields, Sequence)
+        or not all(isinstance(name, str) for name in input_fields)
+    ):
+        raise ConfigError(f"input_fields must be a list of field names, got {_show(input_fields)}")
+    if grounding is not None and not isinstance(grounding, Grounding):
+        raise ConfigError(f"grounding must be an aprompt.Grounding or None, got {_show(grounding)}")
+    if not _is_whole(concurrency) or int(concurrency) < 1:
+        raise ConfigError(f"concurrency must be a whole number >= 1, got {_show(concurrency)}")
+    if not _is_real(bootstrap_threshold) or not 0.0 <= float(bootstrap_threshold) <= 1.0:
+        raise ConfigError(
+            "bootstrap_threshold must be a number in [0, 1] (a metric score), got "
+            f"{_show(bootstrap_threshold)}"
+        )
+    for name, flag in (("in_place", in_place), ("resume", resume)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{name} must be True or False, got {_show(flag)}")
+    if on_event is not None and not callable(on_event):
+        raise ConfigError(f"on_event must be callable (sync or async) or None, got {_show(on_event)}")
+    if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
+        raise ConfigError(f"run_dir must be a path or None, got {_show(run_dir)}")
+    if run_dir is not None and os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"run_dir {os.fspath(run_dir)!r} exists and is not a directory")
+    for name, lm in lms.items():
+        if lm is not None:
+            check_lm(name, lm)
+
+
+def check_lm(name: str, lm: object) -> None:
+    """``lm`` must implement the :class:`~aprompt.lm.types.LM` protocol: a ``model`` name and an async
+    ``chat``. A callable object as ``chat`` is trusted; a plain (not ``async``) function is refused."""
+    model = getattr(lm, "model", None)
+    chat = getattr(lm, "chat", None)
+    if not isinstance(model, str) or not callable(chat):
+        raise ConfigError(
+            f"{name} must be an LM (a `model` name and an async `chat` method, e.g. "
+            f"aprompt.OpenAICompatibleLM), got {type(lm).__name__} {_show(lm)}"
+        )
+    if (inspect.isfunction(chat) or inspect.ismethod(chat)) and not inspect.iscoroutinefunction(chat):
+        raise ConfigError(f"{name}.chat must be an async method (async def chat(...)), got {_show(chat)}")
+
+
+def _check_dataset(name: str, value: object) -> None:
+    # Any iterable of examples (a list, a datasets.Dataset), but not one text or one mapping.
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(
+            f"{name} must be a list of aprompt.Example objects or mappings, got {type(value).__name__} "
+            f"{_show(value)}"
+        )
+
+
+#: The keyword arguments that ``limits=aprompt.Limits(...)`` replaces, in the order of its fields.
+OLD_LIMIT_ARGUMENTS = ("max_lm_calls", "max_tokens", "max_cost", "max_time", "prices")
+
+
+def resolve_limits(limits: object, old: Mapping[str, object], *, function: str, stacklevel: int) -> Limits:
+    """The run's :class:`~aprompt.run._limits.Limits`: ``limits`` itself, or built from the old keyword
+    arguments ``old`` (``{"max_lm_calls": ..., ..., "prices": ...}``, ``None`` when not given), which
+    still work but emit a :class:`DeprecationWarning` naming the replacement (``stacklevel`` points it
+    at the caller of ``function``).
+
+    Raises:
+        ConfigError: ``limits`` is not a ``Limits``, both ``limits`` and an old argument were given, or a
+            limit is out of range (naming it and its value).
+    """
+    given = {name: value for name, value in old.items() if value is not None}
+    if limits is not None:
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be an aprompt.Limits or None, got {_show(limits)}")
+        if given:
+            raise ConfigError(
+                f"{function}() got both limits= and {', '.join(f'{name}=' for name in given)}; "
+                f"put them all in limits=aprompt.Limits(...)"
+            )
+        return limits
+    if not given:
+        return Limits()
+    replacement = ", ".join(f"{name}=..." for name in given)
+    warnings.warn(
+        f"{function}({replacement}) is deprecated; pass limits=aprompt.Limits({replacement}) instead",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return Limits(**given)  # type: ignore[arg-type]  # checked by Limits's validators
+
+
+async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) -> None:
+    """Score a prediction made of the own labels of the first of ``examples`` that has labels: the metric
+    must return a bool or a float in [0, 1] for it, or such a score with text feedback (a pair
+    ``(score, feedback)`` or an object with ``.score`` and ``.feedback``).
+
+    Raises:
+        ConfigError: the metric returned something else (``None``, NaN, a string, 2.5, ``("x", 1)``: a
+            pair whose score is not one, or whose feedback is not text), or raised an
+            error other than a missing field (``AttributeError``, ``KeyError``, ``IndexError``), which a
+            real prediction may well have. An LM failure inside an LM-judged metric is not refused here.
+    """
+    example = next((e for e in examples if e.labels), None)
+    if example is None:
+        return  # nothing to build a prediction from
+    perfect = Prediction(dict(example.labels))
+    try:
+        value = metric(example, perfect)
+        if inspect.isawaitable(value):
+            value = await value
+    except _CANNOT_READ_LABELS:
+        return
+    except APromptError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        return  # an LM-judged metric whose LM failed: not the metric's bug
+    except Exception as exc:
+        raise ConfigError(
+            f"metric {describe_metric(metric)} raised {type(exc).__name__}: {exc} on a prediction made of "
+            f"example {example.id}'s own labels {_show(dict(example.labels))}"
+        ) from exc
+    try:
+        metric_score(value, metric)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} (scoring a prediction made of example {example.id}'s own labels); "
+            "a metric must return a bool or a float in [0, 1], or a pair (score, feedback text)"
+        ) from None

@@ -1,0 +1,180 @@
+"""Run sizes: the ``light`` / ``medium`` / ``heavy`` presets, explicit overrides, and a call estimate."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from aprompt._errors import ConfigError
+
+
+@attrs.frozen
+class Budget:
+    """How much search a run does.
+
+    Attributes:
+        n_candidates: instruction candidates and demo sets per predictor (the original instruction and the
+            empty demo set are among them).
+        val_size: validation examples used (a random subset when the valset is larger).
+        n_trials: mini-batch trials; ``None`` derives it from the search space like the reference does.
+        minibatch_size: validation examples scored per trial.
+        full_eval_every: a full evaluation of the best untested combination every this many trials.
+        max_bootstrapped_demos / max_labeled_demos: a demo set holds at most ``max_bootstrapped_demos``
+            demos from passing program runs and ``max_labeled_demos`` labeled training examples, so at
+            most :attr:`max_demos` (their sum) in all; candidate sets come in several sizes up to it,
+            0 included, and the search picks the size (see :mod:`aprompt._optimize.bootstrap`).
+        screen_size: validation examples of the screen that drops proposals far worse than the original
+            instruction (both without demos; see :mod:`aprompt._optimize.proposal_filter`); 0 turns it off.
+        parallel_trials: trials evaluated at once (suggestions asked together); ``None`` chooses from the
+            LM's spare capacity: as many as its concurrency cap can serve with full mini-batches, 1 to 8.
+        search_formats: also search, per predictor with one output field, its reply format: ``Label: value``
+            lines or the bare value (see :mod:`aprompt.program.adapter`).
+        racing: spend the full evaluations' budget on races among the most promising combinations
+            (growing shared parts of the valset, clear losers dropped early) and stop a trial after the
+            first part of its mini-batch when it is clearly losing to the current pick, instead of one
+            full evaluation every ``full_eval_every`` trials (see :mod:`aprompt._optimize.racing`); the
+            run sends at most the LM calls it would without. ``False`` gives the plain schedule.
+    """
+
+    n_candidates: int = 6
+    val_size: int = 100
+    n_trials: int | None = None
+    minibatch_size: int = 35
+    full_eval_every: int = 5
+    max_bootstrapped_demos: int = 4
+    max_labeled_demos: int = 4
+    parallel_trials: int | None = None
+    screen_size: int = 5
+    search_formats: bool = False
+    racing: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.racing, bool):
+            raise ConfigError(f"budget value racing must be True or False, not {self.racing!r}")
+        optional = {"n_trials", "parallel_trials"}
+        not_whole = [
+            f.name
+            for f in attrs.fields(Budget)
+            if f.name != "racing"
+            and not _is_count(getattr(self, f.name))
+            and not (f.name in optional and getattr(self, f.name) is None)
+            and f.name != "search_formats"
+        ]
+        if not_whole:
+            raise ConfigError(f"budget values must be whole numbers: {', '.join(not_whole)}")
+        checks = {
+            "n_candidates": self.n_candidates >= 1,
+            "val_size": self.val_size >= 1,
+            "minibatch_size": self.minibatch_size >= 1,
+            "full_eval_every": self.full_eval_every >= 1,
+            "max_bootstrapped_demos": self.max_bootstrapped_demos >= 0,
+            "max_labeled_demos": self.max_labeled_demos >= 0,
+            "screen_size": self.screen_size >= 0,
+            "parallel_trials": self.parallel_trials is None or self.parallel_trials >= 1,
+            "n_trials": self.n_trials is None or self.n_trials >= 1,
+            "search_formats": isinstance(self.search_formats, bool),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"budget values out of range: {', '.join(bad)} (a budget must allow one trial)")
+
+    @property
+    def max_demos(self) -> int:
+        """The most demos one candidate set holds: ``max_bootstrapped_demos + max_labeled_demos``."""
+        return self.max_bootstrapped_demos + self.max_labeled_demos
+
+    def screen_runs(self, n_predictors: int, val_size: int) -> int:
+        """Program runs of the proposal screen: per predictor, the original and each proposal on
+        ``screen_size`` validation examples."""
+        return (
+            n_predictors * self.n_candidates * min(self.screen_size, val_size) if self.n_candidates > 1 else 0
+        )
+
+    def parallel_trials_for(self, lm_capacity: int | None, calls_per_run: int) -> int:
+        """Trials to run at once: explicit, or what the LM's concurrency cap can serve in full."""
+        if self.parallel_trials is not None:
+            return self.parallel_trials
+        if lm_capacity is None:
+            return 2
+        return max(1, min(8, lm_capacity // max(1, self.minibatch_size * calls_per_run)))
+
+    def trials_for(self, n_predictors: int, searches_demos: bool) -> int:
+        """Trials for a search space: ``max(2·V·log2(N), 1.5·N)``, V = searched variables."""
+        if self.n_trials is not None:
+            return self.n_trials
+        variables = n_predictors * (2 if searches_demos else 1)
+        n = max(self.n_candidates, 2)
+        return max(1, int(max(2 * variables * math.log2(n), 1.5 * n)))
+
+
+def _is_count(value: object) -> bool:
+    # A string or float would fail later, deep in the run; bool is an int but never a count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+PRESETS: Mapping[str, Budget] = {
+    "light": Budget(n_candidates=6, val_size=100),
+    "medium": Budget(n_candidates=12, val_size=300),
+    "heavy": Budget(n_candidates=18, val_size=1000),
+}
+
+
+def resolve_budget(budget: str | Budget | Mapping[str, Any]) -> Budget:
+    """A preset name, a :class:`Budget`, or a mapping of overrides on ``light``
+    (``{"preset": "medium", "n_trials": 30}`` starts from another preset)."""
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, str):
+        if budget not in PRESETS:
+            raise ConfigError(f"unknown budget {budget!r}; use one of {sorted(PRESETS)} or a Budget")
+        return PRESETS[budget]
+    if isinstance(budget, Mapping):
+        overrides = dict(budget)
+        base = resolve_budget(str(overrides.pop("preset", "light")))
+        unknown = set(overrides) - {f.name for f in attrs.fields(Budget)}
+        if unknown:
+            raise ConfigError(f"unknown budget field(s): {sorted(unknown)}")
+        return attrs.evolve(base, **overrides)
+    raise ConfigError(f"budget must be a preset name, a Budget or a mapping, not {type(budget).__name__}")
+
+
+@attrs.frozen
+class CallEstimate:
+    """Expected LM calls of a run, by phase (program runs × calls per run)."""
+
+    bootstrap: int
+    proposal: int
+    evaluation: int
+    screen: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.bootstrap + self.proposal + self.screen + self.evaluation
+
+
+def estimate_calls(
+    budget: Budget,
+    *,
+    n_predictors: int,
+    calls_per_run: float,
+    n_trials: int,
+    val_size: int,
+    bootstrap_runs: int,
+    proposal_calls: int,
+    screen_runs: int = 0,
+) -> CallEstimate:
+    """Upper-bound estimate before any cache: full evaluations (baseline, one per ``full_eval_every``
+    trials and a last one) plus every mini-batch; ``screen_runs`` program runs screen the proposals.
+    With ``racing`` the search spends at most these program runs, differently divided."""
+    full_evals = 1 + math.ceil(n_trials / budget.full_eval_every)
+    runs = full_evals * val_size + n_trials * min(budget.minibatch_size, val_size)
+    return CallEstimate(
+        bootstrap=math.ceil(bootstrap_runs * calls_per_run),
+        proposal=proposal_calls,
+        evaluation=math.ceil(runs * calls_per_run),
+        screen=math.ceil(screen_runs * calls_per_run),
+    )

@@ -1,0 +1,336 @@
+"""The evaluator: runs a program over examples with bounded concurrency and scores each with the metric.
+
+One evaluator serves bootstrapping (with traces), mini-batch trials and full evaluations. Each example runs
+in its own task under its own trace and prompt overrides, so any number of evaluations — of different
+prompt choices — can share one program object at the same time.
+
+A program or metric error (a ``ParseError`` included: an unreadable reply is the prompt's fault) scores 0
+and is recorded with the example id. An LM failure that outlasted the client's retries (``LMError``) is *not*
+the prompt's fault: that example is left unscored, counted, and kept out of the mean, so a burst of 429s
+never teaches the search that a good prompt is bad.
+
+Three things are the user's bug, never the prompt's, and abort the evaluation at once:
+
+- a metric *value* that is not a score (``None``, NaN, a string, 2.5, a pair whose first item is not a
+  score or whose second is not text): :class:`ConfigError` naming the metric and the value;
+- during a run (the metric wrapped in :class:`RunMetric`), a metric that has never scored a real
+  prediction and raised on every example whose program run succeeded: :class:`OptimizationError` (a
+  metric that raises on *some* predictions, e.g. on the odd output of a bad candidate, scores those 0);
+- a predictor of the program under optimization called where the run's prompt overrides cannot reach it
+  (a worker task or thread started outside the evaluation): :class:`ConfigError`, see
+  :func:`aprompt.program.overrides.watch_predictors`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import attrs
+
+from aprompt._errors import ConfigError, IncompleteResponseError, OptimizationError
+from aprompt._optimize.examples import Example
+from aprompt._taskgroups import plain_errors_task_group
+from aprompt.executors.base import (
+    Executor,
+    ProgramOutcome,
+    ProgramRun,
+    current_executor,
+    lm_error_in,
+    run_program,
+)
+from aprompt.executors.base import check_watch as check_watch  # its old home
+from aprompt.executors.base import program_entry as program_entry  # its old home
+from aprompt.lm.types import LM
+from aprompt.program.context import use_lm
+from aprompt.program.overrides import PromptOverride, PromptState
+from aprompt.program.trace import TraceEntry
+
+
+@runtime_checkable
+class ScoreWithFeedback(Protocol):
+    """A metric value with an explanation, like DSPy's ``Prediction(score=..., feedback=...)``."""
+
+    @property
+    def score(self) -> float | bool: ...
+
+    @property
+    def feedback(self) -> str | None: ...
+
+
+#: What a metric returns: a score (a bool or a float in [0, 1]), or a score with text feedback saying
+#: why, as a pair ``(score, feedback)`` or an object with ``.score`` and ``.feedback``.
+MetricValue = float | bool | tuple[float | bool, str | None] | ScoreWithFeedback
+Metric = Callable[[Example, Any], "MetricValue | Awaitable[MetricValue]"]
+
+
+@attrs.frozen
+class ExampleResult:
+    """One example's outcome.
+
+    Attributes:
+        score: in [0, 1]; ``None`` when an LM failure left it unscored.
+        error: ``"ExcType: message"`` when the program or metric failed, else ``None``.
+        feedback: the metric's text feedback on the prediction, when it gave one (see
+            :func:`metric_feedback`).
+        lm_answered: the LM failure was a reply that is not an answer (empty, filtered, or cut at its
+            token budget): the endpoint works, and asking again the same way gets the same reply, so
+            it is this example's own failure, never a sign of an outage.
+    """
+
+    example_id: str
+    score: float | None
+    error: str | None = None
+    prediction: Any = attrs.field(default=None, eq=False, repr=False)
+    trace: tuple[TraceEntry, ...] = attrs.field(default=(), eq=False, repr=False)
+    metric_failed: bool = attrs.field(default=False, eq=False, repr=False)
+    lm_answered: bool = attrs.field(default=False, eq=False, repr=False)
+    feedback: str | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def lm_failure(self) -> bool:
+        return self.score is None
+
+
+@attrs.frozen
+class Evaluation:
+    """Per-example results of one evaluation, in the order of the examples given."""
+
+    results: tuple[ExampleResult, ...]
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Scored examples only: id → score."""
+        return {r.example_id: r.score for r in self.results if r.score is not None}
+
+    @property
+    def mean(self) -> float | None:
+        """Mean score over scored examples; ``None`` when none was scored."""
+        values = [r.score for r in self.results if r.score is not None]
+        return math.fsum(values) / len(values) if values else None
+
+    @property
+    def n_failed(self) -> int:
+        """Examples whose program or metric raised (scored 0)."""
+        return sum(1 for r in self.results if r.error is not None and r.score is not None)
+
+    @property
+    def n_unscored(self) -> int:
+        """Examples left unscored by an LM failure."""
+        return sum(1 for r in self.results if r.score is None)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return {r.example_id: r.error for r in self.results if r.error is not None}
+
+
+def describe_metric(metric: object) -> str:
+    """The metric's name for messages: its qualified name, else its type's."""
+    metric = metric.metric if isinstance(metric, RunMetric) else metric
+    return str(getattr(metric, "__qualname__", None) or type(metric).__name__)
+
+
+def metric_score(value: object, metric: object = None) -> float:
+    """Check and convert a metric's return value to a float in [0, 1] (the score of a value with
+    feedback, see :func:`metric_feedback`).
+
+    Raises:
+        ConfigError: naming the metric (when given) and the value: not a bool or number, NaN, or outside
+            [0, 1], or a pair or object with feedback whose score is not one or whose feedback is not
+            text. A wrong value is the metric's bug, not the prompt's.
+    """
+    return metric_feedback(value, metric)[0]
+
+
+def metric_feedback(value: object, metric: object = None) -> tuple[float, str | None]:
+    """A metric's return value as ``(score in [0, 1], feedback or None)``.
+
+    A metric returns a bool or a float, or a score with text feedback: a pair ``(score, feedback)`` or
+    an object with ``.score`` and ``.feedback`` attributes (DSPy's ``Prediction(score=..., feedback=...)``
+    is one). Empty feedback counts as none.
+
+    Raises:
+        ConfigError: as for :func:`metric_score`.
+    """
+    name = f"metric {describe_metric(metric)}" if metric is not None else "metric"
+    score: object = value
+    feedback: object = None
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ConfigError(
+                f"{name} returned a tuple of {len(value)} items {value!r:.80}; a metric returns a score or "
+                "a pair (score, feedback text)"
+            )
+        score, feedback = value
+    elif not _is_plain_score(value) and hasattr(value, "score"):
+        score, feedback = getattr(value, "score"), getattr(value, "feedback", None)  # noqa: B009
+    checked = _score(score, name, whole=value)
+    if feedback is not None and not isinstance(feedback, str):
+        raise ConfigError(
+            f"{name} returned feedback of type {type(feedback).__name__} {feedback!r:.80}; the feedback "
+            "of a (score, feedback) value must be text or None"
+        )
+    return checked, (feedback.strip() or None) if feedback is not None else None
+
+
+def _is_plain_score(value: object) -> bool:
+    return isinstance(value, bool | int | float) or type(value).__module__ == "numpy"
+
+
+def _score(value: object, name: str, *, whole: object) -> float:
+    shown = "" if whole is value else f" (in {whole!r:.80})"
+    if type(value).__module__ == "numpy" and callable(getattr(value, "item", None)):
+        value = value.item()  # type: ignore[attr-defined]  # numpy.bool_, numpy.float64 ... as Python values
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        score = float(value)
+        if 0.0 <= score <= 1.0:
+            return score
+        raise ConfigError(
+            f"{name} returned {value!r}{shown}, outside [0, 1]; a metric returns a bool or a float in [0, 1]"
+        )
+    raise ConfigError(
+        f"{name} returned {type(value).__name__} {value!r:.80}{shown}, expected a bool or a float in [0, 1]"
+    )
+
+
+class RunMetric:
+    """A run's metric: calls the user's ``metric`` and remembers whether it has scored a real
+    prediction yet (until then, an evaluation where it raised on every prediction aborts the run)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.worked = False
+
+    def __call__(self, example: Example, prediction: Any) -> MetricValue | Awaitable[MetricValue]:
+        return self.metric(example, prediction)
+
+
+async def run_example(
+    program: object,
+    example: Example,
+    metric: Metric,
+    *,
+    collect_trace: bool = False,
+) -> ExampleResult:
+    """Run and score one example (inside the caller's overrides and LM context)."""
+    outcome = await run_program(program, example.inputs, collect_trace=collect_trace)
+    return await score_outcome(example, outcome, metric)
+
+
+async def score_outcome(example: Example, outcome: ProgramOutcome, metric: Metric) -> ExampleResult:
+    """Score one program run's outcome with the metric (in the evaluating task, wherever the program
+    ran)."""
+    if outcome.error is not None:
+        return ExampleResult(
+            example.id,
+            None if outcome.lm_failure else 0.0,
+            outcome.error,
+            lm_answered=outcome.lm_answered,
+        )
+    prediction = outcome.prediction
+    try:
+        value = metric(example, prediction)
+        if inspect.isawaitable(value):
+            value = await value
+    except ConfigError:
+        raise
+    except Exception as exc:
+        if (lm_error := lm_error_in(exc)) is not None:  # an LM-judged metric whose LM failed
+            return ExampleResult(
+                example.id,
+                None,
+                f"{type(lm_error).__name__}: {lm_error}",
+                prediction,
+                lm_answered=isinstance(lm_error, IncompleteResponseError),
+            )
+        error = f"metric {type(exc).__name__}: {exc}"
+        return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)
+    score, feedback = metric_feedback(value, metric)
+    if isinstance(metric, RunMetric):
+        metric.worked = True
+    return ExampleResult(example.id, score, None, prediction, outcome.trace, feedback=feedback)
+
+
+def check_metric_worked(metric: Metric, evaluation: Evaluation) -> None:
+    """Abort a run whose metric has never scored a real prediction and raised on every example whose
+    program run succeeded in this evaluation: every score would be 0, the search blind."""
+    if not isinstance(metric, RunMetric) or metric.worked:
+        return
+    ran = [r for r in evaluation.results if r.error is None or r.metric_failed]  # the program ran
+    if not ran or not all(r.metric_failed for r in ran):
+        return
+    first = {r.example_id: r.error or "" for r in ran[:3]}
+    raise OptimizationError(
+        f"metric {describe_metric(metric)} raised on every one of the {len(ran)} predictions it was "
+        "given (the program ran fine); first errors: "
+        + "; ".join(f"{example_id}: {error}" for example_id, error in first.items()),
+        errors=first,
+    )
+
+
+async def evaluate(
+    program: object,
+    examples: Sequence[Example],
+    metric: Metric,
+    *,
+    prompts: Mapping[str, PromptOverride] | None = None,
+    lm: LM | None = None,
+    concurrency: int | anyio.CapacityLimiter = 64,
+    collect_traces: bool = False,
+    rollout: int | None = None,
+    lm_params: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
+) -> Evaluation:
+    """Score ``program`` on ``examples``, at most ``concurrency`` examples in flight.
+
+    Args:
+        prompts: per predictor name, the instruction and demos to use instead of the program's own.
+        lm: the default LM for predictors that have none (as with :func:`aprompt.use_lm`).
+        concurrency: a limit, or a shared :class:`anyio.CapacityLimiter` (so concurrent evaluations share
+            one budget of in-flight program runs).
+        collect_traces: keep each example's trace (for bootstrapping).
+        rollout: applied to every predictor call (bootstrapping draws distinct samples).
+        lm_params: sampling parameters applied to every predictor call.
+        executor: where the program runs happen (see :mod:`aprompt.executors`); default: the one of the
+            enclosing :func:`~aprompt.executors.use_executor` block (``optimize(executor=...)`` opens
+            one), else in this process. Scores and traces are the same wherever the runs happen.
+    """
+    limiter = (
+        concurrency
+        if isinstance(concurrency, anyio.CapacityLimiter)
+        else anyio.CapacityLimiter(max(1, concurrency))
+    )
+    results: list[ExampleResult | None] = [None] * len(examples)
+    runner = executor if executor is not None else current_executor()
+    state = PromptState(prompts or {}, rollout, lm_params or {})
+
+    async def one(position: int, example: Example) -> None:
+        async with limiter:
+            run = ProgramRun(example.id, example.inputs, state, lm, collect_traces)
+            outcome = await runner.run_program(program, run)
+            results[position] = await score_outcome(example, outcome, metric)
+
+    # The block checks the state's names once, up front, and is the context of the metric (as before).
+    with state.apply(program):
+        if lm is not None:
+            with use_lm(lm):
+                await _run_all(one, examples)
+        else:
+            await _run_all(one, examples)
+    evaluation = Evaluation(tuple(r for r in results if r is not None))
+    check_metric_worked(metric, evaluation)
+    return evaluation
+
+
+async def _run_all(
+    one: Callable[[int, Example], Coroutine[Any, Any, None]], examples: Sequence[Example]
+) -> None:
+    # A ConfigError from one example (a bad metric value) reaches the caller as itself.
+    async with plain_errors_task_group() as group:
+        for position, example in enumerate(examples):
+            group.start_soon(one, position, example)

@@ -1,0 +1,277 @@
+"""The final pick: which program a search returns, decided on paired evidence.
+
+Every combination the search scored has per-example scores (its mini-batch trials, race rungs and full
+evaluations, merged by example id; see :mod:`aprompt._optimize.racing`). Two combinations are compared on the
+examples *both* were scored on: the paired differences ``a − b`` per shared example, their mean, and a paired
+t-interval. A combination is **better** than another when the interval's lower end — a one-sided lower
+confidence bound — is above 0 on at least ``min_shared`` shared examples. The bound's level is 95 %,
+Bonferroni-adjusted for the ``k`` fully evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is
+the best of several, so without the adjustment the chance that one of them wins by luck alone would grow with
+``k``. The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
+
+A validation set of fewer than ``MIN_SHARED`` (10) examples is too small for a confidence bound to ever
+say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combination is better when its mean
+on all the shared examples (the whole validation set) is strictly higher, and the reason says that the
+evidence is thin. Ties still keep the incumbent.
+
+The pick starts from the unoptimized program (the baseline) as the incumbent; the ``references`` (the
+prompt a user would write by hand) come first and replace it when better, and then the pick walks the fully
+evaluated combinations from the highest mean score down — equal means ranked by the pooled estimate of
+:mod:`aprompt._optimize.pooling` (the additive model over all trials blended with each combination's own
+mean), then by the choice itself, never by the order they were evaluated in — and each one that is
+better than the incumbent replaces it. So the baseline is replaced only on paired evidence
+that the new program is better, a tie is never broken by evaluation order, and a combination with few
+lucky examples never wins: only a fully evaluated combination can be returned, and it must beat the
+incumbent on the examples they share.
+
+Combinations that score above the pick on their shared examples without the evidence to replace it are
+the pick's *challengers*, ranked by the pooled estimate (a mini-batch mean alone is too noisy to rank
+by): evaluating them fully (while the run's budget allows) is what can change the
+decision (see :meth:`aprompt._optimize.search.SearchLoop.run_outcome`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import attrs
+import numpy as np
+from scipy import stats  # type: ignore[import-untyped]
+
+from aprompt._optimize.pooling import pooled_estimates
+
+Key = tuple[tuple[str, int], ...]
+
+#: Chance, over all the comparisons of one pick, that a combination is found better by luck alone.
+ALPHA = 0.05
+#: Fewest shared examples on which a combination can be found better (fewer when the valset is smaller).
+MIN_SHARED = 10
+#: ``FinalPick.stopped`` when the baseline and every trial scored 0 (see :mod:`aprompt._optimize.search`).
+NOTHING_SCORES = "nothing_scores"
+
+
+def key_of(choice: Mapping[str, int]) -> Key:
+    """A choice as a hashable, canonically ordered key."""
+    return tuple(sorted((name, int(value)) for name, value in choice.items()))
+
+
+@attrs.frozen
+class PairedDifference:
+    """``a − b`` on the examples both were scored on: ``n`` examples, the mean difference and its
+    paired t-interval ``[low, high]``, each end a one-sided bound at ``level`` (clipped to [−1, 1], the
+    range of a difference of scores; the whole range with fewer than 2 examples)."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def better(self, min_shared: int = MIN_SHARED) -> bool:
+        """``a`` is better than ``b``: on at least ``min_shared`` examples, the interval lies above 0;
+        below :data:`MIN_SHARED` examples (a tiny validation set), the mean is above 0."""
+        if self.n < min_shared:
+            return False
+        return self.mean > 0.0 if self.n < MIN_SHARED else self.low > 0.0
+
+    def worse(self) -> bool:
+        """``a`` is clearly worse than ``b``: on at least :data:`MIN_SHARED` examples, the interval lies
+        below 0. Used to drop a candidate early (a race's rung, a trial's first stage); never said on
+        thinner evidence, where a candidate runs on instead."""
+        return self.n >= MIN_SHARED and self.high < 0.0
+
+    def describe(self) -> str:
+        thin = f"; fewer than {MIN_SHARED} examples: no confidence bound" if self.n < MIN_SHARED else ""
+        return (
+            f"{self.mean:+.3f} on {self.n} shared examples "
+            f"({2 * self.level - 1:.1%} interval [{self.low:+.3f}, {self.high:+.3f}]{thin})"
+        )
+
+
+def paired_difference(
+    a: Mapping[str, float], b: Mapping[str, float], level: float = 0.95
+) -> PairedDifference:
+    """Compare two combinations' per-example scores (example id -> score) on their shared examples;
+    ``level`` is the one-sided level of each end of the interval.
+
+    Example::
+
+        >>> paired_difference({"x": 1.0, "y": 1.0, "z": 0.0}, {"x": 0.0, "y": 1.0}).mean
+        0.5
+    """
+    shared = sorted(set(a) & set(b))
+    diffs = np.array([a[i] - b[i] for i in shared], dtype=float)
+    n = len(diffs)
+    if n == 0:
+        return PairedDifference(0, 0.0, -1.0, 1.0, level)
+    mean = float(diffs.mean())
+    if n < 2:
+        return PairedDifference(n, mean, -1.0, 1.0, level)
+    half = float(stats.t.ppf(level, n - 1)) * float(diffs.std(ddof=1)) / math.sqrt(n)
+    return PairedDifference(n, mean, max(-1.0, mean - half), min(1.0, mean + half), level)
+
+
+@attrs.frozen
+class Evidence:
+    """What the search knows of one combination.
+
+    Attributes:
+        choice: candidate index per parameter.
+        scores: example id -> score, from every trial and full evaluation of it.
+        estimate: its pooled estimate (the additive model blended with its own mean): the prior that
+            ranks combinations and breaks ties.
+        full: it has a full evaluation (only such a combination can be returned).
+    """
+
+    choice: Mapping[str, int]
+    scores: Mapping[str, float]
+    estimate: float
+    full: bool
+
+
+@attrs.frozen
+class FinalPick:
+    """The returned combination and why.
+
+    Attributes:
+        choice: the returned combination.
+        kept_baseline: the unoptimized program is returned.
+        reason: one readable sentence with the evidence.
+        evidence: the returned program − the baseline on shared examples; when the baseline is kept,
+            its strongest challenger − the baseline (``None`` when nothing else was scored).
+        challenger: that strongest challenger, when the baseline is kept.
+        challengers: combinations that scored above the returned program on shared examples but lack
+            the evidence to replace it (not better at the interval's level, or not fully evaluated), most
+            promising first.
+        stopped: why the search stopped before its planned end, if it did on its own (not by a run
+            limit): ``"nothing_scores"`` when the baseline and every trial scored 0.
+    """
+
+    choice: Mapping[str, int]
+    kept_baseline: bool
+    reason: str
+    evidence: PairedDifference | None = None
+    challenger: Mapping[str, int] | None = None
+    challengers: tuple[Mapping[str, int], ...] = ()
+    stopped: str | None = None
+
+
+def collect_evidence(
+    evaluations: Sequence[tuple[Mapping[str, int], Mapping[str, float], float | None]], full: set[Key]
+) -> list[Evidence]:
+    """One :class:`Evidence` per combination from its evaluations.
+
+    Args:
+        evaluations: every trial and full evaluation as (choice, example id -> score, mean or ``None``
+            when unscored).
+        full: the combinations that have a full evaluation.
+    """
+    scores: dict[Key, dict[str, float]] = {}
+    choices: dict[Key, Mapping[str, int]] = {}
+    for choice, example_scores, _ in evaluations:
+        key = key_of(choice)
+        choices.setdefault(key, choice)
+        scores.setdefault(key, {}).update(example_scores)
+    observations = [(c, mean, len(s)) for c, s, mean in evaluations if mean is not None and s]
+    own = {key: (sum(s.values()) / len(s), len(s)) for key, s in scores.items() if s}
+    estimates = pooled_estimates(observations, own, choices)
+    return [Evidence(choices[key], scores[key], estimates[key], key in full) for key in choices]
+
+
+def rank(evidence: Sequence[Evidence]) -> list[Evidence]:
+    """Most promising first: by pooled estimate, then by examples scored, then by the choice itself (a
+    fixed order that has nothing to do with when a combination was evaluated)."""
+    return sorted(evidence, key=lambda e: (-e.estimate, -len(e.scores), key_of(e.choice)))
+
+
+def by_mean(evidence: Sequence[Evidence]) -> list[Evidence]:
+    """Highest mean score over its own examples first; equal means by :func:`rank`'s order."""
+    return sorted(rank(evidence), key=lambda e: -mean_of(e.scores))  # a stable sort keeps rank's order
+
+
+def mean_of(scores: Mapping[str, float]) -> float:
+    return sum(scores.values()) / len(scores) if scores else 0.0
+
+
+def describe_choice(choice: Mapping[str, int]) -> str:
+    return "{" + ", ".join(f"{name}={value}" for name, value in sorted(choice.items())) + "}"
+
+
+def pick(
+    evidence: Sequence[Evidence],
+    baseline: Mapping[str, int],
+    *,
+    min_shared: int = MIN_SHARED,
+    references: Sequence[Mapping[str, int]] = (),
+) -> FinalPick:
+    """Decide the returned combination (see the module docstring).
+
+    Args:
+        evidence: every scored combination, the baseline among them (fully evaluated).
+        baseline: the unoptimized combination.
+        min_shared: fewest shared examples on which one combination can be found better than another.
+        references: fully evaluated combinations weighed before all others (the prompt a user would
+            write by hand): one that beats the baseline becomes the program to beat, so a search result
+            replaces it only on paired evidence, never on a lead within the noise.
+    """
+    base_key = key_of(baseline)
+    by_key = {key_of(e.choice): e for e in evidence}
+    if base_key not in by_key:
+        raise ValueError(f"no evidence on the baseline {describe_choice(baseline)}")
+    base = by_key[base_key]
+    others = rank([e for key, e in by_key.items() if key != base_key])
+    level = 1.0 - ALPHA / max(1, sum(e.full for e in others))
+
+    def versus(a: Evidence, b: Evidence) -> PairedDifference:
+        return paired_difference(a.scores, b.scores, level)
+
+    incumbent = base
+    reference_keys = [key_of(r) for r in references]
+    for key in reference_keys:
+        reference = by_key.get(key)
+        if reference is not None and reference.full and versus(reference, incumbent).better(min_shared):
+            incumbent = reference
+    for candidate in by_mean([e for e in others if e.full]):
+        if versus(candidate, incumbent).better(min_shared):
+            incumbent = candidate
+    challengers = tuple(e.choice for e in others if e is not incumbent and versus(e, incumbent).mean > 0.0)
+    if incumbent is not base:
+        against = versus(incumbent, base)
+        hand = (
+            " (the instructions as written with labeled demos)"
+            if key_of(incumbent.choice) in reference_keys
+            else ""
+        )
+        return FinalPick(
+            incumbent.choice,
+            False,
+            f"{describe_choice(incumbent.choice)}{hand} beat the unoptimized program by {against.describe()}",
+            against,
+            challengers=challengers,
+        )
+    scored = [e for e in others if versus(e, base).n > 0]
+    if not scored:
+        return FinalPick(baseline, True, "kept the unoptimized program: no other combination was scored")
+    strongest = challengers[0] if challengers else scored[0].choice
+    against = versus(by_key[key_of(strongest)], base)
+    if not challengers:
+        why = f"no combination scored above it on shared examples (most promising: {against.describe()})"
+    elif not by_key[key_of(strongest)].full and against.better(min_shared):
+        why = f"the most promising combination has no full evaluation ({against.describe()})"
+    else:
+        why = f"the evidence does not say any combination is better (most promising: {against.describe()})"
+    return FinalPick(
+        baseline,
+        True,
+        f"kept the unoptimized program: {why}; most promising {describe_choice(strongest)}",
+        against,
+        strongest,
+        challengers,
+    )
+
+
+def nothing_scores(baseline_scores: Mapping[str, float], trial_scores: Sequence[Mapping[str, float]]) -> bool:
+    """The baseline and every trial scored 0 on every example (and some trial scored an example)."""
+    scored = [s for s in trial_scores if s]
+    return bool(scored) and not any(v > 0 for s in (baseline_scores, *scored) for v in s.values())

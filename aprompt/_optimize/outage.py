@@ -1,0 +1,260 @@
+"""Riding out an LM outage, so that every step records what it would have on a working endpoint.
+
+An example whose LM call fails after the client's retries is left unscored, and the evaluation goes on:
+one odd request (a prompt over the context window, a content filter) must not stop a run. But while an
+endpoint is down every example fails, and a step recorded then (a trial scored on the few examples that
+got through, an empty demo set, a dropped proposal) would be journaled, kept by a resumed run, and change
+the result. So a step is made complete before it is recorded.
+
+After a step (a trial, a full evaluation, a wave of bootstrap runs) with unscored examples, or a single
+request (a summary, a proposal) that failed at the LM, an :class:`OutageGuard` checks the step's LMs with
+a one-token request (a fresh rollout, so no cache answers it):
+
+- The check fails with a transient error (5xx, 429, a timeout, a dropped connection): the endpoint is
+  down. The guard checks again with exponential back-off (``first_wait`` doubling up to ``max_wait``)
+  until it answers, then re-runs only the failed examples (or the request, with its rollout) and merges
+  them in. If it still fails ``tolerance`` seconds after the step noticed the failure,
+  :class:`~aprompt._errors.EndpointDownError` stops the run: nothing of the step is journaled, and a later
+  call with the same ``run_dir`` resumes from it.
+- The check is refused (a 4xx such as a bad key or an unknown model): waiting cannot help, and
+  :class:`~aprompt._errors.EndpointDownError` stops the run at once.
+- The check passes: the LM works, so the failures may be the examples' own. They are re-run, up to
+  ``reruns`` times (default 2, so that an outage that ended just before the check is not taken for
+  them); what still fails is that example's own failure: it stays unscored, is counted, and is reported
+  in ``OptimizeResult.failures`` (a single request's ``LMError`` is raised to its caller, which drops it).
+
+A reply that is not an answer (cut at its token budget, empty, filtered;
+:class:`~aprompt._errors.IncompleteResponseError`) left its example unscored too, but it shows the endpoint
+works, and the client has already retried it: that example's own failure at once, with no check and no
+re-run.
+
+Re-runs use the prompts and rollouts of the first run, and a response cache answers again what had
+succeeded, so a step that lived through an outage records exactly what a clean run records, and the
+search sees the same scores in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import anyio
+import attrs
+
+from aprompt._errors import ConfigError, EndpointDownError, IncompleteResponseError, LMError
+from aprompt._optimize.evaluate import Evaluation
+from aprompt._optimize.examples import Example
+from aprompt.lm._metering import metered_chat
+from aprompt.lm._replies import accepting_cut_replies
+from aprompt.lm.retry import RETRYABLE_ERRORS
+from aprompt.lm.types import LM, Message
+from aprompt.program.context import current_lm
+from aprompt.program.predictor import Predict
+
+__all__ = [
+    "CANARY_ROLLOUTS",
+    "DEFAULT_OUTAGE_POLICY",
+    "DEFAULT_OUTAGE_TOLERANCE",
+    "OutageGuard",
+    "OutagePolicy",
+    "outage_policy",
+]
+
+logger = logging.getLogger("aprompt")
+
+T = TypeVar("T")
+
+#: Check rollouts are drawn above this, far from the rollouts a run uses for its own samples.
+CANARY_ROLLOUTS = 1_000_000_000
+
+#: How long (seconds) :func:`aprompt.optimize` waits by default for an LM that went down.
+DEFAULT_OUTAGE_TOLERANCE = 300.0
+
+
+@attrs.frozen
+class OutagePolicy:
+    """How patiently a run waits out an LM outage; see the module docstring.
+
+    Attributes:
+        tolerance: seconds an LM may stay down (from the failed step) before the run stops.
+        reruns: re-runs of what failed at the LM while the LM answered a check, before it counts as a
+            failure of its own.
+        first_wait, max_wait: the back-off between checks while the LM is down, in seconds.
+    """
+
+    tolerance: float = attrs.field(default=DEFAULT_OUTAGE_TOLERANCE, validator=attrs.validators.ge(0))
+    reruns: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    first_wait: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    max_wait: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+
+
+#: The policy of a step run outside :func:`aprompt.optimize` (which passes its own).
+DEFAULT_OUTAGE_POLICY = OutagePolicy()
+
+
+def outage_policy(outage_tolerance: object) -> OutagePolicy:
+    """The policy for ``optimize(outage_tolerance=...)``; :class:`ConfigError` unless it is a finite
+    number of seconds >= 0 (0 stops at the first outage without waiting)."""
+    if (
+        isinstance(outage_tolerance, bool)
+        or not isinstance(outage_tolerance, int | float)
+        or not math.isfinite(outage_tolerance)
+        or outage_tolerance < 0
+    ):
+        raise ConfigError(
+            f"outage_tolerance must be a finite number of seconds >= 0, got {outage_tolerance!r}"
+        )
+    return OutagePolicy(tolerance=float(outage_tolerance))
+
+
+@attrs.frozen
+class OutageGuard:
+    """Completes steps across outages of ``lms`` (none given: the :func:`aprompt.use_lm` default)."""
+
+    lms: tuple[LM, ...]
+    policy: OutagePolicy = DEFAULT_OUTAGE_POLICY
+
+    @classmethod
+    def for_program(
+        cls, predictors: Sequence[tuple[str, Predict]], lm: LM | None, policy: OutagePolicy
+    ) -> OutageGuard:
+        """A guard of the LMs a program runs on: ``lm`` and the predictors' own."""
+        found: dict[int, LM] = {}
+        for candidate in (lm, *(predictor.lm for _, predictor in predictors)):
+            if candidate is not None:
+                found.setdefault(id(candidate), candidate)
+        return cls(tuple(found.values()), policy)
+
+    async def evaluate(
+        self,
+        run: Callable[[Sequence[Example]], Awaitable[Evaluation]],
+        examples: Sequence[Example],
+        what: str,
+    ) -> Evaluation:
+        """``run(examples)``, with the examples left unscored by LM failures re-run (see the module)
+        and merged in, in the order of ``examples``.
+
+        Raises:
+            EndpointDownError: the LMs stayed down longer than the tolerance, or refuse requests.
+        """
+        results = list((await run(examples)).results)
+        passed_checks = 0
+        # A reply that is not an answer (cut, empty, filtered) shows the LM works, and the same request
+        # gets it again: only the other failures can be an outage worth waiting out and re-running.
+        while failed := [
+            i for i, result in enumerate(results) if result.lm_failure and not result.lm_answered
+        ]:
+            failure = results[failed[0]].error or "an LM failure"
+            if await self.wait_until_answering(
+                f"{len(failed)} of {len(results)} examples of {what}", failure
+            ):
+                passed_checks += 1
+                if passed_checks > self.policy.reruns:
+                    break  # the LM works and these keep failing: their own failures
+            again = await run([examples[i] for i in failed])
+            for position, result in zip(failed, again.results, strict=True):
+                results[position] = result
+        return Evaluation(tuple(results))
+
+    async def call(self, request: Callable[[], Awaitable[T]], what: str) -> T:
+        """``request()``, sent again after an outage; its ``LMError`` is raised once it failed
+        ``1 + reruns`` times while the LM answered checks.
+
+        Raises:
+            EndpointDownError: the LMs stayed down longer than the tolerance, or refuse requests.
+        """
+        passed_checks = 0
+        while True:
+            try:
+                return await request()
+            except EndpointDownError:
+                raise
+            except LMError as failure:
+                if await self.wait_until_answering(what, f"{type(failure).__name__}: {failure}"):
+                    passed_checks += 1
+                    if passed_checks > self.policy.reruns:
+                        raise
+
+    async def wait_until_answering(self, what: str, failure: str) -> bool:
+        """After ``what`` failed at the LM with ``failure``: ``True`` when the LMs answer a check at
+        once, ``False`` when they were down and answer again now.
+
+        Raises:
+            EndpointDownError: they refuse the check, or still fail it ``tolerance`` seconds on.
+        """
+        started = anyio.current_time()
+        problem = await self._check()
+        if problem is None:
+            return True
+        wait = self.policy.first_wait
+        while True:
+            waited = anyio.current_time() - started
+            if not isinstance(problem, RETRYABLE_ERRORS):
+                raise EndpointDownError(
+                    f"the LM failed on {what} ({failure}), and on a one-token check "
+                    f"({type(problem).__name__}: {problem}): it is down or refuses every request. "
+                    f"{_RESUMES_AFTER_FIX}",
+                    waited=waited,
+                    endpoint=problem.endpoint,
+                )
+            if waited >= self.policy.tolerance:
+                raise EndpointDownError(
+                    f"the LM failed on {what} ({failure}); the endpoint looks down: one-token checks "
+                    f"failed for {waited:.1f} s, past outage_tolerance={self.policy.tolerance:g} s "
+                    f"(last: {type(problem).__name__}: {problem}). {_RESUMES}",
+                    waited=waited,
+                    endpoint=problem.endpoint,
+                )
+            logger.warning(
+                "the LM failed on %s and a check failed too (%s: %s); checking again in %.1f s",
+                what,
+                type(problem).__name__,
+                problem,
+                min(wait, self.policy.tolerance - waited),
+            )
+            await anyio.sleep(min(wait, self.policy.tolerance - waited))
+            wait = min(wait * 2, self.policy.max_wait)
+            problem = await self._check()
+            if problem is None:
+                logger.warning(
+                    "the LM answers again after %.1f s; re-running what failed on %s",
+                    anyio.current_time() - started,
+                    what,
+                )
+                return False
+
+    async def _check(self) -> LMError | None:
+        """``None`` when every LM answers a one-token request, else the first failure."""
+        lms = self.lms or tuple(lm for lm in (current_lm(),) if lm is not None)
+        if not lms:
+            return LMError("no LM to check")
+        for lm in lms:
+            try:
+                # One token is all the check needs: a reply cut there is an answer, not re-sent.
+                with accepting_cut_replies(lambda text: True):
+                    await metered_chat(lm, _CHECK, rollout=_fresh_rollout(), max_tokens=1)
+            except IncompleteResponseError:
+                continue  # a cut or empty reply still shows the endpoint answers
+            except LMError as problem:
+                return problem
+        return None
+
+
+_CHECK: tuple[Message, ...] = ({"role": "user", "content": "Reply OK."},)
+
+
+def _fresh_rollout() -> int:
+    return CANARY_ROLLOUTS + random.SystemRandom().randrange(CANARY_ROLLOUTS)
+
+
+_RESUMES_AFTER_FIX = (
+    "Answers already received stay cached (and journaled with a run_dir), so calling again with the same "
+    "run_dir resumes from here once the endpoint works"
+)
+_RESUMES = (
+    "Answers already received stay cached (and journaled with a run_dir), so calling again with the same "
+    "run_dir resumes from here once it works"
+)

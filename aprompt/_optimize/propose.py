@@ -1,0 +1,329 @@
+"""The grounded instruction proposer (MIPRO stage 2).
+
+For one predictor it asks a proposer LM for new instructions, each prompt grounded in some of: the run's
+grounding texts (the data summary, the program description; :mod:`aprompt._optimize.grounding`), demos of
+this predictor, a random style tip and the instructions (with scores, for OPRO) proposed so far (a
+predictor's candidates are drawn at once, so these are the original and, for a draw made again because it
+repeated a sibling, the siblings: :func:`propose_instructions`). Each
+reply is cleaned (:func:`clean_reply`: echoed scaffolding and field-label lines removed, see
+:mod:`aprompt._optimize.proposal_filter`); one that fails to parse, has nothing usable left, or fails
+validation is retried with another rollout and then dropped with a recorded reason; the original
+instruction is always candidate 0.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import attrs
+
+from aprompt._errors import EndpointDownError, LMError, ParseError
+from aprompt._optimize import grounding as grounding_sources
+from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt._optimize.proposal_filter import Cleaned, clean_proposal, field_labels, whole_sentences
+from aprompt._taskgroups import plain_errors_task_group
+from aprompt.lm._replies import accepting_cut_replies
+from aprompt.lm.types import LM
+from aprompt.program.predictor import Predict
+from aprompt.program.values import Demo
+
+TIPS: dict[str, str] = {
+    "none": "",
+    "creative": "Don't be afraid to be creative when writing the instruction.",
+    "simple": "Keep the instruction clear and concise.",
+    "description": "Make the instruction informative: describe the task precisely.",
+    "high_stakes": "Spell out the high stakes of getting this task right.",
+    "persona": "Start the instruction with a persona relevant to the task (e.g. 'You are a ...').",
+    "format": "Say exactly what form the answer must take.",
+}
+
+MIN_INSTRUCTION_CHARS = 12
+MAX_INSTRUCTION_CHARS = 600
+#: Room for an instruction of ``MAX_INSTRUCTION_CHARS``; a reply cut there is kept, to its last whole
+#: sentence (re-sending it with a larger budget would only buy a longer ramble from a small model).
+PROPOSAL_MAX_TOKENS = 160
+
+
+@attrs.frozen
+class Grounding:
+    """Which grounding pieces a proposal prompt includes, and the proposer's temperature.
+
+    ``data_summary`` and ``program_summary`` switch the run-level sources of the same names
+    (:mod:`aprompt._optimize.grounding`); ``demos``, ``tip`` and ``history`` the per-proposal pieces.
+    """
+
+    data_summary: bool = True
+    program_summary: bool = True
+    demos: bool = True
+    tip: bool = True
+    history: bool = True
+    temperature: float = 1.0
+
+
+@attrs.frozen
+class ProposalContext:
+    """What a proposer may be grounded in, for one predictor.
+
+    ``texts`` holds the run's grounding texts by source name (:mod:`aprompt._optimize.grounding`);
+    ``data_summary`` and ``program_summary`` are the same as ``texts`` entries of those names, for a
+    context built by hand.
+    """
+
+    predictor_name: str
+    predictor: Predict
+    data_summary: str | None = None
+    program_summary: str | None = None
+    texts: Mapping[str, str | None] = attrs.field(factory=dict)
+
+    def grounding_texts(self) -> dict[str, str]:
+        """Every usable grounding text, by source name (an entry of ``texts`` wins)."""
+        found = {"data_summary": self.data_summary, "program_summary": self.program_summary, **self.texts}
+        return {name: text for name, text in found.items() if text}
+
+
+_ROLE = "You write instructions for one module of a language-model program."
+_GOAL_SCORED = "Propose a new instruction that scores higher than the previous ones."
+_GOAL = "Propose a better instruction for this module."
+_REPLY = "Reply with the instruction only."
+#: The sentences of the proposer's own instruction: a proposal that repeats one has it removed.
+PROPOSER_SENTENCES: tuple[str, ...] = (_ROLE, _GOAL_SCORED, _GOAL, _REPLY)
+
+
+@attrs.frozen
+class Proposal:
+    """One proposal attempt's outcome: an instruction, or the reason it was dropped.
+
+    ``cleaned`` says what was cut from the reply to get the instruction (empty when nothing was);
+    journals written before it existed read back with ``""``.
+    """
+
+    index: int
+    instruction: str | None
+    reason: str = ""
+    tip: str = "none"
+    cleaned: str = ""
+
+
+def clean_instruction(text: str) -> str:
+    """Strip a leading label (``Instruction:``), quotes and whitespace from a proposer reply."""
+    value = text.strip()
+    for label in ("proposed instruction:", "instruction:", "new instruction:"):
+        if value.lower().startswith(label):
+            value = value[len(label) :]
+    return value.strip().strip("\"'`").strip()
+
+
+def clean_reply(text: str, predictor: Predict) -> Cleaned:
+    """A proposer reply as an instruction for ``predictor``: :func:`clean_instruction`, then echoed
+    scaffolding, the proposer's own sentences and lines starting with ``predictor``'s field labels removed
+    (:func:`aprompt._optimize.proposal_filter.clean_proposal`)."""
+    sentences = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip))
+    return clean_proposal(clean_instruction(text), field_labels(predictor), sentences)
+
+
+def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
+    """Return why ``text`` is not a usable instruction, or ``None`` when it is."""
+    if len(text) < MIN_INSTRUCTION_CHARS:
+        return f"too short ({len(text)} chars)"
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        return f"too long ({len(text)} chars)"
+    if text.casefold() in {e.casefold() for e in existing}:
+        return "duplicate of an existing candidate"
+    return None
+
+
+def _render_demos(demos: Sequence[Demo], limit: int = 3, max_chars: int = 300) -> str:
+    lines = []
+    for demo in list(demos)[:limit]:
+        text = "; ".join(f"{k}: {v}" for k, v in demo.items())
+        lines.append(f"- {text[:max_chars]}")
+    return "\n".join(lines)
+
+
+def _render_history(history: Sequence[tuple[str, float | None]]) -> str:
+    lines = []
+    for instruction, score in history:
+        suffix = f" (score {score:.2f})" if score is not None else ""
+        lines.append(f"- {instruction[:300]}{suffix}")
+    return "\n".join(lines)
+
+
+def build_proposer(
+    context: ProposalContext,
+    grounding: Grounding,
+    *,
+    demos: Sequence[Demo],
+    tip: str,
+    history: Sequence[tuple[str, float | None]],
+) -> tuple[Predict, dict[str, Any]]:
+    """The proposer predictor for one proposal and its inputs (only the grounding pieces in use)."""
+    inputs: dict[str, Any] = {
+        "module": f"{context.predictor_name}: {context.predictor.signature}",
+        "current_instruction": context.predictor.instruction,
+    }
+    texts = context.grounding_texts()
+    for source in grounding_sources.GROUNDING_SOURCES:
+        if source.name in texts and source.enabled(grounding):
+            inputs[source.field] = texts[source.name]
+    if grounding.demos and demos:
+        inputs["examples_of_good_calls"] = _render_demos(demos)
+    if grounding.history and history:
+        inputs["previous_instructions"] = _render_history(history)
+    if grounding.tip and TIPS.get(tip):
+        inputs["tip"] = TIPS[tip]
+    scored = any(score is not None for _, score in history)
+    goal = _GOAL_SCORED if scored and grounding.history else _GOAL
+    predictor = Predict(
+        f"{', '.join(inputs)} -> proposed_instruction",
+        instruction=f"{_ROLE} {goal} {_REPLY}",
+        max_parse_retries=1,
+        temperature=grounding.temperature,
+        max_tokens=PROPOSAL_MAX_TOKENS,
+    )
+    return predictor, inputs
+
+
+async def propose_instruction(
+    context: ProposalContext,
+    lm: LM,
+    *,
+    index: int,
+    grounding: Grounding,
+    demos: Sequence[Demo],
+    existing: Sequence[str],
+    history: Sequence[tuple[str, float | None]] = (),
+    seed: int = 0,
+    attempts: int = 3,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
+    first_rollout: int = 0,
+) -> Proposal:
+    """Propose candidate ``index`` for one predictor; a bad reply is retried, then dropped.
+
+    Attempt ``k`` samples rollout ``index * 100 + first_rollout + k`` (a draw made again for another
+    reason passes another ``first_rollout``).
+
+    An attempt that fails at the LM is sent again once the LM answers (:mod:`aprompt._optimize.outage`):
+    an outage is not the proposal's fault, and dropping it would be journaled and kept by a resumed run.
+
+    Raises:
+        EndpointDownError: the LM stayed down longer than ``outage.tolerance``.
+    """
+    tip = random.Random(f"{seed}:{context.predictor_name}:{index}").choice(sorted(TIPS))
+    tip = tip if grounding.tip else "none"
+    predictor, inputs = build_proposer(context, grounding, demos=demos, tip=tip, history=history)
+    reason = ""
+    guard = OutageGuard((lm,), outage)
+    for attempt in range(attempts):
+        rollout = index * 100 + first_rollout + attempt
+        try:
+            with accepting_cut_replies(lambda text: True):
+                prediction = await guard.call(
+                    partial(predictor, lm=lm, rollout=rollout, **inputs),
+                    f"proposal {index} for {context.predictor_name}",
+                )
+        except EndpointDownError:
+            raise
+        except (ParseError, LMError) as exc:  # an LMError here is the request's own: the LM answers
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            continue
+        cleaned = clean_reply(str(prediction["proposed_instruction"]), context.predictor)
+        if cleaned.text is None:
+            reason = cleaned.reason
+            continue
+        text = whole_sentences(cleaned.text, MAX_INSTRUCTION_CHARS)
+        note = cleaned.note
+        if text != cleaned.text:
+            note = f"{note}; cut to whole sentences".lstrip("; ")
+        problem = validate_instruction(text, existing)
+        if problem is None:
+            return Proposal(index, text, tip=tip, cleaned=note)
+        reason = problem
+    return Proposal(index, None, reason=f"dropped after {attempts} attempt(s): {reason}", tip=tip)
+
+
+async def propose_instructions(
+    context: ProposalContext,
+    lm: LM,
+    *,
+    n_candidates: int,
+    grounding: Grounding,
+    demo_sets: Sequence[Sequence[Demo]],
+    seed: int = 0,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
+) -> list[Proposal]:
+    """Candidates 1..n-1 for one predictor, drawn at once, in two waves.
+
+    First every candidate at once, each with its own style tip and demo set (candidate ``i`` shows set
+    ``i`` of ``demo_sets``, in turn) and the original instruction as its only history: a draw cannot see
+    siblings that do not exist yet. Then each candidate that repeated an earlier one (case aside, in index
+    order) is drawn again, at once, seeing the original and every instruction kept from the first wave (and
+    on other rollouts), so it is asked for something else; one still repeating is dropped. A pure function
+    of the seed and the inputs, like the draws it is made of.
+
+    Candidate 0 (the original instruction) is not proposed; the returned list holds every attempt,
+    usable or dropped, in index order.
+    """
+    original = context.predictor.instruction
+    indices = list(range(1, n_candidates))
+
+    async def draw(index: int, existing: Sequence[str], wave: int) -> Proposal:
+        return await propose_instruction(
+            context,
+            lm,
+            index=index,
+            grounding=grounding,
+            demos=demo_sets[index % len(demo_sets)] if demo_sets else (),
+            existing=existing,
+            history=[(text, None) for text in existing],
+            seed=seed,
+            outage=outage,
+            first_rollout=wave * 50,
+        )
+
+    first = await _all_at_once([partial(draw, index, [original], 0) for index in indices])
+    kept, repeats = _first_of_each([original], first)
+    second = await _all_at_once([partial(draw, index, kept, 1) for index in repeats])
+    again = {p.index: p for p in second}
+    _, still = _first_of_each(kept, second)
+    proposals = []
+    for proposal in first:
+        if proposal.index in still:
+            reason = "duplicate of an earlier proposal, drawn twice"
+            proposal = Proposal(proposal.index, None, reason=reason, tip=proposal.tip)
+        elif proposal.index in again:
+            proposal = again[proposal.index]
+        proposals.append(proposal)
+    return proposals
+
+
+def _first_of_each(existing: Sequence[str], proposals: Sequence[Proposal]) -> tuple[list[str], list[int]]:
+    """``existing`` plus each proposal's instruction not seen before (case aside), and the indices of
+    the proposals that repeated one."""
+    kept = list(existing)
+    seen = {text.casefold() for text in existing}
+    repeats = []
+    for proposal in proposals:
+        if proposal.instruction is None:
+            continue
+        if proposal.instruction.casefold() in seen:
+            repeats.append(proposal.index)
+        else:
+            seen.add(proposal.instruction.casefold())
+            kept.append(proposal.instruction)
+    return kept, repeats
+
+
+async def _all_at_once(draws: Sequence[Callable[[], Awaitable[Proposal]]]) -> list[Proposal]:
+    """Every draw at once; the proposals in the order of ``draws``."""
+    out: list[Proposal | None] = [None] * len(draws)
+
+    async def one(position: int) -> None:
+        out[position] = await draws[position]()
+
+    async with plain_errors_task_group() as group:
+        for position in range(len(draws)):
+            group.start_soon(one, position)
+    return [p for p in out if p is not None]

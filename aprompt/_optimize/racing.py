@@ -1,0 +1,314 @@
+"""Multi-fidelity evaluation: races among the most promising combinations, and trials stopped early.
+
+With ``Budget.racing`` (the default) the search spends what the plan gives its full evaluations — the
+validation set once per ``full_eval_every`` trials, plus the baseline's and a last one — in *program
+runs*, not in whole full evaluations:
+
+- **Races.** At each periodic evaluation point the most promising combinations without a full
+  evaluation (by the pooled estimate of :mod:`aprompt._optimize.pooling`) enter a race. It runs in rungs on
+  growing parts of the validation set — its first quarter, half, then all of it, in one seeded order
+  shared by every combination and every race — and each racer is scored only on the examples of the rung
+  it lacks (its trials' and earlier rungs' scores count). After a rung, a racer whose paired difference
+  against the current pick, or against the rung's leader, is clearly negative on their shared examples
+  (the upper end of the one-sided 95 % interval of :func:`~aprompt._optimize.final_pick.paired_difference`
+  below 0, on at least 10 examples) is dropped. Racers that reach the last rung have a full evaluation
+  (a :class:`~aprompt._optimize.search.FullEval`, whose scores then include the examples it reused).
+- **The allowance.** A race may spend what the plan had given the evaluations up to this point and the
+  search has not spent (trials stopped early and reused examples leave some over): a racer enters a rung
+  only while the allowance can pay the rung for it and those ahead of it, *and* still complete any one of
+  them to a full evaluation; the most promising go first (in the first rung by the pooled estimate, later
+  by their mean on the previous rung's examples). The first entrant can always be completed, so each point
+  gives at least the one full evaluation the plain schedule gives, and the run's evaluations never take
+  more program runs than the plan (``estimate_calls``) counts. At the end, the rest of the plan goes to
+  races (the pick's untested challengers first while the baseline is kept) until no entrant can be
+  completed.
+- **Trials stopped early.** A mini-batch runs in two stages, its first 40 % and then the rest; after the
+  first, a trial whose paired difference against the current pick (which has a full evaluation) on those
+  examples is clearly negative stops there. Its score is the mean on the examples it ran
+  (``Trial.stopped_early``), and that is what the TPE is told.
+
+Every step is journaled (trials as ``"trial"``, rungs as ``"race"``, full evaluations as ``"full_eval"``),
+and every decision is a pure function of the journaled results and the seed, so a resumed run replays the
+same flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from aprompt._errors import JournalError
+from aprompt._optimize.evaluate import Evaluation
+from aprompt._optimize.examples import Example
+from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference
+
+if TYPE_CHECKING:
+    from aprompt._optimize.outage import OutageGuard
+    from aprompt._optimize.search import SearchLoop
+
+logger = logging.getLogger("aprompt")
+
+#: The rungs of a race before the whole validation set, as shares of it.
+RUNG_SHARES = (0.25, 0.5)
+#: The most combinations that enter one race.
+MAX_ENTRANTS = 8
+#: The share of a mini-batch run before a trial may stop early.
+FIRST_STAGE_SHARE = 0.4
+
+
+@attrs.frozen
+class RungEval:
+    """One racer's evaluation in one rung of a race: the rung's examples it lacked.
+
+    ``score`` is the mean on ``scores`` (``None`` when LM failures left every example unscored).
+    """
+
+    race: int
+    rung: int
+    choice: Mapping[str, int]
+    example_ids: tuple[str, ...]
+    scores: Mapping[str, float]
+    score: float | None
+    n_failed: int
+    n_unscored: int
+    lm_failures: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def rung_to_json(rung: RungEval) -> dict[str, Any]:
+    return attrs.asdict(rung)
+
+
+def rung_from_json(data: Mapping[str, Any]) -> RungEval:
+    return RungEval(**{**data, "example_ids": tuple(data["example_ids"])})
+
+
+def race_order(valset: Sequence[Example], seed: int) -> list[Example]:
+    """The validation set in the seeded order all races share (a rung is a prefix of it)."""
+    return random.Random(f"{seed}:race").sample(list(valset), len(valset))
+
+
+def rung_sizes(n: int) -> list[int]:
+    """Examples in each rung, strictly growing, the last the whole validation set of ``n``."""
+    return sorted({max(1, math.ceil(share * n)) for share in RUNG_SHARES if share * n < n} | {n})
+
+
+def first_stage_size(batch_size: int) -> int | None:
+    """Examples of a trial's first stage, or ``None`` when the mini-batch is too small to stop early on
+    (a first stage below 10 examples could never be clearly losing)."""
+    first = math.ceil(FIRST_STAGE_SHARE * batch_size)
+    return first if MIN_SHARED <= first < batch_size else None
+
+
+def clearly_worse(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """``a`` is clearly worse than ``b`` on their shared examples (one-sided 95 % bound below 0)."""
+    return paired_difference(a, b, 1.0 - ALPHA).worse()
+
+
+def affordable(increments: Sequence[Sequence[int]], allowance: int) -> int:
+    """How many racers, in order, the current rung can take.
+
+    ``increments`` holds per racer the program runs each remaining rung (the current one first) would
+    cost it. Taking ``m`` racers plans successive halving: ``m`` in this rung, then half as many (rounded
+    up) in each next one and one in the last, each rung paying for its most expensive racers; the most
+    racers whose plan the allowance pays for. So whichever racers survive, one can still be completed.
+    """
+    taken = 0
+    for m in range(1, len(increments) + 1):
+        n_rungs = len(increments[0])
+        cost = 0
+        for j in range(n_rungs):
+            k = 1 if j == n_rungs - 1 and j > 0 else math.ceil(m / 2**j)
+            cost += sum(sorted((inc[j] for inc in increments[:m]), reverse=True)[:k])
+        if cost > allowance:
+            break
+        taken = m
+    return taken
+
+
+def _choice_json(choice: Mapping[str, int]) -> str:
+    return json.dumps(sorted((name, int(value)) for name, value in choice.items()))
+
+
+async def staged_evaluation(
+    outage: OutageGuard,
+    run: Callable[[Sequence[Example]], Awaitable[Evaluation]],
+    batch: Sequence[Example],
+    incumbent: Mapping[str, float] | None,
+    what: str,
+) -> tuple[Evaluation, bool]:
+    """A trial's mini-batch in two stages, each concurrent inside; after the first, a trial clearly
+    losing to ``incumbent`` (the pick's scores; ``None``: no stopping) stops. Returns the evaluation of
+    the examples run, in the batch's order, and whether it stopped early."""
+    first = first_stage_size(len(batch)) if incumbent is not None else None
+    if first is None or incumbent is None:
+        return await outage.evaluate(run, batch, what), False
+    evaluation = await outage.evaluate(run, batch[:first], what)
+    if clearly_worse(evaluation.scores, incumbent):
+        return evaluation, True
+    rest = await outage.evaluate(run, batch[first:], what)
+    return Evaluation(evaluation.results + rest.results), False
+
+
+async def final_races(loop: SearchLoop, left: int) -> None:
+    """Races on what the plan has ``left`` (at least one full evaluation's worth, as without racing),
+    until no entrant can be completed."""
+    allowance = max(left, len(loop.valset))
+    while allowance > 0:
+        if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
+            return
+        entrants = _final_entrants(loop)
+        if not entrants:
+            return
+        settled = len(loop.full_evals) + len(loop.raced_out)
+        spent = await run_race(loop, entrants, allowance)
+        if spent == 0 and len(loop.full_evals) + len(loop.raced_out) == settled:
+            return  # no entrant was affordable
+        allowance -= spent
+
+
+def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:
+    """The pick's untested challengers while the baseline is kept, then the best by the pooled
+    estimate."""
+    current = loop.decide()
+    tested = {key_of(f.choice) for f in loop.full_evals}
+    first = [
+        dict(c)
+        for c in (current.challengers if current.kept_baseline else ())
+        if key_of(c) not in tested and key_of(c) not in loop.raced_out
+    ]
+    firsts = {key_of(c) for c in first}
+    rest = [c for c in loop.ranked_untested(MAX_ENTRANTS) if key_of(c) not in firsts]
+    return (first + rest)[:MAX_ENTRANTS]
+
+
+async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> int:
+    """Race ``entrants`` (most promising first) within ``allowance`` program runs; returns the runs spent.
+
+    Survivors of the last rung are fully evaluated through ``loop.full_evaluation``.
+    """
+    n = len(loop.valset)
+    order = race_order(loop.valset, loop.seed)
+    sizes = rung_sizes(n)
+    race = loop.races_started
+    loop.races_started += 1
+    racers = [dict(c) for c in entrants[:MAX_ENTRANTS]]
+    spent = 0
+    previous: set[str] = set()
+    entered = len(racers)
+    for rung, size in enumerate(sizes):
+        if loop.stopped is not None or loop.should_stop() is not None:
+            break
+        ids = {e.id for e in order[:size]}
+        if rung > 0:
+            # Successive halving: the best on the previous rung's shared examples go first.
+            racers.sort(key=lambda c: -mean_of({k: v for k, v in loop.scores_of(c).items() if k in previous}))
+        known = {key_of(c): loop.scores_of(c) for c in racers}
+        increments = [
+            [
+                sum(e.id not in known[key_of(c)] for e in order[low:high])
+                for low, high in zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
+            ]
+            for c in racers
+        ]
+        # Successive halving: at most half of the previous rung's racers go on (rounded up).
+        cap = entered if rung == 0 else math.ceil(entered / 2)
+        racers = racers[: min(cap, affordable(increments, allowance - spent))]
+        entered = len(racers)
+        logger.debug(
+            "aprompt: race %d, rung %d (%d examples): %d racer(s), %d of %d program runs left",
+            race + 1,
+            rung + 1,
+            size,
+            len(racers),
+            allowance - spent,
+            allowance,
+        )
+        if not racers:
+            break
+        if size == n:
+            for choice in racers:
+                if loop.stopped is not None or loop.should_stop() is not None:
+                    break
+                full = await loop.full_evaluation(choice, known=loop.scores_of(choice))
+                spent += len(full.scores) + full.n_unscored - full.reused
+            break
+        todo = [(c, [e for e in order[:size] if e.id not in known[key_of(c)]]) for c in racers]
+        todo = [(c, examples) for c, examples in todo if examples]
+        loop.admit_step(
+            f"rung {rung + 1} of a race ({len(todo)} combination(s))",
+            [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
+        )
+        for rung_eval in await _rung_all(loop, race, rung, todo):
+            loop.record_rung(rung_eval)
+            spent += len(rung_eval.example_ids)
+        previous = ids
+        pick = loop.decide()
+        incumbent = loop.scores_of(pick.choice)
+        leader = max(racers, key=lambda c: mean_of({k: v for k, v in loop.scores_of(c).items() if k in ids}))
+        racers = [
+            c
+            for c in racers
+            if not _dropped(loop, c, incumbent, loop.scores_of(leader) if c is not leader else None)
+        ]
+    return spent
+
+
+def _dropped(
+    loop: SearchLoop,
+    choice: dict[str, int],
+    incumbent: Mapping[str, float],
+    leader: Mapping[str, float] | None,
+) -> bool:
+    scores = loop.scores_of(choice)
+    if clearly_worse(scores, incumbent) or (leader is not None and clearly_worse(scores, leader)):
+        loop.raced_out.add(key_of(choice))
+        return True
+    return False
+
+
+async def _rung_all(
+    loop: SearchLoop, race: int, rung: int, todo: Sequence[tuple[dict[str, int], list[Example]]]
+) -> list[RungEval]:
+    """One rung's evaluations, one racer after another (each concurrent inside): racers often share a
+    predictor's prompt, whose calls are then answered from the cache instead of being sent at once."""
+    return [await _rung(loop, race, rung, choice, examples) for choice, examples in todo]
+
+
+def _rung_key(race: int, rung: int, choice: Mapping[str, int]) -> str:
+    return f"{race}:{rung}:{_choice_json(choice)}"
+
+
+async def _rung(
+    loop: SearchLoop, race: int, rung: int, choice: dict[str, int], examples: list[Example]
+) -> RungEval:
+    async def compute() -> RungEval:
+        evaluation = await loop.outage.evaluate(
+            partial(loop.evaluate_choice, choice), examples, f"rung {rung + 1} of race {race + 1}"
+        )
+        return RungEval(
+            race=race,
+            rung=rung,
+            choice=dict(choice),
+            example_ids=tuple(e.id for e in examples),
+            scores=evaluation.scores,
+            score=evaluation.mean,
+            n_failed=evaluation.n_failed,
+            n_unscored=evaluation.n_unscored,
+            lm_failures={r.example_id: r.error or "LM failure" for r in evaluation.results if r.lm_failure},
+        )
+
+    result = await loop.memo("race", _rung_key(race, rung, choice), compute, rung_to_json, rung_from_json)
+    if dict(result.choice) != choice or result.example_ids != tuple(e.id for e in examples):
+        raise JournalError(
+            f"the journal's rung {rung + 1} of race {race + 1} scored {dict(result.choice)} on "
+            f"{len(result.example_ids)} examples, this run scores {choice} on {len(examples)}: the run_dir "
+            "belongs to a different run; pass resume=False to start over"
+        )
+    return result

@@ -1,0 +1,131 @@
+"""What an optimization returns, and saving/loading it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from aprompt._errors import StateError
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.final_pick import FinalPick
+from aprompt._optimize.search import FullEval, Trial
+from aprompt.lm.usage import UsageSnapshot
+from aprompt.program.state import load_state, program_state
+
+RESULT_FORMAT = "aprompt-result"
+
+#: The program type: ``optimize(program: P, ...)`` gives an ``OptimizeResult[P]``, whose ``program`` is a P.
+P = TypeVar("P")
+
+
+@attrs.frozen
+class PhaseUsage:
+    """LM usage and wall time of one phase; ``started``: seconds after the run began (phases overlap:
+    a step starts the moment its inputs exist)."""
+
+    phase: str
+    seconds: float
+    usage: UsageSnapshot
+    started: float = 0.0
+
+
+@attrs.frozen
+class OptimizeResult(Generic[P]):
+    """The outcome of :func:`aprompt.optimize`.
+
+    Attributes:
+        program: the optimized program (a copy unless ``in_place=True``).
+        score / baseline_score: full-validation scores of the returned and of the unoptimized program.
+        best_choice: candidate index per searched parameter.
+        trials / full_evals: every mini-batch trial and every full evaluation.
+        candidates: the instructions and demo sets searched.
+        dropped: proposals that failed to parse or validate, with their reasons.
+        phases: usage and wall time per phase of this call; ``usage`` is their total.
+        stopped_by: the run limit that stopped the run early, or ``None``.
+        pick: why the returned combination was chosen (:class:`~aprompt._optimize.final_pick.FinalPick`):
+            ``pick.reason`` in words, ``pick.evidence`` the paired difference with the baseline on shared
+            examples (n, mean, interval); ``pick.stopped == "nothing_scores"`` when the search stopped
+            because the baseline and every trial scored 0.
+        spent: what the run has spent against its limits, earlier calls of a resumed run included:
+            ``lm_calls`` (requests sent, retries included), ``tokens``, ``cost``, ``seconds``.
+    """
+
+    program: P = attrs.field(repr=False)
+    strategy: str
+    score: float
+    baseline_score: float
+    best_choice: Mapping[str, int]
+    trials: tuple[Trial, ...]
+    full_evals: tuple[FullEval, ...]
+    candidates: Candidates = attrs.field(repr=False)
+    dropped: tuple[tuple[str, int, str], ...]
+    phases: tuple[PhaseUsage, ...]
+    seconds: float
+    seed: int
+    failures: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    stopped_by: str | None = None
+    spent: Mapping[str, float] = attrs.field(factory=dict)
+    pick: FinalPick | None = None
+
+    @property
+    def usage(self) -> UsageSnapshot:
+        total = UsageSnapshot()
+        for phase in self.phases:
+            total = total + phase.usage
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: the optimized prompts plus the whole run record."""
+        return {
+            "format": RESULT_FORMAT,
+            "version": 1,
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "score": self.score,
+            "baseline_score": self.baseline_score,
+            "best_choice": dict(self.best_choice),
+            "state": program_state(self.program),
+            "trials": [attrs.asdict(t) for t in self.trials],
+            "full_evals": [attrs.asdict(f) for f in self.full_evals],
+            "candidates": self.candidates.describe(),
+            "dropped": [list(d) for d in self.dropped],
+            "phases": [
+                {"phase": p.phase, "seconds": p.seconds, "started": p.started, "usage": p.usage.as_dict()}
+                for p in self.phases
+            ],
+            "seconds": self.seconds,
+            "stopped_by": self.stopped_by,
+            "spent": dict(self.spent),
+            "pick": attrs.asdict(self.pick) if self.pick is not None else None,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_dict` as JSON (atomically: a crash never leaves half a file)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str))
+        os.replace(temporary, target)
+        return target
+
+
+def load(program: P, path: str | os.PathLike[str]) -> P:
+    """Load saved prompts into ``program`` (in place) from a result file or a state file; returns it.
+
+    Example::
+
+        qa = aprompt.load(QA(), "optimized.json")  # a QA, typed as one
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read saved prompts from {path}: {exc}") from None
+    if isinstance(data, dict) and data.get("format") == RESULT_FORMAT:
+        data = data.get("state")
+    load_state(program, data)
+    return program

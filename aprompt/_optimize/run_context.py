@@ -1,0 +1,470 @@
+"""What every strategy shares during one run: inputs, LMs, events, per-phase usage, and the run limits.
+
+Limits: the run's :class:`~aprompt.lm._metering.RequestMeter` counts every request of the run (any LM);
+:meth:`RunContext.admit_step` refuses a step the remaining budget cannot pay for, and
+:meth:`RunContext.run_strategy` turns a refusal (of a step, or of a request by the meter) into a stop
+with the best program so far. What was spent is journaled after every step (see
+:mod:`aprompt.run._limits`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import attrs
+
+from aprompt._errors import ConfigError, JournalError, RunLimitError
+from aprompt._optimize.budget import Budget
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.evaluate import Metric
+from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
+from aprompt._optimize.examples import Example
+from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
+from aprompt._optimize.propose import Grounding
+from aprompt._optimize.racing import RungEval
+from aprompt._optimize.result import PhaseUsage
+from aprompt._optimize.search import FullEval, SearchOutcome, Trial
+from aprompt.lm._metering import LimitReached, RequestMeter, measuring, metering
+from aprompt.lm.types import LM
+from aprompt.lm.usage import UsageCounter, UsageSnapshot
+from aprompt.program.predictor import Predict
+from aprompt.run._limits import (
+    SPENT_KIND,
+    RunCosts,
+    RunLimits,
+    meter_for,
+    spent_record,
+    step_estimate,
+    unaffordable,
+)
+from aprompt.run._preflight import check_limits
+from aprompt.run.journal import RunJournal
+
+if TYPE_CHECKING:
+    from aprompt._optimize.search import SearchLoop
+    from aprompt._optimize.strategies.base import Strategy
+
+#: The journal kind of the unoptimized program's evaluation started beside the bootstrap
+#: (:mod:`aprompt._optimize.strategies.pipeline`).
+BASELINE_KIND = "baseline_eval"
+
+#: Step kinds that score programs; every other step (bootstrap, proposals) keeps the budget of the
+#: baseline's evaluation and one mini-batch untouched.
+_SCORING_STEPS = frozenset({"trial", "full_eval", "race", BASELINE_KIND, "reference_eval"})
+#: Journal kind of a step a limit refused (see ``RunContext._journal_refusal``).
+REFUSAL_KIND = "refused"
+
+T = TypeVar("T")
+
+
+@attrs.define
+class _StepRuns:
+    """The program runs of the step a :meth:`RunContext.memo` is computing, when its result does not tell
+    them (``None``: read them from the result)."""
+
+    runs: int | None = None
+
+
+# The step being computed in this task (and in the tasks it starts): steps overlap, so what one step
+# reports of its runs must not reach another.
+_STEP_RUNS: contextvars.ContextVar[_StepRuns | None] = contextvars.ContextVar(
+    "aprompt_step_runs", default=None
+)
+
+
+@attrs.define
+class _Commitment:
+    """An admitted step not finished yet: its estimate, and what it has spent so far once started."""
+
+    requests: float
+    tokens: float
+    cost: float
+    used: UsageCounter | None = None
+
+    def outstanding(self) -> tuple[float, float, float]:
+        """What it is still expected to spend."""
+        if self.used is None:
+            return self.requests, self.tokens, self.cost
+        tokens = max(0.0, self.tokens - self.used.prompt_tokens - self.used.completion_tokens)
+        cost = self.cost * tokens / self.tokens if self.tokens else 0.0
+        return max(0.0, self.requests - self.used.requests), tokens, cost
+
+
+@attrs.define
+class RunContext:
+    """One run's shared inputs and bookkeeping (created by :func:`aprompt.optimize`)."""
+
+    program: object
+    predictors: Sequence[tuple[str, Predict]]
+    trainset: Sequence[Example]
+    valset: Sequence[Example]
+    metric: Metric
+    budget: Budget
+    seed: int
+    lm: LM | None
+    proposer_lm: LM
+    teacher_lm: LM | None
+    grounding: Grounding
+    concurrency: int
+    on_event: EventCallback | None
+    bootstrap_threshold: float = 1.0
+    journal: RunJournal | None = None
+    limits: RunLimits = attrs.field(factory=RunLimits)
+    stopped_by: str | None = None
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY
+    phases: list[PhaseUsage] = attrs.field(factory=list)
+    dropped: list[tuple[str, int, str]] = attrs.field(factory=list)
+    failures: dict[str, str] = attrs.field(factory=dict)
+    #: The search loop of the run, once a strategy made one: what a stopped run returns comes from it.
+    search_loop: SearchLoop | None = None
+    #: The unoptimized program's full evaluation once scored (it may be scored before the search loop
+    #: exists, beside the bootstrap: :mod:`aprompt._optimize.strategies.pipeline`).
+    baseline: FullEval | None = None
+    meter: RequestMeter = attrs.field(init=False)
+    costs: RunCosts = attrs.field(init=False)
+    #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
+    #: counts what the others are still expected to spend.
+    _commitments: dict[tuple[str, str], _Commitment] = attrs.field(factory=dict, init=False)
+    #: The run's start, for the phases' start times.
+    _started: float = attrs.field(factory=time.monotonic, init=False)
+    _limiter: anyio.CapacityLimiter | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        record = self.journal.latest(SPENT_KIND) if self.journal is not None else None
+        runs, what = self.first_trial_runs()
+        try:
+            self.meter, self.costs = meter_for(
+                self.limits, record, on_reserve=self._reserve, first_run_budget=(runs, what)
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            assert self.journal is not None
+            raise JournalError(
+                f"run journal {self.journal.path} holds a malformed {SPENT_KIND!r} record: "
+                f"{type(exc).__name__}: {exc}; use resume=False to start over",
+                path=str(self.journal.path),
+            ) from None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Program runs in flight at once (``concurrency``), shared by the run's overlapping steps."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
+        return self._limiter
+
+    def first_trial_runs(self) -> tuple[int, str]:
+        """Program runs that score one trial (the baseline's evaluation and one mini-batch), described."""
+        n_val, n_batch = len(self.valset), min(self.budget.minibatch_size, len(self.valset))
+        what = f"the baseline's evaluation ({n_val} runs) and one mini-batch ({n_batch} runs)"
+        return n_val + n_batch, what
+
+    def check_limits(self) -> None:
+        """:func:`~aprompt.run._preflight.check_limits` with the calls per run measured by earlier calls
+        of this run (a resumed run knows them before it spends anything)."""
+        runs, _ = self.first_trial_runs()
+        check_limits(self.limits, [], runs=runs, calls_per_run=self.costs.calls_per_run)
+
+    def limit_reached(self) -> str | None:
+        """Check the run's limits (at a safe point); remembers the first one reached."""
+        if self.stopped_by is None:
+            self.stopped_by = self.meter.reached()
+        return self.stopped_by
+
+    def usage(self) -> UsageSnapshot:
+        """Everything the run's meter counted, for any LM (earlier calls of a resumed run included)."""
+        return self.meter.usage
+
+    def spent(self) -> dict[str, float]:
+        """What the run has spent against its limits, earlier calls of a resumed run included."""
+        used = self.meter.usage
+        return {
+            "lm_calls": used.requests,
+            "tokens": used.total_tokens,
+            "cost": self.meter.cost,
+            "seconds": self.meter.seconds,
+        }
+
+    def admit_step(
+        self,
+        what: str,
+        parts: Sequence[tuple[str, str, int]],
+        *,
+        calls: bool = False,
+        ahead: tuple[int, int] = (0, 0),
+    ) -> None:
+        """Refuse a step the remaining budget cannot pay for, by raising
+        :class:`~aprompt.lm._metering.LimitReached`.
+
+        Steps overlap (the baseline's evaluation beside the bootstrap, proposals beside the reference's
+        evaluation), so the budget a step may use is what remains after the admitted steps still in
+        flight have spent what they are expected to; an admitted part stays committed until its
+        :meth:`memo` finishes.
+
+        Args:
+            what: the step, for the message.
+            parts: ``(journal kind, key, size)`` of the step's parts; parts already journaled, or admitted
+                and in flight, are free. ``size`` counts program runs, or LM calls when ``calls`` is set.
+            ahead: ``(program runs, LM calls)`` of steps not admitted yet that must keep their budget: a
+                step started early (the hand-written prompt's evaluation, beside the proposals) is admitted
+                only when the budget pays for these too.
+        """
+        todo_parts = [
+            (kind, key, size)
+            for kind, key, size in parts
+            if size > 0 and not self._journaled(kind, key) and (kind, key) not in self._commitments
+        ]
+        todo = sum(size for _, _, size in todo_parts)
+        if todo == 0:
+            return
+        refused = self._refused_before(todo_parts)
+        if refused is not None:
+            self.stopped_by = self.stopped_by or refused
+            raise LimitReached(
+                refused,
+                f"{self.meter.describe(refused)} cannot pay for {what}: it refused the same step when this "
+                "run was stopped, at the same limit; raise the limit to go on",
+            )
+        runs, n_calls = (0, todo) if calls else (todo, 0)
+        reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
+        own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls)
+        with_reserve = step_estimate(
+            self.meter, self.costs, runs=runs + reserved + ahead[0], calls=n_calls + ahead[1]
+        )
+        others = [c.outstanding() for c in self._commitments.values()]
+        estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
+        limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]))
+        if limit is None:
+            for kind, key, size in todo_parts:
+                share = size / todo
+                self._commitments[(kind, key)] = _Commitment(own[0] * share, own[1] * share, own[2] * share)
+            return
+        self.stopped_by = self.stopped_by or limit
+        self._journal_refusal(todo_parts, limit)
+        raise LimitReached(
+            limit,
+            f"{self.meter.describe(limit)} cannot pay for {what} (about {estimate[0]:.0f} more LM calls, "
+            f"{estimate[1]:.0f} tokens)",
+        )
+
+    def _reserved_runs(self) -> int:
+        """Runs kept for the baseline's evaluation and the first mini-batch, while they are to come (and
+        not admitted yet: an admitted one is counted as a commitment)."""
+        loop = self.search_loop
+        baseline_done = self.baseline is not None or (loop is not None and bool(loop.full_evals))
+        baseline_done = baseline_done or any(kind == BASELINE_KIND for kind, _ in self._commitments)
+        trial_done = loop is not None and bool(loop.trials)
+        trial_done = trial_done or any(kind == "trial" for kind, _ in self._commitments)
+        n_val = len(self.valset)
+        return (0 if baseline_done else n_val) + (0 if trial_done else min(self.budget.minibatch_size, n_val))
+
+    def note_runs(self, runs: int) -> None:
+        """Tell the step being computed (inside :meth:`memo`) how many program runs it made, when its
+        result does not tell them (a bootstrap's runs; ``0`` for a result made by another step): what a
+        program run costs is measured from them."""
+        step = _STEP_RUNS.get()
+        if step is not None:
+            step.runs = runs
+
+    def _limit_value(self, name: str) -> float | None:
+        return {
+            "max_lm_calls": self.limits.max_lm_calls,
+            "max_tokens": self.limits.max_tokens,
+            "max_cost": self.limits.max_cost,
+        }.get(name)
+
+    def _journal_refusal(self, parts: Sequence[tuple[str, str, int]], limit: str) -> None:
+        """Journal that ``limit`` refused the step of ``parts``. Steps overlap, so whether a step is
+        affordable depends on how far the steps beside it had got; a resumed run under the same limit
+        must nevertheless stop at the same step and send nothing more, so it reads this record."""
+        value = self._limit_value(limit)
+        if self.journal is None or value is None:
+            return
+        kind, key, _ = parts[0]
+        self.journal.append(REFUSAL_KIND, {"limit": limit, "value": value}, key=f"{kind}:{key}")
+
+    def _refused_before(self, parts: Sequence[tuple[str, str, int]]) -> str | None:
+        """The limit that refused this step when the run was stopped, if it is not higher now."""
+        if self.journal is None:
+            return None
+        kind, key, _ = parts[0]
+        found = self.journal.latest(REFUSAL_KIND, f"{kind}:{key}")
+        if not isinstance(found, dict):
+            return None
+        limit, value = found.get("limit"), found.get("value")
+        now = self._limit_value(str(limit))
+        if now is None or not isinstance(value, int | float) or now > value:
+            return None
+        return str(limit)
+
+    def _journaled(self, kind: str, key: str) -> bool:
+        return self.journal is not None and self.journal.latest(kind, key) is not None
+
+    def _reserve(self, meter: RequestMeter) -> None:
+        # Durable before the request is sent: a crash then never forgets a request that may have been sent.
+        if self.journal is not None:
+            self.journal.append(SPENT_KIND, spent_record(meter, self.costs, requests=meter.reserved))
+
+    def checkpoint(self) -> None:
+        """Journal what the run has spent so far (a resumed run continues from it)."""
+        if self.journal is not None:
+            self.journal.append(SPENT_KIND, spent_record(self.meter, self.costs))
+            self.meter.reserved = self.meter.usage.requests
+
+    async def run_strategy(self, strategy: Strategy) -> tuple[Candidates, SearchOutcome]:
+        """Run ``strategy`` on this context under the run's meter; when a limit refuses a step or a
+        request, the step is abandoned and the best program so far is returned (``stopped_by`` names the
+        limit).
+
+        Raises:
+            RunLimitError: a limit stopped the run before the baseline was scored.
+            ConfigError: the program's first run showed ``max_lm_calls`` cannot pay for one trial.
+        """
+        try:
+            with metering(self.meter):
+                try:
+                    return await strategy.run(self)
+                except BaseException as exc:
+                    refusal = limit_reached_in(exc)
+                    if refusal is None:
+                        raise
+            return await self._stopped(refusal)
+        finally:
+            self.checkpoint()
+
+    async def _stopped(self, refusal: LimitReached) -> tuple[Candidates, SearchOutcome]:
+        if refusal.unaffordable:
+            raise ConfigError(str(refusal)) from None
+        self.stopped_by = self.stopped_by or refusal.limit
+        loop = self.search_loop
+        if loop is not None and loop.full_evals:
+            return loop.candidates, await loop.run_outcome()
+        if self.baseline is not None:
+            # Scored beside the bootstrap, before any search: the unoptimized program is the best so far.
+            candidates = Candidates.original(self.predictors)
+            baseline = attrs.evolve(self.baseline, choice=candidates.baseline())
+            score = baseline.score
+            return candidates, SearchOutcome(baseline.choice, score, score, (), (baseline,))
+        raise RunLimitError(
+            f"{refusal}; the run stopped before the unoptimized program's evaluation finished, so "
+            "nothing is scored yet. Raise the limit and call again (with a run_dir it resumes)",
+            limit=refusal.limit,
+        ) from None
+
+    async def memo(
+        self,
+        kind: str,
+        key: str,
+        compute: Callable[[], Awaitable[T]],
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+    ) -> T:
+        """``compute()``, or its journaled result when this run already did it (resume).
+
+        Every expensive step goes through here with a key that is a pure function of the run's config
+        and the step, so a resumed run re-executes its deterministic flow and reads back what it paid for.
+        """
+        if self.journal is not None:
+            found = self.journal.latest(kind, key)
+            if found is not None:
+                self._commitments.pop((kind, key), None)
+                try:
+                    return decode(found)
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                    raise JournalError(
+                        f"run journal {self.journal.path} holds a malformed {kind!r} record ({key!r}): "
+                        f"{type(exc).__name__}: {exc}; use resume=False to start over",
+                        path=str(self.journal.path),
+                    ) from None
+        step = _StepRuns()
+        token = _STEP_RUNS.set(step)
+        commitment = self._commitments.get((kind, key))
+        try:
+            with measuring() as used:
+                if commitment is not None:
+                    commitment.used = used
+                value = await compute()
+        finally:
+            _STEP_RUNS.reset(token)
+            # Ended (or failed): what it spent is in the meter now, whether admitted before the step
+            # started or inside it (a screen admits itself).
+            self._commitments.pop((kind, key), None)
+        runs = self._program_runs(value) if step.runs is None else step.runs
+        if runs:
+            self.costs.add(runs, used.snapshot())
+        if self.journal is not None:
+            self.journal.append(kind, encode(value), key=key)
+            self.checkpoint()
+        return value
+
+    def _program_runs(self, value: object) -> int:
+        """Program runs a step made, as its result tells them (to measure what one costs)."""
+        if isinstance(value, Trial):
+            return len(value.example_ids)
+        if isinstance(value, FullEval):
+            return len(value.scores) + value.n_unscored - value.reused
+        if isinstance(value, RungEval):
+            return len(value.example_ids)
+        return 0
+
+    async def emit(self, event: Event) -> None:
+        if self.on_event is None:
+            return
+        outcome = self.on_event(event)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    @asynccontextmanager
+    async def phase(self, name: str, detail: str = "") -> AsyncIterator[None]:
+        """Time a phase and record its LM usage; emits PhaseStarted/PhaseFinished.
+
+        Phases may overlap (steps start the moment their inputs exist): a phase's usage is what the
+        code inside its block, and the tasks started there, spent (so the phases' usages add up to the
+        run's), and it is listed in ``phases`` in the order phases started, with its start time.
+        """
+        await self.emit(PhaseStarted(name, detail))
+        started = time.monotonic()
+        slot = len(self.phases)
+        self.phases.append(PhaseUsage(name, 0.0, UsageSnapshot(), started - self._started))
+        try:
+            with measuring() as used:
+                yield
+        finally:
+            record = PhaseUsage(name, time.monotonic() - started, used.snapshot(), started - self._started)
+            self.phases[slot] = record
+            if self.journal is not None:
+                self.journal.append(
+                    "phase",
+                    {
+                        "phase": name,
+                        "seconds": record.seconds,
+                        "started": record.started,
+                        "usage": record.usage.as_dict(),
+                    },
+                )
+        await self.emit(PhaseFinished(name, record.seconds, record.usage))
+
+
+def limit_reached_in(exc: BaseException) -> LimitReached | None:
+    """``exc`` when it is a :class:`LimitReached`, or one of a group holding nothing else (the refusal
+    reached the run through task groups; an unaffordable limit, a ConfigError to come, is preferred);
+    else ``None``."""
+    if isinstance(exc, LimitReached):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(LimitReached)
+        if matched is not None and rest is None:
+            leaves = _leaves(matched)
+            return next((e for e in leaves if e.unaffordable), leaves[0])
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[LimitReached]) -> list[LimitReached]:
+    out: list[LimitReached] = []
+    for inner in group.exceptions:
+        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return out

@@ -1,0 +1,109 @@
+"""The shape every strategy has: a :class:`Strategy` plans from the budget and runs on a run's context.
+
+A strategy's :meth:`~Strategy.plan` is the one place its trial count is stated: ``optimize`` announces it
+(the :class:`~aprompt._optimize.events.RunPlanned` event and its LM-call estimate) and the strategy's
+:meth:`~Strategy.run` searches with it (:meth:`Strategy.plan_for`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import attrs
+
+from aprompt._optimize.budget import Budget
+
+if TYPE_CHECKING:
+    from aprompt._optimize.candidates import Candidates
+    from aprompt._optimize.run_context import RunContext
+    from aprompt._optimize.search import SearchOutcome
+
+
+@attrs.frozen
+class StrategyPlan:
+    """What a strategy will do with a budget, known before anything is spent.
+
+    Attributes:
+        n_trials: mini-batch trials of the search (full evaluations aside).
+        searches_instructions / searches_demos: what the search chooses among.
+        bootstrap_runs: program runs of the demo bootstrap, at most.
+        proposal_calls: proposer LM calls (summaries and instruction proposals), at most.
+        screen_runs: program runs of the proposal screen.
+    """
+
+    n_trials: int
+    searches_instructions: bool
+    searches_demos: bool
+    bootstrap_runs: int
+    proposal_calls: int
+    screen_runs: int = 0
+
+    @classmethod
+    def standard(
+        cls,
+        budget: Budget,
+        n_predictors: int,
+        n_train: int,
+        n_val: int,
+        *,
+        searches_instructions: bool = True,
+        searches_demos: bool = True,
+        n_trials: int | None = None,
+        screened: bool = False,
+    ) -> StrategyPlan:
+        """The plan of a strategy built from the shared steps (:mod:`aprompt._optimize.strategies.steps`).
+
+        ``n_trials`` defaults to :meth:`Budget.trials_for` the searched variables; ``screened`` says the
+        proposals are screened (:func:`~aprompt._optimize.strategies.steps.instruction_candidates`). The
+        bootstrap and proposal counts are upper bounds the estimate has for every strategy.
+        """
+        return cls(
+            n_trials=budget.trials_for(n_predictors, searches_demos) if n_trials is None else n_trials,
+            searches_instructions=searches_instructions,
+            searches_demos=searches_demos,
+            bootstrap_runs=min(n_train, max(0, budget.n_candidates - 2) * budget.max_bootstrapped_demos * 2),
+            proposal_calls=n_predictors * max(0, budget.n_candidates - 1) + 4,
+            screen_runs=budget.screen_runs(n_predictors, n_val) if screened else 0,
+        )
+
+
+class Strategy(ABC):
+    """An optimization strategy: subclass it, set :attr:`name`, implement :meth:`plan` and :meth:`run`.
+
+    The first line of a strategy's docstring describes it. Register an instance with
+    :func:`~aprompt._optimize.strategies.register_strategy` to select it by name
+    (``optimize(..., strategy="name")``), or pass the instance itself as ``strategy=``.
+
+    Attributes:
+        name: the key it is registered and journaled under; part of a run's identity, so a resumed run
+            must use a strategy of the same name.
+    """
+
+    name: str
+
+    @abstractmethod
+    def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
+        """What a run with ``budget`` on ``n_predictors`` predictors, ``n_train`` training and ``n_val``
+        validation examples will do. :meth:`run` must make ``n_trials`` mini-batch trials (fewer only
+        when a limit stops the run or proposals are dropped)."""
+
+    @abstractmethod
+    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+        """Search on the run's context; return the search space and the search's outcome."""
+
+    def plan_for(self, ctx: RunContext) -> StrategyPlan:
+        """:meth:`plan` for the run of ``ctx``."""
+        return self.plan(ctx.budget, len(ctx.predictors), len(ctx.trainset), len(ctx.valset))
+
+    @property
+    def description(self) -> str:
+        """The first line of the strategy's docstring."""
+        doc = (type(self).__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def __repr__(self) -> str:
+        return f"<strategy {getattr(self, 'name', '?')!r}>"
+
+
+__all__ = ["Strategy", "StrategyPlan"]

@@ -1,0 +1,61 @@
+"""``bootstrap_random_search``: random joint choices of bootstrapped demo sets, each fully evaluated."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+from aprompt._optimize.bootstrap import DemoSet
+from aprompt._optimize.budget import Budget
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.search import SearchOutcome
+from aprompt._optimize.strategies.base import Strategy, StrategyPlan
+from aprompt._optimize.strategies.pipeline import Pipeline, pipeline
+from aprompt._optimize.strategies.steps import bootstrap_candidates, search_loop
+
+
+class BootstrapRandomSearch(Strategy):
+    """Demos only: random joint choices of demo sets, each fully evaluated; the best is kept."""
+
+    name = "bootstrap_random_search"
+
+    def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
+        # Full evaluations only, no mini-batch trials.
+        return StrategyPlan.standard(
+            budget, n_predictors, n_train, n_val, searches_instructions=False, n_trials=0
+        )
+
+    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+        async with pipeline(ctx, grounding=False) as early:
+            demo_sets = await bootstrap_candidates(ctx)
+            return await self._search(ctx, demo_sets, early)
+
+    async def _search(
+        self, ctx: RunContext, demo_sets: dict[str, tuple[DemoSet, ...]], early: Pipeline
+    ) -> tuple[Candidates, SearchOutcome]:
+        base = Candidates.original(ctx.predictors)
+        candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
+        candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
+        space = candidates.parameters()
+        n_full = max(1, ctx.budget.trials_for(len(ctx.predictors), True) // ctx.budget.full_eval_every)
+        rng = random.Random(f"{ctx.seed}:random-search")
+        async with ctx.phase("search", f"{n_full} random full evaluations"):
+            loop = search_loop(ctx, candidates, self.plan_for(ctx).n_trials, early=early)
+            await loop.full_evaluation(candidates.baseline(), is_baseline=True)
+            seen = {tuple(sorted(candidates.baseline().items()))}
+            combos = []
+            for _ in range(n_full * 20):
+                choice = {key: rng.randrange(dist.n_choices) for key, dist in space.items()}
+                key = tuple(sorted(choice.items()))
+                if key not in seen:
+                    seen.add(key)
+                    combos.append(choice)
+                if len(combos) >= n_full:
+                    break
+            for choice in combos:
+                if ctx.limit_reached() is not None:
+                    break
+                await loop.full_evaluation(choice)
+            return candidates, await loop.run_outcome()

@@ -1,0 +1,103 @@
+"""``module_opro``: instructions proposed in rounds, each proposer shown its scored history."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+import attrs
+
+from aprompt._optimize.budget import Budget
+from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.events import CandidateDropped, CandidateProposed
+from aprompt._optimize.propose import Proposal, ProposalContext, propose_instruction
+from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.search import SearchOutcome
+from aprompt._optimize.strategies.base import Strategy, StrategyPlan
+from aprompt._optimize.strategies.pipeline import Pipeline, pipeline
+from aprompt._optimize.strategies.steps import search_loop
+
+
+class ModuleOpro(Strategy):
+    """Instructions only: each round, every predictor's proposer sees its past instructions with the
+    program-level mini-batch score they got, and writes the next one; one trial per round."""
+
+    name = "module_opro"
+
+    def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
+        return StrategyPlan.standard(
+            budget,
+            n_predictors,
+            n_train,
+            n_val,
+            searches_demos=False,
+            n_trials=max(1, budget.n_candidates - 1),
+        )
+
+    async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
+        candidates = attrs.evolve(Candidates.original(ctx.predictors), search_demos=False)
+        n_rounds = self.plan_for(ctx).n_trials
+        async with pipeline(ctx) as early:
+            texts = await early.texts()
+            return await self._rounds(ctx, candidates, n_rounds, texts, early)
+
+    async def _rounds(
+        self,
+        ctx: RunContext,
+        candidates: Candidates,
+        n_rounds: int,
+        texts: Mapping[str, str | None],
+        early: Pipeline,
+    ) -> tuple[Candidates, SearchOutcome]:
+        async with ctx.phase("search", f"{n_rounds} OPRO rounds"):
+            loop = search_loop(ctx, candidates, 0, early=early)
+            await loop.full_evaluation(candidates.baseline(), is_baseline=True)
+            history: dict[str, list[tuple[str, float | None]]] = {
+                name: [(p.instruction, loop.full_evals[0].score)] for name, p in ctx.predictors
+            }
+            for round_number in range(1, n_rounds + 1):
+                if ctx.limit_reached() is not None:
+                    break
+                choice: dict[str, int] = {}
+                instructions = {k: list(v) for k, v in candidates.instructions.items()}
+                for name, predictor in ctx.predictors:
+                    proposal = await ctx.memo(
+                        "opro_proposal",
+                        f"{name}:{round_number}",
+                        partial(
+                            propose_instruction,
+                            ProposalContext(name, predictor, texts=texts),
+                            ctx.proposer_lm,
+                            index=round_number,
+                            grounding=ctx.grounding,
+                            demos=(),
+                            existing=instructions[name],
+                            history=list(history[name]),
+                            seed=ctx.seed,
+                            outage=ctx.outage,
+                        ),
+                        attrs.asdict,
+                        lambda data: Proposal(**data),
+                    )
+                    if proposal.instruction is None:
+                        ctx.dropped.append((name, round_number, proposal.reason))
+                        await ctx.emit(CandidateDropped(name, round_number, proposal.reason))
+                        continue
+                    instructions[name].append(proposal.instruction)
+                    choice[f"{name}.instruction"] = loop.add_instruction(name, proposal.instruction)
+                    await ctx.emit(
+                        CandidateProposed(
+                            name, "instruction", choice[f"{name}.instruction"], proposal.instruction
+                        )
+                    )
+                if not choice:
+                    continue
+                candidates = loop.candidates
+                trial = await loop.single_trial(round_number - 1, choice)
+                for name, _ in ctx.predictors:
+                    key = f"{name}.instruction"
+                    if key in choice:
+                        history[name].append((instructions[name][choice[key]], trial.score))
+                if round_number % max(1, ctx.budget.full_eval_every // 2) == 0:
+                    await loop.full_evaluate_best_untested()
+            return candidates, await loop.run_outcome(final_full_eval=True)

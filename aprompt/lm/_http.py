@@ -1,0 +1,547 @@
+"""The provider-independent half of the HTTP chat clients: pooled keep-alive connections,
+concurrency caps, rate limits, retries, endpoint routing, the response cache and usage accounting.
+
+A provider client subclasses :class:`HTTPChatLM` and supplies only its wire format: the request
+path, authentication headers, request body, response parsing and error-message extraction (see
+:class:`~aprompt.lm.openai.OpenAICompatibleLM`).
+
+One call, in order: the cache (identical in-flight calls share one computation), then per attempt
+the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-loaded available), one of
+its slots and a connection (:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
+rate limiter, and only then the HTTP request. Retry back-offs and pauses are waited outside every slot.
+
+Concurrency. An explicit ``max_concurrency`` is a fixed cap. Without one (the default) the cap adapts
+(:mod:`aprompt.lm.adaptive`): from the rate limits and the measured latency (Little's law) when a limit
+is known, else additive increase / multiplicative decrease on 429s. Limits the server states in its
+``x-ratelimit-*`` headers become the endpoint's (:mod:`aprompt.lm.ratelimit_headers`), never above
+them.
+
+Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
+own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
+spread over ``RetryPolicy.pause_jitter`` of its length, so that they do not arrive all at once.
+
+A provider fault is never an answer. Besides error statuses, timeouts and malformed bodies, a 2xx
+reply that is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filtered
+(``finish_reason: "content_filter"``, :class:`~aprompt._errors.ContentFilteredError`) or cut at its
+token budget (``"length"``, :class:`~aprompt._errors.TruncatedResponseError`) fails the attempt, and
+is never cached. Empty and filtered replies are retried like any transient fault; a truncated one is
+re-sent once, at once, with twice its ``max_tokens`` (or ``max_completion_tokens``; with
+:data:`TRUNCATION_RETRY_MAX_TOKENS` when the request set neither), a warning saying so, and raises if
+it is cut again. Their tokens count in :attr:`~HTTPChatLM.usage` (they are billed), and their
+re-sends in its ``requests`` and ``retries``.
+
+``timeout`` bounds each attempt as a whole (connecting, sending and reading the entire body), and a
+body longer than ``max_response_bytes`` is not read on: the attempt fails with a
+:class:`~aprompt._errors.BadResponseError` (retried like a malformed body).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import anyio
+import attrs
+import httpx
+import tenacity
+
+from aprompt._errors import (
+    BadResponseError,
+    ConfigError,
+    LMConnectionError,
+    LMError,
+    LMTimeoutError,
+    RateLimitError,
+    RequestRejectedError,
+    ServerError,
+    TruncatedResponseError,
+)
+from aprompt.lm._connections import ConnectionLanes, LaneClientFactory
+from aprompt.lm._metering import admit_request
+from aprompt.lm._probe import probe_endpoint
+from aprompt.lm._replies import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    TRUNCATION_RETRY_MAX_TOKENS,
+    incomplete_reply,
+    larger_budget,
+    read_capped,
+)
+from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
+from aprompt.lm.cache import ResponseCache, request_key
+from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
+from aprompt.lm.limits import RateLimiter, estimate_request_tokens
+from aprompt.lm.ratelimit_headers import apply_stated_limits, read_raw_rate_limit_headers
+from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
+from aprompt.lm.types import Completion, Message, canonical_params
+from aprompt.lm.usage import UsageCounter, UsageSnapshot
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "TRUNCATION_RETRY_MAX_TOKENS",
+    "EndpointSpec",
+    "HTTPChatLM",
+]
+
+logger = logging.getLogger("aprompt.lm")
+
+#: ``max_concurrency`` when not given: None, an adaptive cap (see :mod:`aprompt.lm.adaptive`).
+DEFAULT_MAX_CONCURRENCY: int | None = None
+
+# The most that the attempts a pause held are spread over after it, in seconds.
+_MAX_PAUSE_SPREAD = 2.0
+
+# Server messages in our errors are cut to this many characters (after the keys are scrubbed).
+_MESSAGE_CHARS = 500
+
+#: What a client accepts as its endpoints: a base URL, an :class:`Endpoint`, or several of them.
+EndpointSpec = str | Endpoint | Sequence[str | Endpoint]
+
+
+class HTTPChatLM(abc.ABC):
+    """Base of the HTTP chat clients; implements the :class:`~aprompt.lm.types.LM` protocol.
+
+    Subclasses set :attr:`path` and implement the ``_auth_headers``, ``_request_body``,
+    ``_parse_completion`` and ``_server_message`` hooks. See
+    :class:`~aprompt.lm.openai.OpenAICompatibleLM` for the arguments.
+    """
+
+    #: Appended to each endpoint's base URL, e.g. ``"/chat/completions"``.
+    path: ClassVar[str]
+    #: Keeps cached answers of different wire protocols apart when model names coincide (OpenAI's
+    #: protocol keeps the empty namespace, so caches written before it existed stay valid).
+    cache_namespace: ClassVar[str] = ""
+    #: Each HTTP request is admitted by the run's meter (:mod:`aprompt.lm._metering`), retries included.
+    meters_requests: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: str,
+        endpoints: EndpointSpec,
+        *,
+        api_key: str | None,
+        api_key_env: str | None,
+        timeout: float,
+        max_concurrency: int | None,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        max_retries: int | None,
+        retry: RetryPolicy | None,
+        cache: ResponseCache | None,
+        default_params: Mapping[str, Any] | None,
+        http_client: httpx.AsyncClient | None,
+        endpoint_cooldown: float,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        if not model:
+            raise ConfigError("a model name is required")
+        if max_response_bytes < 1:
+            raise ConfigError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {timeout}")
+        self._model = model
+        default_key = api_key if api_key is not None else _env(api_key_env)
+        specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
+        make_client = LaneClientFactory(timeout)
+        states, keys = [], []
+        for spec in specs:
+            endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
+            key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
+            keys.append(key)
+            capacity = endpoint.max_concurrency or max_concurrency or MAX_CONCURRENCY
+            states.append(
+                EndpointState(
+                    public_url(endpoint.url),
+                    headers=self._auth_headers(key),
+                    capacity=capacity,
+                    limiter=RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute),
+                    lanes=ConnectionLanes(capacity, make_client, shared_client=http_client),
+                )
+            )
+        self._secrets = tuple({key for key in keys if key})
+        self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
+        self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+        self._concurrency = ConcurrencyController(
+            max_concurrency, maximum=self._pool.capacity, rates=self._rates
+        )
+        self._slots = self._concurrency.slots
+        self._rng = random.Random()
+        policy = retry if retry is not None else RetryPolicy()
+        self._retry = policy if max_retries is None else attrs.evolve(policy, max_retries=max_retries)
+        self._cache = cache
+        self._default_params = dict(default_params or {})
+        self._usage = UsageCounter()
+        self._timeout = timeout
+        self._max_response_bytes = max_response_bytes
+        self._closed = False
+
+    # -- wire-format hooks ------------------------------------------------------------------
+    @abc.abstractmethod
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """Headers authenticating with ``api_key`` (None: no key configured)."""
+
+    @abc.abstractmethod
+    def _request_body(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Any:
+        """The JSON body of one request (``params`` are canonical and never hold ``rollout``)."""
+
+    @abc.abstractmethod
+    def _parse_completion(self, content: bytes) -> Completion:
+        """A 2xx body as a completion; raises ValueError, KeyError, IndexError or TypeError
+        if it is malformed."""
+
+    @abc.abstractmethod
+    def _server_message(self, content: bytes) -> str:
+        """The human-readable error message in an error body (or the body's text), uncut: the
+        caller scrubs the keys out of it first and cuts it after, so no key is left half-cut."""
+
+    # -- public surface ---------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def usage(self) -> UsageSnapshot:
+        """Counters since creation (see :class:`~aprompt.lm.usage.UsageSnapshot`); cheap to read."""
+        return self._usage.snapshot()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints' base URLs, without credentials."""
+        return tuple(endpoint.url for endpoint in self._pool.endpoints)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._retry
+
+    @property
+    def capacity(self) -> int:
+        """Requests this client lets in flight now (its concurrency cap across endpoints).
+
+        With an explicit ``max_concurrency`` it is that number (at most the endpoints' total) and never
+        changes. Without one it is the adaptive cap (:mod:`aprompt.lm.adaptive`): it starts from the
+        rate limits (or 64 when none is known) and changes as latencies are measured, limits learned
+        and 429s met, so read it again rather than keep it. Calls beyond it wait in the client.
+        """
+        return self._concurrency.cap
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The response cache, or ``None``. Assignable: an optimization with a ``run_dir`` attaches the
+        run's cache for its duration when none is set."""
+        return self._cache
+
+    @cache.setter
+    def cache(self, cache: ResponseCache | None) -> None:
+        self._cache = cache
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self._model!r}, endpoints={list(self.endpoints)!r})"
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        """Answer one chat request, from the cache when one is configured and holds it.
+
+        ``params`` (merged over ``default_params``; ``None`` values dropped) are sent to the server;
+        ``rollout`` only tells otherwise identical requests apart in the cache and is never sent.
+
+        Raises:
+            AuthenticationError: HTTP 401/403 (not retried).
+            RequestRejectedError: another 4xx (not retried).
+            RateLimitError, ServerError, LMTimeoutError, LMConnectionError, BadResponseError: the
+                last failure, once retries are exhausted.
+        """
+        if self._closed:
+            raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
+        request_params = canonical_params({**self._default_params, **params})
+        try:
+            if self._cache is None:
+                completion = await self._complete(messages, request_params)
+            else:
+                key = request_key(
+                    model=self._model,
+                    messages=messages,
+                    params=request_params,
+                    rollout=rollout,
+                    namespace=self.cache_namespace,
+                )
+                completion, hit = await self._cache.get_or_compute(
+                    key, lambda: self._complete(messages, request_params)
+                )
+                if hit:
+                    self._usage.cache_hits += 1
+        except LMError:
+            self._usage.errors += 1
+            raise
+        self._usage.calls += 1
+        return completion
+
+    async def probe(self, *, within: float = 5.0, skip: set[str] | None = None) -> None:
+        """Check, without spending tokens, that every endpoint answers and accepts the key: one
+        ``GET {base_url}/models`` each (see :mod:`aprompt.lm._probe`).
+
+        Args:
+            within: seconds each endpoint gets to answer.
+            skip: identities (URL plus a digest of its headers) of endpoints already probed, e.g. by
+                another client on the same server; this call skips those and adds its own.
+
+        Raises:
+            LMConnectionError: an endpoint refused the connection or did not answer within ``within`` s.
+            AuthenticationError: an endpoint answered 401 or 403.
+        """
+        skip = set() if skip is None else skip
+        for state in self._pool.endpoints:
+            digest = hashlib.sha256(json.dumps(sorted(state.headers.items())).encode()).hexdigest()
+            identity = f"{state.url} {digest}"
+            if identity in skip:
+                continue
+            skip.add(identity)
+            await probe_endpoint(state.url, state.headers, client=state.lanes.shared_client, within=within)
+
+    async def aclose(self) -> None:
+        """Close the connections this object opened (an ``http_client`` passed in stays open).
+
+        Later calls raise :class:`~aprompt._errors.LMError`.
+        """
+        self._closed = True
+        with anyio.CancelScope(shield=True):  # closing must finish even when the caller is cancelled
+            await self._pool.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- one call, its attempts -------------------------------------------------------------
+    async def _complete(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Completion:
+        try:
+            payload = json.dumps(self._request_body(messages, params)).encode()
+        except (TypeError, ValueError) as exc:
+            problem = str(exc)
+        else:
+            problem = ""
+        if problem:
+            raise ConfigError(f"request cannot be sent as JSON: {problem}")
+        reserved = estimate_request_tokens(messages, params)
+        attempts = 0
+        enlarged = False
+
+        async def attempt() -> Completion:
+            nonlocal attempts, payload, reserved, enlarged
+            attempts += 1
+            try:
+                return await self._attempt(payload, reserved, is_retry=attempts > 1)
+            except TruncatedResponseError as truncated:
+                if enlarged:
+                    raise
+                cut = truncated
+            # Re-sent at once, outside the back-off: the same request would be cut the same way.
+            name, given, larger = larger_budget(params)
+            larger_params = {**params, name: larger}
+            payload = json.dumps(self._request_body(messages, larger_params)).encode()
+            reserved = estimate_request_tokens(messages, larger_params)
+            enlarged = True
+            logger.warning(
+                "%s: reply cut at its token budget (%s=%s, finish_reason %r); re-sending once with %s=%d",
+                self._model,
+                name,
+                given,
+                cut.finish_reason,
+                name,
+                larger,
+            )
+            attempts += 1
+            try:
+                return await self._attempt(payload, reserved, is_retry=True)
+            except TruncatedResponseError as again:
+                final, detail = again, f"cut again with {name}={larger}"
+            except RequestRejectedError as rejected:  # e.g. more than the model's output limit
+                final, detail = cut, f"a re-send with {name}={larger} was rejected: {rejected.args[0]}"
+            raise TruncatedResponseError(
+                f"{final.args[0]}; {detail}",
+                finish_reason=final.finish_reason,
+                text=final.text,
+                endpoint=final.endpoint,
+            )
+
+        completion: Completion = await self._retry.retrying(self._log_retry)(attempt)
+        return completion
+
+    async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
+        await self._wait_out_pause()
+        async with self._slots, self._pool.lease() as lease:
+            endpoint = lease.endpoint
+            admitted = await endpoint.limiter.acquire(reserved)
+            admitted_here = None
+            used = 0  # a request that fails before an answer is refunded its tokens
+            meter = None
+            try:
+                admitted_here = await self._limiter.acquire(reserved)
+                meter = admit_request(self._model, retry=is_retry)  # may refuse: a run limit is spent
+                self._usage.requests += 1
+                if is_retry:
+                    self._usage.retries += 1
+                sent = time.monotonic()
+                completion = await self._exchange(lease.client, endpoint, payload)
+                if meter is not None:
+                    meter.settle(self._model, completion.usage)
+                # A server that reports no usage keeps the estimate charged.
+                used = completion.usage.total_tokens or reserved
+                self._concurrency.completed(time.monotonic() - sent, used)
+                # Counted before the check: an incomplete reply is billed too.
+                self._usage.prompt_tokens += completion.usage.prompt_tokens
+                self._usage.completion_tokens += completion.usage.completion_tokens
+                incomplete = incomplete_reply(completion, endpoint.url)
+                if incomplete is not None:
+                    raise incomplete
+                return completion
+            except LMError as error:
+                self._note_failure(endpoint, error)
+                if meter is not None:
+                    meter.note_failure(error)
+                raise
+            finally:
+                endpoint.limiter.settle(admitted, used)
+                if admitted_here is not None:
+                    self._limiter.settle(admitted_here, used)
+
+    async def _wait_out_pause(self) -> None:
+        """Wait, holding no slot, until a 429 pause lets requests through (every endpoint paused, or
+        the client), plus a random share of the pause so that the attempts it held do not all go at once."""
+        while True:
+            limiters = [endpoint.limiter for endpoint in self._pool.endpoints]
+            paused = min(limiters, key=lambda limiter: limiter.paused_until)
+            if self._limiter.paused_until > paused.paused_until:
+                paused = self._limiter
+            delay = paused.paused_until - time.monotonic()
+            if delay <= 0:
+                return
+            spread = min(self._retry.pause_jitter * paused.pause_seconds, _MAX_PAUSE_SPREAD)
+            await anyio.sleep(delay + spread * self._rng.random())
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        """The fastest the limits let requests and tokens go (per second, over a burst window): the
+        client's, or the endpoints' sum when each has a limit, whichever is lower; None where unknown."""
+        own_rates = self._limiter.peak_rates
+        endpoint_rates = [endpoint.limiter.peak_rates for endpoint in self._pool.endpoints]
+        rates: list[float | None] = []
+        for own, theirs in (
+            (own_rates[0], [requests for requests, _ in endpoint_rates]),
+            (own_rates[1], [tokens for _, tokens in endpoint_rates]),
+        ):
+            known = [rate for rate in theirs if rate is not None]
+            pooled = sum(known) if len(known) == len(theirs) else None
+            rates.append(min(own, pooled) if own is not None and pooled is not None else own or pooled)
+        return rates[0], rates[1]
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, endpoint: EndpointState, payload: bytes
+    ) -> Completion:
+        # Errors are raised outside the except blocks so that no httpx exception, whose request
+        # carries the Authorization header, is chained onto ours.
+        failure: LMError | None = None
+        content, too_large = b"", False
+        # The timeout bounds the whole exchange: httpx's own bounds each read only, and a server
+        # sending a byte at a time would keep the call waiting for as long as it liked.
+        with anyio.move_on_after(self._timeout) as deadline:
+            try:
+                async with client.stream(
+                    "POST", endpoint.url + self.path, content=payload, headers=endpoint.headers
+                ) as response:
+                    content, too_large = await read_capped(response, self._max_response_bytes)
+            except httpx.TimeoutException:
+                failure = self._timed_out(endpoint)
+            except httpx.HTTPError as exc:
+                failure = LMConnectionError(
+                    self._scrub(f"connection failed: {type(exc).__name__}: {exc}"),
+                    endpoint=endpoint.url,
+                )
+        if deadline.cancelled_caught:
+            failure = self._timed_out(endpoint)
+        if failure is not None:
+            raise failure
+        status = response.status_code
+        stated = read_raw_rate_limit_headers(response.headers.raw)
+        if stated is not None:
+            apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
+        if not 200 <= status < 300:
+            raise error_for_status(
+                status,
+                self._scrub(self._server_message(content))[:_MESSAGE_CHARS],
+                endpoint=endpoint.url,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        if too_large:
+            raise BadResponseError(
+                f"response body larger than max_response_bytes={self._max_response_bytes}",
+                endpoint=endpoint.url,
+            )
+        try:
+            return self._parse_completion(content)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        raise BadResponseError(
+            f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url
+        )
+
+    def _timed_out(self, endpoint: EndpointState) -> LMTimeoutError:
+        return LMTimeoutError(
+            f"no complete response within the {self._timeout:g} s timeout", endpoint=endpoint.url
+        )
+
+    def _note_failure(self, endpoint: EndpointState, error: LMError) -> None:
+        if isinstance(error, RateLimitError):
+            self._usage.rate_limited += 1
+            pause = self._retry.pause_after_rate_limit(error.retry_after)
+            started = endpoint.limiter.pause(pause)
+            if self._limiter.limited:
+                started = self._limiter.pause(pause) or started
+            if started:
+                self._concurrency.paused()
+                logger.info(
+                    "%s: HTTP 429, pausing requests for %.2f s (concurrency cap now %d)",
+                    endpoint.url,
+                    pause,
+                    self._concurrency.cap,
+                )
+            else:
+                logger.debug("%s: HTTP 429 within a pause", endpoint.url)
+        elif isinstance(error, LMConnectionError | LMTimeoutError) or (
+            isinstance(error, ServerError) and error.status_code >= 500
+        ):
+            self._pool.mark_unhealthy(endpoint)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        sleep = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.debug(
+            "%s: attempt %d of %d failed (%s); retrying in %.3f s",
+            self._model,
+            state.attempt_number,
+            self._retry.max_retries + 1,
+            error,
+            sleep,
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _env(name: str | None) -> str | None:
+    return os.environ.get(name) if name else None

@@ -1,0 +1,351 @@
+"""Per-run request metering: every request a run sends is counted, and refused once a limit is spent.
+
+A run creates one :class:`RequestMeter` and enters ``with metering(meter):``; the meter then lives in a
+:mod:`contextvars` variable, so it sees the requests of that run (and of every task started inside the
+block) and of nothing else. It is consulted at two layers aprompt owns:
+
+* :class:`~aprompt.lm._http.HTTPChatLM` asks it (:func:`admit_request`) before each HTTP request, retries
+  included, and reports the tokens the server counted (:meth:`RequestMeter.settle`). Cache hits send
+  no request and cost nothing.
+* :func:`metered_chat` is how aprompt itself calls an LM (predictors, the outage canary). For an LM that
+  meters itself (``meters_requests = True``, as :class:`HTTPChatLM`) it only counts the call; for any
+  other object with ``model`` and ``async chat(...)`` it admits one request before the call and records
+  the completion's tokens after it (a completion with ``cached=True`` is refunded). A wrapper around an
+  HTTP client is counted once: the wrapped client's first attempt uses the request admitted for the
+  wrapper.
+
+A request is counted when it is admitted, before it is sent, so the requests a run sends never exceed
+``max_requests``; tokens and cost are known only when an answer arrives, so they may pass their limit by
+what the requests in flight at that moment cost. Once a limit is spent, or the deadline has passed, the
+next request is refused with :class:`LimitReached`, and :func:`metered_chat` cancels a call still in
+flight at the deadline with the same exception.
+
+:class:`LimitReached` derives from :class:`BaseException`, like a cancellation, on purpose: it must never
+be caught by ``except Exception`` in a program or an evaluator and scored as a wrong answer, nor be
+taken for a provider fault (it is not an :class:`~aprompt._errors.LMError`). The run that entered
+``metering`` catches it, abandons the step it interrupted and stops.
+
+Example::
+
+    meter = RequestMeter(max_requests=100)
+    with metering(meter):
+        completion = await metered_chat(lm, [{"role": "user", "content": "Hi"}])
+    meter.usage.requests
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import attrs
+
+from aprompt._errors import ConfigError, RateLimitError
+from aprompt.lm.types import LM, Completion, Message, TokenUsage
+from aprompt.lm.usage import UsageCounter, UsageSnapshot
+
+__all__ = [
+    "LimitReached",
+    "RequestMeter",
+    "admit_request",
+    "current_meter",
+    "measuring",
+    "metered_chat",
+    "metering",
+]
+
+_METER: contextvars.ContextVar[RequestMeter | None] = contextvars.ContextVar("aprompt_meter", default=None)
+# Counters of the steps being measured in this context (see measuring()).
+_SCOPES: contextvars.ContextVar[tuple[UsageCounter, ...]] = contextvars.ContextVar(
+    "aprompt_meter_scopes", default=()
+)
+# The request admitted by metered_chat for an LM that does not meter itself, not yet claimed by an
+# HTTP client inside it (a wrapper around one).
+_PREPAID: contextvars.ContextVar[_Prepaid | None] = contextvars.ContextVar("aprompt_prepaid", default=None)
+# The program run a call belongs to (an opaque object, one per run), see metered_chat(unit=...).
+_UNIT: contextvars.ContextVar[object | None] = contextvars.ContextVar("aprompt_meter_unit", default=None)
+
+
+class LimitReached(BaseException):
+    """A run limit refused a request or a step (see the module docstring for why it is a
+    ``BaseException``).
+
+    Attributes:
+        limit: ``"max_lm_calls"``, ``"max_tokens"``, ``"max_cost"`` or ``"max_time"``.
+        unaffordable: set when the limit can never pay for the run's first trial (the message says why);
+            the run turns this into a :class:`~aprompt._errors.ConfigError`.
+    """
+
+    def __init__(self, limit: str, message: str, *, unaffordable: bool = False) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.unaffordable = unaffordable
+
+
+@attrs.define
+class _Prepaid:
+    claimed: bool = False
+
+
+@attrs.define
+class _FirstRun:
+    """The first program run the meter saw, and the requests it has sent so far."""
+
+    unit: object
+    requests: int = 0
+
+
+class RequestMeter:
+    """Counts one run's requests, tokens and cost, and refuses requests past its limits.
+
+    Args:
+        max_requests: requests (retries included) the run may send; ``None``: unlimited.
+        max_tokens: prompt + completion tokens the run may spend.
+        max_cost: money the run may spend, priced with ``prices``.
+        max_seconds: seconds the run may take (measured from the meter's creation, plus ``spent_seconds``).
+        prices: model name -> (input, output) price per million tokens.
+        spent: usage already spent by earlier calls of the same run (a resumed run continues its budget).
+        spent_cost, spent_seconds: likewise, money and seconds.
+        on_reserve: called with the meter before admitting a request beyond the last reservation, so the
+            caller can make the reservation durable (a run journals it): a crash then never forgets a
+            request that may have been sent. Reservations are ``reserve_chunk`` requests ahead.
+        first_run_budget: ``(runs, what)``: the first program run must cost at most
+            ``max_requests / runs`` requests, else the limit cannot pay for ``what`` (see
+            :meth:`observe_unit`).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
+        max_cost: float | None = None,
+        max_seconds: float | None = None,
+        prices: Mapping[str, tuple[float, float]] | None = None,
+        spent: UsageSnapshot | None = None,
+        spent_cost: float = 0.0,
+        spent_seconds: float = 0.0,
+        on_reserve: Callable[[RequestMeter], None] | None = None,
+        reserve_chunk: int = 16,
+        first_run_budget: tuple[int, str] | None = None,
+    ) -> None:
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self.max_cost = max_cost
+        self.max_seconds = max_seconds
+        self.prices = dict(prices or {})
+        self._counter = UsageCounter(**(spent or UsageSnapshot()).as_dict())
+        self.cost = spent_cost
+        self._spent_seconds = spent_seconds
+        self._started = time.monotonic()
+        self._on_reserve = on_reserve
+        self._chunk = max(1, reserve_chunk)
+        self.reserved = self._counter.requests
+        self.first_run_budget = first_run_budget
+        self._first: _FirstRun | None = None
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def usage(self) -> UsageSnapshot:
+        """Everything counted so far (earlier calls of the run included)."""
+        return self._counter.snapshot()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds the run has taken, earlier calls included."""
+        return self._spent_seconds + time.monotonic() - self._started
+
+    def seconds_left(self) -> float:
+        """Seconds until ``max_seconds`` is spent (``inf`` without one; never negative)."""
+        if self.max_seconds is None:
+            return math.inf
+        return max(0.0, self.max_seconds - self.seconds)
+
+    def reached(self) -> str | None:
+        """The first limit that is spent (no further request would be admitted), or ``None``."""
+        used = self._counter
+        checks: Sequence[tuple[str, float | None, float]] = (
+            ("max_lm_calls", self.max_requests, used.requests),
+            ("max_tokens", self.max_tokens, used.prompt_tokens + used.completion_tokens),
+            ("max_cost", self.max_cost, self.cost),
+        )
+        for name, limit, value in checks:
+            if limit is not None and value >= limit:
+                return name
+        if self.max_seconds is not None and self.seconds >= self.max_seconds:
+            return "max_time"
+        return None
+
+    def describe(self, limit: str) -> str:
+        """``"max_lm_calls=100 (100 spent)"``-style text for a limit."""
+        used = self._counter
+        value: dict[str, tuple[float | None, str]] = {
+            "max_lm_calls": (self.max_requests, f"{used.requests} requests sent"),
+            "max_tokens": (self.max_tokens, f"{used.prompt_tokens + used.completion_tokens} tokens spent"),
+            "max_cost": (self.max_cost, f"{self.cost:.4g} spent"),
+            "max_time": (self.max_seconds, f"{self.seconds:.1f} s taken"),
+        }
+        limit_value, spent = value[limit]
+        return f"{limit}={limit_value:g} ({spent})" if limit_value is not None else limit
+
+    # -- counting ----------------------------------------------------------------------------
+    def admit(self, model: str, *, retry: bool = False) -> None:
+        """Count one request about to be sent, or raise :class:`LimitReached` when a limit is spent.
+
+        Raises:
+            LimitReached: a limit is spent (nothing is counted).
+            ConfigError: ``max_cost`` is set and ``model`` has no price (nothing is sent unpriced).
+        """
+        limit = self.reached()
+        if limit is not None:
+            raise LimitReached(limit, f"run limit reached: {self.describe(limit)}")
+        if self.max_cost is not None and model not in self.prices:
+            raise ConfigError(f"max_cost is set but prices has no entry for model {model!r}")
+        self.observe_unit()
+        if self._on_reserve is not None and self._counter.requests + 1 > self.reserved:
+            ahead = self._counter.requests + self._chunk
+            self.reserved = ahead if self.max_requests is None else min(self.max_requests, ahead)
+            self._on_reserve(self)
+        self._add("requests", 1)
+        if retry:
+            self._add("retries", 1)
+
+    def observe_unit(self) -> None:
+        """Count a request of the first program run; refuse it when that run alone shows the limit
+        cannot pay for ``first_run_budget`` runs."""
+        unit = _UNIT.get()
+        if unit is None or self.first_run_budget is None:
+            return
+        if self._first is None:
+            self._first = _FirstRun(unit)
+        if self._first.unit is not unit:
+            return
+        runs, what = self.first_run_budget
+        if self.max_requests is not None and (self._first.requests + 1) * runs > self.max_requests:
+            needed = (self._first.requests + 1) * runs
+            raise LimitReached(
+                "max_lm_calls",
+                f"max_lm_calls={self.max_requests} cannot pay for {what}: the program's first run "
+                f"sent {self._first.requests} LM calls and needs at least {self._first.requests + 1}, so "
+                f"{runs} runs take at least {needed} calls; raise max_lm_calls to {needed} or more",
+                unaffordable=True,
+            )
+        self._first.requests += 1
+
+    def refund(self) -> None:
+        """Uncount an admitted request that never reached an endpoint (answered from a cache)."""
+        self._add("requests", -1)
+
+    def settle(self, model: str, usage: TokenUsage) -> None:
+        """Record the tokens (and their cost) the endpoint reported for one request."""
+        self._add("prompt_tokens", usage.prompt_tokens)
+        self._add("completion_tokens", usage.completion_tokens)
+        price = self.prices.get(model)
+        if price is not None:
+            self.cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6
+
+    def note_failure(self, error: BaseException) -> None:
+        """Count a failed request (a 429 is counted as such)."""
+        if isinstance(error, RateLimitError):
+            self._add("rate_limited", 1)
+
+    def note_call(self, *, cached: bool = False, failed: bool = False) -> None:
+        """Count one finished chat call (answered, from a cache, or failed)."""
+        if failed:
+            self._add("errors", 1)
+            return
+        self._add("calls", 1)
+        if cached:
+            self._add("cache_hits", 1)
+
+    def _add(self, name: str, amount: int) -> None:
+        setattr(self._counter, name, getattr(self._counter, name) + amount)
+        for scope in _SCOPES.get():
+            setattr(scope, name, getattr(scope, name) + amount)
+
+
+def current_meter() -> RequestMeter | None:
+    """The meter of the run this task belongs to, or ``None``."""
+    return _METER.get()
+
+
+@contextmanager
+def metering(meter: RequestMeter) -> Iterator[RequestMeter]:
+    """Meter the requests made in this block (and in tasks started inside it) with ``meter``."""
+    token = _METER.set(meter)
+    try:
+        yield meter
+    finally:
+        _METER.reset(token)
+
+
+@contextmanager
+def measuring() -> Iterator[UsageCounter]:
+    """Count, apart, what the run's meter counts in this block (and in tasks started inside it)."""
+    counter = UsageCounter()
+    token = _SCOPES.set((*_SCOPES.get(), counter))
+    try:
+        yield counter
+    finally:
+        _SCOPES.reset(token)
+
+
+def admit_request(model: str, *, retry: bool = False) -> RequestMeter | None:
+    """For an LM that meters itself: admit one request about to be sent (see :meth:`RequestMeter.admit`);
+    returns the meter to settle with, or ``None`` outside a metered run."""
+    meter = _METER.get()
+    if meter is None:
+        return None
+    prepaid = _PREPAID.get()
+    if prepaid is not None and not prepaid.claimed and not retry:
+        prepaid.claimed = True  # the wrapper's call already paid for this first attempt
+        return meter
+    meter.admit(model, retry=retry)
+    return meter
+
+
+async def metered_chat(
+    lm: LM, messages: Sequence[Message], *, rollout: int = 0, unit: object = None, **params: Any
+) -> Completion:
+    """``lm.chat(messages, rollout=rollout, **params)``, counted by the run's meter (if any).
+
+    ``unit`` identifies the program run the call belongs to (any object, the same for every call of one
+    run): the meter measures the first run's calls with it.
+
+    Raises:
+        LimitReached: a limit is spent, or the run's deadline passed while the call was in flight.
+    """
+    meter = _METER.get()
+    if meter is None:
+        return await lm.chat(messages, rollout=rollout, **params)
+    self_metered = getattr(lm, "meters_requests", False) is True
+    prepaid = None if self_metered else _Prepaid()
+    unit_token = _UNIT.set(unit)
+    prepaid_token = _PREPAID.set(prepaid)
+    try:
+        if prepaid is not None:
+            meter.admit(lm.model)
+        with anyio.CancelScope(deadline=anyio.current_time() + meter.seconds_left()) as scope:
+            completion = await lm.chat(messages, rollout=rollout, **params)
+    except Exception as error:
+        meter.note_call(failed=True)
+        if prepaid is not None and not prepaid.claimed:
+            meter.note_failure(error)
+        raise
+    finally:
+        _PREPAID.reset(prepaid_token)
+        _UNIT.reset(unit_token)
+    if scope.cancelled_caught:
+        raise LimitReached("max_time", f"run limit reached: {meter.describe('max_time')}")
+    if prepaid is not None and not prepaid.claimed:
+        if completion.cached:
+            meter.refund()
+        else:
+            meter.settle(lm.model, completion.usage)
+    meter.note_call(cached=completion.cached)
+    return completion

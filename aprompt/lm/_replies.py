@@ -1,0 +1,117 @@
+"""What makes a 2xx reply an answer, for the HTTP clients: its body within a size cap, and a finish
+that is neither empty, filtered nor cut at its token budget (see :mod:`aprompt.lm._http` for how each
+failure is retried)."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from aprompt._errors import (
+    ContentFilteredError,
+    EmptyResponseError,
+    IncompleteResponseError,
+    TruncatedResponseError,
+)
+from aprompt.lm.types import Completion
+
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "TRUNCATION_RETRY_MAX_TOKENS",
+    "accepting_cut_replies",
+    "cut_reply_acceptor",
+    "incomplete_reply",
+    "larger_budget",
+    "read_capped",
+]
+
+#: The longest response body read (10 MiB); a chat completion is a few kilobytes.
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 2**20
+
+#: ``max_tokens`` of the one re-send after a truncated reply when the request set no budget.
+TRUNCATION_RETRY_MAX_TOKENS = 4096
+
+
+async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """The body of a streamed ``response``, read up to ``cap`` bytes, and whether it was longer (then
+    it is cut, and the rest is not read)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return b"", True
+    pieces, size = [], 0
+    async for piece in response.aiter_bytes():
+        pieces.append(piece)
+        size += len(piece)
+        if size > cap:
+            return b"".join(pieces)[:cap], True
+    return b"".join(pieces), False
+
+
+#: Set by a caller that can tell a cut reply which already holds its whole answer (a predictor whose
+#: every output field was written, each ended before the cut): such a reply is an answer.
+_CUT_REPLY_IS_ANSWER: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
+    "aprompt_cut_reply_is_answer", default=None
+)
+
+
+@contextmanager
+def accepting_cut_replies(is_answer: Callable[[str], bool]) -> Iterator[None]:
+    """Within the block, a reply cut at its token budget whose text satisfies ``is_answer`` is an
+    answer, not a :class:`~aprompt._errors.TruncatedResponseError` (and is not re-sent).
+
+    Example::
+
+        with accepting_cut_replies(lambda text: "\n" in text):
+            completion = await lm.chat(messages, max_tokens=16)
+    """
+    token = _CUT_REPLY_IS_ANSWER.set(is_answer)
+    try:
+        yield
+    finally:
+        _CUT_REPLY_IS_ANSWER.reset(token)
+
+
+def cut_reply_acceptor() -> Callable[[str], bool] | None:
+    """The test set by the innermost :func:`accepting_cut_replies` block, or ``None`` outside one."""
+    return _CUT_REPLY_IS_ANSWER.get()
+
+
+def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteResponseError | None:
+    """The error for a well-formed reply that is not an answer, or None for an answer."""
+    reason = completion.finish_reason
+    is_answer = _CUT_REPLY_IS_ANSWER.get()
+    if reason == "length" and completion.text and is_answer is not None and is_answer(completion.text):
+        return None
+    if reason == "length":
+        return TruncatedResponseError(
+            "the reply was cut at its token budget (finish_reason 'length')",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
+    if reason == "content_filter":
+        return ContentFilteredError(
+            "the provider withheld the reply (finish_reason 'content_filter')",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
+    if not completion.text:
+        return EmptyResponseError(
+            f"the reply is empty (finish_reason {reason!r})", finish_reason=reason, endpoint=endpoint
+        )
+    return None
+
+
+def larger_budget(params: Mapping[str, Any]) -> tuple[str, int | None, int]:
+    """The completion-budget parameter to raise after a truncated reply: its name, its value (None:
+    unset), and the value to re-send with (twice it, or :data:`TRUNCATION_RETRY_MAX_TOKENS`)."""
+    name = "max_completion_tokens" if params.get("max_completion_tokens") else "max_tokens"
+    given = params.get(name)
+    if isinstance(given, int) and not isinstance(given, bool) and given > 0:
+        return name, given, 2 * given
+    return name, None, TRUNCATION_RETRY_MAX_TOKENS

@@ -1,0 +1,226 @@
+"""Run limits: what a run may spend, what it has spent (journaled, so a resumed run continues the same
+budget), and the estimate of a step's cost that decides whether the step may start.
+
+The counting itself happens request by request in :mod:`aprompt.lm._metering`; this module turns a
+:class:`Limits` and the journal's last ``spent`` record into that meter, and writes the record back.
+
+``max_time`` is cumulative like the others: it bounds the wall time of all calls of one run together
+(time between a crash and the resume is not counted), so calling a run that stopped on ``max_time``
+again with the same limit returns at once; give a larger ``max_time`` to continue.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from aprompt._errors import ConfigError
+from aprompt.lm._metering import RequestMeter
+from aprompt.lm.usage import UsageSnapshot
+
+#: The journal kind of the record of what a run has spent (the latest one counts).
+SPENT_KIND = "spent"
+
+
+_WHOLE = ("max_lm_calls", "max_tokens")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_number(value: object, *, whole: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral if whole else numbers.Real)
+
+
+def _check_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    whole = attribute.name in _WHOLE
+    if not _is_number(value, whole=whole) or math.isnan(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{attribute.name} must be {kind}, non-negative, or None; got {_show(value)}")
+
+
+def _as_prices(prices: object) -> dict[str, tuple[float, float]]:
+    """``prices`` checked and copied: ``{model: (input, output)}`` finite non-negative prices per million
+    tokens (``None`` is no prices)."""
+    if prices is None:
+        return {}
+    if not isinstance(prices, Mapping):
+        raise ConfigError(f"prices must be a mapping {{model: (input, output)}}, got {_show(prices)}")
+    checked: dict[str, tuple[float, float]] = {}
+    for model, pair in prices.items():
+        if not isinstance(model, str):
+            raise ConfigError(f"prices keys must be model names (str), got {_show(model)}")
+        if isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ConfigError(
+                f"prices[{model!r}] must be a pair (input, output) of prices per million tokens, "
+                f"got {_show(pair)}"
+            )
+        for price in pair:
+            if not _is_number(price, whole=False) or not math.isfinite(float(price)) or float(price) < 0:
+                raise ConfigError(
+                    f"prices[{model!r}] must hold finite non-negative numbers (per million tokens), "
+                    f"got {_show(pair)}"
+                )
+        checked[model] = (float(pair[0]), float(pair[1]))
+    return checked
+
+
+@attrs.frozen
+class Limits:
+    """Hard limits on one run of :func:`aprompt.optimize` (``limits=aprompt.Limits(...)``); ``None`` means
+    unlimited.
+
+    Attributes:
+        max_lm_calls: requests sent to an endpoint, retries included (cache hits are free).
+        max_tokens: prompt + completion tokens of those requests.
+        max_cost: money, priced with ``prices``: model name -> (input, output) price per million tokens.
+        max_time: seconds of wall time of the run (all its calls together, when it is resumed).
+        prices: ``{model: (input, output)}`` prices per million tokens, for ``max_cost`` (every model the
+            run uses needs one).
+
+    All are cumulative over the calls of one run (a ``run_dir`` journals what was spent). A step that
+    the remaining budget cannot pay for is not started; a request past a spent limit is refused, and
+    the step it belonged to is abandoned. ``max_lm_calls`` is never exceeded; tokens and cost may pass
+    their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
+    flight are cancelled.
+
+    Raises:
+        ConfigError: a limit that is not a non-negative number (a whole one for ``max_lm_calls`` and
+            ``max_tokens``), a malformed or negative price, or ``max_cost`` without ``prices``; the
+            message names the field and the value.
+
+    Example::
+
+        limits = aprompt.Limits(max_lm_calls=5_000, max_cost=2.0, prices={"gpt-4o-mini": (0.15, 0.60)})
+        result = await aprompt.optimize(program, trainset, metric, lm=lm, limits=limits)
+    """
+
+    max_lm_calls: int | None = attrs.field(default=None, validator=_check_limit)
+    max_tokens: int | None = attrs.field(default=None, validator=_check_limit)
+    max_cost: float | None = attrs.field(default=None, validator=_check_limit)
+    max_time: float | None = attrs.field(default=None, validator=_check_limit)
+    prices: Mapping[str, tuple[float, float]] = attrs.field(factory=dict, converter=_as_prices)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_cost is not None and not self.prices:
+            raise ConfigError(
+                f"max_cost={self.max_cost!r} needs prices={{model: (input_per_million, output_per_million)}}"
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set."""
+        return any(v is not None for v in (self.max_lm_calls, self.max_tokens, self.max_cost, self.max_time))
+
+
+#: The former name of :class:`Limits`.
+RunLimits = Limits
+
+
+@attrs.define
+class RunCosts:
+    """What the run's program runs cost, measured on finished steps: the basis of step estimates."""
+
+    runs: int = 0
+    requests: int = 0
+    tokens: int = 0
+
+    def add(self, runs: int, used: UsageSnapshot) -> None:
+        self.runs += runs
+        self.requests += used.requests
+        self.tokens += used.total_tokens
+
+    @property
+    def calls_per_run(self) -> float | None:
+        """Requests per program run, or ``None`` before any step was measured."""
+        return self.requests / self.runs if self.runs else None
+
+
+def step_estimate(
+    meter: RequestMeter, costs: RunCosts, *, runs: int, calls: int
+) -> tuple[float, float, float]:
+    """Requests, tokens and cost of ``runs`` program runs and ``calls`` single LM calls.
+
+    Per program run: the measured means (one request and no tokens per run before any step was
+    measured); per call: the run's mean tokens per request so far; cost: the run's mean price per token.
+    """
+    used = meter.usage
+    tokens_per_request = used.total_tokens / used.requests if used.requests else 0.0
+    price_per_token = meter.cost / used.total_tokens if used.total_tokens else 0.0
+    run_requests = costs.requests / costs.runs if costs.runs else 1.0
+    run_tokens = costs.tokens / costs.runs if costs.runs else tokens_per_request
+    requests = runs * run_requests + calls
+    tokens = runs * run_tokens + calls * tokens_per_request
+    return requests, tokens, tokens * price_per_token
+
+
+def unaffordable(meter: RequestMeter, estimate: tuple[float, float, float]) -> str | None:
+    """The first limit that is spent, or that the remaining budget cannot pay ``estimate`` from."""
+    reached = meter.reached()
+    if reached is not None:
+        return reached
+    requests, tokens, cost = estimate
+    used = meter.usage
+    checks = (
+        ("max_lm_calls", meter.max_requests, used.requests + requests),
+        ("max_tokens", meter.max_tokens, used.total_tokens + tokens),
+        ("max_cost", meter.max_cost, meter.cost + cost),
+    )
+    for name, limit, total in checks:
+        if limit is not None and total > limit:
+            return name
+    return None
+
+
+def spent_record(meter: RequestMeter, costs: RunCosts, *, requests: int | None = None) -> dict[str, Any]:
+    """The journal payload of what the run has spent (``requests`` overrides the count: a reservation)."""
+    usage = meter.usage.as_dict()
+    if requests is not None:
+        usage["requests"] = requests
+    return {
+        "usage": usage,
+        "cost": meter.cost,
+        "seconds": meter.seconds,
+        "costs": attrs.asdict(costs),
+    }
+
+
+def meter_for(
+    limits: Limits,
+    record: Mapping[str, Any] | None,
+    *,
+    on_reserve: Callable[[RequestMeter], None] | None = None,
+    first_run_budget: tuple[int, str] | None = None,
+) -> tuple[RequestMeter, RunCosts]:
+    """The meter of a run with ``limits`` that has already spent what ``record`` (the journal's last
+    ``spent`` record, or ``None``) says, and the measured costs it holds.
+
+    Raises:
+        KeyError, TypeError, ValueError: ``record`` is malformed (the caller names the journal).
+    """
+    costs = RunCosts(**record["costs"]) if record is not None else RunCosts()
+    chunk = 16 if limits.max_lm_calls is None else max(1, min(32, limits.max_lm_calls // 20))
+    meter = RequestMeter(
+        max_requests=limits.max_lm_calls,
+        max_tokens=limits.max_tokens,
+        max_cost=limits.max_cost,
+        max_seconds=limits.max_time,
+        prices=limits.prices,
+        spent=UsageSnapshot(**record["usage"]) if record is not None else None,
+        spent_cost=float(record["cost"]) if record is not None else 0.0,
+        spent_seconds=float(record["seconds"]) if record is not None else 0.0,
+        on_reserve=on_reserve if limits.max_lm_calls is not None else None,
+        reserve_chunk=chunk,
+        first_run_budget=first_run_budget if costs.runs == 0 else None,
+    )
+    return meter, costs
