@@ -41,7 +41,7 @@ from aprompt._errors import (
 )
 from aprompt._optimize.api import optimize
 from aprompt._optimize.budget import Budget
-from aprompt._optimize.evaluate import Evaluation, evaluate
+from aprompt._optimize.evaluate import Evaluation, ExampleResult, evaluate
 from aprompt._optimize.events import (
     CandidateDropped,
     CandidateProposed,
@@ -55,9 +55,11 @@ from aprompt._optimize.events import (
     TrialScored,
 )
 from aprompt._optimize.examples import Example
+from aprompt._optimize.final_pick import FinalPick
+from aprompt._optimize.per_example import ExampleOutcome, ExampleRow, ExampleTable
 from aprompt._optimize.propose import Grounding
-from aprompt._optimize.result import OptimizeResult, load
-from aprompt._optimize.streaming import optimize_events
+from aprompt._optimize.result import OptimizeResult, PhaseUsage, load
+from aprompt._optimize.streaming import EventStream, optimize_events
 from aprompt._optimize.sync import optimize_sync
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import ResponseCache
@@ -112,8 +114,14 @@ __all__ = [
     "EndpointDownError",
     "Evaluation",
     "Event",
+    "EventStream",
     "Example",
+    "ExampleOutcome",
+    "ExampleResult",
+    "ExampleRow",
+    "ExampleTable",
     "Field",
+    "FinalPick",
     "FullEvaluation",
     "Grounding",
     "IncompleteResponseError",
@@ -135,6 +143,7 @@ __all__ = [
     "ParseError",
     "PhaseFinished",
     "PhaseStarted",
+    "PhaseUsage",
     "Predict",
     "Prediction",
     "RateLimitError",

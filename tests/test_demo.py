@@ -15,6 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 import aprompt
+from aprompt._optimize.evaluate import Evaluation, ExampleResult
+from aprompt._optimize.proposal_filter import SCAFFOLDING_LABELS, clean_proposal
 from aprompt.demo.__main__ import (
     comparison,
     estimate_seconds,
@@ -24,8 +26,6 @@ from aprompt.demo.__main__ import (
     parse_args,
     shown_examples,
 )
-from aprompt._optimize.evaluate import Evaluation, ExampleResult
-from aprompt._optimize.proposal_filter import SCAFFOLDING_LABELS, clean_proposal
 
 
 def test_the_demo_data_ships_with_the_package_with_every_sentence_kind_balanced() -> None:

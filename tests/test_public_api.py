@@ -10,9 +10,13 @@ prefix).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import re
 from pathlib import Path
 from types import ModuleType
+
+import aprompt
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference"
@@ -51,16 +55,25 @@ def public_names(module: ModuleType) -> set[str]:
     return {name for name in vars(module) if not name.startswith("_")}
 
 
+def _is_module_here(dotted: str) -> bool:
+    """Whether ``dotted`` is a module of this checkout (found without importing it: an installed copy of
+    aprompt elsewhere, e.g. an editable install's finder, must not answer for a module this tree lacks)."""
+    try:
+        spec = importlib.util.find_spec(dotted)
+    except (ImportError, ValueError):
+        return False
+    origin = spec.origin if spec is not None else None
+    return origin is not None and Path(origin).resolve().is_relative_to(ROOT / "aprompt")
+
+
 def longest_module(dotted: str) -> tuple[ModuleType, list[str]]:
-    """The longest importable module prefix of ``dotted`` and the attribute names after it."""
+    """The longest module prefix of ``dotted`` in this checkout, and the attribute names after it."""
     parts = dotted.split(".")
     for end in range(len(parts), 0, -1):
-        try:
-            module = importlib.import_module(".".join(parts[:end]))
-        except ImportError:
-            continue
-        return module, parts[end:]
-    raise AssertionError(f"{dotted}: not even its first part imports")
+        name = ".".join(parts[:end])
+        if _is_module_here(name):
+            return importlib.import_module(name), parts[end:]
+    raise AssertionError(f"{dotted}: not even its first part is a module of this checkout")
 
 
 def problem_with(dotted: str, shown: set[str]) -> str | None:
@@ -129,16 +142,12 @@ def test_a_name_outside_the_public_api_is_reported() -> None:
 
 
 def test_every_exported_name_exists() -> None:
-    import aprompt.strategies
-
     for module in (aprompt, aprompt.strategies):
         missing = [name for name in module.__all__ if not hasattr(module, name)]
         assert missing == [], module.__name__
 
 
 def test_the_strategies_module_is_the_custom_strategy_api() -> None:
-    import aprompt.strategies
-
     needed = {
         "Strategy",
         "StrategyPlan",
@@ -150,3 +159,37 @@ def test_the_strategies_module_is_the_custom_strategy_api() -> None:
         "tpe_search",
     }
     assert needed <= set(aprompt.strategies.__all__)
+
+
+def test_every_module_is_private_or_documented_in_the_reference() -> None:
+    shown = documented()
+    undocumented = []
+    for path in sorted((ROOT / "aprompt").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        dotted = ".".join(parts[:-1] if package else parts)
+        if is_private(dotted):
+            continue
+        if dotted in shown or (package and is_public_module(dotted, shown)):
+            continue
+        undocumented.append(dotted)
+    assert undocumented == [], "make them private (`_name`) or document them (`::: module` in docs/reference)"
+
+
+def test_every_public_path_the_reference_renders_is_a_public_name() -> None:
+    shown = documented()
+    missing = [path for path in sorted(shown) if not is_private(path) and problem_with(path, shown)]
+    assert missing == []
+
+
+def test_optimize_events_and_optimize_sync_take_the_arguments_of_optimize() -> None:
+    def parameters(function: object) -> dict[str, tuple[object, object]]:
+        signature = inspect.signature(function)  # type: ignore[arg-type]
+        return {name: (p.kind, p.default) for name, p in signature.parameters.items()}
+
+    optimize = parameters(aprompt.optimize)
+    events = parameters(aprompt.optimize_events.__wrapped__)  # type: ignore[attr-defined]
+    sync = parameters(aprompt.optimize_sync)
+
+    assert events == {name: p for name, p in optimize.items() if name != "on_event"}
+    assert sync == {**optimize, "backend": (inspect.Parameter.KEYWORD_ONLY, "asyncio")}

@@ -1,5 +1,5 @@
-"""The optimizer: ``optimize`` and its strategies, built from bootstrap, propose, search and evaluate.
+"""The optimizer (private): ``optimize`` and its strategies, made of bootstrap, propose, search, evaluate.
 
-Note that ``aprompt.optimize`` imported from the package is the :func:`~aprompt._optimize.api.optimize`
-function; import the modules by their full names (``from aprompt._optimize.budget import Budget``).
+Its public names are re-exported by :mod:`aprompt` (``aprompt.optimize``, ``aprompt.OptimizeResult``, ...)
+and, for writing a strategy, by :mod:`aprompt.strategies`.
 """
