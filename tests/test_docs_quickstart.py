@@ -133,6 +133,8 @@ async def test_the_quickstart_server_block_runs_on_the_endpoint_its_environment_
     monkeypatch.setitem(sys.modules, "count", count)
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO)
+    # As in a fresh process (a benchmark's main, run in-process by another test, quiets this logger).
+    caplog.set_level(logging.NOTSET, logger="aprompt")
     world = CountingWorld({e.inputs["question"]: e.labels["answer"] for e in count.trainset})
 
     with httpx_level_restored():

@@ -206,7 +206,9 @@ class RequestMeter:
             raise LimitReached(limit, f"run limit reached: {self.describe(limit)}")
         if self.max_cost is not None and model not in self.prices:
             raise ConfigError(f"max_cost is set but prices has no entry for model {model!r}")
-        self.observe_unit()
+        if not retry:
+            # A retry repeats a call the first run already made: it says nothing of the calls a run needs.
+            self.observe_unit()
         if self._on_reserve is not None and self._counter.requests + 1 > self.reserved:
             ahead = self._counter.requests + self._chunk
             self.reserved = ahead if self.max_requests is None else min(self.max_requests, ahead)

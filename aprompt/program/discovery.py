@@ -187,8 +187,10 @@ def _children(prefix: str, obj: Any) -> list[tuple[str, Any, tuple[str, Any]]]:
     if isinstance(obj, list | tuple):
         return [(join(i), item, ("item", i)) for i, item in enumerate(obj)]
     if isinstance(obj, Mapping):
-        keys = sorted(obj, key=str)
-        return [(join(key), obj[key], ("item", key)) for key in keys]
+        # One snapshot of the items: a weak mapping (a thread pool's registry, a cache) can lose an
+        # entry between listing its keys and reading one.
+        items = sorted(list(obj.items()), key=lambda item: str(item[0]))
+        return [(join(key), value, ("item", key)) for key, value in items]
     return [(join(attr), value, ("attr", attr)) for attr, value in _attributes(obj)]
 
 
