@@ -3,7 +3,8 @@
 When one of several concurrent steps (trials of a batch, proposals for several predictors) raises, its
 siblings are cancelled and anyio raises an ``ExceptionGroup``. Callers of :func:`aprompt.optimize`
 expect the typed error they can catch (``except aprompt.LMError``), so the first
-:class:`~aprompt._errors.APromptError` of the group is raised instead, with the group as its cause.
+:class:`~aprompt._errors.APromptError` of the group is raised instead, with the group as its cause (or its
+context, when the error has a cause of its own).
 Groups holding no library error (a bug, a user callback's exception) propagate unchanged.
 """
 
@@ -30,7 +31,8 @@ async def plain_errors_task_group() -> AsyncIterator[anyio.abc.TaskGroup]:
         first = _first_library_error(grouped)
         if first is None:
             raise
-        raise first from grouped
+        # Its own cause, when it has one, says more than the group (which stays its context).
+        raise first from (first.__cause__ or grouped)
 
 
 def _first_library_error(grouped: BaseExceptionGroup[BaseException]) -> APromptError | None:

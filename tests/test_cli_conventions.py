@@ -395,3 +395,22 @@ def test_names_no_longer_read_appear_only_in_their_warning_and_the_environment_p
     allowed = {ENVIRONMENT_PAGE, ROOT / "aprompt" / "_cli" / "lms.py"}
     still_used = {str(p.relative_to(ROOT)) for p in SCANNED if p not in allowed and _names_in(p) & old}
     assert still_used == set()
+
+
+def test_a_refused_anthropic_key_points_at_anthropic_api_key(tmp_path: Path) -> None:
+    folder = write_task(tmp_path)
+    with served(lambda: FakeAnthropicServer(responder=answer_42, api_key=ANTHROPIC_KEY)) as server:
+        done = aprompt_cli(
+            folder,
+            *optimize_args(),
+            "--lm",
+            "anthropic",
+            "--base-url",
+            server.base_url,
+            "--model",
+            "fake-claude",
+            ANTHROPIC_API_KEY="sk-ant-not-the-right-one",
+        )
+    assert done.returncode == 3, done.stderr
+    assert "$ANTHROPIC_API_KEY" in done.stderr and "OPENAI_API_KEY" not in done.stderr
+    assert "sk-ant-not-the-right-one" not in done.stderr

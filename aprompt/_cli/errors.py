@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Sequence
 
 import anyio
 
@@ -29,7 +30,21 @@ def leaf_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def report_error(error: BaseException, debug: bool) -> int:
+def _refused_key(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it was raised from, is an endpoint refusing the API key."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, aprompt.AuthenticationError):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def report_error(
+    error: BaseException, debug: bool, key_variables: Sequence[str] = ("OPENAI_API_KEY",)
+) -> int:
+    """Print ``error`` as one line (a hint where one helps: ``key_variables`` name where the API keys of
+    this command's clients were read from) and return its exit code."""
     if isinstance(error, SystemExit):
         return int(error.code) if isinstance(error.code, int) else EXIT_ERROR
     if debug:
@@ -40,8 +55,9 @@ def report_error(error: BaseException, debug: bool) -> int:
         return EXIT_CONFIG
     if isinstance(error, LMError | ParseError):
         hint = ""
-        if isinstance(error, aprompt.AuthenticationError):
-            hint = " (check the API key in $OPENAI_API_KEY or --api-key-env)"
+        if _refused_key(error):
+            names = " or ".join(f"${name}" for name in key_variables)
+            hint = f" (check the API key in {names}, or name its variable with --api-key-env)"
         print(f"aprompt: LM error: {error}{hint}", file=sys.stderr)
         return EXIT_LM
     kind = "error" if isinstance(error, APromptError) else f"unexpected {type(error).__name__}"

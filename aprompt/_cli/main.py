@@ -35,7 +35,9 @@ async def _until_signal(body: Callable[[], Awaitable[int]], caught: list[int]) -
             code = await body()
             group.cancel_scope.cancel()
     except BaseExceptionGroup as errors:
-        raise leaf_error(errors) from None  # the user's error, not our task group's wrapping
+        # The user's error, not our task group's wrapping (its own cause kept: a hint may read it).
+        leaf = leaf_error(errors)
+        raise leaf from leaf.__cause__
     return code
 
 
@@ -71,6 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.setLevel(log_level)
 
 
+def key_variables(args: argparse.Namespace) -> list[str]:
+    """The environment variables the command's clients read their API keys from."""
+    if getattr(args, "api_key_env", None):
+        return [str(args.api_key_env)]
+    names = []
+    proposer = getattr(args, "proposer_lm", None)
+    for lm in (getattr(args, "lm", None), *([proposer] if proposer else [])):
+        name = "ANTHROPIC_API_KEY" if lm == "anthropic" else "OPENAI_API_KEY"
+        if lm != "local" and name not in names:
+            names.append(name)
+    return names or ["OPENAI_API_KEY"]
+
+
 def _dispatch(args: argparse.Namespace, argv: Sequence[str], debug: bool) -> int:
     caught: list[int] = []
     try:
@@ -84,4 +99,4 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str], debug: bool) -> int
     except BaseException as exc:
         if caught:  # an error raised while a signal cancelled the run
             return _interrupted(args, argv, caught[0])
-        return report_error(exc, debug)
+        return report_error(exc, debug, key_variables(args))

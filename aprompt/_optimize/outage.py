@@ -199,7 +199,7 @@ class OutageGuard:
                     f"{_RESUMES_AFTER_FIX}",
                     waited=waited,
                     endpoint=problem.endpoint,
-                )
+                ) from problem
             if waited >= self.policy.tolerance:
                 raise EndpointDownError(
                     f"the LM failed on {what} ({failure}); the endpoint looks down: one-token checks "
