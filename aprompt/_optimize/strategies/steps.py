@@ -282,23 +282,28 @@ async def screen_instructions(
             ctx.stopped_by = stopped_by
             logger.info("aprompt: the proposals for %s are not screened: %s", name, refusal)
             return []
-        results: list[dict[str, float]] = []
-        # One instruction after another: the other predictors' calls, the same for every instruction,
-        # are then answered from the cache instead of being sent at once.
-        for position, instruction in enumerate(instructions):
+        results: list[dict[str, float]] = [{} for _ in instructions]
 
-            async def run(todo: Sequence[Example], instruction: str = instruction) -> Evaluation:
+        # Every instruction at once: a screen waits for its slowest call, not for one per instruction.
+        # The other predictors' calls, the same for every instruction, are sent once: the run's cache
+        # shares identical calls in flight.
+        async def screen(position: int) -> None:
+            async def run(todo: Sequence[Example]) -> Evaluation:
                 return await evaluate(
                     ctx.program,
                     todo,
                     ctx.metric,
-                    prompts={name: PromptOverride(instruction, ())},
+                    prompts={name: PromptOverride(instructions[position], ())},
                     lm=ctx.lm,
                     concurrency=ctx.limiter,
                 )
 
             evaluation = await guard.evaluate(run, examples, f"the screen of {name}'s proposal {position}")
-            results.append(evaluation.scores)
+            results[position] = evaluation.scores
+
+        async with plain_errors_task_group() as group:
+            for position in range(len(instructions)):
+                group.start_soon(screen, position)
         ctx.note_runs(runs)  # measures what a program run costs
         return results
 
