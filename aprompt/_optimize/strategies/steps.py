@@ -25,6 +25,7 @@ from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_voca
 from aprompt._optimize.propose import Proposal, ProposalContext, propose_instructions
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.search import ProposalHook, SearchLoop, SearchOutcome, no_hook
+from aprompt._optimize.summaries import Grounded
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
 from aprompt.program.overrides import PromptOverride
@@ -136,14 +137,21 @@ async def grounding_texts(ctx: RunContext) -> dict[str, str | None]:
 
 
 async def _grounding_texts(ctx: RunContext) -> dict[str, str | None]:
+    sources = grounding_sources.GROUNDING_SOURCES
+    got: list[Grounded | None] = [None] * len(sources)
+
+    async def one(position: int) -> None:  # the sources need nothing of each other: all at once
+        got[position] = await sources[position].text(ctx)
+
+    async with plain_errors_task_group() as group:
+        for position, source in enumerate(sources):
+            if source.enabled(ctx.grounding):
+                group.start_soon(one, position)
     texts: dict[str, str | None] = {}
-    for source in grounding_sources.GROUNDING_SOURCES:
-        texts[source.name] = None
-        if source.enabled(ctx.grounding):
-            got = await source.text(ctx)
-            texts[source.name] = got.text
-            if got.text is None:
-                ctx.dropped.append(("*", -1, f"{source.label}: {got.reason}"))
+    for source, grounded in zip(sources, got, strict=True):  # dropped in source order, as written
+        texts[source.name] = None if grounded is None else grounded.text
+        if grounded is not None and grounded.text is None:
+            ctx.dropped.append(("*", -1, f"{source.label}: {grounded.reason}"))
     return texts
 
 
