@@ -50,11 +50,6 @@ T = TypeVar("T")
 
 #: The most distinct labels a label space may have to be treated as classes (covered in every set).
 MAX_CLASSES = 32
-# A set's walk runs this many examples per demo it wants at a time (at least _MIN_WAVE): each wave
-# waits for its slowest run, so a set found in one wave is found soonest; the examples run beyond the
-# set's last demo are the price, and never change the set.
-_WAVE_PER_WANT = 2
-_MIN_WAVE = 4
 
 
 @attrs.frozen
@@ -286,7 +281,7 @@ async def _collect_passing(
     spare: list[ExampleResult] = []
     counts: Counter[Hashable] = Counter()
     position = 0
-    wave = max(want * _WAVE_PER_WANT, _MIN_WAVE)
+    wave = max(want * 2, 4)
     while len(passing) < want and position < len(order):
         chunk = order[position : position + wave]
         position += wave
