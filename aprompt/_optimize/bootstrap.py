@@ -25,7 +25,9 @@ case (a small model then copies that one case everywhere: measured on the demo's
 four cases scored 0.70-0.83 held-out against 0.32-0.63 for sets that did not).
 
 Runs are shared between sets: an example already run (same teacher, rollout and parameters) is not run
-again, so later sets cost only the examples no earlier set needed.
+again, so later sets cost only the examples no earlier set needed. The sets are built at once, each walking
+its own order: a set waits for an example another set is running instead of running it again. A set's
+demos depend only on its order and on the examples' results, so they are those of one set after another.
 
 Examples an LM outage left unscored are run again once the LM answers (:mod:`aprompt._optimize.outage`),
 so the demo sets are those a run on a working endpoint finds.
@@ -47,6 +49,7 @@ import attrs
 from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, evaluate
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
@@ -253,18 +256,19 @@ async def bootstrap_demo_sets(
     bound = max_bootstrapped + max_labeled
     sizes = [min(bound, max(0, s)) for s in set_sizes] if set_sizes else [bound]
     labels = [example_label(e) for e in trainset]
-    runs: dict[tuple[str, int], ExampleResult] = {}
+    runs = _SharedRuns()
     sets: dict[str, list[DemoSet]] = {name: [DemoSet(())] for name, _ in predictors}
     if n_sets >= 2:
         for name, predictor in predictors:
             sets[name].append(labeled_set(predictor, trainset, max_labeled))
-    for set_index in range(2, n_sets):
-        size = sizes[(set_index - 2) % len(sizes)]
-        want = min(size, max_bootstrapped)
-        order = list(trainset)
+    orders: dict[int, list[Example]] = {}
+    found: dict[int, list[ExampleResult]] = {}
+
+    async def build(set_index: int, want: int) -> None:
+        order = orders[set_index] = list(trainset)
         random.Random(f"{seed}:demo-set:{set_index}").shuffle(order)
         rollout = set_index if temperature is not None else 0
-        found = await _collect_passing(
+        found[set_index] = await _collect_passing(
             program,
             order,
             metric,
@@ -278,19 +282,66 @@ async def bootstrap_demo_sets(
             concurrency=concurrency,
             lm_params={"temperature": temperature} if temperature is not None else None,
         )
+
+    async with plain_errors_task_group() as group:
+        for set_index in range(2, n_sets):
+            group.start_soon(build, set_index, min(sizes[(set_index - 2) % len(sizes)], max_bootstrapped))
+    for set_index in range(2, n_sets):
+        size = sizes[(set_index - 2) % len(sizes)]
+        want = min(size, max_bootstrapped)
         for name, predictor in predictors:
             extra = min(max_labeled, size - want)
-            sets[name].append(_bootstrapped_set(name, predictor, found, order, want, extra))
-    passed = sum(1 for r in runs.values() if r.score is not None and r.score >= threshold)
-    failures = {f"{eid}@{rollout}": r.error for (eid, rollout), r in runs.items() if r.error}
-    return BootstrapResult({name: tuple(s) for name, s in sets.items()}, len(runs), passed, failures)
+            sets[name].append(
+                _bootstrapped_set(name, predictor, found[set_index], orders[set_index], want, extra)
+            )
+    done = runs.in_order()
+    passed = sum(1 for r in done.values() if r.score is not None and r.score >= threshold)
+    failures = {f"{eid}@{rollout}": r.error for (eid, rollout), r in done.items() if r.error}
+    return BootstrapResult({name: tuple(s) for name, s in sets.items()}, len(done), passed, failures)
+
+
+class _SharedRuns:
+    """The program runs of every set, by (example id, rollout): done, or in flight for one set while
+    others wait for them."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, int], ExampleResult] = {}
+        self._running: dict[tuple[str, int], anyio.Event] = {}
+        self._started: list[tuple[str, int]] = []  # in the order the runs were started
+
+    def claim(self, keys: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Of ``keys``, those neither done nor running, marked running (the caller runs them)."""
+        mine = []
+        for key in keys:
+            if key not in self._done and key not in self._running:
+                self._running[key] = anyio.Event()
+                self._started.append(key)
+                mine.append(key)
+        return mine
+
+    def record(self, key: tuple[str, int], result: ExampleResult) -> None:
+        self._done[key] = result
+        event = self._running.pop(key, None)  # None: a second example with the same id
+        if event is not None:
+            event.set()
+
+    async def result(self, key: tuple[str, int]) -> ExampleResult:
+        """The run's result, once the set running it has it."""
+        event = self._running.get(key)
+        if event is not None:
+            await event.wait()
+        return self._done[key]
+
+    def in_order(self) -> dict[tuple[str, int], ExampleResult]:
+        """Every run done, in the order they were started."""
+        return {key: self._done[key] for key in self._started if key in self._done}
 
 
 async def _collect_passing(
     program: object,
     order: Sequence[Example],
     metric: Metric,
-    runs: dict[tuple[str, int], ExampleResult],
+    runs: _SharedRuns,
     *,
     rollout: int,
     lm: LM | None,
@@ -311,7 +362,8 @@ async def _collect_passing(
     while len(passing) < want and position < len(order):
         chunk = order[position : position + wave]
         position += wave
-        todo = [e for e in chunk if (e.id, rollout) not in runs]
+        claimed = set(runs.claim([(e.id, rollout) for e in chunk]))
+        todo = [e for e in chunk if (e.id, rollout) in claimed]
         if todo:
 
             async def run(examples: Sequence[Example]) -> Evaluation:
@@ -326,11 +378,12 @@ async def _collect_passing(
                     lm_params=lm_params,
                 )
 
+            # A failure here fails the whole bootstrap, and cancels the sets waiting for these runs.
             evaluation = await guard.evaluate(run, todo, "the bootstrap runs")
             for result in evaluation.results:
-                runs[(result.example_id, rollout)] = result
+                runs.record((result.example_id, rollout), result)
         for example in chunk:
-            result = runs[(example.id, rollout)]
+            result = await runs.result((example.id, rollout))
             if result.score is not None and result.score >= threshold and result.trace:
                 label = example_label(example)
                 if counts[label] >= quota:

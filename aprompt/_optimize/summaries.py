@@ -19,6 +19,7 @@ import attrs
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
@@ -113,9 +114,17 @@ async def summarize_data(
     notes: list[str] = []
     reason = ""
     observe = _with_params(_OBSERVE, temperature)
-    for batch in batches:
-        text = "\n".join(f"- {format_example(e)}" for e in batch)
-        got = await _ask(observe, lm, attempts, outage, examples=text)
+    observed: list[Grounded | None] = [None] * len(batches)
+
+    async def one(position: int) -> None:  # each batch is observed alone: all at once
+        text = "\n".join(f"- {format_example(e)}" for e in batches[position])
+        observed[position] = await _ask(observe, lm, attempts, outage, examples=text)
+
+    async with plain_errors_task_group() as group:
+        for position in range(len(batches)):
+            group.start_soon(one, position)
+    for got in observed:
+        assert got is not None
         if got.text is not None:
             notes.append(got.text)
         reason = got.reason or reason

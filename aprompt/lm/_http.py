@@ -77,9 +77,9 @@ from aprompt.lm._replies import (
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
-from aprompt.lm.limits import RateLimiter, estimate_request_tokens
+from aprompt.lm.limits import RateLimiter, TokenEstimator
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
-from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
+from aprompt.lm.retry import RetryPolicy, error_for_status, retry_after_from
 from aprompt.lm.types import Completion, Message, canonical_params
 from aprompt.lm.usage import UsageCounter, UsageSnapshot, note_request
 
@@ -173,6 +173,7 @@ class HTTPChatLM(abc.ABC):
         self._request_urls = {state.url: httpx.URL(state.url + self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+        self._estimator = TokenEstimator()  # reservations calibrated by the prompt tokens reported
         self._concurrency = ConcurrencyController(
             max_concurrency, maximum=self._pool.capacity, rates=self._rates
         )
@@ -353,7 +354,7 @@ class HTTPChatLM(abc.ABC):
             problem = ""
         if problem:
             raise ConfigError(f"request cannot be sent as JSON: {problem}")
-        reserved = estimate_request_tokens(messages, params)
+        reserved = self._estimator.request(messages, params)
         attempts = 0
         enlarged = False
 
@@ -370,7 +371,7 @@ class HTTPChatLM(abc.ABC):
             name, given, larger = larger_budget(params)
             larger_params = {**params, name: larger}
             payload = json.dumps(self._request_body(messages, larger_params)).encode()
-            reserved = estimate_request_tokens(messages, larger_params)
+            reserved = self._estimator.request(messages, larger_params)
             enlarged = True
             logger.warning(
                 "%s: reply cut at its token budget (%s=%s, finish_reason %r); re-sending once with %s=%d",
@@ -396,6 +397,7 @@ class HTTPChatLM(abc.ABC):
             )
 
         completion: Completion = await self._retry.retrying(self._log_retry)(attempt)
+        self._estimator.observe(messages, completion.usage.prompt_tokens)
         return completion
 
     async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
@@ -516,7 +518,7 @@ class HTTPChatLM(abc.ABC):
                 status,
                 self._scrub(self._server_message(content))[:_MESSAGE_CHARS],
                 endpoint=endpoint.url,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                retry_after=retry_after_from(response.headers),
             )
         if too_large:
             raise BadResponseError(

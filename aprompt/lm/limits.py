@@ -30,11 +30,19 @@ catches up on unused allowance at up to three times the steady rate, but never s
 allowance in one instant: providers (OpenAI, Anthropic) say they may enforce a per-minute limit over
 shorter intervals (e.g. 60 RPM as 1 per second). ``math.inf`` disables the cap.
 
-After a 429, :meth:`RateLimiter.pause` blocks every acquisition until the ``Retry-After`` time, halves
-the limits in force (down to ``min_rate_factor``), which then recover linearly to the full limits over
-one ``period`` (AIMD: multiplicative decrease, additive increase), and lowers a default burst cap to
-the even share for good: a 429 inside our own limits means the server enforces something tighter,
-such as a sub-minute quantum. Several 429s within one pause count as one.
+After a 429, :meth:`RateLimiter.pause` blocks every acquisition until the ``Retry-After`` time. What
+else it does depends on whether the limit is known. Under a KNOWN limit (configured, or stated by the
+server) the 429 says the client's count and the server's differ a little (a token estimate below the
+server's count, a window edge a few milliseconds apart): the limit stays in force, and the causes are
+corrected where they arise: estimates are calibrated by the counts the server reports
+(:class:`TokenEstimator`), and an admission leaves the client's log a small margin (``period / 120``,
+0.5 s a minute) after it would leave the server's. Only a 429 with every known window far from full
+(below :data:`NEAR_FULL` of its limit) says the server enforces something tighter, such as a sub-minute
+quantum: then a default burst cap drops to the even share for good. With the limit UNKNOWN, the limits
+in force are halved (down to ``min_rate_factor``; they bind once a limit is learned) and recover
+linearly to the full limits over one ``period`` (AIMD: multiplicative decrease, additive increase; the
+concurrency cap of :mod:`aprompt.lm.adaptive` does the same). Several 429s within one pause count as
+one.
 
 Limits the server states (``x-ratelimit-limit-*`` headers, :mod:`aprompt.lm.ratelimit_headers`) are
 applied with :meth:`RateLimiter.learn`: the limit in force becomes the lower of the configured and the
@@ -42,7 +50,8 @@ stated one. The log holds every admission whether or not a limit is known, so a 
 also counts what was admitted before it was known. :meth:`RateLimiter.hold` (the server said nothing
 remains until its reset) blocks acquisitions like a pause, without throttling.
 
-Pauses, throttling and learning only ever lower the limits in force, so the guarantee always holds.
+Pauses, throttling, learning and the edge margin only ever lower the limits in force, so the guarantee
+always holds.
 """
 
 from __future__ import annotations
@@ -59,9 +68,11 @@ from aprompt._errors import ConfigError
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
+    "NEAR_FULL",
     "Admission",
     "RateLimiter",
     "SlidingWindow",
+    "TokenEstimator",
     "estimate_prompt_tokens",
     "estimate_request_tokens",
 ]
@@ -75,6 +86,12 @@ _TOKENS_PER_MESSAGE = 4
 # The burst window is this fraction of the period; the default burst cap is this many even shares.
 _BURST_WINDOWS_PER_PERIOD = 60
 _DEFAULT_BURST_SHARES = 3.0
+# The margin by which an admission outlives the server's count of it, as a fraction of the period.
+_EDGE_FRACTION = 1 / 120
+#: A window this full of its limit explains a 429 by the client's and the server's counts differing.
+NEAR_FULL = 0.9
+# A calibration ratio is kept within [1 / this, this]: a report further off is a server's quirk.
+_MAX_RATIO = 8.0
 
 
 def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -94,6 +111,69 @@ def estimate_request_tokens(messages: Sequence[Mapping[str, Any]], params: Mappi
     budget = params.get("max_tokens") or params.get("max_completion_tokens")
     completion = int(budget) if isinstance(budget, int | float) else DEFAULT_COMPLETION_TOKENS
     return estimate_prompt_tokens(messages) + completion
+
+
+class TokenEstimator:
+    """Token reservations calibrated by the prompt tokens the server reports.
+
+    The character estimate (:func:`estimate_prompt_tokens`) is off by a factor that depends on the
+    server's tokenizer and the text (code, other languages, its chat template). A reservation below the
+    server's count lets a full window go over the limit by the difference, and the server answers 429.
+    So each answer's reported prompt tokens, against the character estimate of its prompt, update a
+    running ratio (both summed with exponential decay, so the ratio follows a changing mix of prompts),
+    and later prompt estimates are scaled by it, plus ``margin`` for the spread around it. Until the
+    first report the character estimate stands. The completion budget is reserved as before
+    (:func:`estimate_request_tokens`) and settled against the real count afterwards.
+
+    Args:
+        margin: the fraction a calibrated prompt estimate is raised by.
+        decay: the weight the sums keep per new report (0.98: the last ~50 reports count most).
+
+    Example:
+        >>> estimator = TokenEstimator()
+        >>> messages = [{"role": "user", "content": "x" * 396}]
+        >>> estimator.request(messages, {"max_tokens": 10})  # 99 + 4 for the message, + 10
+        113
+        >>> estimator.observe(messages, reported=206)  # the server counts twice the estimate
+        >>> estimator.ratio, estimator.request(messages, {"max_tokens": 10})  # ceil(103 x 2 x 1.05) + 10
+        (2.0, 227)
+    """
+
+    __slots__ = ("_estimated", "_reported", "decay", "margin")
+
+    def __init__(self, *, margin: float = 0.05, decay: float = 0.98) -> None:
+        if not margin >= 0:
+            raise ConfigError(f"a token estimate's margin must be at least 0, got {margin!r}")
+        if not 0 < decay <= 1:
+            raise ConfigError(f"a token estimate's decay must be in (0, 1], got {decay!r}")
+        self.margin = margin
+        self.decay = decay
+        self._estimated = 0.0
+        self._reported = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        """Reported prompt tokens per estimated one (weighted to recent reports); None before any."""
+        if self._estimated <= 0:
+            return None
+        return min(_MAX_RATIO, max(1 / _MAX_RATIO, self._reported / self._estimated))
+
+    def prompt(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """The prompt tokens to reserve for ``messages``: the character estimate, calibrated."""
+        raw = estimate_prompt_tokens(messages)
+        ratio = self.ratio
+        return raw if ratio is None else math.ceil(raw * ratio * (1 + self.margin))
+
+    def request(self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> int:
+        """Tokens to reserve for a request: the calibrated prompt estimate plus the completion budget."""
+        return self.prompt(messages) + estimate_request_tokens((), params)
+
+    def observe(self, messages: Sequence[Mapping[str, Any]], reported: int) -> None:
+        """The server counted ``reported`` prompt tokens for ``messages`` (a report of 0: none, ignored)."""
+        raw = estimate_prompt_tokens(messages)
+        if reported > 0 and raw > 0:
+            self._estimated = self._estimated * self.decay + raw
+            self._reported = self._reported * self.decay + reported
 
 
 class _Entry:
@@ -158,6 +238,8 @@ class SlidingWindow:
         burst: the most admitted in any window of ``period / 60`` seconds; default three times the even
             share (``limit / 20``, at least 1); ``math.inf`` for no cap.
         min_factor: the lowest fraction of the limit repeated throttling leaves in force.
+        edge: seconds an admission stays in the log beyond ``period`` (the server counts a request from
+            its arrival, a little after the client admitted it: see the module docstring).
     """
 
     __slots__ = (
@@ -169,6 +251,7 @@ class SlidingWindow:
         "_log",
         "_stated",
         "configured",
+        "edge",
         "min_factor",
         "period",
     )
@@ -180,6 +263,7 @@ class SlidingWindow:
         period: float = 60.0,
         burst: float | None = None,
         min_factor: float = 0.25,
+        edge: float = 0.0,
     ) -> None:
         if limit is not None and not limit > 0:
             raise ConfigError(f"a rate limit must be positive, got {limit!r}")
@@ -189,15 +273,18 @@ class SlidingWindow:
             raise ConfigError(f"a burst cap must be positive, got {burst!r}")
         if not 0 < min_factor <= 1:
             raise ConfigError(f"min_rate_factor must be in (0, 1], got {min_factor!r}")
+        if not edge >= 0:
+            raise ConfigError(f"a rate limit's edge margin must be at least 0, got {edge!r}")
         self.configured = None if limit is None else float(limit)
         self.period = float(period)
         self.min_factor = min_factor
+        self.edge = float(edge)
         self._stated: float | None = None
         self._burst = burst  # None: the default, derived from the limit in force
         self._even_burst = False  # after a 429: the default cap is the even share
         self._factor = 1.0
         self._factor_at = -math.inf
-        self._log = _Log(self.period)
+        self._log = _Log(self.period + self.edge)
         self._burst_log = _Log(self.period / _BURST_WINDOWS_PER_PERIOD)
 
     @property
@@ -239,7 +326,7 @@ class SlidingWindow:
         return min(1.0, self._factor + (now - self._factor_at) / self.period)
 
     def used(self, now: float) -> float:
-        """The cost admitted in ``(now - period, now]``."""
+        """The cost admitted in ``(now - period - edge, now]``."""
         self._log.expire(now, burst=False)
         return self._log.total
 
@@ -283,10 +370,21 @@ class SlidingWindow:
             self._burst_log.total += change
 
     def throttle(self, now: float) -> None:
-        """After a 429: halve the limits in force (they recover over a period); a default burst cap
-        drops to the even share for good."""
+        """After a 429 with no limit known: halve the limits in force (they recover over a period, and
+        bind once a limit is learned). A known limit is never halved (see the module docstring)."""
+        if self.limit is not None:
+            return
         self._factor = max(self.min_factor, self.factor(now) * 0.5)
         self._factor_at = now
+
+    def near_full(self, now: float) -> bool:
+        """A limit is known and the log holds at least :data:`NEAR_FULL` of it."""
+        limit = self.limit
+        return limit is not None and self.used(now) >= NEAR_FULL * limit
+
+    def narrow_burst(self) -> None:
+        """A default burst cap drops to the even share for good (a 429 far below the known limits: the
+        server enforces a sub-minute quantum)."""
         self._even_burst = True
 
     def learn(self, stated: float) -> None:
@@ -325,7 +423,10 @@ class RateLimiter:
         period: the window of both limits in seconds (60; shorter only for tests).
         request_burst: the most requests admitted in any ``period / 60`` (see the module docstring).
         token_burst: the most tokens admitted in any ``period / 60``.
-        min_rate_factor: the lowest fraction of the limits repeated 429s can throttle to.
+        min_rate_factor: the lowest fraction of the limits repeated 429s can throttle to (limits not
+            known only).
+        edge_margin: seconds an admission is counted beyond ``period`` (default ``period / 120``): the
+            server counts a request from its arrival, after the client's admission.
         clock: a monotonic clock in seconds.
 
     Example:
@@ -345,14 +446,16 @@ class RateLimiter:
         request_burst: float | None = None,
         token_burst: float | None = None,
         min_rate_factor: float = 0.25,
+        edge_margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
+        edge = period * _EDGE_FRACTION if edge_margin is None else edge_margin
         self._requests = SlidingWindow(
-            requests_per_minute, period=period, burst=request_burst, min_factor=min_rate_factor
+            requests_per_minute, period=period, burst=request_burst, min_factor=min_rate_factor, edge=edge
         )
         self._tokens = SlidingWindow(
-            tokens_per_minute, period=period, burst=token_burst, min_factor=min_rate_factor
+            tokens_per_minute, period=period, burst=token_burst, min_factor=min_rate_factor, edge=edge
         )
         self._lock = anyio.Lock()
         self._paused_until = -math.inf
@@ -431,15 +534,21 @@ class RateLimiter:
             admission.reserved = used
 
     def pause(self, seconds: float) -> bool:
-        """Admit nothing for ``seconds`` (a 429's Retry-After); throttle once per pause.
+        """Admit nothing for ``seconds`` (a 429's Retry-After); once per pause, throttle the limits not
+        known, and narrow the burst caps when no known window is near full (see the module docstring).
 
         Returns True when this starts a new pause (the first 429 of it), False within one.
         """
         now = self._clock()
         started = now >= self._pause_ends
         if started:
-            self._requests.throttle(now)
-            self._tokens.throttle(now)
+            windows = (self._requests, self._tokens)
+            known = [window for window in windows if window.limit is not None]
+            if known and not any(window.near_full(now) for window in known):
+                for window in known:
+                    window.narrow_burst()
+            for window in windows:
+                window.throttle(now)
         self._pause_ends = max(self._pause_ends, now + seconds)
         self._hold(now, seconds)
         return started

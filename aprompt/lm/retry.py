@@ -5,8 +5,9 @@ how an HTTP error status becomes a typed error. Provider-independent; built on t
 from __future__ import annotations
 
 import email.utils
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import anyio
@@ -25,7 +26,7 @@ from aprompt._errors import (
     TruncatedResponseError,
 )
 
-__all__ = ["RETRYABLE_ERRORS", "RetryPolicy", "error_for_status", "parse_retry_after"]
+__all__ = ["RETRYABLE_ERRORS", "RetryPolicy", "error_for_status", "parse_retry_after", "retry_after_from"]
 
 #: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections, malformed, empty, filtered
 #: or too large bodies (:class:`BadResponseError` and its subclasses) -- except a
@@ -140,6 +141,26 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         when = when.replace(tzinfo=UTC)
     reference = now if now is not None else datetime.now(UTC)
     return max((when - reference).total_seconds(), 0.0)
+
+
+def retry_after_from(headers: Mapping[str, str]) -> float | None:
+    """Seconds an answer's headers ask to wait: ``retry-after-ms`` (OpenAI's exact wait, in
+    milliseconds) when readable, else ``retry-after`` (:func:`parse_retry_after`, often whole seconds,
+    rounded up).
+
+    Example:
+        >>> retry_after_from({"retry-after": "1", "retry-after-ms": "120"})
+        0.12
+    """
+    exact = headers.get("retry-after-ms")
+    if exact is not None:
+        try:
+            milliseconds = float(exact.strip())
+        except ValueError:
+            milliseconds = math.nan
+        if milliseconds >= 0:  # NaN and negatives are unreadable
+            return milliseconds / 1000
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def error_for_status(

@@ -188,9 +188,10 @@ def test_a_settled_cost_leaves_the_window_at_its_admission_time() -> None:
     assert window.used(4.0) == 40
 
 
-def test_a_throttle_halves_the_limit_which_recovers_over_one_period() -> None:
-    window = SlidingWindow(100, period=4.0, burst=math.inf)
+def test_a_throttle_with_no_limit_known_halves_the_limit_learned_which_recovers_over_one_period() -> None:
+    window = SlidingWindow(None, period=4.0, burst=math.inf)
     window.throttle(0.0)
+    window.learn(100)
     assert window.factor(0.0) == 0.5
     assert window.factor(1.0) == 0.75
     assert window.factor(2.0) == 1.0
@@ -205,9 +206,17 @@ def test_the_peak_rate_is_the_burst_cap_per_second() -> None:
     assert RateLimiter(requests_per_minute=600, tokens_per_minute=60_000).peak_rates == (30, 3000)
 
 
-def test_after_a_throttle_the_default_burst_cap_is_the_even_share() -> None:
-    window = SlidingWindow(600, period=60.0)
+def test_a_throttle_never_halves_a_known_limit() -> None:
+    window = SlidingWindow(100, period=4.0, burst=math.inf)
     window.throttle(0.0)
+    assert window.factor(0.0) == 1.0
+    window.admit(90, 0.0)
+    assert window.delay(10, 0.0) == 0
+
+
+def test_a_narrowed_default_burst_cap_is_the_even_share() -> None:
+    window = SlidingWindow(600, period=60.0)
+    window.narrow_burst()
     assert window.burst == 10
 
 
@@ -311,7 +320,7 @@ async def test_pause_extended_while_waiting_is_honoured() -> None:
 
 def test_repeated_pauses_within_one_pause_throttle_once() -> None:
     clock = ManualClock()
-    limiter = RateLimiter(requests_per_minute=600, clock=clock)
+    limiter = RateLimiter(clock=clock)  # no limit known: 429s throttle
     assert limiter.pause(1.0) is True
     assert limiter.pause(1.0) is False
     assert limiter.request_window.factor(clock.now) == 0.5

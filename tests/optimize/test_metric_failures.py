@@ -19,9 +19,10 @@ from tests.optimize.world import metric as exact_metric
 
 pytestmark = pytest.mark.anyio
 
-#: The first evaluations of a run, which start together: a wave of the bootstrap (8 examples through the
-#: two-stage program), the baseline's evaluation (30 validation examples) and the grounding texts (5 calls).
-FIRST_EVALUATION_CALLS = 16 + 60 + 5
+#: The first evaluations of a run, which start together: the first wave of each of the bootstrap's two
+#: sets (8 examples each, through the two-stage program), the baseline's evaluation (30 validation
+#: examples) and the grounding texts (5 calls).
+FIRST_EVALUATION_CALLS = 2 * 16 + 60 + 5
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -186,3 +186,27 @@ async def test_a_step_is_admitted_only_when_the_steps_in_flight_leave_it_enough(
 
     await ctx.memo("full_eval", "a", evaluated, lambda v: v, lambda v: int(v))  # the first one ends
     ctx.admit_step("another", [("full_eval", "b", 60)])  # then its budget is free again
+
+
+async def test_every_demo_set_is_bootstrapped_at_once() -> None:
+    _, requests = await run()
+    bootstrap = [r for r in requests if as_written(r, TRAIN)]
+    first_answer = min(r.finished for r in bootstrap)
+    before = {item_of(last_user_of(r)) for r in bootstrap if r.started < first_answer}
+    # Two bootstrapped sets, each walking its own order in waves of 4: both first waves go at once.
+    assert len(before) > 4
+
+
+async def test_every_proposal_is_screened_at_once() -> None:
+    result, requests = await run()
+    proposed = result.candidates.instructions["answer"][1:]
+    assert len(proposed) >= 2
+    screened = [
+        r
+        for r in requests
+        if len(messages_of(r)) == 2 and any(system_of(r).startswith(text) for text in proposed)
+    ]
+    first_answer = min(r.finished for r in screened)
+    before = {system_of(r) for r in screened if r.started < first_answer}
+    # Each proposal's screen arrived before any screen call was answered: none waited for another.
+    assert all(any(system.startswith(text) for system in before) for text in proposed)

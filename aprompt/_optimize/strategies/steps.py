@@ -25,6 +25,7 @@ from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_voca
 from aprompt._optimize.propose import Proposal, ProposalContext, propose_instructions
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.search import ProposalHook, SearchLoop, SearchOutcome, no_hook
+from aprompt._optimize.summaries import Grounded
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
 from aprompt.program.overrides import PromptOverride
@@ -136,14 +137,21 @@ async def grounding_texts(ctx: RunContext) -> dict[str, str | None]:
 
 
 async def _grounding_texts(ctx: RunContext) -> dict[str, str | None]:
+    sources = grounding_sources.GROUNDING_SOURCES
+    got: list[Grounded | None] = [None] * len(sources)
+
+    async def one(position: int) -> None:  # the sources need nothing of each other: all at once
+        got[position] = await sources[position].text(ctx)
+
+    async with plain_errors_task_group() as group:
+        for position, source in enumerate(sources):
+            if source.enabled(ctx.grounding):
+                group.start_soon(one, position)
     texts: dict[str, str | None] = {}
-    for source in grounding_sources.GROUNDING_SOURCES:
-        texts[source.name] = None
-        if source.enabled(ctx.grounding):
-            got = await source.text(ctx)
-            texts[source.name] = got.text
-            if got.text is None:
-                ctx.dropped.append(("*", -1, f"{source.label}: {got.reason}"))
+    for source, grounded in zip(sources, got, strict=True):  # dropped in source order, as written
+        texts[source.name] = None if grounded is None else grounded.text
+        if grounded is not None and grounded.text is None:
+            ctx.dropped.append(("*", -1, f"{source.label}: {grounded.reason}"))
     return texts
 
 
@@ -282,23 +290,28 @@ async def screen_instructions(
             ctx.stopped_by = stopped_by
             logger.info("aprompt: the proposals for %s are not screened: %s", name, refusal)
             return []
-        results: list[dict[str, float]] = []
-        # One instruction after another: the other predictors' calls, the same for every instruction,
-        # are then answered from the cache instead of being sent at once.
-        for position, instruction in enumerate(instructions):
+        results: list[dict[str, float]] = [{} for _ in instructions]
 
-            async def run(todo: Sequence[Example], instruction: str = instruction) -> Evaluation:
+        # Every instruction at once: a screen waits for its slowest call, not for one per instruction.
+        # The other predictors' calls, the same for every instruction, are sent once: the run's cache
+        # shares identical calls in flight.
+        async def screen(position: int) -> None:
+            async def run(todo: Sequence[Example]) -> Evaluation:
                 return await evaluate(
                     ctx.program,
                     todo,
                     ctx.metric,
-                    prompts={name: PromptOverride(instruction, ())},
+                    prompts={name: PromptOverride(instructions[position], ())},
                     lm=ctx.lm,
                     concurrency=ctx.limiter,
                 )
 
             evaluation = await guard.evaluate(run, examples, f"the screen of {name}'s proposal {position}")
-            results.append(evaluation.scores)
+            results[position] = evaluation.scores
+
+        async with plain_errors_task_group() as group:
+            for position in range(len(instructions)):
+                group.start_soon(screen, position)
         ctx.note_runs(runs)  # measures what a program run costs
         return results
 

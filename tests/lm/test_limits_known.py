@@ -1,0 +1,154 @@
+"""A 429 under a known limit (configured or stated): the limit stays in force, the pause honours the
+server's wait, and the causes of the 429 are corrected: token estimates calibrated by the counts the
+server reports, and a margin at the window's edge."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+import pytest
+
+from aprompt.lm.limits import NEAR_FULL, RateLimiter, TokenEstimator, estimate_prompt_tokens
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.retry import RetryPolicy, retry_after_from
+from aprompt.lm.types import Message
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def long_prompt(index: int) -> list[Message]:
+    """A prompt of 396 characters: 99 + 4 tokens by the character estimate."""
+    return [{"role": "user", "content": f"{index:04d}" + "x" * 392}]
+
+
+# -- the limiter after a 429 ---------------------------------------------------------------------------
+def test_a_429_near_a_known_limit_leaves_it_and_the_burst_cap_in_force() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(requests_per_minute=600, clock=clock)
+    window = limiter.request_window
+    for index in range(560):  # the last 30 s: the window is near full
+        window.admit(1, clock.now - 30.0 + index * 30.0 / 560)
+    assert window.near_full(clock.now) and 560 >= NEAR_FULL * 600
+
+    assert limiter.pause(2.0) is True
+    assert limiter.paused_until == clock.now + 2.0  # the server's wait is honoured
+    assert window.factor(clock.now) == 1.0
+    assert window.burst == 30  # three even shares of 600 a minute, per second
+    clock.now += 2.0
+    assert window.delay(1, clock.now) == 0  # the 40 requests left of the limit go at once
+
+
+def test_a_429_far_below_every_known_limit_narrows_the_burst_cap_without_halving_the_limit() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=60_000, clock=clock)
+    limiter.request_window.admit(1, clock.now)
+    limiter.token_window.admit(500, clock.now)
+
+    limiter.pause(1.0)
+    # A 429 with the windows nearly empty: the server enforces something shorter than a minute.
+    assert limiter.request_window.burst == 10 and limiter.token_window.burst == 1000
+    assert limiter.request_window.factor(clock.now) == 1.0
+    assert limiter.token_window.factor(clock.now) == 1.0
+
+
+async def test_an_admission_is_counted_for_a_margin_beyond_the_period() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(requests_per_minute=1, clock=clock)
+    admitted = await limiter.acquire()
+    window = limiter.request_window
+    # The server counts the request from its arrival, a little later: the client waits a margin more.
+    assert window.delay(1, admitted.at + 60.0) == pytest.approx(0.5)
+    assert window.delay(1, admitted.at + 60.5) == 0
+
+
+# -- calibrated token estimates --------------------------------------------------------------------------
+def test_prompt_estimates_are_scaled_by_the_ratio_the_server_reports_with_a_margin() -> None:
+    estimator = TokenEstimator(margin=0.05)
+    messages = long_prompt(1)
+    raw = estimate_prompt_tokens(messages)
+    assert estimator.prompt(messages) == raw  # nothing reported yet
+    estimator.observe(messages, reported=3 * raw)
+    assert estimator.ratio == 3.0
+    assert estimator.prompt(long_prompt(2)) == math.ceil(raw * 3 * 1.05)
+    assert estimator.request(long_prompt(2), {"max_tokens": 7}) == math.ceil(raw * 3 * 1.05) + 7
+
+
+def test_the_calibration_follows_the_recent_reports() -> None:
+    estimator = TokenEstimator(decay=0.9)
+    messages = long_prompt(1)
+    raw = estimate_prompt_tokens(messages)
+    for _ in range(5):
+        estimator.observe(messages, reported=2 * raw)
+    for _ in range(60):
+        estimator.observe(messages, reported=raw)
+    assert estimator.ratio == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_report_of_no_prompt_tokens_leaves_the_estimate_uncalibrated() -> None:
+    estimator = TokenEstimator()
+    estimator.observe(long_prompt(1), reported=0)  # a server that reports no usage
+    assert estimator.ratio is None
+    assert estimator.prompt(long_prompt(1)) == estimate_prompt_tokens(long_prompt(1))
+
+
+async def test_the_client_reserves_prompt_tokens_calibrated_by_the_usage_reported(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    """The server counts three times the character estimate. Told 4,800 tokens a minute (a burst cap of
+    240 a second), the client fits two requests of 104 estimated tokens in one second, but only one of
+    326 once calibrated: the second waits for the first to leave the burst window."""
+    raw = estimate_prompt_tokens(long_prompt(0))
+
+    def counted_thrice(request: ChatRequest) -> Fault:
+        usage = {"prompt_tokens": 3 * raw, "completion_tokens": 1, "total_tokens": 3 * raw + 1}
+        return Fault.reply("ok", fields={"usage": usage})
+
+    fake_server.responder = counted_thrice
+    fake_server.latency = 0.05
+    async with OpenAICompatibleLM(**lm_kwargs, tokens_per_minute=4800, max_concurrency=8) as lm:
+        await lm.chat(long_prompt(0), max_tokens=1)
+        await anyio.sleep(1.05)  # the first request leaves the burst window
+        async with anyio.create_task_group() as tg:
+            for index in (1, 2):
+                tg.start_soon(lambda i=index: lm.chat(long_prompt(i), max_tokens=1))
+    first, second = sorted(r.started for r in fake_server.chat_requests[1:])
+    assert second - first >= 0.8
+
+
+# -- the server's wait -------------------------------------------------------------------------------------
+def test_retry_after_ms_is_read_before_the_whole_seconds() -> None:
+    assert retry_after_from({"retry-after": "2", "retry-after-ms": "40"}) == 0.04
+    assert retry_after_from({"retry-after": "2", "retry-after-ms": "soon"}) == 2.0
+    assert retry_after_from({}) is None
+
+
+async def test_a_429s_exact_wait_in_milliseconds_is_honoured(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(Fault.rate_limited(retry_after="3"))
+    fake_server.response_headers = lambda number: {"retry-after-ms": "100"} if number == 0 else {}
+    quick = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
+    async with OpenAICompatibleLM(**lm_kwargs, retry=quick) as lm:
+        with anyio.fail_after(2.0):  # whole seconds: 3 s
+            await lm.chat(long_prompt(0))
+    limited, answered = fake_server.chat_requests
+    assert limited.status == 429 and answered.status == 200
+    assert answered.started - limited.finished >= 0.09
