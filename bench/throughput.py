@@ -23,8 +23,9 @@ repeats (identical requests answered more than once), requests in flight (mean a
 server's log), and client CPU per answered call (the client process's CPU time around the optimization).
 The timeline of requests in flight goes to ``bench/results/<name>.png``.
 
-``--local`` instead runs one light aprompt optimization on the embedded model (llama.cpp) through a
-proxy and prints the fraction of the search phase during which the model server had a request in flight.
+``--local`` instead runs one light aprompt optimization on the embedded model (llama.cpp, 16 train / 12
+validation examples unless told) and prints the fraction of the search phase during which the model
+server was processing a request, read from its ``/slots`` at ~20 Hz (``bench/results/throughput_local.md``).
 
     .venv/bin/python -m bench.throughput                 # ~30 minutes; writes bench/results/throughput.*
     .venv/bin/python -m bench.throughput --quick         # seconds; prints only
@@ -57,11 +58,9 @@ from typing import Any
 
 import anyio
 import attrs
+import httpx
 
 import aprompt
-from aprompt.lm.local import LOCAL_MODEL_NAME
-from aprompt.testing.fake_openai import ChatRequest
-from bench.counting_proxy import CountingProxy
 from bench.report import (
     RESULTS_DIR,
     command_line,
@@ -710,79 +709,168 @@ def write_results(settings: Settings, results: Sequence[Measurement]) -> list[Pa
 
 
 # -- the embedded model --------------------------------------------------------------------------
+#: ``--local``: how often the model server's slots are read (llama.cpp's ``/slots``, ``is_processing``).
+SLOTS_POLL_S = 0.05
+#: ``--local``: train / validation examples unless ``--train`` / ``--val`` say otherwise (a light run on
+#: a CPU-only 135M model in a few minutes).
+LOCAL_TRAIN, LOCAL_VAL = 16, 12
+#: An idle stretch starting this soon after a trial was scored is counted as a gap between trials.
+TRIAL_GAP_S = 0.3
+
+
 @attrs.frozen
 class LocalMeasurement:
+    """One light optimization on the embedded model, seen from the model server's slots."""
+
     seconds: float
     search_s: float
+    #: Fraction of the search's slot readings with at least one slot processing a request.
     busy_in_search: float
+    #: Slots processing, on average over the search's readings, ÷ the server's slots.
+    slots_in_search: float
     busy_overall: float
+    readings: int
     requests: int
+    #: CPU time of the event loop's thread (the client: aprompt, httpx, the optimizer) over the run.
+    client_cpu_s: float
     score: float | None
+    #: Idle stretches in the search (no slot processing): count, seconds in all, the longest, and the
+    #: seconds of those that began within TRIAL_GAP_S of a trial being scored.
+    idle_stretches: int = 0
+    idle_s: float = 0.0
+    longest_idle_s: float = 0.0
+    idle_after_trial_s: float = 0.0
 
 
-def busy_fraction(intervals: Sequence[tuple[float, float]], start: float, end: float) -> float:
-    """The fraction of ``[start, end]`` covered by at least one interval."""
-    if end <= start:
-        return 0.0
-    covered, reach = 0.0, start
-    for s, f in sorted(intervals):
-        s, f = max(s, reach), min(f, end)
-        if f > s:
-            covered += f - s
-            reach = f
-    return covered / (end - start)
+def busy_fraction(readings: Sequence[tuple[float, int]], start: float, end: float) -> float:
+    """The fraction of the readings ``(time, slots processing)`` in ``[start, end]`` with one or more."""
+    inside = [n for t, n in readings if start <= t <= end and n >= 0]
+    return sum(n > 0 for n in inside) / len(inside) if inside else 0.0
 
 
-class TimingProxy(CountingProxy):
-    """The counting proxy, also keeping each upstream request's ``(start, end)`` (monotonic)."""
+def idle_stretches(
+    readings: Sequence[tuple[float, int]], start: float, end: float
+) -> list[tuple[float, float]]:
+    """``(from, to)`` of each run of readings in ``[start, end]`` with no slot processing: from its first
+    idle reading to the next busy one (or ``end``)."""
+    stretches, began = [], None
+    for t, n in readings:
+        if not start <= t <= end or n < 0:
+            continue
+        if n == 0 and began is None:
+            began = t
+        elif n > 0 and began is not None:
+            stretches.append((began, t))
+            began = None
+    if began is not None:
+        stretches.append((began, end))
+    return stretches
 
-    def __init__(self, upstream: str, **options: Any) -> None:
-        super().__init__(upstream, **options)
-        self.intervals: list[tuple[float, float]] = []
 
-    async def _forward(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
-        started = time.monotonic()
+# Reads the slots in its own process, so that the readings cost the client nothing: one line per
+# reading, ``<time.monotonic()> <slots processing, -1 for a failed read>``, until terminated.
+_SLOTS_POLLER = """
+import http.client, json, sys, time
+host, port, step = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+connection = http.client.HTTPConnection(host, port, timeout=5)
+while True:
+    try:
+        connection.request("GET", "/slots")
+        slots = json.loads(connection.getresponse().read())
+        processing = sum(1 for slot in slots if slot.get("is_processing"))
+    except (OSError, ValueError, TypeError, AttributeError, http.client.HTTPException):
+        connection.close()
+        processing = -1
+    print(time.monotonic(), processing, flush=True)
+    time.sleep(step)
+"""
+
+
+@contextmanager
+def slots_poller(base_url: str, readings: list[tuple[float, int]]) -> Iterator[None]:
+    """Read the server's ``/slots`` every SLOTS_POLL_S seconds in a subprocess while the block runs;
+    after it, ``readings`` holds ``(time, slots processing)``, -1 for a failed read."""
+    url = httpx.URL(base_url)
+    command = [sys.executable, "-c", _SLOTS_POLLER, str(url.host), str(url.port), str(SLOTS_POLL_S)]
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command, stdout=out, text=True)
         try:
-            return await super()._forward(request)
+            yield
         finally:
-            self.intervals.append((started, time.monotonic()))
+            process.terminate()
+            process.wait(timeout=30)
+            out.seek(0)
+            for line in out:
+                parts = line.split()
+                if len(parts) == 2:
+                    readings.append((float(parts[0]), int(parts[1])))
 
 
 async def run_local(settings: Settings) -> LocalMeasurement:
-    """One light optimization on the embedded model through a proxy that times every upstream request."""
+    """One light optimization on the embedded model with the client ``local_lm`` gives, while the
+    server's slots are read at ~20 Hz."""
     task = TASKS[settings.task]
     split = task.split(settings.data_dir, n_train=settings.n_train, n_val=settings.n_val, n_test=0)
-    local = aprompt.local_lm(n_parallel=settings.local_parallel, ctx_per_slot=4096)
-    async with local:
+    options: dict[str, Any] = {}
+    if settings.concurrency is not None:
+        options["max_concurrency"] = settings.concurrency
+    readings: list[tuple[float, int]] = []
+    phases: dict[str, float] = {}
+    scored: list[float] = []
+    local = aprompt.local_lm(n_parallel=settings.local_parallel, ctx_per_slot=4096, **options)
+    async with local as lm:
         assert local.base_url is not None
-        proxy = TimingProxy(local.base_url, max_connections=4 * settings.local_parallel)
-        async with proxy:
-            # As local_lm's own client: as many requests in flight as the server has slots.
-            lm = aprompt.OpenAICompatibleLM(
-                LOCAL_MODEL_NAME,
-                proxy.base_url,
-                api_key="",
-                max_concurrency=settings.concurrency or settings.local_parallel,
-                timeout=600.0,
+        with slots_poller(local.base_url, readings):
+            started, cpu = time.monotonic(), time.thread_time()
+
+            def on_event(event: aprompt.Event) -> None:
+                if isinstance(event, aprompt.PhaseStarted):
+                    phases.setdefault(event.phase, time.monotonic())
+                    print(f"  {time.monotonic() - started:7.1f}s  {event.phase} starts", flush=True)
+                elif isinstance(event, aprompt.PhaseFinished):
+                    phases[f"{event.phase}:end"] = time.monotonic()
+                elif isinstance(event, aprompt.TrialScored):
+                    scored.append(time.monotonic())
+
+            result = await aprompt.optimize(
+                task.program(),
+                task.examples(split.train),
+                task.metric,
+                valset=task.examples(split.val),
+                lm=lm,
+                strategy="mipro",
+                budget=aprompt_budget(settings),
+                seed=settings.seed,
+                on_event=on_event,
             )
-            started = time.monotonic()
-            async with lm:
-                score, phases = await optimize_aprompt(settings, task, split, lm, progress=True)
-            ended = time.monotonic()
+            ended, client_cpu = time.monotonic(), time.thread_time() - cpu
+        requests = lm.usage.requests
     search = (phases.get("search", ended), phases.get("search:end", ended))
+    inside = [n for t, n in readings if search[0] <= t <= search[1] and n >= 0]
+    idle = idle_stretches(readings, *search)
+    after_trial = [(s, f) for s, f in idle if any(0.0 <= s - t <= TRIAL_GAP_S + SLOTS_POLL_S for t in scored)]
     return LocalMeasurement(
         seconds=round(ended - started, 1),
         search_s=round(search[1] - search[0], 1),
-        busy_in_search=busy_fraction(proxy.intervals, *search),
-        busy_overall=busy_fraction(proxy.intervals, started, ended),
-        requests=len(proxy.intervals),
-        score=score,
+        busy_in_search=busy_fraction(readings, *search),
+        slots_in_search=sum(inside) / len(inside) / settings.local_parallel if inside else 0.0,
+        busy_overall=busy_fraction(readings, started, ended),
+        readings=len(inside),
+        requests=requests,
+        client_cpu_s=round(client_cpu, 2),
+        score=result.score,
+        idle_stretches=len(idle),
+        idle_s=round(sum(f - s for s, f in idle), 2),
+        longest_idle_s=round(max((f - s for s, f in idle), default=0.0), 2),
+        idle_after_trial_s=round(sum(f - s for s, f in after_trial), 2),
     )
 
 
 def main_local(settings: Settings) -> LocalMeasurement:
+    load = os.getloadavg()
     m = anyio.run(run_local, settings)
     verdict = "met" if m.busy_in_search >= 0.9 else "missed"
+    per_call = f"{1000 * m.client_cpu_s / m.requests:.2f} ms" if m.requests else "—"
     text = "\n".join(
         [
             "# Throughput on the embedded model (llama.cpp): how busy the search keeps the server",
@@ -791,19 +879,28 @@ def main_local(settings: Settings) -> LocalMeasurement:
             "",
             f"Task `{settings.task}`, {settings.n_train} train / {settings.n_val} validation examples, "
             f"{'the quick plan' if settings.quick else 'budget=light'}, {settings.local_parallel} server "
-            f"slots. {environment_line(environment())}",
+            f"slots, the client `local_lm` gives ({settings.concurrency or settings.local_parallel} in "
+            f"flight). Busy: the server's `/slots` read every {1000 * SLOTS_POLL_S:.0f} ms "
+            "(`is_processing`). Load average "
+            f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at the start. {environment_line(environment())}",
             "",
             f"- run: {m.seconds:.1f}s, {m.requests} requests, best val score {_cell(m.score, 3)}",
-            f"- server busy (≥ 1 request in flight) during the search ({m.search_s:.1f}s): "
-            f"{100 * m.busy_in_search:.1f} % (goal ≥ 90 %: {verdict}); over the whole run: "
-            f"{100 * m.busy_overall:.1f} %",
+            f"- server busy (≥ 1 slot processing) during the search ({m.search_s:.1f}s, {m.readings} "
+            f"readings): {100 * m.busy_in_search:.1f} % (goal ≥ 90 %: {verdict}); slots processing on "
+            f"average: {100 * m.slots_in_search:.1f} % of {settings.local_parallel}; busy over the whole "
+            f"run: {100 * m.busy_overall:.1f} %",
+            f"- idle in the search: {m.idle_stretches} stretches, {m.idle_s:.2f}s in all (longest "
+            f"{m.longest_idle_s:.2f}s), of which {m.idle_after_trial_s:.2f}s began within "
+            f"{TRIAL_GAP_S:g}s of a trial being scored",
+            f"- client CPU (the event loop's thread): {m.client_cpu_s:.2f}s, {per_call} per request",
         ]
     )
     print(text)
     if settings.out_dir is not None:
         write_text(settings.out_dir / f"{settings.name}_local.md", text)
         write_json(
-            settings.out_dir / f"{settings.name}_local.json", {"command": settings.command, **attrs.asdict(m)}
+            settings.out_dir / f"{settings.name}_local.json",
+            {"command": settings.command, "load_average": load, **attrs.asdict(m)},
         )
     return m
 
@@ -813,8 +910,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="intent", choices=sorted(TASKS))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--train", type=int, default=100)
-    parser.add_argument("--val", type=int, default=100)
+    parser.add_argument("--train", type=int, default=None, help=f"default 100 ({LOCAL_TRAIN} with --local)")
+    parser.add_argument("--val", type=int, default=None, help=f"default 100 ({LOCAL_VAL} with --local)")
     parser.add_argument(
         "--regimes", default=",".join(REGIMES), help=f"comma-separated, of {', '.join(REGIMES)}"
     )
@@ -850,6 +947,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--profile", type=Path, default=None, help="cProfile each aprompt run: PROFILE.<regime>.<system>.prof"
     )
     args = parser.parse_args(argv)
+    args.train = args.train if args.train is not None else LOCAL_TRAIN if args.local else 100
+    args.val = args.val if args.val is not None else LOCAL_VAL if args.local else 100
     if args.quick:
         args.train, args.val = 8, 8
         args.latency_scale = QUICK_LATENCY_SCALE

@@ -17,6 +17,10 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+# httpx imports httpcore (and httpcore imports trio, when it is installed) only when its first client
+# is built: 0.1-0.4 s of CPU in the middle of a run, ahead of its first request. Imported here instead,
+# with the rest of the client.
+import httpcore  # noqa: F401
 import httpx
 
 __all__ = ["DEFAULT_LANE_SIZE", "ConnectionLanes", "LaneClientFactory"]

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,32 @@ async def test_a_parameter_that_is_not_json_is_a_config_error_before_any_request
         with pytest.raises(ConfigError):
             await lm.chat(HELLO, logit_bias=object())
     assert fake_server.chat_requests == [] and lm.usage.requests == 0
+
+
+FIRST_REQUEST_CHILD = """
+import sys, anyio
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.testing.fake_openai import FakeOpenAIServer
+
+async def main():
+    async with FakeOpenAIServer() as server:
+        before = set(sys.modules)
+        async with OpenAICompatibleLM("fake-model", server.base_url, api_key="") as lm:
+            await lm.chat([{"role": "user", "content": "Hello"}])
+        print(" ".join(sorted(set(sys.modules) - before)))
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+HTTP_STACK = {"httpx", "httpcore", "h11", "certifi", "trio"}
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_clients_first_request_imports_no_http_module(backend: str) -> None:
+    # httpx imports httpcore (and httpcore trio) when its first client is built: 0.1-0.4 s of CPU
+    # inside a run. (trio's own first connection imports the stdlib's IDNA codec, which is cheap.)
+    command = [sys.executable, "-c", FIRST_REQUEST_CHILD, backend]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    imported = done.stdout.split()
+    assert [name for name in imported if name.split(".")[0] in HTTP_STACK] == []
