@@ -16,6 +16,12 @@ deviations (the ridge fit read as a Bayesian posterior, :func:`effect_covariance
 two mini-batches has its effect shrunk far towards 0 by the ridge, so ranked by the estimate alone the
 combination that swaps it in would rarely race, however good it is; its wide posterior lets it in beside
 the best-estimated one, and the race's first rung decides cheaply.
+
+The same posterior chooses the search's trials once the TPE's covering trials have tried every choice
+(:func:`thompson_choice`, Thompson sampling): each parameter takes its best effect under one draw, so a
+choice whose few noisy mini-batches leave it possibly the best keeps getting trials until the evidence
+settles it, which the TPE's good/bad split of raw scores does not aim at (on the simulated world of
+``bench/regret.py`` this lowered the regret; see ``bench/results/regret.md``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 The baseline (all candidates at index 0) is fully evaluated first, then the ``references`` (the strategies
 pass the prompt a user would write by hand: instructions as written, labeled training examples as demos),
 so the pick weighs every program against them from the start. Then the TPE trials run, each on a
-seeded mini-batch, with periodic full evaluations beside them (below); every ``full_eval_every`` trials the
+seeded mini-batch (after the TPE's covering trials, each trial's combination is a Thompson draw from
+the pooled additive model instead: :func:`~aprompt._optimize.pooling.thompson_choice`), with periodic full
+evaluations beside them (below); every ``full_eval_every`` trials the
 combination with the best pooled mini-batch mean that has no full evaluation yet gets one.
 
 **Continuous trials.** ``parallel_trials`` trials are in flight at a time, with no batch barrier: trial
