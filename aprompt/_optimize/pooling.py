@@ -16,6 +16,12 @@ deviations (the ridge fit read as a Bayesian posterior, :func:`effect_covariance
 two mini-batches has its effect shrunk far towards 0 by the ridge, so ranked by the estimate alone the
 combination that swaps it in would rarely race, however good it is; its wide posterior lets it in beside
 the best-estimated one, and the race's first rung decides cheaply.
+
+The same posterior chooses the search's trials once the TPE's covering trials have tried every choice
+(:func:`thompson_choice`, Thompson sampling): each parameter takes its best effect under one draw, so a
+choice whose few noisy mini-batches leave it possibly the best keeps getting trials until the evidence
+settles it, which the TPE's good/bad split of raw scores does not aim at (on the simulated world of
+``bench/regret.py`` this lowered the regret; see ``bench/results/regret.md``).
 """
 
 from __future__ import annotations
@@ -196,3 +202,45 @@ def ranked_combinations(
 
         ranked = [ranked[0], *sorted(ranked[1:], key=lambda item: (-upper(item[0]), item[0]))]
     return [dict(candidates[key]) for key, _ in ranked[:limit]]
+
+
+def thompson_choice(
+    observations: Sequence[tuple[Mapping[str, int], float, int]],
+    space: Mapping[str, int],
+    seed: Sequence[int],
+    avoid: set[Key],
+    draws: int = 16,
+) -> dict[str, int] | None:
+    """A combination to try next: the best one under a draw of the effects from their posterior.
+
+    Thompson sampling on the additive model of :func:`fit_additive`: the coefficients are drawn from
+    the ridge fit read as a Bayesian posterior (:func:`effect_covariance`; a choice no observation has
+    from the prior, within ``σ²/ridge`` of 0), and each parameter takes its best drawn effect. A choice
+    seen on few examples has a wide posterior, so it is drawn as the best now and then when it may be,
+    and gets the trials that settle it; a choice clearly behind is almost never drawn. Draws whose
+    combination is in ``avoid`` are passed over (up to ``draws`` draws; then the first). A pure
+    function of its arguments (``seed`` seeds the draws); ``None`` without observations.
+    """
+    if not observations:
+        return None
+    columns, coef = fit_additive(observations)
+    covariance = effect_covariance(observations, columns)
+    prior_sd = math.sqrt(score_variance(observations) / RIDGE)
+    rng = np.random.default_rng(list(seed))
+    first: dict[str, int] | None = None
+    for _ in range(draws):
+        sample = rng.multivariate_normal(coef, covariance, method="eigh")
+        unseen = rng.normal(0.0, prior_sd, size=sum(space.values()))
+        choice: dict[str, int] = {}
+        offset = 0
+        for name, n_choices in space.items():
+            effects = [
+                sample[columns[(name, v)]] if (name, v) in columns else unseen[offset + v]
+                for v in range(n_choices)
+            ]
+            choice[name] = int(np.argmax(effects))
+            offset += n_choices
+        if _key(choice) not in avoid:
+            return choice
+        first = first or choice
+    return first

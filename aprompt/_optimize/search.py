@@ -3,7 +3,9 @@
 The baseline (all candidates at index 0) is fully evaluated first, then the ``references`` (the strategies
 pass the prompt a user would write by hand: instructions as written, labeled training examples as demos),
 so the pick weighs every program against them from the start. Then the TPE trials run, each on a
-seeded mini-batch, with periodic full evaluations beside them (below); every ``full_eval_every`` trials the
+seeded mini-batch (after the TPE's covering trials, each trial's combination is a Thompson draw from
+the pooled additive model instead: :func:`~aprompt._optimize.pooling.thompson_choice`), with periodic full
+evaluations beside them (below); every ``full_eval_every`` trials the
 combination with the best pooled mini-batch mean that has no full evaluation yet gets one.
 
 **Continuous trials.** ``parallel_trials`` trials are in flight at a time, with no batch barrier: trial
@@ -86,7 +88,7 @@ from aprompt._optimize.final_pick import (
     pick,
 )
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations
+from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations, thompson_choice
 from aprompt._optimize.racing import (
     MAX_ENTRANTS,
     RungEval,
@@ -101,6 +103,8 @@ from aprompt.lm.types import LM
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
+#: Seeds the draws of the model's trials apart from the TPE's own (``[seed, number]``).
+MODEL_TRIAL_STREAM = 1
 T = TypeVar("T")
 logger = logging.getLogger("aprompt")
 
@@ -662,7 +666,7 @@ class SearchLoop:
             window.stopping, window.refusal = True, refusal
             return False
         assert self._sampler is not None
-        suggestion = self._sampler.ask()
+        suggestion = self._sampler.ask(self._model_trial(number))
         assert suggestion.number == number, (suggestion.number, number)
         choice = await self._resolve(suggestion.params)
         window.asked += 1
@@ -670,6 +674,25 @@ class SearchLoop:
         finished = window.finished[number] = anyio.Event()
         group.start_soon(self._run_in_window, window, scope, finished, number, choice, self._incumbent())
         return True
+
+    def _model_trial(self, number: int) -> dict[str, int] | None:
+        """After the TPE's covering trials, trial ``number``'s combination drawn from the pooled model
+        (:func:`~aprompt._optimize.pooling.thompson_choice`, seeded by the seed and the number) instead of
+        the TPE's suggestion; ``None`` leaves it to the TPE. The evidence is what the suggestion may see
+        (see "Continuous trials"), so a resumed run draws the same."""
+        assert self._sampler is not None
+        cover = self._sampler.n_cover
+        space = self._sampler.space
+        if not self.pooled or self.proposal_hook is not None or cover is None or number < cover:
+            return None
+        if not all(isinstance(d, Categorical) for d in space.values()):
+            return None
+        scored: list[Trial | RungEval] = [*self.trials, *self.rungs]
+        observations = [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
+        held = [{k: int(v) for k, v in r.params.items()} for r in self._sampler.trials]
+        avoid = {key_of(c) for c in held} | self._tested | self.raced_out
+        sizes = {name: d.n_choices for name, d in space.items() if isinstance(d, Categorical)}
+        return thompson_choice(observations, sizes, (self.seed, number, MODEL_TRIAL_STREAM), avoid)
 
     async def _run_in_window(
         self,

@@ -197,10 +197,18 @@ class TPESampler:
         _, _, _, states, numbers = self._table.view()
         return tuple(int(n) for n in numbers[states == TrialTable.PENDING])
 
-    def ask(self) -> Suggestion:
-        """Suggest params for the next trial (number ``0, 1, 2, ...``); it stays pending until told."""
+    def ask(self, params: Mapping[str, Any] | None = None) -> Suggestion:
+        """Suggest params for the next trial (number ``0, 1, 2, ...``); it stays pending until told.
+
+        ``params``, when given, are the trial's instead of a suggestion (a caller with a model of its own
+        proposes the point); they count like any other trial's, and a :class:`~aprompt.ConfigError`
+        names one that is not in the space.
+        """
         number = self._next_number
-        cats, nums = self._suggest(np.random.default_rng([self._seed, number]), number)
+        if params is None:
+            cats, nums = self._suggest(np.random.default_rng([self._seed, number]), number)
+        else:
+            cats, nums = encode_params(self._encoded, params)
         params = decode_params(self._encoded, cats, nums)
         # Store the encoding of what the caller sees, so a rebuild from these params is bit-identical.
         cats, nums = encode_params(self._encoded, params)

@@ -371,3 +371,32 @@ def test_asking_with_5000_observations_stays_fast() -> None:
     for _ in range(5):
         sampler.tell(sampler.ask(), 0.5)
     assert (time.perf_counter() - started) / 5 < 0.25
+
+
+def test_ask_with_params_records_the_callers_point_as_the_trial() -> None:
+    sampler = TPESampler({"instruction": Categorical(6), "demos": Categorical(6)}, seed=0)
+    drive(sampler, 6, score=index_sum)
+    suggestion = sampler.ask({"instruction": 1, "demos": 0})
+    assert (suggestion.number, suggestion.params) == (6, {"instruction": 1, "demos": 0})
+    assert sampler.pending == (6,)
+    sampler.tell(suggestion, 0.1)
+    assert sampler.trials[-1].params == {"instruction": 1, "demos": 0}
+    assert sampler.trials[-1].state is TrialState.COMPLETE
+
+
+def test_a_rebuilt_sampler_continues_after_a_callers_point_as_the_original() -> None:
+    space: dict[str, Distribution] = {"instruction": Categorical(6), "demos": Categorical(6)}
+    sampler = TPESampler(space, seed=3)
+    drive(sampler, 8, score=index_sum)
+    sampler.tell(sampler.ask({"instruction": 0, "demos": 0}), 0.0)
+    rebuilt = TPESampler.from_history(space, sampler.trials, seed=3)
+    assert [rebuilt.ask().params for _ in range(4)] == [sampler.ask().params for _ in range(4)]
+
+
+def test_ask_with_params_outside_the_space_is_a_config_error() -> None:
+    sampler = TPESampler({"instruction": Categorical(6)}, seed=0)
+    with pytest.raises(ConfigError, match="instruction=6"):
+        sampler.ask({"instruction": 6})
+    with pytest.raises(ConfigError, match="missing"):
+        sampler.ask({})
+    assert sampler.trials == ()
