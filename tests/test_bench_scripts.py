@@ -163,8 +163,9 @@ def test_requests_in_flight_are_read_from_the_servers_request_log() -> None:
     assert throughput.sample_series(times, counts, end=3.0, step=0.5) == [1, 1, 3, 2, 1, 1, 0]
     # 2 + 2 + 0.5 request-seconds over 4 s.
     assert throughput.mean_in_flight(log, 10.0, 14.0) == pytest.approx(1.125)
-    # Overlapping intervals count once: [0, 2] and [3, 4] of [0, 5].
-    assert throughput.busy_fraction([(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)], 0.0, 5.0) == pytest.approx(0.6)
+    # Slot readings (time, slots processing): busy in 3 of the 5 readings inside [0, 4].
+    readings = [(0.0, 1), (1.0, 0), (2.0, 2), (3.0, 0), (4.0, 1), (9.0, 4)]
+    assert throughput.busy_fraction(readings, 0.0, 4.0) == pytest.approx(0.6)
 
 
 def test_the_simulated_endpoint_latency_is_log_normal_with_median_600_ms_and_sigma_0_5() -> None:
