@@ -303,6 +303,23 @@ def aprompt_budget(settings: Settings) -> str | dict[str, Any]:
     return {**QUICK_BUDGET, "val_size": settings.n_val} if settings.quick else "light"
 
 
+async def optimize_task(
+    task: Task, split: Split, lm: aprompt.LM, settings: Settings, on_event: Callable[[Any], None]
+) -> aprompt.OptimizeResult[Any]:
+    """The benchmark's optimization: a light MIPRO run of ``task`` on its split, events to ``on_event``."""
+    return await aprompt.optimize(
+        task.program(),
+        task.examples(split.train),
+        task.metric,
+        valset=task.examples(split.val),
+        lm=lm,
+        strategy="mipro",
+        budget=aprompt_budget(settings),
+        seed=settings.seed,
+        on_event=on_event,
+    )
+
+
 async def optimize_aprompt(
     settings: Settings, task: Task, split: Split, lm: aprompt.LM, *, progress: bool = False
 ) -> tuple[float, dict[str, float]]:
@@ -319,17 +336,7 @@ async def optimize_aprompt(
         elif isinstance(event, aprompt.PhaseFinished):
             phases[f"{event.phase}:end"] = time.monotonic()
 
-    result = await aprompt.optimize(
-        task.program(),
-        task.examples(split.train),
-        task.metric,
-        valset=task.examples(split.val),
-        lm=lm,
-        strategy="mipro",
-        budget=aprompt_budget(settings),
-        seed=settings.seed,
-        on_event=on_event,
-    )
+    result = await optimize_task(task, split, lm, settings, on_event)
     return result.score, phases
 
 
@@ -832,17 +839,7 @@ async def run_local(settings: Settings) -> LocalMeasurement:
                 elif isinstance(event, aprompt.TrialScored):
                     scored.append(time.monotonic())
 
-            result = await aprompt.optimize(
-                task.program(),
-                task.examples(split.train),
-                task.metric,
-                valset=task.examples(split.val),
-                lm=lm,
-                strategy="mipro",
-                budget=aprompt_budget(settings),
-                seed=settings.seed,
-                on_event=on_event,
-            )
+            result = await optimize_task(task, split, lm, settings, on_event)
             ended, client_cpu = time.monotonic(), time.thread_time() - cpu
         requests = lm.usage.requests
     search = (phases.get("search", ended), phases.get("search:end", ended))

@@ -15,6 +15,7 @@ from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy, retry_after_from
 from aprompt.lm.types import Message
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
+from tests.lm.test_limits import ManualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -22,16 +23,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-class ManualClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def long_prompt(index: int) -> list[Message]:
