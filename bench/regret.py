@@ -9,7 +9,10 @@ so for each run:
 - **regret** = true accuracy of the best combination in the run's own grid (every instruction × demo set
   the run searched) − that of the returned program;
 - **regret of the best evaluated** = the same for the best combination the run scored at all (a trial or a
-  full evaluation): what a perfect final pick would have reached;
+  full evaluation);
+- **regret of the best fully evaluated** = the same for the best combination with a full evaluation (only
+  such a combination can be returned): what a perfect final pick would have reached, so regret minus this
+  is the pick's share and this is the search's;
 - **worse than the baseline**: the returned program's true accuracy is below the unoptimized program's.
 
 The world answers in-process (an LM object, no HTTP), so a run takes seconds. Runs use seeds 0..n−1,
@@ -97,6 +100,8 @@ class Run:
     #: Where the returned program misses the nearest best combination of the grid: per differing parameter,
     #: ``name: returned -> best (trials with the best's choice, their examples)``; "" when nothing is missed.
     missed: str = ""
+    #: True accuracy of the best fully evaluated combination (``nan`` in runs recorded before it was kept).
+    best_fully_evaluated: float = float("nan")
 
     @property
     def regret(self) -> float:
@@ -105,6 +110,10 @@ class Run:
     @property
     def evaluated_regret(self) -> float:
         return self.best_possible - self.best_evaluated
+
+    @property
+    def fully_evaluated_regret(self) -> float:
+        return self.best_possible - self.best_fully_evaluated
 
     @property
     def worse_than_baseline(self) -> bool:
@@ -167,6 +176,7 @@ async def one_run(
         returned=returned,
         baseline=true_accuracy(candidates, candidates.baseline(), world),
         best_evaluated=max(true_accuracy(candidates, c, world) for c in evaluated),
+        best_fully_evaluated=max(true_accuracy(candidates, f.choice, world) for f in result.full_evals),
         lm_calls=lm.calls,
         seconds=seconds,
         pick=None if pick is None else str(getattr(pick, "reason", pick)),
@@ -223,6 +233,7 @@ def summary_rows(runs: Sequence[Run]) -> list[list[object]]:
                 f"{statistics.median(regrets):.3f}",
                 f"{max(regrets):.3f}",
                 f"{statistics.fmean(r.evaluated_regret for r in group):.3f}",
+                f"{statistics.fmean(r.fully_evaluated_regret for r in group):.3f}",
                 sum(r.worse_than_baseline for r in group),
                 f"{statistics.fmean(r.returned - r.baseline for r in group):.3f}",
                 f"{statistics.fmean(r.lm_calls for r in group):,.0f}",
@@ -238,6 +249,7 @@ SUMMARY_HEADER = [
     "median regret",
     "max regret",
     "mean regret of the best evaluated",
+    "mean regret of the best fully evaluated",
     "runs worse than the baseline",
     "mean gain over the baseline (true)",
     "mean LM calls",
@@ -252,6 +264,7 @@ def run_rows(runs: Sequence[Run]) -> list[list[object]]:
             f"{r.best_possible:.3f}",
             f"{r.returned:.3f}",
             f"{r.best_evaluated:.3f}",
+            f"{r.best_fully_evaluated:.3f}",
             f"{r.baseline:.3f}",
             f"{r.regret:.3f}",
             f"{r.lm_calls:,}",
@@ -269,6 +282,7 @@ RUN_HEADER = [
     "best in grid",
     "returned",
     "best evaluated",
+    "best fully evaluated",
     "baseline",
     "regret",
     "LM calls",
@@ -289,7 +303,8 @@ def _budget_of(name: str, racing: bool) -> str | Mapping[str, Any]:
 
 def _print_run(run: Run) -> None:
     print(
-        f"{run.budget} seed {run.seed}: regret {run.regret:.3f} (best evaluated {run.evaluated_regret:.3f}), "
+        f"{run.budget} seed {run.seed}: regret {run.regret:.3f} (best evaluated {run.evaluated_regret:.3f}, "
+        f"best fully evaluated {run.fully_evaluated_regret:.3f}), "
         f"returned {run.returned:.3f}, baseline {run.baseline:.3f}, {run.lm_calls} calls, {run.seconds:.1f} s"
         + (f"; missed {run.missed}" if run.missed else ""),
         flush=True,

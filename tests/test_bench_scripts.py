@@ -204,7 +204,14 @@ def test_the_regret_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
     runs = regret.main(["--quick", "--out-dir", str(tmp_path)])
     assert [r.seed for r in runs] == [0, 1]
     for run in runs:
-        assert run.best_possible >= run.best_evaluated >= run.returned >= run.baseline > 0
+        assert (
+            run.best_possible
+            >= run.best_evaluated
+            >= run.best_fully_evaluated
+            >= run.returned
+            >= run.baseline
+            > 0
+        )
         assert run.lm_calls > 0 and run.pick
     data = json.loads((tmp_path / "regret_latest.json").read_text())
     assert data["command"].startswith(".venv/bin/python -m bench.regret --quick")
