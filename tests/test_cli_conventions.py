@@ -34,7 +34,14 @@ ANTHROPIC_KEY = "sk-ant-conventions"
 #: A small optimization of the simulated world (tests/optimize/world.py).
 SIZES = ["--trials", "6", "--candidates", "3", "--val-size", "20", "--minibatch-size", "8", "--seed", "1"]
 #: Every variable this module's children could inherit from the developer's shell and be steered by.
-STEERING = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "APROMPT_MODEL", "APROMPT_LM")
+STEERING = (
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "APROMPT_MODEL",
+    "APROMPT_LM",
+)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -152,6 +159,24 @@ def test_lm_anthropic_sends_messages_api_requests_with_the_anthropic_key(tmp_pat
     assert json.loads(done.stdout)["score"] == 0.5
     assert len(server.chat_requests) == 4
     assert {r.body["model"] for r in server.chat_requests if r.body} == {"fake-claude"}
+
+
+def test_anthropic_base_url_points_lm_anthropic_at_its_endpoint(tmp_path: Path) -> None:
+    folder = write_task(tmp_path)
+    with served(lambda: FakeAnthropicServer(responder=answer_42, api_key=ANTHROPIC_KEY)) as server:
+        done = aprompt_cli(
+            folder,
+            *EVALUATE,
+            "--lm",
+            "anthropic",
+            "--model",
+            "fake-claude",
+            ANTHROPIC_BASE_URL=server.base_url,
+            ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["score"] == 0.5
+    assert len(server.chat_requests) == 4
 
 
 def test_openai_base_url_and_aprompt_model_choose_the_endpoint_without_flags(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def _add_lm_args(parser: argparse.ArgumentParser) -> None:
         "--base-url",
         metavar="URL",
         help="the endpoint of openai or anthropic (default: $OPENAI_BASE_URL for "
-        "openai, else the provider's API)",
+        "openai, $ANTHROPIC_BASE_URL for anthropic, else the provider's API)",
     )
     lm.add_argument("--model", help="model name (default: $APROMPT_MODEL)")
     lm.add_argument(

@@ -9,6 +9,7 @@ them into a Messages API request (its rules are listed there).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -35,6 +36,10 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 #: ``max_tokens`` when neither the call nor ``default_params`` sets it (the API requires one).
 DEFAULT_MAX_TOKENS = 1024
+
+_BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+# The base URL when neither the argument nor ``$ANTHROPIC_BASE_URL`` gives one.
+_DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 #: OpenAI sampling parameters the Messages API has no equivalent for; they are not sent (the API
 #: rejects unknown fields). Any other parameter is sent as given.
@@ -152,7 +157,8 @@ class AnthropicLM(HTTPChatLM):
 
     Args:
         model: the model name sent with each request (e.g. ``"claude-3-5-haiku-latest"``).
-        base_url: ``https://api.anthropic.com`` (the API's ``/v1/messages`` is appended), or several
+        base_url: the API's base URL (``/v1/messages`` is appended); default: ``$ANTHROPIC_BASE_URL``
+            when set (and not empty), as in Anthropic's SDK, else ``https://api.anthropic.com``; or several
             endpoints (strings or :class:`~aprompt.lm.endpoints.Endpoint` with their own concurrency,
             rate limits and key).
         api_key: the key, sent as ``x-api-key``; default: the ``api_key_env`` environment variable.
@@ -179,7 +185,7 @@ class AnthropicLM(HTTPChatLM):
     def __init__(
         self,
         model: str,
-        base_url: EndpointSpec = "https://api.anthropic.com",
+        base_url: EndpointSpec | None = None,
         *,
         api_key: str | None = None,
         api_key_env: str = "ANTHROPIC_API_KEY",
@@ -201,6 +207,8 @@ class AnthropicLM(HTTPChatLM):
             raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
         # Read by _auth_headers, which the base class calls while it builds the endpoints.
         self._anthropic_version = anthropic_version
+        if base_url is None:
+            base_url = os.environ.get(_BASE_URL_ENV) or _DEFAULT_BASE_URL
         super().__init__(
             model,
             base_url,

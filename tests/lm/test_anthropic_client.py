@@ -198,6 +198,24 @@ async def test_the_api_key_is_read_from_anthropic_api_key_by_default(
     assert server.chat_requests[0].headers["x-api-key"] == TEST_API_KEY
 
 
+async def test_the_base_url_is_read_from_anthropic_base_url_by_default(
+    server: FakeAnthropicServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+    async with AnthropicLM("fake-claude", api_key=TEST_API_KEY) as lm:
+        assert lm.endpoints == (server.base_url,)
+        await lm.chat(HELLO)
+    assert len(server.chat_requests) == 1
+
+
+async def test_without_a_base_url_anywhere_the_public_api_is_the_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    async with AnthropicLM("fake-claude", api_key=TEST_API_KEY) as lm:
+        assert lm.endpoints == ("https://api.anthropic.com",)
+
+
 async def test_each_endpoint_gets_its_own_key(server: FakeAnthropicServer) -> None:
     other_key = "sk-ant-other-endpoint-3c9d"
     async with FakeAnthropicServer(api_key=other_key) as other:
