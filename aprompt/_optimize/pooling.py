@@ -226,10 +226,19 @@ def thompson_choice(
     columns, coef = fit_additive(observations)
     covariance = effect_covariance(observations, columns)
     prior_sd = math.sqrt(score_variance(observations) / RIDGE)
+    # Draws through the Cholesky factor, which is unique: an eigendecomposition's eigenvector signs and
+    # order depend on the BLAS build and the CPU, so the same seed drew differently on another machine
+    # (and a run resumed there took another path).
+    try:
+        factor = np.linalg.cholesky(covariance)
+    except np.linalg.LinAlgError:  # positive definite in exact arithmetic; rounding may say otherwise
+        factor = np.linalg.cholesky(
+            covariance + 1e-12 * np.eye(len(coef)) * max(1.0, float(np.trace(covariance)))
+        )
     rng = np.random.default_rng(list(seed))
     first: dict[str, int] | None = None
     for _ in range(draws):
-        sample = rng.multivariate_normal(coef, covariance, method="eigh")
+        sample = coef + factor @ rng.standard_normal(len(coef))
         unseen = rng.normal(0.0, prior_sd, size=sum(space.values()))
         choice: dict[str, int] = {}
         offset = 0
