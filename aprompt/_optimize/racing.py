@@ -13,6 +13,9 @@ runs*, not in whole full evaluations:
   (the upper end of the one-sided 95 % interval of :func:`~aprompt._optimize.final_pick.paired_difference`
   below 0, on at least 10 examples) is dropped. Racers that reach the last rung have a full evaluation
   (a :class:`~aprompt._optimize.search.FullEval`, whose scores then include the examples it reused).
+  A rung's racers are scored at once, and the last rung's full evaluations run at once; what they
+  record is recorded in the racers' order (:mod:`aprompt._optimize.concurrent_steps`), so the race
+  decides as if they ran one after another.
 - **The allowance.** A race may spend what the plan had given the evaluations up to this point and the
   search has not spent (trials stopped early and reused examples leave some over): a racer enters a rung
   only while the allowance can pay the rung for it and those ahead of it, *and* still complete any one of
