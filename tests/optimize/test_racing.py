@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 import aprompt
 from aprompt import OpenAICompatibleLM, ResponseCache
 from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.events import FullEvaluation
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
@@ -22,6 +24,7 @@ from aprompt._optimize.racing import affordable, race_order, run_race, rung_size
 from aprompt._optimize.search import SearchLoop, _with_reserve
 from aprompt.lm._metering import LimitReached
 from aprompt.program.discovery import named_predictors
+from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import FakeOpenAIServer, RecordedRequest
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import item_of, last_user_of, lm_for, system_of
@@ -188,6 +191,52 @@ async def test_the_last_rungs_full_evaluations_are_in_flight_together() -> None:
     assert max(min(r.started for r in found) for found in full) < min(
         r.finished for found in full for r in found
     )
+
+
+def race_records(loop: SearchLoop) -> tuple[Any, ...]:
+    return (
+        [(r.race, r.rung, dict(r.choice), r.example_ids, r.scores) for r in loop.rungs],
+        [(dict(f.choice), f.scores, f.reused) for f in loop.full_evals],
+    )
+
+
+async def test_a_race_stopped_during_its_full_evaluations_resumes_to_the_same_records(tmp_path: Path) -> None:
+    @asynccontextmanager
+    async def journaled(name: str) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
+        """The search loop of :func:`search_loop`, its steps journaled in ``tmp_path / name``."""
+        ctx = attrs.evolve(limited_context(10**6), journal=RunJournal.open(tmp_path / name))
+        assert ctx.journal is not None
+        try:
+            async with search_loop(racing=True) as (loop, server):
+                loop.memo = ctx.memo
+                yield loop, server
+        finally:
+            ctx.journal.close()
+
+    async def race(loop: SearchLoop, server: FakeOpenAIServer) -> int:
+        """Run the race of the five as-good combinations; returns the requests it sent."""
+        before = len(server.chat_requests)
+        await run_race(loop, AS_GOOD, allowance=4 * len(loop.valset))
+        return len(server.chat_requests) - before
+
+    async with journaled("reference") as (loop, server):
+        sent = await race(loop, server)
+        reference = race_records(loop)
+    assert len(reference[1]) == 3, "two full evaluations at once, after the baseline's"
+    async with journaled("run") as (loop, server):
+        with anyio.CancelScope() as scope:
+
+            async def stop_at_the_first(event: object) -> None:
+                if isinstance(event, FullEvaluation):
+                    scope.cancel()
+
+            loop.emit = stop_at_the_first
+            await race(loop, server)
+        assert scope.cancelled_caught and len(loop.full_evals) == 2
+    async with journaled("run") as (loop, server):
+        resumed = await race(loop, server)
+        assert race_records(loop) == reference
+    assert resumed < sent  # the rungs and the first full evaluation were read back
 
 
 async def test_full_evaluations_at_once_are_admitted_counting_those_admitted_before_them() -> None:
