@@ -13,6 +13,9 @@ runs*, not in whole full evaluations:
   (the upper end of the one-sided 95 % interval of :func:`~aprompt._optimize.final_pick.paired_difference`
   below 0, on at least 10 examples) is dropped. Racers that reach the last rung have a full evaluation
   (a :class:`~aprompt._optimize.search.FullEval`, whose scores then include the examples it reused).
+  A rung's racers are scored at once, and the last rung's full evaluations run at once; what they
+  record is recorded in the racers' order (:mod:`aprompt._optimize.concurrent_steps`), so the race
+  decides as if they ran one after another.
 - **The allowance.** A race may spend what the plan had given the evaluations up to this point and the
   search has not spent (trials stopped early and reused examples leave some over): a racer enters a rung
   only while the allowance can pay the rung for it and those ahead of it, *and* still complete any one of
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from aprompt._errors import JournalError
+from aprompt._optimize.concurrent_steps import at_once_in_order
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference
@@ -191,7 +195,9 @@ def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:
 async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> int:
     """Race ``entrants`` (most promising first) within ``allowance`` program runs; returns the runs spent.
 
-    Survivors of the last rung are fully evaluated through ``loop.full_evaluation``.
+    A rung's racers are scored at once, and the last rung's survivors fully evaluated at once
+    (``loop.full_evaluations``); what they record is recorded in the racers' order, as if one after
+    another (:mod:`aprompt._optimize.concurrent_steps`).
     """
     n = len(loop.valset)
     order = race_order(loop.valset, loop.seed)
@@ -200,6 +206,12 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
     loop.races_started += 1
     racers = [dict(c) for c in entrants[:MAX_ENTRANTS]]
     spent = 0
+
+    async def record(rung_eval: RungEval) -> None:
+        nonlocal spent
+        loop.record_rung(rung_eval)
+        spent += len(rung_eval.example_ids)
+
     previous: set[str] = set()
     entered = len(racers)
     for rung, size in enumerate(sizes):
@@ -233,11 +245,8 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
         if not racers:
             break
         if size == n:
-            for choice in racers:
-                if loop.stopped is not None or loop.should_stop() is not None:
-                    break
-                full = await loop.full_evaluation(choice, known=loop.scores_of(choice))
-                spent += len(full.scores) + full.n_unscored - full.reused
+            fulls = await loop.full_evaluations(racers)
+            spent += sum(len(full.scores) + full.n_unscored - full.reused for full in fulls)
             break
         todo = [(c, [e for e in order[:size] if e.id not in known[key_of(c)]]) for c in racers]
         todo = [(c, examples) for c, examples in todo if examples]
@@ -245,9 +254,9 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
             f"rung {rung + 1} of a race ({len(todo)} combination(s))",
             [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
         )
-        for rung_eval in await _rung_all(loop, race, rung, todo):
-            loop.record_rung(rung_eval)
-            spent += len(rung_eval.example_ids)
+        await at_once_in_order(
+            [partial(_rung, loop, race, rung, c, examples) for c, examples in todo], record
+        )
         previous = ids
         pick = loop.decide()
         incumbent = loop.scores_of(pick.choice)
@@ -271,14 +280,6 @@ def _dropped(
         loop.raced_out.add(key_of(choice))
         return True
     return False
-
-
-async def _rung_all(
-    loop: SearchLoop, race: int, rung: int, todo: Sequence[tuple[dict[str, int], list[Example]]]
-) -> list[RungEval]:
-    """One rung's evaluations, one racer after another (each concurrent inside): racers often share a
-    predictor's prompt, whose calls are then answered from the cache instead of being sent at once."""
-    return [await _rung(loop, race, rung, choice, examples) for choice, examples in todo]
 
 
 def _rung_key(race: int, rung: int, choice: Mapping[str, int]) -> str:

@@ -75,6 +75,7 @@ import attrs
 
 from aprompt._errors import JournalError, OptimizationError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
+from aprompt._optimize.concurrent_steps import at_once_in_order
 from aprompt._optimize.evaluate import Evaluation, Metric, evaluate
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.examples import Example
@@ -950,30 +951,80 @@ class SearchLoop:
     ) -> FullEval:
         """Fully evaluate ``choice``; ``known`` scores of it (example id -> score, from its trials and
         race rungs) are reused instead of run again."""
+        _, step = self._admit_full_evaluation(choice, is_baseline, known, [])
+        result = await step()
+        await self._record_full_evaluation(result, is_baseline)
+        return result
+
+    async def full_evaluations(self, choices: Sequence[Choice]) -> list[FullEval]:
+        """Fully evaluate ``choices`` at once, each reusing its known scores (its trials' and race
+        rungs'); recorded (evidence, events, the pick) in the order given, as one after another.
+
+        Each is admitted by the run's limits in turn, counting those admitted before it; one refused
+        ends the admissions: those admitted are evaluated and recorded, then the refusal is raised (as
+        when the refused one's turn comes after them).
+        """
+        steps: list[Callable[[], Awaitable[FullEval]]] = []
+        admitted: list[tuple[str, str, int]] = []
+        refusal: LimitReached | None = None
+        for choice in choices:
+            if self.stopped is not None or self.should_stop() is not None:
+                break
+            try:
+                part, step = self._admit_full_evaluation(choice, False, self.scores_of(choice), admitted)
+            except LimitReached as exc:
+                refusal = exc
+                break
+            admitted.append(part)
+            steps.append(step)
+        results = await at_once_in_order(steps, partial(self._record_full_evaluation, is_baseline=False))
+        if refusal is not None:
+            raise refusal
+        return results
+
+    def _admit_full_evaluation(
+        self,
+        choice: Choice,
+        is_baseline: bool,
+        known: Mapping[str, float] | None,
+        beside: Sequence[tuple[str, str, int]],
+    ) -> tuple[tuple[str, str, int], Callable[[], Awaitable[FullEval]]]:
+        """Admit ``choice``'s full evaluation beside the admitted parts ``beside`` (not started yet);
+        returns its part and how to run it (journaled, not recorded)."""
         ids = {e.id for e in self.valset}
         reuse = {k: v for k, v in (known or {}).items() if k in ids}
         key = json.dumps(sorted(choice.items()))
         what = "the baseline's evaluation" if is_baseline else "a full evaluation"
         early = self.prefetched(self.candidates, choice) if self.prefetched and not reuse else None
-        self.admit_step(what, [("full_eval", key, 0 if early else len(self.valset) - len(reuse))])
-        result = await self.memo(
-            "full_eval",
-            key,
-            partial(self._handed_in, early, choice)
-            if early
-            else lambda: self._run_full_evaluation(choice, reuse, is_baseline=is_baseline),
-            full_eval_to_json,
-            full_eval_from_json,
-        )
-        if result.reused != len(reuse):
-            raise JournalError(
-                f"the journal's full evaluation of {dict(choice)} reused {result.reused} earlier scores, "
-                f"this run reuses {len(reuse)}: the run_dir belongs to a different run; pass resume=False "
-                "to start over"
+        part = ("full_eval", key, 0 if early else len(self.valset) - len(reuse))
+        # The parts beside are admitted and in flight, so free here: listing them first keeps what the
+        # admission adds to its first part (a fork's reserve for the trials beside it) counted once.
+        self.admit_step(what, [*beside, part])
+
+        async def step() -> FullEval:
+            result = await self.memo(
+                "full_eval",
+                key,
+                partial(self._handed_in, early, choice)
+                if early
+                else lambda: self._run_full_evaluation(choice, reuse, is_baseline=is_baseline),
+                full_eval_to_json,
+                full_eval_from_json,
             )
+            if result.reused != len(reuse):
+                raise JournalError(
+                    f"the journal's full evaluation of {dict(choice)} reused {result.reused} earlier "
+                    f"scores, this run reuses {len(reuse)}: the run_dir belongs to a different run; pass "
+                    "resume=False to start over"
+                )
+            return result
+
+        return part, step
+
+    async def _record_full_evaluation(self, result: FullEval, is_baseline: bool) -> None:
         self.full_evals.append(result)
         self._spent += len(result.scores) + result.n_unscored - result.reused
-        self._tested.add(choice_key(choice))
+        self._tested.add(choice_key(result.choice))
         index = len(self.full_evals) - 1
         self.failures.update({f"full_eval:{index}:{eid}": e for eid, e in result.lm_failures.items()})
         await self.emit(
@@ -983,4 +1034,3 @@ class SearchLoop:
         previous, self._pick = self._pick, self.decide()
         if previous is None or key_of(previous.choice) != key_of(self._pick.choice):
             await self.emit(NewBest(dict(self._pick.choice), self._full_score(self._pick.choice)))
-        return result

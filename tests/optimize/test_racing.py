@@ -3,24 +3,32 @@ of tests/optimize/world.py served by the fake OpenAI-compatible server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 import aprompt
 from aprompt import OpenAICompatibleLM, ResponseCache
 from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.events import FullEvaluation
+from aprompt._optimize.examples import Example
+from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt._optimize.racing import affordable, run_race
-from aprompt._optimize.search import SearchLoop
+from aprompt._optimize.racing import affordable, race_order, run_race, rung_sizes
+from aprompt._optimize.search import SearchLoop, _with_reserve
+from aprompt.lm._metering import LimitReached
 from aprompt.program.discovery import named_predictors
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.run.journal import RunJournal
+from aprompt.testing.fake_openai import FakeOpenAIServer, RecordedRequest
 from tests.conftest import TEST_API_KEY
-from tests.optimize.qa_task import lm_for
+from tests.optimize.qa_task import item_of, last_user_of, lm_for, system_of
+from tests.optimize.test_pipeline import limited_context
 from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
@@ -31,9 +39,19 @@ INSTRUCTIONS = (
     "Solve it carefully, variant 3.",
     "Solve it carefully, variant 1.",
     "Solve it carefully, variant 10.",
+    "Solve it carefully, variant 17.",
+    "Solve it carefully, variant 24.",
+    "Solve it carefully, variant 31.",
+    "Solve it carefully, variant 38.",
 )
 GOOD = {"extract.instruction": 2, "answer.instruction": 2}
 POOR = {"extract.instruction": 1, "answer.instruction": 1}
+#: As good as ``GOOD`` (variants 17, 24, 31, 38: +0.30), each with prompts of its own.
+ALSO_GOOD = {"extract.instruction": 3, "answer.instruction": 3}
+AS_GOOD = [{"extract.instruction": k, "answer.instruction": k} for k in range(2, 7)]
+#: Every answer takes this long in the tests of what is in flight together: long beside the event loop's
+#: own delays, so a step that waited for another would arrive a whole latency later.
+LATENCY = 0.2
 #: Mini-batches of a first stage of 12 examples; a period of 4 trials; seed 0 stops trials early.
 BUDGET: Mapping[str, Any] = {
     "n_candidates": 4,
@@ -44,6 +62,8 @@ BUDGET: Mapping[str, Any] = {
     "parallel_trials": 2,
     "screen_size": 0,
 }
+#: A seed whose run has trials stopped early (the replay tests cover them).
+STOPS_EARLY = 1
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -53,9 +73,10 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def search_loop(
-    racing: bool, minibatch_size: int = 50
+    racing: bool, minibatch_size: int = 50, latency: float = 0.0
 ) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
-    """A search over the instructions above, on 100 validation examples, its baseline evaluated."""
+    """A search over the instructions above, on 100 validation examples, its baseline evaluated (no LM
+    cache: every call is a request the server logs)."""
     program = TwoStageProgram()
     predictors = named_predictors(program)
     candidates = Candidates.original(predictors)
@@ -65,7 +86,7 @@ async def search_loop(
         demo_sets=candidates.demo_sets,
         search_demos=False,
     )
-    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY, latency=latency) as server:
         async with lm_for(server, max_concurrency=64) as lm:
 
             async def ignore(event: object) -> None:
@@ -124,6 +145,124 @@ async def test_a_race_drops_a_clearly_worse_combination_before_the_full_validati
         tuple(sorted(POOR.items())),
         tuple(sorted(GOOD.items())),
     }
+
+
+def requests_of(server: FakeOpenAIServer, choice: Mapping[str, int]) -> list[RecordedRequest]:
+    """The requests made with ``choice``'s prompts (each of its instructions names a variant of its own)."""
+    text = INSTRUCTIONS[choice["extract.instruction"]]
+    return [r for r in server.chat_requests if system_of(r).startswith(text)]
+
+
+def items_of(valset: Sequence[Example]) -> set[int]:
+    return {item_of(e.inputs["question"]) for e in valset}
+
+
+async def test_a_rungs_racers_are_in_flight_together_and_recorded_in_their_order() -> None:
+    async with search_loop(racing=True, latency=LATENCY) as (loop, server):
+        n = len(loop.valset)
+        await run_race(loop, [dict(GOOD), dict(ALSO_GOOD)], allowance=2 * n)
+        order = race_order(loop.valset, loop.seed)
+        sizes = rung_sizes(n)
+        requests = {key_of(c): requests_of(server, c) for c in (GOOD, ALSO_GOOD)}
+    first_rung = items_of(order[: sizes[0]])
+    rung = {
+        key: [r for r in found if item_of(last_user_of(r)) in first_rung] for key, found in requests.items()
+    }
+    assert all(rung.values())
+    # Each racer's first request arrived before any answer of the rung: neither waited for the other.
+    assert max(min(r.started for r in found) for found in rung.values()) < min(
+        r.finished for found in rung.values() for r in found
+    )
+    assert [(r.rung, dict(r.choice)) for r in loop.rungs[:2]] == [(0, GOOD), (0, ALSO_GOOD)]
+
+
+async def test_the_last_rungs_full_evaluations_are_in_flight_together() -> None:
+    async with search_loop(racing=True, latency=LATENCY) as (loop, server):
+        n = len(loop.valset)
+        # Five racers: three go on to the second rung, two to the last (successive halving).
+        await run_race(loop, AS_GOOD, allowance=4 * n)
+        order = race_order(loop.valset, loop.seed)
+        fully_evaluated = [dict(f.choice) for f in loop.full_evals[1:]]
+        requests = [requests_of(server, c) for c in fully_evaluated]
+    last_rung = items_of(order[rung_sizes(n)[-2] :])  # examples no earlier rung ran
+    full = [[r for r in found if item_of(last_user_of(r)) in last_rung] for found in requests]
+    assert len(fully_evaluated) == 2 and all(full)
+    # Each one's first request arrived before any answer of the two: neither waited for the other.
+    assert max(min(r.started for r in found) for found in full) < min(
+        r.finished for found in full for r in found
+    )
+
+
+def race_records(loop: SearchLoop) -> tuple[Any, ...]:
+    return (
+        [(r.race, r.rung, dict(r.choice), r.example_ids, r.scores) for r in loop.rungs],
+        [(dict(f.choice), f.scores, f.reused) for f in loop.full_evals],
+    )
+
+
+async def test_a_race_stopped_during_its_full_evaluations_resumes_to_the_same_records(tmp_path: Path) -> None:
+    @asynccontextmanager
+    async def journaled(name: str) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
+        """The search loop of :func:`search_loop`, its steps journaled in ``tmp_path / name``."""
+        ctx = attrs.evolve(limited_context(10**6), journal=RunJournal.open(tmp_path / name))
+        assert ctx.journal is not None
+        try:
+            async with search_loop(racing=True) as (loop, server):
+                loop.memo = ctx.memo
+                yield loop, server
+        finally:
+            ctx.journal.close()
+
+    async def race(loop: SearchLoop, server: FakeOpenAIServer) -> int:
+        """Run the race of the five as-good combinations; returns the requests it sent."""
+        before = len(server.chat_requests)
+        await run_race(loop, AS_GOOD, allowance=4 * len(loop.valset))
+        return len(server.chat_requests) - before
+
+    async with journaled("reference") as (loop, server):
+        sent = await race(loop, server)
+        reference = race_records(loop)
+    assert len(reference[1]) == 3, "two full evaluations at once, after the baseline's"
+    async with journaled("run") as (loop, server):
+        with anyio.CancelScope() as scope:
+
+            async def stop_at_the_first(event: object) -> None:
+                if isinstance(event, FullEvaluation):
+                    scope.cancel()
+
+            loop.emit = stop_at_the_first
+            await race(loop, server)
+        assert scope.cancelled_caught and len(loop.full_evals) == 2
+    async with journaled("run") as (loop, server):
+        resumed = await race(loop, server)
+        assert race_records(loop) == reference
+    assert resumed < sent  # the rungs and the first full evaluation were read back
+
+
+async def test_full_evaluations_at_once_are_admitted_counting_those_admitted_before_them() -> None:
+    # No program run measured yet: a run is estimated at one call, a full evaluation at 100.
+    ctx = limited_context(150)
+    async with search_loop(racing=True) as (loop, server):
+        loop.admit_step, loop.memo = ctx.admit_step, ctx.memo
+        before = len(server.chat_requests)
+        with pytest.raises(LimitReached, match="cannot pay for a full evaluation"):
+            await loop.full_evaluations([dict(GOOD), dict(ALSO_GOOD)])
+        sent = server.chat_requests[before:]
+        fully_evaluated = [dict(f.choice) for f in loop.full_evals[1:]]
+    # The first was admitted, evaluated and recorded; the second, refused, sent nothing.
+    assert fully_evaluated == [GOOD]
+    assert sent and not any(system_of(r).startswith(INSTRUCTIONS[3]) for r in sent)
+
+
+async def test_full_evaluations_at_once_count_a_forks_reserve_once() -> None:
+    # An evaluation beside the trials keeps a reserve of program runs for them (50 here) at each
+    # admission: two full evaluations of 100 runs and the reserve make 250.
+    ctx = limited_context(250)
+    async with search_loop(racing=True) as (loop, _):
+        loop.admit_step, loop.memo = partial(_with_reserve, ctx.admit_step, 50), ctx.memo
+        await loop.full_evaluations([dict(GOOD), dict(ALSO_GOOD)])
+        fully_evaluated = [dict(f.choice) for f in loop.full_evals[1:]]
+    assert fully_evaluated == [GOOD, ALSO_GOOD]
 
 
 def test_a_rung_takes_the_racers_whose_halving_plan_the_allowance_pays_for() -> None:
@@ -186,9 +325,9 @@ async def test_racing_sends_no_more_requests_than_the_plain_schedule() -> None:
 
 async def test_same_seed_and_warm_cache_repeat_a_racing_run_with_no_new_requests(tmp_path: Path) -> None:
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
-        first = await optimize(server, tmp_path / "cache")
+        first = await optimize(server, tmp_path / "cache", seed=STOPS_EARLY)
         sent = len(server.chat_requests)
-        second = await optimize(server, tmp_path / "cache")
+        second = await optimize(server, tmp_path / "cache", seed=STOPS_EARLY)
         assert len(server.chat_requests) == sent
     assert any(t.stopped_early for t in first.trials)
     assert summary(second) == summary(first)
@@ -200,7 +339,9 @@ async def test_an_interrupted_racing_run_resumes_to_the_uninterrupted_result(
 ) -> None:
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
         events: list[aprompt.Event] = []
-        reference = await optimize(server, None, run_dir=tmp_path / "reference", on_event=events.append)
+        reference = await optimize(
+            server, None, run_dir=tmp_path / "reference", on_event=events.append, seed=STOPS_EARLY
+        )
         stop_after = max(1, int(stop_at_share * (len(events) - 1)))
         seen = 0
         with anyio.CancelScope() as scope:
@@ -211,8 +352,8 @@ async def test_an_interrupted_racing_run_resumes_to_the_uninterrupted_result(
                 if seen == stop_after:
                     scope.cancel()
 
-            await optimize(server, None, run_dir=tmp_path / "run", on_event=stop_at)
+            await optimize(server, None, run_dir=tmp_path / "run", on_event=stop_at, seed=STOPS_EARLY)
         assert scope.cancelled_caught, "the run was interrupted"
-        resumed = await optimize(server, None, run_dir=tmp_path / "run")
+        resumed = await optimize(server, None, run_dir=tmp_path / "run", seed=STOPS_EARLY)
     assert any(t.stopped_early for t in reference.trials)
     assert summary(resumed) == summary(reference)
