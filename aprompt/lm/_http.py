@@ -8,7 +8,9 @@ path, authentication headers, request body, response parsing and error-message e
 One call, in order: the cache (identical in-flight calls share one computation), then per attempt
 the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-loaded available), one of
 its slots and a connection (:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
-rate limiter, and only then the HTTP request. Retry back-offs and pauses are waited outside every slot.
+rate limiter, and only then the HTTP request, through our own HTTP/1.1 transport
+(:mod:`aprompt.lm._http11`), or httpx behind a proxy or with a caller's ``http_client``. Retry
+back-offs and pauses are waited outside every slot.
 
 Concurrency. An explicit ``max_concurrency`` is a fixed cap. Without one (the default) the cap adapts
 (:mod:`aprompt.lm.adaptive`): from the rate limits and the measured latency (Little's law) when a limit
@@ -507,8 +509,8 @@ class HTTPChatLM(abc.ABC):
         # Errors are raised outside the except blocks, so that nothing of the transport's is chained
         # onto ours.
         failure: LMError | None = None
-        # The timeout bounds the whole exchange: httpx's own bounds each read only, and a server
-        # sending a byte at a time would keep the call waiting for as long as it liked.
+        # The timeout bounds the whole exchange: our HTTP/1.1 transport has none of its own, httpx's
+        # bounds each read only, and a server sending a byte at a time would keep the call waiting.
         with anyio.move_on_after(self._timeout) as deadline:
             try:
                 reply = await transport.request(
