@@ -339,7 +339,8 @@ class HTTP11Transport:
         lines.extend(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in headers.items())
         if body or method != "GET":
             lines.append(b"Content-Length: %d\r\n" % len(body))
-        lines.append(b"Accept-Encoding: identity\r\n\r\n")
+        # Named, as httpx names itself: some gateways turn away requests that give no user agent.
+        lines.append(b"User-Agent: aprompt\r\nAccept-Encoding: identity\r\n\r\n")
         lines.append(body)
         return b"".join(lines)
 

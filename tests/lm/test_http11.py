@@ -155,7 +155,7 @@ async def post(transport: HTTP11Transport, server: ScriptedServer, body: bytes =
 
 # -- requests and replies ------------------------------------------------------------------------
 @both_backends
-async def test_a_request_carries_host_length_identity_encoding_the_headers_and_the_url_s_path_and_query(
+async def test_a_request_carries_host_length_agent_identity_encoding_the_headers_and_the_url_s_path_and_query(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
     server = await serve(
@@ -176,6 +176,7 @@ async def test_a_request_carries_host_length_identity_encoding_the_headers_and_t
         b"Authorization: Bearer sk-wire-test-0123456789",
         b"Content-Length: 8",
         b"Accept-Encoding: identity",
+        b"User-Agent: aprompt",
     }
     assert body == b'{"a": 1}'
 
