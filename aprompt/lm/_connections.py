@@ -1,11 +1,15 @@
-"""Connection lanes: one endpoint's keep-alive connections split over several small httpx clients.
+"""Connection lanes: one endpoint's keep-alive connections split over small transports, one per lane.
 
-Why: httpcore's connection pool re-scans all its connections (and, for each idle one, all of them
-again, with a socket poll each) whenever a request starts or finishes, so one pool of 256
-connections costs about 30 ms of CPU per request. Giving each lane its own small pool (by default
-one connection: the cheapest, measured in ``bench/lm_client.py``) keeps that cost constant. Each
-request holds one place in a lane for as long as it holds one of its endpoint's concurrency slots,
-so a lane never has more requests than connections and its pool never queues.
+A lane's transport is our own HTTP/1.1 client (:mod:`aprompt.lm._http11`) by default. It is an httpx
+client instead when the environment names a proxy for the endpoint (``HTTP(S)_PROXY``, ``ALL_PROXY``,
+not bypassed by ``NO_PROXY``: httpx speaks to proxies, ours does not), and the caller's own
+``httpx.AsyncClient`` for every place when one is passed in. Both satisfy
+:class:`~aprompt.lm._transport.Transport`.
+
+Why lanes: each request holds one place in a lane for as long as it holds one of its endpoint's
+concurrency slots, so a lane never has more requests than connections and never queues; a lane of one
+connection needs no pool at all (and httpcore's pool, when httpx serves a lane, re-scans all its
+connections whenever a request starts or finishes: ~30 ms of CPU per request with 256 in one pool).
 
 Places are handed out last-in first-out: at low concurrency the same warm connections are reused.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 import ssl
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -23,77 +28,82 @@ from typing import Any
 import httpcore  # noqa: F401
 import httpx
 
-__all__ = ["DEFAULT_LANE_SIZE", "ConnectionLanes", "LaneClientFactory"]
+from aprompt.lm._http11 import KEEPALIVE_EXPIRY, HTTP11Transport
+from aprompt.lm._transport import HttpxTransport, Transport
 
-#: Connections per lane: 1 makes httpcore's per-request pool scans cheapest (0.53 ms of client CPU
-#: per call at 256 concurrent, against 0.65 ms with 4 and 0.92 ms with 8).
+__all__ = ["DEFAULT_LANE_SIZE", "ConnectionLanes", "LaneTransports", "proxy_applies"]
+
+#: Connections per lane: 1, so that a lane needs no pool (with httpx lanes, 1 also makes httpcore's
+#: per-request pool scans cheapest: 0.53 ms of client CPU per call at 256 concurrent, against 0.65 ms
+#: with 4 and 0.92 ms with 8).
 DEFAULT_LANE_SIZE = 1
 
 
 class ConnectionLanes:
-    """Places in ``capacity / lane_size`` small httpx clients, created on first use.
+    """Places in ``capacity / lane_size`` small transports, created on first use.
 
     Args:
         capacity: requests in flight at once (the endpoint's concurrency cap).
-        make_client: builds one lane's client for ``max_connections`` connections.
+        make_transport: builds one lane's transport for ``connections`` connections.
         lane_size: connections per lane.
-        shared_client: use this one client for every place instead (a caller's own client).
+        shared: use this one transport for every place instead (over a caller's own client).
     """
 
     def __init__(
         self,
         capacity: int,
-        make_client: Callable[[int], httpx.AsyncClient],
+        make_transport: Callable[[int], Transport],
         *,
         lane_size: int = DEFAULT_LANE_SIZE,
-        shared_client: httpx.AsyncClient | None = None,
+        shared: Transport | None = None,
     ) -> None:
-        self._shared = shared_client
-        self._make_client = make_client
+        self._shared = shared
+        self._make_transport = make_transport
         self._lane_size = lane_size
-        if shared_client is not None:
+        if shared is not None:
             lanes, lane_size = 1, capacity
         else:
             lanes = math.ceil(capacity / lane_size)
-        self._clients: list[httpx.AsyncClient | None] = [shared_client] * lanes
+        self._transports: list[Transport | None] = [shared] * lanes
         # Free places, one per connection, lanes interleaved so that concurrent requests spread
         # over them; the first lane's are on top of the stack.
         self._free = [lane for _ in range(lane_size) for lane in reversed(range(lanes))]
         del self._free[:-capacity]
 
-    @property
-    def shared_client(self) -> httpx.AsyncClient | None:
-        """The caller's own client when one was given, else None."""
-        return self._shared
-
     def take(self) -> int:
         """Reserve a place; the caller must hold a concurrency slot (so one is always free)."""
         return self._free.pop()
 
-    def idle_client(self) -> httpx.AsyncClient | None:
-        """The client of the place the next request takes (its connection then serves that request), or
-        None when every place is taken; the shared client when there is one."""
+    def idle_transport(self) -> Transport | None:
+        """The transport of the place the next request takes (its connection then serves that
+        request), or None when every place is taken; the shared transport when there is one."""
         if self._shared is not None:
             return self._shared
-        return self.client(self._free[-1]) if self._free else None
+        return self.transport(self._free[-1]) if self._free else None
 
     def give(self, lane: int) -> None:
         self._free.append(lane)
 
-    def client(self, lane: int) -> httpx.AsyncClient:
-        client = self._clients[lane]
-        if client is None:
-            client = self._clients[lane] = self._make_client(self._lane_size)
-        return client
+    def transport(self, lane: int) -> Transport:
+        transport = self._transports[lane]
+        if transport is None:
+            transport = self._transports[lane] = self._make_transport(self._lane_size)
+        return transport
 
     async def aclose(self) -> None:
-        """Close the lanes' clients (a shared client is the caller's to close)."""
-        if self._shared is not None:
-            return
-        for index, client in enumerate(self._clients):
-            if client is not None:
-                self._clients[index] = None
-                await client.aclose()
+        """Close the lanes' transports (a caller's own client stays open)."""
+        for index, transport in enumerate(self._transports):
+            if transport is not None:
+                self._transports[index] = None
+                await transport.aclose()
+
+
+def proxy_applies(url: httpx.URL) -> bool:
+    """Whether the environment names a proxy for ``url`` that its ``NO_PROXY`` does not bypass."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(url.netloc.decode("ascii"))
 
 
 class _NoCookies(httpx.Cookies):
@@ -120,22 +130,41 @@ class _CookielessClient(httpx.AsyncClient):
         raise TypeError("a lane client keeps no cookies")
 
 
-class LaneClientFactory:
-    """Builds lane clients with one timeout and one TLS context (built once: it costs ~20 ms)."""
+class LaneTransports:
+    """Builds lane transports with one timeout and one TLS context (built once: it costs ~20 ms).
+
+    ``for_endpoint(url)`` gives the builder of one endpoint's lanes: :class:`HTTP11Transport`, or httpx
+    when a proxy applies to ``url`` (decided once, when the endpoint is set up).
+    """
 
     def __init__(self, timeout: float) -> None:
         self._timeout = httpx.Timeout(timeout)
         self._ssl: ssl.SSLContext | None = None
 
-    def __call__(self, connections: int) -> httpx.AsyncClient:
+    def for_endpoint(self, url: httpx.URL) -> Callable[[int], Transport]:
+        if proxy_applies(url):
+            return self.httpx_transport
+
+        def http11_transport(connections: int) -> Transport:
+            return HTTP11Transport(url, connections=connections, ssl_context=self.ssl_context)
+
+        return http11_transport
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of every lane: httpx's (certifi's roots, ``SSL_CERT_FILE`` honoured)."""
         if self._ssl is None:
             self._ssl = httpx.create_ssl_context()
-        return _CookielessClient(
-            verify=self._ssl,
+        return self._ssl
+
+    def httpx_transport(self, connections: int) -> Transport:
+        """A lane of an httpx client of its own (which reads the proxy environment)."""
+        client = _CookielessClient(
+            verify=self.ssl_context(),
             timeout=self._timeout,
             limits=httpx.Limits(
                 max_connections=connections,
                 max_keepalive_connections=connections,
-                keepalive_expiry=30.0,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
             ),
         )
+        return HttpxTransport(client, owned=True)

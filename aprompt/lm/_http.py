@@ -8,7 +8,9 @@ path, authentication headers, request body, response parsing and error-message e
 One call, in order: the cache (identical in-flight calls share one computation), then per attempt
 the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-loaded available), one of
 its slots and a connection (:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
-rate limiter, and only then the HTTP request. Retry back-offs and pauses are waited outside every slot.
+rate limiter, and only then the HTTP request, through our own HTTP/1.1 transport
+(:mod:`aprompt.lm._http11`), or httpx behind a proxy or with a caller's ``http_client``. Retry
+back-offs and pauses are waited outside every slot.
 
 Concurrency. An explicit ``max_concurrency`` is a fixed cap. Without one (the default) the cap adapts
 (:mod:`aprompt.lm.adaptive`): from the rate limits and the measured latency (Little's law) when a limit
@@ -64,7 +66,7 @@ from aprompt._errors import (
     ServerError,
     TruncatedResponseError,
 )
-from aprompt.lm._connections import ConnectionLanes, LaneClientFactory
+from aprompt.lm._connections import ConnectionLanes, LaneTransports
 from aprompt.lm._metering import admit_request
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
@@ -72,14 +74,14 @@ from aprompt.lm._replies import (
     TRUNCATION_RETRY_MAX_TOKENS,
     incomplete_reply,
     larger_budget,
-    read_capped,
 )
+from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter, TokenEstimator
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
-from aprompt.lm.retry import RetryPolicy, error_for_status, retry_after_from
+from aprompt.lm.retry import RetryPolicy, error_for_status, raw_retry_after
 from aprompt.lm.types import Completion, Message, canonical_params
 from aprompt.lm.usage import UsageCounter, UsageSnapshot, note_request
 
@@ -152,25 +154,28 @@ class HTTPChatLM(abc.ABC):
         self._model = model
         default_key = api_key if api_key is not None else _env(api_key_env)
         specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
-        make_client = LaneClientFactory(timeout)
+        transports = LaneTransports(timeout)
+        shared = HttpxTransport(http_client, owned=False) if http_client is not None else None
         states, keys = [], []
         for spec in specs:
             endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
             key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
             keys.append(key)
             capacity = endpoint.max_concurrency or max_concurrency or MAX_CONCURRENCY
+            url = public_url(endpoint.url)
+            make_transport = transports.for_endpoint(httpx.URL(url))
             states.append(
                 EndpointState(
-                    public_url(endpoint.url),
+                    url,
                     headers=self._auth_headers(key),
                     capacity=capacity,
                     limiter=RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute),
-                    lanes=ConnectionLanes(capacity, make_client, shared_client=http_client),
+                    lanes=ConnectionLanes(capacity, make_transport, shared=shared),
                 )
             )
         self._secrets = tuple({key for key in keys if key})
         # Parsed once: httpx would parse a string URL again for every request.
-        self._request_urls = {state.url: httpx.URL(state.url + self.path) for state in states}
+        self._request_urls = {state.url: request_url(state.url, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         self._estimator = TokenEstimator()  # reservations calibrated by the prompt tokens reported
@@ -322,7 +327,9 @@ class HTTPChatLM(abc.ABC):
                 continue
             skip.add(identity)
             # Through the connection the first call will take: it stays open for it.
-            await probe_endpoint(state.url, state.headers, client=state.lanes.idle_client(), within=within)
+            await probe_endpoint(
+                state.url, state.headers, transport=state.lanes.idle_transport(), within=within
+            )
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).
@@ -431,7 +438,7 @@ class HTTPChatLM(abc.ABC):
                 if is_retry:
                     self._usage.retries += 1
                 sent = time.monotonic()
-                completion = await self._exchange(lease.client, endpoint, payload)
+                completion = await self._exchange(lease.transport, endpoint, payload)
                 if meter is not None:
                     meter.settle(self._model, completion.usage)
                 # A server that reports no usage keeps the estimate charged.
@@ -498,34 +505,31 @@ class HTTPChatLM(abc.ABC):
             rates.append(min(own, pooled) if own is not None and pooled is not None else own or pooled)
         return rates[0], rates[1]
 
-    async def _exchange(
-        self, client: httpx.AsyncClient, endpoint: EndpointState, payload: bytes
-    ) -> Completion:
-        # Errors are raised outside the except blocks so that no httpx exception, whose request
-        # carries the Authorization header, is chained onto ours.
+    async def _exchange(self, transport: Transport, endpoint: EndpointState, payload: bytes) -> Completion:
+        # Errors are raised outside the except blocks, so that nothing of the transport's is chained
+        # onto ours.
         failure: LMError | None = None
-        content, too_large = b"", False
-        # The timeout bounds the whole exchange: httpx's own bounds each read only, and a server
-        # sending a byte at a time would keep the call waiting for as long as it liked.
+        # The timeout bounds the whole exchange: our HTTP/1.1 transport has none of its own, httpx's
+        # bounds each read only, and a server sending a byte at a time would keep the call waiting.
         with anyio.move_on_after(self._timeout) as deadline:
             try:
-                async with client.stream(
-                    "POST", self._request_urls[endpoint.url], content=payload, headers=endpoint.headers
-                ) as response:
-                    content, too_large = await read_capped(response, self._max_response_bytes)
-            except httpx.TimeoutException:
-                failure = self._timed_out(endpoint)
-            except httpx.HTTPError as exc:
-                failure = LMConnectionError(
-                    self._scrub(f"connection failed: {type(exc).__name__}: {exc}"),
-                    endpoint=endpoint.url,
+                reply = await transport.request(
+                    "POST",
+                    self._request_urls[endpoint.url],
+                    endpoint.headers,
+                    payload,
+                    self._max_response_bytes,
                 )
+            except TransportTimeout:
+                failure = self._timed_out(endpoint)
+            except TransportError as exc:
+                failure = LMConnectionError(self._scrub(f"connection failed: {exc}"), endpoint=endpoint.url)
         if deadline.cancelled_caught:
             failure = self._timed_out(endpoint)
         if failure is not None:
             raise failure
-        status = response.status_code
-        stated = self._stated_limits(response.headers.raw)
+        status, headers, content, too_large = reply
+        stated = self._stated_limits(headers)
         if stated is not None:
             apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
         if not 200 <= status < 300:
@@ -533,7 +537,7 @@ class HTTPChatLM(abc.ABC):
                 status,
                 self._scrub(self._server_message(content))[:_MESSAGE_CHARS],
                 endpoint=endpoint.url,
-                retry_after=retry_after_from(response.headers),
+                retry_after=raw_retry_after(headers),
             )
         if too_large:
             raise BadResponseError(
@@ -591,6 +595,17 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def request_url(base_url: str, path: str) -> httpx.URL:
+    """``path`` appended to the base URL's path, the base URL's query kept after it.
+
+    Example:
+        >>> str(request_url("https://host/v1?api-version=1", "/chat/completions"))
+        'https://host/v1/chat/completions?api-version=1'
+    """
+    base = httpx.URL(base_url)
+    return base.copy_with(path=base.path.rstrip("/") + path)
 
 
 def _env(name: str | None) -> str | None:

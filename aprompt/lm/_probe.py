@@ -8,56 +8,63 @@ the failures that would make every later call fail.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
+import anyio
 import httpx
 
 from aprompt._errors import AuthenticationError, LMConnectionError
+from aprompt.lm._transport import HttpxTransport, Transport, TransportError
 
 __all__ = ["probe_endpoint"]
 
+# The longest answer body read: the probe needs only an error message out of it.
+_MAX_PROBE_BYTES = 2**20
+
 
 async def probe_endpoint(
-    url: str, headers: Mapping[str, str], *, client: httpx.AsyncClient | None = None, within: float = 5.0
+    url: str, headers: Mapping[str, str], *, transport: Transport | None = None, within: float = 5.0
 ) -> None:
-    """Probe the endpoint at base URL ``url`` once, through ``client`` (a temporary one by default).
+    """Probe the endpoint at base URL ``url`` once, through ``transport`` (a temporary httpx client's
+    by default).
 
     Raises:
         LMConnectionError: it refused the connection or did not answer within ``within`` seconds.
         AuthenticationError: it answered 401 or 403.
     """
-    if client is None:
+    if transport is None:
         async with httpx.AsyncClient(timeout=within) as own_client:
-            return await probe_endpoint(url, headers, client=own_client, within=within)
+            own = HttpxTransport(own_client, owned=False)
+            return await probe_endpoint(url, headers, transport=own, within=within)
     problem = ""
-    try:
-        response = await client.get(url + "/models", headers=dict(headers), timeout=within)
-    except httpx.TimeoutException:
+    with anyio.move_on_after(within) as deadline:
+        try:
+            reply = await transport.request("GET", httpx.URL(url + "/models"), headers, b"", _MAX_PROBE_BYTES)
+        except TransportError as exc:
+            # Its message names host and port, never the headers.
+            problem = _scrub(str(exc), headers)
+    if deadline.cancelled_caught:
         problem = f"no answer within {within:g} s"
-    except httpx.HTTPError as exc:
-        # The message of a connection error names host and port, never the headers.
-        problem = f"{type(exc).__name__}: {_scrub(str(exc), headers)}"
     if problem:
-        # Raised outside the except block: httpx's exceptions hold the request and its headers.
         raise LMConnectionError(f"cannot reach the LM endpoint ({problem})", endpoint=url)
-    if response.status_code in (401, 403):
-        detail = _scrub(_server_message(response), headers)
+    if reply.status in (401, 403):
+        detail = _scrub(_server_message(reply.content), headers)
         raise AuthenticationError(
-            f"the LM endpoint refused the API key (HTTP {response.status_code}"
-            + (f": {detail})" if detail else ")"),
-            status_code=response.status_code,
+            f"the LM endpoint refused the API key (HTTP {reply.status}" + (f": {detail})" if detail else ")"),
+            status_code=reply.status,
             server_message=detail,
             endpoint=url,
         )
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(content: bytes) -> str:
     try:
-        error = response.json()["error"]
+        error = json.loads(content)["error"]
         message = error["message"] if isinstance(error, dict) else error
         return str(message)[:300]
     except (ValueError, KeyError, TypeError):
-        return response.text.strip()[:300]
+        return content.decode("utf-8", "replace").strip()[:300]
 
 
 def _scrub(text: str, headers: Mapping[str, str]) -> str:

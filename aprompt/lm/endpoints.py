@@ -185,9 +185,9 @@ class EndpointPool:
 
 class EndpointLease:
     """An async context manager: choose an endpoint, count it in flight, hold one of its slots and a
-    place in one of its connection lanes (:attr:`endpoint`, :attr:`client`)."""
+    place in one of its connection lanes (:attr:`endpoint`, :attr:`transport`)."""
 
-    __slots__ = ("_lane", "_pool", "client", "endpoint")
+    __slots__ = ("_lane", "_pool", "endpoint", "transport")
 
     def __init__(self, pool: EndpointPool) -> None:
         self._pool = pool
@@ -202,7 +202,7 @@ class EndpointLease:
             raise
         self.endpoint = endpoint
         self._lane = endpoint.lanes.take()
-        self.client = endpoint.lanes.client(self._lane)
+        self.transport = endpoint.lanes.transport(self._lane)
         return self
 
     async def __aexit__(

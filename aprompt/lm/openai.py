@@ -55,8 +55,10 @@ class OpenAICompatibleLM(HTTPChatLM):
         cache: a :class:`~aprompt.lm.cache.ResponseCache`; hits make no request. Not closed by us.
         default_params: sampling parameters sent with every request unless overridden per call.
         http_client: an ``httpx.AsyncClient`` to send every request with instead of our own
-            connection lanes (not closed by us; keep its pool small: httpcore's pool costs
-            CPU per request in proportion to the square of its connections).
+            HTTP/1.1 connection lanes (not closed by us; keep its pool small: httpcore's pool costs
+            CPU per request in proportion to the square of its connections). Without one, an
+            endpoint behind a proxy named by the environment (``HTTPS_PROXY`` ...) is reached through
+            httpx clients of our own.
         endpoint_cooldown: seconds an endpoint is avoided after a connection error, timeout or 5xx.
         max_response_bytes: the longest response body read (default 10 MiB); a longer one fails the
             attempt with :class:`~aprompt._errors.BadResponseError` (retried).

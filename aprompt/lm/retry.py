@@ -7,7 +7,7 @@ from __future__ import annotations
 import email.utils
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 import anyio
@@ -26,7 +26,14 @@ from aprompt._errors import (
     TruncatedResponseError,
 )
 
-__all__ = ["RETRYABLE_ERRORS", "RetryPolicy", "error_for_status", "parse_retry_after", "retry_after_from"]
+__all__ = [
+    "RETRYABLE_ERRORS",
+    "RetryPolicy",
+    "error_for_status",
+    "parse_retry_after",
+    "raw_retry_after",
+    "retry_after_from",
+]
 
 #: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections, malformed, empty, filtered
 #: or too large bodies (:class:`BadResponseError` and its subclasses) -- except a
@@ -186,3 +193,18 @@ def error_for_status(
     elif 400 <= status < 500:
         kind = RequestRejectedError
     return kind(message, status_code=status, server_message=server_message, endpoint=endpoint)
+
+
+def raw_retry_after(raw: Iterable[tuple[bytes, bytes]]) -> float | None:
+    """:func:`retry_after_from` of raw ``(name, value)`` byte pairs, names in any case.
+
+    Example:
+        >>> raw_retry_after([(b"Retry-After", b"3")])
+        3.0
+    """
+    found = {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in raw
+        if name[:11].lower() == b"retry-after"
+    }
+    return retry_after_from(found)

@@ -275,6 +275,25 @@ class FakeOpenAIServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         status, fault_name, body = 200, None, None
+        recorded = False
+
+        def record() -> None:
+            # Before the reply's last byte goes out: a client holding its reply sees the record.
+            nonlocal recorded
+            if self.record and not recorded:
+                recorded = True
+                self.requests.append(
+                    RecordedRequest(
+                        path=path,
+                        body=body,
+                        headers={k: v for k, v in headers.items()},
+                        started=started,
+                        finished=time.monotonic(),
+                        status=status,
+                        fault=fault_name,
+                    )
+                )
+
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -288,7 +307,7 @@ class FakeOpenAIServer:
             if status < 0:  # dropped connection
                 return False
             extra_headers = {**extra_headers, **self._more_headers(method, status)}
-            await _send(stream, status, payload, extra_headers)
+            await _send(stream, status, payload, extra_headers, before_last=record)
             return True
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
@@ -296,18 +315,7 @@ class FakeOpenAIServer:
             self.in_flight -= 1
             if status == 200 and fault_name is None:
                 self.answered += 1
-            if self.record:
-                self.requests.append(
-                    RecordedRequest(
-                        path=path,
-                        body=body,
-                        headers={k: v for k, v in headers.items()},
-                        started=started,
-                        finished=time.monotonic(),
-                        status=status,
-                        fault=fault_name,
-                    )
-                )
+            record()
 
     def _refuse_in_outage(self) -> Answer | None:
         if not self.in_outage:
@@ -552,7 +560,11 @@ async def _send(
     status: int,
     payload: bytes | StreamedBody,
     extra_headers: dict[str, str],
+    *,
+    before_last: Callable[[], None],
 ) -> None:
+    """Send one reply; ``before_last`` is called just before its last piece is sent (a streamed body
+    without chunks excepted: its last piece is not known in advance)."""
     reason = _REASONS.get(status, "Error" if status >= 400 else "OK")
     chunked = isinstance(payload, StreamedBody) and payload.chunked
     length = payload.length if isinstance(payload, StreamedBody) else len(payload)
@@ -565,12 +577,14 @@ async def _send(
     head += [f"{name}: {value}" for name, value in extra_headers.items()]
     head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
     if not isinstance(payload, StreamedBody):
+        before_last()
         await stream.send(head_bytes + payload)
         return
     await stream.send(head_bytes)
     async for piece in payload.pieces():
         await stream.send(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
     if chunked:
+        before_last()
         await stream.send(b"0\r\n\r\n")
 
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from aprompt._errors import ConfigError
-from aprompt.lm._connections import ConnectionLanes, LaneClientFactory
+from aprompt.lm._connections import ConnectionLanes, LaneTransports
+from aprompt.lm._transport import HttpxTransport
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
 from aprompt.lm.limits import RateLimiter
 from aprompt.lm.openai import OpenAICompatibleLM
@@ -42,7 +43,7 @@ def question(index: int) -> list[Message]:
 
 
 def state(url: str, capacity: int = 4) -> EndpointState:
-    lanes = ConnectionLanes(capacity, LaneClientFactory(timeout=1.0))
+    lanes = ConnectionLanes(capacity, LaneTransports(timeout=1.0).httpx_transport)
     return EndpointState(url, headers={}, capacity=capacity, limiter=RateLimiter(), lanes=lanes)
 
 
@@ -87,7 +88,7 @@ def test_pool_still_routes_when_every_endpoint_is_unhealthy() -> None:
 
 
 def test_lanes_hand_out_places_last_in_first_out_and_spread_when_busy() -> None:
-    lanes = ConnectionLanes(4, LaneClientFactory(timeout=1.0), lane_size=2)
+    lanes = ConnectionLanes(4, LaneTransports(timeout=1.0).httpx_transport, lane_size=2)
     first = lanes.take()
     lanes.give(first)
     assert lanes.take() == first  # a lone caller keeps its warm connection
@@ -96,9 +97,12 @@ def test_lanes_hand_out_places_last_in_first_out_and_spread_when_busy() -> None:
 
 async def test_lanes_over_a_shared_client_give_every_slot_that_client() -> None:
     async with httpx.AsyncClient() as client:
-        lanes = ConnectionLanes(3, LaneClientFactory(timeout=1.0), shared_client=client)
+        shared = HttpxTransport(client, owned=False)
+        lanes = ConnectionLanes(3, LaneTransports(timeout=1.0).httpx_transport, shared=shared)
         places = [lanes.take() for _ in range(3)]
-        assert {id(lanes.client(place)) for place in places} == {id(client)}
+        assert {id(lanes.transport(place)) for place in places} == {id(shared)}
+        await lanes.aclose()
+        assert not client.is_closed
 
 
 # -- routing against two servers -----------------------------------------------------------------

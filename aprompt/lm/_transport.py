@@ -1,0 +1,91 @@
+"""What a connection lane sends requests through: one request in, its reply (status, raw headers, body
+within a size cap) out, and one error type for every way the exchange can fail on the way.
+
+Two transports satisfy :class:`Transport`: our own HTTP/1.1 client (:mod:`aprompt.lm._http11`, the
+default) and :class:`HttpxTransport` over an ``httpx.AsyncClient`` (a caller's own client, or ours when
+a proxy applies to the endpoint). :mod:`aprompt.lm._http` does not care which one a lane holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol
+
+import httpx
+
+from aprompt.lm._replies import read_capped
+
+__all__ = ["HttpxTransport", "Reply", "Transport", "TransportError", "TransportTimeout"]
+
+
+class Reply(NamedTuple):
+    """One reply: its status, its headers as sent (``(name, value)`` byte pairs, names in the server's
+    case), its body (decoded, at most the cap) and whether the body was longer than the cap (then it
+    is cut and the rest was not read)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+    too_large: bool
+
+
+class TransportError(Exception):
+    """The exchange failed on the way (connecting, TLS, sending, a broken or malformed reply). Its
+    message names the failure and never a header value, so never a key."""
+
+
+class TransportTimeout(TransportError):
+    """The transport's own timeout ran out (httpx's per-operation timeouts)."""
+
+
+class Transport(Protocol):
+    """Sends one request at a time per connection it holds; owned by one connection lane."""
+
+    async def request(
+        self, method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes, cap: int
+    ) -> Reply:
+        """Send ``body`` to ``url`` and read the reply, its body up to ``cap`` bytes.
+
+        Raises:
+            TransportError: the exchange failed before a whole reply arrived.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connections it holds (a caller's own client stays open)."""
+        ...
+
+
+class HttpxTransport:
+    """:class:`Transport` over an ``httpx.AsyncClient``; closes it only when ``owned``."""
+
+    __slots__ = ("_client", "_owned")
+
+    def __init__(self, client: httpx.AsyncClient, *, owned: bool) -> None:
+        self._client = client
+        self._owned = owned
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return self._client
+
+    async def request(
+        self, method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes, cap: int
+    ) -> Reply:
+        # Raised outside the except blocks: httpx's exceptions hold the request, whose headers hold
+        # the key, and would be chained onto ours.
+        failure: TransportError | None = None
+        try:
+            async with self._client.stream(method, url, content=body or None, headers=headers) as response:
+                content, too_large = await read_capped(response, cap)
+        except httpx.TimeoutException as exc:
+            failure = TransportTimeout(f"{type(exc).__name__}: {exc}")
+        except httpx.HTTPError as exc:
+            failure = TransportError(f"{type(exc).__name__}: {exc}")
+        if failure is not None:
+            raise failure
+        return Reply(response.status_code, response.headers.raw, content, too_large)
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.aclose()

@@ -1,0 +1,546 @@
+"""Our HTTP/1.1 transport against raw loopback servers with scripted replies (plain and TLS), and the
+choice of httpx when the environment names a proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+from anyio.streams.tls import TLSListener
+
+from aprompt._errors import LMConnectionError
+from aprompt.lm._connections import LaneTransports, proxy_applies
+from aprompt.lm._http import request_url
+from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, HTTP11Transport
+from aprompt.lm._transport import HttpxTransport, TransportError
+from aprompt.lm.openai import OpenAICompatibleLM
+from aprompt.lm.retry import raw_retry_after
+
+pytestmark = pytest.mark.anyio
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+CERTIFICATE = Path(__file__).with_name("loopback_tls.pem")
+CAP = 1000
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-wire-test-0123456789"}
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+COMPLETION = json.dumps(
+    {
+        "choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+).encode()
+
+
+class Peer:
+    """The server's side of one connection: reads requests, sends scripted bytes."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, server: ScriptedServer) -> None:
+        self.stream = stream
+        self._server = server
+        self._buffer = b""
+
+    async def read_request(self) -> bytes | None:
+        """The next request (head and body), or None when the client closed the connection."""
+        while b"\r\n\r\n" not in self._buffer:
+            try:
+                self._buffer += await self.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return None
+        head, _, rest = self._buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += await self.stream.receive()
+        self._buffer = rest[length:]
+        request = head + b"\r\n\r\n" + rest[:length]
+        self._server.requests.append(request)
+        return request
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+
+Script = Callable[[Peer], Awaitable[None]]
+
+
+class ScriptedServer:
+    """A loopback server that runs ``script`` on each connection it accepts, counting connections and
+    recording requests."""
+
+    def __init__(self, script: Script, *, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"):
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._tls = tls
+        self._host = host
+        self.url = httpx.URL()
+
+    async def __aenter__(self) -> ScriptedServer:
+        listener: anyio.abc.Listener[anyio.abc.ByteStream] = await anyio.create_tcp_listener(
+            local_host=self._host
+        )
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        if self._tls is not None:
+            listener = TLSListener(listener, self._tls, standard_compatible=False)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        scheme = "https" if self._tls else "http"
+        self.url = httpx.URL(f"{scheme}://{host}:{port}/v1/chat/completions?api-version=2")
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._group.start_soon(listener.serve, self._serve)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._group.cancel_scope.cancel()
+        await self._group.__aexit__(None, None, None)
+
+    async def _serve(self, stream: anyio.abc.ByteStream) -> None:
+        self.connections += 1
+        async with stream:
+            try:
+                await self.script(Peer(stream, self))
+            except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
+                pass
+
+
+def replying(*replies: bytes, close: bool = False) -> Script:
+    """A script: the server's n-th request, on whichever connection, gets the n-th reply (the last one
+    repeats); with ``close`` the server closes each connection after one reply."""
+    served = 0
+
+    async def script(peer: Peer) -> None:
+        nonlocal served
+        while await peer.read_request() is not None:
+            served += 1
+            await peer.send(replies[min(served, len(replies)) - 1])
+            if close:
+                return
+
+    return script
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[ScriptedServer]]]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(script: Script, **options: object) -> ScriptedServer:
+            return await stack.enter_async_context(ScriptedServer(script, **options))  # type: ignore[arg-type]
+
+        yield start
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def post(transport: HTTP11Transport, server: ScriptedServer, body: bytes = b"{}", cap: int = CAP):
+    return await transport.request("POST", server.url, HEADERS, body, cap)
+
+
+# -- requests and replies ------------------------------------------------------------------------
+@both_backends
+async def test_a_request_carries_host_length_agent_identity_encoding_the_headers_and_the_url_s_path_and_query(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(
+        replying(b"HTTP/1.1 200 OK\r\nX-Ratelimit-Limit-Requests: 60\r\nContent-Length: 5\r\n\r\nhello")
+    )
+    transport = HTTP11Transport(server.url)
+    reply = await post(transport, server, b'{"a": 1}')
+    await transport.aclose()
+    assert reply.status == 200
+    assert reply.headers == [(b"X-Ratelimit-Limit-Requests", b"60"), (b"Content-Length", b"5")]
+    assert (reply.content, reply.too_large) == (b"hello", False)
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/chat/completions?api-version=2 HTTP/1.1"
+    assert set(lines[1:]) == {
+        b"Host: 127.0.0.1:%d" % server.url.port,
+        b"Content-Type: application/json",
+        b"Authorization: Bearer sk-wire-test-0123456789",
+        b"Content-Length: 8",
+        b"Accept-Encoding: identity",
+        b"User-Agent: aprompt",
+    }
+    assert body == b'{"a": 1}'
+
+
+@both_backends
+async def test_sequential_requests_reuse_one_keep_alive_connection(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(replying(OK))
+    transport = HTTP11Transport(server.url)
+    replies = [await post(transport, server) for _ in range(3)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"ok"] * 3
+    assert server.connections == 1
+
+
+@both_backends
+async def test_a_chunked_body_is_joined_and_its_trailers_skipped(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: yes\r\nX-Other: 1\r\n\r\n"
+    )
+    server = await serve(replying(chunked))
+    transport = HTTP11Transport(server.url)
+    first = await post(transport, server)
+    second = await post(transport, server)
+    await transport.aclose()
+    assert first.content == second.content == b"hello world"
+    assert server.connections == 1  # the trailers were read to their end: the connection is reusable
+
+
+async def test_a_chunked_reply_arriving_a_byte_at_a_time_is_read_whole(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+
+    async def trickle(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            for byte in chunked:
+                await peer.send(bytes([byte]))
+
+    server = await serve(trickle)
+    transport = HTTP11Transport(server.url)
+    replies = [await post(transport, server) for _ in range(2)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"abcde"] * 2
+
+
+async def test_a_body_without_length_is_read_until_close_and_its_connection_not_reused(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(replying(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", close=True))
+    transport = HTTP11Transport(server.url)
+    replies = [await post(transport, server) for _ in range(2)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"until the end"] * 2
+    assert server.connections == 2
+
+
+async def test_interim_100_continue_replies_are_skipped(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(
+        replying(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
+    )
+    transport = HTTP11Transport(server.url)
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert (reply.status, reply.content) == (200, b"ok")
+
+
+async def test_a_gzip_body_is_decoded(serve: Callable[..., Awaitable[ScriptedServer]]) -> None:
+    packed = gzip.compress(b"a compressed answer " * 20)
+    server = await serve(
+        replying(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(packed), packed)
+        )
+    )
+    transport = HTTP11Transport(server.url)
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert reply.content == b"a compressed answer " * 20
+
+
+async def test_a_reply_with_connection_close_or_http_1_0_is_not_reused(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    old = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    old_kept = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
+    server = await serve(replying(closing, old, old_kept, old_kept))
+    transport = HTTP11Transport(server.url)
+    for _ in range(4):
+        await post(transport, server)
+    await transport.aclose()
+    # closing, then old (a new connection each), then old_kept twice on a third connection
+    assert server.connections == 3
+
+
+# -- the size cap --------------------------------------------------------------------------------
+async def test_a_declared_length_over_the_cap_is_not_read_and_the_connection_is_dropped(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000
+    server = await serve(replying(big, OK))
+    transport = HTTP11Transport(server.url)
+    capped = await post(transport, server)
+    after = await post(transport, server)
+    await transport.aclose()
+    assert (capped.status, capped.content, capped.too_large) == (200, b"", True)
+    assert (after.content, server.connections) == (b"ok", 2)
+
+
+async def test_a_chunked_body_over_the_cap_is_cut_at_the_cap(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    piece = b"y" * 600
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"258\r\n%b\r\n" % piece) * 4
+        + b"0\r\n\r\n"
+    )
+    server = await serve(replying(chunked))
+    transport = HTTP11Transport(server.url)
+    reply = await post(transport, server)
+    await post(transport, server)
+    await transport.aclose()
+    assert (reply.content, reply.too_large) == (b"y" * CAP, True)
+    assert server.connections == 2
+
+
+async def test_a_gzip_body_decoding_over_the_cap_is_cut_at_the_cap(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    packed = gzip.compress(b"z" * 50_000)  # a few hundred bytes that decode to 50 kB
+    server = await serve(
+        replying(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(packed), packed)
+        )
+    )
+    transport = HTTP11Transport(server.url)
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert (reply.content, reply.too_large) == (b"z" * CAP, True)
+
+
+# -- stale and broken connections ----------------------------------------------------------------
+@both_backends
+async def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_request(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    closed = anyio.Event()
+
+    async def one_then_close(peer: Peer) -> None:
+        await replying(OK, close=True)(peer)
+        await peer.stream.aclose()
+        closed.set()
+
+    server = await serve(one_then_close)
+    transport = HTTP11Transport(server.url)
+    await post(transport, server)
+    await closed.wait()
+    await anyio.sleep(0.05)  # the FIN reaches the client's socket
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert (reply.content, server.connections, len(server.requests)) == (b"ok", 2, 2)
+
+
+async def test_a_request_failing_without_a_reply_after_a_long_idle_is_sent_once_more_on_a_fresh_connection(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    clock = Clock()
+    server = await serve(close_on_second_request())
+    transport = HTTP11Transport(server.url, clock=clock)
+    await post(transport, server)
+    clock.now += IDLE_CLOSE_MIN  # long enough for a server to close it for idling
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert (reply.content, server.connections, len(server.requests)) == (b"ok", 2, 3)
+
+
+async def test_a_request_dropped_without_a_reply_soon_after_the_last_is_a_failure_sent_once(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(close_on_second_request())
+    transport = HTTP11Transport(server.url, clock=Clock())
+    await post(transport, server)
+    with pytest.raises(TransportError, match="closed the connection without replying"):
+        await post(transport, server)
+    await transport.aclose()
+    assert (server.connections, len(server.requests)) == (1, 2)
+
+
+def close_on_second_request() -> Script:
+    """Answers a connection's first request, reads its second and closes without a reply."""
+
+    async def script(peer: Peer) -> None:
+        if await peer.read_request() is not None:
+            await peer.send(OK)
+            await peer.read_request()
+
+    return script
+
+
+async def test_an_idle_connection_past_the_keep_alive_expiry_is_not_reused(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    clock = Clock()
+    server = await serve(replying(OK))
+    transport = HTTP11Transport(server.url, clock=clock)
+    await post(transport, server)
+    clock.now += KEEPALIVE_EXPIRY
+    await post(transport, server)
+    await transport.aclose()
+    assert server.connections == 2
+
+
+async def test_a_reset_within_the_body_fails_the_request_once_without_resending(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    async def reset_mid_body(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+            raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            await peer.stream.aclose()  # linger 0: a reset, not a FIN
+            return
+
+    server = await serve(reset_mid_body)
+    transport = HTTP11Transport(server.url, clock=Clock())
+    with pytest.raises(TransportError):
+        await post(transport, server)
+    async with OpenAICompatibleLM(
+        "m", str(server.url.copy_with(path="/v1", query=None)), max_retries=0
+    ) as lm:
+        with pytest.raises(LMConnectionError, match="connection failed"):
+            await lm.chat([{"role": "user", "content": "hi"}])
+    await transport.aclose()
+    assert (server.connections, len(server.requests)) == (2, 2)
+
+
+async def test_a_malformed_status_line_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(replying(b"HTTP/1.1 OK 200\r\nContent-Length: 2\r\n\r\nok"))
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="malformed status line"):
+        await post(transport, server)
+    await transport.aclose()
+
+
+async def test_a_refused_connection_is_a_transport_error_naming_no_header() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    transport = HTTP11Transport(httpx.URL(f"http://127.0.0.1:{port}/v1"))
+    with pytest.raises(TransportError) as caught:
+        await transport.request("POST", httpx.URL(f"http://127.0.0.1:{port}/v1"), HEADERS, b"{}", CAP)
+    assert "sk-wire-test" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+async def test_an_ipv6_literal_is_connected_to_and_named_in_brackets(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = await serve(replying(OK), host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    transport = HTTP11Transport(server.url)
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert reply.content == b"ok"
+    assert b"\r\nHost: [::1]:%d\r\n" % server.url.port in server.requests[0]
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+def server_tls() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(CERTIFICATE)
+    return context
+
+
+@both_backends
+async def test_tls_requests_are_verified_and_reuse_their_connection(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(replying(OK), tls=server_tls())
+    url = server.url.copy_with(host="localhost")
+    trusting = ssl.create_default_context(cafile=str(CERTIFICATE))
+    transport = HTTP11Transport(url, ssl_context=lambda: trusting)
+    replies = [await transport.request("POST", url, HEADERS, b"{}", CAP) for _ in range(2)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"ok", b"ok"]
+    assert server.connections == 1
+
+
+async def test_a_tls_certificate_not_trusted_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(replying(OK), tls=server_tls())
+    transport = HTTP11Transport(server.url, ssl_context=ssl.create_default_context)
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        await post(transport, server)
+    await transport.aclose()
+
+
+async def test_an_https_lm_uses_the_lanes_tls_context_which_honours_ssl_cert_file(
+    serve: Callable[..., Awaitable[ScriptedServer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(CERTIFICATE))
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(COMPLETION), COMPLETION)
+    server = await serve(replying(answer), tls=server_tls())
+    async with OpenAICompatibleLM("m", f"https://localhost:{server.url.port}/v1", api_key="k") as lm:
+        completions = [await lm.chat([{"role": "user", "content": f"hi {i}"}]) for i in range(2)]
+    assert [completion.text for completion in completions] == ["hi", "hi"]
+    assert server.connections == 1
+
+
+# -- proxies select httpx ------------------------------------------------------------------------
+async def test_with_a_proxy_in_the_environment_requests_go_through_it_with_httpx(
+    serve: Callable[..., Awaitable[ScriptedServer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(COMPLETION), COMPLETION)
+    proxy = await serve(replying(answer))
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.url.port}")
+    endpoint = httpx.URL("http://llm.invalid:8000/v1")
+    assert proxy_applies(endpoint)
+    assert isinstance(LaneTransports(timeout=1.0).for_endpoint(endpoint)(1), HttpxTransport)
+    async with OpenAICompatibleLM("m", str(endpoint), api_key="k") as lm:
+        completion = await lm.chat([{"role": "user", "content": "hi"}])
+    assert completion.text == "hi"
+    assert proxy.requests[0].startswith(b"POST http://llm.invalid:8000/v1/chat/completions HTTP/1.1\r\n")
+
+
+def test_an_endpoint_no_proxy_bypasses_uses_our_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    assert not proxy_applies(httpx.URL("http://127.0.0.1:8000/v1"))
+    assert proxy_applies(httpx.URL("http://gpu-1:8000/v1"))
+    assert isinstance(
+        LaneTransports(timeout=1.0).for_endpoint(httpx.URL("http://127.0.0.1:8000/v1"))(1), HTTP11Transport
+    )
+
+
+# -- what the LM path reads from a reply ---------------------------------------------------------
+def test_the_request_url_appends_the_path_to_the_base_path_and_keeps_the_query() -> None:
+    assert str(request_url("https://host/v1?api-version=2", "/chat/completions")) == (
+        "https://host/v1/chat/completions?api-version=2"
+    )
+    assert str(request_url("http://[::1]:8000/v1/", "/messages")) == "http://[::1]:8000/v1/messages"
+
+
+def test_retry_after_is_read_from_raw_headers_in_any_case() -> None:
+    assert raw_retry_after([(b"Retry-After", b"3")]) == 3.0
+    assert raw_retry_after([(b"retry-after", b"3"), (b"Retry-After-Ms", b"250")]) == 0.25
+    assert raw_retry_after([(b"Content-Length", b"2")]) is None
