@@ -75,7 +75,7 @@ from aprompt.lm._replies import (
     incomplete_reply,
     larger_budget,
 )
-from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout
+from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout, request_url
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
@@ -595,17 +595,6 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def request_url(base_url: str, path: str) -> httpx.URL:
-    """``path`` appended to the base URL's path, the base URL's query kept after it.
-
-    Example:
-        >>> str(request_url("https://host/v1?api-version=1", "/chat/completions"))
-        'https://host/v1/chat/completions?api-version=1'
-    """
-    base = httpx.URL(base_url)
-    return base.copy_with(path=base.path.rstrip("/") + path)
 
 
 def _env(name: str | None) -> str | None:

@@ -1,4 +1,5 @@
-"""One token-free check of an endpoint: ``GET {base_url}/models`` with the client's own headers.
+"""One token-free check of an endpoint: ``GET {base_url}/models`` (the base URL's query kept after the
+path) with the client's own headers.
 
 A refused connection or a timeout raises :class:`~aprompt._errors.LMConnectionError`, a 401 or 403
 raises :class:`~aprompt._errors.AuthenticationError`; both name the endpoint and never the key. Any other
@@ -15,7 +16,7 @@ import anyio
 import httpx
 
 from aprompt._errors import AuthenticationError, LMConnectionError
-from aprompt.lm._transport import HttpxTransport, Transport, TransportError
+from aprompt.lm._transport import HttpxTransport, Transport, TransportError, request_url
 
 __all__ = ["probe_endpoint"]
 
@@ -40,7 +41,9 @@ async def probe_endpoint(
     problem = ""
     with anyio.move_on_after(within) as deadline:
         try:
-            reply = await transport.request("GET", httpx.URL(url + "/models"), headers, b"", _MAX_PROBE_BYTES)
+            reply = await transport.request(
+                "GET", request_url(url, "/models"), headers, b"", _MAX_PROBE_BYTES
+            )
         except TransportError as exc:
             # Its message names host and port, never the headers.
             problem = _scrub(str(exc), headers)

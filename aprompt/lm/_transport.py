@@ -15,7 +15,7 @@ import httpx
 
 from aprompt.lm._replies import read_capped
 
-__all__ = ["HttpxTransport", "Reply", "Transport", "TransportError", "TransportTimeout"]
+__all__ = ["HttpxTransport", "Reply", "Transport", "TransportError", "TransportTimeout", "request_url"]
 
 
 class Reply(NamedTuple):
@@ -89,3 +89,14 @@ class HttpxTransport:
     async def aclose(self) -> None:
         if self._owned:
             await self._client.aclose()
+
+
+def request_url(base_url: str, path: str) -> httpx.URL:
+    """``path`` appended to the base URL's path, the base URL's query kept after it.
+
+    Example:
+        >>> str(request_url("https://host/v1?api-version=1", "/chat/completions"))
+        'https://host/v1/chat/completions?api-version=1'
+    """
+    base = httpx.URL(base_url)
+    return base.copy_with(path=base.path.rstrip("/") + path)

@@ -212,7 +212,7 @@ class FakeOpenAIServer:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+        return [r for r in self.requests if r.path.partition("?")[0].endswith("/chat/completions")]
 
     def reset_records(self) -> None:
         self.requests.clear()
@@ -336,14 +336,15 @@ class FakeOpenAIServer:
     async def _answer(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
     ) -> Answer:
-        if method == "GET" and path.rstrip("/").endswith("/models"):
+        route = path.partition("?")[0].rstrip("/")  # a query (e.g. Azure's api-version) does not route
+        if method == "GET" and route.endswith("/models"):
             return (
                 200,
                 _json({"object": "list", "data": [{"id": "fake", "object": "model"}]}),
                 {},
                 None,
             )
-        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+        if method != "POST" or not route.endswith("/chat/completions"):
             return 404, _error_body("not found", "invalid_request_error"), {}, None
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             return 401, _error_body("Incorrect API key provided.", "invalid_api_key"), {}, None

@@ -19,9 +19,8 @@ from anyio.streams.tls import TLSListener
 
 from aprompt._errors import LMConnectionError
 from aprompt.lm._connections import LaneTransports, proxy_applies
-from aprompt.lm._http import request_url
 from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, HTTP11Transport
-from aprompt.lm._transport import HttpxTransport, TransportError
+from aprompt.lm._transport import HttpxTransport, TransportError, request_url
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import raw_retry_after
 

@@ -332,6 +332,20 @@ async def test_the_probe_opens_the_connection_the_first_call_then_uses(
 
 
 @both_backends
+async def test_a_base_url_query_follows_the_path_of_the_probe_and_of_each_call(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    kwargs = {**lm_kwargs, "base_url": fake_server.base_url + "?api-version=2"}
+    async with OpenAICompatibleLM(**kwargs) as lm:
+        await lm.probe()
+        await lm.chat(question(0))
+    assert [r.path for r in fake_server.requests] == [
+        "/v1/models?api-version=2",
+        "/v1/chat/completions?api-version=2",
+    ]
+
+
+@both_backends
 async def test_cookies_an_answer_sets_are_not_sent_back(
     fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
 ) -> None:
