@@ -277,11 +277,17 @@ class FakeOpenAIServer:
         status, fault_name, body = 200, None, None
         recorded = False
 
-        def record() -> None:
-            # Before the reply's last byte goes out: a client holding its reply sees the record.
+        def settle() -> None:
+            # Before the reply's last byte goes out: a client holding its reply sees the record and
+            # the counters (in flight, answered) that include it.
             nonlocal recorded
-            if self.record and not recorded:
-                recorded = True
+            if recorded:
+                return
+            recorded = True
+            self.in_flight -= 1
+            if status == 200 and fault_name is None:
+                self.answered += 1
+            if self.record:
                 self.requests.append(
                     RecordedRequest(
                         path=path,
@@ -307,15 +313,12 @@ class FakeOpenAIServer:
             if status < 0:  # dropped connection
                 return False
             extra_headers = {**extra_headers, **self._more_headers(method, status)}
-            await _send(stream, status, payload, extra_headers, before_last=record)
+            await _send(stream, status, payload, extra_headers, before_last=settle)
             return True
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
         finally:
-            self.in_flight -= 1
-            if status == 200 and fault_name is None:
-                self.answered += 1
-            record()
+            settle()
 
     def _refuse_in_outage(self) -> Answer | None:
         if not self.in_outage:
