@@ -94,7 +94,7 @@ def test_bad_budgets_are_config_errors(budget: Any, match: str) -> None:
         (1, 1, 1),  # one slot: the next trial would only wait
         (256, 2, 5),  # 1 + ceil(255 / 70)
         (100_000, 1, 8),  # never more than eight
-        (None, 1, 4),  # adaptive with no limit known: enough to keep it busy
+        (None, 1, 8),  # adaptive with no limit known: the widest, so no slow answer holds it back
     ],
 )
 def test_the_trial_window_keeps_the_lms_planned_concurrency_busy(
