@@ -141,42 +141,29 @@ def is_program_request(request: RecordedRequest) -> bool:
 # -- the providers -------------------------------------------------------------------------------------------
 
 
-def test_lm_anthropic_sends_messages_api_requests_with_the_anthropic_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("base_url_from", ["--base-url", "ANTHROPIC_BASE_URL"])
+def test_lm_anthropic_sends_messages_api_requests_with_the_anthropic_key(
+    tmp_path: Path, base_url_from: str
+) -> None:
     folder = write_task(tmp_path)
     with served(lambda: FakeAnthropicServer(responder=answer_42, api_key=ANTHROPIC_KEY)) as server:
+        flag = ["--base-url", server.base_url] if base_url_from == "--base-url" else []
+        env = {"ANTHROPIC_BASE_URL": server.base_url} if base_url_from == "ANTHROPIC_BASE_URL" else {}
         done = aprompt_cli(
             folder,
             *EVALUATE,
             "--lm",
             "anthropic",
-            "--base-url",
-            server.base_url,
+            *flag,
             "--model",
             "fake-claude",
             ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+            **env,
         )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["score"] == 0.5
     assert len(server.chat_requests) == 4
     assert {r.body["model"] for r in server.chat_requests if r.body} == {"fake-claude"}
-
-
-def test_anthropic_base_url_points_lm_anthropic_at_its_endpoint(tmp_path: Path) -> None:
-    folder = write_task(tmp_path)
-    with served(lambda: FakeAnthropicServer(responder=answer_42, api_key=ANTHROPIC_KEY)) as server:
-        done = aprompt_cli(
-            folder,
-            *EVALUATE,
-            "--lm",
-            "anthropic",
-            "--model",
-            "fake-claude",
-            ANTHROPIC_BASE_URL=server.base_url,
-            ANTHROPIC_API_KEY=ANTHROPIC_KEY,
-        )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["score"] == 0.5
-    assert len(server.chat_requests) == 4
 
 
 def test_openai_base_url_and_aprompt_model_choose_the_endpoint_without_flags(tmp_path: Path) -> None:
