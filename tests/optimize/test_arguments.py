@@ -63,8 +63,9 @@ class SyncChat:
         return None
 
 
-# Unknown strategies and limits that are not non-negative numbers were refused already (RunLimits,
-# tests/run/test_bad_input.py); these were not, or only after LM calls were spent.
+# Unknown strategies were refused already (tests/run/test_bad_input.py), and bad limits are refused by
+# aprompt.Limits itself (tests/optimize/test_limits_value.py); these were not, or only after LM calls
+# were spent.
 BAD_ARGUMENTS: list[tuple[str, object]] = [
     ("seed", "abc"),
     ("seed", -1),
@@ -75,8 +76,6 @@ BAD_ARGUMENTS: list[tuple[str, object]] = [
     ("concurrency", 0),
     ("concurrency", -3),
     ("concurrency", "8"),
-    ("max_tokens", 2.5),
-    ("max_cost", True),
     ("bootstrap_threshold", 2),
     ("bootstrap_threshold", math.nan),
     ("bootstrap_threshold", -1),
@@ -104,22 +103,6 @@ async def test_a_bad_argument_is_refused_naming_it_and_its_value(
     else:
         message = await refused(fake_server, tmp_path, argument, **{argument: value})
     assert repr(value)[:20] in message
-
-
-BAD_PRICES: list[object] = [
-    {"fake-model": (math.nan, 1.0)},
-    {"fake-model": (-1.0, 1.0)},
-    {"fake-model": (1.0, math.inf)},
-    {"fake-model": 1.0},
-    {"fake-model": (1.0, "2")},
-    {"fake-model": (True, 1.0)},
-    [("fake-model", (1.0, 1.0))],
-]
-
-
-@pytest.mark.parametrize("prices", BAD_PRICES, ids=[repr(p) for p in BAD_PRICES])
-async def test_bad_prices_are_refused(fake_server: FakeOpenAIServer, tmp_path: Path, prices: object) -> None:
-    await refused(fake_server, tmp_path, "prices", max_cost=1.0, prices=prices)
 
 
 @pytest.mark.parametrize(("argument", "value"), [("trainset", 5), ("valset", 5)])

@@ -383,7 +383,9 @@ async def test_a_screen_skipped_for_the_limit_stays_skipped_when_the_run_resumes
     )
     # 57 calls pay for the baseline, the labeled-demos reference and a trial, not for the screen too: the
     # run goes on unscreened.
-    stopped, _ = await qa_optimize(fake_server, run_dir=tmp_path / "run", max_lm_calls=57)
+    stopped, _ = await qa_optimize(
+        fake_server, run_dir=tmp_path / "run", limits=aprompt.Limits(max_lm_calls=57)
+    )
     assert stopped.stopped_by == "max_lm_calls" and stopped.trials and not stopped.dropped
     assert len(stopped.candidates.instructions["answer"]) == 4
     resumed, _ = await qa_optimize(fake_server, run_dir=tmp_path / "run")

@@ -291,8 +291,12 @@ async def test_a_run_stopped_by_a_limit_mid_search_resumes_under_it_to_the_same_
 ) -> None:
     # A full run sends about 406 requests; these limits stop it with trials and an evaluation in flight.
     sent: list[int] = []
-    first = await world_run(tmp_path / "run", latency_seed=31, sent=sent, max_lm_calls=max_lm_calls)
-    again = await world_run(tmp_path / "run", latency_seed=32, sent=sent, max_lm_calls=max_lm_calls)
+    first = await world_run(
+        tmp_path / "run", latency_seed=31, sent=sent, limits=aprompt.Limits(max_lm_calls=max_lm_calls)
+    )
+    again = await world_run(
+        tmp_path / "run", latency_seed=32, sent=sent, limits=aprompt.Limits(max_lm_calls=max_lm_calls)
+    )
     assert first.stopped_by == again.stopped_by == "max_lm_calls"
     assert 0 < len(first.trials) < WORLD_BUDGET["n_trials"]
     assert sent[0] <= max_lm_calls and sent[1] == 0

@@ -35,10 +35,13 @@ BAD_FIELDS: list[tuple[str, object]] = [
     ("max_lm_calls", True),
     ("max_lm_calls", "100"),
     ("max_tokens", 1e6),
+    ("max_tokens", 2.5),
+    ("max_cost", True),
     ("max_cost", math.nan),
     ("max_cost", -0.5),
     ("max_time", "60"),
     ("max_time", False),
+    ("max_time", -1),
 ]
 
 
@@ -52,6 +55,8 @@ def test_limits_refuses_a_bad_field_naming_it_and_its_value(field: str, value: o
 BAD_PRICES: list[object] = [
     {"gpt-4o-mini": (math.nan, 1.0)},
     {"gpt-4o-mini": (-1.0, 1.0)},
+    {"gpt-4o-mini": (1.0, math.inf)},
+    {"gpt-4o-mini": (True, 1.0)},
     {"gpt-4o-mini": 1.0},
     {"gpt-4o-mini": (1.0, "2")},
     [("gpt-4o-mini", (1.0, 1.0))],

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'aprompt[ray]')")
 
-from aprompt import ConfigError, Example, OpenAICompatibleLM, program_state
+from aprompt import ConfigError, Example, Limits, OpenAICompatibleLM, program_state
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt.executors import RayExecutor
 from aprompt.program.overrides import PromptOverride
@@ -203,8 +203,8 @@ async def test_on_ray_the_drivers_concurrency_limit_holds_and_usage_is_exact(
 async def test_max_lm_calls_stops_a_ray_run_with_exactly_what_it_sent_counted(
     executor: RayExecutor,
 ) -> None:
-    here, _ = await optimize_in_world(seed=3, max_lm_calls=300)
-    there, requests = await optimize_in_world(seed=3, executor=executor, max_lm_calls=300)
+    here, _ = await optimize_in_world(seed=3, limits=Limits(max_lm_calls=300))
+    there, requests = await optimize_in_world(seed=3, executor=executor, limits=Limits(max_lm_calls=300))
     assert there.stopped_by == here.stopped_by == "max_lm_calls"
     assert len(requests) == there.usage.requests == there.spent["lm_calls"] == here.spent["lm_calls"] <= 300
     assert there.score == here.score and len(there.trials) == len(here.trials)
@@ -314,7 +314,9 @@ async def test_a_run_stopped_on_ray_resumes_on_ray_to_the_in_process_result(
     # Both with a run_dir: a run's LM cache lives there, so both send each distinct request once.
     here, here_requests = await optimize_in_world(seed=3, run_dir=tmp_path / "here")
     run_dir = tmp_path / "run"
-    stopped, _ = await optimize_in_world(seed=3, executor=executor, run_dir=run_dir, max_lm_calls=300)
+    stopped, _ = await optimize_in_world(
+        seed=3, executor=executor, run_dir=run_dir, limits=Limits(max_lm_calls=300)
+    )
     resumed, resumed_requests = await optimize_in_world(seed=3, executor=executor, run_dir=run_dir)
     assert stopped.stopped_by == "max_lm_calls" and resumed.stopped_by is None
     assert resumed.score == here.score and program_state(resumed.program) == program_state(here.program)

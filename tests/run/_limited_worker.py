@@ -15,12 +15,15 @@ from pathlib import Path
 
 import anyio
 
+import aprompt
 from tests.run._optimize_worker import KEY_ENV_VAR, run_world
 
 
 def main(argv: list[str]) -> None:
     base_url, run_dir, out, limit = argv
-    run = partial(run_world, base_url, run_dir, os.environ[KEY_ENV_VAR], max_lm_calls=int(limit))
+    run = partial(
+        run_world, base_url, run_dir, os.environ[KEY_ENV_VAR], limits=aprompt.Limits(max_lm_calls=int(limit))
+    )
     result = anyio.run(run)
     Path(out).write_text(json.dumps({"stopped_by": result.stopped_by, "spent": dict(result.spent)}))
 

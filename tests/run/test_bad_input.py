@@ -124,18 +124,19 @@ async def test_a_program_without_predictors(fake_server: FakeOpenAIServer, tmp_p
     [
         ({"budget": {"n_trials": 0}}, "n_trials"),
         ({"budget": {"minibatch_size": 0}}, "minibatch_size"),
-        ({"max_lm_calls": 12}, "max_lm_calls=12 is smaller than one trial"),
-        ({"max_lm_calls": 0}, "max_lm_calls=0"),
-        ({"max_tokens": 0}, "max_tokens=0"),
-        ({"max_time": 0}, "max_time=0"),
-        ({"max_cost": 0, "prices": {"fake-model": (1.0, 1.0)}}, "max_cost=0"),
-        ({"max_cost": 1.0, "prices": {"gpt-4o": (1.0, 1.0)}}, "no entry for model.*fake-model"),
-        ({"max_time": -1}, "non-negative"),
+        ({"limits": {"max_lm_calls": 12}}, "max_lm_calls=12 is smaller than one trial"),
+        ({"limits": {"max_lm_calls": 0}}, "max_lm_calls=0"),
+        ({"limits": {"max_tokens": 0}}, "max_tokens=0"),
+        ({"limits": {"max_time": 0}}, "max_time=0"),
+        ({"limits": {"max_cost": 0, "prices": {"fake-model": (1.0, 1.0)}}}, "max_cost=0"),
+        ({"limits": {"max_cost": 1.0, "prices": {"gpt-4o": (1.0, 1.0)}}}, "no entry for model.*fake-model"),
     ],
 )
 async def test_a_budget_smaller_than_one_trial(
     fake_server: FakeOpenAIServer, tmp_path: Path, options: dict[str, Any], match: str
 ) -> None:
+    if "limits" in options:
+        options = {**options, "limits": aprompt.Limits(**options["limits"])}
     await refused(fake_server, tmp_path, aprompt.ConfigError, match, **options)
 
 

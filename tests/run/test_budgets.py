@@ -48,7 +48,7 @@ class TokenWorld(World):
 
 
 async def limited_run(
-    run_dir: Path | None, latency: float = 0.0, **limits: Any
+    run_dir: Path | None, latency: float = 0.0, **options: Any
 ) -> tuple[aprompt.OptimizeResult, UsageSnapshot, float, int]:
     """The result, the client's usage, the seconds the call took, and the most tokens of one request."""
     world = TokenWorld()
@@ -57,7 +57,7 @@ async def limited_run(
         world_lm(server.base_url, API_KEY) as lm,
     ):
         started = time.monotonic()
-        result = await optimize_world(lm, run_dir, **limits)
+        result = await optimize_world(lm, run_dir, **options)
         return result, lm.usage, time.monotonic() - started, world.most_tokens
 
 
@@ -84,8 +84,8 @@ def assert_best_so_far(result: aprompt.OptimizeResult) -> None:
 async def test_a_reached_limit_stops_the_run_within_the_limit_with_the_best_so_far(
     limit: str, value: float, latency: float
 ) -> None:
-    options: dict[str, Any] = {limit: value, "prices": PRICES if limit == "max_cost" else None}
-    result, usage, seconds, most_tokens = await limited_run(None, latency, **options)
+    fields: dict[str, Any] = {limit: value, "prices": PRICES if limit == "max_cost" else {}}
+    result, usage, seconds, most_tokens = await limited_run(None, latency, limits=aprompt.Limits(**fields))
 
     assert result.stopped_by == limit
     assert len(result.trials) < BUDGET["n_trials"]
@@ -105,7 +105,7 @@ async def test_a_reached_limit_stops_the_run_within_the_limit_with_the_best_so_f
 
 
 async def test_a_run_stopped_by_a_limit_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    stopped, *_ = await limited_run(tmp_path / "run", max_lm_calls=300)
+    stopped, *_ = await limited_run(tmp_path / "run", limits=aprompt.Limits(max_lm_calls=300))
     assert stopped.stopped_by == "max_lm_calls"
     resumed, *_ = await limited_run(tmp_path / "run")
     uninterrupted, *_ = await limited_run(None)

@@ -99,7 +99,7 @@ def assert_best_so_far(result: aprompt.OptimizeResult) -> None:
 @pytest.mark.parametrize("limit", [50, 100, 120])
 async def test_max_lm_calls_bounds_the_requests_the_server_receives(limit: int) -> None:
     async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
-        result = await qa_run(lm, max_lm_calls=limit)
+        result = await qa_run(lm, limits=aprompt.Limits(max_lm_calls=limit))
         received = len(server.chat_requests)
 
     assert result.stopped_by == "max_lm_calls"
@@ -121,7 +121,7 @@ async def test_retries_count_against_max_lm_calls() -> None:
         ) as server,
         client(server, retry=fast_retries) as lm,
     ):
-        result = await qa_run(lm, max_lm_calls=limit)
+        result = await qa_run(lm, limits=aprompt.Limits(max_lm_calls=limit))
         received = server.chat_requests
 
     failed = [r for r in received if r.status == 503]
@@ -145,7 +145,7 @@ async def test_max_time_cancels_stalled_requests_at_the_deadline_and_returns_the
 
     async with FakeOpenAIServer(responder=stalling, api_key=TEST_API_KEY) as server, client(server) as lm:
         started = time.monotonic()
-        result = await qa_run(lm, max_time=3.0, on_event=on_event)
+        result = await qa_run(lm, limits=aprompt.Limits(max_time=3.0), on_event=on_event)
         elapsed = time.monotonic() - started
 
     assert result.stopped_by == "max_time"
@@ -167,7 +167,7 @@ async def test_max_time_before_the_baseline_is_scored_raises_a_run_limit_error()
     async with FakeOpenAIServer(responder=stalling, api_key=TEST_API_KEY) as server, client(server) as lm:
         started = time.monotonic()
         with pytest.raises(RunLimitError, match="max_time=1") as info:
-            await qa_run(lm, max_time=1.0)
+            await qa_run(lm, limits=aprompt.Limits(max_time=1.0))
         elapsed = time.monotonic() - started
 
     assert info.value.limit == "max_time"
@@ -177,11 +177,11 @@ async def test_max_time_before_the_baseline_is_scored_raises_a_run_limit_error()
 async def test_a_run_stopped_by_a_limit_spends_nothing_more_until_the_limit_is_raised(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
-        first = await qa_run(lm, run_dir, max_lm_calls=100)
+        first = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
         after_first = len(server.chat_requests)
-        again = await qa_run(lm, run_dir, max_lm_calls=100)
+        again = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
         after_again = len(server.chat_requests)
-        raised = await qa_run(lm, run_dir, max_lm_calls=150)
+        raised = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
         after_raised = len(server.chat_requests)
 
     assert first.stopped_by == again.stopped_by == "max_lm_calls"
@@ -277,7 +277,7 @@ async def test_limits_and_usage_hold_for_an_lm_that_is_not_an_aprompt_client() -
         FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server,
         httpx.AsyncClient() as http,
     ):
-        result = await qa_run(PlainLM(server.base_url, http), max_lm_calls=limit)
+        result = await qa_run(PlainLM(server.base_url, http), limits=aprompt.Limits(max_lm_calls=limit))
         received = len(server.chat_requests)
 
     assert result.stopped_by == "max_lm_calls"
@@ -308,7 +308,7 @@ async def test_max_lm_calls_that_cannot_pay_for_one_trial_at_the_real_calls_per_
                 budget={"n_candidates": 2, "val_size": 10, "minibatch_size": 5, "n_trials": 4},
                 grounding=aprompt.Grounding(data_summary=False, program_summary=False),
                 concurrency=CAP,
-                max_lm_calls=20,
+                limits=aprompt.Limits(max_lm_calls=20),
             )
         received = len(server.chat_requests)
 
@@ -331,7 +331,7 @@ class LoggingLM:
 async def test_a_wrapper_around_an_aprompt_client_is_counted_once_per_request() -> None:
     limit = 100
     async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
-        result = await qa_run(LoggingLM(lm), max_lm_calls=limit)
+        result = await qa_run(LoggingLM(lm), limits=aprompt.Limits(max_lm_calls=limit))
         received = len(server.chat_requests)
 
     assert result.stopped_by == "max_lm_calls"
