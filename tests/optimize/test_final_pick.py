@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import pytest
+from scipy import stats  # type: ignore[import-untyped]
 
 import aprompt
 from aprompt._optimize.final_pick import (
@@ -20,6 +21,7 @@ from aprompt._optimize.final_pick import (
     nothing_scores,
     paired_difference,
     pick,
+    t_quantile,
 )
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
@@ -75,6 +77,12 @@ def test_a_paired_difference_has_the_paired_t_interval_at_90_percent() -> None:
     assert d.mean == pytest.approx(0.7)
     assert (d.low, d.high) == (pytest.approx(0.420, abs=1e-3), pytest.approx(0.980, abs=1e-3))
     assert d.better()
+
+
+def test_the_t_quantile_is_scipys_own_and_its_memo_is_bounded() -> None:
+    for level, dof in [(0.95, 9), (1 - 0.05 / 3, 34), (0.9, 1), (0.95, 9)]:
+        assert t_quantile(level, dof) == float(stats.t.ppf(level, dof))
+    assert t_quantile.cache_info().maxsize is not None
 
 
 def test_without_shared_examples_a_difference_is_undecided() -> None:
