@@ -23,10 +23,13 @@ in ``repr`` form, bools as ``yes``/``no``, lists as JSON.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import typing
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import Any
 
 from aprompt.program.fields import is_list, is_literal, normalize_choice
@@ -102,7 +105,8 @@ def _coerce_bool(text: str) -> bool:
 
 def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
     wanted = normalize_choice(text)
-    by_form = {normalize_choice(str(c)): c for c in choices}
+    # Typed pairs: ``1 == True``, yet the choices 1 and True have different forms.
+    by_form = _choice_forms(tuple((type(c), c) for c in choices))
     if wanted in by_form:
         return by_form[wanted]
     padded = f" {wanted} "
@@ -114,6 +118,13 @@ def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
     options = ", ".join(str(c) for c in choices)
     problem = "names several of" if mentioned else "is not one of"
     raise CoercionError(f"{text[:80]!r} {problem}: {options}")
+
+
+# Every reply of a choice field is read against the same choices: their forms are worked out once.
+@functools.lru_cache(maxsize=256)
+def _choice_forms(typed_choices: tuple[tuple[type, Any], ...]) -> Mapping[str, Any]:
+    """Each choice by its normalized form (a later choice of the same form wins, as it always did)."""
+    return MappingProxyType({normalize_choice(str(c)): c for _, c in typed_choices})
 
 
 def _coerce_item(item: Any, item_type: Any) -> Any:

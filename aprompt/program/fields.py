@@ -40,9 +40,12 @@ RESERVED_NAMES = frozenset(
 )
 
 
+_NON_WORD = re.compile(r"[^\w]+")
+
+
 def normalize_choice(text: str) -> str:
     """Casefold, turn punctuation into spaces and collapse whitespace: how choices are compared."""
-    return " ".join(re.sub(r"[^\w]+", " ", text.casefold()).split())
+    return " ".join(_NON_WORD.sub(" ", text.casefold()).split())
 
 
 def is_literal(annotation: Any) -> bool:

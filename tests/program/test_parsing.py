@@ -153,6 +153,16 @@ def test_typed_fields_are_coerced(type_: str, text: str, expected: Any) -> None:
     assert parse_reply(signature, f"Answer: {text}") == {"answer": expected}
 
 
+def test_choices_equal_in_python_but_written_differently_each_read_as_their_own() -> None:
+    # 1 == True and hash(1) == hash(True): reading one signature's choices must not answer for another's.
+    numbers = Signature.parse("question -> answer: Literal[1, 'x']")
+    flags = Signature.parse("question -> answer: Literal[True, 'x']")
+    assert parse_reply(numbers, "Answer: 1") == {"answer": 1}
+    reading = parse_reply(flags, "Answer: True")
+    assert reading == {"answer": True} and reading["answer"] is True
+    assert parse_reply(numbers, "Answer: 1")["answer"] is not True
+
+
 @pytest.mark.parametrize(
     ("type_", "text", "message"),
     [
