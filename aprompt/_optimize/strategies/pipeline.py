@@ -4,8 +4,10 @@ A run's steps depend on each other less than their order suggests. The unoptimiz
 evaluation (the ``"baseline"`` phase) and the grounding texts (data summary, program description: the
 ``"grounding"`` phase) need no demo, so they start at t = 0 beside the bootstrap. The evaluation of the
 prompt a user would write by hand (instructions as written, labeled training examples as demos; the
-``"reference"`` phase) needs only the demo sets, so it starts when the bootstrap ends, beside the
-proposals and their screen. The search takes these evaluations as they are
+``"reference"`` phase) needs only the labeled set, which needs no call: when the run has no limit that
+could refuse a step, it starts once the baseline's evaluation ends, beside the bootstrap
+(:meth:`Pipeline.start_reference_early`); else when the bootstrap ends, beside the proposals and their
+screen. The proposals' own calls may go ahead too (:meth:`Pipeline.warmup`). The search takes these evaluations as they are
 (``SearchLoop.prefetched``: matched by the prompts they evaluated) instead of running them again, and
 journals them under their usual ``"full_eval"`` keys.
 
