@@ -7,9 +7,9 @@ prompt a user would write by hand (instructions as written, labeled training exa
 ``"reference"`` phase) needs only the labeled set, which needs no call: when the run has no limit that
 could refuse a step, it starts once the baseline's evaluation ends, beside the bootstrap
 (:meth:`Pipeline.start_reference_early`); else when the bootstrap ends, beside the proposals and their
-screen. The proposals' own calls may go ahead too (:meth:`Pipeline.warmup`). The search takes these evaluations as they are
-(``SearchLoop.prefetched``: matched by the prompts they evaluated) instead of running them again, and
-journals them under their usual ``"full_eval"`` keys.
+screen. The proposals' own calls may go ahead too (:meth:`Pipeline.warmup`). The search takes these
+evaluations as they are (``SearchLoop.prefetched``: matched by the prompts they evaluated) instead of
+running them again, and journals them under their usual ``"full_eval"`` keys.
 
 Each step is journaled on its own (kinds ``"baseline_eval"``, ``"summaries"``, ``"reference_eval"``),
 so a resumed run pays for none again. The program failing on every validation example
