@@ -335,7 +335,7 @@ class _SharedRuns:
     def __init__(self, group: anyio.abc.TaskGroup) -> None:
         self._group = group
         self._done: dict[tuple[str, int], ExampleResult] = {}
-        self._running: dict[tuple[str, int], anyio.Event] = {}
+        self._running: set[tuple[str, int]] = set()
         self._started: list[tuple[str, int]] = []  # in the order the runs were started
         self._changed = anyio.Event()
 
@@ -349,7 +349,7 @@ class _SharedRuns:
         for example in examples:
             key = (example.id, rollout)
             if key not in self._done and key not in self._running:
-                self._running[key] = anyio.Event()
+                self._running.add(key)
                 self._started.append(key)
                 self._group.start_soon(self._run, key, run, example)
 
@@ -358,10 +358,8 @@ class _SharedRuns:
     ) -> None:
         result = await run(example)
         self._done[key] = result
-        event = self._running.pop(key, None)  # None: a second example with the same id
-        if event is not None:
-            event.set()
-        self._changed.set()
+        self._running.discard(key)
+        self._changed.set()  # the sets waiting read what is in
         self._changed = anyio.Event()
 
     def get(self, key: tuple[str, int]) -> ExampleResult | None:
