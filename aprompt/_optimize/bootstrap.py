@@ -28,6 +28,9 @@ Runs are shared between sets: an example already run (same teacher, rollout and 
 again, so later sets cost only the examples no earlier set needed. The sets are built at once, each walking
 its own order: a set waits for an example another set is running instead of running it again. A set's
 demos depend only on its order and on the examples' results, so they are those of one set after another.
+A set reads its results in order as they come (:func:`_collect_passing`): it is built once the examples
+read give its demos, and starts its next wave once the wave cannot give them, so neither waits for the
+slowest answer of a wave it does not need; its waves, and so the runs, are those of waves that each wait.
 
 Examples an LM outage left unscored are run again once the LM answers (:mod:`aprompt._optimize.outage`),
 so the demo sets are those a run on a working endpoint finds.
@@ -40,10 +43,12 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import TypeVar
 
 import anyio
+import anyio.abc
 import attrs
 
 from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, evaluate
@@ -238,6 +243,7 @@ async def bootstrap_demo_sets(
     temperature: float | None = None,
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
     set_sizes: Sequence[int] | None = None,
+    on_set: Callable[[int, Mapping[str, DemoSet]], None] | None = None,
 ) -> BootstrapResult:
     """Build ``n_sets`` demo sets per predictor, none larger than ``max_bootstrapped + max_labeled``.
 
@@ -249,6 +255,9 @@ async def bootstrap_demo_sets(
     from the cache. ``outage`` says how long to wait out an LM outage (default
     :data:`~aprompt._optimize.outage.DEFAULT_OUTAGE_TOLERANCE` seconds).
 
+    ``on_set(k, sets)`` is told each bootstrapped set ``k`` (per predictor) as soon as it is built,
+    before the others are and before the runs no set reads (the rest of a wave) end.
+
     Raises:
         EndpointDownError: the LM stayed down longer than ``outage.tolerance``; nothing is returned.
     """
@@ -256,7 +265,6 @@ async def bootstrap_demo_sets(
     bound = max_bootstrapped + max_labeled
     sizes = [min(bound, max(0, s)) for s in set_sizes] if set_sizes else [bound]
     labels = [example_label(e) for e in trainset]
-    runs = _SharedRuns()
     sets: dict[str, list[DemoSet]] = {name: [DemoSet(())] for name, _ in predictors}
     if n_sets >= 2:
         for name, predictor in predictors:
@@ -268,69 +276,99 @@ async def bootstrap_demo_sets(
         order = orders[set_index] = list(trainset)
         random.Random(f"{seed}:demo-set:{set_index}").shuffle(order)
         rollout = set_index if temperature is not None else 0
+
+        async def run(examples: Sequence[Example]) -> Evaluation:
+            return await evaluate(
+                program,
+                examples,
+                metric,
+                lm=teacher_lm or lm,
+                concurrency=concurrency,
+                collect_traces=True,
+                rollout=rollout,
+                lm_params={"temperature": temperature} if temperature is not None else None,
+            )
+
         found[set_index] = await _collect_passing(
-            program,
             order,
-            metric,
             runs,
+            partial(_run_one, run, guard),
             rollout=rollout,
-            lm=teacher_lm or lm,
-            guard=guard,
             want=want,
             quota=label_quota(labels, want),
             threshold=threshold,
-            concurrency=concurrency,
-            lm_params={"temperature": temperature} if temperature is not None else None,
         )
+        if on_set is not None:
+            on_set(set_index, {name: built(set_index, name, predictor) for name, predictor in predictors})
 
-    async with plain_errors_task_group() as group:
-        for set_index in range(2, n_sets):
-            group.start_soon(build, set_index, min(sizes[(set_index - 2) % len(sizes)], max_bootstrapped))
-    for set_index in range(2, n_sets):
+    def built(set_index: int, name: str, predictor: Predict) -> DemoSet:
         size = sizes[(set_index - 2) % len(sizes)]
         want = min(size, max_bootstrapped)
+        extra = min(max_labeled, size - want)
+        return _bootstrapped_set(name, predictor, found[set_index], orders[set_index], want, extra)
+
+    async with plain_errors_task_group() as own_runs:
+        runs = _SharedRuns(own_runs)
+        async with plain_errors_task_group() as group:
+            for set_index in range(2, n_sets):
+                group.start_soon(build, set_index, min(sizes[(set_index - 2) % len(sizes)], max_bootstrapped))
+    for set_index in range(2, n_sets):
         for name, predictor in predictors:
-            extra = min(max_labeled, size - want)
-            sets[name].append(
-                _bootstrapped_set(name, predictor, found[set_index], orders[set_index], want, extra)
-            )
+            sets[name].append(built(set_index, name, predictor))
     done = runs.in_order()
     passed = sum(1 for r in done.values() if r.score is not None and r.score >= threshold)
     failures = {f"{eid}@{rollout}": r.error for (eid, rollout), r in done.items() if r.error}
     return BootstrapResult({name: tuple(s) for name, s in sets.items()}, len(done), passed, failures)
 
 
+async def _run_one(
+    run: Callable[[Sequence[Example]], Awaitable[Evaluation]], guard: OutageGuard, example: Example
+) -> ExampleResult:
+    # A failure here fails the whole bootstrap, and cancels the sets waiting for this run.
+    return (await guard.evaluate(run, [example], "a bootstrap run")).results[0]
+
+
 class _SharedRuns:
     """The program runs of every set, by (example id, rollout): done, or in flight for one set while
-    others wait for them."""
+    others wait for them (started in ``group``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: anyio.abc.TaskGroup) -> None:
+        self._group = group
         self._done: dict[tuple[str, int], ExampleResult] = {}
-        self._running: dict[tuple[str, int], anyio.Event] = {}
+        self._running: set[tuple[str, int]] = set()
         self._started: list[tuple[str, int]] = []  # in the order the runs were started
+        self._changed = anyio.Event()
 
-    def claim(self, keys: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Of ``keys``, those neither done nor running, marked running (the caller runs them)."""
-        mine = []
-        for key in keys:
+    def start(
+        self,
+        examples: Sequence[Example],
+        rollout: int,
+        run: Callable[[Example], Awaitable[ExampleResult]],
+    ) -> None:
+        """Start ``run`` on each of ``examples`` neither done nor running with this rollout."""
+        for example in examples:
+            key = (example.id, rollout)
             if key not in self._done and key not in self._running:
-                self._running[key] = anyio.Event()
+                self._running.add(key)
                 self._started.append(key)
-                mine.append(key)
-        return mine
+                self._group.start_soon(self._run, key, run, example)
 
-    def record(self, key: tuple[str, int], result: ExampleResult) -> None:
+    async def _run(
+        self, key: tuple[str, int], run: Callable[[Example], Awaitable[ExampleResult]], example: Example
+    ) -> None:
+        result = await run(example)
         self._done[key] = result
-        event = self._running.pop(key, None)  # None: a second example with the same id
-        if event is not None:
-            event.set()
+        self._running.discard(key)
+        self._changed.set()  # the sets waiting read what is in
+        self._changed = anyio.Event()
 
-    async def result(self, key: tuple[str, int]) -> ExampleResult:
-        """The run's result, once the set running it has it."""
-        event = self._running.get(key)
-        if event is not None:
-            await event.wait()
-        return self._done[key]
+    def get(self, key: tuple[str, int]) -> ExampleResult | None:
+        """The run's result, ``None`` while it is in flight."""
+        return self._done.get(key)
+
+    async def changed(self) -> None:
+        """Wait until another run ends."""
+        await self._changed.wait()
 
     def in_order(self) -> dict[tuple[str, int], ExampleResult]:
         """Every run done, in the order they were started."""
@@ -338,61 +376,56 @@ class _SharedRuns:
 
 
 async def _collect_passing(
-    program: object,
     order: Sequence[Example],
-    metric: Metric,
     runs: _SharedRuns,
+    run: Callable[[Example], Awaitable[ExampleResult]],
     *,
     rollout: int,
-    lm: LM | None,
-    guard: OutageGuard,
     want: int,
     quota: int,
     threshold: float,
-    concurrency: int | anyio.CapacityLimiter,
-    lm_params: Mapping[str, Any] | None,
 ) -> list[ExampleResult]:
-    """Walk ``order`` in concurrent waves until ``want`` passing runs with labels within ``quota`` are
-    found (or it ends; then passing runs over the quota fill up)."""
+    """Walk ``order`` in waves until ``want`` passing runs with labels within ``quota`` are found (or it
+    ends; then passing runs over the quota fill up).
+
+    The results are read in ``order`` as they come, not wave by wave: the set is built as soon as the
+    examples read give ``want`` passing runs, and the next wave starts as soon as the waves started
+    cannot give them whatever their runs still in flight return (every example not read yet counted
+    as passing). So the waves, the runs and the demos are those of waves that each wait for their
+    slowest run, without the wait.
+    """
     passing: list[ExampleResult] = []
     spare: list[ExampleResult] = []
     counts: Counter[Hashable] = Counter()
-    position = 0
     wave = max(want * 2, 4)
-    while len(passing) < want and position < len(order):
-        chunk = order[position : position + wave]
-        position += wave
-        claimed = set(runs.claim([(e.id, rollout) for e in chunk]))
-        todo = [e for e in chunk if (e.id, rollout) in claimed]
-        if todo:
+    started = read = 0
 
-            async def run(examples: Sequence[Example]) -> Evaluation:
-                return await evaluate(
-                    program,
-                    examples,
-                    metric,
-                    lm=lm,
-                    concurrency=concurrency,
-                    collect_traces=True,
-                    rollout=rollout,
-                    lm_params=lm_params,
-                )
+    def usable(result: ExampleResult) -> bool:
+        return result.score is not None and result.score >= threshold and bool(result.trace)
 
-            # A failure here fails the whole bootstrap, and cancels the sets waiting for these runs.
-            evaluation = await guard.evaluate(run, todo, "the bootstrap runs")
-            for result in evaluation.results:
-                runs.record((result.example_id, rollout), result)
-        for example in chunk:
-            result = await runs.result((example.id, rollout))
-            if result.score is not None and result.score >= threshold and result.trace:
-                label = example_label(example)
-                if counts[label] >= quota:
-                    spare.append(result)
-                    continue
-                counts[label] += 1
-                passing.append(result)
-                if len(passing) >= want:
-                    break
+    def may_pass(example: Example) -> bool:
+        result = runs.get((example.id, rollout))
+        return result is None or usable(result)
+
+    while len(passing) < want and read < len(order):
+        while read < started and (result := runs.get((order[read].id, rollout))) is not None:
+            label = example_label(order[read])
+            read += 1
+            if not usable(result):
+                continue
+            if counts[label] >= quota:
+                spare.append(result)
+                continue
+            counts[label] += 1
+            passing.append(result)
+            if len(passing) >= want:
+                return passing
+        if started < len(order) and len(passing) + sum(map(may_pass, order[read:started])) < want:
+            runs.start(order[started : started + wave], rollout, run)
+            started = min(len(order), started + wave)
+            continue
+        if read < len(order):
+            await runs.changed()
     return passing + spare[: max(0, want - len(passing))]
 
 

@@ -244,6 +244,34 @@ async def propose_instruction(
     return Proposal(index, None, reason=f"dropped after {attempts} attempt(s): {reason}", tip=tip)
 
 
+async def draw_candidate(
+    context: ProposalContext,
+    lm: LM,
+    *,
+    index: int,
+    grounding: Grounding,
+    demos: Sequence[Demo],
+    existing: Sequence[str],
+    seed: int,
+    outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
+    wave: int = 0,
+) -> Proposal:
+    """One draw of :func:`propose_instructions`: candidate ``index`` showing ``demos``, seeing
+    ``existing`` (the original instruction in the first wave) as its history, in ``wave``'s rollouts."""
+    return await propose_instruction(
+        context,
+        lm,
+        index=index,
+        grounding=grounding,
+        demos=demos,
+        existing=existing,
+        history=[(text, None) for text in existing],
+        seed=seed,
+        outage=outage,
+        first_rollout=wave * 50,
+    )
+
+
 async def propose_instructions(
     context: ProposalContext,
     lm: LM,
@@ -270,17 +298,17 @@ async def propose_instructions(
     indices = list(range(1, n_candidates))
 
     async def draw(index: int, existing: Sequence[str], wave: int) -> Proposal:
-        return await propose_instruction(
+        demos = demo_sets[index % len(demo_sets)] if demo_sets else ()
+        return await draw_candidate(
             context,
             lm,
             index=index,
             grounding=grounding,
-            demos=demo_sets[index % len(demo_sets)] if demo_sets else (),
+            demos=demos,
             existing=existing,
-            history=[(text, None) for text in existing],
             seed=seed,
             outage=outage,
-            first_rollout=wave * 50,
+            wave=wave,
         )
 
     first = await _all_at_once([partial(draw, index, [original], 0) for index in indices])

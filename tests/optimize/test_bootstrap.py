@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections import Counter
 from typing import Any
 
+import anyio
 import pytest
 
 from aprompt import Example, named_predictors
 from aprompt._optimize.bootstrap import BootstrapResult, bootstrap_demo_sets
 from aprompt.lm.types import LM
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, answers, exact_match, item_of, last_user_of, lm_for, qa_examples
 from tests.optimize.world import TwoStageProgram, World, examples, metric
@@ -147,3 +150,56 @@ async def test_the_teacher_lm_runs_the_program_when_given(fake_server: FakeOpenA
     assert fake_server.chat_requests == []
     assert len(teacher_server.chat_requests) == 2 * result.runs > 0
     assert result.passed > 0
+
+
+async def test_the_next_wave_starts_once_the_answers_in_show_the_wave_falls_short(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    arrived: list[int] = []
+
+    async def wrong_and_first_slow(request: ChatRequest) -> str:
+        arrived.append(item_of(request.last_user))
+        if len(arrived) == 1:
+            await anyio.sleep(1.0)
+        return "Answer: wrong"
+
+    fake_server.responder = wrong_and_first_slow
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), qa_examples(0, 12), lm, n_sets=3, max_bootstrapped=2)
+    slow = min(fake_server.chat_requests, key=lambda r: r.started)
+    # One set wanting 2 demos walks waves of 4. Every answer fails: once 3 of the first wave failed, 2
+    # passing runs cannot come from it, and the next wave goes without waiting for the slow answer.
+    assert sum(r.started < slow.finished for r in fake_server.chat_requests) > 4
+    # The same runs as waves that each wait for their slowest: every example, once.
+    assert result.runs == 12 and sorted(arrived) == list(range(12))
+
+
+async def test_a_set_is_built_as_soon_as_its_first_examples_in_order_pass(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async def right_and_one_late(request: ChatRequest) -> str:
+        item = item_of(request.last_user)
+        if item == late:
+            await anyio.sleep(1.0)
+        return f"Answer: ans-{item}"
+
+    trainset = qa_examples(0, 12)
+    order = list(trainset)
+    random.Random("0:demo-set:2").shuffle(order)
+    late = item_of(str(order[3].inputs["question"]))  # the last of the first wave: not needed
+    fake_server.responder = right_and_one_late
+    built: list[float] = []
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(
+            QAProgram(),
+            trainset,
+            lm,
+            n_sets=3,
+            max_bootstrapped=2,
+            on_set=lambda k, s: built.append(time.monotonic()),
+        )
+    slow = next(r for r in fake_server.chat_requests if item_of(last_user_of(r)) == late)
+    assert built and built[0] < slow.finished
+    assert [d["answer"] for d in result.demo_sets["answer"][2].demos] == [
+        f"ans-{item_of(str(e.inputs['question']))}" for e in order[:2]
+    ]

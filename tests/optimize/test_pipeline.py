@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import anyio
 import pytest
 
 import aprompt
@@ -17,7 +18,7 @@ from aprompt._optimize.budget import resolve_budget
 from aprompt._optimize.run_context import RunContext
 from aprompt.lm._metering import LimitReached
 from aprompt.run._limits import RunLimits
-from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest, Responder
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (
     ORIGINAL_INSTRUCTION,
@@ -67,6 +68,14 @@ def responder(request: ChatRequest) -> str:
     return "The questions ask for the answer of numbered items; each answer is short."
 
 
+async def slow_bootstrap(request: ChatRequest) -> str:
+    """:func:`responder`, answering the bootstrap's runs (training items) a second late: the bootstrap
+    then ends well after the grounding texts are written."""
+    if "item-" in request.last_user and TRAIN[0] <= item_of(request.last_user) < TRAIN[1]:
+        await anyio.sleep(1.0)
+    return responder(request)
+
+
 def as_written(record: RecordedRequest, items: tuple[int, int]) -> bool:
     """A call of the program as written (its own instruction, no demos) on an item of ``items``."""
     return (
@@ -77,13 +86,16 @@ def as_written(record: RecordedRequest, items: tuple[int, int]) -> bool:
 
 
 async def run(
-    program: object = None, log: list[RecordedRequest] | None = None
+    program: object = None,
+    log: list[RecordedRequest] | None = None,
+    limits: aprompt.Limits | None = None,
+    answer: Responder = responder,
 ) -> tuple[aprompt.OptimizeResult, list[RecordedRequest]]:
     """A small MIPRO run of the QA program; the result and every chat request, by arrival (also into
-    ``log``, when the run raises)."""
+    ``log``, when the run raises); ``answer`` answers them."""
     log = [] if log is None else log
     async with (
-        FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY, latency=LATENCY) as server,
+        FakeOpenAIServer(responder=answer, api_key=TEST_API_KEY, latency=LATENCY) as server,
         lm_for(server) as lm,
     ):
         try:
@@ -95,6 +107,7 @@ async def run(
                 lm=lm,
                 budget=BUDGET,
                 seed=1,
+                limits=limits,
             )
         finally:
             log.extend(sorted(server.chat_requests, key=lambda r: r.started))
@@ -210,3 +223,57 @@ async def test_every_proposal_is_screened_at_once() -> None:
     before = {system_of(r) for r in screened if r.started < first_answer}
     # Each proposal's screen arrived before any screen call was answered: none waited for another.
     assert all(any(system.startswith(text) for system in before) for text in proposed)
+
+
+def screened_texts(result: aprompt.OptimizeResult, requests: list[RecordedRequest]) -> dict[str, float]:
+    """When each proposal kept by the run had its first screen call sent (no demos, validation items)."""
+    return {
+        text: min(r.started for r in requests if len(messages_of(r)) == 2 and system_of(r).startswith(text))
+        for text in result.candidates.instructions["answer"][1:]
+    }
+
+
+async def test_the_hand_written_prompt_is_evaluated_before_bootstrapping_ends() -> None:
+    _, requests = await run()
+    bootstrap = [r for r in requests if as_written(r, TRAIN)]
+    reference = [
+        r for r in requests if len(messages_of(r)) > 2 and VAL[0] <= item_of(last_user_of(r)) < VAL[1]
+    ]
+    # Its demos are the labeled set, which needs no call: it goes once the baseline's evaluation ends,
+    # beside the bootstrap.
+    assert reference[0].started < max(r.finished for r in bootstrap)
+
+
+async def test_a_proposal_is_drawn_before_bootstrapping_ends() -> None:
+    _, requests = await run(answer=slow_bootstrap)
+    bootstrap = [r for r in requests if as_written(r, TRAIN)]
+    proposals = [r for r in requests if is_proposal(r)]
+    # Proposal 1 shows the labeled set: it needs the grounding texts, not the bootstrapped sets.
+    assert proposals[0].started < max(r.finished for r in bootstrap)
+
+
+async def test_a_proposal_is_screened_as_soon_as_it_and_those_before_it_are_in() -> None:
+    result, requests = await run(answer=slow_bootstrap)
+    proposals = [r for r in requests if is_proposal(r)]
+    screened = screened_texts(result, requests)
+    assert len(screened) >= 2
+    # Proposal 1 (the labeled set) is screened while those showing bootstrapped sets are being drawn.
+    assert min(screened.values()) < max(r.finished for r in proposals)
+
+
+async def test_sending_ahead_changes_no_call_and_no_result() -> None:
+    ahead, ahead_requests = await run()
+    # Under a limit that could refuse a step nothing is sent ahead: each step sends its own calls.
+    in_turn, in_turn_requests = await run(limits=aprompt.Limits(max_lm_calls=100_000))
+    bootstrap = [r for r in in_turn_requests if as_written(r, TRAIN)]
+    assert min(r.started for r in in_turn_requests if is_proposal(r)) > max(r.finished for r in bootstrap)
+
+    def bodies(requests: list[RecordedRequest]) -> list[str]:
+        return sorted(json.dumps([r.body], sort_keys=True) for r in requests)
+
+    assert bodies(ahead_requests) == bodies(in_turn_requests)
+    assert (ahead.best_choice, ahead.score, ahead.candidates) == (
+        in_turn.best_choice,
+        in_turn.score,
+        in_turn.candidates,
+    )

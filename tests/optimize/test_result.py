@@ -84,6 +84,7 @@ def test_every_phase_has_a_wall_time_within_the_runs(run: Run) -> None:
         "grounding",
         "propose",
         "search",
+        "warmup",
     ]
     assert [p.started for p in result.phases] == sorted(p.started for p in result.phases)
     assert all(p.seconds > 0 and p.started >= 0 for p in result.phases)

@@ -20,9 +20,17 @@ class Mipro(Strategy):
         return StrategyPlan.standard(budget, n_predictors, n_train, n_val, screened=True)
 
     async def candidates(self, ctx: RunContext, early: Pipeline) -> Candidates:
-        """Bootstrapped demo sets and screened proposals for every predictor: MIPRO's search space (the
-        hand-written prompt's evaluation starts as soon as the demo sets exist, beside the proposals)."""
-        demo_sets = await bootstrap_candidates(ctx)
+        """Bootstrapped demo sets and screened proposals for every predictor: MIPRO's search space. The
+        hand-written prompt's evaluation (labeled demos) starts beside the bootstrap, and each proposal's
+        calls as soon as their inputs exist (:mod:`aprompt._optimize.strategies.warmup`), when the run has
+        no limit that could refuse them; else the first when the bootstrap ends, the others in turn."""
+        warm = early.warmup()  # the proposals' calls, sent as soon as their inputs exist
+        early.start_reference_early(self.plan_for(ctx))
+        try:
+            demo_sets = await bootstrap_candidates(ctx, warm.demo_set_built if warm else None)
+        finally:
+            if warm is not None:
+                warm.bootstrap_ended()
         early.start_reference(demo_sets, self.plan_for(ctx))
         instructions = await instruction_candidates(ctx, demo_sets, await early.texts())
         candidates = Candidates(tuple(n for n, _ in ctx.predictors), instructions, demo_sets)

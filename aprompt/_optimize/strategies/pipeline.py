@@ -4,10 +4,12 @@ A run's steps depend on each other less than their order suggests. The unoptimiz
 evaluation (the ``"baseline"`` phase) and the grounding texts (data summary, program description: the
 ``"grounding"`` phase) need no demo, so they start at t = 0 beside the bootstrap. The evaluation of the
 prompt a user would write by hand (instructions as written, labeled training examples as demos; the
-``"reference"`` phase) needs only the demo sets, so it starts when the bootstrap ends, beside the
-proposals and their screen. The search takes these evaluations as they are
-(``SearchLoop.prefetched``: matched by the prompts they evaluated) instead of running them again, and
-journals them under their usual ``"full_eval"`` keys.
+``"reference"`` phase) needs only the labeled set, which needs no call: when the run has no limit that
+could refuse a step, it starts once the baseline's evaluation ends, beside the bootstrap
+(:meth:`Pipeline.start_reference_early`); else when the bootstrap ends, beside the proposals and their
+screen. The proposals' own calls may go ahead too (:meth:`Pipeline.warmup`). The search takes these
+evaluations as they are (``SearchLoop.prefetched``: matched by the prompts they evaluated) instead of
+running them again, and journals them under their usual ``"full_eval"`` keys.
 
 Each step is journaled on its own (kinds ``"baseline_eval"``, ``"summaries"``, ``"reference_eval"``),
 so a resumed run pays for none again. The program failing on every validation example
@@ -43,7 +45,13 @@ from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.run_context import BASELINE_KIND, RunContext, limit_reached_in
 from aprompt._optimize.search import FullEval, SearchLoop, full_eval_from_json, full_eval_to_json
 from aprompt._optimize.strategies.base import StrategyPlan
-from aprompt._optimize.strategies.steps import grounding_calls, grounding_texts, labeled_reference
+from aprompt._optimize.strategies.steps import (
+    grounding_calls,
+    grounding_texts,
+    labeled_reference,
+    leading_demo_sets,
+)
+from aprompt._optimize.strategies.warmup import Warmup, nothing_refuses
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
 from aprompt.program.overrides import PromptOverride
@@ -90,6 +98,7 @@ class Pipeline:
     _texts: Deferred[dict[str, str | None]] = attrs.field(factory=Deferred)
     #: Each evaluation started ahead, by the prompts it evaluates.
     _evaluations: list[tuple[dict[str, PromptOverride], Deferred[FullEval]]] = attrs.field(factory=list)
+    _grounding: bool = False
 
     async def texts(self) -> dict[str, str | None]:
         """The grounding texts (:func:`~aprompt._optimize.strategies.steps.grounding_texts`), once written."""
@@ -100,17 +109,22 @@ class Pipeline:
         return await self._baseline.wait()
 
     def start_reference(
-        self, demo_sets: Mapping[str, tuple[DemoSet, ...]], plan: StrategyPlan | None = None
+        self,
+        demo_sets: Mapping[str, tuple[DemoSet, ...]],
+        plan: StrategyPlan | None = None,
+        *,
+        after_baseline: bool = False,
     ) -> None:
         """Start the evaluation of the prompt a user would write by hand
         (:func:`~aprompt._optimize.strategies.steps.labeled_reference`) with these demo sets; nothing
         when no predictor has a labeled set, or when the run's limits cannot pay for it and for what
         goes before it (``plan``'s proposals and screen, the first mini-batch): the search then meets
-        the refusal itself, as it would have without a pipeline."""
+        the refusal itself, as it would have without a pipeline. ``after_baseline``: its calls wait
+        for the baseline's evaluation to end."""
         candidates = attrs.evolve(Candidates.original(self.ctx.predictors), demo_sets=demo_sets)
         choice = labeled_reference(candidates)
-        if not choice:
-            return
+        if not choice or self.prefetched(candidates, choice) is not None:
+            return  # nothing to evaluate, or started already (from the leading demo sets)
         key = json.dumps(sorted(choice.items()))
         stopped_by = self.ctx.stopped_by
         try:
@@ -124,7 +138,30 @@ class Pipeline:
             return
         done: Deferred[FullEval] = Deferred()
         self._evaluations.append((self._prompts(candidates, choice), done))
-        self._group.start_soon(self._reference, candidates, choice, key, done)
+        self._group.start_soon(self._reference, candidates, choice, key, done, after_baseline)
+
+    def warmup(self) -> Warmup | None:
+        """Send the proposals' first draws and their screens as soon as their inputs exist
+        (:mod:`aprompt._optimize.strategies.warmup`); ``None`` when the run must not, or writes no
+        grounding texts here. Tell it :meth:`~aprompt._optimize.strategies.warmup.Warmup.bootstrap_ended`."""
+        warm = Warmup.for_run(self.ctx, self.texts) if self._grounding else None
+        if warm is not None:
+            self._group.start_soon(warm.run)
+        return warm
+
+    def start_reference_early(self, plan: StrategyPlan | None = None) -> None:
+        """Start the evaluation of the prompt a user would write by hand now, before the bootstrap ends:
+        its demos are the labeled set, which needs no LM call
+        (:func:`~aprompt._optimize.strategies.steps.leading_demo_sets`). Only when the run has no limit
+        that could refuse a step (calls, tokens, cost): under such a limit the steps are admitted in
+        their usual order, and this waits for :meth:`start_reference` after the bootstrap. Nothing
+        either when no leading set is a labeled one; :meth:`start_reference` then starts it.
+
+        Its calls wait for the baseline's evaluation to end: sent at once beside it, they would take the
+        client's burst allowance (:mod:`aprompt.lm.limits`) from the bootstrap's first wave, which
+        the proposals, and so the search, wait for."""
+        if nothing_refuses(self.ctx):
+            self.start_reference(leading_demo_sets(self.ctx), plan, after_baseline=True)
 
     def prefetched(self, candidates: Candidates, choice: Choice) -> Callable[[], Awaitable[FullEval]] | None:
         """``SearchLoop.prefetched``: the evaluation started ahead of the same prompts as ``choice``
@@ -197,8 +234,10 @@ class Pipeline:
         self._texts.set(texts)
 
     async def _reference(
-        self, candidates: Candidates, choice: Choice, key: str, done: Deferred[FullEval]
+        self, candidates: Candidates, choice: Choice, key: str, done: Deferred[FullEval], after_baseline: bool
     ) -> None:
+        if after_baseline:
+            await self._baseline.wait()
         evaluator = self._evaluator(candidates)
         async with self.ctx.phase("reference"):
             result = await self.ctx.memo(
@@ -217,7 +256,7 @@ async def pipeline(ctx: RunContext, *, grounding: bool = True) -> AsyncIterator[
     block; see the module docstring."""
     refusal: BaseException | None = None
     async with _own_errors(), plain_errors_task_group() as group:
-        early = Pipeline(ctx, group)
+        early = Pipeline(ctx, group, grounding=grounding)
         early._start_baseline()
         if grounding:
             group.start_soon(early._run_grounding)

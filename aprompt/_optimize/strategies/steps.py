@@ -15,7 +15,7 @@ import attrs
 
 from aprompt._errors import JournalError
 from aprompt._optimize import grounding as grounding_sources
-from aprompt._optimize.bootstrap import DemoSet, bootstrap_demo_sets, size_ladder
+from aprompt._optimize.bootstrap import DemoSet, bootstrap_demo_sets, labeled_set, size_ladder
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
@@ -29,6 +29,7 @@ from aprompt._optimize.summaries import Grounded
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
 from aprompt.program.overrides import PromptOverride
+from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
 if TYPE_CHECKING:
@@ -37,10 +38,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aprompt")
 
 
-async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]]:
+async def bootstrap_candidates(
+    ctx: RunContext, on_set: Callable[[int, Mapping[str, DemoSet]], None] | None = None
+) -> dict[str, tuple[DemoSet, ...]]:
     """Demo sets per predictor, of several sizes up to ``Budget.max_demos`` (see
     :mod:`aprompt._optimize.bootstrap`); set 0 is the program's own demos, and when it has some, an empty
-    set follows it, so showing no demos is always a choice."""
+    set follows it, so showing no demos is always a choice.
+
+    ``on_set``: told each bootstrapped set as soon as it is built (see
+    :func:`~aprompt._optimize.bootstrap.bootstrap_demo_sets`); not when the sets are journaled."""
 
     async def compute() -> dict[str, tuple[DemoSet, ...]]:
         result = await bootstrap_demo_sets(
@@ -58,17 +64,12 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             concurrency=ctx.limiter,
             outage=ctx.outage,
             set_sizes=size_ladder(ctx.budget.max_demos),
+            on_set=on_set,
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
         ctx.note_runs(result.runs)  # measures what a program run costs
         return {
-            name: distinct_sets(
-                (
-                    DemoSet(tuple(predictor.demos)),
-                    *((DemoSet(()),) if predictor.demos else ()),
-                    *result.demo_sets[name][1:],
-                )
-            )
+            name: distinct_sets((*_own_sets(predictor), *result.demo_sets[name][1:]))
             for name, predictor in ctx.predictors
         }
 
@@ -82,6 +83,28 @@ async def bootstrap_candidates(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]
             for index, demo_set in enumerate(sets[name][1:], start=1):
                 await ctx.emit(CandidateProposed(name, "demos", index, demo_set))
     return sets
+
+
+def _own_sets(predictor: Predict) -> tuple[DemoSet, ...]:
+    """The program's own demos, then, when it has some, an empty set."""
+    return (DemoSet(tuple(predictor.demos)), *((DemoSet(()),) if predictor.demos else ()))
+
+
+def leading_sets_of(ctx: RunContext, predictor: Predict) -> tuple[DemoSet, ...]:
+    """The sets :func:`bootstrap_candidates` puts first for ``predictor``, before dropping repeats, known
+    before any LM call: the program's own demos, an empty set when it has some, and the labeled set
+    (training examples as demos, see :mod:`aprompt._optimize.bootstrap`). The bootstrapped sets follow."""
+    labeled = ctx.budget.n_candidates >= 2
+    return (
+        *_own_sets(predictor),
+        *((labeled_set(predictor, ctx.trainset, ctx.budget.max_labeled_demos),) if labeled else ()),
+    )
+
+
+def leading_demo_sets(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]]:
+    """The first of the demo sets :func:`bootstrap_candidates` returns, at the same indices
+    (:func:`leading_sets_of` without repeats)."""
+    return {name: distinct_sets(leading_sets_of(ctx, predictor)) for name, predictor in ctx.predictors}
 
 
 def distinct_sets(sets: Sequence[DemoSet]) -> tuple[DemoSet, ...]:
@@ -296,17 +319,8 @@ async def screen_instructions(
         # The other predictors' calls, the same for every instruction, are sent once: the run's cache
         # shares identical calls in flight.
         async def screen(position: int) -> None:
-            async def run(todo: Sequence[Example]) -> Evaluation:
-                return await evaluate(
-                    ctx.program,
-                    todo,
-                    ctx.metric,
-                    prompts={name: PromptOverride(instructions[position], ())},
-                    lm=ctx.lm,
-                    concurrency=ctx.limiter,
-                )
-
-            evaluation = await guard.evaluate(run, examples, f"the screen of {name}'s proposal {position}")
+            what = f"the screen of {name}'s proposal {position}"
+            evaluation = await screen_one(ctx, name, instructions[position], guard, what)
             results[position] = evaluation.scores
 
         async with plain_errors_task_group() as group:
@@ -327,6 +341,25 @@ async def screen_instructions(
         return [{str(k): float(v) for k, v in s.items()} for s in data["scores"]]
 
     return await ctx.memo("screen", name, compute, encode, decode)
+
+
+async def screen_one(
+    ctx: RunContext, name: str, instruction: str, guard: OutageGuard, what: str
+) -> Evaluation:
+    """One instruction's screen for predictor ``name``: the program with ``instruction`` and no demos
+    for it on :func:`screen_examples`."""
+
+    async def run(todo: Sequence[Example]) -> Evaluation:
+        return await evaluate(
+            ctx.program,
+            todo,
+            ctx.metric,
+            prompts={name: PromptOverride(instruction, ())},
+            lm=ctx.lm,
+            concurrency=ctx.limiter,
+        )
+
+    return await guard.evaluate(run, screen_examples(ctx), what)
 
 
 def proposals_to_json(proposals: Sequence[Proposal]) -> list[dict[str, Any]]:
