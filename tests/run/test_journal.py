@@ -60,8 +60,9 @@ def test_a_record_torn_by_a_kill_is_never_half_there(tmp_path: Path) -> None:
     assert writer.returncode == -signal.SIGKILL
     with RunJournal.open(tmp_path) as journal:
         records = journal.records("trial")
-        # Every confirmed append is there; the one in flight is there whole or not at all.
-        assert confirmed + 1 <= len(records) <= confirmed + 2
+        # Every confirmed append is there, and nothing half there: the one in flight when the kill came
+        # is whole or absent. (The writer may have appended more between the line read and the kill.)
+        assert len(records) >= confirmed + 1
         assert [r["number"] for r in records] == list(range(len(records)))
         assert all(len(r["blob"]) == 200_000 for r in records)
         journal.append("trial", {"number": len(records)})
