@@ -28,9 +28,9 @@ reply that is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filt
 token budget (``"length"``, :class:`~aprompt._errors.TruncatedResponseError`) fails the attempt, and
 is never cached. Empty and filtered replies are retried like any transient fault; a truncated one is
 re-sent once, at once, with twice its ``max_tokens`` (or ``max_completion_tokens``; with
-:data:`TRUNCATION_RETRY_MAX_TOKENS` when the request set neither), a warning saying so, and raises if
-it is cut again. Their tokens count in :attr:`~HTTPChatLM.usage` (they are billed), and their
-re-sends in its ``requests`` and ``retries``.
+:data:`TRUNCATION_RETRY_MAX_TOKENS` when the request set neither), saying so (a warning for the client's
+first, DEBUG for the rest), and raises if it is cut again. Their tokens count in
+:attr:`~HTTPChatLM.usage` (they are billed), and their re-sends in its ``requests`` and ``retries``.
 
 ``timeout`` bounds each attempt as a whole (connecting, sending and reading the entire body), and a
 body longer than ``max_response_bytes`` is not read on: the attempt fails with a
@@ -191,6 +191,7 @@ class HTTPChatLM(abc.ABC):
         self._usage = UsageCounter()
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
+        self._cut_replies = 0  # replies re-sent with a larger token budget (only the first is a warning)
         self._closed = False
 
     # -- wire-format hooks ------------------------------------------------------------------
@@ -380,14 +381,20 @@ class HTTPChatLM(abc.ABC):
             payload = json.dumps(self._request_body(messages, larger_params)).encode()
             reserved = self._estimator.request(messages, larger_params)
             enlarged = True
-            logger.warning(
-                "%s: reply cut at its token budget (%s=%s, finish_reason %r); re-sending once with %s=%d",
+            self._cut_replies += 1
+            # A small model rambles past its budget often, and the re-send is the designed answer: the
+            # first is a warning (it may mean max_tokens is set too low), the rest are counted at DEBUG.
+            first = self._cut_replies == 1
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
+                "%s: reply cut at its token budget (%s=%s, finish_reason %r); re-sending once with %s=%d%s",
                 self._model,
                 name,
                 given,
                 cut.finish_reason,
                 name,
                 larger,
+                "; further cut replies are logged at DEBUG" if first else f" ({self._cut_replies} so far)",
             )
             attempts += 1
             try:

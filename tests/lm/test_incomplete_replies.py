@@ -122,6 +122,23 @@ async def test_a_truncated_reply_is_resent_once_with_twice_max_tokens(
     assert "re-sending once with max_tokens=100" in caplog.text
 
 
+async def test_only_the_first_cut_reply_of_a_client_is_a_warning(
+    provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A small model rambles past its budget on many calls of a run: one warning, the rest counted at DEBUG.
+    provider.server.script([Fault.truncated("Value: 91"), None, Fault.truncated("Value: 92"), None])
+    provider.server.responder = lambda request: "Value: 919"
+    with caplog.at_level(logging.DEBUG, logger="aprompt.lm"):
+        async with provider.make() as lm:
+            for question in ("one", "two"):
+                completion = await lm.chat([{"role": "user", "content": question}], max_tokens=50)
+                assert completion.text == "Value: 919"
+    cuts = [r for r in caplog.records if "reply cut at its token budget" in r.getMessage()]
+    assert [r.levelno for r in cuts] == [logging.WARNING, logging.DEBUG]
+    assert "further cut replies are logged at DEBUG" in cuts[0].getMessage()
+    assert cuts[1].getMessage().endswith("(2 so far)")
+
+
 async def test_a_reply_truncated_again_raises_without_more_retries(provider: Provider) -> None:
     provider.server.script(lambda n: Fault.truncated("Value: 91"))
     async with provider.make(max_retries=6) as lm:
