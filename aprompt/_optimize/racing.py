@@ -41,17 +41,18 @@ import json
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from aprompt._errors import JournalError
 from aprompt._optimize.concurrent_steps import at_once_in_order
-from aprompt._optimize.evaluate import Evaluation
+from aprompt._optimize.evaluate import Evaluation, ExampleResult, OnResult
 from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference
+from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference, t_quantile
+from aprompt._taskgroups import plain_errors_task_group
 
 if TYPE_CHECKING:
     from aprompt._optimize.outage import OutageGuard
@@ -140,24 +141,119 @@ def _choice_json(choice: Mapping[str, int]) -> str:
     return json.dumps(sorted((name, int(value)) for name, value in choice.items()))
 
 
+class StagedRun(Protocol):
+    """Scores a trial's prompts on examples, telling ``on_result`` each result as it is scored."""
+
+    def __call__(
+        self, examples: Sequence[Example], on_result: OnResult | None = None
+    ) -> Awaitable[Evaluation]: ...
+
+
 async def staged_evaluation(
     outage: OutageGuard,
-    run: Callable[[Sequence[Example]], Awaitable[Evaluation]],
+    run: StagedRun,
     batch: Sequence[Example],
     incumbent: Mapping[str, float] | None,
     what: str,
 ) -> tuple[Evaluation, bool]:
     """A trial's mini-batch in two stages, each concurrent inside; after the first, a trial clearly
     losing to ``incumbent`` (the pick's scores; ``None``: no stopping) stops. Returns the evaluation of
-    the examples run, in the batch's order, and whether it stopped early."""
+    the examples run, in the batch's order, and whether it stopped early.
+
+    The second stage starts as soon as the first stage's answers in show that the trial cannot stop,
+    whatever its answers still out (:func:`cannot_be_clearly_worse`), without waiting for the slowest:
+    the same examples run, and the evaluation returned is the same.
+    """
     first = first_stage_size(len(batch)) if incumbent is not None else None
     if first is None or incumbent is None:
         return await outage.evaluate(run, batch, what), False
-    evaluation = await outage.evaluate(run, batch[:first], what)
-    if clearly_worse(evaluation.scores, incumbent):
-        return evaluation, True
-    rest = await outage.evaluate(run, batch[first:], what)
-    return Evaluation(evaluation.results + rest.results), False
+    head, tail = batch[:first], batch[first:]
+    rest: list[Evaluation] = []
+
+    async def second_stage() -> None:
+        rest.append(await outage.evaluate(run, tail, what))
+
+    async with plain_errors_task_group() as group:
+        # Only scored results are final: an example an LM failure left unscored may be run again.
+        scored: dict[str, float] = {}
+        started = False
+
+        def on_result(result: ExampleResult) -> None:
+            nonlocal started
+            if result.score is not None:
+                scored[result.example_id] = result.score
+            if not started and cannot_be_clearly_worse(
+                scored, [e.id for e in head if e.id not in scored], incumbent
+            ):
+                started = True
+                group.start_soon(second_stage)
+
+        evaluation = await outage.evaluate(partial(run, on_result=on_result), head, what)
+        if clearly_worse(evaluation.scores, incumbent):
+            # Never when the second stage started: cannot_be_clearly_worse proved it.
+            assert not started, "a trial that started its second stage stopped early"
+            return evaluation, True
+        if not started:
+            started = True
+            group.start_soon(second_stage)
+    return Evaluation(evaluation.results + rest[0].results), False
+
+
+def cannot_be_clearly_worse(
+    known: Mapping[str, float], outstanding: Iterable[str], other: Mapping[str, float]
+) -> bool:
+    """Whether ``known`` scores (example id -> score) stay not :func:`clearly_worse` than ``other``
+    however the ``outstanding`` examples end: each scored anything in [0, 1] (the metric's range,
+    :func:`~aprompt._optimize.evaluate.metric_score`), or left unscored. ``False`` when unsure.
+
+    Why it suffices. Let ``K`` be the known examples shared with ``other``: ``k`` paired differences
+    ``d_i = known_i − other_i`` with mean ``m_K`` and sum of squared deviations ``SS``. A completion
+    scores ``u`` of the outstanding examples shared with ``other`` (the set ``U``), so ``n = k + u``
+    differences with mean ``m``. ``clearly_worse`` needs ``n >= MIN_SHARED`` and ``high < 0``, where
+    ``high = min(1, m + q·√TSS)``: ``TSS`` is the sum of squared deviations of all ``n`` from ``m``, and
+    ``q = t / √(n·(n − 1)) > 0`` (``t``: the one-sided 95 % quantile, ``n − 1`` degrees of freedom).
+
+    - Each new difference is at least ``−other_i``, so ``m >= m_lo = (k·m_K − the u largest other_i) / n``.
+    - ``TSS`` splits into the spreads of ``K`` and ``U`` about their own means plus ``k·(m_K − m)²``
+      and ``u·(m_U − m)²``; with ``u·m_U = n·m − k·m_K``, that is ``TSS >= SS + A·(m_K − m)²``,
+      ``A = k·n / u`` (``TSS = SS`` and ``m = m_K`` when ``u = 0``).
+
+    So ``high >= min(1, g(m))`` with ``g(m) = m + q·√(SS + A·(m_K − m)²)``, convex in ``m``: its least
+    value on ``m >= m_lo`` is at ``m_lo`` when ``q²·A <= 1`` (``g`` never decreases), else at the larger
+    of ``m_lo`` and its minimum ``m_K − √(SS / (A·(q²·A − 1)))``. When that least value is above 0 (by a
+    margin that covers rounding) for every ``u`` with ``n >= MIN_SHARED``, ``high >= 0`` in every
+    completion, and the paired difference is never clearly negative.
+    """
+    diffs = [known[i] - other[i] for i in known if i in other]
+    k = len(diffs)
+    mean_k = math.fsum(diffs) / k if k else 0.0
+    spread = math.fsum((d - mean_k) ** 2 for d in diffs)
+    worst = sorted((other[i] for i in outstanding if i in other and i not in known), reverse=True)
+    lost = 0.0  # the sum of the u largest scores of ``other`` on the outstanding examples
+    for u in range(len(worst) + 1):
+        if u:
+            lost += worst[u - 1]
+        n = k + u
+        if n < MIN_SHARED:
+            continue
+        q = t_quantile(1.0 - ALPHA, n - 1) / math.sqrt(n * (n - 1))
+        if u == 0:
+            least = mean_k + q * math.sqrt(spread)
+        else:
+            a = k * n / u
+            low = (k * mean_k - lost) / n
+            m = low
+            if q * q * a > 1.0:
+                m = max(low, mean_k - math.sqrt(spread / (a * (q * q * a - 1.0))))
+            least = m + q * math.sqrt(spread + a * (mean_k - m) ** 2)
+        if least <= _ROUNDING_MARGIN:
+            return False
+    return True
+
+
+#: What :func:`cannot_be_clearly_worse`'s bound must clear: far above the rounding of sums of at most a
+#: few thousand differences in [−1, 1], far below any difference a score can make.
+_ROUNDING_MARGIN = 1e-9
 
 
 async def final_races(loop: SearchLoop, left: int) -> None:

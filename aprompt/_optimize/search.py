@@ -76,7 +76,7 @@ import attrs
 from aprompt._errors import JournalError, OptimizationError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.concurrent_steps import at_once_in_order
-from aprompt._optimize.evaluate import Evaluation, Metric, evaluate
+from aprompt._optimize.evaluate import Evaluation, Metric, OnResult, evaluate_reporting
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import (
@@ -936,14 +936,17 @@ class SearchLoop:
         """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal)."""
         return await self._evaluate(choice, examples)
 
-    async def _evaluate(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
-        return await evaluate(
+    async def _evaluate(
+        self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
+    ) -> Evaluation:
+        return await evaluate_reporting(
             self.program,
             examples,
             self.metric,
             prompts=self.candidates.prompts_for(choice),
             lm=self.lm,
             concurrency=self._limiter,
+            on_result=on_result,
         )
 
     async def full_evaluation(
