@@ -37,6 +37,7 @@ same flow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio.abc
 import attrs
 
 from aprompt._errors import JournalError
@@ -308,61 +310,167 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
         loop.record_rung(rung_eval)
         spent += len(rung_eval.example_ids)
 
-    previous: set[str] = set()
-    entered = len(racers)
-    for rung, size in enumerate(sizes):
-        if loop.stopped is not None or loop.should_stop() is not None:
-            break
-        ids = {e.id for e in order[:size]}
-        if rung > 0:
-            # Successive halving: the best on the previous rung's shared examples go first.
-            racers.sort(key=lambda c: -mean_of({k: v for k, v in loop.scores_of(c).items() if k in previous}))
-        known = {key_of(c): loop.scores_of(c) for c in racers}
-        increments = [
-            [
-                sum(e.id not in known[key_of(c)] for e in order[low:high])
-                for low, high in zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
-            ]
-            for c in racers
-        ]
-        # Successive halving: at most half of the previous rung's racers go on (rounded up).
-        cap = entered if rung == 0 else math.ceil(entered / 2)
-        racers = racers[: min(cap, affordable(increments, allowance - spent))]
+    # Calls a lone racer's next step sends ahead (see the module); those left when the race ends (it
+    # stopped) are dropped.
+    async with plain_errors_task_group() as ahead:
+        previous: set[str] = set()
         entered = len(racers)
-        logger.debug(
-            "aprompt: race %d, rung %d (%d examples): %d racer(s), %d of %d program runs left",
-            race + 1,
-            rung + 1,
-            size,
-            len(racers),
-            allowance - spent,
-            allowance,
-        )
-        if not racers:
-            break
-        if size == n:
-            fulls = await loop.full_evaluations(racers)
-            spent += sum(len(full.scores) + full.n_unscored - full.reused for full in fulls)
-            break
-        todo = [(c, [e for e in order[:size] if e.id not in known[key_of(c)]]) for c in racers]
-        todo = [(c, examples) for c, examples in todo if examples]
-        loop.admit_step(
-            f"rung {rung + 1} of a race ({len(todo)} combination(s))",
-            [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
-        )
-        await at_once_in_order(
-            [partial(_rung, loop, race, rung, c, examples) for c, examples in todo], record
-        )
-        previous = ids
-        pick = loop.decide()
-        incumbent = loop.scores_of(pick.choice)
-        leader = max(racers, key=lambda c: mean_of({k: v for k, v in loop.scores_of(c).items() if k in ids}))
-        racers = [
-            c
-            for c in racers
-            if not _dropped(loop, c, incumbent, loop.scores_of(leader) if c is not leader else None)
-        ]
+        for rung, size in enumerate(sizes):
+            if loop.stopped is not None or loop.should_stop() is not None:
+                break
+            ids = {e.id for e in order[:size]}
+            if rung > 0:
+                # Successive halving: the best on the previous rung's shared examples go first.
+                racers.sort(
+                    key=lambda c: -mean_of({k: v for k, v in loop.scores_of(c).items() if k in previous})
+                )
+            known = {key_of(c): loop.scores_of(c) for c in racers}
+            increments = [
+                [
+                    sum(e.id not in known[key_of(c)] for e in order[low:high])
+                    for low, high in zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
+                ]
+                for c in racers
+            ]
+            # Successive halving: at most half of the previous rung's racers go on (rounded up).
+            cap = entered if rung == 0 else math.ceil(entered / 2)
+            racers = racers[: min(cap, affordable(increments, allowance - spent))]
+            entered = len(racers)
+            logger.debug(
+                "aprompt: race %d, rung %d (%d examples): %d racer(s), %d of %d program runs left",
+                race + 1,
+                rung + 1,
+                size,
+                len(racers),
+                allowance - spent,
+                allowance,
+            )
+            if not racers:
+                break
+            if size == n:
+                fulls = await loop.full_evaluations(racers)
+                spent += sum(len(full.scores) + full.n_unscored - full.reused for full in fulls)
+                break
+            todo = [(c, [e for e in order[:size] if e.id not in known[key_of(c)]]) for c in racers]
+            todo = [(c, examples) for c, examples in todo if examples]
+            loop.admit_step(
+                f"rung {rung + 1} of a race ({len(todo)} combination(s))",
+                [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
+            )
+            watch = _ahead_of_lone_racer(loop, ahead, racers, todo, order, sizes, rung, allowance - spent)
+            await at_once_in_order(
+                [partial(_rung, loop, race, rung, c, examples, watch) for c, examples in todo], record
+            )
+            previous = ids
+            pick = loop.decide()
+            incumbent = loop.scores_of(pick.choice)
+            leader = max(
+                racers, key=lambda c: mean_of({k: v for k, v in loop.scores_of(c).items() if k in ids})
+            )
+            racers = [
+                c
+                for c in racers
+                if not _dropped(loop, c, incumbent, loop.scores_of(leader) if c is not leader else None)
+            ]
+        ahead.cancel_scope.cancel()
     return spent
+
+
+def _ahead_of_lone_racer(
+    loop: SearchLoop,
+    group: anyio.abc.TaskGroup,
+    racers: Sequence[dict[str, int]],
+    todo: Sequence[tuple[dict[str, int], list[Example]]],
+    order: Sequence[Example],
+    sizes: Sequence[int],
+    rung: int,
+    left: int,
+) -> OnResult | None:
+    """For a rung with one racer (``racers``), what is told each of its answers and starts (in ``group``)
+    the calls of its next step (a rung, or its full evaluation) once the answers in settle that the
+    racer goes on to it, and which examples it runs (see :func:`_settled_next`); ``None`` when nothing
+    may go ahead (``left``: the program runs the race has left before this rung)."""
+    if not loop.go_ahead or len(racers) != 1 or len(todo) != 1 or rung + 1 >= len(sizes):
+        return None
+    choice, examples = todo[0]
+    incumbent = _settled_incumbent(loop)
+    if incumbent is None:
+        return None
+    scored = loop.scores_of(choice)
+    outstanding = {e.id for e in examples}
+    left -= len(examples)  # what the rung's record spends
+    sent = False
+
+    def on_result(result: ExampleResult) -> None:
+        nonlocal sent
+        if sent:
+            return
+        if result.score is not None:
+            scored[result.example_id] = result.score
+            outstanding.discard(result.example_id)
+        ahead = _settled_next(loop.valset, scored, outstanding, incumbent, order, sizes, rung, left)
+        if ahead is not None:
+            sent = True
+            if ahead:
+                group.start_soon(_send_ahead, loop, choice, ahead)
+
+    return on_result
+
+
+def _settled_incumbent(loop: SearchLoop) -> dict[str, float] | None:
+    """The pick's scores, when no racer's rung can change the pick; else ``None``.
+
+    A rung adds evidence on a combination without a full evaluation, which is never picked. It moves
+    the pick only through the pooled estimate, and that only orders fully evaluated combinations of
+    equal means (:func:`~aprompt._optimize.final_pick.by_mean`): with their means all distinct, the pick
+    after the rung is the pick now.
+    """
+    baseline = key_of(loop.full_evals[0].choice)
+    tested = {key_of(f.choice) for f in loop.full_evals} - {baseline}
+    means = [mean_of(loop.scores_of(dict(key))) for key in tested]
+    if len(set(means)) != len(means):
+        return None
+    return loop.scores_of(loop.decide().choice)
+
+
+def _settled_next(
+    valset: Sequence[Example],
+    scored: Mapping[str, float],
+    outstanding: set[str],
+    incumbent: Mapping[str, float],
+    order: Sequence[Example],
+    sizes: Sequence[int],
+    rung: int,
+    left: int,
+) -> list[Example] | None:
+    """The examples a lone racer of rung ``rung`` is sure to run in its next step, whatever its
+    ``outstanding`` answers give; ``None`` while it might not go on.
+
+    After its rung, a lone racer is dropped only when clearly worse than the pick (it is its own rung's
+    leader), which :func:`cannot_be_clearly_worse` rules out; it then enters the next rung (half of one
+    racer, rounded up, is one) when the allowance ``left`` pays for its halving plan
+    (:func:`affordable`), whose cost only grows with the examples it lacks, so it is checked with every
+    answer still out counted as lacking (an example an LM failure leaves unscored is run again). The
+    next step runs the examples of its part of the race order (the whole validation set for a full
+    evaluation) that the racer lacks: surely those it lacks now that are not out.
+    """
+    if not cannot_be_clearly_worse(scored, outstanding, incumbent):
+        return None
+    bounds = zip([0, *sizes[rung + 1 : -1]], sizes[rung + 1 :], strict=True)
+    increments = [sum(e.id not in scored for e in order[low:high]) for low, high in bounds]
+    if affordable([increments], left) < 1:
+        return None
+    size = sizes[rung + 1]
+    part = valset if size == len(order) else order[:size]
+    return [e for e in part if e.id not in scored and e.id not in outstanding]
+
+
+async def _send_ahead(loop: SearchLoop, choice: dict[str, int], examples: list[Example]) -> None:
+    """Run ``choice`` on ``examples`` ahead of the step that will, which finds the answers in the LM's
+    cache (or shares the calls still in flight). A failure here is left to that step, which sends the
+    call again and handles it as always."""
+    with contextlib.suppress(Exception):
+        await loop.evaluate_choice(choice, examples)
 
 
 def _dropped(
@@ -383,11 +491,18 @@ def _rung_key(race: int, rung: int, choice: Mapping[str, int]) -> str:
 
 
 async def _rung(
-    loop: SearchLoop, race: int, rung: int, choice: dict[str, int], examples: list[Example]
+    loop: SearchLoop,
+    race: int,
+    rung: int,
+    choice: dict[str, int],
+    examples: list[Example],
+    on_result: OnResult | None = None,
 ) -> RungEval:
     async def compute() -> RungEval:
         evaluation = await loop.outage.evaluate(
-            partial(loop.evaluate_choice, choice), examples, f"rung {rung + 1} of race {race + 1}"
+            partial(loop.evaluate_choice, choice, on_result=on_result),
+            examples,
+            f"rung {rung + 1} of race {race + 1}",
         )
         return RungEval(
             race=race,

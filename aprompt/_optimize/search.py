@@ -415,6 +415,10 @@ class SearchLoop:
     prefetched: Prefetched | None = attrs.field(default=None, kw_only=True)
     #: Program runs in flight at once: a limit of its own, or one the run's other steps share.
     limiter: anyio.CapacityLimiter | None = attrs.field(default=None, kw_only=True)
+    #: A race's next step may send its calls ahead, once the answers in settle that it runs them
+    #: (:mod:`aprompt._optimize.racing`): only when nothing can refuse or stop a step and the LM keeps a
+    #: response cache, where the step then finds their answers.
+    go_ahead: bool = attrs.field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = self.limiter or anyio.CapacityLimiter(max(1, self.concurrency))
@@ -932,9 +936,12 @@ class SearchLoop:
         an evaluation made before the search, handed in later through ``prefetched``."""
         return await self._run_full_evaluation(choice, {}, is_baseline=is_baseline)
 
-    async def evaluate_choice(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
-        """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal)."""
-        return await self._evaluate(choice, examples)
+    async def evaluate_choice(
+        self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
+    ) -> Evaluation:
+        """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal), telling
+        ``on_result`` each example's result as it is scored."""
+        return await self._evaluate(choice, examples, on_result)
 
     async def _evaluate(
         self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None

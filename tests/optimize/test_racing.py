@@ -73,10 +73,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def search_loop(
-    racing: bool, minibatch_size: int = 50, latency: float = 0.0, answer: Responder | None = None
+    racing: bool,
+    minibatch_size: int = 50,
+    latency: float = 0.0,
+    answer: Responder | None = None,
+    go_ahead: bool = False,
 ) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
     """A search over the instructions above, on 100 validation examples, its baseline evaluated (no LM
-    cache: every call is a request the server logs); ``answer`` answers instead of the world."""
+    cache: every call is a request the server logs); ``answer`` answers instead of the world; with
+    ``go_ahead``, the LM keeps a cache in memory and a race's next step may send its calls ahead."""
     program = TwoStageProgram()
     predictors = named_predictors(program)
     candidates = Candidates.original(predictors)
@@ -87,7 +92,8 @@ async def search_loop(
         search_demos=False,
     )
     async with FakeOpenAIServer(responder=answer or World(), api_key=TEST_API_KEY, latency=latency) as server:
-        async with lm_for(server, max_concurrency=64) as lm:
+        cache = ResponseCache.memory_only() if go_ahead else None
+        async with lm_for(server, max_concurrency=64, cache=cache) as lm:
 
             async def ignore(event: object) -> None:
                 return None
@@ -103,6 +109,7 @@ async def search_loop(
                 lm=lm,
                 racing=racing,
                 outage=OutageGuard.for_program(predictors, lm, DEFAULT_OUTAGE_POLICY),
+                go_ahead=go_ahead,
             )
             await loop.full_evaluation(candidates.baseline(), is_baseline=True)
             yield loop, server

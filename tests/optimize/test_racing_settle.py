@@ -1,6 +1,7 @@
 """Racing's decisions taken as soon as the answers in settle them (aprompt/_optimize/racing.py): a trial's
 second stage goes without waiting for its first stage's slowest answer when no answer still out could
-make the trial stop, and the trial records what it would have.
+make the trial stop, and a race's lone racer sends its next step's calls once no answer still out could
+drop it; each records (and sends) what it would have.
 
 Asserted from the loopback server's request log as orderings (one answer held back a second), never as
 durations."""
@@ -8,16 +9,24 @@ durations."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
 import anyio
 import pytest
 
-from aprompt._optimize.racing import cannot_be_clearly_worse, clearly_worse, first_stage_size
+from aprompt._optimize.racing import (
+    cannot_be_clearly_worse,
+    clearly_worse,
+    first_stage_size,
+    race_order,
+    run_race,
+    rung_sizes,
+)
 from aprompt._optimize.search import minibatch
 from aprompt.testing.fake_openai import ChatRequest, Reply
 from tests.optimize.qa_task import item_of, last_user_of
-from tests.optimize.test_racing import GOOD, LATENCY, POOR, items_of, requests_of, search_loop
+from tests.optimize.test_racing import GOOD, LATENCY, POOR, items_of, race_records, requests_of, search_loop
 from tests.optimize.world import World
 
 pytestmark = pytest.mark.anyio
@@ -110,3 +119,41 @@ def test_a_trial_losing_by_more_than_the_answers_out_can_make_up_is_not_settled(
     assert not cannot_be_clearly_worse(known, [f"e{i}" for i in range(15, 20)], other)
     # Ahead on every known example, one answer out cannot bring it down.
     assert cannot_be_clearly_worse({f"e{i}": 1.0 for i in range(19)}, ["e19"], {**other, "e3": 0.0})
+
+
+async def test_a_lone_racer_sure_to_go_on_starts_its_full_evaluation_before_its_rungs_slowest_answer() -> (
+    None
+):
+    async with search_loop(racing=True, go_ahead=True) as (loop, server):
+        n = len(loop.valset)
+        order = race_order(loop.valset, loop.seed)
+        sizes = rung_sizes(n)
+        await run_race(loop, [dict(GOOD)], allowance=2 * n)
+        plain = race_records(loop)
+        plain_requests = sorted(json.dumps(r.body, sort_keys=True) for r in server.chat_requests)
+    # Held back: an example of its last rung before the full evaluation.
+    slow = item_of(order[sizes[-2] - 1].inputs["question"])
+    _, answer = holding_back(slow)
+    async with search_loop(racing=True, latency=LATENCY, answer=answer, go_ahead=True) as (loop, server):  # type: ignore[arg-type]
+        await run_race(loop, [dict(GOOD)], allowance=2 * n)
+        records = race_records(loop)
+        requests = requests_of(server, GOOD)
+        sent = sorted(json.dumps(r.body, sort_keys=True) for r in server.chat_requests)
+    held = [r for r in requests if item_of(last_user_of(r)) == slow]
+    full = [r for r in requests if item_of(last_user_of(r)) in items_of(order[sizes[-2] :])]
+    assert held and full
+    # The full evaluation's calls went before the rung's held-back answer came ...
+    assert min(r.started for r in full) < max(r.finished for r in held)
+    # ... and the race recorded, and sent, what it does without the held-back answer.
+    assert records == plain
+    assert sent == plain_requests
+
+
+async def test_a_lone_racer_that_may_be_dropped_sends_nothing_ahead() -> None:
+    async with search_loop(racing=True, go_ahead=True) as (loop, server):
+        n = len(loop.valset)
+        await run_race(loop, [dict(POOR)], allowance=2 * n)
+        ran = {item_of(e.inputs["question"]) for e in loop.valset if e.id in loop.scores_of(POOR)}
+        requested = {item_of(last_user_of(r)) for r in requests_of(server, POOR)}
+    assert len(ran) < n  # dropped before its full evaluation
+    assert requested == ran

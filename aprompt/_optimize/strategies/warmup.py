@@ -27,19 +27,15 @@ from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.propose import Proposal, ProposalContext, draw_candidate
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.strategies.steps import distinct_sets, leading_sets_of, screen_examples, screen_one
+from aprompt._optimize.strategies.steps import (
+    distinct_sets,
+    leading_sets_of,
+    nothing_refuses,
+    screen_examples,
+    screen_one,
+    shares_calls,
+)
 from aprompt._taskgroups import plain_errors_task_group
-
-
-def nothing_refuses(ctx: RunContext) -> bool:
-    """Whether the run has no limit that could refuse a step (calls, tokens, cost)."""
-    limits = ctx.limits
-    return limits.max_lm_calls is None and limits.max_tokens is None and limits.max_cost is None
-
-
-def _shares_calls(lm: object) -> bool:
-    cache = getattr(lm, "cache", None)
-    return bool(cache is not None and getattr(cache, "enabled", False))
 
 
 @attrs.define(eq=False)
@@ -66,7 +62,7 @@ class Warmup:
     ) -> Warmup | None:
         """A warm-up for the run (``texts``: its grounding texts, once written), or ``None`` when the run
         must not send calls ahead (a limit could refuse its steps, or its LMs share no calls)."""
-        if not nothing_refuses(ctx) or not (_shares_calls(ctx.lm) and _shares_calls(ctx.proposer_lm)):
+        if not nothing_refuses(ctx) or not (shares_calls(ctx.lm) and shares_calls(ctx.proposer_lm)):
             return None
         warm = cls(ctx, texts)
         bootstrapped = max(0, ctx.budget.n_candidates - 2)
