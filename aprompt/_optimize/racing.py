@@ -29,6 +29,16 @@ runs*, not in whole full evaluations:
   first, a trial whose paired difference against the current pick (which has a full evaluation) on those
   examples is clearly negative stops there. Its score is the mean on the examples it ran
   (``Trial.stopped_early``), and that is what the TPE is told.
+- **Decisions as soon as the answers in settle them.** A stage or rung waits for its slowest answer, but
+  the decision after it often does not: once the answers in show that no ending of those still out (each
+  scored anything in [0, 1], or left unscored) can make the paired difference clearly negative
+  (:func:`cannot_be_clearly_worse`), a trial's second stage starts at once. Likewise a race's lone racer:
+  when its rung cannot drop it nor change the pick, and the allowance pays for its next step even if
+  every answer out must be run again, its next step's calls (a rung, or its full evaluation) on the
+  examples it is sure to run go ahead — only where nothing can refuse or stop a step and the LM keeps a
+  response cache (``SearchLoop.go_ahead``): the step itself still runs after the rung, as before, and finds
+  the answers in the cache. Either way the same examples run and every record and decision is the same
+  as when each waited; only the calls go sooner.
 
 Every step is journaled (trials as ``"trial"``, rungs as ``"race"``, full evaluations as ``"full_eval"``),
 and every decision is a pure function of the journaled results and the seed, so a resumed run replays the

@@ -54,7 +54,9 @@ while the LM works stay unscored (``lm_failures``) and are reported in ``failure
 With ``racing`` (``Budget.racing``, the default), the periodic and final full evaluations are spent on races
 among the most promising untested combinations instead, and a trial clearly losing to the pick after the
 first part of its mini-batch stops there (:mod:`aprompt._optimize.racing`); the rungs of the races are
-evidence for the pick like trials, and still only a fully evaluated combination can be returned.
+evidence for the pick like trials, and still only a fully evaluated combination can be returned. A trial's
+second part, and a lone racer's next step, do not wait for the slowest answer before them when the answers
+in already settle that they run (same module); the records and decisions are those of waiting.
 """
 
 from __future__ import annotations
