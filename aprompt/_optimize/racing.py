@@ -47,7 +47,6 @@ same flow.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -307,12 +306,27 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
     (``loop.full_evaluations``); what they record is recorded in the racers' order, as if one after
     another (:mod:`aprompt._optimize.concurrent_steps`).
     """
-    n = len(loop.valset)
-    order = race_order(loop.valset, loop.seed)
-    sizes = rung_sizes(n)
     race = loop.races_started
     loop.races_started += 1
     racers = [dict(c) for c in entrants[:MAX_ENTRANTS]]
+    # Runs a lone racer's next step starts ahead (see the module); those no step took when the race ends
+    # (it stopped) are dropped.
+    try:
+        async with plain_errors_task_group() as ahead:
+            spent = await _race_rungs(loop, race, racers, allowance, ahead)
+            ahead.cancel_scope.cancel()
+    finally:
+        loop.drop_ahead()
+    return spent
+
+
+async def _race_rungs(
+    loop: SearchLoop, race: int, racers: list[dict[str, int]], allowance: int, ahead: anyio.abc.TaskGroup
+) -> int:
+    """:func:`run_race`'s rungs, runs started ahead in ``ahead``; returns the program runs spent."""
+    n = len(loop.valset)
+    order = race_order(loop.valset, loop.seed)
+    sizes = rung_sizes(n)
     spent = 0
 
     async def record(rung_eval: RungEval) -> None:
@@ -320,69 +334,61 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
         loop.record_rung(rung_eval)
         spent += len(rung_eval.example_ids)
 
-    # Calls a lone racer's next step sends ahead (see the module); those left when the race ends (it
-    # stopped) are dropped.
-    async with plain_errors_task_group() as ahead:
-        previous: set[str] = set()
+    previous: set[str] = set()
+    entered = len(racers)
+    for rung, size in enumerate(sizes):
+        if loop.stopped is not None or loop.should_stop() is not None:
+            break
+        ids = {e.id for e in order[:size]}
+        if rung > 0:
+            # Successive halving: the best on the previous rung's shared examples go first.
+            racers.sort(key=lambda c: -mean_of({k: v for k, v in loop.scores_of(c).items() if k in previous}))
+        known = {key_of(c): loop.scores_of(c) for c in racers}
+        increments = [
+            [
+                sum(e.id not in known[key_of(c)] for e in order[low:high])
+                for low, high in zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
+            ]
+            for c in racers
+        ]
+        # Successive halving: at most half of the previous rung's racers go on (rounded up).
+        cap = entered if rung == 0 else math.ceil(entered / 2)
+        racers = racers[: min(cap, affordable(increments, allowance - spent))]
         entered = len(racers)
-        for rung, size in enumerate(sizes):
-            if loop.stopped is not None or loop.should_stop() is not None:
-                break
-            ids = {e.id for e in order[:size]}
-            if rung > 0:
-                # Successive halving: the best on the previous rung's shared examples go first.
-                racers.sort(
-                    key=lambda c: -mean_of({k: v for k, v in loop.scores_of(c).items() if k in previous})
-                )
-            known = {key_of(c): loop.scores_of(c) for c in racers}
-            increments = [
-                [
-                    sum(e.id not in known[key_of(c)] for e in order[low:high])
-                    for low, high in zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
-                ]
-                for c in racers
-            ]
-            # Successive halving: at most half of the previous rung's racers go on (rounded up).
-            cap = entered if rung == 0 else math.ceil(entered / 2)
-            racers = racers[: min(cap, affordable(increments, allowance - spent))]
-            entered = len(racers)
-            logger.debug(
-                "aprompt: race %d, rung %d (%d examples): %d racer(s), %d of %d program runs left",
-                race + 1,
-                rung + 1,
-                size,
-                len(racers),
-                allowance - spent,
-                allowance,
-            )
-            if not racers:
-                break
-            if size == n:
-                fulls = await loop.full_evaluations(racers)
-                spent += sum(len(full.scores) + full.n_unscored - full.reused for full in fulls)
-                break
-            todo = [(c, [e for e in order[:size] if e.id not in known[key_of(c)]]) for c in racers]
-            todo = [(c, examples) for c, examples in todo if examples]
-            loop.admit_step(
-                f"rung {rung + 1} of a race ({len(todo)} combination(s))",
-                [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
-            )
-            watch = _ahead_of_lone_racer(loop, ahead, racers, todo, order, sizes, rung, allowance - spent)
-            await at_once_in_order(
-                [partial(_rung, loop, race, rung, c, examples, watch) for c, examples in todo], record
-            )
-            previous = ids
-            pick = loop.decide()
-            incumbent = loop.scores_of(pick.choice)
-            leader = max(
-                racers, key=lambda c: mean_of({k: v for k, v in loop.scores_of(c).items() if k in ids})
-            )
-            racers = [
-                c
-                for c in racers
-                if not _dropped(loop, c, incumbent, loop.scores_of(leader) if c is not leader else None)
-            ]
-        ahead.cancel_scope.cancel()
+        logger.debug(
+            "aprompt: race %d, rung %d (%d examples): %d racer(s), %d of %d program runs left",
+            race + 1,
+            rung + 1,
+            size,
+            len(racers),
+            allowance - spent,
+            allowance,
+        )
+        if not racers:
+            break
+        if size == n:
+            fulls = await loop.full_evaluations(racers)
+            spent += sum(len(full.scores) + full.n_unscored - full.reused for full in fulls)
+            break
+        todo = [(c, [e for e in order[:size] if e.id not in known[key_of(c)]]) for c in racers]
+        todo = [(c, examples) for c, examples in todo if examples]
+        loop.admit_step(
+            f"rung {rung + 1} of a race ({len(todo)} combination(s))",
+            [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
+        )
+        watch = _ahead_of_lone_racer(loop, ahead, racers, todo, order, sizes, rung, allowance - spent)
+        await at_once_in_order(
+            [partial(_rung, loop, race, rung, c, examples, watch) for c, examples in todo], record
+        )
+        previous = ids
+        pick = loop.decide()
+        incumbent = loop.scores_of(pick.choice)
+        leader = max(racers, key=lambda c: mean_of({k: v for k, v in loop.scores_of(c).items() if k in ids}))
+        racers = [
+            c
+            for c in racers
+            if not _dropped(loop, c, incumbent, loop.scores_of(leader) if c is not leader else None)
+        ]
     return spent
 
 
@@ -422,7 +428,7 @@ def _ahead_of_lone_racer(
         if ahead is not None:
             sent = True
             if ahead:
-                group.start_soon(_send_ahead, loop, choice, ahead)
+                group.start_soon(loop.run_ahead, choice, ahead)
 
     return on_result
 
@@ -473,14 +479,6 @@ def _settled_next(
     size = sizes[rung + 1]
     part = valset if size == len(order) else order[:size]
     return [e for e in part if e.id not in scored and e.id not in outstanding]
-
-
-async def _send_ahead(loop: SearchLoop, choice: dict[str, int], examples: list[Example]) -> None:
-    """Run ``choice`` on ``examples`` ahead of the step that will, which finds the answers in the LM's
-    cache (or shares the calls still in flight). A failure here is left to that step, which sends the
-    call again and handles it as always."""
-    with contextlib.suppress(Exception):
-        await loop.evaluate_choice(choice, examples)
 
 
 def _dropped(

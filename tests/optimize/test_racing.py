@@ -81,7 +81,7 @@ async def search_loop(
 ) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
     """A search over the instructions above, on 100 validation examples, its baseline evaluated (no LM
     cache: every call is a request the server logs); ``answer`` answers instead of the world; with
-    ``go_ahead``, the LM keeps a cache in memory and a race's next step may send its calls ahead."""
+    ``go_ahead``, a race's next step may start running ahead."""
     program = TwoStageProgram()
     predictors = named_predictors(program)
     candidates = Candidates.original(predictors)
@@ -92,8 +92,7 @@ async def search_loop(
         search_demos=False,
     )
     async with FakeOpenAIServer(responder=answer or World(), api_key=TEST_API_KEY, latency=latency) as server:
-        cache = ResponseCache.memory_only() if go_ahead else None
-        async with lm_for(server, max_concurrency=64, cache=cache) as lm:
+        async with lm_for(server, max_concurrency=64) as lm:
 
             async def ignore(event: object) -> None:
                 return None

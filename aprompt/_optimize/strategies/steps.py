@@ -394,12 +394,6 @@ def nothing_refuses(ctx: RunContext) -> bool:
     return limits.max_lm_calls is None and limits.max_tokens is None and limits.max_cost is None
 
 
-def shares_calls(lm: object) -> bool:
-    """Whether ``lm`` keeps a response cache, so that a call sent ahead answers its step's own."""
-    cache = getattr(lm, "cache", None)
-    return bool(cache is not None and getattr(cache, "enabled", False))
-
-
 def search_loop(
     ctx: RunContext,
     candidates: Candidates,
@@ -436,9 +430,9 @@ def search_loop(
         failures=ctx.failures,
         admit_step=ctx.admit_step,
         prefetched=early.prefetched if early is not None else None,
-        # Calls sent ahead must be the run's own: nothing may refuse or stop a step (no limit, no time
-        # limit), and the step finds their answers in the cache.
-        go_ahead=nothing_refuses(ctx) and ctx.limits.max_time is None and shares_calls(ctx.lm),
+        # Runs started ahead must be the run's own: nothing may refuse or stop a step (no limit on calls,
+        # tokens, cost or time).
+        go_ahead=nothing_refuses(ctx) and ctx.limits.max_time is None,
     )
     return ctx.search_loop
 

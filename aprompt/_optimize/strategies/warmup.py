@@ -33,9 +33,13 @@ from aprompt._optimize.strategies.steps import (
     nothing_refuses,
     screen_examples,
     screen_one,
-    shares_calls,
 )
 from aprompt._taskgroups import plain_errors_task_group
+
+
+def _shares_calls(lm: object) -> bool:
+    cache = getattr(lm, "cache", None)
+    return bool(cache is not None and getattr(cache, "enabled", False))
 
 
 @attrs.define(eq=False)
@@ -62,7 +66,7 @@ class Warmup:
     ) -> Warmup | None:
         """A warm-up for the run (``texts``: its grounding texts, once written), or ``None`` when the run
         must not send calls ahead (a limit could refuse its steps, or its LMs share no calls)."""
-        if not nothing_refuses(ctx) or not (shares_calls(ctx.lm) and shares_calls(ctx.proposer_lm)):
+        if not nothing_refuses(ctx) or not (_shares_calls(ctx.lm) and _shares_calls(ctx.proposer_lm)):
             return None
         warm = cls(ctx, texts)
         bootstrapped = max(0, ctx.budget.n_candidates - 2)
