@@ -34,11 +34,12 @@ runs*, not in whole full evaluations:
   scored anything in [0, 1], or left unscored) can make the paired difference clearly negative
   (:func:`cannot_be_clearly_worse`), a trial's second stage starts at once. Likewise a race's lone racer:
   when its rung cannot drop it nor change the pick, and the allowance pays for its next step even if
-  every answer out must be run again, its next step's calls (a rung, or its full evaluation) on the
-  examples it is sure to run go ahead — only where nothing can refuse or stop a step and the LM keeps a
-  response cache (``SearchLoop.go_ahead``): the step itself still runs after the rung, as before, and finds
-  the answers in the cache. Either way the same examples run and every record and decision is the same
-  as when each waited; only the calls go sooner.
+  every answer out must be run again, its next step (a rung, or its full evaluation) starts running the
+  examples it is sure to run — only where nothing can refuse or stop a step (``SearchLoop.go_ahead``: no
+  limit on calls, tokens, cost or time). The step itself is still decided, admitted and journaled after
+  the rung, as before, and takes those runs' results (``SearchLoop.run_ahead``) instead of running them
+  again. Either way the same examples run, each once, and every record and decision is the same as when
+  each waited; only the calls go sooner.
 
 Every step is journaled (trials as ``"trial"``, rungs as ``"race"``, full evaluations as ``"full_eval"``),
 and every decision is a pure function of the journaled results and the seed, so a resumed run replays the
