@@ -429,7 +429,7 @@ def _ahead_of_lone_racer(
         if ahead is not None:
             sent = True
             if ahead:
-                group.start_soon(loop.run_ahead, choice, ahead)
+                loop.run_ahead(group, choice, ahead)
 
     return on_result
 

@@ -987,11 +987,12 @@ class SearchLoop:
         ``on_result`` each example's result as it is scored."""
         return await self._evaluate(choice, examples, on_result)
 
-    async def run_ahead(self, choice: Choice, examples: Sequence[Example]) -> None:
-        """Run ``choice`` on ``examples`` ahead of the step that will run them: that step's first
-        evaluation of ``choice`` takes these results instead of running them again."""
+    def run_ahead(self, group: anyio.abc.TaskGroup, choice: Choice, examples: Sequence[Example]) -> None:
+        """Start running ``choice`` on ``examples`` in ``group``, ahead of the step that will run them:
+        that step's first evaluation of ``choice`` takes these results instead of running them again
+        (registered at once, so a step starting before the run does still finds it)."""
         head = self._ahead[key_of(choice)] = HeadStart(tuple(e.id for e in examples))
-        await head.run(partial(self._evaluate_now, choice, examples))
+        group.start_soon(head.run, partial(self._evaluate_now, choice, examples))
 
     def drop_ahead(self) -> None:
         """Forget the runs started ahead that no step took (the race that started them ended)."""
