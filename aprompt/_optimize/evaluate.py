@@ -349,7 +349,41 @@ async def evaluate(
                                             input_fields=["question"], lm=lm)
         print(evaluation.mean, evaluation.table(examples).failing())
     """
-    items = _examples(examples, input_fields)
+    return await evaluate_reporting(
+        program,
+        _examples(examples, input_fields),
+        metric,
+        prompts=prompts,
+        lm=lm,
+        concurrency=concurrency,
+        collect_traces=collect_traces,
+        rollout=rollout,
+        lm_params=lm_params,
+        executor=executor,
+    )
+
+
+#: Told each example's result as soon as it is scored (see :func:`evaluate_reporting`).
+OnResult = Callable[[ExampleResult], None]
+
+
+async def evaluate_reporting(
+    program: object,
+    items: Sequence[Example],
+    metric: Metric,
+    *,
+    prompts: Mapping[str, PromptOverride] | None = None,
+    lm: LM | None = None,
+    concurrency: int | anyio.CapacityLimiter = 64,
+    collect_traces: bool = False,
+    rollout: int | None = None,
+    lm_params: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
+    on_result: OnResult | None = None,
+) -> Evaluation:
+    """:func:`evaluate` on checked examples, telling ``on_result`` each example's result the moment it
+    is scored, in the order they finish (a search decides from the answers in before the slowest
+    comes: :func:`aprompt._optimize.racing.staged_evaluation`). The evaluation returned is the same."""
     limiter = (
         concurrency
         if isinstance(concurrency, anyio.CapacityLimiter)
@@ -363,7 +397,9 @@ async def evaluate(
         async with limiter:
             run = ProgramRun(example.id, example.inputs, state, lm, collect_traces)
             outcome = await runner.run_program(program, run)
-            results[position] = await score_outcome(example, outcome, metric)
+            result = results[position] = await score_outcome(example, outcome, metric)
+        if on_result is not None:
+            on_result(result)
 
     # The block checks the state's names once, up front, and is the context of the metric (as before).
     with state.apply(program):

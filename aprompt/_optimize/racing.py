@@ -29,6 +29,17 @@ runs*, not in whole full evaluations:
   first, a trial whose paired difference against the current pick (which has a full evaluation) on those
   examples is clearly negative stops there. Its score is the mean on the examples it ran
   (``Trial.stopped_early``), and that is what the TPE is told.
+- **Decisions as soon as the answers in settle them.** A stage or rung waits for its slowest answer, but
+  the decision after it often does not: once the answers in show that no ending of those still out (each
+  scored anything in [0, 1], or left unscored) can make the paired difference clearly negative
+  (:func:`cannot_be_clearly_worse`), a trial's second stage starts at once. Likewise a race's lone racer:
+  when its rung cannot drop it nor change the pick, and the allowance pays for its next step even if
+  every answer out must be run again, its next step (a rung, or its full evaluation) starts running the
+  examples it is sure to run — only where nothing can refuse or stop a step (``SearchLoop.go_ahead``: no
+  limit on calls, tokens, cost or time). The step itself is still decided, admitted and journaled after
+  the rung, as before, and takes those runs' results (``SearchLoop.run_ahead``) instead of running them
+  again. Either way the same examples run, each once, and every record and decision is the same as when
+  each waited; only the calls go sooner.
 
 Every step is journaled (trials as ``"trial"``, rungs as ``"race"``, full evaluations as ``"full_eval"``),
 and every decision is a pure function of the journaled results and the seed, so a resumed run replays the
@@ -41,17 +52,19 @@ import json
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio.abc
 import attrs
 
 from aprompt._errors import JournalError
 from aprompt._optimize.concurrent_steps import at_once_in_order
-from aprompt._optimize.evaluate import Evaluation
+from aprompt._optimize.evaluate import Evaluation, ExampleResult, OnResult
 from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference
+from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference, t_quantile
+from aprompt._taskgroups import plain_errors_task_group
 
 if TYPE_CHECKING:
     from aprompt._optimize.outage import OutageGuard
@@ -140,24 +153,119 @@ def _choice_json(choice: Mapping[str, int]) -> str:
     return json.dumps(sorted((name, int(value)) for name, value in choice.items()))
 
 
+class StagedRun(Protocol):
+    """Scores a trial's prompts on examples, telling ``on_result`` each result as it is scored."""
+
+    def __call__(
+        self, examples: Sequence[Example], on_result: OnResult | None = None
+    ) -> Awaitable[Evaluation]: ...
+
+
 async def staged_evaluation(
     outage: OutageGuard,
-    run: Callable[[Sequence[Example]], Awaitable[Evaluation]],
+    run: StagedRun,
     batch: Sequence[Example],
     incumbent: Mapping[str, float] | None,
     what: str,
 ) -> tuple[Evaluation, bool]:
     """A trial's mini-batch in two stages, each concurrent inside; after the first, a trial clearly
     losing to ``incumbent`` (the pick's scores; ``None``: no stopping) stops. Returns the evaluation of
-    the examples run, in the batch's order, and whether it stopped early."""
+    the examples run, in the batch's order, and whether it stopped early.
+
+    The second stage starts as soon as the first stage's answers in show that the trial cannot stop,
+    whatever its answers still out (:func:`cannot_be_clearly_worse`), without waiting for the slowest:
+    the same examples run, and the evaluation returned is the same.
+    """
     first = first_stage_size(len(batch)) if incumbent is not None else None
     if first is None or incumbent is None:
         return await outage.evaluate(run, batch, what), False
-    evaluation = await outage.evaluate(run, batch[:first], what)
-    if clearly_worse(evaluation.scores, incumbent):
-        return evaluation, True
-    rest = await outage.evaluate(run, batch[first:], what)
-    return Evaluation(evaluation.results + rest.results), False
+    head, tail = batch[:first], batch[first:]
+    rest: list[Evaluation] = []
+
+    async def second_stage() -> None:
+        rest.append(await outage.evaluate(run, tail, what))
+
+    async with plain_errors_task_group() as group:
+        # Only scored results are final: an example an LM failure left unscored may be run again.
+        scored: dict[str, float] = {}
+        started = False
+
+        def on_result(result: ExampleResult) -> None:
+            nonlocal started
+            if result.score is not None:
+                scored[result.example_id] = result.score
+            if not started and cannot_be_clearly_worse(
+                scored, [e.id for e in head if e.id not in scored], incumbent
+            ):
+                started = True
+                group.start_soon(second_stage)
+
+        evaluation = await outage.evaluate(partial(run, on_result=on_result), head, what)
+        if clearly_worse(evaluation.scores, incumbent):
+            # Never when the second stage started: cannot_be_clearly_worse proved it.
+            assert not started, "a trial that started its second stage stopped early"
+            return evaluation, True
+        if not started:
+            started = True
+            group.start_soon(second_stage)
+    return Evaluation(evaluation.results + rest[0].results), False
+
+
+def cannot_be_clearly_worse(
+    known: Mapping[str, float], outstanding: Iterable[str], other: Mapping[str, float]
+) -> bool:
+    """Whether ``known`` scores (example id -> score) stay not :func:`clearly_worse` than ``other``
+    however the ``outstanding`` examples end: each scored anything in [0, 1] (the metric's range,
+    :func:`~aprompt._optimize.evaluate.metric_score`), or left unscored. ``False`` when unsure.
+
+    Why it suffices. Let ``K`` be the known examples shared with ``other``: ``k`` paired differences
+    ``d_i = known_i − other_i`` with mean ``m_K`` and sum of squared deviations ``SS``. A completion
+    scores ``u`` of the outstanding examples shared with ``other`` (the set ``U``), so ``n = k + u``
+    differences with mean ``m``. ``clearly_worse`` needs ``n >= MIN_SHARED`` and ``high < 0``, where
+    ``high = min(1, m + q·√TSS)``: ``TSS`` is the sum of squared deviations of all ``n`` from ``m``, and
+    ``q = t / √(n·(n − 1)) > 0`` (``t``: the one-sided 95 % quantile, ``n − 1`` degrees of freedom).
+
+    - Each new difference is at least ``−other_i``, so ``m >= m_lo = (k·m_K − the u largest other_i) / n``.
+    - ``TSS`` splits into the spreads of ``K`` and ``U`` about their own means plus ``k·(m_K − m)²``
+      and ``u·(m_U − m)²``; with ``u·m_U = n·m − k·m_K``, that is ``TSS >= SS + A·(m_K − m)²``,
+      ``A = k·n / u`` (``TSS = SS`` and ``m = m_K`` when ``u = 0``).
+
+    So ``high >= min(1, g(m))`` with ``g(m) = m + q·√(SS + A·(m_K − m)²)``, convex in ``m``: its least
+    value on ``m >= m_lo`` is at ``m_lo`` when ``q²·A <= 1`` (``g`` never decreases), else at the larger
+    of ``m_lo`` and its minimum ``m_K − √(SS / (A·(q²·A − 1)))``. When that least value is above 0 (by a
+    margin that covers rounding) for every ``u`` with ``n >= MIN_SHARED``, ``high >= 0`` in every
+    completion, and the paired difference is never clearly negative.
+    """
+    diffs = [known[i] - other[i] for i in known if i in other]
+    k = len(diffs)
+    mean_k = math.fsum(diffs) / k if k else 0.0
+    spread = math.fsum((d - mean_k) ** 2 for d in diffs)
+    worst = sorted((other[i] for i in outstanding if i in other and i not in known), reverse=True)
+    lost = 0.0  # the sum of the u largest scores of ``other`` on the outstanding examples
+    for u in range(len(worst) + 1):
+        if u:
+            lost += worst[u - 1]
+        n = k + u
+        if n < MIN_SHARED:
+            continue
+        q = t_quantile(1.0 - ALPHA, n - 1) / math.sqrt(n * (n - 1))
+        if u == 0:
+            least = mean_k + q * math.sqrt(spread)
+        else:
+            a = k * n / u
+            low = (k * mean_k - lost) / n
+            m = low
+            if q * q * a > 1.0:
+                m = max(low, mean_k - math.sqrt(spread / (a * (q * q * a - 1.0))))
+            least = m + q * math.sqrt(spread + a * (mean_k - m) ** 2)
+        if least <= _ROUNDING_MARGIN:
+            return False
+    return True
+
+
+#: What :func:`cannot_be_clearly_worse`'s bound must clear: far above the rounding of sums of at most a
+#: few thousand differences in [−1, 1], far below any difference a score can make.
+_ROUNDING_MARGIN = 1e-9
 
 
 async def final_races(loop: SearchLoop, left: int) -> None:
@@ -199,12 +307,27 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
     (``loop.full_evaluations``); what they record is recorded in the racers' order, as if one after
     another (:mod:`aprompt._optimize.concurrent_steps`).
     """
-    n = len(loop.valset)
-    order = race_order(loop.valset, loop.seed)
-    sizes = rung_sizes(n)
     race = loop.races_started
     loop.races_started += 1
     racers = [dict(c) for c in entrants[:MAX_ENTRANTS]]
+    # Runs a lone racer's next step starts ahead (see the module); those no step took when the race ends
+    # (it stopped) are dropped.
+    try:
+        async with plain_errors_task_group() as ahead:
+            spent = await _race_rungs(loop, race, racers, allowance, ahead)
+            ahead.cancel_scope.cancel()
+    finally:
+        loop.drop_ahead()
+    return spent
+
+
+async def _race_rungs(
+    loop: SearchLoop, race: int, racers: list[dict[str, int]], allowance: int, ahead: anyio.abc.TaskGroup
+) -> int:
+    """:func:`run_race`'s rungs, runs started ahead in ``ahead``; returns the program runs spent."""
+    n = len(loop.valset)
+    order = race_order(loop.valset, loop.seed)
+    sizes = rung_sizes(n)
     spent = 0
 
     async def record(rung_eval: RungEval) -> None:
@@ -254,8 +377,9 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
             f"rung {rung + 1} of a race ({len(todo)} combination(s))",
             [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
         )
+        watch = _ahead_of_lone_racer(loop, ahead, racers, todo, order, sizes, rung, allowance - spent)
         await at_once_in_order(
-            [partial(_rung, loop, race, rung, c, examples) for c, examples in todo], record
+            [partial(_rung, loop, race, rung, c, examples, watch) for c, examples in todo], record
         )
         previous = ids
         pick = loop.decide()
@@ -267,6 +391,95 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
             if not _dropped(loop, c, incumbent, loop.scores_of(leader) if c is not leader else None)
         ]
     return spent
+
+
+def _ahead_of_lone_racer(
+    loop: SearchLoop,
+    group: anyio.abc.TaskGroup,
+    racers: Sequence[dict[str, int]],
+    todo: Sequence[tuple[dict[str, int], list[Example]]],
+    order: Sequence[Example],
+    sizes: Sequence[int],
+    rung: int,
+    left: int,
+) -> OnResult | None:
+    """For a rung with one racer (``racers``), what is told each of its answers and starts (in ``group``)
+    the calls of its next step (a rung, or its full evaluation) once the answers in settle that the
+    racer goes on to it, and which examples it runs (see :func:`_settled_next`); ``None`` when nothing
+    may go ahead (``left``: the program runs the race has left before this rung)."""
+    if not loop.go_ahead or len(racers) != 1 or len(todo) != 1 or rung + 1 >= len(sizes):
+        return None
+    choice, examples = todo[0]
+    incumbent = _settled_incumbent(loop)
+    if incumbent is None:
+        return None
+    scored = loop.scores_of(choice)
+    outstanding = {e.id for e in examples}
+    left -= len(examples)  # what the rung's record spends
+    sent = False
+
+    def on_result(result: ExampleResult) -> None:
+        nonlocal sent
+        if sent:
+            return
+        if result.score is not None:
+            scored[result.example_id] = result.score
+            outstanding.discard(result.example_id)
+        ahead = _settled_next(loop.valset, scored, outstanding, incumbent, order, sizes, rung, left)
+        if ahead is not None:
+            sent = True
+            if ahead:
+                loop.run_ahead(group, choice, ahead)
+
+    return on_result
+
+
+def _settled_incumbent(loop: SearchLoop) -> dict[str, float] | None:
+    """The pick's scores, when no racer's rung can change the pick; else ``None``.
+
+    A rung adds evidence on a combination without a full evaluation, which is never picked. It moves
+    the pick only through the pooled estimate, and that only orders fully evaluated combinations of
+    equal means (:func:`~aprompt._optimize.final_pick.by_mean`): with their means all distinct, the pick
+    after the rung is the pick now.
+    """
+    baseline = key_of(loop.full_evals[0].choice)
+    tested = {key_of(f.choice) for f in loop.full_evals} - {baseline}
+    means = [mean_of(loop.scores_of(dict(key))) for key in tested]
+    if len(set(means)) != len(means):
+        return None
+    return loop.scores_of(loop.decide().choice)
+
+
+def _settled_next(
+    valset: Sequence[Example],
+    scored: Mapping[str, float],
+    outstanding: set[str],
+    incumbent: Mapping[str, float],
+    order: Sequence[Example],
+    sizes: Sequence[int],
+    rung: int,
+    left: int,
+) -> list[Example] | None:
+    """The examples a lone racer of rung ``rung`` is sure to run in its next step, whatever its
+    ``outstanding`` answers give; ``None`` while it might not go on.
+
+    After its rung, a lone racer is dropped only when clearly worse than the pick (it is its own rung's
+    leader), which :func:`cannot_be_clearly_worse` rules out; it then enters the next rung (half of one
+    racer, rounded up, is one) when the allowance ``left`` pays for its halving plan
+    (:func:`affordable`), whose cost only grows with the examples it lacks, so it is checked with every
+    answer still out counted as lacking (an example an LM failure leaves unscored is run again). The
+    next step runs the examples of its part of the race order (the whole validation set for a full
+    evaluation) that the racer lacks: surely those it lacks now that are not out.
+    """
+    if not cannot_be_clearly_worse(scored, outstanding, incumbent):
+        return None
+    bounds = zip([0, *sizes[rung + 1 : -1]], sizes[rung + 1 :], strict=True)
+    increments = [sum(e.id not in scored for e in order[low:high]) for low, high in bounds]
+    if affordable([increments], left) < 1:
+        return None
+    size = sizes[rung + 1]
+    part = valset if size == len(order) else order[:size]
+    return [e for e in part if e.id not in scored and e.id not in outstanding]
 
 
 def _dropped(
@@ -287,11 +500,18 @@ def _rung_key(race: int, rung: int, choice: Mapping[str, int]) -> str:
 
 
 async def _rung(
-    loop: SearchLoop, race: int, rung: int, choice: dict[str, int], examples: list[Example]
+    loop: SearchLoop,
+    race: int,
+    rung: int,
+    choice: dict[str, int],
+    examples: list[Example],
+    on_result: OnResult | None = None,
 ) -> RungEval:
     async def compute() -> RungEval:
         evaluation = await loop.outage.evaluate(
-            partial(loop.evaluate_choice, choice), examples, f"rung {rung + 1} of race {race + 1}"
+            partial(loop.evaluate_choice, choice, on_result=on_result),
+            examples,
+            f"rung {rung + 1} of race {race + 1}",
         )
         return RungEval(
             race=race,

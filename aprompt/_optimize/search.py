@@ -54,7 +54,9 @@ while the LM works stay unscored (``lm_failures``) and are reported in ``failure
 With ``racing`` (``Budget.racing``, the default), the periodic and final full evaluations are spent on races
 among the most promising untested combinations instead, and a trial clearly losing to the pick after the
 first part of its mini-batch stops there (:mod:`aprompt._optimize.racing`); the rungs of the races are
-evidence for the pick like trials, and still only a fully evaluated combination can be returned.
+evidence for the pick like trials, and still only a fully evaluated combination can be returned. A trial's
+second part, and a lone racer's next step, do not wait for the slowest answer before them when the answers
+in already settle that they run (same module); the records and decisions are those of waiting.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ import attrs
 from aprompt._errors import JournalError, OptimizationError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.concurrent_steps import at_once_in_order
-from aprompt._optimize.evaluate import Evaluation, Metric, evaluate
+from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, OnResult, evaluate_reporting
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import (
@@ -351,6 +353,46 @@ def _limit_refusal(exc: BaseException) -> LimitReached | None:
     return None
 
 
+@attrs.define(eq=False)
+class HeadStart:
+    """A run of one choice on ``example_ids`` started ahead of its step (see ``SearchLoop.run_ahead``)."""
+
+    example_ids: tuple[str, ...]
+    _done: anyio.Event = attrs.Factory(anyio.Event)
+    _results: list[ExampleResult] = attrs.Factory(list)
+    _listener: OnResult | None = None
+    _evaluation: Evaluation | None = None
+    _error: Exception | None = None
+
+    async def run(self, evaluate: Callable[[OnResult], Awaitable[Evaluation]]) -> None:
+        """Run ``evaluate``, told each result as it is scored; its evaluation, or its error, goes to the
+        step that takes it."""
+        try:
+            self._evaluation = await evaluate(self._tell)
+        except Exception as exc:  # the step raises it in its turn, as it would have itself
+            self._error = exc
+        self._done.set()
+
+    def _tell(self, result: ExampleResult) -> None:
+        self._results.append(result)
+        if self._listener is not None:
+            self._listener(result)
+
+    def listen(self, on_result: OnResult | None) -> None:
+        """Tell ``on_result`` the results in so far, and each next one as it comes."""
+        if on_result is not None:
+            for result in self._results:
+                on_result(result)
+        self._listener = on_result
+
+    async def result(self) -> Evaluation:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._evaluation is not None
+        return self._evaluation
+
+
 async def no_hook(loop: SearchLoop) -> None:
     """The default ``SearchLoop.after_evaluation``: nothing."""
 
@@ -415,6 +457,11 @@ class SearchLoop:
     prefetched: Prefetched | None = attrs.field(default=None, kw_only=True)
     #: Program runs in flight at once: a limit of its own, or one the run's other steps share.
     limiter: anyio.CapacityLimiter | None = attrs.field(default=None, kw_only=True)
+    #: A race's next step may start running ahead, once the answers in settle that it runs those examples
+    #: (:mod:`aprompt._optimize.racing`): only when nothing can refuse or stop a step.
+    go_ahead: bool = attrs.field(default=False, kw_only=True)
+    #: Runs started ahead of their step, per choice; the step's first evaluation of the choice takes them.
+    _ahead: dict[tuple[tuple[str, int], ...], HeadStart] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = self.limiter or anyio.CapacityLimiter(max(1, self.concurrency))
@@ -784,6 +831,7 @@ class SearchLoop:
         fork._pool = self._pool.copy()
         fork._reference_choices = list(self._reference_choices)
         fork._sampler = None
+        fork._ahead = {}
         # Its steps are admitted one by one with the trials that may run beside them (a journaled step is
         # free), so a resumed run replays them even when the meter has reached a limit.
         fork.should_stop = lambda: None
@@ -932,19 +980,65 @@ class SearchLoop:
         an evaluation made before the search, handed in later through ``prefetched``."""
         return await self._run_full_evaluation(choice, {}, is_baseline=is_baseline)
 
-    async def evaluate_choice(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
-        """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal)."""
-        return await self._evaluate(choice, examples)
+    async def evaluate_choice(
+        self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
+    ) -> Evaluation:
+        """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal), telling
+        ``on_result`` each example's result as it is scored."""
+        return await self._evaluate(choice, examples, on_result)
 
-    async def _evaluate(self, choice: Choice, examples: Sequence[Example]) -> Evaluation:
-        return await evaluate(
+    def run_ahead(self, group: anyio.abc.TaskGroup, choice: Choice, examples: Sequence[Example]) -> None:
+        """Start running ``choice`` on ``examples`` in ``group``, ahead of the step that will run them:
+        that step's first evaluation of ``choice`` takes these results instead of running them again
+        (registered at once, so a step starting before the run does still finds it)."""
+        head = self._ahead[key_of(choice)] = HeadStart(tuple(e.id for e in examples))
+        group.start_soon(head.run, partial(self._evaluate_now, choice, examples))
+
+    def drop_ahead(self) -> None:
+        """Forget the runs started ahead that no step took (the race that started them ended)."""
+        self._ahead.clear()
+
+    async def _evaluate(
+        self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
+    ) -> Evaluation:
+        head = self._ahead.pop(key_of(choice), None)
+        ids = {e.id for e in examples}
+        if head is not None and set(head.example_ids) <= ids:
+            return await self._evaluate_after(head, choice, examples, on_result)
+        return await self._evaluate_now(choice, examples, on_result)
+
+    async def _evaluate_now(
+        self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
+    ) -> Evaluation:
+        return await evaluate_reporting(
             self.program,
             examples,
             self.metric,
             prompts=self.candidates.prompts_for(choice),
             lm=self.lm,
             concurrency=self._limiter,
+            on_result=on_result,
         )
+
+    async def _evaluate_after(
+        self, head: HeadStart, choice: Choice, examples: Sequence[Example], on_result: OnResult | None
+    ) -> Evaluation:
+        """``examples`` evaluated, those of ``head`` taken from it (each told to ``on_result`` as it comes
+        in), the others run beside it: the evaluation one run of all of them returns."""
+        taken = set(head.example_ids)
+        rest = [e for e in examples if e.id not in taken]
+        fresh: list[Evaluation] = []
+
+        async def run_rest() -> None:
+            fresh.append(await self._evaluate_now(choice, rest, on_result))
+
+        async with plain_errors_task_group() as group:
+            if rest:
+                group.start_soon(run_rest)
+            head.listen(on_result)
+            ahead = await head.result()
+        found = {r.example_id: r for r in (*ahead.results, *(fresh[0].results if fresh else ()))}
+        return Evaluation(tuple(found[e.id] for e in examples))
 
     async def full_evaluation(
         self, choice: Choice, *, is_baseline: bool = False, known: Mapping[str, float] | None = None

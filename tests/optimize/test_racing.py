@@ -25,7 +25,7 @@ from aprompt._optimize.search import SearchLoop, _with_reserve
 from aprompt.lm._metering import LimitReached
 from aprompt.program.discovery import named_predictors
 from aprompt.run.journal import RunJournal
-from aprompt.testing.fake_openai import FakeOpenAIServer, RecordedRequest
+from aprompt.testing.fake_openai import FakeOpenAIServer, RecordedRequest, Responder
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import item_of, last_user_of, lm_for, system_of
 from tests.optimize.test_pipeline import limited_context
@@ -73,10 +73,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def search_loop(
-    racing: bool, minibatch_size: int = 50, latency: float = 0.0
+    racing: bool,
+    minibatch_size: int = 50,
+    latency: float = 0.0,
+    answer: Responder | None = None,
+    go_ahead: bool = False,
 ) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
     """A search over the instructions above, on 100 validation examples, its baseline evaluated (no LM
-    cache: every call is a request the server logs)."""
+    cache: every call is a request the server logs); ``answer`` answers instead of the world; with
+    ``go_ahead``, a race's next step may start running ahead."""
     program = TwoStageProgram()
     predictors = named_predictors(program)
     candidates = Candidates.original(predictors)
@@ -86,7 +91,7 @@ async def search_loop(
         demo_sets=candidates.demo_sets,
         search_demos=False,
     )
-    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY, latency=latency) as server:
+    async with FakeOpenAIServer(responder=answer or World(), api_key=TEST_API_KEY, latency=latency) as server:
         async with lm_for(server, max_concurrency=64) as lm:
 
             async def ignore(event: object) -> None:
@@ -103,6 +108,7 @@ async def search_loop(
                 lm=lm,
                 racing=racing,
                 outage=OutageGuard.for_program(predictors, lm, DEFAULT_OUTAGE_POLICY),
+                go_ahead=go_ahead,
             )
             await loop.full_evaluation(candidates.baseline(), is_baseline=True)
             yield loop, server

@@ -388,6 +388,12 @@ def labeled_reference(candidates: Candidates) -> dict[str, int]:
     return choice
 
 
+def nothing_refuses(ctx: RunContext) -> bool:
+    """Whether the run has no limit that could refuse a step (calls, tokens, cost)."""
+    limits = ctx.limits
+    return limits.max_lm_calls is None and limits.max_tokens is None and limits.max_cost is None
+
+
 def search_loop(
     ctx: RunContext,
     candidates: Candidates,
@@ -424,6 +430,9 @@ def search_loop(
         failures=ctx.failures,
         admit_step=ctx.admit_step,
         prefetched=early.prefetched if early is not None else None,
+        # Runs started ahead must be the run's own: nothing may refuse or stop a step (no limit on calls,
+        # tokens, cost or time).
+        go_ahead=nothing_refuses(ctx) and ctx.limits.max_time is None,
     )
     return ctx.search_loop
 

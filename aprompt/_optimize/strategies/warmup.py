@@ -27,14 +27,14 @@ from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.propose import Proposal, ProposalContext, draw_candidate
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.strategies.steps import distinct_sets, leading_sets_of, screen_examples, screen_one
+from aprompt._optimize.strategies.steps import (
+    distinct_sets,
+    leading_sets_of,
+    nothing_refuses,
+    screen_examples,
+    screen_one,
+)
 from aprompt._taskgroups import plain_errors_task_group
-
-
-def nothing_refuses(ctx: RunContext) -> bool:
-    """Whether the run has no limit that could refuse a step (calls, tokens, cost)."""
-    limits = ctx.limits
-    return limits.max_lm_calls is None and limits.max_tokens is None and limits.max_cost is None
 
 
 def _shares_calls(lm: object) -> bool:
