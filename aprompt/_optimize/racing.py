@@ -32,9 +32,10 @@ runs*, not in whole full evaluations:
 - **Decisions as soon as the answers in settle them.** A stage or rung waits for its slowest answer, but
   the decision after it often does not: once the answers in show that no ending of those still out (each
   scored anything in [0, 1], or left unscored) can make the paired difference clearly negative
-  (:func:`cannot_be_clearly_worse`), a trial's second stage starts at once. Likewise a race's lone racer:
-  when its rung cannot drop it nor change the pick, and the allowance pays for its next step even if
-  every answer out must be run again, its next step (a rung, or its full evaluation) starts running the
+  (:func:`cannot_be_clearly_worse`), a trial's second stage starts at once. Likewise a rung's sure
+  leader (a lone racer, or one whose mean on the rung no ending can bring level with another's): when
+  its rung cannot drop it nor change the pick, and the allowance pays for its next step even if every
+  answer out must be run again, its next step (a rung, or its full evaluation) starts running the
   examples it is sure to run — only where nothing can refuse or stop a step (``SearchLoop.go_ahead``: no
   limit on calls, tokens, cost or time). The step itself is still decided, admitted and journaled after
   the rung, as before, and takes those runs' results (``SearchLoop.run_ahead``) instead of running them
@@ -63,7 +64,15 @@ from aprompt._errors import JournalError
 from aprompt._optimize.concurrent_steps import at_once_in_order
 from aprompt._optimize.evaluate import Evaluation, ExampleResult, OnResult
 from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, key_of, mean_of, paired_difference, t_quantile
+from aprompt._optimize.final_pick import (
+    ALPHA,
+    MIN_SHARED,
+    Key,
+    key_of,
+    mean_of,
+    paired_difference,
+    t_quantile,
+)
 from aprompt._taskgroups import plain_errors_task_group
 
 if TYPE_CHECKING:
@@ -310,8 +319,8 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
     race = loop.races_started
     loop.races_started += 1
     racers = [dict(c) for c in entrants[:MAX_ENTRANTS]]
-    # Runs a lone racer's next step starts ahead (see the module); those no step took when the race ends
-    # (it stopped) are dropped.
+    # Runs a rung's sure leader's next step starts ahead (see the module); those no step took when the
+    # race ends (it stopped) are dropped.
     try:
         async with plain_errors_task_group() as ahead:
             spent = await _race_rungs(loop, race, racers, allowance, ahead)
@@ -377,9 +386,10 @@ async def _race_rungs(
             f"rung {rung + 1} of a race ({len(todo)} combination(s))",
             [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
         )
-        watch = _ahead_of_lone_racer(loop, ahead, racers, todo, order, sizes, rung, allowance - spent)
+        watch = _ahead_of_sure_leader(loop, ahead, racers, todo, order, sizes, rung, allowance - spent)
         await at_once_in_order(
-            [partial(_rung, loop, race, rung, c, examples, watch) for c, examples in todo], record
+            [partial(_rung, loop, race, rung, c, examples, watch.get(key_of(c))) for c, examples in todo],
+            record,
         )
         previous = ids
         pick = loop.decide()
@@ -393,7 +403,7 @@ async def _race_rungs(
     return spent
 
 
-def _ahead_of_lone_racer(
+def _ahead_of_sure_leader(
     loop: SearchLoop,
     group: anyio.abc.TaskGroup,
     racers: Sequence[dict[str, int]],
@@ -402,36 +412,77 @@ def _ahead_of_lone_racer(
     sizes: Sequence[int],
     rung: int,
     left: int,
-) -> OnResult | None:
-    """For a rung with one racer (``racers``), what is told each of its answers and starts (in ``group``)
-    the calls of its next step (a rung, or its full evaluation) once the answers in settle that the
-    racer goes on to it, and which examples it runs (see :func:`_settled_next`); ``None`` when nothing
-    may go ahead (``left``: the program runs the race has left before this rung)."""
-    if not loop.go_ahead or len(racers) != 1 or len(todo) != 1 or rung + 1 >= len(sizes):
-        return None
-    choice, examples = todo[0]
+) -> dict[Key, OnResult]:
+    """For rung ``rung`` of ``racers`` (``todo``: the examples each runs in it), what is told each racer's
+    answers (by the racer's key) and starts (in ``group``) the calls of one racer's next step (a rung, or
+    its full evaluation) once the answers in settle that it goes on to it, and which examples it runs; an
+    empty mapping when nothing may go ahead (``left``: the program runs the race has left before this rung).
+
+    The racer that goes ahead is the rung's sure leader: its least possible mean on the rung's examples is
+    above every other racer's greatest (:func:`_mean_range`), however the answers still out end. The
+    leader is never dropped for being clearly worse than the leader, and heads the next rung's order (both
+    rank by that mean), so whether it goes on, and what it runs, is a question of it alone
+    (:func:`_settled_next`), as for a race of one.
+    """
+    if not loop.go_ahead or not todo or rung + 1 >= len(sizes):
+        return {}
     incumbent = _settled_incumbent(loop)
     if incumbent is None:
-        return None
-    scored = loop.scores_of(choice)
-    outstanding = {e.id for e in examples}
-    left -= len(examples)  # what the rung's record spends
+        return {}
+    on_rung = {e.id for e in order[: sizes[rung]]}
+    keys = [key_of(c) for c in racers]
+    choices = dict(zip(keys, racers, strict=True))
+    scored = {key: loop.scores_of(c) for key, c in choices.items()}
+    outstanding: dict[Key, set[str]] = {key: set() for key in keys}
+    for c, examples in todo:
+        outstanding[key_of(c)] = {e.id for e in examples}
+    # Each racer's sum and count of scores on the rung's examples, kept up to date as answers come.
+    sums = {key: math.fsum(v for i, v in scored[key].items() if i in on_rung) for key in keys}
+    counts = {key: sum(i in on_rung for i in scored[key]) for key in keys}
+    left -= sum(len(examples) for _, examples in todo)  # what the rung's records spend
     sent = False
 
-    def on_result(result: ExampleResult) -> None:
+    def settle() -> None:
         nonlocal sent
-        if sent:
-            return
-        if result.score is not None:
-            scored[result.example_id] = result.score
-            outstanding.discard(result.example_id)
-        ahead = _settled_next(loop.valset, scored, outstanding, incumbent, order, sizes, rung, left)
-        if ahead is not None:
-            sent = True
-            if ahead:
-                loop.run_ahead(group, choice, ahead)
+        ranges = {key: _mean_range(sums[key], counts[key], len(outstanding[key])) for key in keys}
+        for key in keys:
+            low = ranges[key][0]
+            if all(low > high + _ROUNDING_MARGIN for other, (_, high) in ranges.items() if other != key):
+                ahead = _settled_next(
+                    loop.valset, scored[key], outstanding[key], incumbent, order, sizes, rung, left
+                )
+                if ahead is not None:
+                    sent = True
+                    if ahead:
+                        loop.run_ahead(group, choices[key], ahead)
+                return  # at most one racer can be the sure leader
 
-    return on_result
+    def watching(key: Key) -> OnResult:
+        def on_result(result: ExampleResult) -> None:
+            if sent:
+                return
+            # Only scored results are final: an example an LM failure left unscored stays out.
+            if result.score is not None and result.example_id in outstanding[key]:
+                scored[key][result.example_id] = result.score
+                outstanding[key].discard(result.example_id)
+                sums[key] += result.score
+                counts[key] += 1
+            settle()
+
+        return on_result
+
+    return {key_of(c): watching(key_of(c)) for c, _ in todo}
+
+
+def _mean_range(total: float, count: int, out: int) -> tuple[float, float]:
+    """The least and greatest mean (as :func:`~aprompt._optimize.final_pick.mean_of` takes it, 0 for no
+    scores) of ``count`` scores summing to ``total`` and ``out`` more answers, each scored anything in
+    [0, 1] or left unscored: all ``out`` scored 0, and all scored 1 (a mean of scores in [0, 1] is at
+    most 1, so each answer scored 1 can only raise it, and each scored 0 only lower it)."""
+    n = count + out
+    if n == 0:
+        return 0.0, 0.0
+    return total / n, (total + out) / n
 
 
 def _settled_incumbent(loop: SearchLoop) -> dict[str, float] | None:
@@ -460,16 +511,16 @@ def _settled_next(
     rung: int,
     left: int,
 ) -> list[Example] | None:
-    """The examples a lone racer of rung ``rung`` is sure to run in its next step, whatever its
-    ``outstanding`` answers give; ``None`` while it might not go on.
+    """The examples the sure leader of rung ``rung`` (see :func:`_ahead_of_sure_leader`) is sure to run
+    in its next step, whatever its ``outstanding`` answers give; ``None`` while it might not go on.
 
-    After its rung, a lone racer is dropped only when clearly worse than the pick (it is its own rung's
-    leader), which :func:`cannot_be_clearly_worse` rules out; it then enters the next rung (half of one
-    racer, rounded up, is one) when the allowance ``left`` pays for its halving plan
-    (:func:`affordable`), whose cost only grows with the examples it lacks, so it is checked with every
-    answer still out counted as lacking (an example an LM failure leaves unscored is run again). The
-    next step runs the examples of its part of the race order (the whole validation set for a full
-    evaluation) that the racer lacks: surely those it lacks now that are not out.
+    After its rung, the leader is dropped only when clearly worse than the pick, which
+    :func:`cannot_be_clearly_worse` rules out; it then heads the next rung's order, so enters it (half of
+    the racers, rounded up, is at least one) when the allowance ``left`` pays for its own halving plan
+    (:func:`affordable` of the first racer alone), whose cost only grows with the examples it lacks, so it
+    is checked with every answer still out counted as lacking (an example an LM failure leaves unscored is
+    run again). The next step runs the examples of its part of the race order (the whole validation set
+    for a full evaluation) that the racer lacks: surely those it lacks now that are not out.
     """
     if not cannot_be_clearly_worse(scored, outstanding, incumbent):
         return None

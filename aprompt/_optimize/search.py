@@ -55,8 +55,8 @@ With ``racing`` (``Budget.racing``, the default), the periodic and final full ev
 among the most promising untested combinations instead, and a trial clearly losing to the pick after the
 first part of its mini-batch stops there (:mod:`aprompt._optimize.racing`); the rungs of the races are
 evidence for the pick like trials, and still only a fully evaluated combination can be returned. A trial's
-second part, and a lone racer's next step, do not wait for the slowest answer before them when the answers
-in already settle that they run (same module); the records and decisions are those of waiting.
+second part, and the next step of a rung's sure leader, do not wait for the slowest answer before them when
+the answers in already settle that they run (same module); the records and decisions are those of waiting.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Racing's decisions taken as soon as the answers in settle them (aprompt/_optimize/racing.py): a trial's
 second stage goes without waiting for its first stage's slowest answer when no answer still out could
-make the trial stop, and a race's lone racer sends its next step's calls once no answer still out could
-drop it; each records (and sends) what it would have.
+make the trial stop, and a race's lone racer, or a rung's sure leader, sends its next step's calls once no
+answer still out could drop it; each records (and sends) what it would have.
 
 Asserted from the loopback server's request log as orderings (one answer held back a second), never as
 durations."""
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 
 import anyio
 import pytest
 
+from aprompt._optimize.final_pick import mean_of
 from aprompt._optimize.racing import (
+    _mean_range,
     cannot_be_clearly_worse,
     clearly_worse,
     first_stage_size,
@@ -157,3 +160,61 @@ async def test_a_lone_racer_that_may_be_dropped_sends_nothing_ahead() -> None:
         requested = {item_of(last_user_of(r)) for r in requests_of(server, POOR)}
     assert len(ran) < n  # dropped before its full evaluation
     assert requested == ran
+
+
+async def test_a_rungs_sure_leader_starts_its_next_rung_before_the_rungs_slowest_answer() -> None:
+    async with search_loop(racing=True, go_ahead=True) as (loop, server):
+        n = len(loop.valset)
+        order = race_order(loop.valset, loop.seed)
+        sizes = rung_sizes(n)
+        await run_race(loop, [dict(GOOD), dict(POOR)], allowance=3 * n)
+        plain = race_records(loop)
+        plain_requests = sorted(json.dumps(r.body, sort_keys=True) for r in server.chat_requests)
+    # Held back: an example of the first rung, which both racers run.
+    slow = item_of(order[sizes[0] - 1].inputs["question"])
+    _, answer = holding_back(slow)
+    async with search_loop(racing=True, latency=LATENCY, answer=answer, go_ahead=True) as (loop, server):  # type: ignore[arg-type]
+        await run_race(loop, [dict(GOOD), dict(POOR)], allowance=3 * n)
+        records = race_records(loop)
+        good, poor = requests_of(server, GOOD), requests_of(server, POOR)
+        sent = sorted(json.dumps(r.body, sort_keys=True) for r in server.chat_requests)
+    held = [r for r in good + poor if item_of(last_user_of(r)) == slow]
+    assert {id(r) for r in held} & {id(r) for r in good} and {id(r) for r in held} & {id(r) for r in poor}
+    second_rung = [r for r in good if item_of(last_user_of(r)) in items_of(order[sizes[0] : sizes[1]])]
+    assert second_rung
+    # The leader's second rung went before the first rung's held-back answers came ...
+    assert min(r.started for r in second_rung) < max(r.finished for r in held)
+    # ... and the race recorded, and sent, what it does without the held-back answers.
+    assert records == plain
+    assert sent == plain_requests
+
+
+def test_the_sure_leader_leads_and_heads_the_next_rung_for_every_completion_of_the_answers_out() -> None:
+    rng = random.Random(1)
+    settled = 0
+    for _ in range(300):
+        racers = []
+        for _ in range(rng.randint(2, 4)):
+            p = rng.random()
+            count = rng.randint(0, 12)
+            known = [float(rng.random() < p) if rng.random() < 0.8 else rng.random() for _ in range(count)]
+            racers.append((known, rng.randint(0, 2)))
+        ranges = [_mean_range(math.fsum(known), len(known), out) for known, out in racers]
+        leaders = [
+            i
+            for i, (low, _) in enumerate(ranges)
+            if all(low > high + 1e-9 for j, (_, high) in enumerate(ranges) if j != i)
+        ]
+        if not leaders:
+            continue
+        settled += 1
+        (sure,) = leaders
+        options = [None, 0.0, 0.5, 1.0]
+        for ends in itertools.product(*(itertools.product(options, repeat=out) for _, out in racers)):
+            means = [
+                mean_of({str(k): v for k, v in enumerate([*known, *(e for e in end if e is not None)])})
+                for (known, _), end in zip(racers, ends, strict=True)
+            ]
+            assert max(range(len(means)), key=lambda i: means[i]) == sure
+            assert sorted(range(len(means)), key=lambda i: -means[i])[0] == sure
+    assert settled > 50
