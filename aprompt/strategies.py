@@ -22,7 +22,7 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.grounding import GROUNDING_SOURCES, GroundingSource
 from aprompt._optimize.reflect import ReflectiveProposals
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import FullEval, SearchOutcome, Trial
+from aprompt._optimize.search_records import FullEval, SearchOutcome, Trial
 from aprompt._optimize.strategies.base import Strategy, StrategyPlan
 from aprompt._optimize.strategies.registry import STRATEGIES, register_strategy, unregister_strategy
 from aprompt._optimize.strategies.steps import (

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from aprompt._optimize.candidates import Candidates
     from aprompt._optimize.evaluate import Evaluation, ExampleResult
     from aprompt._optimize.examples import Example
-    from aprompt._optimize.search import SearchOutcome
+    from aprompt._optimize.search_records import SearchOutcome
     from aprompt.run.journal import RunJournal
 
 __all__ = [

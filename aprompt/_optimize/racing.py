@@ -12,7 +12,7 @@ runs*, not in whole full evaluations:
   against the current pick, or against the rung's leader, is clearly negative on their shared examples
   (the upper end of the one-sided 95 % interval of :func:`~aprompt._optimize.final_pick.paired_difference`
   below 0, on at least 10 examples) is dropped. Racers that reach the last rung have a full evaluation
-  (a :class:`~aprompt._optimize.search.FullEval`, whose scores then include the examples it reused).
+  (a :class:`~aprompt._optimize.search_records.FullEval`, whose scores then include the examples it reused).
   A rung's racers are scored at once, and the last rung's full evaluations run at once; what they
   record is recorded in the racers' order (:mod:`aprompt._optimize.concurrent_steps`), so the race
   decides as if they ran one after another.
@@ -55,10 +55,9 @@ import math
 import random
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio.abc
-import attrs
 
 from aprompt._errors import JournalError
 from aprompt._optimize.concurrent_steps import at_once_in_order
@@ -73,6 +72,7 @@ from aprompt._optimize.final_pick import (
     paired_difference,
     t_quantile,
 )
+from aprompt._optimize.search_records import RungEval, rung_from_json, rung_to_json
 from aprompt._taskgroups import plain_errors_task_group
 
 if TYPE_CHECKING:
@@ -87,32 +87,6 @@ RUNG_SHARES = (0.25, 0.5)
 MAX_ENTRANTS = 8
 #: The share of a mini-batch run before a trial may stop early.
 FIRST_STAGE_SHARE = 0.4
-
-
-@attrs.frozen
-class RungEval:
-    """One racer's evaluation in one rung of a race: the rung's examples it lacked.
-
-    ``score`` is the mean on ``scores`` (``None`` when LM failures left every example unscored).
-    """
-
-    race: int
-    rung: int
-    choice: Mapping[str, int]
-    example_ids: tuple[str, ...]
-    scores: Mapping[str, float]
-    score: float | None
-    n_failed: int
-    n_unscored: int
-    lm_failures: Mapping[str, str] = attrs.field(factory=dict)
-
-
-def rung_to_json(rung: RungEval) -> dict[str, Any]:
-    return attrs.asdict(rung)
-
-
-def rung_from_json(data: Mapping[str, Any]) -> RungEval:
-    return RungEval(**{**data, "example_ids": tuple(data["example_ids"])})
 
 
 def race_order(valset: Sequence[Example], seed: int) -> list[Example]:

@@ -14,7 +14,7 @@ from aprompt._errors import StateError
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.per_example import PASS_SCORE, ExampleRow, ExampleTable
-from aprompt._optimize.search import FullEval, Trial
+from aprompt._optimize.search_records import FullEval, Trial
 from aprompt.lm.usage import UsageSnapshot
 from aprompt.program.state import load_state, program_state
 

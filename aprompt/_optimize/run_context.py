@@ -27,9 +27,8 @@ from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseS
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
-from aprompt._optimize.racing import RungEval
 from aprompt._optimize.result import PhaseUsage
-from aprompt._optimize.search import FullEval, SearchOutcome, Trial
+from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
 from aprompt.lm._metering import LimitReached, RequestMeter, measuring, metering
 from aprompt.lm.types import LM
 from aprompt.lm.usage import UsageCounter, UsageSnapshot

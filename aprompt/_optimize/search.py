@@ -65,20 +65,19 @@ import copy
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import attrs
 
-from aprompt._errors import JournalError, OptimizationError
+from aprompt._errors import JournalError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.concurrent_steps import at_once_in_order
-from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, OnResult, evaluate_reporting
+from aprompt._optimize.evaluate import Evaluation, Metric, OnResult, evaluate_reporting
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import (
@@ -90,15 +89,30 @@ from aprompt._optimize.final_pick import (
     nothing_scores,
     pick,
 )
+from aprompt._optimize.head_start import HeadStart
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations, thompson_choice
 from aprompt._optimize.racing import (
     MAX_ENTRANTS,
-    RungEval,
     final_races,
     first_stage_size,
     run_race,
     staged_evaluation,
+)
+from aprompt._optimize.search_records import (
+    FullEval,
+    Memo,
+    RungEval,
+    SearchOutcome,
+    Trial,
+    check_baseline,
+    full_eval_from_json,
+    full_eval_to_json,
+    lm_failures_of,
+    minibatch,
+    no_memo,
+    trial_from_json,
+    trial_to_json,
 )
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
@@ -108,48 +122,7 @@ from aprompt.tpe import Categorical, TPESampler
 Emit = Callable[[Event], Awaitable[None]]
 #: Seeds the draws of the model's trials apart from the TPE's own (``[seed, number]``).
 MODEL_TRIAL_STREAM = 1
-T = TypeVar("T")
 logger = logging.getLogger("aprompt")
-
-
-class Memo(Protocol):
-    """``RunContext.memo``: compute, or read back a journaled result (see :mod:`aprompt.run.journal`)."""
-
-    async def __call__(
-        self,
-        kind: str,
-        key: str,
-        compute: Callable[[], Awaitable[T]],
-        encode: Callable[[T], Any],
-        decode: Callable[[Any], T],
-    ) -> T: ...
-
-
-async def no_memo(
-    kind: str,
-    key: str,
-    compute: Callable[[], Awaitable[T]],
-    encode: Callable[[T], Any],
-    decode: Callable[[Any], T],
-) -> T:
-    """The memo of a run without a journal: always compute."""
-    return await compute()
-
-
-def trial_to_json(trial: Trial) -> dict[str, Any]:
-    return attrs.asdict(trial)
-
-
-def trial_from_json(data: Mapping[str, Any]) -> Trial:
-    return Trial(**{**data, "example_ids": tuple(data["example_ids"])})
-
-
-def full_eval_to_json(full: FullEval) -> dict[str, Any]:
-    return attrs.asdict(full)
-
-
-def full_eval_from_json(data: Mapping[str, Any]) -> FullEval:
-    return FullEval(**data)
 
 
 #: See ``SearchLoop.prefetched``.
@@ -162,98 +135,6 @@ class ProposalHook(Protocol):
     def extra_parameters(self, candidates: Candidates) -> dict[str, int]: ...
 
     async def resolve(self, loop: SearchLoop, choice: dict[str, int]) -> dict[str, int]: ...
-
-
-@attrs.frozen
-class Trial:
-    """One mini-batch trial; ``score`` is ``None`` when LM failures left it unscored.
-
-    ``lm_failures`` maps each example left unscored (it failed at the LM while the LM answered checks,
-    see :mod:`aprompt._optimize.outage`) to its error; likewise in :class:`FullEval`.
-
-    ``stopped_early``: the trial was clearly losing to the current pick after the first stage of its
-    mini-batch and stopped there (:mod:`aprompt._optimize.racing`); ``example_ids`` are then the examples
-    it ran and ``score`` is its mean on them.
-    """
-
-    number: int
-    choice: Mapping[str, int]
-    example_ids: tuple[str, ...]
-    scores: Mapping[str, float]
-    score: float | None
-    n_failed: int
-    n_unscored: int
-    seconds: float
-    lm_failures: Mapping[str, str] = attrs.field(factory=dict)
-    stopped_early: bool = False
-
-
-@attrs.frozen
-class FullEval:
-    """A full evaluation of one combination on the validation set.
-
-    ``reused``: how many of its scores come from the combination's earlier trials and race rungs (the
-    same program on the same examples) instead of being run again; ``n_failed`` and ``n_unscored`` count
-    the examples it ran.
-    """
-
-    choice: Mapping[str, int]
-    score: float
-    scores: Mapping[str, float]
-    n_failed: int
-    n_unscored: int
-    after_trial: int
-    lm_failures: Mapping[str, str] = attrs.field(factory=dict)
-    reused: int = 0
-
-
-@attrs.frozen
-class SearchOutcome:
-    """What a search returns: the picked combination, its full-validation score, and the record.
-
-    ``pick`` says why that combination was returned (see :mod:`aprompt._optimize.final_pick`);
-    ``rungs`` are the races' partial evaluations (:mod:`aprompt._optimize.racing`).
-    """
-
-    best_choice: Mapping[str, int]
-    best_score: float
-    baseline_score: float
-    trials: tuple[Trial, ...]
-    full_evals: tuple[FullEval, ...]
-    pick: FinalPick | None = None
-    rungs: tuple[RungEval, ...] = ()
-
-
-def _lm_failures(evaluation: Evaluation) -> dict[str, str]:
-    """Example id -> error of the examples an LM failure left unscored."""
-    return {r.example_id: r.error or "LM failure" for r in evaluation.results if r.lm_failure}
-
-
-def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> list[Example]:
-    """The trial's mini-batch: a seeded sample, a pure function of (seed, trial number)."""
-    if size >= len(valset):
-        return list(valset)
-    return random.Random(f"{seed}:minibatch:{trial}").sample(list(valset), size)
-
-
-def check_baseline(evaluation: Evaluation) -> None:
-    """Refuse to search when the unoptimized program ran cleanly on no example because the program or
-    the metric raised. Parse errors alone do not count: an unreadable reply is the prompt's fault, which
-    the search may fix; neither do LM failures, which leave examples unscored."""
-    if len(evaluation.errors) < len(evaluation.results):
-        return
-    failures = {
-        r.example_id: r.error for r in evaluation.results if r.error is not None and r.score is not None
-    }
-    if all(error.startswith("ParseError:") for error in failures.values()):
-        return
-    first = dict(list(failures.items())[:3])
-    raise OptimizationError(
-        f"the program or the metric failed on every one of the {len(evaluation.results)} validation "
-        "examples of the unoptimized program; first errors: "
-        + "; ".join(f"{example_id}: {error}" for example_id, error in first.items()),
-        errors=first,
-    )
 
 
 @attrs.define
@@ -351,46 +232,6 @@ def _limit_refusal(exc: BaseException) -> LimitReached | None:
             first = matched.exceptions[0]
             return first if isinstance(first, LimitReached) else _limit_refusal(first)
     return None
-
-
-@attrs.define(eq=False)
-class HeadStart:
-    """A run of one choice on ``example_ids`` started ahead of its step (see ``SearchLoop.run_ahead``)."""
-
-    example_ids: tuple[str, ...]
-    _done: anyio.Event = attrs.Factory(anyio.Event)
-    _results: list[ExampleResult] = attrs.Factory(list)
-    _listener: OnResult | None = None
-    _evaluation: Evaluation | None = None
-    _error: Exception | None = None
-
-    async def run(self, evaluate: Callable[[OnResult], Awaitable[Evaluation]]) -> None:
-        """Run ``evaluate``, told each result as it is scored; its evaluation, or its error, goes to the
-        step that takes it."""
-        try:
-            self._evaluation = await evaluate(self._tell)
-        except Exception as exc:  # the step raises it in its turn, as it would have itself
-            self._error = exc
-        self._done.set()
-
-    def _tell(self, result: ExampleResult) -> None:
-        self._results.append(result)
-        if self._listener is not None:
-            self._listener(result)
-
-    def listen(self, on_result: OnResult | None) -> None:
-        """Tell ``on_result`` the results in so far, and each next one as it comes."""
-        if on_result is not None:
-            for result in self._results:
-                on_result(result)
-        self._listener = on_result
-
-    async def result(self) -> Evaluation:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._evaluation is not None
-        return self._evaluation
 
 
 async def no_hook(loop: SearchLoop) -> None:
@@ -935,7 +776,7 @@ class SearchLoop:
             n_failed=evaluation.n_failed,
             n_unscored=evaluation.n_unscored,
             seconds=time.monotonic() - started,
-            lm_failures=_lm_failures(evaluation),
+            lm_failures=lm_failures_of(evaluation),
             stopped_early=stopped_early,
         )
 
@@ -968,7 +809,7 @@ class SearchLoop:
             n_failed=evaluation.n_failed,
             n_unscored=evaluation.n_unscored,
             after_trial=len(self.trials),
-            lm_failures=_lm_failures(evaluation),
+            lm_failures=lm_failures_of(evaluation),
             reused=len(known),
         )
 

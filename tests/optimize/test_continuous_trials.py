@@ -21,7 +21,8 @@ from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import Event
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt._optimize.search import SearchLoop, minibatch
+from aprompt._optimize.search import SearchLoop
+from aprompt._optimize.search_records import minibatch
 from aprompt.lm.cache import ResponseCache
 from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest

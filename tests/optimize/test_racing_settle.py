@@ -26,7 +26,7 @@ from aprompt._optimize.racing import (
     run_race,
     rung_sizes,
 )
-from aprompt._optimize.search import minibatch
+from aprompt._optimize.search_records import minibatch
 from aprompt.testing.fake_openai import ChatRequest, Reply
 from tests.optimize.qa_task import item_of, last_user_of
 from tests.optimize.test_racing import GOOD, LATENCY, POOR, items_of, race_records, requests_of, search_loop

@@ -21,7 +21,7 @@ import sniffio
 import trio
 
 import aprompt
-from aprompt._optimize.search import trial_from_json
+from aprompt._optimize.search_records import trial_from_json
 from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.optimize.world import World

@@ -17,7 +17,7 @@ from aprompt._optimize.budget import Budget
 if TYPE_CHECKING:
     from aprompt._optimize.candidates import Candidates
     from aprompt._optimize.run_context import RunContext
-    from aprompt._optimize.search import SearchOutcome
+    from aprompt._optimize.search_records import SearchOutcome
 
 
 @attrs.frozen

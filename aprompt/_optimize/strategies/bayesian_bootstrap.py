@@ -7,7 +7,7 @@ import attrs
 from aprompt._optimize.budget import Budget
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import SearchOutcome
+from aprompt._optimize.search_records import SearchOutcome
 from aprompt._optimize.strategies.base import Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import pipeline
 from aprompt._optimize.strategies.steps import bootstrap_candidates, tpe_search

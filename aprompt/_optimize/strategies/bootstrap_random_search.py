@@ -10,7 +10,7 @@ from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.budget import Budget
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import SearchOutcome
+from aprompt._optimize.search_records import SearchOutcome
 from aprompt._optimize.strategies.base import Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import Pipeline, pipeline
 from aprompt._optimize.strategies.steps import bootstrap_candidates, search_loop

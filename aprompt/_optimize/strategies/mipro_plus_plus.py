@@ -13,7 +13,8 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
 from aprompt._optimize.propose import Grounding, Proposal, ProposalContext, propose_instruction
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import SearchLoop, SearchOutcome
+from aprompt._optimize.search import SearchLoop
+from aprompt._optimize.search_records import SearchOutcome
 from aprompt._optimize.strategies.base import Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import pipeline
 from aprompt._optimize.strategies.steps import bootstrap_candidates, search_loop

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.reflect import ReflectiveProposals
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import SearchOutcome
+from aprompt._optimize.search_records import SearchOutcome
 from aprompt._optimize.strategies.mipro import Mipro
 from aprompt._optimize.strategies.pipeline import pipeline
 from aprompt._optimize.strategies.steps import search_loop

@@ -12,7 +12,7 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
 from aprompt._optimize.propose import Proposal, ProposalContext, propose_instruction
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import SearchOutcome
+from aprompt._optimize.search_records import SearchOutcome
 from aprompt._optimize.strategies.base import Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import Pipeline, pipeline
 from aprompt._optimize.strategies.steps import search_loop

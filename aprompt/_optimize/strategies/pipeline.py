@@ -13,7 +13,7 @@ running them again, and journals them under their usual ``"full_eval"`` keys.
 
 Each step is journaled on its own (kinds ``"baseline_eval"``, ``"summaries"``, ``"reference_eval"``),
 so a resumed run pays for none again. The program failing on every validation example
-(:class:`~aprompt._errors.OptimizationError`, see :func:`~aprompt._optimize.search.check_baseline`)
+(:class:`~aprompt._errors.OptimizationError`, see :func:`~aprompt._optimize.search_records.check_baseline`)
 surfaces as soon as the baseline's evaluation ends, cancelling the rest. Leaving the block cancels what
 nothing awaited (a reference the search skipped once a limit stopped it).
 
@@ -43,7 +43,8 @@ from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.candidates import Candidates, Choice
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.run_context import BASELINE_KIND, RunContext, limit_reached_in
-from aprompt._optimize.search import FullEval, SearchLoop, full_eval_from_json, full_eval_to_json
+from aprompt._optimize.search import SearchLoop
+from aprompt._optimize.search_records import FullEval, full_eval_from_json, full_eval_to_json
 from aprompt._optimize.strategies.base import StrategyPlan
 from aprompt._optimize.strategies.steps import (
     grounding_calls,

@@ -24,7 +24,8 @@ from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
 from aprompt._optimize.propose import Proposal, ProposalContext, propose_instructions
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import ProposalHook, SearchLoop, SearchOutcome, no_hook
+from aprompt._optimize.search import ProposalHook, SearchLoop, no_hook
+from aprompt._optimize.search_records import SearchOutcome
 from aprompt._optimize.summaries import Grounded
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
