@@ -7,7 +7,11 @@ the dataset summarizer. No DSPy is needed here; the server is the project's fake
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -271,3 +275,19 @@ def test_a_dspy_record_is_scored_against_the_worlds_truth() -> None:
     assert run.best_fully_evaluated == pytest.approx(truth(good)) and run.regret > 0
     assert (run.trials, run.full_evals, run.grid_size, run.lm_calls) == (1, 2, 16, 123)
     assert not run.worse_than_baseline
+
+
+def test_the_regret_benchmark_runs_dspy_only_on_a_budget_preset_of_the_standard_world(tmp_path: Path) -> None:
+    regret = importlib.import_module("bench.regret")
+    out = ["--out-dir", str(tmp_path)]
+    for argv in (
+        ["--quick", "--systems", "aprompt,dspy", "--dspy-python", sys.executable],
+        ["--world", "no_gain", "--systems", "dspy", "--dspy-python", sys.executable],
+        ["--systems", "aprompt,optuna"],
+    ):
+        with pytest.raises(SystemExit):
+            regret.main([*argv, *out])
+    if importlib.util.find_spec("dspy") is None:  # no interpreter given and none here
+        with pytest.raises(SystemExit):
+            regret.main(["--seeds", "0:1", "--systems", "dspy", *out])
+    assert list(tmp_path.iterdir()) == []
