@@ -21,8 +21,10 @@ training examples ``item-0 .. item-199`` and the preset's ``val_size`` validatio
 ``--systems aprompt,dspy`` also runs DSPy's MIPROv2 (``auto`` = the budget, seed = the run's seed, the same
 examples) in an interpreter that has dspy (``--dspy-python``), against the same world answering DSPy's
 prompt format over HTTP (``bench/dspy_world.py``, ``bench/regret_dspy.py``: its grid, evaluated programs
-and returned program come from MIPROv2's own record; its LM calls are counted at the server), and prints
-both systems side by side. aprompt alone is the default.
+and returned program come from MIPROv2's own record), and prints both systems side by side. aprompt alone
+is the default. DSPy's LM calls are counted at the server, after DSPy's own response cache (fresh for each
+run); aprompt's are every call of its in-process LM, which has no cache. ``--dspy-no-cache`` counts DSPy's
+calls the same way.
 
     .venv/bin/python -m bench.regret                  # 15 runs per budget (light, medium); writes
                                                       # bench/results/regret_latest.{md,json}
@@ -422,7 +424,7 @@ async def run_all(
 
 
 async def run_dspy_all(
-    budgets: Sequence[str], seeds: Sequence[int], dspy_python: str, threads: int
+    budgets: Sequence[str], seeds: Sequence[int], dspy_python: str, threads: int, cache: bool = True
 ) -> list[DSPyRun]:
     """DSPy's MIPROv2 for every budget and seed, one at a time (see :mod:`bench.regret_dspy`)."""
     runs = []
@@ -435,6 +437,7 @@ async def run_dspy_all(
                 n_train=N_TRAIN,
                 val_size=PRESET_VAL_SIZE[name],
                 threads=threads,
+                cache=cache,
             )
             print(
                 f"dspy {name} seed {seed}: regret {run.regret:.3f} "
@@ -524,6 +527,11 @@ def main(argv: list[str] | None = None) -> list[Run]:
     parser.add_argument(
         "--dspy-threads", type=int, default=DEFAULT_THREADS, help="DSPy num_threads (default %(default)s)"
     )
+    parser.add_argument(
+        "--dspy-no-cache",
+        action="store_true",
+        help="no DSPy response cache: count every call it makes, as aprompt's are counted",
+    )
     args = parser.parse_args(argv)
     logging.getLogger("aprompt").setLevel(logging.WARNING)
     budgets = [b for b in args.budgets.split(",") if b]
@@ -553,7 +561,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
         runs = anyio.run(run_all, budgets, seeds, args.world, args.strategy, racing)
     dspy_runs: list[DSPyRun] = []
     if dspy_python is not None:
-        dspy_runs = anyio.run(run_dspy_all, budgets, seeds, dspy_python, args.dspy_threads)
+        dspy_runs = anyio.run(
+            run_dspy_all, budgets, seeds, dspy_python, args.dspy_threads, not args.dspy_no_cache
+        )
     summary = markdown_table(SUMMARY_HEADER, summary_rows(runs)) if runs else ""
     if dspy_runs:
         by_system: dict[str, Sequence[Run | DSPyRun]] = {"aprompt": runs, "dspy MIPROv2": dspy_runs}

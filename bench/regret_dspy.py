@@ -2,7 +2,8 @@
 
 The parent (this interpreter) serves the world over HTTP on 127.0.0.1 with the project's
 :class:`~aprompt.testing.fake_openai.FakeOpenAIServer` and :class:`bench.dspy_world.DSPyWorld` (the world's
-probabilities in DSPy's prompt format), and counts the LM calls there. DSPy runs in its own interpreter
+probabilities in DSPy's prompt format), and counts the LM calls there: after DSPy's own response cache
+(fresh for each run), or, without it, every call the run makes. DSPy runs in its own interpreter
 (``--dspy-python``; DSPy is never a dependency of aprompt) as ``python -m bench.regret_dspy_worker SPEC``
 (:mod:`bench.regret_dspy_worker`), which sends one JSON line back describing what MIPROv2 considered and
 returned.
@@ -120,9 +121,18 @@ def _grid_size(record: Mapping[str, Any]) -> int:
 
 
 async def one_dspy_run(
-    budget: str, seed: int, *, dspy_python: str, n_train: int, val_size: int, threads: int = DEFAULT_THREADS
+    budget: str,
+    seed: int,
+    *,
+    dspy_python: str,
+    n_train: int,
+    val_size: int,
+    threads: int = DEFAULT_THREADS,
+    cache: bool = True,
 ) -> DSPyRun:
-    """MIPROv2 at ``budget`` and ``seed`` in ``dspy_python``, against the world served here."""
+    """MIPROv2 at ``budget`` and ``seed`` in ``dspy_python``, against the world served here; ``cache``:
+    DSPy's own in-memory response cache, fresh for the run (its default), or none, so that every call
+    the run makes reaches the server and is counted (as aprompt's in-process LM counts every call)."""
     async with FakeOpenAIServer(responder=DSPyWorld(), record=False) as server:
         spec = {
             "base_url": server.base_url,
@@ -131,6 +141,7 @@ async def one_dspy_run(
             "n_train": n_train,
             "val_size": val_size,
             "threads": threads,
+            "cache": cache,
         }
         path = os.environ.get("PYTHONPATH", "")
         env = {

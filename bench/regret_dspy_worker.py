@@ -1,16 +1,16 @@
 """The DSPy side of :mod:`bench.regret_dspy`, run in the interpreter that has dspy.
 
 ``python -m bench.regret_dspy_worker SPEC`` (SPEC: JSON with ``base_url``, ``budget``, ``seed``,
-``n_train``, ``val_size``, ``threads``) compiles :class:`TwoStage`, the two-stage program of
-``tests/optimize/world.py`` as two ``dspy.Predict`` with the same instructions, with
-``MIPROv2(auto=budget, seed=seed)`` on training examples ``item-0 ..`` and the validation examples after them
-(as aprompt's run), against the world at ``base_url``, and prints one JSON line: the unoptimized and the
-returned program, the instruction candidates and demo sets MIPROv2 searched per predictor, and every
-program in its ``trial_logs``; each predictor as ``{"instruction": ..., "items": [...]}``, the items of
-the demos that DSPy's ChatAdapter sends.
+``n_train``, ``val_size``, ``threads`` and ``cache``: DSPy's fresh in-memory cache, or none) compiles
+:class:`TwoStage`, the two-stage program of ``tests/optimize/world.py`` as two ``dspy.Predict`` with the
+same instructions, with ``MIPROv2(auto=budget, seed=seed)`` on training examples ``item-0 ..`` and the
+validation examples after them (as aprompt's run), against the world at ``base_url``. It prints one JSON
+line: the unoptimized and the returned program, the instruction candidates and demo sets MIPROv2 searched
+per predictor, and every program in its ``trial_logs``; each predictor as ``{"instruction": ...,
+"items": [...]}``, the items of the demos that DSPy's ChatAdapter sends.
 
-MIPROv2's proposer reads this module's source of :class:`TwoStage` (its ``program_code``), so an edit to that
-class changes the proposals, hence the figures.
+MIPROv2's proposer reads this module's source of :class:`TwoStage` (its ``program_code``), so an edit to
+that class changes the proposals, hence the figures.
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def describe(adapter: Any, program: Any) -> dict[str, Any]:
 def run(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One MIPROv2 compile as ``spec`` says; the record :func:`bench.regret_dspy.score_record` reads."""
     dspy_side.quiet()
-    dspy_side.fresh_cache()
+    if spec.get("cache", True):
+        dspy_side.fresh_cache()
+    else:  # every call reaches the server, as every call of aprompt's in-process LM is counted
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     adapter = dspy.ChatAdapter()
     dspy.configure(adapter=adapter)
     url, n_train, val_size, seed = spec["base_url"], spec["n_train"], spec["val_size"], spec["seed"]
