@@ -17,7 +17,14 @@ so for each run:
 
 The world answers in-process (an LM object, no HTTP), so a run takes seconds. Runs use seeds 0..n−1,
 training examples ``item-0 .. item-199`` and the preset's ``val_size`` validation examples after them.
-DSPy's MIPROv2 is not run here (it needs ``pip install -e '.[bench]'`` and an adapter to this world).
+
+``--systems aprompt,dspy`` also runs DSPy's MIPROv2 (``auto`` = the budget, seed = the run's seed, the same
+examples) in an interpreter that has dspy (``--dspy-python``), against the same world answering DSPy's
+prompt format over HTTP (``bench/dspy_world.py``, ``bench/regret_dspy.py``: its grid, evaluated programs
+and returned program come from MIPROv2's own record), and prints both systems side by side. aprompt alone
+is the default. DSPy's LM calls are counted at the server, after DSPy's own response cache (fresh for each
+run); aprompt's are every call of its in-process LM, which has no cache. ``--dspy-no-cache`` counts DSPy's
+calls the same way.
 
     .venv/bin/python -m bench.regret                  # 15 runs per budget (light, medium); writes
                                                       # bench/results/regret_latest.{md,json}
@@ -27,16 +34,20 @@ DSPy's MIPROv2 is not run here (it needs ``pip install -e '.[bench]'`` and an ad
     .venv/bin/python -m bench.regret --seeds 0:100 --workers 2 --paired-with bench/results/other.json
                                                       # seeds 0..99 in 2 processes; the change against
                                                       # another run's json, paired by budget and seed
+    .venv/bin/python -m bench.regret --seeds 0:10 --systems aprompt,dspy --dspy-python DSPY_VENV/bin/python
+                                                      # aprompt and DSPy MIPROv2 on the same seeds
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import itertools
 import json
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,6 +60,7 @@ import aprompt
 from aprompt._optimize.candidates import Candidates
 from aprompt.lm.types import Completion, Message, canonical_params
 from aprompt.testing._wire import ChatRequest
+from bench.regret_dspy import DEFAULT_THREADS, DSPyRun, one_dspy_run
 from bench.report import (
     RESULTS_DIR,
     command_line,
@@ -256,6 +268,85 @@ SUMMARY_HEADER = [
 ]
 
 
+def system_rows(by_system: Mapping[str, Sequence[Run | DSPyRun]]) -> list[list[object]]:
+    """One row per budget and system, the systems of a budget side by side."""
+    rows: list[list[object]] = []
+    budgets = dict.fromkeys(r.budget for runs in by_system.values() for r in runs)
+    for budget in budgets:
+        for system, runs in by_system.items():
+            group = [r for r in runs if r.budget == budget]
+            if not group:
+                continue
+            regrets = [r.regret for r in group]
+            interval = t_interval(regrets)
+            low, high = interval if interval is not None else (float("nan"), float("nan"))
+            rows.append(
+                [
+                    budget,
+                    system,
+                    len(group),
+                    f"{statistics.fmean(regrets):.4f} [{low:.4f}, {high:.4f}]",
+                    f"{statistics.median(regrets):.3f}",
+                    f"{statistics.fmean(r.evaluated_regret for r in group):.4f}",
+                    f"{statistics.fmean(r.fully_evaluated_regret for r in group):.4f}",
+                    sum(r.worse_than_baseline for r in group),
+                    f"{statistics.fmean(r.returned - r.baseline for r in group):.3f}",
+                    f"{statistics.fmean(r.lm_calls for r in group):,.0f}",
+                ]
+            )
+    return rows
+
+
+SYSTEM_HEADER = [
+    "budget",
+    "system",
+    "runs",
+    "mean regret [95 % interval]",
+    "median regret",
+    "mean regret of the best evaluated",
+    "mean regret of the best fully evaluated",
+    "runs worse than the baseline",
+    "mean gain over the baseline (true)",
+    "mean LM calls",
+]
+
+
+def dspy_run_rows(runs: Sequence[DSPyRun]) -> list[list[object]]:
+    return [
+        [
+            r.budget,
+            r.seed,
+            f"{r.best_possible:.3f}",
+            f"{r.returned:.3f}",
+            f"{r.best_evaluated:.3f}",
+            f"{r.best_fully_evaluated:.3f}",
+            f"{r.baseline:.3f}",
+            f"{r.regret:.3f}",
+            f"{r.lm_calls:,}",
+            f"{r.trials} / {r.full_evals}",
+            f"{r.grid_size:,}",
+            f"{r.seconds:.1f}",
+        ]
+        for r in runs
+    ]
+
+
+DSPY_RUN_HEADER = [
+    "budget",
+    "seed",
+    "best in grid",
+    "returned",
+    "best evaluated",
+    "best fully evaluated",
+    "baseline",
+    "regret",
+    "LM calls",
+    "trials / full evaluations",
+    "grid",
+    "seconds",
+]
+
+
 def run_rows(runs: Sequence[Run]) -> list[list[object]]:
     return [
         [
@@ -332,6 +423,40 @@ async def run_all(
     return runs
 
 
+async def run_dspy_all(
+    budgets: Sequence[str], seeds: Sequence[int], dspy_python: str, threads: int, cache: bool = True
+) -> list[DSPyRun]:
+    """DSPy's MIPROv2 for every budget and seed, one at a time (see :mod:`bench.regret_dspy`)."""
+    runs = []
+    for name in budgets:
+        for seed in seeds:
+            run = await one_dspy_run(
+                name,
+                seed,
+                dspy_python=dspy_python,
+                n_train=N_TRAIN,
+                val_size=PRESET_VAL_SIZE[name],
+                threads=threads,
+                cache=cache,
+            )
+            print(
+                f"dspy {name} seed {seed}: regret {run.regret:.3f} "
+                f"(best evaluated {run.evaluated_regret:.3f}, "
+                f"best fully evaluated {run.fully_evaluated_regret:.3f}), returned {run.returned:.3f}, "
+                f"baseline {run.baseline:.3f}, {run.lm_calls} calls, {run.seconds:.1f} s",
+                flush=True,
+            )
+            runs.append(run)
+    return runs
+
+
+def _dspy_python(requested: str | None) -> str | None:
+    """The interpreter that runs DSPy: the one asked for, else this one where dspy is installed."""
+    if requested:
+        return requested
+    return sys.executable if importlib.util.find_spec("dspy") is not None else None
+
+
 def run_parallel(
     budgets: Sequence[str], seeds: Sequence[int], world: str, strategy: str, racing: bool, workers: int
 ) -> list[Run]:
@@ -393,6 +518,20 @@ def main(argv: list[str] | None = None) -> list[Run]:
     parser.add_argument(
         "--no-racing", action="store_true", help="Budget.racing=False: one full evaluation per period"
     )
+    parser.add_argument(
+        "--systems", default="aprompt", help="comma-separated: aprompt, dspy (default aprompt)"
+    )
+    parser.add_argument(
+        "--dspy-python", default=None, help="interpreter with dspy (default: this one, if it has it)"
+    )
+    parser.add_argument(
+        "--dspy-threads", type=int, default=DEFAULT_THREADS, help="DSPy num_threads (default %(default)s)"
+    )
+    parser.add_argument(
+        "--dspy-no-cache",
+        action="store_true",
+        help="no DSPy response cache: count every call it makes, as aprompt's are counted",
+    )
     args = parser.parse_args(argv)
     logging.getLogger("aprompt").setLevel(logging.WARNING)
     budgets = [b for b in args.budgets.split(",") if b]
@@ -404,28 +543,52 @@ def main(argv: list[str] | None = None) -> list[Run]:
         seeds = list(range(int(start), int(stop)))
     else:
         seeds = list(range(2 if args.quick else args.runs))
+    systems = [s for s in args.systems.split(",") if s]
+    if not systems or set(systems) - {"aprompt", "dspy"}:
+        parser.error(f"--systems takes aprompt and/or dspy, got {args.systems!r}")
+    dspy_python = _dspy_python(args.dspy_python) if "dspy" in systems else None
+    if "dspy" in systems and (args.quick or args.world != "world" or dspy_python is None):
+        parser.error("--systems dspy needs the standard world, a budget preset and dspy (--dspy-python)")
     if args.quick:
         budgets = ["quick"]
     command = command_line("regret", argv)
     print(f"command: {command}", flush=True)
     racing = not args.no_racing
-    if args.workers > 1:
+    runs: list[Run] = []
+    if "aprompt" in systems and args.workers > 1:
         runs = run_parallel(budgets, seeds, args.world, args.strategy, racing, args.workers)
-    else:
+    elif "aprompt" in systems:
         runs = anyio.run(run_all, budgets, seeds, args.world, args.strategy, racing)
-    summary = markdown_table(SUMMARY_HEADER, summary_rows(runs))
+    dspy_runs: list[DSPyRun] = []
+    if dspy_python is not None:
+        dspy_runs = anyio.run(
+            run_dspy_all, budgets, seeds, dspy_python, args.dspy_threads, not args.dspy_no_cache
+        )
+    summary = markdown_table(SUMMARY_HEADER, summary_rows(runs)) if runs else ""
+    if dspy_runs:
+        by_system: dict[str, Sequence[Run | DSPyRun]] = {"aprompt": runs, "dspy MIPROv2": dspy_runs}
+        summary = "\n\n".join(
+            part for part in (summary, markdown_table(SYSTEM_HEADER, system_rows(by_system))) if part
+        )
     print("\n" + summary, flush=True)
     if args.paired_with is not None:
         other = json.loads(args.paired_with.read_text())["runs"]
-        summary += "\n\nPaired by seed with `" + str(args.paired_with) + "` (this − that):\n\n"
-        summary += markdown_table(PAIRED_HEADER, paired_rows(runs, other))
-        print(summary.split("\n\n", 1)[1], flush=True)
+        paired = f"Paired by seed with `{args.paired_with}` (this − that):\n\n" + markdown_table(
+            PAIRED_HEADER, paired_rows(runs, other)
+        )
+        summary += "\n\n" + paired
+        print(paired, flush=True)
     out_dir = args.out_dir if args.out_dir is not None or args.quick else RESULTS_DIR
     if out_dir is not None:
         env = environment()
         write_json(
             out_dir / f"{args.name}.json",
-            {"command": command, "environment": env, "runs": [attrs.asdict(r) for r in runs]},
+            {
+                "command": command,
+                "environment": env,
+                "runs": [attrs.asdict(r) for r in runs],
+                **({"dspy_runs": [attrs.asdict(r) for r in dspy_runs]} if dspy_runs else {}),
+            },
         )
         text = "\n".join(
             [
@@ -438,7 +601,12 @@ def main(argv: list[str] | None = None) -> list[Run]:
                 "",
                 summary,
                 "",
-                markdown_table(RUN_HEADER, run_rows(runs)),
+                markdown_table(RUN_HEADER, run_rows(runs)) if runs else "",
+                *(
+                    ["", "DSPy MIPROv2:", "", markdown_table(DSPY_RUN_HEADER, dspy_run_rows(dspy_runs))]
+                    if dspy_runs
+                    else []
+                ),
             ]
         )
         write_text(out_dir / f"{args.name}.md", text)
