@@ -7,8 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aprompt._errors import ModelNotFoundError
-from aprompt.lm.local import INSTALL_MODEL_COMMAND, MODEL_ENV_VAR, LocalLM, find_local_model
+from aprompt._errors import ConfigError, ModelNotFoundError
+from aprompt.lm.local import (
+    DEFAULT_CACHE_RAM_MIB,
+    INSTALL_MODEL_COMMAND,
+    MODEL_ENV_VAR,
+    LocalLM,
+    find_local_model,
+)
 
 
 def test_find_local_model_uses_the_installed_package() -> None:
@@ -67,3 +73,16 @@ async def test_local_lm_answers_and_always_shuts_the_server_down() -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{base_url}/models", timeout=2)
+
+
+def test_the_server_keeps_prompt_states_in_bounded_host_memory() -> None:
+    # llama.cpp's own default (8 GiB) let one optimization grow the process by gigabytes.
+    assert LocalLM().server_params().cache_ram_mib == DEFAULT_CACHE_RAM_MIB <= 2048
+    assert LocalLM(cache_ram_mib=0).server_params().cache_ram_mib == 0  # off
+    assert LocalLM(cache_ram_mib=512, n_parallel=3, ctx_per_slot=1024).server_params().n_ctx == 3 * 1024
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1024"])
+def test_a_negative_or_non_integer_cache_size_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="cache_ram_mib"):
+        LocalLM(cache_ram_mib=bad)  # type: ignore[arg-type]
