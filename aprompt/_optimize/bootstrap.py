@@ -1,9 +1,9 @@
 """Demo candidates by rejection sampling (MIPRO stage 1).
 
-Per predictor, demo set 0 is empty, set 1 holds labeled demos only (training examples whose fields cover
-the predictor's signature, at most ``max_labeled``), and each further set is built from a seeded shuffle
-of the training set: the program runs on examples in that order and every run the metric passes
-contributes its traced calls as demos, then labeled demos fill the set to its size.
+Per predictor, demo set 0 is empty, set 1 holds labeled demos only (training examples that label the
+predictor's outputs and give at least one of its inputs, at most ``max_labeled``), and each further set
+is built from a seeded shuffle of the training set: the program runs on examples in that order and every
+run the metric passes contributes its traced calls as demos, then labeled demos fill the set to its size.
 
 Sizes: no set holds more than ``max_bootstrapped + max_labeled`` demos (``Budget.max_demos``): at most
 ``max_bootstrapped`` from passing runs, the rest labeled. Sets 2, 3, ... take their sizes in turn from
@@ -86,11 +86,15 @@ class BootstrapResult:
 
 
 def labeled_demo(predictor: Predict, example: Example) -> Demo | None:
-    """The example as a demo for ``predictor`` when it has all of its input and output fields."""
+    """The example as a demo for ``predictor`` when it has all of its output fields and at least one of
+    its input fields: the fields it has of the signature (the last stage of a pipeline shows the
+    program's inputs and the final answer, as a hand-written prompt would, without the intermediate
+    fields no example labels)."""
     fields = example.fields()
-    names = (*predictor.signature.input_names, *predictor.signature.output_names)
-    required = [n for n in names if n != "reasoning"]
-    if all(n in fields for n in required):
+    outputs = [n for n in predictor.signature.output_names if n != "reasoning"]
+    inputs = predictor.signature.input_names
+    if outputs and all(n in fields for n in outputs) and any(n in fields for n in inputs):
+        names = (*inputs, *predictor.signature.output_names)
         return Demo({n: fields[n] for n in names if n in fields})
     return None
 

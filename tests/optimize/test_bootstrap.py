@@ -65,14 +65,25 @@ async def test_demo_set_1_holds_labeled_demos_with_the_signatures_fields_and_cos
     assert fake_server.chat_requests == []
 
 
-async def test_a_predictor_whose_fields_no_example_has_gets_no_labeled_demos(
+async def test_a_predictor_whose_outputs_no_example_labels_gets_no_labeled_demos(
     fake_server: FakeOpenAIServer,
 ) -> None:
-    # `question -> code` and `question, code -> answer`: no example has a code.
+    # `question -> code`: no example has a code.
     async with lm_for(fake_server) as lm:
         result = await bootstrap(TwoStageProgram(), examples(0, 12), lm, n_sets=2, max_labeled=3)
     assert result.demo_sets["extract"][1].demos == ()
-    assert result.demo_sets["answer"][1].demos == ()
+
+
+async def test_a_last_stage_gets_labeled_demos_of_the_fields_the_examples_have(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # `question, code -> answer`: the examples give the question and the answer, not the code.
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(TwoStageProgram(), examples(0, 12), lm, n_sets=2, max_labeled=3)
+    demos = [d.to_dict() for d in result.demo_sets["answer"][1].demos]
+    assert len(demos) == 3
+    assert all(set(d) == {"question", "answer"} for d in demos)
+    assert fake_server.chat_requests == []
 
 
 async def test_bootstrapped_demos_come_only_from_runs_that_passed_the_metric(

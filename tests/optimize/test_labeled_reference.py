@@ -19,6 +19,7 @@ from tests.optimize.qa_task import (
     optimize_in_world,
     qa_examples,
 )
+from tests.optimize.world import TwoStageProgram, World, examples
 
 pytestmark = pytest.mark.anyio
 
@@ -67,12 +68,39 @@ async def test_the_labeled_demos_are_fully_evaluated_right_after_the_baseline(st
     assert result.score == 1.0 and result.baseline_score == 0.0
 
 
-async def test_a_program_whose_stages_have_no_labels_has_no_reference() -> None:
-    # The simulated world's stages read `code`, which no example labels: no labeled demo set exists, so
-    # every full evaluation after the baseline's comes from the search.
-    result, _ = await optimize_in_world("mipro")
+def expected_answer(example: aprompt.Example, prediction: Any) -> bool:
+    return str(prediction.answer).strip() == example.labels["expected"]
+
+
+async def test_a_program_whose_outputs_no_example_labels_has_no_reference() -> None:
+    # The examples label "expected", which no predictor outputs: no labeled demo set exists, so every
+    # full evaluation after the baseline's comes from the search.
+    def relabeled(start: int, stop: int) -> list[aprompt.Example]:
+        return [aprompt.Example(e.inputs, {"expected": e.labels["answer"]}) for e in examples(start, stop)]
+
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        result = await aprompt.optimize(
+            TwoStageProgram(),
+            relabeled(0, 60),
+            expected_answer,
+            valset=relabeled(200, 230),
+            lm=lm,
+            budget=dict(SMALL_BUDGET),
+            seed=1,
+        )
     assert len(result.full_evals) > 1
     assert all(f.after_trial > 0 for f in result.full_evals[1:])
+
+
+async def test_a_last_stage_with_a_labeled_output_has_a_reference_of_its_labeled_demos() -> None:
+    # The world's second stage outputs the labeled answer from the question and an unlabeled code: its
+    # labeled demos show the question and the answer, and are weighed right after the baseline.
+    result, _ = await optimize_in_world("mipro")
+    assert result.candidates is not None
+    reference = result.full_evals[1]
+    assert reference.after_trial == 0
+    labeled = result.candidates.demo_sets["answer"][reference.choice["answer.demos"]]
+    assert labeled.demos and all(set(d.to_dict()) == {"question", "answer"} for d in labeled.demos)
 
 
 def slightly_better_instruction(request: ChatRequest) -> str:
