@@ -81,8 +81,8 @@ def test_phases_start_and_finish_in_pairs(recorded: Recorded) -> None:
     started = [e.phase for e in phases if isinstance(e, PhaseStarted)]
     finished = [e for e in phases if isinstance(e, PhaseFinished)]
     assert sorted(started) == sorted(e.phase for e in finished)
-    # No labeled demo set in this world: no hand-written prompt ("reference") to evaluate.
-    assert sorted(started) == ["baseline", "bootstrap", "grounding", "propose", "search", "warmup"]
+    # The answer stage has labeled demos (set 1): the hand-written prompt ("reference") is evaluated too.
+    assert sorted(started) == ["baseline", "bootstrap", "grounding", "propose", "reference", "search", "warmup"]
     for phase in started:  # each finishes after it started
         assert events.index(next(e for e in finished if e.phase == phase)) > events.index(
             next(e for e in phases if isinstance(e, PhaseStarted) and e.phase == phase)

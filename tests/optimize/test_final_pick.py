@@ -262,6 +262,10 @@ async def test_a_world_where_nothing_scores_stops_at_the_first_full_evaluation_a
             )
     assert result.pick is not None and result.pick.stopped == "nothing_scores"
     assert result.pick.kept_baseline and result.score == result.baseline_score == 0.0
-    # The trials up to the first full evaluation after the baseline's, and no full evaluation after it.
-    assert len(result.trials) == BUDGET["full_eval_every"] and len(result.full_evals) == 1
+    # The trials up to the first full evaluation after the baseline's, and no full evaluation after it:
+    # the full evaluations are the baseline's and the reference's (the answer stage's labeled demos, set 1),
+    # both before the search.
+    assert len(result.trials) == BUDGET["full_eval_every"]
+    assert [f.choice["answer.demos"] for f in result.full_evals] == [0, 1]
+    assert all(f.after_trial == 0 for f in result.full_evals)
     assert "scored 0 on every example" in result.pick.reason

@@ -83,6 +83,7 @@ def test_every_phase_has_a_wall_time_within_the_runs(run: Run) -> None:
         "bootstrap",
         "grounding",
         "propose",
+        "reference",
         "search",
         "warmup",
     ]

@@ -102,7 +102,10 @@ async def test_bootstrap_random_search_fully_evaluates_random_demo_sets() -> Non
     assert len(choices) >= 2 and len({tuple(sorted(c.items())) for c in choices}) == len(choices)
     assert all(set(c) == {"extract.demos", "answer.demos"} for c in choices)
     assert all(len(f.scores) + f.n_unscored == 30 for f in result.full_evals)
-    assert result.score == max(f.score for f in result.full_evals) >= result.baseline_score
+    # The final pick returns one of the evaluated programs, never below the baseline (with 30 examples a
+    # +0.1 lead is not evidence enough to replace it).
+    assert result.pick is not None and result.score >= result.baseline_score
+    assert result.score in {f.score for f in result.full_evals}
 
 
 @pytest.mark.parametrize("strategy", ["mipro", "module_opro", "mipro_plus_plus"])

@@ -62,8 +62,17 @@ async def limited_run(
 
 
 def assert_best_so_far(result: aprompt.OptimizeResult) -> None:
-    best = max(result.full_evals, key=lambda f: f.score)  # the first of equals, as the search keeps
-    assert (result.score, dict(result.best_choice)) == (best.score, dict(best.choice))
+    """The run returns the final pick over what it evaluated before the limit: a fully evaluated
+    program, the baseline unless the paired evidence says another is better, and the program set to it."""
+    pick = result.pick
+    assert pick is not None and dict(pick.choice) == dict(result.best_choice)
+    full = {tuple(sorted(f.choice.items())): f.score for f in result.full_evals}
+    assert full[tuple(sorted(result.best_choice.items()))] == result.score
+    if pick.kept_baseline:
+        assert result.score == result.baseline_score
+        assert dict(result.best_choice) == dict(result.candidates.baseline())
+    else:
+        assert pick.evidence is not None and pick.evidence.better()
     prompts = result.candidates.prompts_for(result.best_choice)
     for name, predictor in aprompt.named_predictors(result.program):
         assert (predictor.instruction, tuple(predictor.demos)) == (
