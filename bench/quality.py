@@ -150,6 +150,8 @@ class Run:
     failed_requests: int = 0
     library_lm_calls: int | None = None
     note: str = ""
+    #: aprompt's final pick in one sentence (``result.pick.reason``): which program it returned and why.
+    pick: str = ""
     #: The metric of every scored test example (for the bootstrap interval of a single run).
     test_scores: list[float] | None = None
 
@@ -199,7 +201,8 @@ async def run_aprompt(
         seconds, spent = time.monotonic() - started, proxy.counts() - before
     async with aprompt_lm(settings, proxy.base_url) as lm:
         test = await aprompt_test_scores(task, result.program, split, lm)
-    return _run(task, f"aprompt:{strategy}", seed, test, result.score, spent, seconds, result.usage.lm_calls)
+    run = _run(task, f"aprompt:{strategy}", seed, test, result.score, spent, seconds, result.usage.lm_calls)
+    return attrs.evolve(run, pick=result.pick.reason if result.pick is not None else "")
 
 
 #: Training examples a hand-written prompt shows as demos: what a user writes before optimizing.
@@ -506,6 +509,7 @@ def describe(run: Run) -> str:
         f"{run.task:13} {run.method:33} seed {run.seed if run.seed is not None else '-'}: "
         f"{test}, {val}{run.lm_calls} LM calls, "
         f"{run.prompt_tokens + run.completion_tokens} tokens, {run.seconds:.0f}s{note}"
+        + (f"\n    final pick: {run.pick}" if run.pick else "")
     )
 
 

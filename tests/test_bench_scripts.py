@@ -233,6 +233,7 @@ def test_the_quality_benchmark_runs_in_quick_mode_on_the_local_model(tmp_path: P
     assert {r.method for r in runs} == set(methods)
     mipro = next(r for r in runs if r.method == "aprompt:mipro")
     assert mipro.lm_calls > 0 and mipro.test_score is not None
+    assert mipro.pick.startswith(("kept the unoptimized program", "{")), mipro.pick  # the pick's reason
     assert all(r.test_scores is not None and len(r.test_scores) == 6 for r in runs)
     data = json.loads((tmp_path / "quality.json").read_text())
     assert [row["method"] for row in data["summary"]] == methods
