@@ -7,9 +7,7 @@ t-interval. A combination is **better** than another when the interval's lower e
 confidence bound — is above 0 on at least ``min_shared`` shared examples. The bound's level is 95 %,
 Bonferroni-adjusted for the ``k`` fully evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is
 the best of several, so without the adjustment the chance that one of them wins by luck alone would grow with
-``k``. When there are ``references`` (the hand-written prompt), they are weighed at half of the 5 % and the
-searched combinations share the other half (a reference found better passes its share on to them; see
-``_Levels``). The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
+``k``. The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
 
 A validation set of fewer than ``MIN_SHARED`` (10) examples is too small for a confidence bound to ever
 say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combination is better when its mean
@@ -217,32 +215,6 @@ def describe_choice(choice: Mapping[str, int]) -> str:
     return "{" + ", ".join(f"{name}={value}" for name, value in sorted(choice.items())) + "}"
 
 
-@attrs.define
-class _Levels:
-    """The one-sided confidence level of each comparison of one pick (a weighted Bonferroni test).
-
-    Without references, the ``searched`` fully evaluated combinations share ``ALPHA`` equally. With
-    them, the references — the hand-written prompt, one comparison planned before any search — share
-    half of it and the searched combinations the other half; each reference found better passes its
-    share on to the searched ones. The chance that any comparison finds a program better by luck alone
-    stays within ``ALPHA``, while the prompt a user would write needs less evidence than the best of
-    many searched combinations (on 30 examples, 4 right against none, where weighed alike with three or
-    more others it would need 5).
-    """
-
-    references: int
-    searched: int
-    passed_on: int = 0
-
-    def of(self, is_reference: bool) -> float:
-        if not self.references or not self.searched:
-            return 1.0 - ALPHA / max(1, self.references + self.searched)
-        if is_reference:
-            return 1.0 - ALPHA / (2 * self.references)
-        share = ALPHA / 2 + ALPHA / 2 * self.passed_on / self.references
-        return 1.0 - share / self.searched
-
-
 def pick(
     evidence: Sequence[Evidence],
     baseline: Mapping[str, int],
@@ -266,20 +238,18 @@ def pick(
         raise ValueError(f"no evidence on the baseline {describe_choice(baseline)}")
     base = by_key[base_key]
     others = rank([e for key, e in by_key.items() if key != base_key])
-    reference_keys = [key_of(r) for r in references]
-    weighed = [k for k in dict.fromkeys(reference_keys) if k != base_key and k in by_key and by_key[k].full]
-    searched = [e for e in others if e.full and key_of(e.choice) not in weighed]
-    levels = _Levels(len(weighed), len(searched))
+    level = 1.0 - ALPHA / max(1, sum(e.full for e in others))
 
     def versus(a: Evidence, b: Evidence) -> PairedDifference:
-        return paired_difference(a.scores, b.scores, levels.of(key_of(a.choice) in weighed))
+        return paired_difference(a.scores, b.scores, level)
 
     incumbent = base
-    for key in weighed:
-        if versus(by_key[key], incumbent).better(min_shared):
-            incumbent = by_key[key]
-            levels.passed_on += 1
-    for candidate in by_mean(searched):
+    reference_keys = [key_of(r) for r in references]
+    for key in reference_keys:
+        reference = by_key.get(key)
+        if reference is not None and reference.full and versus(reference, incumbent).better(min_shared):
+            incumbent = reference
+    for candidate in by_mean([e for e in others if e.full]):
         if versus(candidate, incumbent).better(min_shared):
             incumbent = candidate
     challengers = tuple(e.choice for e in others if e is not incumbent and versus(e, incumbent).mean > 0.0)
