@@ -7,7 +7,9 @@ t-interval. A combination is **better** than another when the interval's lower e
 confidence bound — is above 0 on at least ``min_shared`` shared examples. The bound's level is 95 %,
 Bonferroni-adjusted for the ``k`` fully evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is
 the best of several, so without the adjustment the chance that one of them wins by luck alone would grow with
-``k``. The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1).
+``k``. The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1). The
+t-interval overstates the evidence when few examples differ (3 wins and no loss on 30 examples put its 95 %
+bound above 0), so "better" also needs the exact sign test over the examples that differ at the same level.
 
 A validation set of fewer than ``MIN_SHARED`` (10) examples is too small for a confidence bound to ever
 say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combination is better when its mean
@@ -38,7 +40,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 import numpy as np
-from scipy.special import stdtrit  # type: ignore[import-untyped]
+from scipy.special import bdtrc, stdtrit  # type: ignore[import-untyped]
 
 from aprompt._optimize.pooling import pooled_estimates
 
@@ -68,13 +70,23 @@ class PairedDifference:
     low: float
     high: float
     level: float = 0.95
+    #: Shared examples on which ``a`` scored higher / lower than ``b``.
+    wins: int = 0
+    losses: int = 0
 
     def better(self, min_shared: int = MIN_SHARED) -> bool:
-        """``a`` is better than ``b``: on at least ``min_shared`` examples, the interval lies above 0;
-        below :data:`MIN_SHARED` examples (a tiny validation set), the mean is above 0."""
+        """``a`` is better than ``b``: on at least ``min_shared`` examples, the interval lies above 0 and
+        the sign test agrees; below :data:`MIN_SHARED` examples (a tiny validation set), the mean is above 0.
+
+        The t-interval alone overstates the evidence when few examples differ: 3 wins and no loss on 30
+        examples put its 95 % bound above 0, yet 3 fair coin flips all land the same way one time in 8.
+        So the wins must also be unlikely under a fair coin over the examples that differ (exact one-sided
+        sign test at the same level)."""
         if self.n < min_shared:
             return False
-        return self.mean > 0.0 if self.n < MIN_SHARED else self.low > 0.0
+        if self.n < MIN_SHARED:
+            return self.mean > 0.0
+        return self.low > 0.0 and sign_test(self.wins, self.losses) <= 1.0 - self.level
 
     def worse(self) -> bool:
         """``a`` is clearly worse than ``b``: on at least :data:`MIN_SHARED` examples, the interval lies
@@ -107,10 +119,24 @@ def paired_difference(
     if n == 0:
         return PairedDifference(0, 0.0, -1.0, 1.0, level)
     mean = float(diffs.mean())
+    wins, losses = int((diffs > 0).sum()), int((diffs < 0).sum())
     if n < 2:
-        return PairedDifference(n, mean, -1.0, 1.0, level)
+        return PairedDifference(n, mean, -1.0, 1.0, level, wins, losses)
     half = t_quantile(level, n - 1) * float(diffs.std(ddof=1)) / math.sqrt(n)
-    return PairedDifference(n, mean, max(-1.0, mean - half), min(1.0, mean + half), level)
+    return PairedDifference(n, mean, max(-1.0, mean - half), min(1.0, mean + half), level, wins, losses)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided p-value of ``wins`` or more wins among ``wins + losses`` fair coin flips.
+
+    Example::
+
+        >>> sign_test(3, 0)
+        0.125
+    """
+    if wins == 0:
+        return 1.0
+    return float(bdtrc(wins - 1, wins + losses, 0.5))
 
 
 # A search asks for the same few (level, degrees of freedom) pairs again and again (one level per pick,

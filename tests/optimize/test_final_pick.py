@@ -177,6 +177,22 @@ def test_on_a_validation_set_too_small_for_a_bound_a_higher_score_decides_and_th
     assert pick([base, tie], BASE, min_shared=5).kept_baseline, "a tie still keeps the baseline"
 
 
+def test_a_lead_on_a_few_differing_examples_is_not_evidence_whatever_the_t_interval_says() -> None:
+    base = evidence(BASE, right(0, 30), 0.0)
+    lucky = evidence(C, right(3, 30), 0.1)  # 3 wins, no loss: the 95 % t-bound is above 0 (+0.005)
+    difference = paired_difference(lucky.scores, base.scores, 0.95)
+    assert difference.low > 0 and (difference.wins, difference.losses) == (3, 0)
+    assert not difference.better(), "3 fair coins land alike 1 time in 8"
+    assert pick([base, lucky], BASE).kept_baseline
+    # 5 wins and no loss: 1 time in 32 by chance, within the 5 % level, and the t-bound agrees.
+    assert dict(pick([base, evidence(C, right(5, 30), 0.17)], BASE).choice) == C
+    # Wins and losses count alike: 10 wins against 3 losses is evidence (p 0.046), 9 against 4 is not.
+    mixed = scores([1] * 10 + [0] * 3 + [0] * 17), scores([0] * 10 + [1] * 3 + [0] * 17)
+    assert paired_difference(*mixed, 0.95).better()
+    weaker = scores([1] * 9 + [0] * 4 + [0] * 17), scores([0] * 9 + [1] * 4 + [0] * 17)
+    assert not paired_difference(*weaker, 0.95).better()
+
+
 def test_nothing_scores_only_when_the_baseline_and_every_trial_scored_zero() -> None:
     assert nothing_scores(right(0, 10), [right(0, 5), right(0, 5, start=5)])
     assert not nothing_scores(right(0, 10), [right(0, 5), right(1, 5)])
