@@ -82,7 +82,15 @@ def test_phases_start_and_finish_in_pairs(recorded: Recorded) -> None:
     finished = [e for e in phases if isinstance(e, PhaseFinished)]
     assert sorted(started) == sorted(e.phase for e in finished)
     # The answer stage has labeled demos (set 1): the hand-written prompt ("reference") is evaluated too.
-    assert sorted(started) == ["baseline", "bootstrap", "grounding", "propose", "reference", "search", "warmup"]
+    assert sorted(started) == [
+        "baseline",
+        "bootstrap",
+        "grounding",
+        "propose",
+        "reference",
+        "search",
+        "warmup",
+    ]
     for phase in started:  # each finishes after it started
         assert events.index(next(e for e in finished if e.phase == phase)) > events.index(
             next(e for e in phases if isinstance(e, PhaseStarted) and e.phase == phase)
