@@ -8,23 +8,11 @@ the pooled additive model instead: :func:`~aprompt._optimize.pooling.thompson_ch
 evaluations beside them (below); every ``full_eval_every`` trials the
 combination with the best pooled mini-batch mean that has no full evaluation yet gets one.
 
-**Continuous trials.** ``parallel_trials`` trials are in flight at a time, with no batch barrier: trial
-*n* is asked from the TPE as soon as trial *n − parallel_trials* has been told, and trials are told strictly
-in number order (one that finishes early waits for those before it). So trial *n*'s suggestion is a
-function of trials *0 .. n − parallel_trials* (told) and of those between (pending: the TPE counts them as
-bad observations, a constant liar), never of which finished first. The periodic evaluation at point *K*
-(once trial *K − 1* is told) is decided from the evidence there — trials *0 .. K − 1* and the evaluations
-before — and runs beside the trials that follow, on a copy of the search that sees only that evidence;
-``after_evaluation`` follows it on the same copy. What it records (full evaluations, race rungs, the
-candidates ``after_evaluation`` added) joins the search once trial *K* is told, before trial
-*K + parallel_trials* is asked, which waits for it if needed: that is the first trial whose suggestion, or
-whose stopping early (racing, below), can depend on it. Every decision thus depends on the seed and the
-results (and the LM cache) only, whatever the timing, and a resumed run replays the same flow from its
-journal. Each step (a trial, a race's rung, a full evaluation) is admitted by the run's limits before it
-starts, counting what the admitted steps beside it are still expected to spend, and a journaled step for
-free; a refusal is journaled, so a run stopped by a limit and resumed under the same limit replays what it
-did and stops at the same step. Once a limit refuses a trial, or a step of the evaluation beside (from its
-join on), no trial starts any more, those running are completed and
+**Continuous trials.** ``parallel_trials`` trials are in flight at a time, with no batch barrier, told to
+the TPE strictly in number order; each periodic evaluation runs beside the trials that follow it, on a copy
+of the search, and joins it at a fixed trial, so every decision depends on the seed and the results only,
+whatever the timing (:mod:`aprompt._optimize.trial_window`). Each step is admitted by the run's limits
+before it starts; once a limit refuses one, no trial starts any more, those running are completed and
 recorded, and the search returns the best found.
 
 The returned choice is decided by :mod:`aprompt._optimize.final_pick` from all the evidence: every
@@ -91,14 +79,8 @@ from aprompt._optimize.final_pick import (
 )
 from aprompt._optimize.head_start import HeadStart
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations, thompson_choice
-from aprompt._optimize.racing import (
-    MAX_ENTRANTS,
-    final_races,
-    first_stage_size,
-    run_race,
-    staged_evaluation,
-)
+from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations
+from aprompt._optimize.racing import final_races, first_stage_size, staged_evaluation
 from aprompt._optimize.search_records import (
     FullEval,
     Memo,
@@ -114,14 +96,13 @@ from aprompt._optimize.search_records import (
     trial_from_json,
     trial_to_json,
 )
+from aprompt._optimize.trial_window import TrialWindow
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
 from aprompt.lm.types import LM
 from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
-#: Seeds the draws of the model's trials apart from the TPE's own (``[seed, number]``).
-MODEL_TRIAL_STREAM = 1
 logger = logging.getLogger("aprompt")
 
 
@@ -166,72 +147,14 @@ class _Pool:
         return [self.choices[key] for _, _, key in ranked[:limit]]
 
 
-@attrs.define
-class _Evaluation:
-    """A periodic evaluation running beside the trials, on ``fork``: what it records joins the search
-    once trial ``joins_after`` is told. The counts and candidates are the search's when it was decided."""
+@attrs.frozen
+class _Origin:
+    """Where ``SearchLoop.fork`` made a copy: the search's records and candidates then."""
 
-    fork: SearchLoop
-    joins_after: int
-    #: Program runs it may spend (its race's allowance, or a full evaluation's).
-    allowance: int
     full_evals: int
     rungs: int
     spent: int
     candidates: Candidates
-    finished: anyio.Event = attrs.Factory(anyio.Event)
-    merged: bool = False
-    #: The run's limits refused one of its steps (the search stops at its join).
-    refusal: LimitReached | None = None
-
-
-@attrs.define
-class _Window:
-    """The trials in flight: asked up to ``asked``, told (in number order) up to ``told``."""
-
-    first: int
-    asked: int = attrs.field(init=False)
-    told: int = attrs.field(init=False)
-    #: Per trial asked and not told: its cancel scope, and the event set when it is done.
-    running: dict[int, anyio.CancelScope] = attrs.Factory(dict)
-    finished: dict[int, anyio.Event] = attrs.Factory(dict)
-    done: dict[int, Trial] = attrs.Factory(dict)
-    evaluation: _Evaluation | None = None
-    #: No trial starts any more (the search stops, or a limit refused one: ``refusal``).
-    stopping: bool = False
-    refusal: LimitReached | None = None
-
-    def __attrs_post_init__(self) -> None:
-        self.asked = self.told = self.first
-
-    def cancel_running(self) -> None:
-        for scope in self.running.values():
-            scope.cancel()
-
-
-def _with_reserve(
-    admit: Callable[[str, Sequence[tuple[str, str, int]]], None],
-    reserve: int,
-    what: str,
-    parts: Sequence[tuple[str, str, int]],
-) -> None:
-    """``admit`` with ``reserve`` program runs added to the first part (free with it when journaled)."""
-    if parts:
-        (kind, key, size), *rest = parts
-        parts = [(kind, key, size + reserve), *rest]
-    admit(what, parts)
-
-
-def _limit_refusal(exc: BaseException) -> LimitReached | None:
-    """``exc`` when it is a :class:`LimitReached`, or a group of nothing else, else ``None``."""
-    if isinstance(exc, LimitReached):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(LimitReached)
-        if matched is not None and rest is None:
-            first = matched.exceptions[0]
-            return first if isinstance(first, LimitReached) else _limit_refusal(first)
-    return None
 
 
 async def no_hook(loop: SearchLoop) -> None:
@@ -263,9 +186,8 @@ class SearchLoop:
     #: Races run so far (numbers the next one's journal keys); combinations a race dropped.
     races_started: int = attrs.field(default=0, init=False)
     raced_out: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
-    #: Program runs of the trials, rungs and full evaluations so far, and the periodic points passed.
+    #: Program runs of the trials, rungs and full evaluations so far.
     _spent: int = attrs.field(default=0, init=False)
-    _points: int = attrs.field(default=0, init=False)
     _pool: _Pool = attrs.field(factory=_Pool, init=False)
     _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
     _pick: FinalPick | None = attrs.field(default=None, init=False)
@@ -303,6 +225,8 @@ class SearchLoop:
     go_ahead: bool = attrs.field(default=False, kw_only=True)
     #: Runs started ahead of their step, per choice; the step's first evaluation of the choice takes them.
     _ahead: dict[tuple[tuple[str, int], ...], HeadStart] = attrs.field(factory=dict, init=False)
+    #: On a copy made by ``fork``: the search where it was made (what ``merge`` adds back came after).
+    _origin: _Origin | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = self.limiter or anyio.CapacityLimiter(max(1, self.concurrency))
@@ -313,7 +237,7 @@ class SearchLoop:
         space = self._space()
         if space:
             self._sampler = TPESampler(space, seed=self.seed, n_trials_hint=self.n_trials)
-            await self._trials()
+            await TrialWindow(self).run()
         return await self.run_outcome(final_full_eval=True)
 
     async def _reference_evaluations(self) -> None:
@@ -476,28 +400,46 @@ class SearchLoop:
         """Up to ``limit`` combinations without a full evaluation (nor dropped by a race), best pooled
         estimate first, then by an optimistic bound (``RACE_OPTIMISM``: a choice with few trials gets a
         race); trials and race rungs are the evidence."""
-        excluded = self._tested | self.raced_out
+        excluded = self.settled()
         if not self.pooled:
             return self._pool.ranked_untested(excluded, limit)
-        scored: list[Trial | RungEval] = [*self.trials, *self.rungs]
-        observations = [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
         own = {key: (sum(s.values()) / len(s), len(s)) for key, s in self._pool.scores.items() if s}
         space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
-        return ranked_combinations(observations, own, space, excluded, limit, optimism=RACE_OPTIMISM)
+        return ranked_combinations(self.observations(), own, space, excluded, limit, optimism=RACE_OPTIMISM)
+
+    def settled(self) -> set[tuple[tuple[str, int], ...]]:
+        """The combinations with a full evaluation or dropped by a race (by key)."""
+        return self._tested | self.raced_out
+
+    def observations(self) -> list[tuple[Mapping[str, int], float, int]]:
+        """The scored trials and race rungs as the pooled model takes them: (choice, mean, examples)."""
+        scored: list[Trial | RungEval] = [*self.trials, *self.rungs]
+        return [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
+
+    @property
+    def sampler(self) -> TPESampler | None:
+        """The TPE of the trials (set by ``run`` when there is a space to search)."""
+        return self._sampler
+
+    @property
+    def spent(self) -> int:
+        """Program runs of the trials, rungs and full evaluations so far (a journaled one's included)."""
+        return self._spent
 
     async def single_trial(self, number: int, choice: dict[str, int]) -> Trial:
         """Run and record one trial outside the TPE loop (used by OPRO-style strategies)."""
-        trial = await self._trial(number, choice, self._incumbent())
-        await self._record(trial)
+        trial = await self.trial(number, choice, self.incumbent())
+        await self.record_trial(trial)
         return trial
 
-    def _incumbent(self) -> dict[str, float] | None:
+    def incumbent(self) -> dict[str, float] | None:
         """The current pick's full-evaluation scores a trial is compared with to stop early (racing)."""
         if not self.racing or not self.full_evals:
             return None
         return self.scores_of(self.decide().choice)
 
-    async def _record(self, trial: Trial) -> None:
+    async def record_trial(self, trial: Trial) -> None:
+        """Add a trial's scores to the evidence (the TPE is told by the caller)."""
         self.trials.append(trial)
         self._spent += len(trial.example_ids)
         self._pool.add(trial.choice, trial.scores)
@@ -506,163 +448,10 @@ class SearchLoop:
             TrialScored(trial.number, trial.choice, trial.score, len(trial.example_ids), trial.n_failed)
         )
 
-    async def _trials(self) -> None:
-        """The TPE trials, continuously, with the periodic evaluations beside them (see "Continuous
-        trials" in the module docstring)."""
-        assert self._sampler is not None
-        window = _Window(first=len(self.trials))
-        try:
-            async with plain_errors_task_group() as group:
-                while window.asked < min(window.first + max(1, self.parallel_trials), self.n_trials):
-                    if not await self._start_trial(group, window):
-                        break
-                while window.told < window.asked:
-                    await self._tell_next(window)
-                    if window.evaluation is not None and window.evaluation.joins_after < window.told:
-                        await self._join(window)
-                    if window.told % self.full_eval_every == 0 and window.told < self.n_trials:
-                        if not window.stopping:
-                            window.evaluation = self._periodic_evaluation(group, window.told)
-                        if self.stopped is not None:
-                            window.cancel_running()  # nothing scores: the search stops here
-                            break
-                    if window.asked < self.n_trials and not window.stopping:
-                        await self._start_trial(group, window)
-                if window.evaluation is not None:
-                    await self._join(window)
-        except BaseException:
-            # A run stopped by a limit returns the best found: what the evaluation finished counts.
-            if window.evaluation is not None:
-                self._merge(window.evaluation)
-            raise
-        if window.refusal is not None:
-            raise window.refusal
-
-    async def _start_trial(self, group: anyio.abc.TaskGroup, window: _Window) -> bool:
-        """Ask the TPE for the next trial and start it, unless the search stops or the run's limits
-        refuse it (then no trial starts any more, and those running are completed)."""
-        number = window.asked
-        if self.stopped is not None:
-            window.stopping = True
-            return False
-        # The run's admission counts what the admitted steps beside it (the window's other trials, an
-        # evaluation not yet joined) are still expected to spend; a resumed run under the same limit
-        # refuses the same trial (the refusal is journaled, a journaled trial is free).
-        try:
-            size = min(self.minibatch_size, len(self.valset))
-            self.admit_step(f"trial {number}", [("trial", str(number), size)])
-        except LimitReached as refusal:
-            window.stopping, window.refusal = True, refusal
-            return False
-        assert self._sampler is not None
-        suggestion = self._sampler.ask(self._model_trial(number))
-        assert suggestion.number == number, (suggestion.number, number)
-        choice = await self._resolve(suggestion.params)
-        window.asked += 1
-        scope = window.running[number] = anyio.CancelScope()
-        finished = window.finished[number] = anyio.Event()
-        group.start_soon(self._run_in_window, window, scope, finished, number, choice, self._incumbent())
-        return True
-
-    def _model_trial(self, number: int) -> dict[str, int] | None:
-        """After the TPE's covering trials, trial ``number``'s combination drawn from the pooled model
-        (:func:`~aprompt._optimize.pooling.thompson_choice`, seeded by the seed and the number) instead of
-        the TPE's suggestion; ``None`` leaves it to the TPE. The evidence is what the suggestion may see
-        (see "Continuous trials"), so a resumed run draws the same."""
-        assert self._sampler is not None
-        cover = self._sampler.n_cover
-        space = self._sampler.space
-        if not self.pooled or self.proposal_hook is not None or cover is None or number < cover:
-            return None
-        if not all(isinstance(d, Categorical) for d in space.values()):
-            return None
-        scored: list[Trial | RungEval] = [*self.trials, *self.rungs]
-        observations = [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
-        held = [{k: int(v) for k, v in r.params.items()} for r in self._sampler.trials]
-        avoid = {key_of(c) for c in held} | self._tested | self.raced_out
-        sizes = {name: d.n_choices for name, d in space.items() if isinstance(d, Categorical)}
-        return thompson_choice(observations, sizes, (self.seed, number, MODEL_TRIAL_STREAM), avoid)
-
-    async def _run_in_window(
-        self,
-        window: _Window,
-        scope: anyio.CancelScope,
-        finished: anyio.Event,
-        number: int,
-        choice: dict[str, int],
-        incumbent: Mapping[str, float] | None,
-    ) -> None:
-        with scope:
-            window.done[number] = await self._trial(number, choice, incumbent)
-            finished.set()
-
-    async def _tell_next(self, window: _Window) -> None:
-        """Wait for the next trial in number order, then tell the TPE and record it."""
-        number = window.told
-        await window.finished.pop(number).wait()
-        trial = window.done.pop(number)
-        del window.running[number]
-        assert self._sampler is not None
-        # Unscored trials are told as failures: an LM outage says nothing about the prompt.
-        if trial.score is None:
-            self._sampler.tell_failed(trial.number)
-        else:
-            self._sampler.tell(trial.number, trial.score)
-        window.told += 1
-        await self._record(trial)
-
-    def _periodic_evaluation(self, group: anyio.abc.TaskGroup, point: int) -> _Evaluation | None:
-        """Decide, from the evidence after ``point`` trials, the periodic evaluation there — a race
-        within what the plan gave the evaluations so far, or (without racing) a full evaluation of the
-        best untested combination — and start it beside the trials, followed by ``after_evaluation``;
-        ``None`` when the search stops here."""
-        if self.racing:
-            self._points += 1
-        if self.stopped is not None or self.stops_as_nothing_scores():
-            return None
-        step: Callable[[SearchLoop], Awaitable[object]] | None = None
-        if not self.racing:
-            choice = self.next_full_evaluation()
-            if choice is not None:
-                step = partial(SearchLoop.full_evaluation, choice=choice)
-            allowance = len(self.valset)
-        else:
-            n = len(self.valset)
-            plan = (1 + self._points) * n + len(self.trials) * min(self.minibatch_size, n)
-            entrants = self.ranked_untested(MAX_ENTRANTS)
-            allowance = max(0, plan - self._spent)
-            if entrants:
-                step = partial(run_race, entrants=entrants, allowance=allowance)
-        evaluation = _Evaluation(
-            fork=self._fork(),
-            joins_after=point,
-            allowance=allowance if step is not None else 0,
-            full_evals=len(self.full_evals),
-            rungs=len(self.rungs),
-            spent=self._spent,
-            candidates=self.candidates,
-        )
-        group.start_soon(self._evaluate_beside, evaluation, step)
-        return evaluation
-
-    async def _evaluate_beside(
-        self, evaluation: _Evaluation, step: Callable[[SearchLoop], Awaitable[object]] | None
-    ) -> None:
-        try:
-            if step is not None:
-                await step(evaluation.fork)
-            await self.after_evaluation(evaluation.fork)
-        except BaseException as exc:
-            refusal = _limit_refusal(exc)
-            if refusal is None:
-                raise
-            # The search stops at the evaluation's join, a fixed point, not now.
-            evaluation.refusal = refusal
-        evaluation.finished.set()
-
-    def _fork(self) -> SearchLoop:
+    def fork(self, admit_step: Callable[[str, Sequence[tuple[str, str, int]]], None]) -> SearchLoop:
         """A copy of the search for an evaluation beside the trials: it sees the evidence as it is now,
-        and its own records only, whatever the trials record meanwhile; it never touches the TPE."""
+        and its own records only, whatever the trials record meanwhile; it never touches the TPE, never
+        stops on its own (``should_stop``), and admits its steps by ``admit_step``."""
         fork = copy.copy(self)
         fork.trials = list(self.trials)
         fork.full_evals = list(self.full_evals)
@@ -673,45 +462,28 @@ class SearchLoop:
         fork._reference_choices = list(self._reference_choices)
         fork._sampler = None
         fork._ahead = {}
-        # Its steps are admitted one by one with the trials that may run beside them (a journaled step is
-        # free), so a resumed run replays them even when the meter has reached a limit.
+        fork._origin = _Origin(len(self.full_evals), len(self.rungs), self._spent, self.candidates)
         fork.should_stop = lambda: None
-        fork.admit_step = partial(_with_reserve, self.admit_step, self._window_runs(self.parallel_trials))
+        fork.admit_step = admit_step
         return fork
 
-    def _window_runs(self, trials: int) -> int:
-        """Program runs of ``trials`` trials of the window (at least one)."""
-        return max(1, trials) * min(self.minibatch_size, len(self.valset))
-
-    async def _join(self, window: _Window) -> None:
-        evaluation = window.evaluation
-        assert evaluation is not None
-        await evaluation.finished.wait()
-        self._merge(evaluation)
-        window.evaluation = None
-        if evaluation.refusal is not None:
-            window.stopping = True
-            window.refusal = window.refusal or evaluation.refusal
-
-    def _merge(self, evaluation: _Evaluation) -> None:
-        """Add what the evaluation recorded (all of it, or what it finished when the run stopped) to
-        the search, and the candidates ``after_evaluation`` added, in the order it added them."""
-        if evaluation.merged:
-            return
-        evaluation.merged = True
-        fork = evaluation.fork
-        self.full_evals.extend(fork.full_evals[evaluation.full_evals :])
-        for rung in fork.rungs[evaluation.rungs :]:
+    def merge(self, fork: SearchLoop) -> None:
+        """Add what ``fork`` (made by :meth:`fork`) recorded since it was made to the search, and the
+        candidates its ``after_evaluation`` added, in the order it added them."""
+        origin = fork._origin
+        assert origin is not None, "merge takes a copy made by fork"
+        self.full_evals.extend(fork.full_evals[origin.full_evals :])
+        for rung in fork.rungs[origin.rungs :]:
             self.rungs.append(rung)
             self._pool.add(rung.choice, rung.scores)
-        self._spent += fork._spent - evaluation.spent
+        self._spent += fork._spent - origin.spent
         self._tested |= fork._tested
         self.raced_out |= fork.raced_out
         self.races_started = fork.races_started
         self._pick = fork._pick
         self.stopped = self.stopped or fork.stopped
         for name, texts in fork.candidates.instructions.items():
-            for text in texts[len(evaluation.candidates.instructions[name]) :]:
+            for text in texts[len(origin.candidates.instructions[name]) :]:
                 self.add_instruction(name, text)
 
     def record_rung(self, rung: RungEval) -> None:
@@ -723,15 +495,18 @@ class SearchLoop:
             {f"race:{rung.race}:{rung.rung}:{eid}": e for eid, e in rung.lm_failures.items()}
         )
 
-    async def _resolve(self, params: Mapping[str, Any]) -> dict[str, int]:
+    async def resolve(self, params: Mapping[str, Any]) -> dict[str, int]:
+        """The combination a TPE suggestion stands for (the proposal hook's parameters resolved)."""
         choice = {key: int(value) for key, value in params.items()}
         if self.proposal_hook is not None:
             choice = await self.proposal_hook.resolve(self, choice)
         return choice
 
-    async def _trial(
+    async def trial(
         self, number: int, choice: dict[str, int], incumbent: Mapping[str, float] | None
     ) -> Trial:
+        """Trial ``number`` of ``choice`` (journaled, not recorded), stopped early when clearly losing to
+        ``incumbent``'s scores (racing)."""
         trial = await self.memo(
             "trial",
             str(number),

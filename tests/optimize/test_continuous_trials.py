@@ -1,5 +1,5 @@
-"""Continuous trials (aprompt/_optimize/search.py): no batch barrier, periodic evaluations beside the trials,
-and a result that is a function of the seed whatever the timing, resumed or not.
+"""Continuous trials (aprompt/_optimize/trial_window.py): no batch barrier, periodic evaluations beside the
+trials, and a result that is a function of the seed whatever the timing, resumed or not.
 
 Served by the loopback fake OpenAI-compatible server, whose request log (arrival and finish times) shows
 what ran at once; latencies drawn at a per-run seed give each run its own timing.

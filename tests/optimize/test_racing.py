@@ -21,7 +21,8 @@ from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
 from aprompt._optimize.racing import affordable, race_order, run_race, rung_sizes
-from aprompt._optimize.search import SearchLoop, _with_reserve
+from aprompt._optimize.search import SearchLoop
+from aprompt._optimize.trial_window import _with_reserve
 from aprompt.lm._metering import LimitReached
 from aprompt.program.discovery import named_predictors
 from aprompt.run.journal import RunJournal

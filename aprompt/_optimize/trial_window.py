@@ -1,0 +1,290 @@
+"""Continuous trials: the TPE trials of a search, with the periodic evaluations beside them.
+
+``parallel_trials`` trials are in flight at a time, with no batch barrier: trial *n* is asked from the TPE
+as soon as trial *n − parallel_trials* has been told, and trials are told strictly in number order (one
+that finishes early waits for those before it). So trial *n*'s suggestion is a function of trials
+*0 .. n − parallel_trials* (told) and of those between (pending: the TPE counts them as bad observations, a
+constant liar), never of which finished first. The periodic evaluation at point *K* (once trial *K − 1* is
+told) is decided from the evidence there — trials *0 .. K − 1* and the evaluations before — and runs beside
+the trials that follow, on a copy of the search that sees only that evidence (``SearchLoop.fork``);
+``after_evaluation`` follows it on the same copy. What it records (full evaluations, race rungs, the
+candidates ``after_evaluation`` added) joins the search once trial *K* is told, before trial
+*K + parallel_trials* is asked, which waits for it if needed: that is the first trial whose suggestion, or
+whose stopping early (racing), can depend on it. Every decision thus depends on the seed and the results
+(and the LM cache) only, whatever the timing, and a resumed run replays the same flow from its journal.
+
+Each step (a trial, a race's rung, a full evaluation) is admitted by the run's limits before it starts,
+counting what the admitted steps beside it are still expected to spend, and a journaled step for free; a
+refusal is journaled, so a run stopped by a limit and resumed under the same limit replays what it did and
+stops at the same step. Once a limit refuses a trial, or a step of the evaluation beside (from its join
+on), no trial starts any more, those running are completed and recorded, and the search returns the best
+found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import attrs
+
+from aprompt._optimize.final_pick import key_of
+from aprompt._optimize.pooling import thompson_choice
+from aprompt._optimize.racing import MAX_ENTRANTS, run_race
+from aprompt._optimize.search_records import Trial
+from aprompt._taskgroups import plain_errors_task_group
+from aprompt.lm._metering import LimitReached
+from aprompt.tpe import Categorical, TPESampler
+
+if TYPE_CHECKING:
+    from aprompt._optimize.search import SearchLoop
+
+#: Seeds the draws of the model's trials apart from the TPE's own (``[seed, number]``).
+MODEL_TRIAL_STREAM = 1
+
+#: A periodic evaluation's step, run on the search's copy: a race or a full evaluation.
+_Step = Callable[["SearchLoop"], Awaitable[object]]
+
+
+@attrs.define
+class _Evaluation:
+    """A periodic evaluation running beside the trials, on ``fork``: what it records joins the search
+    once trial ``joins_after`` is told."""
+
+    fork: SearchLoop
+    joins_after: int
+    finished: anyio.Event = attrs.Factory(anyio.Event)
+    merged: bool = False
+    #: The run's limits refused one of its steps (the search stops at its join).
+    refusal: LimitReached | None = None
+
+
+def _with_reserve(
+    admit: Callable[[str, Sequence[tuple[str, str, int]]], None],
+    reserve: int,
+    what: str,
+    parts: Sequence[tuple[str, str, int]],
+) -> None:
+    """``admit`` with ``reserve`` program runs added to the first part (free with it when journaled)."""
+    if parts:
+        (kind, key, size), *rest = parts
+        parts = [(kind, key, size + reserve), *rest]
+    admit(what, parts)
+
+
+async def _full_evaluation(fork: SearchLoop, choice: Mapping[str, int]) -> object:
+    """The periodic evaluation without racing: ``choice``'s full evaluation, on the search's copy."""
+    return await fork.full_evaluation(choice)
+
+
+def _limit_refusal(exc: BaseException) -> LimitReached | None:
+    """``exc`` when it is a :class:`LimitReached`, or a group of nothing else, else ``None``."""
+    if isinstance(exc, LimitReached):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(LimitReached)
+        if matched is not None and rest is None:
+            first = matched.exceptions[0]
+            return first if isinstance(first, LimitReached) else _limit_refusal(first)
+    return None
+
+
+@attrs.define(eq=False)
+class TrialWindow:
+    """Runs the TPE trials of ``loop`` (whose sampler is set) continuously, with the periodic evaluations
+    beside them; see the module docstring. The trials in flight are asked up to ``asked`` and told (in
+    number order) up to ``told``.
+
+    Example: ``await TrialWindow(loop).run()`` records trials ``len(loop.trials) .. loop.n_trials - 1``
+    (fewer when the search stops, or a limit refuses a step: then raised once those running are recorded).
+    """
+
+    loop: SearchLoop
+    first: int = attrs.field(init=False)
+    asked: int = attrs.field(init=False)
+    told: int = attrs.field(init=False)
+    #: Per trial asked and not told: its cancel scope, the event set when it is done, and its record.
+    running: dict[int, anyio.CancelScope] = attrs.field(factory=dict, init=False)
+    finished: dict[int, anyio.Event] = attrs.field(factory=dict, init=False)
+    done: dict[int, Trial] = attrs.field(factory=dict, init=False)
+    evaluation: _Evaluation | None = attrs.field(default=None, init=False)
+    #: No trial starts any more (the search stops, or a limit refused one: ``refusal``).
+    stopping: bool = attrs.field(default=False, init=False)
+    refusal: LimitReached | None = attrs.field(default=None, init=False)
+    #: Periodic points passed with racing (the plan gives the evaluations a share of each).
+    points: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.first = self.asked = self.told = len(self.loop.trials)
+
+    async def run(self) -> None:
+        """Run the trials up to ``n_trials`` and join the last evaluation beside them."""
+        loop = self.loop
+        try:
+            async with plain_errors_task_group() as group:
+                while self.asked < min(self.first + max(1, loop.parallel_trials), loop.n_trials):
+                    if not await self._start_trial(group):
+                        break
+                while self.told < self.asked:
+                    await self._tell_next()
+                    if self.evaluation is not None and self.evaluation.joins_after < self.told:
+                        await self._join()
+                    if self.told % loop.full_eval_every == 0 and self.told < loop.n_trials:
+                        if not self.stopping:
+                            self.evaluation = self._periodic_evaluation(group, self.told)
+                        if loop.stopped is not None:
+                            self._cancel_running()  # nothing scores: the search stops here
+                            break
+                    if self.asked < loop.n_trials and not self.stopping:
+                        await self._start_trial(group)
+                if self.evaluation is not None:
+                    await self._join()
+        except BaseException:
+            # A run stopped by a limit returns the best found: what the evaluation finished counts.
+            if self.evaluation is not None:
+                self._merge(self.evaluation)
+            raise
+        if self.refusal is not None:
+            raise self.refusal
+
+    def _sampler(self) -> TPESampler:
+        # Read each time: a candidate joining with an evaluation rebuilds the loop's sampler.
+        sampler = self.loop.sampler
+        assert sampler is not None
+        return sampler
+
+    def _cancel_running(self) -> None:
+        for scope in self.running.values():
+            scope.cancel()
+
+    async def _start_trial(self, group: anyio.abc.TaskGroup) -> bool:
+        """Ask the TPE for the next trial and start it, unless the search stops or the run's limits
+        refuse it (then no trial starts any more, and those running are completed)."""
+        loop = self.loop
+        number = self.asked
+        if loop.stopped is not None:
+            self.stopping = True
+            return False
+        # The run's admission counts what the admitted steps beside it (the window's other trials, an
+        # evaluation not yet joined) are still expected to spend; a resumed run under the same limit
+        # refuses the same trial (the refusal is journaled, a journaled trial is free).
+        try:
+            size = min(loop.minibatch_size, len(loop.valset))
+            loop.admit_step(f"trial {number}", [("trial", str(number), size)])
+        except LimitReached as refusal:
+            self.stopping, self.refusal = True, refusal
+            return False
+        suggestion = self._sampler().ask(self._model_trial(number))
+        assert suggestion.number == number, (suggestion.number, number)
+        choice = await loop.resolve(suggestion.params)
+        self.asked += 1
+        scope = self.running[number] = anyio.CancelScope()
+        finished = self.finished[number] = anyio.Event()
+        group.start_soon(self._run_trial, scope, finished, number, choice, loop.incumbent())
+        return True
+
+    def _model_trial(self, number: int) -> dict[str, int] | None:
+        """After the TPE's covering trials, trial ``number``'s combination drawn from the pooled model
+        (:func:`~aprompt._optimize.pooling.thompson_choice`, seeded by the seed and the number) instead of
+        the TPE's suggestion; ``None`` leaves it to the TPE. The evidence is what the suggestion may see
+        (see the module docstring), so a resumed run draws the same."""
+        loop = self.loop
+        sampler = self._sampler()
+        cover = sampler.n_cover
+        space = sampler.space
+        if not loop.pooled or loop.proposal_hook is not None or cover is None or number < cover:
+            return None
+        if not all(isinstance(d, Categorical) for d in space.values()):
+            return None
+        held = [{k: int(v) for k, v in r.params.items()} for r in sampler.trials]
+        avoid = {key_of(c) for c in held} | loop.settled()
+        sizes = {name: d.n_choices for name, d in space.items() if isinstance(d, Categorical)}
+        return thompson_choice(loop.observations(), sizes, (loop.seed, number, MODEL_TRIAL_STREAM), avoid)
+
+    async def _run_trial(
+        self,
+        scope: anyio.CancelScope,
+        finished: anyio.Event,
+        number: int,
+        choice: dict[str, int],
+        incumbent: Mapping[str, float] | None,
+    ) -> None:
+        with scope:
+            self.done[number] = await self.loop.trial(number, choice, incumbent)
+            finished.set()
+
+    async def _tell_next(self) -> None:
+        """Wait for the next trial in number order, then tell the TPE and record it."""
+        number = self.told
+        await self.finished.pop(number).wait()
+        trial = self.done.pop(number)
+        del self.running[number]
+        sampler = self._sampler()
+        # Unscored trials are told as failures: an LM outage says nothing about the prompt.
+        if trial.score is None:
+            sampler.tell_failed(trial.number)
+        else:
+            sampler.tell(trial.number, trial.score)
+        self.told += 1
+        await self.loop.record_trial(trial)
+
+    def _periodic_evaluation(self, group: anyio.abc.TaskGroup, point: int) -> _Evaluation | None:
+        """Decide, from the evidence after ``point`` trials, the periodic evaluation there — a race
+        within what the plan gave the evaluations so far, or (without racing) a full evaluation of the
+        best untested combination — and start it beside the trials, followed by ``after_evaluation``;
+        ``None`` when the search stops here."""
+        loop = self.loop
+        if loop.racing:
+            self.points += 1
+        if loop.stopped is not None or loop.stops_as_nothing_scores():
+            return None
+        step: _Step | None = None
+        if not loop.racing:
+            choice = loop.next_full_evaluation()
+            if choice is not None:
+                step = partial(_full_evaluation, choice=choice)
+        else:
+            n = len(loop.valset)
+            plan = (1 + self.points) * n + len(loop.trials) * min(loop.minibatch_size, n)
+            entrants = loop.ranked_untested(MAX_ENTRANTS)
+            if entrants:
+                step = partial(run_race, entrants=entrants, allowance=max(0, plan - loop.spent))
+        # The fork's steps are admitted one by one with the trials that may run beside them (a journaled
+        # step is free), so a resumed run replays them even when the meter has reached a limit.
+        reserve = max(1, loop.parallel_trials) * min(loop.minibatch_size, len(loop.valset))
+        evaluation = _Evaluation(loop.fork(partial(_with_reserve, loop.admit_step, reserve)), point)
+        group.start_soon(self._evaluate_beside, evaluation, step)
+        return evaluation
+
+    async def _evaluate_beside(self, evaluation: _Evaluation, step: _Step | None) -> None:
+        try:
+            if step is not None:
+                await step(evaluation.fork)
+            await self.loop.after_evaluation(evaluation.fork)
+        except BaseException as exc:
+            refusal = _limit_refusal(exc)
+            if refusal is None:
+                raise
+            # The search stops at the evaluation's join, a fixed point, not now.
+            evaluation.refusal = refusal
+        evaluation.finished.set()
+
+    async def _join(self) -> None:
+        evaluation = self.evaluation
+        assert evaluation is not None
+        await evaluation.finished.wait()
+        self._merge(evaluation)
+        self.evaluation = None
+        if evaluation.refusal is not None:
+            self.stopping = True
+            self.refusal = self.refusal or evaluation.refusal
+
+    def _merge(self, evaluation: _Evaluation) -> None:
+        """Add what the evaluation recorded (all of it, or what it finished when the run stopped) to
+        the search, once."""
+        if not evaluation.merged:
+            evaluation.merged = True
+            self.loop.merge(evaluation.fork)
