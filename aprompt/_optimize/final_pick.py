@@ -98,7 +98,8 @@ class PairedDifference:
         thin = f"; fewer than {MIN_SHARED} examples: no confidence bound" if self.n < MIN_SHARED else ""
         return (
             f"{self.mean:+.3f} on {self.n} shared examples "
-            f"({2 * self.level - 1:.1%} interval [{self.low:+.3f}, {self.high:+.3f}]{thin})"
+            f"({2 * self.level - 1:.1%} interval [{self.low:+.3f}, {self.high:+.3f}], "
+            f"higher on {self.wins}, lower on {self.losses}{thin})"
         )
 
 

@@ -183,7 +183,10 @@ def test_a_lead_on_a_few_differing_examples_is_not_evidence_whatever_the_t_inter
     difference = paired_difference(lucky.scores, base.scores, 0.95)
     assert difference.low > 0 and (difference.wins, difference.losses) == (3, 0)
     assert not difference.better(), "3 fair coins land alike 1 time in 8"
-    assert pick([base, lucky], BASE).kept_baseline
+    kept = pick([base, lucky], BASE)
+    assert (
+        kept.kept_baseline and "higher on 3, lower on 0" in kept.reason
+    )  # why its bound above 0 is not enough
     # 5 wins and no loss: 1 time in 32 by chance, within the 5 % level, and the t-bound agrees.
     assert dict(pick([base, evidence(C, right(5, 30), 0.17)], BASE).choice) == C
     # Wins and losses count alike: 10 wins against 3 losses is evidence (p 0.046), 9 against 4 is not.
