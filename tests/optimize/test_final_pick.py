@@ -196,6 +196,16 @@ def test_a_lead_on_a_few_differing_examples_is_not_evidence_whatever_the_t_inter
     assert not paired_difference(*weaker, 0.95).better()
 
 
+@pytest.mark.parametrize("n", [30, 100])
+def test_the_wins_a_program_needs_are_those_the_concepts_page_states(n: int) -> None:
+    # docs/concepts.md, "How many validation examples": 5, 6 and 8 wins with no loss when 1, 3 and 9
+    # combinations were fully evaluated, whatever the validation set's size.
+    for weighed, needed in ((1, 5), (3, 6), (9, 8)):
+        level = 1 - 0.05 / weighed
+        found = [w for w in range(1, 20) if paired_difference(right(w, n), right(0, n), level).better()]
+        assert found[0] == needed, (n, weighed, found[:1])
+
+
 def test_nothing_scores_only_when_the_baseline_and_every_trial_scored_zero() -> None:
     assert nothing_scores(right(0, 10), [right(0, 5), right(0, 5, start=5)])
     assert not nothing_scores(right(0, 10), [right(0, 5), right(1, 5)])
