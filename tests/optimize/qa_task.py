@@ -101,6 +101,11 @@ def is_program_call(record: RecordedRequest) -> bool:
     return "Output fields:\n- Code" in system_of(record) or "Output fields:\n- Answer" in system_of(record)
 
 
+#: The phases of a mipro run in the world, sorted: its answer stage has labeled demos (set 1), so the
+#: hand-written prompt ("reference") is evaluated too.
+WORLD_PHASES = ["baseline", "bootstrap", "grounding", "propose", "reference", "search", "warmup"]
+
+
 async def optimize_in_world(
     strategy: str = "mipro",
     *,

@@ -25,7 +25,7 @@ from aprompt import (
 )
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
-from tests.optimize.qa_task import SMALL_BUDGET, lm_for, optimize_in_world
+from tests.optimize.qa_task import SMALL_BUDGET, WORLD_PHASES, lm_for, optimize_in_world
 from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
@@ -81,16 +81,7 @@ def test_phases_start_and_finish_in_pairs(recorded: Recorded) -> None:
     started = [e.phase for e in phases if isinstance(e, PhaseStarted)]
     finished = [e for e in phases if isinstance(e, PhaseFinished)]
     assert sorted(started) == sorted(e.phase for e in finished)
-    # The answer stage has labeled demos (set 1): the hand-written prompt ("reference") is evaluated too.
-    assert sorted(started) == [
-        "baseline",
-        "bootstrap",
-        "grounding",
-        "propose",
-        "reference",
-        "search",
-        "warmup",
-    ]
+    assert sorted(started) == WORLD_PHASES
     for phase in started:  # each finishes after it started
         assert events.index(next(e for e in finished if e.phase == phase)) > events.index(
             next(e for e in phases if isinstance(e, PhaseStarted) and e.phase == phase)

@@ -11,7 +11,7 @@ import pytest
 import aprompt
 from aprompt import OptimizeResult, Predict
 from aprompt.testing.fake_openai import RecordedRequest
-from tests.optimize.qa_task import optimize_in_world
+from tests.optimize.qa_task import WORLD_PHASES, optimize_in_world
 from tests.optimize.world import TwoStageProgram
 
 Run = tuple[OptimizeResult, list[RecordedRequest]]
@@ -78,15 +78,7 @@ def test_usage_is_the_sum_of_the_phases_and_counts_every_request(run: Run) -> No
 
 def test_every_phase_has_a_wall_time_within_the_runs(run: Run) -> None:
     result, _ = run
-    assert sorted(p.phase for p in result.phases) == [
-        "baseline",
-        "bootstrap",
-        "grounding",
-        "propose",
-        "reference",
-        "search",
-        "warmup",
-    ]
+    assert sorted(p.phase for p in result.phases) == WORLD_PHASES
     assert [p.started for p in result.phases] == sorted(p.started for p in result.phases)
     assert all(p.seconds > 0 and p.started >= 0 for p in result.phases)
     assert all(p.started + p.seconds <= result.seconds for p in result.phases)
