@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import attrs
 import numpy as np
 
 Key = tuple[tuple[str, int], ...]
@@ -253,3 +254,36 @@ def thompson_choice(
             return choice
         first = first or choice
     return first
+
+
+@attrs.define
+class ScorePool:
+    """Per-combination evidence: every example score seen in its mini-batches (trials, race rungs), by
+    example id; without pooling, the search ranks the combinations by their own means here."""
+
+    scores: dict[Key, dict[str, float]] = attrs.Factory(dict)
+    choices: dict[Key, dict[str, int]] = attrs.Factory(dict)
+
+    def add(self, choice: Mapping[str, int], scores: Mapping[str, float]) -> None:
+        """Add ``choice``'s ``scores`` (a later score of an example replaces the earlier one)."""
+        key = _key(choice)
+        self.choices.setdefault(key, dict(choice))
+        self.scores.setdefault(key, {}).update(scores)
+
+    def copy(self) -> ScorePool:
+        """A copy that later additions to either do not reach."""
+        return ScorePool(
+            {key: dict(scores) for key, scores in self.scores.items()},
+            {key: dict(choice) for key, choice in self.choices.items()},
+        )
+
+    def ranked_untested(self, tested: set[Key], limit: int) -> list[dict[str, int]]:
+        """Up to ``limit`` combinations not in ``tested``, best own mean first."""
+        ranked = [
+            (sum(s.values()) / len(s), len(s), key)
+            for key, s in self.scores.items()
+            if s and key not in tested
+        ]
+        # Best mean; more evidence breaks ties; the key keeps the order deterministic.
+        ranked.sort(key=lambda item: (item[0], item[1], [-v for _, v in item[2]]), reverse=True)
+        return [self.choices[key] for _, _, key in ranked[:limit]]

@@ -31,13 +31,9 @@ baseline, nothing the search can try is expected to score either: the search sto
 running are cancelled; no more trials or full evaluations) and returns the baseline with
 ``pick.stopped == "nothing_scores"``.
 
-A full evaluation a strategy made ahead of the search (the baseline's beside the bootstrap, the reference's
-beside the proposals: :mod:`aprompt._optimize.strategies.pipeline`) is handed in through ``prefetched``
-instead of run again, and journaled like the others.
-
-A trial or full evaluation is complete before it is journaled and told to the TPE: examples an LM outage
-left unscored are run again once the LM answers (:mod:`aprompt._optimize.outage`); only those that fail
-while the LM works stay unscored (``lm_failures``) and are reported in ``failures``.
+Trials and full evaluations are run, journaled and checked on resume by :mod:`aprompt._optimize.search_steps`
+(complete across LM outages; a full evaluation made ahead of the search is handed in through
+``prefetched``); LM failures that remain are reported in ``failures``.
 
 With ``racing`` (``Budget.racing``, the default), the periodic and final full evaluations are spent on races
 among the most promising untested combinations instead, and a trial clearly losing to the pick after the
@@ -50,22 +46,18 @@ the answers in already settle that they run (same module); the records and decis
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import partial
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import attrs
 
-from aprompt._errors import JournalError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
-from aprompt._optimize.concurrent_steps import at_once_in_order
-from aprompt._optimize.evaluate import Evaluation, Metric, OnResult, evaluate_reporting
+from aprompt._optimize.choice_runs import ChoiceRuns
+from aprompt._optimize.evaluate import Evaluation, Metric, OnResult
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import (
@@ -77,28 +69,24 @@ from aprompt._optimize.final_pick import (
     nothing_scores,
     pick,
 )
-from aprompt._optimize.head_start import HeadStart
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations
-from aprompt._optimize.racing import final_races, first_stage_size, staged_evaluation
+from aprompt._optimize.pooling import RACE_OPTIMISM, ScorePool, ranked_combinations
+from aprompt._optimize.racing import final_races
 from aprompt._optimize.search_records import (
     FullEval,
     Memo,
     RungEval,
     SearchOutcome,
     Trial,
-    check_baseline,
-    full_eval_from_json,
-    full_eval_to_json,
-    lm_failures_of,
-    minibatch,
     no_memo,
-    trial_from_json,
-    trial_to_json,
+)
+from aprompt._optimize.search_steps import (
+    full_evaluation,
+    full_evaluations,
+    journaled_trial,
+    run_full_evaluation,
 )
 from aprompt._optimize.trial_window import TrialWindow
-from aprompt._taskgroups import plain_errors_task_group
-from aprompt.lm._metering import LimitReached
 from aprompt.lm.types import LM
 from aprompt.tpe import Categorical, TPESampler
 
@@ -116,35 +104,6 @@ class ProposalHook(Protocol):
     def extra_parameters(self, candidates: Candidates) -> dict[str, int]: ...
 
     async def resolve(self, loop: SearchLoop, choice: dict[str, int]) -> dict[str, int]: ...
-
-
-@attrs.define
-class _Pool:
-    """Per-combination evidence: every example score seen in mini-batches."""
-
-    scores: dict[tuple[tuple[str, int], ...], dict[str, float]] = attrs.Factory(dict)
-    choices: dict[tuple[tuple[str, int], ...], dict[str, int]] = attrs.Factory(dict)
-
-    def add(self, choice: Choice, scores: Mapping[str, float]) -> None:
-        key = choice_key(choice)
-        self.choices.setdefault(key, dict(choice))
-        self.scores.setdefault(key, {}).update(scores)
-
-    def copy(self) -> _Pool:
-        return _Pool(
-            {key: dict(scores) for key, scores in self.scores.items()},
-            {key: dict(choice) for key, choice in self.choices.items()},
-        )
-
-    def ranked_untested(self, tested: set[tuple[tuple[str, int], ...]], limit: int) -> list[dict[str, int]]:
-        ranked = [
-            (sum(s.values()) / len(s), len(s), key)
-            for key, s in self.scores.items()
-            if s and key not in tested
-        ]
-        # Best mean; more evidence breaks ties; the key keeps the order deterministic.
-        ranked.sort(key=lambda item: (item[0], item[1], [-v for _, v in item[2]]), reverse=True)
-        return [self.choices[key] for _, _, key in ranked[:limit]]
 
 
 @attrs.frozen
@@ -188,12 +147,11 @@ class SearchLoop:
     raced_out: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
     #: Program runs of the trials, rungs and full evaluations so far.
     _spent: int = attrs.field(default=0, init=False)
-    _pool: _Pool = attrs.field(factory=_Pool, init=False)
+    _pool: ScorePool = attrs.field(factory=ScorePool, init=False)
     _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
     _pick: FinalPick | None = attrs.field(default=None, init=False)
     #: Why the search stopped on its own before its planned end (``"nothing_scores"``), or ``None``.
     stopped: str | None = attrs.field(default=None, init=False)
-    _limiter: anyio.CapacityLimiter = attrs.field(init=False)
     _sampler: TPESampler | None = attrs.field(default=None, init=False)
     _reference_choices: list[dict[str, int]] = attrs.field(factory=list, init=False)
     #: Combinations fully evaluated right after the baseline (see ``_reference_evaluations``).
@@ -223,13 +181,14 @@ class SearchLoop:
     #: A race's next step may start running ahead, once the answers in settle that it runs those examples
     #: (:mod:`aprompt._optimize.racing`): only when nothing can refuse or stop a step.
     go_ahead: bool = attrs.field(default=False, kw_only=True)
-    #: Runs started ahead of their step, per choice; the step's first evaluation of the choice takes them.
-    _ahead: dict[tuple[tuple[str, int], ...], HeadStart] = attrs.field(factory=dict, init=False)
+    #: Runs the program with a combination's prompts (and the runs a race starts ahead of their step).
+    _runs: ChoiceRuns = attrs.field(init=False)
     #: On a copy made by ``fork``: the search where it was made (what ``merge`` adds back came after).
     _origin: _Origin | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._limiter = self.limiter or anyio.CapacityLimiter(max(1, self.concurrency))
+        limiter = self.limiter or anyio.CapacityLimiter(max(1, self.concurrency))
+        self._runs = ChoiceRuns(self.program, self.metric, self.lm, limiter)
 
     async def run(self) -> SearchOutcome:
         await self.full_evaluation(self.candidates.baseline(), is_baseline=True)
@@ -428,7 +387,7 @@ class SearchLoop:
 
     async def single_trial(self, number: int, choice: dict[str, int]) -> Trial:
         """Run and record one trial outside the TPE loop (used by OPRO-style strategies)."""
-        trial = await self.trial(number, choice, self.incumbent())
+        trial = await journaled_trial(self, number, choice, self.incumbent())
         await self.record_trial(trial)
         return trial
 
@@ -461,7 +420,7 @@ class SearchLoop:
         fork._pool = self._pool.copy()
         fork._reference_choices = list(self._reference_choices)
         fork._sampler = None
-        fork._ahead = {}
+        fork._runs = self._runs.fresh()
         fork._origin = _Origin(len(self.full_evals), len(self.rungs), self._spent, self.candidates)
         fork.should_stop = lambda: None
         fork.admit_step = admit_step
@@ -502,236 +461,40 @@ class SearchLoop:
             choice = await self.proposal_hook.resolve(self, choice)
         return choice
 
-    async def trial(
-        self, number: int, choice: dict[str, int], incumbent: Mapping[str, float] | None
-    ) -> Trial:
-        """Trial ``number`` of ``choice`` (journaled, not recorded), stopped early when clearly losing to
-        ``incumbent``'s scores (racing)."""
-        trial = await self.memo(
-            "trial",
-            str(number),
-            lambda: self._run_trial(number, choice, incumbent),
-            trial_to_json,
-            trial_from_json,
-        )
-        if dict(trial.choice) != choice:
-            raise JournalError(
-                f"the journal's trial {number} chose {dict(trial.choice)}, this run chose {choice}: "
-                "the run_dir belongs to a different run; pass resume=False to start over"
-            )
-        batch = tuple(e.id for e in self._batch_of(number))
-        first = first_stage_size(len(batch)) if incumbent is not None else None
-        expected = batch[:first] if trial.stopped_early and first is not None else batch
-        if trial.example_ids != expected:
-            raise JournalError(
-                f"the journal's trial {number} ran {len(trial.example_ids)} examples "
-                f"({'stopped early' if trial.stopped_early else 'in full'}), this run's mini-batch differs: "
-                "the run_dir belongs to a different run; pass resume=False to start over"
-            )
-        return trial
-
-    def _batch_of(self, number: int) -> list[Example]:
-        return minibatch(self.valset, self.minibatch_size, self.seed, number)
-
-    async def _run_trial(
-        self, number: int, choice: dict[str, int], incumbent: Mapping[str, float] | None
-    ) -> Trial:
-        started = time.monotonic()
-        batch = self._batch_of(number)
-        evaluation, stopped_early = await staged_evaluation(
-            self.outage, partial(self._evaluate, choice), batch, incumbent, f"trial {number}"
-        )
-        batch = batch[: len(evaluation.results)]
-        return Trial(
-            number=number,
-            choice=choice,
-            example_ids=tuple(e.id for e in batch),
-            scores=evaluation.scores,
-            score=evaluation.mean,
-            n_failed=evaluation.n_failed,
-            n_unscored=evaluation.n_unscored,
-            seconds=time.monotonic() - started,
-            lm_failures=lm_failures_of(evaluation),
-            stopped_early=stopped_early,
-        )
-
-    async def _run_full_evaluation(
-        self, choice: Choice, known: Mapping[str, float], *, is_baseline: bool = False
-    ) -> FullEval:
-        todo = [e for e in self.valset if e.id not in known]
-        evaluation = (
-            await self.outage.evaluate(
-                partial(self._evaluate, choice),
-                todo,
-                "the baseline's evaluation" if is_baseline else "a full evaluation",
-            )
-            if todo
-            else Evaluation(())
-        )
-        if is_baseline:
-            check_baseline(evaluation)
-        ran = evaluation.scores
-        scores = {
-            e.id: known[e.id] if e.id in known else ran[e.id]
-            for e in self.valset
-            if e.id in known or e.id in ran
-        }
-        return FullEval(
-            choice=dict(choice),
-            # Nothing scored though the LM works: every example failed for this prompt alone.
-            score=math.fsum(scores.values()) / len(scores) if scores else 0.0,
-            scores=scores,
-            n_failed=evaluation.n_failed,
-            n_unscored=evaluation.n_unscored,
-            after_trial=len(self.trials),
-            lm_failures=lm_failures_of(evaluation),
-            reused=len(known),
-        )
-
-    async def _handed_in(self, early: Callable[[], Awaitable[FullEval]], choice: Choice) -> FullEval:
-        return attrs.evolve(await early(), choice=dict(choice), after_trial=len(self.trials))
-
-    async def evaluate_in_full(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
-        """Fully evaluate ``choice`` on the validation set without recording it (no journal, no event):
-        an evaluation made before the search, handed in later through ``prefetched``."""
-        return await self._run_full_evaluation(choice, {}, is_baseline=is_baseline)
-
     async def evaluate_choice(
         self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
     ) -> Evaluation:
         """Score ``choice``'s prompts on ``examples`` (no outage handling, no journal), telling
         ``on_result`` each example's result as it is scored."""
-        return await self._evaluate(choice, examples, on_result)
+        return await self._runs.evaluate(self.candidates, choice, examples, on_result)
 
     def run_ahead(self, group: anyio.abc.TaskGroup, choice: Choice, examples: Sequence[Example]) -> None:
-        """Start running ``choice`` on ``examples`` in ``group``, ahead of the step that will run them:
-        that step's first evaluation of ``choice`` takes these results instead of running them again
-        (registered at once, so a step starting before the run does still finds it)."""
-        head = self._ahead[key_of(choice)] = HeadStart(tuple(e.id for e in examples))
-        group.start_soon(head.run, partial(self._evaluate_now, choice, examples))
+        """Start running ``choice`` on ``examples`` ahead of its step (:meth:`ChoiceRuns.run_ahead`)."""
+        self._runs.run_ahead(group, self.candidates, choice, examples)
 
     def drop_ahead(self) -> None:
         """Forget the runs started ahead that no step took (the race that started them ended)."""
-        self._ahead.clear()
-
-    async def _evaluate(
-        self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
-    ) -> Evaluation:
-        head = self._ahead.pop(key_of(choice), None)
-        ids = {e.id for e in examples}
-        if head is not None and set(head.example_ids) <= ids:
-            return await self._evaluate_after(head, choice, examples, on_result)
-        return await self._evaluate_now(choice, examples, on_result)
-
-    async def _evaluate_now(
-        self, choice: Choice, examples: Sequence[Example], on_result: OnResult | None = None
-    ) -> Evaluation:
-        return await evaluate_reporting(
-            self.program,
-            examples,
-            self.metric,
-            prompts=self.candidates.prompts_for(choice),
-            lm=self.lm,
-            concurrency=self._limiter,
-            on_result=on_result,
-        )
-
-    async def _evaluate_after(
-        self, head: HeadStart, choice: Choice, examples: Sequence[Example], on_result: OnResult | None
-    ) -> Evaluation:
-        """``examples`` evaluated, those of ``head`` taken from it (each told to ``on_result`` as it comes
-        in), the others run beside it: the evaluation one run of all of them returns."""
-        taken = set(head.example_ids)
-        rest = [e for e in examples if e.id not in taken]
-        fresh: list[Evaluation] = []
-
-        async def run_rest() -> None:
-            fresh.append(await self._evaluate_now(choice, rest, on_result))
-
-        async with plain_errors_task_group() as group:
-            if rest:
-                group.start_soon(run_rest)
-            head.listen(on_result)
-            ahead = await head.result()
-        found = {r.example_id: r for r in (*ahead.results, *(fresh[0].results if fresh else ()))}
-        return Evaluation(tuple(found[e.id] for e in examples))
+        self._runs.drop_ahead()
 
     async def full_evaluation(
         self, choice: Choice, *, is_baseline: bool = False, known: Mapping[str, float] | None = None
     ) -> FullEval:
-        """Fully evaluate ``choice``; ``known`` scores of it (example id -> score, from its trials and
-        race rungs) are reused instead of run again."""
-        _, step = self._admit_full_evaluation(choice, is_baseline, known, [])
-        result = await step()
-        await self._record_full_evaluation(result, is_baseline)
-        return result
+        """Fully evaluate and record ``choice``, reusing its ``known`` scores; see
+        :func:`~aprompt._optimize.search_steps.full_evaluation`."""
+        return await full_evaluation(self, choice, is_baseline=is_baseline, known=known)
 
     async def full_evaluations(self, choices: Sequence[Choice]) -> list[FullEval]:
-        """Fully evaluate ``choices`` at once, each reusing its known scores (its trials' and race
-        rungs'); recorded (evidence, events, the pick) in the order given, as one after another.
+        """Fully evaluate and record ``choices`` at once, in order; see
+        :func:`~aprompt._optimize.search_steps.full_evaluations`."""
+        return await full_evaluations(self, choices)
 
-        Each is admitted by the run's limits in turn, counting those admitted before it; one refused
-        ends the admissions: those admitted are evaluated and recorded, then the refusal is raised (as
-        when the refused one's turn comes after them).
-        """
-        steps: list[Callable[[], Awaitable[FullEval]]] = []
-        admitted: list[tuple[str, str, int]] = []
-        refusal: LimitReached | None = None
-        for choice in choices:
-            if self.stopped is not None or self.should_stop() is not None:
-                break
-            try:
-                part, step = self._admit_full_evaluation(choice, False, self.scores_of(choice), admitted)
-            except LimitReached as exc:
-                refusal = exc
-                break
-            admitted.append(part)
-            steps.append(step)
-        results = await at_once_in_order(steps, partial(self._record_full_evaluation, is_baseline=False))
-        if refusal is not None:
-            raise refusal
-        return results
+    async def evaluate_in_full(self, choice: Choice, *, is_baseline: bool = False) -> FullEval:
+        """Fully evaluate ``choice`` on the validation set without recording it (no journal, no event):
+        an evaluation made before the search, handed in later through ``prefetched``."""
+        return await run_full_evaluation(self, choice, {}, is_baseline=is_baseline)
 
-    def _admit_full_evaluation(
-        self,
-        choice: Choice,
-        is_baseline: bool,
-        known: Mapping[str, float] | None,
-        beside: Sequence[tuple[str, str, int]],
-    ) -> tuple[tuple[str, str, int], Callable[[], Awaitable[FullEval]]]:
-        """Admit ``choice``'s full evaluation beside the admitted parts ``beside`` (not started yet);
-        returns its part and how to run it (journaled, not recorded)."""
-        ids = {e.id for e in self.valset}
-        reuse = {k: v for k, v in (known or {}).items() if k in ids}
-        key = json.dumps(sorted(choice.items()))
-        what = "the baseline's evaluation" if is_baseline else "a full evaluation"
-        early = self.prefetched(self.candidates, choice) if self.prefetched and not reuse else None
-        part = ("full_eval", key, 0 if early else len(self.valset) - len(reuse))
-        # The parts beside are admitted and in flight, so free here: listing them first keeps what the
-        # admission adds to its first part (a fork's reserve for the trials beside it) counted once.
-        self.admit_step(what, [*beside, part])
-
-        async def step() -> FullEval:
-            result = await self.memo(
-                "full_eval",
-                key,
-                partial(self._handed_in, early, choice)
-                if early
-                else lambda: self._run_full_evaluation(choice, reuse, is_baseline=is_baseline),
-                full_eval_to_json,
-                full_eval_from_json,
-            )
-            if result.reused != len(reuse):
-                raise JournalError(
-                    f"the journal's full evaluation of {dict(choice)} reused {result.reused} earlier "
-                    f"scores, this run reuses {len(reuse)}: the run_dir belongs to a different run; pass "
-                    "resume=False to start over"
-                )
-            return result
-
-        return part, step
-
-    async def _record_full_evaluation(self, result: FullEval, is_baseline: bool) -> None:
+    async def record_full_evaluation(self, result: FullEval, is_baseline: bool) -> None:
+        """Add a full evaluation to the evidence and decide the pick again."""
         self.full_evals.append(result)
         self._spent += len(result.scores) + result.n_unscored - result.reused
         self._tested.add(choice_key(result.choice))

@@ -35,6 +35,7 @@ from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.pooling import thompson_choice
 from aprompt._optimize.racing import MAX_ENTRANTS, run_race
 from aprompt._optimize.search_records import Trial
+from aprompt._optimize.search_steps import journaled_trial
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
 from aprompt.tpe import Categorical, TPESampler
@@ -213,7 +214,7 @@ class TrialWindow:
         incumbent: Mapping[str, float] | None,
     ) -> None:
         with scope:
-            self.done[number] = await self.loop.trial(number, choice, incumbent)
+            self.done[number] = await journaled_trial(self.loop, number, choice, incumbent)
             finished.set()
 
     async def _tell_next(self) -> None:
