@@ -326,6 +326,7 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
         best_choice=outcome.best_choice,
         trials=outcome.trials,
         full_evals=outcome.full_evals,
+        confirmations=outcome.confirmations,
         candidates=candidates,
         dropped=tuple(ctx.dropped),
         phases=tuple(ctx.phases),

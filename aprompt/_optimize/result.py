@@ -44,6 +44,9 @@ class OptimizeResult(Generic[P]):
         score / baseline_score: full-validation scores of the returned and of the unoptimized program.
         best_choice: candidate index per searched parameter.
         trials / full_evals: every mini-batch trial and every full evaluation.
+        confirmations: the runs on training examples that confirmed an undecided pick, one per
+            contender, each on the training examples it does not show as a demo (see
+            :mod:`aprompt._optimize.confirmation`); empty when the pick was decided on the validation set.
         candidates: the instructions and demo sets searched.
         dropped: proposals that failed to parse or validate, with their reasons.
         phases: usage and wall time per phase of this call; ``usage`` is their total.
@@ -77,6 +80,7 @@ class OptimizeResult(Generic[P]):
     spent: Mapping[str, float] = attrs.field(factory=dict)
     pick: FinalPick | None = None
     examples: ExampleTable = attrs.field(factory=ExampleTable, repr=False)
+    confirmations: tuple[FullEval, ...] = ()
 
     @property
     def usage(self) -> UsageSnapshot:
@@ -98,6 +102,7 @@ class OptimizeResult(Generic[P]):
             "state": program_state(self.program),
             "trials": [attrs.asdict(t) for t in self.trials],
             "full_evals": [attrs.asdict(f) for f in self.full_evals],
+            "confirmations": [attrs.asdict(c) for c in self.confirmations],
             "candidates": self.candidates.describe(),
             "dropped": [list(d) for d in self.dropped],
             "phases": [

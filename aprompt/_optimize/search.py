@@ -24,7 +24,10 @@ the highest mean down, and ties never go by evaluation order (the pooled estimat
 :mod:`aprompt._optimize.pooling` breaks them). At the end, the plan's last full evaluation(s) go to the
 pick's most promising *challenger* — a combination that scored above the pick on shared examples but has no
 full evaluation — or, when there is none, to the best untested combination by the pooled estimate; the pick
-is then decided again. ``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
+is then decided again. When it is still undecided, the pick and its strongest fully evaluated challengers
+run on training examples they do not show as demos, and the pick is decided again with those scores
+(:mod:`aprompt._optimize.confirmation`). ``SearchOutcome.pick`` says what was returned and why (also logged
+at INFO).
 
 When the baseline and every trial scored 0 on every example at the first full evaluation after the
 baseline, nothing the search can try is expected to score either: the search stops there (the trials
@@ -57,6 +60,7 @@ import attrs
 
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.choice_runs import ChoiceRuns
+from aprompt._optimize.confirmation import confirm, confirmation_note
 from aprompt._optimize.evaluate import Evaluation, Metric, OnResult
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.examples import Example
@@ -156,6 +160,10 @@ class SearchLoop:
     _reference_choices: list[dict[str, int]] = attrs.field(factory=list, init=False)
     #: Combinations fully evaluated right after the baseline (see ``_reference_evaluations``).
     references: Sequence[Mapping[str, int]] = attrs.field(default=(), kw_only=True)
+    #: Training examples an undecided final pick is confirmed on (:mod:`aprompt._optimize.confirmation`).
+    confirmation: Sequence[Example] = attrs.field(default=(), kw_only=True)
+    #: The contenders' runs on those examples (evidence for the pick, not full evaluations).
+    confirmations: list[FullEval] = attrs.field(factory=list, init=False)
     #: Lets a strategy replace the instruction parameters by its own (MIPRO++); fixed for the run.
     proposal_hook: ProposalHook | None = attrs.field(default=None, kw_only=True)
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
@@ -256,7 +264,11 @@ class SearchLoop:
             self.stopped = None  # a strategy ran more trials after the stop (module_opro), and one scored
         if final_full_eval:
             await self._final_evaluations()
+            await self._confirm()
         chosen = self.decide()
+        if self.confirmations:
+            note = confirmation_note(self.confirmations, chosen.choice, self._with_confirmations)
+            chosen = attrs.evolve(chosen, reason=f"{chosen.reason}; {note}")
         if self.stopped == NOTHING_SCORES:
             chosen = attrs.evolve(
                 chosen,
@@ -273,7 +285,25 @@ class SearchLoop:
             full_evals=tuple(self.full_evals),
             pick=chosen,
             rungs=tuple(self.rungs),
+            confirmations=tuple(self.confirmations),
         )
+
+    async def _confirm(self) -> None:
+        """When the pick is undecided at the end, run it and its strongest challengers on fresh training
+        examples, the evidence the pick is decided on again (:mod:`aprompt._optimize.confirmation`)."""
+        if not self.confirmation or self.confirmations:
+            return
+        if self.stopped is not None or self.should_stop() is not None:
+            return
+        before = self.decide()
+        records = await confirm(self, before)
+        for index, record in enumerate(records):
+            self.confirmations.append(record)
+            self.failures.update({f"confirmation:{index}:{eid}": e for eid, e in record.lm_failures.items()})
+        after = self.decide()
+        if key_of(after.choice) != key_of(before.choice):
+            self._pick = after
+            await self.emit(NewBest(dict(after.choice), self._full_score(after.choice)))
 
     async def _final_evaluations(self) -> None:
         planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
@@ -304,6 +334,9 @@ class SearchLoop:
         evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
         evaluations += [(r.choice, r.scores, r.score) for r in self.rungs]
         evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
+        # Training examples are evidence for the paired comparisons, not for the pooled model of the
+        # validation scores (no mean).
+        evaluations += [(c.choice, c.scores, None) for c in self.confirmations]
         evidence = collect_evidence(evaluations, self._tested)
         return pick(
             evidence,
@@ -325,6 +358,18 @@ class SearchLoop:
     def _full_score(self, choice: Mapping[str, int]) -> float:
         key = key_of(choice)
         return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
+
+    def _with_confirmations(self, choice: Mapping[str, int]) -> dict[str, float]:
+        merged = self.scores_of(choice)
+        for record in self.confirmations:
+            if key_of(record.choice) == key_of(choice):
+                merged.update(record.scores)
+        return merged
+
+    @property
+    def tested(self) -> set[tuple[tuple[str, int], ...]]:
+        """The combinations with a full evaluation."""
+        return self._tested
 
     def stops_as_nothing_scores(self) -> bool:
         """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
@@ -419,6 +464,7 @@ class SearchLoop:
         fork._tested = set(self._tested)
         fork._pool = self._pool.copy()
         fork._reference_choices = list(self._reference_choices)
+        fork.confirmations = list(self.confirmations)
         fork._sampler = None
         fork._runs = self._runs.fresh()
         fork._origin = _Origin(len(self.full_evals), len(self.rungs), self._spent, self.candidates)

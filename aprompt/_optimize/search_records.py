@@ -4,6 +4,7 @@ with the pure helpers every step shares (the seeded mini-batch, the baseline's c
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -142,6 +143,29 @@ class SearchOutcome:
     full_evals: tuple[FullEval, ...]
     pick: FinalPick | None = None
     rungs: tuple[RungEval, ...] = ()
+    #: Runs on training examples that confirmed an undecided pick (:mod:`aprompt._optimize.confirmation`).
+    confirmations: tuple[FullEval, ...] = ()
+
+
+def full_eval_of(
+    choice: Mapping[str, int],
+    scores: Mapping[str, float],
+    evaluation: Evaluation,
+    after_trial: int,
+    reused: int = 0,
+) -> FullEval:
+    """The record of ``choice`` scored ``scores`` (``evaluation``'s, with ``reused`` earlier ones), its
+    mean 0 when nothing scored though the LM works (every example failed for this prompt alone)."""
+    return FullEval(
+        choice=dict(choice),
+        score=math.fsum(scores.values()) / len(scores) if scores else 0.0,
+        scores=dict(scores),
+        n_failed=evaluation.n_failed,
+        n_unscored=evaluation.n_unscored,
+        after_trial=after_trial,
+        lm_failures=lm_failures_of(evaluation),
+        reused=reused,
+    )
 
 
 def lm_failures_of(evaluation: Evaluation) -> dict[str, str]:

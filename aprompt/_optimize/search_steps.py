@@ -14,7 +14,6 @@ run again, and journaled like the others.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -33,6 +32,7 @@ from aprompt._optimize.search_records import (
     Trial,
     check_baseline,
     full_eval_from_json,
+    full_eval_of,
     full_eval_to_json,
     lm_failures_of,
     minibatch,
@@ -207,17 +207,7 @@ async def run_full_evaluation(
     scores = {
         e.id: known[e.id] if e.id in known else ran[e.id] for e in loop.valset if e.id in known or e.id in ran
     }
-    return FullEval(
-        choice=dict(choice),
-        # Nothing scored though the LM works: every example failed for this prompt alone.
-        score=math.fsum(scores.values()) / len(scores) if scores else 0.0,
-        scores=scores,
-        n_failed=evaluation.n_failed,
-        n_unscored=evaluation.n_unscored,
-        after_trial=len(loop.trials),
-        lm_failures=lm_failures_of(evaluation),
-        reused=len(known),
-    )
+    return full_eval_of(choice, scores, evaluation, len(loop.trials), len(known))
 
 
 async def _handed_in(loop: SearchLoop, early: Callable[[], Awaitable[FullEval]], choice: Choice) -> FullEval:

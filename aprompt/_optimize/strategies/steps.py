@@ -409,6 +409,7 @@ def search_loop(
     running them again."""
     ctx.search_loop = SearchLoop(
         references=[labeled_reference(candidates)],
+        confirmation=ctx.trainset,
         after_evaluation=after_evaluation or no_hook,
         proposal_hook=proposal_hook,
         program=ctx.program,

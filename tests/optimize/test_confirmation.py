@@ -1,0 +1,147 @@
+"""An undecided final pick is confirmed on training examples that the compared programs do not show as
+demos (:mod:`aprompt._optimize.confirmation`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aprompt
+from aprompt._optimize.confirmation import MAX_CHALLENGERS, contenders, fresh_examples
+from aprompt._optimize.final_pick import FinalPick, describe_choice, key_of
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import (
+    SMALL_BUDGET,
+    QAProgram,
+    exact_match,
+    item_of,
+    lm_for,
+    qa_examples,
+)
+from tests.optimize.test_labeled_reference import demos_help
+
+pytestmark = pytest.mark.anyio
+
+TRAIN = (0, 40)
+VAL = (100, 130)
+
+
+def proposed_leads(on_training_examples: bool) -> Any:
+    """With demos, right on items not a multiple of 3; the proposed instruction also gets the multiples of
+    9 among the validation items right (100..129: 23 of 30 against 20 of 30, a lead within the noise), and
+    when ``on_training_examples`` every training item (the multiples of 3 among 0..39 too: a clear lead)."""
+
+    def respond(request: ChatRequest) -> str:
+        reply = demos_help(request)
+        if not reply.startswith("Answer: ans-"):
+            return reply
+        item = item_of(request.last_user)
+        proposed = "about the item" in str(request.messages[0].get("content", ""))
+        leads = proposed and (item % 9 == 0 if item >= VAL[0] else on_training_examples)
+        return reply if item % 3 != 0 or leads else "Answer: wrong"
+
+    return respond
+
+
+async def optimize(server: FakeOpenAIServer, **options: Any) -> aprompt.OptimizeResult:
+    async with lm_for(server) as lm:
+        return await aprompt.optimize(
+            QAProgram(),
+            qa_examples(*TRAIN),
+            exact_match,
+            valset=qa_examples(*VAL),
+            lm=lm,
+            budget=dict(SMALL_BUDGET),
+            seed=2,
+            strategy="mipro",
+            **options,
+        )
+
+
+def demo_ids(result: aprompt.OptimizeResult, choice: Any) -> set[str]:
+    assert result.candidates is not None
+    return set(result.candidates.demo_sets["answer"][choice.get("answer.demos", 0)].source_ids)
+
+
+async def test_a_lead_that_holds_on_fresh_training_examples_is_returned() -> None:
+    async with FakeOpenAIServer(responder=proposed_leads(True), api_key=TEST_API_KEY) as server:
+        result = await optimize(server)
+    reference = dict(result.full_evals[1].choice)
+    assert result.pick is not None
+    # On the validation set alone the lead (3 of 30, no loss) is within the noise; the pick and its
+    # challenger ran on the training examples they do not show, and the lead held there.
+    assert result.confirmations, result.pick.reason
+    assert dict(result.confirmations[0].choice) == reference
+    assert dict(result.best_choice) != reference and result.best_choice["answer.instruction"] != 0
+    assert f"it replaced {describe_choice(reference)}" in result.pick.reason
+    train_ids = {e.id for e in qa_examples(*TRAIN)}
+    for confirmation in result.confirmations:
+        ran = set(confirmation.scores)
+        assert ran and ran <= train_ids
+        assert not ran & demo_ids(result, confirmation.choice)  # its own demos are never its evidence
+        assert len(ran) <= len(range(*VAL))
+
+
+async def test_a_lead_on_the_validation_set_alone_is_not_returned() -> None:
+    async with FakeOpenAIServer(responder=proposed_leads(False), api_key=TEST_API_KEY) as server:
+        result = await optimize(server)
+    reference = dict(result.full_evals[1].choice)
+    leading = [f for f in result.full_evals[2:] if f.score > result.full_evals[1].score]
+    assert leading  # the premise: a search result leads the hand-written prompt on the validation set
+    assert result.confirmations  # it was undecided, so it was confirmed ...
+    # ... and on the training examples the two tie, so 3 wins of 30 validation examples stay no evidence.
+    assert dict(result.best_choice) == reference
+    assert result.pick is not None and "labeled demos" in result.pick.reason
+    assert "no challenger's lead held there" in result.pick.reason
+
+
+async def test_a_resumed_run_reads_the_confirmation_back(tmp_path: Path) -> None:
+    async with FakeOpenAIServer(responder=proposed_leads(True), api_key=TEST_API_KEY) as server:
+        first = await optimize(server, run_dir=tmp_path)
+        sent = len(server.chat_requests)
+        again = await optimize(server, run_dir=tmp_path)
+        assert len(server.chat_requests) == sent  # nothing asked again
+    assert again.confirmations == first.confirmations and first.confirmations
+    assert dict(again.best_choice) == dict(first.best_choice)
+
+
+async def test_a_limit_that_cannot_pay_for_the_confirmation_returns_the_validation_sets_pick() -> None:
+    async with FakeOpenAIServer(responder=proposed_leads(True), api_key=TEST_API_KEY) as server:
+        unlimited = await optimize(server)
+        total = len(server.chat_requests)
+    confirming = sum(len(c.scores) for c in unlimited.confirmations)
+    assert confirming > 2
+    async with FakeOpenAIServer(responder=proposed_leads(True), api_key=TEST_API_KEY) as server:
+        limited = await optimize(server, limits=aprompt.Limits(max_lm_calls=total - confirming + 2))
+        assert len(server.chat_requests) <= total - confirming + 2
+    assert limited.stopped_by == "max_lm_calls" and limited.confirmations == ()
+    # The pick decided on the validation set: the hand-written prompt, the lead there being no evidence.
+    assert dict(limited.best_choice) == dict(unlimited.full_evals[1].choice)
+    assert limited.pick is not None and "confirmed" not in limited.pick.reason
+
+
+def test_the_contenders_are_the_pick_and_its_strongest_fully_evaluated_challengers() -> None:
+    pick = {"a": 0}
+    challengers = ({"a": 1}, {"a": 2}, {"a": 3}, {"a": 4})
+    current = FinalPick(pick, True, "", challengers=challengers)
+    full = {key_of(pick), key_of({"a": 2}), key_of({"a": 3}), key_of({"a": 4})}
+    chosen = contenders(current, full)
+    assert chosen == [pick, {"a": 2}, {"a": 3}][: 1 + MAX_CHALLENGERS]
+    assert contenders(FinalPick(pick, True, "", challengers=({"a": 1},)), full) == []  # none fully evaluated
+
+
+def test_fresh_examples_leave_out_the_validation_set_and_the_programs_own_demos() -> None:
+    train = qa_examples(0, 40)
+    val = qa_examples(30, 45)  # overlaps the training examples 30..39
+    mine = fresh_examples(train, val, {"q1", "q2"}, seed=0)
+    theirs = fresh_examples(train, val, {"q3"}, seed=0)
+    assert len(mine) == len(theirs) == len(val)
+    ids = [e.id for e in mine]
+    assert not {"q1", "q2"} & set(ids) and not {e.id for e in val} & set(ids)
+    # One seeded order for every contender: they share every example neither shows as a demo.
+    shared = [e.id for e in theirs if e.id not in {"q1", "q2"}]
+    assert [i for i in ids if i != "q3"][: len(shared) - 1] == shared[: len(shared) - 1]
+    assert fresh_examples(train, val, set(), seed=1) != fresh_examples(train, val, set(), seed=0)
