@@ -154,6 +154,8 @@ class Run:
     pick: str = ""
     #: The metric of every scored test example (for the bootstrap interval of a single run).
     test_scores: list[float] | None = None
+    #: aprompt's LM calls per phase of the run (``result.phases``), in the order the phases started.
+    phase_calls: dict[str, int] | None = None
 
 
 def dspy_available() -> bool:
@@ -202,7 +204,12 @@ async def run_aprompt(
     async with aprompt_lm(settings, proxy.base_url) as lm:
         test = await aprompt_test_scores(task, result.program, split, lm)
     run = _run(task, f"aprompt:{strategy}", seed, test, result.score, spent, seconds, result.usage.lm_calls)
-    return attrs.evolve(run, pick=result.pick.reason if result.pick is not None else "")
+    phases = sorted(result.phases, key=lambda p: p.started)
+    return attrs.evolve(
+        run,
+        pick=result.pick.reason if result.pick is not None else "",
+        phase_calls={p.phase: p.usage.lm_calls for p in phases},
+    )
 
 
 #: Training examples a hand-written prompt shows as demos: what a user writes before optimizing.
@@ -510,6 +517,11 @@ def describe(run: Run) -> str:
         f"{test}, {val}{run.lm_calls} LM calls, "
         f"{run.prompt_tokens + run.completion_tokens} tokens, {run.seconds:.0f}s{note}"
         + (f"\n    final pick: {run.pick}" if run.pick else "")
+        + (
+            "\n    LM calls by phase: " + ", ".join(f"{k} {v}" for k, v in run.phase_calls.items())
+            if run.phase_calls
+            else ""
+        )
     )
 
 
