@@ -24,8 +24,9 @@ run checks that it would run the same examples.
 from __future__ import annotations
 
 import json
+import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,13 @@ from aprompt._errors import JournalError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.concurrent_steps import at_once_in_order
 from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import FinalPick, describe_choice
+from aprompt._optimize.final_pick import (
+    MIN_SHARED,
+    FinalPick,
+    could_become_better,
+    describe_choice,
+    level_for,
+)
 from aprompt._optimize.search_records import (
     FullEval,
     full_eval_from_json,
@@ -82,40 +89,72 @@ def fresh_examples(
     return [e for e in order if e.id not in shown][: len(valset)]
 
 
-async def confirm(loop: SearchLoop, current: FinalPick) -> list[FullEval]:
-    """Run ``current``'s contenders on their fresh training examples; returns their records (journaled,
-    not recorded), or nothing when the pick is not undecided or no training example is fresh.
+async def confirm(
+    loop: SearchLoop, current: FinalPick, record: Callable[[FullEval], Awaitable[None]]
+) -> None:
+    """Run ``current``'s contenders on their fresh training examples in two stages, handing each run's
+    record (journaled) to ``record`` as it completes; nothing when the pick is not undecided or no
+    training example is fresh.
+
+    The first stage runs the first half of each contender's examples. A challenger that could not be
+    shown better than the pick even if it won every example of its second half it shares with the pick
+    (:func:`~aprompt._optimize.final_pick.could_become_better`) stops there; the second stage runs the
+    rest for the pick and the challengers left, when any is. Stopping only where running on could not
+    change the decision spends fewer calls without making a lucky lead likelier to pass.
 
     Raises:
-        LimitReached: the run's limits cannot pay for a contender's runs (those admitted before it are
-            not run either: the pick stays the one decided on the validation set).
+        LimitReached: the run's limits cannot pay for a stage (what earlier stages ran is recorded).
     """
-    choices = contenders(current, loop.tested)
     plans = []
-    for choice in choices:
+    for choice in contenders(current, loop.tested):
         examples = fresh_examples(
             loop.confirmation, loop.valset, shown_as_demos(loop.candidates, choice), loop.seed
         )
         if examples:
             plans.append((choice, examples))
     if len(plans) < 2 or choice_key(plans[0][0]) != choice_key(current.choice):
-        return []  # nothing to compare the pick with on fresh examples
+        return  # nothing to compare the pick with on fresh examples
+    first = await _stage(loop, 0, [(c, examples[: _half(examples)]) for c, examples in plans], record)
+    pick_choice, pick_examples = plans[0]
+    pick_scores = {**loop.scores_of(pick_choice), **first[0].scores}
+    pick_rest = {e.id for e in pick_examples[_half(pick_examples) :]}
+    level = level_for(len(loop.tested) - 1)  # the pick weighs every fully evaluated one but the baseline
+    min_shared = min(MIN_SHARED, len(loop.valset))
+    live = []
+    for (choice, examples), ran in zip(plans[1:], first[1:], strict=True):
+        more = sum(e.id in pick_rest for e in examples[_half(examples) :])
+        mine = {**loop.scores_of(choice), **ran.scores}
+        if more and could_become_better(mine, pick_scores, more, level, min_shared):
+            live.append((choice, examples[_half(examples) :]))
+    if live:
+        await _stage(loop, 1, [(pick_choice, pick_examples[_half(pick_examples) :]), *live], record)
+
+
+def _half(examples: Sequence[Example]) -> int:
+    return math.ceil(len(examples) / 2)
+
+
+async def _stage(
+    loop: SearchLoop,
+    stage: int,
+    plans: Sequence[tuple[dict[str, int], Sequence[Example]]],
+    record: Callable[[FullEval], Awaitable[None]],
+) -> list[FullEval]:
+    plans = [(choice, examples) for choice, examples in plans if examples]
     loop.admit_step(
         "confirming the pick on training examples",
-        [(CONFIRMATION_KIND, _key(choice), len(examples)) for choice, examples in plans],
+        [(CONFIRMATION_KIND, _key(choice, stage), len(examples)) for choice, examples in plans],
     )
-    steps = [partial(_journaled, loop, choice, examples) for choice, examples in plans]
-    return await at_once_in_order(steps, _nothing)
+    steps = [partial(_journaled, loop, choice, stage, examples) for choice, examples in plans]
+    return await at_once_in_order(steps, record)
 
 
-async def _nothing(record: FullEval) -> None:
-    return None
-
-
-async def _journaled(loop: SearchLoop, choice: dict[str, int], examples: Sequence[Example]) -> FullEval:
+async def _journaled(
+    loop: SearchLoop, choice: dict[str, int], stage: int, examples: Sequence[Example]
+) -> FullEval:
     record = await loop.memo(
         CONFIRMATION_KIND,
-        _key(choice),
+        _key(choice, stage),
         partial(_run, loop, choice, examples),
         full_eval_to_json,
         full_eval_from_json,
@@ -156,8 +195,8 @@ def confirmation_note(
     )
 
 
-def _key(choice: Choice) -> str:
-    return json.dumps(sorted(choice.items()))
+def _key(choice: Choice, stage: int) -> str:
+    return json.dumps([sorted(choice.items()), stage])
 
 
 async def _run(loop: SearchLoop, choice: Mapping[str, int], examples: Sequence[Example]) -> FullEval:

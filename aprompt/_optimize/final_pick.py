@@ -127,6 +127,28 @@ def paired_difference(
     return PairedDifference(n, mean, max(-1.0, mean - half), min(1.0, mean + half), level, wins, losses)
 
 
+def level_for(fully_evaluated: int) -> float:
+    """The one-sided level of each comparison of a pick that weighs ``fully_evaluated`` combinations
+    besides the baseline (Bonferroni-adjusted; see the module docstring)."""
+    return 1.0 - ALPHA / max(1, fully_evaluated)
+
+
+def could_become_better(
+    a: Mapping[str, float], b: Mapping[str, float], more: int, level: float, min_shared: int = MIN_SHARED
+) -> bool:
+    """Whether ``a`` would be better than ``b`` (at ``level``) if it won ``more`` further shared examples
+    outright (1 against 0): when not, running them cannot make it better.
+
+    Example::
+
+        >>> could_become_better({"x": 1.0}, {"x": 1.0}, 2, 0.95, min_shared=1)
+        True
+    """
+    won = {f"\0more:{i}": 1.0 for i in range(more)}
+    lost = dict.fromkeys(won, 0.0)
+    return paired_difference({**a, **won}, {**b, **lost}, level).better(min_shared)
+
+
 def sign_test(wins: int, losses: int) -> float:
     """One-sided p-value of ``wins`` or more wins among ``wins + losses`` fair coin flips.
 
@@ -265,7 +287,7 @@ def pick(
         raise ValueError(f"no evidence on the baseline {describe_choice(baseline)}")
     base = by_key[base_key]
     others = rank([e for key, e in by_key.items() if key != base_key])
-    level = 1.0 - ALPHA / max(1, sum(e.full for e in others))
+    level = level_for(sum(e.full for e in others))
 
     def versus(a: Evidence, b: Evidence) -> PairedDifference:
         return paired_difference(a.scores, b.scores, level)

@@ -45,7 +45,7 @@ class OptimizeResult(Generic[P]):
         best_choice: candidate index per searched parameter.
         trials / full_evals: every mini-batch trial and every full evaluation.
         confirmations: the runs on training examples that confirmed an undecided pick, one per
-            contender, each on the training examples it does not show as a demo (see
+            contender and stage, each on training examples it does not show as a demo (see
             :mod:`aprompt._optimize.confirmation`); empty when the pick was decided on the validation set.
         candidates: the instructions and demo sets searched.
         dropped: proposals that failed to parse or validate, with their reasons.

@@ -296,10 +296,7 @@ class SearchLoop:
         if self.stopped is not None or self.should_stop() is not None:
             return
         before = self.decide()
-        records = await confirm(self, before)
-        for index, record in enumerate(records):
-            self.confirmations.append(record)
-            self.failures.update({f"confirmation:{index}:{eid}": e for eid, e in record.lm_failures.items()})
+        await confirm(self, before, self._add_confirmation)
         after = self.decide()
         if key_of(after.choice) != key_of(before.choice):
             self._pick = after
@@ -358,6 +355,11 @@ class SearchLoop:
     def _full_score(self, choice: Mapping[str, int]) -> float:
         key = key_of(choice)
         return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
+
+    async def _add_confirmation(self, record: FullEval) -> None:
+        index = len(self.confirmations)
+        self.confirmations.append(record)
+        self.failures.update({f"confirmation:{index}:{eid}": e for eid, e in record.lm_failures.items()})
 
     def _with_confirmations(self, choice: Mapping[str, int]) -> dict[str, float]:
         merged = self.scores_of(choice)

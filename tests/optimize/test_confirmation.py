@@ -46,6 +46,15 @@ def proposed_leads(on_training_examples: bool) -> Any:
     return respond
 
 
+def proposed_loses_on_training_examples(request: ChatRequest) -> str:
+    """As ``proposed_leads(False)``, but the proposed instruction is wrong on every training item."""
+    reply = proposed_leads(False)(request)
+    proposed = "about the item" in str(request.messages[0].get("content", ""))
+    if reply.startswith("Answer: ") and proposed and item_of(request.last_user) < VAL[0]:
+        return "Answer: wrong"
+    return reply
+
+
 async def optimize(server: FakeOpenAIServer, **options: Any) -> aprompt.OptimizeResult:
     async with lm_for(server) as lm:
         return await aprompt.optimize(
@@ -96,6 +105,20 @@ async def test_a_lead_on_the_validation_set_alone_is_not_returned() -> None:
     assert dict(result.best_choice) == reference
     assert result.pick is not None and "labeled demos" in result.pick.reason
     assert "no challenger's lead held there" in result.pick.reason
+
+
+async def test_a_challenger_that_cannot_win_after_the_first_half_stops_there() -> None:
+    async with FakeOpenAIServer(
+        responder=proposed_loses_on_training_examples, api_key=TEST_API_KEY
+    ) as server:
+        result = await optimize(server)
+    reference = dict(result.full_evals[1].choice)
+    assert result.confirmations and dict(result.best_choice) == reference
+    # One stage each: losing every fresh example of the first half, the challenger could not be shown
+    # better even by winning the whole second half, so neither runs it.
+    runs = [key_of(c.choice) for c in result.confirmations]
+    assert len(runs) == len(set(runs)) >= 2
+    assert all(len(c.scores) <= len(range(*VAL)) // 2 for c in result.confirmations)
 
 
 async def test_a_resumed_run_reads_the_confirmation_back(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from aprompt._optimize.final_pick import (
     Evidence,
     FinalPick,
     collect_evidence,
+    could_become_better,
     key_of,
+    level_for,
     nothing_scores,
     paired_difference,
     pick,
@@ -298,3 +300,13 @@ async def test_a_world_where_nothing_scores_stops_at_the_first_full_evaluation_a
     assert [f.choice["answer.demos"] for f in result.full_evals] == [0, 1]
     assert all(f.after_trial == 0 for f in result.full_evals)
     assert "scored 0 on every example" in result.pick.reason
+
+
+def test_a_combination_behind_on_more_examples_than_remain_could_not_become_better() -> None:
+    ahead = {f"e{i}": 1.0 for i in range(20)}
+    behind = {f"e{i}": 0.0 if i < 8 else 1.0 for i in range(20)}  # 8 losses, 12 ties
+    level = level_for(3)
+    assert not could_become_better(behind, ahead, 8, level)  # at best even
+    assert could_become_better(behind, ahead, 40, level)  # 40 wins would outweigh 8 losses
+    assert could_become_better(ahead, behind, 0, level) == paired_difference(ahead, behind, level).better()
+    assert level_for(1) == 0.95 and level_for(0) == 0.95 and level_for(5) == pytest.approx(0.99)
