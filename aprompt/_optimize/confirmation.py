@@ -40,6 +40,7 @@ from aprompt._optimize.final_pick import (
     could_become_better,
     describe_choice,
     level_for,
+    paired_difference,
 )
 from aprompt._optimize.search_records import (
     FullEval,
@@ -96,11 +97,13 @@ async def confirm(
     record (journaled) to ``record`` as it completes; nothing when the pick is not undecided or no
     training example is fresh.
 
-    The first stage runs the first half of each contender's examples. A challenger that could not be
-    shown better than the pick even if it won every example of its second half it shares with the pick
-    (:func:`~aprompt._optimize.final_pick.could_become_better`) stops there; the second stage runs the
-    rest for the pick and the challengers left, when any is. Stopping only where running on could not
-    change the decision spends fewer calls without making a lucky lead likelier to pass.
+    The first stage runs the first half of each contender's examples. A challenger stops there when it
+    is not ahead of the pick on the fresh examples they share, or when it could not be shown better even
+    if it won every example of its second half it shares with the pick
+    (:func:`~aprompt._optimize.final_pick.could_become_better`); the second stage runs the rest for the
+    pick and the challengers left, when any is. Stopping a challenger early can only keep the pick, so it
+    spends fewer calls without making a lucky lead likelier to pass (a real lead behind on the first half
+    by chance is the price).
 
     Raises:
         LimitReached: the run's limits cannot pay for a stage (what earlier stages ran is recorded).
@@ -124,7 +127,8 @@ async def confirm(
     for (choice, examples), ran in zip(plans[1:], first[1:], strict=True):
         more = sum(e.id in pick_rest for e in examples[_half(examples) :])
         mine = {**loop.scores_of(choice), **ran.scores}
-        if more and could_become_better(mine, pick_scores, more, level, min_shared):
+        ahead = paired_difference(ran.scores, first[0].scores).mean > 0.0
+        if more and ahead and could_become_better(mine, pick_scores, more, level, min_shared):
             live.append((choice, examples[_half(examples) :]))
     if live:
         await _stage(loop, 1, [(pick_choice, pick_examples[_half(pick_examples) :]), *live], record)
