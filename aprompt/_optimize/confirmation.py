@@ -130,7 +130,7 @@ async def confirm(
         ahead = paired_difference(ran.scores, first[0].scores).mean > 0.0
         if more and ahead and could_become_better(mine, pick_scores, more, level, min_shared):
             live.append((choice, examples[_half(examples) :]))
-    if live:
+    if live and loop.should_stop() is None:  # a time limit reached stops here, with the first half in
         await _stage(loop, 1, [(pick_choice, pick_examples[_half(pick_examples) :]), *live], record)
 
 

@@ -168,3 +168,14 @@ def test_fresh_examples_leave_out_the_validation_set_and_the_programs_own_demos(
     shared = [e.id for e in theirs if e.id not in {"q1", "q2"}]
     assert [i for i in ids if i != "q3"][: len(shared) - 1] == shared[: len(shared) - 1]
     assert fresh_examples(train, val, set(), seed=1) != fresh_examples(train, val, set(), seed=0)
+
+
+def test_confirmation_keeps_the_false_replacements_within_the_level_and_finds_more_better_programs() -> None:
+    # bench/pick_power.py: the pick and the confirmation protocol on simulated scores (aprompt's functions).
+    from bench.pick_power import share
+
+    for k, base in ((3, 0.2), (20, 0.5)):  # null: every combination as good as the baseline
+        assert share(k, base, 0.0, 400, True, n_val=30, n_train=26) <= 0.05
+    without = share(9, 0.05, 0.2, 400, False, n_val=30, n_train=26)
+    with_confirmation = share(9, 0.05, 0.2, 400, True, n_val=30, n_train=26)
+    assert with_confirmation >= 2 * without > 0.0
