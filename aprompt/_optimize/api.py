@@ -16,6 +16,7 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt._optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
 from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
+from aprompt._optimize.confirmation import confirmation_calls
 from aprompt._optimize.evaluate import Metric, RunMetric, program_entry
 from aprompt._optimize.events import EventCallback, RunFinished, RunPlanned
 from aprompt._optimize.examples import Example, as_examples
@@ -301,11 +302,13 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
     plan, predictors, train, val, seed = ctx.budget, ctx.predictors, ctx.trainset, ctx.valset, ctx.seed
     planned = _plan_event(strategy, plan, len(predictors), len(train), len(val))
     logger.info(
-        "aprompt %s: %d trials on %d validation examples, about %d LM calls before caching",
+        "aprompt %s: %d trials on %d validation examples, about %d LM calls before caching (and up to %d "
+        "more to confirm an undecided pick on training examples)",
         strategy.name,
         planned.n_trials,
         planned.val_size,
         planned.expected_lm_calls,
+        planned.detail["confirmation_at_most"],
     )
     await ctx.emit(planned)
     with recording_outputs() as outputs, timing_requests() as requests:
@@ -373,6 +376,8 @@ def _plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: in
             "screen": estimate.screen,
             "evaluation": estimate.evaluation,
             "per_program_run": math.ceil(n_predictors),
+            # Not in the total: run only when the search ends undecided (aprompt._optimize.confirmation).
+            "confirmation_at_most": confirmation_calls(n_predictors, n_train, n_val),
         },
     )
 

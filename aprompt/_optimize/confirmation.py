@@ -58,6 +58,12 @@ CONFIRMATION_KIND = "confirmation"
 MAX_CHALLENGERS = 2
 
 
+def confirmation_calls(n_predictors: int, n_train: int, n_val: int) -> int:
+    """The most LM calls a confirmation makes (one call per predictor per program run): every contender
+    on as many training examples as it may run."""
+    return (1 + MAX_CHALLENGERS) * min(n_train, n_val) * n_predictors
+
+
 def contenders(current: FinalPick, fully_evaluated: set[tuple[tuple[str, int], ...]]) -> list[dict[str, int]]:
     """The pick, then its most promising fully evaluated challengers; empty when none is undecided."""
     challengers = [dict(c) for c in current.challengers if choice_key(c) in fully_evaluated]

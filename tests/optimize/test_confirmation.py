@@ -76,8 +76,11 @@ def demo_ids(result: aprompt.OptimizeResult, choice: Any) -> set[str]:
 
 
 async def test_a_lead_that_holds_on_fresh_training_examples_is_returned() -> None:
+    events: list[object] = []
     async with FakeOpenAIServer(responder=proposed_leads(True), api_key=TEST_API_KEY) as server:
-        result = await optimize(server)
+        result = await optimize(server, on_event=events.append)
+    planned = next(e for e in events if isinstance(e, aprompt.RunPlanned))
+    assert 0 < sum(len(c.scores) for c in result.confirmations) <= planned.detail["confirmation_at_most"]
     reference = dict(result.full_evals[1].choice)
     assert result.pick is not None
     # On the validation set alone the lead (3 of 30, no loss) is within the noise; the pick and its
