@@ -29,7 +29,9 @@ incumbent on the examples they share.
 Combinations that score above the pick on their shared examples without the evidence to replace it are
 the pick's *challengers*, ranked by the pooled estimate (a mini-batch mean alone is too noisy to rank
 by): evaluating them fully (while the run's budget allows) is what can change the
-decision (see :meth:`aprompt._optimize.search.SearchLoop.run_outcome`).
+decision (see :meth:`aprompt._optimize.search.SearchLoop.run_outcome`), and so is running the pick and its
+fully evaluated challengers on training examples they do not show as demos
+(:mod:`aprompt._optimize.confirmation`): their scores join the evidence like any other, by example id.
 """
 
 from __future__ import annotations
