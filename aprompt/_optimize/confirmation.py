@@ -190,8 +190,10 @@ def confirmation_note(
     training = {eid for record in confirmations for eid in record.scores}
     if choice_key(chosen) != choice_key(before):
         other, verdict = before, f"it replaced {describe_choice(before)} (the pick on the validation set)"
-    else:
+    elif len(confirmations) > 1:
         other, verdict = confirmations[1].choice, "no challenger's lead held there"
+    else:  # stopped before a challenger ran
+        return f"the confirmation on training examples stopped after {describe_choice(before)} ran"
     mine, theirs = scores_of(chosen), scores_of(other)
     shared = mine.keys() & theirs.keys()
     higher = sum(mine[k] > theirs[k] for k in shared)
