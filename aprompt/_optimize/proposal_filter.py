@@ -1,6 +1,6 @@
 """Candidates worth searching: clean or drop proposals before the search spends trials on them.
 
-Three deterministic checks, none of which asks an LM:
+Deterministic checks, none of which asks an LM:
 
 - **Echoed scaffolding.** A small proposer often repeats its own prompt (``Current Instruction: …
   Dataset Summary: … Previous Instructions: - …``). :func:`clean_proposal` removes every section that
@@ -8,6 +8,8 @@ Three deterministic checks, none of which asks an LM:
   line, and the bullet lines under it), the sentences of the proposer's own instruction and tips, and
   keeps what follows an answer label (``Proposed Instruction:``). What remains is the instruction; when
   nothing usable remains, the proposal is dropped.
+- **Repeats.** A sentence the proposal already said (a small proposer often writes its instruction
+  twice) is removed.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
   ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
 - **Off-task or far worse, on a screen.** Each surviving proposal and the original instruction are scored,
@@ -125,7 +127,7 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         if pattern.search(kept):
             kept = pattern.sub(" ", kept)
             removed.append("proposer sentence")
-    value = _tidy(kept)
+    value = _without_repeats(_tidy(kept), removed)
     removed = list(dict.fromkeys(removed))
     if len(value) < MIN_USABLE_CHARS or not re.search(r"[^\W\d_]", value):
         what = (
@@ -212,6 +214,25 @@ def _tidy(text: str) -> str:
     value = "\n".join(line for line in lines if line.strip("-*•#>\"'` \t"))
     value = re.sub(r"[ \t]{2,}", " ", value)
     return value.strip().strip("\"'`").strip()
+
+
+def _without_repeats(text: str, removed: list[str]) -> str:
+    """``text`` with every sentence said before removed (a small proposer often writes its instruction
+    twice), line breaks kept."""
+    seen: set[str] = set()
+    lines = []
+    for line in text.splitlines():
+        kept = []
+        for sentence in re.split(r"(?<=[.!?])\s+", line.strip()):
+            key = " ".join(sentence.lower().split())
+            if key and key in seen:
+                removed.append("repeated sentence")
+                continue
+            seen.add(key)
+            kept.append(sentence)
+        if " ".join(kept).strip():
+            lines.append(" ".join(kept))
+    return "\n".join(lines)
 
 
 def _stem(word: str) -> str:

@@ -54,6 +54,21 @@ def test_the_demos_scaffolding_echo_leaves_nothing_usable() -> None:
     assert {"scaffolding: Current Instruction", "scaffolding: Dataset Summary"} <= set(cleaned.removed)
 
 
+def test_an_instruction_written_twice_is_kept_once() -> None:
+    # The demo's embedded proposer wrote this one twice, and the search returned it so.
+    once = (
+        "This is a simple and expressive implementation of the given language-model program, where each "
+        "module is a function that takes a sentence as input, negates it, and returns a new sentence."
+    )
+    cleaned = clean_reply(f"{once}\n{once}", Predict("sentence -> negated", instruction="Negate it."))
+    assert cleaned.text == once and cleaned.removed == ("repeated sentence",)
+    within = clean_reply("Negate the sentence. Keep its tense. negate  the sentence.", Predict("a -> b"))
+    assert within.text == "Negate the sentence. Keep its tense."
+    assert clean_reply("Negate the sentence.\nNegate the sentence.", Predict("a -> b")).text == (
+        "Negate the sentence."
+    )
+
+
 def test_the_demos_scaffolding_echo_on_separate_lines_leaves_nothing_usable() -> None:
     lines = (
         DEMO_ECHO.replace(" Dataset", "\nDataset").replace(" Previous", "\nPrevious").replace(" - ", "\n- ")

@@ -290,7 +290,9 @@ def test_program_source_is_empty_when_the_named_file_is_not_python(
     assert program_source(module.Program()) == ""
 
 
-RAMBLE = "Proposed Instruction: Answer with the item's code word only. " + "Then think about it more. " * 40
+RAMBLE = "Proposed Instruction: Answer with the item's code word only. " + "".join(
+    f"Then think about it more, step {i}. " for i in range(40)
+)
 
 
 async def test_a_proposal_cut_at_its_token_budget_is_kept_to_its_whole_sentences(
