@@ -295,12 +295,8 @@ class SearchLoop:
             return
         if self.stopped is not None or self.should_stop() is not None:
             return
-        before = self.decide()
-        await confirm(self, before, self._add_confirmation)
-        after = self.decide()
-        if key_of(after.choice) != key_of(before.choice):
-            self._pick = after
-            await self.emit(NewBest(dict(after.choice), self._full_score(after.choice)))
+        await confirm(self, self.decide(), self._add_confirmation)
+        await self._decide_again()
 
     async def _final_evaluations(self) -> None:
         planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
@@ -551,7 +547,11 @@ class SearchLoop:
         await self.emit(
             FullEvaluation(result.choice, result.score, len(self.valset), result.n_failed, is_baseline)
         )
-        # The pick is decided again from all evidence; no tie goes to the earlier evaluation.
+        await self._decide_again()
+
+    async def _decide_again(self) -> None:
+        """Decide the pick again from all evidence (no tie goes to the earlier evaluation), telling a new
+        one as ``NewBest``."""
         previous, self._pick = self._pick, self.decide()
         if previous is None or key_of(previous.choice) != key_of(self._pick.choice):
             await self.emit(NewBest(dict(self._pick.choice), self._full_score(self._pick.choice)))
