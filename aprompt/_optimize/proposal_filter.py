@@ -12,6 +12,12 @@ Deterministic checks, none of which asks an LM:
   twice) is removed.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
   ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
+- **No instruction in it.** A proposal none of whose sentences tells the model what to do
+  (:func:`reads_as_instruction`: no clause that starts like an imperative, no "you"/"your", no "should",
+  "must", "is to") is a remark about the task, an example or the proposer's own work ("The code to take a
+  sentence as input ... would be:"); it is dropped, and the proposer is asked again. The test errs on
+  keeping: any clause that does not start with an article, pronoun, preposition, conjunction, auxiliary,
+  question word or ``-ing``/``-ed`` word counts as an imperative, so another language's instruction passes.
 - **Off-task or far worse, on a screen.** Each surviving proposal and the original instruction are scored,
   without demos, on the same few validation examples (``Budget.screen_size``). A proposal is dropped when
   its mean is at least :data:`FAR_BELOW` under the original's, or when it is *off-task* — it shares no
@@ -63,6 +69,22 @@ MIN_USABLE_CHARS = 12
 FAR_BELOW = 0.4
 #: Fewest examples scored for both the original and a proposal before the screen decides anything.
 MIN_SCREENED = 3
+#: English words that do not start an imperative clause (articles, pronouns other than "you", prepositions,
+#: conjunctions, auxiliaries, question words, quantifiers): a clause starting with one tells the model
+#: nothing to do unless it says "you", "should", "must", ... (:data:`_OBLIGATION`).
+_NOT_IMPERATIVE = frozenset(
+    """a an the this that these those it its i we he she they me us him her them our my his their there
+    here in on at for with by from of to into onto as about after before during while since because if
+    when whenever although though unless whereas upon within without between among through under over
+    than and but or so yet nor is are was were am been has had can could will would shall may might does
+    did what which who whom whose why how where each every some any all no none many most such one both
+    either neither another other following previous original current above below here's it's that's
+    there's let's""".split()
+)
+_OBLIGATION = re.compile(
+    r"\b(?:you|your|yours|yourself|you're|you'll|should|must|need to|needs to|has to|have to|is to|are to)\b",
+    re.IGNORECASE,
+)
 
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
 _COMMON = frozenset(
@@ -129,6 +151,8 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
             removed.append("proposer sentence")
     value = _without_repeats(_tidy(kept), removed)
     removed = list(dict.fromkeys(removed))
+    if len(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
+        return Cleaned(None, tuple(removed), f"reads as no instruction: {_excerpt(value)}")
     if len(value) < MIN_USABLE_CHARS or not re.search(r"[^\W\d_]", value):
         what = (
             "the proposer's scaffolding" if any(r.startswith(("scaff", "proposer")) for r in removed) else ""
@@ -141,6 +165,32 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         )
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
+
+
+def reads_as_instruction(text: str) -> bool:
+    """Whether some sentence of ``text`` tells the model what to do: it says "you", "your", "should",
+    "must", "need to", "is to", ..., or one of its clauses (a sentence's start, or what follows a comma,
+    colon or semicolon) starts with a word that may be an imperative verb (not in :data:`_NOT_IMPERATIVE`,
+    no ``-ing`` or ``-ed`` ending). Lenient by design: a false "yes" only keeps a proposal to be scored."""
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+        if _OBLIGATION.search(sentence):
+            return True
+        for clause in re.split(r"[,:;(]", sentence):
+            words = re.findall(r"[^\W\d_][\w'’-]*", clause)
+            if words and _imperative_start(words[0].lower().replace("’", "'")):
+                return True
+    return False
+
+
+def _imperative_start(word: str) -> bool:
+    if word in _NOT_IMPERATIVE:
+        return False
+    return not (len(word) > 5 and word.endswith(("ing", "ed")))
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")
 
 
 def _marker_pattern(labels: Iterable[str], *, line_start: bool) -> str:

@@ -41,8 +41,17 @@ DEMO_ECHO = (
     "numbered items; each answer is short. Previous Instructions: - Answer the question. - The solution "
     "is already implemented."
 )
-#: An embedded model's proposal for a word-mapping task.
-OFF_TOPIC = "A simple example of a creative process is that of a hero."
+#: An embedded model's proposal for a word-mapping task; it reads as no instruction, so cleaning drops it.
+REMARK = "A simple example of a creative process is that of a hero."
+#: The same, put as an instruction: only the screen can drop it.
+OFF_TOPIC = "Tell a simple story of a hero's creative process."
+#: Proposals the embedded model wrote for the demo's negation task: remarks, none an instruction.
+DEMO_REMARKS = (
+    "The code to take a sentence as input and return the sentence with its negation removed would be:\n```",
+    "The following is a rewritten version of the previous instruction:\nThe previous instruction has been",
+    "Implementing a language-model to create a program that generates and processes sentences.",
+    "The jewelers have not visited me, as evidenced by the use of a double negation in English.",
+)
 BUDGET = {"n_candidates": 4, "val_size": 12, "n_trials": 4, "minibatch_size": 6, "parallel_trials": 2}
 
 
@@ -96,6 +105,25 @@ def test_lines_starting_with_a_field_label_are_removed() -> None:
 def test_a_field_name_inside_a_sentence_is_kept() -> None:
     reply = "Give the Answer as one word, with no Question repeated."
     assert clean_reply(reply, Predict("question -> answer")).text == reply
+
+
+def test_a_remark_that_tells_the_model_nothing_to_do_is_dropped() -> None:
+    predictor = Predict("sentence -> negated", instruction="Rewrite the sentence so that it says the opposite.")
+    for remark in (REMARK, *DEMO_REMARKS):
+        cleaned = clean_reply(remark, predictor)
+        assert cleaned.text is None and cleaned.reason.startswith("reads as no instruction"), remark
+    kept = (
+        "Rewrite the sentence so that it says the opposite: negate its verb.",
+        "Given an utterance, determine its intent.",
+        "In this task, classify the utterance.",
+        "The task is to count the objects.",
+        "You are a linguist. Negation flips the meaning.",
+        "Carefully read the question, then count.",
+        "Do not repeat the sentence.",
+        "Classez la demande de l'utilisateur.",
+    )
+    for instruction in kept:
+        assert clean_reply(instruction, predictor).text == instruction, instruction
 
 
 def test_an_off_topic_proposal_shares_no_word_with_a_word_mapping_task() -> None:
