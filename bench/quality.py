@@ -156,6 +156,10 @@ class Run:
     test_scores: list[float] | None = None
     #: aprompt's LM calls per phase of the run (``result.phases``), in the order the phases started.
     phase_calls: dict[str, int] | None = None
+    #: The returned program's instruction per predictor (aprompt runs), to read what it says.
+    instructions: dict[str, str] | None = None
+    #: Proposals dropped before the search (aprompt runs), each ``"predictor #index: reason"``.
+    dropped: list[str] | None = None
 
 
 def dspy_available() -> bool:
@@ -209,6 +213,8 @@ async def run_aprompt(
         run,
         pick=result.pick.reason if result.pick is not None else "",
         phase_calls={p.phase: p.usage.lm_calls for p in phases},
+        instructions={name: p.instruction for name, p in aprompt.named_predictors(result.program)},
+        dropped=[f"{name} #{index}: {reason}" for name, index, reason in result.dropped],
     )
 
 
@@ -522,6 +528,8 @@ def describe(run: Run) -> str:
             if run.phase_calls
             else ""
         )
+        + "".join(f"\n    instruction of {name}: {text!r}" for name, text in (run.instructions or {}).items())
+        + (f"\n    proposals dropped: {len(run.dropped)}" if run.dropped else "")
     )
 
 
