@@ -81,6 +81,7 @@ _NOT_IMPERATIVE = frozenset(
     either neither another other following previous original current above below here's it's that's
     there's let's""".split()
 )
+_FIRST_PERSON = re.compile(r"[^\w]*(?:i|i'm|i'll|i've|i'd|we|we're|we'll|let me|here is|here's)\b", re.IGNORECASE)
 _OBLIGATION = re.compile(
     r"\b(?:you|your|yours|yourself|you're|you'll|should|must|need to|needs to|has to|have to|is to|are to)\b",
     re.IGNORECASE,
@@ -170,14 +171,20 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
 def reads_as_instruction(text: str) -> bool:
     """Whether some sentence of ``text`` tells the model what to do: it says "you", "your", "should",
     "must", "need to", "is to", ..., or one of its clauses (a sentence's start, or what follows a comma,
-    colon or semicolon) starts with a word that may be an imperative verb (not in :data:`_NOT_IMPERATIVE`,
-    no ``-ing`` or ``-ed`` ending). Lenient by design: a false "yes" only keeps a proposal to be scored."""
-    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+    colon or semicolon; a label such as ``Example:`` is none) starts with a word that may be an imperative
+    verb (not in :data:`_NOT_IMPERATIVE`, no ``-ing`` or ``-ed`` ending). Questions, and sentences in which
+    the proposer speaks as itself ("I can help you ..."), do not count. Lenient by design: a false "yes" only keeps a proposal to be scored."""
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text.replace("’", "'")):
+        if sentence.rstrip(" \"'`*").endswith("?") or _FIRST_PERSON.match(sentence):
+            continue  # a question, or the proposer speaking as itself ("I can help you ...")
         if _OBLIGATION.search(sentence):
             return True
-        for clause in re.split(r"[,:;(]", sentence):
-            words = re.findall(r"[^\W\d_][\w'’-]*", clause)
-            if words and _imperative_start(words[0].lower().replace("’", "'")):
+        parts = re.split(r"([,;(:])", sentence)
+        for clause, after in zip(parts[::2], [*parts[1::2], ""], strict=True):
+            words = re.findall(r"[^\W\d_][\w'-]*", clause)
+            if not words or (after == ":" and len(words) <= 3):
+                continue  # a label ("Example:", "Mapped Word:") is not a clause
+            if _imperative_start(words[0].lower()):
                 return True
     return False
 
@@ -185,7 +192,7 @@ def reads_as_instruction(text: str) -> bool:
 def _imperative_start(word: str) -> bool:
     if word in _NOT_IMPERATIVE:
         return False
-    return not (len(word) > 5 and word.endswith(("ing", "ed")))
+    return not (len(word) >= 5 and word.endswith(("ing", "ed")))
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
