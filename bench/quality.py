@@ -169,7 +169,7 @@ def dspy_available() -> bool:
 
 # -- aprompt -------------------------------------------------------------------------------------
 def aprompt_lm(settings: Settings, base_url: str) -> aprompt.OpenAICompatibleLM:
-    """A client on the proxy with its own empty in-memory cache."""
+    """A client on the proxy with its own empty in-memory cache, seeding sampled requests by rollout."""
     return aprompt.OpenAICompatibleLM(
         LOCAL_MODEL_NAME,
         base_url,
@@ -177,6 +177,7 @@ def aprompt_lm(settings: Settings, base_url: str) -> aprompt.OpenAICompatibleLM:
         max_concurrency=settings.concurrency,
         timeout=600.0,
         cache=aprompt.ResponseCache.memory_only(1_000_000),
+        seed_rollouts=True,  # the proposals drawn at temperature 1 repeat from run to run
     )
 
 

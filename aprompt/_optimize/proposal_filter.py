@@ -81,7 +81,9 @@ _NOT_IMPERATIVE = frozenset(
     either neither another other following previous original current above below here's it's that's
     there's let's""".split()
 )
-_FIRST_PERSON = re.compile(r"[^\w]*(?:i|i'm|i'll|i've|i'd|we|we're|we'll|let me|here is|here's)\b", re.IGNORECASE)
+_FIRST_PERSON = re.compile(
+    r"[^\w]*(?:i|i'm|i'll|i've|i'd|we|we're|we'll|let me|here is|here's)\b", re.IGNORECASE
+)
 _OBLIGATION = re.compile(
     r"\b(?:you|your|yours|yourself|you're|you'll|should|must|need to|needs to|has to|have to|is to|are to)\b",
     re.IGNORECASE,
@@ -173,7 +175,8 @@ def reads_as_instruction(text: str) -> bool:
     "must", "need to", "is to", ..., or one of its clauses (a sentence's start, or what follows a comma,
     colon or semicolon; a label such as ``Example:`` is none) starts with a word that may be an imperative
     verb (not in :data:`_NOT_IMPERATIVE`, no ``-ing`` or ``-ed`` ending). Questions, and sentences in which
-    the proposer speaks as itself ("I can help you ..."), do not count. Lenient by design: a false "yes" only keeps a proposal to be scored."""
+    the proposer speaks as itself ("I can help you ..."), do not count. Lenient by design: a false "yes"
+    only keeps a proposal to be scored."""
     for sentence in re.split(r"(?<=[.!?])\s+|\n+", text.replace("’", "'")):
         if sentence.rstrip(" \"'`*").endswith("?") or _FIRST_PERSON.match(sentence):
             continue  # a question, or the proposer speaking as itself ("I can help you ...")

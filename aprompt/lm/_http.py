@@ -213,6 +213,10 @@ class HTTPChatLM(abc.ABC):
         """The human-readable error message in an error body (or the body's text), uncut: the
         caller scrubs the keys out of it first and cuts it after, so no key is left half-cut."""
 
+    def _sent_params(self, params: Mapping[str, Any], rollout: int) -> Mapping[str, Any]:
+        """The parameters sent for a request of ``rollout`` (the cache key uses ``params`` alone)."""
+        return params
+
     def _stated_limits(self, raw: list[tuple[bytes, bytes]]) -> StatedLimits | None:
         """The rate limits an answer's raw headers state (OpenAI's ``x-ratelimit-*`` here), or None."""
         return read_raw_rate_limit_headers(raw)
@@ -274,7 +278,8 @@ class HTTPChatLM(abc.ABC):
         """Answer one chat request, from the cache when one is configured and holds it.
 
         ``params`` (merged over ``default_params``; ``None`` values dropped) are sent to the server;
-        ``rollout`` only tells otherwise identical requests apart in the cache and is never sent.
+        ``rollout`` tells otherwise identical requests apart in the cache; it is sent only as a sampling
+        seed, by a client told to (``OpenAICompatibleLM(seed_rollouts=True)``).
 
         Raises:
             AuthenticationError: HTTP 401/403 (not retried).
@@ -285,9 +290,10 @@ class HTTPChatLM(abc.ABC):
         if self._closed:
             raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
         request_params = canonical_params({**self._default_params, **params})
+        sent = self._sent_params(request_params, rollout)
         try:
             if self._cache is None:
-                completion = await self._complete(messages, request_params)
+                completion = await self._complete(messages, sent)
             else:
                 key = request_key(
                     model=self._model,
@@ -297,7 +303,7 @@ class HTTPChatLM(abc.ABC):
                     namespace=self.cache_namespace,
                 )
                 completion, hit = await self._cache.get_or_compute(
-                    key, lambda: self._complete(messages, request_params)
+                    key, lambda: self._complete(messages, sent)
                 )
                 if hit:
                     self._usage.cache_hits += 1

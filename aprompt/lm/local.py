@@ -147,7 +147,12 @@ class LocalLM:
         if self._server is not None:
             raise ConfigError("this LocalLM is already running")
         self._server = await anyio.to_thread.run_sync(self._start_server)
-        options: dict[str, Any] = {"max_concurrency": self._n_parallel, "timeout": 600.0}
+        # Seeded sampling: a proposal drawn at temperature 1 is the same in the next run.
+        options: dict[str, Any] = {
+            "max_concurrency": self._n_parallel,
+            "timeout": 600.0,
+            "seed_rollouts": True,
+        }
         options.update(self._client_options)
         try:
             # An empty key: never forward a cloud provider's key from the environment to this server.

@@ -62,6 +62,12 @@ class OpenAICompatibleLM(HTTPChatLM):
         endpoint_cooldown: seconds an endpoint is avoided after a connection error, timeout or 5xx.
         max_response_bytes: the longest response body read (default 10 MiB); a longer one fails the
             attempt with :class:`~aprompt._errors.BadResponseError` (retried).
+        seed_rollouts: send each request's rollout (``chat(..., rollout=k)``, 0 by default) as the
+            OpenAI ``seed`` parameter, unless the request sets ``seed`` itself: sampled replies (the
+            optimizer's instruction proposals, at temperature 1) then repeat from run to run on a server
+            that honours it (llama.cpp, vLLM; OpenAI on a best-effort basis), as they do from the cache.
+            Off by default: a server that rejects ``seed`` would refuse every request. The embedded
+            model (:func:`aprompt.local_lm`) turns it on.
 
     A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``
     or ``"length"``) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
@@ -95,6 +101,7 @@ class OpenAICompatibleLM(HTTPChatLM):
         http_client: httpx.AsyncClient | None = None,
         endpoint_cooldown: float = 5.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        seed_rollouts: bool = False,
     ) -> None:
         if base_url is None:
             base_url = os.environ.get(_BASE_URL_ENV) or _DEFAULT_BASE_URL
@@ -115,6 +122,12 @@ class OpenAICompatibleLM(HTTPChatLM):
             endpoint_cooldown=endpoint_cooldown,
             max_response_bytes=max_response_bytes,
         )
+        self._seed_rollouts = seed_rollouts
+
+    def _sent_params(self, params: Mapping[str, Any], rollout: int) -> Mapping[str, Any]:
+        if not self._seed_rollouts or "seed" in params:
+            return params
+        return {**params, "seed": rollout}
 
     def _auth_headers(self, api_key: str | None) -> dict[str, str]:
         # The body is sent pre-serialized, so the JSON content type is declared here.

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from aprompt._errors import ConfigError, ModelNotFoundError
+from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.local import (
     DEFAULT_CACHE_RAM_MIB,
     INSTALL_MODEL_COMMAND,
@@ -73,6 +74,21 @@ async def test_local_lm_answers_and_always_shuts_the_server_down() -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{base_url}/models", timeout=2)
+
+
+@pytest.mark.local_model
+@pytest.mark.anyio
+async def test_a_sampled_reply_repeats_for_its_rollout() -> None:
+    # Proposals are drawn at temperature 1: seeded by their rollout, a run draws the same ones again.
+    prompt = [{"role": "user", "content": "Write one sentence about the sea."}]
+    async with LocalLM(n_parallel=1, ctx_per_slot=1024) as lm:
+        with accepting_cut_replies(lambda text: True):  # a reply cut at 24 tokens is still a reply
+            first, again, other = [
+                (await lm.chat(prompt, rollout=rollout, max_tokens=24, temperature=1.0)).text
+                for rollout in (3, 3, 4)
+            ]
+    assert first == again
+    assert other != first
 
 
 def test_the_server_keeps_prompt_states_in_bounded_host_memory() -> None:

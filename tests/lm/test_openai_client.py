@@ -82,6 +82,16 @@ async def test_rollout_is_never_sent_and_params_merge_over_defaults(
     }
 
 
+async def test_a_client_told_to_seeds_each_request_with_its_rollout(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs, seed_rollouts=True) as lm:
+        await lm.chat(HELLO, rollout=7, temperature=1.0)
+        await lm.chat(HELLO, temperature=1.0)
+        await lm.chat(HELLO, rollout=7, temperature=1.0, seed=42)  # the caller's own seed wins
+    assert [r.body.get("seed") for r in fake_server.chat_requests] == [7, 0, 42]
+
+
 async def test_api_key_is_read_from_the_environment_variable(
     fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,7 +108,7 @@ def test_a_field_name_inside_a_sentence_is_kept() -> None:
 
 
 def test_a_remark_that_tells_the_model_nothing_to_do_is_dropped() -> None:
-    predictor = Predict("sentence -> negated", instruction="Rewrite the sentence so that it says the opposite.")
+    predictor = Predict("sentence -> negated", instruction="Rewrite the sentence to say the opposite.")
     for remark in (REMARK, *DEMO_REMARKS):
         cleaned = clean_reply(remark, predictor)
         assert cleaned.text is None and cleaned.reason.startswith("reads as no instruction"), remark
