@@ -23,7 +23,13 @@ import attrs
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize import grounding as grounding_sources
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
-from aprompt._optimize.proposal_filter import Cleaned, clean_proposal, field_labels, whole_sentences
+from aprompt._optimize.proposal_filter import (
+    Cleaned,
+    clean_proposal,
+    field_labels,
+    reads_as_instruction,
+    whole_sentences,
+)
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.types import LM
@@ -132,6 +138,8 @@ def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
         return f"too long ({len(text)} chars)"
     if text.casefold() in {e.casefold() for e in existing}:
         return "duplicate of an existing candidate"
+    if not reads_as_instruction(text):  # (cut to whole sentences, it may have lost its directive one)
+        return "reads as no instruction"
     return None
 
 

@@ -13,8 +13,8 @@ import pytest
 import aprompt
 from aprompt import Example, Predict, named_predictors
 from aprompt._optimize.bootstrap import bootstrap_demo_sets, size_ladder
-from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
-from aprompt._optimize.propose import clean_reply
+from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_vocabulary, whole_sentences
+from aprompt._optimize.propose import clean_reply, validate_instruction
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.optimize.qa_task import (
     ORIGINAL_INSTRUCTION,
@@ -124,6 +124,15 @@ def test_a_remark_that_tells_the_model_nothing_to_do_is_dropped() -> None:
     )
     for instruction in kept:
         assert clean_reply(instruction, predictor).text == instruction, instruction
+
+
+def test_a_proposal_cut_to_whole_sentences_is_checked_again() -> None:
+    # The reply's only instruction came after the length at which it is cut.
+    remark = "The program negates sentences. " * 25
+    assert validate_instruction(whole_sentences(f"{remark}Negate the verb.", 600), []) == (
+        "reads as no instruction"
+    )
+    assert validate_instruction("Negate the verb.", []) is None
 
 
 def test_an_off_topic_proposal_shares_no_word_with_a_word_mapping_task() -> None:
