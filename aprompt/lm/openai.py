@@ -64,8 +64,9 @@ class OpenAICompatibleLM(HTTPChatLM):
             attempt with :class:`~aprompt._errors.BadResponseError` (retried).
         seed_rollouts: send each request's rollout (``chat(..., rollout=k)``, 0 by default) as the
             OpenAI ``seed`` parameter, unless the request sets ``seed`` itself: sampled replies (the
-            optimizer's instruction proposals, at temperature 1) then repeat from run to run on a server
-            that honours it (llama.cpp, vLLM; OpenAI on a best-effort basis), as they do from the cache.
+            optimizer's instruction proposals, at temperature 1) to the same request then repeat from run
+            to run on a server that honours it (llama.cpp, vLLM; OpenAI on a best-effort basis), as they
+            do from the cache.
             Off by default: a server that rejects ``seed`` would refuse every request. The embedded
             model (:func:`aprompt.local_lm`) turns it on.
 
