@@ -147,7 +147,7 @@ class LocalLM:
         if self._server is not None:
             raise ConfigError("this LocalLM is already running")
         self._server = await anyio.to_thread.run_sync(self._start_server)
-        # Seeded sampling: a proposal drawn at temperature 1 is the same in the next run.
+        # Seeded sampling: the same request sampled at temperature 1 (a proposal) gets the same reply again.
         options: dict[str, Any] = {
             "max_concurrency": self._n_parallel,
             "timeout": 600.0,
