@@ -19,6 +19,11 @@ good as the rows say.
 - **null**: every combination as good as the baseline; a returned combination other than the baseline is a
   false replacement (the design bound is 5 %, Bonferroni-adjusted over the ``k`` combinations).
 - **one better**: one combination better than all the others by ``gain``; the share of runs that return it.
+
+The ``reference`` column says whether one of the ``k`` combinations is the hand-written reference, tested
+before the others at its own share of the level (:func:`aprompt._optimize.final_pick.pick_levels`):
+``better`` when the better combination is the reference, ``other`` when a combination as good as the
+baseline is (and the better one is searched), ``-`` when there is none.
 """
 
 from __future__ import annotations
@@ -40,33 +45,49 @@ from aprompt._optimize.final_pick import (
     FinalPick,
     could_become_better,
     key_of,
-    level_for,
+    loosest_level,
     paired_difference,
     pick,
 )
 
 RESULTS = Path(__file__).parent / "results" / "pick_power.md"
-#: (k fully evaluated combinations, baseline accuracy, gain of the one better combination or 0 for null)
-ROWS: tuple[tuple[int, float, float], ...] = (
-    (3, 0.2, 0.0),
-    (9, 0.2, 0.0),
-    (20, 0.2, 0.0),
-    (9, 0.5, 0.0),
-    (20, 0.5, 0.0),
-    (9, 0.05, 0.2),
-    (20, 0.05, 0.2),
-    (9, 0.3, 0.2),
-    (20, 0.3, 0.2),
-    (9, 0.3, 0.1),
+#: (k fully evaluated combinations, baseline accuracy, gain of the one better combination or 0 for null,
+#: which combination is the hand-written reference: "better", "other" or "-" for none)
+ROWS: tuple[tuple[int, float, float, str], ...] = (
+    (3, 0.2, 0.0, "-"),
+    (9, 0.2, 0.0, "-"),
+    (20, 0.2, 0.0, "-"),
+    (9, 0.5, 0.0, "-"),
+    (20, 0.5, 0.0, "-"),
+    (3, 0.2, 0.0, "other"),
+    (9, 0.2, 0.0, "other"),
+    (9, 0.5, 0.0, "other"),
+    (9, 0.05, 0.2, "-"),
+    (20, 0.05, 0.2, "-"),
+    (9, 0.3, 0.2, "-"),
+    (20, 0.3, 0.2, "-"),
+    (9, 0.3, 0.1, "-"),
+    (9, 0.05, 0.2, "better"),
+    (9, 0.3, 0.2, "better"),
+    (9, 0.05, 0.2, "other"),
+    (9, 0.3, 0.2, "other"),
 )
 
 
 class SimulatedRun:
     """One run's scores: combination ``j`` is right on each example with probability ``accuracy[j]``."""
 
-    def __init__(self, rng: np.random.Generator, accuracy: Sequence[float], n_val: int, n_train: int) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        accuracy: Sequence[float],
+        n_val: int,
+        n_train: int,
+        references: Sequence[int] = (),
+    ) -> None:
         self.accuracy = accuracy
         self.choices = [{"x": j} for j in range(len(accuracy))]
+        self.references = [self.choices[j] for j in references]
         self.val = [f"v{i}" for i in range(n_val)]
         self.train = [f"t{i}" for i in range(n_train)]
         # Every outcome drawn up front, so a combination's score on an example is the same whenever read.
@@ -85,7 +106,12 @@ class SimulatedRun:
         evidence = [
             Evidence(self.choices[j], s, sum(s.values()) / len(s), True) for j, s in self.scored.items()
         ]
-        return pick(evidence, self.choices[0], min_shared=min(MIN_SHARED, len(self.val)))
+        return pick(
+            evidence,
+            self.choices[0],
+            min_shared=min(MIN_SHARED, len(self.val)),
+            references=self.references,
+        )
 
     def run_on(self, choice: Mapping[str, int], ids: Sequence[str]) -> dict[str, float]:
         scores = self._scores(choice["x"], ids)
@@ -102,7 +128,7 @@ def confirmed(run: SimulatedRun) -> FinalPick:
     half = math.ceil(len(run.train) / 2)
     first, rest = run.train[:half], run.train[half:]
     mine = run.run_on(chosen[0], first)
-    level = level_for(len(run.choices) - 1)
+    level = loosest_level(len(run.references), len(run.choices) - 1 - len(run.references))
     live = []
     for challenger in chosen[1:]:
         theirs = run.run_on(challenger, first)
@@ -118,14 +144,25 @@ def confirmed(run: SimulatedRun) -> FinalPick:
     return run.decide()
 
 
-def share(k: int, base: float, gain: float, runs: int, confirm: bool, n_val: int, n_train: int) -> float:
+def share(
+    k: int,
+    base: float,
+    gain: float,
+    runs: int,
+    confirm: bool,
+    n_val: int,
+    n_train: int,
+    reference: str = "-",
+) -> float:
     """Null (``gain`` 0): the share of runs returning any combination but the baseline; else the share
-    returning the better one (index 1)."""
+    returning the better one (index 1). ``reference``: which combination is the hand-written reference
+    (``"better"``: index 1; ``"other"``: index 2, as good as the baseline; ``"-"``: none)."""
     rng = np.random.default_rng([k, int(base * 1000), int(gain * 1000)])
+    references = {"better": (1,), "other": (2,), "-": ()}[reference]
     hits = 0
     for _ in range(runs):
         accuracy = [base] + [base + gain] + [base] * (k - 1)
-        run = SimulatedRun(rng, accuracy, n_val, n_train)
+        run = SimulatedRun(rng, accuracy, n_val, n_train, references)
         returned = (confirmed(run) if confirm else run.decide()).choice["x"]
         hits += returned != 0 if gain == 0.0 else returned == 1
     return hits / runs
@@ -149,14 +186,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         "contender, in two halves (as `aprompt/_optimize/confirmation.py` runs them); k fully evaluated "
         f"combinations besides the baseline. Python {platform.python_version()}.",
         "",
-        "| world | k | baseline accuracy | gain | without confirmation | with confirmation |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| world | k | reference | baseline accuracy | gain | without confirmation | with confirmation |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
-    for k, base, gain in ROWS:
-        off = share(k, base, gain, args.runs, False, args.val, args.train)
-        on = share(k, base, gain, args.runs, True, args.val, args.train)
+    for k, base, gain, reference in ROWS:
+        off = share(k, base, gain, args.runs, False, args.val, args.train, reference)
+        on = share(k, base, gain, args.runs, True, args.val, args.train, reference)
         world = "null: replaced by luck" if gain == 0.0 else "one better: returned"
-        lines.append(f"| {world} | {k} | {base:.2f} | {gain:+.2f} | {off:.1%} | {on:.1%} |")
+        lines.append(f"| {world} | {k} | {reference} | {base:.2f} | {gain:+.2f} | {off:.1%} | {on:.1%} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out != "-":

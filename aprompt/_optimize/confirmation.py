@@ -39,7 +39,7 @@ from aprompt._optimize.final_pick import (
     FinalPick,
     could_become_better,
     describe_choice,
-    level_for,
+    loosest_level,
     paired_difference,
 )
 from aprompt._optimize.search_records import (
@@ -127,7 +127,10 @@ async def confirm(
     pick_choice, pick_examples = plans[0]
     pick_scores = {**loop.scores_of(pick_choice), **first[0].scores}
     pick_rest = {e.id for e in pick_examples[_half(pick_examples) :]}
-    level = level_for(len(loop.tested) - 1)  # the pick weighs every fully evaluated one but the baseline
+    # The pick weighs every fully evaluated one but the baseline; a challenger that could not be found
+    # better even at the loosest level the pick may use stops.
+    references = {choice_key(r) for r in loop.reference_choices} & loop.tested
+    level = loosest_level(len(references), len(loop.tested) - 1 - len(references))
     min_shared = min(MIN_SHARED, len(loop.valset))
     live = []
     for (choice, examples), ran in zip(plans[1:], first[1:], strict=True):

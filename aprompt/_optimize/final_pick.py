@@ -5,9 +5,10 @@ evaluations, merged by example id; see :mod:`aprompt._optimize.racing`). Two com
 examples *both* were scored on: the paired differences ``a − b`` per shared example, their mean, and a paired
 t-interval. A combination is **better** than another when the interval's lower end — a one-sided lower
 confidence bound — is above 0 on at least ``min_shared`` shared examples. The bound's level is 95 %,
-Bonferroni-adjusted for the ``k`` fully evaluated combinations the pick weighs (``1 − 0.05 / k``): the pick is
-the best of several, so without the adjustment the chance that one of them wins by luck alone would grow with
-``k``. The reported interval is the two-sided one with those bounds as its ends (90 % when ``k`` is 1). The
+Bonferroni-adjusted for the ``k`` fully evaluated combinations the pick weighs (``1 − 0.05 / k``; the
+hand-written references get their own share, below): the pick is the best of several, so without the
+adjustment the chance that one of them wins by luck alone would grow with ``k``. The reported interval is
+the two-sided one with those bounds as its ends (90 % when ``k`` is 1). The
 t-interval overstates the evidence when few examples differ (3 wins and no loss on 30 examples put its 95 %
 bound above 0), so "better" also needs the exact sign test over the examples that differ at the same level.
 
@@ -25,6 +26,15 @@ better than the incumbent replaces it. So the baseline is replaced only on paire
 that the new program is better, a tie is never broken by evaluation order, and a combination with few
 lucky examples never wins: only a fully evaluated combination can be returned, and it must beat the
 incumbent on the examples they share.
+
+The references are fixed before the search sees any score, so they need no share of the adjustment for
+the search's many combinations: the pick spends half of the 5 % on them (each of ``m`` references tested at
+``1 − 0.025 / m``) and half on the ``k`` searched combinations (``1 − 0.025 / k`` each). A reference that is
+found better passes its share on to the searched ones (``1 − 0.05 / k`` when the only reference was
+accepted), as in the fallback procedure of multiple testing (Wiens, 2003): a false replacement still
+happens in at most 5 % of runs, yet the hand-written prompt replaces a program as written that scores 0
+on a lead of 6 wins and no loss, which a bound adjusted ten ways would not accept. See :func:`pick_levels`.
+Without references the whole 5 % goes to the searched combinations.
 
 Combinations that score above the pick on their shared examples without the evidence to replace it are
 the pick's *challengers*, ranked by the pooled estimate (a mini-batch mean alone is too noisy to rank
@@ -50,6 +60,8 @@ Key = tuple[tuple[str, int], ...]
 
 #: Chance, over all the comparisons of one pick, that a combination is found better by luck alone.
 ALPHA = 0.05
+#: Share of ``ALPHA`` spent on the hand-written references, tested before the searched combinations.
+REFERENCE_SHARE = 0.5
 #: Fewest shared examples on which a combination can be found better (fewer when the valset is smaller).
 MIN_SHARED = 10
 #: ``FinalPick.stopped`` when the baseline and every trial scored 0 (see :mod:`aprompt._optimize.search`).
@@ -131,8 +143,50 @@ def paired_difference(
 
 def level_for(fully_evaluated: int) -> float:
     """The one-sided level of each comparison of a pick that weighs ``fully_evaluated`` combinations
-    besides the baseline (Bonferroni-adjusted; see the module docstring)."""
+    besides the baseline and no reference (Bonferroni-adjusted; see the module docstring)."""
     return 1.0 - ALPHA / max(1, fully_evaluated)
+
+
+@attrs.frozen
+class Levels:
+    """The one-sided levels of a pick's comparisons: ``reference`` for each hand-written reference
+    against the incumbent before it, ``search`` for each searched combination."""
+
+    reference: float
+    search: float
+
+
+def pick_levels(references: int, searched: int, accepted: int = 0) -> Levels:
+    """The levels of a pick that weighs ``references`` fully evaluated references and ``searched`` other
+    fully evaluated combinations (the baseline aside), once ``accepted`` references have replaced the
+    incumbent (see the module docstring).
+
+    Each reference is tested at ``REFERENCE_SHARE · ALPHA / references`` and each searched combination at
+    ``(1 − REFERENCE_SHARE) · ALPHA / searched`` plus the share of every accepted reference: the
+    fallback procedure, so a false replacement anywhere stays at most ``ALPHA``. A side with nothing to
+    test leaves its share to the other.
+
+    Example::
+
+        >>> pick_levels(1, 9)
+        Levels(reference=0.975, search=0.9972222222222222)
+        >>> pick_levels(1, 9, accepted=1).search == level_for(9)
+        True
+    """
+    if references == 0:
+        return Levels(level_for(searched), level_for(searched))
+    if searched == 0:
+        return Levels(1.0 - ALPHA / references, 1.0 - ALPHA / references)
+    per_reference = REFERENCE_SHARE * ALPHA / references
+    search_alpha = (1.0 - REFERENCE_SHARE) * ALPHA + min(accepted, references) * per_reference
+    return Levels(1.0 - per_reference, 1.0 - search_alpha / searched)
+
+
+def loosest_level(references: int, searched: int) -> float:
+    """The lowest level any comparison of such a pick can be made at (every reference accepted): a
+    contender that cannot be found better even at this level cannot be found better at all."""
+    levels = (pick_levels(references, searched, references), pick_levels(references, searched))
+    return min(min(each.reference, each.search) for each in levels)
 
 
 def could_become_better(
@@ -280,8 +334,9 @@ def pick(
         baseline: the unoptimized combination.
         min_shared: fewest shared examples on which one combination can be found better than another.
         references: fully evaluated combinations weighed before all others (the prompt a user would
-            write by hand): one that beats the baseline becomes the program to beat, so a search result
-            replaces it only on paired evidence, never on a lead within the noise.
+            write by hand), fixed before the search: one that beats the baseline becomes the program to
+            beat, so a search result replaces it only on paired evidence, never on a lead within the
+            noise. They are tested at their own share of the level (:func:`pick_levels`).
     """
     base_key = key_of(baseline)
     by_key = {key_of(e.choice): e for e in evidence}
@@ -289,24 +344,36 @@ def pick(
         raise ValueError(f"no evidence on the baseline {describe_choice(baseline)}")
     base = by_key[base_key]
     others = rank([e for key, e in by_key.items() if key != base_key])
-    level = level_for(sum(e.full for e in others))
-
-    def versus(a: Evidence, b: Evidence) -> PairedDifference:
-        return paired_difference(a.scores, b.scores, level)
+    reference_keys = [key_of(r) for r in references]
+    hand = [
+        by_key[key]
+        for key in dict.fromkeys(reference_keys)
+        if key != base_key and key in by_key and by_key[key].full
+    ]
+    tested = {key_of(e.choice) for e in hand}
+    searched = [e for e in others if e.full and key_of(e.choice) not in tested]
 
     incumbent = base
-    reference_keys = [key_of(r) for r in references]
-    for key in reference_keys:
-        reference = by_key.get(key)
-        if reference is not None and reference.full and versus(reference, incumbent).better(min_shared):
+    accepted = 0
+    reference_level = pick_levels(len(hand), len(searched)).reference
+    for reference in hand:
+        if paired_difference(reference.scores, incumbent.scores, reference_level).better(min_shared):
             incumbent = reference
-    for candidate in by_mean([e for e in others if e.full]):
+            accepted += 1
+    search_level = pick_levels(len(hand), len(searched), accepted).search
+
+    def versus(a: Evidence, b: Evidence) -> PairedDifference:
+        """``a − b`` at the level ``a`` is (or would be) tested at."""
+        level = reference_level if key_of(a.choice) in tested else search_level
+        return paired_difference(a.scores, b.scores, level)
+
+    for candidate in by_mean(searched):
         if versus(candidate, incumbent).better(min_shared):
             incumbent = candidate
     challengers = tuple(e.choice for e in others if e is not incumbent and versus(e, incumbent).mean > 0.0)
     if incumbent is not base:
         against = versus(incumbent, base)
-        hand = (
+        hand_written = (
             " (the instructions as written with labeled demos)"
             if key_of(incumbent.choice) in reference_keys
             else ""
@@ -314,7 +381,8 @@ def pick(
         return FinalPick(
             incumbent.choice,
             False,
-            f"{describe_choice(incumbent.choice)}{hand} beat the unoptimized program by {against.describe()}",
+            f"{describe_choice(incumbent.choice)}{hand_written} beat the unoptimized program by "
+            f"{against.describe()}",
             against,
             challengers=challengers,
         )

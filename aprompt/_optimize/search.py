@@ -365,6 +365,11 @@ class SearchLoop:
         return merged
 
     @property
+    def reference_choices(self) -> Sequence[Mapping[str, int]]:
+        """The references fully evaluated after the baseline, as whole combinations."""
+        return self._reference_choices
+
+    @property
     def tested(self) -> set[tuple[tuple[str, int], ...]]:
         """The combinations with a full evaluation."""
         return self._tested

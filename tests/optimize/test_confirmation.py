@@ -182,3 +182,16 @@ def test_confirmation_keeps_the_false_replacements_within_the_level_and_finds_mo
     without = share(9, 0.05, 0.2, 400, False, n_val=30, n_train=26)
     with_confirmation = share(9, 0.05, 0.2, 400, True, n_val=30, n_train=26)
     assert with_confirmation >= 2 * without > 0.0
+
+
+def test_the_hand_written_prompts_share_of_the_level_keeps_false_replacements_within_it() -> None:
+    # bench/pick_power.py: one of the k combinations is the hand-written reference, tested first at its own
+    # share of the level (the fallback procedure).
+    from bench.pick_power import share
+
+    for k, base in ((3, 0.2), (9, 0.5)):  # null: the reference too is as good as the baseline
+        assert share(k, base, 0.0, 400, True, n_val=30, n_train=26, reference="other") <= 0.05
+    # A better hand-written prompt is found more often than the same program found by the search.
+    as_reference = share(9, 0.05, 0.2, 400, True, n_val=30, n_train=26, reference="better")
+    searched = share(9, 0.05, 0.2, 400, True, n_val=30, n_train=26)
+    assert as_reference > searched + 0.1

@@ -20,9 +20,11 @@ from aprompt._optimize.final_pick import (
     could_become_better,
     key_of,
     level_for,
+    loosest_level,
     nothing_scores,
     paired_difference,
     pick,
+    pick_levels,
     t_quantile,
 )
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
@@ -206,6 +208,70 @@ def test_the_wins_a_program_needs_are_those_the_concepts_page_states(n: int) -> 
         level = 1 - 0.05 / weighed
         found = [w for w in range(1, 20) if paired_difference(right(w, n), right(0, n), level).better()]
         assert found[0] == needed, (n, weighed, found[:1])
+
+
+@pytest.mark.parametrize("n", [30, 100])
+def test_the_wins_the_hand_written_prompt_and_a_searched_combination_need_are_those_the_concepts_page_states(
+    n: int,
+) -> None:
+    # docs/concepts.md, "How many validation examples": the hand-written prompt needs 6 wins whatever the
+    # search evaluated; a searched combination one more than without a reference (6, 7 and 9 with 1, 3 and
+    # 9 searched) until the hand-written prompt is found better, and then as many as without one.
+    def needed(level: float) -> int:
+        found = [w for w in range(1, 20) if paired_difference(right(w, n), right(0, n), level).better()]
+        return found[0]
+
+    for searched, wins in ((1, 6), (3, 7), (9, 9)):
+        levels = pick_levels(1, searched)
+        assert needed(levels.reference) == 6, (n, searched)
+        assert needed(levels.search) == wins, (n, searched)
+        assert pick_levels(1, searched, accepted=1).search == level_for(searched)
+
+
+def test_the_levels_spend_at_most_the_whole_alpha_and_pass_an_accepted_references_share_on() -> None:
+    for references, searched in ((1, 1), (1, 9), (2, 5), (3, 20)):
+        for accepted in range(references + 1):
+            levels = pick_levels(references, searched, accepted)
+            # Bonferroni over what is still to test: the references not yet accepted and the searched ones.
+            spent = (references - accepted) * (1 - levels.reference) + searched * (1 - levels.search)
+            assert spent == pytest.approx(0.05), (references, searched, accepted)
+        assert loosest_level(references, searched) == min(
+            pick_levels(references, searched).reference, pick_levels(references, searched, references).search
+        )
+    assert pick_levels(0, 9) == pick_levels(0, 9, accepted=1)  # nothing to pass on
+    assert pick_levels(0, 9).search == level_for(9)
+    assert pick_levels(2, 0).reference == pytest.approx(0.975)  # no search: the references share all of it
+
+
+def weak(n_combinations: int) -> list[Evidence]:
+    """Fully evaluated combinations right on one example of 30 each, none ahead of a program at 0."""
+    return [evidence({"a": 10 + i, "b": 0}, right(1, 30), 0.03) for i in range(n_combinations)]
+
+
+def test_the_hand_written_prompt_replaces_a_program_as_written_that_scores_0_on_its_own_share() -> None:
+    base = evidence(BASE, right(0, 30), 0.0)
+    hand = evidence(A, right(6, 30), 0.2)  # 6 wins and no loss: 1 time in 64 by chance
+    chosen = pick([base, hand, *weak(9)], BASE, references=[A])
+    assert dict(chosen.choice) == A and "labeled demos" in chosen.reason
+    assert "95.0% interval" in chosen.reason  # its one-sided level is 97.5 %
+    # The same lead by one of ten searched combinations is within what luck gives one of them.
+    assert pick([base, hand, *weak(9)], BASE).kept_baseline
+
+
+def test_a_searched_combination_pays_for_the_hand_written_prompts_share_until_that_is_found_better() -> None:
+    base = evidence(BASE, right(0, 30), 0.0)
+    hand = evidence(A, right(0, 30), 0.0)  # no better than the program as written
+    found = evidence(C, right(9, 30), 0.3)
+    short = evidence(C, right(8, 30), 0.27)
+    # Nine searched combinations: 9 wins clear 1 − 0.025 / 9, 8 do not (they would clear 1 − 0.05 / 10).
+    assert dict(pick([base, hand, found, *weak(8)], BASE, references=[A]).choice) == C
+    assert pick([base, hand, short, *weak(8)], BASE, references=[A]).kept_baseline
+    assert dict(pick([base, hand, short, *weak(8)], BASE).choice) == C
+    # Once the hand-written prompt is found better, the searched ones get the whole 5 %: 8 wins over it.
+    hand = evidence(A, right(10, 30), 0.33)
+    ahead = evidence(C, right(18, 30), 0.6)
+    chosen = pick([base, hand, ahead, *weak(8)], BASE, references=[A])
+    assert dict(chosen.choice) == C and "labeled demos" not in chosen.reason
 
 
 def test_nothing_scores_only_when_the_baseline_and_every_trial_scored_zero() -> None:

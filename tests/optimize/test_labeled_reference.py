@@ -105,13 +105,14 @@ async def test_a_last_stage_with_a_labeled_output_has_a_reference_of_its_labeled
 
 def slightly_better_instruction(request: ChatRequest) -> str:
     """With demos, right on items not a multiple of 3; the proposed instruction also gets the multiples
-    of 9 right: on items 100..129 that is 23 of 30 against 20 of 30, a lead within the noise."""
+    of 27 right: on items 100..129 that is 21 of 30 against 20 of 30, and at most 3 more wins on the
+    training examples a confirmation runs (0..59): a lead within the noise."""
     reply = demos_help(request)
     if not reply.startswith("Answer: ans-"):
         return reply
     item = item_of(request.last_user)
     proposed = "about the item" in str(request.messages[0].get("content", ""))
-    return reply if item % 3 != 0 or (proposed and item % 9 == 0) else "Answer: wrong"
+    return reply if item % 3 != 0 or (proposed and item % 27 == 0) else "Answer: wrong"
 
 
 async def test_a_search_result_leading_the_labeled_demos_within_the_noise_is_not_returned() -> None:
@@ -127,6 +128,6 @@ async def test_a_search_result_leading_the_labeled_demos_within_the_noise_is_not
     # The search found and fully evaluated a program with a proposed instruction leading the hand-written
     # prompt within the noise (the premise of the test) ...
     assert leading
-    # ... and the pick kept the hand-written prompt: 3 examples are no evidence.
+    # ... and the pick kept the hand-written prompt: 4 wins and no loss are no evidence.
     assert dict(result.best_choice) == reference
     assert result.pick is not None and "labeled demos" in result.pick.reason
