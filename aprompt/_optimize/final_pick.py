@@ -28,13 +28,14 @@ lucky examples never wins: only a fully evaluated combination can be returned, a
 incumbent on the examples they share.
 
 The references are fixed before the search sees any score, so they need no share of the adjustment for
-the search's many combinations: the pick spends half of the 5 % on them (each of ``m`` references tested at
-``1 − 0.025 / m``) and half on the ``k`` searched combinations (``1 − 0.025 / k`` each). A reference that is
-found better passes its share on to the searched ones (``1 − 0.05 / k`` when the only reference was
-accepted), as in the fallback procedure of multiple testing (Wiens, 2003): a false replacement still
-happens in at most 5 % of runs, yet the hand-written prompt replaces a program as written that scores 0
-on a lead of 6 wins and no loss, which a bound adjusted ten ways would not accept. See :func:`pick_levels`.
-Without references the whole 5 % goes to the searched combinations.
+the search's many combinations: the pick spends half of the 5 % on them (each of ``m`` references tested
+against the baseline at ``1 − 0.025 / m``) and half on the rest (``1 − 0.025 / (k + m)`` each, for the
+``k`` searched combinations and the references again, against a searched incumbent). A reference that is
+found better passes its share on to the rest (``1 − 0.05 / (k + 1)`` when the only reference was
+accepted, the level without this split), as in the fallback procedure of multiple testing (Wiens, 2003):
+a false replacement still happens in at most 5 % of runs, yet the hand-written prompt replaces a program
+as written that scores 0 on a lead of 6 wins and no loss, which a bound adjusted ten ways would not
+accept. See :func:`pick_levels`. Without references the whole 5 % goes to the searched combinations.
 
 Combinations that score above the pick on their shared examples without the evidence to replace it are
 the pick's *challengers*, ranked by the pooled estimate (a mini-batch mean alone is too noisy to rank
@@ -161,16 +162,19 @@ def pick_levels(references: int, searched: int, accepted: int = 0) -> Levels:
     fully evaluated combinations (the baseline aside), once ``accepted`` references have replaced the
     incumbent (see the module docstring).
 
-    Each reference is tested at ``REFERENCE_SHARE · ALPHA / references`` and each searched combination at
-    ``(1 − REFERENCE_SHARE) · ALPHA / searched`` plus the share of every accepted reference: the
-    fallback procedure, so a false replacement anywhere stays at most ``ALPHA``. A side with nothing to
-    test leaves its share to the other.
+    Each reference is first tested at ``REFERENCE_SHARE · ALPHA / references``. The second family is every
+    searched combination against the incumbent, and every reference again against a searched incumbent
+    (``searched + references`` tests), at ``(1 − REFERENCE_SHARE) · ALPHA`` plus the share of every
+    accepted reference, divided among them: the fallback procedure, so a false replacement anywhere stays
+    at most ``ALPHA``. Once every reference is accepted the second family is tested at
+    :func:`level_for` of all the fully evaluated combinations, as without the references' share. Without
+    searched combinations the references have the whole ``ALPHA``.
 
     Example::
 
         >>> pick_levels(1, 9)
-        Levels(reference=0.975, search=0.9972222222222222)
-        >>> pick_levels(1, 9, accepted=1).search == level_for(9)
+        Levels(reference=0.975, search=0.9975)
+        >>> pick_levels(1, 9, accepted=1).search == level_for(10)
         True
     """
     if references == 0:
@@ -179,7 +183,7 @@ def pick_levels(references: int, searched: int, accepted: int = 0) -> Levels:
         return Levels(1.0 - ALPHA / references, 1.0 - ALPHA / references)
     per_reference = REFERENCE_SHARE * ALPHA / references
     search_alpha = (1.0 - REFERENCE_SHARE) * ALPHA + min(accepted, references) * per_reference
-    return Levels(1.0 - per_reference, 1.0 - search_alpha / searched)
+    return Levels(1.0 - per_reference, 1.0 - search_alpha / (searched + references))
 
 
 def loosest_level(references: int, searched: int) -> float:
@@ -363,13 +367,18 @@ def pick(
     search_level = pick_levels(len(hand), len(searched), accepted).search
 
     def versus(a: Evidence, b: Evidence) -> PairedDifference:
-        """``a − b`` at the level ``a`` is (or would be) tested at."""
-        level = reference_level if key_of(a.choice) in tested else search_level
-        return paired_difference(a.scores, b.scores, level)
+        """``a − b`` at the level the pick tests ``a`` against ``b`` at: a reference against the baseline
+        or another reference at its own share, everything else at the searched combinations' level."""
+        first = key_of(a.choice) in tested and (b is base or key_of(b.choice) in tested)
+        return paired_difference(a.scores, b.scores, reference_level if first else search_level)
 
     for candidate in by_mean(searched):
         if versus(candidate, incumbent).better(min_shared):
             incumbent = candidate
+    if key_of(incumbent.choice) not in tested:  # a reference may still beat the searched pick
+        for reference in hand:
+            if versus(reference, incumbent).better(min_shared):
+                incumbent = reference
     challengers = tuple(e.choice for e in others if e is not incumbent and versus(e, incumbent).mean > 0.0)
     if incumbent is not base:
         against = versus(incumbent, base)
