@@ -122,7 +122,7 @@ class SimulatedRun:
 def confirmed(run: SimulatedRun) -> FinalPick:
     """The pick after confirmation, in the two halves of :func:`aprompt._optimize.confirmation.confirm`."""
     current = run.decide()
-    chosen = contenders(current, {key_of(c) for c in run.choices})
+    chosen = contenders(current, {key_of(c) for c in run.choices}, run.references)
     if len(chosen) < 2:
         return current
     half = math.ceil(len(run.train) / 2)

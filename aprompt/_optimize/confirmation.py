@@ -5,8 +5,9 @@ adjusted for every fully evaluated combination, so on a small validation set a r
 it: 6 wins and no loss of 30 does not clear a bound adjusted nine ways. When the search ends with the pick
 undecided — a fully evaluated *challenger* scored above the pick on their shared examples without the
 evidence to replace it — the pick and its most promising fully evaluated challengers (at most
-``MAX_CHALLENGERS``) are each run on training examples that are not in the validation set and that the
-program does not show as a demo: a seeded order of them, at most as many as the validation set has. The
+``MAX_CHALLENGERS``; the hand-written reference first while the pick is the baseline) are each run on
+training examples that are not in the validation set and that the program does not show as a demo: a
+seeded order of them, at most as many as the validation set has. The
 scores join the evidence by example id, and the pick is decided again, at the same level, on the larger
 set of examples each pair shares.
 
@@ -64,11 +65,22 @@ def confirmation_calls(n_predictors: int, n_train: int, n_val: int) -> int:
     return (1 + MAX_CHALLENGERS) * min(n_train, n_val) * n_predictors
 
 
-def contenders(current: FinalPick, fully_evaluated: set[tuple[tuple[str, int], ...]]) -> list[dict[str, int]]:
-    """The pick, then its most promising fully evaluated challengers; empty when none is undecided."""
+def contenders(
+    current: FinalPick,
+    fully_evaluated: set[tuple[tuple[str, int], ...]],
+    references: Sequence[Mapping[str, int]] = (),
+) -> list[dict[str, int]]:
+    """The pick, then its most promising fully evaluated challengers; empty when none is undecided.
+
+    While the pick is the baseline, a reference among the challengers goes first: it is tested against the
+    baseline at its own share of the level (:func:`~aprompt._optimize.final_pick.pick_levels`), so its lead
+    is the likeliest to be settled by the same runs."""
     challengers = [dict(c) for c in current.challengers if choice_key(c) in fully_evaluated]
     if not challengers:
         return []
+    if current.kept_baseline:
+        hand = {choice_key(r) for r in references}
+        challengers.sort(key=lambda c: choice_key(c) not in hand)  # stable: otherwise most promising first
     return [dict(current.choice), *challengers[:MAX_CHALLENGERS]]
 
 
@@ -115,7 +127,7 @@ async def confirm(
         LimitReached: the run's limits cannot pay for a stage (what earlier stages ran is recorded).
     """
     plans = []
-    for choice in contenders(current, loop.tested):
+    for choice in contenders(current, loop.tested, loop.reference_choices):
         examples = fresh_examples(
             loop.confirmation, loop.valset, shown_as_demos(loop.candidates, choice), loop.seed
         )

@@ -157,6 +157,12 @@ def test_the_contenders_are_the_pick_and_its_strongest_fully_evaluated_challenge
     chosen = contenders(current, full)
     assert chosen == [pick, {"a": 2}, {"a": 3}][: 1 + MAX_CHALLENGERS]
     assert contenders(FinalPick(pick, True, "", challengers=({"a": 1},)), full) == []  # none fully evaluated
+    # While the baseline is kept, the hand-written reference goes first (it has its own share of the level).
+    first = contenders(current, full, references=[{"a": 4}])
+    assert first == [pick, {"a": 4}, {"a": 2}][: 1 + MAX_CHALLENGERS]
+    # Against a searched pick it has no such share: the order is the challengers' own.
+    searched = FinalPick({"a": 5}, False, "", challengers=challengers)
+    assert contenders(searched, full, references=[{"a": 4}]) == [{"a": 5}, {"a": 2}, {"a": 3}]
 
 
 def test_fresh_examples_leave_out_the_validation_set_and_the_programs_own_demos() -> None:
