@@ -375,7 +375,8 @@ def pick(
     for candidate in by_mean(searched):
         if versus(candidate, incumbent).better(min_shared):
             incumbent = candidate
-    if key_of(incumbent.choice) not in tested:  # a reference may still beat the searched pick
+    # A reference may still beat a searched pick (the second family counts that test).
+    if incumbent is not base and key_of(incumbent.choice) not in tested:
         for reference in hand:
             if versus(reference, incumbent).better(min_shared):
                 incumbent = reference
