@@ -388,11 +388,18 @@ def pick(
             if key_of(incumbent.choice) in reference_keys
             else ""
         )
+        # How a searched pick stands against the hand-written prompt: what a user compares it with.
+        versus_hand = "".join(
+            f"; against the instructions as written with labeled demos {describe_choice(r.choice)}: "
+            f"{versus(incumbent, r).describe()}"
+            for r in hand
+            if r is not incumbent and not hand_written
+        )
         return FinalPick(
             incumbent.choice,
             False,
             f"{describe_choice(incumbent.choice)}{hand_written} beat the unoptimized program by "
-            f"{against.describe()}",
+            f"{against.describe()}{versus_hand}",
             against,
             challengers=challengers,
         )

@@ -274,7 +274,12 @@ def test_a_searched_combination_pays_for_the_hand_written_prompts_share_until_th
     hand = evidence(A, right(10, 30), 0.33)
     ahead = evidence(C, right(18, 30), 0.6)
     chosen = pick([base, hand, ahead, *weak(8)], BASE, references=[A])
-    assert dict(chosen.choice) == C and "labeled demos" not in chosen.reason
+    assert dict(chosen.choice) == C and "(the instructions as written" not in chosen.reason
+    # The reason says how it stands against the hand-written prompt, what a user compares it with.
+    assert chosen.reason.endswith(
+        "; against the instructions as written with labeled demos {a=1, b=0}: +0.267 on 30 shared examples "
+        "(99.0% interval [+0.040, +0.493], higher on 8, lower on 0)"
+    )
 
 
 def test_a_hand_written_prompt_better_than_a_searched_pick_replaces_it() -> None:
