@@ -389,11 +389,14 @@ def pick(
             else ""
         )
         # How a searched pick stands against the hand-written prompt: what a user compares it with.
-        versus_hand = "".join(
-            f"; against the instructions as written with labeled demos {describe_choice(r.choice)}: "
-            f"{versus(incumbent, r).describe()}"
-            for r in hand
-            if r is not incumbent and not hand_written
+        versus_hand = (
+            ""
+            if hand_written
+            else "".join(
+                f"; against the instructions as written with labeled demos {describe_choice(r.choice)}: "
+                f"{versus(incumbent, r).describe()}"
+                for r in hand
+            )
         )
         return FinalPick(
             incumbent.choice,
