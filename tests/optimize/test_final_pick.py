@@ -214,16 +214,16 @@ def test_the_wins_a_program_needs_are_those_the_concepts_page_states(n: int) -> 
 def test_the_wins_the_hand_written_prompt_and_a_searched_combination_need_are_those_the_concepts_page_states(
     n: int,
 ) -> None:
-    # docs/concepts.md, "How many validation examples": the hand-written prompt needs 6 wins whatever the
-    # search evaluated; a searched combination 7, 8 and 9 with 1, 3 and 9 searched until the hand-written
+    # docs/concepts.md, "How many validation examples": the hand-written prompt needs 5 wins whatever the
+    # search evaluated; a searched combination 8, 9 and 10 with 1, 3 and 9 searched until the hand-written
     # prompt is found better, and then as many as without the split (all fully evaluated counted).
     def needed(level: float) -> int:
         found = [w for w in range(1, 20) if paired_difference(right(w, n), right(0, n), level).better()]
         return found[0]
 
-    for searched, wins in ((1, 7), (3, 8), (9, 9)):
+    for searched, wins in ((1, 8), (3, 9), (9, 10)):
         levels = pick_levels(1, searched)
-        assert needed(levels.reference) == 6, (n, searched)
+        assert needed(levels.reference) == 5, (n, searched)
         assert needed(levels.search) == wins, (n, searched)
         assert pick_levels(1, searched, accepted=1).search == level_for(searched + 1)
 
@@ -253,10 +253,12 @@ def weak(n_combinations: int) -> list[Evidence]:
 
 def test_the_hand_written_prompt_replaces_a_program_as_written_that_scores_0_on_its_own_share() -> None:
     base = evidence(BASE, right(0, 30), 0.0)
-    hand = evidence(A, right(6, 30), 0.2)  # 6 wins and no loss: 1 time in 64 by chance
+    hand = evidence(A, right(5, 30), 0.17)  # 5 wins and no loss: 1 time in 32 by chance
     chosen = pick([base, hand, *weak(9)], BASE, references=[A])
     assert dict(chosen.choice) == A and "labeled demos" in chosen.reason
-    assert "95.0% interval" in chosen.reason  # its one-sided level is 97.5 %
+    assert "92.5% interval" in chosen.reason  # its one-sided level is 96.25 %
+    # One win fewer is within what luck gives (1 time in 16).
+    assert pick([base, evidence(A, right(4, 30), 0.13), *weak(9)], BASE, references=[A]).kept_baseline
     # The same lead by one of ten searched combinations is within what luck gives one of them.
     assert pick([base, hand, *weak(9)], BASE).kept_baseline
 
@@ -264,9 +266,9 @@ def test_the_hand_written_prompt_replaces_a_program_as_written_that_scores_0_on_
 def test_a_searched_combination_pays_for_the_hand_written_prompts_share_until_that_is_found_better() -> None:
     base = evidence(BASE, right(0, 30), 0.0)
     hand = evidence(A, right(0, 30), 0.0)  # no better than the program as written
-    found = evidence(C, right(9, 30), 0.3)
-    short = evidence(C, right(8, 30), 0.27)
-    # Nine searched combinations: 9 wins clear 1 − 0.025 / 10, 8 do not (they would clear 1 − 0.05 / 10).
+    found = evidence(C, right(10, 30), 0.33)
+    short = evidence(C, right(9, 30), 0.3)
+    # Nine searched combinations: 10 wins clear 1 − 0.0125 / 10, 9 do not (they would clear 1 − 0.05 / 10).
     assert dict(pick([base, hand, found, *weak(8)], BASE, references=[A]).choice) == C
     assert pick([base, hand, short, *weak(8)], BASE, references=[A]).kept_baseline
     assert dict(pick([base, hand, short, *weak(8)], BASE).choice) == C
@@ -284,10 +286,10 @@ def test_a_searched_combination_pays_for_the_hand_written_prompts_share_until_th
 
 def test_a_hand_written_prompt_better_than_a_searched_pick_replaces_it() -> None:
     # Training examples (a confirmation) ran the hand-written prompt and the searched pick, not the
-    # baseline: 5 wins over the baseline are short of the reference's level, yet it beats the searched pick
-    # 20 to 5 on the examples those two share.
+    # baseline: 4 wins over the baseline are short of the reference's level, yet it beats the searched pick
+    # 20 to 6 on the examples those two share.
     base = evidence(BASE, right(0, 30), 0.0)
-    hand = evidence(A, {**right(5, 30), **right(20, 26, start=100)}, 0.3)
+    hand = evidence(A, {**right(4, 30), **right(20, 26, start=100)}, 0.3)
     searched = evidence(C, {**right(10, 30), **right(0, 26, start=100)}, 0.25)
     chosen = pick([base, hand, searched], BASE, references=[A])
     assert dict(chosen.choice) == A and "labeled demos" in chosen.reason
