@@ -1,9 +1,11 @@
 """Demo candidates by rejection sampling (MIPRO stage 1).
 
 Per predictor, demo set 0 is empty, set 1 holds labeled demos only (training examples that label the
-predictor's outputs and give at least one of its inputs, at most ``max_labeled``), and each further set
-is built from a seeded shuffle of the training set: the program runs on examples in that order and every
-run the metric passes contributes its traced calls as demos, then labeled demos fill the set to its size.
+predictor's outputs and give at least one of its inputs: ``max_labeled`` of them, or one per label of a
+small label space when it has more labels, up to the bound below; see :func:`labeled_size`), and each
+further set is built from a seeded shuffle of the training set: the program runs on examples in that
+order and every run the metric passes contributes its traced calls as demos, then labeled demos fill the
+set to its size.
 
 Sizes: no set holds more than ``max_bootstrapped + max_labeled`` demos (``Budget.max_demos``): at most
 ``max_bootstrapped`` from passing runs, the rest labeled. Sets 2, 3, ... take their sizes in turn from
@@ -121,13 +123,34 @@ def demo_output(predictor: Predict, demo: Demo) -> tuple[tuple[str, str], ...]:
     )
 
 
+def label_space(labels: Sequence[Hashable]) -> int:
+    """The number of classes when ``labels`` look like a small label space (at most half as many distinct
+    values as labels, and at most :data:`MAX_CLASSES`), else 0 (free outputs)."""
+    distinct = len(set(labels))
+    return distinct if distinct and distinct <= MAX_CLASSES and distinct * 2 <= len(labels) else 0
+
+
 def label_quota(labels: Sequence[Hashable], size: int) -> int:
     """How often one label may appear in a set of ``size``: ``ceil(size / classes)`` for a small label
     space (see the module doc), else 1 (distinct outputs)."""
-    distinct = len(set(labels))
-    if distinct and distinct <= MAX_CLASSES and distinct * 2 <= len(labels):
-        return max(1, math.ceil(size / distinct))
-    return 1
+    classes = label_space(labels)
+    return max(1, math.ceil(size / classes)) if classes else 1
+
+
+def labeled_size(predictor: Predict, examples: Sequence[Example], max_labeled: int, bound: int) -> int:
+    """How many demos the labeled-only set holds: ``max_labeled``; or, when the examples label
+    ``predictor``'s outputs with a small label space of more classes than that, one per class up to
+    ``bound`` (the most demos a set holds), as a hand-written prompt for a classifier shows each class.
+    ``max_labeled`` 0 keeps labeled demos out.
+
+    Measured on the embedded model (intent recognition, 7 intents, 200 held-out examples, the
+    instruction as written): the 7 labeled demos of every intent scored 0.290, 4 of them 0.221; in its
+    two-stage version 0.246 against 0.120 (``bench/results/quality_labeled_coverage.md``).
+    """
+    if max_labeled <= 0:
+        return 0
+    outputs = [demo_output(predictor, d) for e in examples if (d := labeled_demo(predictor, e)) is not None]
+    return max(max_labeled, min(label_space(outputs), bound))
 
 
 def diverse(
@@ -272,7 +295,9 @@ async def bootstrap_demo_sets(
     sets: dict[str, list[DemoSet]] = {name: [DemoSet(())] for name, _ in predictors}
     if n_sets >= 2:
         for name, predictor in predictors:
-            sets[name].append(labeled_set(predictor, trainset, max_labeled))
+            sets[name].append(
+                labeled_set(predictor, trainset, labeled_size(predictor, trainset, max_labeled, bound))
+            )
     orders: dict[int, list[Example]] = {}
     found: dict[int, list[ExampleResult]] = {}
 

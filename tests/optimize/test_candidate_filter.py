@@ -363,6 +363,65 @@ async def test_the_labeled_demo_set_covers_the_labels_before_repeating_one(
     assert fake_server.chat_requests == []
 
 
+def intent_examples(start: int, stop: int, classes: int) -> list[Example]:
+    return [
+        Example(
+            inputs={"question": f"What is item-{i}?"}, labels={"answer": f"intent-{i % classes}"}, id=f"i{i}"
+        )
+        for i in range(start, stop)
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("classes", "max_labeled", "max_bootstrapped", "expected"),
+    [
+        (7, 4, 4, 7),  # more classes than max_labeled: one of each, within the bound of 8
+        (12, 4, 4, 8),  # more classes than the bound: the bound, each a different class
+        (3, 4, 4, 4),  # fewer classes than max_labeled: max_labeled, as before
+        (7, 0, 4, 0),  # no labeled demos asked for: none
+    ],
+)
+async def test_the_labeled_set_of_a_small_label_space_shows_every_class_within_the_bound(
+    fake_server: FakeOpenAIServer, classes: int, max_labeled: int, max_bootstrapped: int, expected: int
+) -> None:
+    program = QAProgram()
+    trainset = intent_examples(0, 3 * classes, classes)
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap_demo_sets(
+            program, named_predictors(program), trainset, exact_match,
+            n_sets=2, max_bootstrapped=max_bootstrapped, max_labeled=max_labeled, lm=lm,
+        )  # fmt: skip
+    labeled = [str(d["answer"]) for d in result.demo_sets["answer"][1].demos]
+    assert len(labeled) == expected
+    assert len(set(labeled)) == min(expected, classes), "each class before any repeat"
+    assert fake_server.chat_requests == []
+
+
+@pytest.mark.anyio
+async def test_a_run_starts_from_the_same_labeled_set_the_bootstrap_builds(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    """The reference (the instruction as written with the labeled set) is known before the bootstrap
+    ends; it must show the very demos of the set the search later calls by that index."""
+    fake_server.responder = scripted(
+        lambda k: f"Answer item {k}.", lambda request: f"Answer: intent-{item_of(request.last_user) % 7}"
+    )
+    async with lm_for(fake_server) as lm:
+        result = await aprompt.optimize(
+            QAProgram(), intent_examples(0, 40, 7), exact_match, valset=intent_examples(100, 112, 7),
+            lm=lm, budget={**BUDGET, "n_candidates": 4}, seed=3,
+        )  # fmt: skip
+    labeled = result.candidates.demo_sets["answer"][1]
+    assert labeled.bootstrapped == 0
+    assert sorted(str(d["answer"]) for d in labeled.demos) == [f"intent-{k}" for k in range(7)]
+    shown = {
+        tuple(str(m["content"]) for m in (request.body or {})["messages"] if m["role"] == "assistant")
+        for request in fake_server.chat_requests
+    }
+    assert tuple(f"Answer: {d['answer']}" for d in labeled.demos) in shown, "the reference showed them"
+
+
 @pytest.mark.anyio
 async def test_demo_sets_hold_distinct_outputs_when_labels_are_free_text(
     fake_server: FakeOpenAIServer,
@@ -401,9 +460,11 @@ async def test_a_run_searches_demo_sets_of_several_sizes_none_above_the_bound(
             strategy="bayesian_bootstrap", budget=budget, on_event=events.append,
         )  # fmt: skip
     sets = result.candidates.demo_sets["answer"]
-    # Set 0: the program's own (none); 1: labeled only; then sizes 4, 2, 1, 4 from the bound 3 + 1 = 4.
-    assert [len(s.demos) for s in sets] == [0, 1, 4, 2, 1, 4]
-    assert all(s.bootstrapped <= 3 and len(s.demos) - s.bootstrapped <= 1 for s in sets)
+    # Set 0: the program's own (none); 1: labeled only, one of each of the 3 colours (more classes than
+    # max_labeled_demos); then sizes 4, 2, 1, 4 from the bound 3 + 1 = 4.
+    assert [len(s.demos) for s in sets] == [0, 3, 4, 2, 1, 4]
+    assert sorted(str(d["answer"]) for d in sets[1].demos) == ["blue", "green", "red"]
+    assert all(s.bootstrapped <= 3 and len(s.demos) - s.bootstrapped <= 1 for s in sets[2:])
     assert aprompt.Budget(**budget).max_demos == 4
 
 
