@@ -38,8 +38,8 @@ class Budget:
             most :attr:`max_demos` (their sum) in all; candidate sets come in several sizes up to it,
             0 included, and the search picks the size (see :mod:`aprompt._optimize.bootstrap`). One
             exception: when the training labels form a small label space with more classes than
-            ``max_labeled_demos``, the labeled-only set shows one example of each class, up to
-            :attr:`max_demos` (``max_labeled_demos=0`` still means no labeled demos).
+            ``max_labeled_demos`` but no more than :attr:`max_demos`, the labeled-only set shows one
+            example of each class (``max_labeled_demos=0`` still means no labeled demos).
         screen_size: validation examples of the screen that drops proposals far worse than the original
             instruction (both without demos; see :mod:`aprompt._optimize.proposal_filter`); 0 turns it off.
         parallel_trials: trials in flight at once (the window of continuous trials); ``None`` chooses

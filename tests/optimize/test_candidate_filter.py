@@ -377,7 +377,7 @@ def intent_examples(start: int, stop: int, classes: int) -> list[Example]:
     ("classes", "max_labeled", "max_bootstrapped", "expected"),
     [
         (7, 4, 4, 7),  # more classes than max_labeled: one of each, within the bound of 8
-        (12, 4, 4, 8),  # more classes than the bound: the bound, each a different class
+        (12, 4, 4, 4),  # more classes than the bound can show: max_labeled, each a different class
         (3, 4, 4, 4),  # fewer classes than max_labeled: max_labeled, as before
         (7, 0, 4, 0),  # no labeled demos asked for: none
     ],
