@@ -2,10 +2,10 @@
 
 Per predictor, demo set 0 is empty, set 1 holds labeled demos only (training examples that label the
 predictor's outputs and give at least one of its inputs: ``max_labeled`` of them, or one per label of a
-small label space when it has more labels, up to the bound below; see :func:`labeled_size`), and each
-further set is built from a seeded shuffle of the training set: the program runs on examples in that
-order and every run the metric passes contributes its traced calls as demos, then labeled demos fill the
-set to its size.
+small label space with more labels than that and no more than the bound below; see
+:func:`labeled_size`), and each further set is built from a seeded shuffle of the training set: the
+program runs on examples in that order and every run the metric passes contributes its traced calls as
+demos, then labeled demos fill the set to its size.
 
 Sizes: no set holds more than ``max_bootstrapped + max_labeled`` demos (``Budget.max_demos``): at most
 ``max_bootstrapped`` from passing runs, the rest labeled. Sets 2, 3, ... take their sizes in turn from
