@@ -255,6 +255,14 @@ def labeled_set(
     return DemoSet(tuple(d for _, d in picked), 0, tuple(e.id for e, _ in picked))
 
 
+def labeled_only_set(
+    predictor: Predict, examples: Sequence[Example], max_labeled: int, bound: int
+) -> DemoSet:
+    """Demo set 1: labeled demos only, as many as :func:`labeled_size` says (the run's bootstrap and
+    the hand-written prompt evaluated before it ends both build it here, so they show the same demos)."""
+    return labeled_set(predictor, examples, labeled_size(predictor, examples, max_labeled, bound))
+
+
 async def bootstrap_demo_sets(
     program: object,
     predictors: Sequence[tuple[str, Predict]],
@@ -297,9 +305,7 @@ async def bootstrap_demo_sets(
     sets: dict[str, list[DemoSet]] = {name: [DemoSet(())] for name, _ in predictors}
     if n_sets >= 2:
         for name, predictor in predictors:
-            sets[name].append(
-                labeled_set(predictor, trainset, labeled_size(predictor, trainset, max_labeled, bound))
-            )
+            sets[name].append(labeled_only_set(predictor, trainset, max_labeled, bound))
     orders: dict[int, list[Example]] = {}
     found: dict[int, list[ExampleResult]] = {}
 

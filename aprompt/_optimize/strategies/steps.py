@@ -15,13 +15,7 @@ import attrs
 
 from aprompt._errors import JournalError
 from aprompt._optimize import grounding as grounding_sources
-from aprompt._optimize.bootstrap import (
-    DemoSet,
-    bootstrap_demo_sets,
-    labeled_set,
-    labeled_size,
-    size_ladder,
-)
+from aprompt._optimize.bootstrap import DemoSet, bootstrap_demo_sets, labeled_only_set, size_ladder
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
@@ -101,18 +95,16 @@ def leading_sets_of(ctx: RunContext, predictor: Predict) -> tuple[DemoSet, ...]:
     """The sets :func:`bootstrap_candidates` puts first for ``predictor``, before dropping repeats, known
     before any LM call: the program's own demos, an empty set when it has some, and the labeled set
     (training examples as demos, see :mod:`aprompt._optimize.bootstrap`). The bootstrapped sets follow."""
-    labeled = ctx.budget.n_candidates >= 2
+    budget = ctx.budget
+    labeled = budget.n_candidates >= 2
     return (
         *_own_sets(predictor),
-        *((labeled_set(predictor, ctx.trainset, labeled_limit(ctx, predictor)),) if labeled else ()),
+        *(
+            (labeled_only_set(predictor, ctx.trainset, budget.max_labeled_demos, budget.max_demos),)
+            if labeled
+            else ()
+        ),
     )
-
-
-def labeled_limit(ctx: RunContext, predictor: Predict) -> int:
-    """How many demos ``predictor``'s labeled-only set holds in this run (see
-    :func:`~aprompt._optimize.bootstrap.labeled_size`)."""
-    budget = ctx.budget
-    return labeled_size(predictor, ctx.trainset, budget.max_labeled_demos, budget.max_demos)
 
 
 def leading_demo_sets(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]]:
