@@ -18,7 +18,9 @@ the validation set as MIPROv2 light does by DSPy's own estimate (``minibatch_siz
 (trials // 5 + 1)``, or ``|val| × trials`` when the valset is too small for mini-batches): see
 :func:`bootstrap_rs_candidates`. Bootstrapping and proposal calls are not matched; the table reports the
 calls each method really made. BootstrapFewShotWithRandomSearch takes no seed, so the seed shuffles its
-training set.
+training set. Equal calls: ``aprompt:<strategy>@calls=<method>`` runs the strategy under
+``aprompt.Limits(max_lm_calls=N)``, N the calls ``<method>`` made on the same task and seed (listed
+before it, or kept by ``--resume``); the run returns its best program when the cap is reached.
 
 Reported per task and method: test accuracy (mean over seeds), its 95 % interval, optimization LM calls
 (HTTP requests that reached the model, mean over seeds), prompt + completion tokens, and optimization wall
@@ -33,6 +35,7 @@ with ``--resume`` (same sizes and server settings; missing and failed runs are r
     .venv/bin/python -m bench.quality --seeds 1,2,3   # the issue's table: 3 seeds, 200 test examples
     .venv/bin/python -m bench.quality --seeds 1,2,3 --tasks negate,negate_twostep --resume
     .venv/bin/python -m bench.quality --methods aprompt:hand_few_shot,aprompt:mipro_reflective
+    .venv/bin/python -m bench.quality --tasks intent --methods dspy:miprov2,aprompt:mipro@calls=dspy:miprov2
     .venv/bin/python -m bench.quality --quick         # 1 task, 6 examples per part, 2 trials; prints only
     .venv/bin/python -m bench.quality --rerender bench/results/quality.json   # table + plot from the JSON
 """
@@ -102,6 +105,27 @@ QUICK_BUDGET = {
     "max_bootstrapped_demos": 1,
     "max_labeled_demos": 1,
 }
+
+
+#: A method spec's suffix capping an aprompt strategy at another method's calls on the same task and
+#: seed: ``aprompt:mipro@calls=dspy:miprov2`` runs ``aprompt:mipro`` with
+#: ``limits=aprompt.Limits(max_lm_calls=N)``, N the calls that ``dspy:miprov2`` made (run it first).
+CALLS_OF = "@calls="
+
+
+def capped_parts(method: str) -> tuple[str, str | None]:
+    """A method spec's own method and the method whose calls cap it (None when uncapped)."""
+    own, marker, cap = method.partition(CALLS_OF)
+    return own, cap if marker else None
+
+
+def is_valid_method(method: str) -> bool:
+    """A known method, or an aprompt strategy capped at the calls of a known optimizing method."""
+    own, cap = capped_parts(method)
+    if cap is None:
+        return own in known_methods()
+    strategies = {f"aprompt:{name}" for name in STRATEGIES}
+    return own in strategies and cap in known_methods() and not is_unoptimized(cap)
 
 
 def known_methods() -> tuple[str, ...]:
@@ -189,29 +213,49 @@ async def aprompt_test_scores(task: Task, program: object, split: Split, lm: apr
 
 
 async def run_aprompt(
-    settings: Settings, task: Task, split: Split, strategy: str, seed: int, proxy: CountingProxy
+    settings: Settings,
+    task: Task,
+    split: Split,
+    strategy: str,
+    seed: int,
+    proxy: CountingProxy,
+    *,
+    max_lm_calls: int | None = None,
+    method: str | None = None,
 ) -> Run:
+    """One aprompt strategy; with ``max_lm_calls``, under that hard limit (recorded as ``method``)."""
     budget: Any = {**QUICK_BUDGET, "val_size": settings.n_val} if settings.quick else "light"
+    limits = aprompt.Limits(max_lm_calls=max_lm_calls) if max_lm_calls is not None else None
+    label = method or f"aprompt:{strategy}"
+    capped = f"at most {max_lm_calls} LM calls" if max_lm_calls is not None else ""
     async with aprompt_lm(settings, proxy.base_url) as lm:
         before, started = proxy.counts(), time.monotonic()
-        result = await aprompt.optimize(
-            task.program(),
-            task.examples(split.train),
-            task.metric,
-            valset=task.examples(split.val),
-            lm=lm,
-            strategy=strategy,
-            budget=budget,
-            seed=seed,
-            grounding=QUICK_GROUNDING if settings.quick else None,
-        )
+        try:
+            result = await aprompt.optimize(
+                task.program(),
+                task.examples(split.train),
+                task.metric,
+                valset=task.examples(split.val),
+                lm=lm,
+                strategy=strategy,
+                budget=budget,
+                seed=seed,
+                grounding=QUICK_GROUNDING if settings.quick else None,
+                limits=limits,
+            )
+        except aprompt.RunLimitError as exc:  # the cap ran out before the program as written was scored
+            seconds, spent = time.monotonic() - started, proxy.counts() - before
+            failed = _run(task, label, seed, None, None, spent, seconds, None)
+            return attrs.evolve(failed, note=f"{capped}: {exc}")
         seconds, spent = time.monotonic() - started, proxy.counts() - before
     async with aprompt_lm(settings, proxy.base_url) as lm:
         test = await aprompt_test_scores(task, result.program, split, lm)
-    run = _run(task, f"aprompt:{strategy}", seed, test, result.score, spent, seconds, result.usage.lm_calls)
+    run = _run(task, label, seed, test, result.score, spent, seconds, result.usage.lm_calls)
     phases = sorted(result.phases, key=lambda p: p.started)
+    stopped = f"stopped by {result.stopped_by}" if result.stopped_by else ""
     return attrs.evolve(
         run,
+        note=", ".join(part for part in (capped, stopped) if part),
         pick=result.pick.reason if result.pick is not None else "",
         phase_calls={p.phase: p.usage.lm_calls for p in phases},
         instructions={name: p.instruction for name, p in aprompt.named_predictors(result.program)},
@@ -432,8 +476,26 @@ def _run(
 
 # -- the run ---------------------------------------------------------------------------------------
 async def run_method(
-    settings: Settings, task: Task, split: Split, method: str, seed: int, proxy: CountingProxy
+    settings: Settings,
+    task: Task,
+    split: Split,
+    method: str,
+    seed: int,
+    proxy: CountingProxy,
+    runs: Sequence[Run] = (),
 ) -> Run:
+    """One method on one task and seed; a capped method takes its cap from ``runs`` (the runs so far)."""
+    own, cap = capped_parts(method)
+    if cap is not None:
+        finished = (r for r in runs if r.test_score is not None)
+        peer = next((r for r in finished if (r.task, r.method, r.seed) == (task.name, cap, seed)), None)
+        if peer is None:
+            note = f"no finished {cap} run on this task and seed to take the calls from: run it first"
+            return attrs.evolve(_run(task, method, seed, None, None, Counts(), 0.0, 0), note=note)
+        strategy = own.partition(":")[2]
+        return await run_aprompt(
+            settings, task, split, strategy, seed, proxy, max_lm_calls=peer.lm_calls, method=method
+        )
     library, _, name = method.partition(":")
     if library == "dspy":
         seed_or_none = None if is_unoptimized(method) else seed
@@ -489,7 +551,7 @@ async def run_all(settings: Settings) -> list[Run]:
     runs = [r for r in runs if (r.task, r.method, r.seed) in done or r.method not in settings.methods]
     if runs:
         print(f"resuming: keeping {len(runs)} runs from the saved results", flush=True)
-    methods = [m for m in settings.methods if not m.startswith("dspy:") or dspy_available()]
+    methods = [m for m in settings.methods if "dspy:" not in m or dspy_available()]
     skipped = sorted(set(settings.methods) - set(methods))
     if skipped:
         print(f"skipping {', '.join(skipped)}: dspy is not installed (pip install -e '.[bench]')")
@@ -508,7 +570,7 @@ async def run_all(settings: Settings) -> list[Run]:
                     for seed in seeds:
                         if (task.name, method, None if is_unoptimized(method) else seed) in done:
                             continue
-                        run = await run_method(settings, task, split, method, seed, proxy)
+                        run = await run_method(settings, task, split, method, seed, proxy, runs)
                         runs.append(run)
                         print(describe(run), flush=True)
                         write_results(settings, runs, final=False)
@@ -758,7 +820,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help=f"comma-separated, of {', '.join(known_methods())}",
+        help=(
+            f"comma-separated, of {', '.join(known_methods())}; an aprompt strategy may carry "
+            f"'{CALLS_OF}<method>' to cap its LM calls at that method's on the same task and seed "
+            f"(e.g. aprompt:mipro{CALLS_OF}dspy:miprov2, after dspy:miprov2)"
+        ),
     )
     parser.add_argument("--seeds", default="1", help="comma-separated optimizer seeds (e.g. 1,2,3)")
     parser.add_argument("--train", type=int, default=30, help="training examples per task")
@@ -793,8 +859,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     tasks = tuple(t for t in args.tasks.split(",") if t)
     methods = tuple(m for m in args.methods.split(",") if m)
-    known = known_methods()
-    unknown = [t for t in tasks if t not in TASKS] + [m for m in methods if m not in known]
+    unknown = [t for t in tasks if t not in TASKS] + [m for m in methods if not is_valid_method(m)]
     if unknown:
         parser.error(f"unknown task or method: {', '.join(unknown)}")
     if args.quick:

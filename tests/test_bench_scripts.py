@@ -224,7 +224,9 @@ def test_the_regret_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
 @pytest.mark.local_model
 def test_the_quality_benchmark_runs_in_quick_mode_on_the_local_model(tmp_path: Path) -> None:
     quality = importlib.import_module("bench.quality")
+    capped = "aprompt:mipro@calls=aprompt:bootstrap_random_search"
     methods = ["aprompt:unoptimized", "aprompt:hand_few_shot", "aprompt:mipro"]
+    methods += ["aprompt:bootstrap_random_search", capped]
     if HAS_DSPY:
         methods += ["dspy:unoptimized", "dspy:miprov2", "dspy:bootstrap_rs"]
     runs = quality.main(
@@ -233,6 +235,11 @@ def test_the_quality_benchmark_runs_in_quick_mode_on_the_local_model(tmp_path: P
     assert {r.method for r in runs} == set(methods)
     mipro = next(r for r in runs if r.method == "aprompt:mipro")
     assert mipro.lm_calls > 0 and mipro.test_score is not None
+    # The capped run spends no more calls than its peer made, and says so.
+    peer = next(r for r in runs if r.method == "aprompt:bootstrap_random_search")
+    under_cap = next(r for r in runs if r.method == capped)
+    assert under_cap.lm_calls <= peer.lm_calls < mipro.lm_calls
+    assert under_cap.note.startswith(f"at most {peer.lm_calls} LM calls"), under_cap.note
     assert mipro.pick.startswith(("kept the unoptimized program", "{")), mipro.pick  # the pick's reason
     assert all(r.test_scores is not None and len(r.test_scores) == 6 for r in runs)
     data = json.loads((tmp_path / "quality.json").read_text())
@@ -281,6 +288,23 @@ def test_every_registered_aprompt_strategy_is_a_quality_method() -> None:
     assert settings.methods == (*(f"aprompt:{name}" for name in STRATEGIES), "dspy:bootstrap_rs")
     with pytest.raises(SystemExit):
         quality.parse_args(["--methods", "aprompt:no_such_strategy"])
+
+
+def test_a_quality_method_may_be_capped_at_the_calls_of_another() -> None:
+    quality = importlib.import_module("bench.quality")
+    capped = "aprompt:mipro@calls=dspy:miprov2"
+    settings = quality.parse_args(["--methods", f"dspy:miprov2,{capped}"])
+    assert settings.methods == ("dspy:miprov2", capped)
+    assert quality.capped_parts(capped) == ("aprompt:mipro", "dspy:miprov2")
+    assert quality.capped_parts("aprompt:mipro") == ("aprompt:mipro", None)
+    for wrong in (
+        "aprompt:mipro@calls=dspy:no_such_optimizer",
+        "aprompt:mipro@calls=dspy:unoptimized",  # no optimization: no calls to match
+        "aprompt:hand_few_shot@calls=dspy:miprov2",  # not a strategy: nothing to cap
+        "dspy:miprov2@calls=aprompt:mipro",
+    ):
+        with pytest.raises(SystemExit):
+            quality.parse_args(["--methods", wrong])
 
 
 def test_the_quality_defaults_hold_200_test_examples_and_the_dspy_random_search() -> None:
