@@ -36,6 +36,7 @@ BENCH_SCRIPTS = [
     "bench.tpe",
     "bench.regret",
     "bench.reply_format",
+    "bench.parse_retries",
     "bench.scale",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
@@ -380,3 +381,42 @@ def test_the_confidence_intervals_match_their_textbook_values() -> None:
     assert low == pytest.approx(0.21, abs=0.02) and high == pytest.approx(0.39, abs=0.02)
     assert bootstrap_interval(values) == (low, high)
     assert bootstrap_interval([]) is None
+
+
+def test_the_parse_retries_table_compares_each_setting_with_the_most_retries_example_by_example() -> None:
+    parse_retries = importlib.import_module("bench.parse_retries")
+    prompt = parse_retries.PROMPTS[0]
+
+    def row(retries: int, scores: list[float], calls: int) -> dict[str, Any]:
+        return {
+            "task": "intent",
+            "prompt": prompt,
+            "retries": retries,
+            "accuracy": sum(scores) / len(scores),
+            "scores": scores,
+            "unreadable": 0,
+            "unscored": 0,
+            "calls": calls,
+        }
+
+    rows = [row(2, [1.0, 1.0, 0.0], 5), row(1, [1.0, 0.0, 0.0], 4), row(0, [0.0, 0.0, 1.0], 3)]
+    text = parse_retries.render(
+        rows, "python -m bench.parse_retries", {"parallel": 4, "threads": 1, "n_test": 3}
+    )
+    lines = [line for line in text.splitlines() if line.startswith("| intent")]
+    assert len(lines) == 3 and lines[0].endswith("| 5 |  |")
+    assert lines[1].endswith("| 4 | -0.333 (lower on 1, higher on 0) |")
+    assert lines[2].endswith("| 3 | -0.333 (lower on 2, higher on 1) |")
+
+
+@pytest.mark.anyio
+async def test_the_parse_retries_counter_counts_every_chat_call_cache_hits_included(
+    fake_server: Any, lm_kwargs: dict[str, Any]
+) -> None:
+    parse_retries = importlib.import_module("bench.parse_retries")
+    cache = aprompt.ResponseCache.memory_only(1000)
+    async with aprompt.OpenAICompatibleLM(**lm_kwargs, cache=cache) as lm:
+        counting = parse_retries.CountingLM(lm)
+        for _ in range(3):
+            await counting.chat([{"role": "user", "content": "Hi"}])
+    assert counting.calls == 3 and len(fake_server.chat_requests) == 1

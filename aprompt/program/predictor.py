@@ -46,7 +46,9 @@ class Predict:
         reply_format: ``"fields"`` (``Label: value`` lines) or, for a signature with one output field,
             ``"bare"`` (the value alone; demos are shown the same way).
         lm: the LM to use when a call gives none; else the :func:`use_lm` default.
-        max_parse_retries: corrective follow-ups after an unreadable reply before ``ParseError``.
+        max_parse_retries: corrective follow-ups after an unreadable reply before ``ParseError``
+            (default 1: on the embedded model a second follow-up never turned an unreadable reply
+            into a better score, and each costs a call; see ``bench/results/parse_retries.md``).
         **lm_params: sampling parameters for every call (``temperature=0.7``, ``max_tokens=256``).
 
     Example::
@@ -64,7 +66,7 @@ class Predict:
         demos: Iterable[Demo | Mapping[str, Any]] = (),
         reply_format: ReplyFormat = "fields",
         lm: LM | None = None,
-        max_parse_retries: int = 2,
+        max_parse_retries: int = 1,
         **lm_params: Any,
     ) -> None:
         if max_parse_retries < 0:

@@ -197,11 +197,15 @@ async def test_a_reply_still_unreadable_after_the_retries_raises_parse_error(
     fake_server: FakeOpenAIServer, lm: OpenAICompatibleLM
 ) -> None:
     fake_server.responder = lambda req: "I don't know."
-    with pytest.raises(ParseError, match="after 3 attempt") as caught:
+    # By default one corrective follow-up: two requests in all.
+    with pytest.raises(ParseError, match="after 2 attempt") as caught:
         await Predict("question -> answer: int", lm=lm)(question="q")
     assert caught.value.raw_text == "I don't know."
     assert caught.value.missing == ("answer",)
-    assert len(fake_server.chat_requests) == 3
+    assert len(fake_server.chat_requests) == 2
+    with pytest.raises(ParseError, match="after 3 attempt"):
+        await Predict("question -> answer: int", lm=lm, max_parse_retries=2)(question="q")
+    assert len(fake_server.chat_requests) == 2 + 3
 
 
 async def test_max_parse_retries_zero_makes_a_single_attempt(
