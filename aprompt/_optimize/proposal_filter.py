@@ -8,6 +8,9 @@ Deterministic checks, none of which asks an LM:
   line, and the bullet lines under it), the sentences of the proposer's own instruction and tips, and
   keeps what follows an answer label (``Proposed Instruction:``). What remains is the instruction; when
   nothing usable remains, the proposal is dropped.
+- **A preamble.** A first line that ends with a colon and tells the model nothing to do ("A more
+  detailed and polished version of the program could be:", "Sure, here is the new instruction:") is
+  the proposer introducing its answer; it is removed when text follows it.
 - **Repeats.** A sentence the proposal already said (a small proposer often writes its instruction
   twice) is removed.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
@@ -70,8 +73,8 @@ FAR_BELOW = 0.4
 #: Fewest examples scored for both the original and a proposal before the screen decides anything.
 MIN_SCREENED = 3
 #: English words that do not start an imperative clause (articles, pronouns other than "you", prepositions,
-#: conjunctions, auxiliaries, question words, quantifiers): a clause starting with one tells the model
-#: nothing to do unless it says "you", "should", "must", ... (:data:`_OBLIGATION`).
+#: conjunctions, auxiliaries, question words, quantifiers, a reply's "sure" or "okay"): a clause starting
+#: with one tells the model nothing to do unless it says "you", "should", "must", ... (:data:`_OBLIGATION`).
 _NOT_IMPERATIVE = frozenset(
     """a an the this that these those it its i we he she they me us him her them our my his their there
     here in on at for with by from of to into onto as about after before during while since because if
@@ -79,7 +82,7 @@ _NOT_IMPERATIVE = frozenset(
     than and but or so yet nor is are was were am been has had can could will would shall may might does
     did what which who whom whose why how where each every some any all no none many most such one both
     either neither another other following previous original current above below here's it's that's
-    there's let's""".split()
+    there's let's sure okay ok certainly absolutely yes""".split()
 )
 _FIRST_PERSON = re.compile(
     r"[^\w]*(?:i|i'm|i'll|i've|i'd|we|we're|we'll|let me|here is|here's)\b", re.IGNORECASE
@@ -152,7 +155,7 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         if pattern.search(kept):
             kept = pattern.sub(" ", kept)
             removed.append("proposer sentence")
-    value = _without_repeats(_tidy(kept), removed)
+    value = _without_repeats(_tidy(_without_preamble(kept, removed)), removed)
     removed = list(dict.fromkeys(removed))
     if len(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
         return Cleaned(None, tuple(removed), f"reads as no instruction: {_excerpt(value)}")
@@ -168,6 +171,16 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         )
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
+
+
+def _without_preamble(text: str, removed: list[str]) -> str:
+    """``text`` without a first line that introduces the rest (ends with a colon, tells the model
+    nothing to do), when something follows it."""
+    first, newline, rest = text.strip().partition("\n")
+    if newline and rest.strip() and first.rstrip(" *_`").endswith(":") and not reads_as_instruction(first):
+        removed.append("preamble")
+        return rest
+    return text
 
 
 def reads_as_instruction(text: str) -> bool:

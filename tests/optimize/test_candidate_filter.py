@@ -95,6 +95,24 @@ def test_an_instruction_after_echoed_scaffolding_is_kept_alone() -> None:
     assert cleaned.note == "cleaned: removed scaffolding: Current Instruction"
 
 
+def test_a_first_line_introducing_the_instruction_is_removed() -> None:
+    predictor = Predict("sentence -> negated", instruction="Negate the sentence.")
+    # The embedded proposer wrote this first line above the instruction the demo showed.
+    body = "Rewrite the sentence so that its verb is negated.\nKeep every other word."
+    for preamble in (
+        "A more detailed and polished version of the program could be:",
+        "Sure, here is the new instruction:",
+        "**The improved instruction:**",
+    ):
+        cleaned = clean_reply(f"{preamble}\n{body}", predictor)
+        assert cleaned.text == body, cleaned.text
+        assert cleaned.removed == ("preamble",)
+    # A first line that is itself an instruction, or a colon line with nothing after it, stays.
+    listing = "Classify the utterance into one of these intents:\n- play_music\n- get_weather"
+    assert clean_reply(listing, predictor).removed == ()
+    assert clean_reply("Negate the verb of the sentence as follows:", predictor).removed == ()
+
+
 def test_lines_starting_with_a_field_label_are_removed() -> None:
     reply = "Map each word to its code word.\nWord: cat\nMapped Word: zeb\nword: dog"
     cleaned = clean_reply(reply, Predict("word -> mapped_word"))
