@@ -500,6 +500,17 @@ PAIRED_HEADER = ["budget", "paired runs", "mean change in regret", "95 % interva
 
 
 def main(argv: list[str] | None = None) -> list[Run]:
+    """Run the benchmark; the library's log is quiet (WARNING) while it runs and as it was after."""
+    library = logging.getLogger("aprompt")
+    level = library.level
+    library.setLevel(logging.WARNING)
+    try:
+        return _main(argv)
+    finally:
+        library.setLevel(level)  # run in a test's process, it must not silence the tests after it
+
+
+def _main(argv: list[str] | None) -> list[Run]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--runs", type=int, default=15, help="runs (seeds 0..n-1) per budget")
     parser.add_argument("--seeds", default=None, help="START:STOP, the seeds run (instead of --runs)")
@@ -533,7 +544,6 @@ def main(argv: list[str] | None = None) -> list[Run]:
         help="no DSPy response cache: count every call it makes, as aprompt's are counted",
     )
     args = parser.parse_args(argv)
-    logging.getLogger("aprompt").setLevel(logging.WARNING)
     budgets = [b for b in args.budgets.split(",") if b]
     unknown = [b for b in budgets if b not in PRESET_VAL_SIZE]
     if unknown:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import logging
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,7 @@ async def test_same_seed_and_warm_cache_repeat_the_run_with_no_new_calls(tmp_pat
 
 def test_the_regret_benchmark_runs_seeds_in_worker_processes_and_pairs_them_by_seed(tmp_path: Path) -> None:
     regret = importlib.import_module("bench.regret")
+    level = logging.getLogger("aprompt").level
     quick = ["--quick", "--seeds", "3:5", "--out-dir", str(tmp_path)]
     parallel = regret.main([*quick, "--workers", "2", "--name", "parallel"])
     one_process = regret.main([*quick, "--name", "one", "--paired-with", str(tmp_path / "parallel.json")])
@@ -118,3 +120,5 @@ def test_the_regret_benchmark_runs_seeds_in_worker_processes_and_pairs_them_by_s
     assert all(bool(r.missed) == (r.regret > 1e-12) for r in parallel)
     text = (tmp_path / "one.md").read_text()
     assert "Paired by seed with" in text and "| quick | 2 | +0.0000 | [+0.0000, +0.0000] | 0 | 0 |" in text
+    # It quiets the library's log while it runs, not for the tests run after it in this process.
+    assert logging.getLogger("aprompt").level == level
