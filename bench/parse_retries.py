@@ -29,9 +29,10 @@ import anyio
 
 import aprompt
 from aprompt._optimize.bootstrap import labeled_only_set
-from aprompt.lm._replies import accepting_cut_replies
+from aprompt._optimize.budget import PRESETS
 from aprompt.lm.local import LOCAL_MODEL_NAME
 from aprompt.lm.types import Completion, Message
+from bench.local_model import warm_local_lm
 from bench.quality import HAND_DEMOS, hand_few_shot
 from bench.tasks import DEFAULT_DATA_DIR, TASKS, Task
 from bench.tasks.data import Split
@@ -60,12 +61,14 @@ def prompt_program(task: Task, split: Split, prompt: str, retries: int) -> objec
     if prompt == "as written":
         program = task.program()
     elif prompt == "labeled set":
-        # Demo set 1 of an optimization with the light budget (4 labeled demos, bound 8).
+        # Demo set 1 of an optimization with the light budget.
         program = task.program()
         train = task.examples(split.train)
+        light = PRESETS["light"]
         for _, predictor in aprompt.named_predictors(program):
             if set(predictor.signature.output_names) <= set(train[0].labels):
-                predictor.demos = list(labeled_only_set(predictor, train, 4, 8).demos)
+                labeled = labeled_only_set(predictor, train, light.max_labeled_demos, light.max_demos)
+                predictor.demos = list(labeled.demos)
     else:
         program = hand_few_shot(task, split, seed=1)
     for _, predictor in aprompt.named_predictors(program):
@@ -149,14 +152,10 @@ async def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     command = "python -m bench.parse_retries " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
-    local = aprompt.local_lm(n_parallel=args.parallel, n_threads=args.threads, ctx_per_slot=4096)
-    async with local as warmup:
-        with accepting_cut_replies(lambda text: True):  # one token is the whole warm-up
-            await warmup.chat([{"role": "user", "content": "Hi"}], max_tokens=1)
-        assert local.base_url is not None
+    async with warm_local_lm(parallel=args.parallel, threads=args.threads) as (_, base_url):
         cache = aprompt.ResponseCache.memory_only(1_000_000)
         async with aprompt.OpenAICompatibleLM(
-            LOCAL_MODEL_NAME, local.base_url, api_key="", max_concurrency=args.parallel, cache=cache
+            LOCAL_MODEL_NAME, base_url, api_key="", max_concurrency=args.parallel, cache=cache
         ) as lm:
             for task in args.tasks.split(","):
                 for prompt in PROMPTS:

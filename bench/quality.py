@@ -60,9 +60,9 @@ import attrs
 
 import aprompt
 from aprompt._optimize.strategies import STRATEGIES
-from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.local import LOCAL_MODEL_NAME
 from bench.counting_proxy import CountingProxy, Counts
+from bench.local_model import warm_local_lm
 from bench.report import (
     RESULTS_DIR,
     bootstrap_interval,
@@ -555,12 +555,8 @@ async def run_all(settings: Settings) -> list[Run]:
     skipped = sorted(set(settings.methods) - set(methods))
     if skipped:
         print(f"skipping {', '.join(skipped)}: dspy is not installed (pip install -e '.[bench]')")
-    local = aprompt.local_lm(n_parallel=settings.parallel, n_threads=settings.threads, ctx_per_slot=4096)
-    async with local as warmup:
-        with accepting_cut_replies(lambda text: True):  # one token is the whole warm-up
-            await warmup.chat([{"role": "user", "content": "Hi"}], max_tokens=1)
-        assert local.base_url is not None
-        async with CountingProxy(local.base_url, max_connections=4 * settings.concurrency) as proxy:
+    async with warm_local_lm(parallel=settings.parallel, threads=settings.threads) as (_, base_url):
+        async with CountingProxy(base_url, max_connections=4 * settings.concurrency) as proxy:
             for task_name in settings.tasks:
                 task = TASKS[task_name]
                 split = task_split(settings, task)

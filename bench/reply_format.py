@@ -23,9 +23,9 @@ from typing import Any
 import anyio
 
 import aprompt
-from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.local import LOCAL_MODEL_NAME
 from aprompt.program.overrides import PromptOverride
+from bench.local_model import warm_local_lm
 from bench.quality import HAND_DEMOS, hand_few_shot
 from bench.tasks import DEFAULT_DATA_DIR, TASKS
 
@@ -118,10 +118,7 @@ async def main(argv: Sequence[str] | None = None) -> str:
         argv if argv is not None else __import__("sys").argv[1:]
     )
     rows = []
-    local = aprompt.local_lm(n_parallel=args.parallel, n_threads=args.threads, ctx_per_slot=4096)
-    async with local as lm:
-        with accepting_cut_replies(lambda text: True):  # one token is the whole warm-up
-            await lm.chat([{"role": "user", "content": "Hi"}], max_tokens=1)
+    async with warm_local_lm(parallel=args.parallel, threads=args.threads) as (lm, _):
         for task in args.tasks.split(","):
             for prompt in PROMPTS:
                 for reply_format in FORMATS:
