@@ -270,6 +270,7 @@ async def optimize(
         proposer_lm=proposer,
         teacher_lm=teacher_lm,
         metric=metric,
+        program=program,
     )
     async with run_storage(run_dir, resume, fingerprint, [default_lm, proposer, teacher_lm]) as journal:
         ctx = RunContext(

@@ -323,3 +323,38 @@ async def test_the_journaled_identity_holds_no_api_key_nor_param_values(
         text = json.dumps(journal.records("config"))
     assert TEST_API_KEY not in text and "u-7f3a" not in text and "0.25" not in text
     assert "world" in text  # the model is there, readable
+
+
+def at_least(length: int) -> Any:
+    """A metric made by a factory: only the value it closes over tells two of them apart."""
+
+    def long_enough(example: Example, prediction: Any) -> bool:
+        return metric(example, prediction) and len(str(prediction.answer)) >= length
+
+    return long_enough
+
+
+async def test_a_metric_closing_over_another_value_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path, metric_=at_least(1))
+    again = await run(server, tmp_path, metric_=at_least(1))  # the same factory call resumes
+    assert server.chat_requests and again.score > 0
+    assert await refusal(server, tmp_path, metric_=at_least(99)) == {"metric"}
+
+
+async def test_a_program_whose_code_changed_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    class Program(TwoStageProgram):
+        """The world's program with the same predictors, whose code changes what it returns."""
+
+        async def __call__(self, question: str) -> Any:
+            found = await self.extract(question=question)
+            answered = await self.answer(question=question, code=found.code)
+            return aprompt.Prediction({"answer": str(answered.answer).upper()})
+
+    # The same qualified name and predictors as the first run's program: only its code changed.
+    Program.__module__, Program.__qualname__ = TwoStageProgram.__module__, TwoStageProgram.__qualname__
+    fresh = await run(server, tmp_path / "fresh", program=Program())
+    assert fresh.score == 0.0  # every answer is wrong in capitals: resuming the first run would lie
+    await run(server, tmp_path)
+    assert await refusal(server, tmp_path, program=Program()) == {"program code"}
