@@ -19,7 +19,7 @@ from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt._optimize.confirmation import confirmation_calls
 from aprompt._optimize.evaluate import Metric, RunMetric, program_entry
 from aprompt._optimize.events import EventCallback, RunFinished, RunPlanned
-from aprompt._optimize.examples import Example, as_examples
+from aprompt._optimize.examples import Example, as_examples, check_disjoint
 from aprompt._optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
 from aprompt._optimize.per_example import final_examples, recording_outputs
 from aprompt._optimize.propose import Grounding
@@ -234,6 +234,7 @@ async def optimize(
     if val_given is not None and not val_given:
         raise ConfigError("valset is empty; pass None to hold out part of the trainset")
     train, val = split_valset(train, val_given, plan.val_size, seed)
+    check_disjoint(train, val, held_out=val_given is None)
     check_inputs(program, [*train, *val], "trainset/valset")
     check_metric(metric)
     await check_metric_on_labels(metric, [*val, *train])

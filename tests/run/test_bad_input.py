@@ -83,6 +83,27 @@ async def test_mappings_missing_an_input_field(fake_server: FakeOpenAIServer, tm
     )
 
 
+async def test_a_valset_sharing_examples_with_the_trainset(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # Demos bootstrapped from a validation example would let the search score answers it was shown.
+    valset = [*examples(100, 120), *examples(5, 7)]
+    info = await refused(
+        fake_server, tmp_path, aprompt.ConfigError, "both the trainset and the valset", valset=valset
+    )
+    assert all(example.id in str(info.value) for example in examples(5, 7))
+
+
+async def test_a_trainset_holding_an_example_twice_without_a_valset(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # The held-out valset takes one copy and the trainset keeps the other (seed 0 splits them so).
+    trainset = [*examples(0, 40), *examples(0, 40)]
+    await refused(
+        fake_server, tmp_path, aprompt.ConfigError, "trainset holds .* more than once", trainset=trainset
+    )
+
+
 def one_argument(prediction: Any) -> bool:
     return True
 
