@@ -8,7 +8,10 @@ argument and the value it got.
 The metric is also tried once on a prediction built from an example's own labels (the perfect
 answer): it must return a valid score there. A metric that cannot read such a prediction (it reads a
 field the labels lack: ``AttributeError``, ``KeyError``, ``IndexError``) is let through; its real
-predictions are checked as they are scored (see :mod:`aprompt._optimize.evaluate`).
+predictions are checked as they are scored (see :mod:`aprompt._optimize.evaluate`). That prediction is
+then scored against one example of each set of labels lacking some of the first's: a metric that cannot
+read such an example needs a label it lacks (a ``ConfigError`` naming it, not a silent 0 on every
+candidate).
 
 Example::
 
@@ -224,3 +227,36 @@ async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) ->
             f"{exc} (scoring a prediction made of example {example.id}'s own labels); "
             "a metric must return a bool or a float in [0, 1], or a pair (score, feedback text)"
         ) from None
+    await _check_label_gaps(metric, example, perfect, examples)
+
+
+async def _check_label_gaps(
+    metric: Metric, reference: Example, perfect: Prediction, examples: Sequence[Example]
+) -> None:
+    """Score ``perfect`` (which the metric scored on ``reference``) against one example of each set
+    of labels that lacks some of ``reference``'s: a metric that then cannot read the example (a
+    ``KeyError`` or ``AttributeError``) needs a label the example lacks, and would score it 0 on every
+    candidate without a word.
+
+    Raises:
+        ConfigError: naming the example, the labels it lacks and what the metric raised.
+    """
+    tried: set[frozenset[str]] = set()
+    for example in examples:
+        keys = frozenset(example.labels)
+        missing = sorted(set(reference.labels) - keys)
+        if not missing or keys in tried:
+            continue
+        tried.add(keys)
+        try:
+            value = metric(example, perfect)
+            if inspect.isawaitable(value):
+                await value
+        except _CANNOT_READ_LABELS as exc:
+            raise ConfigError(
+                f"example {example.id} lacks the label(s) {missing} that example {reference.id} has, and "
+                f"metric {describe_metric(metric)} cannot score it ({type(exc).__name__}: {exc}); give "
+                "every example the labels the metric reads"
+            ) from exc
+        except Exception:  # not a missing label: the run scores it as it comes
+            continue

@@ -104,6 +104,17 @@ async def test_a_trainset_holding_an_example_twice_without_a_valset(
     )
 
 
+@pytest.mark.parametrize("labels", [{}, {"note": "no answer here"}])
+async def test_an_example_missing_the_label_the_metric_reads(
+    fake_server: FakeOpenAIServer, tmp_path: Path, labels: dict[str, str]
+) -> None:
+    # Scored 0 on every candidate, it would pull every score down without a word.
+    odd = aprompt.Example(inputs={"question": "What is the answer for item-7?"}, labels=labels, id="odd-one")
+    trainset = [*examples(0, 7), odd, *examples(8, 40)]
+    info = await refused(fake_server, tmp_path, aprompt.ConfigError, "odd-one", trainset=trainset)
+    assert "'answer'" in str(info.value)
+
+
 def one_argument(prediction: Any) -> bool:
     return True
 
