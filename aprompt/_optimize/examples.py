@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,8 +17,21 @@ def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
+# What ``repr`` gives objects without one of their own: the address differs in every process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _same_in_every_process(value: Any) -> Any:
+    """A JSON stand-in for a value JSON lacks: a set as its sorted items (a set's order follows the
+    process's hash seed), anything else as its text without a memory address."""
+    if isinstance(value, set | frozenset):
+        return sorted(json.dumps(item, sort_keys=True, default=_same_in_every_process) for item in value)
+    return _ADDRESS.sub("", str(value))
+
+
 def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
-    blob = json.dumps([inputs, labels], sort_keys=True, default=str, ensure_ascii=False)
+    """A hash of the content, the same in every process (a resumed run finds its examples again)."""
+    blob = json.dumps([inputs, labels], sort_keys=True, default=_same_in_every_process, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -358,3 +358,33 @@ async def test_a_program_whose_code_changed_is_refused(server: FakeOpenAIServer,
     assert fresh.score == 0.0  # every answer is wrong in capitals: resuming the first run would lie
     await run(server, tmp_path)
     assert await refusal(server, tmp_path, program=Program()) == {"program code"}
+
+
+def set_labeled_ids() -> list[str]:
+    """The ids a dataset without given ids gets, when its labels hold sets (and an object without
+    a text of its own)."""
+
+    class Source:
+        pass
+
+    return [
+        Example(
+            inputs={"question": f"item-{i}"}, labels={"tags": {"a", "b", "c", "d"}, "source": Source()}
+        ).id
+        for i in range(5)
+    ]
+
+
+def test_an_examples_own_id_is_the_same_in_every_process() -> None:
+    """Else a resumed run in a new process finds other ids, and is refused as another run."""
+    script = (
+        "import json; from tests.run.test_run_identity import set_labeled_ids as f; print(json.dumps(f()))"
+    )
+    found = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        )
+        found.append(json.loads(out.stdout))
+    assert found[0] == found[1] == set_labeled_ids()
