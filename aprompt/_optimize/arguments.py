@@ -34,6 +34,7 @@ from aprompt._optimize.evaluate import Metric, describe_metric, metric_score
 from aprompt._optimize.examples import Example
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.strategies import STRATEGIES, Strategy
+from aprompt.lm._metering import LimitReached, RequestMeter, metering
 from aprompt.program.values import Prediction
 from aprompt.run._limits import Limits
 
@@ -199,17 +200,17 @@ async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) ->
         ConfigError: the metric returned something else (``None``, NaN, a string, 2.5, ``("x", 1)``: a
             pair whose score is not one, or whose feedback is not text), or raised an
             error other than a missing field (``AttributeError``, ``KeyError``, ``IndexError``), which a
-            real prediction may well have. An LM failure inside an LM-judged metric is not refused here.
+            real prediction may well have. An LM failure inside an LM-judged metric is not refused here,
+            and no LM request is sent: a metric that asks an LM is checked on its first real predictions
+            (under the run's limits).
     """
     example = next((e for e in examples if e.labels), None)
     if example is None:
         return  # nothing to build a prediction from
     perfect = Prediction(dict(example.labels))
     try:
-        value = metric(example, perfect)
-        if inspect.isawaitable(value):
-            value = await value
-    except _CANNOT_READ_LABELS:
+        value = await _score_without_lm(metric, example, perfect)
+    except (*_CANNOT_READ_LABELS, _WouldCallLM):
         return
     except APromptError as exc:
         if isinstance(exc, ConfigError):
@@ -249,9 +250,9 @@ async def _check_label_gaps(
             continue
         tried.add(keys)
         try:
-            value = metric(example, perfect)
-            if inspect.isawaitable(value):
-                await value
+            await _score_without_lm(metric, example, perfect)
+        except _WouldCallLM:
+            return
         except _CANNOT_READ_LABELS as exc:
             raise ConfigError(
                 f"example {example.id} lacks the label(s) {missing} that example {reference.id} has, and "
@@ -260,3 +261,34 @@ async def _check_label_gaps(
             ) from exc
         except Exception:  # not a missing label: the run scores it as it comes
             continue
+
+
+class _WouldCallLM(Exception):
+    """The metric asked an LM (an LM-judged metric): it is checked on its first real predictions."""
+
+
+async def _score_without_lm(metric: Metric, example: Example, prediction: Prediction) -> object:
+    """``metric(example, prediction)``, awaited, with every LM request refused: these checks come before
+    the run, its meter and its journal, so a request sent here would count against no limit.
+
+    Raises:
+        _WouldCallLM: the metric sent an LM request (refused before it was sent).
+    """
+    try:
+        with metering(RequestMeter(max_requests=0)):
+            value = metric(example, prediction)
+            if inspect.isawaitable(value):
+                value = await value
+    except BaseException as exc:
+        if _refused(exc):
+            raise _WouldCallLM from None
+        raise
+    return value
+
+
+def _refused(exc: BaseException) -> bool:
+    if isinstance(exc, LimitReached):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_refused(inner) for inner in exc.exceptions)
+    return exc.__cause__ is not None and _refused(exc.__cause__)
