@@ -61,9 +61,11 @@ def split_valset(
 
 
 def check_inputs(program: object, examples: Sequence[Example], role: str) -> None:
-    """Every example's inputs must bind to the program's call signature."""
+    """The program must be callable (or have a ``forward``), and every example's inputs must bind to its
+    call signature."""
+    entry = program_entry(program)  # a ConfigError (a ValueError too) must not pass as "no signature"
     try:
-        signature = inspect.signature(program_entry(program))
+        signature = inspect.signature(entry)
     except (TypeError, ValueError):
         return
     for example in examples:

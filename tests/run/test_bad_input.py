@@ -151,6 +151,17 @@ async def test_a_program_without_predictors(fake_server: FakeOpenAIServer, tmp_p
     await refused(fake_server, tmp_path, aprompt.ConfigError, "no predictors", program=Plain())
 
 
+async def test_a_program_that_cannot_be_called(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    class Uncallable:  # its predictors are found, but there is nothing to call it by
+        def __init__(self) -> None:
+            self.answer = aprompt.Predict("question -> answer")
+
+        async def run(self, question: str) -> Any:
+            return await self.answer(question=question)
+
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "not callable", program=Uncallable())
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
