@@ -15,6 +15,7 @@ import inspect
 import ipaddress
 import json
 import re
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 
 #: Bumped when what the fingerprint covers changes: a journal of another version is refused.
-#: 3: the program's code, and the plain values a metric closes over or holds.
+#: 3: the program's code, and the plain values a metric closes over or reads as globals.
 IDENTITY_VERSION = 3
 VERSION_KEY = "identity"
 
@@ -82,9 +83,9 @@ def _plain(value: Any) -> bool:
 
 
 def _settings(target: Any, depth: int) -> dict[str, Any]:
-    """The plain values a function closes over or defaults to (and the identity of the functions it
-    closes over), by name; other values are left out (a callable object's attributes too: a counter or a
-    cache on one changes as it is called)."""
+    """The plain values a function closes over, defaults to or reads as module globals (and the
+    identity of the functions it closes over), by name; other values are left out (a callable
+    object's attributes too: a counter or a cache on one changes as it is called)."""
     found: dict[str, Any] = {}
     if inspect.isfunction(target):
         cells = zip(target.__code__.co_freevars, target.__closure__ or (), strict=False)
@@ -97,6 +98,11 @@ def _settings(target: Any, depth: int) -> dict[str, Any]:
                 found[name] = value
             elif depth < 3 and (inspect.isfunction(value) or isinstance(value, functools.partial)):
                 found[name] = callable_identity(value, _depth=depth + 1)
+        namespace = target.__globals__
+        for name in sorted(_global_names(target.__code__)):
+            value = namespace.get(name)
+            if name in namespace and _plain(value):
+                found[f"global {name}"] = value
         for position, value in enumerate(target.__defaults__ or ()):
             if _plain(value):
                 found[f"default {position}"] = value
@@ -106,15 +112,24 @@ def _settings(target: Any, depth: int) -> dict[str, Any]:
     return found
 
 
+def _global_names(code: types.CodeType) -> set[str]:
+    """The names ``code`` (and the code nested in it: lambdas, comprehensions) may read as globals."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return names
+
+
 def callable_identity(fn: Any, *, _depth: int = 0) -> str:
     """``module.qualname``, plus ``#`` and a hash of the source when it can be read, plus ``@`` and a
     hash of its settings when it has some.
 
     A bound method is its function; a ``functools.partial`` adds its bound arguments; a callable
-    object is its class (name and source), not its attributes; a function made by a factory (a
-    closure) adds the plain values it closes over or defaults to (a threshold, a model name) and the
-    identity of the functions it closes over. Plain values are numbers, texts, ``None`` and tuples of
-    them: a cache or a client a metric closes over is never part of its identity.
+    object is its class (name and source), not its attributes; a function adds the plain values it
+    closes over (made by a factory), defaults to or reads as module globals (a threshold, a model
+    name), and the identity of the functions it closes over. Plain values are numbers, texts,
+    ``None`` and tuples of them: a cache or a client a metric uses is never part of its identity.
     """
     if isinstance(fn, functools.partial):
         bound = digest([list(fn.args), dict(fn.keywords)])

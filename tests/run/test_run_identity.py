@@ -388,3 +388,19 @@ def test_an_examples_own_id_is_the_same_in_every_process() -> None:
         )
         found.append(json.loads(out.stdout))
     assert found[0] == found[1] == set_labeled_ids()
+
+
+#: A module-level setting a metric reads.
+MIN_LENGTH = 1
+
+
+def long_enough(example: Example, prediction: Any) -> bool:
+    return metric(example, prediction) and len(str(prediction.answer)) >= MIN_LENGTH
+
+
+async def test_a_metric_reading_another_module_setting_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await run(server, tmp_path, metric_=long_enough)
+    monkeypatch.setattr(sys.modules[__name__], "MIN_LENGTH", 99)
+    assert await refusal(server, tmp_path, metric_=long_enough) == {"metric"}
