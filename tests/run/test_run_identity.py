@@ -404,3 +404,24 @@ async def test_a_metric_reading_another_module_setting_is_refused(
     await run(server, tmp_path, metric_=long_enough)
     monkeypatch.setattr(sys.modules[__name__], "MIN_LENGTH", 99)
     assert await refusal(server, tmp_path, metric_=long_enough) == {"metric"}
+
+
+async def test_a_run_started_over_on_another_endpoint_asks_that_endpoint(tmp_path: Path) -> None:
+    """The refusal says ``resume=False`` starts over: the answers of the endpoint it was refused for
+    (kept in the run_dir's cache) must not stand in for the new endpoint's."""
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as first:
+        await run(first, tmp_path)
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as second:
+        elsewhere = second.base_url.replace("127.0.0.1", "localhost")  # another host: another endpoint
+        assert await refusal(second, tmp_path, lm={"base_url": elsewhere}) == {
+            "lm (endpoints)",
+            "proposer_lm (endpoints)",
+        }
+        await run(second, tmp_path / "fresh", lm={"base_url": elsewhere})
+        asked = len(second.chat_requests)
+        second.reset_records()
+        await run(second, tmp_path, lm={"base_url": elsewhere}, resume=False)
+        assert len(second.chat_requests) == asked > 0
+        second.reset_records()  # starting over on the same endpoints keeps what was paid for
+        await run(second, tmp_path, lm={"base_url": elsewhere}, resume=False)
+        assert second.chat_requests == []
