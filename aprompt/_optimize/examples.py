@@ -35,10 +35,25 @@ def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _as_id(value: object) -> str:
+    """An example's id as text: a whole number (a dataset's row index) becomes its digits, ``None``
+    no id (the content's hash). Ids are compared, sorted and journaled as text everywhere."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(
+        f"an example's id must be text or a whole number, got {type(value).__name__} {value!r:.80}"
+    )
+
+
 @attrs.frozen
 class Example:
     """One example. ``inputs`` are passed to the program as keyword arguments; ``labels`` are for the
-    metric (and for labeled demos). ``id`` is stable: given, or a hash of the content.
+    metric (and for labeled demos). ``id`` is stable: given (text, or a whole number as its digits), or
+    a hash of the content.
 
     Fields read as attributes too: ``example.question``, ``example.answer``.
 
@@ -49,7 +64,7 @@ class Example:
 
     inputs: Mapping[str, Any] = attrs.field(converter=_as_dict)
     labels: Mapping[str, Any] = attrs.field(converter=_as_dict, factory=dict)
-    id: str = attrs.field(default="")
+    id: str = attrs.field(default="", converter=_as_id)
 
     def __attrs_post_init__(self) -> None:
         if not self.id:
