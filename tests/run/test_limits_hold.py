@@ -367,3 +367,25 @@ async def test_max_lm_calls_bounds_the_requests_of_an_lm_judged_metric_too(limit
 
     assert result.stopped_by == "max_lm_calls"
     assert received <= result.spent["lm_calls"] <= limit
+
+
+class UncountedLM(PlainLM):
+    """Another framework's model that does not tell what its calls cost (no token usage)."""
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        return Completion((await super().chat(messages, rollout=rollout, **params)).text)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [aprompt.Limits(max_tokens=5_000), aprompt.Limits(max_cost=0.01, prices={"fake-model": (1.0, 1.0)})],
+)
+async def test_a_token_limit_on_an_lm_that_reports_no_usage_is_a_config_error(limits: aprompt.Limits) -> None:
+    async with (
+        FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server,
+        httpx.AsyncClient() as http,
+    ):
+        with pytest.raises(aprompt.ConfigError, match="no token usage"):
+            await qa_run(UncountedLM(server.base_url, http), limits=limits)
+        # Refused as soon as the first answers show it: the requests then in flight, not the run's 204.
+        assert len(server.chat_requests) <= 3 * CAP
