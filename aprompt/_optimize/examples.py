@@ -109,7 +109,7 @@ def as_examples(
     every example stays addressable.
     """
     out: list[Example] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for position, item in enumerate(items):
         if isinstance(item, Example):
             example = item
@@ -122,10 +122,13 @@ def as_examples(
             example = Example.from_dict(item, inputs)
         else:
             raise ConfigError(f"{role}[{position}] is {type(item).__name__}, not an Example or mapping")
-        count = seen.get(example.id, 0)
-        seen[example.id] = count + 1
-        if count:
-            example = attrs.evolve(example, id=f"{example.id}#{count}")
+        unique, count = example.id, 0
+        while unique in taken:  # a later example may already hold the name an earlier one would get
+            count += 1
+            unique = f"{example.id}#{count}"
+        taken.add(unique)
+        if unique != example.id:
+            example = attrs.evolve(example, id=unique)
         out.append(example)
     return out
 

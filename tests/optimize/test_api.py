@@ -139,3 +139,17 @@ async def test_whole_number_example_ids_work_as_their_text() -> None:
     text, number = results
     assert (number.score, dict(number.best_choice)) == (text.score, dict(text.best_choice))
     assert [row.example_id for row in number.examples.rows] == [str(i) for i in range(200, 230)]
+
+
+async def test_every_validation_example_is_scored_when_a_renamed_duplicate_id_is_taken() -> None:
+    # Two examples share the id "v" and a third already holds "v#1", the name the second would get.
+    ids = ["v", "v", "v#1", *(f"item{i}" for i in range(203, 230))]
+    valset = [
+        Example(inputs=e.inputs, labels=e.labels, id=i) for i, e in zip(ids, examples(200, 230), strict=True)
+    ]
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        result = await aprompt.optimize(
+            TwoStageProgram(), examples(0, 40), metric, valset=valset, lm=lm, budget=SMALL_BUDGET, seed=1
+        )
+    assert len({row.example_id for row in result.examples.rows}) == 30
+    assert all(len(full.scores) + full.n_unscored == 30 for full in result.full_evals)
