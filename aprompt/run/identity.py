@@ -70,7 +70,7 @@ def _source_digest(target: Any) -> str | None:
         return None
 
 
-#: Settings a function made by a factory (a closure) may close over: compared by value.
+#: The types of the settings a function closes over or reads as globals: compared by value.
 _PLAIN = (str, int, float, bool, type(None))
 
 
