@@ -134,7 +134,7 @@ def as_examples(
 
 
 def _inputs_key(example: Example) -> str:
-    return json.dumps(example.inputs, sort_keys=True, default=str, ensure_ascii=False)
+    return json.dumps(example.inputs, sort_keys=True, default=_same_in_every_process, ensure_ascii=False)
 
 
 def check_disjoint(train: Sequence[Example], val: Sequence[Example], *, held_out: bool) -> None:
