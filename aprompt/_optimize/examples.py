@@ -133,33 +133,24 @@ def as_examples(
     return out
 
 
-def _inputs_key(example: Example) -> str:
+def inputs_key(example: Example) -> str:
+    """The example's inputs as canonical text (examples with equal inputs have equal keys)."""
     return json.dumps(example.inputs, sort_keys=True, default=_same_in_every_process, ensure_ascii=False)
 
 
-def check_disjoint(train: Sequence[Example], val: Sequence[Example], *, held_out: bool) -> None:
+def check_disjoint(train: Sequence[Example], val: Sequence[Example]) -> None:
     """Refuse validation examples whose inputs a training example has too: a demo bootstrapped from
     one would show the program the very answer it is scored on, and the search would favour it.
-
-    Args:
-        held_out: ``val`` was held out of the trainset (no valset was given): the trainset holds the
-            same inputs more than once, and the split put copies on both sides.
 
     Raises:
         ConfigError: naming the examples (at most five) and what to do.
     """
-    in_train = {_inputs_key(example): example.id for example in train}
-    shared = [(in_train[key], example.id) for example in val if (key := _inputs_key(example)) in in_train]
+    in_train = {inputs_key(example): example.id for example in train}
+    shared = [(in_train[key], example.id) for example in val if (key := inputs_key(example)) in in_train]
     if not shared:
         return
     shown = ", ".join(f"{t}/{v}" if t != v else t for t, v in shared[:5])
     more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
-    if held_out:
-        raise ConfigError(
-            f"the trainset holds the same inputs more than once ({shown}{more}; trainset/held-out id), "
-            "and the valset held out of it took one copy while the trainset kept another: a demo made "
-            "from one would be scored on its own answer; remove the duplicates or pass a valset"
-        )
     raise ConfigError(
         f"{len(shared)} example(s) are in both the trainset and the valset, with the same inputs "
         f"({shown}{more}; trainset/valset id): a demo made from one would be scored on its own answer; "
