@@ -19,7 +19,7 @@ from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt._optimize.confirmation import confirmation_calls
 from aprompt._optimize.evaluate import Metric, RunMetric, program_entry
 from aprompt._optimize.events import EventCallback, RunFinished, RunPlanned
-from aprompt._optimize.examples import Example, as_examples
+from aprompt._optimize.examples import Example, as_examples, check_disjoint, inputs_key
 from aprompt._optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
 from aprompt._optimize.per_example import final_examples, recording_outputs
 from aprompt._optimize.propose import Grounding
@@ -53,7 +53,18 @@ def split_valset(
         shuffled = list(trainset)
         rng.shuffle(shuffled)
         n_val = min(val_size, max(1, len(shuffled) // 2))
-        return shuffled[n_val:], shuffled[:n_val]
+        held_out = shuffled[:n_val]
+        # A trainset holding the same inputs twice: the copies of a held-out example leave the trainset,
+        # or a demo made from one would be scored on its own answer.
+        held = {inputs_key(example) for example in held_out}
+        kept = [example for example in shuffled[n_val:] if inputs_key(example) not in held]
+        if len(kept) < len(shuffled) - n_val:
+            logger.info(
+                "aprompt: %d training example(s) share their inputs with held-out validation examples "
+                "and are left out of the trainset",
+                len(shuffled) - n_val - len(kept),
+            )
+        return kept, held_out
     val = list(valset)
     if len(val) > val_size:
         val = rng.sample(val, val_size)
@@ -61,9 +72,11 @@ def split_valset(
 
 
 def check_inputs(program: object, examples: Sequence[Example], role: str) -> None:
-    """Every example's inputs must bind to the program's call signature."""
+    """The program must be callable (or have a ``forward``), and every example's inputs must bind to its
+    call signature."""
+    entry = program_entry(program)  # a ConfigError (a ValueError too) must not pass as "no signature"
     try:
-        signature = inspect.signature(program_entry(program))
+        signature = inspect.signature(entry)
     except (TypeError, ValueError):
         return
     for example in examples:
@@ -234,6 +247,7 @@ async def optimize(
     if val_given is not None and not val_given:
         raise ConfigError("valset is empty; pass None to hold out part of the trainset")
     train, val = split_valset(train, val_given, plan.val_size, seed)
+    check_disjoint(train, val)
     check_inputs(program, [*train, *val], "trainset/valset")
     check_metric(metric)
     await check_metric_on_labels(metric, [*val, *train])
@@ -270,6 +284,7 @@ async def optimize(
         proposer_lm=proposer,
         teacher_lm=teacher_lm,
         metric=metric,
+        program=program,
     )
     async with run_storage(run_dir, resume, fingerprint, [default_lm, proposer, teacher_lm]) as journal:
         ctx = RunContext(

@@ -8,7 +8,10 @@ argument and the value it got.
 The metric is also tried once on a prediction built from an example's own labels (the perfect
 answer): it must return a valid score there. A metric that cannot read such a prediction (it reads a
 field the labels lack: ``AttributeError``, ``KeyError``, ``IndexError``) is let through; its real
-predictions are checked as they are scored (see :mod:`aprompt._optimize.evaluate`).
+predictions are checked as they are scored (see :mod:`aprompt._optimize.evaluate`). That prediction is
+then scored against one example of each set of labels lacking some of the first's: a metric that cannot
+read such an example needs a label it lacks (a ``ConfigError`` naming it, not a silent 0 on every
+candidate).
 
 Example::
 
@@ -31,6 +34,7 @@ from aprompt._optimize.evaluate import Metric, describe_metric, metric_score
 from aprompt._optimize.examples import Example
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.strategies import STRATEGIES, Strategy
+from aprompt.lm._metering import LimitReached, RequestMeter, metering
 from aprompt.program.values import Prediction
 from aprompt.run._limits import Limits
 
@@ -196,17 +200,17 @@ async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) ->
         ConfigError: the metric returned something else (``None``, NaN, a string, 2.5, ``("x", 1)``: a
             pair whose score is not one, or whose feedback is not text), or raised an
             error other than a missing field (``AttributeError``, ``KeyError``, ``IndexError``), which a
-            real prediction may well have. An LM failure inside an LM-judged metric is not refused here.
+            real prediction may well have. An LM failure inside an LM-judged metric is not refused here,
+            and no LM request is sent: a metric that asks an LM is checked on its first real predictions
+            (under the run's limits).
     """
     example = next((e for e in examples if e.labels), None)
     if example is None:
         return  # nothing to build a prediction from
     perfect = Prediction(dict(example.labels))
     try:
-        value = metric(example, perfect)
-        if inspect.isawaitable(value):
-            value = await value
-    except _CANNOT_READ_LABELS:
+        value = await _score_without_lm(metric, example, perfect)
+    except (*_CANNOT_READ_LABELS, _WouldCallLM):
         return
     except APromptError as exc:
         if isinstance(exc, ConfigError):
@@ -224,3 +228,67 @@ async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) ->
             f"{exc} (scoring a prediction made of example {example.id}'s own labels); "
             "a metric must return a bool or a float in [0, 1], or a pair (score, feedback text)"
         ) from None
+    await _check_label_gaps(metric, example, perfect, examples)
+
+
+async def _check_label_gaps(
+    metric: Metric, reference: Example, perfect: Prediction, examples: Sequence[Example]
+) -> None:
+    """Score ``perfect`` (which the metric scored on ``reference``) against one example of each set
+    of labels that lacks some of ``reference``'s: a metric that then cannot read the example (a
+    ``KeyError`` or ``AttributeError``) needs a label the example lacks, and would score it 0 on every
+    candidate without a word.
+
+    Raises:
+        ConfigError: naming the example, the labels it lacks and what the metric raised.
+    """
+    tried: set[frozenset[str]] = set()
+    for example in examples:
+        keys = frozenset(example.labels)
+        missing = sorted(set(reference.labels) - keys)
+        if not missing or keys in tried:
+            continue
+        tried.add(keys)
+        try:
+            await _score_without_lm(metric, example, perfect)
+        except _WouldCallLM:
+            return
+        except _CANNOT_READ_LABELS as exc:
+            raise ConfigError(
+                f"example {example.id} lacks the label(s) {missing} that example {reference.id} has, and "
+                f"metric {describe_metric(metric)} cannot score it ({type(exc).__name__}: {exc}); give "
+                "every example the labels the metric reads"
+            ) from exc
+        except Exception:  # not a missing label: the run scores it as it comes
+            continue
+
+
+class _WouldCallLM(Exception):
+    """The metric asked an LM (an LM-judged metric): it is checked on its first real predictions."""
+
+
+async def _score_without_lm(metric: Metric, example: Example, prediction: Prediction) -> object:
+    """``metric(example, prediction)``, awaited, with every LM request refused: these checks come before
+    the run, its meter and its journal, so a request sent here would count against no limit.
+
+    Raises:
+        _WouldCallLM: the metric sent an LM request (refused before it was sent).
+    """
+    try:
+        with metering(RequestMeter(max_requests=0)):
+            value = metric(example, prediction)
+            if inspect.isawaitable(value):
+                value = await value
+    except BaseException as exc:
+        if _refused(exc):
+            raise _WouldCallLM from None
+        raise
+    return value
+
+
+def _refused(exc: BaseException) -> bool:
+    if isinstance(exc, LimitReached):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_refused(inner) for inner in exc.exceptions)
+    return exc.__cause__ is not None and _refused(exc.__cause__)

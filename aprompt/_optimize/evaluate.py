@@ -199,7 +199,10 @@ def _is_plain_score(value: object) -> bool:
 def _score(value: object, name: str, *, whole: object) -> float:
     shown = "" if whole is value else f" (in {whole!r:.80})"
     if type(value).__module__ == "numpy" and callable(getattr(value, "item", None)):
-        value = value.item()  # type: ignore[attr-defined]  # numpy.bool_, numpy.float64 ... as Python values
+        try:
+            value = value.item()  # type: ignore[attr-defined]  # numpy.bool_, numpy.float64 ... as Python values
+        except (TypeError, ValueError):
+            pass  # not one number (an array of several scores): refused below, naming the value
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,15 +17,43 @@ def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
+# What ``repr`` gives objects without one of their own: the address differs in every process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _same_in_every_process(value: Any) -> Any:
+    """A JSON stand-in for a value JSON lacks: a set as its sorted items (a set's order follows the
+    process's hash seed), anything else as its text without a memory address."""
+    if isinstance(value, set | frozenset):
+        return sorted(json.dumps(item, sort_keys=True, default=_same_in_every_process) for item in value)
+    return _ADDRESS.sub("", str(value))
+
+
 def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
-    blob = json.dumps([inputs, labels], sort_keys=True, default=str, ensure_ascii=False)
+    """A hash of the content, the same in every process (a resumed run finds its examples again)."""
+    blob = json.dumps([inputs, labels], sort_keys=True, default=_same_in_every_process, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _as_id(value: object) -> str:
+    """An example's id as text: a whole number (a dataset's row index) becomes its digits, ``None``
+    no id (the content's hash). Ids are compared, sorted and journaled as text everywhere."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(
+        f"an example's id must be text or a whole number, got {type(value).__name__} {value!r:.80}"
+    )
 
 
 @attrs.frozen
 class Example:
     """One example. ``inputs`` are passed to the program as keyword arguments; ``labels`` are for the
-    metric (and for labeled demos). ``id`` is stable: given, or a hash of the content.
+    metric (and for labeled demos). ``id`` is stable: given (text, or a whole number as its digits), or
+    a hash of the content.
 
     Fields read as attributes too: ``example.question``, ``example.answer``.
 
@@ -35,7 +64,7 @@ class Example:
 
     inputs: Mapping[str, Any] = attrs.field(converter=_as_dict)
     labels: Mapping[str, Any] = attrs.field(converter=_as_dict, factory=dict)
-    id: str = attrs.field(default="")
+    id: str = attrs.field(default="", converter=_as_id)
 
     def __attrs_post_init__(self) -> None:
         if not self.id:
@@ -80,7 +109,7 @@ def as_examples(
     every example stays addressable.
     """
     out: list[Example] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for position, item in enumerate(items):
         if isinstance(item, Example):
             example = item
@@ -93,9 +122,37 @@ def as_examples(
             example = Example.from_dict(item, inputs)
         else:
             raise ConfigError(f"{role}[{position}] is {type(item).__name__}, not an Example or mapping")
-        count = seen.get(example.id, 0)
-        seen[example.id] = count + 1
-        if count:
-            example = attrs.evolve(example, id=f"{example.id}#{count}")
+        unique, count = example.id, 0
+        while unique in taken:  # a later example may already hold the name an earlier one would get
+            count += 1
+            unique = f"{example.id}#{count}"
+        taken.add(unique)
+        if unique != example.id:
+            example = attrs.evolve(example, id=unique)
         out.append(example)
     return out
+
+
+def inputs_key(example: Example) -> str:
+    """The example's inputs as canonical text (examples with equal inputs have equal keys)."""
+    return json.dumps(example.inputs, sort_keys=True, default=_same_in_every_process, ensure_ascii=False)
+
+
+def check_disjoint(train: Sequence[Example], val: Sequence[Example]) -> None:
+    """Refuse validation examples whose inputs a training example has too: a demo bootstrapped from
+    one would show the program the very answer it is scored on, and the search would favour it.
+
+    Raises:
+        ConfigError: naming the examples (at most five) and what to do.
+    """
+    in_train = {inputs_key(example): example.id for example in train}
+    shared = [(in_train[key], example.id) for example in val if (key := inputs_key(example)) in in_train]
+    if not shared:
+        return
+    shown = ", ".join(f"{t}/{v}" if t != v else t for t, v in shared[:5])
+    more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+    raise ConfigError(
+        f"{len(shared)} example(s) are in both the trainset and the valset, with the same inputs "
+        f"({shown}{more}; trainset/valset id): a demo made from one would be scored on its own answer; "
+        "remove them from one of the two"
+    )

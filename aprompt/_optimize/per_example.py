@@ -201,15 +201,16 @@ class ExampleTable:
 
     @classmethod
     def of_evaluation(cls, examples: Sequence[Example], evaluation: Evaluation) -> ExampleTable:
-        """The table of one evaluation of ``examples`` (the same examples, in the same order)."""
-        by_id = {r.example_id: r for r in evaluation.results}
-        return cls(
-            tuple(
-                ExampleRow(e.id, e.inputs, e.labels, ExampleOutcome.of(by_id[e.id]))
-                for e in examples
-                if e.id in by_id
-            )
-        )
+        """The table of one evaluation of ``examples`` (the same examples, in the same order: matched by
+        position, so examples sharing an id each get their own outcome; else by id)."""
+        results = evaluation.results
+        in_order = len(results) == len(examples)
+        if in_order and all(r.example_id == e.id for r, e in zip(results, examples, strict=True)):
+            pairs = list(zip(examples, results, strict=True))
+        else:
+            by_id = {r.example_id: r for r in results}
+            pairs = [(e, by_id[e.id]) for e in examples if e.id in by_id]
+        return cls(tuple(ExampleRow(e.id, e.inputs, e.labels, ExampleOutcome.of(r)) for e, r in pairs))
 
 
 def program_key(prompts: Mapping[str, Any], rollout: int | None, lm_params: Mapping[str, Any]) -> str:

@@ -182,10 +182,22 @@ def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> li
 
 def check_baseline(evaluation: Evaluation) -> None:
     """Refuse to search when the unoptimized program ran cleanly on no example because the program or
-    the metric raised. Parse errors alone do not count: an unreadable reply is the prompt's fault, which
-    the search may fix; neither do LM failures, which leave examples unscored."""
+    the metric raised, or when LM failures left every example unscored (after the outage guard found
+    the program's LMs answering: an LM the metric or the program asks on its own fails), so that no
+    search could score anything. Parse errors and replies that are not answers (cut, empty, filtered)
+    alone do not count: they are the prompt's fault, which the search may fix; neither do LM failures
+    of some examples, which leave those unscored."""
     if len(evaluation.errors) < len(evaluation.results):
         return
+    if evaluation.results and all(r.lm_failure and not r.lm_answered for r in evaluation.results):
+        first = {r.example_id: r.error or "LM failure" for r in evaluation.results[:3]}
+        raise OptimizationError(
+            f"an LM failure left every one of the {len(evaluation.results)} validation examples of the "
+            "unoptimized program unscored, though the program's LMs answer; if the metric (or the "
+            "program) calls an LM of its own, check that it answers; first errors: "
+            + "; ".join(f"{example_id}: {error}" for example_id, error in first.items()),
+            errors=first,
+        )
     failures = {
         r.example_id: r.error for r in evaluation.results if r.error is not None and r.score is not None
     }

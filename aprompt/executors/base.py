@@ -222,13 +222,19 @@ def check_watch() -> None:
         )
 
 
-def lm_error_in(exc: BaseException) -> LMError | None:
-    """The LM failure that ended a run: ``exc`` itself, or one raised inside the program's own task
-    group (which arrives wrapped in an ``ExceptionGroup``)."""
+def lm_error_in(exc: BaseException, _seen: frozenset[int] = frozenset()) -> LMError | None:
+    """The LM failure that ended a run: ``exc`` itself, one raised inside the program's own task
+    group (which arrives wrapped in an ``ExceptionGroup``), or one the program re-raised as its own
+    error (``raise StepFailed(...) from lm_error``: the cause is still the provider's fault)."""
+    if id(exc) in _seen:
+        return None
+    seen = _seen | {id(exc)}
     if isinstance(exc, LMError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            if (found := lm_error_in(inner)) is not None:
+            if (found := lm_error_in(inner, seen)) is not None:
                 return found
+    if exc.__cause__ is not None:
+        return lm_error_in(exc.__cause__, seen)
     return None

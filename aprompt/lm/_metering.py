@@ -148,6 +148,8 @@ class RequestMeter:
         self.reserved = self._counter.requests
         self.first_run_budget = first_run_budget
         self._first: _FirstRun | None = None
+        # The model of an answer that came without token usage, while a token or cost limit is set.
+        self._uncounted: str | None = None
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -198,9 +200,19 @@ class RequestMeter:
         """Count one request about to be sent, or raise :class:`LimitReached` when a limit is spent.
 
         Raises:
-            LimitReached: a limit is spent (nothing is counted).
+            LimitReached: a limit is spent (nothing is counted), or one that cannot be held: an answer
+                came without token usage while ``max_tokens`` or ``max_cost`` is set (``unaffordable``).
             ConfigError: ``max_cost`` is set and ``model`` has no price (nothing is sent unpriced).
         """
+        if self._uncounted is not None:
+            name = "max_tokens" if self.max_tokens is not None else "max_cost"
+            raise LimitReached(
+                name,
+                f"{name} cannot be held: model {self._uncounted!r} answered with no token usage (zero "
+                "prompt and completion tokens), so what the run spends is not known; use an LM that "
+                "reports usage, or limit the run with max_lm_calls or max_time instead",
+                unaffordable=True,
+            )
         limit = self.reached()
         if limit is not None:
             raise LimitReached(limit, f"run limit reached: {self.describe(limit)}")
@@ -244,7 +256,12 @@ class RequestMeter:
         self._add("requests", -1)
 
     def settle(self, model: str, usage: TokenUsage) -> None:
-        """Record the tokens (and their cost) the endpoint reported for one request."""
+        """Record the tokens (and their cost) the endpoint reported for one request; an answer without
+        any (no usage reported) refuses the next request when a token or cost limit is set."""
+        if usage.prompt_tokens + usage.completion_tokens == 0 and (
+            self.max_tokens is not None or self.max_cost is not None
+        ):
+            self._uncounted = self._uncounted or model
         self._add("prompt_tokens", usage.prompt_tokens)
         self._add("completion_tokens", usage.completion_tokens)
         price = self.prices.get(model)

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aprompt._errors import ConfigError
+from aprompt._errors import ConfigError, JournalError
 from aprompt.lm.cache import ResponseCache
 from aprompt.run.identity import VERSION_KEY, differences
 from aprompt.run.identity import run_fingerprint as run_fingerprint
@@ -22,19 +22,31 @@ CACHE_DIR = "cache"
 MEMORY_CACHE_ENTRIES = 200_000
 
 
-def check_fingerprint(journal: RunJournal, fingerprint: Mapping[str, Any], resume: bool) -> None:
+def check_fingerprint(journal: RunJournal, fingerprint: Mapping[str, Any], resume: bool) -> bool:
     """Record the identity of a new run, or refuse to resume a different one.
+
+    Returns:
+        Whether the run starts over (``resume=False``) on other endpoints than the run it clears: the
+        answers in the run_dir's cache came from those endpoints and must not stand in for the new
+        ones' (the cache's keys hold the model and the request, not the endpoint).
 
     Raises:
         ConfigError: the journal holds a run whose identity differs (the message names the keys),
             or one written by an older aprompt that did not record it.
     """
+    other_endpoints = False
     if not resume:
+        try:
+            cleared = journal.latest("config")
+        except JournalError:  # damaged: what it was run on is unknown, the cache is kept
+            cleared = None
+        if isinstance(cleared, Mapping):
+            other_endpoints = _other_endpoints(cleared, fingerprint)
         journal.clear()
     stored = journal.latest("config")
     if stored is None:
         journal.append("config", dict(fingerprint))
-        return
+        return other_endpoints
     if not isinstance(stored, Mapping) or stored.get(VERSION_KEY) != fingerprint.get(VERSION_KEY):
         raise ConfigError(
             f"run_dir {journal.path.parent} holds a run journaled by another aprompt version, which did "
@@ -47,6 +59,20 @@ def check_fingerprint(journal: RunJournal, fingerprint: Mapping[str, Any], resum
             f"run_dir {journal.path.parent} holds a run with a different config (differs in: "
             f"{'; '.join(differs)}); use another run_dir, or resume=False to start over"
         )
+    return False
+
+
+def _other_endpoints(cleared: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """Whether an LM role of ``current`` sends its requests elsewhere than in ``cleared``: a role of
+    both on other endpoints, or any endpoint ``cleared`` never used (a role added or moved)."""
+    before = {key: value for key, value in cleared.items() if key.endswith("(endpoints)")}
+    after = {key: value for key, value in current.items() if key.endswith("(endpoints)")}
+
+    def urls(found: Mapping[str, Any]) -> set[str]:
+        return {str(url) for value in found.values() if isinstance(value, list) for url in value}
+
+    moved = any(key in before and before[key] != value for key, value in after.items())
+    return moved or not urls(after) <= urls(before)
 
 
 @asynccontextmanager
@@ -89,7 +115,8 @@ async def run_storage(
             return cache
 
         try:
-            check_fingerprint(journal, fingerprint, resume)
+            if check_fingerprint(journal, fingerprint, resume):
+                disk_cache().clear()
             attached = _attach(lms, disk_cache)
             yield journal
         finally:

@@ -15,6 +15,7 @@ import inspect
 import ipaddress
 import json
 import re
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 
 #: Bumped when what the fingerprint covers changes: a journal of another version is refused.
-IDENTITY_VERSION = 2
+#: 3: the program's code, and the plain values a metric closes over or reads as globals.
+IDENTITY_VERSION = 3
 VERSION_KEY = "identity"
 
 # What ``repr`` gives objects without one of their own: the address differs in every process.
@@ -68,21 +70,78 @@ def _source_digest(target: Any) -> str | None:
         return None
 
 
-def callable_identity(fn: Any) -> str:
-    """``module.qualname``, plus ``#`` and a hash of the source when it can be read.
+#: The types of the settings a function closes over or reads as globals: compared by value.
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """A setting (a number, a text, ``None``, or a tuple or frozenset of them): a value that cannot
+    change while a run goes on, unlike a cache or a client, so it may be part of an identity."""
+    if isinstance(value, tuple | frozenset):
+        return all(_plain(item) for item in value)
+    return isinstance(value, _PLAIN)
+
+
+def _settings(target: Any, depth: int) -> dict[str, Any]:
+    """The plain values a function closes over, defaults to or reads as module globals (and the
+    identity of the functions it closes over), by name; other values are left out (a callable
+    object's attributes too: a counter or a cache on one changes as it is called)."""
+    found: dict[str, Any] = {}
+    if inspect.isfunction(target):
+        cells = zip(target.__code__.co_freevars, target.__closure__ or (), strict=False)
+        for name, cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell: the variable was never bound
+                continue
+            if _plain(value):
+                found[name] = value
+            elif depth < 3 and (inspect.isfunction(value) or isinstance(value, functools.partial)):
+                found[name] = callable_identity(value, _depth=depth + 1)
+        namespace = target.__globals__
+        for name in sorted(_global_names(target.__code__)):
+            value = namespace.get(name)
+            if name in namespace and _plain(value):
+                found[f"global {name}"] = value
+        for position, value in enumerate(target.__defaults__ or ()):
+            if _plain(value):
+                found[f"default {position}"] = value
+        for name, value in (target.__kwdefaults__ or {}).items():
+            if _plain(value):
+                found[f"default {name}"] = value
+    return found
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The names ``code`` (and the code nested in it: lambdas, comprehensions) may read as globals."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return names
+
+
+def callable_identity(fn: Any, *, _depth: int = 0) -> str:
+    """``module.qualname``, plus ``#`` and a hash of the source when it can be read, plus ``@`` and a
+    hash of its settings when it has some.
 
     A bound method is its function; a ``functools.partial`` adds its bound arguments; a callable
-    object is its class (name and source), not its attributes.
+    object is its class (name and source), not its attributes; a function adds the plain values it
+    closes over (made by a factory), defaults to or reads as module globals (a threshold, a model
+    name), and the identity of the functions it closes over. Plain values are numbers, texts,
+    ``None`` and tuples of them: a cache or a client a metric uses is never part of its identity.
     """
     if isinstance(fn, functools.partial):
         bound = digest([list(fn.args), dict(fn.keywords)])
-        return f"partial({callable_identity(fn.func)}, {bound})"
+        return f"partial({callable_identity(fn.func, _depth=_depth)}, {bound})"
     target = getattr(fn, "__func__", fn)  # bound method
+    settings = _settings(target, _depth)
     if not (inspect.isfunction(target) or inspect.isclass(target) or inspect.isbuiltin(target)):
         target = type(target)  # a callable object: its class holds __call__
     name = _qualified_name(target)
     source = _source_digest(target)
-    return name if source is None else f"{name}#{source}"
+    identity = name if source is None else f"{name}#{source}"
+    return f"{identity}@{digest(settings)}" if settings else identity
 
 
 def _endpoint_identity(url: str) -> str:
@@ -163,8 +222,12 @@ def run_fingerprint(
     proposer_lm: Any,
     teacher_lm: Any,
     metric: Any,
+    program: Any = None,
 ) -> dict[str, Any]:
     """What makes two runs the same run: a resumed run must match it exactly, key by key.
+
+    ``program``'s code (its class's source, or its function's) is part of it: code that changes what
+    the program returns from the same predictors changes every score.
 
     Example::
 
@@ -184,6 +247,7 @@ def run_fingerprint(
         "valset": digest([e.id for e in valset]),
         "valset content": digest([[e.inputs, e.labels] for e in valset]),
         "metric": callable_identity(metric),
+        "program code": None if program is None else program_identity(program),
     }
     fingerprint.update(lm_identity("lm", lm))
     fingerprint.update(lm_identity("proposer_lm", proposer_lm))
@@ -191,6 +255,19 @@ def run_fingerprint(
     for name, predictor in predictors:
         fingerprint.update(lm_identity(f"{name}.lm", getattr(predictor, "lm", None)))
     return fingerprint
+
+
+def program_identity(program: Any) -> str:
+    """The identity of ``program``'s code: of what runs it (itself when callable, else its ``forward``,
+    as the evaluator calls it), and for a callable object also of its class's ``__call__`` (read from
+    the function itself, whose source is found even where the class's is not)."""
+    entry = program if callable(program) else getattr(program, "forward", program)
+    parts = [callable_identity(entry)]
+    if not (inspect.isfunction(entry) or inspect.ismethod(entry) or isinstance(entry, functools.partial)):
+        method = inspect.getattr_static(type(entry), "__call__", None)
+        if inspect.isfunction(method):
+            parts.append(callable_identity(method))
+    return " ".join(parts)
 
 
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -10,8 +10,9 @@ import aprompt
 from aprompt import Example, Predict, Prediction
 from aprompt._errors import OptimizationError
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import SMALL_BUDGET, lm_for, optimize_in_world
-from tests.optimize.world import TwoStageProgram, examples, metric
+from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
 
@@ -110,3 +111,45 @@ async def test_in_place_writes_the_best_prompts_into_the_program() -> None:
     for name, predictor in aprompt.named_predictors(program):
         assert predictor.instruction == best[name].instruction
         assert tuple(predictor.demos) == best[name].demos
+
+
+def numbered(start: int, stop: int, as_text: bool) -> list[Example]:
+    """World examples whose ids are their row numbers (a dataset's index), as numbers or as text."""
+    return [
+        Example(inputs=e.inputs, labels=e.labels, id=str(i) if as_text else i)  # type: ignore[arg-type]
+        for i, e in enumerate(examples(start, stop), start=start)
+    ]
+
+
+async def test_whole_number_example_ids_work_as_their_text() -> None:
+    results = []
+    for as_text in (True, False):
+        async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+            results.append(
+                await aprompt.optimize(
+                    TwoStageProgram(),
+                    numbered(0, 40, as_text),
+                    metric,
+                    valset=numbered(200, 230, as_text),
+                    lm=lm,
+                    budget=SMALL_BUDGET,
+                    seed=1,
+                )
+            )
+    text, number = results
+    assert (number.score, dict(number.best_choice)) == (text.score, dict(text.best_choice))
+    assert [row.example_id for row in number.examples.rows] == [str(i) for i in range(200, 230)]
+
+
+async def test_every_validation_example_is_scored_when_a_renamed_duplicate_id_is_taken() -> None:
+    # Two examples share the id "v" and a third already holds "v#1", the name the second would get.
+    ids = ["v", "v", "v#1", *(f"item{i}" for i in range(203, 230))]
+    valset = [
+        Example(inputs=e.inputs, labels=e.labels, id=i) for i, e in zip(ids, examples(200, 230), strict=True)
+    ]
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        result = await aprompt.optimize(
+            TwoStageProgram(), examples(0, 40), metric, valset=valset, lm=lm, budget=SMALL_BUDGET, seed=1
+        )
+    assert len({row.example_id for row in result.examples.rows}) == 30
+    assert all(len(full.scores) + full.n_unscored == 30 for full in result.full_evals)

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aprompt import ConfigError, Example, Prediction
+from aprompt import ConfigError, Example, LMError, Prediction
 from aprompt._optimize.evaluate import evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
@@ -179,3 +179,22 @@ async def test_an_lm_failure_inside_the_programs_task_group_leaves_the_example_u
         evaluation = await evaluate(TwoAtOnce(), qa_examples(0, 2), lambda e, p: 1.0, lm=lm, concurrency=1)
     assert [r.score for r in evaluation.results] == [None, 1.0]
     assert "ServerError" in evaluation.errors["q0"]
+
+
+async def test_an_lm_failure_a_program_reraised_as_its_own_error_leaves_the_example_unscored(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    class Explaining(QAProgram):
+        """Says which step failed, keeping the LM failure as the cause (``raise ... from``)."""
+
+        async def __call__(self, question: str) -> Prediction:
+            try:
+                return await super().__call__(question)
+            except LMError as exc:
+                raise RuntimeError(f"the answer step failed on {question!r}") from exc
+
+    fake_server.queue_faults(Fault.http_status(500))
+    async with lm_for(fake_server, max_retries=0) as lm:
+        evaluation = await evaluate(Explaining(), qa_examples(0, 3), lambda e, p: 1.0, lm=lm, concurrency=1)
+    assert [r.score for r in evaluation.results] == [None, 1.0, 1.0], "a provider fault is no wrong answer"
+    assert evaluation.results[0].lm_failure and "ServerError" in evaluation.errors["q0"]

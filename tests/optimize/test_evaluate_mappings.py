@@ -91,3 +91,21 @@ async def test_the_table_keeps_the_output_and_error_of_an_example_the_metric_fai
     (row,) = evaluation.table(data, input_fields=["question"]).failing()
     assert row.inputs == {"question": "What is the answer for item-2?"} and row.outcome.score == 0.0
     assert row.outcome.output == {"answer": "ans-2"} and row.outcome.error == "metric KeyError: 'grade'"
+
+
+@pytest.mark.anyio
+async def test_the_table_shows_each_example_its_own_outcome_when_ids_repeat(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    """``evaluate`` keeps Example objects' ids as given, duplicates included: each row is still its own."""
+    fake_server.responder = answers  # item 3 wrong, item 4 right
+    data = [
+        aprompt.Example({"question": f"What is the answer for item-{i}?"}, {"answer": f"ans-{i}"}, id="row")
+        for i in (3, 4)
+    ]
+    async with lm_for(fake_server) as lm:
+        evaluation = await aprompt.evaluate(QAProgram(), data, exact_match, lm=lm, concurrency=1)
+    assert [r.score for r in evaluation.results] == [0.0, 1.0]
+    table = evaluation.table(data)
+    assert [row.outcome.score for row in table.rows] == [0.0, 1.0]
+    assert [row.outcome.output for row in table.rows] == [{"answer": "wrong"}, {"answer": "ans-4"}]

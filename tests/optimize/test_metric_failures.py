@@ -75,3 +75,16 @@ async def test_a_metric_raising_on_some_predictions_scores_them_0_and_the_run_go
         )
     assert len(result.trials) == SMALL_BUDGET["n_trials"]
     assert result.score > 0
+
+
+async def test_a_metric_returning_an_array_of_scores_is_a_config_error_naming_it(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    np = pytest.importorskip("numpy")
+
+    def per_token(example: Example, prediction: Any) -> object:  # one score per token, not one score
+        return True if prediction.answer == example.labels["answer"] else np.array([0.0, 1.0])
+
+    with pytest.raises(aprompt.ConfigError, match=r"metric .*per_token returned ndarray"):
+        await optimize_against(fake_server, per_token)
+    assert 0 < len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS

@@ -16,6 +16,8 @@ import pytest
 
 import aprompt
 from aprompt import OpenAICompatibleLM
+from aprompt._optimize.api import split_valset
+from aprompt._optimize.examples import inputs_key
 from aprompt.run._preflight import check_endpoints, check_metric
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
@@ -83,6 +85,38 @@ async def test_mappings_missing_an_input_field(fake_server: FakeOpenAIServer, tm
     )
 
 
+async def test_a_valset_sharing_examples_with_the_trainset(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # Demos bootstrapped from a validation example would let the search score answers it was shown.
+    valset = [*examples(100, 120), *examples(5, 7)]
+    info = await refused(
+        fake_server, tmp_path, aprompt.ConfigError, "both the trainset and the valset", valset=valset
+    )
+    assert all(example.id in str(info.value) for example in examples(5, 7))
+
+
+def test_a_trainset_holding_its_examples_twice_keeps_the_copies_of_the_held_out_ones_out_of_it() -> None:
+    # Held out of the trainset, one copy would be scored on a demo made from the other.
+    trainset = [*examples(0, 40), *examples(0, 40)]
+    train, val = split_valset(trainset, None, val_size=100, seed=0)
+    held = {inputs_key(example) for example in val}
+    assert len(val) == 40
+    assert not held & {inputs_key(example) for example in train}
+    assert {inputs_key(example) for example in [*train, *val]} == {inputs_key(e) for e in examples(0, 40)}
+
+
+@pytest.mark.parametrize("labels", [{}, {"note": "no answer here"}])
+async def test_an_example_missing_the_label_the_metric_reads(
+    fake_server: FakeOpenAIServer, tmp_path: Path, labels: dict[str, str]
+) -> None:
+    # Scored 0 on every candidate, it would pull every score down without a word.
+    odd = aprompt.Example(inputs={"question": "What is the answer for item-7?"}, labels=labels, id="odd-one")
+    trainset = [*examples(0, 7), odd, *examples(8, 40)]
+    info = await refused(fake_server, tmp_path, aprompt.ConfigError, "odd-one", trainset=trainset)
+    assert "'answer'" in str(info.value)
+
+
 def one_argument(prediction: Any) -> bool:
     return True
 
@@ -117,6 +151,17 @@ async def test_a_program_without_predictors(fake_server: FakeOpenAIServer, tmp_p
             return question
 
     await refused(fake_server, tmp_path, aprompt.ConfigError, "no predictors", program=Plain())
+
+
+async def test_a_program_that_cannot_be_called(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    class Uncallable:  # its predictors are found, but there is nothing to call it by
+        def __init__(self) -> None:
+            self.answer = aprompt.Predict("question -> answer")
+
+        async def run(self, question: str) -> Any:
+            return await self.answer(question=question)
+
+    await refused(fake_server, tmp_path, aprompt.ConfigError, "not callable", program=Uncallable())
 
 
 @pytest.mark.parametrize(

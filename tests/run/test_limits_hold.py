@@ -70,11 +70,13 @@ def responder(request: ChatRequest) -> str:
     return "The questions ask for the answer of numbered items; each answer is short."
 
 
-async def qa_run(lm: aprompt.LM, run_dir: Path | None = None, **options: Any) -> aprompt.OptimizeResult:
+async def qa_run(
+    lm: aprompt.LM, run_dir: Path | None = None, *, metric_: Any = exact_match, **options: Any
+) -> aprompt.OptimizeResult:
     return await aprompt.optimize(
         QAProgram(),
         qa_examples(0, 24),
-        exact_match,
+        metric_,
         valset=qa_examples(100, 120),
         lm=lm,
         budget=BUDGET,
@@ -339,3 +341,51 @@ async def test_a_wrapper_around_an_aprompt_client_is_counted_once_per_request() 
     # Not twice each (the wrapper's call and its client's request): the run spent its whole budget.
     assert received <= result.spent["lm_calls"] <= received + CAP
     assert result.spent["lm_calls"] > limit - 25  # the next step (a full evaluation) costs 20
+
+
+@pytest.mark.parametrize("limit", [50, 120])
+async def test_max_lm_calls_bounds_the_requests_of_an_lm_judged_metric_too(limit: int) -> None:
+    def judged(request: ChatRequest) -> str:
+        if request.last_user.startswith("Same? "):
+            said, expected = request.last_user.removeprefix("Same? ").split(" | ")
+            return "yes" if said == expected else "no"
+        return responder(request)
+
+    async with (
+        FakeOpenAIServer(responder=judged, api_key=TEST_API_KEY) as server,
+        client(server) as lm,
+        OpenAICompatibleLM("judge", server.base_url, api_key=TEST_API_KEY) as judge,
+    ):
+
+        async def by_judge(example: aprompt.Example, prediction: Any) -> bool:
+            asked = f"Same? {prediction.answer} | {example.labels['answer']}"
+            completion = await judge.chat([{"role": "user", "content": asked}])
+            return completion.text.strip() == "yes"
+
+        result = await qa_run(lm, limits=aprompt.Limits(max_lm_calls=limit), metric_=by_judge)
+        received = len(server.chat_requests)
+
+    assert result.stopped_by == "max_lm_calls"
+    assert received <= result.spent["lm_calls"] <= limit
+
+
+class UncountedLM(PlainLM):
+    """Another framework's model that does not tell what its calls cost (no token usage)."""
+
+    async def chat(self, messages: Sequence[Message], *, rollout: int = 0, **params: Any) -> Completion:
+        return Completion((await super().chat(messages, rollout=rollout, **params)).text)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [aprompt.Limits(max_tokens=5_000), aprompt.Limits(max_cost=0.01, prices={"fake-model": (1.0, 1.0)})],
+)
+async def test_a_token_limit_on_an_lm_that_reports_no_usage_is_a_config_error(limits: aprompt.Limits) -> None:
+    async with (
+        FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server,
+        httpx.AsyncClient() as http,
+    ):
+        with pytest.raises(aprompt.ConfigError, match="no token usage"):
+            await qa_run(UncountedLM(server.base_url, http), limits=limits)
+        # Refused as soon as the first answers show it: the requests then in flight, not the run's 204.
+        assert len(server.chat_requests) <= 3 * CAP

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from aprompt.run.journal import RunJournal
 from aprompt.testing._wire import Fault
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
-from tests.optimize.qa_task import QAProgram, exact_match, lm_for, qa_examples
-from tests.optimize.world import World, examples
+from tests.optimize.qa_task import SMALL_BUDGET, QAProgram, exact_match, lm_for, qa_examples
+from tests.optimize.world import TwoStageProgram, World, examples
 from tests.run._optimize_worker import run_world, summary
 from tests.run.test_faults import BreakingTransport, _run_through, asks_about
 
@@ -172,3 +173,36 @@ async def test_a_reply_cut_before_its_answer_is_the_examples_own_failure_without
     assert evaluation.results[3].lm_answered
     cut = [r for r in fake_server.chat_requests if r.body and "question 3?" in json.dumps(r.body)]
     assert len(cut) == 2  # the request and its one re-send with a larger budget; no re-run, no check
+
+
+@pytest.mark.anyio
+async def test_a_metric_whose_own_lm_never_answers_stops_the_run_instead_of_scoring_nothing() -> None:
+    """The program's LM works, the judge the metric asks is down: no example can be scored, which is no
+    result (it used to come back as a run scored 0.0 from start to end, every example unscored)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = int(probe.getsockname()[1])
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+        aprompt.OpenAICompatibleLM(
+            "judge", f"http://127.0.0.1:{closed}/v1", api_key=TEST_API_KEY, retry=RetryPolicy(max_retries=0)
+        ) as judge,
+    ):
+
+        async def by_judge(example: aprompt.Example, prediction: Any) -> bool:
+            asked = f"Same? {prediction.answer} | {example.labels['answer']}"
+            return (await judge.chat([{"role": "user", "content": asked}])).text.strip() == "yes"
+
+        with pytest.raises(aprompt.OptimizationError, match=r"LMConnectionError") as info:
+            await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 40),
+                by_judge,
+                valset=examples(200, 230),
+                lm=lm,
+                budget=SMALL_BUDGET,
+                seed=1,
+                outage_tolerance=1,
+            )
+    assert "every one of the 30 validation examples" in str(info.value)

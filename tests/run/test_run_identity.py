@@ -323,3 +323,105 @@ async def test_the_journaled_identity_holds_no_api_key_nor_param_values(
         text = json.dumps(journal.records("config"))
     assert TEST_API_KEY not in text and "u-7f3a" not in text and "0.25" not in text
     assert "world" in text  # the model is there, readable
+
+
+def at_least(length: int) -> Any:
+    """A metric made by a factory: only the value it closes over tells two of them apart."""
+
+    def long_enough(example: Example, prediction: Any) -> bool:
+        return metric(example, prediction) and len(str(prediction.answer)) >= length
+
+    return long_enough
+
+
+async def test_a_metric_closing_over_another_value_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path, metric_=at_least(1))
+    again = await run(server, tmp_path, metric_=at_least(1))  # the same factory call resumes
+    assert server.chat_requests and again.score > 0
+    assert await refusal(server, tmp_path, metric_=at_least(99)) == {"metric"}
+
+
+async def test_a_program_whose_code_changed_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    class Program(TwoStageProgram):
+        """The world's program with the same predictors, whose code changes what it returns."""
+
+        async def __call__(self, question: str) -> Any:
+            found = await self.extract(question=question)
+            answered = await self.answer(question=question, code=found.code)
+            return aprompt.Prediction({"answer": str(answered.answer).upper()})
+
+    # The same qualified name and predictors as the first run's program: only its code changed.
+    Program.__module__, Program.__qualname__ = TwoStageProgram.__module__, TwoStageProgram.__qualname__
+    fresh = await run(server, tmp_path / "fresh", program=Program())
+    assert fresh.score == 0.0  # every answer is wrong in capitals: resuming the first run would lie
+    await run(server, tmp_path)
+    assert await refusal(server, tmp_path, program=Program()) == {"program code"}
+
+
+def set_labeled_ids() -> list[str]:
+    """The ids a dataset without given ids gets, when its labels hold sets (and an object without
+    a text of its own)."""
+
+    class Source:
+        pass
+
+    return [
+        Example(
+            inputs={"question": f"item-{i}"}, labels={"tags": {"a", "b", "c", "d"}, "source": Source()}
+        ).id
+        for i in range(5)
+    ]
+
+
+def test_an_examples_own_id_is_the_same_in_every_process() -> None:
+    """Else a resumed run in a new process finds other ids, and is refused as another run."""
+    script = (
+        "import json; from tests.run.test_run_identity import set_labeled_ids as f; print(json.dumps(f()))"
+    )
+    found = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        )
+        found.append(json.loads(out.stdout))
+    assert found[0] == found[1] == set_labeled_ids()
+
+
+#: A module-level setting a metric reads.
+MIN_LENGTH = 1
+
+
+def long_enough(example: Example, prediction: Any) -> bool:
+    return metric(example, prediction) and len(str(prediction.answer)) >= MIN_LENGTH
+
+
+async def test_a_metric_reading_another_module_setting_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await run(server, tmp_path, metric_=long_enough)
+    monkeypatch.setattr(sys.modules[__name__], "MIN_LENGTH", 99)
+    assert await refusal(server, tmp_path, metric_=long_enough) == {"metric"}
+
+
+async def test_a_run_started_over_on_another_endpoint_asks_that_endpoint(tmp_path: Path) -> None:
+    """The refusal says ``resume=False`` starts over: the answers of the endpoint it was refused for
+    (kept in the run_dir's cache) must not stand in for the new endpoint's."""
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as first:
+        await run(first, tmp_path)
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as second:
+        elsewhere = second.base_url.replace("127.0.0.1", "localhost")  # another host: another endpoint
+        assert await refusal(second, tmp_path, lm={"base_url": elsewhere}) == {
+            "lm (endpoints)",
+            "proposer_lm (endpoints)",
+        }
+        await run(second, tmp_path / "fresh", lm={"base_url": elsewhere})
+        asked = len(second.chat_requests)
+        second.reset_records()
+        await run(second, tmp_path, lm={"base_url": elsewhere}, resume=False)
+        assert len(second.chat_requests) == asked > 0
+        second.reset_records()  # starting over on the same endpoints keeps what was paid for
+        await run(second, tmp_path, lm={"base_url": elsewhere}, resume=False)
+        assert second.chat_requests == []
