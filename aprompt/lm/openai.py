@@ -70,8 +70,8 @@ class OpenAICompatibleLM(HTTPChatLM):
             Off by default: a server that rejects ``seed`` would refuse every request. The embedded
             model (:func:`aprompt.local_lm`) turns it on.
 
-    A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``
-    or ``"length"``) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
+    A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``,
+    ``"length"``, or ``"error"``/``"abort"`` for a generation that failed on the server) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
     returned; see :mod:`aprompt.lm._http` for how each is retried.
 
     Example::
