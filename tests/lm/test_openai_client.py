@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +263,28 @@ async def test_the_cache_file_holds_no_api_key(
     stored = files_content(tmp_path)
     assert CACHE_FILE_NAME in stored and len(stored[CACHE_FILE_NAME]) > 0
     assert all(TEST_API_KEY.encode() not in content for content in stored.values())
+
+
+async def test_an_answer_received_is_returned_when_the_cache_file_cannot_store_it(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another process holds the file's write lock past the busy timeout: the answer is already paid for,
+    # and a cache only saves calls, so the call returns it (and says the file could not take it).
+    with ResponseCache.in_directory(tmp_path, busy_timeout=0.05) as cache:
+        other = sqlite3.connect(tmp_path / CACHE_FILE_NAME, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with OpenAICompatibleLM(**lm_kwargs, cache=cache) as lm:
+                with caplog.at_level(logging.WARNING):
+                    completion = await lm.chat(HELLO)
+                again = await lm.chat(HELLO)  # from memory
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    assert (completion.text, completion.cached, again.cached) == ("Answer: ok", False, True)
+    assert len(fake_server.chat_requests) == 1
+    assert (lm.usage.calls, lm.usage.errors) == (2, 0)
+    assert "cannot write to the LM cache" in caplog.text
 
 
 CHILD = """
