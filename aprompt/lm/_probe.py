@@ -22,6 +22,8 @@ __all__ = ["probe_endpoint"]
 
 # The longest answer body read: the probe needs only an error message out of it.
 _MAX_PROBE_BYTES = 2**20
+# The server's message in our error is cut to this many characters (after the keys are scrubbed).
+_MESSAGE_CHARS = 300
 
 
 async def probe_endpoint(
@@ -52,7 +54,8 @@ async def probe_endpoint(
     if problem:
         raise LMConnectionError(f"cannot reach the LM endpoint ({problem})", endpoint=url)
     if reply.status in (401, 403):
-        detail = _scrub(_server_message(reply.content), headers)
+        # Scrubbed whole, then cut: a cut inside an echoed key would leave its first part unscrubbed.
+        detail = _scrub(_server_message(reply.content), headers)[:_MESSAGE_CHARS]
         raise AuthenticationError(
             f"the LM endpoint refused the API key (HTTP {reply.status}" + (f": {detail})" if detail else ")"),
             status_code=reply.status,
@@ -65,9 +68,9 @@ def _server_message(content: bytes) -> str:
     try:
         error = json.loads(content)["error"]
         message = error["message"] if isinstance(error, dict) else error
-        return str(message)[:300]
+        return str(message)
     except (ValueError, KeyError, TypeError):
-        return content.decode("utf-8", "replace").strip()[:300]
+        return content.decode("utf-8", "replace").strip()
 
 
 def _scrub(text: str, headers: Mapping[str, str]) -> str:
