@@ -160,9 +160,15 @@ class HTTPChatLM(abc.ABC):
         for spec in specs:
             endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
             key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
+            url = public_url(endpoint.url)
+            if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
+                # Sent as is, a line break would end the request's head early or add a header.
+                raise ConfigError(
+                    f"the API key for {url} contains a control character (a line break read with it "
+                    "from a file?); remove it"
+                )
             keys.append(key)
             capacity = endpoint.max_concurrency or max_concurrency or MAX_CONCURRENCY
-            url = public_url(endpoint.url)
             make_transport = transports.for_endpoint(httpx.URL(url))
             states.append(
                 EndpointState(

@@ -17,7 +17,10 @@ import httpx
 import pytest
 
 from aprompt._errors import AuthenticationError, ConfigError, LMError, ServerError
+from aprompt.lm._http import HTTPChatLM
+from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
+from aprompt.lm.endpoints import Endpoint
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import LM, Message
@@ -133,6 +136,26 @@ async def test_no_key_in_errors_or_debug_logs(
         while chained is not None:
             assert TEST_API_KEY not in f"{chained} {chained!r} {vars(chained)!r}"
             chained = chained.__cause__ or chained.__context__
+
+
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize("suffix", ["\n", "\r\nX-Injected: yes", "\t"], ids=["newline", "crlf", "tab"])
+async def test_a_key_with_a_control_character_is_a_config_error_that_never_shows_the_key(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A key read from a file keeps its line break: sent as is, it would end the request's head early
+    # (or inject a header) and the server would answer something unrelated to the key.
+    key = TEST_API_KEY + suffix
+    monkeypatch.setenv("MY_FAKE_KEY", key)
+    for options in (
+        {"api_key": key},
+        {"api_key_env": "MY_FAKE_KEY"},
+        {"base_url": [Endpoint(fake_server.base_url, api_key=key)]},
+    ):
+        with pytest.raises(ConfigError, match="API key") as caught:
+            client("fake-model", **{"base_url": fake_server.base_url, **options})  # type: ignore[arg-type]
+        assert TEST_API_KEY not in f"{caught.value} {caught.value!r}"
+    assert fake_server.requests == []
 
 
 async def test_a_passed_in_http_client_is_used_and_left_open(
