@@ -147,10 +147,12 @@ class HTTPChatLM(abc.ABC):
             raise ConfigError("a model name is required")
         if max_response_bytes < 1:
             raise ConfigError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be positive, got {timeout}")
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+        ):
+            raise ConfigError(f"max_concurrency must be an integer of at least 1, got {max_concurrency!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._model = model
         default_key = api_key if api_key is not None else _env(api_key_env)
         specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sqlite3
 import subprocess
@@ -430,6 +431,34 @@ async def test_a_parameter_that_is_not_json_is_a_config_error_before_any_request
         with pytest.raises(ConfigError):
             await lm.chat(HELLO, logit_bias=object())
     assert fake_server.chat_requests == [] and lm.usage.requests == 0
+
+
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_retries", -1),
+        ("max_retries", 1.5),
+        ("timeout", math.nan),
+        ("timeout", "30"),
+        ("max_concurrency", 2.5),
+        ("max_concurrency", "8"),
+    ],
+)
+async def test_a_bad_client_option_is_a_config_error_naming_it(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], option: str, value: object
+) -> None:
+    with pytest.raises(ConfigError, match=option):
+        client("fake-model", fake_server.base_url, api_key="", **{option: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_retries": -1}, {"initial_backoff": math.nan}, {"jitter": 2.0}, {"max_backoff": "30"}],
+)
+def test_a_bad_retry_policy_is_a_config_error_naming_the_field(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(options))):
+        RetryPolicy(**options)
 
 
 FIRST_REQUEST_CHILD = """
