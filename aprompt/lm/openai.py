@@ -149,7 +149,7 @@ class OpenAICompatibleLM(HTTPChatLM):
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         return Completion(
-            text=choice["message"]["content"] or "",
+            text=_content_text(choice["message"]["content"]),
             usage=TokenUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
             model=str(data.get("model") or self._model),
             finish_reason=choice.get("finish_reason"),
@@ -162,3 +162,16 @@ class OpenAICompatibleLM(HTTPChatLM):
             return str(message)
         except (ValueError, KeyError, TypeError):
             return content.decode("utf-8", "replace").strip()
+
+
+def _content_text(content: Any) -> str:
+    """A message's content as text: a string as is, ``null`` as empty, a list of parts (as some servers
+    send it) as the text of its ``"text"`` parts; raises TypeError for anything else."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        if all(isinstance(text, str) for text in texts):
+            return "".join(texts)
+        raise TypeError("a text part of the message content is not a string")
+    raise TypeError(f"the message content is a {type(content).__name__}, not a string")

@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import AuthenticationError, ConfigError, LMError, ServerError
+from aprompt._errors import AuthenticationError, BadResponseError, ConfigError, LMError, ServerError
 from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
@@ -339,6 +339,37 @@ async def test_the_disk_cache_answers_a_new_process_without_a_request(
     assert (second["text"], second["cached"], second["requests"]) == ("42", True, 0)
     assert second["cache_hits"] == 1
     assert len(fake_server.chat_requests) == 1
+
+
+def choices_with_content(content: object) -> tuple[str, dict[str, Any]]:
+    """A responder's reply whose message content is ``content`` as given (not necessarily a string)."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+    return "", {"choices": [choice]}
+
+
+async def test_content_sent_as_a_list_of_parts_is_the_text_of_its_text_parts(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # Some OpenAI-compatible servers (Mistral's reasoning models) send the content as parts.
+    parts = [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "6 x 7 is 42"}]},
+        {"type": "text", "text": "Answer: "},
+        {"type": "text", "text": "42"},
+    ]
+    fake_server.responder = lambda request: choices_with_content(parts)
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        completion = await lm.chat(HELLO)
+    assert completion.text == "Answer: 42"
+
+
+@pytest.mark.parametrize("content", [42, {"text": "Answer: 42"}, [{"type": "text", "text": 42}]])
+async def test_content_that_is_not_text_is_a_bad_response(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], content: object
+) -> None:
+    fake_server.responder = lambda request: choices_with_content(content)
+    async with OpenAICompatibleLM(**lm_kwargs, max_retries=0) as lm:
+        with pytest.raises(BadResponseError, match="content"):
+            await lm.chat(HELLO)
 
 
 # -- usage ---------------------------------------------------------------------------------------
