@@ -569,6 +569,9 @@ class HTTPChatLM(abc.ABC):
             return self._parse_completion(content)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
+        if _carries_error(content):  # a router's 200 for an upstream failure: say what the server said
+            message = self._scrub(self._server_message(content))[:_MESSAGE_CHARS]
+            raise BadResponseError(f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url)
         raise BadResponseError(
             f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url
         )
@@ -616,6 +619,17 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _carries_error(content: bytes) -> bool:
+    """Whether a body is a JSON object with an ``error`` field (a fault reported in a 2xx)."""
+    if b'"error"' not in content:
+        return False
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and bool(data.get("error"))
 
 
 def _env(name: str | None) -> str | None:

@@ -372,6 +372,17 @@ async def test_content_that_is_not_text_is_a_bad_response(
             await lm.chat(HELLO)
 
 
+async def test_a_200_carrying_an_error_instead_of_choices_is_a_bad_response_with_the_servers_message(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # Routers (OpenRouter) answer an upstream failure with a 200 whose body is an error.
+    error = {"message": "Upstream provider overloaded", "code": 502}
+    fake_server.responder = lambda request: ("", {"choices": [], "error": error})
+    async with OpenAICompatibleLM(**lm_kwargs, max_retries=0) as lm:
+        with pytest.raises(BadResponseError, match="Upstream provider overloaded"):
+            await lm.chat(HELLO)
+
+
 # -- usage ---------------------------------------------------------------------------------------
 async def test_usage_counts_calls_hits_requests_retries_errors_and_tokens_exactly(
     fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path
