@@ -571,7 +571,9 @@ class HTTPChatLM(abc.ABC):
             detail = f"{type(exc).__name__}: {exc}"
         if _carries_error(content):  # a router's 200 for an upstream failure: say what the server said
             message = self._scrub(self._server_message(content))[:_MESSAGE_CHARS]
-            raise BadResponseError(f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url)
+            raise BadResponseError(
+                f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url
+            )
         raise BadResponseError(
             f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url
         )

@@ -1,6 +1,6 @@
 """What makes a 2xx reply an answer, for the HTTP clients: its body within a size cap, and a finish
-that is neither empty, filtered, stopped on a server fault nor cut at its token budget (see :mod:`aprompt.lm._http` for how each
-failure is retried)."""
+that is neither empty, filtered, stopped on a server fault nor cut at its token budget (see
+:mod:`aprompt.lm._http` for how each failure is retried)."""
 
 from __future__ import annotations
 

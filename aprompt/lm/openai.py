@@ -71,8 +71,9 @@ class OpenAICompatibleLM(HTTPChatLM):
             model (:func:`aprompt.local_lm`) turns it on.
 
     A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``,
-    ``"length"``, or ``"error"``/``"abort"`` for a generation that failed on the server) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
-    returned; see :mod:`aprompt.lm._http` for how each is retried.
+    ``"length"``, or ``"error"``/``"abort"`` for a generation that failed on the server) raises an
+    :class:`~aprompt._errors.IncompleteResponseError` instead of being returned; see
+    :mod:`aprompt.lm._http` for how each is retried.
 
     Example::
 
@@ -170,8 +171,11 @@ def _content_text(content: Any) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list):
-        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
-        if all(isinstance(text, str) for text in texts):
-            return "".join(texts)
-        raise TypeError("a text part of the message content is not a string")
+        texts = [
+            part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        ]
+        strings = [text for text in texts if isinstance(text, str)]
+        if len(strings) < len(texts):
+            raise TypeError("a text part of the message content is not a string")
+        return "".join(strings)
     raise TypeError(f"the message content is a {type(content).__name__}, not a string")

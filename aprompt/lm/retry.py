@@ -60,7 +60,8 @@ def _within(low: float, high: float = math.inf, *, integer: bool = False) -> Cal
 
     def check(instance: Any, attribute: Any, value: Any) -> None:
         kinds: tuple[type, ...] = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        number = isinstance(value, kinds) and not isinstance(value, bool)
+        if not number or not low <= float(value) <= high:
             wanted = "an integer" if integer else "a number"
             bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
             raise ConfigError(f"RetryPolicy.{attribute.name} must be {wanted} {bounds}, got {value!r}")

@@ -113,7 +113,9 @@ async def test_a_reply_the_server_stopped_on_an_error_is_retried_not_returned(re
     async with FakeOpenAIServer() as server:
         server.script([Fault.reply("Answer: 4", finish_reason=reason)])
         with ResponseCache.memory_only() as cache:
-            async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK, cache=cache) as lm:
+            async with OpenAICompatibleLM(
+                "fake", server.base_url, api_key="", retry=QUICK, cache=cache
+            ) as lm:
                 completion = await lm.chat(HELLO)
                 again = await lm.chat(HELLO)
     assert (completion.text, completion.finish_reason) == ("Answer: ok", "stop")
