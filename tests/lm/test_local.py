@@ -9,9 +9,11 @@ import pytest
 
 from aprompt._errors import ConfigError, ModelNotFoundError
 from aprompt.lm._replies import accepting_cut_replies
+from aprompt.lm.cache import ResponseCache
 from aprompt.lm.local import (
     DEFAULT_CACHE_RAM_MIB,
     INSTALL_MODEL_COMMAND,
+    LOCAL_MODEL_NAME,
     MODEL_ENV_VAR,
     LocalLM,
     find_local_model,
@@ -89,6 +91,25 @@ async def test_a_sampled_reply_repeats_for_its_rollout() -> None:
             ]
     assert first == again
     assert other != first
+
+
+@pytest.mark.local_model
+@pytest.mark.anyio
+async def test_another_model_file_never_gets_the_cached_replies_of_the_embedded_one(tmp_path: Path) -> None:
+    # One cache for both: a reply of the embedded model must not answer another model's request.
+    other = tmp_path / "other-model.Q4_1.gguf"
+    other.symlink_to(find_local_model())
+    prompt = [{"role": "user", "content": "Say yes."}]
+    with ResponseCache.memory_only() as cache, accepting_cut_replies(lambda text: True):
+        async with LocalLM(n_parallel=1, ctx_per_slot=256, cache=cache) as lm:
+            embedded = await lm.chat(prompt, max_tokens=1, temperature=0)
+            embedded_name = lm.model
+        async with LocalLM(other, n_parallel=1, ctx_per_slot=256, cache=cache) as lm:
+            from_other = await lm.chat(prompt, max_tokens=1, temperature=0)
+            other_name = lm.model
+    assert (embedded.cached, from_other.cached) == (False, False)
+    # The embedded model keeps its name (and the caches written with it); another file is named by its own.
+    assert (embedded_name, other_name) == (LOCAL_MODEL_NAME, "other-model.Q4_1")
 
 
 def test_the_server_keeps_prompt_states_in_bounded_host_memory() -> None:
