@@ -213,8 +213,8 @@ class HTTPChatLM(abc.ABC):
 
     @abc.abstractmethod
     def _parse_completion(self, content: bytes) -> Completion:
-        """A 2xx body as a completion; raises ValueError, KeyError, IndexError or TypeError
-        if it is malformed."""
+        """A 2xx body as a completion; raises ValueError, KeyError, IndexError, TypeError or
+        AttributeError (a field of another JSON type than expected) if it is malformed."""
 
     @abc.abstractmethod
     def _server_message(self, content: bytes) -> str:
@@ -567,7 +567,7 @@ class HTTPChatLM(abc.ABC):
             )
         try:
             return self._parse_completion(content)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
         if _carries_error(content):  # a router's 200 for an upstream failure: say what the server said
             message = self._scrub(self._server_message(content))[:_MESSAGE_CHARS]

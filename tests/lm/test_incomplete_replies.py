@@ -134,6 +134,28 @@ async def test_replies_stopped_on_an_error_every_time_raise_an_incomplete_respon
     assert lm.usage.requests == 3
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"usage": "not reported"}, {"usage": [1, 2]}],
+    ids=["usage-text", "usage-list"],
+)
+async def test_a_body_with_malformed_usage_is_a_bad_response(
+    provider: Provider, fields: dict[str, Any]
+) -> None:
+    provider.server.responder = lambda request: ("Answer: 4", fields)
+    async with provider.make(max_retries=0) as lm:
+        with pytest.raises(BadResponseError, match="malformed response body"):
+            await lm.chat(HELLO)
+
+
+async def test_an_anthropic_content_block_that_is_not_an_object_is_a_bad_response() -> None:
+    async with FakeAnthropicServer() as server:
+        server.responder = lambda request: ("", {"content": ["Answer: 4"]})
+        async with AnthropicLM("fake", server.base_url, api_key="", max_retries=0) as lm:
+            with pytest.raises(BadResponseError, match="malformed response body"):
+                await lm.chat(HELLO)
+
+
 # -- truncated replies: re-sent once with a larger budget, said so, then raised -------------------
 
 
