@@ -78,7 +78,7 @@ from aprompt.lm._replies import (
 from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout, request_url
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
-from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
+from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls
 from aprompt.lm.limits import RateLimiter, TokenEstimator
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy, error_for_status, raw_retry_after
@@ -158,11 +158,13 @@ class HTTPChatLM(abc.ABC):
         specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
         transports = LaneTransports(timeout)
         shared = HttpxTransport(http_client, owned=False) if http_client is not None else None
-        states, keys = [], []
+        states: list[EndpointState] = []
+        keys: list[str | None] = []
         for spec in specs:
             endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
             key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
-            url = public_url(endpoint.url)
+            target, url, hidden = endpoint_urls(endpoint.url)
+            keys.extend(value for value in hidden if len(value) >= 8)  # scrubbed from messages too
             if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
                 # Sent as is, a line break would end the request's head early or add a header.
                 raise ConfigError(
@@ -179,11 +181,12 @@ class HTTPChatLM(abc.ABC):
                     capacity=capacity,
                     limiter=RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute),
                     lanes=ConnectionLanes(capacity, make_transport, shared=shared),
+                    target=target,
                 )
             )
         self._secrets = tuple({key for key in keys if key})
         # Parsed once: httpx would parse a string URL again for every request.
-        self._request_urls = {state.url: request_url(state.url, self.path) for state in states}
+        self._request_urls = {state: request_url(state.target, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         self._estimator = TokenEstimator()  # reservations calibrated by the prompt tokens reported
@@ -336,14 +339,19 @@ class HTTPChatLM(abc.ABC):
         """
         skip = set() if skip is None else skip
         for state in self._pool.endpoints:
-            digest = hashlib.sha256(json.dumps(sorted(state.headers.items())).encode()).hexdigest()
+            credentials = [state.target, sorted(state.headers.items())]
+            digest = hashlib.sha256(json.dumps(credentials).encode()).hexdigest()
             identity = f"{state.url} {digest}"
             if identity in skip:
                 continue
             skip.add(identity)
             # Through the connection the first call will take: it stays open for it.
             await probe_endpoint(
-                state.url, state.headers, transport=state.lanes.idle_transport(), within=within
+                state.url,
+                state.headers,
+                transport=state.lanes.idle_transport(),
+                within=within,
+                target=state.target,
             )
 
     async def aclose(self) -> None:
@@ -536,7 +544,7 @@ class HTTPChatLM(abc.ABC):
             try:
                 reply = await transport.request(
                     "POST",
-                    self._request_urls[endpoint.url],
+                    self._request_urls[endpoint],
                     endpoint.headers,
                     payload,
                     self._max_response_bytes,

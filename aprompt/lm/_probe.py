@@ -27,10 +27,16 @@ _MESSAGE_CHARS = 300
 
 
 async def probe_endpoint(
-    url: str, headers: Mapping[str, str], *, transport: Transport | None = None, within: float = 5.0
+    url: str,
+    headers: Mapping[str, str],
+    *,
+    transport: Transport | None = None,
+    within: float = 5.0,
+    target: str | None = None,
 ) -> None:
     """Probe the endpoint at base URL ``url`` once, through ``transport`` (a temporary httpx client's
-    by default).
+    by default). ``target``: the base URL to send to when it differs from the one shown, ``url`` (a
+    credential in its query).
 
     Raises:
         LMConnectionError: it refused the connection or did not answer within ``within`` seconds.
@@ -39,12 +45,12 @@ async def probe_endpoint(
     if transport is None:
         async with httpx.AsyncClient(timeout=within) as own_client:
             own = HttpxTransport(own_client, owned=False)
-            return await probe_endpoint(url, headers, transport=own, within=within)
+            return await probe_endpoint(url, headers, transport=own, within=within, target=target)
     problem = ""
     with anyio.move_on_after(within) as deadline:
         try:
             reply = await transport.request(
-                "GET", request_url(url, "/models"), headers, b"", _MAX_PROBE_BYTES
+                "GET", request_url(target or url, "/models"), headers, b"", _MAX_PROBE_BYTES
             )
         except TransportError as exc:
             # Its message names host and port, never the headers.
