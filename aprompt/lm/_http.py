@@ -293,6 +293,8 @@ class HTTPChatLM(abc.ABC):
         seed, by a client told to (``OpenAICompatibleLM(seed_rollouts=True)``).
 
         Raises:
+            ConfigError: ``messages`` is not a list of ``{"role": str, "content": str}`` mappings, or a
+                parameter has no JSON form (before any request).
             AuthenticationError: HTTP 401/403 (not retried).
             RequestRejectedError: another 4xx (not retried).
             RateLimitError, ServerError, LMTimeoutError, LMConnectionError, BadResponseError: the
@@ -300,6 +302,7 @@ class HTTPChatLM(abc.ABC):
         """
         if self._closed:
             raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
+        _check_messages(messages)
         request_params = canonical_params({**self._default_params, **params})
         sent = self._sent_params(request_params, rollout)
         try:
@@ -629,6 +632,24 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    """Raise a ConfigError naming the first message that is not ``{"role": str, "content": str}``."""
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise ConfigError(
+            "chat() takes a list of messages ({'role': ..., 'content': ...}), "
+            f"not a {type(messages).__name__}"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ConfigError(
+                f"message {index} must be a mapping {{'role': ..., 'content': ...}}, "
+                f"not a {type(message).__name__}"
+            )
+        for field in ("role", "content"):
+            if not isinstance(message.get(field), str):
+                raise ConfigError(f"message {index} needs a string {field!r}, got {message.get(field)!r:.60}")
 
 
 def _carries_error(content: bytes) -> bool:

@@ -503,6 +503,33 @@ def test_a_bad_retry_policy_is_a_config_error_naming_the_field(options: dict[str
         RetryPolicy(**options)
 
 
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ("Hello", "a list of messages"),
+        ([("user", "Hello")], "message 0"),
+        ([{"role": "user"}], "message 0.*content"),
+        ([{"role": "system", "content": "Be brief."}, {"content": "Hello"}], "message 1.*role"),
+        ([{"role": "user", "content": None}], "message 0.*content"),
+    ],
+    ids=["string", "tuple", "no-content", "no-role", "null-content"],
+)
+async def test_malformed_messages_are_a_config_error_naming_the_message_before_any_request(
+    fake_server: FakeOpenAIServer,
+    client: type[HTTPChatLM],
+    cached: bool,
+    messages: Any,
+    problem: str,
+) -> None:
+    cache = ResponseCache.memory_only() if cached else None
+    async with client("fake-model", fake_server.base_url, api_key=TEST_API_KEY, cache=cache) as lm:
+        with pytest.raises(ConfigError, match=problem):
+            await lm.chat(messages)
+    assert fake_server.requests == [] and lm.usage.requests == 0
+
+
 FIRST_REQUEST_CHILD = """
 import sys, anyio
 from aprompt.lm.openai import OpenAICompatibleLM
