@@ -293,8 +293,8 @@ class HTTPChatLM(abc.ABC):
         seed, by a client told to (``OpenAICompatibleLM(seed_rollouts=True)``).
 
         Raises:
-            ConfigError: ``messages`` is not a list of ``{"role": str, "content": str}`` mappings, or a
-                parameter has no JSON form (before any request).
+            ConfigError: ``messages`` is not a list of ``{"role": str, "content": str}`` mappings, a
+                parameter has no JSON form, or ``stream`` is set (before any request).
             AuthenticationError: HTTP 401/403 (not retried).
             RequestRejectedError: another 4xx (not retried).
             RateLimitError, ServerError, LMTimeoutError, LMConnectionError, BadResponseError: the
@@ -304,6 +304,10 @@ class HTTPChatLM(abc.ABC):
             raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
         _check_messages(messages)
         request_params = canonical_params({**self._default_params, **params})
+        if request_params.get("stream"):
+            # A streamed answer is a series of events, not one body: each attempt would be paid for and
+            # then fail as malformed.
+            raise ConfigError("stream=True is not supported: the client reads each reply whole")
         sent = self._sent_params(request_params, rollout)
         try:
             if self._cache is None:

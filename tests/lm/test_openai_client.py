@@ -530,6 +530,23 @@ async def test_malformed_messages_are_a_config_error_naming_the_message_before_a
     assert fake_server.requests == [] and lm.usage.requests == 0
 
 
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize("where", ["call", "default_params"])
+async def test_streaming_is_a_config_error_before_any_request(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], where: str
+) -> None:
+    # A streamed answer is a series of events, not one JSON body: every attempt would be paid for and
+    # then fail as malformed.
+    options: dict[str, Any] = {"default_params": {"stream": True}} if where == "default_params" else {}
+    call: dict[str, Any] = {"stream": True} if where == "call" else {}
+    async with client("fake-model", fake_server.base_url, api_key=TEST_API_KEY, **options) as lm:
+        with pytest.raises(ConfigError, match="stream"):
+            await lm.chat(HELLO, **call)
+        if where == "default_params":
+            await lm.chat(HELLO, stream=False)  # a call may turn it off
+    assert len(fake_server.requests) == (1 if where == "default_params" else 0)
+
+
 FIRST_REQUEST_CHILD = """
 import sys, anyio
 from aprompt.lm.openai import OpenAICompatibleLM
