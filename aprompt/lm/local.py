@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,24 @@ def local_model_name(model_path: Path) -> str:
     return model_path.name.removesuffix(".gguf") or LOCAL_MODEL_NAME
 
 
+# What LocalLM sets on its client itself: the model, the server's URL, and no key.
+_OWN_CLIENT_OPTIONS = ("model", "base_url", "api_key", "api_key_env")
+
+
+def _check_client_options(options: dict[str, Any]) -> None:
+    """Raise a ConfigError for an option the local model's client does not take (checked before the
+    server starts, not as a TypeError once the model is loaded)."""
+    accepted = set(inspect.signature(OpenAICompatibleLM).parameters) - set(_OWN_CLIENT_OPTIONS)
+    for name in options:
+        if name in _OWN_CLIENT_OPTIONS:
+            raise ConfigError(f"LocalLM sets {name!r} of its client itself: the embedded server takes none")
+        if name not in accepted:
+            raise ConfigError(
+                f"LocalLM got an unknown option {name!r}; the client options are: "
+                + ", ".join(sorted(accepted))
+            )
+
+
 class LocalLM:
     """An async context manager running llama.cpp's OpenAI-compatible server on 127.0.0.1.
 
@@ -114,6 +133,7 @@ class LocalLM:
             raise ConfigError(
                 f"LocalLM needs cache_ram_mib >= 0 (MiB; 0 turns the cache off), got {cache_ram_mib!r}"
             )
+        _check_client_options(client_options)
         self._model_path = find_local_model(model_path)
         self._n_parallel = n_parallel
         self._ctx_per_slot = ctx_per_slot

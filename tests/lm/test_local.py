@@ -119,6 +119,23 @@ def test_the_server_keeps_prompt_states_in_bounded_host_memory() -> None:
     assert LocalLM(cache_ram_mib=512, n_parallel=3, ctx_per_slot=1024).server_params().n_ctx == 3 * 1024
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"api_key": "sk-cloud"}, "api_key"),
+        ({"base_url": "http://127.0.0.1:1/v1"}, "base_url"),
+        ({"model": "other"}, "model"),
+        ({"max_concurency": 4}, "max_concurency"),
+    ],
+)
+def test_a_client_option_the_local_model_cannot_take_is_a_config_error_at_once(
+    options: dict[str, object], named: str
+) -> None:
+    # Refused before the server starts (loading the model), not as a TypeError once it runs.
+    with pytest.raises(ConfigError, match=named):
+        LocalLM(**options)
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1024"])
 def test_a_negative_or_non_integer_cache_size_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="cache_ram_mib"):
