@@ -545,6 +545,18 @@ async def test_streaming_is_a_config_error_before_any_request(
     assert fake_server.requests == []
 
 
+@pytest.mark.parametrize("option", ["requests_per_minute", "tokens_per_minute"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, "60", True], ids=["inf", "nan", "text", "bool"])
+async def test_a_rate_limit_that_is_not_a_finite_positive_number_is_a_config_error(
+    fake_server: FakeOpenAIServer, option: str, value: object
+) -> None:
+    # None is "no limit"; infinity is not a way to say it (the adaptive cap would be infinite).
+    with pytest.raises(ConfigError, match="rate limit"):
+        OpenAICompatibleLM("fake-model", fake_server.base_url, api_key="", **{option: value})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="rate limit"):
+        OpenAICompatibleLM("fake-model", [Endpoint(fake_server.base_url, **{option: value})], api_key="")  # type: ignore[arg-type]
+
+
 FIRST_REQUEST_CHILD = """
 import sys, anyio
 from aprompt.lm.openai import OpenAICompatibleLM
