@@ -172,7 +172,12 @@ class HTTPChatLM(abc.ABC):
                     "from a file?); remove it"
                 )
             keys.append(key)
-            capacity = endpoint.max_concurrency or max_concurrency or MAX_CONCURRENCY
+            own = endpoint.max_concurrency
+            if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
+                raise ConfigError(
+                    f"the max_concurrency of endpoint {url} must be an integer of at least 1, got {own!r}"
+                )
+            capacity = own or max_concurrency or MAX_CONCURRENCY
             make_transport = transports.for_endpoint(httpx.URL(url))
             states.append(
                 EndpointState(

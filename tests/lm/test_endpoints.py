@@ -82,6 +82,13 @@ async def test_a_key_in_the_base_urls_query_is_sent_but_never_shown(
     assert lm.endpoints == (f"{fake_server.base_url}?api-version=2&{name}=***",)
 
 
+@pytest.mark.parametrize("value", [0, -1, 2.5, "4", True])
+def test_an_endpoint_concurrency_that_is_not_a_positive_integer_is_a_config_error(value: object) -> None:
+    # 0 is not "the client's default" (that is None): it is refused, like any other non-positive cap.
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        OpenAICompatibleLM("m", [Endpoint("http://gpu-1:8000/v1", max_concurrency=value)], api_key="")  # type: ignore[arg-type]
+
+
 def test_url_without_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         public_url("gpu-1:8000/v1")
