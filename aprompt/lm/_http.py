@@ -104,6 +104,9 @@ _MAX_PAUSE_SPREAD = 2.0
 # Server messages in our errors are cut to this many characters (after the keys are scrubbed).
 _MESSAGE_CHARS = 500
 
+# Body fields a request parameter would replace (sent as given, parameters follow them in the body).
+_BODY_FIELDS = ("model", "messages")
+
 #: What a client accepts as its endpoints: a base URL, an :class:`Endpoint`, or several of them.
 EndpointSpec = str | Endpoint | Sequence[str | Endpoint]
 
@@ -299,7 +302,8 @@ class HTTPChatLM(abc.ABC):
 
         Raises:
             ConfigError: ``messages`` is not a list of ``{"role": str, "content": str}`` mappings, a
-                parameter has no JSON form, or ``stream`` is set (before any request).
+                parameter has no JSON form or would replace ``model`` or ``messages``, or ``stream`` is
+                set (before any request).
             AuthenticationError: HTTP 401/403 (not retried).
             RequestRejectedError: another 4xx (not retried).
             RateLimitError, ServerError, LMTimeoutError, LMConnectionError, BadResponseError: the
@@ -309,6 +313,14 @@ class HTTPChatLM(abc.ABC):
             raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
         _check_messages(messages)
         request_params = canonical_params({**self._default_params, **params})
+        for name in _BODY_FIELDS:
+            if name in request_params:
+                raise ConfigError(
+                    f"{name!r} cannot be a request parameter: it would replace the request's own "
+                    f"({type(self).__name__} for {self._model!r}); make another client for another model"
+                    if name == "model"
+                    else f"{name!r} cannot be a request parameter: pass the messages to chat()"
+                )
         if request_params.get("stream"):
             # A streamed answer is a series of events, not one body: each attempt would be paid for and
             # then fail as malformed.

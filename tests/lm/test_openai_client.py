@@ -557,6 +557,24 @@ async def test_a_rate_limit_that_is_not_a_finite_positive_number_is_a_config_err
         OpenAICompatibleLM("fake-model", [Endpoint(fake_server.base_url, **{option: value})], api_key="")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize(
+    ("name", "where"), [("model", "call"), ("model", "default_params"), ("messages", "default_params")]
+)
+async def test_a_parameter_that_would_replace_the_model_or_the_messages_is_a_config_error(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], name: str, where: str
+) -> None:
+    # Sent, it would replace the body's own field: the reply would be another model's (priced, metered
+    # and reported as this client's model) or an answer to other messages.
+    value: Any = "gpt-4o" if name == "model" else [{"role": "user", "content": "Something else"}]
+    options: dict[str, Any] = {"default_params": {name: value}} if where == "default_params" else {}
+    call: dict[str, Any] = {name: value} if where == "call" else {}
+    async with client("fake-model", fake_server.base_url, api_key=TEST_API_KEY, **options) as lm:
+        with pytest.raises(ConfigError, match=name):
+            await lm.chat(HELLO, **call)
+    assert fake_server.requests == []
+
+
 FIRST_REQUEST_CHILD = """
 import sys, anyio
 from aprompt.lm.openai import OpenAICompatibleLM
