@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 
 import aprompt
-from aprompt._errors import ConfigError
-from aprompt.lm.local import LOCAL_MODEL_NAME
+from aprompt._errors import ConfigError, ModelNotFoundError
+from aprompt.lm.local import LOCAL_MODEL_NAME, find_local_model, local_model_name
 
 __all__ = [
     "MODEL_ENV",
@@ -244,6 +244,9 @@ def prices_for(
     prices = dict(given or [])
     if any(choice.provider == "local" for choice in lms):
         prices.setdefault(LOCAL_MODEL_NAME, (0.0, 0.0))
+        # A model file named by $APROMPT_LOCAL_MODEL runs (and is metered) under its own name.
+        with contextlib.suppress(ModelNotFoundError):
+            prices.setdefault(local_model_name(find_local_model()), (0.0, 0.0))
     if max_cost is None:
         return prices
     if max_cost < 0:

@@ -78,7 +78,7 @@ from aprompt.lm._replies import (
 from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout, request_url
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
-from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
+from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls
 from aprompt.lm.limits import RateLimiter, TokenEstimator
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy, error_for_status, raw_retry_after
@@ -103,6 +103,9 @@ _MAX_PAUSE_SPREAD = 2.0
 
 # Server messages in our errors are cut to this many characters (after the keys are scrubbed).
 _MESSAGE_CHARS = 500
+
+# Body fields a request parameter would replace (sent as given, parameters follow them in the body).
+_BODY_FIELDS = ("model", "messages")
 
 #: What a client accepts as its endpoints: a base URL, an :class:`Endpoint`, or several of them.
 EndpointSpec = str | Endpoint | Sequence[str | Endpoint]
@@ -147,22 +150,37 @@ class HTTPChatLM(abc.ABC):
             raise ConfigError("a model name is required")
         if max_response_bytes < 1:
             raise ConfigError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be positive, got {timeout}")
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+        ):
+            raise ConfigError(f"max_concurrency must be an integer of at least 1, got {max_concurrency!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._model = model
         default_key = api_key if api_key is not None else _env(api_key_env)
         specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
         transports = LaneTransports(timeout)
         shared = HttpxTransport(http_client, owned=False) if http_client is not None else None
-        states, keys = [], []
+        states: list[EndpointState] = []
+        keys: list[str | None] = []
         for spec in specs:
             endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
             key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
+            target, url, hidden = endpoint_urls(endpoint.url)
+            keys.extend(value for value in hidden if len(value) >= 8)  # scrubbed from messages too
+            if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
+                # Sent as is, a line break would end the request's head early or add a header.
+                raise ConfigError(
+                    f"the API key for {url} contains a control character (a line break read with it "
+                    "from a file?); remove it"
+                )
             keys.append(key)
-            capacity = endpoint.max_concurrency or max_concurrency or MAX_CONCURRENCY
-            url = public_url(endpoint.url)
+            own = endpoint.max_concurrency
+            if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
+                raise ConfigError(
+                    f"the max_concurrency of endpoint {url} must be an integer of at least 1, got {own!r}"
+                )
+            capacity = own or max_concurrency or MAX_CONCURRENCY
             make_transport = transports.for_endpoint(httpx.URL(url))
             states.append(
                 EndpointState(
@@ -171,11 +189,12 @@ class HTTPChatLM(abc.ABC):
                     capacity=capacity,
                     limiter=RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute),
                     lanes=ConnectionLanes(capacity, make_transport, shared=shared),
+                    target=target,
                 )
             )
         self._secrets = tuple({key for key in keys if key})
         # Parsed once: httpx would parse a string URL again for every request.
-        self._request_urls = {state.url: request_url(state.url, self.path) for state in states}
+        self._request_urls = {state: request_url(state.target, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         self._estimator = TokenEstimator()  # reservations calibrated by the prompt tokens reported
@@ -205,8 +224,8 @@ class HTTPChatLM(abc.ABC):
 
     @abc.abstractmethod
     def _parse_completion(self, content: bytes) -> Completion:
-        """A 2xx body as a completion; raises ValueError, KeyError, IndexError or TypeError
-        if it is malformed."""
+        """A 2xx body as a completion; raises ValueError, KeyError, IndexError, TypeError or
+        AttributeError (a field of another JSON type than expected) if it is malformed."""
 
     @abc.abstractmethod
     def _server_message(self, content: bytes) -> str:
@@ -282,6 +301,9 @@ class HTTPChatLM(abc.ABC):
         seed, by a client told to (``OpenAICompatibleLM(seed_rollouts=True)``).
 
         Raises:
+            ConfigError: ``messages`` is not a list of ``{"role": str, "content": str}`` mappings, a
+                parameter has no JSON form or would replace ``model`` or ``messages``, or ``stream`` is
+                set (before any request).
             AuthenticationError: HTTP 401/403 (not retried).
             RequestRejectedError: another 4xx (not retried).
             RateLimitError, ServerError, LMTimeoutError, LMConnectionError, BadResponseError: the
@@ -289,7 +311,20 @@ class HTTPChatLM(abc.ABC):
         """
         if self._closed:
             raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
+        _check_messages(messages)
         request_params = canonical_params({**self._default_params, **params})
+        for name in _BODY_FIELDS:
+            if name in request_params:
+                raise ConfigError(
+                    f"{name!r} cannot be a request parameter: it would replace the request's own "
+                    f"({type(self).__name__} for {self._model!r}); make another client for another model"
+                    if name == "model"
+                    else f"{name!r} cannot be a request parameter: pass the messages to chat()"
+                )
+        if request_params.get("stream"):
+            # A streamed answer is a series of events, not one body: each attempt would be paid for and
+            # then fail as malformed.
+            raise ConfigError("stream=True is not supported: the client reads each reply whole")
         sent = self._sent_params(request_params, rollout)
         try:
             if self._cache is None:
@@ -328,14 +363,19 @@ class HTTPChatLM(abc.ABC):
         """
         skip = set() if skip is None else skip
         for state in self._pool.endpoints:
-            digest = hashlib.sha256(json.dumps(sorted(state.headers.items())).encode()).hexdigest()
+            credentials = [state.target, sorted(state.headers.items())]
+            digest = hashlib.sha256(json.dumps(credentials).encode()).hexdigest()
             identity = f"{state.url} {digest}"
             if identity in skip:
                 continue
             skip.add(identity)
             # Through the connection the first call will take: it stays open for it.
             await probe_endpoint(
-                state.url, state.headers, transport=state.lanes.idle_transport(), within=within
+                state.url,
+                state.headers,
+                transport=state.lanes.idle_transport(),
+                within=within,
+                target=state.target,
             )
 
     async def aclose(self) -> None:
@@ -528,7 +568,7 @@ class HTTPChatLM(abc.ABC):
             try:
                 reply = await transport.request(
                     "POST",
-                    self._request_urls[endpoint.url],
+                    self._request_urls[endpoint],
                     endpoint.headers,
                     payload,
                     self._max_response_bytes,
@@ -559,8 +599,13 @@ class HTTPChatLM(abc.ABC):
             )
         try:
             return self._parse_completion(content)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
+        if _carries_error(content):  # a router's 200 for an upstream failure: say what the server said
+            message = self._scrub(self._server_message(content))[:_MESSAGE_CHARS]
+            raise BadResponseError(
+                f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url
+            )
         raise BadResponseError(
             f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url
         )
@@ -608,6 +653,35 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    """Raise a ConfigError naming the first message that is not ``{"role": str, "content": str}``."""
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise ConfigError(
+            "chat() takes a list of messages ({'role': ..., 'content': ...}), "
+            f"not a {type(messages).__name__}"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ConfigError(
+                f"message {index} must be a mapping {{'role': ..., 'content': ...}}, "
+                f"not a {type(message).__name__}"
+            )
+        for field in ("role", "content"):
+            if not isinstance(message.get(field), str):
+                raise ConfigError(f"message {index} needs a string {field!r}, got {message.get(field)!r:.60}")
+
+
+def _carries_error(content: bytes) -> bool:
+    """Whether a body is a JSON object with an ``error`` field (a fault reported in a 2xx)."""
+    if b'"error"' not in content:
+        return False
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and bool(data.get("error"))
 
 
 def _env(name: str | None) -> str | None:

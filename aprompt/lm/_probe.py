@@ -22,13 +22,21 @@ __all__ = ["probe_endpoint"]
 
 # The longest answer body read: the probe needs only an error message out of it.
 _MAX_PROBE_BYTES = 2**20
+# The server's message in our error is cut to this many characters (after the keys are scrubbed).
+_MESSAGE_CHARS = 300
 
 
 async def probe_endpoint(
-    url: str, headers: Mapping[str, str], *, transport: Transport | None = None, within: float = 5.0
+    url: str,
+    headers: Mapping[str, str],
+    *,
+    transport: Transport | None = None,
+    within: float = 5.0,
+    target: str | None = None,
 ) -> None:
     """Probe the endpoint at base URL ``url`` once, through ``transport`` (a temporary httpx client's
-    by default).
+    by default). ``target``: the base URL to send to when it differs from the one shown, ``url`` (a
+    credential in its query).
 
     Raises:
         LMConnectionError: it refused the connection or did not answer within ``within`` seconds.
@@ -37,12 +45,12 @@ async def probe_endpoint(
     if transport is None:
         async with httpx.AsyncClient(timeout=within) as own_client:
             own = HttpxTransport(own_client, owned=False)
-            return await probe_endpoint(url, headers, transport=own, within=within)
+            return await probe_endpoint(url, headers, transport=own, within=within, target=target)
     problem = ""
     with anyio.move_on_after(within) as deadline:
         try:
             reply = await transport.request(
-                "GET", request_url(url, "/models"), headers, b"", _MAX_PROBE_BYTES
+                "GET", request_url(target or url, "/models"), headers, b"", _MAX_PROBE_BYTES
             )
         except TransportError as exc:
             # Its message names host and port, never the headers.
@@ -52,7 +60,8 @@ async def probe_endpoint(
     if problem:
         raise LMConnectionError(f"cannot reach the LM endpoint ({problem})", endpoint=url)
     if reply.status in (401, 403):
-        detail = _scrub(_server_message(reply.content), headers)
+        # Scrubbed whole, then cut: a cut inside an echoed key would leave its first part unscrubbed.
+        detail = _scrub(_server_message(reply.content), headers)[:_MESSAGE_CHARS]
         raise AuthenticationError(
             f"the LM endpoint refused the API key (HTTP {reply.status}" + (f": {detail})" if detail else ")"),
             status_code=reply.status,
@@ -65,9 +74,9 @@ def _server_message(content: bytes) -> str:
     try:
         error = json.loads(content)["error"]
         message = error["message"] if isinstance(error, dict) else error
-        return str(message)[:300]
+        return str(message)
     except (ValueError, KeyError, TypeError):
-        return content.decode("utf-8", "replace").strip()[:300]
+        return content.decode("utf-8", "replace").strip()
 
 
 def _scrub(text: str, headers: Mapping[str, str]) -> str:

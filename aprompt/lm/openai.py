@@ -70,9 +70,10 @@ class OpenAICompatibleLM(HTTPChatLM):
             Off by default: a server that rejects ``seed`` would refuse every request. The embedded
             model (:func:`aprompt.local_lm`) turns it on.
 
-    A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``
-    or ``"length"``) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
-    returned; see :mod:`aprompt.lm._http` for how each is retried.
+    A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``,
+    ``"length"``, or ``"error"``/``"abort"`` for a generation that failed on the server) raises an
+    :class:`~aprompt._errors.IncompleteResponseError` instead of being returned; see
+    :mod:`aprompt.lm._http` for how each is retried.
 
     Example::
 
@@ -149,7 +150,7 @@ class OpenAICompatibleLM(HTTPChatLM):
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         return Completion(
-            text=choice["message"]["content"] or "",
+            text=_content_text(choice["message"]["content"]),
             usage=TokenUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
             model=str(data.get("model") or self._model),
             finish_reason=choice.get("finish_reason"),
@@ -162,3 +163,19 @@ class OpenAICompatibleLM(HTTPChatLM):
             return str(message)
         except (ValueError, KeyError, TypeError):
             return content.decode("utf-8", "replace").strip()
+
+
+def _content_text(content: Any) -> str:
+    """A message's content as text: a string as is, ``null`` as empty, a list of parts (as some servers
+    send it) as the text of its ``"text"`` parts; raises TypeError for anything else."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = [
+            part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        ]
+        strings = [text for text in texts if isinstance(text, str)]
+        if len(strings) < len(texts):
+            raise TypeError("a text part of the message content is not a string")
+        return "".join(strings)
+    raise TypeError(f"the message content is a {type(content).__name__}, not a string")

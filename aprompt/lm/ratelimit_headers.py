@@ -19,6 +19,7 @@ read by :mod:`aprompt.lm.retry` for both providers.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -95,7 +96,7 @@ def _number(text: str | None) -> float | None:
         value = float(text.strip())
     except ValueError:
         return None
-    return value if value >= 0 else None  # NaN and negatives are unreadable
+    return value if 0 <= value < math.inf else None  # NaN, infinity and negatives are unreadable
 
 
 def read_rate_limit_headers(headers: Mapping[str, str]) -> StatedLimits | None:

@@ -9,6 +9,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import attrs
@@ -17,6 +18,7 @@ import tenacity
 from aprompt._errors import (
     AuthenticationError,
     BadResponseError,
+    ConfigError,
     LMConnectionError,
     LMStatusError,
     LMTimeoutError,
@@ -52,6 +54,21 @@ def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, RETRYABLE_ERRORS) and not isinstance(error, TruncatedResponseError)
 
 
+def _within(low: float, high: float = math.inf, *, integer: bool = False) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: a number (an integer with ``integer``) in ``[low, high]``, else a
+    :class:`~aprompt._errors.ConfigError` naming the field."""
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        kinds: tuple[type, ...] = (int,) if integer else (int, float)
+        number = isinstance(value, kinds) and not isinstance(value, bool)
+        if not number or not low <= float(value) <= high:
+            wanted = "an integer" if integer else "a number"
+            bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            raise ConfigError(f"RetryPolicy.{attribute.name} must be {wanted} {bounds}, got {value!r}")
+
+    return check
+
+
 @attrs.frozen
 class RetryPolicy:
     """How often and how patiently a failed request is re-sent.
@@ -77,14 +94,14 @@ class RetryPolicy:
         True
     """
 
-    max_retries: int = attrs.field(default=6, validator=attrs.validators.ge(0))
-    initial_backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
-    max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    jitter: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-    max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
-    rate_limit_pause: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
-    pause_jitter: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    max_retries: int = attrs.field(default=6, validator=_within(0, integer=True))
+    initial_backoff: float = attrs.field(default=0.5, validator=_within(0))
+    multiplier: float = attrs.field(default=2.0, validator=_within(1))
+    max_backoff: float = attrs.field(default=30.0, validator=_within(0))
+    jitter: float = attrs.field(default=0.5, validator=_within(0, 1))
+    max_retry_after: float = attrs.field(default=60.0, validator=_within(0))
+    rate_limit_pause: float = attrs.field(default=1.0, validator=_within(0))
+    pause_jitter: float = attrs.field(default=0.25, validator=_within(0))
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the ``retry``-th re-send (1-based)."""

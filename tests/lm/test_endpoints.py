@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import ConfigError
+from aprompt._errors import ConfigError, ServerError
 from aprompt.lm._connections import ConnectionLanes, LaneTransports
 from aprompt.lm._transport import HttpxTransport
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
@@ -55,6 +55,38 @@ def test_endpoint_repr_hides_its_api_key() -> None:
 
 def test_public_url_drops_credentials_and_trailing_slash() -> None:
     assert public_url("http://user:secret@gpu-1:8000/v1/") == "http://gpu-1:8000/v1"
+
+
+QUERY_KEY = "AIzaSy-query-key-DO-NOT-LEAK-81c4"
+
+
+@pytest.mark.parametrize("name", ["key", "api-key", "api_key", "access_token", "sig"])
+async def test_a_key_in_the_base_urls_query_is_sent_but_never_shown(
+    fake_server: FakeOpenAIServer, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Some gateways take the key as a query parameter (Google's ?key=, Azure's ?api-key=, signed URLs).
+    caplog.set_level("DEBUG")
+    url = f"{fake_server.base_url}?api-version=2&{name}={QUERY_KEY}"
+    fake_server.queue_faults(Fault.http_status(500))
+    async with OpenAICompatibleLM("m", url, api_key=TEST_API_KEY, retry=QUICK, max_retries=0) as lm:
+        await lm.probe()
+        with pytest.raises(ServerError) as caught:
+            await lm.chat(question(0))
+        answer = await lm.chat(question(1))
+        shown = " ".join([repr(lm), *lm.endpoints, str(caught.value), repr(caught.value), caplog.text])
+    assert answer.text == "Answer: ok"
+    assert [request.path.partition("?")[2] for request in fake_server.requests] == [
+        f"api-version=2&{name}={QUERY_KEY}"
+    ] * 3
+    assert QUERY_KEY not in shown
+    assert lm.endpoints == (f"{fake_server.base_url}?api-version=2&{name}=***",)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "4", True])
+def test_an_endpoint_concurrency_that_is_not_a_positive_integer_is_a_config_error(value: object) -> None:
+    # 0 is not "the client's default" (that is None): it is refused, like any other non-positive cap.
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        OpenAICompatibleLM("m", [Endpoint("http://gpu-1:8000/v1", max_concurrency=value)], api_key="")  # type: ignore[arg-type]
 
 
 def test_url_without_scheme_is_a_config_error() -> None:

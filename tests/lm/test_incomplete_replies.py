@@ -14,6 +14,7 @@ from aprompt._errors import (
     BadResponseError,
     ContentFilteredError,
     EmptyResponseError,
+    IncompleteResponseError,
     TruncatedResponseError,
 )
 from aprompt.lm._http import TRUNCATION_RETRY_MAX_TOKENS
@@ -103,6 +104,56 @@ async def test_an_incomplete_reply_is_never_cached(provider: Provider) -> None:
             again = await lm.chat(HELLO)
     assert (answered.text, answered.cached, again.cached) == ("Answer: ok", False, True)
     assert len(provider.server.chat_requests) == 3
+
+
+@pytest.mark.parametrize("reason", ["error", "abort"])
+async def test_a_reply_the_server_stopped_on_an_error_is_retried_not_returned(reason: str) -> None:
+    # OpenRouter reports a generation that failed upstream as finish_reason "error", vLLM an aborted one as
+    # "abort": whatever text came with it is a fragment, not the prompt's answer.
+    async with FakeOpenAIServer() as server:
+        server.script([Fault.reply("Answer: 4", finish_reason=reason)])
+        with ResponseCache.memory_only() as cache:
+            async with OpenAICompatibleLM(
+                "fake", server.base_url, api_key="", retry=QUICK, cache=cache
+            ) as lm:
+                completion = await lm.chat(HELLO)
+                again = await lm.chat(HELLO)
+    assert (completion.text, completion.finish_reason) == ("Answer: ok", "stop")
+    assert again.text == "Answer: ok"
+    assert (lm.usage.requests, lm.usage.retries) == (2, 1)
+
+
+async def test_replies_stopped_on_an_error_every_time_raise_an_incomplete_response_error() -> None:
+    async with FakeOpenAIServer() as server:
+        server.script(lambda n: Fault.reply("Answer: 4", finish_reason="error"))
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(IncompleteResponseError) as caught:
+                await lm.chat(HELLO)
+    assert (caught.value.finish_reason, caught.value.text) == ("error", "Answer: 4")
+    assert "finish_reason 'error'" in str(caught.value)
+    assert lm.usage.requests == 3
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"usage": "not reported"}, {"usage": [1, 2]}],
+    ids=["usage-text", "usage-list"],
+)
+async def test_a_body_with_malformed_usage_is_a_bad_response(
+    provider: Provider, fields: dict[str, Any]
+) -> None:
+    provider.server.responder = lambda request: ("Answer: 4", fields)
+    async with provider.make(max_retries=0) as lm:
+        with pytest.raises(BadResponseError, match="malformed response body"):
+            await lm.chat(HELLO)
+
+
+async def test_an_anthropic_content_block_that_is_not_an_object_is_a_bad_response() -> None:
+    async with FakeAnthropicServer() as server:
+        server.responder = lambda request: ("", {"content": ["Answer: 4"]})
+        async with AnthropicLM("fake", server.base_url, api_key="", max_retries=0) as lm:
+            with pytest.raises(BadResponseError, match="malformed response body"):
+                await lm.chat(HELLO)
 
 
 # -- truncated replies: re-sent once with a larger budget, said so, then raised -------------------

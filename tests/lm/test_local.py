@@ -9,9 +9,11 @@ import pytest
 
 from aprompt._errors import ConfigError, ModelNotFoundError
 from aprompt.lm._replies import accepting_cut_replies
+from aprompt.lm.cache import ResponseCache
 from aprompt.lm.local import (
     DEFAULT_CACHE_RAM_MIB,
     INSTALL_MODEL_COMMAND,
+    LOCAL_MODEL_NAME,
     MODEL_ENV_VAR,
     LocalLM,
     find_local_model,
@@ -91,11 +93,47 @@ async def test_a_sampled_reply_repeats_for_its_rollout() -> None:
     assert other != first
 
 
+@pytest.mark.local_model
+@pytest.mark.anyio
+async def test_another_model_file_never_gets_the_cached_replies_of_the_embedded_one(tmp_path: Path) -> None:
+    # One cache for both: a reply of the embedded model must not answer another model's request.
+    other = tmp_path / "other-model.Q4_1.gguf"
+    other.symlink_to(find_local_model())
+    prompt = [{"role": "user", "content": "Say yes."}]
+    with ResponseCache.memory_only() as cache, accepting_cut_replies(lambda text: True):
+        async with LocalLM(n_parallel=1, ctx_per_slot=256, cache=cache) as lm:
+            embedded = await lm.chat(prompt, max_tokens=1, temperature=0)
+            embedded_name = lm.model
+        async with LocalLM(other, n_parallel=1, ctx_per_slot=256, cache=cache) as lm:
+            from_other = await lm.chat(prompt, max_tokens=1, temperature=0)
+            other_name = lm.model
+    assert (embedded.cached, from_other.cached) == (False, False)
+    # The embedded model keeps its name (and the caches written with it); another file is named by its own.
+    assert (embedded_name, other_name) == (LOCAL_MODEL_NAME, "other-model.Q4_1")
+
+
 def test_the_server_keeps_prompt_states_in_bounded_host_memory() -> None:
     # llama.cpp's own default (8 GiB) let one optimization grow the process by gigabytes.
     assert LocalLM().server_params().cache_ram_mib == DEFAULT_CACHE_RAM_MIB <= 2048
     assert LocalLM(cache_ram_mib=0).server_params().cache_ram_mib == 0  # off
     assert LocalLM(cache_ram_mib=512, n_parallel=3, ctx_per_slot=1024).server_params().n_ctx == 3 * 1024
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"api_key": "sk-cloud"}, "api_key"),
+        ({"base_url": "http://127.0.0.1:1/v1"}, "base_url"),
+        ({"model": "other"}, "model"),
+        ({"max_concurency": 4}, "max_concurency"),
+    ],
+)
+def test_a_client_option_the_local_model_cannot_take_is_a_config_error_at_once(
+    options: dict[str, object], named: str
+) -> None:
+    # Refused before the server starts (loading the model), not as a TypeError once it runs.
+    with pytest.raises(ConfigError, match=named):
+        LocalLM(**options)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1024"])

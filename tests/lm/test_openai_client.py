@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +17,11 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import AuthenticationError, ConfigError, LMError, ServerError
+from aprompt._errors import AuthenticationError, BadResponseError, ConfigError, LMError, ServerError
+from aprompt.lm._http import HTTPChatLM
+from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
+from aprompt.lm.endpoints import Endpoint
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import LM, Message
@@ -132,6 +137,26 @@ async def test_no_key_in_errors_or_debug_logs(
         while chained is not None:
             assert TEST_API_KEY not in f"{chained} {chained!r} {vars(chained)!r}"
             chained = chained.__cause__ or chained.__context__
+
+
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize("suffix", ["\n", "\r\nX-Injected: yes", "\t"], ids=["newline", "crlf", "tab"])
+async def test_a_key_with_a_control_character_is_a_config_error_that_never_shows_the_key(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A key read from a file keeps its line break: sent as is, it would end the request's head early
+    # (or inject a header) and the server would answer something unrelated to the key.
+    key = TEST_API_KEY + suffix
+    monkeypatch.setenv("MY_FAKE_KEY", key)
+    for options in (
+        {"api_key": key},
+        {"api_key_env": "MY_FAKE_KEY"},
+        {"base_url": [Endpoint(fake_server.base_url, api_key=key)]},
+    ):
+        with pytest.raises(ConfigError, match="API key") as caught:
+            client("fake-model", **{"base_url": fake_server.base_url, **options})  # type: ignore[arg-type]
+        assert TEST_API_KEY not in f"{caught.value} {caught.value!r}"
+    assert fake_server.requests == []
 
 
 async def test_a_passed_in_http_client_is_used_and_left_open(
@@ -264,6 +289,28 @@ async def test_the_cache_file_holds_no_api_key(
     assert all(TEST_API_KEY.encode() not in content for content in stored.values())
 
 
+async def test_an_answer_received_is_returned_when_the_cache_file_cannot_store_it(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another process holds the file's write lock past the busy timeout: the answer is already paid for,
+    # and a cache only saves calls, so the call returns it (and says the file could not take it).
+    with ResponseCache.in_directory(tmp_path, busy_timeout=0.05) as cache:
+        other = sqlite3.connect(tmp_path / CACHE_FILE_NAME, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with OpenAICompatibleLM(**lm_kwargs, cache=cache) as lm:
+                with caplog.at_level(logging.WARNING):
+                    completion = await lm.chat(HELLO)
+                again = await lm.chat(HELLO)  # from memory
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    assert (completion.text, completion.cached, again.cached) == ("Answer: ok", False, True)
+    assert len(fake_server.chat_requests) == 1
+    assert (lm.usage.calls, lm.usage.errors) == (2, 0)
+    assert "cannot write to the LM cache" in caplog.text
+
+
 CHILD = """
 import json, sys
 import anyio
@@ -292,6 +339,48 @@ async def test_the_disk_cache_answers_a_new_process_without_a_request(
     assert (second["text"], second["cached"], second["requests"]) == ("42", True, 0)
     assert second["cache_hits"] == 1
     assert len(fake_server.chat_requests) == 1
+
+
+def choices_with_content(content: object) -> tuple[str, dict[str, Any]]:
+    """A responder's reply whose message content is ``content`` as given (not necessarily a string)."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+    return "", {"choices": [choice]}
+
+
+async def test_content_sent_as_a_list_of_parts_is_the_text_of_its_text_parts(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # Some OpenAI-compatible servers (Mistral's reasoning models) send the content as parts.
+    parts = [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "6 x 7 is 42"}]},
+        {"type": "text", "text": "Answer: "},
+        {"type": "text", "text": "42"},
+    ]
+    fake_server.responder = lambda request: choices_with_content(parts)
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        completion = await lm.chat(HELLO)
+    assert completion.text == "Answer: 42"
+
+
+@pytest.mark.parametrize("content", [42, {"text": "Answer: 42"}, [{"type": "text", "text": 42}]])
+async def test_content_that_is_not_text_is_a_bad_response(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], content: object
+) -> None:
+    fake_server.responder = lambda request: choices_with_content(content)
+    async with OpenAICompatibleLM(**lm_kwargs, max_retries=0) as lm:
+        with pytest.raises(BadResponseError, match="content"):
+            await lm.chat(HELLO)
+
+
+async def test_a_200_carrying_an_error_instead_of_choices_is_a_bad_response_with_the_servers_message(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # Routers (OpenRouter) answer an upstream failure with a 200 whose body is an error.
+    error = {"message": "Upstream provider overloaded", "code": 502}
+    fake_server.responder = lambda request: ("", {"choices": [], "error": error})
+    async with OpenAICompatibleLM(**lm_kwargs, max_retries=0) as lm:
+        with pytest.raises(BadResponseError, match="Upstream provider overloaded"):
+            await lm.chat(HELLO)
 
 
 # -- usage ---------------------------------------------------------------------------------------
@@ -384,6 +473,106 @@ async def test_a_parameter_that_is_not_json_is_a_config_error_before_any_request
         with pytest.raises(ConfigError):
             await lm.chat(HELLO, logit_bias=object())
     assert fake_server.chat_requests == [] and lm.usage.requests == 0
+
+
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_retries", -1),
+        ("max_retries", 1.5),
+        ("timeout", math.nan),
+        ("timeout", "30"),
+        ("max_concurrency", 2.5),
+        ("max_concurrency", "8"),
+    ],
+)
+async def test_a_bad_client_option_is_a_config_error_naming_it(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], option: str, value: object
+) -> None:
+    with pytest.raises(ConfigError, match=option):
+        client("fake-model", fake_server.base_url, api_key="", **{option: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_retries": -1}, {"initial_backoff": math.nan}, {"jitter": 2.0}, {"max_backoff": "30"}],
+)
+def test_a_bad_retry_policy_is_a_config_error_naming_the_field(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(options))):
+        RetryPolicy(**options)
+
+
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ("Hello", "a list of messages"),
+        ([("user", "Hello")], "message 0"),
+        ([{"role": "user"}], "message 0.*content"),
+        ([{"role": "system", "content": "Be brief."}, {"content": "Hello"}], "message 1.*role"),
+        ([{"role": "user", "content": None}], "message 0.*content"),
+    ],
+    ids=["string", "tuple", "no-content", "no-role", "null-content"],
+)
+async def test_malformed_messages_are_a_config_error_naming_the_message_before_any_request(
+    fake_server: FakeOpenAIServer,
+    client: type[HTTPChatLM],
+    cached: bool,
+    messages: Any,
+    problem: str,
+) -> None:
+    cache = ResponseCache.memory_only() if cached else None
+    async with client("fake-model", fake_server.base_url, api_key=TEST_API_KEY, cache=cache) as lm:
+        with pytest.raises(ConfigError, match=problem):
+            await lm.chat(messages)
+    assert fake_server.requests == [] and lm.usage.requests == 0
+
+
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize("where", ["call", "default_params"])
+async def test_streaming_is_a_config_error_before_any_request(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], where: str
+) -> None:
+    # A streamed answer is a series of events, not one JSON body: every attempt would be paid for and
+    # then fail as malformed.
+    options: dict[str, Any] = {"default_params": {"stream": True}} if where == "default_params" else {}
+    call: dict[str, Any] = {"stream": True} if where == "call" else {}
+    async with client("fake-model", fake_server.base_url, api_key=TEST_API_KEY, **options) as lm:
+        with pytest.raises(ConfigError, match="stream"):
+            await lm.chat(HELLO, **call)
+    assert fake_server.requests == []
+
+
+@pytest.mark.parametrize("option", ["requests_per_minute", "tokens_per_minute"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, "60", True], ids=["inf", "nan", "text", "bool"])
+async def test_a_rate_limit_that_is_not_a_finite_positive_number_is_a_config_error(
+    fake_server: FakeOpenAIServer, option: str, value: object
+) -> None:
+    # None is "no limit"; infinity is not a way to say it (the adaptive cap would be infinite).
+    with pytest.raises(ConfigError, match="rate limit"):
+        OpenAICompatibleLM("fake-model", fake_server.base_url, api_key="", **{option: value})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="rate limit"):
+        OpenAICompatibleLM("fake-model", [Endpoint(fake_server.base_url, **{option: value})], api_key="")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
+@pytest.mark.parametrize(
+    ("name", "where"), [("model", "call"), ("model", "default_params"), ("messages", "default_params")]
+)
+async def test_a_parameter_that_would_replace_the_model_or_the_messages_is_a_config_error(
+    fake_server: FakeOpenAIServer, client: type[HTTPChatLM], name: str, where: str
+) -> None:
+    # Sent, it would replace the body's own field: the reply would be another model's (priced, metered
+    # and reported as this client's model) or an answer to other messages.
+    value: Any = "gpt-4o" if name == "model" else [{"role": "user", "content": "Something else"}]
+    options: dict[str, Any] = {"default_params": {name: value}} if where == "default_params" else {}
+    call: dict[str, Any] = {name: value} if where == "call" else {}
+    async with client("fake-model", fake_server.base_url, api_key=TEST_API_KEY, **options) as lm:
+        with pytest.raises(ConfigError, match=name):
+            await lm.chat(HELLO, **call)
+    assert fake_server.requests == []
 
 
 FIRST_REQUEST_CHILD = """

@@ -71,6 +71,20 @@ def test_raw_headers_are_read_whatever_the_case_of_their_names() -> None:
     assert read_raw_rate_limit_headers([(b"Content-Type", b"application/json")]) is None
 
 
+@pytest.mark.parametrize("value", ["inf", "Infinity", "1e999"])
+def test_an_infinite_stated_limit_is_unreadable(value: str) -> None:
+    assert read_rate_limit_headers({"x-ratelimit-limit-requests": value}) == StatedLimits()
+
+
+async def test_a_server_stating_an_infinite_limit_is_answered_normally(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.response_headers = lambda number: {"x-ratelimit-limit-requests": "inf"}
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        for index in range(2):
+            assert (await lm.chat(question(index))).text == "Answer: ok"
+
+
 async def test_a_limit_the_server_states_keeps_the_client_under_it(fake_server: FakeOpenAIServer) -> None:
     fake_server.rate_limit = ServerRateLimit(requests_per_minute=5, headers=True)
     fake_server.api_key = None

@@ -3,11 +3,13 @@ part of it is left at the cut: both clients, on asyncio and trio."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from aprompt._errors import LMStatusError
+from aprompt._errors import AuthenticationError, LMStatusError
 from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.openai import OpenAICompatibleLM
@@ -59,5 +61,34 @@ async def test_no_part_of_an_echoed_key_is_left_in_the_error(provider: str, offs
     error = caught.value
     shown = " ".join([str(error), repr(error), error.server_message])
     assert len(LONG_KEY) == 164
+    assert [piece for piece in _pieces(LONG_KEY) if piece in shown] == []
+    assert "***" in shown
+
+
+class EchoingServer(FakeOpenAIServer):
+    """Every route needs the key, and a wrong one is echoed back after ``padding`` characters."""
+
+    padding = 0
+
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        given = headers.get("authorization", "").removeprefix("Bearer ")
+        if given != self.api_key:
+            message = "x" * self.padding + f"invalid key {given} for this project"
+            return 401, json.dumps({"error": {"message": message}}).encode(), {}, None
+        return await super()._answer(method, path, headers, body)
+
+
+# The probe cuts the server's message at 300 characters: at these offsets the cut falls inside the key.
+@pytest.mark.parametrize("offset", [150, 200, 250])
+async def test_no_part_of_an_echoed_key_is_left_in_the_probes_error(offset: int) -> None:
+    async with EchoingServer(api_key="sk-the-right-one") as server:
+        server.padding = offset
+        async with OpenAICompatibleLM("m", server.base_url, api_key=LONG_KEY) as lm:
+            with pytest.raises(AuthenticationError) as caught:
+                await lm.probe()
+    error = caught.value
+    shown = " ".join([str(error), repr(error), error.server_message])
     assert [piece for piece in _pieces(LONG_KEY) if piece in shown] == []
     assert "***" in shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ from aprompt.lm.cache._sqlite import SQLiteCache
 from aprompt.lm.types import Completion
 
 CACHE_FILE_NAME = "lm-cache.sqlite3"
+
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -101,6 +104,7 @@ class ResponseCache:
         self._flights: dict[str, _Flight] = {}
         self._counts = _Counts()
         self._closed = False
+        self._write_failed = False  # only the first failed disk write is a warning
 
     @classmethod
     def in_directory(
@@ -157,7 +161,8 @@ class ResponseCache:
         returned with ``cached=False``.
 
         Raises:
-            CacheError: the cache is closed, or its file cannot be read or written.
+            CacheError: the cache is closed, or its file cannot be read. A computed completion
+                the file cannot store is returned all the same (and the failure logged).
             Exception: whatever ``compute`` raised, in this call or in the identical call it
                 waited for.
         """
@@ -202,7 +207,7 @@ class ResponseCache:
             self._remember(key, flight.result)
             flight.done.set()  # waiters need not wait for the disk write
             if self._disk is not None:
-                await self._disk.put(key, fresh)
+                await self._store(key, fresh)
             return fresh, False
         except Exception as exc:
             if flight.result is None:
@@ -212,6 +217,23 @@ class ResponseCache:
             # Waiters wake with a result, an error, or neither (cancelled): then one takes over.
             del self._flights[key]
             flight.done.set()
+
+    async def _store(self, key: str, completion: Completion) -> None:
+        """Write a computed completion to disk; a file that cannot take it (locked past the busy
+        timeout, full, closed meanwhile) is logged, not raised: the answer is already paid for, and
+        the memory LRU still holds it."""
+        assert self._disk is not None
+        try:
+            await self._disk.put(key, completion)
+        except CacheError as exc:
+            first = not self._write_failed
+            self._write_failed = True
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
+                "%s; the answer is returned but not stored%s",
+                exc,
+                " (further write failures are logged at DEBUG)" if first else "",
+            )
 
     def _remember(self, key: str, completion: Completion) -> None:
         if self._memory is not None:
