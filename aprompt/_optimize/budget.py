@@ -11,16 +11,19 @@ import attrs
 
 from aprompt._errors import ConfigError
 
-#: The most trials a chosen window holds: beyond it, suggestions see too few results (the TPE's model
-#: starts after a fifth of a run's trials are told).
+#: The most trials a chosen window holds with mini-batches of :data:`FORMULA_MINIBATCH`: beyond it,
+#: suggestions see too few results (the TPE's model starts after a fifth of a run's trials are told).
+#: Smaller mini-batches make proportionally more trials, so the window may grow with them
+#: (:meth:`Budget.max_window`).
 MAX_PARALLEL_TRIALS = 8
 #: The mini-batch size the reference's trial formula counts trials of (:meth:`Budget.trials_for`).
 FORMULA_MINIBATCH = 35
-#: The window when the LM's concurrency is unknown: an adaptive client starts at 64 requests in flight
-#: and grows while the server keeps up. Trials are told in order, so with four in flight one slow answer
-#: held the next suggestions back (1.52 × the bound against 1.31 with eight on the latency-bound
-#: benchmark, ``bench/results/throughput_regimes.md``); beyond the client's cap the calls of the later
-#: trials wait in its queue, and the window is the one a client told its limits gets.
+#: The window when the LM's concurrency is unknown, with mini-batches of :data:`FORMULA_MINIBATCH` (as
+#: many more as a smaller mini-batch makes trials: :meth:`Budget.max_window`): an adaptive client starts
+#: at 64 requests in flight and grows while the server keeps up. Trials are told in order, so with four
+#: in flight one slow answer held the next suggestions back (1.52 × the bound against 1.31 with eight on
+#: the latency-bound benchmark, ``bench/results/throughput_regimes.md``); beyond the client's cap the
+#: calls of the later trials wait in its queue, and the window is the one a client told its limits gets.
 ADAPTIVE_PARALLEL_TRIALS = MAX_PARALLEL_TRIALS
 
 
@@ -122,8 +125,8 @@ class Budget:
         their fixed cap, or what their configured rate limits call for by Little's law at a latency
         guess). A trial finishing holds only its slowest calls in flight, so besides it the window keeps
         enough trials to fill the rest of the cap: ``1 + ceil((capacity - 1) / calls per trial)``, from 1
-        to :data:`MAX_PARALLEL_TRIALS`. With no capacity known (an adaptive client with no limit
-        configured, or an LM that says nothing), :data:`ADAPTIVE_PARALLEL_TRIALS`.
+        to :meth:`max_window`. With no capacity known (an adaptive client with no limit configured, or
+        an LM that says nothing), :meth:`max_window` too.
 
         Never from measured latency: trial *n*'s suggestion depends on the window (it sees the trials up
         to *n − window*), so the window comes from the run's inputs only, and a replayed or resumed run
@@ -136,9 +139,21 @@ class Budget:
         if self.parallel_trials is not None:
             return self.parallel_trials
         if lm_capacity is None:
-            return ADAPTIVE_PARALLEL_TRIALS
+            return self.max_window()
         per_trial = max(1, self.minibatch_size * calls_per_run)
-        return max(1, min(MAX_PARALLEL_TRIALS, 1 + math.ceil((lm_capacity - 1) / per_trial)))
+        return max(1, min(self.max_window(), 1 + math.ceil((lm_capacity - 1) / per_trial)))
+
+    def max_window(self) -> int:
+        """The most trials in flight a known capacity gets: :data:`MAX_PARALLEL_TRIALS` trials of
+        :data:`FORMULA_MINIBATCH` examples, as many more as a smaller mini-batch makes trials (the
+        suggestions then see the same share of the run's trials).
+
+        Example:
+            >>> Budget(minibatch_size=35).max_window(), Budget(minibatch_size=12).max_window()
+            (8, 24)
+        """
+        share = math.ceil(ADAPTIVE_PARALLEL_TRIALS * FORMULA_MINIBATCH / self.minibatch_size)
+        return max(ADAPTIVE_PARALLEL_TRIALS, share)
 
     def trials_for(self, n_predictors: int, searches_demos: bool, n_val: int | None = None) -> int:
         """Trials for a search space: ``max(2·V·log2(N), 1.5·N)`` trials of

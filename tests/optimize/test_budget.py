@@ -117,7 +117,7 @@ def test_bad_budgets_are_config_errors(budget: Any, match: str) -> None:
         (4, 1, 2),  # the local model's four slots
         (1, 1, 1),  # one slot: the next trial would only wait
         (256, 2, 5),  # 1 + ceil(255 / 70)
-        (100_000, 1, 8),  # never more than eight
+        (100_000, 1, 8),  # never more than eight trials of 35
         (None, 1, 8),  # adaptive with no limit known: the widest, so no slow answer holds it back
     ],
 )
@@ -125,6 +125,20 @@ def test_the_trial_window_keeps_the_lms_planned_concurrency_busy(
     capacity: int | None, calls_per_run: int, window: int
 ) -> None:
     assert Budget(minibatch_size=35).parallel_trials_for(capacity, calls_per_run=calls_per_run) == window
+
+
+@pytest.mark.parametrize(
+    ("capacity", "window"),
+    [
+        (256, 12),  # 1 + ceil(255 / 24): two calls a run, 12 examples a trial
+        (100_000, 24),  # three times the trials of 35-example ones: three times the eight
+        (None, 24),  # adaptive: the widest
+    ],
+)
+def test_smaller_mini_batches_widen_the_window_as_they_multiply_the_trials(
+    capacity: int | None, window: int
+) -> None:
+    assert Budget(minibatch_size=12).parallel_trials_for(capacity, calls_per_run=2) == window
 
 
 def test_an_explicit_trial_window_is_kept() -> None:
