@@ -11,14 +11,19 @@ import attrs
 
 from aprompt._errors import ConfigError
 
-#: The most trials a chosen window holds: beyond it, suggestions see too few results (the TPE's model
-#: starts after a fifth of a run's trials are told).
+#: The most trials a chosen window holds with mini-batches of :data:`FORMULA_MINIBATCH`: beyond it,
+#: suggestions see too few results (the TPE's model starts after a fifth of a run's trials are told).
+#: Smaller mini-batches make proportionally more trials, so the window may grow with them
+#: (:meth:`Budget.max_window`).
 MAX_PARALLEL_TRIALS = 8
-#: The window when the LM's concurrency is unknown: an adaptive client starts at 64 requests in flight
-#: and grows while the server keeps up. Trials are told in order, so with four in flight one slow answer
-#: held the next suggestions back (1.52 × the bound against 1.31 with eight on the latency-bound
-#: benchmark, ``bench/results/throughput_regimes.md``); beyond the client's cap the calls of the later
-#: trials wait in its queue, and the window is the one a client told its limits gets.
+#: The mini-batch size the reference's trial formula counts trials of (:meth:`Budget.trials_for`).
+FORMULA_MINIBATCH = 35
+#: The window when the LM's concurrency is unknown, with mini-batches of :data:`FORMULA_MINIBATCH` (as
+#: many more as a smaller mini-batch makes trials: :meth:`Budget.max_window`): an adaptive client starts
+#: at 64 requests in flight and grows while the server keeps up. Trials are told in order, so with four
+#: in flight one slow answer held the next suggestions back (1.52 × the bound against 1.31 with eight on
+#: the latency-bound benchmark, ``bench/results/throughput_regimes.md``); beyond the client's cap the
+#: calls of the later trials wait in its queue, and the window is the one a client told its limits gets.
 ADAPTIVE_PARALLEL_TRIALS = MAX_PARALLEL_TRIALS
 
 
@@ -30,9 +35,15 @@ class Budget:
         n_candidates: instruction candidates and demo sets per predictor (the original instruction and the
             empty demo set are among them).
         val_size: validation examples used (a random subset when the valset is larger).
-        n_trials: mini-batch trials; ``None`` derives it from the search space like the reference does.
-        minibatch_size: validation examples scored per trial.
-        full_eval_every: a full evaluation of the best untested combination every this many trials.
+        n_trials: mini-batch trials; ``None`` derives it from the search space (:meth:`trials_for`): the
+            reference's count of 35-example trials, turned into as many ``minibatch_size`` trials as score
+            the same number of examples.
+        minibatch_size: validation examples scored per trial. The default, 12, is about a third of the
+            reference's 35: the same examples spread over three times the trials show the search three
+            times as many combinations, which halved the regret in the simulated world at no more LM
+            calls (``bench/results/regret.md``).
+        full_eval_every: a full evaluation of the best untested combination every this many trials (15:
+            as many full evaluations per example scored in trials as the reference's 5 with 35).
         max_bootstrapped_demos / max_labeled_demos: a demo set holds at most ``max_bootstrapped_demos``
             demos from passing program runs and ``max_labeled_demos`` labeled training examples, so at
             most :attr:`max_demos` (their sum) in all; candidate sets come in several sizes up to it,
@@ -56,8 +67,8 @@ class Budget:
     n_candidates: int = 6
     val_size: int = 100
     n_trials: int | None = None
-    minibatch_size: int = 35
-    full_eval_every: int = 5
+    minibatch_size: int = 12
+    full_eval_every: int = 15
     max_bootstrapped_demos: int = 4
     max_labeled_demos: int = 4
     parallel_trials: int | None = None
@@ -114,8 +125,8 @@ class Budget:
         their fixed cap, or what their configured rate limits call for by Little's law at a latency
         guess). A trial finishing holds only its slowest calls in flight, so besides it the window keeps
         enough trials to fill the rest of the cap: ``1 + ceil((capacity - 1) / calls per trial)``, from 1
-        to :data:`MAX_PARALLEL_TRIALS`. With no capacity known (an adaptive client with no limit
-        configured, or an LM that says nothing), :data:`ADAPTIVE_PARALLEL_TRIALS`.
+        to :meth:`max_window`. With no capacity known (an adaptive client with no limit configured, or
+        an LM that says nothing), :meth:`max_window` too.
 
         Never from measured latency: trial *n*'s suggestion depends on the window (it sees the trials up
         to *n − window*), so the window comes from the run's inputs only, and a replayed or resumed run
@@ -128,17 +139,45 @@ class Budget:
         if self.parallel_trials is not None:
             return self.parallel_trials
         if lm_capacity is None:
-            return ADAPTIVE_PARALLEL_TRIALS
+            return self.max_window()
         per_trial = max(1, self.minibatch_size * calls_per_run)
-        return max(1, min(MAX_PARALLEL_TRIALS, 1 + math.ceil((lm_capacity - 1) / per_trial)))
+        return max(1, min(self.max_window(), 1 + math.ceil((lm_capacity - 1) / per_trial)))
 
-    def trials_for(self, n_predictors: int, searches_demos: bool) -> int:
-        """Trials for a search space: ``max(2·V·log2(N), 1.5·N)``, V = searched variables."""
+    def max_window(self) -> int:
+        """The most trials in flight a known capacity gets: :data:`MAX_PARALLEL_TRIALS` trials of
+        :data:`FORMULA_MINIBATCH` examples, as many more as a smaller mini-batch makes trials (the
+        suggestions then see the same share of the run's trials).
+
+        Example:
+            >>> Budget(minibatch_size=35).max_window(), Budget(minibatch_size=12).max_window()
+            (8, 24)
+        """
+        share = math.ceil(ADAPTIVE_PARALLEL_TRIALS * FORMULA_MINIBATCH / self.minibatch_size)
+        return max(ADAPTIVE_PARALLEL_TRIALS, share)
+
+    def trials_for(self, n_predictors: int, searches_demos: bool, n_val: int | None = None) -> int:
+        """Trials for a search space: ``max(2·V·log2(N), 1.5·N)`` trials of
+        :data:`FORMULA_MINIBATCH` examples (the reference's formula, V = searched variables), as trials of
+        ``minibatch_size`` examples that score no more examples in all.
+
+        With ``n_val`` validation examples, a mini-batch holds at most all of them, on both sides.
+
+        Example:
+            >>> Budget(minibatch_size=35).trials_for(2, searches_demos=True)  # int(max(20.68, 9))
+            20
+            >>> Budget(minibatch_size=12).trials_for(2, searches_demos=True)  # 20 · 35 // 12
+            58
+            >>> Budget(minibatch_size=12).trials_for(2, searches_demos=True, n_val=30)  # 20 · 30 // 12
+            50
+        """
         if self.n_trials is not None:
             return self.n_trials
         variables = n_predictors * (2 if searches_demos else 1)
         n = max(self.n_candidates, 2)
-        return max(1, int(max(2 * variables * math.log2(n), 1.5 * n)))
+        formula = max(1, int(max(2 * variables * math.log2(n), 1.5 * n)))
+        examples = FORMULA_MINIBATCH if n_val is None else min(FORMULA_MINIBATCH, n_val)
+        per_trial = self.minibatch_size if n_val is None else min(self.minibatch_size, n_val)
+        return max(1, formula * examples // per_trial)
 
 
 def _is_count(value: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 import aprompt
@@ -16,11 +17,34 @@ from aprompt._optimize.budget import PRESETS, Budget, estimate_calls, resolve_bu
 def test_presets_match_the_reference(preset: str, n_candidates: int, val_size: int) -> None:
     budget = resolve_budget(preset)
     assert (budget.n_candidates, budget.val_size) == (n_candidates, val_size)
-    assert (budget.minibatch_size, budget.full_eval_every) == (35, 5)
+    # A third of the reference's 35-example mini-batches, three times the trials (see trials_for).
+    assert (budget.minibatch_size, budget.full_eval_every) == (12, 15)
 
 
-def test_light_gives_one_predictor_searching_demos_10_trials() -> None:
-    assert PRESETS["light"].trials_for(1, searches_demos=True) == 10
+def test_light_gives_one_predictor_searching_demos_the_references_10_trials_in_examples() -> None:
+    # The reference's 10 trials of 35 examples: 350 examples, as 29 trials of 12 (348).
+    assert attrs.evolve(PRESETS["light"], minibatch_size=35).trials_for(1, searches_demos=True) == 10
+    assert PRESETS["light"].trials_for(1, searches_demos=True) == 29
+
+
+@pytest.mark.parametrize(
+    ("minibatch_size", "n_val", "trials"),
+    [
+        (35, None, 20),  # the formula as the reference has it
+        (18, None, 38),  # 20 · 35 // 18: 684 examples, not above the formula's 700
+        (12, None, 58),  # 20 · 35 // 12
+        (70, None, 10),  # larger mini-batches, fewer trials
+        (18, 30, 33),  # a 30-example valset caps the formula's trials at 30 examples: 20 · 30 // 18
+        (18, 10, 20),  # a mini-batch of the whole valset on both sides: the formula's count
+    ],
+)
+def test_smaller_mini_batches_buy_more_trials_for_the_same_examples(
+    minibatch_size: int, n_val: int | None, trials: int
+) -> None:
+    budget = Budget(minibatch_size=minibatch_size)
+    assert budget.trials_for(2, searches_demos=True, n_val=n_val) == trials
+    examples = trials * (minibatch_size if n_val is None else min(minibatch_size, n_val))
+    assert examples <= 20 * (35 if n_val is None else min(35, n_val))
 
 
 @pytest.mark.parametrize(
@@ -37,7 +61,7 @@ def test_light_gives_one_predictor_searching_demos_10_trials() -> None:
 def test_trials_follow_the_reference_formula(
     n_predictors: int, searches_demos: bool, preset: str, trials: int
 ) -> None:
-    assert PRESETS[preset].trials_for(n_predictors, searches_demos) == trials
+    assert attrs.evolve(PRESETS[preset], minibatch_size=35).trials_for(n_predictors, searches_demos) == trials
 
 
 def test_an_explicit_trial_count_wins_over_the_formula() -> None:
@@ -93,7 +117,7 @@ def test_bad_budgets_are_config_errors(budget: Any, match: str) -> None:
         (4, 1, 2),  # the local model's four slots
         (1, 1, 1),  # one slot: the next trial would only wait
         (256, 2, 5),  # 1 + ceil(255 / 70)
-        (100_000, 1, 8),  # never more than eight
+        (100_000, 1, 8),  # never more than eight trials of 35
         (None, 1, 8),  # adaptive with no limit known: the widest, so no slow answer holds it back
     ],
 )
@@ -103,22 +127,47 @@ def test_the_trial_window_keeps_the_lms_planned_concurrency_busy(
     assert Budget(minibatch_size=35).parallel_trials_for(capacity, calls_per_run=calls_per_run) == window
 
 
+@pytest.mark.parametrize(
+    ("capacity", "window"),
+    [
+        (256, 12),  # 1 + ceil(255 / 24): two calls a run, 12 examples a trial
+        (100_000, 24),  # three times the trials of 35-example ones: three times the eight
+        (None, 24),  # adaptive: the widest
+    ],
+)
+def test_smaller_mini_batches_widen_the_window_as_they_multiply_the_trials(
+    capacity: int | None, window: int
+) -> None:
+    assert Budget(minibatch_size=12).parallel_trials_for(capacity, calls_per_run=2) == window
+
+
 def test_an_explicit_trial_window_is_kept() -> None:
     assert Budget(parallel_trials=5).parallel_trials_for(10, calls_per_run=2) == 5
     assert Budget(parallel_trials=1).parallel_trials_for(None, calls_per_run=2) == 1
 
 
-def test_the_call_estimate_of_a_light_run_matches_the_reference() -> None:
-    # One predictor, 10 trials, 100 validation examples: 3 full evaluations (the baseline, one after
-    # 5 trials, the last) and 10 mini-batches of 35 — the reference's ~650 evaluation calls.
+@pytest.mark.parametrize(
+    ("minibatch_size", "full_eval_every", "evaluation"),
+    [
+        # 10 trials of 35: 3 full evaluations (the baseline, one after 5 trials, the last) and 10
+        # mini-batches — the reference's ~650 evaluation calls.
+        (35, 5, 650),
+        # The light preset: 29 trials of 12, the same 3 full evaluations, no more calls.
+        (12, 15, 648),
+    ],
+)
+def test_the_call_estimate_of_a_light_run_is_the_references(
+    minibatch_size: int, full_eval_every: int, evaluation: int
+) -> None:
+    budget = attrs.evolve(PRESETS["light"], minibatch_size=minibatch_size, full_eval_every=full_eval_every)
     estimate = estimate_calls(
-        PRESETS["light"],
+        budget,
         n_predictors=1,
         calls_per_run=1.0,
-        n_trials=10,
+        n_trials=budget.trials_for(1, searches_demos=True, n_val=100),
         val_size=100,
         bootstrap_runs=14,
         proposal_calls=20,
     )
-    assert (estimate.bootstrap, estimate.proposal, estimate.evaluation) == (14, 20, 650)
-    assert estimate.total == 684
+    assert (estimate.bootstrap, estimate.proposal, estimate.evaluation) == (14, 20, evaluation)
+    assert estimate.total == 34 + evaluation

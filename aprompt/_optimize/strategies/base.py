@@ -59,7 +59,7 @@ class StrategyPlan:
         bootstrap and proposal counts are upper bounds the estimate has for every strategy.
         """
         return cls(
-            n_trials=budget.trials_for(n_predictors, searches_demos) if n_trials is None else n_trials,
+            n_trials=budget.trials_for(n_predictors, searches_demos, n_val) if n_trials is None else n_trials,
             searches_instructions=searches_instructions,
             searches_demos=searches_demos,
             bootstrap_runs=min(n_train, max(0, budget.n_candidates - 2) * budget.max_bootstrapped_demos * 2),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import attrs
@@ -39,7 +40,9 @@ class BootstrapRandomSearch(Strategy):
         candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
         candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
         space = candidates.parameters()
-        n_full = max(1, ctx.budget.trials_for(len(ctx.predictors), True) // ctx.budget.full_eval_every)
+        # One full evaluation per ``full_eval_every`` trials of the plan MIPRO would make.
+        trials = ctx.budget.trials_for(len(ctx.predictors), True, len(ctx.valset))
+        n_full = max(1, math.ceil(trials / ctx.budget.full_eval_every))
         rng = random.Random(f"{ctx.seed}:random-search")
         async with ctx.phase("search", f"{n_full} random full evaluations"):
             loop = search_loop(ctx, candidates, self.plan_for(ctx).n_trials, early=early)

@@ -41,7 +41,7 @@ class MiproPlusPlus(Strategy):
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
         # The space is larger than MIPRO's (grounding and temperature too): twice the derived trials,
         # unless the budget names its own count.
-        n_trials = budget.n_trials or budget.trials_for(n_predictors, True) * 2
+        n_trials = budget.n_trials or budget.trials_for(n_predictors, True, n_val) * 2
         return StrategyPlan.standard(budget, n_predictors, n_train, n_val, n_trials=n_trials)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:

@@ -17,6 +17,9 @@ from aprompt._optimize.strategies.base import Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import Pipeline, pipeline
 from aprompt._optimize.strategies.steps import search_loop
 
+#: A full evaluation of the best untested combination after every this many rounds.
+FULL_EVALUATION_ROUNDS = 2
+
 
 class ModuleOpro(Strategy):
     """Instructions only: each round, every predictor's proposer sees its past instructions with the
@@ -98,6 +101,6 @@ class ModuleOpro(Strategy):
                     key = f"{name}.instruction"
                     if key in choice:
                         history[name].append((instructions[name][choice[key]], trial.score))
-                if round_number % max(1, ctx.budget.full_eval_every // 2) == 0:
+                if round_number % FULL_EVALUATION_ROUNDS == 0:
                     await loop.full_evaluate_best_untested()
             return candidates, await loop.run_outcome(final_full_eval=True)
