@@ -9,7 +9,8 @@ every answer, replies to every prompt in the
 asking library's own format (``bench/simulated_lm.py``), and logs every request's arrival and finish.
 
 Both libraries run the light plan (aprompt ``budget="light"``, DSPy ``auto="light"``: 6 candidates per
-predictor, 10 mini-batch trials of 35 on one predictor, ~690 calls) on the same program and data, each
+predictor; on one predictor DSPy makes 10 mini-batch trials of 35, aprompt 29 of 12; ~690 calls) on the
+same program and data, each
 with its own empty response cache. Per regime:
 
 - ``aprompt``: its defaults, told the limits (``requests_per_minute`` / ``tokens_per_minute``);
@@ -527,7 +528,10 @@ def render_markdown(
     plan = (
         "the quick plan (2 candidates, 2 trials of 4)"
         if settings.quick
-        else ('the light plan (aprompt `budget="light"`, DSPy `auto="light"`: 6 candidates, 10 trials of 35)')
+        else (
+            'the light plan (aprompt `budget="light"`, DSPy `auto="light"`: 6 candidates; aprompt 29 trials '
+            "of 12, DSPy 10 of 35)"
+        )
     )
     concurrency = f"max_concurrency={settings.concurrency}" if settings.concurrency else "default concurrency"
     latency = (
