@@ -181,13 +181,21 @@ async def execute_run(program: object, run: ProgramRun) -> ProgramOutcome:
 
 
 async def run_program(program: object, inputs: Mapping[str, Any], *, collect_trace: bool) -> ProgramOutcome:
-    """Run ``program`` on ``inputs`` in the current context (prompts already applied)."""
+    """Run ``program`` on ``inputs`` in the current context (prompts already applied).
+
+    Raises:
+        ConfigError: the program raised one (a setup fault, never an outcome to score).
+    """
     entry = program_entry(program)
     outcome: ProgramOutcome
     with trace(program) as recorded:
         try:
             result = entry(**inputs)
             prediction = await result if inspect.isawaitable(result) else result
+        except ConfigError:
+            # A setup fault aprompt found inside the program (an LM refusing a parameter, a model
+            # without a price): no candidate can fix it, and scored 0 it would pass for a wrong answer.
+            raise
         except Exception as exc:
             outcome = ProgramOutcome.failed(exc)
         else:

@@ -88,3 +88,24 @@ async def test_a_metric_returning_an_array_of_scores_is_a_config_error_naming_it
     with pytest.raises(aprompt.ConfigError, match=r"metric .*per_token returned ndarray"):
         await optimize_against(fake_server, per_token)
     assert 0 < len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS
+
+
+class RaisesConfigErrorOnOneItem(TwoStageProgram):
+    """The two-stage program, but a setup fault aprompt reports inside it (an LM's refusal of a
+    parameter, a model without a price) on one example: a ConfigError, which no candidate can fix."""
+
+    async def __call__(self, question: str) -> Any:
+        if "item-7?" in question:
+            raise aprompt.ConfigError("stream=True is not supported: the client reads each reply whole")
+        return await super().__call__(question)
+
+
+async def test_a_config_error_inside_the_program_stops_the_run_instead_of_scoring_the_example_0(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(aprompt.ConfigError, match="stream=True is not supported"):
+            await aprompt.optimize(
+                RaisesConfigErrorOnOneItem(), examples(0, 60), exact_metric, lm=lm, budget=SMALL_BUDGET
+            )
+    assert len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS
