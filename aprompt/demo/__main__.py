@@ -212,6 +212,8 @@ async def main(args: argparse.Namespace) -> None:
         "val_size": args.val,
         "n_trials": args.trials,
         "minibatch_size": args.minibatch,
+        # A full evaluation's worth of races every 5 of the demo's few trials (3 in all).
+        "full_eval_every": 5,
         "n_candidates": args.candidates,
     }
     cache = aprompt.ResponseCache.in_directory(args.cache_dir) if args.cache_dir else None
