@@ -21,6 +21,7 @@ BUDGET = {
     "val_size": 100,
     "n_trials": 24,
     "minibatch_size": 30,
+    "full_eval_every": 5,  # a full evaluation's worth of races every 150 examples of trials
     "parallel_trials": 3,
     "screen_size": 0,  # the world's proposals are off-task by design (see SMALL_BUDGET in qa_task.py)
 }
