@@ -114,7 +114,24 @@ class RateLimitError(LMStatusError):
 
 
 class ServerError(LMStatusError):
-    """HTTP 5xx (or 408/409): a transient server-side failure, retried."""
+    """HTTP 5xx (or 408/409): a transient server-side failure, retried.
+
+    Attributes:
+        retry_after: seconds the server asked us to wait before sending again (a 503's
+            ``Retry-After``), if it said; the re-send waits at least that long.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        server_message: str = "",
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, server_message=server_message, endpoint=endpoint)
+        self.retry_after = retry_after
 
 
 class RequestRejectedError(LMStatusError):

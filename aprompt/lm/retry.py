@@ -85,7 +85,8 @@ class RetryPolicy:
         max_retries: re-sends after the first attempt; then the last failure's error is raised.
         initial_backoff, multiplier, max_backoff: the exponential back-off, in seconds.
         jitter: the fraction of each back-off that is randomized (0 = none, 1 = full jitter).
-        max_retry_after: the longest ``Retry-After`` honoured, in seconds (longer ones are capped).
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds (longer ones are capped); a
+            429's pauses its endpoint, a 5xx's delays that request's re-send.
         rate_limit_pause: the pause after a 429 that carries no ``Retry-After``, in seconds.
         pause_jitter: the fraction of a pause over which the attempts it held are spread after it.
 
@@ -133,7 +134,13 @@ class RetryPolicy:
         )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        return self.backoff(state.attempt_number)
+        wait = self.backoff(state.attempt_number)
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, ServerError) and error.retry_after is not None:
+            # A 503 saying when to come back: re-sent no sooner (capped like a 429's). A 429's wait is
+            # its endpoint's pause, which every request honours.
+            wait = max(wait, min(max(error.retry_after, 0.0), self.max_retry_after))
+        return wait
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -202,11 +209,17 @@ def error_for_status(
         return RateLimitError(
             message, server_message=server_message, endpoint=endpoint, retry_after=retry_after
         )
+    if status in (408, 409) or status >= 500:
+        return ServerError(
+            message,
+            status_code=status,
+            server_message=server_message,
+            endpoint=endpoint,
+            retry_after=retry_after,
+        )
     kind: type[LMStatusError] = LMStatusError
     if status in (401, 403):
         kind = AuthenticationError
-    elif status in (408, 409) or status >= 500:
-        kind = ServerError
     elif 400 <= status < 500:
         kind = RequestRejectedError
     return kind(message, status_code=status, server_message=server_message, endpoint=endpoint)

@@ -130,8 +130,11 @@ class Fault:
         return cls("huge_body", body_bytes=int(megabytes * 2**20), chunk_bytes=65536, chunked=chunked)
 
     @classmethod
-    def http_status(cls, status: int, message: str = "injected failure") -> Fault:
-        return cls("status", status=status, message=message)
+    def http_status(
+        cls, status: int, message: str = "injected failure", retry_after: str | None = None
+    ) -> Fault:
+        """HTTP ``status``; ``retry_after`` (sent verbatim) adds a Retry-After header, as a 503 may."""
+        return cls("status", status=status, message=message, retry_after=retry_after)
 
     @classmethod
     def rate_limited(cls, retry_after: str | None = "1") -> Fault:

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
 
 from aprompt._errors import (
@@ -225,3 +226,31 @@ async def test_bad_request_raises_request_rejected_error_with_the_server_message
     assert "'temperature' must be at most 2" in str(caught.value)
     assert lm.usage.requests == 1
     assert_no_secret(caught.value)
+
+
+@both_backends
+async def test_a_503_with_retry_after_is_sent_again_no_sooner(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # The back-off alone would re-send after ~5 ms; the server asked for 0.3 s.
+    fake_server.queue_faults(Fault.http_status(503, retry_after="0.3"))
+    async with quick_lm(lm_kwargs, retry=RetryPolicy(initial_backoff=0.005)) as lm:
+        completion = await lm.chat(HELLO)
+    assert completion.text == "Answer: ok"
+    first, second = fake_server.requests[-2:]
+    assert (first.status, second.status) == (503, 200)
+    assert second.started - first.finished >= 0.3
+
+
+@both_backends
+async def test_a_503_asking_for_longer_than_max_retry_after_waits_the_cap(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    fake_server.queue_faults(Fault.http_status(503, retry_after="3600"))
+    policy = RetryPolicy(initial_backoff=0.005, max_retry_after=0.2)
+    async with quick_lm(lm_kwargs, retry=policy) as lm:
+        with anyio.fail_after(5):
+            completion = await lm.chat(HELLO)
+    assert completion.text == "Answer: ok"
+    first, second = fake_server.requests[-2:]
+    assert 0.2 <= second.started - first.finished < 3
