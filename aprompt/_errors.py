@@ -78,6 +78,7 @@ class LMStatusError(LMError):
     Attributes:
         status_code: the HTTP status.
         server_message: the error message from the response body, if any.
+        retry_after: seconds the server asked us to wait (its ``Retry-After``), if it said.
     """
 
     def __init__(
@@ -87,18 +88,16 @@ class LMStatusError(LMError):
         status_code: int,
         server_message: str = "",
         endpoint: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, endpoint=endpoint)
         self.status_code = status_code
         self.server_message = server_message
+        self.retry_after = retry_after
 
 
 class RateLimitError(LMStatusError):
-    """HTTP 429: the endpoint's rate limit was exceeded.
-
-    Attributes:
-        retry_after: seconds the server asked us to wait, if it said.
-    """
+    """HTTP 429: the endpoint's rate limit was exceeded (``retry_after``: the pause it asked for)."""
 
     def __init__(
         self,
@@ -109,29 +108,18 @@ class RateLimitError(LMStatusError):
         endpoint: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code, server_message=server_message, endpoint=endpoint)
-        self.retry_after = retry_after
+        super().__init__(
+            message,
+            status_code=status_code,
+            server_message=server_message,
+            endpoint=endpoint,
+            retry_after=retry_after,
+        )
 
 
 class ServerError(LMStatusError):
-    """HTTP 5xx (or 408/409): a transient server-side failure, retried.
-
-    Attributes:
-        retry_after: seconds the server asked us to wait before sending again (a 503's
-            ``Retry-After``), if it said; the re-send waits at least that long.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int,
-        server_message: str = "",
-        endpoint: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, status_code=status_code, server_message=server_message, endpoint=endpoint)
-        self.retry_after = retry_after
+    """HTTP 5xx (or 408/409): a transient server-side failure, retried; a re-send waits at least the
+    ``retry_after`` the server asked for (a 503's ``Retry-After``)."""
 
 
 class RequestRejectedError(LMStatusError):

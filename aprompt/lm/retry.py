@@ -209,20 +209,16 @@ def error_for_status(
         return RateLimitError(
             message, server_message=server_message, endpoint=endpoint, retry_after=retry_after
         )
-    if status in (408, 409) or status >= 500:
-        return ServerError(
-            message,
-            status_code=status,
-            server_message=server_message,
-            endpoint=endpoint,
-            retry_after=retry_after,
-        )
     kind: type[LMStatusError] = LMStatusError
     if status in (401, 403):
         kind = AuthenticationError
+    elif status in (408, 409) or status >= 500:
+        kind = ServerError
     elif 400 <= status < 500:
         kind = RequestRejectedError
-    return kind(message, status_code=status, server_message=server_message, endpoint=endpoint)
+    return kind(
+        message, status_code=status, server_message=server_message, endpoint=endpoint, retry_after=retry_after
+    )
 
 
 def raw_retry_after(raw: Iterable[tuple[bytes, bytes]]) -> float | None:
