@@ -20,11 +20,16 @@ runs*, not in whole full evaluations:
   search has not spent (trials stopped early and reused examples leave some over): a racer enters a rung
   only while the allowance can pay the rung for it and those ahead of it, *and* still complete any one of
   them to a full evaluation; the most promising go first (in the first rung by the pooled estimate, later
-  by their mean on the previous rung's examples). The first entrant can always be completed, so each point
-  gives at least the one full evaluation the plain schedule gives, and the run's evaluations never take
-  more program runs than the plan (``estimate_calls``) counts. At the end, the rest of the plan goes to
-  races (the pick's untested challengers first while the baseline is kept) until no entrant can be
-  completed.
+  by their mean on the previous rung's examples). The first entrant can always be completed, and the
+  run's evaluations never take more program runs than the plan (``estimate_calls``) counts.
+- **Races of several.** A point whose allowance pays for fewer than ``MIN_PERIODIC_RACERS`` (2) racers
+  keeps it for a later race, where no limit can stop the run before then (``SearchLoop.go_ahead``). A
+  race of one is a full evaluation of the combination ranked first, and mini-batches of 12 examples
+  often rank the best one seen lower; the same runs spent later race several and keep the best (light
+  plan, simulated world: ``bench/results/regret.md``). Under a limit the run may stop first, so each point
+  spends what it has: at least the one full evaluation the plain schedule gives. At the end, the rest of
+  the plan goes to races (the pick's untested challengers first while the baseline is kept) until no
+  entrant can be completed.
 - **Trials stopped early.** A mini-batch runs in two stages, its first 40 % and then the rest; after the
   first, a trial whose paired difference against the current pick (which has a full evaluation) on those
   examples is clearly negative stops there. Its score is the mean on the examples it ran
@@ -85,6 +90,8 @@ logger = logging.getLogger("aprompt")
 RUNG_SHARES = (0.25, 0.5)
 #: The most combinations that enter one race.
 MAX_ENTRANTS = 8
+#: The fewest racers a periodic race is run with, where its allowance can wait (see the module).
+MIN_PERIODIC_RACERS = 2
 #: The share of a mini-batch run before a trial may stop early.
 FIRST_STAGE_SHARE = 0.4
 
@@ -130,6 +137,24 @@ def affordable(increments: Sequence[Sequence[int]], allowance: int) -> int:
             break
         taken = m
     return taken
+
+
+def rung_increments(
+    order: Sequence[Example], sizes: Sequence[int], rung: int, known: Mapping[str, float]
+) -> list[int]:
+    """The program runs each rung from ``rung`` on (the last: the full evaluation) costs a racer whose
+    scores are ``known``: the examples of its part of the race ``order`` it lacks."""
+    bounds = zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
+    return [sum(e.id not in known for e in order[low:high]) for low, high in bounds]
+
+
+def racers_affordable(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> int:
+    """How many of ``entrants`` (most promising first) a race within ``allowance`` program runs would
+    take into its first rung (:func:`affordable`)."""
+    order = race_order(loop.valset, loop.seed)
+    sizes = rung_sizes(len(loop.valset))
+    increments = [rung_increments(order, sizes, 0, loop.scores_of(c)) for c in entrants[:MAX_ENTRANTS]]
+    return affordable(increments, allowance) if increments else 0
 
 
 def _choice_json(choice: Mapping[str, int]) -> str:
@@ -328,13 +353,7 @@ async def _race_rungs(
             # Successive halving: the best on the previous rung's shared examples go first.
             racers.sort(key=lambda c: -mean_of({k: v for k, v in loop.scores_of(c).items() if k in previous}))
         known = {key_of(c): loop.scores_of(c) for c in racers}
-        increments = [
-            [
-                sum(e.id not in known[key_of(c)] for e in order[low:high])
-                for low, high in zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
-            ]
-            for c in racers
-        ]
+        increments = [rung_increments(order, sizes, rung, known[key_of(c)]) for c in racers]
         # Successive halving: at most half of the previous rung's racers go on (rounded up).
         cap = entered if rung == 0 else math.ceil(entered / 2)
         racers = racers[: min(cap, affordable(increments, allowance - spent))]
@@ -498,9 +517,7 @@ def _settled_next(
     """
     if not cannot_be_clearly_worse(scored, outstanding, incumbent):
         return None
-    bounds = zip([0, *sizes[rung + 1 : -1]], sizes[rung + 1 :], strict=True)
-    increments = [sum(e.id not in scored for e in order[low:high]) for low, high in bounds]
-    if affordable([increments], left) < 1:
+    if affordable([rung_increments(order, sizes, rung + 1, scored)], left) < 1:
         return None
     size = sizes[rung + 1]
     part = valset if size == len(order) else order[:size]

@@ -33,7 +33,7 @@ import attrs
 
 from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.pooling import thompson_choice
-from aprompt._optimize.racing import MAX_ENTRANTS, run_race
+from aprompt._optimize.racing import MAX_ENTRANTS, MIN_PERIODIC_RACERS, racers_affordable, run_race
 from aprompt._optimize.search_records import Trial
 from aprompt._optimize.search_steps import journaled_trial
 from aprompt._taskgroups import plain_errors_task_group
@@ -48,6 +48,19 @@ MODEL_TRIAL_STREAM = 1
 
 #: A periodic evaluation's step, run on the search's copy: a race or a full evaluation.
 _Step = Callable[["SearchLoop"], Awaitable[object]]
+
+
+def _waits(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> bool:
+    """Whether a periodic race keeps its ``allowance`` for a later one: it would take fewer than
+    ``MIN_PERIODIC_RACERS`` of the ``entrants``, and nothing can stop the run before a later race spends
+    it (``SearchLoop.go_ahead``: no limit on calls, tokens, cost or time).
+
+    A race of one is one full evaluation of the best-ranked combination, on mini-batches whose noise
+    often ranks the best seen lower; the same runs spent later race several and keep the best. Under a
+    limit the run may stop first, so each point spends what it has.
+    """
+    wanted = min(MIN_PERIODIC_RACERS, len(entrants))
+    return loop.go_ahead and racers_affordable(loop, entrants, allowance) < wanted
 
 
 @attrs.define
@@ -251,8 +264,9 @@ class TrialWindow:
             n = len(loop.valset)
             plan = (1 + self.points) * n + len(loop.trials) * min(loop.minibatch_size, n)
             entrants = loop.ranked_untested(MAX_ENTRANTS)
-            if entrants:
-                step = partial(run_race, entrants=entrants, allowance=max(0, plan - loop.spent))
+            allowance = max(0, plan - loop.spent)
+            if entrants and not _waits(loop, entrants, allowance):
+                step = partial(run_race, entrants=entrants, allowance=allowance)
         # The fork's steps are admitted one by one with the trials that may run beside them (a journaled
         # step is free), so a resumed run replays them even when the meter has reached a limit.
         reserve = max(1, loop.parallel_trials) * min(loop.minibatch_size, len(loop.valset))

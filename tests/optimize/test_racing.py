@@ -20,9 +20,16 @@ from aprompt._optimize.events import FullEvaluation
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt._optimize.racing import affordable, race_order, run_race, rung_sizes
+from aprompt._optimize.racing import (
+    affordable,
+    race_order,
+    racers_affordable,
+    run_race,
+    rung_increments,
+    rung_sizes,
+)
 from aprompt._optimize.search import SearchLoop
-from aprompt._optimize.trial_window import _with_reserve
+from aprompt._optimize.trial_window import _waits, _with_reserve
 from aprompt.lm._metering import LimitReached
 from aprompt.program.discovery import named_predictors
 from aprompt.run.journal import RunJournal
@@ -152,6 +159,41 @@ async def test_a_race_drops_a_clearly_worse_combination_before_the_full_validati
         tuple(sorted(POOR.items())),
         tuple(sorted(GOOD.items())),
     }
+
+
+async def test_a_periodic_race_of_one_waits_for_a_later_race_only_where_no_limit_can_stop_the_run() -> None:
+    for go_ahead in (True, False):
+        async with search_loop(racing=True, go_ahead=go_ahead) as (loop, _):
+            n = len(loop.valset)
+            one = sum(racers_increments(loop, GOOD))
+            # One racer's halving plan (a quarter, a quarter more, then the other half) is all it pays.
+            assert racers_affordable(loop, [GOOD, ALSO_GOOD], one) == 1
+            assert racers_affordable(loop, [GOOD, ALSO_GOOD], 2 * n) == 2
+            assert _waits(loop, [GOOD, ALSO_GOOD], one) is go_ahead
+            assert not _waits(loop, [GOOD, ALSO_GOOD], 2 * n)
+            # A lone entrant races alone: no later race would have more to choose from.
+            assert not _waits(loop, [GOOD], one)
+
+
+def racers_increments(loop: SearchLoop, choice: Mapping[str, int]) -> list[int]:
+    order = race_order(loop.valset, loop.seed)
+    return rung_increments(order, rung_sizes(len(loop.valset)), 0, loop.scores_of(choice))
+
+
+async def test_without_limits_a_periodic_points_runs_go_to_a_later_race_within_the_plan() -> None:
+    seed = 3
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        unlimited = await optimize(server, None, seed=seed)
+        unlimited_requests = len(server.chat_requests)
+        server.reset_records()
+        limited = await optimize(server, None, seed=seed, limits=aprompt.Limits(max_lm_calls=10**6))
+        limited_requests = len(server.chat_requests)
+    periodic = BUDGET["full_eval_every"] * 2
+    # Under a limit that could stop the run, the point after 8 trials spends its runs on a race there...
+    assert any(f.after_trial == periodic for f in limited.full_evals)
+    # ... without one, those runs wait for the final race, which takes more racers.
+    assert not any(0 < f.after_trial < BUDGET["n_trials"] for f in unlimited.full_evals)
+    assert unlimited_requests <= limited_requests
 
 
 def requests_of(server: FakeOpenAIServer, choice: Mapping[str, int]) -> list[RecordedRequest]:
