@@ -8,7 +8,25 @@ from __future__ import annotations
 
 
 class APromptError(Exception):
-    """Base class of every error raised by aprompt."""
+    """Base class of every error raised by aprompt.
+
+    Every aprompt error pickles with its message and attributes, whatever its constructor asks for, so
+    one raised where a program runs in another process (an executor's worker) arrives whole.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default rebuilds through ``__init__(*args)``, which fails for keyword-only attributes.
+        return (_restore_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore_error(
+    cls: type[APromptError], args: tuple[object, ...], state: dict[str, object]
+) -> APromptError:
+    """An aprompt error as pickled by :meth:`APromptError.__reduce__`, its ``__init__`` not run again."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(APromptError, ValueError):
