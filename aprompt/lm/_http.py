@@ -103,6 +103,8 @@ _MAX_PAUSE_SPREAD = 2.0
 
 # Server messages in our errors are cut to this many characters (after the keys are scrubbed).
 _MESSAGE_CHARS = 500
+#: How much of a body that is not JSON an error shows.
+_BODY_START_BYTES = 120
 
 # Body fields a request parameter would replace (sent as given, parameters follow them in the body).
 _BODY_FIELDS = ("model", "messages")
@@ -605,6 +607,13 @@ class HTTPChatLM(abc.ABC):
             message = self._scrub(self._server_message(content))[:_MESSAGE_CHARS]
             raise BadResponseError(
                 f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url
+            )
+        if content.lstrip()[:1] not in (b"{", b"["):  # not JSON at all: a web page, a proxy's notice
+            start = " ".join(content[:_BODY_START_BYTES].decode("utf-8", "replace").split())
+            raise BadResponseError(
+                f"HTTP {status} with a body that is not JSON, starting {self._scrub(start)!r}: is the base "
+                "URL the API's own address? (an OpenAI-compatible API's usually ends in /v1)",
+                endpoint=endpoint.url,
             )
         raise BadResponseError(
             f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url

@@ -157,6 +157,11 @@ class Fault:
         return cls("invalid_json")
 
     @classmethod
+    def html_page(cls) -> Fault:
+        """Answer 200 with a web page, as a web server does at an address that is not its API."""
+        return cls("html_page")
+
+    @classmethod
     def missing_choices(cls) -> Fault:
         """Answer 200 with JSON that lacks ``choices``."""
         return cls("missing_choices")
@@ -188,3 +193,9 @@ class RecordedRequest:
     finished: float
     status: int
     fault: str | None
+
+
+#: The body of ``Fault.html_page``: a site's front page.
+HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Welcome</title></head><body><h1>It works!</h1></body></html>\n"
+)

@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 import attrs
 
+from aprompt.testing._wire import HTML_PAGE
 from aprompt.testing.fake_openai import (
     Answer,
     ChatRequest,
@@ -193,6 +194,8 @@ class FakeAnthropicServer(FakeOpenAIServer):
         await anyio.sleep(latency)
         if fault is not None and fault.kind == "invalid_json":
             return 200, b'{"type": "message", "content": [{"type": "text", "text": ', {}, "invalid_json"
+        if fault is not None and fault.kind == "html_page":
+            return 200, HTML_PAGE, {}, "html_page"
         if fault is not None and fault.kind == "missing_choices":
             return 200, json.dumps({"id": "msg_x", "type": "message"}).encode(), {}, "missing_choices"
         payload = {

@@ -55,6 +55,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from aprompt.testing._wire import (
     FROM_RESPONDER,
+    HTML_PAGE,
     ChatRequest,
     Fault,
     RecordedRequest,
@@ -387,6 +388,8 @@ class FakeOpenAIServer:
         await anyio.sleep(latency)
         if fault is not None and fault.kind == "invalid_json":
             return 200, b'{"choices": [{"message": ', {}, "invalid_json"
+        if fault is not None and fault.kind == "html_page":
+            return 200, HTML_PAGE, {}, "html_page"
         if fault is not None and fault.kind == "missing_choices":
             return 200, _json({"id": "x", "object": "chat.completion"}), {}, "missing_choices"
         payload = {

@@ -148,6 +148,18 @@ async def test_a_body_with_malformed_usage_is_a_bad_response(
             await lm.chat(HELLO)
 
 
+async def test_a_web_page_for_an_answer_says_what_came_and_where_to_look(provider: Provider) -> None:
+    # A base URL that points at a web server's site, not its API, answers 200 with a page.
+    provider.server.queue_faults(*[Fault.html_page()] * 2)
+    async with provider.make(max_retries=1, retry=QUICK) as lm:
+        with pytest.raises(BadResponseError) as caught:
+            await lm.chat(HELLO)
+        assert len(provider.server.chat_requests) == 2  # retried like any bad body, then raised
+    message = str(caught.value)
+    assert "not JSON" in message and "'<!DOCTYPE html> <html><head><title>Welcome" in message
+    assert "base URL" in message
+
+
 async def test_an_anthropic_content_block_that_is_not_an_object_is_a_bad_response() -> None:
     async with FakeAnthropicServer() as server:
         server.responder = lambda request: ("", {"content": ["Answer: 4"]})
