@@ -225,6 +225,9 @@ async def optimize(
         lms={"lm": lm, "proposer_lm": proposer_lm, "teacher_lm": teacher_lm},
     )
     check_executor(executor)
+    # Checked whole and in range above; as plain numbers, a numpy seed or a threshold of 1 is the same
+    # run (the same fingerprint, so a resume) as 1 or 1.0.
+    seed, bootstrap_threshold = int(seed), float(bootstrap_threshold)
     chosen = resolve_strategy(strategy)
     plan = resolve_budget(budget)
     predictors = named_predictors(program)
