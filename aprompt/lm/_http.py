@@ -477,7 +477,8 @@ class HTTPChatLM(abc.ABC):
 
     async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
         await self._wait_out_pause()
-        async with self._slots, self._pool.lease() as lease:
+        # The client's slots number at most the endpoints' total capacity (the controller's maximum).
+        async with self._slots, self._pool.lease(capped=True) as lease:
             endpoint = lease.endpoint
             admitted = await endpoint.limiter.acquire(reserved)
             admitted_here = None
