@@ -11,6 +11,10 @@ differ by more than it.
     PYTHONPATH=$PWD .venv/bin/python -m bench.loop_steps --systems aprompt --regimes latency \\
         --out-dir /tmp/steps --name steps
 
+``--function-calls`` also counts the Python and C function calls the run makes (``sys.setprofile``):
+the closest to a count of work per call there is without hardware counters, at the price of a run
+several times slower (its CPU time is then meaningless).
+
 The counts are of the whole run (optimizer, evaluation, program and LM client), divided by the calls
 the server answered, as ``bench.throughput`` divides CPU time.
 """
@@ -69,14 +73,24 @@ def _patch() -> None:
     asyncio.base_events.BaseEventLoop.create_task = counted_create_task  # type: ignore[method-assign]
 
 
-def _counted(run: Callable[..., throughput.Outcome]) -> Callable[..., throughput.Outcome]:
+def _count_function_calls(frame: object, event: str, arg: object) -> None:
+    if event == "call" or event == "c_call":
+        _counts["function calls"] += 1
+
+
+def _counted(
+    run: Callable[..., throughput.Outcome], function_calls: bool
+) -> Callable[..., throughput.Outcome]:
     def wrapped(*args: Any, **kwargs: Any) -> throughput.Outcome:
         _counts.clear()
         _active[0] = True
+        if function_calls:  # slows the run several-fold: its CPU time then means nothing
+            sys.setprofile(_count_function_calls)
         thread_cpu = time.thread_time()
         try:
             return run(*args, **kwargs)
         finally:
+            sys.setprofile(None)
             _active[0] = False
             _counts["thread CPU ms"] = round(1000 * (time.thread_time() - thread_cpu))
             _runs.append(collections.Counter(_counts))
@@ -85,9 +99,11 @@ def _counted(run: Callable[..., throughput.Outcome]) -> Callable[..., throughput
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    function_calls = "--function-calls" in args
     _patch()
-    throughput.run_aprompt = _counted(throughput.run_aprompt)
-    results = throughput.main(sys.argv[1:])
+    throughput.run_aprompt = _counted(throughput.run_aprompt, function_calls)
+    results = throughput.main([arg for arg in args if arg != "--function-calls"])
     aprompt_runs = [result for result in results if result.system.startswith("aprompt")]
     for result, counts in zip(aprompt_runs, _runs, strict=True):
         if not result.answered:
@@ -95,6 +111,7 @@ def main() -> None:
         per_call = ", ".join(
             f"{name} {counts[name] / result.answered:.2f}"
             for name in ("iterations", "waits", "callbacks", "task steps", "tasks", "thread CPU ms")
+            + (("function calls",) if function_calls else ())
         )
         print(f"{result.regime} {result.system}: {result.answered} calls; per call: {per_call}")
 
