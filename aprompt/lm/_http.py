@@ -79,7 +79,7 @@ from aprompt.lm._transport import HttpxTransport, Transport, TransportError, Tra
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls
-from aprompt.lm.limits import RateLimiter, TokenEstimator
+from aprompt.lm.limits import RateLimiter, TokenEstimator, estimate_prompt_tokens
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy, error_for_status, raw_retry_after
 from aprompt.lm.types import Completion, Message, canonical_params
@@ -408,7 +408,9 @@ class HTTPChatLM(abc.ABC):
             problem = ""
         if problem:
             raise ConfigError(f"request cannot be sent as JSON: {problem}")
-        reserved = self._estimator.request(messages, params)
+        # Made once: the reservations and the calibration after the answer use the same estimate.
+        estimate = estimate_prompt_tokens(messages)
+        reserved = self._estimator.reservation(estimate, params)
         attempts = 0
         enlarged = False
 
@@ -425,7 +427,7 @@ class HTTPChatLM(abc.ABC):
             name, given, larger = larger_budget(params)
             larger_params = {**params, name: larger}
             payload = json.dumps(self._request_body(messages, larger_params)).encode()
-            reserved = self._estimator.request(messages, larger_params)
+            reserved = self._estimator.reservation(estimate, larger_params)
             enlarged = True
             self._cut_replies += 1
             # A small model rambles past its budget often, and the re-send is the designed answer: the
@@ -472,7 +474,7 @@ class HTTPChatLM(abc.ABC):
                 return await attempt()
 
             completion = await self._retry.retrying(self._log_retry)(resumed)
-        self._estimator.observe(messages, completion.usage.prompt_tokens)
+        self._estimator.observe_estimate(estimate, completion.usage.prompt_tokens)
         return completion
 
     async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
