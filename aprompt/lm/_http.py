@@ -660,13 +660,16 @@ class HTTPChatLM(abc.ABC):
 
 def _check_messages(messages: Sequence[Message]) -> None:
     """Raise a ConfigError naming the first message that is not ``{"role": str, "content": str}``."""
-    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+    # A list of dicts (every caller's in practice) is checked without the slower ABC isinstance tests.
+    if type(messages) is not list and (
+        isinstance(messages, str | bytes) or not isinstance(messages, Sequence)
+    ):
         raise ConfigError(
             "chat() takes a list of messages ({'role': ..., 'content': ...}), "
             f"not a {type(messages).__name__}"
         )
     for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise ConfigError(
                 f"message {index} must be a mapping {{'role': ..., 'content': ...}}, "
                 f"not a {type(message).__name__}"
