@@ -7,7 +7,8 @@ path, authentication headers, request body, response parsing and error-message e
 
 One call, in order: the cache (identical in-flight calls share one computation), then per attempt
 the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-loaded available), one of
-its slots and a connection (:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
+its slots (when there are several: the client's own bound a lone one) and a connection
+(:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
 rate limiter, and only then the HTTP request, through our own HTTP/1.1 transport
 (:mod:`aprompt.lm._http11`), or httpx behind a proxy or with a caller's ``http_client``. Retry
 back-offs and pauses are waited outside every slot.

@@ -118,7 +118,8 @@ class EndpointState:
         target: the base URL requests go to: ``url`` with any credential in its query.
         headers: request headers for this endpoint, authentication included (never shown).
         capacity: its concurrency cap.
-        slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity``.
+        slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity`` (not taken by a capped lease
+            of a pool of one endpoint: see :meth:`EndpointPool.lease`).
         limiter: its :class:`~aprompt.lm.limits.RateLimiter` (the one a 429 from here pauses).
         lanes: its keep-alive connections (see :mod:`aprompt.lm._connections`).
         in_flight: requests routed here and not yet finished (including those waiting for a slot).
