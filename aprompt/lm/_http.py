@@ -7,7 +7,8 @@ path, authentication headers, request body, response parsing and error-message e
 
 One call, in order: the cache (identical in-flight calls share one computation), then per attempt
 the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-loaded available), one of
-its slots and a connection (:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
+its slots (when there are several: the client's own bound a lone one) and a connection
+(:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
 rate limiter, and only then the HTTP request, through our own HTTP/1.1 transport
 (:mod:`aprompt.lm._http11`), or httpx behind a proxy or with a caller's ``http_client``. Retry
 back-offs and pauses are waited outside every slot.
@@ -79,7 +80,7 @@ from aprompt.lm._transport import HttpxTransport, Transport, TransportError, Tra
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls
-from aprompt.lm.limits import RateLimiter, TokenEstimator
+from aprompt.lm.limits import RateLimiter, TokenEstimator, estimate_prompt_tokens
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy, error_for_status, raw_retry_after
 from aprompt.lm.types import Completion, Message, canonical_params
@@ -410,7 +411,9 @@ class HTTPChatLM(abc.ABC):
             problem = ""
         if problem:
             raise ConfigError(f"request cannot be sent as JSON: {problem}")
-        reserved = self._estimator.request(messages, params)
+        # Made once: the reservations and the calibration after the answer use the same estimate.
+        estimate = estimate_prompt_tokens(messages)
+        reserved = self._estimator.reservation(estimate, params)
         attempts = 0
         enlarged = False
 
@@ -427,7 +430,7 @@ class HTTPChatLM(abc.ABC):
             name, given, larger = larger_budget(params)
             larger_params = {**params, name: larger}
             payload = json.dumps(self._request_body(messages, larger_params)).encode()
-            reserved = self._estimator.request(messages, larger_params)
+            reserved = self._estimator.reservation(estimate, larger_params)
             enlarged = True
             self._cut_replies += 1
             # A small model rambles past its budget often, and the re-send is the designed answer: the
@@ -474,12 +477,13 @@ class HTTPChatLM(abc.ABC):
                 return await attempt()
 
             completion = await self._retry.retrying(self._log_retry)(resumed)
-        self._estimator.observe(messages, completion.usage.prompt_tokens)
+        self._estimator.observe_estimate(estimate, completion.usage.prompt_tokens)
         return completion
 
     async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
         await self._wait_out_pause()
-        async with self._slots, self._pool.lease() as lease:
+        # The client's slots number at most the endpoints' total capacity (the controller's maximum).
+        async with self._slots, self._pool.lease(capped=True) as lease:
             endpoint = lease.endpoint
             admitted = await endpoint.limiter.acquire(reserved)
             admitted_here = None
@@ -666,13 +670,16 @@ class HTTPChatLM(abc.ABC):
 
 def _check_messages(messages: Sequence[Message]) -> None:
     """Raise a ConfigError naming the first message that is not ``{"role": str, "content": str}``."""
-    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+    # A list of dicts (every caller's in practice) is checked without the slower ABC isinstance tests.
+    if type(messages) is not list and (
+        isinstance(messages, str | bytes) or not isinstance(messages, Sequence)
+    ):
         raise ConfigError(
             "chat() takes a list of messages ({'role': ..., 'content': ...}), "
             f"not a {type(messages).__name__}"
         )
     for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise ConfigError(
                 f"message {index} must be a mapping {{'role': ..., 'content': ...}}, "
                 f"not a {type(message).__name__}"

@@ -39,7 +39,7 @@ import contextvars
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -349,7 +349,10 @@ async def metered_chat(
     try:
         if prepaid is not None:
             meter.admit(lm.model)
-        with anyio.CancelScope(deadline=anyio.current_time() + meter.seconds_left()) as scope:
+        left = meter.seconds_left()
+        # Without a time limit nothing can end the call early: no cancel scope, saving a few µs a call.
+        scope = anyio.CancelScope(deadline=anyio.current_time() + left) if left < math.inf else None
+        with scope if scope is not None else nullcontext():
             completion = await lm.chat(messages, rollout=rollout, **params)
     except Exception as error:
         meter.note_call(failed=True)
@@ -359,7 +362,7 @@ async def metered_chat(
     finally:
         _PREPAID.reset(prepaid_token)
         _UNIT.reset(unit_token)
-    if scope.cancelled_caught:
+    if scope is not None and scope.cancelled_caught:
         raise LimitReached("max_time", f"run limit reached: {meter.describe('max_time')}")
     if prepaid is not None and not prepaid.claimed:
         if completion.cached:

@@ -118,7 +118,8 @@ class EndpointState:
         target: the base URL requests go to: ``url`` with any credential in its query.
         headers: request headers for this endpoint, authentication included (never shown).
         capacity: its concurrency cap.
-        slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity``.
+        slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity`` (not taken by a capped lease
+            of a pool of one endpoint: see :meth:`EndpointPool.lease`).
         limiter: its :class:`~aprompt.lm.limits.RateLimiter` (the one a 429 from here pauses).
         lanes: its keep-alive connections (see :mod:`aprompt.lm._connections`).
         in_flight: requests routed here and not yet finished (including those waiting for a slot).
@@ -218,9 +219,14 @@ class EndpointPool:
     def _rank(self, endpoint: EndpointState) -> tuple[bool, float]:
         return (not self.is_available(endpoint), endpoint.in_flight / endpoint.capacity)
 
-    def lease(self) -> EndpointLease:
-        """``async with pool.lease() as lease:`` routes a request and holds one of its slots."""
-        return EndpointLease(self)
+    def lease(self, *, capped: bool = False) -> EndpointLease:
+        """``async with pool.lease() as lease:`` routes a request and holds one of its slots.
+
+        ``capped``: the caller already holds one of at most :attr:`capacity` slots of its own. A lone
+        endpoint's slots could then never make a request wait, so they are not taken (one limiter,
+        with its checkpoint, fewer per request); with several endpoints each one's own cap binds.
+        """
+        return EndpointLease(self, take_slot=not capped or len(self._endpoints) > 1)
 
     async def aclose(self) -> None:
         """Close every endpoint's connections."""
@@ -236,19 +242,21 @@ class EndpointLease:
     """An async context manager: choose an endpoint, count it in flight, hold one of its slots and a
     place in one of its connection lanes (:attr:`endpoint`, :attr:`transport`)."""
 
-    __slots__ = ("_lane", "_pool", "endpoint", "transport")
+    __slots__ = ("_lane", "_pool", "_take_slot", "endpoint", "transport")
 
-    def __init__(self, pool: EndpointPool) -> None:
+    def __init__(self, pool: EndpointPool, *, take_slot: bool = True) -> None:
         self._pool = pool
+        self._take_slot = take_slot
 
     async def __aenter__(self) -> EndpointLease:
         endpoint = self._pool.choose()
         endpoint.in_flight += 1
-        try:
-            await endpoint.slots.acquire()
-        except BaseException:
-            endpoint.in_flight -= 1
-            raise
+        if self._take_slot:
+            try:
+                await endpoint.slots.acquire()
+            except BaseException:
+                endpoint.in_flight -= 1
+                raise
         self.endpoint = endpoint
         self._lane = endpoint.lanes.take()
         self.transport = endpoint.lanes.transport(self._lane)
@@ -262,5 +270,6 @@ class EndpointLease:
     ) -> None:
         endpoint = self.endpoint
         endpoint.lanes.give(self._lane)
-        endpoint.slots.release()
+        if self._take_slot:
+            endpoint.slots.release()
         endpoint.in_flight -= 1

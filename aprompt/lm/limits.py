@@ -108,9 +108,12 @@ def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
 def estimate_request_tokens(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> int:
     """Tokens to reserve for a request: the prompt estimate plus the completion budget
     (``max_tokens`` or ``max_completion_tokens``, else :data:`DEFAULT_COMPLETION_TOKENS`)."""
+    return estimate_prompt_tokens(messages) + _completion_budget(params)
+
+
+def _completion_budget(params: Mapping[str, Any]) -> int:
     budget = params.get("max_tokens") or params.get("max_completion_tokens")
-    completion = int(budget) if isinstance(budget, int | float) else DEFAULT_COMPLETION_TOKENS
-    return estimate_prompt_tokens(messages) + completion
+    return int(budget) if isinstance(budget, int | float) else DEFAULT_COMPLETION_TOKENS
 
 
 class TokenEstimator:
@@ -160,20 +163,31 @@ class TokenEstimator:
 
     def prompt(self, messages: Sequence[Mapping[str, Any]]) -> int:
         """The prompt tokens to reserve for ``messages``: the character estimate, calibrated."""
-        raw = estimate_prompt_tokens(messages)
-        ratio = self.ratio
-        return raw if ratio is None else math.ceil(raw * ratio * (1 + self.margin))
+        return self._calibrated(estimate_prompt_tokens(messages))
 
     def request(self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> int:
         """Tokens to reserve for a request: the calibrated prompt estimate plus the completion budget."""
-        return self.prompt(messages) + estimate_request_tokens((), params)
+        return self.reservation(estimate_prompt_tokens(messages), params)
+
+    def reservation(self, estimate: int, params: Mapping[str, Any]) -> int:
+        """:meth:`request` for a prompt whose character estimate (:func:`estimate_prompt_tokens`) is
+        ``estimate``: a client that estimates each prompt once uses it here and in
+        :meth:`observe_estimate`."""
+        return self._calibrated(estimate) + _completion_budget(params)
 
     def observe(self, messages: Sequence[Mapping[str, Any]], reported: int) -> None:
         """The server counted ``reported`` prompt tokens for ``messages`` (a report of 0: none, ignored)."""
-        raw = estimate_prompt_tokens(messages)
-        if reported > 0 and raw > 0:
-            self._estimated = self._estimated * self.decay + raw
+        self.observe_estimate(estimate_prompt_tokens(messages), reported)
+
+    def observe_estimate(self, estimate: int, reported: int) -> None:
+        """:meth:`observe` for a prompt whose character estimate is ``estimate``."""
+        if reported > 0 and estimate > 0:
+            self._estimated = self._estimated * self.decay + estimate
             self._reported = self._reported * self.decay + reported
+
+    def _calibrated(self, estimate: int) -> int:
+        ratio = self.ratio
+        return estimate if ratio is None else math.ceil(estimate * ratio * (1 + self.margin))
 
 
 class _Entry:

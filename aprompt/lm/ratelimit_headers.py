@@ -74,12 +74,15 @@ def parse_duration(text: str | None) -> float | None:
     text = text.strip()
     if not text:
         return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if seconds >= 0 else None  # NaN and negatives are unreadable
+    # No number float() reads ends in a unit letter: a Go-style duration (most servers' form) skips the
+    # attempt, whose exception cost more than the rest of the parse.
+    if text[-1] not in "hms":
+        try:
+            seconds = float(text)
+        except ValueError:
+            pass
+        else:
+            return seconds if seconds >= 0 else None  # NaN and negatives are unreadable
     position, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
         if match.start() != position:

@@ -119,6 +119,29 @@ def test_pool_still_routes_when_every_endpoint_is_unhealthy() -> None:
     assert pool.choose() is second
 
 
+async def test_a_capped_lease_of_a_lone_endpoint_leaves_its_slots_alone() -> None:
+    # The caller's own slots (at most the pool's capacity) already bound a lone endpoint.
+    lone = state("http://a/v1", capacity=2)
+    async with EndpointPool([lone]).lease(capped=True) as lease:
+        assert lease.endpoint is lone and lone.in_flight == 1
+        assert lone.slots.borrowed_tokens == 0
+    assert lone.in_flight == 0
+
+
+async def test_a_capped_lease_among_several_endpoints_holds_one_of_the_endpoints_slots() -> None:
+    first, second = state("http://a/v1", capacity=2), state("http://b/v1", capacity=2)
+    async with EndpointPool([first, second]).lease(capped=True) as lease:
+        assert lease.endpoint.slots.borrowed_tokens == 1
+    assert first.slots.borrowed_tokens == second.slots.borrowed_tokens == 0
+
+
+async def test_an_uncapped_lease_of_a_lone_endpoint_holds_one_of_its_slots() -> None:
+    lone = state("http://a/v1", capacity=1)
+    async with EndpointPool([lone]).lease():
+        assert lone.slots.borrowed_tokens == 1
+    assert lone.slots.borrowed_tokens == 0
+
+
 def test_lanes_hand_out_places_last_in_first_out_and_spread_when_busy() -> None:
     lanes = ConnectionLanes(4, LaneTransports(timeout=1.0).httpx_transport, lane_size=2)
     first = lanes.take()
@@ -182,6 +205,19 @@ async def test_endpoint_with_a_lower_concurrency_limit_gets_proportionally_fewer
     assert len(second_server.chat_requests) + small == 100
     assert 12 <= small <= 28  # capacity share: 2 / 10
     assert fake_server.max_in_flight <= 2 and second_server.max_in_flight <= 8
+
+
+@both_backends
+async def test_a_lone_endpoints_own_lower_concurrency_cap_holds_at_the_server(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.latency = 0.02
+    endpoint = Endpoint(fake_server.base_url, max_concurrency=3)
+    async with OpenAICompatibleLM("m", [endpoint], api_key=TEST_API_KEY, max_concurrency=8) as lm:
+        await run_calls(lm, 30)
+        assert lm.capacity == 3
+    assert lm.usage.calls == 30
+    assert fake_server.max_in_flight == 3
 
 
 async def test_endpoint_with_a_lower_rate_limit_gets_fewer_calls(

@@ -93,6 +93,18 @@ def test_the_calibration_follows_the_recent_reports() -> None:
     assert estimator.ratio == pytest.approx(1.0, abs=0.01)
 
 
+def test_an_estimate_made_once_reserves_and_calibrates_as_the_messages_would() -> None:
+    by_messages, by_estimate = TokenEstimator(), TokenEstimator()
+    messages = long_prompt(1)
+    estimate = estimate_prompt_tokens(messages)
+    for reported in (0, 3 * estimate, 2 * estimate):
+        for params in ({}, {"max_tokens": 7}, {"max_completion_tokens": 9}):
+            assert by_estimate.reservation(estimate, params) == by_messages.request(messages, params)
+        by_messages.observe(messages, reported)
+        by_estimate.observe_estimate(estimate, reported)
+        assert by_estimate.ratio == by_messages.ratio
+
+
 def test_a_report_of_no_prompt_tokens_leaves_the_estimate_uncalibrated() -> None:
     estimator = TokenEstimator()
     estimator.observe(long_prompt(1), reported=0)  # a server that reports no usage

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -509,12 +510,13 @@ def test_a_bad_retry_policy_is_a_config_error_naming_the_field(options: dict[str
     ("messages", "problem"),
     [
         ("Hello", "a list of messages"),
+        (iter([{"role": "user", "content": "Hello"}]), "a list of messages"),
         ([("user", "Hello")], "message 0"),
         ([{"role": "user"}], "message 0.*content"),
         ([{"role": "system", "content": "Be brief."}, {"content": "Hello"}], "message 1.*role"),
         ([{"role": "user", "content": None}], "message 0.*content"),
     ],
-    ids=["string", "tuple", "no-content", "no-role", "null-content"],
+    ids=["string", "iterator", "tuple", "no-content", "no-role", "null-content"],
 )
 async def test_malformed_messages_are_a_config_error_naming_the_message_before_any_request(
     fake_server: FakeOpenAIServer,
@@ -528,6 +530,20 @@ async def test_malformed_messages_are_a_config_error_naming_the_message_before_a
         with pytest.raises(ConfigError, match=problem):
             await lm.chat(messages)
     assert fake_server.requests == [] and lm.usage.requests == 0
+
+
+async def test_messages_in_a_tuple_of_read_only_mappings_are_sent_as_a_list_of_dicts_would_be(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    as_dicts: list[Message] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    as_mappings = tuple(MappingProxyType(dict(message)) for message in as_dicts)
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        first = await lm.chat(as_dicts)
+        second = await lm.chat(as_mappings)  # type: ignore[arg-type]
+    assert second.text == first.text
+    sent = [request.body for request in fake_server.chat_requests]
+    assert sent[0] is not None and sent[1] is not None
+    assert sent[0]["messages"] == sent[1]["messages"] == as_dicts
 
 
 @pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])

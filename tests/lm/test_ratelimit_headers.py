@@ -47,6 +47,17 @@ def test_reset_durations_are_read_as_seconds(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize(
+    ("number", "duration"), [("1.5", "1.5s"), ("1e3", "1e3s"), ("90", "90m"), (".5", ".5h")]
+)
+def test_a_plain_number_is_seconds_and_a_unit_ends_a_duration(number: str, duration: str) -> None:
+    # A number with an exponent reads as seconds; with a unit after it, it is no duration at all.
+    seconds = parse_duration(number)
+    assert seconds is not None and seconds == float(number)
+    expected = None if "e" in duration else float(number) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
+    assert parse_duration(duration) == expected
+
+
 @pytest.mark.parametrize("text", [None, "", "soon", "5 s", "1x", "-3", "nan", "2s later"])
 def test_unreadable_reset_durations_are_none(text: str | None) -> None:
     assert parse_duration(text) is None
