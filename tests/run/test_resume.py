@@ -28,9 +28,8 @@ async def _run(server: FakeOpenAIServer, run_dir: Path | None, **options: Any) -
             valset=examples(200, 240),
             lm=lm,
             budget=BUDGET,
-            seed=3,
             run_dir=run_dir,
-            **options,
+            **{"seed": 3, **options},
         )
 
 
@@ -110,18 +109,7 @@ async def test_a_finished_run_replays_from_its_journal_without_lm_calls(tmp_path
 async def test_the_same_numbers_in_other_types_resume_the_same_run(tmp_path: Path) -> None:
     # A numpy seed and a threshold of 1 are the run of seed 3 and threshold 1.0, not a different config.
     async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
-        async with OpenAICompatibleLM("world", server.base_url, api_key="sk-world", max_concurrency=64) as lm:
-            first = await aprompt.optimize(
-                TwoStageProgram(),
-                examples(0, 80),
-                metric,
-                valset=examples(200, 240),
-                lm=lm,
-                budget=BUDGET,
-                seed=np.int64(3),  # type: ignore[arg-type]
-                bootstrap_threshold=1,
-                run_dir=tmp_path / "run",
-            )
+        first = await _run(server, tmp_path / "run", seed=np.int64(3), bootstrap_threshold=1)
         before = len(server.chat_requests)
         second = await _run(server, tmp_path / "run", bootstrap_threshold=1.0)
         assert len(server.chat_requests) == before
