@@ -21,6 +21,12 @@ Deterministic checks, none of which asks an LM:
   sentence as input ... would be:"); it is dropped, and the proposer is asked again. The test errs on
   keeping: any clause that does not start with an article, pronoun, preposition, conjunction, auxiliary,
   question word or ``-ing``/``-ed`` word counts as an imperative, so another language's instruction passes.
+  One kind of sentence never counts: one *about the prompt's machinery* (:func:`about_the_prompt`), whose
+  subject is the module, the program, the instruction, a field or the prompt ("The purpose of the
+  output field is to ...", "The role of each module is to:", "The goal of this instruction is to ..."):
+  the embedded model's proposer writes these from the program description, and their "is to" reads as an
+  instruction though they tell the model nothing about the task. One that says "you", "should" or "must"
+  still counts.
 - **Off-task or far worse, on a screen.** Each surviving proposal and the original instruction are scored,
   without demos, on the same few validation examples (``Budget.screen_size``). A proposal is dropped when
   its mean is at least :data:`FAR_BELOW` under the original's, or when it is *off-task* — it shares no
@@ -46,6 +52,7 @@ from aprompt.program.predictor import Predict
 SCAFFOLDING_LABELS: tuple[str, ...] = (
     "Module",
     "Modules",
+    "Program",
     "Current Instruction",
     "Dataset Summary",
     "Data Summary",
@@ -93,6 +100,21 @@ _OBLIGATION = re.compile(
 )
 
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
+#: A sentence whose subject is the prompt's machinery (see :func:`about_the_prompt`): a determiner, at
+#: most five more words, then one of these nouns, before any verb of the sentence is reached.
+_ABOUT_THE_PROMPT = re.compile(
+    r"^[\W\d_]*(?:[^\W\d_]\s*:\s*)?(?:the|this|that|these|those|each|every|our|its|a|an)\s+"
+    r"(?:[\w'-]+\s+){0,5}?"
+    r"(?:modules?|programs?|instructions?|fields?|prompts?)\b(?!\s*[-'])",
+    re.IGNORECASE,
+)
+#: Verbs that end a sentence's subject before a machinery noun could start it ("The answer is the code").
+_SUBJECT_ENDS = re.compile(
+    r"\b(?:is|are|was|were|be|has|have|had|does|do|did|can|could|will|would|should|must|may|might)\b",
+    re.IGNORECASE,
+)
+#: What still makes a sentence about the prompt an instruction: it addresses the model, or states a rule.
+_ADDRESSED = re.compile(r"\b(?:you|your|yours|yourself|you're|you'll|should|must)\b", re.IGNORECASE)
 _COMMON = frozenset(
     """a about above after again all also an and any are as at be been before being below between both
     but by can could did do does doing done each either every few for from further had has have having
@@ -193,6 +215,8 @@ def reads_as_instruction(text: str) -> bool:
     for sentence in re.split(r"(?<=[.!?])\s+|\n+", text.replace("’", "'")):
         if sentence.rstrip(" \"'`*").endswith("?") or _FIRST_PERSON.match(sentence):
             continue  # a question, or the proposer speaking as itself ("I can help you ...")
+        if about_the_prompt(sentence):
+            continue  # a remark on the module, the program or the instruction itself
         if _OBLIGATION.search(sentence):
             return True
         parts = re.split(r"([,;(:])", sentence)
@@ -203,6 +227,19 @@ def reads_as_instruction(text: str) -> bool:
             if _imperative_start(words[0].lower()):
                 return True
     return False
+
+
+def about_the_prompt(sentence: str) -> bool:
+    """Whether ``sentence`` talks about the prompt's machinery rather than the task: its subject (the
+    words before its first auxiliary verb) names the module, the program, the instruction, a field or
+    the prompt ("The role of each module is to:", "This instruction is designed to ..."), and it neither
+    addresses the model nor states a rule ("This instruction asks you to ...", "Each output field should
+    be on its own line" still count as instructions)."""
+    match = _ABOUT_THE_PROMPT.match(sentence.strip())
+    if match is None or _ADDRESSED.search(sentence):
+        return False
+    verb = _SUBJECT_ENDS.search(sentence.strip())
+    return verb is None or verb.start() >= match.end()
 
 
 def _imperative_start(word: str) -> bool:
@@ -222,9 +259,14 @@ def _marker_pattern(labels: Iterable[str], *, line_start: bool) -> str:
     )
     if line_start:
         # A label at the start of a line, maybe after a bullet, a quote mark or markdown emphasis.
-        return rf"(?im)^[ \t>]*(?:[-*+•][ \t]+)?(?:\#{{1,6}}[ \t]*)?[*_`\"']*(?:{names})[*_`]*[ \t]*:[*_]*"
+        # Also after a one-letter label and an article, as the embedded proposer writes them ("A: The
+        # module: classify").
+        return (
+            rf"(?im)^[ \t>]*(?:[-*+•][ \t]+)?(?:\#{{1,6}}[ \t]*)?(?:[a-z][ \t]*:[ \t]*)?(?:the[ \t]+)?"
+            rf"[*_`\"']*(?P<label>{names})[*_`]*[ \t]*:[*_]*"
+        )
     # Inside a line: the exact title-case label after a space or punctuation ("... Dataset Summary: ...").
-    return rf"(?m)(?<=[\s.;,!?\"'])(?:{names})[ \t]*:"
+    return rf"(?m)(?<=[\s.;,!?\"'])(?P<label>{names})[ \t]*:"
 
 
 def _cut_sections(text: str, labels: Sequence[str], removed: list[str]) -> str:
@@ -237,7 +279,7 @@ def _cut_sections(text: str, labels: Sequence[str], removed: list[str]) -> str:
         # Field labels count at a line's start only: inside a sentence "the Answer:" may be prose.
         for line_start in (True,) if kind == "field label" else (True, False):
             for match in re.finditer(_marker_pattern(names, line_start=line_start), text):
-                said = re.sub(r"[^a-z]", "", match.group(0).lower())
+                said = re.sub(r"[^a-z]", "", match.group("label").lower())
                 label = next(n for n in names if re.sub(r"[^a-z]", "", n.lower()) == said)
                 kinds.append((match.start(), match.end(), kind, label))
     markers: list[tuple[int, int, str, str]] = []

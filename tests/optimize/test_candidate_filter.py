@@ -52,6 +52,23 @@ DEMO_REMARKS = (
     "Implementing a language-model to create a program that generates and processes sentences.",
     "The jewelers have not visited me, as evidenced by the use of a double negation in English.",
 )
+#: Proposals the embedded model wrote for intent_goal (bench/quality.py), which two runs returned: remarks
+#: on the module, the program or the instruction itself, whose "is to" read as an instruction.
+ABOUT_THE_PROMPT = (
+    "The purpose of the output field is to provide a list of actions that can be performed when the current "
+    "instruction is executed. The output is a list of actions that can be performed by the previous "
+    "instruction.",
+    "The goal of this instruction is to demonstrate that the user's task is to make an informed decision "
+    "based on data and that they need to use their imagination in order to solve this task. The "
+    "instruction is designed to be taken literally and has a message to convey.",
+    "1. The role of each module is to:\n2. Creating a new instance of the class\n3. Implementing the intent "
+    "to the utterance\n4. Passing the intent to the next module",
+)
+#: The same runs' other returned proposal: the proposer's labels after a one-letter label and an article.
+LETTERED_ECHO = (
+    "A: The module: classify\nA: The program:\nDescription:\nThe module defines an instruction that asks the "
+    "user for a list of movies available at a local cinema in Chile.\nExample:\n- Input:\n- Output:"
+)
 BUDGET = {"n_candidates": 4, "val_size": 12, "n_trials": 4, "minibatch_size": 6, "parallel_trials": 2}
 
 
@@ -142,6 +159,32 @@ def test_a_remark_that_tells_the_model_nothing_to_do_is_dropped() -> None:
     )
     for instruction in kept:
         assert clean_reply(instruction, predictor).text == instruction, instruction
+
+
+def test_a_remark_on_the_module_program_or_instruction_is_no_instruction() -> None:
+    predictor = Predict("utterance, goal -> intent", instruction="Classify the request using the goal.")
+    for remark in ABOUT_THE_PROMPT:
+        cleaned = clean_reply(remark, predictor)
+        assert cleaned.text is None and cleaned.reason.startswith("reads as no instruction"), remark
+    # The same subjects with a rule, addressed to the model, or beside an instruction still count.
+    kept = (
+        "Each output field should be on its own line.",
+        "This instruction asks you to classify the utterance.",
+        "The program must reply with one intent.",
+        "Classify the utterance. The module receives a goal.",
+        "The class label must be one of: play_music, get_weather.",
+        "The answer to the program's question is to be one word.",
+    )
+    for instruction in kept:
+        assert clean_reply(instruction, predictor).text == instruction, instruction
+
+
+def test_scaffolding_labels_after_a_letter_label_and_an_article_are_cut() -> None:
+    cleaned = clean_reply(LETTERED_ECHO, Predict("utterance, goal -> intent"))
+    assert cleaned.text is None
+    assert {"scaffolding: Module", "scaffolding: Program"} <= set(cleaned.removed)
+    reply = "A: The module: classify\nProposed Instruction: Name the user's intent in one word."
+    assert clean_reply(reply, Predict("utterance -> intent")).text == "Name the user's intent in one word."
 
 
 def test_a_proposal_cut_to_whole_sentences_is_checked_again() -> None:
