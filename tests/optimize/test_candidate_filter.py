@@ -4,7 +4,7 @@ the original instruction; diverse demo sets of several sizes up to one bound."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +142,17 @@ def test_a_field_name_inside_a_sentence_is_kept() -> None:
     assert clean_reply(reply, Predict("question -> answer")).text == reply
 
 
-def test_a_remark_that_tells_the_model_nothing_to_do_is_dropped() -> None:
-    predictor = Predict("sentence -> negated", instruction="Rewrite the sentence to say the opposite.")
-    for remark in (REMARK, *DEMO_REMARKS):
+def _assert_dropped_and_kept(predictor: Predict, remarks: Sequence[str], kept: Sequence[str]) -> None:
+    """Each of ``remarks`` is dropped as no instruction; each of ``kept`` comes through unchanged."""
+    for remark in remarks:
         cleaned = clean_reply(remark, predictor)
         assert cleaned.text is None and cleaned.reason.startswith("reads as no instruction"), remark
+    for instruction in kept:
+        assert clean_reply(instruction, predictor).text == instruction, instruction
+
+
+def test_a_remark_that_tells_the_model_nothing_to_do_is_dropped() -> None:
+    predictor = Predict("sentence -> negated", instruction="Rewrite the sentence to say the opposite.")
     kept = (
         "Rewrite the sentence so that it says the opposite: negate its verb.",
         "Given an utterance, determine its intent.",
@@ -157,15 +163,11 @@ def test_a_remark_that_tells_the_model_nothing_to_do_is_dropped() -> None:
         "Do not repeat the sentence.",
         "Classez la demande de l'utilisateur.",
     )
-    for instruction in kept:
-        assert clean_reply(instruction, predictor).text == instruction, instruction
+    _assert_dropped_and_kept(predictor, (REMARK, *DEMO_REMARKS), kept)
 
 
 def test_a_remark_on_the_module_program_or_instruction_is_no_instruction() -> None:
     predictor = Predict("utterance, goal -> intent", instruction="Classify the request using the goal.")
-    for remark in ABOUT_THE_PROMPT:
-        cleaned = clean_reply(remark, predictor)
-        assert cleaned.text is None and cleaned.reason.startswith("reads as no instruction"), remark
     # The same subjects with a rule, addressed to the model, or beside an instruction still count.
     kept = (
         "Each output field should be on its own line.",
@@ -175,8 +177,7 @@ def test_a_remark_on_the_module_program_or_instruction_is_no_instruction() -> No
         "The class label must be one of: play_music, get_weather.",
         "The answer to the program's question is to be one word.",
     )
-    for instruction in kept:
-        assert clean_reply(instruction, predictor).text == instruction, instruction
+    _assert_dropped_and_kept(predictor, ABOUT_THE_PROMPT, kept)
 
 
 def test_scaffolding_labels_after_a_letter_label_and_an_article_are_cut() -> None:
