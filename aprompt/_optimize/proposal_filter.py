@@ -215,16 +215,17 @@ def reads_as_instruction(text: str) -> bool:
     for sentence in re.split(r"(?<=[.!?])\s+|\n+", text.replace("’", "'")):
         if sentence.rstrip(" \"'`*").endswith("?") or _FIRST_PERSON.match(sentence):
             continue  # a question, or the proposer speaking as itself ("I can help you ...")
-        if about_the_prompt(sentence):
-            continue  # a remark on the module, the program or the instruction itself
-        if _OBLIGATION.search(sentence):
+        # A remark on the module, the program or the instruction itself: its first clause tells the
+        # model nothing, whatever its "is to"; a later clause still may ("...; answer the question").
+        remark = about_the_prompt(sentence)
+        if not remark and _OBLIGATION.search(sentence):
             return True
         parts = re.split(r"([,;(:])", sentence)
-        for clause, after in zip(parts[::2], [*parts[1::2], ""], strict=True):
+        for index, (clause, after) in enumerate(zip(parts[::2], [*parts[1::2], ""], strict=True)):
             words = re.findall(r"[^\W\d_][\w'-]*", clause)
-            if not words or (after == ":" and len(words) <= 3):
+            if not words or (after == ":" and len(words) <= 3) or (remark and index == 0):
                 continue  # a label ("Example:", "Mapped Word:") is not a clause
-            if _imperative_start(words[0].lower()):
+            if _imperative_start(words[0].lower()) or (remark and _OBLIGATION.search(clause)):
                 return True
     return False
 

@@ -176,6 +176,7 @@ def test_a_remark_on_the_module_program_or_instruction_is_no_instruction() -> No
         "Classify the utterance. The module receives a goal.",
         "The class label must be one of: play_music, get_weather.",
         "The answer to the program's question is to be one word.",
+        "Those instructions are examples; answer the question.",
     )
     _assert_dropped_and_kept(predictor, ABOUT_THE_PROMPT, kept)
 
