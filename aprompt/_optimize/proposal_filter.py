@@ -25,8 +25,9 @@ Deterministic checks, none of which asks an LM:
   subject is the module, the program, the instruction, a field or the prompt ("The purpose of the
   output field is to ...", "The role of each module is to:", "The goal of this instruction is to ..."):
   the embedded model's proposer writes these from the program description, and their "is to" reads as an
-  instruction though they tell the model nothing about the task. One that says "you", "should" or "must"
-  still counts.
+  instruction though they tell the model nothing about the task. One that says "you" still counts, and
+  so does one with "should" or "must" about a module, a program or a field. Text in double quotes is
+  content, never a clause that instructs ("... a key named "Intent,Intent"").
 - **Off-task or far worse, on a screen.** Each surviving proposal and the original instruction are scored,
   without demos, on the same few validation examples (``Budget.screen_size``). A proposal is dropped when
   its mean is at least :data:`FAR_BELOW` under the original's, or when it is *off-task* — it shares no
@@ -105,7 +106,7 @@ _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
 _ABOUT_THE_PROMPT = re.compile(
     r"^[\W\d_]*(?:[^\W\d_]\s*:\s*)?(?:the|this|that|these|those|each|every|our|its|a|an)\s+"
     r"(?:[\w'-]+\s+){0,5}?"
-    r"(?:modules?|programs?|instructions?|fields?|prompts?)\b(?!\s*[-'])",
+    r"(?P<noun>modules?|programs?|instructions?|fields?|prompts?)\b(?!\s*[-'])",
     re.IGNORECASE,
 )
 #: Verbs that end a sentence's subject before a machinery noun could start it ("The answer is the code").
@@ -113,8 +114,13 @@ _SUBJECT_ENDS = re.compile(
     r"\b(?:is|are|was|were|be|has|have|had|does|do|did|can|could|will|would|should|must|may|might)\b",
     re.IGNORECASE,
 )
-#: What still makes a sentence about the prompt an instruction: it addresses the model, or states a rule.
-_ADDRESSED = re.compile(r"\b(?:you|your|yours|yourself|you're|you'll|should|must)\b", re.IGNORECASE)
+#: What still makes a sentence about the prompt an instruction: it addresses the model, or (of a module,
+#: program or field) states a rule.
+_ADDRESSED = re.compile(r"\b(?:you|your|yours|yourself|you're|you'll)\b", re.IGNORECASE)
+_RULE = re.compile(r"\b(?:should|must)\b", re.IGNORECASE)
+#: Text in double quotes (to the closing quote, or the end when none closes it): what an instruction
+#: quotes is content ("Reply "yes" or "no""), not a clause that tells the model what to do.
+_QUOTED = re.compile(r"\"[^\"]*(?:\"|$)|“[^”]*(?:”|$)")
 _COMMON = frozenset(
     """a about above after again all also an and any are as at be been before being below between both
     but by can could did do does doing done each either every few for from further had has have having
@@ -209,10 +215,11 @@ def reads_as_instruction(text: str) -> bool:
     """Whether some sentence of ``text`` tells the model what to do: it says "you", "your", "should",
     "must", "need to", "is to", ..., or one of its clauses (a sentence's start, or what follows a comma,
     colon or semicolon; a label such as ``Example:`` is none) starts with a word that may be an imperative
-    verb (not in :data:`_NOT_IMPERATIVE`, no ``-ing`` or ``-ed`` ending). Questions, and sentences in which
-    the proposer speaks as itself ("I can help you ..."), do not count. Lenient by design: a false "yes"
+    verb (not in :data:`_NOT_IMPERATIVE`, no ``-ing`` or ``-ed`` ending). Questions, sentences in which
+    the proposer speaks as itself ("I can help you ..."), remarks on the prompt's machinery
+    (:func:`about_the_prompt`) and text in double quotes do not count. Lenient by design: a false "yes"
     only keeps a proposal to be scored."""
-    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text.replace("’", "'")):
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", _QUOTED.sub(" ", text.replace("’", "'"))):
         if sentence.rstrip(" \"'`*").endswith("?") or _FIRST_PERSON.match(sentence):
             continue  # a question, or the proposer speaking as itself ("I can help you ...")
         # A remark on the module, the program or the instruction itself: its first clause tells the
@@ -235,9 +242,12 @@ def about_the_prompt(sentence: str) -> bool:
     words before its first auxiliary verb) names the module, the program, the instruction, a field or
     the prompt ("The role of each module is to:", "This instruction is designed to ..."), and it neither
     addresses the model nor states a rule ("This instruction asks you to ...", "Each output field should
-    be on its own line" still count as instructions)."""
+    be on its own line" still count as instructions; "The previous instruction should be rephrased" is
+    the proposer talking about its own task, so of an instruction or a prompt only "you" counts)."""
     match = _ABOUT_THE_PROMPT.match(sentence.strip())
     if match is None or _ADDRESSED.search(sentence):
+        return False
+    if _RULE.search(sentence) and not match.group("noun").lower().startswith(("instruction", "prompt")):
         return False
     verb = _SUBJECT_ENDS.search(sentence.strip())
     return verb is None or verb.start() >= match.end()

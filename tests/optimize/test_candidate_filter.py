@@ -63,6 +63,13 @@ ABOUT_THE_PROMPT = (
     "instruction is designed to be taken literally and has a message to convey.",
     "1. The role of each module is to:\n2. Creating a new instance of the class\n3. Implementing the intent "
     "to the utterance\n4. Passing the intent to the next module",
+    # Its "should" is the proposer's task, not the model's; the "you" is inside a quote left open.
+    "The previous instruction should be rephrased to make the instruction more engaging and less critical. "
+    'For example, this can become: "Here is a simple example of a three-step process that can be used to '
+    "help you to improve your coding skills.",
+    # Only the quoted words, split at their commas, looked like clauses starting with a verb.
+    "Output: The dictionary returned from the function contains a single key-value pair named "
+    '"Intent,Intent".',
 )
 #: The same runs' other returned proposal: the proposer's labels after a one-letter label and an article.
 LETTERED_ECHO = (
@@ -177,6 +184,8 @@ def test_a_remark_on_the_module_program_or_instruction_is_no_instruction() -> No
         "The class label must be one of: play_music, get_weather.",
         "The answer to the program's question is to be one word.",
         "Those instructions are examples; answer the question.",
+        'Reply "yes" if the goal is stated, "no" otherwise.',
+        'Classify the utterance as one of: "play_music", "get_weather".',
     )
     _assert_dropped_and_kept(predictor, ABOUT_THE_PROMPT, kept)
 
