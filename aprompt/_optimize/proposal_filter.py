@@ -244,12 +244,13 @@ def about_the_prompt(sentence: str) -> bool:
     addresses the model nor states a rule ("This instruction asks you to ...", "Each output field should
     be on its own line" still count as instructions; "The previous instruction should be rephrased" is
     the proposer talking about its own task, so of an instruction or a prompt only "you" counts)."""
-    match = _ABOUT_THE_PROMPT.match(sentence.strip())
+    sentence = sentence.strip()
+    match = _ABOUT_THE_PROMPT.match(sentence)
     if match is None or _ADDRESSED.search(sentence):
         return False
     if _RULE.search(sentence) and not match.group("noun").lower().startswith(("instruction", "prompt")):
         return False
-    verb = _SUBJECT_ENDS.search(sentence.strip())
+    verb = _SUBJECT_ENDS.search(sentence)
     return verb is None or verb.start() >= match.end()
 
 
@@ -264,16 +265,18 @@ def _excerpt(text: str, limit: int = 80) -> str:
     return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")
 
 
-def _marker_pattern(labels: Iterable[str], *, line_start: bool) -> str:
+def _marker_pattern(labels: Iterable[str], *, line_start: bool, proposer: bool = True) -> str:
     names = "|".join(
         re.escape(label).replace(r"\ ", r"[ _]+") for label in sorted(set(labels), key=len, reverse=True)
     )
     if line_start:
-        # A label at the start of a line, maybe after a bullet, a quote mark or markdown emphasis.
-        # Also after a one-letter label and an article, as the embedded proposer writes them ("A: The
-        # module: classify").
+        # A label at the start of a line, maybe after a bullet, a quote mark or markdown emphasis; a
+        # proposer's own label also after a one-letter label and an article, as the embedded proposer
+        # writes them ("A: The module: classify"). A field label keeps to the line's start: "The
+        # answer: ..." may be prose.
+        prefix = r"(?:[a-z][ \t]*:[ \t]*)?(?:the[ \t]+)?" if proposer else ""
         return (
-            rf"(?im)^[ \t>]*(?:[-*+•][ \t]+)?(?:\#{{1,6}}[ \t]*)?(?:[a-z][ \t]*:[ \t]*)?(?:the[ \t]+)?"
+            rf"(?im)^[ \t>]*(?:[-*+•][ \t]+)?(?:\#{{1,6}}[ \t]*)?{prefix}"
             rf"[*_`\"']*(?P<label>{names})[*_`]*[ \t]*:[*_]*"
         )
     # Inside a line: the exact title-case label after a space or punctuation ("... Dataset Summary: ...").
@@ -289,7 +292,8 @@ def _cut_sections(text: str, labels: Sequence[str], removed: list[str]) -> str:
             continue
         # Field labels count at a line's start only: inside a sentence "the Answer:" may be prose.
         for line_start in (True,) if kind == "field label" else (True, False):
-            for match in re.finditer(_marker_pattern(names, line_start=line_start), text):
+            pattern = _marker_pattern(names, line_start=line_start, proposer=kind != "field label")
+            for match in re.finditer(pattern, text):
                 said = re.sub(r"[^a-z]", "", match.group("label").lower())
                 label = next(n for n in names if re.sub(r"[^a-z]", "", n.lower()) == said)
                 kinds.append((match.start(), match.end(), kind, label))
