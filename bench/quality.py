@@ -551,7 +551,7 @@ async def run_all(settings: Settings) -> list[Run]:
     runs = [r for r in runs if (r.task, r.method, r.seed) in done or r.method not in settings.methods]
     if runs:
         print(f"resuming: keeping {len(runs)} runs from the saved results", flush=True)
-    methods = [m for m in settings.methods if "dspy:" not in m or dspy_available()]
+    methods = [m for m in settings.methods if not needs_dspy(settings, m, done) or dspy_available()]
     skipped = sorted(set(settings.methods) - set(methods))
     if skipped:
         print(f"skipping {', '.join(skipped)}: dspy is not installed (pip install -e '.[bench]')")
@@ -571,6 +571,20 @@ async def run_all(settings: Settings) -> list[Run]:
                         print(describe(run), flush=True)
                         write_results(settings, runs, final=False)
     return runs
+
+
+def needs_dspy(settings: Settings, method: str, done: set[tuple[str, str, int | None]]) -> bool:
+    """Whether running ``method`` now takes DSPy: a DSPy method with runs left to do, or a method capped
+    at the calls of a DSPy method with runs left to do (kept runs, from ``--resume``, need nothing)."""
+
+    def left(name: str) -> bool:
+        seeds = (None,) if is_unoptimized(name) else settings.seeds
+        return any((task, name, seed) not in done for task in settings.tasks for seed in seeds)
+
+    own, cap = capped_parts(method)
+    return (own.startswith("dspy:") and left(own)) or (
+        cap is not None and cap.startswith("dspy:") and left(cap)
+    )
 
 
 def describe(run: Run) -> str:

@@ -308,6 +308,23 @@ def test_a_quality_method_may_be_capped_at_the_calls_of_another() -> None:
             quality.parse_args(["--methods", wrong])
 
 
+def test_a_method_capped_at_kept_dspy_runs_does_not_need_dspy() -> None:
+    quality = importlib.import_module("bench.quality")
+    capped = "aprompt:mipro@calls=dspy:miprov2"
+    settings = quality.parse_args(
+        ["--tasks", "intent", "--seeds", "1,2", "--methods", f"dspy:miprov2,{capped}"]
+    )
+    kept = {("intent", "dspy:miprov2", 1), ("intent", "dspy:miprov2", 2)}
+    assert not quality.needs_dspy(settings, capped, kept)
+    assert not quality.needs_dspy(settings, "dspy:miprov2", kept)
+    # one DSPy run left to do: both the DSPy method and the method capped at its calls need DSPy
+    assert quality.needs_dspy(settings, capped, kept - {("intent", "dspy:miprov2", 2)})
+    assert quality.needs_dspy(settings, "dspy:miprov2", kept - {("intent", "dspy:miprov2", 2)})
+    assert not quality.needs_dspy(settings, "aprompt:mipro", set())
+    assert quality.needs_dspy(settings, "dspy:unoptimized", set())
+    assert not quality.needs_dspy(settings, "dspy:unoptimized", {("intent", "dspy:unoptimized", None)})
+
+
 def test_the_quality_defaults_hold_200_test_examples_and_the_dspy_random_search() -> None:
     quality = importlib.import_module("bench.quality")
     settings = quality.parse_args([])
