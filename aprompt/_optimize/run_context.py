@@ -139,7 +139,11 @@ class RunContext:
         runs, what = self.first_trial_runs()
         try:
             self.meter, self.costs = meter_for(
-                self.limits, record, on_reserve=self._reserve, first_run_budget=(runs, what)
+                self.limits,
+                record,
+                on_reserve=self._reserve,
+                on_answers=self._record_answers,
+                first_run_budget=(runs, what),
             )
         except (KeyError, TypeError, ValueError) as exc:
             assert self.journal is not None
@@ -308,11 +312,20 @@ class RunContext:
         if self.journal is not None:
             self.journal.append(SPENT_KIND, spent_record(meter, self.costs, requests=meter.reserved))
 
+    def _record_answers(self, meter: RequestMeter) -> None:
+        # Under a token or cost limit, the tokens of answers to steps still running are journaled too:
+        # after a crash a resumed run misses fewer than a chunk of answers, not a whole step's. The
+        # requests recorded never fall below the durable reservation.
+        if self.journal is not None:
+            requests = max(meter.reserved, meter.usage.requests)
+            self.journal.append(SPENT_KIND, spent_record(meter, self.costs, requests=requests))
+
     def checkpoint(self) -> None:
         """Journal what the run has spent so far (a resumed run continues from it)."""
         if self.journal is not None:
             self.journal.append(SPENT_KIND, spent_record(self.meter, self.costs))
             self.meter.reserved = self.meter.usage.requests
+            self.meter.mark_recorded()
 
     async def run_strategy(self, strategy: Strategy) -> tuple[Candidates, SearchOutcome]:
         """Run ``strategy`` on this context under the run's meter; when a limit refuses a step or a

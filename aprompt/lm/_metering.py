@@ -59,6 +59,9 @@ __all__ = [
     "metering",
 ]
 
+#: Answers whose tokens a run may hold unrecorded under a token or cost limit (``on_answers``).
+ANSWERS_CHUNK = 16
+
 _METER: contextvars.ContextVar[RequestMeter | None] = contextvars.ContextVar("aprompt_meter", default=None)
 # Counters of the steps being measured in this context (see measuring()).
 _SCOPES: contextvars.ContextVar[tuple[UsageCounter, ...]] = contextvars.ContextVar(
@@ -114,6 +117,10 @@ class RequestMeter:
         on_reserve: called with the meter before admitting a request beyond the last reservation, so the
             caller can make the reservation durable (a run journals it): a crash then never forgets a
             request that may have been sent. Reservations are ``reserve_chunk`` requests ahead.
+        on_answers: called with the meter once ``answers_chunk`` answers have settled since the meter
+            last handed its counts to a callback (or since :meth:`mark_recorded`), so the caller can make
+            the tokens and cost spent durable (a run journals them): after a crash, fewer than
+            ``answers_chunk`` answers are missing from the record.
         first_run_budget: ``(runs, what)``: the first program run must cost at most
             ``max_requests / runs`` requests, else the limit cannot pay for ``what`` (see
             :meth:`observe_unit`).
@@ -131,7 +138,9 @@ class RequestMeter:
         spent_cost: float = 0.0,
         spent_seconds: float = 0.0,
         on_reserve: Callable[[RequestMeter], None] | None = None,
+        on_answers: Callable[[RequestMeter], None] | None = None,
         reserve_chunk: int = 16,
+        answers_chunk: int = ANSWERS_CHUNK,
         first_run_budget: tuple[int, str] | None = None,
     ) -> None:
         self.max_requests = max_requests
@@ -144,7 +153,11 @@ class RequestMeter:
         self._spent_seconds = spent_seconds
         self._started = time.monotonic()
         self._on_reserve = on_reserve
+        self._on_answers = on_answers
+        # Answers settled since the meter's counts were last handed to a callback or recorded.
+        self._unrecorded_answers = 0
         self._chunk = max(1, reserve_chunk)
+        self._answers_chunk = max(1, answers_chunk)
         self.reserved = self._counter.requests
         self.first_run_budget = first_run_budget
         self._first: _FirstRun | None = None
@@ -225,6 +238,7 @@ class RequestMeter:
             ahead = self._counter.requests + self._chunk
             self.reserved = ahead if self.max_requests is None else min(self.max_requests, ahead)
             self._on_reserve(self)
+            self._unrecorded_answers = 0  # the reservation's record carries the tokens settled so far
         self._add("requests", 1)
         if retry:
             self._add("retries", 1)
@@ -267,6 +281,15 @@ class RequestMeter:
         price = self.prices.get(model)
         if price is not None:
             self.cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6
+        self._unrecorded_answers += 1
+        if self._on_answers is not None and self._unrecorded_answers >= self._answers_chunk:
+            self._unrecorded_answers = 0
+            self._on_answers(self)
+
+    def mark_recorded(self) -> None:
+        """Say that the caller has made everything counted so far durable (``on_answers`` counts its
+        chunk of answers from here)."""
+        self._unrecorded_answers = 0
 
     def note_failure(self, error: BaseException) -> None:
         """Count a failed request (a 429 is counted as such)."""

@@ -92,7 +92,8 @@ class Limits:
     the remaining budget cannot pay for is not started; a request past a spent limit is refused, and
     the step it belonged to is abandoned. ``max_lm_calls`` is never exceeded; tokens and cost may pass
     their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
-    flight are cancelled.
+    flight are cancelled. After a crash or a kill, a resumed run may also pass ``max_tokens`` or
+    ``max_cost`` by what fewer than 16 answers (journaled every 16) and the requests then in flight cost.
 
     Raises:
         ConfigError: a limit that is not a non-negative number (a whole one for ``max_lm_calls`` and
@@ -200,6 +201,7 @@ def meter_for(
     record: Mapping[str, Any] | None,
     *,
     on_reserve: Callable[[RequestMeter], None] | None = None,
+    on_answers: Callable[[RequestMeter], None] | None = None,
     first_run_budget: tuple[int, str] | None = None,
 ) -> tuple[RequestMeter, RunCosts]:
     """The meter of a run with ``limits`` that has already spent what ``record`` (the journal's last
@@ -220,6 +222,8 @@ def meter_for(
         spent_cost=float(record["cost"]) if record is not None else 0.0,
         spent_seconds=float(record["seconds"]) if record is not None else 0.0,
         on_reserve=on_reserve if limits.max_lm_calls is not None else None,
+        # Tokens and cost are known only from answers: a token or cost limit records them as they come.
+        on_answers=on_answers if limits.max_tokens is not None or limits.max_cost is not None else None,
         reserve_chunk=chunk,
         first_run_budget=first_run_budget if costs.runs == 0 else None,
     )

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,11 @@ import pytest
 
 import aprompt
 from aprompt import Completion, Message, OpenAICompatibleLM, RunLimitError, TokenUsage
+from aprompt.lm._metering import ANSWERS_CHUNK
 from aprompt.lm.retry import RetryPolicy
+from aprompt.run._limits import SPENT_KIND
+from aprompt.run.journal import JOURNAL_FILE, RunJournal
+from aprompt.testing._wire import estimate_tokens
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, answers, exact_match, qa_examples
@@ -389,3 +394,66 @@ async def test_a_token_limit_on_an_lm_that_reports_no_usage_is_a_config_error(li
             await qa_run(UncountedLM(server.base_url, http), limits=limits)
         # Refused as soon as the first answers show it: the requests then in flight, not the run's 204.
         assert len(server.chat_requests) <= 3 * CAP
+
+
+class JournalWatch:
+    """A responder that, as each request arrives, compares the tokens of the answers sent so far with the
+    tokens of the run journal's latest ``spent`` record: what a kill at that moment would leave unrecorded."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.answered: list[int] = []  # tokens of each answer sent, in order
+        self.gaps: list[tuple[int, int]] = []  # (answers sent, tokens sent but not recorded)
+
+    def __call__(self, request: ChatRequest) -> str:
+        if (self.run_dir / JOURNAL_FILE).exists():
+            with closing(RunJournal.open(self.run_dir)) as journal:
+                record = journal.latest(SPENT_KIND)
+            recorded = (
+                0
+                if record is None
+                else record["usage"]["prompt_tokens"] + record["usage"]["completion_tokens"]
+            )
+            self.gaps.append((len(self.answered), sum(self.answered) - recorded))
+        text = responder(request)
+        self.answered.append(estimate_tokens(request.prompt_text) + estimate_tokens(text))
+        return text
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [aprompt.Limits(max_tokens=10**9), aprompt.Limits(max_cost=1e6, prices={"fake-model": (1.0, 1.0)})],
+)
+async def test_under_a_token_or_cost_limit_a_kill_leaves_fewer_than_a_chunk_of_answers_unrecorded(
+    tmp_path: Path, limits: aprompt.Limits
+) -> None:
+    run_dir = tmp_path / "run"
+    watch = JournalWatch(run_dir)
+    async with FakeOpenAIServer(responder=watch, api_key=TEST_API_KEY) as server, client(server) as lm:
+        # 80 validation examples: a step (the baseline's evaluation, a race's rung) answers up to 80 calls.
+        result = await aprompt.optimize(
+            QAProgram(),
+            qa_examples(0, 24),
+            exact_match,
+            valset=qa_examples(100, 180),
+            lm=lm,
+            budget={**BUDGET, "val_size": 80},
+            seed=1,
+            concurrency=CAP,
+            run_dir=run_dir,
+            limits=limits,
+        )
+
+    # What a kill would leave unrecorded: fewer than a chunk of settled answers, plus the answers in
+    # flight (sent by the server, not yet settled by the client: at most CAP), so never more tokens than
+    # the last ANSWERS_CHUNK - 1 + CAP answers sent. Before, a whole step's answers (76 here).
+    bound = ANSWERS_CHUNK - 1 + CAP
+    over = [(sent, gap) for sent, gap in watch.gaps if gap > sum(watch.answered[max(0, sent - bound) : sent])]
+    assert not over, over[:3]
+    assert len(watch.gaps) > 400
+    with closing(RunJournal.open(run_dir)) as journal:
+        record = journal.latest(SPENT_KIND)
+    assert (
+        record["usage"]["prompt_tokens"] + record["usage"]["completion_tokens"] == result.usage.total_tokens
+    )
+    assert result.usage.total_tokens == sum(watch.answered)
