@@ -354,13 +354,13 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
         seconds=time.monotonic() - started,
         seed=seed,
         failures=dict(ctx.failures),
-        stopped_by=ctx.stopped_by,
+        stopped_by=ctx.stopped_by or ctx.cut_short_by,
         spent=ctx.spent(),
         pick=outcome.pick,
         examples=examples,
     )
-    if ctx.stopped_by is not None:
-        logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(ctx.stopped_by), result.spent)
+    if result.stopped_by is not None:
+        logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(result.stopped_by), result.spent)
     if ctx.journal is not None:
         pick = attrs.asdict(result.pick) if result.pick is not None else None
         ctx.journal.append(

@@ -27,7 +27,8 @@ runs*, not in whole full evaluations:
   race of one is a full evaluation of the combination ranked first, and mini-batches of 12 examples
   often rank the best one seen lower; the same runs spent later race several and keep the best (light
   plan, simulated world: ``bench/results/regret.md``). Under a limit the run may stop first, so each point
-  spends what it has: at least the one full evaluation the plain schedule gives. At the end, the rest of
+  spends what it has: at least the one full evaluation the plain schedule gives, and no more than the
+  budget pays for (see :mod:`aprompt._optimize.trial_window`). At the end, the rest of
   the plan goes to races (the pick's untested challengers first while the baseline is kept) until no
   entrant can be completed.
 - **Trials stopped early.** A mini-batch runs in two stages, its first 40 % and then the rest; after the
@@ -278,8 +279,13 @@ _ROUNDING_MARGIN = 1e-9
 
 async def final_races(loop: SearchLoop, left: int) -> None:
     """Races on what the plan has ``left`` (at least one full evaluation's worth, as without racing),
-    until no entrant can be completed."""
+    until no entrant can be completed; under a limit, on no more than the rest of the budget pays for
+    (journaled: a resumed run races the same)."""
     allowance = max(left, len(loop.valset))
+    if loop.admit_trial is not None:  # under a limit that can refuse steps
+        allowance = loop.decided(
+            f"final race runs:{loop.races_started}", partial(within_budget, loop, allowance)
+        )
     while allowance > 0:
         if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
             return
@@ -291,6 +297,12 @@ async def final_races(loop: SearchLoop, left: int) -> None:
         if spent == 0 and len(loop.full_evals) + len(loop.raced_out) == settled:
             return  # no entrant was affordable
         allowance -= spent
+
+
+def within_budget(loop: SearchLoop, runs: int, keep: int = 0) -> int:
+    """``runs``, or fewer: the program runs the rest of the run's budget pays for, less ``keep``."""
+    affordable = loop.runs_affordable()
+    return runs if affordable is None else max(0, min(runs, affordable - keep))
 
 
 def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.result import PhaseUsage
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
-from aprompt.lm._metering import LimitReached, RequestMeter, measuring, metering
+from aprompt.lm._metering import BudgetKept, LimitReached, RequestMeter, measuring, metering
 from aprompt.lm.types import LM
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
 from aprompt.program.predictor import Predict
@@ -58,6 +59,8 @@ BASELINE_KIND = "baseline_eval"
 _SCORING_STEPS = frozenset({"trial", "full_eval", "race", BASELINE_KIND, "reference_eval"})
 #: Journal kind of a step a limit refused (see ``RunContext._journal_refusal``).
 REFUSAL_KIND = "refused"
+#: Journal kind of a decision that depends on what the run has spent so far (``RunContext.decided``).
+DECISION_KIND = "decided"
 
 T = TypeVar("T")
 
@@ -116,6 +119,9 @@ class RunContext:
     journal: RunJournal | None = None
     limits: RunLimits = attrs.field(factory=RunLimits)
     stopped_by: str | None = None
+    #: The limit that ended the search's trials early, to keep what its last evaluation needs
+    #: (:class:`~aprompt.lm._metering.BudgetKept`): the run then finishes, but short of its plan.
+    cut_short_by: str | None = None
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY
     phases: list[PhaseUsage] = attrs.field(factory=list)
     dropped: list[tuple[str, int, str]] = attrs.field(factory=list)
@@ -199,6 +205,7 @@ class RunContext:
         *,
         calls: bool = False,
         ahead: tuple[int, int] = (0, 0),
+        keep: int = 0,
     ) -> None:
         """Refuse a step the remaining budget cannot pay for, by raising
         :class:`~aprompt.lm._metering.LimitReached`.
@@ -215,6 +222,9 @@ class RunContext:
             ahead: ``(program runs, LM calls)`` of steps not admitted yet that must keep their budget: a
                 step started early (the hand-written prompt's evaluation, beside the proposals) is admitted
                 only when the budget pays for these too.
+            keep: program runs a later step needs (the search's last evaluation): a step the budget pays
+                for, but not with these too, is refused with :class:`BudgetKept`, which does not stop the
+                run (``cut_short_by`` names the limit).
         """
         todo_parts = [
             (kind, key, size)
@@ -224,7 +234,12 @@ class RunContext:
         todo = sum(size for _, _, size in todo_parts)
         if todo == 0:
             return
-        refused = self._refused_before(todo_parts)
+        refused, kept = self._refused_before(todo_parts)
+        if refused is not None and kept:
+            self.cut_short_by = self.cut_short_by or refused
+            raise BudgetKept(
+                refused, f"{self.meter.describe(refused)}: {what} not started, as when this run stopped"
+            )
         if refused is not None:
             self.stopped_by = self.stopped_by or refused
             raise LimitReached(
@@ -241,6 +256,19 @@ class RunContext:
         others = [c.outstanding() for c in self._commitments.values()]
         estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
         limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]))
+        if limit is None and keep > 0:
+            kept_for = step_estimate(self.meter, self.costs, runs=keep, calls=0)
+            short = unaffordable(
+                self.meter, (estimate[0] + kept_for[0], estimate[1] + kept_for[1], estimate[2] + kept_for[2])
+            )
+            if short is not None:
+                self.cut_short_by = self.cut_short_by or short
+                self._journal_refusal(todo_parts, short, kept=True)
+                raise BudgetKept(
+                    short,
+                    f"{self.meter.describe(short)}: {what} not started, to keep about {kept_for[0]:.0f} LM "
+                    "calls for the search's last evaluation",
+                )
         if limit is None:
             for kind, key, size in todo_parts:
                 share = size / todo
@@ -280,7 +308,54 @@ class RunContext:
             "max_cost": self.limits.max_cost,
         }.get(name)
 
-    def _journal_refusal(self, parts: Sequence[tuple[str, str, int]], limit: str) -> None:
+    def runs_affordable(self) -> int | None:
+        """Program runs the rest of the budget pays for (at the measured cost per run), after what the
+        admitted steps in flight are still expected to spend; ``None`` without a limit on calls, tokens or
+        cost."""
+        ratio = self._fresh_run_ratio()
+        per_run = tuple(cost * ratio for cost in step_estimate(self.meter, self.costs, runs=1, calls=0))
+        used = self.meter.usage
+        spent = (used.requests, used.total_tokens, self.meter.cost)
+        limits = (self.meter.max_requests, self.meter.max_tokens, self.meter.max_cost)
+        others = [c.outstanding() for c in self._commitments.values()]
+        runs: int | None = None
+        for i, limit in enumerate(limits):
+            if limit is None:
+                continue
+            left = limit - spent[i] - sum(o[i] for o in others)
+            here = max(0, math.floor(left / per_run[i])) if per_run[i] > 0 else None
+            if here is not None:
+                runs = here if runs is None else min(runs, here)
+        return runs
+
+    def admit_trial(self, what: str, parts: Sequence[tuple[str, str, int]]) -> None:
+        """:meth:`admit_step` for a trial under a limit: it keeps one full evaluation's program runs (at
+        the cost of runs no cache answers) for the search's last evaluation."""
+        keep = math.ceil(len(self.valset) * self._fresh_run_ratio())
+        self.admit_step(what, parts, keep=keep)
+
+    def _fresh_run_ratio(self) -> float:
+        """How much more a program run of a new combination costs than the run's mean so far: the mean
+        counts cache hits (a stage whose prompt another combination shares), a new combination's run
+        sends a request per predictor."""
+        per_run = self.costs.calls_per_run
+        return max(1.0, len(self.predictors) / per_run) if per_run else 1.0
+
+    def decided(self, key: str, compute: Callable[[], int]) -> int:
+        """``compute()``, journaled under ``key``: a decision that depends on what the run has spent so
+        far (timing), made once, so a resumed run replays it."""
+        if self.journal is not None:
+            found = self.journal.latest(DECISION_KIND, key)
+            if isinstance(found, int):
+                return found
+        value = compute()
+        if self.journal is not None:
+            self.journal.append(DECISION_KIND, value, key=key)
+        return value
+
+    def _journal_refusal(
+        self, parts: Sequence[tuple[str, str, int]], limit: str, *, kept: bool = False
+    ) -> None:
         """Journal that ``limit`` refused the step of ``parts``. Steps overlap, so whether a step is
         affordable depends on how far the steps beside it had got; a resumed run under the same limit
         must nevertheless stop at the same step and send nothing more, so it reads this record."""
@@ -288,21 +363,23 @@ class RunContext:
         if self.journal is None or value is None:
             return
         kind, key, _ = parts[0]
-        self.journal.append(REFUSAL_KIND, {"limit": limit, "value": value}, key=f"{kind}:{key}")
+        record = {"limit": limit, "value": value, **({"kept": True} if kept else {})}
+        self.journal.append(REFUSAL_KIND, record, key=f"{kind}:{key}")
 
-    def _refused_before(self, parts: Sequence[tuple[str, str, int]]) -> str | None:
-        """The limit that refused this step when the run was stopped, if it is not higher now."""
+    def _refused_before(self, parts: Sequence[tuple[str, str, int]]) -> tuple[str | None, bool]:
+        """The limit that refused this step when the run was stopped, if it is not higher now, and
+        whether the refusal kept the budget for a later step (:class:`BudgetKept`)."""
         if self.journal is None:
-            return None
+            return None, False
         kind, key, _ = parts[0]
         found = self.journal.latest(REFUSAL_KIND, f"{kind}:{key}")
         if not isinstance(found, dict):
-            return None
+            return None, False
         limit, value = found.get("limit"), found.get("value")
         now = self._limit_value(str(limit))
         if now is None or not isinstance(value, int | float) or now > value:
-            return None
-        return str(limit)
+            return None, False
+        return str(limit), found.get("kept") is True
 
     def _journaled(self, kind: str, key: str) -> bool:
         return self.journal is not None and self.journal.latest(kind, key) is not None

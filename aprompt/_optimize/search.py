@@ -173,6 +173,19 @@ class SearchLoop:
     admit_step: Callable[[str, Sequence[tuple[str, str, int]]], None] = attrs.field(
         default=lambda what, parts: None, kw_only=True
     )
+    #: Under a limit that can refuse steps: admits a trial only while the budget also keeps
+    #: ``finish_runs`` program runs for the search's last evaluation, else refuses it with
+    #: :class:`~aprompt.lm._metering.BudgetKept` (the trials end, the last evaluation runs); ``None``:
+    #: trials are admitted by ``admit_step``.
+    admit_trial: Callable[[str, Sequence[tuple[str, str, int]]], None] | None = attrs.field(
+        default=None, kw_only=True
+    )
+    #: Program runs the rest of the run's budget pays for (``None``: no limit says).
+    runs_affordable: Callable[[], int | None] = attrs.field(default=lambda: None, kw_only=True)
+    #: A decision that depends on the budget spent so far, journaled (``RunContext.decided``).
+    decided: Callable[[str, Callable[[], int]], int] = attrs.field(
+        default=lambda key, compute: compute(), kw_only=True
+    )
     pooled: bool = attrs.field(default=True, kw_only=True)
     # Outage handling: steps are completed across outages; own LM failures are reported in `failures`.
     outage: OutageGuard = attrs.field(kw_only=True)
@@ -302,7 +315,8 @@ class SearchLoop:
         planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
         if self.racing:
             n = len(self.valset)
-            await final_races(self, planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent)
+            left = planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent
+            await final_races(self, left)
             return
         for _ in range(max(1, planned - len(self.full_evals))):
             if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():

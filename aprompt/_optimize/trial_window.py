@@ -18,11 +18,16 @@ counting what the admitted steps beside it are still expected to spend, and a jo
 refusal is journaled, so a run stopped by a limit and resumed under the same limit replays what it did and
 stops at the same step. Once a limit refuses a trial, or a step of the evaluation beside (from its join
 on), no trial starts any more, those running are completed and recorded, and the search returns the best
-found.
+found. Under a limit on calls, tokens or cost a trial is also refused, with
+:class:`~aprompt.lm._metering.BudgetKept`, once the budget would no longer keep one full evaluation's runs
+beside it: the trials end there and the search goes on to its last race, which gets the rest of the budget
+(``RunContext.admit_trial``); a periodic race takes no more than the budget pays for beside the window's
+trials and that reserve. Both amounts are journaled (``RunContext.decided``), so a resume replays them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -33,15 +38,23 @@ import attrs
 
 from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.pooling import thompson_choice
-from aprompt._optimize.racing import MAX_ENTRANTS, MIN_PERIODIC_RACERS, racers_affordable, run_race
+from aprompt._optimize.racing import (
+    MAX_ENTRANTS,
+    MIN_PERIODIC_RACERS,
+    racers_affordable,
+    run_race,
+    within_budget,
+)
 from aprompt._optimize.search_records import Trial
 from aprompt._optimize.search_steps import journaled_trial
 from aprompt._taskgroups import plain_errors_task_group
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._metering import BudgetKept, LimitReached
 from aprompt.tpe import Categorical, TPESampler
 
 if TYPE_CHECKING:
     from aprompt._optimize.search import SearchLoop
+
+logger = logging.getLogger("aprompt")
 
 #: Seeds the draws of the model's trials apart from the TPE's own (``[seed, number]``).
 MODEL_TRIAL_STREAM = 1
@@ -187,7 +200,13 @@ class TrialWindow:
         # refuses the same trial (the refusal is journaled, a journaled trial is free).
         try:
             size = min(loop.minibatch_size, len(loop.valset))
-            loop.admit_step(f"trial {number}", [("trial", str(number), size)])
+            admit = loop.admit_trial or loop.admit_step
+            admit(f"trial {number}", [("trial", str(number), size)])
+        except BudgetKept as kept:
+            # The rest of the budget goes to the search's last evaluation: trials end, the run goes on.
+            logger.info("aprompt: %s", kept)
+            self.stopping = True
+            return False
         except LimitReached as refusal:
             self.stopping, self.refusal = True, refusal
             return False
@@ -265,6 +284,13 @@ class TrialWindow:
             plan = (1 + self.points) * n + len(loop.trials) * min(loop.minibatch_size, n)
             entrants = loop.ranked_untested(MAX_ENTRANTS)
             allowance = max(0, plan - loop.spent)
+            if loop.admit_trial is not None and allowance > 0:
+                # Under a limit, no more than the budget pays for beside the window's trials and the
+                # runs the trials keep for the last evaluation (journaled: a resumed run races the same).
+                keep = loop.parallel_trials * min(loop.minibatch_size, n) + n
+                allowance = loop.decided(
+                    f"periodic race runs:{point}", partial(within_budget, loop, allowance, keep)
+                )
             if entrants and not _waits(loop, entrants, allowance):
                 step = partial(run_race, entrants=entrants, allowance=allowance)
         # The fork's steps are admitted one by one with the trials that may run beside them (a journaled

@@ -50,6 +50,7 @@ from aprompt.lm.types import LM, Completion, Message, TokenUsage
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
 
 __all__ = [
+    "BudgetKept",
     "LimitReached",
     "RequestMeter",
     "admit_request",
@@ -88,6 +89,11 @@ class LimitReached(BaseException):
         super().__init__(message)
         self.limit = limit
         self.unaffordable = unaffordable
+
+
+class BudgetKept(LimitReached):
+    """A step refused to keep what a later step needs (a search's last evaluation, see
+    ``RunContext.admit_step``'s ``keep``): the run goes on to that step instead of stopping."""
 
 
 @attrs.define

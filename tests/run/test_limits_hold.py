@@ -457,3 +457,55 @@ async def test_under_a_token_or_cost_limit_a_kill_leaves_fewer_than_a_chunk_of_a
         record["usage"]["prompt_tokens"] + record["usage"]["completion_tokens"] == result.usage.total_tokens
     )
     assert result.usage.total_tokens == sum(watch.answered)
+
+
+#: The world's search, small: an unlimited run sends about 1,040 requests (see the test below).
+WORLD_BUDGET = {
+    "n_candidates": 4,
+    "val_size": 40,
+    "minibatch_size": 8,
+    "n_trials": 30,
+    "full_eval_every": 10,
+    "parallel_trials": 2,
+}
+
+
+async def world_run(
+    lm: aprompt.LM, seed: int, limits: aprompt.Limits | None = None
+) -> aprompt.OptimizeResult:
+    return await aprompt.optimize(
+        TwoStageProgram(),
+        examples(0, 40),
+        metric,
+        valset=examples(200, 240),
+        lm=lm,
+        budget=WORLD_BUDGET,
+        seed=seed,
+        concurrency=CAP,
+        limits=limits,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_a_call_limit_below_the_plan_keeps_what_the_last_evaluation_needs(seed: int) -> None:
+    # Without a limit the run's trials and evaluations take what the plan gives them.
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, client(server) as lm:
+        unlimited = await world_run(lm, seed)
+        planned = len(server.chat_requests)
+    limit = planned * 6 // 10
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, client(server) as lm:
+        result = await world_run(lm, seed, aprompt.Limits(max_lm_calls=limit))
+        received = len(server.chat_requests)
+
+    assert received <= limit
+    assert result.stopped_by == "max_lm_calls"
+    assert len(result.trials) < len(unlimited.trials)
+    # The trials ended while the budget still paid for a full evaluation of a searched combination
+    # (besides the baseline's and the hand-written prompt's): the pick weighs it, not mini-batches alone.
+    # Before, the trials spent the budget and the run returned the unoptimized program.
+    baseline, hand_written, *searched = result.full_evals
+    assert all(v == 0 for v in baseline.choice.values())
+    assert hand_written.choice == {**baseline.choice, "answer.demos": hand_written.choice["answer.demos"]}
+    assert searched, [dict(f.choice) for f in result.full_evals]
+    trials = f"{len(result.trials)} of {len(unlimited.trials)} trials"
+    print(f"\nseed {seed}: {trials}, {received} of {planned} requests")

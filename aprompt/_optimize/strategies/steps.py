@@ -436,6 +436,11 @@ def search_loop(
         outage=OutageGuard.for_program(ctx.predictors, ctx.lm, ctx.outage),
         failures=ctx.failures,
         admit_step=ctx.admit_step,
+        # Under a limit, the trials keep one full evaluation's runs for the search's last evaluation, so
+        # a budget smaller than the plan still ends in a program the evidence chose.
+        admit_trial=None if nothing_refuses(ctx) else ctx.admit_trial,
+        runs_affordable=ctx.runs_affordable,
+        decided=ctx.decided,
         prefetched=early.prefetched if early is not None else None,
         # Runs started ahead must be the run's own: nothing may refuse or stop a step (no limit on calls,
         # tokens, cost or time).
