@@ -31,6 +31,7 @@ calls the same way.
     .venv/bin/python -m bench.regret --runs 50        # more runs, tighter means
     .venv/bin/python -m bench.regret --world no_gain  # where nothing helps (tests/optimize/no_gain_world.py)
     .venv/bin/python -m bench.regret --quick          # 2 tiny runs, seconds; prints only
+    .venv/bin/python -m bench.regret --budgets light --max-lm-calls 1900   # under a limit below the plan
     .venv/bin/python -m bench.regret --seeds 0:100 --workers 2 --paired-with bench/results/other.json
                                                       # seeds 0..99 in 2 processes; the change against
                                                       # another run's json, paired by budget and seed
@@ -50,6 +51,7 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,7 @@ async def one_run(
     seed: int,
     world: str = "world",
     strategy: str = "mipro",
+    max_lm_calls: int | None = None,
 ) -> Run:
     lm = WorldLM(WORLDS[world]())
     val_size = (
@@ -174,6 +177,7 @@ async def one_run(
         budget=budget,
         seed=seed,
         strategy=strategy,
+        limits=aprompt.Limits(max_lm_calls=max_lm_calls) if max_lm_calls is not None else None,
     )
     seconds = time.monotonic() - started
     candidates = result.candidates
@@ -402,9 +406,11 @@ def _print_run(run: Run) -> None:
     )
 
 
-def _one_run_sync(name: str, seed: int, world: str, strategy: str, racing: bool) -> Run:
+def _one_run_sync(
+    name: str, seed: int, world: str, strategy: str, racing: bool, max_lm_calls: int | None = None
+) -> Run:
     logging.getLogger("aprompt").setLevel(logging.WARNING)
-    return anyio.run(one_run, name, _budget_of(name, racing), seed, world, strategy)
+    return anyio.run(one_run, name, _budget_of(name, racing), seed, world, strategy, max_lm_calls)
 
 
 async def run_all(
@@ -413,11 +419,12 @@ async def run_all(
     world: str,
     strategy: str = "mipro",
     racing: bool = True,
+    max_lm_calls: int | None = None,
 ) -> list[Run]:
     runs = []
     for name in budgets:
         for seed in seeds:
-            run = await one_run(name, _budget_of(name, racing), seed, world, strategy)
+            run = await one_run(name, _budget_of(name, racing), seed, world, strategy, max_lm_calls)
             _print_run(run)
             runs.append(run)
     return runs
@@ -458,12 +465,19 @@ def _dspy_python(requested: str | None) -> str | None:
 
 
 def run_parallel(
-    budgets: Sequence[str], seeds: Sequence[int], world: str, strategy: str, racing: bool, workers: int
+    budgets: Sequence[str],
+    seeds: Sequence[int],
+    world: str,
+    strategy: str,
+    racing: bool,
+    workers: int,
+    max_lm_calls: int | None = None,
 ) -> list[Run]:
     """The runs of :func:`run_all` in ``workers`` processes (each run is a pure function of its seed)."""
     jobs = [(name, seed) for name in budgets for seed in seeds]
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        futures = [pool.submit(_one_run_sync, name, seed, world, strategy, racing) for name, seed in jobs]
+        job = partial(_one_run_sync, world=world, strategy=strategy, racing=racing, max_lm_calls=max_lm_calls)
+        futures = [pool.submit(job, name, seed) for name, seed in jobs]
         for future in concurrent.futures.as_completed(futures):
             _print_run(future.result())
         return [future.result() for future in futures]
@@ -527,6 +541,12 @@ def _main(argv: list[str] | None) -> list[Run]:
     parser.add_argument("--name", default="regret_latest", help="file name stem of the results")
     parser.add_argument("--strategy", default="mipro", help="the aprompt strategy run (default mipro)")
     parser.add_argument(
+        "--max-lm-calls",
+        type=int,
+        default=None,
+        help="run aprompt under aprompt.Limits(max_lm_calls=N): a budget smaller than the plan",
+    )
+    parser.add_argument(
         "--no-racing", action="store_true", help="Budget.racing=False: one full evaluation per period"
     )
     parser.add_argument(
@@ -566,9 +586,10 @@ def _main(argv: list[str] | None) -> list[Run]:
     racing = not args.no_racing
     runs: list[Run] = []
     if "aprompt" in systems and args.workers > 1:
-        runs = run_parallel(budgets, seeds, args.world, args.strategy, racing, args.workers)
+        limit = args.max_lm_calls
+        runs = run_parallel(budgets, seeds, args.world, args.strategy, racing, args.workers, limit)
     elif "aprompt" in systems:
-        runs = anyio.run(run_all, budgets, seeds, args.world, args.strategy, racing)
+        runs = anyio.run(run_all, budgets, seeds, args.world, args.strategy, racing, args.max_lm_calls)
     dspy_runs: list[DSPyRun] = []
     if dspy_python is not None:
         dspy_runs = anyio.run(
