@@ -343,7 +343,10 @@ class RunContext:
 
     def decided(self, key: str, compute: Callable[[], int]) -> int:
         """``compute()``, journaled under ``key``: a decision that depends on what the run has spent so
-        far (timing), made once, so a resumed run replays it."""
+        far (timing), made once, so a resumed run replays it (under the same limits: a raised limit
+        decides again)."""
+        limits = self.limits
+        key = f"{key}@{limits.max_lm_calls},{limits.max_tokens},{limits.max_cost}"
         if self.journal is not None:
             found = self.journal.latest(DECISION_KIND, key)
             if isinstance(found, int):

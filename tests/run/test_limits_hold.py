@@ -471,7 +471,7 @@ WORLD_BUDGET = {
 
 
 async def world_run(
-    lm: aprompt.LM, seed: int, limits: aprompt.Limits | None = None
+    lm: aprompt.LM, seed: int, limits: aprompt.Limits | None = None, run_dir: Path | None = None
 ) -> aprompt.OptimizeResult:
     return await aprompt.optimize(
         TwoStageProgram(),
@@ -483,19 +483,25 @@ async def world_run(
         seed=seed,
         concurrency=CAP,
         limits=limits,
+        run_dir=run_dir,
     )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-async def test_a_call_limit_below_the_plan_keeps_what_the_last_evaluation_needs(seed: int) -> None:
+async def test_a_call_limit_below_the_plan_keeps_what_the_last_evaluation_needs(
+    seed: int, tmp_path: Path
+) -> None:
     # Without a limit the run's trials and evaluations take what the plan gives them.
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, client(server) as lm:
         unlimited = await world_run(lm, seed)
         planned = len(server.chat_requests)
     limit = planned * 6 // 10
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, client(server) as lm:
-        result = await world_run(lm, seed, aprompt.Limits(max_lm_calls=limit))
+        result = await world_run(lm, seed, aprompt.Limits(max_lm_calls=limit), tmp_path / "run")
         received = len(server.chat_requests)
+        # Called again under the same limit, the run replays its journal: the same program, no request.
+        again = await world_run(lm, seed, aprompt.Limits(max_lm_calls=limit), tmp_path / "run")
+        assert len(server.chat_requests) == received
 
     assert received <= limit
     assert result.stopped_by == "max_lm_calls"
@@ -507,5 +513,10 @@ async def test_a_call_limit_below_the_plan_keeps_what_the_last_evaluation_needs(
     assert all(v == 0 for v in baseline.choice.values())
     assert hand_written.choice == {**baseline.choice, "answer.demos": hand_written.choice["answer.demos"]}
     assert searched, [dict(f.choice) for f in result.full_evals]
+    assert (again.best_choice, again.score, again.stopped_by) == (
+        result.best_choice,
+        result.score,
+        result.stopped_by,
+    )
     trials = f"{len(result.trials)} of {len(unlimited.trials)} trials"
     print(f"\nseed {seed}: {trials}, {received} of {planned} requests")
