@@ -331,6 +331,7 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
     await ctx.emit(planned)
     with recording_outputs() as outputs, timing_requests() as requests:
         candidates, outcome = await ctx.run_strategy(strategy)
+        loop = ctx.search_loop
     examples = final_examples(ctx.valset, candidates, outcome, outputs, ctx.journal)
     if ctx.journal is not None and len(requests):  # a call answered from the cache keeps the last chart
         ctx.journal.append(IN_FLIGHT_KIND, requests.record())
@@ -354,7 +355,7 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
         seconds=time.monotonic() - started,
         seed=seed,
         failures=dict(ctx.failures),
-        stopped_by=ctx.stopped_by or ctx.cut_short_by,
+        stopped_by=ctx.stopped_by or ctx.cut_short_by or (loop.cut_short_by if loop is not None else None),
         spent=ctx.spent(),
         pick=outcome.pick,
         examples=examples,

@@ -87,6 +87,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aprompt")
 
+#: How much longer than the search's pace says the last evaluation may take, under ``max_time``.
+TIME_MARGIN = 1.5
+
 #: The rungs of a race before the whole validation set, as shares of it.
 RUNG_SHARES = (0.25, 0.5)
 #: The most combinations that enter one race.
@@ -286,6 +289,10 @@ async def final_races(loop: SearchLoop, left: int) -> None:
         allowance = loop.decided(
             f"final race runs:{loop.races_started}", partial(within_budget, loop, allowance)
         )
+    if loop.time_limited and loop.runs_per_second is not None:
+        allowance = loop.decided(
+            f"final race runs in time:{loop.races_started}", partial(within_time, loop, allowance)
+        )
     while allowance > 0:
         if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
             return
@@ -303,6 +310,16 @@ def within_budget(loop: SearchLoop, runs: int, keep: int = 0) -> int:
     """``runs``, or fewer: the program runs the rest of the run's budget pays for, less ``keep``."""
     affordable = loop.runs_affordable()
     return runs if affordable is None else max(0, min(runs, affordable - keep))
+
+
+def within_time(loop: SearchLoop, runs: int) -> int:
+    """``runs``, or fewer: the program runs the time left under ``max_time`` pays for at the search's
+    pace (with its margin), but at least one full evaluation's."""
+    pace = loop.runs_per_second
+    if pace is None:
+        return runs
+    fits = math.floor(loop.seconds_left() * pace / TIME_MARGIN)
+    return max(len(loop.valset), min(runs, fits))
 
 
 def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:

@@ -346,7 +346,7 @@ class RunContext:
         far (timing), made once, so a resumed run replays it (under the same limits: a raised limit
         decides again)."""
         limits = self.limits
-        key = f"{key}@{limits.max_lm_calls},{limits.max_tokens},{limits.max_cost}"
+        key = f"{key}@{limits.max_lm_calls},{limits.max_tokens},{limits.max_cost},{limits.max_time}"
         if self.journal is not None:
             found = self.journal.latest(DECISION_KIND, key)
             if isinstance(found, int):

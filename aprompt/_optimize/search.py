@@ -180,6 +180,14 @@ class SearchLoop:
     admit_trial: Callable[[str, Sequence[tuple[str, str, int]]], None] | None = attrs.field(
         default=None, kw_only=True
     )
+    #: Under ``max_time``: the seconds left (trials end when the pace says the last evaluation would not
+    #: fit, see :mod:`aprompt._optimize.trial_window`).
+    time_limited: bool = attrs.field(default=False, kw_only=True)
+    seconds_left: Callable[[], float] = attrs.field(default=lambda: math.inf, kw_only=True)
+    #: Program runs the trials scored per second so far (``None`` before any).
+    runs_per_second: float | None = attrs.field(default=None, kw_only=True)
+    #: ``"max_time"`` once the trials ended early to keep the time the last evaluation needs.
+    cut_short_by: str | None = attrs.field(default=None, init=False)
     #: Program runs the rest of the run's budget pays for (``None``: no limit says).
     runs_affordable: Callable[[], int | None] = attrs.field(default=lambda: None, kw_only=True)
     #: A decision that depends on the budget spent so far, journaled (``RunContext.decided``).

@@ -28,6 +28,7 @@ trials and that reserve. Both amounts are journaled (``RunContext.decided``), so
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ from aprompt._optimize.pooling import thompson_choice
 from aprompt._optimize.racing import (
     MAX_ENTRANTS,
     MIN_PERIODIC_RACERS,
+    TIME_MARGIN,
     racers_affordable,
     run_race,
     within_budget,
@@ -143,6 +145,10 @@ class TrialWindow:
     refusal: LimitReached | None = attrs.field(default=None, init=False)
     #: Periodic points passed with racing (the plan gives the evaluations a share of each).
     points: int = attrs.field(default=0, init=False)
+    #: When the first trial was asked, and the examples the trials told since have scored: the search's
+    #: pace, which tells how long the last evaluation will take under ``max_time``.
+    _started: float | None = attrs.field(default=None, init=False)
+    _examples_told: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.first = self.asked = self.told = len(self.loop.trials)
@@ -195,6 +201,16 @@ class TrialWindow:
         if loop.stopped is not None:
             self.stopping = True
             return False
+        if self._started is None:
+            self._started = time.monotonic()
+        if loop.time_limited and loop.decided(f"time kept:{number}", self._time_short):
+            # The rest of the time goes to the search's last evaluation: trials end, the run goes on.
+            logger.info(
+                "aprompt: max_time: trial %d not started, to keep the time the last evaluation needs", number
+            )
+            self.stopping = True
+            loop.cut_short_by = "max_time"
+            return False
         # The run's admission counts what the admitted steps beside it (the window's other trials, an
         # evaluation not yet joined) are still expected to spend; a resumed run under the same limit
         # refuses the same trial (the refusal is journaled, a journaled trial is free).
@@ -218,6 +234,17 @@ class TrialWindow:
         finished = self.finished[number] = anyio.Event()
         group.start_soon(self._run_trial, scope, finished, number, choice, loop.incumbent())
         return True
+
+    def _time_short(self) -> int:
+        """1 when the time left under ``max_time`` no longer pays, at the search's pace so far, for the
+        trials in flight and one full evaluation (with a margin), else 0; 0 before two trials are told."""
+        loop = self.loop
+        pace = loop.runs_per_second
+        if pace is None or self.told - self.first < 2:
+            return 0
+        batch = min(loop.minibatch_size, len(loop.valset))
+        needed = TIME_MARGIN * (len(loop.valset) + (self.asked - self.told) * batch) / pace
+        return int(loop.seconds_left() < needed)
 
     def _model_trial(self, number: int) -> dict[str, int] | None:
         """After the TPE's covering trials, trial ``number``'s combination drawn from the pooled model
@@ -262,7 +289,11 @@ class TrialWindow:
         else:
             sampler.tell(trial.number, trial.score)
         self.told += 1
-        await self.loop.record_trial(trial)
+        self._examples_told += len(trial.scores) + trial.n_unscored
+        loop = self.loop
+        if self._started is not None and self._examples_told:
+            loop.runs_per_second = self._examples_told / max(1e-6, time.monotonic() - self._started)
+        await loop.record_trial(trial)
 
     def _periodic_evaluation(self, group: anyio.abc.TaskGroup, point: int) -> _Evaluation | None:
         """Decide, from the evidence after ``point`` trials, the periodic evaluation there — a race

@@ -520,3 +520,35 @@ async def test_a_call_limit_below_the_plan_keeps_what_the_last_evaluation_needs(
     )
     trials = f"{len(result.trials)} of {len(unlimited.trials)} trials"
     print(f"\nseed {seed}: {trials}, {received} of {planned} requests")
+
+
+async def test_a_time_limit_below_the_runs_time_keeps_what_the_last_evaluation_needs() -> None:
+    async def timed(limits: aprompt.Limits | None) -> tuple[aprompt.OptimizeResult, float]:
+        async with (
+            FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY, latency=0.02) as server,
+            client(server, max_concurrency=16) as lm,
+        ):
+            started = time.monotonic()
+            result = await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 40),
+                metric,
+                valset=examples(200, 240),
+                lm=lm,
+                budget={**WORLD_BUDGET, "parallel_trials": None},
+                seed=1,
+                concurrency=16,
+                limits=limits,
+            )
+            return result, time.monotonic() - started
+
+    unlimited, seconds = await timed(None)
+    result, taken = await timed(aprompt.Limits(max_time=0.6 * seconds))
+
+    assert result.stopped_by == "max_time"
+    assert taken <= 0.6 * seconds + 1.0
+    assert len(result.trials) < len(unlimited.trials)
+    # The trials ended while the time left paid for a full evaluation of a searched combination, at the
+    # search's pace; before, the deadline cut the search off with only the baseline's and the
+    # hand-written prompt's (the run returned the unoptimized program).
+    assert len(result.full_evals) >= 3, [dict(f.choice) for f in result.full_evals]

@@ -440,6 +440,8 @@ def search_loop(
         # a budget smaller than the plan still ends in a program the evidence chose.
         admit_trial=None if nothing_refuses(ctx) else ctx.admit_trial,
         runs_affordable=ctx.runs_affordable,
+        time_limited=ctx.limits.max_time is not None,
+        seconds_left=ctx.meter.seconds_left,
         decided=ctx.decided,
         prefetched=early.prefetched if early is not None else None,
         # Runs started ahead must be the run's own: nothing may refuse or stop a step (no limit on calls,
