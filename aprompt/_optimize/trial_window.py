@@ -28,6 +28,7 @@ trials and that reserve. Both amounts are journaled (``RunContext.decided``), so
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -45,6 +46,7 @@ from aprompt._optimize.racing import (
     TIME_MARGIN,
     racers_affordable,
     run_race,
+    rung_sizes,
     within_budget,
 )
 from aprompt._optimize.search_records import Trial
@@ -149,6 +151,8 @@ class TrialWindow:
     #: pace, which tells how long the last evaluation will take under ``max_time``.
     _started: float | None = attrs.field(default=None, init=False)
     _examples_told: int = attrs.field(default=0, init=False)
+    #: Seconds each trial took from its start: a race's rungs each wait like a trial.
+    _trial_seconds: list[float] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.first = self.asked = self.told = len(self.loop.trials)
@@ -216,7 +220,9 @@ class TrialWindow:
         # refuses the same trial (the refusal is journaled, a journaled trial is free).
         try:
             size = min(loop.minibatch_size, len(loop.valset))
-            admit = loop.admit_trial or loop.admit_step
+            # The first trial runs whatever it leaves: a last evaluation needs a trial's evidence to
+            # choose what it evaluates.
+            admit = loop.admit_trial if loop.admit_trial is not None and number > 0 else loop.admit_step
             admit(f"trial {number}", [("trial", str(number), size)])
         except BudgetKept as kept:
             # The rest of the budget goes to the search's last evaluation: trials end, the run goes on.
@@ -236,14 +242,17 @@ class TrialWindow:
         return True
 
     def _time_short(self) -> int:
-        """1 when the time left under ``max_time`` no longer pays, at the search's pace so far, for the
-        trials in flight and one full evaluation (with a margin), else 0; 0 before two trials are told."""
+        """1 when the time left under ``max_time`` no longer pays for the trials in flight and a last race
+        of one racer (with a margin), else 0; 0 before two trials are told. The runs go at the search's
+        pace so far, and each of the race's rungs waits for its slowest run like a trial."""
         loop = self.loop
         pace = loop.runs_per_second
-        if pace is None or self.told - self.first < 2:
+        if pace is None or self.told - self.first < 2 or not self._trial_seconds:
             return 0
-        batch = min(loop.minibatch_size, len(loop.valset))
-        needed = TIME_MARGIN * (len(loop.valset) + (self.asked - self.told) * batch) / pace
+        n = len(loop.valset)
+        batch = min(loop.minibatch_size, n)
+        waits = len(rung_sizes(n)) * statistics.median(self._trial_seconds)
+        needed = TIME_MARGIN * (waits + (n + (self.asked - self.told) * batch) / pace)
         return int(loop.seconds_left() < needed)
 
     def _model_trial(self, number: int) -> dict[str, int] | None:
@@ -273,7 +282,9 @@ class TrialWindow:
         incumbent: Mapping[str, float] | None,
     ) -> None:
         with scope:
+            started = time.monotonic()
             self.done[number] = await journaled_trial(self.loop, number, choice, incumbent)
+            self._trial_seconds.append(time.monotonic() - started)
             finished.set()
 
     async def _tell_next(self) -> None:
