@@ -471,7 +471,13 @@ WORLD_BUDGET = {
 
 
 async def world_run(
-    lm: aprompt.LM, seed: int, limits: aprompt.Limits | None = None, run_dir: Path | None = None
+    lm: aprompt.LM,
+    seed: int,
+    limits: aprompt.Limits | None = None,
+    run_dir: Path | None = None,
+    *,
+    concurrency: int = CAP,
+    budget: dict[str, Any] = WORLD_BUDGET,
 ) -> aprompt.OptimizeResult:
     return await aprompt.optimize(
         TwoStageProgram(),
@@ -479,9 +485,9 @@ async def world_run(
         metric,
         valset=examples(200, 240),
         lm=lm,
-        budget=WORLD_BUDGET,
+        budget=budget,
         seed=seed,
-        concurrency=CAP,
+        concurrency=concurrency,
         limits=limits,
         run_dir=run_dir,
     )
@@ -529,17 +535,8 @@ async def test_a_time_limit_below_the_runs_time_keeps_what_the_last_evaluation_n
             client(server, max_concurrency=16) as lm,
         ):
             started = time.monotonic()
-            result = await aprompt.optimize(
-                TwoStageProgram(),
-                examples(0, 40),
-                metric,
-                valset=examples(200, 240),
-                lm=lm,
-                budget={**WORLD_BUDGET, "parallel_trials": None},
-                seed=1,
-                concurrency=16,
-                limits=limits,
-            )
+            budget = {**WORLD_BUDGET, "parallel_trials": None}
+            result = await world_run(lm, 1, limits, concurrency=16, budget=budget)
             return result, time.monotonic() - started
 
     unlimited, seconds = await timed(None)
