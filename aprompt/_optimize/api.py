@@ -355,7 +355,7 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
         seconds=time.monotonic() - started,
         seed=seed,
         failures=dict(ctx.failures),
-        stopped_by=ctx.stopped_by or ctx.cut_short_by or (loop.cut_short_by if loop is not None else None),
+        stopped_by=ctx.stopped_by or (loop.cut_short_by if loop is not None else None),
         spent=ctx.spent(),
         pick=outcome.pick,
         examples=examples,

@@ -119,9 +119,6 @@ class RunContext:
     journal: RunJournal | None = None
     limits: RunLimits = attrs.field(factory=RunLimits)
     stopped_by: str | None = None
-    #: The limit that ended the search's trials early, to keep what its last evaluation needs
-    #: (:class:`~aprompt.lm._metering.BudgetKept`): the run then finishes, but short of its plan.
-    cut_short_by: str | None = None
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY
     phases: list[PhaseUsage] = attrs.field(factory=list)
     dropped: list[tuple[str, int, str]] = attrs.field(factory=list)
@@ -224,7 +221,7 @@ class RunContext:
                 only when the budget pays for these too.
             keep: program runs a later step needs (the search's last evaluation): a step the budget pays
                 for, but not with these too, is refused with :class:`BudgetKept`, which does not stop the
-                run (``cut_short_by`` names the limit).
+                run (the search's ``cut_short_by`` names the limit).
         """
         todo_parts = [
             (kind, key, size)
@@ -236,7 +233,6 @@ class RunContext:
             return
         refused, kept = self._refused_before(todo_parts)
         if refused is not None and kept:
-            self.cut_short_by = self.cut_short_by or refused
             raise BudgetKept(
                 refused, f"{self.meter.describe(refused)}: {what} not started, as when this run stopped"
             )
@@ -262,7 +258,6 @@ class RunContext:
                 self.meter, (estimate[0] + kept_for[0], estimate[1] + kept_for[1], estimate[2] + kept_for[2])
             )
             if short is not None:
-                self.cut_short_by = self.cut_short_by or short
                 self._journal_refusal(todo_parts, short, kept=True)
                 raise BudgetKept(
                     short,

@@ -173,10 +173,10 @@ class SearchLoop:
     admit_step: Callable[[str, Sequence[tuple[str, str, int]]], None] = attrs.field(
         default=lambda what, parts: None, kw_only=True
     )
-    #: Under a limit that can refuse steps: admits a trial only while the budget also keeps
-    #: ``finish_runs`` program runs for the search's last evaluation, else refuses it with
-    #: :class:`~aprompt.lm._metering.BudgetKept` (the trials end, the last evaluation runs); ``None``:
-    #: trials are admitted by ``admit_step``.
+    #: Under a limit that can refuse steps: admits a trial only while the budget also keeps one full
+    #: evaluation's program runs for the search's last race, else refuses it with
+    #: :class:`~aprompt.lm._metering.BudgetKept` (the trials end, the last race runs); ``None``: trials
+    #: are admitted by ``admit_step``.
     admit_trial: Callable[[str, Sequence[tuple[str, str, int]]], None] | None = attrs.field(
         default=None, kw_only=True
     )
@@ -185,8 +185,9 @@ class SearchLoop:
     time_limited: bool = attrs.field(default=False, kw_only=True)
     seconds_left: Callable[[], float] = attrs.field(default=lambda: math.inf, kw_only=True)
     #: Program runs the trials scored per second so far (``None`` before any).
-    runs_per_second: float | None = attrs.field(default=None, kw_only=True)
-    #: ``"max_time"`` once the trials ended early to keep the time the last evaluation needs.
+    runs_per_second: float | None = attrs.field(default=None, init=False)
+    #: The limit that ended the trials early to keep what the last race needs
+    #: (:class:`~aprompt.lm._metering.BudgetKept`, or ``"max_time"``): the run finishes, short of its plan.
     cut_short_by: str | None = attrs.field(default=None, init=False)
     #: Program runs the rest of the run's budget pays for (``None``: no limit says).
     runs_affordable: Callable[[], int | None] = attrs.field(default=lambda: None, kw_only=True)
@@ -323,8 +324,7 @@ class SearchLoop:
         planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
         if self.racing:
             n = len(self.valset)
-            left = planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent
-            await final_races(self, left)
+            await final_races(self, planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent)
             return
         for _ in range(max(1, planned - len(self.full_evals))):
             if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():

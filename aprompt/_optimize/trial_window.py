@@ -228,6 +228,7 @@ class TrialWindow:
             # The rest of the budget goes to the search's last evaluation: trials end, the run goes on.
             logger.info("aprompt: %s", kept)
             self.stopping = True
+            loop.cut_short_by = kept.limit
             return False
         except LimitReached as refusal:
             self.stopping, self.refusal = True, refusal
