@@ -8,6 +8,10 @@ Deterministic checks, none of which asks an LM:
   line, and the bullet lines under it), the sentences of the proposer's own instruction and tips, and
   keeps what follows an answer label (``Proposed Instruction:``). What remains is the instruction; when
   nothing usable remains, the proposal is dropped.
+- **Code.** A fenced code block (to its closing fence, or to the end of a reply cut inside it) and lines
+  that read as code (``def``/``class``/``import``/``return`` lines, assignments such as ``x = y.strip()``)
+  are never an instruction; they are removed, with a line ending in a colon that introduced them ("Here is
+  the code with the example sentences:").
 - **A preamble.** A first line that ends with a colon and tells the model nothing to do ("A more
   detailed and polished version of the program could be:", "Sure, here is the new instruction:") is
   the proposer introducing its answer; it is removed when text follows it.
@@ -177,7 +181,7 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         sentences: the proposer's own sentences (its instruction, the tips), removed wherever they occur.
     """
     removed: list[str] = []
-    kept = _cut_sections(text.strip(), labels, removed)
+    kept = _cut_sections(_without_code(text.strip(), removed), labels, removed)
     for sentence in (s for s in sentences if s):
         pattern = re.compile(re.escape(sentence), re.IGNORECASE)
         if pattern.search(kept):
@@ -199,6 +203,53 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         )
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
+
+
+def finished_part(text: str) -> str:
+    """``text`` without its unfinished last sentence, for a reply cut at its token budget: the last line
+    (the one being written when the budget ran out) is kept to its last sentence end, or dropped when it
+    has none ("... and then add it to"); earlier lines ended with a line break, so they are whole. Text
+    that already ends a sentence is unchanged; ``""`` when nothing whole is left."""
+    stripped = text.rstrip()
+    if re.search(r"[.!?][\"')\]`*_]*$", stripped):
+        return stripped
+    before, _, last = stripped.rpartition("\n")
+    # A sentence end inside the line, not a list number's period ("3. Do").
+    ends = [m.end() for m in re.finditer(r"(?<![\d\s])[.!?][\"')\]`*_]*(?=\s)", last)]
+    return (before + "\n" + last[: ends[-1]] if ends else before).strip()
+
+
+#: A line of code: a definition, an import, a return, or an assignment to a name (``x = ...``,
+#: ``x.y += ...``, ``x[0] = ...``), none of which an instruction starts with.
+_CODE_LINE = re.compile(
+    r"^\s*(?:(?:def|class)\s+\w+\s*[(:]|(?:import|from)\s+[\w.]+(?:\s+import\b|\s*$)|return\b"
+    r"|[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?\s*[-+*/]?=(?!=))"
+)
+_FENCE = re.compile(r"^\s*(?:```|~~~)")
+
+
+def _without_code(text: str, removed: list[str]) -> str:
+    """``text`` without fenced code blocks (an unclosed fence runs to the end), lines of code, and a line
+    ending in a colon right before removed code (it introduced the code)."""
+    kept: list[str] = []
+    in_fence = in_code = False
+    lines = text.splitlines()
+    for line in lines:
+        fence = bool(_FENCE.match(line))
+        if fence or in_fence or _CODE_LINE.match(line):
+            if not in_code:  # the code starts: drop the line that introduced it
+                while kept and not kept[-1].strip():
+                    kept.pop()
+                if kept and kept[-1].rstrip(" *_`").endswith(":"):
+                    kept.pop()
+            in_fence, in_code = in_fence != fence, True
+            continue
+        in_code = False
+        kept.append(line)
+    if len(kept) == len(lines):
+        return text
+    removed.append("code")
+    return "\n".join(kept)
 
 
 def _without_preamble(text: str, removed: list[str]) -> str:

@@ -27,6 +27,7 @@ from aprompt._optimize.proposal_filter import (
     Cleaned,
     clean_proposal,
     field_labels,
+    finished_part,
     reads_as_instruction,
     whole_sentences,
 )
@@ -237,7 +238,16 @@ async def propose_instruction(
         except (ParseError, LMError) as exc:  # an LMError here is the request's own: the LM answers
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
             continue
-        cleaned = clean_reply(str(prediction["proposed_instruction"]), context.predictor)
+        reply = str(prediction["proposed_instruction"])
+        finished = reply
+        if prediction.completion is not None and prediction.completion.finish_reason == "length":
+            finished = finished_part(reply)  # cut at its budget: its last sentence is unfinished
+        if not finished.strip():
+            reason = f"cut at its token budget inside its first sentence: {reply[:80]!r}"
+            continue
+        cleaned = clean_reply(finished, context.predictor)
+        if finished != reply.rstrip() and cleaned.text is not None:
+            cleaned = attrs.evolve(cleaned, removed=(*cleaned.removed, "the sentence the budget cut"))
         if cleaned.text is None:
             reason = cleaned.reason
             continue

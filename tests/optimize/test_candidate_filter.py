@@ -13,7 +13,13 @@ import pytest
 import aprompt
 from aprompt import Example, Predict, named_predictors
 from aprompt._optimize.bootstrap import bootstrap_demo_sets, size_ladder
-from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_vocabulary, whole_sentences
+from aprompt._optimize.proposal_filter import (
+    finished_part,
+    on_task,
+    screen_verdict,
+    task_vocabulary,
+    whole_sentences,
+)
 from aprompt._optimize.propose import clean_reply, validate_instruction
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.optimize.qa_task import (
@@ -205,6 +211,42 @@ def test_a_proposal_cut_to_whole_sentences_is_checked_again() -> None:
         "reads as no instruction"
     )
     assert validate_instruction("Negate the verb.", []) is None
+
+
+#: The demo's embedded proposer wrote this (cut at its token budget inside the code), and the search
+#: returned it as the optimized instruction.
+CODE_ECHO = (
+    "This is a perfect example of how a beginner in language-building can create a new sentence with the "
+    "opposite verb.\nHere is the code with the example sentences:\n```python\nclass NegateSentence:\n"
+    "def __init__(self, sentence: str):\nsentence = sentence.strip()\n"
+    'sentence = sentence.replace("-", "non-negative")\nsentence = sentence.'
+)
+
+
+def test_code_and_the_line_introducing_it_are_never_part_of_an_instruction() -> None:
+    predictor = Predict("sentence -> negated", instruction="Negate the sentence.")
+    cleaned = clean_reply(CODE_ECHO, predictor)
+    # What is left is a remark, so nothing usable remains.
+    assert cleaned.text is None and cleaned.removed == ("code",)
+    assert cleaned.reason.startswith("reads as no instruction: 'This is a perfect example")
+    fenced = "Negate the sentence.\nFor example:\n\n```\nnegate('x')\n```\nReply with the sentence only."
+    assert clean_reply(fenced, predictor).text == "Negate the sentence.\nReply with the sentence only."
+    unfenced = "Put 'not' after the verb.\ndef negate(s):\n    return s\nimport re\nwords = s.split()"
+    assert clean_reply(unfenced, predictor).text == "Put 'not' after the verb."
+    # Prose that names a variable or an equals sign is not code; nor is a colon line before prose.
+    prose = "Set the count = 3 when asked.\nRules:\n- Reply with the negated sentence only."
+    assert clean_reply(prose, predictor).text == prose
+
+
+def test_a_cut_reply_loses_its_unfinished_sentence_and_keeps_its_whole_ones() -> None:
+    assert finished_part("Negate the verb. Then add it to") == "Negate the verb."
+    assert finished_part("To create a model that can predict the negation and then add it to") == ""
+    # Earlier lines ended with a line break, so they are whole; a list number's period ends nothing.
+    assert finished_part("Rules:\n1. Negate the verb.\n2. Keep the rest\n3. Do") == (
+        "Rules:\n1. Negate the verb.\n2. Keep the rest"
+    )
+    assert finished_part('Reply "yes" or "no."') == 'Reply "yes" or "no."'
+    assert finished_part("Negate the verb.  ") == "Negate the verb."
 
 
 def test_an_off_topic_proposal_shares_no_word_with_a_word_mapping_task() -> None:

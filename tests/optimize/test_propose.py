@@ -311,6 +311,33 @@ async def test_a_proposal_cut_at_its_token_budget_is_kept_to_its_whole_sentences
     assert "whole sentences" in proposal.cleaned
 
 
+async def test_a_proposal_cut_inside_a_sentence_keeps_its_whole_sentences_or_is_drawn_again(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.script(
+        [
+            Fault.truncated("Proposed Instruction: To write the negation, find the verb and then add it to"),
+            Fault.truncated("Proposed Instruction: Negate the main verb. Keep every other word and the"),
+        ]
+    )
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=[], existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert len(fake_server.chat_requests) == 2  # the first had no whole sentence: drawn again
+    assert proposal.instruction == "Negate the main verb."
+    assert proposal.cleaned == "cleaned: removed the sentence the budget cut"
+    # An uncut reply without a final period is whole: nothing is cut from it.
+    fake_server.script(None)
+    uncut = "Proposed Instruction: Negate the main verb. Keep every other word"
+    fake_server.responder = lambda request: uncut
+    async with lm_for(fake_server) as lm:
+        whole = await propose_instruction(
+            context(), lm, index=2, grounding=Grounding(), demos=[], existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert whole.instruction == "Negate the main verb. Keep every other word"
+
+
 async def test_a_summary_cut_at_its_token_budget_is_used_without_a_resend(
     fake_server: FakeOpenAIServer,
 ) -> None:
