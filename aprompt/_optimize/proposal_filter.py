@@ -14,7 +14,8 @@ Deterministic checks, none of which asks an LM:
   the code with the example sentences:").
 - **A preamble.** A first line that ends with a colon and tells the model nothing to do ("A more
   detailed and polished version of the program could be:", "Sure, here is the new instruction:") is
-  the proposer introducing its answer; it is removed when text follows it.
+  the proposer introducing its answer; it is removed when text follows it. So is such a line further
+  down in which the proposer speaks as itself ("Here is a very short way to explain it:").
 - **Repeats.** A sentence the proposal already said (a small proposer often writes its instruction
   twice) is removed.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
@@ -258,7 +259,21 @@ def _without_preamble(text: str, removed: list[str]) -> str:
     first, newline, rest = text.strip().partition("\n")
     if newline and rest.strip() and first.rstrip(" *_`").endswith(":") and not reads_as_instruction(first):
         removed.append("preamble")
-        return rest
+        text = rest
+    lines = text.splitlines()
+    kept = [
+        line
+        for index, line in enumerate(lines)
+        if not (
+            index > 0
+            and line.rstrip(" *_`").endswith(":")
+            and _FIRST_PERSON.match(line.strip(" *_`>-"))
+            and any(later.strip() for later in lines[index + 1 :])
+        )
+    ]
+    if len(kept) < len(lines):
+        removed.append("preamble")
+        return "\n".join(kept)
     return text
 
 

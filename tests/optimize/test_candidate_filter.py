@@ -141,6 +141,12 @@ def test_a_first_line_introducing_the_instruction_is_removed() -> None:
     listing = "Classify the utterance into one of these intents:\n- play_music\n- get_weather"
     assert clean_reply(listing, predictor).removed == ()
     assert clean_reply("Negate the verb of the sentence as follows:", predictor).removed == ()
+    # Further down, a line in which the proposer speaks as itself to introduce what follows goes too (the
+    # demo returned one); a line introducing a list in the task's own voice stays.
+    voiced = f"Negate the sentence.\nHere is a very short and very elegant way to explain it:\n{body}"
+    assert clean_reply(voiced, predictor).text == f"Negate the sentence.\n{body}"
+    listing = "Classify the utterance.\nThe intents are:\n- play_music\n- get_weather"
+    assert clean_reply(listing, predictor).text == listing
 
 
 def test_lines_starting_with_a_field_label_are_removed() -> None:
