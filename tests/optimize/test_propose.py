@@ -12,7 +12,13 @@ import pytest
 
 import aprompt
 from aprompt import Demo, Predict
-from aprompt._optimize.propose import Grounding, ProposalContext, propose_instruction, propose_instructions
+from aprompt._optimize.propose import (
+    WORKED_EXAMPLE,
+    Grounding,
+    ProposalContext,
+    propose_instruction,
+    propose_instructions,
+)
 from aprompt._optimize.summaries import program_source, summarize_data, summarize_program
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.optimize.qa_task import (
@@ -21,6 +27,7 @@ from tests.optimize.qa_task import (
     is_proposal,
     last_user_of,
     lm_for,
+    messages_of,
     optimize_in_world,
     qa_examples,
 )
@@ -77,6 +84,35 @@ async def test_a_grounding_piece_switched_off_is_left_out(fake_server: FakeOpenA
     prompt = await propose_once(fake_server, Grounding(**{piece: False}))
     assert PIECES[piece] not in prompt
     assert all(label in prompt for other, label in PIECES.items() if other != piece)
+
+
+async def test_the_proposer_is_shown_a_worked_example_with_the_fields_of_its_own_call(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = lambda request: GOOD_PROPOSAL
+    await propose_once(fake_server, Grounding(tip=False))
+    messages = messages_of(fake_server.chat_requests[-1])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    example, answer = messages[1]["content"], messages[2]["content"]
+    assert example.startswith(f"Module: {WORKED_EXAMPLE['module']}\n")
+    assert "Tip:" not in example  # the call shows no tip, so neither does its example
+    assert answer == f"Proposed Instruction: {WORKED_EXAMPLE['proposed_instruction']}"
+    await propose_once(fake_server, Grounding(worked_example=False))
+    assert [m["role"] for m in messages_of(fake_server.chat_requests[-1])] == ["system", "user"]
+
+
+async def test_a_proposal_repeating_the_worked_examples_instruction_has_it_cut(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    copied = WORKED_EXAMPLE["proposed_instruction"]
+    replies = iter([f"Proposed Instruction: {copied}", f"Proposed Instruction: {copied} Reply in code."])
+    fake_server.responder = lambda request: next(replies)
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=[], existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert len(fake_server.chat_requests) == 2  # the first was the example's alone: drawn again
+    assert proposal.instruction == "Reply in code."
 
 
 async def test_the_proposer_samples_at_the_groundings_temperature(fake_server: FakeOpenAIServer) -> None:
