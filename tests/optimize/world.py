@@ -97,7 +97,10 @@ class World:
         stage = _stage_of(request)
         if stage == "propose":
             self.proposals += 1
-            k = int(_unit(str(request.messages) + str(request.params)) * 1000) % 50
+            # Drawn from the proposal's own call (system and query), not the proposer's worked example
+            # shown between them, so a seed's draws stay the same with and without it.
+            own = [request.messages[0], request.messages[-1]]
+            k = int(_unit(str(own) + str(request.params)) * 1000) % 50
             return f"Proposed instruction: Solve it carefully, variant {k}."
         if stage not in ("extract", "answer"):
             return "The data has questions about items and short coded answers for each of them."
