@@ -12,6 +12,12 @@ Deterministic checks, none of which asks an LM:
   that read as code (``def``/``class``/``import``/``return`` lines, assignments such as ``x = y.strip()``)
   are never an instruction; they are removed, with a line ending in a colon that introduced them ("Here is
   the code with the example sentences:").
+- **Made-up examples and headings.** A line labeled as an example (``Example:``, ``- Example of a
+  negation: ...``; a label alone on its line takes the lines under it, to a blank line or a heading) and
+  a section under a heading that names an example (``# Example``) are the proposer's own examples, which
+  a small proposer gets wrong ("The negation of "The doctor has need of assistance" is "The chef has
+  need of assistance.""); the program's demos are where examples go. Other markdown heading lines
+  (``# Help``) are removed, the text under them kept.
 - **A preamble.** A first line that ends with a colon and tells the model nothing to do ("A more
   detailed and polished version of the program could be:", "Sure, here is the new instruction:") is
   the proposer introducing its answer; it is removed when text follows it. So is such a line further
@@ -73,6 +79,10 @@ SCAFFOLDING_LABELS: tuple[str, ...] = (
     "Previous Instruction",
     "Tip",
     "Tips",
+    # The answer field's label in the plural: the proposer listing several instructions, an echo.
+    "Proposed Instructions",
+    "New Instructions",
+    "Improved Instructions",
     "Observations",
     "Input Fields",
     "Output Fields",
@@ -187,7 +197,7 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         sentences: the proposer's own sentences (its instruction, the tips), removed wherever they occur.
     """
     removed: list[str] = []
-    kept = _cut_sections(_without_code(text.strip(), removed), labels, removed)
+    kept = _cut_sections(_without_examples(_without_code(text.strip(), removed), removed), labels, removed)
     for sentence in (s for s in sentences if s):
         pattern = re.compile(re.escape(sentence), re.IGNORECASE)
         if pattern.search(kept):
@@ -201,7 +211,8 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         what = (
             "the proposer's scaffolding" if any(r.startswith(("scaff", "proposer")) for r in removed) else ""
         )
-        what = what or ("the program's field labels" if removed else "")
+        what = what or ("the program's field labels" if any(r.startswith("field") for r in removed) else "")
+        what = what or ("what is no instruction" if removed else "")
         reason = (
             f"echoes {what} ({', '.join(removed)}); nothing usable is left"
             if what
@@ -255,6 +266,44 @@ def _without_code(text: str, removed: list[str]) -> str:
     if len(kept) == len(lines):
         return text
     removed.append("code")
+    return "\n".join(kept)
+
+
+_HEADING = re.compile(r"^\s*#{1,6}\s+(?P<title>.*)$")
+#: A line labeled as an example: maybe a bullet or emphasis, "Example" or "Examples", at most six more
+#: words, a colon.
+_EXAMPLE_LABEL = re.compile(
+    r"^\s*(?:[-*+•]\s+|\d+[.)]\s+)?[*_]*examples?\b(?P<rest>[^:\n]{0,60}?):[*_]*(?P<value>.*)$", re.IGNORECASE
+)
+
+
+def _without_examples(text: str, removed: list[str]) -> str:
+    """``text`` without the proposer's made-up examples and without heading lines (see the module doc)."""
+    kept: list[str] = []
+    skipping = ""  # "heading": to the next heading; "label": to a blank line or a heading
+    cut = False
+    for line in text.splitlines():
+        heading = _HEADING.match(line)
+        if skipping and (heading or (skipping == "label" and not line.strip())):
+            skipping = ""
+        if skipping:
+            cut = True
+            continue
+        if heading:
+            cut = True
+            if heading.group("title").strip(" *_`").lower().startswith("example"):
+                skipping = "heading"
+            continue
+        label = _EXAMPLE_LABEL.match(line)
+        if label and len(label.group("rest").split()) <= 6:
+            cut = True
+            if not label.group("value").strip():
+                skipping = "label"
+            continue
+        kept.append(line)
+    if not cut:
+        return text
+    removed.append("made-up examples and headings")
     return "\n".join(kept)
 
 

@@ -244,6 +244,34 @@ def test_code_and_the_line_introducing_it_are_never_part_of_an_instruction() -> 
     assert clean_reply(prose, predictor).text == prose
 
 
+#: The demo's embedded proposer wrote this, with its worked example, and the search returned it whole.
+EXAMPLES_ECHO = (
+    "Re-write the sentence so that it says the opposite: negate its verb.\n# Help\nProposed Instructions:\n"
+    "- Rewrite the sentence so that it says the opposite of the original verb is negated.\n"
+    '- Example: "The doctor has needed assistance, not the chef has needed assistance."\n'
+    '- Example of example: "The doctor and the chef have the same job, not the chef and the doctor."\n'
+    '# Example of example\nThe negation of "The doctor has need of assistance" is "The chef has need of '
+    "assistance."
+)
+
+
+def test_made_up_examples_headings_and_a_list_of_proposals_are_cut() -> None:
+    predictor = Predict("sentence -> negated", instruction="Negate the sentence.")
+    cleaned = clean_reply(EXAMPLES_ECHO, predictor)
+    assert cleaned.text == "Re-write the sentence so that it says the opposite: negate its verb."
+    assert set(cleaned.removed) == {"made-up examples and headings", "scaffolding: Proposed Instructions"}
+    # A label alone on its line takes the lines under it, to a blank line; headings go, their text stays.
+    listed = "Classify the intent.\nExamples:\nplay jazz -> play_music\nwake me -> set_alarm\n\nReply once."
+    assert clean_reply(listed, predictor).text == "Classify the intent.\nReply once."
+    structured = "# Task\nClassify the intent.\n## Rules\nReply with one intent."
+    assert clean_reply(structured, predictor).text == "Classify the intent.\nReply with one intent."
+    # "for example" inside a sentence is the instruction's own.
+    inline = "Classify the intent, for example: play_music for a song."
+    assert clean_reply(inline, predictor).text == inline
+    only = clean_reply("# Example\nplay jazz -> play_music", predictor)
+    assert only.text is None and only.reason.startswith("echoes what is no instruction")
+
+
 def test_a_cut_reply_loses_its_unfinished_sentence_and_keeps_its_whole_ones() -> None:
     assert finished_part("Negate the verb. Then add it to") == "Negate the verb."
     assert finished_part("To create a model that can predict the negation and then add it to") == ""
