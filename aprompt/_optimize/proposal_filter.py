@@ -22,6 +22,10 @@ Deterministic checks, none of which asks an LM:
   detailed and polished version of the program could be:", "Sure, here is the new instruction:") is
   the proposer introducing its answer; it is removed when text follows it. So is such a line further
   down in which the proposer speaks as itself ("Here is a very short way to explain it:").
+- **Trailing remarks.** Three or more sentences in a row that end a proposal after its last sentence that
+  instructs, none of which does (:func:`reads_as_instruction`), are made-up examples or rambling ("...
+  verb of the sentence. The jeweler does not love chocolate. The woman loves chocolate. ..."); they are
+  cut. One or two are kept, as context an instruction may end with.
 - **Repeats.** A sentence the proposal already said (a small proposer often writes its instruction
   twice) is removed.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
@@ -203,7 +207,9 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         if pattern.search(kept):
             kept = pattern.sub(" ", kept)
             removed.append("proposer sentence")
-    value = _without_repeats(_tidy(_without_preamble(kept, removed)), removed)
+    value = _without_trailing_remarks(
+        _without_repeats(_tidy(_without_preamble(kept, removed)), removed), removed
+    )
     removed = list(dict.fromkeys(removed))
     if len(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
         return Cleaned(None, tuple(removed), f"reads as no instruction: {_excerpt(value)}")
@@ -464,6 +470,32 @@ def _tidy(text: str) -> str:
     value = "\n".join(line for line in lines if line.strip("-*•#>\"'` \t"))
     value = re.sub(r"[ \t]{2,}", " ", value)
     return value.strip().strip("\"'`").strip()
+
+
+#: Fewest sentences in a row, none of which instructs, that end a proposal and are cut as rambling.
+TRAILING_REMARKS = 3
+
+
+def _without_trailing_remarks(text: str, removed: list[str]) -> str:
+    """``text`` without the :data:`TRAILING_REMARKS` or more sentences that end it after its last one that
+    reads as an instruction, none of which does: a small proposer goes on with made-up examples or
+    remarks ("... verb of the sentence. The jeweler does not love chocolate. The woman loves chocolate.
+    ..."). Fewer are kept, as context an instruction may end with."""
+    sentences = [
+        (line_no, sentence)
+        for line_no, line in enumerate(text.splitlines())
+        for sentence in re.split(r"(?<=[.!?])\s+", line.strip())
+        if sentence
+    ]
+    instructing = [i for i, (_, sentence) in enumerate(sentences) if reads_as_instruction(sentence)]
+    if not instructing or len(sentences) - 1 - instructing[-1] < TRAILING_REMARKS:
+        return text
+    removed.append("trailing remarks")
+    last = instructing[-1]
+    lines: dict[int, list[str]] = {}
+    for line_no, sentence in sentences[: last + 1]:
+        lines.setdefault(line_no, []).append(sentence)
+    return "\n".join(" ".join(parts) for parts in lines.values())
 
 
 def _without_repeats(text: str, removed: list[str]) -> str:

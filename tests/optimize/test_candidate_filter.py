@@ -272,6 +272,23 @@ def test_made_up_examples_headings_and_a_list_of_proposals_are_cut() -> None:
     assert only.text is None and only.reason.startswith("echoes what is no instruction")
 
 
+def test_three_or_more_sentences_ending_a_proposal_after_its_last_instruction_are_cut() -> None:
+    predictor = Predict("sentence -> negated", instruction="Negate the sentence.")
+    # The demo returned this one (the search paired it with its best demo set).
+    rambling = (
+        "Rewrite the sentence to negate the verb of the sentence. The jeweler does not love chocolate. The "
+        "jewelers do not love chocolate. The woman does not love chocolate. The woman loves chocolate."
+    )
+    cleaned = clean_reply(rambling, predictor)
+    assert cleaned.text == "Rewrite the sentence to negate the verb of the sentence."
+    assert cleaned.removed == ("trailing remarks",)
+    # Two remarks are context; remarks before a last instruction are kept however many.
+    context = "Classify the intent. The intents are music and alarms. They never overlap."
+    assert clean_reply(context, predictor).text == context
+    between = "Classify the intent.\nThe intents are music and alarms.\nThey never overlap.\nSome are rare.\nReply."
+    assert clean_reply(between, predictor).text == between
+
+
 def test_a_cut_reply_loses_its_unfinished_sentence_and_keeps_its_whole_ones() -> None:
     assert finished_part("Negate the verb. Then add it to") == "Negate the verb."
     assert finished_part("To create a model that can predict the negation and then add it to") == ""
