@@ -285,7 +285,7 @@ def test_three_or_more_sentences_ending_a_proposal_after_its_last_instruction_ar
     # Two remarks are context; remarks before a last instruction are kept however many.
     context = "Classify the intent. The intents are music and alarms. They never overlap."
     assert clean_reply(context, predictor).text == context
-    between = "Classify the intent.\nThe intents are music and alarms.\nThey never overlap.\nSome are rare.\nReply."
+    between = "Classify it.\nThe intents are music and alarms.\nThey never overlap.\nSome are rare.\nReply."
     assert clean_reply(between, predictor).text == between
 
 
