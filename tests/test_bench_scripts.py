@@ -38,6 +38,7 @@ BENCH_SCRIPTS = [
     "bench.reply_format",
     "bench.parse_retries",
     "bench.scale",
+    "bench.proposals",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
 
