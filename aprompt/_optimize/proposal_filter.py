@@ -218,12 +218,12 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
             "the proposer's scaffolding" if any(r.startswith(("scaff", "proposer")) for r in removed) else ""
         )
         what = what or ("the program's field labels" if any(r.startswith("field") for r in removed) else "")
-        what = what or ("what is no instruction" if removed else "")
-        reason = (
-            f"echoes {what} ({', '.join(removed)}); nothing usable is left"
-            if what
-            else f"too short ({len(value)} chars)"
-        )
+        if what:
+            reason = f"echoes {what} ({', '.join(removed)}); nothing usable is left"
+        elif removed:
+            reason = f"nothing usable is left after removing {', '.join(removed)}"
+        else:
+            reason = f"too short ({len(value)} chars)"
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
 
@@ -242,24 +242,32 @@ def finished_part(text: str) -> str:
     return (before + "\n" + last[: ends[-1]] if ends else before).strip()
 
 
-#: A line of code: a definition, an import, a return, or an assignment to a name (``x = ...``,
-#: ``x.y += ...``, ``x[0] = ...``), none of which an instruction starts with.
+#: A line of code: a definition, an import, a return, an assignment to a name (``x = ...``, ``x.y +=
+#: ...``, ``x[0] = ...``), a block's head (``try:``, ``except Exception as e:``, ``if x > 0:``), a call
+#: alone on its line (``print(f"...")``, ``classify(``), or brackets alone; no instruction reads so.
 _CODE_LINE = re.compile(
     r"^\s*(?:(?:def|class)\s+\w+\s*[(:]|(?:import|from)\s+[\w.]+(?:\s+import\b|\s*$)|return\b"
-    r"|[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?\s*[-+*/]?=(?!=))"
+    r"|[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?\s*[-+*/]?=(?!=)"
+    r"|(?:try|else|finally|(?:except|if|elif|for|while|with|async\s+(?:def|for|with))\b[^\n]*?):\s*$"
+    r"|[A-Za-z_][\w.]*\((?:[^()\n]*\)[;,]?)?\s*$"
+    r"|[()\[\]{},;]+\s*$)"
 )
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
+#: What continues code on the next line: an indented line, a string or a statement alone on its line.
+_CODE_GOES_ON = re.compile(
+    r"^(?:\s+\S|\s*(?:\"[^\"\n]*\"|'[^'\n]*'),?\s*$|\s*(?:pass|break|continue)\s*$|\s*raise\b)"
+)
 
 
 def _without_code(text: str, removed: list[str]) -> str:
-    """``text`` without fenced code blocks (an unclosed fence runs to the end), lines of code, and a line
-    ending in a colon right before removed code (it introduced the code)."""
+    """``text`` without fenced code blocks (an unclosed fence runs to the end), lines of code and what
+    continues them, and a line ending in a colon right before removed code (it introduced the code)."""
     kept: list[str] = []
     in_fence = in_code = False
     lines = text.splitlines()
     for line in lines:
         fence = bool(_FENCE.match(line))
-        if fence or in_fence or _CODE_LINE.match(line):
+        if fence or in_fence or _CODE_LINE.match(line) or (in_code and _CODE_GOES_ON.match(line)):
             if not in_code:  # the code starts: drop the line that introduced it
                 while kept and not kept[-1].strip():
                     kept.pop()

@@ -239,6 +239,14 @@ def test_code_and_the_line_introducing_it_are_never_part_of_an_instruction() -> 
     assert clean_reply(fenced, predictor).text == "Negate the sentence.\nReply with the sentence only."
     unfenced = "Put 'not' after the verb.\ndef negate(s):\n    return s\nimport re\nwords = s.split()"
     assert clean_reply(unfenced, predictor).text == "Put 'not' after the verb."
+    # Blocks, calls and what continues them (bench.proposals saw these for the intent task).
+    blocks = "Do it.\ntry:\n  x()\nexcept Exception as e:\nprint(f'{e}')\nclassify(\n\"user\"\n)\nReply."
+    assert clean_reply(blocks, predictor).text == "Do it.\nReply."
+    # Capitalised prose ending in a colon is no block; a quoted line after prose is no code.
+    prose_heads = "If unsure: reply unknown.\nFor each request:\n- classify it."
+    assert clean_reply(prose_heads, predictor).text == prose_heads
+    quoted = 'Here is the new instruction:\n"Negate the main verb of the sentence."'
+    assert clean_reply(quoted, predictor).text == "Negate the main verb of the sentence."
     # Prose that names a variable or an equals sign is not code; nor is a colon line before prose.
     prose = "Set the count = 3 when asked.\nRules:\n- Reply with the negated sentence only."
     assert clean_reply(prose, predictor).text == prose
@@ -269,7 +277,9 @@ def test_made_up_examples_headings_and_a_list_of_proposals_are_cut() -> None:
     inline = "Classify the intent, for example: play_music for a song."
     assert clean_reply(inline, predictor).text == inline
     only = clean_reply("# Example\nplay jazz -> play_music", predictor)
-    assert only.text is None and only.reason.startswith("echoes what is no instruction")
+    assert only.text is None and only.reason == (
+        "nothing usable is left after removing made-up examples and headings"
+    )
 
 
 def test_three_or_more_sentences_ending_a_proposal_after_its_last_instruction_are_cut() -> None:
