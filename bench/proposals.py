@@ -88,6 +88,8 @@ def render(results: dict[str, tuple[dict[bool, list[Proposal]], ProposalContext]
             )
     for task_name, (found, context) in results.items():
         lines += ["", f"## {task_name}", "", f"Instruction as written: {context.predictor.instruction!r}", ""]
+        lines += [f"Data summary (the embedded model's): {context.data_summary!r}", ""]
+        lines += [f"Program description (the embedded model's): {context.program_summary!r}", ""]
         for worked in (True, False):
             lines.append(f"**{'With' if worked else 'Without'} the worked example:**")
             lines.append("")
