@@ -6,7 +6,8 @@ predictor with the proposer's worked example (:data:`aprompt._optimize.propose.W
 ``--n`` without it: the same seeds, the same grounding, 3 training examples as the demos shown. It prints
 how many proposals each way came out as instructions (the rest were dropped by the proposal filter after
 three attempts), how many say something of the task (share a content word with its fields, instruction,
-data summary or program description), and every proposal, so a reader can judge them.
+data summary or program description), how many start with an imperative verb, and every proposal, so a
+reader can judge them.
 
     .venv/bin/python -m bench.proposals --n 10 --out bench/results/proposals_worked_example.md
 
@@ -16,6 +17,7 @@ Prints, does not assert: which proposals are good is the reader's judgement; the
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 import anyio
 
 import aprompt
-from aprompt._optimize.proposal_filter import on_task, task_vocabulary
+from aprompt._optimize.proposal_filter import _FIRST_PERSON, _imperative_start, on_task, task_vocabulary
 from aprompt._optimize.propose import Grounding, Proposal, ProposalContext, propose_instruction
 from aprompt._optimize.summaries import summarize_data, summarize_program
 from bench.local_model import warm_local_lm
@@ -68,23 +70,35 @@ async def propose_for(
     return found, context
 
 
+def starts_with_an_imperative(text: str) -> bool:
+    """Whether the proposal's first word is capitalized and may be an imperative verb ("Rewrite ...",
+    "Classify ..."): how an instruction usually starts, and how a remark, a made-up example or chat
+    ("The sentence is ...", "I'm ready to help.") does not. A rough count: "Test-function to test" passes."""
+    words = re.findall(r"[^\W\d_][\w'-]*", text)
+    if not words or _FIRST_PERSON.match(text.lstrip("-*• ")):
+        return False
+    return words[0][0].isupper() and _imperative_start(words[0].lower())
+
+
 def render(results: dict[str, tuple[dict[bool, list[Proposal]], ProposalContext]], command: str) -> str:
     lines = [
         "# Instruction proposals of the embedded model, with and without the proposer's worked example",
         "",
         f"command: `{command}`",
         "",
-        "| task | worked example | proposals kept | of them sharing a word with the task |",
-        "|---|---|---:|---:|",
+        "| task | worked example | proposals kept | of them sharing a word with the task | of them starting "
+        "with an imperative |",
+        "|---|---|---:|---:|---:|",
     ]
     for task_name, (found, context) in results.items():
         vocabulary = task_vocabulary(context.predictor, context.data_summary, context.program_summary)
         for worked in (True, False):
             kept = [p.instruction for p in found[worked] if p.instruction]
             on = sum(on_task(text, vocabulary) for text in kept)
+            imperative = sum(starts_with_an_imperative(text) for text in kept)
             lines.append(
                 f"| {task_name} | {'with' if worked else 'without'} | {len(kept)} of {len(found[worked])} "
-                f"| {on} |"
+                f"| {on} | {imperative} |"
             )
     for task_name, (found, context) in results.items():
         lines += ["", f"## {task_name}", "", f"Instruction as written: {context.predictor.instruction!r}", ""]
