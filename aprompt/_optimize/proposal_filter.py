@@ -271,7 +271,7 @@ def _without_code(text: str, removed: list[str]) -> str:
             if not in_code:  # the code starts: drop the line that introduced it
                 while kept and not kept[-1].strip():
                     kept.pop()
-                if kept and kept[-1].rstrip(" *_`").endswith(":"):
+                if kept and _ends_with_colon(kept[-1]):
                     kept.pop()
             in_fence, in_code = in_fence != fence, True
             continue
@@ -321,11 +321,21 @@ def _without_examples(text: str, removed: list[str]) -> str:
     return "\n".join(kept)
 
 
+def _ends_with_colon(line: str) -> bool:
+    """Whether ``line`` ends with a colon, markdown emphasis aside: it introduces what follows."""
+    return line.rstrip(" *_`").endswith(":")
+
+
+def sentences_of(line: str) -> list[str]:
+    """The sentences of one line (split after ``.``, ``!`` or ``?`` and a space), empty ones left out."""
+    return [sentence for sentence in re.split(r"(?<=[.!?])\s+", line.strip()) if sentence]
+
+
 def _without_preamble(text: str, removed: list[str]) -> str:
     """``text`` without a first line that introduces the rest (ends with a colon, tells the model
     nothing to do), when something follows it."""
     first, newline, rest = text.strip().partition("\n")
-    if newline and rest.strip() and first.rstrip(" *_`").endswith(":") and not reads_as_instruction(first):
+    if newline and rest.strip() and _ends_with_colon(first) and not reads_as_instruction(first):
         removed.append("preamble")
         text = rest
     lines = text.splitlines()
@@ -334,7 +344,7 @@ def _without_preamble(text: str, removed: list[str]) -> str:
         for index, line in enumerate(lines)
         if not (
             index > 0
-            and line.rstrip(" *_`").endswith(":")
+            and _ends_with_colon(line)
             and _FIRST_PERSON.match(line.strip(" *_`>-"))
             and any(later.strip() for later in lines[index + 1 :])
         )
@@ -492,8 +502,7 @@ def _without_trailing_remarks(text: str, removed: list[str]) -> str:
     sentences = [
         (line_no, sentence)
         for line_no, line in enumerate(text.splitlines())
-        for sentence in re.split(r"(?<=[.!?])\s+", line.strip())
-        if sentence
+        for sentence in sentences_of(line)
     ]
     instructing = [i for i, (_, sentence) in enumerate(sentences) if reads_as_instruction(sentence)]
     if not instructing or len(sentences) - 1 - instructing[-1] < TRAILING_REMARKS:
@@ -513,7 +522,7 @@ def _without_repeats(text: str, removed: list[str]) -> str:
     lines = []
     for line in text.splitlines():
         kept = []
-        for sentence in re.split(r"(?<=[.!?])\s+", line.strip()):
+        for sentence in sentences_of(line):
             key = " ".join(sentence.lower().split())
             if key and key in seen:
                 removed.append("repeated sentence")

@@ -14,7 +14,6 @@ instruction is always candidate 0.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -30,6 +29,7 @@ from aprompt._optimize.proposal_filter import (
     field_labels,
     finished_part,
     reads_as_instruction,
+    sentences_of,
     whole_sentences,
 )
 from aprompt._taskgroups import plain_errors_task_group
@@ -114,6 +114,7 @@ WORKED_EXAMPLE: Mapping[str, str] = {
         "Keep its meaning and tone, and reply with the French sentence only."
     ),
 }
+_EXAMPLE_SENTENCES = tuple(sentences_of(WORKED_EXAMPLE["proposed_instruction"]))
 _ROLE = "You write instructions for one module of a language-model program."
 _GOAL_SCORED = "Propose a new instruction that scores higher than the previous ones."
 _GOAL = "Propose a better instruction for this module."
@@ -150,8 +151,7 @@ def clean_reply(text: str, predictor: Predict) -> Cleaned:
     """A proposer reply as an instruction for ``predictor``: :func:`clean_instruction`, then echoed
     scaffolding, the proposer's own sentences and lines starting with ``predictor``'s field labels removed
     (:func:`aprompt._optimize.proposal_filter.clean_proposal`)."""
-    example = re.split(r"(?<=\.)\s+", WORKED_EXAMPLE["proposed_instruction"])
-    sentences = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip), *example)
+    sentences = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip), *_EXAMPLE_SENTENCES)
     return clean_proposal(clean_instruction(text), field_labels(predictor), sentences)
 
 
