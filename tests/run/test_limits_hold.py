@@ -543,10 +543,15 @@ async def test_a_time_limit_below_the_runs_time_keeps_what_the_last_evaluation_n
             return result, time.monotonic() - started
 
     unlimited, seconds = await timed(None)
-    result, taken = await timed(aprompt.Limits(max_time=0.6 * seconds))
+    # Bootstrapping, proposals and the two first full evaluations take about 40 % of the unlimited run.
+    # At 60 % the deadline was first checked (after two trials) with 0.96 s left for a last evaluation
+    # of 0.8 s, and a loaded CI machine overran it; at 75 % it is checked with ~1.8 s left, and the
+    # trials end with ~1.5 s left.
+    limit = 0.75 * seconds
+    result, taken = await timed(aprompt.Limits(max_time=limit))
 
     assert result.stopped_by == "max_time"
-    assert taken <= 0.6 * seconds + 1.0
+    assert taken <= limit + 1.0
     assert len(result.trials) < len(unlimited.trials)
     # The trials ended while the time left paid for a full evaluation of a searched combination, at the
     # search's pace; before, the deadline cut the search off with only the baseline's and the
