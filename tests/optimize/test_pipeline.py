@@ -237,7 +237,11 @@ async def test_the_hand_written_prompt_is_evaluated_before_bootstrapping_ends() 
     _, requests = await run()
     bootstrap = [r for r in requests if as_written(r, TRAIN)]
     reference = [
-        r for r in requests if len(messages_of(r)) > 2 and VAL[0] <= item_of(last_user_of(r)) < VAL[1]
+        r
+        for r in requests
+        if system_of(r).startswith(ORIGINAL_INSTRUCTION)
+        and len(messages_of(r)) > 2
+        and VAL[0] <= item_of(last_user_of(r)) < VAL[1]
     ]
     # Its demos are the labeled set, which needs no call: it goes once the baseline's evaluation ends,
     # beside the bootstrap.
