@@ -287,7 +287,7 @@ async def final_races(loop: SearchLoop, left: int) -> None:
     allowance = max(left, len(loop.valset))
     if loop.admit_trial is not None:  # under a limit that can refuse steps
         allowance = loop.decided(
-            f"final race runs:{loop.races_started}", partial(within_budget, loop, allowance)
+            f"final race runs:{loop.races_started}", partial(_final_allowance, loop, allowance)
         )
     if loop.time_limited and loop.runs_per_second is not None:
         allowance = loop.decided(
@@ -310,6 +310,17 @@ def within_budget(loop: SearchLoop, runs: int, keep: int = 0) -> int:
     """``runs``, or fewer: the program runs the rest of the run's budget pays for, less ``keep``."""
     affordable = loop.runs_affordable()
     return runs if affordable is None else max(0, min(runs, affordable - keep))
+
+
+def _final_allowance(loop: SearchLoop, runs: int) -> int:
+    """:func:`within_budget` for the final race: it leaves the runs kept for a confirmation
+    (``loop.confirmation_kept``) only where one full evaluation is left beside them; else the race comes
+    first (a confirmation needs a fully evaluated challenger, or the pick is decided without one)."""
+    affordable = loop.runs_affordable()
+    if affordable is None:
+        return runs
+    keep = loop.confirmation_kept if affordable - loop.confirmation_kept >= len(loop.valset) else 0
+    return within_budget(loop, runs, keep)
 
 
 def within_time(loop: SearchLoop, runs: int) -> int:

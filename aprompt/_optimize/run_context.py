@@ -23,6 +23,7 @@ import attrs
 from aprompt._errors import ConfigError, JournalError, RunLimitError
 from aprompt._optimize.budget import Budget
 from aprompt._optimize.candidates import Candidates
+from aprompt._optimize.confirmation import runs_kept_for_confirmation
 from aprompt._optimize.evaluate import Metric
 from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
 from aprompt._optimize.examples import Example
@@ -325,8 +326,11 @@ class RunContext:
 
     def admit_trial(self, what: str, parts: Sequence[tuple[str, str, int]]) -> None:
         """:meth:`admit_step` for a trial under a limit: it keeps one full evaluation's program runs (at
-        the cost of runs no cache answers) for the search's last evaluation."""
-        keep = math.ceil(len(self.valset) * self._fresh_run_ratio())
+        the cost of runs no cache answers) for the search's last evaluation, and on a small validation
+        set those of a confirmation of the pick
+        (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`)."""
+        runs = len(self.valset) + runs_kept_for_confirmation(self.trainset, self.valset)
+        keep = math.ceil(runs * self._fresh_run_ratio())
         self.admit_step(what, parts, keep=keep)
 
     def _fresh_run_ratio(self) -> float:

@@ -189,6 +189,9 @@ class SearchLoop:
     #: The limit that ended the trials early to keep what the last race needs
     #: (:class:`~aprompt.lm._metering.BudgetKept`, or ``"max_time"``): the run finishes, short of its plan.
     cut_short_by: str | None = attrs.field(default=None, init=False)
+    #: Program runs the races leave for confirming an undecided pick under a limit
+    #: (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`; 0 when none is kept).
+    confirmation_kept: int = attrs.field(default=0, kw_only=True)
     #: Program runs the rest of the run's budget pays for (``None``: no limit says).
     runs_affordable: Callable[[], int | None] = attrs.field(default=lambda: None, kw_only=True)
     #: A decision that depends on the budget spent so far, journaled (``RunContext.decided``).

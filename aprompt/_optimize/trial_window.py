@@ -330,7 +330,7 @@ class TrialWindow:
             if loop.admit_trial is not None and allowance > 0:
                 # Under a limit, no more than the budget pays for beside the window's trials and the
                 # runs the trials keep for the last evaluation (journaled: a resumed run races the same).
-                keep = loop.parallel_trials * min(loop.minibatch_size, n) + n
+                keep = loop.parallel_trials * min(loop.minibatch_size, n) + n + loop.confirmation_kept
                 allowance = loop.decided(
                     f"periodic race runs:{point}", partial(within_budget, loop, allowance, keep)
                 )

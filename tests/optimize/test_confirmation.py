@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 import aprompt
-from aprompt._optimize.confirmation import MAX_CHALLENGERS, contenders, fresh_examples
+from aprompt._optimize.confirmation import (
+    CONFIRMATION_KEPT_BELOW,
+    MAX_CHALLENGERS,
+    contenders,
+    fresh_examples,
+    runs_kept_for_confirmation,
+)
 from aprompt._optimize.final_pick import FinalPick, describe_choice, key_of
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
@@ -149,6 +155,25 @@ async def test_a_limit_that_cannot_pay_for_the_confirmation_returns_the_validati
     assert limited.pick is not None and "confirmed" not in limited.pick.reason
 
 
+async def test_a_limit_below_the_plan_keeps_a_first_confirmation_stage_on_a_small_validation_set() -> None:
+    async with FakeOpenAIServer(responder=proposed_leads(True), api_key=TEST_API_KEY) as server:
+        unlimited = await optimize(server)
+        total = len(server.chat_requests)
+    confirming = sum(len(c.scores) for c in unlimited.confirmations)
+    # The limit leaves less than the plan's confirmation: before, the trials spent it and the pick was
+    # decided on the 30 validation examples alone (the hand-written prompt). On fewer than
+    # CONFIRMATION_KEPT_BELOW validation examples the trials keep the first stage's runs, and the lead
+    # is confirmed on training examples.
+    limit = total - confirming // 2 - 1
+    assert len(range(*VAL)) < CONFIRMATION_KEPT_BELOW
+    async with FakeOpenAIServer(responder=proposed_leads(True), api_key=TEST_API_KEY) as server:
+        limited = await optimize(server, limits=aprompt.Limits(max_lm_calls=limit))
+        assert len(server.chat_requests) <= limit
+    assert limited.stopped_by == "max_lm_calls" and limited.confirmations
+    assert limited.best_choice["answer.instruction"] != 0
+    assert limited.pick is not None and "confirmed on" in limited.pick.reason
+
+
 def test_the_contenders_are_the_pick_and_its_strongest_fully_evaluated_challengers() -> None:
     pick = {"a": 0}
     challengers = ({"a": 1}, {"a": 2}, {"a": 3}, {"a": 4})
@@ -177,6 +202,18 @@ def test_fresh_examples_leave_out_the_validation_set_and_the_programs_own_demos(
     shared = [e.id for e in theirs if e.id not in {"q1", "q2"}]
     assert [i for i in ids if i != "q3"][: len(shared) - 1] == shared[: len(shared) - 1]
     assert fresh_examples(train, val, set(), seed=1) != fresh_examples(train, val, set(), seed=0)
+
+
+def test_a_small_validation_set_keeps_a_confirmations_runs_under_a_limit() -> None:
+    train = qa_examples(0, 40)
+    # 30 validation examples, 10 of them training examples too: 30 fresh ones; the first stage runs each
+    # contender on half of them.
+    assert runs_kept_for_confirmation(train, qa_examples(30, 60)) == (1 + MAX_CHALLENGERS) * 15
+    # Fewer fresh training examples than validation examples: half of what there is.
+    assert runs_kept_for_confirmation(qa_examples(0, 13), qa_examples(100, 130)) == (1 + MAX_CHALLENGERS) * 7
+    # A validation set large enough to settle a lead keeps nothing: the trials are worth more.
+    large = qa_examples(100, 100 + CONFIRMATION_KEPT_BELOW)
+    assert runs_kept_for_confirmation(train, large) == 0
 
 
 def test_confirmation_keeps_the_false_replacements_within_the_level_and_finds_more_better_programs() -> None:
