@@ -204,6 +204,7 @@ class RunContext:
         calls: bool = False,
         ahead: tuple[int, int] = (0, 0),
         keep: int = 0,
+        kept_for: str = "the search's last evaluation",
     ) -> None:
         """Refuse a step the remaining budget cannot pay for, by raising
         :class:`~aprompt.lm._metering.LimitReached`.
@@ -223,6 +224,7 @@ class RunContext:
             keep: program runs a later step needs (the search's last evaluation): a step the budget pays
                 for, but not with these too, is refused with :class:`BudgetKept`, which does not stop the
                 run (the search's ``cut_short_by`` names the limit).
+            kept_for: what ``keep`` is for, for the message.
         """
         todo_parts = [
             (kind, key, size)
@@ -254,16 +256,17 @@ class RunContext:
         estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
         limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]))
         if limit is None and keep > 0:
-            kept_for = step_estimate(self.meter, self.costs, runs=keep, calls=0)
+            kept_calls = step_estimate(self.meter, self.costs, runs=keep, calls=0)
             short = unaffordable(
-                self.meter, (estimate[0] + kept_for[0], estimate[1] + kept_for[1], estimate[2] + kept_for[2])
+                self.meter,
+                (estimate[0] + kept_calls[0], estimate[1] + kept_calls[1], estimate[2] + kept_calls[2]),
             )
             if short is not None:
                 self._journal_refusal(todo_parts, short, kept=True)
                 raise BudgetKept(
                     short,
-                    f"{self.meter.describe(short)}: {what} not started, to keep about {kept_for[0]:.0f} LM "
-                    "calls for the search's last evaluation",
+                    f"{self.meter.describe(short)}: {what} not started, to keep about {kept_calls[0]:.0f} LM "
+                    f"calls for {kept_for}",
                 )
         if limit is None:
             for kind, key, size in todo_parts:
@@ -329,9 +332,10 @@ class RunContext:
         the cost of runs no cache answers) for the search's last evaluation, and on a small validation
         set those of a confirmation of the pick
         (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`)."""
-        runs = len(self.valset) + runs_kept_for_confirmation(self.trainset, self.valset)
-        keep = math.ceil(runs * self._fresh_run_ratio())
-        self.admit_step(what, parts, keep=keep)
+        confirming = runs_kept_for_confirmation(self.trainset, self.valset)
+        keep = math.ceil((len(self.valset) + confirming) * self._fresh_run_ratio())
+        kept_for = "the search's last evaluation" + (" and a confirmation of its pick" if confirming else "")
+        self.admit_step(what, parts, keep=keep, kept_for=kept_for)
 
     def _fresh_run_ratio(self) -> float:
         """How much more a program run of a new combination costs than the run's mean so far: the mean
