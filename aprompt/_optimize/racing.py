@@ -315,12 +315,13 @@ def within_budget(loop: SearchLoop, runs: int, keep: int = 0) -> int:
 def _final_allowance(loop: SearchLoop, runs: int) -> int:
     """:func:`within_budget` for the final race: it leaves the runs kept for a confirmation
     (``loop.confirmation_kept``) only where one full evaluation is left beside them; else the race comes
-    first (a confirmation needs a fully evaluated challenger, or the pick is decided without one)."""
+    first (a confirmation needs a fully evaluated challenger, or the pick is decided without one). The
+    budget is read once."""
     affordable = loop.runs_affordable()
     if affordable is None:
         return runs
     keep = loop.confirmation_kept if affordable - loop.confirmation_kept >= len(loop.valset) else 0
-    return within_budget(loop, runs, keep)
+    return max(0, min(runs, affordable - keep))
 
 
 def within_time(loop: SearchLoop, runs: int) -> int:

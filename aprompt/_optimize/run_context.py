@@ -137,8 +137,12 @@ class RunContext:
     #: The run's start, for the phases' start times.
     _started: float = attrs.field(factory=time.monotonic, init=False)
     _limiter: anyio.CapacityLimiter | None = attrs.field(default=None, init=False)
+    #: Program runs the search keeps for confirming its pick under a limit that can refuse steps
+    #: (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`; 0 on a large validation set).
+    confirmation_kept: int = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.confirmation_kept = runs_kept_for_confirmation(self.trainset, self.valset)
         record = self.journal.latest(SPENT_KIND) if self.journal is not None else None
         runs, what = self.first_trial_runs()
         try:
@@ -332,9 +336,9 @@ class RunContext:
         the cost of runs no cache answers) for the search's last evaluation, and on a small validation
         set those of a confirmation of the pick
         (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`)."""
-        confirming = runs_kept_for_confirmation(self.trainset, self.valset)
-        keep = math.ceil((len(self.valset) + confirming) * self._fresh_run_ratio())
-        kept_for = "the search's last evaluation" + (" and a confirmation of its pick" if confirming else "")
+        keep = math.ceil((len(self.valset) + self.confirmation_kept) * self._fresh_run_ratio())
+        confirming = " and a confirmation of its pick" if self.confirmation_kept else ""
+        kept_for = f"the search's last evaluation{confirming}"
         self.admit_step(what, parts, keep=keep, kept_for=kept_for)
 
     def _fresh_run_ratio(self) -> float:

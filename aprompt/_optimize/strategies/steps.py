@@ -17,7 +17,6 @@ from aprompt._errors import JournalError
 from aprompt._optimize import grounding as grounding_sources
 from aprompt._optimize.bootstrap import DemoSet, bootstrap_demo_sets, labeled_only_set, size_ladder
 from aprompt._optimize.candidates import Candidates
-from aprompt._optimize.confirmation import runs_kept_for_confirmation
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
 from aprompt._optimize.examples import Example
@@ -441,7 +440,7 @@ def search_loop(
         # a budget smaller than the plan still ends in a program the evidence chose.
         admit_trial=None if nothing_refuses(ctx) else ctx.admit_trial,
         runs_affordable=ctx.runs_affordable,
-        confirmation_kept=0 if nothing_refuses(ctx) else runs_kept_for_confirmation(ctx.trainset, ctx.valset),
+        confirmation_kept=0 if nothing_refuses(ctx) else ctx.confirmation_kept,
         time_limited=ctx.limits.max_time is not None,
         seconds_left=ctx.meter.seconds_left,
         decided=ctx.decided,
