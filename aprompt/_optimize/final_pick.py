@@ -19,7 +19,9 @@ evidence is thin. Ties still keep the incumbent.
 
 The pick starts from the unoptimized program (the baseline) as the incumbent; the ``references`` (the
 prompt a user would write by hand) come first and replace it when better, and then the pick walks the fully
-evaluated combinations from the highest mean score down — equal means ranked by the pooled estimate of
+evaluated combinations from the highest mean score down — equal means ranked first by how few
+instructions they take from the proposals (:func:`proposed_instructions`: a user's own instruction is
+kept unless a proposal scores higher), then by the pooled estimate of
 :mod:`aprompt._optimize.pooling` (the additive model over all trials blended with each combination's own
 mean), then by the choice itself, never by the order they were evaluated in — and each one that is
 better than the incumbent replaces it. So the baseline is replaced only on paired evidence
@@ -77,6 +79,16 @@ NOTHING_SCORES = "nothing_scores"
 def key_of(choice: Mapping[str, int]) -> Key:
     """A choice as a hashable, canonically ordered key."""
     return tuple(sorted((name, int(value)) for name, value in choice.items()))
+
+
+#: How a choice names a predictor's instruction parameter (``Candidates.parameters``); its index 0 is the
+#: instruction as written, the others proposals.
+INSTRUCTION_PARAMETER = ".instruction"
+
+
+def proposed_instructions(choice: Mapping[str, int]) -> int:
+    """How many predictors' instructions ``choice`` takes from the proposals (not as written)."""
+    return sum(1 for name, value in choice.items() if name.endswith(INSTRUCTION_PARAMETER) and value != 0)
 
 
 @attrs.frozen
@@ -317,8 +329,10 @@ def rank(evidence: Sequence[Evidence]) -> list[Evidence]:
 
 
 def by_mean(evidence: Sequence[Evidence]) -> list[Evidence]:
-    """Highest mean score over its own examples first; equal means by :func:`rank`'s order."""
-    return sorted(rank(evidence), key=lambda e: -mean_of(e.scores))  # a stable sort keeps rank's order
+    """Highest mean score over its own examples first; equal means with fewer proposed instructions first
+    (a user's own instruction is kept unless a proposal scores higher), then by :func:`rank`'s order."""
+    # A stable sort keeps rank's order.
+    return sorted(rank(evidence), key=lambda e: (-mean_of(e.scores), proposed_instructions(e.choice)))
 
 
 def mean_of(scores: Mapping[str, float]) -> float:

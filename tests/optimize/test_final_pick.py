@@ -121,6 +121,20 @@ def test_a_tie_never_goes_by_evaluation_order() -> None:
         assert dict(pick(order, BASE).choice) == A
 
 
+def test_equal_means_keep_the_instruction_as_written_before_the_pooled_estimate() -> None:
+    # The same demos with a proposed instruction (index 3) and with the one as written, both 70/100 in
+    # full; the proposal's pooled estimate is higher, yet nothing says it scores better.
+    base = evidence({"p.instruction": 0, "p.demos": 0}, right(30, 100), 0.30)
+    proposed = evidence({"p.instruction": 3, "p.demos": 2}, scores([0, 1] * 15 + [1] * 55 + [0] * 15), 0.80)
+    written = evidence({"p.instruction": 0, "p.demos": 2}, right(70, 100), 0.60)
+    for order in ([base, proposed, written], [base, written, proposed]):
+        chosen = pick(order, base.choice)
+        assert dict(chosen.choice) == {"p.instruction": 0, "p.demos": 2}, chosen.reason
+    # A proposal that scores higher is still the pick.
+    better = evidence({"p.instruction": 3, "p.demos": 2}, right(90, 100), 0.80)
+    assert dict(pick([base, better, written], base.choice).choice) == {"p.instruction": 3, "p.demos": 2}
+
+
 def test_a_lucky_small_sample_winner_does_not_beat_a_candidate_better_on_shared_examples() -> None:
     base = evidence(BASE, right(30, 100), 0.30)
     # A: 60/100 in full, 31 of the 35 examples it shares with B; B: 29/35 (0.83) on a mini-batch only,
