@@ -28,6 +28,7 @@ Deterministic checks, none of which asks an LM:
   cut. One or two are kept, as context an instruction may end with.
 - **Repeats.** A sentence the proposal already said (a small proposer often writes its instruction
   twice) is removed.
+- **Lines without a letter** (a bullet, a list's numbers, a date) tell the model nothing; they are removed.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
   ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
 - **No instruction in it.** A proposal none of whose sentences tells the model what to do
@@ -485,7 +486,8 @@ def _section_end(text: str, start: int, limit: int) -> int:
 
 def _tidy(text: str) -> str:
     lines = [line.strip() for line in text.splitlines()]
-    value = "\n".join(line for line in lines if line.strip("-*•#>\"'` \t"))
+    # A line without a letter (a bullet, a list's numbers: "- 2.", a date) tells the model nothing.
+    value = "\n".join(line for line in lines if re.search(r"[^\W\d_]", line))
     value = re.sub(r"[ \t]{2,}", " ", value)
     return value.strip().strip("\"'`").strip()
 

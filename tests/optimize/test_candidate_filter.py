@@ -108,6 +108,21 @@ def test_an_instruction_written_twice_is_kept_once() -> None:
     )
 
 
+def test_rules_that_share_a_frame_are_not_repeats() -> None:
+    # Removing sentences most of whose words an earlier one has (tried against a small proposer's loops:
+    # "The goal is to have this task done. The code is to have this task done.") would cut this rule.
+    rules = "If the verb is a form of be, put not after it. If the verb is a form of have, put not after it."
+    assert clean_reply(rules, Predict("sentence -> negated", instruction="Negate it.")).text == rules
+
+
+def test_lines_without_a_letter_are_removed() -> None:
+    # The embedded proposer's list numbers and a date, with no instruction on their lines.
+    reply = "1. 2022-06-09 12:31:03\nNegate the main verb.\n- 2.\n3."
+    assert clean_reply(reply, Predict("sentence -> negated", instruction="Negate it.")).text == (
+        "Negate the main verb."
+    )
+
+
 def test_the_demos_scaffolding_echo_on_separate_lines_leaves_nothing_usable() -> None:
     lines = (
         DEMO_ECHO.replace(" Dataset", "\nDataset").replace(" Previous", "\nPrevious").replace(" - ", "\n- ")
