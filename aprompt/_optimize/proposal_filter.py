@@ -29,6 +29,9 @@ Deterministic checks, none of which asks an LM:
 - **Repeats.** A sentence the proposal already said (a small proposer often writes its instruction
   twice) is removed.
 - **Lines without a letter** (a bullet, a list's numbers, a date) tell the model nothing; they are removed.
+- **Another task's words.** A sentence that names the topic of the worked example the proposer is shown
+  (``"... translated into a French sentence."``), when the task itself does not, is the example leaking
+  into the proposal; it is removed.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
   ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
 - **No instruction in it.** A proposal none of whose sentences tells the model what to do
@@ -193,13 +196,20 @@ def field_labels(predictor: Predict) -> tuple[str, ...]:
     return tuple(f.label for f in predictor.signature.fields)
 
 
-def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[str] = ()) -> Cleaned:
+def clean_proposal(
+    text: str,
+    labels: Sequence[str] = (),
+    sentences: Sequence[str] = (),
+    foreign_words: frozenset[str] = frozenset(),
+) -> Cleaned:
     """Remove echoed scaffolding and field-label lines from a proposer's reply (see the module doc).
 
     Args:
         text: the proposer's reply (the parsed ``proposed_instruction``).
         labels: the program's field labels (:func:`field_labels`); lines starting with one are removed.
         sentences: the proposer's own sentences (its instruction, the tips), removed wherever they occur.
+        foreign_words: content words (:func:`content_words`) of another task the proposer was shown (its
+            worked example's topic) that this task does not use; a sentence with one is removed.
     """
     removed: list[str] = []
     kept = _cut_sections(_without_examples(_without_code(text.strip(), removed), removed), labels, removed)
@@ -208,6 +218,8 @@ def clean_proposal(text: str, labels: Sequence[str] = (), sentences: Sequence[st
         if pattern.search(kept):
             kept = pattern.sub(" ", kept)
             removed.append("proposer sentence")
+    if foreign_words:
+        kept = _without_sentences_naming(kept, foreign_words, removed)
     value = _without_trailing_remarks(
         _without_repeats(_tidy(_without_preamble(kept, removed)), removed), removed
     )
@@ -515,6 +527,17 @@ def _without_trailing_remarks(text: str, removed: list[str]) -> str:
     for line_no, sentence in sentences[: last + 1]:
         lines.setdefault(line_no, []).append(sentence)
     return "\n".join(" ".join(parts) for parts in lines.values())
+
+
+def _without_sentences_naming(text: str, words: frozenset[str], removed: list[str]) -> str:
+    """``text`` without the sentences that have one of the content ``words``, line breaks kept."""
+    lines = []
+    for line in text.splitlines():
+        kept = [sentence for sentence in sentences_of(line) if not content_words(sentence) & words]
+        if len(kept) < len(sentences_of(line)):
+            removed.append("another task's words")
+        lines.append(" ".join(kept))
+    return "\n".join(lines)
 
 
 def _without_repeats(text: str, removed: list[str]) -> str:

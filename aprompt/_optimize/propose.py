@@ -26,10 +26,12 @@ from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutageP
 from aprompt._optimize.proposal_filter import (
     Cleaned,
     clean_proposal,
+    content_words,
     field_labels,
     finished_part,
     reads_as_instruction,
     sentences_of,
+    task_vocabulary,
     whole_sentences,
 )
 from aprompt._taskgroups import plain_errors_task_group
@@ -115,6 +117,10 @@ WORKED_EXAMPLE: Mapping[str, str] = {
     ),
 }
 _EXAMPLE_SENTENCES = tuple(sentences_of(WORKED_EXAMPLE["proposed_instruction"]))
+#: Words of the worked example's topic that no other task's instruction needs: a proposal sentence with
+#: one, for a task that does not use it, copies the example ("... translated into a French sentence.").
+#: General words of the example ("translate", "sentence", "English") are not listed: other tasks use them.
+WORKED_EXAMPLE_TOPIC = content_words("French phrasebook")
 _ROLE = "You write instructions for one module of a language-model program."
 _GOAL_SCORED = "Propose a new instruction that scores higher than the previous ones."
 _GOAL = "Propose a better instruction for this module."
@@ -152,7 +158,8 @@ def clean_reply(text: str, predictor: Predict) -> Cleaned:
     scaffolding, the proposer's own sentences and lines starting with ``predictor``'s field labels removed
     (:func:`aprompt._optimize.proposal_filter.clean_proposal`)."""
     sentences = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip), *_EXAMPLE_SENTENCES)
-    return clean_proposal(clean_instruction(text), field_labels(predictor), sentences)
+    foreign = WORKED_EXAMPLE_TOPIC - task_vocabulary(predictor)
+    return clean_proposal(clean_instruction(text), field_labels(predictor), sentences, foreign)
 
 
 def validate_instruction(text: str, existing: Sequence[str]) -> str | None:

@@ -14,6 +14,7 @@ import aprompt
 from aprompt import Example, Predict, named_predictors
 from aprompt._optimize.bootstrap import bootstrap_demo_sets, size_ladder
 from aprompt._optimize.proposal_filter import (
+    Cleaned,
     finished_part,
     on_task,
     screen_verdict,
@@ -113,6 +114,26 @@ def test_rules_that_share_a_frame_are_not_repeats() -> None:
     # "The goal is to have this task done. The code is to have this task done.") would cut this rule.
     rules = "If the verb is a form of be, put not after it. If the verb is a form of have, put not after it."
     assert clean_reply(rules, Predict("sentence -> negated", instruction="Negate it.")).text == rules
+
+
+def test_a_sentence_that_copies_the_worked_examples_topic_is_removed_unless_the_task_shares_it() -> None:
+    # intent_goal's classify stage, seed 3 of 2026-12-05: the search returned this with its last line.
+    classify = Predict(
+        "utterance, goal -> intent",
+        instruction="Classify the user's request to a voice assistant into one of the intents.",
+    )
+    reply = (
+        "Use the intent to determine the destination of your request.\n"
+        "The function should take a string as input, and return a string with the requested intent "
+        "translated into a French sentence."
+    )
+    cleaned = clean_reply(reply, classify)
+    assert cleaned.text == "Use the intent to determine the destination of your request."
+    assert cleaned.removed == ("another task's words",)
+    # A task about French keeps them.
+    translate = Predict("english_text -> french_text", instruction="Translate the text.")
+    own = "Translate the English sentence into natural French, keeping its tone."
+    assert clean_reply(own, translate) == Cleaned(own)
 
 
 def test_lines_without_a_letter_are_removed() -> None:
