@@ -6,8 +6,9 @@ Deterministic checks, none of which asks an LM:
   Dataset Summary: … Previous Instructions: - …``). :func:`clean_proposal` removes every section that
   starts with one of the proposer's labels (:data:`SCAFFOLDING_LABELS`: a label line, the rest of its
   line, and the bullet lines under it), the sentences of the proposer's own instruction and tips, and
-  keeps what follows an answer label (``Proposed Instruction:``). What remains is the instruction; when
-  nothing usable remains, the proposal is dropped.
+  keeps what follows an answer label (``Proposed Instruction:``). A sentence that copies a tip or the
+  proposer's instruction with a word or two changed (:func:`echoes`) is removed too. What remains is
+  the instruction; when nothing usable remains, the proposal is dropped.
 - **Code.** A fenced code block (to its closing fence, or to the end of a reply cut inside it) and lines
   that read as code (``def``/``class``/``import``/``return`` lines, assignments such as ``x = y.strip()``)
   are never an instruction; they are removed, with a line ending in a colon that introduced them ("Here is
@@ -60,6 +61,7 @@ Deterministic checks, none of which asks an LM:
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -201,6 +203,7 @@ def clean_proposal(
     labels: Sequence[str] = (),
     sentences: Sequence[str] = (),
     foreign_words: frozenset[str] = frozenset(),
+    echoed: Sequence[str] = (),
 ) -> Cleaned:
     """Remove echoed scaffolding and field-label lines from a proposer's reply (see the module doc).
 
@@ -210,6 +213,8 @@ def clean_proposal(
         sentences: the proposer's own sentences (its instruction, the tips), removed wherever they occur.
         foreign_words: content words (:func:`content_words`) of another task the proposer was shown (its
             worked example's topic) that this task does not use; a sentence with one is removed.
+        echoed: sentences addressed to the proposer (its instruction, the tips); a sentence of the reply
+            that copies one with a word or two changed (:func:`echoes`) is removed.
     """
     removed: list[str] = []
     kept = _cut_sections(_without_examples(_without_code(text.strip(), removed), removed), labels, removed)
@@ -220,6 +225,8 @@ def clean_proposal(
             removed.append("proposer sentence")
     if foreign_words:
         kept = _without_sentences_naming(kept, foreign_words, removed)
+    if echoed:
+        kept = _without_echoes(kept, echoed, removed)
     value = _without_trailing_remarks(
         _without_repeats(_tidy(_without_preamble(kept, removed)), removed), removed
     )
@@ -339,9 +346,20 @@ def _ends_with_colon(line: str) -> bool:
     return line.rstrip(" *_`").endswith(":")
 
 
+#: Abbreviations a sentence goes on after ("... a persona (e.g. 'You are a ...').").
+_ABBREVIATIONS = ("e.g.", "i.e.", "vs.", "cf.")
+
+
 def sentences_of(line: str) -> list[str]:
-    """The sentences of one line (split after ``.``, ``!`` or ``?`` and a space), empty ones left out."""
-    return [sentence for sentence in re.split(r"(?<=[.!?])\s+", line.strip()) if sentence]
+    """The sentences of one line (split after ``.``, ``!`` or ``?`` and a space, not after ``e.g.``
+    and the like), empty ones left out."""
+    sentences: list[str] = []
+    for piece in re.split(r"(?<=[.!?])\s+", line.strip()):
+        if sentences and sentences[-1].lower().endswith(_ABBREVIATIONS):
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        elif piece:
+            sentences.append(piece)
+    return sentences
 
 
 def _without_preamble(text: str, removed: list[str]) -> str:
@@ -536,6 +554,43 @@ def _without_sentences_naming(text: str, words: frozenset[str], removed: list[st
         kept = [sentence for sentence in sentences_of(line) if not content_words(sentence) & words]
         if len(kept) < len(sentences_of(line)):
             removed.append("another task's words")
+        lines.append(" ".join(kept))
+    return "\n".join(lines)
+
+
+#: The fewest words a proposer sentence needs for a near copy of it to count as an echo, and the share
+#: of its words, in order, that a reply's sentence must have (and of the reply sentence's own words).
+ECHO_MIN_WORDS = 6
+ECHO_SHARE = 0.85
+ECHO_OWN_SHARE = 0.6
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+def echoes(sentence: str, said: str) -> bool:
+    """Whether ``sentence`` copies ``said`` (a sentence addressed to the proposer, of
+    :data:`ECHO_MIN_WORDS` words or more) with a word or two changed: :data:`ECHO_SHARE` of its words in
+    the same order, and little else (:data:`ECHO_OWN_SHARE` of the sentence's own words). A tip copied
+    into a proposal ("Start the instruction with a persona relevant to the task (e.g. "You are a
+    doctor").") tells the task's model nothing."""
+    theirs, own = _words(said), _words(sentence)
+    if len(theirs) < ECHO_MIN_WORDS or not own:
+        return False
+    blocks = difflib.SequenceMatcher(None, own, theirs, autojunk=False).get_matching_blocks()
+    matched = sum(block.size for block in blocks)
+    return matched >= ECHO_SHARE * len(theirs) and matched >= ECHO_OWN_SHARE * len(own)
+
+
+def _without_echoes(text: str, said: Sequence[str], removed: list[str]) -> str:
+    """``text`` without the sentences that :func:`echo <echoes>` one of ``said``, line breaks kept."""
+    lines = []
+    for line in text.splitlines():
+        sentences = sentences_of(line)
+        kept = [s for s in sentences if not any(echoes(s, other) for other in said)]
+        if len(kept) < len(sentences):
+            removed.append("proposer sentence")
         lines.append(" ".join(kept))
     return "\n".join(lines)
 

@@ -157,9 +157,12 @@ def clean_reply(text: str, predictor: Predict) -> Cleaned:
     """A proposer reply as an instruction for ``predictor``: :func:`clean_instruction`, then echoed
     scaffolding, the proposer's own sentences and lines starting with ``predictor``'s field labels removed
     (:func:`aprompt._optimize.proposal_filter.clean_proposal`)."""
-    sentences = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip), *_EXAMPLE_SENTENCES)
+    addressed = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip))
+    sentences = (*addressed, *_EXAMPLE_SENTENCES)
     foreign = WORKED_EXAMPLE_TOPIC - task_vocabulary(predictor)
-    return clean_proposal(clean_instruction(text), field_labels(predictor), sentences, foreign)
+    # The worked example's sentences are removed only word for word: a proposal is meant to copy their
+    # form ("Keep its meaning and tone, and reply with the negated sentence only.").
+    return clean_proposal(clean_instruction(text), field_labels(predictor), sentences, foreign, addressed)
 
 
 def validate_instruction(text: str, existing: Sequence[str]) -> str | None:

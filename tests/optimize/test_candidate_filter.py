@@ -18,6 +18,7 @@ from aprompt._optimize.proposal_filter import (
     finished_part,
     on_task,
     screen_verdict,
+    sentences_of,
     task_vocabulary,
     whole_sentences,
 )
@@ -134,6 +135,31 @@ def test_a_sentence_that_copies_the_worked_examples_topic_is_removed_unless_the_
     translate = Predict("english_text -> french_text", instruction="Translate the text.")
     own = "Translate the English sentence into natural French, keeping its tone."
     assert clean_reply(own, translate) == Cleaned(own)
+
+
+def test_a_tip_copied_with_a_word_changed_is_removed_and_the_worked_examples_form_is_kept() -> None:
+    negate = Predict("sentence -> negated", instruction="Negate the sentence.")
+    # The demo of 2026-12-05 returned this proposal: the persona tip, its example filled in.
+    reply = (
+        "Rewrite the sentence so that it says the opposite: negate its verb. Start the instruction with a "
+        'persona relevant to the task (e.g. "You are a doctor").'
+    )
+    cleaned = clean_reply(reply, negate)
+    assert cleaned.text == "Rewrite the sentence so that it says the opposite: negate its verb."
+    assert cleaned.removed == ("proposer sentence",)
+    # The worked example's form, taken for this task, is what a proposal should be.
+    formed = "Negate the main verb. Keep its meaning and tone, and reply with the negated sentence only."
+    assert clean_reply(formed, negate) == Cleaned(formed)
+    # A sentence that shares a tip's frame but says something of its own is kept.
+    own = "Negate the main verb. Keep the answer clear and concise."
+    assert clean_reply(own, negate) == Cleaned(own)
+
+
+def test_a_sentence_goes_on_after_an_abbreviation() -> None:
+    assert sentences_of("Name a persona (e.g. a nurse). Then answer, i.e. reply.") == [
+        "Name a persona (e.g. a nurse).",
+        "Then answer, i.e. reply.",
+    ]
 
 
 def test_lines_without_a_letter_are_removed() -> None:
