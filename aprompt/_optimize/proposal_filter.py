@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -224,9 +224,19 @@ def clean_proposal(
             kept = pattern.sub(" ", kept)
             removed.append("proposer sentence")
     if foreign_words:
-        kept = _without_sentences_naming(kept, foreign_words, removed)
+        kept = _without_sentences(
+            kept,
+            lambda sentence: bool(content_words(sentence) & foreign_words),
+            "another task's words",
+            removed,
+        )
     if echoed:
-        kept = _without_echoes(kept, echoed, removed)
+        kept = _without_sentences(
+            kept,
+            lambda sentence: any(echoes(sentence, said) for said in echoed),
+            "proposer sentence",
+            removed,
+        )
     value = _without_trailing_remarks(
         _without_repeats(_tidy(_without_preamble(kept, removed)), removed), removed
     )
@@ -547,13 +557,14 @@ def _without_trailing_remarks(text: str, removed: list[str]) -> str:
     return "\n".join(" ".join(parts) for parts in lines.values())
 
 
-def _without_sentences_naming(text: str, words: frozenset[str], removed: list[str]) -> str:
-    """``text`` without the sentences that have one of the content ``words``, line breaks kept."""
+def _without_sentences(text: str, drop: Callable[[str], bool], why: str, removed: list[str]) -> str:
+    """``text`` without the sentences ``drop`` says to remove (``why`` recorded), line breaks kept."""
     lines = []
     for line in text.splitlines():
-        kept = [sentence for sentence in sentences_of(line) if not content_words(sentence) & words]
-        if len(kept) < len(sentences_of(line)):
-            removed.append("another task's words")
+        sentences = sentences_of(line)
+        kept = [sentence for sentence in sentences if not drop(sentence)]
+        if len(kept) < len(sentences):
+            removed.append(why)
         lines.append(" ".join(kept))
     return "\n".join(lines)
 
@@ -581,18 +592,6 @@ def echoes(sentence: str, said: str) -> bool:
     blocks = difflib.SequenceMatcher(None, own, theirs, autojunk=False).get_matching_blocks()
     matched = sum(block.size for block in blocks)
     return matched >= ECHO_SHARE * len(theirs) and matched >= ECHO_OWN_SHARE * len(own)
-
-
-def _without_echoes(text: str, said: Sequence[str], removed: list[str]) -> str:
-    """``text`` without the sentences that :func:`echo <echoes>` one of ``said``, line breaks kept."""
-    lines = []
-    for line in text.splitlines():
-        sentences = sentences_of(line)
-        kept = [s for s in sentences if not any(echoes(s, other) for other in said)]
-        if len(kept) < len(sentences):
-            removed.append("proposer sentence")
-        lines.append(" ".join(kept))
-    return "\n".join(lines)
 
 
 def _without_repeats(text: str, removed: list[str]) -> str:
