@@ -56,6 +56,7 @@ import attrs
 from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, evaluate
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt._slots import Limiter
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
@@ -276,7 +277,7 @@ async def bootstrap_demo_sets(
     teacher_lm: LM | None = None,
     lm: LM | None = None,
     threshold: float = 1.0,
-    concurrency: int | anyio.CapacityLimiter = 64,
+    concurrency: int | Limiter = 64,
     temperature: float | None = None,
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
     set_sizes: Sequence[int] | None = None,

@@ -16,6 +16,7 @@ from aprompt._optimize.evaluate import Evaluation, Metric, OnResult, evaluate_re
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import Key, key_of
 from aprompt._optimize.head_start import HeadStart
+from aprompt._slots import Limiter
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 
@@ -33,9 +34,11 @@ class ChoiceRuns:
     program: object
     metric: Metric
     lm: LM | None
-    limiter: anyio.CapacityLimiter
+    limiter: Limiter
     #: Runs started ahead of their step, per choice; the step's first evaluation of the choice takes them.
     _ahead: dict[Key, HeadStart] = attrs.field(factory=dict, init=False)
+    #: Every run started ahead since the last :meth:`drop_ahead`, taken or not.
+    _started: list[HeadStart] = attrs.field(factory=list, init=False)
 
     def fresh(self) -> ChoiceRuns:
         """The same runs (program, metric, LM, limiter) with none started ahead."""
@@ -67,11 +70,17 @@ class ChoiceRuns:
         that step's first evaluation of ``choice`` takes these results instead of running them again
         (registered at once, so a step starting before the run does still finds it)."""
         head = self._ahead[key_of(choice)] = HeadStart(tuple(e.id for e in examples))
+        self._started.append(head)
         group.start_soon(head.run, partial(self._evaluate_now, candidates, choice, examples))
+
+    def has_runs_ahead(self) -> bool:
+        """Whether a run started ahead is still going (taken by an evaluation or not)."""
+        return any(not head.finished for head in self._started)
 
     def drop_ahead(self) -> None:
         """Forget the runs started ahead that no step took (the race that started them ended)."""
         self._ahead.clear()
+        self._started.clear()
 
     async def _evaluate_now(
         self,

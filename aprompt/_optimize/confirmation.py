@@ -40,8 +40,8 @@ from aprompt._optimize.final_pick import (
     FinalPick,
     could_become_better,
     describe_choice,
+    leads,
     loosest_level,
-    paired_difference,
 )
 from aprompt._optimize.search_records import (
     FullEval,
@@ -171,7 +171,7 @@ async def confirm(
     for (choice, examples), ran in zip(plans[1:], first[1:], strict=True):
         more = sum(e.id in pick_rest for e in examples[_half(examples) :])
         mine = {**loop.scores_of(choice), **ran.scores}
-        ahead = paired_difference(ran.scores, first[0].scores).mean > 0.0
+        ahead = leads(ran.scores, first[0].scores)
         if more and ahead and could_become_better(mine, pick_scores, more, level, min_shared):
             live.append((choice, examples[_half(examples) :]))
     if live and loop.should_stop() is None:  # a time limit reached stops here, with the first half in

@@ -34,6 +34,7 @@ import attrs
 from aprompt._errors import ConfigError, IncompleteResponseError, OptimizationError
 from aprompt._optimize.examples import Example, as_examples
 from aprompt._optimize.per_example import ExampleTable, current_output_log, program_key
+from aprompt._slots import Limiter, Slots
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.executors.base import (
     Executor,
@@ -319,7 +320,7 @@ async def evaluate(
     input_fields: Sequence[str] | None = None,
     prompts: Mapping[str, PromptOverride] | None = None,
     lm: LM | None = None,
-    concurrency: int | anyio.CapacityLimiter = 64,
+    concurrency: int | Limiter = 64,
     collect_traces: bool = False,
     rollout: int | None = None,
     lm_params: Mapping[str, Any] | None = None,
@@ -377,7 +378,7 @@ async def evaluate_reporting(
     *,
     prompts: Mapping[str, PromptOverride] | None = None,
     lm: LM | None = None,
-    concurrency: int | anyio.CapacityLimiter = 64,
+    concurrency: int | Limiter = 64,
     collect_traces: bool = False,
     rollout: int | None = None,
     lm_params: Mapping[str, Any] | None = None,
@@ -388,9 +389,7 @@ async def evaluate_reporting(
     is scored, in the order they finish (a search decides from the answers in before the slowest
     comes: :func:`aprompt._optimize.racing.staged_evaluation`). The evaluation returned is the same."""
     limiter = (
-        concurrency
-        if isinstance(concurrency, anyio.CapacityLimiter)
-        else anyio.CapacityLimiter(max(1, concurrency))
+        concurrency if isinstance(concurrency, anyio.CapacityLimiter | Slots) else Slots(max(1, concurrency))
     )
     results: list[ExampleResult | None] = [None] * len(items)
     runner = executor if executor is not None else current_executor()

@@ -31,6 +31,11 @@ class HeadStart:
             self._error = exc
         self._done.set()
 
+    @property
+    def finished(self) -> bool:
+        """The run ended (its evaluation or its error is in)."""
+        return self._done.is_set()
+
     def _tell(self, result: ExampleResult) -> None:
         self._results.append(result)
         if self._listener is not None:

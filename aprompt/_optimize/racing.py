@@ -364,7 +364,9 @@ async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allo
     try:
         async with plain_errors_task_group() as ahead:
             spent = await _race_rungs(loop, race, racers, allowance, ahead)
-            ahead.cancel_scope.cancel()
+            # A cancellation formats the task's repr: none is made when no run ahead is left to stop.
+            if loop.has_runs_ahead():
+                ahead.cancel_scope.cancel()
     finally:
         loop.drop_ahead()
     return spent

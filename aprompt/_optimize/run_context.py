@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import attrs
 
 from aprompt._errors import ConfigError, JournalError, RunLimitError
@@ -31,6 +30,7 @@ from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.result import PhaseUsage
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
+from aprompt._slots import Slots
 from aprompt.lm._metering import BudgetKept, LimitReached, RequestMeter, measuring, metering
 from aprompt.lm.types import LM
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
@@ -136,7 +136,7 @@ class RunContext:
     _commitments: dict[tuple[str, str], _Commitment] = attrs.field(factory=dict, init=False)
     #: The run's start, for the phases' start times.
     _started: float = attrs.field(factory=time.monotonic, init=False)
-    _limiter: anyio.CapacityLimiter | None = attrs.field(default=None, init=False)
+    _limiter: Slots | None = attrs.field(default=None, init=False)
     #: Program runs the search keeps for confirming its pick under a limit that can refuse steps
     #: (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`; 0 on a large validation set).
     confirmation_kept: int = attrs.field(init=False)
@@ -162,10 +162,10 @@ class RunContext:
             ) from None
 
     @property
-    def limiter(self) -> anyio.CapacityLimiter:
+    def limiter(self) -> Slots:
         """Program runs in flight at once (``concurrency``), shared by the run's overlapping steps."""
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(max(1, self.concurrency))
+            self._limiter = Slots(max(1, self.concurrency))
         return self._limiter
 
     def first_trial_runs(self) -> tuple[int, str]:

@@ -91,6 +91,7 @@ from aprompt._optimize.search_steps import (
     run_full_evaluation,
 )
 from aprompt._optimize.trial_window import TrialWindow
+from aprompt._slots import Limiter, Slots
 from aprompt.lm.types import LM
 from aprompt.tpe import Categorical, TPESampler
 
@@ -210,7 +211,7 @@ class SearchLoop:
     #: the evaluation of the same prompts, or ``None``. Handed in, not evaluated again.
     prefetched: Prefetched | None = attrs.field(default=None, kw_only=True)
     #: Program runs in flight at once: a limit of its own, or one the run's other steps share.
-    limiter: anyio.CapacityLimiter | None = attrs.field(default=None, kw_only=True)
+    limiter: Limiter | None = attrs.field(default=None, kw_only=True)
     #: A race's next step may start running ahead, once the answers in settle that it runs those examples
     #: (:mod:`aprompt._optimize.racing`): only when nothing can refuse or stop a step.
     go_ahead: bool = attrs.field(default=False, kw_only=True)
@@ -220,7 +221,7 @@ class SearchLoop:
     _origin: _Origin | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        limiter = self.limiter or anyio.CapacityLimiter(max(1, self.concurrency))
+        limiter = self.limiter or Slots(max(1, self.concurrency))
         self._runs = ChoiceRuns(self.program, self.metric, self.lm, limiter)
 
     async def run(self) -> SearchOutcome:
@@ -545,6 +546,10 @@ class SearchLoop:
     def run_ahead(self, group: anyio.abc.TaskGroup, choice: Choice, examples: Sequence[Example]) -> None:
         """Start running ``choice`` on ``examples`` ahead of its step (:meth:`ChoiceRuns.run_ahead`)."""
         self._runs.run_ahead(group, self.candidates, choice, examples)
+
+    def has_runs_ahead(self) -> bool:
+        """Whether a run started ahead is still going."""
+        return self._runs.has_runs_ahead()
 
     def drop_ahead(self) -> None:
         """Forget the runs started ahead that no step took (the race that started them ended)."""

@@ -107,7 +107,14 @@ class _Connection:
     async def aclose(self) -> None:
         if self._socket is not None:
             self._socket.close()
-        await anyio.aclose_forcefully(self._stream)
+        if isinstance(self._stream, anyio.abc.SocketStream):
+            # A plain socket closes at once (its transport is aborted), so it needs no forced close, whose
+            # cancellation formats the task's repr (a tenth of a millisecond); a TLS close could wait on
+            # the peer's close_notify.
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+        else:
+            await anyio.aclose_forcefully(self._stream)
 
     async def _receive(self) -> bytes:
         """The next bytes from the server, or ``b""`` at the end of the stream."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import anyio
+from aprompt._slots import Slots
 
 __all__ = ["HEADROOM", "INITIAL_CONCURRENCY", "MAX_CONCURRENCY", "ConcurrencyController"]
 
@@ -83,7 +83,7 @@ class ConcurrencyController:
         self._tokens: float | None = None
         self._window = float(min(INITIAL_CONCURRENCY, self._maximum))
         self._threshold = math.inf
-        self.slots = anyio.CapacityLimiter(self._maximum if fixed is not None else self._target())
+        self.slots = Slots(self._maximum if fixed is not None else self._target())
 
     @property
     def adaptive(self) -> bool:

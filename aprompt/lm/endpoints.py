@@ -16,11 +16,11 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
-import anyio
 import attrs
 import httpx
 
 from aprompt._errors import ConfigError
+from aprompt._slots import Slots
 from aprompt.lm._connections import ConnectionLanes
 from aprompt.lm.limits import RateLimiter
 
@@ -118,7 +118,7 @@ class EndpointState:
         target: the base URL requests go to: ``url`` with any credential in its query.
         headers: request headers for this endpoint, authentication included (never shown).
         capacity: its concurrency cap.
-        slots: the :class:`anyio.CapacityLimiter` enforcing ``capacity`` (not taken by a capped lease
+        slots: the :class:`~aprompt._slots.Slots` enforcing ``capacity`` (not taken by a capped lease
             of a pool of one endpoint: see :meth:`EndpointPool.lease`).
         limiter: its :class:`~aprompt.lm.limits.RateLimiter` (the one a 429 from here pauses).
         lanes: its keep-alive connections (see :mod:`aprompt.lm._connections`).
@@ -154,7 +154,7 @@ class EndpointState:
         self.target = url if target is None else target
         self.headers = dict(headers)
         self.capacity = capacity
-        self.slots = anyio.CapacityLimiter(capacity)
+        self.slots = Slots(capacity)
         self.limiter = limiter
         self.lanes = lanes
         self.in_flight = 0

@@ -41,15 +41,16 @@ def answer_rounds(controller: ConcurrencyController, rounds: int) -> list[int]:
     as waiting tasks do); the cap after each round."""
     caps = []
     for _ in range(rounds):
-        holders: list[object] = []
+        held = 0
         for _ in range(controller.cap):
             while controller.slots.available_tokens > 0:
-                holders.append(object())
-                controller.slots.acquire_on_behalf_of_nowait(holders[-1])
+                controller.slots.acquire_nowait()
+                held += 1
             controller.completed(latency=0.1, tokens=10)
-            controller.slots.release_on_behalf_of(holders.pop(0))
-        for holder in holders:
-            controller.slots.release_on_behalf_of(holder)
+            controller.slots.release()
+            held -= 1
+        for _ in range(held):
+            controller.slots.release()
         caps.append(controller.cap)
     return caps
 
