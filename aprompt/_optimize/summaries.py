@@ -19,6 +19,7 @@ import attrs
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt._source import source_of
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.types import LM
@@ -139,7 +140,7 @@ def program_source(program: object) -> str:
     """The program's source when Python can find it (its class, or the function), else ``""``."""
     target: Any = program if inspect.isfunction(program) or inspect.ismethod(program) else type(program)
     try:
-        return inspect.getsource(target)
+        return source_of(target)
     # OSError/TypeError: no source file; SyntaxError and others: inspect parsed a file that is not the
     # code's (a class exec'd from a snippet names the document it came from).
     except Exception:

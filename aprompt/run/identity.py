@@ -22,6 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from aprompt._source import source_of
+
 #: Bumped when what the fingerprint covers changes: a journal of another version is refused.
 #: 3: the program's code, and the plain values a metric closes over or reads as globals.
 IDENTITY_VERSION = 3
@@ -65,7 +67,7 @@ def _qualified_name(target: Any) -> str:
 
 def _source_digest(target: Any) -> str | None:
     try:
-        return hashlib.sha256(inspect.getsource(target).encode()).hexdigest()[:16]
+        return hashlib.sha256(source_of(target).encode()).hexdigest()[:16]
     except (OSError, TypeError):  # built in, defined in a REPL, or source not shipped
         return None
 
