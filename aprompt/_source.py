@@ -20,7 +20,8 @@ def source_of(target: Any) -> str:
     """:func:`inspect.getsource` of ``target``, memoized while its file stays the same.
 
     Raises:
-        OSError, TypeError: as :func:`inspect.getsource` (no source file, a built-in object).
+        OSError, TypeError: as :func:`inspect.getsource` (no source file, a built-in object); OSError
+            too when the file a class names is not Python (a class exec'd from a document's snippet).
     """
     path = inspect.getsourcefile(target)
     try:
@@ -28,13 +29,20 @@ def source_of(target: Any) -> str:
     except OSError:
         stat = None
     if stat is None:  # no file to date the source by (a notebook cell, a string exec'd): read it each time
-        return inspect.getsource(target)
+        return _read(target)
     try:
         return _memoized(target, path, stat.st_mtime_ns, stat.st_size)
     except TypeError:  # an unhashable target
-        return inspect.getsource(target)
+        return _read(target)
 
 
 @functools.lru_cache(maxsize=64)
 def _memoized(target: Any, path: str | None, mtime_ns: int, size: int) -> str:
-    return inspect.getsource(target)
+    return _read(target)
+
+
+def _read(target: Any) -> str:
+    try:
+        return inspect.getsource(target)
+    except SyntaxError as exc:  # inspect parses a class's whole file to find it
+        raise OSError(f"the file that holds {target!r} is not Python source: {exc.msg}") from None

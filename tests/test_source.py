@@ -50,6 +50,20 @@ def test_a_function_defined_without_a_file_has_no_source() -> None:
         source_of(namespace["made_here"])
 
 
+def test_a_class_whose_module_file_is_not_python_has_no_source(tmp_path: Path) -> None:
+    document = tmp_path / "guide.md"
+    document.write_text("# A guide\n\nSome 3rd-party prose, then a snippet.\n")
+    module = ModuleType("guide_snippet")
+    module.__file__ = str(document)
+    sys.modules["guide_snippet"] = module
+    try:
+        exec(compile("class Snippet:\n    pass\n", str(document), "exec"), module.__dict__)
+        with pytest.raises(OSError, match="not Python source"):
+            source_of(module.Snippet)
+    finally:
+        del sys.modules["guide_snippet"]
+
+
 def test_a_built_in_has_no_source() -> None:
     with pytest.raises(TypeError):
         source_of(len)
