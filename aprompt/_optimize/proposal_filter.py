@@ -33,6 +33,10 @@ Deterministic checks, none of which asks an LM:
 - **Another task's words.** A sentence that names the topic of the worked example the proposer is shown
   (``"... translated into a French sentence."``), when the task itself does not, is the example leaking
   into the proposal; it is removed.
+- **Code the task does not have.** A sentence that tells the model to use a function, method or call
+  named in ``snake_case`` that is not one of the program's fields ("Use the function
+  classify_to_list_of_intent to return the intent list.") is removed (:func:`names_code`); a data label
+  in ``snake_case`` ("one of: play_music, get_weather") is kept.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
   ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
 - **No instruction in it.** A proposal none of whose sentences tells the model what to do
@@ -204,6 +208,7 @@ def clean_proposal(
     sentences: Sequence[str] = (),
     foreign_words: frozenset[str] = frozenset(),
     echoed: Sequence[str] = (),
+    known_names: frozenset[str] | None = None,
 ) -> Cleaned:
     """Remove echoed scaffolding and field-label lines from a proposer's reply (see the module doc).
 
@@ -215,6 +220,9 @@ def clean_proposal(
             worked example's topic) that this task does not use; a sentence with one is removed.
         echoed: sentences addressed to the proposer (its instruction, the tips); a sentence of the reply
             that copies one with a word or two changed (:func:`echoes`) is removed.
+        known_names: the program's field names (lower-cased); when given, a sentence that talks of
+            code (:func:`names_code`: "use the function classify_to_list_of_intent") naming any other
+            identifier is removed: the task's model has no such function to call.
     """
     removed: list[str] = []
     kept = _cut_sections(_without_examples(_without_code(text.strip(), removed), removed), labels, removed)
@@ -237,6 +245,10 @@ def clean_proposal(
             "proposer sentence",
             removed,
         )
+    if known_names is not None:
+        kept = _without_sentences(
+            kept, lambda sentence: names_code(sentence, known_names), "names code", removed
+        )
     value = _without_trailing_remarks(
         _without_repeats(_tidy(_without_preamble(kept, removed)), removed), removed
     )
@@ -256,6 +268,45 @@ def clean_proposal(
             reason = f"too short ({len(value)} chars)"
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
+
+
+#: An identifier with an underscore inside (``snake_case``); markdown's ``_emphasis_`` has none inside.
+_CODE_NAME = re.compile(r"(?<![\w.])[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+(?![\w])")
+
+
+def code_names(sentence: str) -> frozenset[str]:
+    """The ``snake_case`` identifiers ``sentence`` names, lower-cased.
+
+    Example::
+
+        >>> sorted(code_names("Use define_intent_function, then return the _intent_."))
+        ['define_intent_function']
+    """
+    return frozenset(name.lower() for name in _CODE_NAME.findall(sentence))
+
+
+#: Words that make a ``snake_case`` name a piece of code rather than a label of the data ("play_music").
+_CODE_TALK = re.compile(r"\b(?:functions?|methods?|func|def|call(?:s|ed|ing)?|api)\b|\w\(", re.IGNORECASE)
+
+
+def names_code(sentence: str, known_names: frozenset[str]) -> bool:
+    """Whether ``sentence`` talks of code the task does not have: it names a ``snake_case`` identifier
+    outside ``known_names`` and calls something a function, a method or a call (in words, in the name, or
+    with brackets). A data label in ``snake_case`` ("one of: play_music, get_weather") is no code.
+
+    Example::
+
+        >>> names_code("Define the intent using define_intent_function.", frozenset({"intent"}))
+        True
+        >>> names_code("Answer with one of: play_music, get_weather.", frozenset({"intent"}))
+        False
+    """
+    unknown = code_names(sentence) - known_names
+    if not unknown:
+        return False
+    # "define_intent_function": the word inside the name (an underscore joins it to the rest).
+    named = any(_CODE_TALK.search(name.replace("_", " ")) for name in unknown)
+    return named or bool(_CODE_TALK.search(sentence))
 
 
 def finished_part(text: str) -> str:

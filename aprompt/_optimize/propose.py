@@ -162,7 +162,10 @@ def clean_reply(text: str, predictor: Predict) -> Cleaned:
     foreign = WORKED_EXAMPLE_TOPIC - task_vocabulary(predictor)
     # The worked example's sentences are removed only word for word: a proposal is meant to copy their
     # form ("Keep its meaning and tone, and reply with the negated sentence only.").
-    return clean_proposal(clean_instruction(text), field_labels(predictor), sentences, foreign, addressed)
+    names = frozenset(field.name.lower() for field in predictor.signature.fields)
+    return clean_proposal(
+        clean_instruction(text), field_labels(predictor), sentences, foreign, addressed, names
+    )
 
 
 def validate_instruction(text: str, existing: Sequence[str]) -> str | None:

@@ -137,6 +137,26 @@ def test_a_sentence_that_copies_the_worked_examples_topic_is_removed_unless_the_
     assert clean_reply(own, translate) == Cleaned(own)
 
 
+def test_a_sentence_naming_code_the_task_does_not_have_is_removed_and_field_names_are_kept() -> None:
+    # intent_goal's classify stage, seed 3 run again on 951c7e4: the search returned this instruction.
+    classify = Predict(
+        "utterance, user_goal -> intent",
+        instruction="Classify the user's request to a voice assistant into one of the intents.",
+    )
+    reply = (
+        "Use the function describe_goal to create a new utterance, define the intent using "
+        "define_intent_function. Use the function classify_to_list_of_intent to return the intent list."
+    )
+    cleaned = clean_reply(reply, classify)
+    assert cleaned.text is None
+    assert cleaned.removed == ("names code",)
+    # The program's own field names are words the task's model is shown: such a sentence stays.
+    own = "Read the user_goal first. Then name the intent the utterance asks for."
+    assert clean_reply(own, classify) == Cleaned(own)
+    mixed = "Read the user_goal first. Call parse_goal_tokens on it. Then name the intent."
+    assert clean_reply(mixed, classify).text == "Read the user_goal first. Then name the intent."
+
+
 def test_a_tip_copied_with_a_word_changed_is_removed_and_the_worked_examples_form_is_kept() -> None:
     negate = Predict("sentence -> negated", instruction="Negate the sentence.")
     # The demo of 2026-12-05 returned this proposal: the persona tip, its example filled in.
