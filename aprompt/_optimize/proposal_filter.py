@@ -33,6 +33,8 @@ Deterministic checks, none of which asks an LM:
 - **Another task's words.** A sentence that names the topic of the worked example the proposer is shown
   (``"... translated into a French sentence."``), when the task itself does not, is the example leaking
   into the proposal; it is removed.
+- **The proposer's input read back.** A sentence that tells what the current or previous instruction
+  says ("The current instruction is to remove the word 'the' from the sentence.") is removed.
 - **Code the task does not have.** A sentence that tells the model to use a function, method or call
   named in ``snake_case`` that is not one of the program's fields ("Use the function
   classify_to_list_of_intent to return the intent list.") is removed (:func:`names_code`); a data label
@@ -245,6 +247,7 @@ def clean_proposal(
             "proposer sentence",
             removed,
         )
+    kept = _without_sentences(kept, speaks_of_the_instruction, "proposer sentence", removed)
     if known_names is not None:
         kept = _without_sentences(
             kept, lambda sentence: names_code(sentence, known_names), "names code", removed
@@ -268,6 +271,27 @@ def clean_proposal(
             reason = f"too short ({len(value)} chars)"
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
+
+
+#: A sentence that tells what the proposer's current or previous instruction says, in prose ("The
+#: current instruction is to remove the word 'the' from the sentence."): the proposer reading its input back.
+_OF_THE_INSTRUCTION = re.compile(
+    r"^\W*(?:the\s+|my\s+|this\s+)?(?:current|previous|original|old|given)\s+instructions?\s+(?:is|are|was|were|says?)\b",
+    re.IGNORECASE,
+)
+
+
+def speaks_of_the_instruction(sentence: str) -> bool:
+    """Whether ``sentence`` tells what the proposer's current or previous instruction says.
+
+    Example::
+
+        >>> speaks_of_the_instruction("The current instruction is to remove the word 'the'.")
+        True
+        >>> speaks_of_the_instruction("Rewrite the sentence to negate its verb.")
+        False
+    """
+    return bool(_OF_THE_INSTRUCTION.match(sentence))
 
 
 #: An identifier with an underscore inside (``snake_case``); markdown's ``_emphasis_`` has none inside.

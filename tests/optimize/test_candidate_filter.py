@@ -137,6 +137,20 @@ def test_a_sentence_that_copies_the_worked_examples_topic_is_removed_unless_the_
     assert clean_reply(own, translate) == Cleaned(own)
 
 
+def test_a_sentence_telling_what_the_current_instruction_says_is_removed() -> None:
+    # The demo of 2026-12-05 (fourth session) returned this proposal.
+    negate = Predict("sentence -> negated", instruction="Negate the sentence.")
+    reply = (
+        "Rewrite the sentence to negate its verb. "
+        "The current instruction is to remove the word 'the' from the sentence."
+    )
+    cleaned = clean_reply(reply, negate)
+    assert cleaned.text == "Rewrite the sentence to negate its verb."
+    assert cleaned.removed == ("proposer sentence",)
+    own = "Rewrite the sentence so that the instruction it gives is the opposite."
+    assert clean_reply(own, negate) == Cleaned(own)
+
+
 def test_a_sentence_naming_code_the_task_does_not_have_is_removed_and_field_names_are_kept() -> None:
     # intent_goal's classify stage, seed 3 run again on 951c7e4: the search returned this instruction.
     classify = Predict(
