@@ -11,6 +11,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -57,15 +58,43 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         # Other work on the machine slows a CPU-bound local model: say how busy it was.
         "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
+        "python_reference_ms": python_reference_ms(),
         "versions": versions,
     }
+
+
+def python_reference_ms(repeats: int = 7) -> float:
+    """CPU milliseconds of a fixed pure-Python workload (JSON, string formatting, dicts, calls), median
+    of ``repeats``: the machine's speed when a result is written. The same code's CPU figures differ
+    two-fold between hours on a shared machine; figures from two runs compare after scaling by this."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "word " * 60} for _ in range(6)]}
+
+    def once() -> int:
+        total = 0
+        for index in range(300):
+            text = json.dumps(body)
+            total += len(json.loads(text)["messages"])
+            total += sum(len(f"{key}: {value!s:.20}") for key, value in body.items())
+            total += len({str(index + n): n for n in range(20)})
+        return total
+
+    times = []
+    for _ in range(repeats):
+        started = time.process_time()
+        once()
+        times.append(time.process_time() - started)
+    return round(1000 * statistics.median(times), 2)
 
 
 def environment_line(env: Mapping[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     load = "/".join(str(x) for x in env["load_average_1_5_15min"])
+    speed = env.get("python_reference_ms")
+    speed_text = (
+        f", a fixed Python workload {speed} ms of CPU (`bench.report.python_reference_ms`)" if speed else ""
+    )
     return (
-        f"Python {env['python']}, {env['cpus']} CPUs (load average {load} when written), "
+        f"Python {env['python']}, {env['cpus']} CPUs (load average {load} when written{speed_text}), "
         f"{env['platform']}; {versions}."
     )
 

@@ -31,7 +31,7 @@ from aprompt._optimize.events import Event
 
 INSTRUCTION = "Rewrite the sentence so that it says the opposite: negate its verb."
 #: Wall time of the default demo on an idle 2-core machine, model start excluded (see ``README.md``).
-IDLE_TWO_CORE_MINUTES = 4
+IDLE_TWO_CORE_MINUTES = 5
 #: How many program calls' time one proposer call (grounding texts, then instruction proposals) adds.
 #: They are side by side now, but long (up to 160-256 tokens from prompts of about 600, against about
 #: 10 tokens for a program call) and on the run's critical path: the proposals wait for the grounding
@@ -299,7 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", default="light", choices=["light", "medium", "heavy"])
     parser.add_argument("--train", type=int, default=60, help="training examples")
     parser.add_argument("--val", type=int, default=30, help="validation examples")
-    parser.add_argument("--test", type=int, default=60, help="held-out test examples")
+    parser.add_argument("--test", type=int, default=200, help="held-out test examples")
     parser.add_argument("--trials", type=int, default=10, help="mini-batch trials")
     parser.add_argument("--minibatch", type=int, default=15, help="examples per mini-batch trial")
     parser.add_argument(

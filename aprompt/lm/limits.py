@@ -530,6 +530,10 @@ class RateLimiter:
                 if delay <= 0:
                     return self._admit(tokens)
                 await anyio.sleep(delay)
+        # Nobody queued (a held lock is the only sign of waiters: it is handed on to the next) and it
+        # fits now: admitted at once, in arrival order still, without the lock's trip through the loop.
+        if not self._lock.locked() and self._delay(tokens) <= 0:
+            return self._admit(tokens)
         async with self._lock:
             while True:
                 delay = self._delay(tokens)

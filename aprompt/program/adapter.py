@@ -40,6 +40,7 @@ from aprompt.program._coerce import (
 )
 from aprompt.program.fields import Field
 from aprompt.program.signature import Signature
+from aprompt.program.values import Demo
 
 __all__ = [
     "REPLY_FORMATS",
@@ -96,6 +97,43 @@ def format_messages(
         # [{"role": "system", "content": "Given the fields `question`, ..."},
         #  {"role": "user", "content": "Question: 2+2?"}]
     """
+    key = (id(signature), instruction, reply_format, tuple(map(id, demos)))
+    memo = _PREFIXES.get(key)
+    if memo is not None:
+        prefix = memo[2]
+    else:
+        prefix = _prefix(signature, demos, instruction, reply_format)
+        if all(_is_value(demo) for demo in demos):
+            if len(_PREFIXES) >= _MAX_PREFIXES:
+                _PREFIXES.clear()
+            _PREFIXES[key] = (signature, tuple(demos), prefix)
+    # Copies: an LM is free to change the messages it is given.
+    messages: list[Message] = [dict(message) for message in prefix]  # type: ignore[misc]
+    messages.append({"role": "user", "content": _input_block(signature, inputs) or _NO_INPUTS})
+    return messages
+
+
+# The system message and demo turns of the prompts in use, by the ids of (signature, demos) and the
+# instruction and reply format: every call of a predictor under one prompt renders them alike, and
+# rendering eight demos was ~5 % of an optimization's client CPU. An entry holds its signature and
+# demos, so their ids cannot be reused while it lives; only demos that cannot change are kept.
+_PrefixKey = tuple[int, str | None, str, tuple[int, ...]]
+_PREFIXES: dict[_PrefixKey, tuple[Signature, tuple[Any, ...], list[Message]]] = {}
+_MAX_PREFIXES = 512
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_value(demo: object) -> bool:
+    """A :class:`~aprompt.program.values.Demo` (frozen) of plain scalars: rendered alike forever."""
+    return isinstance(demo, Demo) and all(isinstance(value, _SCALARS) for value in demo.values())
+
+
+def _prefix(
+    signature: Signature,
+    demos: Sequence[Mapping[str, Any]],
+    instruction: str | None,
+    reply_format: ReplyFormat,
+) -> list[Message]:
     bare = check_reply_format(signature, reply_format, "format_messages") == "bare"
     messages: list[Message] = [
         {"role": "system", "content": system_prompt(signature, instruction, reply_format)}
@@ -106,7 +144,6 @@ def format_messages(
         if assistant:  # a demo without any output value teaches nothing
             messages.append({"role": "user", "content": user or _NO_INPUTS})
             messages.append({"role": "assistant", "content": assistant})
-    messages.append({"role": "user", "content": _input_block(signature, inputs) or _NO_INPUTS})
     return messages
 
 

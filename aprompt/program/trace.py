@@ -4,7 +4,7 @@ demos."""
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -13,6 +13,7 @@ from aprompt._errors import ConfigError
 from aprompt.lm.types import TokenUsage
 from aprompt.program.context import ACTIVE_TRACES, TraceSink
 from aprompt.program.discovery import named_predictors
+from aprompt.program.overrides import active_overrides
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo, Prediction
 
@@ -65,8 +66,8 @@ class Trace:
 
     def __init__(self, program: object | None = None) -> None:
         self._program = program
-        self._names: dict[int, str] = {}
-        self._keep_alive: list[Predict] = []
+        self._names: Mapping[int, str] = {}
+        self._keep_alive: Sequence[object] = ()
         self._entries: list[TraceEntry] = []
         self._token: contextvars.Token[tuple[TraceSink, ...]] | None = None
         self._state = "new"
@@ -102,11 +103,17 @@ class Trace:
         if self._state != "new":
             raise ConfigError("a Trace can be entered only once; create a new one with trace()")
         if self._program is not None:
-            pairs = named_predictors(self._program)
-            # Keep the predictors referenced so their ids cannot be reused by other objects
-            # meanwhile.
-            self._keep_alive = [p for _, p in pairs]
-            self._names = {id(p): name for name, p in pairs}
+            active = active_overrides()
+            if active is not None and active.program is self._program:
+                # The prompts' block of this program walked it a moment ago (a run of an evaluation).
+                self._keep_alive = active.keep_alive
+                self._names = active.names
+            else:
+                pairs = named_predictors(self._program)
+                # Keep the predictors referenced so their ids cannot be reused by other objects
+                # meanwhile.
+                self._keep_alive = [p for _, p in pairs]
+                self._names = {id(p): name for name, p in pairs}
         self._token = ACTIVE_TRACES.set((*ACTIVE_TRACES.get(), self))
         self._state = "open"
         return self

@@ -274,6 +274,36 @@ async def test_limiter_admits_waiting_tasks_in_arrival_order() -> None:
     assert order == list(range(12))
 
 
+async def test_a_small_request_never_passes_a_larger_one_waiting_at_the_head() -> None:
+    limiter = RateLimiter(tokens_per_minute=600, period=0.2, token_burst=math.inf)
+    await limiter.acquire(tokens=500)
+    order: list[str] = []
+
+    async def one(name: str, tokens: int) -> None:
+        await limiter.acquire(tokens=tokens)
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "large", 600)  # waits for the first admission to leave the window
+        await anyio.sleep(0.02)
+        tg.start_soon(one, "small", 10)  # would fit now, but arrived second
+    assert order == ["large", "small"]
+
+
+async def test_a_request_that_fits_with_nobody_waiting_is_admitted_without_yielding() -> None:
+    limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=60_000)
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other task")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        await limiter.acquire(tokens=100)
+        assert ran == []  # the other task got no turn: no trip through the event loop
+    assert ran == ["other task"]
+
+
 async def test_settle_refunds_unused_tokens_to_later_requests() -> None:
     limiter = RateLimiter(tokens_per_minute=600, period=1.0, token_burst=math.inf)
     admission = await limiter.acquire(tokens=600)

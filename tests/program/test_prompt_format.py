@@ -107,3 +107,29 @@ def test_rendering_is_deterministic() -> None:
 def test_a_signature_without_inputs_still_has_a_user_turn() -> None:
     messages = format_messages(Signature.parse("-> joke"), {})
     assert messages[-1] == {"role": "user", "content": "(no inputs)"}
+
+
+def test_the_same_prompt_renders_alike_and_an_lm_changing_its_messages_changes_no_later_call() -> None:
+    signature = Signature.parse("question -> answer")
+    demos = (Demo({"question": "1+1?", "answer": "2"}), Demo({"question": "2+3?", "answer": "5"}))
+    first = format_messages(signature, {"question": "q"}, demos=demos, instruction="Add.")
+    expected = [dict(message) for message in first]
+    for message in first:  # what a client that edits its messages in place would do
+        message["content"] = "changed"
+    second = format_messages(signature, {"question": "q"}, demos=demos, instruction="Add.")
+    assert second == expected
+    other = format_messages(signature, {"question": "q"}, demos=demos, instruction="Subtract.")
+    assert other[0]["content"].startswith("Subtract.") and other[1:] == expected[1:]
+    bare = format_messages(signature, {"question": "q"}, demos=demos, instruction="Add.", reply_format="bare")
+    assert [m["content"] for m in bare[1:3]] == ["Question: 1+1?", "2"]
+
+
+def test_a_demo_whose_value_can_change_is_rendered_as_it_is_at_each_call() -> None:
+    signature = Signature.parse("question -> answer: list[str]")
+    tags = ["a"]
+    demo = Demo({"question": "which?", "answer": tags})
+    before = format_messages(signature, {"question": "q"}, demos=[demo])
+    tags.append("b")
+    after = format_messages(signature, {"question": "q"}, demos=[demo])
+    assert before[2]["content"] != after[2]["content"]
+    assert "b" in after[2]["content"]
