@@ -18,7 +18,11 @@ Deterministic checks, none of which asks an LM:
   a section under a heading that names an example (``# Example``) are the proposer's own examples, which
   a small proposer gets wrong ("The negation of "The doctor has need of assistance" is "The chef has
   need of assistance.""); the program's demos are where examples go. Other markdown heading lines
-  (``# Help``) are removed, the text under them kept.
+  (``# Help``) are removed, the text under them kept. So is any line of labeled text that tells the model
+  nothing to do (:func:`is_labeled_example`: "Reply: - The jewelers are ...", "The jeweler visits the
+  farm, negated: The jeweler does not visit the farm"; "Note: keep the tense." instructs and stays), and
+  a sentence that frames a quoted sentence of its own and tells nothing to do (:func:`quotes_an_example`:
+  'The original sentence is "The jeweler uses reading glasses."'; a quoted data label is kept).
 - **A preamble.** A first line that ends with a colon and tells the model nothing to do ("A more
   detailed and polished version of the program could be:", "Sure, here is the new instruction:") is
   the proposer introducing its answer; it is removed when text follows it. So is such a line further
@@ -38,7 +42,9 @@ Deterministic checks, none of which asks an LM:
 - **Code the task does not have.** A sentence that tells the model to use a function, method or call
   named in ``snake_case`` that is not one of the program's fields ("Use the function
   classify_to_list_of_intent to return the intent list.") is removed (:func:`names_code`); a data label
-  in ``snake_case`` ("one of: play_music, get_weather") is kept.
+  in ``snake_case`` ("one of: play_music, get_weather") is kept. So is a sentence that talks of classes,
+  subclasses or new instances (:func:`speaks_of_classes`: "create a new instance of negate, which is a
+  subclass of the negate class"): the program's code, which the task's model never sees.
 - **Echoed field labels.** Lines that start with a label of the program's own fields (``Question:``,
   ``Answer:``) are a demo the proposer made up, not an instruction; they are removed the same way.
 - **No instruction in it.** A proposal none of whose sentences tells the model what to do
@@ -248,6 +254,9 @@ def clean_proposal(
             removed,
         )
     kept = _without_sentences(kept, speaks_of_the_instruction, "proposer sentence", removed)
+    kept = _without_lines(kept, is_labeled_example, "made-up examples", removed)
+    kept = _without_sentences(kept, quotes_an_example, "made-up examples", removed)
+    kept = _without_sentences(kept, speaks_of_classes, "names code", removed)
     if known_names is not None:
         kept = _without_sentences(
             kept, lambda sentence: names_code(sentence, known_names), "names code", removed
@@ -292,6 +301,77 @@ def speaks_of_the_instruction(sentence: str) -> bool:
         False
     """
     return bool(_OF_THE_INSTRUCTION.match(sentence))
+
+
+#: Text, a colon, a space and more text on one line: "Reply: - The jewelers are ...", "The jeweler visits
+#: the farm, negated: The jeweler does not visit the farm".
+_LABELED = re.compile(r"[^\W\d_][^:\n]*:\s+\S")
+
+
+def is_labeled_example(line: str) -> bool:
+    """Whether ``line`` is labeled text that tells the model nothing to do (``Label: value``, ``input,
+    negated: output``): a demo the proposer made up, whatever its label; ``Note: keep the tense.``
+    instructs and stays.
+
+    Example::
+
+        >>> is_labeled_example("The jeweler visits the farm, negated: The jeweler does not visit the farm")
+        True
+        >>> is_labeled_example("Rewrite the sentence so that it says the opposite: negate its verb.")
+        False
+    """
+    return bool(_LABELED.search(line)) and not reads_as_instruction(line)
+
+
+def quotes_an_example(sentence: str) -> bool:
+    """Whether ``sentence`` tells the model nothing to do and is mostly a quoted sentence ("The original
+    sentence is "The jeweler uses reading glasses."): an example the proposer made up.
+
+    Example::
+
+        >>> quotes_an_example('The negated sentence is "The jeweler does not use reading glasses."')
+        True
+        >>> quotes_an_example('The intents are "play music" and "set alarm".')
+        False
+    """
+    # A quoted span of four words or more is a sentence, not a data label such as "play music".
+    quoted = sum(len(m.group(0)) for m in _QUOTED.finditer(sentence) if len(m.group(0).split()) >= 4)
+    if not quoted or 2 * quoted < len(sentence.strip()) or not re.search(r"\w", _QUOTED.sub("", sentence)):
+        return (
+            False  # no quoted sentence, a short one, or the whole sentence quoted (an instruction in quotes)
+        )
+    return not reads_as_instruction(sentence)
+
+
+#: Object-oriented code talk ("a new instance of negate, which is a subclass of the negate class"): the
+#: proposer describing the program's code, which the task's model never sees.
+_CLASS_TALK = re.compile(
+    r"\b(?:sub-?class(?:es|ed)?|super-?class(?:es)?|instantiat\w*|new\s+instances?\s+of|"
+    r"inherit(?:s|ed|ing)?\s+from|constructors?)\b|\bclass(?:es)?\s+(?:that|which)\b",
+    re.IGNORECASE,
+)
+
+
+def speaks_of_classes(sentence: str) -> bool:
+    """Whether ``sentence`` talks of classes, subclasses or instances of the program's code.
+
+    Example::
+
+        >>> speaks_of_classes("Create a new instance of negate, a subclass of the negate class.")
+        True
+        >>> speaks_of_classes("Count the instances of the letter r.")
+        False
+    """
+    return bool(_CLASS_TALK.search(sentence))
+
+
+def _without_lines(text: str, drop: Callable[[str], bool], why: str, removed: list[str]) -> str:
+    """``text`` without the lines ``drop`` says to remove (``why`` recorded)."""
+    lines = text.splitlines()
+    kept = [line for line in lines if not drop(line)]
+    if len(kept) < len(lines):
+        removed.append(why)
+    return "\n".join(kept)
 
 
 #: An identifier with an underscore inside (``snake_case``); markdown's ``_emphasis_`` has none inside.

@@ -258,10 +258,12 @@ def test_a_field_name_inside_a_sentence_is_kept() -> None:
 
 
 def _assert_dropped_and_kept(predictor: Predict, remarks: Sequence[str], kept: Sequence[str]) -> None:
-    """Each of ``remarks`` is dropped as no instruction; each of ``kept`` comes through unchanged."""
+    """Each of ``remarks`` is dropped as no instruction (or as a made-up example, when it is labeled
+    text or quotes one); each of ``kept`` comes through unchanged."""
     for remark in remarks:
         cleaned = clean_reply(remark, predictor)
-        assert cleaned.text is None and cleaned.reason.startswith("reads as no instruction"), remark
+        reasons = ("reads as no instruction", "nothing usable is left after removing made-up examples")
+        assert cleaned.text is None and cleaned.reason.startswith(reasons), remark
     for instruction in kept:
         assert clean_reply(instruction, predictor).text == instruction, instruction
 
