@@ -151,6 +151,58 @@ def test_a_sentence_telling_what_the_current_instruction_says_is_removed() -> No
     assert clean_reply(own, negate) == Cleaned(own)
 
 
+@pytest.mark.parametrize(
+    ("reply", "kept", "removed"),
+    [
+        # The demo's proposals of 2026-12-05 (fifth session), as the search saw them.
+        (
+            "Rewrite the sentence to negate its verb.\nReply: - The jewelers are not allowed to write a "
+            "story, but the jewelers are allowed to write a story\nThe solution to the task is to create a "
+            "new instance of negate, which is a subclass of the negate class that is specifically designed "
+            "to avoid writing a story.",
+            "Rewrite the sentence to negate its verb.",
+            ("made-up examples", "names code"),
+        ),
+        (
+            "Rewrite the sentence so that it says negate its verb.\nThe jeweler visits the farm, negated: "
+            "The jeweler does not visit the farm\nThe jeweler does not visit the farm, negated: The jeweler "
+            "does not visit the farm",
+            "Rewrite the sentence so that it says negate its verb.",
+            ("made-up examples",),
+        ),
+        (
+            "Rewrite the sentence so that it says the opposite: negate its verb. Provide the original "
+            'sentence and its negated version. The original sentence is "The jeweler uses reading glasses '
+            'to read the books." The negated sentence is "The jeweler does not use reading glasses to read '
+            "the books",
+            "Rewrite the sentence so that it says the opposite: negate its verb. Provide the original "
+            "sentence and its negated version.",
+            ("made-up examples",),
+        ),
+    ],
+)
+def test_made_up_labeled_or_quoted_examples_and_class_talk_are_removed(
+    reply: str, kept: str, removed: tuple[str, ...]
+) -> None:
+    negate = Predict("sentence -> negated", instruction="Negate the sentence.")
+    assert clean_reply(reply, negate) == Cleaned(kept, removed)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Rewrite the sentence so that it says the opposite: negate its verb.",
+        "Negate the verb.\nNote: keep the tense of the verb.",
+        'Classify the request. The intents are "play music", "set alarm" and "get weather".',
+        'Say "The sentence is negated." when you are done.',
+        "Count the instances of the word in the sentence.",
+    ],
+)
+def test_an_instruction_with_a_colon_a_quoted_label_or_the_word_instances_is_kept(reply: str) -> None:
+    program = Predict("sentence -> answer", instruction="Do the task.")
+    assert clean_reply(reply, program) == Cleaned(reply)
+
+
 def test_a_sentence_naming_code_the_task_does_not_have_is_removed_and_field_names_are_kept() -> None:
     # intent_goal's classify stage, seed 3 run again on 951c7e4: the search returned this instruction.
     classify = Predict(
