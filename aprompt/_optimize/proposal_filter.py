@@ -336,10 +336,9 @@ def quotes_an_example(sentence: str) -> bool:
     """
     # A quoted span of four words or more is a sentence, not a data label such as "play music".
     quoted = sum(len(m.group(0)) for m in _QUOTED.finditer(sentence) if len(m.group(0).split()) >= 4)
+    # None, a short one, or the whole sentence quoted (an instruction given in quotes): no example.
     if not quoted or 2 * quoted < len(sentence.strip()) or not re.search(r"\w", _QUOTED.sub("", sentence)):
-        return (
-            False  # no quoted sentence, a short one, or the whole sentence quoted (an instruction in quotes)
-        )
+        return False
     return not reads_as_instruction(sentence)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -65,14 +65,17 @@ class ActiveOverrides:
     rollout: int | None = None
     lm_params: Mapping[str, Any] = attrs.field(factory=dict)
     keep_alive: tuple[object, ...] = attrs.field(default=(), eq=False, repr=False)
-    #: ids of every predictor of the program the block was opened for (named in ``prompts`` or not).
-    covered: frozenset[int] = attrs.field(default=frozenset(), eq=False, repr=False)
-    #: The program the block was opened for, and its predictors' dotted names by id: a run or a trace
-    #: of that program inside the block reads them instead of walking the program again.
+    #: The program the block was opened for, and its predictors' dotted names by id (named in ``prompts``
+    #: or not): a run or a trace of that program inside the block reads them instead of walking it again.
     program: object = attrs.field(default=None, eq=False, repr=False)
     names: Mapping[int, str] = attrs.field(factory=dict, eq=False, repr=False)
     #: The :class:`PromptState` the block applies, when it was opened by :meth:`PromptState.apply`.
     state: object = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def covered(self) -> Collection[int]:
+        """ids of every predictor of the program the block was opened for."""
+        return self.names.keys()
 
 
 def _plain_dict(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,7 +181,6 @@ def _open_overrides(
         rollout,
         dict(lm_params or {}),
         keep_alive=tuple(by_name.values()),
-        covered=frozenset(id(p) for p in by_name.values()),
         program=program,
         names={id(p): name for name, p in by_name.items()},
         state=state,
