@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import random
 import re
 from collections import Counter
@@ -119,9 +120,8 @@ def example_label(example: Example) -> tuple[tuple[str, str], ...]:
 
 def demo_output(predictor: Predict, demo: Demo) -> tuple[tuple[str, str], ...]:
     """A demo's output fields as a hashable key."""
-    return tuple(
-        (n, str(demo[n])) for n in predictor.signature.output_names if n != "reasoning" and n in demo
-    )
+    names = predictor.signature.output_names
+    return tuple([(n, str(demo[n])) for n in names if n != "reasoning" and n in demo])
 
 
 def label_space(labels: Sequence[Hashable]) -> int:
@@ -202,8 +202,8 @@ def demo_patterns(predictor: Predict, demo: Demo) -> frozenset[str]:
         if name == "reasoning" or name not in demo:
             continue
         words = _words(demo[name])
-        patterns.update(w for w in words if w not in seen)
-        patterns.update(f"{a} {b}" for a, b in itertools.pairwise(words) if (a, b) not in seen_pairs)
+        patterns.update([w for w in words if w not in seen])
+        patterns.update([f"{a} {b}" for a, b in itertools.pairwise(words) if (a, b) not in seen_pairs])
     return frozenset(patterns)
 
 
@@ -224,7 +224,7 @@ def covering_order(patterns: Sequence[frozenset[str]], size: int, covered: Itera
     left = list(range(len(patterns)))
     order: list[int] = []
     while left and len(order) < size:
-        gains = [sum(weight[p] for p in patterns[i] if p in weight and p not in done) for i in left]
+        gains = [sum([weight[p] for p in patterns[i] if p in weight and p not in done]) for i in left]
         best = max(gains)
         if best == 0 and done:
             done = set()  # every case is shown: a new round
@@ -245,15 +245,18 @@ def labeled_set(
     """Up to ``limit`` labeled demos from ``examples``, diverse outputs first (module doc), counting the
     outputs of the demos ``taken`` into the set already: a small label space covered label by label,
     free text covering its patterns (:func:`covering_order`), the examples' order breaking ties."""
-    pairs = [(e, d) for e in examples if (d := labeled_demo(predictor, e)) is not None]
-    quota = label_quota([demo_output(predictor, d) for _, d in pairs], limit + len(taken))
-    if quota == 1 and pairs:
+    # (example, demo, the demo's output key), the key made once per demo
+    items = [
+        (e, d, demo_output(predictor, d)) for e in examples if (d := labeled_demo(predictor, e)) is not None
+    ]
+    quota = label_quota([output for _, _, output in items], limit + len(taken))
+    if quota == 1 and items:
         covered = [p for demo in taken for p in demo_patterns(predictor, demo)]
-        order = covering_order([demo_patterns(predictor, d) for _, d in pairs], limit, covered)
-        pairs = [pairs[i] for i in order]
+        order = covering_order([demo_patterns(predictor, d) for _, d, _ in items], limit, covered)
+        items = [items[i] for i in order]
     outputs = [demo_output(predictor, d) for d in taken]
-    picked = diverse(pairs, lambda pair: demo_output(predictor, pair[1]), limit, quota, outputs)
-    return DemoSet(tuple(d for _, d in picked), 0, tuple(e.id for e, _ in picked))
+    picked = diverse(items, operator.itemgetter(2), limit, quota, outputs)
+    return DemoSet(tuple(d for _, d, _ in picked), 0, tuple(e.id for e, _, _ in picked))
 
 
 def labeled_only_set(

@@ -77,7 +77,7 @@ NOTHING_SCORES = "nothing_scores"
 
 def key_of(choice: Mapping[str, int]) -> Key:
     """A choice as a hashable, canonically ordered key."""
-    return tuple(sorted((name, int(value)) for name, value in choice.items()))
+    return tuple(sorted([(name, int(value)) for name, value in choice.items()]))
 
 
 #: How a choice names a predictor's instruction parameter (``Candidates.parameters``); its index 0 is the
@@ -152,11 +152,11 @@ def paired_difference(
     if n == 0:
         return PairedDifference(0, 0.0, -1.0, 1.0, level)
     mean = math.fsum(diffs) / n
-    wins = sum(1 for d in diffs if d > 0.0)
-    losses = sum(1 for d in diffs if d < 0.0)
+    wins = len([d for d in diffs if d > 0.0])
+    losses = len([d for d in diffs if d < 0.0])
     if n < 2:
         return PairedDifference(n, mean, -1.0, 1.0, level, wins, losses)
-    deviation = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1))
+    deviation = math.sqrt(math.fsum([(d - mean) ** 2 for d in diffs]) / (n - 1))
     half = t_quantile(level, n - 1) * deviation / math.sqrt(n)
     return PairedDifference(n, mean, max(-1.0, mean - half), min(1.0, mean + half), level, wins, losses)
 

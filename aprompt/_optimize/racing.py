@@ -149,7 +149,7 @@ def rung_increments(
     """The program runs each rung from ``rung`` on (the last: the full evaluation) costs a racer whose
     scores are ``known``: the examples of its part of the race ``order`` it lacks."""
     bounds = zip([0, *sizes[rung:-1]], sizes[rung:], strict=True)
-    return [sum(e.id not in known for e in order[low:high]) for low, high in bounds]
+    return [sum([e.id not in known for e in order[low:high]]) for low, high in bounds]
 
 
 def racers_affordable(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> int:

@@ -679,6 +679,10 @@ def _check_messages(messages: Sequence[Message]) -> None:
             f"not a {type(messages).__name__}"
         )
     for index, message in enumerate(messages):
+        # The common case without a function call: a dict of exact strings.
+        if type(message) is dict and "role" in message and "content" in message:
+            if type(message["role"]) is str and type(message["content"]) is str:
+                continue
         if type(message) is not dict and not isinstance(message, Mapping):
             raise ConfigError(
                 f"message {index} must be a mapping {{'role': ..., 'content': ...}}, "

@@ -245,9 +245,10 @@ class RequestMeter:
             self.reserved = ahead if self.max_requests is None else min(self.max_requests, ahead)
             self._on_reserve(self)
             self._unrecorded_answers = 0  # the reservation's record carries the tokens settled so far
-        self._add("requests", 1)
-        if retry:
-            self._add("retries", 1)
+        for counter in (self._counter, *_SCOPES.get()):
+            counter.requests += 1
+            if retry:
+                counter.retries += 1
 
     def observe_unit(self) -> None:
         """Count a request of the first program run; refuse it when that run alone shows the limit
@@ -282,8 +283,10 @@ class RequestMeter:
             self.max_tokens is not None or self.max_cost is not None
         ):
             self._uncounted = self._uncounted or model
-        self._add("prompt_tokens", usage.prompt_tokens)
-        self._add("completion_tokens", usage.completion_tokens)
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        for counter in (self._counter, *_SCOPES.get()):
+            counter.prompt_tokens += prompt
+            counter.completion_tokens += completion
         price = self.prices.get(model)
         if price is not None:
             self.cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6
@@ -307,9 +310,10 @@ class RequestMeter:
         if failed:
             self._add("errors", 1)
             return
-        self._add("calls", 1)
-        if cached:
-            self._add("cache_hits", 1)
+        for counter in (self._counter, *_SCOPES.get()):
+            counter.calls += 1
+            if cached:
+                counter.cache_hits += 1
 
     def _add(self, name: str, amount: int) -> None:
         setattr(self._counter, name, getattr(self._counter, name) + amount)

@@ -101,7 +101,10 @@ def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
         >>> estimate_prompt_tokens([{"role": "user", "content": "How many legs has a cat?"}])
         10
     """
-    chars = sum(len(str(message.get("content") or "")) for message in messages)
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        chars += len(content) if type(content) is str else len(str(content or ""))
     return math.ceil(chars / 4) + _TOKENS_PER_MESSAGE * len(messages)
 
 
@@ -258,10 +261,12 @@ class SlidingWindow:
 
     __slots__ = (
         "_burst",
+        "_burst_cap",
         "_burst_log",
         "_even_burst",
         "_factor",
         "_factor_at",
+        "_limit",
         "_log",
         "_stated",
         "configured",
@@ -304,29 +309,40 @@ class SlidingWindow:
         self._factor_at = -math.inf
         self._log = _Log(self.period + self.edge)
         self._burst_log = _Log(self.period / _BURST_WINDOWS_PER_PERIOD)
+        self._limit: float | None = None
+        self._burst_cap = math.inf
+        self._derive()
+
+    def _derive(self) -> None:
+        # The limit and burst cap in force change only when a limit is learned or the cap narrowed;
+        # every admission reads them, so they are kept, not recomputed.
+        stated, configured = self._stated, self.configured
+        if stated is None:
+            self._limit = configured
+        else:
+            self._limit = stated if configured is None else min(configured, stated)
+        if self._burst is not None:
+            self._burst_cap = self._burst
+        elif self._limit is None:
+            self._burst_cap = math.inf
+        else:
+            shares = 1.0 if self._even_burst else _DEFAULT_BURST_SHARES
+            self._burst_cap = max(1.0, shares * self._limit / _BURST_WINDOWS_PER_PERIOD)
 
     @property
     def limit(self) -> float | None:
         """The limit before throttling: the lower of the configured and the server-stated one."""
-        if self._stated is None:
-            return self.configured
-        return self._stated if self.configured is None else min(self.configured, self._stated)
+        return self._limit
 
     @property
     def burst(self) -> float:
         """The burst cap before throttling (``inf`` while no limit is known)."""
-        if self._burst is not None:
-            return self._burst
-        limit = self.limit
-        if limit is None:
-            return math.inf
-        shares = 1.0 if self._even_burst else _DEFAULT_BURST_SHARES
-        return max(1.0, shares * limit / _BURST_WINDOWS_PER_PERIOD)
+        return self._burst_cap
 
     @property
     def peak_rate(self) -> float | None:
         """The most admitted per second over a burst window (before throttling), None with no limit."""
-        return None if self.limit is None else self.burst * _BURST_WINDOWS_PER_PERIOD / self.period
+        return None if self._limit is None else self._burst_cap * _BURST_WINDOWS_PER_PERIOD / self.period
 
     @property
     def configured_peak_rate(self) -> float | None:
@@ -350,19 +366,27 @@ class SlidingWindow:
 
     def delay(self, cost: float, now: float) -> float:
         """Seconds until ``cost`` can be admitted (0: now); a lower bound, so callers check again."""
-        limit = self.limit
+        limit = self._limit
         if limit is None:
             return 0.0
-        self._log.expire(now, burst=False)
-        self._burst_log.expire(now, burst=True)
-        factor = self.factor(now)
+        log, burst_log = self._log, self._burst_log
+        log.expire(now, burst=False)
+        burst_log.expire(now, burst=True)
+        factor = self._factor + (now - self._factor_at) / self.period  # self.factor(now), inlined
+        if factor > 1.0:
+            factor = 1.0
+        # The common case, both logs with room, without calling into them.
+        in_window = not log.entries or log.total + cost <= limit * factor
+        in_burst = not burst_log.entries or burst_log.total + cost <= self._burst_cap * factor
+        if in_window and in_burst:
+            return 0.0
         delay = max(
-            self._log.delay(cost, limit * factor, now),
-            self._burst_log.delay(cost, self.burst * factor, now),
+            log.delay(cost, limit * factor, now),
+            burst_log.delay(cost, self._burst_cap * factor, now),
         )
-        if delay > 0 and factor < 1.0 and self._log.entries:
+        if delay > 0 and factor < 1.0 and log.entries:
             # The limit recovers as the factor rises: the cost may fit before anything expires.
-            need = (self._log.total + cost) / limit
+            need = (log.total + cost) / limit
             if need <= 1.0:
                 delay = min(delay, max(self._factor_at + (need - self._factor) * self.period - now, 1e-6))
         return delay
@@ -390,25 +414,27 @@ class SlidingWindow:
     def throttle(self, now: float) -> None:
         """After a 429 with no limit known: halve the limits in force (they recover over a period, and
         bind once a limit is learned). A known limit is never halved (see the module docstring)."""
-        if self.limit is not None:
+        if self._limit is not None:
             return
         self._factor = max(self.min_factor, self.factor(now) * 0.5)
         self._factor_at = now
 
     def near_full(self, now: float) -> bool:
         """A limit is known and the log holds at least :data:`NEAR_FULL` of it."""
-        limit = self.limit
+        limit = self._limit
         return limit is not None and self.used(now) >= NEAR_FULL * limit
 
     def narrow_burst(self) -> None:
         """A default burst cap drops to the even share for good (a 429 far below the known limits: the
         server enforces a sub-minute quantum)."""
         self._even_burst = True
+        self._derive()
 
     def learn(self, stated: float) -> None:
         """The server states its limit: the one in force becomes the lower of it and the configured."""
         if stated > 0:
             self._stated = float(stated)
+            self._derive()
 
 
 class Admission:
@@ -483,7 +509,7 @@ class RateLimiter:
     @property
     def limited(self) -> bool:
         """True when a request or token limit is configured or learned."""
-        return self._requests.limit is not None or self._tokens.limit is not None
+        return self._requests._limit is not None or self._tokens._limit is not None
 
     @property
     def request_window(self) -> SlidingWindow:
@@ -547,7 +573,12 @@ class RateLimiter:
 
     def _delay(self, tokens: int) -> float:
         now = self._clock()
-        return max(self._paused_until - now, self._requests.delay(1, now), self._tokens.delay(tokens, now))
+        delay = self._paused_until - now
+        for window, cost in ((self._requests, 1), (self._tokens, tokens)):
+            wait = window.delay(cost, now)
+            if wait > delay:
+                delay = wait
+        return delay
 
     def settle(self, admission: Admission, used: int) -> None:
         """Correct an admission's reserved tokens to the ``used`` the server reported."""

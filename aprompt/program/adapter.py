@@ -299,7 +299,7 @@ def _find_markers(signature: Signature, text: str) -> list[_Marker]:
     for field in signature.fields:
         name = field.name if field in signature.outputs else None
         for pattern in _line_patterns(field):
-            found.extend((m.start(), m.end(), name) for m in pattern.finditer(text))
+            found.extend([(m.start(), m.end(), name) for m in pattern.finditer(text)])
     present = {name for _, _, name in found}
     for field in signature.outputs:
         # Only a field with no line-start marker is looked for mid-line ("... so the answer: 4").

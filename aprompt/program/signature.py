@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Iterable
@@ -116,18 +117,19 @@ class Signature:
         return Signature(inputs, outputs, inspect.cleandoc(doc) if doc else "")
 
     # -- views and derived signatures ----------------------------------------------------------
-    @property
+    # Read on every call: made once per signature (kept in a slot, not part of the value).
+    @functools.cached_property
     def fields(self) -> tuple[Field, ...]:
         """Inputs then outputs."""
         return self.inputs + self.outputs
 
-    @property
+    @functools.cached_property
     def input_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.inputs)
+        return tuple([f.name for f in self.inputs])
 
-    @property
+    @functools.cached_property
     def output_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.outputs)
+        return tuple([f.name for f in self.outputs])
 
     def field(self, name: str) -> Field:
         """The field called ``name``; ``KeyError`` if there is none."""

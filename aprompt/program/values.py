@@ -25,6 +25,10 @@ class _FieldValues(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         return self._fields[name]
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's own goes through __getitem__ and a KeyError; demos are asked this per field.
+        return name in self._fields
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._fields)
 

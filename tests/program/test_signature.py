@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Literal
 
+import attrs
 import pytest
 
 from aprompt._errors import ConfigError
@@ -134,3 +136,20 @@ def test_signatures_are_frozen_values() -> None:
     assert hash(signature) == hash(Signature.parse("q -> a"))
     with pytest.raises(AttributeError):
         signature.instruction = "x"  # type: ignore[misc]
+
+
+def test_the_field_views_are_kept_per_signature_and_are_not_part_of_its_value() -> None:
+    signature = Signature.parse("question, context -> answer: int", "Count.")
+    assert signature.input_names == ("question", "context")
+    assert signature.output_names == ("answer",)
+    assert [f.name for f in signature.fields] == ["question", "context", "answer"]
+    # A derived signature has views of its own fields, never the original's.
+    wider = attrs.evolve(signature, outputs=(*signature.outputs, Field("note", str, "", "Note")))
+    assert wider.output_names == ("answer", "note")
+    assert signature.output_names == ("answer",)
+    # What identifies a signature (equality, hash, its fields as a dict, pickling) is unchanged.
+    assert attrs.asdict(signature, recurse=False).keys() == {"inputs", "outputs", "instruction"}
+    assert signature == Signature.parse("question, context -> answer: int", "Count.")
+    assert hash(signature) == hash(Signature.parse("question, context -> answer: int", "Count."))
+    restored = pickle.loads(pickle.dumps(signature))
+    assert restored == signature and restored.output_names == ("answer",)
