@@ -19,15 +19,24 @@ a shorter idle such a failure is the server's (it dropped the request) and is re
 server dropping requests does not get each twice.
 
 Timeouts are the caller's: :mod:`aprompt.lm._http` bounds the whole exchange.
+
+On asyncio a plain connection is a protocol of our own on the loop's transport (:class:`_LoopStream`),
+not an anyio stream: anyio's send yields to the loop once more after writing, and each receive resumes
+and pauses the transport's reading (two selector changes); per LM call that was a tenth of the client's
+function calls. TLS, and every connection under another backend (trio), go through anyio.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import ipaddress
 import socket
 import ssl
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -54,12 +63,129 @@ class _NoReply(TransportError):
     """The connection failed before any byte of the reply arrived."""
 
 
+#: Bytes a :class:`_LoopStream` holds unread before it stops reading from its socket.
+_READ_AHEAD = 256 * 1024
+
+
+class _LoopStream(asyncio.Protocol):
+    """A plain TCP connection on the running asyncio loop's transport, with the byte-stream methods
+    :class:`_Connection` uses (``send``, ``receive``, ``aclose``, ``extra``) and anyio's exceptions
+    (end of stream, broken and closed resource). One reader and one writer at a time, as a connection
+    has. Reading pauses while more than :data:`_READ_AHEAD` bytes wait unread."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._unread = 0
+        self._reading = True
+        self._eof = False
+        self._lost: BaseException | None = None
+        self._closed = False
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    # -- the protocol (called by the loop) ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._unread += len(data)
+        if self._unread > _READ_AHEAD and self._reading and self._transport is not None:
+            self._reading = False
+            self._transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._lost = exc
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter, self._readable = self._readable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the stream (called by the connection) ---------------------------------------------------
+    def extra(self, attribute: object, default: Any = None) -> Any:
+        if attribute is anyio.abc.SocketAttribute.raw_socket and self._transport is not None:
+            return self._transport.get_extra_info("socket", default)
+        return default
+
+    async def send(self, data: bytes) -> None:
+        self._check_open()
+        assert self._transport is not None
+        self._transport.write(data)
+        while self._writable is not None:  # the transport's buffer is full: wait until it drains
+            await self._writable
+            self._check_open()
+
+    async def receive(self, max_bytes: int) -> bytes:
+        while not self._chunks:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._lost is not None:
+                raise anyio.BrokenResourceError from self._lost
+            if self._eof:
+                raise anyio.EndOfStream
+            self._readable = asyncio.get_running_loop().create_future()
+            await self._readable
+        chunk = self._chunks.popleft()
+        if len(chunk) > max_bytes:
+            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
+            self._chunks.appendleft(rest)
+        self._unread -= len(chunk)
+        if not self._reading and self._unread <= _READ_AHEAD and self._transport is not None:
+            self._reading = True
+            self._transport.resume_reading()
+        return chunk
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()  # at once, as anyio closes a plain socket stream
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._lost is not None or (self._transport is not None and self._transport.is_closing()):
+            raise anyio.BrokenResourceError from self._lost
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop this task runs on, or None under another backend."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop if asyncio.current_task(loop) is not None else None
+
+
 class _Connection:
     """One open connection: sends a request, reads its reply, and knows whether it can be reused."""
 
     __slots__ = ("_buffer", "_received", "_socket", "_stream", "idle_since", "reusable")
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream | _LoopStream) -> None:
         self._stream = stream
         # A duplicate of its socket, to peek at while it is idle (asyncio lends out a wrapper that
         # cannot read); closed with the connection.
@@ -107,7 +233,9 @@ class _Connection:
     async def aclose(self) -> None:
         if self._socket is not None:
             self._socket.close()
-        if isinstance(self._stream, anyio.abc.SocketStream):
+        if isinstance(self._stream, _LoopStream):
+            await self._stream.aclose()
+        elif isinstance(self._stream, anyio.abc.SocketStream):
             # A plain socket closes at once (its transport is aborted), so it needs no forced close, whose
             # cancellation formats the task's repr (a tenth of a millisecond); a TLS close could wait on
             # the peer's close_notify.
@@ -317,6 +445,12 @@ class HTTP11Transport:
         host = f"[{self._host}]" if ":" in self._host else self._host
         default_port = url.port is None or url.port == (443 if self._tls else 80)
         self._host_header = (host if default_port else f"{host}:{self._port}").encode("ascii")
+        try:
+            ipaddress.ip_address(self._host)
+        except ValueError:
+            self._eyeballs_delay: float | None = 0.25
+        else:
+            self._eyeballs_delay = None
 
     async def request(
         self, method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes, cap: int
@@ -386,6 +520,13 @@ class HTTP11Transport:
                     # still whole when they do.
                     tls_standard_compatible=False,
                 )
+            elif (loop := _running_asyncio_loop()) is not None:
+                # As anyio connects: a host name's addresses in turn, the next after 250 ms (happy
+                # eyeballs, which costs tasks of its own); an address literal directly.
+                _, protocol = await loop.create_connection(
+                    _LoopStream, self._host, self._port, happy_eyeballs_delay=self._eyeballs_delay
+                )
+                return _Connection(protocol)
             else:
                 stream = await anyio.connect_tcp(self._host, self._port)
         except (*_STREAM_ERRORS, ssl.SSLError) as exc:

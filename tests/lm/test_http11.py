@@ -25,7 +25,14 @@ from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import raw_retry_after
 
 pytestmark = pytest.mark.anyio
-both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every test on both backends: on asyncio a plain connection is our own protocol, on trio (and with
+    TLS) an anyio stream."""
+    return str(request.param)
+
 
 CERTIFICATE = Path(__file__).with_name("loopback_tls.pem")
 CAP = 1000
@@ -153,7 +160,6 @@ async def post(transport: HTTP11Transport, server: ScriptedServer, body: bytes =
 
 
 # -- requests and replies ------------------------------------------------------------------------
-@both_backends
 async def test_a_request_carries_host_length_agent_identity_encoding_the_headers_and_the_url_s_path_and_query(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
@@ -180,7 +186,6 @@ async def test_a_request_carries_host_length_agent_identity_encoding_the_headers
     assert body == b'{"a": 1}'
 
 
-@both_backends
 async def test_sequential_requests_reuse_one_keep_alive_connection(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
@@ -192,7 +197,6 @@ async def test_sequential_requests_reuse_one_keep_alive_connection(
     assert server.connections == 1
 
 
-@both_backends
 async def test_a_chunked_body_is_joined_and_its_trailers_skipped(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
@@ -327,7 +331,6 @@ async def test_a_gzip_body_decoding_over_the_cap_is_cut_at_the_cap(
 
 
 # -- stale and broken connections ----------------------------------------------------------------
-@both_backends
 async def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_request(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
@@ -465,7 +468,6 @@ def server_tls() -> ssl.SSLContext:
     return context
 
 
-@both_backends
 async def test_tls_requests_are_verified_and_reuse_their_connection(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
