@@ -66,14 +66,31 @@ class _Counts:
     misses: int = 0
 
 
-@attrs.define
 class _Flight:
-    """One compute in progress; identical calls wait on ``done`` and take its outcome."""
+    """One compute in progress; identical calls wait for it to finish and take its outcome."""
 
-    done: anyio.Event
-    # The completion marked cached=True, as every coalesced caller receives it.
-    result: Completion | None = None
-    error: Exception | None = None
+    __slots__ = ("_done", "error", "finished", "result")
+
+    def __init__(self) -> None:
+        # The completion marked cached=True, as every coalesced caller receives it.
+        self.result: Completion | None = None
+        self.error: Exception | None = None
+        self.finished = False
+        # Made by the first waiter: most computes have none, and an event costs a backend lookup.
+        self._done: anyio.Event | None = None
+
+    async def wait(self) -> None:
+        """Until :meth:`finish` (at once when it was called)."""
+        if self.finished:
+            return
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
 
 
 class ResponseCache:
@@ -181,7 +198,7 @@ class ResponseCache:
             flight = self._flights.get(key)
             if flight is None:
                 return await self._lead(key, compute)
-            await flight.done.wait()
+            await flight.wait()
             if flight.result is not None:
                 self._counts.coalesced += 1
                 return flight.result, True
@@ -191,7 +208,7 @@ class ResponseCache:
             # here finds no flight and computes; the others wait for it.
 
     async def _lead(self, key: str, compute: Callable[[], Awaitable[Completion]]) -> tuple[Completion, bool]:
-        flight = _Flight(anyio.Event())
+        flight = _Flight()
         self._flights[key] = flight
         try:
             if self._disk is not None:
@@ -205,7 +222,7 @@ class ResponseCache:
             fresh = _fresh(await compute())
             flight.result = attrs.evolve(fresh, cached=True)
             self._remember(key, flight.result)
-            flight.done.set()  # waiters need not wait for the disk write
+            flight.finish()  # waiters need not wait for the disk write
             if self._disk is not None:
                 await self._store(key, fresh)
             return fresh, False
@@ -216,7 +233,7 @@ class ResponseCache:
         finally:
             # Waiters wake with a result, an error, or neither (cancelled): then one takes over.
             del self._flights[key]
-            flight.done.set()
+            flight.finish()
 
     async def _store(self, key: str, completion: Completion) -> None:
         """Write a computed completion to disk; a file that cannot take it (locked past the busy
