@@ -393,8 +393,9 @@ class SlidingWindow:
 
     def admit(self, cost: float, now: float) -> _Entry:
         """Log an admission of ``cost`` at ``now`` (call :meth:`delay` first: this does not check)."""
-        self._log.expire(now, burst=False)  # keeps the log a period long even with no limit known
-        self._burst_log.expire(now, burst=True)
+        if self._limit is None:  # keeps the log a period long (with a limit, delay() has just expired it)
+            self._log.expire(now, burst=False)
+            self._burst_log.expire(now, burst=True)
         entry = _Entry(now, float(cost))
         self._log.entries.append(entry)
         self._log.total += entry.cost
