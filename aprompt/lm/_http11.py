@@ -126,6 +126,10 @@ class _LoopStream(asyncio.Protocol):
             waiter.set_result(None)
 
     # -- the stream (called by the connection) ---------------------------------------------------
+    def quiet(self) -> bool:
+        """Open, with nothing received unread and no end of stream (an idle connection fit for reuse)."""
+        return not (self._chunks or self._eof or self._closed)
+
     def extra(self, attribute: object, default: Any = None) -> Any:
         if attribute is anyio.abc.SocketAttribute.raw_socket and self._transport is not None:
             return self._transport.get_extra_info("socket", default)
@@ -201,6 +205,9 @@ class _Connection:
     def is_alive(self) -> bool:
         """Whether the server still holds the idle connection open (nothing to read, no end)."""
         if self._buffer or self._socket is None:
+            return False
+        # Our protocol reads while idle: what the server sent or closed may already be in it.
+        if isinstance(self._stream, _LoopStream) and not self._stream.quiet():
             return False
         try:
             self._socket.recv(1, _PEEK_FLAGS)

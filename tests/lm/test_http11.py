@@ -351,6 +351,31 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_
     assert (reply.content, server.connections, len(server.requests)) == (b"ok", 2, 2)
 
 
+async def test_bytes_the_server_sent_while_the_connection_was_idle_keep_it_from_reuse(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # Unasked-for bytes would be read as the next reply's head: the connection is dropped instead, on
+    # asyncio (whose protocol reads while idle) as on trio (whose socket is peeked at).
+    sent = anyio.Event()
+
+    async def reply_then_junk(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send(OK)
+            if not sent.is_set():
+                await anyio.sleep(0.05)  # after the client has read its reply
+                await peer.send(b"HTTP/1.1 500 Stray\r\nContent-Length: 0\r\n\r\n")
+                sent.set()
+
+    server = await serve(reply_then_junk)
+    transport = HTTP11Transport(server.url)
+    await post(transport, server)
+    await sent.wait()
+    await anyio.sleep(0.05)  # the stray bytes reach the client
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert (reply.status, reply.content, server.connections) == (200, b"ok", 2)
+
+
 async def test_a_request_failing_without_a_reply_after_a_long_idle_is_sent_once_more_on_a_fresh_connection(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
