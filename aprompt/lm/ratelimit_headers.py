@@ -83,6 +83,13 @@ def parse_duration(text: str | None) -> float | None:
             pass
         else:
             return seconds if seconds >= 0 else None  # NaN and negatives are unreadable
+    # Seconds alone ("59.412s", OpenAI's usual reset) without the pattern: digits and at most one dot.
+    seconds_text = text[:-1]
+    if text[-1] == "s" and seconds_text.replace(".", "", 1).isdigit():
+        try:
+            return float(seconds_text)
+        except ValueError:  # a digit float() does not read ("²"): the pattern decides
+            pass
     position, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
         if match.start() != position:
