@@ -20,10 +20,10 @@ server dropping requests does not get each twice.
 
 Timeouts are the caller's: :mod:`aprompt.lm._http` bounds the whole exchange.
 
-On asyncio a plain connection is a protocol of our own on the loop's transport (:class:`_LoopStream`),
-not an anyio stream: anyio's send yields to the loop once more after writing, and each receive resumes
-and pauses the transport's reading (two selector changes); per LM call that was a tenth of the client's
-function calls. TLS, and every connection under another backend (trio), go through anyio.
+On asyncio a connection (plain or TLS) is a protocol of our own on the loop's transport
+(:class:`_LoopStream`), not an anyio stream: anyio's send yields to the loop once more after writing, and
+each receive resumes and pauses the transport's reading (two selector changes); per LM call that was a
+tenth of the client's function calls. Under another backend (trio) connections are anyio streams.
 """
 
 from __future__ import annotations
@@ -517,6 +517,19 @@ class HTTP11Transport:
 
     async def _connect(self) -> _Connection:
         try:
+            if (loop := _running_asyncio_loop()) is not None:
+                # As anyio connects: a host name's addresses in turn, the next after 250 ms (happy
+                # eyeballs, which costs tasks of its own); an address literal directly. asyncio's TLS
+                # takes a close without TLS's close_notify as the end of the stream, as anyio does below.
+                _, protocol = await loop.create_connection(
+                    _LoopStream,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl_context() if self._tls else None,
+                    server_hostname=self._host if self._tls else None,
+                    happy_eyeballs_delay=self._eyeballs_delay,
+                )
+                return _Connection(protocol)
             if self._tls:
                 stream: anyio.abc.ByteStream = await anyio.connect_tcp(
                     self._host,
@@ -527,13 +540,6 @@ class HTTP11Transport:
                     # still whole when they do.
                     tls_standard_compatible=False,
                 )
-            elif (loop := _running_asyncio_loop()) is not None:
-                # As anyio connects: a host name's addresses in turn, the next after 250 ms (happy
-                # eyeballs, which costs tasks of its own); an address literal directly.
-                _, protocol = await loop.create_connection(
-                    _LoopStream, self._host, self._port, happy_eyeballs_delay=self._eyeballs_delay
-                )
-                return _Connection(protocol)
             else:
                 stream = await anyio.connect_tcp(self._host, self._port)
         except (*_STREAM_ERRORS, ssl.SSLError) as exc:

@@ -506,6 +506,22 @@ async def test_tls_requests_are_verified_and_reuse_their_connection(
     assert server.connections == 1
 
 
+async def test_over_tls_a_body_read_until_a_close_without_close_notify_is_whole_and_an_idle_close_is_seen(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # The server (anyio's TLS, not standard-compatible) closes without TLS's close_notify: the body
+    # ends there, as on a plain connection; the next request opens a new connection.
+    server = await serve(replying(b"HTTP/1.1 200 OK\r\n\r\nuntil close", close=True), tls=server_tls())
+    url = server.url.copy_with(host="localhost")
+    trusting = ssl.create_default_context(cafile=str(CERTIFICATE))
+    transport = HTTP11Transport(url, ssl_context=lambda: trusting)
+    first = await transport.request("POST", url, HEADERS, b"{}", CAP)
+    second = await transport.request("POST", url, HEADERS, b"{}", CAP)
+    await transport.aclose()
+    assert (first.status, first.content, second.content) == (200, b"until close", b"until close")
+    assert server.connections == 2
+
+
 async def test_a_tls_certificate_not_trusted_is_a_transport_error(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
