@@ -68,7 +68,7 @@ _READ_AHEAD = 256 * 1024
 
 
 class _LoopStream(asyncio.Protocol):
-    """A plain TCP connection on the running asyncio loop's transport, with the byte-stream methods
+    """A TCP connection (plain or TLS) on the running asyncio loop's transport, with the byte-stream methods
     :class:`_Connection` uses (``send``, ``receive``, ``aclose``, ``extra``) and anyio's exceptions
     (end of stream, broken and closed resource). One reader and one writer at a time, as a connection
     has. Reading pauses while more than :data:`_READ_AHEAD` bytes wait unread."""
