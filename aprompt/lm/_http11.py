@@ -20,10 +20,11 @@ server dropping requests does not get each twice.
 
 Timeouts are the caller's: :mod:`aprompt.lm._http` bounds the whole exchange.
 
-On asyncio a connection (plain or TLS) is a protocol of our own on the loop's transport
+On asyncio's own loop a connection (plain or TLS) is a protocol of our own on the loop's transport
 (:class:`_LoopStream`), not an anyio stream: anyio's send yields to the loop once more after writing, and
 each receive resumes and pauses the transport's reading (two selector changes); per LM call that was a
-tenth of the client's function calls. Under another backend (trio) connections are anyio streams.
+tenth of the client's function calls. Under another backend (trio) or loop (uvloop) connections are
+anyio streams.
 """
 
 from __future__ import annotations
@@ -175,13 +176,16 @@ class _LoopStream(asyncio.Protocol):
             raise anyio.BrokenResourceError from self._lost
 
 
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The asyncio loop this task runs on, or None under another backend."""
+def _running_asyncio_loop() -> asyncio.BaseEventLoop | None:
+    """The standard asyncio loop this task runs on, or None under another backend or loop. Another
+    loop (uvloop) takes other connection options (no ``happy_eyeballs_delay``): anyio connects there."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
-    return loop if asyncio.current_task(loop) is not None else None
+    if not isinstance(loop, asyncio.BaseEventLoop) or asyncio.current_task(loop) is None:
+        return None
+    return loop
 
 
 class _Connection:

@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+import uvloop
 from anyio.streams.tls import TLSListener
 
 from aprompt._errors import LMConnectionError
@@ -27,11 +28,13 @@ from aprompt.lm.retry import raw_retry_after
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Every test on both backends: on asyncio a plain connection is our own protocol, on trio (and with
-    TLS) an anyio stream."""
-    return str(request.param)
+@pytest.fixture(params=["asyncio", "trio", "uvloop"])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Every test on asyncio's loop (where a connection is our own protocol), on trio and on uvloop
+    (where it is an anyio stream)."""
+    if request.param == "uvloop":
+        return ("asyncio", {"loop_factory": uvloop.new_event_loop})
+    return request.param
 
 
 CERTIFICATE = Path(__file__).with_name("loopback_tls.pem")
