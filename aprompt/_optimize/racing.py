@@ -29,8 +29,10 @@ runs*, not in whole full evaluations:
   plan, simulated world: ``bench/results/regret.md``). Under a limit the run may stop first, so each point
   spends what it has: at least the one full evaluation the plain schedule gives, and no more than the
   budget pays for (see :mod:`aprompt._optimize.trial_window`). At the end, the rest of
-  the plan goes to races (the pick's untested challengers first while the baseline is kept) until no
-  entrant can be completed.
+  the plan goes to races (the pick's untested challengers first while the baseline is kept; when every
+  combination the evidence ranks is settled, combinations not tried yet, drawn from the pooled model)
+  until no entrant can be completed, and under a limit the runs kept for a confirmation that was not
+  needed go to late races the same way.
 - **Trials stopped early.** A mini-batch runs in two stages, its first 40 % and then the rest; after the
   first, a trial whose paired difference against the current pick (which has a full evaluation) on those
   examples is clearly negative stops there. Its score is the mean on the examples it ran
@@ -280,18 +282,21 @@ def cannot_be_clearly_worse(
 _ROUNDING_MARGIN = 1e-9
 
 
-async def final_races(loop: SearchLoop, left: int) -> None:
+async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> None:
     """Races on what the plan has ``left`` (at least one full evaluation's worth, as without racing),
     until no entrant can be completed; under a limit, on no more than the rest of the budget pays for
-    (journaled: a resumed run races the same)."""
+    (journaled: a resumed run races the same). ``late``: the races after the pick was settled without
+    a confirmation, on the runs kept for one (none is kept any more)."""
     allowance = max(left, len(loop.valset))
+    # Journaled under the race's number, and apart for the late races: when the final ones started no
+    # race, the late ones start at the same number.
+    which = "late" if late else "final"
     if loop.admit_trial is not None:  # under a limit that can refuse steps
-        allowance = loop.decided(
-            f"final race runs:{loop.races_started}", partial(_final_allowance, loop, allowance)
-        )
+        share = within_budget if late else _final_allowance
+        allowance = loop.decided(f"{which} race runs:{loop.races_started}", partial(share, loop, allowance))
     if loop.time_limited and loop.runs_per_second is not None:
         allowance = loop.decided(
-            f"final race runs in time:{loop.races_started}", partial(within_time, loop, allowance)
+            f"{which} race runs in time:{loop.races_started}", partial(within_time, loop, allowance)
         )
     while allowance > 0:
         if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
@@ -300,6 +305,14 @@ async def final_races(loop: SearchLoop, left: int) -> None:
         if not entrants:
             return
         settled = len(loop.full_evals) + len(loop.raced_out)
+        if late and racers_affordable(loop, entrants, allowance):
+            late = False  # said once
+            logger.info(
+                "aprompt: the pick was settled without a confirmation: the %d program runs left go to a "
+                "race of %d more combination(s)",
+                allowance,
+                len(entrants),
+            )
         spent = await run_race(loop, entrants, allowance)
         if spent == 0 and len(loop.full_evals) + len(loop.raced_out) == settled:
             return  # no entrant was affordable
@@ -336,7 +349,7 @@ def within_time(loop: SearchLoop, runs: int) -> int:
 
 def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:
     """The pick's untested challengers while the baseline is kept, then the best by the pooled
-    estimate."""
+    estimate; when there is none, combinations not tried yet (``SearchLoop.drawn_untested``)."""
     current = loop.decide()
     tested = {key_of(f.choice) for f in loop.full_evals}
     first = [
@@ -346,7 +359,10 @@ def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:
     ]
     firsts = {key_of(c) for c in first}
     rest = [c for c in loop.ranked_untested(MAX_ENTRANTS) if key_of(c) not in firsts]
-    return (first + rest)[:MAX_ENTRANTS]
+    # Every combination the evidence ranks is settled (a capped run that tried only the reference):
+    # the race takes combinations not tried yet, drawn from the pooled model, rather than leave its
+    # runs unspent.
+    return (first + rest)[:MAX_ENTRANTS] or loop.drawn_untested(MIN_PERIODIC_RACERS, loop.races_started)
 
 
 async def run_race(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> int:

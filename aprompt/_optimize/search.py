@@ -26,8 +26,9 @@ pick's most promising *challenger* — a combination that scored above the pick 
 full evaluation — or, when there is none, to the best untested combination by the pooled estimate; the pick
 is then decided again. When it is still undecided, the pick and its strongest fully evaluated challengers
 run on training examples they do not show as demos, and the pick is decided again with those scores
-(:mod:`aprompt._optimize.confirmation`). ``SearchOutcome.pick`` says what was returned and why (also logged
-at INFO).
+(:mod:`aprompt._optimize.confirmation`). Under a limit that kept the runs of a confirmation that was not
+needed, they go to late races, whose combinations are returned only as the pick of all the evidence
+(``SearchLoop.decide``). ``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
 
 When the baseline and every trial scored 0 on every example at the first full evaluation after the
 baseline, nothing the search can try is expected to score either: the search stops there (the trials
@@ -74,7 +75,7 @@ from aprompt._optimize.final_pick import (
     pick,
 )
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.pooling import RACE_OPTIMISM, ScorePool, ranked_combinations
+from aprompt._optimize.pooling import RACE_OPTIMISM, ScorePool, ranked_combinations, thompson_choice
 from aprompt._optimize.racing import final_races
 from aprompt._optimize.search_records import (
     FullEval,
@@ -97,6 +98,11 @@ from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
 logger = logging.getLogger("aprompt")
+
+#: Seeds the draws of a race's entrants apart from the trials' (``[seed, race, number, stream]``).
+RACE_DRAW_STREAM = 2
+#: Draws per entrant wanted before ``SearchLoop.drawn_untested`` settles for fewer distinct ones.
+DRAW_ATTEMPTS = 4
 
 
 #: See ``SearchLoop.prefetched``.
@@ -150,6 +156,9 @@ class SearchLoop:
     #: Races run so far (numbers the next one's journal keys); combinations a race dropped.
     races_started: int = attrs.field(default=0, init=False)
     raced_out: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
+    #: Rungs and full evaluations recorded when the late races began (``None``: none began); see
+    #: ``decide``.
+    _late_from: tuple[int, int] | None = attrs.field(default=None, init=False)
     #: Program runs of the trials, rungs and full evaluations so far.
     _spent: int = attrs.field(default=0, init=False)
     _pool: ScorePool = attrs.field(factory=ScorePool, init=False)
@@ -291,6 +300,7 @@ class SearchLoop:
         if final_full_eval:
             await self._final_evaluations()
             await self._confirm()
+            await self._late_races()
         chosen = self.decide()
         if self.confirmations:
             note = confirmation_note(self.confirmations, chosen.choice, self._with_confirmations)
@@ -324,11 +334,31 @@ class SearchLoop:
         await confirm(self, self.decide(), self._add_confirmation)
         await self._decide_again()
 
+    async def _late_races(self) -> None:
+        """Under a limit on calls, tokens or cost, the runs the trials kept for a confirmation that did
+        not run (the pick was settled without one) go to more races, within what the plan has left: a
+        budget kept and left unspent could still have found a better program. The pick is decided
+        again: a combination of these races is returned only when it is the pick of all the evidence,
+        else the pick settled before them stands (``decide``)."""
+        if not self.racing or self.admit_trial is None or not self.confirmation_kept or self.confirmations:
+            return
+        if self.stopped is not None or self.should_stop() is not None:
+            return
+        self._late_from = (len(self.rungs), len(self.full_evals))
+        await final_races(self, self._plan_left(), late=True)
+        await self._decide_again()
+
+    def _plan_left(self) -> int:
+        """Program runs the plan has left for evaluations: its full evaluations and trials, less those
+        spent."""
+        planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
+        n = len(self.valset)
+        return planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent
+
     async def _final_evaluations(self) -> None:
         planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
         if self.racing:
-            n = len(self.valset)
-            await final_races(self, planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent)
+            await final_races(self, self._plan_left())
             return
         for _ in range(max(1, planned - len(self.full_evals))):
             if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
@@ -349,14 +379,41 @@ class SearchLoop:
         return self.next_full_evaluation()
 
     def decide(self) -> FinalPick:
-        """The pick from all evidence so far (a pure function of the trials, rungs and full evaluations)."""
+        """The pick from all evidence so far (a pure function of the trials, rungs and full evaluations).
+
+        After late races (``_late_races``), the pick settled before them stands unless the pick of all
+        the evidence is one of their combinations: each fully evaluated combination raises the bar the
+        pick sets every one of them (its level is shared among them), so combinations raced only to
+        spend a budget kept for a confirmation that was not needed must not undo a settled pick by
+        merely being weighed.
+        """
+        chosen = self._decide_on(len(self.rungs), len(self.full_evals))
+        if self._late_from is None:
+            return chosen
+        settled = self._decide_on(*self._late_from)
+        late = {key_of(f.choice) for f in self.full_evals[self._late_from[1] :]}
+        if key_of(chosen.choice) in late | {key_of(settled.choice)}:
+            return chosen
+        return attrs.evolve(
+            settled,
+            reason=f"{settled.reason}; the {len(late)} combination(s) raced after it was settled were not "
+            "shown better",
+        )
+
+    def _decide_on(self, n_rungs: int, n_full_evals: int) -> FinalPick:
+        """The pick from the trials, the first ``n_rungs`` rungs and ``n_full_evals`` full evaluations,
+        and the confirmations."""
+        full_evals = self.full_evals[:n_full_evals]
         evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
-        evaluations += [(r.choice, r.scores, r.score) for r in self.rungs]
-        evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
+        evaluations += [(r.choice, r.scores, r.score) for r in self.rungs[:n_rungs]]
+        evaluations += [(f.choice, f.scores, f.score) for f in full_evals]
         # Training examples are evidence for the paired comparisons, not for the pooled model of the
         # validation scores (no mean).
         evaluations += [(c.choice, c.scores, None) for c in self.confirmations]
-        evidence = collect_evidence(evaluations, self._tested)
+        tested = self._tested
+        if n_full_evals < len(self.full_evals):
+            tested = {key_of(f.choice) for f in full_evals}
+        evidence = collect_evidence(evaluations, tested)
         return pick(
             evidence,
             self.full_evals[0].choice,
@@ -439,6 +496,30 @@ class SearchLoop:
         own = {key: (sum(s.values()) / len(s), len(s)) for key, s in self._pool.scores.items() if s}
         space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
         return ranked_combinations(self.observations(), own, space, excluded, limit, optimism=RACE_OPTIMISM)
+
+    def drawn_untested(self, limit: int, race: int) -> list[dict[str, int]]:
+        """Up to ``limit`` distinct combinations without a full evaluation (nor dropped by a race), each
+        a Thompson draw from the pooled model (:func:`~aprompt._optimize.pooling.thompson_choice`, seeded
+        by the seed, ``race`` and the draw's number): entrants for a race when every combination the
+        evidence ranks is settled, so a budget kept for the last evaluation is spent on combinations not
+        tried yet instead of left unspent. Empty without pooling, with a proposal hook (its parameters
+        are not the candidates'), or before any trial."""
+        if not self.pooled or self.proposal_hook is not None:
+            return []
+        observations = self.observations()
+        if not observations:
+            return []
+        sizes = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
+        avoid = set(self.settled())
+        drawn: list[dict[str, int]] = []
+        for number in range(DRAW_ATTEMPTS * limit):
+            if len(drawn) >= limit:
+                break
+            choice = thompson_choice(observations, sizes, (self.seed, race, number, RACE_DRAW_STREAM), avoid)
+            if choice is not None and key_of(choice) not in avoid:
+                avoid.add(key_of(choice))
+                drawn.append(choice)
+        return drawn
 
     def settled(self) -> set[tuple[tuple[str, int], ...]]:
         """The combinations with a full evaluation or dropped by a race (by key)."""
