@@ -32,6 +32,9 @@ calls the same way.
     .venv/bin/python -m bench.regret --world no_gain  # where nothing helps (tests/optimize/no_gain_world.py)
     .venv/bin/python -m bench.regret --quick          # 2 tiny runs, seconds; prints only
     .venv/bin/python -m bench.regret --budgets light --max-lm-calls 1900   # under a limit below the plan
+    .venv/bin/python -m bench.regret --budgets light --val-size 30 --max-lm-calls 1000
+                                                      # a small validation set under a limit (a
+                                                      # confirmation's runs kept, late races)
     .venv/bin/python -m bench.regret --seeds 0:100 --workers 2 --paired-with bench/results/other.json
                                                       # seeds 0..99 in 2 processes; the change against
                                                       # another run's json, paired by budget and seed
@@ -387,12 +390,15 @@ RUN_HEADER = [
 ]
 
 
-def _budget_of(name: str, racing: bool) -> str | Mapping[str, Any]:
+def _budget_of(name: str, racing: bool, val_size: int | None = None) -> str | Mapping[str, Any]:
     budget: str | Mapping[str, Any] = QUICK_BUDGET if name == "quick" else name
+    changes: dict[str, Any] = {}
     if not racing:
-        budget = (
-            {**budget, "racing": False} if isinstance(budget, Mapping) else {"preset": name, "racing": False}
-        )
+        changes["racing"] = False
+    if val_size is not None:
+        changes["val_size"] = val_size
+    if changes:
+        budget = {**budget, **changes} if isinstance(budget, Mapping) else {"preset": name, **changes}
     return budget
 
 
@@ -407,10 +413,17 @@ def _print_run(run: Run) -> None:
 
 
 def _one_run_sync(
-    name: str, seed: int, world: str, strategy: str, racing: bool, max_lm_calls: int | None = None
+    name: str,
+    seed: int,
+    world: str,
+    strategy: str,
+    racing: bool,
+    max_lm_calls: int | None = None,
+    val_size: int | None = None,
 ) -> Run:
     logging.getLogger("aprompt").setLevel(logging.WARNING)
-    return anyio.run(one_run, name, _budget_of(name, racing), seed, world, strategy, max_lm_calls)
+    budget = _budget_of(name, racing, val_size)
+    return anyio.run(one_run, name, budget, seed, world, strategy, max_lm_calls)
 
 
 async def run_all(
@@ -420,11 +433,12 @@ async def run_all(
     strategy: str = "mipro",
     racing: bool = True,
     max_lm_calls: int | None = None,
+    val_size: int | None = None,
 ) -> list[Run]:
     runs = []
     for name in budgets:
         for seed in seeds:
-            run = await one_run(name, _budget_of(name, racing), seed, world, strategy, max_lm_calls)
+            run = await one_run(name, _budget_of(name, racing, val_size), seed, world, strategy, max_lm_calls)
             _print_run(run)
             runs.append(run)
     return runs
@@ -472,11 +486,19 @@ def run_parallel(
     racing: bool,
     workers: int,
     max_lm_calls: int | None = None,
+    val_size: int | None = None,
 ) -> list[Run]:
     """The runs of :func:`run_all` in ``workers`` processes (each run is a pure function of its seed)."""
     jobs = [(name, seed) for name in budgets for seed in seeds]
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        job = partial(_one_run_sync, world=world, strategy=strategy, racing=racing, max_lm_calls=max_lm_calls)
+        job = partial(
+            _one_run_sync,
+            world=world,
+            strategy=strategy,
+            racing=racing,
+            max_lm_calls=max_lm_calls,
+            val_size=val_size,
+        )
         futures = [pool.submit(job, name, seed) for name, seed in jobs]
         for future in concurrent.futures.as_completed(futures):
             _print_run(future.result())
@@ -547,6 +569,12 @@ def _main(argv: list[str] | None) -> list[Run]:
         help="run aprompt under aprompt.Limits(max_lm_calls=N): a budget smaller than the plan",
     )
     parser.add_argument(
+        "--val-size",
+        type=int,
+        default=None,
+        help="validation examples instead of the preset's (below 50, a capped run keeps a confirmation)",
+    )
+    parser.add_argument(
         "--no-racing", action="store_true", help="Budget.racing=False: one full evaluation per period"
     )
     parser.add_argument(
@@ -577,8 +605,13 @@ def _main(argv: list[str] | None) -> list[Run]:
     if not systems or set(systems) - {"aprompt", "dspy"}:
         parser.error(f"--systems takes aprompt and/or dspy, got {args.systems!r}")
     dspy_python = _dspy_python(args.dspy_python) if "dspy" in systems else None
-    if "dspy" in systems and (args.quick or args.world != "world" or dspy_python is None):
-        parser.error("--systems dspy needs the standard world, a budget preset and dspy (--dspy-python)")
+    if "dspy" in systems and (
+        args.quick or args.world != "world" or dspy_python is None or args.val_size is not None
+    ):
+        parser.error(
+            "--systems dspy needs the standard world, a budget preset (no --val-size) and dspy "
+            "(--dspy-python)"
+        )
     if args.quick:
         budgets = ["quick"]
     command = command_line("regret", argv)
@@ -587,9 +620,13 @@ def _main(argv: list[str] | None) -> list[Run]:
     runs: list[Run] = []
     if "aprompt" in systems and args.workers > 1:
         limit = args.max_lm_calls
-        runs = run_parallel(budgets, seeds, args.world, args.strategy, racing, args.workers, limit)
+        runs = run_parallel(
+            budgets, seeds, args.world, args.strategy, racing, args.workers, limit, args.val_size
+        )
     elif "aprompt" in systems:
-        runs = anyio.run(run_all, budgets, seeds, args.world, args.strategy, racing, args.max_lm_calls)
+        runs = anyio.run(
+            run_all, budgets, seeds, args.world, args.strategy, racing, args.max_lm_calls, args.val_size
+        )
     dspy_runs: list[DSPyRun] = []
     if dspy_python is not None:
         dspy_runs = anyio.run(
