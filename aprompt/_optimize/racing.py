@@ -285,9 +285,10 @@ _ROUNDING_MARGIN = 1e-9
 async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> None:
     """Races on what the plan has ``left`` (at least one full evaluation's worth, as without racing),
     until no entrant can be completed; under a limit, on no more than the rest of the budget pays for
-    (journaled: a resumed run races the same). ``late``: the races after the pick was settled without
-    a confirmation, on the runs kept for one (none is kept any more)."""
-    allowance = max(left, len(loop.valset))
+    (journaled: a resumed run races the same). ``late``: the races after the pick was decided without
+    a confirmation, on the runs kept for one (none is kept any more), within what the plan has left."""
+    # The late races spend only what the plan has left; the final ones at least one full evaluation.
+    allowance = left if late else max(left, len(loop.valset))
     # Journaled under the race's number, and apart for the late races: when the final ones started no
     # race, the late ones start at the same number.
     which = "late" if late else "final"
@@ -308,8 +309,8 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
         if late and racers_affordable(loop, entrants, allowance):
             late = False  # said once
             logger.info(
-                "aprompt: the pick was settled without a confirmation: the %d program runs left go to a "
-                "race of %d more combination(s)",
+                "aprompt: no confirmation ran: the %d program runs left (kept for one) go to a race of %d "
+                "more combination(s)",
                 allowance,
                 len(entrants),
             )

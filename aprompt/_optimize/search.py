@@ -336,10 +336,10 @@ class SearchLoop:
 
     async def _late_races(self) -> None:
         """Under a limit on calls, tokens or cost, the runs the trials kept for a confirmation that did
-        not run (the pick was settled without one) go to more races, within what the plan has left: a
+        not run (the pick was decided without one) go to more races, within what the plan has left: a
         budget kept and left unspent could still have found a better program. The pick is decided
         again: a combination of these races is returned only when it is the pick of all the evidence,
-        else the pick settled before them stands (``decide``)."""
+        else the pick decided before them stands (``decide``)."""
         if not self.racing or self.admit_trial is None or not self.confirmation_kept or self.confirmations:
             return
         if self.stopped is not None or self.should_stop() is not None:
@@ -381,10 +381,10 @@ class SearchLoop:
     def decide(self) -> FinalPick:
         """The pick from all evidence so far (a pure function of the trials, rungs and full evaluations).
 
-        After late races (``_late_races``), the pick settled before them stands unless the pick of all
+        After late races (``_late_races``), the pick decided before them stands unless the pick of all
         the evidence is one of their combinations: each fully evaluated combination raises the bar the
         pick sets every one of them (its level is shared among them), so combinations raced only to
-        spend a budget kept for a confirmation that was not needed must not undo a settled pick by
+        spend a budget kept for a confirmation that did not run must not undo the pick by
         merely being weighed.
         """
         chosen = self._decide_on(len(self.rungs), len(self.full_evals))
@@ -396,7 +396,7 @@ class SearchLoop:
             return chosen
         return attrs.evolve(
             settled,
-            reason=f"{settled.reason}; the {len(late)} combination(s) raced after it was settled were not "
+            reason=f"{settled.reason}; the {len(late)} combination(s) raced after it was decided were not "
             "shown better",
         )
 

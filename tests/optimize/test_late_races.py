@@ -31,7 +31,7 @@ BUDGET: Mapping[str, int] = {
     "parallel_trials": 2,
 }
 TRAIN, VAL = examples(0, 60), examples(200, 230)
-LATE = "the pick was settled without a confirmation"
+LATE = "no confirmation ran"
 
 
 async def capped(seed: int, limit: int, **options: Any) -> tuple[aprompt.OptimizeResult[Any], int]:
@@ -118,7 +118,7 @@ async def test_late_races_do_not_undo_a_settled_pick_by_being_weighed() -> None:
     # Weighed with the late race's combination, every comparison is made at a stricter level, and the
     # pick of all the evidence is no longer the one settled before the race (another combination evaluated
     # before it): the settled pick stands, and says why.
-    assert "raced after it was settled were not shown better" in result.pick.reason
+    assert "raced after it was decided were not shown better" in result.pick.reason
     assert not result.pick.kept_baseline
     assert key_of(result.best_choice) != key_of(result.candidates.baseline())
     assert true_accuracy(result, result.best_choice) > true_accuracy(result, result.candidates.baseline())
