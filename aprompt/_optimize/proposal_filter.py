@@ -306,21 +306,30 @@ def speaks_of_the_instruction(sentence: str) -> bool:
 #: Text, a colon, a space and more text on one line: "Reply: - The jewelers are ...", "The jeweler visits
 #: the farm, negated: The jeweler does not visit the farm".
 _LABELED = re.compile(r"[^\W\d_][^:\n]*:\s+\S")
+#: A label of at most three words and one identifier with an underscore after it, alone on the line.
+_LABELED_IDENTIFIER = re.compile(r"\s*(?:[^\W\d_]+\s+){0,2}[^\W\d_]+\s*:\s*[\w-]*_[\w-]*\W*$")
 
 
 def is_labeled_example(line: str) -> bool:
     """Whether ``line`` is labeled text that tells the model nothing to do (``Label: value``, ``input,
     negated: output``): a demo the proposer made up, whatever its label; ``Note: keep the tense.``
-    instructs and stays.
+    instructs and stays. A short label and one identifier is a data item, even when the identifier
+    starts with a verb.
 
     Example::
 
         >>> is_labeled_example("The jeweler visits the farm, negated: The jeweler does not visit the farm")
         True
+        >>> is_labeled_example("The intent: search_book_restaurant")
+        True
         >>> is_labeled_example("Rewrite the sentence so that it says the opposite: negate its verb.")
         False
     """
-    return bool(_LABELED.search(line)) and not reads_as_instruction(line)
+    if not _LABELED.search(line):
+        return False
+    # A label and one identifier ("The intent: search_book_restaurant"): a data item, though the
+    # identifier may start with a verb.
+    return bool(_LABELED_IDENTIFIER.match(line)) or not reads_as_instruction(line)
 
 
 def quotes_an_example(sentence: str) -> bool:
@@ -471,7 +480,9 @@ _HEADING = re.compile(r"^\s*#{1,6}\s+(?P<title>.*)$")
 #: A line labeled as an example: maybe a bullet or emphasis, "Example" or "Examples", at most six more
 #: words, a colon.
 _EXAMPLE_LABEL = re.compile(
-    r"^\s*(?:[-*+•]\s+|\d+[.)]\s+)?[*_]*examples?\b(?P<rest>[^:\n]{0,60}?):[*_]*(?P<value>.*)$", re.IGNORECASE
+    r"^\s*(?:[-*+•]\s+|\d+[.)]\s+)?[*_]*(?:(?:the|an|for)\s+)?examples?\b(?P<rest>[^:\n]{0,60}?):[*_]*"
+    r"(?P<value>.*)$",
+    re.IGNORECASE,
 )
 
 

@@ -432,6 +432,24 @@ def test_made_up_examples_headings_and_a_list_of_proposals_are_cut() -> None:
     )
 
 
+def test_a_made_up_example_with_an_article_or_a_label_of_the_data_is_cut() -> None:
+    # The embedded proposer on intent_goal (stop 43): the intent after its label is an identifier, not a
+    # verb, and "The example:" is an example label as "Example:" is.
+    predictor = Predict("utterance, goal -> intent", instruction="Classify the user's request.")
+    reply = (
+        "Classify the user's request to a voice assistant into the intents.\n"
+        "The intent: search_book_restaurant\n"
+        "The example: - utterance: The goal is to find the movie theater, and get the movie.\n"
+        "The intent: search_movie_restaur"
+    )
+    cleaned = clean_reply(reply, predictor)
+    assert cleaned.text == "Classify the user's request to a voice assistant into the intents."
+    assert {"made-up examples", "made-up examples and headings"} <= set(cleaned.removed)
+    # An identifier after a colon inside an instruction stays: the sentence tells the model what to do.
+    kept = "Classify the request: reply search_book_restaurant for a table."
+    assert clean_reply(kept, predictor).text == kept
+
+
 def test_three_or_more_sentences_ending_a_proposal_after_its_last_instruction_are_cut() -> None:
     predictor = Predict("sentence -> negated", instruction="Negate the sentence.")
     # The demo returned this one (the search paired it with its best demo set).
