@@ -156,9 +156,9 @@ class SearchLoop:
     #: Races run so far (numbers the next one's journal keys); combinations a race dropped.
     races_started: int = attrs.field(default=0, init=False)
     raced_out: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
-    #: Rungs and full evaluations recorded when the late races began (``None``: none began); see
-    #: ``decide``.
-    _late_from: tuple[int, int] | None = attrs.field(default=None, init=False)
+    #: The pick decided when the late races began, and the full evaluations recorded then (``None``:
+    #: none began); see ``decide``.
+    _before_late: tuple[FinalPick, int] | None = attrs.field(default=None, init=False)
     #: Program runs of the trials, rungs and full evaluations so far.
     _spent: int = attrs.field(default=0, init=False)
     _pool: ScorePool = attrs.field(factory=ScorePool, init=False)
@@ -344,23 +344,24 @@ class SearchLoop:
             return
         if self.stopped is not None or self.should_stop() is not None:
             return
-        self._late_from = (len(self.rungs), len(self.full_evals))
+        self._before_late = (self.decide(), len(self.full_evals))
         await final_races(self, self._plan_left(), late=True)
         await self._decide_again()
 
     def _plan_left(self) -> int:
         """Program runs the plan has left for evaluations: its full evaluations and trials, less those
         spent."""
-        planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
         n = len(self.valset)
-        return planned * n + self.n_trials * min(self.minibatch_size, n) - self._spent
+        return self._planned_full_evals() * n + self.n_trials * min(self.minibatch_size, n) - self._spent
+
+    def _planned_full_evals(self) -> int:
+        return 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
 
     async def _final_evaluations(self) -> None:
-        planned = 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
         if self.racing:
             await final_races(self, self._plan_left())
             return
-        for _ in range(max(1, planned - len(self.full_evals))):
+        for _ in range(max(1, self._planned_full_evals() - len(self.full_evals))):
             if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
                 return
             choice = self._next_for_pick()
@@ -387,38 +388,28 @@ class SearchLoop:
         spend a budget kept for a confirmation that did not run must not undo the pick by
         merely being weighed.
         """
-        chosen = self._decide_on(len(self.rungs), len(self.full_evals))
-        if self._late_from is None:
+        evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
+        evaluations += [(r.choice, r.scores, r.score) for r in self.rungs]
+        evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
+        # Training examples are evidence for the paired comparisons, not for the pooled model of the
+        # validation scores (no mean).
+        evaluations += [(c.choice, c.scores, None) for c in self.confirmations]
+        chosen = pick(
+            collect_evidence(evaluations, self._tested),
+            self.full_evals[0].choice,
+            min_shared=min(MIN_SHARED, len(self.valset)),
+            references=self._reference_choices,
+        )
+        if self._before_late is None:
             return chosen
-        settled = self._decide_on(*self._late_from)
-        late = {key_of(f.choice) for f in self.full_evals[self._late_from[1] :]}
+        settled, n_full_evals = self._before_late
+        late = {key_of(f.choice) for f in self.full_evals[n_full_evals:]}
         if key_of(chosen.choice) in late | {key_of(settled.choice)}:
             return chosen
         return attrs.evolve(
             settled,
             reason=f"{settled.reason}; the {len(late)} combination(s) raced after it was decided were not "
             "shown better",
-        )
-
-    def _decide_on(self, n_rungs: int, n_full_evals: int) -> FinalPick:
-        """The pick from the trials, the first ``n_rungs`` rungs and ``n_full_evals`` full evaluations,
-        and the confirmations."""
-        full_evals = self.full_evals[:n_full_evals]
-        evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
-        evaluations += [(r.choice, r.scores, r.score) for r in self.rungs[:n_rungs]]
-        evaluations += [(f.choice, f.scores, f.score) for f in full_evals]
-        # Training examples are evidence for the paired comparisons, not for the pooled model of the
-        # validation scores (no mean).
-        evaluations += [(c.choice, c.scores, None) for c in self.confirmations]
-        tested = self._tested
-        if n_full_evals < len(self.full_evals):
-            tested = {key_of(f.choice) for f in full_evals}
-        evidence = collect_evidence(evaluations, tested)
-        return pick(
-            evidence,
-            self.full_evals[0].choice,
-            min_shared=min(MIN_SHARED, len(self.valset)),
-            references=self._reference_choices,
         )
 
     def scores_of(self, choice: Mapping[str, int]) -> dict[str, float]:
