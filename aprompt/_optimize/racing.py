@@ -297,7 +297,8 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
         allowance = loop.decided(f"{which} race runs:{loop.races_started}", partial(share, loop, allowance))
     if loop.time_limited and loop.runs_per_second is not None:
         allowance = loop.decided(
-            f"{which} race runs in time:{loop.races_started}", partial(within_time, loop, allowance)
+            f"{which} race runs in time:{loop.races_started}",
+            partial(within_time, loop, allowance, floor=not late),
         )
     while allowance > 0:
         if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
@@ -338,14 +339,15 @@ def _final_allowance(loop: SearchLoop, runs: int) -> int:
     return max(0, min(runs, affordable - keep))
 
 
-def within_time(loop: SearchLoop, runs: int) -> int:
+def within_time(loop: SearchLoop, runs: int, *, floor: bool = True) -> int:
     """``runs``, or fewer: the program runs the time left under ``max_time`` pays for at the search's
-    pace (with its margin), but at least one full evaluation's."""
+    pace (with its margin); with ``floor``, at least one full evaluation's (the final race's, as without
+    racing; never the late races', which spend only what the plan has left)."""
     pace = loop.runs_per_second
     if pace is None:
         return runs
-    fits = math.floor(loop.seconds_left() * pace / TIME_MARGIN)
-    return max(len(loop.valset), min(runs, fits))
+    fits = min(runs, math.floor(loop.seconds_left() * pace / TIME_MARGIN))
+    return max(len(loop.valset), fits) if floor else max(0, fits)
 
 
 def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:

@@ -342,7 +342,7 @@ class SearchLoop:
         else the pick decided before them stands (``decide``)."""
         if not self.racing or self.admit_trial is None or not self.confirmation_kept or self.confirmations:
             return
-        if self.stopped is not None or self.should_stop() is not None:
+        if self.stopped is not None or self.should_stop() is not None or self._plan_left() <= 0:
             return
         self._before_late = (self.decide(), len(self.full_evals))
         await final_races(self, self._plan_left(), late=True)

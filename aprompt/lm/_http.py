@@ -61,6 +61,7 @@ from aprompt._errors import (
     ConfigError,
     LMConnectionError,
     LMError,
+    LMStatusError,
     LMTimeoutError,
     RateLimitError,
     RequestRejectedError,
@@ -106,6 +107,8 @@ _MAX_PAUSE_SPREAD = 2.0
 _MESSAGE_CHARS = 500
 #: How much of a body that is not JSON an error shows.
 _BODY_START_BYTES = 120
+# Bytes beyond the shown start scrubbed with it: longer than any key.
+_SCRUBBED_BEYOND = 4096
 
 # Body fields a request parameter would replace (sent as given, parameters follow them in the body).
 _BODY_FIELDS = ("model", "messages")
@@ -487,16 +490,22 @@ class HTTPChatLM(abc.ABC):
             endpoint = lease.endpoint
             admitted = await endpoint.limiter.acquire(reserved)
             admitted_here = None
-            used = 0  # a request that fails before an answer is refunded its tokens
+            # Tokens settled on the limiters: a request refused before it is sent, or answered with an
+            # error status (not billed), is refunded; one sent and not answered (a timeout, a dropped
+            # connection, a cancellation) keeps its reservation, as the server counts what it received.
+            used = 0
             meter = None
             sent: float | None = None
             try:
                 admitted_here = await self._limiter.acquire(reserved)
+                # Counted by the endpoint from when it goes, should the client's limits have held it.
+                endpoint.limiter.refresh(admitted)
                 meter = admit_request(self._model, retry=is_retry)  # may refuse: a run limit is spent
                 self._usage.requests += 1
                 if is_retry:
                     self._usage.retries += 1
                 sent = time.monotonic()
+                used = reserved
                 completion = await self._exchange(lease.transport, endpoint, payload)
                 if meter is not None:
                     meter.settle(self._model, completion.usage)
@@ -511,6 +520,8 @@ class HTTPChatLM(abc.ABC):
                     raise incomplete
                 return completion
             except LMError as error:
+                if isinstance(error, LMStatusError):
+                    used = 0
                 self._note_failure(endpoint, error)
                 if meter is not None:
                     meter.note_failure(error)
@@ -613,9 +624,12 @@ class HTTPChatLM(abc.ABC):
                 f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url
             )
         if content.lstrip()[:1] not in (b"{", b"["):  # not JSON at all: a web page, a proxy's notice
-            start = " ".join(content[:_BODY_START_BYTES].decode("utf-8", "replace").split())
+            # Scrubbed before it is cut, so that no key is left half-cut (and so unmatched) at the end; the
+            # prefix scrubbed holds any key that starts within what is shown.
+            head = content[: _BODY_START_BYTES + _SCRUBBED_BEYOND].decode("utf-8", "replace")
+            start = " ".join(self._scrub(head).split())[:_BODY_START_BYTES]
             raise BadResponseError(
-                f"HTTP {status} with a body that is not JSON, starting {self._scrub(start)!r}: is the base "
+                f"HTTP {status} with a body that is not JSON, starting {start!r}: is the base "
                 "URL the API's own address? (an OpenAI-compatible API's usually ends in /v1)",
                 endpoint=endpoint.url,
             )

@@ -13,10 +13,12 @@ Connections are kept alive unless the reply says ``Connection: close``, is HTTP/
 is read until close, is cut at the size cap or fails. An idle one is dropped after
 :data:`KEEPALIVE_EXPIRY` seconds, or when the server has closed it (seen with a non-blocking peek at
 its socket before reuse). A request on a connection reused after at least :data:`IDLE_CLOSE_MIN`
-seconds idle that fails before any byte of the reply arrives is sent once more on a fresh connection:
-the server closed it for idling as we sent (servers keep idle connections for seconds at least). After
-a shorter idle such a failure is the server's (it dropped the request) and is reported, so that a
-server dropping requests does not get each twice.
+seconds idle that fails before any byte of the reply arrives, within :data:`STALE_FAILURE_WITHIN` seconds
+of being sent, is sent once more on a fresh connection: the server closed it for idling as we sent
+(servers keep idle connections for seconds at least). After a shorter idle, or later after sending, such
+a failure is the server's (it dropped the request, or took it and failed) and is reported, so that a
+server dropping requests does not get each twice, and a request the server took is retried, if at all,
+by the client's retries (limited, counted and admitted by the rate limits).
 
 Timeouts are the caller's: :mod:`aprompt.lm._http` bounds the whole exchange.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -45,7 +48,7 @@ import httpx
 
 from aprompt.lm._transport import Reply, TransportError
 
-__all__ = ["IDLE_CLOSE_MIN", "KEEPALIVE_EXPIRY", "HTTP11Transport"]
+__all__ = ["IDLE_CLOSE_MIN", "KEEPALIVE_EXPIRY", "STALE_FAILURE_WITHIN", "HTTP11Transport"]
 
 #: Seconds an idle connection is kept for reuse.
 KEEPALIVE_EXPIRY = 30.0
@@ -53,10 +56,15 @@ KEEPALIVE_EXPIRY = 30.0
 #: Seconds idle after which a reused connection that fails without a reply byte was closed by its server.
 IDLE_CLOSE_MIN = 1.0
 
+#: Seconds after sending within which such a failure is the server's idle close (its end of the connection
+#: arrives within a round trip); a later one is a server that took the request.
+STALE_FAILURE_WITHIN = 0.5
+
 # The longest status line and headers read; an LM server's are well under a kilobyte.
 _MAX_HEAD_BYTES = 64 * 1024
 _RECEIVE_BYTES = 65536
 _PEEK_FLAGS = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _STREAM_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
 
 
@@ -343,10 +351,10 @@ class _Connection:
         while True:
             line = await self._read_line()
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise TransportError("malformed chunk size in the reply") from None
+            # HTTP's 1*HEXDIG: int() alone would also take "0x5", "1_0", "+5" and "-2".
+            if not _HEX_DIGITS.fullmatch(size_text):
+                raise TransportError("malformed chunk size in the reply")
+            size = int(size_text, 16)
             if size == 0:
                 while await self._read_line():  # trailers, skipped
                     pass
@@ -471,11 +479,14 @@ class HTTP11Transport:
         message = self._message(method, url, headers, body)
         connection = await self._idle_connection()
         if connection is not None:
-            idled = self._clock() - connection.idle_since
+            sent = self._clock()
+            idled = sent - connection.idle_since
             try:
                 return await self._exchange(connection, message, cap)
             except _NoReply:
-                if idled < IDLE_CLOSE_MIN:
+                # A failure long after sending is a server that took the request and then dropped it:
+                # sent again, it would be paid twice, past the limiters and the retry count.
+                if idled < IDLE_CLOSE_MIN or self._clock() - sent > STALE_FAILURE_WITHIN:
                     raise
             # The server closed it for idling as we sent: once more on a fresh connection.
         return await self._exchange(await self._connect(), message, cap)

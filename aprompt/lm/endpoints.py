@@ -93,7 +93,9 @@ def endpoint_urls(url: str) -> tuple[str, str, tuple[str, ...]]:
     except (httpx.InvalidURL, TypeError):
         raise ConfigError("invalid endpoint URL") from None
     if not parsed.scheme or not parsed.host:
-        raise ConfigError(f"endpoint URL needs a scheme and a host: {url.split('@')[-1]!r}")
+        # Shown without user info or query, either of which may hold a credential.
+        visible = url.split("@")[-1].split("?")[0]
+        raise ConfigError(f"endpoint URL needs a scheme and a host: {visible!r}")
     if parsed.userinfo:
         parsed = parsed.copy_with(username=None, password=None)
     target = str(parsed).rstrip("/")

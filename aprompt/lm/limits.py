@@ -403,6 +403,22 @@ class SlidingWindow:
         self._burst_log.total += entry.cost
         return entry
 
+    def restamp(self, entry: _Entry, now: float) -> None:
+        """Move ``entry`` to ``now`` (the latest admission): counted from then, for a full window again.
+
+        Every admission since ``entry``'s counted it, so it fits at ``now`` as it did then."""
+        for log, logged in ((self._log, entry.in_window), (self._burst_log, entry.in_burst)):
+            if logged:
+                if log.entries[-1] is entry:  # usually the latest still
+                    log.entries.pop()
+                else:
+                    log.entries.remove(entry)
+                log.total -= entry.cost
+            log.entries.append(entry)
+            log.total += entry.cost
+        entry.at = now
+        entry.in_window = entry.in_burst = True
+
     def settle(self, entry: _Entry, cost: float) -> None:
         """Correct ``entry``'s cost (a refund when lower), still charged at its admission time."""
         change = float(cost) - entry.cost
@@ -551,12 +567,13 @@ class RateLimiter:
 
     async def acquire(self, tokens: int = 0) -> Admission:
         """Wait until one request costing ``tokens`` is admitted; log it and return its admission."""
-        if not self.limited:
-            while True:
-                delay = self._paused_until - self._clock()
-                if delay <= 0:
-                    return self._admit(tokens)
-                await anyio.sleep(delay)
+        while not self.limited:
+            delay = self._paused_until - self._clock()
+            if delay <= 0:
+                return self._admit(tokens)
+            await anyio.sleep(delay)
+            # A limit learned during the pause (an answer's x-ratelimit-* headers) binds this request:
+            # the loop ends and the windows below decide, in arrival order.
         # Nobody queued (a held lock is the only sign of waiters: it is handed on to the next) and it
         # fits now: admitted at once, in arrival order still, without the lock's trip through the loop.
         if not self._lock.locked() and self._delay(tokens) <= 0:
@@ -580,6 +597,15 @@ class RateLimiter:
             if wait > delay:
                 delay = wait
         return delay
+
+    def refresh(self, admission: Admission) -> None:
+        """Count ``admission`` from now when it was made more than the edge margin ago: a request
+        admitted here and then held elsewhere (another limiter, a pause) before it is sent reaches the
+        server later than its entry says, and would leave the window early."""
+        now = self._clock()
+        if now - admission.at > self._requests.edge:
+            self._requests.restamp(admission._requests, now)
+            self._tokens.restamp(admission._tokens, now)
 
     def settle(self, admission: Admission, used: int) -> None:
         """Correct an admission's reserved tokens to the ``used`` the server reported."""

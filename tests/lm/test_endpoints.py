@@ -89,6 +89,15 @@ def test_an_endpoint_concurrency_that_is_not_a_positive_integer_is_a_config_erro
         OpenAICompatibleLM("m", [Endpoint("http://gpu-1:8000/v1", max_concurrency=value)], api_key="")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "url", ["my-resource.example.com/openai?api-key=SECRET-123456", "https:///v1?key=SECRET-123456"]
+)
+def test_a_url_without_scheme_or_host_is_a_config_error_that_shows_no_credential(url: str) -> None:
+    with pytest.raises(ConfigError, match="needs a scheme and a host") as caught:
+        public_url(url)
+    assert "SECRET" not in str(caught.value) and "SECRET" not in repr(caught.value)
+
+
 def test_url_without_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         public_url("gpu-1:8000/v1")

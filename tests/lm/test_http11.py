@@ -20,7 +20,7 @@ from anyio.streams.tls import TLSListener
 
 from aprompt._errors import LMConnectionError
 from aprompt.lm._connections import LaneTransports, proxy_applies
-from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, HTTP11Transport
+from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, STALE_FAILURE_WITHIN, HTTP11Transport
 from aprompt.lm._transport import HttpxTransport, TransportError, request_url
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import raw_retry_after
@@ -216,6 +216,19 @@ async def test_a_chunked_body_is_joined_and_its_trailers_skipped(
     assert server.connections == 1  # the trailers were read to their end: the connection is reusable
 
 
+@pytest.mark.parametrize("size", [b"0x5", b"0_5", b"+5", b"-5", b" ", b"5 5"])
+async def test_a_chunk_size_that_is_not_hex_digits_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]], size: bytes
+) -> None:
+    # int(text, 16) alone takes "0x5", "0_5" and "+5": a malformed reply read as a normal one.
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n"
+    server = await serve(replying(chunked))
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="malformed chunk size"):
+        await post(transport, server)
+    await transport.aclose()
+
+
 async def test_a_chunked_reply_arriving_a_byte_at_a_time_is_read_whole(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
@@ -404,13 +417,33 @@ async def test_a_request_dropped_without_a_reply_soon_after_the_last_is_a_failur
     assert (server.connections, len(server.requests)) == (1, 2)
 
 
-def close_on_second_request() -> Script:
-    """Answers a connection's first request, reads its second and closes without a reply."""
+async def test_a_request_the_server_took_and_dropped_after_a_long_idle_is_a_failure_sent_once(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # The server read the request and worked on it before it dropped the connection: sent again, it
+    # would be paid twice, past the rate limits and the retry count. Only a failure within a round trip
+    # of sending is the server's idle close.
+    clock = Clock()
+    server = await serve(close_on_second_request(then=lambda: setattr(clock, "now", clock.now + 2.0)))
+    transport = HTTP11Transport(server.url, clock=clock)
+    await post(transport, server)
+    clock.now += IDLE_CLOSE_MIN
+    assert STALE_FAILURE_WITHIN < 2.0
+    with pytest.raises(TransportError, match="closed the connection without replying"):
+        await post(transport, server)
+    await transport.aclose()
+    assert (server.connections, len(server.requests)) == (1, 2)
+
+
+def close_on_second_request(then: Callable[[], None] = lambda: None) -> Script:
+    """Answers a connection's first request, reads its second, calls ``then`` and closes without a
+    reply."""
 
     async def script(peer: Peer) -> None:
         if await peer.read_request() is not None:
             await peer.send(OK)
-            await peer.read_request()
+            if await peer.read_request() is not None:
+                then()
 
     return script
 

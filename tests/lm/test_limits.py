@@ -348,6 +348,45 @@ async def test_pause_extended_while_waiting_is_honoured() -> None:
     assert time.monotonic() - started >= 0.24
 
 
+async def test_a_limit_learned_while_tasks_wait_out_a_pause_binds_them() -> None:
+    # The tasks entered before any limit was known; an answer states one (2 per period) during the
+    # pause: when it ends, the window decides (throttled by the 429 to half the limit at first, and
+    # recovering over a period), not all 10 at once.
+    limiter = RateLimiter(period=6.0)
+    limiter.pause(0.2)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire(10)
+        admitted.append(time.monotonic())
+
+    with anyio.move_on_after(1.0):
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+            await anyio.sleep(0.05)
+            limiter.learn(requests_per_minute=2)
+    assert 1 <= len(admitted) <= 2
+    assert limiter.request_window.used(time.monotonic()) == len(admitted)
+
+
+async def test_an_admission_held_elsewhere_past_the_edge_margin_is_counted_from_when_it_goes() -> None:
+    # Admitted at t, then held (say by the client's limits) until t + 5 before it is sent: counted from
+    # t + 5, it keeps its place in the window for a full period after it reaches the server.
+    clock = ManualClock()
+    limiter = RateLimiter(requests_per_minute=1, period=6.0, edge_margin=0.05, clock=clock)
+    first = await limiter.acquire()
+    clock.now += 5.0
+    limiter.refresh(first)
+    assert first.at == clock.now
+    clock.now += 1.5  # past the first admission's original window, within the refreshed one
+    assert limiter.request_window.delay(1, clock.now) == pytest.approx(6.05 - 1.5)
+    clock.now += 10.0
+    second = await limiter.acquire()
+    limiter.refresh(second)  # just made: within the margin, left as it is
+    assert second.at == clock.now and limiter.request_window.used(clock.now) == 1
+
+
 def test_repeated_pauses_within_one_pause_throttle_once() -> None:
     clock = ManualClock()
     limiter = RateLimiter(clock=clock)  # no limit known: 429s throttle

@@ -155,3 +155,27 @@ async def test_a_429s_exact_wait_in_milliseconds_is_honoured(
     limited, answered = fake_server.chat_requests
     assert limited.status == 429 and answered.status == 200
     assert answered.started - limited.finished >= 0.09
+
+
+async def test_attempts_that_time_out_keep_their_tokens_counted_and_error_statuses_refund_them() -> None:
+    # A timed-out attempt reached the server, which counts its tokens: refunded, every retry would free
+    # the window again and the server's tokens_per_minute would be crossed (4 attempts of ~305 tokens
+    # in 4 s under 700 a minute before). An answer with an error status is not billed: refunded.
+    async with FakeOpenAIServer() as server:
+        server.queue_faults(*[Fault.reply(delay=2.0)] * 10)
+        retry = RetryPolicy(max_retries=20, initial_backoff=0.01, max_backoff=0.01)
+        async with OpenAICompatibleLM(
+            "m", server.base_url, api_key="sk-t", timeout=0.3, tokens_per_minute=700, retry=retry
+        ) as lm:
+            with anyio.move_on_after(4.0):
+                await lm.chat([{"role": "user", "content": "hi"}], max_tokens=300)
+            # Attempts sent (the fake server logs a request once it has answered it).
+            assert 1 <= lm.usage.requests <= 700 // 305
+    async with FakeOpenAIServer() as server:
+        server.queue_faults(*[Fault.http_status(500)] * 10)
+        async with OpenAICompatibleLM(
+            "m", server.base_url, api_key="sk-t", tokens_per_minute=700, retry=retry
+        ) as lm:
+            with anyio.move_on_after(4.0):
+                await lm.chat([{"role": "user", "content": "hi"}], max_tokens=300)
+            assert lm.usage.requests > 700 // 305

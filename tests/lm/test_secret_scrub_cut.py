@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aprompt._errors import AuthenticationError, LMStatusError
+from aprompt._errors import AuthenticationError, BadResponseError, LMStatusError
 from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.openai import OpenAICompatibleLM
@@ -92,3 +92,30 @@ async def test_no_part_of_an_echoed_key_is_left_in_the_probes_error(offset: int)
     shown = " ".join([str(error), repr(error), error.server_message])
     assert [piece for piece in _pieces(LONG_KEY) if piece in shown] == []
     assert "***" in shown
+
+
+class EchoingPageServer(FakeOpenAIServer):
+    """Answers every request 200 with a web page that echoes its Authorization header after ``padding``
+    characters (a misrouted proxy's debug page)."""
+
+    padding = 0
+
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        page = "<html><body>" + "x" * self.padding + " " + headers.get("authorization", "") + "</body></html>"
+        return 200, page.encode(), {"Content-Type": "text/html"}, None
+
+
+# The start of a body that is not JSON is shown cut at 120 characters: at these offsets the cut falls
+# inside the key.
+@pytest.mark.parametrize("offset", [60, 90, 100])
+async def test_no_part_of_a_key_echoed_in_a_page_for_an_answer_is_left_in_the_error(offset: int) -> None:
+    async with EchoingPageServer(api_key=LONG_KEY) as server:
+        server.padding = offset
+        async with OpenAICompatibleLM("m", server.base_url, api_key=LONG_KEY, max_retries=0) as lm:
+            with pytest.raises(BadResponseError) as caught:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    shown = " ".join([str(caught.value), repr(caught.value)])
+    assert "not JSON" in shown
+    assert [piece for piece in _pieces(LONG_KEY, size=8) if piece in shown] == []

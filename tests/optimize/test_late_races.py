@@ -34,8 +34,11 @@ TRAIN, VAL = examples(0, 60), examples(200, 230)
 LATE = "no confirmation ran"
 
 
-async def capped(seed: int, limit: int, **options: Any) -> tuple[aprompt.OptimizeResult[Any], int]:
-    """A run of the two-stage world program under ``max_lm_calls=limit``, and the requests it sent."""
+async def capped(
+    seed: int, limit: int | None, *, max_time: float | None = None, **options: Any
+) -> tuple[aprompt.OptimizeResult[Any], int]:
+    """A run of the two-stage world program under ``max_lm_calls=limit`` (and ``max_time``), and the
+    requests it sent."""
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
         async with lm_for(server) as lm:
             result = await aprompt.optimize(
@@ -46,7 +49,7 @@ async def capped(seed: int, limit: int, **options: Any) -> tuple[aprompt.Optimiz
                 lm=lm,
                 budget=dict(BUDGET),
                 seed=seed,
-                limits=aprompt.Limits(max_lm_calls=limit),
+                limits=aprompt.Limits(max_lm_calls=limit, max_time=max_time),
                 **options,
             )
         return result, len(server.chat_requests)
@@ -131,3 +134,14 @@ async def test_a_resumed_run_replays_its_late_races(tmp_path: Path) -> None:
     assert dict(again.best_choice) == dict(first.best_choice)
     assert [dict(f.choice) for f in again.full_evals] == [dict(f.choice) for f in first.full_evals]
     assert again.pick is not None and first.pick is not None and again.pick.reason == first.pick.reason
+
+
+async def test_a_limit_above_the_plan_changes_nothing_beside_max_time() -> None:
+    # Under max_time the late race's allowance was raised back to a full evaluation's, past what the
+    # plan had left: a generous call limit beside max_time then spent more calls (437 against 427) and
+    # could return another program.
+    alone, sent_alone = await capped(3, None, max_time=100_000)
+    both, sent_both = await capped(3, 100_000, max_time=100_000)
+    assert sent_both == sent_alone
+    assert [dict(f.choice) for f in both.full_evals] == [dict(f.choice) for f in alone.full_evals]
+    assert dict(both.best_choice) == dict(alone.best_choice)
