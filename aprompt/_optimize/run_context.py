@@ -89,14 +89,21 @@ class _Commitment:
     tokens: float
     cost: float
     used: UsageCounter | None = None
+    #: Ended, and held until :meth:`RunContext.retire_steps`: its program runs and what it spent, which
+    #: count towards the measured cost per run only then.
+    ended: tuple[int, UsageSnapshot] | None = None
 
     def outstanding(self) -> tuple[float, float, float]:
-        """What it is still expected to spend."""
+        """What it is still expected to spend: its estimate less what it has spent, negative once it
+        has spent more. Added to the run's spending, an admitted step so counts its estimate until it
+        ends, however far it has got: an admission does not depend on the timing of the steps beside it
+        (a resumed run, whose finished steps are read back at once, admits what the uninterrupted run
+        did)."""
         if self.used is None:
             return self.requests, self.tokens, self.cost
-        tokens = max(0.0, self.tokens - self.used.prompt_tokens - self.used.completion_tokens)
+        tokens = self.tokens - self.used.prompt_tokens - self.used.completion_tokens
         cost = self.cost * tokens / self.tokens if self.tokens else 0.0
-        return max(0.0, self.requests - self.used.requests), tokens, cost
+        return self.requests - self.used.requests, tokens, cost
 
 
 @attrs.define
@@ -134,6 +141,8 @@ class RunContext:
     #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
     #: counts what the others are still expected to spend.
     _commitments: dict[tuple[str, str], _Commitment] = attrs.field(factory=dict, init=False)
+    #: Steps whose commitment stays until retired at a point the search's flow fixes (see hold_steps).
+    _held: set[tuple[str, str]] = attrs.field(factory=set, init=False)
     #: The run's start, for the phases' start times.
     _started: float = attrs.field(factory=time.monotonic, init=False)
     _limiter: Slots | None = attrs.field(default=None, init=False)
@@ -295,6 +304,29 @@ class RunContext:
         trial_done = trial_done or any(kind == "trial" for kind, _ in self._commitments)
         n_val = len(self.valset)
         return (0 if baseline_done else n_val) + (0 if trial_done else min(self.budget.minibatch_size, n_val))
+
+    def hold_steps(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Keep the admitted steps ``keys`` (journal kind, key) counted at their estimates, and their cost
+        per run out of the measured mean, after they end and until :meth:`retire_steps`: steps that run
+        beside others (the search's trials, an evaluation beside them) end at moments timing decides, and
+        the admissions made meanwhile would depend on which had ended. Retired where the search's flow
+        fixes it (a trial when it is told, an evaluation's steps at its join), every admission depends
+        on the seed and the results only: an uninterrupted run and a resumed one admit the same steps."""
+        self._held.update(key for key in keys if key in self._commitments)
+
+    def retire_steps(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Count what the held steps ``keys`` spent from now on (see :meth:`hold_steps`); a step not held
+        (journaled, failed, or never admitted) is left as it is."""
+        for key in keys:
+            if key not in self._held:
+                continue
+            self._held.discard(key)
+            commitment = self._commitments.get(key)
+            if commitment is not None and commitment.ended is not None:
+                del self._commitments[key]
+                runs, used = commitment.ended
+                if runs:
+                    self.costs.add(runs, used)
 
     def note_runs(self, runs: int) -> None:
         """Tell the step being computed (inside :meth:`memo`) how many program runs it made, when its
@@ -487,13 +519,20 @@ class RunContext:
                 if commitment is not None:
                     commitment.used = used
                 value = await compute()
+        except BaseException:
+            self._held.discard((kind, key))
+            raise
         finally:
             _STEP_RUNS.reset(token)
             # Ended (or failed): what it spent is in the meter now, whether admitted before the step
             # started or inside it (a screen admits itself).
-            self._commitments.pop((kind, key), None)
+            ended = self._commitments.pop((kind, key), None)
         runs = self._program_runs(value) if step.runs is None else step.runs
-        if runs:
+        if ended is not None and (kind, key) in self._held:
+            # Counted at its estimate, and its cost per run unmeasured, until it is retired.
+            ended.ended = (runs, used.snapshot())
+            self._commitments[(kind, key)] = ended
+        elif runs:
             self.costs.add(runs, used.snapshot())
         if self.journal is not None:
             self.journal.append(kind, encode(value), key=key)

@@ -204,6 +204,14 @@ class SearchLoop:
     confirmation_kept: int = attrs.field(default=0, kw_only=True)
     #: Program runs the rest of the run's budget pays for (``None``: no limit says).
     runs_affordable: Callable[[], int | None] = attrs.field(default=lambda: None, kw_only=True)
+    #: Keep admitted steps counted at their estimates after they end, until retired at a point the
+    #: search's flow fixes (``RunContext.hold_steps`` / ``retire_steps``): ``[(journal kind, key), ...]``.
+    hold_steps: Callable[[Sequence[tuple[str, str]]], None] = attrs.field(
+        default=lambda keys: None, kw_only=True
+    )
+    retire_steps: Callable[[Sequence[tuple[str, str]]], None] = attrs.field(
+        default=lambda keys: None, kw_only=True
+    )
     #: A decision that depends on the budget spent so far, journaled (``RunContext.decided``).
     decided: Callable[[str, Callable[[], int]], int] = attrs.field(
         default=lambda key, compute: compute(), kw_only=True

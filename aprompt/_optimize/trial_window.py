@@ -14,7 +14,9 @@ whose stopping early (racing), can depend on it. Every decision thus depends on 
 (and the LM cache) only, whatever the timing, and a resumed run replays the same flow from its journal.
 
 Each step (a trial, a race's rung, a full evaluation) is admitted by the run's limits before it starts,
-counting what the admitted steps beside it are still expected to spend, and a journaled step for free; a
+counting the admitted steps beside it at their estimates (a trial until it is told, an evaluation's steps
+until it joins: ``SearchLoop.hold_steps``, so no admission depends on which of them ended first), and a
+journaled step for free; a
 refusal is journaled, so a run stopped by a limit and resumed under the same limit replays what it did and
 stops at the same step. Once a limit refuses a trial, or a step of the evaluation beside (from its join
 on), no trial starts any more, those running are completed and recorded, and the search returns the best
@@ -91,6 +93,23 @@ class _Evaluation:
     merged: bool = False
     #: The run's limits refused one of its steps (the search stops at its join).
     refusal: LimitReached | None = None
+    #: Its admitted steps, held at their estimates until it joins (``SearchLoop.hold_steps``).
+    held: list[tuple[str, str]] = attrs.Factory(list)
+
+
+def _held_admission(
+    loop: SearchLoop,
+    held: list[tuple[str, str]],
+    reserve: int,
+    what: str,
+    parts: Sequence[tuple[str, str, int]],
+) -> None:
+    """Admit an evaluation's step as :func:`_with_reserve` does, and hold it (at its estimate for the
+    trials' admissions) until the evaluation joins."""
+    _with_reserve(loop.admit_step, reserve, what, parts)
+    keys = [(kind, key) for kind, key, _ in parts]
+    loop.hold_steps(keys)
+    held.extend(keys)
 
 
 def _with_reserve(
@@ -224,6 +243,8 @@ class TrialWindow:
             # choose what it evaluates.
             admit = loop.admit_trial if loop.admit_trial is not None and number > 0 else loop.admit_step
             admit(f"trial {number}", [("trial", str(number), size)])
+            # Counted at its estimate until it is told, in number order (see SearchLoop.hold_steps).
+            loop.hold_steps([("trial", str(number))])
         except BudgetKept as kept:
             # The rest of the budget goes to the search's last evaluation: trials end, the run goes on.
             logger.info("aprompt: %s", kept)
@@ -294,6 +315,7 @@ class TrialWindow:
         await self.finished.pop(number).wait()
         trial = self.done.pop(number)
         del self.running[number]
+        self.loop.retire_steps([("trial", str(number))])
         sampler = self._sampler()
         # Unscored trials are told as failures: an LM outage says nothing about the prompt.
         if trial.score is None:
@@ -339,7 +361,8 @@ class TrialWindow:
         # The fork's steps are admitted one by one with the trials that may run beside them (a journaled
         # step is free), so a resumed run replays them even when the meter has reached a limit.
         reserve = max(1, loop.parallel_trials) * min(loop.minibatch_size, len(loop.valset))
-        evaluation = _Evaluation(loop.fork(partial(_with_reserve, loop.admit_step, reserve)), point)
+        held: list[tuple[str, str]] = []
+        evaluation = _Evaluation(loop.fork(partial(_held_admission, loop, held, reserve)), point, held=held)
         group.start_soon(self._evaluate_beside, evaluation, step)
         return evaluation
 
@@ -372,3 +395,4 @@ class TrialWindow:
         if not evaluation.merged:
             evaluation.merged = True
             self.loop.merge(evaluation.fork)
+            self.loop.retire_steps(evaluation.held)

@@ -115,7 +115,7 @@ async def test_a_confirmation_not_needed_leaves_its_runs_to_a_late_race_that_can
 
 
 async def test_late_races_do_not_undo_a_settled_pick_by_being_weighed() -> None:
-    result, _, timeline = await timed(14, 460)
+    result, _, timeline = await timed(14, 440)
     assert timeline.late_full_evaluations()
     assert result.pick is not None
     # Weighed with the late race's combination, every comparison is made at a stricter level, and the
@@ -145,3 +145,30 @@ async def test_a_limit_above_the_plan_changes_nothing_beside_max_time() -> None:
     assert sent_both == sent_alone
     assert [dict(f.choice) for f in both.full_evals] == [dict(f.choice) for f in alone.full_evals]
     assert dict(both.best_choice) == dict(alone.best_choice)
+
+
+class Interrupted(Exception):
+    """Raised from ``on_event`` to stop a run as a kill would."""
+
+
+async def test_a_run_resumed_with_no_call_lost_admits_what_the_uninterrupted_run_did(tmp_path: Path) -> None:
+    # Stopped before its trials (event 24, the baseline's full evaluation: nothing in flight), the
+    # resumed run reads its first steps back at once, so its trials run beside each other at another
+    # pace. Admissions counted what a trial in flight had already spent past its estimate: the resumed
+    # run admitted 3 trials where the uninterrupted one admitted 2, and spent differently.
+    whole, _ = await capped(14, 460, run_dir=tmp_path / "whole")
+    seen = 0
+
+    def stop_at_24(event: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 24:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await capped(14, 460, run_dir=tmp_path / "resumed", on_event=stop_at_24)
+    resumed, _ = await capped(14, 460, run_dir=tmp_path / "resumed")
+    assert resumed.spent["lm_calls"] == whole.spent["lm_calls"]
+    assert [t.number for t in resumed.trials] == [t.number for t in whole.trials]
+    assert [dict(f.choice) for f in resumed.full_evals] == [dict(f.choice) for f in whole.full_evals]
+    assert dict(resumed.best_choice) == dict(whole.best_choice)
