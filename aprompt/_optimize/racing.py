@@ -342,12 +342,13 @@ def _final_allowance(loop: SearchLoop, runs: int) -> int:
 def within_time(loop: SearchLoop, runs: int, *, floor: bool = True) -> int:
     """``runs``, or fewer: the program runs the time left under ``max_time`` pays for at the search's
     pace (with its margin); with ``floor``, at least one full evaluation's (the final race's, as without
-    racing; never the late races', which spend only what the plan has left)."""
+    racing; never the late races', which spend only what the plan has left), but never more than
+    ``runs`` (what the plan and the rest of the budget gave)."""
     pace = loop.runs_per_second
     if pace is None:
         return runs
     fits = min(runs, math.floor(loop.seconds_left() * pace / TIME_MARGIN))
-    return max(len(loop.valset), fits) if floor else max(0, fits)
+    return max(min(len(loop.valset), runs) if floor else 0, fits)
 
 
 def _final_entrants(loop: SearchLoop) -> list[dict[str, int]]:

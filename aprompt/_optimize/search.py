@@ -414,6 +414,8 @@ class SearchLoop:
         late = {key_of(f.choice) for f in self.full_evals[n_full_evals:]}
         if key_of(chosen.choice) in late | {key_of(settled.choice)}:
             return chosen
+        if not late:  # only partial runs: they order equal means anew, never decide a pick
+            return settled
         return attrs.evolve(
             settled,
             reason=f"{settled.reason}; the {len(late)} combination(s) raced after it was decided were not "

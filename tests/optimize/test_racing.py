@@ -3,6 +3,7 @@ of tests/optimize/world.py served by the fake OpenAI-compatible server."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -21,12 +22,14 @@ from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
 from aprompt._optimize.racing import (
+    TIME_MARGIN,
     affordable,
     race_order,
     racers_affordable,
     run_race,
     rung_increments,
     rung_sizes,
+    within_time,
 )
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.trial_window import _waits, _with_reserve
@@ -406,3 +409,16 @@ async def test_an_interrupted_racing_run_resumes_to_the_uninterrupted_result(
         resumed = await optimize(server, None, run_dir=tmp_path / "run", seed=STOPS_EARLY)
     assert any(t.stopped_early for t in reference.trials)
     assert summary(resumed) == summary(reference)
+
+
+async def test_the_time_floor_of_a_race_never_raises_it_past_what_the_plan_and_budget_gave() -> None:
+    # Under max_time a final race gets at least a full evaluation's runs whatever the pace says, but a
+    # floor above what the budget left would send requests the limit then refuses mid-race.
+    async with search_loop(racing=True) as (loop, _):
+        loop.runs_per_second = 10.0
+        loop.seconds_left = lambda: 1000.0
+        assert within_time(loop, 40) == 40  # the time pays for more: what the budget gave stands
+        loop.seconds_left = lambda: 1.5  # 10 runs a second for 1.5 s, with the margin: under 100
+        assert within_time(loop, 500) == 100  # the floor: one full evaluation (100 examples)
+        assert within_time(loop, 40) == 40  # never above what the plan and the budget gave
+        assert within_time(loop, 500, floor=False) == math.floor(1.5 * 10.0 / TIME_MARGIN)
