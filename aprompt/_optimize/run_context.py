@@ -89,8 +89,10 @@ class _Commitment:
     tokens: float
     cost: float
     used: UsageCounter | None = None
-    #: Ended, and held until :meth:`RunContext.retire_steps`: its program runs and what it spent, which
-    #: count towards the measured cost per run only then.
+    #: Kept after it ends, until :meth:`RunContext.retire_steps` (see :meth:`RunContext.hold_steps`).
+    held: bool = False
+    #: Ended while held: its program runs and what it spent, which count towards the measured cost per
+    #: run only when it is retired.
     ended: tuple[int, UsageSnapshot] | None = None
 
     def outstanding(self) -> tuple[float, float, float]:
@@ -141,8 +143,6 @@ class RunContext:
     #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
     #: counts what the others are still expected to spend.
     _commitments: dict[tuple[str, str], _Commitment] = attrs.field(factory=dict, init=False)
-    #: Steps whose commitment stays until retired at a point the search's flow fixes (see hold_steps).
-    _held: set[tuple[str, str]] = attrs.field(factory=set, init=False)
     #: The run's start, for the phases' start times.
     _started: float = attrs.field(factory=time.monotonic, init=False)
     _limiter: Slots | None = attrs.field(default=None, init=False)
@@ -312,17 +312,20 @@ class RunContext:
         the admissions made meanwhile would depend on which had ended. Retired where the search's flow
         fixes it (a trial when it is told, an evaluation's steps at its join), every admission depends
         on the seed and the results only: an uninterrupted run and a resumed one admit the same steps."""
-        self._held.update(key for key in keys if key in self._commitments)
+        for key in keys:
+            commitment = self._commitments.get(key)
+            if commitment is not None:
+                commitment.held = True
 
     def retire_steps(self, keys: Sequence[tuple[str, str]]) -> None:
         """Count what the held steps ``keys`` spent from now on (see :meth:`hold_steps`); a step not held
         (journaled, failed, or never admitted) is left as it is."""
         for key in keys:
-            if key not in self._held:
-                continue
-            self._held.discard(key)
             commitment = self._commitments.get(key)
-            if commitment is not None and commitment.ended is not None:
+            if commitment is None or not commitment.held:
+                continue
+            commitment.held = False  # one still running ends as any step does
+            if commitment.ended is not None:
                 del self._commitments[key]
                 runs, used = commitment.ended
                 if runs:
@@ -519,16 +522,13 @@ class RunContext:
                 if commitment is not None:
                     commitment.used = used
                 value = await compute()
-        except BaseException:
-            self._held.discard((kind, key))
-            raise
         finally:
             _STEP_RUNS.reset(token)
             # Ended (or failed): what it spent is in the meter now, whether admitted before the step
             # started or inside it (a screen admits itself).
             ended = self._commitments.pop((kind, key), None)
         runs = self._program_runs(value) if step.runs is None else step.runs
-        if ended is not None and (kind, key) in self._held:
+        if ended is not None and ended.held:
             # Counted at its estimate, and its cost per run unmeasured, until it is retired.
             ended.ended = (runs, used.snapshot())
             self._commitments[(kind, key)] = ended
