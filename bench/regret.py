@@ -14,6 +14,11 @@ so for each run:
   such a combination can be returned): what a perfect final pick would have reached, so regret minus this
   is the pick's share and this is the search's;
 - **worse than the baseline**: the returned program's true accuracy is below the unoptimized program's.
+- **floors** (standard world only): the expected regret of two all-seeing picks that see every combination
+  of the grid evaluated on the whole validation set (far more calls than any budget), one returning the
+  highest mean, one each stage's choice of highest mean over the grid: what the validation set's size
+  alone leaves (``validation_floors``). A budget's regret cannot be expected below them by picking on
+  validation scores.
 
 The world answers in-process (an LM object, no HTTP), so a run takes seconds. Runs use seeds 0..n−1,
 training examples ``item-0 .. item-199`` and the preset's ``val_size`` validation examples after them.
@@ -60,6 +65,7 @@ from typing import Any
 
 import anyio
 import attrs
+import numpy as np
 
 import aprompt
 from aprompt._optimize.candidates import Candidates
@@ -77,7 +83,7 @@ from bench.report import (
     write_text,
 )
 from tests.optimize.no_gain_world import NoGainWorld
-from tests.optimize.world import TwoStageProgram, World, demo_items_of, examples, metric
+from tests.optimize.world import TwoStageProgram, World, demo_items_of, examples, metric, stage_probability
 
 N_TRAIN = 200
 #: A few trials on a small grid and valset: the shape of a run, in seconds.
@@ -119,6 +125,11 @@ class Run:
     missed: str = ""
     #: True accuracy of the best fully evaluated combination (``nan`` in runs recorded before it was kept).
     best_fully_evaluated: float = float("nan")
+    #: The validation set's floors (see :func:`validation_floors`; ``nan`` for another world and in runs
+    #: recorded before they were kept): the expected regret of returning the highest validation mean with
+    #: every combination of the grid fully evaluated, and of returning each stage's choice of highest mean.
+    floor_by_mean: float = float("nan")
+    floor_by_stage: float = float("nan")
 
     @property
     def regret(self) -> float:
@@ -156,6 +167,64 @@ def best_in_grid(candidates: Candidates, world: str = "world") -> float:
     )
 
 
+#: Monte Carlo draws of :func:`validation_floors` (their standard error is below 0.001 at this count).
+FLOOR_DRAWS = 400
+
+
+def validation_floors(
+    candidates: Candidates, val_size: int, seed: int, world: str = "world", draws: int = FLOOR_DRAWS
+) -> tuple[float, float]:
+    """What the validation set alone allows: the expected regret of two all-seeing picks in ``world``.
+
+    Both see every combination of the run's grid evaluated on all ``val_size`` validation examples, far
+    more program runs than any budget pays. The first returns the combination of highest mean; the second
+    each stage's choice whose mean over the whole grid is highest (it pools every combination sharing a
+    choice, which the world's structure, one stage's accuracy times the other's, makes right in
+    expectation). Neither can tell apart choices whose accuracies differ by less than the noise of
+    ``val_size`` answers, which is what is left to them. The world's draws are reproduced in law: each
+    stage prompt answers each example right with its probability (the world hashes the prompt), identical
+    prompts alike, and the program is right when both stages are. ``nan`` outside the standard world.
+    """
+    if world != "world" or sorted(candidates.predictors) != ["answer", "extract"]:
+        return float("nan"), float("nan")
+    space = candidates.parameters()
+    probability: dict[str, list[float]] = {}
+    for stage in ("extract", "answer"):
+        names = [name for name in space if name.startswith(f"{stage}.")]
+        prompts: dict[tuple[object, ...], float] = {}
+        for combo in itertools.product(*(range(space[name].n_choices) for name in names)):
+            prompt = candidates.prompts_for(dict(zip(names, combo, strict=True)))[stage]
+            demos = [d.to_dict() for d in prompt.demos]
+            key = (prompt.instruction, repr(demos), prompt.reply_format)
+            prompts.setdefault(key, stage_probability(stage, prompt.instruction, demo_items_of(demos)))
+        probability[stage] = list(prompts.values())
+    return floors_of(probability["extract"], probability["answer"], val_size, seed, draws)
+
+
+def floors_of(
+    first: Sequence[float], second: Sequence[float], val_size: int, seed: int, draws: int = FLOOR_DRAWS
+) -> tuple[float, float]:
+    """:func:`validation_floors` of a two-stage grid given each stage's distinct prompts' probabilities of
+    a right answer (every pair of them is a combination, right when both stages are)."""
+    extract, answer = np.array(first, dtype=float), np.array(second, dtype=float)
+    truth = np.outer(extract, answer)
+    best = float(truth.max())
+    rng = np.random.default_rng(seed)
+    by_mean, by_stage = [], []
+    for _ in range(draws):
+        right_x = (rng.random((val_size, extract.size)) < extract).astype(float)
+        right_a = (rng.random((val_size, answer.size)) < answer).astype(float)
+        means = right_x.T @ right_a / val_size
+        # Ties go by a random order, not by the grid's.
+        i, j = np.unravel_index(np.argmax(means + 1e-9 * rng.random(means.shape)), means.shape)
+        by_mean.append(best - truth[i, j])
+        rows, cols = means.mean(axis=1), means.mean(axis=0)
+        row = int(np.argmax(rows + 1e-9 * rng.random(rows.shape)))
+        col = int(np.argmax(cols + 1e-9 * rng.random(cols.shape)))
+        by_stage.append(best - truth[row, col])
+    return float(np.mean(by_mean)), float(np.mean(by_stage))
+
+
 async def one_run(
     budget_name: str,
     budget: str | Mapping[str, Any],
@@ -188,6 +257,7 @@ async def one_run(
     pick = getattr(result, "pick", None)
     best_possible = best_in_grid(candidates, world)
     returned = true_accuracy(candidates, result.best_choice, world)
+    floor_by_mean, floor_by_stage = validation_floors(candidates, val_size, seed, world)
     return Run(
         budget=budget_name,
         seed=seed,
@@ -202,6 +272,8 @@ async def one_run(
         missed=missed(candidates, result.best_choice, result.trials, best_possible, world)
         if returned < best_possible - 1e-12
         else "",
+        floor_by_mean=floor_by_mean,
+        floor_by_stage=floor_by_stage,
     )
 
 
@@ -253,6 +325,8 @@ def summary_rows(runs: Sequence[Run]) -> list[list[object]]:
                 f"{max(regrets):.3f}",
                 f"{statistics.fmean(r.evaluated_regret for r in group):.3f}",
                 f"{statistics.fmean(r.fully_evaluated_regret for r in group):.3f}",
+                _mean_floor([r.floor_by_mean for r in group]),
+                _mean_floor([r.floor_by_stage for r in group]),
                 sum(r.worse_than_baseline for r in group),
                 f"{statistics.fmean(r.returned - r.baseline for r in group):.3f}",
                 f"{statistics.fmean(r.lm_calls for r in group):,.0f}",
@@ -269,10 +343,17 @@ SUMMARY_HEADER = [
     "max regret",
     "mean regret of the best evaluated",
     "mean regret of the best fully evaluated",
+    "floor: all evaluated, highest mean",
+    "floor: all evaluated, each stage's highest mean",
     "runs worse than the baseline",
     "mean gain over the baseline (true)",
     "mean LM calls",
 ]
+
+
+def _mean_floor(values: Sequence[float]) -> str:
+    known = [v for v in values if v == v]  # nan: another world, or a run recorded before floors were kept
+    return f"{statistics.fmean(known):.4f}" if len(known) == len(values) and known else "—"
 
 
 def system_rows(by_system: Mapping[str, Sequence[Run | DSPyRun]]) -> list[list[object]]:
@@ -365,6 +446,7 @@ def run_rows(runs: Sequence[Run]) -> list[list[object]]:
             f"{r.best_fully_evaluated:.3f}",
             f"{r.baseline:.3f}",
             f"{r.regret:.3f}",
+            f"{r.floor_by_mean:.3f}",
             f"{r.lm_calls:,}",
             f"{r.seconds:.1f}",
             (r.pick or "").replace("|", "/"),
@@ -383,6 +465,7 @@ RUN_HEADER = [
     "best fully evaluated",
     "baseline",
     "regret",
+    "floor (all evaluated, highest mean)",
     "LM calls",
     "seconds",
     "pick",

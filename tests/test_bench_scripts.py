@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+import scipy.stats
 
 import aprompt
 from aprompt._optimize.strategies import STRATEGIES
@@ -215,12 +216,29 @@ def test_the_regret_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
             > 0
         )
         assert run.lm_calls > 0 and run.pick
+        assert 0 <= run.floor_by_stage <= run.best_possible - run.baseline
+        assert 0 <= run.floor_by_mean <= run.best_possible - run.baseline
     data = json.loads((tmp_path / "regret_latest.json").read_text())
     assert data["command"].startswith(".venv/bin/python -m bench.regret --quick")
     text = (tmp_path / "regret_latest.md").read_text()
     assert (
         text.startswith("# Regret in the simulated world (world)") and "runs worse than the baseline" in text
     )
+
+
+def test_the_regret_floors_are_the_chance_that_validation_ranks_a_worse_choice_first() -> None:
+    regret = importlib.import_module("bench.regret")
+    # One first-stage prompt right every time; two second-stage prompts right half and 60 % of the time.
+    # An all-seeing pick on 10 examples loses 0.1 when the worse one scores higher, 0.05 on a tie.
+    worse, better = scipy.stats.binom(10, 0.5).pmf(range(11)), scipy.stats.binom(10, 0.6).pmf(range(11))
+    higher = sum(worse[k] * better[:k].sum() for k in range(11))
+    tie = sum(worse[k] * better[k] for k in range(11))
+    exact = 0.1 * higher + 0.05 * tie
+    by_mean, by_stage = regret.floors_of([1.0], [0.5, 0.6], val_size=10, seed=0, draws=20_000)
+    assert by_mean == pytest.approx(exact, abs=0.002) and by_stage == pytest.approx(exact, abs=0.002)
+    # Equal choices leave nothing to lose; a validation set large enough ranks them right.
+    assert regret.floors_of([0.5, 0.5], [0.7, 0.7], val_size=10, seed=0, draws=200) == (0.0, 0.0)
+    assert regret.floors_of([0.4, 0.8], [0.5, 0.9], val_size=2_000, seed=0, draws=50) == (0.0, 0.0)
 
 
 @pytest.mark.local_model
