@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from aprompt._errors import ConfigError
+from aprompt.run.identity import stable_form
 
 
 def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
-# What ``repr`` gives objects without one of their own: the address differs in every process.
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
 def _same_in_every_process(value: Any) -> Any:
     """A JSON stand-in for a value JSON lacks: a set as its sorted items (a set's order follows the
-    process's hash seed), anything else as its text without a memory address."""
+    process's hash seed), anything else by its content (:func:`~aprompt.run.identity.stable_form`: an
+    array's text shows only some of it, an object without a text of its own only its class)."""
     if isinstance(value, set | frozenset):
         return sorted(json.dumps(item, sort_keys=True, default=_same_in_every_process) for item in value)
-    return _ADDRESS.sub("", str(value))
+    return stable_form(value)
 
 
 def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:

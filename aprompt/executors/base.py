@@ -22,7 +22,7 @@ import contextvars
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -31,6 +31,8 @@ from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
 from aprompt.program.overrides import PromptState, current_watch
 from aprompt.program.trace import TraceEntry, trace
+
+_E = TypeVar("_E", bound=BaseException)
 
 __all__ = [
     "Executor",
@@ -197,6 +199,9 @@ async def run_program(program: object, inputs: Mapping[str, Any], *, collect_tra
             # without a price): no candidate can fix it, and scored 0 it would pass for a wrong answer.
             raise
         except Exception as exc:
+            # The same fault raised in the program's own task group arrives wrapped in a group.
+            if (setup := error_in(exc, ConfigError)) is not None:
+                raise setup from exc
             outcome = ProgramOutcome.failed(exc)
         else:
             outcome = ProgramOutcome(prediction, trace=tuple(recorded.entries) if collect_trace else ())
@@ -230,19 +235,24 @@ def check_watch() -> None:
         )
 
 
-def lm_error_in(exc: BaseException, _seen: frozenset[int] = frozenset()) -> LMError | None:
+def lm_error_in(exc: BaseException) -> LMError | None:
     """The LM failure that ended a run: ``exc`` itself, one raised inside the program's own task
     group (which arrives wrapped in an ``ExceptionGroup``), or one the program re-raised as its own
     error (``raise StepFailed(...) from lm_error``: the cause is still the provider's fault)."""
+    return error_in(exc, LMError)
+
+
+def error_in(exc: BaseException, kind: type[_E], _seen: frozenset[int] = frozenset()) -> _E | None:
+    """An error of ``kind`` that ended a run: ``exc`` itself, one inside a group it raised, or its cause."""
     if id(exc) in _seen:
         return None
     seen = _seen | {id(exc)}
-    if isinstance(exc, LMError):
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            if (found := lm_error_in(inner, seen)) is not None:
+            if (found := error_in(inner, kind, seen)) is not None:
                 return found
     if exc.__cause__ is not None:
-        return lm_error_in(exc.__cause__, seen)
+        return error_in(exc.__cause__, kind, seen)
     return None

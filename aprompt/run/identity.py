@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import ipaddress
 import json
+import pickle
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -26,15 +27,18 @@ from aprompt._source import source_of
 
 #: Bumped when what the fingerprint covers changes: a journal of another version is refused.
 #: 3: the program's code, and the plain values a metric closes over or reads as globals.
-IDENTITY_VERSION = 3
+#: 4: the functions a metric reads as globals, a predictor's parse retries, and values without a JSON
+#: form by their content (an array's bytes, an object's attributes) rather than their text.
+IDENTITY_VERSION = 4
 VERSION_KEY = "identity"
 
 # What ``repr`` gives objects without one of their own: the address differs in every process.
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-def _stable(value: Any) -> Any:
-    """A JSON-able stand-in for ``value`` that is the same in every process."""
+def stable_form(value: Any) -> Any:
+    """A JSON-able stand-in for ``value`` that is the same in every process and tells apart values of
+    different content (an array by its bytes, an object without a text of its own by its attributes)."""
     if isinstance(value, set | frozenset):
         return sorted(_canonical(item) for item in value)
     if isinstance(value, bytes | bytearray):
@@ -46,11 +50,50 @@ def _stable(value: Any) -> Any:
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
         return to_dict()
-    return _ADDRESS.sub("", f"{type(value).__qualname__}:{value}")
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(getattr(value, "shape", None), tuple) and callable(getattr(value, "tobytes", None)):
+        # An array: its text shows only some elements, to print precision; its bytes are all of it
+        # (an array of objects holds addresses: its items instead).
+        dtype = getattr(value, "dtype", None)
+        if getattr(dtype, "hasobject", False) and callable(getattr(value, "tolist", None)):
+            return {"array": name, "shape": list(value.shape), "items": value.tolist()}
+        return {
+            "array": name,
+            "dtype": str(dtype),
+            "shape": list(value.shape),
+            "sha256": hashlib.sha256(value.tobytes()).hexdigest(),
+        }
+    if kind.__repr__ is object.__repr__ and kind.__str__ is object.__str__:  # type: ignore[comparison-overlap]
+        # No text of its own (it would be the class's name alone): its attributes are its content.
+        content = _attributes(value)
+        if content is not None:
+            return {"object": name, "attributes": content}
+    return _ADDRESS.sub("", f"{kind.__qualname__}:{value}")
+
+
+def _attributes(value: Any) -> str | None:
+    """The canonical JSON of an object's attributes (``__dict__`` and slots), or of its pickle when they
+    refer back to it; None when it has none or neither can be made."""
+    found = dict(getattr(value, "__dict__", None) or {})
+    for cls in type(value).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                found[slot] = getattr(value, slot)
+    if not found:
+        return None
+    try:
+        return _canonical(found)
+    except (ValueError, RecursionError):  # attributes that refer back to the object
+        try:
+            return hashlib.sha256(pickle.dumps(value, protocol=5)).hexdigest()
+        except Exception:
+            return None
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_stable, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, sort_keys=True, default=stable_form, ensure_ascii=False, separators=(",", ":"))
 
 
 def digest(value: Any) -> str:
@@ -105,6 +148,13 @@ def _settings(target: Any, depth: int) -> dict[str, Any]:
             value = namespace.get(name)
             if name in namespace and _plain(value):
                 found[f"global {name}"] = value
+            elif (
+                depth < 3
+                and value is not target
+                and (inspect.isfunction(value) or isinstance(value, functools.partial))
+            ):
+                # A module's helper (``normalize``) decides the scores as much as the metric's own code.
+                found[f"global {name}"] = callable_identity(value, _depth=depth + 1)
         for position, value in enumerate(target.__defaults__ or ()):
             if _plain(value):
                 found[f"default {position}"] = value
@@ -207,6 +257,8 @@ def predictor_identity(predictor: Any) -> dict[str, Any]:
         else None,
         "state": predictor.get_state(),
         "lm_params": dict(getattr(predictor, "lm_params", {}) or {}),
+        # Whether an unreadable reply gets a corrective call or fails its example changes scores.
+        "max_parse_retries": getattr(predictor, "max_parse_retries", None),
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 import aprompt
@@ -107,5 +108,30 @@ async def test_a_config_error_inside_the_program_stops_the_run_instead_of_scorin
         with pytest.raises(aprompt.ConfigError, match="stream=True is not supported"):
             await aprompt.optimize(
                 RaisesConfigErrorOnOneItem(), examples(0, 60), exact_metric, lm=lm, budget=SMALL_BUDGET
+            )
+    assert len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS
+
+
+class RaisesConfigErrorInItsTaskGroup(TwoStageProgram):
+    """The same setup fault raised by a step the program runs in its own task group: it arrives wrapped
+    in an ExceptionGroup, and is still a ConfigError to stop on, not a wrong answer to score."""
+
+    async def __call__(self, question: str) -> Any:
+        async def step() -> None:
+            if "item-7?" in question:
+                raise aprompt.ConfigError("stream=True is not supported: the client reads each reply whole")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(step)
+        return await super().__call__(question)
+
+
+async def test_a_config_error_inside_the_programs_own_task_group_stops_the_run(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(aprompt.ConfigError, match="stream=True is not supported"):
+            await aprompt.optimize(
+                RaisesConfigErrorInItsTaskGroup(), examples(0, 60), exact_metric, lm=lm, budget=SMALL_BUDGET
             )
     assert len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS

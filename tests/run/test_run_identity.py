@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import aprompt
@@ -425,3 +426,69 @@ async def test_a_run_started_over_on_another_endpoint_asks_that_endpoint(tmp_pat
         second.reset_records()  # starting over on the same endpoints keeps what was paid for
         await run(second, tmp_path, lm={"base_url": elsewhere}, resume=False)
         assert second.chat_requests == []
+
+
+async def test_another_number_of_parse_retries_is_refused_naming_the_predictor(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path)
+    program = TwoStageProgram()
+    program.answer.max_parse_retries = 0  # an unreadable reply now fails its example: other scores
+    assert await refusal(server, tmp_path, program=program) == {"program (answer)"}
+
+
+def answer_text(prediction: Any) -> str:
+    return str(prediction.answer).strip()
+
+
+def by_the_helper(example: Example, prediction: Any) -> bool:
+    return answer_text(prediction) == example.labels["answer"]
+
+
+async def test_a_metric_whose_module_helper_changed_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await run(server, tmp_path, metric_=by_the_helper)
+
+    def answer_text(prediction: Any) -> str:  # the helper edited: every score may change
+        return str(prediction.answer).strip().lower()
+
+    monkeypatch.setattr(sys.modules[__name__], "answer_text", answer_text)
+    assert await refusal(server, tmp_path, metric_=by_the_helper) == {"metric"}
+
+
+class Note:
+    """A label value without a text of its own (its text would be its class's name)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def with_extra_labels(weights: Any, note: Note) -> list[Example]:
+    found = items(0, 40)
+    found[7] = Example(
+        inputs=found[7].inputs, labels={**found[7].labels, "weights": weights, "note": note}, id="item7"
+    )
+    return found
+
+
+@pytest.mark.parametrize("changed", ["array", "object"])
+async def test_labels_whose_text_hides_a_change_are_refused(
+    server: FakeOpenAIServer, tmp_path: Path, changed: str
+) -> None:
+    weights = np.arange(2_000, dtype=float)  # its text shows only the first and last three
+    await run(server, tmp_path, trainset=with_extra_labels(weights, Note("kept")))
+    if changed == "array":
+        other_weights, note = weights.copy(), Note("kept")
+        other_weights[1_000] = 0.5
+    else:
+        other_weights, note = weights, Note("fixed")
+    trainset = with_extra_labels(other_weights, note)
+    assert await refusal(server, tmp_path, trainset=trainset) == {"trainset content"}
+
+
+async def test_labels_of_the_same_content_resume(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    await run(server, tmp_path, trainset=with_extra_labels(np.arange(2_000, dtype=float), Note("kept")))
+    server.reset_records()
+    await run(server, tmp_path, trainset=with_extra_labels(np.arange(2_000, dtype=float), Note("kept")))
+    assert server.chat_requests == []
