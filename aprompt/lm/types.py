@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
@@ -27,19 +28,36 @@ class TokenUsage:
         return self.prompt_tokens + self.completion_tokens
 
 
+# A str holds a surrogate only alone: JSON's escaped pairs are read as the one character they make.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate (``"\\ud83d"`` without its other half: valid JSON, not text
+    UTF-8 can hold) replaced by U+FFFD, so that a reply can be cached and journaled as it was returned."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
 @attrs.frozen
 class Completion:
     """The result of one chat call.
 
     Attributes:
-        text: the assistant message content.
+        text: the assistant message content (a lone surrogate in it, which a server may send, is
+            replaced by U+FFFD: see :func:`well_formed`).
         usage: tokens the call cost when it was made (also set on cache hits: what it cost originally).
         model: the model name the server reported, or the requested one.
         finish_reason: the server's finish reason (``"stop"``, ``"length"``, ...), if given.
         cached: True when this completion came from the cache instead of the endpoint.
     """
 
-    text: str
+    text: str = attrs.field(converter=well_formed)
     usage: TokenUsage = TokenUsage()
     model: str = ""
     finish_reason: str | None = None

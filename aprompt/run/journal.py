@@ -82,6 +82,11 @@ class RunJournal:
     def append(self, kind: str, payload: Any, key: str = "") -> None:
         """Durably append one record (one transaction)."""
         text = json.dumps(payload, ensure_ascii=False, default=_jsonable)  # key order matters (demos)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (in an input, say): escaped, read back as it was
+                text = json.dumps(payload, ensure_ascii=True, default=_jsonable)
         self._execute(
             "write to",
             "INSERT INTO records (kind, key, payload, created, checksum) VALUES (?, ?, ?, ?, ?)",

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
+from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.run._storage import CACHE_DIR
+from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.lm.test_cache import CountingCompute, key_of
 from tests.optimize.world import World
@@ -113,3 +115,25 @@ async def test_a_damaged_run_cache_never_changes_the_result(tmp_path: Path) -> N
         again = await run_world(server.base_url, tmp_path, API_KEY, resume=False)
         assert len(server.chat_requests) == calls  # every damaged reply asked for again
     assert summary(again) == summary(reference)
+
+
+async def test_a_reply_with_a_lone_surrogate_is_returned_stored_and_read_back_alike(tmp_path: Path) -> None:
+    """``"\\ud83d"`` without its other half is valid JSON a server may send, but not text UTF-8 can hold:
+    the reply is returned with U+FFFD in its place and stored as returned, not lost after it was paid."""
+    async with FakeOpenAIServer(responder=lambda request: "Answer: smile \ud83d", api_key=API_KEY) as server:
+        with ResponseCache.in_directory(tmp_path) as cache:
+            async with OpenAICompatibleLM("m", server.base_url, api_key=API_KEY, cache=cache) as lm:
+                first = await lm.chat([{"role": "user", "content": "hi"}])
+        with ResponseCache.in_directory(tmp_path) as cache:
+            async with OpenAICompatibleLM("m", server.base_url, api_key=API_KEY, cache=cache) as lm:
+                again = await lm.chat([{"role": "user", "content": "hi"}])
+        assert len(server.chat_requests) == 1
+    assert first.text == again.text == "Answer: smile \ufffd" and again.cached
+
+
+def test_a_record_with_a_lone_surrogate_reads_back_as_it_was(tmp_path: Path) -> None:
+    payload = {"inputs": {"question": "why \udc00?"}, "output": "naïve"}
+    with RunJournal.open(tmp_path) as journal:
+        journal.append("trial", payload, key="0")
+    with RunJournal.open(tmp_path) as journal:
+        assert journal.records("trial") == [payload]
