@@ -6,18 +6,21 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
 - ``int``: the first number in the text. Thousands separators are dropped (``3,000`` → 3000), a
   trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored (``about 7`` →
   7); a fraction (``4.5``) is an error. With no digits at all, the first number word from zero to
-  twenty counts (``seven`` → 7), because small models often spell counts out.
+  twenty counts (``seven`` → 7), because small models often spell counts out; one joined to another
+  (``twenty-one``, ``one hundred``) is an error, not its first word. A minus sign (``−5``) is a minus.
 - ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read).
 - ``bool``: the first of ``yes``/``true`` or ``no``/``false`` as a whole word (any case); a bare
   ``1``/``0``.
 - ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
   spaces; otherwise the single choice mentioned as a whole word or phrase in the text (two mentioned
   is an error).
-- ``list[T]``: a JSON (or Python) list; else bullet or numbered lines; else one item per line; else
+- ``list[T]``: a JSON (or Python) list, also inside a code fence or backticks or before a full stop;
+  else numbers separated by spaces; else bullet or numbered lines; else one item per line; else
   comma-separated items. Each item is coerced to ``T``.
 
 Formatting (:func:`format_output`) is the inverse for every value the rules accept: ints and floats
-in ``repr`` form, bools as ``yes``/``no``, lists as JSON.
+in ``repr`` form, bools as ``yes``/``no`` (a ``Literal`` choice, ``True`` included, as its text: the
+prompt lists the choices so), lists as JSON.
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ _WORDS = (
     "sixteen seventeen eighteen nineteen twenty"
 ).split()
 _NUMBER_WORD = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
+# A number word joined to another ("twenty-one", "one hundred"): a larger number than its first word.
+_COMPOUND = re.compile(
+    r"[\s-]+(?:" + "|".join(_WORDS[1:]) + r"|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
+    r"thousand|million|billion|trillion|dozen)\b",
+    re.IGNORECASE,
+)
+# Minus signs other than the ASCII hyphen-minus (the mathematical minus, the full-width one).
+_MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 _BOOL_WORD = re.compile(r"\b(yes|true|no|false)\b", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|\[\d+\])\s+(.*\S)\s*$")
 
@@ -76,11 +87,14 @@ def coerce(text: str, annotation: Any) -> Any:
 
 
 def _coerce_number(text: str, annotation: Any) -> int | float:
+    text = text.translate(_MINUS)
     match = _NUMBER.search(text)
     if match is None:
         word = _NUMBER_WORD.search(text)
         if word is None:
             raise CoercionError(f"expected {describe_type(annotation)}, got {text[:80]!r}")
+        if _COMPOUND.match(text, word.end()):
+            raise CoercionError(f"write the number in digits, got {text[:80]!r}")
         number = Decimal(_WORDS.index(word.group(1).lower()))
     else:
         try:
@@ -141,6 +155,7 @@ def _coerce_item(item: Any, item_type: Any) -> Any:
 
 
 def _split_list(text: str) -> list[Any]:
+    text = _unwrapped(text)
     if text.startswith("[") and text.endswith("]"):
         for reader in (json.loads, ast.literal_eval):
             try:
@@ -149,11 +164,29 @@ def _split_list(text: str) -> list[Any]:
                 continue
             if isinstance(data, list | tuple):
                 return list(data)
+    if _NUMBERS_ONLY.fullmatch(text):  # "1 2 3": three numbers, not one item that reads as 1
+        return text.split()
     lines = [line for line in text.splitlines() if line.strip()]
     bullets = [_BULLET.match(line) for line in lines]
     if len(lines) > 1 or all(bullets):
         return [m.group(1) if m else line.strip() for m, line in zip(bullets, lines, strict=True)]
     return [part.strip().strip("'\"") for part in text.split(",") if part.strip().strip("'\"")]
+
+
+_FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
+_NUMBERS_ONLY = re.compile(r"\s*(?:" + _NUMBER.pattern + r")(?:\s+(?:" + _NUMBER.pattern + r"))+\s*")
+
+
+def _unwrapped(text: str) -> str:
+    """A list's text without what models wrap it in: a code fence, backticks, a closing full stop."""
+    fenced = _FENCE.fullmatch(text)
+    if fenced is not None:
+        text = fenced.group(1).strip()
+    if text.startswith("`") and text.endswith("`") and len(text) > 1:
+        text = text.strip("`").strip()
+    if text.endswith(".") and text[:-1].rstrip().endswith("]") and text.startswith("["):
+        text = text[:-1].rstrip()
+    return text
 
 
 def describe_type(annotation: Any) -> str:
@@ -175,6 +208,8 @@ def describe_type(annotation: Any) -> str:
 
 def format_output(value: Any, annotation: Any = str) -> str:
     """Render an output value as the model should write it, so that :func:`coerce` reads it back."""
+    if is_literal(annotation) and not isinstance(value, list | tuple):
+        return str(value)  # a choice as the prompt lists it ("one of: True, False"), read back by its text
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float):

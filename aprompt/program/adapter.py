@@ -38,7 +38,7 @@ from aprompt.program._coerce import (
     format_input,
     format_output,
 )
-from aprompt.program.fields import Field
+from aprompt.program.fields import Field, is_list
 from aprompt.program.signature import Signature
 from aprompt.program.values import Demo
 
@@ -418,10 +418,14 @@ def answered_before_cut(signature: Signature, text: str, reply_format: ReplyForm
 
 def _line_ended(field: Field, value: str) -> bool:
     """Whether a line break ends ``value`` (the text after its marker) on a non-empty line; free text
-    may run on over several lines, so it never counts as ended."""
+    may run on over several lines, so it never counts as ended, nor does a list but one closed on its
+    line (``["a", "b"]``): bullets or a JSON list over several lines may have had more items."""
     if field.annotation is str:
         return False
     value = value.lstrip(" \t")
+    if is_list(field.annotation):
+        line = value.split("\n", 1)[0].strip().rstrip(".")
+        return "\n" in value and line.startswith("[") and line.endswith("]")
     line_end = value.find("\n")
     return line_end > 0 and bool(value[:line_end].strip())
 

@@ -94,25 +94,36 @@ class Signature:
     @classmethod
     def from_class(cls, declaration: type) -> Signature:
         """Build a signature from a class whose annotated attributes are ``InputField()`` /
-        ``OutputField()`` and whose docstring is the instruction (fields in definition order)."""
-        own = inspect.get_annotations(declaration)
+        ``OutputField()`` and whose docstring is the instruction (fields in definition order, a base
+        class's first; a subclass redeclaring a field replaces it in place)."""
         try:
             hints = typing.get_type_hints(declaration)
         except Exception:  # unresolvable forward references: fall back to our own type reader
             hints = {}
-        inputs: list[Field] = []
-        outputs: list[Field] = []
-        for name, raw in own.items():
-            spec = declaration.__dict__.get(name)
-            if not isinstance(spec, FieldSpec):
-                raise ConfigError(
-                    f"{declaration.__name__}.{name} must be declared with InputField() or OutputField()"
-                )
-            annotation = hints.get(name, raw)
-            if isinstance(annotation, str):
-                annotation = parse_type(annotation)
-            field = Field(name, annotation, spec.description, spec.label or default_label(name))
-            (inputs if spec.role == "input" else outputs).append(field)
+        declared: dict[str, Field] = {}
+        roles: dict[str, str] = {}
+        # The declaring classes, bases first; Signature itself (and object) declare no field.
+        for klass in reversed([k for k in declaration.__mro__ if k not in Signature.__mro__]):
+            own = inspect.get_annotations(klass)
+            for name, value in vars(klass).items():
+                if isinstance(value, FieldSpec) and name not in own:
+                    raise ConfigError(
+                        f"{klass.__name__}.{name} has no type annotation, so it would not be a field: "
+                        f"write it as `{name}: str = {_declared_as(value)}(...)`"
+                    )
+            for name, raw in own.items():
+                spec = klass.__dict__.get(name)
+                if not isinstance(spec, FieldSpec):
+                    raise ConfigError(
+                        f"{klass.__name__}.{name} must be declared with InputField() or OutputField()"
+                    )
+                annotation = hints.get(name, raw)
+                if isinstance(annotation, str):
+                    annotation = parse_type(annotation)
+                declared[name] = Field(name, annotation, spec.description, spec.label or default_label(name))
+                roles[name] = spec.role
+        inputs = [field for name, field in declared.items() if roles[name] == "input"]
+        outputs = [field for name, field in declared.items() if roles[name] != "input"]
         doc = declaration.__dict__.get("__doc__")
         return Signature(inputs, outputs, inspect.cleandoc(doc) if doc else "")
 
@@ -155,6 +166,10 @@ class Signature:
         inputs = ", ".join(f.spec() for f in self.inputs)
         outputs = ", ".join(f.spec() for f in self.outputs)
         return f"{inputs} -> {outputs}"
+
+
+def _declared_as(spec: FieldSpec) -> str:
+    return "InputField" if spec.role == "input" else "OutputField"
 
 
 def as_signature(spec: Signature | str | type) -> Signature:

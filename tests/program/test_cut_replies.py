@@ -23,6 +23,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 NUMBER = Signature.parse("question -> answer: int")
 TEXT = Signature.parse("question -> answer")
 REASONED = Signature.parse("question -> reasoning, answer: int")
+LISTED = Signature.parse("question -> cities: list[str]")
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,9 @@ REASONED = Signature.parse("question -> reasoning, answer: int")
         (TEXT, "Answer: Paris\nQuestion: and Spai", True),
         (REASONED, "Reasoning: two and one\nAnswer: 3\nSo", True),
         (REASONED, "Reasoning: two and one\nAnswer: 3", False),
+        (LISTED, 'Cities: [\n  "Paris",\n  "Lon', False),  # a JSON list cut mid-way
+        (LISTED, "Cities:\n- Paris\n- London\n- Ber", False),  # bullets may have had more
+        (LISTED, 'Cities: ["Paris", "London"]\nThese are', True),
     ],
 )
 def test_a_cut_reply_is_whole_only_when_every_field_ended_before_the_cut(

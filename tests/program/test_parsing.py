@@ -8,6 +8,7 @@ import pytest
 
 from aprompt._errors import ParseError
 from aprompt.program import Signature, parse_reply
+from aprompt.program._coerce import format_output
 
 QA = Signature.parse("question -> answer")
 COT = Signature.parse("question -> reasoning, answer: int")
@@ -146,6 +147,14 @@ def test_an_empty_value_is_a_problem() -> None:
         ("list[str]", "[]", []),
         ("list[int]", "[1, 2]", [1, 2]),
         ("list[int]", "1, two, 3", [1, 2, 3]),
+        ("int", "\u22125", -5),  # the mathematical minus sign
+        ("float", "\u22122.5", -2.5),
+        ("int", "seven-day week", 7),
+        ("list[str]", '```json\n["Paris", "London"]\n```', ["Paris", "London"]),
+        ("list[str]", '`["Paris", "London"]`', ["Paris", "London"]),
+        ("list[str]", '["Paris", "London"].', ["Paris", "London"]),
+        ("list[int]", "1 2 3", [1, 2, 3]),
+        ("Literal[True, False]", "False", False),
     ],
 )
 def test_typed_fields_are_coerced(type_: str, text: str, expected: Any) -> None:
@@ -173,6 +182,10 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("Literal['positive', 'negative']", "neutral", "is not one of"),
         ("Literal['positive', 'negative']", "positive or negative", "names several of"),
         ("list[int]", "[1, [2]]", "single values"),
+        ("int", "twenty-one", "in digits"),  # not 20
+        ("int", "twenty one", "in digits"),
+        ("int", "one hundred", "in digits"),  # not 1
+        ("float", "three thousand", "in digits"),
     ],
 )
 def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
@@ -186,3 +199,10 @@ def test_long_runs_of_blanks_parse_quickly() -> None:
     reply = " " * 20_000 + "\n" + "\t " * 10_000 + "x"
     with pytest.raises(ParseError):
         parse_reply(COT, reply)
+
+
+def test_a_choice_demo_is_written_as_the_prompt_lists_the_choices_and_reads_back() -> None:
+    signature = Signature.parse("claim -> verdict: Literal[True, False]")
+    written = format_output(False, signature.outputs[0].annotation)
+    assert written == "False"  # the prompt says "one of: True, False"; "no" would not read
+    assert parse_reply(signature, f"Verdict: {written}") == {"verdict": False}

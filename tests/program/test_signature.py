@@ -153,3 +153,33 @@ def test_the_field_views_are_kept_per_signature_and_are_not_part_of_its_value() 
     assert hash(signature) == hash(Signature.parse("question, context -> answer: int", "Count."))
     restored = pickle.loads(pickle.dumps(signature))
     assert restored == signature and restored.output_names == ("answer",)
+
+
+def test_a_signature_class_keeps_the_fields_of_the_class_it_extends() -> None:
+    class Question(Signature):
+        """Answer the question."""
+
+        question: str = InputField()
+        answer: str = OutputField()
+
+    class WithConfidence(Question):
+        """Answer the question and say how sure you are."""
+
+        confidence: float = OutputField()
+
+    class Counted(Question):
+        answer: int = OutputField(desc="a count")  # redeclared: replaced in place
+
+    assert str(Signature.from_class(WithConfidence)) == "question -> answer, confidence: float"
+    assert Signature.from_class(WithConfidence).instruction == "Answer the question and say how sure you are."
+    assert str(Signature.from_class(Counted)) == "question -> answer: int"
+
+
+def test_a_field_without_a_type_annotation_is_refused_naming_it() -> None:
+    with pytest.raises(
+        ConfigError, match=r"Summary\.document has no type annotation.*document: str = InputField"
+    ):
+
+        class Summary(Signature):
+            document = InputField(desc="the text to summarize")
+            summary: str = OutputField()
