@@ -180,7 +180,8 @@ def callable_identity(fn: Any, *, _depth: int = 0) -> str:
     A bound method is its function; a ``functools.partial`` adds its bound arguments; a callable
     object is its class (name and source), not its attributes; a function adds the plain values it
     closes over (made by a factory), defaults to or reads as module globals (a threshold, a model
-    name), and the identity of the functions it closes over. Plain values are numbers, texts,
+    name), and the identity of the functions it closes over or reads as module globals (a helper it
+    calls), three calls deep. Plain values are numbers, texts,
     ``None`` and tuples of them: a cache or a client a metric uses is never part of its identity.
     """
     if isinstance(fn, functools.partial):
