@@ -82,3 +82,28 @@ def test_show_lists_the_failing_examples(optimized: tuple[Path, FakeOpenAIServer
     assert done.returncode == 0, done.stderr
     assert "examples still failing: " in done.stdout and "    expected: answer: ans-" in done.stdout
     assert "why this program: " in done.stdout
+
+
+def test_evaluate_with_a_metric_that_raises_on_every_prediction_is_a_configuration_error(
+    optimized: tuple[Path, FakeOpenAIServer, str],
+) -> None:
+    """Every score would read 0.0, as a wrong program's does: exit 2, naming the metric's error."""
+    folder, server, _ = optimized
+    (folder / "label_metric.py").write_text(
+        "def metric(example, prediction):\n    return prediction.answer == example.labels['label']\n",
+        encoding="utf-8",
+    )
+    common = [
+        "--data",
+        "val.csv",
+        "--metric",
+        "label_metric.py:metric",
+        "--lm",
+        server.base_url,
+        "--model",
+        "w",
+    ]
+    done = aprompt_cli(folder, "evaluate", "cli_world.py:build", *common, "--json")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "metric label_metric.py:metric raised on every one of the 30 predictions" in done.stderr
+    assert "KeyError: 'label'" in done.stderr

@@ -220,3 +220,28 @@ async def test_a_relayed_run_calls_the_lm_of_the_drivers_predictor_not_its_copys
     assert [(o.error, o.prediction.answer) for o in outcomes] == [(None, "ans-1")] * 2
     assert (len(own_server.chat_requests), len(default_server.chat_requests)) == (1, 1)
     assert own.usage.requests == default.usage.requests == 1
+
+
+async def test_a_setup_fault_of_a_relayed_call_stops_the_run_as_it_does_in_process() -> None:
+    """The driver's client refuses a parameter (a ConfigError): relayed, the run is refused the same
+    way, not scored 0 as a program that answered wrong."""
+    async with (
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+        anyio.create_task_group() as group,
+    ):
+        loopback = LoopbackChannel()
+        group.start_soon(loopback.serve)
+        program = QAProgram()
+        program.answer.lm_params["stream"] = True  # the client reads each reply whole: refused
+        with pytest.raises(aprompt.ConfigError, match="stream=True is not supported") as in_process:
+            await execute_run(copy.deepcopy(program), ProgramRun("q1", {"question": "q?"}, PromptState(), lm))
+        lms = LMTable()
+        run = ProgramRun("q1", {"question": "q?"}, PromptState(), lms.stand_in(lm))
+        relay = RunRelay(lms)
+        relayed = await run_relayed(copy.deepcopy(program), run, loopback.for_run(relay), {})
+        with pytest.raises(aprompt.ConfigError) as from_the_relay:
+            relay.outcome(relayed, dict(aprompt.named_predictors(program)))
+        group.cancel_scope.cancel()
+    assert str(from_the_relay.value) == str(in_process.value)
+    assert server.chat_requests == []

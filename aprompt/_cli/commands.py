@@ -129,6 +129,14 @@ async def evaluate_command(args: argparse.Namespace) -> int:
     async with open_lm(args) as lm:
         await check_endpoints([lm])
         evaluation = await aprompt.evaluate(program, data, metric, lm=lm, concurrency=args.concurrency)
+    ran = [r for r in evaluation.results if r.error is None or r.metric_failed]  # the program ran
+    if ran and all(r.metric_failed for r in ran):
+        # Every score would read 0.0, as a wrong program's would: a metric that does not fit the data.
+        errors = "; ".join(f"{r.example_id}: {r.error}" for r in ran[:3])
+        raise ConfigError(
+            f"metric {args.metric} raised on every one of the {len(ran)} predictions it was given "
+            f"(the program ran fine); first errors: {errors}"
+        )
     table = evaluation.table(data)
     failing = table.failing()
     shown = args.show_failures if args.show_failures is not None else (0 if args.json else 3)

@@ -7,6 +7,7 @@ import csv
 import importlib
 import importlib.util
 import inspect
+import io
 import json
 import os
 import sys
@@ -112,7 +113,8 @@ def _rows(path: Path) -> list[tuple[str, Any]]:
     text = path.read_text(encoding="utf-8-sig")
     if suffix in (".jsonl", ".ndjson"):
         rows = []
-        for number, line in enumerate(text.splitlines(), 1):
+        # Lines end at "\n" only: JSON text may hold U+2028 and other breaks str.splitlines() splits at.
+        for number, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
                     rows.append((f"line {number}", json.loads(line)))
@@ -129,8 +131,18 @@ def _rows(path: Path) -> list[tuple[str, Any]]:
             raise ConfigError(f"{path}: expected a list of objects (or {{'examples': [...]}})")
         return [(f"item {n}", item) for n, item in enumerate(items)]
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        return [(f"row {n}", dict(row)) for n, row in enumerate(reader, 2)]
+        # Read as the csv module reads a file opened with newline="": a quoted cell keeps its line breaks.
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        rows = []
+        for n, row in enumerate(reader, 2):
+            if None in row or None in row.values():  # more cells than the header names, or fewer
+                cells = (
+                    len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+                )
+                header = len(reader.fieldnames or ())
+                raise ConfigError(f"{path}, row {n}: has {cells} cell(s), the header names {header}")
+            rows.append((f"row {n}", dict(row)))
+        return rows
     raise ConfigError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .jsonl, .json or .csv")
 
 

@@ -77,7 +77,8 @@ class LMReply:
 
     Attributes:
         kind: ``"ok"``, ``"lm_error"`` (an :class:`~aprompt.LMError`), ``"limit"`` (a run limit refused
-            the request) or ``"error"`` (anything else the call raised).
+            the request), ``"config"`` (a :class:`~aprompt.ConfigError`: a setup fault, raised where the
+            program runs as it would be in-process) or ``"error"`` (anything else the call raised).
     """
 
     kind: str
@@ -148,6 +149,9 @@ class RelayedLM:
             stop = LimitReached(reply.limit, reply.text)
             stop.relay_ref = reply.ref  # type: ignore[attr-defined]  # carried back by the outcome
             raise stop
+        if reply.kind == "config":
+            # Stops the run (run_program re-raises it), as the driver's own call would have.
+            raise ConfigError(reply.text)
         raise RelayedError(reply.text, ref=reply.ref)
 
     def __reduce__(self) -> tuple[type[RelayedLM], tuple[int, str]]:
@@ -379,6 +383,8 @@ class RunRelay:
             return LMReply("limit", ref=self._keep(stop), text=str(stop), limit=stop.limit)
         except LMError as exc:
             return LMReply("lm_error", ref=self._keep(exc), text=str(exc))
+        except ConfigError as exc:  # a setup fault no candidate can fix, never a wrong answer to score
+            return LMReply("config", text=str(exc))
         except Exception as exc:
             return LMReply("error", ref=self._keep(exc), text=str(exc))
         return LMReply("ok", completion)

@@ -123,7 +123,13 @@ def _summary(view: RunView) -> str:
         cards.append(_card("Cache hits", f"{hits:,}"))
     evidence = (view.pick or {}).get("evidence")
     if isinstance(evidence, Mapping) and "mean" in evidence and "n" in evidence:
-        cards.append(_card("Evidence vs baseline", f"{float(evidence['mean']):+.3f} on {int(evidence['n'])}"))
+        # With the baseline kept, the evidence is the strongest challenger's, not the returned program's.
+        title = (
+            "Best challenger vs baseline"
+            if (view.pick or {}).get("kept_baseline")
+            else "Evidence vs baseline"
+        )
+        cards.append(_card(title, f"{float(evidence['mean']):+.3f} on {int(evidence['n'])}"))
     reason = pick_text(view.pick)
     why = f'<p class="why"><b>Why this program:</b> {_e(reason)}</p>' if reason else ""
     return f'<div class="cards">{"".join(cards)}</div>{why}'

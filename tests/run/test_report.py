@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 import aprompt
+from aprompt.run._report_html import render_report
 from aprompt.run.report import (
     ORIGINAL_FILE,
     RESULT_FILE,
@@ -197,3 +199,21 @@ def test_the_report_renders_in_headless_chromium(
     assert rgb.std() > 0.05  # not a blank page
     colours = {tuple(c) for c in (rgb[::97] * 255).round().astype(int).tolist()}
     assert len(colours) > 50  # text, cards and plots, not one or two flat colours
+
+
+@pytest.mark.parametrize(
+    ("kept_baseline", "title"), [(True, "Best challenger vs baseline"), (False, "Evidence vs baseline")]
+)
+def test_the_evidence_card_says_whose_lead_it_shows(
+    finished_run: tuple[Path, aprompt.OptimizeResult], kept_baseline: bool, title: str
+) -> None:
+    """With the baseline kept, the pick's evidence is the strongest challenger's lead, not the returned
+    program's: the card must not read as the returned program's gain."""
+    run_dir, _ = finished_run
+    view = load_run(run_dir)
+    evidence = {"n": 37, "mean": 0.27, "low": 0.1, "high": 0.4, "level": 0.95}
+    pick = {**(view.pick or {}), "kept_baseline": kept_baseline, "evidence": evidence}
+    page = render_report(attrs.evolve(view, pick=pick), choice_stats(view), None)
+    assert f"{title}</div>" in page and "+0.270 on 37" in page
+    other = "Evidence vs baseline" if kept_baseline else "Best challenger vs baseline"
+    assert other not in page

@@ -1,0 +1,55 @@
+"""The CLI reads a data file as the csv and json modules read it: every record, whole, or an error
+naming the record."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from aprompt._cli.loading import read_examples
+from aprompt._errors import ConfigError
+
+QUESTIONS = ["Line one\nline two: what is 2+2?", "Tab\u2028separated?", "plain\x85next", "form\x0cfeed"]
+
+
+def test_a_csv_cell_keeps_its_line_breaks_and_every_row_is_one_example(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["question", "answer"])
+        writer.writerows([question, f"answer {n}"] for n, question in enumerate(QUESTIONS))
+    examples = read_examples(path, ["question"], {"question"})
+    assert [e.inputs["question"] for e in examples] == QUESTIONS
+    assert [e.labels["answer"] for e in examples] == [f"answer {n}" for n in range(len(QUESTIONS))]
+
+
+def test_a_jsonl_line_may_hold_characters_that_other_line_breaks_are_made_of(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps({"question": q, "answer": "ok"}, ensure_ascii=False) for q in QUESTIONS]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert [e.inputs["question"] for e in read_examples(path, ["question"], {"question"})] == QUESTIONS
+
+
+def test_a_jsonl_file_with_windows_line_ends_reads(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"question": "a", "answer": "1"}\r\n{"question": "b", "answer": "2"}\r\n')
+    assert [e.labels["answer"] for e in read_examples(path, ["question"], {"question"})] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("question,answer\nwhat is up\nq2,ok\n", r"row 2: has 1 cell\(s\), the header names 2"),
+        ("question,answer\nq1,ok\nq2,ok,stray\n", r"row 3: has 3 cell\(s\), the header names 2"),
+    ],
+)
+def test_a_csv_row_with_another_number_of_cells_than_the_header_is_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        read_examples(path, ["question"], {"question"})
