@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from aprompt._errors import JournalError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.concurrent_steps import at_once_in_order
-from aprompt._optimize.examples import Example
+from aprompt._optimize.examples import Example, inputs_key
 from aprompt._optimize.final_pick import (
     MIN_SHARED,
     FinalPick,
@@ -122,13 +122,16 @@ def fresh_examples(
     shown: set[str],
     seed: int,
 ) -> list[Example]:
-    """The training examples a contender runs: not in ``valset``, not ``shown`` as its demos, in a seeded
+    """The training examples a contender runs: not in ``valset``, not ``shown`` as its demos (nor a copy
+    of one: the same inputs under another id, as a training set that repeats a row has), in a seeded
     order that is the same for every contender (so two contenders share all the examples neither shows),
     at most ``len(valset)`` of them."""
     val_ids = {e.id for e in valset}
-    order = [e for e in trainset if e.id not in val_ids]
+    val_inputs = {inputs_key(e) for e in valset}
+    order = [e for e in trainset if e.id not in val_ids and inputs_key(e) not in val_inputs]
     random.Random(f"{seed}:confirmation").shuffle(order)
-    return [e for e in order if e.id not in shown][: len(valset)]
+    shown_inputs = {inputs_key(e) for e in trainset if e.id in shown}
+    return [e for e in order if e.id not in shown and inputs_key(e) not in shown_inputs][: len(valset)]
 
 
 async def confirm(

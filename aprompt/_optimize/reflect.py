@@ -5,10 +5,10 @@ went wrong — each module's inputs and outputs, the expected answer, and the me
 — and writes an instruction that would avoid those mistakes. Here that lever is a hook of the MIPRO
 search (``SearchLoop.after_evaluation``): after each periodic full evaluation,
 
-1. the current pick's failing validation examples (score below 1 in its full evaluation) are drawn, a
-   seeded sample of up to ``2 * k``, and run again under the pick's prompts with traces (the LM cache
-   answers the calls the evaluation already made);
-2. ``k`` of those still failing are kept, those the metric gave feedback on first (a metric may return
+1. a seeded sample of ``2 * k`` training examples is drawn — never a validation example, whose labels
+   shown to the proposer would let an instruction carry them into the scores that pick it, nor one
+   the pick shows as a demo (by id or by inputs) — and run under the pick's prompts with traces;
+2. up to ``k`` of those it fails are kept, those the metric gave feedback on first (a metric may return
    ``(score, feedback)``, see :func:`aprompt._optimize.evaluate.metric_feedback`);
 3. for each predictor, the proposer gets its current instruction and, per failure, that module's inputs
    and outputs, the program's final output, the expected labels and the feedback, and replies with an
@@ -38,10 +38,10 @@ import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize.candidates import Choice
+from aprompt._optimize.confirmation import shown_as_demos
 from aprompt._optimize.evaluate import Evaluation, ExampleResult, evaluate
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
-from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import key_of
+from aprompt._optimize.examples import Example, inputs_key
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.proposal_filter import clean_proposal
 from aprompt._optimize.propose import PROPOSER_SENTENCES, clean_reply, validate_instruction
@@ -96,13 +96,17 @@ def reflection_from_json(data: Mapping[str, Any]) -> Reflection:
     return Reflection(**{**data, "example_ids": tuple(data["example_ids"])})
 
 
-def failing_ids(scores: Mapping[str, float], valset: Sequence[Example], n: int, seed: str) -> list[str]:
-    """Up to ``n`` ids of examples scored below 1, a seeded sample in validation-set order."""
-    failing = [e.id for e in valset if e.id in scores and scores[e.id] < 1.0]
-    if len(failing) <= n:
-        return failing
-    chosen = set(random.Random(seed).sample(failing, n))
-    return [i for i in failing if i in chosen]
+def reflection_sample(
+    trainset: Sequence[Example], valset: Sequence[Example], shown: Sequence[Example], n: int, seed: str
+) -> list[str]:
+    """Ids of ``n`` training examples to reflect on, a seeded sample in training-set order: none with the
+    inputs of a validation example (the pick's score) or of an example ``shown`` as the pick's demos."""
+    excluded = {inputs_key(e) for e in (*valset, *shown)}
+    pool = [e.id for e in trainset if inputs_key(e) not in excluded]
+    if len(pool) <= n:
+        return pool
+    chosen = set(random.Random(seed).sample(pool, n))
+    return [i for i in pool if i in chosen]
 
 
 def prefer_feedback(results: Sequence[ExampleResult], k: int) -> list[ExampleResult]:
@@ -196,10 +200,13 @@ class ReflectiveProposals:
         if loop.stopped is not None or loop.should_stop() is not None:
             return
         choice = dict(loop.decide().choice)
-        scores = next((f.scores for f in reversed(loop.full_evals) if key_of(f.choice) == key_of(choice)), {})
-        ids = failing_ids(scores, loop.valset, 2 * self.k, f"{self.ctx.seed}:reflection:{number}")
+        shown_ids = shown_as_demos(loop.candidates, choice)
+        shown = [e for e in self.ctx.trainset if e.id in shown_ids]
+        ids = reflection_sample(
+            self.ctx.trainset, loop.valset, shown, 2 * self.k, f"{self.ctx.seed}:reflection:{number}"
+        )
         if not ids:
-            return  # the pick fails on nothing: nothing to learn from
+            return  # no training example left to learn from
         self._failures = None
         found: dict[str, Reflection] = {}
 
@@ -252,7 +259,7 @@ class ReflectiveProposals:
             return Reflection(name, number, None, f"not afforded: {refusal}")
         shown = tuple(example.id for example, _ in failures)
         if not failures:
-            return Reflection(name, number, None, "no failure left when the failing examples ran again")
+            return Reflection(name, number, None, "the pick failed none of the training examples drawn")
         predictor = dict(ctx.predictors)[name]
         instruction = loop.candidates.prompts_for(choice)[name].instruction
         proposer, inputs = build_reflection(name, predictor, instruction, failures)
@@ -301,16 +308,16 @@ class ReflectiveProposals:
         why the run's limits refuse to run them."""
         async with self._lock:
             if self._failures is None:
-                by_id = {e.id: e for e in loop.valset}
+                by_id = {e.id: e for e in self.ctx.trainset}
                 examples = [by_id[i] for i in ids]
                 refusal = self._refused(
-                    f"re-running {len(examples)} failing examples to reflect on",
+                    f"running {len(examples)} training examples to reflect on",
                     [("reflection", f"{self.ctx.predictors[0][0]}:{number}", len(examples))],
                 )
                 if refusal is not None:
                     return refusal
                 evaluation = await loop.outage.evaluate(
-                    partial(_traced, loop, choice), examples, f"reflection {number}'s failing examples"
+                    partial(_traced, loop, choice), examples, f"reflection {number}'s training examples"
                 )
                 kept = prefer_feedback(evaluation.results, self.k)
                 self._failures = [(by_id[r.example_id], r) for r in kept]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import aprompt
+from aprompt import Example
 from aprompt._optimize.confirmation import (
     CONFIRMATION_KEPT_BELOW,
     MAX_CHALLENGERS,
@@ -238,3 +239,16 @@ def test_the_hand_written_prompts_share_of_the_level_keeps_false_replacements_wi
     as_reference = share(9, 0.05, 0.2, 400, True, n_val=30, n_train=26, reference="better")
     searched = share(9, 0.05, 0.2, 400, True, n_val=30, n_train=26)
     assert as_reference > searched + 0.1
+
+
+def test_fresh_examples_leave_out_copies_of_a_demo_under_another_id() -> None:
+    """A training set that repeats a row gives the copy another id: run as a fresh example, the program
+    would be scored on the very example it shows as a demo."""
+    train = qa_examples(0, 40)
+    copies = [Example(e.inputs, e.labels, id=f"{e.id}-again") for e in train[:5]]
+    val = qa_examples(100, 120)
+    fresh = fresh_examples([*train, *copies], val, {"q1", "q2"}, seed=0)
+    ids = {e.id for e in fresh}
+    assert not {"q1", "q2", "q1-again", "q2-again"} & ids
+    # A copy of a row no contender shows is fresh as any other.
+    assert len(fresh_examples(copies, val, set(), seed=0)) == len(copies)

@@ -108,6 +108,15 @@ async def test_the_metric_feedback_reaches_the_reflection_prompt() -> None:
     assert result.score >= result.baseline_score
 
 
+async def test_a_reflection_shows_training_examples_only_never_the_validation_set_that_scores_it() -> None:
+    """A validation example's expected label in the proposer's prompt could be written into an
+    instruction, and raise the very scores that pick it."""
+    _, requests, _ = await _world(_plain_metric)
+    shown = [item_of(b) for r in requests if is_reflection(r) for b in runs_of(last_user_of(r))]
+    assert shown, "the search reflected"
+    assert all(0 <= int(item) < 60 for item in shown), shown  # examples(0, 60) train, (200, 230) validate
+
+
 async def test_the_reflection_prompt_holds_each_failing_runs_stage_outputs_and_expected_label() -> None:
     _, requests, world = await _world(_plain_metric)
     reflections = [r for r in requests if is_reflection(r)]
