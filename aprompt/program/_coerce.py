@@ -119,6 +119,11 @@ def _coerce_bool(text: str) -> bool:
 
 def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
     wanted = normalize_choice(text)
+    if not wanted:  # punctuation only ("+", "-"): every such choice normalizes alike, so compared as written
+        exact = [c for c in choices if str(c).strip() == text]
+        if len(exact) == 1:
+            return exact[0]
+        raise CoercionError(f"{text[:80]!r} is not one of: {', '.join(str(c) for c in choices)}")
     # Typed pairs: ``1 == True``, yet the choices 1 and True have different forms.
     by_form = _choice_forms(tuple((type(c), c) for c in choices))
     if wanted in by_form:

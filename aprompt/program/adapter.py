@@ -294,7 +294,7 @@ def _compiled_inline_patterns(field_label: str, field_name: str) -> tuple[re.Pat
 _Marker = tuple[int, int, str | None]
 
 
-def _find_markers(signature: Signature, text: str) -> list[_Marker]:
+def _find_markers(signature: Signature, text: str, reply_format: ReplyFormat = "fields") -> list[_Marker]:
     found: list[_Marker] = []
     for field in signature.fields:
         name = field.name if field in signature.outputs else None
@@ -304,7 +304,12 @@ def _find_markers(signature: Signature, text: str) -> list[_Marker]:
     for field in signature.outputs:
         # Only a field with no line-start marker is looked for mid-line ("... so the answer: 4").
         if field.name not in present:
-            for pattern in _inline_patterns(field):
+            patterns = _inline_patterns(field)
+            if reply_format == "bare" and field.annotation is str:
+                # Told to write the text alone, a model's "This summary is short: ..." is its text, not
+                # a "<label> is" marker in prose.
+                patterns = patterns[:1]
+            for pattern in patterns:
                 match = pattern.search(text)
                 if match:
                     found.append((match.start(), match.end(), field.name))
@@ -352,7 +357,7 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
     A ``"bare"`` reply is read the same way (so one that labels its value anyway, ``Answer: 4``,
     reads), except that an unlabeled value ends where the model goes on to echo an input label.
     """
-    markers = _find_markers(signature, text)
+    markers = _find_markers(signature, text, reply_format)
     texts = _field_texts(markers, text)
     first = signature.outputs[0]
     if len(signature.outputs) == 1 and not texts:
@@ -402,7 +407,7 @@ def answered_before_cut(signature: Signature, text: str, reply_format: ReplyForm
     """
     if not read_reply(signature, text, reply_format).ok:
         return False
-    markers = _find_markers(signature, text)
+    markers = _find_markers(signature, text, reply_format)
     written = [marker for marker in markers if marker[2] is not None]
     if not written:
         if reply_format != "bare":

@@ -65,6 +65,16 @@ class Signature:
         labels = [normalize_choice(f.label) for f in self.fields]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"signature {self} has two fields with the same label")
+        # A reply marks a field by its label or its name: one field's name must not be another's label.
+        marked_by: dict[str, str] = {}
+        for f in self.fields:
+            for form in {normalize_choice(f.label), normalize_choice(f.name)}:
+                other = marked_by.setdefault(form, f.name)
+                if other != f.name:
+                    raise ConfigError(
+                        f"signature {self}: fields {other!r} and {f.name!r} would both be read from "
+                        f"{form!r} in a reply (a field's name marks it as its label does); relabel one"
+                    )
         if not self.instruction.strip():
             object.__setattr__(self, "instruction", default_instruction(self.inputs, self.outputs))
 

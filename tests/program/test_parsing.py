@@ -206,3 +206,11 @@ def test_a_choice_demo_is_written_as_the_prompt_lists_the_choices_and_reads_back
     written = format_output(False, signature.outputs[0].annotation)
     assert written == "False"  # the prompt says "one of: True, False"; "no" would not read
     assert parse_reply(signature, f"Verdict: {written}") == {"verdict": False}
+
+
+def test_a_punctuation_choice_reads_only_as_written() -> None:
+    """ "+" and "-" both normalize to nothing: compared as written, a "-" is not the choice "+"."""
+    signature = Signature.parse("review -> sentiment: Literal['+', 'neutral']")
+    assert parse_reply(signature, "Sentiment: +") == {"sentiment": "+"}
+    with pytest.raises(ParseError, match="is not one of"):
+        parse_reply(signature, "Sentiment: -")

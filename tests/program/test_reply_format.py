@@ -194,3 +194,12 @@ def test_a_saved_bare_format_for_a_multi_output_predictor_is_a_state_error() -> 
     state["predictors"]["solve"]["reply_format"] = "bare"
     with pytest.raises(StateError, match=r"predictor 'solve'.*needs exactly one output field"):
         load_state(Program(), state)
+
+
+def test_a_bare_text_reply_that_says_its_field_is_something_is_read_whole() -> None:
+    """Told to write the summary alone, "This summary is short: ..." is the summary, not a prose
+    marker ("<label> is ...") that cuts it; with labeled fields a prose answer is still read."""
+    summary = Signature.parse("text -> summary")
+    reply = "This summary is short: the cat sat on the mat."
+    assert read_reply(summary, reply, "bare").values == {"summary": reply}
+    assert read_reply(COUNT, "The answer is 4.", "fields").values == {"answer": 4}

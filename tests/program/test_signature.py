@@ -183,3 +183,9 @@ def test_a_field_without_a_type_annotation_is_refused_naming_it() -> None:
         class Summary(Signature):
             document = InputField(desc="the text to summarize")
             summary: str = OutputField()
+
+
+def test_a_field_named_as_another_fields_label_is_refused() -> None:
+    """Replies mark a field by its label or its name: ``Answer: 42`` would be read as both fields."""
+    with pytest.raises(ConfigError, match=r"fields 'result' and 'answer' would both be read from 'answer'"):
+        Signature([Field("result", str, "", "Answer")], [Field("answer", str, "", "Reply")])
