@@ -13,7 +13,7 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   ``1``/``0``.
 - ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
   spaces; otherwise the single choice mentioned as a whole word or phrase in the text (two mentioned
-  is an error).
+  is an error). Text of punctuation only (``+``, ``-``) matches a choice only as written.
 - ``list[T]``: a JSON (or Python) list, also inside a code fence or backticks or before a full stop;
   else numbers separated by spaces; else bullet or numbered lines; else one item per line; else
   comma-separated items. Each item is coerced to ``T``.

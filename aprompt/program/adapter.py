@@ -355,7 +355,8 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
     With a single output field and no marker at all, the whole reply is the value.
 
     A ``"bare"`` reply is read the same way (so one that labels its value anyway, ``Answer: 4``,
-    reads), except that an unlabeled value ends where the model goes on to echo an input label.
+    reads), except that an unlabeled value ends where the model goes on to echo an input label, and a
+    text field is not looked for in prose (``This summary is short: ...`` is the summary, whole).
     """
     markers = _find_markers(signature, text, reply_format)
     texts = _field_texts(markers, text)
