@@ -130,6 +130,8 @@ class HTTPChatLM(abc.ABC):
     #: Keeps cached answers of different wire protocols apart when model names coincide (OpenAI's
     #: protocol keeps the empty namespace, so caches written before it existed stay valid).
     cache_namespace: ClassVar[str] = ""
+    #: What :meth:`probe` asks for, after the base URL: a listing that checks the key and costs nothing.
+    probe_path: ClassVar[str] = "/models"
     #: Each HTTP request is admitted by the run's meter (:mod:`aprompt.lm._metering`), retries included.
     meters_requests: ClassVar[bool] = True
 
@@ -171,7 +173,13 @@ class HTTPChatLM(abc.ABC):
         keys: list[str | None] = []
         for spec in specs:
             endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
-            key = endpoint.api_key or _env(endpoint.api_key_env) or default_key
+            # "" is a key given as none (a local server beside a cloud one): not the client's.
+            if endpoint.api_key is not None:
+                key: str | None = endpoint.api_key
+            elif endpoint.api_key_env is not None and _env(endpoint.api_key_env) is not None:
+                key = _env(endpoint.api_key_env)
+            else:
+                key = default_key
             target, url, hidden = endpoint_urls(endpoint.url)
             keys.extend(value for value in hidden if len(value) >= 8)  # scrubbed from messages too
             if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
@@ -376,13 +384,21 @@ class HTTPChatLM(abc.ABC):
                 continue
             skip.add(identity)
             # Through the connection the first call will take: it stays open for it.
-            await probe_endpoint(
-                state.url,
-                state.headers,
-                transport=state.lanes.idle_transport(),
-                within=within,
-                target=state.target,
-            )
+            try:
+                await probe_endpoint(
+                    state.url,
+                    state.headers,
+                    transport=state.lanes.idle_transport(),
+                    within=within,
+                    target=state.target,
+                    path=self.probe_path,
+                )
+            except LMError as exc:
+                # The probe scrubs the headers; a key in the URL's query is the client's to scrub.
+                exc.args = (self._scrub(str(exc.args[0])), *exc.args[1:]) if exc.args else exc.args
+                if getattr(exc, "server_message", None):
+                    exc.server_message = self._scrub(exc.server_message)  # type: ignore[attr-defined]
+                raise
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).

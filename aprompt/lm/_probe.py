@@ -33,10 +33,11 @@ async def probe_endpoint(
     transport: Transport | None = None,
     within: float = 5.0,
     target: str | None = None,
+    path: str = "/models",
 ) -> None:
     """Probe the endpoint at base URL ``url`` once, through ``transport`` (a temporary httpx client's
-    by default). ``target``: the base URL to send to when it differs from the one shown, ``url`` (a
-    credential in its query).
+    by default), asking for ``path`` after it. ``target``: the base URL to send to when it differs from
+    the one shown, ``url`` (a credential in its query).
 
     Raises:
         LMConnectionError: it refused the connection or did not answer within ``within`` seconds.
@@ -45,12 +46,12 @@ async def probe_endpoint(
     if transport is None:
         async with httpx.AsyncClient(timeout=within) as own_client:
             own = HttpxTransport(own_client, owned=False)
-            return await probe_endpoint(url, headers, transport=own, within=within, target=target)
+            return await probe_endpoint(url, headers, transport=own, within=within, target=target, path=path)
     problem = ""
     with anyio.move_on_after(within) as deadline:
         try:
             reply = await transport.request(
-                "GET", request_url(target or url, "/models"), headers, b"", _MAX_PROBE_BYTES
+                "GET", request_url(target or url, path), headers, b"", _MAX_PROBE_BYTES
             )
         except TransportError as exc:
             # Its message names host and port, never the headers.

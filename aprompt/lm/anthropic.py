@@ -181,6 +181,7 @@ class AnthropicLM(HTTPChatLM):
 
     path: ClassVar[str] = "/v1/messages"
     cache_namespace: ClassVar[str] = "anthropic-messages"
+    probe_path: ClassVar[str] = "/v1/models"  # the base URL has no /v1 here
 
     def __init__(
         self,

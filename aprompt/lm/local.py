@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import gc
+import hashlib
 import importlib.util
 import inspect
 import os
@@ -74,12 +75,20 @@ def _packaged_model() -> Path | None:
 
 def local_model_name(model_path: Path) -> str:
     """The model name a :class:`LocalLM` serving ``model_path`` sends, and its cache keys hold:
-    :data:`LOCAL_MODEL_NAME` for the embedded model, else the file's name without ``.gguf``, so that
-    replies cached for one model file never answer another's requests."""
+    :data:`LOCAL_MODEL_NAME` for the embedded model, else the file's name without ``.gguf`` and a short
+    hash of its full path, size and modification time, so that replies cached for one model file never
+    answer another's requests (two files of one name, as llama.cpp's quantize names them by default,
+    included; a file rewritten in place is another model too)."""
     packaged = _packaged_model()
     if packaged is not None and os.path.abspath(model_path) == os.path.abspath(packaged):
         return LOCAL_MODEL_NAME
-    return model_path.name.removesuffix(".gguf") or LOCAL_MODEL_NAME
+    try:
+        stat = os.stat(model_path)
+        where = f"{os.path.realpath(model_path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:  # not there (the server's start says so): the path alone
+        where = os.path.abspath(model_path)
+    tag = hashlib.sha256(where.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{model_path.name.removesuffix('.gguf') or 'model'}-{tag}"
 
 
 # What LocalLM sets on its client itself: the model, the server's URL, and no key.

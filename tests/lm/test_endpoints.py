@@ -272,3 +272,13 @@ async def test_a_429_from_one_endpoint_sends_the_next_calls_to_the_other(
                 await lm.chat(question(index))
     assert [r.status for r in fake_server.chat_requests] == [429]
     assert len(second_server.chat_requests) == 6
+
+
+async def test_an_endpoint_given_an_empty_key_sends_none_not_the_clients(lm_kwargs: dict[str, Any]) -> None:
+    """A local server beside a cloud one is given ``api_key=""``: the cloud key must not reach it."""
+    async with FakeOpenAIServer() as local:
+        async with OpenAICompatibleLM(
+            "m", [Endpoint(local.base_url, api_key="")], api_key="sk-cloud-9999"
+        ) as lm:
+            await lm.chat(question(0))
+    assert [r.headers.get("authorization") for r in local.chat_requests] == [None]

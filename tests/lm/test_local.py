@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from aprompt.lm.local import (
     MODEL_ENV_VAR,
     LocalLM,
     find_local_model,
+    local_model_name,
 )
 
 
@@ -109,7 +111,20 @@ async def test_another_model_file_never_gets_the_cached_replies_of_the_embedded_
             other_name = lm.model
     assert (embedded.cached, from_other.cached) == (False, False)
     # The embedded model keeps its name (and the caches written with it); another file is named by its own.
-    assert (embedded_name, other_name) == (LOCAL_MODEL_NAME, "other-model.Q4_1")
+    assert embedded_name == LOCAL_MODEL_NAME and re.fullmatch(r"other-model\.Q4_1-[0-9a-f]{8}", other_name)
+
+
+def test_two_model_files_of_one_name_are_two_models(tmp_path: Path) -> None:
+    """llama.cpp's quantize names its output ggml-model-Q4_1.gguf wherever it writes it: named by the
+    file's name alone, one file's cached replies would answer the other's requests."""
+    first, second = tmp_path / "a" / "ggml-model-Q4_1.gguf", tmp_path / "b" / "ggml-model-Q4_1.gguf"
+    for path, content in ((first, b"one"), (second, b"two")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    assert local_model_name(first) != local_model_name(second)
+    assert local_model_name(first) == local_model_name(first)  # a run resumed with the same file
+    assert local_model_name(first).startswith("ggml-model-Q4_1-")
+    assert local_model_name(find_local_model()) == LOCAL_MODEL_NAME
 
 
 def test_the_server_keeps_prompt_states_in_bounded_host_memory() -> None:

@@ -119,3 +119,26 @@ async def test_no_part_of_a_key_echoed_in_a_page_for_an_answer_is_left_in_the_er
     shown = " ".join([str(caught.value), repr(caught.value)])
     assert "not JSON" in shown
     assert [piece for piece in _pieces(LONG_KEY, size=8) if piece in shown] == []
+
+
+class PathEchoingServer(FakeOpenAIServer):
+    """Refuses every request, echoing the request's path and query (where a key may be)."""
+
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        message = f"API key not valid for {method} {path}"
+        return 401, json.dumps({"error": {"message": message}}).encode(), {}, None
+
+
+async def test_a_key_in_the_base_urls_query_is_scrubbed_from_the_probes_error() -> None:
+    key = "QSECRET-abcdef123456"
+    async with PathEchoingServer() as server:
+        async with OpenAICompatibleLM("m", f"{server.base_url}?key={key}", api_key="") as lm:
+            with pytest.raises(AuthenticationError) as caught:
+                await lm.probe()
+            with pytest.raises(AuthenticationError) as in_a_call:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    for error in (caught.value, in_a_call.value):
+        shown = " ".join([str(error), repr(error), error.server_message])
+        assert key not in shown and "key=***" in shown
