@@ -383,6 +383,7 @@ def _plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: in
         bootstrap_runs=planned.bootstrap_runs,
         proposal_calls=planned.proposal_calls,
         screen_runs=planned.screen_runs,
+        extra_full_evals=planned.extra_full_evals,
     )
     return RunPlanned(
         strategy.name,

@@ -206,7 +206,7 @@ def resolve_budget(budget: str | Budget | Mapping[str, Any]) -> Budget:
         base = resolve_budget(str(overrides.pop("preset", "light")))
         unknown = set(overrides) - {f.name for f in attrs.fields(Budget)}
         if unknown:
-            raise ConfigError(f"unknown budget field(s): {sorted(unknown)}")
+            raise ConfigError(f"unknown budget field(s): {sorted(unknown, key=repr)}")
         return attrs.evolve(base, **overrides)
     raise ConfigError(f"budget must be a preset name, a Budget or a mapping, not {type(budget).__name__}")
 
@@ -235,11 +235,13 @@ def estimate_calls(
     bootstrap_runs: int,
     proposal_calls: int,
     screen_runs: int = 0,
+    extra_full_evals: int = 0,
 ) -> CallEstimate:
     """Upper-bound estimate before any cache: full evaluations (baseline, one per ``full_eval_every``
-    trials and a last one) plus every mini-batch; ``screen_runs`` program runs screen the proposals.
-    With ``racing`` the search spends at most these program runs, differently divided."""
-    full_evals = 1 + math.ceil(n_trials / budget.full_eval_every)
+    trials and a last one, and ``extra_full_evals`` a strategy makes besides) plus every mini-batch;
+    ``screen_runs`` program runs screen the proposals. With ``racing`` the search spends at most these
+    program runs, differently divided."""
+    full_evals = 1 + math.ceil(n_trials / budget.full_eval_every) + extra_full_evals
     runs = full_evals * val_size + n_trials * min(budget.minibatch_size, val_size)
     return CallEstimate(
         bootstrap=math.ceil(bootstrap_runs * calls_per_run),

@@ -44,9 +44,12 @@ def _check_limit(instance: object, attribute: attrs.Attribute[Any], value: objec
     if value is None:
         return
     whole = attribute.name in _WHOLE
-    if not _is_number(value, whole=whole) or math.isnan(float(value)) or float(value) < 0:  # type: ignore[arg-type]
-        kind = "a whole number" if whole else "a number"
-        raise ConfigError(f"{attribute.name} must be {kind}, non-negative, or None; got {_show(value)}")
+    # Infinity too: a run plans its steps from what a limit leaves, and "no limit" is None.
+    if not _is_number(value, whole=whole) or not math.isfinite(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+        kind = "a whole number" if whole else "a finite number"
+        raise ConfigError(
+            f"{attribute.name} must be {kind}, non-negative, or None (no limit); got {_show(value)}"
+        )
 
 
 def _as_prices(prices: object) -> dict[str, tuple[float, float]]:

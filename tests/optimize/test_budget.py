@@ -90,6 +90,7 @@ def test_a_budget_is_used_as_given() -> None:
         ("extreme", "unknown budget 'extreme'"),
         ({"preset": "extreme"}, "unknown budget 'extreme'"),
         ({"n_candidate": 3}, "unknown budget field"),
+        ({1: 2, "bogus": 3}, r"unknown budget field\(s\): \['bogus', 1\]"),  # keys of two types
         ({"n_candidates": 0}, "n_candidates"),
         ({"minibatch_size": -1}, "minibatch_size"),
         ({"full_eval_every": 0}, "full_eval_every"),

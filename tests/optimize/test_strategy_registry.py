@@ -133,3 +133,14 @@ async def test_a_new_grounding_source_is_shown_to_the_proposer_and_journaled(
     assert prompts and all(f"First Questions: {questions}" in prompt for prompt in prompts)
     assert all(prompt.index("Program Description:") < prompt.index("First Questions:") for prompt in prompts)
     assert result.score >= result.baseline_score
+
+
+async def test_a_full_evaluation_strategy_plans_the_evaluations_it_makes() -> None:
+    """bootstrap_random_search makes no trial: its plan counts its random combinations' full evaluations,
+    so the announced estimate (an upper bound before any cache) holds its evaluations."""
+    events: list[aprompt.Event] = []
+    result, _ = await optimize_in_world("bootstrap_random_search", on_event=events.append)
+    [planned] = planned_events(events)
+    made = len(result.full_evals) * planned.val_size * 2  # two stages: two LM calls per program run
+    assert planned.n_trials == 0 and len(result.full_evals) > 1
+    assert made <= planned.detail["evaluation"]

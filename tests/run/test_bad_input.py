@@ -7,6 +7,7 @@ was started in the run's ``run_dir``.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,3 +267,12 @@ async def test_one_server_with_two_keys_is_probed_once_per_key(fake_server: Fake
         await first.probe(skip=probed)
     assert [r.path for r in fake_server.requests] == ["/v1/models"] * 3
     assert not any(TEST_API_KEY in identity for identity in probed)
+
+
+@pytest.mark.parametrize("field", ["max_time", "max_cost", "max_tokens", "max_lm_calls"])
+def test_an_infinite_limit_is_refused_naming_it_none_is_no_limit(field: str) -> None:
+    """A run plans its steps from what a limit leaves: infinity was accepted, then crashed the run
+    after it had spent (``OverflowError`` turning it into a number of runs)."""
+    with pytest.raises(aprompt.ConfigError, match=rf"{field} must be .*or None \(no limit\); got inf"):
+        aprompt.Limits(**{field: math.inf})
+    assert getattr(aprompt.Limits(**{field: None}), field) is None

@@ -30,6 +30,8 @@ class StrategyPlan:
         bootstrap_runs: program runs of the demo bootstrap, at most.
         proposal_calls: proposer LM calls (summaries and instruction proposals), at most.
         screen_runs: program runs of the proposal screen.
+        extra_full_evals: full evaluations beyond those of the trials (baseline, one per
+            ``full_eval_every`` trials and a last one): a strategy that evaluates in full only.
     """
 
     n_trials: int
@@ -38,6 +40,7 @@ class StrategyPlan:
     bootstrap_runs: int
     proposal_calls: int
     screen_runs: int = 0
+    extra_full_evals: int = 0
 
     @classmethod
     def standard(

@@ -23,10 +23,11 @@ class BootstrapRandomSearch(Strategy):
     name = "bootstrap_random_search"
 
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
-        # Full evaluations only, no mini-batch trials.
-        return StrategyPlan.standard(
+        # Full evaluations only, no mini-batch trials: the random combinations' are extra.
+        standard = StrategyPlan.standard(
             budget, n_predictors, n_train, n_val, searches_instructions=False, n_trials=0
         )
+        return attrs.evolve(standard, extra_full_evals=_random_evaluations(budget, n_predictors, n_val))
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         async with pipeline(ctx, grounding=False) as early:
@@ -40,9 +41,7 @@ class BootstrapRandomSearch(Strategy):
         candidates = attrs.evolve(base, demo_sets=demo_sets, search_instructions=False)
         candidates = candidates.with_formats(ctx.predictors, ctx.budget.search_formats)
         space = candidates.parameters()
-        # One full evaluation per ``full_eval_every`` trials of the plan MIPRO would make.
-        trials = ctx.budget.trials_for(len(ctx.predictors), True, len(ctx.valset))
-        n_full = max(1, math.ceil(trials / ctx.budget.full_eval_every))
+        n_full = _random_evaluations(ctx.budget, len(ctx.predictors), len(ctx.valset))
         rng = random.Random(f"{ctx.seed}:random-search")
         async with ctx.phase("search", f"{n_full} random full evaluations"):
             loop = search_loop(ctx, candidates, self.plan_for(ctx).n_trials, early=early)
@@ -62,3 +61,10 @@ class BootstrapRandomSearch(Strategy):
                     break
                 await loop.full_evaluation(choice)
             return candidates, await loop.run_outcome()
+
+
+def _random_evaluations(budget: Budget, n_predictors: int, n_val: int) -> int:
+    """Random combinations fully evaluated: one per ``full_eval_every`` trials of the plan MIPRO would
+    make."""
+    trials = budget.trials_for(n_predictors, True, n_val)
+    return max(1, math.ceil(trials / budget.full_eval_every))

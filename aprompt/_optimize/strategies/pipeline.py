@@ -230,8 +230,18 @@ class Pipeline:
             # Refused where the texts are needed (the proposals), so that the steps in flight end first.
             self._texts.fail(refusal)
             return
-        async with self.ctx.phase("grounding"):
-            texts = await grounding_texts(self.ctx)
+        try:
+            async with self.ctx.phase("grounding"):
+                texts = await grounding_texts(self.ctx)
+        except BaseException as exc:  # a cancellation, or anything else, is raised on below
+            # A request refused mid-step (raised alone or from the step's own task group): in this task it
+            # would cancel the group, and with it the baseline's evaluation already paid for. Refused where
+            # the texts are needed, as above.
+            stop = limit_reached_in(exc)
+            if stop is None:
+                raise
+            self._texts.fail(stop)
+            return
         self._texts.set(texts)
 
     async def _reference(
