@@ -40,6 +40,7 @@ BENCH_SCRIPTS = [
     "bench.parse_retries",
     "bench.scale",
     "bench.proposals",
+    "bench.pick_selection",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
 
@@ -456,3 +457,11 @@ async def test_the_parse_retries_counter_counts_every_chat_call_cache_hits_inclu
         for _ in range(3):
             await counting.chat([{"role": "user", "content": "Hi"}])
     assert counting.calls == 3 and len(fake_server.chat_requests) == 1
+
+
+def test_the_pick_selection_benchmark_counts_replacements_by_luck() -> None:
+    selection = importlib.import_module("bench.pick_selection")
+    text = selection.main(["--runs", "40", "--out", "-"])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == len(selection.ROWS)
+    assert all(0.0 <= float(row.rsplit("|", 2)[-2].strip().rstrip("%")) <= 100.0 for row in rows)

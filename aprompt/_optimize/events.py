@@ -16,7 +16,8 @@ from aprompt.lm.usage import UsageSnapshot
 
 @attrs.frozen
 class PhaseStarted:
-    """A phase began: ``"baseline"``, ``"bootstrap"``, ``"propose"``, ``"search"``, ``"final"``."""
+    """A phase began: ``"baseline"``, ``"grounding"``, ``"bootstrap"``, ``"reference"``, ``"warmup"``,
+    ``"propose"`` or ``"search"`` (those a strategy has; some run beside each other)."""
 
     phase: str
     detail: str = ""

@@ -71,6 +71,7 @@ from aprompt._optimize.final_pick import (
     FinalPick,
     collect_evidence,
     key_of,
+    mean_of,
     nothing_scores,
     pick,
 )
@@ -494,7 +495,7 @@ class SearchLoop:
         excluded = self.settled()
         if not self.pooled:
             return self._pool.ranked_untested(excluded, limit)
-        own = {key: (sum(s.values()) / len(s), len(s)) for key, s in self._pool.scores.items() if s}
+        own = {key: (mean_of(s), len(s)) for key, s in self._pool.scores.items() if s}
         space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
         return ranked_combinations(self.observations(), own, space, excluded, limit, optimism=RACE_OPTIMISM)
 
