@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-failures",
         type=int,
         metavar="N",
-        help="print the first N examples the program fails (inputs, output, expected; default 3, or 0 with --json)",
+        help="print the first N failing examples (inputs, output, expected); default 3, 0 with --json",
     )
     ev.set_defaults(handler=evaluate_command)
 

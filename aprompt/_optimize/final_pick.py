@@ -37,7 +37,8 @@ searched incumbent). A reference that is found better passes its share on to the
 (``1 − 0.05 / (k + 1)`` when the only reference was accepted, the level without this split), as in the
 fallback procedure of multiple testing (Wiens, 2003): a false replacement still happens in at most 5 % of
 runs (of combinations chosen without their validation scores: the search's are chosen by them, and where
-all are as good as the baseline it is replaced in 6–13 % of simulated runs, ``bench/pick_selection.py``), yet the hand-written prompt replaces a program as written that scores 0 on a lead of 5 wins and no
+all are as good as the baseline it is replaced in 6–13 % of simulated runs, ``bench/pick_selection.py``),
+yet the hand-written prompt replaces a program as written that scores 0 on a lead of 5 wins and no
 loss, which a bound adjusted ten ways would not accept. The share is weighted toward the reference
 because on small data it is the program likeliest to beat the program as written (on the embedded
 model's benchmarks it is the returned program on most tasks, and on ``intent_goal`` it led 5–0 on 56

@@ -57,6 +57,10 @@ MAX_INSTRUCTION_CHARS = 600
 PROPOSAL_MAX_TOKENS = 160
 
 
+#: Attempts at one proposal (a reply dropped as unusable is asked again).
+PROPOSAL_ATTEMPTS = 3
+
+
 @attrs.frozen
 class Grounding:
     """Which grounding pieces a proposal prompt includes, and the proposer's temperature.
@@ -245,7 +249,7 @@ async def propose_instruction(
     existing: Sequence[str],
     history: Sequence[tuple[str, float | None]] = (),
     seed: int = 0,
-    attempts: int = 3,
+    attempts: int = PROPOSAL_ATTEMPTS,
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
     first_rollout: int = 0,
 ) -> Proposal:

@@ -223,7 +223,7 @@ def answers_only_when_bare_or_proposes(request: ChatRequest) -> str:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("strategy", ["mipro", "bayesian_bootstrap", "mipro_plus_plus"])
+@pytest.mark.parametrize("strategy", ["mipro", "bayesian_bootstrap", "mipro_plus_plus", "module_opro"])
 async def test_an_optimization_with_the_switch_on_returns_the_better_format(
     server: FakeOpenAIServer, lm: OpenAICompatibleLM, strategy: str
 ) -> None:

@@ -144,3 +144,15 @@ async def test_a_full_evaluation_strategy_plans_the_evaluations_it_makes() -> No
     made = len(result.full_evals) * planned.val_size * 2  # two stages: two LM calls per program run
     assert planned.n_trials == 0 and len(result.full_evals) > 1
     assert made <= planned.detail["evaluation"]
+
+
+@pytest.mark.parametrize("strategy", ["module_opro", "mipro_plus_plus"])
+async def test_a_strategy_plans_at_least_the_evaluations_and_proposals_it_makes(strategy: str) -> None:
+    """The announced estimate is an upper bound before any cache: module_opro's full evaluations every
+    two rounds, and mipro_plus_plus's proposal per proposer setting its trials choose, are counted."""
+    events: list[aprompt.Event] = []
+    result, requests = await optimize_in_world(strategy, budget={"preset": "light"}, on_event=events.append)
+    [planned] = planned_events(events)
+    made = len(result.full_evals) * planned.val_size * 2  # two stages: two LM calls per program run
+    assert made + planned.n_trials * min(12, planned.val_size) * 2 <= planned.detail["evaluation"]
+    assert sum(1 for r in requests if is_proposal(r)) <= planned.detail["proposal"]

@@ -11,7 +11,13 @@ import attrs
 from aprompt._optimize.budget import Budget
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
-from aprompt._optimize.propose import Grounding, Proposal, ProposalContext, propose_instruction
+from aprompt._optimize.propose import (
+    PROPOSAL_ATTEMPTS,
+    Grounding,
+    Proposal,
+    ProposalContext,
+    propose_instruction,
+)
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import SearchOutcome
@@ -42,7 +48,12 @@ class MiproPlusPlus(Strategy):
         # The space is larger than MIPRO's (grounding and temperature too): twice the derived trials,
         # unless the budget names its own count.
         n_trials = budget.n_trials or budget.trials_for(n_predictors, True, n_val) * 2
-        return StrategyPlan.standard(budget, n_predictors, n_train, n_val, n_trials=n_trials)
+        standard = StrategyPlan.standard(budget, n_predictors, n_train, n_val, n_trials=n_trials)
+        # One proposal per predictor for each proposer setting the trials choose, each of a few attempts,
+        # at most; and the summaries.
+        settings = len(GROUNDING_OPTIONS) * len(TEMPERATURES)
+        proposals = n_predictors * min(settings, n_trials) * PROPOSAL_ATTEMPTS
+        return attrs.evolve(standard, proposal_calls=proposals + 4)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         async with pipeline(ctx) as early:

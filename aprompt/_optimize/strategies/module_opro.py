@@ -12,6 +12,7 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
 from aprompt._optimize.propose import Proposal, ProposalContext, propose_instruction
 from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import SearchOutcome
 from aprompt._optimize.strategies.base import Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import Pipeline, pipeline
@@ -28,17 +29,19 @@ class ModuleOpro(Strategy):
     name = "module_opro"
 
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
-        return StrategyPlan.standard(
-            budget,
-            n_predictors,
-            n_train,
-            n_val,
-            searches_demos=False,
-            n_trials=max(1, budget.n_candidates - 1),
+        n_rounds = max(1, budget.n_candidates - 1)
+        standard = StrategyPlan.standard(
+            budget, n_predictors, n_train, n_val, searches_demos=False, n_trials=n_rounds
         )
+        # Besides the standard ones: one after every FULL_EVALUATION_ROUNDS rounds, and with the reply
+        # formats searched, the pick in each predictor's other format.
+        extra = n_rounds // FULL_EVALUATION_ROUNDS + (n_predictors if budget.search_formats else 0)
+        return attrs.evolve(standard, extra_full_evals=extra)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
-        candidates = attrs.evolve(Candidates.original(ctx.predictors), search_demos=False)
+        candidates = attrs.evolve(Candidates.original(ctx.predictors), search_demos=False).with_formats(
+            ctx.predictors, ctx.budget.search_formats
+        )
         n_rounds = self.plan_for(ctx).n_trials
         async with pipeline(ctx) as early:
             texts = await early.texts()
@@ -96,6 +99,9 @@ class ModuleOpro(Strategy):
                 if not choice:
                     continue
                 candidates = loop.candidates
+                # Every searched parameter named (a dropped proposal's predictor and the reply formats at
+                # their first option), so one program is always recorded under one key.
+                choice = {**candidates.baseline(), **choice}
                 trial = await loop.single_trial(round_number - 1, choice)
                 for name, _ in ctx.predictors:
                     key = f"{name}.instruction"
@@ -103,4 +109,19 @@ class ModuleOpro(Strategy):
                         history[name].append((instructions[name][choice[key]], trial.score))
                 if round_number % FULL_EVALUATION_ROUNDS == 0:
                     await loop.full_evaluate_best_untested()
-            return candidates, await loop.run_outcome(final_full_eval=True)
+            await self._other_formats(ctx, loop)
+            return loop.candidates, await loop.run_outcome(final_full_eval=True)
+
+    @staticmethod
+    async def _other_formats(ctx: RunContext, loop: SearchLoop) -> None:
+        """The rounds keep each predictor's first reply format (the proposers' history compares
+        instructions, not formats); with formats searched, the pick so far is also evaluated in full in each
+        predictor's other formats, and the final pick weighs them."""
+        space = loop.candidates.parameters()
+        pick = dict(loop.decide().choice)
+        for name, _ in ctx.predictors:
+            key = f"{name}.format"
+            for option in range(1, space[key].n_choices if key in space else 1):
+                if ctx.limit_reached() is not None:
+                    return
+                await loop.full_evaluation({**loop.candidates.baseline(), **pick, key: option})
