@@ -80,6 +80,7 @@ from aprompt.lm._replies import (
 from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout, request_url
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
+from aprompt.lm.cache._run_caches import lent_cache
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls
 from aprompt.lm.limits import RateLimiter, TokenEstimator, estimate_prompt_tokens
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
@@ -294,10 +295,15 @@ class HTTPChatLM(abc.ABC):
         """
         return self._concurrency.planned(self._configured_rates())
 
+    #: An optimization lends this client its run's cache through the run's context (see
+    #: :mod:`aprompt.lm.cache._run_caches`) rather than by setting :attr:`cache`.
+    takes_lent_cache: ClassVar[bool] = True
+
     @property
     def cache(self) -> ResponseCache | None:
-        """The response cache, or ``None``. Assignable: an optimization with a ``run_dir`` attaches the
-        run's cache for its duration when none is set."""
+        """The response cache the client was given, or ``None``. Assignable. Without one, an optimization
+        lends the client its run's cache (its ``run_dir``'s, or one in memory) for the calls it makes,
+        leaving this attribute as it is, so that runs sharing the client each keep their own."""
         return self._cache
 
     @cache.setter
@@ -340,8 +346,10 @@ class HTTPChatLM(abc.ABC):
             # then fail as malformed.
             raise ConfigError("stream=True is not supported: the client reads each reply whole")
         sent = self._sent_params(request_params, rollout)
+        # The client's own cache, else the one the optimization this call belongs to lent it.
+        cache = self._cache if self._cache is not None else lent_cache(self)
         try:
-            if self._cache is None:
+            if cache is None:
                 completion = await self._complete(messages, sent)
             else:
                 key = request_key(
@@ -351,9 +359,7 @@ class HTTPChatLM(abc.ABC):
                     rollout=rollout,
                     namespace=self.cache_namespace,
                 )
-                completion, hit = await self._cache.get_or_compute(
-                    key, lambda: self._complete(messages, sent)
-                )
+                completion, hit = await cache.get_or_compute(key, lambda: self._complete(messages, sent))
                 if hit:
                     self._usage.cache_hits += 1
         except LMError:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aprompt._errors import ConfigError, JournalError
 from aprompt.lm.cache import ResponseCache
+from aprompt.lm.cache._run_caches import lending
 from aprompt.run.identity import VERSION_KEY, differences
 from aprompt.run.identity import run_fingerprint as run_fingerprint
 from aprompt.run.journal import RunJournal
@@ -95,9 +96,10 @@ async def run_storage(
     """
     if run_dir is None:
         memory = ResponseCache.memory_only(MEMORY_CACHE_ENTRIES)
-        given = _attach(lms, lambda: memory)
+        given, lent = _attach(lms, lambda: memory)
         try:
-            yield None
+            with lending(lent):
+                yield None
         finally:
             for lm in given:
                 lm.cache = None
@@ -117,8 +119,9 @@ async def run_storage(
         try:
             if check_fingerprint(journal, fingerprint, resume):
                 disk_cache().clear()
-            attached = _attach(lms, disk_cache)
-            yield journal
+            attached, lent = _attach(lms, disk_cache)
+            with lending(lent):
+                yield journal
         finally:
             for lm in attached:
                 lm.cache = None
@@ -127,11 +130,19 @@ async def run_storage(
             journal.close()
 
 
-def _attach(lms: Sequence[Any], cache: Callable[[], ResponseCache]) -> list[Any]:
-    """Give ``cache()`` to each LM (once each) that has an assignable ``cache`` set to None; returns them."""
+def _attach(
+    lms: Sequence[Any], cache: Callable[[], ResponseCache]
+) -> tuple[list[Any], dict[object, ResponseCache]]:
+    """Give ``cache()`` to each LM (once each) that has an assignable ``cache`` set to None: lent through
+    the run's context to aprompt's clients (:mod:`aprompt.lm.cache._run_caches`: runs sharing a client
+    keep their own), set on any other. Returns the LMs it was set on, and the loans."""
     attached: list[Any] = []
+    lent: dict[object, ResponseCache] = {}
     for lm in {id(lm): lm for lm in lms if lm is not None}.values():
         if hasattr(type(lm), "cache") and getattr(lm, "cache", False) is None:
-            lm.cache = cache()
-            attached.append(lm)
-    return attached
+            if getattr(type(lm), "takes_lent_cache", False):
+                lent[lm] = cache()
+            else:
+                lm.cache = cache()
+                attached.append(lm)
+    return attached, lent

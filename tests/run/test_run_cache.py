@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from aprompt.lm.cache import ResponseCache
+from aprompt.lm.cache._run_caches import lent_cache
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import Message
 from aprompt.run._storage import run_storage
@@ -47,18 +49,19 @@ async def test_the_memory_cache_is_detached_when_the_run_ends_even_by_an_error(
     async with OpenAICompatibleLM(**lm_kwargs) as lm:
         with pytest.raises(RuntimeError, match="stop"):
             async with run_storage(None, False, {}, [lm]):
-                assert isinstance(lm.cache, ResponseCache) and lm.cache.disk is None
+                lent = lent_cache(lm)
+                assert isinstance(lent, ResponseCache) and lent.disk is None and lm.cache is None
                 raise RuntimeError("stop")
-        assert lm.cache is None
+        assert lm.cache is None and lent_cache(lm) is None
 
 
 async def test_only_lms_without_a_cache_get_the_memory_cache(lm_kwargs: dict[str, Any]) -> None:
     own = ResponseCache.memory_only()
     async with OpenAICompatibleLM(**lm_kwargs, cache=own) as cached, OpenAICompatibleLM(**lm_kwargs) as bare:
         async with run_storage(None, False, {}, [cached, bare]):
-            assert cached.cache is own
-            assert bare.cache is not None and bare.cache is not own
-        assert (cached.cache, bare.cache) == (own, None)
+            assert cached.cache is own and lent_cache(cached) is None
+            assert lent_cache(bare) is not None and lent_cache(bare) is not own
+        assert (cached.cache, bare.cache) == (own, None) and lent_cache(bare) is None
 
 
 async def test_an_optimize_run_without_run_dir_sends_no_identical_request_twice() -> None:
@@ -66,3 +69,34 @@ async def test_an_optimize_run_without_run_dir_sends_no_identical_request_twice(
     bodies = Counter(json.dumps(request.body, sort_keys=True) for request in requests)
     assert len(bodies) > 100
     assert [body for body, count in bodies.items() if count > 1] == []
+
+
+async def test_two_runs_sharing_a_client_each_keep_their_own_cache(
+    lm_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    """One client, two optimizations at once: each run's calls find its own cache (its run_dir's for the
+    one that has one), and the run that ends first takes nothing from the other."""
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        first_done = anyio.Event()
+        seen: dict[str, Any] = {}
+
+        async def first() -> None:
+            async with run_storage(None, False, {}, [lm]):
+                seen["first"] = lent_cache(lm)
+                await lm.chat(HELLO)
+            first_done.set()
+
+        async def second() -> None:
+            async with run_storage(tmp_path, False, {}, [lm]):
+                seen["second"] = lent_cache(lm)
+                await first_done.wait()
+                await lm.chat(HELLO)  # not the first run's answer: its own cache is empty
+                await lm.chat(HELLO)  # its own cache answers, after the first run ended
+                seen["second after"] = lent_cache(lm)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(first)
+            group.start_soon(second)
+    assert seen["second"] is seen["second after"] and seen["second"].disk is not None
+    assert seen["first"] is not seen["second"] and seen["first"].disk is None
+    assert lm.usage.requests == 2 and lm.usage.cache_hits == 1 and lm.cache is None
