@@ -19,7 +19,7 @@ from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt._optimize.confirmation import confirmation_calls
 from aprompt._optimize.evaluate import Metric, RunMetric, program_entry
 from aprompt._optimize.events import EventCallback, RunFinished, RunPlanned
-from aprompt._optimize.examples import Example, as_examples, check_disjoint, inputs_key
+from aprompt._optimize.examples import Example, apart_from, as_examples, check_disjoint, inputs_key
 from aprompt._optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
 from aprompt._optimize.per_example import final_examples, recording_outputs
 from aprompt._optimize.propose import Grounding
@@ -251,6 +251,7 @@ async def optimize(
         raise ConfigError("valset is empty; pass None to hold out part of the trainset")
     train, val = split_valset(train, val_given, plan.val_size, seed)
     check_disjoint(train, val)
+    train = apart_from(train, val)
     check_inputs(program, [*train, *val], "trainset/valset")
     check_metric(metric)
     await check_metric_on_labels(metric, [*val, *train])

@@ -130,6 +130,26 @@ def as_examples(
     return out
 
 
+def apart_from(train: Sequence[Example], val: Sequence[Example]) -> list[Example]:
+    """``train`` with each id a validation example also has renamed ``<id>#train`` (``#train2``, ... if
+    taken): ids given by row index in each split (0, 1, ...) would otherwise name two examples, and a
+    record of one (its output, its exclusion from the fresh examples a confirmation runs) would stand for
+    the other."""
+    val_ids = {e.id for e in val}
+    taken = val_ids | {e.id for e in train}
+    out = []
+    for example in train:
+        if example.id in val_ids:
+            unique, count = f"{example.id}#train", 1
+            while unique in taken:
+                count += 1
+                unique = f"{example.id}#train{count}"
+            taken.add(unique)
+            example = attrs.evolve(example, id=unique)
+        out.append(example)
+    return out
+
+
 def inputs_key(example: Example) -> str:
     """The example's inputs as canonical text (examples with equal inputs have equal keys)."""
     return json.dumps(example.inputs, sort_keys=True, default=_same_in_every_process, ensure_ascii=False)

@@ -121,8 +121,14 @@ class OptimizeResult(Generic[P]):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str))
-        os.replace(temporary, target)
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
+        try:
+            # UTF-8 whatever the locale (as the state files): a prompt in any script reads back as written.
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         return target
 
     def failing_examples(self, below: float = PASS_SCORE) -> list[ExampleRow]:
@@ -154,7 +160,7 @@ def load(program: P, path: str | os.PathLike[str]) -> P:
         qa = aprompt.load(QA(), "optimized.json")  # a QA, typed as one
     """
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read saved prompts from {path}: {exc}") from None
     if isinstance(data, dict) and data.get("format") == RESULT_FORMAT:

@@ -58,7 +58,9 @@ class NegateSentence:
 def load_examples() -> list[aprompt.Example]:
     """BIG-bench ``linguistic_mappings/sentence_negation`` (Apache-2.0), a balanced subset shipped with
     the package, in a fixed shuffled order."""
-    data = json.loads(resources.files("aprompt.demo").joinpath("sentence_negation.json").read_text())
+    data = json.loads(
+        resources.files("aprompt.demo").joinpath("sentence_negation.json").read_text(encoding="utf-8")
+    )
     return [
         aprompt.Example(inputs={"sentence": item["input"]}, labels={"negated": item["target"]})
         for item in data["examples"]

@@ -312,3 +312,26 @@ async def _cacheless_run(server: FakeOpenAIServer, run_dir: Path, **options: Any
             run_dir=run_dir,
             **options,
         )
+
+
+async def test_row_index_ids_in_both_splits_keep_each_validation_rows_own_output() -> None:
+    """Ids given by row index in each split (0, 1, ... in both) name a training and a validation example
+    alike: the reflections' training runs must not stand in the table for the validation rows."""
+    train = [Example(e.inputs, e.labels, id=i) for i, e in enumerate(examples(0, 60))]
+    val = [Example(e.inputs, e.labels, id=i) for i, e in enumerate(examples(200, 230))]
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        result = await aprompt.optimize(
+            TwoStageProgram(),
+            train,
+            _plain_metric,
+            valset=val,
+            lm=lm,
+            strategy="mipro_reflective",
+            budget=BUDGET,
+            seed=1,
+        )
+    assert [row.example_id for row in result.examples.rows] == [str(i) for i in range(30)]
+    for row in result.examples.rows:
+        item = item_of(row.inputs["question"])
+        shown = str((row.outcome.output or {}).get("answer", ""))
+        assert shown in (f"ans-{item}", "no idea"), (row.example_id, item, shown)

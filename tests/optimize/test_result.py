@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -82,3 +85,31 @@ def test_every_phase_has_a_wall_time_within_the_runs(run: Run) -> None:
     assert [p.started for p in result.phases] == sorted(p.started for p in result.phases)
     assert all(p.seconds > 0 and p.started >= 0 for p in result.phases)
     assert all(p.started + p.seconds <= result.seconds for p in result.phases)
+
+
+SAVE_AND_LOAD_IN_AN_ASCII_LOCALE = """
+import sys, anyio, aprompt
+from tests.optimize.qa_task import optimize_in_world
+from tests.optimize.world import TwoStageProgram
+result, _ = anyio.run(optimize_in_world)
+result.program.answer.instruction = "R\\u00e9ponds en fran\\u00e7ais \\u2014 \\u00ab exactement \\u00bb."
+path = result.save(sys.argv[1])
+loaded = aprompt.load(TwoStageProgram(), path)
+sys.stdout.buffer.write(loaded.answer.instruction.encode("utf-8"))
+"""
+
+
+def test_saved_prompts_read_back_as_written_whatever_the_locales_encoding(tmp_path: Path) -> None:
+    """The files are UTF-8 (as the state files always were): under an ASCII locale a result could not be
+    saved, a state not loaded, and on a cp1252 one it loaded garbled without an error."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", SAVE_AND_LOAD_IN_AN_ASCII_LOCALE, str(tmp_path / "saved")],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    assert done.stdout.decode("utf-8") == "R\u00e9ponds en fran\u00e7ais \u2014 \u00ab exactement \u00bb."
