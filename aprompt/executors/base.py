@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -29,10 +30,12 @@ import attrs
 from aprompt._errors import ConfigError, IncompleteResponseError, LMError
 from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
-from aprompt.program.overrides import PromptState, current_watch
+from aprompt.program.overrides import PromptState, current_watch, running_program
 from aprompt.program.trace import TraceEntry, trace
 
 _E = TypeVar("_E", bound=BaseException)
+
+logger = logging.getLogger("aprompt")
 
 __all__ = [
     "Executor",
@@ -190,7 +193,7 @@ async def run_program(program: object, inputs: Mapping[str, Any], *, collect_tra
     """
     entry = program_entry(program)
     outcome: ProgramOutcome
-    with trace(program) as recorded:
+    with trace(program) as recorded, running_program():
         try:
             result = entry(**inputs)
             prediction = await result if inspect.isawaitable(result) else result
@@ -220,8 +223,20 @@ def program_entry(program: object) -> Callable[..., Any]:
 
 
 def check_watch() -> None:
-    """Raise if a predictor of the program under optimization was called without the run's prompts."""
+    """Raise if a predictor of the program under optimization was called without the run's prompts; warn
+    (once each) of a predictor the program called that is not one of its predictors."""
     watch = current_watch()
+    if watch is not None and len(watch.reported) < len(watch.undiscovered):
+        for key, shown in watch.undiscovered.items():
+            if key not in watch.reported:
+                watch.reported.add(key)
+                logger.warning(
+                    "aprompt: the program called %s, which is not among the predictors aprompt found in it: "
+                    "it runs with its own prompts and is not optimized. Make it reachable from the program "
+                    "(an attribute of it or of an object, list or dict it holds; for a function, a module "
+                    "global or closure variable it reads) to optimize it",
+                    shown,
+                )
     if watch is not None and watch.unguided:
         names = sorted(set(watch.unguided))
         raise ConfigError(

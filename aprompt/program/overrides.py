@@ -199,6 +199,10 @@ class PredictorWatch:
     names: Mapping[int, str]
     keep_alive: tuple[object, ...] = attrs.field(eq=False, repr=False)
     unguided: list[str] = attrs.field(factory=list)
+    #: Predictors the program called that are not among its predictors (discovery did not find them:
+    #: they ran with their own prompts), by id: their repr, and whether it was reported.
+    undiscovered: dict[int, str] = attrs.field(factory=dict)
+    reported: set[int] = attrs.field(factory=set)
 
 
 # The one piece of module state: a call made outside every context (a foreign thread, a task started
@@ -243,12 +247,29 @@ def watch_predictors(predictors: Sequence[tuple[str, object]]) -> Iterator[Predi
             _WATCHES = tuple(w for w in _WATCHES if w is not watch)
 
 
+_IN_PROGRAM: contextvars.ContextVar[bool] = contextvars.ContextVar("aprompt_in_program", default=False)
+
+
+@contextmanager
+def running_program() -> Iterator[None]:
+    """Mark the calls made in this block (and its tasks) as the program's own, not its metric's."""
+    token = _IN_PROGRAM.set(True)
+    try:
+        yield
+    finally:
+        _IN_PROGRAM.reset(token)
+
+
 def note_call(predictor: object, active: ActiveOverrides | None) -> None:
     """Called by every predictor call: record it on each watch of ``predictor`` unless ``active`` (the
-    calling task's overrides) covers it."""
+    calling task's overrides) covers it; and a predictor the program under optimization called that is not
+    one of its predictors (a metric's judge is not the program's) on the run's own watch."""
     watches = _WATCHES
     if not watches or (active is not None and id(predictor) in active.covered):
         return
+    own = _CURRENT_WATCH.get()
+    if own is not None and _IN_PROGRAM.get() and id(predictor) not in own.names:
+        own.undiscovered.setdefault(id(predictor), repr(predictor))
     for watch in watches:
         name = watch.names.get(id(predictor))
         if name is not None:

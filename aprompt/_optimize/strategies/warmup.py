@@ -35,11 +35,12 @@ from aprompt._optimize.strategies.steps import (
     screen_one,
 )
 from aprompt._taskgroups import plain_errors_task_group
+from aprompt.lm.cache._run_caches import cache_in_use
 
 
 def _shares_calls(lm: object) -> bool:
-    cache = getattr(lm, "cache", None)
-    return bool(cache is not None and getattr(cache, "enabled", False))
+    cache = cache_in_use(lm)
+    return bool(cache is not None and cache.enabled)
 
 
 @attrs.define(eq=False)

@@ -26,6 +26,13 @@ def lent_cache(client: object) -> ResponseCache | None:
     return _LENT.get().get(id(client))
 
 
+def cache_in_use(client: object) -> ResponseCache | None:
+    """The cache ``client``'s calls in this context consult: its own (its ``cache`` attribute), else the
+    one lent to it."""
+    own = getattr(client, "cache", None)
+    return own if isinstance(own, ResponseCache) else lent_cache(client)
+
+
 @contextmanager
 def lending(caches: Mapping[object, ResponseCache]) -> Iterator[None]:
     """Lend each client its cache (``{client: cache}``) for the calls made in this context and the tasks
