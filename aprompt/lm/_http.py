@@ -390,21 +390,15 @@ class HTTPChatLM(abc.ABC):
                 continue
             skip.add(identity)
             # Through the connection the first call will take: it stays open for it.
-            try:
-                await probe_endpoint(
-                    state.url,
-                    state.headers,
-                    transport=state.lanes.idle_transport(),
-                    within=within,
-                    target=state.target,
-                    path=self.probe_path,
-                )
-            except LMError as exc:
-                # The probe scrubs the headers; a key in the URL's query is the client's to scrub.
-                exc.args = (self._scrub(str(exc.args[0])), *exc.args[1:]) if exc.args else exc.args
-                if getattr(exc, "server_message", None):
-                    exc.server_message = self._scrub(exc.server_message)  # type: ignore[attr-defined]
-                raise
+            await probe_endpoint(
+                state.url,
+                state.headers,
+                transport=state.lanes.idle_transport(),
+                within=within,
+                target=state.target,
+                path=self.probe_path,
+                secrets=self._secrets,  # a key in the URL's query, which the headers do not hold
+            )
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).

@@ -10,7 +10,7 @@ the failures that would make every later call fail.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import anyio
 import httpx
@@ -34,10 +34,12 @@ async def probe_endpoint(
     within: float = 5.0,
     target: str | None = None,
     path: str = "/models",
+    secrets: Sequence[str] = (),
 ) -> None:
     """Probe the endpoint at base URL ``url`` once, through ``transport`` (a temporary httpx client's
     by default), asking for ``path`` after it. ``target``: the base URL to send to when it differs from
-    the one shown, ``url`` (a credential in its query).
+    the one shown, ``url`` (a credential in its query); ``secrets``: more texts its errors never show (such
+    a credential), besides the header values.
 
     Raises:
         LMConnectionError: it refused the connection or did not answer within ``within`` seconds.
@@ -46,7 +48,9 @@ async def probe_endpoint(
     if transport is None:
         async with httpx.AsyncClient(timeout=within) as own_client:
             own = HttpxTransport(own_client, owned=False)
-            return await probe_endpoint(url, headers, transport=own, within=within, target=target, path=path)
+            return await probe_endpoint(
+                url, headers, transport=own, within=within, target=target, path=path, secrets=secrets
+            )
     problem = ""
     with anyio.move_on_after(within) as deadline:
         try:
@@ -55,14 +59,14 @@ async def probe_endpoint(
             )
         except TransportError as exc:
             # Its message names host and port, never the headers.
-            problem = _scrub(str(exc), headers)
+            problem = _scrub(str(exc), headers, secrets)
     if deadline.cancelled_caught:
         problem = f"no answer within {within:g} s"
     if problem:
         raise LMConnectionError(f"cannot reach the LM endpoint ({problem})", endpoint=url)
     if reply.status in (401, 403):
         # Scrubbed whole, then cut: a cut inside an echoed key would leave its first part unscrubbed.
-        detail = _scrub(_server_message(reply.content), headers)[:_MESSAGE_CHARS]
+        detail = _scrub(_server_message(reply.content), headers, secrets)[:_MESSAGE_CHARS]
         raise AuthenticationError(
             f"the LM endpoint refused the API key (HTTP {reply.status}" + (f": {detail})" if detail else ")"),
             status_code=reply.status,
@@ -80,10 +84,13 @@ def _server_message(content: bytes) -> str:
         return content.decode("utf-8", "replace").strip()
 
 
-def _scrub(text: str, headers: Mapping[str, str]) -> str:
-    """``text`` without any part of the header values (servers may echo a key back)."""
+def _scrub(text: str, headers: Mapping[str, str], secrets: Sequence[str] = ()) -> str:
+    """``text`` without any part of the header values nor any of ``secrets`` (servers may echo a key
+    back)."""
     for value in headers.values():
         for token in value.split():
             if len(token) >= 8:
                 text = text.replace(token, "***")
+    for secret in secrets:
+        text = text.replace(secret, "***")
     return text

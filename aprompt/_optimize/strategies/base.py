@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from aprompt._optimize.search_records import SearchOutcome
 
 
+#: LM calls of the data and program summaries a plan counts besides the proposals, at most.
+SUMMARY_CALLS = 4
+
+
 @attrs.frozen
 class StrategyPlan:
     """What a strategy will do with a budget, known before anything is spent.
@@ -66,7 +70,7 @@ class StrategyPlan:
             searches_instructions=searches_instructions,
             searches_demos=searches_demos,
             bootstrap_runs=min(n_train, max(0, budget.n_candidates - 2) * budget.max_bootstrapped_demos * 2),
-            proposal_calls=n_predictors * max(0, budget.n_candidates - 1) + 4,
+            proposal_calls=n_predictors * max(0, budget.n_candidates - 1) + SUMMARY_CALLS,
             screen_runs=budget.screen_runs(n_predictors, n_val) if screened else 0,
         )
 

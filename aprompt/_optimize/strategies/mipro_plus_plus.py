@@ -21,7 +21,7 @@ from aprompt._optimize.propose import (
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import SearchOutcome
-from aprompt._optimize.strategies.base import Strategy, StrategyPlan
+from aprompt._optimize.strategies.base import SUMMARY_CALLS, Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import pipeline
 from aprompt._optimize.strategies.steps import bootstrap_candidates, search_loop
 
@@ -53,7 +53,7 @@ class MiproPlusPlus(Strategy):
         # at most; and the summaries.
         settings = len(GROUNDING_OPTIONS) * len(TEMPERATURES)
         proposals = n_predictors * min(settings, n_trials) * PROPOSAL_ATTEMPTS
-        return attrs.evolve(standard, proposal_calls=proposals + 4)
+        return attrs.evolve(standard, proposal_calls=proposals + SUMMARY_CALLS)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         async with pipeline(ctx) as early:
