@@ -1,7 +1,8 @@
 """Regret benchmark: how close the returned program comes to the best one, in a world with known truth.
 
 The simulated world of ``tests/optimize/world.py`` (or ``--world no_gain``, where every proposal and demo set
-makes the program worse): a two-stage program whose answers are right with a
+makes the program worse, or ``--world equal``, where every combination is exactly as good as the
+unoptimized program and only luck tells them apart): a two-stage program whose answers are right with a
 probability set by the instruction and the demos in each stage's prompt (a hash of the prompt draws each
 answer, so every run repeats exactly). Its true accuracy is known for every combination of candidates,
 so for each run:
@@ -13,7 +14,9 @@ so for each run:
 - **regret of the best fully evaluated** = the same for the best combination with a full evaluation (only
   such a combination can be returned): what a perfect final pick would have reached, so regret minus this
   is the pick's share and this is the search's;
-- **worse than the baseline**: the returned program's true accuracy is below the unoptimized program's.
+- **worse than the baseline**: the returned program's true accuracy is below the unoptimized program's;
+- **replaced the baseline**: the run returned a program other than the unoptimized one (in ``--world
+  equal`` every such run is a false replacement, which the final pick's level bounds at 5 %).
 - **floors** (standard world only): the expected regret of two all-seeing picks that see every combination
   of the grid evaluated on the whole validation set (far more calls than any budget), one returning the
   highest mean, one each stage's choice of highest mean over the grid: what the validation set's size
@@ -35,6 +38,7 @@ calls the same way.
                                                       # bench/results/regret_latest.{md,json}
     .venv/bin/python -m bench.regret --runs 50        # more runs, tighter means
     .venv/bin/python -m bench.regret --world no_gain  # where nothing helps (tests/optimize/no_gain_world.py)
+    .venv/bin/python -m bench.regret --world equal --budgets light --runs 400   # false replacements
     .venv/bin/python -m bench.regret --quick          # 2 tiny runs, seconds; prints only
     .venv/bin/python -m bench.regret --budgets light --max-lm-calls 1900   # under a limit below the plan
     .venv/bin/python -m bench.regret --budgets light --val-size 30 --max-lm-calls 1000
@@ -82,7 +86,7 @@ from bench.report import (
     write_json,
     write_text,
 )
-from tests.optimize.no_gain_world import NoGainWorld
+from tests.optimize.no_gain_world import EqualWorld, NoGainWorld
 from tests.optimize.world import TwoStageProgram, World, demo_items_of, examples, metric, stage_probability
 
 N_TRAIN = 200
@@ -144,14 +148,19 @@ class Run:
         return self.best_possible - self.best_fully_evaluated
 
     @property
+    def replaced_baseline(self) -> bool:
+        """The run returned a program other than the unoptimized one (from its pick's account)."""
+        return self.pick is not None and not self.pick.startswith("kept the unoptimized program")
+
+    @property
     def worse_than_baseline(self) -> bool:
         return self.returned < self.baseline - 1e-12
 
 
 def true_accuracy(candidates: Candidates, choice: Mapping[str, int], world: str = "world") -> float:
     prompts = candidates.prompts_for(dict(choice))
-    if world == "no_gain":
-        return NoGainWorld.accuracy(prompts)
+    if world in ("no_gain", "equal"):
+        return WORLDS[world].accuracy(prompts)  # type: ignore[attr-defined, no-any-return]
     return World.expected_accuracy(
         {name: prompts[name].instruction for name in candidates.predictors},
         {name: demo_items_of([d.to_dict() for d in prompts[name].demos]) for name in candidates.predictors},
@@ -307,8 +316,9 @@ def missed(
 
 PRESET_VAL_SIZE = {"light": 100, "medium": 300}
 #: ``world``: tests/optimize/world.py; ``no_gain``: tests/optimize/no_gain_world.py, where every proposal
-#: and demo set makes the program worse (the baseline is the best in the grid).
-WORLDS: dict[str, type[World]] = {"world": World, "no_gain": NoGainWorld}
+#: and demo set makes the program worse (the baseline is the best in the grid); ``equal``: every combination
+#: exactly as good as the baseline (a replacement of the baseline there is a false one).
+WORLDS: dict[str, type[World]] = {"world": World, "no_gain": NoGainWorld, "equal": EqualWorld}
 
 
 def summary_rows(runs: Sequence[Run]) -> list[list[object]]:
@@ -328,6 +338,7 @@ def summary_rows(runs: Sequence[Run]) -> list[list[object]]:
                 _mean_floor([r.floor_by_mean for r in group]),
                 _mean_floor([r.floor_by_stage for r in group]),
                 sum(r.worse_than_baseline for r in group),
+                sum(r.replaced_baseline for r in group),
                 f"{statistics.fmean(r.returned - r.baseline for r in group):.3f}",
                 f"{statistics.fmean(r.lm_calls for r in group):,.0f}",
             ]
@@ -346,6 +357,7 @@ SUMMARY_HEADER = [
     "floor: all evaluated, highest mean",
     "floor: all evaluated, each stage's highest mean",
     "runs worse than the baseline",
+    "runs that replaced the baseline",
     "mean gain over the baseline (true)",
     "mean LM calls",
 ]
@@ -394,6 +406,7 @@ SYSTEM_HEADER = [
     "mean regret of the best evaluated",
     "mean regret of the best fully evaluated",
     "runs worse than the baseline",
+    "runs that replaced the baseline",
     "mean gain over the baseline (true)",
     "mean LM calls",
 ]

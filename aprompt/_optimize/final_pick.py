@@ -35,15 +35,16 @@ references tested against the baseline at ``1 − 0.0375 / m``) and a quarter on
 (``1 − 0.0125 / (k + m)`` each, for the ``k`` searched combinations and the references again, against a
 searched incumbent). A reference that is found better passes its share on to the rest
 (``1 − 0.05 / (k + 1)`` when the only reference was accepted, the level without this split), as in the
-fallback procedure of multiple testing (Wiens, 2003): a false replacement still happens in at most 5 % of
-runs (of combinations chosen without their validation scores: the search's are chosen by them, and where
-all are as good as the baseline it is replaced in 6–13 % of simulated runs, ``bench/pick_selection.py``),
-yet the hand-written prompt replaces a program as written that scores 0 on a lead of 5 wins and no
-loss, which a bound adjusted ten ways would not accept. The share is weighted toward the reference
-because on small data it is the program likeliest to beat the program as written (on the embedded
-model's benchmarks it is the returned program on most tasks, and on ``intent_goal`` it led 5–0 on 56
-examples in two seeds, one win short of a half share); the searched combinations pay one win more until it
-is found better. See :func:`pick_levels`. Without references the whole 5 % goes to the searched
+fallback procedure of multiple testing (Wiens, 2003): a false replacement still happens in at most 5 % of runs
+for combinations chosen without their validation scores. The search's are chosen by them; where all are as
+good as the baseline the whole search replaced it in 0.75 % of light runs, 3.0 % without a reference
+(``bench.regret --world equal``; measured, not proved), while a bare top-k choice by mini-batch means exceeds
+the bound (6–13 %, ``bench/pick_selection.py``). Yet the hand-written prompt replaces a program as written
+that scores 0 on a lead of 5 wins and no loss, which a bound adjusted ten ways would not accept. The share is
+weighted toward the reference because on small data it is the program likeliest to beat the program as written
+(on the embedded model's benchmarks it is the returned program on most tasks, and on ``intent_goal`` it led
+5–0 on 56 examples in two seeds, one win short of a half share); the searched combinations pay one win more
+until it is found better. See :func:`pick_levels`. Without references the whole 5 % goes to the searched
 combinations.
 
 Combinations that score above the pick on their shared examples without the evidence to replace it are

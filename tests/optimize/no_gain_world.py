@@ -43,3 +43,16 @@ class NoGainWorld(World):
         for stage, prompt in prompts.items():
             p *= cls.probability(stage, prompt.instruction.startswith(ORIGINAL[stage]), bool(prompt.demos))
         return p
+
+
+class EqualWorld(NoGainWorld):
+    """Nothing the optimizer tries changes anything: every prompt of a stage is right with probability 0.8.
+
+    Every combination is exactly as good as the unoptimized program, yet each prompt draws its own answers
+    (the world hashes the prompt), so scores differ by luck alone: a pick that replaces the baseline here
+    does so on noise, and the share of runs that do measures the pick's false-replacement rate under the
+    search's own selection of what it evaluates."""
+
+    @staticmethod
+    def probability(stage: str, original: bool, has_demos: bool) -> float:
+        return 0.8
