@@ -278,7 +278,8 @@ class LiveProgress(Progress):
         if isinstance(event, PhaseFinished | FullEvaluation | NewBest | CandidateDropped | RunFinished):
             line = event_line(event, self.state)
             if line is not None:
-                self.console.print(line.strip(), highlight=False)
+                # Plain text: a phase's "[name]" or a proposal's "[/INST]" is no rich markup.
+                self.console.print(line.strip(), markup=False, highlight=False)
         if self._started:
             self._live.refresh()
 

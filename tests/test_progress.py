@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from aprompt import (
+    CandidateDropped,
     CandidateProposed,
     Event,
     FullEvaluation,
@@ -183,3 +184,18 @@ def test_the_live_panel_shows_the_state_before_any_trial() -> None:
     console.print(progress.render())
     text = out.getvalue()
     assert "aprompt · mipro" in text and "bootstrap" in text and "0/12" in text and "ETA ?" in text
+
+
+@pytest.mark.anyio
+async def test_the_lines_above_the_live_panel_are_plain_text_not_markup() -> None:
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    async with LiveProgress(console) as progress:
+        progress(PhaseFinished("propose", 2.0, UsageSnapshot(calls=10)))
+        # A proposer's reply quoted in a drop reason may hold anything, a stray closing tag included.
+        progress(CandidateDropped("answer", 1, "reads as no instruction: [/INST] [bold]Answer"))
+    text = out.getvalue()
+    assert "[propose] done in 2s" in text
+    assert "reads as no instruction: [/INST] [bold]Answer" in text
