@@ -426,3 +426,19 @@ def test_a_refused_anthropic_key_points_at_anthropic_api_key(tmp_path: Path) -> 
     assert done.returncode == 3, done.stderr
     assert "$ANTHROPIC_API_KEY" in done.stderr and "OPENAI_API_KEY" not in done.stderr
     assert "sk-ant-not-the-right-one" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"), [("--lm-concurrency", "max_concurrency"), ("--rpm", "rate limit")]
+)
+def test_a_zero_concurrency_or_rate_limit_exits_2_rather_than_lifting_the_limit(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    message: str,
+) -> None:
+    monkeypatch.chdir(write_task(tmp_path))
+    assert main(optimize_args("--lm", "http://127.0.0.1:9/v1", "--model", "gpt-x", flag, "0")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aprompt: error: ") and message in err

@@ -146,16 +146,17 @@ def proposer_choice(args: argparse.Namespace, task: LMChoice) -> LMChoice | None
 async def _open(choice: LMChoice, args: argparse.Namespace, *, task: bool) -> AsyncIterator[Any]:
     # --lm-concurrency and --rpm describe the program's traffic; the proposer's few calls get its own client.
     concurrency = args.lm_concurrency if task else None
+    # A given 0 is passed on (and refused by the client), never read as "not given".
     if choice.provider == "local":
-        async with aprompt.local_lm(n_parallel=concurrency or 4) as local:
+        async with aprompt.local_lm(n_parallel=4 if concurrency is None else concurrency) as local:
             yield local
         return
     options: dict[str, Any] = {"timeout": args.timeout}
     if choice.api_key_env:
         options["api_key_env"] = choice.api_key_env
-    if concurrency:
+    if concurrency is not None:
         options["max_concurrency"] = concurrency
-    if task and args.rpm:
+    if task and args.rpm is not None:
         options["requests_per_minute"] = args.rpm
     assert choice.model is not None  # checked when chosen
     client = aprompt.AnthropicLM if choice.provider == "anthropic" else aprompt.OpenAICompatibleLM
