@@ -8,6 +8,7 @@ thread of this process (or, for refusals that never reach an LM, as ``main(argv)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -254,6 +255,33 @@ def test_proposer_lm_url_sends_the_proposals_to_their_own_endpoint(tmp_path: Pat
     assert proposer.chat_requests and not any(is_program_request(r) for r in proposer.chat_requests)
     # The proposer's client keeps the task's model when only its endpoint is given.
     assert {r.body["model"] for r in proposer.chat_requests if r.body} == {"task-model"}
+
+
+class Terminal(io.StringIO):
+    """Standard output as a terminal: the command draws its live panel there."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_live_panel_counts_the_calls_of_the_proposer_model_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("rich")
+    monkeypatch.chdir(write_task(tmp_path))
+    for name in STEERING:
+        monkeypatch.delenv(name, raising=False)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    with served(lambda: FakeOpenAIServer(responder=World())) as server:
+        args = optimize_args("--lm", server.base_url, "--model", "task-model", "--proposer-model", "big")
+        assert main([arg for arg in args if arg != "--quiet"]) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    spent = re.search(r"^usage: ([\d,]+) LM calls sent", text, re.MULTILINE)
+    assert spent is not None, text[-2000:]
+    # The frames drawn while the run went on, the last one after every call was answered.
+    live = re.findall(r"LM calls\s+([\d,]+)", text[: text.index("finished in")])
+    assert live and max(int(n.replace(",", "")) for n in live) == int(spent[1].replace(",", ""))
 
 
 # -- the spend limit ---------------------------------------------------------------------------------------

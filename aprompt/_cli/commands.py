@@ -63,7 +63,7 @@ async def optimize_command(args: argparse.Namespace) -> int:
 
     async with (
         open_lms(args) as lms,
-        progress_display(quiet=args.quiet, usage=lambda: lms.lm.usage) as display,
+        progress_display(quiet=args.quiet, usage=lms.usage) as display,
     ):
 
         def on_event(event: Event) -> None:

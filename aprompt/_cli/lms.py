@@ -20,6 +20,7 @@ import attrs
 import aprompt
 from aprompt._errors import ConfigError, ModelNotFoundError
 from aprompt.lm.local import LOCAL_MODEL_NAME, find_local_model, local_model_name
+from aprompt.lm.usage import UsageSnapshot, total_usage
 
 __all__ = [
     "MODEL_ENV",
@@ -183,6 +184,10 @@ class OpenLMs:
     lm: Any
     proposer_lm: Any | None
     prices: dict[str, tuple[float, float]]
+
+    def usage(self) -> UsageSnapshot:
+        """The usage of both LMs so far: what the run spends, the proposer's calls included."""
+        return total_usage(lm.usage for lm in (self.lm, self.proposer_lm) if lm is not None)
 
 
 @contextlib.asynccontextmanager
