@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -55,6 +56,10 @@ __all__ = [
 
 UsageSource = Callable[[], UsageSnapshot]
 """Returns the LM usage so far (e.g. ``lambda: lm.usage``), for usage figures between phases."""
+
+
+#: How many of the latest trials the ETA takes the pace of.
+PACE_WINDOW = 8
 
 
 def rich_available() -> bool:
@@ -105,6 +110,10 @@ class RunProgress:
     started: float = attrs.field(init=False)
     search_started: float | None = attrs.field(default=None, init=False)
     ended: float | None = attrs.field(default=None, init=False)
+    #: When the search started and its latest trials were scored: the pace of the recent trials.
+    recent_trials: deque[float] = attrs.field(
+        factory=lambda: deque(maxlen=PACE_WINDOW + 1), init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
@@ -120,6 +129,7 @@ class RunProgress:
             self._show_running()
             if event.phase == "search" and self.search_started is None:
                 self.search_started = self.clock()
+                self.recent_trials.append(self.search_started)
         elif isinstance(event, PhaseFinished):
             self.phase_usage = self.phase_usage + event.usage
             running = [name for name, _ in self.running]
@@ -129,6 +139,8 @@ class RunProgress:
         elif isinstance(event, TrialScored):
             self.trials_done += 1
             self.trials_failed += event.score is None
+            if self.search_started is not None:
+                self.recent_trials.append(self.clock())
         elif isinstance(event, FullEvaluation):
             self.full_evals += 1
             if event.is_baseline:
@@ -159,13 +171,17 @@ class RunProgress:
         return (self.ended if self.ended is not None else self.clock()) - self.started
 
     def eta(self) -> float | None:
-        """Seconds left: from the pace of the trials once the search runs, before it from the LM calls
-        against the planned total (an over-estimate: the plan counts calls before caching)."""
+        """Seconds left: from the pace of the latest trials once the search runs, before it from the LM
+        calls against the planned total (an over-estimate: the plan counts calls before caching).
+
+        The pace is that of the last ``PACE_WINDOW`` trials, not of all: a resumed run replays its
+        journaled trials at once, and those would make the trials still to run look nearly free."""
         if self.finished:
             return 0.0
         now = self.clock()
-        if self.search_started is not None and self.trials_done and self.trials_planned:
-            per_trial = (now - self.search_started) / self.trials_done
+        scored = len(self.recent_trials) - 1  # the trials in the window (its first time is no trial)
+        if scored > 0 and self.trials_planned:
+            per_trial = (now - self.recent_trials[0]) / scored
             return per_trial * max(0, self.trials_planned - self.trials_done)
         calls = self.usage.calls
         if calls and self.expected_lm_calls:

@@ -139,6 +139,19 @@ def test_eta_follows_the_pace_of_the_trials() -> None:
     assert state.eta() == 0.0
 
 
+def test_eta_of_a_resumed_run_follows_the_new_trials_not_the_replayed_ones() -> None:
+    clock = FakeClock()
+    state = RunProgress(clock=clock)
+    state.apply(RunPlanned("mipro", 50, 40, 5000))
+    state.apply(PhaseStarted("search", "50 trials"))
+    for number in range(40):  # journaled by the interrupted run: replayed at once
+        state.apply(TrialScored(number, CHOICE, 0.5, 15, 0))
+    for number in range(40, 48):
+        clock.now += 10.0
+        state.apply(TrialScored(number, CHOICE, 0.5, 15, 0))
+    assert state.eta() == pytest.approx(20.0)  # 10 s a trial, two trials left
+
+
 def test_eta_before_the_search_uses_the_planned_calls() -> None:
     clock = FakeClock()
     state = RunProgress(usage_source=lambda: UsageSnapshot(calls=100), clock=clock)
