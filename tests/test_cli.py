@@ -234,6 +234,30 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes_to_the_same_result(tm
             assert resumed_result[key] == reference_result[key], key
 
 
+def test_the_resume_hint_after_ctrl_c_shows_urls_without_their_credentials(tmp_path: Path) -> None:
+    folder = write_task(tmp_path)
+    with world_server(latency=0.05) as server:
+        url = server.base_url.replace("://", "://user:sk-url-password@") + "?key=sk-url-query-key"
+        child = subprocess.Popen(
+            [sys.executable, "-m", "aprompt", *optimize_args(url, "interrupted")],
+            cwd=folder,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("  trial 0 "):
+                break
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    assert f"--lm '{server.base_url}?key=***' --model world" in stderr
+    assert "sk-url-password" not in stderr and "sk-url-query-key" not in stderr
+    assert "put back the credentials" in stderr
+
+
 def test_python_dash_m_aprompt_teaches_with_examples(tmp_path: Path) -> None:
     done = aprompt_cli(tmp_path, "--help")
     assert done.returncode == 0

@@ -369,6 +369,17 @@ def test_an_lm_choice_that_names_no_client_exits_2_with_one_line(
     assert err.startswith("aprompt: error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_lm_url_given_twice_is_named_without_its_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(write_task(tmp_path))
+    url = "https://user:sk-url-password@h.example/v1?key=sk-url-query-key"
+    assert main(optimize_args("--lm", url, "--base-url", "http://g/v1")) == 2
+    err = capsys.readouterr().err
+    assert "'https://h.example/v1?key=***' is already a base URL" in err
+    assert "sk-url-password" not in err and "sk-url-query-key" not in err
+
+
 # -- one table of every environment variable -----------------------------------------------------------------
 
 ENVIRONMENT_PAGE = ROOT / "docs" / "environment.md"

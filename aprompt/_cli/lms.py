@@ -19,6 +19,7 @@ import attrs
 
 import aprompt
 from aprompt._errors import ConfigError, ModelNotFoundError
+from aprompt.lm.endpoints import public_url
 from aprompt.lm.local import LOCAL_MODEL_NAME, find_local_model, local_model_name
 from aprompt.lm.usage import UsageSnapshot, total_usage
 
@@ -84,7 +85,8 @@ def _choose(
                 f"{lm_flag} must be 'local', 'openai', 'anthropic' or an http(s):// base URL, not {lm!r}"
             )
         if base_url is not None:
-            raise ConfigError(f"{lm_flag} {lm!r} is already a base URL; give it or the base URL, not both")
+            shown = public_url(lm)
+            raise ConfigError(f"{lm_flag} {shown!r} is already a base URL; give it or the base URL, not both")
         lm, base_url = "openai", lm
     if base_url is not None and not _is_url(base_url):
         raise ConfigError(f"the base URL must be an http(s):// URL, not {base_url!r}")

@@ -15,6 +15,8 @@ import anyio
 
 from aprompt._cli.errors import EXIT_CONFIG, leaf_error, report_error
 from aprompt._cli.parser import build_parser
+from aprompt._errors import ConfigError
+from aprompt.lm.endpoints import public_url
 
 
 async def _until_signal(body: Callable[[], Awaitable[int]], caught: list[int]) -> int | None:
@@ -45,11 +47,25 @@ def _interrupted(args: argparse.Namespace, argv: Sequence[str], signum: int) -> 
     print("\ninterrupted.", file=sys.stderr)
     if getattr(args, "command", "") == "optimize":
         if args.run_dir:
-            command = "aprompt " + shlex.join(a for a in argv if a != "--fresh")
+            shown = [shown_arg(a) for a in argv if a != "--fresh"]
+            command = "aprompt " + shlex.join(shown)
             print(f"the run is saved in {args.run_dir}; resume it with:\n  {command}", file=sys.stderr)
+            if shown != [a for a in argv if a != "--fresh"]:
+                print("(put back the credentials of its URLs, shown without them)", file=sys.stderr)
         else:
             print("nothing was saved; pass --run-dir DIR to make a run resumable", file=sys.stderr)
     return 128 + signum
+
+
+def shown_arg(arg: str) -> str:
+    """``arg`` as it may be printed: a URL (``URL`` or ``--flag=URL``) without its credentials."""
+    flag, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    if not value.startswith(("http://", "https://")):
+        return arg
+    try:
+        return flag + equals + public_url(value)
+    except ConfigError:
+        return flag + equals + "***"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
