@@ -467,6 +467,25 @@ def test_a_refused_anthropic_key_points_at_anthropic_api_key(tmp_path: Path) -> 
     assert "sk-ant-not-the-right-one" not in done.stderr
 
 
+def test_a_refused_proposer_key_points_at_its_own_variable_beside_api_key_env(tmp_path: Path) -> None:
+    folder = write_task(tmp_path)
+    with (
+        served(lambda: FakeOpenAIServer(responder=answer_42, api_key=OPENAI_KEY)) as task,
+        served(lambda: FakeAnthropicServer(responder=answer_42, api_key=ANTHROPIC_KEY)) as proposer,
+    ):
+        done = aprompt_cli(
+            folder,
+            *optimize_args("--lm", task.base_url, "--model", "m", "--api-key-env", "MY_OPENAI_KEY"),
+            *("--proposer-lm", "anthropic", "--proposer-base-url", proposer.base_url),
+            *("--proposer-model", "fake-claude"),
+            MY_OPENAI_KEY=OPENAI_KEY,
+            ANTHROPIC_API_KEY="sk-ant-not-the-right-one",
+        )
+    assert done.returncode == 3, done.stderr
+    assert "(check the API key in $MY_OPENAI_KEY or $ANTHROPIC_API_KEY," in done.stderr
+    assert "sk-ant-not-the-right-one" not in done.stderr
+
+
 @pytest.mark.parametrize(
     ("flag", "message"), [("--lm-concurrency", "max_concurrency"), ("--rpm", "rate limit")]
 )
