@@ -352,6 +352,10 @@ def test_a_price_not_of_the_shape_model_in_out_exits_2(
             "is already a base URL; give it or the base URL",
         ),
         (["--lm", "openai", "--base-url", "h:8000"], "the base URL must be an http(s):// URL, not 'h:8000'"),
+        (
+            ["--proposer-lm", "local", "--proposer-model", "gpt-x"],
+            "--proposer-model 'gpt-x' names a server model, but --proposer-lm local",
+        ),
     ],
 )
 def test_an_lm_choice_that_names_no_client_exits_2_with_one_line(

@@ -139,6 +139,11 @@ def proposer_choice(args: argparse.Namespace, task: LMChoice) -> LMChoice | None
         return None
     if lm is None and task.provider == "local":
         lm = "openai"  # a proposer model or base URL beside the embedded model is a server's
+    if lm == "local" and model:
+        raise ConfigError(
+            f"--proposer-model {model!r} names a server model, but --proposer-lm local runs the embedded "
+            "model; give --proposer-lm openai, anthropic or a base URL"
+        )
     choice = _choose("--proposer-lm", lm, base_url, model, fallback=task)
     if choice.provider != "local" and not choice.model:
         raise ConfigError(f"--proposer-model is required with --proposer-lm {lm}")
