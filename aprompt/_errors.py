@@ -154,7 +154,8 @@ class BadResponseError(LMError):
 
 class IncompleteResponseError(BadResponseError):
     """The endpoint answered 2xx with a well-formed reply that is not an answer (empty, filtered or
-    cut short): a provider fault, never scored as the prompt's.
+    cut short): a provider fault, never scored as the prompt's, except a reply cut at its token budget
+    (:class:`TruncatedResponseError`), which an evaluation scores 0.
 
     Attributes:
         finish_reason: the reply's finish reason (OpenAI's words: ``"length"``, ``"content_filter"``).
@@ -180,7 +181,8 @@ class ContentFilteredError(IncompleteResponseError):
 
 class TruncatedResponseError(IncompleteResponseError):
     """The reply was cut at its token budget (``length``, Anthropic's ``max_tokens``), even after one
-    re-send with a larger ``max_tokens``."""
+    re-send with a larger ``max_tokens``. In an evaluation it is the prompt's failure: its example scores 0
+    (the prompt led the model past the budget), where other LM failures leave it unscored."""
 
 
 class ParseError(APromptError):

@@ -245,3 +245,18 @@ async def test_a_setup_fault_of_a_relayed_call_stops_the_run_as_it_does_in_proce
         group.cancel_scope.cancel()
     assert str(from_the_relay.value) == str(in_process.value)
     assert server.chat_requests == []
+
+
+def test_a_cut_reply_fails_its_example_while_a_provider_fault_beside_it_leaves_it_unscored() -> None:
+    """A cut reply is the prompt's doing (scored 0, named as itself); the same run's provider fault in
+    another of its calls is not, and then the example stays unscored."""
+    cut = aprompt.TruncatedResponseError("cut at max_tokens", finish_reason="length")
+    alone = ProgramOutcome.failed(ExceptionGroup("program", [cut]))
+    assert not alone.lm_failure and not alone.lm_answered
+    assert alone.error is not None and alone.error.startswith("TruncatedResponseError: ")
+    down = aprompt.ServerError("upstream 503", status_code=503)
+    beside = ProgramOutcome.failed(ExceptionGroup("program", [cut, down]))
+    assert beside.lm_failure and not beside.lm_answered
+    assert beside.error is not None and beside.error.startswith("ServerError: ")
+    empty = ProgramOutcome.failed(aprompt.EmptyResponseError("no content"))
+    assert empty.lm_failure and empty.lm_answered

@@ -7,7 +7,9 @@ prompt choices — can share one program object at the same time.
 A program or metric error (a ``ParseError`` included: an unreadable reply is the prompt's fault) scores 0
 and is recorded with the example id. An LM failure that outlasted the client's retries (``LMError``) is *not*
 the prompt's fault: that example is left unscored, counted, and kept out of the mean, so a burst of 429s
-never teaches the search that a good prompt is bad.
+never teaches the search that a good prompt is bad. A reply cut at its token budget even at twice the
+budget is the exception: the prompt led the model past it, and it scores 0
+(:func:`~aprompt.executors.base.unscored_lm_error`).
 
 Three things are the user's bug, never the prompt's, and abort the evaluation at once:
 
@@ -78,8 +80,8 @@ class ExampleResult:
         error: ``"ExcType: message"`` when the program or metric failed, else ``None``.
         feedback: the metric's text feedback on the prediction, when it gave one (see
             :func:`metric_feedback`).
-        lm_answered: the LM failure was a reply that is not an answer (empty, filtered, or cut at its
-            token budget): the endpoint works, and asking again the same way gets the same reply, so
+        lm_answered: the LM failure was a reply that is not an answer (empty or filtered): the endpoint
+            works, and asking again the same way gets the same reply, so
             it is this example's own failure, never a sign of an outage.
     """
 

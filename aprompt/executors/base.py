@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from aprompt._errors import ConfigError, IncompleteResponseError, LMError
+from aprompt._errors import ConfigError, IncompleteResponseError, LMError, TruncatedResponseError
 from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
 from aprompt.program.overrides import PromptState, current_watch, running_program
@@ -77,7 +77,8 @@ class ProgramOutcome:
         prediction: the program's return value (``None`` when it raised).
         error: ``"ExcType: message"`` when the program raised.
         lm_failure: the error is an LM failure that outlasted the client's retries: the example is left
-            unscored (not the prompt's fault), never scored 0.
+            unscored (not the prompt's fault), never scored 0. A reply cut at its token budget even after
+            the client's larger re-send is no such failure (see :func:`unscored_lm_error`).
         lm_answered: that LM failure was a reply that is not an answer (see
             :class:`~aprompt._optimize.evaluate.ExampleResult`).
         trace: the run's predictor calls, when the run asked for them and the program succeeded.
@@ -94,7 +95,7 @@ class ProgramOutcome:
     @classmethod
     def failed(cls, exc: Exception) -> ProgramOutcome:
         """The outcome of a run whose program raised ``exc``."""
-        lm_error = lm_error_in(exc)
+        lm_error = unscored_lm_error(exc)
         if lm_error is not None:
             return cls(
                 error=f"{type(lm_error).__name__}: {lm_error}",
@@ -102,7 +103,21 @@ class ProgramOutcome:
                 lm_answered=isinstance(lm_error, IncompleteResponseError),
                 cause=exc,
             )
-        return cls(error=f"{type(exc).__name__}: {exc}", cause=exc)
+        shown = lm_error_in(exc) or exc  # a cut reply is named as itself, not as what wrapped it
+        return cls(error=f"{type(shown).__name__}: {shown}", cause=exc)
+
+
+def unscored_lm_error(exc: BaseException) -> LMError | None:
+    """The LM failure in ``exc`` that leaves its example unscored, if any.
+
+    Every :class:`~aprompt._errors.LMError` does (a provider fault is not the prompt's), except a reply
+    cut at its token budget even after the client's re-send with twice the budget
+    (:class:`~aprompt._errors.TruncatedResponseError`): the endpoint answered, and the prompt led the model
+    to an answer too long to finish, which the program as optimized would meet as well. Such an example
+    scores 0, like a reply that cannot be read; left out instead, a prompt that rambles on the hard
+    examples would be ranked on the easy ones alone.
+    """
+    return error_in(exc, LMError, but=TruncatedResponseError)  # a provider fault beside a cut reply counts
 
 
 @runtime_checkable
@@ -257,17 +272,24 @@ def lm_error_in(exc: BaseException) -> LMError | None:
     return error_in(exc, LMError)
 
 
-def error_in(exc: BaseException, kind: type[_E], _seen: frozenset[int] = frozenset()) -> _E | None:
-    """An error of ``kind`` that ended a run: ``exc`` itself, one inside a group it raised, or its cause."""
+def error_in(
+    exc: BaseException,
+    kind: type[_E],
+    _seen: frozenset[int] = frozenset(),
+    *,
+    but: type[BaseException] | None = None,
+) -> _E | None:
+    """An error of ``kind`` (and not of ``but``) that ended a run: ``exc`` itself, one inside a group it
+    raised, or its cause."""
     if id(exc) in _seen:
         return None
     seen = _seen | {id(exc)}
-    if isinstance(exc, kind):
+    if isinstance(exc, kind) and not (but is not None and isinstance(exc, but)):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            if (found := error_in(inner, kind, seen)) is not None:
+            if (found := error_in(inner, kind, seen, but=but)) is not None:
                 return found
     if exc.__cause__ is not None:
-        return error_in(exc.__cause__, kind, seen)
+        return error_in(exc.__cause__, kind, seen, but=but)
     return None

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import attrs
 
 from aprompt._errors import ConfigError, IncompleteResponseError, LMError
-from aprompt.executors.base import ProgramOutcome, ProgramRun, execute_run, lm_error_in
+from aprompt.executors.base import ProgramOutcome, ProgramRun, execute_run, lm_error_in, unscored_lm_error
 from aprompt.lm._metering import LimitReached, RequestMeter, metered_chat, metering
 from aprompt.lm._replies import accepting_cut_replies, cut_reply_acceptor
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
@@ -409,8 +409,8 @@ class RunRelay:
         if relayed.error_ref is not None:
             original = self._failures[relayed.error_ref]
             error = f"{type(original).__name__}: {original}"
-            lm_failure = isinstance(original, LMError)
-            lm_answered = isinstance(original, IncompleteResponseError)
+            lm_failure = unscored_lm_error(original) is not None
+            lm_answered = lm_failure and isinstance(original, IncompleteResponseError)
         trace = tuple(
             TraceEntry(name, predictor, inputs, outputs, usage, text)
             for name, remote, inputs, outputs, usage, text in relayed.trace

@@ -260,7 +260,7 @@ async def test_an_anthropic_context_window_stop_is_a_truncated_reply() -> None:
                 await lm.chat(HELLO)
 
 
-# -- end to end: such examples are unscored, not scored 0 -----------------------------------------
+# -- end to end: such examples are unscored, not scored 0; a reply cut at its budget scores 0 -------
 
 
 class ValueProgram:
@@ -278,7 +278,7 @@ ITEM_REPLIES = {
     1: Fault.content_filter(),
     2: Fault.empty_content(),
     3: Fault.null_content(),
-    4: Fault.truncated("Value: 4"),  # a prefix that parses, of the right answer 419
+    4: Fault.truncated("Value: 4"),  # a prefix that parses, of the right answer 419: too long, scored 0
     7: "no fields here at all",  # finished normally but unreadable: the prompt's fault, scored 0
 }
 
@@ -292,7 +292,11 @@ def value_metric(example: Example, prediction: Any) -> bool:
     return str(prediction.value).strip() == example.labels["value"]
 
 
-async def test_evaluate_leaves_examples_with_incomplete_replies_unscored(provider: Provider) -> None:
+async def test_evaluate_leaves_examples_with_incomplete_replies_unscored_and_scores_cut_ones_0(
+    provider: Provider,
+) -> None:
+    """Empty and filtered replies are no answer to score; a reply cut at its token budget (even at twice
+    the budget) is the prompt's doing, as a program run on it would fail the same way: scored 0."""
     provider.server.responder = answer_by_item
     examples = [
         Example(inputs={"question": f"What is item-{i}?"}, labels={"value": f"{i}19"}, id=f"v{i}")
@@ -301,11 +305,12 @@ async def test_evaluate_leaves_examples_with_incomplete_replies_unscored(provide
     async with provider.make(max_retries=1) as lm:
         evaluation = await aprompt.evaluate(ValueProgram(), examples, value_metric, lm=lm)
     scores = {r.example_id: r.score for r in evaluation.results}
-    assert scores == {f"v{i}": None for i in (1, 2, 3, 4)} | {f"v{i}": 1.0 for i in (0, 5, 6, 8, 9)} | {
-        "v7": 0.0
+    assert scores == {f"v{i}": None for i in (1, 2, 3)} | {f"v{i}": 1.0 for i in (0, 5, 6, 8, 9)} | {
+        "v4": 0.0,
+        "v7": 0.0,
     }
-    assert evaluation.mean == pytest.approx(5 / 6)
-    errors = {r.example_id: (r.error or "").split(":")[0] for r in evaluation.results if r.score is None}
+    assert evaluation.mean == pytest.approx(5 / 7)
+    errors = {r.example_id: (r.error or "").split(":")[0] for r in evaluation.results if r.error}
     assert errors == {
         "v1": "ContentFilteredError",
         "v2": "EmptyResponseError",

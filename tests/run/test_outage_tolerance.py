@@ -157,7 +157,7 @@ async def test_a_reply_cut_before_its_answer_is_the_examples_own_failure_without
     fake_server: FakeOpenAIServer,
 ) -> None:
     # The model runs past its budget on one question every time it is asked: the endpoint works, so
-    # that example is unscored and reported, never re-run as if the LM were down.
+    # that example is the prompt's failure (scored 0, its error kept), never re-run as if the LM were down.
     fake_server.responder = lambda request: (
         Fault.truncated("Answer: 9") if "question 3?" in request.last_user else "Answer: ok"
     )
@@ -172,8 +172,8 @@ async def test_a_reply_cut_before_its_answer_is_the_examples_own_failure_without
             return await aprompt.evaluate(program, batch, exact_match, lm=lm)
 
         evaluation = await guard.evaluate(run, examples, "a test step")
-    assert evaluation.scores == {e.id: 1.0 for i, e in enumerate(examples) if i != 3}
-    assert evaluation.results[3].lm_answered
+    assert evaluation.scores == {e.id: 0.0 if i == 3 else 1.0 for i, e in enumerate(examples)}
+    assert (evaluation.results[3].error or "").startswith("TruncatedResponseError: ")
     cut = [r for r in fake_server.chat_requests if r.body and "question 3?" in json.dumps(r.body)]
     assert len(cut) == 2  # the request and its one re-send with a larger budget; no re-run, no check
 
