@@ -23,6 +23,7 @@ import io
 import itertools
 import os
 import pickle
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -94,6 +95,10 @@ class RayExecutor:
             ``resources``, ``runtime_env``).
         init_options: more keyword arguments of ``ray.init`` (e.g. ``runtime_env``, ``object_store_memory``).
         ready_timeout: seconds to wait for the workers to start.
+
+    Opening it raises :class:`~aprompt.ConfigError` when the workers cannot start (Ray refuses their
+    options, their ``runtime_env`` cannot be set up, aprompt is not importable where they run) or do not
+    start within ``ready_timeout``.
 
     Example::
 
@@ -172,7 +177,10 @@ class RayExecutor:
                 "max_concurrency": self.runs_per_worker,
                 **self._worker_options,
             }
-            self._workers = [_Worker(worker_class.options(**options).remote()) for _ in range(n)]
+            try:
+                self._workers = [_Worker(worker_class.options(**options).remote()) for _ in range(n)]
+            except (TypeError, ValueError) as exc:  # Ray checks the options here
+                raise ConfigError(f"Ray refused worker_options: {exc}") from exc
             ready = [w.handle.pid.remote() for w in self._workers] + [self._relay.ping.remote()]
             _, pending = ray.wait(ready, num_returns=len(ready), timeout=self._ready_timeout)
             if pending:
@@ -180,6 +188,15 @@ class RayExecutor:
                     f"{len(pending)} of {n} Ray workers did not start within {self._ready_timeout:g} s: the "
                     f"cluster has {resources} and each worker asks for {self._worker_options}"
                 )
+            try:
+                ray.get(ready)
+            except ray.exceptions.RayError as exc:
+                # Its runtime_env could not be set up or aprompt cannot be imported where it runs: every
+                # run would fail alike, so it is a setup fault now, not a lost run later.
+                raise ConfigError(
+                    f"the Ray workers could not start ({type(exc).__name__}: {_gist(exc)}); a worker "
+                    "needs aprompt installed on its node and a runtime_env Ray can set up"
+                ) from exc
         except BaseException:
             self._stop()
             raise
@@ -278,6 +295,12 @@ async def _result(ref: Any, *, program_run: str | None = None) -> Any:
     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
         where = f"program run of example {program_run!r}" if program_run else "relay"
         raise WorkerLostError(f"the {where} was lost: its Ray worker died ({type(exc).__name__})") from exc
+
+
+def _gist(exc: BaseException) -> str:
+    """The first and last lines of a Ray error's message (between them, a remote traceback)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    return " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))
 
 
 def _threadsafe(action: Callable[[], None]) -> Callable[[], None]:

@@ -327,3 +327,17 @@ async def test_a_run_stopped_on_ray_resumes_on_ray_to_the_in_process_result(
     # count continues the stopped run's.
     assert len(here_requests) - stopped.spent["lm_calls"] <= len(resumed_requests) < len(here_requests)
     assert resumed.spent["lm_calls"] == stopped.spent["lm_calls"] + len(resumed_requests)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_workers_that_cannot_start_are_a_config_error_when_the_executor_opens() -> None:
+    # A runtime_env Ray cannot set up (here, a package that is not in the cluster) fails every worker
+    # alike: the executor refuses to open instead of losing every run later.
+    broken = {"num_cpus": 1, "runtime_env": {"working_dir": "gcs://_ray_pkg_0123456789abcdef.zip"}}
+    with anyio.fail_after(60), pytest.raises(ConfigError, match=r"Ray workers could not start.*RuntimeEnv"):
+        async with RayExecutor(workers=1, worker_options=broken):
+            pass
+    local_dir = {"num_cpus": 1, "runtime_env": {"working_dir": "."}}  # Ray ships one only for a whole job
+    with pytest.raises(ConfigError, match="Ray refused worker_options"):
+        async with RayExecutor(workers=1, worker_options=local_dir):
+            pass
