@@ -186,7 +186,7 @@ class RayExecutor:
             if pending:
                 raise ConfigError(
                     f"{len(pending)} of {n} Ray workers did not start within {self._ready_timeout:g} s: the "
-                    f"cluster has {resources} and each worker asks for {self._worker_options}"
+                    f"cluster has {resources} and each worker asks for {_placement(self._worker_options)}"
                 )
             try:
                 ray.get(ready)
@@ -295,6 +295,11 @@ async def _result(ref: Any, *, program_run: str | None = None) -> Any:
     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
         where = f"program run of example {program_run!r}" if program_run else "relay"
         raise WorkerLostError(f"the {where} was lost: its Ray worker died ({type(exc).__name__})") from exc
+
+
+def _placement(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Actor options as an error shows them: without the ``runtime_env`` (its ``env_vars`` may hold keys)."""
+    return {name: value for name, value in options.items() if name != "runtime_env"}
 
 
 def _gist(exc: BaseException) -> str:

@@ -341,3 +341,17 @@ async def test_workers_that_cannot_start_are_a_config_error_when_the_executor_op
     with pytest.raises(ConfigError, match="Ray refused worker_options"):
         async with RayExecutor(workers=1, worker_options=local_dir):
             pass
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_workers_that_find_no_room_are_named_without_their_runtime_envs_secrets() -> None:
+    options = {
+        "num_cpus": 1,
+        "resources": {"absent-accelerator": 1},  # no node has it: the workers never start
+        "runtime_env": {"env_vars": {"SEARCH_API_KEY": "sk-live-tool-key"}},
+    }
+    with pytest.raises(ConfigError, match="did not start within") as raised:
+        async with RayExecutor(workers=1, worker_options=options, ready_timeout=1):
+            pass
+    assert "absent-accelerator" in str(raised.value)
+    assert "sk-live-tool-key" not in str(raised.value)
