@@ -46,6 +46,7 @@ from aprompt.executors.relay import (
     run_relayed,
 )
 from aprompt.lm.types import LM
+from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
 from aprompt.program.predictor import Predict
 
@@ -233,10 +234,12 @@ class RayExecutor:
         workers = self._require_open()
         assert self._slots is not None
         shipped = self._ship(program)
+        # No lm= given: the run's default is that of the evaluating task's use_lm() block, as in-process.
+        default_lm = run.lm if run.lm is not None else current_lm()
         remote = attrs.evolve(
             run,
             state=run.state.completed(shipped.predictors),
-            lm=self._lms.stand_in(run.lm) if run.lm is not None else None,
+            lm=self._lms.stand_in(default_lm) if default_lm is not None else None,
         )
         # Read per run, like the prompts: the LM each driver's predictor holds now.
         own_lms = self._lms.own_lms(shipped.predictors)

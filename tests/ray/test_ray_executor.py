@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'aprompt[ray]')")
 
-from aprompt import ConfigError, Example, Limits, OpenAICompatibleLM, program_state
+from aprompt import ConfigError, Example, Limits, OpenAICompatibleLM, program_state, use_lm
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt.executors import RayExecutor
 from aprompt.program.overrides import PromptOverride
@@ -355,3 +355,15 @@ async def test_workers_that_find_no_room_are_named_without_their_runtime_envs_se
             pass
     assert "absent-accelerator" in str(raised.value)
     assert "sk-live-tool-key" not in str(raised.value)
+
+
+async def test_the_lm_of_a_use_lm_block_serves_runs_on_ray_as_it_does_in_process(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        with use_lm(lm):  # no lm= to evaluate(): the block's LM is the runs' default
+            here = await evaluate(QAProgram(), qa_examples(1, 5), exact_match)
+            there = await evaluate(QAProgram(), qa_examples(1, 5), exact_match, executor=executor)
+    assert outcome_of(there) == outcome_of(here)
+    assert there.errors == {} and lm.usage.requests == len(fake_server.chat_requests) == 8
