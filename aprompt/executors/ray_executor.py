@@ -228,8 +228,9 @@ class RayExecutor:
 
         Raises:
             WorkerLostError: the run's worker died more than ``retries`` times.
-            ConfigError: the program cannot be loaded on a worker, or calls an LM the driver does not
-                hold (see :func:`~aprompt.executors.relay.run_relayed`).
+            ConfigError: the program, the run or its result cannot be pickled, the program cannot be
+                loaded on a worker, or it calls an LM the driver does not hold (see
+                :func:`~aprompt.executors.relay.run_relayed`).
         """
         workers = self._require_open()
         assert self._slots is not None
@@ -247,8 +248,14 @@ class RayExecutor:
         run_id = next(self._ids)
         async with self._slots:
             worker = min(workers, key=lambda w: w.busy)
+            try:
+                ref = worker.handle.run.remote(shipped.box, shipped.key, self._relay, run_id, remote, own_lms)
+            except TypeError as exc:  # Ray pickles the run here
+                raise ConfigError(
+                    f"the program run of example {run.example_id!r} cannot be sent to a Ray worker: its "
+                    f"inputs or demos cannot be pickled ({_gist(exc, last=False):.300})"
+                ) from exc
             worker.busy += 1
-            ref = worker.handle.run.remote(shipped.box, shipped.key, self._relay, run_id, remote, own_lms)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._serve, relay, run_id, group)
@@ -276,7 +283,14 @@ class RayExecutor:
     def _ship(self, program: object) -> _Shipped:
         shipped = self._shipped.get(id(program))
         if shipped is None:
-            data = dump_program(program, self._lms)
+            try:
+                data = dump_program(program, self._lms)
+            except Exception as exc:
+                raise ConfigError(
+                    f"the program cannot be pickled for the Ray workers ({type(exc).__name__}: {exc}); keep "
+                    "what cannot be pickled (locks, open files, connections) out of it: create it in a "
+                    "module the workers import, or on first use"
+                ) from exc
             key = f"{os.getpid()}-{id(self)}-{len(self._shipped)}"
             shipped = _Shipped(key, [ray.put(data)], named_predictors(program), program)
             self._shipped[id(program)] = shipped
@@ -305,10 +319,10 @@ def _placement(options: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in options.items() if name != "runtime_env"}
 
 
-def _gist(exc: BaseException) -> str:
-    """The first and last lines of a Ray error's message (between them, a remote traceback)."""
+def _gist(exc: BaseException, *, last: bool = True) -> str:
+    """The first (and last) line of a Ray error's message (between them, a remote traceback)."""
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
-    return " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))
+    return " ... ".join(dict.fromkeys(lines[:1] + (lines[-1:] if last else [])))
 
 
 def _threadsafe(action: Callable[[], None]) -> Callable[[], None]:
@@ -471,4 +485,14 @@ class _WorkerActor:
             self._programs[key] = program
             while len(self._programs) > 8:
                 self._programs.popitem(last=False)
-        return await run_relayed(program, run, _ActorChannel(relay, run_id), own_lms)
+        outcome = await run_relayed(program, run, _ActorChannel(relay, run_id), own_lms)
+        try:
+            # Ray would fail to send it back only after this returns, as an error of no run: found here,
+            # it is the setup fault it is (the program returns what cannot travel).
+            ray.cloudpickle.dumps(outcome)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            return RelayedOutcome(
+                config_error=f"the program's result for example {run.example_id!r} cannot be sent back from "
+                f"a Ray worker ({type(exc).__name__}: {exc}): a program run on Ray must return what pickles"
+            )
+        return outcome

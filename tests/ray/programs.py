@@ -80,3 +80,14 @@ class SleepingProgram:
                 (self.marks / f"cancelled-{question}").write_text(str(os.getpid()))
                 raise
         return await self.answer(question=question)
+
+
+class LazyAnswerProgram:
+    """One predictor; returns its answer wrapped in a generator, a value that cannot be pickled."""
+
+    def __init__(self) -> None:
+        self.answer = Predict("question -> answer", instruction="Answer the question.")
+
+    async def __call__(self, question: str) -> object:
+        prediction = await self.answer(question=question)
+        return (value for value in [prediction])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,6 +39,7 @@ from tests.ray.programs import (
     ANSWER,
     CHECK,
     DRAFT,
+    LazyAnswerProgram,
     PausingProgram,
     SleepingProgram,
     answer_question,
@@ -367,3 +369,34 @@ async def test_the_lm_of_a_use_lm_block_serves_runs_on_ray_as_it_does_in_process
             there = await evaluate(QAProgram(), qa_examples(1, 5), exact_match, executor=executor)
     assert outcome_of(there) == outcome_of(here)
     assert there.errors == {} and lm.usage.requests == len(fake_server.chat_requests) == 8
+
+
+class LockingProgram(QAProgram):
+    """A program holding a lock: it runs in-process, but cannot be pickled for the workers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+
+async def test_a_program_or_inputs_that_cannot_be_pickled_are_a_config_error_naming_the_cause(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    locked = [Example(inputs={"question": threading.Lock()}, labels={"answer": "-"}, id="locked")]
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match=r"program cannot be pickled.*_thread.lock"):
+            await evaluate(LockingProgram(), qa_examples(1, 3), exact_match, lm=lm, executor=executor)
+        with pytest.raises(ConfigError, match="example 'locked' cannot be sent to a Ray worker"):
+            await evaluate(QAProgram(), locked, exact_match, lm=lm, executor=executor)
+        assert [w.busy for w in executor._workers] == [0, 0]  # the refused run holds no worker
+    assert fake_server.chat_requests == []
+
+
+async def test_a_result_that_cannot_be_pickled_is_a_config_error_naming_its_example(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match=r"result for example 'q1' cannot be sent back.*generator"):
+            await evaluate(LazyAnswerProgram(), qa_examples(1, 2), exact_match, lm=lm, executor=executor)
