@@ -36,13 +36,20 @@ from typing import Any, Protocol
 import attrs
 
 from aprompt._errors import ConfigError, IncompleteResponseError, LMError
-from aprompt.executors.base import ProgramOutcome, ProgramRun, execute_run, lm_error_in, unscored_lm_error
+from aprompt.executors.base import (
+    ProgramOutcome,
+    ProgramRun,
+    check_watch,
+    execute_run,
+    lm_error_in,
+    unscored_lm_error,
+)
 from aprompt.lm._metering import LimitReached, RequestMeter, metered_chat, metering
 from aprompt.lm._replies import accepting_cut_replies, cut_reply_acceptor
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
-from aprompt.program.overrides import watch_predictors
+from aprompt.program.overrides import current_watch, watch_predictors
 from aprompt.program.predictor import Predict
 from aprompt.program.trace import TraceEntry
 
@@ -262,6 +269,8 @@ class RelayedOutcome:
         stopped_ref: a run limit refused one of the run's requests (this one): the run is abandoned.
         config_error: the run could not apply its prompts or load its program, or a predictor ran where the
             run's prompts cannot reach it, or an LM was called directly instead of through the driver.
+        undiscovered: the repr of each predictor the program called that is not among its predictors (it
+            ran with its own prompts): the driver reports it as an in-process run does.
     """
 
     prediction: Any = None
@@ -272,6 +281,7 @@ class RelayedOutcome:
     error_ref: int | None = None
     stopped_ref: int | None = None
     config_error: str | None = None
+    undiscovered: tuple[str, ...] = ()
 
 
 class _DirectCalls(RequestMeter):
@@ -307,7 +317,7 @@ async def run_relayed(
     try:
         predictors = named_predictors(program)
         _OWN_LMS.set(_route_own_lms(predictors, own_lms) if own_lms is not None else {})
-        with watch_predictors(predictors), metering(direct):
+        with watch_predictors(predictors) as watch, metering(direct):
             outcome = await execute_run(program, run)
     except ConfigError as exc:
         return RelayedOutcome(config_error=str(exc))
@@ -326,10 +336,10 @@ async def run_relayed(
             "escape the run's limits, cache and usage. Give the predictor the client (Predict(..., lm=...)), "
             "pass lm= to optimize()/evaluate(), or keep the client on the program object"
         )
-    return _relayed(outcome, {name for name, _ in predictors})
+    return _relayed(outcome, {name for name, _ in predictors}, tuple(watch.undiscovered.values()))
 
 
-def _relayed(outcome: ProgramOutcome, names: set[str]) -> RelayedOutcome:
+def _relayed(outcome: ProgramOutcome, names: set[str], undiscovered: tuple[str, ...]) -> RelayedOutcome:
     trace = tuple(
         (
             e.predictor_name,
@@ -345,7 +355,13 @@ def _relayed(outcome: ProgramOutcome, names: set[str]) -> RelayedOutcome:
     failure = lm_error_in(cause) or cause if cause is not None else None
     ref = failure.ref if isinstance(failure, RelayedLMError | RelayedError) else None
     return RelayedOutcome(
-        outcome.prediction, outcome.error, outcome.lm_failure, outcome.lm_answered, trace, ref
+        outcome.prediction,
+        outcome.error,
+        outcome.lm_failure,
+        outcome.lm_answered,
+        trace,
+        ref,
+        undiscovered=undiscovered,
     )
 
 
@@ -405,6 +421,12 @@ class RunRelay:
             raise self._failures[relayed.stopped_ref]
         if relayed.config_error is not None:
             raise ConfigError(relayed.config_error)
+        watch = current_watch()
+        if watch is not None and relayed.undiscovered:
+            # The worker's log is not the user's: report them here, once each, like a run in this process.
+            for shown in relayed.undiscovered:
+                watch.undiscovered.setdefault(hash(("relayed", shown)), shown)
+            check_watch()
         error, lm_failure, lm_answered = relayed.error, relayed.lm_failure, relayed.lm_answered
         if relayed.error_ref is not None:
             original = self._failures[relayed.error_ref]

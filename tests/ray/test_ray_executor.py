@@ -4,6 +4,7 @@ killed worker process retried, cancellation reaching the workers."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -35,6 +36,7 @@ from tests.optimize.qa_task import (
     qa_examples,
     system_of,
 )
+from tests.optimize.test_undiscovered_predictors import CallsAHiddenPredictor
 from tests.ray.programs import (
     ANSWER,
     CHECK,
@@ -400,3 +402,18 @@ async def test_a_result_that_cannot_be_pickled_is_a_config_error_naming_its_exam
     async with lm_for(fake_server) as lm:
         with pytest.raises(ConfigError, match=r"result for example 'q1' cannot be sent back.*generator"):
             await evaluate(LazyAnswerProgram(), qa_examples(1, 2), exact_match, lm=lm, executor=executor)
+
+
+async def test_a_predictor_out_of_the_programs_reach_on_ray_is_reported_by_the_driver_once(
+    executor: RayExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    def reports() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not among the predictors" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="aprompt"):
+        await optimize_in_world(program=CallsAHiddenPredictor())
+        here = reports()
+        caplog.clear()
+        await optimize_in_world(program=CallsAHiddenPredictor(), executor=executor)
+    assert len(here) == 1 and "Predict('question -> rewritten')" in here[0]
+    assert reports() == here  # the worker's import of the module runs it; the driver says so, once
