@@ -188,6 +188,23 @@ async def test_an_executor_without_run_program_is_a_config_error_before_any_lm_c
         assert server.chat_requests == []
 
 
+class BlockingExecutor:
+    """``run_program`` is a plain method: an evaluation cannot await it."""
+
+    def run_program(self, program: object, run: ProgramRun) -> ProgramOutcome:
+        raise AssertionError("an executor that is refused is never called")
+
+
+@pytest.mark.parametrize("executor", [object(), FreshCopyExecutor, BlockingExecutor()])
+async def test_an_evaluation_given_no_usable_executor_is_a_config_error_before_any_lm_call(
+    fake_server: FakeOpenAIServer, executor: Any
+) -> None:
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match="executor must be"):
+            await aprompt.evaluate(QAProgram(), qa_examples(1, 3), exact_match, lm=lm, executor=executor)
+    assert fake_server.chat_requests == []
+
+
 def test_the_default_executor_runs_in_process() -> None:
     assert isinstance(current_executor(), InProcessExecutor)
 

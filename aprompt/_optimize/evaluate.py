@@ -42,6 +42,7 @@ from aprompt.executors.base import (
     Executor,
     ProgramOutcome,
     ProgramRun,
+    check_executor,
     current_executor,
     lm_error_in,
     run_program,
@@ -347,7 +348,8 @@ async def evaluate(
 
     Raises:
         ConfigError: ``examples`` is not a list of examples or mappings, a mapping lacks an input
-            field or comes without ``input_fields``; or a metric value is not a score.
+            field or comes without ``input_fields``; ``executor`` has no async ``run_program``; or a
+            metric value is not a score.
 
     Example::
 
@@ -355,6 +357,7 @@ async def evaluate(
                                             input_fields=["question"], lm=lm)
         print(evaluation.mean, evaluation.table(examples).failing())
     """
+    check_executor(executor)
     return await evaluate_reporting(
         program,
         _examples(examples, input_fields),

@@ -181,6 +181,11 @@ def use_executor(executor: Executor | None) -> Iterator[Executor]:
 def check_executor(executor: object) -> None:
     """Raise :class:`ConfigError` unless ``executor`` is ``None`` or has an async ``run_program``."""
     method = getattr(executor, "run_program", None)
+    if isinstance(executor, type):  # its run_program is async, but unbound: every run would be a TypeError
+        raise ConfigError(
+            f"executor must be an executor object, got the class {executor.__name__}: create one "
+            f"({executor.__name__}(...)) and pass that"
+        )
     if executor is not None and not inspect.iscoroutinefunction(method):
         raise ConfigError(
             f"executor must be None or have an async run_program(program, run) method, got "
