@@ -2,7 +2,8 @@
 
 :func:`load_run` gathers a :class:`RunView` from ``run_dir``: the journal's trials, full evaluations,
 candidates and result, plus two optional files beside it that the command line writes —
-``original_program.json`` (the prompts before optimizing) and ``result.json`` (the saved
+``original_program.json`` (the prompts before optimizing; else the journal's copy of them) and
+``result.json`` (the saved
 :class:`~aprompt._optimize.result.OptimizeResult`, with usage per phase). :func:`write_report` renders a
 self-contained HTML page; its plots need matplotlib (``pip install 'aprompt[ui]'``) and are left out,
 with a note, without it.
@@ -160,6 +161,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         final = journal.latest("result")
         examples = _examples(journal.latest(EXAMPLES_KIND)) if final is not None else None
         in_flight = _series(journal.latest(IN_FLIGHT_KIND))
+        # Every run journals the prompts it started from; a run made from Python has no ORIGINAL_FILE.
+        journaled_original = journal.latest("original_state")
     predictors = tuple(config.get("program", {})) or tuple(raw_sets) or tuple(proposals)
     instructions: dict[str, dict[int, str]] = {name: {} for name in predictors}
     dropped: list[tuple[str, str]] = []
@@ -169,6 +172,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         instructions.setdefault(name, {}).update({i: str(p["instruction"]) for i, p in enumerate(kept, 1)})
     demo_sets = {name: tuple(tuple(s.get("demos", ())) for s in sets) for name, sets in raw_sets.items()}
     original = _read_json(folder / ORIGINAL_FILE)
+    if not isinstance(original, dict):
+        original = journaled_original
     result = _read_json(folder / RESULT_FILE)
     if isinstance(result, dict) and isinstance(result.get("candidates"), dict):
         for name, cands in result["candidates"].items():

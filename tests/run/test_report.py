@@ -136,6 +136,25 @@ def test_the_report_escapes_the_prompts(
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
 
 
+def test_a_run_made_from_python_shows_its_original_prompts_from_the_journal(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    """Only the command line writes original_program.json and result.json; every run journals the
+    prompts it started from, and the report must not call them "not in the journal"."""
+    run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / ORIGINAL_FILE).unlink()
+    (copy / RESULT_FILE).unlink()
+    view = load_run(copy)
+    original = aprompt.program_state(TwoStageProgram())["predictors"]
+    for name, state in original.items():
+        assert view.prompt(name, None).instruction == state["instruction"]
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert "not in the journal" not in page
+    assert all(state["instruction"] in page for state in original.values())
+
+
 def test_without_matplotlib_the_report_says_how_to_get_plots(
     finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,7 +170,8 @@ def test_an_unfinished_run_is_shown_and_reported_as_far_as_it_went(tmp_path: Pat
     assert not view.finished and 0 < len(view.trials) < BUDGET["n_trials"]
     assert "not finished" in describe_run(view)
     page = write_report(run_dir).read_text(encoding="utf-8")
-    assert "not finished" in page and "not in the journal" in page  # no original_program.json here
+    # No original_program.json here: the original prompts come from the journal.
+    assert "not finished" in page and "Find the code." in page
 
 
 def test_a_folder_without_a_journal_is_a_config_error_and_stays_untouched(tmp_path: Path) -> None:
