@@ -105,7 +105,6 @@ def _summary(view: RunView) -> str:
     if view.best_score is not None and view.baseline_score is not None:
         delta = view.best_score - view.baseline_score
         gain = _card("Improvement", f"{delta:+.3f}", "good" if delta > 0 else "bad" if delta < 0 else "")
-    sent = sum(int(p.get("usage", {}).get("requests", 0)) for p in view.phases)
     hits = sum(int(p.get("usage", {}).get("cache_hits", 0)) for p in view.phases)
     cards = [
         _card("Strategy", _e(view.strategy)),
@@ -119,7 +118,8 @@ def _summary(view: RunView) -> str:
     if view.seconds is not None:
         cards.append(_card("Time", f"{view.seconds:.0f} s"))
     if view.phases:
-        cards.append(_card("LM calls sent", f"{sent:,}"))
+        # The run's, earlier calls of a resumed run included: what max_lm_calls counts.
+        cards.append(_card("LM calls sent", f"{view.lm_calls or 0:,}"))
         cards.append(_card("Cache hits", f"{hits:,}"))
     evidence = (view.pick or {}).get("evidence")
     if isinstance(evidence, Mapping) and "mean" in evidence and "n" in evidence:
@@ -321,7 +321,13 @@ def _usage(view: RunView) -> str:
         "completion tokens",
         "429s",
     ]
-    return _table(headers, rows, numeric=range(1, 9)) + USAGE_TERMS
+    resumed = ""
+    if view.lm_calls is not None and view.lm_calls != totals["requests"]:
+        resumed = (
+            f'<p class="note">The run was resumed: this table is its last call\'s; the run sent '
+            f"{view.lm_calls:,} LM calls in all.</p>"
+        )
+    return _table(headers, rows, numeric=range(1, 9)) + resumed + USAGE_TERMS
 
 
 #: What the usage columns and cards mean (one meaning everywhere; see :mod:`aprompt.lm.usage`).

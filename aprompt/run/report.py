@@ -99,6 +99,20 @@ class RunView:
     pick: Mapping[str, Any] | None = None
     #: requests in flight over the last call of the run: ``(seconds since it began, mean in flight)``.
     in_flight: tuple[tuple[float, float], ...] = ()
+    #: what the run spent against its limits, earlier calls of a resumed run included (``result.spent``:
+    #: ``lm_calls``, ``tokens``, ...); ``phases`` cover the last call alone.
+    spent: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def lm_calls(self) -> int | None:
+        """Requests the run sent, retries and earlier calls of a resumed run included (what
+        ``max_lm_calls`` counts); ``None`` when no result.json tells."""
+        found = self.spent.get("lm_calls")
+        if isinstance(found, int | float) and not isinstance(found, bool):
+            return int(found)
+        if self.phases:
+            return sum(int(p.get("usage", {}).get("requests", 0)) for p in self.phases)
+        return None
 
     @property
     def strategy(self) -> str:
@@ -208,6 +222,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         examples=examples,
         pick=_pick(final, result if usable else None),
         in_flight=in_flight,
+        spent=dict(result.get("spent") or {}) if usable and isinstance(result, dict) else {},
     )
 
 

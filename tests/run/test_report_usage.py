@@ -97,3 +97,34 @@ def test_the_summary_words_the_same_numbers(two_runs: list[tuple[aprompt.Optimiz
         f"{received:,} LM calls sent ({usage.retries:,} retries), {usage.cache_hits:,} cache hits, "
         f"{usage.total_tokens:,} tokens, {RATE_LIMITED} rate-limited (429)"
     )
+
+
+def test_a_resumed_run_s_card_counts_the_lm_calls_of_every_call(tmp_path: Path) -> None:
+    """The card says what max_lm_calls counts, the run's calls before a resume included; the usage table,
+    which covers the last call alone, says so."""
+    run_dir = tmp_path / "run"
+
+    async def main(stop_after: int | None) -> aprompt.OptimizeResult | None:
+        seen = 0
+        async with FakeOpenAIServer(responder=World(), api_key=API_KEY) as server:
+            with anyio.CancelScope() as scope:
+
+                def stop_at(event: aprompt.Event) -> None:
+                    nonlocal seen
+                    seen += 1
+                    if seen == stop_after:
+                        scope.cancel()
+
+                return await run_world(server.base_url, run_dir, API_KEY, on_event=stop_at)
+        return None
+
+    assert anyio.run(main, 40) is None
+    result = anyio.run(main, None)
+    assert result is not None
+    result.save(run_dir / RESULT_FILE)
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    run_calls = int(result.spent["lm_calls"])
+    assert run_calls > result.usage.lm_calls  # the first call sent most of them
+    assert _card(page, "LM calls sent") == run_calls
+    assert _total_row(page)[0] == result.usage.lm_calls
+    assert f"the run sent {run_calls:,} LM calls in all" in page
