@@ -189,6 +189,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
     if not isinstance(original, dict):
         original = journaled_original
     result = _read_json(folder / RESULT_FILE)
+    if not _same_run(result, final):
+        result = None  # an earlier run's: this one started over and has not finished
     if isinstance(result, dict) and isinstance(result.get("candidates"), dict):
         for name, cands in result["candidates"].items():
             instructions.setdefault(name, {}).update(dict(enumerate(cands.get("instructions", ()))))
@@ -202,7 +204,6 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
             own = str(state.get("reply_format", "fields"))
             reply_formats[name] = (own, *(f for f in REPLY_FORMATS if f != own))
     best_choice, best_score = _best(final, full_evals)
-    usable = isinstance(result, dict) and final is not None and result.get("score") == final.get("score")
     return RunView(
         run_dir=folder,
         config=config,
@@ -215,14 +216,25 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         best_choice=best_choice,
         best_score=best_score,
         finished=final is not None,
-        phases=tuple(result.get("phases", ())) if usable and isinstance(result, dict) else (),
-        seconds=result.get("seconds") if usable and isinstance(result, dict) else None,
-        stopped_by=result.get("stopped_by") if usable and isinstance(result, dict) else None,
+        phases=tuple(result.get("phases", ())) if isinstance(result, dict) else (),
+        seconds=result.get("seconds") if isinstance(result, dict) else None,
+        stopped_by=result.get("stopped_by") if isinstance(result, dict) else None,
         reply_formats=reply_formats,
         examples=examples,
-        pick=_pick(final, result if usable else None),
+        pick=_pick(final, result),
         in_flight=in_flight,
-        spent=dict(result.get("spent") or {}) if usable and isinstance(result, dict) else {},
+        spent=dict(result.get("spent") or {}) if isinstance(result, dict) else {},
+    )
+
+
+def _same_run(result: Any, final: Any) -> bool:
+    """Whether ``result`` (RESULT_FILE) is the result the journal's run returned: a run started over in
+    the same run_dir leaves the earlier run's file there until it finishes."""
+    return (
+        isinstance(result, dict)
+        and isinstance(final, Mapping)
+        and result.get("score") == final.get("score")
+        and result.get("best_choice") == final.get("best_choice")
     )
 
 

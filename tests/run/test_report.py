@@ -14,6 +14,7 @@ import pytest
 
 import aprompt
 from aprompt.run._report_html import render_report
+from aprompt.run.journal import RunJournal
 from aprompt.run.report import (
     ORIGINAL_FILE,
     RESULT_FILE,
@@ -172,6 +173,27 @@ def test_an_unfinished_run_is_shown_and_reported_as_far_as_it_went(tmp_path: Pat
     page = write_report(run_dir).read_text(encoding="utf-8")
     # No original_program.json here: the original prompts come from the journal.
     assert "not finished" in page and "Find the code." in page
+
+
+def test_an_earlier_runs_result_file_is_not_read_as_the_unfinished_runs(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    """A run started over in a run_dir leaves the earlier run's result.json there until it finishes: its
+    candidates, usage and reason are another run's, never shown as this one's."""
+    run_dir = tmp_path / "run"
+    assert _journaled_run(run_dir, stop_after_events=30) is None
+    earlier = json.loads((finished_run[0] / RESULT_FILE).read_text(encoding="utf-8"))
+    for cands in earlier["candidates"].values():  # another run: other proposals
+        cands["instructions"] = [f"Stale instruction {i}." for i in range(len(cands["instructions"]))]
+    (run_dir / RESULT_FILE).write_text(json.dumps(earlier), encoding="utf-8")
+    view = load_run(run_dir)
+    assert not view.finished and view.phases == () and view.pick is None
+    with RunJournal.open(run_dir) as journal:
+        for name, items in journal.entries("proposals"):
+            kept = [p["instruction"] for p in items if p.get("instruction") is not None]
+            assert [view.instructions[name][i] for i in range(1, len(kept) + 1)] == kept
+    assert "Stale instruction" not in write_report(run_dir).read_text(encoding="utf-8")
+    assert "Stale instruction" not in describe_run(view)
 
 
 def test_a_folder_without_a_journal_is_a_config_error_and_stays_untouched(tmp_path: Path) -> None:
