@@ -75,6 +75,30 @@ class Prediction(_FieldValues):
     usage: TokenUsage = attrs.field(factory=TokenUsage)
 
 
+def _python_value(value: Any) -> Any:
+    """``value`` with any numpy scalar in it (the values of a pandas row) as the Python value it stands
+    for: such a demo is shown as the int, float or bool it is, and saved as the same JSON value."""
+    if isinstance(value, str):
+        return value
+    # A container is rebuilt only around a value that changed: a demo keeps the user's own list (a later
+    # change to it shows in the next prompt, as it always did).
+    if type(value) is list or type(value) is tuple:
+        items = [_python_value(v) for v in value]
+        changed = any(new is not old for new, old in zip(items, value, strict=True))
+        return type(value)(items) if changed else value
+    if type(value) is dict:
+        entries = {k: _python_value(v) for k, v in value.items()}
+        return entries if any(entries[k] is not v for k, v in value.items()) else value
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    return value
+
+
+def _demo_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _python_value(value) for name, value in values.items()}
+
+
 @attrs.frozen(repr=False, eq=True, hash=False)
 class Demo(_FieldValues):
     """One few-shot example for a predictor: values of (some of) its input and output fields.
@@ -87,7 +111,7 @@ class Demo(_FieldValues):
         Demo({"question": "2+2?", "answer": 4})
     """
 
-    _fields: dict[str, Any] = attrs.field(alias="fields", converter=_plain_dict)
+    _fields: dict[str, Any] = attrs.field(alias="fields", converter=_demo_fields)
 
 
 def as_demo(value: Demo | Mapping[str, Any]) -> Demo:

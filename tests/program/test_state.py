@@ -18,6 +18,7 @@ from aprompt.program import (
     program_state,
     save_state,
 )
+from aprompt.program.adapter import format_messages
 
 
 class Program:
@@ -79,6 +80,33 @@ def test_a_value_json_cannot_hold_is_a_state_error() -> None:
     program.classify.demos = [{"text": object(), "label": "ham"}]
     with pytest.raises(StateError, match=r"classify\.demos\[0\]\.text"):
         program_state(program)
+
+
+def test_numpy_scalars_are_saved_as_the_values_they_stand_for(tmp_path: Path) -> None:
+    """Examples made from a pandas row hold numpy scalars, and demos keep them: the optimized program
+    must save (as the JSON numbers and booleans they are) and load back into the same prompts."""
+    numpy = pytest.importorskip("numpy")
+    program = Program()
+    program.steps[0].demos = [
+        {"question": numpy.str_("q"), "context": ["a"], "answer": numpy.int64(7)},
+        {"question": numpy.float32(0.5), "context": [], "answer": numpy.uint8(3)},
+        {"question": numpy.bool_(True), "context": [], "answer": 0},
+    ]
+    path = tmp_path / "prompts.json"
+    save_state(program, path)
+    assert json.loads(path.read_text(encoding="utf-8"))["predictors"]["steps.0"]["demos"] == [
+        {"question": "q", "context": ["a"], "answer": 7},
+        {"question": 0.5, "context": [], "answer": 3},
+        {"question": True, "context": [], "answer": 0},
+    ]
+    fresh = Program()
+    load_state_file(fresh, path)
+
+    def messages(predictor: Predict) -> list[Any]:  # the prompt its demos make
+        demos = [d.to_dict() for d in predictor.demos]
+        return format_messages(predictor.signature, {"question": "x", "context": []}, demos=demos)
+
+    assert messages(fresh.steps[0]) == messages(program.steps[0])
 
 
 def _mutated(change: Any) -> dict[str, Any]:
