@@ -70,6 +70,37 @@ class RunJournal:
             raise
         return cls(path, db)
 
+    @classmethod
+    def open_read_only(cls, run_dir: str | os.PathLike[str]) -> RunJournal:
+        """Open the existing journal of ``run_dir`` to read it, creating and changing nothing: a run on
+        read-only media, or another user's, reads back (``append`` raises :class:`JournalError`).
+
+        Raises:
+            JournalError: there is no journal, or the file is not an aprompt journal this aprompt reads.
+        """
+        path = Path(run_dir) / JOURNAL_FILE
+        try:
+            db = _connect_read_only(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
+        try:
+            db.execute("PRAGMA busy_timeout = 30000")
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                raise JournalError(f"{path} is not an aprompt run journal", path=str(path))
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise JournalError(
+                    f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION}",
+                    path=str(path),
+                )
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            db.close()
+            raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
+        except BaseException:
+            db.close()
+            raise
+        return cls(path, db)
+
     @property
     def path(self) -> Path:
         return self._path
@@ -167,6 +198,27 @@ class RunJournal:
 
     def __repr__(self) -> str:
         return f"RunJournal({str(self._path)!r})"
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the journal at ``path``, which must exist."""
+    if not path.is_file():
+        raise OSError(f"no such file: {path}")
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA application_id").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        # A WAL reader needs the shared-memory file beside the journal, which read-only media cannot hold.
+        # Without a -wal file every record is in the journal itself, and nothing can write it meanwhile:
+        # it is read as it stands. With one, its records would be missed: the error stands.
+        if Path(f"{path}-wal").exists():
+            raise
+    return sqlite3.connect(
+        f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+    )
 
 
 def _prepare_with_retries(db: sqlite3.Connection, path: Path, attempts: int = 6) -> None:

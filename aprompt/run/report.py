@@ -166,7 +166,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
     folder = Path(run_dir)
     if not (folder / JOURNAL_FILE).is_file():
         raise ConfigError(f"{folder} holds no run journal ({JOURNAL_FILE}); is it a --run-dir of a run?")
-    with RunJournal.open(folder) as journal:
+    with RunJournal.open_read_only(folder) as journal:
         config = journal.latest("config") or {}
         trials = sorted(_latest_by_key(journal, "trial"), key=lambda t: int(t.get("number", 0)))
         full_evals = _latest_by_key(journal, "full_eval")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -194,6 +196,49 @@ def test_an_earlier_runs_result_file_is_not_read_as_the_unfinished_runs(
             assert [view.instructions[name][i] for i in range(1, len(kept) + 1)] == kept
     assert "Stale instruction" not in write_report(run_dir).read_text(encoding="utf-8")
     assert "Stale instruction" not in describe_run(view)
+
+
+SHOW_AS_A_READER = """
+import os, sys
+from aprompt.run.report import describe_run, load_run
+if os.geteuid() == 0:  # root writes anywhere: read as a user who cannot write the run_dir
+    os.setuid(65534)
+print(describe_run(load_run(sys.argv[1])))
+"""
+
+
+def test_a_run_on_read_only_media_is_shown(finished_run: tuple[Path, aprompt.OptimizeResult]) -> None:
+    """``aprompt show`` and ``aprompt report`` read a run: a run_dir they cannot write (read-only media,
+    another user's run) reads back as it is, and is left as it is."""
+    run_dir, result = finished_run
+    shelf = Path(tempfile.mkdtemp(prefix="aprompt-ro-"))  # not under pytest's base, which only root enters
+    copy = shelf / "run"
+    try:
+        shutil.copytree(run_dir, copy)
+        (copy / "cache").chmod(0o555)
+        for path in copy.iterdir():
+            if path.is_file():
+                path.chmod(0o444)
+        copy.chmod(0o555)
+        shelf.chmod(0o755)
+        before = sorted((p.name, p.stat().st_size) for p in copy.iterdir())
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        done = subprocess.run(
+            [sys.executable, "-c", SHOW_AS_A_READER, str(copy)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"baseline {result.baseline_score:.3f} -> best {result.score:.3f}" in done.stdout
+        assert sorted((p.name, p.stat().st_size) for p in copy.iterdir()) == before
+    finally:
+        for path in (shelf, copy, copy / "cache"):
+            if path.exists():
+                path.chmod(0o755)
+        shutil.rmtree(shelf)
 
 
 def test_a_folder_without_a_journal_is_a_config_error_and_stays_untouched(tmp_path: Path) -> None:
