@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,28 @@ def _same_in_every_process(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(json.dumps(item, sort_keys=True, default=_same_in_every_process) for item in value)
     return stable_form(value)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` where ``value`` holds a lone UTF-16 surrogate (text decoded with
+    ``surrogateescape``, or a JSON ``\\udc00`` escape): no LM request, cache key or journal can carry it,
+    and a request failing on it mid-run would be scored as the prompt's failure."""
+    if isinstance(value, str):
+        if (found := _LONE_SURROGATE.search(value)) is not None:
+            raise ConfigError(
+                f"{where} holds a lone surrogate {found.group()!r} at character {found.start()}, which is "
+                "not Unicode text: read the data with errors='replace' (or fix its encoding)"
+            )
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_text(item, f"{where}[{index}]")
 
 
 def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
@@ -64,6 +87,10 @@ class Example:
     id: str = attrs.field(default="", converter=_as_id)
 
     def __attrs_post_init__(self) -> None:
+        _check_text(self.id, "an example's id")
+        named = f"example {self.id!r}" if self.id else "an example"
+        _check_text(self.inputs, f"{named}'s inputs")
+        _check_text(self.labels, f"{named}'s labels")
         if not self.id:
             object.__setattr__(self, "id", _content_id(self.inputs, self.labels))
 

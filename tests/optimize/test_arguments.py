@@ -191,3 +191,22 @@ async def test_an_optimization_of_colliding_predictors_is_refused(
             return await self.s[0](question=question)
 
     await refused(fake_server, tmp_path, r"s\.0.*program\.s\[0\] and program\.s\['0'\]", program=Experts())
+
+
+@pytest.mark.parametrize(
+    ("inputs", "labels", "where"),
+    [
+        ({"question": "caf\udce9?"}, {"answer": "x"}, "inputs['question']"),
+        ({"question": "ok"}, {"answer": ["a", "b\ud800"]}, "labels['answer'][1]"),
+    ],
+)
+def test_text_with_a_lone_surrogate_is_refused_naming_where_it_is(
+    inputs: dict[str, Any], labels: dict[str, Any], where: str
+) -> None:
+    """Bytes decoded with ``surrogateescape`` (or a JSON ``\\udce9`` escape) are no text an LM request,
+    cache key or journal can carry: refused before any call, naming the field (was a bare
+    UnicodeEncodeError from the example's id)."""
+    with pytest.raises(aprompt.ConfigError, match="lone surrogate") as refused:
+        aprompt.Example(inputs, labels)
+    assert where in str(refused.value)
+    aprompt.Example({"question": "café?"}, {"answer": "\U0001f600"})  # real non-ASCII text is fine
