@@ -461,6 +461,7 @@ def test_garbage_file_raises_cache_error(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match="not a database") as info:
         ResponseCache.in_directory(tmp_path)
     assert info.value.path == str(tmp_path / CACHE_FILE_NAME)
+    assert "deleting the file is safe" in str(info.value)  # what to do, not only what is wrong
 
 
 def test_foreign_sqlite_database_raises_cache_error(tmp_path: Path) -> None:

@@ -215,7 +215,11 @@ def _connect(path: str, busy_timeout: float, *, prepare: bool) -> sqlite3.Connec
         raise
     except sqlite3.Error as exc:
         conn.close()
-        raise CacheError(f"not a usable aprompt LM cache ({exc})", path=path) from exc
+        raise CacheError(
+            f"not a usable aprompt LM cache ({exc}); it holds only cached LM replies, so deleting the file "
+            "is safe (those calls are then paid again)",
+            path=path,
+        ) from exc
     return conn
 
 
