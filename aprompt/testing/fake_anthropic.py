@@ -1,15 +1,15 @@
 """A fake Anthropic Messages API server on loopback, with the fault injection of the OpenAI fake.
 
 :class:`FakeAnthropicServer` answers ``POST /v1/messages`` like the real API: it requires the
-``x-api-key`` (when configured) and ``anthropic-version`` headers, validates the body as strictly
-as the API does (``max_tokens`` required, user and assistant alternating from a user turn, text
-content only, no unknown fields, temperature within 0..1), honours ``stop_sequences`` and
-``max_tokens``, and reports errors as ``{"type": "error", "error": {"type", "message"}}`` with the
-API's status codes (429 ``rate_limit_error`` with ``retry-after``, 529 ``overloaded_error``, ...).
-Connections, recording, latency, queued, scripted or seeded
-:class:`~aprompt.testing.fake_openai.Fault` (every fault mode listed in
-:mod:`aprompt.testing.fake_openai`: slow and huge bodies, scripted replies, outages), and the hard
-:class:`~aprompt.testing.fake_openai.ServerRateLimit` come from
+``x-api-key`` (when configured; on every route, ``GET /v1/models`` included) and the
+``anthropic-version`` headers, validates the body as strictly as the API does (``max_tokens``
+required, user and assistant alternating from a user turn, text content only, no unknown fields,
+temperature within 0..1), honours ``stop_sequences`` and ``max_tokens``, and reports errors as
+``{"type": "error", "error": {"type", "message"}}`` with the API's status codes (429
+``rate_limit_error`` with ``retry-after``, 529 ``overloaded_error``, ...). Connections, recording,
+latency, queued, scripted or seeded :class:`~aprompt.testing.fake_openai.Fault` (every fault mode
+listed in :mod:`aprompt.testing.fake_openai`: slow and huge bodies, scripted replies, outages), and
+the hard :class:`~aprompt.testing.fake_openai.ServerRateLimit` come from
 :class:`~aprompt.testing.fake_openai.FakeOpenAIServer`, which it extends. A scripted
 ``finish_reason`` is sent as its ``stop_reason``: ``"stop"`` → ``"end_turn"``, ``"length"`` →
 ``"max_tokens"``, ``"content_filter"`` → ``"refusal"``, any other as it is; ``None`` content sends
@@ -85,6 +85,23 @@ _FIELDS = frozenset(
     }
 )
 
+# The answer to GET /v1/models: a one-model listing in the API's shape.
+_MODEL_LIST = json.dumps(
+    {
+        "data": [
+            {
+                "type": "model",
+                "id": "fake-claude",
+                "display_name": "Fake Claude",
+                "created_at": "2025-01-01T00:00:00Z",
+            }
+        ],
+        "has_more": False,
+        "first_id": "fake-claude",
+        "last_id": "fake-claude",
+    }
+).encode()
+
 # A scripted finish_reason (OpenAI's words) as the stop_reason this API sends.
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
 
@@ -112,7 +129,8 @@ class FakeAnthropicServer(FakeOpenAIServer):
     """A loopback server answering ``POST /v1/messages``; arguments as for
     :class:`~aprompt.testing.fake_openai.FakeOpenAIServer`, except that:
 
-    - ``api_key``, when set, is required in the ``x-api-key`` header (else 401);
+    - ``api_key``, when set, is required in the ``x-api-key`` header on every route (else 401);
+    - ``GET /v1/models`` answers a one-model listing (what the client's up-front probe asks for);
     - the responder receives a :class:`MessagesRequest`; a reply ``(text, fields)`` overrides
       fields of the answer (e.g. ``{"content": [...]}``, ``{"usage": ...}``);
     - ``Fault.missing_choices()`` answers 200 with a message lacking ``content``;
@@ -155,10 +173,15 @@ class FakeAnthropicServer(FakeOpenAIServer):
     async def _answer(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
     ) -> Answer:
-        if method != "POST" or path.rstrip("/") != "/v1/messages":
-            return 404, anthropic_error_body(404, f"Not found: {method} {path}"), {}, None
+        # As the API does, the key is checked before the route: the client's up-front probe
+        # (GET /v1/models) must see a wrong key refused, not a 404 that lets the run start.
         if self.api_key is not None and headers.get("x-api-key") != self.api_key:
             return 401, anthropic_error_body(401, "invalid x-api-key"), {}, None
+        route = path.partition("?")[0].rstrip("/")
+        if method == "GET" and route == "/v1/models":
+            return 200, _MODEL_LIST, {}, None
+        if method != "POST" or route != "/v1/messages":
+            return 404, anthropic_error_body(404, f"Not found: {method} {path}"), {}, None
         if not headers.get("anthropic-version"):
             return 400, anthropic_error_body(400, "anthropic-version: header is required"), {}, None
         if not isinstance(body, dict):

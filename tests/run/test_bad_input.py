@@ -20,6 +20,7 @@ from aprompt import OpenAICompatibleLM
 from aprompt._optimize.api import split_valset
 from aprompt._optimize.examples import inputs_key
 from aprompt.run._preflight import check_endpoints, check_metric
+from aprompt.testing.fake_anthropic import FakeAnthropicServer
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.world import TwoStageProgram, examples, metric
@@ -245,6 +246,31 @@ async def test_a_bad_api_key_names_the_endpoint_never_the_key(tmp_path: Path) ->
     shown = " ".join([str(error), repr(error), repr(error.args), error.server_message, str(vars(error))])
     assert BAD_KEY not in shown and TEST_API_KEY not in shown
     assert error.__cause__ is None and error.__context__ is None  # no httpx request (with headers) attached
+
+
+async def test_an_anthropic_proposer_whose_key_is_refused_stops_the_run_up_front(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The fake Messages API answered the probe's ``GET /v1/models`` with a 404 before it checked the
+    key, so a refused proposer key was only met mid-run, after the program LM had been paid."""
+    async with (
+        FakeAnthropicServer(api_key=TEST_API_KEY) as anthropic,
+        aprompt.AnthropicLM("fake-claude", anthropic.base_url, api_key=BAD_KEY) as proposer,
+        OpenAICompatibleLM("fake-model", fake_server.base_url, api_key=TEST_API_KEY) as lm,
+    ):
+        with pytest.raises(aprompt.AuthenticationError) as info:
+            await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 40),
+                metric,
+                lm=lm,
+                proposer_lm=proposer,
+                run_dir=tmp_path / "run",
+            )
+        assert anthropic.chat_requests == [] and fake_server.chat_requests == []
+    assert info.value.status_code == 401 and info.value.endpoint == anthropic.base_url
+    assert BAD_KEY not in str(info.value) and TEST_API_KEY not in str(info.value)
+    assert not (tmp_path / "run").exists()
 
 
 async def test_endpoints_shared_by_several_lms_are_probed_once(fake_server: FakeOpenAIServer) -> None:
