@@ -44,8 +44,8 @@ class Endpoint:
         max_concurrency: requests in flight here at once (default: the client's).
         requests_per_minute, tokens_per_minute: this endpoint's own rate limits (see
             :mod:`aprompt.lm.limits`), in addition to any client-wide ones.
-        api_key: this endpoint's key (never shown in ``repr``); default: ``api_key_env``, then the
-            client's key.
+        api_key: this endpoint's key (never shown in ``repr``, nor are credentials in ``url``); default:
+            ``api_key_env``, then the client's key.
         api_key_env: an environment variable holding this endpoint's key.
 
     Example:
@@ -53,7 +53,8 @@ class Endpoint:
         'http://gpu-1:8000/v1'
     """
 
-    url: str
+    # Shown without the credentials a URL may carry (user info, a key in its query), as the clients do.
+    url: str = attrs.field(repr=lambda url: repr(_shown_url(url)))
     max_concurrency: int | None = None
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
@@ -83,6 +84,14 @@ def public_url(url: str) -> str:
     """``url`` without credentials or a trailing slash: safe to show in errors and logs (a credential
     in its query, see :data:`SECRET_QUERY_NAMES`, shows as ``***``)."""
     return endpoint_urls(url)[1]
+
+
+def _shown_url(url: str) -> str:
+    """:func:`public_url`, or for a URL it refuses, the part after any user info and before any query."""
+    try:
+        return public_url(url)
+    except ConfigError:
+        return str(url).split("@")[-1].split("?")[0]
 
 
 def endpoint_urls(url: str) -> tuple[str, str, tuple[str, ...]]:

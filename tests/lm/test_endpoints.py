@@ -53,6 +53,19 @@ def test_endpoint_repr_hides_its_api_key() -> None:
     assert TEST_API_KEY not in repr(endpoint)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:pw-SECRET-123456@gpu-1:8000/v1?api-key=SECRET-654321",
+        "gpu-1:8000/v1?key=SECRET-654321",  # no scheme: refused by a client, still shown safely
+    ],
+)
+def test_endpoint_repr_hides_the_credentials_in_its_url(url: str) -> None:
+    shown = repr(Endpoint(url, api_key=TEST_API_KEY))
+    assert "SECRET" not in shown and TEST_API_KEY not in shown
+    assert "gpu-1:8000/v1" in shown
+
+
 def test_public_url_drops_credentials_and_trailing_slash() -> None:
     assert public_url("http://user:secret@gpu-1:8000/v1/") == "http://gpu-1:8000/v1"
 
