@@ -290,7 +290,9 @@ async def optimize(
         metric=metric,
         program=program,
     )
-    async with run_storage(run_dir, resume, fingerprint, [default_lm, proposer, teacher_lm]) as journal:
+    # Every LM the run calls gets the run's cache when it has none, a predictor's own included: its
+    # answers then are not paid for twice, and a resume or an outage's re-run gets them back.
+    async with run_storage(run_dir, resume, fingerprint, lms) as journal:
         ctx = RunContext(
             program=program,
             predictors=predictors,

@@ -10,13 +10,16 @@ from typing import Any
 import anyio
 import pytest
 
+import aprompt
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.cache._run_caches import lent_cache
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import Message
 from aprompt.run._storage import run_storage
 from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import optimize_in_world
+from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
 
@@ -68,6 +71,31 @@ async def test_an_optimize_run_without_run_dir_sends_no_identical_request_twice(
     _, requests = await optimize_in_world()
     bodies = Counter(json.dumps(request.body, sort_keys=True) for request in requests)
     assert len(bodies) > 100
+    assert [body for body, count in bodies.items() if count > 1] == []
+
+
+async def test_a_predictors_own_lm_gets_the_run_cache_too(tmp_path: Path) -> None:
+    """A predictor's own ``lm=`` without a cache was given none by the run: it was sent (and billed for)
+    the same request again and again, and a resumed run could not get its answers back."""
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as own_server,
+        OpenAICompatibleLM("fake-model", server.base_url, api_key=TEST_API_KEY) as lm,
+        OpenAICompatibleLM("own-model", own_server.base_url, api_key=TEST_API_KEY) as own,
+    ):
+        program = TwoStageProgram()
+        program.answer.lm = own
+        await aprompt.optimize(
+            program,
+            examples(0, 40),
+            metric,
+            lm=lm,
+            run_dir=tmp_path / "run",
+            budget={"n_candidates": 3, "val_size": 20, "n_trials": 4, "minibatch_size": 10},
+        )
+        assert own.cache is None and lent_cache(own) is None  # lent for the run only
+    bodies = Counter(json.dumps(request.body, sort_keys=True) for request in own_server.chat_requests)
+    assert len(bodies) > 20
     assert [body for body, count in bodies.items() if count > 1] == []
 
 
