@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, IncompleteResponseError, OptimizationError
+from aprompt._errors import ConfigError, OptimizationError
 from aprompt._optimize.examples import Example, as_examples
 from aprompt._optimize.per_example import ExampleTable, current_output_log, program_key
 from aprompt._slots import Limiter, Slots
@@ -49,6 +49,7 @@ from aprompt.executors.base import (
 )
 from aprompt.executors.base import check_watch as check_watch  # its old home
 from aprompt.executors.base import program_entry as program_entry  # its old home
+from aprompt.lm._replies import is_answered_failure
 from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
 from aprompt.program.overrides import PromptOverride, PromptState
@@ -81,9 +82,9 @@ class ExampleResult:
         error: ``"ExcType: message"`` when the program or metric failed, else ``None``.
         feedback: the metric's text feedback on the prediction, when it gave one (see
             :func:`metric_feedback`).
-        lm_answered: the LM failure was a reply that is not an answer (empty or filtered): the endpoint
-            works, and asking again the same way gets the same reply, so
-            it is this example's own failure, never a sign of an outage.
+        lm_answered: the LM failure was a reply that is not an answer (empty or filtered; not one the
+            provider stopped on a fault): the endpoint works, and asking again the same way gets the same
+            reply, so it is this example's own failure, never a sign of an outage.
     """
 
     example_id: str
@@ -269,7 +270,7 @@ async def score_outcome(example: Example, outcome: ProgramOutcome, metric: Metri
                 None,
                 f"{type(lm_error).__name__}: {lm_error}",
                 prediction,
-                lm_answered=isinstance(lm_error, IncompleteResponseError),
+                lm_answered=is_answered_failure(lm_error),
             )
         error = f"metric {type(exc).__name__}: {exc}"
         return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)

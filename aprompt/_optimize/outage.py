@@ -25,9 +25,10 @@ a one-token request (a fresh rollout, so no cache answers it):
 
 A reply that is not an answer (empty, filtered; :class:`~aprompt._errors.IncompleteResponseError`) left
 its example unscored too, but it shows the endpoint works, and the client has already retried it: that
-example's own failure at once, with no check and no re-run. A reply cut at its token budget even after
-the client's larger re-send is no LM failure at all: the prompt's, scored 0
-(:func:`~aprompt.executors.base.unscored_lm_error`).
+example's own failure at once, with no check and no re-run. A reply the provider stopped on a fault
+(``finish_reason`` ``"error"`` or ``"abort"``) is not one of those: like a 5xx it may mean the endpoint is
+down, and is checked and re-run as above. A reply cut at its token budget even after the client's larger
+re-send is no LM failure at all: the prompt's, scored 0 (:func:`~aprompt.executors.base.unscored_lm_error`).
 
 Re-runs use the prompts and rollouts of the first run, and a response cache answers again what had
 succeeded, so a step that lived through an outage records exactly what a clean run records, and the
@@ -49,7 +50,7 @@ from aprompt._errors import ConfigError, EndpointDownError, IncompleteResponseEr
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.examples import Example
 from aprompt.lm._metering import metered_chat
-from aprompt.lm._replies import accepting_cut_replies
+from aprompt.lm._replies import accepting_cut_replies, is_answered_failure
 from aprompt.lm.retry import RETRYABLE_ERRORS
 from aprompt.lm.types import LM, Message
 from aprompt.program.context import current_lm
@@ -237,7 +238,9 @@ class OutageGuard:
                 # One token is all the check needs: a reply cut there is an answer, not re-sent.
                 with accepting_cut_replies(lambda text: True):
                     await metered_chat(lm, _CHECK, rollout=_fresh_rollout(), max_tokens=1)
-            except IncompleteResponseError:
+            except IncompleteResponseError as reply:
+                if not is_answered_failure(reply):
+                    return reply  # stopped on a fault: down like a 5xx
                 continue  # a cut or empty reply still shows the endpoint answers
             except LMError as problem:
                 return problem

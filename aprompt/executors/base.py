@@ -27,7 +27,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from aprompt._errors import ConfigError, IncompleteResponseError, LMError, TruncatedResponseError
+from aprompt._errors import ConfigError, LMError, TruncatedResponseError
+from aprompt.lm._replies import is_answered_failure
 from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
 from aprompt.program.overrides import PromptState, current_watch, running_program
@@ -100,7 +101,7 @@ class ProgramOutcome:
             return cls(
                 error=f"{type(lm_error).__name__}: {lm_error}",
                 lm_failure=True,
-                lm_answered=isinstance(lm_error, IncompleteResponseError),
+                lm_answered=is_answered_failure(lm_error),
                 cause=exc,
             )
         shown = lm_error_in(exc) or exc  # a cut reply is named as itself, not as what wrapped it

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from aprompt._errors import ConfigError, IncompleteResponseError, LMError
+from aprompt._errors import ConfigError, LMError
 from aprompt.executors.base import (
     ProgramOutcome,
     ProgramRun,
@@ -45,7 +45,7 @@ from aprompt.executors.base import (
     unscored_lm_error,
 )
 from aprompt.lm._metering import LimitReached, RequestMeter, metered_chat, metering
-from aprompt.lm._replies import accepting_cut_replies, cut_reply_acceptor
+from aprompt.lm._replies import accepting_cut_replies, cut_reply_acceptor, is_answered_failure
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
@@ -432,7 +432,7 @@ class RunRelay:
             original = self._failures[relayed.error_ref]
             error = f"{type(original).__name__}: {original}"
             lm_failure = unscored_lm_error(original) is not None
-            lm_answered = lm_failure and isinstance(original, IncompleteResponseError)
+            lm_answered = lm_failure and is_answered_failure(original)
         trace = tuple(
             TraceEntry(name, predictor, inputs, outputs, usage, text)
             for name, remote, inputs, outputs, usage, text in relayed.trace

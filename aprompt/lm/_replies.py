@@ -25,6 +25,7 @@ __all__ = [
     "accepting_cut_replies",
     "cut_reply_acceptor",
     "incomplete_reply",
+    "is_answered_failure",
     "larger_budget",
     "read_capped",
 ]
@@ -116,6 +117,13 @@ def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteRespons
             f"the reply is empty (finish_reason {reason!r})", finish_reason=reason, endpoint=endpoint
         )
     return None
+
+
+def is_answered_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a reply that is not an answer yet shows the LM works, and would come back the
+    same if asked again (cut, empty, filtered): not one the provider stopped on a fault (finish_reason
+    ``"error"``/``"abort"``), which is an outage's symptom like a 5xx."""
+    return isinstance(error, IncompleteResponseError) and error.finish_reason not in _FAULT_REASONS
 
 
 def larger_budget(params: Mapping[str, Any]) -> tuple[str, int | None, int]:

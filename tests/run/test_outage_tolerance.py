@@ -13,6 +13,7 @@ import json
 import math
 import re
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,43 @@ async def test_an_outage_mid_run_ends_with_the_clean_result(
     assert result.usage.errors > 0, "requests failed after their retries: steps lost examples"
     assert summary(result) == summary(clean)
     assert result.failures == {} and clean.failures == {}
+    assert all(t.n_unscored == 0 for t in result.trials) and all(f.n_unscored == 0 for f in result.full_evals)
+
+
+class FaultyRepliesAfter:
+    """The World's responder that, once it has answered ``n_answered`` requests, answers every request
+    for ``seconds`` with a 200 whose reply the provider stopped on a fault (OpenRouter's
+    ``finish_reason: "error"`` for an upstream failure)."""
+
+    def __init__(self, n_answered: int, seconds: float) -> None:
+        self.world = World()
+        self.n_answered, self.seconds = n_answered, seconds
+        self.answers = 0
+        self.until = -math.inf
+        self.faulty = 0
+
+    def __call__(self, request: ChatRequest) -> str | Fault:
+        self.answers += 1
+        if self.answers == self.n_answered:
+            self.until = time.monotonic() + self.seconds
+        if time.monotonic() < self.until:
+            self.faulty += 1
+            return Fault.reply("Answer: ans-", finish_reason="error")
+        return self.world(request)
+
+
+async def test_an_outage_of_replies_stopped_on_a_fault_ends_with_the_clean_result() -> None:
+    """Such replies were taken for the example's own failure, as a reply cut at its budget is: the
+    steps the outage hit were recorded with examples unscored, and the result changed."""
+    clean = await clean_run()
+    responder = FaultyRepliesAfter(140, 2.0)
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server:
+        result = await run_world(
+            server.base_url, None, TEST_API_KEY, lm_options={"retry": NO_RETRY}, outage_tolerance=60
+        )
+    assert responder.faulty > 0 and result.usage.errors > 0, "steps lost examples to the outage"
+    assert summary(result) == summary(clean)
+    assert result.failures == {}
     assert all(t.n_unscored == 0 for t in result.trials) and all(f.n_unscored == 0 for f in result.full_evals)
 
 
