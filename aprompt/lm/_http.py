@@ -207,7 +207,9 @@ class HTTPChatLM(abc.ABC):
                     target=target,
                 )
             )
-        self._secrets = tuple({key for key in keys if key})
+        # A key is also scrubbed as the server saw it: a header value's surrounding spaces are not its
+        # own (a key pasted with a trailing space comes back without it).
+        self._secrets = tuple({secret for key in keys if key for secret in (key, key.strip()) if secret})
         # Parsed once: httpx would parse a string URL again for every request.
         self._request_urls = {state: request_url(state.target, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)

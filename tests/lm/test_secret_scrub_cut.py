@@ -94,6 +94,35 @@ async def test_no_part_of_an_echoed_key_is_left_in_the_probes_error(offset: int)
     assert "***" in shown
 
 
+class TrimmingEchoServer(FakeOpenAIServer):
+    """Refuses every key, echoing it as it reads it: the header value's surrounding spaces dropped."""
+
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        given = headers.get("authorization", "").removeprefix("Bearer").strip()
+        return (
+            401,
+            json.dumps({"error": {"message": f"Incorrect API key provided: {given}"}}).encode(),
+            {},
+            None,
+        )
+
+
+@pytest.mark.parametrize("key", [f"{LONG_KEY} ", f"  {LONG_KEY}  "])
+async def test_a_key_given_with_spaces_around_it_is_scrubbed_as_the_server_echoes_it(key: str) -> None:
+    """The server reads the header value without its surrounding spaces and echoes the key that way,
+    which the error showed whole: only the key as given was scrubbed."""
+    async with TrimmingEchoServer() as server:
+        async with OpenAICompatibleLM("m", server.base_url, api_key=key, max_retries=0) as lm:
+            with pytest.raises(AuthenticationError) as caught:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    error = caught.value
+    shown = " ".join([str(error), repr(error), error.server_message])
+    assert [piece for piece in _pieces(LONG_KEY) if piece in shown] == []
+    assert "Incorrect API key provided: ***" in shown
+
+
 class EchoingPageServer(FakeOpenAIServer):
     """Answers every request 200 with a web page that echoes its Authorization header after ``padding``
     characters (a misrouted proxy's debug page)."""
