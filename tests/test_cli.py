@@ -316,6 +316,26 @@ def test_configuration_errors_exit_2_with_one_clear_line(
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "shown"),
+    [
+        ({"--lm": "ftp://user:sk-url-password@example.org/v1"}, "not 'ftp://example.org/v1'"),
+        ({"--base-url": "example.org/v1?key=sk-url-query-key"}, "not 'example.org/v1'"),
+        ({"--proposer-base-url": "example.org/v1?api-key=sk-url-query-key"}, "not 'example.org/v1'"),
+    ],
+)
+def test_a_refused_url_is_shown_without_its_credentials(
+    task: Path, capsys: pytest.CaptureFixture[str], change: dict[str, str], shown: str
+) -> None:
+    args = [arg for arg in base_args() if arg != "--lm" and not arg.startswith("http")]
+    for flag, value in change.items():
+        args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aprompt: error: ") and shown in err
+    assert "sk-url" not in err
+
+
 def test_data_that_lacks_an_input_field_is_named_with_its_line(
     task: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,7 +19,7 @@ import attrs
 
 import aprompt
 from aprompt._errors import ConfigError, ModelNotFoundError
-from aprompt.lm.endpoints import public_url
+from aprompt.lm.endpoints import public_url, shown_url
 from aprompt.lm.local import LOCAL_MODEL_NAME, find_local_model, local_model_name
 from aprompt.lm.usage import UsageSnapshot, total_usage
 
@@ -81,15 +81,17 @@ def _choose(
     parts taken from ``fallback`` when it is the same provider."""
     if lm is not None and lm not in PROVIDERS:
         if not _is_url(lm):
+            # Shown without the credentials it may carry, like every URL in our messages.
             raise ConfigError(
-                f"{lm_flag} must be 'local', 'openai', 'anthropic' or an http(s):// base URL, not {lm!r}"
+                f"{lm_flag} must be 'local', 'openai', 'anthropic' or an http(s):// base URL, "
+                f"not {shown_url(lm)!r}"
             )
         if base_url is not None:
             shown = public_url(lm)
             raise ConfigError(f"{lm_flag} {shown!r} is already a base URL; give it or the base URL, not both")
         lm, base_url = "openai", lm
     if base_url is not None and not _is_url(base_url):
-        raise ConfigError(f"the base URL must be an http(s):// URL, not {base_url!r}")
+        raise ConfigError(f"the base URL must be an http(s):// URL, not {shown_url(base_url)!r}")
     provider = lm or (fallback.provider if fallback is not None else "openai")
     if provider == "local":
         if base_url is not None:

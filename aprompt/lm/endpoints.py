@@ -32,6 +32,7 @@ __all__ = [
     "EndpointState",
     "endpoint_urls",
     "public_url",
+    "shown_url",
 ]
 
 
@@ -54,7 +55,7 @@ class Endpoint:
     """
 
     # Shown without the credentials a URL may carry (user info, a key in its query), as the clients do.
-    url: str = attrs.field(repr=lambda url: repr(_shown_url(url)))
+    url: str = attrs.field(repr=lambda url: repr(shown_url(url)))
     max_concurrency: int | None = None
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
@@ -86,8 +87,9 @@ def public_url(url: str) -> str:
     return endpoint_urls(url)[1]
 
 
-def _shown_url(url: str) -> str:
-    """:func:`public_url`, or for a URL it refuses, the part after any user info and before any query."""
+def shown_url(url: str) -> str:
+    """``url`` as an error or a ``repr`` may show it, whatever it is: :func:`public_url`, or for a URL that
+    refuses (no scheme or host), the part after any user info and before any query."""
     try:
         return public_url(url)
     except ConfigError:
