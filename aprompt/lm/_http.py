@@ -81,7 +81,7 @@ from aprompt.lm._transport import HttpxTransport, Transport, TransportError, Tra
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.cache._run_caches import lent_cache
-from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls
+from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls, shown_url
 from aprompt.lm.limits import RateLimiter, TokenEstimator, estimate_prompt_tokens
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy, error_for_status, raw_retry_after
@@ -177,8 +177,14 @@ class HTTPChatLM(abc.ABC):
             # "" is a key given as none (a local server beside a cloud one): not the client's.
             if endpoint.api_key is not None:
                 key: str | None = endpoint.api_key
-            elif endpoint.api_key_env is not None and _env(endpoint.api_key_env) is not None:
+            elif endpoint.api_key_env is not None:
                 key = _env(endpoint.api_key_env)
+                if key is None:
+                    # Falling back to the client's key would send it to a server meant to get another.
+                    raise ConfigError(
+                        f"endpoint {shown_url(endpoint.url)} reads its key from ${endpoint.api_key_env}, "
+                        'which is not set: set it, or give the endpoint api_key ("" for none)'
+                    )
             else:
                 key = default_key
             target, url, hidden = endpoint_urls(endpoint.url)

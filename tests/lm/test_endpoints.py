@@ -295,3 +295,17 @@ async def test_an_endpoint_given_an_empty_key_sends_none_not_the_clients(lm_kwar
         ) as lm:
             await lm.chat(question(0))
     assert [r.headers.get("authorization") for r in local.chat_requests] == [None]
+
+
+def test_an_endpoint_whose_key_variable_is_unset_is_refused_not_sent_the_clients_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The endpoint names its own key's variable: without it, the client's key (another provider's,
+    perhaps) must not go there."""
+    monkeypatch.delenv("OTHER_PROVIDER_KEY", raising=False)
+    endpoint = Endpoint("http://gpu-2:8000/v1", api_key_env="OTHER_PROVIDER_KEY")
+    with pytest.raises(ConfigError, match=r"\$OTHER_PROVIDER_KEY, which is not set") as refused:
+        OpenAICompatibleLM("m", [endpoint], api_key="sk-client-SECRET-123456")
+    assert "sk-client" not in str(refused.value)
+    monkeypatch.setenv("OTHER_PROVIDER_KEY", "sk-other-123456")
+    OpenAICompatibleLM("m", [endpoint], api_key="sk-client-SECRET-123456")  # set: opens
