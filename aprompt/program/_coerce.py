@@ -213,14 +213,15 @@ def describe_type(annotation: Any) -> str:
 
 def format_output(value: Any, annotation: Any = str) -> str:
     """Render an output value as the model should write it, so that :func:`coerce` reads it back."""
+    value = _plain(value)
     if is_literal(annotation) and not isinstance(value, list | tuple):
         return str(value)  # a choice as the prompt lists it ("one of: True, False"), read back by its text
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, list | tuple):
-        return json.dumps([_plain(v) for v in value], ensure_ascii=False)
+    if isinstance(value, list):
+        return json.dumps(value, ensure_ascii=False, default=str)
     if isinstance(value, str):
         return value
     return json.dumps(_plain(value), ensure_ascii=False, default=str)
@@ -234,6 +235,15 @@ def format_input(value: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
+    """``value`` as JSON's kinds: tuples as lists, and a numpy scalar (a pandas row's value) as the
+    Python value it stands for, so ``np.int64(7)`` shows as ``7``, not as the text ``"7"`` or an error."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
     return value

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from aprompt.program import ChainOfThought, Demo, Signature, format_messages
+from aprompt.program._coerce import format_input, format_output
 
 SIGNATURE = Signature.parse(
     "question, context: list[str] -> answer: int", "Count the objects in the question."
@@ -133,3 +136,12 @@ def test_a_demo_whose_value_can_change_is_rendered_as_it_is_at_each_call() -> No
     after = format_messages(signature, {"question": "q"}, demos=[demo])
     assert before[2]["content"] != after[2]["content"]
     assert "b" in after[2]["content"]
+
+
+def test_numpy_scalars_in_inputs_show_as_the_values_they_stand_for() -> None:
+    """A pandas row's values are numpy scalars: in a list they made the prompt's JSON raise (every run of
+    the program failing, scored 0), alone they showed as quoted text."""
+    assert format_input(np.int64(7)) == "7"
+    assert format_input([np.int64(1), np.int64(2)]) == "[1, 2]"
+    assert format_input({"weight": np.float32(0.5)}) == '{"weight": 0.5}'
+    assert format_output(np.bool_(True), bool) == "yes"
