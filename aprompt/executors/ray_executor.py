@@ -24,6 +24,7 @@ import itertools
 import os
 import pickle
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -85,9 +86,9 @@ class RayExecutor:
     """Runs program runs on a Ray cluster; LM calls stay with the driver's clients (see the module).
 
     Args:
-        address: ``None`` starts a local cluster (stopped on exit), ``"auto"`` or ``"ray://host:10001"``
-            connects to an existing one (left running). A process that already called ``ray.init``
-            uses that cluster.
+        address: ``None`` starts a local cluster (stopped when the last executor using it closes),
+            ``"auto"`` or ``"ray://host:10001"`` connects to an existing one (left running). A process that
+            already called ``ray.init`` uses that cluster.
         workers: worker processes (actors); default: one per CPU of the cluster.
         num_cpus: CPUs of a local cluster (default: all of this machine).
         runs_per_worker: program runs one worker runs at once (they overlap while waiting for the LM).
@@ -159,14 +160,19 @@ class RayExecutor:
     def _start(self) -> None:
         if self._workers:
             raise ConfigError("this RayExecutor is already open; create another one")
-        if not ray.is_initialized():
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if self.address is None:
-                options["num_cpus"] = self._num_cpus
-            else:
-                options["address"] = self.address
-            ray.init(**{**options, **self._init_options})
-            self._started_ray = True
+        with _STARTED_RAY.lock:
+            if not ray.is_initialized():
+                options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+                if self.address is None:
+                    options["num_cpus"] = self._num_cpus
+                else:
+                    options["address"] = self.address
+                ray.init(**{**options, **self._init_options})
+                _STARTED_RAY.by_executor = True
+            # Ray that an executor started is shut down by the last executor using it, not the first.
+            if _STARTED_RAY.by_executor:
+                _STARTED_RAY.users += 1
+                self._started_ray = True
         try:
             resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
             n = self._n_workers or max(1, int(resources.get("CPU", 1)))
@@ -210,8 +216,12 @@ class RayExecutor:
         self._workers, self._relay = [], None
         self._shipped.clear()
         if self._started_ray:
-            ray.shutdown()
             self._started_ray = False
+            with _STARTED_RAY.lock:
+                _STARTED_RAY.users -= 1
+                if _STARTED_RAY.users == 0:
+                    _STARTED_RAY.by_executor = False
+                    ray.shutdown()
 
     def worker_pids(self) -> list[int]:
         """The process id of each worker (its current process: a dead one is replaced)."""
@@ -312,6 +322,18 @@ async def _result(ref: Any, *, program_run: str | None = None) -> Any:
     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
         where = f"program run of example {program_run!r}" if program_run else "relay"
         raise WorkerLostError(f"the {where} was lost: its Ray worker died ({type(exc).__name__})") from exc
+
+
+@attrs.define
+class _RayStarted:
+    """Whether an executor of this process started Ray, and how many open executors use it."""
+
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    by_executor: bool = False
+    users: int = 0
+
+
+_STARTED_RAY = _RayStarted()
 
 
 def _placement(options: Mapping[str, Any]) -> dict[str, Any]:

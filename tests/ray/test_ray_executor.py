@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -417,3 +419,16 @@ async def test_a_predictor_out_of_the_programs_reach_on_ray_is_reported_by_the_d
         await optimize_in_world(program=CallsAHiddenPredictor(), executor=executor)
     assert len(here) == 1 and "Predict('question -> rewritten')" in here[0]
     assert reports() == here  # the worker's import of the module runs it; the driver says so, once
+
+
+def test_closing_one_executor_leaves_the_ray_it_started_to_another_still_open() -> None:
+    """The first executor started Ray; a second uses it; closing the first must not shut Ray down under
+    the second (its runs would all fail as lost), and the last one to close stops it. In a fresh process:
+    here Ray is already running."""
+    script = Path(__file__).with_name("_two_executors.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
