@@ -115,8 +115,10 @@ def _summary(view: RunView) -> str:
         _card("Trials", str(len(view.trials))),
         _card("Full evaluations", str(len(view.full_evals))),
     ]
-    if view.seconds is not None:
-        cards.append(_card("Time", f"{view.seconds:.0f} s"))
+    # The run's, earlier calls of a resumed run included (what max_time counts), as the LM calls card.
+    seconds = view.spent.get("seconds", view.seconds)
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        cards.append(_card("Time", f"{seconds:.0f} s"))
     if view.phases:
         # The run's, earlier calls of a resumed run included: what max_lm_calls counts.
         cards.append(_card("LM calls sent", f"{view.lm_calls or 0:,}"))
