@@ -286,7 +286,10 @@ class SearchLoop:
         """
         instructions = {k: tuple(v) for k, v in self.candidates.instructions.items()}
         instructions[name] = (*instructions[name], instruction)
+        searched = set(self.candidates.parameters())
         self.candidates = attrs.evolve(self.candidates, instructions=instructions)
+        if set(self.candidates.parameters()) != searched:
+            self._name_new_parameters()
         if self._sampler is not None:
             space = self._space()
             if space != self._sampler.space:
@@ -298,6 +301,32 @@ class SearchLoop:
                     space, history, seed=self.seed, n_trials_hint=self.n_trials
                 )
         return len(instructions[name]) - 1
+
+    def _named(self, choice: Mapping[str, int]) -> Mapping[str, int]:
+        """``choice`` naming every searched parameter, those it leaves out at index 0: the prompts it ran
+        with. A choice made before a predictor's instruction was searched (its first instruction added
+        mid-run) names none for it; so named, one program has one key (``key_of``) whenever it ran, and
+        is never evaluated again as another combination."""
+        names = self.candidates.parameters()
+        if all(name in choice for name in names):
+            return choice
+        return {**dict.fromkeys(names, 0), **choice}
+
+    def _name_new_parameters(self) -> None:
+        """Rename the evidence so far by :meth:`_named` (a parameter was added to the search)."""
+        self.trials = [attrs.evolve(t, choice=self._named(t.choice)) for t in self.trials]
+        self.full_evals = [attrs.evolve(f, choice=self._named(f.choice)) for f in self.full_evals]
+        self.rungs = [attrs.evolve(r, choice=self._named(r.choice)) for r in self.rungs]
+        self.confirmations = [attrs.evolve(c, choice=self._named(c.choice)) for c in self.confirmations]
+        self._reference_choices = [dict(self._named(c)) for c in self._reference_choices]
+        self._tested = {choice_key(self._named(dict(key))) for key in self._tested}
+        self.raced_out = {key_of(self._named(dict(key))) for key in self.raced_out}
+        pool = ScorePool()
+        for key, scores in self._pool.scores.items():
+            pool.add(self._named(self._pool.choices[key]), scores)
+        self._pool = pool
+        if self._pick is not None:
+            self._pick = attrs.evolve(self._pick, choice=self._named(self._pick.choice))
 
     async def run_outcome(self, *, final_full_eval: bool = False) -> SearchOutcome:
         """The outcome so far, decided by :func:`~aprompt._optimize.final_pick.pick`; with
@@ -438,6 +467,7 @@ class SearchLoop:
         return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
 
     async def _add_confirmation(self, record: FullEval) -> None:
+        record = attrs.evolve(record, choice=self._named(record.choice))
         index = len(self.confirmations)
         self.confirmations.append(record)
         self.failures.update({f"confirmation:{index}:{eid}": e for eid, e in record.lm_failures.items()})
@@ -556,6 +586,8 @@ class SearchLoop:
 
     async def record_trial(self, trial: Trial) -> None:
         """Add a trial's scores to the evidence (the TPE is told by the caller)."""
+        # A trial asked before a parameter was added to the search is recorded after it (in flight).
+        trial = attrs.evolve(trial, choice=self._named(trial.choice))
         self.trials.append(trial)
         self._spent += len(trial.example_ids)
         self._pool.add(trial.choice, trial.scores)
@@ -605,6 +637,7 @@ class SearchLoop:
 
     def record_rung(self, rung: RungEval) -> None:
         """Add a race rung's scores to the evidence."""
+        rung = attrs.evolve(rung, choice=self._named(rung.choice))
         self.rungs.append(rung)
         self._spent += len(rung.example_ids)
         self._pool.add(rung.choice, rung.scores)
@@ -657,6 +690,7 @@ class SearchLoop:
 
     async def record_full_evaluation(self, result: FullEval, is_baseline: bool) -> None:
         """Add a full evaluation to the evidence and decide the pick again."""
+        result = attrs.evolve(result, choice=self._named(result.choice))
         self.full_evals.append(result)
         self._spent += len(result.scores) + result.n_unscored - result.reused
         self._tested.add(choice_key(result.choice))

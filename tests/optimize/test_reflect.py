@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 import aprompt
-from aprompt import ConfigError, Example, OpenAICompatibleLM, Prediction
+from aprompt import ConfigError, Demo, Example, OpenAICompatibleLM, Prediction
 from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.evaluate import evaluate
@@ -335,3 +335,67 @@ async def test_row_index_ids_in_both_splits_keep_each_validation_rows_own_output
         item = item_of(row.inputs["question"])
         shown = str((row.outcome.output or {}).get("answer", ""))
         assert shown in (f"ans-{item}", "no idea"), (row.example_id, item, shown)
+
+
+def _by_instruction_or_demos(request: ChatRequest) -> str:
+    """Right when the prompt asks for the code or shows a demo, else for every third item only."""
+    item = item_of(request.last_user)
+    right = "code" in str(request.messages[0].get("content", "")) or "item-90" in str(request.messages)
+    return f"Answer: {'ans-' + str(item) if right or item % 3 == 0 else 'wrong'}"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_a_first_added_instruction_names_earlier_choices_so_no_program_is_fully_evaluated_twice(
+    fake_server: FakeOpenAIServer, seed: int
+) -> None:
+    """The predictor has one instruction (no instruction parameter) until one is added mid-run: the
+    choices recorded before name none, and the same prompts chosen later with index 0 must count as the
+    same program, not be fully evaluated (or raced) again as another."""
+    fake_server.responder = _by_instruction_or_demos
+
+    def demos(k: int) -> DemoSet:
+        return DemoSet(
+            tuple(
+                Demo({"question": f"What is the answer for item-{90 + j}?", "answer": f"ans-{90 + j}"})
+                for j in range(k)
+            )
+        )
+
+    added: list[int] = []
+
+    async def add_one(loop: SearchLoop) -> None:
+        if not added:
+            added.append(len(loop.trials))
+            loop.add_instruction("answer", "Answer with the code of the item.")
+
+    async def ignore(event: Event) -> None:
+        pass
+
+    async with lm_for(fake_server, cache=ResponseCache.disabled()) as lm:
+        loop = SearchLoop(
+            program=QAProgram(),
+            candidates=Candidates(
+                ("answer",),
+                {"answer": ("Answer the question.",)},
+                {"answer": (DemoSet(()), demos(1), demos(2))},
+            ),
+            valset=qa_examples(0, 20),
+            metric=exact_match,
+            emit=ignore,
+            n_trials=12,
+            minibatch_size=5,
+            full_eval_every=3,
+            parallel_trials=1,
+            seed=seed,
+            lm=lm,
+            outage=OutageGuard((lm,), DEFAULT_OUTAGE_POLICY),
+            after_evaluation=add_one,
+        )
+        outcome = await loop.run()
+    assert added and "answer.instruction" in loop.candidates.parameters()
+    programs = [loop.candidates.prompts_for(f.choice)["answer"] for f in loop.full_evals]
+    twice = [p for i, p in enumerate(programs) if p in programs[:i]]
+    assert not twice, [dict(f.choice) for f in loop.full_evals]
+    names = set(loop.candidates.parameters())
+    records = [*outcome.trials, *outcome.full_evals, *outcome.rungs]
+    assert all(set(r.choice) == names for r in records)
