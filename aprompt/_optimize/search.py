@@ -53,7 +53,7 @@ import copy
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -105,6 +105,9 @@ RACE_DRAW_STREAM = 2
 #: Draws per entrant wanted before ``SearchLoop.drawn_untested`` settles for fewer distinct ones.
 DRAW_ATTEMPTS = 4
 
+
+#: A record whose choice ``SearchLoop`` names in full (see ``SearchLoop._named``).
+_Record = TypeVar("_Record", Trial, FullEval, RungEval, FinalPick)
 
 #: See ``SearchLoop.prefetched``.
 Prefetched = Callable[[Candidates, Choice], Callable[[], Awaitable["FullEval"]] | None]
@@ -314,10 +317,10 @@ class SearchLoop:
 
     def _name_new_parameters(self) -> None:
         """Rename the evidence so far by :meth:`_named` (a parameter was added to the search)."""
-        self.trials = [attrs.evolve(t, choice=self._named(t.choice)) for t in self.trials]
-        self.full_evals = [attrs.evolve(f, choice=self._named(f.choice)) for f in self.full_evals]
-        self.rungs = [attrs.evolve(r, choice=self._named(r.choice)) for r in self.rungs]
-        self.confirmations = [attrs.evolve(c, choice=self._named(c.choice)) for c in self.confirmations]
+        self.trials = [self._renamed(t) for t in self.trials]
+        self.full_evals = [self._renamed(f) for f in self.full_evals]
+        self.rungs = [self._renamed(r) for r in self.rungs]
+        self.confirmations = [self._renamed(c) for c in self.confirmations]
         self._reference_choices = [dict(self._named(c)) for c in self._reference_choices]
         self._tested = {choice_key(self._named(dict(key))) for key in self._tested}
         self.raced_out = {key_of(self._named(dict(key))) for key in self.raced_out}
@@ -326,7 +329,12 @@ class SearchLoop:
             pool.add(self._named(self._pool.choices[key]), scores)
         self._pool = pool
         if self._pick is not None:
-            self._pick = attrs.evolve(self._pick, choice=self._named(self._pick.choice))
+            self._pick = self._renamed(self._pick)
+
+    def _renamed(self, record: _Record) -> _Record:
+        """``record`` with its choice :meth:`_named` (itself when it names every parameter)."""
+        named = self._named(record.choice)
+        return record if named is record.choice else attrs.evolve(record, choice=named)
 
     async def run_outcome(self, *, final_full_eval: bool = False) -> SearchOutcome:
         """The outcome so far, decided by :func:`~aprompt._optimize.final_pick.pick`; with
@@ -467,7 +475,7 @@ class SearchLoop:
         return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
 
     async def _add_confirmation(self, record: FullEval) -> None:
-        record = attrs.evolve(record, choice=self._named(record.choice))
+        record = self._renamed(record)
         index = len(self.confirmations)
         self.confirmations.append(record)
         self.failures.update({f"confirmation:{index}:{eid}": e for eid, e in record.lm_failures.items()})
@@ -587,7 +595,7 @@ class SearchLoop:
     async def record_trial(self, trial: Trial) -> None:
         """Add a trial's scores to the evidence (the TPE is told by the caller)."""
         # A trial asked before a parameter was added to the search is recorded after it (in flight).
-        trial = attrs.evolve(trial, choice=self._named(trial.choice))
+        trial = self._renamed(trial)
         self.trials.append(trial)
         self._spent += len(trial.example_ids)
         self._pool.add(trial.choice, trial.scores)
@@ -634,10 +642,12 @@ class SearchLoop:
         for name, texts in fork.candidates.instructions.items():
             for text in texts[len(origin.candidates.instructions[name]) :]:
                 self.add_instruction(name, text)
+        # What the copy recorded before a parameter the search added meanwhile (a proposal hook's).
+        self._name_new_parameters()
 
     def record_rung(self, rung: RungEval) -> None:
         """Add a race rung's scores to the evidence."""
-        rung = attrs.evolve(rung, choice=self._named(rung.choice))
+        rung = self._renamed(rung)
         self.rungs.append(rung)
         self._spent += len(rung.example_ids)
         self._pool.add(rung.choice, rung.scores)
@@ -690,7 +700,7 @@ class SearchLoop:
 
     async def record_full_evaluation(self, result: FullEval, is_baseline: bool) -> None:
         """Add a full evaluation to the evidence and decide the pick again."""
-        result = attrs.evolve(result, choice=self._named(result.choice))
+        result = self._renamed(result)
         self.full_evals.append(result)
         self._spent += len(result.scores) + result.n_unscored - result.reused
         self._tested.add(choice_key(result.choice))

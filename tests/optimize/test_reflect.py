@@ -344,14 +344,8 @@ def _by_instruction_or_demos(request: ChatRequest) -> str:
     return f"Answer: {'ans-' + str(item) if right or item % 3 == 0 else 'wrong'}"
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-async def test_a_first_added_instruction_names_earlier_choices_so_no_program_is_fully_evaluated_twice(
-    fake_server: FakeOpenAIServer, seed: int
-) -> None:
-    """The predictor has one instruction (no instruction parameter) until one is added mid-run: the
-    choices recorded before name none, and the same prompts chosen later with index 0 must count as the
-    same program, not be fully evaluated (or raced) again as another."""
-    fake_server.responder = _by_instruction_or_demos
+def _one_instruction_search(lm: OpenAICompatibleLM, **options: Any) -> SearchLoop:
+    """A search whose predictor has one instruction (no instruction parameter) and three demo sets."""
 
     def demos(k: int) -> DemoSet:
         return DemoSet(
@@ -361,6 +355,35 @@ async def test_a_first_added_instruction_names_earlier_choices_so_no_program_is_
             )
         )
 
+    async def ignore(event: Event) -> None:
+        pass
+
+    return SearchLoop(
+        program=QAProgram(),
+        candidates=Candidates(
+            ("answer",), {"answer": ("Answer the question.",)}, {"answer": (DemoSet(()), demos(1), demos(2))}
+        ),
+        valset=qa_examples(0, 20),
+        metric=exact_match,
+        emit=ignore,
+        n_trials=12,
+        minibatch_size=5,
+        full_eval_every=3,
+        parallel_trials=1,
+        lm=lm,
+        outage=OutageGuard((lm,), DEFAULT_OUTAGE_POLICY),
+        **options,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_a_first_added_instruction_names_earlier_choices_so_no_program_is_fully_evaluated_twice(
+    fake_server: FakeOpenAIServer, seed: int
+) -> None:
+    """The predictor has one instruction (no instruction parameter) until one is added mid-run: the
+    choices recorded before name none, and the same prompts chosen later with index 0 must count as the
+    same program, not be fully evaluated (or raced) again as another."""
+    fake_server.responder = _by_instruction_or_demos
     added: list[int] = []
 
     async def add_one(loop: SearchLoop) -> None:
@@ -372,25 +395,7 @@ async def test_a_first_added_instruction_names_earlier_choices_so_no_program_is_
         pass
 
     async with lm_for(fake_server, cache=ResponseCache.disabled()) as lm:
-        loop = SearchLoop(
-            program=QAProgram(),
-            candidates=Candidates(
-                ("answer",),
-                {"answer": ("Answer the question.",)},
-                {"answer": (DemoSet(()), demos(1), demos(2))},
-            ),
-            valset=qa_examples(0, 20),
-            metric=exact_match,
-            emit=ignore,
-            n_trials=12,
-            minibatch_size=5,
-            full_eval_every=3,
-            parallel_trials=1,
-            seed=seed,
-            lm=lm,
-            outage=OutageGuard((lm,), DEFAULT_OUTAGE_POLICY),
-            after_evaluation=add_one,
-        )
+        loop = _one_instruction_search(lm, seed=seed, after_evaluation=add_one)
         outcome = await loop.run()
     assert added and "answer.instruction" in loop.candidates.parameters()
     programs = [loop.candidates.prompts_for(f.choice)["answer"] for f in loop.full_evals]
@@ -399,3 +404,21 @@ async def test_a_first_added_instruction_names_earlier_choices_so_no_program_is_
     names = set(loop.candidates.parameters())
     records = [*outcome.trials, *outcome.full_evals, *outcome.rungs]
     assert all(set(r.choice) == names for r in records)
+
+
+async def test_an_evaluation_beside_the_trials_joins_named_by_a_parameter_added_meanwhile(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    """A proposal hook adds the predictor's first instruction while an evaluation runs on a copy of the
+    search: what the copy recorded joins named by the new parameter, as the search's own records are."""
+    fake_server.responder = _by_instruction_or_demos
+    async with lm_for(fake_server) as lm:
+        loop = _one_instruction_search(lm)
+        await loop.full_evaluation(loop.candidates.baseline(), is_baseline=True)
+        beside = loop.fork(lambda what, parts: None)
+        await beside.full_evaluation({"answer.demos": 1})
+        loop.add_instruction("answer", "Answer with the code of the item.")
+        loop.merge(beside)
+    named = [{"answer.instruction": 0, "answer.demos": 0}, {"answer.instruction": 0, "answer.demos": 1}]
+    assert [dict(f.choice) for f in loop.full_evals] == named
+    assert loop.tested == {tuple(sorted(c.items())) for c in named}
