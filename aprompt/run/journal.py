@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,15 +60,7 @@ class RunJournal:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
-        try:
-            _prepare_with_retries(db, path)
-        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file may also decode badly
-            db.close()
-            raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
-        except BaseException:
-            db.close()
-            raise
-        return cls(path, db)
+        return cls._checked(db, path, _prepare_with_retries)
 
     @classmethod
     def open_read_only(cls, run_dir: str | os.PathLike[str]) -> RunJournal:
@@ -83,17 +75,16 @@ class RunJournal:
             db = _connect_read_only(path)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
+        return cls._checked(db, path, _check_read_only)
+
+    @classmethod
+    def _checked(
+        cls, db: sqlite3.Connection, path: Path, check: Callable[[sqlite3.Connection, Path], None]
+    ) -> RunJournal:
+        """The journal on ``db`` once ``check`` passed; else ``db`` closed and a :class:`JournalError`."""
         try:
-            db.execute("PRAGMA busy_timeout = 30000")
-            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                raise JournalError(f"{path} is not an aprompt run journal", path=str(path))
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise JournalError(
-                    f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION}",
-                    path=str(path),
-                )
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            check(db, path)
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file may also decode badly
             db.close()
             raise JournalError(f"cannot open run journal {path}: {exc}", path=str(path)) from None
         except BaseException:
@@ -198,6 +189,18 @@ class RunJournal:
 
     def __repr__(self) -> str:
         return f"RunJournal({str(self._path)!r})"
+
+
+def _check_read_only(db: sqlite3.Connection, path: Path) -> None:
+    """Check, changing nothing, that ``db`` is an aprompt journal of the schema this aprompt reads."""
+    db.execute("PRAGMA busy_timeout = 30000")
+    if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        raise JournalError(f"{path} is not an aprompt run journal", path=str(path))
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise JournalError(
+            f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION}", path=str(path)
+        )
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
