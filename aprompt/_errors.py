@@ -1,4 +1,5 @@
-"""The exception tree: every error aprompt raises derives from :class:`APromptError`.
+"""The exception tree: every error aprompt raises derives from :class:`APromptError` (and its one warning,
+:class:`InexactResumeWarning`, from :class:`UserWarning`).
 
 Errors carry the context a user needs (the endpoint, the HTTP status, the server's message, the raw model
 text) and never a secret: API keys and request headers are not stored on any exception.
@@ -255,3 +256,19 @@ class RunLimitError(OptimizationError):
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class InexactResumeWarning(UserWarning):
+    """A warning, not an error: a run resumed from its ``run_dir`` returned a result that may differ from
+    an uninterrupted run's with the same inputs, because its limits (``max_lm_calls``, ``max_tokens``,
+    ``max_cost``) decided steps on amounts the resume could not replay.
+
+    That happens after a stop mid-step (a kill, a cancellation, an error): the requests counted for the
+    steps it had not journaled count again, and those steps run again from the cache (free, so the run
+    also measures a program run as cheaper); and after a limit is lowered below the one the journaled
+    steps were admitted under. The run still kept its limits. Every later call on the same ``run_dir``
+    warns again.
+
+    Catch it with ``warnings.catch_warnings()``, or make it an error with
+    ``warnings.simplefilter("error", aprompt.InexactResumeWarning)``.
+    """

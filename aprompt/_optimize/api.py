@@ -8,12 +8,13 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import attrs
 
-from aprompt._errors import ConfigError
+from aprompt._errors import ConfigError, InexactResumeWarning
 from aprompt._optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
 from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt._optimize.confirmation import confirmation_calls
@@ -155,6 +156,9 @@ async def optimize(
             (``result.stopped_by`` names the limit, ``result.spent`` the amounts). Limits count for any
             LM object and are cumulative over the calls of one run: with a ``run_dir`` a resumed run
             continues the same budget, and calling a stopped run again with the same limit spends nothing.
+            A run stopped mid-step and resumed may end otherwise than an uninterrupted run under
+            ``max_lm_calls``, ``max_tokens`` or ``max_cost``, and then warns
+            (:class:`aprompt.InexactResumeWarning`), as does a run called again with a lower limit.
         max_lm_calls: deprecated (a :class:`DeprecationWarning`): ``limits=aprompt.Limits(max_lm_calls=...)``;
             giving an old limit argument with ``limits`` is a :class:`ConfigError`.
         max_tokens: deprecated: ``limits=aprompt.Limits(max_tokens=...)``.
@@ -335,6 +339,14 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
     with recording_outputs() as outputs, timing_requests() as requests:
         candidates, outcome = await ctx.run_strategy(strategy)
         loop = ctx.search_loop
+    if ctx.diverged is not None:
+        warnings.warn(
+            InexactResumeWarning(
+                "aprompt: this run's result may differ from an uninterrupted run's with the same inputs: "
+                f"it was resumed after {ctx.diverged}, and its limits decide steps on what it has spent"
+            ),
+            stacklevel=3,  # the caller of optimize()
+        )
     examples = final_examples(ctx.valset, candidates, outcome, outputs, ctx.journal)
     if ctx.journal is not None and len(requests):  # a call answered from the cache keeps the last chart
         ctx.journal.append(IN_FLIGHT_KIND, requests.record())

@@ -39,6 +39,7 @@ from aprompt.run._limits import (
     SPENT_KIND,
     RunCosts,
     RunLimits,
+    inexact_resume,
     meter_for,
     spent_record,
     step_estimate,
@@ -149,6 +150,17 @@ class RunContext:
     #: Program runs the search keeps for confirming its pick under a limit that can refuse steps
     #: (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`; 0 on a large validation set).
     confirmation_kept: int = attrs.field(init=False)
+    #: Why the run's result may differ from an uninterrupted run's with the same inputs (its limits
+    #: decided steps after a resume that could not replay the spending they were decided on, see
+    #: :func:`~aprompt.run._limits.inexact_resume`); ``None`` while it cannot. Journaled, so it stays.
+    diverged: str | None = attrs.field(default=None, init=False)
+    #: Why this call's resume cannot replay what the run spent, while it has decided nothing on it yet.
+    _inexact: str | None = attrs.field(default=None, init=False)
+    #: What the outermost steps being computed have spent so far (see :meth:`_unjournaled`).
+    _open: dict[int, UsageCounter] = attrs.field(factory=dict, init=False)
+    #: Requests of outermost steps that ended without a result (a stop mid-step loses them), and those
+    #: an inexact resume found unjournaled: still to be made good if this call stops too.
+    _abandoned: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.confirmation_kept = runs_kept_for_confirmation(self.trainset, self.valset)
@@ -162,6 +174,11 @@ class RunContext:
                 on_answers=self._record_answers,
                 first_run_budget=(runs, what),
             )
+            self._inexact, lowered = inexact_resume(self.limits, record)
+            if self._inexact is not None and record is not None:
+                self._abandoned = int(record.get("unjournaled", 0))
+            diverged = record.get("diverged") if record is not None else None
+            self.diverged = str(diverged) if diverged is not None else self._inexact if lowered else None
         except (KeyError, TypeError, ValueError) as exc:
             assert self.journal is not None
             raise JournalError(
@@ -259,6 +276,7 @@ class RunContext:
                 f"{self.meter.describe(refused)} cannot pay for {what}: it refused the same step when this "
                 "run was stopped, at the same limit; raise the limit to go on",
             )
+        self._decides_on_spending()
         runs, n_calls = (0, todo) if calls else (todo, 0)
         reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
         own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls)
@@ -350,6 +368,7 @@ class RunContext:
         """Program runs the rest of the budget pays for (at the measured cost per run), after what the
         admitted steps in flight are still expected to spend; ``None`` without a limit on calls, tokens or
         cost."""
+        self._decides_on_spending()
         ratio = self._fresh_run_ratio()
         per_run = tuple(cost * ratio for cost in step_estimate(self.meter, self.costs, runs=1, calls=0))
         used = self.meter.usage
@@ -393,10 +412,33 @@ class RunContext:
             found = self.journal.latest(DECISION_KIND, key)
             if isinstance(found, int):
                 return found
+        self._decides_on_spending()
         value = compute()
         if self.journal is not None:
             self.journal.append(DECISION_KIND, value, key=key)
         return value
+
+    def _decides_on_spending(self) -> None:
+        """Note a decision made on what the run has spent: after a resume that could not replay that
+        (``_inexact``), the run may now go otherwise than the uninterrupted run."""
+        if self._inexact is not None and self.diverged is None:
+            self.diverged = self._inexact
+
+    def _unjournaled(self, recorded: int) -> int:
+        """Requests counted, or reserved (``recorded`` is the count the record holds), for work no
+        journaled step holds: the outermost steps being computed, and those that ended without a result."""
+        open_requests = sum(counter.requests for counter in self._open.values())
+        return open_requests + self._abandoned + max(0, recorded - self.meter.usage.requests)
+
+    def _spent_record(self, requests: int | None = None) -> dict[str, Any]:
+        recorded = self.meter.usage.requests if requests is None else requests
+        return spent_record(
+            self.meter,
+            self.costs,
+            requests=requests,
+            unjournaled=self._unjournaled(recorded),
+            diverged=self.diverged,
+        )
 
     def _journal_refusal(
         self, parts: Sequence[tuple[str, str, int]], limit: str, *, kept: bool = False
@@ -432,7 +474,7 @@ class RunContext:
     def _reserve(self, meter: RequestMeter) -> None:
         # Durable before the request is sent: a crash then never forgets a request that may have been sent.
         if self.journal is not None:
-            self.journal.append(SPENT_KIND, spent_record(meter, self.costs, requests=meter.reserved))
+            self.journal.append(SPENT_KIND, self._spent_record(requests=meter.reserved))
 
     def _record_answers(self, meter: RequestMeter) -> None:
         # Under a token or cost limit, the tokens of answers to steps still running are journaled too:
@@ -440,12 +482,12 @@ class RunContext:
         # requests recorded never fall below the durable reservation.
         if self.journal is not None:
             requests = max(meter.reserved, meter.usage.requests)
-            self.journal.append(SPENT_KIND, spent_record(meter, self.costs, requests=requests))
+            self.journal.append(SPENT_KIND, self._spent_record(requests=requests))
 
     def checkpoint(self) -> None:
         """Journal what the run has spent so far (a resumed run continues from it)."""
         if self.journal is not None:
-            self.journal.append(SPENT_KIND, spent_record(self.meter, self.costs))
+            self.journal.append(SPENT_KIND, self._spent_record())
             self.meter.reserved = self.meter.usage.requests
             self.meter.mark_recorded()
 
@@ -461,11 +503,17 @@ class RunContext:
         try:
             with metering(self.meter):
                 try:
-                    return await strategy.run(self)
+                    outcome = await strategy.run(self)
                 except BaseException as exc:
                     refusal = limit_reached_in(exc)
                     if refusal is None:
                         raise
+                else:
+                    self._abandoned = 0  # finished: nothing of it is to do again
+                    return outcome
+            # The steps the limit dropped are the stop's, as in the uninterrupted run: a resume under the
+            # same limit replays it.
+            self._abandoned = 0
             return await self._stopped(refusal)
         finally:
             self.checkpoint()
@@ -514,6 +562,7 @@ class RunContext:
                         f"{type(exc).__name__}: {exc}; use resume=False to start over",
                         path=str(self.journal.path),
                     ) from None
+        outermost = _STEP_RUNS.get() is None
         step = _StepRuns()
         token = _STEP_RUNS.set(step)
         commitment = self._commitments.get((kind, key))
@@ -521,7 +570,16 @@ class RunContext:
             with measuring() as used:
                 if commitment is not None:
                     commitment.used = used
-                value = await compute()
+                if outermost:
+                    self._open[id(used)] = used
+                try:
+                    value = await compute()
+                except BaseException:
+                    if outermost:
+                        self._abandoned += used.requests
+                    raise
+                finally:
+                    self._open.pop(id(used), None)
         finally:
             _STEP_RUNS.reset(token)
             # Ended (or failed): what it spent is in the meter now, whether admitted before the step

@@ -97,6 +97,8 @@ class Limits:
     their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
     flight are cancelled. After a crash or a kill, a resumed run may also pass ``max_tokens`` or
     ``max_cost`` by what fewer than 16 answers (journaled every 16) and the requests then in flight cost.
+    A run stopped mid-step and resumed decides its later steps on what the stop left counted, and may
+    end otherwise than an uninterrupted run: it warns (:class:`~aprompt.InexactResumeWarning`).
 
     Raises:
         ConfigError: a limit that is not a non-negative number (a whole one for ``max_lm_calls`` and
@@ -186,17 +188,83 @@ def unaffordable(meter: RequestMeter, estimate: tuple[float, float, float]) -> s
     return None
 
 
-def spent_record(meter: RequestMeter, costs: RunCosts, *, requests: int | None = None) -> dict[str, Any]:
-    """The journal payload of what the run has spent (``requests`` overrides the count: a reservation)."""
+def spent_record(
+    meter: RequestMeter,
+    costs: RunCosts,
+    *,
+    requests: int | None = None,
+    unjournaled: int = 0,
+    diverged: str | None = None,
+) -> dict[str, Any]:
+    """The journal payload of what the run has spent (``requests`` overrides the count: a reservation).
+
+    It also holds what a resumed run needs to tell whether it can admit the steps the uninterrupted run
+    would (:func:`inexact_resume`): ``unjournaled``, the requests counted (or reserved) for work no
+    journaled step holds, which a stop now would count again on resume; the limits the run's steps were
+    admitted under; and ``diverged``, why an earlier resume may already have made the run differ.
+    """
     usage = meter.usage.as_dict()
     if requests is not None:
         usage["requests"] = requests
-    return {
+    record: dict[str, Any] = {
         "usage": usage,
         "cost": meter.cost,
         "seconds": meter.seconds,
         "costs": attrs.asdict(costs),
+        "unjournaled": unjournaled,
+        "limits": {name: getattr(meter, attr) for name, attr in _REFUSING},
     }
+    if diverged is not None:
+        record["diverged"] = diverged
+    return record
+
+
+#: The limits that refuse steps by what the run has spent (``max_time`` decides by the time it takes,
+#: which no two runs share), and the meter's name of each.
+_REFUSING = (("max_lm_calls", "max_requests"), ("max_tokens", "max_tokens"), ("max_cost", "max_cost"))
+
+
+def inexact_resume(limits: Limits, record: Mapping[str, Any] | None) -> tuple[str | None, bool]:
+    """Why a run resumed from ``record`` (the journal's last ``spent`` record) may not admit the steps an
+    uninterrupted run with ``limits`` would, or ``None``; and whether it differs whatever it decides
+    from now on (journaled steps were admitted under higher limits).
+
+    A run stopped mid-step (a kill, a cancellation, an error) counted requests for steps it never
+    journaled: the resumed run counts them, runs those steps again (their answers from the cache, free,
+    so it also measures a program run as cheaper) and so decides against other amounts than the
+    uninterrupted run did. A run that finished, or stopped on a limit, left nothing of the kind.
+
+    Raises:
+        TypeError, ValueError: ``record`` is malformed (the caller names the journal).
+    """
+    if record is None:
+        return None, False
+    before = record.get("limits")
+    if isinstance(before, Mapping):
+        lowered = [
+            f"{name}={_shown_limit(getattr(limits, name))} (was {_shown_limit(before.get(name))})"
+            for name, _ in _REFUSING
+            if _below(getattr(limits, name), before.get(name))
+        ]
+        if lowered:
+            return f"its limits were lowered: {', '.join(lowered)}", True
+    lost = int(record.get("unjournaled", 0))
+    if lost > 0 and any(getattr(limits, name) is not None for name, _ in _REFUSING):
+        return (
+            f"a stop mid-step, with {lost} LM calls counted (or reserved) for steps it had not journaled"
+        ), False
+    return None, False
+
+
+def _below(now: object, before: object) -> bool:
+    """Whether a limit ``now`` is lower than ``before`` (``None``: no limit)."""
+    if now is None:
+        return False
+    return before is None or float(now) < float(before)  # type: ignore[arg-type]
+
+
+def _shown_limit(value: object) -> str:
+    return "None" if value is None else f"{value:g}" if isinstance(value, int | float) else _show(value)
 
 
 def meter_for(

@@ -2,7 +2,8 @@
 
 ``python -m tests.run._limited_worker BASE_URL RUN_DIR OUT_JSON MAX_LM_CALLS`` (API key in
 ``$APROMPT_WORKER_KEY``) runs :func:`tests.run._optimize_worker.run_world` with that ``max_lm_calls`` and
-writes what it returned (``stopped_by``, ``spent``) to ``OUT_JSON``.
+writes what it returned (``stopped_by``, ``spent``) to ``OUT_JSON``, and whether it warned that its result
+may differ from an uninterrupted run's (``inexact``: an :class:`aprompt.InexactResumeWarning`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -24,8 +26,13 @@ def main(argv: list[str]) -> None:
     run = partial(
         run_world, base_url, run_dir, os.environ[KEY_ENV_VAR], limits=aprompt.Limits(max_lm_calls=int(limit))
     )
-    result = anyio.run(run)
-    Path(out).write_text(json.dumps({"stopped_by": result.stopped_by, "spent": dict(result.spent)}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = anyio.run(run)
+    inexact = any(issubclass(w.category, aprompt.InexactResumeWarning) for w in caught)
+    Path(out).write_text(
+        json.dumps({"stopped_by": result.stopped_by, "spent": dict(result.spent), "inexact": inexact})
+    )
 
 
 if __name__ == "__main__":

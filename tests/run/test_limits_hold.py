@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -29,7 +30,7 @@ import httpx
 import pytest
 
 import aprompt
-from aprompt import Completion, Message, OpenAICompatibleLM, RunLimitError, TokenUsage
+from aprompt import Completion, InexactResumeWarning, Message, OpenAICompatibleLM, RunLimitError, TokenUsage
 from aprompt.lm._metering import ANSWERS_CHUNK
 from aprompt.lm.retry import RetryPolicy
 from aprompt.run._limits import SPENT_KIND
@@ -39,7 +40,7 @@ from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, answers, exact_match, qa_examples
 from tests.optimize.world import TwoStageProgram, World, examples, metric
-from tests.run._optimize_worker import KEY_ENV_VAR
+from tests.run._optimize_worker import KEY_ENV_VAR, summary
 
 pytestmark = pytest.mark.anyio
 
@@ -262,6 +263,90 @@ async def test_a_killed_and_resumed_run_keeps_its_requests_under_max_lm_calls(tm
     assert finished["stopped_by"] == "max_lm_calls"
     assert switch.total <= limit
     assert finished["spent"]["lm_calls"] <= limit
+    # Killed mid-step, the run counted requests for steps it journaled only after: its limit decided the
+    # later steps on other amounts than the uninterrupted run did, and the result says it may differ.
+    assert finished["inexact"], finished
+
+
+def inexact_resumes(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, InexactResumeWarning)]
+
+
+async def test_a_run_cancelled_mid_step_under_a_call_limit_warns_on_resume_that_its_result_may_differ(
+    tmp_path: Path,
+) -> None:
+    limit = 380  # of the 634 requests an unlimited world run (seed 0) sends
+    run_dir = tmp_path / "run"
+    world = World()
+    cancel_at = 100  # while demos are bootstrapped, the baseline's evaluation beside
+    arrived = 0
+    scope = anyio.CancelScope()
+
+    def cancelling(request: ChatRequest) -> str:
+        nonlocal arrived
+        arrived += 1
+        if arrived == cancel_at:
+            scope.cancel()
+        return world(request)
+
+    async with FakeOpenAIServer(responder=cancelling, api_key=TEST_API_KEY) as server, client(server) as lm:
+        with scope:
+            await world_run(lm, 0, aprompt.Limits(max_lm_calls=limit), run_dir)
+        assert scope.cancelled_caught
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            resumed = await world_run(lm, 0, aprompt.Limits(max_lm_calls=limit), run_dir)
+            resumed_warnings = inexact_resumes(caught)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = await world_run(lm, 0, aprompt.Limits(max_lm_calls=limit), run_dir)
+            again_warnings = inexact_resumes(caught)
+        uninterrupted = await world_run(lm, 0, aprompt.Limits(max_lm_calls=limit), tmp_path / "other")
+
+    assert resumed.stopped_by == "max_lm_calls" and resumed.spent["lm_calls"] <= limit
+    # The resumed run counted the requests of the bootstrap it ran again (answered then from the cache,
+    # so it also measured a program run as cheaper): its limit decided the steps after on other amounts
+    # than the uninterrupted run's (here: one full evaluation fewer), and it says so rather than returning
+    # another program silently.
+    assert len(resumed_warnings) == 1, resumed_warnings
+    assert "may differ from an uninterrupted run's" in resumed_warnings[0]
+    assert "stop mid-step" in resumed_warnings[0]
+    # Replayed from its journal, the same result, and the same warning.
+    assert summary(again) == summary(resumed)
+    assert again_warnings == resumed_warnings
+    print(f"\nresumed == uninterrupted: {summary(resumed) == summary(uninterrupted)}")
+
+
+async def test_a_run_resumed_after_it_finished_or_stopped_on_its_limit_does_not_warn(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InexactResumeWarning)
+            stopped = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
+            again = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
+            raised = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
+            await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
+    assert stopped.stopped_by == again.stopped_by == "max_lm_calls"
+    assert len(raised.trials) > len(stopped.trials)
+
+
+async def test_a_run_called_again_with_a_lower_limit_warns_that_its_result_may_differ(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        first = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
+        sent = len(server.chat_requests)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lowered = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
+        assert len(server.chat_requests) == sent
+        uninterrupted = await qa_run(lm, tmp_path / "other", limits=aprompt.Limits(max_lm_calls=100))
+
+    # The journal's steps were admitted under 150: an uninterrupted run under 100 would not have run
+    # them all, so the lowered run's result is not that run's, and it says so.
+    assert first.stopped_by == "max_lm_calls"
+    assert len(lowered.trials) > len(uninterrupted.trials)
+    found = inexact_resumes(caught)
+    assert len(found) == 1 and "max_lm_calls=100 (was 150)" in found[0], found
 
 
 class PlainLM:
