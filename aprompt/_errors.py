@@ -263,11 +263,13 @@ class InexactResumeWarning(UserWarning):
     an uninterrupted run's with the same inputs, because its limits (``max_lm_calls``, ``max_tokens``,
     ``max_cost``) decided steps on amounts the resume could not replay.
 
-    That happens after a stop mid-step (a kill, a cancellation, an error): the requests counted for the
-    steps it had not journaled count again, and those steps run again from the cache (free, so the run
-    also measures a program run as cheaper); and after a limit is lowered below the one the journaled
-    steps were admitted under. The run still kept its limits. Every later call on the same ``run_dir``
-    warns again.
+    That happens after a kill or crash mid-step (what was answered after the journal's last record is
+    not known), a stop mid-step under ``max_cost``, a stop whose requests then in flight, sent again,
+    brought the run to its limit before the uninterrupted run would have got there, a stop that fell
+    between an answer's arrival and the end of its call, and a limit lowered
+    below the one the journaled steps were admitted under. A stop mid-step in the run's own process
+    (Ctrl-C, a cancellation, an error) otherwise resumes exactly. The run still kept its limits. Every
+    later call on the same ``run_dir`` warns again.
 
     Catch it with ``warnings.catch_warnings()``, or make it an error with
     ``warnings.simplefilter("error", aprompt.InexactResumeWarning)``.

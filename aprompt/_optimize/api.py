@@ -156,7 +156,7 @@ async def optimize(
             (``result.stopped_by`` names the limit, ``result.spent`` the amounts). Limits count for any
             LM object and are cumulative over the calls of one run: with a ``run_dir`` a resumed run
             continues the same budget, and calling a stopped run again with the same limit spends nothing.
-            A run stopped mid-step and resumed may end otherwise than an uninterrupted run under
+            A run killed mid-step and resumed may end otherwise than an uninterrupted run under
             ``max_lm_calls``, ``max_tokens`` or ``max_cost``, and then warns
             (:class:`aprompt.InexactResumeWarning`), as does a run called again with a lower limit.
         max_lm_calls: deprecated (a :class:`DeprecationWarning`): ``limits=aprompt.Limits(max_lm_calls=...)``;

@@ -156,11 +156,23 @@ class RunContext:
     diverged: str | None = attrs.field(default=None, init=False)
     #: Why this call's resume cannot replay what the run spent, while it has decided nothing on it yet.
     _inexact: str | None = attrs.field(default=None, init=False)
-    #: What the outermost steps being computed have spent so far (see :meth:`_unjournaled`).
-    _open: dict[int, UsageCounter] = attrs.field(factory=dict, init=False)
-    #: Requests of outermost steps that ended without a result (a stop mid-step loses them), and those
-    #: an inexact resume found unjournaled: still to be made good if this call stops too.
-    _abandoned: int = attrs.field(default=0, init=False)
+    #: What the outermost steps being computed have spent so far, by ``"kind:key"``.
+    _open: dict[str, UsageCounter] = attrs.field(factory=dict, init=False)
+    #: Outermost steps that ended without a result in this call: ``"kind:key"`` -> ``[requests, requests
+    #: answered, prompt tokens, completion tokens]``.
+    _unfinished: dict[str, list[int]] = attrs.field(factory=dict, init=False)
+    #: Likewise, those a stop mid-step left before this call, not run again yet. One that runs again
+    #: counts what was answered then as its own (see :meth:`memo`); until then the run decides as if
+    #: it had spent nothing on it (see :meth:`_discount`).
+    _inherited: dict[str, list[int]] = attrs.field(factory=dict, init=False)
+    #: Requests counted that an uninterrupted run never sends: those a stop caught in flight (sent again).
+    _waste: int = attrs.field(default=0, init=False)
+    #: Set when the strategy ended as an uninterrupted run would (finished, or stopped on a limit):
+    #: nothing it left unjournaled is a stop's.
+    _ended_whole: bool = attrs.field(default=False, init=False)
+    #: Set when a step ended unfinished with an answer that arrived but whose call did not end (the stop
+    #: came between): whether the cache holds it is not known, so neither is what running it again costs.
+    _answers_unsure: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.confirmation_kept = runs_kept_for_confirmation(self.trainset, self.valset)
@@ -175,8 +187,12 @@ class RunContext:
                 first_run_budget=(runs, what),
             )
             self._inexact, lowered = inexact_resume(self.limits, record)
-            if self._inexact is not None and record is not None:
-                self._abandoned = int(record.get("unjournaled", 0))
+            if record is not None:
+                self._waste = int(record.get("waste", 0))
+                if int(record.get("unjournaled", 0)) > 0:  # a stop mid-step (not a finish, not a limit)
+                    unfinished = record.get("unfinished", {})
+                    self._inherited = {str(k): [int(n) for n in v[:4]] for k, v in unfinished.items()}
+                    self._waste += sum(paid[0] - paid[1] for paid in self._inherited.values())
             diverged = record.get("diverged") if record is not None else None
             self.diverged = str(diverged) if diverged is not None else self._inexact if lowered else None
         except (KeyError, TypeError, ValueError) as exc:
@@ -279,18 +295,24 @@ class RunContext:
         self._decides_on_spending()
         runs, n_calls = (0, todo) if calls else (todo, 0)
         reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
-        own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls)
+        discount = self._discount()
+        own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls, discount=discount)
         with_reserve = step_estimate(
-            self.meter, self.costs, runs=runs + reserved + ahead[0], calls=n_calls + ahead[1]
+            self.meter,
+            self.costs,
+            runs=runs + reserved + ahead[0],
+            calls=n_calls + ahead[1],
+            discount=discount,
         )
         others = [c.outstanding() for c in self._commitments.values()]
         estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
-        limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]))
+        limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]), discount)
         if limit is None and keep > 0:
-            kept_calls = step_estimate(self.meter, self.costs, runs=keep, calls=0)
+            kept_calls = step_estimate(self.meter, self.costs, runs=keep, calls=0, discount=discount)
             short = unaffordable(
                 self.meter,
                 (estimate[0] + kept_calls[0], estimate[1] + kept_calls[1], estimate[2] + kept_calls[2]),
+                discount,
             )
             if short is not None:
                 self._journal_refusal(todo_parts, short, kept=True)
@@ -370,9 +392,11 @@ class RunContext:
         cost."""
         self._decides_on_spending()
         ratio = self._fresh_run_ratio()
-        per_run = tuple(cost * ratio for cost in step_estimate(self.meter, self.costs, runs=1, calls=0))
+        discount = self._discount()
+        estimate = step_estimate(self.meter, self.costs, runs=1, calls=0, discount=discount)
+        per_run = tuple(cost * ratio for cost in estimate)
         used = self.meter.usage
-        spent = (used.requests, used.total_tokens, self.meter.cost)
+        spent = (used.requests - discount[0], used.total_tokens - discount[1], self.meter.cost)
         limits = (self.meter.max_requests, self.meter.max_tokens, self.meter.max_cost)
         others = [c.outstanding() for c in self._commitments.values()]
         runs: int | None = None
@@ -424,19 +448,49 @@ class RunContext:
         if self._inexact is not None and self.diverged is None:
             self.diverged = self._inexact
 
-    def _unjournaled(self, recorded: int) -> int:
-        """Requests counted, or reserved (``recorded`` is the count the record holds), for work no
-        journaled step holds: the outermost steps being computed, and those that ended without a result."""
-        open_requests = sum(counter.requests for counter in self._open.values())
-        return open_requests + self._abandoned + max(0, recorded - self.meter.usage.requests)
+    def _check_own_limit(self) -> None:
+        """A resumed run counts the requests a stop caught in flight twice: when that alone brought it to
+        a limit the uninterrupted run had not reached, the meter may have refused what that run sent, and
+        the run may have ended otherwise."""
+        reached = self.meter.reached()
+        if self._waste and self.diverged is None and reached in ("max_lm_calls", "max_tokens"):
+            if unaffordable(self.meter, (0.0, 0.0, 0.0), self._discount()) is None:
+                self.diverged = (
+                    f"a stop mid-step, whose {self._waste} requests then in flight, sent again, brought it "
+                    f"to {reached} before the uninterrupted run would have got there"
+                )
 
-    def _spent_record(self, requests: int | None = None) -> dict[str, Any]:
+    def _discount(self) -> tuple[int, int]:
+        """Requests and tokens the meter counts that the uninterrupted run had not counted at this point
+        of the flow: those a stop caught in flight (sent again), and what the steps it left unfinished
+        had spent, until they run again. Decisions on the budget leave them out, so a run resumed after
+        a stop it saw through decides as the uninterrupted run did."""
+        requests = self._waste + sum(paid[1] for paid in self._inherited.values())
+        return requests, sum(paid[2] + paid[3] for paid in self._inherited.values())
+
+    def _spent_record(self, requests: int | None = None, *, final: bool = False) -> dict[str, Any]:
+        """:func:`spent_record` of the run now, with the steps a stop now would leave unjournaled."""
+        # The inherited ones first: they keep the counts of the first time, and the same key later is
+        # the newer (run again since, under its key in _open or _unfinished).
+        unfinished = {
+            **self._inherited,
+            **self._unfinished,
+            **{step: _paid(used) for step, used in self._open.items()},
+        }
+        # Requests counted, or reserved (``requests``), for work no journaled step holds.
         recorded = self.meter.usage.requests if requests is None else requests
+        ahead = max(0, recorded - self.meter.usage.requests)
+        lost = sum(paid[0] for paid in unfinished.values()) + ahead
+        inherited_waste = sum(paid[0] - paid[1] for paid in self._inherited.values())
         return spent_record(
             self.meter,
             self.costs,
             requests=requests,
-            unjournaled=self._unjournaled(recorded),
+            unjournaled=0 if self._ended_whole else lost,
+            unfinished=unfinished,
+            # What the inherited steps lost in flight is in their entries, counted again on resume.
+            waste=self._waste - inherited_waste,
+            final=final and not self._answers_unsure,
             diverged=self.diverged,
         )
 
@@ -484,10 +538,11 @@ class RunContext:
             requests = max(meter.reserved, meter.usage.requests)
             self.journal.append(SPENT_KIND, self._spent_record(requests=requests))
 
-    def checkpoint(self) -> None:
-        """Journal what the run has spent so far (a resumed run continues from it)."""
+    def checkpoint(self, *, final: bool = False) -> None:
+        """Journal what the run has spent so far (a resumed run continues from it); ``final``: as the call
+        ends, nothing in flight."""
         if self.journal is not None:
-            self.journal.append(SPENT_KIND, self._spent_record())
+            self.journal.append(SPENT_KIND, self._spent_record(final=final))
             self.meter.reserved = self.meter.usage.requests
             self.meter.mark_recorded()
 
@@ -509,14 +564,15 @@ class RunContext:
                     if refusal is None:
                         raise
                 else:
-                    self._abandoned = 0  # finished: nothing of it is to do again
+                    self._ended_whole = True
                     return outcome
             # The steps the limit dropped are the stop's, as in the uninterrupted run: a resume under the
             # same limit replays it.
-            self._abandoned = 0
+            self._ended_whole = True
             return await self._stopped(refusal)
         finally:
-            self.checkpoint()
+            self._check_own_limit()
+            self.checkpoint(final=True)
 
     async def _stopped(self, refusal: LimitReached) -> tuple[Candidates, SearchOutcome]:
         if refusal.unaffordable:
@@ -563,6 +619,13 @@ class RunContext:
                         path=str(self.journal.path),
                     ) from None
         outermost = _STEP_RUNS.get() is None
+        step_id = f"{kind}:{key}"
+        # Run again after a stop left it unfinished: the answers it had then come from the cache, free,
+        # but the uninterrupted run paid for them, so they count as its own (what a program run costs,
+        # and what the step still has to spend, are measured as in that run).
+        before = None
+        if outermost:
+            before = self._unfinished.pop(step_id, None) or self._inherited.pop(step_id, None)
         step = _StepRuns()
         token = _STEP_RUNS.set(step)
         commitment = self._commitments.get((kind, key))
@@ -570,16 +633,23 @@ class RunContext:
             with measuring() as used:
                 if commitment is not None:
                     commitment.used = used
+                if before is not None:
+                    used.requests += before[1]
+                    used.calls += before[1]  # answered then: not the cache hits they are now
+                    used.settled += before[1]
+                    used.prompt_tokens += before[2]
+                    used.completion_tokens += before[3]
                 if outermost:
-                    self._open[id(used)] = used
+                    self._open[step_id] = used
                 try:
                     value = await compute()
                 except BaseException:
                     if outermost:
-                        self._abandoned += used.requests
+                        self._unfinished[step_id] = _paid(used)
+                        self._answers_unsure |= used.settled != used.calls - used.cache_hits
                     raise
                 finally:
-                    self._open.pop(id(used), None)
+                    self._open.pop(step_id, None)
         finally:
             _STEP_RUNS.reset(token)
             # Ended (or failed): what it spent is in the meter now, whether admitted before the step
@@ -643,6 +713,13 @@ class RunContext:
                     },
                 )
         await self.emit(PhaseFinished(name, record.seconds, record.usage))
+
+
+def _paid(used: UsageCounter) -> list[int]:
+    """``[requests, requests answered, prompt tokens, completion tokens]`` of a step's counter: the
+    requests answered (and cached) are its finished calls not answered from a cache, with their retries."""
+    answered = min(used.requests, used.calls - used.cache_hits + used.retries)
+    return [used.requests, answered, used.prompt_tokens, used.completion_tokens]
 
 
 def limit_reached_in(exc: BaseException) -> LimitReached | None:

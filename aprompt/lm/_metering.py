@@ -287,6 +287,7 @@ class RequestMeter:
         for counter in (self._counter, *_SCOPES.get()):
             counter.prompt_tokens += prompt
             counter.completion_tokens += completion
+            counter.settled += 1
         price = self.prices.get(model)
         if price is not None:
             self.cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6

@@ -90,6 +90,9 @@ class UsageCounter:
     rate_limited: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Answers whose usage a run's meter settled (not part of a snapshot): a run tells by it whether a
+    #: stop caught an answer between its arrival and the end of its call (see ``RunContext``).
+    settled: int = 0
 
     def snapshot(self) -> UsageSnapshot:
         return UsageSnapshot(**{f.name: getattr(self, f.name) for f in _FIELDS})

@@ -97,8 +97,8 @@ class Limits:
     their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
     flight are cancelled. After a crash or a kill, a resumed run may also pass ``max_tokens`` or
     ``max_cost`` by what fewer than 16 answers (journaled every 16) and the requests then in flight cost.
-    A run stopped mid-step and resumed decides its later steps on what the stop left counted, and may
-    end otherwise than an uninterrupted run: it warns (:class:`~aprompt.InexactResumeWarning`).
+    A run killed mid-step, or whose requests sent again after a stop bring it to its limit sooner, may
+    end otherwise than an uninterrupted run when resumed: it warns (:class:`~aprompt.InexactResumeWarning`).
 
     Raises:
         ConfigError: a limit that is not a non-negative number (a whole one for ``max_lm_calls`` and
@@ -153,15 +153,17 @@ class RunCosts:
 
 
 def step_estimate(
-    meter: RequestMeter, costs: RunCosts, *, runs: int, calls: int
+    meter: RequestMeter, costs: RunCosts, *, runs: int, calls: int, discount: tuple[int, int] = (0, 0)
 ) -> tuple[float, float, float]:
     """Requests, tokens and cost of ``runs`` program runs and ``calls`` single LM calls.
 
     Per program run: the measured means (one request and no tokens per run before any step was
-    measured); per call: the run's mean tokens per request so far; cost: the run's mean price per token.
+    measured); per call: the run's mean tokens per request so far (less ``discount``, see
+    :func:`unaffordable`); cost: the run's mean price per token.
     """
     used = meter.usage
-    tokens_per_request = used.total_tokens / used.requests if used.requests else 0.0
+    requests_spent, tokens_spent = used.requests - discount[0], used.total_tokens - discount[1]
+    tokens_per_request = tokens_spent / requests_spent if requests_spent > 0 else 0.0
     price_per_token = meter.cost / used.total_tokens if used.total_tokens else 0.0
     run_requests = costs.requests / costs.runs if costs.runs else 1.0
     run_tokens = costs.tokens / costs.runs if costs.runs else tokens_per_request
@@ -170,20 +172,28 @@ def step_estimate(
     return requests, tokens, tokens * price_per_token
 
 
-def unaffordable(meter: RequestMeter, estimate: tuple[float, float, float]) -> str | None:
-    """The first limit that is spent, or that the remaining budget cannot pay ``estimate`` from."""
+def unaffordable(
+    meter: RequestMeter, estimate: tuple[float, float, float], discount: tuple[int, int] = (0, 0)
+) -> str | None:
+    """The first limit that is spent, or that the remaining budget cannot pay ``estimate`` from.
+
+    ``discount``: requests and tokens the meter counts that an uninterrupted run would not have counted
+    at this point (a resumed run's, see ``RunContext``): the decision is the uninterrupted run's. The
+    meter itself refuses requests on what it counts.
+    """
+    used = meter.usage
+    requests_spent, tokens_spent = used.requests - discount[0], used.total_tokens - discount[1]
     reached = meter.reached()
-    if reached is not None:
+    if reached is not None and (reached not in ("max_lm_calls", "max_tokens") or discount == (0, 0)):
         return reached
     requests, tokens, cost = estimate
-    used = meter.usage
     checks = (
-        ("max_lm_calls", meter.max_requests, used.requests + requests),
-        ("max_tokens", meter.max_tokens, used.total_tokens + tokens),
-        ("max_cost", meter.max_cost, meter.cost + cost),
+        ("max_lm_calls", meter.max_requests, requests_spent, requests),
+        ("max_tokens", meter.max_tokens, tokens_spent, tokens),
+        ("max_cost", meter.max_cost, meter.cost, cost),
     )
-    for name, limit, total in checks:
-        if limit is not None and total > limit:
+    for name, limit, spent, more in checks:
+        if limit is not None and (spent >= limit or spent + more > limit):
             return name
     return None
 
@@ -194,14 +204,21 @@ def spent_record(
     *,
     requests: int | None = None,
     unjournaled: int = 0,
+    unfinished: Mapping[str, list[int]] | None = None,
+    waste: int = 0,
+    final: bool = False,
     diverged: str | None = None,
 ) -> dict[str, Any]:
     """The journal payload of what the run has spent (``requests`` overrides the count: a reservation).
 
     It also holds what a resumed run needs to tell whether it can admit the steps the uninterrupted run
     would (:func:`inexact_resume`): ``unjournaled``, the requests counted (or reserved) for work no
-    journaled step holds, which a stop now would count again on resume; the limits the run's steps were
-    admitted under; and ``diverged``, why an earlier resume may already have made the run differ.
+    journaled step holds, which a stop now would count again on resume; ``unfinished``, what the steps
+    a stop now would leave unjournaled have spent (``"kind:key"`` -> ``[requests, requests answered,
+    prompt tokens, completion tokens]``); ``waste``, the requests counted that an uninterrupted run
+    never sends (in flight at a stop, sent again); ``final``, set on the record a call writes as it
+    ends (its counts are exact, none in flight); the limits the run's steps were admitted under; and
+    ``diverged``, why an earlier resume may already have made the run differ.
     """
     usage = meter.usage.as_dict()
     if requests is not None:
@@ -212,6 +229,9 @@ def spent_record(
         "seconds": meter.seconds,
         "costs": attrs.asdict(costs),
         "unjournaled": unjournaled,
+        "unfinished": dict(unfinished or {}),
+        "waste": waste,
+        "final": final,
         "limits": {name: getattr(meter, attr) for name, attr in _REFUSING},
     }
     if diverged is not None:
@@ -250,6 +270,12 @@ def inexact_resume(limits: Limits, record: Mapping[str, Any] | None) -> tuple[st
             return f"its limits were lowered: {', '.join(lowered)}", True
     lost = int(record.get("unjournaled", 0))
     if lost > 0 and any(getattr(limits, name) is not None for name, _ in _REFUSING):
+        if record.get("final") is True and limits.max_cost is None:
+            # Written when that call's stop was seen through: what each unfinished step had answered and
+            # what was lost in flight are known, and the resumed run decides on the uninterrupted run's
+            # amounts (``RunContext``); only its own limit, counting the requests sent again, may cut it
+            # shorter, and it says so then.
+            return None, False
         return (
             f"a stop mid-step, with {lost} LM calls counted (or reserved) for steps it had not journaled"
         ), False
