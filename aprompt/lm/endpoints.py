@@ -47,8 +47,8 @@ class Endpoint:
             :mod:`aprompt.lm.limits`), in addition to any client-wide ones.
         api_key: this endpoint's key (never shown in ``repr``, nor are credentials in ``url``); default:
             ``api_key_env``, else the client's key.
-        api_key_env: an environment variable holding this endpoint's key; unset, the client refuses to
-            open (:class:`~aprompt.ConfigError`) rather than send this endpoint the client's key.
+        api_key_env: an environment variable holding this endpoint's key; unset, making the client raises
+            :class:`~aprompt.ConfigError` rather than send this endpoint the client's key.
 
     Example:
         >>> Endpoint("http://gpu-1:8000/v1", max_concurrency=16, api_key="sk-...").url
