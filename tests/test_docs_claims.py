@@ -9,9 +9,25 @@ from pathlib import Path
 import pytest
 
 import aprompt
+from aprompt._cli.errors import EXIT_CONFIG
+from aprompt._cli.main import main
 from aprompt.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parent.parent
+#: A program and metric file for the command line.
+QA_PROGRAM = """\
+import aprompt
+
+class QA:
+    def __init__(self):
+        self.answer = aprompt.Predict("question -> answer")
+
+    async def __call__(self, question):
+        return await self.answer(question=question)
+
+def exact(example, prediction):
+    return prediction.answer == example.labels["answer"]
+"""
 #: The strategies aprompt ships (a test may have registered one of its own meanwhile).
 BUILT_IN = {name for name, strategy in STRATEGIES.items() if type(strategy).__module__.startswith("aprompt.")}
 
@@ -36,3 +52,20 @@ def test_an_endpoint_whose_key_variable_is_unset_is_refused_as_the_docs_say(
     said = "making the client raises a `ConfigError`"
     assert said in " ".join(_text("docs/howto.md").split())
     assert "`api_key_env` is not set" in " ".join(_text("docs/guarantees.md").split())
+
+
+@pytest.mark.parametrize("flag", ["--lm-concurrency", "--rpm"])
+def test_the_command_line_how_to_says_a_zero_concurrency_or_rate_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    # What the page says: exit 2 (checked against an endpoint that is never reached).
+    args = ["optimize", "qa.py:QA", "--train", "t.jsonl", "--metric", "qa.py:exact"]
+    (tmp_path / "qa.py").write_text(QA_PROGRAM, encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text('{"question": "q", "answer": "a"}\n', encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        patch.setenv("OPENAI_API_KEY", "sk-test")
+        code = main([*args, "--lm", "http://127.0.0.1:9/v1", "--model", "m", flag, "0"])
+    assert code == EXIT_CONFIG, capsys.readouterr().err
+    cli = " ".join(_text("docs/howto.md").split("## Use the command line")[1].split())
+    assert f"`{flag} N`" in cli and "`0` is refused (exit 2)" in cli
