@@ -69,3 +69,14 @@ def test_the_command_line_how_to_says_a_zero_concurrency_or_rate_is_refused(
     assert code == EXIT_CONFIG, capsys.readouterr().err
     cli = " ".join(_text("docs/howto.md").split("## Use the command line")[1].split())
     assert f"`{flag} N`" in cli and "`0` is refused (exit 2)" in cli
+
+
+def test_the_reflective_strategys_costs_are_those_of_its_code() -> None:
+    from aprompt._optimize import reflect
+
+    page = " ".join(_text("docs/concepts.md").split())
+    assert f"runs the current pick on {2 * reflect.K_FAILURES} training examples" in page
+    assert f"keeps up to {reflect.K_FAILURES} it fails" in page
+    assert reflect.ATTEMPTS == 2  # the page's "a second" proposer call
+    assert "one proposer call per predictor (a second when the first reply is unusable" in page
+    assert f"and {2 * reflect.K_FAILURES} program runs per reflection" in page
