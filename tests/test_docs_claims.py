@@ -80,3 +80,14 @@ def test_the_reflective_strategys_costs_are_those_of_its_code() -> None:
     assert reflect.ATTEMPTS == 2  # the page's "a second" proposer call
     assert "one proposer call per predictor (a second when the first reply is unusable" in page
     assert f"and {2 * reflect.K_FAILURES} program runs per reflection" in page
+
+
+def test_the_guarantees_treat_a_reply_stopped_on_a_fault_as_the_code_does() -> None:
+    from aprompt.lm._replies import is_answered_failure
+
+    stopped = aprompt.IncompleteResponseError("stopped", finish_reason="error")
+    filtered = aprompt.ContentFilteredError("filtered", finish_reason="content_filter")
+    assert not is_answered_failure(stopped) and is_answered_failure(filtered)
+    page = " ".join(_text("docs/guarantees.md").split())
+    assert "A reply stopped on a fault (`error`, `abort`) is not one of those" in page
+    assert "the run checks the LM and re-runs the example" in page
