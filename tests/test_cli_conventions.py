@@ -504,3 +504,19 @@ def test_a_zero_concurrency_or_rate_limit_exits_2_rather_than_lifting_the_limit(
     assert main(optimize_args("--lm", "http://127.0.0.1:9/v1", "--model", "gpt-x", flag, "0")) == 2
     err = capsys.readouterr().err
     assert err.startswith("aprompt: error: ") and message in err
+
+
+@pytest.mark.parametrize("lm", [["--lm", "local"], []])
+def test_a_rate_limit_for_the_embedded_model_exits_2_rather_than_being_dropped(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    lm: list[str],
+) -> None:
+    """The embedded server takes no rate limit: --rpm was dropped in silence and the run went on."""
+    monkeypatch.chdir(write_task(tmp_path))
+    for name in ("OPENAI_BASE_URL", "APROMPT_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(optimize_args(*lm, "--rpm", "60")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aprompt: error: --rpm limits a server endpoint's requests"), err

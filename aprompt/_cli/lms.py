@@ -108,7 +108,8 @@ def task_choice(args: argparse.Namespace) -> LMChoice:
     (default ``$APROMPT_MODEL``) and ``--api-key-env``.
 
     Raises:
-        ConfigError: a value that names no client, or a server client without a model.
+        ConfigError: a value that names no client, a server client without a model, or ``--rpm`` for
+            the embedded model (which takes no rate limit).
     """
     model = args.model or os.environ.get(MODEL_ENV) or None
     if args.lm == "local" and args.model:
@@ -123,6 +124,12 @@ def task_choice(args: argparse.Namespace) -> LMChoice:
     choice = _choose("--lm", lm, args.base_url, model, fallback=None)
     if choice.provider != "local" and not choice.model:
         raise ConfigError(f"--model is required with --lm {args.lm or choice.provider} (or set ${MODEL_ENV})")
+    if choice.provider == "local" and getattr(args, "rpm", None) is not None:
+        # Never dropped in silence: the embedded server takes no rate limit, only its slots.
+        raise ConfigError(
+            "--rpm limits a server endpoint's requests, but the embedded local model runs here: give --lm "
+            "openai, anthropic or a base URL, or --lm-concurrency for the local server's slots"
+        )
     return attrs.evolve(choice, api_key_env=args.api_key_env) if args.api_key_env else choice
 
 

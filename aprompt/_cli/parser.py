@@ -95,7 +95,7 @@ def _add_lm_args(parser: argparse.ArgumentParser) -> None:
         help="where the key is read from (default: OPENAI_API_KEY, or ANTHROPIC_API_KEY with --lm anthropic)",
     )
     lm.add_argument("--lm-concurrency", type=int, metavar="N", help="LM requests in flight at once")
-    lm.add_argument("--rpm", type=float, metavar="N", help="requests per minute limit of the endpoint")
+    lm.add_argument("--rpm", type=float, metavar="N", help="requests per minute limit of a server endpoint")
     lm.add_argument(
         "--timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)"
     )
