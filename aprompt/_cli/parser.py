@@ -97,7 +97,11 @@ def _add_lm_args(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--lm-concurrency", type=int, metavar="N", help="LM requests in flight at once")
     lm.add_argument("--rpm", type=float, metavar="N", help="requests per minute limit of a server endpoint")
     lm.add_argument(
-        "--timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)"
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds per request to a server endpoint (default 60; the embedded model's client waits 600)",
     )
 
 
