@@ -180,13 +180,18 @@ def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> li
     return random.Random(f"{seed}:minibatch:{trial}").sample(list(valset), size)
 
 
+#: How the errors of a program run that are the prompt's doing begin (an unreadable reply, one cut at its
+#: token budget even at twice the budget): a search may fix them.
+PROMPTS_FAULTS = ("ParseError:", "TruncatedResponseError:")
+
+
 def check_baseline(evaluation: Evaluation) -> None:
     """Refuse to search when the unoptimized program ran cleanly on no example because the program or
     the metric raised, or when LM failures left every example unscored (after the outage guard found
     the program's LMs answering: an LM the metric or the program asks on its own fails), so that no
-    search could score anything. Parse errors and replies that are not answers (cut, empty, filtered)
-    alone do not count: they are the prompt's fault, which the search may fix; neither do LM failures
-    of some examples, which leave those unscored."""
+    search could score anything. Parse errors, replies cut at their token budget (scored 0) and replies
+    that are not answers (empty, filtered) alone do not count: they are the prompt's fault, which the
+    search may fix; neither do LM failures of some examples, which leave those unscored."""
     if len(evaluation.errors) < len(evaluation.results):
         return
     if evaluation.results and all(r.lm_failure and not r.lm_answered for r in evaluation.results):
@@ -201,7 +206,7 @@ def check_baseline(evaluation: Evaluation) -> None:
     failures = {
         r.example_id: r.error for r in evaluation.results if r.error is not None and r.score is not None
     }
-    if all(error.startswith("ParseError:") for error in failures.values()):
+    if all(error.startswith(PROMPTS_FAULTS) for error in failures.values()):
         return
     first = dict(list(failures.items())[:3])
     raise OptimizationError(

@@ -9,7 +9,7 @@ import pytest
 import aprompt
 from aprompt import Example, Predict, Prediction
 from aprompt._errors import OptimizationError
-from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import SMALL_BUDGET, lm_for, optimize_in_world
 from tests.optimize.world import TwoStageProgram, World, examples, metric
@@ -88,6 +88,34 @@ async def test_a_baseline_that_only_fails_to_parse_is_still_optimized(fake_serve
         )
     assert result.baseline_score == 0.0
     assert result.score == 1.0, "a labeled demo set fixed the format"
+
+
+async def test_a_baseline_whose_replies_run_past_their_budget_is_still_optimized(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    """A reply cut at its token budget (even at twice it) is the prompt's failure, scored 0 like an
+    unreadable one: demos may teach a short answer, so the run goes on (it stopped, as if the program were
+    broken, on the embedded model's rambling)."""
+
+    class Counter:
+        def __init__(self) -> None:
+            self.count = Predict("question -> count: int", max_parse_retries=0, max_tokens=8)
+
+        async def __call__(self, question: str) -> Prediction:
+            return await self.count(question=question)
+
+    def reply(request: ChatRequest) -> str | Fault:
+        shown_a_demo = any(m["role"] == "assistant" for m in request.messages)
+        return "Count: 3" if shown_a_demo else Fault.truncated("Well, let me think about how many there")
+
+    fake_server.responder = reply
+    trainset = [Example(inputs={"question": f"How many? ({i})"}, labels={"count": 3}) for i in range(40)]
+    async with lm_for(fake_server) as lm:
+        result = await aprompt.optimize(
+            Counter(), trainset, lambda e, p: p.count == 3, lm=lm, budget=SMALL_BUDGET, seed=1
+        )
+    assert result.baseline_score == 0.0
+    assert result.score == 1.0, "a labeled demo set taught the short answer"
 
 
 async def test_the_input_program_is_left_unchanged_by_default() -> None:
