@@ -160,20 +160,22 @@ def diverse(
     items: Sequence[T], key: Callable[[T], Hashable], size: int, quota: int, taken: Sequence[Hashable] = ()
 ) -> list[T]:
     """Up to ``size`` of ``items`` in order, each key at most ``quota`` times (counting the keys
-    ``taken`` already); then, only when the set is still short, the items over the quota in order."""
-    chosen: list[T] = []
-    spare: list[T] = []
+    ``taken`` already), every key once before any twice (and so on up to ``quota``); then, only when
+    the set is still short, the items over the quota in order."""
+    keys = [key(item) for item in items]
     counts: Counter[Hashable] = Counter(taken)
-    for item in items:
-        if len(chosen) >= size:
-            break
-        k = key(item)
-        if counts[k] < quota:
-            counts[k] += 1
-            chosen.append(item)
-        else:
-            spare.append(item)
-    return chosen + spare[: max(0, size - len(chosen))]
+    picked: set[int] = set()
+    # In rounds: a walk taking each key only once more would fill the set with the first keys in
+    # order twice over before a later key is shown once (greet, greet, leave, leave; no "ask").
+    for level in range(1, quota + 1):
+        for index, k in enumerate(keys):
+            if len(picked) >= size:
+                break
+            if index not in picked and counts[k] < level:
+                counts[k] += 1
+                picked.add(index)
+    spare = [i for i in range(len(items)) if i not in picked][: max(0, size - len(picked))]
+    return [items[i] for i in sorted(picked)] + [items[i] for i in spare]
 
 
 #: How close to the largest gain an item's gain must be for :func:`covering_order` to take it in turn.

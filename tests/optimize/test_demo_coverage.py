@@ -144,3 +144,14 @@ def test_a_pattern_every_item_shows_or_only_one_shows_weighs_nothing() -> None:
     # Items 0-2 show only a shared or a unique pattern; 3 and 4 show a case seen twice.
     patterns = [shared | unique, shared, shared, shared | {"do not"}, shared | {"do not"}]
     assert covering_order(patterns, 1) == [3, 0, 1, 2, 4]
+
+
+def test_a_labeled_set_of_a_small_label_space_shows_every_label_before_repeating_one() -> None:
+    # Three intents, a set of four: two examples of each of the first two labels come first in order.
+    rows = [("hi", "greet"), ("hello", "greet"), ("bye", "leave"), ("see you", "leave")]
+    rows += [("what time is it", "ask"), ("where is it", "ask"), ("hey", "greet"), ("ciao", "leave")]
+    data = [Example(inputs={"text": t}, labels={"label": lab}, id=str(i)) for i, (t, lab) in enumerate(rows)]
+    picked = labeled_set(Predict("text -> label"), data, 4)
+    labels = [str(d["label"]) for d in picked.demos]
+    assert len(labels) == 4 and set(labels) == {"greet", "leave", "ask"}, labels
+    assert picked.source_ids == ("0", "1", "2", "4"), "the examples' order, each label once first"
