@@ -17,7 +17,8 @@ Diversity: a set does not repeat an output while others are to be had. Outputs a
 training labels look like a small label space (:func:`label_quota`: at most half as many distinct values
 as examples, and at most :data:`MAX_CLASSES`), each label may appear ``ceil(size / labels)`` times, so a
 set covers as many labels as its size allows; otherwise each output once. Examples over the quota only
-fill a set the walk could not fill otherwise.
+fill a set the walk could not fill otherwise. A set never shows one demo twice (a trainset holding an
+example under two ids gives two equal demos).
 
 Free-text outputs have no label space to cover, but they have patterns: the ways an output departs from
 its inputs ("does not love" / "do not love" / "has not eaten" for sentence negation). Labeled demos are
@@ -41,6 +42,7 @@ so the demo sets are those a run on a working endpoint finds.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import operator
 import random
@@ -241,16 +243,25 @@ def covering_order(patterns: Sequence[frozenset[str]], size: int, covered: Itera
     return order + left
 
 
+def demo_key(demo: Demo) -> str:
+    """A demo's fields as canonical text (equal demos have equal keys)."""
+    return json.dumps(demo.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
+
+
 def labeled_set(
     predictor: Predict, examples: Sequence[Example], limit: int, taken: Sequence[Demo] = ()
 ) -> DemoSet:
     """Up to ``limit`` labeled demos from ``examples``, diverse outputs first (module doc), counting the
     outputs of the demos ``taken`` into the set already: a small label space covered label by label,
     free text covering its patterns (:func:`covering_order`), the examples' order breaking ties."""
-    # (example, demo, the demo's output key), the key made once per demo
-    items = [
-        (e, d, demo_output(predictor, d)) for e in examples if (d := labeled_demo(predictor, e)) is not None
-    ]
+    # (example, demo, the demo's output key), the key made once per demo; a demo the set shows
+    # already (a trainset holding an example twice) is left out: a copy tells the model nothing more.
+    shown = {demo_key(d) for d in taken}
+    items = []
+    for e in examples:
+        if (d := labeled_demo(predictor, e)) is not None and (k := demo_key(d)) not in shown:
+            shown.add(k)
+            items.append((e, d, demo_output(predictor, d)))
     quota = label_quota([output for _, _, output in items], limit + len(taken))
     if quota == 1 and items:
         covered = [p for demo in taken for p in demo_patterns(predictor, demo)]
@@ -484,10 +495,17 @@ def _bootstrapped_set(
     ``order``, the examples not used yet), outputs not repeated where others are to be had."""
     demos: list[Demo] = []
     ids: list[str] = []
+    shown: set[str] = set()
     for result in passing:
         entry = next((e for e in result.trace if e.predictor_name == name), None)
-        if entry is not None and len(demos) < want:
-            demos.append(entry.as_demo())
+        # A run of a copy of an example shows the very demo its original's run did: shown once.
+        if (
+            entry is not None
+            and len(demos) < want
+            and (key := demo_key(demo := entry.as_demo())) not in shown
+        ):
+            shown.add(key)
+            demos.append(demo)
             ids.append(result.example_id)
     n_boot = len(demos)
     used = set(ids)

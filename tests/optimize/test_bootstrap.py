@@ -214,3 +214,23 @@ async def test_a_set_is_built_as_soon_as_its_first_examples_in_order_pass(
     assert [d["answer"] for d in result.demo_sets["answer"][2].demos] == [
         f"ans-{item_of(str(e.inputs['question']))}" for e in order[:2]
     ]
+
+
+async def test_a_trainset_holding_an_example_twice_gives_no_set_a_demo_twice(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # Two intents, each example twice under two ids: both copies' runs pass and trace the same call,
+    # and a set of four may show an intent twice.
+    fake_server.responder = lambda request: f"Answer: intent-{item_of(request.last_user) % 2}"
+    originals = [
+        Example({"question": f"What is item-{i}?"}, {"answer": f"intent-{i % 2}"}, id=f"q{i}")
+        for i in range(6)
+    ]
+    copies = [Example(e.inputs, e.labels, id=f"copy-{e.id}") for e in originals]
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(
+            QAProgram(), [*originals, *copies], lm, n_sets=8, max_bootstrapped=4, max_labeled=4
+        )
+    for demo_set in result.demo_sets["answer"][1:]:
+        shown = [str(d["question"]) for d in demo_set.demos]
+        assert len(shown) == len(set(shown)), demo_set
