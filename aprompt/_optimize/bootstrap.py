@@ -105,6 +105,19 @@ def labeled_demo(predictor: Predict, example: Example) -> Demo | None:
     return None
 
 
+def first_wave(want: int) -> int:
+    """How many examples a set runs at first to find ``want`` passing runs: twice as many, at least 4
+    (none for none)."""
+    return max(want * 2, 4) if want > 0 else 0
+
+
+def bootstrap_runs(n_train: int, n_sets: int, max_bootstrapped: int) -> int:
+    """Program runs of :func:`bootstrap_demo_sets` when enough runs pass: the first wave of each
+    bootstrapped set (sets 2 .. ``n_sets - 1``), no more than the trainset; failing runs make a set walk
+    on."""
+    return min(n_train, max(0, n_sets - 2) * first_wave(max_bootstrapped))
+
+
 def size_ladder(bound: int) -> tuple[int, ...]:
     """Sizes of the bootstrapped sets in turn: ``bound``, then halves down to 1 (8 → 8, 4, 2, 1)."""
     sizes: list[int] = []
@@ -451,7 +464,7 @@ async def _collect_passing(
     passing: list[ExampleResult] = []
     spare: list[ExampleResult] = []
     counts: Counter[Hashable] = Counter()
-    wave = max(want * 2, 4)
+    wave = first_wave(want)
     started = read = 0
 
     def usable(result: ExampleResult) -> bool:

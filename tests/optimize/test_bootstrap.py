@@ -12,6 +12,8 @@ import pytest
 
 from aprompt import Example, named_predictors
 from aprompt._optimize.bootstrap import BootstrapResult, bootstrap_demo_sets
+from aprompt._optimize.budget import Budget
+from aprompt._optimize.strategies.base import StrategyPlan
 from aprompt.lm.types import LM
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
@@ -234,3 +236,16 @@ async def test_a_trainset_holding_an_example_twice_gives_no_set_a_demo_twice(
     for demo_set in result.demo_sets["answer"][1:]:
         shown = [str(d["question"]) for d in demo_set.demos]
         assert len(shown) == len(set(shown)), demo_set
+
+
+@pytest.mark.parametrize("max_bootstrapped", [1, 2, 3])
+async def test_a_bootstrap_whose_runs_pass_runs_no_more_than_the_plan_says(
+    fake_server: FakeOpenAIServer, max_bootstrapped: int
+) -> None:
+    fake_server.responder = lambda request: f"Answer: ans-{item_of(request.last_user)}"
+    budget = Budget(n_candidates=4, max_bootstrapped_demos=max_bootstrapped, max_labeled_demos=0)
+    trainset = qa_examples(0, 40)
+    plan = StrategyPlan.standard(budget, 1, len(trainset), 10)
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), trainset, lm, n_sets=4, max_bootstrapped=max_bootstrapped)
+    assert result.runs <= plan.bootstrap_runs

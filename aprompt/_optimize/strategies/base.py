@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from aprompt._optimize.bootstrap import bootstrap_runs
 from aprompt._optimize.budget import Budget
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ class StrategyPlan:
     Attributes:
         n_trials: mini-batch trials of the search (full evaluations aside).
         searches_instructions / searches_demos: what the search chooses among.
-        bootstrap_runs: program runs of the demo bootstrap, at most.
+        bootstrap_runs: program runs of the demo bootstrap, at most when its runs pass (failing runs make
+            it run more examples; :func:`~aprompt._optimize.bootstrap.bootstrap_runs`).
         proposal_calls: proposer LM calls (summaries and instruction proposals), at most.
         screen_runs: program runs of the proposal screen.
         extra_full_evals: full evaluations beyond those of the trials (baseline, one per
@@ -69,7 +71,7 @@ class StrategyPlan:
             n_trials=budget.trials_for(n_predictors, searches_demos, n_val) if n_trials is None else n_trials,
             searches_instructions=searches_instructions,
             searches_demos=searches_demos,
-            bootstrap_runs=min(n_train, max(0, budget.n_candidates - 2) * budget.max_bootstrapped_demos * 2),
+            bootstrap_runs=bootstrap_runs(n_train, budget.n_candidates, budget.max_bootstrapped_demos),
             proposal_calls=n_predictors * max(0, budget.n_candidates - 1) + SUMMARY_CALLS,
             screen_runs=budget.screen_runs(n_predictors, n_val) if screened else 0,
         )

@@ -15,7 +15,13 @@ import attrs
 
 from aprompt._errors import JournalError
 from aprompt._optimize import grounding as grounding_sources
-from aprompt._optimize.bootstrap import DemoSet, bootstrap_demo_sets, labeled_only_set, size_ladder
+from aprompt._optimize.bootstrap import (
+    DemoSet,
+    bootstrap_demo_sets,
+    bootstrap_runs,
+    labeled_only_set,
+    size_ladder,
+)
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
@@ -74,10 +80,8 @@ async def bootstrap_candidates(
             for name, predictor in ctx.predictors
         }
 
-    n_sets, most = ctx.budget.n_candidates, ctx.budget.max_bootstrapped_demos
-    ctx.admit_step(
-        "bootstrapping demos", [("demo_sets", "all", min(len(ctx.trainset), max(0, n_sets - 2) * most * 2))]
-    )
+    runs = bootstrap_runs(len(ctx.trainset), ctx.budget.n_candidates, ctx.budget.max_bootstrapped_demos)
+    ctx.admit_step("bootstrapping demos", [("demo_sets", "all", runs)])
     async with ctx.phase("bootstrap"):
         sets = await ctx.memo("demo_sets", "all", compute, demo_sets_to_json, demo_sets_from_json)
         for name, _ in ctx.predictors:
