@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -62,8 +63,9 @@ def _as_id(value: object) -> str:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+    # Integral, not int: a row index read from an array or a data frame is a numpy integer.
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
     raise ConfigError(
         f"an example's id must be text or a whole number, got {type(value).__name__} {value!r:.80}"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy
 import pytest
 
 import aprompt
@@ -167,6 +168,13 @@ async def test_whole_number_example_ids_work_as_their_text() -> None:
     text, number = results
     assert (number.score, dict(number.best_choice)) == (text.score, dict(text.best_choice))
     assert [row.example_id for row in number.examples.rows] == [str(i) for i in range(200, 230)]
+
+
+def test_a_numpy_row_index_is_a_whole_number_id() -> None:
+    # A row index read from an array or a data frame is a numpy integer, not an int.
+    rows = numpy.arange(3)
+    made = [Example(inputs={"question": f"q{i}"}, id=i) for i in rows]  # type: ignore[arg-type]
+    assert [e.id for e in made] == ["0", "1", "2"]
 
 
 async def test_every_validation_example_is_scored_when_a_renamed_duplicate_id_is_taken() -> None:
