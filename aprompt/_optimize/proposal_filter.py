@@ -20,7 +20,8 @@ Deterministic checks, none of which asks an LM:
   need of assistance.""); the program's demos are where examples go. Other markdown heading lines
   (``# Help``) are removed, the text under them kept. So is any line of labeled text that tells the model
   nothing to do (:func:`is_labeled_example`: "Reply: - The jewelers are ...", "The jeweler visits the
-  farm, negated: The jeweler does not visit the farm"; "Note: keep the tense." instructs and stays), and
+  farm, negated: The jeweler does not visit the farm"; "Note: keep the tense." instructs and stays, and
+  so does a line under a label an instruction heads its rules with: "Output format: a single integer."), and
   a sentence that frames a quoted sentence of its own and tells nothing to do (:func:`quotes_an_example`:
   'The original sentence is "The jeweler uses reading glasses."'; a quoted data label is kept).
 - **A preamble.** A first line that ends with a colon and tells the model nothing to do ("A more
@@ -310,11 +311,21 @@ _LABELED = re.compile(r"[^\W\d_][^:\n]*:\s+\S")
 _LABELED_IDENTIFIER = re.compile(r"\s*(?:[^\W\d_]+\s+){0,2}[^\W\d_]+\s*:\s*[\w-]*_[\w-]*\W*$")
 
 
+#: Labels an instruction heads its own rules with ("Note: the answer is case-sensitive.", "Output format:
+#: a single integer."): what follows them is part of the instruction, never a made-up example.
+_DIRECTIVE_LABEL = re.compile(
+    r"^\W*(?:notes?|important|remember|hints?|warning|caution|keep in mind|bear in mind|constraints?|"
+    r"rules?|requirements?|guidelines?|(?:output |answer |reply |response )?format)\s*:",
+    re.IGNORECASE,
+)
+
+
 def is_labeled_example(line: str) -> bool:
     """Whether ``line`` is labeled text that tells the model nothing to do (``Label: value``, ``input,
     negated: output``): a demo the proposer made up, whatever its label; ``Note: keep the tense.``
-    instructs and stays. A short label and one identifier is a data item, even when the identifier
-    starts with a verb.
+    instructs and stays, and so does a line under a label of the instruction's own rules (``Note``,
+    ``Important``, ``Constraints``, ``Output format``, ...: :data:`_DIRECTIVE_LABEL`). A short label
+    and one identifier is a data item, even when the identifier starts with a verb.
 
     Example::
 
@@ -324,8 +335,10 @@ def is_labeled_example(line: str) -> bool:
         True
         >>> is_labeled_example("Rewrite the sentence so that it says the opposite: negate its verb.")
         False
+        >>> is_labeled_example("Note: the answer is case-sensitive.")
+        False
     """
-    if not _LABELED.search(line):
+    if not _LABELED.search(line) or _DIRECTIVE_LABEL.match(line):
         return False
     # A label and one identifier ("The intent: search_book_restaurant"): a data item, though the
     # identifier may start with a verb.

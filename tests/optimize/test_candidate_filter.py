@@ -193,6 +193,10 @@ def test_made_up_labeled_or_quoted_examples_and_class_talk_are_removed(
     [
         "Rewrite the sentence so that it says the opposite: negate its verb.",
         "Negate the verb.\nNote: keep the tense of the verb.",
+        # A label of the instruction's own rules, with a statement after it: part of the instruction.
+        "Negate the verb.\nNote: the subject stays as it is.",
+        "Negate the verb.\nOutput format: one sentence, no quotes.",
+        "Negate the verb.\nConstraints: no explanations, no lists.",
         'Classify the request. The intents are "play music", "set alarm" and "get weather".',
         'Say "The sentence is negated." when you are done.',
         "Count the instances of the word in the sentence.",
