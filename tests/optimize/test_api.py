@@ -67,26 +67,38 @@ async def test_a_program_failing_on_every_example_is_an_optimization_error(strat
     assert isinstance(info.value, aprompt.APromptError)
 
 
+class Counter:
+    """One predictor: question -> count."""
+
+    def __init__(self, max_tokens: int | None = None) -> None:
+        budget = {} if max_tokens is None else {"max_tokens": max_tokens}
+        self.count = Predict("question -> count: int", max_parse_retries=0, **budget)
+
+    async def __call__(self, question: str) -> Prediction:
+        return await self.count(question=question)
+
+
+async def optimize_counter(
+    server: FakeOpenAIServer, before_demos: str | Fault, max_tokens: int | None = None
+) -> aprompt.OptimizeResult:
+    """Optimize :class:`Counter` on a server that answers right ("Count: 3") once a prompt shows a demo,
+    and ``before_demos`` until then."""
+
+    def reply(request: ChatRequest) -> str | Fault:
+        shown_a_demo = any(m["role"] == "assistant" for m in request.messages)
+        return "Count: 3" if shown_a_demo else before_demos
+
+    server.responder = reply
+    trainset = [Example(inputs={"question": f"How many? ({i})"}, labels={"count": 3}) for i in range(40)]
+    async with lm_for(server) as lm:
+        return await aprompt.optimize(
+            Counter(max_tokens), trainset, lambda e, p: p.count == 3, lm=lm, budget=SMALL_BUDGET, seed=1
+        )
+
+
 async def test_a_baseline_that_only_fails_to_parse_is_still_optimized(fake_server: FakeOpenAIServer) -> None:
     """An unreadable reply is the prompt's fault: demos may teach the format, so the run goes on."""
-
-    class Counter:
-        def __init__(self) -> None:
-            self.count = Predict("question -> count: int", max_parse_retries=0)
-
-        async def __call__(self, question: str) -> Prediction:
-            return await self.count(question=question)
-
-    def reply(request: ChatRequest) -> str:
-        shown_a_demo = any(m["role"] == "assistant" for m in request.messages)
-        return "Count: 3" if shown_a_demo else "Count: lots"
-
-    fake_server.responder = reply
-    trainset = [Example(inputs={"question": f"How many? ({i})"}, labels={"count": 3}) for i in range(40)]
-    async with lm_for(fake_server) as lm:
-        result = await aprompt.optimize(
-            Counter(), trainset, lambda e, p: p.count == 3, lm=lm, budget=SMALL_BUDGET, seed=1
-        )
+    result = await optimize_counter(fake_server, "Count: lots")
     assert result.baseline_score == 0.0
     assert result.score == 1.0, "a labeled demo set fixed the format"
 
@@ -97,24 +109,9 @@ async def test_a_baseline_whose_replies_run_past_their_budget_is_still_optimized
     """A reply cut at its token budget (even at twice it) is the prompt's failure, scored 0 like an
     unreadable one: demos may teach a short answer, so the run goes on (it stopped, as if the program were
     broken, on the embedded model's rambling)."""
-
-    class Counter:
-        def __init__(self) -> None:
-            self.count = Predict("question -> count: int", max_parse_retries=0, max_tokens=8)
-
-        async def __call__(self, question: str) -> Prediction:
-            return await self.count(question=question)
-
-    def reply(request: ChatRequest) -> str | Fault:
-        shown_a_demo = any(m["role"] == "assistant" for m in request.messages)
-        return "Count: 3" if shown_a_demo else Fault.truncated("Well, let me think about how many there")
-
-    fake_server.responder = reply
-    trainset = [Example(inputs={"question": f"How many? ({i})"}, labels={"count": 3}) for i in range(40)]
-    async with lm_for(fake_server) as lm:
-        result = await aprompt.optimize(
-            Counter(), trainset, lambda e, p: p.count == 3, lm=lm, budget=SMALL_BUDGET, seed=1
-        )
+    result = await optimize_counter(
+        fake_server, Fault.truncated("Well, let me think about how many there"), max_tokens=8
+    )
     assert result.baseline_score == 0.0
     assert result.score == 1.0, "a labeled demo set taught the short answer"
 
