@@ -274,7 +274,10 @@ async def score_outcome(example: Example, outcome: ProgramOutcome, metric: Metri
             )
         error = f"metric {type(exc).__name__}: {exc}"
         return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)
-    score, feedback = metric_feedback(value, metric)
+    try:
+        score, feedback = metric_feedback(value, metric)
+    except ConfigError as exc:  # the metric's bug: say on which example, so it can be reproduced
+        raise ConfigError(f"{exc} (scoring the program's prediction for example {example.id})") from None
     if isinstance(metric, RunMetric):
         metric.worked = True
     return ExampleResult(example.id, score, None, prediction, outcome.trace, feedback=feedback)

@@ -58,8 +58,9 @@ async def test_a_metric_value_that_is_not_a_score_aborts_the_evaluation_naming_t
         return bad_value if example.id == "q2" else 1.0
 
     async with lm_for(fake_server) as lm:
-        with pytest.raises(ConfigError, match=f"metric .*odd_metric {message}"):
+        with pytest.raises(ConfigError, match=f"metric .*odd_metric {message}") as info:
             await evaluate(QAProgram(), qa_examples(0, 4), odd_metric, lm=lm)  # type: ignore[arg-type]
+    assert str(info.value).endswith("for example q2)")  # the one example that reproduces it
 
 
 async def test_numpy_scores_are_scores(fake_server: FakeOpenAIServer) -> None:
