@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aprompt._errors import ConfigError
-from aprompt.program.discovery import Route, _attributes, predictor_routes
+from aprompt.program.discovery import Route, _attributes, _children, _is_leaf, predictor_routes
 from aprompt.program.predictor import Predict
 
 __all__ = ["copy_program"]
@@ -43,7 +43,7 @@ def copy_program(program: object) -> object:
     routes = predictor_routes(program)
     if any(kind not in ("attr", "item") for _, _, route in routes for kind, _ in route):
         raise ConfigError(f"program {program!r:.60}: predictors reached through a function; {_IN_PLACE}")
-    on_route: set[int] = set()
+    on_route = _holders(program)
     for _, _, route in routes:
         obj: Any = program
         for step in route:
@@ -52,6 +52,35 @@ def copy_program(program: object) -> object:
     clone = _Rebuild(on_route).copy(program)
     _check(program, clone, routes)
     return clone
+
+
+def _holders(program: object) -> set[int]:
+    """Ids of the objects on *any* route from ``program`` to a predictor, not only on the first one a
+    predictor is named by: a predictor that is an attribute and also an item of a list (``self.stages =
+    [self.extract, self.answer]``), or an object pointing back at the program (``helper.owner``), must
+    lead to the copy's own predictors from the copy."""
+    if isinstance(program, Predict):
+        return set()
+    parents: dict[int, set[int]] = {}
+    holders: set[int] = set()
+    seen, stack = {id(program)}, [program]
+    while stack:
+        obj = stack.pop()
+        for _, child, _ in _children("", obj):
+            if isinstance(child, Predict):
+                holders.add(id(obj))
+            elif not _is_leaf(child):
+                parents.setdefault(id(child), set()).add(id(obj))
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append(child)
+    found, todo = set(holders), list(holders)
+    while todo:
+        for parent in parents.get(todo.pop(), ()):
+            if parent not in found:
+                found.add(parent)
+                todo.append(parent)
+    return found
 
 
 class _Rebuild:

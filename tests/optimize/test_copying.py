@@ -55,6 +55,32 @@ async def test_a_program_holding_a_lock_and_a_client_is_optimized_into_a_copy_sh
     assert program.extract.demos == [] and program.answer.demos == []
 
 
+class Staged(TwoStageProgram):
+    """Calls its predictors through a list of them and keeps a helper that points back at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = [self.extract, self.answer]
+        self.helper = types.SimpleNamespace(owner=self, lock=threading.Lock())
+
+    async def __call__(self, question: str) -> Any:
+        found = await self.stages[0](question=question)
+        return await self.stages[1](question=question, code=found.code)
+
+
+async def test_a_predictor_also_held_in_a_list_is_the_copys_own_in_both_places() -> None:
+    program = Staged()
+    result, _ = await optimize_in_world(program=program)
+    clone = result.program
+    assert isinstance(clone, Staged) and clone is not program
+    assert clone.stages == [clone.extract, clone.answer] and clone.stages is not program.stages
+    assert clone.helper.owner is clone and clone.helper.lock is program.helper.lock
+    best = result.candidates.prompts_for(result.best_choice)
+    assert dict(result.best_choice) != result.candidates.baseline(), "the run found better prompts"
+    assert clone.stages[1].instruction == best["answer"].instruction
+    assert program.stages[1].instruction == "Give the answer."
+
+
 class Pair(NamedTuple):
     first: Predict
     label: str
