@@ -54,6 +54,7 @@ from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
 from aprompt.program.overrides import PromptOverride, PromptState
 from aprompt.program.trace import TraceEntry
+from aprompt.run._preflight import check_metric
 
 
 @runtime_checkable
@@ -352,8 +353,9 @@ async def evaluate(
 
     Raises:
         ConfigError: ``examples`` is not a list of examples or mappings, a mapping lacks an input
-            field or comes without ``input_fields``; ``executor`` has no async ``run_program``; or a
-            metric value is not a score.
+            field or comes without ``input_fields``; ``metric`` cannot be called as
+            ``metric(example, prediction)`` or ``executor`` has no async ``run_program`` (both before
+            any LM call); or a metric value is not a score.
 
     Example::
 
@@ -361,6 +363,7 @@ async def evaluate(
                                             input_fields=["question"], lm=lm)
         print(evaluation.mean, evaluation.table(examples).failing())
     """
+    check_metric(metric)  # else every example's LM calls are paid for and each scores 0
     check_executor(executor)
     return await evaluate_reporting(
         program,

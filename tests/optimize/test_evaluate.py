@@ -63,6 +63,17 @@ async def test_a_metric_value_that_is_not_a_score_aborts_the_evaluation_naming_t
     assert str(info.value).endswith("for example q2)")  # the one example that reproduces it
 
 
+@pytest.mark.parametrize("metric", [None, "exact_match", lambda prediction: True])
+async def test_a_metric_that_cannot_be_called_is_refused_before_any_lm_call(
+    fake_server: FakeOpenAIServer, metric: Any
+) -> None:
+    # Called, each would raise a TypeError, scored 0 on every example: a mean of 0.0 for a metric never run.
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match="metric"):
+            await evaluate(QAProgram(), qa_examples(0, 4), metric, lm=lm)
+    assert fake_server.chat_requests == []
+
+
 async def test_numpy_scores_are_scores(fake_server: FakeOpenAIServer) -> None:
     numpy = pytest.importorskip("numpy")
     values = {"q0": numpy.bool_(True), "q1": numpy.float64(0.25), "q2": numpy.int64(0)}
