@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -18,7 +17,7 @@ from aprompt._errors import ConfigError, InexactResumeWarning
 from aprompt._optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
 from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
 from aprompt._optimize.confirmation import confirmation_calls
-from aprompt._optimize.evaluate import Metric, RunMetric, program_entry
+from aprompt._optimize.evaluate import Metric, RunMetric, check_inputs
 from aprompt._optimize.events import EventCallback, RunFinished, RunPlanned
 from aprompt._optimize.examples import Example, apart_from, as_examples, check_disjoint, inputs_key
 from aprompt._optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
@@ -70,24 +69,6 @@ def split_valset(
     if len(val) > val_size:
         val = rng.sample(val, val_size)
     return list(trainset), val
-
-
-def check_inputs(program: object, examples: Sequence[Example], role: str) -> None:
-    """The program must be callable (or have a ``forward``), and every example's inputs must bind to its
-    call signature."""
-    entry = program_entry(program)  # a ConfigError (a ValueError too) must not pass as "no signature"
-    try:
-        signature = inspect.signature(entry)
-    except (TypeError, ValueError):
-        return
-    for example in examples:
-        try:
-            signature.bind(**example.inputs)
-        except TypeError as exc:
-            raise ConfigError(
-                f"{role} example {example.id} does not fit the program's inputs "
-                f"{list(signature.parameters)}: {exc}"
-            ) from None
 
 
 async def optimize(

@@ -320,6 +320,24 @@ def _examples(examples: object, input_fields: object) -> list[Example]:
     return as_examples(items, input_fields, role="examples")
 
 
+def check_inputs(program: object, examples: Sequence[Example], role: str) -> None:
+    """The program must be callable (or have a ``forward``), and every example's inputs must bind to its
+    call signature."""
+    entry = program_entry(program)  # a ConfigError (a ValueError too) must not pass as "no signature"
+    try:
+        signature = inspect.signature(entry)
+    except (TypeError, ValueError):
+        return
+    for example in examples:
+        try:
+            signature.bind(**example.inputs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"{role} example {example.id} does not fit the program's inputs "
+                f"{list(signature.parameters)}: {exc}"
+            ) from None
+
+
 async def evaluate(
     program: object,
     examples: Iterable[Example | Mapping[str, Any]],
@@ -353,7 +371,8 @@ async def evaluate(
 
     Raises:
         ConfigError: ``examples`` is not a list of examples or mappings, a mapping lacks an input
-            field or comes without ``input_fields``; ``metric`` cannot be called as
+            field or comes without ``input_fields``, or an example's inputs do not fit the program's
+            call signature; ``metric`` cannot be called as
             ``metric(example, prediction)`` or ``executor`` has no async ``run_program`` (both before
             any LM call); or a metric value is not a score.
 
@@ -365,9 +384,11 @@ async def evaluate(
     """
     check_metric(metric)  # else every example's LM calls are paid for and each scores 0
     check_executor(executor)
+    items = _examples(examples, input_fields)
+    check_inputs(program, items, "evaluated")  # else each run is a TypeError, scored 0
     return await evaluate_reporting(
         program,
-        _examples(examples, input_fields),
+        items,
         metric,
         prompts=prompts,
         lm=lm,

@@ -57,6 +57,17 @@ async def test_evaluate_refuses_input_fields_that_are_not_a_list_of_names(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("input_fields", [["question", "answer"], ["answer"]])
+async def test_evaluate_refuses_inputs_the_program_does_not_take(
+    fake_server: FakeOpenAIServer, input_fields: list[str]
+) -> None:
+    # Each run would be a TypeError, scored 0: a mean of 0.0 for a program never run.
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(aprompt.ConfigError, match=r"does not fit the program's inputs \['question'\]"):
+            await aprompt.evaluate(QAProgram(), rows(1, 3), exact_match, input_fields=input_fields, lm=lm)
+
+
+@pytest.mark.anyio
 async def test_the_table_lists_the_failing_examples_with_input_output_and_expected(
     fake_server: FakeOpenAIServer,
 ) -> None:
