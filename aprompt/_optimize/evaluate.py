@@ -293,9 +293,15 @@ def check_metric_worked(metric: Metric, evaluation: Evaluation) -> None:
     if not ran or not all(r.metric_failed for r in ran):
         return
     first = {r.example_id: r.error or "" for r in ran[:3]}
+    # A program that forgot its ``return`` runs fine and hands the metric None: the fix is there.
+    ran_fine = (
+        "the program returned None every time: does it return its prediction?"
+        if all(r.prediction is None for r in ran)
+        else "the program ran fine"
+    )
     raise OptimizationError(
         f"metric {describe_metric(metric)} raised on every one of the {len(ran)} predictions it was "
-        "given (the program ran fine); first errors: "
+        f"given ({ran_fine}); first errors: "
         + "; ".join(f"{example_id}: {error}" for example_id, error in first.items()),
         errors=first,
     )

@@ -64,6 +64,24 @@ async def test_a_metric_raising_on_every_prediction_stops_the_run_after_its_firs
     assert all("AttributeError" in error for error in info.value.errors.values())
 
 
+class ForgetsToReturn(TwoStageProgram):
+    """Runs both stages and returns nothing: the metric is handed None."""
+
+    async def __call__(self, question: str) -> Any:
+        await super().__call__(question)
+
+
+async def test_a_program_returning_none_is_named_as_the_cause_of_a_metric_raising_on_everything(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(aprompt.OptimizationError, match="the program returned None every time"):
+            await aprompt.optimize(
+                ForgetsToReturn(), examples(0, 60), exact_metric, lm=lm, budget=SMALL_BUDGET
+            )
+    assert 0 < len(fake_server.chat_requests) <= FIRST_EVALUATION_CALLS
+
+
 async def test_a_metric_raising_on_some_predictions_scores_them_0_and_the_run_goes_on() -> None:
     def fragile(example: Example, prediction: Any) -> bool:
         if example.labels["answer"].endswith("7"):
