@@ -64,6 +64,7 @@ from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
+from aprompt.run.journal import journaled_text
 
 T = TypeVar("T")
 
@@ -200,7 +201,7 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
 def _words(value: object) -> list[str]:
-    return _WORD.findall(str(value).lower())
+    return _WORD.findall(journaled_text(value).lower())
 
 
 def demo_patterns(predictor: Predict, demo: Demo) -> frozenset[str]:

@@ -39,6 +39,7 @@ from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
+from aprompt.run.journal import journaled_text
 
 TIPS: dict[str, str] = {
     "none": "",
@@ -188,7 +189,7 @@ def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
 def _render_demos(demos: Sequence[Demo], limit: int = 3, max_chars: int = 300) -> str:
     lines = []
     for demo in list(demos)[:limit]:
-        text = "; ".join(f"{k}: {v}" for k, v in demo.items())
+        text = "; ".join(f"{k}: {journaled_text(v)}" for k, v in demo.items())
         lines.append(f"- {text[:max_chars]}")
     return "\n".join(lines)
 

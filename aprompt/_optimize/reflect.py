@@ -49,6 +49,7 @@ from aprompt._optimize.search import SearchLoop
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
 from aprompt.program.predictor import Predict
+from aprompt.run.journal import journaled_text
 
 if TYPE_CHECKING:
     from aprompt._optimize.run_context import RunContext
@@ -116,7 +117,7 @@ def prefer_feedback(results: Sequence[ExampleResult], k: int) -> list[ExampleRes
 
 
 def _show(value: object) -> str:
-    text = " ".join(str(value).split())
+    text = " ".join(journaled_text(value).split())
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
 
 

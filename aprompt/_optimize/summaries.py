@@ -24,6 +24,7 @@ from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
+from aprompt.run.journal import journaled_text
 
 _OBSERVE = Predict(
     "examples -> observations",
@@ -67,7 +68,7 @@ def clean_text(text: object, max_chars: int = MAX_SUMMARY_CHARS) -> str:
 
 
 def format_example(example: Example, max_chars: int = 400) -> str:
-    parts = [f"{key}: {value}" for key, value in example.fields().items()]
+    parts = [f"{key}: {journaled_text(value)}" for key, value in example.fields().items()]
     return clean_text("; ".join(parts), max_chars)
 
 

@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from aprompt.program.fields import is_list, is_literal, normalize_choice
+from aprompt.run.identity import stable_order
 
 __all__ = ["CoercionError", "coerce", "describe_type", "format_input", "format_output"]
 
@@ -228,19 +229,24 @@ def format_output(value: Any, annotation: Any = str) -> str:
 
 
 def format_input(value: Any) -> str:
-    """Render an input value for the prompt: lists of text as numbered lines, others plainly."""
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value) and value:
+    """Render an input value for the prompt: lists (and sets) of text as numbered lines, others plainly."""
+    value = _plain(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value) and value:
         return "\n".join(f"[{i}] {v}" for i, v in enumerate(value, start=1))
     return format_output(value)
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as JSON's kinds: tuples as lists, and a numpy scalar (a pandas row's value) as the
-    Python value it stands for, so ``np.int64(7)`` shows as ``7``, not as the text ``"7"`` or an error."""
+    """``value`` as JSON's kinds: tuples as lists, sets as lists in an order the same in every process
+    (a prompt must not follow the hash seed: a resumed run or a warm cache finds its requests again), and a
+    numpy scalar (a pandas row's value) as the Python value it stands for, so ``np.int64(7)`` shows as
+    ``7``, not as the text ``"7"`` or an error."""
     if isinstance(value, str):
         return value
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return [_plain(v) for v in stable_order(value)]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     item = getattr(value, "item", None)

@@ -208,7 +208,7 @@ def _input_block(signature: Signature, values: Mapping[str, Any]) -> str:
         if field.name in values:
             value = values[field.name]
             text = format_input(value)
-            block = isinstance(value, list | tuple) and text.startswith("[1] ")
+            block = isinstance(value, list | tuple | set | frozenset) and text.startswith("[1] ")
             lines.append(f"{field.label}:\n{text}" if block else _line(field.label, text))
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ import json
 import pickle
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -94,6 +94,12 @@ def _attributes(value: Any) -> str | None:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=stable_form, ensure_ascii=False, separators=(",", ":"))
+
+
+def stable_order(items: Iterable[Any]) -> list[Any]:
+    """The items of a set in an order that is the same in every process (a set's own order follows the
+    process's hash seed): by their canonical JSON."""
+    return sorted(items, key=_canonical)
 
 
 def digest(value: Any) -> str:

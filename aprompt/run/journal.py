@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aprompt._errors import JournalError
+from aprompt.run.identity import stable_order
 
 JOURNAL_FILE = "journal.sqlite3"
 APPLICATION_ID = 0x4A524E4C  # "JRNL": tells our journal from any other SQLite file
@@ -293,10 +294,21 @@ def _is_blank(db: sqlite3.Connection) -> bool:
     return app_id == 0 and not db.execute("SELECT 1 FROM sqlite_master WHERE type='table'").fetchall()
 
 
+def journaled_text(value: Any) -> str:
+    """``str(value)`` as ``value`` reads back from a journal (a tuple as a list, a set as a list in
+    :func:`~aprompt.run.identity.stable_order`, an object by its ``to_dict``): text a prompt shows of a
+    value (a demo's input) is the same in every process and after a resume reads it back."""
+    if isinstance(value, str | int | float | type(None)):
+        return str(value)
+    return str(json.loads(json.dumps(value, ensure_ascii=False, default=_jsonable)))
+
+
 def _jsonable(value: Any) -> Any:
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
         return to_dict()
-    if isinstance(value, tuple | set | frozenset):
+    if isinstance(value, set | frozenset):  # as a prompt shows it, not in the hash seed's order
+        return stable_order(value)
+    if isinstance(value, tuple):
         return list(value)
     return str(value)
