@@ -101,6 +101,28 @@ async def test_an_entry_written_before_checksums_is_a_miss_and_is_replaced(
     assert await read_back(tmp_path, "q") == ("recomputed", True, 0)
 
 
+async def test_a_damaged_page_of_the_file_is_a_logged_miss_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = [f"q{i}" for i in range(300)]
+    with ResponseCache.in_directory(tmp_path) as cache:
+        for name in names:
+            await cache.get_or_compute(key_of(name), CountingCompute(f"answer {name} " + "x" * 200))
+    path = tmp_path / CACHE_FILE_NAME
+    pages = path.stat().st_size // 4096
+    with path.open("r+b") as file:  # a bad disk: one page in the middle of the table overwritten
+        file.seek(pages // 2 * 4096)
+        file.write(b"\xff" * 4096)
+    texts = []
+    with caplog.at_level(logging.WARNING, logger="aprompt"), ResponseCache.in_directory(tmp_path) as cache:
+        for name in names:
+            completion, _ = await cache.get_or_compute(key_of(name), CountingCompute("recomputed"))
+            texts.append(completion.text)
+    assert set(texts) - {"recomputed"} <= {f"answer {name} " + "x" * 200 for name in names}
+    assert texts.count("recomputed") >= 1  # the page held entries, asked again
+    assert "cannot be read" in caplog.text and "delete the file" in caplog.text
+
+
 async def test_a_damaged_run_cache_never_changes_the_result(tmp_path: Path) -> None:
     """Every cached reply of a finished run turned wrong: starting over asks the endpoint again and
     reaches the result of a clean run, where trusting the cache would have scored the wrong replies."""

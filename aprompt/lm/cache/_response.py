@@ -178,8 +178,8 @@ class ResponseCache:
         returned with ``cached=False``.
 
         Raises:
-            CacheError: the cache is closed, or its file cannot be read. A computed completion
-                the file cannot store is returned all the same (and the failure logged).
+            CacheError: the cache is closed. A file that cannot be read (a damaged page) is a miss,
+                and a computed completion the file cannot store is returned all the same (both logged).
             Exception: whatever ``compute`` raised, in this call or in the identical call it
                 waited for.
         """

@@ -15,7 +15,8 @@ shared across threads unguarded), so a read never queues behind a write stuck on
 Every entry carries a SHA-256 checksum over its key and completion. An entry that fails it — damaged on
 disk, edited by hand, or written by an aprompt before checksums — is a miss, logged at WARNING, and is
 replaced by the next answer computed for its key: a cache only saves calls, so asking the endpoint again
-is always correct, where raising would stop a run over a file the user need not care about.
+is always correct, where raising would stop a run over a file the user need not care about. So is a
+lookup SQLite cannot finish (a damaged page of the file): logged at WARNING the first time.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class SQLiteCache:
         # key -> the stored value rejected as damaged or unchecksummed, replaced by the next put.
         self._rejected: dict[str, str] = {}
         self._warned_old = False
+        self._warned_unreadable = False  # only the first failed read is a warning
 
     @property
     def path(self) -> str:
@@ -104,14 +106,21 @@ class SQLiteCache:
         """Return the completion stored under ``key``, marked ``cached=True``, or ``None``.
 
         ``None`` also for an entry that fails its checksum (logged at WARNING); the next :meth:`put`
-        of ``key`` replaces it. Runs inline: one indexed read that never waits for writers.
+        of ``key`` replaces it. ``None`` too when the file cannot be read there (a damaged page): logged,
+        the first time at WARNING. Runs inline: one indexed read that never waits for writers.
+
+        Raises:
+            CacheError: the cache is closed.
         """
         with self._read_lock:
             self._check_open()
             try:
                 row = self._reader.execute(_SELECT, (key,)).fetchone()
             except sqlite3.Error as exc:
-                raise CacheError(f"cannot read the LM cache: {exc}", path=self._path) from exc
+                # A damaged page of the file (a bad disk, a torn copy) fails the lookups that cross it:
+                # those entries are lost like a damaged entry, a miss, not a stopped or misscored run.
+                self._note_unreadable(exc)
+                return None
             if row is None:
                 return None
             try:
@@ -133,6 +142,20 @@ class SQLiteCache:
                 )
             self._rejected[key] = row[0]
             return None
+
+    def _note_unreadable(self, exc: sqlite3.Error) -> None:
+        first = not self._warned_unreadable
+        self._warned_unreadable = True
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "LM cache %s cannot be read (%s); the call is made again%s",
+            self._path,
+            exc,
+            "; if it persists, delete the file (it holds only cached LM replies; further read failures are "
+            "logged at DEBUG)"
+            if first
+            else "",
+        )
 
     async def put(self, key: str, completion: Completion) -> None:
         """Store ``completion`` under ``key`` in a worker thread; a key already stored is kept.
