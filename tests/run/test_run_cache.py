@@ -128,3 +128,14 @@ async def test_two_runs_sharing_a_client_each_keep_their_own_cache(
     assert seen["second"] is seen["second after"] and seen["second"].disk is not None
     assert seen["first"] is not seen["second"] and seen["first"].disk is None
     assert lm.usage.requests == 2 and lm.usage.cache_hits == 1 and lm.cache is None
+
+
+async def test_a_run_dir_whose_cache_cannot_be_made_is_a_cache_error_before_any_call(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    (tmp_path / "cache").write_text("not a directory")
+    async with OpenAICompatibleLM(**lm_kwargs) as lm:
+        with pytest.raises(aprompt.CacheError, match="cannot make the LM cache directory") as caught:
+            await aprompt.optimize(TwoStageProgram(), examples(0, 20), metric, lm=lm, run_dir=tmp_path)
+    assert caught.value.path == str(tmp_path / "cache" / "lm-cache.sqlite3")
+    assert fake_server.chat_requests == []

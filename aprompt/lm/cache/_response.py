@@ -134,10 +134,18 @@ class ResponseCache:
         """A disk cache in ``path/lm-cache.sqlite3`` (the directory is created) behind an LRU.
 
         Raises:
-            CacheError: the file exists but is not a usable aprompt cache.
+            CacheError: the directory cannot be made (a file in its place, a read-only path), or the
+                file exists but is not a usable aprompt cache.
         """
         directory = Path(path).expanduser()
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(
+                f"cannot make the LM cache directory {directory}: {exc.strerror or exc}; point the cache "
+                "elsewhere",
+                path=str(directory / CACHE_FILE_NAME),
+            ) from None
         memory = MemoryCache(max_entries)
         return cls(memory, SQLiteCache(directory / CACHE_FILE_NAME, busy_timeout=busy_timeout))
 
