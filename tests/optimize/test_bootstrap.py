@@ -218,6 +218,25 @@ async def test_a_set_is_built_as_soon_as_its_first_examples_in_order_pass(
     ]
 
 
+async def test_on_set_is_told_the_very_sets_the_result_holds(fake_server: FakeOpenAIServer) -> None:
+    # Each set is built once: its labeled demos walk the trainset, a cost per set, not per read.
+    fake_server.responder = answers
+    told: dict[int, Any] = {}
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(
+            QAProgram(),
+            qa_examples(0, 12),
+            lm,
+            n_sets=4,
+            max_bootstrapped=2,
+            max_labeled=2,
+            on_set=lambda k, sets: told.update({k: sets["answer"]}),
+        )
+    assert sorted(told) == [2, 3]
+    for index, demo_set in told.items():
+        assert result.demo_sets["answer"][index] is demo_set
+
+
 async def test_a_trainset_holding_an_example_twice_gives_no_set_a_demo_twice(
     fake_server: FakeOpenAIServer,
 ) -> None:
