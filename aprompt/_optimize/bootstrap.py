@@ -312,6 +312,7 @@ async def bootstrap_demo_sets(
     outage: OutagePolicy = DEFAULT_OUTAGE_POLICY,
     set_sizes: Sequence[int] | None = None,
     on_set: Callable[[int, Mapping[str, DemoSet]], None] | None = None,
+    labeled_sets: Mapping[str, DemoSet] | None = None,
 ) -> BootstrapResult:
     """Build ``n_sets`` demo sets per predictor, none larger than ``max_bootstrapped + max_labeled``.
 
@@ -326,6 +327,9 @@ async def bootstrap_demo_sets(
     ``on_set(k, sets)`` is told each bootstrapped set ``k`` (per predictor) as soon as it is built,
     before the others are and before the runs no set reads (the rest of a wave) end.
 
+    ``labeled_sets``: set 1 per predictor name when the caller built it already (with
+    :func:`labeled_only_set` of the same trainset and bounds); else it is built here.
+
     Raises:
         EndpointDownError: the LM stayed down longer than ``outage.tolerance``; nothing is returned.
     """
@@ -336,7 +340,10 @@ async def bootstrap_demo_sets(
     sets: dict[str, list[DemoSet]] = {name: [DemoSet(())] for name, _ in predictors}
     if n_sets >= 2:
         for name, predictor in predictors:
-            sets[name].append(labeled_only_set(predictor, trainset, max_labeled, bound))
+            given = labeled_sets.get(name) if labeled_sets is not None else None
+            if given is None:
+                given = labeled_only_set(predictor, trainset, max_labeled, bound)
+            sets[name].append(given)
     orders: dict[int, list[Example]] = {}
     found: dict[int, list[ExampleResult]] = {}
 

@@ -49,6 +49,7 @@ from aprompt.run._preflight import check_limits
 from aprompt.run.journal import RunJournal
 
 if TYPE_CHECKING:
+    from aprompt._optimize.bootstrap import DemoSet
     from aprompt._optimize.search import SearchLoop
     from aprompt._optimize.strategies.base import Strategy
 
@@ -141,6 +142,9 @@ class RunContext:
     baseline: FullEval | None = None
     meter: RequestMeter = attrs.field(init=False)
     costs: RunCosts = attrs.field(init=False)
+    #: The labeled-only demo set per predictor name, built once a run (it walks the trainset) for the
+    #: warm-up, the hand-written reference and the bootstrap (``strategies.steps.labeled_set_of``).
+    labeled_sets: dict[str, DemoSet] = attrs.field(factory=dict, init=False)
     #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
     #: counts what the others are still expected to spend.
     _commitments: dict[tuple[str, str], _Commitment] = attrs.field(factory=dict, init=False)

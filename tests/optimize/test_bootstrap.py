@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from aprompt import Example, named_predictors
-from aprompt._optimize.bootstrap import BootstrapResult, bootstrap_demo_sets
+from aprompt._optimize.bootstrap import BootstrapResult, bootstrap_demo_sets, labeled_only_set
 from aprompt._optimize.budget import Budget
 from aprompt._optimize.strategies.base import StrategyPlan
 from aprompt.lm.types import LM
@@ -235,6 +235,16 @@ async def test_on_set_is_told_the_very_sets_the_result_holds(fake_server: FakeOp
     assert sorted(told) == [2, 3]
     for index, demo_set in told.items():
         assert result.demo_sets["answer"][index] is demo_set
+
+
+async def test_a_labeled_set_the_caller_built_is_set_1_as_it_is(fake_server: FakeOpenAIServer) -> None:
+    program, trainset = QAProgram(), qa_examples(0, 12)
+    given = labeled_only_set(program.answer, trainset, 3, 3)
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(
+            program, trainset, lm, n_sets=2, max_bootstrapped=0, max_labeled=3, labeled_sets={"answer": given}
+        )
+    assert result.demo_sets["answer"][1] is given
 
 
 async def test_a_trainset_holding_an_example_twice_gives_no_set_a_demo_twice(

@@ -16,6 +16,7 @@ import pytest
 import aprompt
 from aprompt._optimize.budget import resolve_budget
 from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.strategies.steps import leading_demo_sets, leading_sets_of
 from aprompt.lm._metering import LimitReached
 from aprompt.run._limits import RunLimits
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest, Responder
@@ -185,6 +186,18 @@ def limited_context(max_lm_calls: int) -> RunContext:
         on_event=None,
         limits=RunLimits(max_lm_calls=max_lm_calls),
     )
+
+
+async def test_the_labeled_set_is_built_once_a_run_for_every_step_that_shows_it() -> None:
+    # The warm-up, the hand-written reference and the bootstrap all show set 1: it walks the trainset once.
+    program = QAProgram()
+    ctx = limited_context(100)
+    ctx.predictors = aprompt.named_predictors(program)
+    ctx.trainset = qa_examples(*TRAIN)
+    first, again = leading_demo_sets(ctx), leading_demo_sets(ctx)
+    labeled = first["answer"][-1]
+    assert labeled.demos and again["answer"][-1] is labeled
+    assert leading_sets_of(ctx, "answer", program.answer)[-1] is labeled
 
 
 async def test_a_step_is_admitted_only_when_the_steps_in_flight_leave_it_enough() -> None:

@@ -56,6 +56,11 @@ async def bootstrap_candidates(
     :func:`~aprompt._optimize.bootstrap.bootstrap_demo_sets`); not when the sets are journaled."""
 
     async def compute() -> dict[str, tuple[DemoSet, ...]]:
+        labeled = (
+            {name: labeled_set_of(ctx, name, predictor) for name, predictor in ctx.predictors}
+            if ctx.budget.n_candidates >= 2
+            else None
+        )
         result = await bootstrap_demo_sets(
             ctx.program,
             ctx.predictors,
@@ -72,6 +77,7 @@ async def bootstrap_candidates(
             outage=ctx.outage,
             set_sizes=size_ladder(ctx.budget.max_demos),
             on_set=on_set,
+            labeled_sets=labeled,  # set 1, as the warm-up and the hand-written reference show it
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
         ctx.note_runs(result.runs)  # measures what a program run costs
@@ -95,26 +101,29 @@ def _own_sets(predictor: Predict) -> tuple[DemoSet, ...]:
     return (DemoSet(tuple(predictor.demos)), *((DemoSet(()),) if predictor.demos else ()))
 
 
-def leading_sets_of(ctx: RunContext, predictor: Predict) -> tuple[DemoSet, ...]:
-    """The sets :func:`bootstrap_candidates` puts first for ``predictor``, before dropping repeats, known
-    before any LM call: the program's own demos, an empty set when it has some, and the labeled set
-    (training examples as demos, see :mod:`aprompt._optimize.bootstrap`). The bootstrapped sets follow."""
-    budget = ctx.budget
-    labeled = budget.n_candidates >= 2
-    return (
-        *_own_sets(predictor),
-        *(
-            (labeled_only_set(predictor, ctx.trainset, budget.max_labeled_demos, budget.max_demos),)
-            if labeled
-            else ()
-        ),
-    )
+def labeled_set_of(ctx: RunContext, name: str, predictor: Predict) -> DemoSet:
+    """The labeled-only set of ``predictor`` (named ``name``) for the run, built on first use."""
+    if name not in ctx.labeled_sets:
+        budget = ctx.budget
+        ctx.labeled_sets[name] = labeled_only_set(
+            predictor, ctx.trainset, budget.max_labeled_demos, budget.max_demos
+        )
+    return ctx.labeled_sets[name]
+
+
+def leading_sets_of(ctx: RunContext, name: str, predictor: Predict) -> tuple[DemoSet, ...]:
+    """The sets :func:`bootstrap_candidates` puts first for ``predictor`` (named ``name``), before
+    dropping repeats, known before any LM call: the program's own demos, an empty set when it has some,
+    and the labeled set (training examples as demos, see :mod:`aprompt._optimize.bootstrap`). The
+    bootstrapped sets follow."""
+    labeled = ctx.budget.n_candidates >= 2
+    return (*_own_sets(predictor), *((labeled_set_of(ctx, name, predictor),) if labeled else ()))
 
 
 def leading_demo_sets(ctx: RunContext) -> dict[str, tuple[DemoSet, ...]]:
     """The first of the demo sets :func:`bootstrap_candidates` returns, at the same indices
     (:func:`leading_sets_of` without repeats)."""
-    return {name: distinct_sets(leading_sets_of(ctx, predictor)) for name, predictor in ctx.predictors}
+    return {name: distinct_sets(leading_sets_of(ctx, name, predictor)) for name, predictor in ctx.predictors}
 
 
 def distinct_sets(sets: Sequence[DemoSet]) -> tuple[DemoSet, ...]:

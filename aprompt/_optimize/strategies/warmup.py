@@ -72,7 +72,7 @@ class Warmup:
         warm = cls(ctx, texts)
         bootstrapped = max(0, ctx.budget.n_candidates - 2)
         for name, predictor in ctx.predictors:
-            leading = leading_sets_of(ctx, predictor)
+            leading = leading_sets_of(ctx, name, predictor)
             warm._leading[name] = len(leading)
             warm._sets[name] = [*leading, *([None] * bootstrapped)]
             warm._proposals[name] = {}
