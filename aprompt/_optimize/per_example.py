@@ -69,10 +69,24 @@ def output_value(prediction: Any) -> Any:
         value = prediction
     else:
         return repr(prediction)
+    if type(value) is dict and _as_json_reads_it(value):
+        return dict(value)  # what the round trip through JSON gives, without it (per example scored)
     try:
         return json.loads(json.dumps(value, ensure_ascii=False, default=str))
     except (TypeError, ValueError, RecursionError):  # keys JSON cannot hold, NaN is fine, cycles are not
         return repr(prediction)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _as_json_reads_it(value: dict[Any, Any]) -> bool:
+    """Whether JSON gives ``value`` back as it is: text keys and exact scalars (a float's text reads back
+    as the same float; a subclass of one, an enum member, would come back as its base)."""
+    for key, item in value.items():
+        if type(key) is not str or type(item) not in _SCALARS:
+            return False
+    return True
 
 
 @attrs.frozen

@@ -5,6 +5,7 @@ report, read back from the journal — and why the returned program was chosen."
 from __future__ import annotations
 
 import html
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ import anyio
 import pytest
 
 import aprompt
-from aprompt._optimize.per_example import ExampleRow
+from aprompt._optimize.per_example import ExampleRow, output_value
 from aprompt.run._report_html import FAILING_ROW, MAX_EXAMPLES_SHOWN
 from aprompt.run.report import ORIGINAL_FILE, RESULT_FILE, describe_run, load_run, write_report
 from aprompt.testing.fake_openai import FakeOpenAIServer
@@ -85,6 +86,18 @@ def test_the_outputs_are_what_each_program_answers_on_the_example(
     rows = result.failing_examples()[:4] + result.fixed_examples()[:4]
     assert [r.outcome.output for r in rows] == _outputs_of(result.program, rows)
     assert [r.baseline.output for r in rows if r.baseline] == _outputs_of(TwoStageProgram(), rows)
+
+
+def test_an_output_is_its_fields_as_json_reads_them_back() -> None:
+    class Label(str):
+        pass
+
+    answer = "a reply of several words"
+    plain = output_value(aprompt.Prediction({"answer": answer, "n": 3, "p": math.nan, "ok": True}))
+    # Fields JSON gives back as they are are kept, not copied through JSON once per example scored.
+    assert plain["answer"] is answer and plain["n"] == 3 and math.isnan(plain["p"]) and plain["ok"] is True
+    assert output_value({1: Label("x"), "d": (1, 2)}) == {"1": "x", "d": [1, 2]}
+    assert type(output_value({"label": Label("x")})["label"]) is str
 
 
 def test_show_reads_the_failing_examples_and_the_reason_back_from_the_journal_alone(
