@@ -8,7 +8,8 @@ A program or metric error (a ``ParseError`` included: an unreadable reply is the
 and is recorded with the example id. An LM failure that outlasted the client's retries (``LMError``) is *not*
 the prompt's fault: that example is left unscored, counted, and kept out of the mean, so a burst of 429s
 never teaches the search that a good prompt is bad. A reply cut at its token budget even at twice the
-budget is the exception: the prompt led the model past it, and it scores 0
+budget, and a prompt refused as longer than the model's context, are the exceptions: the prompt led the
+model past its budget or left it no room, and they score 0
 (:func:`~aprompt.executors.base.unscored_lm_error`).
 
 Three things are the user's bug, never the prompt's, and abort the evaluation at once:

@@ -1,7 +1,7 @@
 """Riding out an LM outage, so that every step records what it would have on a working endpoint.
 
 An example whose LM call fails after the client's retries is left unscored, and the evaluation goes on:
-one odd request (a prompt over the context window, a content filter) must not stop a run. But while an
+one odd request (a content filter, a refusal) must not stop a run. But while an
 endpoint is down every example fails, and a step recorded then (a trial scored on the few examples that
 got through, an empty demo set, a dropped proposal) would be journaled, kept by a resumed run, and change
 the result. So a step is made complete before it is recorded.
@@ -28,7 +28,8 @@ its example unscored too, but it shows the endpoint works, and the client has al
 example's own failure at once, with no check and no re-run. A reply the provider stopped on a fault
 (``finish_reason`` ``"error"`` or ``"abort"``) is not one of those: like a 5xx it may mean the endpoint is
 down, and is checked and re-run as above. A reply cut at its token budget even after the client's larger
-re-send is no LM failure at all: the prompt's, scored 0 (:func:`~aprompt.executors.base.unscored_lm_error`).
+re-send is no LM failure at all: the prompt's, scored 0, as is a prompt refused as longer than the model's
+context (:func:`~aprompt.executors.base.unscored_lm_error`).
 
 Re-runs use the prompts and rollouts of the first run, and a response cache answers again what had
 succeeded, so a step that lived through an outage records exactly what a clean run records, and the

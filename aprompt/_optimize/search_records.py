@@ -184,6 +184,9 @@ def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> li
 #: token budget even at twice the budget): a search may fix them.
 PROMPTS_FAULTS = ("ParseError:", "TruncatedResponseError:")
 
+#: How the error of a prompt refused as longer than the model's context begins.
+CONTEXT_OVERFLOW = "ContextOverflowError:"
+
 
 def check_baseline(evaluation: Evaluation) -> None:
     """Refuse to search when the unoptimized program ran cleanly on no example because the program or
@@ -191,7 +194,24 @@ def check_baseline(evaluation: Evaluation) -> None:
     the program's LMs answering: an LM the metric or the program asks on its own fails), so that no
     search could score anything. Parse errors, replies cut at their token budget (scored 0) and replies
     that are not answers (empty, filtered) alone do not count: they are the prompt's fault, which the
-    search may fix; neither do LM failures of some examples, which leave those unscored."""
+    search may fix; neither do LM failures of some examples, which leave those unscored.
+
+    A prompt longer than the model's context on any example refuses the search too: the example is too
+    long for the model as the program stands, and candidates (most adding demos) would score 0 there for
+    the data's length, not for their prompts."""
+    overflowed = {
+        r.example_id: r.error for r in evaluation.results if r.error and r.error.startswith(CONTEXT_OVERFLOW)
+    }
+    if overflowed:
+        first = dict(list(overflowed.items())[:3])
+        raise OptimizationError(
+            f"the unoptimized program's prompt is longer than the model's context window on "
+            f"{len(overflowed)} of the {len(evaluation.results)} validation examples, so no candidate "
+            "could be scored there: use a model or server with a larger context (for the embedded model, "
+            "local_lm(ctx_per_slot=...)), or shorten or leave out those examples; first errors: "
+            + "; ".join(f"{example_id}: {error}" for example_id, error in first.items()),
+            errors=first,
+        )
     if len(evaluation.errors) < len(evaluation.results):
         return
     if evaluation.results and all(r.lm_failure and not r.lm_answered for r in evaluation.results):

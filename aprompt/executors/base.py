@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from aprompt._errors import ConfigError, LMError, TruncatedResponseError
+from aprompt._errors import ConfigError, ContextOverflowError, LMError, TruncatedResponseError
 from aprompt.lm._replies import is_answered_failure
 from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
@@ -79,7 +79,8 @@ class ProgramOutcome:
         error: ``"ExcType: message"`` when the program raised.
         lm_failure: the error is an LM failure that outlasted the client's retries: the example is left
             unscored (not the prompt's fault), never scored 0. A reply cut at its token budget even after
-            the client's larger re-send is no such failure (see :func:`unscored_lm_error`).
+            the client's larger re-send, and a prompt refused as longer than the model's context, are no
+            such failures (see :func:`unscored_lm_error`).
         lm_answered: that LM failure was a reply that is not an answer (see
             :class:`~aprompt._optimize.evaluate.ExampleResult`).
         trace: the run's predictor calls, when the run asked for them and the program succeeded.
@@ -108,17 +109,23 @@ class ProgramOutcome:
         return cls(error=f"{type(shown).__name__}: {shown}", cause=exc)
 
 
+#: LM failures that are the prompt's own (see :func:`unscored_lm_error`).
+_PROMPTS_OWN = (TruncatedResponseError, ContextOverflowError)
+
+
 def unscored_lm_error(exc: BaseException) -> LMError | None:
     """The LM failure in ``exc`` that leaves its example unscored, if any.
 
-    Every :class:`~aprompt._errors.LMError` does (a provider fault is not the prompt's), except a reply
-    cut at its token budget even after the client's re-send with twice the budget
-    (:class:`~aprompt._errors.TruncatedResponseError`): the endpoint answered, and the prompt led the model
-    to an answer too long to finish, which the program as optimized would meet as well. Such an example
+    Every :class:`~aprompt._errors.LMError` does (a provider fault is not the prompt's), except two that
+    the program as optimized would meet as well: a reply cut at its token budget even after the client's
+    re-send with twice the budget (:class:`~aprompt._errors.TruncatedResponseError`: the prompt led the
+    model to an answer too long to finish), and a prompt refused as longer than the model's context
+    (:class:`~aprompt._errors.ContextOverflowError`: a candidate's demos made it so). Such an example
     scores 0, like a reply that cannot be read; left out instead, a prompt that rambles on the hard
-    examples would be ranked on the easy ones alone.
+    examples, or whose demos leave no room for the long ones, would be ranked on the easy ones alone.
     """
-    return error_in(exc, LMError, but=TruncatedResponseError)  # a provider fault beside a cut reply counts
+    # A provider fault beside one of the prompt's own failures still counts.
+    return error_in(exc, LMError, but=_PROMPTS_OWN)
 
 
 @runtime_checkable
@@ -283,7 +290,7 @@ def error_in(
     kind: type[_E],
     _seen: frozenset[int] = frozenset(),
     *,
-    but: type[BaseException] | None = None,
+    but: type[BaseException] | tuple[type[BaseException], ...] | None = None,
 ) -> _E | None:
     """An error of ``kind`` (and not of ``but``) that ended a run: ``exc`` itself, one inside a group it
     raised, or its cause."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import math
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from aprompt._errors import (
     AuthenticationError,
     BadResponseError,
     ConfigError,
+    ContextOverflowError,
     LMConnectionError,
     LMStatusError,
     LMTimeoutError,
@@ -194,6 +196,17 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
+#: How servers word a refusal of a prompt longer than the model's context: OpenAI, vLLM, OpenRouter,
+#: Mistral ("maximum context length"), llama.cpp ("exceeds the available context size"), Anthropic ("prompt
+#: is too long"), Bedrock ("input is too long"), Gemini ("input token count ... exceeds the maximum number of
+#: tokens"), TGI ("`inputs` tokens + `max_new_tokens` must be <= ...").
+_CONTEXT_OVERFLOW = re.compile(
+    r"context[ _-]?(?:length|size|window)|prompt is too long|input is too long"
+    r"|exceeds the maximum number of tokens|max_new_tokens` must be",
+    re.IGNORECASE,
+)
+
+
 def error_for_status(
     status: int,
     server_message: str,
@@ -202,8 +215,9 @@ def error_for_status(
     retry_after: float | None = None,
 ) -> LMStatusError:
     """The typed error for an HTTP error status: 429 → :class:`RateLimitError`, 401/403 →
-    :class:`AuthenticationError`, 408/409/5xx → :class:`ServerError` (retried), any other 4xx →
-    :class:`RequestRejectedError` (not retried). The message carries the server's own message."""
+    :class:`AuthenticationError`, 408/409/5xx → :class:`ServerError` (retried), a 400/413/422 saying the
+    prompt is longer than the model's context → :class:`ContextOverflowError`, any other 4xx →
+    :class:`RequestRejectedError` (neither retried). The message carries the server's own message."""
     message = f"HTTP {status}: {server_message}" if server_message else f"HTTP {status}"
     if status == 429:
         return RateLimitError(
@@ -214,6 +228,8 @@ def error_for_status(
         kind = AuthenticationError
     elif status in (408, 409) or status >= 500:
         kind = ServerError
+    elif status in (400, 413, 422) and _CONTEXT_OVERFLOW.search(server_message):
+        kind = ContextOverflowError
     elif 400 <= status < 500:
         kind = RequestRejectedError
     return kind(

@@ -154,6 +154,12 @@ class FakeAnthropicServer(FakeOpenAIServer):
     def _error_payload(self, status: int, message: str) -> bytes:
         return anthropic_error_body(status, message)
 
+    def _over_context(self, prompt_tokens: int) -> Answer | None:
+        if self.context_tokens is None or prompt_tokens <= self.context_tokens:
+            return None
+        message = f"prompt is too long: {prompt_tokens} tokens > {self.context_tokens} maximum"
+        return 400, anthropic_error_body(400, message), {}, "context_length"
+
     def _more_headers(self, method: str, status: int) -> dict[str, str]:
         headers = super()._more_headers(method, status)
         if self.rate_limit is None or not self.rate_limit.headers:
@@ -205,6 +211,9 @@ class FakeAnthropicServer(FakeOpenAIServer):
             headers=headers,
             system=_text(body.get("system", "")),
         )
+        overflow = self._over_context(estimate_tokens(request.prompt_text))
+        if overflow is not None:
+            return overflow
         reply, extra_fields, finish = await self._reply(request, fault)
         text, stop_reason, stop_sequence = _cut(reply or "", body)
         if finish is not None:

@@ -16,6 +16,9 @@ Fault modes (each a :class:`~aprompt.testing._wire.Fault`; the same on the Anthr
 - bodies: ``Fault.slow_body(chunk_bytes=1, every=0.5)`` (a 200 whose body trickles),
   ``Fault.huge_body(megabytes=200, chunked=False)`` (streamed, never built in memory).
 
+A context window (``context_tokens=N``) refuses every chat request whose prompt is longer than ``N``
+tokens (counted as in the answers' usage) with the provider's 400 for a prompt over the model's context.
+
 They apply to chat requests, and are taken, for each request, from the script
 (``server.script([...])``: one entry per request in order, ``None`` for a normal answer, or a
 function of the request number counted from 0), else from the queue
@@ -136,6 +139,8 @@ class FakeOpenAIServer:
         seed: seeds the latency and fault draws.
         record: keep a :class:`RecordedRequest` per request in :attr:`requests` (turn off for long
             benchmark runs; :attr:`answered` still counts).
+        context_tokens: the model's context window: a chat request whose prompt is longer is refused
+            with a 400 as the provider words it (OpenAI's ``context_length_exceeded``); None: no limit.
     """
 
     responder: Responder = _default_responder
@@ -148,6 +153,7 @@ class FakeOpenAIServer:
     port: int = 0
     record: bool = True
     response_headers: Callable[[int], dict[str, str]] | None = None
+    context_tokens: int | None = None
 
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     in_flight: int = attrs.field(default=0, init=False)
@@ -337,6 +343,26 @@ class FakeOpenAIServer:
         """The body of an error answer (the Anthropic fake uses its API's format)."""
         return _error_body(message, "injected")
 
+    def _over_context(self, prompt_tokens: int) -> Answer | None:
+        """The 400 refusing a prompt of ``prompt_tokens`` over :attr:`context_tokens`, or None."""
+        if self.context_tokens is None or prompt_tokens <= self.context_tokens:
+            return None
+        message = (
+            f"This model's maximum context length is {self.context_tokens} tokens. However, your messages "
+            f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages."
+        )
+        body = _json(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            }
+        )
+        return 400, body, {}, "context_length"
+
     async def _answer(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
     ) -> Answer:
@@ -374,8 +400,11 @@ class FakeOpenAIServer:
             params={k: v for k, v in body.items() if k not in ("model", "messages")},
             headers=headers,
         )
-        text, extra_fields, finish = await self._reply(request, fault)
         prompt_tokens = estimate_tokens(request.prompt_text)
+        overflow = self._over_context(prompt_tokens)
+        if overflow is not None:
+            return overflow
+        text, extra_fields, finish = await self._reply(request, fault)
         completion_tokens = estimate_tokens(text or "")
         limited = self._over_rate_limit(prompt_tokens + completion_tokens)
         if limited is not None:

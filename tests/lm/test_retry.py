@@ -14,6 +14,7 @@ import pytest
 from aprompt._errors import (
     AuthenticationError,
     BadResponseError,
+    ContextOverflowError,
     LMConnectionError,
     RateLimitError,
     RequestRejectedError,
@@ -24,6 +25,7 @@ from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
 from aprompt.lm.types import Message
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
+from tests.lm.providers import Provider
 
 pytestmark = pytest.mark.anyio
 both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
@@ -96,6 +98,37 @@ def test_each_error_status_maps_to_its_typed_error(status: int, kind: type[Excep
     error = error_for_status(status, "why", endpoint="http://h/v1")
     assert type(error) is kind
     assert "why" in str(error) and "http://h/v1" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        # llama.cpp (the embedded model's server, as it words it).
+        (400, "request (431 tokens) exceeds the available context size (256 tokens), try increasing it"),
+        (400, "the request exceeds the available context size, try increasing it"),
+        # OpenAI, vLLM, OpenRouter, Mistral.
+        (
+            400,
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+            "9000 tokens. Please reduce the length of the messages.",
+        ),
+        # Anthropic (its type leads its message here).
+        (400, "invalid_request_error: prompt is too long: 210000 tokens > 200000 maximum"),
+        # Gemini, Bedrock, TGI.
+        (400, "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."),
+        (400, "Input is too long for requested model."),
+        (422, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048. Given: 2100"),
+    ],
+)
+def test_a_prompt_over_the_context_window_is_a_context_overflow_error(status: int, message: str) -> None:
+    error = error_for_status(status, message, endpoint="http://h/v1")
+    assert type(error) is ContextOverflowError
+    assert isinstance(error, RequestRejectedError) and error.server_message == message
+
+
+def test_other_refusals_are_not_context_overflows() -> None:
+    for message in ("'temperature' must be at most 2", "max_tokens is too large: 99999", ""):
+        assert type(error_for_status(400, message, endpoint="http://h/v1")) is RequestRejectedError
 
 
 # -- against the fake server ---------------------------------------------------------------------
@@ -226,6 +259,18 @@ async def test_bad_request_raises_request_rejected_error_with_the_server_message
     assert "'temperature' must be at most 2" in str(caught.value)
     assert lm.usage.requests == 1
     assert_no_secret(caught.value)
+
+
+async def test_a_prompt_over_the_context_window_raises_context_overflow_error_at_once(
+    provider: Provider,
+) -> None:
+    provider.server.context_tokens = 50
+    async with provider.make() as lm:
+        assert (await lm.chat(HELLO)).text == "Answer: ok"
+        with pytest.raises(ContextOverflowError) as caught:
+            await lm.chat([{"role": "user", "content": "apples " * 100}])
+    assert caught.value.status_code == 400
+    assert lm.usage.requests == 2, "never re-sent: the same prompt overflows the same way"
 
 
 @both_backends

@@ -116,6 +116,30 @@ async def test_a_baseline_whose_replies_run_past_their_budget_is_still_optimized
     assert result.score == 1.0, "a labeled demo set taught the short answer"
 
 
+async def test_a_baseline_whose_prompt_overflows_the_context_is_an_optimization_error(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    """A question too long for the model as the program stands would score 0 for every candidate, for the
+    data's length: the run says so and what to do, instead of ranking candidates on the rest."""
+    fake_server.context_tokens = 200
+    trainset = [
+        Example(
+            inputs={"question": f"How many? ({i})" + (" apples" * 200 if i % 5 == 0 else "")},
+            labels={"count": 3},
+        )
+        for i in range(40)
+    ]
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(
+            OptimizationError, match=r"context window on \d+ of the \d+ validation examples"
+        ) as info:
+            await aprompt.optimize(
+                Counter(), trainset, lambda e, p: p.count == 3, lm=lm, budget=SMALL_BUDGET, seed=1
+            )
+    assert "ctx_per_slot" in str(info.value)
+    assert all(error.startswith("ContextOverflowError: HTTP 400") for error in info.value.errors.values())
+
+
 async def test_the_input_program_is_left_unchanged_by_default() -> None:
     program = TwoStageProgram()
     result, _ = await optimize_in_world(program=program)

@@ -15,6 +15,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import aprompt
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.outage import OutageGuard, OutagePolicy
 from aprompt.lm.retry import RetryPolicy
+from aprompt.program.overrides import PromptOverride
 from aprompt.run.journal import RunJournal
 from aprompt.testing._wire import Fault
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
@@ -214,6 +216,39 @@ async def test_a_reply_cut_before_its_answer_is_the_examples_own_failure_without
     assert (evaluation.results[3].error or "").startswith("TruncatedResponseError: ")
     cut = [r for r in fake_server.chat_requests if r.body and "question 3?" in json.dumps(r.body)]
     assert len(cut) == 2  # the request and its one re-send with a larger budget; no re-run, no check
+
+
+@pytest.mark.anyio
+async def test_a_prompt_whose_demos_overflow_the_context_is_the_examples_own_failure_without_reruns(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # The candidate's long demo leaves no room for the long questions: the program as optimized fails
+    # there, so they score 0 (left unscored, the candidate would be ranked on the short ones alone).
+    fake_server.context_tokens = 400
+    program = aprompt.Predict("question -> answer")
+    examples = [
+        aprompt.Example(
+            {"question": f"question {i}?" + (" and more" * 100 if i % 2 else "")}, {"answer": "ok"}
+        )
+        for i in range(6)
+    ]
+    demo = aprompt.Demo({"question": "a long question " * 60, "answer": "ok"})
+    candidate = {"self": PromptOverride("Answer the question.", (demo,))}
+    async with aprompt.OpenAICompatibleLM(
+        model="fake-model", base_url=fake_server.base_url, api_key=TEST_API_KEY
+    ) as lm:
+        guard = OutageGuard((lm,), OutagePolicy(tolerance=5.0))
+
+        async def run(batch: Sequence[aprompt.Example], prompts: Any = None) -> Evaluation:
+            return await aprompt.evaluate(program, batch, exact_match, lm=lm, prompts=prompts)
+
+        baseline = await guard.evaluate(run, examples, "a test step")
+        fake_server.reset_records()
+        evaluation = await guard.evaluate(partial(run, prompts=candidate), examples, "a test step")
+    assert baseline.mean == 1.0 and baseline.n_unscored == 0, "every question fits the baseline's prompt"
+    assert evaluation.scores == {e.id: 0.0 if i % 2 else 1.0 for i, e in enumerate(examples)}
+    assert all((evaluation.results[i].error or "").startswith("ContextOverflowError: ") for i in (1, 3, 5))
+    assert len(fake_server.chat_requests) == 6  # one each: no re-send, no check, no re-run
 
 
 @pytest.mark.anyio
