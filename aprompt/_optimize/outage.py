@@ -29,7 +29,8 @@ example's own failure at once, with no check and no re-run. A reply the provider
 (``finish_reason`` ``"error"`` or ``"abort"``) is not one of those: like a 5xx it may mean the endpoint is
 down, and is checked and re-run as above. A reply cut at its token budget even after the client's larger
 re-send is no LM failure at all: the prompt's, scored 0, as is a prompt refused as longer than the model's
-context (:func:`~aprompt.executors.base.unscored_lm_error`).
+context (:func:`~aprompt.executors.base.unscored_lm_error`); a single request refused so is raised to its
+caller at once, unchecked and not re-run.
 
 Re-runs use the prompts and rollouts of the first run, and a response cache answers again what had
 succeeded, so a step that lived through an outage records exactly what a clean run records, and the
@@ -47,7 +48,13 @@ from typing import TypeVar
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, EndpointDownError, IncompleteResponseError, LMError
+from aprompt._errors import (
+    ConfigError,
+    ContextOverflowError,
+    EndpointDownError,
+    IncompleteResponseError,
+    LMError,
+)
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.examples import Example
 from aprompt.lm._metering import metered_chat
@@ -164,7 +171,8 @@ class OutageGuard:
 
     async def call(self, request: Callable[[], Awaitable[T]], what: str) -> T:
         """``request()``, sent again after an outage; its ``LMError`` is raised once it failed
-        ``1 + reruns`` times while the LM answered checks.
+        ``1 + reruns`` times while the LM answered checks, or at once for a prompt longer than the
+        model's context (sent again, it would overflow again).
 
         Raises:
             EndpointDownError: the LMs stayed down longer than the tolerance, or refuse requests.
@@ -173,7 +181,7 @@ class OutageGuard:
         while True:
             try:
                 return await request()
-            except EndpointDownError:
+            except (EndpointDownError, ContextOverflowError):
                 raise
             except LMError as failure:
                 if await self.wait_until_answering(what, f"{type(failure).__name__}: {failure}"):

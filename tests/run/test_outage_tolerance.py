@@ -252,6 +252,21 @@ async def test_a_prompt_whose_demos_overflow_the_context_is_the_examples_own_fai
 
 
 @pytest.mark.anyio
+async def test_a_single_request_over_the_context_window_is_raised_at_once(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # A proposal or a summary whose prompt overflows would overflow again: no check, no re-run.
+    fake_server.context_tokens = 100
+    async with aprompt.OpenAICompatibleLM(
+        model="fake-model", base_url=fake_server.base_url, api_key=TEST_API_KEY
+    ) as lm:
+        guard = OutageGuard((lm,), OutagePolicy(tolerance=5.0))
+        with pytest.raises(aprompt.ContextOverflowError):
+            await guard.call(lambda: lm.chat([{"role": "user", "content": "apples " * 100}]), "a summary")
+    assert len(fake_server.chat_requests) == 1
+
+
+@pytest.mark.anyio
 async def test_a_metric_whose_own_lm_never_answers_stops_the_run_instead_of_scoring_nothing() -> None:
     """The program's LM works, the judge the metric asks is down: no example can be scored, which is no
     result (it used to come back as a run scored 0.0 from start to end, every example unscored)."""
