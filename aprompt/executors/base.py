@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from aprompt._errors import ConfigError, ContextOverflowError, LMError, TruncatedResponseError
+from aprompt._errors import CacheError, ConfigError, ContextOverflowError, LMError, TruncatedResponseError
 from aprompt.lm._replies import is_answered_failure
 from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
@@ -213,11 +213,16 @@ async def execute_run(program: object, run: ProgramRun) -> ProgramOutcome:
         return await run_program(program, run.inputs, collect_trace=run.collect_trace)
 
 
+#: Errors raised inside a program that no prompt causes or fixes: they stop the run.
+_SETUP_FAULTS = (ConfigError, CacheError)
+
+
 async def run_program(program: object, inputs: Mapping[str, Any], *, collect_trace: bool) -> ProgramOutcome:
     """Run ``program`` on ``inputs`` in the current context (prompts already applied).
 
     Raises:
         ConfigError: the program raised one (a setup fault, never an outcome to score).
+        CacheError: an LM's response cache failed under the program (closed while the run used it).
     """
     entry = program_entry(program)
     outcome: ProgramOutcome
@@ -225,13 +230,15 @@ async def run_program(program: object, inputs: Mapping[str, Any], *, collect_tra
         try:
             result = entry(**inputs)
             prediction = await result if inspect.isawaitable(result) else result
-        except ConfigError:
+        except _SETUP_FAULTS:
             # A setup fault aprompt found inside the program (an LM refusing a parameter, a model
-            # without a price): no candidate can fix it, and scored 0 it would pass for a wrong answer.
+            # without a price, an LM cache closed under the run): no candidate can fix it, and scored 0
+            # it would pass for a wrong answer.
             raise
         except Exception as exc:
             # The same fault raised in the program's own task group arrives wrapped in a group.
-            if (setup := error_in(exc, ConfigError)) is not None:
+            setup: Exception | None = error_in(exc, ConfigError) or error_in(exc, CacheError)
+            if setup is not None:
                 raise setup from exc
             outcome = ProgramOutcome.failed(exc)
         else:

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aprompt import ConfigError, Example, LMError, Prediction
+from aprompt import CacheError, ConfigError, Example, LMError, Prediction, ResponseCache
 from aprompt._optimize.evaluate import evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
@@ -95,6 +95,18 @@ async def test_a_program_that_raises_scores_0_with_its_error_recorded(fake_serve
     assert evaluation.scores == {"q0": 1.0, "q1": 0.0, "q2": 1.0}
     assert evaluation.errors == {"q1": "RuntimeError: cannot handle item 1"}
     assert evaluation.n_failed == 1
+
+
+async def test_an_lm_cache_closed_under_the_program_stops_the_evaluation_instead_of_scoring_0(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # No prompt causes or fixes a closed cache: scored 0, it would pass for the prompt's wrong answer.
+    cache = ResponseCache.memory_only()
+    cache.close()
+    async with lm_for(fake_server, cache=cache) as lm:
+        with pytest.raises(CacheError, match="closed"):
+            await evaluate(QAProgram(), qa_examples(0, 3), lambda e, p: 1.0, lm=lm)
+    assert fake_server.chat_requests == []
 
 
 async def test_an_lm_failure_after_retries_leaves_the_example_unscored(fake_server: FakeOpenAIServer) -> None:
