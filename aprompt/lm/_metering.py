@@ -235,8 +235,7 @@ class RequestMeter:
         limit = self.reached()
         if limit is not None:
             raise LimitReached(limit, f"run limit reached: {self.describe(limit)}")
-        if self.max_cost is not None and model not in self.prices:
-            raise ConfigError(f"max_cost is set but prices has no entry for model {model!r}")
+        self.check_priced(model)
         if not retry:
             # A retry repeats a call the first run already made: it says nothing of the calls a run needs.
             self.observe_unit()
@@ -249,6 +248,12 @@ class RequestMeter:
             counter.requests += 1
             if retry:
                 counter.retries += 1
+
+    def check_priced(self, model: str) -> None:
+        """Raise :class:`ConfigError` when ``max_cost`` is set and ``model`` has no price (nothing is sent
+        unpriced: its answer would cost nothing against the limit)."""
+        if self.max_cost is not None and model not in self.prices:
+            raise ConfigError(f"max_cost is set but prices has no entry for model {model!r}")
 
     def observe_unit(self) -> None:
         """Count a request of the first program run; refuse it when that run alone shows the limit
@@ -356,7 +361,10 @@ def admit_request(model: str, *, retry: bool = False) -> RequestMeter | None:
         return None
     prepaid = _PREPAID.get()
     if prepaid is not None and not prepaid.claimed and not retry:
-        prepaid.claimed = True  # the wrapper's call already paid for this first attempt
+        # The wrapper's call already paid for this first attempt; its answer is priced by this
+        # request's own model, which the wrapper's name may not be.
+        meter.check_priced(model)
+        prepaid.claimed = True
         return meter
     meter.admit(model, retry=retry)
     return meter

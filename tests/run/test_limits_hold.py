@@ -475,6 +475,24 @@ async def test_a_wrapper_around_an_aprompt_client_is_counted_once_per_request() 
     assert result.spent["lm_calls"] > limit - 25  # the next step (a full evaluation) costs 20
 
 
+class RouterLM(LoggingLM):
+    """A wrapper with a name of its own, as a router in front of a real model."""
+
+    def __init__(self, inner: OpenAICompatibleLM) -> None:
+        super().__init__(inner)
+        self.model = "router"
+
+
+async def test_a_wrapper_whose_client_sends_an_unpriced_model_is_a_config_error_under_max_cost() -> None:
+    # Priced by the wrapper's name alone, the client's answers ("fake-model") cost nothing: before, the
+    # run spent its 204 requests (about 0.02 at these prices) and reported a cost of 0.
+    limits = aprompt.Limits(max_cost=0.001, prices={"router": (1.0, 1.0)})
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        with pytest.raises(aprompt.ConfigError, match="no entry for model 'fake-model'"):
+            await qa_run(RouterLM(lm), limits=limits)
+        assert server.chat_requests == []
+
+
 @pytest.mark.parametrize("limit", [50, 120])
 async def test_max_lm_calls_bounds_the_requests_of_an_lm_judged_metric_too(limit: int) -> None:
     def judged(request: ChatRequest) -> str:
