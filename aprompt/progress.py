@@ -222,8 +222,9 @@ def event_line(event: Event, state: RunProgress) -> str | None:
     if isinstance(event, NewBest):
         return f"  new best: {event.score:.3f}"
     if isinstance(event, RunFinished):
+        stopped = f", stopped by {event.stopped_by}" if event.stopped_by else ""
         return (
-            f"finished in {format_duration(event.seconds)}: best {event.best_score:.3f} "
+            f"finished in {format_duration(event.seconds)}{stopped}: best {event.best_score:.3f} "
             f"(baseline {event.baseline_score:.3f}); {_usage_text(event.usage)}"
         )
     return None

@@ -84,6 +84,12 @@ def test_plain_lines_tell_the_plan_the_trials_and_the_result() -> None:
     )
 
 
+def test_the_last_line_names_the_limit_that_stopped_the_run() -> None:
+    out = io.StringIO()
+    feed(LineProgress(out), [*run_events()[:-1], RunFinished(0.375, 0.1, 7.5, USAGE, "max_lm_calls")])
+    assert out.getvalue().splitlines()[-1].startswith("finished in 8s, stopped by max_lm_calls: best 0.375")
+
+
 def test_quiet_shows_nothing_but_still_follows_the_run() -> None:
     out = io.StringIO()
     progress = progress_display(quiet=True, stream=out)

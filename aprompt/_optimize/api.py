@@ -363,7 +363,9 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
         ctx.journal.append(
             "result", {"score": result.score, "best_choice": dict(result.best_choice), "pick": pick}
         )
-    await ctx.emit(RunFinished(result.score, result.baseline_score, result.seconds, result.usage))
+    await ctx.emit(
+        RunFinished(result.score, result.baseline_score, result.seconds, result.usage, result.stopped_by)
+    )
     return result
 
 

@@ -96,12 +96,15 @@ class NewBest:
 
 @attrs.frozen
 class RunFinished:
-    """The run ended; ``best_score`` is the returned program's full-validation score."""
+    """The run ended; ``best_score`` is the returned program's full-validation score, and
+    ``stopped_by`` names the limit that cut the run short (as ``OptimizeResult.stopped_by``), or is
+    ``None``."""
 
     best_score: float
     baseline_score: float
     seconds: float
     usage: UsageSnapshot
+    stopped_by: str | None = None
 
 
 Event = (

@@ -117,6 +117,17 @@ async def test_max_lm_calls_bounds_the_requests_the_server_receives(limit: int) 
     assert_best_so_far(result)
 
 
+async def test_the_run_finished_event_names_the_limit_that_stopped_the_run() -> None:
+    events: list[aprompt.Event] = []
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        result = await qa_run(lm, limits=aprompt.Limits(max_lm_calls=100), on_event=events.append)
+        unlimited = await qa_run(lm, on_event=events.append)
+
+    finished = [event for event in events if isinstance(event, aprompt.RunFinished)]
+    assert [event.stopped_by for event in finished] == [result.stopped_by, None]
+    assert result.stopped_by == "max_lm_calls" and unlimited.stopped_by is None
+
+
 async def test_retries_count_against_max_lm_calls() -> None:
     limit = 120
     fast_retries = RetryPolicy(initial_backoff=0.001, max_backoff=0.002)
