@@ -222,9 +222,20 @@ class RunContext:
 
     def check_limits(self) -> None:
         """:func:`~aprompt.run._preflight.check_limits` with the calls per run measured by earlier calls
-        of this run (a resumed run knows them before it spends anything)."""
+        of this run (a resumed run knows them before it spends anything).
+
+        Raises:
+            ConfigError: as that check; or ``max_cost`` is set and earlier calls of this run spent
+                tokens on a model ``prices`` has no entry for.
+        """
         runs, _ = self.first_trial_runs()
         check_limits(self.limits, [], runs=runs, calls_per_run=self.costs.calls_per_run)
+        if self.limits.max_cost is not None and self.meter.unpriced:
+            # Their cost is part of the run's: counted as nothing, max_cost would not hold.
+            raise ConfigError(
+                f"max_cost is set but prices has no entry for model(s) {sorted(self.meter.unpriced)}, "
+                "which earlier calls of this run spent tokens on"
+            )
 
     def limit_reached(self) -> str | None:
         """Check the run's limits (at a safe point); remembers the first one reached."""

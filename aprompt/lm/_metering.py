@@ -120,6 +120,9 @@ class RequestMeter:
         prices: model name -> (input, output) price per million tokens.
         spent: usage already spent by earlier calls of the same run (a resumed run continues its budget).
         spent_cost, spent_seconds: likewise, money and seconds.
+        spent_unpriced: ``{model: [prompt, completion]}`` tokens earlier calls spent on models they had no
+            price for; those ``prices`` now prices are added to the cost, the rest stay in
+            :attr:`unpriced`.
         on_reserve: called with the meter before admitting a request beyond the last reservation, so the
             caller can make the reservation durable (a run journals it): a crash then never forgets a
             request that may have been sent. Reservations are ``reserve_chunk`` requests ahead.
@@ -143,6 +146,7 @@ class RequestMeter:
         spent: UsageSnapshot | None = None,
         spent_cost: float = 0.0,
         spent_seconds: float = 0.0,
+        spent_unpriced: Mapping[str, Sequence[int]] | None = None,
         on_reserve: Callable[[RequestMeter], None] | None = None,
         on_answers: Callable[[RequestMeter], None] | None = None,
         reserve_chunk: int = 16,
@@ -156,6 +160,11 @@ class RequestMeter:
         self.prices = dict(prices or {})
         self._counter = UsageCounter(**(spent or UsageSnapshot()).as_dict())
         self.cost = spent_cost
+        #: Tokens settled for models without a price, ``{model: [prompt, completion]}``: a later call of
+        #: the run with prices for them adds their cost (a run's cost is cumulative over its calls).
+        self.unpriced: dict[str, list[int]] = {}
+        for model, (prompt, completion) in (spent_unpriced or {}).items():
+            self._price(str(model), int(prompt), int(completion))
         self._spent_seconds = spent_seconds
         self._started = time.monotonic()
         self._on_reserve = on_reserve
@@ -293,13 +302,20 @@ class RequestMeter:
             counter.prompt_tokens += prompt
             counter.completion_tokens += completion
             counter.settled += 1
-        price = self.prices.get(model)
-        if price is not None:
-            self.cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6
+        self._price(model, prompt, completion)
         self._unrecorded_answers += 1
         if self._on_answers is not None and self._unrecorded_answers >= self._answers_chunk:
             self._unrecorded_answers = 0
             self._on_answers(self)
+
+    def _price(self, model: str, prompt: int, completion: int) -> None:
+        price = self.prices.get(model)
+        if price is not None:
+            self.cost += (prompt * price[0] + completion * price[1]) / 1e6
+        elif prompt or completion:
+            tokens = self.unpriced.setdefault(model, [0, 0])
+            tokens[0] += prompt
+            tokens[1] += completion
 
     def mark_recorded(self) -> None:
         """Say that the caller has made everything counted so far durable (``on_answers`` counts its

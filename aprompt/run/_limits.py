@@ -91,7 +91,8 @@ class Limits:
         prices: ``{model: (input, output)}`` prices per million tokens, for ``max_cost`` (every model the
             run uses needs one).
 
-    All are cumulative over the calls of one run (a ``run_dir`` journals what was spent). A step that
+    All are cumulative over the calls of one run (a ``run_dir`` journals what was spent; tokens an
+    earlier call spent on a model it had no price for cost what a later call's ``prices`` say). A step that
     the remaining budget cannot pay for is not started; a request past a spent limit is refused, and
     the step it belonged to is abandoned. ``max_lm_calls`` is never exceeded; tokens and cost may pass
     their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
@@ -211,14 +212,16 @@ def spent_record(
 ) -> dict[str, Any]:
     """The journal payload of what the run has spent (``requests`` overrides the count: a reservation).
 
-    It also holds what a resumed run needs to tell whether it can admit the steps the uninterrupted run
-    would (:func:`inexact_resume`): ``unjournaled``, the requests counted (or reserved) for work no
-    journaled step holds, which a stop now would count again on resume; ``unfinished``, what the steps
-    a stop now would leave unjournaled have spent (``"kind:key"`` -> ``[requests, requests answered,
-    prompt tokens, completion tokens]``); ``waste``, the requests counted that an uninterrupted run
-    never sends (in flight at a stop, sent again); ``final``, set on the record a call writes as it
-    ends (its counts are exact, none in flight); the limits the run's steps were admitted under; and
-    ``diverged``, why an earlier resume may already have made the run differ.
+    ``unpriced`` holds the tokens spent on models without a price, so that a later call with prices for
+    them counts their cost. It also holds what a resumed run needs to tell whether it can admit the
+    steps the uninterrupted run would (:func:`inexact_resume`): ``unjournaled``, the requests counted
+    (or reserved) for work no journaled step holds, which a stop now would count again on resume;
+    ``unfinished``, what the steps a stop now would leave unjournaled have spent (``"kind:key"`` ->
+    ``[requests, requests answered, prompt tokens, completion tokens]``); ``waste``, the requests
+    counted that an uninterrupted run never sends (in flight at a stop, sent again); ``final``, set on
+    the record a call writes as it ends (its counts are exact, none in flight); the limits the run's
+    steps were admitted under; and ``diverged``, why an earlier resume may already have made the run
+    differ.
     """
     usage = meter.usage.as_dict()
     if requests is not None:
@@ -226,6 +229,7 @@ def spent_record(
     record: dict[str, Any] = {
         "usage": usage,
         "cost": meter.cost,
+        "unpriced": {model: list(tokens) for model, tokens in meter.unpriced.items()},
         "seconds": meter.seconds,
         "costs": attrs.asdict(costs),
         "unjournaled": unjournaled,
@@ -318,6 +322,7 @@ def meter_for(
         spent=UsageSnapshot(**record["usage"]) if record is not None else None,
         spent_cost=float(record["cost"]) if record is not None else 0.0,
         spent_seconds=float(record["seconds"]) if record is not None else 0.0,
+        spent_unpriced=dict(record.get("unpriced", {})) if record is not None else None,
         on_reserve=on_reserve if limits.max_lm_calls is not None else None,
         # Tokens and cost are known only from answers: a token or cost limit records them as they come.
         on_answers=on_answers if limits.max_tokens is not None or limits.max_cost is not None else None,

@@ -383,6 +383,51 @@ async def test_a_run_resumed_after_it_finished_or_stopped_on_its_limit_does_not_
     assert len(raised.trials) > len(stopped.trials)
 
 
+async def test_a_cost_limit_given_on_resume_counts_what_the_earlier_unpriced_calls_spent(
+    tmp_path: Path,
+) -> None:
+    run_dir, price = tmp_path / "run", 100.0  # per million tokens: the first call spends about 0.8
+    limits = aprompt.Limits(max_cost=1.0, prices={"fake-model": (price, price)})
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        first = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
+        with pytest.warns(InexactResumeWarning):
+            again = await qa_run(lm, run_dir, limits=limits)
+
+    assert first.spent["cost"] == 0.0  # no prices then
+    # Before, the first call's tokens cost nothing: the run went on to spend 1.7 in all, reporting 0.9.
+    assert again.spent["cost"] == pytest.approx(again.spent["tokens"] * price / 1e6)
+    assert again.stopped_by == "max_cost"
+    assert again.spent["cost"] <= 1.0
+
+
+async def test_a_cost_limit_given_on_resume_without_a_price_for_a_model_spent_on_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    def judged(request: ChatRequest) -> str:
+        if request.last_user.startswith("Same? "):
+            said, expected = request.last_user.removeprefix("Same? ").split(" | ")
+            return "yes" if said == expected else "no"
+        return responder(request)
+
+    run_dir = tmp_path / "run"
+    limits = aprompt.Limits(max_cost=100.0, prices={"fake-model": (1.0, 1.0)})  # none for "judge"
+    async with (
+        FakeOpenAIServer(responder=judged, api_key=TEST_API_KEY) as server,
+        client(server) as lm,
+        OpenAICompatibleLM("judge", server.base_url, api_key=TEST_API_KEY) as judge,
+    ):
+
+        async def by_judge(example: aprompt.Example, prediction: Any) -> bool:
+            asked = f"Same? {prediction.answer} | {example.labels['answer']}"
+            return (await judge.chat([{"role": "user", "content": asked}])).text.strip() == "yes"
+
+        await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100), metric_=by_judge)
+        sent = len(server.chat_requests)
+        with pytest.raises(aprompt.ConfigError, match=r"no entry for model\(s\) \['judge'\], which earlier"):
+            await qa_run(lm, run_dir, limits=limits, metric_=by_judge)
+        assert len(server.chat_requests) == sent  # before, it spent on until the judge was called
+
+
 async def test_a_run_called_again_with_a_lower_limit_warns_that_its_result_may_differ(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
