@@ -57,7 +57,7 @@ from aprompt._errors import (
 )
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.examples import Example
-from aprompt.lm._metering import metered_chat
+from aprompt.lm._metering import current_meter, metered_chat
 from aprompt.lm._replies import accepting_cut_replies, is_answered_failure
 from aprompt.lm.retry import RETRYABLE_ERRORS
 from aprompt.lm.types import LM, Message
@@ -219,14 +219,19 @@ class OutageGuard:
                     waited=waited,
                     endpoint=problem.endpoint,
                 )
+            # No later than the run's deadline: the check then is refused by max_time, which stops the
+            # run on time rather than a back-off later.
+            meter = current_meter()
+            deadline = meter.seconds_left() if meter is not None else math.inf
+            pause = min(wait, self.policy.tolerance - waited, deadline)
             logger.warning(
                 "the LM failed on %s and a check failed too (%s: %s); checking again in %.1f s",
                 what,
                 type(problem).__name__,
                 problem,
-                min(wait, self.policy.tolerance - waited),
+                pause,
             )
-            await anyio.sleep(min(wait, self.policy.tolerance - waited))
+            await anyio.sleep(pause)
             wait = min(wait * 2, self.policy.max_wait)
             problem = await self._check()
             if problem is None:

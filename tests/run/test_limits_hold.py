@@ -177,6 +177,27 @@ async def test_max_time_cancels_stalled_requests_at_the_deadline_and_returns_the
     assert_best_so_far(result)
 
 
+async def test_max_time_stops_a_run_waiting_out_an_outage_at_the_deadline() -> None:
+    def on_event(event: aprompt.Event) -> None:
+        if isinstance(event, aprompt.FullEvaluation) and event.is_baseline:
+            server.outage()  # down for good once the baseline is scored
+
+    fast_retries = RetryPolicy(max_retries=1, initial_backoff=0.001, max_backoff=0.002)
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server:
+        async with client(server, retry=fast_retries) as lm:
+            started = time.monotonic()
+            result = await qa_run(
+                lm, limits=aprompt.Limits(max_time=10.0), on_event=on_event, outage_tolerance=600
+            )
+            elapsed = time.monotonic() - started
+
+    assert result.stopped_by == "max_time"
+    # Before, the back-off between the outage's checks (0.5, 1, 2, 4, 8 s from the trials' failures, a
+    # moment after the baseline) ran past the deadline: the check after it came some 15.5 s in.
+    assert elapsed < 10.0 + 2.0
+    assert_best_so_far(result)
+
+
 async def test_max_time_before_the_baseline_is_scored_raises_a_run_limit_error() -> None:
     async def stalling(request: ChatRequest) -> str:
         if "item-1" in request.last_user and "Output fields:\n- Answer" in request.messages[0]["content"]:
