@@ -26,6 +26,7 @@ from aprompt._optimize.confirmation import runs_kept_for_confirmation
 from aprompt._optimize.evaluate import Metric
 from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
 from aprompt._optimize.examples import Example
+from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.result import PhaseUsage
@@ -601,7 +602,13 @@ class RunContext:
             candidates = Candidates.original(self.predictors)
             baseline = attrs.evolve(self.baseline, choice=candidates.baseline())
             score = baseline.score
-            return candidates, SearchOutcome(baseline.choice, score, score, (), (baseline,))
+            pick = FinalPick(
+                baseline.choice,
+                kept_baseline=True,
+                reason=f"kept the unoptimized program: {refusal.limit} stopped the run before the search "
+                "scored any other program",
+            )
+            return candidates, SearchOutcome(baseline.choice, score, score, (), (baseline,), pick)
         raise RunLimitError(
             f"{refusal}; the run stopped before the unoptimized program's evaluation finished, so "
             "nothing is scored yet. Raise the limit and call again (with a run_dir it resumes)",

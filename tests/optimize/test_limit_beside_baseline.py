@@ -74,3 +74,7 @@ async def test_a_limit_reached_while_grounding_returns_the_baseline_at_any_laten
     )
     assert lm.calls <= 40 and result.stopped_by == "max_lm_calls"
     assert result.best_choice == result.candidates.baseline() and result.score == result.baseline_score
+    # The pick says why, as every other result's does (before, it was None).
+    assert result.pick is not None and result.pick.kept_baseline
+    assert dict(result.pick.choice) == dict(result.best_choice)
+    assert "max_lm_calls stopped the run before the search" in result.pick.reason
