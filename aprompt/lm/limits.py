@@ -249,8 +249,8 @@ class SlidingWindow:
     Not async itself (:class:`RateLimiter` serializes access); the module docstring gives the bound.
 
     Args:
-        limit: the most admitted in any window of ``period`` seconds, or None (unknown: the log is kept,
-            nothing is refused; :meth:`learn` sets one later).
+        limit: the most admitted in any window of ``period`` seconds, at least 1, or None (unknown: the
+            log is kept, nothing is refused; :meth:`learn` sets one later).
         period: the window, in seconds.
         burst: the most admitted in any window of ``period / 60`` seconds; default three times the even
             share (``limit / 20``, at least 1); ``math.inf`` for no cap.
@@ -284,11 +284,14 @@ class SlidingWindow:
         min_factor: float = 0.25,
         edge: float = 0.0,
     ) -> None:
+        # Below 1, no window can hold it: a request (or token) is admitted whole, alone in its window,
+        # so 0.5 a minute would go at 1 a minute.
         if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit < math.inf
+            isinstance(limit, bool) or not isinstance(limit, int | float) or not 1 <= limit < math.inf
         ):
             raise ConfigError(
-                f"a rate limit must be a positive finite number (None: no limit), got {limit!r}"
+                f"a rate limit must be a positive finite number, at least 1 per period (None: no "
+                f"limit), got {limit!r}"
             )
         if not period > 0:
             raise ConfigError(f"a rate limit's period must be positive, got {period!r}")

@@ -10,6 +10,7 @@ import time
 import anyio
 import pytest
 
+from aprompt import OpenAICompatibleLM
 from aprompt._errors import ConfigError
 from aprompt.lm.limits import (
     DEFAULT_COMPLETION_TOKENS,
@@ -246,6 +247,16 @@ def test_limits_must_be_positive() -> None:
         RateLimiter(requests_per_minute=10, period=0)
     with pytest.raises(ConfigError, match="burst"):
         RateLimiter(requests_per_minute=10, request_burst=-1)
+
+
+@pytest.mark.parametrize("field", ["requests_per_minute", "tokens_per_minute"])
+def test_a_limit_below_one_a_minute_is_refused_as_no_window_can_hold_it(field: str) -> None:
+    # A request is admitted whole, alone in its window: 0.5 a minute went at one a minute.
+    with pytest.raises(ConfigError, match=r"at least 1 per period .* got 0\.5"):
+        OpenAICompatibleLM("m", "http://127.0.0.1:9/v1", api_key="k", **{field: 0.5})
+    with pytest.raises(ConfigError, match="at least 1 per period"):
+        RateLimiter(**{field: 0.999})
+    assert RateLimiter(**{field: 1}).limited
 
 
 # -- the async limiter --------------------------------------------------------------------------------
