@@ -408,6 +408,25 @@ async def test_cancelled_waiter_leaves_the_leader_untouched(anyio_backend: str) 
     assert compute.calls == 1 and results[0][1] is False
 
 
+@pytest.mark.anyio
+async def test_an_answer_that_arrived_before_a_cancellation_is_stored_on_disk(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    scope = anyio.CancelScope()
+
+    async def answered_as_the_caller_cancels() -> Completion:
+        scope.cancel()  # lands at the next checkpoint: after the answer is paid for
+        return Completion("paid for", TokenUsage(11, 7), "served-model", "stop")
+
+    with ResponseCache.in_directory(tmp_path) as cache, scope:
+        await cache.get_or_compute("k", answered_as_the_caller_cancels)
+        await anyio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    with ResponseCache.in_directory(tmp_path) as again:
+        completion, hit = await again.get_or_compute("k", CountingCompute("asked again"))
+    assert (completion.text, hit) == ("paid for", True)
+
+
 # --- SQLiteCache: the file -----------------------------------------------------------------------
 
 

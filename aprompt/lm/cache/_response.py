@@ -232,7 +232,10 @@ class ResponseCache:
             self._remember(key, flight.result)
             flight.finish()  # waiters need not wait for the disk write
             if self._disk is not None:
-                await self._store(key, fresh)
+                # Shielded: a cancellation landing now would lose an answer already paid for, and a
+                # resumed run would pay for it again.
+                with anyio.CancelScope(shield=True):
+                    await self._store(key, fresh)
             return fresh, False
         except Exception as exc:
             if flight.result is None:
