@@ -23,7 +23,10 @@ from aprompt._optimize.propose import Grounding
 from aprompt._optimize.result import OptimizeResult, P
 from aprompt._optimize.strategies import Strategy
 from aprompt.executors.base import Executor
+from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.types import LM
+from aprompt.program.context import current_lm
+from aprompt.program.discovery import named_predictors
 from aprompt.run._limits import Limits
 
 __all__ = ["optimize_sync"]
@@ -124,4 +127,25 @@ def optimize_sync(
         outage_tolerance=outage_tolerance,
         executor=executor,
     )
-    return anyio.run(run, backend=backend)
+
+    async def run_on_own_loop() -> OptimizeResult[P]:
+        try:
+            return await run()
+        finally:
+            # Their connections belong to this loop, which ends here: reused by a later call on another
+            # loop (a second optimize_sync), they would never answer.
+            for client in _clients(program, lm, proposer_lm, teacher_lm):
+                await client._release_connections()
+
+    return anyio.run(run_on_own_loop, backend=backend)
+
+
+def _clients(program: object, *lms: LM | None) -> list[HTTPChatLM]:
+    """aprompt's HTTP clients a run of ``program`` may call: those given, the default and the
+    predictors' own."""
+    found = [*lms, current_lm()]
+    try:
+        found.extend(predictor.lm for _, predictor in named_predictors(program))
+    except Exception:  # not a program: the run raised about it already
+        pass
+    return list({id(lm): lm for lm in found if isinstance(lm, HTTPChatLM)}.values())

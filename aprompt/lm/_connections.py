@@ -90,6 +90,12 @@ class ConnectionLanes:
             transport = self._transports[lane] = self._make_transport(self._lane_size)
         return transport
 
+    async def release(self) -> None:
+        """Close the lanes' own transports; each opens new connections when next used. A connection
+        belongs to the event loop it was opened on (a caller's own client stays as it is)."""
+        if self._shared is None:
+            await self.aclose()
+
     async def aclose(self) -> None:
         """Close the lanes' transports (a caller's own client stays open)."""
         for index, transport in enumerate(self._transports):

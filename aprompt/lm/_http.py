@@ -417,6 +417,13 @@ class HTTPChatLM(abc.ABC):
         with anyio.CancelScope(shield=True):  # closing must finish even when the caller is cancelled
             await self._pool.aclose()
 
+    async def _release_connections(self) -> None:
+        """Close the idle keep-alive connections, which belong to the running event loop; the client
+        stays open and opens new ones on the loop of its next call."""
+        with anyio.CancelScope(shield=True):
+            for endpoint in self._pool.endpoints:
+                await endpoint.lanes.release()
+
     async def __aenter__(self) -> Self:
         return self
 

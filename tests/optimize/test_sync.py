@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 import aprompt
@@ -19,14 +22,12 @@ def test_optimize_sync_refuses_inside_a_running_loop() -> None:
         with pytest.raises(aprompt.ConfigError, match="running event loop"):
             aprompt.optimize_sync(TwoStageProgram(), examples(0, 10), metric)
 
-    import anyio
-
     anyio.run(inside)
 
 
-def test_optimize_sync_runs_a_whole_optimization_from_plain_code() -> None:
-    import anyio
-
+@contextmanager
+def world_server() -> Iterator[str]:
+    """The base URL of a fake server of the World, served by its own thread's event loop."""
     ready = threading.Event()
     stop = threading.Event()
     url: dict[str, Any] = {}
@@ -41,12 +42,35 @@ def test_optimize_sync_runs_a_whole_optimization_from_plain_code() -> None:
     thread.start()
     try:
         assert ready.wait(10)
-        lm = aprompt.OpenAICompatibleLM("world", url["base"], api_key="sk-world")
-        result = aprompt.optimize_sync(
-            TwoStageProgram(), examples(0, 40), metric, valset=examples(200, 220), lm=lm, budget=BUDGET
-        )
+        yield url["base"]
     finally:
         stop.set()
         thread.join()
+
+
+def test_optimize_sync_runs_a_whole_optimization_from_plain_code() -> None:
+    with world_server() as base_url:
+        lm = aprompt.OpenAICompatibleLM("world", base_url, api_key="sk-world")
+        result = aprompt.optimize_sync(
+            TwoStageProgram(), examples(0, 40), metric, valset=examples(200, 220), lm=lm, budget=BUDGET
+        )
     assert len(result.trials) == 3
     assert result.score >= result.baseline_score
+
+
+def test_one_client_serves_optimize_sync_again_on_each_backend() -> None:
+    with world_server() as base_url:
+        lm = aprompt.OpenAICompatibleLM("world", base_url, api_key="sk-world")
+        results = [
+            aprompt.optimize_sync(
+                TwoStageProgram(),
+                examples(0, 40),
+                metric,
+                valset=examples(200, 220),
+                lm=lm,
+                budget=BUDGET,
+                backend=backend,
+            )
+            for backend in ("asyncio", "asyncio", "trio", "asyncio")
+        ]
+    assert len({(r.score, tuple(t.score for t in r.trials)) for r in results}) == 1
