@@ -38,7 +38,7 @@ class EventStream(Generic[P]):
     """The events of a run started by :func:`optimize_events`, then its :attr:`result`.
 
     Iterate it (once) inside the ``async with`` block; the iteration ends when the run does, and raises
-    the run's error, if any, as itself.
+    the run's error, if any, as itself (a :class:`ConfigError` when iterated after the block).
     """
 
     def __init__(self, receive: MemoryObjectReceiveStream[Event]) -> None:
@@ -48,8 +48,14 @@ class EventStream(Generic[P]):
         self._error_raised = False
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        async for event in self._receive:
-            yield event
+        try:
+            async for event in self._receive:
+                yield event
+        except anyio.ClosedResourceError:
+            raise ConfigError(
+                "read the events of optimize_events() inside its `async with` block: leaving it stops a "
+                "run still going, and a finished run's result is in events.result"
+            ) from None
         if self._error is not None:
             self._error_raised = True
             raise self._error

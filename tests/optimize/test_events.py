@@ -184,6 +184,18 @@ async def test_break_leaves_the_block_and_stops_the_run_quietly() -> None:
         stream.result  # noqa: B018
 
 
+@both_backends
+async def test_events_iterated_after_the_block_are_a_config_error() -> None:
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        async with aprompt.optimize_events(
+            TwoStageProgram(), examples(0, 60), metric, valset=examples(200, 230), lm=lm, budget=SMALL_BUDGET
+        ) as stream:
+            pass
+        with pytest.raises(aprompt.ConfigError, match="inside its `async with` block"):
+            async for _ in stream:
+                pass
+
+
 class Stop(Exception):
     pass
 
