@@ -31,6 +31,9 @@ from aprompt.run._limits import Limits
 
 __all__ = ["optimize_sync"]
 
+#: The event loops optimize_sync can start.
+BACKENDS = ("asyncio", "trio")
+
 
 def _inside_event_loop() -> bool:
     try:
@@ -83,6 +86,10 @@ def optimize_sync(
     It starts its own event loop (``backend``: ``"asyncio"`` or ``"trio"``), so it refuses to run inside
     one (an async app, a running notebook loop): there, ``await aprompt.optimize(...)`` instead.
 
+    Raises:
+        ConfigError: called inside a running event loop, or ``backend`` is neither; and whatever
+            :func:`aprompt.optimize` raises.
+
     Example::
 
         result = aprompt.optimize_sync(program, trainset, metric, lm=lm, budget="light")
@@ -99,6 +106,8 @@ def optimize_sync(
         function="optimize_sync",
         stacklevel=2,
     )
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if _inside_event_loop():
         raise ConfigError(
             "optimize_sync() was called inside a running event loop; use `await aprompt.optimize(...)` there"

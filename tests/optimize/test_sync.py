@@ -25,6 +25,12 @@ def test_optimize_sync_refuses_inside_a_running_loop() -> None:
     anyio.run(inside)
 
 
+@pytest.mark.parametrize("backend", ["Trio", "curio", None])
+def test_optimize_sync_refuses_a_backend_it_cannot_start(backend: Any) -> None:
+    with pytest.raises(aprompt.ConfigError, match="backend must be one of 'asyncio', 'trio'"):
+        aprompt.optimize_sync(TwoStageProgram(), examples(0, 10), metric, backend=backend)
+
+
 @contextmanager
 def world_server() -> Iterator[str]:
     """The base URL of a fake server of the World, served by its own thread's event loop."""
