@@ -11,7 +11,8 @@ import asyncio
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 class Gate:
-    """The World's responder that holds every request after the first ``close_at`` until ``opened``."""
+    """The World's responder that holds every request after the first ``close_at`` until ``opened``, and
+    tells ``on_request`` the number of each request."""
 
     def __init__(self) -> None:
         self.world = World()
@@ -46,9 +48,11 @@ class Gate:
         self.close_at: int | None = None
         self.holding = threading.Event()
         self.opened = threading.Event()
+        self.on_request: Callable[[int], object] = lambda count: None
 
     async def __call__(self, request: ChatRequest) -> str:
         self.count += 1
+        self.on_request(self.count)
         if self.close_at is not None and self.count > self.close_at:
             self.holding.set()
             await anyio.to_thread.run_sync(self.opened.wait, abandon_on_cancel=True)
@@ -140,6 +144,35 @@ async def test_cancelling_mid_minibatch_leaves_a_resumable_journal_and_no_task_o
     gate.opened.set()
     async with world_lm(server.base_url, API_KEY) as lm:
         resumed = await optimize_world(lm, tmp_path / "run")
+    assert summary(resumed) == reference
+
+
+async def test_a_run_cancelled_as_answers_arrive_resumes_under_its_limit_to_the_same_result(
+    tmp_path: Path, gated_server: tuple[FakeOpenAIServer, Gate]
+) -> None:
+    server, gate = gated_server
+    limits = aprompt.Limits(max_lm_calls=5_000)
+    async with world_lm(server.base_url, API_KEY) as lm:
+        reference = summary(await optimize_world(lm, tmp_path / "reference", limits=limits))
+    arrived, cancel_at = threading.Event(), gate.count + 150  # in the bootstrap
+    gate.on_request = lambda count: count == cancel_at and arrived.set()  # answers go on arriving
+
+    with anyio.fail_after(30), anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+
+            async def cancel_on_arrival() -> None:
+                await anyio.to_thread.run_sync(arrived.wait, abandon_on_cancel=True)
+                scope.cancel()
+
+            group.start_soon(cancel_on_arrival)
+            async with world_lm(server.base_url, API_KEY) as lm:
+                await optimize_world(lm, tmp_path / "run", limits=limits)
+    assert scope.cancelled_caught
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aprompt.InexactResumeWarning)
+        async with world_lm(server.base_url, API_KEY) as lm:
+            resumed = await optimize_world(lm, tmp_path / "run", limits=limits)
     assert summary(resumed) == reference
 
 
