@@ -292,9 +292,14 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
     # Journaled under the race's number, and apart for the late races: when the final ones started no
     # race, the late ones start at the same number.
     which = "late" if late else "final"
+    planned = allowance
     if loop.admit_trial is not None:  # under a limit that can refuse steps
         share = within_budget if late else _final_allowance
         allowance = loop.decided(f"{which} race runs:{loop.races_started}", partial(share, loop, allowance))
+    # The final races on fewer runs than the plan gives them, for the budget: when they run out of
+    # those, the limit cut the run short of its plan, and the result says so.
+    granted = allowance
+    cut_by_budget = not late and granted < planned
     if loop.time_limited and loop.runs_per_second is not None:
         allowance = loop.decided(
             f"{which} race runs in time:{loop.races_started}",
@@ -317,8 +322,16 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
             )
         spent = await run_race(loop, entrants, allowance)
         if spent == 0 and len(loop.full_evals) + len(loop.raced_out) == settled:
-            return  # no entrant was affordable
+            break  # no entrant was affordable
         allowance -= spent
+    if cut_by_budget and loop.stopped is None and loop.cut_short_by is None:
+        loop.cut_short_by = loop.binding_limit()
+        logger.info(
+            "aprompt: %s: the final races had %d of the %d program runs the plan gives them",
+            loop.cut_short_by,
+            granted,
+            planned,
+        )
 
 
 def within_budget(loop: SearchLoop, runs: int, keep: int = 0) -> int:

@@ -407,22 +407,33 @@ class RunContext:
         admitted steps in flight are still expected to spend; ``None`` without a limit on calls, tokens or
         cost."""
         self._decides_on_spending()
+        return min(self._affordable_by_limit().values(), default=None)
+
+    def binding_limit(self) -> str | None:
+        """The limit of :meth:`runs_affordable` that pays for the fewest program runs (``"max_lm_calls"``,
+        ``"max_tokens"`` or ``"max_cost"``), or ``None`` without one; it names the limit, deciding
+        nothing."""
+        affordable = self._affordable_by_limit()
+        return min(affordable, key=affordable.__getitem__) if affordable else None
+
+    def _affordable_by_limit(self) -> dict[str, int]:
+        """:meth:`runs_affordable` for each limit on calls, tokens or cost that is set."""
         ratio = self._fresh_run_ratio()
         discount = self._discount()
         estimate = step_estimate(self.meter, self.costs, runs=1, calls=0, discount=discount)
         per_run = tuple(cost * ratio for cost in estimate)
         used = self.meter.usage
         spent = (used.requests - discount[0], used.total_tokens - discount[1], self.meter.cost)
-        limits = (self.meter.max_requests, self.meter.max_tokens, self.meter.max_cost)
+        limits = (
+            ("max_lm_calls", self.meter.max_requests),
+            ("max_tokens", self.meter.max_tokens),
+            ("max_cost", self.meter.max_cost),
+        )
         others = [c.outstanding() for c in self._commitments.values()]
-        runs: int | None = None
-        for i, limit in enumerate(limits):
-            if limit is None:
-                continue
-            left = limit - spent[i] - sum(o[i] for o in others)
-            here = max(0, math.floor(left / per_run[i])) if per_run[i] > 0 else None
-            if here is not None:
-                runs = here if runs is None else min(runs, here)
+        runs: dict[str, int] = {}
+        for i, (name, limit) in enumerate(limits):
+            if limit is not None and per_run[i] > 0:
+                runs[name] = max(0, math.floor((limit - spent[i] - sum(o[i] for o in others)) / per_run[i]))
         return runs
 
     def admit_trial(self, what: str, parts: Sequence[tuple[str, str, int]]) -> None:

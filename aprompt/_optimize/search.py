@@ -201,13 +201,16 @@ class SearchLoop:
     #: Program runs the trials scored per second so far (``None`` before any).
     runs_per_second: float | None = attrs.field(default=None, init=False)
     #: The limit that ended the trials early to keep what the last race needs
-    #: (:class:`~aprompt.lm._metering.BudgetKept`, or ``"max_time"``): the run finishes, short of its plan.
+    #: (:class:`~aprompt.lm._metering.BudgetKept`, or ``"max_time"``), or that left the final races fewer
+    #: program runs than the plan gives them: the run finishes, short of its plan.
     cut_short_by: str | None = attrs.field(default=None, init=False)
     #: Program runs the races leave for confirming an undecided pick under a limit
     #: (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`; 0 when none is kept).
     confirmation_kept: int = attrs.field(default=0, kw_only=True)
     #: Program runs the rest of the run's budget pays for (``None``: no limit says).
     runs_affordable: Callable[[], int | None] = attrs.field(default=lambda: None, kw_only=True)
+    #: The limit that pays for the fewest of those runs (``None``: no limit says).
+    binding_limit: Callable[[], str | None] = attrs.field(default=lambda: None, kw_only=True)
     #: Keep admitted steps counted at their estimates after they end, until retired at a point the
     #: search's flow fixes (``RunContext.hold_steps`` / ``retire_steps``): ``[(journal kind, key), ...]``.
     hold_steps: Callable[[Sequence[tuple[str, str]]], None] = attrs.field(

@@ -779,3 +779,24 @@ async def test_a_time_limit_below_the_runs_time_keeps_what_the_last_evaluation_n
     # search's pace; before, the deadline cut the search off with only the baseline's and the
     # hand-written prompt's (the run returned the unoptimized program).
     assert len(result.full_evals) >= 3, [dict(f.choice) for f in result.full_evals]
+
+
+async def test_a_final_race_the_budget_cut_short_names_the_limit() -> None:
+    # Re-sent requests (a fifth of the requests fail once) make the trials cost more than their
+    # estimates: the trials run their whole plan, and the budget left pays for 9 of the final race's 48
+    # program runs, too few for any entrant. The run skipped the race its plan gives it; before, the
+    # result said no limit had stopped it. One request at a time: the seeded faults fall alike each run.
+    async def run(limit: int | None) -> aprompt.OptimizeResult:
+        async with (
+            FakeOpenAIServer(
+                responder=World(), api_key=TEST_API_KEY, fault_rates=[(Fault.http_status(500), 0.2)]
+            ) as server,
+            client(
+                server, max_concurrency=1, retry=RetryPolicy(initial_backoff=0.001, max_backoff=0.002)
+            ) as lm,
+        ):
+            return await world_run(lm, 0, aprompt.Limits(max_lm_calls=limit), concurrency=1)
+
+    cut, unlimited = await run(1000), await run(None)
+    assert unlimited.stopped_by is None and unlimited.spent["lm_calls"] < 1000
+    assert cut.stopped_by == "max_lm_calls"
