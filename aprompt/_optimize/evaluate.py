@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, OptimizationError
+from aprompt._errors import CacheError, ConfigError, OptimizationError
 from aprompt._optimize.examples import Example, as_examples
 from aprompt._optimize.per_example import ExampleTable, current_output_log, program_key
 from aprompt._slots import Limiter, Slots
@@ -47,6 +47,7 @@ from aprompt.executors.base import (
     current_executor,
     lm_error_in,
     run_program,
+    setup_fault_in,
 )
 from aprompt.executors.base import check_watch as check_watch  # its old home
 from aprompt.executors.base import program_entry as program_entry  # its old home
@@ -263,9 +264,12 @@ async def score_outcome(example: Example, outcome: ProgramOutcome, metric: Metri
         value = metric(example, prediction)
         if inspect.isawaitable(value):
             value = await value
-    except ConfigError:
+    except (ConfigError, CacheError):
         raise
     except Exception as exc:
+        # A setup fault raised in the metric's own task group (an LM-judged metric) stops the run too.
+        if (setup := setup_fault_in(exc)) is not None:
+            raise setup from exc
         if (lm_error := lm_error_in(exc)) is not None:  # an LM-judged metric whose LM failed
             return ExampleResult(
                 example.id,

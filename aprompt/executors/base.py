@@ -237,8 +237,7 @@ async def run_program(program: object, inputs: Mapping[str, Any], *, collect_tra
             raise
         except Exception as exc:
             # The same fault raised in the program's own task group arrives wrapped in a group.
-            setup: Exception | None = error_in(exc, ConfigError) or error_in(exc, CacheError)
-            if setup is not None:
+            if (setup := setup_fault_in(exc)) is not None:
                 raise setup from exc
             outcome = ProgramOutcome.failed(exc)
         else:
@@ -283,6 +282,12 @@ def check_watch() -> None:
             "thread pool, submit contextvars.copy_context().run). Calling the same predictors from other "
             "code while optimize() runs also triggers this: optimize a separate instance of the program."
         )
+
+
+def setup_fault_in(exc: BaseException) -> Exception | None:
+    """The setup fault (:data:`_SETUP_FAULTS`) that ended a run or a metric call, wherever it was
+    raised (alone, in a task group, or as the cause of the program's own error); ``None`` if none."""
+    return error_in(exc, ConfigError) or error_in(exc, CacheError)
 
 
 def lm_error_in(exc: BaseException) -> LMError | None:

@@ -109,6 +109,24 @@ async def test_an_lm_cache_closed_under_the_program_stops_the_evaluation_instead
     assert fake_server.chat_requests == []
 
 
+async def test_a_setup_fault_in_a_metrics_own_task_group_stops_the_evaluation(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # An LM-judged metric asks its judge in a task group: the judge's ConfigError (a parameter its
+    # endpoint refuses) arrives wrapped in a group, and must stop the evaluation, not score 0.
+    async def judged(example: Example, prediction: Prediction) -> float:
+        async def ask_judge() -> None:
+            raise ConfigError("the judge's endpoint refuses the parameter 'logprobs'")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask_judge)
+        return 1.0
+
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match="refuses the parameter"):
+            await evaluate(QAProgram(), qa_examples(0, 3), judged, lm=lm)
+
+
 async def test_an_lm_failure_after_retries_leaves_the_example_unscored(fake_server: FakeOpenAIServer) -> None:
     fake_server.queue_faults(Fault.http_status(500))
     async with lm_for(fake_server, max_retries=0) as lm:
