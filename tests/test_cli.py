@@ -346,6 +346,17 @@ def test_data_that_lacks_an_input_field_is_named_with_its_line(
     assert "bad.jsonl, line 2: lacks input field(s) ['question']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("out", ["a_folder", "cli_world.py/optimized.json"])
+def test_a_result_path_that_cannot_be_written_exits_2_before_any_lm_call(
+    task: Path, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    (task / "a_folder").mkdir()
+    # The endpoint is unreachable: reaching it (exit 3) would mean the run started before the check.
+    assert main([*base_args("http://127.0.0.1:9/v1"), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aprompt: error: cannot write the result to {out}")
+
+
 def test_an_unreachable_endpoint_exits_3(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(base_args("http://127.0.0.1:9/v1")) == 3
     err = capsys.readouterr().err

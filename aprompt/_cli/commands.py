@@ -9,6 +9,7 @@ import json
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,29 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
     return budget
 
 
+def _check_writable(target: Path) -> None:
+    """Refuse, before the run spends anything, a result path the result could not be saved to."""
+    if target.is_dir():
+        raise ConfigError(f"cannot write the result to {target}: it is a folder (give a file path)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write the result to {target}: {exc.strerror or exc}") from None
+
+
 async def optimize_command(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    out = Path(args.out) if args.out else (run_dir / RESULT_FILE if run_dir else Path("optimized.json"))
+    targets = {out, *([run_dir / RESULT_FILE] if run_dir else [])}
+    for target in targets:
+        _check_writable(target)
     program = load_program(args.program)
     fields, required = input_fields(program, args.inputs)
     train = read_examples(args.train, fields, required)
     val = read_examples(args.val, fields, required) if args.val else None
     metric = load_object(args.metric, "--metric")
-    run_dir = Path(args.run_dir) if args.run_dir else None
     try:
         original: dict[str, Any] | None = aprompt.program_state(program)
     except StateError:
@@ -94,8 +111,7 @@ async def optimize_command(args: argparse.Namespace) -> int:
             # A function's predictors live in its module; this process only saves the result.
             in_place=is_function(program),
         )
-    out = Path(args.out) if args.out else (run_dir / RESULT_FILE if run_dir else Path("optimized.json"))
-    for target in {out, *([run_dir / RESULT_FILE] if run_dir else [])}:
+    for target in targets:
         try:
             result.save(target)
         except OSError as exc:
