@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,13 +79,16 @@ def save_state(program: object, path: str | os.PathLike[str]) -> None:
     """Write :func:`program_state` to ``path`` as JSON (atomically: a crash leaves the old file)."""
     target = Path(path)
     text = json.dumps(program_state(program), indent=2, ensure_ascii=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    # Created as any file the process writes (0o666 less the umask), not private as mkstemp's would be:
+    # a saved state is deployed, and often read by another user than the one who optimized.
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
-        os.replace(tmp, target)
+        os.replace(temporary, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -69,6 +69,15 @@ def test_a_file_round_trip_is_exact(tmp_path: Path) -> None:
     assert json.loads(path.read_text(encoding="utf-8")) == program_state(tuned())
 
 
+def test_a_saved_file_gets_the_permissions_of_any_file_the_process_creates(tmp_path: Path) -> None:
+    reference = tmp_path / "reference.txt"
+    reference.write_text("", encoding="utf-8")
+    path = tmp_path / "prompts.json"
+    save_state(tuned(), path)
+    assert path.stat().st_mode == reference.stat().st_mode  # readable by whoever deploys it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.json", "reference.txt"]
+
+
 def test_tuple_values_are_saved_as_lists() -> None:
     program = Program()
     program.steps[0].demos = [{"question": "q", "context": ("a",), "answer": 1}]
