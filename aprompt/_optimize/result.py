@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from aprompt._errors import StateError
+from aprompt._files import write_text_atomically
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.per_example import PASS_SCORE, ExampleRow, ExampleTable
@@ -117,18 +118,12 @@ class OptimizeResult(Generic[P]):
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_dict` as JSON (atomically: a crash never leaves half a file)."""
+        """Write :meth:`to_dict` as JSON (atomically: a crash or another save of the same path never leaves
+        half a file)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(target.name + ".tmp")
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
-        try:
-            # UTF-8 whatever the locale (as the state files): a prompt in any script reads back as written.
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        write_text_atomically(target, text)
         return target
 
     def failing_examples(self, below: float = PASS_SCORE) -> list[ExampleRow]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from aprompt._errors import StateError
+from aprompt._files import write_text_atomically
 from aprompt.program.discovery import named_predictors
 from aprompt.program.predictor import check_state
 
@@ -77,19 +77,8 @@ def load_state(program: object, data: Mapping[str, Any]) -> None:
 
 def save_state(program: object, path: str | os.PathLike[str]) -> None:
     """Write :func:`program_state` to ``path`` as JSON (atomically: a crash leaves the old file)."""
-    target = Path(path)
     text = json.dumps(program_state(program), indent=2, ensure_ascii=False)
-    # Created as any file the process writes (0o666 less the umask), not private as mkstemp's would be:
-    # a saved state is deployed, and often read by another user than the one who optimized.
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_text_atomically(Path(path), text + "\n")
 
 
 def load_state_file(program: object, path: str | os.PathLike[str]) -> None:

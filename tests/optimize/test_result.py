@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 import aprompt
@@ -67,6 +69,32 @@ def test_loading_into_a_program_of_another_shape_is_a_state_error(run: Run, tmp_
 
     with pytest.raises(aprompt.StateError):
         aprompt.load(Other(), path)
+
+
+def test_saves_of_one_path_at_once_leave_one_whole_result_and_raise_nothing(run: Run, tmp_path: Path) -> None:
+    result, _ = run
+    shorter = attrs.evolve(result, trials=result.trials[:1], full_evals=())
+    path, errors = tmp_path / "optimized.json", []
+
+    def save(each: OptimizeResult, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            each.save(path)
+        except Exception as exc:
+            errors.append(exc)
+
+    for _ in range(150):
+        start = threading.Barrier(2)
+        savers = [threading.Thread(target=save, args=(each, start)) for each in (result, shorter)]
+        for saver in savers:
+            saver.start()
+        for saver in savers:
+            saver.join()
+        assert not errors
+        assert json.loads(path.read_text(encoding="utf-8"))["trials"] in (
+            json.loads(json.dumps(r.to_dict()["trials"])) for r in (result, shorter)
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["optimized.json"]
 
 
 def test_usage_is_the_sum_of_the_phases_and_counts_every_request(run: Run) -> None:
