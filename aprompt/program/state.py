@@ -50,7 +50,7 @@ def load_state(program: object, data: Mapping[str, Any]) -> None:
         raise StateError(f"prompt state must be an object, got {type(data).__name__}")
     version = data.get(_VERSION_KEY)
     if version != STATE_VERSION:
-        raise StateError(f"unsupported prompt state version {version!r} (expected {STATE_VERSION})")
+        raise StateError(_version_problem(data, version))
     saved = data.get("predictors")
     if not isinstance(saved, Mapping):
         raise StateError("prompt state lacks a 'predictors' object")
@@ -73,6 +73,21 @@ def load_state(program: object, data: Mapping[str, Any]) -> None:
         check_state(predictor, saved[name], where=f"predictor {name!r}")
     for name, predictor in predictors.items():
         predictor.set_state(saved[name])
+
+
+def _version_problem(data: Mapping[str, Any], version: object) -> str:
+    """Why ``data`` is not a state of this version, and what to do about it."""
+    if data.get("format") == "aprompt-result":  # OptimizeResult.save's file (result.RESULT_FORMAT)
+        return (
+            "this is a saved optimization result, not a prompt state: "
+            "load it with aprompt.load(program, path)"
+        )
+    if type(version) is int and version > STATE_VERSION:
+        return (
+            f"prompt state version {version} was written by a newer aprompt (this one reads version "
+            f"{STATE_VERSION}): upgrade aprompt to load it"
+        )
+    return f"unsupported prompt state version {version!r} (expected {STATE_VERSION})"
 
 
 def save_state(program: object, path: str | os.PathLike[str]) -> None:

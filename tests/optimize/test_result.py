@@ -97,6 +97,13 @@ def test_saves_of_one_path_at_once_leave_one_whole_result_and_raise_nothing(run:
     assert [p.name for p in tmp_path.iterdir()] == ["optimized.json"]
 
 
+def test_a_saved_result_read_as_a_state_file_is_a_state_error_naming_load(run: Run, tmp_path: Path) -> None:
+    result, _ = run
+    path = result.save(tmp_path / "optimized.json")
+    with pytest.raises(aprompt.StateError, match=r"optimization result.*aprompt\.load\(program, path\)"):
+        aprompt.load_state_file(TwoStageProgram(), path)
+
+
 def test_usage_is_the_sum_of_the_phases_and_counts_every_request(run: Run) -> None:
     result, requests = run
     total = aprompt.UsageSnapshot()

@@ -127,7 +127,8 @@ def _mutated(change: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda s: s.update(aprompt_state_version=2), "unsupported prompt state version 2"),
+        (lambda s: s.update(aprompt_state_version=2), "written by a newer aprompt.*upgrade aprompt"),
+        (lambda s: s.update(aprompt_state_version="1"), "unsupported prompt state version '1'"),
         (lambda s: s.pop("predictors"), "lacks a 'predictors' object"),
         (lambda s: s["predictors"].pop("classify"), r"not in the state: \['classify'\]"),
         (
