@@ -100,6 +100,8 @@ def load_state_file(program: object, path: str | os.PathLike[str]) -> None:
     """Read a file written by :func:`save_state` and :func:`load_state` it into ``program``."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # a state re-saved by an editor in another encoding (UTF-16)
+        raise StateError(f"{path}: not UTF-8 text, as save_state writes it ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise StateError(f"{path}: not valid JSON ({exc})") from None
     load_state(program, data)

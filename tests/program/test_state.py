@@ -171,6 +171,13 @@ def test_a_non_json_file_is_a_state_error(tmp_path: Path) -> None:
         load_state_file(Program(), path)
 
 
+def test_a_file_in_another_encoding_is_a_state_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(program_state(tuned()), ensure_ascii=False), encoding="utf-16")
+    with pytest.raises(StateError, match=r"prompts\.json: not UTF-8 text"):
+        load_state_file(Program(), path)
+
+
 def test_a_single_predictor_round_trips_through_its_own_state() -> None:
     predict = Predict("q -> a", instruction="Be brief.", demos=[{"q": "x", "a": "y"}])
     other = Predict("q -> a")
