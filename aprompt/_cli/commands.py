@@ -21,6 +21,7 @@ from aprompt._errors import (
     ConfigError,
     StateError,
 )
+from aprompt._files import write_text_atomically
 from aprompt._optimize.events import Event, RunPlanned
 from aprompt._optimize.per_example import describe_example
 from aprompt.program.discovery import is_function
@@ -76,7 +77,8 @@ async def optimize_command(args: argparse.Namespace) -> int:
         if isinstance(event, RunPlanned) and run_dir is not None and original is not None:
             target = run_dir / ORIGINAL_FILE
             if args.fresh or not target.exists():
-                target.write_text(json.dumps(original, indent=2, ensure_ascii=False), encoding="utf-8")
+                # Whole or not at all: a run killed mid-write would keep a torn file (never rewritten).
+                write_text_atomically(target, json.dumps(original, indent=2, ensure_ascii=False))
 
     async with (
         open_lms(args) as lms,

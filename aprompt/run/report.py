@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from aprompt._errors import ConfigError
+from aprompt._files import write_text_atomically
 from aprompt._optimize.per_example import EXAMPLES_KIND, ExampleTable, describe_examples
 from aprompt.lm.usage import IN_FLIGHT_KIND
 from aprompt.program.adapter import REPLY_FORMATS
@@ -462,9 +463,7 @@ def write_report(run_dir: str | os.PathLike[str], out_path: str | os.PathLike[st
     page = render_report(view, choice_stats(view), _plots(view))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, target)
+        write_text_atomically(target, page)
     except OSError as exc:
         raise ConfigError(f"cannot write the report to {target}: {exc}") from None
     return target
