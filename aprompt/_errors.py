@@ -165,8 +165,9 @@ class BadResponseError(LMError):
 
 class IncompleteResponseError(BadResponseError):
     """The endpoint answered 2xx with a well-formed reply that is not an answer (empty, filtered or
-    cut short): a provider fault, never scored as the prompt's, except a reply cut at its token budget
-    (:class:`TruncatedResponseError`), which an evaluation scores 0.
+    cut short). One the provider stopped on a fault (``finish_reason`` ``"error"``/``"abort"``) leaves its
+    example unscored, like any provider fault; an empty, filtered or cut one that the client's retries
+    (or its larger re-send) got again is the prompt's failure, and an evaluation scores it 0.
 
     Attributes:
         finish_reason: the reply's finish reason (OpenAI's words: ``"length"``, ``"content_filter"``).
@@ -182,12 +183,14 @@ class IncompleteResponseError(BadResponseError):
 
 
 class EmptyResponseError(IncompleteResponseError):
-    """The reply's content was empty or null (retried like a transient fault)."""
+    """The reply's content was empty or null (retried like a transient fault; got again after the
+    retries, an evaluation scores the prompt 0 on that example)."""
 
 
 class ContentFilteredError(IncompleteResponseError):
     """The provider withheld or stopped the reply (``content_filter``, Anthropic's ``refusal``);
-    retried like a transient fault."""
+    retried like a transient fault (got again after the retries, an evaluation scores the prompt 0 on
+    that example: the program as deployed would get no answer there either)."""
 
 
 class TruncatedResponseError(IncompleteResponseError):

@@ -91,3 +91,13 @@ def test_the_guarantees_treat_a_reply_stopped_on_a_fault_as_the_code_does() -> N
     page = " ".join(_text("docs/guarantees.md").split())
     assert "A reply stopped on a fault (`error`, `abort`) is not one of those" in page
     assert "the run checks the LM and re-runs the example" in page
+
+
+def test_the_guarantees_score_empty_and_filtered_replies_as_the_code_does() -> None:
+    from aprompt.executors.base import ProgramOutcome
+
+    for reply in (aprompt.EmptyResponseError("empty"), aprompt.ContentFilteredError("filtered")):
+        outcome = ProgramOutcome.failed(reply)
+        assert not outcome.lm_failure and outcome.error is not None  # scored 0, not left unscored
+    page = " ".join(_text("docs/guarantees.md").split())
+    assert "got again after the retries, it is the **prompt's** failure and scores 0" in page

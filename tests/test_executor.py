@@ -276,4 +276,6 @@ def test_a_cut_reply_fails_its_example_while_a_provider_fault_beside_it_leaves_i
     assert beside.lm_failure and not beside.lm_answered
     assert beside.error is not None and beside.error.startswith("ServerError: ")
     empty = ProgramOutcome.failed(aprompt.EmptyResponseError("no content"))
-    assert empty.lm_failure and empty.lm_answered
+    assert not empty.lm_failure and empty.error is not None and empty.error.startswith("EmptyResponseError: ")
+    stopped = ProgramOutcome.failed(aprompt.IncompleteResponseError("upstream failed", finish_reason="error"))
+    assert stopped.lm_failure and not stopped.lm_answered

@@ -8,9 +8,9 @@ A program or metric error (a ``ParseError`` included: an unreadable reply is the
 and is recorded with the example id. An LM failure that outlasted the client's retries (``LMError``) is *not*
 the prompt's fault: that example is left unscored, counted, and kept out of the mean, so a burst of 429s
 never teaches the search that a good prompt is bad. A reply cut at its token budget even at twice the
-budget, and a prompt refused as longer than the model's context, are the exceptions: the prompt led the
-model past its budget or left it no room, and they score 0
-(:func:`~aprompt.executors.base.unscored_lm_error`).
+budget, a reply that is empty or filtered after the client's retries, and a prompt refused as longer than
+the model's context, are the exceptions: the prompt led the model past its budget, to no answer, or left
+it no room, and they score 0 (:func:`~aprompt.executors.base.unscored_lm_error`).
 
 Three things are the user's bug, never the prompt's, and abort the evaluation at once:
 
@@ -86,8 +86,10 @@ class ExampleResult:
         feedback: the metric's text feedback on the prediction, when it gave one (see
             :func:`metric_feedback`).
         lm_answered: the LM failure was a reply that is not an answer (empty or filtered; not one the
-            provider stopped on a fault): the endpoint works, and asking again the same way gets the same
-            reply, so it is this example's own failure, never a sign of an outage.
+            provider stopped on a fault) to a call the program's prompts do not make (an LM-judged
+            metric's): the endpoint works, and asking again the same way gets the same reply, so it is
+            this example's own failure, never a sign of an outage. (To the program's own calls such a
+            reply is the prompt's failure, scored 0.)
     """
 
     example_id: str

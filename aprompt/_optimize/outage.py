@@ -23,14 +23,15 @@ a one-token request (a fresh rollout, so no cache answers it):
   them); what still fails is that example's own failure: it stays unscored, is counted, and is reported
   in ``OptimizeResult.failures`` (a single request's ``LMError`` is raised to its caller, which drops it).
 
-A reply that is not an answer (empty, filtered; :class:`~aprompt._errors.IncompleteResponseError`) left
-its example unscored too, but it shows the endpoint works, and the client has already retried it: that
-example's own failure at once, with no check and no re-run. A reply the provider stopped on a fault
-(``finish_reason`` ``"error"`` or ``"abort"``) is not one of those: like a 5xx it may mean the endpoint is
-down, and is checked and re-run as above. A reply cut at its token budget even after the client's larger
-re-send is no LM failure at all: the prompt's, scored 0, as is a prompt refused as longer than the model's
-context (:func:`~aprompt.executors.base.unscored_lm_error`); a single request refused so is raised to its
-caller at once, unchecked and not re-run.
+A reply that is not an answer (empty, filtered; :class:`~aprompt._errors.IncompleteResponseError`) shows
+the endpoint works, and the client has already retried it: to the program's own calls it is the prompt's
+failure, scored 0 (:func:`~aprompt.executors.base.unscored_lm_error`), and to another call of the example
+(an LM-judged metric's) that example's own failure at once, unscored, with no check and no re-run. A reply
+the provider stopped on a fault (``finish_reason`` ``"error"`` or ``"abort"``) is not one of those: like a
+5xx it may mean the endpoint is down, and is checked and re-run as above. A reply cut at its token budget
+even after the client's larger re-send is no LM failure at all: the prompt's, scored 0, as is a prompt
+refused as longer than the model's context; a single request refused so is raised to its caller at once,
+unchecked and not re-run.
 
 Re-runs use the prompts and rollouts of the first run, and a response cache answers again what had
 succeeded, so a step that lived through an outage records exactly what a clean run records, and the

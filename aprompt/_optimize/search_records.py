@@ -181,8 +181,8 @@ def minibatch(valset: Sequence[Example], size: int, seed: int, trial: int) -> li
 
 
 #: How the errors of a program run that are the prompt's doing begin (an unreadable reply, one cut at its
-#: token budget even at twice the budget): a search may fix them.
-PROMPTS_FAULTS = ("ParseError:", "TruncatedResponseError:")
+#: token budget even at twice the budget, one empty or filtered after the retries): a search may fix them.
+PROMPTS_FAULTS = ("ParseError:", "TruncatedResponseError:", "EmptyResponseError:", "ContentFilteredError:")
 
 #: How the error of a prompt refused as longer than the model's context begins.
 CONTEXT_OVERFLOW = "ContextOverflowError:"
@@ -192,8 +192,8 @@ def check_baseline(evaluation: Evaluation) -> None:
     """Refuse to search when the unoptimized program ran cleanly on no example because the program or
     the metric raised, or when LM failures left every example unscored (after the outage guard found
     the program's LMs answering: an LM the metric or the program asks on its own fails), so that no
-    search could score anything. Parse errors, replies cut at their token budget (scored 0) and replies
-    that are not answers (empty, filtered) alone do not count: they are the prompt's fault, which the
+    search could score anything. Parse errors, replies cut at their token budget and replies that are not
+    answers (empty, filtered), all scored 0, alone do not count: they are the prompt's fault, which the
     search may fix; neither do LM failures of some examples, which leave those unscored.
 
     A prompt longer than the model's context on any example refuses the search too: the example is too

@@ -27,7 +27,15 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from aprompt._errors import CacheError, ConfigError, ContextOverflowError, LMError, TruncatedResponseError
+from aprompt._errors import (
+    CacheError,
+    ConfigError,
+    ContentFilteredError,
+    ContextOverflowError,
+    EmptyResponseError,
+    LMError,
+    TruncatedResponseError,
+)
 from aprompt.lm._replies import is_answered_failure
 from aprompt.lm.types import LM
 from aprompt.program.context import use_lm
@@ -79,8 +87,9 @@ class ProgramOutcome:
         error: ``"ExcType: message"`` when the program raised.
         lm_failure: the error is an LM failure that outlasted the client's retries: the example is left
             unscored (not the prompt's fault), never scored 0. A reply cut at its token budget even after
-            the client's larger re-send, and a prompt refused as longer than the model's context, are no
-            such failures (see :func:`unscored_lm_error`).
+            the client's larger re-send, an empty or filtered reply after the client's retries, and a
+            prompt refused as longer than the model's context, are no such failures (see
+            :func:`unscored_lm_error`).
         lm_answered: that LM failure was a reply that is not an answer (see
             :class:`~aprompt._optimize.evaluate.ExampleResult`).
         trace: the run's predictor calls, when the run asked for them and the program succeeded.
@@ -110,19 +119,23 @@ class ProgramOutcome:
 
 
 #: LM failures that are the prompt's own (see :func:`unscored_lm_error`).
-_PROMPTS_OWN = (TruncatedResponseError, ContextOverflowError)
+_PROMPTS_OWN = (TruncatedResponseError, EmptyResponseError, ContentFilteredError, ContextOverflowError)
 
 
 def unscored_lm_error(exc: BaseException) -> LMError | None:
     """The LM failure in ``exc`` that leaves its example unscored, if any.
 
-    Every :class:`~aprompt._errors.LMError` does (a provider fault is not the prompt's), except two that
-    the program as optimized would meet as well: a reply cut at its token budget even after the client's
+    Every :class:`~aprompt._errors.LMError` does (a provider fault is not the prompt's), except those the
+    program as optimized would meet as well: a reply cut at its token budget even after the client's
     re-send with twice the budget (:class:`~aprompt._errors.TruncatedResponseError`: the prompt led the
-    model to an answer too long to finish), and a prompt refused as longer than the model's context
+    model to an answer too long to finish); a reply that is empty or withheld by the provider's filter
+    (or a refusal) after the client's retries (:class:`~aprompt._errors.EmptyResponseError`,
+    :class:`~aprompt._errors.ContentFilteredError`: the endpoint answers, and this request, asked again,
+    gets it again); and a prompt refused as longer than the model's context
     (:class:`~aprompt._errors.ContextOverflowError`: a candidate's demos made it so). Such an example
-    scores 0, like a reply that cannot be read; left out instead, a prompt that rambles on the hard
-    examples, or whose demos leave no room for the long ones, would be ranked on the easy ones alone.
+    scores 0, like a reply that cannot be read; left out instead, a prompt that rambles, answers nothing
+    or draws a refusal on the hard examples, or whose demos leave no room for the long ones, would be
+    ranked on the easy ones alone.
     """
     # A provider fault beside one of the prompt's own failures still counts.
     return error_in(exc, LMError, but=_PROMPTS_OWN)

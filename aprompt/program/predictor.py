@@ -151,7 +151,8 @@ class Predict:
                 completion = await metered_chat(
                     client, conversation, rollout=rollout, unit=traces[-1] if traces else None, **params
                 )
-                # Any LM, not only aprompt's clients: an empty, filtered or cut reply is a provider fault.
+                # Any LM, not only aprompt's clients: an empty, filtered or cut reply is no answer (an
+                # evaluation scores the prompt 0 for it; see executors.base.unscored_lm_error).
                 not_an_answer = incomplete_reply(completion, endpoint="")
             if not_an_answer is not None:
                 raise not_an_answer

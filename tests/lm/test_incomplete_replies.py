@@ -260,7 +260,7 @@ async def test_an_anthropic_context_window_stop_is_a_truncated_reply() -> None:
                 await lm.chat(HELLO)
 
 
-# -- end to end: such examples are unscored, not scored 0; a reply cut at its budget scores 0 -------
+# -- end to end: after the client's retries, such replies are the prompt's failure, scored 0 ----------
 
 
 class ValueProgram:
@@ -292,11 +292,12 @@ def value_metric(example: Example, prediction: Any) -> bool:
     return str(prediction.value).strip() == example.labels["value"]
 
 
-async def test_evaluate_leaves_examples_with_incomplete_replies_unscored_and_scores_cut_ones_0(
+async def test_evaluate_scores_0_the_examples_whose_replies_are_empty_filtered_or_cut(
     provider: Provider,
 ) -> None:
-    """Empty and filtered replies are no answer to score; a reply cut at its token budget (even at twice
-    the budget) is the prompt's doing, as a program run on it would fail the same way: scored 0."""
+    """A reply that is empty, filtered, or cut at its token budget (even at twice the budget) after the
+    client's retries is the prompt's doing, as a program run on it would fail the same way: scored 0.
+    Left unscored, a prompt that draws no answer on the hard examples would be ranked on the easy ones."""
     provider.server.responder = answer_by_item
     examples = [
         Example(inputs={"question": f"What is item-{i}?"}, labels={"value": f"{i}19"}, id=f"v{i}")
@@ -305,11 +306,8 @@ async def test_evaluate_leaves_examples_with_incomplete_replies_unscored_and_sco
     async with provider.make(max_retries=1) as lm:
         evaluation = await aprompt.evaluate(ValueProgram(), examples, value_metric, lm=lm)
     scores = {r.example_id: r.score for r in evaluation.results}
-    assert scores == {f"v{i}": None for i in (1, 2, 3)} | {f"v{i}": 1.0 for i in (0, 5, 6, 8, 9)} | {
-        "v4": 0.0,
-        "v7": 0.0,
-    }
-    assert evaluation.mean == pytest.approx(5 / 7)
+    assert scores == {f"v{i}": 0.0 for i in (1, 2, 3, 4, 7)} | {f"v{i}": 1.0 for i in (0, 5, 6, 8, 9)}
+    assert evaluation.mean == pytest.approx(5 / 10) and evaluation.n_unscored == 0
     errors = {r.example_id: (r.error or "").split(":")[0] for r in evaluation.results if r.error}
     assert errors == {
         "v1": "ContentFilteredError",

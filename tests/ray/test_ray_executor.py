@@ -220,6 +220,25 @@ async def test_max_lm_calls_stops_a_ray_run_with_exactly_what_it_sent_counted(
 async def test_an_lm_failure_on_ray_leaves_its_example_unscored_as_in_process(
     fake_server: FakeOpenAIServer, executor: RayExecutor
 ) -> None:
+    def fail_item_2(request: Any) -> Any:  # a generation the provider stopped on a fault
+        return (
+            Fault.reply("Answer: item", finish_reason="error")
+            if "item-2?" in request.last_user
+            else answers(request)
+        )
+
+    fake_server.responder = fail_item_2
+    async with lm_for(fake_server, max_retries=0) as lm:
+        here = await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm)
+        there = await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm, executor=executor)
+    assert outcome_of(there) == outcome_of(here)
+    assert there.n_unscored == 1 and there.results[1].lm_failure and not there.results[1].lm_answered
+    assert there.results[1].error is not None and there.results[1].error.startswith("IncompleteResponseError")
+
+
+async def test_a_filtered_reply_on_ray_is_the_prompts_failure_as_in_process(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
     def refuse_item_2(request: Any) -> Any:
         return Fault.content_filter() if "item-2?" in request.last_user else answers(request)
 
@@ -228,7 +247,7 @@ async def test_an_lm_failure_on_ray_leaves_its_example_unscored_as_in_process(
         here = await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm)
         there = await evaluate(QAProgram(), qa_examples(1, 4), exact_match, lm=lm, executor=executor)
     assert outcome_of(there) == outcome_of(here)
-    assert there.n_unscored == 1 and there.results[1].lm_failure and there.results[1].lm_answered
+    assert there.n_unscored == 0 and there.results[1].score == 0.0 and not there.results[1].lm_failure
     assert there.results[1].error is not None and there.results[1].error.startswith("ContentFilteredError")
 
 
