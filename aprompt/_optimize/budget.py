@@ -105,6 +105,12 @@ class Budget:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"budget values out of range: {', '.join(bad)} (a budget must allow one trial)")
+        # A numpy integer is a whole number too; as a plain int it is the same run (fingerprint) and
+        # every part the budget is handed to (the TPE's trial hint among them) takes it.
+        for f in attrs.fields(Budget):
+            value = getattr(self, f.name)
+            if _is_count(value) and type(value) is not int:
+                object.__setattr__(self, f.name, int(value))
 
     @property
     def max_demos(self) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import numpy as np
 import pytest
 
 import aprompt
 from aprompt._optimize.budget import PRESETS, Budget, estimate_calls, resolve_budget
+from tests.optimize.qa_task import SMALL_BUDGET, optimize_in_world
 
 
 @pytest.mark.parametrize(
@@ -107,6 +109,18 @@ def test_a_budget_is_used_as_given() -> None:
 def test_bad_budgets_are_config_errors(budget: Any, match: str) -> None:
     with pytest.raises(aprompt.ConfigError, match=match):
         resolve_budget(budget)
+
+
+@pytest.mark.anyio
+async def test_numpy_whole_numbers_in_a_budget_run_as_plain_ints() -> None:
+    # A count read from a numpy array is a whole number; the search must take it, not refuse it after
+    # the bootstrap and the proposals were paid for.
+    numpy_budget = {key: np.int64(value) for key, value in SMALL_BUDGET.items()}
+    resolved = resolve_budget(numpy_budget)
+    assert all(type(getattr(resolved, key)) is int for key in numpy_budget)
+    result, _ = await optimize_in_world(budget=numpy_budget)
+    plain, _ = await optimize_in_world()
+    assert (result.pick.choice, result.score) == (plain.pick.choice, plain.score)
 
 
 @pytest.mark.parametrize(
