@@ -10,6 +10,7 @@ width one and rounding a sample gives every integer the same share of a uniform 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
@@ -70,6 +71,7 @@ class IntRange:
                 raise ConfigError(f"IntRange {name} must be an int, got {value!r}")
         if self.low > self.high:
             raise ConfigError(f"IntRange low={self.low} is above high={self.high}")
+        _check_float_span("IntRange", self.low, self.high, pad=1.0)
 
 
 @attrs.frozen
@@ -84,15 +86,30 @@ class FloatRange:
         for name, value in (("low", self.low), ("high", self.high)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"FloatRange {name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ConfigError(f"FloatRange {name} must be finite, got {value!r}")
+            if abs(value) > _MAX_FLOAT or not math.isfinite(value):
+                raise ConfigError(f"FloatRange {name} must be a finite float, got {value!r}")
         if self.low >= self.high:
             raise ConfigError(f"FloatRange needs low < high, got low={self.low}, high={self.high}")
         if self.log and self.low <= 0:
             raise ConfigError(f"FloatRange with log=True needs low > 0, got low={self.low}")
+        if not self.log:
+            _check_float_span("FloatRange", self.low, self.high)
 
 
 Distribution: TypeAlias = Categorical | IntRange | FloatRange
+
+_MAX_FLOAT = sys.float_info.max
+
+
+def _check_float_span(kind: str, low: float, high: float, pad: float = 0.0) -> None:
+    """The estimators work in float64: the range's bounds and its width (plus ``pad``, an integer range's
+    half bins) must be finite floats."""
+    # Compared before any conversion: float() of an int beyond the largest float raises OverflowError.
+    if abs(low) > _MAX_FLOAT or abs(high) > _MAX_FLOAT or not math.isfinite(float(high) - float(low) + pad):
+        raise ConfigError(
+            f"{kind} [{low}, {high}] is wider than a float can hold (its width overflows); narrow it, or "
+            "search a wide positive range with FloatRange(..., log=True)"
+        )
 
 
 @attrs.frozen

@@ -32,6 +32,11 @@ SPACE: dict[str, Distribution] = {
         lambda: FloatRange(2.0, 1.0),
         lambda: FloatRange(0.0, math.inf),
         lambda: FloatRange(0.0, 1.0, log=True),
+        # Ranges float64 cannot hold: a bound beyond the largest float, or a width that overflows.
+        lambda: FloatRange(0, 2**1100),
+        lambda: FloatRange(-1e308, 1e308),
+        lambda: IntRange(0, 2**1100),
+        lambda: IntRange(-(2**1023), 2**1023),
     ],
 )
 def test_invalid_distributions_raise_config_error(make: object) -> None:
