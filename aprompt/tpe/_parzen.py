@@ -25,6 +25,9 @@ from aprompt.tpe._space import EncodedSpace, FloatArray, IntArray
 
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 
+# Intervals (in standard deviations) below this width take log_normal_mass's midpoint rule.
+_NARROW = 1e-6
+
 # The prior kernel's categorical "centre": matches no choice, so the kernel is uniform.
 _NO_CENTRE = -1
 
@@ -159,15 +162,20 @@ def marginal_log_pdf(est: ParzenEstimator, cats: IntArray, nums: FloatArray) -> 
 
 
 def log_normal_mass(a: FloatArray, b: FloatArray) -> FloatArray:
-    """``log(Phi(b) - Phi(a))`` for ``a < b``, accurate in both tails."""
+    """``log(Phi(b) - Phi(a))`` for ``a < b``, accurate in both tails and for the narrowest intervals."""
     # Above the mean, mirror the interval so both ends sit in the lower tail where log_ndtr is exact.
     flip = a > 0
     lo = np.where(flip, -b, a)
     hi = np.where(flip, -a, b)
     log_hi = log_ndtr(hi)
     log_lo = log_ndtr(lo)
-    with np.errstate(divide="ignore"):
-        return np.asarray(log_hi + np.log1p(-np.exp(log_lo - log_hi)), dtype=np.float64)
+    width = hi - lo
+    with np.errstate(divide="ignore", invalid="ignore"):
+        difference = log_hi + np.log1p(-np.exp(log_lo - log_hi))
+        # Narrower than the CDFs can tell their ends apart (an integer's bin in a range of ~1e15, where
+        # the difference was -inf or NaN): the density at the middle times the width, exact to ~width².
+        middle = np.log(width) - 0.5 * ((lo + hi) / 2) ** 2 - _LOG_SQRT_2PI
+    return np.asarray(np.where(width < _NARROW, middle, difference), dtype=np.float64)
 
 
 def sample_truncated_normal(

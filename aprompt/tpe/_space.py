@@ -71,7 +71,12 @@ class IntRange:
                 raise ConfigError(f"IntRange {name} must be an int, got {value!r}")
         if self.low > self.high:
             raise ConfigError(f"IntRange low={self.low} is above high={self.high}")
-        _check_float_span("IntRange", self.low, self.high, pad=1.0)
+        if max(abs(self.low), abs(self.high)) > _MAX_INT:
+            raise ConfigError(
+                f"IntRange [{self.low}, {self.high}] reaches beyond ±2**52, where float64 no longer holds "
+                "each integer's bin; narrow it, or search a wide positive range with "
+                "FloatRange(..., log=True)"
+            )
 
 
 @attrs.frozen
@@ -99,13 +104,15 @@ class FloatRange:
 Distribution: TypeAlias = Categorical | IntRange | FloatRange
 
 _MAX_FLOAT = sys.float_info.max
+#: The largest integer magnitude of an :class:`IntRange`: below it float64 holds every integer ``k`` and
+#: its bin's edges ``k ± 0.5`` exactly.
+_MAX_INT = 2**52
 
 
-def _check_float_span(kind: str, low: float, high: float, pad: float = 0.0) -> None:
-    """The estimators work in float64: the range's bounds and its width (plus ``pad``, an integer range's
-    half bins) must be finite floats."""
+def _check_float_span(kind: str, low: float, high: float) -> None:
+    """The estimators work in float64: the range's bounds and its width must be finite floats."""
     # Compared before any conversion: float() of an int beyond the largest float raises OverflowError.
-    if abs(low) > _MAX_FLOAT or abs(high) > _MAX_FLOAT or not math.isfinite(float(high) - float(low) + pad):
+    if abs(low) > _MAX_FLOAT or abs(high) > _MAX_FLOAT or not math.isfinite(float(high) - float(low)):
         raise ConfigError(
             f"{kind} [{low}, {high}] is wider than a float can hold (its width overflows); narrow it, or "
             "search a wide positive range with FloatRange(..., log=True)"

@@ -136,6 +136,30 @@ def test_log_normal_mass_matches_scipy_including_far_tails() -> None:
     assert got[0] == pytest.approx(np.log(stats.norm.cdf(1) - stats.norm.cdf(-1)))
 
 
+@pytest.mark.parametrize(
+    ("a", "width"), [(-1.0, 1e-7), (0.3, 1e-9), (5.0, 1e-12), (0.0, 1e-16), (-8.0, 1e-10)]
+)
+def test_log_normal_mass_of_a_narrow_interval_is_its_width_times_the_density(a: float, width: float) -> None:
+    # The CDFs at the two ends agree to all but a few bits (or all): their difference is no answer. The
+    # midpoint rule is exact to width² here.
+    b = a + width
+    expected = np.log(b - a) + stats.norm.logpdf((a + b) / 2)  # b - a: the width as the floats hold it
+    got = log_normal_mass(np.array([a]), np.array([b]))
+    assert got[0] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("high", [10**15, 2**52])
+def test_integers_of_a_huge_range_have_finite_probabilities_peaked_at_the_observation(high: int) -> None:
+    space = encode_space({"k": IntRange(-high, high)})
+    est = fit_parzen(
+        space, np.empty((1, 0), dtype=np.int64), np.array([[high / 2]]), np.ones(1), prior_weight=1.0
+    )
+    ks = np.array([[high / 2], [high / 2 + 1], [0.0], [-high]])
+    lp = joint_log_pdf(est, np.empty((4, 0), dtype=np.int64), ks)
+    assert np.all(np.isfinite(lp))
+    assert lp[0] == pytest.approx(lp[1], abs=1e-6) and lp[0] > lp[2] > lp[3]
+
+
 def test_truncated_normal_samples_match_scipy() -> None:
     rng = np.random.default_rng(3)
     x = sample_truncated_normal(rng, np.full(50_000, 0.8), np.full(50_000, 0.3), np.array(0.0), np.array(1.0))

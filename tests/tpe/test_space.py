@@ -37,6 +37,7 @@ SPACE: dict[str, Distribution] = {
         lambda: FloatRange(-1e308, 1e308),
         lambda: IntRange(0, 2**1100),
         lambda: IntRange(-(2**1023), 2**1023),
+        lambda: IntRange(0, 2**52 + 1),  # beyond it float64 cannot hold an integer's bin
     ],
 )
 def test_invalid_distributions_raise_config_error(make: object) -> None:
