@@ -82,8 +82,10 @@ def fit_parzen(
     sigma = np.vstack([sigma, span[None, :]])
     log_mass = log_normal_mass((space.low - mu) / sigma, (space.high - mu) / sigma)
     log_norm = np.where(space.is_int, log_mass, log_mass + np.log(sigma) + _LOG_SQRT_2PI)
+    with np.errstate(divide="ignore"):  # an observation of weight 0 is left out: its log weight is -inf
+        log_weights = np.log(mix) - np.log(mix.sum())
     return ParzenEstimator(
-        log_weights=np.log(mix) - np.log(mix.sum()),
+        log_weights=log_weights,
         centres=centres,
         keep=keep,
         log_hit=log_hit,

@@ -319,7 +319,14 @@ class TPESampler:
         return int(order[0])
 
     def _fit(self, cats: IntArray, nums: FloatArray) -> _parzen.ParzenEstimator:
-        weights = np.asarray(self._weights(cats.shape[0]), dtype=np.float64)
+        n = cats.shape[0]
+        weights = np.asarray(self._weights(n), dtype=np.float64)
+        # A wrong array would surface as numpy's error deep in the estimators, or as NaN probabilities.
+        if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ConfigError(
+                f"weights({n}) must return {n} finite, non-negative numbers (one per observation), "
+                f"got {weights!r}"
+            )
         return _parzen.fit_parzen(self._encoded, cats, nums, weights, prior_weight=self._prior_weight)
 
     def _candidates(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -275,6 +276,31 @@ def test_numeric_suggestions_stay_within_bounds(
 def test_bad_options_raise_config_error(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         TPESampler(MIXED, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        lambda n: -np.ones(n),
+        lambda n: np.full(n, np.nan),
+        lambda n: np.ones(n + 1),
+    ],
+)
+def test_weights_that_are_not_one_finite_non_negative_number_per_observation_are_a_config_error(
+    weights: Callable[[int], np.ndarray],
+) -> None:
+    sampler = TPESampler(MIXED, seed=0, n_startup=2, weights=weights)
+    with pytest.raises(ConfigError, match="weights"):
+        drive(sampler, 4)
+
+
+def test_zero_weights_leave_those_observations_out_of_the_model() -> None:
+    # Recent trials only: the older ones weigh nothing, which is no error.
+    sampler = TPESampler(MIXED, seed=0, n_startup=2, weights=lambda n: (np.arange(n) >= n - 3).astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asked = drive(sampler, 12)
+    assert len(asked) == 12
 
 
 def test_telling_a_trial_that_was_never_asked_is_an_error() -> None:
