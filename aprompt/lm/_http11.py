@@ -360,6 +360,9 @@ class _Connection:
                     pass
                 return
             await self._fill(size + 2)
+            # Data longer or shorter than its size would otherwise be cut or run into the next size line.
+            if self._buffer[size : size + 2] != b"\r\n":
+                raise TransportError("malformed reply: a chunk is longer or shorter than its size")
             if not body.add(bytes(self._buffer[:size])):
                 return
             del self._buffer[: size + 2]

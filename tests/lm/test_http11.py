@@ -229,6 +229,20 @@ async def test_a_chunk_size_that_is_not_hex_digits_is_a_transport_error(
     await transport.aclose()
 
 
+@pytest.mark.parametrize("chunk", [b"3\r\nabcd\r\n", b"5\r\nabc\r\n"])
+async def test_a_chunk_longer_or_shorter_than_its_size_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]], chunk: bytes
+) -> None:
+    # Unchecked, "abcd" under size 3 was read as "abc": the rest ran into the next size line, whose
+    # "\n0" stripped to the last chunk's.
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n"
+    server = await serve(replying(chunked))
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="longer or shorter than its size"):
+        await post(transport, server)
+    await transport.aclose()
+
+
 async def test_a_chunked_reply_arriving_a_byte_at_a_time_is_read_whole(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
