@@ -99,4 +99,7 @@ def request_url(base_url: str, path: str) -> httpx.URL:
         'https://host/v1/chat/completions?api-version=1'
     """
     base = httpx.URL(base_url)
-    return base.copy_with(path=base.path.rstrip("/") + path)
+    # The raw path, as the caller encoded it: the decoded one would turn an encoded "/" (%2F) into a
+    # separator, and send the request elsewhere.
+    raw_path = base.raw_path.partition(b"?")[0].rstrip(b"/") + path.encode("ascii")
+    return base.copy_with(raw_path=raw_path + (b"?" + base.query if base.query else b""))

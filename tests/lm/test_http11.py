@@ -632,6 +632,20 @@ def test_the_request_url_appends_the_path_to_the_base_path_and_keeps_the_query()
     assert str(request_url("http://[::1]:8000/v1/", "/messages")) == "http://[::1]:8000/v1/messages"
 
 
+async def test_an_encoded_slash_in_the_base_path_is_sent_encoded(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # Decoded, "deploy%2Fone" became two path segments: a request to another route than the base URL's.
+    assert request_url("http://h/deploy%2Fone/v1/?q=a%2Fb", "/x").raw_path == b"/deploy%2Fone/v1/x?q=a%2Fb"
+    server = await serve(
+        replying(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(COMPLETION), COMPLETION))
+    )
+    base = str(server.url.copy_with(raw_path=b"/deploy%2Fone/v1"))
+    async with OpenAICompatibleLM("m", base, max_retries=0) as lm:
+        await lm.chat([{"role": "user", "content": "hi"}])
+    assert server.requests[0].startswith(b"POST /deploy%2Fone/v1/chat/completions HTTP/1.1\r\n")
+
+
 def test_retry_after_is_read_from_raw_headers_in_any_case() -> None:
     assert raw_retry_after([(b"Retry-After", b"3")]) == 3.0
     assert raw_retry_after([(b"retry-after", b"3"), (b"Retry-After-Ms", b"250")]) == 0.25
