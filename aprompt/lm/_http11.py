@@ -309,6 +309,9 @@ class _Connection:
         for name, value in headers:
             lower = name.lower()
             if lower == b"content-length":
+                # Lengths that differ leave the body's end unknown: either could cut it or run it on.
+                if length is not None and value != length:
+                    raise TransportError("malformed reply: its Content-Length headers differ")
                 length = value
             elif lower == b"transfer-encoding":
                 chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"

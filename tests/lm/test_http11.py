@@ -243,6 +243,22 @@ async def test_a_chunk_longer_or_shorter_than_its_size_is_a_transport_error(
     await transport.aclose()
 
 
+async def test_content_lengths_that_differ_are_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # The last one was taken: "okok" read as the body, where the first says "ok".
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 4\r\n\r\nokok"
+    server = await serve(
+        replying(reply, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok")
+    )
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="Content-Length headers differ"):
+        await post(transport, server)
+    repeated = await post(transport, server)  # the same length twice is no ambiguity
+    await transport.aclose()
+    assert repeated.content == b"ok"
+
+
 async def test_a_chunked_reply_arriving_a_byte_at_a_time_is_read_whole(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
