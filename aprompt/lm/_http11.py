@@ -303,9 +303,10 @@ class _Connection:
         self, status: int, version: bytes, headers: list[tuple[bytes, bytes]], cap: int
     ) -> tuple[bytes, bool, bool]:
         """The body (decoded), whether it was cut at ``cap``, and whether the connection can be reused."""
-        length = chunked = None
+        length = None
         close = version == b"HTTP/1.0"
         encoding = b""
+        codings: list[bytes] = []
         for name, value in headers:
             lower = name.lower()
             if lower == b"content-length":
@@ -314,7 +315,7 @@ class _Connection:
                     raise TransportError("malformed reply: its Content-Length headers differ")
                 length = value
             elif lower == b"transfer-encoding":
-                chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+                codings += [coding.strip() for coding in value.lower().split(b",")]
             elif lower == b"connection":
                 tokens = {token.strip() for token in value.lower().split(b",")}
                 if b"close" in tokens:
@@ -323,6 +324,11 @@ class _Connection:
                     close = False
             elif lower == b"content-encoding":
                 encoding = value.lower()
+        codings = [coding for coding in codings if coding not in (b"", b"identity")]
+        chunked = codings == [b"chunked"]
+        if codings and not chunked:
+            # Another coding (gzip, compress) would be returned still coded, as if it were the body.
+            raise TransportError(f"unsupported transfer-encoding {b', '.join(codings)[:40]!r}")
         body = _Body(cap, encoding)
         if status in (204, 304):
             return b"", False, not close

@@ -259,6 +259,24 @@ async def test_content_lengths_that_differ_are_a_transport_error(
     assert repeated.content == b"ok"
 
 
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip\r\nTransfer-Encoding: chunked"])
+async def test_a_transfer_coding_besides_chunked_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]], coding: bytes
+) -> None:
+    # Only the chunked framing was undone: the gzip bytes came back as the body.
+    packed = gzip.compress(b"an answer")
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %b\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (
+        coding,
+        len(packed),
+        packed,
+    )
+    server = await serve(replying(chunked))
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="unsupported transfer-encoding b'gzip, chunked'"):
+        await post(transport, server)
+    await transport.aclose()
+
+
 async def test_a_chunked_reply_arriving_a_byte_at_a_time_is_read_whole(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
