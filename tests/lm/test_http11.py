@@ -331,6 +331,37 @@ async def test_a_gzip_body_is_decoded(serve: Callable[..., Awaitable[ScriptedSer
     assert reply.content == b"a compressed answer " * 20
 
 
+@pytest.mark.parametrize(
+    ("packed", "problem"),
+    [
+        (gzip.compress(b"a compressed answer " * 20)[:-12], "compressed body is cut short"),
+        (
+            gzip.compress(b"first part, ") + gzip.compress(b"second part"),
+            "runs on past its compressed stream",
+        ),
+    ],
+    ids=["cut", "two-members"],
+)
+async def test_a_gzip_body_cut_short_or_running_on_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]], packed: bytes, problem: str
+) -> None:
+    # Either was returned as a whole body: the cut one without its end, the two members' without the
+    # second.
+    server = await serve(
+        replying(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(packed), packed),
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n",
+        )
+    )
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match=problem):
+        await post(transport, server)
+    empty = await post(transport, server)  # an empty body has nothing to decode
+    await transport.aclose()
+    assert empty.content == b""
+
+
 async def test_a_reply_with_connection_close_or_http_1_0_is_not_reused(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
