@@ -476,7 +476,8 @@ class HTTP11Transport:
         if url.scheme not in ("http", "https"):
             raise ValueError(f"unsupported URL scheme {url.scheme!r}")
         self._tls = url.scheme == "https"
-        self._host = url.host
+        # The host as it goes on the wire: an internationalized name in its ASCII (IDNA) form.
+        self._host = url.raw_host.decode("ascii")
         self._port = url.port or (443 if self._tls else 80)
         self._ssl_context = ssl_context or ssl.create_default_context
         self._connections = connections

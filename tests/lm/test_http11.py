@@ -608,6 +608,13 @@ def server_tls() -> ssl.SSLContext:
     return context
 
 
+async def test_an_internationalized_host_name_is_looked_up_in_its_ascii_form() -> None:
+    # Its Unicode form went into the Host header: a UnicodeEncodeError out of chat(), not an LMError.
+    async with OpenAICompatibleLM("m", "http://bücher.invalid:1/v1", max_retries=0, timeout=10) as lm:
+        with pytest.raises(LMConnectionError, match=r"connection failed: .*xn--bcher-kva\.invalid"):
+            await lm.chat([{"role": "user", "content": "hi"}])
+
+
 async def test_tls_requests_are_verified_and_reuse_their_connection(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
