@@ -28,6 +28,7 @@ from typing import Any
 import httpcore  # noqa: F401
 import httpx
 
+from aprompt._errors import ConfigError
 from aprompt.lm._http11 import KEEPALIVE_EXPIRY, HTTP11Transport
 from aprompt.lm._transport import HttpxTransport, Transport
 
@@ -148,7 +149,16 @@ class LaneTransports:
         self._ssl: ssl.SSLContext | None = None
 
     def for_endpoint(self, url: httpx.URL) -> Callable[[int], Transport]:
+        """Raises ConfigError when a proxy applies that httpx cannot speak to (SOCKS without socksio, an
+        unknown scheme): found here, when the client is made, rather than as its first call fails."""
         if proxy_applies(url):
+            try:
+                self.httpx_transport(1)  # the proxy settings are read as the client is built
+            except (ImportError, ValueError) as exc:
+                raise ConfigError(
+                    f"the environment names a proxy for {url} that cannot be used ({exc}); fix or unset "
+                    "HTTP_PROXY / HTTPS_PROXY / ALL_PROXY, or add the host to NO_PROXY"
+                ) from None
             return self.httpx_transport
 
         def http11_transport(connections: int) -> Transport:

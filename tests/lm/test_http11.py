@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib.util
 import json
 import socket
 import ssl
@@ -18,7 +19,7 @@ import pytest
 import uvloop
 from anyio.streams.tls import TLSListener
 
-from aprompt._errors import LMConnectionError
+from aprompt._errors import ConfigError, LMConnectionError
 from aprompt.lm._connections import LaneTransports, proxy_applies
 from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, STALE_FAILURE_WITHIN, HTTP11Transport
 from aprompt.lm._transport import HttpxTransport, TransportError, request_url
@@ -694,6 +695,20 @@ def test_an_endpoint_no_proxy_bypasses_uses_our_transport(monkeypatch: pytest.Mo
     assert isinstance(
         LaneTransports(timeout=1.0).for_endpoint(httpx.URL("http://127.0.0.1:8000/v1"))(1), HTTP11Transport
     )
+
+
+@pytest.mark.parametrize("proxy", ["socks5://127.0.0.1:1080", "ftp://proxy.invalid:21"])
+def test_a_proxy_in_the_environment_that_cannot_be_used_is_a_config_error_when_the_client_is_made(
+    monkeypatch: pytest.MonkeyPatch, proxy: str
+) -> None:
+    # It was an ImportError (SOCKS without socksio) or a ValueError out of the first chat() call.
+    if proxy.startswith("socks") and importlib.util.find_spec("socksio") is not None:
+        pytest.skip("socksio is installed: httpx can use a SOCKS proxy")
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", proxy)
+    with pytest.raises(ConfigError, match=r"proxy for http://llm\.invalid:8000/v1 that cannot be used"):
+        OpenAICompatibleLM("m", "http://llm.invalid:8000/v1", api_key="k")
 
 
 # -- what the LM path reads from a reply ---------------------------------------------------------
