@@ -634,9 +634,10 @@ class HTTPChatLM(abc.ABC):
         if stated is not None:
             apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
         if not 200 <= status < 300:
+            message = _redirect_message(headers) if 300 <= status < 400 else self._server_message(content)
             raise error_for_status(
                 status,
-                self._scrub(self._server_message(content))[:_MESSAGE_CHARS],
+                self._scrub(message)[:_MESSAGE_CHARS],
                 endpoint=endpoint.url,
                 retry_after=raw_retry_after(headers),
             )
@@ -736,6 +737,17 @@ def _check_messages(messages: Sequence[Message]) -> None:
         for field in ("role", "content"):
             if not isinstance(message.get(field), str):
                 raise ConfigError(f"message {index} needs a string {field!r}, got {message.get(field)!r:.60}")
+
+
+def _redirect_message(headers: list[tuple[bytes, bytes]]) -> str:
+    """What a redirect answer means for the caller: requests are not sent on (a POST redirected could be
+    sent twice, or its key to another host), so the endpoint's URL must be the one redirected to."""
+    location = next((value for name, value in headers if name.lower() == b"location"), b"")
+    where = f" to {location.decode('latin-1')}" if location else ""
+    return (
+        f"the server redirects{where}; redirects are not followed: "
+        "give the endpoint the base URL it redirects to"
+    )
 
 
 def _carries_error(content: bytes) -> bool:

@@ -19,7 +19,7 @@ import pytest
 import uvloop
 from anyio.streams.tls import TLSListener
 
-from aprompt._errors import ConfigError, LMConnectionError
+from aprompt._errors import ConfigError, LMConnectionError, LMStatusError
 from aprompt.lm._connections import LaneTransports, proxy_applies
 from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, STALE_FAILURE_WITHIN, HTTP11Transport
 from aprompt.lm._transport import HttpxTransport, TransportError, request_url
@@ -731,6 +731,20 @@ async def test_an_encoded_slash_in_the_base_path_is_sent_encoded(
     async with OpenAICompatibleLM("m", base, max_retries=0) as lm:
         await lm.chat([{"role": "user", "content": "hi"}])
     assert server.requests[0].startswith(b"POST /deploy%2Fone/v1/chat/completions HTTP/1.1\r\n")
+
+
+async def test_a_redirect_is_not_followed_and_its_error_names_where_it_points(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # It was a bare "HTTP 308": nothing said that the base URL had moved, nor where.
+    moved = b"HTTP/1.1 308 Permanent Redirect\r\nlocation: https://api.example.com/v1/chat/completions\r\n"
+    server = await serve(replying(moved + b"Content-Length: 9\r\n\r\nRedirect."))
+    async with OpenAICompatibleLM("m", str(server.url.copy_with(path="/v1", query=None)), api_key="k") as lm:
+        with pytest.raises(LMStatusError, match="HTTP 308") as caught:
+            await lm.chat([{"role": "user", "content": "hi"}])
+    assert "redirects to https://api.example.com/v1/chat/completions" in str(caught.value)
+    assert "give the endpoint the base URL it redirects to" in str(caught.value)
+    assert len(server.requests) == 1  # neither followed nor retried
 
 
 def test_retry_after_is_read_from_raw_headers_in_any_case() -> None:
