@@ -152,11 +152,12 @@ class AuthenticationError(RequestRejectedError):
 class ContextOverflowError(RequestRejectedError):
     """The endpoint refused the request as longer than the model's context window (OpenAI's
     ``context_length_exceeded``, llama.cpp's ``exceed_context_size_error``, Anthropic's "prompt is too
-    long"); never retried. In an evaluation it is the prompt's failure: its example scores 0 (a candidate
-    whose demos make the prompt too long fails there as deployed), where other LM failures leave it
-    unscored. When the unoptimized program's own prompt overflows, :func:`aprompt.optimize` stops with an
-    :class:`OptimizationError` before the search: give the model a larger context (e.g.
-    ``local_lm(ctx_per_slot=...)``), or shorten or leave out the examples it names."""
+    long" and "input length and `max_tokens` exceed context limit"); never retried. In an evaluation it is
+    the prompt's failure: its example scores 0 (a candidate whose demos make the prompt too long fails
+    there as deployed), where other LM failures leave it unscored. When the unoptimized program's own
+    prompt overflows, :func:`aprompt.optimize` stops with an :class:`OptimizationError` before the search:
+    give the model a larger context (e.g. ``local_lm(ctx_per_slot=...)``), or shorten or leave out the
+    examples it names."""
 
 
 class BadResponseError(LMError):

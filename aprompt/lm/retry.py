@@ -198,10 +198,11 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
 
 #: How servers word a refusal of a prompt longer than the model's context: OpenAI, vLLM, OpenRouter,
 #: Mistral ("maximum context length"), llama.cpp ("exceeds the available context size"), Anthropic ("prompt
-#: is too long"), Bedrock ("input is too long"), Gemini ("input token count ... exceeds the maximum number of
-#: tokens"), TGI ("`inputs` tokens + `max_new_tokens` must be <= ...").
+#: is too long", and "input length and `max_tokens` exceed context limit" for a prompt that leaves no room
+#: for the reply's budget), Bedrock ("input is too long"), Gemini ("input token count ... exceeds the
+#: maximum number of tokens"), TGI ("`inputs` tokens + `max_new_tokens` must be <= ...").
 _CONTEXT_OVERFLOW = re.compile(
-    r"context[ _-]?(?:length|size|window)|prompt is too long|input is too long"
+    r"context[ _-]?(?:length|size|window|limit)|prompt is too long|input is too long"
     r"|exceeds the maximum number of tokens|max_new_tokens` must be",
     re.IGNORECASE,
 )

@@ -16,6 +16,7 @@ import pytest
 from aprompt._errors import (
     AuthenticationError,
     ConfigError,
+    ContextOverflowError,
     LMError,
     RateLimitError,
     RequestRejectedError,
@@ -381,6 +382,22 @@ async def test_a_400_is_a_request_rejected_error_and_is_not_retried(
     assert caught.value.status_code == 400
     assert "first message must use the 'user' role" in caught.value.server_message
     assert len(server.chat_requests) == 1 and lm.usage.errors == 1
+
+
+async def test_a_prompt_leaving_no_room_for_max_tokens_is_a_context_overflow_not_retried(
+    server: FakeAnthropicServer, kwargs: dict[str, Any]
+) -> None:
+    """The API's 400 for input + ``max_tokens`` over the context is the prompt's, as "prompt is too long"."""
+    message = (
+        "input length and `max_tokens` exceed context limit: 199500 + 1024 > 200000, "
+        "decrease input length or `max_tokens` and try again"
+    )
+    server.queue_faults(Fault.http_status(400, message))
+    async with AnthropicLM(**kwargs) as lm:
+        with pytest.raises(ContextOverflowError) as caught:
+            await lm.chat(HELLO)
+    assert caught.value.server_message == f"invalid_request_error: {message}"
+    assert len(server.chat_requests) == 1
 
 
 # -- cache ---------------------------------------------------------------------------------------
