@@ -1,5 +1,5 @@
 """What makes a 2xx reply an answer, for the HTTP clients: its body within a size cap, and a finish
-that is neither empty, filtered, stopped on a server fault nor cut at its token budget (see
+that is neither empty, filtered, paused, stopped on a server fault nor cut at its token budget (see
 :mod:`aprompt.lm._http` for how each failure is retried)."""
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
 #: OpenRouter's ``"error"`` (an upstream failure mid-reply) and vLLM's ``"abort"``/``"error"``.
 _FAULT_REASONS = frozenset({"error", "abort"})
 
+#: Finish reasons of a turn the provider paused before its end, whatever text came with it: Anthropic's
+#: ``"pause_turn"`` (a long turn with server tools, to be continued by another request).
+_PAUSED_REASONS = frozenset({"pause_turn"})
+
 #: Set by a caller that can tell a cut reply which already holds its whole answer (a predictor whose
 #: every output field was written, each ended before the cut): such a reply is an answer.
 _CUT_REPLY_IS_ANSWER: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
@@ -101,6 +105,13 @@ def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteRespons
     if reason == "content_filter":
         return ContentFilteredError(
             "the provider withheld the reply (finish_reason 'content_filter')",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
+    if reason in _PAUSED_REASONS:
+        return IncompleteResponseError(
+            f"the provider paused the reply before its end (finish_reason {reason!r})",
             finish_reason=reason,
             text=completion.text,
             endpoint=endpoint,

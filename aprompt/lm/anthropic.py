@@ -150,8 +150,8 @@ class AnthropicLM(HTTPChatLM):
     ``max_response_bytes`` are as for :class:`~aprompt.lm.openai.OpenAICompatibleLM`.
 
     A 200 that is not an answer raises an :class:`~aprompt._errors.IncompleteResponseError`: no text
-    content, ``stop_reason`` ``"refusal"`` (:class:`~aprompt._errors.ContentFilteredError`), or
-    ``"max_tokens"`` / ``"model_context_window_exceeded"``
+    content, ``stop_reason`` ``"refusal"`` (:class:`~aprompt._errors.ContentFilteredError`),
+    ``"pause_turn"`` (a turn paused before its end), or ``"max_tokens"`` / ``"model_context_window_exceeded"``
     (:class:`~aprompt._errors.TruncatedResponseError`, after one re-send with twice the
     ``max_tokens``); see :mod:`aprompt.lm._http`.
 

@@ -17,6 +17,7 @@ from aprompt._errors import (
     AuthenticationError,
     ConfigError,
     ContextOverflowError,
+    IncompleteResponseError,
     LMError,
     RateLimitError,
     RequestRejectedError,
@@ -286,6 +287,21 @@ async def test_a_reply_cut_by_max_tokens_is_resent_with_twice_the_budget(
         completion = await lm.chat(HELLO, max_tokens=10)
     assert (completion.text, completion.finish_reason) == ("x" * 60, "stop")
     assert [sent(server, i)["max_tokens"] for i in range(2)] == [10, 20]
+
+
+async def test_a_paused_turn_is_not_an_answer_and_is_sent_again(
+    server: FakeAnthropicServer, kwargs: dict[str, Any]
+) -> None:
+    """``pause_turn``: the API stopped a long turn midway; its text is a part of a reply, not the reply."""
+    server.queue_faults(Fault.reply("Let me look that up.", finish_reason="pause_turn"))
+    async with AnthropicLM(**kwargs, max_retries=1) as lm:
+        completion = await lm.chat(HELLO)
+        assert (completion.text, completion.finish_reason) == ("Answer: ok", "stop")
+        server.queue_faults(*[Fault.reply("Still looking.", finish_reason="pause_turn")] * 2)
+        with pytest.raises(IncompleteResponseError) as caught:
+            await lm.chat(question(1))
+    assert (caught.value.finish_reason, caught.value.text) == ("pause_turn", "Still looking.")
+    assert len(server.chat_requests) == 4
 
 
 # -- retries -------------------------------------------------------------------------------------
