@@ -204,8 +204,9 @@ class AnthropicLM(HTTPChatLM):
         endpoint_cooldown: float = 5.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        if max_tokens < 1:
-            raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            # Sent as given, anything else makes the API refuse every request.
+            raise ConfigError(f"max_tokens must be an integer of at least 1, got {max_tokens!r}")
         # Read by _auth_headers, which the base class calls while it builds the endpoints.
         self._anthropic_version = anthropic_version
         if base_url is None:

@@ -147,9 +147,12 @@ async def test_max_tokens_is_always_sent_and_a_call_or_default_params_override_i
     assert "max_completion_tokens" not in sent(server, 2)
 
 
-async def test_a_max_tokens_below_one_is_a_config_error(kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize("max_tokens", [0, 1.5, True, "100"])
+async def test_a_max_tokens_that_is_not_a_positive_integer_is_a_config_error(
+    kwargs: dict[str, Any], max_tokens: object
+) -> None:
     with pytest.raises(ConfigError, match="max_tokens"):
-        AnthropicLM(**kwargs, max_tokens=0)
+        AnthropicLM(**kwargs, max_tokens=max_tokens)  # type: ignore[arg-type]
 
 
 async def test_stop_becomes_stop_sequences_and_openai_only_params_are_dropped(
