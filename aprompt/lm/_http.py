@@ -75,6 +75,7 @@ from aprompt.lm._replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
     incomplete_reply,
+    is_answered_failure,
     larger_budget,
 )
 from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout, request_url
@@ -691,8 +692,12 @@ class HTTPChatLM(abc.ABC):
                 )
             else:
                 logger.debug("%s: HTTP 429 within a pause", endpoint.url)
-        elif isinstance(error, LMConnectionError | LMTimeoutError) or (
-            isinstance(error, ServerError) and error.status_code >= 500
+        elif (
+            isinstance(error, LMConnectionError | LMTimeoutError)
+            or (isinstance(error, ServerError) and error.status_code >= 500)
+            # A body that is no reply, or one the server stopped on a fault: the endpoint's, not the
+            # request's (an empty, filtered or cut reply is the model's, and says nothing of the endpoint).
+            or (isinstance(error, BadResponseError) and not is_answered_failure(error))
         ):
             self._pool.mark_unhealthy(endpoint)
 

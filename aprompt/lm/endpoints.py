@@ -3,7 +3,8 @@
 Each request goes to the least-loaded *available* endpoint, load being ``in_flight /
 max_concurrency`` (requests routed to it, waiting for a slot included), so an endpoint with a
 quarter of the capacity gets about a quarter of the traffic. An endpoint is unavailable while it
-cools down after a connection error, timeout or 5xx, or while its limiter is paused by a 429; a
+cools down after a connection error, timeout, 5xx or malformed reply (a body that is no chat reply,
+or one the server stopped on a fault), or while its limiter is paused by a 429; a
 retry therefore fails over to another one. When every endpoint is unavailable the least-loaded one
 is used anyway (the retry back-off spaces those).
 """
@@ -183,7 +184,8 @@ class EndpointPool:
 
     Args:
         endpoints: at least one endpoint.
-        cooldown: seconds an endpoint is avoided after a connection error, timeout or 5xx.
+        cooldown: seconds an endpoint is avoided after a connection error, timeout, 5xx or malformed
+            reply.
         clock: a monotonic clock in seconds.
     """
 

@@ -59,7 +59,8 @@ class OpenAICompatibleLM(HTTPChatLM):
             CPU per request in proportion to the square of its connections). Without one, an
             endpoint behind a proxy named by the environment (``HTTPS_PROXY`` ...) is reached through
             httpx clients of our own.
-        endpoint_cooldown: seconds an endpoint is avoided after a connection error, timeout or 5xx.
+        endpoint_cooldown: seconds an endpoint is avoided after a connection error, timeout, 5xx or
+            malformed reply.
         max_response_bytes: the longest response body read (default 10 MiB); a longer one fails the
             attempt with :class:`~aprompt._errors.BadResponseError` (retried).
         seed_rollouts: send each request's rollout (``chat(..., rollout=k)``, 0 by default) as the

@@ -211,6 +211,27 @@ async def test_calls_fail_over_when_one_endpoint_drops_every_connection(
     assert 1 <= len(fake_server.chat_requests) <= 8
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.html_page(), Fault.invalid_json(), Fault.reply("Half a repl", finish_reason="abort")],
+    ids=["html_page", "invalid_json", "stopped_on_a_fault"],
+)
+async def test_calls_fail_over_when_one_endpoint_answers_no_reply(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer, fault: Fault
+) -> None:
+    """A replica answering 200 with no chat reply (a misrouted proxy's page, a generation stopped on a
+    fault) is avoided like one that fails with a 5xx, not sent about half the requests, each re-sent."""
+    fake_server.fault_rates = [(fault, 1.0)]
+    for server in (fake_server, second_server):
+        server.latency = 0.01
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=8, retry=QUICK) as lm:
+        await run_calls(lm, 40)
+    assert lm.usage.calls == 40 and lm.usage.errors == 0
+    assert len(second_server.chat_requests) == 40
+    assert 1 <= len(fake_server.chat_requests) <= 8
+
+
 @both_backends
 async def test_endpoint_with_a_lower_concurrency_limit_gets_proportionally_fewer_calls(
     fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
