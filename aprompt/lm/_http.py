@@ -166,6 +166,15 @@ class HTTPChatLM(abc.ABC):
             raise ConfigError(f"max_concurrency must be an integer of at least 1, got {max_concurrency!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if (
+            isinstance(endpoint_cooldown, bool)
+            or not isinstance(endpoint_cooldown, int | float)
+            or not endpoint_cooldown >= 0
+        ):
+            # NaN would keep an endpoint that failed once out of use for good; a string would fail later.
+            raise ConfigError(
+                f"endpoint_cooldown must be a number of seconds >= 0, got {endpoint_cooldown!r}"
+            )
         self._model = model
         default_key = api_key if api_key is not None else _env(api_key_env)
         specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)

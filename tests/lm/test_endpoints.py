@@ -102,6 +102,12 @@ def test_an_endpoint_concurrency_that_is_not_a_positive_integer_is_a_config_erro
         OpenAICompatibleLM("m", [Endpoint("http://gpu-1:8000/v1", max_concurrency=value)], api_key="")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("cooldown", [float("nan"), -1.0, True, "5"])
+def test_an_endpoint_cooldown_that_is_not_a_number_of_seconds_is_a_config_error(cooldown: object) -> None:
+    with pytest.raises(ConfigError, match="endpoint_cooldown"):
+        OpenAICompatibleLM("m", "http://gpu-1:8000/v1", api_key="", endpoint_cooldown=cooldown)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "url", ["my-resource.example.com/openai?api-key=SECRET-123456", "https:///v1?key=SECRET-123456"]
 )
