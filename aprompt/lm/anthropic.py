@@ -118,7 +118,11 @@ def _translate_params(params: Mapping[str, Any]) -> dict[str, Any]:
     stop = out.pop("stop", None)
     if stop is not None:
         given = out.get("stop_sequences") or []
-        out["stop_sequences"] = [*given, *([stop] if isinstance(stop, str) else stop)]
+        # A string is one sequence, on either side: spread into a list, it would stop at each character.
+        out["stop_sequences"] = [
+            *([given] if isinstance(given, str) else given),
+            *([stop] if isinstance(stop, str) else stop),
+        ]
     temperature = out.get("temperature")
     if isinstance(temperature, int | float) and temperature > _MAX_TEMPERATURE:
         out["temperature"] = _MAX_TEMPERATURE

@@ -171,6 +171,15 @@ async def test_stop_becomes_stop_sequences_and_openai_only_params_are_dropped(
     assert second["stop_sequences"] == ["###", "END", "STOP"]
 
 
+async def test_stop_sequences_given_as_a_string_with_stop_stay_one_sequence(
+    server: FakeAnthropicServer, kwargs: dict[str, Any]
+) -> None:
+    """Not one sequence per character, which would end every reply at its first "E", "N" or "D"."""
+    async with AnthropicLM(**kwargs) as lm:
+        await lm.chat(HELLO, stop="\n", stop_sequences="END")
+    assert sent(server)["stop_sequences"] == ["END", "\n"]
+
+
 async def test_other_params_pass_through_unchanged(
     server: FakeAnthropicServer, kwargs: dict[str, Any]
 ) -> None:
