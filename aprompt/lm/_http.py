@@ -57,6 +57,7 @@ import httpx
 import tenacity
 
 from aprompt._errors import (
+    AuthenticationError,
     BadResponseError,
     ConfigError,
     LMConnectionError,
@@ -182,6 +183,7 @@ class HTTPChatLM(abc.ABC):
         shared = HttpxTransport(http_client, owned=False) if http_client is not None else None
         states: list[EndpointState] = []
         keys: list[str | None] = []
+        keyless: set[str] = set()  # endpoints sent no key because api_key_env is not set
         for spec in specs:
             endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
             # "" is a key given as none (a local server beside a cloud one): not the client's.
@@ -198,6 +200,8 @@ class HTTPChatLM(abc.ABC):
             else:
                 key = default_key
             target, url, hidden = endpoint_urls(endpoint.url)
+            if key is None and api_key is None and api_key_env:
+                keyless.add(url)
             keys.extend(value for value in hidden if len(value) >= 8)  # scrubbed from messages too
             if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
                 # Sent as is, a line break would end the request's head early or add a header.
@@ -226,6 +230,10 @@ class HTTPChatLM(abc.ABC):
         # A key is also scrubbed as the server saw it: a header value's surrounding spaces are not its
         # own (a key pasted with a trailing space comes back without it).
         self._secrets = tuple({secret for key in keys if key for secret in (key, key.strip()) if secret})
+        # A refusal of a request sent without a key says so: the server's own words ("Unauthorized")
+        # do not tell a first run that the variable was never set.
+        self._keyless = frozenset(keyless)
+        self._unset_key = f"no API key was sent: ${api_key_env} is not set (set it, or pass api_key=)"
         # Parsed once: httpx would parse a string URL again for every request.
         self._request_urls = {state: request_url(state.target, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
@@ -408,15 +416,18 @@ class HTTPChatLM(abc.ABC):
                 continue
             skip.add(identity)
             # Through the connection the first call will take: it stays open for it.
-            await probe_endpoint(
-                state.url,
-                state.headers,
-                transport=state.lanes.idle_transport(),
-                within=within,
-                target=state.target,
-                path=self.probe_path,
-                secrets=self._secrets,  # a key in the URL's query, which the headers do not hold
-            )
+            try:
+                await probe_endpoint(
+                    state.url,
+                    state.headers,
+                    transport=state.lanes.idle_transport(),
+                    within=within,
+                    target=state.target,
+                    path=self.probe_path,
+                    secrets=self._secrets,  # a key in the URL's query, which the headers do not hold
+                )
+            except AuthenticationError as refused:
+                raise self._explain_refusal(refused) from None
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).
@@ -645,12 +656,13 @@ class HTTPChatLM(abc.ABC):
             apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
         if not 200 <= status < 300:
             message = _redirect_message(headers) if 300 <= status < 400 else self._server_message(content)
-            raise error_for_status(
+            error = error_for_status(
                 status,
                 self._scrub(message)[:_MESSAGE_CHARS],
                 endpoint=endpoint.url,
                 retry_after=raw_retry_after(headers),
             )
+            raise self._explain_refusal(error) if isinstance(error, AuthenticationError) else error
         if too_large:
             raise BadResponseError(
                 f"response body larger than max_response_bytes={self._max_response_bytes}",
@@ -720,6 +732,18 @@ class HTTPChatLM(abc.ABC):
             self._retry.max_retries + 1,
             error,
             sleep,
+        )
+
+    def _explain_refusal(self, error: AuthenticationError) -> AuthenticationError:
+        """``error``, saying that no key was sent when its endpoint got none for want of the variable."""
+        if error.endpoint not in self._keyless:
+            return error
+        return AuthenticationError(
+            f"{error.args[0]}; {self._unset_key}",
+            status_code=error.status_code,
+            server_message=error.server_message,
+            endpoint=error.endpoint,
+            retry_after=error.retry_after,
         )
 
     def _scrub(self, text: str) -> str:

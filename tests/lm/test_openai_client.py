@@ -107,6 +107,21 @@ async def test_api_key_is_read_from_the_environment_variable(
     assert fake_server.chat_requests[0].headers["authorization"] == f"Bearer {TEST_API_KEY}"
 
 
+async def test_a_request_refused_for_want_of_a_key_says_which_variable_is_not_set(
+    fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MY_FAKE_KEY", raising=False)
+    async with OpenAICompatibleLM("fake-model", fake_server.base_url, api_key_env="MY_FAKE_KEY") as lm:
+        with pytest.raises(AuthenticationError, match=r"no API key was sent: \$MY_FAKE_KEY is not set"):
+            await lm.chat(HELLO)
+    assert "authorization" not in fake_server.chat_requests[0].headers
+    # A wrong key is not a missing one.
+    async with OpenAICompatibleLM("fake-model", fake_server.base_url, api_key=TEST_API_KEY + "x") as lm:
+        with pytest.raises(AuthenticationError) as caught:
+            await lm.chat(HELLO)
+    assert "no API key was sent" not in str(caught.value)
+
+
 async def test_repr_shows_model_and_endpoint_but_not_the_key(lm_kwargs: dict[str, Any]) -> None:
     lm = OpenAICompatibleLM(**lm_kwargs)
     assert "fake-model" in repr(lm) and lm_kwargs["base_url"] in repr(lm)

@@ -248,6 +248,24 @@ async def test_a_bad_api_key_names_the_endpoint_never_the_key(tmp_path: Path) ->
     assert error.__cause__ is None and error.__context__ is None  # no httpx request (with headers) attached
 
 
+async def test_a_run_without_a_key_set_is_told_which_variable_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    async with (
+        FakeAnthropicServer(api_key=TEST_API_KEY) as anthropic,
+        aprompt.AnthropicLM("fake-claude", anthropic.base_url) as lm,
+    ):
+        with pytest.raises(aprompt.AuthenticationError) as info:
+            await aprompt.optimize(
+                TwoStageProgram(), examples(0, 40), metric, lm=lm, run_dir=tmp_path / "run"
+            )
+        assert anthropic.chat_requests == []
+    assert "no API key was sent: $ANTHROPIC_API_KEY is not set" in str(info.value)
+    assert info.value.status_code == 401 and info.value.endpoint == anthropic.base_url
+    assert not (tmp_path / "run").exists()
+
+
 async def test_an_anthropic_proposer_whose_key_is_refused_stops_the_run_up_front(
     fake_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
