@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import re
+import typing
 from pathlib import Path
 from types import ModuleType
 
@@ -193,3 +194,20 @@ def test_optimize_events_and_optimize_sync_take_the_arguments_of_optimize() -> N
 
     assert events == {name: p for name, p in optimize.items() if name != "on_event"}
     assert sync == {**optimize, "backend": (inspect.Parameter.KEYWORD_ONLY, "asyncio")}
+
+
+def test_the_type_hints_of_every_public_function_resolve() -> None:
+    """Tools that read annotations at run time (``typing.get_type_hints``, ``inspect.signature(...,
+    eval_str=True)``: validators, CLI builders, docs) must resolve every public signature."""
+    unresolved = []
+    for name in aprompt.__all__:
+        value = getattr(aprompt, name)
+        functions = [value] if inspect.isfunction(value) else []
+        if inspect.isclass(value):
+            functions = [f for f in vars(value).values() if inspect.isfunction(f)]
+        for function in functions:
+            try:
+                typing.get_type_hints(function)
+            except NameError as exc:
+                unresolved.append(f"{name}: {function.__qualname__}: {exc}")
+    assert unresolved == []

@@ -73,7 +73,9 @@ class ScoreWithFeedback(Protocol):
 #: What a metric returns: a score (a bool or a float in [0, 1]), or a score with text feedback saying
 #: why, as a pair ``(score, feedback)`` or an object with ``.score`` and ``.feedback``.
 MetricValue = float | bool | tuple[float | bool, str | None] | ScoreWithFeedback
-Metric = Callable[[Example, Any], "MetricValue | Awaitable[MetricValue]"]
+# Unquoted: ``typing.get_type_hints(aprompt.optimize)`` would look a quoted ``MetricValue`` up in
+# the module of ``optimize``, which does not import it.
+Metric = Callable[[Example, Any], MetricValue | Awaitable[MetricValue]]
 
 
 @attrs.frozen
