@@ -427,7 +427,7 @@ class HTTPChatLM(abc.ABC):
                     secrets=self._secrets,  # a key in the URL's query, which the headers do not hold
                 )
             except AuthenticationError as refused:
-                raise self._explain_refusal(refused) from None
+                raise self._explained(refused) from None
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).
@@ -662,7 +662,7 @@ class HTTPChatLM(abc.ABC):
                 endpoint=endpoint.url,
                 retry_after=raw_retry_after(headers),
             )
-            raise self._explain_refusal(error) if isinstance(error, AuthenticationError) else error
+            raise self._explained(error)
         if too_large:
             raise BadResponseError(
                 f"response body larger than max_response_bytes={self._max_response_bytes}",
@@ -734,12 +734,20 @@ class HTTPChatLM(abc.ABC):
             sleep,
         )
 
-    def _explain_refusal(self, error: AuthenticationError) -> AuthenticationError:
-        """``error``, saying that no key was sent when its endpoint got none for want of the variable."""
-        if error.endpoint not in self._keyless:
+    def _explained(self, error: LMStatusError) -> LMStatusError:
+        """``error`` with what to check: the variable of a key never sent, or, for a 404, the URL the
+        request went to and the model (a base URL without its ``/v1``, or a mistyped model)."""
+        if isinstance(error, AuthenticationError) and error.endpoint in self._keyless:
+            hint = self._unset_key
+        elif error.status_code == 404 and error.endpoint is not None:
+            hint = (
+                f"check the base URL (this request went to {request_url(error.endpoint, self.path)}) "
+                f"and the model name {self._model!r}"
+            )
+        else:
             return error
-        return AuthenticationError(
-            f"{error.args[0]}; {self._unset_key}",
+        return type(error)(
+            f"{error.args[0]}; {hint}",
             status_code=error.status_code,
             server_message=error.server_message,
             endpoint=error.endpoint,

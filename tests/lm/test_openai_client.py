@@ -18,7 +18,14 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import AuthenticationError, BadResponseError, ConfigError, LMError, ServerError
+from aprompt._errors import (
+    AuthenticationError,
+    BadResponseError,
+    ConfigError,
+    LMError,
+    RequestRejectedError,
+    ServerError,
+)
 from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import CACHE_FILE_NAME, ResponseCache
@@ -120,6 +127,21 @@ async def test_a_request_refused_for_want_of_a_key_says_which_variable_is_not_se
         with pytest.raises(AuthenticationError) as caught:
             await lm.chat(HELLO)
     assert "no API key was sent" not in str(caught.value)
+
+
+async def test_a_404_names_the_url_the_request_went_to_and_the_model(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    # A base URL without its /v1 (or a mistyped model): the server's "Not Found" alone does not say which.
+    fake_server.queue_faults(Fault.http_status(404, "Not Found"))
+    base_url = lm_kwargs["base_url"] + "?api-version=1"
+    async with OpenAICompatibleLM(**{**lm_kwargs, "base_url": base_url}) as lm:
+        with pytest.raises(RequestRejectedError) as caught:
+            await lm.chat(HELLO)
+    url = f"{lm_kwargs['base_url']}/chat/completions?api-version=1"
+    expected = f"HTTP 404: Not Found; check the base URL (this request went to {url})"
+    assert str(caught.value).startswith(expected)
+    assert "the model name 'fake-model'" in str(caught.value) and caught.value.status_code == 404
 
 
 async def test_repr_shows_model_and_endpoint_but_not_the_key(lm_kwargs: dict[str, Any]) -> None:
