@@ -263,6 +263,7 @@ def test_python_dash_m_aprompt_teaches_with_examples(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert "examples:" in done.stdout and "aprompt optimize qa.py:QA" in done.stdout
     assert "exit codes:" in done.stdout
+    assert "130 interrupted (Ctrl-C), 143 stopped by SIGTERM" in " ".join(done.stdout.split())
 
 
 # -- errors and exit codes (in this process: no LM is ever reached) -----------------------------
