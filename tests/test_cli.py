@@ -379,3 +379,4 @@ def test_demo_passes_its_arguments_on(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--trials" in out and "held-out" in out
+    assert out.startswith("usage: aprompt demo [-h]")  # the command that was typed

@@ -207,7 +207,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 async def demo_command(args: argparse.Namespace) -> int:
     demo = importlib.import_module("aprompt.demo.__main__")
-    await demo.main(demo.parse_args(args.demo_args))
+    await demo.main(demo.parse_args(args.demo_args, prog="aprompt demo"))
     return EXIT_OK
 
 

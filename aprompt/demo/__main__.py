@@ -296,8 +296,9 @@ async def main(args: argparse.Namespace) -> None:
     print(f"demo finished in {finished:.0f} s after the model started ({_load()})")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m aprompt.demo", description=__doc__)
+def parse_args(argv: list[str] | None = None, prog: str = "python -m aprompt.demo") -> argparse.Namespace:
+    """The demo's options; ``prog`` is how its usage and errors name the command."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--budget", default="light", choices=["light", "medium", "heavy"])
     parser.add_argument("--train", type=int, default=60, help="training examples")
     parser.add_argument("--val", type=int, default=30, help="validation examples")
