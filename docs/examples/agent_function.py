@@ -67,7 +67,7 @@ def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.Open
 
 async def main(
     lm: aprompt.LM, out: str | os.PathLike[str], budget: Mapping[str, Any] = BUDGET
-) -> aprompt.OptimizeResult:
+) -> aprompt.OptimizeResult[Any]:  # the program is a function
     """Optimize ``answer``'s two predictors in place and save the result to ``out``."""
     result = await aprompt.optimize(
         answer, TRAINSET, exact_answer, lm=lm, budget=budget, seed=0, in_place=True

@@ -64,7 +64,7 @@ def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.Open
 class Report(NamedTuple):
     """What ``main`` saw: the result, the heartbeats while it ran, optimize_sync's refusal."""
 
-    result: aprompt.OptimizeResult
+    result: aprompt.OptimizeResult[SentimentProgram]
     beats_during_run: int
     refusal: str
 

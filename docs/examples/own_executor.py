@@ -60,7 +60,9 @@ class FreshCopyExecutor:
         return await execute_run(copy.deepcopy(program), run)
 
 
-async def main(lm: aprompt.LM, budget: Mapping[str, Any] = BUDGET) -> tuple[aprompt.OptimizeResult, int]:
+async def main(
+    lm: aprompt.LM, budget: Mapping[str, Any] = BUDGET
+) -> tuple[aprompt.OptimizeResult[WeeksToDays], int]:
     """Optimize ``WeeksToDays`` with the executor and in-process; both give the same result."""
     executor = FreshCopyExecutor()
     options: dict[str, Any] = {"lm": lm, "budget": budget, "seed": 0}

@@ -59,7 +59,7 @@ def lm_from_environment() -> contextlib.AbstractAsyncContextManager[aprompt.Open
 
 async def main(
     lm: aprompt.LM, out: str | os.PathLike[str], budget: Mapping[str, Any] = BUDGET
-) -> aprompt.OptimizeResult:
+) -> aprompt.OptimizeResult[WeeksToDays]:
     """Optimize ``WeeksToDays`` and save the result to ``out``."""
     result = await aprompt.optimize(WeeksToDays(), TRAINSET, right_days, lm=lm, budget=budget, seed=0)
     result.save(out)
