@@ -119,3 +119,24 @@ async def test_a_light_mipro_run_finishes_on_the_local_model_and_reports_held_ou
             f"optimized {after.mean:.3f}; validation {result.baseline_score:.3f} -> {result.score:.3f}; "
             f"{result.usage.lm_calls} LM calls, {result.seconds:.0f}s"
         )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"n_threads": 0},  # llama.cpp aborts the whole process on it
+        {"n_threads": -2},
+        {"n_threads": 1.5},
+        {"n_threads": True},
+        {"n_parallel": True},
+        {"n_parallel": "2"},
+        {"ctx_per_slot": 512.0},
+        {"n_parallel": 2**16, "ctx_per_slot": 2**16},
+        {"cache_ram_mib": 2**40},
+    ],
+)
+async def test_a_bad_server_option_is_a_config_error_before_the_server_starts(
+    options: dict[str, Any],
+) -> None:
+    with pytest.raises(aprompt.ConfigError, match=next(iter(options))):
+        aprompt.local_lm(**options)

@@ -109,6 +109,18 @@ def _check_client_options(options: dict[str, Any]) -> None:
             )
 
 
+#: llama.cpp's server takes its sizes as 32-bit ints.
+_INT32_MAX = 2**31 - 1
+
+
+def _check_count(name: str, value: object, least: int, meaning: str) -> None:
+    """Raise a ConfigError unless ``value`` is an int (not a bool) from ``least`` to llama.cpp's int32
+    limit: checked before the server starts, where a wrong type is a TypeError from xllamacpp and a
+    bad value can abort the process."""
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= _INT32_MAX:
+        raise ConfigError(f"LocalLM needs an int {name} >= {least} ({meaning}), got {value!r}")
+
+
 class LocalLM:
     """An async context manager running llama.cpp's OpenAI-compatible server on 127.0.0.1.
 
@@ -124,6 +136,10 @@ class LocalLM:
         cache_ram_mib: host memory (MiB) the server may keep prompt states in, to reuse their prefixes
             (llama.cpp's prompt cache); 0 turns it off. Each slot's own prompt prefix is reused either way.
         client_options: passed to :class:`OpenAICompatibleLM` (cache, timeout, ...).
+
+    Raises:
+        ConfigError: an option out of range or not an int (``n_threads=0`` included), or one the client
+            does not take; raised here, before the server starts.
     """
 
     def __init__(
@@ -136,12 +152,17 @@ class LocalLM:
         cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
         **client_options: Any,
     ) -> None:
-        if n_parallel < 1 or ctx_per_slot < 256:
-            raise ConfigError("LocalLM needs n_parallel >= 1 and ctx_per_slot >= 256")
-        if isinstance(cache_ram_mib, bool) or not isinstance(cache_ram_mib, int) or cache_ram_mib < 0:
+        _check_count("n_parallel", n_parallel, 1, "server slots")
+        _check_count("ctx_per_slot", ctx_per_slot, 256, "context tokens per slot")
+        if n_parallel * ctx_per_slot > _INT32_MAX:
             raise ConfigError(
-                f"LocalLM needs cache_ram_mib >= 0 (MiB; 0 turns the cache off), got {cache_ram_mib!r}"
+                f"LocalLM's context, n_parallel * ctx_per_slot = {n_parallel * ctx_per_slot}, is over "
+                f"llama.cpp's limit of {_INT32_MAX} tokens"
             )
+        if n_threads is not None:
+            # llama.cpp aborts the whole process on 0 threads: refused here, before the server starts.
+            _check_count("n_threads", n_threads, 1, "CPU threads; None: llama.cpp's choice")
+        _check_count("cache_ram_mib", cache_ram_mib, 0, "MiB; 0 turns the cache off")
         _check_client_options(client_options)
         self._model_path = find_local_model(model_path)
         self._n_parallel = n_parallel
