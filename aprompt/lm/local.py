@@ -184,7 +184,17 @@ class LocalLM:
         return f"{self._server.listening_address}/v1"
 
     def _start_server(self) -> Any:
-        return self._xllamacpp().Server(self.server_params())
+        xllamacpp = self._xllamacpp()
+        params = self.server_params()
+        try:
+            return xllamacpp.Server(params)
+        except RuntimeError as error:  # xllamacpp's one message for every failed start: "check the params"
+            raise ConfigError(
+                f"llama.cpp could not start a server on {self._model_path} ({error}): it is not a model "
+                "file llama.cpp can load (damaged, unreadable or another format), or n_parallel * "
+                f"ctx_per_slot is more context than this machine's memory holds; the embedded model "
+                f"installs with: {INSTALL_MODEL_COMMAND}"
+            ) from None
 
     @staticmethod
     def _xllamacpp() -> Any:
