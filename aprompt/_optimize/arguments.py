@@ -139,9 +139,15 @@ def check_lm(name: str, lm: object) -> None:
     model = getattr(lm, "model", None)
     chat = getattr(lm, "chat", None)
     if not isinstance(model, str) or not callable(chat):
+        # aprompt.local_lm() is the one a user most often passes un-entered.
+        entered = (
+            "; it is an async context manager: pass the LM it yields (async with ... as lm)"
+            if hasattr(lm, "__aenter__")
+            else ""
+        )
         raise ConfigError(
             f"{name} must be an LM (a `model` name and an async `chat` method, e.g. "
-            f"aprompt.OpenAICompatibleLM), got {type(lm).__name__} {_show(lm)}"
+            f"aprompt.OpenAICompatibleLM), got {type(lm).__name__} {_show(lm)}{entered}"
         )
     if (inspect.isfunction(chat) or inspect.ismethod(chat)) and not inspect.iscoroutinefunction(chat):
         raise ConfigError(f"{name}.chat must be an async method (async def chat(...)), got {_show(chat)}")

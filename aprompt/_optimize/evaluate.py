@@ -388,8 +388,8 @@ async def evaluate(
         ConfigError: ``examples`` is not a list of examples or mappings, a mapping lacks an input
             field or comes without ``input_fields``, or an example's inputs do not fit the program's
             call signature; ``metric`` cannot be called as
-            ``metric(example, prediction)`` or ``executor`` has no async ``run_program`` (both before
-            any LM call); or a metric value is not a score.
+            ``metric(example, prediction)``, ``lm`` is not an LM or ``executor`` has no async
+            ``run_program`` (each before any LM call); or a metric value is not a score.
 
     Example::
 
@@ -397,8 +397,13 @@ async def evaluate(
                                             input_fields=["question"], lm=lm)
         print(evaluation.mean, evaluation.table(examples).failing())
     """
+    # arguments imports this module: imported here. Not an LM, each example raises and scores 0.
+    from aprompt._optimize.arguments import check_lm
+
     check_metric(metric)  # else every example's LM calls are paid for and each scores 0
     check_executor(executor)
+    if lm is not None:
+        check_lm("lm", lm)
     items = _examples(examples, input_fields)
     check_inputs(program, items, "evaluated")  # else each run is a TypeError, scored 0
     return await evaluate_reporting(

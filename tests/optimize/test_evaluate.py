@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+import aprompt
 from aprompt import CacheError, ConfigError, Example, LMError, Prediction, ResponseCache
 from aprompt._optimize.evaluate import evaluate
 from aprompt.program.overrides import PromptOverride
@@ -72,6 +74,14 @@ async def test_a_metric_that_cannot_be_called_is_refused_before_any_lm_call(
         with pytest.raises(ConfigError, match="metric"):
             await evaluate(QAProgram(), qa_examples(0, 4), metric, lm=lm)
     assert fake_server.chat_requests == []
+
+
+async def test_an_lm_not_yet_entered_is_refused_before_any_program_call(tmp_path: Path) -> None:
+    # Passed as is, each example raised an AttributeError, scored 0: a mean of 0.0 for a program never run.
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match="async context manager: pass the LM it yields"):
+        await evaluate(QAProgram(), qa_examples(0, 4), exact_match, lm=aprompt.local_lm(model))  # type: ignore[arg-type]
 
 
 async def test_numpy_scores_are_scores(fake_server: FakeOpenAIServer) -> None:
