@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +117,24 @@ def test_the_demo_on_the_local_model_estimates_its_time_and_shows_sentences_and_
     assert clean_proposal(saved).text == saved  # nothing of the proposer's scaffolding to cut
     assert not any(f"{label}:" in saved for label in SCAFFOLDING_LABELS)
     assert re.search(r"^demo finished in \d+ s after the model started \(load average", printed, re.M)
+
+
+@pytest.mark.local_model
+def test_ctrl_c_while_the_demo_starts_its_model_exits_130_without_a_traceback() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aprompt.demo", "--test", "4", "--train", "6", "--val", "4", "--trials", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A child started in the background may inherit SIGINT ignored; a terminal's Ctrl-C is not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith("starting SmolLM2"):
+            break
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "interrupted." in stderr and "Traceback" not in stderr

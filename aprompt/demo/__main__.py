@@ -320,4 +320,10 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m aprompt.dem
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse_args())
+    # Through the command line's runner: Ctrl-C stops the server and exits 130 without a traceback, and
+    # an error is reported as the CLI reports it.
+    import sys
+
+    from aprompt._cli.main import main as cli_main
+
+    sys.exit(cli_main(["demo", *sys.argv[1:]]))
