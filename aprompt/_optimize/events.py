@@ -25,7 +25,10 @@ class PhaseStarted:
 
 @attrs.frozen
 class PhaseFinished:
-    """A phase ended, with the LM usage it cost and its wall time."""
+    """A phase ended, with the LM usage it cost and its wall time (as in ``OptimizeResult.phases``).
+
+    Every ``PhaseStarted`` of a run that returns a result has its ``PhaseFinished``: a phase a limit cut
+    short finishes when the run stops, before ``RunFinished``."""
 
     phase: str
     seconds: float

@@ -178,6 +178,8 @@ class RunContext:
     #: Set when a step ended unfinished with an answer that arrived but whose call did not end (the stop
     #: came between): whether the cache holds it is not known, so neither is what running it again costs.
     _answers_unsure: bool = attrs.field(default=False, init=False)
+    #: Phases (by their slot in ``phases``) that ended by an exception, their ``PhaseFinished`` not told yet.
+    _cut_phases: list[int] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.confirmation_kept = runs_kept_for_confirmation(self.trainset, self.valset)
@@ -592,11 +594,14 @@ class RunContext:
                         raise
                 else:
                     self._ended_whole = True
+                    await self._finish_cut_phases()
                     return outcome
             # The steps the limit dropped are the stop's, as in the uninterrupted run: a resume under the
             # same limit replays it.
             self._ended_whole = True
-            return await self._stopped(refusal)
+            stopped = await self._stopped(refusal)
+            await self._finish_cut_phases()
+            return stopped
         finally:
             self._check_own_limit()
             self.checkpoint(final=True)
@@ -700,6 +705,14 @@ class RunContext:
             self.checkpoint()
         return value
 
+    async def _finish_cut_phases(self) -> None:
+        """Tell the ``PhaseFinished`` of each phase a stop cut short, in the order they started: every
+        ``PhaseStarted`` of a run that returns a result has its ``PhaseFinished``."""
+        cut, self._cut_phases = sorted(self._cut_phases), []
+        for slot in cut:
+            record = self.phases[slot]
+            await self.emit(PhaseFinished(record.phase, record.seconds, record.usage))
+
     def _program_runs(self, value: object) -> int:
         """Program runs a step made, as its result tells them (to measure what one costs)."""
         if isinstance(value, Trial):
@@ -732,6 +745,11 @@ class RunContext:
         try:
             with measuring() as used:
                 yield
+        except BaseException:
+            # Cut short (a limit's refusal, a sibling step's cancellation): its PhaseFinished is told when
+            # the run goes on to its result (:meth:`_finish_cut_phases`), not from a cancelled task.
+            self._cut_phases.append(slot)
+            raise
         finally:
             record = PhaseUsage(name, time.monotonic() - started, used.snapshot(), started - self._started)
             self.phases[slot] = record

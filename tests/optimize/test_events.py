@@ -227,3 +227,20 @@ def test_optimize_events_takes_every_option_of_optimize_with_the_same_defaults()
     assert {name: (p.kind, p.default) for name, p in streamed.items()} == {
         name: (p.kind, p.default) for name, p in own.items()
     }
+
+
+@pytest.mark.parametrize("max_lm_calls", [120, 260])
+async def test_phases_a_limit_cuts_short_finish_before_the_run_does(max_lm_calls: int) -> None:
+    # 120 calls stop the run in the bootstrap, beside the baseline; 260 in the search's trials.
+    events: list[Event] = []
+    result, _ = await optimize_in_world(
+        on_event=events.append, limits=aprompt.Limits(max_lm_calls=max_lm_calls)
+    )
+    assert result.stopped_by == "max_lm_calls"
+    started = [e.phase for e in events if isinstance(e, PhaseStarted)]
+    finished = [e for e in events if isinstance(e, PhaseFinished)]
+    assert sorted(started) == sorted(e.phase for e in finished) == sorted(p.phase for p in result.phases)
+    assert sorted((e.phase, e.seconds, e.usage) for e in finished) == sorted(
+        (p.phase, p.seconds, p.usage) for p in result.phases
+    )
+    assert isinstance(events[-1], RunFinished)
