@@ -24,7 +24,14 @@ from aprompt._optimize.budget import Budget
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.confirmation import runs_kept_for_confirmation
 from aprompt._optimize.evaluate import Metric
-from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
+from aprompt._optimize.events import (
+    Event,
+    EventCallback,
+    FullEvaluation,
+    NewBest,
+    PhaseFinished,
+    PhaseStarted,
+)
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
@@ -618,6 +625,9 @@ class RunContext:
             candidates = Candidates.original(self.predictors)
             baseline = attrs.evolve(self.baseline, choice=candidates.baseline())
             score = baseline.score
+            # The search never recorded it, so never told it: told here, as a search would have.
+            await self.emit(FullEvaluation(baseline.choice, score, len(self.valset), baseline.n_failed, True))
+            await self.emit(NewBest(dict(baseline.choice), score))
             pick = FinalPick(
                 baseline.choice,
                 kept_baseline=True,

@@ -244,3 +244,17 @@ async def test_phases_a_limit_cuts_short_finish_before_the_run_does(max_lm_calls
         (p.phase, p.seconds, p.usage) for p in result.phases
     )
     assert isinstance(events[-1], RunFinished)
+
+
+async def test_a_run_stopped_before_the_search_tells_the_baseline_it_returns() -> None:
+    # 120 calls stop the run beside the baseline's evaluation: the search never records it.
+    events: list[Event] = []
+    result, _ = await optimize_in_world(on_event=events.append, limits=aprompt.Limits(max_lm_calls=120))
+    assert result.stopped_by == "max_lm_calls" and not result.trials
+    full = [e for e in events if isinstance(e, FullEvaluation)]
+    assert [(e.choice, e.score, e.n_failed, e.is_baseline) for e in full] == [
+        (f.choice, f.score, f.n_failed, True) for f in result.full_evals
+    ]
+    best = [e for e in events if isinstance(e, NewBest)]
+    assert [(e.choice, e.score) for e in best] == [(result.best_choice, result.score)]
+    assert events.index(best[0]) == events.index(full[0]) + 1
