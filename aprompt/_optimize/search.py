@@ -351,6 +351,9 @@ class SearchLoop:
             await self._confirm()
             await self._late_races()
         chosen = self.decide()
+        # The evidence recorded since the last full evaluation (trials, a confirmation a stop cut short)
+        # may move the pick: the returned program is told as every pick before it.
+        await self._adopt(chosen)
         if self.confirmations:
             note = confirmation_note(self.confirmations, chosen.choice, self._with_confirmations)
             chosen = attrs.evolve(chosen, reason=f"{chosen.reason}; {note}")
@@ -717,6 +720,10 @@ class SearchLoop:
     async def _decide_again(self) -> None:
         """Decide the pick again from all evidence (no tie goes to the earlier evaluation), telling a new
         one as ``NewBest``."""
-        previous, self._pick = self._pick, self.decide()
-        if previous is None or key_of(previous.choice) != key_of(self._pick.choice):
-            await self.emit(NewBest(dict(self._pick.choice), self._full_score(self._pick.choice)))
+        await self._adopt(self.decide())
+
+    async def _adopt(self, chosen: FinalPick) -> None:
+        """Make ``chosen`` the pick, telling it as ``NewBest`` when it is another combination."""
+        previous, self._pick = self._pick, chosen
+        if previous is None or key_of(previous.choice) != key_of(chosen.choice):
+            await self.emit(NewBest(dict(chosen.choice), self._full_score(chosen.choice)))

@@ -258,3 +258,20 @@ async def test_a_run_stopped_before_the_search_tells_the_baseline_it_returns() -
     best = [e for e in events if isinstance(e, NewBest)]
     assert [(e.choice, e.score) for e in best] == [(result.best_choice, result.score)]
     assert events.index(best[0]) == events.index(full[0]) + 1
+
+
+async def test_a_pick_a_stop_moves_is_told_as_a_new_best() -> None:
+    # The limit cuts the confirmation of an undecided pick short: what it confirmed moves the pick to a
+    # combination no NewBest named before.
+    events: list[Event] = []
+    result, _ = await optimize_in_world(
+        "bayesian_bootstrap",
+        seed=2,
+        budget={**SMALL_BUDGET, "n_trials": 10},
+        on_event=events.append,
+        limits=aprompt.Limits(max_lm_calls=350),
+    )
+    assert result.stopped_by == "max_lm_calls" and result.confirmations
+    best = [e for e in events if isinstance(e, NewBest)]
+    assert best[-1].choice == result.best_choice and best[-1].score == result.score
+    assert best[-1].choice != result.candidates.baseline()
