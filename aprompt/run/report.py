@@ -29,6 +29,7 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt._files import write_text_atomically
 from aprompt._optimize.per_example import EXAMPLES_KIND, ExampleTable, describe_examples
+from aprompt._optimize.run_context import BASELINE_KIND
 from aprompt.lm.usage import IN_FLIGHT_KIND
 from aprompt.program.adapter import REPLY_FORMATS
 from aprompt.run.journal import JOURNAL_FILE, RunJournal
@@ -171,6 +172,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         config = journal.latest("config") or {}
         trials = sorted(_latest_by_key(journal, "trial"), key=lambda t: int(t.get("number", 0)))
         full_evals = _latest_by_key(journal, "full_eval")
+        if not full_evals:
+            # Scored beside the bootstrap, before the search recorded it: a run a limit stopped then (or
+            # a run still going) has the baseline's evaluation alone, and returns (or will) that program.
+            baseline = journal.latest(BASELINE_KIND, "all")
+            full_evals = [baseline] if isinstance(baseline, Mapping) else []
         raw_sets = journal.latest("demo_sets", "all") or {}
         proposals = {key: payload for key, payload in journal.entries("proposals")}
         final = journal.latest("result")

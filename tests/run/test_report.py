@@ -26,6 +26,7 @@ from aprompt.run.report import (
     write_report,
 )
 from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.optimize.qa_task import optimize_in_world
 from tests.optimize.world import TwoStageProgram, World
 from tests.run._optimize_worker import BUDGET, run_world
 
@@ -175,6 +176,20 @@ def test_an_unfinished_run_is_shown_and_reported_as_far_as_it_went(tmp_path: Pat
     page = write_report(run_dir).read_text(encoding="utf-8")
     # No original_program.json here: the original prompts come from the journal.
     assert "not finished" in page and "Find the code." in page
+
+
+def test_a_run_stopped_before_the_search_shows_the_baseline_it_returned(tmp_path: Path) -> None:
+    # 120 calls stop the run beside the baseline's evaluation, before the search records it.
+    limits = aprompt.Limits(max_lm_calls=120)
+    result, _ = anyio.run(lambda: optimize_in_world(run_dir=tmp_path, limits=limits))
+    assert result.stopped_by == "max_lm_calls" and len(result.full_evals) == 1
+    view = load_run(tmp_path)
+    assert [(f["choice"], f["score"]) for f in view.full_evals] == [
+        (dict(f.choice), f.score) for f in result.full_evals
+    ]
+    assert view.baseline_score == result.baseline_score
+    assert (view.best_choice, view.best_score) == (dict(result.best_choice), result.score)
+    assert "1 full evaluations; baseline 0.033 -> best 0.033" in describe_run(view)
 
 
 def test_an_earlier_runs_result_file_is_not_read_as_the_unfinished_runs(
