@@ -2,6 +2,12 @@
 
 Every event is a frozen value; apps receive them through ``optimize(..., on_event=callback)`` or by
 iterating ``optimize_events(...)``.
+
+A resumed run (``run_dir``) emits the events of the whole run, the steps read back from its journal
+included, with the usage of this call (nothing, for a step read back). A ``choice`` maps each searched
+parameter (``"<predictor>.instruction"``, ``"<predictor>.demos"``, ...) to a candidate index, and names
+the parameters searched when it was made: a strategy that adds a parameter during the search
+(``mipro_plus_plus``) names it in later events and in the result, where an earlier choice took index 0.
 """
 
 from __future__ import annotations
@@ -69,7 +75,9 @@ class CandidateDropped:
 
 @attrs.frozen
 class TrialScored:
-    """A mini-batch trial finished."""
+    """A mini-batch trial finished: its ``number`` (from 0, as in ``OptimizeResult.trials``), its
+    ``choice``, its mean ``score`` on its ``n_examples`` examples (``None`` when LM failures left every
+    one unscored), and how many of them failed (``n_failed``)."""
 
     number: int
     choice: Mapping[str, int]
@@ -91,7 +99,9 @@ class FullEvaluation:
 
 @attrs.frozen
 class NewBest:
-    """The best fully evaluated combination changed."""
+    """The pick changed: the fully evaluated combination the run would return now, with its
+    full-validation ``score``. The last ``NewBest`` of a run names ``OptimizeResult.best_choice`` and
+    ``score``."""
 
     choice: Mapping[str, int]
     score: float
