@@ -80,6 +80,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
+from aprompt._optimize.quotes import unquoted
 from aprompt.program.predictor import Predict
 
 #: Labels of the proposer's prompt (propose.py) and of the grounding prompts (summaries.py); a proposal
@@ -707,7 +708,7 @@ def _tidy(text: str) -> str:
     # A line without a letter (a bullet, a list's numbers: "- 2.", a date) tells the model nothing.
     value = "\n".join(line for line in lines if re.search(r"[^\W\d_]", line))
     value = re.sub(r"[ \t]{2,}", " ", value)
-    return value.strip().strip("\"'`").strip()
+    return unquoted(value)
 
 
 #: Fewest sentences in a row, none of which instructs, that end a proposal and are cut as rambling.

@@ -34,6 +34,7 @@ from aprompt._optimize.proposal_filter import (
     task_vocabulary,
     whole_sentences,
 )
+from aprompt._optimize.quotes import unquoted
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.types import LM
@@ -150,12 +151,13 @@ class Proposal:
 
 
 def clean_instruction(text: str) -> str:
-    """Strip a leading label (``Instruction:``), quotes and whitespace from a proposer reply."""
+    """Strip a leading label (``Instruction:``), quotes around the whole reply (never one of its own:
+    :func:`~aprompt._optimize.quotes.unquoted`) and whitespace from a proposer reply."""
     value = text.strip()
     for label in ("proposed instruction:", "instruction:", "new instruction:"):
         if value.lower().startswith(label):
             value = value[len(label) :]
-    return value.strip().strip("\"'`").strip()
+    return unquoted(value)
 
 
 def clean_reply(text: str, predictor: Predict) -> Cleaned:

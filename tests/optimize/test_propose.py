@@ -159,6 +159,31 @@ async def test_a_retry_that_gets_a_usable_proposal_keeps_it(fake_server: FakeOpe
     assert proposal.instruction == "Reply with the code word."
 
 
+@pytest.mark.parametrize(
+    ("reply", "instruction"),
+    [
+        ('Reply "yes" or "no"', 'Reply "yes" or "no"'),
+        ("Answer with 'yes' or 'no'", "Answer with 'yes' or 'no'"),
+        ("Wrap the code word in `backticks`", "Wrap the code word in `backticks`"),
+        ('"Reply "yes" or "no"."', 'Reply "yes" or "no".'),
+        ("“Reply with the item’s code word.”", "Reply with the item’s code word."),
+        ("«Répondez par le code de l'article.»", "Répondez par le code de l'article."),
+        ("「質問に一言で答えてください。」", "質問に一言で答えてください。"),
+    ],
+)
+async def test_quotes_around_a_proposal_are_removed_and_its_own_quotes_kept(
+    fake_server: FakeOpenAIServer, reply: str, instruction: str
+) -> None:
+    """The instruction searched is the one proposed: a quote that closes a span of it is its own."""
+    fake_server.responder = lambda request: f"Proposed Instruction: {reply}"
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert proposal.instruction == instruction
+    assert len(fake_server.chat_requests) == 1
+
+
 class RejectingProposals(FakeOpenAIServer):
     """Answers 400 to every request but the outage check's one-token request."""
 
