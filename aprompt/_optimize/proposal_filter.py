@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -118,8 +119,12 @@ ANSWER_LABELS: tuple[str, ...] = (
     "Improved Instruction",
     "Instruction",
 )
-#: Fewest characters (letters included) an instruction must keep after cleaning.
+#: Fewest characters (letters included) an instruction must keep after cleaning, counted as
+#: :func:`text_length` counts them.
 MIN_USABLE_CHARS = 12
+#: What one wide (Chinese, Japanese, Korean) character counts for in :func:`text_length`: about the
+#: letters of Latin script that say as much ("请用一个词回答问题。" is "Answer in one word.").
+WIDE_CHAR_WEIGHT = 3
 #: A proposal whose screen mean is this far under the original's is dropped.
 FAR_BELOW = 0.4
 #: Fewest examples scored for both the original and a proposal before the screen decides anything.
@@ -197,6 +202,14 @@ class Cleaned:
         return f"cleaned: removed {', '.join(self.removed)}" if self.removed else ""
 
 
+def text_length(text: str) -> int:
+    """How long ``text`` is as an instruction: its characters, a wide one counting
+    :data:`WIDE_CHAR_WEIGHT` times, so that a short but whole instruction in Chinese or Japanese is held
+    to the same minimum as its English translation."""
+    wide = sum(1 for char in text if unicodedata.east_asian_width(char) in ("W", "F"))
+    return len(text) + (WIDE_CHAR_WEIGHT - 1) * wide
+
+
 def whole_sentences(text: str, max_chars: int) -> str:
     """``text`` cut after its last whole sentence that ends within ``max_chars`` (a proposer that rambles
     past its token budget often wrote a usable instruction first); unchanged when short enough or when no
@@ -267,9 +280,9 @@ def clean_proposal(
         _without_repeats(_tidy(_without_preamble(kept, removed)), removed), removed
     )
     removed = list(dict.fromkeys(removed))
-    if len(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
+    if text_length(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
         return Cleaned(None, tuple(removed), f"reads as no instruction: {_excerpt(value)}")
-    if len(value) < MIN_USABLE_CHARS or not re.search(r"[^\W\d_]", value):
+    if text_length(value) < MIN_USABLE_CHARS or not re.search(r"[^\W\d_]", value):
         what = (
             "the proposer's scaffolding" if any(r.startswith(("scaff", "proposer")) for r in removed) else ""
         )

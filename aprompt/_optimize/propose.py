@@ -32,6 +32,7 @@ from aprompt._optimize.proposal_filter import (
     reads_as_instruction,
     sentences_of,
     task_vocabulary,
+    text_length,
     whole_sentences,
 )
 from aprompt._optimize.quotes import unquoted
@@ -177,7 +178,7 @@ def clean_reply(text: str, predictor: Predict) -> Cleaned:
 
 def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
     """Return why ``text`` is not a usable instruction, or ``None`` when it is."""
-    if len(text) < MIN_INSTRUCTION_CHARS:
+    if text_length(text) < MIN_INSTRUCTION_CHARS:  # (a wide character counts for a few Latin ones)
         return f"too short ({len(text)} chars)"
     if len(text) > MAX_INSTRUCTION_CHARS:
         return f"too long ({len(text)} chars)"

@@ -184,6 +184,21 @@ async def test_quotes_around_a_proposal_are_removed_and_its_own_quotes_kept(
     assert len(fake_server.chat_requests) == 1
 
 
+@pytest.mark.parametrize("instruction", ["请用一个词回答问题。", "只回答代码。", "質問に短く答えて。"])
+async def test_a_short_whole_instruction_in_chinese_or_japanese_is_kept(
+    fake_server: FakeOpenAIServer, instruction: str
+) -> None:
+    """Each says as much as an English instruction well over the minimum length ("Reply with the code
+    only."): a wide character is not held to the length of one Latin letter."""
+    fake_server.responder = lambda request: f"Proposed Instruction: {instruction}"
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert proposal.instruction == instruction
+    assert len(fake_server.chat_requests) == 1
+
+
 class RejectingProposals(FakeOpenAIServer):
     """Answers 400 to every request but the outage check's one-token request."""
 
