@@ -13,7 +13,8 @@ search (``SearchLoop.after_evaluation``): after each periodic full evaluation,
 3. for each predictor, the proposer gets its current instruction and, per failure, that module's inputs
    and outputs, the program's final output, the expected labels and the feedback, and replies with an
    improved instruction, cleaned and validated like every proposal (:func:`~aprompt._optimize.propose.
-   clean_reply`, :func:`~aprompt._optimize.propose.validate_instruction`);
+   clean_reply`, :func:`~aprompt._optimize.propose.validate_instruction`); a reply cut at its budget or
+   longer than an instruction may be keeps its whole sentences within the limit;
 4. each usable reply becomes a new candidate of the running search (``SearchLoop.add_instruction``;
    a :class:`~aprompt._optimize.events.CandidateProposed` event), which later trials may choose.
 
@@ -43,11 +44,17 @@ from aprompt._optimize.evaluate import Evaluation, ExampleResult, evaluate
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
 from aprompt._optimize.examples import Example, inputs_key
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.proposal_filter import clean_proposal
-from aprompt._optimize.propose import PROPOSER_SENTENCES, clean_reply, validate_instruction
+from aprompt._optimize.proposal_filter import clean_proposal, finished_part, whole_sentences
+from aprompt._optimize.propose import (
+    MAX_INSTRUCTION_CHARS,
+    PROPOSER_SENTENCES,
+    clean_reply,
+    validate_instruction,
+)
 from aprompt._optimize.search import SearchLoop
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
+from aprompt.lm._replies import accepting_cut_replies
 from aprompt.program.predictor import Predict
 from aprompt.run.journal import journaled_text
 
@@ -269,19 +276,27 @@ class ReflectiveProposals:
         reason = ""
         for attempt in range(ATTEMPTS):
             try:
-                prediction = await guard.call(
-                    partial(proposer, lm=ctx.proposer_lm, rollout=number * 100 + attempt, **inputs),
-                    f"reflection {number} for {name}",
-                )
+                # A reply cut at its budget keeps its whole sentences, as a grounded proposal does.
+                with accepting_cut_replies(lambda text: True):
+                    prediction = await guard.call(
+                        partial(proposer, lm=ctx.proposer_lm, rollout=number * 100 + attempt, **inputs),
+                        f"reflection {number} for {name}",
+                    )
             except EndpointDownError:
                 raise
             except (ParseError, LMError) as exc:  # the request's own failure: the LM answers
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                 continue
-            text, note = clean_reflection(str(prediction["proposed_instruction"]), predictor)
+            reply = str(prediction["proposed_instruction"])
+            if prediction.completion is not None and prediction.completion.finish_reason == "length":
+                reply = finished_part(reply)
+            text, note = clean_reflection(reply, predictor)
             if text is None:
                 reason = note
                 continue
+            # A long reflection keeps its first sentences, like a grounded proposal, not nothing.
+            if (whole := whole_sentences(text, MAX_INSTRUCTION_CHARS)) != text:
+                text, note = whole, f"{note}; cut to whole sentences".lstrip("; ")
             problem = validate_instruction(text, existing)
             if problem is None:
                 return Reflection(name, number, text, example_ids=shown, cleaned=note)

@@ -17,9 +17,10 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.evaluate import evaluate
 from aprompt._optimize.events import Event
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
+from aprompt._optimize.propose import MAX_INSTRUCTION_CHARS
 from aprompt._optimize.search import SearchLoop
 from aprompt.lm.cache import ResponseCache
-from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault, RecordedRequest
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (
     SMALL_BUDGET,
@@ -422,3 +423,44 @@ async def test_an_evaluation_beside_the_trials_joins_named_by_a_parameter_added_
     named = [{"answer.instruction": 0, "answer.demos": 0}, {"answer.instruction": 0, "answer.demos": 1}]
     assert [dict(f.choice) for f in loop.full_evals] == named
     assert loop.tested == {tuple(sorted(c.items())) for c in named}
+
+
+#: A reflection as a reflective proposer may write it: longer than an instruction may be.
+LONG_REFLECTION = " ".join(
+    f"Rule {i}: check the code of item {i} against the table and reply with its answer label only."
+    for i in range(10)
+)
+
+
+@pytest.mark.parametrize("finish_reason", ["stop", "length"])
+async def test_a_long_or_cut_reflection_joins_the_search_cut_to_its_whole_sentences(
+    finish_reason: str,
+) -> None:
+    """A reflection paid for (training runs and a proposer call) is kept to its first whole sentences
+    within the instruction limit, as a grounded proposal is, not dropped as too long or cut."""
+    world = World()
+
+    def responder(request: ChatRequest) -> str | Fault:
+        if is_proposal_request(request) and "Failing Runs:" in request.last_user:
+            reply = f"Proposed Instruction: {LONG_REFLECTION}"
+            return reply if finish_reason == "stop" else Fault.reply(reply[:-30], finish_reason="length")
+        return world(request)
+
+    events: list[Event] = []
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        result = await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 60),
+            _plain_metric,
+            valset=examples(200, 230),
+            lm=lm,
+            strategy="mipro_reflective",
+            budget=BUDGET,
+            seed=1,
+            on_event=events.append,
+        )
+    expected = LONG_REFLECTION[: LONG_REFLECTION.rindex(".", 0, MAX_INSTRUCTION_CHARS) + 1]
+    for name in ("extract", "answer"):
+        assert expected in result.candidates.instructions[name], result.dropped
+    proposed = [e for e in events if isinstance(e, aprompt.CandidateProposed) and e.value == expected]
+    assert len(proposed) == 2  # one per predictor, the very text the search prompts with
