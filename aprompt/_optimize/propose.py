@@ -14,6 +14,7 @@ instruction is always candidate 0.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -151,10 +152,22 @@ class Proposal:
     cleaned: str = ""
 
 
+#: The proposer introducing its instruction: "Sure! Here's an improved instruction:", "Below is my new
+#: instruction for the module:".
+_INTRODUCTION = re.compile(
+    r"^(?:(?:sure|certainly|okay|ok|of course)\b[!,.]?\s*)?(?:here is|here's|below is|this is)\s+"
+    r"(?:the|an|my|a)\s+(?:[\w-]+\s+){0,3}?instructions?"
+    r"(?:\s+for\s+(?:[\w-]+\s+){0,3}?[\w-]+)?\s*:[*_]*[ \t]*",
+    re.IGNORECASE,
+)
+
+
 def clean_instruction(text: str) -> str:
     """Strip a leading label (``Instruction:``), quotes around the whole reply (never one of its own:
     :func:`~aprompt._optimize.quotes.unquoted`) and whitespace from a proposer reply."""
-    value = text.strip()
+    # "Sure! Here is the improved instruction: Answer ...": the proposer introducing its answer on the
+    # instruction's own line; the line reads as a labeled example and would be dropped whole.
+    value = _INTRODUCTION.sub("", text.strip(), count=1).strip()
     for label in ("proposed instruction:", "instruction:", "new instruction:"):
         if value.lower().startswith(label):
             value = value[len(label) :]
@@ -171,9 +184,12 @@ def clean_reply(text: str, predictor: Predict) -> Cleaned:
     # The worked example's sentences are removed only word for word: a proposal is meant to copy their
     # form ("Keep its meaning and tone, and reply with the negated sentence only.").
     names = frozenset(field.name.lower() for field in predictor.signature.fields)
-    return clean_proposal(
+    cleaned = clean_proposal(
         clean_instruction(text), field_labels(predictor), sentences, foreign, addressed, names
     )
+    if _INTRODUCTION.match(text.strip()) and "preamble" not in cleaned.removed:
+        cleaned = attrs.evolve(cleaned, removed=("preamble", *cleaned.removed))
+    return cleaned
 
 
 def validate_instruction(text: str, existing: Sequence[str]) -> str | None:

@@ -199,6 +199,28 @@ async def test_a_short_whole_instruction_in_chinese_or_japanese_is_kept(
     assert len(fake_server.chat_requests) == 1
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Here is the instruction: Reply with the item's code word only.",
+        "Sure! Here's an improved instruction: Reply with the item's code word only.",
+        "Below is my new instruction for the answer module: Reply with the item's code word only.",
+        'Certainly, here is the improved instruction: "Reply with the item\'s code word only."',
+        "Here is the new instruction:\n```\nReply with the item's code word only.\n```",
+    ],
+)
+async def test_the_proposers_introduction_of_its_instruction_is_removed_not_the_instruction(
+    fake_server: FakeOpenAIServer, reply: str
+) -> None:
+    fake_server.responder = lambda request: f"Proposed Instruction: {reply}"
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert proposal.instruction == "Reply with the item's code word only."
+    assert len(fake_server.chat_requests) == 1
+
+
 class RejectingProposals(FakeOpenAIServer):
     """Answers 400 to every request but the outage check's one-token request."""
 
