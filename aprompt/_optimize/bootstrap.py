@@ -268,6 +268,10 @@ def labeled_set(
     """Up to ``limit`` labeled demos from ``examples``, diverse outputs first (module doc), counting the
     outputs of the demos ``taken`` into the set already: a small label space covered label by label,
     free text covering its patterns (:func:`covering_order`), the examples' order breaking ties."""
+    if limit <= 0:
+        # Most bootstrapped sets have no room for labeled demos (sizes at or under the bootstrapped
+        # bound): walking the trainset for none cost seconds per set on a large one, on the event loop.
+        return DemoSet(())
     # (example, demo, the demo's output key), the key made once per demo; a demo the set shows
     # already (a trainset holding an example twice) is left out: a copy tells the model nothing more.
     shown = {demo_key(d) for d in taken}

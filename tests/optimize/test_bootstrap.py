@@ -11,7 +11,13 @@ import anyio
 import pytest
 
 from aprompt import Example, named_predictors
-from aprompt._optimize.bootstrap import BootstrapResult, bootstrap_demo_sets, labeled_only_set
+from aprompt._optimize.bootstrap import (
+    BootstrapResult,
+    DemoSet,
+    bootstrap_demo_sets,
+    labeled_only_set,
+    labeled_set,
+)
 from aprompt._optimize.budget import Budget
 from aprompt._optimize.strategies.base import StrategyPlan
 from aprompt.lm.types import LM
@@ -278,3 +284,28 @@ async def test_a_bootstrap_whose_runs_pass_runs_no_more_than_the_plan_says(
     async with lm_for(fake_server) as lm:
         result = await bootstrap(QAProgram(), trainset, lm, n_sets=4, max_bootstrapped=max_bootstrapped)
     assert result.runs <= plan.bootstrap_runs
+
+
+class _CountedText:
+    """A label value that counts how often its text is read."""
+
+    reads = 0
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        _CountedText.reads += 1
+        return self.text
+
+
+def test_a_set_with_no_room_for_labeled_demos_reads_no_training_example() -> None:
+    # Sets at or under the bootstrapped bound (most of a size ladder) take no labeled demos; walking a
+    # large trainset's texts for none cost seconds per set.
+    trainset = [
+        Example({"question": f"What is item-{i}?"}, {"answer": _CountedText(f"ans-{i}")}, id=f"q{i}")
+        for i in range(50)
+    ]
+    _CountedText.reads = 0
+    assert labeled_set(QAProgram().answer, trainset, 0) == DemoSet(())
+    assert _CountedText.reads == 0
