@@ -127,12 +127,16 @@ class RunJournal:
             JournalError: a record is damaged (its checksum does not match), unreadable, or was written
                 by an aprompt before checksums.
         """
+        return self._read(kind, key, " ORDER BY seq")
+
+    def _read(self, kind: str, key: str | None, order: str) -> Iterator[tuple[str, Any]]:
+        """:meth:`entries` of the rows ``order`` (an ``ORDER BY`` clause, with a ``LIMIT``) selects."""
         query = "SELECT seq, key, payload, checksum FROM records WHERE kind = ?"
         args: tuple[str, ...] = (kind,)
         if key is not None:
             query += " AND key = ?"
             args = (kind, key)
-        rows = self._execute("read", query + " ORDER BY seq", args)
+        rows = self._execute("read", query + order, args)
         for seq, row_key, text, checksum in rows:
             where = f"run journal {self._path}: {kind} record {row_key!r} (#{seq})"
             if checksum is None:
@@ -156,8 +160,9 @@ class RunJournal:
 
     def latest(self, kind: str, key: str | None = None) -> Any | None:
         """The last payload of ``kind`` (and ``key``), or ``None``."""
-        found = self.records(kind, key)
-        return found[-1] if found else None
+        # Only the last row is read: a kind appended on every call of a run (its per-example table, its
+        # spending) would otherwise be read, parsed and held whole, every copy, by each resume.
+        return next((payload for _, payload in self._read(kind, key, " ORDER BY seq DESC LIMIT 1")), None)
 
     def kinds(self) -> dict[str, int]:
         """Record counts by kind (for reports and ``aprompt show``)."""

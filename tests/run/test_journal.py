@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,20 @@ def test_a_closed_journal_refuses_reads_and_writes(tmp_path: Path) -> None:
         journal.append("trial", {})
     with pytest.raises(JournalError, match="closed"):
         journal.kinds()
+
+
+def test_latest_reads_only_the_last_record_of_its_kind(tmp_path: Path) -> None:
+    # A run journals its per-example table (every validation input, whole) on every call: a resume
+    # read, parsed and held every copy at once to take the last one.
+    with RunJournal.open(tmp_path) as journal:
+        for call in range(20):
+            journal.append("examples", {"call": call, "rows": "x" * 1_000_000})
+    with RunJournal.open(tmp_path) as journal:
+        tracemalloc.start()
+        try:
+            latest = journal.latest("examples")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert latest["call"] == 19
+    assert peak < 5_000_000  # one record (its text and its value), not twenty
