@@ -42,6 +42,7 @@ class OptimizeResult(Generic[P]):
 
     Attributes:
         program: the optimized program (a copy unless ``in_place=True``).
+        strategy / seed: the search strategy's name and the seed the run was given.
         score / baseline_score: full-validation scores of the returned and of the unoptimized program.
         best_choice: candidate index per searched parameter.
         trials / full_evals: every mini-batch trial and every full evaluation.
@@ -50,7 +51,11 @@ class OptimizeResult(Generic[P]):
             :mod:`aprompt._optimize.confirmation`); empty when the pick was decided on the validation set.
         candidates: the instructions and demo sets searched.
         dropped: proposals that failed to parse or validate, with their reasons.
+        failures: the examples LM failures left unscored while the LM itself worked (each failing
+            alone, re-run and failing again; see :mod:`aprompt._optimize.outage`), keyed
+            ``"step:example_id"`` (``full_eval:0``, ``trial:3``, ...), each with its error.
         phases: usage and wall time per phase of this call; ``usage`` is their total.
+        seconds: the wall time of this call.
         stopped_by: the run limit that stopped the run early, or ``None``.
         pick: why the returned combination was chosen (:class:`~aprompt._optimize.final_pick.FinalPick`):
             ``pick.reason`` in words, ``pick.evidence`` the paired difference with the baseline on shared
@@ -106,6 +111,7 @@ class OptimizeResult(Generic[P]):
             "confirmations": [attrs.asdict(c) for c in self.confirmations],
             "candidates": self.candidates.describe(),
             "dropped": [list(d) for d in self.dropped],
+            "failures": dict(self.failures),
             "phases": [
                 {"phase": p.phase, "seconds": p.seconds, "started": p.started, "usage": p.usage.as_dict()}
                 for p in self.phases

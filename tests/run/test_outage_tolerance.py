@@ -173,6 +173,7 @@ async def test_an_example_failing_alone_while_the_lm_works_is_unscored_and_repor
     ]
     assert result.failures.keys() == {f"{step}:{broken}" for step in steps}
     assert all(error.startswith("ServerError") for error in result.failures.values())
+    assert result.to_dict()["failures"] == dict(result.failures)  # the saved record keeps them
     assert all(f.n_unscored == 1 and f.lm_failures.keys() == {broken} for f in result.full_evals)
     # Each step sent it once and re-ran it twice (the LM answered every check), each time with 2 retries;
     # steps running beside each other may share one send of the same request (the run's cache coalesces).
