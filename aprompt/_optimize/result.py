@@ -51,9 +51,10 @@ class OptimizeResult(Generic[P]):
             :mod:`aprompt._optimize.confirmation`); empty when the pick was decided on the validation set.
         candidates: the instructions and demo sets searched.
         dropped: proposals that failed to parse or validate, with their reasons.
-        failures: the examples LM failures left unscored while the LM itself worked (each failing
-            alone, re-run and failing again; see :mod:`aprompt._optimize.outage`), keyed
-            ``"step:example_id"`` (``full_eval:0``, ``trial:3``, ...), each with its error.
+        failures: each with its error, keyed by step and example: the examples LM failures left
+            unscored while the LM itself worked (each failing alone, re-run and failing again; see
+            :mod:`aprompt._optimize.outage`), as ``"full_eval:0:<id>"``, ``"trial:3:<id>"``, ...; and the
+            training examples whose bootstrap run failed, as ``"bootstrap:<id>@<rollout>"``.
         phases: usage and wall time per phase of this call; ``usage`` is their total.
         seconds: the wall time of this call.
         stopped_by: the run limit that stopped the run early, or ``None``.

@@ -94,6 +94,15 @@ async def test_a_metric_raising_on_some_predictions_scores_them_0_and_the_run_go
         )
     assert len(result.trials) == SMALL_BUDGET["n_trials"]
     assert result.score > 0
+    # Where the docs say the error is kept: the n_failed of the evaluation that ran it, the example's row.
+    fragile_ids = {e.id for e in examples(200, 230) if e.labels["answer"].endswith("7")}
+    assert fragile_ids and result.full_evals[0].n_failed == len(fragile_ids)  # the baseline ran them all
+    rows = {row.example_id: row for row in result.examples.rows if row.example_id in fragile_ids}
+    assert rows.keys() == fragile_ids
+    assert all("cannot read this one" in (row.outcome.error or "") for row in rows.values())
+    # failures holds the training examples whose bootstrap run failed, and no validation step's.
+    assert result.failures and all(key.startswith("bootstrap:") for key in result.failures)
+    assert all("cannot read this one" in error for error in result.failures.values())
 
 
 async def test_a_metric_returning_an_array_of_scores_is_a_config_error_naming_it(
