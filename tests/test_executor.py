@@ -264,6 +264,50 @@ async def test_a_setup_fault_of_a_relayed_call_stops_the_run_as_it_does_in_proce
     assert server.chat_requests == []
 
 
+class GroupedQAProgram(QAProgram):
+    """Asks its predictor in a task group of its own, so that a failure arrives wrapped in a group."""
+
+    async def __call__(self, question: str) -> Any:
+        found: list[Any] = []
+
+        async def ask() -> None:
+            found.append(await self.answer(question=question))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask)
+        return found[0]
+
+
+@pytest.mark.parametrize("program_type", [QAProgram, GroupedQAProgram], ids=["alone", "in_a_task_group"])
+async def test_a_cache_failure_of_a_relayed_call_stops_the_run_as_it_does_in_process(
+    program_type: type[QAProgram],
+) -> None:
+    """The driver's LM cache was closed under the run (a CacheError, a setup fault): relayed, the run
+    stops with that error, as in-process, not scored 0 as a program that answered wrong."""
+    async with (
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+        anyio.create_task_group() as group,
+    ):
+        cache = ResponseCache.memory_only()
+        cache.close()
+        lm.cache = cache
+        loopback = LoopbackChannel()
+        group.start_soon(loopback.serve)
+        program = program_type()
+        with pytest.raises(aprompt.CacheError) as in_process:
+            await execute_run(copy.deepcopy(program), ProgramRun("q1", {"question": "q?"}, PromptState(), lm))
+        lms = LMTable()
+        run = ProgramRun("q1", {"question": "q?"}, PromptState(), lms.stand_in(lm))
+        relay = RunRelay(lms)
+        relayed = await run_relayed(copy.deepcopy(program), run, loopback.for_run(relay), {})
+        with pytest.raises(aprompt.CacheError) as from_the_relay:
+            relay.outcome(relayed, dict(aprompt.named_predictors(program)))
+        group.cancel_scope.cancel()
+    assert str(from_the_relay.value) == str(in_process.value)
+    assert server.chat_requests == []
+
+
 def test_a_cut_reply_fails_its_example_while_a_provider_fault_beside_it_leaves_it_unscored() -> None:
     """A cut reply is the prompt's doing (scored 0, named as itself); the same run's provider fault in
     another of its calls is not, and then the example stays unscored."""

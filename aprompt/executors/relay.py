@@ -40,8 +40,10 @@ from aprompt.executors.base import (
     ProgramOutcome,
     ProgramRun,
     check_watch,
+    error_in,
     execute_run,
     lm_error_in,
+    setup_fault_in,
     unscored_lm_error,
 )
 from aprompt.lm._metering import LimitReached, RequestMeter, metered_chat, metering
@@ -352,7 +354,8 @@ def _relayed(outcome: ProgramOutcome, names: set[str], undiscovered: tuple[str, 
         for e in outcome.trace
     )
     cause = outcome.cause
-    failure = lm_error_in(cause) or cause if cause is not None else None
+    # The stand-in wherever the program left it: raised alone, in its own task group, or as a cause.
+    failure = (lm_error_in(cause) or error_in(cause, RelayedError) or cause) if cause is not None else None
     ref = failure.ref if isinstance(failure, RelayedLMError | RelayedError) else None
     return RelayedOutcome(
         outcome.prediction,
@@ -416,6 +419,8 @@ class RunRelay:
         Raises:
             LimitReached: a run limit refused one of the run's requests (the original refusal).
             ConfigError: see :attr:`RelayedOutcome.config_error`.
+            CacheError: the run ended on the driver's LM cache failing (closed under the run), a setup
+                fault that stops the run as it does in-process.
         """
         if relayed.stopped_ref is not None:
             raise self._failures[relayed.stopped_ref]
@@ -430,6 +435,8 @@ class RunRelay:
         error, lm_failure, lm_answered = relayed.error, relayed.lm_failure, relayed.lm_answered
         if relayed.error_ref is not None:
             original = self._failures[relayed.error_ref]
+            if (setup := setup_fault_in(original)) is not None:
+                raise setup  # no prompt causes or fixes it: scored 0 it would pass for a wrong answer
             error = f"{type(original).__name__}: {original}"
             lm_failure = unscored_lm_error(original) is not None
             lm_answered = lm_failure and is_answered_failure(original)
