@@ -10,13 +10,15 @@ __all__ = ["write_text_atomically"]
 
 
 def write_text_atomically(target: Path, text: str) -> None:
-    """Write ``text`` (UTF-8, whatever the locale) to ``target`` through a temporary file beside it.
+    """Write ``text`` (UTF-8, whatever the locale) to ``target`` through a temporary file beside it,
+    creating ``target``'s folder (and those above it) if missing.
 
     The temporary file's name is this write's own, so two writers of one path (threads, processes)
     never write into each other's file: the last to finish wins, whole. It is created as any file the
     process writes (0o666 less the umask), not private as :func:`tempfile.mkstemp` would make it: a saved
     state is deployed, and often read by another user than the one who wrote it.
     """
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

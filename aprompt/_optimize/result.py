@@ -126,9 +126,8 @@ class OptimizeResult(Generic[P]):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON (atomically: a crash or another save of the same path never leaves
-        half a file)."""
+        half a file), creating its folder if missing."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
         write_text_atomically(target, text)
         return target

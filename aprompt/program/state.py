@@ -91,7 +91,8 @@ def _version_problem(data: Mapping[str, Any], version: object) -> str:
 
 
 def save_state(program: object, path: str | os.PathLike[str]) -> None:
-    """Write :func:`program_state` to ``path`` as JSON (atomically: a crash leaves the old file)."""
+    """Write :func:`program_state` to ``path`` as JSON (atomically: a crash leaves the old file), creating
+    its folder if missing."""
     text = json.dumps(program_state(program), indent=2, ensure_ascii=False)
     write_text_atomically(Path(path), text + "\n")
 

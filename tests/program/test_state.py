@@ -69,6 +69,17 @@ def test_a_file_round_trip_is_exact(tmp_path: Path) -> None:
     assert json.loads(path.read_text(encoding="utf-8")) == program_state(tuned())
 
 
+def test_saving_into_a_folder_that_does_not_exist_yet_creates_it(tmp_path: Path) -> None:
+    """As ``OptimizeResult.save`` does: the tuned prompts are written, not lost to a FileNotFoundError
+    naming a temporary file the caller never asked for."""
+    path = tmp_path / "deploy" / "v2" / "prompts.json"
+    save_state(tuned(), path)
+    fresh = Program()
+    load_state_file(fresh, path)
+    assert program_state(fresh) == program_state(tuned())
+    assert [p.name for p in path.parent.iterdir()] == ["prompts.json"]
+
+
 def test_a_saved_file_gets_the_permissions_of_any_file_the_process_creates(tmp_path: Path) -> None:
     reference = tmp_path / "reference.txt"
     reference.write_text("", encoding="utf-8")
