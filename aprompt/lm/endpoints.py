@@ -5,8 +5,9 @@ max_concurrency`` (requests routed to it, waiting for a slot included), so an en
 quarter of the capacity gets about a quarter of the traffic. An endpoint is unavailable while it
 cools down after a connection error, timeout, 5xx or malformed reply (a body that is no chat reply,
 or one the server stopped on a fault), or while its limiter is paused by a 429; a
-retry therefore fails over to another one. When every endpoint is unavailable the least-loaded one
-is used anyway (the retry back-off spaces those).
+retry therefore fails over to another one. One of several that answers 404 (a replica serving
+another route or model) cools down too, so that the next requests go to the others. When every
+endpoint is unavailable the least-loaded one is used anyway (the retry back-off spaces those).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from types import TracebackType
 import attrs
 import httpx
 
-from aprompt._errors import ConfigError
+from aprompt._errors import ConfigError, LMStatusError
 from aprompt._slots import Slots
 from aprompt.lm._connections import ConnectionLanes
 from aprompt.lm.limits import RateLimiter
@@ -185,7 +186,7 @@ class EndpointPool:
     Args:
         endpoints: at least one endpoint.
         cooldown: seconds an endpoint is avoided after a connection error, timeout, 5xx or malformed
-            reply.
+            reply (or, one of several, a 404).
         clock: a monotonic clock in seconds.
     """
 
@@ -285,6 +286,9 @@ class EndpointLease:
         tb: TracebackType | None,
     ) -> None:
         endpoint = self.endpoint
+        if isinstance(exc, LMStatusError) and exc.status_code == 404 and len(self._pool.endpoints) > 1:
+            # Not this request's fault when other replicas serve it: this one lacks the route or model.
+            self._pool.mark_unhealthy(endpoint)
         endpoint.lanes.give(self._lane)
         if self._take_slot:
             endpoint.slots.release()

@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import ConfigError, ServerError
+from aprompt._errors import ConfigError, RequestRejectedError, ServerError
 from aprompt.lm._connections import ConnectionLanes, LaneTransports
 from aprompt.lm._transport import HttpxTransport
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
@@ -236,6 +236,24 @@ async def test_calls_fail_over_when_one_endpoint_answers_no_reply(
     assert lm.usage.calls == 40 and lm.usage.errors == 0
     assert len(second_server.chat_requests) == 40
     assert 1 <= len(fake_server.chat_requests) <= 8
+
+
+async def test_a_replica_answering_404_is_avoided_while_the_others_serve(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    """One replica lacks the route or the model: after its first 404 the calls go to the other, rather
+    than half of them failing there."""
+    fake_server.fault_rates = [(Fault.http_status(404), 1.0)]
+    urls = [fake_server.base_url, second_server.base_url]
+    failures = []
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, retry=QUICK) as lm:
+        for index in range(20):
+            try:
+                await lm.chat(question(index))
+            except RequestRejectedError as rejected:
+                failures.append(rejected.status_code)
+    assert len(fake_server.chat_requests) == len(failures) <= 1
+    assert len(second_server.chat_requests) == 20 - len(failures)
 
 
 @both_backends
