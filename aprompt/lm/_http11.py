@@ -5,9 +5,10 @@ machine, per-read timeouts), more than the whole budget of an LM call; one reque
 reply parsed directly on the socket costs ~0.4 ms (``bench/results/throughput_cpu.md``).
 
 What it speaks: one request at a time per connection (a lane never has more requests in flight than
-connections); bodies by ``Content-Length``, chunked (trailers skipped) or until close; 1xx interim replies
-skipped; gzip and deflate bodies decoded, though it asks for ``identity`` (an LM reply is a few
-kilobytes: decoding would cost CPU to save bytes nobody waits for); TLS with the caller's context.
+connections); a reply head's lines ended by CRLF or a bare LF; bodies by ``Content-Length``, chunked
+(trailers skipped) or until close; 1xx interim replies skipped; gzip and deflate bodies decoded, though
+it asks for ``identity`` (an LM reply is a few kilobytes: decoding would cost CPU to save bytes nobody
+waits for); TLS with the caller's context.
 
 Connections are kept alive unless the reply says ``Connection: close``, is HTTP/1.0 without keep-alive,
 is read until close, is cut at the size cap or fails. An idle one is dropped after
@@ -65,6 +66,10 @@ _MAX_HEAD_BYTES = 64 * 1024
 _RECEIVE_BYTES = 65536
 _PEEK_FLAGS = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# A head's lines end in CRLF, or in a bare LF as some servers send (each CR before an LF is dropped, as
+# RFC 9112 lets a recipient): the head ends at its first empty line.
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
 _STREAM_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
 
 
@@ -275,7 +280,7 @@ class _Connection:
     async def _read_head(self) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         buffer = self._buffer
         searched = 0
-        while (end := buffer.find(b"\r\n\r\n", searched)) < 0:
+        while (found := _HEAD_END.search(buffer, searched)) is None:
             if len(buffer) > _MAX_HEAD_BYTES:
                 raise TransportError("malformed reply: its head is longer than 64 KiB")
             searched = max(len(buffer) - 3, 0)
@@ -285,8 +290,9 @@ class _Connection:
                     raise TransportError("the server closed the connection within the reply's head")
                 raise _NoReply("the server closed the connection without replying")
             buffer += data
-        lines = bytes(buffer[:end]).split(b"\r\n")
-        del buffer[: end + 4]
+        end, after = found.span()
+        lines = _LINE_END.split(bytes(buffer[:end]))
+        del buffer[:after]
         version, _, rest = lines[0].partition(b" ")
         code = rest[:3]
         if version[:7] != b"HTTP/1." or len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
@@ -294,7 +300,8 @@ class _Connection:
         headers = []
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon or not name or name[-1:].isspace():
+            # A CR left within a line is no line end: read as part of a value, it could hide a header.
+            if not colon or not name or name[-1:].isspace() or b"\r" in line:
                 raise TransportError("malformed header line in the reply")
             headers.append((name, value.strip()))
         return int(code), version, headers

@@ -575,6 +575,42 @@ async def test_a_malformed_status_line_is_a_transport_error(
     await transport.aclose()
 
 
+async def test_a_head_whose_lines_end_in_bare_line_feeds_is_read_as_its_server_meant(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # Searched for CRLF CRLF alone, such a head never ended (the call waited out its timeout), or ended
+    # in the body at its first CRLF CRLF: the body's start was read as the status line's reason.
+    server = await serve(
+        replying(
+            b"HTTP/1.1 200 OK\nContent-Length: 12\n\nabcd\r\n\r\nefgh",
+            b"HTTP/1.1 200 OK\r\nX-Mixed: yes\nContent-Length: 2\r\n\nok",
+        )
+    )
+    transport = HTTP11Transport(server.url)
+    with anyio.fail_after(5):
+        bare = await post(transport, server)
+        mixed = await post(transport, server)
+    await transport.aclose()
+    assert (bare.status, bare.headers, bare.content) == (
+        200,
+        [(b"Content-Length", b"12")],
+        b"abcd\r\n\r\nefgh",
+    )
+    assert (mixed.headers, mixed.content) == ([(b"X-Mixed", b"yes"), (b"Content-Length", b"2")], b"ok")
+    assert server.connections == 1
+
+
+async def test_a_carriage_return_within_a_header_line_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # Kept within the value, it hid the Content-Length that a client ending lines at CR would read.
+    server = await serve(replying(b"HTTP/1.1 200 OK\r\nX-A: a\rContent-Length: 5\r\n\r\nhello"))
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="malformed header line"), anyio.fail_after(5):
+        await post(transport, server)
+    await transport.aclose()
+
+
 async def test_a_refused_connection_is_a_transport_error_naming_no_header() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
