@@ -61,8 +61,11 @@ IDLE_CLOSE_MIN = 1.0
 #: arrives within a round trip); a later one is a server that took the request.
 STALE_FAILURE_WITHIN = 0.5
 
-# The longest status line and headers read; an LM server's are well under a kilobyte.
+# The longest status line and headers read, and the most trailer bytes; an LM server's are well under a
+# kilobyte.
 _MAX_HEAD_BYTES = 64 * 1024
+# The most interim (1xx) replies read before the final one: a server sends one or two at most.
+_MAX_INTERIM_REPLIES = 16
 _RECEIVE_BYTES = 65536
 _PEEK_FLAGS = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
@@ -241,9 +244,15 @@ class _Connection:
         try:
             await self._stream.send(request)
             status, version, headers = await self._read_head()
+            interim = 0
             while 100 <= status < 200:
                 if status == 101:
                     raise TransportError("the server switched protocols (HTTP 101)")
+                interim += 1
+                if interim > _MAX_INTERIM_REPLIES:
+                    raise TransportError(
+                        f"malformed reply: more than {_MAX_INTERIM_REPLIES} interim (1xx) replies"
+                    )
                 status, version, headers = await self._read_head()
             content, too_large, keep_alive = await self._read_body(status, version, headers, cap)
         except TransportError:
@@ -291,6 +300,8 @@ class _Connection:
                 raise _NoReply("the server closed the connection without replying")
             buffer += data
         end, after = found.span()
+        if end > _MAX_HEAD_BYTES:  # arrived whole in one read
+            raise TransportError("malformed reply: its head is longer than 64 KiB")
         lines = _LINE_END.split(bytes(buffer[:end]))
         del buffer[:after]
         version, _, rest = lines[0].partition(b" ")
@@ -372,8 +383,11 @@ class _Connection:
                 raise TransportError("malformed chunk size in the reply")
             size = int(size_text, 16)
             if size == 0:
-                while await self._read_line():  # trailers, skipped
-                    pass
+                trailers = 0
+                while line := await self._read_line():  # trailers, skipped
+                    trailers += len(line)
+                    if trailers > _MAX_HEAD_BYTES:
+                        raise TransportError("malformed reply: its trailers are longer than 64 KiB")
                 return
             await self._fill(size + 2)
             # Data longer or shorter than its size would otherwise be cut or run into the next size line.

@@ -611,6 +611,45 @@ async def test_a_carriage_return_within_a_header_line_is_a_transport_error(
     await transport.aclose()
 
 
+async def test_a_head_over_64_kib_is_a_transport_error_even_when_it_arrives_in_one_read(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # The size was checked only while the head's end was still to come: one that ended in the read
+    # crossing 64 KiB was taken whole, up to twice the limit.
+    def head(size: int) -> bytes:
+        start = b"HTTP/1.1 200 OK\r\nX-Padding: "
+        return start + b"a" * (size - len(start) - 25) + b"\r\nContent-Length: 2\r\n\r\nok"
+
+    server = await serve(replying(head(60 * 1024), head(64 * 1024 + 64)))
+    transport = HTTP11Transport(server.url)
+    assert (await post(transport, server)).content == b"ok"
+    with pytest.raises(TransportError, match="head is longer than 64 KiB"):
+        await post(transport, server)
+    await transport.aclose()
+
+
+async def test_endless_interim_replies_or_trailers_are_a_transport_error_not_a_wait_for_the_timeout(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    async def endless(peer: Peer) -> None:
+        await peer.read_request()
+        while True:
+            await peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    async def trailing(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        while True:
+            await peer.send(b"X-Trailer: " + b"t" * 1000 + b"\r\n")
+
+    for script, problem in [(endless, "more than 16 interim"), (trailing, "trailers are longer than 64 KiB")]:
+        server = await serve(script)
+        transport = HTTP11Transport(server.url)
+        with pytest.raises(TransportError, match=problem), anyio.fail_after(5):
+            await post(transport, server)
+        await transport.aclose()
+
+
 async def test_a_refused_connection_is_a_transport_error_naming_no_header() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
