@@ -35,13 +35,13 @@ import re
 import socket
 import ssl
 import time
-import zlib
 from collections.abc import Callable, Mapping
 
 import anyio
 import anyio.abc
 import httpx
 
+from aprompt.lm._http11_body import ReplyBody
 from aprompt.lm._loop_stream import LoopStream, running_asyncio_loop
 from aprompt.lm._transport import Reply, TransportError
 
@@ -219,7 +219,7 @@ class _Connection:
         if codings and not chunked:
             # Another coding (gzip, compress) would be returned still coded, as if it were the body.
             raise TransportError(f"unsupported transfer-encoding {b', '.join(codings)[:40]!r}")
-        body = _Body(cap, encoding)
+        body = ReplyBody(cap, encoding)
         if status in (204, 304):
             return b"", False, not close
         if chunked:
@@ -236,7 +236,7 @@ class _Connection:
         content = body.content()
         return content, body.too_large, not close and not body.too_large
 
-    async def _read_length(self, body: _Body, length: int) -> None:
+    async def _read_length(self, body: ReplyBody, length: int) -> None:
         buffer = self._buffer
         while len(buffer) < length:
             data = await self._receive()
@@ -246,7 +246,7 @@ class _Connection:
         body.add(bytes(buffer[:length]))
         del buffer[:length]
 
-    async def _read_chunked(self, body: _Body) -> None:
+    async def _read_chunked(self, body: ReplyBody) -> None:
         while True:
             line = await self._read_line()
             size_text = line.split(b";", 1)[0].strip()
@@ -269,7 +269,7 @@ class _Connection:
                 return
             del self._buffer[: size + 2]
 
-    async def _read_until_close(self, body: _Body) -> None:
+    async def _read_until_close(self, body: ReplyBody) -> None:
         if self._buffer:
             if not body.add(bytes(self._buffer)):
                 return
@@ -294,56 +294,6 @@ class _Connection:
             if not data:
                 raise TransportError("the server closed the connection within the reply's body")
             self._buffer += data
-
-
-class _Body:
-    """A reply body taken in pieces: decoded when the server encoded it, cut at the cap."""
-
-    __slots__ = ("_cap", "_coded", "_decoder", "_pieces", "_size", "too_large")
-
-    def __init__(self, cap: int, encoding: bytes) -> None:
-        self._cap = cap
-        self._pieces: list[bytes] = []
-        self._size = 0
-        self._coded = False  # any encoded byte taken (an empty body needs no decoding)
-        self.too_large = False
-        if encoding in (b"", b"identity"):
-            self._decoder = None
-        elif encoding in (b"gzip", b"x-gzip"):
-            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        elif encoding == b"deflate":
-            self._decoder = zlib.decompressobj()
-        else:
-            raise TransportError(f"unsupported content-encoding {encoding[:40]!r}")
-
-    def add(self, data: bytes) -> bool:
-        """Take ``data``; False once the body is longer than the cap (the rest need not be read)."""
-        room = self._cap - self._size
-        if self._decoder is not None:
-            self._coded = self._coded or bool(data)
-            try:
-                data = self._decoder.decompress(data, room + 1)
-            except zlib.error as exc:
-                raise TransportError(f"the reply's body cannot be decoded: {exc}") from None
-        if len(data) > room:
-            self._pieces.append(data[:room])
-            self._size = self._cap
-            self.too_large = True
-            return False
-        self._pieces.append(data)
-        self._size += len(data)
-        return True
-
-    def content(self) -> bytes:
-        """The body; raises TransportError when its compressed stream is cut short or runs past its end
-        (a gzip member after the first, or other bytes), which would leave part of it undecoded."""
-        decoder = self._decoder
-        if decoder is not None and self._coded and not self.too_large:
-            if not decoder.eof:
-                raise TransportError("the reply's compressed body is cut short")
-            if decoder.unused_data:
-                raise TransportError("the reply's body runs on past its compressed stream")
-        return self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
 
 
 class HTTP11Transport:
