@@ -70,6 +70,7 @@ from aprompt._errors import (
     TruncatedResponseError,
 )
 from aprompt.lm._connections import ConnectionLanes, LaneTransports
+from aprompt.lm._messages import check_messages
 from aprompt.lm._metering import admit_request
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
@@ -357,7 +358,7 @@ class HTTPChatLM(abc.ABC):
         """
         if self._closed:
             raise LMError(f"{type(self).__name__} for {self._model!r} is closed")
-        _check_messages(messages)
+        check_messages(messages)
         request_params = canonical_params({**self._default_params, **params})
         for name in _BODY_FIELDS:
             if name in request_params:
@@ -758,31 +759,6 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _check_messages(messages: Sequence[Message]) -> None:
-    """Raise a ConfigError naming the first message that is not ``{"role": str, "content": str}``."""
-    # A list of dicts (every caller's in practice) is checked without the slower ABC isinstance tests.
-    if type(messages) is not list and (
-        isinstance(messages, str | bytes) or not isinstance(messages, Sequence)
-    ):
-        raise ConfigError(
-            "chat() takes a list of messages ({'role': ..., 'content': ...}), "
-            f"not a {type(messages).__name__}"
-        )
-    for index, message in enumerate(messages):
-        # The common case without a function call: a dict of exact strings.
-        if type(message) is dict and "role" in message and "content" in message:
-            if type(message["role"]) is str and type(message["content"]) is str:
-                continue
-        if type(message) is not dict and not isinstance(message, Mapping):
-            raise ConfigError(
-                f"message {index} must be a mapping {{'role': ..., 'content': ...}}, "
-                f"not a {type(message).__name__}"
-            )
-        for field in ("role", "content"):
-            if not isinstance(message.get(field), str):
-                raise ConfigError(f"message {index} needs a string {field!r}, got {message.get(field)!r:.60}")
 
 
 def _redirect_message(headers: list[tuple[bytes, bytes]]) -> str:
