@@ -76,9 +76,11 @@ from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
+    carries_error,
     incomplete_reply,
     is_answered_failure,
     larger_budget,
+    redirect_message,
 )
 from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout, request_url
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
@@ -656,7 +658,7 @@ class HTTPChatLM(abc.ABC):
         if stated is not None:
             apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
         if not 200 <= status < 300:
-            message = _redirect_message(headers) if 300 <= status < 400 else self._server_message(content)
+            message = redirect_message(headers) if 300 <= status < 400 else self._server_message(content)
             error = error_for_status(
                 status,
                 self._scrub(message)[:_MESSAGE_CHARS],
@@ -673,7 +675,7 @@ class HTTPChatLM(abc.ABC):
             return self._parse_completion(content)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
-        if _carries_error(content):  # a router's 200 for an upstream failure: say what the server said
+        if carries_error(content):  # a router's 200 for an upstream failure: say what the server said
             message = self._scrub(self._server_message(content))[:_MESSAGE_CHARS]
             raise BadResponseError(
                 f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url
@@ -759,28 +761,6 @@ class HTTPChatLM(abc.ABC):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _redirect_message(headers: list[tuple[bytes, bytes]]) -> str:
-    """What a redirect answer means for the caller: requests are not sent on (a POST redirected could be
-    sent twice, or its key to another host), so the endpoint's URL must be the one redirected to."""
-    location = next((value for name, value in headers if name.lower() == b"location"), b"")
-    where = f" to {location.decode('latin-1')}" if location else ""
-    return (
-        f"the server redirects{where}; redirects are not followed: "
-        "give the endpoint the base URL it redirects to"
-    )
-
-
-def _carries_error(content: bytes) -> bool:
-    """Whether a body is a JSON object with an ``error`` field (a fault reported in a 2xx)."""
-    if b'"error"' not in content:
-        return False
-    try:
-        data = json.loads(content)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and bool(data.get("error"))
 
 
 def _env(name: str | None) -> str | None:

@@ -1,10 +1,12 @@
 """What makes a 2xx reply an answer, for the HTTP clients: its body within a size cap, and a finish
 that is neither empty, filtered, paused, stopped on a server fault nor cut at its token budget (see
-:mod:`aprompt.lm._http` for how each failure is retried)."""
+:mod:`aprompt.lm._http` for how each failure is retried); and what a redirect, or a 2xx carrying an
+error, tells the caller."""
 
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -23,11 +25,13 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "TRUNCATION_RETRY_MAX_TOKENS",
     "accepting_cut_replies",
+    "carries_error",
     "cut_reply_acceptor",
     "incomplete_reply",
     "is_answered_failure",
     "larger_budget",
     "read_capped",
+    "redirect_message",
 ]
 
 #: The longest response body read (10 MiB); a chat completion is a few kilobytes.
@@ -145,3 +149,25 @@ def larger_budget(params: Mapping[str, Any]) -> tuple[str, int | None, int]:
     if isinstance(given, int) and not isinstance(given, bool) and given > 0:
         return name, given, 2 * given
     return name, None, TRUNCATION_RETRY_MAX_TOKENS
+
+
+def redirect_message(headers: list[tuple[bytes, bytes]]) -> str:
+    """What a redirect answer means for the caller: requests are not sent on (a POST redirected could be
+    sent twice, or its key to another host), so the endpoint's URL must be the one redirected to."""
+    location = next((value for name, value in headers if name.lower() == b"location"), b"")
+    where = f" to {location.decode('latin-1')}" if location else ""
+    return (
+        f"the server redirects{where}; redirects are not followed: "
+        "give the endpoint the base URL it redirects to"
+    )
+
+
+def carries_error(content: bytes) -> bool:
+    """Whether a body is a JSON object with an ``error`` field (a fault reported in a 2xx)."""
+    if b'"error"' not in content:
+        return False
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and bool(data.get("error"))
