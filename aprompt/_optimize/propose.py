@@ -23,6 +23,7 @@ import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize import grounding as grounding_sources
+from aprompt._optimize.field_text import fields_line
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt._optimize.proposal_filter import (
     Cleaned,
@@ -206,10 +207,11 @@ def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
 
 
 def _render_demos(demos: Sequence[Demo], limit: int = 3, max_chars: int = 300) -> str:
-    lines = []
-    for demo in list(demos)[:limit]:
-        text = "; ".join(f"{k}: {journaled_text(v)}" for k, v in demo.items())
-        lines.append(f"- {text[:max_chars]}")
+    # Each field cut to its share: a long input cut off the line's end would take the answer with it.
+    lines = [
+        f"- {fields_line({k: journaled_text(v) for k, v in demo.items()}, max_chars)}"
+        for demo in list(demos)[:limit]
+    ]
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize.examples import Example
+from aprompt._optimize.field_text import fields_line
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt._source import source_of
 from aprompt._taskgroups import plain_errors_task_group
@@ -68,8 +69,9 @@ def clean_text(text: object, max_chars: int = MAX_SUMMARY_CHARS) -> str:
 
 
 def format_example(example: Example, max_chars: int = 400) -> str:
-    parts = [f"{key}: {journaled_text(value)}" for key, value in example.fields().items()]
-    return clean_text("; ".join(parts), max_chars)
+    """``example`` on one line, each field cut to its share of ``max_chars``: its labels are shown
+    however long its inputs are (:func:`~aprompt._optimize.field_text.fields_line`)."""
+    return fields_line({key: journaled_text(value) for key, value in example.fields().items()}, max_chars)
 
 
 async def _ask(predict: Predict, lm: LM, attempts: int, outage: OutagePolicy, **inputs: Any) -> Grounded:

@@ -86,6 +86,25 @@ async def test_a_grounding_piece_switched_off_is_left_out(fake_server: FakeOpenA
     assert all(label in prompt for other, label in PIECES.items() if other != piece)
 
 
+async def test_a_demo_with_a_long_input_still_shows_the_proposer_its_answer(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = lambda request: GOOD_PROPOSAL
+    long_question = "Read this record carefully. " * 30 + "What is item-5?"
+    async with lm_for(fake_server) as lm:
+        await propose_instruction(
+            context(),
+            lm,
+            index=1,
+            grounding=Grounding(),
+            demos=[Demo({"question": long_question, "answer": "ans-5"})],
+            existing=[ORIGINAL_INSTRUCTION],
+        )
+    shown = last_user_of(fake_server.chat_requests[-1])
+    demo = shown.split("- question: Read this", 1)[1].split("\n", 1)[0]
+    assert demo.endswith("…; answer: ans-5") and len(demo) <= 300  # the question cut, and marked so
+
+
 async def test_the_proposer_is_shown_a_worked_example_with_the_fields_of_its_own_call(
     fake_server: FakeOpenAIServer,
 ) -> None:
@@ -326,6 +345,22 @@ async def test_the_data_summary_is_written_from_the_training_examples(fake_serve
     shown = "".join(last_user_of(r) for r in observed)
     assert all(f"question: What is the answer for item-{i}?; answer: ans-{i}" in shown for i in range(10))
     assert LONG_SUMMARY in last_user_of(condensed)
+
+
+async def test_the_data_summary_is_shown_the_labels_of_examples_with_long_inputs(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = lambda request: LONG_SUMMARY
+    examples = [
+        aprompt.Example(
+            inputs={"question": "Some context. " * 60 + f"What is item-{i}?"}, labels={"answer": f"ans-{i}"}
+        )
+        for i in range(3)
+    ]
+    async with lm_for(fake_server) as lm:
+        await summarize_data(examples, lm)
+    shown = last_user_of(fake_server.chat_requests[0])
+    assert all(f"…; answer: ans-{i}" in shown for i in range(3))
 
 
 async def test_the_program_summary_shows_the_programs_source_and_signatures(
