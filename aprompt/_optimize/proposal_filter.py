@@ -9,10 +9,11 @@ Deterministic checks, none of which asks an LM:
   keeps what follows an answer label (``Proposed Instruction:``). A sentence that copies a tip or the
   proposer's instruction with a word or two changed (:func:`echoes`) is removed too. What remains is
   the instruction; when nothing usable remains, the proposal is dropped.
-- **Code.** A fenced code block (to its closing fence, or to the end of a reply cut inside it) and lines
-  that read as code (``def``/``class``/``import``/``return`` lines, assignments such as ``x = y.strip()``)
-  are never an instruction; they are removed, with a line ending in a colon that introduced them ("Here is
-  the code with the example sentences:").
+- **Code.** A block fenced as prose (```text, ```markdown) is the instruction: its fences are removed,
+  its text kept (:func:`unfenced_prose`). A fenced code block (to its closing fence, or to the end of a
+  reply cut inside it) and lines that read as code (``def``/``class``/``import``/``return`` lines,
+  assignments such as ``x = y.strip()``) are never an instruction; they are removed, with a line ending
+  in a colon that introduced them ("Here is the code with the example sentences:").
 - **Made-up examples and headings.** A line labeled as an example (``Example:``, ``- Example of a
   negation: ...``; a label alone on its line takes the lines under it, to a blank line or a heading) and
   a section under a heading that names an example (``# Example``) are the proposer's own examples, which
@@ -248,7 +249,8 @@ def clean_proposal(
             identifier is removed: the task's model has no such function to call.
     """
     removed: list[str] = []
-    kept = _cut_sections(_without_examples(_without_code(text.strip(), removed), removed), labels, removed)
+    kept = _without_code(unfenced_prose(text.strip()), removed)
+    kept = _cut_sections(_without_examples(kept, removed), labels, removed)
     for sentence in (s for s in sentences if s):
         pattern = re.compile(re.escape(sentence), re.IGNORECASE)
         if pattern.search(kept):
@@ -473,6 +475,36 @@ _CODE_LINE = re.compile(
     r"|[()\[\]{},;]+\s*$)"
 )
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
+#: A fence whose info string names prose (```text, ```markdown): the block holds the instruction itself.
+_PROSE_FENCE = re.compile(
+    r"^\s*(?:```|~~~)[ \t]*(?:text|txt|plain|plaintext|markdown|md|prompt|instructions?)[ \t]*$",
+    re.IGNORECASE,
+)
+
+
+def unfenced_prose(text: str) -> str:
+    """``text`` without the fence lines of a block tagged as prose (```text ... ```, to the end when
+    none closes it): a proposer that fences its instruction so means the text, and the tag is no part of
+    it. A block fenced without a tag, or tagged with a language, is left for :func:`clean_proposal` to
+    remove as code.
+
+    Example::
+
+        >>> unfenced_prose("```text\nAnswer in one word.\n```")
+        'Answer in one word.'
+    """
+    kept: list[str] = []
+    in_prose = False
+    for line in text.splitlines():
+        if not in_prose and _PROSE_FENCE.match(line):
+            in_prose = True
+        elif in_prose and _FENCE.match(line):
+            in_prose = False
+        else:
+            kept.append(line)
+    return "\n".join(kept) if len(kept) < len(text.splitlines()) else text
+
+
 #: What continues code on the next line: an indented line, a string or a statement alone on its line.
 _CODE_GOES_ON = re.compile(
     r"^(?:\s+\S|\s*(?:\"[^\"\n]*\"|'[^'\n]*'),?\s*$|\s*(?:pass|break|continue)\s*$|\s*raise\b)"

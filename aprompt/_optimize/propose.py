@@ -35,6 +35,7 @@ from aprompt._optimize.proposal_filter import (
     sentences_of,
     task_vocabulary,
     text_length,
+    unfenced_prose,
     whole_sentences,
 )
 from aprompt._optimize.quotes import unquoted
@@ -164,15 +165,17 @@ _INTRODUCTION = re.compile(
 
 
 def clean_instruction(text: str) -> str:
-    """Strip a leading label (``Instruction:``), quotes around the whole reply (never one of its own:
-    :func:`~aprompt._optimize.quotes.unquoted`) and whitespace from a proposer reply."""
+    """Strip a leading label (``Instruction:``), the fences of a block tagged as prose
+    (:func:`~aprompt._optimize.proposal_filter.unfenced_prose`), quotes around the whole reply (never one
+    of its own: :func:`~aprompt._optimize.quotes.unquoted`) and whitespace from a proposer reply."""
     # "Sure! Here is the improved instruction: Answer ...": the proposer introducing its answer on the
     # instruction's own line; the line reads as a labeled example and would be dropped whole.
     value = _INTRODUCTION.sub("", text.strip(), count=1).strip()
     for label in ("proposed instruction:", "instruction:", "new instruction:"):
         if value.lower().startswith(label):
             value = value[len(label) :]
-    return unquoted(value)
+    # Before the quotes: a reply fenced as ```text would lose the fence and keep its "text" tag.
+    return unquoted(unfenced_prose(value))
 
 
 def clean_reply(text: str, predictor: Predict) -> Cleaned:

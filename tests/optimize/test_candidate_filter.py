@@ -406,6 +406,21 @@ def test_code_and_the_line_introducing_it_are_never_part_of_an_instruction() -> 
     assert clean_reply(prose, predictor).text == prose
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "```text\nNegate the main verb of the sentence.\n```",
+        "```Markdown\nNegate the main verb of the sentence.\n```",
+        "A better version could be:\n```text\nNegate the main verb of the sentence.\n```",
+        "```text\nNegate the main verb of the sentence.",  # cut before its closing fence
+        "```md\nNegate the main verb of the sentence.\n```\n```python\nnegate('x')\n```",
+    ],
+)
+def test_an_instruction_fenced_as_prose_is_kept_without_its_fence_or_tag(reply: str) -> None:
+    predictor = Predict("sentence -> negated", instruction="Negate the sentence.")
+    assert clean_reply(reply, predictor).text == "Negate the main verb of the sentence."
+
+
 #: The demo's embedded proposer wrote this, with its worked example, and the search returned it whole.
 EXAMPLES_ECHO = (
     "Re-write the sentence so that it says the opposite: negate its verb.\n# Help\nProposed Instructions:\n"
