@@ -20,6 +20,7 @@ from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize.examples import Example
 from aprompt._optimize.field_text import fields_line
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt._optimize.quotes import unquoted
 from aprompt._source import source_of
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._replies import accepting_cut_replies
@@ -61,8 +62,9 @@ class Grounded:
 
 
 def clean_text(text: object, max_chars: int = MAX_SUMMARY_CHARS) -> str:
-    """Strip labels, quotes and surrounding whitespace; cut at ``max_chars`` on a word boundary."""
-    value = str(text).strip().strip("\"'`").strip()
+    """Strip quotes around the whole text (never one of its own: :func:`~aprompt._optimize.quotes.unquoted`)
+    and surrounding whitespace; cut at ``max_chars`` on a word boundary."""
+    value = unquoted(str(text))
     if len(value) > max_chars:
         value = value[:max_chars].rsplit(" ", 1)[0] + " ..."
     return value

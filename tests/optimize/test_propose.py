@@ -363,6 +363,22 @@ async def test_the_data_summary_is_shown_the_labels_of_examples_with_long_inputs
     assert all(f"…; answer: ans-{i}" in shown for i in range(3))
 
 
+@pytest.mark.parametrize(
+    ("reply", "summary"),
+    [
+        ('The answers are "yes" or "no"', 'The answers are "yes" or "no"'),
+        ("`code` names open each question.", "`code` names open each question."),
+        ('"Short questions with one-word answers."', "Short questions with one-word answers."),
+    ],
+)
+async def test_a_summary_keeps_its_own_quotes_and_loses_those_around_it(
+    fake_server: FakeOpenAIServer, reply: str, summary: str
+) -> None:
+    fake_server.responder = lambda request: reply
+    async with lm_for(fake_server) as lm:
+        assert (await summarize_data(qa_examples(0, 4), lm)).text == summary
+
+
 async def test_the_program_summary_shows_the_programs_source_and_signatures(
     fake_server: FakeOpenAIServer,
 ) -> None:
