@@ -218,11 +218,17 @@ def _render_demos(demos: Sequence[Demo], limit: int = 3, max_chars: int = 300) -
     return "\n".join(lines)
 
 
+#: How much of each earlier instruction the proposer is shown (prompt tokens dominate a small model's time).
+HISTORY_CHARS = 300
+
+
 def _render_history(history: Sequence[tuple[str, float | None]]) -> str:
     lines = []
     for instruction, score in history:
         suffix = f" (score {score:.2f})" if score is not None else ""
-        lines.append(f"- {instruction[:300]}{suffix}")
+        if len(instruction) > HISTORY_CHARS:  # marked, so that the proposer does not copy a cut sentence
+            instruction = instruction[: HISTORY_CHARS - 1].rstrip() + "…"
+        lines.append(f"- {instruction}{suffix}")
     return "\n".join(lines)
 
 

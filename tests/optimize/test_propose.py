@@ -105,6 +105,27 @@ async def test_a_demo_with_a_long_input_still_shows_the_proposer_its_answer(
     assert demo.endswith("…; answer: ans-5") and len(demo) <= 300  # the question cut, and marked so
 
 
+async def test_an_earlier_instruction_cut_for_the_proposer_is_marked_as_cut(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = lambda request: GOOD_PROPOSAL
+    long_instruction = "Answer with the code word of the item named in the question. " * 8
+    async with lm_for(fake_server) as lm:
+        await propose_instruction(
+            context(),
+            lm,
+            index=1,
+            grounding=Grounding(),
+            demos=[],
+            existing=[ORIGINAL_INSTRUCTION],
+            history=[(long_instruction, 0.5), ("Short and whole.", 0.25)],
+        )
+    shown = last_user_of(fake_server.chat_requests[-1])
+    cut = shown.split("- Answer with the code word", 1)[1].split("\n", 1)[0]
+    assert cut.endswith("… (score 0.50)") and len(cut) < 300
+    assert "- Short and whole. (score 0.25)" in shown
+
+
 async def test_the_proposer_is_shown_a_worked_example_with_the_fields_of_its_own_call(
     fake_server: FakeOpenAIServer,
 ) -> None:
