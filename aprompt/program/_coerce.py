@@ -8,7 +8,9 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   7); a fraction (``4.5``) is an error. With no digits at all, the first number word from zero to
   twenty counts (``seven`` → 7), because small models often spell counts out; one joined to another
   (``twenty-one``, ``one hundred``) is an error, not its first word. A minus sign (``−5``) is a minus.
-- ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read).
+  A number of 4300 digits or more (``1e9999``) is an error.
+- ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read); one past float's range
+  (``1e400``) is an error.
 - ``bool``: the first of ``yes``/``true`` or ``no``/``false`` as a whole word (any case); a bare
   ``1``/``0``.
 - ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
@@ -28,6 +30,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -57,6 +60,8 @@ _COMPOUND = re.compile(
     r"thousand|million|billion|trillion|dozen)\b",
     re.IGNORECASE,
 )
+# Python's own bound on the digits of an int it reads or writes as text (``sys.int_info``).
+_MAX_DIGITS = 4300
 # Minus signs other than the ASCII hyphen-minus (the mathematical minus, the full-width one).
 _MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 _BOOL_WORD = re.compile(r"\b(yes|true|no|false)\b", re.IGNORECASE)
@@ -102,6 +107,10 @@ def _coerce_number(text: str, annotation: Any) -> int | float:
             number = Decimal(match.group(0).replace(",", ""))
         except InvalidOperation:  # pragma: no cover - the pattern only matches valid decimals
             raise CoercionError(f"cannot read the number {match.group(0)!r}") from None
+        # "1e999999999" would take the event loop minutes to build as an int, and a float past
+        # float's range is inf: neither is a number the program can use.
+        if number.adjusted() >= _MAX_DIGITS or (annotation is float and math.isinf(float(number))):
+            raise CoercionError(f"the number {match.group(0)[:80]!r} is too large")
     if annotation is float:
         return float(number)
     if number != number.to_integral_value():

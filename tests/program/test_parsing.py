@@ -186,6 +186,8 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "twenty one", "in digits"),
         ("int", "one hundred", "in digits"),  # not 1
         ("float", "three thousand", "in digits"),
+        ("int", "1e5000", "too large"),  # not an int of 5001 digits; 1e999999999 would take minutes
+        ("float", "1e400", "too large"),  # not inf
     ],
 )
 def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
