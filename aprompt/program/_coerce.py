@@ -11,8 +11,9 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   A number of 4300 digits or more (``1e9999``) is an error.
 - ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read); one past float's range
   (``1e400``) is an error.
-- ``bool``: the first of ``yes``/``true`` or ``no``/``false`` as a whole word (any case); a bare
-  ``1``/``0``.
+- ``bool``: ``yes``/``true`` or ``no``/``false`` as a whole word (any case), turned round by a
+  ``not``, ``never`` or ``-n't`` right before it (``not true`` → False); a bare ``1``/``0``. A reply
+  whose words say both (``No, that is not correct... yes``) is an error, not its first word.
 - ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
   spaces; otherwise the single choice mentioned as a whole word or phrase in the text (two mentioned
   is an error). Text of punctuation only (``+``, ``-``) matches a choice only as written.
@@ -64,7 +65,8 @@ _COMPOUND = re.compile(
 _MAX_DIGITS = 4300
 # Minus signs other than the ASCII hyphen-minus (the mathematical minus, the full-width one).
 _MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
-_BOOL_WORD = re.compile(r"\b(yes|true|no|false)\b", re.IGNORECASE)
+# A yes/no word, and a negation right before it ("not true", "isn't true"), which turns it round.
+_BOOL_WORD = re.compile(r"(?:\b(not|never|\w+n['’]t)\s+)?\b(yes|true|no|false)\b", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|\[\d+\])\s+(.*\S)\s*$")
 
 
@@ -121,10 +123,14 @@ def _coerce_number(text: str, annotation: Any) -> int | float:
 def _coerce_bool(text: str) -> bool:
     if text in ("1", "0"):
         return text == "1"
-    match = _BOOL_WORD.search(text)
-    if match is None:
+    # Every yes/no word must say the same: "No, that is not correct... yes" is no answer, not its first
+    # word's (a reply read the wrong way round would be scored as the prompt's answer).
+    answers = {(m.group(2).lower() in ("yes", "true")) != bool(m.group(1)) for m in _BOOL_WORD.finditer(text)}
+    if not answers:
         raise CoercionError(f"expected yes or no, got {text[:80]!r}")
-    return match.group(1).lower() in ("yes", "true")
+    if len(answers) > 1:
+        raise CoercionError(f"says both yes and no; answer with one of them, got {text[:80]!r}")
+    return answers.pop()
 
 
 def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:

@@ -133,6 +133,8 @@ def test_an_empty_value_is_a_problem() -> None:
         ("bool", "no, it is not", False),
         ("bool", "TRUE.", True),
         ("bool", "0", False),
+        ("bool", "not true", False),  # not its first yes/no word's True
+        ("bool", "It isn't true; no.", False),
         ("Literal['positive', 'negative']", "Positive", "positive"),
         ("Literal['positive', 'negative']", "  NEGATIVE!! ", "negative"),
         ("Literal['positive', 'negative']", "It is clearly positive.", "positive"),
@@ -179,6 +181,8 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "4.5", "whole number"),
         ("float", "a lot", "expected a number"),
         ("bool", "maybe", "expected yes or no"),
+        ("bool", "No, that is not correct... yes", "says both yes and no"),  # not False
+        ("bool", "false — it is true that", "says both yes and no"),
         ("Literal['positive', 'negative']", "neutral", "is not one of"),
         ("Literal['positive', 'negative']", "positive or negative", "names several of"),
         ("list[int]", "[1, [2]]", "single values"),

@@ -180,6 +180,21 @@ async def test_an_unreadable_reply_is_retried_with_a_correction(
     }
 
 
+async def test_a_reply_saying_both_yes_and_no_is_asked_again_not_read_by_its_first_word(
+    fake_server: FakeOpenAIServer, lm: OpenAICompatibleLM
+) -> None:
+    def both_then_yes(request: ChatRequest) -> str:
+        if request.last_user.startswith("Your reply could not be read"):
+            return "Answer: yes"
+        return "Answer: No, that is not wrong. So yes."
+
+    fake_server.responder = both_then_yes
+    prediction = await Predict("claim -> answer: bool", lm=lm)(claim="water is wet")
+    assert prediction.answer is True
+    assert len(fake_server.chat_requests) == 2
+    assert "says both yes and no" in sent_messages(fake_server, 1)[-1]["content"]
+
+
 async def test_retries_keep_the_callers_rollout_and_usage_counts_every_attempt(
     fake_server: FakeOpenAIServer, lm: OpenAICompatibleLM
 ) -> None:
