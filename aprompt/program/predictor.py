@@ -25,7 +25,7 @@ from aprompt.program.overrides import PromptOverride, active_overrides, note_cal
 from aprompt.program.signature import Signature, as_signature
 from aprompt.program.values import Demo, Prediction, as_demo
 
-__all__ = ["ChainOfThought", "Predict"]
+__all__ = ["ChainOfThought", "Predict", "check_demo_fields"]
 
 REASONING = Field("reasoning", str, "step-by-step thinking that works out the answer", label="Reasoning")
 
@@ -282,10 +282,29 @@ def check_state(predictor: Predict, state: Mapping[str, Any], where: str = "") -
         isinstance(d, Mapping) and all(isinstance(k, str) for k in d) for d in demos
     ):
         raise StateError(f"{where}: 'demos' must be a list of objects with string keys")
+    check_demo_fields(predictor.signature, demos, where)
     try:
         check_reply_format(predictor.signature, state.get("reply_format", "fields"), where)
     except ConfigError as exc:
         raise StateError(str(exc)) from None
+
+
+def check_demo_fields(signature: Signature, demos: Iterable[Mapping[str, Any]], where: str) -> None:
+    """Raise :class:`StateError` for a demo the prompt would not show as saved: one with a field the
+    signature lacks (a field renamed since it was saved), or with none of its output fields."""
+    for i, demo in enumerate(demos):
+        unknown = [name for name in demo if name not in signature.input_names + signature.output_names]
+        if unknown:
+            raise StateError(
+                f"{where}: demos[{i}] has the field {unknown[0]!r}, which the signature {str(signature)!r} "
+                "lacks (renamed since the state was saved?): rename it in the state to the signature's, "
+                "or optimize the program again"
+            )
+        if not any(name in demo for name in signature.output_names):
+            raise StateError(
+                f"{where}: demos[{i}] has none of the output fields {list(signature.output_names)}, so "
+                "the prompt would not show it: give it the outputs, or remove it from the state"
+            )
 
 
 class ChainOfThought(Predict):

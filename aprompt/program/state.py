@@ -11,7 +11,7 @@ from typing import Any
 from aprompt._errors import StateError
 from aprompt._files import write_text_atomically
 from aprompt.program.discovery import named_predictors
-from aprompt.program.predictor import check_state
+from aprompt.program.predictor import check_demo_fields, check_state
 
 __all__ = ["STATE_VERSION", "load_state", "load_state_file", "program_state", "save_state"]
 
@@ -24,7 +24,7 @@ def program_state(program: object) -> dict[str, Any]:
 
     Shape: ``{"aprompt_state_version": 1, "predictors": {name: {"signature", "instruction",
     "demos"}}}`` (names from :func:`named_predictors`). Raises :class:`StateError` if a demo holds a
-    value JSON cannot represent.
+    value JSON cannot represent, a field its predictor's signature lacks, or none of its output fields.
 
     Example::
 
@@ -35,6 +35,8 @@ def program_state(program: object) -> dict[str, Any]:
     for name, predictor in named_predictors(program):
         state = predictor.get_state()
         state["demos"] = [_json_value(d, f"{name}.demos[{i}]") for i, d in enumerate(state["demos"])]
+        # A state that saves must load: the demos that loading refuses are refused here too.
+        check_demo_fields(predictor.signature, state["demos"], f"predictor {name!r}")
         predictors[name] = state
     return {_VERSION_KEY: STATE_VERSION, "predictors": predictors}
 
@@ -43,7 +45,8 @@ def load_state(program: object, data: Mapping[str, Any]) -> None:
     """Set every predictor of ``program`` from ``data`` (as made by :func:`program_state`).
 
     All of it is checked before anything changes: the version, that the predictor names are exactly
-    the program's, and that each saved signature matches; any mismatch raises :class:`StateError`
+    the program's, that each saved signature matches, and that each demo has only the signature's fields
+    and at least one of its outputs; any mismatch raises :class:`StateError`
     naming it and leaves the program as it was.
     """
     if not isinstance(data, Mapping):

@@ -158,11 +158,29 @@ def _mutated(change: Any) -> dict[str, Any]:
             lambda s: s["predictors"]["steps.0"].update(demos=["not an object"]),
             r"'steps.0': 'demos' must be a list of objects",
         ),
+        (  # a field renamed since the state was saved: the demo would silently show no label
+            lambda s: s["predictors"]["classify"]["demos"][0].update(
+                category=s["predictors"]["classify"]["demos"][0].pop("label")
+            ),
+            r"'classify': demos\[0\] has the field 'category', which the signature .* lacks.*rename it",
+        ),
+        (
+            lambda s: s["predictors"]["steps.0"]["demos"][1].pop("answer"),
+            r"'steps.0': demos\[1\] has none of the output fields \['reasoning', 'answer'\]",
+        ),
     ],
 )
 def test_a_mismatching_state_is_a_state_error_naming_the_problem(change: Any, message: str) -> None:
     with pytest.raises(StateError, match=message):
         load_state(Program(), _mutated(change))
+
+
+def test_a_demo_the_state_could_not_load_is_refused_when_saving(tmp_path: Path) -> None:
+    program = tuned()
+    program.classify.demos = [{"text": "hi", "label": "ham", "note": "hand-written"}]
+    with pytest.raises(StateError, match=r"'classify': demos\[0\] has the field 'note'"):
+        save_state(program, tmp_path / "prompts.json")
+    assert not (tmp_path / "prompts.json").exists()
 
 
 def test_a_failed_load_leaves_the_program_unchanged() -> None:
