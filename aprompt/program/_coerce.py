@@ -5,9 +5,10 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
 - ``str``: the text as is (already stripped); empty text is an error.
 - ``int``: the first number in the text. Thousands separators are dropped (``3,000`` → 3000), a
   trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored (``about 7`` →
-  7); a fraction (``4.5``) is an error. With no digits at all, the first number word from zero to
-  twenty counts (``seven`` → 7), because small models often spell counts out; one joined to another
-  (``twenty-one``, ``one hundred``) is an error, not its first word. A minus sign (``−5``) is a minus.
+  7); a fraction (``4.5``, ``3/4``) is an error, as is a decimal comma (``12,34``). With no digits
+  at all, the first number word from zero to twenty counts (``seven`` → 7), because small models
+  often spell counts out; one joined to another (``twenty-one``, ``one hundred``) is an error, not its
+  first word. A minus sign (``−5``) is a minus.
   A number of 4300 digits or more (``1e9999``) is an error.
 - ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read); one past float's range
   (``1e400``) is an error.
@@ -63,6 +64,8 @@ _COMPOUND = re.compile(
 )
 # Python's own bound on the digits of an int it reads or writes as text (``sys.int_info``).
 _MAX_DIGITS = 4300
+# What makes a number only the start of one: a fraction's slash, a decimal comma.
+_GLUED = re.compile(r"[/,]\d")
 # Minus signs other than the ASCII hyphen-minus (the mathematical minus, the full-width one).
 _MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 # A yes/no word, and a negation right before it ("not true", "isn't true"), which turns it round.
@@ -105,6 +108,9 @@ def _coerce_number(text: str, annotation: Any) -> int | float:
             raise CoercionError(f"write the number in digits, got {text[:80]!r}")
         number = Decimal(_WORDS.index(word.group(1).lower()))
     else:
+        if _GLUED.match(text, match.end()):
+            # "3/4" is not 3, nor "12,34" (a decimal comma) 12: a guess would be a silently wrong value.
+            raise CoercionError(f"write the number in digits with a decimal point, got {text[:80]!r}")
         try:
             number = Decimal(match.group(0).replace(",", ""))
         except InvalidOperation:  # pragma: no cover - the pattern only matches valid decimals

@@ -192,6 +192,9 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("float", "three thousand", "in digits"),
         ("int", "1e5000", "too large"),  # not an int of 5001 digits; 1e999999999 would take minutes
         ("float", "1e400", "too large"),  # not inf
+        ("float", "3/4", "decimal point"),  # not 3.0
+        ("float", "12,34", "decimal point"),  # not 12.0
+        ("int", "about 1/2 of them", "decimal point"),  # not 1
     ],
 )
 def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
