@@ -17,7 +17,8 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   whose words say both (``No, that is not correct... yes``) is an error, not its first word.
 - ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
   spaces; otherwise the single choice mentioned as a whole word or phrase in the text (two mentioned
-  is an error). Text of punctuation only (``+``, ``-``) matches a choice only as written.
+  is an error, as is one right after a ``not``, ``never`` or ``-n't``: ``not positive`` is no
+  ``positive``). Text of punctuation only (``+``, ``-``) matches a choice only as written.
 - ``list[T]``: a JSON (or Python) list, also inside a code fence or backticks or before a full stop;
   else numbers separated by spaces; else bullet or numbered lines; else one item per line; else
   comma-separated items. Each item is coerced to ``T``.
@@ -155,10 +156,20 @@ def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
     # A mention inside a longer mentioned choice ("good" in "very good") is not a separate mention.
     mentioned = [f for f in mentioned if not any(f != g and f" {f} " in f" {g} " for g in mentioned)]
     if len(mentioned) == 1:
+        if _negated_mention(mentioned[0]).search(padded):
+            # "not positive" is no answer of "positive": read as the choice it denies, it would be scored so.
+            raise CoercionError(f"{text[:80]!r} denies a choice; answer with the one that holds")
         return by_form[mentioned[0]]
     options = ", ".join(str(c) for c in choices)
     problem = "names several of" if mentioned else "is not one of"
     raise CoercionError(f"{text[:80]!r} {problem}: {options}")
+
+
+@functools.lru_cache(maxsize=256)
+def _negated_mention(form: str) -> re.Pattern[str]:
+    """A mention of the normalized choice ``form`` right after a negation, in normalized text: ``not``,
+    ``never``, or ``-n't`` (``isn't`` normalizes to ``isn t``)."""
+    return re.compile(r"(?: not| never|n t) " + re.escape(form) + " ")
 
 
 # Every reply of a choice field is read against the same choices: their forms are worked out once.

@@ -157,6 +157,7 @@ def test_an_empty_value_is_a_problem() -> None:
         ("list[str]", '["Paris", "London"].', ["Paris", "London"]),
         ("list[int]", "1 2 3", [1, 2, 3]),
         ("Literal[True, False]", "False", False),
+        ("Literal['spam', 'not spam']", "It is not spam.", "not spam"),  # the choice, not a negated "spam"
     ],
 )
 def test_typed_fields_are_coerced(type_: str, text: str, expected: Any) -> None:
@@ -185,6 +186,9 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("bool", "false — it is true that", "says both yes and no"),
         ("Literal['positive', 'negative']", "neutral", "is not one of"),
         ("Literal['positive', 'negative']", "positive or negative", "names several of"),
+        ("Literal['positive', 'negative']", "not positive", "denies a choice"),  # not "positive"
+        ("Literal['positive', 'negative', 'neutral']", "It isn't negative.", "denies a choice"),
+        ("Literal[True, False]", "It is not True", "denies a choice"),  # not True
         ("list[int]", "[1, [2]]", "single values"),
         ("int", "twenty-one", "in digits"),  # not 20
         ("int", "twenty one", "in digits"),
