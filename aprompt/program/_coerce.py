@@ -5,10 +5,12 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
 - ``str``: the text as is (already stripped); empty text is an error.
 - ``int``: the first number in the text. Thousands separators are dropped (``3,000`` → 3000), a
   trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored (``about 7`` →
-  7); a fraction (``4.5``, ``3/4``) is an error, as is a decimal comma (``12,34``). With no digits
-  at all, the first number word from zero to twenty counts (``seven`` → 7), because small models
-  often spell counts out; one joined to another (``twenty-one``, ``one hundred``) is an error, not its
-  first word. A minus sign (``−5``) is a minus.
+  7); a fraction (``4.5``, ``3/4``) is an error, as is a decimal comma (``12,34``) and
+  a range or a choice of two (``10-20``, ``3 to 5``, ``between 3 and 5``, ``3 or 4``), which is no
+  single number. With no digits at all, the first number word from zero to twenty counts (``seven``
+  → 7), because small models often spell counts out; one joined to another (``twenty-one``, ``one
+  hundred``) is an error, not its first word, as is a range of them (``three to five``). A minus sign
+  (``−5``) is a minus.
   A number of 4300 digits or more (``1e9999``) is an error.
 - ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read); one past float's range
   (``1e400``) is an error.
@@ -67,6 +69,13 @@ _COMPOUND = re.compile(
 _MAX_DIGITS = 4300
 # What makes a number only the start of one: a fraction's slash, a decimal comma.
 _GLUED = re.compile(r"[/,]\d")
+# A second number after the first as its range's other end or an alternative ("10-20", "3 to 5", "3 or 4"):
+# horizontal space only, so a bullet line after a value ("4\n- 2 cats") is not taken for one.
+_RANGE = re.compile(r"[ \t]*(?:[-\u2013\u2014~]|[ \t](?:to|or)[ \t])[ \t]*[-+]?\.?\d", re.IGNORECASE)
+_RANGE_WORD = re.compile(r"[ \t]+(?:to|or)[ \t]+(?:\d|(?:" + "|".join(_WORDS) + r")\b)", re.IGNORECASE)
+# "between 3 and 5": an "and" makes a range only after a "between".
+_BETWEEN = re.compile(r"\bbetween[ \t]+$", re.IGNORECASE)
+_AND = re.compile(r"[ \t]+and[ \t]+(?:[-+]?\.?\d|(?:" + "|".join(_WORDS) + r")\b)", re.IGNORECASE)
 # Minus signs other than the ASCII hyphen-minus (the mathematical minus, the full-width one).
 _MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 # A yes/no word, and a negation right before it ("not true", "isn't true"), which turns it round.
@@ -107,23 +116,31 @@ def _coerce_number(text: str, annotation: Any) -> int | float:
             raise CoercionError(f"expected {describe_type(annotation)}, got {text[:80]!r}")
         if _COMPOUND.match(text, word.end()):
             raise CoercionError(f"write the number in digits, got {text[:80]!r}")
+        if _RANGE_WORD.match(text, word.end()) or (
+            _AND.match(text, word.end()) and _BETWEEN.search(text, 0, word.start())
+        ):
+            raise CoercionError(f"give a single number, not a range or a choice of two, got {text[:80]!r}")
         number = Decimal(_WORDS.index(word.group(1).lower()))
     else:
-        if _GLUED.match(text, match.end()):
+        digits, end = match.group(0), match.end()
+        if _RANGE.match(text, end) or (_AND.match(text, end) and _BETWEEN.search(text, 0, match.start())):
+            # "10-20" is no single number: its first end would be a silently wrong value.
+            raise CoercionError(f"give a single number, not a range or a choice of two, got {text[:80]!r}")
+        if _GLUED.match(text, end):
             # "3/4" is not 3, nor "12,34" (a decimal comma) 12: a guess would be a silently wrong value.
             raise CoercionError(f"write the number in digits with a decimal point, got {text[:80]!r}")
         try:
-            number = Decimal(match.group(0).replace(",", ""))
+            number = Decimal(digits.replace(",", ""))
         except InvalidOperation:  # pragma: no cover - the pattern only matches valid decimals
-            raise CoercionError(f"cannot read the number {match.group(0)!r}") from None
+            raise CoercionError(f"cannot read the number {digits!r}") from None
         # "1e999999999" would take the event loop minutes to build as an int, and a float past
         # float's range is inf: neither is a number the program can use.
         if number.adjusted() >= _MAX_DIGITS or (annotation is float and math.isinf(float(number))):
-            raise CoercionError(f"the number {match.group(0)[:80]!r} is too large")
+            raise CoercionError(f"the number {digits[:80]!r} is too large")
     if annotation is float:
         return float(number)
     if number != number.to_integral_value():
-        raise CoercionError(f"expected a whole number, got {match.group(0) if match else text!r}")
+        raise CoercionError(f"expected a whole number, got {digits if match else text!r}")
     return int(number)
 
 

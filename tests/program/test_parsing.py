@@ -157,6 +157,9 @@ def test_an_empty_value_is_a_problem() -> None:
         ("list[str]", '["Paris", "London"].', ["Paris", "London"]),
         ("list[int]", "1 2 3", [1, 2, 3]),
         ("Literal[True, False]", "False", False),
+        ("int", "3 or more", 3),
+        ("int", "4\n- 2 cats\n- 2 dogs", 4),  # a bullet line after the value is no range
+        ("int", "about 3 apples and 5 pears", 3),
         ("Literal['spam', 'not spam']", "It is not spam.", "not spam"),  # the choice, not a negated "spam"
     ],
 )
@@ -199,6 +202,13 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("float", "3/4", "decimal point"),  # not 3.0
         ("float", "12,34", "decimal point"),  # not 12.0
         ("int", "about 1/2 of them", "decimal point"),  # not 1
+        ("int", "10-20", "not a range"),  # not 10
+        ("int", "10\u201320 apples", "not a range"),
+        ("int", "3 to 5", "not a range"),
+        ("int", "between 3 and 5", "not a range"),
+        ("int", "3 or 4", "not a range"),
+        ("float", "-.5 to .5", "not a range"),
+        ("int", "three to five", "not a range"),  # not 3
     ],
 )
 def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
