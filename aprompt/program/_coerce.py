@@ -3,9 +3,10 @@
 Coercion rules (each raises :class:`CoercionError` with a reason the model can act on):
 
 - ``str``: the text as is (already stripped); empty text is an error.
-- ``int``: the first number in the text. Thousands separators are dropped (``3,000`` → 3000), a
-  trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored (``about 7`` →
-  7); a fraction (``4.5``, ``3/4``) is an error, as is a decimal comma (``12,34``) and
+- ``int``: the first number in the text. Thousands separators are dropped (``3,000`` → 3000), as are
+  spaces between groups of three digits (``1 000`` → 1000; a digit after the last group, ``1 000 2``,
+  is an error), a trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored
+  (``about 7`` → 7); a fraction (``4.5``, ``3/4``) is an error, as is a decimal comma (``12,34``) and
   a range or a choice of two (``10-20``, ``3 to 5``, ``between 3 and 5``, ``3 or 4``), which is no
   single number. With no digits at all, the first number word from zero to twenty counts (``seven``
   → 7), because small models often spell counts out; one joined to another (``twenty-one``, ``one
@@ -76,6 +77,11 @@ _RANGE_WORD = re.compile(r"[ \t]+(?:to|or)[ \t]+(?:\d|(?:" + "|".join(_WORDS) + 
 # "between 3 and 5": an "and" makes a range only after a "between".
 _BETWEEN = re.compile(r"\bbetween[ \t]+$", re.IGNORECASE)
 _AND = re.compile(r"[ \t]+and[ \t]+(?:[-+]?\.?\d|(?:" + "|".join(_WORDS) + r")\b)", re.IGNORECASE)
+# Thousands in groups of three after spaces ("1 000", "12\u202f345.5"): one number, not its first group.
+_SPACED_GROUPS = re.compile(r"(?:[ \u00a0\u2009\u202f]\d{3}(?!\w))+(?:\.\d+(?!\w))?")
+_SPACED_MORE = re.compile(r"[ \u00a0\u2009\u202f]\d")
+_SPACED_LEAD = re.compile(r"[-+]?[1-9]\d{0,2}")  # "0 123" is no thousands grouping
+_NO_SPACES = str.maketrans("", "", " \u00a0\u2009\u202f")
 # Minus signs other than the ASCII hyphen-minus (the mathematical minus, the full-width one).
 _MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 # A yes/no word, and a negation right before it ("not true", "isn't true"), which turns it round.
@@ -123,6 +129,11 @@ def _coerce_number(text: str, annotation: Any) -> int | float:
         number = Decimal(_WORDS.index(word.group(1).lower()))
     else:
         digits, end = match.group(0), match.end()
+        groups = _SPACED_GROUPS.match(text, end) if _SPACED_LEAD.fullmatch(digits) else None
+        if groups is not None:
+            digits, end = digits + groups.group(0).translate(_NO_SPACES), groups.end()
+            if _SPACED_MORE.match(text, end):  # "1 000 2": one number or several, the text does not say
+                raise CoercionError(f"write the number in digits without spaces, got {text[:80]!r}")
         if _RANGE.match(text, end) or (_AND.match(text, end) and _BETWEEN.search(text, 0, match.start())):
             # "10-20" is no single number: its first end would be a silently wrong value.
             raise CoercionError(f"give a single number, not a range or a choice of two, got {text[:80]!r}")

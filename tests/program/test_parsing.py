@@ -157,6 +157,10 @@ def test_an_empty_value_is_a_problem() -> None:
         ("list[str]", '["Paris", "London"].', ["Paris", "London"]),
         ("list[int]", "1 2 3", [1, 2, 3]),
         ("Literal[True, False]", "False", False),
+        ("int", "1 000", 1000),  # not 1
+        ("int", "about 1\u202f000 000 people", 1000000),
+        ("float", "12 345.5", 12345.5),
+        ("int", "1 000-meter race", 1000),
         ("int", "3 or more", 3),
         ("int", "4\n- 2 cats\n- 2 dogs", 4),  # a bullet line after the value is no range
         ("int", "about 3 apples and 5 pears", 3),
@@ -209,6 +213,9 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "3 or 4", "not a range"),
         ("float", "-.5 to .5", "not a range"),
         ("int", "three to five", "not a range"),  # not 3
+        ("int", "between 1 000 and 2 000", "not a range"),
+        ("int", "1 000 2", "without spaces"),  # one number or two
+        ("float", "1 000,5", "decimal point"),  # not 1000.0
     ],
 )
 def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
