@@ -14,7 +14,8 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   (``−5``) is a minus.
   A number of 4300 digits or more (``1e9999``) is an error.
 - ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read); one past float's range
-  (``1e400``) is an error.
+  (``1e400``) is an error, as is a percentage (``50%``, ``50 percent``): whether it stands for 50 or
+  0.5 is the field's meaning, which the text does not say. (In an ``int`` field ``50%`` is 50.)
 - ``bool``: ``yes``/``true`` or ``no``/``false`` as a whole word (any case), turned round by a
   ``not``, ``never`` or ``-n't`` right before it (``not true`` → False); a bare ``1``/``0``. A reply
   whose words say both (``No, that is not correct... yes``) is an error, not its first word.
@@ -79,6 +80,8 @@ _BETWEEN = re.compile(r"\bbetween[ \t]+$", re.IGNORECASE)
 _AND = re.compile(r"[ \t]+and[ \t]+(?:[-+]?\.?\d|(?:" + "|".join(_WORDS) + r")\b)", re.IGNORECASE)
 # Thousands in groups of three after spaces ("1 000", "12\u202f345.5"): one number, not its first group.
 _SPACED_GROUPS = re.compile(r"(?:[ \u00a0\u2009\u202f]\d{3}(?!\w))+(?:\.\d+(?!\w))?")
+# A percentage: 50 or 0.5 as the field means it ("%", the full-width one, the word).
+_PERCENT = re.compile(r"[ \t\u00a0]*(?:[%\uff05]|per[ \t]?cent\b)", re.IGNORECASE)
 _SPACED_MORE = re.compile(r"[ \u00a0\u2009\u202f]\d")
 _SPACED_LEAD = re.compile(r"[-+]?[1-9]\d{0,2}")  # "0 123" is no thousands grouping
 _NO_SPACES = str.maketrans("", "", " \u00a0\u2009\u202f")
@@ -137,6 +140,10 @@ def _coerce_number(text: str, annotation: Any) -> int | float:
         if _RANGE.match(text, end) or (_AND.match(text, end) and _BETWEEN.search(text, 0, match.start())):
             # "10-20" is no single number: its first end would be a silently wrong value.
             raise CoercionError(f"give a single number, not a range or a choice of two, got {text[:80]!r}")
+        if annotation is float and _PERCENT.match(text, end):
+            raise CoercionError(
+                f"write the number as the field means it, without a percent sign, got {text[:80]!r}"
+            )
         if _GLUED.match(text, end):
             # "3/4" is not 3, nor "12,34" (a decimal comma) 12: a guess would be a silently wrong value.
             raise CoercionError(f"write the number in digits with a decimal point, got {text[:80]!r}")

@@ -161,6 +161,8 @@ def test_an_empty_value_is_a_problem() -> None:
         ("int", "about 1\u202f000 000 people", 1000000),
         ("float", "12 345.5", 12345.5),
         ("int", "1 000-meter race", 1000),
+        ("int", "50%", 50),  # a whole number: 0.5 is no reading of it
+        ("float", "50 percentile", 50.0),
         ("int", "3 or more", 3),
         ("int", "4\n- 2 cats\n- 2 dogs", 4),  # a bullet line after the value is no range
         ("int", "about 3 apples and 5 pears", 3),
@@ -216,6 +218,9 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "between 1 000 and 2 000", "not a range"),
         ("int", "1 000 2", "without spaces"),  # one number or two
         ("float", "1 000,5", "decimal point"),  # not 1000.0
+        ("float", "50%", "percent sign"),  # 50.0 where the field means 0.5, or the other way round
+        ("float", "about 12.5 % of them", "percent sign"),
+        ("float", "50 percent", "percent sign"),
     ],
 )
 def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
