@@ -224,7 +224,8 @@ def _coerce_item(item: Any, item_type: Any) -> Any:
         return coerce(repr(item), item_type)
     if isinstance(item, int | float | bool):
         return coerce(json.dumps(item), item_type)
-    raise CoercionError(f"list items must be single values, got {json.dumps(item)[:80]}")
+    # repr, not JSON: a Python list's item may be one JSON cannot write (bytes, a set, a complex number).
+    raise CoercionError(f"list items must be single values, got {repr(item)[:80]}")
 
 
 def _split_list(text: str) -> list[Any]:

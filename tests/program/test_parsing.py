@@ -199,6 +199,9 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("Literal['positive', 'negative', 'neutral']", "It isn't negative.", "denies a choice"),
         ("Literal[True, False]", "It is not True", "denies a choice"),  # not True
         ("list[int]", "[1, [2]]", "single values"),
+        ("list[int]", "[1+2j]", "single values"),  # not a TypeError out of the parser
+        ("list[str]", "[b'x', {1}]", "single values"),
+        ("list[int]", "[{(1, 2): 3}]", "single values"),
         ("int", "twenty-one", "in digits"),  # not 20
         ("int", "twenty one", "in digits"),
         ("int", "one hundred", "in digits"),  # not 1
