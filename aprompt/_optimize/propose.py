@@ -40,7 +40,7 @@ from aprompt._optimize.proposal_filter import (
 )
 from aprompt._optimize.quotes import unquoted
 from aprompt._taskgroups import plain_errors_task_group
-from aprompt.lm._replies import accepting_cut_replies
+from aprompt.lm._replies import accepting_cut_replies, is_cut
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
@@ -315,7 +315,7 @@ async def propose_instruction(
             continue
         reply = str(prediction["proposed_instruction"])
         finished = reply
-        if prediction.completion is not None and prediction.completion.finish_reason == "length":
+        if prediction.completion is not None and is_cut(prediction.completion.finish_reason):
             finished = finished_part(reply)  # cut at its budget: its last sentence is unfinished
         if not finished.strip():
             reason = f"cut at its token budget inside its first sentence: {reply[:80]!r}"

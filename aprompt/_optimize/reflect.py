@@ -54,7 +54,7 @@ from aprompt._optimize.propose import (
 from aprompt._optimize.search import SearchLoop
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
-from aprompt.lm._replies import accepting_cut_replies
+from aprompt.lm._replies import accepting_cut_replies, is_cut
 from aprompt.program.predictor import Predict
 from aprompt.run.journal import journaled_text
 
@@ -288,7 +288,7 @@ class ReflectiveProposals:
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                 continue
             reply = str(prediction["proposed_instruction"])
-            if prediction.completion is not None and prediction.completion.finish_reason == "length":
+            if prediction.completion is not None and is_cut(prediction.completion.finish_reason):
                 reply = finished_part(reply)
             text, note = clean_reflection(reply, predictor)
             if text is None:

@@ -24,11 +24,13 @@ from aprompt.lm.types import Completion
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "TRUNCATION_RETRY_MAX_TOKENS",
+    "WINDOW_CUT_REASON",
     "accepting_cut_replies",
     "carries_error",
     "cut_reply_acceptor",
     "incomplete_reply",
     "is_answered_failure",
+    "is_cut",
     "larger_budget",
     "read_capped",
     "redirect_message",
@@ -64,6 +66,13 @@ _FAULT_REASONS = frozenset({"error", "abort"})
 #: ``"pause_turn"`` (a long turn with server tools, to be continued by another request).
 _PAUSED_REASONS = frozenset({"pause_turn"})
 
+#: The finish reason of a reply the model's context window cut (Anthropic's): the prompt left the reply too
+#: little of the window, so a larger token budget would be cut at the same place.
+WINDOW_CUT_REASON = "model_context_window_exceeded"
+
+#: Finish reasons of a reply cut before its end: at its token budget, or by the context window.
+_CUT_REASONS = frozenset({"length", WINDOW_CUT_REASON})
+
 #: Set by a caller that can tell a cut reply which already holds its whole answer (a predictor whose
 #: every output field was written, each ended before the cut): such a reply is an answer.
 _CUT_REPLY_IS_ANSWER: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
@@ -93,12 +102,26 @@ def cut_reply_acceptor() -> Callable[[str], bool] | None:
     return _CUT_REPLY_IS_ANSWER.get()
 
 
+def is_cut(finish_reason: str | None) -> bool:
+    """Whether a reply of ``finish_reason`` was cut before its end (its last sentence is unfinished)."""
+    return finish_reason in _CUT_REASONS
+
+
 def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteResponseError | None:
     """The error for a well-formed reply that is not an answer, or None for an answer."""
     reason = completion.finish_reason
     is_answer = _CUT_REPLY_IS_ANSWER.get()
-    if reason == "length" and completion.text and is_answer is not None and is_answer(completion.text):
+    if is_cut(reason) and completion.text and is_answer is not None and is_answer(completion.text):
         return None
+    if reason == WINDOW_CUT_REASON:
+        return TruncatedResponseError(
+            f"the reply was cut where the prompt and it filled the model's context window (finish_reason "
+            f"{reason!r}): a larger max_tokens would not finish it; shorten the prompt (fewer or shorter "
+            "demos, shorter inputs)",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
     if reason == "length":
         return TruncatedResponseError(
             "the reply was cut at its token budget (finish_reason 'length')",

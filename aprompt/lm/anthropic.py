@@ -64,7 +64,6 @@ _FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
-    "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
@@ -131,8 +130,9 @@ def _translate_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def finish_reason(stop_reason: str | None) -> str | None:
     """Anthropic's ``stop_reason`` in OpenAI's words: ``end_turn``/``stop_sequence`` → ``"stop"``,
-    ``max_tokens`` and ``model_context_window_exceeded`` → ``"length"``, ``tool_use`` →
-    ``"tool_calls"``, ``refusal`` → ``"content_filter"``; any other reason is kept as it is."""
+    ``max_tokens`` → ``"length"``, ``tool_use`` → ``"tool_calls"``, ``refusal`` → ``"content_filter"``;
+    any other reason is kept as it is (``model_context_window_exceeded`` too: a reply cut by the
+    context window, which a larger ``max_tokens`` would not finish)."""
     if stop_reason is None:
         return None
     return _FINISH_REASONS.get(stop_reason, stop_reason)
@@ -155,9 +155,11 @@ class AnthropicLM(HTTPChatLM):
 
     A 200 that is not an answer raises an :class:`~aprompt._errors.IncompleteResponseError`: no text
     content, ``stop_reason`` ``"refusal"`` (:class:`~aprompt._errors.ContentFilteredError`),
-    ``"pause_turn"`` (a turn paused before its end), or ``"max_tokens"`` / ``"model_context_window_exceeded"``
+    ``"pause_turn"`` (a turn paused before its end), ``"max_tokens"``
     (:class:`~aprompt._errors.TruncatedResponseError`, after one re-send with twice the
-    ``max_tokens``); see :mod:`aprompt.lm._http`.
+    ``max_tokens``), or ``"model_context_window_exceeded"`` (a ``TruncatedResponseError`` at once: the
+    prompt left the reply too little of the context window, which no re-send changes); see
+    :mod:`aprompt.lm._http`.
 
     Args:
         model: the model name sent with each request (e.g. ``"claude-3-5-haiku-latest"``).

@@ -252,12 +252,26 @@ async def test_max_completion_tokens_is_the_budget_doubled_when_it_is_set() -> N
     assert [(r.body or {}).get("max_completion_tokens") for r in server.chat_requests] == [30, 60]
 
 
-async def test_an_anthropic_context_window_stop_is_a_truncated_reply() -> None:
+async def test_an_anthropic_context_window_stop_is_a_truncated_reply_raised_without_a_resend(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The window, not the budget, cut it: twice the budget would be cut at the same place, after paying
+    for nearly a whole window again. It is raised at once, saying what to shorten."""
     async with FakeAnthropicServer() as server:
         server.script(lambda n: Fault.reply("Val", finish_reason="model_context_window_exceeded"))
         async with AnthropicLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
-            with pytest.raises(TruncatedResponseError):
-                await lm.chat(HELLO)
+            with (
+                caplog.at_level(logging.DEBUG, logger="aprompt.lm"),
+                pytest.raises(TruncatedResponseError) as caught,
+            ):
+                await lm.chat(HELLO, max_tokens=1000)
+    assert [(r.body or {})["max_tokens"] for r in server.chat_requests] == [1000]
+    assert (lm.usage.requests, lm.usage.retries, lm.usage.errors) == (1, 0, 1)
+    message = str(caught.value)
+    assert "context window" in message and "shorten the prompt" in message
+    assert "token budget" not in message
+    assert caught.value.finish_reason == "model_context_window_exceeded" and caught.value.text == "Val"
+    assert not [r for r in caplog.records if "re-sending" in r.getMessage()]
 
 
 # -- end to end: after the client's retries, such replies are the prompt's failure, scored 0 ----------
