@@ -19,6 +19,11 @@ is known, else additive increase / multiplicative decrease on 429s. Limits the s
 ``x-ratelimit-*`` headers become the endpoint's (:mod:`aprompt.lm.ratelimit_headers`), never above
 them.
 
+Endpoints. A failed attempt cools its endpoint down (see :mod:`aprompt.lm.endpoints`), so that a retry
+goes to another; one of several that answers 404 (a replica lacking the route or model) is not the
+request's fault: the request goes at once to another available endpoint (each one once at most),
+outside the retries. A lone endpoint's 404, or one where no other is available, is raised.
+
 Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
 own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
 spread over ``RetryPolicy.pause_jitter`` of its length, so that they do not arrive all at once.
@@ -482,7 +487,7 @@ class HTTPChatLM(abc.ABC):
             nonlocal attempts, payload, reserved, enlarged
             attempts += 1
             try:
-                return await self._attempt(payload, reserved, is_retry=attempts > 1)
+                return await self._routed_attempt(payload, reserved, is_retry=attempts > 1)
             except TruncatedResponseError as truncated:
                 # A reply the context window cut would be cut at the same place with any budget.
                 if enlarged or truncated.finish_reason == WINDOW_CUT_REASON:
@@ -511,7 +516,7 @@ class HTTPChatLM(abc.ABC):
             )
             attempts += 1
             try:
-                return await self._attempt(payload, reserved, is_retry=True)
+                return await self._routed_attempt(payload, reserved, is_retry=True)
             except TruncatedResponseError as again:
                 final, detail = again, f"cut again with {name}={larger}"
             except RequestRejectedError as rejected:  # e.g. more than the model's output limit
@@ -541,6 +546,24 @@ class HTTPChatLM(abc.ABC):
             completion = await self._retry.retrying(self._log_retry)(resumed)
         self._estimator.observe_estimate(estimate, completion.usage.prompt_tokens)
         return completion
+
+    async def _routed_attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
+        """One attempt, sent on at once to another endpoint while the one it went to answers 404 and
+        another is available: a replica lacking the route or model (now cooling down) is not the
+        request's fault. Each endpoint is tried once at most; a lone endpoint's 404 is raised."""
+        failovers = len(self._pool.endpoints) - 1
+        while True:
+            try:
+                return await self._attempt(payload, reserved, is_retry=is_retry)
+            except LMStatusError as error:
+                url = error.endpoint
+                if error.status_code != 404 or url is None or failovers < 1:
+                    raise
+                if not self._pool.available_besides(url):
+                    raise
+            failovers -= 1
+            is_retry = True
+            logger.debug("%s: HTTP 404, sending the request to another endpoint", url)
 
     async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
         await self._wait_out_pause()

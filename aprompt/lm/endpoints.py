@@ -6,7 +6,8 @@ quarter of the capacity gets about a quarter of the traffic. An endpoint is unav
 cools down after a connection error, timeout, 5xx or malformed reply (a body that is no chat reply,
 or one the server stopped on a fault), or while its limiter is paused by a 429; a
 retry therefore fails over to another one. One of several that answers 404 (a replica serving
-another route or model) cools down too, so that the next requests go to the others. When every
+another route or model) cools down too, so that the next requests go to the others, and the client
+sends the request that got the 404 to one of them (see :mod:`aprompt.lm._http`). When every
 endpoint is unavailable the least-loaded one is used anyway (the retry back-off spaces those).
 """
 
@@ -232,6 +233,10 @@ class EndpointPool:
             if rank < best_rank:
                 best, best_rank = candidate, rank
         return best
+
+    def available_besides(self, url: str) -> bool:
+        """Whether an endpoint other than the one at ``url`` is available now."""
+        return any(endpoint.url != url and self.is_available(endpoint) for endpoint in self._endpoints)
 
     def _rank(self, endpoint: EndpointState) -> tuple[bool, float]:
         return (not self.is_available(endpoint), endpoint.in_flight / endpoint.capacity)

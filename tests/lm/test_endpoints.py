@@ -238,22 +238,35 @@ async def test_calls_fail_over_when_one_endpoint_answers_no_reply(
     assert 1 <= len(fake_server.chat_requests) <= 8
 
 
-async def test_a_replica_answering_404_is_avoided_while_the_others_serve(
+@both_backends
+async def test_a_replica_answering_404_is_avoided_and_its_requests_are_answered_by_the_others(
     fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
 ) -> None:
-    """One replica lacks the route or the model: after its first 404 the calls go to the other, rather
-    than half of them failing there."""
+    """One replica lacks the route or the model: the requests it answers 404 go on at once to the other
+    (even with no retries), and after its first 404 the calls go there first, rather than failing."""
     fake_server.fault_rates = [(Fault.http_status(404), 1.0)]
+    for server in (fake_server, second_server):
+        server.latency = 0.01
     urls = [fake_server.base_url, second_server.base_url]
-    failures = []
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=8, max_retries=0) as lm:
+        await run_calls(lm, 20)
+    assert (lm.usage.calls, lm.usage.errors) == (20, 0)
+    assert len(second_server.chat_requests) == 20
+    assert 1 <= len(fake_server.chat_requests) <= 8
+    assert lm.usage.requests == 20 + len(fake_server.chat_requests)
+
+
+async def test_a_404_from_every_replica_is_raised_after_each_was_tried_once(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    for server in (fake_server, second_server):
+        server.fault_rates = [(Fault.http_status(404), 1.0)]
+    urls = [fake_server.base_url, second_server.base_url]
     async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, retry=QUICK) as lm:
-        for index in range(20):
-            try:
-                await lm.chat(question(index))
-            except RequestRejectedError as rejected:
-                failures.append(rejected.status_code)
-    assert len(fake_server.chat_requests) == len(failures) <= 1
-    assert len(second_server.chat_requests) == 20 - len(failures)
+        with pytest.raises(RequestRejectedError) as caught:
+            await lm.chat(question(0))
+    assert caught.value.status_code == 404 and "check the base URL" in str(caught.value)
+    assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (1, 1)
 
 
 @both_backends
