@@ -10,8 +10,9 @@ the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-l
 its slots (when there are several: the client's own bound a lone one) and a connection
 (:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
 rate limiter, and only then the HTTP request, through our own HTTP/1.1 transport
-(:mod:`aprompt.lm._http11`), or httpx behind a proxy or with a caller's ``http_client``. Retry
-back-offs and pauses are waited outside every slot.
+(:mod:`aprompt.lm._http11`), or httpx behind a proxy or with a caller's ``http_client``, whose reply
+:mod:`aprompt.lm._exchange` reads. Retry back-offs and pauses (:mod:`aprompt.lm._pacing`) are waited
+outside every slot.
 
 Concurrency. An explicit ``max_concurrency`` is a fixed cap. Without one (the default) the cap adapts
 (:mod:`aprompt.lm.adaptive`): from the rate limits and the measured latency (Little's law) when a limit
@@ -65,39 +66,41 @@ import tenacity
 
 from aprompt._errors import (
     AuthenticationError,
-    BadResponseError,
     ConfigError,
-    LMConnectionError,
     LMError,
     LMStatusError,
-    LMTimeoutError,
     RateLimitError,
     RequestRejectedError,
-    ServerError,
     TruncatedResponseError,
 )
 from aprompt.lm._connections import ConnectionLanes, LaneTransports
+from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._messages import check_messages
 from aprompt.lm._metering import admit_request
+from aprompt.lm._pacing import pause_after_rate_limit, pooled_rates, wait_out_pause
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
     WINDOW_CUT_REASON,
-    carries_error,
     incomplete_reply,
-    is_answered_failure,
     larger_budget,
-    redirect_message,
 )
-from aprompt.lm._transport import HttpxTransport, Transport, TransportError, TransportTimeout, request_url
+from aprompt.lm._transport import HttpxTransport, request_url
 from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.cache._run_caches import lent_cache
-from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, endpoint_urls, shown_url
+from aprompt.lm.endpoints import (
+    Endpoint,
+    EndpointPool,
+    EndpointState,
+    endpoint_urls,
+    is_endpoint_fault,
+    shown_url,
+)
 from aprompt.lm.limits import RateLimiter, TokenEstimator, estimate_prompt_tokens
-from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits, read_raw_rate_limit_headers
-from aprompt.lm.retry import RetryPolicy, error_for_status, raw_retry_after
+from aprompt.lm.ratelimit_headers import StatedLimits, read_raw_rate_limit_headers
+from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, canonical_params
 from aprompt.lm.usage import UsageCounter, UsageSnapshot, note_request
 
@@ -113,16 +116,6 @@ logger = logging.getLogger("aprompt.lm")
 
 #: ``max_concurrency`` when not given: None, an adaptive cap (see :mod:`aprompt.lm.adaptive`).
 DEFAULT_MAX_CONCURRENCY: int | None = None
-
-# The most that the attempts a pause held are spread over after it, in seconds.
-_MAX_PAUSE_SPREAD = 2.0
-
-# Server messages in our errors are cut to this many characters (after the keys are scrubbed).
-_MESSAGE_CHARS = 500
-#: How much of a body that is not JSON an error shows.
-_BODY_START_BYTES = 120
-# Bytes beyond the shown start scrubbed with it: longer than any key.
-_SCRUBBED_BEYOND = 4096
 
 # Body fields a request parameter would replace (sent as given, parameters follow them in the body).
 _BODY_FIELDS = ("model", "messages")
@@ -241,10 +234,6 @@ class HTTPChatLM(abc.ABC):
         # A key is also scrubbed as the server saw it: a header value's surrounding spaces are not its
         # own (a key pasted with a trailing space comes back without it).
         self._secrets = tuple({secret for key in keys if key for secret in (key, key.strip()) if secret})
-        # A refusal of a request sent without a key says so: the server's own words ("Unauthorized")
-        # do not tell a first run that the variable was never set.
-        self._keyless = frozenset(keyless)
-        self._unset_key = f"no API key was sent: ${api_key_env} is not set (set it, or pass api_key=)"
         # Parsed once: httpx would parse a string URL again for every request.
         self._request_urls = {state: request_url(state.target, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
@@ -260,8 +249,21 @@ class HTTPChatLM(abc.ABC):
         self._cache = cache
         self._default_params = dict(default_params or {})
         self._usage = UsageCounter()
-        self._timeout = timeout
-        self._max_response_bytes = max_response_bytes
+        self._reader = ReplyReader(
+            model=model,
+            path=self.path,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+            max_hold=self._retry.max_retry_after,
+            secrets=self._secrets,
+            keyless=frozenset(keyless),
+            # A refusal of a request sent without a key says so: the server's own words ("Unauthorized")
+            # do not tell a first run that the variable was never set.
+            unset_key=f"no API key was sent: ${api_key_env} is not set (set it, or pass api_key=)",
+            parse_completion=self._parse_completion,
+            server_message=self._server_message,
+            stated_limits=self._stated_limits,
+        )
         self._cut_replies = 0  # replies re-sent with a larger token budget (only the first is a warning)
         self._closed = False
 
@@ -438,7 +440,7 @@ class HTTPChatLM(abc.ABC):
                     secrets=self._secrets,  # a key in the URL's query, which the headers do not hold
                 )
             except AuthenticationError as refused:
-                raise self._explained(refused) from None
+                raise self._reader.explained(refused) from None
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).
@@ -588,7 +590,9 @@ class HTTPChatLM(abc.ABC):
                     self._usage.retries += 1
                 sent = time.monotonic()
                 used = reserved
-                completion = await self._exchange(lease.transport, endpoint, payload)
+                completion = await self._reader.exchange(
+                    lease.transport, endpoint, self._request_urls[endpoint], payload
+                )
                 if meter is not None:
                     meter.settle(self._model, completion.usage)
                 # A server that reports no usage keeps the estimate charged.
@@ -616,124 +620,33 @@ class HTTPChatLM(abc.ABC):
                     self._limiter.settle(admitted_here, used)
 
     async def _wait_out_pause(self) -> None:
-        """Wait, holding no slot, until a 429 pause lets requests through (every endpoint paused, or
-        the client), plus a random share of the pause so that the attempts it held do not all go at once."""
-        while True:
-            limiters = [endpoint.limiter for endpoint in self._pool.endpoints]
-            paused = min(limiters, key=lambda limiter: limiter.paused_until)
-            if self._limiter.paused_until > paused.paused_until:
-                paused = self._limiter
-            delay = paused.paused_until - time.monotonic()
-            if delay <= 0:
-                return
-            spread = min(self._retry.pause_jitter * paused.pause_seconds, _MAX_PAUSE_SPREAD)
-            await anyio.sleep(delay + spread * self._rng.random())
+        """Wait, holding no slot, until a 429 pause lets requests through (see :func:`wait_out_pause`)."""
+        await wait_out_pause(
+            self._limiter,
+            [endpoint.limiter for endpoint in self._pool.endpoints],
+            pause_jitter=self._retry.pause_jitter,
+            rng=self._rng,
+        )
 
     def _rates(self) -> tuple[float | None, float | None]:
         """The fastest the limits let requests and tokens go (per second, over a burst window): the
         client's, or the endpoints' sum when each has a limit, whichever is lower; None where unknown."""
-        return self._pooled_rates(
+        return pooled_rates(
             self._limiter.peak_rates, [endpoint.limiter.peak_rates for endpoint in self._pool.endpoints]
         )
 
     def _configured_rates(self) -> tuple[float | None, float | None]:
         """:meth:`_rates` of the configured limits alone (nothing learned from the server)."""
-        return self._pooled_rates(
+        return pooled_rates(
             self._limiter.configured_peak_rates,
             [endpoint.limiter.configured_peak_rates for endpoint in self._pool.endpoints],
-        )
-
-    @staticmethod
-    def _pooled_rates(
-        own_rates: tuple[float | None, float | None], endpoint_rates: list[tuple[float | None, float | None]]
-    ) -> tuple[float | None, float | None]:
-        rates: list[float | None] = []
-        for own, theirs in (
-            (own_rates[0], [requests for requests, _ in endpoint_rates]),
-            (own_rates[1], [tokens for _, tokens in endpoint_rates]),
-        ):
-            known = [rate for rate in theirs if rate is not None]
-            pooled = sum(known) if len(known) == len(theirs) else None
-            rates.append(min(own, pooled) if own is not None and pooled is not None else own or pooled)
-        return rates[0], rates[1]
-
-    async def _exchange(self, transport: Transport, endpoint: EndpointState, payload: bytes) -> Completion:
-        # Errors are raised outside the except blocks, so that nothing of the transport's is chained
-        # onto ours.
-        failure: LMError | None = None
-        # The timeout bounds the whole exchange: our HTTP/1.1 transport has none of its own, httpx's
-        # bounds each read only, and a server sending a byte at a time would keep the call waiting.
-        with anyio.move_on_after(self._timeout) as deadline:
-            try:
-                reply = await transport.request(
-                    "POST",
-                    self._request_urls[endpoint],
-                    endpoint.headers,
-                    payload,
-                    self._max_response_bytes,
-                )
-            except TransportTimeout:
-                failure = self._timed_out(endpoint)
-            except TransportError as exc:
-                failure = LMConnectionError(self._scrub(f"connection failed: {exc}"), endpoint=endpoint.url)
-        if deadline.cancelled_caught:
-            failure = self._timed_out(endpoint)
-        if failure is not None:
-            raise failure
-        status, headers, content, too_large = reply
-        stated = self._stated_limits(headers)
-        if stated is not None:
-            apply_stated_limits(endpoint.limiter, stated, max_hold=self._retry.max_retry_after)
-        if not 200 <= status < 300:
-            message = redirect_message(headers) if 300 <= status < 400 else self._server_message(content)
-            error = error_for_status(
-                status,
-                self._scrub(message)[:_MESSAGE_CHARS],
-                endpoint=endpoint.url,
-                retry_after=raw_retry_after(headers),
-            )
-            raise self._explained(error)
-        if too_large:
-            raise BadResponseError(
-                f"response body larger than max_response_bytes={self._max_response_bytes}",
-                endpoint=endpoint.url,
-            )
-        try:
-            return self._parse_completion(content)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-        if carries_error(content):  # a router's 200 for an upstream failure: say what the server said
-            message = self._scrub(self._server_message(content))[:_MESSAGE_CHARS]
-            raise BadResponseError(
-                f"HTTP {status} with an error instead of a reply: {message}", endpoint=endpoint.url
-            )
-        if content.lstrip()[:1] not in (b"{", b"["):  # not JSON at all: a web page, a proxy's notice
-            # Scrubbed before it is cut, so that no key is left half-cut (and so unmatched) at the end; the
-            # prefix scrubbed holds any key that starts within what is shown.
-            head = content[: _BODY_START_BYTES + _SCRUBBED_BEYOND].decode("utf-8", "replace")
-            start = " ".join(self._scrub(head).split())[:_BODY_START_BYTES]
-            raise BadResponseError(
-                f"HTTP {status} with a body that is not JSON, starting {start!r}: is the base "
-                "URL the API's own address? (an OpenAI-compatible API's usually ends in /v1)",
-                endpoint=endpoint.url,
-            )
-        raise BadResponseError(
-            f"malformed response body ({self._scrub(detail)[:200]})", endpoint=endpoint.url
-        )
-
-    def _timed_out(self, endpoint: EndpointState) -> LMTimeoutError:
-        return LMTimeoutError(
-            f"no complete response within the {self._timeout:g} s timeout", endpoint=endpoint.url
         )
 
     def _note_failure(self, endpoint: EndpointState, error: LMError) -> None:
         if isinstance(error, RateLimitError):
             self._usage.rate_limited += 1
-            pause = self._retry.pause_after_rate_limit(error.retry_after)
-            started = endpoint.limiter.pause(pause)
-            if self._limiter.limited:
-                started = self._limiter.pause(pause) or started
-            if started:
+            pause = pause_after_rate_limit(error, endpoint.limiter, self._limiter, self._retry)
+            if pause is not None:
                 self._concurrency.paused()
                 logger.info(
                     "%s: HTTP 429, pausing requests for %.2f s (concurrency cap now %d)",
@@ -743,13 +656,7 @@ class HTTPChatLM(abc.ABC):
                 )
             else:
                 logger.debug("%s: HTTP 429 within a pause", endpoint.url)
-        elif (
-            isinstance(error, LMConnectionError | LMTimeoutError)
-            or (isinstance(error, ServerError) and error.status_code >= 500)
-            # A body that is no reply, or one the server stopped on a fault: the endpoint's, not the
-            # request's (an empty, filtered or cut reply is the model's, and says nothing of the endpoint).
-            or (isinstance(error, BadResponseError) and not is_answered_failure(error))
-        ):
+        elif is_endpoint_fault(error):
             self._pool.mark_unhealthy(endpoint)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
@@ -763,31 +670,6 @@ class HTTPChatLM(abc.ABC):
             error,
             sleep,
         )
-
-    def _explained(self, error: LMStatusError) -> LMStatusError:
-        """``error`` with what to check: the variable of a key never sent, or, for a 404, the URL the
-        request went to and the model (a base URL without its ``/v1``, or a mistyped model)."""
-        if isinstance(error, AuthenticationError) and error.endpoint in self._keyless:
-            hint = self._unset_key
-        elif error.status_code == 404 and error.endpoint is not None:
-            hint = (
-                f"check the base URL (this request went to {request_url(error.endpoint, self.path)}) "
-                f"and the model name {self._model!r}"
-            )
-        else:
-            return error
-        return type(error)(
-            f"{error.args[0]}; {hint}",
-            status_code=error.status_code,
-            server_message=error.server_message,
-            endpoint=error.endpoint,
-            retry_after=error.retry_after,
-        )
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 def _env(name: str | None) -> str | None:

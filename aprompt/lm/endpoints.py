@@ -22,9 +22,18 @@ from types import TracebackType
 import attrs
 import httpx
 
-from aprompt._errors import ConfigError, LMStatusError
+from aprompt._errors import (
+    BadResponseError,
+    ConfigError,
+    LMConnectionError,
+    LMError,
+    LMStatusError,
+    LMTimeoutError,
+    ServerError,
+)
 from aprompt._slots import Slots
 from aprompt.lm._connections import ConnectionLanes
+from aprompt.lm._replies import is_answered_failure
 from aprompt.lm.limits import RateLimiter
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "EndpointPool",
     "EndpointState",
     "endpoint_urls",
+    "is_endpoint_fault",
     "public_url",
     "shown_url",
 ]
@@ -125,6 +135,17 @@ def endpoint_urls(url: str) -> tuple[str, str, tuple[str, ...]]:
             part = name + equals + b"***"
         shown.append(part)
     return target, str(parsed.copy_with(query=b"&".join(shown))).rstrip("/"), tuple(secrets)
+
+
+def is_endpoint_fault(error: LMError) -> bool:
+    """Whether ``error`` is its endpoint's fault, for which it cools down: a connection error, a timeout,
+    a 5xx, or a body that is no reply or one the server stopped on a fault (an empty, filtered or cut
+    reply is the model's, and says nothing of the endpoint)."""
+    return (
+        isinstance(error, LMConnectionError | LMTimeoutError)
+        or (isinstance(error, ServerError) and error.status_code >= 500)
+        or (isinstance(error, BadResponseError) and not is_answered_failure(error))
+    )
 
 
 class EndpointState:
