@@ -52,7 +52,6 @@ import abc
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -73,7 +72,7 @@ from aprompt._errors import (
     RequestRejectedError,
     TruncatedResponseError,
 )
-from aprompt.lm._connections import ConnectionLanes, LaneTransports
+from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._messages import check_messages
 from aprompt.lm._metering import admit_request
@@ -86,17 +85,14 @@ from aprompt.lm._replies import (
     incomplete_reply,
     larger_budget,
 )
-from aprompt.lm._transport import HttpxTransport, request_url
-from aprompt.lm.adaptive import MAX_CONCURRENCY, ConcurrencyController
+from aprompt.lm._transport import request_url
+from aprompt.lm.adaptive import ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.cache._run_caches import lent_cache
 from aprompt.lm.endpoints import (
-    Endpoint,
     EndpointPool,
     EndpointState,
-    endpoint_urls,
     is_endpoint_fault,
-    shown_url,
 )
 from aprompt.lm.limits import RateLimiter, TokenEstimator, estimate_prompt_tokens
 from aprompt.lm.ratelimit_headers import StatedLimits, read_raw_rate_limit_headers
@@ -119,9 +115,6 @@ DEFAULT_MAX_CONCURRENCY: int | None = None
 
 # Body fields a request parameter would replace (sent as given, parameters follow them in the body).
 _BODY_FIELDS = ("model", "messages")
-
-#: What a client accepts as its endpoints: a base URL, an :class:`Endpoint`, or several of them.
-EndpointSpec = str | Endpoint | Sequence[str | Endpoint]
 
 
 class HTTPChatLM(abc.ABC):
@@ -181,59 +174,17 @@ class HTTPChatLM(abc.ABC):
                 f"endpoint_cooldown must be a number of seconds >= 0, got {endpoint_cooldown!r}"
             )
         self._model = model
-        default_key = api_key if api_key is not None else _env(api_key_env)
-        specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
-        transports = LaneTransports(timeout)
-        shared = HttpxTransport(http_client, owned=False) if http_client is not None else None
-        states: list[EndpointState] = []
-        keys: list[str | None] = []
-        keyless: set[str] = set()  # endpoints sent no key because api_key_env is not set
-        for spec in specs:
-            endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
-            # "" is a key given as none (a local server beside a cloud one): not the client's.
-            if endpoint.api_key is not None:
-                key: str | None = endpoint.api_key
-            elif endpoint.api_key_env is not None:
-                key = _env(endpoint.api_key_env)
-                if key is None:
-                    # Falling back to the client's key would send it to a server meant to get another.
-                    raise ConfigError(
-                        f"endpoint {shown_url(endpoint.url)} reads its key from ${endpoint.api_key_env}, "
-                        'which is not set: set it, or give the endpoint api_key ("" for none)'
-                    )
-            else:
-                key = default_key
-            target, url, hidden = endpoint_urls(endpoint.url)
-            if key is None and api_key is None and api_key_env:
-                keyless.add(url)
-            keys.extend(value for value in hidden if len(value) >= 8)  # scrubbed from messages too
-            if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
-                # Sent as is, a line break would end the request's head early or add a header.
-                raise ConfigError(
-                    f"the API key for {url} contains a control character (a line break read with it "
-                    "from a file?); remove it"
-                )
-            keys.append(key)
-            own = endpoint.max_concurrency
-            if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
-                raise ConfigError(
-                    f"the max_concurrency of endpoint {url} must be an integer of at least 1, got {own!r}"
-                )
-            capacity = own or max_concurrency or MAX_CONCURRENCY
-            make_transport = transports.for_endpoint(httpx.URL(url))
-            states.append(
-                EndpointState(
-                    url,
-                    headers=self._auth_headers(key),
-                    capacity=capacity,
-                    limiter=RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute),
-                    lanes=ConnectionLanes(capacity, make_transport, shared=shared),
-                    target=target,
-                )
-            )
-        # A key is also scrubbed as the server saw it: a header value's surrounding spaces are not its
-        # own (a key pasted with a trailing space comes back without it).
-        self._secrets = tuple({secret for key in keys if key for secret in (key, key.strip()) if secret})
+        setup = set_up_endpoints(
+            endpoints,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            http_client=http_client,
+            auth_headers=self._auth_headers,
+        )
+        states = setup.states
+        self._secrets = setup.secrets
         # Parsed once: httpx would parse a string URL again for every request.
         self._request_urls = {state: request_url(state.target, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
@@ -256,7 +207,7 @@ class HTTPChatLM(abc.ABC):
             max_response_bytes=max_response_bytes,
             max_hold=self._retry.max_retry_after,
             secrets=self._secrets,
-            keyless=frozenset(keyless),
+            keyless=setup.keyless,
             # A refusal of a request sent without a key says so: the server's own words ("Unauthorized")
             # do not tell a first run that the variable was never set.
             unset_key=f"no API key was sent: ${api_key_env} is not set (set it, or pass api_key=)",
@@ -670,7 +621,3 @@ class HTTPChatLM(abc.ABC):
             error,
             sleep,
         )
-
-
-def _env(name: str | None) -> str | None:
-    return os.environ.get(name) if name else None

@@ -1,0 +1,114 @@
+"""The endpoints of an HTTP chat client as it is created: each one's key (its own, its variable's or the
+client's), its request headers, concurrency cap, rate limiter and connection lanes, refusing a
+configuration that would send a key where it does not belong or could not be sent (see
+:mod:`aprompt.lm._http`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import attrs
+import httpx
+
+from aprompt._errors import ConfigError
+from aprompt.lm._connections import ConnectionLanes, LaneTransports
+from aprompt.lm._transport import HttpxTransport
+from aprompt.lm.adaptive import MAX_CONCURRENCY
+from aprompt.lm.endpoints import Endpoint, EndpointState, endpoint_urls, shown_url
+from aprompt.lm.limits import RateLimiter
+
+__all__ = ["EndpointSetup", "EndpointSpec", "set_up_endpoints"]
+
+#: What a client accepts as its endpoints: a base URL, an :class:`Endpoint`, or several of them.
+EndpointSpec = str | Endpoint | Sequence[str | Endpoint]
+
+
+@attrs.frozen
+class EndpointSetup:
+    """A client's endpoints as created.
+
+    Attributes:
+        states: each endpoint's runtime state, in the order given.
+        secrets: every key sent (as given and stripped) and every credential in a URL's query, to scrub
+            from messages.
+        keyless: the endpoints sent no key because the client's ``api_key_env`` is not set.
+    """
+
+    states: list[EndpointState]
+    secrets: tuple[str, ...]
+    keyless: frozenset[str]
+
+
+def set_up_endpoints(
+    endpoints: EndpointSpec,
+    *,
+    api_key: str | None,
+    api_key_env: str | None,
+    max_concurrency: int | None,
+    timeout: float,
+    http_client: httpx.AsyncClient | None,
+    auth_headers: Callable[[str | None], dict[str, str]],
+) -> EndpointSetup:
+    """The endpoints of a client given ``endpoints``, its key (or the variable holding it), its
+    concurrency cap and timeout, and ``auth_headers``, the headers that authenticate with a key (None:
+    none). Raises :class:`~aprompt._errors.ConfigError` for an endpoint whose key variable is unset,
+    a key with a control character, or an endpoint concurrency that is not a positive integer."""
+    default_key = api_key if api_key is not None else _env(api_key_env)
+    specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
+    transports = LaneTransports(timeout)
+    shared = HttpxTransport(http_client, owned=False) if http_client is not None else None
+    states: list[EndpointState] = []
+    keys: list[str | None] = []
+    keyless: set[str] = set()  # endpoints sent no key because api_key_env is not set
+    for spec in specs:
+        endpoint = spec if isinstance(spec, Endpoint) else Endpoint(spec)
+        # "" is a key given as none (a local server beside a cloud one): not the client's.
+        if endpoint.api_key is not None:
+            key: str | None = endpoint.api_key
+        elif endpoint.api_key_env is not None:
+            key = _env(endpoint.api_key_env)
+            if key is None:
+                # Falling back to the client's key would send it to a server meant to get another.
+                raise ConfigError(
+                    f"endpoint {shown_url(endpoint.url)} reads its key from ${endpoint.api_key_env}, "
+                    'which is not set: set it, or give the endpoint api_key ("" for none)'
+                )
+        else:
+            key = default_key
+        target, url, hidden = endpoint_urls(endpoint.url)
+        if key is None and api_key is None and api_key_env:
+            keyless.add(url)
+        keys.extend(value for value in hidden if len(value) >= 8)  # scrubbed from messages too
+        if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
+            # Sent as is, a line break would end the request's head early or add a header.
+            raise ConfigError(
+                f"the API key for {url} contains a control character (a line break read with it "
+                "from a file?); remove it"
+            )
+        keys.append(key)
+        own = endpoint.max_concurrency
+        if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
+            raise ConfigError(
+                f"the max_concurrency of endpoint {url} must be an integer of at least 1, got {own!r}"
+            )
+        capacity = own or max_concurrency or MAX_CONCURRENCY
+        make_transport = transports.for_endpoint(httpx.URL(url))
+        states.append(
+            EndpointState(
+                url,
+                headers=auth_headers(key),
+                capacity=capacity,
+                limiter=RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute),
+                lanes=ConnectionLanes(capacity, make_transport, shared=shared),
+                target=target,
+            )
+        )
+    # A key is also scrubbed as the server saw it: a header value's surrounding spaces are not its
+    # own (a key pasted with a trailing space comes back without it).
+    secrets = tuple({secret for key in keys if key for secret in (key, key.strip()) if secret})
+    return EndpointSetup(states, secrets, frozenset(keyless))
+
+
+def _env(name: str | None) -> str | None:
+    return os.environ.get(name) if name else None
