@@ -26,6 +26,7 @@ from aprompt._optimize.propose import Grounding
 from aprompt._optimize.result import OptimizeResult, P
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.strategies import Strategy, resolve_strategy
+from aprompt._optimize.strategies.base import checked_plan
 from aprompt.executors.base import Executor, check_executor, use_executor
 from aprompt.lm.types import LM
 from aprompt.lm.usage import IN_FLIGHT_KIND, timing_requests
@@ -237,6 +238,7 @@ async def optimize(
     train, val = split_valset(train, val_given, plan.val_size, seed)
     check_disjoint(train, val)
     train = apart_from(train, val)
+    checked_plan(chosen, plan, len(predictors), len(train), len(val))  # a plan it cannot run costs nothing
     check_inputs(program, [*train, *val], "trainset/valset")
     check_metric(metric)
     await check_metric_on_labels(metric, [*val, *train])
@@ -371,7 +373,7 @@ async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -
 
 def _plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
     """The run's plan, as ``strategy`` plans it, with its LM-call estimate."""
-    planned = strategy.plan(plan, n_predictors, n_train, n_val)
+    planned = checked_plan(strategy, plan, n_predictors, n_train, n_val)
     estimate = estimate_calls(
         plan,
         n_predictors=n_predictors,

@@ -17,10 +17,19 @@ from aprompt._optimize.budget import resolve_budget
 from aprompt._optimize.grounding import GroundingSource
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.strategies import STRATEGIES, Strategy, register_strategy, unregister_strategy
+from aprompt._optimize.strategies import (
+    STRATEGIES,
+    Strategy,
+    StrategyPlan,
+    register_strategy,
+    unregister_strategy,
+)
 from aprompt._optimize.summaries import Grounded
 from aprompt.run.journal import RunJournal
-from tests.optimize.qa_task import SMALL_BUDGET, is_proposal, last_user_of, optimize_in_world
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import SMALL_BUDGET, is_proposal, last_user_of, lm_for, optimize_in_world
+from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
 
@@ -104,6 +113,36 @@ async def test_each_built_in_strategy_makes_the_trials_its_plan_counts(name: str
     [planned] = planned_events(events)
     assert planned.n_trials == plan.n_trials == len(result.trials)
     assert result.stopped_by is None
+
+
+def negative_trials_strategy() -> Strategy:
+    class NegativeTrials(howto_strategy_class()):  # type: ignore[misc]
+        name = "negative_trials"
+
+        def plan(self, budget: Any, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
+            return StrategyPlan.standard(budget, n_predictors, n_train, n_val, n_trials=-3)
+
+    return NegativeTrials()
+
+
+@pytest.mark.parametrize(
+    ("make", "refusal"),
+    [
+        (lambda: howto_strategy_class()(n_trials=0), "plans no trial and no full evaluation"),
+        (negative_trials_strategy, "plans n_trials=-3"),
+    ],
+)
+async def test_a_plan_that_cannot_run_is_refused_before_any_call(make: Any, refusal: str) -> None:
+    """A strategy option such as ``n_trials=0`` is refused up front, not once the bootstrap is paid for."""
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+    ):
+        with pytest.raises(aprompt.ConfigError, match=refusal):
+            await aprompt.optimize(
+                TwoStageProgram(), examples(0, 60), metric, valset=examples(200, 230), lm=lm, strategy=make()
+            )
+        assert server.chat_requests == []
 
 
 class FirstQuestions(GroundingSource):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from aprompt._errors import ConfigError
 from aprompt._optimize.bootstrap import bootstrap_runs
 from aprompt._optimize.budget import Budget
 
@@ -115,4 +116,32 @@ class Strategy(ABC):
         return f"<strategy {getattr(self, 'name', '?')!r}>"
 
 
-__all__ = ["Strategy", "StrategyPlan"]
+def checked_plan(
+    strategy: Strategy, budget: Budget, n_predictors: int, n_train: int, n_val: int
+) -> StrategyPlan:
+    """``strategy``'s plan, refused before the run spends anything when it cannot be run: not a
+    :class:`StrategyPlan`, a count that is not a whole number >= 0, or neither a trial nor a full
+    evaluation (a strategy option such as ``n_trials=0`` would otherwise fail only once the bootstrap is
+    paid for).
+
+    Raises:
+        ConfigError: the plan is one of those.
+    """
+    plan = strategy.plan(budget, n_predictors, n_train, n_val)
+    if not isinstance(plan, StrategyPlan):
+        raise ConfigError(f"strategy {strategy.name!r}: plan() must return a StrategyPlan, got {plan!r}")
+    counts = {k: v for k, v in attrs.asdict(plan).items() if not k.startswith("searches_")}
+    bad = [f"{k}={v!r}" for k, v in counts.items() if type(v) is not int or v < 0]
+    if bad:
+        raise ConfigError(
+            f"strategy {strategy.name!r} plans {', '.join(bad)}: counts must be whole numbers >= 0"
+        )
+    if plan.n_trials + plan.extra_full_evals < 1:
+        raise ConfigError(
+            f"strategy {strategy.name!r} plans no trial and no full evaluation (n_trials=0): "
+            "it would pay for its bootstrap and proposals and search nothing; plan one trial or more"
+        )
+    return plan
+
+
+__all__ = ["Strategy", "StrategyPlan", "checked_plan"]
