@@ -101,7 +101,8 @@ class FullEvaluation:
 class NewBest:
     """The pick changed: the fully evaluated combination the run would return now, with its
     full-validation ``score``. The last ``NewBest`` of a run names ``OptimizeResult.best_choice`` and
-    ``score``."""
+    ``score``. A pick named again by parameters the search added since it was told (an
+    instruction proposed mid-run) is told again under that name."""
 
     choice: Mapping[str, int]
     score: float

@@ -69,6 +69,7 @@ from aprompt._optimize.final_pick import (
     MIN_SHARED,
     NOTHING_SCORES,
     FinalPick,
+    Key,
     collect_evidence,
     key_of,
     mean_of,
@@ -168,6 +169,8 @@ class SearchLoop:
     _pool: ScorePool = attrs.field(factory=ScorePool, init=False)
     _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
     _pick: FinalPick | None = attrs.field(default=None, init=False)
+    #: The choice the last ``NewBest`` named: a pick renamed since (``_named``) is told again by its name.
+    _told: Key | None = attrs.field(default=None, init=False)
     #: Why the search stopped on its own before its planned end (``"nothing_scores"``), or ``None``.
     stopped: str | None = attrs.field(default=None, init=False)
     _sampler: TPESampler | None = attrs.field(default=None, init=False)
@@ -643,7 +646,7 @@ class SearchLoop:
         self._tested |= fork._tested
         self.raced_out |= fork.raced_out
         self.races_started = fork.races_started
-        self._pick = fork._pick
+        self._pick, self._told = fork._pick, fork._told
         self.stopped = self.stopped or fork.stopped
         for name, texts in fork.candidates.instructions.items():
             for text in texts[len(origin.candidates.instructions[name]) :]:
@@ -723,7 +726,10 @@ class SearchLoop:
         await self._adopt(self.decide())
 
     async def _adopt(self, chosen: FinalPick) -> None:
-        """Make ``chosen`` the pick, telling it as ``NewBest`` when it is another combination."""
-        previous, self._pick = self._pick, chosen
-        if previous is None or key_of(previous.choice) != key_of(chosen.choice):
+        """Make ``chosen`` the pick, telling it as ``NewBest`` when it is another combination, or the same
+        one named by parameters added since it was told (so the last ``NewBest`` names the result's
+        ``best_choice``)."""
+        self._pick = chosen
+        if self._told != key_of(chosen.choice):
+            self._told = key_of(chosen.choice)
             await self.emit(NewBest(dict(chosen.choice), self._full_score(chosen.choice)))

@@ -275,3 +275,14 @@ async def test_a_pick_a_stop_moves_is_told_as_a_new_best() -> None:
     best = [e for e in events if isinstance(e, NewBest)]
     assert best[-1].choice == result.best_choice and best[-1].score == result.score
     assert best[-1].choice != result.candidates.baseline()
+
+
+async def test_a_pick_named_before_the_search_added_instructions_is_told_by_its_final_name() -> None:
+    # mipro_plus_plus adds each predictor's instructions mid-run; here it keeps the program as written,
+    # told first when it had no instruction parameter: the last NewBest names the returned choice.
+    events: list[Event] = []
+    result, _ = await optimize_in_world("mipro_plus_plus", on_event=events.append)
+    assert result.best_choice == {**result.candidates.baseline(), **result.best_choice}
+    assert any(key.endswith(".instruction") for key in result.best_choice)
+    best = [e for e in events if isinstance(e, NewBest)]
+    assert best[-1].choice == result.best_choice and best[-1].score == result.score
