@@ -243,10 +243,10 @@ def estimate_calls(
     screen_runs: int = 0,
     extra_full_evals: int = 0,
 ) -> CallEstimate:
-    """Upper-bound estimate before any cache: full evaluations (baseline, one per ``full_eval_every``
-    trials and a last one, and ``extra_full_evals`` a strategy makes besides) plus every mini-batch;
-    ``screen_runs`` program runs screen the proposals. With ``racing`` the search spends at most these
-    program runs, differently divided."""
+    """An estimate before any cache: full evaluations (baseline, one per ``full_eval_every`` trials and a
+    last one, and ``extra_full_evals`` a strategy makes besides) plus every mini-batch; ``screen_runs``
+    program runs screen the proposals. With ``racing`` the search spends at most these program runs,
+    differently divided; the whole is no bound (see :class:`~aprompt._optimize.events.RunPlanned`)."""
     full_evals = 1 + math.ceil(n_trials / budget.full_eval_every) + extra_full_evals
     runs = full_evals * val_size + n_trials * min(budget.minibatch_size, val_size)
     return CallEstimate(

@@ -43,7 +43,11 @@ class PhaseFinished:
 
 @attrs.frozen
 class RunPlanned:
-    """The run's plan, before the search spends its calls."""
+    """The run's plan, before the search spends its calls.
+
+    ``expected_lm_calls`` estimates the run's LM calls before any cache (``detail``: by phase). It is no
+    bound: failing bootstrap runs are drawn again, and retries, re-sent cut replies and a confirmation of
+    an undecided pick come on top; ``max_lm_calls`` is the bound."""
 
     strategy: str
     n_trials: int

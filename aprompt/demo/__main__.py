@@ -83,7 +83,8 @@ def estimate_seconds(plan: aprompt.RunPlanned, seconds_per_call: float, after_ca
 
     The local server decodes its slots together and the run keeps them busy (the baseline beside the
     bootstrap, the proposals side by side, trials in parallel), so time follows the work done, not the
-    order of the steps. The plan's counts are upper bounds: racing and repeated prompts spend fewer.
+    order of the steps. The plan's counts are estimates: racing and repeated prompts spend fewer, failing
+    bootstrap runs and a confirmation of an undecided pick more.
     """
     proposals = plan.detail.get("proposal", 0)
     program_calls = plan.expected_lm_calls - proposals + after_calls
@@ -104,7 +105,7 @@ class Narrator:
             left = estimate_seconds(event, self.seconds_per_call, self.after_calls)
             print(
                 f"plan: {event.strategy}, {event.n_trials} trials on {event.val_size} validation examples, "
-                f"at most {event.expected_lm_calls} LM calls ({event.detail.get('proposal', 0)} of them "
+                f"about {event.expected_lm_calls} LM calls ({event.detail.get('proposal', 0)} of them "
                 f"proposals)\n"
                 f"time: about {_minutes(spent + left)} in all from the {self.seconds_per_call:.2f} s per "
                 f"call measured above ({spent:.0f} s so far)"
