@@ -358,6 +358,32 @@ def test_a_result_path_that_cannot_be_written_exits_2_before_any_lm_call(
     assert err.startswith(f"aprompt: error: cannot write the result to {out}")
 
 
+def test_a_result_path_gone_by_the_end_of_a_run_keeps_the_result_in_another_file(tmp_path: Path) -> None:
+    """Without --run-dir the result is all the run paid for: saved elsewhere, and the error says where."""
+    folder = write_task(tmp_path)
+    (folder / "out").mkdir()
+    (folder / "spoiler.py").write_text(
+        "import pathlib, shutil\n"
+        "from tests.optimize.world import metric as world_metric\n\n"
+        "def metric(example, prediction):\n"
+        "    out = pathlib.Path('out')\n"
+        "    if out.is_dir():  # the folder of --out becomes a file while the run goes on\n"
+        "        shutil.rmtree(out)\n"
+        "        out.write_text('')\n"
+        "    return world_metric(example, prediction)\n",
+        encoding="utf-8",
+    )
+    with world_server() as server:
+        args = [a for a in optimize_args(server.base_url) if a not in ("--run-dir", "run")]
+        args[args.index("--metric") + 1] = "spoiler.py:metric"
+        done = aprompt_cli(folder, *args, "--quiet", "--out", "out/result.json")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("aprompt: error: cannot write the result to out/result.json: ")
+    kept = done.stderr.split("the result is saved in ")[1].strip()
+    result = json.loads(Path(folder, kept).read_text())
+    assert result["format"] == "aprompt-result" and len(result["trials"]) == 8
+
+
 def test_an_unreachable_endpoint_exits_3(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(base_args("http://127.0.0.1:9/v1")) == 3
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -54,6 +55,34 @@ def _check_writable(target: Path) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"cannot write the result to {target}: {exc.strerror or exc}") from None
+
+
+def _save_result(result: aprompt.OptimizeResult[Any], targets: list[Path]) -> None:
+    """Save ``result`` to every target; where none can be written (a folder gone or full since the run
+    began), to a new file in the working or the temporary folder, named in the error: never lost."""
+    saved: list[Path] = []
+    failed: list[str] = []
+    for target in targets:
+        try:
+            saved.append(result.save(target))
+        except OSError as exc:
+            failed.append(f"{target}: {exc.strerror or exc}")
+    if not failed:
+        return
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        if saved:
+            break
+        try:
+            fd, name = tempfile.mkstemp(prefix="aprompt-result-", suffix=".json", dir=folder)
+        except OSError:
+            continue
+        os.close(fd)
+        try:
+            saved.append(result.save(name))
+        except OSError:
+            Path(name).unlink(missing_ok=True)
+    kept = f"; the result is saved in {', '.join(map(str, saved))}" if saved else ""
+    raise ConfigError(f"cannot write the result to {'; '.join(failed)}{kept}")
 
 
 async def optimize_command(args: argparse.Namespace) -> int:
@@ -113,11 +142,7 @@ async def optimize_command(args: argparse.Namespace) -> int:
             # A function's predictors live in its module; this process only saves the result.
             in_place=is_function(program),
         )
-    for target in targets:
-        try:
-            result.save(target)
-        except OSError as exc:
-            raise ConfigError(f"cannot write the result to {target}: {exc.strerror or exc}") from None
+    _save_result(result, sorted(targets))
     stopped = f" (stopped by {result.stopped_by})" if result.stopped_by else ""
     print(f"validation score: baseline {result.baseline_score:.3f} -> optimized {result.score:.3f}{stopped}")
     if result.pick is not None:
