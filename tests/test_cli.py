@@ -384,6 +384,15 @@ def test_a_result_path_gone_by_the_end_of_a_run_keeps_the_result_in_another_file
     assert result["format"] == "aprompt-result" and len(result["trials"]) == 8
 
 
+def test_a_negative_show_failures_exits_2_before_any_lm_call(
+    task: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The endpoint is unreachable: reaching it (exit 3) would mean the evaluation ran before the check.
+    common = ["--data", "val.csv", "--metric", "cli_world.py:metric", "--lm", "http://127.0.0.1:9/v1"]
+    assert main(["evaluate", "cli_world.py:build", *common, "--model", "w", "--show-failures", "-1"]) == 2
+    assert capsys.readouterr().err == "aprompt: error: --show-failures must be 0 or more, not -1\n"
+
+
 def test_an_unreachable_endpoint_exits_3(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(base_args("http://127.0.0.1:9/v1")) == 3
     err = capsys.readouterr().err

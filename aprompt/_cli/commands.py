@@ -163,6 +163,9 @@ async def optimize_command(args: argparse.Namespace) -> int:
 
 
 async def evaluate_command(args: argparse.Namespace) -> int:
+    shown = args.show_failures if args.show_failures is not None else (0 if args.json else 3)
+    if shown < 0:
+        raise ConfigError(f"--show-failures must be 0 or more, not {shown}")
     program = load_program(args.program)
     if args.load:
         aprompt.load(program, args.load)
@@ -182,9 +185,6 @@ async def evaluate_command(args: argparse.Namespace) -> int:
         )
     table = evaluation.table(data)
     failing = table.failing()
-    shown = args.show_failures if args.show_failures is not None else (0 if args.json else 3)
-    if shown < 0:
-        raise ConfigError(f"--show-failures must be 0 or more, not {shown}")
     figures: dict[str, Any] = {
         "score": evaluation.mean,
         "examples": len(evaluation.results),
