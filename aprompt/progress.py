@@ -256,13 +256,17 @@ class LineProgress(Progress):
 
     def __init__(self, stream: TextIO | None = None, usage: UsageSource | None = None) -> None:
         super().__init__(usage)
-        self._stream = stream if stream is not None else sys.stdout
+        self._stream: TextIO | None = stream if stream is not None else sys.stdout
 
     def __call__(self, event: Event) -> None:
         super().__call__(event)
         line = event_line(event, self.state)
-        if line is not None:
-            print(line, file=self._stream, flush=True)
+        if line is not None and self._stream is not None:
+            try:
+                print(line, file=self._stream, flush=True)
+            except OSError:
+                # Its reader went away (`| head`, a closed log): the run goes on without the lines.
+                self._stream = None
 
 
 class LiveProgress(Progress):

@@ -234,6 +234,27 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes_to_the_same_result(tm
             assert resumed_result[key] == reference_result[key], key
 
 
+def test_a_run_whose_output_reader_went_away_finishes_and_saves_its_result(tmp_path: Path) -> None:
+    """`aprompt optimize ... | head -2`: the progress lines go nowhere, the run and its result stay."""
+    folder = write_task(tmp_path)
+    with world_server() as server:
+        for args in (optimize_args(server.base_url), ["show", "run"]):
+            child = subprocess.Popen(
+                [sys.executable, "-m", "aprompt", *args],
+                cwd=folder,
+                env=child_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert child.stdout is not None
+            child.stdout.close()  # before the child has written a line: every write finds no reader
+            _, stderr = child.communicate(timeout=120)
+            assert child.returncode == 141 and stderr == "", stderr
+            result = json.loads((folder / "run" / "result.json").read_text())
+            assert len(result["trials"]) == 8
+
+
 def test_the_resume_hint_after_ctrl_c_shows_urls_without_their_credentials(tmp_path: Path) -> None:
     folder = write_task(tmp_path)
     with world_server(latency=0.05) as server:

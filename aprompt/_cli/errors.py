@@ -20,6 +20,8 @@ from aprompt._errors import (
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LM, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Its output's reader went away (`| head`): 128 + SIGPIPE, as a tool the signal ends.
+EXIT_PIPE_CLOSED = 141
 
 
 def leaf_error(exc: BaseException) -> BaseException:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import os
+import select
 import shlex
 import signal
 import sys
@@ -13,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from aprompt._cli.errors import EXIT_CONFIG, leaf_error, report_error
+from aprompt._cli.errors import EXIT_CONFIG, EXIT_PIPE_CLOSED, leaf_error, report_error
 from aprompt._cli.lms import proposer_choice, task_choice
 from aprompt._cli.parser import build_parser
 from aprompt._errors import ConfigError
@@ -122,4 +124,19 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str], debug: bool) -> int
     except BaseException as exc:
         if caught:  # an error raised while a signal cancelled the run
             return _interrupted(args, argv, caught[0])
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            # The reader of the output left (`aprompt show DIR | head`): what was done stays done (a
+            # result is saved before its summary is printed); the rest of the output goes nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE_CLOSED
         return report_error(exc, debug, key_variables(args))
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (another broken pipe is an error of its own)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(mask & select.POLLERR for _, mask in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no stdout to ask
+        return False

@@ -24,7 +24,8 @@ examples:
   aprompt evaluate qa.py:QA --data test.jsonl --metric qa.py:exact --load runs/qa/result.json
 
 exit codes: 0 done, 2 bad arguments or configuration, 3 LM endpoint error, 130 interrupted (Ctrl-C),
-143 stopped by SIGTERM, 1 anything else. Add --debug to see tracebacks."""
+143 stopped by SIGTERM, 141 the output's reader went away (| head), 1 anything else. Add --debug to see
+tracebacks."""
 
 INPUTS_HELP = """\
 PROGRAM is module:attribute or path/to/file.py:attribute: your program object, a class (or a function)
