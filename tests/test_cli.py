@@ -414,6 +414,18 @@ def test_a_negative_show_failures_exits_2_before_any_lm_call(
     assert capsys.readouterr().err == "aprompt: error: --show-failures must be 0 or more, not -1\n"
 
 
+@pytest.mark.parametrize("concurrency", ["0", "-3"])
+def test_evaluate_refuses_a_concurrency_below_one_before_any_lm_call(
+    task: Path, capsys: pytest.CaptureFixture[str], concurrency: str
+) -> None:
+    """Not read as 1 in silence: refused, as optimize refuses it."""
+    with world_server() as server:
+        common = ["--data", "val.csv", "--metric", "cli_world.py:metric", "--lm", server.base_url]
+        code = main(["evaluate", "cli_world.py:build", *common, "--model", "w", "--concurrency", concurrency])
+        assert code == 2 and server.chat_requests == []
+    assert f"concurrency must be a whole number >= 1, got {concurrency}" in capsys.readouterr().err
+
+
 def test_an_unreachable_endpoint_exits_3(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(base_args("http://127.0.0.1:9/v1")) == 3
     err = capsys.readouterr().err

@@ -388,8 +388,9 @@ async def evaluate(
         ConfigError: ``examples`` is not a list of examples or mappings, a mapping lacks an input
             field or comes without ``input_fields``, or an example's inputs do not fit the program's
             call signature; ``metric`` cannot be called as
-            ``metric(example, prediction)``, ``lm`` is not an LM or ``executor`` has no async
-            ``run_program`` (each before any LM call); or a metric value is not a score.
+            ``metric(example, prediction)``, ``lm`` is not an LM, ``concurrency`` is not a whole number
+            >= 1 (nor a limiter) or ``executor`` has no async ``run_program`` (each before any LM call);
+            or a metric value is not a score.
 
     Example::
 
@@ -398,8 +399,12 @@ async def evaluate(
         print(evaluation.mean, evaluation.table(examples).failing())
     """
     # arguments imports this module: imported here. Not an LM, each example raises and scores 0.
-    from aprompt._optimize.arguments import check_lm
+    from aprompt._optimize.arguments import _is_whole, _show, check_lm
 
+    whole = _is_whole(concurrency) and int(concurrency) >= 1
+    if not whole and not isinstance(concurrency, anyio.CapacityLimiter | Slots):
+        # Never read as 1 in silence, as optimize() refuses it too.
+        raise ConfigError(f"concurrency must be a whole number >= 1, got {_show(concurrency)}")
     check_metric(metric)  # else every example's LM calls are paid for and each scores 0
     check_executor(executor)
     if lm is not None:
