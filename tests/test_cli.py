@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -436,6 +437,19 @@ def test_an_unreachable_endpoint_exits_3(task: Path, capsys: pytest.CaptureFixtu
 def test_debug_shows_the_traceback(task: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*base_args("http://127.0.0.1:9/v1"), "--debug"]) == 3
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_log_lines_name_their_logger_once(capsys: pytest.CaptureFixture[str]) -> None:
+    from aprompt._cli.main import _LogLines
+
+    def line(name: str, message: str) -> str:
+        return _LogLines().format(logging.LogRecord(name, logging.WARNING, __file__, 1, message, (), None))
+
+    assert (
+        line("aprompt._optimize.api", "aprompt: 2 training examples share")
+        == "aprompt: 2 training examples share"
+    )
+    assert line("aprompt.lm._http", "HTTP 429, pausing") == "aprompt.lm._http: HTTP 429, pausing"
 
 
 def test_show_of_a_folder_without_a_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

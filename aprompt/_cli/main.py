@@ -71,6 +71,14 @@ def shown_arg(arg: str) -> str:
         return flag + equals + "***"
 
 
+class _LogLines(logging.Formatter):
+    """``logger: message``, or the message alone where it already names aprompt (``aprompt: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return line if line.startswith("aprompt:") else f"{record.name}: {line}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line (``argv`` default: ``sys.argv[1:]``) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -81,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     log = logging.getLogger("aprompt")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.setFormatter(_LogLines())
     log.addHandler(handler)
     log_level = log.level
     log.setLevel(logging.DEBUG if debug else logging.WARNING)
