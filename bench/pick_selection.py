@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aprompt._optimize.final_pick import collect_evidence, key_of, pick
+from aprompt._optimize.evidence_book import collect_evidence
+from aprompt._optimize.final_pick import key_of, pick
 
 RESULTS = Path(__file__).parent / "results" / "pick_selection.md"
 #: (combinations tried, mini-batch size, fully evaluated, validation examples, accuracy, selected by)

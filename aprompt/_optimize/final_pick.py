@@ -64,8 +64,6 @@ from collections.abc import Mapping, Sequence
 import attrs
 from scipy.special import bdtrc, stdtrit  # type: ignore[import-untyped]
 
-from aprompt._optimize.pooling import pooled_estimates
-
 Key = tuple[tuple[str, int], ...]
 
 #: Chance, over all the comparisons of one pick, that a combination is found better by luck alone.
@@ -315,28 +313,6 @@ class FinalPick:
     challenger: Mapping[str, int] | None = None
     challengers: tuple[Mapping[str, int], ...] = ()
     stopped: str | None = None
-
-
-def collect_evidence(
-    evaluations: Sequence[tuple[Mapping[str, int], Mapping[str, float], float | None]], full: set[Key]
-) -> list[Evidence]:
-    """One :class:`Evidence` per combination from its evaluations.
-
-    Args:
-        evaluations: every trial and full evaluation as (choice, example id -> score, mean or ``None``
-            when unscored).
-        full: the combinations that have a full evaluation.
-    """
-    scores: dict[Key, dict[str, float]] = {}
-    choices: dict[Key, Mapping[str, int]] = {}
-    for choice, example_scores, _ in evaluations:
-        key = key_of(choice)
-        choices.setdefault(key, choice)
-        scores.setdefault(key, {}).update(example_scores)
-    observations = [(c, mean, len(s)) for c, s, mean in evaluations if mean is not None and s]
-    own = {key: (mean_of(s), len(s)) for key, s in scores.items() if s}
-    estimates = pooled_estimates(observations, own, choices)
-    return [Evidence(choices[key], scores[key], estimates[key], key in full) for key in choices]
 
 
 def rank(evidence: Sequence[Evidence]) -> list[Evidence]:

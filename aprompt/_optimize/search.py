@@ -64,13 +64,13 @@ from aprompt._optimize.choice_runs import ChoiceRuns
 from aprompt._optimize.confirmation import confirm, confirmation_note
 from aprompt._optimize.evaluate import Evaluation, Metric, OnResult
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
+from aprompt._optimize.evidence_book import EvidenceBook
 from aprompt._optimize.examples import Example
 from aprompt._optimize.final_pick import (
     MIN_SHARED,
     NOTHING_SCORES,
     FinalPick,
     Key,
-    collect_evidence,
     key_of,
     mean_of,
     nothing_scores,
@@ -136,6 +136,18 @@ async def no_hook(loop: SearchLoop) -> None:
     """The default ``SearchLoop.after_evaluation``: nothing."""
 
 
+def _new_book() -> EvidenceBook:
+    """The book of a search's records: trials, rungs and full evaluations with their means (the pooled
+    model's observations), then the confirmations' training examples, evidence for the paired
+    comparisons only (not for the model of the validation scores)."""
+    return EvidenceBook(
+        lambda r: (r.choice, r.scores, r.score),
+        lambda r: (r.choice, r.scores, r.score),
+        lambda r: (r.choice, r.scores, r.score),
+        lambda c: (c.choice, c.scores, None),
+    )
+
+
 @attrs.define
 class SearchLoop:
     """Runs one search; see the module docstring. ``emit`` receives progress events."""
@@ -168,6 +180,8 @@ class SearchLoop:
     _spent: int = attrs.field(default=0, init=False)
     _pool: ScorePool = attrs.field(factory=ScorePool, init=False)
     _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
+    #: The records' evidence, kept up to date as they come in (see ``_evidence``).
+    _book: EvidenceBook = attrs.field(factory=_new_book, init=False)
     _pick: FinalPick | None = attrs.field(default=None, init=False)
     #: The choice the last ``NewBest`` named: a pick renamed since (``_named``) is told again by its name.
     _told: Key | None = attrs.field(default=None, init=False)
@@ -443,14 +457,8 @@ class SearchLoop:
         spend a budget kept for a confirmation that did not run must not undo the pick by
         merely being weighed.
         """
-        evaluations = [(t.choice, t.scores, t.score) for t in self.trials]
-        evaluations += [(r.choice, r.scores, r.score) for r in self.rungs]
-        evaluations += [(f.choice, f.scores, f.score) for f in self.full_evals]
-        # Training examples are evidence for the paired comparisons, not for the pooled model of the
-        # validation scores (no mean).
-        evaluations += [(c.choice, c.scores, None) for c in self.confirmations]
         chosen = pick(
-            collect_evidence(evaluations, self._tested),
+            self._evidence().evidence(self._tested),
             self.full_evals[0].choice,
             min_shared=min(MIN_SHARED, len(self.valset)),
             references=self._reference_choices,
@@ -471,13 +479,12 @@ class SearchLoop:
 
     def scores_of(self, choice: Mapping[str, int]) -> dict[str, float]:
         """Every example score of ``choice`` so far (trials, rungs, full evaluations), by example id."""
-        key = key_of(choice)
-        merged: dict[str, float] = {}
-        records: list[Trial | RungEval | FullEval] = [*self.trials, *self.rungs, *self.full_evals]
-        for record in records:
-            if key_of(record.choice) == key:
-                merged.update(record.scores)
-        return merged
+        return self._evidence().scores(choice, shelves=3)
+
+    def _evidence(self) -> EvidenceBook:
+        """The book of every record so far (trials, rungs, full evaluations, confirmations, in that
+        order: the order their scores merge in)."""
+        return self._book.update(self.trials, self.rungs, self.full_evals, self.confirmations)
 
     def _full_score(self, choice: Mapping[str, int]) -> float:
         key = key_of(choice)
@@ -490,11 +497,7 @@ class SearchLoop:
         self.failures.update({f"confirmation:{index}:{eid}": e for eid, e in record.lm_failures.items()})
 
     def _with_confirmations(self, choice: Mapping[str, int]) -> dict[str, float]:
-        merged = self.scores_of(choice)
-        for record in self.confirmations:
-            if key_of(record.choice) == key_of(choice):
-                merged.update(record.scores)
-        return merged
+        return self._evidence().scores(choice)
 
     @property
     def reference_choices(self) -> Sequence[Mapping[str, int]]:
@@ -627,6 +630,7 @@ class SearchLoop:
         fork._reference_choices = list(self._reference_choices)
         fork.confirmations = list(self.confirmations)
         fork._sampler = None
+        fork._book = _new_book()
         fork._runs = self._runs.fresh()
         fork._origin = _Origin(len(self.full_evals), len(self.rungs), self._spent, self.candidates)
         fork.should_stop = lambda: None

@@ -13,10 +13,10 @@ import pytest
 from scipy import stats  # type: ignore[import-untyped]
 
 import aprompt
+from aprompt._optimize.evidence_book import collect_evidence
 from aprompt._optimize.final_pick import (
     Evidence,
     FinalPick,
-    collect_evidence,
     could_become_better,
     key_of,
     level_for,

@@ -1,0 +1,128 @@
+"""The search's evidence, kept up to date as its records come in.
+
+The pick is decided again after every trial (a racing trial is compared with it), from every record so
+far: merging each combination's scores over all the records at each decision makes a run's bookkeeping
+grow with the square of its trials. An :class:`EvidenceBook` reads each record once, when it is new, and
+keeps each combination's merged scores per record list (a *shelf*), so a decision costs the combinations,
+not the records. What it gives is exactly what a pass over all the records gives
+(:func:`~aprompt._optimize.final_pick.collect_evidence` is a book read once): scores merged in shelf
+order and then record order (a later record's score of an example wins), each combination named by its
+first record, the evidence in the order the combinations first appear.
+
+A shelf that changed other than by records added at its end (records renamed, a list replaced) is read
+again from its start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from aprompt._optimize.final_pick import Evidence, Key, key_of, mean_of
+from aprompt._optimize.pooling import pooled_estimates
+
+#: A record as the evidence takes it: (choice, example id -> score, mean or ``None`` when the mean is not
+#: evidence for the pooled model).
+Entry = tuple[Mapping[str, int], Mapping[str, float], "float | None"]
+
+
+class _Shelf:
+    """One record list's share of the evidence: per combination, its merged scores and first choice, and
+    the scored records as the pooled model takes them."""
+
+    def __init__(self, entry: Callable[[Any], Entry]) -> None:
+        self._entry = entry
+        self._records: Sequence[Any] = ()
+        self._read: list[Any] = []
+        self.scores: dict[Key, dict[str, float]] = {}
+        self.choices: dict[Key, Mapping[str, int]] = {}
+        self.observations: list[tuple[Mapping[str, int], float, int]] = []
+
+    def take(self, records: Sequence[Any]) -> set[Key] | None:
+        """Read the records not read yet; the combinations they changed, or ``None`` when the shelf was
+        read again from its start."""
+        n = len(self._read)
+        again = records is not self._records or len(records) < n or list(records[:n]) != self._read
+        if again:
+            self._records, self._read = records, []
+            self.scores, self.choices, self.observations = {}, {}, []
+            n = 0
+        changed: set[Key] = set()
+        for record in records[n:]:
+            choice, scores, mean = self._entry(record)
+            key = key_of(choice)
+            self.choices.setdefault(key, choice)
+            self.scores.setdefault(key, {}).update(scores)
+            if mean is not None and scores:
+                self.observations.append((choice, mean, len(scores)))
+            changed.add(key)
+            self._read.append(record)
+        return None if again else changed
+
+
+class EvidenceBook:
+    """The evidence of records kept in shelves, one per record list, weighed in the shelves' order.
+
+    Args:
+        entries: per shelf, how a record reads as an :data:`Entry`.
+    """
+
+    def __init__(self, *entries: Callable[[Any], Entry]) -> None:
+        self._shelves = [_Shelf(entry) for entry in entries]
+        # Per combination: its scores merged over every shelf, and (mean, examples) of them.
+        self._merged: dict[Key, dict[str, float]] = {}
+        self._own: dict[Key, tuple[float, int]] = {}
+
+    def update(self, *record_lists: Sequence[Any]) -> EvidenceBook:
+        """Bring the shelves up to ``record_lists`` (one per shelf, in order); returns the book."""
+        for shelf, records in zip(self._shelves, record_lists, strict=True):
+            changed = shelf.take(records)
+            if changed is None:
+                self._merged.clear()
+                self._own.clear()
+                continue
+            for key in changed:
+                self._merged.pop(key, None)
+                self._own.pop(key, None)
+        return self
+
+    def scores(self, choice: Mapping[str, int], shelves: int | None = None) -> dict[str, float]:
+        """``choice``'s scores merged over the first ``shelves`` shelves (all by default): a new dict."""
+        return self._merge(key_of(choice), shelves)
+
+    def _merge(self, key: Key, shelves: int | None = None) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for shelf in self._shelves[:shelves]:
+            scores = shelf.scores.get(key)
+            if scores:
+                merged.update(scores)
+        return merged
+
+    def evidence(self, full: set[Key]) -> list[Evidence]:
+        """One :class:`~aprompt._optimize.final_pick.Evidence` per combination; ``full``: the combinations
+        with a full evaluation."""
+        choices: dict[Key, Mapping[str, int]] = {}
+        for shelf in self._shelves:
+            for key, choice in shelf.choices.items():
+                choices.setdefault(key, choice)
+        for key in choices.keys() - self._merged.keys():
+            merged = self._merged[key] = self._merge(key)
+            if merged:
+                self._own[key] = (mean_of(merged), len(merged))
+        observations = [each for shelf in self._shelves for each in shelf.observations]
+        estimates = pooled_estimates(observations, self._own, choices)
+        return [
+            Evidence(choice, self._merged[key], estimates[key], key in full)
+            for key, choice in choices.items()
+        ]
+
+
+def collect_evidence(evaluations: Sequence[Entry], full: set[Key]) -> list[Evidence]:
+    """One :class:`~aprompt._optimize.final_pick.Evidence` per combination from its evaluations.
+
+    Args:
+        evaluations: every trial and full evaluation as (choice, example id -> score, mean or ``None``
+            when unscored).
+        full: the combinations that have a full evaluation.
+    """
+    return EvidenceBook(lambda entry: entry).update(evaluations).evidence(full)

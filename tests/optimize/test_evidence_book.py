@@ -1,0 +1,79 @@
+"""The evidence book: kept up to date record by record, it gives what one pass over all the records gives."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from aprompt._optimize.evidence_book import Entry, EvidenceBook, collect_evidence
+from aprompt._optimize.final_pick import Evidence, key_of
+
+
+def _record(rng: random.Random) -> Entry:
+    choice = {"a.instruction": rng.randrange(3), "a.demos": rng.randrange(3)}
+    ids = rng.sample(range(40), rng.randrange(0, 8))
+    scores = {f"e{i}": float(rng.random() < 0.5) for i in ids}
+    return choice, scores, (sum(scores.values()) / len(scores) if scores else None)
+
+
+def _as_tuples(found: list[Evidence]) -> list[tuple[Any, ...]]:
+    return [(key_of(e.choice), list(e.scores.items()), e.estimate, e.full) for e in found]
+
+
+def _book(counted: list[int]) -> EvidenceBook:
+    def entry(record: Entry) -> Entry:
+        counted.append(1)
+        return record
+
+    def confirmation(record: Entry) -> Entry:
+        counted.append(1)
+        return record[0], record[1], None
+
+    return EvidenceBook(entry, entry, confirmation)
+
+
+def test_a_decision_reads_only_the_records_added_since_the_last() -> None:
+    rng = random.Random(7)
+    trials: list[Entry] = []
+    fulls: list[Entry] = []
+    confirmations: list[Entry] = []
+    counted: list[int] = []
+    book = _book(counted)
+    full = set()
+    for step in range(120):
+        if step % 15 == 14:
+            fulls.append(_record(rng))
+            full.add(key_of(fulls[-1][0]))
+        elif step % 40 == 39:
+            confirmations.append(_record(rng))
+        else:
+            trials.append(_record(rng))
+        before = len(counted)
+        found = book.update(trials, fulls, confirmations).evidence(full)
+        assert len(counted) - before == 1  # the new record only
+        everything = [*trials, *fulls, *[(c, s, None) for c, s, _ in confirmations]]
+        assert _as_tuples(found) == _as_tuples(collect_evidence(everything, full))
+
+
+def test_a_later_shelf_wins_an_example_whatever_order_the_records_came_in() -> None:
+    choice = {"a.instruction": 1}
+    trials: list[Entry] = [(choice, {"e0": 0.0, "e1": 0.0}, 0.0)]
+    fulls: list[Entry] = [(choice, {"e0": 1.0, "e1": 1.0}, 1.0)]
+    book = _book([])
+    book.update(trials, fulls, [])
+    trials.append((choice, {"e0": 0.0}, 0.0))  # a trial recorded after the full evaluation
+    found = book.update(trials, fulls, []).evidence({key_of(choice)})
+    assert dict(found[0].scores) == {"e0": 1.0, "e1": 1.0}
+    assert book.scores(choice, shelves=1) == {"e0": 0.0, "e1": 0.0}
+
+
+def test_records_changed_in_place_are_read_again() -> None:
+    old: Mapping[str, int] = {"a.instruction": 1}
+    renamed: Mapping[str, int] = {"a.instruction": 1, "b.instruction": 0}
+    trials: list[Entry] = [(old, {"e0": 1.0}, 1.0), (old, {"e1": 0.0}, 0.0)]
+    book = _book([])
+    assert [key_of(e.choice) for e in book.update(trials, [], []).evidence(set())] == [key_of(old)]
+    trials[:] = [(renamed, scores, mean) for _, scores, mean in trials]  # the same list, renamed
+    found = book.update(trials, [], []).evidence(set())
+    assert [(key_of(e.choice), dict(e.scores)) for e in found] == [(key_of(renamed), {"e0": 1.0, "e1": 0.0})]
