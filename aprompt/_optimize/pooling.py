@@ -50,6 +50,21 @@ def _features(choice: Mapping[str, int], columns: Mapping[tuple[str, int], int])
     return row
 
 
+def _design(
+    observations: Sequence[tuple[Mapping[str, int], float, int]], columns: Mapping[tuple[str, int], int]
+) -> np.ndarray:
+    """The rows of :func:`_features` of every observation as one matrix, set in one step: the same
+    matrix, without an array per row (a model is fitted on every trial many times in a run)."""
+    x = np.zeros((len(observations), len(columns) + 1))
+    # A choice the columns lack sets the intercept's column, which is 1 anyway.
+    get = columns.get
+    cols = [get((name, int(value)), 0) for choice, _, _ in observations for name, value in choice.items()]
+    rows = np.repeat(np.arange(len(observations)), [len(choice) for choice, _, _ in observations])
+    x[:, 0] = 1.0
+    x[rows, cols] = 1.0
+    return x
+
+
 def fit_additive(
     observations: Sequence[tuple[Mapping[str, int], float, int]], ridge: float = RIDGE
 ) -> tuple[dict[tuple[str, int], int], np.ndarray]:
@@ -62,7 +77,7 @@ def fit_additive(
     for choice, _, _ in observations:
         for name, value in sorted(choice.items()):
             columns.setdefault((name, int(value)), len(columns) + 1)
-    x = np.array([_features(choice, columns) for choice, _, _ in observations])
+    x = _design(observations, columns)
     y = np.array([score for _, score, _ in observations])
     w = np.array([float(n) for _, _, n in observations])
     coef = np.linalg.solve(_gram(x, w, ridge), (x * w[:, None]).T @ y)
@@ -92,7 +107,7 @@ def effect_covariance(
     """The posterior covariance of :func:`fit_additive`'s coefficients: each effect a priori within
     ``σ²/ridge`` of 0, a mean of ``n`` examples within ``σ²/n`` of the model, ``σ²`` the
     :func:`score_variance`. An effect seen on few examples has a wide posterior."""
-    x = np.array([_features(choice, columns) for choice, _, _ in observations])
+    x = _design(observations, columns)
     w = np.array([float(n) for _, _, n in observations])
     return np.asarray(score_variance(observations) * np.linalg.inv(_gram(x, w, ridge)))
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from aprompt._optimize.pooling import (
+    _design,
+    _features,
     best_combination,
     effect_covariance,
     fit_additive,
@@ -30,6 +34,16 @@ def test_the_additive_model_recovers_the_effects_of_each_choice() -> None:
     b_effects = [coef[columns[("b", v)]] for v in range(3)]
     assert max(range(3), key=lambda v: a_effects[v]) == 2
     assert max(range(3), key=lambda v: b_effects[v]) == 1
+
+
+def test_the_model_is_fitted_on_each_observations_row_of_features() -> None:
+    # One matrix set at once, row for row the features of each choice, whatever parameters it names.
+    trials = [*_additive_trials(40, seed=3), ({"a": 1}, 0.5, 10), ({"b": 2, "c": 7}, 0.2, 5)]
+    columns, _ = fit_additive(trials[:40])
+    expected = np.array([_features(choice, columns) for choice, _, _ in trials])
+    found = _design(trials, columns)
+    assert found.dtype == expected.dtype and found.shape == expected.shape
+    assert (found == expected).all()
 
 
 def test_an_untried_combination_of_the_best_parts_is_proposed() -> None:
