@@ -112,7 +112,7 @@ class EvidenceBook:
         observations = [each for shelf in self._shelves for each in shelf.observations]
         estimates = pooled_estimates(observations, self._own, choices)
         return [
-            Evidence(choice, self._merged[key], estimates[key], key in full)
+            Evidence(choice, self._merged[key], estimates[key], key in full, key=key)
             for key, choice in choices.items()
         ]
 

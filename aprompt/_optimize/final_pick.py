@@ -280,12 +280,16 @@ class Evidence:
         estimate: its pooled estimate (the additive model blended with its own mean): the prior that
             ranks combinations and breaks ties.
         full: it has a full evaluation (only such a combination can be returned).
+        key: ``key_of(choice)``, when the caller has it at hand (a pick compares keys many times).
     """
 
     choice: Mapping[str, int]
     scores: Mapping[str, float]
     estimate: float
     full: bool
+    key: Key = attrs.field(
+        default=attrs.Factory(lambda self: key_of(self.choice), takes_self=True), kw_only=True, repr=False
+    )
 
 
 @attrs.frozen
@@ -320,7 +324,7 @@ def rank(evidence: Sequence[Evidence]) -> list[Evidence]:
     fixed order that has nothing to do with when a combination was evaluated). Estimates are compared to
     12 decimals: the model's fit sums in the order the evidence came, so two combinations of the same
     evidence may differ in the last bit, and that order must not decide."""
-    return sorted(evidence, key=lambda e: (-round(e.estimate, 12), -len(e.scores), key_of(e.choice)))
+    return sorted(evidence, key=lambda e: (-round(e.estimate, 12), -len(e.scores), e.key))
 
 
 def by_mean(evidence: Sequence[Evidence]) -> list[Evidence]:
@@ -359,7 +363,7 @@ def pick(
             noise. They are tested at their own share of the level (:func:`pick_levels`).
     """
     base_key = key_of(baseline)
-    by_key = {key_of(e.choice): e for e in evidence}
+    by_key = {e.key: e for e in evidence}
     if base_key not in by_key:
         raise ValueError(f"no evidence on the baseline {describe_choice(baseline)}")
     base = by_key[base_key]
@@ -370,8 +374,8 @@ def pick(
         for key in dict.fromkeys(reference_keys)
         if key != base_key and key in by_key and by_key[key].full
     ]
-    tested = {key_of(e.choice) for e in hand}
-    searched = [e for e in others if e.full and key_of(e.choice) not in tested]
+    tested = {e.key for e in hand}
+    searched = [e for e in others if e.full and e.key not in tested]
 
     incumbent = base
     accepted = 0
@@ -385,14 +389,14 @@ def pick(
     def versus(a: Evidence, b: Evidence) -> PairedDifference:
         """``a − b`` at the level the pick tests ``a`` against ``b`` at: a reference against the baseline
         or another reference at its own share, everything else at the searched combinations' level."""
-        first = key_of(a.choice) in tested and (b is base or key_of(b.choice) in tested)
+        first = a.key in tested and (b is base or b.key in tested)
         return paired_difference(a.scores, b.scores, reference_level if first else search_level)
 
     for candidate in by_mean(searched):
         if versus(candidate, incumbent).better(min_shared):
             incumbent = candidate
     # A reference may still beat a searched pick (the second family counts that test).
-    if incumbent is not base and key_of(incumbent.choice) not in tested:
+    if incumbent is not base and incumbent.key not in tested:
         for reference in hand:
             if versus(reference, incumbent).better(min_shared):
                 incumbent = reference
@@ -400,9 +404,7 @@ def pick(
     if incumbent is not base:
         against = versus(incumbent, base)
         hand_written = (
-            " (the instructions as written with labeled demos)"
-            if key_of(incumbent.choice) in reference_keys
-            else ""
+            " (the instructions as written with labeled demos)" if incumbent.key in reference_keys else ""
         )
         # How a searched pick stands against the hand-written prompt: what a user compares it with.
         versus_hand = (

@@ -108,6 +108,13 @@ def test_a_combinations_evidence_merges_its_trials_and_full_evaluation_by_exampl
     assert a.estimate > b.estimate
 
 
+def test_evidence_is_keyed_by_its_choice() -> None:
+    # The key a pick compares combinations by is the choice's own, computed once (or handed in).
+    found = evidence({"p.instruction": 2, "p.demos": 1}, right(3, 4), 0.5)
+    assert found.key == key_of({"p.demos": 1, "p.instruction": 2})
+    assert dict(pick([evidence(BASE, right(3, 4), 0.5, full=True), found], BASE).choice) == BASE
+
+
 # -- the pick -------------------------------------------------------------------------------------------
 
 
