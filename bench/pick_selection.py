@@ -12,7 +12,7 @@ scores with the full evaluations. Here every combination is exactly as good as t
 an example with probability ``accuracy``, drawn once per combination and example, as a deterministic LM
 answers), ``tried`` combinations get one trial each on a seeded mini-batch of ``batch`` validation
 examples, the ``k`` best by trial mean are fully evaluated, and :func:`~aprompt._optimize.final_pick.pick`
-decides on :func:`~aprompt._optimize.final_pick.collect_evidence` of all of it. The control row picks the
+decides on :func:`~aprompt._optimize.evidence_book.collect_evidence` of all of it. The control row picks the
 ``k`` at random instead: what the level is designed for. (The real search chooses its full evaluations
 through races and the pooled model; this isolates the selection itself.)
 """

@@ -4,10 +4,10 @@ The pick is decided again after every trial (a racing trial is compared with it)
 far: merging each combination's scores over all the records at each decision makes a run's bookkeeping
 grow with the square of its trials. An :class:`EvidenceBook` reads each record once, when it is new, and
 keeps each combination's merged scores per record list (a *shelf*), so a decision costs the combinations,
-not the records. What it gives is exactly what a pass over all the records gives
-(:func:`~aprompt._optimize.final_pick.collect_evidence` is a book read once): scores merged in shelf
-order and then record order (a later record's score of an example wins), each combination named by its
-first record, the evidence in the order the combinations first appear.
+not the records. What it gives is exactly what a pass over all the records gives (:func:`collect_evidence`
+is a book read once): scores merged in shelf order and then record order (a later record's score of an
+example wins), each combination named by its first record, the evidence in the order the combinations
+first appear.
 
 A shelf that changed other than by records added at its end (records renamed, a list replaced) is read
 again from its start.
