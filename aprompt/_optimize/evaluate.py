@@ -445,7 +445,7 @@ async def evaluate_reporting(
 ) -> Evaluation:
     """:func:`evaluate` on checked examples, telling ``on_result`` each example's result the moment it
     is scored, in the order they finish (a search decides from the answers in before the slowest
-    comes: :func:`aprompt._optimize.racing.staged_evaluation`). The evaluation returned is the same."""
+    comes: :func:`aprompt._optimize.staged_trial.staged_evaluation`). The evaluation returned is the same."""
     limiter = (
         concurrency if isinstance(concurrency, anyio.CapacityLimiter | Slots) else Slots(max(1, concurrency))
     )

@@ -26,7 +26,7 @@ from aprompt._optimize.candidates import Choice
 from aprompt._optimize.concurrent_steps import at_once_in_order
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.examples import Example
-from aprompt._optimize.racing import first_stage_size, staged_evaluation
+from aprompt._optimize.race_plan import first_stage_size
 from aprompt._optimize.search_records import (
     FullEval,
     Trial,
@@ -39,6 +39,7 @@ from aprompt._optimize.search_records import (
     trial_from_json,
     trial_to_json,
 )
+from aprompt._optimize.staged_trial import staged_evaluation
 from aprompt.lm._metering import LimitReached
 
 if TYPE_CHECKING:
