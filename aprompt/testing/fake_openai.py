@@ -8,7 +8,7 @@ finish times, the number of requests in flight is tracked, and faults can be inj
 Fault modes (each a :class:`~aprompt.testing._wire.Fault`; the same on the Anthropic fake):
 
 - failures: ``Fault.http_status(503)``, ``Fault.rate_limited("2")`` (429 with Retry-After),
-  ``Fault.delay(s)``, ``Fault.drop_connection()``, ``Fault.invalid_json()``,
+  ``Fault.delay(s)``, ``Fault.drop_connection()``, ``Fault.invalidjson_bytes()``,
   ``Fault.missing_choices()``;
 - answers that are not answers: ``Fault.empty_content()``, ``Fault.null_content()``,
   ``Fault.content_filter()``, ``Fault.truncated()`` (``finish_reason: "length"``), or any
@@ -47,7 +47,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -56,6 +56,7 @@ import anyio.abc
 import attrs
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from aprompt.testing._http_reply import StreamedBody, error_body, json_bytes, send_reply, shaped
 from aprompt.testing._wire import (
     FROM_RESPONDER,
     HTML_PAGE,
@@ -85,35 +86,6 @@ Responder = Callable[[ChatRequest], Reply | Awaitable[Reply]]
 Script = Sequence[Fault | None] | Callable[[int], Fault | None]
 
 _OUTAGE_MODES = ("close", "500", "502", "503", "504", "529", "429")
-
-
-@attrs.frozen
-class StreamedBody:
-    """A response body sent piece by piece: ``head``, ``padding`` filler bytes, then ``tail``, in
-    ``chunk_bytes`` pieces ``every`` seconds apart (chunked transfer encoding when ``chunked``)."""
-
-    head: bytes
-    tail: bytes = b""
-    padding: int = 0
-    chunk_bytes: int = 65536
-    every: float = 0.0
-    chunked: bool = False
-
-    @property
-    def length(self) -> int:
-        return len(self.head) + self.padding + len(self.tail)
-
-    async def pieces(self) -> AsyncIterator[bytes]:
-        step = max(1, self.chunk_bytes)
-        filler = b"x" * min(step, self.padding)
-        first = True
-        for segment, size in ((self.head, len(self.head)), (None, self.padding), (self.tail, len(self.tail))):
-            for start in range(0, size, step):
-                if not first and self.every:
-                    await anyio.sleep(self.every)
-                first = False
-                end = min(size, start + step)
-                yield segment[start:end] if segment is not None else filler[: end - start]
 
 
 Answer = tuple[int, bytes | StreamedBody, dict[str, str], str | None]
@@ -320,7 +292,7 @@ class FakeOpenAIServer:
             if status < 0:  # dropped connection
                 return False
             extra_headers = {**extra_headers, **self._more_headers(method, status)}
-            await _send(stream, status, payload, extra_headers, before_last=settle)
+            await send_reply(stream, status, payload, extra_headers, before_last=settle)
             return True
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
@@ -341,7 +313,7 @@ class FakeOpenAIServer:
 
     def _error_payload(self, status: int, message: str) -> bytes:
         """The body of an error answer (the Anthropic fake uses its API's format)."""
-        return _error_body(message, "injected")
+        return error_body(message, "injected")
 
     def _over_context(self, prompt_tokens: int) -> Answer | None:
         """The 400 refusing a prompt of ``prompt_tokens`` over :attr:`context_tokens`, or None."""
@@ -351,7 +323,7 @@ class FakeOpenAIServer:
             f"This model's maximum context length is {self.context_tokens} tokens. However, your messages "
             f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages."
         )
-        body = _json(
+        body = json_bytes(
             {
                 "error": {
                     "message": message,
@@ -370,18 +342,18 @@ class FakeOpenAIServer:
         if method == "GET" and route.endswith("/models"):
             return (
                 200,
-                _json({"object": "list", "data": [{"id": "fake", "object": "model"}]}),
+                json_bytes({"object": "list", "data": [{"id": "fake", "object": "model"}]}),
                 {},
                 None,
             )
         if method != "POST" or not route.endswith("/chat/completions"):
-            return 404, _error_body("not found", "invalid_request_error"), {}, None
+            return 404, error_body("not found", "invalid_request_error"), {}, None
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
-            return 401, _error_body("Incorrect API key provided.", "invalid_api_key"), {}, None
+            return 401, error_body("Incorrect API key provided.", "invalid_api_key"), {}, None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return (
                 400,
-                _error_body("'messages' is a required property", "invalid_request_error"),
+                error_body("'messages' is a required property", "invalid_request_error"),
                 {},
                 None,
             )
@@ -410,7 +382,7 @@ class FakeOpenAIServer:
         if limited is not None:
             return (
                 429,
-                _error_body("rate limit exceeded", "rate_limit_exceeded"),
+                error_body("rate limit exceeded", "rate_limit_exceeded"),
                 {"retry-after": f"{limited:.3f}"},
                 "rate_limit",
             )
@@ -420,7 +392,7 @@ class FakeOpenAIServer:
         if fault is not None and fault.kind == "html_page":
             return 200, HTML_PAGE, {}, "html_page"
         if fault is not None and fault.kind == "missing_choices":
-            return 200, _json({"id": "x", "object": "chat.completion"}), {}, "missing_choices"
+            return 200, json_bytes({"id": "x", "object": "chat.completion"}), {}, "missing_choices"
         payload = {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
@@ -440,12 +412,12 @@ class FakeOpenAIServer:
             },
             **extra_fields,
         }
-        return self._answered(_json(payload), fault)
+        return self._answered(json_bytes(payload), fault)
 
     @staticmethod
     def _answered(payload: bytes, fault: Fault | None) -> Answer:
         """A 200 carrying ``payload``, sent as ``fault`` says (trickled, padded, or whole)."""
-        return 200, _shaped(payload, fault), {}, _fault_name(fault)
+        return 200, shaped(payload, fault), {}, _fault_name(fault)
 
     async def _injected_failure(self, fault: Fault | None, latency: float) -> Answer | None:
         """The answer of a fault that fails before any reply is made, or None."""
@@ -548,10 +520,6 @@ class FakeOpenAIServer:
         return max(0.001, oldest + limit.period - now)
 
 
-def _json(payload: Any) -> bytes:
-    return json.dumps(payload).encode()
-
-
 def _responder_reply(reply: Fault) -> Fault:
     if reply.kind != "reply" or reply.status != 200:
         raise ValueError(f"a responder may return only a Fault.reply() with status 200, got {reply!r}")
@@ -564,64 +532,6 @@ def _fault_name(fault: Fault | None) -> str | None:
     if fault.kind == "reply":
         return f"reply:{fault.finish_reason}" if fault.finish_reason else "reply"
     return fault.kind
-
-
-def _shaped(payload: bytes, fault: Fault | None) -> bytes | StreamedBody:
-    """A JSON answer as ``fault`` sends it: trickled, padded to a huge size, or whole."""
-    if fault is not None and fault.kind == "slow_body":
-        return StreamedBody(payload, chunk_bytes=fault.chunk_bytes, every=fault.seconds)
-    if fault is not None and fault.kind == "huge_body":
-        # Still a valid answer when read whole: the padding is one more string field.
-        head, tail = payload[:-1] + b', "padding": "', b'"}'
-        padding = max(0, fault.body_bytes - len(head) - len(tail))
-        return StreamedBody(head, tail, padding, fault.chunk_bytes, chunked=fault.chunked)
-    return payload
-
-
-def _error_body(message: str, code: str) -> bytes:
-    return _json({"error": {"message": message, "type": code, "code": code}})
-
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    429: "Too Many Requests",
-}
-
-
-async def _send(
-    stream: anyio.abc.SocketStream,
-    status: int,
-    payload: bytes | StreamedBody,
-    extra_headers: dict[str, str],
-    *,
-    before_last: Callable[[], None],
-) -> None:
-    """Send one reply; ``before_last`` is called just before its last piece is sent (a streamed body
-    without chunks excepted: its last piece is not known in advance)."""
-    reason = _REASONS.get(status, "Error" if status >= 400 else "OK")
-    chunked = isinstance(payload, StreamedBody) and payload.chunked
-    length = payload.length if isinstance(payload, StreamedBody) else len(payload)
-    head = [
-        f"HTTP/1.1 {status} {reason}",
-        "Content-Type: application/json",
-        "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}",
-        "Connection: keep-alive",
-    ]
-    head += [f"{name}: {value}" for name, value in extra_headers.items()]
-    head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-    if not isinstance(payload, StreamedBody):
-        before_last()
-        await stream.send(head_bytes + payload)
-        return
-    await stream.send(head_bytes)
-    async for piece in payload.pieces():
-        await stream.send(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
-    if chunked:
-        before_last()
-        await stream.send(b"0\r\n\r\n")
 
 
 async def serve_forever(server: FakeOpenAIServer, *, ready: Callable[[str], None]) -> None:
