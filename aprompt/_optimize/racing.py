@@ -64,7 +64,6 @@ from typing import TYPE_CHECKING
 
 from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.race_bounds import cannot_be_clearly_worse, clearly_worse
-from aprompt._optimize.race_bounds import mean_range as _mean_range
 from aprompt._optimize.race_plan import (
     FIRST_STAGE_SHARE,
     MAX_ENTRANTS,
@@ -91,7 +90,6 @@ __all__ = [
     "RUNG_SHARES",
     "TIME_MARGIN",
     "StagedRun",
-    "_mean_range",
     "affordable",
     "cannot_be_clearly_worse",
     "clearly_worse",

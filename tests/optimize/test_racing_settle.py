@@ -17,8 +17,8 @@ import anyio
 import pytest
 
 from aprompt._optimize.final_pick import mean_of
+from aprompt._optimize.race_bounds import mean_range
 from aprompt._optimize.racing import (
-    _mean_range,
     cannot_be_clearly_worse,
     clearly_worse,
     first_stage_size,
@@ -199,7 +199,7 @@ def test_the_sure_leader_leads_and_heads_the_next_rung_for_every_completion_of_t
             count = rng.randint(0, 12)
             known = [float(rng.random() < p) if rng.random() < 0.8 else rng.random() for _ in range(count)]
             racers.append((known, rng.randint(0, 2)))
-        ranges = [_mean_range(math.fsum(known), len(known), out) for known, out in racers]
+        ranges = [mean_range(math.fsum(known), len(known), out) for known, out in racers]
         leaders = [
             i
             for i, (low, _) in enumerate(ranges)
