@@ -7,7 +7,8 @@ undecided — a fully evaluated *challenger* scored above the pick on their shar
 evidence to replace it — the pick and its most promising fully evaluated challengers (at most
 ``MAX_CHALLENGERS``; the hand-written reference first while the pick is the baseline) are each run on
 training examples that are not in the validation set and that the program does not show as a demo: a
-seeded order of them, at most as many as the validation set has. The
+seeded order of them, at most as many as the validation set has, or as bring a pair to ``MIN_SHARED``
+shared examples on a smaller one (:func:`confirmation_size`; fewer are never evidence). The
 scores join the evidence by example id, and the pick is decided again, at the same level, on the larger
 set of examples each pair shares.
 
@@ -79,13 +80,26 @@ def runs_kept_for_confirmation(trainset: Sequence[Example], valset: Sequence[Exa
         return 0
     val_ids = {e.id for e in valset}
     fresh = sum(e.id not in val_ids for e in trainset)
-    return (1 + MAX_CHALLENGERS) * _half_of(min(fresh, len(valset)))
+    return (1 + MAX_CHALLENGERS) * _half_of(min(fresh, confirmation_size(len(valset))))
+
+
+def confirmation_size(n_val: int) -> int:
+    """The most training examples a contender runs: as many as the validation set has, and on a validation
+    set of fewer than ``MIN_SHARED / 2`` examples enough to bring a pair to ``MIN_SHARED`` shared examples,
+    the fewest on which the pick can find a program better.
+
+    Example::
+
+        >>> confirmation_size(30), confirmation_size(3)
+        (30, 7)
+    """
+    return max(n_val, MIN_SHARED - n_val)
 
 
 def confirmation_calls(n_predictors: int, n_train: int, n_val: int) -> int:
     """The most LM calls a confirmation makes (one call per predictor per program run): every contender
     on as many training examples as it may run."""
-    return (1 + MAX_CHALLENGERS) * min(n_train, n_val) * n_predictors
+    return (1 + MAX_CHALLENGERS) * min(n_train, confirmation_size(n_val)) * n_predictors
 
 
 def contenders(
@@ -125,13 +139,14 @@ def fresh_examples(
     """The training examples a contender runs: not in ``valset``, not ``shown`` as its demos (nor a copy
     of one: the same inputs under another id, as a training set that repeats a row has), in a seeded
     order that is the same for every contender (so two contenders share all the examples neither shows),
-    at most ``len(valset)`` of them."""
+    at most :func:`confirmation_size` of them."""
     val_ids = {e.id for e in valset}
     val_inputs = {inputs_key(e) for e in valset}
     order = [e for e in trainset if e.id not in val_ids and inputs_key(e) not in val_inputs]
     random.Random(f"{seed}:confirmation").shuffle(order)
     shown_inputs = {inputs_key(e) for e in trainset if e.id in shown}
-    return [e for e in order if e.id not in shown and inputs_key(e) not in shown_inputs][: len(valset)]
+    fresh = [e for e in order if e.id not in shown and inputs_key(e) not in shown_inputs]
+    return fresh[: confirmation_size(len(valset))]
 
 
 async def confirm(

@@ -12,10 +12,12 @@ the two-sided one with those bounds as its ends (90 % when ``k`` is 1). The
 t-interval overstates the evidence when few examples differ (3 wins and no loss on 30 examples put its 95 %
 bound above 0), so "better" also needs the exact sign test over the examples that differ at the same level.
 
-A validation set of fewer than ``MIN_SHARED`` (10) examples is too small for a confidence bound to ever
-say "better" (3 of 5 against 5 of 5 is not evidence at 95 %): there, a combination is better when its mean
-on all the shared examples (the whole validation set) is strictly higher, and the reason says that the
-evidence is thin. Ties still keep the incumbent.
+Fewer than ``MIN_SHARED`` (10) shared examples are never evidence that a combination is better (3 of 5
+against 5 of 5 is not evidence at 95 %, and a higher mean on 2 or 3 examples is a coin flip: such picks
+returned a truly worse program in most runs of a world where nothing helps). On a validation set that small
+the pick keeps the incumbent, and a combination that leads it is its challenger: the confirmation on
+training examples (:mod:`aprompt._optimize.confirmation`) runs enough of them to bring the pair to
+``MIN_SHARED`` shared examples, and the pick is decided on those. The reason says that the evidence is thin.
 
 The pick starts from the unoptimized program (the baseline) as the incumbent; the ``references`` (the
 prompt a user would write by hand) come first and replace it when better, and then the pick walks the fully
@@ -107,17 +109,16 @@ class PairedDifference:
     losses: int = 0
 
     def better(self, min_shared: int = MIN_SHARED) -> bool:
-        """``a`` is better than ``b``: on at least ``min_shared`` examples, the interval lies above 0 and
-        the sign test agrees; below :data:`MIN_SHARED` examples (a tiny validation set), the mean is above 0.
+        """``a`` is better than ``b``: on at least ``min_shared`` examples, and never on fewer than
+        :data:`MIN_SHARED` (a higher mean on a few examples is luck as often as not), the interval lies above
+        0 and the sign test agrees.
 
         The t-interval alone overstates the evidence when few examples differ: 3 wins and no loss on 30
         examples put its 95 % bound above 0, yet 3 fair coin flips all land the same way one time in 8.
         So the wins must also be unlikely under a fair coin over the examples that differ (exact one-sided
         sign test at the same level)."""
-        if self.n < min_shared:
+        if self.n < max(min_shared, MIN_SHARED):
             return False
-        if self.n < MIN_SHARED:
-            return self.mean > 0.0
         return self.low > 0.0 and sign_test(self.wins, self.losses) <= 1.0 - self.level
 
     def worse(self) -> bool:
@@ -233,8 +234,10 @@ def could_become_better(
 
     Example::
 
-        >>> could_become_better({"x": 1.0}, {"x": 1.0}, 2, 0.95, min_shared=1)
+        >>> could_become_better({"x": 1.0}, {"x": 1.0}, 9, 0.95)
         True
+        >>> could_become_better({"x": 1.0}, {"x": 1.0}, 2, 0.95, min_shared=1)  # 3 examples: never evidence
+        False
     """
     won = {f"\0more:{i}": 1.0 for i in range(more)}
     lost = dict.fromkeys(won, 0.0)

@@ -192,14 +192,17 @@ def test_a_tie_with_the_baseline_keeps_the_baseline() -> None:
     assert chosen.reason.startswith("kept the unoptimized program: no combination scored above it")
 
 
-def test_on_a_validation_set_too_small_for_a_bound_a_higher_score_decides_and_the_reason_says_so() -> None:
+def test_on_a_validation_set_too_small_for_a_bound_a_higher_score_is_a_challenger_not_a_pick() -> None:
     base = evidence(BASE, right(3, 5), 0.6)
-    c = evidence(C, right(5, 5), 0.9)  # +2 of 5: no 95 % bound can say better on 5 examples
+    c = evidence(C, right(5, 5), 0.9)  # +2 of 5: a coin flip's worth of evidence
     tie = evidence(A, right(3, 5), 0.95)
     chosen = pick([base, c, tie], BASE, min_shared=5)
-    assert dict(chosen.choice) == C
+    assert chosen.kept_baseline and [dict(x) for x in chosen.challengers] == [C]
     assert "on 5 shared examples" in chosen.reason and "no confidence bound" in chosen.reason
-    assert pick([base, tie], BASE, min_shared=5).kept_baseline, "a tie still keeps the baseline"
+    # Confirmed on training examples up to MIN_SHARED shared ones, the same lead is evidence.
+    c_confirmed = evidence(C, {**right(5, 5), **{f"t{i}": 1.0 for i in range(5)}}, 0.9)
+    base_confirmed = evidence(BASE, {**right(3, 5), **{f"t{i}": 0.0 for i in range(5)}}, 0.6)
+    assert dict(pick([base_confirmed, c_confirmed], BASE, min_shared=5).choice) == C
 
 
 def test_a_lead_on_a_few_differing_examples_is_not_evidence_whatever_the_t_interval_says() -> None:
@@ -433,3 +436,15 @@ def test_a_combination_behind_on_more_examples_than_remain_could_not_become_bett
     assert could_become_better(behind, ahead, 40, level)  # 40 wins would outweigh 8 losses
     assert could_become_better(ahead, behind, 0, level) == paired_difference(ahead, behind, level).better()
     assert level_for(1) == 0.95 and level_for(0) == 0.95 and level_for(5) == pytest.approx(0.99)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("val_size", [2, 3, 5])
+async def test_a_tiny_validation_set_does_not_replace_the_baseline_on_a_lucky_lead(val_size: int) -> None:
+    """Where nothing helps, a higher score on 2 to 5 validation examples is luck: the pick keeps the baseline
+    unless the confirmation on training examples brings the evidence to MIN_SHARED shared examples."""
+    world = NoGainWorld()
+    result = await optimize_in(world, 0, {**BUDGET, "val_size": val_size})
+    returned = true_accuracy(world, result, result.best_choice)
+    assert returned >= true_accuracy(world, result, result.candidates.baseline()), result.pick
+    assert result.pick is not None and result.pick.kept_baseline and result.confirmations
