@@ -139,6 +139,32 @@ async def test_the_reflection_prompt_holds_each_failing_runs_stage_outputs_and_e
             assert "- feedback:" not in block, "a plain metric gives no feedback"
 
 
+async def test_a_search_too_short_to_reflect_says_so_in_the_log_and_the_search_phase(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No more trials than full_eval_every: no periodic full evaluation, so no reflection, and it is said."""
+    events: list[Event] = []
+    caplog.set_level("INFO", logger="aprompt")
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+    ):
+        await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 60),
+            _plain_metric,
+            valset=examples(200, 230),
+            lm=lm,
+            strategy="mipro_reflective",
+            budget={**SMALL_BUDGET, "n_trials": 4, "full_eval_every": 4},
+            on_event=events.append,
+        )
+        assert not any(is_reflection(r) for r in server.chat_requests)
+    [search] = [e for e in events if isinstance(e, aprompt.PhaseStarted) and e.phase == "search"]
+    assert "no reflective proposal" in search.detail and "full_eval_every" in search.detail
+    assert any("mipro_reflective: 4 trials and no reflective proposal" in r.message for r in caplog.records)
+
+
 async def test_a_reflective_candidate_joins_the_running_search_and_a_trial_chooses_it() -> None:
     events: list[Event] = []
     result, requests, _ = await _world(_plain_metric, on_event=events.append)
