@@ -41,6 +41,7 @@ BUILT_IN = [
     "bootstrap_random_search",
     "module_opro",
     "mipro_plus_plus",
+    "mipro_reflective",
 ]
 #: No ``n_trials``: each strategy derives its own count from the budget (a small one: 3 candidates).
 DERIVED_BUDGET = {**{k: v for k, v in SMALL_BUDGET.items() if k != "n_trials"}, "n_candidates": 3}
