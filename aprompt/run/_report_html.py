@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aprompt._optimize.per_example import ExampleOutcome, ExampleRow, ExampleTable
-from aprompt.run.report import CandidateStats, PromptView, RunView, pick_text
+from aprompt.run.report import AS_WRITTEN, CandidateStats, PromptView, RunView, pick_text
 
 __all__ = ["render_report"]
 
@@ -76,7 +76,7 @@ def _score(value: Any) -> str:
 
 
 def _choice(choice: Mapping[str, int]) -> str:
-    return ", ".join(f"{_e(k)}={v}" for k, v in choice.items())
+    return ", ".join(f"{_e(k)}={v}" for k, v in choice.items()) or AS_WRITTEN
 
 
 def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], numeric: Iterable[int] = ()) -> str:

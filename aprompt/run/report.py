@@ -315,8 +315,12 @@ def _score(value: Any) -> str:
     return "–" if value is None else f"{float(value):.3f}"
 
 
+#: What an empty choice stands for: the baseline, every predictor's own prompt (never a blank).
+AS_WRITTEN = "the program as written"
+
+
 def _choice_text(choice: Mapping[str, int]) -> str:
-    return " ".join(f"{key}={value}" for key, value in choice.items())
+    return " ".join(f"{key}={value}" for key, value in choice.items()) or AS_WRITTEN
 
 
 def _shows_format(view: RunView, name: str, prompt: PromptView) -> bool:

@@ -192,6 +192,20 @@ def test_a_run_stopped_before_the_search_shows_the_baseline_it_returned(tmp_path
     assert "1 full evaluations; baseline 0.033 -> best 0.033" in describe_run(view)
 
 
+def test_the_baselines_empty_choice_is_named_not_left_blank(tmp_path: Path) -> None:
+    """Before the search, the best program is the baseline, whose choice is empty: show and report
+    say it is the program as written, never a blank."""
+    run_dir = tmp_path / "run"
+    assert _journaled_run(run_dir, stop_after_events=8) is None
+    view = load_run(run_dir)
+    assert view.best_choice == {} and [f["choice"] for f in view.full_evals] == [{}]
+    text = describe_run(view)
+    assert f"best prompts ({view.best_score:.3f}: the program as written):" in text
+    assert f"      0  {view.best_score:>6.3f}  the program as written" in text
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "<td>the program as written</td>" in page
+
+
 def test_an_earlier_runs_result_file_is_not_read_as_the_unfinished_runs(
     finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
 ) -> None:
