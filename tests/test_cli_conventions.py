@@ -471,6 +471,20 @@ def test_a_refused_anthropic_key_points_at_anthropic_api_key(tmp_path: Path) -> 
     assert "sk-ant-not-the-right-one" not in done.stderr
 
 
+def test_a_refused_key_in_evaluate_points_at_its_variable(tmp_path: Path) -> None:
+    """The endpoint probe need not check the key: the refusals come back on every example, and the
+    warning must say where the key was read from, as optimize's error does."""
+    folder = write_task(tmp_path)
+    with served(lambda: FakeOpenAIServer(responder=answer_42, api_key=OPENAI_KEY)) as server:
+        done = aprompt_cli(
+            folder, *EVALUATE, "--lm", server.base_url, "--model", "m", OPENAI_API_KEY="sk-not-the-right-one"
+        )
+    assert done.returncode == 3, done.stderr
+    assert "examples unscored; first error: AuthenticationError" in done.stderr
+    assert "(check the API key in $OPENAI_API_KEY, or name its variable with --api-key-env)" in done.stderr
+    assert "sk-not-the-right-one" not in done.stderr
+
+
 def test_a_refused_proposer_key_points_at_its_own_variable_beside_api_key_env(tmp_path: Path) -> None:
     folder = write_task(tmp_path)
     with (

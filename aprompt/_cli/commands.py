@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import aprompt
-from aprompt._cli.errors import EXIT_LM, EXIT_OK
-from aprompt._cli.lms import open_lm, open_lms
+from aprompt._cli.errors import EXIT_LM, EXIT_OK, key_hint
+from aprompt._cli.lms import key_variables, open_lm, open_lms
 from aprompt._cli.loading import input_fields, load_object, load_program, read_examples
 from aprompt._errors import (
     ConfigError,
@@ -209,7 +209,16 @@ async def evaluate_command(args: argparse.Namespace) -> int:
                 print("\n".join(f"  {line}" for line in describe_example(row, _terminal_width() - 2)))
     if evaluation.n_unscored:
         first = next(iter(evaluation.errors.values()), "")
-        print(f"warning: {evaluation.n_unscored} examples unscored; first error: {first}", file=sys.stderr)
+        # The endpoint probe (GET /models) may not check the key: a refused key shows only here.
+        refused = any(
+            r.error.startswith(f"{aprompt.AuthenticationError.__name__}:")
+            for r in evaluation.results
+            if r.score is None and r.error is not None
+        )
+        hint = f" ({key_hint(key_variables(args))})" if refused else ""
+        print(
+            f"warning: {evaluation.n_unscored} examples unscored; first error: {first}{hint}", file=sys.stderr
+        )
     return EXIT_LM if evaluation.mean is None else EXIT_OK
 
 

@@ -42,6 +42,12 @@ def _refused_key(error: BaseException | None) -> bool:
     return False
 
 
+def key_hint(key_variables: Sequence[str]) -> str:
+    """What to do about a refused API key: ``key_variables`` name where the keys were read from."""
+    names = " or ".join(f"${name}" for name in key_variables)
+    return f"check the API key in {names}, or name its variable with --api-key-env"
+
+
 def report_error(
     error: BaseException, debug: bool, key_variables: Sequence[str] = ("OPENAI_API_KEY",)
 ) -> int:
@@ -58,8 +64,7 @@ def report_error(
     if isinstance(error, LMError | ParseError):
         hint = ""
         if _refused_key(error):
-            names = " or ".join(f"${name}" for name in key_variables)
-            hint = f" (check the API key in {names}, or name its variable with --api-key-env)"
+            hint = f" ({key_hint(key_variables)})"
         print(f"aprompt: LM error: {error}{hint}", file=sys.stderr)
         return EXIT_LM
     kind = "error" if isinstance(error, APromptError) else f"unexpected {type(error).__name__}"

@@ -280,3 +280,22 @@ def prices_for(
                 "(USD per million input and output tokens)"
             )
     return prices
+
+
+def key_variables(args: argparse.Namespace) -> list[str]:
+    """The environment variables the command's clients read their API keys from (``--api-key-env``
+    names the program client's, and the proposer's when it is the same client)."""
+    if not hasattr(args, "lm"):
+        return ["OPENAI_API_KEY"]
+    try:
+        task = task_choice(args)
+        choices = [task, proposer_choice(args, task) or task]
+    except ConfigError:
+        return ["OPENAI_API_KEY"]
+    names = []
+    for choice in choices:
+        default = "ANTHROPIC_API_KEY" if choice.provider == "anthropic" else "OPENAI_API_KEY"
+        name = choice.api_key_env or default
+        if choice.provider != "local" and name not in names:
+            names.append(name)
+    return names or ["OPENAI_API_KEY"]

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from aprompt._cli.errors import EXIT_CONFIG, EXIT_PIPE_CLOSED, leaf_error, report_error
-from aprompt._cli.lms import proposer_choice, task_choice
+from aprompt._cli.lms import key_variables
 from aprompt._cli.parser import build_parser
 from aprompt._errors import ConfigError
 from aprompt.lm.endpoints import public_url
@@ -98,25 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         log.removeHandler(handler)
         log.setLevel(log_level)
-
-
-def key_variables(args: argparse.Namespace) -> list[str]:
-    """The environment variables the command's clients read their API keys from (``--api-key-env``
-    names the program client's, and the proposer's when it is the same client)."""
-    if not hasattr(args, "lm"):
-        return ["OPENAI_API_KEY"]
-    try:
-        task = task_choice(args)
-        choices = [task, proposer_choice(args, task) or task]
-    except ConfigError:
-        return ["OPENAI_API_KEY"]
-    names = []
-    for choice in choices:
-        default = "ANTHROPIC_API_KEY" if choice.provider == "anthropic" else "OPENAI_API_KEY"
-        name = choice.api_key_env or default
-        if choice.provider != "local" and name not in names:
-            names.append(name)
-    return names or ["OPENAI_API_KEY"]
 
 
 def _dispatch(args: argparse.Namespace, argv: Sequence[str], debug: bool) -> int:
