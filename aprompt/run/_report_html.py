@@ -12,7 +12,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aprompt._optimize.per_example import ExampleOutcome, ExampleRow, ExampleTable
-from aprompt.run.report import AS_WRITTEN, CandidateStats, PromptView, RunView, pick_text
+from aprompt.run.report import (
+    AS_WRITTEN,
+    CandidateStats,
+    PromptView,
+    RunView,
+    pick_text,
+    unreadable_text,
+)
 
 __all__ = ["render_report"]
 
@@ -31,6 +38,7 @@ main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 32px 0 10px; }
 h3 { font-size: 14px; margin: 18px 0 6px; color: #3a4358; }
 .muted { color: #6b7385; } .note { color: #6b7385; font-style: italic; }
+.warn { color: #b3261e; font-weight: 600; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px;
          margin-top: 16px; }
 .card { background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 10px 12px; }
@@ -98,7 +106,7 @@ def _card(label: str, value: str, css: str = "") -> str:
 
 
 def _summary(view: RunView) -> str:
-    status = "finished" if view.finished else "not finished"
+    status = "finished" if view.finished else "unknown" if view.result_unreadable else "not finished"
     if view.stopped_by:
         status += f" (stopped by {view.stopped_by})"
     gain = ""
@@ -465,6 +473,11 @@ def _dropped(view: RunView) -> str:
     return "<h2>Dropped proposals</h2>" + _table(["predictor", "reason"], rows)
 
 
+def _unreadable(view: RunView) -> str:
+    text = unreadable_text(view)
+    return "" if text is None else f'<p class="warn">Warning: {_e(text)}.</p>'
+
+
 def render_report(
     view: RunView, stats: Mapping[str, list[CandidateStats]], images: Mapping[str, bytes] | None
 ) -> str:
@@ -479,6 +492,7 @@ def render_report(
 <h1>aprompt run report</h1>
 <div class="muted">{_e(view.run_dir)} · seed {_e(view.config.get("seed", "?"))}</div>
 {_summary(view)}
+{_unreadable(view)}
 <h2>Scores</h2>
 {_plots(images)}
 <h2>Final prompts</h2>

@@ -120,16 +120,24 @@ class RunJournal:
         """Payloads of ``kind`` (and ``key``) in append order."""
         return [payload for _, payload in self.entries(kind, key)]
 
-    def entries(self, kind: str, key: str | None = None) -> Iterator[tuple[str, Any]]:
+    def entries(
+        self, kind: str, key: str | None = None, *, unreadable: list[str] | None = None
+    ) -> Iterator[tuple[str, Any]]:
         """``(key, payload)`` of ``kind`` (and ``key``) in append order, each checked against its checksum.
 
-        Raises:
-            JournalError: a record is damaged (its checksum does not match), unreadable, or was written
-                by an aprompt before checksums.
-        """
-        return self._read(kind, key, " ORDER BY seq")
+        Args:
+            unreadable: given, a record that fails its check is left out and described here instead
+                (a reader that shows what it can, never a run that resumes from it).
 
-    def _read(self, kind: str, key: str | None, order: str) -> Iterator[tuple[str, Any]]:
+        Raises:
+            JournalError: without ``unreadable``, a record is damaged (its checksum does not match),
+                unreadable, or was written by an aprompt before checksums.
+        """
+        return self._read(kind, key, " ORDER BY seq", unreadable)
+
+    def _read(
+        self, kind: str, key: str | None, order: str, unreadable: list[str] | None
+    ) -> Iterator[tuple[str, Any]]:
         """:meth:`entries` of the rows ``order`` (an ``ORDER BY`` clause, with a ``LIMIT``) selects."""
         query = "SELECT seq, key, payload, checksum FROM records WHERE kind = ?"
         args: tuple[str, ...] = (kind,)
@@ -138,31 +146,22 @@ class RunJournal:
             args = (kind, key)
         rows = self._execute("read", query + order, args)
         for seq, row_key, text, checksum in rows:
-            where = f"run journal {self._path}: {kind} record {row_key!r} (#{seq})"
-            if checksum is None:
-                raise JournalError(
-                    f"{where} was written by an older aprompt, without a checksum; {_START_OVER}",
-                    path=str(self._path),
-                )
-            if not isinstance(row_key, str) or not isinstance(text, str):
-                raise JournalError(f"{where} is unreadable; {_START_OVER}", path=str(self._path))
-            if checksum != record_checksum(kind, row_key, text):
-                raise JournalError(
-                    f"{where} is damaged (its checksum does not match); {_START_OVER}", path=str(self._path)
-                )
-            try:
-                yield row_key, json.loads(text)
-            except (TypeError, ValueError, RecursionError):  # not JSON, or nested too deep
-                raise JournalError(
-                    f"run journal {self._path} holds an unreadable {kind} record; {_START_OVER}",
-                    path=str(self._path),
-                ) from None
+            problem, payload = _check_record(kind, row_key, text, checksum)
+            if problem is None:
+                yield row_key, payload
+                continue
+            where = f"{kind} record {row_key!r} (#{seq}) {problem}"
+            if unreadable is None:
+                raise JournalError(f"run journal {self._path}: {where}; {_START_OVER}", path=str(self._path))
+            unreadable.append(where)
 
-    def latest(self, kind: str, key: str | None = None) -> Any | None:
-        """The last payload of ``kind`` (and ``key``), or ``None``."""
+    def latest(self, kind: str, key: str | None = None, *, unreadable: list[str] | None = None) -> Any | None:
+        """The last payload of ``kind`` (and ``key``), or ``None`` (also when, with ``unreadable``, it
+        fails its check: see :meth:`entries`)."""
         # Only the last row is read: a kind appended on every call of a run (its per-example table, its
         # spending) would otherwise be read, parsed and held whole, every copy, by each resume.
-        return next((payload for _, payload in self._read(kind, key, " ORDER BY seq DESC LIMIT 1")), None)
+        rows = self._read(kind, key, " ORDER BY seq DESC LIMIT 1", unreadable)
+        return next((payload for _, payload in rows), None)
 
     def kinds(self) -> dict[str, int]:
         """Record counts by kind (for reports and ``aprompt show``)."""
@@ -195,6 +194,20 @@ class RunJournal:
 
     def __repr__(self) -> str:
         return f"RunJournal({str(self._path)!r})"
+
+
+def _check_record(kind: str, key: object, text: object, checksum: object) -> tuple[str | None, Any]:
+    """``(None, payload)`` of a sound record, else ``(what is wrong with it, None)``."""
+    if checksum is None:
+        return "was written by an older aprompt, without a checksum", None
+    if not isinstance(key, str) or not isinstance(text, str):
+        return "is unreadable", None
+    if checksum != record_checksum(kind, key, text):
+        return "is damaged (its checksum does not match)", None
+    try:
+        return None, json.loads(text)
+    except (TypeError, ValueError, RecursionError):  # not JSON, or nested too deep
+        return "is unreadable", None
 
 
 def _check_read_only(db: sqlite3.Connection, path: Path) -> None:

@@ -104,6 +104,8 @@ class RunView:
     #: what the run spent against its limits, earlier calls of a resumed run included (``result.spent``:
     #: ``lm_calls``, ``tokens``, ...); ``phases`` cover the last call alone.
     spent: Mapping[str, Any] = attrs.field(factory=dict)
+    #: journal records that failed their check and are left out of this view, each described.
+    unreadable: tuple[str, ...] = ()
 
     @property
     def lm_calls(self) -> int | None:
@@ -115,6 +117,11 @@ class RunView:
         if self.phases:
             return sum(int(p.get("usage", {}).get("requests", 0)) for p in self.phases)
         return None
+
+    @property
+    def result_unreadable(self) -> bool:
+        """Whether the run's result record failed its check: whether it finished is unknown."""
+        return not self.finished and any(u.startswith("result record ") for u in self.unreadable)
 
     @property
     def strategy(self) -> str:
@@ -149,10 +156,10 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _latest_by_key(journal: RunJournal, kind: str) -> list[Any]:
-    """One payload per key (the last written), in the order keys first appeared."""
+def _latest_by_key(journal: RunJournal, kind: str, unreadable: list[str]) -> list[Any]:
+    """One payload per key (the last readable one written), in the order keys first appeared."""
     found: dict[str, Any] = {}
-    for key, payload in journal.entries(kind):
+    for key, payload in journal.entries(kind, unreadable=unreadable):
         found.pop(key, None)  # a resumed run may have rewritten it; keep the position of the newest
         found[key] = payload
     return list(found.values())
@@ -161,29 +168,37 @@ def _latest_by_key(journal: RunJournal, kind: str) -> list[Any]:
 def load_run(run_dir: str | os.PathLike[str]) -> RunView:
     """Read the journal (and the optional files beside it) of ``run_dir``.
 
+    A record that fails its check (damaged on disk, or written before checksums) is left out and named
+    in :attr:`RunView.unreadable`: the rest of the run is shown (a resume of it is refused).
+
     Raises:
         ConfigError: ``run_dir`` holds no run journal.
-        JournalError: the journal cannot be read.
+        JournalError: the journal cannot be opened.
     """
     folder = Path(run_dir)
     if not (folder / JOURNAL_FILE).is_file():
         raise ConfigError(f"{folder} holds no run journal ({JOURNAL_FILE}); is it a --run-dir of a run?")
+    unreadable: list[str] = []
     with RunJournal.open_read_only(folder) as journal:
-        config = journal.latest("config") or {}
-        trials = sorted(_latest_by_key(journal, "trial"), key=lambda t: int(t.get("number", 0)))
-        full_evals = _latest_by_key(journal, "full_eval")
+
+        def latest(kind: str, key: str | None = None) -> Any:
+            return journal.latest(kind, key, unreadable=unreadable)
+
+        config = latest("config") or {}
+        trials = sorted(_latest_by_key(journal, "trial", unreadable), key=lambda t: int(t.get("number", 0)))
+        full_evals = _latest_by_key(journal, "full_eval", unreadable)
         if not full_evals:
             # Scored beside the bootstrap, before the search recorded it: a run a limit stopped then (or
             # a run still going) has the baseline's evaluation alone, and returns (or will) that program.
-            baseline = journal.latest(BASELINE_KIND, "all")
+            baseline = latest(BASELINE_KIND, "all")
             full_evals = [baseline] if isinstance(baseline, Mapping) else []
-        raw_sets = journal.latest("demo_sets", "all") or {}
-        proposals = {key: payload for key, payload in journal.entries("proposals")}
-        final = journal.latest("result")
-        examples = _examples(journal.latest(EXAMPLES_KIND)) if final is not None else None
-        in_flight = _series(journal.latest(IN_FLIGHT_KIND))
+        raw_sets = latest("demo_sets", "all") or {}
+        proposals = dict(journal.entries("proposals", unreadable=unreadable))
+        final = latest("result")
+        examples = _examples(latest(EXAMPLES_KIND)) if final is not None else None
+        in_flight = _series(latest(IN_FLIGHT_KIND))
         # Every run journals the prompts it started from; a run made from Python has no ORIGINAL_FILE.
-        journaled_original = journal.latest("original_state")
+        journaled_original = latest("original_state")
     predictors = tuple(config.get("program", {})) or tuple(raw_sets) or tuple(proposals)
     instructions: dict[str, dict[int, str]] = {name: {} for name in predictors}
     dropped: list[tuple[str, str]] = []
@@ -231,6 +246,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         pick=_pick(final, result),
         in_flight=in_flight,
         spent=dict(result.get("spent") or {}) if isinstance(result, dict) else {},
+        unreadable=tuple(unreadable),
     )
 
 
@@ -336,17 +352,34 @@ def pick_text(pick: Mapping[str, Any] | None) -> str | None:
     return str(pick["reason"])
 
 
+def unreadable_text(view: RunView, *, limit: int = 5) -> str | None:
+    """What of the journal could not be read and what to do, in words (``None`` when all could)."""
+    if not view.unreadable:
+        return None
+    n = len(view.unreadable)
+    named = "; ".join(view.unreadable[:limit]) + (f"; and {n - limit} more" if n > limit else "")
+    return (
+        f"{n} journal record{'s' if n > 1 else ''} could not be read and {'are' if n > 1 else 'is'} left "
+        f"out ({named}); the rest is shown. optimize refuses to resume from such a record: resume=False "
+        "(on the command line --fresh) or another run_dir starts the run over"
+    )
+
+
 def describe_run(view: RunView, *, max_instruction: int = 300, max_examples: int = 5) -> str:
     """Readable text of a run: its state, the trials, the full evaluations, the best prompts, why they
     were chosen, and the validation examples they still fail (the first ``max_examples``)."""
     lines = [f"run {view.run_dir}: {view.strategy}, seed {view.config.get('seed', '?')}"]
     state = "finished" if view.finished else "not finished (resume it with the same command)"
+    if view.result_unreadable:
+        state = "unknown (its result record cannot be read)"
     if view.stopped_by:
         state += f", stopped by {view.stopped_by}"
     lines.append(
         f"state: {state}; {len(view.trials)} trials, {len(view.full_evals)} full evaluations; "
         f"baseline {_score(view.baseline_score)} -> best {_score(view.best_score)}"
     )
+    if (unreadable := unreadable_text(view)) is not None:
+        lines.append(f"warning: {unreadable}")
     lines += ["", "trials (mini-batch scores):", f"  {'#':>4}  {'score':>6}  choice"]
     for trial in view.trials:
         lines.append(

@@ -125,7 +125,10 @@ def test_an_unreadable_record_is_a_journal_error(tmp_path: Path) -> None:
     )
     db.commit()
     db.close()
-    with RunJournal.open(tmp_path) as journal, pytest.raises(JournalError, match="unreadable trial record"):
+    with (
+        RunJournal.open(tmp_path) as journal,
+        pytest.raises(JournalError, match=r"trial record '0' \(#1\) is unreadable"),
+    ):
         journal.records("trial")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -225,6 +226,56 @@ def test_an_earlier_runs_result_file_is_not_read_as_the_unfinished_runs(
             assert [view.instructions[name][i] for i in range(1, len(kept) + 1)] == kept
     assert "Stale instruction" not in write_report(run_dir).read_text(encoding="utf-8")
     assert "Stale instruction" not in describe_run(view)
+
+
+def _damage(run_dir: Path, kind: str) -> None:
+    """Change the first ``kind`` record's payload on disk, past its checksum (as a failing disk would)."""
+    db = sqlite3.connect(run_dir / "journal.sqlite3")
+    try:
+        with db:
+            db.execute(
+                "UPDATE records SET payload = payload || ' ' WHERE seq = "
+                "(SELECT min(seq) FROM records WHERE kind = ?)",
+                (kind,),
+            )
+    finally:
+        db.close()
+
+
+def test_show_and_report_leave_a_damaged_record_out_name_it_and_resuming_still_refuses(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    """One damaged record does not hide the rest of a run from show and report: they show what they can
+    read and name what they cannot; optimize still refuses to resume from it."""
+    run_dir, result = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    _damage(copy, "trial")
+    view = load_run(copy)
+    assert [t["number"] for t in view.trials] == [t.number for t in result.trials[1:]]
+    assert view.finished and view.best_score == result.score
+    [named] = view.unreadable
+    assert named.startswith("trial record '0' (#")
+    assert named.endswith("is damaged (its checksum does not match)")
+    text = describe_run(view)
+    assert "warning: 1 journal record could not be read and is left out (trial record '0' (#" in text
+    assert "--fresh" in text
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert '<p class="warn">Warning: 1 journal record could not be read' in page
+    with pytest.raises(aprompt.JournalError, match=r"trial record '0' .* is damaged"):
+        _journaled_run(copy)
+
+
+def test_a_damaged_result_record_leaves_the_runs_state_unknown(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run[0], copy)
+    _damage(copy, "result")
+    view = load_run(copy)
+    assert not view.finished and view.result_unreadable
+    text = describe_run(view)
+    assert "state: unknown (its result record cannot be read)" in text and "not finished" not in text
 
 
 SHOW_AS_A_READER = """
