@@ -210,6 +210,17 @@ def _check_record(kind: str, key: object, text: object, checksum: object) -> tup
         return "is unreadable", None
 
 
+def _schema_error(path: Path, version: int) -> JournalError:
+    """The error for a journal of another schema: a newer aprompt's run wants that aprompt."""
+    if version > SCHEMA_VERSION:
+        what = "a newer aprompt wrote it: upgrade aprompt to read or resume this run"
+    else:
+        what = "an aprompt this one cannot read wrote it: start a fresh run (resume=False, or --fresh)"
+    return JournalError(
+        f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION} ({what})", path=str(path)
+    )
+
+
 def _check_read_only(db: sqlite3.Connection, path: Path) -> None:
     """Check, changing nothing, that ``db`` is an aprompt journal of the schema this aprompt reads."""
     db.execute("PRAGMA busy_timeout = 30000")
@@ -217,9 +228,7 @@ def _check_read_only(db: sqlite3.Connection, path: Path) -> None:
         raise JournalError(f"{path} is not an aprompt run journal", path=str(path))
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version != SCHEMA_VERSION:
-        raise JournalError(
-            f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION}", path=str(path)
-        )
+        raise _schema_error(path, version)
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
@@ -282,9 +291,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version != SCHEMA_VERSION:
-        raise JournalError(
-            f"{path} has journal schema {version}; this aprompt reads {SCHEMA_VERSION}", path=str(path)
-        )
+        raise _schema_error(path, version)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
 
