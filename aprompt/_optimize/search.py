@@ -28,7 +28,8 @@ is then decided again. When it is still undecided, the pick and its strongest fu
 run on training examples they do not show as demos, and the pick is decided again with those scores
 (:mod:`aprompt._optimize.confirmation`). Under a limit that kept the runs of a confirmation that was not
 needed, they go to late races, whose combinations are returned only as the pick of all the evidence
-(``SearchLoop.decide``). ``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
+(``SearchLoop.decide``); these steps of the end are :mod:`aprompt._optimize.search_end`.
+``SearchOutcome.pick`` says what was returned and why (also logged at INFO).
 
 When the baseline and every trial scored 0 on every example at the first full evaluation after the
 baseline, nothing the search can try is expected to score either: the search stops there (the trials
@@ -61,7 +62,7 @@ import attrs
 
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.choice_runs import ChoiceRuns
-from aprompt._optimize.confirmation import confirm, confirmation_note
+from aprompt._optimize.confirmation import confirmation_note
 from aprompt._optimize.evaluate import Evaluation, Metric, OnResult
 from aprompt._optimize.events import Event, FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.evidence_book import EvidenceBook
@@ -78,7 +79,7 @@ from aprompt._optimize.final_pick import (
 )
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.pooling import RACE_OPTIMISM, ScorePool, ranked_combinations, thompson_choice
-from aprompt._optimize.racing import final_races
+from aprompt._optimize.search_end import finish_search
 from aprompt._optimize.search_records import (
     FullEval,
     Memo,
@@ -174,8 +175,8 @@ class SearchLoop:
     races_started: int = attrs.field(default=0, init=False)
     raced_out: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
     #: The pick decided when the late races began, and the full evaluations recorded then (``None``:
-    #: none began); see ``decide``.
-    _before_late: tuple[FinalPick, int] | None = attrs.field(default=None, init=False)
+    #: none began; set by :func:`~aprompt._optimize.search_end.late_races`); see ``decide``.
+    before_late: tuple[FinalPick, int] | None = attrs.field(default=None, init=False)
     #: Program runs of the trials, rungs and full evaluations so far.
     _spent: int = attrs.field(default=0, init=False)
     _pool: ScorePool = attrs.field(factory=ScorePool, init=False)
@@ -364,9 +365,7 @@ class SearchLoop:
         if self.stopped == NOTHING_SCORES and not self._nothing_scored():
             self.stopped = None  # a strategy ran more trials after the stop (module_opro), and one scored
         if final_full_eval:
-            await self._final_evaluations()
-            await self._confirm()
-            await self._late_races()
+            await finish_search(self)
         chosen = self.decide()
         # The evidence recorded since the last full evaluation (trials, a confirmation a stop cut short)
         # may move the pick: the returned program is told as every pick before it.
@@ -393,69 +392,14 @@ class SearchLoop:
             confirmations=tuple(self.confirmations),
         )
 
-    async def _confirm(self) -> None:
-        """When the pick is undecided at the end, run it and its strongest challengers on fresh training
-        examples, the evidence the pick is decided on again (:mod:`aprompt._optimize.confirmation`)."""
-        if not self.confirmation or self.confirmations:
-            return
-        if self.stopped is not None or self.should_stop() is not None:
-            return
-        await confirm(self, self.decide(), self._add_confirmation)
-        await self._decide_again()
-
-    async def _late_races(self) -> None:
-        """Under a limit on calls, tokens or cost, the runs the trials kept for a confirmation that did
-        not run (the pick was decided without one) go to more races, within what the plan has left: a
-        budget kept and left unspent could still have found a better program. The pick is decided
-        again: a combination of these races is returned only when it is the pick of all the evidence,
-        else the pick decided before them stands (``decide``)."""
-        if not self.racing or self.admit_trial is None or not self.confirmation_kept or self.confirmations:
-            return
-        if self.stopped is not None or self.should_stop() is not None or self._plan_left() <= 0:
-            return
-        self._before_late = (self.decide(), len(self.full_evals))
-        await final_races(self, self._plan_left(), late=True)
-        await self._decide_again()
-
-    def _plan_left(self) -> int:
-        """Program runs the plan has left for evaluations: its full evaluations and trials, less those
-        spent."""
-        n = len(self.valset)
-        return self._planned_full_evals() * n + self.n_trials * min(self.minibatch_size, n) - self._spent
-
-    def _planned_full_evals(self) -> int:
-        return 1 + math.ceil(self.n_trials / self.full_eval_every)  # as the plan counts them
-
-    async def _final_evaluations(self) -> None:
-        if self.racing:
-            await final_races(self, self._plan_left())
-            return
-        for _ in range(max(1, self._planned_full_evals() - len(self.full_evals))):
-            if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
-                return
-            choice = self._next_for_pick()
-            if choice is None:
-                return
-            await self.full_evaluation(choice)
-
-    def _next_for_pick(self) -> dict[str, int] | None:
-        """While the baseline is kept, its most promising challenger without a full evaluation (the
-        evaluation that can settle the undecided); else the best untested by the pooled estimate."""
-        current = self.decide()
-        if current.kept_baseline:
-            for challenger in current.challengers:
-                if key_of(challenger) not in self._tested:
-                    return dict(challenger)
-        return self.next_full_evaluation()
-
     def decide(self) -> FinalPick:
         """The pick from all evidence so far (a pure function of the trials, rungs and full evaluations).
 
-        After late races (``_late_races``), the pick decided before them stands unless the pick of all
-        the evidence is one of their combinations: each fully evaluated combination raises the bar the
-        pick sets every one of them (its level is shared among them), so combinations raced only to
-        spend a budget kept for a confirmation that did not run must not undo the pick by
-        merely being weighed.
+        After late races (:func:`~aprompt._optimize.search_end.late_races`), the pick decided before them
+        stands unless the pick of all the evidence is one of their combinations: each fully evaluated
+        combination raises the bar the pick sets every one of them (its level is shared among them), so
+        combinations raced only to spend a budget kept for a confirmation that did not run must not undo
+        the pick by merely being weighed.
         """
         chosen = pick(
             self._evidence().evidence(self._tested),
@@ -463,9 +407,9 @@ class SearchLoop:
             min_shared=min(MIN_SHARED, len(self.valset)),
             references=self._reference_choices,
         )
-        if self._before_late is None:
+        if self.before_late is None:
             return chosen
-        settled, n_full_evals = self._before_late
+        settled, n_full_evals = self.before_late
         late = {key_of(f.choice) for f in self.full_evals[n_full_evals:]}
         if key_of(chosen.choice) in late | {key_of(settled.choice)}:
             return chosen
@@ -490,7 +434,8 @@ class SearchLoop:
         key = key_of(choice)
         return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
 
-    async def _add_confirmation(self, record: FullEval) -> None:
+    async def add_confirmation(self, record: FullEval) -> None:
+        """Add a contender's runs on training examples (a confirmation) to the evidence."""
         record = self._renamed(record)
         index = len(self.confirmations)
         self.confirmations.append(record)
@@ -722,9 +667,9 @@ class SearchLoop:
         await self.emit(
             FullEvaluation(result.choice, result.score, len(self.valset), result.n_failed, is_baseline)
         )
-        await self._decide_again()
+        await self.decide_again()
 
-    async def _decide_again(self) -> None:
+    async def decide_again(self) -> None:
         """Decide the pick again from all evidence (no tie goes to the earlier evaluation), telling a new
         one as ``NewBest``."""
         await self._adopt(self.decide())

@@ -1,6 +1,6 @@
 """Under a limit on calls, the runs the trials keep for a confirmation that turns out not to be needed go
-to late races (``SearchLoop._late_races``), and their combinations can only take the pick from the one
-settled before them by being the pick of all the evidence (``SearchLoop.decide``)."""
+to late races (:func:`~aprompt._optimize.search_end.late_races`), and their combinations can only take the
+pick from the one settled before them by being the pick of all the evidence (``SearchLoop.decide``)."""
 
 from __future__ import annotations
 
