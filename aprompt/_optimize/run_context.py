@@ -3,8 +3,10 @@
 Limits: the run's :class:`~aprompt.lm._metering.RequestMeter` counts every request of the run (any LM);
 :meth:`RunContext.admit_step` refuses a step the remaining budget cannot pay for, and
 :meth:`RunContext.run_strategy` turns a refusal (of a step, or of a request by the meter) into a stop
-with the best program so far. What was spent is journaled after every step (see
-:mod:`aprompt.run._limits`).
+with the best program so far (:mod:`aprompt._optimize.run_stop`). What was spent is journaled after every
+step (see :mod:`aprompt.run._limits`), with what a stop would leave unjournaled
+(:mod:`aprompt._optimize.step_ledger`); the steps a limit refused are journaled too
+(:mod:`aprompt._optimize.refusals`).
 """
 
 from __future__ import annotations
@@ -19,25 +21,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from aprompt._errors import ConfigError, JournalError, RunLimitError
+from aprompt._errors import ConfigError, JournalError
 from aprompt._optimize.budget import Budget
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.confirmation import runs_kept_for_confirmation
 from aprompt._optimize.evaluate import Metric
-from aprompt._optimize.events import (
-    Event,
-    EventCallback,
-    FullEvaluation,
-    NewBest,
-    PhaseFinished,
-    PhaseStarted,
-)
+from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
 from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
+from aprompt._optimize.refusals import REFUSAL_KIND, journal_refusal, refused_before
 from aprompt._optimize.result import PhaseUsage
+from aprompt._optimize.run_stop import limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
+from aprompt._optimize.step_ledger import StepLedger
 from aprompt._slots import Slots
 from aprompt.lm._metering import BudgetKept, LimitReached, RequestMeter, measuring, metering
 from aprompt.lm.types import LM
@@ -49,7 +46,6 @@ from aprompt.run._limits import (
     RunLimits,
     inexact_resume,
     meter_for,
-    spent_record,
     step_estimate,
     unaffordable,
 )
@@ -68,12 +64,13 @@ BASELINE_KIND = "baseline_eval"
 #: Step kinds that score programs; every other step (bootstrap, proposals) keeps the budget of the
 #: baseline's evaluation and one mini-batch untouched.
 _SCORING_STEPS = frozenset({"trial", "full_eval", "race", BASELINE_KIND, "reference_eval"})
-#: Journal kind of a step a limit refused (see ``RunContext._journal_refusal``).
-REFUSAL_KIND = "refused"
 #: Journal kind of a decision that depends on what the run has spent so far (``RunContext.decided``).
 DECISION_KIND = "decided"
 
 T = TypeVar("T")
+
+# Imported from here by the strategies and the run's report.
+__all__ = ["BASELINE_KIND", "DECISION_KIND", "REFUSAL_KIND", "RunContext", "limit_reached_in"]
 
 
 @attrs.define
@@ -168,23 +165,8 @@ class RunContext:
     diverged: str | None = attrs.field(default=None, init=False)
     #: Why this call's resume cannot replay what the run spent, while it has decided nothing on it yet.
     _inexact: str | None = attrs.field(default=None, init=False)
-    #: What the outermost steps being computed have spent so far, by ``"kind:key"``.
-    _open: dict[str, UsageCounter] = attrs.field(factory=dict, init=False)
-    #: Outermost steps that ended without a result in this call: ``"kind:key"`` -> ``[requests, requests
-    #: answered, prompt tokens, completion tokens]``.
-    _unfinished: dict[str, list[int]] = attrs.field(factory=dict, init=False)
-    #: Likewise, those a stop mid-step left before this call, not run again yet. One that runs again
-    #: counts what was answered then as its own (see :meth:`memo`); until then the run decides as if
-    #: it had spent nothing on it (see :meth:`_discount`).
-    _inherited: dict[str, list[int]] = attrs.field(factory=dict, init=False)
-    #: Requests counted that an uninterrupted run never sends: those a stop caught in flight (sent again).
-    _waste: int = attrs.field(default=0, init=False)
-    #: Set when the strategy ended as an uninterrupted run would (finished, or stopped on a limit):
-    #: nothing it left unjournaled is a stop's.
-    _ended_whole: bool = attrs.field(default=False, init=False)
-    #: Set when a step ended unfinished with an answer that arrived but whose call did not end (the stop
-    #: came between): whether the cache holds it is not known, so neither is what running it again costs.
-    _answers_unsure: bool = attrs.field(default=False, init=False)
+    #: What the steps not journaled have spent, for the ``spent`` records and a resumed run's decisions.
+    _ledger: StepLedger = attrs.field(factory=StepLedger, init=False)
     #: Phases (by their slot in ``phases``) that ended by an exception, their ``PhaseFinished`` not told yet.
     _cut_phases: list[int] = attrs.field(factory=list, init=False)
 
@@ -201,12 +183,7 @@ class RunContext:
                 first_run_budget=(runs, what),
             )
             self._inexact, lowered = inexact_resume(self.limits, record)
-            if record is not None:
-                self._waste = int(record.get("waste", 0))
-                if int(record.get("unjournaled", 0)) > 0:  # a stop mid-step (not a finish, not a limit)
-                    unfinished = record.get("unfinished", {})
-                    self._inherited = {str(k): [int(n) for n in v[:4]] for k, v in unfinished.items()}
-                    self._waste += sum(paid[0] - paid[1] for paid in self._inherited.values())
+            self._ledger = StepLedger.resumed(record)
             diverged = record.get("diverged") if record is not None else None
             self.diverged = str(diverged) if diverged is not None else self._inexact if lowered else None
         except (KeyError, TypeError, ValueError) as exc:
@@ -305,7 +282,7 @@ class RunContext:
         todo = sum(size for _, _, size in todo_parts)
         if todo == 0:
             return
-        refused, kept = self._refused_before(todo_parts)
+        refused, kept = refused_before(self.journal, self.limits, todo_parts)
         if refused is not None and kept:
             raise BudgetKept(
                 refused, f"{self.meter.describe(refused)}: {what} not started, as when this run stopped"
@@ -320,7 +297,7 @@ class RunContext:
         self._decides_on_spending()
         runs, n_calls = (0, todo) if calls else (todo, 0)
         reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
-        discount = self._discount()
+        discount = self._ledger.discount()
         own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls, discount=discount)
         with_reserve = step_estimate(
             self.meter,
@@ -340,7 +317,7 @@ class RunContext:
                 discount,
             )
             if short is not None:
-                self._journal_refusal(todo_parts, short, kept=True)
+                journal_refusal(self.journal, self.limits, todo_parts, short, kept=True)
                 raise BudgetKept(
                     short,
                     f"{self.meter.describe(short)}: {what} not started, to keep about {kept_calls[0]:.0f} LM "
@@ -352,7 +329,7 @@ class RunContext:
                 self._commitments[(kind, key)] = _Commitment(own[0] * share, own[1] * share, own[2] * share)
             return
         self.stopped_by = self.stopped_by or limit
-        self._journal_refusal(todo_parts, limit)
+        journal_refusal(self.journal, self.limits, todo_parts, limit)
         raise LimitReached(
             limit,
             f"{self.meter.describe(limit)} cannot pay for {what} (about {estimate[0]:.0f} more LM calls, "
@@ -404,13 +381,6 @@ class RunContext:
         if step is not None:
             step.runs = runs
 
-    def _limit_value(self, name: str) -> float | None:
-        return {
-            "max_lm_calls": self.limits.max_lm_calls,
-            "max_tokens": self.limits.max_tokens,
-            "max_cost": self.limits.max_cost,
-        }.get(name)
-
     def runs_affordable(self) -> int | None:
         """Program runs the rest of the budget pays for (at the measured cost per run), after what the
         admitted steps in flight are still expected to spend; ``None`` without a limit on calls, tokens or
@@ -428,7 +398,7 @@ class RunContext:
     def _affordable_by_limit(self) -> dict[str, int]:
         """:meth:`runs_affordable` for each limit on calls, tokens or cost that is set."""
         ratio = self._fresh_run_ratio()
-        discount = self._discount()
+        discount = self._ledger.discount()
         estimate = step_estimate(self.meter, self.costs, runs=1, calls=0, discount=discount)
         per_run = tuple(cost * ratio for cost in estimate)
         used = self.meter.usage
@@ -489,74 +459,18 @@ class RunContext:
         a limit the uninterrupted run had not reached, the meter may have refused what that run sent, and
         the run may have ended otherwise."""
         reached = self.meter.reached()
-        if self._waste and self.diverged is None and reached in ("max_lm_calls", "max_tokens"):
-            if unaffordable(self.meter, (0.0, 0.0, 0.0), self._discount()) is None:
+        if self._ledger.waste and self.diverged is None and reached in ("max_lm_calls", "max_tokens"):
+            if unaffordable(self.meter, (0.0, 0.0, 0.0), self._ledger.discount()) is None:
                 self.diverged = (
-                    f"a stop mid-step, whose {self._waste} requests then in flight, sent again, brought it "
-                    f"to {reached} before the uninterrupted run would have got there"
+                    f"a stop mid-step, whose {self._ledger.waste} requests then in flight, sent again, "
+                    f"brought it to {reached} before the uninterrupted run would have got there"
                 )
 
-    def _discount(self) -> tuple[int, int]:
-        """Requests and tokens the meter counts that the uninterrupted run had not counted at this point
-        of the flow: those a stop caught in flight (sent again), and what the steps it left unfinished
-        had spent, until they run again. Decisions on the budget leave them out, so a run resumed after
-        a stop it saw through decides as the uninterrupted run did."""
-        requests = self._waste + sum(paid[1] for paid in self._inherited.values())
-        return requests, sum(paid[2] + paid[3] for paid in self._inherited.values())
-
     def _spent_record(self, requests: int | None = None, *, final: bool = False) -> dict[str, Any]:
-        """:func:`spent_record` of the run now, with the steps a stop now would leave unjournaled."""
-        # The inherited ones first: they keep the counts of the first time, and the same key later is
-        # the newer (run again since, under its key in _open or _unfinished).
-        unfinished = {
-            **self._inherited,
-            **self._unfinished,
-            **{step: _paid(used) for step, used in self._open.items()},
-        }
-        # Requests counted, or reserved (``requests``), for work no journaled step holds.
-        recorded = self.meter.usage.requests if requests is None else requests
-        ahead = max(0, recorded - self.meter.usage.requests)
-        lost = sum(paid[0] for paid in unfinished.values()) + ahead
-        inherited_waste = sum(paid[0] - paid[1] for paid in self._inherited.values())
-        return spent_record(
-            self.meter,
-            self.costs,
-            requests=requests,
-            unjournaled=0 if self._ended_whole else lost,
-            unfinished=unfinished,
-            # What the inherited steps lost in flight is in their entries, counted again on resume.
-            waste=self._waste - inherited_waste,
-            final=final and not self._answers_unsure,
-            diverged=self.diverged,
+        """The ``spent`` record of the run now (:meth:`StepLedger.spent_record`)."""
+        return self._ledger.spent_record(
+            self.meter, self.costs, requests=requests, final=final, diverged=self.diverged
         )
-
-    def _journal_refusal(
-        self, parts: Sequence[tuple[str, str, int]], limit: str, *, kept: bool = False
-    ) -> None:
-        """Journal that ``limit`` refused the step of ``parts``. Steps overlap, so whether a step is
-        affordable depends on how far the steps beside it had got; a resumed run under the same limit
-        must nevertheless stop at the same step and send nothing more, so it reads this record."""
-        value = self._limit_value(limit)
-        if self.journal is None or value is None:
-            return
-        kind, key, _ = parts[0]
-        record = {"limit": limit, "value": value, **({"kept": True} if kept else {})}
-        self.journal.append(REFUSAL_KIND, record, key=f"{kind}:{key}")
-
-    def _refused_before(self, parts: Sequence[tuple[str, str, int]]) -> tuple[str | None, bool]:
-        """The limit that refused this step when the run was stopped, if it is not higher now, and
-        whether the refusal kept the budget for a later step (:class:`BudgetKept`)."""
-        if self.journal is None:
-            return None, False
-        kind, key, _ = parts[0]
-        found = self.journal.latest(REFUSAL_KIND, f"{kind}:{key}")
-        if not isinstance(found, dict):
-            return None, False
-        limit, value = found.get("limit"), found.get("value")
-        now = self._limit_value(str(limit))
-        if now is None or not isinstance(value, int | float) or now > value:
-            return None, False
-        return str(limit), found.get("kept") is True
 
     def _journaled(self, kind: str, key: str) -> bool:
         return self.journal is not None and self.journal.latest(kind, key) is not None
@@ -600,46 +514,18 @@ class RunContext:
                     if refusal is None:
                         raise
                 else:
-                    self._ended_whole = True
+                    self._ledger.ended_whole = True
                     await self._finish_cut_phases()
                     return outcome
             # The steps the limit dropped are the stop's, as in the uninterrupted run: a resume under the
             # same limit replays it.
-            self._ended_whole = True
-            stopped = await self._stopped(refusal)
+            self._ledger.ended_whole = True
+            stopped = await stopped_outcome(self, refusal)
             await self._finish_cut_phases()
             return stopped
         finally:
             self._check_own_limit()
             self.checkpoint(final=True)
-
-    async def _stopped(self, refusal: LimitReached) -> tuple[Candidates, SearchOutcome]:
-        if refusal.unaffordable:
-            raise ConfigError(str(refusal)) from None
-        self.stopped_by = self.stopped_by or refusal.limit
-        loop = self.search_loop
-        if loop is not None and loop.full_evals:
-            return loop.candidates, await loop.run_outcome()
-        if self.baseline is not None:
-            # Scored beside the bootstrap, before any search: the unoptimized program is the best so far.
-            candidates = Candidates.original(self.predictors)
-            baseline = attrs.evolve(self.baseline, choice=candidates.baseline())
-            score = baseline.score
-            # The search never recorded it, so never told it: told here, as a search would have.
-            await self.emit(FullEvaluation(baseline.choice, score, len(self.valset), baseline.n_failed, True))
-            await self.emit(NewBest(dict(baseline.choice), score))
-            pick = FinalPick(
-                baseline.choice,
-                kept_baseline=True,
-                reason=f"kept the unoptimized program: {refusal.limit} stopped the run before the search "
-                "scored any other program",
-            )
-            return candidates, SearchOutcome(baseline.choice, score, score, (), (baseline,), pick)
-        raise RunLimitError(
-            f"{refusal}; the run stopped before the unoptimized program's evaluation finished, so "
-            "nothing is scored yet. Raise the limit and call again (with a run_dir it resumes)",
-            limit=refusal.limit,
-        ) from None
 
     async def memo(
         self,
@@ -673,7 +559,7 @@ class RunContext:
         # and what the step still has to spend, are measured as in that run).
         before = None
         if outermost:
-            before = self._unfinished.pop(step_id, None) or self._inherited.pop(step_id, None)
+            before = self._ledger.take(step_id)
         step = _StepRuns()
         token = _STEP_RUNS.set(step)
         commitment = self._commitments.get((kind, key))
@@ -688,16 +574,15 @@ class RunContext:
                     used.prompt_tokens += before[2]
                     used.completion_tokens += before[3]
                 if outermost:
-                    self._open[step_id] = used
+                    self._ledger.open[step_id] = used
                 try:
                     value = await compute()
                 except BaseException:
                     if outermost:
-                        self._unfinished[step_id] = _paid(used)
-                        self._answers_unsure |= used.settled != used.calls - used.cache_hits
+                        self._ledger.failed(step_id, used)
                     raise
                 finally:
-                    self._open.pop(step_id, None)
+                    self._ledger.open.pop(step_id, None)
         finally:
             _STEP_RUNS.reset(token)
             # Ended (or failed): what it spent is in the meter now, whether admitted before the step
@@ -774,31 +659,3 @@ class RunContext:
                     },
                 )
         await self.emit(PhaseFinished(name, record.seconds, record.usage))
-
-
-def _paid(used: UsageCounter) -> list[int]:
-    """``[requests, requests answered, prompt tokens, completion tokens]`` of a step's counter: the
-    requests answered (and cached) are its finished calls not answered from a cache, with their retries."""
-    answered = min(used.requests, used.calls - used.cache_hits + used.retries)
-    return [used.requests, answered, used.prompt_tokens, used.completion_tokens]
-
-
-def limit_reached_in(exc: BaseException) -> LimitReached | None:
-    """``exc`` when it is a :class:`LimitReached`, or one of a group holding nothing else (the refusal
-    reached the run through task groups; an unaffordable limit, a ConfigError to come, is preferred);
-    else ``None``."""
-    if isinstance(exc, LimitReached):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(LimitReached)
-        if matched is not None and rest is None:
-            leaves = _leaves(matched)
-            return next((e for e in leaves if e.unaffordable), leaves[0])
-    return None
-
-
-def _leaves(group: BaseExceptionGroup[LimitReached]) -> list[LimitReached]:
-    out: list[LimitReached] = []
-    for inner in group.exceptions:
-        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
-    return out
