@@ -36,7 +36,7 @@ from aprompt.program.discovery import is_function, named_predictors
 from aprompt.program.overrides import watch_predictors
 from aprompt.program.state import program_state
 from aprompt.run._limits import Limits
-from aprompt.run._preflight import check_endpoints, check_limits, check_metric
+from aprompt.run._preflight import check_endpoints, check_limits, check_metric, first_step_runs
 from aprompt.run._storage import run_fingerprint, run_storage
 
 logger = logging.getLogger("aprompt")
@@ -238,7 +238,8 @@ async def optimize(
     train, val = split_valset(train, val_given, plan.val_size, seed)
     check_disjoint(train, val)
     train = apart_from(train, val)
-    checked_plan(chosen, plan, len(predictors), len(train), len(val))  # a plan it cannot run costs nothing
+    # A plan it cannot run costs nothing.
+    plans_trials = checked_plan(chosen, plan, len(predictors), len(train), len(val)).n_trials > 0
     check_inputs(program, [*train, *val], "trainset/valset")
     check_metric(metric)
     await check_metric_on_labels(metric, [*val, *train])
@@ -249,7 +250,8 @@ async def optimize(
     assert proposer is not None
     outage = outage_policy(outage_tolerance)
     lms = [default_lm, proposer, teacher_lm, *(p.lm for _, p in predictors)]
-    check_limits(run_limits, lms, runs=len(val) + min(plan.minibatch_size, len(val)))
+    runs, what = first_step_runs(len(val), plan.minibatch_size, trials=plans_trials)
+    check_limits(run_limits, lms, runs=runs, what=what)
     await check_endpoints(lms)
     # A copy of a P is a P (copy_program copies predictors and shares the rest).
     target = program if in_place else cast(P, copy_program(program))
@@ -295,6 +297,7 @@ async def optimize(
             concurrency=concurrency,
             on_event=on_event,
             bootstrap_threshold=bootstrap_threshold,
+            plans_trials=plans_trials,
             journal=journal,
             limits=run_limits,
             outage=outage,

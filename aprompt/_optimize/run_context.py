@@ -49,7 +49,7 @@ from aprompt.run._limits import (
     step_estimate,
     unaffordable,
 )
-from aprompt.run._preflight import check_limits
+from aprompt.run._preflight import check_limits, first_step_runs
 from aprompt.run.journal import RunJournal
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class RunContext:
     concurrency: int
     on_event: EventCallback | None
     bootstrap_threshold: float = 1.0
+    #: Whether the strategy's plan has mini-batch trials (else its first step is a full evaluation).
+    plans_trials: bool = True
     journal: RunJournal | None = None
     limits: RunLimits = attrs.field(factory=RunLimits)
     stopped_by: str | None = None
@@ -202,10 +204,9 @@ class RunContext:
         return self._limiter
 
     def first_trial_runs(self) -> tuple[int, str]:
-        """Program runs that score one trial (the baseline's evaluation and one mini-batch), described."""
-        n_val, n_batch = len(self.valset), min(self.budget.minibatch_size, len(self.valset))
-        what = f"the baseline's evaluation ({n_val} runs) and one mini-batch ({n_batch} runs)"
-        return n_val + n_batch, what
+        """Program runs that score the first searched program beside the baseline, described
+        (:func:`~aprompt.run._preflight.first_step_runs`)."""
+        return first_step_runs(len(self.valset), self.budget.minibatch_size, trials=self.plans_trials)
 
     def check_limits(self) -> None:
         """:func:`~aprompt.run._preflight.check_limits` with the calls per run measured by earlier calls
@@ -215,8 +216,8 @@ class RunContext:
             ConfigError: as that check; or ``max_cost`` is set and earlier calls of this run spent
                 tokens on a model ``prices`` has no entry for.
         """
-        runs, _ = self.first_trial_runs()
-        check_limits(self.limits, [], runs=runs, calls_per_run=self.costs.calls_per_run)
+        runs, what = self.first_trial_runs()
+        check_limits(self.limits, [], runs=runs, calls_per_run=self.costs.calls_per_run, what=what)
         if self.limits.max_cost is not None and self.meter.unpriced:
             # Their cost is part of the run's: counted as nothing, max_cost would not hold.
             raise ConfigError(

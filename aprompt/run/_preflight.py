@@ -10,7 +10,8 @@ tokens (:mod:`aprompt.lm._probe`): a refused connection or a timeout raises
 Example::
 
     check_metric(metric)
-    check_limits(limits, lms, runs=45)
+    runs, what = first_step_runs(len(valset), minibatch_size=12)
+    check_limits(limits, lms, runs=runs, what=what)
     await check_endpoints([lm, proposer_lm])
 """
 
@@ -55,14 +56,31 @@ def check_metric(metric: object) -> None:
         ) from None
 
 
+def first_step_runs(n_val: int, minibatch_size: int, *, trials: bool = True) -> tuple[int, str]:
+    """The program runs that score the search's first program beside the baseline, described: the
+    baseline's evaluation and one mini-batch, or, for a strategy that plans no trial (only full
+    evaluations, such as ``bootstrap_random_search``), one full evaluation."""
+    if not trials:
+        return 2 * n_val, f"the baseline's evaluation ({n_val} runs) and one full evaluation ({n_val} runs)"
+    n_batch = min(minibatch_size, n_val)
+    return n_val + n_batch, f"the baseline's evaluation ({n_val} runs) and one mini-batch ({n_batch} runs)"
+
+
 def check_limits(
-    limits: RunLimits, lms: Iterable[Any], *, runs: int, calls_per_run: float | None = None
+    limits: RunLimits,
+    lms: Iterable[Any],
+    *,
+    runs: int,
+    calls_per_run: float | None = None,
+    what: str = "the baseline and one mini-batch",
 ) -> None:
     """The run limits must leave room for one trial, and ``max_cost`` needs a price for every model.
 
     Args:
         lms: every LM the run may call (each is priced by its ``model``).
-        runs: the program runs that score one trial: the baseline's full evaluation and one mini-batch.
+        runs: the program runs that score one trial: the baseline's full evaluation and one mini-batch
+            (:func:`first_step_runs`).
+        what: those runs in words, for the error.
         calls_per_run: the program's LM calls per run, as measured (by an earlier call of the same run);
             ``None`` before it was measured: then one call per run is assumed here, and the run checks
             again on the program's first run (:mod:`aprompt.lm._metering`).
@@ -82,9 +100,8 @@ def check_limits(
             else f"{per_run:.3g} LM calls per run (measured on this run's program runs)"
         )
         raise ConfigError(
-            f"max_lm_calls={limits.max_lm_calls} is smaller than one trial: scoring the baseline and one "
-            f"mini-batch takes {runs} program runs at {measured}, {needed} LM calls; give "
-            f"max_lm_calls={needed} or more"
+            f"max_lm_calls={limits.max_lm_calls} is smaller than one trial: scoring {what} takes "
+            f"{runs} program runs at {measured}, {needed} LM calls; give max_lm_calls={needed} or more"
         )
     if limits.max_cost is not None:
         models = sorted({str(lm.model) for lm in lms if lm is not None and hasattr(lm, "model")})

@@ -146,6 +146,29 @@ async def test_a_plan_that_cannot_run_is_refused_before_any_call(make: Any, refu
         assert server.chat_requests == []
 
 
+async def test_a_call_limit_too_small_for_a_full_evaluation_strategy_names_its_real_first_step() -> None:
+    """bootstrap_random_search makes no mini-batch: its first searched program is fully evaluated, so a
+    limit must pay for two evaluations of the validation set (30 + 30 runs), and the refusal says so."""
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+    ):
+        with pytest.raises(aprompt.ConfigError) as refused:
+            await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 60),
+                metric,
+                valset=examples(200, 230),
+                lm=lm,
+                strategy="bootstrap_random_search",
+                limits=aprompt.Limits(max_lm_calls=50),
+            )
+        assert server.chat_requests == []
+    message = str(refused.value)
+    assert "one full evaluation (30 runs)" in message and "max_lm_calls=60" in message, message
+    assert "mini-batch" not in message
+
+
 class FirstQuestions(GroundingSource):
     """The first two training questions, verbatim (no LM call)."""
 
