@@ -12,14 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aprompt._optimize.per_example import ExampleOutcome, ExampleRow, ExampleTable
-from aprompt.run.report import (
-    AS_WRITTEN,
-    CandidateStats,
-    PromptView,
-    RunView,
-    pick_text,
-    unreadable_text,
-)
+from aprompt.run._report_text import AS_WRITTEN, pick_text, unreadable_text
+from aprompt.run._report_view import CandidateStats, PromptView, RunView
 
 __all__ = ["render_report"]
 
