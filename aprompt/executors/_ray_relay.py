@@ -1,0 +1,182 @@
+"""The Ray side of relaying a program run's LM calls to the driver (used by
+:class:`~aprompt.executors.ray_executor.RayExecutor`).
+
+* :func:`dump_program` pickles a program with every LM object in it replaced by its key, and
+  :func:`load_program` loads it on a worker with :class:`~aprompt.executors.relay.RelayedLM` stand-ins.
+* ``_Relay`` is the mailbox actor between remote runs and the driver; ``_WorkerActor`` is a worker
+  process that loads programs once and runs program runs with their LM calls sent through the mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import pickle
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aprompt.executors.base import ProgramRun
+from aprompt.executors.relay import LMReply, LMRequest, LMTable, RelayedLM, RelayedOutcome, run_relayed
+from aprompt.lm.types import LM
+from aprompt.program.predictor import Predict
+
+try:
+    import ray
+    import ray.cloudpickle
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    ray = None  # type: ignore[assignment]
+
+__all__ = ["dump_program", "load_program"]
+
+_LM_TAG = "aprompt-lm"
+
+
+# -- shipping programs ---------------------------------------------------------------------------------
+def dump_program(program: object, lms: LMTable) -> bytes:
+    """``program`` pickled with cloudpickle, every LM object in it replaced by its key in ``lms``."""
+    buffer = io.BytesIO()
+    _ProgramPickler(buffer, lms).dump(program)
+    return buffer.getvalue()
+
+
+def load_program(data: bytes) -> object:
+    """A program pickled by :func:`dump_program`, its LMs :class:`RelayedLM` stand-ins."""
+    return _ProgramUnpickler(io.BytesIO(data)).load()
+
+
+class _ProgramPickler(ray.cloudpickle.CloudPickler if ray is not None else pickle.Pickler):  # type: ignore[misc]
+    def __init__(self, file: io.BytesIO, lms: LMTable) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._lm_table = lms
+
+    def persistent_id(self, obj: Any) -> Any:
+        if _is_lm(obj):
+            return (_LM_TAG, self._lm_table.key_of(obj), str(obj.model))
+        return None
+
+
+class _ProgramUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        tag, key, model = pid
+        if tag != _LM_TAG:
+            raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")
+        return RelayedLM(key, model)
+
+
+def _is_lm(obj: object) -> bool:
+    if isinstance(obj, type | Predict | RelayedLM):
+        return False
+    try:
+        return isinstance(obj, LM)
+    except Exception:  # the protocol check reads attributes; a raising property is not an LM
+        return False
+
+
+# -- actors (plain classes here; made Ray actors by RayExecutor) -----------------------------------------
+class _Relay:
+    """Mailbox between remote runs and the driver: a worker's ``ask`` waits for the driver's ``answer``
+    to a request the driver fetched with ``take`` (the driver cannot be called; it can only call)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[int, asyncio.Queue[tuple[int, LMRequest]]] = {}
+        self._waiting: dict[int, tuple[int, asyncio.Future[LMReply]]] = {}
+        self._closed: set[int] = set()
+        self._ids = itertools.count()
+
+    def ping(self) -> bool:
+        return True
+
+    def _queue(self, run_id: int) -> asyncio.Queue[tuple[int, LMRequest]]:
+        return self._queues.setdefault(run_id, asyncio.Queue())
+
+    async def ask(self, run_id: int, request: LMRequest) -> LMReply:
+        if run_id in self._closed:
+            raise asyncio.CancelledError(f"program run {run_id} is over")
+        request_id = next(self._ids)
+        future: asyncio.Future[LMReply] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = (run_id, future)
+        self._queue(run_id).put_nowait((request_id, request))
+        try:
+            return await future
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def take(self, run_id: int, wait_seconds: float) -> list[tuple[int, LMRequest]]:
+        queue = self._queue(run_id)
+        try:
+            first = await asyncio.wait_for(queue.get(), wait_seconds)
+        except TimeoutError:
+            return []
+        taken = [first]
+        while not queue.empty():
+            taken.append(queue.get_nowait())
+        return taken
+
+    def answer(self, request_id: int, reply: LMReply) -> None:
+        found = self._waiting.get(request_id)
+        if found is not None and not found[1].done():
+            found[1].set_result(reply)
+
+    def close(self, run_id: int) -> None:
+        self._closed.add(run_id)
+        self._queues.pop(run_id, None)
+        for owner, future in list(self._waiting.values()):
+            if owner == run_id and not future.done():
+                future.cancel()
+
+
+class _ActorChannel:
+    def __init__(self, relay: Any, run_id: int) -> None:
+        self._relay = relay
+        self._run_id = run_id
+
+    async def ask(self, request: LMRequest) -> LMReply:
+        reply: LMReply = await self._relay.ask.remote(self._run_id, request)
+        return reply
+
+
+class _WorkerActor:
+    """A worker process: loads programs once, runs program runs with their LM calls relayed."""
+
+    def __init__(self) -> None:
+        self._programs: OrderedDict[str, object] = OrderedDict()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def run(
+        self,
+        box: Sequence[Any],
+        key: str,
+        relay: Any,
+        run_id: int,
+        run: ProgramRun,
+        own_lms: Mapping[str, RelayedLM | None],
+    ) -> RelayedOutcome:
+        program = self._programs.get(key)
+        if program is None:
+            try:
+                program = load_program(await box[0])
+            except Exception as exc:
+                return RelayedOutcome(
+                    config_error=f"the program could not be loaded on a Ray worker ({type(exc).__name__}: "
+                    f"{exc}); a worker needs the program's modules importable (install them on every node, "
+                    "or pass init_options={'runtime_env': {'working_dir': ...}})"
+                )
+            self._programs[key] = program
+            while len(self._programs) > 8:
+                self._programs.popitem(last=False)
+        outcome = await run_relayed(program, run, _ActorChannel(relay, run_id), own_lms)
+        try:
+            # Ray would fail to send it back only after this returns, as an error of no run: found here,
+            # it is the setup fault it is (the program returns what cannot travel).
+            ray.cloudpickle.dumps(outcome)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            return RelayedOutcome(
+                config_error=f"the program's result for example {run.example_id!r} cannot be sent back from "
+                f"a Ray worker ({type(exc).__name__}: {exc}): a program run on Ray must return what pickles"
+            )
+        return outcome
