@@ -30,8 +30,8 @@ from typing import TypeGuard
 
 from aprompt._errors import APromptError, ConfigError
 from aprompt._optimize.budget import Budget
-from aprompt._optimize.evaluate import Metric, describe_metric, metric_score
 from aprompt._optimize.examples import Example
+from aprompt._optimize.metric_values import Metric, describe_metric, metric_score
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.strategies import STRATEGIES, Strategy
 from aprompt.lm._metering import LimitReached, RequestMeter, metering

@@ -9,7 +9,7 @@ search (``SearchLoop.after_evaluation``): after each periodic full evaluation,
    shown to the proposer would let an instruction carry them into the scores that pick it, nor one
    the pick shows as a demo (by id or by inputs) — and run under the pick's prompts with traces;
 2. up to ``k`` of those it fails are kept, those the metric gave feedback on first (a metric may return
-   ``(score, feedback)``, see :func:`aprompt._optimize.evaluate.metric_feedback`);
+   ``(score, feedback)``, see :func:`aprompt._optimize.metric_values.metric_feedback`);
 3. for each predictor, the proposer gets its current instruction and, per failure, that module's inputs
    and outputs, the program's final output, the expected labels and the feedback, and replies with an
    improved instruction, cleaned and validated like every proposal (:func:`~aprompt._optimize.propose.
