@@ -46,12 +46,8 @@ from aprompt._optimize.run_context import BASELINE_KIND, RunContext, limit_reach
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import FullEval, full_eval_from_json, full_eval_to_json
 from aprompt._optimize.strategies.base import StrategyPlan
-from aprompt._optimize.strategies.steps import (
-    grounding_calls,
-    grounding_texts,
-    labeled_reference,
-    leading_demo_sets,
-)
+from aprompt._optimize.strategies.demo_steps import labeled_reference, leading_demo_sets
+from aprompt._optimize.strategies.grounding_step import grounding_calls, grounding_texts
 from aprompt._optimize.strategies.warmup import Warmup, nothing_refuses
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
@@ -102,7 +98,8 @@ class Pipeline:
     _grounding: bool = False
 
     async def texts(self) -> dict[str, str | None]:
-        """The grounding texts (:func:`~aprompt._optimize.strategies.steps.grounding_texts`), once written."""
+        """The grounding texts (:func:`~aprompt._optimize.strategies.grounding_step.grounding_texts`),
+        once written."""
         return await self._texts.wait()
 
     async def baseline(self) -> FullEval:
@@ -117,7 +114,7 @@ class Pipeline:
         after_baseline: bool = False,
     ) -> None:
         """Start the evaluation of the prompt a user would write by hand
-        (:func:`~aprompt._optimize.strategies.steps.labeled_reference`) with these demo sets; nothing
+        (:func:`~aprompt._optimize.strategies.demo_steps.labeled_reference`) with these demo sets; nothing
         when no predictor has a labeled set, or when the run's limits cannot pay for it and for what
         goes before it (``plan``'s proposals and screen, the first mini-batch): the search then meets
         the refusal itself, as it would have without a pipeline. ``after_baseline``: its calls wait
@@ -153,7 +150,7 @@ class Pipeline:
     def start_reference_early(self, plan: StrategyPlan | None = None) -> None:
         """Start the evaluation of the prompt a user would write by hand now, before the bootstrap ends:
         its demos are the labeled set, which needs no LM call
-        (:func:`~aprompt._optimize.strategies.steps.leading_demo_sets`). Only when the run has no limit
+        (:func:`~aprompt._optimize.strategies.demo_steps.leading_demo_sets`). Only when the run has no limit
         that could refuse a step (calls, tokens, cost): under such a limit the steps are admitted in
         their usual order, and this waits for :meth:`start_reference` after the bootstrap. Nothing
         either when no leading set is a labeled one; :meth:`start_reference` then starts it.

@@ -27,13 +27,9 @@ from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.propose import Proposal, ProposalContext, draw_candidate
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.strategies.steps import (
-    distinct_sets,
-    leading_sets_of,
-    nothing_refuses,
-    screen_examples,
-    screen_one,
-)
+from aprompt._optimize.strategies.demo_steps import distinct_sets, leading_sets_of
+from aprompt._optimize.strategies.instruction_steps import screen_examples, screen_one
+from aprompt._optimize.strategies.steps import nothing_refuses
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.cache._run_caches import cache_in_use
 
@@ -50,7 +46,7 @@ class Warmup:
 
     ctx: RunContext
     _texts: Callable[[], Awaitable[Mapping[str, str | None]]]
-    #: Per predictor, its demo sets as :func:`~aprompt._optimize.strategies.steps.bootstrap_candidates`
+    #: Per predictor, its demo sets as :func:`~aprompt._optimize.strategies.demo_steps.bootstrap_candidates`
     #: lists them before dropping repeats; ``None`` for a set not built yet.
     _sets: dict[str, list[DemoSet | None]] = attrs.field(factory=dict)
     _leading: dict[str, int] = attrs.field(factory=dict)
