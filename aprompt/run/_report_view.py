@@ -162,7 +162,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
     if not (folder / JOURNAL_FILE).is_file():
         raise ConfigError(f"{folder} holds no run journal ({JOURNAL_FILE}); is it a --run-dir of a run?")
     unreadable: list[str] = []
-    with RunJournal.open_read_only(folder) as journal:
+    # One snapshot: a run in progress that appends between two reads (its last trials, then its result)
+    # would otherwise be shown torn, finished with trials missing, or with the config of a run since cleared.
+    with RunJournal.open_read_only(folder) as journal, journal.snapshot():
 
         def latest(kind: str, key: str | None = None) -> Any:
             return journal.latest(kind, key, unreadable=unreadable)

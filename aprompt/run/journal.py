@@ -163,6 +163,17 @@ class RunJournal:
         rows = self._read(kind, key, " ORDER BY seq DESC LIMIT 1", unreadable)
         return next((payload for _, payload in rows), None)
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read inside one transaction: every read sees the journal as it stood at the first, whatever
+        another process appends meanwhile (a run in progress: under WAL it is not held up)."""
+        self._execute("read", "BEGIN")
+        try:
+            yield
+        finally:
+            if self._db is not None and self._db.in_transaction:
+                self._execute("read", "ROLLBACK")  # it wrote nothing: ending it is all
+
     def kinds(self) -> dict[str, int]:
         """Record counts by kind (for reports and ``aprompt show``)."""
         rows = self._execute("read", "SELECT kind, count(*) FROM records GROUP BY kind")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -177,6 +178,33 @@ def test_an_unfinished_run_is_shown_and_reported_as_far_as_it_went(tmp_path: Pat
     page = write_report(run_dir).read_text(encoding="utf-8")
     # No original_program.json here: the original prompts come from the journal.
     assert "not finished" in page and "Find the code." in page
+
+
+def test_a_run_that_writes_while_it_is_read_is_shown_as_it_stood_not_torn(tmp_path: Path) -> None:
+    writer = RunJournal.open(tmp_path)
+    writer.append("config", {"strategy": "mipro", "seed": 0})
+    for number in range(2):
+        writer.append("trial", {"number": number, "choice": {}, "score": 0.5}, key=str(number))
+
+    def finish_the_run() -> None:  # the run's last trial, then its result, as a running process writes them
+        writer.append("trial", {"number": 2, "choice": {}, "score": 0.5}, key="2")
+        writer.append("result", {"best_choice": {}, "score": 0.5})
+
+    def after_the_trials_are_read(frame: Any, event: str, arg: object) -> None:
+        # The other process's timing made exact: it writes just after the reader has read the trials.
+        if event == "return" and frame.f_code.co_name == "_execute" and frame.f_locals["args"] == ("trial",):
+            sys.setprofile(None)
+            finish_the_run()
+
+    sys.setprofile(after_the_trials_are_read)
+    try:
+        view = load_run(tmp_path)
+    finally:
+        sys.setprofile(None)
+        writer.close()
+    assert not view.finished and len(view.trials) == 2  # as it stood when the read began
+    finished = load_run(tmp_path)
+    assert finished.finished and len(finished.trials) == 3
 
 
 def test_a_run_stopped_before_the_search_shows_the_baseline_it_returned(tmp_path: Path) -> None:
