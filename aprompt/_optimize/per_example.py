@@ -366,8 +366,11 @@ def final_examples(
         return {**kept.get(_choice_key(choice), {}), **log.outcomes(plain), **log.outcomes(prompts)}
 
     table = run_table(valset, scores(best), scores(base), outputs(best), outputs(base))
-    if journal is not None:
-        journal.append(EXAMPLES_KIND, {"choice": best, "baseline_choice": base, **table.to_dict()})
+    record = {"choice": best, "baseline_choice": base, **table.to_dict()}
+    # A call that resumes a finished run finds the same table: journaled again, each such call would
+    # grow the journal by a copy of the whole validation set's outputs.
+    if journal is not None and journal.latest(EXAMPLES_KIND) != json.loads(json.dumps(record, default=str)):
+        journal.append(EXAMPLES_KIND, record)
     return table
 
 

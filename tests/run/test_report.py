@@ -207,6 +207,17 @@ def test_a_run_that_writes_while_it_is_read_is_shown_as_it_stood_not_torn(tmp_pa
     assert finished.finished and len(finished.trials) == 3
 
 
+def test_calling_a_finished_run_again_does_not_journal_its_examples_again(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = _journaled_run(run_dir)
+    again = _journaled_run(run_dir)
+    assert first is not None and again is not None and again.best_choice == first.best_choice
+    with RunJournal.open(run_dir) as journal:
+        assert journal.kinds()["examples"] == 1
+    view = load_run(run_dir)
+    assert view.examples is not None and len(view.examples) > 0
+
+
 def test_a_run_stopped_before_the_search_shows_the_baseline_it_returned(tmp_path: Path) -> None:
     # 120 calls stop the run beside the baseline's evaluation, before the search records it.
     limits = aprompt.Limits(max_lm_calls=120)
