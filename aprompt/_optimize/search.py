@@ -54,7 +54,7 @@ import copy
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -78,8 +78,9 @@ from aprompt._optimize.final_pick import (
     pick,
 )
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.pooling import RACE_OPTIMISM, ScorePool, ranked_combinations, thompson_choice
+from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations, thompson_choice
 from aprompt._optimize.search_end import finish_search
+from aprompt._optimize.search_evidence import Record, SearchEvidence, renamed
 from aprompt._optimize.search_records import (
     FullEval,
     Memo,
@@ -108,9 +109,6 @@ RACE_DRAW_STREAM = 2
 DRAW_ATTEMPTS = 4
 
 
-#: A record whose choice ``SearchLoop`` names in full (see ``SearchLoop._named``).
-_Record = TypeVar("_Record", Trial, FullEval, RungEval, FinalPick)
-
 #: See ``SearchLoop.prefetched``.
 Prefetched = Callable[[Candidates, Choice], Callable[[], Awaitable["FullEval"]] | None]
 
@@ -137,18 +135,6 @@ async def no_hook(loop: SearchLoop) -> None:
     """The default ``SearchLoop.after_evaluation``: nothing."""
 
 
-def _new_book() -> EvidenceBook:
-    """The book of a search's records: trials, rungs and full evaluations with their means (the pooled
-    model's observations), then the confirmations' training examples, evidence for the paired
-    comparisons only (not for the model of the validation scores)."""
-    return EvidenceBook(
-        lambda r: (r.choice, r.scores, r.score),
-        lambda r: (r.choice, r.scores, r.score),
-        lambda r: (r.choice, r.scores, r.score),
-        lambda c: (c.choice, c.scores, None),
-    )
-
-
 @attrs.define
 class SearchLoop:
     """Runs one search; see the module docstring. ``emit`` receives progress events."""
@@ -168,21 +154,13 @@ class SearchLoop:
     #: Races and trials stopped early (:mod:`aprompt._optimize.racing`) instead of the plain schedule.
     racing: bool = True
 
-    trials: list[Trial] = attrs.field(factory=list, init=False)
-    full_evals: list[FullEval] = attrs.field(factory=list, init=False)
-    rungs: list[RungEval] = attrs.field(factory=list, init=False)
-    #: Races run so far (numbers the next one's journal keys); combinations a race dropped.
+    #: The trials, rungs, full evaluations and confirmations, and what is kept up to date from them.
+    _records: SearchEvidence = attrs.field(factory=SearchEvidence, init=False)
+    #: Races run so far (numbers the next one's journal keys).
     races_started: int = attrs.field(default=0, init=False)
-    raced_out: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
     #: The pick decided when the late races began, and the full evaluations recorded then (``None``:
     #: none began; set by :func:`~aprompt._optimize.search_end.late_races`); see ``decide``.
     before_late: tuple[FinalPick, int] | None = attrs.field(default=None, init=False)
-    #: Program runs of the trials, rungs and full evaluations so far.
-    _spent: int = attrs.field(default=0, init=False)
-    _pool: ScorePool = attrs.field(factory=ScorePool, init=False)
-    _tested: set[tuple[tuple[str, int], ...]] = attrs.field(factory=set, init=False)
-    #: The records' evidence, kept up to date as they come in (see ``_evidence``).
-    _book: EvidenceBook = attrs.field(factory=_new_book, init=False)
     _pick: FinalPick | None = attrs.field(default=None, init=False)
     #: The choice the last ``NewBest`` named: a pick renamed since (``_named``) is told again by its name.
     _told: Key | None = attrs.field(default=None, init=False)
@@ -194,8 +172,6 @@ class SearchLoop:
     references: Sequence[Mapping[str, int]] = attrs.field(default=(), kw_only=True)
     #: Training examples an undecided final pick is confirmed on (:mod:`aprompt._optimize.confirmation`).
     confirmation: Sequence[Example] = attrs.field(default=(), kw_only=True)
-    #: The contenders' runs on those examples (evidence for the pick, not full evaluations).
-    confirmations: list[FullEval] = attrs.field(factory=list, init=False)
     #: Lets a strategy replace the instruction parameters by its own (MIPRO++); fixed for the run.
     proposal_hook: ProposalHook | None = attrs.field(default=None, kw_only=True)
     memo: Memo = attrs.field(default=no_memo, kw_only=True)
@@ -285,7 +261,7 @@ class SearchLoop:
             if not choice or any(v >= space[k].n_choices for k, v in choice.items()):
                 continue
             choice = {**self.candidates.baseline(), **choice}
-            if choice_key(choice) in self._tested or self.should_stop() is not None:
+            if choice_key(choice) in self.tested or self.should_stop() is not None:
                 continue
             self._reference_choices.append(choice)
             await self.full_evaluation(choice)
@@ -338,24 +314,14 @@ class SearchLoop:
 
     def _name_new_parameters(self) -> None:
         """Rename the evidence so far by :meth:`_named` (a parameter was added to the search)."""
-        self.trials = [self._renamed(t) for t in self.trials]
-        self.full_evals = [self._renamed(f) for f in self.full_evals]
-        self.rungs = [self._renamed(r) for r in self.rungs]
-        self.confirmations = [self._renamed(c) for c in self.confirmations]
+        self._records.rename(self._named)
         self._reference_choices = [dict(self._named(c)) for c in self._reference_choices]
-        self._tested = {choice_key(self._named(dict(key))) for key in self._tested}
-        self.raced_out = {key_of(self._named(dict(key))) for key in self.raced_out}
-        pool = ScorePool()
-        for key, scores in self._pool.scores.items():
-            pool.add(self._named(self._pool.choices[key]), scores)
-        self._pool = pool
         if self._pick is not None:
             self._pick = self._renamed(self._pick)
 
-    def _renamed(self, record: _Record) -> _Record:
+    def _renamed(self, record: Record) -> Record:
         """``record`` with its choice :meth:`_named` (itself when it names every parameter)."""
-        named = self._named(record.choice)
-        return record if named is record.choice else attrs.evolve(record, choice=named)
+        return renamed(record, self._named)
 
     async def run_outcome(self, *, final_full_eval: bool = False) -> SearchOutcome:
         """The outcome so far, decided by :func:`~aprompt._optimize.final_pick.pick`; with
@@ -402,7 +368,7 @@ class SearchLoop:
         the pick by merely being weighed.
         """
         chosen = pick(
-            self._evidence().evidence(self._tested),
+            self._evidence().evidence(self.tested),
             self.full_evals[0].choice,
             min_shared=min(MIN_SHARED, len(self.valset)),
             references=self._reference_choices,
@@ -426,19 +392,16 @@ class SearchLoop:
         return self._evidence().scores(choice, shelves=3)
 
     def _evidence(self) -> EvidenceBook:
-        """The book of every record so far (trials, rungs, full evaluations, confirmations, in that
-        order: the order their scores merge in)."""
-        return self._book.update(self.trials, self.rungs, self.full_evals, self.confirmations)
+        """The book of every record so far (:meth:`SearchEvidence.book`)."""
+        return self._records.book()
 
     def _full_score(self, choice: Mapping[str, int]) -> float:
-        key = key_of(choice)
-        return next(f.score for f in reversed(self.full_evals) if key_of(f.choice) == key)
+        return self._records.full_score(choice)
 
     async def add_confirmation(self, record: FullEval) -> None:
         """Add a contender's runs on training examples (a confirmation) to the evidence."""
         record = self._renamed(record)
-        index = len(self.confirmations)
-        self.confirmations.append(record)
+        index = self._records.add_confirmation(record)
         self.failures.update({f"confirmation:{index}:{eid}": e for eid, e in record.lm_failures.items()})
 
     def _with_confirmations(self, choice: Mapping[str, int]) -> dict[str, float]:
@@ -450,9 +413,35 @@ class SearchLoop:
         return self._reference_choices
 
     @property
+    def trials(self) -> list[Trial]:
+        """The trials so far, in record order."""
+        return self._records.trials
+
+    @property
+    def full_evals(self) -> list[FullEval]:
+        """The full evaluations so far, the baseline's first."""
+        return self._records.full_evals
+
+    @property
+    def rungs(self) -> list[RungEval]:
+        """The race rungs so far, in record order."""
+        return self._records.rungs
+
+    @property
+    def confirmations(self) -> list[FullEval]:
+        """The contenders' runs on the ``confirmation`` examples (evidence for the pick, not full
+        evaluations)."""
+        return self._records.confirmations
+
+    @property
+    def raced_out(self) -> set[tuple[tuple[str, int], ...]]:
+        """The combinations a race dropped."""
+        return self._records.raced_out
+
+    @property
     def tested(self) -> set[tuple[tuple[str, int], ...]]:
         """The combinations with a full evaluation."""
-        return self._tested
+        return self._records.tested
 
     def stops_as_nothing_scores(self) -> bool:
         """At the first full evaluation after the baseline's: stop when nothing has scored above 0."""
@@ -489,8 +478,8 @@ class SearchLoop:
         race); trials and race rungs are the evidence."""
         excluded = self.settled()
         if not self.pooled:
-            return self._pool.ranked_untested(excluded, limit)
-        own = {key: (mean_of(s), len(s)) for key, s in self._pool.scores.items() if s}
+            return self._records.pool.ranked_untested(excluded, limit)
+        own = {key: (mean_of(s), len(s)) for key, s in self._records.pool.scores.items() if s}
         space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
         return ranked_combinations(self.observations(), own, space, excluded, limit, optimism=RACE_OPTIMISM)
 
@@ -520,12 +509,11 @@ class SearchLoop:
 
     def settled(self) -> set[tuple[tuple[str, int], ...]]:
         """The combinations with a full evaluation or dropped by a race (by key)."""
-        return self._tested | self.raced_out
+        return self._records.settled()
 
     def observations(self) -> list[tuple[Mapping[str, int], float, int]]:
         """The scored trials and race rungs as the pooled model takes them: (choice, mean, examples)."""
-        scored: list[Trial | RungEval] = [*self.trials, *self.rungs]
-        return [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
+        return self._records.observations()
 
     @property
     def sampler(self) -> TPESampler | None:
@@ -535,7 +523,7 @@ class SearchLoop:
     @property
     def spent(self) -> int:
         """Program runs of the trials, rungs and full evaluations so far (a journaled one's included)."""
-        return self._spent
+        return self._records.spent
 
     async def single_trial(self, number: int, choice: dict[str, int]) -> Trial:
         """Run and record one trial outside the TPE loop (used by OPRO-style strategies)."""
@@ -553,9 +541,7 @@ class SearchLoop:
         """Add a trial's scores to the evidence (the TPE is told by the caller)."""
         # A trial asked before a parameter was added to the search is recorded after it (in flight).
         trial = self._renamed(trial)
-        self.trials.append(trial)
-        self._spent += len(trial.example_ids)
-        self._pool.add(trial.choice, trial.scores)
+        self._records.add_trial(trial)
         self.failures.update({f"trial:{trial.number}:{eid}": e for eid, e in trial.lm_failures.items()})
         await self.emit(
             TrialScored(trial.number, trial.choice, trial.score, len(trial.example_ids), trial.n_failed)
@@ -566,18 +552,11 @@ class SearchLoop:
         and its own records only, whatever the trials record meanwhile; it never touches the TPE, never
         stops on its own (``should_stop``), and admits its steps by ``admit_step``."""
         fork = copy.copy(self)
-        fork.trials = list(self.trials)
-        fork.full_evals = list(self.full_evals)
-        fork.rungs = list(self.rungs)
-        fork.raced_out = set(self.raced_out)
-        fork._tested = set(self._tested)
-        fork._pool = self._pool.copy()
+        fork._records = self._records.fork()
         fork._reference_choices = list(self._reference_choices)
-        fork.confirmations = list(self.confirmations)
         fork._sampler = None
-        fork._book = _new_book()
         fork._runs = self._runs.fresh()
-        fork._origin = _Origin(len(self.full_evals), len(self.rungs), self._spent, self.candidates)
+        fork._origin = _Origin(len(self.full_evals), len(self.rungs), self.spent, self.candidates)
         fork.should_stop = lambda: None
         fork.admit_step = admit_step
         return fork
@@ -587,13 +566,9 @@ class SearchLoop:
         candidates its ``after_evaluation`` added, in the order it added them."""
         origin = fork._origin
         assert origin is not None, "merge takes a copy made by fork"
-        self.full_evals.extend(fork.full_evals[origin.full_evals :])
-        for rung in fork.rungs[origin.rungs :]:
-            self.rungs.append(rung)
-            self._pool.add(rung.choice, rung.scores)
-        self._spent += fork._spent - origin.spent
-        self._tested |= fork._tested
-        self.raced_out |= fork.raced_out
+        self._records.merge(
+            fork._records, full_evals=origin.full_evals, rungs=origin.rungs, spent=origin.spent
+        )
         self.races_started = fork.races_started
         self._pick, self._told = fork._pick, fork._told
         self.stopped = self.stopped or fork.stopped
@@ -606,9 +581,7 @@ class SearchLoop:
     def record_rung(self, rung: RungEval) -> None:
         """Add a race rung's scores to the evidence."""
         rung = self._renamed(rung)
-        self.rungs.append(rung)
-        self._spent += len(rung.example_ids)
-        self._pool.add(rung.choice, rung.scores)
+        self._records.add_rung(rung)
         self.failures.update(
             {f"race:{rung.race}:{rung.rung}:{eid}": e for eid, e in rung.lm_failures.items()}
         )
@@ -659,10 +632,7 @@ class SearchLoop:
     async def record_full_evaluation(self, result: FullEval, is_baseline: bool) -> None:
         """Add a full evaluation to the evidence and decide the pick again."""
         result = self._renamed(result)
-        self.full_evals.append(result)
-        self._spent += len(result.scores) + result.n_unscored - result.reused
-        self._tested.add(choice_key(result.choice))
-        index = len(self.full_evals) - 1
+        index = self._records.add_full_eval(result)
         self.failures.update({f"full_eval:{index}:{eid}": e for eid, e in result.lm_failures.items()})
         await self.emit(
             FullEvaluation(result.choice, result.score, len(self.valset), result.n_failed, is_baseline)
