@@ -34,11 +34,12 @@ from aprompt._optimize.refusals import REFUSAL_KIND, journal_refusal, refused_be
 from aprompt._optimize.result import PhaseUsage
 from aprompt._optimize.run_stop import limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
+from aprompt._optimize.step_commitments import StepCommitments
 from aprompt._optimize.step_ledger import StepLedger
 from aprompt._slots import Slots
 from aprompt.lm._metering import BudgetKept, LimitReached, RequestMeter, measuring, metering
 from aprompt.lm.types import LM
-from aprompt.lm.usage import UsageCounter, UsageSnapshot
+from aprompt.lm.usage import UsageSnapshot
 from aprompt.program.predictor import Predict
 from aprompt.run._limits import (
     SPENT_KIND,
@@ -89,33 +90,6 @@ _STEP_RUNS: contextvars.ContextVar[_StepRuns | None] = contextvars.ContextVar(
 
 
 @attrs.define
-class _Commitment:
-    """An admitted step not finished yet: its estimate, and what it has spent so far once started."""
-
-    requests: float
-    tokens: float
-    cost: float
-    used: UsageCounter | None = None
-    #: Kept after it ends, until :meth:`RunContext.retire_steps` (see :meth:`RunContext.hold_steps`).
-    held: bool = False
-    #: Ended while held: its program runs and what it spent, which count towards the measured cost per
-    #: run only when it is retired.
-    ended: tuple[int, UsageSnapshot] | None = None
-
-    def outstanding(self) -> tuple[float, float, float]:
-        """What it is still expected to spend: its estimate less what it has spent, negative once it
-        has spent more. Added to the run's spending, an admitted step so counts its estimate until it
-        ends, however far it has got: an admission does not depend on the timing of the steps beside it
-        (a resumed run, whose finished steps are read back at once, admits what the uninterrupted run
-        did)."""
-        if self.used is None:
-            return self.requests, self.tokens, self.cost
-        tokens = self.tokens - self.used.prompt_tokens - self.used.completion_tokens
-        cost = self.cost * tokens / self.tokens if self.tokens else 0.0
-        return self.requests - self.used.requests, tokens, cost
-
-
-@attrs.define
 class RunContext:
     """One run's shared inputs and bookkeeping (created by :func:`aprompt.optimize`)."""
 
@@ -154,7 +128,7 @@ class RunContext:
     labeled_sets: dict[str, DemoSet] = attrs.field(factory=dict, init=False)
     #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
     #: counts what the others are still expected to spend.
-    _commitments: dict[tuple[str, str], _Commitment] = attrs.field(factory=dict, init=False)
+    _commitments: StepCommitments = attrs.field(factory=StepCommitments, init=False)
     #: The run's start, for the phases' start times.
     _started: float = attrs.field(factory=time.monotonic, init=False)
     _limiter: Slots | None = attrs.field(default=None, init=False)
@@ -307,7 +281,7 @@ class RunContext:
             calls=n_calls + ahead[1],
             discount=discount,
         )
-        others = [c.outstanding() for c in self._commitments.values()]
+        others = self._commitments.outstanding()
         estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
         limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]), discount)
         if limit is None and keep > 0:
@@ -325,9 +299,7 @@ class RunContext:
                     f"calls for {kept_for}",
                 )
         if limit is None:
-            for kind, key, size in todo_parts:
-                share = size / todo
-                self._commitments[(kind, key)] = _Commitment(own[0] * share, own[1] * share, own[2] * share)
+            self._commitments.admit(todo_parts, own)
             return
         self.stopped_by = self.stopped_by or limit
         journal_refusal(self.journal, self.limits, todo_parts, limit)
@@ -342,9 +314,9 @@ class RunContext:
         not admitted yet: an admitted one is counted as a commitment)."""
         loop = self.search_loop
         baseline_done = self.baseline is not None or (loop is not None and bool(loop.full_evals))
-        baseline_done = baseline_done or any(kind == BASELINE_KIND for kind, _ in self._commitments)
+        baseline_done = baseline_done or self._commitments.has_kind(BASELINE_KIND)
         trial_done = loop is not None and bool(loop.trials)
-        trial_done = trial_done or any(kind == "trial" for kind, _ in self._commitments)
+        trial_done = trial_done or self._commitments.has_kind("trial")
         n_val = len(self.valset)
         return (0 if baseline_done else n_val) + (0 if trial_done else min(self.budget.minibatch_size, n_val))
 
@@ -355,24 +327,13 @@ class RunContext:
         the admissions made meanwhile would depend on which had ended. Retired where the search's flow
         fixes it (a trial when it is told, an evaluation's steps at its join), every admission depends
         on the seed and the results only: an uninterrupted run and a resumed one admit the same steps."""
-        for key in keys:
-            commitment = self._commitments.get(key)
-            if commitment is not None:
-                commitment.held = True
+        self._commitments.hold(keys)
 
     def retire_steps(self, keys: Sequence[tuple[str, str]]) -> None:
         """Count what the held steps ``keys`` spent from now on (see :meth:`hold_steps`); a step not held
         (journaled, failed, or never admitted) is left as it is."""
-        for key in keys:
-            commitment = self._commitments.get(key)
-            if commitment is None or not commitment.held:
-                continue
-            commitment.held = False  # one still running ends as any step does
-            if commitment.ended is not None:
-                del self._commitments[key]
-                runs, used = commitment.ended
-                if runs:
-                    self.costs.add(runs, used)
+        for runs, used in self._commitments.retire(keys):
+            self.costs.add(runs, used)
 
     def note_runs(self, runs: int) -> None:
         """Tell the step being computed (inside :meth:`memo`) how many program runs it made, when its
@@ -409,7 +370,7 @@ class RunContext:
             ("max_tokens", self.meter.max_tokens),
             ("max_cost", self.meter.max_cost),
         )
-        others = [c.outstanding() for c in self._commitments.values()]
+        others = self._commitments.outstanding()
         runs: dict[str, int] = {}
         for i, (name, limit) in enumerate(limits):
             if limit is not None and per_run[i] > 0:
@@ -544,7 +505,7 @@ class RunContext:
         if self.journal is not None:
             found = self.journal.latest(kind, key)
             if found is not None:
-                self._commitments.pop((kind, key), None)
+                self._commitments.pop((kind, key))
                 try:
                     return decode(found)
                 except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
@@ -563,11 +524,9 @@ class RunContext:
             before = self._ledger.take(step_id)
         step = _StepRuns()
         token = _STEP_RUNS.set(step)
-        commitment = self._commitments.get((kind, key))
         try:
             with measuring() as used:
-                if commitment is not None:
-                    commitment.used = used
+                self._commitments.started((kind, key), used)
                 if before is not None:
                     used.requests += before[1]
                     used.calls += before[1]  # answered then: not the cache hits they are now
@@ -588,12 +547,11 @@ class RunContext:
             _STEP_RUNS.reset(token)
             # Ended (or failed): what it spent is in the meter now, whether admitted before the step
             # started or inside it (a screen admits itself).
-            ended = self._commitments.pop((kind, key), None)
+            ended = self._commitments.pop((kind, key))
         runs = self._program_runs(value) if step.runs is None else step.runs
         if ended is not None and ended.held:
             # Counted at its estimate, and its cost per run unmeasured, until it is retired.
-            ended.ended = (runs, used.snapshot())
-            self._commitments[(kind, key)] = ended
+            self._commitments.end_held((kind, key), ended, runs, used.snapshot())
         elif runs:
             self.costs.add(runs, used.snapshot())
         if self.journal is not None:
