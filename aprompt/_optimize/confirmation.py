@@ -7,8 +7,9 @@ undecided — a fully evaluated *challenger* scored above the pick on their shar
 evidence to replace it — the pick and its most promising fully evaluated challengers (at most
 ``MAX_CHALLENGERS``; the hand-written reference first while the pick is the baseline) are each run on
 training examples that are not in the validation set and that the program does not show as a demo: a
-seeded order of them, at most as many as the validation set has, or as bring a pair to ``MIN_SHARED``
-shared examples on a smaller one (:func:`confirmation_size`; fewer are never evidence). The
+seeded order of them, at most as many as the validation set has, and at least
+``SMALL_SET_CONFIRMATION`` where the training set has them (:func:`confirmation_size`; fewer than
+``MIN_SHARED`` shared examples are never evidence). The
 scores join the evidence by example id, and the pick is decided again, at the same level, on the larger
 set of examples each pair shares.
 
@@ -58,6 +59,10 @@ if TYPE_CHECKING:
 CONFIRMATION_KIND = "confirmation"
 #: Fully evaluated challengers confirmed beside the pick, most promising first.
 MAX_CHALLENGERS = 2
+#: The fewest training examples a contender runs in a confirmation: a validation set of a few examples
+#: cannot show a program better (fewer than ``MIN_SHARED`` shared examples are no evidence), and a pair
+#: that shares only ``MIN_SHARED`` shows only a large gain; 30 more show a gain of a quarter as a rule.
+SMALL_SET_CONFIRMATION = 30
 
 
 #: Below this many validation examples, a run under a limit on calls, tokens or cost keeps the runs of a
@@ -84,16 +89,16 @@ def runs_kept_for_confirmation(trainset: Sequence[Example], valset: Sequence[Exa
 
 
 def confirmation_size(n_val: int) -> int:
-    """The most training examples a contender runs: as many as the validation set has, and on a validation
-    set of fewer than ``MIN_SHARED / 2`` examples enough to bring a pair to ``MIN_SHARED`` shared examples,
-    the fewest on which the pick can find a program better.
+    """The most training examples a contender runs: as many as the validation set has, and at least
+    :data:`SMALL_SET_CONFIRMATION` (the training set permitting), so that on a small validation set the
+    pick can find a program better on evidence rather than keep the baseline for want of it.
 
     Example::
 
-        >>> confirmation_size(30), confirmation_size(3)
-        (30, 7)
+        >>> confirmation_size(40), confirmation_size(3)
+        (40, 30)
     """
-    return max(n_val, MIN_SHARED - n_val)
+    return max(n_val, SMALL_SET_CONFIRMATION)
 
 
 def confirmation_calls(n_predictors: int, n_train: int, n_val: int) -> int:

@@ -196,7 +196,8 @@ def test_fresh_examples_leave_out_the_validation_set_and_the_programs_own_demos(
     val = qa_examples(30, 45)  # overlaps the training examples 30..39
     mine = fresh_examples(train, val, {"q1", "q2"}, seed=0)
     theirs = fresh_examples(train, val, {"q3"}, seed=0)
-    assert len(mine) == len(theirs) == len(val)
+    # 30 fresh ones (40 less the 10 the validation set holds), fewer than a contender may run (30 at least).
+    assert (len(mine), len(theirs)) == (30 - 2, 30 - 1)
     ids = [e.id for e in mine]
     assert not {"q1", "q2"} & set(ids) and not {e.id for e in val} & set(ids)
     # One seeded order for every contender: they share every example neither shows as a demo.
