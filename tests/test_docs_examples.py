@@ -32,7 +32,7 @@ both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"
 REPLY_FORMAT = "Reply in exactly this format, each field on its own line, in this order:\n"
-#: Tiny runs: 3 candidates per predictor, 4 trials on mini-batches as large as the 4-5 validation examples.
+#: Tiny runs: 3 candidates per predictor, 4 trials on mini-batches of 5 of the 15 validation examples.
 TINY_BUDGET = {"n_candidates": 3, "n_trials": 4, "minibatch_size": 5, "full_eval_every": 2}
 TICKETS = {
     "Please refund the duplicate charge on my invoice.": "billing",

@@ -41,9 +41,16 @@ async def answer(question: str) -> str:
 
 
 # -- what optimizing it takes: examples, a metric, and the call ---------------------------------------------
+# fmt: off
+PAIRS = [
+    (17, 25), (3, 4), (120, 5), (9, 9), (41, 1), (60, 7), (8, 15), (33, 33), (2, 98), (14, 6),
+    (250, 50), (7, 8), (64, 36), (11, 29), (5, 500), (72, 19), (18, 18), (99, 1), (45, 55), (6, 13),
+    (130, 70), (21, 4), (38, 47), (10, 90), (16, 27), (81, 9), (200, 33), (12, 12), (57, 26), (1, 1),
+]
+# fmt: on
 TRAINSET = [
     aprompt.Example(inputs={"question": f"What is {a} + {b}?"}, labels={"answer": str(a + b)})
-    for a, b in [(17, 25), (3, 4), (120, 5), (9, 9), (41, 1), (60, 7), (8, 15), (33, 33), (2, 98), (14, 6)]
+    for a, b in PAIRS
 ]
 BUDGET: Mapping[str, int] = {
     "n_candidates": 4,

@@ -29,7 +29,7 @@ TRAINSET = [
     aprompt.Example(
         inputs={"question": f"How many days are there in {weeks} weeks?"}, labels={"days": 7 * weeks}
     )
-    for weeks in (1, 2, 3, 5, 6, 8, 10, 12, 15, 20)
+    for weeks in range(1, 31)
 ]
 BUDGET: Mapping[str, int] = {"n_candidates": 4, "n_trials": 8, "minibatch_size": 5}
 
