@@ -150,7 +150,7 @@ async def test_the_quickstart_server_block_runs_on_the_endpoint_its_environment_
     assert "-> 1.00" in capsys.readouterr().out
     assert (tmp_path / "count.json").is_file()
     logged = [r.getMessage() for r in caplog.records if r.name == "aprompt"]
-    assert any(re.fullmatch(r"aprompt mipro: \d+ trials on 4 validation examples, .*", m) for m in logged)
+    assert any(re.fullmatch(r"aprompt mipro: \d+ trials on 14 validation examples, .*", m) for m in logged)
     assert any(m.startswith("aprompt: final pick: ") for m in logged)
     assert all(TEST_API_KEY not in m for m in logged)
     assert not [r for r in caplog.records if r.name.startswith("httpx")], "one log line per request"
