@@ -4,6 +4,7 @@ resume, and the search loop's growing space."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -302,11 +303,13 @@ def is_proposal_request(request: ChatRequest) -> bool:
 
 
 async def _world(
-    metric: Any, **options: Any
+    metric: Any, responder: Callable[[ChatRequest], str | Fault] | None = None, **options: Any
 ) -> tuple[aprompt.OptimizeResult, list[RecordedRequest], RecordingWorld]:
+    """Optimize the world's two-stage program with ``mipro_reflective``; ``responder`` (given the world)
+    answers in its place when given."""
     world = RecordingWorld()
     async with (
-        FakeOpenAIServer(responder=world, api_key=TEST_API_KEY) as server,
+        FakeOpenAIServer(responder=responder or world, api_key=TEST_API_KEY) as server,
         lm_for(server) as lm,
     ):
         result = await aprompt.optimize(
@@ -473,18 +476,7 @@ async def test_a_long_or_cut_reflection_joins_the_search_cut_to_its_whole_senten
         return world(request)
 
     events: list[Event] = []
-    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, lm_for(server) as lm:
-        result = await aprompt.optimize(
-            TwoStageProgram(),
-            examples(0, 60),
-            _plain_metric,
-            valset=examples(200, 230),
-            lm=lm,
-            strategy="mipro_reflective",
-            budget=BUDGET,
-            seed=1,
-            on_event=events.append,
-        )
+    result, _, _ = await _world(_plain_metric, responder, on_event=events.append)
     expected = LONG_REFLECTION[: LONG_REFLECTION.rindex(".", 0, MAX_INSTRUCTION_CHARS) + 1]
     for name in ("extract", "answer"):
         assert expected in result.candidates.instructions[name], result.dropped
