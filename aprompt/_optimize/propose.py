@@ -23,7 +23,7 @@ import attrs
 
 from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize import grounding as grounding_sources
-from aprompt._optimize.field_text import fields_line
+from aprompt._optimize.field_text import CUT_MARK, fields_line
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
 from aprompt._optimize.proposal_filter import (
     Cleaned,
@@ -227,7 +227,7 @@ def _render_history(history: Sequence[tuple[str, float | None]]) -> str:
     for instruction, score in history:
         suffix = f" (score {score:.2f})" if score is not None else ""
         if len(instruction) > HISTORY_CHARS:  # marked, so that the proposer does not copy a cut sentence
-            instruction = instruction[: HISTORY_CHARS - 1].rstrip() + "…"
+            instruction = instruction[: HISTORY_CHARS - len(CUT_MARK)].rstrip() + CUT_MARK
         lines.append(f"- {instruction}{suffix}")
     return "\n".join(lines)
 
