@@ -24,8 +24,9 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   is an error, as is one right after a ``not``, ``never`` or ``-n't``: ``not positive`` is no
   ``positive``). Text of punctuation only (``+``, ``-``) matches a choice only as written.
 - ``list[T]``: a JSON (or Python) list, also inside a code fence or backticks or before a full stop;
-  else numbers separated by spaces; else bullet or numbered lines; else one item per line; else
-  comma-separated items. Each item is coerced to ``T``.
+  else numbers separated by spaces (one written with a leading zero, as ``000`` in ``1 000``, is an
+  error: one number in groups of digits or a list, the text does not say); else bullet or numbered
+  lines; else one item per line; else comma-separated items. Each item is coerced to ``T``.
 
 Formatting (:func:`format_output`) is the inverse for every value the rules accept: ints and floats
 in ``repr`` form, bools as ``yes``/``no`` (a ``Literal`` choice, ``True`` included, as its text: the
@@ -239,7 +240,11 @@ def _split_list(text: str) -> list[Any]:
             if isinstance(data, list | tuple):
                 return list(data)
     if _NUMBERS_ONLY.fullmatch(text):  # "1 2 3": three numbers, not one item that reads as 1
-        return text.split()
+        items = text.split()
+        if any(_LEADING_ZERO.match(item) for item in items):
+            # "1 000" is a thousand written in groups, not [1, 0]: which one was meant, the text does not say.
+            raise CoercionError(f"write the list as a JSON list, like [1, 2], got {text[:80]!r}")
+        return items
     lines = [line for line in text.splitlines() if line.strip()]
     bullets = [_BULLET.match(line) for line in lines]
     if len(lines) > 1 or all(bullets):
@@ -248,6 +253,8 @@ def _split_list(text: str) -> list[Any]:
 
 
 _FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
+# A number's group after a space ("000" in "1 000"): no list item is written with a leading zero.
+_LEADING_ZERO = re.compile(r"[-+]?0\d")
 _NUMBERS_ONLY = re.compile(r"\s*(?:" + _NUMBER.pattern + r")(?:\s+(?:" + _NUMBER.pattern + r"))+\s*")
 
 

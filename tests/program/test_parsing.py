@@ -156,6 +156,7 @@ def test_an_empty_value_is_a_problem() -> None:
         ("list[str]", '`["Paris", "London"]`', ["Paris", "London"]),
         ("list[str]", '["Paris", "London"].', ["Paris", "London"]),
         ("list[int]", "1 2 3", [1, 2, 3]),
+        ("list[float]", "0 0.5 -0.25", [0.0, 0.5, -0.25]),
         ("Literal[True, False]", "False", False),
         ("int", "1 000", 1000),  # not 1
         ("int", "about 1\u202f000 000 people", 1000000),
@@ -221,6 +222,8 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "between 1 000 and 2 000", "not a range"),
         ("int", "1 000 2", "without spaces"),  # one number or two
         ("float", "1 000,5", "decimal point"),  # not 1000.0
+        ("list[int]", "1 000", "JSON list"),  # not [1, 0]
+        ("list[int]", "1 000 2000", "JSON list"),  # not [1, 0, 2000]
         ("float", "50%", "percent sign"),  # 50.0 where the field means 0.5, or the other way round
         ("float", "about 12.5 % of them", "percent sign"),
         ("float", "50 percent", "percent sign"),
