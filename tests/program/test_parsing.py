@@ -217,6 +217,8 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "3 to 5", "not a range"),
         ("int", "between 3 and 5", "not a range"),
         ("int", "3 or 4", "not a range"),
+        ("int", "3, 4", "not a range"),  # not 3
+        ("float", "2.5, 3 apples", "not a range"),
         ("float", "-.5 to .5", "not a range"),
         ("int", "three to five", "not a range"),  # not 3
         ("int", "between 1 000 and 2 000", "not a range"),
