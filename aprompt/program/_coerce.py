@@ -17,12 +17,14 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   (``1e400``) is an error, as is a percentage (``50%``, ``50 percent``): whether it stands for 50 or
   0.5 is the field's meaning, which the text does not say. (In an ``int`` field ``50%`` is 50.)
 - ``bool``: ``yes``/``true`` or ``no``/``false`` as a whole word (any case), turned round by a
-  ``not``, ``never`` or ``-n't`` right before it (``not true`` → False); a bare ``1``/``0``. A reply
+  ``not``, ``never`` or ``-n't`` right before it (``not true`` → False); a bare ``1``/``0``. A negation
+  further before it in its clause (``I would not say it is true``) is an error. A reply
   whose words say both (``No, that is not correct... yes``) is an error, not its first word.
 - ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
   spaces; otherwise the single choice mentioned as a whole word or phrase in the text (two mentioned
-  is an error, as is one right after a ``not``, ``never`` or ``-n't``: ``not positive`` is no
-  ``positive``). Text of punctuation only (``+``, ``-``) matches a choice only as written.
+  is an error, as is one after a ``not``, ``never`` or ``-n't`` in its clause, or right after a ``no``:
+  ``not positive`` and ``I would not say it is positive`` are no ``positive``; so is one asked back
+  and denied, ``positive? No.``). Text of punctuation only (``+``, ``-``) matches a choice only as written.
 - ``list[T]``: a JSON (or Python) list, also inside a code fence or backticks or before a full stop;
   else numbers separated by spaces (one written with a leading zero, as ``000`` in ``1 000``, is an
   error: one number in groups of digits or a list, the text does not say); else bullet or numbered
@@ -91,6 +93,13 @@ _NO_SPACES = str.maketrans("", "", " \u00a0\u2009\u202f")
 _MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 # A yes/no word, and a negation right before it ("not true", "isn't true"), which turns it round.
 _BOOL_WORD = re.compile(r"(?:\b(not|never|\w+n['’]t)\s+)?\b(yes|true|no|false)\b", re.IGNORECASE)
+# A negation in a clause before a yes/no word or a choice denies it, however far ("would not say it is").
+_NEGATION = re.compile(r"\b(?:not|never|cannot|neither|nor|hardly)\b|\w+n['’]t\b", re.IGNORECASE)
+# The same in normalized text ("isn't" is "isn t"), or a "no" right before the choice ("no positive").
+_NEGATION_NORMALIZED = re.compile(r" (?:not|never|cannot|neither|nor|hardly) |n t | no $")
+_CLAUSE_BREAK = re.compile(r"[,;:.!?()\[\]\n\u2013\u2014]| - ")
+# A choice asked back and denied ("positive? No."): not an answer of that choice.
+_ECHO_DENIED = re.compile(r"\?\s*(?:no|nope|not|false)\b", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|\[\d+\])\s+(.*\S)\s*$")
 
 
@@ -169,7 +178,12 @@ def _coerce_bool(text: str) -> bool:
         return text == "1"
     # Every yes/no word must say the same: "No, that is not correct... yes" is no answer, not its first
     # word's (a reply read the wrong way round would be scored as the prompt's answer).
-    answers = {(m.group(2).lower() in ("yes", "true")) != bool(m.group(1)) for m in _BOOL_WORD.finditer(text)}
+    answers = set()
+    for m in _BOOL_WORD.finditer(text):
+        if not m.group(1) and _NEGATION.search(text, _clause_start(text, m.start()), m.start()):
+            # "I would not say it is true": the negation turns round its clause, not plainly the word.
+            raise CoercionError(f"answer with a plain yes or no, got {text[:80]!r}")
+        answers.add((m.group(2).lower() in ("yes", "true")) != bool(m.group(1)))
     if not answers:
         raise CoercionError(f"expected yes or no, got {text[:80]!r}")
     if len(answers) > 1:
@@ -193,7 +207,7 @@ def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
     # A mention inside a longer mentioned choice ("good" in "very good") is not a separate mention.
     mentioned = [f for f in mentioned if not any(f != g and f" {f} " in f" {g} " for g in mentioned)]
     if len(mentioned) == 1:
-        if _negated_mention(mentioned[0]).search(padded):
+        if _ECHO_DENIED.search(text) or _negated_mention(text, mentioned[0]):
             # "not positive" is no answer of "positive": read as the choice it denies, it would be scored so.
             raise CoercionError(f"{text[:80]!r} denies a choice; answer with the one that holds")
         return by_form[mentioned[0]]
@@ -202,11 +216,24 @@ def _coerce_choice(text: str, choices: tuple[Any, ...]) -> Any:
     raise CoercionError(f"{text[:80]!r} {problem}: {options}")
 
 
-@functools.lru_cache(maxsize=256)
-def _negated_mention(form: str) -> re.Pattern[str]:
-    """A mention of the normalized choice ``form`` right after a negation, in normalized text: ``not``,
-    ``never``, or ``-n't`` (``isn't`` normalizes to ``isn t``)."""
-    return re.compile(r"(?: not| never|n t) " + re.escape(form) + " ")
+def _negated_mention(text: str, form: str) -> bool:
+    """Whether a mention of the normalized choice ``form`` follows a negation in its clause of ``text``
+    ("not positive", "I would not say it is positive", "no positive")."""
+    mention = f" {form} "
+    for clause in _CLAUSE_BREAK.split(text):
+        padded = f" {normalize_choice(clause)} "
+        at = padded.find(mention)
+        while at >= 0:
+            if _NEGATION_NORMALIZED.search(padded, 0, at + 1):
+                return True
+            at = padded.find(mention, at + 1)
+    return False
+
+
+def _clause_start(text: str, index: int) -> int:
+    """Where the clause of ``text`` holding ``index`` starts."""
+    breaks = [m.end() for m in _CLAUSE_BREAK.finditer(text, 0, index)]
+    return breaks[-1] if breaks else 0
 
 
 # Every reply of a choice field is read against the same choices: their forms are worked out once.
