@@ -5,7 +5,8 @@ machine, per-read timeouts), more than the whole budget of an LM call; one reque
 reply parsed directly on the socket costs ~0.4 ms (``bench/results/throughput_cpu.md``).
 
 What it speaks: one request at a time per connection (a lane never has more requests in flight than
-connections); a reply head's lines ended by CRLF or a bare LF; bodies by ``Content-Length``, chunked
+connections); a reply head's lines ended by CRLF or a bare LF, a folded header line joined to the one
+before with a space; bodies by ``Content-Length``, chunked
 (trailers skipped) or until close; 1xx interim replies skipped; gzip and deflate bodies decoded, though
 it asks for ``identity`` (an LM reply is a few kilobytes: decoding would cost CPU to save bytes nobody
 waits for); TLS with the caller's context.

@@ -138,8 +138,16 @@ class Connection:
         code = rest[:3]
         if version[:7] != b"HTTP/1." or len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
             raise TransportError(f"malformed status line {lines[0][:80]!r}")
-        headers = []
+        headers: list[tuple[bytes, bytes]] = []
         for line in lines[1:]:
+            if line[:1] in (b" ", b"\t"):
+                # An obsolete line folding continues the header before it: joined with a space (RFC 9112
+                # 5.2), as its server meant, not read as a header named with a leading space.
+                if not headers or b"\r" in line:
+                    raise TransportError("malformed header line in the reply")
+                name, value = headers[-1]
+                headers[-1] = (name, b"%s %s" % (value, line.strip()) if value else line.strip())
+                continue
             name, colon, value = line.partition(b":")
             # A CR left within a line is no line end: read as part of a value, it could hide a header.
             if not colon or not name or name[-1:].isspace() or b"\r" in line:

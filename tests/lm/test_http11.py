@@ -611,6 +611,39 @@ async def test_a_carriage_return_within_a_header_line_is_a_transport_error(
     await transport.aclose()
 
 
+async def test_a_folded_header_line_is_joined_to_its_header_with_a_space(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # Read as a header of its own, " second: part" became a header named " second"; without a colon
+    # the whole reply failed.
+    server = await serve(
+        replying(
+            b"HTTP/1.1 200 OK\r\nX-Note: first\r\n second: part\r\n"
+            b"X-Empty:\r\n\tfolded\r\nContent-Length: 2\r\n\r\nok"
+        )
+    )
+    transport = HTTP11Transport(server.url)
+    with anyio.fail_after(5):
+        reply = await post(transport, server)
+    await transport.aclose()
+    assert reply.headers == [
+        (b"X-Note", b"first second: part"),
+        (b"X-Empty", b"folded"),
+        (b"Content-Length", b"2"),
+    ]
+    assert reply.content == b"ok"
+
+
+async def test_a_folded_line_before_any_header_is_a_transport_error(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    server = await serve(replying(b"HTTP/1.1 200 OK\r\n Content-Length: 2\r\nContent-Length: 2\r\n\r\nok"))
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="malformed header line"), anyio.fail_after(5):
+        await post(transport, server)
+    await transport.aclose()
+
+
 async def test_a_head_over_64_kib_is_a_transport_error_even_when_it_arrives_in_one_read(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
