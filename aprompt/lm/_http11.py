@@ -12,15 +12,16 @@ it asks for ``identity`` (an LM reply is a few kilobytes: decoding would cost CP
 waits for); TLS with the caller's context.
 
 Connections are kept alive unless the reply says ``Connection: close``, is HTTP/1.0 without keep-alive,
-is read until close, is cut at the size cap or fails. An idle one is dropped after
-:data:`KEEPALIVE_EXPIRY` seconds, or when the server has closed it (seen with a non-blocking peek at
-its socket before reuse). A request on a connection reused after at least :data:`IDLE_CLOSE_MIN`
-seconds idle that fails before any byte of the reply arrives, within :data:`STALE_FAILURE_WITHIN` seconds
-of being sent, is sent once more on a fresh connection: the server closed it for idling as we sent
-(servers keep idle connections for seconds at least). After a shorter idle, or later after sending, such
-a failure is the server's (it dropped the request, or took it and failed) and is reported, so that a
-server dropping requests does not get each twice, and a request the server took is retried, if at all,
-by the client's retries (limited, counted and admitted by the rate limits).
+is chunked and gives a length too, is read until close, is cut at the size cap or fails. An idle one is
+dropped after :data:`KEEPALIVE_EXPIRY` seconds, or when the server has closed it (seen with a
+non-blocking peek at its socket before reuse). A request on a connection reused after at least
+:data:`IDLE_CLOSE_MIN` seconds idle that fails before any byte of the reply arrives, within
+:data:`STALE_FAILURE_WITHIN` seconds of being sent, is sent once more on a fresh connection: the server
+closed it for idling as we sent (servers keep idle connections for seconds at least). After a shorter
+idle, or later after sending, such a failure is the server's (it dropped the request, or took it and
+failed) and is reported, so that a server dropping requests does not get each twice, and a request the
+server took is retried, if at all, by the client's retries (limited, counted and admitted by the rate
+limits).
 
 Timeouts are the caller's: :mod:`aprompt.lm._http` bounds the whole exchange.
 

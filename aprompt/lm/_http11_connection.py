@@ -190,6 +190,9 @@ class Connection:
             return b"", False, not close
         if chunked:
             await self._read_chunked(body)
+            # With a Content-Length too its framing is ambiguous (RFC 9112 6.3): what follows on the
+            # connection, if anything, need not start the next reply.
+            close = close or length is not None
         elif length is not None:
             if not length.isdigit():
                 raise TransportError("malformed reply: its Content-Length is not a number")

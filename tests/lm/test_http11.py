@@ -217,6 +217,21 @@ async def test_a_chunked_body_is_joined_and_its_trailers_skipped(
     assert server.connections == 1  # the trailers were read to their end: the connection is reusable
 
 
+async def test_a_chunked_reply_that_also_gives_a_length_is_read_as_chunked_on_a_connection_not_reused(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # Its framing is ambiguous (a proxy on the way may have read it by its length): what follows on the
+    # connection cannot be trusted to start the next reply.
+    both = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    server = await serve(replying(both))
+    transport = HTTP11Transport(server.url)
+    with anyio.fail_after(5):
+        replies = [await post(transport, server) for _ in range(2)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"ok", b"ok"]
+    assert server.connections == 2
+
+
 @pytest.mark.parametrize("size", [b"0x5", b"0_5", b"+5", b"-5", b" ", b"5 5"])
 async def test_a_chunk_size_that_is_not_hex_digits_is_a_transport_error(
     serve: Callable[..., Awaitable[ScriptedServer]], size: bytes
