@@ -22,8 +22,10 @@ them.
 
 Endpoints. A failed attempt cools its endpoint down (see :mod:`aprompt.lm.endpoints`), so that a retry
 goes to another; one of several that answers 404 (a replica lacking the route or model) is not the
-request's fault: the request goes at once to another available endpoint (each one once at most),
-outside the retries. A lone endpoint's 404, or one where no other is available, is raised.
+request's fault: the request goes at once to another endpoint (each one once at most), outside the
+retries; when every other one is cooling down or paused by a 429, to one of them all the same, waiting
+out its pause (raised, the 404 would lose a request another replica answers). A lone endpoint's 404, or
+one from every endpoint, is raised.
 
 Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
 own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
@@ -501,27 +503,29 @@ class HTTPChatLM(abc.ABC):
         return completion
 
     async def _routed_attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
-        """One attempt, sent on at once to another endpoint while the one it went to answers 404 and
-        another is available: a replica lacking the route or model (now cooling down) is not the
-        request's fault. Each endpoint is tried once at most; a lone endpoint's 404 is raised."""
-        failovers = len(self._pool.endpoints) - 1
+        """One attempt, sent on at once to another endpoint while the one it went to answers 404: a
+        replica lacking the route or model (now cooling down) is not the request's fault. Each endpoint
+        is tried once at most (one paused by a 429 is waited for); a 404 from every one is raised."""
+        tried: frozenset[str] = frozenset()
         while True:
             try:
-                return await self._attempt(payload, reserved, is_retry=is_retry)
+                return await self._attempt(payload, reserved, is_retry=is_retry, avoid=tried)
             except LMStatusError as error:
                 url = error.endpoint
-                if error.status_code != 404 or url is None or failovers < 1:
+                if error.status_code != 404 or url is None:
                     raise
-                if not self._pool.available_besides(url):
+                tried |= {url}
+                if len(tried) >= len(self._pool.endpoints):
                     raise
-            failovers -= 1
             is_retry = True
             logger.debug("%s: HTTP 404, sending the request to another endpoint", url)
 
-    async def _attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
+    async def _attempt(
+        self, payload: bytes, reserved: int, *, is_retry: bool, avoid: frozenset[str] = frozenset()
+    ) -> Completion:
         await self._wait_out_pause()
         # The client's slots number at most the endpoints' total capacity (the controller's maximum).
-        async with self._slots, self._pool.lease(capped=True) as lease:
+        async with self._slots, self._pool.lease(capped=True, avoid=avoid) as lease:
             endpoint = lease.endpoint
             admitted = await endpoint.limiter.acquire(reserved)
             admitted_here = None

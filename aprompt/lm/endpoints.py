@@ -7,8 +7,9 @@ cools down after a connection error, timeout, 5xx or malformed reply (a body tha
 or one the server stopped on a fault), or while its limiter is paused by a 429; a
 retry therefore fails over to another one. One of several that answers 404 (a replica serving
 another route or model) cools down too, so that the next requests go to the others, and the client
-sends the request that got the 404 to one of them (see :mod:`aprompt.lm._http`). When every
-endpoint is unavailable the least-loaded one is used anyway (the retry back-off spaces those).
+sends the request that got the 404 to one of them, waiting out its pause if every other one is paused
+(see :mod:`aprompt.lm._http`). When every endpoint is unavailable the least-loaded one is used anyway
+(the retry back-off spaces those).
 """
 
 from __future__ import annotations
@@ -240,12 +241,16 @@ class EndpointPool:
         now = self._clock()
         return now >= endpoint.unhealthy_until and now >= endpoint.limiter.paused_until
 
-    def choose(self) -> EndpointState:
-        """The least-loaded available endpoint (ties rotate), or the least-loaded one if none is."""
+    def choose(self, avoid: frozenset[str] = frozenset()) -> EndpointState:
+        """The least-loaded available endpoint (ties rotate), or the least-loaded one if none is; one whose
+        URL is in ``avoid`` only when every one is."""
         endpoints = self._endpoints
         if len(endpoints) == 1:
             return endpoints[0]
-        start = self._turn = (self._turn + 1) % len(endpoints)
+        if avoid:
+            endpoints = tuple(e for e in endpoints if e.url not in avoid) or endpoints
+        start = self._turn = (self._turn + 1) % len(self._endpoints)
+        start %= len(endpoints)
         best = endpoints[start]
         best_rank = self._rank(best)
         for offset in range(1, len(endpoints)):
@@ -255,21 +260,19 @@ class EndpointPool:
                 best, best_rank = candidate, rank
         return best
 
-    def available_besides(self, url: str) -> bool:
-        """Whether an endpoint other than the one at ``url`` is available now."""
-        return any(endpoint.url != url and self.is_available(endpoint) for endpoint in self._endpoints)
-
     def _rank(self, endpoint: EndpointState) -> tuple[bool, float]:
         return (not self.is_available(endpoint), endpoint.in_flight / endpoint.capacity)
 
-    def lease(self, *, capped: bool = False) -> EndpointLease:
+    def lease(self, *, capped: bool = False, avoid: frozenset[str] = frozenset()) -> EndpointLease:
         """``async with pool.lease() as lease:`` routes a request and holds one of its slots.
+
+        ``avoid``: URLs of endpoints this request should not go to (see :meth:`choose`).
 
         ``capped``: the caller already holds one of at most :attr:`capacity` slots of its own. A lone
         endpoint's slots could then never make a request wait, so they are not taken (one limiter,
         with its checkpoint, fewer per request); with several endpoints each one's own cap binds.
         """
-        return EndpointLease(self, take_slot=not capped or len(self._endpoints) > 1)
+        return EndpointLease(self, take_slot=not capped or len(self._endpoints) > 1, avoid=avoid)
 
     async def aclose(self) -> None:
         """Close every endpoint's connections."""
@@ -285,14 +288,17 @@ class EndpointLease:
     """An async context manager: choose an endpoint, count it in flight, hold one of its slots and a
     place in one of its connection lanes (:attr:`endpoint`, :attr:`transport`)."""
 
-    __slots__ = ("_lane", "_pool", "_take_slot", "endpoint", "transport")
+    __slots__ = ("_avoid", "_lane", "_pool", "_take_slot", "endpoint", "transport")
 
-    def __init__(self, pool: EndpointPool, *, take_slot: bool = True) -> None:
+    def __init__(
+        self, pool: EndpointPool, *, take_slot: bool = True, avoid: frozenset[str] = frozenset()
+    ) -> None:
         self._pool = pool
         self._take_slot = take_slot
+        self._avoid = avoid
 
     async def __aenter__(self) -> EndpointLease:
-        endpoint = self._pool.choose()
+        endpoint = self._pool.choose(self._avoid)
         endpoint.in_flight += 1
         if self._take_slot:
             try:

@@ -256,6 +256,22 @@ async def test_a_replica_answering_404_is_avoided_and_its_requests_are_answered_
     assert lm.usage.requests == 20 + len(fake_server.chat_requests)
 
 
+@both_backends
+async def test_a_request_a_replica_answers_404_waits_for_the_other_while_a_429_pauses_it(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    """Raised because the other replica was paused, the 404 lost requests that replica answers a second
+    later (and told the user to check the base URL)."""
+    fake_server.fault_rates = [(Fault.http_status(404), 1.0)]
+    second_server.queue_faults(Fault.rate_limited("1"))
+    urls = [second_server.base_url, fake_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=4, retry=QUICK) as lm:
+        with anyio.fail_after(10):
+            await run_calls(lm, 4)
+    assert (lm.usage.calls, lm.usage.errors) == (4, 0)
+    assert len(second_server.chat_requests) == 5  # the 429 and the four answers
+
+
 async def test_a_404_from_every_replica_is_raised_after_each_was_tried_once(
     fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
 ) -> None:
