@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -499,6 +501,53 @@ def test_newer_schema_version_raises_cache_error(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(CacheError, match="schema version 99"):
         SQLiteCache(tmp_path / CACHE_FILE_NAME)
+
+
+def test_a_directory_where_the_file_should_be_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / CACHE_FILE_NAME).mkdir()
+    with pytest.raises(CacheError, match="the path is a directory, not a file; point the cache elsewhere"):
+        ResponseCache.in_directory(tmp_path)
+
+
+OPEN_AS_A_READER = """
+import os, sys
+from aprompt._errors import CacheError
+from aprompt.lm.cache import ResponseCache
+if os.geteuid() == 0:  # root writes anywhere: open as a user who cannot write the folder
+    os.setuid(65534)
+try:
+    ResponseCache.in_directory(sys.argv[1]).close()
+except CacheError as exc:
+    print(exc)
+"""
+
+
+def test_a_cache_in_a_read_only_folder_is_not_blamed_on_the_file() -> None:
+    """WAL must create its -wal and -shm files beside the cache: a folder the user cannot write is said
+    to be the problem, not the file (which holds paid-for answers, and must not be called safe to delete)."""
+    shelf = Path(tempfile.mkdtemp(prefix="aprompt-ro-"))  # not under pytest's base, which only root enters
+    folder = shelf / "cache"
+    try:
+        assert run_worker("write", folder, "paid", 3).returncode == 0
+        before = (folder / CACHE_FILE_NAME).read_bytes()
+        folder.chmod(0o555)
+        shelf.chmod(0o755)
+        done = subprocess.run(
+            [sys.executable, "-c", OPEN_AS_A_READER, str(folder)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"this user may not write its folder {folder}" in done.stdout
+        assert "fix the permissions or point the cache elsewhere" in done.stdout
+        assert "deleting the file is safe" not in done.stdout
+        assert (folder / CACHE_FILE_NAME).read_bytes() == before
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(shelf)
 
 
 def test_default_cache_dir_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

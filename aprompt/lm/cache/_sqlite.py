@@ -228,7 +228,7 @@ def _connect(path: str, busy_timeout: float, *, prepare: bool) -> sqlite3.Connec
     try:
         conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise CacheError(f"cannot open the LM cache: {exc}", path=path) from exc
+        raise CacheError(_unopenable(path, exc) or f"cannot open the LM cache: {exc}", path=path) from exc
     try:
         if prepare:
             _prepare(conn, path)
@@ -239,11 +239,34 @@ def _connect(path: str, busy_timeout: float, *, prepare: bool) -> sqlite3.Connec
     except sqlite3.Error as exc:
         conn.close()
         raise CacheError(
-            f"not a usable aprompt LM cache ({exc}); it holds only cached LM replies, so deleting the file "
-            "is safe (those calls are then paid again)",
+            _unopenable(path, exc)
+            or f"not a usable aprompt LM cache ({exc}); it holds only cached LM replies, so deleting the "
+            "file is safe (those calls are then paid again)",
             path=path,
         ) from exc
     return conn
+
+
+def _unopenable(path: str, exc: sqlite3.Error) -> str | None:
+    """What keeps SQLite from opening ``path`` other than the file's content, and what to do; None when
+    nothing around the file explains ``exc`` (then the file itself is at fault, and may be deleted)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fix = "fix the permissions or point the cache elsewhere"
+    if os.path.isdir(path):
+        problem, fix = "the path is a directory, not a file", "point the cache elsewhere"
+    elif not os.path.isdir(folder):
+        problem, fix = f"its folder {folder} does not exist", "create it or point the cache elsewhere"
+    elif os.path.exists(path) and not os.access(path, os.R_OK):
+        problem = "this user may not read the file"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        # WAL keeps its -wal and -shm files beside the database: even a reader must create them.
+        problem = (
+            f"this user may not write its folder {folder}, where SQLite must create the cache's -wal and "
+            "-shm files (even to read it)"
+        )
+    else:
+        return None
+    return f"cannot open the LM cache ({exc}): {problem}; {fix}"
 
 
 def _prepare(conn: sqlite3.Connection, path: str) -> None:
