@@ -477,6 +477,26 @@ async def test_disk_keeps_the_first_completion_stored_under_a_key(anyio_backend:
         assert len(disk) == 1
 
 
+async def test_the_file_holds_replies_of_a_few_kilobytes_without_blowing_up(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """A long run's cache grows with what it holds: replies of about a kilobyte take about their own size
+    on disk, not a 4 KB overflow page each."""
+    stored = 0
+    with ResponseCache.in_directory(tmp_path) as cache:
+        for i in range(600):
+            text = f"reply {i} " + "x" * (800 + i)
+            stored += len(text) + 200  # the entry's other fields and its checksum
+            await cache.get_or_compute(key_of(f"big-{i}"), CountingCompute(text))
+    size = (tmp_path / CACHE_FILE_NAME).stat().st_size  # the last close checkpoints the WAL into it
+    assert not (tmp_path / f"{CACHE_FILE_NAME}-wal").exists()
+    assert size < 1.6 * stored, (size, stored)
+    with SQLiteCache(tmp_path / CACHE_FILE_NAME) as disk:
+        assert disk.get(key_of("big-599")) == Completion(
+            "reply 599 " + "x" * 1399, TokenUsage(11, 7), "served-model", "stop", cached=True
+        )
+
+
 def test_garbage_file_raises_cache_error(tmp_path: Path) -> None:
     (tmp_path / CACHE_FILE_NAME).write_bytes(b"not a database\n" + bytes(range(256)) * 20)
     with pytest.raises(CacheError, match="not a database") as info:
