@@ -6,12 +6,12 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
 - ``int``: the first number in the text. Thousands separators are dropped (``3,000`` → 3000), as are
   spaces between groups of three digits (``1 000`` → 1000; a digit after the last group, ``1 000 2``,
   is an error), a trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored
-  (``about 7`` → 7); a fraction (``4.5``, ``3/4``) is an error, as is a decimal comma (``12,34``) and
-  a range or a choice of two (``10-20``, ``3 to 5``, ``between 3 and 5``, ``3 or 4``, ``3, 4``), which is no
-  single number. With no digits at all, the first number word from zero to twenty counts (``seven``
-  → 7), because small models often spell counts out; one joined to another (``twenty-one``, ``one
-  hundred``) is an error, not its first word, as is a range of them (``three to five``). A minus sign
-  (``−5``) is a minus.
+  (``about 7`` → 7); a fraction (``4.5``, ``3/4``, ``3 / 4``) is an error, as is a decimal comma
+  (``12,34``) and a range or a choice of two (``10-20``, ``3 to 5``, ``between 3 and 5``, ``3 or 4``,
+  ``3, 4``, ``3; 4``), which is no single number. With no digits at all, the first number word from
+  zero to twenty counts (``seven`` → 7), because small models often spell counts out; one joined to
+  another (``twenty-one``, ``one hundred``) is an error, not its first word, as is a range of them
+  (``three to five``). A minus sign (``−5``) is a minus.
   A number of 4300 digits or more (``1e9999``) is an error.
 - ``float``: the first number, same rules (``1e-3``, ``.5``, ``-2`` all read); one past float's range
   (``1e400``) is an error, as is a percentage (``50%``, ``50 percent``): whether it stands for 50 or
@@ -72,12 +72,14 @@ _COMPOUND = re.compile(
 )
 # Python's own bound on the digits of an int it reads or writes as text (``sys.int_info``).
 _MAX_DIGITS = 4300
-# What makes a number only the start of one: a fraction's slash, a decimal comma.
-_GLUED = re.compile(r"[/,]\d")
+# What makes a number only the start of one: a fraction's slash (spaced or not), a decimal comma.
+_GLUED = re.compile(r"[ \t]*/[ \t]*\d|,\d")
 # A second number after the first as its range's other end or an alternative ("10-20", "3 to 5", "3 or 4",
-# "3, 4"; "3,4" is a decimal comma):
+# "3, 4", "3; 4"; "3,4" is a decimal comma):
 # horizontal space only, so a bullet line after a value ("4\n- 2 cats") is not taken for one.
-_RANGE = re.compile(r"[ \t]*(?:[-\u2013\u2014~]|,[ \t]|[ \t](?:to|or)[ \t])[ \t]*[-+]?\.?\d", re.IGNORECASE)
+_RANGE = re.compile(
+    r"[ \t]*(?:[-\u2013\u2014~]|[,;][ \t]|[ \t](?:to|or)[ \t])[ \t]*[-+]?\.?\d", re.IGNORECASE
+)
 _RANGE_WORD = re.compile(r"[ \t]+(?:to|or)[ \t]+(?:\d|(?:" + "|".join(_WORDS) + r")\b)", re.IGNORECASE)
 # "between 3 and 5": an "and" makes a range only after a "between".
 _BETWEEN = re.compile(r"\bbetween[ \t]+$", re.IGNORECASE)

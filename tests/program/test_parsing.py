@@ -215,6 +215,7 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "1e5000", "too large"),  # not an int of 5001 digits; 1e999999999 would take minutes
         ("float", "1e400", "too large"),  # not inf
         ("float", "3/4", "decimal point"),  # not 3.0
+        ("int", "3 / 4", "decimal point"),  # not 3
         ("float", "12,34", "decimal point"),  # not 12.0
         ("int", "about 1/2 of them", "decimal point"),  # not 1
         ("int", "10-20", "not a range"),  # not 10
@@ -223,6 +224,7 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("int", "between 3 and 5", "not a range"),
         ("int", "3 or 4", "not a range"),
         ("int", "3, 4", "not a range"),  # not 3
+        ("int", "3; 4", "not a range"),  # not 3
         ("float", "2.5, 3 apples", "not a range"),
         ("float", "-.5 to .5", "not a range"),
         ("int", "three to five", "not a range"),  # not 3
