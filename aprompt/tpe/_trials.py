@@ -63,7 +63,10 @@ def check_value(number: int, value: object) -> float:
     """``value`` as a float, or :class:`TrialError` when it is not a finite real number."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise TrialError(f"trial {number}: the value must be a real number, got {value!r}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond the largest float
+        result = math.inf
     if not math.isfinite(result):
         raise TrialError(
             f"trial {number}: the value must be finite, got {result!r}; "

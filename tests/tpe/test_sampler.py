@@ -319,7 +319,9 @@ def test_telling_a_trial_twice_is_an_error() -> None:
         sampler.tell_failed(s)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "0.5", True])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), pytest.param(10**400, id="int-beyond-float"), None, "0.5", True]
+)
 def test_telling_a_value_that_is_not_a_finite_number_is_an_error(value: object) -> None:
     sampler = TPESampler(MIXED)
     s = sampler.ask()
