@@ -92,7 +92,7 @@ class TPESampler:
         seed: a non-negative int; with it and the trials told so far, every suggestion is determined.
         n_startup: random trials before the model is used; default :func:`default_n_startup`.
         n_trials_hint: the run's planned number of trials, used only for the default ``n_startup``.
-        gamma: ``n_complete -> n_good``; default :func:`default_gamma`.
+        gamma: ``n_complete -> n_good`` (an int); default :func:`default_gamma`.
         prior_weight: the prior kernel's weight (each observation weighs about 1); must be > 0.
         n_ei_candidates: points drawn from the good estimator per suggestion.
         multivariate: model the parameters jointly (default) or each on its own.
@@ -285,7 +285,7 @@ class TPESampler:
             cand_cats, cand_nums = sample_uniform(self._encoded, rng, n)
             scores = np.zeros(n)
         else:
-            n_good = min(max(int(self._gamma(complete.size)), 0), complete.size)
+            n_good = min(max(self._n_good(complete.size), 0), complete.size)
             good, bad = split_good_bad(values[complete], numbers[complete], n_good)
             good_rows = complete[good]
             bad_rows = np.sort(np.concatenate([complete[bad], pending]))
@@ -317,6 +317,15 @@ class TPESampler:
             if not self._table.has_point(point_key(cats[i], nums[i]), taken):
                 return int(i)
         return int(order[0])
+
+    def _n_good(self, n: int) -> int:
+        n_good = self._gamma(n)
+        # int() would truncate 2.7 to 2 without a word, and fail on NaN with a bare ValueError.
+        if isinstance(n_good, bool) or not isinstance(n_good, int | np.integer):
+            raise ConfigError(
+                f"gamma({n}) must return an int (how many observations are good), got {n_good!r}"
+            )
+        return int(n_good)
 
     def _fit(self, cats: IntArray, nums: FloatArray) -> _parzen.ParzenEstimator:
         n = cats.shape[0]

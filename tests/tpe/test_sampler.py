@@ -6,6 +6,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -291,6 +292,15 @@ def test_weights_that_are_not_one_finite_non_negative_number_per_observation_are
 ) -> None:
     sampler = TPESampler(MIXED, seed=0, n_startup=2, weights=weights)
     with pytest.raises(ConfigError, match="weights"):
+        drive(sampler, 4)
+
+
+@pytest.mark.parametrize(
+    "gamma", [lambda n: 1.7, lambda n: float("nan"), lambda n: None], ids=["float", "nan", "none"]
+)
+def test_a_gamma_that_does_not_return_an_int_is_a_config_error(gamma: Callable[[int], Any]) -> None:
+    sampler = TPESampler(MIXED, seed=0, n_startup=2, gamma=gamma)
+    with pytest.raises(ConfigError, match="gamma"):
         drive(sampler, 4)
 
 
