@@ -29,7 +29,8 @@ from aprompt._source import source_of
 #: 3: the program's code, and the plain values a metric closes over or reads as globals.
 #: 4: the functions a metric reads as globals, a predictor's parse retries, and values without a JSON
 #: form by their content (an array's bytes, an object's attributes) rather than their text.
-IDENTITY_VERSION = 4
+#: 5: the plain values a program object holds (``self.k = 3``).
+IDENTITY_VERSION = 5
 VERSION_KEY = "identity"
 
 # What ``repr`` gives objects without one of their own: the address differs in every process.
@@ -309,6 +310,7 @@ def run_fingerprint(
         "valset content": digest([[e.inputs, e.labels] for e in valset]),
         "metric": callable_identity(metric),
         "program code": None if program is None else program_identity(program),
+        "program settings": None if program is None else program_settings(program),
     }
     fingerprint.update(lm_identity("lm", lm))
     fingerprint.update(lm_identity("proposer_lm", proposer_lm))
@@ -329,6 +331,26 @@ def program_identity(program: Any) -> str:
         if inspect.isfunction(method):
             parts.append(callable_identity(method))
     return " ".join(parts)
+
+
+def program_settings(program: Any) -> str | None:
+    """A digest of the plain values (numbers, texts, ``None``, tuples of them) a program object holds
+    as attributes, or of a bound method's object; ``None`` for a function or an object without any.
+    Code that reads ``self.k`` or ``self.style`` returns other predictions from the same predictors.
+    A predictor run as the program is none: its identity is the ``program (name)`` key's."""
+    from aprompt.program.predictor import Predict  # the program package imports this module
+
+    owner = getattr(program, "__self__", None) if inspect.ismethod(program) else program
+    if owner is None or inspect.isfunction(owner) or isinstance(owner, functools.partial | type | Predict):
+        return None
+    found = dict(getattr(owner, "__dict__", None) or {})
+    for cls in type(owner).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(owner, slot):
+                found[slot] = getattr(owner, slot)
+    plain = {name: value for name, value in found.items() if _plain(value)}
+    return digest(plain) if plain else None
 
 
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -361,6 +361,30 @@ async def test_a_program_whose_code_changed_is_refused(server: FakeOpenAIServer,
     assert await refusal(server, tmp_path, program=Program()) == {"program code"}
 
 
+class Shouting(TwoStageProgram):
+    """The world's program with a setting of its own: shouted answers are all wrong."""
+
+    def __init__(self, shout: bool = False) -> None:
+        super().__init__()
+        self.shout = shout
+
+    async def __call__(self, question: str) -> Any:
+        found = await self.extract(question=question)
+        text = str((await self.answer(question=question, code=found.code)).answer)
+        return aprompt.Prediction({"answer": text.upper() if self.shout else text})
+
+
+async def test_a_program_holding_another_setting_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    fresh = await run(server, tmp_path / "fresh", program=Shouting(shout=True))
+    assert fresh.score == 0.0  # the same code and predictors: only the setting makes every answer wrong
+    first = await run(server, tmp_path, program=Shouting(shout=False))
+    assert first.score > 0
+    server.reset_records()
+    await run(server, tmp_path, program=Shouting(shout=False))  # the same setting resumes
+    assert server.chat_requests == []
+    assert await refusal(server, tmp_path, program=Shouting(shout=True)) == {"program settings"}
+
+
 def set_labeled_ids() -> list[str]:
     """The ids a dataset without given ids gets, when its labels hold sets (and an object without
     a text of its own)."""
