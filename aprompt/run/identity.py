@@ -29,7 +29,8 @@ from aprompt._source import source_of
 #: 3: the program's code, and the plain values a metric closes over or reads as globals.
 #: 4: the functions a metric reads as globals, a predictor's parse retries, and values without a JSON
 #: form by their content (an array's bytes, an object's attributes) rather than their text.
-#: 5: the plain values a program object holds (``self.k = 3``).
+#: 5: the plain values a program object holds (``self.k = 3``), and the class of a method run as the
+#: program (its ``forward``, or a bound method).
 IDENTITY_VERSION = 5
 VERSION_KEY = "identity"
 
@@ -322,10 +323,15 @@ def run_fingerprint(
 
 def program_identity(program: Any) -> str:
     """The identity of ``program``'s code: of what runs it (itself when callable, else its ``forward``,
-    as the evaluator calls it), and for a callable object also of its class's ``__call__`` (read from
-    the function itself, whose source is found even where the class's is not)."""
+    as the evaluator calls it), for a method (``forward``, a bound method) also of its object's class,
+    and for a callable object also of its class's ``__call__`` (read from the function itself, whose
+    source is found even where the class's is not)."""
     entry = program if callable(program) else getattr(program, "forward", program)
     parts = [callable_identity(entry)]
+    owner = getattr(entry, "__self__", None) if inspect.ismethod(entry) else None
+    if owner is not None and not inspect.isclass(owner) and not inspect.ismodule(owner):
+        # A method runs the program through the rest of its class (``self.post(...)``): its source too.
+        parts.append(callable_identity(type(owner)))
     if not (inspect.isfunction(entry) or inspect.ismethod(entry) or isinstance(entry, functools.partial)):
         method = inspect.getattr_static(type(entry), "__call__", None)
         if inspect.isfunction(method):

@@ -7,6 +7,7 @@ server sees a single chat request.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -89,7 +90,7 @@ async def run(
     proposer: dict[str, Any] | None = None,
     teacher: dict[str, Any] | None = None,
     answer_lm: dict[str, Any] | None = None,
-    program: TwoStageProgram | None = None,
+    program: Any = None,
     trainset: list[Example] | None = None,
     valset: list[Example] | None = None,
     metric_: Any = metric,
@@ -383,6 +384,48 @@ async def test_a_program_holding_another_setting_is_refused(server: FakeOpenAISe
     await run(server, tmp_path, program=Shouting(shout=False))  # the same setting resumes
     assert server.chat_requests == []
     assert await refusal(server, tmp_path, program=Shouting(shout=True)) == {"program settings"}
+
+
+FINISHING = """
+import aprompt
+
+
+class Finishing:
+    \"\"\"The world's program run through its forward, which ends in a helper method.\"\"\"
+
+    def __init__(self):
+        self.extract = aprompt.Predict("question -> code", instruction="Find the code.")
+        self.answer = aprompt.Predict("question, code -> answer", instruction="Give the answer.")
+
+    async def forward(self, question):
+        found = await self.extract(question=question)
+        return self.finish(await self.answer(question=question, code=found.code))
+
+    def finish(self, answered):
+        return aprompt.Prediction({"answer": str(answered.answer)%s})
+"""
+
+
+def finishing(folder: Path, ending: str) -> Any:
+    """A ``Finishing`` program from its module's file in ``folder``, written with the helper's
+    ``ending``: the file edited between two runs, as a user edits their code."""
+    (folder / "finishing_program.py").write_text(FINISHING % ending)
+    sys.modules.pop("finishing_program", None)
+    importlib.invalidate_caches()
+    return importlib.import_module("finishing_program").Finishing()
+
+
+async def test_a_program_whose_forward_helper_changed_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.delitem(sys.modules, "finishing_program", raising=False)
+    fresh = await run(server, tmp_path / "fresh", program=finishing(code, ".upper()"))
+    assert fresh.score == 0.0  # forward is the same: only its helper makes every answer wrong
+    await run(server, tmp_path / "run", program=finishing(code, ""))
+    assert await refusal(server, tmp_path / "run", program=finishing(code, ".upper()")) == {"program code"}
 
 
 def set_labeled_ids() -> list[str]:
