@@ -33,7 +33,7 @@ import attrs
 
 from aprompt._optimize.demo_patterns import covering_order as covering_order
 from aprompt._optimize.demo_patterns import demo_patterns as demo_patterns
-from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, evaluate
+from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, evaluate_reporting
 from aprompt._optimize.examples import Example
 from aprompt._optimize.labeled_demos import MAX_CLASSES as MAX_CLASSES
 from aprompt._optimize.labeled_demos import DemoSet as DemoSet
@@ -137,7 +137,8 @@ async def bootstrap_demo_sets(
         rollout = set_index if temperature is not None else 0
 
         async def run(examples: Sequence[Example]) -> Evaluation:
-            return await evaluate(
+            # The run's arguments were checked once by optimize(): not again for each example.
+            return await evaluate_reporting(
                 program,
                 examples,
                 metric,

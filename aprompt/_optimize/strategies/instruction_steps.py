@@ -13,7 +13,7 @@ import attrs
 
 from aprompt._errors import JournalError
 from aprompt._optimize.bootstrap import DemoSet
-from aprompt._optimize.evaluate import Evaluation, evaluate
+from aprompt._optimize.evaluate import Evaluation, evaluate_reporting
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import OutageGuard
@@ -193,7 +193,8 @@ async def screen_one(
     for it on :func:`screen_examples`."""
 
     async def run(todo: Sequence[Example]) -> Evaluation:
-        return await evaluate(
+        # The run's arguments were checked once by optimize(): not again for each screen.
+        return await evaluate_reporting(
             ctx.program,
             todo,
             ctx.metric,
