@@ -164,6 +164,8 @@ class Connection:
         encoding = b""
         codings: list[bytes] = []
         for name, value in headers:
+            if name[:1] not in b"cCtT":  # none of the names below: passed over without a call
+                continue
             lower = name.lower()
             if lower == b"content-length":
                 # Lengths that differ leave the body's end unknown: either could cut it or run it on.

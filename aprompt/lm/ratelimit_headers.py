@@ -120,7 +120,12 @@ def read_rate_limit_headers(headers: Mapping[str, str]) -> StatedLimits | None:
     limit_tokens = headers.get("x-ratelimit-limit-tokens")
     remaining_requests = headers.get("x-ratelimit-remaining-requests")
     remaining_tokens = headers.get("x-ratelimit-remaining-tokens")
-    if all(value is None for value in (limit_requests, limit_tokens, remaining_requests, remaining_tokens)):
+    if (
+        limit_requests is None
+        and limit_tokens is None
+        and remaining_requests is None
+        and remaining_tokens is None
+    ):
         return None
     return StatedLimits(
         requests_limit=_number(limit_requests),
@@ -135,10 +140,11 @@ def read_rate_limit_headers(headers: Mapping[str, str]) -> StatedLimits | None:
 def read_raw_rate_limit_headers(raw: Iterable[tuple[bytes, bytes]]) -> StatedLimits | None:
     """:func:`read_rate_limit_headers` of raw ``(name, value)`` byte pairs (``httpx.Headers.raw``): one
     pass over them, cheaper per answer than looking each name up (most answers have none)."""
+    # The first byte is tested first: most headers are other names, passed over without a call.
     found = {
         name.decode("latin-1").lower(): value.decode("latin-1")
         for name, value in raw
-        if name[:12].lower() == b"x-ratelimit-"
+        if name[:1] in b"xX" and name[:12].lower() == b"x-ratelimit-"
     }
     return read_rate_limit_headers(found) if found else None
 
@@ -214,7 +220,7 @@ def read_raw_anthropic_rate_limit_headers(raw: Iterable[tuple[bytes, bytes]]) ->
     found = {
         name.decode("latin-1").lower(): value.decode("latin-1")
         for name, value in raw
-        if name[:20].lower() == b"anthropic-ratelimit-"
+        if name[:1] in b"aA" and name[:20].lower() == b"anthropic-ratelimit-"
     }
     return read_anthropic_rate_limit_headers(found) if found else None
 
