@@ -23,7 +23,7 @@ from aprompt.program.context import ACTIVE_TRACES, current_lm
 from aprompt.program.fields import Field
 from aprompt.program.overrides import PromptOverride, active_overrides, note_call
 from aprompt.program.signature import Signature, as_signature
-from aprompt.program.values import Demo, Prediction, as_demo
+from aprompt.program.values import Demo, Prediction, as_demo, snapshot
 
 __all__ = ["ChainOfThought", "Predict", "check_demo_fields"]
 
@@ -135,6 +135,9 @@ class Predict:
             signature, inputs, demos=demos, instruction=instruction, reply_format=reply_format
         )
         conversation: list[Message] = messages
+        # A trace keeps the inputs as the prompt showed them: the program may change a list it passed
+        # (a growing history) once the call is made, and the demo must show what this call was given.
+        traced_inputs = snapshot(inputs) if ACTIVE_TRACES.get() else inputs
         usage = TokenUsage()
         caller_accepts = cut_reply_acceptor()  # a caller that can use a cut reply (the proposer) says so
         for _attempt in range(self.max_parse_retries + 1):
@@ -164,7 +167,7 @@ class Predict:
             if reading.ok:
                 prediction = Prediction(reading.values, completion=completion, usage=usage)
                 for sink in ACTIVE_TRACES.get():
-                    sink.record(self, inputs, prediction)
+                    sink.record(self, traced_inputs, prediction)
                 return prediction
             # Only the latest bad reply is kept: a growing transcript of failures would crowd a
             # small model's context and teach it the wrong format.

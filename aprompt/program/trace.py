@@ -15,7 +15,7 @@ from aprompt.program.context import ACTIVE_TRACES, TraceSink
 from aprompt.program.discovery import named_predictors
 from aprompt.program.overrides import active_overrides
 from aprompt.program.predictor import Predict
-from aprompt.program.values import Demo, Prediction
+from aprompt.program.values import Demo, Prediction, snapshot
 
 __all__ = ["Trace", "TraceEntry", "trace"]
 
@@ -28,7 +28,7 @@ class TraceEntry:
         predictor_name: its name in the traced program (see :func:`named_predictors`), or its
             signature string when the trace was not given the program or it is not part of it.
         predictor: the predictor object itself.
-        inputs: the call's input field values.
+        inputs: the call's input field values, as the call was given them (copies).
         outputs: the parsed output field values.
         usage: tokens of the call, parse retries included.
         raw_text: the model's reply the outputs were read from.
@@ -93,7 +93,8 @@ class Trace:
                 predictor_name=name,
                 predictor=predictor,
                 inputs=dict(inputs),
-                outputs=prediction.to_dict(),
+                # A copy: the program may change a list or dict it was handed before the run ends.
+                outputs=snapshot(prediction),
                 usage=prediction.usage,
                 raw_text=prediction.completion.text if prediction.completion else "",
             )

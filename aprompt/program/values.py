@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -73,6 +74,18 @@ class Prediction(_FieldValues):
     _fields: dict[str, Any] = attrs.field(alias="fields", converter=_plain_dict)
     completion: Completion | None = None
     usage: TokenUsage = attrs.field(factory=TokenUsage)
+
+
+def snapshot(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as they are now: each value a deep copy, so that a later change to a list or dict the
+    caller still holds does not show in it (a value that cannot be copied is kept as it is)."""
+    copied: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            copied[name] = copy.deepcopy(value)
+        except Exception:  # a lock, a connection...: no copy to be had
+            copied[name] = value
+    return copied
 
 
 def _python_value(value: Any) -> Any:

@@ -73,6 +73,25 @@ async def test_an_entry_becomes_a_demo_of_inputs_and_outputs(
     assert t.entries[0].as_demo() == Demo({"text": "item-5", "number": 5})
 
 
+async def test_an_entry_keeps_the_values_of_its_call_when_the_program_changes_them_later(
+    fake_server: FakeOpenAIServer, lm: OpenAICompatibleLM
+) -> None:
+    # A growing history passed to each call, and an output list the program extends: each entry (and
+    # so each bootstrapped demo) shows what that call was given and answered.
+    fake_server.responder = lambda request: 'Reply: ["a"]'
+    step = Predict("history: list[str] -> reply: list[str]", lm=lm)
+    history = ["q"]
+    with trace() as t:
+        for _ in range(2):
+            prediction = await step(history=history)
+            history.append("r")
+            prediction.reply.append("changed")
+    assert [e.as_demo() for e in t] == [
+        Demo({"history": ["q"], "reply": ["a"]}),
+        Demo({"history": ["q", "r"], "reply": ["a"]}),
+    ]
+
+
 async def test_calls_outside_the_block_and_failed_calls_are_not_recorded(
     fake_server: FakeOpenAIServer, lm: OpenAICompatibleLM
 ) -> None:
