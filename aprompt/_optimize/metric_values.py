@@ -101,11 +101,12 @@ def _score(value: object, name: str, *, whole: object) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
-        score = float(value)
-        if 0.0 <= score <= 1.0:
-            return score
+        # Compared before float(): an int too large for a float is out of range, not an OverflowError.
+        if 0 <= value <= 1:
+            return float(value)
         raise ConfigError(
-            f"{name} returned {value!r}{shown}, outside [0, 1]; a metric returns a bool or a float in [0, 1]"
+            f"{name} returned {value!r:.80}{shown}, outside [0, 1]; a metric returns a bool or a float "
+            "in [0, 1]"
         )
     raise ConfigError(
         f"{name} returned {type(value).__name__} {value!r:.80}{shown}, expected a bool or a float in [0, 1]"
