@@ -26,9 +26,11 @@ _DEFAULT_LM: contextvars.ContextVar[LM | None] = contextvars.ContextVar("aprompt
 
 class TraceSink(Protocol):
     """What a predictor reports each successful call to (implemented by
-    :class:`~aprompt.program.Trace`)."""
+    :class:`~aprompt.program.Trace`); ``order`` grows with the order the calls were made in."""
 
-    def record(self, predictor: Predict, inputs: Mapping[str, Any], prediction: Prediction) -> None: ...
+    def record(
+        self, predictor: Predict, inputs: Mapping[str, Any], prediction: Prediction, order: int
+    ) -> None: ...
 
 
 ACTIVE_TRACES: contextvars.ContextVar[tuple[TraceSink, ...]] = contextvars.ContextVar(

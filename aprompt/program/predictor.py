@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ from aprompt.program.signature import Signature, as_signature
 from aprompt.program.values import Demo, Prediction, as_demo, snapshot
 
 __all__ = ["ChainOfThought", "Predict", "check_demo_fields"]
+
+#: Tickets in the order calls are made: a trace lists a run's calls in that order, whichever answers first.
+_CALL_ORDER = itertools.count()
 
 REASONING = Field("reasoning", str, "step-by-step thinking that works out the answer", label="Reasoning")
 
@@ -127,6 +131,7 @@ class Predict:
         Raises :class:`ConfigError` for wrong inputs or no LM, and :class:`ParseError` when the
         reply stays unreadable after ``max_parse_retries`` corrective follow-ups.
         """
+        order = next(_CALL_ORDER)
         client = self._resolve_lm(lm)
         self._check_inputs(inputs)
         signature = self._signature
@@ -167,7 +172,7 @@ class Predict:
             if reading.ok:
                 prediction = Prediction(reading.values, completion=completion, usage=usage)
                 for sink in ACTIVE_TRACES.get():
-                    sink.record(self, traced_inputs, prediction)
+                    sink.record(self, traced_inputs, prediction, order)
                 return prediction
             # Only the latest bad reply is kept: a growing transcript of failures would crowd a
             # small model's context and teach it the wrong format.

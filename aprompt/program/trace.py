@@ -3,6 +3,7 @@ demos."""
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -53,7 +54,8 @@ class Trace:
     block (tasks inherit a copy of their parent's context, which holds this trace). Tasks started
     elsewhere — e.g. concurrent sibling runs, each with its own trace — are not seen, so concurrent
     runs through one program keep separate traces. Traces nest: an inner trace does not hide the
-    call from an outer one. Entries are in completion order; calls finishing after the block has
+    call from an outer one. Entries are in the order the calls were made (of two calls made at once,
+    the one started first comes first, whichever answered first); calls finishing after the block has
     exited are dropped. Only successful calls are recorded (a call that raised ``ParseError`` has no
     outputs to learn from).
 
@@ -69,6 +71,7 @@ class Trace:
         self._names: Mapping[int, str] = {}
         self._keep_alive: Sequence[object] = ()
         self._entries: list[TraceEntry] = []
+        self._orders: list[int] = []  # each entry's call order, ascending
         self._token: contextvars.Token[tuple[TraceSink, ...]] | None = None
         self._state = "new"
 
@@ -83,12 +86,18 @@ class Trace:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def record(self, predictor: Predict, inputs: Mapping[str, Any], prediction: Prediction) -> None:
-        """Called by predictors; adds one entry while the block is open."""
+    def record(
+        self, predictor: Predict, inputs: Mapping[str, Any], prediction: Prediction, order: int
+    ) -> None:
+        """Called by predictors; adds one entry while the block is open, placed by ``order`` (when the
+        call was made: the demo of a predictor called twice at once is the same in every run)."""
         if self._state != "open":
             return
         name = self._names.get(id(predictor)) or str(predictor.signature)
-        self._entries.append(
+        at = bisect.bisect(self._orders, order)
+        self._orders.insert(at, order)
+        self._entries.insert(
+            at,
             TraceEntry(
                 predictor_name=name,
                 predictor=predictor,
@@ -97,7 +106,7 @@ class Trace:
                 outputs=snapshot(prediction),
                 usage=prediction.usage,
                 raw_text=prediction.completion.text if prediction.completion else "",
-            )
+            ),
         )
 
     def __enter__(self) -> Trace:

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aprompt import Example, named_predictors
+from aprompt import Example, Prediction, named_predictors
 from aprompt._optimize.bootstrap import (
     BootstrapResult,
     DemoSet,
@@ -222,6 +222,39 @@ async def test_a_set_is_built_as_soon_as_its_first_examples_in_order_pass(
     assert [d["answer"] for d in result.demo_sets["answer"][2].demos] == [
         f"ans-{item_of(str(e.inputs['question']))}" for e in order[:2]
     ]
+
+
+class AsksTwiceAtOnce(QAProgram):
+    """Calls its one predictor twice at once, and answers with the first call's prediction."""
+
+    async def __call__(self, question: str) -> Prediction:
+        predictions: dict[str, Prediction] = {}
+
+        async def ask(key: str, text: str) -> None:
+            predictions[key] = await self.answer(question=text)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask, "first", question)
+            group.start_soon(ask, "again", f"{question} Once more.")
+        return predictions["first"]
+
+
+async def test_a_predictor_called_twice_at_once_shows_its_first_call_whichever_answers_first(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async def first_call_answers_last(request: ChatRequest) -> str:
+        item = item_of(request.last_user)
+        if "Once more." in request.last_user:
+            return f"Answer: ans-{item} again"
+        await anyio.sleep(0.2)
+        return f"Answer: ans-{item}"
+
+    fake_server.responder = first_call_answers_last
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(AsksTwiceAtOnce(), qa_examples(0, 8), lm, n_sets=3, max_bootstrapped=2)
+    demos = result.demo_sets["answer"][2].demos
+    assert len(demos) == 2
+    assert all("Once more." not in d["question"] and "again" not in d["answer"] for d in demos)
 
 
 async def test_on_set_is_told_the_very_sets_the_result_holds(fake_server: FakeOpenAIServer) -> None:
