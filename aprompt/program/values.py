@@ -76,11 +76,17 @@ class Prediction(_FieldValues):
     usage: TokenUsage = attrs.field(factory=TokenUsage)
 
 
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+
+
 def snapshot(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` as they are now: each value a deep copy, so that a later change to a list or dict the
     caller still holds does not show in it (a value that cannot be copied is kept as it is)."""
     copied: dict[str, Any] = {}
     for name, value in values.items():
+        if type(value) in _IMMUTABLE:  # most field values: nothing to copy, and no call per value
+            copied[name] = value
+            continue
         try:
             copied[name] = copy.deepcopy(value)
         except Exception:  # a lock, a connection...: no copy to be had
