@@ -186,11 +186,16 @@ def redirect_message(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 def carries_error(content: bytes) -> bool:
-    """Whether a body is a JSON object with an ``error`` field (a fault reported in a 2xx)."""
+    """Whether a body is a JSON object with an ``error`` field, at its top or in its first choice (a fault
+    reported in a 2xx, as routers report one upstream, with or without the reply's text)."""
     if b'"error"' not in content:
         return False
     try:
         data = json.loads(content)
     except ValueError:
         return False
-    return isinstance(data, dict) and bool(data.get("error"))
+    if not isinstance(data, dict):
+        return False
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    return bool(data.get("error")) or (isinstance(choice, dict) and bool(choice.get("error")))

@@ -73,7 +73,9 @@ class OpenAICompatibleLM(HTTPChatLM):
 
     A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``,
     ``"length"``, or ``"error"``/``"abort"`` for a generation that failed on the server) raises an
-    :class:`~aprompt._errors.IncompleteResponseError` instead of being returned; see
+    :class:`~aprompt._errors.IncompleteResponseError` instead of being returned; a 200 carrying an
+    ``error`` (in the body or in its choice, as routers report a generation that failed upstream) raises a
+    :class:`~aprompt._errors.BadResponseError` naming it, whatever text came with it; see
     :mod:`aprompt.lm._http` for how each is retried.
 
     Example::
@@ -149,6 +151,10 @@ class OpenAICompatibleLM(HTTPChatLM):
     def _parse_completion(self, content: bytes) -> Completion:
         data = json.loads(content)
         choice = data["choices"][0]
+        if data.get("error") or choice.get("error"):
+            # A router's report of a generation that failed upstream (OpenRouter's), beside what text came
+            # before the failure: a fault, whatever the reply holds.
+            raise ValueError("the reply carries an error")
         usage = data.get("usage") or {}
         return Completion(
             text=_content_text(choice["message"]["content"]),
@@ -159,10 +165,11 @@ class OpenAICompatibleLM(HTTPChatLM):
 
     def _server_message(self, content: bytes) -> str:
         try:
-            error = json.loads(content)["error"]
+            data = json.loads(content)
+            error = data.get("error") or data["choices"][0]["error"]  # a 2xx's may be in its choice
             message = error["message"] if isinstance(error, dict) else error
             return str(message)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return content.decode("utf-8", "replace").strip()
 
 

@@ -22,6 +22,7 @@ from aprompt._errors import (
     AuthenticationError,
     BadResponseError,
     ConfigError,
+    IncompleteResponseError,
     LMError,
     RequestRejectedError,
     ServerError,
@@ -419,6 +420,25 @@ async def test_a_200_carrying_an_error_instead_of_choices_is_a_bad_response_with
     async with OpenAICompatibleLM(**lm_kwargs, max_retries=0) as lm:
         with pytest.raises(BadResponseError, match="Upstream provider overloaded"):
             await lm.chat(HELLO)
+
+
+@pytest.mark.parametrize("where", ["body", "choice"])
+@pytest.mark.parametrize("text", ["", "Answer: 4"])
+async def test_a_200_whose_reply_carries_an_error_is_a_bad_response_not_an_answer(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], where: str, text: str
+) -> None:
+    # OpenRouter reports a generation that failed upstream in a 200, its error beside what text came
+    # before the failure: neither an answer nor the prompt's own empty reply (which would score 0).
+    error = {"message": "Upstream provider died mid-reply", "code": 502}
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+    if where == "body":
+        fake_server.responder = lambda request: ("", {"choices": [choice], "error": error})
+    else:
+        fake_server.responder = lambda request: ("", {"choices": [{**choice, "error": error}]})
+    async with OpenAICompatibleLM(**lm_kwargs, max_retries=0) as lm:
+        with pytest.raises(BadResponseError, match="Upstream provider died mid-reply") as raised:
+            await lm.chat(HELLO)
+    assert not isinstance(raised.value, IncompleteResponseError)
 
 
 # -- usage ---------------------------------------------------------------------------------------
