@@ -59,8 +59,9 @@ async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
 
 
 #: Finish reasons that say the generation failed on the server's side, whatever text came with it:
-#: OpenRouter's ``"error"`` (an upstream failure mid-reply) and vLLM's ``"abort"``/``"error"``.
-_FAULT_REASONS = frozenset({"error", "abort"})
+#: OpenRouter's ``"error"`` (an upstream failure mid-reply), vLLM's ``"abort"``/``"error"`` and DeepSeek's
+#: ``"insufficient_system_resource"`` (a reply its servers broke off for want of capacity).
+_FAULT_REASONS = frozenset({"error", "abort", "insufficient_system_resource"})
 
 #: Finish reasons of a turn the provider paused before its end, whatever text came with it: Anthropic's
 #: ``"pause_turn"`` (a long turn with server tools, to be continued by another request).

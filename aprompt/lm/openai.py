@@ -72,11 +72,11 @@ class OpenAICompatibleLM(HTTPChatLM):
             model (:func:`aprompt.local_lm`) turns it on.
 
     A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``,
-    ``"length"``, or ``"error"``/``"abort"`` for a generation that failed on the server) raises an
-    :class:`~aprompt._errors.IncompleteResponseError` instead of being returned; a 200 carrying an
-    ``error`` (in the body or in its choice, as routers report a generation that failed upstream) raises a
-    :class:`~aprompt._errors.BadResponseError` naming it, whatever text came with it; see
-    :mod:`aprompt.lm._http` for how each is retried.
+    ``"length"``, or ``"error"``/``"abort"``/``"insufficient_system_resource"`` for a generation that
+    failed on the server) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
+    returned; a 200 carrying an ``error`` (in the body or in its choice, as routers report a generation
+    that failed upstream) raises a :class:`~aprompt._errors.BadResponseError` naming it, whatever text
+    came with it; see :mod:`aprompt.lm._http` for how each is retried.
 
     Example::
 

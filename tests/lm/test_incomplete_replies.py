@@ -106,10 +106,11 @@ async def test_an_incomplete_reply_is_never_cached(provider: Provider) -> None:
     assert len(provider.server.chat_requests) == 3
 
 
-@pytest.mark.parametrize("reason", ["error", "abort"])
+@pytest.mark.parametrize("reason", ["error", "abort", "insufficient_system_resource"])
 async def test_a_reply_the_server_stopped_on_an_error_is_retried_not_returned(reason: str) -> None:
     # OpenRouter reports a generation that failed upstream as finish_reason "error", vLLM an aborted one as
-    # "abort": whatever text came with it is a fragment, not the prompt's answer.
+    # "abort", DeepSeek one broken off for want of capacity as "insufficient_system_resource": whatever
+    # text came with it is a fragment, not the prompt's answer.
     async with FakeOpenAIServer() as server:
         server.script([Fault.reply("Answer: 4", finish_reason=reason)])
         with ResponseCache.memory_only() as cache:
