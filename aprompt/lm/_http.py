@@ -35,10 +35,10 @@ A provider fault is never an answer. Besides error statuses, timeouts and malfor
 reply that is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filtered
 (``finish_reason: "content_filter"``, :class:`~aprompt._errors.ContentFilteredError`) or cut at its
 token budget (``"length"``, :class:`~aprompt._errors.TruncatedResponseError`) or by the context
-window (Anthropic's ``"model_context_window_exceeded"``, the same error) fails the attempt, and is never
-cached. Empty and filtered replies are retried like any transient fault; one the context window cut is
-raised at once (no budget would finish it); one cut at its budget is re-sent once, at once, with twice
-its ``max_tokens`` (or ``max_completion_tokens``; with
+window (Anthropic's ``"model_context_window_exceeded"``, Mistral's ``"model_length"``, the same error)
+fails the attempt, and is never cached. Empty and filtered replies are retried like any transient fault;
+one the context window cut is raised at once (no budget would finish it); one cut at its budget is
+re-sent once, at once, with twice its ``max_tokens`` (or ``max_completion_tokens``; with
 :data:`TRUNCATION_RETRY_MAX_TOKENS` when the request set neither), saying so (a warning for the client's
 first, DEBUG for the rest), and raises if it is cut again. Their tokens count in
 :attr:`~HTTPChatLM.usage` (they are billed), and their re-sends in its ``requests`` and ``retries``.
@@ -83,7 +83,7 @@ from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
-    WINDOW_CUT_REASON,
+    WINDOW_CUT_REASONS,
     incomplete_reply,
     larger_budget,
 )
@@ -445,7 +445,7 @@ class HTTPChatLM(abc.ABC):
                 return await self._routed_attempt(payload, reserved, is_retry=attempts > 1)
             except TruncatedResponseError as truncated:
                 # A reply the context window cut would be cut at the same place with any budget.
-                if enlarged or truncated.finish_reason == WINDOW_CUT_REASON:
+                if enlarged or truncated.finish_reason in WINDOW_CUT_REASONS:
                     raise
                 cut = truncated
             # Re-sent at once, outside the back-off: the same request would be cut the same way.

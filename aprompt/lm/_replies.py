@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "TRUNCATION_RETRY_MAX_TOKENS",
     "WINDOW_CUT_REASON",
+    "WINDOW_CUT_REASONS",
     "accepting_cut_replies",
     "carries_error",
     "cut_reply_acceptor",
@@ -71,8 +72,11 @@ _PAUSED_REASONS = frozenset({"pause_turn"})
 #: little of the window, so a larger token budget would be cut at the same place.
 WINDOW_CUT_REASON = "model_context_window_exceeded"
 
+#: Finish reasons of a reply the context window cut: Anthropic's, and Mistral's ``"model_length"``.
+WINDOW_CUT_REASONS = frozenset({WINDOW_CUT_REASON, "model_length"})
+
 #: Finish reasons of a reply cut before its end: at its token budget, or by the context window.
-_CUT_REASONS = frozenset({"length", WINDOW_CUT_REASON})
+_CUT_REASONS = frozenset({"length", *WINDOW_CUT_REASONS})
 
 #: Set by a caller that can tell a cut reply which already holds its whole answer (a predictor whose
 #: every output field was written, each ended before the cut): such a reply is an answer.
@@ -114,7 +118,7 @@ def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteRespons
     is_answer = _CUT_REPLY_IS_ANSWER.get()
     if is_cut(reason) and completion.text and is_answer is not None and is_answer(completion.text):
         return None
-    if reason == WINDOW_CUT_REASON:
+    if reason in WINDOW_CUT_REASONS:
         return TruncatedResponseError(
             f"the reply was cut where the prompt and it filled the model's context window (finish_reason "
             f"{reason!r}): a larger max_tokens would not finish it; shorten the prompt (fewer or shorter "

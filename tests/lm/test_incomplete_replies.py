@@ -275,6 +275,17 @@ async def test_an_anthropic_context_window_stop_is_a_truncated_reply_raised_with
     assert not [r for r in caplog.records if "re-sending" in r.getMessage()]
 
 
+async def test_a_mistral_context_window_stop_is_a_truncated_reply_raised_without_a_resend() -> None:
+    # Mistral's finish_reason "model_length": the reply filled the model's context, its text a fragment.
+    async with FakeOpenAIServer() as server:
+        server.script(lambda n: Fault.reply("Val", finish_reason="model_length"))
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(TruncatedResponseError, match="context window") as caught:
+                await lm.chat(HELLO, max_tokens=1000)
+    assert [(r.body or {})["max_tokens"] for r in server.chat_requests] == [1000]
+    assert caught.value.finish_reason == "model_length" and caught.value.text == "Val"
+
+
 # -- end to end: after the client's retries, such replies are the prompt's failure, scored 0 ----------
 
 
