@@ -8,7 +8,8 @@ the result. So a step is made complete before it is recorded.
 
 After a step (a trial, a full evaluation, a wave of bootstrap runs) with unscored examples, or a single
 request (a summary, a proposal) that failed at the LM, an :class:`OutageGuard` checks the step's LMs with
-a one-token request (a fresh rollout, so no cache answers it):
+a one-token request (a fresh rollout, so no cache answers it; sent again without that budget when a 4xx
+other than 401/403/404 refuses it, as a model that takes no ``max_tokens`` does):
 
 - The check fails with a transient error (5xx, 429, a timeout, a dropped connection): the endpoint is
   down. The guard checks again with exponential back-off (``first_wait`` doubling up to ``max_wait``)
@@ -50,11 +51,13 @@ import anyio
 import attrs
 
 from aprompt._errors import (
+    AuthenticationError,
     ConfigError,
     ContextOverflowError,
     EndpointDownError,
     IncompleteResponseError,
     LMError,
+    RequestRejectedError,
 )
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.examples import Example
@@ -249,17 +252,45 @@ class OutageGuard:
         if not lms:
             return LMError("no LM to check")
         for lm in lms:
-            try:
-                # One token is all the check needs: a reply cut there is an answer, not re-sent.
-                with accepting_cut_replies(lambda text: True):
-                    await metered_chat(lm, _CHECK, rollout=_fresh_rollout(), max_tokens=1)
-            except IncompleteResponseError as reply:
-                if not is_answered_failure(reply):
-                    return reply  # stopped on a fault: down like a 5xx
-                continue  # a cut or empty reply still shows the endpoint answers
-            except LMError as problem:
+            problem = await _check_one(lm)
+            if problem is not None:
                 return problem
         return None
+
+
+async def _check_one(lm: LM) -> LMError | None:
+    """``None`` when ``lm`` answers a one-token request, else its failure."""
+    problem = await _asked(lm, max_tokens=1)
+    if problem is not None and _refuses_the_request(problem):
+        # A model that refuses that budget (OpenAI's reasoning models take only max_completion_tokens,
+        # Anthropic's extended thinking needs more than its thinking budget) is asked with the budget its
+        # own requests are sent with: the refusal is the check's, not the LM's.
+        problem = await _asked(lm)
+    return problem
+
+
+async def _asked(lm: LM, **budget: int) -> LMError | None:
+    """``None`` when ``lm`` answers the check sent with ``budget``, else its failure."""
+    try:
+        # A reply cut at its budget is an answer, not re-sent.
+        with accepting_cut_replies(lambda text: True):
+            await metered_chat(lm, _CHECK, rollout=_fresh_rollout(), **budget)
+    except IncompleteResponseError as reply:
+        # A cut or empty reply still shows the endpoint answers; one stopped on a fault is down like a 5xx.
+        return None if is_answered_failure(reply) else reply
+    except LMError as problem:
+        return problem
+    return None
+
+
+def _refuses_the_request(problem: LMError) -> bool:
+    """Whether ``problem`` is a 4xx refusing the request itself: not the key's (401/403) nor a model or
+    route the server lacks (404), which no other request would get past."""
+    return (
+        isinstance(problem, RequestRejectedError)
+        and not isinstance(problem, AuthenticationError)
+        and problem.status_code != 404
+    )
 
 
 _CHECK: tuple[Message, ...] = ({"role": "user", "content": "Reply OK."},)

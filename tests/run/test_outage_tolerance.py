@@ -181,6 +181,36 @@ async def test_an_example_failing_alone_while_the_lm_works_is_unscored_and_repor
     assert len(result.trials) == 12
 
 
+async def test_a_check_refused_for_its_token_budget_is_asked_again_with_the_lms_own() -> None:
+    # OpenAI's reasoning models refuse max_tokens (they take max_completion_tokens): the check's refusal is
+    # not the LM's, and the example the 503 left unscored is re-run and scored.
+    refusal = "Unsupported parameter: 'max_tokens' is not supported with this model."
+
+    def script(n: int) -> Fault | None:
+        return Fault.http_status(503) if n == 0 else Fault.http_status(400, refusal) if n == 3 else None
+
+    async with FakeOpenAIServer(responder=lambda request: "Answer: ok", api_key=TEST_API_KEY) as server:
+        server.script(script)
+        async with aprompt.OpenAICompatibleLM(
+            model="fake-model",
+            base_url=server.base_url,
+            api_key=TEST_API_KEY,
+            retry=NO_RETRY,
+            default_params={"max_completion_tokens": 64},
+        ) as lm:
+            guard = OutageGuard((lm,), OutagePolicy(tolerance=5.0))
+            program = aprompt.Predict("question -> answer")
+            batch = [aprompt.Example({"question": f"question {i}?"}, {"answer": "ok"}) for i in range(3)]
+
+            async def run(examples: Sequence[aprompt.Example]) -> Evaluation:
+                return await aprompt.evaluate(program, examples, exact_match, lm=lm)
+
+            evaluation = await guard.evaluate(run, batch, "a test step")
+    assert evaluation.scores == {e.id: 1.0 for e in batch}
+    checks = [(r.body or {}).get("max_tokens") for r in server.chat_requests[3:5]]
+    assert checks == [1, None]  # the check, refused, then asked with the client's own budget
+
+
 @pytest.mark.parametrize("tolerance", [-1, math.nan, math.inf, "300", True])
 async def test_a_bad_outage_tolerance_is_refused_before_any_call(
     fake_server: FakeOpenAIServer, tolerance: Any
