@@ -211,8 +211,12 @@ class SlidingWindow:
             burst_log.delay(cost, self._burst_cap * factor, now),
         )
         if delay > 0 and factor < 1.0 and log.entries:
-            # The limit recovers as the factor rises: the cost may fit before anything expires.
-            need = (log.total + cost) / limit
+            # The limits recover as the factor rises: the cost may fit before anything expires, once the
+            # factor lets it into both logs (the burst log alone may hold it back: no spin till then).
+            need = max(
+                (log.total + cost) / limit,
+                (burst_log.total + cost) / self._burst_cap if burst_log.entries else 0.0,
+            )
             if need <= 1.0:
                 delay = min(delay, max(self._factor_at + (need - self._factor) * self.period - now, 1e-6))
         return delay

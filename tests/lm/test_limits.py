@@ -200,6 +200,23 @@ def test_a_throttle_with_no_limit_known_halves_the_limit_learned_which_recovers_
     assert window.delay(10, 0.0) == pytest.approx(0.4)  # 60 fits once the factor reaches 0.6
 
 
+def test_a_recovering_factor_waits_for_a_full_burst_window_rather_than_asking_again_at_once() -> None:
+    # Throttled before the limit was known, then told 600 a minute: a burst cap of 30 a second, half of it
+    # in force. Once the burst window is full, the next request fits when that window empties (or the
+    # factor has risen enough), a second later; a wait of a microsecond had the limiter spin until then.
+    window = SlidingWindow(None, period=60.0)
+    window.throttle(0.0)
+    window.learn(600)
+    admitted = 0
+    while window.delay(1, 1.0) == 0:
+        window.admit(1, 1.0)
+        admitted += 1
+    assert admitted == 15
+    delay = window.delay(1, 1.0)
+    assert delay == pytest.approx(1.0)
+    assert window.delay(1, 1.0 + delay) == 0
+
+
 def test_the_peak_rate_is_the_burst_cap_per_second() -> None:
     assert SlidingWindow(600, period=60.0).peak_rate == 30
     assert SlidingWindow(600, period=60.0, burst=5).peak_rate == 5
