@@ -97,7 +97,8 @@ class Limits:
     the step it belonged to is abandoned. ``max_lm_calls`` is never exceeded; tokens and cost may pass
     their limit by what the requests in flight when it was reached cost; at ``max_time`` the calls in
     flight are cancelled. After a crash or a kill, a resumed run may also pass ``max_tokens`` or
-    ``max_cost`` by what fewer than 16 answers (journaled every 16) and the requests then in flight cost.
+    ``max_cost`` by what fewer than 16 answers (journaled every 16; every 64 requests when the killed call
+    had no limit on them) and the requests then in flight cost.
     A run killed mid-step, or whose requests sent again after a stop bring it to its limit sooner, may
     end otherwise than an uninterrupted run when resumed: it warns (:class:`~aprompt.InexactResumeWarning`).
 
@@ -297,6 +298,10 @@ def _shown_limit(value: object) -> str:
     return "None" if value is None else f"{value:g}" if isinstance(value, int | float) else _show(value)
 
 
+#: Requests a call without ``max_lm_calls`` reserves in the journal at a time.
+_UNLIMITED_CHUNK = 64
+
+
 def meter_for(
     limits: Limits,
     record: Mapping[str, Any] | None,
@@ -312,7 +317,8 @@ def meter_for(
         KeyError, TypeError, ValueError: ``record`` is malformed (the caller names the journal).
     """
     costs = RunCosts(**record["costs"]) if record is not None else RunCosts()
-    chunk = 16 if limits.max_lm_calls is None else max(1, min(32, limits.max_lm_calls // 20))
+    # Without a call limit, a longer chunk: fewer journal writes, and a later limit counts the rest of it.
+    chunk = _UNLIMITED_CHUNK if limits.max_lm_calls is None else max(1, min(32, limits.max_lm_calls // 20))
     meter = RequestMeter(
         max_requests=limits.max_lm_calls,
         max_tokens=limits.max_tokens,
@@ -323,7 +329,9 @@ def meter_for(
         spent_cost=float(record["cost"]) if record is not None else 0.0,
         spent_seconds=float(record["seconds"]) if record is not None else 0.0,
         spent_unpriced=dict(record.get("unpriced", {})) if record is not None else None,
-        on_reserve=on_reserve if limits.max_lm_calls is not None else None,
+        # Reserved in the journal with or without a call limit: a later call of the run may set one, and
+        # after a kill it must count the requests this call may have sent since its last record.
+        on_reserve=on_reserve,
         # Tokens and cost are known only from answers: a token or cost limit records them as they come.
         on_answers=on_answers if limits.max_tokens is not None or limits.max_cost is not None else None,
         reserve_chunk=chunk,

@@ -40,7 +40,7 @@ from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, answers, exact_match, qa_examples
 from tests.optimize.world import TwoStageProgram, World, examples, metric
-from tests.run._optimize_worker import KEY_ENV_VAR, summary
+from tests.run._optimize_worker import KEY_ENV_VAR, run_world, summary
 
 pytestmark = pytest.mark.anyio
 
@@ -252,16 +252,12 @@ class KillAt:
         return self.world(request)
 
 
-async def run_child(switch: KillAt, base_url: str, run_dir: Path, out: Path, limit: int) -> int:
-    command = [
-        sys.executable,
-        "-m",
-        "tests.run._limited_worker",
-        base_url,
-        str(run_dir),
-        str(out),
-        str(limit),
-    ]
+async def run_child(switch: KillAt, base_url: str, run_dir: Path, out: Path, limit: int | None) -> int:
+    """Run the world in a child under ``max_lm_calls=limit`` (``None``: with no limits)."""
+    worker = "tests.run._optimize_worker" if limit is None else "tests.run._limited_worker"
+    command = [sys.executable, "-m", worker, base_url, str(run_dir), str(out)]
+    if limit is not None:
+        command.append(str(limit))
     env = {**os.environ, KEY_ENV_VAR: TEST_API_KEY}
     async with await anyio.open_process(
         command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
@@ -298,6 +294,30 @@ async def test_a_killed_and_resumed_run_keeps_its_requests_under_max_lm_calls(tm
     # Killed mid-step, the run counted requests for steps it journaled only after: its limit decided the
     # later steps on other amounts than the uninterrupted run did, and the result says it may differ.
     assert finished["inexact"], finished
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+async def test_a_run_killed_with_no_call_limit_and_resumed_with_one_keeps_its_requests_under_it(
+    tmp_path: Path,
+) -> None:
+    # The killed call had no limit to journal its requests against; the resumed call's limit counts them
+    # all the same (it once counted only those of the steps journaled before the kill).
+    limit = 300  # of the 761 requests an unlimited world run sends
+    switch = KillAt([150])
+    run_dir, out = tmp_path / "run", tmp_path / "result.json"
+    with anyio.fail_after(120):
+        async with FakeOpenAIServer(responder=switch, api_key=TEST_API_KEY) as server:
+            code = await run_child(switch, server.base_url, run_dir, out, None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", InexactResumeWarning)  # its limit was lowered from none
+                result = await run_world(
+                    server.base_url, run_dir, TEST_API_KEY, limits=aprompt.Limits(max_lm_calls=limit)
+                )
+
+    assert code == -signal.SIGKILL
+    assert result.stopped_by == "max_lm_calls"
+    assert switch.total <= limit
+    assert switch.total <= result.spent["lm_calls"] <= limit
 
 
 def inexact_resumes(caught: Sequence[warnings.WarningMessage]) -> list[str]:
