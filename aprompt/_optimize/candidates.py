@@ -32,6 +32,10 @@ class Candidates:
     to ``Budget.max_demos`` (:mod:`aprompt._optimize.bootstrap`). A predictor with one instruction (every
     proposal dropped) or one demo set has no parameter for it: the search spends its trials on the rest.
 
+    ``seen`` holds, per ``(predictor, instruction index)``, the training examples an instruction was
+    written from with their labels (a reflective proposal's failing runs, and those of the instruction it
+    revised): a confirmation of the pick does not run a program on them.
+
     ``formats`` lists, per predictor, the reply formats it may use (index 0 its own; see
     :func:`reply_formats`); a predictor not in it keeps its own. With ``search_formats`` on, a predictor
     with two has a ``"<predictor>.format"`` parameter.
@@ -44,6 +48,7 @@ class Candidates:
     search_demos: bool = True
     formats: Mapping[str, tuple[ReplyFormat, ...]] = attrs.field(factory=dict)
     search_formats: bool = False
+    seen: Mapping[tuple[str, int], frozenset[str]] = attrs.field(factory=dict)
 
     @classmethod
     def original(cls, predictors: Sequence[tuple[str, Predict]]) -> Candidates:

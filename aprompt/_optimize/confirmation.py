@@ -6,15 +6,17 @@ it: 6 wins and no loss of 30 does not clear a bound adjusted nine ways. When the
 undecided — a fully evaluated *challenger* scored above the pick on their shared examples without the
 evidence to replace it — the pick and its most promising fully evaluated challengers (at most
 ``MAX_CHALLENGERS``; the hand-written reference first while the pick is the baseline) are each run on
-training examples that are not in the validation set and that the program does not show as a demo: a
-seeded order of them, at most as many as the validation set has, and at least
-``SMALL_SET_CONFIRMATION`` where the training set has them (:func:`confirmation_size`; fewer than
+training examples that are not in the validation set, that the program does not show as a demo and
+that none of its instructions was written from (a reflective proposal's failing runs): a seeded order
+of them, at most as many as the validation set has, and at least ``SMALL_SET_CONFIRMATION`` where the
+training set has them (:func:`confirmation_size`; fewer than
 ``MIN_SHARED`` shared examples are never evidence). The
 scores join the evidence by example id, and the pick is decided again, at the same level, on the larger
 set of examples each pair shares.
 
 Why the examples are fair to both sides: a program's own demos are the examples it has seen (a
-bootstrapped demo is a run it passed), so they are left out of its runs and so out of every comparison it
+bootstrapped demo is a run it passed), and so are the failing runs a reflective instruction of its was
+written from (their labels included), so they are left out of its runs and so out of every comparison it
 is in; the other training examples are as new to it as the validation set. Each pair is compared on the
 validation set plus the training examples neither shows, a set fixed by the pair, so choosing the
 contenders by their validation scores does not bias the comparison, and the level stays adjusted for all
@@ -135,6 +137,15 @@ def shown_as_demos(candidates: Candidates, choice: Choice) -> set[str]:
     return shown
 
 
+def seen_by(candidates: Candidates, choice: Choice) -> set[str]:
+    """Ids of the training examples ``choice``'s prompts show as demos, or that one of its instructions
+    was written from with their labels (``Candidates.seen``: a reflective proposal's failing runs)."""
+    seen = shown_as_demos(candidates, choice)
+    for name in candidates.predictors:
+        seen.update(candidates.seen.get((name, choice.get(f"{name}.instruction", 0)), ()))
+    return seen
+
+
 def fresh_examples(
     trainset: Sequence[Example],
     valset: Sequence[Example],
@@ -174,9 +185,7 @@ async def confirm(
     """
     plans = []
     for choice in contenders(current, loop.tested, loop.reference_choices):
-        examples = fresh_examples(
-            loop.confirmation, loop.valset, shown_as_demos(loop.candidates, choice), loop.seed
-        )
+        examples = fresh_examples(loop.confirmation, loop.valset, seen_by(loop.candidates, choice), loop.seed)
         if examples:
             plans.append((choice, examples))
     if len(plans) < 2 or choice_key(plans[0][0]) != choice_key(current.choice):

@@ -16,7 +16,9 @@ search (``SearchLoop.after_evaluation``): after each periodic full evaluation,
    clean_reply`, :func:`~aprompt._optimize.propose.validate_instruction`); a reply cut at its budget or
    longer than an instruction may be keeps its whole sentences within the limit;
 4. each usable reply becomes a new candidate of the running search (``SearchLoop.add_instruction``;
-   a :class:`~aprompt._optimize.events.CandidateProposed` event), which later trials may choose.
+   a :class:`~aprompt._optimize.events.CandidateProposed` event), which later trials may choose; the
+   failures it was written from (and those of the instruction it revised) are kept with it
+   (``Candidates.seen``), and a confirmation of the final pick does not run it on them.
 
 Each reflection is journaled (kind ``"reflection"``, key ``"<predictor>:<full evaluations so far>"``),
 so a resumed run replays it with no LM call. Its LM calls and program runs are admitted against the
@@ -245,7 +247,11 @@ class ReflectiveProposals:
                 i.casefold() for i in loop.candidates.instructions[name]
             }:
                 continue  # proposed again by a later reflection: already a candidate
-            index = loop.add_instruction(name, reflection.instruction)
+            # Written from these training examples' labels, and from those the revised instruction was:
+            # a confirmation must not score the candidate on them.
+            revised = choice.get(f"{name}.instruction", 0)
+            seen = {*reflection.example_ids, *loop.candidates.seen.get((name, revised), ())}
+            index = loop.add_instruction(name, reflection.instruction, seen)
             logger.info("aprompt: reflective proposal %d for %s: %s", index, name, reflection.instruction)
             await self.ctx.emit(CandidateProposed(name, "instruction", index, reflection.instruction))
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -274,8 +274,9 @@ class SearchLoop:
             space.update({k: Categorical(n) for k, n in extra.items()})
         return space
 
-    def add_instruction(self, name: str, instruction: str) -> int:
+    def add_instruction(self, name: str, instruction: str, seen: Iterable[str] = ()) -> int:
         """Add a candidate instruction for predictor ``name`` to the running search; returns its index.
+        ``seen``: the training examples it was written from (``Candidates.seen``).
 
         The TPE (when it searches instructions) is rebuilt over the grown space from its own history,
         so earlier trials keep their weight and the suggestions stay a function of the seed and the
@@ -287,7 +288,10 @@ class SearchLoop:
         instructions = {k: tuple(v) for k, v in self.candidates.instructions.items()}
         instructions[name] = (*instructions[name], instruction)
         searched = set(self.candidates.parameters())
-        self.candidates = attrs.evolve(self.candidates, instructions=instructions)
+        written_from = dict(self.candidates.seen)
+        if seen := frozenset(seen):
+            written_from[(name, len(instructions[name]) - 1)] = seen
+        self.candidates = attrs.evolve(self.candidates, instructions=instructions, seen=written_from)
         if set(self.candidates.parameters()) != searched:
             self._name_new_parameters()
         if self._sampler is not None:
@@ -573,8 +577,9 @@ class SearchLoop:
         self._pick, self._told = fork._pick, fork._told
         self.stopped = self.stopped or fork.stopped
         for name, texts in fork.candidates.instructions.items():
-            for text in texts[len(origin.candidates.instructions[name]) :]:
-                self.add_instruction(name, text)
+            start = len(origin.candidates.instructions[name])
+            for index, text in enumerate(texts[start:], start=start):
+                self.add_instruction(name, text, fork.candidates.seen.get((name, index), ()))
         # What the copy recorded before a parameter the search added meanwhile (a proposal hook's).
         self._name_new_parameters()
 

@@ -482,3 +482,48 @@ async def test_a_long_or_cut_reflection_joins_the_search_cut_to_its_whole_senten
         assert expected in result.candidates.instructions[name], result.dropped
     proposed = [e for e in events if isinstance(e, aprompt.CandidateProposed) and e.value == expected]
     assert len(proposed) == 2  # one per predictor, the very text the search prompts with
+
+
+def _remembering(request: ChatRequest) -> str:
+    """A reflection's reply names the items of the runs it was shown; a program prompted with such an
+    instruction answers every item right (it stands for an instruction that carries the shown labels)."""
+    system = str(request.messages[0].get("content", ""))
+    if is_proposal_request(request) and "Failing Runs:" in request.last_user:
+        items = sorted({int(i) for i in re.findall(r"item-(\d+)", request.last_user)})
+        cases = ", ".join(f"item-{i}" for i in items)
+        return f"Proposed Instruction: Remember these known cases: {cases}."
+    if "known cases:" in system:
+        item = item_of(request.last_user)
+        return f"Code: code-{item}" if "Output fields:\n- Code" in system else f"Answer: ans-{item}"
+    return World()(request)
+
+
+async def test_a_confirmation_never_scores_a_reflective_candidate_on_the_runs_it_was_written_from() -> None:
+    """A reflective instruction was written from failing training runs and their expected labels: scored
+    on them when the pick is confirmed, it shows a lead it may owe to having seen the answers."""
+    train = examples(0, 60)
+    item_by_id = {e.id: item_of(e.inputs["question"]) for e in train}
+    async with (
+        FakeOpenAIServer(responder=_remembering, api_key=TEST_API_KEY) as server,
+        lm_for(server, cache=ResponseCache.disabled()) as lm,
+    ):
+        result = await aprompt.optimize(
+            TwoStageProgram(),
+            train,
+            _plain_metric,
+            valset=examples(200, 206),  # too few to decide: the pick is confirmed on training examples
+            lm=lm,
+            strategy="mipro_reflective",
+            budget=BUDGET,
+            seed=2,
+        )
+    reflective = 0
+    for record in result.confirmations:
+        written_from: set[int] = set()
+        for name in ("extract", "answer"):
+            instruction = result.candidates.instructions[name][record.choice.get(f"{name}.instruction", 0)]
+            written_from |= {int(i) for i in re.findall(r"item-(\d+)", instruction)}
+        reflective += bool(written_from)
+        ran = {item_by_id[eid] for eid in record.scores}
+        assert not ran & written_from, (dict(record.choice), sorted(ran & written_from))
+    assert reflective, "a reflective candidate was confirmed"
