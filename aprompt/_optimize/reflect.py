@@ -120,7 +120,8 @@ def reflection_sample(
 
 
 def prefer_feedback(results: Sequence[ExampleResult], k: int) -> list[ExampleResult]:
-    """Up to ``k`` failures (score below 1, or unscored by an error), those with feedback first."""
+    """Up to ``k`` failures (score below 1: a program error scores 0 and is one; a run left unscored by
+    an LM failure, score ``None``, is not), those with feedback first."""
     failed = [r for r in results if r.score is not None and r.score < 1.0]
     return sorted(failed, key=lambda r: r.feedback is None)[:k]
 
