@@ -73,15 +73,87 @@ def fit_additive(
     ``observations`` are (choice, mean score, number of examples). ``ridge`` is in examples: an effect
     needs about that many examples of evidence to move halfway from 0 to its data value.
     """
-    columns: dict[tuple[str, int], int] = {}
+    fit = additive_fit(observations, ridge)
+    return dict(fit.columns), fit.coef.copy()
+
+
+@attrs.frozen(eq=False)
+class AdditiveFit:
+    """:func:`fit_additive` of some observations with what its posterior needs: the same columns and
+    coefficients, the regularised Gram matrix and the :func:`score_variance`."""
+
+    columns: dict[tuple[str, int], int]
+    coef: np.ndarray
+    gram: np.ndarray
+    sigma2: float
+    _covariance: list[np.ndarray] = attrs.field(factory=list)
+
+    def covariance(self) -> np.ndarray:
+        """:func:`effect_covariance` of the same observations (computed once)."""
+        if not self._covariance:
+            self._covariance.append(np.asarray(self.sigma2 * np.linalg.inv(self.gram)))
+        return self._covariance[0]
+
+
+#: Each choice's key by its items as given (a choice is read again at every decision of a run).
+_KEYS: dict[tuple[tuple[str, int], ...], Key] = {}
+#: The last fit and what it was fitted on: a search asks again on unchanged evidence (a race's draws).
+_LAST: list[tuple[tuple[object, ...], AdditiveFit]] = []
+
+
+def additive_fit(
+    observations: Sequence[tuple[Mapping[str, int], float, int]], ridge: float = RIDGE
+) -> AdditiveFit:
+    """The :class:`AdditiveFit` of ``observations``; the same numbers as fitting on each observation's
+    row (the design is built from the distinct combinations' rows), and the last fit again when asked on
+    the same observations. A model is fitted on every trial at every decision of a run, so the work done
+    per observation in Python is one lookup."""
+    if len(_KEYS) > 100_000:  # a long-lived process meets ever new combinations
+        _KEYS.clear()
+    keys = _KEYS
+    codes_of: dict[Key, int] = {}
+    by_items: dict[tuple[tuple[str, int], ...], int] = {}
+    distinct: list[Key] = []
+    codes = []
     for choice, _, _ in observations:
-        for name, value in sorted(choice.items()):
-            columns.setdefault((name, int(value)), len(columns) + 1)
-    x = _design(observations, columns)
+        items = tuple(choice.items())
+        code = by_items.get(items)
+        if code is None:
+            key = keys.get(items)
+            if key is None:
+                key = keys[items] = _key(choice)
+            code = codes_of.get(key)
+            if code is None:
+                code = codes_of[key] = len(distinct)
+                distinct.append(key)
+            by_items[items] = code
+        codes.append(code)
     y = np.array([score for _, score, _ in observations])
     w = np.array([float(n) for _, _, n in observations])
-    coef = np.linalg.solve(_gram(x, w, ridge), (x * w[:, None]).T @ y)
-    return columns, coef
+    index = np.array(codes, dtype=np.intp)
+    memo = (tuple(distinct), index.tobytes(), y.tobytes(), w.tobytes(), ridge)
+    last = _LAST[0] if _LAST else None
+    if last is not None and last[0] == memo:
+        return last[1]
+    # Columns in order of first appearance, each choice's parameters sorted: a later repeat of a
+    # combination adds none, so the distinct ones in their order give the same columns.
+    columns: dict[tuple[str, int], int] = {}
+    for key in distinct:
+        for item in key:
+            columns.setdefault(item, len(columns) + 1)
+    rows = np.zeros((len(distinct), len(columns) + 1))
+    rows[:, 0] = 1.0
+    at = np.repeat(np.arange(len(distinct)), [len(key) for key in distinct])
+    rows[at, [columns[item] for key in distinct for item in key]] = 1.0
+    x = rows[index]
+    # Each entry of the Gram matrix sums whole numbers (0/1 features times numbers of examples), exact in
+    # any order: summed per distinct combination it is the same matrix, at the cost of the combinations.
+    gram = _gram(rows, np.bincount(index, weights=w, minlength=len(distinct)), ridge)
+    coef = np.linalg.solve(gram, (x * w[:, None]).T @ y)
+    m = float(np.clip((w @ y) / max(float(w.sum()), 1e-12), 0.05, 0.95))
+    fit = AdditiveFit(columns, coef, gram, m * (1.0 - m))
+    _LAST[:] = [(memo, fit)]
+    return fit
 
 
 def _gram(x: np.ndarray, w: np.ndarray, ridge: float) -> np.ndarray:
@@ -107,6 +179,9 @@ def effect_covariance(
     """The posterior covariance of :func:`fit_additive`'s coefficients: each effect a priori within
     ``σ²/ridge`` of 0, a mean of ``n`` examples within ``σ²/n`` of the model, ``σ²`` the
     :func:`score_variance`. An effect seen on few examples has a wide posterior."""
+    fit = additive_fit(observations, ridge)
+    if fit.columns == columns:
+        return fit.covariance().copy()
     x = _design(observations, columns)
     w = np.array([float(n) for _, _, n in observations])
     return np.asarray(score_variance(observations) * np.linalg.inv(_gram(x, w, ridge)))
@@ -132,7 +207,8 @@ def pooled_estimates(
             own mean.
     """
     if observations:
-        columns, coef = fit_additive(observations)
+        fit = additive_fit(observations)
+        columns, coef = fit.columns, fit.coef
     out: dict[Key, float] = {}
     for key, choice in choices.items():
         own = own_scores.get(key)
@@ -187,7 +263,8 @@ def ranked_combinations(
     """
     if not observations:
         return []
-    columns, coef = fit_additive(observations)
+    fit = additive_fit(observations)
+    columns, coef = fit.columns, fit.coef
     candidates: dict[Key, dict[str, int]] = {}
     for choice, _, _ in observations:
         candidates.setdefault(_key(choice), dict(choice))
@@ -205,8 +282,8 @@ def ranked_combinations(
     estimates = pooled_estimates(observations, own_scores, open_, prior_examples)
     ranked = sorted(estimates.items(), key=lambda item: (-item[1], item[0]))
     if optimism > 0.0 and len(ranked) > 1:
-        covariance = effect_covariance(observations, columns)
-        sigma2 = score_variance(observations)
+        covariance = fit.covariance()
+        sigma2 = fit.sigma2
 
         def upper(key: Key) -> float:
             row = _features(open_[key], columns)
@@ -239,9 +316,9 @@ def thompson_choice(
     """
     if not observations:
         return None
-    columns, coef = fit_additive(observations)
-    covariance = effect_covariance(observations, columns)
-    prior_sd = math.sqrt(score_variance(observations) / RIDGE)
+    fit = additive_fit(observations)
+    columns, coef, covariance = fit.columns, fit.coef, fit.covariance()
+    prior_sd = math.sqrt(fit.sigma2 / RIDGE)
     # Draws through the Cholesky factor, which is unique: an eigendecomposition's eigenvector signs and
     # order depend on the BLAS build and the CPU, so the same seed drew differently on another machine
     # (and a run resumed there took another path).

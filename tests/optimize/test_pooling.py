@@ -7,12 +7,16 @@ import random
 import numpy as np
 
 from aprompt._optimize.pooling import (
+    RIDGE,
     _design,
     _features,
+    _gram,
+    additive_fit,
     best_combination,
     effect_covariance,
     fit_additive,
     ranked_combinations,
+    score_variance,
     thompson_choice,
 )
 
@@ -44,6 +48,25 @@ def test_the_model_is_fitted_on_each_observations_row_of_features() -> None:
     found = _design(trials, columns)
     assert found.dtype == expected.dtype and found.shape == expected.shape
     assert (found == expected).all()
+
+
+def test_a_fit_is_reused_on_the_same_observations_and_refitted_when_they_change() -> None:
+    trials = [*_additive_trials(50, seed=4), ({"b": 1, "a": 2}, 0.7, 12), ({"a": 0}, 0.1, 3)]
+    fit = additive_fit(trials)
+    # The same observations in new objects (a search rebuilds its list at each decision): the same fit.
+    assert additive_fit([(dict(c), m, n) for c, m, n in trials]) is fit
+    changed = [*trials[:-1], ({"a": 0}, 0.2, 3)]
+    refit = additive_fit(changed)
+    assert refit is not fit and not np.array_equal(refit.coef, fit.coef)
+    # Every fit is the one of each observation's row of features, to the last bit.
+    for observations, each in ((trials, fit), (changed, refit), (trials, additive_fit(trials))):
+        x = np.array([_features(choice, each.columns) for choice, _, _ in observations])
+        w = np.array([float(n) for _, _, n in observations])
+        y = np.array([m for _, m, _ in observations])
+        assert np.array_equal(each.coef, np.linalg.solve(_gram(x, w, RIDGE), (x * w[:, None]).T @ y))
+        gram = _gram(x, w, RIDGE)
+        assert np.array_equal(each.covariance(), score_variance(observations) * np.linalg.inv(gram))
+        assert fit_additive(observations)[0] == each.columns
 
 
 def test_an_untried_combination_of_the_best_parts_is_proposed() -> None:
