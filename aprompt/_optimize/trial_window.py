@@ -40,7 +40,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from aprompt._optimize.final_pick import key_of
+from aprompt._optimize.final_pick import Key, key_of
 from aprompt._optimize.pooling import thompson_choice
 from aprompt._optimize.racing import (
     MAX_ENTRANTS,
@@ -172,6 +172,8 @@ class TrialWindow:
     _examples_told: int = attrs.field(default=0, init=False)
     #: Seconds each trial took from its start: a race's rungs each wait like a trial.
     _trial_seconds: list[float] = attrs.field(factory=list, init=False)
+    #: The sampler whose trials' combinations were read, how many, and their keys (``_held_keys``).
+    _held: tuple[TPESampler | None, int, set[Key]] = attrs.field(factory=lambda: (None, 0, set()), init=False)
 
     def __attrs_post_init__(self) -> None:
         self.first = self.asked = self.told = len(self.loop.trials)
@@ -211,6 +213,17 @@ class TrialWindow:
         sampler = self.loop.sampler
         assert sampler is not None
         return sampler
+
+    def _held_keys(self, sampler: TPESampler) -> set[Key]:
+        """The combinations of every trial ``sampler`` holds, reading only those added since the last call
+        (a sampler's trials are only ever added to; a rebuilt sampler is read from its start)."""
+        held, read, keys = self._held
+        if held is not sampler:
+            read, keys = 0, set()
+        fresh = sampler.asked_params(read)
+        keys.update(key_of({k: int(v) for k, v in params.items()}) for params in fresh)
+        self._held = (sampler, read + len(fresh), keys)
+        return set(keys)
 
     def _cancel_running(self) -> None:
         for scope in self.running.values():
@@ -290,8 +303,7 @@ class TrialWindow:
             return None
         if not all(isinstance(d, Categorical) for d in space.values()):
             return None
-        held = [{k: int(v) for k, v in r.params.items()} for r in sampler.trials]
-        avoid = {key_of(c) for c in held} | loop.settled()
+        avoid = self._held_keys(sampler) | loop.settled()
         sizes = {name: d.n_choices for name, d in space.items() if isinstance(d, Categorical)}
         return thompson_choice(loop.observations(), sizes, (loop.seed, number, MODEL_TRIAL_STREAM), avoid)
 

@@ -191,6 +191,12 @@ class TPESampler:
         """Every trial asked or recorded so far, in number order: the journal to rebuild from."""
         return self._table.records()
 
+    def asked_params(self, start: int = 0) -> list[dict[str, Any]]:
+        """The params of every trial asked or recorded, from the ``start``-th on, in number order
+        (copies): those of :attr:`trials`, without building every record (a search reads them at each
+        trial, so only the new ones)."""
+        return [dict(params) for params in self._table.params[start:]]
+
     @property
     def pending(self) -> tuple[int, ...]:
         """Numbers of the trials asked and not yet told."""

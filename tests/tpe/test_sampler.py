@@ -88,6 +88,17 @@ def test_suggestions_are_frozen_and_params_are_the_callers_copy() -> None:
     assert sampler.trials[0].params["instruction"] != 99
 
 
+def test_asked_params_are_the_trials_params_from_a_start_as_copies() -> None:
+    sampler = TPESampler(MIXED, seed=0)
+    drive(sampler, 5)
+    pending = sampler.ask()
+    assert sampler.asked_params() == [r.params for r in sampler.trials]
+    assert sampler.asked_params(4) == [sampler.trials[4].params, pending.params]
+    assert sampler.asked_params(6) == []
+    sampler.asked_params()[0]["instruction"] = 99
+    assert sampler.trials[0].params["instruction"] != 99
+
+
 def test_param_types_are_int_for_discrete_and_float_for_continuous() -> None:
     for s in drive(TPESampler(MIXED, seed=3), 15):
         assert type(s.params["instruction"]) is int and type(s.params["k"]) is int
