@@ -189,7 +189,8 @@ class EmptyResponseError(IncompleteResponseError):
 
 
 class ContentFilteredError(IncompleteResponseError):
-    """The provider withheld or stopped the reply (``content_filter``, Anthropic's ``refusal``);
+    """The provider withheld or stopped the reply (``content_filter``, Anthropic's ``refusal``), or the
+    model refused in words of its own (an OpenAI ``refusal`` in place of the content, which it names);
     retried like a transient fault (got again after the retries, an evaluation scores the prompt 0 on
     that example: the program as deployed would get no answer there either)."""
 

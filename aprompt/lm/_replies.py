@@ -23,6 +23,7 @@ from aprompt.lm.types import Completion
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "REFUSAL_REASON",
     "TRUNCATION_RETRY_MAX_TOKENS",
     "WINDOW_CUT_REASON",
     "WINDOW_CUT_REASONS",
@@ -75,8 +76,15 @@ WINDOW_CUT_REASON = "model_context_window_exceeded"
 #: Finish reasons of a reply the context window cut: Anthropic's, and Mistral's ``"model_length"``.
 WINDOW_CUT_REASONS = frozenset({WINDOW_CUT_REASON, "model_length"})
 
+#: The finish reason a client gives a reply the model refused in words of its own instead of answering (an
+#: OpenAI ``refusal`` field in place of the content); its text is the refusal.
+REFUSAL_REASON = "refusal"
+
 #: Finish reasons of a reply cut before its end: at its token budget, or by the context window.
 _CUT_REASONS = frozenset({"length", *WINDOW_CUT_REASONS})
+
+#: How much of a refusal's text its error shows.
+_REFUSAL_CHARS = 200
 
 #: Set by a caller that can tell a cut reply which already holds its whole answer (a predictor whose
 #: every output field was written, each ended before the cut): such a reply is an answer.
@@ -137,6 +145,13 @@ def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteRespons
     if reason == "content_filter":
         return ContentFilteredError(
             "the provider withheld the reply (finish_reason 'content_filter')",
+            finish_reason=reason,
+            text=completion.text,
+            endpoint=endpoint,
+        )
+    if reason == REFUSAL_REASON:
+        return ContentFilteredError(
+            f"the model refused to answer: {completion.text[:_REFUSAL_CHARS]!r}",
             finish_reason=reason,
             text=completion.text,
             endpoint=endpoint,

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import httpx
 
 from aprompt.lm._http import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, EndpointSpec, HTTPChatLM
+from aprompt.lm._replies import REFUSAL_REASON
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, TokenUsage
@@ -71,7 +72,8 @@ class OpenAICompatibleLM(HTTPChatLM):
             Off by default: a server that rejects ``seed`` would refuse every request. The embedded
             model (:func:`aprompt.local_lm`) turns it on.
 
-    A 200 that is not an answer (empty or ``null`` content, ``finish_reason`` ``"content_filter"``,
+    A 200 that is not an answer (empty or ``null`` content, a ``refusal`` in place of the content
+    (:class:`~aprompt._errors.ContentFilteredError` naming it), ``finish_reason`` ``"content_filter"``,
     ``"length"``, or ``"error"``/``"abort"``/``"insufficient_system_resource"`` for a generation that
     failed on the server) raises an :class:`~aprompt._errors.IncompleteResponseError` instead of being
     returned; a 200 carrying an ``error`` (in the body or in its choice, as routers report a generation
@@ -156,11 +158,18 @@ class OpenAICompatibleLM(HTTPChatLM):
             # before the failure: a fault, whatever the reply holds.
             raise ValueError("the reply carries an error")
         usage = data.get("usage") or {}
+        message = choice["message"]
+        text, finish = _content_text(message["content"]), choice.get("finish_reason")
+        refusal = message.get("refusal")
+        if not text and isinstance(refusal, str) and refusal.strip():
+            # OpenAI's refusal: no content, the model's reason in a field of its own, and finish_reason
+            # "stop"; it is a refusal, not an empty reply.
+            text, finish = refusal, REFUSAL_REASON
         return Completion(
-            text=_content_text(choice["message"]["content"]),
+            text=text,
             usage=TokenUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
             model=str(data.get("model") or self._model),
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish,
         )
 
     def _server_message(self, content: bytes) -> str:

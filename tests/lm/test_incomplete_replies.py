@@ -84,6 +84,20 @@ async def test_an_anthropic_refusal_is_a_filtered_reply() -> None:
                 await lm.chat(HELLO)
 
 
+async def test_an_openai_refusal_is_a_filtered_reply_that_names_it() -> None:
+    # OpenAI sends a refusal as null content, finish_reason "stop" and the model's words in "refusal".
+    refusal = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    fields = {"choices": [{"index": 0, "message": refusal, "finish_reason": "stop"}]}
+    async with FakeOpenAIServer() as server:
+        server.script(lambda n: Fault.reply("", fields=fields))
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(ContentFilteredError) as caught:
+                await lm.chat(HELLO)
+    assert "refused" in str(caught.value) and "I can't help with that." in str(caught.value)
+    assert caught.value.text == "I can't help with that."
+    assert lm.usage.requests == 3  # retried like a filtered reply
+
+
 async def test_the_tokens_of_incomplete_replies_count_in_usage(provider: Provider) -> None:
     provider.server.script([Fault.content_filter("four words of reply"), Fault.empty_content()])
     async with provider.make() as lm:
