@@ -40,6 +40,7 @@ from aprompt._errors import (
     ServerError,
     StateError,
     TruncatedResponseError,
+    UnreadableResponseError,
 )
 from aprompt._optimize.api import optimize
 from aprompt._optimize.budget import Budget
@@ -165,6 +166,7 @@ __all__ = [
     "TraceEntry",
     "TrialScored",
     "TruncatedResponseError",
+    "UnreadableResponseError",
     "UsageSnapshot",
     "evaluate",
     "find_local_model",

@@ -164,6 +164,13 @@ class BadResponseError(LMError):
     """The endpoint answered 2xx with a body that is not a valid chat completion."""
 
 
+class UnreadableResponseError(BadResponseError):
+    """The endpoint answers in a form the client never reads: an event stream (Server-Sent Events) though
+    none was asked for, or a body in a content encoding other than gzip or deflate. A setting of the server
+    or of a proxy in front of it, which every reply meets: never retried, and an optimization stops at
+    once with :class:`EndpointDownError` rather than wait out its ``outage_tolerance``."""
+
+
 class IncompleteResponseError(BadResponseError):
     """The endpoint answered 2xx with a well-formed reply that is not an answer (empty, filtered or
     cut short). One the provider stopped on a fault (``finish_reason`` ``"error"``/``"abort"``) leaves its

@@ -17,9 +17,16 @@ from aprompt._errors import (
     LMError,
     LMStatusError,
     LMTimeoutError,
+    UnreadableResponseError,
 )
 from aprompt.lm._replies import carries_error, redirect_message
-from aprompt.lm._transport import Transport, TransportError, TransportTimeout, request_url
+from aprompt.lm._transport import (
+    Transport,
+    TransportError,
+    TransportTimeout,
+    UnreadableBody,
+    request_url,
+)
 from aprompt.lm.endpoints import EndpointState
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits
 from aprompt.lm.retry import error_for_status, raw_retry_after
@@ -85,6 +92,13 @@ class ReplyReader:
                 )
             except TransportTimeout:
                 failure = self.timed_out(endpoint)
+            except UnreadableBody as exc:
+                failure = UnreadableResponseError(
+                    f"the server sent a reply in a form the client never reads ({exc}): it sends "
+                    "'Accept-Encoding: identity'; have the server or the proxy in front of it send "
+                    "replies unencoded, or gzip or deflate",
+                    endpoint=endpoint.url,
+                )
             except TransportError as exc:
                 failure = LMConnectionError(self.scrub(f"connection failed: {exc}"), endpoint=endpoint.url)
         if deadline.cancelled_caught:
@@ -113,6 +127,13 @@ class ReplyReader:
             return self.parse_completion(content)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
+        if _is_event_stream(headers, content):
+            raise UnreadableResponseError(
+                f"HTTP {status} with an event stream (Server-Sent Events), though the request asked for "
+                "none: the server or a proxy in front of it streams every reply; turn that off (the "
+                "client reads each reply as one JSON body)",
+                endpoint=endpoint.url,
+            )
         if carries_error(content):  # a router's 200 for an upstream failure: say what the server said
             message = self.scrub(self.server_message(content))[:_MESSAGE_CHARS]
             raise BadResponseError(
@@ -160,3 +181,13 @@ class ReplyReader:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _is_event_stream(headers: list[tuple[bytes, bytes]], content: bytes) -> bool:
+    """Whether a body that is no chat completion is an event stream: declared so, or its first line a
+    Server-Sent Events field."""
+    declared = any(
+        name.lower() == b"content-type" and value.lower().startswith(b"text/event-stream")
+        for name, value in headers
+    )
+    return declared or content.lstrip().startswith((b"data:", b"event:"))

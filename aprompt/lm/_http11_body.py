@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import zlib
 
-from aprompt.lm._transport import TransportError
+from aprompt.lm._transport import TransportError, UnreadableBody
 
 __all__ = ["ReplyBody"]
 
@@ -28,7 +28,7 @@ class ReplyBody:
         elif encoding == b"deflate":
             self._decoder = zlib.decompressobj()
         else:
-            raise TransportError(f"unsupported content-encoding {encoding[:40]!r}")
+            raise UnreadableBody(f"unsupported content-encoding {encoding[:40]!r}")
 
     def add(self, data: bytes) -> bool:
         """Take ``data``; False once the body is longer than the cap (the rest need not be read)."""

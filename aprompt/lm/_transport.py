@@ -15,7 +15,15 @@ import httpx
 
 from aprompt.lm._replies import read_capped
 
-__all__ = ["HttpxTransport", "Reply", "Transport", "TransportError", "TransportTimeout", "request_url"]
+__all__ = [
+    "HttpxTransport",
+    "Reply",
+    "Transport",
+    "TransportError",
+    "TransportTimeout",
+    "UnreadableBody",
+    "request_url",
+]
 
 
 class Reply(NamedTuple):
@@ -32,6 +40,11 @@ class Reply(NamedTuple):
 class TransportError(Exception):
     """The exchange failed on the way (connecting, TLS, sending, a broken or malformed reply). Its
     message names the failure and never a header value, so never a key."""
+
+
+class UnreadableBody(TransportError):
+    """The reply's body is in a content encoding the transport does not decode: a server's setting that
+    every reply meets."""
 
 
 class TransportTimeout(TransportError):

@@ -28,6 +28,7 @@ from aprompt._errors import (
     RequestRejectedError,
     ServerError,
     TruncatedResponseError,
+    UnreadableResponseError,
 )
 
 __all__ = [
@@ -42,7 +43,8 @@ __all__ = [
 #: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections, malformed, empty, filtered
 #: or too large bodies (:class:`BadResponseError` and its subclasses) -- except a
 #: :class:`TruncatedResponseError`, which the client re-sends once itself, with a larger ``max_tokens``
-#: (the same request would be cut the same way again).
+#: (the same request would be cut the same way again), and an :class:`UnreadableResponseError` (every
+#: reply comes in the same unreadable form).
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     RateLimitError,
     ServerError,
@@ -53,7 +55,9 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, RETRYABLE_ERRORS) and not isinstance(error, TruncatedResponseError)
+    return isinstance(error, RETRYABLE_ERRORS) and not isinstance(
+        error, TruncatedResponseError | UnreadableResponseError
+    )
 
 
 def _within(low: float, high: float = math.inf, *, integer: bool = False) -> Callable[[Any, Any, Any], None]:

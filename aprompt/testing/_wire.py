@@ -162,6 +162,17 @@ class Fault:
         return cls("html_page")
 
     @classmethod
+    def event_stream(cls) -> Fault:
+        """Answer 200 with the reply as Server-Sent Events, as a server set to stream every reply does."""
+        return cls("event_stream")
+
+    @classmethod
+    def encoded(cls, coding: str = "br") -> Fault:
+        """Answer 200 with ``Content-Encoding: coding`` whatever the request accepts (the body is not
+        really encoded), as a proxy set to compress every reply does."""
+        return cls("encoded", message=coding)
+
+    @classmethod
     def missing_choices(cls) -> Fault:
         """Answer 200 with JSON that lacks ``choices``."""
         return cls("missing_choices")

@@ -14,7 +14,8 @@ Fault modes (each a :class:`~aprompt.testing._wire.Fault`; the same on the Anthr
   ``Fault.content_filter()``, ``Fault.truncated()`` (``finish_reason: "length"``), or any
   ``Fault.reply(content, finish_reason=..., status=..., delay=..., fields=...)``;
 - bodies: ``Fault.slow_body(chunk_bytes=1, every=0.5)`` (a 200 whose body trickles),
-  ``Fault.huge_body(megabytes=200, chunked=False)`` (streamed, never built in memory).
+  ``Fault.huge_body(megabytes=200, chunked=False)`` (streamed, never built in memory),
+  ``Fault.event_stream()`` and ``Fault.encoded("br")`` (replies in a form the client never reads).
 
 A context window (``context_tokens=N``) refuses every chat request whose prompt is longer than ``N``
 tokens (counted as in the answers' usage) with the provider's 400 for a prompt over the model's context.
@@ -391,6 +392,11 @@ class FakeOpenAIServer:
             return 200, b'{"choices": [{"message": ', {}, "invalid_json"
         if fault is not None and fault.kind == "html_page":
             return 200, HTML_PAGE, {}, "html_page"
+        if fault is not None and fault.kind == "event_stream":
+            event = b"data: " + json_bytes({"choices": [{"index": 0, "delta": {"content": text}}]})
+            return 200, event + b"\n\ndata: [DONE]\n\n", {"Content-Type": "text/event-stream"}, "event_stream"
+        if fault is not None and fault.kind == "encoded":
+            return 200, b"\x1b\x0b\x00\xf8", {"Content-Encoding": fault.message}, "encoded"
         if fault is not None and fault.kind == "missing_choices":
             return 200, json_bytes({"id": "x", "object": "chat.completion"}), {}, "missing_choices"
         payload = {

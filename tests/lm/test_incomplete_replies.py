@@ -175,6 +175,17 @@ async def test_a_web_page_for_an_answer_says_what_came_and_where_to_look(provide
     assert "base URL" in message
 
 
+@pytest.mark.parametrize("fault", [Fault.event_stream(), Fault.encoded("br")], ids=["sse", "brotli"])
+async def test_a_reply_in_a_form_never_read_is_raised_at_once_saying_what_to_change(fault: Fault) -> None:
+    async with FakeOpenAIServer() as server:
+        server.script(lambda n: fault)
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(aprompt.UnreadableResponseError, match=r"server or (the|a) proxy") as caught:
+                await lm.chat(HELLO)
+    assert isinstance(caught.value, BadResponseError)
+    assert lm.usage.requests == 1  # every reply would come the same way: not retried
+
+
 async def test_an_anthropic_content_block_that_is_not_an_object_is_a_bad_response() -> None:
     async with FakeAnthropicServer() as server:
         server.responder = lambda request: ("", {"content": ["Answer: 4"]})

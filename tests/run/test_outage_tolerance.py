@@ -211,6 +211,28 @@ async def test_a_check_refused_for_its_token_budget_is_asked_again_with_the_lms_
     assert checks == [1, None]  # the check, refused, then asked with the client's own budget
 
 
+@pytest.mark.parametrize("fault", [Fault.event_stream(), Fault.encoded("br")], ids=["sse", "brotli"])
+async def test_replies_in_a_form_never_read_stop_the_run_at_once(fault: Fault) -> None:
+    # A server (or proxy) that streams or brotli-encodes every reply: waiting cannot change it.
+    async with FakeOpenAIServer(responder=lambda request: "Answer: ok", api_key=TEST_API_KEY) as server:
+        server.script(lambda n: None if n == 0 else fault)
+        async with aprompt.OpenAICompatibleLM(
+            model="fake-model", base_url=server.base_url, api_key=TEST_API_KEY, retry=NO_RETRY
+        ) as lm:
+            guard = OutageGuard((lm,), OutagePolicy(tolerance=30.0))
+            program = aprompt.Predict("question -> answer")
+            batch = [aprompt.Example({"question": f"question {i}?"}, {"answer": "ok"}) for i in range(3)]
+
+            async def run(examples: Sequence[aprompt.Example]) -> Evaluation:
+                return await aprompt.evaluate(program, examples, exact_match, lm=lm)
+
+            started = time.monotonic()
+            with pytest.raises(aprompt.EndpointDownError, match="UnreadableResponseError") as stopped:
+                await guard.evaluate(run, batch, "a test step")
+    assert time.monotonic() - started < 10 and stopped.value.waited < 1
+    assert "outage_tolerance" not in str(stopped.value)
+
+
 @pytest.mark.parametrize("tolerance", [-1, math.nan, math.inf, "300", True])
 async def test_a_bad_outage_tolerance_is_refused_before_any_call(
     fake_server: FakeOpenAIServer, tolerance: Any
