@@ -85,6 +85,7 @@ from aprompt.lm._replies import (
     TRUNCATION_RETRY_MAX_TOKENS,
     WINDOW_CUT_REASONS,
     incomplete_reply,
+    is_cut,
     larger_budget,
 )
 from aprompt.lm._transport import request_url
@@ -352,6 +353,11 @@ class HTTPChatLM(abc.ABC):
                     namespace=self.cache_namespace,
                 )
                 completion, hit = await cache.get_or_compute(key, lambda: self._complete(messages, sent))
+                if hit and is_cut(completion.finish_reason) and incomplete_reply(completion, "") is not None:
+                    # A cut reply a caller that accepts it had stored is no answer here: the server is
+                    # asked, as without the cache (and re-sent with a larger budget); the entry is kept
+                    # for the callers that accept it.
+                    completion, hit = await self._complete(messages, sent), False
                 if hit:
                     self._usage.cache_hits += 1
         except LMError:

@@ -18,6 +18,7 @@ from aprompt._errors import (
     TruncatedResponseError,
 )
 from aprompt.lm._http import TRUNCATION_RETRY_MAX_TOKENS
+from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.openai import OpenAICompatibleLM
@@ -118,6 +119,26 @@ async def test_an_incomplete_reply_is_never_cached(provider: Provider) -> None:
             again = await lm.chat(HELLO)
     assert (answered.text, answered.cached, again.cached) == ("Answer: ok", False, True)
     assert len(provider.server.chat_requests) == 3
+
+
+async def test_a_cut_reply_one_caller_accepted_is_no_cached_answer_to_a_caller_that_does_not() -> None:
+    async with FakeOpenAIServer() as server:
+        server.script([Fault.truncated("Answer: o")] * 3)
+        with ResponseCache.memory_only() as cache:
+            async with OpenAICompatibleLM(
+                "fake", server.base_url, api_key="", retry=QUICK, cache=cache
+            ) as lm:
+                with accepting_cut_replies(lambda text: True):
+                    accepted = await lm.chat(HELLO, max_tokens=4)
+                with pytest.raises(TruncatedResponseError):  # cut again, and again after the re-send
+                    await lm.chat(HELLO, max_tokens=4)
+                answered = await lm.chat(HELLO, max_tokens=4)
+                with accepting_cut_replies(lambda text: True):
+                    kept = await lm.chat(HELLO, max_tokens=4)
+    assert (accepted.text, accepted.finish_reason) == ("Answer: o", "length")
+    assert (answered.text, answered.finish_reason, answered.cached) == ("Answer: ok", "stop", False)
+    assert (kept.text, kept.cached) == ("Answer: o", True)  # still the accepting callers' answer
+    assert [(r.body or {}).get("max_tokens") for r in server.chat_requests] == [4, 4, 8, 4]
 
 
 @pytest.mark.parametrize("reason", ["error", "abort", "insufficient_system_resource"])
