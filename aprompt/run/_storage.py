@@ -59,8 +59,28 @@ def check_fingerprint(journal: RunJournal, fingerprint: Mapping[str, Any], resum
         raise ConfigError(
             f"run_dir {journal.path.parent} holds a run with a different config (differs in: "
             f"{'; '.join(differs)}); use another run_dir, or resume=False to start over"
+            f"{_parallel_trials_hint(stored, fingerprint)}"
         )
     return False
+
+
+def _parallel_trials_hint(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """What a changed ``parallel_trials`` means, which a budget that does not set it (a preset) takes from
+    the LM's capacity: the user changed the LM, not the budget; empty when it is unchanged."""
+
+    def window(fingerprint: Mapping[str, Any]) -> object:
+        budget = fingerprint.get("budget")
+        return budget.get("parallel_trials") if isinstance(budget, Mapping) else None
+
+    was, now = window(stored), window(current)
+    if was == now:
+        return ""
+    return (
+        f"; the run kept {was} trials in flight, this call {now}: unless the budget sets parallel_trials, "
+        "they follow the LM's capacity (its max_concurrency, or its configured requests_per_minute and "
+        f"tokens_per_minute), so to resume give the LM the capacity of the journaled run, or set "
+        f"parallel_trials={was} in the budget (e.g. {{'preset': 'light', 'parallel_trials': {was}}})"
+    )
 
 
 def _other_endpoints(cleared: Mapping[str, Any], current: Mapping[str, Any]) -> bool:

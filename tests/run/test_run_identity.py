@@ -113,7 +113,7 @@ async def run(
             metric_,
             valset=valset if valset is not None else items(200, 230),
             lm=Relay(main, relay) if relay is not None else main,
-            budget=SMALL_BUDGET,
+            budget=options.pop("budget", SMALL_BUDGET),
             seed=1,
             run_dir=run_dir,
             **roles,
@@ -169,6 +169,21 @@ async def test_other_default_sampling_params_are_refused(server: FakeOpenAIServe
     await run(server, tmp_path, lm={"default_params": {"temperature": 0.0}})
     found = await refusal(server, tmp_path, lm={"default_params": {"temperature": 0.7}})
     assert found == {"lm (default params)", "proposer_lm (default params)"}
+
+
+async def test_a_changed_lm_capacity_is_refused_saying_parallel_trials_follow_it(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # The budget sets no parallel_trials: the run chose them from the LM's max_concurrency.
+    budget = {key: value for key, value in SMALL_BUDGET.items() if key != "parallel_trials"}
+    await run(server, tmp_path, lm={"max_concurrency": 4}, budget=budget)
+    server.reset_records()
+    with pytest.raises(aprompt.ConfigError) as info:
+        await run(server, tmp_path, lm={"max_concurrency": 64}, budget=budget)
+    assert server.chat_requests == []
+    assert differing(info.value) == {"budget (parallel_trials)"}
+    message = str(info.value)
+    assert "max_concurrency" in message and "parallel_trials" in message.split("use another run_dir")[1]
 
 
 async def test_another_proposer_model_is_refused(server: FakeOpenAIServer, tmp_path: Path) -> None:
