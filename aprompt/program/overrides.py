@@ -34,6 +34,7 @@ __all__ = [
     "PromptOverride",
     "PromptState",
     "active_overrides",
+    "current_run",
     "current_watch",
     "note_call",
     "override_prompts",
@@ -247,17 +248,27 @@ def watch_predictors(predictors: Sequence[tuple[str, object]]) -> Iterator[Predi
             _WATCHES = tuple(w for w in _WATCHES if w is not watch)
 
 
-_IN_PROGRAM: contextvars.ContextVar[bool] = contextvars.ContextVar("aprompt_in_program", default=False)
+#: The program run the calls of this task belong to (an object of its own), or None outside one.
+_IN_PROGRAM: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "aprompt_in_program", default=None
+)
 
 
 @contextmanager
 def running_program() -> Iterator[None]:
-    """Mark the calls made in this block (and its tasks) as the program's own, not its metric's."""
-    token = _IN_PROGRAM.set(True)
+    """Mark the calls made in this block (and its tasks) as the program's own, not its metric's, and
+    as one run's (see :func:`current_run`)."""
+    token = _IN_PROGRAM.set(object())
     try:
         yield
     finally:
         _IN_PROGRAM.reset(token)
+
+
+def current_run() -> object | None:
+    """The program run (of :func:`running_program`) this task's calls belong to, the same object for all
+    of them and for no other run's; None outside a run. Not a trace: a program may open traces itself."""
+    return _IN_PROGRAM.get()
 
 
 def note_call(predictor: object, active: ActiveOverrides | None) -> None:
@@ -268,7 +279,7 @@ def note_call(predictor: object, active: ActiveOverrides | None) -> None:
     if not watches or (active is not None and id(predictor) in active.covered):
         return
     own = _CURRENT_WATCH.get()
-    if own is not None and _IN_PROGRAM.get() and id(predictor) not in own.names:
+    if own is not None and _IN_PROGRAM.get() is not None and id(predictor) not in own.names:
         own.undiscovered.setdefault(id(predictor), repr(predictor))
     for watch in watches:
         name = watch.names.get(id(predictor))

@@ -22,7 +22,7 @@ from aprompt.program.adapter import (
 )
 from aprompt.program.context import ACTIVE_TRACES, current_lm
 from aprompt.program.fields import Field
-from aprompt.program.overrides import PromptOverride, active_overrides, note_call
+from aprompt.program.overrides import PromptOverride, active_overrides, current_run, note_call
 from aprompt.program.signature import Signature, as_signature
 from aprompt.program.values import Demo, Prediction, as_demo, snapshot
 
@@ -149,15 +149,15 @@ class Predict:
             # Retries keep the caller's rollout: their messages differ (the correction is appended),
             # so a cache never replays the bad reply, and a re-run replays the same retries.
             # A reply cut at its token budget is an answer only when it already holds every field.
-            traces = ACTIVE_TRACES.get()  # the innermost is the program run's own: it tells runs apart
             with accepting_cut_replies(
                 lambda text: (
                     answered_before_cut(signature, text, reply_format)
                     or (caller_accepts is not None and caller_accepts(text))
                 )
             ):
+                # The run's own unit, not the innermost trace: the program may open traces of its own.
                 completion = await metered_chat(
-                    client, conversation, rollout=rollout, unit=traces[-1] if traces else None, **params
+                    client, conversation, rollout=rollout, unit=current_run(), **params
                 )
                 # Any LM, not only aprompt's clients: an empty, filtered or cut reply is no answer (an
                 # evaluation scores the prompt 0 for it; see executors.base.unscored_lm_error).

@@ -548,6 +548,36 @@ async def test_max_lm_calls_that_cannot_pay_for_one_trial_at_the_real_calls_per_
     assert received <= 2 + 2 * CAP
 
 
+class TracingProgram(TwoStageProgram):
+    """A two-predictor program that traces its first step itself, as a user might to log it."""
+
+    async def __call__(self, question: str) -> Any:
+        with aprompt.trace(self):
+            found = await self.extract(question=question)
+        return await self.answer(question=question, code=found.code)
+
+
+async def test_a_trace_the_program_opens_itself_leaves_the_first_runs_calls_counted_whole() -> None:
+    # As above: the first run shows 2 calls, both its own, though its program traced the first one.
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        client(server) as lm,
+    ):
+        with pytest.raises(aprompt.ConfigError, match=r"max_lm_calls=20 cannot pay for .* 30 calls"):
+            await aprompt.optimize(
+                TracingProgram(),
+                examples(0, 20),
+                metric,
+                valset=examples(200, 210),
+                lm=lm,
+                strategy="mipro_zero_shot",
+                budget={"n_candidates": 2, "val_size": 10, "minibatch_size": 5, "n_trials": 4},
+                grounding=aprompt.Grounding(data_summary=False, program_summary=False),
+                concurrency=CAP,
+                limits=aprompt.Limits(max_lm_calls=20),
+            )
+
+
 class LoggingLM:
     """A wrapper around an aprompt client, as a user might write one to log calls."""
 
