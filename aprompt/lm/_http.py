@@ -88,6 +88,7 @@ from aprompt.lm._replies import (
     is_cut,
     larger_budget,
 )
+from aprompt.lm._reservations import Reservations
 from aprompt.lm._transport import request_url
 from aprompt.lm.adaptive import ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
@@ -97,7 +98,7 @@ from aprompt.lm.endpoints import (
     EndpointState,
     is_endpoint_fault,
 )
-from aprompt.lm.limits import RateLimiter, TokenEstimator, estimate_prompt_tokens
+from aprompt.lm.limits import RateLimiter, estimate_prompt_tokens
 from aprompt.lm.ratelimit_headers import StatedLimits, read_raw_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, canonical_params
@@ -192,7 +193,10 @@ class HTTPChatLM(abc.ABC):
         self._request_urls = {state: request_url(state.target, self.path) for state in states}
         self._pool = EndpointPool(states, cooldown=endpoint_cooldown)
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
-        self._estimator = TokenEstimator()  # reservations calibrated by the prompt tokens reported
+        # Reservations calibrated by the usage reported, on the client's and its endpoints' limiters.
+        self._reservations = Reservations(
+            model, lambda: [self._limiter, *(endpoint.limiter for endpoint in self._pool.endpoints)]
+        )
         self._concurrency = ConcurrencyController(
             max_concurrency, maximum=self._pool.capacity, rates=self._rates
         )
@@ -440,15 +444,14 @@ class HTTPChatLM(abc.ABC):
             raise ConfigError(f"request cannot be sent as JSON: {problem}")
         # Made once: the reservations and the calibration after the answer use the same estimate.
         estimate = estimate_prompt_tokens(messages)
-        reserved = self._estimator.reservation(estimate, params)
         attempts = 0
         enlarged = False
 
         async def attempt() -> Completion:
-            nonlocal attempts, payload, reserved, enlarged
+            nonlocal attempts, payload, enlarged
             attempts += 1
             try:
-                return await self._routed_attempt(payload, reserved, is_retry=attempts > 1)
+                return await self._routed_attempt(payload, estimate, params, is_retry=attempts > 1)
             except TruncatedResponseError as truncated:
                 # A reply the context window cut would be cut at the same place with any budget.
                 if enlarged or truncated.finish_reason in WINDOW_CUT_REASONS:
@@ -458,7 +461,6 @@ class HTTPChatLM(abc.ABC):
             name, given, larger = larger_budget(params)
             larger_params = {**params, name: larger}
             payload = json.dumps(self._request_body(messages, larger_params)).encode()
-            reserved = self._estimator.reservation(estimate, larger_params)
             enlarged = True
             self._cut_replies += 1
             # A small model rambles past its budget often, and the re-send is the designed answer: the
@@ -477,7 +479,7 @@ class HTTPChatLM(abc.ABC):
             )
             attempts += 1
             try:
-                return await self._routed_attempt(payload, reserved, is_retry=True)
+                return await self._routed_attempt(payload, estimate, larger_params, is_retry=True)
             except TruncatedResponseError as again:
                 final, detail = again, f"cut again with {name}={larger}"
             except RequestRejectedError as rejected:  # e.g. more than the model's output limit
@@ -505,17 +507,18 @@ class HTTPChatLM(abc.ABC):
                 return await attempt()
 
             completion = await self._retry.retrying(self._log_retry)(resumed)
-        self._estimator.observe_estimate(estimate, completion.usage.prompt_tokens)
         return completion
 
-    async def _routed_attempt(self, payload: bytes, reserved: int, *, is_retry: bool) -> Completion:
+    async def _routed_attempt(
+        self, payload: bytes, estimate: int, params: Mapping[str, Any], *, is_retry: bool
+    ) -> Completion:
         """One attempt, sent on at once to another endpoint while the one it went to answers 404: a
         replica lacking the route or model (now cooling down) is not the request's fault. Each endpoint
         is tried once at most (one paused by a 429 is waited for); a 404 from every one is raised."""
         tried: frozenset[str] = frozenset()
         while True:
             try:
-                return await self._attempt(payload, reserved, is_retry=is_retry, avoid=tried)
+                return await self._attempt(payload, estimate, params, is_retry=is_retry, avoid=tried)
             except LMStatusError as error:
                 url = error.endpoint
                 if error.status_code != 404 or url is None:
@@ -527,12 +530,24 @@ class HTTPChatLM(abc.ABC):
             logger.debug("%s: HTTP 404, sending the request to another endpoint", url)
 
     async def _attempt(
-        self, payload: bytes, reserved: int, *, is_retry: bool, avoid: frozenset[str] = frozenset()
+        self,
+        payload: bytes,
+        estimate: int,
+        params: Mapping[str, Any],
+        *,
+        is_retry: bool,
+        avoid: frozenset[str] = frozenset(),
     ) -> Completion:
         await self._wait_out_pause()
         # The client's slots number at most the endpoints' total capacity (the controller's maximum).
-        async with self._slots, self._pool.lease(capped=True, avoid=avoid) as lease:
+        async with (
+            self._reservations.first_open_reply(params),
+            self._slots,
+            self._pool.lease(capped=True, avoid=avoid) as lease,
+        ):
             endpoint = lease.endpoint
+            # Reserved per attempt: a retry reserves what the replies since have taught.
+            reserved = self._reservations.reserve(estimate, params)
             admitted = await endpoint.limiter.acquire(reserved)
             admitted_here = None
             # Tokens settled on the limiters: a request refused before it is sent, or answered with an
@@ -556,6 +571,7 @@ class HTTPChatLM(abc.ABC):
                 )
                 if meter is not None:
                     meter.settle(self._model, completion.usage)
+                self._reservations.observe(estimate, params, completion.usage)
                 # A server that reports no usage keeps the estimate charged.
                 used = completion.usage.total_tokens or reserved
                 self._concurrency.completed(time.monotonic() - sent, used)

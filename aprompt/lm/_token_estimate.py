@@ -1,5 +1,6 @@
 """Token estimates for the rate limiter: a character count before the call, calibrated by the prompt
-tokens the server reports (the token limits of :mod:`aprompt.lm.limits`, which names everything here)."""
+tokens the server reports, and a completion reservation learned from the completion tokens it reports
+(the token limits of :mod:`aprompt.lm.limits`, which names everything here)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 from aprompt._errors import ConfigError
 
 #: Tokens reserved for the completion when the request sets neither ``max_tokens`` nor
-#: ``max_completion_tokens``; settled against the real count afterwards.
+#: ``max_completion_tokens``, until a reply reports more (see :class:`TokenEstimator`); settled against
+#: the real count afterwards.
 DEFAULT_COMPLETION_TOKENS = 256
 
 # Role, separators and framing the chat template adds to each message.
@@ -36,12 +38,15 @@ def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
 def estimate_request_tokens(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> int:
     """Tokens to reserve for a request: the prompt estimate plus the completion budget
     (``max_tokens`` or ``max_completion_tokens``, else :data:`DEFAULT_COMPLETION_TOKENS`)."""
-    return estimate_prompt_tokens(messages) + _completion_budget(params)
+    budget = completion_budget(params)
+    return estimate_prompt_tokens(messages) + (DEFAULT_COMPLETION_TOKENS if budget is None else budget)
 
 
-def _completion_budget(params: Mapping[str, Any]) -> int:
+def completion_budget(params: Mapping[str, Any]) -> int | None:
+    """The request's completion budget (``max_tokens`` or ``max_completion_tokens``), None when it sets
+    neither."""
     budget = params.get("max_tokens") or params.get("max_completion_tokens")
-    return int(budget) if isinstance(budget, int | float) else DEFAULT_COMPLETION_TOKENS
+    return int(budget) if isinstance(budget, int | float) else None
 
 
 class TokenEstimator:
@@ -53,8 +58,14 @@ class TokenEstimator:
     So each answer's reported prompt tokens, against the character estimate of its prompt, update a
     running ratio (both summed with exponential decay, so the ratio follows a changing mix of prompts),
     and later prompt estimates are scaled by it, plus ``margin`` for the spread around it. Until the
-    first report the character estimate stands. The completion budget is reserved as before
-    (:func:`estimate_request_tokens`) and settled against the real count afterwards.
+    first report the character estimate stands.
+
+    The completion is reserved at the request's budget when it sets one. A request without one reserves
+    :attr:`completion`: :data:`DEFAULT_COMPLETION_TOKENS`, or the most completion tokens a reply to such
+    a request has reported, whichever is more (:meth:`observe_completion`). A running maximum, not a
+    mean or a quantile: a reservation below a reply's length lets a full window go over the limit by the
+    difference, so only a reply longer than every one before can do that. Either way the reservation is
+    settled against the real count afterwards.
 
     Args:
         margin: the fraction a calibrated prompt estimate is raised by.
@@ -70,7 +81,7 @@ class TokenEstimator:
         (2.0, 227)
     """
 
-    __slots__ = ("_estimated", "_reported", "decay", "margin")
+    __slots__ = ("_completion", "_estimated", "_reported", "completion_known", "decay", "margin")
 
     def __init__(self, *, margin: float = 0.05, decay: float = 0.98) -> None:
         if not margin >= 0:
@@ -81,6 +92,9 @@ class TokenEstimator:
         self.decay = decay
         self._estimated = 0.0
         self._reported = 0.0
+        self._completion = DEFAULT_COMPLETION_TOKENS
+        #: A reply to a request without a completion budget has been observed.
+        self.completion_known = False
 
     @property
     def ratio(self) -> float | None:
@@ -101,7 +115,21 @@ class TokenEstimator:
         """:meth:`request` for a prompt whose character estimate (:func:`estimate_prompt_tokens`) is
         ``estimate``: a client that estimates each prompt once uses it here and in
         :meth:`observe_estimate`."""
-        return self._calibrated(estimate) + _completion_budget(params)
+        budget = completion_budget(params)
+        return self._calibrated(estimate) + (self._completion if budget is None else budget)
+
+    @property
+    def completion(self) -> int:
+        """Completion tokens reserved for a request without a budget (see the class docstring)."""
+        return self._completion
+
+    def observe_completion(self, params: Mapping[str, Any], reported: int) -> None:
+        """A reply to a request with ``params`` reported ``reported`` completion tokens; it raises
+        :attr:`completion` when the request set no budget and the reply is the longest so far."""
+        if completion_budget(params) is None:
+            self.completion_known = True
+            if reported > self._completion:
+                self._completion = reported
 
     def observe(self, messages: Sequence[Mapping[str, Any]], reported: int) -> None:
         """The server counted ``reported`` prompt tokens for ``messages`` (a report of 0: none, ignored)."""

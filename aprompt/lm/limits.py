@@ -15,13 +15,16 @@ has every other one in ``[s, t]``, inside ``(t - period, t]``, and counted them 
 lost: allowance a window leaves unused (a slow start, a pause) can be spent later, as soon as the
 burst cap below lets it.
 
-Caveats, all about tokens but the last. Token costs are estimates (:func:`estimate_request_tokens`)
-settled after the call (:meth:`RateLimiter.settle`), charged at the admission's own reading: refunds
-make room, and an under-estimate can push a window over ``T`` only by the under-estimates of requests
-that were still unsettled when that window's last request was admitted. A cost above the limit in
-force can never fit: it is admitted alone, into a window that holds no other admission. And the
-readings are the client's: a server counting arrival times sees the same counts up to the spread of
-network delays.
+Caveats, all about tokens but the last. Token costs are estimates (:class:`TokenEstimator`) settled
+after the call (:meth:`RateLimiter.settle`), charged at the admission's own reading: refunds make room,
+and an under-estimate can push a window over ``T`` only by the under-estimates of requests that were
+still unsettled when that window's last request was admitted. So the estimates err high: a request
+without a completion budget reserves the longest completion reported so far (at least
+:data:`DEFAULT_COMPLETION_TOKENS`), and the HTTP client sends the first such request alone under a token
+limit until its reply tells that length; only a reply longer than every one before it is under-estimated.
+A cost above the limit in force can never fit: it is admitted alone, into a window that holds no other
+admission (the HTTP client warns once). And the readings are the client's: a server counting arrival
+times sees the same counts up to the spread of network delays.
 
 The burst cap. In every window of ``period / 60`` seconds (one second for per-minute limits) at most
 ``request_burst`` requests and ``token_burst`` tokens are admitted; by default three times the even

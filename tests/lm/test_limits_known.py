@@ -179,3 +179,48 @@ async def test_attempts_that_time_out_keep_their_tokens_counted_and_error_status
             with anyio.move_on_after(4.0):
                 await lm.chat([{"role": "user", "content": "hi"}], max_tokens=300)
             assert lm.usage.requests > 700 // 305
+
+
+# -- replies of unknown length -----------------------------------------------------------------------------
+def long_reply(completion_tokens: int) -> Any:
+    """A responder whose every reply reports ``completion_tokens`` (and 30 prompt tokens)."""
+
+    def respond(request: ChatRequest) -> Fault:
+        usage = {"prompt_tokens": 30, "completion_tokens": completion_tokens}
+        usage["total_tokens"] = 30 + completion_tokens
+        return Fault.reply("ok", fields={"usage": usage})
+
+    return respond
+
+
+async def test_replies_longer_than_the_default_reservation_keep_a_told_limit_at_the_server(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    """Told 3,000 tokens a minute, requests without max_tokens whose replies report 900 completion tokens
+    (930 in all): three fit in a minute at the server, not four. Reserving the default 256 completion
+    tokens for each, the client sent four within four seconds while the first replies were on their way
+    (3,720 tokens); it now reserves the longest reply seen, and the fourth waits for the minute."""
+    fake_server.responder = long_reply(900)
+    fake_server.latency = 1.2
+    async with OpenAICompatibleLM(**lm_kwargs, tokens_per_minute=3000, max_concurrency=8) as lm:
+        with anyio.move_on_after(5):
+            async with anyio.create_task_group() as tg:
+                for index in range(4):
+                    tg.start_soon(lambda i=index: lm.chat([{"role": "user", "content": f"q{i}"}]))
+    assert len(fake_server.chat_requests) == 3  # 2,790 tokens
+
+
+async def test_the_first_reply_of_unknown_length_goes_alone_under_a_token_limit(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any]
+) -> None:
+    """Until a reply to a request without max_tokens tells how long such replies are, no other such
+    request is sent beside it: at the default reservation, replies longer than it would fill a window
+    past its limit before anything was learned. Here both fit the burst cap at once otherwise."""
+    fake_server.responder = long_reply(2000)
+    fake_server.latency = 0.3
+    async with OpenAICompatibleLM(**lm_kwargs, tokens_per_minute=60_000, max_concurrency=8) as lm:
+        async with anyio.create_task_group() as tg:
+            for index in range(2):
+                tg.start_soon(lambda i=index: lm.chat([{"role": "user", "content": f"q{i}"}]))
+    first, second = sorted(fake_server.chat_requests, key=lambda r: r.started)
+    assert second.started >= first.finished

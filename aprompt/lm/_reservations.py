@@ -1,0 +1,66 @@
+"""The tokens an HTTP chat client reserves on its rate limiters for each attempt (see
+:mod:`aprompt.lm._http`): a calibrated prompt estimate plus a completion budget learned from the replies
+(:class:`~aprompt.lm.limits.TokenEstimator`), and the first reply of unknown length sent alone under a
+token limit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from aprompt.lm._token_estimate import completion_budget
+from aprompt.lm.limits import RateLimiter, TokenEstimator
+from aprompt.lm.types import TokenUsage
+
+__all__ = ["Reservations"]
+
+
+class Reservations:
+    """One client's token reservations.
+
+    Under a known token limit, requests without a completion budget wait until one reply to such a
+    request has told its length (:meth:`first_open_reply`): sent together with the default reservation,
+    replies longer than it would go over the limit at the server before anything was learned.
+
+    Args:
+        model: the client's model.
+        limiters: the client's limiters (its own and its endpoints').
+    """
+
+    def __init__(self, model: str, limiters: Callable[[], Sequence[RateLimiter]]) -> None:
+        self._model = model
+        self._limiters = limiters
+        self.estimator = TokenEstimator()
+        self._probe = anyio.Lock()
+
+    def reserve(self, estimate: int, params: Mapping[str, Any]) -> int:
+        """Tokens to reserve for a request whose prompt's character estimate is ``estimate``."""
+        return self.estimator.reservation(estimate, params)
+
+    def observe(self, estimate: int, params: Mapping[str, Any], usage: TokenUsage) -> None:
+        """Learn from a reply's reported usage (prompt calibration and completion length)."""
+        self.estimator.observe_estimate(estimate, usage.prompt_tokens)
+        self.estimator.observe_completion(params, usage.completion_tokens)
+
+    @asynccontextmanager
+    async def first_open_reply(self, params: Mapping[str, Any]) -> AsyncIterator[None]:
+        """Hold a request without a completion budget, under a known token limit, until a reply to one
+        has been observed: one such request goes at a time until then."""
+        if self.estimator.completion_known or completion_budget(params) is not None:
+            yield
+            return
+        if not any(limiter.token_window.limit is not None for limiter in self._limiters()):
+            yield
+            return
+        await self._probe.acquire()
+        if self.estimator.completion_known:
+            self._probe.release()
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._probe.release()
