@@ -1,10 +1,11 @@
 """The tokens an HTTP chat client reserves on its rate limiters for each attempt (see
 :mod:`aprompt.lm._http`): a calibrated prompt estimate plus a completion budget learned from the replies
-(:class:`~aprompt.lm.limits.TokenEstimator`), and the first reply of unknown length sent alone under a
-token limit."""
+(:class:`~aprompt.lm.limits.TokenEstimator`), the first reply of unknown length sent alone under a token
+limit, and one warning when a request costs more than a token limit in force."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,8 @@ from aprompt.lm.types import TokenUsage
 
 __all__ = ["Reservations"]
 
+logger = logging.getLogger("aprompt.lm")
+
 
 class Reservations:
     """One client's token reservations.
@@ -26,7 +29,7 @@ class Reservations:
     replies longer than it would go over the limit at the server before anything was learned.
 
     Args:
-        model: the client's model.
+        model: the client's model, for the warning.
         limiters: the client's limiters (its own and its endpoints').
     """
 
@@ -35,10 +38,27 @@ class Reservations:
         self._limiters = limiters
         self.estimator = TokenEstimator()
         self._probe = anyio.Lock()
+        self._warned = False
 
     def reserve(self, estimate: int, params: Mapping[str, Any]) -> int:
-        """Tokens to reserve for a request whose prompt's character estimate is ``estimate``."""
-        return self.estimator.reservation(estimate, params)
+        """Tokens to reserve for a request whose prompt's character estimate is ``estimate``; warns
+        once when they are more than a token limit in force (each such request is then sent alone in its
+        window: one a minute)."""
+        reserved = self.estimator.reservation(estimate, params)
+        if not self._warned:
+            limits = [limiter.token_window.limit for limiter in self._limiters()]
+            known = [limit for limit in limits if limit is not None]
+            if known and reserved > min(known):
+                self._warned = True
+                logger.warning(
+                    "%s: a request reserves %d tokens, more than tokens_per_minute=%g; each such request "
+                    "is sent alone in its minute (one a minute): raise tokens_per_minute or shorten the "
+                    "request (max_tokens)",
+                    self._model,
+                    reserved,
+                    min(known),
+                )
+        return reserved
 
     def observe(self, estimate: int, params: Mapping[str, Any], usage: TokenUsage) -> None:
         """Learn from a reply's reported usage (prompt calibration and completion length)."""

@@ -4,6 +4,7 @@ server reports, and a margin at the window's edge."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -224,3 +225,16 @@ async def test_the_first_reply_of_unknown_length_goes_alone_under_a_token_limit(
                 tg.start_soon(lambda i=index: lm.chat([{"role": "user", "content": f"q{i}"}]))
     first, second = sorted(fake_server.chat_requests, key=lambda r: r.started)
     assert second.started >= first.finished
+
+
+async def test_a_request_larger_than_the_token_limit_is_named_in_one_warning(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Told 200 tokens a minute, a request reserving 103 + 500 is sent alone in its minute (one a
+    minute): said, with the limit and the request's size."""
+    async with OpenAICompatibleLM(**lm_kwargs, tokens_per_minute=200) as lm:
+        with caplog.at_level(logging.WARNING, logger="aprompt.lm"):
+            await lm.chat(long_prompt(0), max_tokens=500)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "603 tokens" in warnings[0] and "tokens_per_minute=200" in warnings[0]
