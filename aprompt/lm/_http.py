@@ -319,8 +319,9 @@ class HTTPChatLM(abc.ABC):
 
         Raises:
             ConfigError: ``messages`` is not a list of ``{"role": str, "content": str}`` mappings, a
-                parameter has no JSON form or would replace ``model`` or ``messages``, or ``stream`` is
-                set (before any request).
+                parameter has no JSON form or would replace ``model`` or ``messages``, ``max_tokens`` (or
+                ``max_completion_tokens``) is negative or not finite, or ``stream`` is set (before any
+                request).
             AuthenticationError: HTTP 401/403 (not retried).
             RequestRejectedError: another 4xx (not retried).
             RateLimitError, ServerError, LMTimeoutError, LMConnectionError, BadResponseError: the
@@ -444,6 +445,7 @@ class HTTPChatLM(abc.ABC):
             raise ConfigError(f"request cannot be sent as JSON: {problem}")
         # Made once: the reservations and the calibration after the answer use the same estimate.
         estimate = estimate_prompt_tokens(messages)
+        self._reservations.estimator.reservation(estimate, params)  # a budget it cannot reserve: raised
         attempts = 0
         enlarged = False
 

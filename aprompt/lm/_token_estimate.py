@@ -44,9 +44,19 @@ def estimate_request_tokens(messages: Sequence[Mapping[str, Any]], params: Mappi
 
 def completion_budget(params: Mapping[str, Any]) -> int | None:
     """The request's completion budget (``max_tokens`` or ``max_completion_tokens``), None when it sets
-    neither."""
-    budget = params.get("max_tokens") or params.get("max_completion_tokens")
-    return int(budget) if isinstance(budget, int | float) else None
+    neither.
+
+    Raises:
+        ConfigError: the budget is a number that is not finite or is negative (it cannot be reserved).
+    """
+    for name in ("max_tokens", "max_completion_tokens"):
+        budget = params.get(name)
+        if not budget or isinstance(budget, bool) or not isinstance(budget, int | float):
+            continue
+        if not (math.isfinite(budget) and budget > 0):
+            raise ConfigError(f"{name} must be a positive whole number of tokens, got {budget!r}")
+        return int(budget)
+    return None
 
 
 class TokenEstimator:

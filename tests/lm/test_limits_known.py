@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+from aprompt._errors import ConfigError
 from aprompt.lm.limits import NEAR_FULL, RateLimiter, TokenEstimator, estimate_prompt_tokens
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy, retry_after_from
@@ -238,3 +239,13 @@ async def test_a_request_larger_than_the_token_limit_is_named_in_one_warning(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "603 tokens" in warnings[0] and "tokens_per_minute=200" in warnings[0]
+
+
+@pytest.mark.parametrize("budget", [math.inf, math.nan, -5])
+async def test_a_completion_budget_that_cannot_be_reserved_is_a_config_error(
+    fake_server: FakeOpenAIServer, lm_kwargs: dict[str, Any], budget: float
+) -> None:
+    async with OpenAICompatibleLM(**lm_kwargs, tokens_per_minute=10_000) as lm:
+        with pytest.raises(ConfigError, match="max_tokens"):
+            await lm.chat(long_prompt(0), max_tokens=budget)
+    assert fake_server.chat_requests == []
