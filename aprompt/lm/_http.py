@@ -195,7 +195,7 @@ class HTTPChatLM(abc.ABC):
         self._limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         # Reservations calibrated by the usage reported, on the client's and its endpoints' limiters.
         self._reservations = Reservations(
-            model, lambda: [self._limiter, *(endpoint.limiter for endpoint in self._pool.endpoints)]
+            model, [self._limiter, *(endpoint.limiter for endpoint in self._pool.endpoints)]
         )
         self._concurrency = ConcurrencyController(
             max_concurrency, maximum=self._pool.capacity, rates=self._rates

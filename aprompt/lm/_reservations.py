@@ -5,9 +5,10 @@ limit, and one warning when a request costs more than a token limit in force."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -19,6 +20,9 @@ from aprompt.lm.types import TokenUsage
 __all__ = ["Reservations"]
 
 logger = logging.getLogger("aprompt.lm")
+
+# Most attempts wait for nothing: one shared context for them, no generator per request.
+_NO_WAIT: AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class Reservations:
@@ -33,9 +37,9 @@ class Reservations:
         limiters: the client's limiters (its own and its endpoints').
     """
 
-    def __init__(self, model: str, limiters: Callable[[], Sequence[RateLimiter]]) -> None:
+    def __init__(self, model: str, limiters: Sequence[RateLimiter]) -> None:
         self._model = model
-        self._limiters = limiters
+        self._limiters = tuple(limiters)
         self.estimator = TokenEstimator()
         self._probe = anyio.Lock()
         self._warned = False
@@ -46,9 +50,8 @@ class Reservations:
         window: one a minute)."""
         reserved = self.estimator.reservation(estimate, params)
         if not self._warned:
-            limits = [limiter.token_window.limit for limiter in self._limiters()]
-            known = [limit for limit in limits if limit is not None]
-            if known and reserved > min(known):
+            limit = self._token_limit()
+            if limit is not None and reserved > limit:
                 self._warned = True
                 logger.warning(
                     "%s: a request reserves %d tokens, more than tokens_per_minute=%g; each such request "
@@ -56,25 +59,34 @@ class Reservations:
                     "request (max_tokens)",
                     self._model,
                     reserved,
-                    min(known),
+                    limit,
                 )
         return reserved
+
+    def _token_limit(self) -> float | None:
+        """The lowest token limit in force on the client's limiters (stated ones are learned as the run
+        goes), or ``None``."""
+        known = [limit for limiter in self._limiters if (limit := limiter.token_window.limit) is not None]
+        return min(known) if known else None
 
     def observe(self, estimate: int, params: Mapping[str, Any], usage: TokenUsage) -> None:
         """Learn from a reply's reported usage (prompt calibration and completion length)."""
         self.estimator.observe_estimate(estimate, usage.prompt_tokens)
         self.estimator.observe_completion(params, usage.completion_tokens)
 
+    def first_open_reply(self, params: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
+        """``async with``: hold a request without a completion budget, under a known token limit, until a
+        reply to one has been observed: one such request goes at a time until then."""
+        if (
+            self.estimator.completion_known
+            or completion_budget(params) is not None
+            or self._token_limit() is None
+        ):
+            return _NO_WAIT
+        return self._alone()
+
     @asynccontextmanager
-    async def first_open_reply(self, params: Mapping[str, Any]) -> AsyncIterator[None]:
-        """Hold a request without a completion budget, under a known token limit, until a reply to one
-        has been observed: one such request goes at a time until then."""
-        if self.estimator.completion_known or completion_budget(params) is not None:
-            yield
-            return
-        if not any(limiter.token_window.limit is not None for limiter in self._limiters()):
-            yield
-            return
+    async def _alone(self) -> AsyncIterator[None]:
         await self._probe.acquire()
         if self.estimator.completion_known:
             self._probe.release()
