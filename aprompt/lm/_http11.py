@@ -42,7 +42,7 @@ import anyio.abc
 import httpx
 
 from aprompt.lm._http11_connection import STREAM_ERRORS, Connection, NoReply, describe
-from aprompt.lm._loop_stream import LoopStream, running_asyncio_loop
+from aprompt.lm._loop_stream import LoopStream, running_asyncio_loop, running_loop
 from aprompt.lm._transport import Reply, TransportError
 
 __all__ = ["IDLE_CLOSE_MIN", "KEEPALIVE_EXPIRY", "STALE_FAILURE_WITHIN", "HTTP11Transport"]
@@ -122,8 +122,12 @@ class HTTP11Transport:
     async def aclose(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
+        loop = running_loop()
         for connection in idle:
-            await connection.aclose()
+            if connection.loop is loop:
+                await connection.aclose()
+            else:
+                connection.abandon()
 
     def _message(self, method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes) -> bytes:
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), url.raw_path, self._host_header)]
@@ -136,13 +140,21 @@ class HTTP11Transport:
         return b"".join(lines)
 
     async def _idle_connection(self) -> Connection | None:
-        """The most recently used idle connection still open and not expired; the others are closed."""
+        """The most recently used idle connection still open and not expired; the others are closed.
+
+        A client outlives event loops (``asyncio.run`` called again, trio after asyncio): a connection
+        opened on another loop is let go, since only its own loop can use it (here a request on it would
+        wait forever, or its close would raise)."""
         idle = self._idle
+        loop = running_loop()
         while idle:
             connection = idle.pop()
-            if self._clock() - connection.idle_since < KEEPALIVE_EXPIRY and connection.is_alive():
+            if connection.loop is not loop:
+                connection.abandon()
+            elif self._clock() - connection.idle_since < KEEPALIVE_EXPIRY and connection.is_alive():
                 return connection
-            await connection.aclose()
+            else:
+                await connection.aclose()
         return None
 
     async def _exchange(self, connection: Connection, message: bytes, cap: int) -> Reply:

@@ -3,6 +3,7 @@ interim replies, a body by length, chunked or until close) and knows whether it 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 
@@ -10,7 +11,7 @@ import anyio
 import anyio.abc
 
 from aprompt.lm._http11_body import ReplyBody
-from aprompt.lm._loop_stream import LoopStream
+from aprompt.lm._loop_stream import LoopStream, running_loop
 from aprompt.lm._transport import Reply, TransportError
 
 __all__ = ["STREAM_ERRORS", "Connection", "NoReply", "describe"]
@@ -37,10 +38,12 @@ class NoReply(TransportError):
 class Connection:
     """One open connection: sends a request, reads its reply, and knows whether it can be reused."""
 
-    __slots__ = ("_buffer", "_received", "_socket", "_stream", "idle_since", "reusable")
+    __slots__ = ("_buffer", "_received", "_socket", "_stream", "idle_since", "loop", "reusable")
 
     def __init__(self, stream: anyio.abc.ByteStream | LoopStream) -> None:
         self._stream = stream
+        #: The event loop it was opened on, the only one that can use or close its stream.
+        self.loop = running_loop()
         # A duplicate of its socket, to peek at while it is idle (asyncio lends out a wrapper that
         # cannot read); closed with the connection.
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
@@ -92,6 +95,15 @@ class Connection:
             raise failure(describe(exc)) from None
         self.reusable = keep_alive and not too_large
         return Reply(status, headers, content, too_large)
+
+    def abandon(self) -> None:
+        """Let go of a connection of another event loop (one that has ended, or runs elsewhere), which
+        this loop cannot use or close: its TCP connection is shut down here, so the server is not left
+        holding it, and its stream is closed when collected."""
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+            self._socket.close()
 
     async def aclose(self) -> None:
         if self._socket is not None:

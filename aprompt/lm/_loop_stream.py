@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 from typing import Any
 
 import anyio
 import anyio.abc
 
-__all__ = ["READ_AHEAD", "LoopStream", "running_asyncio_loop"]
+__all__ = ["READ_AHEAD", "LoopStream", "running_asyncio_loop", "running_loop"]
 
 #: Bytes a :class:`LoopStream` holds unread before it stops reading from its socket.
 READ_AHEAD = 256 * 1024
@@ -139,3 +140,11 @@ def running_asyncio_loop() -> asyncio.BaseEventLoop | None:
     if not isinstance(loop, asyncio.BaseEventLoop) or asyncio.current_task(loop) is None:
         return None
     return loop
+
+
+def running_loop() -> object:
+    """The event loop this task runs on: asyncio's loop (any kind), or trio's run (its token)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return sys.modules["trio"].lowlevel.current_trio_token()

@@ -875,3 +875,30 @@ def test_retry_after_is_read_from_raw_headers_in_any_case() -> None:
     assert raw_retry_after([(b"Retry-After", b"3")]) == 3.0
     assert raw_retry_after([(b"retry-after", b"3"), (b"Retry-After-Ms", b"250")]) == 0.25
     assert raw_retry_after([(b"Content-Length", b"2")]) is None
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [("asyncio", "asyncio"), ("asyncio", "trio"), ("trio", "asyncio"), ("trio", "trio")]
+)
+def test_a_client_kept_across_event_loops_answers_and_closes_on_each(first: str, then: str) -> None:
+    """``asyncio.run`` called again, or trio after asyncio, with one client: its idle connection belongs to
+    the loop that ended, which alone could use it (a request on it waited forever, or its close raised)."""
+    from aprompt.testing.fake_openai import FakeOpenAIServer
+
+    def reply(request: object) -> str:
+        return "hi"
+
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(FakeOpenAIServer(responder=reply, api_key="sk-loops")) as server,
+    ):
+        lm = OpenAICompatibleLM("fake-model", server.base_url, api_key="sk-loops", cache=None)
+
+        async def ask(text: str) -> str:
+            with anyio.fail_after(10):
+                return (await lm.chat([{"role": "user", "content": text}])).text
+
+        assert anyio.run(ask, "one", backend=first) == "hi"
+        assert anyio.run(ask, "two", backend=then) == "hi"
+        anyio.run(lm.aclose, backend=first)  # its idle connection is the ended loop's
+        assert len(server.chat_requests) == 2
