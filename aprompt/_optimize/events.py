@@ -20,6 +20,12 @@ import attrs
 from aprompt.lm.usage import UsageSnapshot
 
 
+def _own_copy(mapping: Mapping[str, int]) -> Mapping[str, int]:
+    """The event's own copy of a mapping the run keeps (a trial's choice): a callback that changes the
+    event's cannot change what the search records and picks."""
+    return dict(mapping)
+
+
 @attrs.frozen
 class PhaseStarted:
     """A phase began: ``"baseline"``, ``"grounding"``, ``"bootstrap"``, ``"reference"``, ``"warmup"``,
@@ -53,7 +59,7 @@ class RunPlanned:
     n_trials: int
     val_size: int
     expected_lm_calls: int
-    detail: Mapping[str, int] = attrs.field(factory=dict)
+    detail: Mapping[str, int] = attrs.field(factory=dict, converter=_own_copy)
 
 
 @attrs.frozen
@@ -84,7 +90,7 @@ class TrialScored:
     one unscored), and how many of them failed (``n_failed``)."""
 
     number: int
-    choice: Mapping[str, int]
+    choice: Mapping[str, int] = attrs.field(converter=_own_copy)
     score: float | None
     n_examples: int
     n_failed: int
@@ -94,7 +100,7 @@ class TrialScored:
 class FullEvaluation:
     """A combination was scored on the whole validation set."""
 
-    choice: Mapping[str, int]
+    choice: Mapping[str, int] = attrs.field(converter=_own_copy)
     score: float
     n_examples: int
     n_failed: int
@@ -108,7 +114,7 @@ class NewBest:
     ``score``. A pick named again by parameters the search added since it was told (an
     instruction proposed mid-run) is told again under that name."""
 
-    choice: Mapping[str, int]
+    choice: Mapping[str, int] = attrs.field(converter=_own_copy)
     score: float
 
 

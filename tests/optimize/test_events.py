@@ -131,6 +131,20 @@ def test_a_new_best_is_announced_each_time_the_best_full_score_rises(recorded: R
     assert best[-1].choice == result.best_choice and best[-1].score == result.score
 
 
+async def test_a_callback_that_changes_its_events_leaves_the_run_unchanged(recorded: Recorded) -> None:
+    _, untouched = recorded
+
+    def overwrite(event: Event) -> None:
+        for mapping in (getattr(event, "choice", None), getattr(event, "detail", None)):
+            if isinstance(mapping, dict):
+                mapping.update(dict.fromkeys(mapping, 0))
+
+    result, _ = await optimize_in_world(on_event=overwrite)
+    assert result.best_choice == untouched.best_choice and result.score == untouched.score
+    assert [(t.choice, t.score) for t in result.trials] == [(t.choice, t.score) for t in untouched.trials]
+    assert [f.choice for f in result.full_evals] == [f.choice for f in untouched.full_evals]
+
+
 @both_backends
 async def test_optimize_events_yields_the_callbacks_events_then_the_result(recorded: Recorded) -> None:
     expected, expected_result = recorded
