@@ -76,6 +76,7 @@ from aprompt._errors import (
 )
 from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
 from aprompt.lm._exchange import ReplyReader
+from aprompt.lm._loop_owner import LoopOwner
 from aprompt.lm._messages import check_messages
 from aprompt.lm._metering import admit_request
 from aprompt.lm._pacing import pause_after_rate_limit, pooled_rates, wait_out_pause
@@ -224,6 +225,7 @@ class HTTPChatLM(abc.ABC):
         )
         self._cut_replies = 0  # replies re-sent with a larger token budget (only the first is a warning)
         self._closed = False
+        self._loop_owner = LoopOwner()
 
     # -- wire-format hooks ------------------------------------------------------------------
     @abc.abstractmethod
@@ -346,6 +348,7 @@ class HTTPChatLM(abc.ABC):
         sent = self._sent_params(request_params, rollout)
         # The client's own cache, else the one the optimization this call belongs to lent it.
         cache = self._cache if self._cache is not None else lent_cache(self)
+        self._loop_owner.enter(f"{type(self).__name__} for {self._model!r}")
         try:
             if cache is None:
                 completion = await self._complete(messages, sent)
@@ -368,6 +371,8 @@ class HTTPChatLM(abc.ABC):
         except LMError:
             self._usage.errors += 1
             raise
+        finally:
+            self._loop_owner.leave()
         self._usage.calls += 1
         return completion
 

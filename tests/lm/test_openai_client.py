@@ -675,3 +675,53 @@ def test_a_clients_first_request_imports_no_http_module(backend: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     imported = done.stdout.split()
     assert [name for name in imported if name.split(".")[0] in HTTP_STACK] == []
+
+
+def test_a_call_from_another_threads_loop_while_calls_are_in_flight_is_a_config_error_not_a_hang() -> None:
+    """The client's limiters wake waiters with their own loop's primitives, which another thread's loop
+    never sees: a call there, queued behind this loop's, waited forever."""
+    import threading
+
+    from aprompt.testing.fake_openai import FakeOpenAIServer
+
+    arrived, release = threading.Event(), threading.Event()
+
+    async def held(request: object) -> str:
+        arrived.set()
+        await anyio.to_thread.run_sync(release.wait, abandon_on_cancel=True)
+        return "hi"
+
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(FakeOpenAIServer(responder=held, api_key="sk-two-loops")) as server,
+    ):
+        lm = OpenAICompatibleLM("m", server.base_url, api_key="sk-two-loops", max_concurrency=1)
+        other: list[BaseException] = []
+
+        def from_another_thread() -> None:
+            async def ask() -> None:
+                with anyio.fail_after(5):
+                    await lm.chat([{"role": "user", "content": "two"}])
+
+            try:
+                anyio.run(ask, backend="trio")
+            except BaseException as failure:
+                other.append(failure)
+
+        async def main() -> str:
+            async with anyio.create_task_group() as group:
+                answer: list[str] = []
+
+                async def first() -> None:
+                    answer.append((await lm.chat([{"role": "user", "content": "one"}])).text)
+
+                group.start_soon(first)
+                await anyio.to_thread.run_sync(arrived.wait, abandon_on_cancel=True)
+                await anyio.to_thread.run_sync(from_another_thread)
+                release.set()
+            await lm.aclose()
+            return answer[0]
+
+        assert anyio.run(main) == "hi"
+    assert len(other) == 1 and isinstance(other[0], ConfigError), other
+    assert "another event loop" in str(other[0])
