@@ -348,7 +348,7 @@ class HTTPChatLM(abc.ABC):
         sent = self._sent_params(request_params, rollout)
         # The client's own cache, else the one the optimization this call belongs to lent it.
         cache = self._cache if self._cache is not None else lent_cache(self)
-        self._loop_owner.enter(f"{type(self).__name__} for {self._model!r}")
+        self._loop_owner.enter(self)  # the error's text is made only when it is raised
         try:
             if cache is None:
                 completion = await self._complete(messages, sent)

@@ -27,8 +27,8 @@ class LoopOwner:
         self._loop: object = None
         self._calls = 0
 
-    def enter(self, client: str) -> None:
-        """Count a call of this loop in; pair it with :meth:`leave`.
+    def enter(self, client: object) -> None:
+        """Count a call of ``client`` (named in the error) of this loop in; pair it with :meth:`leave`.
 
         Raises:
             ConfigError: another event loop has calls of this client in flight.
@@ -36,8 +36,9 @@ class LoopOwner:
         loop = running_loop()
         with self._lock:
             if self._calls and self._loop is not loop:
+                name = f"{type(client).__name__} for {getattr(client, 'model', '?')!r}"
                 raise ConfigError(
-                    f"{client} is in use on another event loop (another thread's): a client serves one "
+                    f"{name} is in use on another event loop (another thread's): a client serves one "
                     "event loop at a time; give each thread that runs its own loop a client of its own"
                 )
             self._loop = loop
