@@ -140,7 +140,9 @@ async def optimize(
             continues the same budget, and calling a stopped run again with the same limit spends nothing.
             A run killed mid-step and resumed may end otherwise than an uninterrupted run under
             ``max_lm_calls``, ``max_tokens`` or ``max_cost``, and then warns
-            (:class:`aprompt.InexactResumeWarning`), as does a run called again with a lower limit.
+            (:class:`aprompt.InexactResumeWarning`), as does a run called again with a lower limit, or
+            with a higher one (or none) where the lower limit stopped, refused, trimmed or kept back
+            steps of an earlier call.
         max_lm_calls: deprecated (a :class:`DeprecationWarning`): ``limits=aprompt.Limits(max_lm_calls=...)``;
             giving an old limit argument with ``limits`` is a :class:`ConfigError`.
         max_tokens: deprecated: ``limits=aprompt.Limits(max_tokens=...)``.

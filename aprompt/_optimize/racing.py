@@ -166,7 +166,9 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
 def within_budget(loop: SearchLoop, runs: int, keep: int = 0) -> int:
     """``runs``, or fewer: the program runs the rest of the run's budget pays for, less ``keep``."""
     affordable = loop.runs_affordable()
-    return runs if affordable is None else max(0, min(runs, affordable - keep))
+    if affordable is None:
+        return runs
+    return _granted(loop, runs, max(0, min(runs, affordable - keep)))
 
 
 def _final_allowance(loop: SearchLoop, runs: int) -> int:
@@ -178,7 +180,15 @@ def _final_allowance(loop: SearchLoop, runs: int) -> int:
     if affordable is None:
         return runs
     keep = loop.confirmation_kept if affordable - loop.confirmation_kept >= len(loop.valset) else 0
-    return max(0, min(runs, affordable - keep))
+    return _granted(loop, runs, max(0, min(runs, affordable - keep)))
+
+
+def _granted(loop: SearchLoop, runs: int, granted: int) -> int:
+    """``granted`` of the ``runs`` asked for; when fewer, the limit that trimmed them is told
+    (``loop.limit_bound``): a later call that raises it cannot replay the run."""
+    if granted < runs:
+        loop.limit_bound(loop.binding_limit())
+    return granted
 
 
 def within_time(loop: SearchLoop, runs: int, *, floor: bool = True) -> int:

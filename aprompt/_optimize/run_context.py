@@ -30,7 +30,7 @@ from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseS
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
-from aprompt._optimize.refusals import REFUSAL_KIND, journal_refusal, refused_before
+from aprompt._optimize.refusals import REFUSAL_KIND, journal_refusal, limit_value, refused_before
 from aprompt._optimize.result import PhaseUsage
 from aprompt._optimize.run_stop import limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
@@ -45,6 +45,7 @@ from aprompt.run._limits import (
     SPENT_KIND,
     RunCosts,
     RunLimits,
+    bound_limits,
     inexact_resume,
     meter_for,
     step_estimate,
@@ -141,6 +142,9 @@ class RunContext:
     diverged: str | None = attrs.field(default=None, init=False)
     #: Why this call's resume cannot replay what the run spent, while it has decided nothing on it yet.
     _inexact: str | None = attrs.field(default=None, init=False)
+    #: The limits that decided something of the run, with their values then (journaled in the ``spent``
+    #: records, earlier calls' included): a later call that raises one of them cannot replay the run.
+    _bound: dict[str, float] = attrs.field(factory=dict, init=False)
     #: What the steps not journaled have spent, for the ``spent`` records and a resumed run's decisions.
     _ledger: StepLedger = attrs.field(factory=StepLedger, init=False)
     #: Phases (by their slot in ``phases``) that ended by an exception, their ``PhaseFinished`` not told yet.
@@ -160,6 +164,7 @@ class RunContext:
             )
             self._inexact, lowered = inexact_resume(self.limits, record)
             self._ledger = StepLedger.resumed(record)
+            self._bound = bound_limits(record)
             diverged = record.get("diverged") if record is not None else None
             self.diverged = str(diverged) if diverged is not None else self._inexact if lowered else None
         except (KeyError, TypeError, ValueError) as exc:
@@ -258,6 +263,8 @@ class RunContext:
         if todo == 0:
             return
         refused, kept = refused_before(self.journal, self.limits, todo_parts)
+        if refused is not None:
+            self.note_bound(refused)
         if refused is not None and kept:
             raise BudgetKept(
                 refused, f"{self.meter.describe(refused)}: {what} not started, as when this run stopped"
@@ -293,6 +300,7 @@ class RunContext:
             )
             if short is not None:
                 journal_refusal(self.journal, self.limits, todo_parts, short, kept=True)
+                self.note_bound(short)
                 raise BudgetKept(
                     short,
                     f"{self.meter.describe(short)}: {what} not started, to keep about {kept_calls[0]:.0f} LM "
@@ -303,11 +311,26 @@ class RunContext:
             return
         self.stopped_by = self.stopped_by or limit
         journal_refusal(self.journal, self.limits, todo_parts, limit)
+        self.note_bound(limit)
         raise LimitReached(
             limit,
             f"{self.meter.describe(limit)} cannot pay for {what} (about {estimate[0]:.0f} more LM calls, "
             f"{estimate[1]:.0f} tokens)",
         )
+
+    def note_bound(self, limit: str | None) -> None:
+        """Note that ``limit`` decided something of the run (it refused or trimmed a step, or kept runs
+        back for a later one), durably at once: a later call that raises it cannot replay the run
+        (:func:`~aprompt.run._limits.inexact_resume`). A limit that is not set, or ``max_time``, is
+        ignored."""
+        value = limit_value(self.limits, limit) if limit is not None else None
+        if limit is None or value is None or self._bound.get(limit) == value:
+            return
+        self._bound[limit] = float(value)
+        if self.journal is not None:
+            # Never below the durable reservation, as every record written mid-step.
+            requests = max(self.meter.reserved, self.meter.usage.requests)
+            self.journal.append(SPENT_KIND, self._spent_record(requests=requests))
 
     def _reserved_runs(self) -> int:
         """Runs kept for the baseline's evaluation and the first mini-batch, while they are to come (and
@@ -430,8 +453,13 @@ class RunContext:
 
     def _spent_record(self, requests: int | None = None, *, final: bool = False) -> dict[str, Any]:
         """The ``spent`` record of the run now (:meth:`StepLedger.spent_record`)."""
+        bound = dict(self._bound)
+        reached = self.meter.reached()  # a spent limit refuses every request: it stops the run
+        value = limit_value(self.limits, reached) if reached is not None else None
+        if reached is not None and value is not None:
+            bound[reached] = float(value)
         return self._ledger.spent_record(
-            self.meter, self.costs, requests=requests, final=final, diverged=self.diverged
+            self.meter, self.costs, requests=requests, final=final, diverged=self.diverged, bound=bound
         )
 
     def _journaled(self, kind: str, key: str) -> bool:

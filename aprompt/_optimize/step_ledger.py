@@ -84,6 +84,7 @@ class StepLedger:
         requests: int | None,
         final: bool,
         diverged: str | None,
+        bound: dict[str, float],
     ) -> dict[str, Any]:
         """:func:`~aprompt.run._limits.spent_record` of the run now, with the steps a stop now would
         leave unjournaled."""
@@ -109,6 +110,7 @@ class StepLedger:
             waste=self.waste - inherited_waste,
             final=final and not self.answers_unsure,
             diverged=diverged,
+            bound=bound,
         )
 
 

@@ -101,6 +101,9 @@ class Limits:
     had no limit on them) and the requests then in flight cost.
     A run killed mid-step, or whose requests sent again after a stop bring it to its limit sooner, may
     end otherwise than an uninterrupted run when resumed: it warns (:class:`~aprompt.InexactResumeWarning`).
+    So does a run called again with a lower limit, or with a higher one (or none) where the lower limit
+    decided steps of an earlier call (it stopped the run, refused or trimmed a step, or kept runs back for
+    a later one); raising a limit that never did resumes silently to the uninterrupted result.
 
     Raises:
         ConfigError: a limit that is not a non-negative number (a whole one for ``max_lm_calls`` and
@@ -210,6 +213,7 @@ def spent_record(
     waste: int = 0,
     final: bool = False,
     diverged: str | None = None,
+    bound: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The journal payload of what the run has spent (``requests`` overrides the count: a reservation).
 
@@ -221,8 +225,10 @@ def spent_record(
     ``[requests, requests answered, prompt tokens, completion tokens]``); ``waste``, the requests
     counted that an uninterrupted run never sends (in flight at a stop, sent again); ``final``, set on
     the record a call writes as it ends (its counts are exact, none in flight); the limits the run's
-    steps were admitted under; and ``diverged``, why an earlier resume may already have made the run
-    differ.
+    steps were admitted under; ``bound``, those of them that decided something (``name`` -> the
+    limit's value then: it stopped the run, refused or trimmed a step, or kept runs back for a later
+    one), so that raising a limit that never bound replays the uninterrupted run; and ``diverged``, why
+    an earlier resume may already have made the run differ.
     """
     usage = meter.usage.as_dict()
     if requests is not None:
@@ -238,6 +244,7 @@ def spent_record(
         "waste": waste,
         "final": final,
         "limits": {name: getattr(meter, attr) for name, attr in _REFUSING},
+        "bound": dict(bound or {}),
     }
     if diverged is not None:
         record["diverged"] = diverged
@@ -252,7 +259,9 @@ _REFUSING = (("max_lm_calls", "max_requests"), ("max_tokens", "max_tokens"), ("m
 def inexact_resume(limits: Limits, record: Mapping[str, Any] | None) -> tuple[str | None, bool]:
     """Why a run resumed from ``record`` (the journal's last ``spent`` record) may not admit the steps an
     uninterrupted run with ``limits`` would, or ``None``; and whether it differs whatever it decides
-    from now on (journaled steps were admitted under higher limits).
+    from now on (journaled steps were admitted under higher limits, or decided by a lower limit that
+    is raised now: see :func:`spent_record`'s ``bound``; a raised limit that never bound replays the
+    uninterrupted run).
 
     A run stopped mid-step (a kill, a cancellation, an error) counted requests for steps it never
     journaled: the resumed run counts them, runs those steps again (their answers from the cache, free,
@@ -273,6 +282,18 @@ def inexact_resume(limits: Limits, record: Mapping[str, Any] | None) -> tuple[st
         ]
         if lowered:
             return f"its limits were lowered: {', '.join(lowered)}", True
+        raised = [
+            f"{name}={_shown_limit(getattr(limits, name))} (was {_shown_limit(before.get(name))})"
+            for name, _ in _REFUSING
+            if _below(before.get(name), getattr(limits, name)) and _bound_below(record, name, limits)
+        ]
+        if raised:
+            # Its journaled steps hold what the lower limit decided (a stop, a step refused or trimmed,
+            # runs kept back for a later step): an uninterrupted run with the higher one decided otherwise.
+            return (
+                f"its limits were raised: {', '.join(raised)}, and the lower limit decided steps of its "
+                "earlier calls (a stop, or a step refused, trimmed or kept back for a later one)"
+            ), True
     lost = int(record.get("unjournaled", 0))
     if lost > 0 and any(getattr(limits, name) is not None for name, _ in _REFUSING):
         if record.get("final") is True and limits.max_cost is None:
@@ -285,6 +306,31 @@ def inexact_resume(limits: Limits, record: Mapping[str, Any] | None) -> tuple[st
             f"a stop mid-step, with {lost} LM calls counted (or reserved) for steps it had not journaled"
         ), False
     return None, False
+
+
+def bound_limits(record: Mapping[str, Any] | None) -> dict[str, float]:
+    """The limits that decided something of the run (``spent_record``'s ``bound``), from its last
+    ``spent`` record; empty for a new run or a record written before they were journaled.
+
+    Raises:
+        TypeError, ValueError: the record's ``bound`` is malformed.
+    """
+    bound = record.get("bound") if record is not None else None
+    if bound is None:
+        return {}
+    if not isinstance(bound, Mapping):
+        raise TypeError(f"'bound' is {type(bound).__name__}, not a mapping")
+    return {str(name): float(value) for name, value in bound.items()}
+
+
+def _bound_below(record: Mapping[str, Any], name: str, limits: Limits) -> bool:
+    """Whether the limit ``name`` decided something of the run (see :func:`spent_record`) at a value
+    below its value in ``limits``; a record written before that was journaled may have (it says
+    nothing)."""
+    if record.get("bound") is None:
+        return True
+    value = bound_limits(record).get(name)
+    return value is not None and _below(value, getattr(limits, name))
 
 
 def _below(now: object, before: object) -> bool:

@@ -863,7 +863,9 @@ async def test_a_screen_skipped_for_the_limit_stays_skipped_when_the_run_resumes
     )
     assert stopped.stopped_by == "max_lm_calls" and stopped.trials and not stopped.dropped
     assert len(stopped.candidates.instructions["answer"]) == 4
-    resumed, _ = await qa_optimize(fake_server, run_dir=tmp_path / "run")
+    # Not the uninterrupted run's result (that run screens), and it says so.
+    with pytest.warns(aprompt.InexactResumeWarning, match=r"raised: max_lm_calls=None \(was 57\)"):
+        resumed, _ = await qa_optimize(fake_server, run_dir=tmp_path / "run")
     assert resumed.stopped_by is None and len(resumed.trials) == BUDGET["n_trials"]
     assert resumed.candidates.describe() == stopped.candidates.describe()
     assert [t.choice for t in resumed.trials[: len(stopped.trials)]] == [t.choice for t in stopped.trials]

@@ -126,7 +126,10 @@ async def test_a_reached_limit_stops_the_run_within_the_limit_with_the_best_so_f
 async def test_a_run_stopped_by_a_limit_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     stopped, *_ = await limited_run(tmp_path / "run", limits=aprompt.Limits(max_lm_calls=300))
     assert stopped.stopped_by == "max_lm_calls"
-    resumed, *_ = await limited_run(tmp_path / "run")
+    # The limit stopped it, so called again without it the run says its result may differ; here it
+    # does not.
+    with pytest.warns(aprompt.InexactResumeWarning, match=r"raised: max_lm_calls=None \(was 300\)"):
+        resumed, *_ = await limited_run(tmp_path / "run")
     uninterrupted, *_ = await limited_run(None)
     assert resumed.stopped_by is None
     assert summary(resumed) == summary(uninterrupted)

@@ -221,7 +221,8 @@ async def test_a_run_stopped_by_a_limit_spends_nothing_more_until_the_limit_is_r
         after_first = len(server.chat_requests)
         again = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
         after_again = len(server.chat_requests)
-        raised = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
+        with pytest.warns(InexactResumeWarning):  # the steps it replays were decided under 100
+            raised = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
         after_raised = len(server.chat_requests)
 
     assert first.stopped_by == again.stopped_by == "max_lm_calls"
@@ -418,10 +419,10 @@ async def test_a_run_resumed_after_it_finished_or_stopped_on_its_limit_does_not_
             warnings.simplefilter("error", InexactResumeWarning)
             stopped = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
             again = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=100))
-            raised = await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
-            await qa_run(lm, run_dir, limits=aprompt.Limits(max_lm_calls=150))
+            finished = await qa_run(lm, tmp_path / "finished")
+            await qa_run(lm, tmp_path / "finished")
     assert stopped.stopped_by == again.stopped_by == "max_lm_calls"
-    assert len(raised.trials) > len(stopped.trials)
+    assert finished.stopped_by is None
 
 
 async def test_a_cost_limit_given_on_resume_counts_what_the_earlier_unpriced_calls_spent(
@@ -486,6 +487,70 @@ async def test_a_run_called_again_with_a_lower_limit_warns_that_its_result_may_d
     assert len(lowered.trials) > len(uninterrupted.trials)
     found = inexact_resumes(caught)
     assert len(found) == 1 and "max_lm_calls=100 (was 150)" in found[0], found
+
+
+async def world_calls(
+    base_url: str, run_dir: Path, limits: Sequence[aprompt.Limits | None]
+) -> list[tuple[aprompt.OptimizeResult, list[str]]]:
+    """The world run called with each of ``limits`` in turn on ``run_dir``, with the inexact-resume
+    warnings of each call."""
+    calls = []
+    for limit in limits:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = await run_world(base_url, run_dir, TEST_API_KEY, limits=limit)
+        calls.append((result, inexact_resumes(caught)))
+    return calls
+
+
+async def test_a_run_called_again_with_a_raised_limit_that_bound_it_warns_that_its_result_may_differ(
+    tmp_path: Path,
+) -> None:
+    low, high = aprompt.Limits(max_lm_calls=250), aprompt.Limits(max_lm_calls=450)
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        calls = await world_calls(server.base_url, tmp_path / "run", [low, high, high])
+        fresh = await run_world(server.base_url, tmp_path / "fresh", TEST_API_KEY, limits=high)
+
+    (first, _), (raised, found), (_, found_again) = calls
+    # The first call's steps were decided under 250 (trials ended to keep runs for the last race, a pick
+    # made without the confirmation it could not pay for) and are replayed: not the result under 450.
+    assert first.stopped_by == "max_lm_calls"
+    assert summary(raised) != summary(fresh)
+    assert len(found) == 1 and "raised: max_lm_calls=450 (was 250)" in found[0], found
+    assert found_again == found  # and on every later call: the run stays what it became
+
+
+async def test_a_run_called_again_with_a_raised_limit_it_never_came_near_resumes_silently(
+    tmp_path: Path,
+) -> None:
+    # The world run sends 555 requests without a limit: one of 5000 never refused, trimmed or kept back
+    # anything, so raising or removing it replays the uninterrupted run.
+    plenty = aprompt.Limits(max_lm_calls=5000)
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        calls = await world_calls(
+            server.base_url, tmp_path / "run", [plenty, aprompt.Limits(max_lm_calls=8000), None]
+        )
+        fresh = await run_world(server.base_url, tmp_path / "fresh", TEST_API_KEY)
+
+    assert [found for _, found in calls] == [[], [], []]
+    assert all(result.stopped_by is None for result, _ in calls)
+    assert all(summary(result) == summary(fresh) for result, _ in calls)
+
+
+async def test_a_raised_limit_on_a_journal_that_does_not_say_whether_its_limit_bound_warns(
+    tmp_path: Path,
+) -> None:
+    # A journal written before the limits that bound were recorded: it may have bound, so raising it warns.
+    run_dir = tmp_path / "run"
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
+        await run_world(server.base_url, run_dir, TEST_API_KEY, limits=aprompt.Limits(max_lm_calls=5000))
+        with closing(RunJournal.open(run_dir)) as journal:
+            record = dict(journal.latest(SPENT_KIND))
+            record.pop("bound", None)
+            journal.append(SPENT_KIND, record)
+        [(_, found)] = await world_calls(server.base_url, run_dir, [aprompt.Limits(max_lm_calls=8000)])
+
+    assert len(found) == 1 and "raised: max_lm_calls=8000 (was 5000)" in found[0], found
 
 
 class PlainLM:

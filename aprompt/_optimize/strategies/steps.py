@@ -87,6 +87,7 @@ def search_loop(
         admit_trial=None if nothing_refuses(ctx) else ctx.admit_trial,
         runs_affordable=ctx.runs_affordable,
         binding_limit=ctx.binding_limit,
+        limit_bound=ctx.note_bound,
         hold_steps=ctx.hold_steps,
         retire_steps=ctx.retire_steps,
         confirmation_kept=0 if nothing_refuses(ctx) else ctx.confirmation_kept,
