@@ -31,6 +31,14 @@ def renamed(record: Record, named: Naming) -> Record:
     return record if choice is record.choice else attrs.evolve(record, choice=choice)
 
 
+def _renamed_all(records: list[Record], named: Naming) -> list[Record]:
+    """``records`` with their choices ``named``: the same list when no record's name changes."""
+    named_records = [renamed(record, named) for record in records]
+    if all(new is old for new, old in zip(named_records, records, strict=True)):
+        return records
+    return named_records
+
+
 def _new_book() -> EvidenceBook:
     """The book of a search's records: trials, rungs and full evaluations with their means (the pooled
     model's observations), then the confirmations' training examples, evidence for the paired
@@ -105,17 +113,24 @@ class SearchEvidence:
         return [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
 
     def rename(self, named: Naming) -> None:
-        """Name every record's choice by ``named`` (a parameter was added to the search)."""
-        self.trials = [renamed(t, named) for t in self.trials]
-        self.full_evals = [renamed(f, named) for f in self.full_evals]
-        self.rungs = [renamed(r, named) for r in self.rungs]
-        self.confirmations = [renamed(c, named) for c in self.confirmations]
-        self.tested = {choice_key(named(dict(key))) for key in self.tested}
-        self.raced_out = {key_of(named(dict(key))) for key in self.raced_out}
-        pool = ScorePool()
-        for key, scores in self.pool.scores.items():
-            pool.add(named(self.pool.choices[key]), scores)
-        self.pool = pool
+        """Name every record's choice by ``named`` (a parameter was added to the search). A list, set or
+        pool none of whose choices a new name changes is kept as it is: a search names its evidence again
+        at every join of a copy (``SearchLoop.merge``), and a list replaced is read again by the book."""
+        self.trials = _renamed_all(self.trials, named)
+        self.full_evals = _renamed_all(self.full_evals, named)
+        self.rungs = _renamed_all(self.rungs, named)
+        self.confirmations = _renamed_all(self.confirmations, named)
+        tested = {choice_key(named(dict(key))) for key in self.tested}
+        if tested != self.tested:
+            self.tested = tested
+        raced_out = {key_of(named(dict(key))) for key in self.raced_out}
+        if raced_out != self.raced_out:
+            self.raced_out = raced_out
+        if any(named(choice) is not choice for choice in self.pool.choices.values()):
+            pool = ScorePool()
+            for key, scores in self.pool.scores.items():
+                pool.add(named(self.pool.choices[key]), scores)
+            self.pool = pool
 
     def fork(self) -> SearchEvidence:
         """A copy that records apart from this one (its own lists, sets, pool and book)."""
