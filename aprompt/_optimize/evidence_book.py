@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aprompt._optimize.final_pick import Evidence, Key, key_of, mean_of
-from aprompt._optimize.pooling import pooled_estimates
+from aprompt._optimize.pooling import ObservationRows, Observations, pooled_estimates
 
 #: A record as the evidence takes it: (choice, example id -> score, mean or ``None`` when the mean is not
 #: evidence for the pooled model).
@@ -36,7 +36,7 @@ class _Shelf:
         self._read: list[Any] = []
         self.scores: dict[Key, dict[str, float]] = {}
         self.choices: dict[Key, Mapping[str, int]] = {}
-        self.observations: list[tuple[Mapping[str, int], float, int]] = []
+        self.observations = ObservationRows()
 
     def take(self, records: Sequence[Any]) -> set[Key] | None:
         """Read the records not read yet; the combinations they changed, or ``None`` when the shelf was
@@ -45,7 +45,7 @@ class _Shelf:
         again = records is not self._records or len(records) < n or list(records[:n]) != self._read
         if again:
             self._records, self._read = records, []
-            self.scores, self.choices, self.observations = {}, {}, []
+            self.scores, self.choices, self.observations = {}, {}, ObservationRows()
             n = 0
         changed: set[Key] = set()
         for record in records[n:]:
@@ -54,7 +54,7 @@ class _Shelf:
             self.choices.setdefault(key, choice)
             self.scores.setdefault(key, {}).update(scores)
             if mean is not None and scores:
-                self.observations.append((choice, mean, len(scores)))
+                self.observations.add(choice, mean, len(scores))
             changed.add(key)
             self._read.append(record)
         return None if again else changed
@@ -109,7 +109,7 @@ class EvidenceBook:
             merged = self._merged[key] = self._merge(key)
             if merged:
                 self._own[key] = (mean_of(merged), len(merged))
-        observations = [each for shelf in self._shelves for each in shelf.observations]
+        observations = Observations([shelf.observations for shelf in self._shelves])
         estimates = pooled_estimates(observations, self._own, choices)
         return [
             Evidence(choice, self._merged[key], estimates[key], key in full, key=key)

@@ -15,7 +15,7 @@ import attrs
 from aprompt._optimize.candidates import choice_key
 from aprompt._optimize.evidence_book import EvidenceBook
 from aprompt._optimize.final_pick import FinalPick, Key, key_of
-from aprompt._optimize.pooling import ScorePool
+from aprompt._optimize.pooling import ObservationRows, Observations, ScorePool
 from aprompt._optimize.search_records import FullEval, RungEval, Trial
 
 #: A record whose choice a search names in full (see ``SearchLoop._named``).
@@ -37,6 +37,12 @@ def _renamed_all(records: list[Record], named: Naming) -> list[Record]:
     if all(new is old for new, old in zip(named_records, records, strict=True)):
         return records
     return named_records
+
+
+def _observe(rows: ObservationRows, record: Trial | RungEval) -> None:
+    """Add ``record`` to ``rows`` as the pooled model takes it, when it is scored."""
+    if record.score is not None:
+        rows.add(record.choice, record.score, len(record.scores))
 
 
 def _new_book() -> EvidenceBook:
@@ -70,16 +76,21 @@ class SearchEvidence:
     spent: int = 0
     #: The records' evidence, kept up to date as they come in (see ``book``).
     _book: EvidenceBook = attrs.field(factory=_new_book)
+    #: The scored trials' and rungs' observations (see ``observations``), kept as they come in.
+    _trial_rows: ObservationRows = attrs.field(factory=ObservationRows)
+    _rung_rows: ObservationRows = attrs.field(factory=ObservationRows)
 
     def add_trial(self, trial: Trial) -> None:
         self.trials.append(trial)
         self.spent += len(trial.example_ids)
         self.pool.add(trial.choice, trial.scores)
+        _observe(self._trial_rows, trial)
 
     def add_rung(self, rung: RungEval) -> None:
         self.rungs.append(rung)
         self.spent += len(rung.example_ids)
         self.pool.add(rung.choice, rung.scores)
+        _observe(self._rung_rows, rung)
 
     def add_full_eval(self, result: FullEval) -> int:
         """Add a full evaluation; returns its index."""
@@ -109,17 +120,27 @@ class SearchEvidence:
 
     def observations(self) -> list[tuple[Mapping[str, int], float, int]]:
         """The scored trials and race rungs as the pooled model takes them: (choice, mean, examples)."""
-        scored: list[Trial | RungEval] = [*self.trials, *self.rungs]
-        return [(r.choice, r.score, len(r.scores)) for r in scored if r.score is not None]
+        return Observations([self._trial_rows, self._rung_rows])
+
+    def _observe(self) -> None:
+        """Read the observations of every trial and rung again."""
+        self._trial_rows, self._rung_rows = ObservationRows(), ObservationRows()
+        for trial in self.trials:
+            _observe(self._trial_rows, trial)
+        for rung in self.rungs:
+            _observe(self._rung_rows, rung)
 
     def rename(self, named: Naming) -> None:
         """Name every record's choice by ``named`` (a parameter was added to the search). A list, set or
         pool none of whose choices a new name changes is kept as it is: a search names its evidence again
         at every join of a copy (``SearchLoop.merge``), and a list replaced is read again by the book."""
+        trials, rungs = self.trials, self.rungs
         self.trials = _renamed_all(self.trials, named)
         self.full_evals = _renamed_all(self.full_evals, named)
         self.rungs = _renamed_all(self.rungs, named)
         self.confirmations = _renamed_all(self.confirmations, named)
+        if trials is not self.trials or rungs is not self.rungs:
+            self._observe()
         tested = {choice_key(named(dict(key))) for key in self.tested}
         if tested != self.tested:
             self.tested = tested
@@ -143,6 +164,8 @@ class SearchEvidence:
             tested=set(self.tested),
             pool=self.pool.copy(),
             spent=self.spent,
+            trial_rows=self._trial_rows.copy(),
+            rung_rows=self._rung_rows.copy(),
         )
 
     def merge(self, fork: SearchEvidence, *, full_evals: int, rungs: int, spent: int) -> None:
@@ -153,6 +176,7 @@ class SearchEvidence:
         for rung in fork.rungs[rungs:]:
             self.rungs.append(rung)
             self.pool.add(rung.choice, rung.scores)
+            _observe(self._rung_rows, rung)
         self.spent += fork.spent - spent
         self.tested |= fork.tested
         self.raced_out |= fork.raced_out

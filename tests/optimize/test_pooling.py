@@ -6,8 +6,11 @@ import random
 
 import numpy as np
 
+from aprompt._optimize import pooling
 from aprompt._optimize.pooling import (
     RIDGE,
+    ObservationRows,
+    Observations,
     _design,
     _features,
     _gram,
@@ -178,3 +181,26 @@ def test_thompson_choice_is_a_function_of_its_seed() -> None:
     assert first == again
     assert len({tuple(sorted(d.items())) for d in first if d is not None}) > 1
     assert thompson_choice([], space, (7, 0), set()) is None
+
+
+def test_observations_kept_as_added_fit_as_the_same_list_does() -> None:
+    rng = random.Random(3)
+    parts = [ObservationRows(), ObservationRows()]
+    for step in range(300):
+        part = parts[0] if rng.random() < 0.7 else parts[1]
+        choice = {"b": rng.randrange(3), "a": rng.randrange(4)}
+        part.add(choice, rng.random(), rng.randrange(1, 9))
+        kept = Observations(parts)
+        if step % 7:
+            continue
+        parts[1].add({"a": 9, "b": 9}, 0.5, 3)  # after the snapshot: not in it
+        plain = [*parts[0].observations, *parts[1].observations[:-1]]
+        assert list(kept) == plain
+        pooling._LAST.clear()  # each fitted anew, not the last fit again
+        ours = additive_fit(kept)
+        pooling._LAST.clear()
+        theirs = additive_fit(list(plain))
+        assert ours.columns == theirs.columns
+        assert ours.coef.tobytes() == theirs.coef.tobytes()
+        assert ours.gram.tobytes() == theirs.gram.tobytes()
+        assert ours.sigma2 == theirs.sigma2

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from aprompt._optimize.evidence_book import collect_evidence
 from aprompt._optimize.final_pick import key_of
+from aprompt._optimize.pooling import Observations
 from aprompt._optimize.search_evidence import SearchEvidence
 from aprompt._optimize.search_records import FullEval, RungEval, Trial
 
@@ -60,3 +61,17 @@ def test_a_rename_that_names_a_new_parameter_renames_every_record_and_the_book()
     assert [(e.key, dict(e.scores), e.estimate) for e in found] == [
         (e.key, dict(e.scores), e.estimate) for e in expected
     ]
+
+
+def test_the_observations_kept_are_those_of_the_records_through_a_rename_and_a_join() -> None:
+    evidence = _evidence()
+    copy = evidence.fork()
+    copy.add_rung(RungEval(1, 0, {"a": 3}, ("e0",), {"e0": 1.0}, 1.0, 0, 0))
+    evidence.add_trial(_trial(2, {"a": 3}, {"e0": 0.0}))
+    evidence.merge(copy, full_evals=1, rungs=1, spent=3)
+    evidence.rename(_named)
+    scored = [*evidence.trials, *evidence.rungs]
+    assert isinstance(evidence.observations(), Observations)  # the rows kept, not read again
+    assert list(evidence.observations()) == [(r.choice, r.score, len(r.scores)) for r in scored]
+    evidence.add_rung(RungEval(2, 0, {"a": 0, "b": 0}, ("e0",), {"e0": 0.0}, None, 0, 1))  # unscored
+    assert list(evidence.observations()) == [(r.choice, r.score, len(r.scores)) for r in scored]
