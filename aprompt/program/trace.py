@@ -103,7 +103,7 @@ class Trace:
                 predictor=predictor,
                 inputs=dict(inputs),
                 # A copy: the program may change a list or dict it was handed before the run ends.
-                outputs=snapshot(prediction),
+                outputs=snapshot(prediction.to_dict()),
                 usage=prediction.usage,
                 raw_text=prediction.completion.text if prediction.completion else "",
             ),
