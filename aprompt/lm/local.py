@@ -15,7 +15,10 @@ import gc
 import hashlib
 import importlib.util
 import inspect
+import json
 import os
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -255,13 +258,38 @@ class LocalLM:
                 self._client = None
             server, self._server = self._server, None
             if server is not None:
+                address = server.listening_address
+
                 # xllamacpp stops its HTTP loop when the Server object is destroyed.
                 def shutdown() -> None:
                     nonlocal server
+                    _wait_until_idle(address)
                     server = None
                     gc.collect()
 
                 await anyio.to_thread.run_sync(shutdown)
+
+
+#: Seconds between two looks at the server's slots while it finishes the requests in flight.
+_IDLE_POLL_SECONDS = 0.05
+
+
+def _wait_until_idle(address: str) -> None:
+    """Block until no slot of the server at ``address`` is decoding. Destroying an xllamacpp server while
+    a request is in flight (one sent by a task outside the ``async with``, or by another program) hangs
+    the destructor for good: the request waits on a decoding loop that the shutdown has stopped. Every
+    request ends by itself within its token budget, so the wait is bounded by the longest in flight."""
+    # No proxy: the server is on loopback, whatever the environment says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while True:
+        try:
+            with opener.open(f"{address}/slots", timeout=5) as answer:
+                slots = json.load(answer)
+        except (OSError, ValueError):  # no slots to read: nothing to wait for
+            return
+        if not any(isinstance(slot, dict) and slot.get("is_processing") for slot in slots):
+            return
+        time.sleep(_IDLE_POLL_SECONDS)
 
 
 def local_lm(model_path: str | os.PathLike[str] | None = None, **options: Any) -> LocalLM:

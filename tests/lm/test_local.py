@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -78,6 +80,39 @@ async def test_local_lm_answers_and_always_shuts_the_server_down() -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{base_url}/models", timeout=2)
+
+
+#: Leaves a LocalLM while a task outside the block has a request in flight, then says how that request went.
+_LEAVE_WHILE_A_REQUEST_RUNS = """
+import json, urllib.request, anyio, aprompt
+from aprompt.lm._replies import accepting_cut_replies
+
+async def main():
+    local = aprompt.local_lm(n_parallel=1, ctx_per_slot=512)
+    async with anyio.create_task_group() as group:
+        async with local as lm:
+            async def ask():
+                with accepting_cut_replies(lambda text: True):
+                    reply = await lm.chat([{"role": "user", "content": "Tell a story."}], max_tokens=24)
+                print("answered", bool(reply.text), flush=True)
+            group.start_soon(ask)
+            slots = local.base_url.removesuffix("/v1") + "/slots"
+            while not any(s.get("is_processing") for s in json.load(urllib.request.urlopen(slots))):
+                await anyio.sleep(0.01)
+    print("left", flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.local_model
+def test_leaving_while_another_task_has_a_request_in_flight_stops_the_server() -> None:
+    # Destroyed mid-request, xllamacpp's server hung its destructor for good (the process with it).
+    done = subprocess.run(
+        [sys.executable, "-c", _LEAVE_WHILE_A_REQUEST_RUNS], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["answered", "True", "left"]
 
 
 @pytest.mark.local_model
