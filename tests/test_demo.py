@@ -58,6 +58,24 @@ def test_the_demo_fits_its_default_split_in_the_shipped_data() -> None:
     assert args.train + args.val + args.test <= len(load_examples())
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--test", "590"], "600 sentences"),  # the validation split would be empty
+        (["--train", "500"], "600 sentences"),
+        (["--test", "-5"], "--test"),
+        (["--val", "0"], "--val"),
+        (["--parallel", "0"], "--parallel"),
+    ],
+)
+def test_a_demo_split_the_shipped_data_cannot_hold_is_refused(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2 and named in capsys.readouterr().err
+
+
 def _evaluation(scores: list[float]) -> Evaluation:
     return Evaluation(tuple(ExampleResult(f"e{i}", s) for i, s in enumerate(scores)))
 

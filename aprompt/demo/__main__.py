@@ -317,7 +317,22 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m aprompt.dem
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default="", help="response cache folder (default: no cache)")
     parser.add_argument("--out", default="demo-result.json", help="where to save the optimized program")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Refused here: the splits are slices of the shipped data, which a size past it or below 1 would
+    # shorten or empty without a word (a run on fewer examples than asked).
+    for name in ("train", "val", "test", "trials", "minibatch", "candidates", "parallel"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("threads", "show"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be at least 0, got {getattr(args, name)}")
+    shipped = len(load_examples())
+    if args.train + args.val + args.test > shipped:
+        parser.error(
+            f"--train {args.train} + --val {args.val} + --test {args.test} is more than the {shipped} "
+            "sentences the demo ships with"
+        )
+    return args
 
 
 if __name__ == "__main__":
