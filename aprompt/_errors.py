@@ -206,8 +206,15 @@ class TruncatedResponseError(IncompleteResponseError):
     """The reply was cut at its token budget (``length``, Anthropic's ``max_tokens``), even after one
     re-send with a larger ``max_tokens``, or by the model's context window (Anthropic's
     ``model_context_window_exceeded``, Mistral's ``model_length``, not re-sent: the prompt left the reply
-    too little room). In an evaluation it is the prompt's failure: its example scores 0 (the prompt led
-    the model past the budget or the window), where other LM failures leave it unscored."""
+    too little room; also a ``length`` reply with fewer completion tokens than its budget, as llama.cpp
+    and vLLM report a full window). In an evaluation it is the prompt's failure: its example scores 0 (the
+    prompt led the model past the budget or the window), where other LM failures leave it unscored.
+
+    Attributes:
+        by_window: the context window cut it, not the token budget (it was not re-sent).
+    """
+
+    by_window: bool = False
 
 
 class ParseError(APromptError):

@@ -31,17 +31,18 @@ Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, whe
 own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
 spread over ``RetryPolicy.pause_jitter`` of its length, so that they do not arrive all at once.
 
-A provider fault is never an answer. Besides error statuses, timeouts and malformed bodies, a 2xx
-reply that is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filtered
-(``finish_reason: "content_filter"``, :class:`~aprompt._errors.ContentFilteredError`) or cut at its
-token budget (``"length"``, :class:`~aprompt._errors.TruncatedResponseError`) or by the context
-window (Anthropic's ``"model_context_window_exceeded"``, Mistral's ``"model_length"``, the same error)
-fails the attempt, and is never cached. Empty and filtered replies are retried like any transient fault;
-one the context window cut is raised at once (no budget would finish it); one cut at its budget is
-re-sent once, at once, with twice its ``max_tokens`` (or ``max_completion_tokens``; with
+A provider fault is never an answer. Besides error statuses, timeouts and malformed bodies, a 2xx reply that
+is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filtered (``finish_reason:
+"content_filter"``, :class:`~aprompt._errors.ContentFilteredError`) or cut at its token budget (``"length"``,
+:class:`~aprompt._errors.TruncatedResponseError`) or by the context window (Anthropic's
+``"model_context_window_exceeded"``, Mistral's ``"model_length"``, or a ``"length"`` reply that reports fewer
+completion tokens than its budget, as llama.cpp and vLLM end a full context window; the same error, with
+``by_window`` set) fails the attempt, and is never cached. Empty and filtered replies are retried like any
+transient fault; one the context window cut is raised at once (no budget would finish it); one cut at its
+budget is re-sent once, at once, with twice its ``max_tokens`` (or ``max_completion_tokens``; with
 :data:`TRUNCATION_RETRY_MAX_TOKENS` when the request set neither), saying so (a warning for the client's
-first, DEBUG for the rest), and raises if it is cut again. Their tokens count in
-:attr:`~HTTPChatLM.usage` (they are billed), and their re-sends in its ``requests`` and ``retries``.
+first, DEBUG for the rest), and raises if it is cut again. Their tokens count in :attr:`~HTTPChatLM.usage`
+(they are billed), and their re-sends in its ``requests`` and ``retries``.
 
 ``timeout`` bounds each attempt as a whole (connecting, sending and reading the entire body), and a
 body longer than ``max_response_bytes`` is not read on: the attempt fails with a
@@ -84,12 +85,12 @@ from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
-    WINDOW_CUT_REASONS,
     incomplete_reply,
     is_cut,
     larger_budget,
 )
 from aprompt.lm._reservations import Reservations
+from aprompt.lm._token_estimate import completion_budget
 from aprompt.lm._transport import request_url
 from aprompt.lm.adaptive import ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
@@ -461,7 +462,7 @@ class HTTPChatLM(abc.ABC):
                 return await self._routed_attempt(payload, estimate, params, is_retry=attempts > 1)
             except TruncatedResponseError as truncated:
                 # A reply the context window cut would be cut at the same place with any budget.
-                if enlarged or truncated.finish_reason in WINDOW_CUT_REASONS:
+                if enlarged or truncated.by_window:
                     raise
                 cut = truncated
             # Re-sent at once, outside the back-off: the same request would be cut the same way.
@@ -585,7 +586,11 @@ class HTTPChatLM(abc.ABC):
                 # Counted before the check: an incomplete reply is billed too.
                 self._usage.prompt_tokens += completion.usage.prompt_tokens
                 self._usage.completion_tokens += completion.usage.completion_tokens
-                incomplete = incomplete_reply(completion, endpoint.url)
+                incomplete = incomplete_reply(
+                    completion,
+                    endpoint.url,
+                    completion_budget(params) if completion.finish_reason == "length" else None,
+                )
                 if incomplete is not None:
                     raise incomplete
                 return completion

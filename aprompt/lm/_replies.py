@@ -120,21 +120,32 @@ def is_cut(finish_reason: str | None) -> bool:
     return finish_reason in _CUT_REASONS
 
 
-def incomplete_reply(completion: Completion, endpoint: str) -> IncompleteResponseError | None:
-    """The error for a well-formed reply that is not an answer, or None for an answer."""
+def incomplete_reply(
+    completion: Completion, endpoint: str, budget: int | None = None
+) -> IncompleteResponseError | None:
+    """The error for a well-formed reply that is not an answer, or None for an answer.
+
+    ``budget``: the completion budget the request was sent with, when known. A ``length`` reply that
+    reports fewer completion tokens than it was cut by the context window, not the budget (llama.cpp and
+    vLLM say ``length`` for both), and is raised as such: a larger budget would be cut at the same place.
+    """
     reason = completion.finish_reason
     is_answer = _CUT_REPLY_IS_ANSWER.get()
     if is_cut(reason) and completion.text and is_answer is not None and is_answer(completion.text):
         return None
-    if reason in WINDOW_CUT_REASONS:
-        return TruncatedResponseError(
+    written = completion.usage.completion_tokens
+    if reason in WINDOW_CUT_REASONS or (reason == "length" and budget is not None and 0 < written < budget):
+        shown = repr(reason) if reason != "length" else f"'length' after {written} of {budget} tokens"
+        error = TruncatedResponseError(
             f"the reply was cut where the prompt and it filled the model's context window (finish_reason "
-            f"{reason!r}): a larger max_tokens would not finish it; shorten the prompt (fewer or shorter "
-            "demos, shorter inputs)",
+            f"{shown}): a larger max_tokens would not finish it; shorten the prompt (fewer or shorter "
+            "demos, shorter inputs) or give the model a larger context (a local model's ctx_per_slot)",
             finish_reason=reason,
             text=completion.text,
             endpoint=endpoint,
         )
+        error.by_window = True
+        return error
     if reason == "length":
         return TruncatedResponseError(
             "the reply was cut at its token budget (finish_reason 'length')",

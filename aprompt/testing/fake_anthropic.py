@@ -219,6 +219,8 @@ class FakeAnthropicServer(FakeOpenAIServer):
         if finish is not None:
             stop_reason, stop_sequence = _STOP_REASONS.get(finish, finish), None
         input_tokens, output_tokens = estimate_tokens(request.prompt_text), estimate_tokens(text)
+        if stop_reason == "max_tokens":  # cut by its budget: it wrote all of it, as the API reports
+            output_tokens = int(body["max_tokens"])
         limited = self._over_rate_limit(input_tokens + output_tokens)
         if limited is not None:
             message = "This request would exceed your organization's rate limit."

@@ -48,7 +48,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -379,6 +379,8 @@ class FakeOpenAIServer:
             return overflow
         text, extra_fields, finish = await self._reply(request, fault)
         completion_tokens = estimate_tokens(text or "")
+        if finish == "length":  # cut by its budget: it wrote all of it, as servers report
+            completion_tokens = _budget(request.params) or completion_tokens
         limited = self._over_rate_limit(prompt_tokens + completion_tokens)
         if limited is not None:
             return (
@@ -524,6 +526,15 @@ class FakeOpenAIServer:
             return None
         oldest = self._window[0][0] if self._window else now
         return max(0.001, oldest + limit.period - now)
+
+
+def _budget(params: Mapping[str, Any]) -> int | None:
+    """The request's completion budget (``max_tokens`` or ``max_completion_tokens``), if a positive int."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = params.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _responder_reply(reply: Fault) -> Fault:

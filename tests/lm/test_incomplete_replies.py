@@ -332,6 +332,31 @@ async def test_a_mistral_context_window_stop_is_a_truncated_reply_raised_without
     assert caught.value.finish_reason == "model_length" and caught.value.text == "Val"
 
 
+async def test_a_length_stop_short_of_its_budget_is_a_window_cut_raised_without_a_resend() -> None:
+    # llama.cpp (and vLLM) say "length" also when the prompt and the reply filled a slot's context: the
+    # reply wrote 77 of its 150 tokens. A re-send with 300 would be cut at the same place.
+    usage = {"prompt_tokens": 179, "completion_tokens": 77, "total_tokens": 256}
+    async with FakeOpenAIServer() as server:
+        server.script(lambda n: Fault.reply("Val", finish_reason="length", fields={"usage": usage}))
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(TruncatedResponseError, match="context window") as caught:
+                await lm.chat(HELLO, max_tokens=150)
+    assert [(r.body or {})["max_tokens"] for r in server.chat_requests] == [150]
+    assert caught.value.by_window and caught.value.finish_reason == "length"
+    assert "77 of 150 tokens" in str(caught.value) and "ctx_per_slot" in str(caught.value)
+
+
+async def test_a_length_stop_at_its_budget_is_still_resent_with_a_larger_one() -> None:
+    usage = {"prompt_tokens": 179, "completion_tokens": 150, "total_tokens": 329}
+    async with FakeOpenAIServer() as server:
+        server.script(
+            lambda n: Fault.reply("Val", finish_reason="length", fields={"usage": usage}) if n == 0 else None
+        )
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            await lm.chat(HELLO, max_tokens=150)
+    assert [(r.body or {})["max_tokens"] for r in server.chat_requests] == [150, 300]
+
+
 # -- end to end: after the client's retries, such replies are the prompt's failure, scored 0 ----------
 
 
