@@ -161,7 +161,9 @@ class ContextOverflowError(RequestRejectedError):
 
 
 class BadResponseError(LMError):
-    """The endpoint answered 2xx with a body that is not a valid chat completion."""
+    """The endpoint answered 2xx with a body that is not a valid chat completion, or that carries an error
+    instead of a reply (as a router reports an upstream failure; the error names it). Retried like a
+    transient fault, as are its subclasses unless they say otherwise."""
 
 
 class UnreadableResponseError(BadResponseError):
@@ -173,8 +175,9 @@ class UnreadableResponseError(BadResponseError):
 
 class IncompleteResponseError(BadResponseError):
     """The endpoint answered 2xx with a well-formed reply that is not an answer (empty, filtered or
-    cut short). One the provider stopped on a fault (``finish_reason`` ``"error"``/``"abort"``) leaves its
-    example unscored, like any provider fault; an empty, filtered or cut one that the client's retries
+    cut short). One the provider stopped on a fault (``finish_reason`` ``"error"``/``"abort"``, DeepSeek's
+    ``"insufficient_system_resource"``) or paused (Anthropic's ``"pause_turn"``) leaves its example
+    unscored, like any provider fault; an empty, filtered or cut one that the client's retries
     (or its larger re-send) got again is the prompt's failure, and an evaluation scores it 0.
 
     Attributes:

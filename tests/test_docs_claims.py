@@ -89,8 +89,32 @@ def test_the_guarantees_treat_a_reply_stopped_on_a_fault_as_the_code_does() -> N
     filtered = aprompt.ContentFilteredError("filtered", finish_reason="content_filter")
     assert not is_answered_failure(stopped) and is_answered_failure(filtered)
     page = " ".join(_text("docs/guarantees.md").split())
-    assert "A reply stopped on a fault (`error`, `abort`) is not one of those" in page
+    said = "A reply stopped on a fault (`error`, `abort`, `insufficient_system_resource`) is not one of those"
+    assert said in page
     assert "the run checks the LM and re-runs the example" in page
+
+
+def test_the_guarantees_and_errors_name_every_fault_and_window_cut_finish_reason() -> None:
+    from aprompt.lm._replies import _FAULT_REASONS, WINDOW_CUT_REASONS, is_answered_failure
+
+    page = " ".join(_text("docs/guarantees.md").split())
+    incomplete = " ".join((aprompt.IncompleteResponseError.__doc__ or "").split())
+    for reason in _FAULT_REASONS:  # each left unscored and checked as an outage's symptom
+        assert not is_answered_failure(aprompt.IncompleteResponseError("x", finish_reason=reason))
+        assert f"`{reason}`" in page.split("leaves the example **unscored**")[0], reason
+        assert f'``"{reason}"``' in incomplete, reason
+    cut = aprompt.TruncatedResponseError("cut", finish_reason="model_length")
+    from aprompt.executors.base import ProgramOutcome
+
+    outcome = ProgramOutcome.failed(cut)
+    assert not outcome.lm_failure and outcome.error is not None  # the prompt's failure: scored 0
+    window = page.split("A reply the context window cut")[1].split("- A prompt the provider refuses")[0]
+    for reason in WINDOW_CUT_REASONS:
+        assert f"`{reason}`" in window, reason
+    assert "is not re-sent" in window and "scoring 0" in window
+    concepts = " ".join(_text("docs/concepts.md").split())
+    assert "two failures that are the prompt's own" not in concepts  # empty and filtered replies score 0 too
+    assert "a reply empty, filtered or refused again after the retries" in concepts
 
 
 def test_the_guarantees_score_empty_and_filtered_replies_as_the_code_does() -> None:
