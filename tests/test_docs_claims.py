@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 import aprompt
 from aprompt._cli.errors import EXIT_CONFIG
 from aprompt._cli.main import main
 from aprompt.strategies import STRATEGIES
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A program and metric file for the command line.
@@ -125,3 +129,41 @@ def test_the_guarantees_score_empty_and_filtered_replies_as_the_code_does() -> N
         assert not outcome.lm_failure and outcome.error is not None  # scored 0, not left unscored
     page = " ".join(_text("docs/guarantees.md").split())
     assert "got again after the retries, it is the **prompt's** failure and scores 0" in page
+
+
+class _CallbackFailed(Exception):
+    pass
+
+
+@pytest.mark.anyio
+async def test_on_event_is_awaited_inline_as_the_how_to_says(fake_server: FakeOpenAIServer) -> None:
+    namespace: dict[str, Any] = {}
+    exec(QA_PROGRAM, namespace)
+    fake_server.responder = lambda request: "Answer: 1"
+    trainset = [
+        aprompt.Example(inputs={"question": f"q{i}"}, labels={"answer": str(i % 3)}) for i in range(20)
+    ]
+    async with aprompt.OpenAICompatibleLM("fake", fake_server.base_url, api_key=TEST_API_KEY) as lm:
+
+        def raising(event: object) -> None:
+            if isinstance(event, aprompt.PhaseFinished):
+                raise _CallbackFailed("from the callback")
+
+        with pytest.raises(_CallbackFailed, match="from the callback"):  # itself, not wrapped
+            await aprompt.optimize(namespace["QA"](), trainset, namespace["exact"], lm=lm, on_event=raising)
+        events: list[object] = []
+
+        async def slow(event: object) -> None:
+            events.append(event)
+            await anyio.sleep(0.05)
+
+        slowed = await aprompt.optimize(namespace["QA"](), trainset, namespace["exact"], lm=lm, on_event=slow)
+        plain = await aprompt.optimize(namespace["QA"](), trainset, namespace["exact"], lm=lm)
+    # The run waits for each callback (some run beside each other, in the steps that run so).
+    assert len(events) > 20
+    assert slowed.spent["seconds"] > plain.spent["seconds"] + 10 * 0.05
+    page = " ".join(_text("docs/howto.md").split())
+    assert "`on_event` is awaited inline" in page
+    assert "its time counts against `max_time`" in page
+    assert "a callback that raises stops the run, and `optimize` raises that exception" in page
+    assert "awaited inline" in " ".join((aprompt.optimize.__doc__ or "").split())

@@ -127,7 +127,9 @@ async def optimize(
         concurrency: program runs in flight at once (LM calls are further limited by the LM client).
         bootstrap_threshold: the metric score a run must reach for its trace to become demos.
         in_place: write the best prompts into ``program`` itself instead of a copy.
-        on_event: called (sync or async) with every progress event.
+        on_event: called (sync or async) with every progress event, and awaited inline: a slow
+            callback slows the run (its time counts against ``max_time``, and it is not cancelled at
+            the deadline), and one that raises stops the run with that exception.
         run_dir: journal every durable fact there (and keep the LM cache there when the LM has none);
             calling again with the same ``run_dir`` resumes the run where it stopped.
         resume: with ``False``, an existing journal in ``run_dir`` is cleared and the run starts over.
