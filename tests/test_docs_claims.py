@@ -167,3 +167,13 @@ async def test_on_event_is_awaited_inline_as_the_how_to_says(fake_server: FakeOp
     assert "its time counts against `max_time`" in page
     assert "a callback that raises stops the run, and `optimize` raises that exception" in page
     assert "awaited inline" in " ".join((aprompt.optimize.__doc__ or "").split())
+
+
+def test_the_concepts_trace_says_what_the_code_does() -> None:
+    from aprompt.program.trace import Trace, TraceEntry
+
+    concepts = " ".join(_text("docs/concepts.md").split())
+    assert "in the order the calls were made" in " ".join((Trace.__doc__ or "").split())
+    assert "(copies)" in (TraceEntry.__doc__ or "")
+    assert "Entries are in the order the calls were made" in concepts
+    assert "hold copies of the inputs and outputs taken when the call was made and answered" in concepts
