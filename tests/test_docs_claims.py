@@ -177,3 +177,13 @@ def test_the_concepts_trace_says_what_the_code_does() -> None:
     assert "(copies)" in (TraceEntry.__doc__ or "")
     assert "Entries are in the order the calls were made" in concepts
     assert "hold copies of the inputs and outputs taken when the call was made and answered" in concepts
+
+
+def test_the_how_tos_token_reservations_say_what_the_code_does() -> None:
+    from aprompt.lm import limits
+
+    howto = " ".join(_text("docs/howto.md").split())
+    assert "reserves the longest completion reported so far" in " ".join((limits.__doc__ or "").split())
+    assert "or without one the longest completion reported so far" in howto
+    assert "the first such request goes alone under a token limit" in howto
+    assert "is sent alone in its minute, with one warning naming the limit" in howto
