@@ -31,7 +31,9 @@ def _restore_error(
 
 
 class ConfigError(APromptError, ValueError):
-    """Invalid arguments or configuration, detected before any LM call is spent."""
+    """Invalid arguments or configuration, detected before any LM call is spent where it can be; what
+    only a run shows (a metric value that is not a score, a predictor called where the run's prompts
+    cannot reach it, a client called from a second event loop while busy) is raised when it happens."""
 
 
 class RunDirLockedError(ConfigError):

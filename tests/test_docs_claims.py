@@ -187,3 +187,12 @@ def test_the_how_tos_token_reservations_say_what_the_code_does() -> None:
     assert "or without one the longest completion reported so far" in howto
     assert "the first such request goes alone under a token limit" in howto
     assert "is sent alone in its minute, with one warning naming the limit" in howto
+
+
+def test_config_errors_docstring_allows_those_raised_during_a_run() -> None:
+    said = " ".join((aprompt.ConfigError.__doc__ or "").split())
+    # A metric value that is not a score is a ConfigError mid-run (see the guarantees), not only up front.
+    assert "During the run, a metric value that is not a score" in " ".join(
+        _text("docs/guarantees.md").split()
+    )
+    assert "a metric value that is not a score" in said and "is raised when it happens" in said
