@@ -590,6 +590,7 @@ class HTTPChatLM(abc.ABC):
                     completion,
                     endpoint.url,
                     completion_budget(params) if completion.finish_reason == "length" else None,
+                    scrub=self._reader.scrub,
                 )
                 if incomplete is not None:
                     raise incomplete

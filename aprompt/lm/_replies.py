@@ -121,11 +121,16 @@ def is_cut(finish_reason: str | None) -> bool:
 
 
 def incomplete_reply(
-    completion: Completion, endpoint: str, budget: int | None = None
+    completion: Completion,
+    endpoint: str,
+    budget: int | None = None,
+    scrub: Callable[[str], str] = str,
 ) -> IncompleteResponseError | None:
     """The error for a well-formed reply that is not an answer, or None for an answer.
 
-    ``budget``: the completion budget the request was sent with, when known. A ``length`` reply that
+    ``scrub``: what the reply's text goes through before the error quotes or holds it (a client's keys
+    taken out: a refusal may echo what was sent). ``budget``: the completion budget the request was sent
+    with, when known. A ``length`` reply that
     reports fewer completion tokens than it was cut by the context window, not the budget (llama.cpp and
     vLLM say ``length`` for both), and is raised as such: a larger budget would be cut at the same place.
     """
@@ -133,6 +138,7 @@ def incomplete_reply(
     is_answer = _CUT_REPLY_IS_ANSWER.get()
     if is_cut(reason) and completion.text and is_answer is not None and is_answer(completion.text):
         return None
+    text = scrub(completion.text)  # scrubbed whole, then cut: no key is left half-cut
     written = completion.usage.completion_tokens
     if reason in WINDOW_CUT_REASONS or (reason == "length" and budget is not None and 0 < written < budget):
         shown = repr(reason) if reason != "length" else f"'length' after {written} of {budget} tokens"
@@ -141,7 +147,7 @@ def incomplete_reply(
             f"{shown}): a larger max_tokens would not finish it; shorten the prompt (fewer or shorter "
             "demos, shorter inputs) or give the model a larger context (a local model's ctx_per_slot)",
             finish_reason=reason,
-            text=completion.text,
+            text=text,
             endpoint=endpoint,
         )
         error.by_window = True
@@ -150,35 +156,35 @@ def incomplete_reply(
         return TruncatedResponseError(
             "the reply was cut at its token budget (finish_reason 'length')",
             finish_reason=reason,
-            text=completion.text,
+            text=text,
             endpoint=endpoint,
         )
     if reason == "content_filter":
         return ContentFilteredError(
             "the provider withheld the reply (finish_reason 'content_filter')",
             finish_reason=reason,
-            text=completion.text,
+            text=text,
             endpoint=endpoint,
         )
     if reason == REFUSAL_REASON:
         return ContentFilteredError(
-            f"the model refused to answer: {completion.text[:_REFUSAL_CHARS]!r}",
+            f"the model refused to answer: {text[:_REFUSAL_CHARS]!r}",
             finish_reason=reason,
-            text=completion.text,
+            text=text,
             endpoint=endpoint,
         )
     if reason in _PAUSED_REASONS:
         return IncompleteResponseError(
             f"the provider paused the reply before its end (finish_reason {reason!r})",
             finish_reason=reason,
-            text=completion.text,
+            text=text,
             endpoint=endpoint,
         )
     if reason in _FAULT_REASONS:
         return IncompleteResponseError(
             f"the provider stopped the reply on a fault (finish_reason {reason!r})",
             finish_reason=reason,
-            text=completion.text,
+            text=text,
             endpoint=endpoint,
         )
     if not completion.text:

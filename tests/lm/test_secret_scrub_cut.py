@@ -4,18 +4,19 @@ part of it is left at the cut: both clients, on asyncio and trio."""
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from aprompt._errors import AuthenticationError, BadResponseError, LMStatusError
+from aprompt._errors import AuthenticationError, BadResponseError, ContentFilteredError, LMStatusError
 from aprompt.lm._http import HTTPChatLM
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy
 from aprompt.testing.fake_anthropic import FakeAnthropicServer
-from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 
 pytestmark = pytest.mark.anyio
 
@@ -171,3 +172,45 @@ async def test_a_key_in_the_base_urls_query_is_scrubbed_from_the_probes_error() 
     for error in (caught.value, in_a_call.value):
         shown = " ".join([str(error), repr(error), error.server_message])
         assert key not in shown and "key=***" in shown
+
+
+class RefusalEchoServer(FakeOpenAIServer):
+    """Answers every request with an OpenAI ``refusal`` that quotes the request's Authorization header
+    after ``padding`` characters (a guard in front of the model that words its refusal so)."""
+
+    padding = 0
+
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        refusal = "x" * self.padding + f" refused for {headers.get('authorization', '')} and more"
+        message = {"role": "assistant", "content": None, "refusal": refusal}
+        reply = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        return 200, json.dumps(reply).encode(), {}, None
+
+
+# The refusal is quoted cut at 200 characters: at these offsets the cut falls inside the key.
+@pytest.mark.parametrize("offset", [0, 100, 150])
+async def test_a_key_echoed_in_a_refusal_is_in_neither_the_error_nor_its_text(offset: int) -> None:
+    async with RefusalEchoServer() as server:
+        server.padding = offset
+        async with OpenAICompatibleLM("m", server.base_url, api_key=LONG_KEY, max_retries=0) as lm:
+            with pytest.raises(ContentFilteredError) as caught:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    error = caught.value
+    shown = " ".join([str(error), repr(error), error.text, repr(pickle.loads(pickle.dumps(error)).__dict__)])
+    assert "the model refused to answer" in shown and "***" in error.text
+    assert [piece for piece in _pieces(LONG_KEY, size=8) if piece in shown] == []
+
+
+async def test_a_key_echoed_in_a_withheld_anthropic_reply_is_not_in_its_error() -> None:
+    def echo(request: ChatRequest) -> Fault:
+        return Fault.reply(f"blocked: {request.headers.get('x-api-key')}", finish_reason="content_filter")
+
+    async with FakeAnthropicServer(responder=echo) as server:
+        async with AnthropicLM("m", server.base_url, api_key=LONG_KEY, max_retries=0) as lm:
+            with pytest.raises(ContentFilteredError) as caught:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    error = caught.value
+    assert error.text == "blocked: ***"
+    assert LONG_KEY not in repr(pickle.loads(pickle.dumps(error)).__dict__)
