@@ -79,7 +79,7 @@ def set_up_endpoints(
         target, url, hidden = endpoint_urls(endpoint.url)
         if key is None and api_key is None and api_key_env:
             keyless.add(url)
-        keys.extend(value for value in hidden if len(value) >= 8)  # scrubbed from messages too
+        keys.extend(hidden)  # scrubbed from messages too, whatever their length, as a key is
         if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
             # Sent as is, a line break would end the request's head early or add a header.
             raise ConfigError(

@@ -214,3 +214,18 @@ async def test_a_key_echoed_in_a_withheld_anthropic_reply_is_not_in_its_error() 
     error = caught.value
     assert error.text == "blocked: ***"
     assert LONG_KEY not in repr(pickle.loads(pickle.dumps(error)).__dict__)
+
+
+@pytest.mark.parametrize("credential", ["Zq7", "Zq7x9w"])
+async def test_a_short_credential_in_the_base_urls_query_is_scrubbed_too(credential: str) -> None:
+    """A signature or token of a few characters is as secret as a long one (a header key of any length
+    is scrubbed): the server's echo of the request's query showed it."""
+    async with PathEchoingServer() as server:
+        async with OpenAICompatibleLM("m", f"{server.base_url}?sig={credential}", api_key="") as lm:
+            with pytest.raises(AuthenticationError) as caught:
+                await lm.probe()
+            with pytest.raises(AuthenticationError) as in_a_call:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    for error in (caught.value, in_a_call.value):
+        shown = " ".join([str(error), repr(error), error.server_message])
+        assert credential not in shown and "sig=***" in shown
