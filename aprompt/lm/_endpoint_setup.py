@@ -6,6 +6,7 @@ configuration that would send a key where it does not belong or could not be sen
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -110,5 +111,21 @@ def set_up_endpoints(
     return EndpointSetup(states, secrets, frozenset(keyless))
 
 
+#: What an environment variable's name looks like (a shell's): a key given in its place (``sk-...``) does not.
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _env(name: str | None) -> str | None:
-    return os.environ.get(name) if name else None
+    """The value of the variable ``name``, or None when it is not set; raises ConfigError for an unset
+    ``name`` that is no variable's name, without showing it: it may be the key itself, given in place of
+    its variable's name, which the errors naming an unset variable would print."""
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if value is None and not _VARIABLE_NAME.fullmatch(name):
+        raise ConfigError(
+            "api_key_env (--api-key-env on the command line) takes the name of the environment variable "
+            "holding the key, and the value given is no variable's name (not shown: it may be the key "
+            "itself): pass the key as api_key=, or put it in a variable and name that"
+        )
+    return value

@@ -95,6 +95,27 @@ async def test_a_key_in_the_base_urls_query_is_sent_but_never_shown(
     assert lm.endpoints == (f"{fake_server.base_url}?api-version=2&{name}=***",)
 
 
+MISPLACED_KEY = "sk-proj-given-as-its-variable-9f3a"
+
+
+@pytest.mark.parametrize("where", ["client", "endpoint"])
+async def test_a_key_given_as_its_variables_name_is_refused_without_being_shown(
+    fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """``api_key_env="sk-..."`` (the key in place of its variable's name) was echoed by the errors naming
+    the unset variable: the 401's hint and the endpoint's ConfigError."""
+    monkeypatch.delenv(MISPLACED_KEY, raising=False)
+    with pytest.raises(ConfigError, match="no variable's name") as caught:
+        if where == "client":
+            lm = OpenAICompatibleLM("m", fake_server.base_url, api_key_env=MISPLACED_KEY, max_retries=0)
+        else:
+            lm = OpenAICompatibleLM("m", [Endpoint(fake_server.base_url, api_key_env=MISPLACED_KEY)])
+        async with lm:
+            await lm.chat(question(0))
+    assert MISPLACED_KEY not in str(caught.value) + repr(caught.value)
+    assert fake_server.requests == []
+
+
 @pytest.mark.parametrize("value", [0, -1, 2.5, "4", True])
 def test_an_endpoint_concurrency_that_is_not_a_positive_integer_is_a_config_error(value: object) -> None:
     # 0 is not "the client's default" (that is None): it is refused, like any other non-positive cap.
