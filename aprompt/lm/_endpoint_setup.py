@@ -5,8 +5,11 @@ configuration that would send a key where it does not belong or could not be sen
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -107,8 +110,27 @@ def set_up_endpoints(
         )
     # A key is also scrubbed as the server saw it: a header value's surrounding spaces are not its
     # own (a key pasted with a trailing space comes back without it).
-    secrets = tuple({secret for key in keys if key for secret in (key, key.strip()) if secret})
+    plain = {secret for key in keys if key for secret in (key, key.strip()) if secret}
+    # Longest first: an encoded form holds the plain one's parts, and a part replaced first would
+    # leave the rest of the longer form in the text.
+    secrets = tuple(
+        sorted({form for secret in plain for form in encoded_forms(secret)}, key=len, reverse=True)
+    )
     return EndpointSetup(states, secrets, frozenset(keyless))
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """``secret`` as a server may echo it: as it is, percent-encoded (a URL, a redirect's Location),
+    HTML-escaped (an error page) and JSON-escaped (a message quoted inside a JSON string). Keys of
+    letters, digits, ``-`` and ``_`` read the same in every form."""
+    return {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        html.escape(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
 
 
 #: What an environment variable's name looks like (a shell's): a key given in its place (``sk-...``) does not.

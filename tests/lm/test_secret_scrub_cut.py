@@ -3,8 +3,10 @@ part of it is left at the cut: both clients, on asyncio and trio."""
 
 from __future__ import annotations
 
+import html
 import json
 import pickle
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -229,3 +231,30 @@ async def test_a_short_credential_in_the_base_urls_query_is_scrubbed_too(credent
     for error in (caught.value, in_a_call.value):
         shown = " ".join([str(error), repr(error), error.server_message])
         assert credential not in shown and "sig=***" in shown
+
+
+#: A key with characters that URLs, HTML and JSON write otherwise.
+ODD_KEY = 'sk-a/b+c&d<e>f"g=h%i'
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(lambda key: urllib.parse.quote(key, safe=""), id="percent-encoded"),
+        pytest.param(lambda key: urllib.parse.quote_plus(key, safe=""), id="form-encoded"),
+        pytest.param(html.escape, id="html-escaped"),
+        pytest.param(lambda key: json.dumps(key)[1:-1], id="json-escaped"),
+    ],
+)
+async def test_a_key_echoed_in_an_encoded_form_is_scrubbed(echo: Callable[[str], str]) -> None:
+    """A server may echo the key as a URL, an HTML page or a JSON string writes it."""
+    shown_key = echo(ODD_KEY)
+    assert shown_key != ODD_KEY
+    async with FakeOpenAIServer(api_key=ODD_KEY) as server:
+        server.queue_faults(Fault.reply(f"invalid key {shown_key} for this project", status=400))
+        async with OpenAICompatibleLM("m", server.base_url, api_key=ODD_KEY, max_retries=0) as lm:
+            with pytest.raises(LMStatusError) as caught:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+    error = caught.value
+    shown = " ".join([str(error), repr(error), error.server_message, repr(pickle.dumps(error))])
+    assert shown_key not in shown and "invalid key *** for" in shown
