@@ -5,44 +5,15 @@ A provider client subclasses :class:`HTTPChatLM` and supplies only its wire form
 path, authentication headers, request body, response parsing and error-message extraction (see
 :class:`~aprompt.lm.openai.OpenAICompatibleLM`).
 
-One call, in order: the cache (identical in-flight calls share one computation), then per attempt
-the end of any 429 pause, the client-wide concurrency slot, an endpoint (least-loaded available), one of
-its slots (when there are several: the client's own bound a lone one) and a connection
-(:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide
-rate limiter, and only then the HTTP request, through our own HTTP/1.1 transport
-(:mod:`aprompt.lm._http11`), or httpx behind a proxy or with a caller's ``http_client``, whose reply
-:mod:`aprompt.lm._exchange` reads. Retry back-offs and pauses (:mod:`aprompt.lm._pacing`) are waited
-outside every slot.
+One call, in order: the cache (identical in-flight calls share one computation), then the request's
+attempts, retries and re-sends (:mod:`aprompt.lm._request_life`), each attempt through the client's
+slots, an endpoint, its connection and the rate limiters (:mod:`aprompt.lm._attempt`).
 
 Concurrency. An explicit ``max_concurrency`` is a fixed cap. Without one (the default) the cap adapts
 (:mod:`aprompt.lm.adaptive`): from the rate limits and the measured latency (Little's law) when a limit
 is known, else additive increase / multiplicative decrease on 429s. Limits the server states in its
 ``x-ratelimit-*`` headers become the endpoint's (:mod:`aprompt.lm.ratelimit_headers`), never above
 them.
-
-Endpoints. A failed attempt cools its endpoint down (see :mod:`aprompt.lm.endpoints`), so that a retry
-goes to another; one of several that answers 404 (a replica lacking the route or model) is not the
-request's fault: the request goes at once to another endpoint (each one once at most), outside the
-retries; when every other one is cooling down or paused by a 429, to one of them all the same, waiting
-out its pause (raised, the 404 would lose a request another replica answers). A lone endpoint's 404, or
-one from every endpoint, is raised.
-
-Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
-own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
-spread over ``RetryPolicy.pause_jitter`` of its length, so that they do not arrive all at once.
-
-A provider fault is never an answer. Besides error statuses, timeouts and malformed bodies, a 2xx reply that
-is empty or null (:class:`~aprompt._errors.EmptyResponseError`), filtered (``finish_reason:
-"content_filter"``, :class:`~aprompt._errors.ContentFilteredError`) or cut at its token budget (``"length"``,
-:class:`~aprompt._errors.TruncatedResponseError`) or by the context window (Anthropic's
-``"model_context_window_exceeded"``, Mistral's ``"model_length"``, or a ``"length"`` reply that reports fewer
-completion tokens than its budget, as llama.cpp and vLLM end a full context window; the same error, with
-``by_window`` set) fails the attempt, and is never cached. Empty and filtered replies are retried like any
-transient fault; one the context window cut is raised at once (no budget would finish it); one cut at its
-budget is re-sent once, at once, with twice its ``max_tokens`` (or ``max_completion_tokens``; with
-:data:`TRUNCATION_RETRY_MAX_TOKENS` when the request set neither), saying so (a warning for the client's
-first, DEBUG for the rest), and raises if it is cut again. Their tokens count in :attr:`~HTTPChatLM.usage`
-(they are billed), and their re-sends in its ``requests`` and ``retries``.
 
 ``timeout`` bounds each attempt as a whole (connecting, sending and reading the entire body), and a
 body longer than ``max_response_bytes`` is not read on: the attempt fails with a
@@ -54,9 +25,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-import logging
 import random
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -64,47 +33,37 @@ from typing import Any, ClassVar, Self
 import anyio
 import attrs
 import httpx
-import tenacity
 
 from aprompt._errors import (
     AuthenticationError,
     ConfigError,
     LMError,
-    LMStatusError,
-    RateLimitError,
-    RequestRejectedError,
-    TruncatedResponseError,
 )
+from aprompt.lm._attempt import Attempts
 from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._loop_owner import LoopOwner
 from aprompt.lm._messages import check_messages
-from aprompt.lm._metering import admit_request
-from aprompt.lm._pacing import pause_after_rate_limit, pooled_rates, wait_out_pause
+from aprompt.lm._pacing import pooled_rates
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
     incomplete_reply,
     is_cut,
-    larger_budget,
 )
+from aprompt.lm._request_life import RequestLife
 from aprompt.lm._reservations import Reservations
-from aprompt.lm._token_estimate import completion_budget
 from aprompt.lm._transport import request_url
 from aprompt.lm.adaptive import ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
 from aprompt.lm.cache._run_caches import lent_cache
-from aprompt.lm.endpoints import (
-    EndpointPool,
-    EndpointState,
-    is_endpoint_fault,
-)
-from aprompt.lm.limits import RateLimiter, estimate_prompt_tokens
+from aprompt.lm.endpoints import EndpointPool
+from aprompt.lm.limits import RateLimiter
 from aprompt.lm.ratelimit_headers import StatedLimits, read_raw_rate_limit_headers
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message, canonical_params
-from aprompt.lm.usage import UsageCounter, UsageSnapshot, note_request
+from aprompt.lm.usage import UsageCounter, UsageSnapshot
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
@@ -113,8 +72,6 @@ __all__ = [
     "EndpointSpec",
     "HTTPChatLM",
 ]
-
-logger = logging.getLogger("aprompt.lm")
 
 #: ``max_concurrency`` when not given: None, an adaptive cap (see :mod:`aprompt.lm.adaptive`).
 DEFAULT_MAX_CONCURRENCY: int | None = None
@@ -202,8 +159,6 @@ class HTTPChatLM(abc.ABC):
         self._concurrency = ConcurrencyController(
             max_concurrency, maximum=self._pool.capacity, rates=self._rates
         )
-        self._slots = self._concurrency.slots
-        self._rng = random.Random()
         policy = retry if retry is not None else RetryPolicy()
         self._retry = policy if max_retries is None else attrs.evolve(policy, max_retries=max_retries)
         self._cache = cache
@@ -224,7 +179,26 @@ class HTTPChatLM(abc.ABC):
             server_message=self._server_message,
             stated_limits=self._stated_limits,
         )
-        self._cut_replies = 0  # replies re-sent with a larger token budget (only the first is a warning)
+        attempts = Attempts(
+            model=model,
+            pool=self._pool,
+            limiter=self._limiter,
+            reservations=self._reservations,
+            concurrency=self._concurrency,
+            slots=self._concurrency.slots,
+            usage=self._usage,
+            reader=self._reader,
+            request_urls=self._request_urls,
+            retry=self._retry,
+            rng=random.Random(),
+        )
+        self._requests = RequestLife(
+            model=model,
+            request_body=self._request_body,
+            reservations=self._reservations,
+            attempts=attempts,
+            retry=self._retry,
+        )
         self._closed = False
         self._loop_owner = LoopOwner()
 
@@ -352,7 +326,7 @@ class HTTPChatLM(abc.ABC):
         self._loop_owner.enter(self)  # the error's text is made only when it is raised
         try:
             if cache is None:
-                completion = await self._complete(messages, sent)
+                completion = await self._requests.complete(messages, sent)
             else:
                 key = request_key(
                     model=self._model,
@@ -361,12 +335,14 @@ class HTTPChatLM(abc.ABC):
                     rollout=rollout,
                     namespace=self.cache_namespace,
                 )
-                completion, hit = await cache.get_or_compute(key, lambda: self._complete(messages, sent))
+                completion, hit = await cache.get_or_compute(
+                    key, lambda: self._requests.complete(messages, sent)
+                )
                 if hit and is_cut(completion.finish_reason) and incomplete_reply(completion, "") is not None:
                     # A cut reply a caller that accepts it had stored is no answer here: the server is
                     # asked, as without the cache (and re-sent with a larger budget); the entry is kept
                     # for the callers that accept it.
-                    completion, hit = await self._complete(messages, sent), False
+                    completion, hit = await self._requests.complete(messages, sent), False
                 if hit:
                     self._usage.cache_hits += 1
         except LMError:
@@ -439,185 +415,7 @@ class HTTPChatLM(abc.ABC):
     ) -> None:
         await self.aclose()
 
-    # -- one call, its attempts -------------------------------------------------------------
-    async def _complete(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Completion:
-        try:
-            payload = json.dumps(self._request_body(messages, params)).encode()
-        except (TypeError, ValueError) as exc:
-            problem = str(exc)
-        else:
-            problem = ""
-        if problem:
-            raise ConfigError(f"request cannot be sent as JSON: {problem}")
-        # Made once: the reservations and the calibration after the answer use the same estimate.
-        estimate = estimate_prompt_tokens(messages)
-        self._reservations.estimator.reservation(estimate, params)  # a budget it cannot reserve: raised
-        attempts = 0
-        enlarged = False
-
-        async def attempt() -> Completion:
-            nonlocal attempts, payload, enlarged
-            attempts += 1
-            try:
-                return await self._routed_attempt(payload, estimate, params, is_retry=attempts > 1)
-            except TruncatedResponseError as truncated:
-                # A reply the context window cut would be cut at the same place with any budget.
-                if enlarged or truncated.by_window:
-                    raise
-                cut = truncated
-            # Re-sent at once, outside the back-off: the same request would be cut the same way.
-            name, given, larger = larger_budget(params)
-            larger_params = {**params, name: larger}
-            payload = json.dumps(self._request_body(messages, larger_params)).encode()
-            enlarged = True
-            self._cut_replies += 1
-            # A small model rambles past its budget often, and the re-send is the designed answer: the
-            # first is a warning (it may mean max_tokens is set too low), the rest are counted at DEBUG.
-            first = self._cut_replies == 1
-            logger.log(
-                logging.WARNING if first else logging.DEBUG,
-                "%s: reply cut at its token budget (%s=%s, finish_reason %r); re-sending once with %s=%d%s",
-                self._model,
-                name,
-                given,
-                cut.finish_reason,
-                name,
-                larger,
-                "; further cut replies are logged at DEBUG" if first else f" ({self._cut_replies} so far)",
-            )
-            attempts += 1
-            try:
-                return await self._routed_attempt(payload, estimate, larger_params, is_retry=True)
-            except TruncatedResponseError as again:
-                final, detail = again, f"cut again with {name}={larger}"
-            except RequestRejectedError as rejected:  # e.g. more than the model's output limit
-                final, detail = cut, f"a re-send with {name}={larger} was rejected: {rejected.args[0]}"
-            raise TruncatedResponseError(
-                f"{final.args[0]}; {detail}",
-                finish_reason=final.finish_reason,
-                text=final.text,
-                endpoint=final.endpoint,
-            )
-
-        # The first attempt goes without tenacity, whose controller costs a few percent of a call's
-        # CPU; only a failure builds one, and replays the failure as its own first attempt, so that
-        # retries, back-offs, logs and the error raised are the same as with tenacity from the start.
-        try:
-            completion: Completion = await attempt()
-        except Exception as error:
-            first_failure: Exception | None = error
-
-            async def resumed() -> Completion:
-                nonlocal first_failure
-                if first_failure is not None:
-                    failure, first_failure = first_failure, None
-                    raise failure
-                return await attempt()
-
-            completion = await self._retry.retrying(self._log_retry)(resumed)
-        return completion
-
-    async def _routed_attempt(
-        self, payload: bytes, estimate: int, params: Mapping[str, Any], *, is_retry: bool
-    ) -> Completion:
-        """One attempt, sent on at once to another endpoint while the one it went to answers 404: a
-        replica lacking the route or model (now cooling down) is not the request's fault. Each endpoint
-        is tried once at most (one paused by a 429 is waited for); a 404 from every one is raised."""
-        tried: frozenset[str] = frozenset()
-        while True:
-            try:
-                return await self._attempt(payload, estimate, params, is_retry=is_retry, avoid=tried)
-            except LMStatusError as error:
-                url = error.endpoint
-                if error.status_code != 404 or url is None:
-                    raise
-                tried |= {url}
-                if len(tried) >= len(self._pool.endpoints):
-                    raise
-            is_retry = True
-            logger.debug("%s: HTTP 404, sending the request to another endpoint", url)
-
-    async def _attempt(
-        self,
-        payload: bytes,
-        estimate: int,
-        params: Mapping[str, Any],
-        *,
-        is_retry: bool,
-        avoid: frozenset[str] = frozenset(),
-    ) -> Completion:
-        await self._wait_out_pause()
-        # The client's slots number at most the endpoints' total capacity (the controller's maximum).
-        async with (
-            self._reservations.first_open_reply(params),
-            self._slots,
-            self._pool.lease(capped=True, avoid=avoid) as lease,
-        ):
-            endpoint = lease.endpoint
-            # Reserved per attempt: a retry reserves what the replies since have taught.
-            reserved = self._reservations.reserve(estimate, params)
-            admitted = await endpoint.limiter.acquire(reserved)
-            admitted_here = None
-            # Tokens settled on the limiters: a request refused before it is sent, or answered with an
-            # error status (not billed), is refunded; one sent and not answered (a timeout, a dropped
-            # connection, a cancellation) keeps its reservation, as the server counts what it received.
-            used = 0
-            meter = None
-            sent: float | None = None
-            try:
-                admitted_here = await self._limiter.acquire(reserved)
-                # Counted by the endpoint from when it goes, should the client's limits have held it.
-                endpoint.limiter.refresh(admitted)
-                meter = admit_request(self._model, retry=is_retry)  # may refuse: a run limit is spent
-                self._usage.requests += 1
-                if is_retry:
-                    self._usage.retries += 1
-                sent = time.monotonic()
-                used = reserved
-                completion = await self._reader.exchange(
-                    lease.transport, endpoint, self._request_urls[endpoint], payload
-                )
-                if meter is not None:
-                    meter.settle(self._model, completion.usage)
-                self._reservations.observe(estimate, params, completion.usage)
-                # A server that reports no usage keeps the estimate charged.
-                used = completion.usage.total_tokens or reserved
-                self._concurrency.completed(time.monotonic() - sent, used)
-                # Counted before the check: an incomplete reply is billed too.
-                self._usage.prompt_tokens += completion.usage.prompt_tokens
-                self._usage.completion_tokens += completion.usage.completion_tokens
-                incomplete = incomplete_reply(
-                    completion,
-                    endpoint.url,
-                    completion_budget(params) if completion.finish_reason == "length" else None,
-                    scrub=self._reader.scrub,
-                )
-                if incomplete is not None:
-                    raise incomplete
-                return completion
-            except LMError as error:
-                if isinstance(error, LMStatusError):
-                    used = 0
-                self._note_failure(endpoint, error)
-                if meter is not None:
-                    meter.note_failure(error)
-                raise
-            finally:
-                if sent is not None:  # for the report's chart of requests in flight
-                    note_request(sent, time.monotonic())
-                endpoint.limiter.settle(admitted, used)
-                if admitted_here is not None:
-                    self._limiter.settle(admitted_here, used)
-
-    async def _wait_out_pause(self) -> None:
-        """Wait, holding no slot, until a 429 pause lets requests through (see :func:`wait_out_pause`)."""
-        await wait_out_pause(
-            self._limiter,
-            [endpoint.limiter for endpoint in self._pool.endpoints],
-            pause_jitter=self._retry.pause_jitter,
-            rng=self._rng,
-        )
-
+    # -- the limits' rates ------------------------------------------------------------------
     def _rates(self) -> tuple[float | None, float | None]:
         """The fastest the limits let requests and tokens go (per second, over a burst window): the
         client's, or the endpoints' sum when each has a limit, whichever is lower; None where unknown."""
@@ -630,33 +428,4 @@ class HTTPChatLM(abc.ABC):
         return pooled_rates(
             self._limiter.configured_peak_rates,
             [endpoint.limiter.configured_peak_rates for endpoint in self._pool.endpoints],
-        )
-
-    def _note_failure(self, endpoint: EndpointState, error: LMError) -> None:
-        if isinstance(error, RateLimitError):
-            self._usage.rate_limited += 1
-            pause = pause_after_rate_limit(error, endpoint.limiter, self._limiter, self._retry)
-            if pause is not None:
-                self._concurrency.paused()
-                logger.info(
-                    "%s: HTTP 429, pausing requests for %.2f s (concurrency cap now %d)",
-                    endpoint.url,
-                    pause,
-                    self._concurrency.cap,
-                )
-            else:
-                logger.debug("%s: HTTP 429 within a pause", endpoint.url)
-        elif is_endpoint_fault(error):
-            self._pool.mark_unhealthy(endpoint)
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        sleep = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.debug(
-            "%s: attempt %d of %d failed (%s); retrying in %.3f s",
-            self._model,
-            state.attempt_number,
-            self._retry.max_retries + 1,
-            error,
-            sleep,
         )

@@ -1,0 +1,203 @@
+"""One attempt of an HTTP chat client's request on an endpoint: the slots, the lease, the rate limiters'
+admission, the exchange and the settling of what it used (see :class:`~aprompt.lm._http.HTTPChatLM`).
+
+An attempt, in order: the end of any 429 pause, the client-wide concurrency slot, an endpoint
+(least-loaded available), one of its slots (when there are several: the client's own bound a lone one)
+and a connection (:mod:`aprompt.lm._connections`), the endpoint's rate limiter, the client-wide rate
+limiter, and only then the HTTP request, through our own HTTP/1.1 transport (:mod:`aprompt.lm._http11`),
+or httpx behind a proxy or with a caller's ``http_client``, whose reply :mod:`aprompt.lm._exchange`
+reads. Retry back-offs and pauses (:mod:`aprompt.lm._pacing`) are waited outside every slot.
+
+Endpoints. A failed attempt cools its endpoint down (see :mod:`aprompt.lm.endpoints`), so that a retry
+goes to another; one of several that answers 404 (a replica lacking the route or model) is not the
+request's fault: the request goes at once to another endpoint (each one once at most), outside the
+retries; when every other one is cooling down or paused by a 429, to one of them all the same, waiting
+out its pause (raised, the 404 would lose a request another replica answers). A lone endpoint's 404, or
+one from every endpoint, is raised.
+
+Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
+own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
+spread over ``RetryPolicy.pause_jitter`` of its length, so that they do not arrive all at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from aprompt._errors import LMError, LMStatusError, RateLimitError
+from aprompt._slots import Slots
+from aprompt.lm._exchange import ReplyReader
+from aprompt.lm._metering import admit_request
+from aprompt.lm._pacing import pause_after_rate_limit, wait_out_pause
+from aprompt.lm._replies import incomplete_reply
+from aprompt.lm._reservations import Reservations
+from aprompt.lm._token_estimate import completion_budget
+from aprompt.lm.adaptive import ConcurrencyController
+from aprompt.lm.endpoints import EndpointPool, EndpointState, is_endpoint_fault
+from aprompt.lm.limits import RateLimiter
+from aprompt.lm.retry import RetryPolicy
+from aprompt.lm.types import Completion
+from aprompt.lm.usage import UsageCounter, note_request
+
+__all__ = ["Attempts"]
+
+logger = logging.getLogger("aprompt.lm")
+
+
+@attrs.frozen
+class Attempts:
+    """How a client makes one attempt of a request: the parts of it an attempt goes through.
+
+    Attributes:
+        model: the client's model (metered and named in logs).
+        pool: the client's endpoints.
+        limiter: the client-wide rate limiter.
+        reservations: the token reservations on the client's and its endpoints' limiters.
+        concurrency: the client's concurrency controller.
+        slots: its slots, one of which each attempt holds.
+        usage: the client's counters (requests, retries, tokens, 429s).
+        reader: reads each exchange's reply.
+        request_urls: each endpoint's request URL.
+        retry: the client's retry policy (its pauses after a 429).
+        rng: draws the spread of the attempts a pause released.
+    """
+
+    model: str
+    pool: EndpointPool
+    limiter: RateLimiter
+    reservations: Reservations
+    concurrency: ConcurrencyController
+    slots: Slots
+    usage: UsageCounter
+    reader: ReplyReader
+    request_urls: Mapping[EndpointState, httpx.URL]
+    retry: RetryPolicy
+    rng: random.Random
+
+    async def routed(
+        self, payload: bytes, estimate: int, params: Mapping[str, Any], *, is_retry: bool
+    ) -> Completion:
+        """One attempt, sent on at once to another endpoint while the one it went to answers 404: a
+        replica lacking the route or model (now cooling down) is not the request's fault. Each endpoint
+        is tried once at most (one paused by a 429 is waited for); a 404 from every one is raised."""
+        tried: frozenset[str] = frozenset()
+        while True:
+            try:
+                return await self.attempt(payload, estimate, params, is_retry=is_retry, avoid=tried)
+            except LMStatusError as error:
+                url = error.endpoint
+                if error.status_code != 404 or url is None:
+                    raise
+                tried |= {url}
+                if len(tried) >= len(self.pool.endpoints):
+                    raise
+            is_retry = True
+            logger.debug("%s: HTTP 404, sending the request to another endpoint", url)
+
+    async def attempt(
+        self,
+        payload: bytes,
+        estimate: int,
+        params: Mapping[str, Any],
+        *,
+        is_retry: bool,
+        avoid: frozenset[str] = frozenset(),
+    ) -> Completion:
+        """``payload`` sent once, to an endpoint not in ``avoid`` when one is available."""
+        await self.wait_out_pause()
+        # The client's slots number at most the endpoints' total capacity (the controller's maximum).
+        async with (
+            self.reservations.first_open_reply(params),
+            self.slots,
+            self.pool.lease(capped=True, avoid=avoid) as lease,
+        ):
+            endpoint = lease.endpoint
+            # Reserved per attempt: a retry reserves what the replies since have taught.
+            reserved = self.reservations.reserve(estimate, params)
+            admitted = await endpoint.limiter.acquire(reserved)
+            admitted_here = None
+            # Tokens settled on the limiters: a request refused before it is sent, or answered with an
+            # error status (not billed), is refunded; one sent and not answered (a timeout, a dropped
+            # connection, a cancellation) keeps its reservation, as the server counts what it received.
+            used = 0
+            meter = None
+            sent: float | None = None
+            try:
+                admitted_here = await self.limiter.acquire(reserved)
+                # Counted by the endpoint from when it goes, should the client's limits have held it.
+                endpoint.limiter.refresh(admitted)
+                meter = admit_request(self.model, retry=is_retry)  # may refuse: a run limit is spent
+                self.usage.requests += 1
+                if is_retry:
+                    self.usage.retries += 1
+                sent = time.monotonic()
+                used = reserved
+                completion = await self.reader.exchange(
+                    lease.transport, endpoint, self.request_urls[endpoint], payload
+                )
+                if meter is not None:
+                    meter.settle(self.model, completion.usage)
+                self.reservations.observe(estimate, params, completion.usage)
+                # A server that reports no usage keeps the estimate charged.
+                used = completion.usage.total_tokens or reserved
+                self.concurrency.completed(time.monotonic() - sent, used)
+                # Counted before the check: an incomplete reply is billed too.
+                self.usage.prompt_tokens += completion.usage.prompt_tokens
+                self.usage.completion_tokens += completion.usage.completion_tokens
+                incomplete = incomplete_reply(
+                    completion,
+                    endpoint.url,
+                    completion_budget(params) if completion.finish_reason == "length" else None,
+                    scrub=self.reader.scrub,
+                )
+                if incomplete is not None:
+                    raise incomplete
+                return completion
+            except LMError as error:
+                if isinstance(error, LMStatusError):
+                    used = 0
+                self.note_failure(endpoint, error)
+                if meter is not None:
+                    meter.note_failure(error)
+                raise
+            finally:
+                if sent is not None:  # for the report's chart of requests in flight
+                    note_request(sent, time.monotonic())
+                endpoint.limiter.settle(admitted, used)
+                if admitted_here is not None:
+                    self.limiter.settle(admitted_here, used)
+
+    async def wait_out_pause(self) -> None:
+        """Wait, holding no slot, until a 429 pause lets requests through (see :func:`wait_out_pause`)."""
+        await wait_out_pause(
+            self.limiter,
+            [endpoint.limiter for endpoint in self.pool.endpoints],
+            pause_jitter=self.retry.pause_jitter,
+            rng=self.rng,
+        )
+
+    def note_failure(self, endpoint: EndpointState, error: LMError) -> None:
+        """Count a failed attempt: a 429 pauses (see :mod:`aprompt.lm._pacing`), an endpoint's fault
+        cools the endpoint down."""
+        if isinstance(error, RateLimitError):
+            self.usage.rate_limited += 1
+            pause = pause_after_rate_limit(error, endpoint.limiter, self.limiter, self.retry)
+            if pause is not None:
+                self.concurrency.paused()
+                logger.info(
+                    "%s: HTTP 429, pausing requests for %.2f s (concurrency cap now %d)",
+                    endpoint.url,
+                    pause,
+                    self.concurrency.cap,
+                )
+            else:
+                logger.debug("%s: HTTP 429 within a pause", endpoint.url)
+        elif is_endpoint_fault(error):
+            self.pool.mark_unhealthy(endpoint)
