@@ -60,6 +60,11 @@ def shaped(payload: bytes, fault: Fault | None) -> bytes | StreamedBody:
     return payload
 
 
+#: A fake server's answer: status (negative: the connection is dropped), body, extra headers, and the
+#: name of the fault it carries (None: a normal answer).
+Answer = tuple[int, bytes | StreamedBody, dict[str, str], str | None]
+
+
 def error_body(message: str, code: str) -> bytes:
     return json_bytes({"error": {"message": message, "type": code, "code": code}})
 

@@ -57,7 +57,19 @@ import anyio.abc
 import attrs
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from aprompt.testing._faults import (
+    FaultSchedule,
+    Outage,
+    Script,
+    fault_name,
+    injected_failure,
+    responder_reply,
+)
+from aprompt.testing._http_reply import (
+    Answer as Answer,  # the fake Anthropic server's answers are of this shape too
+)
 from aprompt.testing._http_reply import StreamedBody, error_body, json_bytes, send_reply, shaped
+from aprompt.testing._rate_window import Window, admit, limit_headers
 from aprompt.testing._wire import (
     FROM_RESPONDER,
     HTML_PAGE,
@@ -83,13 +95,6 @@ __all__ = [
 
 Reply = str | tuple[str, dict[str, Any]] | Fault
 Responder = Callable[[ChatRequest], Reply | Awaitable[Reply]]
-#: What :meth:`FakeOpenAIServer.script` takes: one entry per chat request, or a function of its number.
-Script = Sequence[Fault | None] | Callable[[int], Fault | None]
-
-_OUTAGE_MODES = ("close", "500", "502", "503", "504", "529", "429")
-
-
-Answer = tuple[int, bytes | StreamedBody, dict[str, str], str | None]
 
 
 def _default_responder(request: ChatRequest) -> str:
@@ -134,12 +139,10 @@ class FakeOpenAIServer:
     answered: int = attrs.field(default=0, init=False)
     connections_opened: int = attrs.field(default=0, init=False)
     refused_in_outage: int = attrs.field(default=0, init=False)
-    _faults: deque[Fault] = attrs.field(factory=deque, init=False)
-    _script: Script | None = attrs.field(default=None, init=False)
-    _scripted: int = attrs.field(default=0, init=False)
-    _outage: tuple[float, float, str] | None = attrs.field(default=None, init=False)
+    _schedule: FaultSchedule = attrs.field(factory=FaultSchedule, init=False)
+    _outage: Outage | None = attrs.field(default=None, init=False)
     _rng: random.Random = attrs.field(init=False)
-    _window: deque[tuple[float, int]] = attrs.field(factory=deque, init=False)
+    _window: Window = attrs.field(factory=deque, init=False)
     _posts: int = attrs.field(default=0, init=False)
     _task_group: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
     _listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = attrs.field(default=None, init=False)
@@ -150,14 +153,13 @@ class FakeOpenAIServer:
     # -- scripting ---------------------------------------------------------------------------
     def queue_faults(self, *faults: Fault) -> None:
         """Apply these faults, in order, to the next requests (one fault per request)."""
-        self._faults.extend(faults)
+        self._schedule.queued.extend(faults)
 
     def script(self, steps: Script | None) -> None:
         """Script the next chat requests: entry ``n`` (or ``steps(n)``) applies to the ``n``-th
         chat request from now (0-based); ``None`` there, or past the end of the list, falls back to
         the queue and the rates. ``script(None)`` removes the script."""
-        self._script = steps
-        self._scripted = 0
+        self._schedule.set_script(steps)
 
     def outage(self, seconds: float = math.inf, *, mode: str = "503", after: float = 0.0) -> None:
         """Fail every request (any path) from ``after`` seconds from now, for ``seconds``.
@@ -166,12 +168,7 @@ class FakeOpenAIServer:
         answers that status; ``"close"`` closes the connection without answering. Replaces any
         outage set before; :meth:`end_outage` ends it early.
         """
-        if mode not in _OUTAGE_MODES:
-            raise ValueError(f"mode must be one of {_OUTAGE_MODES}, got {mode!r}")
-        if seconds < 0 or after < 0:
-            raise ValueError(f"seconds and after must be >= 0, got {seconds!r}, {after!r}")
-        start = time.monotonic() + after
-        self._outage = (start, start + seconds, mode)
+        self._outage = Outage.starting(time.monotonic(), seconds, mode=mode, after=after)
 
     def end_outage(self) -> None:
         """End the outage now (requests are answered again)."""
@@ -180,10 +177,7 @@ class FakeOpenAIServer:
     @property
     def in_outage(self) -> bool:
         """Whether a request arriving now would be refused by the outage."""
-        if self._outage is None:
-            return False
-        start, end, _ = self._outage
-        return start <= time.monotonic() < end
+        return self._outage is not None and self._outage.covers(time.monotonic())
 
     @property
     def base_url(self) -> str:
@@ -305,12 +299,7 @@ class FakeOpenAIServer:
             return None
         assert self._outage is not None
         self.refused_in_outage += 1
-        mode = self._outage[2]
-        if mode == "close":
-            return -1, b"", {}, "outage:close"
-        status = int(mode)
-        extra = {"retry-after": "1"} if status == 429 else {}
-        return status, self._error_payload(status, "service unavailable (outage)"), extra, f"outage:{status}"
+        return self._outage.refusal(self._error_payload)
 
     def _error_payload(self, status: int, message: str) -> bytes:
         """The body of an error answer (the Anthropic fake uses its API's format)."""
@@ -425,25 +414,11 @@ class FakeOpenAIServer:
     @staticmethod
     def _answered(payload: bytes, fault: Fault | None) -> Answer:
         """A 200 carrying ``payload``, sent as ``fault`` says (trickled, padded, or whole)."""
-        return 200, shaped(payload, fault), {}, _fault_name(fault)
+        return 200, shaped(payload, fault), {}, fault_name(fault)
 
     async def _injected_failure(self, fault: Fault | None, latency: float) -> Answer | None:
         """The answer of a fault that fails before any reply is made, or None."""
-        if fault is None:
-            return None
-        if fault.kind == "drop":
-            await anyio.sleep(min(latency, 0.05))
-            return -1, b"", {}, "drop"
-        if fault.kind == "status":
-            extra = {"retry-after": fault.retry_after} if fault.retry_after else {}
-            await anyio.sleep(min(latency, 0.05))
-            error = self._error_payload(fault.status, fault.message)
-            return fault.status, error, extra, f"status:{fault.status}"
-        if fault.kind == "reply" and fault.status != 200:
-            await anyio.sleep(latency)
-            message = fault.content if isinstance(fault.content, str) else "scripted failure"
-            return fault.status, self._error_payload(fault.status, message), {}, f"reply:{fault.status}"
-        return None
+        return await injected_failure(fault, latency, self._error_payload)
 
     async def _reply(
         self, request: ChatRequest, fault: Fault | None
@@ -458,7 +433,7 @@ class FakeOpenAIServer:
             if inspect.isawaitable(reply):
                 reply = await reply
             if isinstance(reply, Fault):
-                fault = _responder_reply(reply)
+                fault = responder_reply(reply)
                 await anyio.sleep(fault.seconds)
                 text, extra = (fault.content if isinstance(fault.content, str) else None), {}
             else:
@@ -468,20 +443,7 @@ class FakeOpenAIServer:
         return text, extra, None
 
     def _next_fault(self) -> Fault | None:
-        if self._script is not None:
-            number, self._scripted = self._scripted, self._scripted + 1
-            if callable(self._script):
-                step = self._script(number)
-            else:
-                step = self._script[number] if number < len(self._script) else None
-            if step is not None:
-                return step
-        if self._faults:
-            return self._faults.popleft()
-        for fault, rate in self.fault_rates:
-            if self._rng.random() < rate:
-                return fault
-        return None
+        return self._schedule.next(self.fault_rates, self._rng)
 
     def _more_headers(self, method: str, status: int) -> dict[str, str]:
         """The rate-limit headers (when asked for) and the scripted ones of a POST's answer."""
@@ -491,41 +453,14 @@ class FakeOpenAIServer:
         number, self._posts = self._posts, self._posts + 1
         limit = self.rate_limit
         if limit is not None and limit.headers and status in (200, 429):
-            now = time.monotonic()
-            self._expire_window(now, limit.period)
-            reset = f"{(self._window[0][0] + limit.period - now) if self._window else 0.0:.3f}s"
-            for kind, allowed, used in (
-                ("requests", limit.requests_per_minute, len(self._window)),
-                ("tokens", limit.tokens_per_minute, sum(t for _, t in self._window)),
-            ):
-                if allowed is not None:
-                    headers[f"x-ratelimit-limit-{kind}"] = f"{allowed:g}"
-                    headers[f"x-ratelimit-remaining-{kind}"] = f"{max(0.0, allowed - used):g}"
-                    headers[f"x-ratelimit-reset-{kind}"] = reset
+            headers.update(limit_headers(self._window, limit))
         if self.response_headers is not None:
             headers.update(self.response_headers(number))
         return headers
 
-    def _expire_window(self, now: float, period: float) -> None:
-        while self._window and self._window[0][0] <= now - period:
-            self._window.popleft()
-
     def _over_rate_limit(self, tokens: int) -> float | None:
         """Admit this request into the window, or return the seconds until it would fit."""
-        limit = self.rate_limit
-        if limit is None:
-            return None
-        now = time.monotonic()
-        self._expire_window(now, limit.period)
-        count = len(self._window)
-        used = sum(t for _, t in self._window)
-        over_requests = limit.requests_per_minute is not None and count + 1 > limit.requests_per_minute
-        over_tokens = limit.tokens_per_minute is not None and used + tokens > limit.tokens_per_minute
-        if not (over_requests or over_tokens):
-            self._window.append((now, tokens))
-            return None
-        oldest = self._window[0][0] if self._window else now
-        return max(0.001, oldest + limit.period - now)
+        return admit(self._window, self.rate_limit, tokens)
 
 
 def _budget(params: Mapping[str, Any]) -> int | None:
@@ -535,20 +470,6 @@ def _budget(params: Mapping[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
-
-
-def _responder_reply(reply: Fault) -> Fault:
-    if reply.kind != "reply" or reply.status != 200:
-        raise ValueError(f"a responder may return only a Fault.reply() with status 200, got {reply!r}")
-    return reply if reply.content is not FROM_RESPONDER else attrs.evolve(reply, content="")
-
-
-def _fault_name(fault: Fault | None) -> str | None:
-    if fault is None:
-        return None
-    if fault.kind == "reply":
-        return f"reply:{fault.finish_reason}" if fault.finish_reason else "reply"
-    return fault.kind
 
 
 async def serve_forever(server: FakeOpenAIServer, *, ready: Callable[[str], None]) -> None:
