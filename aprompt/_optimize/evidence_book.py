@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aprompt._optimize.final_pick import Evidence, Key, key_of, mean_of
-from aprompt._optimize.pooling import ObservationRows, Observations, pooled_estimates
+from aprompt._optimize.observations import ObservationRows, Observations
+from aprompt._optimize.pooling import pooled_estimates
 
 #: A record as the evidence takes it: (choice, example id -> score, mean or ``None`` when the mean is not
 #: evidence for the pooled model).

@@ -26,15 +26,13 @@ settles it, which the TPE's good/bad split of raw scores does not aim at (on the
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 
 import attrs
 import numpy as np
 
-Key = tuple[tuple[str, int], ...]
+from aprompt._optimize.observations import Key, Observations, combination_key, observation_rows
 
 #: The ridge of :func:`fit_additive`, in examples.
 RIDGE = 50.0
@@ -97,8 +95,6 @@ class AdditiveFit:
         return self._covariance[0]
 
 
-#: Each choice's key by its items as given (a choice is read again at every decision of a run).
-_KEYS: dict[tuple[tuple[str, int], ...], Key] = {}
 #: The last fit and what it was fitted on: a search asks again on unchanged evidence (a race's draws).
 _LAST: list[tuple[tuple[object, ...], AdditiveFit]] = []
 
@@ -114,7 +110,7 @@ def additive_fit(
     if isinstance(observations, Observations):
         distinct, index, y, w = observations.rows()
     else:
-        distinct, index, y, w = _rows(observations)
+        distinct, index, y, w = observation_rows(observations)
     memo = (tuple(distinct), index.tobytes(), y.tobytes(), w.tobytes(), ridge)
     last = _LAST[0] if _LAST else None
     if last is not None and last[0] == memo:
@@ -138,108 +134,6 @@ def additive_fit(
     fit = AdditiveFit(columns, coef, gram, m * (1.0 - m))
     _LAST[:] = [(memo, fit)]
     return fit
-
-
-def _rows(
-    observations: Sequence[tuple[Mapping[str, int], float, int]],
-) -> tuple[list[Key], np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct combinations in order of first appearance, each observation's index among them,
-    its mean and its examples."""
-    if len(_KEYS) > 100_000:  # a long-lived process meets ever new combinations
-        _KEYS.clear()
-    keys = _KEYS
-    codes_of: dict[Key, int] = {}
-    by_items: dict[tuple[tuple[str, int], ...], int] = {}
-    distinct: list[Key] = []
-    codes = []
-    for choice, _, _ in observations:
-        items = tuple(choice.items())
-        code = by_items.get(items)
-        if code is None:
-            key = keys.get(items)
-            if key is None:
-                key = keys[items] = _key(choice)
-            code = codes_of.get(key)
-            if code is None:
-                code = codes_of[key] = len(distinct)
-                distinct.append(key)
-            by_items[items] = code
-        codes.append(code)
-    y = np.array([score for _, score, _ in observations])
-    w = np.array([float(n) for _, _, n in observations])
-    index = np.array(codes, dtype=np.intp)
-    return distinct, index, y, w
-
-
-class ObservationRows:
-    """Observations as :func:`additive_fit` reads them, kept as they are added: each one's
-    combination read once, not at every fit."""
-
-    def __init__(self) -> None:
-        self.observations: list[tuple[Mapping[str, int], float, int]] = []
-        #: The distinct combinations in order of first appearance, and where each first appears.
-        self.distinct: list[Key] = []
-        self.first: list[int] = []
-        self._codes_of: dict[Key, int] = {}
-        self.codes: list[int] = []
-        self.y: list[float] = []
-        self.w: list[float] = []
-
-    def add(self, choice: Mapping[str, int], mean: float, n: int) -> None:
-        key = _key(choice)
-        code = self._codes_of.get(key)
-        if code is None:
-            code = self._codes_of[key] = len(self.distinct)
-            self.distinct.append(key)
-            self.first.append(len(self.codes))
-        self.observations.append((choice, mean, n))
-        self.codes.append(code)
-        self.y.append(mean)
-        self.w.append(float(n))
-
-    def copy(self) -> ObservationRows:
-        """A copy that later additions to either do not reach."""
-        copied = ObservationRows()
-        copied.observations, copied.distinct, copied.first = (
-            [*self.observations],
-            [*self.distinct],
-            [*self.first],
-        )
-        copied._codes_of, copied.codes = dict(self._codes_of), [*self.codes]
-        copied.y, copied.w = [*self.y], [*self.w]
-        return copied
-
-
-class Observations(list[tuple[Mapping[str, int], float, int]]):
-    """The observations of some :class:`ObservationRows` one after another, as they are now: a list
-    whose :func:`additive_fit` reads the rows kept, not each observation."""
-
-    def __init__(self, parts: Sequence[ObservationRows]) -> None:
-        super().__init__(itertools.chain.from_iterable(part.observations for part in parts))
-        self._parts = [(part, len(part.codes)) for part in parts]
-
-    def rows(self) -> tuple[list[Key], np.ndarray, np.ndarray, np.ndarray]:
-        """What :func:`_rows` gives of the same observations."""
-        global_of: dict[Key, int] = {}
-        distinct: list[Key] = []
-        indexes = []
-        ys: list[float] = []
-        ws: list[float] = []
-        for part, n in self._parts:
-            # A part's combinations that first appear within its first n observations, in that order.
-            known = bisect.bisect_left(part.first, n)
-            mapping = np.empty(known, dtype=np.intp)
-            for local, key in enumerate(part.distinct[:known]):
-                code = global_of.get(key)
-                if code is None:
-                    code = global_of[key] = len(distinct)
-                    distinct.append(key)
-                mapping[local] = code
-            indexes.append(mapping[np.array(part.codes[:n], dtype=np.intp)])
-            ys.extend(part.y[:n])
-            ws.extend(part.w[:n])
-        index = np.concatenate(indexes) if indexes else np.zeros(0, dtype=np.intp)
-        return distinct, index.astype(np.intp), np.array(ys), np.array(ws)
 
 
 def _gram(x: np.ndarray, w: np.ndarray, ridge: float) -> np.ndarray:
@@ -271,10 +165,6 @@ def effect_covariance(
     x = _design(observations, columns)
     w = np.array([float(n) for _, _, n in observations])
     return np.asarray(score_variance(observations) * np.linalg.inv(_gram(x, w, ridge)))
-
-
-def _key(choice: Mapping[str, int]) -> Key:
-    return tuple(sorted((k, int(v)) for k, v in choice.items()))
 
 
 def pooled_estimates(
@@ -353,17 +243,17 @@ def ranked_combinations(
     columns, coef = fit.columns, fit.coef
     candidates: dict[Key, dict[str, int]] = {}
     for choice, _, _ in observations:
-        candidates.setdefault(_key(choice), dict(choice))
+        candidates.setdefault(combination_key(choice), dict(choice))
     argmax: dict[str, int] = {}
     for name, n_choices in space.items():
         effects = [coef[columns[(name, v)]] if (name, v) in columns else -np.inf for v in range(n_choices)]
         argmax[name] = int(np.argmax(effects))
-    candidates.setdefault(_key(argmax), argmax)
+    candidates.setdefault(combination_key(argmax), argmax)
     for name, n_choices in space.items():
         for value in range(n_choices):
             if (name, value) in columns:
                 variant = {**argmax, name: value}
-                candidates.setdefault(_key(variant), variant)
+                candidates.setdefault(combination_key(variant), variant)
     open_ = {key: choice for key, choice in candidates.items() if key not in exclude}
     estimates = pooled_estimates(observations, own_scores, open_, prior_examples)
     ranked = sorted(estimates.items(), key=lambda item: (-item[1], item[0]))
@@ -428,7 +318,7 @@ def thompson_choice(
             ]
             choice[name] = int(np.argmax(effects))
             offset += n_choices
-        if _key(choice) not in avoid:
+        if combination_key(choice) not in avoid:
             return choice
         first = first or choice
     return first
@@ -444,7 +334,7 @@ class ScorePool:
 
     def add(self, choice: Mapping[str, int], scores: Mapping[str, float]) -> None:
         """Add ``choice``'s ``scores`` (a later score of an example replaces the earlier one)."""
-        key = _key(choice)
+        key = combination_key(choice)
         self.choices.setdefault(key, dict(choice))
         self.scores.setdefault(key, {}).update(scores)
 

@@ -15,7 +15,8 @@ import attrs
 from aprompt._optimize.candidates import choice_key
 from aprompt._optimize.evidence_book import EvidenceBook
 from aprompt._optimize.final_pick import FinalPick, Key, key_of
-from aprompt._optimize.pooling import ObservationRows, Observations, ScorePool
+from aprompt._optimize.observations import ObservationRows, Observations
+from aprompt._optimize.pooling import ScorePool
 from aprompt._optimize.search_records import FullEval, RungEval, Trial
 
 #: A record whose choice a search names in full (see ``SearchLoop._named``).

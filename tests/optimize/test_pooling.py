@@ -7,10 +7,9 @@ import random
 import numpy as np
 
 from aprompt._optimize import pooling
+from aprompt._optimize.observations import ObservationRows, Observations
 from aprompt._optimize.pooling import (
     RIDGE,
-    ObservationRows,
-    Observations,
     _design,
     _features,
     _gram,
