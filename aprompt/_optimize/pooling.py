@@ -53,13 +53,19 @@ def _features(choice: Mapping[str, int], columns: Mapping[tuple[str, int], int])
 def _design(
     observations: Sequence[tuple[Mapping[str, int], float, int]], columns: Mapping[tuple[str, int], int]
 ) -> np.ndarray:
-    """The rows of :func:`_features` of every observation as one matrix, set in one step: the same
-    matrix, without an array per row (a model is fitted on every trial many times in a run)."""
-    x = np.zeros((len(observations), len(columns) + 1))
+    """The rows of :func:`_features` of every observation as one matrix."""
+    return _feature_rows([choice for choice, _, _ in observations], columns)
+
+
+def _feature_rows(choices: Sequence[Mapping[str, int]], columns: Mapping[tuple[str, int], int]) -> np.ndarray:
+    """The rows of :func:`_features` of ``choices`` as one matrix, set in one step: the same rows,
+    without an array per row (a model is fitted on every trial, and every combination estimated, many
+    times in a run)."""
+    x = np.zeros((len(choices), len(columns) + 1))
     # A choice the columns lack sets the intercept's column, which is 1 anyway.
     get = columns.get
-    cols = [get((name, int(value)), 0) for choice, _, _ in observations for name, value in choice.items()]
-    rows = np.repeat(np.arange(len(observations)), [len(choice) for choice, _, _ in observations])
+    cols = [get((name, int(value)), 0) for choice in choices for name, value in choice.items()]
+    rows = np.repeat(np.arange(len(choices)), [len(choice) for choice in choices])
     x[:, 0] = 1.0
     x[rows, cols] = 1.0
     return x
@@ -182,16 +188,16 @@ def pooled_estimates(
         prior_examples: how many examples the model estimate is worth when blended with a combination's
             own mean.
     """
-    if observations:
-        fit = additive_fit(observations)
-        columns, coef = fit.columns, fit.coef
+    if not observations:
+        return {key: own[0] if (own := own_scores.get(key)) is not None else 0.0 for key in choices}
+    fit = additive_fit(observations)
+    # One dot product per row, as of each row alone: a product of the whole matrix may sum in another
+    # order (BLAS blocks it), and the estimates rank combinations and break ties in the pick.
+    coef = fit.coef
+    models = [float(row @ coef) for row in _feature_rows(list(choices.values()), fit.columns)]
     out: dict[Key, float] = {}
-    for key, choice in choices.items():
+    for key, model in zip(choices, models, strict=True):
         own = own_scores.get(key)
-        if not observations:
-            out[key] = own[0] if own is not None else 0.0
-            continue
-        model = float(_features(choice, columns) @ coef)
         if own is None:
             out[key] = model
         else:

@@ -7,6 +7,7 @@ import random
 import numpy as np
 
 from aprompt._optimize import pooling
+from aprompt._optimize.final_pick import key_of
 from aprompt._optimize.observations import ObservationRows, Observations
 from aprompt._optimize.pooling import (
     RIDGE,
@@ -17,6 +18,7 @@ from aprompt._optimize.pooling import (
     best_combination,
     effect_covariance,
     fit_additive,
+    pooled_estimates,
     ranked_combinations,
     score_variance,
     thompson_choice,
@@ -69,6 +71,23 @@ def test_a_fit_is_reused_on_the_same_observations_and_refitted_when_they_change(
         gram = _gram(x, w, RIDGE)
         assert np.array_equal(each.covariance(), score_variance(observations) * np.linalg.inv(gram))
         assert fit_additive(observations)[0] == each.columns
+
+
+def test_each_estimate_is_its_own_row_of_features_times_the_coefficients_to_the_last_bit() -> None:
+    # The rows are set at once; each estimate is still its row's own dot product (the estimates rank
+    # combinations and break the pick's ties, so a sum in another order must not move them).
+    trials = [*_additive_trials(80, seed=6), ({"a": 1, "c": 4}, 0.4, 7)]
+    choices = {key_of(c): c for c in ({"a": a, "b": b} for a in range(4) for b in range(4))}
+    choices[key_of({"c": 4})] = {"c": 4}
+    own = {key_of({"a": 1, "b": 2}): (0.6, 12), key_of({"c": 4}): (0.3, 2)}
+    fit = additive_fit(trials)
+    estimates = pooled_estimates(trials, own, choices)
+    for key, choice in choices.items():
+        model = float(_features(choice, fit.columns) @ fit.coef)
+        mean, n = own.get(key, (None, 0))
+        assert estimates[key] == (model if mean is None else (mean * n + model * 30.0) / (n + 30.0))
+    assert pooled_estimates(trials, own, {}) == {}
+    assert pooled_estimates([], own, choices) == {key: own[key][0] if key in own else 0.0 for key in choices}
 
 
 def test_an_untried_combination_of_the_best_parts_is_proposed() -> None:
