@@ -15,10 +15,11 @@ again from its start.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aprompt._optimize.final_pick import Evidence, Key, key_of, mean_of
+from aprompt._optimize.final_pick import Evidence, Key, StampedEvidence, key_of, mean_of
 from aprompt._optimize.observations import ObservationRows, Observations
 from aprompt._optimize.pooling import pooled_estimates
 
@@ -73,6 +74,11 @@ class EvidenceBook:
         # Per combination: its scores merged over every shelf, and (mean, examples) of them.
         self._merged: dict[Key, dict[str, float]] = {}
         self._own: dict[Key, tuple[float, int]] = {}
+        # Each merged dict's stamp (a new dict, a new stamp: the book never changes one it gave), and the
+        # pick's comparisons kept by stamps (StampedEvidence).
+        self._stamps: dict[Key, int] = {}
+        self._next_stamp = itertools.count()
+        self._leads: dict[tuple[int, int], bool] = {}
 
     def update(self, *record_lists: Sequence[Any]) -> EvidenceBook:
         """Bring the shelves up to ``record_lists`` (one per shelf, in order); returns the book."""
@@ -99,26 +105,33 @@ class EvidenceBook:
                 merged.update(scores)
         return merged
 
-    def evidence(self, full: set[Key]) -> list[Evidence]:
-        """One :class:`~aprompt._optimize.final_pick.Evidence` per combination; ``full``: the combinations
-        with a full evaluation."""
+    def evidence(self, full: set[Key]) -> StampedEvidence:
+        """One :class:`~aprompt._optimize.final_pick.Evidence` per combination, stamped; ``full``: the
+        combinations with a full evaluation."""
         choices: dict[Key, Mapping[str, int]] = {}
         for shelf in self._shelves:
             for key, choice in shelf.choices.items():
                 choices.setdefault(key, choice)
         for key in choices.keys() - self._merged.keys():
             merged = self._merged[key] = self._merge(key)
+            self._stamps[key] = next(self._next_stamp)
             if merged:
                 self._own[key] = (mean_of(merged), len(merged))
+        if len(self._leads) > max(10_000, 50 * len(choices)):  # answers of stamps gone accumulate
+            self._leads.clear()
         observations = Observations([shelf.observations for shelf in self._shelves])
         estimates = pooled_estimates(observations, self._own, choices)
-        return [
-            Evidence(choice, self._merged[key], estimates[key], key in full, key=key)
-            for key, choice in choices.items()
-        ]
+        stamps = self._stamps
+        return StampedEvidence(
+            [
+                Evidence(choice, self._merged[key], estimates[key], key in full, key=key, stamp=stamps[key])
+                for key, choice in choices.items()
+            ],
+            self._leads,
+        )
 
 
-def collect_evidence(evaluations: Sequence[Entry], full: set[Key]) -> list[Evidence]:
+def collect_evidence(evaluations: Sequence[Entry], full: set[Key]) -> StampedEvidence:
     """One :class:`~aprompt._optimize.final_pick.Evidence` per combination from its evaluations.
 
     Args:

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 from scipy.special import bdtrc, stdtrit  # type: ignore[import-untyped]
@@ -284,6 +284,8 @@ class Evidence:
             ranks combinations and breaks ties.
         full: it has a full evaluation (only such a combination can be returned).
         key: ``key_of(choice)``, when the caller has it at hand (a pick compares keys many times).
+        stamp: names these ``scores`` among the scores of :class:`StampedEvidence` (other scores, another
+            stamp); ``None`` when not stamped.
     """
 
     choice: Mapping[str, int]
@@ -293,6 +295,21 @@ class Evidence:
     key: Key = attrs.field(
         default=attrs.Factory(lambda self: key_of(self.choice), takes_self=True), kw_only=True, repr=False
     )
+    stamp: int | None = attrs.field(default=None, kw_only=True, repr=False, eq=False)
+
+
+class StampedEvidence(tuple[Evidence, ...]):
+    """Evidence whose scores are stamped (:attr:`Evidence.stamp`) and never changed, as an evidence book
+    gives it: ``leads`` keeps whether one combination leads another (:func:`leads`) by their stamps,
+    across the decisions of a search. A combination's stamp changes with its scores, so a kept answer is
+    the one its scores give (the pick weighs every combination against its incumbent at every decision)."""
+
+    leads: dict[tuple[int, int], bool]
+
+    def __new__(cls, evidence: Iterable[Evidence], leads: dict[tuple[int, int], bool]) -> StampedEvidence:
+        made = super().__new__(cls, evidence)
+        made.leads = leads
+        return made
 
 
 @attrs.frozen
@@ -403,7 +420,8 @@ def pick(
         for reference in hand:
             if versus(reference, incumbent).better(min_shared):
                 incumbent = reference
-    challengers = tuple(e.choice for e in others if e is not incumbent and leads(e.scores, incumbent.scores))
+    kept = evidence.leads if isinstance(evidence, StampedEvidence) else None
+    challengers = tuple(e.choice for e in others if e is not incumbent and _leads(e, incumbent, kept))
     if incumbent is not base:
         against = versus(incumbent, base)
         hand_written = (
@@ -446,6 +464,17 @@ def pick(
         strongest,
         challengers,
     )
+
+
+def _leads(a: Evidence, b: Evidence, kept: dict[tuple[int, int], bool] | None) -> bool:
+    """:func:`leads` of ``a``'s scores over ``b``'s, from ``kept`` when both are stamped."""
+    if kept is None or a.stamp is None or b.stamp is None:
+        return leads(a.scores, b.scores)
+    pair = (a.stamp, b.stamp)
+    found = kept.get(pair)
+    if found is None:
+        found = kept[pair] = leads(a.scores, b.scores)
+    return found
 
 
 def nothing_scores(baseline_scores: Mapping[str, float], trial_scores: Sequence[Mapping[str, float]]) -> bool:

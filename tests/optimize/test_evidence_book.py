@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aprompt._optimize.evidence_book import Entry, EvidenceBook, collect_evidence
-from aprompt._optimize.final_pick import Evidence, key_of
+from aprompt._optimize.final_pick import Evidence, StampedEvidence, key_of, pick
 
 
 def _record(rng: random.Random) -> Entry:
@@ -77,3 +77,33 @@ def test_records_changed_in_place_are_read_again() -> None:
     trials[:] = [(renamed, scores, mean) for _, scores, mean in trials]  # the same list, renamed
     found = book.update(trials, [], []).evidence(set())
     assert [(key_of(e.choice), dict(e.scores)) for e in found] == [(key_of(renamed), {"e0": 1.0, "e1": 0.0})]
+
+
+def test_the_pick_on_the_books_evidence_is_the_pick_of_one_pass_over_the_records_at_every_decision() -> None:
+    # The book keeps the pick's comparisons across decisions by the stamps of the scores compared; a record
+    # that changes a combination's scores (the incumbent's among them) gives it a new stamp.
+    rng = random.Random(11)
+    baseline = {"a.instruction": 0, "a.demos": 0}
+    trials: list[Entry] = []
+    fulls: list[Entry] = [(baseline, {f"e{i}": float(rng.random() < 0.5) for i in range(40)}, 0.5)]
+    confirmations: list[Entry] = []
+    full = {key_of(baseline)}
+    book = _book([])
+    kept = 0
+    for step in range(200):
+        record = _record(rng)
+        if step % 9 == 8:
+            record = (record[0], {f"e{i}": float(rng.random() < 0.6) for i in range(40)}, 0.6)
+            fulls.append(record)
+            full.add(key_of(record[0]))
+        elif step % 25 == 24:
+            confirmations.append(record)
+        else:
+            trials.append(record)
+        found = book.update(trials, fulls, confirmations).evidence(full)
+        everything = [*trials, *fulls, *[(c, s, None) for c, s, _ in confirmations]]
+        once = list(collect_evidence(everything, full))  # a plain list: nothing kept
+        assert pick(found, baseline, min_shared=5) == pick(once, baseline, min_shared=5)
+        assert isinstance(found, StampedEvidence)
+        kept = max(kept, len(found.leads))
+    assert kept > 0
