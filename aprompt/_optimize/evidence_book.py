@@ -79,18 +79,28 @@ class EvidenceBook:
         self._stamps: dict[Key, int] = {}
         self._next_stamp = itertools.count()
         self._leads: dict[tuple[int, int], bool] = {}
+        # Every combination in the shelves' order (None: to be listed again, a shelf has a new one or was
+        # read again), and those whose merged scores are to be made again (None: all).
+        self._choices: dict[Key, Mapping[str, int]] | None = None
+        self._stale: set[Key] | None = None
 
     def update(self, *record_lists: Sequence[Any]) -> EvidenceBook:
         """Bring the shelves up to ``record_lists`` (one per shelf, in order); returns the book."""
         for shelf, records in zip(self._shelves, record_lists, strict=True):
+            combinations = len(shelf.choices)
             changed = shelf.take(records)
             if changed is None:
                 self._merged.clear()
                 self._own.clear()
+                self._choices = self._stale = None
                 continue
+            if len(shelf.choices) != combinations:
+                self._choices = None
             for key in changed:
                 self._merged.pop(key, None)
                 self._own.pop(key, None)
+            if self._stale is not None:
+                self._stale |= changed
         return self
 
     def scores(self, choice: Mapping[str, int], shelves: int | None = None) -> dict[str, float]:
@@ -108,11 +118,16 @@ class EvidenceBook:
     def evidence(self, full: set[Key]) -> StampedEvidence:
         """One :class:`~aprompt._optimize.final_pick.Evidence` per combination, stamped; ``full``: the
         combinations with a full evaluation."""
-        choices: dict[Key, Mapping[str, int]] = {}
-        for shelf in self._shelves:
-            for key, choice in shelf.choices.items():
-                choices.setdefault(key, choice)
-        for key in choices.keys() - self._merged.keys():
+        choices = self._choices
+        if choices is None:
+            choices = self._choices = {}
+            for shelf in self._shelves:
+                for key, choice in shelf.choices.items():
+                    choices.setdefault(key, choice)
+        # A combination new to the book is a changed one (its shelf's records named it).
+        stale = choices.keys() if self._stale is None else self._stale
+        self._stale = set()
+        for key in stale:
             merged = self._merged[key] = self._merge(key)
             self._stamps[key] = next(self._next_stamp)
             if merged:
