@@ -83,12 +83,16 @@ class EvidenceBook:
         # read again), and those whose merged scores are to be made again (None: all).
         self._choices: dict[Key, Mapping[str, int]] | None = None
         self._stale: set[Key] | None = None
+        # The evidence last given and the full set it was given for, while no record has changed since.
+        self._given: tuple[frozenset[Key], StampedEvidence] | None = None
 
     def update(self, *record_lists: Sequence[Any]) -> EvidenceBook:
         """Bring the shelves up to ``record_lists`` (one per shelf, in order); returns the book."""
         for shelf, records in zip(self._shelves, record_lists, strict=True):
             combinations = len(shelf.choices)
             changed = shelf.take(records)
+            if changed != set():
+                self._given = None
             if changed is None:
                 self._merged.clear()
                 self._own.clear()
@@ -117,7 +121,10 @@ class EvidenceBook:
 
     def evidence(self, full: set[Key]) -> StampedEvidence:
         """One :class:`~aprompt._optimize.final_pick.Evidence` per combination, stamped; ``full``: the
-        combinations with a full evaluation."""
+        combinations with a full evaluation; the same object again while no record and not ``full``
+        changed."""
+        if self._given is not None and self._given[0] == full:
+            return self._given[1]
         choices = self._choices
         if choices is None:
             choices = self._choices = {}
@@ -137,13 +144,15 @@ class EvidenceBook:
         observations = Observations([shelf.observations for shelf in self._shelves])
         estimates = pooled_estimates(observations, self._own, choices)
         stamps = self._stamps
-        return StampedEvidence(
+        given = StampedEvidence(
             [
                 Evidence(choice, self._merged[key], estimates[key], key in full, key=key, stamp=stamps[key])
                 for key, choice in choices.items()
             ],
             self._leads,
         )
+        self._given = (frozenset(full), given)
+        return given
 
 
 def collect_evidence(evaluations: Sequence[Entry], full: set[Key]) -> StampedEvidence:

@@ -302,13 +302,17 @@ class StampedEvidence(tuple[Evidence, ...]):
     """Evidence whose scores are stamped (:attr:`Evidence.stamp`) and never changed, as an evidence book
     gives it: ``leads`` keeps whether one combination leads another (:func:`leads`) by their stamps,
     across the decisions of a search. A combination's stamp changes with its scores, so a kept answer is
-    the one its scores give (the pick weighs every combination against its incumbent at every decision)."""
+    the one its scores give (the pick weighs every combination against its incumbent at every decision).
+    ``picks`` keeps the picks decided on this evidence: a book whose records have not changed gives the
+    same object again (a search decides before each trial, and in a row without a record between)."""
 
     leads: dict[tuple[int, int], bool]
+    picks: dict[tuple[Key, int, tuple[Key, ...]], FinalPick]
 
     def __new__(cls, evidence: Iterable[Evidence], leads: dict[tuple[int, int], bool]) -> StampedEvidence:
         made = super().__new__(cls, evidence)
         made.leads = leads
+        made.picks = {}
         return made
 
 
@@ -382,6 +386,21 @@ def pick(
             beat, so a search result replaces it only on paired evidence, never on a lead within the
             noise. They are tested at their own share of the level (:func:`pick_levels`).
     """
+    if not isinstance(evidence, StampedEvidence):
+        return _pick(evidence, baseline, min_shared, references)
+    asked = (key_of(baseline), min_shared, tuple(key_of(r) for r in references))
+    decided = evidence.picks.get(asked)
+    if decided is None:
+        decided = evidence.picks[asked] = _pick(evidence, baseline, min_shared, references)
+    return decided
+
+
+def _pick(
+    evidence: Sequence[Evidence],
+    baseline: Mapping[str, int],
+    min_shared: int,
+    references: Sequence[Mapping[str, int]],
+) -> FinalPick:
     base_key = key_of(baseline)
     by_key = {e.key: e for e in evidence}
     if base_key not in by_key:

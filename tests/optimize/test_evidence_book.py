@@ -107,3 +107,35 @@ def test_the_pick_on_the_books_evidence_is_the_pick_of_one_pass_over_the_records
         assert isinstance(found, StampedEvidence)
         kept = max(kept, len(found.leads))
     assert kept > 0
+
+
+def test_a_book_whose_records_did_not_change_gives_its_evidence_and_pick_again() -> None:
+    rng = random.Random(5)
+    baseline = {"a.instruction": 0, "a.demos": 0}
+    trials: list[Entry] = [_record(rng) for _ in range(30)]
+    fulls: list[Entry] = [(baseline, {f"e{i}": float(rng.random() < 0.5) for i in range(40)}, 0.5)]
+    confirmations: list[Entry] = []  # the same list at each update, as a search's
+    full = {key_of(baseline)}
+    book = _book([])
+    found = book.update(trials, fulls, confirmations).evidence(full)
+    decided = pick(found, baseline, min_shared=5)
+    assert book.update(trials, fulls, confirmations).evidence(full) is found
+    assert pick(found, baseline, min_shared=5) is decided
+    assert pick(found, baseline, min_shared=6) is not decided  # asked otherwise: decided anew
+
+    def changed(found_before: Any) -> Any:
+        found = book.update(trials, fulls, confirmations).evidence(full)
+        assert found is not found_before
+        everything = [*trials, *fulls]
+        assert pick(found, baseline, min_shared=5) == pick(
+            list(collect_evidence(everything, full)), baseline, min_shared=5
+        )
+        return found
+
+    trials.append(_record(rng))  # a record
+    found = changed(found)
+    fulls.append((trials[0][0], {f"e{i}": 1.0 for i in range(40)}, 1.0))
+    full.add(key_of(trials[0][0]))
+    found = changed(found)
+    full.discard(key_of(trials[0][0]))  # the same records, another full set
+    found = changed(found)
