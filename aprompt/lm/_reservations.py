@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import anyio
-
+from aprompt._slots import Slots
 from aprompt.lm._token_estimate import completion_budget
 from aprompt.lm.limits import RateLimiter, TokenEstimator
 from aprompt.lm.types import TokenUsage
@@ -41,7 +40,9 @@ class Reservations:
         self._model = model
         self._limiters = tuple(limiters)
         self.estimator = TokenEstimator()
-        self._probe = anyio.Lock()
+        # Not an anyio.Lock: one made on a loop is that backend's, and a client may serve another loop after
+        # it (trio after asyncio); a slot's waits are made on the loop that waits.
+        self._probe = Slots(1)
         self._warned = False
 
     def reserve(self, estimate: int, params: Mapping[str, Any]) -> int:

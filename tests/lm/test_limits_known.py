@@ -249,3 +249,33 @@ async def test_a_completion_budget_that_cannot_be_reserved_is_a_config_error(
         with pytest.raises(ConfigError, match="max_tokens"):
             await lm.chat(long_prompt(0), max_tokens=budget)
     assert fake_server.chat_requests == []
+
+
+@pytest.mark.parametrize(("made", "used"), [("asyncio", "trio"), ("trio", "asyncio")])
+def test_the_first_reply_of_unknown_length_waits_on_any_loop_the_client_serves(made: str, used: str) -> None:
+    """A client made on one event loop (an app's setup under asyncio) and called on another after it (trio):
+    the wait for the first reply of unknown length was a lock of the loop the client was made on, which
+    another backend cannot take (RuntimeError on the first such request)."""
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(FakeOpenAIServer(responder=long_reply(50), latency=0.2)) as server,
+    ):
+
+        async def make() -> OpenAICompatibleLM:
+            return OpenAICompatibleLM(
+                "fake-model", server.base_url, api_key="k", cache=None, tokens_per_minute=60_000
+            )
+
+        lm = anyio.run(make, backend=made)
+
+        async def ask() -> str:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    for index in range(2):
+                        tg.start_soon(lambda i=index: lm.chat([{"role": "user", "content": f"q{i}"}]))
+                return (await lm.chat([{"role": "user", "content": "q2"}])).text
+
+        assert anyio.run(ask, backend=used)
+        anyio.run(lm.aclose, backend=used)
+    first, second = sorted(server.chat_requests, key=lambda r: r.started)[:2]
+    assert second.started >= first.finished  # still alone until the first reply told its length
