@@ -43,20 +43,23 @@ def estimate_request_tokens(messages: Sequence[Mapping[str, Any]], params: Mappi
 
 
 def completion_budget(params: Mapping[str, Any]) -> int | None:
-    """The request's completion budget (``max_tokens`` or ``max_completion_tokens``), None when it sets
-    neither.
+    """The request's completion budget (``max_completion_tokens``, else ``max_tokens``), None when it sets
+    neither. Given both, ``max_completion_tokens`` is the one generation stops at (vLLM's rule, and
+    Anthropic's client sends it as ``max_tokens``) and the one a cut reply's re-send raises.
 
     Raises:
-        ConfigError: the budget is a number that is not finite or is negative (it cannot be reserved).
+        ConfigError: a budget is a number that is not finite or is negative (it cannot be reserved).
     """
-    for name in ("max_tokens", "max_completion_tokens"):
+    found = None
+    for name in ("max_completion_tokens", "max_tokens"):
         budget = params.get(name)
         if not budget or isinstance(budget, bool) or not isinstance(budget, int | float):
             continue
         if not (math.isfinite(budget) and budget > 0):
             raise ConfigError(f"{name} must be a positive whole number of tokens, got {budget!r}")
-        return int(budget)
-    return None
+        if found is None:
+            found = int(budget)
+    return found
 
 
 class TokenEstimator:

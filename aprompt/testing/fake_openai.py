@@ -464,8 +464,9 @@ class FakeOpenAIServer:
 
 
 def _budget(params: Mapping[str, Any]) -> int | None:
-    """The request's completion budget (``max_tokens`` or ``max_completion_tokens``), if a positive int."""
-    for name in ("max_tokens", "max_completion_tokens"):
+    """The request's completion budget (``max_completion_tokens``, else ``max_tokens``, as vLLM reads
+    them), if a positive int."""
+    for name in ("max_completion_tokens", "max_tokens"):
         value = params.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value

@@ -301,6 +301,19 @@ async def test_a_reply_cut_by_max_tokens_is_resent_with_twice_the_budget(
     assert [sent(server, i)["max_tokens"] for i in range(2)] == [10, 20]
 
 
+async def test_a_reply_cut_by_max_completion_tokens_is_resent_not_taken_for_a_window_cut(
+    server: FakeAnthropicServer, kwargs: dict[str, Any]
+) -> None:
+    """``max_completion_tokens`` is the budget sent (as ``max_tokens``), over the client's default: a reply
+    cut at it wrote its whole budget. Read against the default, it was a context-window cut ('length'
+    after 10 of 1024 tokens), raised at once with the advice to shorten the prompt."""
+    server.responder = lambda request: "x" * 60
+    async with AnthropicLM(**kwargs) as lm:
+        completion = await lm.chat(HELLO, max_completion_tokens=10)
+    assert (completion.text, completion.finish_reason) == ("x" * 60, "stop")
+    assert [sent(server, i)["max_tokens"] for i in range(2)] == [10, 20]
+
+
 async def test_a_paused_turn_is_not_an_answer_and_is_sent_again(
     server: FakeAnthropicServer, kwargs: dict[str, Any]
 ) -> None:
