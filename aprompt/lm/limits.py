@@ -65,6 +65,7 @@ from collections.abc import Callable
 
 import anyio
 
+from aprompt._slots import Slots
 from aprompt.lm._sliding_window import NEAR_FULL, Entry, SlidingWindow
 from aprompt.lm._token_estimate import (
     DEFAULT_COMPLETION_TOKENS,
@@ -152,7 +153,9 @@ class RateLimiter:
         self._tokens = SlidingWindow(
             tokens_per_minute, period=period, burst=token_burst, min_factor=min_rate_factor, edge=edge
         )
-        self._lock = anyio.Lock()
+        # Not an anyio.Lock: that is bound to the loop it was made on, and a client may serve one loop
+        # after another (asyncio.run called again, trio after asyncio); a slot's waits are the caller's.
+        self._lock = Slots(1)
         self._paused_until = -math.inf
         self._pause_ends = -math.inf  # the end of the latest 429 pause (holds do not count)
         self._pause_seconds = 0.0
@@ -210,7 +213,7 @@ class RateLimiter:
             # the loop ends and the windows below decide, in arrival order.
         # Nobody queued (a held lock is the only sign of waiters: it is handed on to the next) and it
         # fits now: admitted at once, in arrival order still, without the lock's trip through the loop.
-        if not self._lock.locked() and self._delay(tokens) <= 0:
+        if not self._lock.borrowed_tokens and self._delay(tokens) <= 0:
             return self._admit(tokens)
         async with self._lock:
             while True:

@@ -433,3 +433,31 @@ def test_a_hold_blocks_like_a_pause_without_throttling() -> None:
     assert limiter.is_paused() and limiter.paused_until == clock.now + 2.0
     assert limiter.request_window.factor(clock.now) == 1.0
     assert limiter.pause(1.0) is True  # a 429 during a hold still starts a pause
+
+
+@pytest.mark.parametrize(("made", "used"), [("asyncio", "trio"), ("trio", "asyncio")])
+def test_a_limiter_made_on_one_loop_makes_requests_wait_on_another(made: str, used: str) -> None:
+    """A client made under one backend (an app's setup) serves a later run under another: the requests a
+    limit holds wait on the loop they run on (the queue was an anyio.Lock of the loop that made it,
+    which raised RuntimeError on the other)."""
+
+    async def make() -> RateLimiter:
+        return RateLimiter(requests_per_minute=60)
+
+    limiter = anyio.run(make, backend=made)
+
+    async def burst() -> int:
+        admitted = 0
+
+        async def one() -> None:
+            nonlocal admitted
+            await limiter.acquire()
+            admitted += 1
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for _ in range(4):  # one more than a burst window admits: the last waits its turn
+                    group.start_soon(one)
+        return admitted
+
+    assert anyio.run(burst, backend=used) == 4
