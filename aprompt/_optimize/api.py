@@ -38,6 +38,7 @@ from aprompt.program.state import program_state
 from aprompt.run._limits import Limits
 from aprompt.run._preflight import check_endpoints, check_limits, check_metric, first_step_runs
 from aprompt.run._storage import run_fingerprint, run_storage
+from aprompt.run.identity import note_program_run, plain_settings
 
 logger = logging.getLogger("aprompt")
 
@@ -283,34 +284,40 @@ async def optimize(
         metric=metric,
         program=program,
     )
-    # Every LM the run calls gets the run's cache when it has none, a predictor's own included: its
-    # answers then are not paid for twice, and a resume or an outage's re-run gets them back.
-    async with run_storage(run_dir, resume, fingerprint, lms) as journal:
-        ctx = RunContext(
-            program=program,
-            predictors=predictors,
-            trainset=train,
-            valset=val,
-            metric=RunMetric(metric),
-            budget=plan,
-            seed=seed,
-            lm=default_lm,
-            proposer_lm=proposer,
-            teacher_lm=teacher_lm,
-            grounding=grounding,
-            concurrency=concurrency,
-            on_event=on_event,
-            bootstrap_threshold=bootstrap_threshold,
-            plans_trials=plans_trials,
-            journal=journal,
-            limits=run_limits,
-            outage=outage,
-        )
-        ctx.check_limits()  # again, with the calls per run measured by earlier calls of this run
-        if journal is not None and journal.latest("original_state") is None:
-            journal.append("original_state", program_state(program))
-        with watch_predictors(predictors), use_executor(executor):
-            return await _run(ctx, chosen, target, started)
+    # The plain values the program holds as the run begins: those the run itself changes are no
+    # settings, and a resume of the same object in this process must fingerprint them as they were.
+    settings = plain_settings(program)
+    try:
+        # Every LM the run calls gets the run's cache when it has none, a predictor's own included: its
+        # answers then are not paid for twice, and a resume or an outage's re-run gets them back.
+        async with run_storage(run_dir, resume, fingerprint, lms) as journal:
+            ctx = RunContext(
+                program=program,
+                predictors=predictors,
+                trainset=train,
+                valset=val,
+                metric=RunMetric(metric),
+                budget=plan,
+                seed=seed,
+                lm=default_lm,
+                proposer_lm=proposer,
+                teacher_lm=teacher_lm,
+                grounding=grounding,
+                concurrency=concurrency,
+                on_event=on_event,
+                bootstrap_threshold=bootstrap_threshold,
+                plans_trials=plans_trials,
+                journal=journal,
+                limits=run_limits,
+                outage=outage,
+            )
+            ctx.check_limits()  # again, with the calls per run measured by earlier calls of this run
+            if journal is not None and journal.latest("original_state") is None:
+                journal.append("original_state", program_state(program))
+            with watch_predictors(predictors), use_executor(executor):
+                return await _run(ctx, chosen, target, started)
+    finally:
+        note_program_run(program, settings)
 
 
 async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -> OptimizeResult[P]:

@@ -17,6 +17,7 @@ import json
 import pickle
 import re
 import types
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -343,20 +344,73 @@ def program_settings(program: Any) -> str | None:
     """A digest of the plain values (numbers, texts, ``None``, tuples of them) a program object holds
     as attributes, or of a bound method's object; ``None`` for a function or an object without any.
     Code that reads ``self.k`` or ``self.style`` returns other predictions from the same predictors.
-    A predictor run as the program is none: its identity is the ``program (name)`` key's."""
-    from aprompt.program.predictor import Predict  # the program package imports this module
-
-    owner = getattr(program, "__self__", None) if inspect.ismethod(program) else program
-    if owner is None or inspect.isfunction(owner) or isinstance(owner, functools.partial | type | Predict):
+    A predictor run as the program is none: its identity is the ``program (name)`` key's. A value the
+    program changed itself while a run of this process ran it (a call counter, the last answer) is
+    taken as it was when that run began (:func:`note_program_run`): it is no setting of the run."""
+    owner = _settings_owner(program)
+    if owner is None:
         return None
+    plain = plain_settings(program)
+    try:
+        changed = _CHANGED_BY_RUNS.get(owner, {})
+    except TypeError:  # not hashable
+        changed = {}
+    for name, value in changed.items():
+        if value is _ABSENT:
+            plain.pop(name, None)
+        else:
+            plain[name] = value
+    return digest(plain) if plain else None
+
+
+def plain_settings(program: Any) -> dict[str, Any]:
+    """The plain values of :func:`program_settings`, by attribute name (empty when it has none)."""
+    owner = _settings_owner(program)
+    if owner is None:
+        return {}
     found = dict(getattr(owner, "__dict__", None) or {})
     for cls in type(owner).__mro__:
         slots = getattr(cls, "__slots__", ())
         for slot in (slots,) if isinstance(slots, str) else slots:
             if slot not in ("__dict__", "__weakref__") and hasattr(owner, slot):
                 found[slot] = getattr(owner, slot)
-    plain = {name: value for name, value in found.items() if _plain(value)}
-    return digest(plain) if plain else None
+    return {name: value for name, value in found.items() if _plain(value)}
+
+
+def note_program_run(program: Any, before: Mapping[str, Any]) -> None:
+    """Remember the plain values ``program`` changed itself during a run that began with ``before``
+    (:func:`plain_settings`), at their values then: a later run of the same object in this process
+    (a resume) fingerprints them so, as a new process that builds the program again does."""
+    owner = _settings_owner(program)
+    if owner is None:
+        return
+    after = plain_settings(program)
+    changed = {name: before.get(name, _ABSENT) for name in before.keys() | after.keys()}
+    changed = {name: value for name, value in changed.items() if after.get(name, _ABSENT) != value}
+    if not changed:
+        return
+    try:
+        known = _CHANGED_BY_RUNS.setdefault(owner, {})
+    except TypeError:  # not weakly referable or not hashable: its settings are read as they are
+        return
+    for name, value in changed.items():
+        known.setdefault(name, value)  # the earliest run's: the one the journal's fingerprint was taken at
+
+
+def _settings_owner(program: Any) -> Any:
+    """The object whose attributes are the program's settings, or ``None`` (see :func:`program_settings`)."""
+    from aprompt.program.predictor import Predict  # the program package imports this module
+
+    owner = getattr(program, "__self__", None) if inspect.ismethod(program) else program
+    if owner is None or inspect.isfunction(owner) or isinstance(owner, functools.partial | type | Predict):
+        return None
+    return owner
+
+
+#: Per program object of this process, the plain values its runs changed, at their values before them.
+_CHANGED_BY_RUNS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+#: An attribute a run added: absent before it.
+_ABSENT = object()
 
 
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -401,6 +401,31 @@ async def test_a_program_holding_another_setting_is_refused(server: FakeOpenAISe
     assert await refusal(server, tmp_path, program=Shouting(shout=True)) == {"program settings"}
 
 
+class Counting(Shouting):
+    """A program that keeps state of its own as it runs: a call count and the last answer given."""
+
+    async def __call__(self, question: str) -> Any:
+        self.calls = getattr(self, "calls", 0) + 1
+        prediction = await super().__call__(question)
+        self.last = str(prediction.answer)
+        return prediction
+
+
+async def test_a_program_that_changes_its_own_values_as_it_runs_resumes_in_the_same_process(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    program = Counting()
+    first = await run(server, tmp_path, program=program)
+    assert program.calls > 0 and program.last
+    server.reset_records()
+    # The same object called again (a notebook, a raised limit): what it counted is no setting of the run.
+    again = await run(server, tmp_path, program=program)
+    assert server.chat_requests == []
+    assert (again.score, dict(again.best_choice)) == (first.score, dict(first.best_choice))
+    program.shout = True  # a setting the user changes is still one
+    assert await refusal(server, tmp_path, program=program) == {"program settings"}
+
+
 FINISHING = """
 import aprompt
 
