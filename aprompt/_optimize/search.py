@@ -11,7 +11,8 @@ combination with the best pooled mini-batch mean that has no full evaluation yet
 **Continuous trials.** ``parallel_trials`` trials are in flight at a time, with no batch barrier, told to
 the TPE strictly in number order; each periodic evaluation runs beside the trials that follow it, on a copy
 of the search, and joins it at a fixed trial, so every decision depends on the seed and the results only,
-whatever the timing (:mod:`aprompt._optimize.trial_window`). Each step is admitted by the run's limits
+whatever the timing (:mod:`aprompt._optimize.trial_window`); the candidates it adds join the search with it
+(:mod:`aprompt._optimize.search_growth`). Each step is admitted by the run's limits
 before it starts; once a limit refuses one, no trial starts any more, those running are completed and
 recorded, and the search returns the best found.
 
@@ -81,6 +82,7 @@ from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations, thompson_choice
 from aprompt._optimize.search_end import finish_search
 from aprompt._optimize.search_evidence import Record, SearchEvidence, renamed
+from aprompt._optimize.search_growth import Origin, added_instructions, named, regrown, with_instruction
 from aprompt._optimize.search_records import (
     FullEval,
     Memo,
@@ -119,16 +121,6 @@ class ProposalHook(Protocol):
     def extra_parameters(self, candidates: Candidates) -> dict[str, int]: ...
 
     async def resolve(self, loop: SearchLoop, choice: dict[str, int]) -> dict[str, int]: ...
-
-
-@attrs.frozen
-class _Origin:
-    """Where ``SearchLoop.fork`` made a copy: the search's records and candidates then."""
-
-    full_evals: int
-    rungs: int
-    spent: int
-    candidates: Candidates
 
 
 async def no_hook(loop: SearchLoop) -> None:
@@ -238,7 +230,7 @@ class SearchLoop:
     #: Runs the program with a combination's prompts (and the runs a race starts ahead of their step).
     _runs: ChoiceRuns = attrs.field(init=False)
     #: On a copy made by ``fork``: the search where it was made (what ``merge`` adds back came after).
-    _origin: _Origin | None = attrs.field(default=None, init=False)
+    _origin: Origin | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         limiter = self.limiter or Slots(max(1, self.concurrency))
@@ -287,36 +279,22 @@ class SearchLoop:
         joins the search with the evaluation, at the same index unless a proposal hook added one to the
         same predictor meanwhile (no strategy uses both).
         """
-        instructions = {k: tuple(v) for k, v in self.candidates.instructions.items()}
-        instructions[name] = (*instructions[name], instruction)
         searched = set(self.candidates.parameters())
-        written_from = dict(self.candidates.seen)
-        if seen := frozenset(seen):
-            written_from[(name, len(instructions[name]) - 1)] = seen
-        self.candidates = attrs.evolve(self.candidates, instructions=instructions, seen=written_from)
+        self.candidates, index = with_instruction(self.candidates, name, instruction, seen)
         if set(self.candidates.parameters()) != searched:
             self._name_new_parameters()
         if self._sampler is not None:
             space = self._space()
             if space != self._sampler.space:
-                history = [
-                    attrs.evolve(record, params={key: record.params.get(key, 0) for key in space})
-                    for record in self._sampler.trials
-                ]
-                self._sampler = TPESampler.from_history(
-                    space, history, seed=self.seed, n_trials_hint=self.n_trials
-                )
-        return len(instructions[name]) - 1
+                self._sampler = regrown(self._sampler, space, seed=self.seed, n_trials=self.n_trials)
+        return index
 
     def _named(self, choice: Mapping[str, int]) -> Mapping[str, int]:
         """``choice`` naming every searched parameter, those it leaves out at index 0: the prompts it ran
         with. A choice made before a predictor's instruction was searched (its first instruction added
         mid-run) names none for it; so named, one program has one key (``key_of``) whenever it ran, and
         is never evaluated again as another combination."""
-        names = self.candidates.parameters()
-        if all(name in choice for name in names):
-            return choice
-        return {**dict.fromkeys(names, 0), **choice}
+        return named(choice, self.candidates.parameters())
 
     def _name_new_parameters(self) -> None:
         """Rename the evidence so far by :meth:`_named` (a parameter was added to the search)."""
@@ -562,7 +540,7 @@ class SearchLoop:
         fork._reference_choices = list(self._reference_choices)
         fork._sampler = None
         fork._runs = self._runs.fresh()
-        fork._origin = _Origin(len(self.full_evals), len(self.rungs), self.spent, self.candidates)
+        fork._origin = Origin(len(self.full_evals), len(self.rungs), self.spent, self.candidates)
         fork.should_stop = lambda: None
         fork.admit_step = admit_step
         return fork
@@ -578,10 +556,8 @@ class SearchLoop:
         self.races_started = fork.races_started
         self._pick, self._told = fork._pick, fork._told
         self.stopped = self.stopped or fork.stopped
-        for name, texts in fork.candidates.instructions.items():
-            start = len(origin.candidates.instructions[name])
-            for index, text in enumerate(texts[start:], start=start):
-                self.add_instruction(name, text, fork.candidates.seen.get((name, index), ()))
+        for name, text, seen in added_instructions(origin.candidates, fork.candidates):
+            self.add_instruction(name, text, seen)
         # What the copy recorded before a parameter the search added meanwhile (a proposal hook's).
         self._name_new_parameters()
 
