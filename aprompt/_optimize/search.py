@@ -24,9 +24,10 @@ the fully evaluated combinations weighed; below 10 validation examples a higher 
 the highest mean down, and ties never go by evaluation order (the pooled estimate of
 :mod:`aprompt._optimize.pooling` breaks them). At the end, the plan's last full evaluation(s) go to the
 pick's most promising *challenger* — a combination that scored above the pick on shared examples but has no
-full evaluation — or, when there is none, to the best untested combination by the pooled estimate; the pick
-is then decided again. When it is still undecided, the pick and its strongest fully evaluated challengers
-run on training examples they do not show as demos, and the pick is decided again with those scores
+full evaluation — or, when there is none, to the best untested combination by the pooled estimate
+(:mod:`aprompt._optimize.search_ranking`); the pick is then decided again. When it is still undecided, the
+pick and its strongest fully evaluated challengers run on training examples they do not show as demos, and
+the pick is decided again with those scores
 (:mod:`aprompt._optimize.confirmation`). Under a limit that kept the runs of a confirmation that was not
 needed, they go to late races, whose combinations are returned only as the pick of all the evidence
 (``SearchLoop.decide``); these steps of the end are :mod:`aprompt._optimize.search_end`.
@@ -61,6 +62,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from aprompt._optimize import search_ranking
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.choice_runs import ChoiceRuns
 from aprompt._optimize.confirmation import confirmation_note
@@ -74,12 +76,10 @@ from aprompt._optimize.final_pick import (
     FinalPick,
     Key,
     key_of,
-    mean_of,
     nothing_scores,
     pick,
 )
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.pooling import RACE_OPTIMISM, ranked_combinations, thompson_choice
 from aprompt._optimize.search_end import finish_search
 from aprompt._optimize.search_evidence import Record, SearchEvidence, renamed
 from aprompt._optimize.search_growth import Origin, added_instructions, named, regrown, with_instruction
@@ -104,12 +104,6 @@ from aprompt.tpe import Categorical, TPESampler
 
 Emit = Callable[[Event], Awaitable[None]]
 logger = logging.getLogger("aprompt")
-
-#: Seeds the draws of a race's entrants apart from the trials' (``[seed, race, number, stream]``).
-RACE_DRAW_STREAM = 2
-#: Draws per entrant wanted before ``SearchLoop.drawn_untested`` settles for fewer distinct ones.
-DRAW_ATTEMPTS = 4
-
 
 #: See ``SearchLoop.prefetched``.
 Prefetched = Callable[[Candidates, Choice], Callable[[], Awaitable["FullEval"]] | None]
@@ -460,36 +454,25 @@ class SearchLoop:
         """Up to ``limit`` combinations without a full evaluation (nor dropped by a race), best pooled
         estimate first, then by an optimistic bound (``RACE_OPTIMISM``: a choice with few trials gets a
         race); trials and race rungs are the evidence."""
-        excluded = self.settled()
-        if not self.pooled:
-            return self._records.pool.ranked_untested(excluded, limit)
-        own = {key: (mean_of(s), len(s)) for key, s in self._records.pool.scores.items() if s}
         space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
-        return ranked_combinations(self.observations(), own, space, excluded, limit, optimism=RACE_OPTIMISM)
+        return search_ranking.ranked_untested(
+            self._records.pool, self.observations(), space, self.settled(), limit, pooled=self.pooled
+        )
 
     def drawn_untested(self, limit: int, race: int) -> list[dict[str, int]]:
         """Up to ``limit`` distinct combinations without a full evaluation (nor dropped by a race), each
-        a Thompson draw from the pooled model (:func:`~aprompt._optimize.pooling.thompson_choice`, seeded
-        by the seed, ``race`` and the draw's number): entrants for a race when every combination the
-        evidence ranks is settled, so a budget kept for the last evaluation is spent on combinations not
-        tried yet instead of left unspent. Empty without pooling, with a proposal hook (its parameters
-        are not the candidates'), or before any trial."""
+        a Thompson draw from the pooled model (:func:`~aprompt._optimize.search_ranking.drawn_untested`,
+        seeded by the seed and ``race``): entrants for a race when every combination the evidence ranks
+        is settled, so a budget kept for the last evaluation is spent on combinations not tried yet
+        instead of left unspent. Empty without pooling, with a proposal hook (its parameters are not the
+        candidates'), or before any trial."""
         if not self.pooled or self.proposal_hook is not None:
             return []
+        space = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
         observations = self.observations()
-        if not observations:
-            return []
-        sizes = {name: dist.n_choices for name, dist in self.candidates.parameters().items()}
-        avoid = set(self.settled())
-        drawn: list[dict[str, int]] = []
-        for number in range(DRAW_ATTEMPTS * limit):
-            if len(drawn) >= limit:
-                break
-            choice = thompson_choice(observations, sizes, (self.seed, race, number, RACE_DRAW_STREAM), avoid)
-            if choice is not None and key_of(choice) not in avoid:
-                avoid.add(key_of(choice))
-                drawn.append(choice)
-        return drawn
+        return search_ranking.drawn_untested(
+            observations, space, self.settled(), limit, seed=self.seed, race=race
+        )
 
     def settled(self) -> set[tuple[tuple[str, int], ...]]:
         """The combinations with a full evaluation or dropped by a race (by key)."""
