@@ -6,7 +6,8 @@ Limits: the run's :class:`~aprompt.lm._metering.RequestMeter` counts every reque
 with the best program so far (:mod:`aprompt._optimize.run_stop`). What was spent is journaled after every
 step (see :mod:`aprompt.run._limits`), with what a stop would leave unjournaled
 (:mod:`aprompt._optimize.step_ledger`); the steps a limit refused are journaled too
-(:mod:`aprompt._optimize.refusals`).
+(:mod:`aprompt._optimize.refusals`). What a step is expected to spend, and which limit cannot pay for it,
+is :mod:`aprompt._optimize.step_admission`'s arithmetic.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from aprompt._optimize.refusals import REFUSAL_KIND, journal_refusal, limit_valu
 from aprompt._optimize.result import PhaseUsage
 from aprompt._optimize.run_stop import limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
+from aprompt._optimize.step_admission import affordable_by_limit, judge_step
 from aprompt._optimize.step_commitments import StepCommitments
 from aprompt._optimize.step_ledger import StepLedger
 from aprompt._slots import Slots
@@ -48,7 +50,6 @@ from aprompt.run._limits import (
     bound_limits,
     inexact_resume,
     meter_for,
-    step_estimate,
     unaffordable,
 )
 from aprompt.run._preflight import check_limits, first_step_runs
@@ -279,35 +280,29 @@ class RunContext:
         self._decides_on_spending()
         runs, n_calls = (0, todo) if calls else (todo, 0)
         reserved = 0 if all(kind in _SCORING_STEPS for kind, _, _ in parts) else self._reserved_runs()
-        discount = self._ledger.discount()
-        own = step_estimate(self.meter, self.costs, runs=runs, calls=n_calls, discount=discount)
-        with_reserve = step_estimate(
+        verdict = judge_step(
             self.meter,
             self.costs,
-            runs=runs + reserved + ahead[0],
-            calls=n_calls + ahead[1],
-            discount=discount,
+            self._ledger.discount(),
+            self._commitments.outstanding(),
+            runs=runs,
+            calls=n_calls,
+            reserved=reserved,
+            ahead=ahead,
+            keep=keep,
         )
-        others = self._commitments.outstanding()
-        estimate = tuple(a + sum(o[i] for o in others) for i, a in enumerate(with_reserve))
-        limit = unaffordable(self.meter, (estimate[0], estimate[1], estimate[2]), discount)
-        if limit is None and keep > 0:
-            kept_calls = step_estimate(self.meter, self.costs, runs=keep, calls=0, discount=discount)
-            short = unaffordable(
-                self.meter,
-                (estimate[0] + kept_calls[0], estimate[1] + kept_calls[1], estimate[2] + kept_calls[2]),
-                discount,
+        if verdict.kept is not None and verdict.short is not None:
+            short = verdict.short
+            journal_refusal(self.journal, self.limits, todo_parts, short, kept=True)
+            self.note_bound(short)
+            raise BudgetKept(
+                short,
+                f"{self.meter.describe(short)}: {what} not started, to keep about {verdict.kept[0]:.0f} LM "
+                f"calls for {kept_for}",
             )
-            if short is not None:
-                journal_refusal(self.journal, self.limits, todo_parts, short, kept=True)
-                self.note_bound(short)
-                raise BudgetKept(
-                    short,
-                    f"{self.meter.describe(short)}: {what} not started, to keep about {kept_calls[0]:.0f} LM "
-                    f"calls for {kept_for}",
-                )
+        limit, estimate = verdict.limit, verdict.estimate
         if limit is None:
-            self._commitments.admit(todo_parts, own)
+            self._commitments.admit(todo_parts, verdict.own)
             return
         self.stopped_by = self.stopped_by or limit
         journal_refusal(self.journal, self.limits, todo_parts, limit)
@@ -382,23 +377,13 @@ class RunContext:
 
     def _affordable_by_limit(self) -> dict[str, int]:
         """:meth:`runs_affordable` for each limit on calls, tokens or cost that is set."""
-        ratio = self._fresh_run_ratio()
-        discount = self._ledger.discount()
-        estimate = step_estimate(self.meter, self.costs, runs=1, calls=0, discount=discount)
-        per_run = tuple(cost * ratio for cost in estimate)
-        used = self.meter.usage
-        spent = (used.requests - discount[0], used.total_tokens - discount[1], self.meter.cost)
-        limits = (
-            ("max_lm_calls", self.meter.max_requests),
-            ("max_tokens", self.meter.max_tokens),
-            ("max_cost", self.meter.max_cost),
+        return affordable_by_limit(
+            self.meter,
+            self.costs,
+            self._ledger.discount(),
+            self._commitments.outstanding(),
+            self._fresh_run_ratio(),
         )
-        others = self._commitments.outstanding()
-        runs: dict[str, int] = {}
-        for i, (name, limit) in enumerate(limits):
-            if limit is not None and per_run[i] > 0:
-                runs[name] = max(0, math.floor((limit - spent[i] - sum(o[i] for o in others)) / per_run[i]))
-        return runs
 
     def admit_trial(self, what: str, parts: Sequence[tuple[str, str, int]]) -> None:
         """:meth:`admit_step` for a trial under a limit: it keeps one full evaluation's program runs (at
