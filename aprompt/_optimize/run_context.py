@@ -7,17 +7,16 @@ with the best program so far (:mod:`aprompt._optimize.run_stop`). What was spent
 step (see :mod:`aprompt.run._limits`), with what a stop would leave unjournaled
 (:mod:`aprompt._optimize.step_ledger`); the steps a limit refused are journaled too
 (:mod:`aprompt._optimize.refusals`). What a step is expected to spend, and which limit cannot pay for it,
-is :mod:`aprompt._optimize.step_admission`'s arithmetic.
+is :mod:`aprompt._optimize.step_admission`'s arithmetic; the phases' timing, usage and events are
+:mod:`aprompt._optimize.run_phases`'.
 """
 
 from __future__ import annotations
 
 import contextvars
-import inspect
 import math
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -27,12 +26,13 @@ from aprompt._optimize.budget import Budget
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.confirmation import runs_kept_for_confirmation
 from aprompt._optimize.evaluate import Metric
-from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
+from aprompt._optimize.events import Event, EventCallback
 from aprompt._optimize.examples import Example
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.refusals import REFUSAL_KIND, journal_refusal, limit_value, refused_before
 from aprompt._optimize.result import PhaseUsage
+from aprompt._optimize.run_phases import PhaseLog, emit_to
 from aprompt._optimize.run_stop import limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
 from aprompt._optimize.step_admission import affordable_by_limit, judge_step
@@ -131,8 +131,8 @@ class RunContext:
     #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
     #: counts what the others are still expected to spend.
     _commitments: StepCommitments = attrs.field(factory=StepCommitments, init=False)
-    #: The run's start, for the phases' start times.
-    _started: float = attrs.field(factory=time.monotonic, init=False)
+    #: The run's phases as they start and end (the records are ``phases``).
+    _phases: PhaseLog = attrs.field(init=False)
     _limiter: Slots | None = attrs.field(default=None, init=False)
     #: Program runs the search keeps for confirming its pick under a limit that can refuse steps
     #: (:func:`~aprompt._optimize.confirmation.runs_kept_for_confirmation`; 0 on a large validation set).
@@ -148,10 +148,9 @@ class RunContext:
     _bound: dict[str, float] = attrs.field(factory=dict, init=False)
     #: What the steps not journaled have spent, for the ``spent`` records and a resumed run's decisions.
     _ledger: StepLedger = attrs.field(factory=StepLedger, init=False)
-    #: Phases (by their slot in ``phases``) that ended by an exception, their ``PhaseFinished`` not told yet.
-    _cut_phases: list[int] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._phases = PhaseLog(self.phases, self.on_event, self.journal)
         self.confirmation_kept = runs_kept_for_confirmation(self.trainset, self.valset)
         record = self.journal.latest(SPENT_KIND) if self.journal is not None else None
         runs, what = self.first_trial_runs()
@@ -490,13 +489,13 @@ class RunContext:
                         raise
                 else:
                     self._ledger.ended_whole = True
-                    await self._finish_cut_phases()
+                    await self._phases.finish_cut()
                     return outcome
             # The steps the limit dropped are the stop's, as in the uninterrupted run: a resume under the
             # same limit replays it.
             self._ledger.ended_whole = True
             stopped = await stopped_outcome(self, refusal)
-            await self._finish_cut_phases()
+            await self._phases.finish_cut()
             return stopped
         finally:
             self._check_own_limit()
@@ -572,14 +571,6 @@ class RunContext:
             self.checkpoint()
         return value
 
-    async def _finish_cut_phases(self) -> None:
-        """Tell the ``PhaseFinished`` of each phase a stop cut short, in the order they started: every
-        ``PhaseStarted`` of a run that returns a result has its ``PhaseFinished``."""
-        cut, self._cut_phases = sorted(self._cut_phases), []
-        for slot in cut:
-            record = self.phases[slot]
-            await self.emit(PhaseFinished(record.phase, record.seconds, record.usage))
-
     def _program_runs(self, value: object) -> int:
         """Program runs a step made, as its result tells them (to measure what one costs)."""
         if isinstance(value, Trial):
@@ -591,43 +582,14 @@ class RunContext:
         return 0
 
     async def emit(self, event: Event) -> None:
-        if self.on_event is None:
-            return
-        outcome = self.on_event(event)
-        if inspect.isawaitable(outcome):
-            await outcome
+        """Tell ``event`` to the run's ``on_event`` callback."""
+        await emit_to(self.on_event, event)
 
-    @asynccontextmanager
-    async def phase(self, name: str, detail: str = "") -> AsyncIterator[None]:
+    def phase(self, name: str, detail: str = "") -> AbstractAsyncContextManager[None]:
         """Time a phase and record its LM usage; emits PhaseStarted/PhaseFinished.
 
         Phases may overlap (steps start the moment their inputs exist): a phase's usage is what the
         code inside its block, and the tasks started there, spent (so the phases' usages add up to the
         run's), and it is listed in ``phases`` in the order phases started, with its start time.
         """
-        await self.emit(PhaseStarted(name, detail))
-        started = time.monotonic()
-        slot = len(self.phases)
-        self.phases.append(PhaseUsage(name, 0.0, UsageSnapshot(), started - self._started))
-        try:
-            with measuring() as used:
-                yield
-        except BaseException:
-            # Cut short (a limit's refusal, a sibling step's cancellation): its PhaseFinished is told when
-            # the run goes on to its result (:meth:`_finish_cut_phases`), not from a cancelled task.
-            self._cut_phases.append(slot)
-            raise
-        finally:
-            record = PhaseUsage(name, time.monotonic() - started, used.snapshot(), started - self._started)
-            self.phases[slot] = record
-            if self.journal is not None:
-                self.journal.append(
-                    "phase",
-                    {
-                        "phase": name,
-                        "seconds": record.seconds,
-                        "started": record.started,
-                        "usage": record.usage.as_dict(),
-                    },
-                )
-        await self.emit(PhaseFinished(name, record.seconds, record.usage))
+        return self._phases.phase(name, detail)
