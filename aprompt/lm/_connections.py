@@ -16,8 +16,11 @@ Places are handed out last-in first-out: at low concurrency the same warm connec
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 import ssl
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +35,7 @@ from aprompt._errors import ConfigError
 from aprompt.lm._http11 import KEEPALIVE_EXPIRY, HTTP11Transport
 from aprompt.lm._transport import HttpxTransport, Transport
 
-__all__ = ["DEFAULT_LANE_SIZE", "ConnectionLanes", "LaneTransports", "proxy_applies"]
+__all__ = ["DEFAULT_LANE_SIZE", "ConnectionLanes", "LaneTransports", "proxy_applies", "proxy_credentials"]
 
 #: Connections per lane: 1, so that a lane needs no pool (with httpx lanes, 1 also makes httpcore's
 #: per-request pool scans cheapest: 0.53 ms of client CPU per call at 256 concurrent, against 0.65 ms
@@ -111,6 +114,28 @@ def proxy_applies(url: httpx.URL) -> bool:
     if not (proxies.get(url.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(url.netloc.decode("ascii"))
+
+
+def proxy_credentials(url: httpx.URL) -> tuple[str, ...]:
+    """The credentials of the proxies the environment names for ``url`` (its scheme's and ``ALL_PROXY``,
+    when one applies), to scrub from messages: each password and ``user:password`` pair, as written in
+    the URL and decoded, and the ``Proxy-Authorization`` value sent with them. A proxy's error page may
+    quote any of them."""
+    if not proxy_applies(url):
+        return ()
+    proxies = urllib.request.getproxies()
+    found: set[str] = set()
+    for proxy in {proxies.get(url.scheme, ""), proxies.get("all", "")} - {""}:
+        # Read leniently (with or without a scheme): a URL httpx refuses may still hold a password.
+        authority = proxy.partition("://")[2] if "://" in proxy else proxy
+        userinfo = re.split(r"[/?#]", authority, maxsplit=1)[0].rpartition("@")[0]
+        user, colon, password = userinfo.partition(":")
+        if not (colon and password):
+            continue
+        plain_user, plain_password = urllib.parse.unquote(user), urllib.parse.unquote(password)
+        pair = f"{plain_user}:{plain_password}"
+        found |= {password, plain_password, userinfo, pair, base64.b64encode(pair.encode()).decode("ascii")}
+    return tuple(found)
 
 
 class _NoCookies(httpx.Cookies):

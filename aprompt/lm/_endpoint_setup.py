@@ -16,7 +16,7 @@ import attrs
 import httpx
 
 from aprompt._errors import ConfigError
-from aprompt.lm._connections import ConnectionLanes, LaneTransports
+from aprompt.lm._connections import ConnectionLanes, LaneTransports, proxy_credentials
 from aprompt.lm._transport import HttpxTransport
 from aprompt.lm.adaptive import MAX_CONCURRENCY
 from aprompt.lm.endpoints import Endpoint, EndpointState, endpoint_urls, shown_url
@@ -34,8 +34,8 @@ class EndpointSetup:
 
     Attributes:
         states: each endpoint's runtime state, in the order given.
-        secrets: every key sent (as given and stripped) and every credential in a URL's query, to scrub
-            from messages.
+        secrets: every key sent (as given and stripped), every credential in a URL's query and those of
+            the proxies the environment names for the endpoints, to scrub from messages.
         keyless: the endpoints sent no key because the client's ``api_key_env`` is not set.
     """
 
@@ -84,6 +84,9 @@ def set_up_endpoints(
         if key is None and api_key is None and api_key_env:
             keyless.add(url)
         keys.extend(hidden)  # scrubbed from messages too, whatever their length, as a key is
+        # A proxy's own error page (a 407, a 502) may quote its credentials: a caller's client may read
+        # the environment's proxies too.
+        keys.extend(proxy_credentials(httpx.URL(url)))
         if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
             # Sent as is, a line break would end the request's head early or add a header.
             raise ConfigError(

@@ -3,6 +3,7 @@ part of it is left at the cut: both clients, on asyncio and trio."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import pickle
@@ -10,6 +11,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 
 from aprompt._errors import AuthenticationError, BadResponseError, ContentFilteredError, LMStatusError
@@ -258,3 +261,59 @@ async def test_a_key_echoed_in_an_encoded_form_is_scrubbed(echo: Callable[[str],
     error = caught.value
     shown = " ".join([str(error), repr(error), error.server_message, repr(pickle.dumps(error))])
     assert shown_key not in shown and "invalid key *** for" in shown
+
+
+#: A proxy password with characters its URL writes percent-encoded.
+PROXY_PASSWORD = "pr0xy-S3cret/p@ss"
+
+
+async def _echoing_proxy(listener: anyio.abc.SocketListener, status: bytes, proxy_url: str) -> None:
+    """Answers every request ``status`` with a page quoting its Proxy-Authorization header, decoded too,
+    and ``proxy_url`` (a proxy's own 407, or a 502 naming the way the request came)."""
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive()
+            sent = [line for line in head.split(b"\r\n") if line.lower().startswith(b"proxy-authorization:")]
+            token = sent[0].split()[-1] if sent else b""
+            page = b"<html>%b %b, decoded %b, via %b</html>" % (
+                status,
+                b" ".join(sent),
+                base64.b64decode(token),
+                proxy_url.encode(),
+            )
+            await stream.send(
+                b"HTTP/1.1 %b Refused\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close"
+                b"\r\n\r\n%b" % (status, len(page), page)
+            )
+
+    await listener.serve(answer)
+
+
+@pytest.mark.parametrize("status", [b"407", b"502"])
+async def test_a_proxys_credentials_quoted_in_its_error_page_are_scrubbed(
+    status: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy named by the environment with a password answers with a page quoting it (its URL, the
+    Proxy-Authorization header sent to it), which the call's error showed."""
+    quoted = urllib.parse.quote(PROXY_PASSWORD, safe="")
+    forms = {PROXY_PASSWORD, quoted, base64.b64encode(f"alice:{PROXY_PASSWORD}".encode()).decode()}
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    proxy_url = f"http://alice:{quoted}@127.0.0.1:{listener.extra(anyio.abc.SocketAttribute.local_port)}"
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_echoing_proxy, listener, status, proxy_url)
+        async with OpenAICompatibleLM("m", "http://llm.invalid:8000/v1", api_key="k1", max_retries=0) as lm:
+            with pytest.raises(LMStatusError) as in_a_call:
+                await lm.chat([{"role": "user", "content": "Hi"}])
+        tasks.cancel_scope.cancel()
+    error = in_a_call.value
+    shown = " ".join(
+        [str(error), repr(error), error.server_message, repr(pickle.loads(pickle.dumps(error)).__dict__)]
+    )
+    assert status.decode() in shown and "Basic ***" in shown
+    assert [form for form in forms if form in shown] == []
