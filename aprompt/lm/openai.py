@@ -59,7 +59,9 @@ class OpenAICompatibleLM(HTTPChatLM):
             HTTP/1.1 connection lanes (not closed by us; keep its pool small: httpcore's pool costs
             CPU per request in proportion to the square of its connections). Without one, an
             endpoint behind a proxy named by the environment (``HTTPS_PROXY`` ...) is reached through
-            httpx clients of our own.
+            httpx clients of our own, and that proxy's credentials are scrubbed from errors like the
+            key; the credentials of a proxy configured on a client passed here are not known to us,
+            and a proxy's error page that quotes them would show them.
         endpoint_cooldown: seconds an endpoint is avoided after a connection error, timeout, 5xx or
             malformed reply.
         max_response_bytes: the longest response body read (default 10 MiB); a longer one fails the
