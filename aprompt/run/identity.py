@@ -346,7 +346,8 @@ def program_settings(program: Any) -> str | None:
     Code that reads ``self.k`` or ``self.style`` returns other predictions from the same predictors.
     A predictor run as the program is none: its identity is the ``program (name)`` key's. A value the
     program changed itself while a run of this process ran it (a call counter, the last answer) is
-    taken as it was when that run began (:func:`note_program_run`): it is no setting of the run."""
+    taken as it was when that run began (:func:`note_program_run`): it is no setting of the run. One the
+    user set since to another value than the run left is a setting again, read as it is."""
     owner = _settings_owner(program)
     if owner is None:
         return None
@@ -355,11 +356,13 @@ def program_settings(program: Any) -> str | None:
         changed = _CHANGED_BY_RUNS.get(owner, {})
     except TypeError:  # not hashable
         changed = {}
-    for name, value in changed.items():
-        if value is _ABSENT:
+    for name, (before, left) in changed.items():
+        if not _same(plain.get(name, _ABSENT), left):
+            continue  # changed since the runs left it: the user's setting, read as it is
+        if before is _ABSENT:
             plain.pop(name, None)
         else:
-            plain[name] = value
+            plain[name] = before
     return digest(plain) if plain else None
 
 
@@ -385,16 +388,22 @@ def note_program_run(program: Any, before: Mapping[str, Any]) -> None:
     if owner is None:
         return
     after = plain_settings(program)
-    changed = {name: before.get(name, _ABSENT) for name in before.keys() | after.keys()}
-    changed = {name: value for name, value in changed.items() if after.get(name, _ABSENT) != value}
+    changed = [
+        name
+        for name in before.keys() | after.keys()
+        if not _same(before.get(name, _ABSENT), after.get(name, _ABSENT))
+    ]
     if not changed:
         return
     try:
         known = _CHANGED_BY_RUNS.setdefault(owner, {})
     except TypeError:  # not weakly referable or not hashable: its settings are read as they are
         return
-    for name, value in changed.items():
-        known.setdefault(name, value)  # the earliest run's: the one the journal's fingerprint was taken at
+    for name in changed:
+        # The earliest run's value (the one the journal's fingerprint was taken at), and the one the
+        # latest run left: a value other than that later is the user's.
+        first = known[name][0] if name in known else before.get(name, _ABSENT)
+        known[name] = (first, after.get(name, _ABSENT))
 
 
 def _settings_owner(program: Any) -> Any:
@@ -407,10 +416,18 @@ def _settings_owner(program: Any) -> Any:
     return owner
 
 
-#: Per program object of this process, the plain values its runs changed, at their values before them.
-_CHANGED_BY_RUNS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-#: An attribute a run added: absent before it.
+#: Per program object of this process, the plain values its runs changed: (the value before the first of
+#: them, the value the latest left).
+_CHANGED_BY_RUNS: weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
+#: An attribute a run added (absent before it) or removed.
 _ABSENT = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same plain value as the fingerprint reads it (``_ABSENT`` is only itself)."""
+    if a is _ABSENT or b is _ABSENT:
+        return a is b
+    return digest(a) == digest(b)
 
 
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -426,6 +426,30 @@ async def test_a_program_that_changes_its_own_values_as_it_runs_resumes_in_the_s
     assert await refusal(server, tmp_path, program=program) == {"program settings"}
 
 
+class Settling(Shouting):
+    """A program that settles a setting left unset on its first call (a lazily chosen default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.style: str | None = None
+
+    async def __call__(self, question: str) -> Any:
+        if self.style is None:
+            self.style = "plain"
+        self.shout = self.style == "loud"
+        return await super().__call__(question)
+
+
+async def test_a_setting_the_user_changes_after_a_run_changed_it_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    program = Settling()
+    await run(server, tmp_path, program=program)
+    assert program.style == "plain"
+    program.style = "loud"  # every answer now shouted: another program than the run_dir's
+    assert await refusal(server, tmp_path, program=program) == {"program settings"}
+
+
 FINISHING = """
 import aprompt
 
