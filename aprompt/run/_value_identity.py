@@ -1,0 +1,304 @@
+"""The identity of values: process-independent digests of data, callables and programs.
+
+What :mod:`aprompt.run.identity` assembles into a run's fingerprint: :func:`digest` of any mix of JSON
+types, sets, bytes and objects (by their content, never by ``id()`` or a memory address), the identity of
+a callable (:func:`callable_identity`: its name, source and the plain settings it reads) and of a
+program's code and settings (:func:`program_identity`, :func:`program_settings`). Every value is the same
+for the same input in a new process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import pickle
+import re
+import types
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from aprompt._source import source_of
+
+# What ``repr`` gives objects without one of their own: the address differs in every process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_form(value: Any) -> Any:
+    """A JSON-able stand-in for ``value`` that is the same in every process and tells apart values of
+    different content (an array by its bytes, an object without a text of its own by its attributes)."""
+    if isinstance(value, set | frozenset):
+        return sorted(_canonical(item) for item in value)
+    if isinstance(value, bytes | bytearray):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(getattr(value, "shape", None), tuple) and callable(getattr(value, "tobytes", None)):
+        # An array: its text shows only some elements, to print precision; its bytes are all of it
+        # (an array of objects holds addresses: its items instead).
+        dtype = getattr(value, "dtype", None)
+        if getattr(dtype, "hasobject", False) and callable(getattr(value, "tolist", None)):
+            return {"array": name, "shape": list(value.shape), "items": value.tolist()}
+        return {
+            "array": name,
+            "dtype": str(dtype),
+            "shape": list(value.shape),
+            "sha256": hashlib.sha256(value.tobytes()).hexdigest(),
+        }
+    if kind.__repr__ is object.__repr__ and kind.__str__ is object.__str__:  # type: ignore[comparison-overlap]
+        # No text of its own (it would be the class's name alone): its attributes are its content.
+        content = _attributes(value)
+        if content is not None:
+            return {"object": name, "attributes": content}
+    return _ADDRESS.sub("", f"{kind.__qualname__}:{value}")
+
+
+def _attributes(value: Any) -> str | None:
+    """The canonical JSON of an object's attributes (``__dict__`` and slots), or of its pickle when they
+    refer back to it; None when it has none or neither can be made."""
+    found = dict(getattr(value, "__dict__", None) or {})
+    for cls in type(value).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                found[slot] = getattr(value, slot)
+    if not found:
+        return None
+    try:
+        return _canonical(found)
+    except (ValueError, RecursionError):  # attributes that refer back to the object
+        try:
+            return hashlib.sha256(pickle.dumps(value, protocol=5)).hexdigest()
+        except Exception:
+            return None
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=stable_form, ensure_ascii=False, separators=(",", ":"))
+
+
+def stable_order(items: Iterable[Any]) -> list[Any]:
+    """The items of a set in an order that is the same in every process (a set's own order follows the
+    process's hash seed): by their canonical JSON."""
+    return sorted(items, key=_canonical)
+
+
+def digest(value: Any) -> str:
+    """A short, process-independent hash of ``value`` (any mix of JSON types, sets, bytes, attrs
+    classes, dataclasses and objects with ``to_dict``)."""
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()[:16]
+
+
+def qualified_name(target: Any) -> str:
+    module = getattr(target, "__module__", None) or "?"
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{name}"
+
+
+def _source_digest(target: Any) -> str | None:
+    try:
+        return hashlib.sha256(source_of(target).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # built in, defined in a REPL, or source not shipped
+        return None
+
+
+#: The types of the settings a function closes over or reads as globals: compared by value.
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """A setting (a number, a text, ``None``, or a tuple or frozenset of them): a value that cannot
+    change while a run goes on, unlike a cache or a client, so it may be part of an identity."""
+    if isinstance(value, tuple | frozenset):
+        return all(_plain(item) for item in value)
+    return isinstance(value, _PLAIN)
+
+
+def _settings(target: Any, depth: int) -> dict[str, Any]:
+    """The plain values a function closes over, defaults to or reads as module globals (and the
+    identity of the functions it closes over), by name; other values are left out (a callable
+    object's attributes too: a counter or a cache on one changes as it is called)."""
+    found: dict[str, Any] = {}
+    if inspect.isfunction(target):
+        cells = zip(target.__code__.co_freevars, target.__closure__ or (), strict=False)
+        for name, cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell: the variable was never bound
+                continue
+            if _plain(value):
+                found[name] = value
+            elif depth < 3 and (inspect.isfunction(value) or isinstance(value, functools.partial)):
+                found[name] = callable_identity(value, _depth=depth + 1)
+        namespace = target.__globals__
+        for name in sorted(_global_names(target.__code__)):
+            value = namespace.get(name)
+            if name in namespace and _plain(value):
+                found[f"global {name}"] = value
+            elif (
+                depth < 3
+                and value is not target
+                and (inspect.isfunction(value) or isinstance(value, functools.partial))
+            ):
+                # A module's helper (``normalize``) decides the scores as much as the metric's own code.
+                found[f"global {name}"] = callable_identity(value, _depth=depth + 1)
+        for position, value in enumerate(target.__defaults__ or ()):
+            if _plain(value):
+                found[f"default {position}"] = value
+        for name, value in (target.__kwdefaults__ or {}).items():
+            if _plain(value):
+                found[f"default {name}"] = value
+    return found
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The names ``code`` (and the code nested in it: lambdas, comprehensions) may read as globals."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return names
+
+
+def callable_identity(fn: Any, *, _depth: int = 0) -> str:
+    """``module.qualname``, plus ``#`` and a hash of the source when it can be read, plus ``@`` and a
+    hash of its settings when it has some.
+
+    A bound method is its function; a ``functools.partial`` adds its bound arguments; a callable
+    object is its class (name and source), not its attributes; a function adds the plain values it
+    closes over (made by a factory), defaults to or reads as module globals (a threshold, a model
+    name), and the identity of the functions it closes over or reads as module globals (a helper it
+    calls), three calls deep. Plain values are numbers, texts,
+    ``None`` and tuples of them: a cache or a client a metric uses is never part of its identity.
+    """
+    if isinstance(fn, functools.partial):
+        bound = digest([list(fn.args), dict(fn.keywords)])
+        return f"partial({callable_identity(fn.func, _depth=_depth)}, {bound})"
+    target = getattr(fn, "__func__", fn)  # bound method
+    settings = _settings(target, _depth)
+    if not (inspect.isfunction(target) or inspect.isclass(target) or inspect.isbuiltin(target)):
+        target = type(target)  # a callable object: its class holds __call__
+    name = qualified_name(target)
+    source = _source_digest(target)
+    identity = name if source is None else f"{name}#{source}"
+    return f"{identity}@{digest(settings)}" if settings else identity
+
+
+def program_identity(program: Any) -> str:
+    """The identity of ``program``'s code: of what runs it (itself when callable, else its ``forward``,
+    as the evaluator calls it), for a method (``forward``, a bound method) also of its object's class,
+    and for a callable object also of its class's ``__call__`` (read from the function itself, whose
+    source is found even where the class's is not)."""
+    entry = program if callable(program) else getattr(program, "forward", program)
+    parts = [callable_identity(entry)]
+    owner = getattr(entry, "__self__", None) if inspect.ismethod(entry) else None
+    if owner is not None and not inspect.isclass(owner) and not inspect.ismodule(owner):
+        # A method runs the program through the rest of its class (``self.post(...)``): its source too.
+        parts.append(callable_identity(type(owner)))
+    if not (inspect.isfunction(entry) or inspect.ismethod(entry) or isinstance(entry, functools.partial)):
+        method = inspect.getattr_static(type(entry), "__call__", None)
+        if inspect.isfunction(method):
+            parts.append(callable_identity(method))
+    return " ".join(parts)
+
+
+def program_settings(program: Any) -> str | None:
+    """A digest of the plain values (numbers, texts, ``None``, tuples of them) a program object holds
+    as attributes, or of a bound method's object; ``None`` for a function or an object without any.
+    Code that reads ``self.k`` or ``self.style`` returns other predictions from the same predictors.
+    A predictor run as the program is none: its identity is the ``program (name)`` key's. A value the
+    program changed itself while a run of this process ran it (a call counter, the last answer) is
+    taken as it was when that run began (:func:`note_program_run`): it is no setting of the run. One the
+    user set since to another value than the run left is a setting again, read as it is."""
+    owner = _settings_owner(program)
+    if owner is None:
+        return None
+    plain = plain_settings(program)
+    try:
+        changed = _CHANGED_BY_RUNS.get(owner, {})
+    except TypeError:  # not hashable
+        changed = {}
+    for name, (before, left) in changed.items():
+        if not _same(plain.get(name, _ABSENT), left):
+            continue  # changed since the runs left it: the user's setting, read as it is
+        if before is _ABSENT:
+            plain.pop(name, None)
+        else:
+            plain[name] = before
+    return digest(plain) if plain else None
+
+
+def plain_settings(program: Any) -> dict[str, Any]:
+    """The plain values of :func:`program_settings`, by attribute name (empty when it has none)."""
+    owner = _settings_owner(program)
+    if owner is None:
+        return {}
+    found = dict(getattr(owner, "__dict__", None) or {})
+    for cls in type(owner).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(owner, slot):
+                found[slot] = getattr(owner, slot)
+    return {name: value for name, value in found.items() if _plain(value)}
+
+
+def note_program_run(program: Any, before: Mapping[str, Any]) -> None:
+    """Remember the plain values ``program`` changed itself during a run that began with ``before``
+    (:func:`plain_settings`), at their values then: a later run of the same object in this process
+    (a resume) fingerprints them so, as a new process that builds the program again does."""
+    owner = _settings_owner(program)
+    if owner is None:
+        return
+    after = plain_settings(program)
+    changed = [
+        name
+        for name in before.keys() | after.keys()
+        if not _same(before.get(name, _ABSENT), after.get(name, _ABSENT))
+    ]
+    if not changed:
+        return
+    try:
+        known = _CHANGED_BY_RUNS.setdefault(owner, {})
+    except TypeError:  # not weakly referable or not hashable: its settings are read as they are
+        return
+    for name in changed:
+        # The earliest run's value (the one the journal's fingerprint was taken at), and the one the
+        # latest run left: a value other than that later is the user's.
+        first = known[name][0] if name in known else before.get(name, _ABSENT)
+        known[name] = (first, after.get(name, _ABSENT))
+
+
+def _settings_owner(program: Any) -> Any:
+    """The object whose attributes are the program's settings, or ``None`` (see :func:`program_settings`)."""
+    from aprompt.program.predictor import Predict  # the program package imports this module
+
+    owner = getattr(program, "__self__", None) if inspect.ismethod(program) else program
+    if owner is None or inspect.isfunction(owner) or isinstance(owner, functools.partial | type | Predict):
+        return None
+    return owner
+
+
+#: Per program object of this process, the plain values its runs changed: (the value before the first of
+#: them, the value the latest left).
+_CHANGED_BY_RUNS: weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
+#: An attribute a run added (absent before it) or removed.
+_ABSENT = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same plain value as the fingerprint reads it (``_ABSENT`` is only itself)."""
+    if a is _ABSENT or b is _ABSENT:
+        return a is b
+    return digest(a) == digest(b)
