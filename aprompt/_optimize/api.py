@@ -1,35 +1,32 @@
-"""``await aprompt.optimize(...)``: validate, plan, run a strategy, and return the optimized program."""
+"""``await aprompt.optimize(...)``: check its arguments, plan and fingerprint the run, open its storage, and
+hand the run to :func:`~aprompt._optimize.run_result.run_to_result`, which returns the optimized program."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import attrs
 
-from aprompt._errors import ConfigError, InexactResumeWarning
+from aprompt._errors import ConfigError
 from aprompt._optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
-from aprompt._optimize.budget import Budget, estimate_calls, resolve_budget
-from aprompt._optimize.confirmation import confirmation_calls
+from aprompt._optimize.budget import Budget, resolve_budget
 from aprompt._optimize.evaluate import Metric, RunMetric, check_inputs
-from aprompt._optimize.events import EventCallback, RunFinished, RunPlanned
+from aprompt._optimize.events import EventCallback
 from aprompt._optimize.examples import Example, apart_from, as_examples, check_disjoint, inputs_key
 from aprompt._optimize.outage import DEFAULT_OUTAGE_TOLERANCE, outage_policy
-from aprompt._optimize.per_example import final_examples, recording_outputs
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.result import OptimizeResult, P
 from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.run_result import run_to_result
 from aprompt._optimize.strategies import Strategy, resolve_strategy
 from aprompt._optimize.strategies.base import checked_plan
 from aprompt.executors.base import Executor, check_executor, use_executor
 from aprompt.lm.types import LM
-from aprompt.lm.usage import IN_FLIGHT_KIND, timing_requests
 from aprompt.program._copying import copy_program
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import is_function, named_predictors
@@ -315,105 +312,9 @@ async def optimize(
             if journal is not None and journal.latest("original_state") is None:
                 journal.append("original_state", program_state(program))
             with watch_predictors(predictors), use_executor(executor):
-                return await _run(ctx, chosen, target, started)
+                return await run_to_result(ctx, chosen, target, started)
     finally:
         note_program_run(program, settings)
-
-
-async def _run(ctx: RunContext, strategy: Strategy, target: P, started: float) -> OptimizeResult[P]:
-    plan, predictors, train, val, seed = ctx.budget, ctx.predictors, ctx.trainset, ctx.valset, ctx.seed
-    planned = _plan_event(strategy, plan, len(predictors), len(train), len(val))
-    logger.info(
-        "aprompt %s: %d trials on %d validation examples, about %d LM calls before caching (and up to %d "
-        "more to confirm an undecided pick on training examples)",
-        strategy.name,
-        planned.n_trials,
-        planned.val_size,
-        planned.expected_lm_calls,
-        planned.detail["confirmation_at_most"],
-    )
-    await ctx.emit(planned)
-    with recording_outputs() as outputs, timing_requests() as requests:
-        candidates, outcome = await ctx.run_strategy(strategy)
-        loop = ctx.search_loop
-    if ctx.diverged is not None:
-        warnings.warn(
-            InexactResumeWarning(
-                "aprompt: this run's result may differ from an uninterrupted run's with the same inputs: "
-                f"it was resumed after {ctx.diverged}, and its limits decide steps on what it has spent"
-            ),
-            stacklevel=3,  # the caller of optimize()
-        )
-    examples = final_examples(ctx.valset, candidates, outcome, outputs, ctx.journal)
-    if ctx.journal is not None and len(requests):  # a call answered from the cache keeps the last chart
-        ctx.journal.append(IN_FLIGHT_KIND, requests.record())
-
-    prompts = candidates.prompts_for(outcome.best_choice)
-    for name, predictor in named_predictors(target):
-        if name in prompts:
-            predictor.use_prompt(prompts[name])
-    result = OptimizeResult(
-        program=target,
-        strategy=strategy.name,
-        score=outcome.best_score,
-        baseline_score=outcome.baseline_score,
-        best_choice=outcome.best_choice,
-        trials=outcome.trials,
-        full_evals=outcome.full_evals,
-        confirmations=outcome.confirmations,
-        candidates=candidates,
-        dropped=tuple(ctx.dropped),
-        phases=tuple(ctx.phases),
-        seconds=time.monotonic() - started,
-        seed=seed,
-        failures=dict(ctx.failures),
-        stopped_by=ctx.stopped_by or (loop.cut_short_by if loop is not None else None),
-        spent=ctx.spent(),
-        pick=outcome.pick,
-        examples=examples,
-    )
-    if result.stopped_by is not None:
-        logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(result.stopped_by), result.spent)
-    if ctx.journal is not None:
-        pick = attrs.asdict(result.pick) if result.pick is not None else None
-        ctx.journal.append(
-            "result", {"score": result.score, "best_choice": dict(result.best_choice), "pick": pick}
-        )
-    await ctx.emit(
-        RunFinished(result.score, result.baseline_score, result.seconds, result.usage, result.stopped_by)
-    )
-    return result
-
-
-def _plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
-    """The run's plan, as ``strategy`` plans it, with its LM-call estimate."""
-    planned = checked_plan(strategy, plan, n_predictors, n_train, n_val)
-    estimate = estimate_calls(
-        plan,
-        n_predictors=n_predictors,
-        calls_per_run=float(n_predictors),
-        n_trials=planned.n_trials,
-        val_size=n_val,
-        bootstrap_runs=planned.bootstrap_runs,
-        proposal_calls=planned.proposal_calls,
-        screen_runs=planned.screen_runs,
-        extra_full_evals=planned.extra_full_evals,
-    )
-    return RunPlanned(
-        strategy.name,
-        planned.n_trials,
-        n_val,
-        estimate.total,
-        {
-            "bootstrap": estimate.bootstrap,
-            "proposal": estimate.proposal,
-            "screen": estimate.screen,
-            "evaluation": estimate.evaluation,
-            "per_program_run": math.ceil(n_predictors),
-            # Not in the total: run only when the search ends undecided (aprompt._optimize.confirmation).
-            "confirmation_at_most": confirmation_calls(n_predictors, n_train, n_val),
-        },
-    )
 
 
 __all__ = ["optimize", "split_valset"]
