@@ -40,16 +40,13 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import math
 import random
-import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import anyio
@@ -70,6 +67,8 @@ from aprompt.testing._http_reply import (
 )
 from aprompt.testing._http_reply import StreamedBody, error_body, json_bytes, send_reply, shaped
 from aprompt.testing._rate_window import Window, admit, limit_headers
+from aprompt.testing._serve import main as main  # python -m aprompt.testing.fake_openai
+from aprompt.testing._serve import serve_forever as serve_forever
 from aprompt.testing._wire import (
     FROM_RESPONDER,
     HTML_PAGE,
@@ -471,47 +470,6 @@ def _budget(params: Mapping[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
-
-
-async def serve_forever(server: FakeOpenAIServer, *, ready: Callable[[str], None]) -> None:
-    """Run ``server`` until SIGINT or SIGTERM, calling ``ready(base_url)`` once it listens."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with server:
-            ready(server.base_url)
-            async for _ in signals:
-                return
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m aprompt.testing.fake_openai --port 0 --latency-ms 20``: serve in this process.
-
-    Prints the base URL as the first line of stdout once listening (for benchmarks that run the
-    server in a separate process, so that its CPU does not count as the client's), then serves
-    until SIGINT or SIGTERM and prints how many chat requests it answered.
-    """
-    parser = argparse.ArgumentParser(prog="python -m aprompt.testing.fake_openai")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of each answer")
-    parser.add_argument("--api-key", default=None, help="require this bearer key")
-    parser.add_argument("--text", default="Answer: ok", help="the assistant's reply")
-    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
-    args = parser.parse_args(argv)
-    text = args.text
-    server = FakeOpenAIServer(
-        responder=lambda request: text,
-        latency=args.latency_ms / 1000.0,
-        api_key=args.api_key,
-        host=args.host,
-        port=args.port,
-        record=False,
-    )
-
-    def ready(base_url: str) -> None:
-        print(base_url, flush=True)
-
-    anyio.run(partial(serve_forever, server, ready=ready), backend=args.backend)
-    print(f"answered {server.answered} chat requests", flush=True)
 
 
 if __name__ == "__main__":
