@@ -584,6 +584,25 @@ async def test_limits_and_usage_hold_for_an_lm_that_is_not_an_aprompt_client() -
     assert result.usage.total_tokens > 0
 
 
+async def _refused_for_a_too_small_call_limit(program: TwoStageProgram, lm: aprompt.LM) -> None:
+    """``optimize`` of ``program`` under ``max_lm_calls=20``: 10 validation runs + one mini-batch of 5, at
+    the 2 calls per run of a two-predictor program, is 30 calls; the check before the first call (1 call
+    per run at least) passes 20, the first run shows 2."""
+    with pytest.raises(aprompt.ConfigError, match=r"max_lm_calls=20 cannot pay for .* 30 calls"):
+        await aprompt.optimize(
+            program,
+            examples(0, 20),
+            metric,
+            valset=examples(200, 210),
+            lm=lm,
+            strategy="mipro_zero_shot",
+            budget={"n_candidates": 2, "val_size": 10, "minibatch_size": 5, "n_trials": 4},
+            grounding=aprompt.Grounding(data_summary=False, program_summary=False),
+            concurrency=CAP,
+            limits=aprompt.Limits(max_lm_calls=20),
+        )
+
+
 async def test_max_lm_calls_that_cannot_pay_for_one_trial_at_the_real_calls_per_run_is_a_config_error() -> (
     None
 ):
@@ -593,19 +612,7 @@ async def test_max_lm_calls_that_cannot_pay_for_one_trial_at_the_real_calls_per_
         FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
         client(server) as lm,
     ):
-        with pytest.raises(aprompt.ConfigError, match=r"max_lm_calls=20 cannot pay for .* 30 calls"):
-            await aprompt.optimize(
-                TwoStageProgram(),
-                examples(0, 20),
-                metric,
-                valset=examples(200, 210),
-                lm=lm,
-                strategy="mipro_zero_shot",
-                budget={"n_candidates": 2, "val_size": 10, "minibatch_size": 5, "n_trials": 4},
-                grounding=aprompt.Grounding(data_summary=False, program_summary=False),
-                concurrency=CAP,
-                limits=aprompt.Limits(max_lm_calls=20),
-            )
+        await _refused_for_a_too_small_call_limit(TwoStageProgram(), lm)
         received = len(server.chat_requests)
 
     # Two proposals, and the calls of the runs in flight beside the first (each may send both its calls
@@ -628,19 +635,7 @@ async def test_a_trace_the_program_opens_itself_leaves_the_first_runs_calls_coun
         FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
         client(server) as lm,
     ):
-        with pytest.raises(aprompt.ConfigError, match=r"max_lm_calls=20 cannot pay for .* 30 calls"):
-            await aprompt.optimize(
-                TracingProgram(),
-                examples(0, 20),
-                metric,
-                valset=examples(200, 210),
-                lm=lm,
-                strategy="mipro_zero_shot",
-                budget={"n_candidates": 2, "val_size": 10, "minibatch_size": 5, "n_trials": 4},
-                grounding=aprompt.Grounding(data_summary=False, program_summary=False),
-                concurrency=CAP,
-                limits=aprompt.Limits(max_lm_calls=20),
-            )
+        await _refused_for_a_too_small_call_limit(TracingProgram(), lm)
 
 
 class LoggingLM:
