@@ -244,10 +244,15 @@ class AnthropicLM(HTTPChatLM):
             headers["x-api-key"] = api_key
         return headers
 
+    def _sent_params(self, params: Mapping[str, Any], rollout: int) -> Mapping[str, Any]:
+        if "max_tokens" in params or "max_completion_tokens" in params:
+            return params
+        # A call that passed max_tokens=None: the client's budget is sent, and is the one a cut reply's
+        # re-send doubles (unset, the re-send would go with a default that may be below it).
+        return {**params, "max_tokens": self._max_tokens}
+
     def _request_body(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Any:
-        body = messages_request(self._model, messages, params)
-        body.setdefault("max_tokens", self._max_tokens)  # a call that passed max_tokens=None
-        return body
+        return messages_request(self._model, messages, params)
 
     def _parse_completion(self, content: bytes) -> Completion:
         data = json.loads(content)

@@ -314,6 +314,18 @@ async def test_a_reply_cut_by_max_completion_tokens_is_resent_not_taken_for_a_wi
     assert [sent(server, i)["max_tokens"] for i in range(2)] == [10, 20]
 
 
+async def test_a_reply_cut_at_the_clients_max_tokens_after_a_call_unset_it_is_resent_with_twice_it(
+    server: FakeAnthropicServer, kwargs: dict[str, Any]
+) -> None:
+    """``max_tokens=None`` sends the client's budget; a reply cut at it is re-sent with twice that, not
+    with a default re-send budget below the one it was cut at."""
+    server.responder = lambda request: "x" * 4 * 6000
+    async with AnthropicLM(**kwargs, max_tokens=5000) as lm:
+        completion = await lm.chat(HELLO, max_tokens=None)
+    assert (len(completion.text), completion.finish_reason) == (24000, "stop")
+    assert [sent(server, i)["max_tokens"] for i in range(2)] == [5000, 10000]
+
+
 async def test_a_paused_turn_is_not_an_answer_and_is_sent_again(
     server: FakeAnthropicServer, kwargs: dict[str, Any]
 ) -> None:
