@@ -1,7 +1,7 @@
 """What makes a 2xx reply an answer, for the HTTP clients: its body within a size cap, and a finish
-that is neither empty, filtered, paused, stopped on a server fault nor cut at its token budget (see
-:mod:`aprompt.lm._http` for how each failure is retried); and what a redirect, or a 2xx carrying an
-error, tells the caller."""
+that is neither empty, filtered, paused, stopped on a server fault or for a tool call, nor cut at its
+token budget (see :mod:`aprompt.lm._http` for how each failure is retried); and what a redirect, or a
+2xx carrying an error, tells the caller."""
 
 from __future__ import annotations
 
@@ -68,6 +68,10 @@ _FAULT_REASONS = frozenset({"error", "abort", "insufficient_system_resource"})
 #: Finish reasons of a turn the provider paused before its end, whatever text came with it: Anthropic's
 #: ``"pause_turn"`` (a long turn with server tools, to be continued by another request).
 _PAUSED_REASONS = frozenset({"pause_turn"})
+
+#: Finish reasons of a reply that stopped to call a tool (OpenAI's, and Anthropic's ``"tool_use"`` in its
+#: words): a program reads text and runs no tool, and the text before the call only leads up to it.
+_TOOL_REASONS = frozenset({"tool_calls", "function_call"})
 
 #: The finish reason of a reply the model's context window cut (Anthropic's): the prompt left the reply too
 #: little of the window, so a larger token budget would be cut at the same place.
@@ -183,6 +187,14 @@ def incomplete_reply(
     if reason in _FAULT_REASONS:
         return IncompleteResponseError(
             f"the provider stopped the reply on a fault (finish_reason {reason!r})",
+            finish_reason=reason,
+            text=text,
+            endpoint=endpoint,
+        )
+    if reason in _TOOL_REASONS:
+        return IncompleteResponseError(
+            f"the model stopped to call a tool (finish_reason {reason!r}) instead of answering; programs "
+            "read text replies and run no tools: leave tools and tool_choice out of the LM's parameters",
             finish_reason=reason,
             text=text,
             endpoint=endpoint,

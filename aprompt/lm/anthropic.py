@@ -155,7 +155,8 @@ class AnthropicLM(HTTPChatLM):
 
     A 200 that is not an answer raises an :class:`~aprompt._errors.IncompleteResponseError`: no text
     content, ``stop_reason`` ``"refusal"`` (:class:`~aprompt._errors.ContentFilteredError`),
-    ``"pause_turn"`` (a turn paused before its end), ``"max_tokens"``
+    ``"pause_turn"`` (a turn paused before its end), ``"tool_use"`` (a stop to call a tool, which no
+    program runs), ``"max_tokens"``
     (:class:`~aprompt._errors.TruncatedResponseError`, after one re-send with twice the
     ``max_tokens``), or ``"model_context_window_exceeded"`` (a ``TruncatedResponseError`` at once: the
     prompt left the reply too little of the context window, which no re-send changes); see

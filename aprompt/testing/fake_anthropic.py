@@ -12,8 +12,8 @@ listed in :mod:`aprompt.testing.fake_openai`: slow and huge bodies, scripted rep
 the hard :class:`~aprompt.testing.fake_openai.ServerRateLimit` come from
 :class:`~aprompt.testing.fake_openai.FakeOpenAIServer`, which it extends. A scripted
 ``finish_reason`` is sent as its ``stop_reason``: ``"stop"`` → ``"end_turn"``, ``"length"`` →
-``"max_tokens"``, ``"content_filter"`` → ``"refusal"``, any other as it is; ``None`` content sends
-no content blocks.
+``"max_tokens"``, ``"content_filter"`` → ``"refusal"``, ``"tool_calls"`` → ``"tool_use"`` (a
+``tool_use`` block follows the text), any other as it is; ``None`` content sends no content blocks.
 
 Example::
 
@@ -103,7 +103,15 @@ _MODEL_LIST = json.dumps(
 ).encode()
 
 # A scripted finish_reason (OpenAI's words) as the stop_reason this API sends.
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+    "tool_calls": "tool_use",
+}
+
+# The content block of a reply that stopped to call a tool.
+_TOOL_CALL = {"type": "tool_use", "id": "toolu_fake", "name": "lookup", "input": {"query": "x"}}
 
 
 @attrs.frozen
@@ -236,7 +244,10 @@ class FakeAnthropicServer(FakeOpenAIServer):
             "id": f"msg_fake{len(self.requests):06d}",
             "type": "message",
             "role": "assistant",
-            "content": [{"type": "text", "text": text}] if reply is not None else [],
+            "content": [
+                *([{"type": "text", "text": text}] if reply is not None else []),
+                *([_TOOL_CALL] if stop_reason == "tool_use" else []),
+            ],
             "model": request.model,
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,

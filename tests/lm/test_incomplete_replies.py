@@ -77,6 +77,26 @@ async def test_replies_filtered_on_every_attempt_raise_content_filtered_error(pr
     assert lm.usage.requests == 3
 
 
+async def test_a_reply_that_stopped_to_call_a_tool_is_retried_not_returned(provider: Provider) -> None:
+    # Sent with tools, the model may stop to call one ("tool_calls"; Anthropic's "tool_use"): the text before
+    # the call leads up to it, and no program runs the tool, so it is no answer.
+    provider.server.script([Fault.reply("Answer: let me look that up.", finish_reason="tool_calls")])
+    async with provider.make() as lm:
+        completion = await lm.chat(HELLO)
+    assert (completion.text, completion.finish_reason) == ("Answer: ok", "stop")
+    assert (lm.usage.requests, lm.usage.retries) == (2, 1)
+
+
+async def test_replies_that_stop_to_call_a_tool_every_time_say_to_leave_tools_out(provider: Provider) -> None:
+    provider.server.script(lambda n: Fault.reply("Let me look that up.", finish_reason="tool_calls"))
+    async with provider.make() as lm:
+        with pytest.raises(IncompleteResponseError) as caught:
+            await lm.chat(HELLO)
+    assert type(caught.value) is IncompleteResponseError  # not an empty reply, scored as the prompt's
+    assert (caught.value.finish_reason, caught.value.text) == ("tool_calls", "Let me look that up.")
+    assert "leave tools and tool_choice out" in str(caught.value)
+
+
 async def test_an_anthropic_refusal_is_a_filtered_reply() -> None:
     async with FakeAnthropicServer() as server:
         server.script(lambda n: Fault.reply("no", finish_reason="refusal"))
