@@ -160,7 +160,8 @@ class AnthropicLM(HTTPChatLM):
     (:class:`~aprompt._errors.TruncatedResponseError`, after one re-send with twice the
     ``max_tokens``), or ``"model_context_window_exceeded"`` (a ``TruncatedResponseError`` at once: the
     prompt left the reply too little of the context window, which no re-send changes); see
-    :mod:`aprompt.lm._http`.
+    :mod:`aprompt.lm._http`. A 200 of ``type`` ``"error"``, or carrying an ``error``, is a
+    :class:`~aprompt._errors.BadResponseError` naming it (retried), whatever text it holds.
 
     Args:
         model: the model name sent with each request (e.g. ``"claude-3-5-haiku-latest"``).
@@ -257,6 +258,10 @@ class AnthropicLM(HTTPChatLM):
 
     def _parse_completion(self, content: bytes) -> Completion:
         data = json.loads(content)
+        if data.get("type") == "error" or data.get("error"):
+            # The API's error shape, or a router's report of an upstream failure, beside the text of a reply:
+            # a fault, whatever text came with it.
+            raise ValueError("the reply carries an error")
         blocks = data["content"]
         if not isinstance(blocks, list):
             raise TypeError(f"content is a {type(blocks).__name__}, not a list of blocks")

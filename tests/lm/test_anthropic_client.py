@@ -15,6 +15,7 @@ import pytest
 
 from aprompt._errors import (
     AuthenticationError,
+    BadResponseError,
     ConfigError,
     ContextOverflowError,
     IncompleteResponseError,
@@ -387,6 +388,25 @@ async def test_invalid_json_and_a_body_without_content_are_retried(
         completion = await lm.chat(HELLO)
     assert [r.fault for r in server.chat_requests] == ["invalid_json", "missing_choices", None]
     assert completion.text == "Answer: ok"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        {"error": {"type": "api_error", "message": "upstream failed"}},
+    ],
+    ids=["error-shape", "error-beside-a-message"],
+)
+async def test_a_200_carrying_an_error_beside_text_is_retried_and_names_the_error(
+    server: FakeAnthropicServer, kwargs: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    server.responder = lambda request: ("Answer: partial", fields)
+    async with AnthropicLM(**kwargs, max_retries=1) as lm:
+        with pytest.raises(BadResponseError) as caught:
+            await lm.chat(HELLO)
+    assert fields["error"]["message"] in str(caught.value)
+    assert len(server.chat_requests) == 2
 
 
 async def test_when_retries_run_out_the_last_error_carries_the_servers_message(
