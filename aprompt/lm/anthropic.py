@@ -79,7 +79,9 @@ def messages_request(model: str, messages: Sequence[Message], params: Mapping[st
     - every ``system`` message, wherever it stands, goes to the top-level ``system`` string (several
       are joined with a blank line, in order); it is omitted when there is none;
     - the other messages keep their order, and consecutive messages of the same role are merged
-      (contents joined with a blank line), since the API requires user and assistant to alternate;
+      (contents joined with a blank line), since the API requires user and assistant to alternate; a
+      message whose content is empty or only whitespace is left out (the API refuses such a turn), so
+      that its neighbours merge;
     - ``stop`` (a string or a list) becomes ``stop_sequences`` (appended to any given directly);
       ``max_completion_tokens`` becomes ``max_tokens``; ``temperature`` above 1 (OpenAI allows up
       to 2) is clamped to 1, the API's maximum;
@@ -95,7 +97,8 @@ def messages_request(model: str, messages: Sequence[Message], params: Mapping[st
     system = [m["content"] for m in messages if m["role"] == "system"]
     turns: list[dict[str, str]] = []
     for message in messages:
-        if message["role"] == "system":
+        if message["role"] == "system" or not message["content"].strip():
+            # A turn without text (a blank reply quoted back in a correction) would fail the whole request.
             continue
         if turns and turns[-1]["role"] == message["role"]:
             turns[-1]["content"] += "\n\n" + message["content"]

@@ -3,8 +3,8 @@
 :class:`FakeAnthropicServer` answers ``POST /v1/messages`` like the real API: it requires the
 ``x-api-key`` (when configured; on every route, ``GET /v1/models`` included) and the
 ``anthropic-version`` headers, validates the body as strictly as the API does (``max_tokens``
-required, user and assistant alternating from a user turn, text content only, no unknown fields,
-temperature within 0..1), honours ``stop_sequences`` and ``max_tokens``, and reports errors as
+required, user and assistant alternating from a user turn, text content only and none blank, no
+unknown fields, temperature within 0..1), honours ``stop_sequences`` and ``max_tokens``, and reports errors as
 ``{"type": "error", "error": {"type", "message"}}`` with the API's status codes (429
 ``rate_limit_error`` with ``retry-after``, 529 ``overloaded_error``, ...). Connections, recording,
 latency, queued, scripted or seeded :class:`~aprompt.testing.fake_openai.Fault` (every fault mode
@@ -305,7 +305,7 @@ def _invalid_messages(messages: Any) -> str:
         if role not in ("user", "assistant"):
             return f"messages.{index}.role: Input should be 'user' or 'assistant'"
         if not _is_text(message.get("content"), allow_empty=False):
-            return f"messages.{index}.content: text content blocks must be non-empty"
+            return "messages: text content blocks must contain non-whitespace text"
         expected = "user" if index % 2 == 0 else "assistant"
         if role != expected:
             if index == 0:
@@ -315,14 +315,15 @@ def _invalid_messages(messages: Any) -> str:
 
 
 def _is_text(content: Any, *, allow_empty: bool) -> bool:
+    # The API refuses a message whose text is empty or only whitespace.
     if isinstance(content, str):
-        return allow_empty or bool(content)
+        return allow_empty or bool(content.strip())
     if not isinstance(content, list) or (not content and not allow_empty):
         return False
     return all(
         isinstance(block, dict)
         and block.get("type") == "text"
         and isinstance(block.get("text"), str)
-        and (allow_empty or bool(block["text"]))
+        and (allow_empty or bool(block["text"].strip()))
         for block in content
     )

@@ -134,6 +134,20 @@ async def test_consecutive_messages_of_one_role_are_merged_so_roles_alternate(
     ]
 
 
+async def test_a_blank_turn_is_left_out_and_its_neighbours_merge(
+    server: FakeAnthropicServer, kwargs: dict[str, Any]
+) -> None:
+    """The API refuses a turn without text (400 "text content blocks must contain non-whitespace text")."""
+    messages: list[Message] = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": " \n"},
+        {"role": "user", "content": "Q2"},
+    ]
+    async with AnthropicLM(**kwargs) as lm:
+        await lm.chat(messages)
+    assert sent(server)["messages"] == [{"role": "user", "content": "Q1\n\nQ2"}]
+
+
 async def test_max_tokens_is_always_sent_and_a_call_or_default_params_override_it(
     server: FakeAnthropicServer, kwargs: dict[str, Any]
 ) -> None:
@@ -603,6 +617,20 @@ async def test_a_predict_runs_through_the_anthropic_client(
     assert body["system"].startswith("Count the animals.")
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
     assert seen[0].last_user == "Question: a cat, a dog and a fish?"
+
+
+async def test_a_blank_reply_gets_the_predicts_correction_not_a_rejected_request(
+    server: FakeAnthropicServer, kwargs: dict[str, Any]
+) -> None:
+    """A reply of whitespace alone is unreadable: the correction that quotes it back must still be sent."""
+    replies = iter([" \n", "Answer: 3"])
+    server.responder = lambda request: next(replies)
+    predict = Predict("question -> answer: int", lm=None)
+    async with AnthropicLM(**kwargs) as lm:
+        prediction = await predict(question="How many?", lm=lm)
+    assert prediction.answer == 3
+    assert [m["role"] for m in sent(server)["messages"]] == ["user"]
+    assert len(server.chat_requests) == 2
 
 
 # -- the fake itself -----------------------------------------------------------------------------
