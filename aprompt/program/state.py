@@ -10,8 +10,10 @@ from typing import Any
 
 from aprompt._errors import StateError
 from aprompt._files import write_text_atomically
+from aprompt.program._coerce import format_input, format_output
 from aprompt.program.discovery import named_predictors
 from aprompt.program.predictor import check_demo_fields, check_state
+from aprompt.program.signature import Signature
 
 __all__ = ["STATE_VERSION", "load_state", "load_state_file", "program_state", "save_state"]
 
@@ -34,7 +36,9 @@ def program_state(program: object) -> dict[str, Any]:
     predictors = {}
     for name, predictor in named_predictors(program):
         state = predictor.get_state()
-        state["demos"] = [_json_value(d, f"{name}.demos[{i}]") for i, d in enumerate(state["demos"])]
+        saved = [_json_value(d, f"{name}.demos[{i}]") for i, d in enumerate(state["demos"])]
+        _check_shown_alike(predictor.signature, state["demos"], saved, f"{name}.demos")
+        state["demos"] = saved
         # A state that saves must load: the demos that loading refuses are refused here too.
         check_demo_fields(predictor.signature, state["demos"], f"predictor {name!r}")
         predictors[name] = state
@@ -111,14 +115,44 @@ def load_state_file(program: object, path: str | os.PathLike[str]) -> None:
     load_state(program, data)
 
 
+def _check_shown_alike(
+    signature: Signature, demos: list[dict[str, Any]], saved: list[dict[str, Any]], where: str
+) -> None:
+    """StateError for a demo value the prompt would show otherwise once loaded from JSON: an enum member
+    (shown by its name or repr, loaded as its bare value) or another str, int or float subclass."""
+    for i, (demo, plain) in enumerate(zip(demos, saved, strict=True)):
+        for field in signature.fields:
+            if field.name not in demo:
+                continue
+            shown, loaded = (_shown(signature, field.name, d[field.name]) for d in (demo, plain))
+            if shown != loaded:
+                raise StateError(
+                    f"{where}[{i}].{field.name}: the prompt shows {demo[field.name]!r} as {shown!r}, but "
+                    f"saved as JSON it would load as {plain[field.name]!r}, shown as {loaded!r}: give the "
+                    "examples plain values (an enum member's .value, or the text the prompt should show)"
+                )
+
+
+def _shown(signature: Signature, name: str, value: Any) -> str:
+    """How the prompt shows ``value`` of the field ``name`` (as the adapter renders demos)."""
+    if name in signature.input_names:
+        return f"{format_input(value)}"
+    return f"{format_output(value, signature.field(name).annotation)}"
+
+
 def _json_value(value: Any, where: str) -> Any:
-    """A deep copy of ``value`` in plain JSON types (tuples become lists); StateError otherwise."""
-    if value is None or isinstance(value, str | bool | int):
+    """A deep copy of ``value`` in plain JSON types (tuples become lists, an enum member or other subclass
+    of str, int or float its plain value, as loading gives it back); StateError otherwise."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise StateError(f"{where}: {value!r} cannot be saved as JSON")
-        return value
+        return float(value)
     if isinstance(value, list | tuple):
         return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, Mapping):

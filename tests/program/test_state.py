@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,47 @@ def test_a_value_json_cannot_hold_is_a_state_error() -> None:
     program.classify.demos = [{"text": object(), "label": "ham"}]
     with pytest.raises(StateError, match=r"classify\.demos\[0\]\.text"):
         program_state(program)
+
+
+class Tone(str, enum.Enum):  # noqa: UP042 (the mixin is shown by its name, as StrEnum is not)
+    FORMAL = "formal"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Mood(enum.StrEnum):
+    CALM = "calm"
+
+
+@pytest.mark.parametrize("value", [Tone.FORMAL, Level.HIGH, ["a", Tone.FORMAL]])
+def test_a_demo_value_the_prompt_shows_otherwise_once_loaded_is_refused_when_saving(
+    value: object, tmp_path: Path
+) -> None:
+    """An enum member is shown by its name (``Tone.FORMAL``, ``<Level.HIGH: 3>``) but JSON keeps only its
+    value: the loaded program would send other prompts than the one saved."""
+    program = Program()
+    program.classify.demos = [{"text": value, "label": "ham"}]
+    with pytest.raises(StateError, match=r"classify\.demos\[0\]\.text: the prompt shows"):
+        save_state(program, tmp_path / "prompts.json")
+    assert not (tmp_path / "prompts.json").exists()
+
+
+def test_a_demo_value_the_prompt_shows_as_its_plain_value_saves_as_that_value() -> None:
+    program = Program()
+    program.classify.demos = [{"text": Mood.CALM, "label": "ham"}]
+    # Inside a JSON-shown object an enum member is shown by its value, as it loads.
+    program.steps[0].demos = [{"question": {"tone": Tone.FORMAL}, "context": [Mood.CALM], "answer": 3}]
+    state = program_state(program)
+    fresh = Program()
+    load_state(fresh, json.loads(json.dumps(state)))
+    for predictor, loaded in ((program.classify, fresh.classify), (program.steps[0], fresh.steps[0])):
+        inputs = {name: "x" for name in predictor.signature.input_names}
+        assert format_messages(loaded.signature, inputs, demos=loaded.demos) == format_messages(
+            predictor.signature, inputs, demos=predictor.demos
+        )
+    assert type(state["predictors"]["classify"]["demos"][0]["text"]) is str
 
 
 def test_numpy_scalars_are_saved_as_the_values_they_stand_for(tmp_path: Path) -> None:
