@@ -278,6 +278,13 @@ def check_state(predictor: Predict, state: Mapping[str, Any], where: str = "") -
     where = where or repr(predictor)
     if not isinstance(state, Mapping):
         raise StateError(f"{where}: state must be an object, got {type(state).__name__}")
+    # A setting this predictor never writes (a misspelt key, one a newer aprompt saves) would be dropped.
+    unknown = sorted(set(state) - set(predictor.get_state()) - {"reply_format"}, key=str)
+    if unknown:
+        raise StateError(
+            f"{where}: the state has {unknown}, which this predictor does not save or load (misspelt, or "
+            "written by a newer aprompt?): fix or remove them, or upgrade aprompt"
+        )
     if state.get("signature") != str(predictor.signature):
         raise StateError(
             f"{where}: saved signature {state.get('signature')!r} does not match "

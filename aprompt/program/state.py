@@ -49,8 +49,9 @@ def load_state(program: object, data: Mapping[str, Any]) -> None:
     """Set every predictor of ``program`` from ``data`` (as made by :func:`program_state`).
 
     All of it is checked before anything changes: the version, that the predictor names are exactly
-    the program's, that each saved signature matches, and that each demo has only the signature's fields
-    and at least one of its outputs; any mismatch raises :class:`StateError`
+    the program's, that each saved signature matches, that each predictor's state holds only the keys
+    it saves, and that each demo has only the signature's fields and at least one of its outputs; any
+    mismatch raises :class:`StateError`
     naming it and leaves the program as it was.
     """
     if not isinstance(data, Mapping):

@@ -210,6 +210,14 @@ def _mutated(change: Any) -> dict[str, Any]:
             lambda s: s["predictors"]["steps.0"]["demos"][1].pop("answer"),
             r"'steps.0': demos\[1\] has none of the output fields \['reasoning', 'answer'\]",
         ),
+        (  # a misspelt setting: the predictor would keep its own reply format without a word
+            lambda s: s["predictors"]["classify"].update(reply_fromat="bare"),
+            r"'classify': the state has \['reply_fromat'\], which this predictor does not save or load",
+        ),
+        (  # a setting a newer aprompt might save
+            lambda s: s["predictors"]["steps.0"].update(lm_params={"temperature": 0.0}),
+            r"'steps.0': the state has \['lm_params'\].*upgrade aprompt",
+        ),
     ],
 )
 def test_a_mismatching_state_is_a_state_error_naming_the_problem(change: Any, message: str) -> None:
