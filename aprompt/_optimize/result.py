@@ -17,7 +17,7 @@ from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.per_example import PASS_SCORE, ExampleRow, ExampleTable
 from aprompt._optimize.search_records import FullEval, Trial
 from aprompt.lm.usage import UsageSnapshot
-from aprompt.program.state import load_state, program_state
+from aprompt.program.state import json_object, load_state, program_state, refuse_keys_given_twice
 
 RESULT_FORMAT = "aprompt-result"
 
@@ -161,10 +161,11 @@ def load(program: P, path: str | os.PathLike[str]) -> P:
         qa = aprompt.load(QA(), "optimized.json")  # a QA, typed as one
     """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=json_object)
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read saved prompts from {path}: {exc}") from None
     if isinstance(data, dict) and data.get("format") == RESULT_FORMAT:
         data = data.get("state")
+    refuse_keys_given_twice(data, str(path))  # in the prompts: the run record's outputs are the program's
     load_state(program, data)
     return program

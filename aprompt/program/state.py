@@ -108,12 +108,47 @@ def save_state(program: object, path: str | os.PathLike[str]) -> None:
 def load_state_file(program: object, path: str | os.PathLike[str]) -> None:
     """Read a file written by :func:`save_state` and :func:`load_state` it into ``program``."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=json_object)
     except UnicodeDecodeError as exc:  # a state re-saved by an editor in another encoding (UTF-16)
         raise StateError(f"{path}: not UTF-8 text, as save_state writes it ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise StateError(f"{path}: not valid JSON ({exc})") from None
+    refuse_keys_given_twice(data, str(path))
     load_state(program, data)
+
+
+class _GivenTwice(dict[str, Any]):
+    """A JSON object that gave :attr:`key` twice (holding the last value, as JSON readers do)."""
+
+    key: str
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for a saved file: an object giving a key twice is marked for
+    :func:`refuse_keys_given_twice` (only the prompt state must not have one)."""
+    data = dict(pairs)
+    if len(data) == len(pairs):
+        return data
+    marked = _GivenTwice(data)
+    marked.key = next(key for i, (key, _) in enumerate(pairs) if any(k == key for k, _ in pairs[:i]))
+    return marked
+
+
+def refuse_keys_given_twice(data: Any, where: str) -> None:
+    """StateError if an object in ``data`` (read with :func:`json_object`) gave a key twice, as a hand
+    merge of two saves can: reading it keeps the last value without a word, and it may be the wrong one."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, _GivenTwice):
+            raise StateError(
+                f"{where}: the key {value.key!r} is given twice in one object: keep the one meant, "
+                "remove the other"
+            )
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _check_shown_alike(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import aprompt
 from aprompt._errors import StateError
 from aprompt.program import (
     ChainOfThought,
@@ -248,6 +249,20 @@ def test_a_non_json_file_is_a_state_error(tmp_path: Path) -> None:
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(StateError, match="not valid JSON"):
         load_state_file(Program(), path)
+
+
+@pytest.mark.parametrize("load", [load_state_file, aprompt.load], ids=["load_state_file", "aprompt.load"])
+def test_a_file_giving_a_key_twice_is_a_state_error(load: Any, tmp_path: Path) -> None:
+    """A hand merge of two saves can give a key twice; JSON readers keep the last one without a word."""
+    text = json.dumps(program_state(tuned()), indent=2)
+    instruction = '"instruction": "Flag unsolicited offers as spam."'
+    assert instruction in text
+    path = tmp_path / "prompts.json"
+    path.write_text(text.replace(instruction, f'{instruction}, "instruction": "Say ham."'), encoding="utf-8")
+    program = Program()
+    with pytest.raises(StateError, match=r"prompts\.json: .*'instruction' is given twice"):
+        load(program, path)
+    assert program_state(program) == program_state(Program())
 
 
 def test_a_file_in_another_encoding_is_a_state_error_naming_it(tmp_path: Path) -> None:
