@@ -106,13 +106,16 @@ def save_state(program: object, path: str | os.PathLike[str]) -> None:
 
 
 def load_state_file(program: object, path: str | os.PathLike[str]) -> None:
-    """Read a file written by :func:`save_state` and :func:`load_state` it into ``program``."""
+    """Read a file written by :func:`save_state` and :func:`load_state` it into ``program``;
+    :class:`StateError` if it cannot be read."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=json_object)
     except UnicodeDecodeError as exc:  # a state re-saved by an editor in another encoding (UTF-16)
         raise StateError(f"{path}: not UTF-8 text, as save_state writes it ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise StateError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:  # missing, a folder, unreadable: as aprompt.load says it
+        raise StateError(f"cannot read saved prompts from {path}: {exc.strerror or exc}") from None
     refuse_keys_given_twice(data, str(path))
     load_state(program, data)
 

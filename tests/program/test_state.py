@@ -265,6 +265,12 @@ def test_a_file_giving_a_key_twice_is_a_state_error(load: Any, tmp_path: Path) -
     assert program_state(program) == program_state(Program())
 
 
+@pytest.mark.parametrize("name", ["missing.json", "."], ids=["a missing file", "a folder"])
+def test_a_file_that_cannot_be_read_is_a_state_error(name: str, tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="cannot read saved prompts from"):
+        load_state_file(Program(), tmp_path / name)
+
+
 def test_a_file_in_another_encoding_is_a_state_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(program_state(tuned()), ensure_ascii=False), encoding="utf-16")
