@@ -20,6 +20,7 @@ from aprompt.lm.usage import UsageSnapshot
 from aprompt.program.state import json_object, load_state, program_state, refuse_keys_given_twice
 
 RESULT_FORMAT = "aprompt-result"
+RESULT_VERSION = 1
 
 #: The program type: ``optimize(program: P, ...)`` gives an ``OptimizeResult[P]``, whose ``program`` is a P.
 P = TypeVar("P")
@@ -100,7 +101,7 @@ class OptimizeResult(Generic[P]):
         """Plain JSON: the optimized prompts plus the whole run record."""
         return {
             "format": RESULT_FORMAT,
-            "version": 1,
+            "version": RESULT_VERSION,
             "strategy": self.strategy,
             "seed": self.seed,
             "score": self.score,
@@ -165,6 +166,14 @@ def load(program: P, path: str | os.PathLike[str]) -> P:
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read saved prompts from {path}: {exc}") from None
     if isinstance(data, dict) and data.get("format") == RESULT_FORMAT:
+        version = data.get("version")
+        if version != RESULT_VERSION:  # a newer layout may keep its prompts otherwise than this one reads
+            newer = type(version) is int and version > RESULT_VERSION
+            raise StateError(
+                f"{path}: result version {version!r} "
+                + ("was written by a newer aprompt: upgrade aprompt to load it" if newer else "is unknown")
+                + f" (this one reads version {RESULT_VERSION})"
+            )
         data = data.get("state")
     refuse_keys_given_twice(data, str(path))  # in the prompts: the run record's outputs are the program's
     load_state(program, data)

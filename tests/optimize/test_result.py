@@ -71,6 +71,23 @@ def test_loading_into_a_program_of_another_shape_is_a_state_error(run: Run, tmp_
         aprompt.load(Other(), path)
 
 
+@pytest.mark.parametrize(
+    ("version", "message"), [(2, "written by a newer aprompt: upgrade aprompt"), ("1", "'1' is unknown")]
+)
+def test_a_result_of_another_version_is_a_state_error(
+    run: Run, version: object, message: str, tmp_path: Path
+) -> None:
+    """Its prompts may be laid out otherwise: read as this version's, they could load wrong."""
+    result, _ = run
+    path = result.save(tmp_path / "optimized.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**data, "version": version}), encoding="utf-8")
+    program = TwoStageProgram()
+    with pytest.raises(aprompt.StateError, match=f"optimized\\.json: result version .*{message}"):
+        aprompt.load(program, path)
+    assert prompts_of(program) == prompts_of(TwoStageProgram())
+
+
 def test_saves_of_one_path_at_once_leave_one_whole_result_and_raise_nothing(run: Run, tmp_path: Path) -> None:
     result, _ = run
     shorter = attrs.evolve(result, trials=result.trials[:1], full_evals=())
