@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_text_atomically"]
+__all__ = ["json_text", "write_text_atomically"]
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``value`` as indented JSON text that UTF-8 can hold: non-ASCII text as itself, except where a
+    lone surrogate (text decoded with ``surrogateescape``) is in it: then every character escaped, read
+    back as it was."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, **options)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(value, indent=2, ensure_ascii=True, **options)
+    return text
 
 
 def write_text_atomically(target: Path, text: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from aprompt._errors import StateError
-from aprompt._files import write_text_atomically
+from aprompt._files import json_text, write_text_atomically
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.per_example import PASS_SCORE, ExampleRow, ExampleTable
@@ -129,8 +129,7 @@ class OptimizeResult(Generic[P]):
         """Write :meth:`to_dict` as JSON (atomically: a crash or another save of the same path never leaves
         half a file), creating its folder if missing."""
         target = Path(path)
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
-        write_text_atomically(target, text)
+        write_text_atomically(target, json_text(self.to_dict(), default=str))
         return target
 
     def failing_examples(self, below: float = PASS_SCORE) -> list[ExampleRow]:

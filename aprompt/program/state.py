@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aprompt._errors import StateError
-from aprompt._files import write_text_atomically
+from aprompt._files import json_text, write_text_atomically
 from aprompt.program._coerce import format_input, format_output
 from aprompt.program.discovery import named_predictors
 from aprompt.program.predictor import check_demo_fields, check_state
@@ -101,8 +101,7 @@ def _version_problem(data: Mapping[str, Any], version: object) -> str:
 def save_state(program: object, path: str | os.PathLike[str]) -> None:
     """Write :func:`program_state` to ``path`` as JSON (atomically: a crash leaves the old file), creating
     its folder if missing."""
-    text = json.dumps(program_state(program), indent=2, ensure_ascii=False)
-    write_text_atomically(Path(path), text + "\n")
+    write_text_atomically(Path(path), json_text(program_state(program)) + "\n")
 
 
 def load_state_file(program: object, path: str | os.PathLike[str]) -> None:

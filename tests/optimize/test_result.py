@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -42,6 +43,16 @@ def test_a_saved_result_loads_into_a_fresh_program_exactly(run: Run, tmp_path: P
     path = result.save(tmp_path / "out" / "optimized.json")
     fresh = aprompt.load(TwoStageProgram(), path)
     assert prompts_of(fresh) == prompts_of(result.program)
+
+
+def test_a_result_whose_prompts_hold_a_lone_surrogate_saves_and_loads_exactly(
+    run: Run, tmp_path: Path
+) -> None:
+    result, _ = run
+    program = copy.deepcopy(result.program)
+    program.answer.instruction = "Give the caf\udce9 answer."
+    path = attrs.evolve(result, program=program).save(tmp_path / "optimized.json")
+    assert prompts_of(aprompt.load(TwoStageProgram(), path)) == prompts_of(program)
 
 
 def test_the_saved_json_holds_the_run_record(run: Run, tmp_path: Path) -> None:

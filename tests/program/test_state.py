@@ -71,6 +71,18 @@ def test_a_file_round_trip_is_exact(tmp_path: Path) -> None:
     assert json.loads(path.read_text(encoding="utf-8")) == program_state(tuned())
 
 
+def test_text_holding_a_lone_surrogate_round_trips(tmp_path: Path) -> None:
+    """Text a program decoded with ``surrogateescape`` has characters UTF-8 cannot hold: saving them
+    raised UnicodeEncodeError, and a finished optimization could not be saved."""
+    program = tuned()
+    program.classify.instruction = "Flag caf\udce9 offers."
+    program.classify.demos = [{"text": "b\udcffd \u00fc", "label": "ham"}]
+    save_state(program, tmp_path / "prompts.json")
+    fresh = Program()
+    load_state_file(fresh, tmp_path / "prompts.json")
+    assert program_state(fresh) == program_state(program)
+
+
 def test_saving_into_a_folder_that_does_not_exist_yet_creates_it(tmp_path: Path) -> None:
     """As ``OptimizeResult.save`` does: the tuned prompts are written, not lost to a FileNotFoundError
     naming a temporary file the caller never asked for."""
