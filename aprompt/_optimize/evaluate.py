@@ -36,7 +36,7 @@ import anyio
 import attrs
 
 from aprompt._errors import CacheError, ConfigError
-from aprompt._optimize.examples import Example, as_examples
+from aprompt._optimize.examples import Example, as_examples, run_inputs
 from aprompt._optimize.metric_values import Metric as Metric
 from aprompt._optimize.metric_values import MetricValue as MetricValue
 from aprompt._optimize.metric_values import RunMetric as RunMetric
@@ -152,7 +152,7 @@ async def run_example(
     collect_trace: bool = False,
 ) -> ExampleResult:
     """Run and score one example (inside the caller's overrides and LM context)."""
-    outcome = await run_program(program, example.inputs, collect_trace=collect_trace)
+    outcome = await run_program(program, run_inputs(example), collect_trace=collect_trace)
     return await score_outcome(example, outcome, metric)
 
 
@@ -335,7 +335,7 @@ async def evaluate_reporting(
 
     async def one(position: int, example: Example) -> None:
         async with limiter:
-            run = ProgramRun(example.id, example.inputs, state, lm, collect_traces)
+            run = ProgramRun(example.id, run_inputs(example), state, lm, collect_traces)
             outcome = await runner.run_program(program, run)
             result = results[position] = await score_outcome(example, outcome, metric)
         if on_result is not None:

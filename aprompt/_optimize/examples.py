@@ -184,6 +184,24 @@ def apart_from(train: Sequence[Example], val: Sequence[Example]) -> list[Example
     return out
 
 
+def run_inputs(example: Example) -> dict[str, Any]:
+    """The example's inputs for one program run: its lists, dicts and sets (nested ones too) as fresh
+    copies, so that a program changing an input in place (``passages.append(...)``, ``.sort()``) leaves
+    the example as it was for its next run; other values (text, numbers, a retriever object) are
+    passed as they are."""
+    return {name: _fresh_containers(value) for name, value in example.inputs.items()}
+
+
+def _fresh_containers(value: Any) -> Any:
+    if type(value) is list:
+        return [_fresh_containers(item) for item in value]
+    if type(value) is dict:
+        return {key: _fresh_containers(item) for key, item in value.items()}
+    if type(value) is set:
+        return {_fresh_containers(item) for item in value}
+    return value
+
+
 def inputs_key(example: Example) -> str:
     """The example's inputs as canonical text (examples with equal inputs have equal keys)."""
     return json.dumps(example.inputs, sort_keys=True, default=_same_in_every_process, ensure_ascii=False)

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import aprompt
-from aprompt import CacheError, ConfigError, Example, LMError, Prediction, ResponseCache
+from aprompt import CacheError, ConfigError, Example, LMError, Predict, Prediction, ResponseCache
 from aprompt._optimize.evaluate import evaluate
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
@@ -175,6 +175,41 @@ async def test_results_are_in_the_order_of_the_examples() -> None:
         arrivals_in_finish_order = [r.started for r in server.chat_requests]
     assert arrivals_in_finish_order != sorted(arrivals_in_finish_order), "runs finished out of order"
     assert [r.example_id for r in evaluation.results] == [e.id for e in examples]
+
+
+async def test_a_program_changing_its_inputs_in_place_leaves_the_example_as_it_was_for_its_next_run(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # Else every later run of the example (each trial, the final evaluation) would see other inputs.
+    class Appending:
+        def __init__(self) -> None:
+            self.answer = Predict("question, passages -> answer")
+
+        async def __call__(self, question: str, passages: list[str], meta: dict[str, list[str]]) -> Any:
+            passages.append("seen")
+            meta["tags"].sort()
+            meta["tags"].append("seen")
+            return await self.answer(question=question, passages=[*passages, *meta["tags"]])
+
+    example = Example(
+        inputs={
+            "question": "What is the answer for item-1?",
+            "passages": ["p1"],
+            "meta": {"tags": ["b", "a"]},
+        },
+        labels={"answer": "ans-1"},
+        id="q1",
+    )
+    async with lm_for(fake_server) as lm:
+        for _ in range(2):
+            await evaluate(Appending(), [example], exact_match, lm=lm, collect_traces=True)
+    first, second = (messages_of(r) for r in fake_server.chat_requests)
+    assert first == second
+    assert example.inputs == {
+        "question": "What is the answer for item-1?",
+        "passages": ["p1"],
+        "meta": {"tags": ["b", "a"]},
+    }
 
 
 async def test_traces_are_kept_only_when_asked(fake_server: FakeOpenAIServer) -> None:
