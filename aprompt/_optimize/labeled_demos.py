@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import operator
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -51,14 +52,20 @@ def labeled_demo(predictor: Predict, example: Example) -> Demo | None:
     """The example as a demo for ``predictor`` when it has all of its output fields and at least one of
     its input fields: the fields it has of the signature (the last stage of a pipeline shows the
     program's inputs and the final answer, as a hand-written prompt would, without the intermediate
-    fields no example labels)."""
+    fields no example labels). An output that is ``None`` or NaN (a missing value of a data frame's
+    row) labels nothing: shown, it would teach the model to answer "null"."""
     fields = example.fields()
     outputs = [n for n in predictor.signature.output_names if n != "reasoning"]
     inputs = predictor.signature.input_names
-    if outputs and all(n in fields for n in outputs) and any(n in fields for n in inputs):
+    labeled = all(n in fields and not _missing(fields[n]) for n in outputs)
+    if outputs and labeled and any(n in fields for n in inputs):
         names = (*inputs, *predictor.signature.output_names)
         return Demo({n: fields[n] for n in names if n in fields})
     return None
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
 
 
 def example_label(example: Example) -> tuple[tuple[str, str], ...]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
 from typing import Any
 
 import anyio
+import numpy
 import pytest
 
 from aprompt import Example, Prediction, named_predictors
@@ -92,6 +94,15 @@ async def test_a_last_stage_gets_labeled_demos_of_the_fields_the_examples_have(
     assert len(demos) == 3
     assert all(set(d) == {"question", "answer"} for d in demos)
     assert fake_server.chat_requests == []
+
+
+@pytest.mark.parametrize("missing", [None, math.nan, numpy.float32("nan")])
+def test_an_example_whose_answer_is_a_missing_value_is_no_labeled_demo(missing: object) -> None:
+    # A data frame's unlabeled row: shown, it would teach the model to answer "null" or "nan".
+    trainset = qa_examples(0, 6)
+    trainset[1] = Example(trainset[1].inputs, {"answer": missing}, id="unlabeled")
+    labeled = labeled_only_set(QAProgram().answer, trainset, 8, 8)  # room for every example
+    assert sorted(labeled.source_ids) == ["q0", "q2", "q3", "q4", "q5"]
 
 
 async def test_bootstrapped_demos_come_only_from_runs_that_passed_the_metric(
