@@ -50,6 +50,33 @@ def _check_text(value: Any, where: str) -> None:
             _check_text(item, f"{where}[{index}]")
 
 
+#: The dict keys JSON holds (as text).
+_JSON_KEYS = (str, int, float, bool, type(None))
+
+
+def _check_keys(value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` where ``value`` holds a dict whose keys JSON cannot hold (a tuple) or
+    sort (an int beside text): an example's id, its comparison with the other examples and its demos
+    are made from its sorted JSON, and the run would stop on a bare ``TypeError``."""
+    if isinstance(value, dict):
+        odd = [key for key in value if not isinstance(key, _JSON_KEYS)]
+        if not odd and len({type(key) for key in value}) > 1:
+            try:
+                sorted(value)
+            except TypeError:
+                odd = [key for key in value if not isinstance(key, str)]
+        if odd:
+            raise ConfigError(
+                f"{where} holds a dict with the key {odd[0]!r} ({type(odd[0]).__name__}), which JSON "
+                "cannot hold or sort beside its other keys; give an example's dicts text keys (str(key))"
+            )
+        for key, item in value.items():
+            _check_keys(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_keys(item, f"{where}[{index}]")
+
+
 def _content_id(inputs: Mapping[str, Any], labels: Mapping[str, Any]) -> str:
     """A hash of the content, the same in every process (a resumed run finds its examples again)."""
     blob = json.dumps([inputs, labels], sort_keys=True, default=_same_in_every_process, ensure_ascii=False)
@@ -94,6 +121,7 @@ class Example:
         _check_text(self.inputs, f"{named}'s inputs")
         _check_text(self.labels, f"{named}'s labels")
         if not self.id:
+            check_keys(self)
             object.__setattr__(self, "id", _content_id(self.inputs, self.labels))
 
     @classmethod
@@ -123,6 +151,14 @@ class Example:
         return {**self.inputs, **self.labels}
 
 
+def check_keys(example: Example) -> None:
+    """Raise :class:`ConfigError` where the example's inputs or labels hold a dict whose keys JSON cannot
+    hold or sort (see :func:`_check_keys`)."""
+    named = f"example {example.id!r}" if example.id else "an example"
+    _check_keys(dict(example.inputs), f"{named}'s inputs")
+    _check_keys(dict(example.labels), f"{named}'s labels")
+
+
 def as_examples(
     items: Iterable[Example | Mapping[str, Any]],
     inputs: Sequence[str] | None = None,
@@ -133,6 +169,10 @@ def as_examples(
 
     Plain mappings need ``inputs`` (the program's input field names). Duplicate ids get a ``#n`` suffix so
     every example stays addressable.
+
+    Raises:
+        ConfigError: an item is neither an example nor a mapping, a mapping lacks an input, or an
+            example holds a dict whose keys JSON cannot hold or sort (:func:`check_keys`).
     """
     out: list[Example] = []
     taken: set[str] = set()
@@ -151,6 +191,7 @@ def as_examples(
             example = Example.from_dict(item, inputs)
         else:
             raise ConfigError(f"{role}[{position}] is {type(item).__name__}, not an Example or mapping")
+        check_keys(example)
         unique, count = example.id, last_suffix.get(example.id, 0)
         while unique in taken:  # a later example may already hold the name an earlier one would get
             count += 1

@@ -87,6 +87,27 @@ async def test_mappings_missing_an_input_field(fake_server: FakeOpenAIServer, tm
     )
 
 
+@pytest.mark.parametrize(
+    "keys", [{("ans", 7): "x"}, {7: "x", "other": "y"}], ids=["tuple", "int beside text"]
+)
+@pytest.mark.parametrize("as_mapping", [False, True], ids=["example with an id", "mapping"])
+async def test_an_example_holding_a_dict_whose_keys_json_cannot_sort(
+    fake_server: FakeOpenAIServer, tmp_path: Path, keys: dict[Any, str], as_mapping: bool
+) -> None:
+    # Its id, its comparison with the valset and its demos are sorted JSON: a bare TypeError otherwise.
+    labels = {"answer": "ans-7", "aliases": keys}
+    question = {"question": "What is the answer for item-7?"}
+    if as_mapping:
+        trainset: list[Any] = [*(e.fields() for e in examples(0, 7)), {**question, **labels}]
+        options: dict[str, Any] = {"input_fields": ["question"]}
+    else:
+        trainset, options = [*examples(0, 7), aprompt.Example(question, labels, id="odd-one")], {}
+    info = await refused(
+        fake_server, tmp_path, aprompt.ConfigError, r"labels\['aliases'\]", trainset=trainset, **options
+    )
+    assert "text keys" in str(info.value)
+
+
 async def test_a_valset_sharing_examples_with_the_trainset(
     fake_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
