@@ -27,6 +27,7 @@ Three things are the user's bug, never the prompt's, and abort the evaluation at
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -54,6 +55,7 @@ from aprompt.executors.base import (
     check_executor,
     current_executor,
     lm_error_in,
+    raised_by_user_code,
     run_program,
     setup_fault_in,
 )
@@ -186,6 +188,11 @@ async def score_outcome(example: Example, outcome: ProgramOutcome, metric: Metri
                 lm_answered=is_answered_failure(lm_error),
             )
         error = f"metric {type(exc).__name__}: {exc}"
+        return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)
+    except asyncio.CancelledError as exc:
+        if not raised_by_user_code(exc):
+            raise
+        error = f"metric CancelledError: {exc}"
         return ExampleResult(example.id, 0.0, error, prediction, metric_failed=True)
     try:
         score, feedback = metric_feedback(value, metric)

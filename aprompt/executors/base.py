@@ -18,6 +18,7 @@ ones.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -253,10 +254,27 @@ async def run_program(program: object, inputs: Mapping[str, Any], *, collect_tra
             if (setup := setup_fault_in(exc)) is not None:
                 raise setup from exc
             outcome = ProgramOutcome.failed(exc)
+        except asyncio.CancelledError as exc:
+            if not raised_by_user_code(exc):
+                raise
+            outcome = ProgramOutcome(error=f"CancelledError: {exc}", cause=exc)
         else:
             outcome = ProgramOutcome(prediction, trace=tuple(recorded.entries) if collect_trace else ())
     check_watch()  # before anything is scored: a run whose prompts never applied measures nothing
     return outcome
+
+
+def raised_by_user_code(exc: asyncio.CancelledError) -> bool:
+    """Whether a ``CancelledError`` out of a program or a metric is their own error (an awaited future
+    that was cancelled elsewhere, an explicit raise), not the cancellation of the task running them.
+
+    Let through, it would read as a cancellation to the evaluation's task group, which would cancel the
+    other examples and drop them from the evaluation without a word."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop (trio): never this task's cancellation
+        return True
+    return task is not None and task.cancelling() == 0
 
 
 def program_entry(program: object) -> Callable[..., Any]:

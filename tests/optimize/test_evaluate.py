@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,44 @@ async def test_a_program_that_raises_scores_0_with_its_error_recorded(fake_serve
     assert evaluation.scores == {"q0": 1.0, "q1": 0.0, "q2": 1.0}
     assert evaluation.errors == {"q1": "RuntimeError: cannot handle item 1"}
     assert evaluation.n_failed == 1
+
+
+class AwaitsACancelledFuture(QAProgram):
+    """On item 1, awaits a future that other code cancelled: the program's own ``CancelledError``,
+    not a cancellation of the evaluation."""
+
+    async def __call__(self, question: str) -> Prediction:
+        prediction = await super().__call__(question)
+        if "item-1?" in question:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel("the shared lookup was abandoned")
+            await future
+        return prediction
+
+
+async def test_a_cancelled_error_of_the_programs_own_scores_its_example_0_and_drops_no_other(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async with lm_for(fake_server) as lm:
+        evaluation = await evaluate(AwaitsACancelledFuture(), qa_examples(0, 6), lambda e, p: 1.0, lm=lm)
+    assert [r.example_id for r in evaluation.results] == [f"q{i}" for i in range(6)]
+    assert evaluation.scores == {"q0": 1.0, "q1": 0.0, **{f"q{i}": 1.0 for i in range(2, 6)}}
+    assert evaluation.errors == {"q1": "CancelledError: the shared lookup was abandoned"}
+
+
+async def test_a_metric_raising_cancelled_error_scores_its_example_0_and_drops_no_other(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async def judged(example: Example, prediction: Prediction) -> float:
+        if example.id == "q1":
+            raise asyncio.CancelledError("the judge call was abandoned")
+        return 1.0
+
+    async with lm_for(fake_server) as lm:
+        evaluation = await evaluate(QAProgram(), qa_examples(0, 6), judged, lm=lm)
+    assert [r.example_id for r in evaluation.results] == [f"q{i}" for i in range(6)]
+    assert evaluation.scores == {"q0": 1.0, "q1": 0.0, **{f"q{i}": 1.0 for i in range(2, 6)}}
+    assert evaluation.errors == {"q1": "metric CancelledError: the judge call was abandoned"}
 
 
 async def test_an_lm_cache_closed_under_the_program_stops_the_evaluation_instead_of_scoring_0(
