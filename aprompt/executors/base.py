@@ -324,7 +324,8 @@ def setup_fault_in(exc: BaseException) -> Exception | None:
 def lm_error_in(exc: BaseException) -> LMError | None:
     """The LM failure that ended a run: ``exc`` itself, one raised inside the program's own task
     group (which arrives wrapped in an ``ExceptionGroup``), or one the program re-raised as its own
-    error (``raise StepFailed(...) from lm_error``: the cause is still the provider's fault)."""
+    error (``raise StepFailed(...) from lm_error``, or the same raised in the ``except`` block without
+    ``from``: the cause is still the provider's fault; ``from None`` says it is not)."""
     return error_in(exc, LMError)
 
 
@@ -336,7 +337,7 @@ def error_in(
     but: type[BaseException] | tuple[type[BaseException], ...] | None = None,
 ) -> _E | None:
     """An error of ``kind`` (and not of ``but``) that ended a run: ``exc`` itself, one inside a group it
-    raised, or its cause."""
+    raised, or its cause (explicit, or the error it was raised while handling, unless ``from None``)."""
     if id(exc) in _seen:
         return None
     seen = _seen | {id(exc)}
@@ -348,4 +349,7 @@ def error_in(
                 return found
     if exc.__cause__ is not None:
         return error_in(exc.__cause__, kind, seen, but=but)
+    # ``except LMError: raise StepFailed(...)`` without ``from`` is the same failure as with it.
+    if exc.__context__ is not None and not exc.__suppress_context__:
+        return error_in(exc.__context__, kind, seen, but=but)
     return None

@@ -324,3 +324,33 @@ async def test_an_lm_failure_a_program_reraised_as_its_own_error_leaves_the_exam
         evaluation = await evaluate(Explaining(), qa_examples(0, 3), lambda e, p: 1.0, lm=lm, concurrency=1)
     assert [r.score for r in evaluation.results] == [None, 1.0, 1.0], "a provider fault is no wrong answer"
     assert evaluation.results[0].lm_failure and "ServerError" in evaluation.errors["q0"]
+
+
+async def test_an_lm_failure_a_program_raised_its_own_error_while_handling_leaves_the_example_unscored(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    class Explaining(QAProgram):
+        """Says which step failed from inside the ``except`` block, without ``from``: Python keeps the LM
+        failure as the context, and it is still the provider's fault. ``from None`` disowns it."""
+
+        def __init__(self, disown: bool) -> None:
+            super().__init__()
+            self.disown = disown
+
+        async def __call__(self, question: str) -> Prediction:
+            try:
+                return await super().__call__(question)
+            except LMError:
+                if self.disown:
+                    raise RuntimeError("no answer, whatever the reason") from None
+                raise RuntimeError(f"the answer step failed on {question!r}")  # noqa: B904
+
+    async with lm_for(fake_server, max_retries=0) as lm:
+        fake_server.queue_faults(Fault.http_status(500))
+        kept = await evaluate(Explaining(False), qa_examples(0, 3), lambda e, p: 1.0, lm=lm, concurrency=1)
+        fake_server.queue_faults(Fault.http_status(500))
+        disowned = await evaluate(Explaining(True), qa_examples(3, 6), lambda e, p: 1.0, lm=lm, concurrency=1)
+    assert [r.score for r in kept.results] == [None, 1.0, 1.0], "a provider fault is no wrong answer"
+    assert kept.results[0].lm_failure and "ServerError" in kept.errors["q0"]
+    assert [r.score for r in disowned.results] == [0.0, 1.0, 1.0]
+    assert disowned.errors == {"q3": "RuntimeError: no answer, whatever the reason"}
