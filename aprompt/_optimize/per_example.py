@@ -59,22 +59,33 @@ PASS_SCORE = 1.0
 def output_value(prediction: Any) -> Any:
     """A JSON-able stand-in for a program's output: a prediction or other mapping as a dict of its fields,
     text, numbers, booleans and ``None`` as they are, lists as lists; any value JSON cannot hold inside
-    them as its text, and any other object as its ``repr``."""
-    to_dict = getattr(prediction, "to_dict", None)
-    if callable(to_dict):
-        value: Any = to_dict()
-    elif isinstance(prediction, Mapping):
-        value = dict(prediction)
-    elif isinstance(prediction, str | int | float | bool | list | tuple) or prediction is None:
-        value = prediction
-    else:
-        return repr(prediction)
+    them as its text, and any other object as its ``repr`` (its type's name when even that raises: an
+    output is only shown, and one that cannot be must not stop the run that produced it)."""
+    try:
+        to_dict = getattr(prediction, "to_dict", None)
+        if callable(to_dict):
+            value: Any = to_dict()
+        elif isinstance(prediction, Mapping):
+            value = dict(prediction)
+        elif isinstance(prediction, str | int | float | bool | list | tuple) or prediction is None:
+            value = prediction
+        else:
+            return _shown(prediction)
+    except Exception:  # a to_dict() that needs arguments, a mapping that cannot be iterated
+        return _shown(prediction)
     if type(value) is dict and _as_json_reads_it(value):
         return dict(value)  # what the round trip through JSON gives, without it (per example scored)
     try:
         return json.loads(json.dumps(value, ensure_ascii=False, default=str))
-    except (TypeError, ValueError, RecursionError):  # keys JSON cannot hold, NaN is fine, cycles are not
+    except Exception:  # keys JSON cannot hold, cycles, a value whose str() raises (NaN is fine)
+        return _shown(prediction)
+
+
+def _shown(prediction: Any) -> str:
+    try:
         return repr(prediction)
+    except Exception:
+        return f"<{type(prediction).__name__} object>"
 
 
 _SCALARS = (str, int, float, bool, type(None))

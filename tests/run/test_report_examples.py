@@ -150,6 +150,44 @@ def test_the_report_shows_failing_fixed_and_broken_examples_and_why(
     assert result.pick is not None and f"<b>Why this program:</b> {html.escape(result.pick.reason)}" in page
 
 
+class Opaque:
+    """A program's output with a ``to_dict`` that needs an argument and a ``repr`` that raises."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    def to_dict(self, orient: str) -> dict[str, str]:
+        return {"answer": self.answer}
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+class OpaqueProgram(TwoStageProgram):
+    async def __call__(self, question: str) -> Any:
+        return Opaque((await super().__call__(question)).answer)
+
+
+def test_an_output_that_cannot_be_shown_is_named_by_its_type_and_the_run_goes_on() -> None:
+    async def main() -> aprompt.OptimizeResult:
+        async with (
+            FakeOpenAIServer(responder=World(), api_key=API_KEY) as server,
+            aprompt.OpenAICompatibleLM("world", server.base_url, api_key=API_KEY) as lm,
+        ):
+            return await aprompt.optimize(
+                OpaqueProgram(),
+                examples(0, 40),
+                metric,
+                valset=examples(200, 220),
+                lm=lm,
+                budget={"n_candidates": 3, "val_size": 20, "n_trials": 4, "minibatch_size": 10},
+            )
+
+    result = anyio.run(main)
+    assert len(result.trials) == 4
+    assert {row.outcome.output for row in result.examples.rows} == {"<Opaque object>"}
+
+
 def test_the_report_escapes_the_examples(tmp_path: Path) -> None:
     marked = [
         aprompt.Example(
