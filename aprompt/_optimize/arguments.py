@@ -30,7 +30,7 @@ from typing import TypeGuard
 
 from aprompt._errors import APromptError, ConfigError
 from aprompt._optimize.budget import Budget
-from aprompt._optimize.examples import Example
+from aprompt._optimize.examples import Example, metric_copy
 from aprompt._optimize.metric_values import Metric, describe_metric, metric_score
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.strategies import STRATEGIES, Strategy
@@ -282,7 +282,7 @@ async def _score_without_lm(metric: Metric, example: Example, prediction: Predic
     """
     try:
         with metering(RequestMeter(max_requests=0)):
-            value = metric(example, prediction)
+            value = metric(metric_copy(example), prediction)
             if inspect.isawaitable(value):
                 value = await value
     except BaseException as exc:

@@ -4,6 +4,9 @@ One evaluator serves bootstrapping (with traces), mini-batch trials and full eva
 in its own task under its own trace and prompt overrides, so any number of evaluations — of different
 prompt choices — can share one program object at the same time.
 
+The metric is handed a copy of each example (:func:`~aprompt._optimize.examples.metric_copy`): one that
+changes the labels it reads cannot change them for later scores and demos.
+
 A program or metric error (a ``ParseError`` included: an unreadable reply is the prompt's fault) scores 0
 and is recorded with the example id. An LM failure that outlasted the client's retries (``LMError``) is *not*
 the prompt's fault: that example is left unscored, counted, and kept out of the mean, so a burst of 429s
@@ -37,7 +40,7 @@ import anyio
 import attrs
 
 from aprompt._errors import CacheError, ConfigError
-from aprompt._optimize.examples import Example, as_examples, run_inputs
+from aprompt._optimize.examples import Example, as_examples, metric_copy, run_inputs
 from aprompt._optimize.metric_values import Metric as Metric
 from aprompt._optimize.metric_values import MetricValue as MetricValue
 from aprompt._optimize.metric_values import RunMetric as RunMetric
@@ -170,7 +173,7 @@ async def score_outcome(example: Example, outcome: ProgramOutcome, metric: Metri
         )
     prediction = outcome.prediction
     try:
-        value = metric(example, prediction)
+        value = metric(metric_copy(example), prediction)
         if inspect.isawaitable(value):
             value = await value
     except (ConfigError, CacheError):

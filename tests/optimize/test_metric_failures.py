@@ -109,6 +109,23 @@ async def test_a_metric_raising_on_some_predictions_scores_them_0_and_the_run_go
     assert all("cannot read this one" in error for error in result.failures.values())
 
 
+async def test_a_metric_that_pops_the_label_it_reads_scores_every_later_prediction_too() -> None:
+    # Each call takes the label out of the example it is handed: were that the run's own example, every
+    # later program scored on it would meet a KeyError and score 0, and the baseline would win unseen.
+    def popping(example: Example, prediction: Any) -> bool:
+        return str(prediction.answer).strip() == example.labels.pop("answer")
+
+    trainset, valset = examples(0, 60), examples(200, 230)
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        result = await aprompt.optimize(
+            TwoStageProgram(), trainset, popping, valset=valset, lm=lm, budget=SMALL_BUDGET
+        )
+    assert len(result.full_evals) > 1
+    assert all(evaluation.n_failed == 0 for evaluation in result.full_evals)
+    assert not result.failures
+    assert all("answer" in example.labels for example in [*trainset, *valset])
+
+
 async def test_a_metric_returning_an_array_of_scores_is_a_config_error_naming_it(
     fake_server: FakeOpenAIServer,
 ) -> None:
