@@ -99,11 +99,19 @@ class Connection:
     def abandon(self) -> None:
         """Let go of a connection of another event loop (one that has ended, or runs elsewhere), which
         this loop cannot use or close: its TCP connection is shut down here, so the server is not left
-        holding it, and its stream is closed when collected."""
+        holding it. A loop that runs elsewhere sees the end and closes its stream; the stream of one that
+        has ended is closed here, without it (left to the collector, it warned of an unclosed socket)."""
         if self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.shutdown(socket.SHUT_RDWR)
             self._socket.close()
+        if isinstance(self._stream, LoopStream):
+            if getattr(self.loop, "is_closed", lambda: False)():
+                self._stream.close_without_loop()
+            return
+        raw = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if isinstance(raw, socket.socket):  # trio's stream: a plain socket, which needs no loop to close
+            raw.close()
 
     async def aclose(self) -> None:
         if self._socket is not None:

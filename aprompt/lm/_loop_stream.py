@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import sys
 from typing import Any
 
@@ -122,6 +123,20 @@ class LoopStream(asyncio.Protocol):
         self._closed = True
         if self._transport is not None:
             self._transport.abort()  # at once, as anyio closes a plain socket stream
+
+    def close_without_loop(self) -> None:
+        """Close the connection of a loop that is closed: asyncio's ``close`` and ``abort`` hand the end to
+        the transport's loop, which a closed loop refuses, and its socket was left to the collector (a
+        ResourceWarning). The transport's own end runs here instead (under TLS, that of the transport
+        beneath the TLS layer, which marks the layer closed as it ends)."""
+        self._closed = True
+        transport, self._transport = self._transport, None
+        beneath = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None) or transport
+        end = getattr(beneath, "_call_connection_lost", None)
+        if end is not None:
+            # Under TLS the layer's own end asks the closed loop to tell its protocol: refused, and moot.
+            with contextlib.suppress(RuntimeError):
+                end(None)
 
     def _check_open(self) -> None:
         if self._closed:

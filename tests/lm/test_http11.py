@@ -4,11 +4,13 @@ choice of httpx when the environment names a proxy."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import gzip
 import importlib.util
 import json
 import socket
 import ssl
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -902,3 +904,41 @@ def test_a_client_kept_across_event_loops_answers_and_closes_on_each(first: str,
         assert anyio.run(ask, "two", backend=then) == "hi"
         anyio.run(lm.aclose, backend=first)  # its idle connection is the ended loop's
         assert len(server.chat_requests) == 2
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize(
+    ("first", "then"), [("asyncio", "asyncio"), ("asyncio", "trio"), ("trio", "asyncio"), ("trio", "trio")]
+)
+def test_the_connections_of_an_ended_loop_are_closed_without_a_resource_warning(
+    first: str, then: str, tls: bool
+) -> None:
+    """A client used on a loop that ended lets go of that loop's idle connection on the next loop (a
+    request, or its close): closed there, not left to the collector, which warned of an unclosed
+    transport or socket (an error under ``-W error``)."""
+    gc.collect()  # what earlier tests left to the collector warns before this one's record starts
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(
+            ScriptedServer(replying(OK), tls=server_tls() if tls else None)
+        ) as server,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always", ResourceWarning)
+        url = server.url.copy_with(host="localhost")
+        trusting = ssl.create_default_context(cafile=str(CERTIFICATE))
+        transport = HTTP11Transport(url, ssl_context=lambda: trusting)
+
+        async def ask() -> bytes:
+            with anyio.fail_after(10):
+                return (await transport.request("POST", url, HEADERS, b"{}", CAP)).content
+
+        assert anyio.run(ask, backend=first) == b"ok"
+        assert anyio.run(ask, backend=then) == b"ok"  # lets go of the first loop's connection
+        anyio.run(transport.aclose, backend=first)  # and of the second's
+        gc.collect()
+    # The test server's side of a connection is its own (anyio's TLS listener may leave it to the collector).
+    servers = f"laddr=('127.0.0.1', {server.url.port})"
+    warned = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert [text for text in warned if servers not in text] == []
+    assert server.connections == 2
