@@ -325,14 +325,23 @@ def _without_overlaps(markers: list[_Marker]) -> list[_Marker]:
     return kept
 
 
-def _field_texts(markers: list[_Marker], text: str) -> dict[str, list[str]]:
-    """Each output field's values, one per marker occurrence, each running to the next marker."""
+def _field_texts(markers: list[_Marker], text: str) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Each output field's values, one per marker occurrence, each running to the next marker; and how
+    many of each field's values come before the reply goes on to a turn of its own (an input label after
+    an output field: ``Question: ...`` and its answer are not this call's)."""
     texts: dict[str, list[str]] = {}
+    own: dict[str, int] = {}
+    answered = turn_over = False
     for i, (_, end, name) in enumerate(markers):
-        if name is not None:
-            stop = markers[i + 1][0] if i + 1 < len(markers) else len(text)
-            texts.setdefault(name, []).append(_clean(text[end:stop]))
-    return texts
+        if name is None:
+            turn_over = turn_over or answered
+            continue
+        answered = True
+        stop = markers[i + 1][0] if i + 1 < len(markers) else len(text)
+        texts.setdefault(name, []).append(_clean(text[end:stop]))
+        if not turn_over:
+            own[name] = own.get(name, 0) + 1
+    return texts, own
 
 
 def _clean(value: str) -> str:
@@ -350,8 +359,11 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
     value runs to the next marker of any field (input labels included, so an echoed next question
     stops it). A field without a line-start marker is looked for mid-line: ``so the answer: 4``,
     else in prose, ``the answer is 4``. When a field appears several times, its first value that
-    coerces wins. Unlabeled text before the first marker is the first output field's value when
-    that field is text and has no marker (a model that reasons first and labels only its answer).
+    coerces wins, unless another of its values before the reply goes on to a turn of its own (an input
+    label) reads as a different one: ``Answer: 3`` then ``Answer: 4`` is a problem, not 3; a repeat of
+    the same value is fine, and a text field keeps its first. Unlabeled text before the first marker is
+    the first output field's value when that field is text and has no marker (a model that reasons
+    first and labels only its answer).
     With a single output field and no marker at all, the whole reply is the value.
 
     A ``"bare"`` reply is read the same way (so one that labels its value anyway, ``Answer: 4``,
@@ -359,7 +371,7 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
     text field is not looked for in prose (``This summary is short: ...`` is the summary, whole).
     """
     markers = _find_markers(signature, text, reply_format)
-    texts = _field_texts(markers, text)
+    texts, own = _field_texts(markers, text)
     first = signature.outputs[0]
     if len(signature.outputs) == 1 and not texts:
         texts = {first.name: _unlabeled_values(markers, text, reply_format)}
@@ -383,7 +395,29 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
                 errors.append(str(exc))
         else:
             problems[field.name] = errors[0]
+            continue
+        other = _other_value(field, candidates[: own.get(field.name, 0)], values[field.name])
+        if other is not None:
+            del values[field.name]
+            problems[field.name] = other
     return Reading(values, problems)
+
+
+def _other_value(field: Field, texts: Sequence[str], value: Any) -> str | None:
+    """Why ``value`` is not the field's answer when another of its labeled ``texts`` reads as another
+    value (``Answer: 3`` then ``Answer: 4``: the model changed its mind, and which one it meant the reply
+    does not say), or ``None``. Free text is exempt: two wordings of one answer differ as text."""
+    if field.annotation is str:
+        return None
+    for text in texts:
+        try:
+            read = coerce(text, field.annotation)
+        except CoercionError:
+            continue  # an echoed placeholder (``Answer: <an integer>``) before the value
+        if (type(read), read) != (type(value), value):
+            shown = ", ".join(format_output(v, field.annotation) for v in (value, read))
+            return f"gives two different values ({shown}); give one"
+    return None
 
 
 def _unlabeled_values(markers: list[_Marker], text: str, reply_format: ReplyFormat) -> list[str]:

@@ -92,6 +92,29 @@ def test_a_repeated_field_takes_its_first_readable_value() -> None:
     assert parse_reply(COT, "Reasoning: r\nAnswer: <an integer>\nAnswer: 7")["answer"] == 7
 
 
+@pytest.mark.parametrize(
+    ("type_", "reply"),
+    [
+        ("int", "Answer: 3\nAnswer: 4"),
+        ("bool", "**Answer:** yes\n\nOn second thought:\nAnswer: no"),
+        ("Literal['positive', 'negative']", "Answer: positive\nAnswer: negative"),
+        ("list[int]", "Answer: [1, 2]\nAnswer: [1, 2, 3]"),
+    ],
+)
+def test_a_field_given_two_different_values_is_a_problem_not_its_first(type_: str, reply: str) -> None:
+    # The model changed its mind: which value it meant the reply does not say, and its first was taken.
+    with pytest.raises(ParseError, match="two different values") as caught:
+        parse_reply(Signature.parse(f"question -> answer: {type_}"), reply)
+    assert caught.value.missing == ("answer",)
+
+
+def test_a_field_repeated_with_its_value_or_after_the_reply_turns_to_another_question_reads() -> None:
+    signature = Signature.parse("question -> answer: int")
+    assert parse_reply(signature, "Answer: 3\n**Answer:** 3.") == {"answer": 3}
+    assert parse_reply(signature, "Answer: 4\nQuestion: and 3+3?\nAnswer: 6") == {"answer": 4}
+    assert parse_reply(QA, "Answer: Paris\nAnswer: Paris, France") == {"answer": "Paris"}
+
+
 def test_a_single_output_field_without_marker_takes_the_whole_reply() -> None:
     assert parse_reply(QA, "  Paris is the capital.\n") == {"answer": "Paris is the capital."}
 
