@@ -365,9 +365,15 @@ class TrialWindow:
                 # Under a limit, no more than the budget pays for beside the window's trials and the
                 # runs the trials keep for the last evaluation (journaled: a resumed run races the same).
                 keep = loop.parallel_trials * min(loop.minibatch_size, n) + n + loop.confirmation_kept
+                asked = allowance
                 allowance = loop.decided(
                     f"periodic race runs:{point}", partial(within_budget, loop, allowance, keep)
                 )
+                if allowance < asked and loop.stopped is None and loop.cut_short_by is None:
+                    # The race runs fewer programs than the plan gives it: the limit cut the run short
+                    # of its plan, and the result says so (compared outside the journaled decision, so a
+                    # resumed run says it too).
+                    loop.cut_short_by = loop.binding_limit()
             if entrants and not _waits(loop, entrants, allowance):
                 step = partial(run_race, entrants=entrants, allowance=allowance)
         # The fork's steps are admitted one by one with the trials that may run beside them (a journaled

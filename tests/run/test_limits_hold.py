@@ -910,3 +910,31 @@ async def test_a_final_race_the_budget_cut_short_names_the_limit() -> None:
     cut, unlimited = await run(1000), await run(None)
     assert unlimited.stopped_by is None and unlimited.spent["lm_calls"] < 1000
     assert cut.stopped_by == "max_lm_calls"
+
+
+def _outcome(result: aprompt.OptimizeResult) -> tuple[object, ...]:
+    return (
+        dict(result.best_choice),
+        result.score,
+        [(dict(full.choice), full.score, full.after_trial) for full in result.full_evals],
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_lm_calls", "max_tokens"),
+    [(204, None), (None, 16200), (215, None)],
+    ids=["calls", "tokens", "unbound"],
+)
+async def test_a_limit_that_trimmed_a_race_between_trials_is_named_by_the_result(
+    max_lm_calls: int | None, max_tokens: int | None
+) -> None:
+    # A limit the run never reaches can still trim the race run between trials (it pays for fewer runs
+    # than the plan gives it): the result then differs from the unlimited run's and must say which limit
+    # cut it short; a limit that trimmed nothing returns the unlimited result and names none.
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server, client(server) as lm:
+        unlimited = await qa_run(lm)
+        limited = await qa_run(lm, limits=aprompt.Limits(max_lm_calls=max_lm_calls, max_tokens=max_tokens))
+
+    cut = _outcome(limited) != _outcome(unlimited)
+    assert cut == (max_lm_calls != 215)
+    assert limited.stopped_by == ("max_lm_calls" if max_lm_calls == 204 else "max_tokens" if cut else None)
