@@ -53,3 +53,12 @@ def test_a_csv_row_with_another_number_of_cells_than_the_header_is_refused(
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         read_examples(path, ["question"], {"question"})
+
+
+@pytest.mark.parametrize("header", ["question,answer,answer", "question,question,answer"])
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path, header: str) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(f"{header}\nq1,second,third\n", encoding="utf-8")
+    twice = "answer" if header.endswith("answer,answer") else "question"
+    with pytest.raises(ConfigError, match=rf"header names column\(s\) \['{twice}'\] more than once"):
+        read_examples(path, ["question"], {"question"})

@@ -133,6 +133,12 @@ def _rows(path: Path) -> list[tuple[str, Any]]:
     if suffix in (".csv", ".tsv"):
         # Read as the csv module reads a file opened with newline="": a quoted cell keeps its line breaks.
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        named = reader.fieldnames or []
+        # A dict keeps one cell of each name: the others would be dropped unseen (unnamed columns, as a
+        # spreadsheet's trailing commas make, hold no field a program or metric reads).
+        twice = sorted({name for name in named if name and named.count(name) > 1})
+        if twice:
+            raise ConfigError(f"{path}: the header names column(s) {twice} more than once")
         rows = []
         for n, row in enumerate(reader, 2):
             if None in row or None in row.values():  # more cells than the header names, or fewer
