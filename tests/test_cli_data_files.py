@@ -62,3 +62,25 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path, header: s
     twice = "answer" if header.endswith("answer,answer") else "question"
     with pytest.raises(ConfigError, match=rf"header names column\(s\) \['{twice}'\] more than once"):
         read_examples(path, ["question"], {"question"})
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        (
+            "data.jsonl",
+            '{"question": "q0", "answer": "a"}\n{"question": "q1", "answer": "a", "answer": "b"}\n',
+            ", line 2:",
+        ),
+        ("data.json", '[{"question": "q1", "question": "q2", "answer": "a"}]', ":"),
+    ],
+)
+def test_a_json_record_naming_a_field_twice_is_refused(
+    tmp_path: Path, name: str, text: str, where: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=rf"{name}{where} an object names field\(s\) \['\w+'\] more than once"
+    ):
+        read_examples(path, ["question"], {"question"})

@@ -108,6 +108,22 @@ def input_fields(program: object, given: str | None) -> tuple[list[str], set[str
     return [p.name for p in named], {p.name for p in named if p.default is p.empty}
 
 
+class _NamedTwice(ValueError):
+    """A JSON object that names a field twice (``json`` would keep the last value unseen)."""
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    fields = dict(pairs)
+    if len(fields) < len(pairs):
+        twice = sorted({key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1})
+        raise _NamedTwice(f"an object names field(s) {twice} more than once")
+    return fields
+
+
+def _json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_unique_fields)
+
+
 def _rows(path: Path) -> list[tuple[str, Any]]:
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8-sig")
@@ -117,13 +133,17 @@ def _rows(path: Path) -> list[tuple[str, Any]]:
         for number, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
-                    rows.append((f"line {number}", json.loads(line)))
+                    rows.append((f"line {number}", _json(line)))
+                except _NamedTwice as exc:
+                    raise ConfigError(f"{path}, line {number}: {exc}") from None
                 except ValueError as exc:
                     raise ConfigError(f"{path}, line {number}: not JSON ({exc})") from None
         return rows
     if suffix == ".json":
         try:
-            data = json.loads(text)
+            data = _json(text)
+        except _NamedTwice as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{path}: not JSON ({exc})") from None
         items = data.get("examples") if isinstance(data, dict) else data
