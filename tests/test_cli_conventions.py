@@ -321,6 +321,17 @@ def test_max_cost_without_the_models_price_exits_2_naming_the_price_flag(
     assert "--max-cost needs the price of model 'gpt-x': give --price gpt-x=IN,OUT" in err
 
 
+def test_a_model_given_two_different_prices_exits_2_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(write_task(tmp_path))
+    args = optimize_args("--lm", "http://127.0.0.1:9/v1", "--model", "gpt-x", "--max-cost", "2")
+    assert main([*args, "--price", "gpt-x=1000,1000", "--price", "gpt-x=0,0"]) == 2
+    assert (
+        "--price gives model 'gpt-x' two prices (1000,1000 and 0,0): give it once" in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize("price", ["gpt-x=1", "gpt-x", "=1,2", "gpt-x=a,b", "gpt-x=-1,2", "gpt-x=1,inf"])
 def test_a_price_not_of_the_shape_model_in_out_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], price: str

@@ -261,9 +261,17 @@ def prices_for(
     the model of every one of ``lms`` when ``--max-cost`` is set.
 
     Raises:
-        ConfigError: ``--max-cost`` is set and a model has no price, or ``--max-cost`` is negative.
+        ConfigError: a model given two different prices, ``--max-cost`` is set and a model has no
+            price, or ``--max-cost`` is negative.
     """
-    prices = dict(given or [])
+    prices: dict[str, tuple[float, float]] = {}
+    for model, pair in given or []:
+        # Never the last one silently: the limit would hold at a price the user also said was wrong.
+        if prices.setdefault(model, pair) != pair:
+            raise ConfigError(
+                f"--price gives model {model!r} two prices ({_price(prices[model])} and {_price(pair)}): "
+                "give it once"
+            )
     if any(choice.provider == "local" for choice in lms):
         prices.setdefault(LOCAL_MODEL_NAME, (0.0, 0.0))
         # A model file named by $APROMPT_LOCAL_MODEL runs (and is metered) under its own name.
@@ -280,6 +288,10 @@ def prices_for(
                 "(USD per million input and output tokens)"
             )
     return prices
+
+
+def _price(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:g},{pair[1]:g}"
 
 
 def key_variables(args: argparse.Namespace) -> list[str]:
