@@ -545,3 +545,18 @@ def test_a_rate_limit_for_the_embedded_model_exits_2_rather_than_being_dropped(
     assert main(optimize_args(*lm, "--rpm", "60")) == 2
     err = capsys.readouterr().err
     assert err.startswith("aprompt: error: --rpm limits a server endpoint's requests"), err
+
+
+@pytest.mark.local_model
+def test_a_timeout_given_for_the_embedded_model_holds_rather_than_being_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--timeout was dropped in silence for the embedded model: its client waited 600 s a request."""
+    monkeypatch.chdir(write_task(tmp_path))
+    for name in ("OPENAI_BASE_URL", "APROMPT_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["evaluate", "qa.py:QA", "--data", "qa.jsonl", "--metric", "qa.py:exact", "--lm", "local"]
+    assert main([*args, "--timeout", "0.001", "--json"]) == 3
+    out, err = capsys.readouterr()
+    assert json.loads(out)["unscored"] == 4
+    assert "no complete response within the 0.001 s timeout" in err

@@ -165,10 +165,12 @@ async def _open(choice: LMChoice, args: argparse.Namespace, *, task: bool) -> As
     concurrency = args.lm_concurrency if task else None
     # A given 0 is passed on (and refused by the client), never read as "not given".
     if choice.provider == "local":
-        async with aprompt.local_lm(n_parallel=4 if concurrency is None else concurrency) as local:
+        # A given --timeout holds here too (never dropped in silence); else the client's own 600 s.
+        timeout = {} if args.timeout is None else {"timeout": args.timeout}
+        async with aprompt.local_lm(n_parallel=4 if concurrency is None else concurrency, **timeout) as local:
             yield local
         return
-    options: dict[str, Any] = {"timeout": args.timeout}
+    options: dict[str, Any] = {"timeout": 60.0 if args.timeout is None else args.timeout}
     if choice.api_key_env:
         options["api_key_env"] = choice.api_key_env
     if concurrency is not None:

@@ -100,9 +100,8 @@ def _add_lm_args(parser: argparse.ArgumentParser) -> None:
     lm.add_argument(
         "--timeout",
         type=float,
-        default=60.0,
         metavar="S",
-        help="seconds per request to a server endpoint (default 60; the embedded model's client waits 600)",
+        help="seconds per request (default 60 for a server endpoint, 600 for the embedded model)",
     )
 
 
