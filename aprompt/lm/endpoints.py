@@ -122,6 +122,9 @@ def endpoint_urls(url: str) -> tuple[str, str, tuple[str, ...]]:
         # Shown without user info or query, either of which may hold a credential.
         visible = url.split("@")[-1].split("?")[0]
         raise ConfigError(f"endpoint URL needs a scheme and a host: {visible!r}")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        # httpx parses any digits: the socket would refuse only at the first request, untyped.
+        raise ConfigError(f"endpoint URL port {parsed.port} is not one of 1 to 65535")
     if parsed.userinfo:
         parsed = parsed.copy_with(username=None, password=None)
     target = str(parsed).rstrip("/")

@@ -129,6 +129,12 @@ def test_an_endpoint_cooldown_that_is_not_a_number_of_seconds_is_a_config_error(
         OpenAICompatibleLM("m", "http://gpu-1:8000/v1", api_key="", endpoint_cooldown=cooldown)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("port", [0, 65536, 99999])
+def test_a_url_port_out_of_range_is_a_config_error(port: int) -> None:
+    with pytest.raises(ConfigError, match=f"port {port} is not one of 1 to 65535"):
+        OpenAICompatibleLM("m", f"http://user:SECRET-123456@gpu-1:{port}/v1", api_key="")
+
+
 @pytest.mark.parametrize(
     "url", ["my-resource.example.com/openai?api-key=SECRET-123456", "https:///v1?key=SECRET-123456"]
 )
