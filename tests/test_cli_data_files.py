@@ -84,3 +84,13 @@ def test_a_json_record_naming_a_field_twice_is_refused(
         ConfigError, match=rf"{name}{where} an object names field\(s\) \['\w+'\] more than once"
     ):
         read_examples(path, ["question"], {"question"})
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read_whole(tmp_path: Path) -> None:
+    document = "word " * 40_000  # 200,000 characters: over csv's default field limit of 131,072
+    path = tmp_path / "data.csv"
+    with path.open("w", newline="", encoding="utf-8") as out:
+        csv.writer(out).writerows([["question", "answer"], [document, "ok"]])
+    before = csv.field_size_limit()
+    assert [e.inputs["question"] for e in read_examples(path, ["question"], {"question"})] == [document]
+    assert csv.field_size_limit() == before

@@ -124,6 +124,34 @@ def _json(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_unique_fields)
 
 
+def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[str, Any]]:
+    # csv refuses a cell over 128 KiB by default, and a long document is a fair input: while this file
+    # is read, no cell may be longer than the file itself (the process's own limit is put back after).
+    limit = csv.field_size_limit(max(len(text), csv.field_size_limit()))
+    try:
+        # Read as the csv module reads a file opened with newline="": a quoted cell keeps its line breaks.
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        named = reader.fieldnames or []
+        # A dict keeps one cell of each name: the others would be dropped unseen (unnamed columns, as a
+        # spreadsheet's trailing commas make, hold no field a program or metric reads).
+        twice = sorted({name for name in named if name and named.count(name) > 1})
+        if twice:
+            raise ConfigError(f"{path}: the header names column(s) {twice} more than once")
+        rows = []
+        for n, row in enumerate(reader, 2):
+            if None in row or None in row.values():  # more cells than the header names, or fewer
+                cells = (
+                    len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+                )
+                raise ConfigError(f"{path}, row {n}: has {cells} cell(s), the header names {len(named)}")
+            rows.append((f"row {n}", dict(row)))
+        return rows
+    except csv.Error as exc:
+        raise ConfigError(f"{path}, line {reader.line_num}: not CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
 def _rows(path: Path) -> list[tuple[str, Any]]:
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8-sig")
@@ -151,24 +179,7 @@ def _rows(path: Path) -> list[tuple[str, Any]]:
             raise ConfigError(f"{path}: expected a list of objects (or {{'examples': [...]}})")
         return [(f"item {n}", item) for n, item in enumerate(items)]
     if suffix in (".csv", ".tsv"):
-        # Read as the csv module reads a file opened with newline="": a quoted cell keeps its line breaks.
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        named = reader.fieldnames or []
-        # A dict keeps one cell of each name: the others would be dropped unseen (unnamed columns, as a
-        # spreadsheet's trailing commas make, hold no field a program or metric reads).
-        twice = sorted({name for name in named if name and named.count(name) > 1})
-        if twice:
-            raise ConfigError(f"{path}: the header names column(s) {twice} more than once")
-        rows = []
-        for n, row in enumerate(reader, 2):
-            if None in row or None in row.values():  # more cells than the header names, or fewer
-                cells = (
-                    len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
-                )
-                header = len(reader.fieldnames or ())
-                raise ConfigError(f"{path}, row {n}: has {cells} cell(s), the header names {header}")
-            rows.append((f"row {n}", dict(row)))
-        return rows
+        return _csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
     raise ConfigError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .jsonl, .json or .csv")
 
 
