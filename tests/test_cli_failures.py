@@ -107,3 +107,23 @@ def test_evaluate_with_a_metric_that_raises_on_every_prediction_is_a_configurati
     assert done.returncode == 2 and done.stdout == ""
     assert "metric label_metric.py:metric raised on every one of the 30 predictions" in done.stderr
     assert "KeyError: 'label'" in done.stderr
+
+
+def test_evaluate_of_a_program_that_raises_on_every_example_exits_1_naming_its_error(
+    optimized: tuple[Path, FakeOpenAIServer, str],
+) -> None:
+    """A score of 0.000 with exit 0 read as a wrong program's: the program never gave an answer."""
+    folder, server, _ = optimized
+    (folder / "broken.py").write_text(
+        "from tests.optimize.world import TwoStageProgram\n\n"
+        "class Broken(TwoStageProgram):\n"
+        "    async def __call__(self, question):\n"
+        "        await self.extract(question=question)\n"
+        "        raise RuntimeError('a bug after the first stage')\n",
+        encoding="utf-8",
+    )
+    common = ["--data", "val.csv", "--metric", "cli_world.py:metric", "--lm", server.base_url, "--model", "w"]
+    done = aprompt_cli(folder, "evaluate", "broken.py:Broken", *common, "--json")
+    assert done.returncode == 1 and done.stdout == ""
+    assert "program broken.py:Broken raised on every one of the 30 examples it ran on" in done.stderr
+    assert "RuntimeError: a bug after the first stage" in done.stderr

@@ -19,6 +19,7 @@ from aprompt._cli.errors import EXIT_LM, EXIT_OK, key_hint
 from aprompt._cli.lms import key_variables, open_lm, open_lms
 from aprompt._cli.loading import input_fields, load_object, load_program, read_examples
 from aprompt._errors import (
+    APromptError,
     ConfigError,
     StateError,
 )
@@ -182,6 +183,14 @@ async def evaluate_command(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"metric {args.metric} raised on every one of the {len(ran)} predictions it was given "
             f"(the program ran fine); first errors: {errors}"
+        )
+    scored = [r for r in evaluation.results if r.score is not None]
+    if scored and all(r.error is not None and not r.metric_failed for r in scored):
+        # Every score would read 0.0, as a wrong program's would: the program never gave an answer.
+        errors = "; ".join(f"{r.example_id}: {r.error}" for r in scored[:3])
+        raise APromptError(
+            f"program {args.program} raised on every one of the {len(scored)} examples it ran on; "
+            f"first errors: {errors}"
         )
     table = evaluation.table(data)
     failing = table.failing()
