@@ -85,9 +85,9 @@ async def run_to_result(ctx: RunContext, strategy: Strategy, target: P, started:
         logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(result.stopped_by), result.spent)
     if ctx.journal is not None:
         pick = attrs.asdict(result.pick) if result.pick is not None else None
-        ctx.journal.append(
-            "result", {"score": result.score, "best_choice": dict(result.best_choice), "pick": pick}
-        )
+        # The stop is journaled too: a run made from Python has no result.json to tell ``aprompt show`` it.
+        record = {"score": result.score, "best_choice": dict(result.best_choice), "pick": pick}
+        ctx.journal.append("result", {**record, "stopped_by": result.stopped_by})
     await ctx.emit(
         RunFinished(result.score, result.baseline_score, result.seconds, result.usage, result.stopped_by)
     )

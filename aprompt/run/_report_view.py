@@ -225,7 +225,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         finished=final is not None,
         phases=tuple(result.get("phases", ())) if isinstance(result, dict) else (),
         seconds=result.get("seconds") if isinstance(result, dict) else None,
-        stopped_by=result.get("stopped_by") if isinstance(result, dict) else None,
+        stopped_by=_stopped_by(final, result),
         reply_formats=reply_formats,
         examples=examples,
         pick=_pick(final, result),
@@ -244,6 +244,16 @@ def _same_run(result: Any, final: Any) -> bool:
         and result.get("score") == final.get("score")
         and result.get("best_choice") == final.get("best_choice")
     )
+
+
+def _stopped_by(final: Any, result: Any) -> str | None:
+    """The limit that stopped the run: journaled with its result (by this aprompt version), else from
+    RESULT_FILE (a run journaled before the result record held it)."""
+    for source in (final, result):
+        if isinstance(source, Mapping) and "stopped_by" in source:
+            found = source["stopped_by"]
+            return None if found is None else str(found)
+    return None
 
 
 def _examples(found: Any) -> ExampleTable | None:

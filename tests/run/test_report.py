@@ -232,6 +232,18 @@ def test_a_run_stopped_before_the_search_shows_the_baseline_it_returned(tmp_path
     assert "1 full evaluations; baseline 0.033 -> best 0.033" in describe_run(view)
 
 
+def test_a_run_made_from_python_that_a_limit_stopped_says_so(tmp_path: Path) -> None:
+    """Without the command line's result.json, the journal alone must tell that a limit cut the run
+    short: never "finished" as if it had spent its whole budget."""
+    limits = aprompt.Limits(max_lm_calls=120)
+    result, _ = anyio.run(lambda: optimize_in_world(run_dir=tmp_path, limits=limits))
+    assert result.stopped_by == "max_lm_calls" and not (tmp_path / RESULT_FILE).exists()
+    view = load_run(tmp_path)
+    assert view.finished and view.stopped_by == "max_lm_calls"
+    assert "state: finished, stopped by max_lm_calls;" in describe_run(view)
+    assert "finished (stopped by max_lm_calls)" in write_report(tmp_path).read_text(encoding="utf-8")
+
+
 def test_the_baselines_empty_choice_is_named_not_left_blank(tmp_path: Path) -> None:
     """Before the search, the best program is the baseline, whose choice is empty: show and report
     say it is the program as written, never a blank."""
