@@ -17,6 +17,7 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt._optimize.per_example import EXAMPLES_KIND, ExampleTable
 from aprompt._optimize.run_context import BASELINE_KIND
+from aprompt._optimize.strategies.instruction_steps import INSTRUCTIONS_KIND
 from aprompt.lm.usage import IN_FLIGHT_KIND
 from aprompt.program.adapter import REPLY_FORMATS
 from aprompt.run.journal import JOURNAL_FILE, RunJournal
@@ -179,6 +180,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
             full_evals = [baseline] if isinstance(baseline, Mapping) else []
         raw_sets = latest("demo_sets", "all") or {}
         proposals = dict(journal.entries("proposals", unreadable=unreadable))
+        searched = dict(journal.entries(INSTRUCTIONS_KIND, unreadable=unreadable))
         final = latest("result")
         examples = _examples(latest(EXAMPLES_KIND)) if final is not None else None
         in_flight = _series(latest(IN_FLIGHT_KIND))
@@ -191,6 +193,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         kept = [p for p in items if p.get("instruction") is not None]
         dropped += [(name, str(p.get("reason", ""))) for p in items if p.get("instruction") is None]
         instructions.setdefault(name, {}).update({i: str(p["instruction"]) for i, p in enumerate(kept, 1)})
+    for name, record in searched.items():
+        # The search's own indices: the screen may have dropped proposals, shifting those after them.
+        # Index 0, the original, comes from the original prompts below, as for every predictor.
+        instructions[name] = {i: str(text) for i, text in enumerate(record.get("instructions", ())) if i}
+        dropped += [(name, str(reason)) for reason in record.get("dropped", ())]
     demo_sets = {name: tuple(tuple(s.get("demos", ())) for s in sets) for name, sets in raw_sets.items()}
     original = _read_json(folder / ORIGINAL_FILE)
     if not isinstance(original, dict):

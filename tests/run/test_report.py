@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -27,7 +28,7 @@ from aprompt.run.report import (
     load_run,
     write_report,
 )
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.optimize.qa_task import optimize_in_world
 from tests.optimize.world import TwoStageProgram, World
 from tests.run._optimize_worker import BUDGET, run_world
@@ -242,6 +243,42 @@ def test_a_run_made_from_python_that_a_limit_stopped_says_so(tmp_path: Path) -> 
     assert view.finished and view.stopped_by == "max_lm_calls"
     assert "state: finished, stopped by max_lm_calls;" in describe_run(view)
     assert "finished (stopped by max_lm_calls)" in write_report(tmp_path).read_text(encoding="utf-8")
+
+
+class ScreenedWorld(World):
+    """The world, but every even-numbered proposal is off-task and answers everything wrong (the screen
+    drops it); the other prompts answer everything right."""
+
+    OFF_TASK = "Xylophone quartz lemur."
+
+    def __call__(self, request: ChatRequest) -> str:
+        reply = super().__call__(request)
+        variant = re.search(r"variant (\d+)", reply)
+        if reply.startswith("Proposed instruction") and variant is not None:
+            return f"Proposed instruction: {self.OFF_TASK}" if int(variant[1]) % 2 == 0 else reply
+        field = reply.partition(":")[0]
+        if field in ("Code", "Answer"):
+            wrong = self.OFF_TASK in str(request.messages[0]["content"])
+            item = re.findall(r"item-(\d+)", request.last_user)[0]
+            return f"{field}: {'zz' if wrong else {'Code': 'code', 'Answer': 'ans'}[field] + '-' + item}"
+        return reply
+
+
+def test_instructions_after_a_screened_out_proposal_are_shown_at_their_own_index(tmp_path: Path) -> None:
+    """A proposal the screen drops is no candidate: those after it move up one index. Without the command
+    line's result.json, the journal alone must tell each index's instruction, and the drop."""
+
+    async def main() -> aprompt.OptimizeResult:
+        async with FakeOpenAIServer(responder=ScreenedWorld(), api_key=API_KEY) as server:
+            return await run_world(server.base_url, tmp_path, API_KEY)
+
+    result = anyio.run(main)
+    screened = [(name, reason) for name, _, reason in result.dropped if "on the screen" in reason]
+    assert screened and not (tmp_path / RESULT_FILE).exists()
+    view = load_run(tmp_path)
+    for name, texts in result.candidates.instructions.items():
+        assert view.instructions[name] == dict(enumerate(texts))
+    assert set(screened) <= set(view.dropped)
 
 
 def test_the_baselines_empty_choice_is_named_not_left_blank(tmp_path: Path) -> None:

@@ -27,6 +27,10 @@ from aprompt.program.overrides import PromptOverride
 
 logger = logging.getLogger("aprompt")
 
+#: The journal's record of a predictor's searched instructions (the original first) and what the screen
+#: dropped: the search's indices, which the proposals alone do not give once the screen drops one.
+INSTRUCTIONS_KIND = "instructions"
+
 
 async def instruction_candidates(
     ctx: RunContext,
@@ -94,6 +98,7 @@ async def instruction_candidates(
                     if proposal.cleaned:
                         logger.info("aprompt: proposal %d for %s %s", proposal.index, name, proposal.cleaned)
             kept = [predictor.instruction]
+            screened: list[str] = []
             vocabulary = task_vocabulary(predictor, *grounded.values())
             for position, proposal in enumerate(usable, start=1):
                 assert proposal.instruction is not None
@@ -106,6 +111,7 @@ async def instruction_candidates(
                 )
                 if verdict is not None:
                     await drop(ctx, name, proposal.index, verdict)
+                    screened.append(verdict)
                     continue
                 kept.append(proposal.instruction)
                 await ctx.emit(CandidateProposed(name, "instruction", len(kept) - 1, kept[-1]))
@@ -117,7 +123,11 @@ async def instruction_candidates(
                 )
                 logger.info("aprompt: %s", reason)
                 await drop(ctx, name, -1, reason)
+                screened.append(reason)
             out[name] = tuple(kept)
+            if ctx.journal is not None:
+                record = {"instructions": list(kept), "dropped": screened}
+                ctx.journal.append(INSTRUCTIONS_KIND, record, key=name)
     return out
 
 
