@@ -199,9 +199,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         instructions[name] = {i: str(text) for i, text in enumerate(record.get("instructions", ())) if i}
         dropped += [(name, str(reason)) for reason in record.get("dropped", ())]
     demo_sets = {name: tuple(tuple(s.get("demos", ())) for s in sets) for name, sets in raw_sets.items()}
-    original = _read_json(folder / ORIGINAL_FILE)
+    # The journal's copy is this run's: a run started over from Python (resume=False) leaves the command
+    # line's file of an earlier run there. The file serves journals written before the copy.
+    original = journaled_original
     if not isinstance(original, dict):
-        original = journaled_original
+        original = _read_json(folder / ORIGINAL_FILE)
     result = _read_json(folder / RESULT_FILE)
     if not _same_run(result, final):
         result = None  # an earlier run's: this one started over and has not finished

@@ -2,7 +2,7 @@
 
 :func:`load_run` gathers a :class:`RunView` from ``run_dir``: the journal's trials, full evaluations,
 candidates and result, plus two optional files beside it that the command line writes —
-``original_program.json`` (the prompts before optimizing; else the journal's copy of them) and
+``original_program.json`` (the prompts before optimizing, when the journal holds no copy of them) and
 ``result.json`` (the saved
 :class:`~aprompt._optimize.result.OptimizeResult`, with usage per phase). :func:`write_report` renders a
 self-contained HTML page; its plots need matplotlib (``pip install 'aprompt[ui]'``) and are left out,

@@ -135,10 +135,11 @@ def test_the_report_escapes_the_prompts(
     run_dir, _ = finished_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    original = json.loads((copy / ORIGINAL_FILE).read_text())
-    original["predictors"]["extract"]["instruction"] = "<script>alert(1)</script> & more"
-    (copy / ORIGINAL_FILE).write_text(json.dumps(original))
-    (copy / RESULT_FILE).unlink()  # the originals now come from original_program.json alone
+    with RunJournal.open(copy) as journal:  # the prompts the run started from, as it journals them
+        original = journal.latest("original_state")
+        original["predictors"]["extract"]["instruction"] = "<script>alert(1)</script> & more"
+        journal.append("original_state", original)
+    (copy / RESULT_FILE).unlink()  # the originals now come from the journal alone
     page = write_report(copy).read_text(encoding="utf-8")
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
 
@@ -160,6 +161,27 @@ def test_a_run_made_from_python_shows_its_original_prompts_from_the_journal(
     page = write_report(copy).read_text(encoding="utf-8")
     assert "not in the journal" not in page
     assert all(state["instruction"] in page for state in original.values())
+
+
+def test_a_run_started_over_from_python_shows_its_own_original_prompts(
+    finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
+) -> None:
+    """Started over (resume=False) from Python in a run_dir of the command line, a run leaves the earlier
+    run's original_program.json there: its prompts are another program's, never shown as this run's."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)
+    program = TwoStageProgram()
+    program.extract.instruction = "Extract the item's code, reworded."
+    limits = aprompt.Limits(max_lm_calls=120)  # stopped beside the baseline: returns the program as written
+    result, _ = anyio.run(
+        lambda: optimize_in_world(program=program, run_dir=run_dir, resume=False, limits=limits)
+    )
+    assert result.best_choice == {}
+    view = load_run(run_dir)
+    assert view.prompt("extract", None).instruction == "Extract the item's code, reworded."
+    assert "  extract: instruction #0, 0 demos\n    Extract the item's code, reworded." in describe_run(view)
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "Find the code." not in page
 
 
 def test_without_matplotlib_the_report_says_how_to_get_plots(
