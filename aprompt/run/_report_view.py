@@ -205,7 +205,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
     if not isinstance(original, dict):
         original = _read_json(folder / ORIGINAL_FILE)
     result = _read_json(folder / RESULT_FILE)
-    if not _same_run(result, final):
+    if not _same_run(result, final, trials):
         result = None  # an earlier run's: this one started over and has not finished
     if isinstance(result, dict) and isinstance(result.get("candidates"), dict):
         for name, cands in result["candidates"].items():
@@ -244,15 +244,31 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
     )
 
 
-def _same_run(result: Any, final: Any) -> bool:
+def _same_run(result: Any, final: Any, trials: Sequence[Mapping[str, Any]]) -> bool:
     """Whether ``result`` (RESULT_FILE) is the result the journal's run returned: a run started over in
-    the same run_dir leaves the earlier run's file there until it finishes."""
+    the same run_dir leaves the earlier run's file there until it finishes, or for good when made from
+    Python. Its score and pick alone may match another run's (two runs a limit stopped at the baseline):
+    its trials must be the journal's too."""
     return (
         isinstance(result, dict)
         and isinstance(final, Mapping)
         and result.get("score") == final.get("score")
         and result.get("best_choice") == final.get("best_choice")
+        and _trial_keys(result.get("trials")) == _trial_keys(trials)
     )
+
+
+def _trial_keys(trials: Any) -> list[tuple[Any, ...]] | None:
+    """What tells runs' trials apart: each one's number, choice, mini-batch and score."""
+    if not isinstance(trials, Sequence):
+        return None
+    try:
+        return [
+            (t["number"], json.dumps(t["choice"], sort_keys=True), list(t["example_ids"]), t["score"])
+            for t in trials
+        ]
+    except (KeyError, TypeError):
+        return None
 
 
 def _stopped_by(final: Any, result: Any) -> str | None:

@@ -184,6 +184,25 @@ def test_a_run_started_over_from_python_shows_its_own_original_prompts(
     assert "Find the code." not in page
 
 
+def test_an_earlier_runs_result_file_with_the_same_score_and_pick_is_not_read_as_this_runs(
+    tmp_path: Path,
+) -> None:
+    """Two runs a limit stopped at the baseline return the same score and pick: the result.json the
+    command line saved of the first is not the second's (started over from Python), nor its usage,
+    nor its candidates."""
+    limits = aprompt.Limits(max_lm_calls=250)
+    run_dir = tmp_path / "run"
+    first, _ = anyio.run(lambda: optimize_in_world(seed=1, run_dir=tmp_path / "first", limits=limits))
+    first.save(run_dir / RESULT_FILE)  # as the command line left it (the first run's cache elsewhere)
+    again, _ = anyio.run(lambda: optimize_in_world(seed=2, run_dir=run_dir, limits=limits, resume=False))
+    assert (again.score, dict(again.best_choice)) == (first.score, dict(first.best_choice))
+    assert [t.choice for t in again.trials] != [t.choice for t in first.trials]
+    view = load_run(run_dir)
+    assert view.phases == () and view.lm_calls is None  # this run saved no usage
+    for name, texts in again.candidates.instructions.items():
+        assert view.instructions[name] == dict(enumerate(texts))
+
+
 def test_without_matplotlib_the_report_says_how_to_get_plots(
     finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
