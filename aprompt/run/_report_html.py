@@ -109,7 +109,10 @@ def _summary(view: RunView) -> str:
     if view.phases:
         # The run's, earlier calls of a resumed run included: what max_lm_calls counts.
         cards.append(_card("LM calls sent", f"{view.lm_calls or 0:,}"))
-        cards.append(_card("Cache hits", f"{hits:,}"))
+        # result.json counts hits per phase of the last call alone: a resumed run's card says so.
+        sent_last = sum(int(p.get("usage", {}).get("requests", 0)) for p in view.phases)
+        resumed = view.lm_calls is not None and view.lm_calls != sent_last
+        cards.append(_card("Cache hits, last call" if resumed else "Cache hits", f"{hits:,}"))
     evidence = (view.pick or {}).get("evidence")
     if isinstance(evidence, Mapping) and "mean" in evidence and "n" in evidence:
         # With the baseline kept, the evidence is the strongest challenger's, not the returned program's.

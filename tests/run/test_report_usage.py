@@ -128,6 +128,8 @@ def test_a_resumed_run_s_card_counts_the_lm_calls_of_every_call(tmp_path: Path) 
     assert _card(page, "LM calls sent") == run_calls
     assert _total_row(page)[0] == result.usage.lm_calls
     assert f"the run sent {run_calls:,} LM calls in all" in page
+    # Hits are counted for the last call alone: beside the run's LM calls, the card says so.
+    assert _card(page, "Cache hits, last call") == result.usage.cache_hits
     # The Time card is the run's too (what max_time counts), not the last call's.
     assert result.spent["seconds"] > result.seconds
     assert f">{result.spent['seconds']:.0f} s<" in page
