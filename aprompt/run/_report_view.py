@@ -182,6 +182,10 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         proposals = dict(journal.entries("proposals", unreadable=unreadable))
         searched = dict(journal.entries(INSTRUCTIONS_KIND, unreadable=unreadable))
         final = latest("result")
+        if final is not None and journal.last_kind() != "result":
+            # A later call resumed the run after this result and has not returned (it runs, or was
+            # stopped): what it has journaled since is shown, not an earlier call's pick as the run's.
+            final = None
         examples = _examples(latest(EXAMPLES_KIND)) if final is not None else None
         in_flight = _series(latest(IN_FLIGHT_KIND))
         # Every run journals the prompts it started from; a run made from Python has no ORIGINAL_FILE.

@@ -174,6 +174,12 @@ class RunJournal:
             if self._db is not None and self._db.in_transaction:
                 self._execute("read", "ROLLBACK")  # it wrote nothing: ending it is all
 
+    def last_kind(self) -> str | None:
+        """The kind of the last record appended (``None``: the journal is empty). A call of a run that
+        finished wrote its ``result`` last."""
+        rows = self._execute("read", "SELECT kind FROM records ORDER BY seq DESC LIMIT 1")
+        return str(rows[0][0]) if rows else None
+
     def kinds(self) -> dict[str, int]:
         """Record counts by kind (for reports and ``aprompt show``)."""
         rows = self._execute("read", "SELECT kind, count(*) FROM records GROUP BY kind")

@@ -305,6 +305,29 @@ class ScreenedWorld(World):
         return reply
 
 
+def test_a_run_resumed_after_its_result_is_unfinished_until_the_resumed_call_returns(tmp_path: Path) -> None:
+    """Resumed with a higher limit after a limit stopped it, a run whose new call is killed (or still
+    runs) has trials past the earlier call's result: not that call's finished run and pick."""
+    first, _ = anyio.run(lambda: optimize_in_world(run_dir=tmp_path, limits=aprompt.Limits(max_lm_calls=250)))
+    assert first.stopped_by == "max_lm_calls"
+
+    async def resumed_and_killed() -> None:
+        with anyio.CancelScope() as scope:
+
+            def kill_at_the_third_new_trial(event: aprompt.Event) -> None:
+                if isinstance(event, aprompt.TrialScored) and event.number == len(first.trials) + 2:
+                    scope.cancel()
+
+            limits = aprompt.Limits(max_lm_calls=5000)
+            await optimize_in_world(run_dir=tmp_path, limits=limits, on_event=kill_at_the_third_new_trial)
+
+    anyio.run(resumed_and_killed)
+    view = load_run(tmp_path)
+    assert len(view.trials) > len(first.trials)
+    assert not view.finished and view.stopped_by is None and view.examples is None
+    assert "state: not finished (resume it with the same command);" in describe_run(view)
+
+
 def test_instructions_after_a_screened_out_proposal_are_shown_at_their_own_index(tmp_path: Path) -> None:
     """A proposal the screen drops is no candidate: those after it move up one index. Without the command
     line's result.json, the journal alone must tell each index's instruction, and the drop."""
