@@ -345,6 +345,29 @@ def test_instructions_after_a_screened_out_proposal_are_shown_at_their_own_index
     assert set(screened) <= set(view.dropped)
 
 
+class EscapingWorld(World):
+    """The world, with terminal control sequences in its wrong answers and its proposals."""
+
+    def __call__(self, request: ChatRequest) -> str:
+        reply = super().__call__(request)
+        if reply.startswith("Proposed instruction"):
+            return reply + "\x1b[2J"  # clears the screen
+        return reply.replace("no idea", "no idea\x1b]0;owned\x07")  # retitles the terminal
+
+
+def test_show_writes_the_control_characters_of_replies_and_proposals_as_escapes(tmp_path: Path) -> None:
+    async def main() -> aprompt.OptimizeResult:
+        async with FakeOpenAIServer(responder=EscapingWorld(), api_key=API_KEY) as server:
+            return await run_world(server.base_url, tmp_path, API_KEY)
+
+    result = anyio.run(main)
+    returned = aprompt.program_state(result.program)["predictors"].values()
+    assert result.failing_examples() and any("\x1b[2J" in p["instruction"] for p in returned)
+    text = describe_run(load_run(tmp_path))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "answer: no idea\\x1b]0;owned\\x07" in text and "\\x1b[2J" in text
+
+
 def test_the_baselines_empty_choice_is_named_not_left_blank(tmp_path: Path) -> None:
     """Before the search, the best program is the baseline, whose choice is empty: show and report
     say it is the program as written, never a blank."""
