@@ -26,7 +26,7 @@ from aprompt.executors import (
 from aprompt.executors.relay import LMReply, LMRequest, LMTable, RunRelay, run_relayed
 from aprompt.lm.cache import ResponseCache
 from aprompt.program.overrides import PromptOverride
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (
     SMALL_BUDGET,
@@ -40,6 +40,7 @@ from tests.optimize.qa_task import (
     system_of,
 )
 from tests.optimize.world import TwoStageProgram, World, examples, metric
+from tests.ray.programs import FallbackProgram
 
 pytestmark = pytest.mark.anyio
 
@@ -262,6 +263,28 @@ async def test_a_setup_fault_of_a_relayed_call_stops_the_run_as_it_does_in_proce
         group.cancel_scope.cancel()
     assert str(from_the_relay.value) == str(in_process.value)
     assert server.chat_requests == []
+
+
+async def test_a_relayed_program_catches_the_drivers_lm_error_by_its_type_as_in_process() -> None:
+    """The program answers a withheld reply itself (``except ContentFilteredError``): relayed, it must see
+    that error, type and attributes, and answer the same, not fail on a stand-in it does not catch."""
+    async with (
+        FakeOpenAIServer(responder=lambda _: Fault.content_filter(), api_key=TEST_API_KEY) as server,
+        lm_for(server, max_retries=0) as lm,
+        anyio.create_task_group() as group,
+    ):
+        loopback = LoopbackChannel()
+        group.start_soon(loopback.serve)
+        program = FallbackProgram()
+        in_process = await execute_run(program, ProgramRun("q1", {"question": "q?"}, PromptState(), lm))
+        lms = LMTable()
+        relay = RunRelay(lms)
+        run = ProgramRun("q1", {"question": "q?"}, PromptState(), lms.stand_in(lm))
+        relayed = await run_relayed(copy.deepcopy(program), run, loopback.for_run(relay), {})
+        outcome = relay.outcome(relayed, dict(aprompt.named_predictors(program)))
+        group.cancel_scope.cancel()
+    assert in_process.error is None and in_process.prediction.answer == "refused (content_filter)"
+    assert (outcome.error, outcome.prediction) == (None, in_process.prediction)
 
 
 class GroupedQAProgram(QAProgram):

@@ -20,15 +20,17 @@ The pieces, each usable by any executor that runs programs elsewhere:
   (:meth:`RunRelay.answer`) and turns the run's :class:`RelayedOutcome` into the
   :class:`~aprompt.executors.base.ProgramOutcome` the evaluation scores (:meth:`RunRelay.outcome`).
 
-A failure of the driver's call travels as a reference: the program sees a stand-in exception, and the
-outcome carries the original back (its type and message are those of the in-process run), so an LM
-failure still leaves its example unscored, and a spent run limit still stops the run.
+A failure of the driver's call travels as a reference: the program sees a copy of an LM error (its type and
+attributes, so a program that catches one kind of LM error behaves as in-process) or a stand-in exception,
+and the outcome carries the original back (its type and message are those of the in-process run), so an
+LM failure still leaves its example unscored, and a spent run limit still stops the run.
 """
 
 from __future__ import annotations
 
 import contextvars
 import itertools
+import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Protocol
@@ -95,6 +97,7 @@ class LMReply:
     ref: int = -1
     text: str = ""
     limit: str = ""
+    error: LMError | None = None  # a copy of the driver's LM error, for the program to raise, if it pickles
 
 
 class LMChannel(Protocol):
@@ -153,7 +156,9 @@ class RelayedLM:
         if reply.kind == "ok" and reply.completion is not None:
             return reply.completion
         if reply.kind == "lm_error":
-            raise RelayedLMError(reply.text, ref=reply.ref)
+            # The driver's own error when it travelled: a program catching one kind of LM error (a
+            # withheld reply, a rate limit) must see that kind here too, as it would in-process.
+            raise reply.error if reply.error is not None else RelayedLMError(reply.text, ref=reply.ref)
         if reply.kind == "limit":
             stop = LimitReached(reply.limit, reply.text)
             stop.relay_ref = reply.ref  # type: ignore[attr-defined]  # carried back by the outcome
@@ -356,7 +361,7 @@ def _relayed(outcome: ProgramOutcome, names: set[str], undiscovered: tuple[str, 
     cause = outcome.cause
     # The stand-in wherever the program left it: raised alone, in its own task group, or as a cause.
     failure = (lm_error_in(cause) or error_in(cause, RelayedError) or cause) if cause is not None else None
-    ref = failure.ref if isinstance(failure, RelayedLMError | RelayedError) else None
+    ref = failure.ref if isinstance(failure, RelayedLMError | RelayedError) else getattr(failure, _REF, None)
     return RelayedOutcome(
         outcome.prediction,
         outcome.error,
@@ -377,6 +382,21 @@ def _relayed_stop(exc: BaseException) -> int | None:
             if (found := _relayed_stop(inner)) is not None:
                 return found
     return None
+
+
+#: The attribute naming, on a copy of one of the driver's LM errors, the original (see RunRelay.answer).
+_REF = "relay_ref"
+
+
+def _travelling_copy(error: LMError, ref: int) -> LMError | None:
+    """A copy of ``error`` that pickles, marked with ``ref``; ``None`` if it does not survive pickling (a
+    user's error class holding what cannot travel): the program then sees a :class:`RelayedLMError`."""
+    try:
+        copied: LMError = pickle.loads(pickle.dumps(error))
+    except Exception:
+        return None
+    setattr(copied, _REF, ref)
+    return copied
 
 
 class RunRelay:
@@ -401,7 +421,8 @@ class RunRelay:
         except LimitReached as stop:
             return LMReply("limit", ref=self._keep(stop), text=str(stop), limit=stop.limit)
         except LMError as exc:
-            return LMReply("lm_error", ref=self._keep(exc), text=str(exc))
+            ref = self._keep(exc)
+            return LMReply("lm_error", ref=ref, text=str(exc), error=_travelling_copy(exc, ref))
         except ConfigError as exc:  # a setup fault no candidate can fix, never a wrong answer to score
             return LMReply("config", text=str(exc))
         except Exception as exc:

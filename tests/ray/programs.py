@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 
-from aprompt import OpenAICompatibleLM, Predict, Prediction
+from aprompt import ContentFilteredError, OpenAICompatibleLM, Predict, Prediction
 
 #: A module-level predictor: a function program's workers use their own import of it.
 ANSWER = Predict("question -> answer", instruction="Answer the question.")
@@ -91,3 +91,16 @@ class LazyAnswerProgram:
     async def __call__(self, question: str) -> object:
         prediction = await self.answer(question=question)
         return (value for value in [prediction])
+
+
+class FallbackProgram:
+    """One predictor; a reply the provider's filter withheld is answered with the filter's own reason."""
+
+    def __init__(self) -> None:
+        self.answer = Predict("question -> answer", instruction="Answer the question.")
+
+    async def __call__(self, question: str) -> Prediction:
+        try:
+            return await self.answer(question=question)
+        except ContentFilteredError as refused:
+            return Prediction({"answer": f"refused ({refused.finish_reason})"})

@@ -51,6 +51,7 @@ from tests.ray.programs import (
     ANSWER,
     CHECK,
     DRAFT,
+    FallbackProgram,
     LazyAnswerProgram,
     PausingProgram,
     SleepingProgram,
@@ -257,6 +258,20 @@ async def test_a_filtered_reply_on_ray_is_the_prompts_failure_as_in_process(
     assert outcome_of(there) == outcome_of(here)
     assert there.n_unscored == 0 and there.results[1].score == 0.0 and not there.results[1].lm_failure
     assert there.results[1].error is not None and there.results[1].error.startswith("ContentFilteredError")
+
+
+async def test_a_program_on_ray_catches_the_drivers_lm_error_by_its_type_as_in_process(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    def refuse_item_2(request: Any) -> Any:
+        return Fault.content_filter() if "item-2?" in request.last_user else answers(request)
+
+    fake_server.responder = refuse_item_2
+    async with lm_for(fake_server, max_retries=0) as lm:
+        here = await evaluate(FallbackProgram(), qa_examples(1, 4), exact_match, lm=lm)
+        there = await evaluate(FallbackProgram(), qa_examples(1, 4), exact_match, lm=lm, executor=executor)
+    assert outcome_of(there) == outcome_of(here)
+    assert there.errors == {} and there.results[1].prediction.answer == "refused (content_filter)"
 
 
 async def test_an_executor_used_unopened_is_a_config_error(fake_server: FakeOpenAIServer) -> None:
