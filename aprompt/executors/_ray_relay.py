@@ -19,7 +19,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aprompt.executors.base import ProgramRun
-from aprompt.executors.relay import LMReply, LMRequest, LMTable, RelayedLM, RelayedOutcome, run_relayed
+from aprompt.executors.relay import (
+    LMReply,
+    LMRequest,
+    LMTable,
+    PredictorSettings,
+    RelayedLM,
+    RelayedOutcome,
+    run_relayed,
+)
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
 
@@ -155,6 +163,7 @@ class _WorkerActor:
         run_id: int,
         run: ProgramRun,
         own_lms: Mapping[str, RelayedLM | None],
+        settings: Mapping[str, PredictorSettings],
     ) -> RelayedOutcome:
         program = self._programs.get(key)
         if program is None:
@@ -169,7 +178,7 @@ class _WorkerActor:
             self._programs[key] = program
             while len(self._programs) > 8:
                 self._programs.popitem(last=False)
-        outcome = await run_relayed(program, run, _ActorChannel(relay, run_id), own_lms)
+        outcome = await run_relayed(program, run, _ActorChannel(relay, run_id), own_lms, settings)
         try:
             # Ray would fail to send it back only after this returns, as an error of no run: found here,
             # it is the setup fault it is (the program returns what cannot travel).

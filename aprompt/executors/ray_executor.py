@@ -9,7 +9,8 @@ How it works (see ``docs/scaling.md`` for the why):
 * Each program run is one call of a worker actor (``workers`` async actors, ``runs_per_worker`` runs at
   once each) carrying the run's :class:`~aprompt.program.overrides.PromptState` — the prompts of every
   predictor by name — which the worker applies to its own copy, and the key of each predictor's own LM
-  (that of the driver's predictor), so a module-level predictor with ``lm=`` calls the driver's client.
+  (that of the driver's predictor) and its sampling parameters, so a module-level predictor with ``lm=``
+  calls the driver's client, as the driver's predictor is set now.
 * Each LM call of a remote run goes to a relay actor; the evaluating task of the driver takes it from
   there, makes it with the driver's real client (limiter, cache, meter, usage) and puts the reply back.
 * A worker process that dies is restarted by Ray and its runs are sent again (``retries``); a run is
@@ -37,7 +38,7 @@ from aprompt._errors import ConfigError, OptimizationError
 from aprompt.executors._ray_cluster import Worker, gist, kill_actors, release_ray, start_actors
 from aprompt.executors._ray_relay import dump_program
 from aprompt.executors.base import ProgramOutcome, ProgramRun
-from aprompt.executors.relay import LMRequest, LMTable, RunRelay
+from aprompt.executors.relay import LMRequest, LMTable, RunRelay, predictor_settings
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
 from aprompt.program.predictor import Predict
@@ -191,14 +192,17 @@ class RayExecutor:
             state=run.state.completed(shipped.predictors),
             lm=self._lms.stand_in(default_lm) if default_lm is not None else None,
         )
-        # Read per run, like the prompts: the LM each driver's predictor holds now.
+        # Read per run, like the prompts: the LM and sampling parameters each driver's predictor holds now.
         own_lms = self._lms.own_lms(shipped.predictors)
+        settings = predictor_settings(shipped.predictors)
         relay = RunRelay(self._lms)
         run_id = next(self._ids)
         async with self._slots:
             worker = min(workers, key=lambda w: w.busy)
             try:
-                ref = worker.handle.run.remote(shipped.box, shipped.key, self._relay, run_id, remote, own_lms)
+                ref = worker.handle.run.remote(
+                    shipped.box, shipped.key, self._relay, run_id, remote, own_lms, settings
+                )
             except TypeError as exc:  # Ray pickles the run here
                 raise ConfigError(
                     f"the program run of example {run.example_id!r} cannot be sent to a Ray worker: its "

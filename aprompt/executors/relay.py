@@ -62,9 +62,11 @@ __all__ = [
     "LMReply",
     "LMRequest",
     "LMTable",
+    "PredictorSettings",
     "RelayedLM",
     "RelayedOutcome",
     "RunRelay",
+    "predictor_settings",
     "run_relayed",
 ]
 
@@ -251,6 +253,17 @@ class _PredictorLM:
         return f"_PredictorLM({self._name})"
 
 
+#: A predictor's settings other than its prompts and LM: its sampling parameters and parse retries.
+PredictorSettings = tuple[dict[str, Any], int]
+
+
+def predictor_settings(predictors: Iterable[tuple[str, Predict]]) -> dict[str, PredictorSettings]:
+    """Each predictor's :data:`PredictorSettings`, by predictor name: what :func:`run_relayed` gives the
+    remote copies of these predictors, so that they call the LM as the driver's own would now (the worker's
+    copy was made once, or, for a module-level predictor, by the worker's own import)."""
+    return {name: (dict(p.lm_params), p.max_parse_retries) for name, p in predictors}
+
+
 def _route_own_lms(
     predictors: Iterable[tuple[str, Predict]], own_lms: Mapping[str, RelayedLM | None]
 ) -> dict[int, RelayedLM | None]:
@@ -310,13 +323,15 @@ async def run_relayed(
     run: ProgramRun,
     channel: LMChannel,
     own_lms: Mapping[str, RelayedLM | None] | None = None,
+    settings: Mapping[str, PredictorSettings] | None = None,
 ) -> RelayedOutcome:
     """Run ``program`` once here (see :func:`~aprompt.executors.base.execute_run`), its LM calls going
     through ``channel``: ``run.lm`` and the program's own LMs must be :class:`RelayedLM` stand-ins.
 
     ``own_lms`` (from :meth:`LMTable.own_lms` of the driver's copy of the program) names each
     predictor's own LM for this run; each predictor it names then calls that LM (or, for ``None``, the
-    run's default) whatever LM this copy of the predictor was created with.
+    run's default) whatever LM this copy of the predictor was created with; ``settings`` (from
+    :func:`predictor_settings` of the driver's copy) give each predictor it names those settings.
     """
     direct = _DirectCalls()
     token = _CHANNEL.set(channel)
@@ -324,6 +339,10 @@ async def run_relayed(
     try:
         predictors = named_predictors(program)
         _OWN_LMS.set(_route_own_lms(predictors, own_lms) if own_lms is not None else {})
+        for name, predictor in predictors:
+            if settings is not None and name in settings:
+                params, parse_retries = settings[name]
+                predictor.lm_params, predictor.max_parse_retries = dict(params), parse_retries
         with watch_predictors(predictors) as watch, metering(direct):
             outcome = await execute_run(program, run)
     except ConfigError as exc:

@@ -312,6 +312,23 @@ async def test_module_level_predictors_with_their_own_lms_call_the_drivers_clien
     assert draft_server.max_in_flight == 1
 
 
+async def test_a_module_level_predictors_sampling_parameters_set_on_the_driver_reach_its_runs_on_ray(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    imported = dict(ANSWER.lm_params)
+    ANSWER.lm_params["temperature"] = 0.25  # after the workers' own import of the predictor
+    try:
+        async with lm_for(fake_server) as lm:
+            here = await evaluate(answer_question, qa_examples(1, 3), exact_match, lm=lm)
+            there = await evaluate(answer_question, qa_examples(1, 3), exact_match, lm=lm, executor=executor)
+    finally:
+        ANSWER.lm_params = imported
+    assert outcome_of(there) == outcome_of(here)
+    bodies = [r.body or {} for r in fake_server.chat_requests]
+    assert [body.get("temperature") for body in bodies] == [0.25] * 4
+
+
 async def test_on_ray_a_known_rate_limit_holds_across_the_whole_cluster_with_no_429(
     fake_server: FakeOpenAIServer, executor: RayExecutor
 ) -> None:
