@@ -178,8 +178,8 @@ class RayExecutor:
 
         Raises:
             WorkerLostError: the run's worker died more than ``retries`` times.
-            ConfigError: the program, the run or its result cannot be pickled, the program cannot be
-                loaded on a worker, or it calls an LM the driver does not hold (see
+            ConfigError: the program, the run or its result cannot be pickled, the program or the run
+                cannot be loaded on a worker, or it calls an LM the driver does not hold (see
                 :func:`~aprompt.executors.relay.run_relayed`).
         """
         workers = self._require_open()
@@ -265,6 +265,18 @@ async def _result(ref: Any, *, program_run: str | None = None) -> Any:
     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
         where = f"program run of example {program_run!r}" if program_run else "relay"
         raise WorkerLostError(f"the {where} was lost: its Ray worker died ({type(exc).__name__})") from exc
+    except ray.exceptions.RayTaskError as exc:
+        if program_run is None:
+            raise
+        # The worker could not take the run (its inputs or demos name a module it cannot import): every
+        # run like it fails alike, a setup fault, not Ray's own error.
+        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+        raise ConfigError(
+            f"the program run of example {program_run!r} could not be loaded on a Ray worker "
+            f"({gist(cause)}); its inputs and demos must load where it runs: make the modules of their "
+            "types importable on every node (install them, or pass "
+            "init_options={'runtime_env': {'working_dir': ...}})"
+        ) from exc
 
 
 def _threadsafe(action: Callable[[], None]) -> Callable[[], None]:

@@ -4,6 +4,7 @@ killed worker process retried, cancellation reaching the workers."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -455,6 +456,19 @@ async def test_a_program_or_inputs_that_cannot_be_pickled_are_a_config_error_nam
         with pytest.raises(ConfigError, match="example 'locked' cannot be sent to a Ray worker"):
             await evaluate(QAProgram(), locked, exact_match, lm=lm, executor=executor)
         assert [w.busy for w in executor._workers] == [0, 0]  # the refused run holds no worker
+    assert fake_server.chat_requests == []
+
+
+async def test_inputs_a_worker_cannot_load_are_a_config_error_naming_the_example(
+    fake_server: FakeOpenAIServer, executor: RayExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "driver_only_types.py").write_text("class Question(str):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the driver's path only: the workers cannot import it
+    question = importlib.import_module("driver_only_types").Question("What is the answer for item-1?")
+    examples = [Example(inputs={"question": question}, labels={"answer": "ans-1"}, id="q1")]
+    async with lm_for(fake_server) as lm:
+        with pytest.raises(ConfigError, match=r"'q1' could not be loaded.*No module named 'driver_only"):
+            await evaluate(QAProgram(), examples, exact_match, lm=lm, executor=executor)
     assert fake_server.chat_requests == []
 
 
