@@ -253,6 +253,22 @@ class RayExecutor:
         return f"RayExecutor(address={self.address!r}, workers={len(self._workers) or self._n_workers})"
 
 
+#: Ray's errors for a run lost with its worker (killed, out of memory), its node or a stored object it
+#: needed: what the docs promise as :class:`WorkerLostError`, never Ray's own error.
+_LOST: tuple[type[BaseException], ...] = (
+    (
+        ray.exceptions.RayActorError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.OutOfMemoryError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.LocalRayletDiedError,
+        ray.exceptions.ObjectLostError,
+    )
+    if ray is not None
+    else ()
+)
+
+
 async def _result(ref: Any, *, program_run: str | None = None) -> Any:
     """Await a Ray object reference on any anyio backend (Ray's own ``await ref`` needs asyncio)."""
     future = ref.future()
@@ -262,9 +278,11 @@ async def _result(ref: Any, *, program_run: str | None = None) -> Any:
     await done.wait()
     try:
         return future.result()
-    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+    except _LOST as exc:
         where = f"program run of example {program_run!r}" if program_run else "relay"
-        raise WorkerLostError(f"the {where} was lost: its Ray worker died ({type(exc).__name__})") from exc
+        raise WorkerLostError(
+            f"the {where} was lost: its Ray worker, node or stored object died ({type(exc).__name__})"
+        ) from exc
     except ray.exceptions.RayTaskError as exc:
         if program_run is None:
             raise
