@@ -21,6 +21,8 @@ from aprompt.program.state import json_object, load_state, program_state, refuse
 
 RESULT_FORMAT = "aprompt-result"
 RESULT_VERSION = 1
+#: The key of a result file saved without its prompts, telling why (see :meth:`OptimizeResult.save`).
+_NO_STATE = "state_not_saved"
 
 #: The program type: ``optimize(program: P, ...)`` gives an ``OptimizeResult[P]``, whose ``program`` is a P.
 P = TypeVar("P")
@@ -98,7 +100,16 @@ class OptimizeResult(Generic[P]):
         return total
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON: the optimized prompts plus the whole run record."""
+        """Plain JSON: the optimized prompts plus the whole run record.
+
+        Raises:
+            StateError: a demo of the prompts holds a value JSON cannot keep as the prompt shows it (a
+                ``datetime``, an enum member); :meth:`save` then keeps the run record without them.
+        """
+        return {**self._record(), "state": program_state(self.program)}
+
+    def _record(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the prompts (``"state"``)."""
         return {
             "format": RESULT_FORMAT,
             "version": RESULT_VERSION,
@@ -107,7 +118,6 @@ class OptimizeResult(Generic[P]):
             "score": self.score,
             "baseline_score": self.baseline_score,
             "best_choice": dict(self.best_choice),
-            "state": program_state(self.program),
             "trials": [attrs.asdict(t) for t in self.trials],
             "full_evals": [attrs.asdict(f) for f in self.full_evals],
             "confirmations": [attrs.asdict(c) for c in self.confirmations],
@@ -127,9 +137,29 @@ class OptimizeResult(Generic[P]):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON (atomically: a crash or another save of the same path never leaves
-        half a file), creating its folder if missing."""
+        half a file), creating its folder if missing.
+
+        Raises:
+            StateError: the prompts cannot be saved (a demo holds a value JSON cannot keep as the prompt
+                shows it, such as a ``datetime`` or an enum member). The run record (scores, trials,
+                candidates, per-example outputs) is written to ``path`` all the same, without the prompts,
+                so that a paid run is not lost; the error says so, and loading the file says why it holds
+                no prompts.
+        """
         target = Path(path)
-        write_text_atomically(target, json_text(self.to_dict(), default=str))
+        try:
+            data = self.to_dict()
+        except StateError as exc:
+            problem = str(exc)
+            write_text_atomically(
+                target, json_text({**self._record(), "state": None, _NO_STATE: problem}, default=str)
+            )
+            raise StateError(
+                f"{problem}; the run record was saved to {target} without the optimized prompts. The "
+                "program returned holds them: pass the examples plain values (text, numbers; an enum "
+                "member's .value) to save them"
+            ) from None
+        write_text_atomically(target, json_text(data, default=str))
         return target
 
     def failing_examples(self, below: float = PASS_SCORE) -> list[ExampleRow]:
@@ -172,6 +202,10 @@ def load(program: P, path: str | os.PathLike[str]) -> P:
                 f"{path}: result version {version!r} "
                 + ("was written by a newer aprompt: upgrade aprompt to load it" if newer else "is unknown")
                 + f" (this one reads version {RESULT_VERSION})"
+            )
+        if data.get("state") is None and isinstance(data.get(_NO_STATE), str):
+            raise StateError(
+                f"{path} holds a run record without its prompts, which could not be saved: {data[_NO_STATE]}"
             )
         data = data.get("state")
     refuse_keys_given_twice(data, str(path))  # in the prompts: the run record's outputs are the program's

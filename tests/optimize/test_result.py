@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import subprocess
@@ -53,6 +54,23 @@ def test_a_result_whose_prompts_hold_a_lone_surrogate_saves_and_loads_exactly(
     program.answer.instruction = "Give the caf\udce9 answer."
     path = attrs.evolve(result, program=program).save(tmp_path / "optimized.json")
     assert prompts_of(aprompt.load(TwoStageProgram(), path)) == prompts_of(program)
+
+
+def test_a_result_whose_demos_json_cannot_keep_saves_its_run_record_and_says_so(
+    run: Run, tmp_path: Path
+) -> None:
+    result, _ = run
+    program = copy.deepcopy(result.program)
+    program.answer.demos = [{"question": "q", "code": datetime.date(2024, 5, 1), "answer": "a"}]
+    path = tmp_path / "optimized.json"
+    with pytest.raises(aprompt.StateError, match=r"answer\.demos\[0\]\.code.*run record was saved"):
+        attrs.evolve(result, program=program).save(path)
+    data = json.loads(path.read_text())
+    assert data["state"] is None
+    assert data["trials"] == json.loads(json.dumps([attrs.asdict(t) for t in result.trials], default=str))
+    assert data["score"] == result.score
+    with pytest.raises(aprompt.StateError, match=r"without its prompts.*date value cannot be saved"):
+        aprompt.load(TwoStageProgram(), path)
 
 
 def test_the_saved_json_holds_the_run_record(run: Run, tmp_path: Path) -> None:
