@@ -171,6 +171,22 @@ def _check_shown_alike(
                 )
 
 
+def unsaved_demo_value(signature: Signature, name: str, value: Any) -> str | None:
+    """Why ``value``, shown as the field ``name`` of a demo of ``signature``, could not be saved by
+    :func:`program_state` (JSON cannot hold it, or would load it back shown otherwise); ``None`` when it
+    can."""
+    try:
+        plain = _json_value(value, name)
+    except StateError as exc:
+        return str(exc)
+    shown, loaded = _shown(signature, name, value), _shown(signature, name, plain)
+    if shown != loaded:
+        return (
+            f"{name}: the prompt shows {value!r} as {shown!r}, but saved as JSON it would show as {loaded!r}"
+        )
+    return None
+
+
 def _shown(signature: Signature, name: str, value: Any) -> str:
     """How the prompt shows ``value`` of the field ``name`` (as the adapter renders demos)."""
     if name in signature.input_names:

@@ -5,6 +5,9 @@ collide are each a ``ConfigError`` naming the argument and the value, and the se
 
 from __future__ import annotations
 
+import datetime
+import enum
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,9 @@ import aprompt
 from aprompt import Example, Predict
 from aprompt._optimize.arguments import check_metric_on_labels
 from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import lm_for
-from tests.optimize.world import TwoStageProgram, examples, metric
+from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
 
@@ -210,3 +214,51 @@ def test_text_with_a_lone_surrogate_is_refused_naming_where_it_is(
         aprompt.Example(inputs, labels)
     assert where in str(refused.value)
     aprompt.Example({"question": "café?"}, {"answer": "\U0001f600"})  # real non-ASCII text is fine
+
+
+class Shelf(enum.Enum):
+    TOP = "code-top"
+
+
+class Before(logging.Handler):
+    """Keeps each aprompt warning with the number of chat requests the server had seen when it came."""
+
+    def __init__(self, server: FakeOpenAIServer) -> None:
+        super().__init__(logging.WARNING)
+        self.server = server
+        self.seen: list[tuple[str, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.getMessage(), len(self.server.chat_requests)))
+
+
+async def test_training_values_a_saved_result_cannot_keep_are_warned_of_before_any_lm_call(
+    tmp_path: Path,
+) -> None:
+    # A label the extract stage shows (its output `code`) as an enum member becomes a labeled demo that
+    # result.save() cannot keep; a datetime no predictor shows never becomes a demo.
+    trainset = [
+        Example(
+            inputs=e.inputs,
+            labels={**e.labels, "asked": datetime.date(2024, 1, 1), **({"code": Shelf.TOP} if i < 5 else {})},
+            id=f"row-{i}",
+        )
+        for i, e in enumerate(examples(0, 20))
+    ]
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        watch = Before(server)
+        logging.getLogger("aprompt").addHandler(watch)
+        try:
+            await aprompt.optimize(
+                TwoStageProgram(), trainset, metric, lm=lm, budget=TINY_BUDGET, valset=examples(20, 30)
+            )
+        finally:
+            logging.getLogger("aprompt").removeHandler(watch)
+    warned = [(message, calls) for message, calls in watch.seen if "result.save()" in message]
+    assert len(warned) == 1
+    message, calls = warned[0]
+    assert calls == 0
+    assert message.startswith("aprompt: 5 training example(s)")
+    assert "example 'row-0', code: a Shelf value" in message
+    assert "and 2 more" in message
+    assert "asked" not in message
