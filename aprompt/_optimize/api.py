@@ -15,7 +15,7 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt._optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
 from aprompt._optimize.budget import Budget, resolve_budget
-from aprompt._optimize.data_warnings import warn_unsaved_demo_values
+from aprompt._optimize.data_warnings import warn_missing_labels, warn_unsaved_demo_values
 from aprompt._optimize.evaluate import Metric, RunMetric, check_inputs
 from aprompt._optimize.events import EventCallback
 from aprompt._optimize.examples import Example, apart_from, as_examples, check_disjoint, inputs_key
@@ -247,6 +247,7 @@ async def optimize(
     check_metric(metric)
     await check_metric_on_labels(metric, [*val, *train])
     warn_unsaved_demo_values(predictors, train)
+    warn_missing_labels(predictors, val)
     default_lm = lm if lm is not None else current_lm()
     if default_lm is None and any(p.lm is None for _, p in predictors):
         raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")

@@ -6,18 +6,30 @@ Each is logged at WARNING before any LM call, not refused: the run itself is sou
   custom object) in a field a predictor shows: a demo made from it makes
   :meth:`~aprompt.OptimizeResult.save` keep the run record without the optimized prompts. A user who never
   saves, or whose program turns the value into text before a predictor sees it, may go on.
+- A validation example whose label is ``None``, NaN or blank text (a missing value of a data frame's row
+  or a CSV's cell): no prediction matches it, so it scores 0 on every candidate, lowering every score
+  alike without a word. Blank text is not warned of where it is a plausible answer: a predictor's output
+  field of that name lists it among its choices (``Literal["", ...]``), or it is the label of at least
+  :data:`PLAUSIBLE_BLANK_SHARE` of the validation examples that have the field (a task whose answer is
+  often "nothing").
 
 Example::
 
     warn_unsaved_demo_values(predictors, train)
+    warn_missing_labels(predictors, val)
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import typing
+from collections import Counter
 from collections.abc import Sequence
 
 from aprompt._optimize.examples import Example
+from aprompt.program.fields import is_literal
 from aprompt.program.predictor import Predict
 from aprompt.program.state import unsaved_demo_value
 
@@ -25,6 +37,9 @@ logger = logging.getLogger("aprompt")
 
 #: How many examples a warning names.
 SHOWN = 3
+
+#: The share of a field's validation labels that blank text must reach to be taken as a meant answer.
+PLAUSIBLE_BLANK_SHARE = 0.2
 
 
 def warn_unsaved_demo_values(predictors: Sequence[tuple[str, Predict]], train: Sequence[Example]) -> None:
@@ -59,3 +74,48 @@ def _first_problem(predictors: Sequence[tuple[str, Predict]], example: Example) 
             ):
                 return problem
     return None
+
+
+def warn_missing_labels(predictors: Sequence[tuple[str, Predict]], val: Sequence[Example]) -> None:
+    """Log a warning naming how many validation examples have a label that is ``None``, NaN or blank
+    text (where blank text is no plausible answer), and the first :data:`SHOWN` of them."""
+    blank_meant = _blank_meant(predictors, val)
+    found: list[str] = []
+    for example in val:
+        missing = [
+            name
+            for name, value in example.labels.items()
+            if _missing(value) or (_blank(value) and name not in blank_meant)
+        ]
+        if missing:
+            found.append(f"{example.id!r} ({', '.join(missing)})")
+    if not found:
+        return
+    more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
+    logger.warning(
+        "aprompt: %d validation example(s) have a label that is None, NaN or empty (%s%s): no answer "
+        "matches it, so each scores 0 on every candidate; fill in or remove those labels",
+        len(found),
+        ", ".join(found[:SHOWN]),
+        more,
+    )
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
+
+
+def _blank(value: object) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+def _blank_meant(predictors: Sequence[tuple[str, Predict]], val: Sequence[Example]) -> set[str]:
+    """The label fields whose blank text is a plausible answer (see the module's docstring)."""
+    having = Counter(name for example in val for name in example.labels)
+    blank = Counter(name for example in val for name, value in example.labels.items() if _blank(value))
+    meant = {name for name, count in blank.items() if count >= PLAUSIBLE_BLANK_SHARE * having[name]}
+    for _, predictor in predictors:
+        for field in predictor.signature.fields:
+            if is_literal(field.annotation) and any(_blank(c) for c in typing.get_args(field.annotation)):
+                meant.add(field.name)
+    return meant

@@ -7,6 +7,7 @@ was started in the run's ``run_dir``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import socket
 from collections.abc import Iterator
@@ -341,3 +342,69 @@ def test_an_infinite_limit_is_refused_naming_it_none_is_no_limit(field: str) -> 
     with pytest.raises(aprompt.ConfigError, match=rf"{field} must be .*or None \(no limit\); got inf"):
         aprompt.Limits(**{field: math.inf})
     assert getattr(aprompt.Limits(**{field: None}), field) is None
+
+
+class _Stop(Exception):
+    """Raised by the first progress event: the run's plan is told before any LM call."""
+
+
+def _stop(event: object) -> None:
+    raise _Stop
+
+
+async def warnings_up_front(server: FakeOpenAIServer, valset: list[aprompt.Example]) -> list[str]:
+    """The aprompt warnings an optimization logs before its first LM call (stopped at its plan)."""
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            assert server.chat_requests == []
+            seen.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger("aprompt").addHandler(handler)
+    try:
+        async with OpenAICompatibleLM("fake-model", server.base_url, api_key=TEST_API_KEY) as lm:
+            with pytest.raises(_Stop):
+                await aprompt.optimize(
+                    TwoStageProgram(), examples(0, 20), metric, lm=lm, valset=valset, on_event=_stop
+                )
+    finally:
+        logging.getLogger("aprompt").removeHandler(handler)
+    assert server.chat_requests == []
+    return seen
+
+
+def with_answer(example: aprompt.Example, answer: object, id: str) -> aprompt.Example:
+    return aprompt.Example(example.inputs, {**example.labels, "answer": answer}, id=id)
+
+
+async def test_validation_labels_that_are_none_nan_or_blank_are_warned_of_before_any_lm_call(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # No answer matches such a label: each example scores 0 on every candidate, without a word.
+    odd = [(None, "none-1"), (math.nan, "nan-1"), ("", "blank-1"), ("  ", "blank-2")]
+    valset = [
+        *(with_answer(e, answer, id) for e, (answer, id) in zip(examples(100, 104), odd, strict=True)),
+        *examples(104, 120),
+    ]
+    warned = [m for m in await warnings_up_front(fake_server, valset) if "validation example" in m]
+    assert len(warned) == 1
+    assert warned[0].startswith("aprompt: 4 validation example(s) have a label that is None, NaN or empty")
+    assert "'none-1' (answer), 'nan-1' (answer), 'blank-1' (answer) and 1 more" in warned[0]
+
+
+async def test_blank_labels_a_fifth_of_the_valset_shares_are_taken_as_meant(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # A task whose answer is often "nothing" (an extraction finding none): blank is an answer there, and
+    # only the label that is None is warned of.
+    valset = [
+        *(with_answer(e, "", f"none-found-{i}") for i, e in enumerate(examples(100, 104))),
+        with_answer(examples(104, 105)[0], None, "none-1"),
+        *examples(105, 120),
+    ]
+    warned = [m for m in await warnings_up_front(fake_server, valset) if "validation example" in m]
+    assert len(warned) == 1
+    assert "aprompt: 1 validation example(s)" in warned[0]
+    assert "('none-1' (answer))" in warned[0]
