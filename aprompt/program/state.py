@@ -14,6 +14,7 @@ from aprompt.program._coerce import format_input, format_output
 from aprompt.program.discovery import named_predictors
 from aprompt.program.predictor import check_demo_fields, check_state
 from aprompt.program.signature import Signature
+from aprompt.run.identity import stable_order
 
 __all__ = ["STATE_VERSION", "load_state", "load_state_file", "program_state", "save_state"]
 
@@ -195,8 +196,9 @@ def _shown(signature: Signature, name: str, value: Any) -> str:
 
 
 def _json_value(value: Any, where: str) -> Any:
-    """A deep copy of ``value`` in plain JSON types (tuples become lists, an enum member or other subclass
-    of str, int or float its plain value, as loading gives it back); StateError otherwise."""
+    """A deep copy of ``value`` in plain JSON types (tuples become lists, sets lists in the order the
+    prompt shows them, an enum member or other subclass of str, int or float its plain value, as loading
+    gives it back); StateError otherwise."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -209,6 +211,8 @@ def _json_value(value: Any, where: str) -> Any:
         return float(value)
     if isinstance(value, list | tuple):
         return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, set | frozenset):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(stable_order(value))]
     if isinstance(value, Mapping):
         if not all(isinstance(k, str) for k in value):
             raise StateError(f"{where}: object keys must be strings")

@@ -109,6 +109,21 @@ def test_tuple_values_are_saved_as_lists() -> None:
     assert program_state(program)["predictors"]["steps.0"]["demos"][0]["context"] == ["a"]
 
 
+def test_set_values_are_saved_as_the_lists_the_prompt_shows() -> None:
+    """A set input (tags, allowed answers) is shown as a list in an order the same in every process:
+    saved as that list, the loaded program sends the same prompts."""
+    program = Program()
+    program.steps[0].demos = [{"question": {"b", "a", "c"}, "context": frozenset({"y", "x"}), "answer": 1}]
+    state = program_state(program)
+    fresh = Program()
+    load_state(fresh, json.loads(json.dumps(state)))
+    inputs = {"question": "q", "context": ["c"]}
+    assert format_messages(fresh.steps[0].signature, inputs, demos=fresh.steps[0].demos) == format_messages(
+        program.steps[0].signature, inputs, demos=program.steps[0].demos
+    )
+    assert state["predictors"]["steps.0"]["demos"][0]["context"] == ["x", "y"]
+
+
 def test_a_value_json_cannot_hold_is_a_state_error() -> None:
     program = Program()
     program.classify.demos = [{"text": object(), "label": "ham"}]
