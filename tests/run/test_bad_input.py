@@ -352,7 +352,9 @@ def _stop(event: object) -> None:
     raise _Stop
 
 
-async def warnings_up_front(server: FakeOpenAIServer, valset: list[aprompt.Example]) -> list[str]:
+async def warnings_up_front(
+    server: FakeOpenAIServer, valset: list[aprompt.Example], program: object | None = None
+) -> list[str]:
     """The aprompt warnings an optimization logs before its first LM call (stopped at its plan)."""
     seen: list[str] = []
 
@@ -367,7 +369,12 @@ async def warnings_up_front(server: FakeOpenAIServer, valset: list[aprompt.Examp
         async with OpenAICompatibleLM("fake-model", server.base_url, api_key=TEST_API_KEY) as lm:
             with pytest.raises(_Stop):
                 await aprompt.optimize(
-                    TwoStageProgram(), examples(0, 20), metric, lm=lm, valset=valset, on_event=_stop
+                    program or TwoStageProgram(),
+                    examples(0, 20),
+                    metric,
+                    lm=lm,
+                    valset=valset,
+                    on_event=_stop,
                 )
     finally:
         logging.getLogger("aprompt").removeHandler(handler)
@@ -407,4 +414,25 @@ async def test_blank_labels_a_fifth_of_the_valset_shares_are_taken_as_meant(
     warned = [m for m in await warnings_up_front(fake_server, valset) if "validation example" in m]
     assert len(warned) == 1
     assert "aprompt: 1 validation example(s)" in warned[0]
+    assert "('none-1' (answer))" in warned[0]
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.check = aprompt.Predict("question -> answer: Literal['', 'yes', 'no']")
+
+    async def __call__(self, question: str) -> Any:
+        return await self.check(question=question)
+
+
+async def test_a_blank_label_an_output_field_lists_as_a_choice_is_taken_as_meant(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    valset = [
+        with_answer(examples(100, 101)[0], "", "blank-1"),
+        with_answer(examples(101, 102)[0], None, "none-1"),
+        *examples(102, 120),
+    ]
+    warned = [m for m in await warnings_up_front(fake_server, valset, Checker()) if "validation" in m]
+    assert len(warned) == 1
     assert "('none-1' (answer))" in warned[0]
