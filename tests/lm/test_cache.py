@@ -165,6 +165,15 @@ def test_request_key_rejects_params_without_a_json_form() -> None:
         base_key(params={"temperature": float("nan")})
 
 
+def test_request_key_takes_dict_keys_of_mixed_types_as_their_json_form() -> None:
+    # JSON writes every key as a string, so this logit_bias is sent as {"1": 2, "50": -1}: the same key.
+    mixed = base_key(params={**PARAMS, "logit_bias": {"50": -1, 1: 2}})
+    assert mixed == base_key(params={**PARAMS, "logit_bias": {"1": 2, "50": -1}})
+    assert mixed != base_key(params={**PARAMS, "logit_bias": {"1": 2, "50": -2}})
+    with pytest.raises(ConfigError, match="cannot build a cache key"):
+        base_key(params={"logit_bias": {(1, 2): 3}})
+
+
 # --- MemoryCache --------------------------------------------------------------------------------
 
 

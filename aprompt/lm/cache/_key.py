@@ -48,19 +48,28 @@ def request_key(
         namespace,
     ]
     try:
-        encoded = json.dumps(
-            payload,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_reject_unserializable,
-        )
+        try:
+            encoded = _canonical_json(payload)
+        except TypeError:
+            # A dict whose keys mix types ({1: ..., "2": ...}, as a logit_bias may) cannot be sorted; JSON
+            # writes every key as a string, so the request sent is the one its JSON form makes.
+            encoded = _canonical_json(json.loads(_canonical_json(payload, sort_keys=False)))
     except ConfigError:
         raise
-    except ValueError as exc:  # NaN or infinity: no canonical JSON form
+    except (TypeError, ValueError) as exc:  # NaN or infinity, a key of no JSON form: no canonical JSON
         raise ConfigError(f"cannot build a cache key: {exc}") from exc
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _canonical_json(value: object, *, sort_keys: bool = True) -> str:
+    return json.dumps(
+        value,
+        sort_keys=sort_keys,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_reject_unserializable,
+    )
 
 
 def _reject_unserializable(value: object) -> object:
