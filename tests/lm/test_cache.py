@@ -174,6 +174,15 @@ def test_request_key_takes_dict_keys_of_mixed_types_as_their_json_form() -> None
         base_key(params={"logit_bias": {(1, 2): 3}})
 
 
+def test_request_key_takes_text_with_a_lone_surrogate() -> None:
+    # Text read with errors="surrogateescape" holds lone surrogates: sent as JSON escapes, so it needs a key.
+    def key(content: str) -> str:
+        return base_key(messages=[{"role": "user", "content": content}])
+
+    assert key("caf\udce9") == key("caf\udce9")
+    assert len({key("caf\udce9"), key("caf\udce8"), key("caf\ufffd"), key("caf")}) == 4
+
+
 # --- MemoryCache --------------------------------------------------------------------------------
 
 

@@ -58,7 +58,9 @@ def request_key(
         raise
     except (TypeError, ValueError) as exc:  # NaN or infinity, a key of no JSON form: no canonical JSON
         raise ConfigError(f"cannot build a cache key: {exc}") from exc
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    # A lone surrogate (text read with errors="surrogateescape") has no UTF-8 form, yet is sent (JSON escapes
+    # it): "surrogatepass" hashes it as itself, and leaves the bytes of any other text as they were.
+    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _canonical_json(value: object, *, sort_keys: bool = True) -> str:
