@@ -336,7 +336,7 @@ class HTTPChatLM(abc.ABC):
                     namespace=self.cache_namespace,
                 )
                 completion, hit = await cache.get_or_compute(
-                    key, lambda: self._requests.complete(messages, sent)
+                    key, lambda: self._requests.complete(messages, sent), owner=self
                 )
                 if hit and is_cut(completion.finish_reason) and incomplete_reply(completion, "") is not None:
                     # A cut reply a caller that accepts it had stored is no answer here: the server is

@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from aprompt._errors import CacheError, ConfigError
+from aprompt._errors import CacheError, ConfigError, ContentFilteredError
 from aprompt.lm.cache import (
     CACHE_FILE_NAME,
     CacheStats,
@@ -27,7 +27,9 @@ from aprompt.lm.cache import (
     default_cache_dir,
     request_key,
 )
+from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import Completion, Message, TokenUsage
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 
 WORKER = Path(__file__).with_name("_cache_worker.py")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -373,6 +375,46 @@ async def test_leader_error_reaches_every_waiter_and_nothing_is_stored(
         compute = CountingCompute()
         completion, hit = await cache.get_or_compute("k", compute)
     assert (completion.text, hit, compute.calls) == ("answer", False, 1)
+
+
+@pytest.mark.anyio
+async def test_a_client_waiting_on_another_clients_failed_call_asks_its_own_endpoint(
+    anyio_backend: str,
+) -> None:
+    # Two clients of one model on other providers share a cache: the error of the one whose provider
+    # withholds the reply must not reach the other's identical call, which its own provider answers.
+    cache = ResponseCache.memory_only()
+    messages: list[Message] = [{"role": "user", "content": "q"}]
+    asked, release = anyio.Event(), anyio.Event()
+
+    async def withheld(request: ChatRequest) -> Fault:
+        asked.set()
+        await release.wait()
+        return Fault.reply("", finish_reason="content_filter")
+
+    outcomes: dict[str, str] = {}
+    async with FakeOpenAIServer(responder=withheld) as strict, FakeOpenAIServer() as lenient:
+        async with (
+            OpenAICompatibleLM("m", strict.base_url, api_key="k1", cache=cache, max_retries=0) as failing,
+            OpenAICompatibleLM("m", lenient.base_url, api_key="k2", cache=cache) as healthy,
+        ):
+
+            async def call(name: str, lm: OpenAICompatibleLM) -> None:
+                try:
+                    outcomes[name] = (await lm.chat(messages)).text
+                except ContentFilteredError as exc:
+                    outcomes[name] = type(exc).__name__
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call, "failing", failing)
+                    await asked.wait()
+                    tg.start_soon(call, "healthy", healthy)
+                    await anyio.wait_all_tasks_blocked()  # the healthy call waits for the failing one
+                    release.set()
+        assert outcomes == {"failing": "ContentFilteredError", "healthy": "Answer: ok"}
+        assert len(lenient.chat_requests) == 1
+    assert cache.stats.misses == 2
 
 
 @pytest.mark.anyio

@@ -69,9 +69,10 @@ class _Counts:
 class _Flight:
     """One compute in progress; identical calls wait for it to finish and take its outcome."""
 
-    __slots__ = ("_done", "error", "finished", "result")
+    __slots__ = ("_done", "error", "finished", "owner", "result")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object) -> None:
+        self.owner = owner  # whose compute this is: only its own calls share its error
         # The completion marked cached=True, as every coalesced caller receives it.
         self.result: Completion | None = None
         self.error: Exception | None = None
@@ -99,8 +100,10 @@ class ResponseCache:
     :meth:`get_or_compute` looks a key up in the in-memory LRU, then in the SQLite file (promoting
     a disk hit to memory), and only then awaits ``compute``. Concurrent calls with a key that is
     being computed wait for that result instead of computing again (single-flight). Errors are
-    never cached: if the compute raises, every waiting call raises the same exception and nothing
-    is stored. If the computing call is cancelled, one of the waiting calls computes instead.
+    never cached: if the compute raises, every waiting call of the same ``owner`` raises the same
+    exception and nothing is stored; a waiting call of another owner (another client sharing the
+    cache, on other endpoints, whose request may well succeed) computes instead, as does one of the
+    waiting calls when the computing call is cancelled.
 
     With neither store (:meth:`disabled`), every call computes and nothing is coalesced.
 
@@ -177,9 +180,12 @@ class ResponseCache:
         return CacheStats(**attrs.asdict(self._counts))
 
     async def get_or_compute(
-        self, key: str, compute: Callable[[], Awaitable[Completion]]
+        self, key: str, compute: Callable[[], Awaitable[Completion]], *, owner: object = None
     ) -> tuple[Completion, bool]:
         """Return ``(completion, hit)`` for ``key``, awaiting ``compute()`` only on a miss.
+
+        ``owner`` (an LM client passes itself) is who ``compute`` asks: a call waiting for another
+        owner's identical call takes its completion, not its error.
 
         ``hit`` is True when the completion came from memory, disk or an identical call in
         flight; such completions have ``cached=True``. A computed completion is stored and
@@ -188,8 +194,8 @@ class ResponseCache:
         Raises:
             CacheError: the cache is closed. A file that cannot be read (a damaged page) is a miss,
                 and a computed completion the file cannot store is returned all the same (both logged).
-            Exception: whatever ``compute`` raised, in this call or in the identical call it
-                waited for.
+            Exception: whatever ``compute`` raised, in this call or in the identical call of the same
+                owner it waited for.
         """
         if self._closed:
             path = self._disk.path if self._disk is not None else None
@@ -205,18 +211,20 @@ class ResponseCache:
                     return (found if found.cached else attrs.evolve(found, cached=True)), True
             flight = self._flights.get(key)
             if flight is None:
-                return await self._lead(key, compute)
+                return await self._lead(key, compute, owner)
             await flight.wait()
             if flight.result is not None:
                 self._counts.coalesced += 1
                 return flight.result, True
-            if flight.error is not None:
+            if flight.error is not None and flight.owner is owner:
                 raise flight.error
-            # The computing call was cancelled before it had a result: the first waiter to get
-            # here finds no flight and computes; the others wait for it.
+            # The computing call was cancelled before it had a result, or failed asking another owner's
+            # endpoints: the first waiter to get here finds no flight and computes; the others wait for it.
 
-    async def _lead(self, key: str, compute: Callable[[], Awaitable[Completion]]) -> tuple[Completion, bool]:
-        flight = _Flight()
+    async def _lead(
+        self, key: str, compute: Callable[[], Awaitable[Completion]], owner: object
+    ) -> tuple[Completion, bool]:
+        flight = _Flight(owner)
         self._flights[key] = flight
         try:
             if self._disk is not None:
