@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -555,6 +556,30 @@ async def test_the_file_holds_replies_of_a_few_kilobytes_without_blowing_up(
         assert disk.get(key_of("big-599")) == Completion(
             "reply 599 " + "x" * 1399, TokenUsage(11, 7), "served-model", "stop", cached=True
         )
+
+
+@pytest.mark.anyio
+async def test_an_infinite_busy_timeout_waits_for_another_writer(anyio_backend: str, tmp_path: Path) -> None:
+    # SQLite takes the timeout as a C int of milliseconds: inf overflowed into "never wait", and the
+    # answer was dropped at once while another process wrote.
+    with SQLiteCache(tmp_path / CACHE_FILE_NAME, busy_timeout=math.inf) as disk:
+        other = sqlite3.connect(tmp_path / CACHE_FILE_NAME, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the file's write lock for a while
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(disk.put, "k", Completion("answer"))
+                await anyio.sleep(0.3)
+                other.execute("COMMIT")
+        finally:
+            other.close()
+        assert disk.get("k") == Completion("answer", cached=True)
+
+
+@pytest.mark.parametrize("busy_timeout", [-1, math.nan, "30", True])
+def test_a_busy_timeout_that_is_no_wait_is_refused(tmp_path: Path, busy_timeout: Any) -> None:
+    # NaN and negative timeouts mean "never wait" to SQLite: a busy file would drop every answer.
+    with pytest.raises(ConfigError, match="busy_timeout must be a number of seconds >= 0"):
+        ResponseCache.in_directory(tmp_path, busy_timeout=busy_timeout)
 
 
 def test_garbage_file_raises_cache_error(tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ class ResponseCache:
         """A disk cache in ``path/lm-cache.sqlite3`` (the directory is created) behind an LRU.
 
         Raises:
+            ConfigError: ``busy_timeout`` is not a number of seconds >= 0.
             CacheError: the directory cannot be made (a file in its place, a read-only path), or the
                 file exists but is not a usable aprompt cache.
         """

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from aprompt._errors import CacheError
+from aprompt._errors import CacheError, ConfigError
 from aprompt.lm.types import Completion, TokenUsage
 
 # Written into the file header, so a foreign SQLite database is told apart from ours.
@@ -41,6 +41,10 @@ _APPLICATION_ID = 0x61707263  # "aprc"
 SCHEMA_VERSION = 1
 
 _T = TypeVar("_T")
+
+# SQLite takes its busy timeout in milliseconds as a C int: a longer one (inf included) would overflow into
+# "never wait", as NaN and negative values are.
+_MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class SQLiteCache:
     local disk: WAL needs shared memory, which network file systems do not provide.
 
     Raises:
+        ConfigError: ``busy_timeout`` is not a number of seconds >= 0 (``math.inf``: as long as SQLite can).
         CacheError: the file is not a SQLite database, is another program's database, was
             written by a newer aprompt, or cannot be opened.
 
@@ -81,6 +86,10 @@ class SQLiteCache:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        number = isinstance(busy_timeout, int | float) and not isinstance(busy_timeout, bool)
+        if not number or not busy_timeout >= 0:
+            raise ConfigError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        busy_timeout = min(busy_timeout, _MAX_BUSY_TIMEOUT)
         self._path = os.fspath(path)
         self._writer = _connect(self._path, busy_timeout, prepare=True)
         try:
