@@ -205,6 +205,12 @@ def test_memory_cache_rejects_a_size_below_one() -> None:
         MemoryCache(max_entries=0)
 
 
+@pytest.mark.parametrize("max_entries", [2.5, "10", True])
+def test_memory_cache_rejects_a_size_that_is_not_an_integer(max_entries: Any) -> None:
+    with pytest.raises(ConfigError, match="max_entries must be an integer"):
+        ResponseCache.memory_only(max_entries)
+
+
 # --- ResponseCache: hits and misses -------------------------------------------------------------
 
 

@@ -24,8 +24,8 @@ class MemoryCache:
     """
 
     def __init__(self, max_entries: int = 10_000) -> None:
-        if max_entries < 1:
-            raise ConfigError(f"max_entries must be at least 1, got {max_entries}")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigError(f"max_entries must be an integer of at least 1, got {max_entries!r}")
         self._max_entries = max_entries
         self._entries: OrderedDict[str, Completion] = OrderedDict()
 
