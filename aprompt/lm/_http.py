@@ -222,7 +222,12 @@ class HTTPChatLM(abc.ABC):
         caller scrubs the keys out of it first and cuts it after, so no key is left half-cut."""
 
     def _sent_params(self, params: Mapping[str, Any], rollout: int) -> Mapping[str, Any]:
-        """The parameters sent for a request of ``rollout`` (the cache key uses ``params`` alone)."""
+        """The parameters sent for a request of ``rollout`` (the cache key uses :meth:`_keyed_params`)."""
+        return params
+
+    def _keyed_params(self, params: Mapping[str, Any], sent: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The parameters a request's cache key holds, of its own (``params``) and those sent: its own, so
+        that the rollout a client sends as a seed changes no key."""
         return params
 
     def _stated_limits(self, raw: list[tuple[bytes, bytes]]) -> StatedLimits | None:
@@ -331,7 +336,7 @@ class HTTPChatLM(abc.ABC):
                 key = request_key(
                     model=self._model,
                     messages=messages,
-                    params=request_params,
+                    params=self._keyed_params(request_params, sent),
                     rollout=rollout,
                     namespace=self.cache_namespace,
                 )

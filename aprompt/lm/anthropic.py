@@ -256,6 +256,11 @@ class AnthropicLM(HTTPChatLM):
         # re-send doubles (unset, the re-send would go with a default that may be below it).
         return {**params, "max_tokens": self._max_tokens}
 
+    def _keyed_params(self, params: Mapping[str, Any], sent: Mapping[str, Any]) -> Mapping[str, Any]:
+        # The budget sent, the client's own when the call unset it: clients of other budgets that share a
+        # cache must not answer each other's requests.
+        return sent
+
     def _request_body(self, messages: Sequence[Message], params: Mapping[str, Any]) -> Any:
         return messages_request(self._model, messages, params)
 

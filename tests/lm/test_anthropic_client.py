@@ -522,6 +522,21 @@ async def test_the_max_tokens_default_is_part_of_the_cache_key(
     assert completion.cached is False and len(server.chat_requests) == 2
 
 
+async def test_a_call_that_unsets_max_tokens_is_keyed_by_the_budget_sent(
+    server: FakeAnthropicServer, kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    # max_tokens=None sends the client's own budget: a client of another budget must not be answered with
+    # a reply written under this one's.
+    with ResponseCache.in_directory(tmp_path) as cache:
+        async with AnthropicLM(**kwargs, cache=cache, max_tokens=10) as short:
+            await short.chat(HELLO, max_tokens=None)
+        async with AnthropicLM(**kwargs, cache=cache, max_tokens=500) as long:
+            completion = await long.chat(HELLO, max_tokens=None)
+            again = await long.chat(HELLO)  # the same request: the budget sent is the same
+    assert (completion.cached, again.cached) == (False, True)
+    assert [sent(server, i)["max_tokens"] for i in range(2)] == [10, 500]
+
+
 async def test_an_openai_compatible_client_of_the_same_model_does_not_share_its_cache_entries(
     server: FakeAnthropicServer, kwargs: dict[str, Any], tmp_path: Path
 ) -> None:
