@@ -442,7 +442,10 @@ class SearchLoop:
         if self.stopped is not None or self.should_stop() is not None or self.stops_as_nothing_scores():
             return None
         choice = self.next_full_evaluation()
-        return await self.full_evaluation(choice) if choice is not None else None
+        if choice is None:
+            return None
+        # Its trials' scores are reused, not run (and admitted) again, as in the final evaluations.
+        return await self.full_evaluation(choice, known=self.scores_of(choice))
 
     def next_full_evaluation(self) -> dict[str, int] | None:
         """The combination with the best pooled estimate (see :mod:`aprompt._optimize.pooling`) that has

@@ -80,6 +80,26 @@ async def test_module_opro_shows_each_proposer_its_past_instructions_with_their_
     assert result.score >= result.baseline_score
 
 
+async def test_module_opro_evaluates_a_tried_combination_in_full_reusing_its_trial_scores() -> None:
+    result, _ = await optimize_in_world("module_opro")
+    periodic = result.full_evals[1]  # after round 2: the best combination without a full evaluation
+    tried = [t for t in result.trials if dict(t.choice) == dict(periodic.choice)]
+    assert tried, "it evaluates a combination a trial tried"
+    known = {eid: t.scores[eid] for t in tried for eid in t.example_ids}
+    assert periodic.reused == len(known) > 0
+    assert {eid: periodic.scores[eid] for eid in known} == known
+
+
+async def test_module_opro_under_a_call_limit_still_evaluates_its_best_trial_in_full() -> None:
+    # 160 calls pay for the baseline (60), two rounds (2 x 22) and the rest of a tried combination's
+    # evaluation (20 runs, 40 calls), not for a fresh one (60 calls).
+    result, requests = await optimize_in_world("module_opro", limits=aprompt.Limits(max_lm_calls=160))
+    assert len(requests) <= 160 and result.stopped_by == "max_lm_calls"
+    assert len(result.trials) == 2
+    assert [dict(f.choice) for f in result.full_evals[1:]] == [dict(result.trials[0].choice)]
+    assert result.score > result.baseline_score
+
+
 async def test_mipro_plus_plus_proposes_with_the_grounding_and_temperature_the_search_chose() -> None:
     result, requests = await optimize_in_world("mipro_plus_plus")
     proposer = [r for r in requests if is_proposal(r)]
