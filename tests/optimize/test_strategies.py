@@ -114,6 +114,18 @@ async def test_mipro_plus_plus_proposes_with_the_grounding_and_temperature_the_s
     assert result.score >= result.baseline_score
 
 
+async def test_mipro_plus_plus_chooses_no_grounding_piece_the_run_switched_off() -> None:
+    result, requests = await optimize_in_world(
+        "mipro_plus_plus", grounding=aprompt.Grounding(demos=False, tip=False)
+    )
+    proposer = [r for r in requests if is_proposal(r)]
+    assert proposer and any(len(result.candidates.instructions[name]) > 1 for name in ORIGINAL)
+    shown = set().union(*(grounding_shown(last_user_of(r)) for r in proposer))
+    assert not shown & {"Examples Of Good Calls", "Tip"}, shown
+    assert "Program Description" in shown, "the pieces left on are still shown"
+    assert len({r.body["temperature"] for r in proposer if r.body is not None}) >= 2, "still searched"
+
+
 async def test_bootstrap_random_search_fully_evaluates_random_demo_sets() -> None:
     result, requests = await optimize_in_world("bootstrap_random_search")
     assert result.trials == (), "no mini-batches"

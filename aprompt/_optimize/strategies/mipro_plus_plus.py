@@ -36,11 +36,23 @@ GROUNDING_OPTIONS: tuple[Grounding, ...] = (
 )
 #: The proposer temperatures the search chooses among, per predictor.
 TEMPERATURES = (0.5, 1.0, 1.4)
+#: The pieces of a :class:`Grounding` a proposal shows or not (all but the temperature).
+_PIECES = tuple(field.name for field in attrs.fields(Grounding) if field.name != "temperature")
+
+
+def within(option: Grounding, run: Grounding, temperature: float) -> Grounding:
+    """``option`` at ``temperature``, showing only the pieces the run's ``grounding=`` shows too: the
+    search chooses among what the caller allowed, never shows what it switched off."""
+    shown = {piece: getattr(option, piece) and getattr(run, piece) for piece in _PIECES}
+    return Grounding(**shown, temperature=temperature)
 
 
 class MiproPlusPlus(Strategy):
     """MIPRO whose TPE also chooses, per predictor, the proposer's grounding and temperature (learning
-    how to propose): each trial proposes the instructions it evaluates with the chosen settings."""
+    how to propose): each trial proposes the instructions it evaluates with the chosen settings.
+
+    The grounding options show no piece the run's ``grounding=`` switches off (:func:`within`).
+    """
 
     name = "mipro_plus_plus"
 
@@ -94,7 +106,7 @@ class _ProposalHook:
             g, t = choice.get(f"{name}.grounding", 0), choice.get(f"{name}.temperature", 0)
             key = (name, g, t)
             if key not in self.made:
-                grounding = attrs.evolve(GROUNDING_OPTIONS[g], temperature=TEMPERATURES[t])
+                grounding = within(GROUNDING_OPTIONS[g], self.ctx.grounding, TEMPERATURES[t])
                 existing = list(loop.candidates.instructions[name])
                 demo_sets = loop.candidates.demo_sets[name]
                 demos = demo_sets[choice.get(f"{name}.demos", 0)].demos
