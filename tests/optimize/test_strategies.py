@@ -80,6 +80,15 @@ async def test_module_opro_shows_each_proposer_its_past_instructions_with_their_
     assert result.score >= result.baseline_score
 
 
+async def test_module_opro_runs_as_many_rounds_as_the_budget_names_trials() -> None:
+    events: list[aprompt.Event] = []
+    result, requests = await optimize_in_world("module_opro", on_event=events.append)  # n_trials=6
+    planned = next(e for e in events if isinstance(e, aprompt.RunPlanned))
+    assert planned.n_trials == 6
+    assert [t.number for t in result.trials] == list(range(6))
+    assert len(proposals_for(requests, "extract")) >= 6
+
+
 async def test_module_opro_evaluates_a_tried_combination_in_full_reusing_its_trial_scores() -> None:
     result, _ = await optimize_in_world("module_opro")
     periodic = result.full_evals[1]  # after round 2: the best combination without a full evaluation

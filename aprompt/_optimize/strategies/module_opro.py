@@ -14,7 +14,7 @@ from aprompt._optimize.propose import Proposal, ProposalContext, propose_instruc
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import SearchOutcome
-from aprompt._optimize.strategies.base import Strategy, StrategyPlan
+from aprompt._optimize.strategies.base import SUMMARY_CALLS, Strategy, StrategyPlan
 from aprompt._optimize.strategies.pipeline import Pipeline, pipeline
 from aprompt._optimize.strategies.steps import search_loop
 
@@ -24,19 +24,22 @@ FULL_EVALUATION_ROUNDS = 2
 
 class ModuleOpro(Strategy):
     """Instructions only: each round, every predictor's proposer sees its past instructions with the
-    program-level mini-batch score they got, and writes the next one; one trial per round."""
+    program-level mini-batch score they got, and writes the next one; one trial per round. The rounds
+    are the budget's ``n_trials``, else one per candidate ``n_candidates`` asks for beyond the original."""
 
     name = "module_opro"
 
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
-        n_rounds = max(1, budget.n_candidates - 1)
+        # One round per proposed candidate, unless the budget names its own trial count.
+        n_rounds = budget.n_trials or max(1, budget.n_candidates - 1)
         standard = StrategyPlan.standard(
             budget, n_predictors, n_train, n_val, searches_demos=False, n_trials=n_rounds
         )
         # Besides the standard ones: one after every FULL_EVALUATION_ROUNDS rounds, and with the reply
         # formats searched, the pick in each predictor's other format.
         extra = n_rounds // FULL_EVALUATION_ROUNDS + (n_predictors if budget.search_formats else 0)
-        return attrs.evolve(standard, extra_full_evals=extra)
+        proposals = n_predictors * n_rounds + SUMMARY_CALLS  # one proposal per predictor and round
+        return attrs.evolve(standard, extra_full_evals=extra, proposal_calls=proposals)
 
     async def run(self, ctx: RunContext) -> tuple[Candidates, SearchOutcome]:
         candidates = attrs.evolve(Candidates.original(ctx.predictors), search_demos=False).with_formats(
