@@ -109,6 +109,19 @@ async def test_module_opro_under_a_call_limit_still_evaluates_its_best_trial_in_
     assert result.score > result.baseline_score
 
 
+async def test_module_opro_under_a_call_limit_sends_no_program_call_it_does_not_record() -> None:
+    # A round the limit cannot pay for is refused before it spends, not cut by the meter in its midst.
+    result, requests = await optimize_in_world("module_opro", limits=aprompt.Limits(max_lm_calls=190))
+    assert result.stopped_by == "max_lm_calls" and len(result.trials) >= 2
+    recorded_runs = (
+        sum(len(t.example_ids) for t in result.trials)
+        + sum(len(f.scores) + f.n_unscored - f.reused for f in result.full_evals)
+        + sum(len(c.scores) + c.n_unscored for c in result.confirmations)
+    )
+    program_calls = [r for r in requests if is_program_call(r)]
+    assert len(program_calls) <= 2 * recorded_runs  # two stages, one call each per run at most
+
+
 async def test_mipro_plus_plus_proposes_with_the_grounding_and_temperature_the_search_chose() -> None:
     result, requests = await optimize_in_world("mipro_plus_plus")
     proposer = [r for r in requests if is_proposal(r)]

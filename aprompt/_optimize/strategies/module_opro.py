@@ -64,9 +64,18 @@ class ModuleOpro(Strategy):
             history: dict[str, list[tuple[str, float | None]]] = {
                 name: [(p.instruction, loop.full_evals[0].score)] for name, p in ctx.predictors
             }
+            size = min(ctx.budget.minibatch_size, len(ctx.valset))
             for round_number in range(1, n_rounds + 1):
                 if ctx.limit_reached() is not None:
                     break
+                # Admitted before they spend, as the other strategies' steps are: a limit refuses the
+                # round, not a call in its midst that would leave it paid for and unrecorded.
+                ctx.admit_step(
+                    f"round {round_number}'s proposals",
+                    [("opro_proposal", f"{name}:{round_number}", 1) for name, _ in ctx.predictors],
+                    calls=True,
+                    ahead=(size, 0),
+                )
                 choice: dict[str, int] = {}
                 instructions = {k: list(v) for k, v in candidates.instructions.items()}
                 for name, predictor in ctx.predictors:
@@ -105,6 +114,7 @@ class ModuleOpro(Strategy):
                 # Every searched parameter named (a dropped proposal's predictor and the reply formats at
                 # their first option), so one program is always recorded under one key.
                 choice = {**candidates.baseline(), **choice}
+                loop.admit_step(f"trial {round_number - 1}", [("trial", str(round_number - 1), size)])
                 trial = await loop.single_trial(round_number - 1, choice)
                 for name, _ in ctx.predictors:
                     key = f"{name}.instruction"
