@@ -38,6 +38,7 @@ from aprompt._optimize.events import (
     RunPlanned,
     TrialScored,
 )
+from aprompt._terminal import terminal_safe
 from aprompt.lm.usage import UsageSnapshot
 
 if TYPE_CHECKING:
@@ -198,7 +199,13 @@ def _usage_text(usage: UsageSnapshot) -> str:
 
 
 def event_line(event: Event, state: RunProgress) -> str | None:
-    """One human line for a notable event (``None`` for the rest); ``state`` has already applied it."""
+    """One human line for a notable event (``None`` for the rest); ``state`` has already applied it.
+    Its control characters are written as escapes: a drop's reason may quote a provider's message."""
+    line = _event_text(event, state)
+    return None if line is None else terminal_safe(line)
+
+
+def _event_text(event: Event, state: RunProgress) -> str | None:
     if isinstance(event, RunPlanned):
         return (
             f"plan: {event.strategy}, {event.n_trials} trials on {event.val_size} validation examples, "

@@ -218,3 +218,21 @@ async def test_the_lines_above_the_live_panel_are_plain_text_not_markup() -> Non
     text = out.getvalue()
     assert "[propose] done in 2s" in text
     assert "reads as no instruction: [/INST] [bold]Answer" in text
+
+
+#: A drop's reason as a proposal refused by the provider gives it: the provider's message, quoted whole.
+HOSTILE_REASON = "dropped after 3 attempt(s): RequestRejectedError: HTTP 400: policy \x1b]0;owned\x07 \x1b[2J"
+
+
+@pytest.mark.anyio
+async def test_both_displays_write_the_control_characters_of_a_drop_reason_as_escapes() -> None:
+    from rich.console import Console
+
+    lines, live = io.StringIO(), io.StringIO()
+    console = Console(file=live, force_terminal=True, width=200, color_system=None)
+    async with LiveProgress(console) as panel:
+        for display in (LineProgress(lines), panel):
+            display(CandidateDropped("answer", 1, HOSTILE_REASON))
+    for text in (lines.getvalue(), live.getvalue()):
+        assert "\x1b]0;owned" not in text and "\x07" not in text and "\x1b[2J" not in text
+        assert "policy \\x1b]0;owned\\x07 \\x1b[2J" in text

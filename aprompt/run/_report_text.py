@@ -4,11 +4,11 @@ shares with it (why the returned program was chosen, what of the journal could n
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from aprompt._optimize.per_example import describe_examples
+from aprompt._terminal import terminal_safe
 from aprompt.run._report_view import PromptView, RunView
 
 __all__ = ["AS_WRITTEN", "describe_run", "pick_text", "score_text", "unreadable_text"]
@@ -53,17 +53,11 @@ def unreadable_text(view: RunView, *, limit: int = 5) -> str | None:
     )
 
 
-def _terminal_safe(text: str) -> str:
-    """``text`` with its control characters (but newlines and tabs) written as escapes: a model's reply
-    or proposal printed to a terminal must not drive it (clear it, retitle it, write the clipboard)."""
-    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else ascii(c)[1:-1] for c in text)
-
-
 def describe_run(view: RunView, *, max_instruction: int = 300, max_examples: int = 5) -> str:
     """Readable text of a run: its state, the trials, the full evaluations, the best prompts, why they
     were chosen, and the validation examples they still fail (the first ``max_examples``). Control
     characters in the run's texts are shown as escapes (``\\x1b``), never sent to the terminal."""
-    return _terminal_safe(_describe(view, max_instruction, max_examples))
+    return terminal_safe(_describe(view, max_instruction, max_examples))
 
 
 def _describe(view: RunView, max_instruction: int, max_examples: int) -> str:
