@@ -88,8 +88,9 @@ def format_duration(seconds: float | None) -> str:
 class RunProgress:
     """What a run has done so far, folded from its events; every display renders one of these.
 
-    ``usage`` is the live figure when a :data:`UsageSource` is given, else the sum of the finished
-    phases' usage (events carry usage only when a phase ends).
+    ``usage`` is the live figure when a :data:`UsageSource` is given, less what the source had counted
+    when the run was planned (a client that served earlier calls, an earlier call of a resumed run), else
+    the sum of the finished phases' usage (events carry usage only when a phase ends).
     """
 
     usage_source: UsageSource | None = None
@@ -115,6 +116,8 @@ class RunProgress:
     recent_trials: deque[float] = attrs.field(
         factory=lambda: deque(maxlen=PACE_WINDOW + 1), init=False, repr=False
     )
+    #: The source's figure when the run was planned: its usage before this run is not this run's.
+    usage_before: UsageSnapshot = attrs.field(factory=UsageSnapshot, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
@@ -122,6 +125,8 @@ class RunProgress:
     def apply(self, event: Event) -> None:
         """Fold one event in."""
         if isinstance(event, RunPlanned):
+            if self.usage_source is not None:
+                self.usage_before = self.usage_source()
             self.strategy = event.strategy
             self.trials_planned = event.n_trials
             self.expected_lm_calls = event.expected_lm_calls
@@ -164,7 +169,7 @@ class RunProgress:
     @property
     def usage(self) -> UsageSnapshot:
         if self.usage_source is not None and not self.finished:
-            return self.usage_source()
+            return self.usage_source() - self.usage_before
         return self.phase_usage
 
     @property

@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
+import aprompt
 from aprompt import (
     CandidateDropped,
     CandidateProposed,
@@ -29,6 +31,10 @@ from aprompt.progress import (
     format_duration,
     progress_display,
 )
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import SMALL_BUDGET, lm_for
+from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 CHOICE = {"extract.instruction": 1, "extract.demos": 2}
 USAGE = UsageSnapshot(
@@ -112,11 +118,13 @@ def test_without_rich_a_terminal_gets_plain_lines(monkeypatch: pytest.MonkeyPatc
 
 
 def test_usage_comes_from_finished_phases_or_from_the_live_source() -> None:
+    source = [UsageSnapshot(calls=3)]  # a client that answered 3 calls before the run
     from_events = RunProgress()
-    live = RunProgress(usage_source=lambda: UsageSnapshot(calls=7))
+    live = RunProgress(usage_source=lambda: source[0])
     for event in run_events()[:4]:
         from_events.apply(event)
         live.apply(event)
+    source[0] = UsageSnapshot(calls=10)
     assert from_events.usage.calls == 10
     assert live.usage.calls == 7
 
@@ -160,8 +168,10 @@ def test_eta_of_a_resumed_run_follows_the_new_trials_not_the_replayed_ones() -> 
 
 def test_eta_before_the_search_uses_the_planned_calls() -> None:
     clock = FakeClock()
-    state = RunProgress(usage_source=lambda: UsageSnapshot(calls=100), clock=clock)
+    source = [UsageSnapshot()]
+    state = RunProgress(usage_source=lambda: source[0], clock=clock)
     state.apply(RunPlanned("mipro", 3, 40, 500))
+    source[0] = UsageSnapshot(calls=100)
     clock.now += 10.0
     assert state.eta() == pytest.approx(40.0)  # 100 of 500 calls in 10 s
 
@@ -176,8 +186,11 @@ async def test_the_live_panel_renders_to_a_rich_console() -> None:
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, color_system=None)
-    async with LiveProgress(console, usage=lambda: USAGE, refresh_per_second=50) as progress:
-        feed(progress, run_events()[:-1])
+    source = [UsageSnapshot()]
+    async with LiveProgress(console, usage=lambda: source[0], refresh_per_second=50) as progress:
+        progress(run_events()[0])
+        source[0] = USAGE  # what the run has used since its plan
+        feed(progress, run_events()[1:-1])
         panel = out.getvalue()
         progress(run_events()[-1])
     text = out.getvalue()
@@ -236,3 +249,39 @@ async def test_both_displays_write_the_control_characters_of_a_drop_reason_as_es
     for text in (lines.getvalue(), live.getvalue()):
         assert "\x1b]0;owned" not in text and "\x07" not in text and "\x1b[2J" not in text
         assert "policy \\x1b]0;owned\\x07 \\x1b[2J" in text
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore::aprompt.InexactResumeWarning")
+async def test_a_resumed_run_on_the_same_client_shows_its_own_calls_not_the_earlier_calls(
+    tmp_path: Path,
+) -> None:
+    """A run stopped by a limit and resumed with the same client: the client's count holds the first
+    call's requests, which the display of the second must not show as its own."""
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+    ):
+        # The second call resumes with the limit raised, which the run warns of.
+        for limits in (aprompt.Limits(max_lm_calls=200), None):
+            display = progress_display(quiet=True, usage=lambda: lm.usage)
+            shown: list[int] = []
+
+            def follow(event: Event, display: Progress = display, shown: list[int] = shown) -> None:
+                display(event)
+                shown.append(display.state.usage.lm_calls)
+
+            result = await aprompt.optimize(
+                TwoStageProgram(),
+                examples(0, 60),
+                metric,
+                valset=examples(200, 230),
+                lm=lm,
+                budget=SMALL_BUDGET,
+                seed=1,
+                run_dir=tmp_path,
+                limits=limits,
+                on_event=follow,
+            )
+            assert shown[0] == 0 and max(shown) == shown[-1] == result.usage.lm_calls
+    assert result.stopped_by is None and lm.usage.lm_calls > result.usage.lm_calls > 0
