@@ -276,8 +276,9 @@ class LineProgress(Progress):
         if line is not None and self._stream is not None:
             try:
                 print(line, file=self._stream, flush=True)
-            except OSError:
-                # Its reader went away (`| head`, a closed log): the run goes on without the lines.
+            except (OSError, ValueError):
+                # Its reader went away (`| head`: OSError) or the log was closed (ValueError): the run goes
+                # on without the lines.
                 self._stream = None
 
 

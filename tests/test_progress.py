@@ -285,3 +285,33 @@ async def test_a_resumed_run_on_the_same_client_shows_its_own_calls_not_the_earl
             )
             assert shown[0] == 0 and max(shown) == shown[-1] == result.usage.lm_calls
     assert result.stopped_by is None and lm.usage.lm_calls > result.usage.lm_calls > 0
+
+
+@pytest.mark.anyio
+async def test_a_log_closed_during_the_run_leaves_the_run_going(tmp_path: Path) -> None:
+    """The app closes the log the lines go to (a handler rotated, a file closed early): the run returns
+    its result, not the log's error."""
+    log = (tmp_path / "progress.log").open("w")
+    display = LineProgress(log)
+
+    def follow(event: Event) -> None:
+        display(event)
+        if isinstance(event, RunPlanned):
+            log.close()
+
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        lm_for(server) as lm,
+    ):
+        result = await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 60),
+            metric,
+            valset=examples(200, 230),
+            lm=lm,
+            budget=SMALL_BUDGET,
+            seed=1,
+            on_event=follow,
+        )
+    assert len(result.trials) == 6 and display.state.finished
+    assert (tmp_path / "progress.log").read_text().startswith("plan: mipro, 6 trials")
