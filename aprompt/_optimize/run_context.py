@@ -32,7 +32,7 @@ from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutagePolicy
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.refusals import REFUSAL_KIND, journal_refusal, limit_value, refused_before
 from aprompt._optimize.result import PhaseUsage
-from aprompt._optimize.run_phases import PhaseLog, emit_to
+from aprompt._optimize.run_phases import EventSink, PhaseLog
 from aprompt._optimize.run_stop import limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
 from aprompt._optimize.step_admission import affordable_by_limit, judge_step
@@ -131,6 +131,8 @@ class RunContext:
     #: Admitted steps (journal kind, key) that have not finished: steps overlap, so each admission
     #: counts what the others are still expected to spend.
     _commitments: StepCommitments = attrs.field(factory=StepCommitments, init=False)
+    #: ``on_event`` as the run tells it events (none after it raised).
+    _events: EventSink = attrs.field(init=False)
     #: The run's phases as they start and end (the records are ``phases``).
     _phases: PhaseLog = attrs.field(init=False)
     _limiter: Slots | None = attrs.field(default=None, init=False)
@@ -150,7 +152,8 @@ class RunContext:
     _ledger: StepLedger = attrs.field(factory=StepLedger, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._phases = PhaseLog(self.phases, self.on_event, self.journal)
+        self._events = EventSink(self.on_event)
+        self._phases = PhaseLog(self.phases, self._events, self.journal)
         self.confirmation_kept = runs_kept_for_confirmation(self.trainset, self.valset)
         record = self.journal.latest(SPENT_KIND) if self.journal is not None else None
         runs, what = self.first_trial_runs()
@@ -583,7 +586,7 @@ class RunContext:
 
     async def emit(self, event: Event) -> None:
         """Tell ``event`` to the run's ``on_event`` callback."""
-        await emit_to(self.on_event, event)
+        await self._events(event)
 
     def phase(self, name: str, detail: str = "") -> AbstractAsyncContextManager[None]:
         """Time a phase and record its LM usage; emits PhaseStarted/PhaseFinished.

@@ -29,6 +29,29 @@ async def emit_to(on_event: EventCallback | None, event: Event) -> None:
 
 
 @attrs.define
+class EventSink:
+    """A run's ``on_event``, told each event until it raises: the run then stops with that error, and
+    events its concurrent steps reach before they are cancelled are not told (each would raise again,
+    and ``optimize`` would raise a group of them instead of the callback's error)."""
+
+    callback: EventCallback | None
+    failed: bool = False
+
+    async def __call__(self, event: Event) -> None:
+        if self.failed:
+            return
+        try:
+            await emit_to(self.callback, event)
+        except Exception:
+            # A call of an async callback begun before the first failure that fails too: the first error
+            # is the one the run stops with.
+            if self.failed:
+                return
+            self.failed = True
+            raise
+
+
+@attrs.define
 class PhaseLog:
     """The phases of a run, in the order they started (``phases``, shared with the run's context)."""
 

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aprompt
@@ -232,6 +233,31 @@ async def test_an_error_in_the_loop_body_stops_the_run_and_propagates_as_itself(
         calls = len(server.chat_requests)
         await anyio.sleep(0.05)
         assert len(server.chat_requests) == calls, "no call after the consumer stopped"
+
+
+@both_backends
+@pytest.mark.parametrize("strategy", ["mipro", "module_opro"])
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_callback_that_raises_on_every_event_stops_the_run_with_its_error(
+    strategy: str, asynchronous: bool
+) -> None:
+    """The steps that start together (the baseline beside the bootstrap, ...) each reach an event: the
+    run stops with the callback's first error, not a group of one per step."""
+    told: list[Event] = []
+
+    def broken(event: Event) -> None:
+        told.append(event)
+        if not isinstance(event, RunPlanned):
+            raise Stop(f"no room for {type(event).__name__}")
+
+    async def broken_async(event: Event) -> None:
+        await anyio.lowlevel.checkpoint()
+        broken(event)
+
+    with pytest.raises(Stop, match="no room for PhaseStarted"):
+        await optimize_in_world(strategy, on_event=broken_async if asynchronous else broken)
+    if not asynchronous:  # an async callback's calls may be under way together when the first raises
+        assert sum(isinstance(event, PhaseStarted) for event in told) == 1
 
 
 def test_optimize_events_takes_every_option_of_optimize_with_the_same_defaults() -> None:
