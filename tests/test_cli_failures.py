@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
 from tests.test_cli import aprompt_cli, optimize_args, world_server, write_task
 
 
@@ -127,3 +127,27 @@ def test_evaluate_of_a_program_that_raises_on_every_example_exits_1_naming_its_e
     assert done.returncode == 1 and done.stdout == ""
     assert "program broken.py:Broken raised on every one of the 30 examples it ran on" in done.stderr
     assert "RuntimeError: a bug after the first stage" in done.stderr
+
+
+def test_an_lm_error_quoting_terminal_sequences_is_printed_with_them_as_escapes(tmp_path: Path) -> None:
+    # A provider's message is quoted in the error line the command prints: its control characters
+    # (retitle the window, clear the screen) must not reach the terminal of whoever ran the command.
+    folder = write_task(tmp_path)
+    refusal = Fault.http_status(400, "bad request \x1b]0;owned\x07 \x1b[2J")
+    with world_server() as server:
+        server.queue_faults(*[refusal] * 500)
+        lm = ["--lm", server.base_url, "--model", "w"]
+        done = aprompt_cli(
+            folder,
+            "evaluate",
+            "cli_world.py:build",
+            "--data",
+            "val.csv",
+            "--metric",
+            "cli_world.py:metric",
+            *lm,
+        )
+    assert done.returncode != 0
+    assert "bad request" in done.stderr, done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr
+    assert "\\x1b]0;owned\\x07 \\x1b[2J" in done.stderr

@@ -26,6 +26,7 @@ from aprompt._errors import (
 from aprompt._files import write_text_atomically
 from aprompt._optimize.events import Event, RunPlanned
 from aprompt._optimize.per_example import describe_example
+from aprompt._terminal import terminal_safe
 from aprompt.program.discovery import is_function
 from aprompt.progress import progress_display
 from aprompt.run._preflight import check_endpoints
@@ -215,7 +216,8 @@ async def evaluate_command(args: argparse.Namespace) -> int:
             first = min(shown, len(failing))
             print(f"\nfailing examples (the first {first} of {len(failing)}, lowest score first):")
             for row in failing[:shown]:
-                print("\n".join(f"  {line}" for line in describe_example(row, _terminal_width() - 2)))
+                lines = describe_example(row, _terminal_width() - 2)
+                print(terminal_safe("\n".join(f"  {line}" for line in lines)))
     if evaluation.n_unscored:
         first = next(iter(evaluation.errors.values()), "")
         # The endpoint probe (GET /models) may not check the key: a refused key shows only here.
@@ -225,9 +227,8 @@ async def evaluate_command(args: argparse.Namespace) -> int:
             if r.score is None and r.error is not None
         )
         hint = f" ({key_hint(key_variables(args))})" if refused else ""
-        print(
-            f"warning: {evaluation.n_unscored} examples unscored; first error: {first}{hint}", file=sys.stderr
-        )
+        warning = f"warning: {evaluation.n_unscored} examples unscored; first error: {first}{hint}"
+        print(terminal_safe(warning), file=sys.stderr)
     return EXIT_LM if evaluation.mean is None else EXIT_OK
 
 

@@ -18,6 +18,7 @@ from aprompt._errors import (
     ParseError,
     StateError,
 )
+from aprompt._terminal import terminal_safe
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LM, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: Its output's reader went away (`| head`): 128 + SIGPIPE, as a tool the signal ends.
@@ -59,16 +60,16 @@ def report_error(
         traceback.print_exception(error)
     if isinstance(error, ConfigError | StateError | JournalError | CacheError):
         hint = " (on the command line: --fresh starts over)" if "resume=False" in str(error) else ""
-        print(f"aprompt: error: {error}{hint}", file=sys.stderr)
+        print(terminal_safe(f"aprompt: error: {error}{hint}"), file=sys.stderr)
         return EXIT_CONFIG
     if isinstance(error, LMError | ParseError):
         hint = ""
         if _refused_key(error):
             hint = f" ({key_hint(key_variables)})"
-        print(f"aprompt: LM error: {error}{hint}", file=sys.stderr)
+        print(terminal_safe(f"aprompt: LM error: {error}{hint}"), file=sys.stderr)
         return EXIT_LM
     kind = "error" if isinstance(error, APromptError) else f"unexpected {type(error).__name__}"
-    print(f"aprompt: {kind}: {error}", file=sys.stderr)
+    print(terminal_safe(f"aprompt: {kind}: {error}"), file=sys.stderr)
     if not debug:
         print("run again with --debug for the traceback", file=sys.stderr)
     return EXIT_ERROR
