@@ -4,13 +4,16 @@ code changes fails here rather than leaving the page wrong."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 import aprompt
+from aprompt import Completion, Message, TokenUsage
 from aprompt._cli.errors import EXIT_CONFIG
 from aprompt._cli.main import main
 from aprompt.strategies import STRATEGIES
@@ -196,3 +199,55 @@ def test_config_errors_docstring_allows_those_raised_during_a_run() -> None:
         _text("docs/guarantees.md").split()
     )
     assert "a metric value that is not a score" in said and "is raised when it happens" in said
+
+
+class _OwnJudge:
+    """An LM object of the user's own (not an aprompt client), asked by the metric itself."""
+
+    def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:
+        self.model = "judge"
+        self._url = f"{base_url}/chat/completions"
+        self._http = http
+
+    async def chat(self, messages: Sequence[Message], **params: Any) -> Completion:
+        headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+        reply = await self._http.post(
+            self._url, json={"model": self.model, "messages": messages}, headers=headers
+        )
+        return Completion(reply.json()["choices"][0]["message"]["content"], TokenUsage(1, 1))
+
+
+@pytest.mark.anyio
+async def test_the_guarantees_say_which_calls_count_against_a_limit(fake_server: FakeOpenAIServer) -> None:
+    namespace: dict[str, Any] = {}
+    exec(QA_PROGRAM, namespace)
+    fake_server.responder = lambda request: "Answer: 1"
+    trainset = [
+        aprompt.Example(inputs={"question": f"q{i}"}, labels={"answer": str(i % 3)}) for i in range(20)
+    ]
+    async with (
+        FakeOpenAIServer(responder=lambda request: "yes", api_key=TEST_API_KEY) as judge_server,
+        httpx.AsyncClient() as http,
+        aprompt.OpenAICompatibleLM("fake", fake_server.base_url, api_key=TEST_API_KEY) as lm,
+    ):
+        judge = _OwnJudge(judge_server.base_url, http)
+
+        async def judged(example: aprompt.Example, prediction: Any) -> bool:
+            verdict = await judge.chat(
+                [{"role": "user", "content": f"{prediction.answer} | {example.labels}"}]
+            )
+            return bool(namespace["exact"](example, prediction)) and verdict.text == "yes"
+
+        result = await aprompt.optimize(
+            namespace["QA"](), trainset, judged, lm=lm, limits=aprompt.Limits(max_lm_calls=10_000)
+        )
+    # The run's meter sees the program's requests, not those the metric sends through its own object.
+    assert result.spent["lm_calls"] == len(fake_server.chat_requests) > 0
+    assert len(judge_server.chat_requests) > 0
+    page = " ".join(_text("docs/guarantees.md").split())
+    assert "for any LM object (aprompt's clients and your own)" not in page
+    assert "A call your code makes itself to an LM object that is neither" in page
+    assert "is not seen, and counts against no limit" in page
+    howto = " ".join(_text("docs/howto.md").split())
+    said = "a call your code makes itself to one of your own (a metric's judge that is no aprompt client)"
+    assert f"{said} is not seen" in howto
