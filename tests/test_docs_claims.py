@@ -251,3 +251,31 @@ async def test_the_guarantees_say_which_calls_count_against_a_limit(fake_server:
     howto = " ".join(_text("docs/howto.md").split())
     said = "a call your code makes itself to one of your own (a metric's judge that is no aprompt client)"
     assert f"{said} is not seen" in howto
+
+
+@pytest.mark.anyio
+async def test_the_guarantees_say_a_metric_raising_on_some_predictions_scores_them_0(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    namespace: dict[str, Any] = {}
+    exec(QA_PROGRAM, namespace)
+    fake_server.responder = lambda request: "Answer: 1"
+    trainset = [
+        aprompt.Example(inputs={"question": f"q{i}"}, labels={"answer": str(i % 3)}, id=f"e{i}")
+        for i in range(20)
+    ]
+
+    def fragile(example: aprompt.Example, prediction: Any) -> bool:
+        if (
+            int(example.inputs["question"][1:]) % 4 == 0
+        ):  # a quarter of the examples: some of every evaluation
+            raise ValueError("cannot read this one")
+        return bool(namespace["exact"](example, prediction))
+
+    async with aprompt.OpenAICompatibleLM("fake", fake_server.base_url, api_key=TEST_API_KEY) as lm:
+        result = await aprompt.optimize(namespace["QA"](), trainset, fragile, lm=lm)
+    baseline = result.full_evals[0]
+    assert baseline.n_failed > 0 and baseline.n_unscored == 0  # scored, as 0: averaged into the score
+    page = " ".join(_text("docs/guarantees.md").split())
+    assert "a bug in the metric is never averaged into scores" not in page
+    assert "A metric that raises on some predictions only scores those examples 0" in page
