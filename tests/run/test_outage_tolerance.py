@@ -34,6 +34,7 @@ from tests.optimize.qa_task import SMALL_BUDGET, QAProgram, exact_match, lm_for,
 from tests.optimize.world import TwoStageProgram, World, examples
 from tests.run._optimize_worker import run_world, summary
 from tests.run.test_faults import BreakingTransport, _run_through, asks_about
+from tests.run.test_limits_hold import responder as qa_responder
 
 pytestmark = pytest.mark.anyio
 
@@ -179,6 +180,49 @@ async def test_an_example_failing_alone_while_the_lm_works_is_unscored_and_repor
     # steps running beside each other may share one send of the same request (the run's cache coalesces).
     assert transport.refused % 3 == 0 and len(steps) * 3 * 2 < transport.refused <= len(steps) * 3 * 3
     assert len(result.trials) == 12
+
+
+@pytest.mark.parametrize("fault", [Fault.empty_content(), Fault.null_content(), Fault.content_filter()])
+async def test_a_judge_answering_nothing_on_an_example_leaves_it_unscored_without_reruns(
+    fault: Fault,
+) -> None:
+    """The program's LM answers; the metric's judge draws no answer on one example: the endpoint works and,
+    asked again, would answer the same, so that example is unscored (not 0) at once, with no re-run."""
+    broken = "q104"
+
+    def judge_says(request: ChatRequest) -> str | Fault:
+        return fault if f"for {broken}?" in request.last_user else "yes"
+
+    async with (
+        FakeOpenAIServer(responder=qa_responder, api_key=TEST_API_KEY) as server,
+        FakeOpenAIServer(responder=judge_says, api_key=TEST_API_KEY) as judge_server,
+        lm_for(server) as lm,
+        aprompt.OpenAICompatibleLM(
+            "judge", judge_server.base_url, api_key=TEST_API_KEY, retry=FAST_RETRY
+        ) as judge,
+    ):
+
+        async def by_judge(example: aprompt.Example, prediction: Any) -> bool:
+            asked = f"Same for {example.id}? {prediction.answer} | {example.labels['answer']}"
+            return (await judge.chat([{"role": "user", "content": asked}])).text.strip() == "yes"
+
+        result = await aprompt.optimize(
+            QAProgram(),
+            qa_examples(0, 12),
+            by_judge,
+            valset=qa_examples(100, 110),
+            lm=lm,
+            budget={"n_candidates": 2, "n_trials": 2, "val_size": 10, "minibatch_size": 5},
+            seed=1,
+        )
+        asked = [str((r.body or {}).get("messages")) for r in judge_server.chat_requests]
+    steps = [f"full_eval:{index}" for index in range(len(result.full_evals))] + [
+        f"trial:{t.number}" for t in result.trials if broken in t.example_ids
+    ]
+    assert result.failures.keys() == {f"{step}:{broken}" for step in steps}
+    assert all(f.n_unscored == 1 and f.n_failed == 0 for f in result.full_evals)
+    # Each step asked once, with the client's 2 retries: no check of the LM, no re-run.
+    assert sum(f"for {broken}?" in messages for messages in asked) == 3 * len(steps)
 
 
 async def test_a_check_refused_for_its_token_budget_is_asked_again_with_the_lms_own() -> None:
