@@ -7,7 +7,9 @@ got through, an empty demo set, a dropped proposal) would be journaled, kept by 
 the result. So a step is made complete before it is recorded.
 
 After a step (a trial, a full evaluation, a wave of bootstrap runs) with unscored examples, or a single
-request (a summary, a proposal) that failed at the LM, an :class:`OutageGuard` checks the step's LMs with
+request (a summary, a proposal) that failed at the LM, an :class:`OutageGuard` checks the step's LMs, and
+every LM whose call failed earlier in the run (an LM-judged metric's judge, which the run is never given:
+aprompt's clients, and any LM called through a predictor, tell the run's meter of their failures), with
 a one-token request (a fresh rollout, so no cache answers it; sent again without that budget when a 4xx
 other than 401/403/404 refuses it, as a model that takes no ``max_tokens`` does):
 
@@ -254,11 +256,22 @@ class OutageGuard:
         lms = self.lms or tuple(lm for lm in (current_lm(),) if lm is not None)
         if not lms:
             return LMError("no LM to check")
+        # An LM the step's own are not, whose call failed in this run: an LM-judged metric's judge, known
+        # to the run only by its failures. Down, it leaves examples unscored as the program's LM does.
+        # One closed since (a judge made for each judgement) is no longer the run's to wait for.
+        meter = current_meter()
+        if meter is not None:
+            own = {id(lm) for lm in lms}
+            lms = (*lms, *(lm for key, lm in meter.failed_lms.items() if key not in own and not _closed(lm)))
         for lm in lms:
             problem = await _check_one(lm)
             if problem is not None:
                 return problem
         return None
+
+
+def _closed(lm: LM) -> bool:
+    return getattr(lm, "closed", False) is True
 
 
 async def _check_one(lm: LM) -> LMError | None:

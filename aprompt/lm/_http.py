@@ -44,6 +44,7 @@ from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._loop_owner import LoopOwner
 from aprompt.lm._messages import check_messages
+from aprompt.lm._metering import current_meter
 from aprompt.lm._pacing import pooled_rates
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
@@ -350,8 +351,11 @@ class HTTPChatLM(abc.ABC):
                     completion, hit = await self._requests.complete(messages, sent), False
                 if hit:
                     self._usage.cache_hits += 1
-        except LMError:
+        except LMError as error:
             self._usage.errors += 1
+            meter = current_meter()
+            if meter is not None:  # a call the run does not make itself (a judge's) tells it of this LM
+                meter.note_failed_lm(self, error)
             raise
         finally:
             self._loop_owner.leave()
@@ -392,6 +396,11 @@ class HTTPChatLM(abc.ABC):
                 )
             except AuthenticationError as refused:
                 raise self._reader.explained(refused) from None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called (calls raise :class:`~aprompt._errors.LMError`)."""
+        return self._closed
 
     async def aclose(self) -> None:
         """Close the connections this object opened (an ``http_client`` passed in stays open).

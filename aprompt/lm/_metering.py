@@ -45,7 +45,8 @@ from typing import Any
 import anyio
 import attrs
 
-from aprompt._errors import ConfigError, RateLimitError
+from aprompt._errors import ConfigError, ContextOverflowError, LMError, RateLimitError
+from aprompt.lm._replies import is_answered_failure
 from aprompt.lm.types import LM, Completion, Message, TokenUsage
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
 
@@ -178,6 +179,9 @@ class RequestMeter:
         self._first: _FirstRun | None = None
         # The model of an answer that came without token usage, while a token or cost limit is set.
         self._uncounted: str | None = None
+        #: LMs a call of the run failed on, by id: the outage guard checks them beside the run's own, so an
+        #: LM the run was never given (an LM-judged metric's judge) is waited for while it is down.
+        self.failed_lms: dict[int, LM] = {}
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -327,6 +331,14 @@ class RequestMeter:
         if isinstance(error, RateLimitError):
             self._add("rate_limited", 1)
 
+    def note_failed_lm(self, lm: LM, error: BaseException) -> None:
+        """Remember ``lm`` after a call of it failed with ``error``, unless the failure is the request's
+        own (a reply that is not an answer, a prompt over the context): no outage could explain those."""
+        if isinstance(error, LMError) and not (
+            is_answered_failure(error) or isinstance(error, ContextOverflowError)
+        ):
+            self.failed_lms.setdefault(id(lm), lm)
+
     def note_call(self, *, cached: bool = False, failed: bool = False) -> None:
         """Count one finished chat call (answered, from a cache, or failed)."""
         if failed:
@@ -414,6 +426,7 @@ async def metered_chat(
             completion = await lm.chat(messages, rollout=rollout, **params)
     except Exception as error:
         meter.note_call(failed=True)
+        meter.note_failed_lm(lm, error)
         if prepaid is not None and not prepaid.claimed:
             meter.note_failure(error)
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,18 @@ def world_lm(base_url: str, api_key: str, **lm_options: Any) -> OpenAICompatible
 
 
 async def optimize_world(
-    lm: aprompt.LM, run_dir: str | os.PathLike[str] | None, **options: Any
+    lm: aprompt.LM,
+    run_dir: str | os.PathLike[str] | None,
+    *,
+    scored_by: Callable[[aprompt.Example, Any], Any] = metric,
+    **options: Any,
 ) -> aprompt.OptimizeResult:
-    """The optimization both the child and the tests run (``options`` go to :func:`aprompt.optimize`)."""
+    """The optimization both the child and the tests run (``options`` go to :func:`aprompt.optimize`;
+    ``scored_by`` replaces the world's metric)."""
     return await aprompt.optimize(
         TwoStageProgram(),
         examples(0, 80),
-        metric,
+        scored_by,
         valset=examples(200, 240),
         lm=lm,
         budget=BUDGET,

@@ -14,7 +14,8 @@ import math
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import SMALL_BUDGET, QAProgram, exact_match, lm_for, qa_examples
 from tests.optimize.world import TwoStageProgram, World, examples
-from tests.run._optimize_worker import run_world, summary
+from tests.run._optimize_worker import optimize_world, run_world, summary, world_lm
 from tests.run.test_faults import BreakingTransport, _run_through, asks_about
 from tests.run.test_limits_hold import responder as qa_responder
 
@@ -377,20 +378,124 @@ async def test_a_metric_whose_own_lm_never_answers_stops_the_run_instead_of_scor
             "judge", f"http://127.0.0.1:{closed}/v1", api_key=TEST_API_KEY, retry=RetryPolicy(max_retries=0)
         ) as judge,
     ):
-
-        async def by_judge(example: aprompt.Example, prediction: Any) -> bool:
-            asked = f"Same? {prediction.answer} | {example.labels['answer']}"
-            return (await judge.chat([{"role": "user", "content": asked}])).text.strip() == "yes"
-
-        with pytest.raises(aprompt.OptimizationError, match=r"LMConnectionError") as info:
+        with pytest.raises(aprompt.EndpointDownError, match=r"LMConnectionError") as info:
             await aprompt.optimize(
                 TwoStageProgram(),
                 examples(0, 40),
-                by_judge,
+                partial(judged, judge),
                 valset=examples(200, 230),
                 lm=lm,
                 budget=SMALL_BUDGET,
                 seed=1,
                 outage_tolerance=1,
             )
-    assert "every one of the 30 validation examples" in str(info.value)
+    assert info.value.endpoint == f"http://127.0.0.1:{closed}/v1"
+
+
+async def judged(judge: aprompt.LM, example: aprompt.Example, prediction: Any) -> bool:
+    """The World's metric, asked of ``judge`` (a :class:`Judge`)."""
+    asked = f"Same? {prediction.answer} | {example.labels['answer']}"
+    return (await judge.chat([{"role": "user", "content": asked}])).text.strip() == "yes"
+
+
+class Judge:
+    """The responder of a judge for :func:`judged` that starts a server outage once it has answered
+    ``n_answered`` requests (none without one)."""
+
+    def __init__(self, n_answered: int | None = None, seconds: float = 0.0) -> None:
+        self.n_answered, self.seconds = n_answered, seconds
+        self.server: FakeOpenAIServer | None = None
+        self.answers = 0
+
+    def __call__(self, request: ChatRequest) -> str:
+        self.answers += 1
+        if self.server is not None and self.answers == self.n_answered:
+            self.server.outage(seconds=self.seconds, mode="503")
+        if " | " not in request.last_user:
+            return "OK"  # the run's check of the judge
+        answer, expected = request.last_user.removeprefix("Same? ").split(" | ")
+        return "yes" if answer.strip() == expected.strip() else "no"
+
+
+@asynccontextmanager
+async def judged_world(responder: Judge) -> AsyncIterator[Callable[..., Awaitable[aprompt.OptimizeResult]]]:
+    """Runs of the world scored by a judge on its own server, answered by ``responder``; the servers
+    stay up between runs (a resumed run's judge is the same)."""
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as judge_server,
+        aprompt.OpenAICompatibleLM(
+            "judge", judge_server.base_url, api_key=TEST_API_KEY, retry=FAST_RETRY
+        ) as judge,
+    ):
+        responder.server = judge_server
+
+        async def run(run_dir: Path | None = None, **options: Any) -> aprompt.OptimizeResult:
+            async with world_lm(server.base_url, TEST_API_KEY, retry=FAST_RETRY) as lm:
+                return await optimize_world(lm, run_dir, scored_by=partial(judged, judge), **options)
+
+        yield run
+
+
+async def judged_clean_run() -> aprompt.OptimizeResult:
+    async with judged_world(Judge()) as run:
+        return await run()
+
+
+async def test_an_outage_of_the_metrics_own_lm_mid_run_ends_with_the_clean_result() -> None:
+    """The guard checked only the program's LMs: they answered, so the examples the judge's outage left
+    unscored were taken for their own failures, and the run returned trials scored on none of them."""
+    clean = await judged_clean_run()
+    responder = Judge(400, 2.0)
+    async with judged_world(responder) as run:
+        result = await run(outage_tolerance=60)
+        assert responder.server is not None and responder.server.refused_in_outage > 0
+    assert result.usage.errors > 0, "requests failed after their retries: steps lost examples"
+    assert summary(result) == summary(clean)
+    assert result.failures == {} and clean.failures == {}
+    assert all(t.n_unscored == 0 for t in result.trials) and all(f.n_unscored == 0 for f in result.full_evals)
+
+
+async def test_the_metrics_own_lm_down_past_the_tolerance_stops_the_run_and_a_later_call_resumes_it(
+    tmp_path: Path,
+) -> None:
+    clean = await judged_clean_run()
+    run_dir = tmp_path / "run"
+    responder = Judge(400, math.inf)
+    async with judged_world(responder) as run:
+        with pytest.raises(aprompt.EndpointDownError, match="outage_tolerance=1 s") as stopped:
+            await run(run_dir, outage_tolerance=1.0)
+        assert responder.server is not None
+        assert stopped.value.waited >= 1.0 and stopped.value.endpoint == responder.server.base_url
+        with RunJournal.open(run_dir) as journal:
+            journaled = [payload for _, payload in journal.entries("trial")]
+        assert journaled, "trials before the outage were journaled"
+        assert all(trial["n_unscored"] == 0 for trial in journaled), "no trial the outage cut short"
+
+        responder.server.end_outage()
+        resumed = await run(run_dir, outage_tolerance=1.0)
+    assert summary(resumed) == summary(clean)
+    assert resumed.failures == {}
+
+
+async def test_a_judge_made_for_each_judgement_that_failed_once_is_not_taken_for_an_outage() -> None:
+    # A judge closed after its one failed call cannot answer a check: that is no outage, and the example
+    # is re-run with a judge of its own, as any example failing alone while its LMs work.
+    clean = await judged_clean_run()
+    async with (
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server,
+        FakeOpenAIServer(responder=Judge(), api_key=TEST_API_KEY) as judge_server,
+        world_lm(server.base_url, TEST_API_KEY, retry=FAST_RETRY) as lm,
+    ):
+        judge_server.script(lambda n: Fault.http_status(503) if n == 20 else None)
+
+        async def by_fresh_judge(example: aprompt.Example, prediction: Any) -> bool:
+            async with aprompt.OpenAICompatibleLM(
+                "judge", judge_server.base_url, api_key=TEST_API_KEY, retry=NO_RETRY
+            ) as judge:
+                return await judged(judge, example, prediction)
+
+        result = await optimize_world(lm, None, scored_by=by_fresh_judge, outage_tolerance=60)
+    assert summary(result) == summary(clean)
+    assert result.failures == {}
+    assert len(judge_server.chat_requests) > 20, "the scripted 503 was sent"
