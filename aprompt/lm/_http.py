@@ -44,7 +44,7 @@ from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._loop_owner import LoopOwner
 from aprompt.lm._messages import check_messages
-from aprompt.lm._metering import current_meter
+from aprompt.lm._metering import current_meter, run_deadline
 from aprompt.lm._pacing import pooled_rates
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
@@ -331,26 +331,32 @@ class HTTPChatLM(abc.ABC):
         cache = self._cache if self._cache is not None else lent_cache(self)
         self._loop_owner.enter(self)  # the error's text is made only when it is raised
         try:
-            if cache is None:
-                completion = await self._requests.complete(messages, sent)
-            else:
-                key = request_key(
-                    model=self._model,
-                    messages=messages,
-                    params=self._keyed_params(request_params, sent),
-                    rollout=rollout,
-                    namespace=self.cache_namespace,
-                )
-                completion, hit = await cache.get_or_compute(
-                    key, lambda: self._requests.complete(messages, sent), owner=self
-                )
-                if hit and is_cut(completion.finish_reason) and incomplete_reply(completion, "") is not None:
-                    # A cut reply a caller that accepts it had stored is no answer here: the server is
-                    # asked, as without the cache (and re-sent with a larger budget); the entry is kept
-                    # for the callers that accept it.
-                    completion, hit = await self._requests.complete(messages, sent), False
-                if hit:
-                    self._usage.cache_hits += 1
+            # The run's max_time ends a call the run does not make through metered_chat (a metric's judge).
+            with run_deadline():
+                if cache is None:
+                    completion = await self._requests.complete(messages, sent)
+                else:
+                    key = request_key(
+                        model=self._model,
+                        messages=messages,
+                        params=self._keyed_params(request_params, sent),
+                        rollout=rollout,
+                        namespace=self.cache_namespace,
+                    )
+                    completion, hit = await cache.get_or_compute(
+                        key, lambda: self._requests.complete(messages, sent), owner=self
+                    )
+                    if (
+                        hit
+                        and is_cut(completion.finish_reason)
+                        and incomplete_reply(completion, "") is not None
+                    ):
+                        # A cut reply a caller that accepts it had stored is no answer here: the server is
+                        # asked, as without the cache (and re-sent with a larger budget); the entry is kept
+                        # for the callers that accept it.
+                        completion, hit = await self._requests.complete(messages, sent), False
+                    if hit:
+                        self._usage.cache_hits += 1
         except LMError as error:
             self._usage.errors += 1
             meter = current_meter()

@@ -18,7 +18,8 @@ A request is counted when it is admitted, before it is sent, so the requests a r
 ``max_requests``; tokens and cost are known only when an answer arrives, so they may pass their limit by
 what the requests in flight at that moment cost. Once a limit is spent, or the deadline has passed, the
 next request is refused with :class:`LimitReached`, and :func:`metered_chat` cancels a call still in
-flight at the deadline with the same exception.
+flight at the deadline with the same exception (as :class:`HTTPChatLM` does its own calls, through
+:func:`run_deadline`: those a metric makes of its judge reach no :func:`metered_chat`).
 
 :class:`LimitReached` derives from :class:`BaseException`, like a cancellation, on purpose: it must never
 be caught by ``except Exception`` in a program or an evaluator and scored as a wrong answer, nor be
@@ -59,6 +60,7 @@ __all__ = [
     "measuring",
     "metered_chat",
     "metering",
+    "run_deadline",
 ]
 
 #: Answers whose tokens a run may hold unrecorded under a token or cost limit (``on_answers``).
@@ -368,6 +370,21 @@ def metering(meter: RequestMeter) -> Iterator[RequestMeter]:
         yield meter
     finally:
         _METER.reset(token)
+
+
+@contextmanager
+def run_deadline() -> Iterator[None]:
+    """End the block at the deadline of the run's ``max_time`` with :class:`LimitReached` (as
+    :func:`metered_chat` ends its calls); outside a run, or without a time limit, nothing ends it."""
+    meter = _METER.get()
+    left = meter.seconds_left() if meter is not None else math.inf
+    if meter is None or left == math.inf:
+        yield
+        return
+    with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise LimitReached("max_time", f"run limit reached: {meter.describe('max_time')}")
 
 
 @contextmanager

@@ -706,6 +706,43 @@ async def test_max_lm_calls_bounds_the_requests_of_an_lm_judged_metric_too(limit
     assert received <= result.spent["lm_calls"] <= limit
 
 
+async def test_max_time_cancels_the_calls_of_an_lm_judged_metric_at_the_deadline_too() -> None:
+    """A judge's call is not one the run makes through its own metering: it ran on past the deadline,
+    for as long as the judge took (up to the client's timeout)."""
+    stall = anyio.Event()
+
+    async def judged(request: ChatRequest) -> str:
+        if request.last_user.startswith("Same? "):
+            if stall.is_set():
+                await anyio.sleep(60)
+            said, expected = request.last_user.removeprefix("Same? ").split(" | ")
+            return "yes" if said == expected else "no"
+        return responder(request)
+
+    def on_event(event: aprompt.Event) -> None:
+        if isinstance(event, aprompt.FullEvaluation) and event.is_baseline:
+            stall.set()  # every judgement after the baseline's stalls
+
+    async with (
+        FakeOpenAIServer(responder=judged, api_key=TEST_API_KEY) as server,
+        client(server) as lm,
+        OpenAICompatibleLM("judge", server.base_url, api_key=TEST_API_KEY) as judge,
+    ):
+
+        async def by_judge(example: aprompt.Example, prediction: Any) -> bool:
+            asked = f"Same? {prediction.answer} | {example.labels['answer']}"
+            completion = await judge.chat([{"role": "user", "content": asked}])
+            return completion.text.strip() == "yes"
+
+        started = time.monotonic()
+        result = await qa_run(lm, limits=aprompt.Limits(max_time=3.0), on_event=on_event, metric_=by_judge)
+        elapsed = time.monotonic() - started
+
+    assert result.stopped_by == "max_time"
+    assert elapsed < 3.0 + 2.0
+    assert_best_so_far(result)
+
+
 class UncountedLM(PlainLM):
     """Another framework's model that does not tell what its calls cost (no token usage)."""
 
