@@ -40,7 +40,7 @@ import contextvars
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -372,16 +372,22 @@ def metering(meter: RequestMeter) -> Iterator[RequestMeter]:
         _METER.reset(token)
 
 
-@contextmanager
-def run_deadline() -> Iterator[None]:
+def run_deadline() -> AbstractContextManager[None]:
     """End the block at the deadline of the run's ``max_time`` with :class:`LimitReached` (as
-    :func:`metered_chat` ends its calls); outside a run, or without a time limit, nothing ends it."""
+    :func:`metered_chat` ends its calls); outside a run, or without a time limit, nothing ends it (one
+    shared null context: this is on every call's path)."""
     meter = _METER.get()
-    left = meter.seconds_left() if meter is not None else math.inf
-    if meter is None or left == math.inf:
-        yield
-        return
-    with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
+    if meter is None or meter.max_seconds is None:
+        return _NO_DEADLINE
+    return _until_deadline(meter)
+
+
+_NO_DEADLINE: AbstractContextManager[None] = nullcontext()
+
+
+@contextmanager
+def _until_deadline(meter: RequestMeter) -> Iterator[None]:
+    with anyio.CancelScope(deadline=anyio.current_time() + meter.seconds_left()) as scope:
         yield
     if scope.cancelled_caught:
         raise LimitReached("max_time", f"run limit reached: {meter.describe('max_time')}")
