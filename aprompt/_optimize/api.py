@@ -36,7 +36,7 @@ from aprompt.program.state import program_state
 from aprompt.run._limits import Limits
 from aprompt.run._preflight import check_endpoints, check_limits, check_metric, first_step_runs
 from aprompt.run._storage import run_fingerprint, run_storage
-from aprompt.run.identity import note_program_run, plain_settings
+from aprompt.run.identity import note_program_run, plain_settings, program_settings
 
 logger = logging.getLogger("aprompt")
 
@@ -245,6 +245,10 @@ async def optimize(
     plans_trials = checked_plan(chosen, plan, len(predictors), len(train), len(val)).n_trials > 0
     check_inputs(program, [*train, *val], "trainset/valset")
     check_metric(metric)
+    # A metric object's settings as the call begins, before the check below calls it: those the run itself
+    # changes (a count of calls) are no settings, and a resume in this process reads them as they were.
+    metric_settings = plain_settings(metric)
+    metric_identity = program_settings(metric)
     await check_metric_on_labels(metric, [*val, *train])
     warn_unsaved_demo_values(predictors, train)
     warn_missing_labels(predictors, val)
@@ -282,6 +286,7 @@ async def optimize(
         proposer_lm=proposer,
         teacher_lm=teacher_lm,
         metric=metric,
+        metric_settings=metric_identity,
         program=program,
     )
     # The plain values the program holds as the run begins: those the run itself changes are no
@@ -318,6 +323,7 @@ async def optimize(
                 return await run_to_result(ctx, chosen, target, started)
     finally:
         note_program_run(program, settings)
+        note_program_run(metric, metric_settings)
 
 
 __all__ = ["optimize", "split_valset"]

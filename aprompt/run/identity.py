@@ -136,12 +136,14 @@ def run_fingerprint(
     proposer_lm: Any,
     teacher_lm: Any,
     metric: Any,
+    metric_settings: str | None = None,
     program: Any = None,
 ) -> dict[str, Any]:
     """What makes two runs the same run: a resumed run must match it exactly, key by key.
 
     ``program``'s code (its class's source, or its function's) is part of it: code that changes what
-    the program returns from the same predictors changes every score.
+    the program returns from the same predictors changes every score. ``metric_settings`` is the metric
+    object's :func:`program_settings` as the call began (before any check called it).
 
     Example::
 
@@ -161,6 +163,9 @@ def run_fingerprint(
         "valset": digest([e.id for e in valset]),
         "valset content": digest([[e.inputs, e.labels] for e in valset]),
         "metric": callable_identity(metric),
+        # A callable object's (or a bound method's object's) plain values: ``Judge(threshold=0.9)`` scores
+        # otherwise than ``Judge(threshold=0.5)``. None for a function, so journals without it still match.
+        "metric settings": metric_settings,
         "program code": None if program is None else program_identity(program),
         "program settings": None if program is None else program_settings(program),
     }

@@ -24,7 +24,7 @@ async def _run(server: FakeOpenAIServer, run_dir: Path | None, **options: Any) -
         return await aprompt.optimize(
             TwoStageProgram(),
             examples(0, 80),
-            metric,
+            options.pop("metric", metric),
             valset=examples(200, 240),
             lm=lm,
             budget=BUDGET,
@@ -112,5 +112,40 @@ async def test_the_same_numbers_in_other_types_resume_the_same_run(tmp_path: Pat
         first = await _run(server, tmp_path / "run", seed=np.int64(3), bootstrap_threshold=1)
         before = len(server.chat_requests)
         second = await _run(server, tmp_path / "run", bootstrap_threshold=1.0)
+        assert len(server.chat_requests) == before
+    assert _summary(second) == _summary(first)
+
+
+class _Judge:
+    """A metric object with a setting (a score for a near miss) and a count it keeps of its calls."""
+
+    def __init__(self, partial_credit: float) -> None:
+        self.partial_credit = partial_credit
+        self.calls = 0
+
+    def __call__(self, example: aprompt.Example, prediction: Any) -> float:
+        self.calls += 1
+        right = metric(example, prediction)
+        return 1.0 if right else self.partial_credit
+
+
+async def test_a_metric_object_with_another_setting_does_not_resume_the_run(tmp_path: Path) -> None:
+    # The same class with another setting scores otherwise: resuming its run would mix the two metrics'
+    # scores in one search and return a program chosen on them.
+    async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
+        await _run(server, tmp_path / "run", metric=_Judge(0.0))
+        with pytest.raises(aprompt.ConfigError, match="metric settings"):
+            await _run(server, tmp_path / "run", metric=_Judge(0.5))
+
+
+async def test_a_metric_object_counting_its_calls_resumes_in_the_same_process(tmp_path: Path) -> None:
+    # What the run itself changes in the metric (its count of calls) is no setting: calling again with the
+    # same object replays the run from its journal.
+    judge = _Judge(0.0)
+    async with FakeOpenAIServer(responder=World(), api_key="sk-world") as server:
+        first = await _run(server, tmp_path / "run", metric=judge)
+        before = len(server.chat_requests)
+        assert judge.calls > 0
+        second = await _run(server, tmp_path / "run", metric=judge)
         assert len(server.chat_requests) == before
     assert _summary(second) == _summary(first)
