@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.run_context import RunContext
-from aprompt._optimize.search import ProposalHook, SearchLoop, no_hook
+from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import SearchOutcome
+from aprompt._optimize.search_state import ProposalHook, no_hook
 from aprompt._optimize.strategies.demo_steps import bootstrap_candidates as bootstrap_candidates
 from aprompt._optimize.strategies.demo_steps import demo_sets_from_json as demo_sets_from_json
 from aprompt._optimize.strategies.demo_steps import demo_sets_to_json as demo_sets_to_json
