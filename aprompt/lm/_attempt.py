@@ -13,7 +13,11 @@ goes to another; one of several that answers 404 (a replica lacking the route or
 request's fault: the request goes at once to another endpoint (each one once at most), outside the
 retries; when every other one is cooling down or paused by a 429, to one of them all the same, waiting
 out its pause (raised, the 404 would lose a request another replica answers). A lone endpoint's 404, or
-one from every endpoint, is raised.
+one from every endpoint, is raised. Another refusal of the request (a 400 or 422: a prompt longer than
+this replica's context, a parameter its server version lacks) goes on to the other endpoints the same
+way, the refusing one staying in use: replicas configured differently would otherwise make the answer
+depend on which one a request happened to reach (a refusal from every one is raised, one of those that
+are not a 404 rather than a 404). A refusal of the key (401/403) is raised.
 
 Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
 own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
@@ -31,7 +35,7 @@ from typing import Any
 import attrs
 import httpx
 
-from aprompt._errors import LMError, LMStatusError, RateLimitError
+from aprompt._errors import AuthenticationError, LMError, LMStatusError, RateLimitError, RequestRejectedError
 from aprompt._slots import Slots
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._metering import admit_request
@@ -84,22 +88,29 @@ class Attempts:
     async def routed(
         self, payload: bytes, estimate: int, params: Mapping[str, Any], *, is_retry: bool
     ) -> Completion:
-        """One attempt, sent on at once to another endpoint while the one it went to answers 404: a
-        replica lacking the route or model (now cooling down) is not the request's fault. Each endpoint
-        is tried once at most (one paused by a 429 is waited for); a 404 from every one is raised."""
+        """One attempt, sent on at once to another endpoint while the one it went to answers 404 (a
+        replica lacking the route or model, now cooling down) or refuses the request otherwise (not its
+        key): another replica may answer it. Each endpoint is tried once at most (one paused by a 429 is
+        waited for); when every one refused, a refusal other than a 404 is raised if one came."""
         tried: frozenset[str] = frozenset()
+        refusal: LMStatusError | None = None  # the first that was not a 404
         while True:
             try:
                 return await self.attempt(payload, estimate, params, is_retry=is_retry, avoid=tried)
             except LMStatusError as error:
                 url = error.endpoint
-                if error.status_code != 404 or url is None:
+                if url is None or not _another_may_answer(error):
                     raise
                 tried |= {url}
+                if refusal is None and error.status_code != 404:
+                    refusal = error
                 if len(tried) >= len(self.pool.endpoints):
-                    raise
+                    if refusal is None or refusal is error:
+                        raise
+                    raise refusal from None
+                status = error.status_code
             is_retry = True
-            logger.debug("%s: HTTP 404, sending the request to another endpoint", url)
+            logger.debug("%s: HTTP %d, sending the request to another endpoint", url, status)
 
     async def attempt(
         self,
@@ -201,3 +212,11 @@ class Attempts:
                 logger.debug("%s: HTTP 429 within a pause", endpoint.url)
         elif is_endpoint_fault(error):
             self.pool.mark_unhealthy(endpoint)
+
+
+def _another_may_answer(error: LMStatusError) -> bool:
+    """Whether another replica may answer a request ``error`` refused: a 404 or another refusal of the
+    request (replicas may differ in context, model version or route), not of the key."""
+    return error.status_code == 404 or (
+        isinstance(error, RequestRejectedError) and not isinstance(error, AuthenticationError)
+    )

@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import ConfigError, RequestRejectedError, ServerError
+from aprompt._errors import ConfigError, ContextOverflowError, RequestRejectedError, ServerError
 from aprompt.lm._connections import ConnectionLanes, LaneTransports
 from aprompt.lm._transport import HttpxTransport
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
@@ -309,6 +309,38 @@ async def test_a_404_from_every_replica_is_raised_after_each_was_tried_once(
         with pytest.raises(RequestRejectedError) as caught:
             await lm.chat(question(0))
     assert caught.value.status_code == 404 and "check the base URL" in str(caught.value)
+    assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (1, 1)
+
+
+@both_backends
+async def test_a_request_one_replica_refuses_is_answered_by_another_that_accepts_it(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    """One replica serves a smaller context: a prompt it refuses as too long is no prompt's failure (an
+    evaluation would score it 0) while the other answers it, whichever replica the request reached."""
+    fake_server.context_tokens = 50
+    urls = [fake_server.base_url, second_server.base_url]
+    long_question = "word " * 100
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=4, max_retries=0) as lm:
+        for index in range(6):
+            completion = await lm.chat([{"role": "user", "content": f"{index} {long_question}"}])
+            assert completion.text == "Answer: ok"
+    assert (lm.usage.calls, lm.usage.errors) == (6, 0)
+    assert len(second_server.chat_requests) == 6
+    assert {r.status for r in fake_server.chat_requests} == {400}
+
+
+async def test_a_request_every_replica_refuses_raises_the_refusal_not_a_404(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    """One replica lacks the model, the other refuses the prompt as too long: each is asked, and the
+    prompt's refusal is raised (an evaluation scores it), not the 404 that came last."""
+    fake_server.fault_rates = [(Fault.http_status(404), 1.0)]
+    second_server.context_tokens = 50
+    urls = [fake_server.base_url, second_server.base_url]  # the second is asked first
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_retries=0) as lm:
+        with pytest.raises(ContextOverflowError):
+            await lm.chat([{"role": "user", "content": "word " * 100}])
     assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (1, 1)
 
 
