@@ -92,16 +92,16 @@ class Attempts:
         replica lacking the route or model, now cooling down) or refuses the request otherwise (not its
         key): another replica may answer it. Each endpoint is tried once at most (one paused by a 429 is
         waited for); when every one refused, a refusal other than a 404 is raised if one came."""
-        tried: frozenset[str] = frozenset()
+        # The endpoints themselves, not their URLs: several may share one (a server, a key each).
+        tried: set[EndpointState] = set()
         refusal: LMStatusError | None = None  # the first that was not a 404
         while True:
             try:
-                return await self.attempt(payload, estimate, params, is_retry=is_retry, avoid=tried)
+                return await self.attempt(payload, estimate, params, is_retry=is_retry, tried=tried)
             except LMStatusError as error:
                 url = error.endpoint
                 if url is None or not _another_may_answer(error):
                     raise
-                tried |= {url}
                 if refusal is None and error.status_code != 404:
                     refusal = error
                 if len(tried) >= len(self.pool.endpoints):
@@ -119,17 +119,20 @@ class Attempts:
         params: Mapping[str, Any],
         *,
         is_retry: bool,
-        avoid: frozenset[str] = frozenset(),
+        tried: set[EndpointState] | None = None,
     ) -> Completion:
-        """``payload`` sent once, to an endpoint not in ``avoid`` when one is available."""
+        """``payload`` sent once, to an endpoint not in ``tried`` when one is available (the one it goes
+        to is added to ``tried``)."""
         await self.wait_out_pause()
         # The client's slots number at most the endpoints' total capacity (the controller's maximum).
         async with (
             self.reservations.first_open_reply(params),
             self.slots,
-            self.pool.lease(capped=True, avoid=avoid) as lease,
+            self.pool.lease(capped=True, avoid=tried or ()) as lease,
         ):
             endpoint = lease.endpoint
+            if tried is not None:
+                tried.add(endpoint)
             # Reserved per attempt: a retry reserves what the replies since have taught.
             reserved = self.reservations.reserve(estimate, params)
             admitted = await endpoint.limiter.acquire(reserved)

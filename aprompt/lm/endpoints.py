@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 
 import attrs
@@ -244,14 +244,14 @@ class EndpointPool:
         now = self._clock()
         return now >= endpoint.unhealthy_until and now >= endpoint.limiter.paused_until
 
-    def choose(self, avoid: frozenset[str] = frozenset()) -> EndpointState:
-        """The least-loaded available endpoint (ties rotate), or the least-loaded one if none is; one whose
-        URL is in ``avoid`` only when every one is."""
+    def choose(self, avoid: Collection[EndpointState] = ()) -> EndpointState:
+        """The least-loaded available endpoint (ties rotate), or the least-loaded one if none is; one in
+        ``avoid`` only when every one is."""
         endpoints = self._endpoints
         if len(endpoints) == 1:
             return endpoints[0]
         if avoid:
-            endpoints = tuple(e for e in endpoints if e.url not in avoid) or endpoints
+            endpoints = tuple(e for e in endpoints if e not in avoid) or endpoints
         start = self._turn = (self._turn + 1) % len(self._endpoints)
         start %= len(endpoints)
         best = endpoints[start]
@@ -266,10 +266,11 @@ class EndpointPool:
     def _rank(self, endpoint: EndpointState) -> tuple[bool, float]:
         return (not self.is_available(endpoint), endpoint.in_flight / endpoint.capacity)
 
-    def lease(self, *, capped: bool = False, avoid: frozenset[str] = frozenset()) -> EndpointLease:
+    def lease(self, *, capped: bool = False, avoid: Collection[EndpointState] = ()) -> EndpointLease:
         """``async with pool.lease() as lease:`` routes a request and holds one of its slots.
 
-        ``avoid``: URLs of endpoints this request should not go to (see :meth:`choose`).
+        ``avoid``: endpoints this request should not go to (see :meth:`choose`); several may share a URL
+        (one server, a key each).
 
         ``capped``: the caller already holds one of at most :attr:`capacity` slots of its own. A lone
         endpoint's slots could then never make a request wait, so they are not taken (one limiter,
@@ -294,7 +295,7 @@ class EndpointLease:
     __slots__ = ("_avoid", "_lane", "_pool", "_take_slot", "endpoint", "transport")
 
     def __init__(
-        self, pool: EndpointPool, *, take_slot: bool = True, avoid: frozenset[str] = frozenset()
+        self, pool: EndpointPool, *, take_slot: bool = True, avoid: Collection[EndpointState] = ()
     ) -> None:
         self._pool = pool
         self._take_slot = take_slot

@@ -312,6 +312,22 @@ async def test_a_404_from_every_replica_is_raised_after_each_was_tried_once(
     assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (1, 1)
 
 
+async def test_a_404_from_endpoints_sharing_a_url_is_raised_after_each_was_tried_once() -> None:
+    """One server given twice, a key each (two keys' rate limits): a 404 went from one to the other for
+    good, thousands of requests a second, as both count as one URL tried."""
+    async with FakeOpenAIServer() as server:
+        server.fault_rates = [(Fault.http_status(404), 1.0)]
+        endpoints = [Endpoint(server.base_url, api_key=key) for key in ("sk-one-1111", "sk-two-2222")]
+        async with OpenAICompatibleLM("m", endpoints, max_concurrency=4, max_retries=0) as lm:
+            with anyio.fail_after(5), pytest.raises(RequestRejectedError) as caught:
+                await lm.chat(question(0))
+    assert caught.value.status_code == 404
+    assert sorted(r.headers["authorization"] for r in server.chat_requests) == [
+        "Bearer sk-one-1111",
+        "Bearer sk-two-2222",
+    ]
+
+
 @both_backends
 async def test_a_request_one_replica_refuses_is_answered_by_another_that_accepts_it(
     fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
