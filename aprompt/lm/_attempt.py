@@ -9,8 +9,10 @@ or httpx behind a proxy or with a caller's ``http_client``, whose reply :mod:`ap
 reads. Retry back-offs and pauses (:mod:`aprompt.lm._pacing`) are waited outside every slot.
 
 Endpoints. A failed attempt cools its endpoint down (see :mod:`aprompt.lm.endpoints`), so that a retry
-goes to another; one of several that answers 404 (a replica lacking the route or model) is not the
-request's fault: the request goes at once to another endpoint (each one once at most), outside the
+goes to another, as it does, when another is available, after a failure that cools none down (an empty
+or filtered reply: a replica serving a broken model would otherwise take every try of a request, and an
+evaluation would score it 0). One of several that answers 404 (a replica lacking the route or model) is
+not the request's fault: the request goes at once to another endpoint (each one once at most), outside the
 retries; when every other one is cooling down or paused by a 429, to one of them all the same, waiting
 out its pause (raised, the 404 would lose a request another replica answers). A lone endpoint's 404, or
 one from every endpoint, is raised. Another refusal of the request (a 400 or 422: a prompt longer than
@@ -86,18 +88,28 @@ class Attempts:
     rng: random.Random
 
     async def routed(
-        self, payload: bytes, estimate: int, params: Mapping[str, Any], *, is_retry: bool
+        self,
+        payload: bytes,
+        estimate: int,
+        params: Mapping[str, Any],
+        *,
+        is_retry: bool,
+        failed_on: set[EndpointState] | None = None,
     ) -> Completion:
         """One attempt, sent on at once to another endpoint while the one it went to answers 404 (a
         replica lacking the route or model, now cooling down) or refuses the request otherwise (not its
         key): another replica may answer it. Each endpoint is tried once at most (one paused by a 429 is
-        waited for); when every one refused, a refusal other than a 404 is raised if one came."""
+        waited for); when every one refused, a refusal other than a 404 is raised if one came.
+
+        ``failed_on``: the endpoints the request failed on before (see :meth:`attempt`)."""
         # The endpoints themselves, not their URLs: several may share one (a server, a key each).
         tried: set[EndpointState] = set()
         refusal: LMStatusError | None = None  # the first that was not a 404
         while True:
             try:
-                return await self.attempt(payload, estimate, params, is_retry=is_retry, tried=tried)
+                return await self.attempt(
+                    payload, estimate, params, is_retry=is_retry, tried=tried, failed_on=failed_on
+                )
             except LMStatusError as error:
                 url = error.endpoint
                 if url is None or not _another_may_answer(error):
@@ -120,15 +132,17 @@ class Attempts:
         *,
         is_retry: bool,
         tried: set[EndpointState] | None = None,
+        failed_on: set[EndpointState] | None = None,
     ) -> Completion:
         """``payload`` sent once, to an endpoint not in ``tried`` when one is available (the one it goes
-        to is added to ``tried``)."""
+        to is added to ``tried``), and, among the available ones, not in ``failed_on`` when one is (the
+        one it goes to is added to ``failed_on`` if it fails)."""
         await self.wait_out_pause()
         # The client's slots number at most the endpoints' total capacity (the controller's maximum).
         async with (
             self.reservations.first_open_reply(params),
             self.slots,
-            self.pool.lease(capped=True, avoid=tried or ()) as lease,
+            self.pool.lease(capped=True, avoid=tried or (), shun=failed_on or ()) as lease,
         ):
             endpoint = lease.endpoint
             if tried is not None:
@@ -178,6 +192,8 @@ class Attempts:
                 if isinstance(error, LMStatusError):
                     used = 0
                 self.note_failure(endpoint, error)
+                if failed_on is not None:
+                    failed_on.add(endpoint)
                 if meter is not None:
                     meter.note_failure(error)
                 raise

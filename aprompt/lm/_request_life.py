@@ -31,6 +31,7 @@ from aprompt._errors import ConfigError, RequestRejectedError, TruncatedResponse
 from aprompt.lm._attempt import Attempts
 from aprompt.lm._replies import larger_budget
 from aprompt.lm._reservations import Reservations
+from aprompt.lm.endpoints import EndpointState
 from aprompt.lm.limits import estimate_prompt_tokens
 from aprompt.lm.retry import RetryPolicy
 from aprompt.lm.types import Completion, Message
@@ -76,12 +77,16 @@ class RequestLife:
         self.reservations.estimator.reservation(estimate, params)  # a budget it cannot reserve: raised
         attempts = 0
         enlarged = False
+        # A retry goes to another endpoint than those this request failed on, when one is available.
+        failed_on: set[EndpointState] = set()
 
         async def attempt() -> Completion:
             nonlocal attempts, payload, enlarged
             attempts += 1
             try:
-                return await self.attempts.routed(payload, estimate, params, is_retry=attempts > 1)
+                return await self.attempts.routed(
+                    payload, estimate, params, is_retry=attempts > 1, failed_on=failed_on
+                )
             except TruncatedResponseError as truncated:
                 # A reply the context window cut would be cut at the same place with any budget.
                 if enlarged or truncated.by_window:
@@ -109,7 +114,9 @@ class RequestLife:
             )
             attempts += 1
             try:
-                return await self.attempts.routed(payload, estimate, larger_params, is_retry=True)
+                return await self.attempts.routed(
+                    payload, estimate, larger_params, is_retry=True, failed_on=failed_on
+                )
             except TruncatedResponseError as again:
                 final, detail = again, f"cut again with {name}={larger}"
             except RequestRejectedError as rejected:  # e.g. more than the model's output limit

@@ -244,9 +244,12 @@ class EndpointPool:
         now = self._clock()
         return now >= endpoint.unhealthy_until and now >= endpoint.limiter.paused_until
 
-    def choose(self, avoid: Collection[EndpointState] = ()) -> EndpointState:
+    def choose(
+        self, avoid: Collection[EndpointState] = (), shun: Collection[EndpointState] = ()
+    ) -> EndpointState:
         """The least-loaded available endpoint (ties rotate), or the least-loaded one if none is; one in
-        ``avoid`` only when every one is."""
+        ``avoid`` only when every one is, and among the available ones, one in ``shun`` (those a retried
+        request failed on) only when every one is."""
         endpoints = self._endpoints
         if len(endpoints) == 1:
             return endpoints[0]
@@ -255,28 +258,35 @@ class EndpointPool:
         start = self._turn = (self._turn + 1) % len(self._endpoints)
         start %= len(endpoints)
         best = endpoints[start]
-        best_rank = self._rank(best)
+        best_rank = self._rank(best, shun)
         for offset in range(1, len(endpoints)):
             candidate = endpoints[(start + offset) % len(endpoints)]
-            rank = self._rank(candidate)
+            rank = self._rank(candidate, shun)
             if rank < best_rank:
                 best, best_rank = candidate, rank
         return best
 
-    def _rank(self, endpoint: EndpointState) -> tuple[bool, float]:
-        return (not self.is_available(endpoint), endpoint.in_flight / endpoint.capacity)
+    def _rank(self, endpoint: EndpointState, shun: Collection[EndpointState]) -> tuple[bool, bool, float]:
+        return (not self.is_available(endpoint), endpoint in shun, endpoint.in_flight / endpoint.capacity)
 
-    def lease(self, *, capped: bool = False, avoid: Collection[EndpointState] = ()) -> EndpointLease:
+    def lease(
+        self,
+        *,
+        capped: bool = False,
+        avoid: Collection[EndpointState] = (),
+        shun: Collection[EndpointState] = (),
+    ) -> EndpointLease:
         """``async with pool.lease() as lease:`` routes a request and holds one of its slots.
 
-        ``avoid``: endpoints this request should not go to (see :meth:`choose`); several may share a URL
-        (one server, a key each).
+        ``avoid``, ``shun``: endpoints this request should not go to, and those it would rather not (see
+        :meth:`choose`); several may share a URL (one server, a key each).
 
         ``capped``: the caller already holds one of at most :attr:`capacity` slots of its own. A lone
         endpoint's slots could then never make a request wait, so they are not taken (one limiter,
         with its checkpoint, fewer per request); with several endpoints each one's own cap binds.
         """
-        return EndpointLease(self, take_slot=not capped or len(self._endpoints) > 1, avoid=avoid)
+        take_slot = not capped or len(self._endpoints) > 1
+        return EndpointLease(self, take_slot=take_slot, avoid=avoid, shun=shun)
 
     async def aclose(self) -> None:
         """Close every endpoint's connections."""
@@ -292,17 +302,23 @@ class EndpointLease:
     """An async context manager: choose an endpoint, count it in flight, hold one of its slots and a
     place in one of its connection lanes (:attr:`endpoint`, :attr:`transport`)."""
 
-    __slots__ = ("_avoid", "_lane", "_pool", "_take_slot", "endpoint", "transport")
+    __slots__ = ("_avoid", "_lane", "_pool", "_shun", "_take_slot", "endpoint", "transport")
 
     def __init__(
-        self, pool: EndpointPool, *, take_slot: bool = True, avoid: Collection[EndpointState] = ()
+        self,
+        pool: EndpointPool,
+        *,
+        take_slot: bool = True,
+        avoid: Collection[EndpointState] = (),
+        shun: Collection[EndpointState] = (),
     ) -> None:
         self._pool = pool
         self._take_slot = take_slot
         self._avoid = avoid
+        self._shun = shun
 
     async def __aenter__(self) -> EndpointLease:
-        endpoint = self._pool.choose(self._avoid)
+        endpoint = self._pool.choose(self._avoid, self._shun)
         endpoint.in_flight += 1
         if self._take_slot:
             try:

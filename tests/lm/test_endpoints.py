@@ -265,6 +265,23 @@ async def test_calls_fail_over_when_one_endpoint_answers_no_reply(
     assert 1 <= len(fake_server.chat_requests) <= 8
 
 
+@pytest.mark.parametrize("fault", [Fault.empty_content(), Fault.content_filter()], ids=["empty", "filtered"])
+async def test_a_retry_goes_to_another_replica_than_the_one_whose_reply_was_no_answer(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer, fault: Fault
+) -> None:
+    """A replica serving a broken model answers every request with nothing (it is not cooled down: an empty
+    reply may be the prompt's): a retry sent to it again made the call fail (an evaluation scores it 0)
+    though the other replica answers."""
+    fake_server.fault_rates = [(fault, 1.0)]
+    for server in (fake_server, second_server):
+        server.latency = 0.005
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=8, max_retries=1) as lm:
+        await run_calls(lm, 40)
+    assert (lm.usage.calls, lm.usage.errors) == (40, 0)
+    assert len(second_server.chat_requests) == 40
+
+
 @both_backends
 async def test_a_replica_answering_404_is_avoided_and_its_requests_are_answered_by_the_others(
     fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
