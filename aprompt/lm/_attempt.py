@@ -16,10 +16,11 @@ not the request's fault: the request goes at once to another endpoint (each one 
 retries; when every other one is cooling down or paused by a 429, to one of them all the same, waiting
 out its pause (raised, the 404 would lose a request another replica answers). A lone endpoint's 404, or
 one from every endpoint, is raised. Another refusal of the request (a 400 or 422: a prompt longer than
-this replica's context, a parameter its server version lacks) goes on to the other endpoints the same
-way, the refusing one staying in use: replicas configured differently would otherwise make the answer
-depend on which one a request happened to reach (a refusal from every one is raised, one of those that
-are not a 404 rather than a 404). A refusal of the key (401/403) is raised.
+this replica's context, a parameter its server version lacks), and a reply cut by this replica's context
+window, go on to the other endpoints the same way, the refusing one staying in use: replicas configured
+differently would otherwise make the answer depend on which one a request happened to reach (a refusal
+from every one is raised, one of those that are not a 404 rather than a 404). A refusal of the key
+(401/403) is raised.
 
 Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
 own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
@@ -37,7 +38,14 @@ from typing import Any
 import attrs
 import httpx
 
-from aprompt._errors import AuthenticationError, LMError, LMStatusError, RateLimitError, RequestRejectedError
+from aprompt._errors import (
+    AuthenticationError,
+    LMError,
+    LMStatusError,
+    RateLimitError,
+    RequestRejectedError,
+    TruncatedResponseError,
+)
 from aprompt._slots import Slots
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._metering import admit_request
@@ -97,32 +105,34 @@ class Attempts:
         failed_on: set[EndpointState] | None = None,
     ) -> Completion:
         """One attempt, sent on at once to another endpoint while the one it went to answers 404 (a
-        replica lacking the route or model, now cooling down) or refuses the request otherwise (not its
-        key): another replica may answer it. Each endpoint is tried once at most (one paused by a 429 is
-        waited for); when every one refused, a refusal other than a 404 is raised if one came.
+        replica lacking the route or model, now cooling down), refuses the request otherwise (not its
+        key) or cuts its reply at its context window: another replica may answer it. Each endpoint is
+        tried once at most (one paused by a 429 is waited for); when every one refused, a refusal other
+        than a 404 is raised if one came.
 
         ``failed_on``: the endpoints the request failed on before (see :meth:`attempt`)."""
         # The endpoints themselves, not their URLs: several may share one (a server, a key each).
         tried: set[EndpointState] = set()
-        refusal: LMStatusError | None = None  # the first that was not a 404
+        refusal: LMError | None = None  # the first that was not a 404
         while True:
             try:
                 return await self.attempt(
                     payload, estimate, params, is_retry=is_retry, tried=tried, failed_on=failed_on
                 )
-            except LMStatusError as error:
+            except (LMStatusError, TruncatedResponseError) as error:
                 url = error.endpoint
                 if url is None or not _another_may_answer(error):
                     raise
-                if refusal is None and error.status_code != 404:
+                status = error.status_code if isinstance(error, LMStatusError) else None
+                if refusal is None and status != 404:
                     refusal = error
                 if len(tried) >= len(self.pool.endpoints):
                     if refusal is None or refusal is error:
                         raise
                     raise refusal from None
-                status = error.status_code
             is_retry = True
-            logger.debug("%s: HTTP %d, sending the request to another endpoint", url, status)
+            what = f"HTTP {status}" if status is not None else "a reply cut by its context window"
+            logger.debug("%s: %s, sending the request to another endpoint", url, what)
 
     async def attempt(
         self,
@@ -233,9 +243,12 @@ class Attempts:
             self.pool.mark_unhealthy(endpoint)
 
 
-def _another_may_answer(error: LMStatusError) -> bool:
-    """Whether another replica may answer a request ``error`` refused: a 404 or another refusal of the
-    request (replicas may differ in context, model version or route), not of the key."""
+def _another_may_answer(error: LMStatusError | TruncatedResponseError) -> bool:
+    """Whether another replica may answer a request ``error`` refused: a 404, another refusal of the
+    request (not of the key) or a reply cut by the context window (replicas may differ in context, model
+    version or route)."""
+    if isinstance(error, TruncatedResponseError):
+        return error.by_window
     return error.status_code == 404 or (
         isinstance(error, RequestRejectedError) and not isinstance(error, AuthenticationError)
     )

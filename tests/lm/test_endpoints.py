@@ -9,7 +9,13 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import ConfigError, ContextOverflowError, RequestRejectedError, ServerError
+from aprompt._errors import (
+    ConfigError,
+    ContextOverflowError,
+    RequestRejectedError,
+    ServerError,
+    TruncatedResponseError,
+)
 from aprompt.lm._connections import ConnectionLanes, LaneTransports
 from aprompt.lm._transport import HttpxTransport
 from aprompt.lm.endpoints import Endpoint, EndpointPool, EndpointState, public_url
@@ -361,6 +367,28 @@ async def test_a_request_one_replica_refuses_is_answered_by_another_that_accepts
     assert (lm.usage.calls, lm.usage.errors) == (6, 0)
     assert len(second_server.chat_requests) == 6
     assert {r.status for r in fake_server.chat_requests} == {400}
+
+
+@both_backends
+async def test_a_reply_one_replicas_context_window_cut_is_asked_of_another(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    """One replica serves a smaller context and cuts the reply where it fills it: raised at once as the
+    prompt's failure (an evaluation scores it 0) though the other replica finishes it."""
+    fake_server.fault_rates = [(Fault.reply("Half an answ", finish_reason="model_length"), 1.0)]
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=4, max_retries=0) as lm:
+        for index in range(6):
+            assert (await lm.chat(question(index))).text == "Answer: ok"
+    assert len(second_server.chat_requests) == 6
+    second_server.fault_rates = fake_server.fault_rates  # cut by both: raised, each asked once
+    for server in (fake_server, second_server):
+        server.reset_records()
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_retries=0) as lm:
+        with pytest.raises(TruncatedResponseError) as caught:
+            await lm.chat(question(0))
+    assert caught.value.by_window
+    assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (1, 1)
 
 
 async def test_a_request_every_replica_refuses_raises_the_refusal_not_a_404(
