@@ -25,6 +25,8 @@ Deterministic checks, none of which asks an LM:
   so does a line under a label an instruction heads its rules with: "Output format: a single integer."), and
   a sentence that frames a quoted sentence of its own and tells nothing to do (:func:`quotes_an_example`:
   'The original sentence is "The jeweler uses reading glasses."'; a quoted data label is kept).
+- **A refusal.** A reply that opens by declining the task ("Sorry, I can't assist with that. Please
+  provide more details.", :func:`refuses`) is dropped whole, and the proposer is asked again.
 - **A preamble.** A first line that ends with a colon and tells the model nothing to do ("A more
   detailed and polished version of the program could be:", "Sure, here is the new instruction:") is
   the proposer introducing its answer; it is removed when text follows it. So is such a line further
@@ -90,7 +92,7 @@ import attrs
 from aprompt._optimize.proposal_code import _without_code, _without_examples, unfenced_prose
 from aprompt._optimize.proposal_reading import _FIRST_PERSON as _FIRST_PERSON
 from aprompt._optimize.proposal_reading import _imperative_start as _imperative_start
-from aprompt._optimize.proposal_reading import about_the_prompt, reads_as_instruction
+from aprompt._optimize.proposal_reading import about_the_prompt, reads_as_instruction, refuses
 from aprompt._optimize.proposal_scaffolding import (
     ANSWER_LABELS,
     SCAFFOLDING_LABELS,
@@ -173,6 +175,8 @@ def clean_proposal(
             code (:func:`names_code`: "use the function classify_to_list_of_intent") naming any other
             identifier is removed: the task's model has no such function to call.
     """
+    if refuses(text.strip()):  # whatever it goes on to say, the proposer declined the task
+        return Cleaned(None, (), f"the proposer refused: {_excerpt(text)}")
     removed: list[str] = []
     kept = _without_code(unfenced_prose(text.strip()), removed)
     kept = _cut_sections(_without_examples(kept, removed), labels, removed)
@@ -350,6 +354,7 @@ __all__ = [
     "on_task",
     "quotes_an_example",
     "reads_as_instruction",
+    "refuses",
     "screen_means",
     "screen_verdict",
     "sentences_of",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 #: English words that do not start an imperative clause (articles, pronouns other than "you", prepositions,
-#: conjunctions, auxiliaries, question words, quantifiers, a reply's "sure" or "okay"): a clause starting
-#: with one tells the model nothing to do unless it says "you", "should", "must", ... (:data:`_OBLIGATION`).
+#: conjunctions, auxiliaries, question words, quantifiers, a reply's "sure", "okay" or "sorry"): a clause
+#: starting with one tells the model nothing to do unless it says "you", "should", "must", ...
+#: (:data:`_OBLIGATION`).
 _NOT_IMPERATIVE = frozenset(
     """a an the this that these those it its i we he she they me us him her them our my his their there
     here in on at for with by from of to into onto as about after before during while since because if
@@ -15,7 +16,7 @@ _NOT_IMPERATIVE = frozenset(
     than and but or so yet nor is are was were am been has had can could will would shall may might does
     did what which who whom whose why how where each every some any all no none many most such one both
     either neither another other following previous original current above below here's it's that's
-    there's let's sure okay ok certainly absolutely yes""".split()
+    there's let's sure okay ok certainly absolutely yes sorry apologies unfortunately regrettably""".split()
 )
 _FIRST_PERSON = re.compile(
     r"[^\w]*(?:i|i'm|i'll|i've|i'd|we|we're|we'll|let me|here is|here's)\b", re.IGNORECASE
@@ -70,6 +71,32 @@ def reads_as_instruction(text: str) -> bool:
             if _imperative_start(words[0].lower()) or (remark and _OBLIGATION.search(clause)):
                 return True
     return False
+
+
+#: A reply that opens by declining the task ("I can't help with that.", "Sorry, I can't assist with that.",
+#: "Unfortunately, I cannot provide ...", "As an AI, I am unable to ..."): the proposer saying it will not
+#: or cannot, maybe after an apology or a disclaimer, in the first sentence.
+_REFUSAL = re.compile(
+    r"^[\W]*(?:(?:(?:i'?m\s+|i\s+am\s+|we'?re\s+|so\s+)?sorry|unfortunately|(?:my\s+)?apologies|"
+    r"i\s+apologi[sz]e|regrettably|as\s+an?\s+(?:ai|language\s+model|assistant))\b[^.!?\n]*?\b)?"
+    r"(?:i|we)\s*(?:can\s*not|cannot|can't|am\s+unable|'m\s+unable|am\s+not\s+able|'m\s+not\s+able|"
+    r"won't|will\s+not|must\s+decline)\b",
+    re.IGNORECASE,
+)
+
+
+def refuses(text: str) -> bool:
+    """Whether ``text`` opens by declining the task ("Sorry, I can't assist with that."): a refusal, never
+    an instruction, whatever it goes on to ask ("Please provide more details.").
+
+    Example::
+
+        >>> refuses("Sorry, I can't assist with that. Please provide more details.")
+        True
+        >>> refuses("Unfortunately, the context is long; answer with the shortest span.")
+        False
+    """
+    return bool(_REFUSAL.match(text.replace("\u2019", "'")))
 
 
 def about_the_prompt(sentence: str) -> bool:

@@ -261,6 +261,45 @@ async def test_the_proposers_introduction_of_its_instruction_is_removed_not_the_
     assert len(fake_server.chat_requests) == 1
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "Sorry, I can't assist with that.",
+        "Sorry, I can't assist with that. Please provide more details.",
+        "I'm sorry, but I can't help with that. Please rephrase your request.",
+        "Unfortunately, I cannot provide an instruction for this module.",
+        "Apologies, but I am unable to comply.",
+        "Apologies for the confusion.",
+    ],
+)
+async def test_a_refusal_from_the_proposer_is_never_a_candidate_and_is_asked_again(
+    fake_server: FakeOpenAIServer, refusal: str
+) -> None:
+    replies = iter([f"Proposed Instruction: {refusal}", "Proposed Instruction: Reply with the code word."])
+    fake_server.responder = lambda request: next(replies)
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert len(fake_server.chat_requests) == 2
+    assert proposal.instruction == "Reply with the code word."
+    fake_server.responder = lambda request: f"Proposed Instruction: {refusal}"
+    async with lm_for(fake_server) as lm:
+        dropped = await propose_instruction(
+            context(), lm, index=2, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert dropped.instruction is None
+    assert "refused" in dropped.reason or "reads as no instruction" in dropped.reason
+    # An apology word alone is no refusal: an instruction may open with one.
+    kept = "Unfortunately, the questions are terse; answer with the item's code word only."
+    fake_server.responder = lambda request: f"Proposed Instruction: {kept}"
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=3, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert proposal.instruction == kept
+
+
 class RejectingProposals(FakeOpenAIServer):
     """Answers 400 to every request but the outage check's one-token request."""
 
