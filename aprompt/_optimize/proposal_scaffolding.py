@@ -41,6 +41,17 @@ ANSWER_LABELS: tuple[str, ...] = (
     "Proposed Instruction",
     "New Instruction",
     "Improved Instruction",
+    # Other words a proposer heads its answer with; without them a label inside a line would leave its
+    # first word ("Revised") as a line of the instruction.
+    "Revised Instruction",
+    "Updated Instruction",
+    "Refined Instruction",
+    "Optimized Instruction",
+    "Enhanced Instruction",
+    "Rewritten Instruction",
+    "Suggested Instruction",
+    "Better Instruction",
+    "Final Instruction",
     "Instruction",
 )
 

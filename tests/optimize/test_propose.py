@@ -300,6 +300,21 @@ async def test_a_refusal_from_the_proposer_is_never_a_candidate_and_is_asked_aga
     assert proposal.instruction == kept
 
 
+@pytest.mark.parametrize(
+    "label",
+    ["Revised Instruction:", "Updated instruction:", "**Refined Instruction:**", "Final Instruction:"],
+)
+async def test_an_answer_label_of_other_words_is_removed_whole_from_the_instruction(
+    fake_server: FakeOpenAIServer, label: str
+) -> None:
+    fake_server.responder = lambda request: f"{label} Reply with the item's code word only."
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert proposal.instruction == "Reply with the item's code word only."
+
+
 class RejectingProposals(FakeOpenAIServer):
     """Answers 400 to every request but the outage check's one-token request."""
 
