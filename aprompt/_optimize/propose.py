@@ -196,13 +196,20 @@ def clean_reply(text: str, predictor: Predict) -> Cleaned:
     return cleaned
 
 
+def instruction_key(text: str) -> str:
+    """What two instructions must share to be one candidate: their words, case, runs of spaces, markdown
+    emphasis and a final full stop aside ("Answer the question." and "**answer the question**" are one)."""
+    flat = " ".join(re.sub(r"[*`]+", "", text).split()).casefold()
+    return flat.rstrip(" .!\u3002")
+
+
 def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
     """Return why ``text`` is not a usable instruction, or ``None`` when it is."""
     if text_length(text) < MIN_INSTRUCTION_CHARS:  # (a wide character counts for a few Latin ones)
         return f"too short ({len(text)} chars)"
     if len(text) > MAX_INSTRUCTION_CHARS:
         return f"too long ({len(text)} chars)"
-    if text.casefold() in {e.casefold() for e in existing}:
+    if instruction_key(text) in {instruction_key(e) for e in existing}:
         return "duplicate of an existing candidate"
     if not reads_as_instruction(text):  # (cut to whole sentences, it may have lost its directive one)
         return "reads as no instruction"
@@ -379,10 +386,10 @@ async def propose_instructions(
 
     First every candidate at once, each with its own style tip and demo set (candidate ``i`` shows set
     ``i`` of ``demo_sets``, in turn) and the original instruction as its only history: a draw cannot see
-    siblings that do not exist yet. Then each candidate that repeated an earlier one (case aside, in index
-    order) is drawn again, at once, seeing the original and every instruction kept from the first wave (and
-    on other rollouts), so it is asked for something else; one still repeating is dropped. A pure function
-    of the seed and the inputs, like the draws it is made of.
+    siblings that do not exist yet. Then each candidate that repeated an earlier one
+    (:func:`instruction_key`, in index order) is drawn again, at once, seeing the original and every
+    instruction kept from the first wave (and on other rollouts), so it is asked for something else; one
+    still repeating is dropped. A pure function of the seed and the inputs, like the draws it is made of.
 
     Candidate 0 (the original instruction) is not proposed; the returned list holds every attempt,
     usable or dropped, in index order.
@@ -421,18 +428,18 @@ async def propose_instructions(
 
 
 def _first_of_each(existing: Sequence[str], proposals: Sequence[Proposal]) -> tuple[list[str], list[int]]:
-    """``existing`` plus each proposal's instruction not seen before (case aside), and the indices of
-    the proposals that repeated one."""
+    """``existing`` plus each proposal's instruction not seen before (:func:`instruction_key`), and the
+    indices of the proposals that repeated one."""
     kept = list(existing)
-    seen = {text.casefold() for text in existing}
+    seen = {instruction_key(text) for text in existing}
     repeats = []
     for proposal in proposals:
         if proposal.instruction is None:
             continue
-        if proposal.instruction.casefold() in seen:
+        if instruction_key(proposal.instruction) in seen:
             repeats.append(proposal.index)
         else:
-            seen.add(proposal.instruction.casefold())
+            seen.add(instruction_key(proposal.instruction))
             kept.append(proposal.instruction)
     return kept, repeats
 

@@ -51,6 +51,7 @@ from aprompt._optimize.propose import (
     MAX_INSTRUCTION_CHARS,
     PROPOSER_SENTENCES,
     clean_reply,
+    instruction_key,
     validate_instruction,
 )
 from aprompt._optimize.search import SearchLoop
@@ -244,8 +245,8 @@ class ReflectiveProposals:
                     CandidateDropped(name, index, f"reflection {number}: {reflection.reason}")
                 )
                 continue
-            if reflection.instruction.casefold() in {
-                i.casefold() for i in loop.candidates.instructions[name]
+            if instruction_key(reflection.instruction) in {
+                instruction_key(i) for i in loop.candidates.instructions[name]
             }:
                 continue  # proposed again by a later reflection: already a candidate
             # Written from these training examples' labels, and from those the revised instruction was:

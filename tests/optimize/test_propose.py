@@ -392,6 +392,40 @@ async def test_a_proposal_repeating_an_earlier_one_is_drawn_again_seeing_the_oth
     assert len(redrawn) == 2  # candidates 2 and 3 drawn again, each once, seeing candidate 1
 
 
+@pytest.mark.parametrize(
+    "repeat", ["Answer the question", "answer  the question!", "Answer the **question**."]
+)
+async def test_a_proposal_repeating_the_original_but_for_case_spaces_emphasis_or_full_stop_is_drawn_again(
+    fake_server: FakeOpenAIServer, repeat: str
+) -> None:
+    replies = iter([f"Proposed Instruction: {repeat}", "Proposed Instruction: Reply with the code word."])
+    fake_server.responder = lambda request: next(replies)
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert len(fake_server.chat_requests) == 2
+    assert proposal.instruction == "Reply with the code word."
+
+
+@both_backends
+async def test_siblings_that_differ_only_by_a_full_stop_or_emphasis_are_one_candidate() -> None:
+    def propose(request: ChatRequest) -> str:
+        if "Reply with the code word" in request.last_user:  # a second draw, seeing the first kept
+            return "Proposed Instruction: Give the answer as written."
+        return f"Proposed Instruction: {next(first)}"
+
+    first = iter(["Reply with the code word.", "**Reply with the code word**"])
+    async with FakeOpenAIServer(responder=propose) as server, lm_for(server) as lm:
+        proposals = await propose_instructions(
+            context(), lm, n_candidates=3, grounding=Grounding(), demo_sets=[()]
+        )
+    # The first draws answer in either order: candidate 1 keeps whichever form it got.
+    assert proposals[0].instruction in ("Reply with the code word.", "Reply with the code word")
+    assert proposals[1].instruction == "Give the answer as written."
+    assert len(server.chat_requests) == 3
+
+
 @both_backends
 async def test_a_proposal_repeating_a_sibling_of_its_second_draw_is_dropped() -> None:
     def propose(request: ChatRequest) -> str:

@@ -10,9 +10,10 @@ proposal before it are in. The steps then run as before, in their order, and fin
 only sooner.
 
 A call goes ahead only when its step is sure to send it: the screen of a first draw the step keeps (not a
-repeat, case aside, of an earlier one or of the original: those are drawn again), the original's screen
-with the first of them, and nothing for a step the journal holds already (a resumed run). A call that fails
-here is left to its step, which sends it again and handles the failure as it always does.
+repeat of an earlier one or of the original, as ``instruction_key`` tells: those are drawn again), the
+original's screen with the first of them, and nothing for a step the journal holds already (a resumed
+run). A call that fails here is left to its step, which sends it again and handles the failure as it
+always does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import attrs
 
 from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.propose import Proposal, ProposalContext, draw_candidate
+from aprompt._optimize.propose import Proposal, ProposalContext, draw_candidate, instruction_key
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.strategies.demo_steps import distinct_sets, leading_sets_of
 from aprompt._optimize.strategies.instruction_steps import screen_examples, screen_one
@@ -139,16 +140,16 @@ class Warmup:
         if self._journaled("screen", name) or not screen_examples(self.ctx):
             return
         original = dict(self.ctx.predictors)[name].instruction
-        seen = {original.casefold()}
+        seen = {instruction_key(original)}
         drawn = self._proposals[name]
         for index in range(1, self.ctx.budget.n_candidates):
             proposal = drawn.get(index)
             if proposal is None:
                 return  # not in yet: whether a later one repeats it is not known
             text = proposal.instruction
-            if text is None or text.casefold() in seen:
+            if text is None or instruction_key(text) in seen:
                 continue
-            seen.add(text.casefold())
+            seen.add(instruction_key(text))
             for instruction in (original, text):
                 if (name, instruction) not in self._screened:
                     self._screened.add((name, instruction))
