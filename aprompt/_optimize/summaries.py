@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import re
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -141,15 +142,35 @@ async def summarize_data(
     )
 
 
+#: A string literal given to a name that holds a credential (``api_key="..."``, ``"token": '...'``,
+#: ``PASSWORD = "..."``): its text is replaced.
+_CREDENTIAL_VALUE = re.compile(
+    r"""(\b(?:(?i:(?:[\w-]*[_-])?(?:api_?key|key|token|secret|password|passwd|credentials?|authorization|auth))"""
+    r"""|[a-z]+(?:Key|Token|Secret|Password))["']?\s*[:=]\s*[rbu]?)"""
+    r"""(["'])[^"'\n]+\2"""
+)
+#: Key shapes written anywhere in the code (an OpenAI or Anthropic key, a bearer token).
+_KEY_SHAPE = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}|(?i:bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+
+
 def program_source(program: object) -> str:
-    """The program's source when Python can find it (its class, or the function), else ``""``."""
+    """The program's source when Python can find it (its class, or the function), else ``""``; the text
+    of every credential written in it (:func:`without_credentials`) replaced by ``***``: the proposer
+    is another provider's model, and what it is sent may be journaled and cached."""
     target: Any = program if inspect.isfunction(program) or inspect.ismethod(program) else type(program)
     try:
-        return source_of(target)
+        return without_credentials(source_of(target))
     # OSError/TypeError: no source file; SyntaxError and others: inspect parsed a file that is not the
     # code's (a class exec'd from a snippet names the document it came from).
     except Exception:
         return ""
+
+
+def without_credentials(source: str) -> str:
+    """``source`` with the string given to each name of a credential (``api_key="..."``) and every
+    API-key-shaped text (``sk-...``, ``Bearer ...``) replaced by ``***``."""
+    source = _CREDENTIAL_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}***{m.group(2)}", source)
+    return _KEY_SHAPE.sub("***", source)
 
 
 def describe_modules(predictors: Sequence[tuple[str, Predict]]) -> str:

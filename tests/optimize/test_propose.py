@@ -500,6 +500,31 @@ async def test_the_program_summary_shows_the_programs_source_and_signatures(
     assert "class QAProgram" in prompt and "- answer: question -> answer" in prompt
 
 
+class ProgramWithKeysInItsCode:
+    """A program whose code holds credentials written out, as quick scripts do."""
+
+    def __init__(self) -> None:
+        self.settings = {"api_key": "plain-credential-7d1e5a", "endpoint": "https://example.test/v1"}
+        self.answer = Predict("question -> answer", instruction=ORIGINAL_INSTRUCTION)
+        self.fallback_key = "sk-test-in-program-source-91c3ab"
+
+    async def __call__(self, question: str) -> aprompt.Prediction:
+        return await self.answer(question=question)
+
+
+async def test_the_program_summary_never_shows_the_proposer_a_credential_written_in_the_code(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = lambda request: LONG_SUMMARY
+    program = ProgramWithKeysInItsCode()
+    async with lm_for(fake_server) as lm:
+        await summarize_program(program, aprompt.named_predictors(program), lm)
+    prompt = last_user_of(fake_server.chat_requests[0])
+    assert "class ProgramWithKeysInItsCode" in prompt and "https://example.test/v1" in prompt
+    assert "plain-credential-7d1e5a" not in prompt and "sk-test-in-program-source-91c3ab" not in prompt
+    assert '"api_key": "***"' in prompt
+
+
 async def test_an_unusable_summary_is_given_up_with_a_reason(fake_server: FakeOpenAIServer) -> None:
     fake_server.responder = lambda request: "ok"
     async with lm_for(fake_server) as lm:
