@@ -21,11 +21,13 @@ def text_length(text: str) -> int:
 
 def whole_sentences(text: str, max_chars: int) -> str:
     """``text`` cut after its last whole sentence that ends within ``max_chars`` (a proposer that rambles
-    past its token budget often wrote a usable instruction first); unchanged when short enough or when no
-    sentence ends in time."""
+    past its token budget often wrote a usable instruction first), or, when no sentence ends in time,
+    after its last whole line that does (a list whose items end without a full stop); unchanged when
+    short enough or when neither ends in time."""
     if len(text) <= max_chars:
         return text
     ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text[: max_chars + 1])]
+    ends = ends or [m.start() for m in re.finditer(r"\n", text[: max_chars + 1])]
     return text[: ends[-1]].rstrip() if ends else text
 
 

@@ -621,6 +621,25 @@ async def test_a_proposal_cut_inside_a_sentence_keeps_its_whole_sentences_or_is_
     assert whole.instruction == "Negate the main verb. Keep every other word"
 
 
+#: A long list of rules, none ending with a full stop: each line is whole.
+RULES = "\n".join(
+    f"- Check that the answer holds the code word of item {i} as the question names it" for i in range(9)
+)
+
+
+async def test_a_long_list_of_rules_without_full_stops_is_kept_to_its_whole_lines(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = lambda request: f"Proposed Instruction: {RULES}"
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=[], existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert len(fake_server.chat_requests) == 1
+    assert proposal.instruction is not None and len(proposal.instruction) <= 600
+    assert RULES.startswith(proposal.instruction) and RULES[len(proposal.instruction)] == "\n"
+
+
 async def test_a_summary_cut_at_its_token_budget_is_used_without_a_resend(
     fake_server: FakeOpenAIServer,
 ) -> None:
