@@ -63,10 +63,18 @@ def field_labels(predictor: Predict) -> tuple[str, ...]:
     return tuple(f.label for f in predictor.signature.fields)
 
 
-def _marker_pattern(labels: Iterable[str], *, line_start: bool, proposer: bool = True) -> str:
-    names = "|".join(
+def _alternatives(labels: Iterable[str]) -> str:
+    return "|".join(
         re.escape(label).replace(r"\ ", r"[ _]+") for label in sorted(set(labels), key=len, reverse=True)
     )
+
+
+_ANSWER_NAMES = _alternatives(ANSWER_LABELS)
+_TWO_WORD_ANSWER_NAMES = _alternatives(label for label in ANSWER_LABELS if " " in label)
+
+
+def _marker_pattern(labels: Iterable[str], *, line_start: bool, proposer: bool = True) -> str:
+    names = _alternatives(labels)
     if line_start:
         # A label at the start of a line, maybe after a bullet, a quote mark or markdown emphasis; a
         # proposer's own label also after a one-letter label and an article, as the embedded proposer
@@ -77,7 +85,10 @@ def _marker_pattern(labels: Iterable[str], *, line_start: bool, proposer: bool =
             rf"(?im)^[ \t>]*(?:[-*+•][ \t]+)?(?:\#{{1,6}}[ \t]*)?{prefix}"
             rf"[*_`\"']*(?P<label>{names})[*_`]*[ \t]*:[*_]*"
         )
-    # Inside a line: the exact title-case label after a space or punctuation ("... Dataset Summary: ...").
+    # Inside a line: the exact title-case label after a space or punctuation ("... Dataset Summary: ..."),
+    # or an answer label of two words in any case opening a sentence ("... New instruction: ...").
+    if names == _ANSWER_NAMES:
+        names = rf"{names}|(?<=[.!?;][ \t])(?i:{_TWO_WORD_ANSWER_NAMES})"
     return rf"(?m)(?<=[\s.;,!?\"'])(?P<label>{names})[ \t]*:"
 
 

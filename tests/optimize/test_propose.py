@@ -315,6 +315,25 @@ async def test_an_answer_label_of_other_words_is_removed_whole_from_the_instruct
     assert proposal.instruction == "Reply with the item's code word only."
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Current instruction: Answer the question. New instruction: Reply with the code word only.",
+        "Current Instruction: Answer the question. Revised instruction: Reply with the code word only.",
+    ],
+)
+async def test_an_instruction_after_an_answer_label_in_any_case_on_an_echoed_line_is_kept(
+    fake_server: FakeOpenAIServer, reply: str
+) -> None:
+    fake_server.responder = lambda request: reply
+    async with lm_for(fake_server) as lm:
+        proposal = await propose_instruction(
+            context(), lm, index=1, grounding=Grounding(), demos=(), existing=[ORIGINAL_INSTRUCTION]
+        )
+    assert len(fake_server.chat_requests) == 1
+    assert proposal.instruction == "Reply with the code word only."
+
+
 class RejectingProposals(FakeOpenAIServer):
     """Answers 400 to every request but the outage check's one-token request."""
 
