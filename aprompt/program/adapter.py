@@ -396,7 +396,9 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
         else:
             problems[field.name] = errors[0]
             continue
-        other = _other_value(field, candidates[: own.get(field.name, 0)], values[field.name])
+        # The labeled values after the one read (those before it did not read; it is itself).
+        later = candidates[len(errors) + 1 : own.get(field.name, 0)]
+        other = _other_value(field, later, values[field.name]) if later else None
         if other is not None:
             del values[field.name]
             problems[field.name] = other
