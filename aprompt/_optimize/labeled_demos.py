@@ -31,6 +31,7 @@ from aprompt._optimize.demo_patterns import covering_order, demo_patterns
 from aprompt._optimize.examples import Example
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
+from aprompt.run._value_identity import stable_form
 
 T = TypeVar("T")
 
@@ -134,8 +135,9 @@ def diverse(
 
 
 def demo_key(demo: Demo) -> str:
-    """A demo's fields as canonical text (equal demos have equal keys)."""
-    return json.dumps(demo.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
+    """A demo's fields as canonical text (equal demos have equal keys, in every process: a set by its
+    sorted items, not its own order, which follows the hash seed and how the set was built)."""
+    return json.dumps(demo.to_dict(), sort_keys=True, default=stable_form, ensure_ascii=False)
 
 
 def labeled_set(

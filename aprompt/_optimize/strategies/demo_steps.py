@@ -3,7 +3,6 @@ the sets known before any LM call that lead them, and the hand-written reference
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from aprompt._optimize.bootstrap import (
 )
 from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import CandidateProposed
+from aprompt._optimize.labeled_demos import demo_key
 from aprompt._optimize.run_context import RunContext
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
@@ -106,10 +106,10 @@ def distinct_sets(sets: Sequence[DemoSet]) -> tuple[DemoSet, ...]:
     """``sets`` without those showing the same demos as an earlier one (a labeled set is empty when no
     example has the predictor's fields; a small trainset gives equal sets): a repeat only dilutes the
     search."""
-    seen: set[str] = set()
+    seen: set[tuple[str, ...]] = set()
     out = []
     for demo_set in sets:
-        key = json.dumps([d.to_dict() for d in demo_set.demos], sort_keys=True, default=str)
+        key = tuple(demo_key(d) for d in demo_set.demos)
         if key not in seen:
             seen.add(key)
             out.append(demo_set)
