@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from aprompt.run.identity import digest
+from aprompt.run.identity import digest, stable_order
 
 if TYPE_CHECKING:
     from aprompt._optimize.candidates import Candidates
@@ -76,9 +76,18 @@ def output_value(prediction: Any) -> Any:
     if type(value) is dict and _as_json_reads_it(value):
         return dict(value)  # what the round trip through JSON gives, without it (per example scored)
     try:
-        return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+        return json.loads(json.dumps(value, ensure_ascii=False, default=_text))
     except Exception:  # keys JSON cannot hold, cycles, a value whose str() raises (NaN is fine)
         return _shown(prediction)
+
+
+def _text(value: Any) -> str:
+    """The text of a value JSON cannot hold; a set's with its items in the same order in every process
+    (its own order follows the hash seed: a resumed run's table would differ, and be journaled again)."""
+    if not isinstance(value, set | frozenset) or not value:
+        return str(value)
+    items = "{" + ", ".join(repr(item) for item in stable_order(value)) + "}"
+    return items if type(value) is set else f"{type(value).__name__}({items})"
 
 
 def _shown(prediction: Any) -> str:

@@ -100,6 +100,18 @@ def test_an_output_is_its_fields_as_json_reads_them_back() -> None:
     assert type(output_value({"label": Label("x")})["label"]) is str
 
 
+def test_a_set_shows_its_items_in_one_order_whatever_order_it_was_filled_in() -> None:
+    # A set's own order follows the hash seed and how it was filled: a finished run resumed in another
+    # process would return another table, and journal it again on every such call.
+    tags = [f"tag-{i}" for i in range(32)]
+    forward, backward = set(tags), set(reversed(tags))
+    assert str(forward) != str(backward), "the two sets print alike"
+    in_order = "{" + ", ".join(repr(tag) for tag in sorted(tags)) + "}"
+    assert output_value({"tags": forward}) == output_value({"tags": backward}) == {"tags": in_order}
+    frozen = output_value({"t": frozenset({"b", "a"}), "e": set()})
+    assert frozen == {"t": "frozenset({'a', 'b'})", "e": "set()"}
+
+
 def test_show_reads_the_failing_examples_and_the_reason_back_from_the_journal_alone(
     finished_run: tuple[Path, aprompt.OptimizeResult], tmp_path: Path
 ) -> None:
