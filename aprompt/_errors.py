@@ -216,7 +216,8 @@ class TruncatedResponseError(IncompleteResponseError):
     prompt led the model past the budget or the window), where other LM failures leave it unscored.
 
     Attributes:
-        by_window: the context window cut it, not the token budget (it was not re-sent).
+        by_window: the context window cut it, not the token budget (at once, then not re-sent, or on
+            the re-send with the larger budget).
     """
 
     by_window: bool = False

@@ -121,12 +121,15 @@ class RequestLife:
                 final, detail = again, f"cut again with {name}={larger}"
             except RequestRejectedError as rejected:  # e.g. more than the model's output limit
                 final, detail = cut, f"a re-send with {name}={larger} was rejected: {rejected.args[0]}"
-            raise TruncatedResponseError(
+            error = TruncatedResponseError(
                 f"{final.args[0]}; {detail}",
                 finish_reason=final.finish_reason,
                 text=final.text,
                 endpoint=final.endpoint,
             )
+            # The larger budget met the window: a cut no budget would finish, named as such.
+            error.by_window = final.by_window
+            raise error
 
         # The first attempt goes without tenacity, whose controller costs a few percent of a call's
         # CPU; only a failure builds one, and replays the failure as its own first attempt, so that

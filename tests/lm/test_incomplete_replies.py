@@ -377,6 +377,20 @@ async def test_a_length_stop_at_its_budget_is_still_resent_with_a_larger_one() -
     assert [(r.body or {})["max_tokens"] for r in server.chat_requests] == [150, 300]
 
 
+async def test_a_resent_reply_the_window_cuts_is_named_a_window_cut() -> None:
+    # The first reply wrote its whole budget of 50; twice that met the slot's context after 77 tokens.
+    window = {"prompt_tokens": 179, "completion_tokens": 77, "total_tokens": 256}
+    async with FakeOpenAIServer() as server:
+        server.script(
+            lambda n: Fault.reply("Val", finish_reason="length", fields={"usage": window} if n else None)
+        )
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", retry=QUICK) as lm:
+            with pytest.raises(TruncatedResponseError, match="context window") as caught:
+                await lm.chat(HELLO, max_tokens=50)
+    assert [(r.body or {})["max_tokens"] for r in server.chat_requests] == [50, 100]
+    assert caught.value.by_window and "77 of 100 tokens" in str(caught.value)
+
+
 # -- end to end: after the client's retries, such replies are the prompt's failure, scored 0 ----------
 
 
