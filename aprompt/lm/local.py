@@ -112,6 +112,21 @@ def _check_client_options(options: dict[str, Any]) -> None:
             )
 
 
+def _check_concurrency(options: dict[str, Any], n_parallel: int) -> None:
+    """Raise a ConfigError for a client ``max_concurrency`` above the server's slots, or None (adaptive,
+    which grows without bound: llama.cpp never answers 429). The requests over ``n_parallel`` would wait
+    in the server's queue, where their wait counts against the client's timeout."""
+    if "max_concurrency" not in options:
+        return
+    cap = options["max_concurrency"]
+    if cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap > n_parallel):
+        raise ConfigError(
+            f"LocalLM got max_concurrency={cap!r}, but its server decodes n_parallel={n_parallel} requests "
+            "at once: more would wait in the server's queue, their wait counted against the client's "
+            "timeout. Raise n_parallel instead (it is the client's concurrency cap)"
+        )
+
+
 #: llama.cpp's server takes its sizes as 32-bit ints.
 _INT32_MAX = 2**31 - 1
 
@@ -138,11 +153,13 @@ class LocalLM:
         n_threads: CPU threads for inference (default: llama.cpp's choice).
         cache_ram_mib: host memory (MiB) the server may keep prompt states in, to reuse their prefixes
             (llama.cpp's prompt cache); 0 turns it off. Each slot's own prompt prefix is reused either way.
-        client_options: passed to :class:`OpenAICompatibleLM` (cache, timeout, ...).
+        client_options: passed to :class:`OpenAICompatibleLM` (cache, timeout, ...); a
+            ``max_concurrency`` may lower the cap below ``n_parallel``, not raise it.
 
     Raises:
-        ConfigError: an option out of range or not an int (``n_threads=0`` included), or one the client
-            does not take; raised here, before the server starts.
+        ConfigError: an option out of range or not an int (``n_threads=0`` included), one the client
+            does not take, or a ``max_concurrency`` over ``n_parallel``; raised here, before the server
+            starts.
     """
 
     def __init__(
@@ -167,6 +184,7 @@ class LocalLM:
             _check_count("n_threads", n_threads, 1, "CPU threads; None: llama.cpp's choice")
         _check_count("cache_ram_mib", cache_ram_mib, 0, "MiB; 0 turns the cache off")
         _check_client_options(client_options)
+        _check_concurrency(client_options, n_parallel)
         self._model_path = find_local_model(model_path)
         self._n_parallel = n_parallel
         self._ctx_per_slot = ctx_per_slot

@@ -186,6 +186,13 @@ def test_a_client_option_the_local_model_cannot_take_is_a_config_error_at_once(
         LocalLM(**options)
 
 
+@pytest.mark.parametrize("cap", [None, 5, 64])
+def test_a_client_concurrency_over_the_server_slots_is_a_config_error(cap: int | None) -> None:
+    # Requests over n_parallel would wait in llama.cpp's queue, their wait counted against the timeout.
+    with pytest.raises(ConfigError, match="n_parallel=4"):
+        LocalLM(n_parallel=4, max_concurrency=cap)
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1024"])
 def test_a_negative_or_non_integer_cache_size_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="cache_ram_mib"):
