@@ -193,6 +193,9 @@ class LocalLM:
         self._client_options = client_options
         self._server: Any = None
         self._client: OpenAICompatibleLM | None = None
+        # Set from the start of entering to the end of leaving: a second entry while the server loads
+        # would start another and drop this one's (destroying it under its client's requests).
+        self._entered = False
 
     def __repr__(self) -> str:
         return f"LocalLM(model_path={str(self._model_path)!r}, n_parallel={self._n_parallel})"
@@ -243,9 +246,14 @@ class LocalLM:
         return params
 
     async def __aenter__(self) -> OpenAICompatibleLM:
-        if self._server is not None:
+        if self._entered:
             raise ConfigError("this LocalLM is already running")
-        self._server = await anyio.to_thread.run_sync(self._start_server)
+        self._entered = True
+        try:
+            self._server = await anyio.to_thread.run_sync(self._start_server)
+        except BaseException:
+            self._entered = False
+            raise
         # Seeded sampling: the same request sampled at temperature 1 (a proposal) gets the same reply again.
         options: dict[str, Any] = {
             "max_concurrency": self._n_parallel,
@@ -286,6 +294,7 @@ class LocalLM:
                     gc.collect()
 
                 await anyio.to_thread.run_sync(shutdown)
+            self._entered = False
 
 
 #: Seconds between two looks at the server's slots while it finishes the requests in flight.

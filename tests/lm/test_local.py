@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -80,6 +81,31 @@ async def test_local_lm_answers_and_always_shuts_the_server_down() -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{base_url}/models", timeout=2)
+
+
+@pytest.mark.local_model
+@pytest.mark.anyio
+async def test_entering_one_local_lm_from_two_tasks_at_once_is_refused_while_it_loads() -> None:
+    # The second entry used to start a second server while the first loaded, and drop the first's:
+    # the task that entered first then found its server gone.
+    local = LocalLM(n_parallel=1, ctx_per_slot=256)
+    outcomes: list[str] = []
+
+    async def use() -> None:
+        try:
+            async with local as lm:
+                with accepting_cut_replies(lambda text: True):
+                    await lm.chat([{"role": "user", "content": "Say hi"}], max_tokens=4, temperature=0)
+                outcomes.append("answered")
+        except ConfigError as error:
+            outcomes.append(str(error))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(use)
+        group.start_soon(use)
+    assert sorted(outcomes) == ["answered", "this LocalLM is already running"]
+    async with local:  # left, it enters again
+        assert local.base_url is not None
 
 
 #: Leaves a LocalLM while a task outside the block has a request in flight, then says how that request went.
