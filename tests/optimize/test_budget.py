@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import attrs
@@ -10,7 +11,17 @@ import pytest
 
 import aprompt
 from aprompt._optimize.budget import PRESETS, Budget, estimate_calls, resolve_budget
-from tests.optimize.qa_task import SMALL_BUDGET, optimize_in_world
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
+from tests.conftest import TEST_API_KEY
+from tests.optimize.qa_task import (
+    SMALL_BUDGET,
+    QAProgram,
+    answers,
+    exact_match,
+    lm_for,
+    optimize_in_world,
+    qa_examples,
+)
 
 
 @pytest.mark.parametrize(
@@ -186,3 +197,37 @@ def test_the_call_estimate_of_a_light_run_is_the_references(
     )
     assert (estimate.bootstrap, estimate.proposal, estimate.evaluation) == (14, 20, evaluation)
     assert estimate.total == 34 + evaluation
+
+
+@pytest.mark.anyio
+async def test_the_planned_proposal_calls_count_every_grounding_call() -> None:
+    # The proposer has its own server: every call it gets is a summary or a proposal, and the plan's
+    # "proposal" count is their most (each reply a new, usable instruction, so nothing is asked again).
+    replies = itertools.count()
+
+    def proposer(request: ChatRequest) -> str:
+        if "You write instructions" in str(request.messages[0].get("content", "")):
+            return f"Proposed instruction: Solve it carefully, variant {next(replies)}."
+        return "The data has questions about items and short coded answers for each of them."
+
+    events: list[aprompt.Event] = []
+    async with (
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as program_server,
+        FakeOpenAIServer(responder=proposer, api_key=TEST_API_KEY) as proposer_server,
+        lm_for(program_server) as lm,
+        lm_for(proposer_server) as proposer_lm,
+    ):
+        await aprompt.optimize(
+            QAProgram(),
+            qa_examples(0, 40),
+            exact_match,
+            valset=qa_examples(100, 110),
+            lm=lm,
+            proposer_lm=proposer_lm,
+            budget={"n_candidates": 3, "n_trials": 2, "minibatch_size": 5, "screen_size": 0},
+            on_event=events.append,
+        )
+        (planned,) = [event for event in events if isinstance(event, aprompt.RunPlanned)]
+        grounding = len(proposer_server.chat_requests) - next(replies)
+        assert grounding == 5  # the data summary's three batches and its condensing, the program summary
+        assert len(proposer_server.chat_requests) <= planned.detail["proposal"]

@@ -15,6 +15,7 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt._optimize.bootstrap import bootstrap_runs
 from aprompt._optimize.budget import Budget
+from aprompt._optimize.grounding import GROUNDING_SOURCES
 
 if TYPE_CHECKING:
     from aprompt._optimize.candidates import Candidates
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from aprompt._optimize.search_records import SearchOutcome
 
 
-#: LM calls of the data and program summaries a plan counts besides the proposals, at most.
-SUMMARY_CALLS = 4
+#: LM calls of the grounding sources (the data and program summaries) a plan counts besides the
+#: proposals, at most: every source's, as the run's limits count them.
+SUMMARY_CALLS = sum(source.max_calls for source in GROUNDING_SOURCES)
 
 
 @attrs.frozen
