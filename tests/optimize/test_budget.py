@@ -18,6 +18,7 @@ from tests.optimize.qa_task import (
     QAProgram,
     answers,
     exact_match,
+    is_program_call,
     lm_for,
     optimize_in_world,
     qa_examples,
@@ -231,3 +232,18 @@ async def test_the_planned_proposal_calls_count_every_grounding_call() -> None:
         grounding = len(proposer_server.chat_requests) - next(replies)
         assert grounding == 5  # the data summary's three batches and its condensing, the program summary
         assert len(proposer_server.chat_requests) <= planned.detail["proposal"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "strategy", ["mipro", "mipro_zero_shot", "bayesian_bootstrap", "bootstrap_random_search", "module_opro"]
+)
+async def test_the_plan_counts_calls_only_for_the_steps_the_strategy_takes(strategy: str) -> None:
+    # A strategy that searches no demos bootstraps none, and one that searches no instructions asks the
+    # proposer nothing: the plan's detail must not announce calls for a step the run never takes.
+    events: list[aprompt.Event] = []
+    result, requests = await optimize_in_world(strategy, on_event=events.append)
+    (planned,) = [event for event in events if isinstance(event, aprompt.RunPlanned)]
+    proposer_calls = sum(not is_program_call(request) for request in requests)
+    assert (planned.detail["bootstrap"] > 0) == ("bootstrap" in {p.phase for p in result.phases})
+    assert (planned.detail["proposal"] > 0) == (proposer_calls > 0)

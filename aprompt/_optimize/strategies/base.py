@@ -68,14 +68,22 @@ class StrategyPlan:
 
         ``n_trials`` defaults to :meth:`Budget.trials_for` the searched variables; ``screened`` says the
         proposals are screened (:func:`~aprompt._optimize.strategies.steps.instruction_candidates`). The
-        bootstrap and proposal counts are upper bounds the estimate has for every strategy.
+        bootstrap and proposal counts are upper bounds, for the steps the search needs: no bootstrap
+        without ``searches_demos``, no summary or proposal without ``searches_instructions`` (a strategy
+        that takes such a step all the same states its count with :func:`attrs.evolve`).
         """
         return cls(
             n_trials=budget.trials_for(n_predictors, searches_demos, n_val) if n_trials is None else n_trials,
             searches_instructions=searches_instructions,
             searches_demos=searches_demos,
-            bootstrap_runs=bootstrap_runs(n_train, budget.n_candidates, budget.max_bootstrapped_demos),
-            proposal_calls=n_predictors * max(0, budget.n_candidates - 1) + SUMMARY_CALLS,
+            bootstrap_runs=(
+                bootstrap_runs(n_train, budget.n_candidates, budget.max_bootstrapped_demos)
+                if searches_demos
+                else 0
+            ),
+            proposal_calls=(
+                n_predictors * max(0, budget.n_candidates - 1) + SUMMARY_CALLS if searches_instructions else 0
+            ),
             screen_runs=budget.screen_runs(n_predictors, n_val) if screened else 0,
         )
 
