@@ -49,6 +49,25 @@ def test_the_readme_lists_every_built_in_strategy() -> None:
     assert set(re.findall(r"`(\w+)`", listed.group(1))) == BUILT_IN
 
 
+def test_the_concepts_budget_names_the_presets_and_every_field_of_the_code() -> None:
+    import attrs
+
+    from aprompt._optimize.budget import PRESETS
+
+    page = " ".join(_text("docs/concepts.md").split())
+    section = page[page.index("## Budget") : page.index("## run_dir")]
+    light, medium, heavy = (PRESETS[name] for name in ("light", "medium", "heavy"))
+    assert (
+        f'`"light"` ({light.n_candidates} candidates per predictor, up to {light.val_size} validation '
+        f'examples), `"medium"` ({medium.n_candidates}, {medium.val_size}), `"heavy"` '
+        f"({heavy.n_candidates}, {heavy.val_size})"
+    ) in section
+    named = set(re.findall(r"`(\w+)`", section.split("Its fields are", 1)[1].split(". The first event")[0]))
+    assert {field.name for field in attrs.fields(aprompt.Budget)} <= named
+    assert f"`minibatch_size` (default {light.minibatch_size})" in section
+    assert f"`full_eval_every` (default {light.full_eval_every})" in section
+
+
 def test_an_endpoint_whose_key_variable_is_unset_is_refused_as_the_docs_say(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
