@@ -97,6 +97,9 @@ async def run_to_result(ctx: RunContext, strategy: Strategy, target: P, started:
 def plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: int, n_val: int) -> RunPlanned:
     """The run's plan, as ``strategy`` plans it, with its LM-call estimate."""
     planned = checked_plan(strategy, plan, n_predictors, n_train, n_val)
+    # The hand-written prompt's full evaluation, which a search of trials over demo sets makes beside the
+    # baseline when the budget allows labeled demos (demo_steps.labeled_reference).
+    reference = int(planned.searches_demos and planned.n_trials > 0 and plan.max_labeled_demos > 0)
     estimate = estimate_calls(
         plan,
         n_predictors=n_predictors,
@@ -106,7 +109,7 @@ def plan_event(strategy: Strategy, plan: Budget, n_predictors: int, n_train: int
         bootstrap_runs=planned.bootstrap_runs,
         proposal_calls=planned.proposal_calls,
         screen_runs=planned.screen_runs,
-        extra_full_evals=planned.extra_full_evals,
+        extra_full_evals=planned.extra_full_evals + reference,
     )
     return RunPlanned(
         strategy.name,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import attrs
@@ -200,21 +202,22 @@ def test_the_call_estimate_of_a_light_run_is_the_references(
     assert estimate.total == 34 + evaluation
 
 
+def new_proposals(replies: Iterator[int], request: ChatRequest) -> str:
+    """A proposer whose every proposal is a new, usable instruction (numbered from ``replies``)."""
+    if "You write instructions" in str(request.messages[0].get("content", "")):
+        return f"Proposed instruction: Solve it carefully, variant {next(replies)}."
+    return "The data has questions about items and short coded answers for each of them."
+
+
 @pytest.mark.anyio
 async def test_the_planned_proposal_calls_count_every_grounding_call() -> None:
     # The proposer has its own server: every call it gets is a summary or a proposal, and the plan's
     # "proposal" count is their most (each reply a new, usable instruction, so nothing is asked again).
     replies = itertools.count()
-
-    def proposer(request: ChatRequest) -> str:
-        if "You write instructions" in str(request.messages[0].get("content", "")):
-            return f"Proposed instruction: Solve it carefully, variant {next(replies)}."
-        return "The data has questions about items and short coded answers for each of them."
-
     events: list[aprompt.Event] = []
     async with (
         FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as program_server,
-        FakeOpenAIServer(responder=proposer, api_key=TEST_API_KEY) as proposer_server,
+        FakeOpenAIServer(responder=partial(new_proposals, replies), api_key=TEST_API_KEY) as proposer_server,
         lm_for(program_server) as lm,
         lm_for(proposer_server) as proposer_lm,
     ):
@@ -247,3 +250,40 @@ async def test_the_plan_counts_calls_only_for_the_steps_the_strategy_takes(strat
     proposer_calls = sum(not is_program_call(request) for request in requests)
     assert (planned.detail["bootstrap"] > 0) == ("bootstrap" in {p.phase for p in result.phases})
     assert (planned.detail["proposal"] > 0) == (proposer_calls > 0)
+
+
+@pytest.mark.anyio
+async def test_the_planned_evaluation_counts_the_hand_written_prompts_full_evaluation() -> None:
+    # Without racing, the search scores its trials' mini-batches and whole-valset evaluations as planned;
+    # the hand-written prompt (labeled demos) is one of those full evaluations, beside the baseline.
+    events: list[aprompt.Event] = []
+    async with (
+        FakeOpenAIServer(responder=answers, api_key=TEST_API_KEY) as server,
+        FakeOpenAIServer(
+            responder=partial(new_proposals, itertools.count()), api_key=TEST_API_KEY
+        ) as proposer,
+        lm_for(server) as lm,
+        lm_for(proposer) as proposer_lm,
+    ):
+        result = await aprompt.optimize(
+            QAProgram(),
+            qa_examples(0, 40),
+            exact_match,
+            valset=qa_examples(100, 130),
+            lm=lm,
+            proposer_lm=proposer_lm,
+            budget={
+                "n_candidates": 2,
+                "n_trials": 6,
+                "minibatch_size": 10,
+                "screen_size": 0,
+                "racing": False,
+            },
+            on_event=events.append,
+        )
+    (planned,) = [event for event in events if isinstance(event, aprompt.RunPlanned)]
+    assert "reference" in {phase.phase for phase in result.phases}
+    scored = len(result.full_evals) * planned.val_size + sum(
+        len(trial.example_ids) for trial in result.trials
+    )
+    assert scored <= planned.detail["evaluation"]
