@@ -252,6 +252,15 @@ class Connection:
                     if trailers > _MAX_HEAD_BYTES:
                         raise TransportError("malformed reply: its trailers are longer than 64 KiB")
                 return
+            # Taken as it arrives, not once whole: a chunk's size is the server's to state, and one
+            # stating gigabytes would otherwise be held (or waited for) in full before the cap applies.
+            while size > len(self._buffer):
+                if self._buffer:
+                    size -= len(self._buffer)
+                    if not body.add(bytes(self._buffer)):
+                        return
+                    self._buffer.clear()
+                await self._fill(1)
             await self._fill(size + 2)
             # Data longer or shorter than its size would otherwise be cut or run into the next size line.
             if self._buffer[size : size + 2] != b"\r\n":

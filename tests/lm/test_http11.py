@@ -427,6 +427,24 @@ async def test_a_chunked_body_over_the_cap_is_cut_at_the_cap(
     assert server.connections == 2
 
 
+async def test_one_chunk_longer_than_the_cap_is_cut_at_the_cap_without_waiting_for_the_rest(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # A chunk was read whole before the cap was applied: one declaring a gigabyte was held in memory
+    # (or waited for until the timeout) however small max_response_bytes was.
+    async def huge_chunk(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40000000\r\n" + b"y" * 2 * CAP)
+        await anyio.sleep_forever()
+
+    server = await serve(huge_chunk)
+    transport = HTTP11Transport(server.url)
+    with anyio.fail_after(5):
+        reply = await post(transport, server)
+    await transport.aclose()
+    assert (reply.content, reply.too_large) == (b"y" * CAP, True)
+
+
 async def test_a_gzip_body_decoding_over_the_cap_is_cut_at_the_cap(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
