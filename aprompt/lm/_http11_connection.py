@@ -181,8 +181,8 @@ class Connection:
         """The body (decoded), whether it was cut at ``cap``, and whether the connection can be reused."""
         length = None
         close = version == b"HTTP/1.0"
-        encoding = b""
         codings: list[bytes] = []
+        encodings: list[bytes] = []
         for name, value in headers:
             if name[:1] not in b"cCtT":  # none of the names below: passed over without a call
                 continue
@@ -201,13 +201,14 @@ class Connection:
                 elif b"keep-alive" in tokens:
                     close = False
             elif lower == b"content-encoding":
-                encoding = value.lower()
+                # Several lines are one list, as for Transfer-Encoding: the body is coded by each in turn.
+                encodings += [coding.strip() for coding in value.lower().split(b",")]
         codings = [coding for coding in codings if coding not in (b"", b"identity")]
         chunked = codings == [b"chunked"]
         if codings and not chunked:
             # Another coding (gzip, compress) would be returned still coded, as if it were the body.
             raise TransportError(f"unsupported transfer-encoding {b', '.join(codings)[:40]!r}")
-        body = ReplyBody(cap, encoding)
+        body = ReplyBody(cap, b", ".join(coding for coding in encodings if coding not in (b"", b"identity")))
         if status in (204, 304):
             return b"", False, not close
         if chunked:

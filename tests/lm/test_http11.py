@@ -24,7 +24,7 @@ from anyio.streams.tls import TLSListener
 from aprompt._errors import ConfigError, LMConnectionError, LMStatusError
 from aprompt.lm._connections import LaneTransports, proxy_applies
 from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, STALE_FAILURE_WITHIN, HTTP11Transport
-from aprompt.lm._transport import HttpxTransport, TransportError, request_url
+from aprompt.lm._transport import HttpxTransport, TransportError, UnreadableBody, request_url
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import raw_retry_after
 
@@ -378,6 +378,29 @@ async def test_a_gzip_body_cut_short_or_running_on_is_a_transport_error(
     empty = await post(transport, server)  # an empty body has nothing to decode
     await transport.aclose()
     assert empty.content == b""
+
+
+async def test_content_encodings_on_several_lines_are_read_as_one_list(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # Only the last line counted: a body coded twice came back decoded once, still gzip, as if it were
+    # the body, and a line "identity" after "gzip" left a gzip body undecoded.
+    twice = gzip.compress(gzip.compress(b"ok"))
+    once = gzip.compress(b"ok")
+    server = await serve(
+        replying(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(twice), twice),
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Encoding: identity\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(once), once),
+        )
+    )
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(UnreadableBody, match="gzip, gzip"):
+        await post(transport, server)
+    reply = await post(transport, server)
+    await transport.aclose()
+    assert reply.content == b"ok"
 
 
 async def test_a_reply_with_connection_close_or_http_1_0_is_not_reused(
