@@ -23,7 +23,8 @@ _MAX_HEAD_BYTES = 64 * 1024
 _MAX_INTERIM_REPLIES = 16
 _RECEIVE_BYTES = 65536
 _PEEK_FLAGS = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
-_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# A chunk size: at most 16 hex digits after any leading zeros (a size past 64 bits is no real chunk).
+_HEX_DIGITS = re.compile(rb"0*[0-9A-Fa-f]{1,16}")
 # A head's lines end in CRLF, or in a bare LF as some servers send (each CR before an LF is dropped, as
 # RFC 9112 lets a recipient): the head ends at its first empty line.
 _HEAD_END = re.compile(rb"\r?\n\r?\n")

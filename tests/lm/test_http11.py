@@ -234,6 +234,25 @@ async def test_a_chunked_reply_that_also_gives_a_length_is_read_as_chunked_on_a_
     assert server.connections == 2
 
 
+async def test_a_chunk_size_with_many_leading_zeros_is_read_as_its_value(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # HTTP's chunk size is 1*HEXDIG: its leading zeros, however many, do not count against its 16 digits.
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"0" * 20
+        + b"5\r\nhello\r\n"
+        + b"0" * 20
+        + b"\r\n\r\n"
+    )
+    server = await serve(replying(chunked))
+    transport = HTTP11Transport(server.url)
+    replies = [await post(transport, server) for _ in range(2)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"hello", b"hello"]
+    assert server.connections == 1
+
+
 @pytest.mark.parametrize("size", [b"0x5", b"0_5", b"+5", b"-5", b" ", b"5 5"])
 async def test_a_chunk_size_that_is_not_hex_digits_is_a_transport_error(
     serve: Callable[..., Awaitable[ScriptedServer]], size: bytes
