@@ -835,9 +835,24 @@ async def test_a_tls_certificate_not_trusted_is_a_transport_error(
 ) -> None:
     server = await serve(replying(OK), tls=server_tls())
     transport = HTTP11Transport(server.url, ssl_context=ssl.create_default_context)
-    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED") as caught:
         await post(transport, server)
     await transport.aclose()
+    assert "set SSL_CERT_FILE to that CA's certificate" in str(caught.value)
+
+
+async def test_a_tls_certificate_for_another_host_is_a_transport_error_saying_what_to_do(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # The certificate names localhost, 127.0.0.1 and ::1, not 127.0.0.2.
+    server = await serve(replying(OK), tls=server_tls(), host="127.0.0.2")
+    trusting = ssl.create_default_context(cafile=str(CERTIFICATE))
+    transport = HTTP11Transport(server.url, ssl_context=lambda: trusting)
+    with pytest.raises(TransportError, match=r"not valid for '127\.0\.0\.2'") as caught:
+        await post(transport, server)
+    await transport.aclose()
+    assert "give the base URL a host it names" in str(caught.value)
+    assert server.requests == []
 
 
 async def test_an_https_lm_uses_the_lanes_tls_context_which_honours_ssl_cert_file(
