@@ -213,10 +213,10 @@ class Connection:
         if status in (204, 304):
             return b"", False, not close
         if chunked:
-            await self._read_chunked(body)
+            ended = await self._read_chunked(body)
             # With a Content-Length too its framing is ambiguous (RFC 9112 6.3): what follows on the
             # connection, if anything, need not start the next reply.
-            close = close or length is not None
+            close = close or ended or length is not None
         elif length is not None:
             if not length.isdigit():
                 raise TransportError("malformed reply: its Content-Length is not a number")
@@ -239,7 +239,8 @@ class Connection:
         body.add(bytes(buffer[:length]))
         del buffer[:length]
 
-    async def _read_chunked(self, body: ReplyBody) -> None:
+    async def _read_chunked(self, body: ReplyBody) -> bool:
+        """Read the chunks into ``body``; True when the server closed the connection in the trailers."""
         while True:
             line = await self._read_line()
             size_text = line.split(b";", 1)[0].strip()
@@ -248,19 +249,14 @@ class Connection:
                 raise TransportError("malformed chunk size in the reply")
             size = int(size_text, 16)
             if size == 0:
-                trailers = 0
-                while line := await self._read_line():  # trailers, skipped
-                    trailers += len(line)
-                    if trailers > _MAX_HEAD_BYTES:
-                        raise TransportError("malformed reply: its trailers are longer than 64 KiB")
-                return
+                return await self._skip_trailers()
             # Taken as it arrives, not once whole: a chunk's size is the server's to state, and one
             # stating gigabytes would otherwise be held (or waited for) in full before the cap applies.
             while size > len(self._buffer):
                 if self._buffer:
                     size -= len(self._buffer)
                     if not body.add(bytes(self._buffer)):
-                        return
+                        return False
                     self._buffer.clear()
                 await self._fill(1)
             await self._fill(size + 2)
@@ -268,7 +264,7 @@ class Connection:
             if self._buffer[size : size + 2] != b"\r\n":
                 raise TransportError("malformed reply: a chunk is longer or shorter than its size")
             if not body.add(bytes(self._buffer[:size])):
-                return
+                return False
             del self._buffer[: size + 2]
 
     async def _read_until_close(self, body: ReplyBody) -> None:
@@ -279,6 +275,27 @@ class Connection:
         while data := await self._receive():
             if not body.add(data):
                 return
+
+    async def _skip_trailers(self) -> bool:
+        """Read past the trailers that follow the last chunk; True when the server closed the connection
+        before their end, which cuts none of the body: the last chunk ended it (RFC 9112 8)."""
+        buffer = self._buffer
+        trailers = 0
+        while True:
+            end = buffer.find(b"\r\n")
+            if end == 0:
+                del buffer[:2]
+                return False
+            if end > 0:
+                trailers += end
+                del buffer[: end + 2]
+            elif data := await self._receive():
+                buffer += data
+            else:
+                buffer.clear()
+                return True
+            if trailers + len(buffer) > _MAX_HEAD_BYTES:
+                raise TransportError("malformed reply: its trailers are longer than 64 KiB")
 
     async def _read_line(self) -> bytes:
         buffer = self._buffer

@@ -253,6 +253,21 @@ async def test_a_chunk_size_with_many_leading_zeros_is_read_as_its_value(
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("end", [b"0\r\n", b"0\r\nX-Trailer: cut"])
+async def test_a_chunked_body_whose_server_closes_after_its_last_chunk_is_whole(
+    serve: Callable[..., Awaitable[ScriptedServer]], end: bytes
+) -> None:
+    # The last (zero-size) chunk ends the body (RFC 9112 8): a close in the trailers that follow it, before
+    # their final line, cuts nothing of the body. It was a failure, and the paid reply was sent again.
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n" + end
+    server = await serve(replying(chunked, close=True))
+    transport = HTTP11Transport(server.url)
+    replies = [await post(transport, server) for _ in range(2)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"ok", b"ok"]
+    assert server.connections == 2
+
+
 @pytest.mark.parametrize("size", [b"0x5", b"0_5", b"+5", b"-5", b" ", b"5 5"])
 async def test_a_chunk_size_that_is_not_hex_digits_is_a_transport_error(
     serve: Callable[..., Awaitable[ScriptedServer]], size: bytes
