@@ -89,7 +89,11 @@ class HttpxTransport:
         # the key, and would be chained onto ours.
         failure: TransportError | None = None
         try:
-            async with self._client.stream(method, url, content=body or None, headers=headers) as response:
+            # Never followed, whatever a caller's client is set to: a POST sent on to where a reply points
+            # could be paid twice, or carry its key to another host (httpx strips only Authorization).
+            async with self._client.stream(
+                method, url, content=body or None, headers=headers, follow_redirects=False
+            ) as response:
                 content, too_large = await read_capped(response, cap)
         except httpx.TimeoutException as exc:
             failure = TransportTimeout(f"{type(exc).__name__}: {exc}")

@@ -25,6 +25,7 @@ from aprompt._errors import ConfigError, LMConnectionError, LMStatusError
 from aprompt.lm._connections import LaneTransports, proxy_applies
 from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, STALE_FAILURE_WITHIN, HTTP11Transport
 from aprompt.lm._transport import HttpxTransport, TransportError, UnreadableBody, request_url
+from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import raw_retry_after
 
@@ -961,6 +962,26 @@ async def test_a_redirect_is_not_followed_and_its_error_names_where_it_points(
     assert "redirects to https://api.example.com/v1/chat/completions" in str(caught.value)
     assert "give the endpoint the base URL it redirects to" in str(caught.value)
     assert len(server.requests) == 1  # neither followed nor retried
+
+
+async def test_a_caller_s_client_that_follows_redirects_does_not_follow_one_with_the_key(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # The client's own setting was used: a 307 to another host got the POST again, with the key in a
+    # header httpx does not strip (x-api-key), and its answer came back as the endpoint's.
+    elsewhere = await serve(replying(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    target = str(elsewhere.url.copy_with(host="localhost", query=None)).encode()
+    moved = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %b\r\nContent-Length: 0\r\n\r\n" % target
+    server = await serve(replying(moved))
+    base_url = str(server.url.copy_with(path="/v1", query=None))
+    async with (
+        httpx.AsyncClient(follow_redirects=True) as client,
+        AnthropicLM("m", base_url, api_key="sk-ant-wire-0123456789", http_client=client) as lm,
+    ):
+        with pytest.raises(LMStatusError, match="HTTP 307") as caught:
+            await lm.chat([{"role": "user", "content": "hi"}])
+    assert "redirects are not followed" in str(caught.value)
+    assert (len(server.requests), elsewhere.requests) == (1, [])
 
 
 def test_retry_after_is_read_from_raw_headers_in_any_case() -> None:
