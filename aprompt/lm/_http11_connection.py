@@ -282,7 +282,7 @@ class Connection:
         buffer = self._buffer
         trailers = 0
         while True:
-            end = buffer.find(b"\r\n")
+            end = _crlf(buffer)
             if end == 0:
                 del buffer[:2]
                 return False
@@ -299,7 +299,7 @@ class Connection:
 
     async def _read_line(self) -> bytes:
         buffer = self._buffer
-        while (end := buffer.find(b"\r\n")) < 0:
+        while (end := _crlf(buffer)) < 0:
             if len(buffer) > _MAX_HEAD_BYTES:
                 raise TransportError("malformed reply: a chunk line is longer than 64 KiB")
             await self._fill(len(buffer) + 1)
@@ -313,6 +313,18 @@ class Connection:
             if not data:
                 raise TransportError("the server closed the connection within the reply's body")
             self._buffer += data
+
+
+def _crlf(buffer: bytearray) -> int:
+    """Where the first line of ``buffer`` ends (its CRLF), or -1 before its end has arrived. A line of the
+    chunked framing ended by a bare LF is malformed: waited on for its CRLF, it would hold the call until
+    its timeout."""
+    end = buffer.find(b"\n")
+    if end < 0:
+        return -1
+    if buffer[end - 1 : end] != b"\r":
+        raise TransportError("malformed reply: a chunk or trailer line ends in a bare line feed")
+    return end - 1
 
 
 def describe(exc: BaseException) -> str:

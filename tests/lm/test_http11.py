@@ -269,6 +269,23 @@ async def test_a_chunked_body_whose_server_closes_after_its_last_chunk_is_whole(
     assert server.connections == 2
 
 
+@pytest.mark.parametrize("framing", [b"2\nok\n0\n\n", b"2\r\nok\r\n0\r\nX-Trailer: 1\n\n"])
+async def test_a_chunk_or_trailer_line_ended_by_a_bare_line_feed_is_a_transport_error_not_a_wait(
+    serve: Callable[..., Awaitable[ScriptedServer]], framing: bytes
+) -> None:
+    # Its CRLF was waited for, on a connection the server keeps open: the call hung until its timeout.
+    async def bare_line_feeds(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + framing)
+        await anyio.sleep_forever()
+
+    server = await serve(bare_line_feeds)
+    transport = HTTP11Transport(server.url)
+    with pytest.raises(TransportError, match="bare line feed"), anyio.fail_after(5):
+        await post(transport, server)
+    await transport.aclose()
+
+
 @pytest.mark.parametrize("size", [b"0x5", b"0_5", b"+5", b"-5", b" ", b"5 5"])
 async def test_a_chunk_size_that_is_not_hex_digits_is_a_transport_error(
     serve: Callable[..., Awaitable[ScriptedServer]], size: bytes
