@@ -12,7 +12,7 @@ import anyio.abc
 
 from aprompt.lm._http11_body import ReplyBody
 from aprompt.lm._loop_stream import LoopStream, running_loop
-from aprompt.lm._transport import Reply, TransportError
+from aprompt.lm._transport import Reply, TransportError, UnreadableBody
 
 __all__ = ["STREAM_ERRORS", "Connection", "NoReply", "describe"]
 
@@ -209,7 +209,16 @@ class Connection:
         if codings and not chunked:
             # Another coding (gzip, compress) would be returned still coded, as if it were the body.
             raise TransportError(f"unsupported transfer-encoding {b', '.join(codings)[:40]!r}")
-        body = ReplyBody(cap, b", ".join(coding for coding in encodings if coding not in (b"", b"identity")))
+        encoding = b", ".join(coding for coding in encodings if coding not in (b"", b"identity"))
+        undecoded = False
+        try:
+            body = ReplyBody(cap, encoding)
+        except UnreadableBody:
+            if 200 <= status < 300:
+                raise
+            # An error's status says what happened (a 429 or a 503 is waited out and sent again) and its
+            # body is only a message: read past undecoded and left out, rather than the status lost.
+            body, undecoded = ReplyBody(cap, b""), True
         if status in (204, 304):
             return b"", False, not close
         if chunked:
@@ -226,7 +235,7 @@ class Connection:
         else:
             await self._read_until_close(body)
             close = True
-        content = body.content()
+        content = b"" if undecoded else body.content()
         return content, body.too_large, not close and not body.too_large
 
     async def _read_length(self, body: ReplyBody, length: int) -> None:

@@ -43,8 +43,8 @@ class TransportError(Exception):
 
 
 class UnreadableBody(TransportError):
-    """The reply's body is in a content encoding the transport does not decode: a server's setting that
-    every reply meets."""
+    """A 2xx reply's body is in a content encoding the transport does not decode: a server's setting that
+    every answer meets (an error status's body is left out instead, its status kept)."""
 
 
 class TransportTimeout(TransportError):

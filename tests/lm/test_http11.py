@@ -27,7 +27,7 @@ from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, STALE_FAILURE_W
 from aprompt.lm._transport import HttpxTransport, TransportError, UnreadableBody, request_url
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.openai import OpenAICompatibleLM
-from aprompt.lm.retry import raw_retry_after
+from aprompt.lm.retry import RetryPolicy, raw_retry_after
 
 pytestmark = pytest.mark.anyio
 
@@ -453,6 +453,25 @@ async def test_content_encodings_on_several_lines_are_read_as_one_list(
     reply = await post(transport, server)
     await transport.aclose()
     assert reply.content == b"ok"
+
+
+async def test_an_error_status_with_a_body_in_an_unread_encoding_keeps_its_status_and_is_retried(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # A proxy's 503 page in brotli was an unreadable reply, never retried: the run stopped on a passing
+    # outage. A 2xx in brotli still is (every answer would come so).
+    busy = b"HTTP/1.1 503 Unavailable\r\nContent-Encoding: br\r\nContent-Length: 4\r\n\r\n\x1b\x0b\x00\xf8"
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(COMPLETION), COMPLETION)
+    server = await serve(replying(busy, busy, answer))
+    transport = HTTP11Transport(server.url)
+    reply = await post(transport, server)
+    assert (reply.status, reply.content) == (503, b"")
+    await transport.aclose()
+    base_url = str(server.url.copy_with(path="/v1", query=None))
+    async with OpenAICompatibleLM("m", base_url, api_key="k", retry=RetryPolicy(initial_backoff=0.01)) as lm:
+        completion = await lm.chat([{"role": "user", "content": "hi"}])
+    assert completion.text == "hi"
+    assert len(server.requests) == 3
 
 
 async def test_a_reply_with_connection_close_or_http_1_0_is_not_reused(
