@@ -223,9 +223,10 @@ class Connection:
             return b"", False, not close
         if chunked:
             ended = await self._read_chunked(body)
-            # With a Content-Length too its framing is ambiguous (RFC 9112 6.3): what follows on the
-            # connection, if anything, need not start the next reply.
-            close = close or ended or length is not None
+            # With a Content-Length too its framing is ambiguous (RFC 9112 6.3), and HTTP/1.0 has no
+            # chunked coding (6.1): what follows on the connection, if anything, need not start the next
+            # reply.
+            close = close or ended or length is not None or version == b"HTTP/1.0"
         elif length is not None:
             if not length.isdigit():
                 raise TransportError("malformed reply: its Content-Length is not a number")

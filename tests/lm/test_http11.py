@@ -235,6 +235,22 @@ async def test_a_chunked_reply_that_also_gives_a_length_is_read_as_chunked_on_a_
     assert server.connections == 2
 
 
+async def test_a_chunked_http_1_0_reply_is_read_as_chunked_on_a_connection_not_reused_even_kept_alive(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    # HTTP/1.0 has no chunked coding: its framing is faulty (RFC 9112 6.1), whatever keep-alive says.
+    chunked = (
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    )
+    server = await serve(replying(chunked))
+    transport = HTTP11Transport(server.url)
+    with anyio.fail_after(5):
+        replies = [await post(transport, server) for _ in range(2)]
+    await transport.aclose()
+    assert [reply.content for reply in replies] == [b"ok", b"ok"]
+    assert server.connections == 2
+
+
 async def test_a_chunk_size_with_many_leading_zeros_is_read_as_its_value(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
