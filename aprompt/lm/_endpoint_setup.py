@@ -57,7 +57,8 @@ def set_up_endpoints(
     """The endpoints of a client given ``endpoints``, its key (or the variable holding it), its
     concurrency cap and timeout, and ``auth_headers``, the headers that authenticate with a key (None:
     none). Raises :class:`~aprompt._errors.ConfigError` for an endpoint whose key variable is unset,
-    a key with a control character, or an endpoint concurrency that is not a positive integer."""
+    a key with a control character or one not ASCII, or an endpoint concurrency that is not a positive
+    integer."""
     default_key = api_key if api_key is not None else _env(api_key_env)
     specs = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
     transports = LaneTransports(timeout)
@@ -87,11 +88,12 @@ def set_up_endpoints(
         # A proxy's own error page (a 407, a 502) may quote its credentials: a caller's client may read
         # the environment's proxies too.
         keys.extend(proxy_credentials(httpx.URL(url)))
-        if key and any(ord(char) < 32 or ord(char) == 127 for char in key):
-            # Sent as is, a line break would end the request's head early or add a header.
+        if key and any(ord(char) < 32 or ord(char) >= 127 for char in key):
+            # Sent as is, a line break would end the request's head early or add a header; a character
+            # not ASCII is in no key (httpx refuses it with an error that holds the whole header).
             raise ConfigError(
-                f"the API key for {url} contains a control character (a line break read with it "
-                "from a file?); remove it"
+                f"the API key for {url} contains a control character or one not ASCII (a line break "
+                "read with it from a file, a quote pasted with it?); remove it"
             )
         keys.append(key)
         own = endpoint.max_concurrency

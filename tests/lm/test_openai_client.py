@@ -179,12 +179,16 @@ async def test_no_key_in_errors_or_debug_logs(
 
 
 @pytest.mark.parametrize("client", [OpenAICompatibleLM, AnthropicLM])
-@pytest.mark.parametrize("suffix", ["\n", "\r\nX-Injected: yes", "\t"], ids=["newline", "crlf", "tab"])
-async def test_a_key_with_a_control_character_is_a_config_error_that_never_shows_the_key(
+@pytest.mark.parametrize(
+    "suffix", ["\n", "\r\nX-Injected: yes", "\t", "\u2019"], ids=["newline", "crlf", "tab", "not-ascii"]
+)
+async def test_a_key_with_a_control_or_non_ascii_character_is_a_config_error_that_never_shows_the_key(
     fake_server: FakeOpenAIServer, client: type[HTTPChatLM], suffix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A key read from a file keeps its line break: sent as is, it would end the request's head early
-    # (or inject a header) and the server would answer something unrelated to the key.
+    # (or inject a header) and the server would answer something unrelated to the key. A character not
+    # ASCII (a quote pasted with the key) went out as UTF-8 for a 401, or through httpx (a proxy, a
+    # caller's client) as a UnicodeEncodeError that held the key.
     key = TEST_API_KEY + suffix
     monkeypatch.setenv("MY_FAKE_KEY", key)
     for options in (
