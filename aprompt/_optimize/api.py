@@ -316,7 +316,7 @@ async def optimize(
                 limits=run_limits,
                 outage=outage,
             )
-            ctx.check_limits()  # again, with the calls per run measured by earlier calls of this run
+            ctx.spending.check_limits()  # again, with the calls per run measured by earlier calls of this run
             if journal is not None and journal.latest("original_state") is None:
                 journal.append("original_state", program_state(program))
             with watch_predictors(predictors), use_executor(executor):

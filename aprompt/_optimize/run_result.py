@@ -45,11 +45,12 @@ async def run_to_result(ctx: RunContext, strategy: Strategy, target: P, started:
     with recording_outputs() as outputs, timing_requests() as requests:
         candidates, outcome = await ctx.run_strategy(strategy)
         loop = ctx.search_loop
-    if ctx.diverged is not None:
+    spending = ctx.spending
+    if spending.diverged is not None:
         warnings.warn(
             InexactResumeWarning(
                 "aprompt: this run's result may differ from an uninterrupted run's with the same inputs: "
-                f"it was resumed after {ctx.diverged}, and its limits decide steps on what it has spent"
+                f"it was resumed after {spending.diverged}, and its limits decide steps on what it has spent"
             ),
             stacklevel=3,  # the caller of optimize()
         )
@@ -77,12 +78,14 @@ async def run_to_result(ctx: RunContext, strategy: Strategy, target: P, started:
         seed=seed,
         failures=dict(ctx.failures),
         stopped_by=ctx.stopped_by or (loop.cut_short_by if loop is not None else None),
-        spent=ctx.spent(),
+        spent=spending.spent(),
         pick=outcome.pick,
         examples=examples,
     )
     if result.stopped_by is not None:
-        logger.info("aprompt: stopped by %s; spent %s", ctx.meter.describe(result.stopped_by), result.spent)
+        logger.info(
+            "aprompt: stopped by %s; spent %s", spending.meter.describe(result.stopped_by), result.spent
+        )
     if ctx.journal is not None:
         pick = attrs.asdict(result.pick) if result.pick is not None else None
         # The stop is journaled too: a run made from Python has no result.json to tell ``aprompt show`` it.

@@ -122,17 +122,17 @@ class SearchState:
     runs_affordable: Callable[[], int | None] = attrs.field(default=lambda: None, kw_only=True)
     #: The limit that pays for the fewest of those runs (``None``: no limit says).
     binding_limit: Callable[[], str | None] = attrs.field(default=lambda: None, kw_only=True)
-    #: Told the limit that gave a step fewer program runs than it asked for (``RunContext.note_bound``).
+    #: Told the limit that gave a step fewer program runs than it asked for (``RunSpending.note_bound``).
     limit_bound: Callable[[str | None], None] = attrs.field(default=lambda limit: None, kw_only=True)
     #: Keep admitted steps counted at their estimates after they end, until retired at a point the
-    #: search's flow fixes (``RunContext.hold_steps`` / ``retire_steps``): ``[(journal kind, key), ...]``.
+    #: search's flow fixes (``RunSpending.hold_steps`` / ``retire_steps``): ``[(journal kind, key), ...]``.
     hold_steps: Callable[[Sequence[tuple[str, str]]], None] = attrs.field(
         default=lambda keys: None, kw_only=True
     )
     retire_steps: Callable[[Sequence[tuple[str, str]]], None] = attrs.field(
         default=lambda keys: None, kw_only=True
     )
-    #: A decision that depends on the budget spent so far, journaled (``RunContext.decided``).
+    #: A decision that depends on the budget spent so far, journaled (``RunSpending.decided``).
     decided: Callable[[str, Callable[[], int]], int] = attrs.field(
         default=lambda key, compute: compute(), kw_only=True
     )

@@ -1,9 +1,9 @@
-"""The arithmetic of the run's limits for its steps (``RunContext.admit_step``,
-``RunContext.runs_affordable``): what a step is expected to spend beside the admitted steps still in
+"""The arithmetic of the run's limits for its steps (``RunSpending.admit_step``,
+``RunSpending.runs_affordable``): what a step is expected to spend beside the admitted steps still in
 flight, which limit cannot pay for it (or for it and the runs kept for a later step), and how many program
 runs the rest of the budget pays for. Plain functions of the meter, the measured costs, what a resume
 leaves out (``discount``, :meth:`~aprompt._optimize.step_ledger.StepLedger.discount`) and the steps in
-flight; refusing, journaling and stopping are the run's (:mod:`aprompt._optimize.run_context`).
+flight; refusing, journaling and stopping are the run's (:mod:`aprompt._optimize.run_spending`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The run's admitted steps not finished yet, each with its estimate (``RunContext.admit_step``): steps
 overlap, so each admission counts what the others are still expected to spend. A step the search's flow
-holds (``RunContext.hold_steps``) stays counted at its estimate after it ends, until it is retired.
+holds (``RunSpending.hold_steps``) stays counted at its estimate after it ends, until it is retired.
 """
 
 from __future__ import annotations

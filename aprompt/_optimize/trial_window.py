@@ -24,7 +24,7 @@ found. Under a limit on calls, tokens or cost a trial is also refused, with
 :class:`~aprompt.lm._metering.BudgetKept`, once the budget would no longer keep one full evaluation's runs
 beside it: the trials end there and the search goes on to its last race, which gets the rest of the budget
 (``RunContext.admit_trial``); a periodic race takes no more than the budget pays for beside the window's
-trials and that reserve. Both amounts are journaled (``RunContext.decided``), so a resume replays them.
+trials and that reserve. Both amounts are journaled (``RunSpending.decided``), so a resume replays them.
 """
 
 from __future__ import annotations

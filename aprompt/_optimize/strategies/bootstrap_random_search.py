@@ -57,7 +57,7 @@ class BootstrapRandomSearch(Strategy):
                 if len(combos) >= n_full:
                     break
             for choice in combos:
-                if ctx.limit_reached() is not None:
+                if ctx.spending.limit_reached() is not None:
                     break
                 await loop.full_evaluation(choice)
             return candidates, await loop.run_outcome()

@@ -17,6 +17,7 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import CandidateProposed
 from aprompt._optimize.labeled_demos import demo_key
 from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.step_memo import note_runs
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 
@@ -56,7 +57,7 @@ async def bootstrap_candidates(
             labeled_sets=labeled,  # set 1, as the warm-up and the hand-written reference show it
         )
         ctx.failures.update({f"bootstrap:{k}": v for k, v in result.failures.items()})
-        ctx.note_runs(result.runs)  # measures what a program run costs
+        note_runs(result.runs)  # measures what a program run costs
         return {
             name: distinct_sets((*_own_sets(predictor), *result.demo_sets[name][1:]))
             for name, predictor in ctx.predictors

@@ -20,6 +20,7 @@ from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.proposal_filter import on_task, screen_verdict, task_vocabulary
 from aprompt._optimize.propose import Proposal, ProposalContext, propose_instructions
 from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.step_memo import note_runs
 from aprompt._optimize.strategies.grounding_step import grounding_calls, grounding_texts
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
@@ -179,7 +180,7 @@ async def screen_instructions(
         async with plain_errors_task_group() as group:
             for position in range(len(instructions)):
                 group.start_soon(screen, position)
-        ctx.note_runs(runs)  # measures what a program run costs
+        note_runs(runs)  # measures what a program run costs
         return results
 
     def encode(scores: list[dict[str, float]]) -> dict[str, Any]:

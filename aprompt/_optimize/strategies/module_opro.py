@@ -66,7 +66,7 @@ class ModuleOpro(Strategy):
             }
             size = min(ctx.budget.minibatch_size, len(ctx.valset))
             for round_number in range(1, n_rounds + 1):
-                if ctx.limit_reached() is not None:
+                if ctx.spending.limit_reached() is not None:
                     break
                 # Admitted before they spend, as the other strategies' steps are: a limit refuses the
                 # round, not a call in its midst that would leave it paid for and unrecorded.
@@ -135,6 +135,6 @@ class ModuleOpro(Strategy):
         for name, _ in ctx.predictors:
             key = f"{name}.format"
             for option in range(1, space[key].n_choices if key in space else 1):
-                if ctx.limit_reached() is not None:
+                if ctx.spending.limit_reached() is not None:
                     return
                 await loop.full_evaluation({**loop.candidates.baseline(), **pick, key: option})

@@ -42,9 +42,11 @@ import attrs
 from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.candidates import Candidates, Choice
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.run_context import BASELINE_KIND, RunContext, limit_reached_in
+from aprompt._optimize.run_context import BASELINE_KIND, RunContext
+from aprompt._optimize.run_stop import limit_reached_in
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import FullEval, full_eval_from_json, full_eval_to_json
+from aprompt._optimize.step_memo import note_runs
 from aprompt._optimize.strategies.base import StrategyPlan
 from aprompt._optimize.strategies.demo_steps import labeled_reference, leading_demo_sets
 from aprompt._optimize.strategies.grounding_step import grounding_calls, grounding_texts
@@ -171,7 +173,7 @@ class Pipeline:
         return None
 
     async def _handed_in(self, done: Deferred[FullEval]) -> FullEval:
-        self.ctx.note_runs(0)  # the runs were counted by the step that made them
+        note_runs(0)  # the runs were counted by the step that made them
         return await done.wait()
 
     def _prompts(self, candidates: Candidates, choice: Choice) -> dict[str, PromptOverride]:
