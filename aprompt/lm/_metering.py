@@ -442,10 +442,7 @@ async def metered_chat(
     try:
         if prepaid is not None:
             meter.admit(lm.model)
-        left = meter.seconds_left()
-        # Without a time limit nothing can end the call early: no cancel scope, saving a few µs a call.
-        scope = anyio.CancelScope(deadline=anyio.current_time() + left) if left < math.inf else None
-        with scope if scope is not None else nullcontext():
+        with run_deadline():
             completion = await lm.chat(messages, rollout=rollout, **params)
     except Exception as error:
         meter.note_call(failed=True)
@@ -456,8 +453,6 @@ async def metered_chat(
     finally:
         _PREPAID.reset(prepaid_token)
         _UNIT.reset(unit_token)
-    if scope is not None and scope.cancelled_caught:
-        raise LimitReached("max_time", f"run limit reached: {meter.describe('max_time')}")
     if prepaid is not None and not prepaid.claimed:
         if completion.cached:
             meter.refund()
