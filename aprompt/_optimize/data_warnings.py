@@ -22,13 +22,11 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import typing
 from collections import Counter
 from collections.abc import Sequence
 
-from aprompt._optimize.examples import Example
+from aprompt._optimize.examples import Example, missing_label
 from aprompt.program.fields import is_literal
 from aprompt.program.predictor import Predict
 from aprompt.program.state import unsaved_demo_value
@@ -85,7 +83,7 @@ def warn_missing_labels(predictors: Sequence[tuple[str, Predict]], val: Sequence
         missing = [
             name
             for name, value in example.labels.items()
-            if _missing(value) or (_blank(value) and name not in blank_meant)
+            if missing_label(value) or (_blank(value) and name not in blank_meant)
         ]
         if missing:
             found.append(f"{example.id!r} ({', '.join(missing)})")
@@ -99,10 +97,6 @@ def warn_missing_labels(predictors: Sequence[tuple[str, Predict]], val: Sequence
         ", ".join(found[:SHOWN]),
         more,
     )
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
 
 
 def _blank(value: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -237,6 +238,12 @@ def apart_from(train: Sequence[Example], val: Sequence[Example]) -> list[Example
             example = attrs.evolve(example, id=unique)
         out.append(example)
     return out
+
+
+def missing_label(value: object) -> bool:
+    """Whether a label is a missing value (``None``, or NaN as a data frame's empty cell reads): no
+    prediction matches it, and shown as a demo it would teach the model to answer "null"."""
+    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
 
 
 def run_inputs(example: Example) -> dict[str, Any]:

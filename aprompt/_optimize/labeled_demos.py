@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import operator
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -28,7 +27,7 @@ from typing import TypeVar
 import attrs
 
 from aprompt._optimize.demo_patterns import covering_order, demo_patterns
-from aprompt._optimize.examples import Example
+from aprompt._optimize.examples import Example, missing_label
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 from aprompt.run._value_identity import stable_form
@@ -58,15 +57,11 @@ def labeled_demo(predictor: Predict, example: Example) -> Demo | None:
     fields = example.fields()
     outputs = [n for n in predictor.signature.output_names if n != "reasoning"]
     inputs = predictor.signature.input_names
-    labeled = all(n in fields and not _missing(fields[n]) for n in outputs)
+    labeled = all(n in fields and not missing_label(fields[n]) for n in outputs)
     if outputs and labeled and any(n in fields for n in inputs):
         names = (*inputs, *predictor.signature.output_names)
         return Demo({n: fields[n] for n in names if n in fields})
     return None
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
 
 
 def example_label(example: Example) -> tuple[tuple[str, str], ...]:
