@@ -21,7 +21,7 @@ good as the rows say.
 - **one better**: one combination better than all the others by ``gain``; the share of runs that return it.
 
 The ``reference`` column says whether one of the ``k`` combinations is the hand-written reference, tested
-before the others at its own share of the level (:func:`aprompt._optimize.final_pick.pick_levels`):
+before the others at its own share of the level (:func:`aprompt._optimize.paired_evidence.pick_levels`):
 ``better`` when the better combination is the reference, ``other`` when a combination as good as the
 baseline is (and the better one is searched), ``-`` when there is none.
 """
@@ -39,15 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from aprompt._optimize.confirmation import contenders
-from aprompt._optimize.final_pick import (
+from aprompt._optimize.final_pick import Evidence, FinalPick, key_of, pick
+from aprompt._optimize.paired_evidence import (
     MIN_SHARED,
-    Evidence,
-    FinalPick,
     could_become_better,
-    key_of,
     loosest_level,
     paired_difference,
-    pick,
 )
 
 RESULTS = Path(__file__).parent / "results" / "pick_power.md"

@@ -21,7 +21,7 @@ def test_import_aprompt_leaves_a_heavy_module_unimported(module: str) -> None:
 
 
 def test_the_t_quantile_matches_the_textbook_values() -> None:
-    from aprompt._optimize.final_pick import t_quantile
+    from aprompt._optimize.paired_evidence import t_quantile
 
     # Two-sided 95 % critical values of Student's t (any printed table).
     for dof, value in ((1, 12.706), (5, 2.571), (10, 2.228), (29, 2.045), (120, 1.980)):

@@ -39,14 +39,8 @@ from aprompt._errors import JournalError
 from aprompt._optimize.candidates import Candidates, Choice, choice_key
 from aprompt._optimize.concurrent_steps import at_once_in_order
 from aprompt._optimize.examples import Example, inputs_key
-from aprompt._optimize.final_pick import (
-    MIN_SHARED,
-    FinalPick,
-    could_become_better,
-    describe_choice,
-    leads,
-    loosest_level,
-)
+from aprompt._optimize.final_pick import FinalPick, describe_choice
+from aprompt._optimize.paired_evidence import MIN_SHARED, could_become_better, leads, loosest_level
 from aprompt._optimize.search_records import (
     FullEval,
     full_eval_from_json,
@@ -117,8 +111,8 @@ def contenders(
     """The pick, then its most promising fully evaluated challengers; empty when none is undecided.
 
     While the pick is the baseline, a reference among the challengers goes first: it is tested against the
-    baseline at its own share of the level (:func:`~aprompt._optimize.final_pick.pick_levels`), so its lead
-    is the likeliest to be settled by the same runs."""
+    baseline at its own share of the level (:func:`~aprompt._optimize.paired_evidence.pick_levels`), so
+    its lead is the likeliest to be settled by the same runs."""
     challengers = [dict(c) for c in current.challengers if choice_key(c) in fully_evaluated]
     if not challengers:
         return []
@@ -175,7 +169,7 @@ async def confirm(
     The first stage runs the first half of each contender's examples. A challenger stops there when it
     is not ahead of the pick on the fresh examples they share, or when it could not be shown better even
     if it won every example of its second half it shares with the pick
-    (:func:`~aprompt._optimize.final_pick.could_become_better`); the second stage runs the rest for the
+    (:func:`~aprompt._optimize.paired_evidence.could_become_better`); the second stage runs the rest for the
     pick and the challengers left, when any is. Stopping a challenger early can only keep the pick, so it
     spends fewer calls without making a lucky lead likelier to pass (a real lead behind on the first half
     by chance is the price).

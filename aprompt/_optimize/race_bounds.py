@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from aprompt._optimize.final_pick import ALPHA, MIN_SHARED, paired_difference, t_quantile
+from aprompt._optimize.paired_evidence import ALPHA, MIN_SHARED, paired_difference, t_quantile
 
 
 def clearly_worse(a: Mapping[str, float], b: Mapping[str, float]) -> bool:

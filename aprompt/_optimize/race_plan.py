@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import MIN_SHARED
+from aprompt._optimize.paired_evidence import MIN_SHARED
 
 if TYPE_CHECKING:
     from aprompt._optimize.search import SearchLoop

@@ -10,8 +10,9 @@ runs*, not in whole full evaluations:
   shared by every combination and every race — and each racer is scored only on the examples of the rung
   it lacks (its trials' and earlier rungs' scores count). After a rung, a racer whose paired difference
   against the current pick, or against the rung's leader, is clearly negative on their shared examples
-  (the upper end of the one-sided 95 % interval of :func:`~aprompt._optimize.final_pick.paired_difference`
-  below 0, on at least 10 examples) is dropped. Racers that reach the last rung have a full evaluation
+  (the upper end of the one-sided 95 % interval of
+  :func:`~aprompt._optimize.paired_evidence.paired_difference` below 0, on at least 10 examples) is
+  dropped. Racers that reach the last rung have a full evaluation
   (a :class:`~aprompt._optimize.search_records.FullEval`, whose scores then include the examples it reused).
   A rung's racers are scored at once, and the last rung's full evaluations run at once; what they
   record is recorded in the racers' order (:mod:`aprompt._optimize.concurrent_steps`), so the race

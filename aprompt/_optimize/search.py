@@ -66,14 +66,8 @@ from aprompt._optimize.confirmation import confirmation_note
 from aprompt._optimize.evaluate import Evaluation, OnResult
 from aprompt._optimize.events import FullEvaluation, NewBest, TrialScored
 from aprompt._optimize.examples import Example
-from aprompt._optimize.final_pick import (
-    MIN_SHARED,
-    NOTHING_SCORES,
-    FinalPick,
-    key_of,
-    nothing_scores,
-    pick,
-)
+from aprompt._optimize.final_pick import NOTHING_SCORES, FinalPick, key_of, nothing_scores, pick
+from aprompt._optimize.paired_evidence import MIN_SHARED
 from aprompt._optimize.search_end import finish_search
 from aprompt._optimize.search_records import FullEval, RungEval, SearchOutcome, Trial
 from aprompt._optimize.search_state import SearchState

@@ -14,16 +14,12 @@ from scipy import stats  # type: ignore[import-untyped]
 
 import aprompt
 from aprompt._optimize.evidence_book import collect_evidence
-from aprompt._optimize.final_pick import (
-    Evidence,
-    FinalPick,
+from aprompt._optimize.final_pick import Evidence, FinalPick, key_of, nothing_scores, pick
+from aprompt._optimize.paired_evidence import (
     could_become_better,
-    key_of,
     level_for,
     loosest_level,
-    nothing_scores,
     paired_difference,
-    pick,
     pick_levels,
     t_quantile,
 )
