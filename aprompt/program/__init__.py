@@ -15,11 +15,12 @@ Example::
         prediction = await CountObjects()(question="A cat and two dogs: how many animals?")
 """
 
-from aprompt.program.adapter import format_messages, parse_reply
+from aprompt.program.adapter import format_messages
 from aprompt.program.context import current_lm, use_lm
 from aprompt.program.discovery import named_predictors
 from aprompt.program.fields import Field, InputField, OutputField
 from aprompt.program.predictor import ChainOfThought, Predict
+from aprompt.program.reply_reading import parse_reply
 from aprompt.program.signature import Signature
 from aprompt.program.state import load_state, load_state_file, program_state, save_state
 from aprompt.program.trace import Trace, TraceEntry, trace

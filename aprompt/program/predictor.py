@@ -11,18 +11,11 @@ from aprompt._errors import ConfigError, ParseError, StateError
 from aprompt.lm._metering import metered_chat
 from aprompt.lm._replies import accepting_cut_replies, cut_reply_acceptor, incomplete_reply
 from aprompt.lm.types import LM, Message, TokenUsage
-from aprompt.program.adapter import (
-    ReplyFormat,
-    answered_before_cut,
-    check_reply_format,
-    correction_message,
-    describe_problems,
-    format_messages,
-    read_reply,
-)
+from aprompt.program.adapter import ReplyFormat, check_reply_format, correction_message, format_messages
 from aprompt.program.context import ACTIVE_TRACES, current_lm
 from aprompt.program.fields import Field
 from aprompt.program.overrides import PromptOverride, active_overrides, current_run, note_call
+from aprompt.program.reply_reading import answered_before_cut, describe_problems, read_reply
 from aprompt.program.signature import Signature, as_signature
 from aprompt.program.values import Demo, Prediction, as_demo, snapshot
 

@@ -9,7 +9,7 @@ import pytest
 
 import aprompt
 from aprompt.lm.openai import OpenAICompatibleLM
-from aprompt.program.adapter import answered_before_cut
+from aprompt.program.reply_reading import answered_before_cut
 from aprompt.program.signature import Signature
 from aprompt.testing._wire import Fault
 from aprompt.testing.fake_openai import FakeOpenAIServer

@@ -10,8 +10,9 @@ import pytest
 from aprompt._errors import ConfigError, StateError
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.program import ChainOfThought, Demo, Predict, Signature, format_messages, parse_reply
-from aprompt.program.adapter import answered_before_cut, correction_message, read_reply
+from aprompt.program.adapter import correction_message
 from aprompt.program.overrides import PromptOverride, override_prompts
+from aprompt.program.reply_reading import answered_before_cut, read_reply
 from aprompt.program.state import load_state, load_state_file, program_state, save_state
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 
