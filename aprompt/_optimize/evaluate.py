@@ -48,7 +48,8 @@ from aprompt._optimize.metric_values import ScoreWithFeedback as ScoreWithFeedba
 from aprompt._optimize.metric_values import check_metric_worked, metric_feedback
 from aprompt._optimize.metric_values import describe_metric as describe_metric
 from aprompt._optimize.metric_values import metric_score as metric_score
-from aprompt._optimize.per_example import ExampleTable, current_output_log, program_key
+from aprompt._optimize.per_example import ExampleTable
+from aprompt._optimize.run_outputs import current_output_log, program_key
 from aprompt._slots import Limiter, Slots
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.executors.base import (

@@ -15,9 +15,9 @@ from aprompt._errors import InexactResumeWarning
 from aprompt._optimize.budget import Budget, estimate_calls
 from aprompt._optimize.confirmation import confirmation_calls
 from aprompt._optimize.events import RunFinished, RunPlanned
-from aprompt._optimize.per_example import final_examples, recording_outputs
 from aprompt._optimize.result import OptimizeResult, P
 from aprompt._optimize.run_context import RunContext
+from aprompt._optimize.run_outputs import final_examples, recording_outputs
 from aprompt._optimize.strategies import Strategy
 from aprompt._optimize.strategies.base import checked_plan
 from aprompt.lm.usage import IN_FLIGHT_KIND, timing_requests

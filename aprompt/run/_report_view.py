@@ -15,8 +15,9 @@ from typing import Any
 import attrs
 
 from aprompt._errors import ConfigError
-from aprompt._optimize.per_example import EXAMPLES_KIND, ExampleTable
+from aprompt._optimize.per_example import ExampleTable
 from aprompt._optimize.run_context import BASELINE_KIND
+from aprompt._optimize.run_outputs import EXAMPLES_KIND
 from aprompt._optimize.strategies.instruction_steps import INSTRUCTIONS_KIND
 from aprompt.lm.usage import IN_FLIGHT_KIND
 from aprompt.program.adapter import REPLY_FORMATS
