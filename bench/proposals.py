@@ -2,7 +2,7 @@
 
 For each single-stage bench task, the embedded model (SmolLM2-135M under llama.cpp) summarizes the
 training data and describes the program as a run does, then proposes ``--n`` instructions for the task's
-predictor with the proposer's worked example (:data:`aprompt._optimize.propose.WORKED_EXAMPLE`) and
+predictor with the proposer's worked example (:data:`aprompt._optimize.proposer_text.WORKED_EXAMPLE`) and
 ``--n`` without it: the same seeds, the same grounding, 3 training examples as the demos shown. It prints
 how many proposals each way came out as instructions (the rest were dropped by the proposal filter after
 three attempts), how many say something of the task (share a content word with its fields, instruction,

@@ -4,17 +4,16 @@ For one predictor it asks a proposer LM for new instructions, each prompt ground
 grounding texts (the data summary, the program description; :mod:`aprompt._optimize.grounding`), demos of
 this predictor, a random style tip and the instructions (with scores, for OPRO) proposed so far (a
 predictor's candidates are drawn at once, so these are the original and, for a draw made again because it
-repeated a sibling, the siblings: :func:`propose_instructions`). Each
-reply is cleaned (:func:`clean_reply`: echoed scaffolding and field-label lines removed, see
-:mod:`aprompt._optimize.proposal_filter`); one that fails to parse, has nothing usable left, or fails
-validation is retried with another rollout and then dropped with a recorded reason; the original
-instruction is always candidate 0.
+repeated a sibling, the siblings: :func:`propose_instructions`). Each reply is cleaned
+(:func:`~aprompt._optimize.proposal_cleaning.clean_reply`: echoed scaffolding and field-label lines
+removed, see :mod:`aprompt._optimize.proposal_filter`); one that fails to parse, has nothing usable
+left, or fails validation is retried with another rollout and then dropped with a recorded reason; the
+original instruction is always candidate 0.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -25,20 +24,17 @@ from aprompt._errors import EndpointDownError, LMError, ParseError
 from aprompt._optimize import grounding as grounding_sources
 from aprompt._optimize.field_text import CUT_MARK, fields_line
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard, OutagePolicy
+from aprompt._optimize.proposal_cleaning import (
+    MAX_INSTRUCTION_CHARS,
+    clean_reply,
+    instruction_key,
+    validate_instruction,
+)
 from aprompt._optimize.proposal_filter import (
-    Cleaned,
-    clean_proposal,
-    content_words,
-    field_labels,
     finished_part,
-    reads_as_instruction,
-    sentences_of,
-    task_vocabulary,
-    text_length,
-    unfenced_prose,
     whole_sentences,
 )
-from aprompt._optimize.quotes import unquoted
+from aprompt._optimize.proposer_text import GOAL, GOAL_SCORED, REPLY, ROLE, TIPS, WORKED_EXAMPLE
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._replies import accepting_cut_replies, is_cut
 from aprompt.lm.types import LM
@@ -46,18 +42,6 @@ from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
 from aprompt.run.journal import journaled_text
 
-TIPS: dict[str, str] = {
-    "none": "",
-    "creative": "Don't be afraid to be creative when writing the instruction.",
-    "simple": "Keep the instruction clear and concise.",
-    "description": "Make the instruction informative: describe the task precisely.",
-    "high_stakes": "Spell out the high stakes of getting this task right.",
-    "persona": "Start the instruction with a persona relevant to the task (e.g. 'You are a ...').",
-    "format": "Say exactly what form the answer must take.",
-}
-
-MIN_INSTRUCTION_CHARS = 12
-MAX_INSTRUCTION_CHARS = 600
 #: Room for an instruction of ``MAX_INSTRUCTION_CHARS``; a reply cut there is kept, to its last whole
 #: sentence (re-sending it with a larger budget would only buy a longer ramble from a small model).
 PROPOSAL_MAX_TOKENS = 160
@@ -107,38 +91,6 @@ class ProposalContext:
         return {name: text for name, text in found.items() if text}
 
 
-#: The proposer's one demo: a call for another task (every grounding field filled) and a good instruction
-#: for it, keyed by the proposer's field names. A small proposer copies the form of a worked example far
-#: better than it follows a description of one: on the embedded model, 21 of 30 proposals for three bench
-#: tasks started with an imperative verb with it, 5 of 30 without, most of those remarks, chat or made-up
-#: examples (``bench/results/proposals_worked_example.md``). Its sentences are cut from a proposal that
-#: repeats them.
-WORKED_EXAMPLE: Mapping[str, str] = {
-    "module": "translate: english_text -> french_text",
-    "current_instruction": "Translate the text.",
-    "dataset_summary": "Short English sentences from travel phrasebooks, each with its French translation.",
-    "program_description": "The program translates an English sentence into French with one module.",
-    "examples_of_good_calls": "- english_text: Where is the station?; french_text: Où est la gare ?",
-    "previous_instructions": "- Translate the text.",
-    "tip": "Keep the instruction clear and concise.",
-    "proposed_instruction": (
-        "Translate the English sentence into natural French. "
-        "Keep its meaning and tone, and reply with the French sentence only."
-    ),
-}
-_EXAMPLE_SENTENCES = tuple(sentences_of(WORKED_EXAMPLE["proposed_instruction"]))
-#: Words of the worked example's topic that no other task's instruction needs: a proposal sentence with
-#: one, for a task that does not use it, copies the example ("... translated into a French sentence.").
-#: General words of the example ("translate", "sentence", "English") are not listed: other tasks use them.
-WORKED_EXAMPLE_TOPIC = content_words("French phrasebook")
-_ROLE = "You write instructions for one module of a language-model program."
-_GOAL_SCORED = "Propose a new instruction that scores higher than the previous ones."
-_GOAL = "Propose a better instruction for this module."
-_REPLY = "Reply with the instruction only."
-#: The sentences of the proposer's own instruction: a proposal that repeats one has it removed.
-PROPOSER_SENTENCES: tuple[str, ...] = (_ROLE, _GOAL_SCORED, _GOAL, _REPLY)
-
-
 @attrs.frozen
 class Proposal:
     """One proposal attempt's outcome: an instruction, or the reason it was dropped.
@@ -152,68 +104,6 @@ class Proposal:
     reason: str = ""
     tip: str = "none"
     cleaned: str = ""
-
-
-#: The proposer introducing its instruction: "Sure! Here's an improved instruction:", "Below is my new
-#: instruction for the module:".
-_INTRODUCTION = re.compile(
-    r"^(?:(?:sure|certainly|okay|ok|of course)\b[!,.]?\s*)?(?:here is|here's|below is|this is)\s+"
-    r"(?:the|an|my|a)\s+(?:[\w-]+\s+){0,3}?instructions?"
-    r"(?:\s+for\s+(?:[\w-]+\s+){0,3}?[\w-]+)?\s*:[*_]*[ \t]*",
-    re.IGNORECASE,
-)
-
-
-def clean_instruction(text: str) -> str:
-    """Strip a leading label (``Instruction:``), the fences of a block tagged as prose
-    (:func:`~aprompt._optimize.proposal_filter.unfenced_prose`), quotes around the whole reply (never one
-    of its own: :func:`~aprompt._optimize.quotes.unquoted`) and whitespace from a proposer reply."""
-    # "Sure! Here is the improved instruction: Answer ...": the proposer introducing its answer on the
-    # instruction's own line; the line reads as a labeled example and would be dropped whole.
-    value = _INTRODUCTION.sub("", text.strip(), count=1).strip()
-    for label in ("proposed instruction:", "instruction:", "new instruction:"):
-        if value.lower().startswith(label):
-            value = value[len(label) :]
-    # Before the quotes: a reply fenced as ```text would lose the fence and keep its "text" tag.
-    return unquoted(unfenced_prose(value))
-
-
-def clean_reply(text: str, predictor: Predict) -> Cleaned:
-    """A proposer reply as an instruction for ``predictor``: :func:`clean_instruction`, then echoed
-    scaffolding, the proposer's own sentences and lines starting with ``predictor``'s field labels removed
-    (:func:`aprompt._optimize.proposal_filter.clean_proposal`)."""
-    addressed = (*PROPOSER_SENTENCES, *(tip for tip in TIPS.values() if tip))
-    sentences = (*addressed, *_EXAMPLE_SENTENCES)
-    foreign = WORKED_EXAMPLE_TOPIC - task_vocabulary(predictor)
-    # The worked example's sentences are removed only word for word: a proposal is meant to copy their
-    # form ("Keep its meaning and tone, and reply with the negated sentence only.").
-    names = frozenset(field.name.lower() for field in predictor.signature.fields)
-    cleaned = clean_proposal(
-        clean_instruction(text), field_labels(predictor), sentences, foreign, addressed, names
-    )
-    if _INTRODUCTION.match(text.strip()) and "preamble" not in cleaned.removed:
-        cleaned = attrs.evolve(cleaned, removed=("preamble", *cleaned.removed))
-    return cleaned
-
-
-def instruction_key(text: str) -> str:
-    """What two instructions must share to be one candidate: their words, case, runs of spaces, markdown
-    emphasis and a final full stop aside ("Answer the question." and "**answer the question**" are one)."""
-    flat = " ".join(re.sub(r"[*`]+", "", text).split()).casefold()
-    return flat.rstrip(" .!\u3002")
-
-
-def validate_instruction(text: str, existing: Sequence[str]) -> str | None:
-    """Return why ``text`` is not a usable instruction, or ``None`` when it is."""
-    if text_length(text) < MIN_INSTRUCTION_CHARS:  # (a wide character counts for a few Latin ones)
-        return f"too short ({len(text)} chars)"
-    if len(text) > MAX_INSTRUCTION_CHARS:
-        return f"too long ({len(text)} chars)"
-    if instruction_key(text) in {instruction_key(e) for e in existing}:
-        return "duplicate of an existing candidate"
-    if not reads_as_instruction(text):  # (cut to whole sentences, it may have lost its directive one)
-        return "reads as no instruction"
-    return None
 
 
 def _render_demos(demos: Sequence[Demo], limit: int = 3, max_chars: int = 300) -> str:
@@ -263,10 +153,10 @@ def build_proposer(
     if grounding.tip and TIPS.get(tip):
         inputs["tip"] = TIPS[tip]
     scored = any(score is not None for _, score in history)
-    goal = _GOAL_SCORED if scored and grounding.history else _GOAL
+    goal = GOAL_SCORED if scored and grounding.history else GOAL
     predictor = Predict(
         f"{', '.join(inputs)} -> proposed_instruction",
-        instruction=f"{_ROLE} {goal} {_REPLY}",
+        instruction=f"{ROLE} {goal} {REPLY}",
         max_parse_retries=1,
         temperature=grounding.temperature,
         max_tokens=PROPOSAL_MAX_TOKENS,

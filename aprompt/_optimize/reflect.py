@@ -12,8 +12,9 @@ search (``SearchLoop.after_evaluation``): after each periodic full evaluation,
    ``(score, feedback)``, see :func:`aprompt._optimize.metric_values.metric_feedback`);
 3. for each predictor, the proposer gets its current instruction and, per failure, that module's inputs
    and outputs, the program's final output, the expected labels and the feedback, and replies with an
-   improved instruction, cleaned and validated like every proposal (:func:`~aprompt._optimize.propose.
-   clean_reply`, :func:`~aprompt._optimize.propose.validate_instruction`); a reply cut at its budget or
+   improved instruction, cleaned and validated like every proposal
+   (:func:`~aprompt._optimize.proposal_cleaning.clean_reply`,
+   :func:`~aprompt._optimize.proposal_cleaning.validate_instruction`); a reply cut at its budget or
    longer than an instruction may be keeps its whole sentences within the limit;
 4. each usable reply becomes a new candidate of the running search (``SearchLoop.add_instruction``;
    a :class:`~aprompt._optimize.events.CandidateProposed` event), which later trials may choose; the
@@ -46,14 +47,14 @@ from aprompt._optimize.evaluate import Evaluation, ExampleResult, evaluate
 from aprompt._optimize.events import CandidateDropped, CandidateProposed
 from aprompt._optimize.examples import Example, inputs_key
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.proposal_filter import clean_proposal, finished_part, whole_sentences
-from aprompt._optimize.propose import (
+from aprompt._optimize.proposal_cleaning import (
     MAX_INSTRUCTION_CHARS,
-    PROPOSER_SENTENCES,
     clean_reply,
     instruction_key,
     validate_instruction,
 )
+from aprompt._optimize.proposal_filter import clean_proposal, finished_part, whole_sentences
+from aprompt._optimize.proposer_text import PROPOSER_SENTENCES
 from aprompt._optimize.search import SearchLoop
 from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm._metering import LimitReached
@@ -183,8 +184,8 @@ def build_reflection(
 
 def clean_reflection(text: str, predictor: Predict) -> tuple[str | None, str]:
     """A reflection reply as an instruction (``None`` and the reason when nothing usable is left) and a
-    note of what was cut: :func:`~aprompt._optimize.propose.clean_reply`, then echoed reflection labels
-    and the reflection's own sentence removed."""
+    note of what was cut: :func:`~aprompt._optimize.proposal_cleaning.clean_reply`, then echoed reflection
+    labels and the reflection's own sentence removed."""
     first = clean_reply(text, predictor)
     if first.text is None:
         return None, first.reason

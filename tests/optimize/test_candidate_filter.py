@@ -13,6 +13,7 @@ import pytest
 import aprompt
 from aprompt import Example, Predict, named_predictors
 from aprompt._optimize.bootstrap import bootstrap_demo_sets, size_ladder
+from aprompt._optimize.proposal_cleaning import clean_reply, validate_instruction
 from aprompt._optimize.proposal_filter import (
     Cleaned,
     finished_part,
@@ -22,7 +23,6 @@ from aprompt._optimize.proposal_filter import (
     task_vocabulary,
     whole_sentences,
 )
-from aprompt._optimize.propose import clean_reply, validate_instruction
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest
 from tests.optimize.qa_task import (
     ORIGINAL_INSTRUCTION,

@@ -12,13 +12,8 @@ import pytest
 
 import aprompt
 from aprompt import Demo, Predict
-from aprompt._optimize.propose import (
-    WORKED_EXAMPLE,
-    Grounding,
-    ProposalContext,
-    propose_instruction,
-    propose_instructions,
-)
+from aprompt._optimize.propose import Grounding, ProposalContext, propose_instruction, propose_instructions
+from aprompt._optimize.proposer_text import WORKED_EXAMPLE
 from aprompt._optimize.summaries import program_source, summarize_data, summarize_program
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault
 from tests.optimize.qa_task import (

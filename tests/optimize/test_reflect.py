@@ -18,7 +18,7 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.evaluate import evaluate
 from aprompt._optimize.events import Event
 from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
-from aprompt._optimize.propose import MAX_INSTRUCTION_CHARS
+from aprompt._optimize.proposal_cleaning import MAX_INSTRUCTION_CHARS
 from aprompt._optimize.search import SearchLoop
 from aprompt.lm.cache import ResponseCache
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, Fault, RecordedRequest

@@ -26,7 +26,8 @@ import attrs
 
 from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.outage import OutageGuard
-from aprompt._optimize.propose import Proposal, ProposalContext, draw_candidate, instruction_key
+from aprompt._optimize.proposal_cleaning import instruction_key
+from aprompt._optimize.propose import Proposal, ProposalContext, draw_candidate
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.strategies.demo_steps import distinct_sets, leading_sets_of
 from aprompt._optimize.strategies.instruction_steps import screen_examples, screen_one
