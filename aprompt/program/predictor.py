@@ -210,6 +210,8 @@ class Predict:
         return resolved
 
     def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        if inputs.keys() == self._signature.input_set:  # every call that is right: one C-level compare
+            return
         expected = self._signature.input_names
         missing = [n for n in expected if n not in inputs]
         unknown = sorted(n for n in inputs if n not in expected)

@@ -149,6 +149,11 @@ class Signature:
         return tuple([f.name for f in self.inputs])
 
     @functools.cached_property
+    def input_set(self) -> frozenset[str]:
+        """The input field names as a set (a call's inputs are checked against it)."""
+        return frozenset(self.input_names)
+
+    @functools.cached_property
     def output_names(self) -> tuple[str, ...]:
         return tuple([f.name for f in self.outputs])
 
