@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import math
 import numbers
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -240,10 +242,35 @@ def apart_from(train: Sequence[Example], val: Sequence[Example]) -> list[Example
     return out
 
 
+#: The classes of pandas' missing values (``pandas.NA``, ``pandas.NaT``), known by name: pandas is no
+#: dependency, and a value of one exists only where the caller imported it.
+_PANDAS_MISSING = frozenset({"NAType", "NaTType"})
+
+
 def missing_label(value: object) -> bool:
-    """Whether a label is a missing value (``None``, or NaN as a data frame's empty cell reads): no
-    prediction matches it, and shown as a demo it would teach the model to answer "null"."""
-    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
+    """Whether a label is a missing value, as a data frame's empty cell reads: ``None``, a NaN of any
+    number type (``float``, numpy's, ``Decimal``, ``complex``), a "not a time" (``pandas.NaT``, numpy's
+    ``NaT``) or ``pandas.NA``. No prediction matches it, and shown as a demo it would teach the model to
+    answer "null"."""
+    if value is None:
+        return True
+    kind = type(value)
+    if kind is str or kind is int or kind is bool:  # the usual labels, told at once
+        return False
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, decimal.Decimal):
+        return value.is_nan()  # a signaling NaN raises on comparison
+    if kind.__name__ in _PANDAS_MISSING and kind.__module__.partition(".")[0] == "pandas":
+        return True  # pandas.NA compares as NA, never as True
+    numpy = sys.modules.get("numpy")  # a numpy value exists only once numpy is imported
+    if numpy is not None and isinstance(value, numpy.datetime64 | numpy.timedelta64):
+        return bool(numpy.isnat(value))
+    # Any other number (numpy's, complex) is missing when NaN, the one value unequal to itself.
+    try:
+        return isinstance(value, numbers.Number) and bool(value != value)
+    except (TypeError, ValueError, ArithmeticError):  # a number type of odd comparisons: a value
+        return False
 
 
 def run_inputs(example: Example) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import random
 import time
@@ -96,13 +97,42 @@ async def test_a_last_stage_gets_labeled_demos_of_the_fields_the_examples_have(
     assert fake_server.chat_requests == []
 
 
-@pytest.mark.parametrize("missing", [None, math.nan, numpy.float32("nan")])
-def test_an_example_whose_answer_is_a_missing_value_is_no_labeled_demo(missing: object) -> None:
-    # A data frame's unlabeled row: shown, it would teach the model to answer "null" or "nan".
+MISSING_VALUES = [
+    None,
+    math.nan,
+    numpy.float32("nan"),
+    decimal.Decimal("NaN"),
+    decimal.Decimal("sNaN"),
+    complex("nan"),
+    numpy.datetime64("NaT"),
+    numpy.timedelta64("NaT"),
+]
+
+
+def labeled_ids(answer: object) -> list[str]:
+    """The ids of the examples a labeled set takes when example ``q1``'s answer is ``answer``."""
     trainset = qa_examples(0, 6)
-    trainset[1] = Example(trainset[1].inputs, {"answer": missing}, id="unlabeled")
-    labeled = labeled_only_set(QAProgram().answer, trainset, 8, 8)  # room for every example
-    assert sorted(labeled.source_ids) == ["q0", "q2", "q3", "q4", "q5"]
+    trainset[1] = Example(trainset[1].inputs, {"answer": answer}, id="q1")
+    return sorted(labeled_only_set(QAProgram().answer, trainset, 8, 8).source_ids)  # room for all
+
+
+@pytest.mark.parametrize("missing", MISSING_VALUES, ids=repr)
+def test_an_example_whose_answer_is_a_missing_value_is_no_labeled_demo(missing: object) -> None:
+    # A data frame's unlabeled row: shown, it would teach the model to answer "null", "NaN" or "NaT".
+    assert labeled_ids(missing) == ["q0", "q2", "q3", "q4", "q5"]
+
+
+def test_an_answer_that_is_pandas_na_or_nat_is_no_labeled_demo() -> None:
+    # A row read from a nullable column (``row.answer`` of ``itertuples()``) holds pandas.NA.
+    pandas = pytest.importorskip("pandas")
+    assert labeled_ids(pandas.NA) == labeled_ids(pandas.NaT) == ["q0", "q2", "q3", "q4", "q5"]
+
+
+@pytest.mark.parametrize(
+    "present", [0, 0.0, False, "0", math.inf, decimal.Decimal("0"), numpy.timedelta64(5, "s")], ids=repr
+)
+def test_an_answer_that_is_zero_false_or_a_duration_labels_a_demo(present: object) -> None:
+    assert labeled_ids(present) == ["q0", "q1", "q2", "q3", "q4", "q5"]
 
 
 async def test_bootstrapped_demos_come_only_from_runs_that_passed_the_metric(
