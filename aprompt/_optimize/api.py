@@ -251,7 +251,7 @@ async def optimize(
     metric_identity = program_settings(metric)
     await check_metric_on_labels(metric, [*val, *train])
     warn_unsaved_demo_values(predictors, train)
-    warn_missing_labels(predictors, val)
+    warn_missing_labels(predictors, train, val)
     default_lm = lm if lm is not None else current_lm()
     if default_lm is None and any(p.lm is None for _, p in predictors):
         raise ConfigError("no LM: pass lm=, give every predictor an lm, or use aprompt.use_lm(lm)")

@@ -353,7 +353,10 @@ def _stop(event: object) -> None:
 
 
 async def warnings_up_front(
-    server: FakeOpenAIServer, valset: list[aprompt.Example], program: object | None = None
+    server: FakeOpenAIServer,
+    valset: list[aprompt.Example],
+    program: object | None = None,
+    trainset: list[aprompt.Example] | None = None,
 ) -> list[str]:
     """The aprompt warnings an optimization logs before its first LM call (stopped at its plan)."""
     seen: list[str] = []
@@ -370,7 +373,7 @@ async def warnings_up_front(
             with pytest.raises(_Stop):
                 await aprompt.optimize(
                     program or TwoStageProgram(),
-                    examples(0, 20),
+                    trainset or examples(0, 20),
                     metric,
                     lm=lm,
                     valset=valset,
@@ -415,6 +418,27 @@ async def test_blank_labels_a_fifth_of_the_valset_shares_are_taken_as_meant(
     assert len(warned) == 1
     assert "aprompt: 1 validation example(s)" in warned[0]
     assert "('none-1' (answer))" in warned[0]
+
+
+async def test_training_labels_that_are_blank_or_none_are_warned_of_unless_blank_is_common(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # A blank answer becomes a labeled demo whose answer is empty, and a run on it fails the metric.
+    odd = [("", "blank-1"), (" ", "blank-2"), (None, "none-1"), ("\t", "blank-3")]
+    trainset = [
+        *(with_answer(e, answer, id) for e, (answer, id) in zip(examples(0, 4), odd, strict=True)),
+        *examples(4, 30),
+    ]
+    warned = await warnings_up_front(fake_server, examples(100, 120), trainset=trainset)
+    assert [m for m in warned if "validation example" in m] == []
+    (training,) = [m for m in warned if "training example" in m]
+    assert training.startswith("aprompt: 4 training example(s) have a label that is None, NaN or empty")
+    assert "'blank-1' (answer), 'blank-2' (answer), 'none-1' (answer) and 1 more" in training
+    assert "labeled demo" in training
+    # Blank answers a fifth of the trainset shares are a task whose answer is often "nothing": no warning.
+    trainset = [with_answer(e, "", f"none-found-{i}") for i, e in enumerate(examples(0, 6))]
+    meant = await warnings_up_front(fake_server, examples(100, 120), trainset=[*trainset, *examples(6, 30)])
+    assert [m for m in meant if "example(s) have a label" in m] == []
 
 
 class Checker:
