@@ -146,7 +146,11 @@ class RunProgress:
             self.trials_done += 1
             self.trials_failed += event.score is None
             if self.search_started is not None:
-                self.recent_trials.append(self.clock())
+                if not event.replayed:
+                    self.recent_trials.append(self.clock())
+                elif len(self.recent_trials) == 1:
+                    # Read back before this call ran a trial: its pace starts when the replay is over.
+                    self.recent_trials[0] = self.clock()
         elif isinstance(event, FullEvaluation):
             self.full_evals += 1
             if event.is_baseline:
@@ -180,8 +184,9 @@ class RunProgress:
         """Seconds left: from the pace of the latest trials once the search runs, before it from the LM
         calls against the planned total (an over-estimate: the plan counts calls before caching).
 
-        The pace is that of the last ``PACE_WINDOW`` trials, not of all: a resumed run replays its
-        journaled trials at once, and those would make the trials still to run look nearly free."""
+        The pace is that of the last ``PACE_WINDOW`` trials this call ran: a resumed run's trials read
+        back from its journal (``TrialScored.replayed``) come at once, and would make the trials still
+        to run look nearly free."""
         if self.finished:
             return 0.0
         now = self.clock()

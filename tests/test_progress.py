@@ -166,6 +166,58 @@ def test_eta_of_a_resumed_run_follows_the_new_trials_not_the_replayed_ones() -> 
     assert state.eta() == pytest.approx(20.0)  # 10 s a trial, two trials left
 
 
+def test_eta_just_after_a_resume_takes_the_pace_of_this_calls_trials_only() -> None:
+    clock = FakeClock()
+    state = RunProgress(clock=clock)
+    state.apply(RunPlanned("mipro", 50, 40, 5000))
+    state.apply(PhaseStarted("search", "50 trials"))
+    clock.now += 3.0  # reading the journal back
+    for number in range(40):  # journaled by the interrupted run: replayed at once
+        state.apply(TrialScored(number, CHOICE, 0.5, 15, 0, replayed=True))
+    assert state.eta() is None  # no trial of this call's yet: no pace
+    clock.now += 10.0
+    state.apply(TrialScored(40, CHOICE, 0.5, 15, 0))
+    assert state.eta() == pytest.approx(90.0)  # 10 s a trial, nine trials left
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.anyio
+async def test_a_resumed_run_tells_which_trials_it_read_back_from_its_journal(tmp_path: Path) -> None:
+    budget = {**SMALL_BUDGET, "n_trials": 10, "parallel_trials": 1}
+    told: list[list[TrialScored]] = [[], []]
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        for call, stop_after in ((0, 4), (1, None)):
+
+            def follow(
+                event: Event, trials: list[TrialScored] = told[call], stop: int | None = stop_after
+            ) -> None:
+                if isinstance(event, TrialScored):
+                    trials.append(event)
+                    if len(trials) == stop:
+                        raise _Stop
+
+            try:
+                await aprompt.optimize(
+                    TwoStageProgram(),
+                    examples(0, 60),
+                    metric,
+                    valset=examples(200, 230),
+                    lm=lm,
+                    budget=budget,
+                    seed=1,
+                    run_dir=tmp_path,
+                    on_event=follow,
+                )
+            except _Stop:
+                assert call == 0
+    assert [(t.number, t.replayed) for t in told[0]] == [(n, False) for n in range(4)]
+    assert [(t.number, t.replayed) for t in told[1]] == [(n, n < 4) for n in range(10)]
+    assert [t.choice for t in told[1][:4]] == [t.choice for t in told[0]]
+
+
 def test_eta_before_the_search_uses_the_planned_calls() -> None:
     clock = FakeClock()
     source = [UsageSnapshot()]

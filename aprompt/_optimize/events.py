@@ -4,10 +4,11 @@ Every event is a frozen value; apps receive them through ``optimize(..., on_even
 iterating ``optimize_events(...)``.
 
 A resumed run (``run_dir``) emits the events of the whole run, the steps read back from its journal
-included, with the usage of this call (nothing, for a step read back). A ``choice`` maps each searched
-parameter (``"<predictor>.instruction"``, ``"<predictor>.demos"``, ...) to a candidate index, and names
-the parameters searched when it was made: a strategy that adds a parameter during the search
-(``mipro_plus_plus``) names it in later events and in the result, where an earlier choice took index 0.
+included, with the usage of this call (nothing, for a step read back; a trial read back is
+``TrialScored.replayed``). A ``choice`` maps each searched parameter (``"<predictor>.instruction"``,
+``"<predictor>.demos"``, ...) to a candidate index, and names the parameters searched when it was made:
+a strategy that adds a parameter during the search (``mipro_plus_plus``) names it in later events and in
+the result, where an earlier choice took index 0.
 """
 
 from __future__ import annotations
@@ -87,13 +88,15 @@ class CandidateDropped:
 class TrialScored:
     """A mini-batch trial finished: its ``number`` (from 0, as in ``OptimizeResult.trials``), its
     ``choice``, its mean ``score`` on its ``n_examples`` examples (``None`` when LM failures left every
-    one unscored), and how many of them failed (``n_failed``)."""
+    one unscored), and how many of them failed (``n_failed``). ``replayed``: read back from a resumed
+    run's journal (an earlier call ran it), not run by this call."""
 
     number: int
     choice: Mapping[str, int] = attrs.field(converter=_own_copy)
     score: float | None
     n_examples: int
     n_failed: int
+    replayed: bool = False
 
 
 @attrs.frozen

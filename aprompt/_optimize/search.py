@@ -212,8 +212,11 @@ class SearchLoop(SearchState):
         trial = self._renamed(trial)
         self._records.add_trial(trial)
         self.failures.update({f"trial:{trial.number}:{eid}": e for eid, e in trial.lm_failures.items()})
+        replayed = trial.number in self.replayed_trials
         await self.emit(
-            TrialScored(trial.number, trial.choice, trial.score, len(trial.example_ids), trial.n_failed)
+            TrialScored(
+                trial.number, trial.choice, trial.score, len(trial.example_ids), trial.n_failed, replayed
+            )
         )
 
     def record_rung(self, rung: RungEval) -> None:

@@ -109,6 +109,8 @@ class SearchState:
     #: fit, see :mod:`aprompt._optimize.trial_window`).
     time_limited: bool = attrs.field(default=False, kw_only=True)
     seconds_left: Callable[[], float] = attrs.field(default=lambda: math.inf, kw_only=True)
+    #: The numbers of the trials read back from the journal (an earlier call ran them).
+    replayed_trials: set[int] = attrs.field(factory=set, init=False)
     #: Program runs the trials scored per second so far (``None`` before any).
     runs_per_second: float | None = attrs.field(default=None, init=False)
     #: The limit that ended the trials early to keep what the last race needs
