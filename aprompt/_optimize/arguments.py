@@ -11,7 +11,9 @@ field the labels lack: ``AttributeError``, ``KeyError``, ``IndexError``) is let 
 predictions are checked as they are scored (see :mod:`aprompt._optimize.evaluate`). That prediction is
 then scored against one example of each set of labels lacking some of the first's: a metric that cannot
 read such an example needs a label it lacks (a ``ConfigError`` naming it, not a silent 0 on every
-candidate).
+candidate), and against one example of each kind of missing label (``None``, NaN, ``pandas.NA``): a
+metric that returns no score for it would stop the run when it scores that example (a ``ConfigError``
+naming the label).
 
 Example::
 
@@ -30,7 +32,7 @@ from typing import TypeGuard
 
 from aprompt._errors import APromptError, ConfigError
 from aprompt._optimize.budget import Budget
-from aprompt._optimize.examples import Example, metric_copy
+from aprompt._optimize.examples import Example, metric_copy, missing_label
 from aprompt._optimize.metric_values import Metric, describe_metric, metric_score
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.strategies import STRATEGIES, Strategy
@@ -198,19 +200,24 @@ def resolve_limits(limits: object, old: Mapping[str, object], *, function: str, 
 
 
 async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) -> None:
-    """Score a prediction made of the own labels of the first of ``examples`` that has labels: the metric
-    must return a bool or a float in [0, 1] for it, or such a score with text feedback (a pair
-    ``(score, feedback)`` or an object with ``.score`` and ``.feedback``).
+    """Score a prediction made of the own labels of the first of ``examples`` that has labels (none of
+    them missing, where one has): the metric must return a bool or a float in [0, 1] for it, or such a
+    score with text feedback (a pair ``(score, feedback)`` or an object with ``.score`` and
+    ``.feedback``).
 
     Raises:
         ConfigError: the metric returned something else (``None``, NaN, a string, 2.5, ``("x", 1)``: a
-            pair whose score is not one, or whose feedback is not text), or raised an
+            pair whose score is not one, or whose feedback is not text), or no score for an example
+            with a missing label (see :func:`_check_missing_labels`), or raised an
             error other than a missing field (``AttributeError``, ``KeyError``, ``IndexError``), which a
             real prediction may well have. An LM failure inside an LM-judged metric is not refused here,
             and no LM request is sent: a metric that asks an LM is checked on its first real predictions
             (under the run's limits).
     """
-    example = next((e for e in examples if e.labels), None)
+    labeled = [e for e in examples if e.labels]
+    # An example with a missing label is checked on its own, below: what the metric makes of it is the
+    # label's doing, not the metric's.
+    example = next((e for e in labeled if not _missing_labels(e)), labeled[0] if labeled else None)
     if example is None:
         return  # nothing to build a prediction from
     perfect = Prediction(dict(example.labels))
@@ -235,6 +242,45 @@ async def check_metric_on_labels(metric: Metric, examples: Sequence[Example]) ->
             "a metric must return a bool or a float in [0, 1], or a pair (score, feedback text)"
         ) from None
     await _check_label_gaps(metric, example, perfect, examples)
+    await _check_missing_labels(metric, example, perfect, examples)
+
+
+def _missing_labels(example: Example) -> list[str]:
+    return [name for name, value in example.labels.items() if missing_label(value)]
+
+
+async def _check_missing_labels(
+    metric: Metric, reference: Example, perfect: Prediction, examples: Sequence[Example]
+) -> None:
+    """Score ``perfect`` (``reference``'s own labels, a real answer) against one example of each kind
+    of missing label (``None``, NaN, ``pandas.NA``, ...): a metric that returns no score for it
+    (``pandas.NA == "x"`` is ``NA``) would stop the run when it scores that example, after its LM calls.
+
+    Raises:
+        ConfigError: naming the example, its missing label and what the metric returned.
+    """
+    tried: set[tuple[str, type]] = set()
+    for example in examples:
+        kinds = {(name, type(example.labels[name])) for name in _missing_labels(example)} - tried
+        if not kinds or example is reference:
+            continue
+        tried |= kinds
+        try:
+            value = await _score_without_lm(metric, example, perfect)
+        except _WouldCallLM:
+            return
+        except Exception:  # the run scores an example whose metric call fails as it comes
+            continue
+        try:
+            metric_score(value, metric)
+        except ConfigError:
+            shown = ", ".join(f"{name}={example.labels[name]!r}" for name, _ in sorted(kinds, key=str))
+            raise ConfigError(
+                f"example {example.id} has a missing label ({shown}), and metric "
+                f"{describe_metric(metric)} returned {type(value).__name__} {_show(value)} for it, not a "
+                "score, which would stop the run when it scores that example; fill in or remove the "
+                "examples with missing labels (a data frame's: df.dropna(subset=[...]))"
+            ) from None
 
 
 async def _check_label_gaps(

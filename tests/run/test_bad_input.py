@@ -441,6 +441,45 @@ async def test_training_labels_that_are_blank_or_none_are_warned_of_unless_blank
     assert [m for m in meant if "example(s) have a label" in m] == []
 
 
+def _answer_matches(example: aprompt.Example, prediction: Any) -> Any:
+    """The usual metric; ``==`` against pandas.NA is NA, not a bool."""
+    return prediction.answer == example.labels["answer"]
+
+
+def _none_when_unlabeled(example: aprompt.Example, prediction: Any) -> Any:
+    return None if example.labels["answer"] is None else prediction.answer == example.labels["answer"]
+
+
+async def test_a_metric_that_gives_no_score_for_a_missing_label_is_refused_before_any_lm_call(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # Scored mid-run, the unlabeled example stopped the run with a ConfigError after its LM calls.
+    valset = [*examples(100, 105), with_answer(examples(105, 106)[0], None, "unlabeled"), *examples(106, 120)]
+    await refused(
+        fake_server,
+        tmp_path,
+        aprompt.ConfigError,
+        r"example unlabeled has a missing label \(answer=None\).*returned NoneType None",
+        metric_=_none_when_unlabeled,
+        valset=valset,
+    )
+
+
+async def test_a_pandas_na_label_under_an_equality_metric_is_refused_naming_the_label(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    pandas = pytest.importorskip("pandas")
+    valset = [with_answer(examples(100, 101)[0], pandas.NA, "unlabeled"), *examples(101, 120)]
+    await refused(
+        fake_server,
+        tmp_path,
+        aprompt.ConfigError,
+        r"example unlabeled has a missing label \(answer=<NA>\).*returned NAType",
+        metric_=_answer_matches,
+        valset=valset,
+    )
+
+
 class Checker:
     def __init__(self) -> None:
         self.check = aprompt.Predict("question -> answer: Literal['', 'yes', 'no']")
