@@ -157,6 +157,13 @@ def check_lm(name: str, lm: object) -> None:
 
 def _check_dataset(name: str, value: object) -> None:
     # Any iterable of examples (a list, a datasets.Dataset), but not one text or one mapping.
+    if hasattr(value, "columns") and hasattr(value, "dtypes"):
+        # A data frame (pandas, polars) iterates over its columns, not its rows.
+        raise ConfigError(
+            f"{name} is a data frame ({type(value).__name__}), which iterates over its columns, not its "
+            "rows; pass its rows as mappings, df.to_dict('records') (pandas) or df.to_dicts() (polars), "
+            "with input_fields=[...]"
+        )
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         raise ConfigError(
             f"{name} must be a list of aprompt.Example objects or mappings, got {type(value).__name__} "

@@ -119,6 +119,17 @@ async def test_a_dataset_that_is_not_a_list_is_refused(
         await refused(fake_server, tmp_path, "valset", valset=value)
 
 
+@pytest.mark.parametrize("argument", ["trainset", "valset"])
+async def test_a_data_frame_is_refused_saying_how_to_pass_its_rows(
+    fake_server: FakeOpenAIServer, tmp_path: Path, argument: str
+) -> None:
+    # Iterated, a data frame gives its column names: the run refused "trainset[0] is str".
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame([{**e.inputs, **e.labels} for e in examples(0, 20)])
+    message = await refused(fake_server, tmp_path, "data frame", **{argument: frame})
+    assert message.startswith(f"{argument} is a data frame (DataFrame)") and "to_dict('records')" in message
+
+
 async def test_a_run_dir_that_is_a_file_is_refused(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     (tmp_path / "run").write_text("not a directory")
     async with lm_for(fake_server) as lm:
