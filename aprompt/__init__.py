@@ -39,6 +39,7 @@ from aprompt._errors import (
     RunLimitError,
     ServerError,
     StateError,
+    TLSCertificateError,
     TruncatedResponseError,
     UnreadableResponseError,
 )
@@ -161,6 +162,7 @@ __all__ = [
     "ServerError",
     "Signature",
     "StateError",
+    "TLSCertificateError",
     "TokenUsage",
     "Trace",
     "TraceEntry",

@@ -89,6 +89,14 @@ class LMConnectionError(LMError):
     """The endpoint could not be reached or dropped the connection."""
 
 
+class TLSCertificateError(LMConnectionError):
+    """The endpoint's TLS certificate was refused (self-signed, signed by a CA not trusted here, expired, or
+    naming another host). No retry can change it: never retried, a request goes on at once to another of
+    the client's endpoints if it has several, and an optimization stops at once with
+    :class:`EndpointDownError` rather than wait out its ``outage_tolerance``. Give the base URL a host the
+    certificate names, or trust the CA that signed it (``SSL_CERT_FILE``)."""
+
+
 class LMTimeoutError(LMError):
     """The endpoint did not answer within the configured timeout."""
 

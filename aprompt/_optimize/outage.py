@@ -19,8 +19,9 @@ other than 401/403/404 refuses it, as a model that takes no ``max_tokens`` does)
   them in. If it still fails ``tolerance`` seconds after the step noticed the failure,
   :class:`~aprompt._errors.EndpointDownError` stops the run: nothing of the step is journaled, and a later
   call with the same ``run_dir`` resumes from it.
-- The check is refused (a 4xx such as a bad key or an unknown model), or its reply comes in a form the
-  client never reads (:class:`~aprompt._errors.UnreadableResponseError`): waiting cannot help, and
+- The check is refused (a 4xx such as a bad key or an unknown model), its reply comes in a form the
+  client never reads (:class:`~aprompt._errors.UnreadableResponseError`), or the endpoint's TLS
+  certificate is refused (:class:`~aprompt._errors.TLSCertificateError`): waiting cannot help, and
   :class:`~aprompt._errors.EndpointDownError` stops the run at once.
 - The check passes: the LM works, so the failures may be the examples' own. They are re-run, up to
   ``reruns`` times (default 2, so that an outage that ended just before the check is not taken for
@@ -61,6 +62,7 @@ from aprompt._errors import (
     IncompleteResponseError,
     LMError,
     RequestRejectedError,
+    TLSCertificateError,
     UnreadableResponseError,
 )
 from aprompt._optimize.evaluate import Evaluation
@@ -211,8 +213,10 @@ class OutageGuard:
         wait = self.policy.first_wait
         while True:
             waited = anyio.current_time() - started
-            # A reply no request can read is the server's setting: waiting cannot change it.
-            if not isinstance(problem, RETRYABLE_ERRORS) or isinstance(problem, UnreadableResponseError):
+            # A reply no request can read, or a certificate refused, is a setting: waiting cannot change it.
+            if not isinstance(problem, RETRYABLE_ERRORS) or isinstance(
+                problem, UnreadableResponseError | TLSCertificateError
+            ):
                 raise EndpointDownError(
                     f"the LM failed on {what} ({failure}), and on a one-token check "
                     f"({type(problem).__name__}: {problem}): it is down or refuses every request. "

@@ -19,8 +19,8 @@ one from every endpoint, is raised. Another refusal of the request (a 400 or 422
 this replica's context, a parameter its server version lacks), and a reply cut by this replica's context
 window, go on to the other endpoints the same way, the refusing one staying in use: replicas configured
 differently would otherwise make the answer depend on which one a request happened to reach (a refusal
-from every one is raised, one of those that are not a 404 rather than a 404). A refusal of the key
-(401/403) is raised.
+from every one is raised, one of those that are not a 404 rather than a 404). So does a refused TLS
+certificate, which no retry changes (its endpoint cools down). A refusal of the key (401/403) is raised.
 
 Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
 own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
@@ -44,6 +44,7 @@ from aprompt._errors import (
     LMStatusError,
     RateLimitError,
     RequestRejectedError,
+    TLSCertificateError,
     TruncatedResponseError,
 )
 from aprompt._slots import Slots
@@ -106,7 +107,8 @@ class Attempts:
     ) -> Completion:
         """One attempt, sent on at once to another endpoint while the one it went to answers 404 (a
         replica lacking the route or model, now cooling down), refuses the request otherwise (not its
-        key) or cuts its reply at its context window: another replica may answer it. Each endpoint is
+        key), cuts its reply at its context window or has its TLS certificate refused: another replica
+        may answer it. Each endpoint is
         tried once at most (one paused by a 429 is waited for); when every one refused, a refusal other
         than a 404 is raised if one came.
 
@@ -119,11 +121,17 @@ class Attempts:
                 return await self.attempt(
                     payload, estimate, params, is_retry=is_retry, tried=tried, failed_on=failed_on
                 )
-            except (LMStatusError, TruncatedResponseError) as error:
+            except (LMStatusError, TruncatedResponseError, TLSCertificateError) as error:
                 url = error.endpoint
                 if url is None or not _another_may_answer(error):
                     raise
                 status = error.status_code if isinstance(error, LMStatusError) else None
+                if status is not None:
+                    what = f"HTTP {status}"
+                elif isinstance(error, TLSCertificateError):
+                    what = "its TLS certificate refused"
+                else:
+                    what = "a reply cut by its context window"
                 if refusal is None and status != 404:
                     refusal = error
                 if len(tried) >= len(self.pool.endpoints):
@@ -131,7 +139,6 @@ class Attempts:
                         raise
                     raise refusal from None
             is_retry = True
-            what = f"HTTP {status}" if status is not None else "a reply cut by its context window"
             logger.debug("%s: %s, sending the request to another endpoint", url, what)
 
     async def attempt(
@@ -243,10 +250,13 @@ class Attempts:
             self.pool.mark_unhealthy(endpoint)
 
 
-def _another_may_answer(error: LMStatusError | TruncatedResponseError) -> bool:
+def _another_may_answer(error: LMStatusError | TruncatedResponseError | TLSCertificateError) -> bool:
     """Whether another replica may answer a request ``error`` refused: a 404, another refusal of the
-    request (not of the key) or a reply cut by the context window (replicas may differ in context, model
-    version or route)."""
+    request (not of the key), a reply cut by the context window (replicas may differ in context, model
+    version or route) or a refused TLS certificate (a retry would meet it again; another host's may
+    pass)."""
+    if isinstance(error, TLSCertificateError):
+        return True
     if isinstance(error, TruncatedResponseError):
         return error.by_window
     return error.status_code == 404 or (

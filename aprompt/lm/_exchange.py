@@ -17,6 +17,7 @@ from aprompt._errors import (
     LMError,
     LMStatusError,
     LMTimeoutError,
+    TLSCertificateError,
     UnreadableResponseError,
 )
 from aprompt.lm._replies import carries_error, redirect_message
@@ -25,6 +26,7 @@ from aprompt.lm._transport import (
     TransportError,
     TransportTimeout,
     UnreadableBody,
+    UntrustedCertificate,
     request_url,
 )
 from aprompt.lm.endpoints import EndpointState
@@ -99,6 +101,8 @@ class ReplyReader:
                     "replies unencoded, or gzip or deflate",
                     endpoint=endpoint.url,
                 )
+            except UntrustedCertificate as exc:
+                failure = TLSCertificateError(self.scrub(f"connection failed: {exc}"), endpoint=endpoint.url)
             except TransportError as exc:
                 failure = LMConnectionError(self.scrub(f"connection failed: {exc}"), endpoint=endpoint.url)
         if deadline.cancelled_caught:

@@ -43,16 +43,9 @@ import httpx
 
 from aprompt.lm._http11_connection import STREAM_ERRORS, Connection, NoReply, describe
 from aprompt.lm._loop_stream import LoopStream, running_asyncio_loop, running_loop
-from aprompt.lm._transport import Reply, TransportError
+from aprompt.lm._transport import Reply, TransportError, UntrustedCertificate
 
 __all__ = ["IDLE_CLOSE_MIN", "KEEPALIVE_EXPIRY", "STALE_FAILURE_WITHIN", "HTTP11Transport"]
-
-# What to do about a server certificate refused (verification is never turned off here).
-_UNTRUSTED = (
-    "the server's TLS certificate was refused: if it names another host, give the base URL a host it "
-    "names; if a CA of your own signed it, set SSL_CERT_FILE to that CA's certificate (PEM), or pass "
-    "http_client=httpx.AsyncClient(verify=...)"
-)
 
 #: Seconds an idle connection is kept for reuse.
 KEEPALIVE_EXPIRY = 30.0
@@ -205,7 +198,8 @@ class HTTP11Transport:
             else:
                 stream = await anyio.connect_tcp(self._host, self._port)
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(f"{describe(exc)}: {_UNTRUSTED}") from None
+            # Verification is never turned off here: the message says what to do instead.
+            raise UntrustedCertificate(describe(exc)) from None
         except (*STREAM_ERRORS, ssl.SSLError) as exc:
             raise TransportError(describe(exc)) from None
         return Connection(stream)

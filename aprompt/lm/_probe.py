@@ -1,7 +1,8 @@
 """One token-free check of an endpoint: ``GET {base_url}/models`` (the base URL's query kept after the
 path) with the client's own headers.
 
-A refused connection or a timeout raises :class:`~aprompt._errors.LMConnectionError`, a 401 or 403
+A refused connection or a timeout raises :class:`~aprompt._errors.LMConnectionError` (a refused TLS
+certificate its :class:`~aprompt._errors.TLSCertificateError`), a 401 or 403
 raises :class:`~aprompt._errors.AuthenticationError`; both name the endpoint and never the key. Any other
 answer (200, a 404 from a server without that route, a transient 5xx) passes: the probe only rules out
 the failures that would make every later call fail.
@@ -15,8 +16,14 @@ from collections.abc import Mapping, Sequence
 import anyio
 import httpx
 
-from aprompt._errors import AuthenticationError, LMConnectionError
-from aprompt.lm._transport import HttpxTransport, Transport, TransportError, request_url
+from aprompt._errors import AuthenticationError, LMConnectionError, TLSCertificateError
+from aprompt.lm._transport import (
+    HttpxTransport,
+    Transport,
+    TransportError,
+    UntrustedCertificate,
+    request_url,
+)
 
 __all__ = ["probe_endpoint"]
 
@@ -52,6 +59,7 @@ async def probe_endpoint(
                 url, headers, transport=own, within=within, target=target, path=path, secrets=secrets
             )
     problem = ""
+    kind: type[LMConnectionError] = LMConnectionError
     with anyio.move_on_after(within) as deadline:
         try:
             reply = await transport.request(
@@ -60,10 +68,12 @@ async def probe_endpoint(
         except TransportError as exc:
             # Its message names host and port, never the headers.
             problem = _scrub(str(exc), headers, secrets)
+            if isinstance(exc, UntrustedCertificate):
+                kind = TLSCertificateError
     if deadline.cancelled_caught:
         problem = f"no answer within {within:g} s"
     if problem:
-        raise LMConnectionError(f"cannot reach the LM endpoint ({problem})", endpoint=url)
+        raise kind(f"cannot reach the LM endpoint ({problem})", endpoint=url)
     if reply.status in (401, 403):
         # Scrubbed whole, then cut: a cut inside an echoed key would leave its first part unscrubbed.
         detail = _scrub(_server_message(reply.content), headers, secrets)[:_MESSAGE_CHARS]

@@ -8,6 +8,7 @@ a proxy applies to the endpoint). :mod:`aprompt.lm._http` does not care which on
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
@@ -22,6 +23,7 @@ __all__ = [
     "TransportError",
     "TransportTimeout",
     "UnreadableBody",
+    "UntrustedCertificate",
     "request_url",
 ]
 
@@ -45,6 +47,17 @@ class TransportError(Exception):
 class UnreadableBody(TransportError):
     """A 2xx reply's body is in a content encoding the transport does not decode: a server's setting that
     every answer meets (an error status's body is left out instead, its status kept)."""
+
+
+class UntrustedCertificate(TransportError):
+    """The server's TLS certificate was refused: a setting no retry changes. Its message says what to do."""
+
+    def __init__(self, failure: str) -> None:
+        super().__init__(
+            f"{failure}: the server's TLS certificate was refused: if it names another host, give the base "
+            "URL a host it names; if a CA of your own signed it, set SSL_CERT_FILE to that CA's certificate "
+            "(PEM), or pass http_client=httpx.AsyncClient(verify=...)"
+        )
 
 
 class TransportTimeout(TransportError):
@@ -98,7 +111,11 @@ class HttpxTransport:
         except httpx.TimeoutException as exc:
             failure = TransportTimeout(f"{type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
-            failure = TransportError(f"{type(exc).__name__}: {exc}")
+            refused = _certificate_refusal(exc)
+            if refused is not None:
+                failure = UntrustedCertificate(f"{type(refused).__name__}: {refused}")
+            else:
+                failure = TransportError(f"{type(exc).__name__}: {exc}")
         if failure is not None:
             raise failure
         return Reply(response.status_code, response.headers.raw, content, too_large)
@@ -106,6 +123,18 @@ class HttpxTransport:
     async def aclose(self) -> None:
         if self._owned:
             await self._client.aclose()
+
+
+def _certificate_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an httpx error (httpcore's, chained), if one is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def request_url(base_url: str, path: str) -> httpx.URL:

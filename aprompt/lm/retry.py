@@ -27,6 +27,7 @@ from aprompt._errors import (
     RateLimitError,
     RequestRejectedError,
     ServerError,
+    TLSCertificateError,
     TruncatedResponseError,
     UnreadableResponseError,
 )
@@ -40,8 +41,9 @@ __all__ = [
     "retry_after_from",
 ]
 
-#: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections, malformed, empty, filtered
-#: or too large bodies (:class:`BadResponseError` and its subclasses) -- except a
+#: Worth another attempt: 429, 5xx/408/409, timeouts, dropped connections (not a refused TLS certificate,
+#: :class:`TLSCertificateError`, which no retry changes), malformed, empty, filtered or too large bodies
+#: (:class:`BadResponseError` and its subclasses) -- except a
 #: :class:`TruncatedResponseError`, which the client re-sends once itself, with a larger ``max_tokens``
 #: (the same request would be cut the same way again), and an :class:`UnreadableResponseError` (every
 #: reply comes in the same unreadable form).
@@ -56,7 +58,7 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 
 def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, RETRYABLE_ERRORS) and not isinstance(
-        error, TruncatedResponseError | UnreadableResponseError
+        error, TruncatedResponseError | UnreadableResponseError | TLSCertificateError
     )
 
 

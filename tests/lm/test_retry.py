@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import random
+import ssl
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
+import httpx
 import pytest
+from anyio.streams.tls import TLSStream
 
 from aprompt._errors import (
     AuthenticationError,
@@ -19,7 +26,9 @@ from aprompt._errors import (
     RateLimitError,
     RequestRejectedError,
     ServerError,
+    TLSCertificateError,
 )
+from aprompt.lm.endpoints import Endpoint
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
 from aprompt.lm.types import Message
@@ -299,3 +308,73 @@ async def test_a_503_asking_for_longer_than_max_retry_after_waits_the_cap(
     assert completion.text == "Answer: ok"
     first, second = fake_server.requests[-2:]
     assert 0.2 <= second.started - first.finished < 3
+
+
+# -- a TLS certificate refused -------------------------------------------------------------------
+#: Self-signed, for localhost: no default trust store holds it.
+CERTIFICATE = Path(__file__).with_name("loopback_tls.pem")
+#: A retry after 5-10 s: a test that ends within 4 s made none.
+SLOW = RetryPolicy(max_retries=3, initial_backoff=10.0)
+
+
+@contextlib.asynccontextmanager
+async def untrusted_tls_server() -> AsyncIterator[tuple[str, list[int]]]:
+    """A loopback HTTPS server whose certificate the client refuses: its base URL, and a list that counts
+    the connections it accepted."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(CERTIFICATE)
+    accepted: list[int] = []
+
+    async def handshake(stream: anyio.abc.SocketStream) -> None:
+        accepted.append(1)
+        with contextlib.suppress(Exception):
+            await TLSStream.wrap(stream, server_side=True, ssl_context=context, standard_compatible=False)
+        await stream.aclose()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, handshake)
+        yield f"https://localhost:{port}/v1", accepted
+        group.cancel_scope.cancel()
+
+
+@both_backends
+async def test_a_refused_tls_certificate_fails_at_once_saying_what_to_do() -> None:
+    # It was retried as a dropped connection: 28 s of back-off under the default policy, to the same end.
+    async with untrusted_tls_server() as (url, accepted):
+        async with OpenAICompatibleLM("m", url, api_key=TEST_API_KEY, retry=SLOW) as lm:
+            with anyio.fail_after(4), pytest.raises(TLSCertificateError) as caught:
+                await lm.chat(HELLO)
+            assert (lm.usage.requests, lm.usage.retries, len(accepted)) == (1, 0, 1)
+            with pytest.raises(TLSCertificateError) as probed:
+                await lm.probe()
+    for error in (caught.value, probed.value):
+        assert isinstance(error, LMConnectionError)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(error) and "SSL_CERT_FILE" in str(error)
+        assert error.endpoint == url
+        assert_no_secret(error)
+
+
+async def test_a_refused_tls_certificate_through_a_callers_httpx_client_fails_at_once() -> None:
+    async with untrusted_tls_server() as (url, accepted), httpx.AsyncClient() as client:
+        lm = OpenAICompatibleLM("m", url, api_key=TEST_API_KEY, retry=SLOW, http_client=client)
+        with anyio.fail_after(4), pytest.raises(TLSCertificateError) as caught:
+            await lm.chat(HELLO)
+        await lm.aclose()
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value) and "SSL_CERT_FILE" in str(caught.value)
+    assert len(accepted) == 1
+    assert_no_secret(caught.value)
+
+
+async def test_a_request_refused_one_endpoints_tls_certificate_goes_on_to_another_at_once(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    async with untrusted_tls_server() as (url, accepted):
+        endpoints = [Endpoint(url), Endpoint(fake_server.base_url)]
+        async with OpenAICompatibleLM("m", endpoints, api_key=TEST_API_KEY, retry=SLOW) as lm:
+            with anyio.fail_after(4):
+                # Ties between idle endpoints rotate: one of the two requests goes to the refused one first.
+                completions = [await lm.chat([{"role": "user", "content": f"Hello {n}"}]) for n in (1, 2)]
+    assert [completion.text for completion in completions] == ["Answer: ok", "Answer: ok"]
+    assert len(accepted) == 1 and len(fake_server.chat_requests) == 2

@@ -31,6 +31,7 @@ from aprompt.run.journal import RunJournal
 from aprompt.testing._wire import Fault
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
+from tests.lm.test_retry import untrusted_tls_server
 from tests.optimize.qa_task import SMALL_BUDGET, QAProgram, exact_match, lm_for, qa_examples
 from tests.optimize.world import TwoStageProgram, World, examples
 from tests.run._optimize_worker import optimize_world, run_world, summary, world_lm
@@ -274,6 +275,18 @@ async def test_replies_in_a_form_never_read_stop_the_run_at_once(fault: Fault) -
             started = time.monotonic()
             with pytest.raises(aprompt.EndpointDownError, match="UnreadableResponseError") as stopped:
                 await guard.evaluate(run, batch, "a test step")
+    assert time.monotonic() - started < 10 and stopped.value.waited < 1
+    assert "outage_tolerance" not in str(stopped.value)
+
+
+async def test_a_refused_tls_certificate_stops_the_run_at_once() -> None:
+    # A certificate that expired or was replaced mid-run: waiting out the tolerance cannot change it.
+    async with untrusted_tls_server() as (url, _):
+        async with aprompt.OpenAICompatibleLM(model="m", base_url=url, api_key=TEST_API_KEY) as lm:
+            guard = OutageGuard((lm,), OutagePolicy(tolerance=30.0))
+            started = time.monotonic()
+            with pytest.raises(aprompt.EndpointDownError, match="TLSCertificateError") as stopped:
+                await guard.wait_until_answering("a test step", "TLSCertificateError: refused")
     assert time.monotonic() - started < 10 and stopped.value.waited < 1
     assert "outage_tolerance" not in str(stopped.value)
 
