@@ -178,7 +178,9 @@ class BadResponseError(LMError):
 
 class UnreadableResponseError(BadResponseError):
     """The endpoint answers in a form the client never reads: an event stream (Server-Sent Events) though
-    none was asked for, or a body in a content encoding other than gzip or deflate. A setting of the server
+    none was asked for, a body in a content encoding other than gzip or deflate, or no HTTP/1.1 at all
+    (another protocol on that port, an HTTP/2-only server, plain text where ``https://`` was given). A
+    setting of the server
     or of a proxy in front of it, which every reply meets: never retried, and an optimization stops at
     once with :class:`EndpointDownError` rather than wait out its ``outage_tolerance``."""
 

@@ -22,6 +22,7 @@ from aprompt._errors import (
 )
 from aprompt.lm._replies import carries_error, redirect_message
 from aprompt.lm._transport import (
+    NotHTTP1,
     Transport,
     TransportError,
     TransportTimeout,
@@ -99,6 +100,13 @@ class ReplyReader:
                     f"the server sent a reply in a form the client never reads ({exc}): it sends "
                     "'Accept-Encoding: identity'; have the server or the proxy in front of it send "
                     "replies unencoded, or gzip or deflate",
+                    endpoint=endpoint.url,
+                )
+            except NotHTTP1 as exc:
+                failure = UnreadableResponseError(
+                    f"the server does not answer in HTTP/1.1 ({self.scrub(str(exc))}): check the base "
+                    "URL's scheme (http:// or https://) and port, and that the server speaks HTTP/1.1 "
+                    "there (the client does not speak HTTP/2 alone)",
                     endpoint=endpoint.url,
                 )
             except UntrustedCertificate as exc:

@@ -43,7 +43,7 @@ import httpx
 
 from aprompt.lm._http11_connection import STREAM_ERRORS, Connection, NoReply, describe
 from aprompt.lm._loop_stream import LoopStream, running_asyncio_loop, running_loop
-from aprompt.lm._transport import Reply, TransportError, UntrustedCertificate
+from aprompt.lm._transport import NotHTTP1, Reply, TransportError, UntrustedCertificate
 
 __all__ = ["IDLE_CLOSE_MIN", "KEEPALIVE_EXPIRY", "STALE_FAILURE_WITHIN", "HTTP11Transport"]
 
@@ -200,6 +200,10 @@ class HTTP11Transport:
         except ssl.SSLCertVerificationError as exc:
             # Verification is never turned off here: the message says what to do instead.
             raise UntrustedCertificate(describe(exc)) from None
-        except (*STREAM_ERRORS, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            if exc.reason == "WRONG_VERSION_NUMBER":  # no TLS record came back: a plain-text server
+                raise NotHTTP1(f"{describe(exc)}: the server does not speak TLS on this port") from None
+            raise TransportError(describe(exc)) from None
+        except STREAM_ERRORS as exc:
             raise TransportError(describe(exc)) from None
         return Connection(stream)

@@ -12,7 +12,7 @@ import anyio.abc
 
 from aprompt.lm._http11_body import ReplyBody
 from aprompt.lm._loop_stream import LoopStream, running_loop
-from aprompt.lm._transport import Reply, TransportError, UnreadableBody
+from aprompt.lm._transport import NotHTTP1, Reply, TransportError, UnreadableBody
 
 __all__ = ["STREAM_ERRORS", "Connection", "NoReply", "describe"]
 
@@ -141,6 +141,10 @@ class Connection:
         buffer = self._buffer
         searched = 0
         while (found := _HEAD_END.search(buffer, searched)) is None:
+            # Seen at once (not on the hot path: a head mostly arrives in one read): a server of another
+            # protocol may wait, or close, for good.
+            if buffer and not b"HTTP/1.".startswith(buffer[:7]):
+                raise _not_http1(buffer)
             if len(buffer) > _MAX_HEAD_BYTES:
                 raise TransportError("malformed reply: its head is longer than 64 KiB")
             searched = max(len(buffer) - 3, 0)
@@ -157,7 +161,9 @@ class Connection:
         del buffer[:after]
         version, _, rest = lines[0].partition(b" ")
         code = rest[:3]
-        if version[:7] != b"HTTP/1." or len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
+        if version[:7] != b"HTTP/1.":
+            raise _not_http1(lines[0])
+        if len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
             raise TransportError(f"malformed status line {lines[0][:80]!r}")
         headers: list[tuple[bytes, bytes]] = []
         for line in lines[1:]:
@@ -335,6 +341,11 @@ def _crlf(buffer: bytearray) -> int:
     if buffer[end - 1 : end] != b"\r":
         raise TransportError("malformed reply: a chunk or trailer line ends in a bare line feed")
     return end - 1
+
+
+def _not_http1(start: bytes | bytearray) -> NotHTTP1:
+    """The error for a reply that starts as no HTTP/1.x status line does: another protocol's."""
+    return NotHTTP1(f"the reply does not start as an HTTP/1.x one does, but with {bytes(start[:16])!r}")
 
 
 def describe(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from aprompt.lm._replies import read_capped
 
 __all__ = [
     "HttpxTransport",
+    "NotHTTP1",
     "Reply",
     "Transport",
     "TransportError",
@@ -47,6 +48,12 @@ class TransportError(Exception):
 class UnreadableBody(TransportError):
     """A 2xx reply's body is in a content encoding the transport does not decode: a server's setting that
     every answer meets (an error status's body is left out instead, its status kept)."""
+
+
+class NotHTTP1(TransportError):
+    """The server does not speak HTTP/1.1 at this scheme and port: another protocol's bytes came back
+    (HTTP/2 only, a TLS port asked in plain text), or plain text to a TLS handshake. A setting no retry
+    changes."""
 
 
 class UntrustedCertificate(TransportError):

@@ -21,10 +21,10 @@ import pytest
 import uvloop
 from anyio.streams.tls import TLSListener
 
-from aprompt._errors import ConfigError, LMConnectionError, LMStatusError
+from aprompt._errors import ConfigError, LMConnectionError, LMStatusError, UnreadableResponseError
 from aprompt.lm._connections import LaneTransports, proxy_applies
 from aprompt.lm._http11 import IDLE_CLOSE_MIN, KEEPALIVE_EXPIRY, STALE_FAILURE_WITHIN, HTTP11Transport
-from aprompt.lm._transport import HttpxTransport, TransportError, UnreadableBody, request_url
+from aprompt.lm._transport import HttpxTransport, NotHTTP1, TransportError, UnreadableBody, request_url
 from aprompt.lm.anthropic import AnthropicLM
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.retry import RetryPolicy, raw_retry_after
@@ -718,6 +718,65 @@ async def test_a_malformed_status_line_is_a_transport_error(
     with pytest.raises(TransportError, match="malformed status line"):
         await post(transport, server)
     await transport.aclose()
+
+
+# An HTTP/2-only server's SETTINGS and GOAWAY frames (it then waits), an SSH server's banner (it waits
+# for ours), and another protocol's lines ending in an empty line.
+FOREIGN_REPLIES = [
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01",
+    b"SSH-2.0-OpenSSH_9.6\r\n",
+    b"+OK POP3 server ready\r\n\r\n",
+]
+
+
+def waiting_after(data: bytes) -> Script:
+    """A script: the server answers the first request with ``data`` and then waits without closing."""
+
+    async def script(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(data)
+        await anyio.sleep_forever()
+
+    return script
+
+
+@pytest.mark.parametrize("reply", FOREIGN_REPLIES, ids=["http2", "ssh", "lines"])
+async def test_a_server_of_another_protocol_fails_at_once_and_is_not_retried(
+    serve: Callable[..., Awaitable[ScriptedServer]], reply: bytes
+) -> None:
+    # It was a dropped connection (or a timeout, from a server that waits), retried for 20 s and more.
+    server = await serve(waiting_after(reply))
+    transport = HTTP11Transport(server.url)
+    with anyio.fail_after(2), pytest.raises(NotHTTP1, match=r"does not start as an HTTP/1\.x one does"):
+        await post(transport, server)
+    await transport.aclose()
+    url = str(server.url.copy_with(path="/v1", query=None))
+    slow = RetryPolicy(initial_backoff=10.0)
+    async with OpenAICompatibleLM("m", url, api_key="k-0123456789", retry=slow, timeout=10) as lm:
+        with anyio.fail_after(4), pytest.raises(UnreadableResponseError, match=r"scheme .* and port"):
+            await lm.chat([{"role": "user", "content": "hi"}])
+    assert lm.usage.requests == 1 and server.connections == 2
+
+
+async def test_https_to_a_plain_http_server_fails_at_once_and_is_not_retried(
+    serve: Callable[..., Awaitable[ScriptedServer]],
+) -> None:
+    async def answering_a_client_hello(peer: Peer) -> None:
+        await peer.stream.receive()  # the TLS client hello, read as a request that is not HTTP
+        await peer.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    server = await serve(answering_a_client_hello)
+    url = server.url.copy_with(scheme="https")
+    transport = HTTP11Transport(url)
+    with anyio.fail_after(2), pytest.raises(NotHTTP1, match="WRONG_VERSION_NUMBER"):
+        await transport.request("POST", url, HEADERS, b"{}", CAP)
+    await transport.aclose()
+    slow = RetryPolicy(initial_backoff=10.0)
+    base = str(url.copy_with(path="/v1", query=None))
+    async with OpenAICompatibleLM("m", base, api_key="k-0123456789", retry=slow, timeout=10) as lm:
+        with anyio.fail_after(4), pytest.raises(UnreadableResponseError, match="does not speak TLS"):
+            await lm.chat([{"role": "user", "content": "hi"}])
+    assert lm.usage.requests == 1 and server.connections == 2
 
 
 async def test_a_head_whose_lines_end_in_bare_line_feeds_is_read_as_its_server_meant(
