@@ -143,7 +143,7 @@ class Connection:
         while (found := _HEAD_END.search(buffer, searched)) is None:
             # Seen at once (not on the hot path: a head mostly arrives in one read): a server of another
             # protocol may wait, or close, for good.
-            if buffer and not b"HTTP/1.".startswith(buffer[:7]):
+            if buffer and not b"HTTP/1.".startswith(buffer[:7]) and buffer[:1] not in b"\r\n":
                 raise _not_http1(buffer)
             if len(buffer) > _MAX_HEAD_BYTES:
                 raise TransportError("malformed reply: its head is longer than 64 KiB")
@@ -161,7 +161,9 @@ class Connection:
         del buffer[:after]
         version, _, rest = lines[0].partition(b" ")
         code = rest[:3]
-        if version[:7] != b"HTTP/1.":
+        # A stray line end before the status line (after a previous body) is a broken reply, not another
+        # protocol: retried as before.
+        if version[:7] != b"HTTP/1." and version:
             raise _not_http1(lines[0])
         if len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
             raise TransportError(f"malformed status line {lines[0][:80]!r}")

@@ -758,6 +758,29 @@ async def test_a_server_of_another_protocol_fails_at_once_and_is_not_retried(
     assert lm.usage.requests == 1 and server.connections == 2
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one read", "two reads"])
+async def test_a_stray_line_end_before_the_status_line_is_a_broken_reply_not_another_protocol(
+    serve: Callable[..., Awaitable[ScriptedServer]], split: bool
+) -> None:
+    # A server that writes a line end too many after a body breaks one reply: retried like any broken
+    # reply, never taken for a server of another protocol (which stops a run at once).
+    async def stray_line_end(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(b"\r\n")
+        if split:
+            await anyio.sleep(0.05)
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await anyio.sleep_forever()
+
+    server = await serve(stray_line_end)
+    transport = HTTP11Transport(server.url)
+    with anyio.fail_after(2), pytest.raises(TransportError) as caught:
+        await post(transport, server)
+    assert not isinstance(caught.value, NotHTTP1)
+    assert "malformed status line" in str(caught.value)
+    await transport.aclose()
+
+
 async def test_https_to_a_plain_http_server_fails_at_once_and_is_not_retried(
     serve: Callable[..., Awaitable[ScriptedServer]],
 ) -> None:
