@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import attrs
@@ -17,6 +18,7 @@ from aprompt._errors import JournalError
 from aprompt._optimize.run_spending import RunSpending
 from aprompt._optimize.search_records import FullEval, RungEval, Trial
 from aprompt.lm._metering import measuring
+from aprompt.lm.cache._run_caches import replay_step
 
 T = TypeVar("T")
 
@@ -94,7 +96,9 @@ async def memo(
             if outermost:
                 spending.ledger.open[step_id] = used
             try:
-                value = await compute()
+                # A judge's answers are keyed by the step, so that running it again replays them.
+                with replay_step(step_id) if outermost else nullcontext():
+                    value = await compute()
             except BaseException:
                 if outermost:
                     spending.ledger.failed(step_id, used)

@@ -58,7 +58,7 @@ from aprompt.lm._reservations import Reservations
 from aprompt.lm._transport import request_url
 from aprompt.lm.adaptive import ConcurrencyController
 from aprompt.lm.cache import ResponseCache, request_key
-from aprompt.lm.cache._run_caches import lent_cache
+from aprompt.lm.cache._run_caches import lent_cache, replay_key, replaying
 from aprompt.lm.endpoints import EndpointPool
 from aprompt.lm.limits import RateLimiter
 from aprompt.lm.ratelimit_headers import StatedLimits, read_raw_rate_limit_headers
@@ -327,13 +327,14 @@ class HTTPChatLM(abc.ABC):
             # then fail as malformed.
             raise ConfigError("stream=True is not supported: the client reads each reply whole")
         sent = self._sent_params(request_params, rollout)
-        # The client's own cache, else the one the optimization this call belongs to lent it.
+        # The client's own cache, else the one the optimization this call belongs to lent it, else (a
+        # client the run was not given: a metric's judge) the run's, for a step run again to replay.
         cache = self._cache if self._cache is not None else lent_cache(self)
         self._loop_owner.enter(self)  # the error's text is made only when it is raised
         try:
             # The run's max_time ends a call the run does not make through metered_chat (a metric's judge).
             with run_deadline():
-                if cache is None:
+                if cache is None and not replaying():
                     completion = await self._requests.complete(messages, sent)
                 else:
                     key = request_key(
@@ -343,6 +344,8 @@ class HTTPChatLM(abc.ABC):
                         rollout=rollout,
                         namespace=self.cache_namespace,
                     )
+                    if cache is None:
+                        cache, key = replay_key(key, self.endpoints)
                     completion, hit = await cache.get_or_compute(
                         key, lambda: self._requests.complete(messages, sent), owner=self
                     )

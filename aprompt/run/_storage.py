@@ -118,7 +118,7 @@ async def run_storage(
         memory = ResponseCache.memory_only(MEMORY_CACHE_ENTRIES)
         given, lent = _attach(lms, lambda: memory)
         try:
-            with lending(lent):
+            with lending(lent, replay=lambda: memory):
                 yield None
         finally:
             for lm in given:
@@ -140,7 +140,7 @@ async def run_storage(
             if check_fingerprint(journal, fingerprint, resume):
                 disk_cache().clear()
             attached, lent = _attach(lms, disk_cache)
-            with lending(lent):
+            with lending(lent, replay=disk_cache):
                 yield journal
         finally:
             for lm in attached:

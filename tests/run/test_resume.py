@@ -11,7 +11,7 @@ import pytest
 
 import aprompt
 from aprompt import OpenAICompatibleLM
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
@@ -149,3 +149,49 @@ async def test_a_metric_object_counting_its_calls_resumes_in_the_same_process(tm
         second = await _run(server, tmp_path / "run", metric=judge)
         assert len(server.chat_requests) == before
     assert _summary(second) == _summary(first)
+
+
+async def test_a_resumed_run_does_not_pay_again_for_the_answers_of_its_metrics_judge(tmp_path: Path) -> None:
+    """The judge (an aprompt client the run is not given) answers inside a step a stop leaves unfinished:
+    the step runs again on resume, its program answers from the cache, and its judge's answers too."""
+    stall_after: int | None = None
+    answered, stalled = 0, anyio.Event()
+
+    async def judge_says(request: ChatRequest) -> str:
+        nonlocal answered
+        if stall_after is not None and answered >= stall_after:
+            stalled.set()
+            await anyio.sleep(60)
+        answered += 1
+        return "yes" if request.last_user.startswith("Right? yes") else "no"
+
+    async with (
+        FakeOpenAIServer(responder=World(), api_key="sk-world") as server,
+        FakeOpenAIServer(responder=judge_says, api_key="sk-judge") as judge_server,
+        OpenAICompatibleLM("judge", judge_server.base_url, api_key="sk-judge", max_concurrency=1) as judge,
+    ):
+
+        async def by_judge(example: aprompt.Example, prediction: Any) -> bool:
+            verdict = "yes" if metric(example, prediction) else "no"
+            return (await judge.chat([{"role": "user", "content": f"Right? {verdict}"}])).text == "yes"
+
+        reference = await _run(server, tmp_path / "reference", metric=by_judge)
+        uninterrupted = len(judge_server.chat_requests)
+        judge_server.reset_records()
+        stall_after, answered = 10, 0  # mid-way through the first evaluation
+        async with anyio.create_task_group() as tg:
+
+            async def stop_at_stall() -> None:
+                await stalled.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_at_stall)
+            await _run(server, tmp_path / "run", metric=by_judge)
+        before_stop = len(judge_server.chat_requests)
+        assert before_stop == stall_after  # ten answered (the one in flight at the stop is not recorded)
+        stall_after = None
+        resumed = await _run(server, tmp_path / "run", metric=by_judge)
+        again = len(judge_server.chat_requests) - before_stop
+    assert _summary(resumed) == _summary(reference)
+    # Only the request in flight at the stop is sent again (before: the ten answered too).
+    assert before_stop + again == uninterrupted, (before_stop, again, uninterrupted)
