@@ -44,7 +44,7 @@ from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._loop_owner import LoopOwner
 from aprompt.lm._messages import check_messages
-from aprompt.lm._metering import current_meter, run_deadline
+from aprompt.lm._metering import current_meter, meter_for_own_call, run_deadline
 from aprompt.lm._pacing import pooled_rates
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
@@ -365,10 +365,14 @@ class HTTPChatLM(abc.ABC):
             meter = current_meter()
             if meter is not None:  # a call the run does not make itself (a judge's) tells it of this LM
                 meter.note_failed_lm(self, error)
+            if (own := meter_for_own_call()) is not None:
+                own.note_call(failed=True)
             raise
         finally:
             self._loop_owner.leave()
         self._usage.calls += 1
+        if (own := meter_for_own_call()) is not None:  # a judge's call: no metered_chat counts it
+            own.note_call(cached=completion.cached)
         return completion
 
     async def probe(self, *, within: float = 5.0, skip: set[str] | None = None) -> None:

@@ -76,6 +76,8 @@ _SCOPES: contextvars.ContextVar[tuple[UsageCounter, ...]] = contextvars.ContextV
 _PREPAID: contextvars.ContextVar[_Prepaid | None] = contextvars.ContextVar("aprompt_prepaid", default=None)
 # The program run a call belongs to (an opaque object, one per run), see metered_chat(unit=...).
 _UNIT: contextvars.ContextVar[object | None] = contextvars.ContextVar("aprompt_meter_unit", default=None)
+# Set inside metered_chat, which counts the call itself (see meter_for_own_call()).
+_COUNTED: contextvars.ContextVar[bool] = contextvars.ContextVar("aprompt_meter_counted", default=False)
 
 
 class LimitReached(BaseException):
@@ -404,6 +406,14 @@ def measuring() -> Iterator[UsageCounter]:
         _SCOPES.reset(token)
 
 
+def meter_for_own_call() -> RequestMeter | None:
+    """For an LM that meters itself: the run's meter to count a finished chat call with
+    (:meth:`RequestMeter.note_call`) when no :func:`metered_chat` counts it (a metric's judge called
+    directly), else ``None``. Counted, its answers are the step's own when a resumed run runs the step
+    again (from the cache), as a predictor's are."""
+    return None if _COUNTED.get() else _METER.get()
+
+
 def admit_request(model: str, *, retry: bool = False) -> RequestMeter | None:
     """For an LM that meters itself: admit one request about to be sent (see :meth:`RequestMeter.admit`);
     returns the meter to settle with, or ``None`` outside a metered run."""
@@ -439,6 +449,7 @@ async def metered_chat(
     prepaid = None if self_metered else _Prepaid()
     unit_token = _UNIT.set(unit)
     prepaid_token = _PREPAID.set(prepaid)
+    counted_token = _COUNTED.set(True)
     try:
         if prepaid is not None:
             meter.admit(lm.model)
@@ -451,6 +462,7 @@ async def metered_chat(
             meter.note_failure(error)
         raise
     finally:
+        _COUNTED.reset(counted_token)
         _PREPAID.reset(prepaid_token)
         _UNIT.reset(unit_token)
     if prepaid is not None and not prepaid.claimed:

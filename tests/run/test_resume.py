@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import aprompt
-from aprompt import OpenAICompatibleLM
+from aprompt import InexactResumeWarning, OpenAICompatibleLM
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.optimize.world import TwoStageProgram, World, examples, metric
 
@@ -151,9 +152,13 @@ async def test_a_metric_object_counting_its_calls_resumes_in_the_same_process(tm
     assert _summary(second) == _summary(first)
 
 
-async def test_a_resumed_run_does_not_pay_again_for_the_answers_of_its_metrics_judge(tmp_path: Path) -> None:
-    """The judge (an aprompt client the run is not given) answers inside a step a stop leaves unfinished:
-    the step runs again on resume, its program answers from the cache, and its judge's answers too."""
+async def _judged_runs(
+    tmp_path: Path, **options: Any
+) -> tuple[aprompt.OptimizeResult, aprompt.OptimizeResult, list[int], list[warnings.WarningMessage]]:
+    """A run whose metric asks a judge (an aprompt client the run is not given), uninterrupted, and
+    stopped mid-way through its first evaluation (after the judge's tenth answer) then resumed. Returns
+    both results, the judge requests of the uninterrupted run, before the stop and on resume, and the
+    resumed call's warnings."""
     stall_after: int | None = None
     answered, stalled = 0, anyio.Event()
 
@@ -175,10 +180,10 @@ async def test_a_resumed_run_does_not_pay_again_for_the_answers_of_its_metrics_j
             verdict = "yes" if metric(example, prediction) else "no"
             return (await judge.chat([{"role": "user", "content": f"Right? {verdict}"}])).text == "yes"
 
-        reference = await _run(server, tmp_path / "reference", metric=by_judge)
+        reference = await _run(server, tmp_path / "reference", metric=by_judge, **options)
         uninterrupted = len(judge_server.chat_requests)
         judge_server.reset_records()
-        stall_after, answered = 10, 0  # mid-way through the first evaluation
+        stall_after, answered = 10, 0
         async with anyio.create_task_group() as tg:
 
             async def stop_at_stall() -> None:
@@ -186,12 +191,33 @@ async def test_a_resumed_run_does_not_pay_again_for_the_answers_of_its_metrics_j
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_at_stall)
-            await _run(server, tmp_path / "run", metric=by_judge)
-        before_stop = len(judge_server.chat_requests)
-        assert before_stop == stall_after  # ten answered (the one in flight at the stop is not recorded)
+            await _run(server, tmp_path / "run", metric=by_judge, **options)
+        before_stop = len(judge_server.chat_requests)  # the one in flight at the stop is not recorded
         stall_after = None
-        resumed = await _run(server, tmp_path / "run", metric=by_judge)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            resumed = await _run(server, tmp_path / "run", metric=by_judge, **options)
         again = len(judge_server.chat_requests) - before_stop
+    return reference, resumed, [uninterrupted, before_stop, again], caught
+
+
+async def test_a_resumed_run_does_not_pay_again_for_the_answers_of_its_metrics_judge(tmp_path: Path) -> None:
+    # The stop leaves the first evaluation unfinished: it runs again on resume, its program's answers
+    # from the cache, and its judge's too.
+    reference, resumed, (uninterrupted, before_stop, again), _ = await _judged_runs(tmp_path)
     assert _summary(resumed) == _summary(reference)
+    assert before_stop == 10
     # Only the request in flight at the stop is sent again (before: the ten answered too).
     assert before_stop + again == uninterrupted, (before_stop, again, uninterrupted)
+
+
+async def test_a_run_with_a_judge_stopped_mid_step_resumes_under_a_limit_to_the_uninterrupted_result(
+    tmp_path: Path,
+) -> None:
+    # The judge's answers are the unfinished step's own, as a predictor's are: before, they were not
+    # counted as answered, so the resumed run decided on other amounts (and said it might differ).
+    limits = aprompt.Limits(max_lm_calls=700)
+    reference, resumed, _, caught = await _judged_runs(tmp_path, limits=limits)
+    assert reference.stopped_by == "max_lm_calls"
+    assert [str(w.message) for w in caught if issubclass(w.category, InexactResumeWarning)] == []
+    assert _summary(resumed) == _summary(reference)
