@@ -107,8 +107,10 @@ async def run_storage(
 
     Without ``run_dir``, LMs that have no cache get one in memory for the run, so that the run sends no
     identical request twice (identical requests in flight at once share one answer too) and the
-    journal is None. The cache is detached, both are closed and the lock released when the run ends,
-    whatever way it ends.
+    journal is None. With ``run_dir``, its cache also keeps the answers of the clients the run was not
+    given (a metric's judge) for a resumed run to replay (:func:`~aprompt.lm.cache._run_caches.replay_key`);
+    without one nothing runs a step again, and the memory is left to the run's own answers. The cache is
+    detached, both are closed and the lock released when the run ends, whatever way it ends.
 
     Raises:
         RunDirLockedError: another optimization holds ``run_dir``.
@@ -118,7 +120,7 @@ async def run_storage(
         memory = ResponseCache.memory_only(MEMORY_CACHE_ENTRIES)
         given, lent = _attach(lms, lambda: memory)
         try:
-            with lending(lent, replay=lambda: memory):
+            with lending(lent):
                 yield None
         finally:
             for lm in given:
