@@ -92,9 +92,9 @@ class LMConnectionError(LMError):
 class TLSCertificateError(LMConnectionError):
     """The endpoint's TLS certificate was refused (self-signed, signed by a CA not trusted here, expired, or
     naming another host). No retry can change it: never retried, a request goes on at once to another of
-    the client's endpoints if it has several, and an optimization stops at once with
-    :class:`EndpointDownError` rather than wait out its ``outage_tolerance``. Give the base URL a host the
-    certificate names, or trust the CA that signed it (``SSL_CERT_FILE``)."""
+    the client's endpoints if it has several (that one taken out of rotation), and an optimization stops
+    at once with :class:`EndpointDownError` rather than wait out its ``outage_tolerance``. Give the base
+    URL a host the certificate names, or trust the CA that signed it (``SSL_CERT_FILE``)."""
 
 
 class LMTimeoutError(LMError):
@@ -180,9 +180,9 @@ class UnreadableResponseError(BadResponseError):
     """The endpoint answers in a form the client never reads: an event stream (Server-Sent Events) though
     none was asked for, a body in a content encoding other than gzip or deflate, or no HTTP/1.1 at all
     (another protocol on that port, an HTTP/2-only server, plain text where ``https://`` was given). A
-    setting of the server
-    or of a proxy in front of it, which every reply meets: never retried, and an optimization stops at
-    once with :class:`EndpointDownError` rather than wait out its ``outage_tolerance``."""
+    setting of the server or of a proxy in front of it, which every reply meets: never retried (one of
+    several endpoints is taken out of rotation and the request goes to another), and an optimization stops
+    at once with :class:`EndpointDownError` rather than wait out its ``outage_tolerance``."""
 
 
 class IncompleteResponseError(BadResponseError):

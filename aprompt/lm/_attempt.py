@@ -19,8 +19,13 @@ one from every endpoint, is raised. Another refusal of the request (a 400 or 422
 this replica's context, a parameter its server version lacks), and a reply cut by this replica's context
 window, go on to the other endpoints the same way, the refusing one staying in use: replicas configured
 differently would otherwise make the answer depend on which one a request happened to reach (a refusal
-from every one is raised, one of those that are not a 404 rather than a 404). So does a refused TLS
-certificate, which no retry changes (its endpoint cools down). A refusal of the key (401/403) is raised.
+from every one is raised, one of those that are not a 404 rather than a 404). A refusal of the key
+(401/403) by one of several (its key revoked), a refused TLS certificate, or a reply in a form the client
+never reads (a proxy in front of that one replica streams or encodes every reply), takes that endpoint out
+of rotation, with one warning naming it, and the request goes on to the others; it is raised when every
+endpoint failed so (a lone endpoint's at once): such a replica would otherwise fail a share of the
+requests, taken for the prompts' failures or for an LM that fails every request, depending on which
+replica they reached.
 
 Pauses. A 429 pauses its endpoint until its ``Retry-After`` (and the client, when it has limits of its
 own); one INFO line is logged per pause, not per 429. The attempts a pause held are released at its end
@@ -46,6 +51,7 @@ from aprompt._errors import (
     RequestRejectedError,
     TLSCertificateError,
     TruncatedResponseError,
+    UnreadableResponseError,
 )
 from aprompt._slots import Slots
 from aprompt.lm._exchange import ReplyReader
@@ -106,38 +112,42 @@ class Attempts:
         failed_on: set[EndpointState] | None = None,
     ) -> Completion:
         """One attempt, sent on at once to another endpoint while the one it went to answers 404 (a
-        replica lacking the route or model, now cooling down), refuses the request otherwise (not its
-        key), cuts its reply at its context window or has its TLS certificate refused: another replica
-        may answer it. Each endpoint is
-        tried once at most (one paused by a 429 is waited for); when every one refused, a refusal other
-        than a 404 is raised if one came.
+        replica lacking the route or model, now cooling down), refuses the request otherwise, refuses its
+        key, has its TLS certificate refused or replies unreadably (now out of rotation), or cuts its reply
+        at its context window: another replica may answer it. Each endpoint is tried once at most (one
+        paused by a 429 is waited for); when every one refused, the first refusal of the request is raised
+        if one came, else the first failure of the endpoint itself, else the 404.
 
         ``failed_on``: the endpoints the request failed on before (see :meth:`attempt`)."""
         # The endpoints themselves, not their URLs: several may share one (a server, a key each).
         tried: set[EndpointState] = set()
-        refusal: LMError | None = None  # the first that was not a 404
+        refusal: LMError | None = None  # the first refusal of the request itself (not a 404)
+        out: LMError | None = None  # the first that took its endpoint out of rotation
         while True:
             try:
                 return await self.attempt(
                     payload, estimate, params, is_retry=is_retry, tried=tried, failed_on=failed_on
                 )
-            except (LMStatusError, TruncatedResponseError, TLSCertificateError) as error:
+            except (
+                LMStatusError,
+                TruncatedResponseError,
+                UnreadableResponseError,
+                TLSCertificateError,
+            ) as error:
                 url = error.endpoint
                 if url is None or not _another_may_answer(error):
                     raise
                 status = error.status_code if isinstance(error, LMStatusError) else None
-                if status is not None:
-                    what = f"HTTP {status}"
-                elif isinstance(error, TLSCertificateError):
-                    what = "its TLS certificate refused"
-                else:
-                    what = "a reply cut by its context window"
-                if refusal is None and status != 404:
+                if _takes_out(error):
+                    out = out or error
+                elif refusal is None and status != 404:
                     refusal = error
                 if len(tried) >= len(self.pool.endpoints):
-                    if refusal is None or refusal is error:
+                    final = refusal or out
+                    if final is None or final is error:
                         raise
-                    raise refusal from None
+                    raise final from None
+                what = type(error).__name__ if status is None else f"HTTP {status}"
             is_retry = True
             logger.debug("%s: %s, sending the request to another endpoint", url, what)
 
@@ -232,7 +242,8 @@ class Attempts:
 
     def note_failure(self, endpoint: EndpointState, error: LMError) -> None:
         """Count a failed attempt: a 429 pauses (see :mod:`aprompt.lm._pacing`), an endpoint's fault
-        cools the endpoint down."""
+        cools the endpoint down, a refused key or an unreadable reply takes one of several out of
+        rotation."""
         if isinstance(error, RateLimitError):
             self.usage.rate_limited += 1
             pause = pause_after_rate_limit(error, endpoint.limiter, self.limiter, self.retry)
@@ -246,19 +257,48 @@ class Attempts:
                 )
             else:
                 logger.debug("%s: HTTP 429 within a pause", endpoint.url)
+        elif _takes_out(error) and len(self.pool.endpoints) > 1:
+            if self.pool.take_out(endpoint):
+                # The URL only: a refusal's message may quote what the server made of the key.
+                endpoints = self.pool.endpoints
+                logger.warning(
+                    "%s (endpoint %d of %d) %s: no more requests go there while another endpoint answers; %s",
+                    endpoint.url,  # with its place: endpoints may share a URL, a key each
+                    endpoints.index(endpoint) + 1,
+                    len(endpoints),
+                    *_out_of_rotation_why(error),
+                )
         elif is_endpoint_fault(error):
             self.pool.mark_unhealthy(endpoint)
 
 
-def _another_may_answer(error: LMStatusError | TruncatedResponseError | TLSCertificateError) -> bool:
+def _another_may_answer(
+    error: LMStatusError | TruncatedResponseError | UnreadableResponseError | TLSCertificateError,
+) -> bool:
     """Whether another replica may answer a request ``error`` refused: a 404, another refusal of the
-    request (not of the key), a reply cut by the context window (replicas may differ in context, model
-    version or route) or a refused TLS certificate (a retry would meet it again; another host's may
-    pass)."""
-    if isinstance(error, TLSCertificateError):
+    request or of the key, an unreadable reply, a refused TLS certificate, or a reply cut by the context
+    window (replicas may differ in context, model version, route, key, certificate or the proxy in front of
+    them)."""
+    if isinstance(error, UnreadableResponseError | TLSCertificateError):
         return True
     if isinstance(error, TruncatedResponseError):
         return error.by_window
-    return error.status_code == 404 or (
-        isinstance(error, RequestRejectedError) and not isinstance(error, AuthenticationError)
+    return error.status_code == 404 or isinstance(error, RequestRejectedError)
+
+
+def _out_of_rotation_why(error: LMError) -> tuple[str, str]:
+    """What an endpoint taken out of rotation did, and what to do about it."""
+    if isinstance(error, AuthenticationError):
+        return f"refused the API key (HTTP {error.status_code})", "check that endpoint's key"
+    if isinstance(error, TLSCertificateError):
+        return "has its TLS certificate refused", "give it a host its certificate names, or trust its CA"
+    return (
+        "replies in a form the client never reads",
+        "have it send replies as one unencoded, gzip or deflate JSON body",
     )
+
+
+def _takes_out(error: LMError) -> bool:
+    """Whether ``error`` shows its endpoint fails every request: its key refused, its TLS certificate
+    refused, its replies unreadable."""
+    return isinstance(error, AuthenticationError | UnreadableResponseError | TLSCertificateError)

@@ -8,8 +8,10 @@ or one the server stopped on a fault), or while its limiter is paused by a 429; 
 retry therefore fails over to another one. One of several that answers 404 (a replica serving
 another route or model) cools down too, so that the next requests go to the others, and the client
 sends the request that got the 404 to one of them, waiting out its pause if every other one is paused
-(see :mod:`aprompt.lm._http`). When every endpoint is unavailable the least-loaded one is used anyway
-(the retry back-off spaces those).
+(see :mod:`aprompt.lm._http`). One of several that refuses its key (401/403: a key revoked on that
+replica) or replies in a form the client never reads (a proxy's setting) is taken out of rotation for
+good, while another is not. When every endpoint is
+unavailable the least-loaded one is used anyway (the retry back-off spaces those).
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ class EndpointState:
         lanes: its keep-alive connections (see :mod:`aprompt.lm._connections`).
         in_flight: requests routed here and not yet finished (including those waiting for a slot).
         unhealthy_until: clock reading until which it cools down after a failure.
+        out_of_rotation: it refused its key or replied unreadably (see :meth:`EndpointPool.take_out`).
     """
 
     __slots__ = (
@@ -174,6 +177,7 @@ class EndpointState:
         "in_flight",
         "lanes",
         "limiter",
+        "out_of_rotation",
         "slots",
         "target",
         "unhealthy_until",
@@ -201,6 +205,7 @@ class EndpointState:
         self.lanes = lanes
         self.in_flight = 0
         self.unhealthy_until = -math.inf
+        self.out_of_rotation = False
 
     def __repr__(self) -> str:
         return f"EndpointState({self.url!r}, in_flight={self.in_flight}, capacity={self.capacity})"
@@ -249,7 +254,7 @@ class EndpointPool:
     ) -> EndpointState:
         """The least-loaded available endpoint (ties rotate), or the least-loaded one if none is; one in
         ``avoid`` only when every one is, and among the available ones, one in ``shun`` (those a retried
-        request failed on) only when every one is."""
+        request failed on) only when every one is. One out of rotation only when every one is."""
         endpoints = self._endpoints
         if len(endpoints) == 1:
             return endpoints[0]
@@ -266,8 +271,16 @@ class EndpointPool:
                 best, best_rank = candidate, rank
         return best
 
-    def _rank(self, endpoint: EndpointState, shun: Collection[EndpointState]) -> tuple[bool, bool, float]:
-        return (not self.is_available(endpoint), endpoint in shun, endpoint.in_flight / endpoint.capacity)
+    def _rank(
+        self, endpoint: EndpointState, shun: Collection[EndpointState]
+    ) -> tuple[bool, bool, bool, float]:
+        # It fails again after any cool-down: below every other, unavailable or not.
+        return (
+            endpoint.out_of_rotation,
+            not self.is_available(endpoint),
+            endpoint in shun,
+            endpoint.in_flight / endpoint.capacity,
+        )
 
     def lease(
         self,
@@ -292,6 +305,13 @@ class EndpointPool:
         """Close every endpoint's connections."""
         for endpoint in self._endpoints:
             await endpoint.lanes.aclose()
+
+    def take_out(self, endpoint: EndpointState) -> bool:
+        """Take ``endpoint`` out of rotation (see :meth:`choose`): it fails every request (its key
+        refused, its replies unreadable). ``True`` the first time only."""
+        first = not endpoint.out_of_rotation
+        endpoint.out_of_rotation = True
+        return first
 
     def mark_unhealthy(self, endpoint: EndpointState) -> None:
         """Avoid ``endpoint`` for the cool-down (only matters when there is another to use)."""

@@ -10,11 +10,13 @@ import httpx
 import pytest
 
 from aprompt._errors import (
+    AuthenticationError,
     ConfigError,
     ContextOverflowError,
     RequestRejectedError,
     ServerError,
     TruncatedResponseError,
+    UnreadableResponseError,
 )
 from aprompt.lm._connections import ConnectionLanes, LaneTransports
 from aprompt.lm._transport import HttpxTransport
@@ -503,3 +505,90 @@ def test_an_endpoint_whose_key_variable_is_unset_is_refused_not_sent_the_clients
     assert "sk-client" not in str(refused.value)
     monkeypatch.setenv("OTHER_PROVIDER_KEY", "sk-other-123456")
     OpenAICompatibleLM("m", [endpoint], api_key="sk-client-SECRET-123456")  # set: opens
+
+
+@both_backends
+async def test_a_replica_refusing_its_key_is_taken_out_of_rotation_and_the_others_answer(
+    fake_server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One replica's key was revoked: its 401 failed the requests that reached it (an evaluation left
+    them unscored, or stopped the run when the outage check reached it) while the other replica
+    answered. Now it gets no request once one came back refused, is named once in a warning (never its
+    key), and the others answer every request."""
+    caplog.set_level("WARNING")
+    async with FakeOpenAIServer(api_key="sk-revoked-elsewhere-0000") as revoked:
+        urls = [revoked.base_url, fake_server.base_url]
+        async with OpenAICompatibleLM(
+            "m", urls, api_key=TEST_API_KEY, max_concurrency=8, max_retries=0
+        ) as lm:
+            await run_calls(lm, 20)
+            refused = len(revoked.chat_requests)  # those sent before the first 401 came back
+            for index in range(10):
+                await lm.chat(question(100 + index))
+    assert (lm.usage.calls, lm.usage.errors) == (30, 0)
+    assert 1 <= refused <= 8 and len(revoked.chat_requests) == refused
+    assert {r.status for r in revoked.chat_requests} == {401}
+    assert len(fake_server.chat_requests) == 30
+    warnings = [r.getMessage() for r in caplog.records if "refused the API key" in r.getMessage()]
+    assert len(warnings) == 1 and revoked.base_url.rstrip("/") in warnings[0]
+    assert TEST_API_KEY not in caplog.text
+
+
+async def test_a_key_every_replica_refuses_is_raised_after_each_was_tried_once(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer
+) -> None:
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key="sk-wrong-key-1234", retry=QUICK) as lm:
+        for _ in range(2):
+            with pytest.raises(AuthenticationError) as caught:
+                await lm.chat(question(0))
+            assert "sk-wrong" not in str(caught.value)
+    assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (2, 2)
+
+
+@pytest.mark.parametrize("fault", [Fault.event_stream(), Fault.encoded("br")], ids=["sse", "brotli"])
+async def test_a_replica_replying_in_a_form_never_read_is_taken_out_of_rotation(
+    fake_server: FakeOpenAIServer,
+    second_server: FakeOpenAIServer,
+    fault: Fault,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A proxy in front of one replica streams or encodes every reply: the requests that reached it
+    failed unretried (an evaluation left them unscored, or the outage check reaching it stopped the run)
+    while the other replica answered. Now they go on to the other, and it gets no more after that."""
+    caplog.set_level("WARNING")
+    fake_server.fault_rates = [(fault, 1.0)]
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=8, max_retries=0) as lm:
+        await run_calls(lm, 20)
+        unread = len(fake_server.chat_requests)
+        for index in range(10):
+            await lm.chat(question(100 + index))
+        assert (lm.usage.calls, lm.usage.errors) == (30, 0)
+        assert 1 <= unread <= 8 and len(fake_server.chat_requests) == unread
+        assert len(second_server.chat_requests) == 30
+        second_server.fault_rates = fake_server.fault_rates  # every replica: raised, each asked once
+        fake_server.reset_records()
+        second_server.reset_records()
+        with pytest.raises(UnreadableResponseError):
+            await lm.chat(question(0))
+    assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (1, 1)
+    warnings = [r.getMessage() for r in caplog.records if "never reads" in r.getMessage()]
+    assert len(warnings) == 2 and fake_server.base_url.rstrip("/") in warnings[0]
+
+
+async def test_a_revoked_key_among_keys_sharing_a_url_is_named_by_its_endpoints_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One server given twice, a key each: the warning named only the URL, the same for both, so it
+    did not say which key to replace."""
+    caplog.set_level("WARNING")
+    async with FakeOpenAIServer(api_key="sk-one-1111") as server:
+        endpoints = [Endpoint(server.base_url, api_key=key) for key in ("sk-one-1111", "sk-two-2222")]
+        async with OpenAICompatibleLM("m", endpoints, max_concurrency=4, max_retries=0) as lm:
+            for index in range(6):
+                await lm.chat(question(index))
+    assert lm.usage.errors == 0
+    warnings = [r.getMessage() for r in caplog.records if "refused the API key" in r.getMessage()]
+    assert len(warnings) == 1 and "(endpoint 2 of 2)" in warnings[0]
+    assert "sk-one" not in caplog.text and "sk-two" not in caplog.text

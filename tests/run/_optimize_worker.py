@@ -28,7 +28,7 @@ SEED = 3
 MAX_CONCURRENCY = 8
 
 
-def world_lm(base_url: str, api_key: str, **lm_options: Any) -> OpenAICompatibleLM:
+def world_lm(base_url: str | list[str], api_key: str, **lm_options: Any) -> OpenAICompatibleLM:
     """The client of every world run (``lm_options`` override its defaults)."""
     return OpenAICompatibleLM(
         "world", base_url, api_key=api_key, **{"max_concurrency": MAX_CONCURRENCY, **lm_options}

@@ -166,6 +166,47 @@ async def test_an_outage_longer_than_the_tolerance_stops_the_run_and_a_later_cal
     assert resumed_requests < 761 - 300, "the resumed run read back what the first call paid for"
 
 
+class RevokeKeyAfter:
+    """The World's responder that, once it has answered ``n_answered`` requests, makes its server refuse
+    the run's key (401) from then on: the key revoked on that one replica."""
+
+    def __init__(self, n_answered: int) -> None:
+        self.world = World()
+        self.n_answered = n_answered
+        self.server: FakeOpenAIServer | None = None
+        self.answers = 0
+
+    def __call__(self, request: ChatRequest) -> str:
+        self.answers += 1
+        if self.server is not None and self.answers == self.n_answered:
+            self.server.api_key = "sk-the-replicas-new-key-0000"
+        return self.world(request)
+
+
+@pytest.mark.parametrize("answered_before_revoking", [30, 140])
+async def test_a_key_revoked_on_one_of_two_replicas_mid_run_ends_with_the_clean_result(
+    answered_before_revoking: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The examples that reached the refusing replica failed, and the one-token check went to one
+    replica: on the refusing one it stopped the run with EndpointDownError though the other answered;
+    on the other, the steps were re-run with the refusing replica still taking a share of the calls."""
+    clean = await clean_run()
+    responder = RevokeKeyAfter(answered_before_revoking)
+    async with (
+        FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as revoked,
+        FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as working,
+    ):
+        responder.server = revoked
+        urls = [revoked.base_url, working.base_url]
+        async with world_lm(urls, TEST_API_KEY, retry=NO_RETRY) as lm:
+            result = await optimize_world(lm, None, outage_tolerance=60)
+    assert 401 in {r.status for r in revoked.chat_requests}, "the replica refused the key mid-run"
+    assert summary(result) == summary(clean)
+    assert result.failures == {}
+    assert all(t.n_unscored == 0 for t in result.trials) and all(f.n_unscored == 0 for f in result.full_evals)
+    assert "refused the API key" in caplog.text and TEST_API_KEY not in caplog.text
+
+
 async def test_an_example_failing_alone_while_the_lm_works_is_unscored_and_reported() -> None:
     broken = next(e.id for i, e in enumerate(examples(200, 240), start=200) if i == 215)
     transport = BreakingTransport(asks_about({215}))
