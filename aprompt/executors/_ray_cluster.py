@@ -21,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     ray = None  # type: ignore[assignment]
 
-__all__ = ["RayActors", "Worker", "gist", "kill_actors", "release_ray", "start_actors"]
+__all__ = ["RayActors", "Worker", "gist", "kill_actors", "release_ray", "start_actors", "start_relay"]
 
 
 @attrs.define
@@ -78,7 +78,7 @@ def start_actors(
     try:
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         n = workers or max(1, int(resources.get("CPU", 1)))
-        relay = ray.remote(_Relay).options(num_cpus=0, max_concurrency=100_000).remote()
+        relay = start_relay()
         worker_class = ray.remote(_WorkerActor)
         options = {
             "max_restarts": -1,
@@ -113,6 +113,11 @@ def start_actors(
             release_ray()
         raise
     return RayActors(started, relay, started_ray)
+
+
+def start_relay() -> Any:
+    """A new relay actor (the mailbox of every run's LM calls; it takes no CPU)."""
+    return ray.remote(_Relay).options(num_cpus=0, max_concurrency=100_000).remote()
 
 
 def _use_ray(address: str | None, num_cpus: int | None, init_options: Mapping[str, Any]) -> bool:

@@ -34,10 +34,11 @@ from aprompt.program.predictor import Predict
 try:
     import ray
     import ray.cloudpickle
+    import ray.exceptions
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     ray = None  # type: ignore[assignment]
 
-__all__ = ["dump_program", "load_program"]
+__all__ = ["RelayLost", "dump_program", "load_program"]
 
 _LM_TAG = "aprompt-lm"
 
@@ -136,13 +137,23 @@ class _Relay:
                 future.cancel()
 
 
+class RelayLost(Exception):
+    """The relay actor a remote run's LM calls go through died: the run's attempt is void (the program saw
+    its LM calls fail for no fault of its prompt or of the LM), to be run again on a new relay."""
+
+
 class _ActorChannel:
     def __init__(self, relay: Any, run_id: int) -> None:
         self._relay = relay
         self._run_id = run_id
+        self.lost = False  # a call found the relay dead: whatever the program made of it is void
 
     async def ask(self, request: LMRequest) -> LMReply:
-        reply: LMReply = await self._relay.ask.remote(self._run_id, request)
+        try:
+            reply: LMReply = await self._relay.ask.remote(self._run_id, request)
+        except ray.exceptions.RayActorError as exc:
+            self.lost = True
+            raise RelayLost(f"the relay actor died ({type(exc).__name__})") from None
         return reply
 
 
@@ -178,7 +189,15 @@ class _WorkerActor:
             self._programs[key] = program
             while len(self._programs) > 8:
                 self._programs.popitem(last=False)
-        outcome = await run_relayed(program, run, _ActorChannel(relay, run_id), own_lms, settings)
+        channel = _ActorChannel(relay, run_id)
+        try:
+            outcome = await run_relayed(program, run, channel, own_lms, settings)
+        except Exception:
+            if channel.lost:
+                raise RelayLost("the relay actor died during the run") from None
+            raise
+        if channel.lost:  # the program caught the failed call: its result is not the prompt's
+            raise RelayLost("the relay actor died during the run")
         try:
             # Ray would fail to send it back only after this returns, as an error of no run: found here,
             # it is the setup fault it is (the program returns what cannot travel).

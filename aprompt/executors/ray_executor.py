@@ -14,7 +14,8 @@ How it works (see ``docs/scaling.md`` for the why):
 * Each LM call of a remote run goes to a relay actor; the evaluating task of the driver takes it from
   there, makes it with the driver's real client (limiter, cache, meter, usage) and puts the reply back.
 * A worker process that dies is restarted by Ray and its runs are sent again (``retries``); a run is
-  never scored from a lost attempt. Cancelling an evaluation cancels its actor calls.
+  never scored from a lost attempt. A relay actor that dies is replaced, and the runs that used it are
+  sent again on the new one (``retries`` too). Cancelling an evaluation cancels its actor calls.
 
 This module is the executor; ``_ray_cluster`` starts and stops Ray and the actors, and ``_ray_relay``
 holds the actors themselves and the pickling of programs.
@@ -35,10 +36,10 @@ import attrs
 import sniffio
 
 from aprompt._errors import ConfigError, OptimizationError
-from aprompt.executors._ray_cluster import Worker, gist, kill_actors, release_ray, start_actors
-from aprompt.executors._ray_relay import dump_program
+from aprompt.executors._ray_cluster import Worker, gist, kill_actors, release_ray, start_actors, start_relay
+from aprompt.executors._ray_relay import RelayLost, dump_program
 from aprompt.executors.base import ProgramOutcome, ProgramRun
-from aprompt.executors.relay import LMRequest, LMTable, RunRelay, predictor_settings
+from aprompt.executors.relay import LMRequest, LMTable, RelayedOutcome, RunRelay, predictor_settings
 from aprompt.program.context import current_lm
 from aprompt.program.discovery import named_predictors
 from aprompt.program.predictor import Predict
@@ -53,8 +54,9 @@ __all__ = ["RayExecutor", "WorkerLostError"]
 
 
 class WorkerLostError(OptimizationError):
-    """A program run was lost: the Ray worker running it died more often than ``retries`` allows (or
-    the cluster went away). The run is never scored; with a ``run_dir``, calling again resumes."""
+    """A program run was lost: the Ray worker running it, or the relay actor carrying its LM calls, died
+    more often than ``retries`` allows (or the cluster went away). The run is never scored; with a
+    ``run_dir``, calling again (with this executor, or a new one) resumes."""
 
 
 @attrs.define
@@ -123,6 +125,7 @@ class RayExecutor:
         self._started_ray = False
         self._workers: list[Worker] = []
         self._relay: Any = None
+        self._relay_lock: anyio.Lock | None = None
         self._slots: anyio.CapacityLimiter | None = None
         self._lms = LMTable()
         self._shipped: dict[int, _Shipped] = {}
@@ -132,6 +135,7 @@ class RayExecutor:
     async def __aenter__(self) -> RayExecutor:
         await anyio.to_thread.run_sync(self._start)
         self._slots = anyio.CapacityLimiter(len(self._workers) * self.runs_per_worker)
+        self._relay_lock = anyio.Lock()
         return self
 
     async def __aexit__(
@@ -199,39 +203,118 @@ class RayExecutor:
         run_id = next(self._ids)
         async with self._slots:
             worker = min(workers, key=lambda w: w.busy)
-            try:
-                ref = worker.handle.run.remote(
-                    shipped.box, shipped.key, self._relay, run_id, remote, own_lms, settings
-                )
-            except TypeError as exc:  # Ray pickles the run here
-                raise ConfigError(
-                    f"the program run of example {run.example_id!r} cannot be sent to a Ray worker: its "
-                    f"inputs or demos cannot be pickled ({gist(exc, last=False):.300})"
-                ) from exc
             worker.busy += 1
             try:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self._serve, relay, run_id, group)
-                    relayed = await _result(ref, program_run=run.example_id)
-                    group.cancel_scope.cancel()
-            except BaseException:
-                ray.cancel(ref)  # frees the worker: this run was cancelled, or a sibling failed
-                raise
+                for attempt in itertools.count(1):
+                    relay_actor = self._relay
+                    try:
+                        relayed = await self._attempt(
+                            worker, relay_actor, relay, run_id, run, shipped, remote, own_lms, settings
+                        )
+                        break
+                    except RelayLost:
+                        # Its LM calls failed for no fault of the program: a new relay serves this run's
+                        # next attempt and every later run (the LM calls made stay counted).
+                        await self._replace_relay(relay_actor)
+                        if attempt > self.retries:
+                            raise WorkerLostError(
+                                f"the program run of example {run.example_id!r} was lost: the Ray actor "
+                                f"relaying its LM calls died {attempt} time(s) (retries={self.retries}); it "
+                                "is replaced, so calling again with this executor (and the same run_dir) "
+                                "resumes"
+                            ) from None
             finally:
                 worker.busy -= 1
-                self._relay.close.remote(run_id)
         return relay.outcome(relayed, dict(shipped.predictors))
 
-    async def _serve(self, relay: RunRelay, run_id: int, group: anyio.abc.TaskGroup) -> None:
+    async def _attempt(
+        self,
+        worker: Worker,
+        relay_actor: Any,
+        relay: RunRelay,
+        run_id: int,
+        run: ProgramRun,
+        shipped: _Shipped,
+        remote: ProgramRun,
+        own_lms: Mapping[str, Any],
+        settings: Mapping[str, Any],
+    ) -> RelayedOutcome:
+        """One attempt of a run on ``worker``, its LM calls served through ``relay_actor``.
+
+        Raises:
+            RelayLost: the relay actor died: the attempt is void, whatever the program made of it.
+        """
+        try:
+            ref = worker.handle.run.remote(
+                shipped.box, shipped.key, relay_actor, run_id, remote, own_lms, settings
+            )
+        except TypeError as exc:  # Ray pickles the run here
+            raise ConfigError(
+                f"the program run of example {run.example_id!r} cannot be sent to a Ray worker: its "
+                f"inputs or demos cannot be pickled ({gist(exc, last=False):.300})"
+            ) from exc
+        relayed: RelayedOutcome | None = None
+        lost = False
+
+        async def serve() -> None:
+            nonlocal lost
+            try:
+                await self._serve(relay_actor, relay, run_id, group)
+            except RelayLost:
+                lost = True
+                group.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(serve)
+                try:
+                    relayed = await _result(ref, program_run=run.example_id)
+                except RelayLost:
+                    lost = True
+                group.cancel_scope.cancel()
+        except BaseException:
+            ray.cancel(ref)  # frees the worker: this run was cancelled, or a sibling failed
+            raise
+        finally:
+            relay_actor.close.remote(run_id)
+        if lost or relayed is None:
+            ray.cancel(ref)
+            raise RelayLost("the relay actor died")
+        return relayed
+
+    async def _replace_relay(self, dead: Any) -> None:
+        """Start a relay in place of ``dead`` (unless a sibling run did already).
+
+        Raises:
+            WorkerLostError: the new relay did not start (the cluster went away).
+        """
+        assert self._relay_lock is not None
+        async with self._relay_lock:
+            if self._relay is not dead:
+                return
+            fresh = start_relay()
+            try:
+                await _result(fresh.ping.remote())
+            except RelayLost as exc:
+                raise WorkerLostError(
+                    "the Ray actor relaying the runs' LM calls died and a new one could not start (the "
+                    f"cluster went away?): {exc}"
+                ) from None
+            ray.kill(dead)
+            self._relay = fresh
+
+    async def _serve(
+        self, relay_actor: Any, relay: RunRelay, run_id: int, group: anyio.abc.TaskGroup
+    ) -> None:
         """Take the run's LM requests from the relay actor and answer each in its own task."""
         while True:
-            requests: list[tuple[int, LMRequest]] = await _result(self._relay.take.remote(run_id, 5.0))
+            requests: list[tuple[int, LMRequest]] = await _result(relay_actor.take.remote(run_id, 5.0))
             for request_id, request in requests:
-                group.start_soon(self._answer, relay, request_id, request)
+                group.start_soon(self._answer, relay_actor, relay, request_id, request)
 
-    async def _answer(self, relay: RunRelay, request_id: int, request: LMRequest) -> None:
+    async def _answer(self, relay_actor: Any, relay: RunRelay, request_id: int, request: LMRequest) -> None:
         reply = await relay.answer(request)
-        self._relay.answer.remote(request_id, reply)
+        relay_actor.answer.remote(request_id, reply)
 
     def _ship(self, program: object) -> _Shipped:
         shipped = self._shipped.get(id(program))
@@ -279,13 +362,17 @@ async def _result(ref: Any, *, program_run: str | None = None) -> Any:
     try:
         return future.result()
     except _LOST as exc:
-        where = f"program run of example {program_run!r}" if program_run else "relay"
+        if program_run is None:  # a call of the relay actor
+            raise RelayLost(f"the relay actor died ({type(exc).__name__})") from exc
         raise WorkerLostError(
-            f"the {where} was lost: its Ray worker, node or stored object died ({type(exc).__name__})"
+            f"the program run of example {program_run!r} was lost: its Ray worker, node or stored object "
+            f"died ({type(exc).__name__})"
         ) from exc
     except ray.exceptions.RayTaskError as exc:
         if program_run is None:
             raise
+        if isinstance(exc.cause, RelayLost):  # the worker found the relay dead: the attempt is void
+            raise RelayLost(str(exc.cause)) from exc
         # The worker could not take the run (its inputs or demos name a module it cannot import): every
         # run like it fails alike, a setup fault, not Ray's own error.
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc

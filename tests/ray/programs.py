@@ -104,3 +104,17 @@ class FallbackProgram:
             return await self.answer(question=question)
         except ContentFilteredError as refused:
             return Prediction({"answer": f"refused ({refused.finish_reason})"})
+
+
+class CatchingProgram:
+    """One predictor; any exception of its call is answered ``fallback``: a program that would turn a failed
+    LM call into an answer of its own."""
+
+    def __init__(self) -> None:
+        self.answer = Predict("question -> answer", instruction="Answer the question.")
+
+    async def __call__(self, question: str) -> Prediction:
+        try:
+            return await self.answer(question=question)
+        except Exception:
+            return Prediction({"answer": "fallback"})

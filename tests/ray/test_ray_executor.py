@@ -21,6 +21,9 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'aprompt[ray]')")
 
+import ray
+
+import aprompt
 from aprompt import (
     ConfigError,
     Example,
@@ -32,10 +35,12 @@ from aprompt import (
 )
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt.executors import RayExecutor
+from aprompt.executors.ray_executor import WorkerLostError
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault, ServerRateLimit
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import (
+    SMALL_BUDGET,
     QAProgram,
     answers,
     exact_match,
@@ -48,10 +53,12 @@ from tests.optimize.qa_task import (
     system_of,
 )
 from tests.optimize.test_undiscovered_predictors import CallsAHiddenPredictor
+from tests.optimize.world import TwoStageProgram, World, examples, metric
 from tests.ray.programs import (
     ANSWER,
     CHECK,
     DRAFT,
+    CatchingProgram,
     FallbackProgram,
     LazyAnswerProgram,
     PausingProgram,
@@ -182,6 +189,76 @@ async def test_a_killed_worker_process_costs_a_retry_of_its_runs_never_a_wrong_s
     assert [name.split("-")[1] for name in marks(tmp_path, "attempt-")] == ["0", "1"]  # one retry
     assert evaluation.scores == {f"q{i}": 0.0 if i % 3 == 0 else 1.0 for i in range(1, 9)}
     assert [r.error for r in evaluation.results] == [None] * 8
+
+
+async def test_a_killed_relay_actor_is_replaced_and_its_runs_sent_again_never_scored(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    killed: list[object] = []
+
+    def kill_the_relay_on_item_2(request: Any) -> str:
+        if "item-2?" in request.last_user and not killed:
+            killed.append(executor._relay)
+            ray.kill(executor._relay)  # while the run waits for this reply
+        return answers(request)
+
+    fake_server.responder = kill_the_relay_on_item_2
+    expected = {f"q{i}": 0.0 if i % 3 == 0 else 1.0 for i in range(1, 9)}
+    async with lm_for(fake_server) as lm:
+        with anyio.fail_after(60):
+            # A program that answers "fallback" when its LM call fails: the lost reply is never its answer.
+            during = await evaluate(
+                CatchingProgram(), qa_examples(1, 9), exact_match, lm=lm, executor=executor
+            )
+            ray.kill(executor._relay)  # between evaluations, too
+            after = await evaluate(
+                CatchingProgram(), qa_examples(1, 9), exact_match, lm=lm, executor=executor
+            )
+    assert killed and executor._relay is not killed[0]
+    for evaluation in (during, after):
+        assert evaluation.scores == expected
+        assert [r.prediction.answer for r in evaluation.results if r.prediction.answer == "fallback"] == []
+
+
+async def optimize_on_ray(
+    server: FakeOpenAIServer, executor: RayExecutor, run_dir: Path
+) -> aprompt.OptimizeResult:
+    async with lm_for(server) as lm:
+        return await aprompt.optimize(
+            TwoStageProgram(),
+            examples(0, 60),
+            metric,
+            valset=examples(200, 230),
+            lm=lm,
+            budget=SMALL_BUDGET,
+            seed=3,
+            run_dir=run_dir,
+            executor=executor,
+        )
+
+
+async def test_a_run_stopped_by_a_lost_relay_resumes_with_the_same_executor(tmp_path: Path) -> None:
+    here, _ = await optimize_in_world(seed=3, run_dir=tmp_path / "here")
+    world = World()
+    async with (
+        RayExecutor(workers=2, retries=0) as executor,
+        FakeOpenAIServer(responder=world, api_key=TEST_API_KEY) as server,
+    ):
+
+        def kill_the_relay_once(request: Any) -> str:
+            if len(server.chat_requests) == 120:
+                ray.kill(executor._relay)
+            return str(world(request))
+
+        server.responder = kill_the_relay_once
+        with pytest.raises(WorkerLostError, match="calling again with this executor"):
+            await optimize_on_ray(server, executor, tmp_path / "run")
+        server.responder = world
+        resumed = await optimize_on_ray(server, executor, tmp_path / "run")
+    assert resumed.score == here.score and program_state(resumed.program) == program_state(here.program)
+    assert [(t.number, t.choice, t.scores) for t in resumed.trials] == [
+        (t.number, t.choice, t.scores) for t in here.trials
+    ]
 
 
 async def test_cancelling_an_evaluation_cancels_its_runs_on_the_workers(
