@@ -21,7 +21,16 @@ try:
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     ray = None  # type: ignore[assignment]
 
-__all__ = ["RayActors", "Worker", "gist", "kill_actors", "release_ray", "start_actors", "start_relay"]
+__all__ = [
+    "RayActors",
+    "Worker",
+    "gist",
+    "kill_actors",
+    "release_ray",
+    "start_actors",
+    "start_relay",
+    "start_worker",
+]
 
 
 @attrs.define
@@ -79,15 +88,8 @@ def start_actors(
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         n = workers or max(1, int(resources.get("CPU", 1)))
         relay = start_relay()
-        worker_class = ray.remote(_WorkerActor)
-        options = {
-            "max_restarts": -1,
-            "max_task_retries": retries,
-            "max_concurrency": runs_per_worker,
-            **worker_options,
-        }
         try:
-            started = [Worker(worker_class.options(**options).remote()) for _ in range(n)]
+            started = [Worker(start_worker(worker_options, retries, runs_per_worker)) for _ in range(n)]
         except (TypeError, ValueError) as exc:  # Ray checks the options here
             raise ConfigError(f"Ray refused worker_options: {exc}") from exc
         ready = [w.handle.pid.remote() for w in started] + [relay.ping.remote()]
@@ -113,6 +115,21 @@ def start_actors(
             release_ray()
         raise
     return RayActors(started, relay, started_ray)
+
+
+def start_worker(worker_options: Mapping[str, Any], retries: int, runs_per_worker: int) -> Any:
+    """A new worker actor (restarted by Ray when its process dies); its handle.
+
+    Raises:
+        TypeError, ValueError: Ray refused ``worker_options``.
+    """
+    options = {
+        "max_restarts": -1,
+        "max_task_retries": retries,
+        "max_concurrency": runs_per_worker,
+        **worker_options,
+    }
+    return ray.remote(_WorkerActor).options(**options).remote()
 
 
 def start_relay() -> Any:

@@ -36,7 +36,15 @@ import attrs
 import sniffio
 
 from aprompt._errors import ConfigError, OptimizationError
-from aprompt.executors._ray_cluster import Worker, gist, kill_actors, release_ray, start_actors, start_relay
+from aprompt.executors._ray_cluster import (
+    Worker,
+    gist,
+    kill_actors,
+    release_ray,
+    start_actors,
+    start_relay,
+    start_worker,
+)
 from aprompt.executors._ray_relay import RelayLost, dump_program
 from aprompt.executors.base import ProgramOutcome, ProgramRun
 from aprompt.executors.relay import LMRequest, LMTable, RelayedOutcome, RunRelay, predictor_settings
@@ -223,6 +231,9 @@ class RayExecutor:
                                 "is replaced, so calling again with this executor (and the same run_dir) "
                                 "resumes"
                             ) from None
+            except WorkerLostError:
+                await self._replace_if_dead(worker)
+                raise
             finally:
                 worker.busy -= 1
         return relay.outcome(relayed, dict(shipped.predictors))
@@ -255,6 +266,7 @@ class RayExecutor:
             ) from exc
         relayed: RelayedOutcome | None = None
         lost = False
+        worker_lost: WorkerLostError | None = None
 
         async def serve() -> None:
             nonlocal lost
@@ -271,12 +283,16 @@ class RayExecutor:
                     relayed = await _result(ref, program_run=run.example_id)
                 except RelayLost:
                     lost = True
+                except WorkerLostError as exc:
+                    worker_lost = exc  # raised as itself, not in the group's ExceptionGroup
                 group.cancel_scope.cancel()
         except BaseException:
             ray.cancel(ref)  # frees the worker: this run was cancelled, or a sibling failed
             raise
         finally:
             relay_actor.close.remote(run_id)
+        if worker_lost is not None:
+            raise worker_lost
         if lost or relayed is None:
             ray.cancel(ref)
             raise RelayLost("the relay actor died")
@@ -302,6 +318,18 @@ class RayExecutor:
                 ) from None
             ray.kill(dead)
             self._relay = fresh
+
+    async def _replace_if_dead(self, worker: Worker) -> None:
+        """Start a worker actor in place of ``worker`` if it is dead for good (killed, or out of restarts),
+        so that calling again with this executor resumes; one Ray restarts (or is busy) is left as it is."""
+        dead = worker.handle
+        with anyio.move_on_after(10, shield=True):  # done even as the evaluation stops on this error
+            try:
+                await _result(dead.pid.remote(), program_run="(a check of its worker)")
+            except WorkerLostError:
+                if worker.handle is dead:  # not replaced by a sibling run that found it dead too
+                    worker.handle = start_worker(self._worker_options, self.retries, self.runs_per_worker)
+                    ray.kill(dead)
 
     async def _serve(
         self, relay_actor: Any, relay: RunRelay, run_id: int, group: anyio.abc.TaskGroup

@@ -220,6 +220,20 @@ async def test_a_killed_relay_actor_is_replaced_and_its_runs_sent_again_never_sc
         assert [r.prediction.answer for r in evaluation.results if r.prediction.answer == "fallback"] == []
 
 
+async def test_a_worker_actor_dead_for_good_is_replaced_so_calling_again_resumes(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    ray.kill(executor._workers[0].handle)  # no restart: Ray gives this actor up
+    async with lm_for(fake_server) as lm:
+        with anyio.fail_after(60):
+            with pytest.raises(WorkerLostError, match="was lost"):
+                await evaluate(QAProgram(), qa_examples(1, 5), exact_match, lm=lm, executor=executor)
+            evaluation = await evaluate(QAProgram(), qa_examples(1, 5), exact_match, lm=lm, executor=executor)
+    assert evaluation.scores == {"q1": 1.0, "q2": 1.0, "q3": 0.0, "q4": 1.0}
+    assert len(set(executor.worker_pids())) == 2
+
+
 async def optimize_on_ray(
     server: FakeOpenAIServer, executor: RayExecutor, run_dir: Path
 ) -> aprompt.OptimizeResult:
