@@ -138,6 +138,8 @@ class HTTPChatLM(abc.ABC):
                 f"endpoint_cooldown must be a number of seconds >= 0, got {endpoint_cooldown!r}"
             )
         self._model = model
+        # Cache keys' namespace: the protocol's, or one a server's settings extend (see LocalLM).
+        self._cache_namespace = self.cache_namespace
         setup = set_up_endpoints(
             endpoints,
             api_key=api_key,
@@ -342,7 +344,7 @@ class HTTPChatLM(abc.ABC):
                         messages=messages,
                         params=self._keyed_params(request_params, sent),
                         rollout=rollout,
-                        namespace=self.cache_namespace,
+                        namespace=self._cache_namespace,
                     )
                     if cache is None:
                         cache, key = replay_key(key, self.endpoints)

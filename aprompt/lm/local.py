@@ -36,6 +36,8 @@ LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 #: long optimization grow the process by gigabytes (3.2 GB RSS 17 minutes into one bench run); 2 GiB holds
 #: ~90k tokens of this model's states, far more than a run's distinct prompt prefixes.
 DEFAULT_CACHE_RAM_MIB = 2048
+#: Context tokens per server slot unless told otherwise.
+DEFAULT_CTX_PER_SLOT = 2048
 
 
 def find_local_model(path: str | os.PathLike[str] | None = None) -> Path:
@@ -168,7 +170,7 @@ class LocalLM:
         model_path: str | os.PathLike[str] | None = None,
         *,
         n_parallel: int = 4,
-        ctx_per_slot: int = 2048,
+        ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
         n_threads: int | None = None,
         cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
         **client_options: Any,
@@ -200,6 +202,19 @@ class LocalLM:
 
     def __repr__(self) -> str:
         return f"LocalLM(model_path={str(self._model_path)!r}, n_parallel={self._n_parallel})"
+
+    @property
+    def cache_namespace(self) -> str:
+        """What the client's cache keys hold besides the request: the server settings that change a reply.
+
+        Only the slot's context does: a prompt over it is refused, and a reply reaching it is cut there.
+        The slot count, threads and prompt cache change how fast a reply comes; what else batching a
+        request with others' may change varies with the load, call by call, not with a setting. The default
+        context adds nothing, so the entries written before the context was keyed still answer it;
+        another context keys its replies apart from the default's and from each other's."""
+        if self._ctx_per_slot == DEFAULT_CTX_PER_SLOT:
+            return OpenAICompatibleLM.cache_namespace
+        return f"{OpenAICompatibleLM.cache_namespace}llama.cpp ctx_per_slot={self._ctx_per_slot}"
 
     @property
     def base_url(self) -> str | None:
@@ -270,6 +285,7 @@ class LocalLM:
                 api_key="",
                 **options,
             )
+            self._client._cache_namespace = self.cache_namespace
         except BaseException:
             await self._stop()
             raise

@@ -11,11 +11,12 @@ import anyio
 import httpx
 import pytest
 
-from aprompt._errors import ConfigError, ModelNotFoundError
+from aprompt._errors import ConfigError, ContextOverflowError, ModelNotFoundError
 from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.local import (
     DEFAULT_CACHE_RAM_MIB,
+    DEFAULT_CTX_PER_SLOT,
     INSTALL_MODEL_COMMAND,
     LOCAL_MODEL_NAME,
     MODEL_ENV_VAR,
@@ -178,6 +179,34 @@ async def test_another_model_file_never_gets_the_cached_replies_of_the_embedded_
     assert (embedded.cached, from_other.cached) == (False, False)
     # The embedded model keeps its name (and the caches written with it); another file is named by its own.
     assert embedded_name == LOCAL_MODEL_NAME and re.fullmatch(r"other-model\.Q4_1-[0-9a-f]{8}", other_name)
+
+
+@pytest.mark.local_model
+@pytest.mark.anyio
+async def test_a_reply_cached_under_one_slot_context_never_answers_a_server_of_another(
+    tmp_path: Path,
+) -> None:
+    # A prompt of ~520 tokens: answered by slots of 1024 tokens, refused by slots of 256. A cache filled
+    # under 1024 replayed its reply to a server that would have refused the request.
+    prompt = [{"role": "user", "content": " ".join(f"item{i}" for i in range(150))}]
+    with ResponseCache.in_directory(tmp_path / "cache") as cache, accepting_cut_replies(lambda text: True):
+        async with LocalLM(n_parallel=1, ctx_per_slot=1024, cache=cache) as lm:
+            assert not (await lm.chat(prompt, max_tokens=1, temperature=0)).cached
+        async with LocalLM(n_parallel=1, ctx_per_slot=256, cache=cache) as lm:
+            with pytest.raises(ContextOverflowError):
+                await lm.chat(prompt, max_tokens=1, temperature=0)
+        async with LocalLM(n_parallel=1, ctx_per_slot=1024, cache=cache) as lm:
+            assert (await lm.chat(prompt, max_tokens=1, temperature=0)).cached  # its own setting's reply
+
+
+def test_the_default_slot_context_keeps_the_cache_keys_written_before_it_was_keyed() -> None:
+    # Only a reply from slots of another size may differ: the default's entries stay valid.
+    assert LocalLM().cache_namespace == ""
+    assert (
+        LocalLM(ctx_per_slot=DEFAULT_CTX_PER_SLOT, n_parallel=8, n_threads=2, cache_ram_mib=0).cache_namespace
+        == ""
+    )
+    assert LocalLM(ctx_per_slot=4096).cache_namespace != LocalLM(ctx_per_slot=1024).cache_namespace != ""
 
 
 def test_two_model_files_of_one_name_are_two_models(tmp_path: Path) -> None:
