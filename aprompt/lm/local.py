@@ -15,16 +15,14 @@ import gc
 import hashlib
 import importlib.util
 import inspect
-import json
 import os
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from aprompt._errors import ConfigError, ModelNotFoundError
+from aprompt.lm._local_shutdown import cut_connections, finish_requests_in_flight
 from aprompt.lm.openai import OpenAICompatibleLM
 
 MODEL_ENV_VAR = "APROMPT_LOCAL_MODEL"
@@ -303,37 +301,17 @@ class LocalLM:
             if server is not None:
                 address = server.listening_address
 
-                # xllamacpp stops its HTTP loop when the Server object is destroyed.
+                # xllamacpp stops its HTTP loop when the Server object is destroyed, and hangs for good if a
+                # request is still in flight then: those sent after leaving began are cut first.
                 def shutdown() -> None:
                     nonlocal server
-                    _wait_until_idle(address)
+                    finish_requests_in_flight(address)
+                    cut_connections(address)
                     server = None
                     gc.collect()
 
                 await anyio.to_thread.run_sync(shutdown)
             self._entered = False
-
-
-#: Seconds between two looks at the server's slots while it finishes the requests in flight.
-_IDLE_POLL_SECONDS = 0.05
-
-
-def _wait_until_idle(address: str) -> None:
-    """Block until no slot of the server at ``address`` is decoding. Destroying an xllamacpp server while
-    a request is in flight (one sent by a task outside the ``async with``, or by another program) hangs
-    the destructor for good: the request waits on a decoding loop that the shutdown has stopped. Every
-    request ends by itself within its token budget, so the wait is bounded by the longest in flight."""
-    # No proxy: the server is on loopback, whatever the environment says.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    while True:
-        try:
-            with opener.open(f"{address}/slots", timeout=5) as answer:
-                slots = json.load(answer)
-        except (OSError, ValueError):  # no slots to read: nothing to wait for
-            return
-        if not any(isinstance(slot, dict) and slot.get("is_processing") for slot in slots):
-            return
-        time.sleep(_IDLE_POLL_SECONDS)
 
 
 def local_lm(model_path: str | os.PathLike[str] | None = None, **options: Any) -> LocalLM:

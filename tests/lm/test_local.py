@@ -147,6 +147,51 @@ def test_leaving_while_another_task_has_a_request_in_flight_stops_the_server() -
     assert done.stdout.split() == ["answered", "True", "left"]
 
 
+#: Leaves a LocalLM while another client of its server (as another program would be) keeps its one slot
+#: busy, request after request; then says how long leaving took and how that client's last request went.
+_LEAVE_WHILE_ANOTHER_CLIENT_KEEPS_THE_SLOTS_BUSY = """
+import time, anyio, httpx, aprompt
+
+async def main():
+    local = aprompt.local_lm(n_parallel=1, ctx_per_slot=512)
+    async with anyio.create_task_group() as group:
+        async with local as lm:
+            url = local.base_url + "/chat/completions"
+            async def other():
+                body = {"model": "m", "max_tokens": 64,
+                        "messages": [{"role": "user", "content": "Tell a story."}]}
+                async with httpx.AsyncClient(timeout=120) as client:
+                    while True:
+                        try:
+                            await client.post(url, json=body)
+                        except httpx.HTTPError as error:
+                            print("other", type(error).__name__, flush=True)
+                            return
+            group.start_soon(other)
+            await anyio.sleep(1)
+            started = time.monotonic()
+        print("left", round(time.monotonic() - started), flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.local_model
+def test_leaving_while_another_client_keeps_the_slots_busy_ends_in_bounded_time() -> None:
+    # Leaving waited for the slots to go idle, which they never did while another client kept sending.
+    done = subprocess.run(
+        [sys.executable, "-c", _LEAVE_WHILE_ANOTHER_CLIENT_KEEPS_THE_SLOTS_BUSY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    other, left = done.stdout.splitlines()
+    # Its request in flight when leaving began ends; the next one fails (closed without a reply).
+    assert other.startswith("other ") and other != "other ReadTimeout"
+    assert left.startswith("left ") and int(left.split()[1]) <= 30
+
+
 @pytest.mark.local_model
 @pytest.mark.anyio
 async def test_a_sampled_reply_repeats_for_its_rollout() -> None:
