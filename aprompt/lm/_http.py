@@ -243,6 +243,14 @@ class HTTPChatLM(abc.ABC):
         return self._model
 
     @property
+    def server_settings(self) -> str | None:
+        """The server's settings that change its replies, as the cache keys hold them beside the protocol
+        (a local server's slot context), or None: part of a run's identity, so that a run resumed on a
+        server that would answer otherwise is refused."""
+        own = self._cache_namespace
+        return None if own == type(self).cache_namespace else own
+
+    @property
     def usage(self) -> UsageSnapshot:
         """Counters since creation (see :class:`~aprompt.lm.usage.UsageSnapshot`); cheap to read."""
         return self._usage.snapshot()

@@ -83,7 +83,8 @@ def _default_params(lm: Any) -> Any:
 
 def lm_identity(role: str, lm: Any) -> dict[str, Any]:
     """The keys telling ``lm`` in ``role`` apart: its type, model, endpoint URLs (when it has
-    ``endpoints``) and a digest of its default sampling parameters (when it has them). Works for any
+    ``endpoints``), a digest of its default sampling parameters (when it has them) and the server
+    settings that change its replies (when it states some: ``server_settings``). Works for any
     object with the :class:`~aprompt.lm.types.LM` protocol; never reads a key or a header."""
     if lm is None:
         return {role: None}
@@ -91,7 +92,7 @@ def lm_identity(role: str, lm: Any) -> dict[str, Any]:
     if isinstance(endpoints, str):
         endpoints = [endpoints]
     params = _default_params(lm)
-    return {
+    found = {
         f"{role} (type)": qualified_name(type(lm)),
         f"{role} (model)": str(getattr(lm, "model", "")),
         f"{role} (endpoints)": (
@@ -99,6 +100,12 @@ def lm_identity(role: str, lm: Any) -> dict[str, Any]:
         ),
         f"{role} (default params)": None if params is None else digest(params),
     }
+    # Only where a server's settings change its replies (a local server's slot context): a key absent
+    # from a journal reads as None, so the journals of every other LM still resume.
+    settings = getattr(lm, "server_settings", None)
+    if isinstance(settings, str):
+        found[f"{role} (server settings)"] = settings
+    return found
 
 
 def predictor_identity(predictor: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from aprompt.lm.local import (
     find_local_model,
     local_model_name,
 )
+from aprompt.run.identity import differences, lm_identity
 
 
 def test_find_local_model_uses_the_installed_package() -> None:
@@ -242,6 +243,20 @@ async def test_a_reply_cached_under_one_slot_context_never_answers_a_server_of_a
                 await lm.chat(prompt, max_tokens=1, temperature=0)
         async with LocalLM(n_parallel=1, ctx_per_slot=1024, cache=cache) as lm:
             assert (await lm.chat(prompt, max_tokens=1, temperature=0)).cached  # its own setting's reply
+
+
+@pytest.mark.local_model
+@pytest.mark.anyio
+async def test_a_run_on_slots_of_another_context_is_another_run() -> None:
+    # Its journal's trials were scored by a server that answers otherwise: resumed, they would stand for
+    # this one's. The default context adds nothing, so the journals written before it was recorded resume.
+    identities = []
+    for ctx in (DEFAULT_CTX_PER_SLOT, 1024):
+        async with LocalLM(n_parallel=1, ctx_per_slot=ctx) as lm:
+            identities.append(lm_identity("lm", lm))
+    default, smaller = identities
+    assert "lm (server settings)" not in default
+    assert differences(default, smaller) == ["lm (server settings)"]
 
 
 def test_the_default_slot_context_keeps_the_cache_keys_written_before_it_was_keyed() -> None:
