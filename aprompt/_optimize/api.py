@@ -288,6 +288,7 @@ async def optimize(
         metric=metric,
         metric_settings=metric_identity,
         program=program,
+        journal_format=chosen.journal_format,
     )
     # The plain values the program holds as the run begins: those the run itself changes are no
     # settings, and a resume of the same object in this process must fingerprint them as they were.

@@ -12,7 +12,7 @@ from typing import Any
 from aprompt._errors import ConfigError, JournalError
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.cache._run_caches import lending
-from aprompt.run.identity import VERSION_KEY, differences
+from aprompt.run.identity import JOURNAL_FORMAT_KEY, VERSION_KEY, differences
 from aprompt.run.identity import run_fingerprint as run_fingerprint
 from aprompt.run.journal import RunJournal
 from aprompt.run.lock import RunDirLock
@@ -54,7 +54,12 @@ def check_fingerprint(journal: RunJournal, fingerprint: Mapping[str, Any], resum
             "not record all that decides a run's result (examples' content, LMs, metric); "
             "use another run_dir, or resume=False to start over"
         )
-    differs = differences(stored, fingerprint)
+    _check_journal_format(journal, stored, fingerprint)
+    # The format is checked above (a journal written before it was recorded has none, and is format 1).
+    differs = differences(
+        {k: v for k, v in stored.items() if k != JOURNAL_FORMAT_KEY},
+        {k: v for k, v in fingerprint.items() if k != JOURNAL_FORMAT_KEY},
+    )
     if differs:
         raise ConfigError(
             f"run_dir {journal.path.parent} holds a run with a different config (differs in: "
@@ -62,6 +67,23 @@ def check_fingerprint(journal: RunJournal, fingerprint: Mapping[str, Any], resum
             f"{_parallel_trials_hint(stored, fingerprint)}"
         )
     return False
+
+
+def _check_journal_format(journal: RunJournal, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Refuse a journal its strategy wrote in another format than this aprompt's: its records would
+    replay as another run's (a resume fails on them, or mixes them in), though the inputs are the same."""
+    strategy = current.get("strategy")
+    if stored.get("strategy") != strategy:
+        return  # another strategy: a different run, told as such
+    was, now = stored.get(JOURNAL_FORMAT_KEY, 1), current.get(JOURNAL_FORMAT_KEY, 1)
+    if was != now:
+        age = "an older" if isinstance(was, int) and isinstance(now, int) and was < now else "another"
+        raise ConfigError(
+            f"run_dir {journal.path.parent} holds a {strategy} run journaled in format {was} (by {age} "
+            f"aprompt), this aprompt journals {strategy} in format {now} and cannot resume it; use "
+            f"another run_dir, resume=False to start over in this one, or the aprompt that wrote it to "
+            "resume it"
+        )
 
 
 def _parallel_trials_hint(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:

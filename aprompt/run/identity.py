@@ -31,6 +31,7 @@ from aprompt.run._value_identity import (
 
 __all__ = [
     "IDENTITY_VERSION",
+    "JOURNAL_FORMAT_KEY",
     "VERSION_KEY",
     "callable_identity",
     "differences",
@@ -54,6 +55,8 @@ __all__ = [
 #: program (its ``forward``, or a bound method).
 IDENTITY_VERSION = 5
 VERSION_KEY = "identity"
+#: The strategy's journal format (``Strategy.journal_format``); a journal without it was written in 1.
+JOURNAL_FORMAT_KEY = "journal format"
 
 
 def _endpoint_identity(url: str) -> str:
@@ -145,6 +148,7 @@ def run_fingerprint(
     metric: Any,
     metric_settings: str | None = None,
     program: Any = None,
+    journal_format: int = 1,
 ) -> dict[str, Any]:
     """What makes two runs the same run: a resumed run must match it exactly, key by key.
 
@@ -160,6 +164,7 @@ def run_fingerprint(
     fingerprint: dict[str, Any] = {
         VERSION_KEY: IDENTITY_VERSION,
         "strategy": strategy,
+        JOURNAL_FORMAT_KEY: journal_format,
         "seed": seed,
         "budget": attrs.asdict(budget),
         "grounding": attrs.asdict(grounding),

@@ -276,6 +276,41 @@ async def test_a_journal_of_an_older_identity_is_refused(server: FakeOpenAIServe
     assert server.chat_requests == []
 
 
+def journaled_before_formats(run_dir: Path) -> int:
+    """Make ``run_dir``'s journal one an aprompt wrote before it recorded journal formats (its config
+    without the key); returns how many trials it holds."""
+    with RunJournal.open(run_dir) as journal:
+        config = dict(journal.latest("config"))
+        del config["journal format"]
+        journal.append("config", config)
+        return len(journal.records("trial"))
+
+
+async def test_a_journal_of_an_older_strategy_format_is_refused_by_its_format(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # module_opro's format 1 ran other rounds under the same inputs: its records are not this run's.
+    await run(server, tmp_path / "opro", strategy="module_opro")
+    kept = journaled_before_formats(tmp_path / "opro")
+    server.reset_records()
+    with pytest.raises(aprompt.ConfigError) as refused:
+        await run(server, tmp_path / "opro", strategy="module_opro")
+    message = str(refused.value)
+    assert "module_opro run journaled in format 1" in message
+    assert "journals module_opro in format 2" in message
+    assert "another run_dir" in message and "the aprompt that wrote it" in message
+    assert "different" not in message
+    assert server.chat_requests == []
+    with RunJournal.open(tmp_path / "opro") as journal:
+        assert kept > 0 and len(journal.records("trial")) == kept, "nothing is cleared"
+    # A strategy whose format is still 1 resumes such a journal, paying for nothing again.
+    first = await run(server, tmp_path / "mipro")
+    journaled_before_formats(tmp_path / "mipro")
+    server.reset_records()
+    again = await run(server, tmp_path / "mipro")
+    assert server.chat_requests == [] and again.best_choice == first.best_choice
+
+
 async def test_resume_false_starts_a_refused_run_over(server: FakeOpenAIServer, tmp_path: Path) -> None:
     await run(server, tmp_path)
     await refusal(server, tmp_path, lm={"model": "world-v2"})

@@ -98,9 +98,12 @@ class Strategy(ABC):
     Attributes:
         name: the key it is registered and journaled under; part of a run's identity, so a resumed run
             must use a strategy of the same name.
+        journal_format: the version of what it journals and how a resumed run replays it; raised when
+            that changes, so a run_dir journaled in another format is refused by name, never replayed.
     """
 
     name: str
+    journal_format: int = 1
 
     @abstractmethod
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:

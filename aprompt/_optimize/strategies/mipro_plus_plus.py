@@ -55,6 +55,8 @@ class MiproPlusPlus(Strategy):
     """
 
     name = "mipro_plus_plus"
+    #: 2: proposals show only the grounding pieces the run's ``grounding=`` shows (1 showed them all).
+    journal_format = 2
 
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
         # The space is larger than MIPRO's (grounding and temperature too): twice the derived trials,

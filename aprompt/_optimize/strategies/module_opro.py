@@ -28,6 +28,8 @@ class ModuleOpro(Strategy):
     are the budget's ``n_trials``, else one per candidate ``n_candidates`` asks for beyond the original."""
 
     name = "module_opro"
+    #: 2: the budget's ``n_trials`` rounds (1 ran ``n_candidates - 1``, its records another run's).
+    journal_format = 2
 
     def plan(self, budget: Budget, n_predictors: int, n_train: int, n_val: int) -> StrategyPlan:
         # One round per proposed candidate, unless the budget names its own trial count.
