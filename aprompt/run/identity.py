@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from aprompt.run._metric_judges import is_predictor, metric_judges
 from aprompt.run._value_identity import (
     callable_identity,
     digest,
@@ -36,6 +37,7 @@ __all__ = [
     "callable_identity",
     "differences",
     "digest",
+    "judge_identity",
     "lm_identity",
     "note_program_run",
     "plain_settings",
@@ -53,6 +55,8 @@ __all__ = [
 #: form by their content (an array's bytes, an object's attributes) rather than their text.
 #: 5: the plain values a program object holds (``self.k = 3``), and the class of a method run as the
 #: program (its ``forward``, or a bound method).
+#: The metric's judges (``metric judge``) need no bump: the key is None for a metric that asks none, so a
+#: journal of such a run, which lacks it, still matches.
 IDENTITY_VERSION = 5
 VERSION_KEY = "identity"
 #: The strategy's journal format (``Strategy.journal_format``); a journal without it was written in 1.
@@ -132,6 +136,20 @@ def predictor_identity(predictor: Any) -> dict[str, Any]:
     }
 
 
+def judge_identity(metric: Any) -> dict[str, Any] | None:
+    """The LMs and predictors ``metric`` asks (:func:`~aprompt.run._metric_judges.metric_judges`), by
+    where it finds them: an LM by :func:`lm_identity`, a predictor by a digest of its
+    :func:`predictor_identity` and its own LM's identity. ``None`` when it asks none."""
+    found: dict[str, Any] = {}
+    for where, judge in metric_judges(metric):
+        if is_predictor(judge):
+            found[where] = digest(predictor_identity(judge))
+            found.update(lm_identity(f"{where}.lm", getattr(judge, "lm", None)))
+        else:
+            found.update(lm_identity(where, judge))
+    return found or None
+
+
 def run_fingerprint(
     strategy: str,
     budget: Any,
@@ -178,6 +196,9 @@ def run_fingerprint(
         # A callable object's (or a bound method's object's) plain values: ``Judge(threshold=0.9)`` scores
         # otherwise than ``Judge(threshold=0.5)``. None for a function, so journals without it still match.
         "metric settings": metric_settings,
+        # The LM clients and predictors the metric asks: another judge model scores otherwise. None when
+        # it asks none, so journals without it still match.
+        "metric judge": judge_identity(metric),
         "program code": None if program is None else program_identity(program),
         "program settings": None if program is None else program_settings(program),
     }

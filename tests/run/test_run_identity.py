@@ -27,8 +27,9 @@ from aprompt._optimize.propose import Grounding
 from aprompt.lm.types import Completion, Message
 from aprompt.program.discovery import named_predictors
 from aprompt.run._storage import run_fingerprint
+from aprompt.run.identity import differences
 from aprompt.run.journal import RunJournal
-from aprompt.testing.fake_openai import FakeOpenAIServer
+from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import SMALL_BUDGET
 from tests.optimize.world import TwoStageProgram, World, metric
@@ -658,3 +659,104 @@ async def test_labels_of_the_same_content_resume(server: FakeOpenAIServer, tmp_p
     server.reset_records()
     await run(server, tmp_path, trainset=with_extra_labels(np.arange(2_000, dtype=float), Note("kept")))
     assert server.chat_requests == []
+
+
+async def judge_says(request: ChatRequest) -> str:
+    return "yes" if request.last_user.startswith("Right? yes") else "no"
+
+
+async def ask(judge: aprompt.LM, example: Example, prediction: Any) -> bool:
+    verdict = "yes" if metric(example, prediction) else "no"
+    return (await judge.chat([{"role": "user", "content": f"Right? {verdict}"}])).text == "yes"
+
+
+def judged_by(judge: aprompt.LM) -> Any:
+    """A metric closing over its judge."""
+
+    async def by_judge(example: Example, prediction: Any) -> bool:
+        return await ask(judge, example, prediction)
+
+    return by_judge
+
+
+class JudgeMetric:
+    """A callable metric object holding its judge."""
+
+    def __init__(self, judge: aprompt.LM) -> None:
+        self.judge = judge
+
+    async def __call__(self, example: Example, prediction: Any) -> bool:
+        return await ask(self.judge, example, prediction)
+
+
+#: The judge a module-level metric reads.
+JUDGE: Any = None
+
+
+async def by_the_modules_judge(example: Example, prediction: Any) -> bool:
+    return await ask(JUDGE, example, prediction)
+
+
+@pytest.mark.parametrize(
+    ("form", "where"), [("closure", "judge"), ("object", "judge"), ("global", "global JUDGE")]
+)
+async def test_a_metric_asking_another_judge_model_is_refused_naming_the_judge(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str, where: str
+) -> None:
+    """The same metric code asking another judge model scores otherwise: resuming the run with it would
+    return (or continue) the first judge's run."""
+
+    def metric_of(judge: aprompt.LM) -> Any:
+        monkeypatch.setattr(sys.modules[__name__], "JUDGE", judge)
+        return {"closure": judged_by, "object": JudgeMetric, "global": lambda _: by_the_modules_judge}[form](
+            judge
+        )
+
+    async with FakeOpenAIServer(responder=judge_says, api_key=TEST_API_KEY) as judges:
+        async with client(judges, "judge-a") as judge:
+            first = await run(server, tmp_path, metric_=metric_of(judge))
+        async with client(judges, "judge-a") as judge:  # the same judge again: the run resumes
+            judges.reset_records()
+            again = await run(server, tmp_path, metric_=metric_of(judge))
+            assert again.score == first.score and judges.chat_requests == []
+        async with client(judges, "judge-b") as judge:
+            assert await refusal(server, tmp_path, metric_=metric_of(judge)) == {
+                f"metric judge ({where} (model))"
+            }
+            assert judges.chat_requests == []
+
+
+def fingerprint_judged_by(grader: Predict) -> dict[str, Any]:
+    def by_grader(example: Example, prediction: Any) -> bool:
+        return bool(grader(question=example.inputs["question"], answer=prediction.answer).ok)
+
+    train = items(0, 5)
+    return run_fingerprint(
+        "mipro",
+        resolve_budget(dict(SMALL_BUDGET)),
+        1,
+        Grounding(),
+        1.0,
+        named_predictors(TwoStageProgram()),
+        train,
+        train[:2],
+        lm=Described(),
+        proposer_lm=Described(),
+        teacher_lm=None,
+        metric=by_grader,
+    )
+
+
+def test_a_metric_asking_a_predictor_is_told_apart_by_its_prompt_and_its_lm() -> None:
+    def grader(model: str, instruction: str = "Is the answer right?") -> Predict:
+        judge = Described()
+        judge.model = model
+        return Predict("question, answer -> ok: bool", instruction=instruction, lm=judge)
+
+    first = fingerprint_judged_by(grader("judge-a"))
+    assert differences(first, fingerprint_judged_by(grader("judge-a"))) == []
+    assert differences(first, fingerprint_judged_by(grader("judge-b"))) == [
+        "metric judge (grader.lm (model))"
+    ]
+    stricter = grader("judge-a", instruction="Is the answer exactly right?")
+    assert differences(first, fingerprint_judged_by(stricter)) == ["metric judge (grader)"]
