@@ -5,7 +5,8 @@ LM's answers: another judge model is another run, though the metric's code is th
 found where a metric keeps what it uses: the variables it closes over, the module globals it reads, its
 defaults, a ``functools.partial``'s bound arguments and the attributes of a callable metric object (or of
 a bound method's object), also in the functions reached so (a helper it calls), three calls deep, and
-one level into a list, tuple or dict held there. :mod:`aprompt.run.identity` makes their identity.
+one level into a list, tuple or dict or the attributes of an object held
+there (a grader holding its LM). :mod:`aprompt.run.identity` makes their identity.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def _reachable(target: Any, prefix: str, depth: int, visited: set[int]) -> Itera
 
 
 def _held(where: str, value: Any, depth: int, visited: set[int]) -> Iterator[tuple[str, Any]]:
-    """``value`` at ``where``, the items of a list, tuple or dict there, and what a function there reaches."""
+    """``value`` at ``where``, the items of a list, tuple or dict there, the attributes of an object there
+    (a grader holding its LM), and what a function there reaches."""
     yield where, value
+    if _is_judge(value) or isinstance(value, type) or inspect.ismodule(value):
+        return
     if isinstance(value, list | tuple):
         for position, item in enumerate(value):
             yield f"{where}[{position}]", item
@@ -109,14 +113,23 @@ def _held(where: str, value: Any, depth: int, visited: set[int]) -> Iterator[tup
     ):
         visited.add(id(value))
         yield from _reachable(value, f"{where.removeprefix('global ')}.", depth + 1, visited)
+    elif not inspect.isroutine(value) and not isinstance(value, functools.partial):
+        for name, item in sorted(_attributes(value).items()):
+            yield f"{where}.{name}", item
 
 
 def _attributes(owner: Any) -> dict[str, Any]:
     """An object's attributes (``__dict__`` and slots), by name."""
-    found = dict(getattr(owner, "__dict__", None) or {})
+    try:
+        found = dict(getattr(owner, "__dict__", None) or {})
+    except (TypeError, ValueError):  # a ``__dict__`` of its own making
+        return {}
     for cls in type(owner).__mro__:
         slots = getattr(cls, "__slots__", ())
         for slot in (slots,) if isinstance(slots, str) else slots:
-            if slot not in ("__dict__", "__weakref__") and hasattr(owner, slot):
-                found[slot] = getattr(owner, slot)
-    return found
+            try:
+                if slot not in ("__dict__", "__weakref__") and hasattr(owner, slot):
+                    found[slot] = getattr(owner, slot)
+            except Exception:  # a slot read through a descriptor that fails: nothing held there
+                continue
+    return {str(name): value for name, value in found.items()}

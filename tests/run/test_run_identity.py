@@ -689,6 +689,25 @@ class JudgeMetric:
         return await ask(self.judge, example, prediction)
 
 
+class Grader:
+    """Not a metric: an object of the user's that asks its LM, which a metric closes over."""
+
+    def __init__(self, lm: aprompt.LM) -> None:
+        self.lm = lm
+
+    async def grade(self, example: Example, prediction: Any) -> bool:
+        return await ask(self.lm, example, prediction)
+
+
+def graded_by(judge: aprompt.LM) -> Any:
+    grader = Grader(judge)
+
+    async def by_grader(example: Example, prediction: Any) -> bool:
+        return await grader.grade(example, prediction)
+
+    return by_grader
+
+
 #: The judge a module-level metric reads.
 JUDGE: Any = None
 
@@ -698,7 +717,8 @@ async def by_the_modules_judge(example: Example, prediction: Any) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("form", "where"), [("closure", "judge"), ("object", "judge"), ("global", "global JUDGE")]
+    ("form", "where"),
+    [("closure", "judge"), ("object", "judge"), ("global", "global JUDGE"), ("grader", "grader.lm")],
 )
 async def test_a_metric_asking_another_judge_model_is_refused_naming_the_judge(
     server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str, where: str
@@ -708,9 +728,12 @@ async def test_a_metric_asking_another_judge_model_is_refused_naming_the_judge(
 
     def metric_of(judge: aprompt.LM) -> Any:
         monkeypatch.setattr(sys.modules[__name__], "JUDGE", judge)
-        return {"closure": judged_by, "object": JudgeMetric, "global": lambda _: by_the_modules_judge}[form](
-            judge
-        )
+        return {
+            "closure": judged_by,
+            "object": JudgeMetric,
+            "global": lambda _: by_the_modules_judge,
+            "grader": graded_by,
+        }[form](judge)
 
     async with FakeOpenAIServer(responder=judge_says, api_key=TEST_API_KEY) as judges:
         async with client(judges, "judge-a") as judge:
