@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aprompt.run._value_identity import _global_names
@@ -73,7 +73,10 @@ def _reachable(target: Any, prefix: str, depth: int, visited: set[int]) -> Itera
         # A callable object: its attributes, and what its class's ``__call__`` reads.
         owner, function = target, inspect.getattr_static(type(target), "__call__", None)
     if owner is not None and not inspect.isclass(owner) and not inspect.ismodule(owner):
-        for name, value in sorted(_attributes(owner).items()):
+        held = _attributes(owner)
+        for name, value in sorted(held.items()):
+            yield from _held(f"{prefix}{name}", value, depth, visited)
+        for name, value in _class_members(type(owner), skip=held.keys()):
             yield from _held(f"{prefix}{name}", value, depth, visited)
     if not inspect.isfunction(function):
         return
@@ -133,3 +136,21 @@ def _attributes(owner: Any) -> dict[str, Any]:
             except Exception:  # a slot read through a descriptor that fails: nothing held there
                 continue
     return {str(name): value for name, value in found.items()}
+
+
+def _class_members(cls: type, *, skip: Iterable[str]) -> Iterator[tuple[str, Any]]:
+    """The members of ``cls`` and its bases (not the built-in ones) an instance without an attribute of
+    that name reads: a judge set on the class, and the methods ``__call__`` may call (``self._ask()``),
+    which may read a judge of their own; the special methods other than ``__call__`` are left out."""
+    taken = set(skip)
+    for base in cls.__mro__:
+        if base.__module__ == "builtins":
+            continue
+        for name, member in sorted(vars(base).items()):
+            if name in taken or (name.startswith("__") and name.endswith("__")):
+                continue
+            taken.add(name)
+            if isinstance(member, staticmethod | classmethod):
+                member = member.__func__
+            if not isinstance(member, property):
+                yield name, member

@@ -716,9 +716,25 @@ async def by_the_modules_judge(example: Example, prediction: Any) -> bool:
     return await ask(JUDGE, example, prediction)
 
 
+class AskingThroughAMethod:
+    """A callable metric object whose ``__call__`` leaves the asking to another of its methods."""
+
+    async def __call__(self, example: Example, prediction: Any) -> bool:
+        return await self._ask(example, prediction)
+
+    async def _ask(self, example: Example, prediction: Any) -> bool:
+        return await ask(JUDGE, example, prediction)
+
+
 @pytest.mark.parametrize(
     ("form", "where"),
-    [("closure", "judge"), ("object", "judge"), ("global", "global JUDGE"), ("grader", "grader.lm")],
+    [
+        ("closure", "judge"),
+        ("object", "judge"),
+        ("global", "global JUDGE"),
+        ("grader", "grader.lm"),
+        ("method", "_ask.global JUDGE"),
+    ],
 )
 async def test_a_metric_asking_another_judge_model_is_refused_naming_the_judge(
     server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str, where: str
@@ -733,6 +749,7 @@ async def test_a_metric_asking_another_judge_model_is_refused_naming_the_judge(
             "object": JudgeMetric,
             "global": lambda _: by_the_modules_judge,
             "grader": graded_by,
+            "method": lambda _: AskingThroughAMethod(),
         }[form](judge)
 
     async with FakeOpenAIServer(responder=judge_says, api_key=TEST_API_KEY) as judges:
