@@ -38,12 +38,23 @@ def metric_judges(metric: Any) -> list[tuple[str, Any]]:
 
 def is_predictor(value: Any) -> bool:
     """Whether ``value`` is a predictor (a ``Predict``), which asks its own LM or the run's."""
+    return isinstance(value, _predict_class())
+
+
+@functools.cache
+def _predict_class() -> type:
     from aprompt.program.predictor import Predict  # the program package imports this one's package
 
-    return isinstance(value, Predict)
+    return Predict
+
+
+#: The types of most values a large table holds, which no judge has.
+_DATA = (str, int, float, bool, bytes, type(None))
 
 
 def _is_judge(value: Any) -> bool:
+    if isinstance(value, _DATA):
+        return False
     if isinstance(value, type) or inspect.ismodule(value):
         return False  # a class (``OpenAICompatibleLM`` itself) has the protocol's attributes too
     if is_predictor(value):
@@ -103,12 +114,15 @@ def _held(where: str, value: Any, depth: int, visited: set[int]) -> Iterator[tup
     yield where, value
     if _is_judge(value) or isinstance(value, type) or inspect.ismodule(value):
         return
+    # Only the judges among the items are named: a metric may read a large table (a dict of gold answers).
     if isinstance(value, list | tuple):
         for position, item in enumerate(value):
-            yield f"{where}[{position}]", item
+            if _is_judge(item):
+                yield f"{where}[{position}]", item
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield f"{where}[{key!r}]", item
+            if _is_judge(item):
+                yield f"{where}[{key!r}]", item
     elif (
         depth < _DEPTH
         and id(value) not in visited
