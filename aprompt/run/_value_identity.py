@@ -14,6 +14,7 @@ import functools
 import hashlib
 import inspect
 import json
+import numbers
 import pickle
 import re
 import types
@@ -120,10 +121,19 @@ _PLAIN = (str, int, float, bool, type(None))
 
 def _plain(value: Any) -> bool:
     """A setting (a number, a text, ``None``, or a tuple or frozenset of them): a value that cannot
-    change while a run goes on, unlike a cache or a client, so it may be part of an identity."""
+    change while a run goes on, unlike a cache or a client, so it may be part of an identity. A number
+    is any scalar: a threshold computed with numpy (``np.int64``, ``np.float32``, ``np.bool_``) or a
+    ``Decimal`` is one as much as an ``int``."""
     if isinstance(value, tuple | frozenset):
         return all(_plain(item) for item in value)
-    return isinstance(value, _PLAIN)
+    return isinstance(value, (*_PLAIN, numbers.Number)) or _numpy_scalar(value)
+
+
+def _numpy_scalar(value: Any) -> bool:
+    """A numpy scalar (immutable, of shape ``()``), which the ``numbers`` classes do not all cover
+    (``np.bool_``); a 0-d array is none (it can be changed in place)."""
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ != "ndarray" and getattr(value, "shape", None) == ()
 
 
 def _settings(target: Any, depth: int) -> dict[str, Any]:
@@ -180,7 +190,7 @@ def callable_identity(fn: Any, *, _depth: int = 0) -> str:
     object is its class (name and source), not its attributes; a function adds the plain values it
     closes over (made by a factory), defaults to or reads as module globals (a threshold, a model
     name), and the identity of the functions it closes over or reads as module globals (a helper it
-    calls), three calls deep. Plain values are numbers, texts,
+    calls), three calls deep. Plain values are numbers (numpy scalars too), texts,
     ``None`` and tuples of them: a cache or a client a metric uses is never part of its identity.
     """
     if isinstance(fn, functools.partial):

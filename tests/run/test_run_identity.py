@@ -558,6 +558,18 @@ def test_an_examples_own_id_is_the_same_in_every_process() -> None:
     assert found[0] == found[1] == set_labeled_ids()
 
 
+async def test_a_metric_closing_over_another_numpy_number_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A threshold computed with numpy (``np.max(lengths)``) is an ``np.int64``, no ``int``: a setting all
+    the same."""
+    await run(server, tmp_path, metric_=at_least(np.int64(1)))
+    server.reset_records()
+    await run(server, tmp_path, metric_=at_least(np.int64(1)))  # the same value resumes
+    assert server.chat_requests == []
+    assert await refusal(server, tmp_path, metric_=at_least(np.int64(99))) == {"metric"}
+
+
 #: A module-level setting a metric reads.
 MIN_LENGTH = 1
 
