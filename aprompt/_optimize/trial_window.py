@@ -166,11 +166,13 @@ class TrialWindow:
     refusal: LimitReached | None = attrs.field(default=None, init=False)
     #: Periodic points passed with racing (the plan gives the evaluations a share of each).
     points: int = attrs.field(default=0, init=False)
-    #: When the first trial was asked, and the examples the trials told since have scored: the search's
-    #: pace, which tells how long the last evaluation will take under ``max_time``.
+    #: When the first trial this call ran started, and the examples those told since have scored: the
+    #: search's pace, which tells how long the last evaluation will take under ``max_time``. A trial read
+    #: back from the journal (``loop.replayed_trials``) took no time: it counts in none of them.
     _started: float | None = attrs.field(default=None, init=False)
     _examples_told: int = attrs.field(default=0, init=False)
-    #: Seconds each trial took from its start: a race's rungs each wait like a trial.
+    _ran_told: int = attrs.field(default=0, init=False)
+    #: Seconds each trial this call ran took from its start: a race's rungs each wait like a trial.
     _trial_seconds: list[float] = attrs.field(factory=list, init=False)
     #: The sampler whose trials' combinations were read, how many, and their keys (``_held_keys``).
     _held: tuple[TPESampler | None, int, set[Key]] = attrs.field(factory=lambda: (None, 0, set()), init=False)
@@ -237,8 +239,6 @@ class TrialWindow:
         if loop.stopped is not None:
             self.stopping = True
             return False
-        if self._started is None:
-            self._started = time.monotonic()
         if loop.time_limited and loop.decided(f"time kept:{number}", self._time_short):
             # The rest of the time goes to the search's last evaluation: trials end, the run goes on.
             logger.info(
@@ -278,11 +278,11 @@ class TrialWindow:
 
     def _time_short(self) -> int:
         """1 when the time left under ``max_time`` no longer pays for the trials in flight and a last race
-        of one racer (with a margin), else 0; 0 before two trials are told. The runs go at the search's
-        pace so far, and each of the race's rungs waits for its slowest run like a trial."""
+        of one racer (with a margin), else 0; 0 before two trials this call ran are told. The runs go at
+        the search's pace so far, and each of the race's rungs waits for its slowest run like a trial."""
         loop = self.loop
         pace = loop.runs_per_second
-        if pace is None or self.told - self.first < 2 or not self._trial_seconds:
+        if pace is None or self._ran_told < 2 or not self._trial_seconds:
             return 0
         n = len(loop.valset)
         batch = min(loop.minibatch_size, n)
@@ -318,7 +318,9 @@ class TrialWindow:
         with scope:
             started = time.monotonic()
             self.done[number] = await journaled_trial(self.loop, number, choice, incumbent)
-            self._trial_seconds.append(time.monotonic() - started)
+            if number not in self.loop.replayed_trials:
+                self._started = started if self._started is None else min(self._started, started)
+                self._trial_seconds.append(time.monotonic() - started)
             finished.set()
 
     async def _tell_next(self) -> None:
@@ -335,8 +337,10 @@ class TrialWindow:
         else:
             sampler.tell(trial.number, trial.score)
         self.told += 1
-        self._examples_told += len(trial.scores) + trial.n_unscored
         loop = self.loop
+        if number not in loop.replayed_trials:
+            self._ran_told += 1
+            self._examples_told += len(trial.scores) + trial.n_unscored
         if self._started is not None and self._examples_told:
             loop.runs_per_second = self._examples_told / max(1e-6, time.monotonic() - self._started)
         await loop.record_trial(trial)

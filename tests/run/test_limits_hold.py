@@ -847,6 +847,7 @@ async def world_run(
     *,
     concurrency: int = CAP,
     budget: dict[str, Any] = WORLD_BUDGET,
+    **options: Any,
 ) -> aprompt.OptimizeResult:
     return await aprompt.optimize(
         TwoStageProgram(),
@@ -859,6 +860,7 @@ async def world_run(
         concurrency=concurrency,
         limits=limits,
         run_dir=run_dir,
+        **options,
     )
 
 
@@ -926,6 +928,46 @@ async def test_a_time_limit_below_the_runs_time_keeps_what_the_last_evaluation_n
     # search's pace; before, the deadline cut the search off with only the baseline's and the
     # hand-written prompt's (the run returned the unoptimized program).
     assert len(result.full_evals) >= 3, [dict(f.choice) for f in result.full_evals]
+
+
+async def test_a_resumed_run_under_max_time_paces_its_trials_by_those_it_ran(tmp_path: Path) -> None:
+    async def call(limits: aprompt.Limits | None, stop_after: int | None = None) -> tuple[Any, float, int]:
+        async with (
+            FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY, latency=0.08) as server,
+            client(server, max_concurrency=16) as lm,
+        ):
+            started = time.monotonic()
+            replayed, result = 0, None
+            with anyio.CancelScope() as scope:
+
+                def on_event(event: aprompt.Event) -> None:
+                    nonlocal replayed
+                    if isinstance(event, aprompt.TrialScored):
+                        replayed += event.replayed
+                        if event.number == stop_after:
+                            scope.cancel()
+
+                # No periodic evaluation before trial 40: the last evaluation is the only one of a
+                # searched combination.
+                budget = {**WORLD_BUDGET, "parallel_trials": None, "n_trials": 60, "full_eval_every": 40}
+                result = await world_run(
+                    lm, 1, limits, tmp_path, concurrency=16, budget=budget, on_event=on_event
+                )
+            return result, time.monotonic() - started, replayed
+
+    # Stopped once trial 16 is scored (those after it in flight may be journaled too); resumed with 1.5 s
+    # more, several times what a last evaluation takes.
+    _, taken, _ = await call(None, stop_after=16)
+    result, _, replayed = await call(aprompt.Limits(max_time=taken + 1.5))
+
+    assert replayed >= 17
+    assert result.stopped_by == "max_time"
+    # The trials ended while the time left paid for a full evaluation of a searched combination. Before,
+    # the trials read back from the journal, which took no time, counted in the search's pace: the
+    # resumed run believed itself many times faster, kept starting trials until the deadline, which cut
+    # its last evaluation off, and returned the unoptimized program.
+    assert len(result.full_evals) >= 3, [dict(f.choice) for f in result.full_evals]
+    assert result.full_evals[-1].after_trial == len(result.trials)
 
 
 async def test_a_final_race_the_budget_cut_short_names_the_limit() -> None:
