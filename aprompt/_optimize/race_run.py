@@ -104,7 +104,7 @@ async def _race_rungs(
         todo = [(c, examples) for c, examples in todo if examples]
         loop.admit_step(
             f"rung {rung + 1} of a race ({len(todo)} combination(s))",
-            [("race", _rung_key(race, rung, c), len(examples)) for c, examples in todo],
+            [("race", _rung_key(loop, race, rung, c), len(examples)) for c, examples in todo],
         )
         watch = _ahead_of_sure_leader(loop, ahead, racers, todo, order, sizes, rung, allowance - spent)
         await at_once_in_order(
@@ -253,8 +253,10 @@ def _dropped(
     return False
 
 
-def _rung_key(race: int, rung: int, choice: Mapping[str, int]) -> str:
-    return f"{race}:{rung}:{_choice_json(choice)}"
+def _rung_key(loop: SearchLoop, race: int, rung: int, choice: Mapping[str, int]) -> str:
+    """The journal key of ``choice``'s rung: the race's number and the trials recorded when it ran (a call
+    with a raised limit runs more trials first, then races of the same numbers on other evidence)."""
+    return f"{race}@{len(loop.trials)}:{rung}:{_choice_json(choice)}"
 
 
 async def _rung(
@@ -283,7 +285,9 @@ async def _rung(
             lm_failures={r.example_id: r.error or "LM failure" for r in evaluation.results if r.lm_failure},
         )
 
-    result = await loop.memo("race", _rung_key(race, rung, choice), compute, rung_to_json, rung_from_json)
+    result = await loop.memo(
+        "race", _rung_key(loop, race, rung, choice), compute, rung_to_json, rung_from_json
+    )
     if dict(result.choice) != choice or result.example_ids != tuple(e.id for e in examples):
         raise JournalError(
             f"the journal's rung {rung + 1} of race {race + 1} scored {dict(result.choice)} on "

@@ -161,7 +161,9 @@ def _admit_full_evaluation(
     its part and how to run it (journaled, not recorded)."""
     ids = {e.id for e in loop.valset}
     reuse = {k: v for k, v in (known or {}).items() if k in ids}
-    key = json.dumps(sorted(choice.items()))
+    # Keyed by the trials recorded too: a call with a raised limit runs more trials first, then
+    # evaluates a combination an earlier call evaluated at another point, on other known scores.
+    key = f"{len(loop.trials)}:{json.dumps(sorted(choice.items()))}"
     what = "the baseline's evaluation" if is_baseline else "a full evaluation"
     early = loop.prefetched(loop.candidates, choice) if loop.prefetched and not reuse else None
     part = ("full_eval", key, 0 if early else len(loop.valset) - len(reuse))

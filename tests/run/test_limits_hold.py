@@ -520,6 +520,22 @@ async def test_a_run_called_again_with_a_raised_limit_that_bound_it_warns_that_i
     assert found_again == found  # and on every later call: the run stays what it became
 
 
+async def test_a_run_whose_trials_a_limit_ended_goes_on_when_called_again_without_it(tmp_path: Path) -> None:
+    # Under 475 of the 634 requests the run sends without a limit, the trials end after 4 to keep the
+    # last races their runs. Called again without the limit, the run goes on with more trials, then
+    # races under the same race numbers, one of them a combination the first call raced on other
+    # evidence. The journal held those steps under the same keys: the call stopped with a JournalError
+    # saying the run_dir belonged to a different run.
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, client(server) as lm:
+        first = await world_run(lm, 0, aprompt.Limits(max_lm_calls=475), tmp_path)
+        with pytest.warns(InexactResumeWarning, match="raised: max_lm_calls=None"):
+            again = await world_run(lm, 0, None, tmp_path)
+        fresh = await world_run(lm, 0)
+
+    assert first.stopped_by == "max_lm_calls" and again.stopped_by is None
+    assert len(first.trials) < len(again.trials) == len(fresh.trials)
+
+
 async def test_a_run_called_again_with_a_raised_limit_it_never_came_near_resumes_silently(
     tmp_path: Path,
 ) -> None:
