@@ -146,6 +146,16 @@ class RateLimitError(LMStatusError):
         )
 
 
+class QuotaExhaustedError(LMStatusError):
+    """The endpoint's account has spent its quota or credit: HTTP 402 (Payment Required: Anthropic's
+    ``billing_error``, OpenRouter's or DeepSeek's spent credits), or a 429 whose error's ``code`` or
+    ``type`` is ``insufficient_quota`` (OpenAI's spent quota, not one of its rate limits). No wait clears
+    it, billing does: never retried, one of several endpoints is taken out of rotation and the request
+    goes on to the others, and an optimization stops at once with :class:`EndpointDownError` rather than
+    wait out its ``outage_tolerance``. Add credit to that endpoint's account (or raise its spending
+    limit), then call again: with a ``run_dir`` the run resumes, what was answered read from its cache."""
+
+
 class ServerError(LMStatusError):
     """HTTP 5xx (or 408/409): a transient server-side failure, retried; a re-send waits at least the
     ``retry_after`` the server asked for (a 503's ``Retry-After``)."""

@@ -19,7 +19,8 @@ other than 401/403/404 refuses it, as a model that takes no ``max_tokens`` does)
   them in. If it still fails ``tolerance`` seconds after the step noticed the failure,
   :class:`~aprompt._errors.EndpointDownError` stops the run: nothing of the step is journaled, and a later
   call with the same ``run_dir`` resumes from it.
-- The check is refused (a 4xx such as a bad key or an unknown model), its reply comes in a form the
+- The check is refused (a 4xx such as a bad key, an unknown model, or the account's quota or credit
+  spent: :class:`~aprompt._errors.QuotaExhaustedError`, a 429 among them), its reply comes in a form the
   client never reads (:class:`~aprompt._errors.UnreadableResponseError`), or the endpoint's TLS
   certificate is refused (:class:`~aprompt._errors.TLSCertificateError`): waiting cannot help, and
   :class:`~aprompt._errors.EndpointDownError` stops the run at once.

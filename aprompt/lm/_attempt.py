@@ -20,7 +20,8 @@ this replica's context, a parameter its server version lacks), and a reply cut b
 window, go on to the other endpoints the same way, the refusing one staying in use: replicas configured
 differently would otherwise make the answer depend on which one a request happened to reach (a refusal
 from every one is raised, one of those that are not a 404 rather than a 404). A refusal of the key
-(401/403) by one of several (its key revoked), a refused TLS certificate, or a reply in a form the client
+(401/403) by one of several (its key revoked), its account's quota or credit spent (a 402, OpenAI's
+``insufficient_quota`` 429: no pause clears it), a refused TLS certificate, or a reply in a form the client
 never reads (a proxy in front of that one replica streams or encodes every reply), takes that endpoint out
 of rotation, with one warning naming it, and the request goes on to the others; it is raised when every
 endpoint failed so (a lone endpoint's at once): such a replica would otherwise fail a share of the
@@ -47,6 +48,7 @@ from aprompt._errors import (
     AuthenticationError,
     LMError,
     LMStatusError,
+    QuotaExhaustedError,
     RateLimitError,
     RequestRejectedError,
     TLSCertificateError,
@@ -113,10 +115,11 @@ class Attempts:
     ) -> Completion:
         """One attempt, sent on at once to another endpoint while the one it went to answers 404 (a
         replica lacking the route or model, now cooling down), refuses the request otherwise, refuses its
-        key, has its TLS certificate refused or replies unreadably (now out of rotation), or cuts its reply
-        at its context window: another replica may answer it. Each endpoint is tried once at most (one
-        paused by a 429 is waited for); when every one refused, the first refusal of the request is raised
-        if one came, else the first failure of the endpoint itself, else the 404.
+        key, has its account's quota spent, has its TLS certificate refused or replies unreadably (now out
+        of rotation), or cuts its reply at its context window: another replica may answer it. Each
+        endpoint is tried once at most (one paused by a 429 is waited for); when every one refused, the
+        first refusal of the request is raised if one came, else the first failure of the endpoint itself,
+        else the 404.
 
         ``failed_on``: the endpoints the request failed on before (see :meth:`attempt`)."""
         # The endpoints themselves, not their URLs: several may share one (a server, a key each).
@@ -242,8 +245,8 @@ class Attempts:
 
     def note_failure(self, endpoint: EndpointState, error: LMError) -> None:
         """Count a failed attempt: a 429 pauses (see :mod:`aprompt.lm._pacing`), an endpoint's fault
-        cools the endpoint down, a refused key or an unreadable reply takes one of several out of
-        rotation."""
+        cools the endpoint down, a refused key, a spent quota or an unreadable reply takes one of
+        several out of rotation."""
         if isinstance(error, RateLimitError):
             self.usage.rate_limited += 1
             pause = pause_after_rate_limit(error, endpoint.limiter, self.limiter, self.retry)
@@ -279,7 +282,7 @@ def _another_may_answer(
     request or of the key, an unreadable reply, a refused TLS certificate, or a reply cut by the context
     window (replicas may differ in context, model version, route, key, certificate or the proxy in front of
     them)."""
-    if isinstance(error, UnreadableResponseError | TLSCertificateError):
+    if isinstance(error, UnreadableResponseError | TLSCertificateError | QuotaExhaustedError):
         return True
     if isinstance(error, TruncatedResponseError):
         return error.by_window
@@ -292,6 +295,11 @@ def _out_of_rotation_why(error: LMError) -> tuple[str, str]:
         return f"refused the API key (HTTP {error.status_code})", "check that endpoint's key"
     if isinstance(error, TLSCertificateError):
         return "has its TLS certificate refused", "give it a host its certificate names, or trust its CA"
+    if isinstance(error, QuotaExhaustedError):
+        return (
+            f"has its account's quota or credit spent (HTTP {error.status_code})",
+            "add credit to that endpoint's account or raise its spending limit",
+        )
     return (
         "replies in a form the client never reads",
         "have it send replies as one unencoded, gzip or deflate JSON body",
@@ -299,6 +307,8 @@ def _out_of_rotation_why(error: LMError) -> tuple[str, str]:
 
 
 def _takes_out(error: LMError) -> bool:
-    """Whether ``error`` shows its endpoint fails every request: its key refused, its TLS certificate
-    refused, its replies unreadable."""
-    return isinstance(error, AuthenticationError | UnreadableResponseError | TLSCertificateError)
+    """Whether ``error`` shows its endpoint fails every request: its key refused, its account's quota
+    spent, its TLS certificate refused, its replies unreadable."""
+    return isinstance(
+        error, AuthenticationError | QuotaExhaustedError | UnreadableResponseError | TLSCertificateError
+    )

@@ -32,7 +32,7 @@ from aprompt.lm._transport import (
 )
 from aprompt.lm.endpoints import EndpointState
 from aprompt.lm.ratelimit_headers import StatedLimits, apply_stated_limits
-from aprompt.lm.retry import error_for_status, raw_retry_after
+from aprompt.lm.retry import error_codes, error_for_status, raw_retry_after
 from aprompt.lm.types import Completion
 
 __all__ = ["ReplyReader"]
@@ -128,6 +128,7 @@ class ReplyReader:
                 self.scrub(message)[:_MESSAGE_CHARS],
                 endpoint=endpoint.url,
                 retry_after=raw_retry_after(headers),
+                codes=error_codes(content),
             )
             raise self.explained(error)
         if too_large:

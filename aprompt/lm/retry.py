@@ -5,6 +5,7 @@ how an HTTP error status becomes a typed error. Provider-independent; built on t
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import random
 import re
@@ -24,6 +25,7 @@ from aprompt._errors import (
     LMConnectionError,
     LMStatusError,
     LMTimeoutError,
+    QuotaExhaustedError,
     RateLimitError,
     RequestRejectedError,
     ServerError,
@@ -35,6 +37,7 @@ from aprompt._errors import (
 __all__ = [
     "RETRYABLE_ERRORS",
     "RetryPolicy",
+    "error_codes",
     "error_for_status",
     "parse_retry_after",
     "raw_retry_after",
@@ -214,18 +217,52 @@ _CONTEXT_OVERFLOW = re.compile(
 )
 
 
+#: The ``code`` or ``type`` of an error that says the account's quota is spent rather than a rate limit
+#: reached: OpenAI's (on a 429), Anthropic's (on a 402). Read from those fields only: other providers word
+#: per-minute limits, which do clear, as "exceeded your quota" too.
+_QUOTA_SPENT = frozenset({"insufficient_quota", "billing_error"})
+
+_SPENT_HINT = (
+    "the account's quota or credit is spent, which no wait clears: add credit to this endpoint's account "
+    "or raise its spending limit, then call again (an optimization with a run_dir resumes)"
+)
+
+
+def error_codes(content: bytes) -> frozenset[str]:
+    """The ``code`` and ``type`` strings of an error body's ``error`` object (OpenAI's and Anthropic's
+    shape); empty for any other body."""
+    try:
+        error = json.loads(content).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return frozenset()
+    if not isinstance(error, dict):
+        return frozenset()
+    return frozenset(value for value in (error.get("code"), error.get("type")) if isinstance(value, str))
+
+
 def error_for_status(
     status: int,
     server_message: str,
     *,
     endpoint: str,
     retry_after: float | None = None,
+    codes: frozenset[str] = frozenset(),
 ) -> LMStatusError:
-    """The typed error for an HTTP error status: 429 → :class:`RateLimitError`, 401/403 →
-    :class:`AuthenticationError`, 408/409/5xx → :class:`ServerError` (retried), a 400/413/422 saying the
-    prompt is longer than the model's context → :class:`ContextOverflowError`, any other 4xx →
-    :class:`RequestRejectedError` (neither retried). The message carries the server's own message."""
+    """The typed error for an HTTP error status: a 402, or a 429 or other 4xx whose error ``codes`` (see
+    :func:`error_codes`) say the account's quota is spent → :class:`QuotaExhaustedError`, another 429 →
+    :class:`RateLimitError`, 401/403 → :class:`AuthenticationError`, 408/409/5xx → :class:`ServerError`
+    (retried), a 400/413/422 saying the prompt is longer than the model's context →
+    :class:`ContextOverflowError`, any other 4xx → :class:`RequestRejectedError` (none but those
+    retried). The message carries the server's own message."""
     message = f"HTTP {status}: {server_message}" if server_message else f"HTTP {status}"
+    if status == 402 or (400 <= status < 500 and codes & _QUOTA_SPENT):
+        return QuotaExhaustedError(
+            f"{message}; {_SPENT_HINT}",
+            status_code=status,
+            server_message=server_message,
+            endpoint=endpoint,
+            retry_after=retry_after,
+        )
     if status == 429:
         return RateLimitError(
             message, server_message=server_message, endpoint=endpoint, retry_after=retry_after

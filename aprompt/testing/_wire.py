@@ -142,6 +142,12 @@ class Fault:
         return cls("status", status=429, retry_after=retry_after, message="rate limit exceeded")
 
     @classmethod
+    def quota_exhausted(cls) -> Fault:
+        """The account's quota spent: OpenAI's 429 with ``insufficient_quota`` as its error's ``code`` and
+        ``type`` (the Anthropic fake: its 402 ``billing_error``)."""
+        return cls("quota")
+
+    @classmethod
     def delay(cls, seconds: float) -> Fault:
         """Answer normally, but only after ``seconds``."""
         return cls("delay", seconds=seconds)

@@ -58,6 +58,7 @@ __all__ = [
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
@@ -161,6 +162,10 @@ class FakeAnthropicServer(FakeOpenAIServer):
 
     def _error_payload(self, status: int, message: str) -> bytes:
         return anthropic_error_body(status, message)
+
+    def _quota_spent(self) -> Answer:
+        message = "Your credit balance is too low to access the Anthropic API."
+        return 402, anthropic_error_body(402, message), {}, "quota"
 
     def _over_context(self, prompt_tokens: int) -> Answer | None:
         if self.context_tokens is None or prompt_tokens <= self.context_tokens:

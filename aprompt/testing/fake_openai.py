@@ -8,8 +8,8 @@ finish times, the number of requests in flight is tracked, and faults can be inj
 Fault modes (each a :class:`~aprompt.testing._wire.Fault`; the same on the Anthropic fake):
 
 - failures: ``Fault.http_status(503)``, ``Fault.rate_limited("2")`` (429 with Retry-After),
-  ``Fault.delay(s)``, ``Fault.drop_connection()``, ``Fault.invalidjson_bytes()``,
-  ``Fault.missing_choices()``;
+  ``Fault.quota_exhausted()`` (429 ``insufficient_quota``), ``Fault.delay(s)``,
+  ``Fault.drop_connection()``, ``Fault.invalidjson_bytes()``, ``Fault.missing_choices()``;
 - answers that are not answers: ``Fault.empty_content()``, ``Fault.null_content()``,
   ``Fault.content_filter()``, ``Fault.truncated()`` (``finish_reason: "length"``), or any
   ``Fault.reply(content, finish_reason=..., status=..., delay=..., fields=...)``;
@@ -417,7 +417,19 @@ class FakeOpenAIServer:
 
     async def _injected_failure(self, fault: Fault | None, latency: float) -> Answer | None:
         """The answer of a fault that fails before any reply is made, or None."""
+        if fault is not None and fault.kind == "quota":
+            return self._quota_spent()
         return await injected_failure(fault, latency, self._error_payload)
+
+    def _quota_spent(self) -> Answer:
+        """The answer to a request once the account's quota is spent (the Anthropic fake: its own)."""
+        error = {
+            "message": "You exceeded your current quota, please check your plan and billing details.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+        return 429, json_bytes({"error": error}), {}, "quota"
 
     async def _reply(
         self, request: ChatRequest, fault: Fault | None

@@ -13,6 +13,7 @@ from aprompt._errors import (
     AuthenticationError,
     ConfigError,
     ContextOverflowError,
+    QuotaExhaustedError,
     RequestRejectedError,
     ServerError,
     TruncatedResponseError,
@@ -592,3 +593,31 @@ async def test_a_revoked_key_among_keys_sharing_a_url_is_named_by_its_endpoints_
     warnings = [r.getMessage() for r in caplog.records if "refused the API key" in r.getMessage()]
     assert len(warnings) == 1 and "(endpoint 2 of 2)" in warnings[0]
     assert "sk-one" not in caplog.text and "sk-two" not in caplog.text
+
+
+async def test_a_replica_whose_accounts_quota_is_spent_is_taken_out_of_rotation(
+    fake_server: FakeOpenAIServer, second_server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One replica's account spent its quota (OpenAI's 429 ``insufficient_quota``): it was paused as if
+    rate limited and kept its share of the requests, each failing once its pauses ran out (an
+    evaluation left them unscored) while the other replica answered."""
+    caplog.set_level("WARNING")
+    fake_server.fault_rates = [(Fault.quota_exhausted(), 1.0)]
+    urls = [fake_server.base_url, second_server.base_url]
+    async with OpenAICompatibleLM("m", urls, api_key=TEST_API_KEY, max_concurrency=8, max_retries=0) as lm:
+        await run_calls(lm, 20)
+        spent = len(fake_server.chat_requests)
+        for index in range(10):
+            await lm.chat(question(100 + index))
+        assert (lm.usage.calls, lm.usage.errors, lm.usage.rate_limited) == (30, 0, 0)
+        assert 1 <= spent <= 8 and len(fake_server.chat_requests) == spent
+        assert len(second_server.chat_requests) == 30
+        second_server.fault_rates = fake_server.fault_rates  # every replica: raised, each asked once
+        fake_server.reset_records()
+        second_server.reset_records()
+        with pytest.raises(QuotaExhaustedError):
+            await lm.chat(question(0))
+    assert (len(fake_server.chat_requests), len(second_server.chat_requests)) == (1, 1)
+    warnings = [r.getMessage() for r in caplog.records if "quota or credit spent" in r.getMessage()]
+    assert len(warnings) == 2 and fake_server.base_url.rstrip("/") in warnings[0]
+    assert "add credit" in warnings[0] and TEST_API_KEY not in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import random
 import ssl
 import time
@@ -23,6 +24,7 @@ from aprompt._errors import (
     BadResponseError,
     ContextOverflowError,
     LMConnectionError,
+    QuotaExhaustedError,
     RateLimitError,
     RequestRejectedError,
     ServerError,
@@ -30,7 +32,7 @@ from aprompt._errors import (
 )
 from aprompt.lm.endpoints import Endpoint
 from aprompt.lm.openai import OpenAICompatibleLM
-from aprompt.lm.retry import RetryPolicy, error_for_status, parse_retry_after
+from aprompt.lm.retry import RetryPolicy, error_codes, error_for_status, parse_retry_after
 from aprompt.lm.types import Message
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
@@ -138,6 +140,34 @@ def test_a_prompt_over_the_context_window_is_a_context_overflow_error(status: in
 def test_other_refusals_are_not_context_overflows() -> None:
     for message in ("'temperature' must be at most 2", "max_tokens is too large: 99999", ""):
         assert type(error_for_status(400, message, endpoint="http://h/v1")) is RequestRejectedError
+
+
+def error_json(**error: Any) -> bytes:
+    return json.dumps({"error": error}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        # OpenAI: the account's quota spent (billing must fix it), said by the error's code and type.
+        (429, error_json(type="insufficient_quota", code="insufficient_quota"), QuotaExhaustedError),
+        # Anthropic's billing error; OpenRouter's and DeepSeek's spent credits (a 402, whatever its body).
+        (402, error_json(type="billing_error"), QuotaExhaustedError),
+        (402, error_json(code=402), QuotaExhaustedError),
+        (402, b"Insufficient Balance", QuotaExhaustedError),
+        # Per-minute limits worded the same way clear in a minute: rate limits, retried.
+        (429, error_json(type="tokens", code="rate_limit_exceeded"), RateLimitError),
+        (429, error_json(type="rate_limit_error"), RateLimitError),
+        (429, b"You exceeded your current quota", RateLimitError),
+    ],
+    ids=["openai", "anthropic", "openrouter", "deepseek", "groq-tpm", "anthropic-429", "plain-429"],
+)
+def test_a_spent_quota_is_told_from_a_rate_limit_by_the_errors_fields_not_its_words(
+    status: int, body: bytes, kind: type[Exception]
+) -> None:
+    words = "You exceeded your current quota, please check your plan and billing details."
+    error = error_for_status(status, words, endpoint="http://h/v1", codes=error_codes(body))
+    assert type(error) is kind and error.status_code == status and words in str(error)
 
 
 # -- against the fake server ---------------------------------------------------------------------
@@ -280,6 +310,21 @@ async def test_a_prompt_over_the_context_window_raises_context_overflow_error_at
             await lm.chat([{"role": "user", "content": "apples " * 100}])
     assert caught.value.status_code == 400
     assert lm.usage.requests == 2, "never re-sent: the same prompt overflows the same way"
+
+
+async def test_a_spent_quota_raises_quota_exhausted_error_at_once_saying_what_to_do(
+    provider: Provider,
+) -> None:
+    """OpenAI's 429 ``insufficient_quota`` was retried as a rate limit (about 28 s with the default
+    policy) and Anthropic's 402 taken for a refusal of the request; no wait clears either."""
+    provider.server.fault_rates = [(Fault.quota_exhausted(), 1.0)]
+    async with provider.make() as lm:
+        with pytest.raises(QuotaExhaustedError) as caught:
+            await lm.chat(HELLO)
+    assert caught.value.status_code == (429 if provider.name == "openai" else 402)
+    assert lm.usage.requests == 1 and lm.usage.rate_limited == 0, "never re-sent, no pause"
+    assert "add credit" in str(caught.value) and provider.server.base_url in str(caught.value)
+    assert_no_secret(caught.value)
 
 
 @both_backends

@@ -207,6 +207,48 @@ async def test_a_key_revoked_on_one_of_two_replicas_mid_run_ends_with_the_clean_
     assert "refused the API key" in caplog.text and TEST_API_KEY not in caplog.text
 
 
+class QuotaSpentAfter:
+    """The World's responder that, once it has answered ``n_answered`` requests, has its server answer
+    every request after with OpenAI's 429 ``insufficient_quota``: the account's quota spent mid-run."""
+
+    def __init__(self, n_answered: int) -> None:
+        self.world = World()
+        self.n_answered = n_answered
+        self.server: FakeOpenAIServer | None = None
+        self.answers = 0
+
+    def __call__(self, request: ChatRequest) -> str:
+        self.answers += 1
+        if self.server is not None and self.answers == self.n_answered:
+            self.server.fault_rates = [(Fault.quota_exhausted(), 1.0)]
+        return self.world(request)
+
+
+async def test_a_quota_spent_mid_run_stops_it_at_once_and_a_later_call_resumes_it(tmp_path: Path) -> None:
+    """The 429s were retried as rate limits, then the run waited out its whole outage_tolerance (300 s
+    by default) before stopping, though only billing could end it."""
+    clean = await clean_run()
+    responder = QuotaSpentAfter(300)
+    run_dir = tmp_path / "run"
+    async with FakeOpenAIServer(responder=responder, api_key=TEST_API_KEY) as server:
+        responder.server = server
+        started = time.monotonic()
+        with pytest.raises(aprompt.EndpointDownError, match="QuotaExhaustedError") as stopped:
+            await run_world(server.base_url, run_dir, TEST_API_KEY)  # the default tolerance and retries
+        assert time.monotonic() - started < 60 and stopped.value.waited < 1
+        assert "outage_tolerance" not in str(stopped.value) and "add credit" in str(stopped.value)
+        assert stopped.value.endpoint == server.base_url and TEST_API_KEY not in str(stopped.value)
+        assert {r.status for r in server.chat_requests[-5:]} == {429}
+
+        server.fault_rates = []  # credit added
+        before = len(server.chat_requests)
+        resumed = await run_world(server.base_url, run_dir, TEST_API_KEY)
+        resumed_requests = len(server.chat_requests) - before
+    assert summary(resumed) == summary(clean)
+    assert resumed.failures == {}
+    assert resumed_requests < 761 - 300, "the resumed run read back what the first call paid for"
+
+
 async def test_an_example_failing_alone_while_the_lm_works_is_unscored_and_reported() -> None:
     broken = next(e.id for i, e in enumerate(examples(200, 240), start=200) if i == 215)
     transport = BreakingTransport(asks_about({215}))
