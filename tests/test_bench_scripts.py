@@ -11,7 +11,10 @@ import importlib.util
 import json
 import math
 import random
+import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ BENCH_SCRIPTS = [
     "bench.scale",
     "bench.proposals",
     "bench.pick_selection",
+    "bench.cpu_breakdown",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
 
@@ -138,6 +142,23 @@ def test_the_throughput_benchmark_runs_every_regime_in_quick_mode(tmp_path: Path
     assert (tmp_path / "throughput.md").read_text().startswith("# Throughput benchmark")
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_cpu_breakdown_times_the_collector_and_the_compiles_inside_each_run(tmp_path: Path) -> None:
+    # In its own process: it instruments anyio.run, the collector and re's compiler while it runs.
+    command = [sys.executable, "-m", "bench.cpu_breakdown", "--quick", "--systems", "aprompt"]
+    done = subprocess.run(
+        [*command, "--regimes", "latency", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    assert re.search(r"CPU of the optimization: [1-9]\d* ms", done.stdout), done.stdout[-2000:]
+    for generation in (0, 1, 2):
+        assert f"collections, generation {generation}: " in done.stdout
+    assert re.search(r"regular expressions compiled: \d+", done.stdout)
 
 
 @pytest.mark.local_model
