@@ -47,18 +47,10 @@ class EventStream(Generic[P]):
         self._error: Exception | None = None
         self._error_raised = False
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        try:
-            async for event in self._receive:
-                yield event
-        except anyio.ClosedResourceError:
-            raise ConfigError(
-                "read the events of optimize_events() inside its `async with` block: leaving it stops a "
-                "run still going, and a finished run's result is in events.result"
-            ) from None
-        if self._error is not None:
-            self._error_raised = True
-            raise self._error
+    def __aiter__(self) -> AsyncIterator[Event]:
+        # An iterator, not an async generator: one left by `break` is simply dropped, where trio warns
+        # of every async generator collected unfinished.
+        return _Events(self)
 
     @property
     def result(self) -> OptimizeResult[P]:
@@ -74,6 +66,32 @@ class EventStream(Generic[P]):
                 "events.result; leaving the `async with` block early stops the run"
             )
         return self._result
+
+
+class _Events(AsyncIterator[Event]):
+    """One iteration of an :class:`EventStream`: its events, then the run's error, if any."""
+
+    def __init__(self, stream: EventStream[Any]) -> None:
+        self._stream = stream
+        self._ended = False
+
+    async def __anext__(self) -> Event:
+        if self._ended:
+            raise StopAsyncIteration
+        stream = self._stream
+        try:
+            return await stream._receive.receive()
+        except anyio.ClosedResourceError:
+            raise ConfigError(
+                "read the events of optimize_events() inside its `async with` block: leaving it stops a "
+                "run still going, and a finished run's result is in events.result"
+            ) from None
+        except anyio.EndOfStream:
+            self._ended = True
+        if stream._error is not None:
+            stream._error_raised = True
+            raise stream._error
+        raise StopAsyncIteration
 
 
 @asynccontextmanager

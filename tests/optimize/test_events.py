@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -197,6 +199,27 @@ async def test_break_leaves_the_block_and_stops_the_run_quietly() -> None:
     assert isinstance(event, PhaseFinished)
     with pytest.raises(aprompt.ConfigError, match="has not finished"):
         stream.result  # noqa: B018
+
+
+@both_backends
+async def test_a_break_leaves_no_unfinished_iteration_for_the_collector() -> None:
+    # Trio warns of every async generator collected unfinished: the documented `break` must not make one.
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with aprompt.optimize_events(
+                TwoStageProgram(),
+                examples(0, 60),
+                metric,
+                valset=examples(200, 230),
+                lm=lm,
+                budget=SMALL_BUDGET,
+            ) as stream:
+                async for _ in stream:
+                    break
+            gc.collect()
+            await anyio.lowlevel.checkpoint()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 @both_backends
