@@ -199,13 +199,16 @@ class LaneTransports:
 
     def httpx_transport(self, connections: int) -> Transport:
         """A lane of an httpx client of its own (which reads the proxy environment)."""
-        client = _CookielessClient(
-            verify=self.ssl_context(),
-            timeout=self._timeout,
-            limits=httpx.Limits(
-                max_connections=connections,
-                max_keepalive_connections=connections,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
-            ),
-        )
-        return HttpxTransport(client, owned=True)
+
+        def make() -> httpx.AsyncClient:
+            return _CookielessClient(
+                verify=self.ssl_context(),
+                timeout=self._timeout,
+                limits=httpx.Limits(
+                    max_connections=connections,
+                    max_keepalive_connections=connections,
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
+                ),
+            )
+
+        return HttpxTransport(make(), owned=True, make=make)

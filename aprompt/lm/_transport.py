@@ -9,11 +9,12 @@ a proxy applies to the endpoint). :mod:`aprompt.lm._http` does not care which on
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple, Protocol
 
 import httpx
 
+from aprompt.lm._loop_stream import running_loop
 from aprompt.lm._replies import read_capped
 
 __all__ = [
@@ -90,17 +91,34 @@ class Transport(Protocol):
 
 
 class HttpxTransport:
-    """:class:`Transport` over an ``httpx.AsyncClient``; closes it only when ``owned``."""
+    """:class:`Transport` over an ``httpx.AsyncClient``; closes it only when ``owned``.
 
-    __slots__ = ("_client", "_owned")
+    ``make`` builds an owned client again: one that outlives its event loop (``asyncio.run`` called
+    again, trio after asyncio) holds connections only that loop could use, so a request from another
+    loop lets it go and goes through a fresh one. A caller's own client is used as it is.
+    """
 
-    def __init__(self, client: httpx.AsyncClient, *, owned: bool) -> None:
+    __slots__ = ("_client", "_loop", "_make", "_owned")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        owned: bool,
+        make: Callable[[], httpx.AsyncClient] | None = None,
+    ) -> None:
         self._client = client
         self._owned = owned
+        self._make = make
+        self._loop: object = None
 
     @property
     def client(self) -> httpx.AsyncClient:
         return self._client
+
+    def _same_loop(self) -> bool:
+        """Whether the running loop is the one the client's connections belong to (it has none yet)."""
+        return self._loop is None or self._loop is running_loop()
 
     async def request(
         self, method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes, cap: int
@@ -108,6 +126,10 @@ class HttpxTransport:
         # Raised outside the except blocks: httpx's exceptions hold the request, whose headers hold
         # the key, and would be chained onto ours.
         failure: TransportError | None = None
+        if self._make is not None:
+            if not self._same_loop():
+                self._client = self._make()  # the ended loop's connections go with the old one
+            self._loop = running_loop()
         try:
             # Never followed, whatever a caller's client is set to: a POST sent on to where a reply points
             # could be paid twice, or carry its key to another host (httpx strips only Authorization).
@@ -128,7 +150,8 @@ class HttpxTransport:
         return Reply(response.status_code, response.headers.raw, content, too_large)
 
     async def aclose(self) -> None:
-        if self._owned:
+        # Another loop's connections cannot be closed from this one (its close raised): they are let go.
+        if self._owned and self._same_loop():
             await self._client.aclose()
 
 

@@ -1151,6 +1151,40 @@ def test_a_client_kept_across_event_loops_answers_and_closes_on_each(first: str,
         assert len(server.chat_requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("first", "then"), [("asyncio", "asyncio"), ("asyncio", "trio"), ("trio", "asyncio"), ("trio", "trio")]
+)
+def test_a_client_kept_across_event_loops_answers_through_a_proxy(
+    first: str, then: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, through the httpx client a proxy in the environment selects: its pool's connections are
+    the ended loop's too (the second loop's request raised RuntimeError: "Event loop is closed")."""
+    from aprompt.testing.fake_openai import FakeOpenAIServer
+
+    def reply(request: object) -> str:
+        return "hi"
+
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(FakeOpenAIServer(responder=reply, api_key="sk-loops")) as server,
+    ):
+        # The fake server answers the proxy's form of a request (the whole URL as its path) itself.
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+        endpoint = "http://llm.invalid:8000/v1"
+        lm = OpenAICompatibleLM("fake-model", endpoint, api_key="sk-loops", cache=None)
+
+        async def ask(text: str) -> str:
+            with anyio.fail_after(10):
+                return (await lm.chat([{"role": "user", "content": text}])).text
+
+        assert anyio.run(ask, "one", backend=first) == "hi"
+        assert anyio.run(ask, "two", backend=then) == "hi"
+        anyio.run(lm.aclose, backend=first)
+    assert [r.path for r in server.chat_requests] == [f"{endpoint}/chat/completions"] * 2
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize(
     ("first", "then"), [("asyncio", "asyncio"), ("asyncio", "trio"), ("trio", "asyncio"), ("trio", "trio")]
