@@ -223,6 +223,23 @@ async def test_a_break_leaves_no_unfinished_iteration_for_the_collector() -> Non
 
 
 @both_backends
+async def test_a_read_given_up_on_a_timeout_leaves_the_events_to_read_on() -> None:
+    # A read cut short (a reader that waits for the next event with a timeout) ended the iteration: the
+    # next read saw no more events, as if the run had finished.
+    async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
+        async with aprompt.optimize_events(
+            TwoStageProgram(), examples(0, 60), metric, valset=examples(200, 230), lm=lm, budget=SMALL_BUDGET
+        ) as stream:
+            events = aiter(stream)
+            with anyio.move_on_after(0):
+                await anext(events)
+            rest = [event async for event in events]
+    assert isinstance(rest[0], RunPlanned)
+    assert isinstance(rest[-1], RunFinished)
+    assert isinstance(stream.result, OptimizeResult)
+
+
+@both_backends
 async def test_events_iterated_after_the_block_are_a_config_error() -> None:
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server, lm_for(server) as lm:
         async with aprompt.optimize_events(
