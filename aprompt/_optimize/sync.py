@@ -1,4 +1,4 @@
-"""``optimize_sync``: the blocking convenience wrapper for scripts and notebooks."""
+"""``optimize_sync``: the blocking convenience wrapper for scripts (a notebook runs its cells in a loop)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def optimize_sync(
     """Run :func:`aprompt.optimize` (same arguments) to completion from synchronous code.
 
     It starts its own event loop (``backend``: ``"asyncio"`` or ``"trio"``), so it refuses to run inside
-    one (an async app, a running notebook loop): there, ``await aprompt.optimize(...)`` instead.
+    one (an async app, a Jupyter notebook, whose kernel runs every cell in its loop): there,
+    ``await aprompt.optimize(...)`` instead (a notebook cell takes ``await`` at its top level).
 
     Raises:
         ConfigError: called inside a running event loop, or ``backend`` is neither; and whatever
