@@ -8,12 +8,14 @@ a proxy applies to the endpoint). :mod:`aprompt.lm._http` does not care which on
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, Protocol
 
 import httpx
 
+from aprompt._errors import ConfigError
 from aprompt.lm._loop_stream import running_loop
 from aprompt.lm._replies import read_capped
 
@@ -95,7 +97,8 @@ class HttpxTransport:
 
     ``make`` builds an owned client again: one that outlives its event loop (``asyncio.run`` called
     again, trio after asyncio) holds connections only that loop could use, so a request from another
-    loop lets it go and goes through a fresh one. A caller's own client is used as it is.
+    loop lets it go and goes through a fresh one. A caller's own client is used as it is: where its
+    connections are another loop's, the request is a :class:`ConfigError`.
     """
 
     __slots__ = ("_client", "_loop", "_make", "_owned")
@@ -126,10 +129,19 @@ class HttpxTransport:
         # Raised outside the except blocks: httpx's exceptions hold the request, whose headers hold
         # the key, and would be chained onto ours.
         failure: TransportError | None = None
-        if self._make is not None:
-            if not self._same_loop():
-                self._client = self._make()  # the ended loop's connections go with the old one
-            self._loop = running_loop()
+        loop = running_loop()
+        moved = not self._same_loop()
+        if moved and self._make is not None:
+            self._client = self._make()  # the ended loop's connections go with the old one
+            self._loop, moved = loop, False
+        if moved and _asyncio_loop_in(self._loop, loop):
+            # Sent on the other loop's connection, the request was paid for and its reply never read.
+            raise ConfigError(
+                "the http_client given to the LM holds connections of another event loop (one that ended: "
+                "asyncio.run called again, trio after asyncio), which this loop cannot use: make the "
+                "httpx.AsyncClient in the loop that uses it, or leave http_client out (the LM's own "
+                "connections follow it from loop to loop)"
+            )
         try:
             # Never followed, whatever a caller's client is set to: a POST sent on to where a reply points
             # could be paid twice, or carry its key to another host (httpx strips only Authorization).
@@ -147,12 +159,19 @@ class HttpxTransport:
                 failure = TransportError(f"{type(exc).__name__}: {exc}")
         if failure is not None:
             raise failure
+        self._loop = loop
         return Reply(response.status_code, response.headers.raw, content, too_large)
 
     async def aclose(self) -> None:
         # Another loop's connections cannot be closed from this one (its close raised): they are let go.
         if self._owned and self._same_loop():
             await self._client.aclose()
+
+
+def _asyncio_loop_in(*loops: object) -> bool:
+    """Whether any of these loops (as :func:`running_loop` gives them) is asyncio's: an asyncio
+    connection serves its own loop alone (trio's sockets serve one trio run after another)."""
+    return any(isinstance(loop, asyncio.AbstractEventLoop) for loop in loops)
 
 
 def _certificate_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:

@@ -1185,6 +1185,39 @@ def test_a_client_kept_across_event_loops_answers_through_a_proxy(
     assert [r.path for r in server.chat_requests] == [f"{endpoint}/chat/completions"] * 2
 
 
+@pytest.mark.parametrize(
+    ("first", "then"), [("asyncio", "asyncio"), ("asyncio", "trio"), ("trio", "asyncio")]
+)
+def test_a_caller_s_client_kept_across_event_loops_is_a_config_error_that_says_what_to_do(
+    first: str, then: str
+) -> None:
+    """A caller's httpx client holds the connections of the loop it was used on, which no other loop can
+    use: the next loop's call raised a bare RuntimeError ("Event loop is closed")."""
+    from aprompt.testing.fake_openai import FakeOpenAIServer
+
+    def reply(request: object) -> str:
+        return "hi"
+
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(FakeOpenAIServer(responder=reply, api_key="sk-loops")) as server,
+    ):
+        client = httpx.AsyncClient()
+        lm = OpenAICompatibleLM(
+            "fake-model", server.base_url, api_key="sk-loops", cache=None, http_client=client
+        )
+
+        async def ask(text: str) -> str:
+            with anyio.fail_after(10):
+                return (await lm.chat([{"role": "user", "content": text}])).text
+
+        assert anyio.run(ask, "one", backend=first) == "hi"
+        with pytest.raises(ConfigError, match="http_client") as caught:
+            anyio.run(ask, "two", backend=then)
+    assert "sk-loops" not in str(caught.value)
+    assert len(server.chat_requests) == 1
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize(
     ("first", "then"), [("asyncio", "asyncio"), ("asyncio", "trio"), ("trio", "asyncio"), ("trio", "trio")]
