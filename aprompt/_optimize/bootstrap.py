@@ -25,6 +25,7 @@ so the demo sets are those a run on a working endpoint finds.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -49,6 +50,8 @@ from aprompt._taskgroups import plain_errors_task_group
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Demo
+
+logger = logging.getLogger("aprompt")
 
 
 @attrs.frozen
@@ -184,9 +187,27 @@ async def bootstrap_demo_sets(
         for name, predictor in predictors:
             sets[name].append(built(set_index, name, predictor))
     done = runs.in_order()
+    warn_uncalled(predictors, list(done.values()))
     passed = sum(1 for r in done.values() if r.score is not None and r.score >= threshold)
     failures = {f"{eid}@{rollout}": r.error for (eid, rollout), r in done.items() if r.error}
     return BootstrapResult({name: tuple(s) for name, s in sets.items()}, len(done), passed, failures)
+
+
+def warn_uncalled(predictors: Sequence[tuple[str, Predict]], done: Sequence[ExampleResult]) -> None:
+    """Log a warning naming the predictors that no finished run called (an object holding predictors its
+    entry point never calls): the search still picks prompts for them, by scores they cannot change."""
+    finished = [result for result in done if result.error is None]
+    called = {entry.predictor_name for result in finished for entry in result.trace}
+    uncalled = [name for name, _ in predictors if name not in called]
+    if finished and uncalled:
+        logger.warning(
+            "aprompt: predictor(s) %s of the program were not called in any of its %d bootstrap run(s): "
+            "their prompts are tuned all the same, by scores they do not change, and the result may give "
+            "them a prompt picked by chance. Optimize an object holding only the predictors the program "
+            "calls (or check why the program does not call them)",
+            uncalled,
+            len(finished),
+        )
 
 
 async def _run_one(

@@ -1,6 +1,6 @@
 """A predictor the program calls that aprompt did not find among its predictors runs with its own
 prompts and is never optimized: the run says so (once per predictor), and a metric's own judge is not
-taken for one."""
+taken for one. A predictor aprompt found that the program never calls is named too."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ class CallsAHiddenPredictor(TwoStageProgram):
     async def __call__(self, question: str) -> Any:
         await REWRITE(question=question)
         return await super().__call__(question)
+
+
+class TwoEntryPoints(TwoStageProgram):
+    """An assistant whose ``solve`` (the program optimized) never calls ``translate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.translate = Predict("text -> translation", instruction="Translate.")
+
+    async def solve(self, question: str) -> Any:
+        return await self(question)
 
 
 async def judged(example: Example, prediction: Any) -> bool:
@@ -70,3 +81,18 @@ async def test_a_metrics_own_judge_is_not_reported(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING, logger="aprompt"):
         await run(TwoStageProgram(), judged)
     assert reports(caplog) == []
+
+
+def uncalled_reports(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "were not called" in r.getMessage()]
+
+
+async def test_a_predictor_the_program_never_calls_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="aprompt"):
+        await run(TwoEntryPoints().solve, metric)
+    [report] = uncalled_reports(caplog)
+    assert report.startswith("aprompt: predictor(s) ['translate'] of the program were not called in any of")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aprompt"):
+        await run(TwoStageProgram(), metric)
+    assert uncalled_reports(caplog) == []
