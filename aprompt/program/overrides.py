@@ -204,6 +204,8 @@ class PredictorWatch:
     #: they ran with their own prompts), by id: their repr, and whether it was reported.
     undiscovered: dict[int, str] = attrs.field(factory=dict)
     reported: set[int] = attrs.field(factory=set)
+    #: The run writes its result into these very predictors (``in_place=True``).
+    exclusive: bool = False
 
 
 # The one piece of module state: a call made outside every context (a foreign thread, a task started
@@ -222,10 +224,16 @@ def current_watch() -> PredictorWatch | None:
 
 
 @contextmanager
-def watch_predictors(predictors: Sequence[tuple[str, object]]) -> Iterator[PredictorWatch]:
+def watch_predictors(
+    predictors: Sequence[tuple[str, object]], *, exclusive: bool = False
+) -> Iterator[PredictorWatch]:
     """Within the block, record every call of one of ``predictors`` made outside an override block
     opened for their program (see the module); :func:`current_watch` returns the watch in this task and
     tasks started in it.
+
+    ``exclusive``: the run writes its result into these predictors (``in_place=True``); another exclusive
+    block open on one of them raises :class:`ConfigError`, as the run that ends last would overwrite the
+    other's result without a word.
 
     Example::
 
@@ -235,9 +243,13 @@ def watch_predictors(predictors: Sequence[tuple[str, object]]) -> Iterator[Predi
     """
     global _WATCHES
     watch = PredictorWatch(
-        {id(p): name for name, p in predictors}, keep_alive=tuple(p for _, p in predictors)
+        {id(p): name for name, p in predictors},
+        keep_alive=tuple(p for _, p in predictors),
+        exclusive=exclusive,
     )
-    with _WATCHES_LOCK:
+    with _WATCHES_LOCK:  # checked and registered at once: two runs starting together cannot both pass
+        if exclusive:
+            _check_not_written_by_another_run(watch)
         _WATCHES = (*_WATCHES, watch)
     token = _CURRENT_WATCH.set(watch)
     try:
@@ -246,6 +258,17 @@ def watch_predictors(predictors: Sequence[tuple[str, object]]) -> Iterator[Predi
         _CURRENT_WATCH.reset(token)
         with _WATCHES_LOCK:
             _WATCHES = tuple(w for w in _WATCHES if w is not watch)
+
+
+def _check_not_written_by_another_run(watch: PredictorWatch) -> None:
+    for other in _WATCHES:
+        shared = [name for key, name in watch.names.items() if other.exclusive and key in other.names]
+        if shared:
+            raise ConfigError(
+                f"predictor(s) {sorted(shared)} of the program are being optimized in place by another "
+                "optimize() running in this process: the run that ends last would overwrite the other's "
+                "prompts in them. Optimize a copy (in_place=False), or wait for the other run to end"
+            )
 
 
 #: The program run the calls of this task belong to (an object of its own), or None outside one.

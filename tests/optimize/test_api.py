@@ -1,10 +1,12 @@
-"""``aprompt.optimize``: typed refusals before any LM call, a program that always fails, and in_place."""
+"""``aprompt.optimize``: typed refusals before any LM call, a program that always fails, and in_place
+(two in-place runs at once over one predictor refused)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import anyio
 import numpy
 import pytest
 
@@ -163,6 +165,30 @@ async def test_in_place_writes_the_best_prompts_into_the_program() -> None:
     for name, predictor in aprompt.named_predictors(program):
         assert predictor.instruction == best[name].instruction
         assert tuple(predictor.demos) == best[name].demos
+
+
+async def test_two_in_place_runs_at_once_over_one_predictor_are_refused() -> None:
+    # The run that ended last wrote its prompts over the other's: one result held another's prompt.
+    shared = TwoStageProgram().extract
+    programs = [TwoStageProgram(), TwoStageProgram()]
+    for program in programs:
+        program.extract = shared
+    outcomes: list[Any] = []
+
+    async def optimize_one(program: TwoStageProgram, seed: int) -> None:
+        try:
+            outcomes.append((await optimize_in_world(program=program, in_place=True, seed=seed))[0])
+        except aprompt.ConfigError as exc:
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for seed, program in enumerate(programs, start=1):
+            group.start_soon(optimize_one, program, seed)
+    [refused] = [o for o in outcomes if isinstance(o, aprompt.ConfigError)]
+    assert "predictor(s) ['extract'] of the program are being optimized in place by another" in str(refused)
+    [result] = [o for o in outcomes if not isinstance(o, aprompt.ConfigError)]
+    best = result.candidates.prompts_for(result.best_choice)
+    assert shared.instruction == best["extract"].instruction
 
 
 def numbered(start: int, stop: int, as_text: bool) -> list[Example]:
