@@ -5,6 +5,7 @@ from __future__ import annotations
 import dis
 import enum
 import functools
+import re
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -52,13 +53,17 @@ _LEAF_TYPES = (
 
 ROOT_NAME = "self"
 
+#: The memory address a default ``repr`` shows (``<Stage object at 0x7f...>``): differs in every process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
 
 def named_predictors(program: object) -> list[tuple[str, Predict]]:
     """Every :class:`Predict` reachable from ``program``, with a dotted name, in a stable order.
 
     The walk goes depth-first through attributes (in definition order: instance ``__dict__`` order,
     then ``__slots__``), lists and tuples (``stages.0``) and mappings (``experts.math``; keys sorted
-    by their string form, so names do not depend on how the dict was built). A predictor reachable
+    by their string form, so names do not depend on how the dict was built; a key whose string form
+    shows its memory address is refused, see :func:`predictor_routes`). A predictor reachable
     twice keeps its first name; cycles are followed once. The walk does not enter predictors,
     modules, classes, LM clients, sets (no stable order) or plain values. A bound method
     (``program.run``) is walked from its object; a bare predictor is named ``"self"``.
@@ -85,7 +90,9 @@ def predictor_routes(program: object) -> list[tuple[str, Predict, Route]]:
 
     Raises:
         ConfigError: two different predictors get the same name (``{0: p, "0": q}`` are both ``s.0``),
-            naming both routes: their saved prompts would be mixed up.
+            naming both routes: their saved prompts would be mixed up; or a predictor's name holds a
+            mapping key shown with its memory address (an object with the default ``repr``), a name no
+            other process gives it.
     """
     if isinstance(program, types.MethodType):
         program = program.__self__
@@ -105,6 +112,7 @@ def predictor_routes(program: object) -> list[tuple[str, Predict, Route]]:
             continue
         seen.add(id(obj))
         if isinstance(obj, Predict):
+            _check_stable(name, route)
             if name in by_name:
                 raise ConfigError(
                     f"two predictors of the program get the same name {name!r}: "
@@ -120,6 +128,26 @@ def predictor_routes(program: object) -> list[tuple[str, Predict, Route]]:
                 for child_name, child, step in reversed(_children(name, obj))
             )
     return found
+
+
+def _check_stable(name: str, route: Route) -> None:
+    """ConfigError if ``name`` holds a mapping key shown by its memory address: a resumed run, a saved
+    result or prompt state would name the predictor otherwise in the next process, and not find it."""
+    if _ADDRESS.search(name) is None:
+        return
+    shown = [
+        key
+        for kind, key in route
+        if kind == "item" and not isinstance(key, str) and _ADDRESS.search(str(key))
+    ]
+    if not shown:  # a text key that reads so is the same in every process
+        return
+    key = shown[0]
+    raise ConfigError(
+        f"the predictor at {show_route(route)} would be named {name!r}: the key {key!r} shows its memory "
+        "address, which differs in every process, so a resumed run, a saved result or prompt state would "
+        "not find it; key the mapping by a str, int or enum member instead"
+    )
 
 
 def show_route(route: Route) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import pytest
 
+from aprompt._errors import ConfigError
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.program import ChainOfThought, Predict, named_predictors
 
@@ -113,3 +115,19 @@ def test_slotted_and_attrs_programs_are_walked() -> None:
 
 def test_the_same_program_built_twice_gets_the_same_names() -> None:
     assert names(Pipeline()) == names(Pipeline())
+
+
+class Stage:
+    """A mapping key with the default repr: its text holds the object's memory address."""
+
+
+def test_a_key_shown_by_its_memory_address_is_refused() -> None:
+    # Named by the address, a predictor got another name in every process: a resume was refused as a
+    # different run, and a saved result loaded nowhere else.
+    stage = Stage()
+    with pytest.raises(
+        ConfigError, match=r"the key <.*Stage object at 0x[0-9a-f]+> shows its memory address"
+    ):
+        named_predictors({"stages": {stage: Predict("q -> a")}})
+    kept = {"plan": Predict("q -> a"), 3: Predict("a -> b"), "meet at 0x10": Predict("b -> c")}
+    assert names({"stages": kept}) == ["stages.3", "stages.meet at 0x10", "stages.plan"]
