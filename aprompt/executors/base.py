@@ -289,12 +289,16 @@ def program_entry(program: object) -> Callable[..., Any]:
 
 def check_watch() -> None:
     """Raise if a predictor of the program under optimization was called without the run's prompts; warn
-    (once each) of a predictor the program called that is not one of its predictors."""
+    (once each, and once for predictors shown alike: one the program makes anew in each call) of a
+    predictor the program called that is not one of its predictors."""
     watch = current_watch()
     if watch is not None and len(watch.reported) < len(watch.undiscovered):
-        for key, shown in watch.undiscovered.items():
+        for key, shown in list(watch.undiscovered.items()):
             if key not in watch.reported:
                 watch.reported.add(key)
+                if shown in watch.reported_reprs:
+                    continue
+                watch.reported_reprs.add(shown)
                 logger.warning(
                     "aprompt: the program called %s, which is not among the predictors aprompt found in it: "
                     "it runs with its own prompts and is not optimized. Make it reachable from the program "

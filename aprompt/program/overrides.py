@@ -204,6 +204,8 @@ class PredictorWatch:
     #: they ran with their own prompts), by id: their repr, and whether it was reported.
     undiscovered: dict[int, str] = attrs.field(factory=dict)
     reported: set[int] = attrs.field(factory=set)
+    #: The reprs warned of: a predictor the program makes anew in every call is a new object each run.
+    reported_reprs: set[str] = attrs.field(factory=set)
     #: The run writes its result into these very predictors (``in_place=True``).
     exclusive: bool = False
 

@@ -35,6 +35,12 @@ class CallsAHiddenPredictor(TwoStageProgram):
         return await super().__call__(question)
 
 
+class MakesAPredictorInEachCall(TwoStageProgram):
+    async def __call__(self, question: str) -> Any:
+        await Predict("question -> rewritten")(question=question)
+        return await super().__call__(question)
+
+
 class TwoEntryPoints(TwoStageProgram):
     """An assistant whose ``solve`` (the program optimized) never calls ``translate``."""
 
@@ -81,6 +87,14 @@ async def test_a_metrics_own_judge_is_not_reported(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING, logger="aprompt"):
         await run(TwoStageProgram(), judged)
     assert reports(caplog) == []
+
+
+async def test_a_predictor_made_in_each_call_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    # A new object in every run: it was reported once per run, over a hundred identical warnings.
+    with caplog.at_level(logging.WARNING, logger="aprompt"):
+        await run(MakesAPredictorInEachCall(), metric)
+    assert len(reports(caplog)) == 1
+    assert "Predict('question -> rewritten')" in reports(caplog)[0]
 
 
 def uncalled_reports(caplog: pytest.LogCaptureFixture) -> list[str]:
