@@ -13,7 +13,12 @@ from typing import Any, cast
 import attrs
 
 from aprompt._errors import ConfigError
-from aprompt._optimize.arguments import check_arguments, check_metric_on_labels, resolve_limits
+from aprompt._optimize.arguments import (
+    check_arguments,
+    check_metric_on_labels,
+    no_predictors_found,
+    resolve_limits,
+)
 from aprompt._optimize.budget import Budget, resolve_budget
 from aprompt._optimize.data_warnings import warn_missing_labels, warn_unsaved_demo_values
 from aprompt._optimize.evaluate import Metric, RunMetric, check_inputs
@@ -222,12 +227,7 @@ async def optimize(
     plan = resolve_budget(budget)
     predictors = named_predictors(program)
     if not predictors:
-        raise ConfigError(
-            f"function {getattr(program, '__qualname__', program)} names no predictor (in its globals, "
-            "its closure, or functions it calls) to optimize"
-            if is_function(program)
-            else f"program {type(program).__name__} holds no predictors to optimize"
-        )
+        raise ConfigError(no_predictors_found(program))
     if is_function(program) and not in_place:
         raise ConfigError(
             f"program {getattr(program, '__qualname__', program)} is a function: its predictors live in "

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 import os
@@ -37,6 +38,8 @@ from aprompt._optimize.metric_values import Metric, describe_metric, metric_scor
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.strategies import STRATEGIES, Strategy
 from aprompt.lm._metering import LimitReached, RequestMeter, metering
+from aprompt.program.discovery import is_function
+from aprompt.program.predictor import Predict
 from aprompt.program.values import Prediction
 from aprompt.run._limits import Limits
 
@@ -133,6 +136,36 @@ def check_arguments(
     for name, lm in lms.items():
         if lm is not None:
             check_lm(name, lm)
+
+
+def no_predictors_found(program: object) -> str:
+    """Why ``optimize`` found no predictor in ``program``, and what to pass instead."""
+    name = getattr(program, "__qualname__", program)
+    if is_function(program):
+        return (
+            f"function {name} names no predictor (in its globals, its closure, or functions it calls) to "
+            "optimize"
+        )
+    if isinstance(program, functools.partial):
+        wrapped = getattr(program.func, "__qualname__", program.func)
+        return (
+            f"program is a functools.partial of {wrapped}, whose function and arguments are not searched "
+            "for predictors: pass the object holding them, or the function itself (with in_place=True), "
+            "giving the fixed arguments inside it"
+        )
+    on_class = sorted(
+        attr
+        for cls in type(program).__mro__
+        for attr, value in vars(cls).items()
+        if isinstance(value, Predict) and not attr.startswith("__")
+    )
+    if on_class:
+        return (
+            f"program {type(program).__name__} holds no predictors to optimize: {on_class} are set on its "
+            "class, where they are not looked for (and would be shared by every instance); set them on the "
+            "instance, in __init__"
+        )
+    return f"program {type(program).__name__} holds no predictors to optimize"
 
 
 def check_lm(name: str, lm: object) -> None:

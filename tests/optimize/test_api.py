@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -27,6 +28,13 @@ class NoPredictors:
         return "ans"
 
 
+class PredictorsOnTheClass:
+    extract = Predict("question -> code")
+
+    async def __call__(self, question: str) -> Any:
+        return await self.extract(question=question)
+
+
 class AlwaysRaises(TwoStageProgram):
     async def __call__(self, question: str) -> Any:
         raise KeyError("code")
@@ -34,6 +42,14 @@ class AlwaysRaises(TwoStageProgram):
 
 REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
     "no_predictors": ({"program": NoPredictors()}, "holds no predictors"),
+    "a_partial": (
+        {"program": functools.partial(TwoStageProgram().__call__)},
+        r"functools.partial of TwoStageProgram.__call__, whose function and arguments are not searched",
+    ),
+    "predictors_on_the_class": (
+        {"program": PredictorsOnTheClass()},
+        r"\['extract'\] are set on its class, where they are not looked for",
+    ),
     "empty_trainset": ({"trainset": []}, "trainset is empty"),
     "missing_inputs": (
         {"trainset": [*examples(0, 5), Example(inputs={"query": "item-9"}, id="odd-one")]},
