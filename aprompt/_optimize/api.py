@@ -131,7 +131,8 @@ async def optimize(
         concurrency: program runs in flight at once (LM calls are further limited by the LM client).
         bootstrap_threshold: the metric score a run must reach for its trace to become demos.
         in_place: write the best prompts into ``program`` itself instead of a copy (refused with a
-            ``ConfigError`` while another ``in_place`` run in this process optimizes one of its predictors).
+            ``ConfigError`` while another run in this process optimizes one of its predictors, and a run
+            refused while another ``in_place`` run does).
         on_event: called (sync or async) with every progress event, and awaited inline: a slow
             callback slows the run (its time counts against ``max_time``, and it is not cancelled at
             the deadline), and one that raises stops the run with that exception.
@@ -321,7 +322,7 @@ async def optimize(
             ctx.spending.check_limits()  # again, with the calls per run measured by earlier calls of this run
             if journal is not None and journal.latest("original_state") is None:
                 journal.append("original_state", program_state(program))
-            with watch_predictors(predictors, exclusive=in_place), use_executor(executor):
+            with watch_predictors(predictors, in_place=in_place), use_executor(executor):
                 return await run_to_result(ctx, chosen, target, started)
     finally:
         note_program_run(program, settings)

@@ -206,8 +206,9 @@ class PredictorWatch:
     reported: set[int] = attrs.field(factory=set)
     #: The reprs warned of: a predictor the program makes anew in every call is a new object each run.
     reported_reprs: set[str] = attrs.field(factory=set)
-    #: The run writes its result into these very predictors (``in_place=True``).
-    exclusive: bool = False
+    #: For a run of ``optimize``: whether it writes its result into these very predictors
+    #: (``in_place=True``); ``None`` for another watch.
+    in_place: bool | None = None
 
 
 # The one piece of module state: a call made outside every context (a foreign thread, a task started
@@ -227,15 +228,16 @@ def current_watch() -> PredictorWatch | None:
 
 @contextmanager
 def watch_predictors(
-    predictors: Sequence[tuple[str, object]], *, exclusive: bool = False
+    predictors: Sequence[tuple[str, object]], *, in_place: bool | None = None
 ) -> Iterator[PredictorWatch]:
     """Within the block, record every call of one of ``predictors`` made outside an override block
     opened for their program (see the module); :func:`current_watch` returns the watch in this task and
     tasks started in it.
 
-    ``exclusive``: the run writes its result into these predictors (``in_place=True``); another exclusive
-    block open on one of them raises :class:`ConfigError`, as the run that ends last would overwrite the
-    other's result without a word.
+    ``in_place``: the block is a run of ``optimize``, which writes its result into these predictors
+    (``True``) or not (``False``). Two such blocks open at once on one predictor, one of them in place,
+    raise :class:`ConfigError`: the in-place run's prompts, written when it ends, would overwrite the
+    other's result or change the prompts the other's runs read, without a word.
 
     Example::
 
@@ -247,11 +249,10 @@ def watch_predictors(
     watch = PredictorWatch(
         {id(p): name for name, p in predictors},
         keep_alive=tuple(p for _, p in predictors),
-        exclusive=exclusive,
+        in_place=in_place,
     )
     with _WATCHES_LOCK:  # checked and registered at once: two runs starting together cannot both pass
-        if exclusive:
-            _check_not_written_by_another_run(watch)
+        _check_not_written_by_another_run(watch)
         _WATCHES = (*_WATCHES, watch)
     token = _CURRENT_WATCH.set(watch)
     try:
@@ -263,13 +264,18 @@ def watch_predictors(
 
 
 def _check_not_written_by_another_run(watch: PredictorWatch) -> None:
+    if watch.in_place is None:
+        return
     for other in _WATCHES:
-        shared = [name for key, name in watch.names.items() if other.exclusive and key in other.names]
+        if other.in_place is None or not (watch.in_place or other.in_place):
+            continue
+        shared = [name for key, name in watch.names.items() if key in other.names]
         if shared:
             raise ConfigError(
-                f"predictor(s) {sorted(shared)} of the program are being optimized in place by another "
-                "optimize() running in this process: the run that ends last would overwrite the other's "
-                "prompts in them. Optimize a copy (in_place=False), or wait for the other run to end"
+                f"predictor(s) {sorted(shared)} of the program are also optimized by another optimize() "
+                "running in this process, one of the two with in_place=True: that run writes its prompts "
+                "into them when it ends, over the other's result or under its runs. Optimize copies "
+                "(in_place=False) in both, or run them one after the other"
             )
 
 
