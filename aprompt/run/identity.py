@@ -217,6 +217,15 @@ def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[s
     for key in sorted({*stored, *current}):
         old, new = stored.get(key), current.get(key)
         if old == new:
+            # The same predictors in another order (attributes set in a set's order, which follows the
+            # hash seed) are another search: the order decides how the run samples its choices.
+            if (
+                key == "program"
+                and isinstance(old, Mapping)
+                and isinstance(new, Mapping)
+                and list(old) != list(new)
+            ):
+                found.append(f"{key} (the order of its predictors: {list(old)} then, {list(new)} now)")
             continue
         if isinstance(old, Mapping) and isinstance(new, Mapping):
             parts = sorted(str(k) for k in {*old, *new} if old.get(k) != new.get(k))

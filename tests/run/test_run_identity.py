@@ -231,6 +231,28 @@ async def test_a_changed_instruction_is_refused_naming_the_predictor(
     assert await refusal(server, tmp_path, program=program) == {"program (answer)"}
 
 
+class Reordered(TwoStageProgram):
+    """The world's predictors, set in the order given (as a loop over a set sets them)."""
+
+    def __init__(self, order: Sequence[str]) -> None:
+        made = TwoStageProgram()
+        for name in order:
+            setattr(self, name, getattr(made, name))
+
+
+async def test_the_same_predictors_in_another_order_are_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # The order decides the search's sampling: resumed so, the run went on as another search.
+    await run(server, tmp_path, program=Reordered(["extract", "answer"]))
+    assert await refusal(server, tmp_path, program=Reordered(["answer", "extract"])) == {
+        "program (the order of its predictors: ['extract', 'answer'] then, ['answer', 'extract'] now)"
+    }
+    server.reset_records()
+    await run(server, tmp_path, program=Reordered(["extract", "answer"]))
+    assert server.chat_requests == []
+
+
 async def test_a_changed_signature_is_refused_naming_the_predictor(
     server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
