@@ -14,7 +14,10 @@ One ask, for trial number ``t``:
    together are proposed together. Otherwise each parameter comes from its own kernel and the score is
    the sum of the per-parameter log ratios.
 4. Keep the best-scoring candidate whose point is not held by a pending trial nor, with
-   ``avoid_repeats`` (the default), by a complete one; when every candidate is held, the best one.
+   ``avoid_repeats`` (the default), by a complete one. When every candidate is held and the space is
+   small and finite (categorical and integer parameters, at most 4,096 points), the best-scoring point
+   no trial holds (during the start-up, one drawn uniformly); otherwise (every point held, or a space
+   too large to list) the best candidate.
    With noisy scores a repeat spends a trial re-measuring a point the caller can already judge
    (the search loop pools mini-batch evidence and fully evaluates the leaders), while a new point can
    only add to what the search has found.
@@ -47,6 +50,7 @@ from aprompt.tpe._space import (
     decode_params,
     encode_params,
     encode_space,
+    enumerate_points,
     sample_uniform,
 )
 from aprompt.tpe._split import default_gamma, flat_weights, split_good_bad
@@ -287,6 +291,7 @@ class TPESampler:
         complete = np.flatnonzero(states == TrialTable.COMPLETE)
         pending = np.flatnonzero(states == TrialTable.PENDING)
         n = self._n_ei_candidates
+        model: tuple[_parzen.ParzenEstimator, _parzen.ParzenEstimator] | None = None
         if complete.size < self._n_startup:
             cand_cats, cand_nums = sample_uniform(self._encoded, rng, n)
             scores = np.zeros(n)
@@ -295,10 +300,14 @@ class TPESampler:
             good, bad = split_good_bad(values[complete], numbers[complete], n_good)
             good_rows = complete[good]
             bad_rows = np.sort(np.concatenate([complete[bad], pending]))
-            below = self._fit(cats[good_rows], nums[good_rows])
-            above = self._fit(cats[bad_rows], nums[bad_rows])
-            cand_cats, cand_nums, scores = self._candidates(below, above, rng, n)
+            model = self._fit(cats[good_rows], nums[good_rows]), self._fit(cats[bad_rows], nums[bad_rows])
+            cand_cats, cand_nums, scores = self._candidates(*model, rng, n)
         best = self._best_untaken(scores, cand_cats, cand_nums)
+        if best is None:
+            # Every candidate is taken: in a small space a point no trial holds may remain, and a
+            # repeat would spend the trial on a point the caller can already judge.
+            cand_cats, cand_nums, scores = self._untaken_points(model, rng, cand_cats, cand_nums, scores)
+            best = int(np.argmax(scores))
         chosen = cand_cats[best].copy()
         if self._n_cover is None or number < self._n_cover:
             self._cover(chosen, cats[states != TrialTable.FAILED], rng)
@@ -313,16 +322,50 @@ class TPESampler:
             if untried.size:
                 chosen[d] = untried[int(rng.integers(untried.size))]
 
-    def _best_untaken(self, scores: FloatArray, cats: IntArray, nums: FloatArray) -> int:
-        """The highest-scoring candidate whose point no pending (or, with ``avoid_repeats``, complete)
-        trial holds; the highest overall when every candidate is taken. The first wins ties."""
+    def _taken(self, cats: IntArray, nums: FloatArray) -> bool:
+        """Whether a pending (or, with ``avoid_repeats``, complete) trial holds this point."""
         # A failed trial's params stay available: the failure says nothing about them.
         taken = (TrialTable.PENDING, TrialTable.COMPLETE) if self._avoid_repeats else (TrialTable.PENDING,)
-        order = np.argsort(-scores, kind="stable")
-        for i in order:
-            if not self._table.has_point(point_key(cats[i], nums[i]), taken):
+        return self._table.has_point(point_key(cats, nums), taken)
+
+    def _best_untaken(self, scores: FloatArray, cats: IntArray, nums: FloatArray) -> int | None:
+        """The highest-scoring candidate whose point is not taken (the first wins ties); ``None`` when
+        every candidate is taken."""
+        for i in np.argsort(-scores, kind="stable"):
+            if not self._taken(cats[i], nums[i]):
                 return int(i)
-        return int(order[0])
+        return None
+
+    def _untaken_points(
+        self,
+        model: tuple[_parzen.ParzenEstimator, _parzen.ParzenEstimator] | None,
+        rng: np.random.Generator,
+        cats: IntArray,
+        nums: FloatArray,
+        scores: FloatArray,
+    ) -> tuple[IntArray, FloatArray, FloatArray]:
+        """The points of a small finite space that are not taken, scored by ``model`` (by a uniform draw
+        before the model is used); the candidates as they were when there is none, or the space is
+        too large to list."""
+        points = enumerate_points(self._encoded, _MAX_LISTED_POINTS)
+        if points is None:
+            return cats, nums, scores
+        free = np.array([not self._taken(c, x) for c, x in zip(*points, strict=True)], dtype=np.bool_)
+        if not free.any():
+            return cats, nums, scores
+        cats, nums = points[0][free], points[1][free]
+        if model is None:
+            return cats, nums, np.asarray(rng.random(cats.shape[0]), dtype=np.float64)
+        below, above = model
+        # In slices: the estimators hold a kernel per trial, and each point is scored against every one.
+        step = max(1, 2**20 // (below.n_kernels + above.n_kernels) // max(1, self._encoded.n_dims))
+        scores = np.concatenate(
+            [
+                self._score(below, above, cats[i : i + step], nums[i : i + step])
+                for i in range(0, len(cats), step)
+            ]
+        )
+        return cats, nums, scores
 
     def _n_good(self, n: int) -> int:
         n_good = self._gamma(n)
@@ -352,13 +395,25 @@ class TPESampler:
         n: int,
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         """Candidates drawn from ``below`` and their scores ``log l - log g`` (higher is better)."""
+        cats, nums = _parzen.sample(below, rng, n, per_dimension=not self._multivariate)
+        return cats, nums, self._score(below, above, cats, nums)
+
+    def _score(
+        self,
+        below: _parzen.ParzenEstimator,
+        above: _parzen.ParzenEstimator,
+        cats: IntArray,
+        nums: FloatArray,
+    ) -> FloatArray:
+        """``log l - log g`` of each point: joint, or summed over the parameters' marginals."""
         if self._multivariate:
-            cats, nums = _parzen.sample(below, rng, n)
-            scores = _parzen.joint_log_pdf(below, cats, nums) - _parzen.joint_log_pdf(above, cats, nums)
-            return cats, nums, scores
-        cats, nums = _parzen.sample(below, rng, n, per_dimension=True)
+            return _parzen.joint_log_pdf(below, cats, nums) - _parzen.joint_log_pdf(above, cats, nums)
         per_dim = _parzen.marginal_log_pdf(below, cats, nums) - _parzen.marginal_log_pdf(above, cats, nums)
-        return cats, nums, per_dim.sum(axis=1)
+        return np.asarray(per_dim.sum(axis=1), dtype=np.float64)
+
+
+#: The most points a finite space may have for the sampler to list them when every candidate is taken.
+_MAX_LISTED_POINTS = 4096
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

@@ -238,3 +238,20 @@ def _is_integral(value: object) -> bool:
     if isinstance(value, int | np.integer):
         return True
     return isinstance(value, float | np.floating) and float(value).is_integer()
+
+
+def enumerate_points(space: EncodedSpace, limit: int) -> tuple[IntArray, FloatArray] | None:
+    """Every point of a finite space (categorical and integer parameters only) in a fixed order, as
+    ``(cats, nums)`` rows; ``None`` when the space has a float parameter or more than ``limit`` points."""
+    if np.any(~space.is_int):
+        return None
+    sizes = [int(n) for n in space.n_choices] + [
+        int(h - lo) for lo, h in zip(space.low, space.high, strict=True)
+    ]
+    if math.prod(sizes) > limit:
+        return None
+    grid = np.indices(sizes).reshape(len(sizes), -1).T
+    n_cat = len(space.cat_names)
+    cats = grid[:, :n_cat].astype(np.int64)
+    nums = grid[:, n_cat:].astype(np.float64) + space.low + 0.5
+    return cats, nums

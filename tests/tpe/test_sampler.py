@@ -202,6 +202,25 @@ def test_repeats_of_evaluated_points_are_avoided_while_candidates_remain() -> No
     assert len(set(seen)) == 30
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    n_int=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+    multivariate=st.booleans(),
+)
+def test_a_small_space_is_used_up_before_any_point_repeats(
+    sizes: list[int], n_int: int, seed: int, multivariate: bool
+) -> None:
+    # Once the model concentrates, every candidate can land on points already tried.
+    space: dict[str, Distribution] = {f"c{i}": Categorical(n) for i, n in enumerate(sizes)}
+    space["n"] = IntRange(0, n_int)
+    total = math.prod(sizes) * (n_int + 1)
+    sampler = TPESampler(space, seed=seed, n_startup=2, multivariate=multivariate)
+    seen = [tuple(s.params.values()) for s in drive(sampler, total, score=index_sum)]
+    assert len(set(seen)) == total
+
+
 def test_the_model_moves_suggestions_towards_the_best_region() -> None:
     sampler = TPESampler(MIXED, seed=0, n_trials_hint=40)
     asked = drive(sampler, 40)
