@@ -311,11 +311,14 @@ class RayExecutor:
             fresh = start_relay()
             try:
                 await _result(fresh.ping.remote())
-            except RelayLost as exc:
-                raise WorkerLostError(
-                    "the Ray actor relaying the runs' LM calls died and a new one could not start (the "
-                    f"cluster went away?): {exc}"
-                ) from None
+            except BaseException as exc:
+                ray.kill(fresh)  # cancelled or failed while it starts: it must not outlive this call
+                if isinstance(exc, RelayLost):
+                    raise WorkerLostError(
+                        "the Ray actor relaying the runs' LM calls died and a new one could not start (the "
+                        f"cluster went away?): {exc}"
+                    ) from None
+                raise
             ray.kill(dead)
             self._relay = fresh
 

@@ -234,6 +234,38 @@ async def test_a_worker_actor_dead_for_good_is_replaced_so_calling_again_resumes
     assert len(set(executor.worker_pids())) == 2
 
 
+def relays_on_the_cluster() -> set[str]:
+    """The ids of the relay actors on the cluster that are alive or being started."""
+    from ray._private.state import actors  # Ray's own view; its state API needs the dashboard
+
+    return {
+        actor_id
+        for actor_id, actor in actors().items()
+        if actor["State"] != "DEAD" and actor["ActorClassName"].endswith("_Relay")
+    }
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_relay_replacement_cancelled_while_it_starts_starts_no_relay(
+    executor: RayExecutor,
+) -> None:
+    dead = executor._relay
+    with anyio.fail_after(30):
+        for _ in range(300):  # only this executor's left (those of closed ones are being stopped)
+            if len(relays_on_the_cluster()) == 1:
+                break
+            await anyio.sleep(0.1)
+        with anyio.move_on_after(0.05) as scope:  # long before a new actor process answers
+            await executor._replace_relay(dead)
+        assert scope.cancelled_caught and executor._relay is dead
+        # Stopped at once, not left to start a process the executor will never use.
+        for _ in range(5):
+            if len(relays_on_the_cluster()) == 1:
+                break
+            await anyio.sleep(0.1)
+    assert len(relays_on_the_cluster()) == 1
+
+
 async def optimize_on_ray(
     server: FakeOpenAIServer, executor: RayExecutor, run_dir: Path
 ) -> aprompt.OptimizeResult:
