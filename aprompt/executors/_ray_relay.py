@@ -92,7 +92,11 @@ class _Relay:
     def __init__(self) -> None:
         self._queues: dict[int, asyncio.Queue[tuple[int, LMRequest]]] = {}
         self._waiting: dict[int, tuple[int, asyncio.Future[LMReply]]] = {}
+        # The runs over: a late call of one (a cancelled run still going) is refused, never left waiting.
+        # Every run below ``_floor`` is over; only those over above it are kept, so this stays as small
+        # as the runs in flight, however many runs the relay served.
         self._closed: set[int] = set()
+        self._floor = 0
         self._ids = itertools.count()
 
     def ping(self) -> bool:
@@ -102,7 +106,7 @@ class _Relay:
         return self._queues.setdefault(run_id, asyncio.Queue())
 
     async def ask(self, run_id: int, request: LMRequest) -> LMReply:
-        if run_id in self._closed:
+        if run_id < self._floor or run_id in self._closed:
             raise asyncio.CancelledError(f"program run {run_id} is over")
         request_id = next(self._ids)
         future: asyncio.Future[LMReply] = asyncio.get_running_loop().create_future()
@@ -129,8 +133,12 @@ class _Relay:
         if found is not None and not found[1].done():
             found[1].set_result(reply)
 
-    def close(self, run_id: int) -> None:
+    def close(self, run_id: int, floor: int) -> None:
+        """``run_id`` is over, and so is every run below ``floor`` (the oldest run the driver has open)."""
         self._closed.add(run_id)
+        if floor > self._floor:
+            self._floor = floor
+            self._closed = {closed for closed in self._closed if closed >= floor}
         self._queues.pop(run_id, None)
         for owner, future in list(self._waiting.values()):
             if owner == run_id and not future.done():

@@ -138,6 +138,7 @@ class RayExecutor:
         self._lms = LMTable()
         self._shipped: dict[int, _Shipped] = {}
         self._ids = itertools.count()
+        self._open_runs: set[int] = set()  # ids of the runs under way (at most one per worker slot)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> RayExecutor:
@@ -208,8 +209,9 @@ class RayExecutor:
         own_lms = self._lms.own_lms(shipped.predictors)
         settings = predictor_settings(shipped.predictors)
         relay = RunRelay(self._lms)
-        run_id = next(self._ids)
         async with self._slots:
+            run_id = next(self._ids)  # taken with a slot: ids open in order, so the relay can forget old ones
+            self._open_runs.add(run_id)
             worker = min(workers, key=lambda w: w.busy)
             worker.busy += 1
             try:
@@ -236,6 +238,7 @@ class RayExecutor:
                 raise
             finally:
                 worker.busy -= 1
+                self._open_runs.discard(run_id)
         return relay.outcome(relayed, dict(shipped.predictors))
 
     async def _attempt(
@@ -290,7 +293,7 @@ class RayExecutor:
             ray.cancel(ref)  # frees the worker: this run was cancelled, or a sibling failed
             raise
         finally:
-            relay_actor.close.remote(run_id)
+            relay_actor.close.remote(run_id, min(self._open_runs))
         if worker_lost is not None:
             raise worker_lost
         if lost or relayed is None:

@@ -266,6 +266,25 @@ async def test_a_relay_replacement_cancelled_while_it_starts_starts_no_relay(
     assert len(relays_on_the_cluster()) == 1
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_relay_forgets_the_runs_that_are_over_however_many_it_served(
+    fake_server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    fake_server.responder = answers
+    async with lm_for(fake_server) as lm:
+        with anyio.fail_after(120):
+            evaluation = await evaluate(
+                QAProgram(), qa_examples(1, 61), exact_match, lm=lm, executor=executor
+            )
+    assert len(evaluation.scores) == 60
+    for _ in range(50):  # the last runs' closing calls may still be on their way
+        kept = ray.get(executor._relay.__ray_call__.remote(lambda relay: len(relay._closed)))
+        if kept <= 2 * 4:  # at most the runs of the last slots to close, not one per run served
+            break
+        await anyio.sleep(0.1)
+    assert kept <= 2 * 4
+
+
 async def optimize_on_ray(
     server: FakeOpenAIServer, executor: RayExecutor, run_dir: Path
 ) -> aprompt.OptimizeResult:
