@@ -17,25 +17,24 @@ How it works (see ``docs/scaling.md`` for the why):
   never scored from a lost attempt. A relay actor that dies is replaced, and the runs that used it are
   sent again on the new one (``retries`` too). Cancelling an evaluation cancels its actor calls.
 
-This module is the executor; ``_ray_cluster`` starts and stops Ray and the actors, and ``_ray_relay``
-holds the actors themselves and the pickling of programs.
+This module is the executor; ``_ray_cluster`` starts and stops Ray and the actors, ``_ray_relay``
+holds the actors themselves and the pickling of programs, and ``_ray_results`` awaits the actors' replies,
+turning Ray's errors into aprompt's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import anyio
 import anyio.abc
 import attrs
-import sniffio
 
-from aprompt._errors import ConfigError, OptimizationError
+from aprompt._errors import ConfigError
 from aprompt.executors._ray_cluster import (
     Worker,
     gist,
@@ -46,6 +45,7 @@ from aprompt.executors._ray_cluster import (
     start_worker,
 )
 from aprompt.executors._ray_relay import RelayLost, dump_program
+from aprompt.executors._ray_results import WorkerLostError, result
 from aprompt.executors.base import ProgramOutcome, ProgramRun
 from aprompt.executors.relay import LMRequest, LMTable, RelayedOutcome, RunRelay, predictor_settings
 from aprompt.program.context import current_lm
@@ -59,12 +59,6 @@ except ImportError:  # pragma: no cover - exercised where the extra is not insta
     ray = None  # type: ignore[assignment]
 
 __all__ = ["RayExecutor", "WorkerLostError"]
-
-
-class WorkerLostError(OptimizationError):
-    """A program run was lost: the Ray worker running it, or the relay actor carrying its LM calls, died
-    more often than ``retries`` allows (or the cluster went away). The run is never scored; with a
-    ``run_dir``, calling again (with this executor, or a new one) resumes."""
 
 
 @attrs.define
@@ -283,7 +277,7 @@ class RayExecutor:
             async with anyio.create_task_group() as group:
                 group.start_soon(serve)
                 try:
-                    relayed = await _result(ref, program_run=run.example_id)
+                    relayed = await result(ref, program_run=run.example_id)
                 except RelayLost:
                     lost = True
                 except WorkerLostError as exc:
@@ -313,7 +307,7 @@ class RayExecutor:
                 return
             fresh = start_relay()
             try:
-                await _result(fresh.ping.remote())
+                await result(fresh.ping.remote())
             except BaseException as exc:
                 ray.kill(fresh)  # cancelled or failed while it starts: it must not outlive this call
                 if isinstance(exc, RelayLost):
@@ -331,7 +325,7 @@ class RayExecutor:
         dead = worker.handle
         with anyio.move_on_after(10, shield=True):  # done even as the evaluation stops on this error
             try:
-                await _result(dead.pid.remote(), program_run="(a check of its worker)")
+                await result(dead.pid.remote(), program_run="(a check of its worker)")
             except WorkerLostError:
                 if worker.handle is dead:  # not replaced by a sibling run that found it dead too
                     worker.handle = start_worker(self._worker_options, self.retries, self.runs_per_worker)
@@ -342,7 +336,7 @@ class RayExecutor:
     ) -> None:
         """Take the run's LM requests from the relay actor and answer each in its own task."""
         while True:
-            requests: list[tuple[int, LMRequest]] = await _result(relay_actor.take.remote(run_id, 5.0))
+            requests: list[tuple[int, LMRequest]] = await result(relay_actor.take.remote(run_id, 5.0))
             for request_id, request in requests:
                 group.start_soon(self._answer, relay_actor, relay, request_id, request)
 
@@ -368,76 +362,3 @@ class RayExecutor:
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r}, workers={len(self._workers) or self._n_workers})"
-
-
-#: Ray's errors for a run lost with its worker (killed, out of memory), its node or a stored object it
-#: needed: what the docs promise as :class:`WorkerLostError`, never Ray's own error.
-_LOST: tuple[type[BaseException], ...] = (
-    (
-        ray.exceptions.RayActorError,
-        ray.exceptions.WorkerCrashedError,
-        ray.exceptions.OutOfMemoryError,
-        ray.exceptions.NodeDiedError,
-        ray.exceptions.LocalRayletDiedError,
-        ray.exceptions.ObjectLostError,
-    )
-    if ray is not None
-    else ()
-)
-
-
-async def _result(ref: Any, *, program_run: str | None = None) -> Any:
-    """Await a Ray object reference on any anyio backend (Ray's own ``await ref`` needs asyncio)."""
-    future = ref.future()
-    done = anyio.Event()
-    wake = _threadsafe(done.set)
-    future.add_done_callback(lambda _: wake())
-    await done.wait()
-    try:
-        return future.result()
-    except _LOST as exc:
-        if program_run is None:  # a call of the relay actor
-            raise RelayLost(f"the relay actor died ({type(exc).__name__})") from exc
-        raise WorkerLostError(
-            f"the program run of example {program_run!r} was lost: its Ray worker, node or stored object "
-            f"died ({type(exc).__name__})"
-        ) from exc
-    except ray.exceptions.RayTaskError as exc:
-        if program_run is None:
-            raise
-        if isinstance(exc.cause, RelayLost):  # the worker found the relay dead: the attempt is void
-            raise RelayLost(str(exc.cause)) from exc
-        # The worker could not take the run (its inputs or demos name a module it cannot import): every
-        # run like it fails alike, a setup fault, not Ray's own error.
-        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        raise ConfigError(
-            f"the program run of example {program_run!r} could not be loaded on a Ray worker "
-            f"({gist(cause)}); its inputs and demos must load where it runs: make the modules of their "
-            "types importable on every node (install them, or pass "
-            "init_options={'runtime_env': {'working_dir': ...}})"
-        ) from exc
-
-
-def _threadsafe(action: Callable[[], None]) -> Callable[[], None]:
-    """``action`` made callable from any thread: it runs soon in this task's event loop."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-
-        def trio_wake() -> None:
-            try:
-                token.run_sync_soon(action)
-            except trio.RunFinishedError:
-                pass
-
-        return trio_wake
-    loop = asyncio.get_running_loop()
-
-    def asyncio_wake() -> None:
-        try:
-            loop.call_soon_threadsafe(action)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    return asyncio_wake
