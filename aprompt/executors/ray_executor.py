@@ -261,6 +261,12 @@ class RayExecutor:
                 f"the program run of example {run.example_id!r} cannot be sent to a Ray worker: its "
                 f"inputs or demos cannot be pickled ({gist(exc, last=False):.300})"
             ) from exc
+        except ray.exceptions.PendingCallsLimitExceeded as exc:  # every run beyond that limit alike
+            raise ConfigError(
+                f"a Ray worker refused the program run of example {run.example_id!r} ({gist(exc)}): "
+                f"a worker is sent up to runs_per_worker={self.runs_per_worker} runs at once, more than "
+                "worker_options' max_pending_calls allows: leave that option out"
+            ) from exc
         relayed: RelayedOutcome | None = None
         lost = False
         worker_lost: WorkerLostError | None = None

@@ -601,6 +601,21 @@ async def test_a_program_or_inputs_that_cannot_be_pickled_are_a_config_error_nam
     assert fake_server.chat_requests == []
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_worker_that_refuses_queued_runs_is_a_config_error_naming_the_option(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    fake_server.responder = answers
+    options = {"num_cpus": 1, "max_pending_calls": 1}
+    async with RayExecutor(workers=1, runs_per_worker=4, worker_options=options) as executor:
+        async with lm_for(fake_server) as lm:
+            with (
+                anyio.fail_after(60),
+                pytest.raises(ConfigError, match="more than worker_options' max_pending_calls"),
+            ):
+                await evaluate(QAProgram(), qa_examples(1, 9), exact_match, lm=lm, executor=executor)
+
+
 async def test_inputs_a_worker_cannot_load_are_a_config_error_naming_the_example(
     fake_server: FakeOpenAIServer, executor: RayExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
