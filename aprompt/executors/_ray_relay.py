@@ -159,9 +159,11 @@ class _ActorChannel:
     async def ask(self, request: LMRequest) -> LMReply:
         try:
             reply: LMReply = await self._relay.ask.remote(self._run_id, request)
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayError as exc:
+            # Any of Ray's own errors (the relay dead, a system or RPC fault), never an LM's (those come
+            # back in the reply): the program must not score a fallback it made of it.
             self.lost = True
-            raise RelayLost(f"the relay actor died ({type(exc).__name__})") from None
+            raise RelayLost(f"the relay actor failed ({type(exc).__name__})") from None
         return reply
 
 

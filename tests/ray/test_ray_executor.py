@@ -35,7 +35,9 @@ from aprompt import (
 )
 from aprompt._optimize.evaluate import Evaluation, evaluate
 from aprompt.executors import RayExecutor
+from aprompt.executors._ray_relay import RelayLost, _ActorChannel
 from aprompt.executors.ray_executor import WorkerLostError
+from aprompt.executors.relay import LMRequest
 from aprompt.program.overrides import PromptOverride
 from aprompt.testing.fake_openai import FakeOpenAIServer, Fault, ServerRateLimit
 from tests.conftest import TEST_API_KEY
@@ -664,3 +666,38 @@ def test_closing_one_executor_leaves_the_ray_it_started_to_another_still_open() 
         [sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env, check=False
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+class _FailingRelayHandle:
+    """A relay actor's handle whose ``ask`` fails with one of Ray's own errors, as a broken cluster
+    connection makes it (no healthy local cluster can be made to raise these)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.ask = self
+        self._error = error
+
+    def remote(self, run_id: int, request: object) -> Any:
+        async def failing() -> Any:
+            raise self._error
+
+        return failing()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ray.exceptions.RaySystemError("the raylet's connection broke"),
+        ray.exceptions.GetTimeoutError("get timed out"),
+        ray.exceptions.RayActorError(),
+    ],
+    ids=["system", "timeout", "actor"],
+)
+async def test_any_ray_error_asking_the_relay_voids_the_attempt_however_the_program_caught_it(
+    error: BaseException,
+) -> None:
+    # Only the relay's death voided it: another Ray error reached the program as its LM call's failure,
+    # and a program that answers a fallback on any error was scored on it.
+    channel = _ActorChannel(_FailingRelayHandle(error), run_id=1)
+    with pytest.raises(RelayLost):
+        await channel.ask(LMRequest(0, [{"role": "user", "content": "hi"}]))
+    assert channel.lost
