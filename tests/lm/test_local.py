@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from aprompt._errors import ConfigError, ContextOverflowError, ModelNotFoundError
+from aprompt.lm._local_shutdown import FINISH_SECONDS
 from aprompt.lm._replies import accepting_cut_replies
 from aprompt.lm.cache import ResponseCache
 from aprompt.lm.local import (
@@ -184,13 +185,15 @@ def test_leaving_while_another_client_keeps_the_slots_busy_ends_in_bounded_time(
         [sys.executable, "-c", _LEAVE_WHILE_ANOTHER_CLIENT_KEEPS_THE_SLOTS_BUSY],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=FINISH_SECONDS + 90,  # before: it never ended
     )
     assert done.returncode == 0, done.stderr
     other, left = done.stdout.splitlines()
     # Its request in flight when leaving began ends; the next one fails (closed without a reply).
     assert other.startswith("other ") and other != "other ReadTimeout"
-    assert left.startswith("left ") and int(left.split()[1]) <= 30
+    # The request in flight gets FINISH_SECONDS at most (a few seconds on an idle machine, 38 under the
+    # load of a whole test suite beside it), then the cut and the server's destruction.
+    assert left.startswith("left ") and int(left.split()[1]) <= FINISH_SECONDS + 15
 
 
 @pytest.mark.local_model

@@ -188,6 +188,11 @@ async def _judged_runs(
 
             async def stop_at_stall() -> None:
                 await stalled.wait()
+                # The program's requests sent before the stall are let finish (those after it wait on the
+                # judge): how many a stop finds in flight would otherwise follow the machine's load, and
+                # each is paid again on resume.
+                while server.in_flight:  # noqa: ASYNC110 - the fake server keeps a count, not an event
+                    await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_at_stall)
