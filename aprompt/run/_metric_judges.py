@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from aprompt.run._value_identity import _global_names
+from aprompt.run._value_identity import function_values
 
 #: How many calls deep the functions a metric reaches are searched (as for its settings).
 _DEPTH = 3
@@ -91,21 +91,8 @@ def _reachable(target: Any, prefix: str, depth: int, visited: set[int]) -> Itera
             yield from _held(f"{prefix}{name}", value, depth, visited)
     if not inspect.isfunction(function):
         return
-    cells = zip(function.__code__.co_freevars, function.__closure__ or (), strict=False)
-    for name, cell in cells:
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell: the variable was never bound
-            continue
-        yield from _held(f"{prefix}{name}", value, depth, visited)
-    namespace = function.__globals__
-    for name in sorted(_global_names(function.__code__)):
-        if name in namespace:
-            yield from _held(f"{prefix}global {name}", namespace[name], depth, visited)
-    for position, value in enumerate(function.__defaults__ or ()):
-        yield from _held(f"{prefix}default {position}", value, depth, visited)
-    for name, value in sorted((function.__kwdefaults__ or {}).items()):
-        yield from _held(f"{prefix}default {name}", value, depth, visited)
+    for where, value in function_values(function):
+        yield from _held(f"{prefix}{where}", value, depth, visited)
 
 
 def _held(where: str, value: Any, depth: int, visited: set[int]) -> Iterator[tuple[str, Any]]:

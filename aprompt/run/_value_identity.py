@@ -19,7 +19,7 @@ import pickle
 import re
 import types
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -142,35 +142,39 @@ def _settings(target: Any, depth: int) -> dict[str, Any]:
     object's attributes too: a counter or a cache on one changes as it is called)."""
     found: dict[str, Any] = {}
     if inspect.isfunction(target):
-        cells = zip(target.__code__.co_freevars, target.__closure__ or (), strict=False)
-        for name, cell in cells:
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell: the variable was never bound
-                continue
+        for where, value in function_values(target):
             if _plain(value):
-                found[name] = value
-            elif depth < 3 and (inspect.isfunction(value) or isinstance(value, functools.partial)):
-                found[name] = callable_identity(value, _depth=depth + 1)
-        namespace = target.__globals__
-        for name in sorted(_global_names(target.__code__)):
-            value = namespace.get(name)
-            if name in namespace and _plain(value):
-                found[f"global {name}"] = value
+                found[where] = value
             elif (
-                depth < 3
-                and value is not target
+                not where.startswith("default ")
+                and depth < 3
+                and not (value is target and where.startswith("global "))
                 and (inspect.isfunction(value) or isinstance(value, functools.partial))
             ):
-                # A module's helper (``normalize``) decides the scores as much as the metric's own code.
-                found[f"global {name}"] = callable_identity(value, _depth=depth + 1)
-        for position, value in enumerate(target.__defaults__ or ()):
-            if _plain(value):
-                found[f"default {position}"] = value
-        for name, value in (target.__kwdefaults__ or {}).items():
-            if _plain(value):
-                found[f"default {name}"] = value
+                # A helper it closes over, or a module's (``normalize``), decides the scores as much as
+                # the metric's own code.
+                found[where] = callable_identity(value, _depth=depth + 1)
     return found
+
+
+def function_values(function: types.FunctionType) -> Iterator[tuple[str, Any]]:
+    """What ``function`` holds or reads, by place: the variables it closes over (bound ones), the module
+    globals it may read (``global NAME``, in name order) and its defaults (``default 0``,
+    ``default NAME``)."""
+    for name, cell in zip(function.__code__.co_freevars, function.__closure__ or (), strict=False):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell: the variable was never bound
+            continue
+        yield name, value
+    namespace = function.__globals__
+    for name in sorted(_global_names(function.__code__)):
+        if name in namespace:
+            yield f"global {name}", namespace[name]
+    for position, value in enumerate(function.__defaults__ or ()):
+        yield f"default {position}", value
+    for name, value in (function.__kwdefaults__ or {}).items():
+        yield f"default {name}", value
 
 
 def _global_names(code: types.CodeType) -> set[str]:
