@@ -51,7 +51,7 @@ from aprompt._optimize.metric_values import metric_score as metric_score
 from aprompt._optimize.per_example import ExampleTable
 from aprompt._optimize.run_outputs import current_output_log, program_key
 from aprompt._slots import Limiter, Slots
-from aprompt._taskgroups import plain_errors_task_group
+from aprompt._taskgroups import run_each
 from aprompt.executors.base import (
     Executor,
     ProgramOutcome,
@@ -371,6 +371,4 @@ async def _run_all(
     one: Callable[[int, Example], Coroutine[Any, Any, None]], examples: Sequence[Example]
 ) -> None:
     # A ConfigError from one example (a bad metric value) reaches the caller as itself.
-    async with plain_errors_task_group() as group:
-        for position, example in enumerate(examples):
-            group.start_soon(one, position, example)
+    await run_each(one, enumerate(examples))
