@@ -71,13 +71,11 @@ _METER: contextvars.ContextVar[RequestMeter | None] = contextvars.ContextVar("ap
 _SCOPES: contextvars.ContextVar[tuple[UsageCounter, ...]] = contextvars.ContextVar(
     "aprompt_meter_scopes", default=()
 )
-# The request admitted by metered_chat for an LM that does not meter itself, not yet claimed by an
-# HTTP client inside it (a wrapper around one).
-_PREPAID: contextvars.ContextVar[_Prepaid | None] = contextvars.ContextVar("aprompt_prepaid", default=None)
-# The program run a call belongs to (an opaque object, one per run), see metered_chat(unit=...).
-_UNIT: contextvars.ContextVar[object | None] = contextvars.ContextVar("aprompt_meter_unit", default=None)
-# Set inside metered_chat, which counts the call itself (see meter_for_own_call()).
-_COUNTED: contextvars.ContextVar[bool] = contextvars.ContextVar("aprompt_meter_counted", default=False)
+# Set inside metered_chat, which counts the call itself (see meter_for_own_call()): the call's program run
+# and what it prepaid. One variable, not three: every LM call sets it, and each set makes a few objects.
+_CALL: contextvars.ContextVar[_MeteredCall | None] = contextvars.ContextVar(
+    "aprompt_metered_call", default=None
+)
 
 
 class LimitReached(BaseException):
@@ -101,9 +99,17 @@ class BudgetKept(LimitReached):
     ``RunContext.admit_step``'s ``keep``): the run goes on to that step instead of stopping."""
 
 
-@attrs.define
-class _Prepaid:
-    claimed: bool = False
+class _MeteredCall:
+    """One :func:`metered_chat` call in progress: the program run it belongs to (an opaque object, one per
+    run, see ``unit``), and whether it admitted its first request for an LM that does not meter itself
+    (``prepaid``), which an HTTP client inside it (a wrapper around one) has not yet ``claimed``."""
+
+    __slots__ = ("claimed", "prepaid", "unit")
+
+    def __init__(self, unit: object, prepaid: bool) -> None:
+        self.unit = unit
+        self.prepaid = prepaid
+        self.claimed = False
 
 
 @attrs.define
@@ -275,7 +281,8 @@ class RequestMeter:
     def observe_unit(self) -> None:
         """Count a request of the first program run; refuse it when that run alone shows the limit
         cannot pay for ``first_run_budget`` runs."""
-        unit = _UNIT.get()
+        call = _CALL.get()
+        unit = None if call is None else call.unit
         if unit is None or self.first_run_budget is None:
             return
         if self._first is None:
@@ -411,7 +418,7 @@ def meter_for_own_call() -> RequestMeter | None:
     (:meth:`RequestMeter.note_call`) when no :func:`metered_chat` counts it (a metric's judge called
     directly), else ``None``. Counted, its answers are the step's own when a resumed run runs the step
     again (from the cache), as a predictor's are."""
-    return None if _COUNTED.get() else _METER.get()
+    return None if _CALL.get() is not None else _METER.get()
 
 
 def admit_request(model: str, *, retry: bool = False) -> RequestMeter | None:
@@ -420,12 +427,12 @@ def admit_request(model: str, *, retry: bool = False) -> RequestMeter | None:
     meter = _METER.get()
     if meter is None:
         return None
-    prepaid = _PREPAID.get()
-    if prepaid is not None and not prepaid.claimed and not retry:
+    call = _CALL.get()
+    if call is not None and call.prepaid and not call.claimed and not retry:
         # The wrapper's call already paid for this first attempt; its answer is priced by this
         # request's own model, which the wrapper's name may not be.
         meter.check_priced(model)
-        prepaid.claimed = True
+        call.claimed = True
         return meter
     meter.admit(model, retry=retry)
     return meter
@@ -445,27 +452,23 @@ async def metered_chat(
     meter = _METER.get()
     if meter is None:
         return await lm.chat(messages, rollout=rollout, **params)
-    self_metered = getattr(lm, "meters_requests", False) is True
-    prepaid = None if self_metered else _Prepaid()
-    unit_token = _UNIT.set(unit)
-    prepaid_token = _PREPAID.set(prepaid)
-    counted_token = _COUNTED.set(True)
+    prepaid = getattr(lm, "meters_requests", False) is not True
+    call = _MeteredCall(unit, prepaid)
+    token = _CALL.set(call)
     try:
-        if prepaid is not None:
+        if prepaid:
             meter.admit(lm.model)
         with run_deadline():
             completion = await lm.chat(messages, rollout=rollout, **params)
     except Exception as error:
         meter.note_call(failed=True)
         meter.note_failed_lm(lm, error)
-        if prepaid is not None and not prepaid.claimed:
+        if prepaid and not call.claimed:
             meter.note_failure(error)
         raise
     finally:
-        _COUNTED.reset(counted_token)
-        _PREPAID.reset(prepaid_token)
-        _UNIT.reset(unit_token)
-    if prepaid is not None and not prepaid.claimed:
+        _CALL.reset(token)
+    if prepaid and not call.claimed:
         if completion.cached:
             meter.refund()
         else:
