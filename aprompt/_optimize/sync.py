@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -109,6 +110,11 @@ def optimize_sync(
     )
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "trio" and importlib.util.find_spec("trio") is None:
+        # Else anyio's LookupError ("No such backend") once called, which names no remedy.
+        raise ConfigError(
+            "backend='trio' needs the trio package: `pip install trio`, or use backend='asyncio'"
+        )
     if _inside_event_loop():
         raise ConfigError(
             "optimize_sync() was called inside a running event loop; use `await aprompt.optimize(...)` there"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,13 @@ def test_optimize_sync_refuses_inside_a_running_loop() -> None:
 def test_optimize_sync_refuses_a_backend_it_cannot_start(backend: Any) -> None:
     with pytest.raises(aprompt.ConfigError, match="backend must be one of 'asyncio', 'trio'"):
         aprompt.optimize_sync(TwoStageProgram(), examples(0, 10), metric, backend=backend)
+
+
+def test_optimize_sync_on_trio_without_trio_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "trio", None)  # what importing it finds where it is not installed
+    monkeypatch.delitem(sys.modules, "anyio._backends._trio", raising=False)
+    with pytest.raises(aprompt.ConfigError, match="needs the trio package: `pip install trio`"):
+        aprompt.optimize_sync(TwoStageProgram(), examples(0, 10), metric, backend="trio")
 
 
 @contextmanager
