@@ -45,6 +45,7 @@ BENCH_SCRIPTS = [
     "bench.proposals",
     "bench.pick_selection",
     "bench.cpu_breakdown",
+    "bench.cpu_side_by_side",
 ]
 HAS_DSPY = importlib.util.find_spec("dspy") is not None
 
@@ -159,6 +160,19 @@ def test_the_cpu_breakdown_times_the_collector_and_the_compiles_inside_each_run(
     for generation in (0, 1, 2):
         assert f"collections, generation {generation}: " in done.stdout
     assert re.search(r"regular expressions compiled: \d+", done.stdout)
+
+
+def test_the_side_by_side_cpu_benchmark_alternates_a_commit_and_this_checkout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    side_by_side = importlib.import_module("bench.cpu_side_by_side")
+    rounds = side_by_side.main(["--baseline", "HEAD", "--rounds", "2", "--quick"])
+    assert len(rounds) == 2
+    for done in rounds:
+        assert done.reference_ms > 0 and done.baseline_ms > 0 and done.candidate_ms > 0
+        assert done.ratio == done.candidate_ms / done.baseline_ms
+    printed = capsys.readouterr().out
+    assert printed.count("round ") == 2 and "2 rounds: median CPU per call baseline" in printed
 
 
 @pytest.mark.local_model
