@@ -96,6 +96,9 @@ __all__ = [
     "clearly_worse",
     "final_races",
     "first_stage_size",
+    "later_race_sure",
+    "plan_left",
+    "planned_full_evals",
     "race_order",
     "racers_affordable",
     "run_race",
@@ -110,6 +113,11 @@ logger = logging.getLogger("aprompt")
 
 #: How much longer than the search's pace says the last evaluation may take, under ``max_time``.
 TIME_MARGIN = 1.5
+
+#: How much more than the rest of the plan needs, at the cost per program run measured so far, the
+#: budget must pay for before a limit is taken to be unable to stop the run short of its plan: the cost
+#: of a run can grow as the search goes on (longer demos, parse retries).
+BUDGET_MARGIN = 1.1
 
 
 async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> None:
@@ -162,6 +170,44 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
             granted,
             planned,
         )
+
+
+def plan_left(loop: SearchLoop) -> int:
+    """Program runs the plan has left for evaluations: its full evaluations and trials, less those
+    spent."""
+    n = len(loop.valset)
+    return planned_full_evals(loop) * n + loop.n_trials * min(loop.minibatch_size, n) - loop.spent
+
+
+def planned_full_evals(loop: SearchLoop) -> int:
+    """Full evaluations the plan counts: the baseline's and one every ``full_eval_every`` trials."""
+    return 1 + math.ceil(loop.n_trials / loop.full_eval_every)
+
+
+def later_race_sure(loop: SearchLoop, point: int) -> bool:
+    """Whether nothing can stop the run before a later race spends what a periodic race at ``point``
+    keeps for it: no limit on calls, tokens, cost or time (``SearchLoop.go_ahead``), or limits the
+    rest of the plan stays well within (:data:`BUDGET_MARGIN` at the measured cost per program run,
+    :data:`TIME_MARGIN` at the search's pace), with a confirmation's runs besides.
+
+    A limit far above what the run needs then decides nothing: the run returns the program it returns
+    without one. Journaled (``SearchLoop.decided``): a resumed run under the same limits decides the same.
+    """
+    if loop.go_ahead:
+        return True
+    rest = max(0, plan_left(loop)) + loop.confirmation_kept
+
+    def sure() -> int:
+        affordable = loop.runs_affordable()
+        if affordable is not None and affordable < math.ceil(rest * BUDGET_MARGIN):
+            return 0
+        if loop.time_limited:
+            pace = loop.runs_per_second
+            if pace is None or loop.seconds_left() * pace / TIME_MARGIN < rest:
+                return 0
+        return 1
+
+    return bool(loop.decided(f"later race sure:{point}", sure))
 
 
 def within_budget(loop: SearchLoop, runs: int, keep: int = 0) -> int:

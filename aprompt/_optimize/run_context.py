@@ -136,6 +136,8 @@ class RunContext:
         ahead: tuple[int, int] = (0, 0),
         keep: int = 0,
         kept_for: str = "the search's last evaluation",
+        refusal_keeps: bool = False,
+        beside: int = 0,
     ) -> None:
         """Refuse a step the remaining budget cannot pay for, by raising
         :class:`~aprompt.lm._metering.LimitReached` (:meth:`RunSpending.admit_step
@@ -158,17 +160,30 @@ class RunContext:
                 for, but not with these too, is refused with :class:`BudgetKept`, which does not stop the
                 run (the search's ``cut_short_by`` names the limit).
             kept_for: what ``keep`` is for, for the message.
+            refusal_keeps: a step the budget cannot pay for is refused with :class:`BudgetKept` too (a
+                periodic evaluation beside the trials: the trials end and the run goes on to the search's
+                last evaluation, on what is left), not with :class:`LimitReached`, which stops the run.
+            beside: program runs of steps that may start beside this one (the trials beside a periodic
+                evaluation): the budget must pay for them too to admit it, but they are not committed
+                with it (each is committed when admitted itself).
         """
         scoring = all(kind in _SCORING_STEPS for kind, _, _ in parts)
         self.spending.admit_step(
             what,
             parts,
             calls=calls,
-            reserved=(lambda: 0) if scoring else self._reserved_runs,
+            reserved=(lambda: beside) if scoring else (lambda: beside + self._reserved_runs()),
             ahead=ahead,
             keep=keep,
             kept_for=kept_for,
+            refusal_keeps=refusal_keeps,
         )
+
+    def admit_evaluation_step(self, what: str, parts: Sequence[tuple[str, str, int]], beside: int) -> None:
+        """:meth:`admit_step` for a periodic evaluation's step beside the trials (``beside``: the program
+        runs of the trials that may start beside it): one the budget cannot pay for is refused with
+        :class:`BudgetKept`, so the trials end and the run goes on to the search's last evaluation."""
+        self.admit_step(what, parts, refusal_keeps=True, beside=beside)
 
     def _reserved_runs(self) -> int:
         """Runs kept for the baseline's evaluation and the first mini-batch, while they are to come (and

@@ -134,13 +134,15 @@ class RunSpending:
         ahead: tuple[int, int],
         keep: int,
         kept_for: str,
+        refusal_keeps: bool = False,
     ) -> None:
         """``RunContext.admit_step``, with ``reserved()``: the program runs kept beside the step for the
         run's first steps still to come.
 
         Raises:
             LimitReached: the step is refused (``stopped_by`` names the limit).
-            BudgetKept: the step is refused to keep ``keep`` runs for a later step.
+            BudgetKept: the step is refused to keep ``keep`` runs for a later step, or, with
+                ``refusal_keeps``, refused at all: the run goes on to its last evaluation.
         """
         todo_parts = [
             (kind, key, size)
@@ -190,6 +192,15 @@ class RunSpending:
         if limit is None:
             self.commitments.admit(todo_parts, verdict.own)
             return
+        if refusal_keeps:
+            journal_refusal(self.journal, self.limits, todo_parts, limit, kept=True)
+            self.note_bound(limit)
+            raise BudgetKept(
+                limit,
+                f"{self.meter.describe(limit)} cannot pay for {what} beside the steps in flight (about "
+                f"{estimate[0]:.0f} more LM calls, {estimate[1]:.0f} tokens): it is not started, and the "
+                "rest of the budget goes to the search's last evaluation",
+            )
         self.stopped_by = self.stopped_by or limit
         journal_refusal(self.journal, self.limits, todo_parts, limit)
         self.note_bound(limit)

@@ -10,12 +10,11 @@ returned only as the pick of all the evidence (``SearchLoop.decide``). Each step
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from aprompt._optimize.confirmation import confirm
 from aprompt._optimize.final_pick import key_of
-from aprompt._optimize.racing import final_races
+from aprompt._optimize.racing import final_races, plan_left, planned_full_evals
 
 if TYPE_CHECKING:
     from aprompt._optimize.search import SearchLoop
@@ -53,18 +52,6 @@ async def late_races(loop: SearchLoop) -> None:
     loop.before_late = (loop.decide(), len(loop.full_evals))
     await final_races(loop, plan_left(loop), late=True)
     await loop.decide_again()
-
-
-def plan_left(loop: SearchLoop) -> int:
-    """Program runs the plan has left for evaluations: its full evaluations and trials, less those
-    spent."""
-    n = len(loop.valset)
-    return planned_full_evals(loop) * n + loop.n_trials * min(loop.minibatch_size, n) - loop.spent
-
-
-def planned_full_evals(loop: SearchLoop) -> int:
-    """Full evaluations the plan counts: the baseline's and one every ``full_eval_every`` trials."""
-    return 1 + math.ceil(loop.n_trials / loop.full_eval_every)
 
 
 async def final_evaluations(loop: SearchLoop) -> None:

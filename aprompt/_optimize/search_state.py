@@ -105,6 +105,13 @@ class SearchState:
     admit_trial: Callable[[str, Sequence[tuple[str, str, int]]], None] | None = attrs.field(
         default=None, kw_only=True
     )
+    #: Under a limit that can refuse steps: admits a periodic evaluation's step, ``(what, parts, runs of
+    #: the trials that may start beside it)``, refusing one the budget cannot pay for with
+    #: :class:`~aprompt.lm._metering.BudgetKept` (the trials end, the last race runs on what is left)
+    #: rather than stopping the run; ``None``: ``admit_step``, with the trials' runs added to the step.
+    admit_evaluation_step: Callable[[str, Sequence[tuple[str, str, int]], int], None] | None = attrs.field(
+        default=None, kw_only=True
+    )
     #: Under ``max_time``: the seconds left (trials end when the pace says the last evaluation would not
     #: fit, see :mod:`aprompt._optimize.trial_window`).
     time_limited: bool = attrs.field(default=False, kw_only=True)

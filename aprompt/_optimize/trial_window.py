@@ -46,6 +46,7 @@ from aprompt._optimize.racing import (
     MAX_ENTRANTS,
     MIN_PERIODIC_RACERS,
     TIME_MARGIN,
+    later_race_sure,
     racers_affordable,
     run_race,
     rung_sizes,
@@ -69,17 +70,18 @@ MODEL_TRIAL_STREAM = 1
 _Step = Callable[["SearchLoop"], Awaitable[object]]
 
 
-def _waits(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int) -> bool:
+def _waits(loop: SearchLoop, entrants: Sequence[Mapping[str, int]], allowance: int, point: int) -> bool:
     """Whether a periodic race keeps its ``allowance`` for a later one: it would take fewer than
     ``MIN_PERIODIC_RACERS`` of the ``entrants``, and nothing can stop the run before a later race spends
-    it (``SearchLoop.go_ahead``: no limit on calls, tokens, cost or time).
+    it (:func:`~aprompt._optimize.racing.later_race_sure`: no limit, or limits far above what the rest of
+    the plan needs).
 
     A race of one is one full evaluation of the best-ranked combination, on mini-batches whose noise
     often ranks the best seen lower; the same runs spent later race several and keep the best. Under a
-    limit the run may stop first, so each point spends what it has.
+    limit that may stop the run first, each point spends what it has.
     """
     wanted = min(MIN_PERIODIC_RACERS, len(entrants))
-    return loop.go_ahead and racers_affordable(loop, entrants, allowance) < wanted
+    return racers_affordable(loop, entrants, allowance) < wanted and later_race_sure(loop, point)
 
 
 @attrs.define
@@ -104,9 +106,13 @@ def _held_admission(
     what: str,
     parts: Sequence[tuple[str, str, int]],
 ) -> None:
-    """Admit an evaluation's step as :func:`_with_reserve` does, and hold it (at its estimate for the
-    trials' admissions) until the evaluation joins."""
-    _with_reserve(loop.admit_step, reserve, what, parts)
+    """Admit an evaluation's step with ``reserve`` program runs for the trials that may start beside it
+    (under a limit, judged with the step but not committed with it: each trial commits its own when
+    admitted), and hold it (at its estimate for the trials' admissions) until the evaluation joins."""
+    if loop.admit_evaluation_step is not None:
+        loop.admit_evaluation_step(what, parts, reserve)
+    else:
+        _with_reserve(loop.admit_step, reserve, what, parts)
     keys = [(kind, key) for kind, key, _ in parts]
     loop.hold_steps(keys)
     held.extend(keys)
@@ -378,7 +384,7 @@ class TrialWindow:
                     # of its plan, and the result says so (compared outside the journaled decision, so a
                     # resumed run says it too).
                     loop.cut_short_by = loop.binding_limit()
-            if entrants and not _waits(loop, entrants, allowance):
+            if entrants and not _waits(loop, entrants, allowance, point):
                 step = partial(run_race, entrants=entrants, allowance=allowance)
         # The fork's steps are admitted one by one with the trials that may run beside them (a journaled
         # step is free), so a resumed run replays them even when the meter has reached a limit.
@@ -407,9 +413,16 @@ class TrialWindow:
         await evaluation.finished.wait()
         self._merge(evaluation)
         self.evaluation = None
-        if evaluation.refusal is not None:
+        refusal = evaluation.refusal
+        if isinstance(refusal, BudgetKept):
+            # The budget could not pay for the evaluation's next step beside the trials: the trials end
+            # and the run goes on to the search's last evaluation, on what is left.
+            logger.info("aprompt: %s", refusal)
             self.stopping = True
-            self.refusal = self.refusal or evaluation.refusal
+            self.loop.cut_short_by = self.loop.cut_short_by or refusal.limit
+        elif refusal is not None:
+            self.stopping = True
+            self.refusal = self.refusal or refusal
 
     def _merge(self, evaluation: _Evaluation) -> None:
         """Add what the evaluation recorded (all of it, or what it finished when the run stopped) to

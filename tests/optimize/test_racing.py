@@ -24,6 +24,7 @@ from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
 from aprompt._optimize.racing import (
     TIME_MARGIN,
     affordable,
+    plan_left,
     race_order,
     racers_affordable,
     run_race,
@@ -165,17 +166,20 @@ async def test_a_race_drops_a_clearly_worse_combination_before_the_full_validati
 
 
 async def test_a_periodic_race_of_one_waits_for_a_later_race_only_where_no_limit_can_stop_the_run() -> None:
-    for go_ahead in (True, False):
+    # go_ahead: no limit at all; else the budget left pays for (far) more, or less, than the plan's rest.
+    for go_ahead, budget_runs, waits in ((True, None, True), (False, 10**6, True), (False, 150, False)):
         async with search_loop(racing=True, go_ahead=go_ahead) as (loop, _):
+            loop.runs_affordable = lambda runs=budget_runs: runs
             n = len(loop.valset)
+            assert plan_left(loop) > 150  # 8 trials of 50 and two more full evaluations to come
             one = sum(racers_increments(loop, GOOD))
             # One racer's halving plan (a quarter, a quarter more, then the other half) is all it pays.
             assert racers_affordable(loop, [GOOD, ALSO_GOOD], one) == 1
             assert racers_affordable(loop, [GOOD, ALSO_GOOD], 2 * n) == 2
-            assert _waits(loop, [GOOD, ALSO_GOOD], one) is go_ahead
-            assert not _waits(loop, [GOOD, ALSO_GOOD], 2 * n)
+            assert _waits(loop, [GOOD, ALSO_GOOD], one, 4) is waits
+            assert not _waits(loop, [GOOD, ALSO_GOOD], 2 * n, 4)
             # A lone entrant races alone: no later race would have more to choose from.
-            assert not _waits(loop, [GOOD], one)
+            assert not _waits(loop, [GOOD], one, 4)
 
 
 def racers_increments(loop: SearchLoop, choice: Mapping[str, int]) -> list[int]:
@@ -189,14 +193,17 @@ async def test_without_limits_a_periodic_points_runs_go_to_a_later_race_within_t
         unlimited = await optimize(server, None, seed=seed)
         unlimited_requests = len(server.chat_requests)
         server.reset_records()
-        limited = await optimize(server, None, seed=seed, limits=aprompt.Limits(max_lm_calls=10**6))
-        limited_requests = len(server.chat_requests)
+        # A limit the run cannot reach decides nothing: the same races, the same program.
+        far = await optimize(server, None, seed=seed, limits=aprompt.Limits(max_lm_calls=10**6))
+        assert len(server.chat_requests) == unlimited_requests
+        server.reset_records()
+        near = await optimize(server, None, seed=seed, limits=aprompt.Limits(max_lm_calls=unlimited_requests))
     periodic = BUDGET["full_eval_every"] * 2
     # Under a limit that could stop the run, the point after 8 trials spends its runs on a race there...
-    assert any(f.after_trial == periodic for f in limited.full_evals)
+    assert any(f.after_trial == periodic for f in near.full_evals)
     # ... without one, those runs wait for the final race, which takes more racers.
     assert not any(0 < f.after_trial < BUDGET["n_trials"] for f in unlimited.full_evals)
-    assert unlimited_requests <= limited_requests
+    assert summary(far) == summary(unlimited)
 
 
 def requests_of(server: FakeOpenAIServer, choice: Mapping[str, int]) -> list[RecordedRequest]:

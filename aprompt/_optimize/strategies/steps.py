@@ -86,6 +86,9 @@ def search_loop(
         # Under a limit, the trials keep one full evaluation's runs for the search's last evaluation, so
         # a budget smaller than the plan still ends in a program the evidence chose.
         admit_trial=None if nothing_refuses(ctx) else ctx.admit_trial,
+        # A periodic evaluation the budget cannot pay for beside the trials in flight ends the trials, not
+        # the run: the rest goes to the search's last evaluation.
+        admit_evaluation_step=None if nothing_refuses(ctx) else ctx.admit_evaluation_step,
         runs_affordable=ctx.runs_affordable,
         binding_limit=ctx.binding_limit,
         limit_bound=ctx.spending.note_bound,
