@@ -37,8 +37,11 @@ BUDGET: Mapping[str, int] = {
 }
 
 
-async def run(limit: int | None, seed: int = 0) -> tuple[aprompt.OptimizeResult[Any], int]:
-    """A run of the two-stage world program under ``max_lm_calls=limit``, and the requests it sent."""
+async def run(
+    limit: int | None, seed: int = 0, max_time: float | None = None
+) -> tuple[aprompt.OptimizeResult[Any], int]:
+    """A run of the two-stage world program under ``max_lm_calls=limit`` (and ``max_time``), and the
+    requests it sent."""
     async with FakeOpenAIServer(responder=World(), api_key=TEST_API_KEY) as server:
         async with lm_for(server) as lm:
             result = await aprompt.optimize(
@@ -49,7 +52,7 @@ async def run(limit: int | None, seed: int = 0) -> tuple[aprompt.OptimizeResult[
                 lm=lm,
                 budget=dict(BUDGET),
                 seed=seed,
-                limits=aprompt.Limits(max_lm_calls=limit),
+                limits=aprompt.Limits(max_lm_calls=limit, max_time=max_time),
             )
         return result, len(server.chat_requests)
 
@@ -65,6 +68,15 @@ def shape(result: aprompt.OptimizeResult[Any]) -> tuple[Any, ...]:
 async def test_a_limit_far_above_what_the_run_needs_returns_what_the_unlimited_run_returns() -> None:
     unlimited, sent = await run(None)
     limited, sent_limited = await run(2 * sent)
+    assert limited.stopped_by is None
+    assert shape(limited) == shape(unlimited)
+    assert sent_limited == sent
+
+
+async def test_a_time_limit_far_above_what_the_run_takes_returns_what_the_unlimited_run_returns() -> None:
+    # The run takes a few seconds: at its pace, an hour pays for the rest of the plan at every point.
+    unlimited, sent = await run(None)
+    limited, sent_limited = await run(None, max_time=3600)
     assert limited.stopped_by is None
     assert shape(limited) == shape(unlimited)
     assert sent_limited == sent
