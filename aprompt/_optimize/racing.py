@@ -143,6 +143,10 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
             f"{which} race runs in time:{loop.races_started}",
             partial(within_time, loop, allowance, floor=not late),
         )
+    if not late and loop.time_limited and allowance > 0:
+        if loop.decided(f"final race in one step:{loop.races_started}", partial(_no_time_to_race, loop)):
+            await _one_full_evaluation(loop)
+            return
     while allowance > 0:
         if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
             return
@@ -172,6 +176,33 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
         )
 
 
+def _no_time_to_race(loop: SearchLoop) -> int:
+    """1 when the time left under ``max_time`` is shorter than a race's rungs take, each about as long as
+    a trial (the search's median), else 0 (and 0 before any trial this call ran was told)."""
+    wait = loop.trial_seconds
+    if wait is None:
+        return 0
+    return int(loop.seconds_left() < len(rung_sizes(len(loop.valset))) * wait)
+
+
+async def _one_full_evaluation(loop: SearchLoop) -> None:
+    """The final evaluation when the time left pays for no race: the most promising combination's full
+    evaluation, all its examples at once (one wait for the slowest answer, where a race waits once a
+    rung), so that the pick can weigh a searched program the deadline would otherwise cut."""
+    if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
+        return
+    entrants = _final_entrants(loop)
+    if not entrants:
+        return
+    logger.info(
+        "aprompt: max_time: %.1f s left, too little for a race: the most promising combination is fully "
+        "evaluated instead",
+        loop.seconds_left(),
+    )
+    choice = dict(entrants[0])
+    await loop.full_evaluation(choice, known=loop.scores_of(choice))
+
+
 def plan_left(loop: SearchLoop) -> int:
     """Program runs the plan has left for evaluations: its full evaluations and trials, less those
     spent."""
@@ -187,8 +218,9 @@ def planned_full_evals(loop: SearchLoop) -> int:
 def later_race_sure(loop: SearchLoop, point: int) -> bool:
     """Whether nothing can stop the run before a later race spends what a periodic race at ``point``
     keeps for it: no limit on calls, tokens, cost or time (``SearchLoop.go_ahead``), or limits the
-    rest of the plan stays well within (:data:`BUDGET_MARGIN` at the measured cost per program run,
-    :data:`TIME_MARGIN` at the search's pace), with a confirmation's runs besides.
+    rest of the plan stays well within (:data:`BUDGET_MARGIN` at the measured cost per program run;
+    :data:`TIME_MARGIN` for its runs at the search's pace and its waits for a slowest answer, each as
+    long as a trial), with a confirmation's runs besides.
 
     A limit far above what the run needs then decides nothing: the run returns the program it returns
     without one. Journaled (``SearchLoop.decided``): a resumed run under the same limits decides the same.
@@ -202,8 +234,14 @@ def later_race_sure(loop: SearchLoop, point: int) -> bool:
         if affordable is not None and affordable < math.ceil(rest * BUDGET_MARGIN):
             return 0
         if loop.time_limited:
-            pace = loop.runs_per_second
-            if pace is None or loop.seconds_left() * pace / TIME_MARGIN < rest:
+            pace, wait = loop.runs_per_second, loop.trial_seconds
+            if pace is None or wait is None:
+                return 0
+            # The runs at the search's pace, and the waits for a slowest answer: the trials left, a wave
+            # of parallel trials at a time, and two races' rungs (a later periodic one and the last).
+            waves = math.ceil(max(0, loop.n_trials - len(loop.trials)) / max(1, loop.parallel_trials))
+            needed = rest / pace + (waves + 2 * len(rung_sizes(len(loop.valset)))) * wait
+            if loop.seconds_left() < TIME_MARGIN * needed:
                 return 0
         return 1
 

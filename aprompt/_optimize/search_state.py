@@ -120,6 +120,9 @@ class SearchState:
     replayed_trials: set[int] = attrs.field(factory=set, init=False)
     #: Program runs the trials scored per second so far (``None`` before any).
     runs_per_second: float | None = attrs.field(default=None, init=False)
+    #: The median seconds a trial this call ran took (``None`` before any): a race's rungs each wait
+    #: about as long, for their slowest answer.
+    trial_seconds: float | None = attrs.field(default=None, init=False)
     #: The limit that ended the trials early to keep what the last race needs
     #: (:class:`~aprompt.lm._metering.BudgetKept`, or ``"max_time"``), or that left the final races fewer
     #: program runs than the plan gives them: the run finishes, short of its plan.

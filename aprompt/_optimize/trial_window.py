@@ -349,6 +349,8 @@ class TrialWindow:
             self._examples_told += len(trial.scores) + trial.n_unscored
         if self._started is not None and self._examples_told:
             loop.runs_per_second = self._examples_told / max(1e-6, time.monotonic() - self._started)
+        if self._trial_seconds:
+            loop.trial_seconds = statistics.median(self._trial_seconds)
         await loop.record_trial(trial)
 
     def _periodic_evaluation(self, group: anyio.abc.TaskGroup, point: int) -> _Evaluation | None:

@@ -24,6 +24,7 @@ from aprompt._optimize.outage import DEFAULT_OUTAGE_POLICY, OutageGuard
 from aprompt._optimize.racing import (
     TIME_MARGIN,
     affordable,
+    final_races,
     plan_left,
     race_order,
     racers_affordable,
@@ -416,6 +417,24 @@ async def test_an_interrupted_racing_run_resumes_to_the_uninterrupted_result(
         resumed = await optimize(server, None, run_dir=tmp_path / "run", seed=STOPS_EARLY)
     assert any(t.stopped_early for t in reference.trials)
     assert summary(resumed) == summary(reference)
+
+
+async def test_with_too_little_time_for_a_race_the_last_evaluation_is_one_full_evaluation() -> None:
+    # A race waits once a rung for its slowest answer: under a deadline shorter than its rungs take, the
+    # last race was cut in its last rung and the pick weighed no searched program. The most promising
+    # combination is fully evaluated instead, all its examples at once.
+    for seconds_left, rungs_run in ((1.0, 0), (1000.0, 1)):
+        async with search_loop(racing=True) as (loop, _):
+            for number, choice in enumerate((GOOD, POOR)):
+                await loop.record_trial(await loop.single_trial(number, dict(choice)))
+            loop.time_limited = True
+            loop.runs_per_second, loop.trial_seconds = 1000.0, 0.5
+            loop.seconds_left = lambda left=seconds_left: left
+            await final_races(loop, 2 * len(loop.valset))
+            evaluated = [dict(f.choice) for f in loop.full_evals[1:]]
+            rungs = len(loop.rungs)
+        assert evaluated[:1] == [GOOD]
+        assert min(rungs, 1) == rungs_run  # raced (rungs recorded) only with the time for it
 
 
 async def test_the_time_floor_of_a_race_never_raises_it_past_what_the_plan_and_budget_gave() -> None:
