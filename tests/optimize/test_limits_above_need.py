@@ -13,15 +13,20 @@ periodic points raced alone where an unlimited run keeps their runs for a race o
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import aprompt
 from aprompt._optimize.final_pick import key_of
+from aprompt.lm._metering import BudgetKept
+from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import lm_for
+from tests.optimize.test_pipeline import limited_context
 from tests.optimize.world import TwoStageProgram, World, examples, metric
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +43,7 @@ BUDGET: Mapping[str, int] = {
 
 
 async def run(
-    limit: int | None, seed: int = 0, max_time: float | None = None
+    limit: int | None, seed: int = 0, max_time: float | None = None, **options: Any
 ) -> tuple[aprompt.OptimizeResult[Any], int]:
     """A run of the two-stage world program under ``max_lm_calls=limit`` (and ``max_time``), and the
     requests it sent."""
@@ -53,6 +58,7 @@ async def run(
                 budget=dict(BUDGET),
                 seed=seed,
                 limits=aprompt.Limits(max_lm_calls=limit, max_time=max_time),
+                **options,
             )
         return result, len(server.chat_requests)
 
@@ -96,3 +102,51 @@ async def test_a_step_refused_beside_the_trials_ends_the_trials_not_the_run() ->
         # The returned program has a full evaluation, as every program a run returns.
         assert key_of(limited.best_choice) in {key_of(f.choice) for f in limited.full_evals}
         assert limited.score >= unlimited.score - 0.05
+
+
+class Interrupted(Exception):
+    """Raised from ``on_event`` to stop a run as a kill would."""
+
+
+async def test_a_run_whose_race_step_was_refused_beside_the_trials_resumes_to_the_same_result(
+    tmp_path: Path,
+) -> None:
+    whole, _ = await run(1000, run_dir=tmp_path / "whole")
+    again, sent_again = await run(1000, run_dir=tmp_path / "whole")
+    assert sent_again == 0  # every step read back, the refusal that ended the trials included
+    assert shape(again) == shape(whole)
+    seen = 0
+
+    def stop_late(event: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 47:  # a trial after the second periodic point, before the refusal
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await run(1000, run_dir=tmp_path / "resumed", on_event=stop_late)
+    resumed, _ = await run(1000, run_dir=tmp_path / "resumed")
+    assert shape(resumed) == shape(whole)
+    # The requests in flight at the stop are sent again (counted twice): the limit still holds.
+    assert whole.spent["lm_calls"] <= resumed.spent["lm_calls"] <= 1000
+
+
+async def test_an_evaluation_step_is_judged_with_the_trials_beside_it_but_commits_only_its_own_runs(
+    tmp_path: Path,
+) -> None:
+    ctx = attrs.evolve(limited_context(100), journal=RunJournal.open(tmp_path / "journal.sqlite3"))
+    ctx.admit_step("trial 0", [("trial", "0", 40)])  # in flight: 40 runs, at one call a run so far
+    # A rung of 10 beside the trial, with room for 30 runs of trials that may start beside it: 80 of 100.
+    ctx.admit_evaluation_step("a rung", [("race", "r:0", 10)], 30)
+    # Its room for the trials is not committed with it: a trial of 50 runs fits (40 + 10 + 50).
+    ctx.admit_step("trial 1", [("trial", "1", 50)])
+    # A full evaluation the budget cannot pay for beside them ends the trials, not the run.
+    with pytest.raises(BudgetKept, match="cannot pay for a full evaluation beside the steps in flight"):
+        ctx.admit_evaluation_step("a full evaluation", [("full_eval", "f:0", 20)], 30)
+    assert ctx.stopped_by is None
+    # Journaled as a refusal that kept the budget: a resumed run under the same limit ends its trials
+    # there too, and does not stop.
+    again = attrs.evolve(limited_context(100), journal=ctx.journal)
+    with pytest.raises(BudgetKept):
+        again.admit_evaluation_step("a full evaluation", [("full_eval", "f:0", 20)], 30)
+    assert again.stopped_by is None

@@ -91,6 +91,7 @@ async def search_loop(
     latency: float = 0.0,
     answer: Responder | None = None,
     go_ahead: bool = False,
+    baseline: bool = True,
 ) -> AsyncIterator[tuple[SearchLoop, FakeOpenAIServer]]:
     """A search over the instructions above, on 100 validation examples, its baseline evaluated (no LM
     cache: every call is a request the server logs); ``answer`` answers instead of the world; with
@@ -123,7 +124,8 @@ async def search_loop(
                 outage=OutageGuard.for_program(predictors, lm, DEFAULT_OUTAGE_POLICY),
                 go_ahead=go_ahead,
             )
-            await loop.full_evaluation(candidates.baseline(), is_baseline=True)
+            if baseline:
+                await loop.full_evaluation(candidates.baseline(), is_baseline=True)
             yield loop, server
 
 
@@ -435,6 +437,22 @@ async def test_with_too_little_time_for_a_race_the_last_evaluation_is_one_full_e
             rungs = len(loop.rungs)
         assert evaluated[:1] == [GOOD]
         assert min(rungs, 1) == rungs_run  # raced (rungs recorded) only with the time for it
+
+
+async def test_a_periodic_race_the_budget_cannot_pay_for_beside_the_trials_ends_them_not_the_search() -> None:
+    # The periodic races' steps are admitted by a run's limit of 150 calls (at a call a run so far, with
+    # room for a mini-batch of 50 beside them): the first race's rung cannot be paid for. The trials end
+    # there, and the search goes on to its last race, instead of stopping with no searched program
+    # fully evaluated.
+    async with search_loop(racing=True, baseline=False) as (loop, _):
+        loop.full_eval_every = 4
+        ctx = limited_context(150)
+        loop.admit_evaluation_step = ctx.admit_evaluation_step
+        outcome = await loop.run()
+    assert len(outcome.trials) < loop.n_trials  # the trials ended at the refusal
+    assert loop.cut_short_by == "max_lm_calls"
+    assert ctx.stopped_by is None
+    assert any(f.after_trial == len(outcome.trials) for f in outcome.full_evals[1:])  # the last race ran
 
 
 async def test_the_time_floor_of_a_race_never_raises_it_past_what_the_plan_and_budget_gave() -> None:
