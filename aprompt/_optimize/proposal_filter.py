@@ -117,6 +117,7 @@ from aprompt._optimize.proposal_sentences import (
     is_labeled_example,
     names_code,
     quotes_an_example,
+    restated_new_instruction,
     speaks_of_classes,
     speaks_of_the_instruction,
 )
@@ -199,7 +200,14 @@ def clean_proposal(
             "proposer sentence",
             removed,
         )
+    framed, noted = kept, len(removed)
     kept = _without_sentences(kept, speaks_of_the_instruction, "proposer sentence", removed)
+    if not re.search(r"[^\W\d_]", kept) and any(
+        restated_new_instruction(sentence) for line in framed.splitlines() for sentence in sentences_of(line)
+    ):
+        # Nothing but "The new instruction is to ...": the instruction it frames, said as one.
+        del removed[noted:]
+        kept = _restated(framed, removed)
     kept = _without_lines(kept, is_labeled_example, "made-up examples", removed)
     kept = _without_sentences(kept, quotes_an_example, "made-up examples", removed)
     kept = _without_sentences(kept, speaks_of_classes, "names code", removed)
@@ -226,6 +234,23 @@ def clean_proposal(
             reason = f"too short ({len(value)} chars)"
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
+
+
+def _restated(text: str, removed: list[str]) -> str:
+    """``text`` with each sentence framing the proposer's new instruction ("The new instruction is to
+    ...") replaced by that instruction, and the other sentences that speak of an instruction removed."""
+    lines = []
+    for line in text.splitlines():
+        kept = []
+        for sentence in sentences_of(line):
+            restated = restated_new_instruction(sentence)
+            if restated is not None:
+                kept.append(restated)
+            elif not speaks_of_the_instruction(sentence):
+                kept.append(sentence)
+        lines.append(" ".join(kept))
+    removed.append("the proposer's framing")
+    return "\n".join(lines)
 
 
 def _without_lines(text: str, drop: Callable[[str], bool], why: str, removed: list[str]) -> str:

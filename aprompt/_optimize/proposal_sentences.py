@@ -9,24 +9,57 @@ import re
 from aprompt._optimize.proposal_reading import _QUOTED, reads_as_instruction
 
 #: A sentence that tells what the proposer's current or previous instruction says, in prose ("The
-#: current instruction is to remove the word 'the' from the sentence."): the proposer reading its input back.
+#: current instruction is to remove the word 'the' from the sentence."): the proposer reading its input
+#: back; or what its new one says ("The new instructions are to change ..."): the proposer talking about
+#: its proposal, which the model is to read as the instruction itself.
 _OF_THE_INSTRUCTION = re.compile(
-    r"^\W*(?:the\s+|my\s+|this\s+)?(?:current|previous|original|old|given)\s+instructions?\s+(?:is|are|was|were|says?)\b",
+    r"^\W*(?:the\s+|my\s+|this\s+|our\s+)?"
+    r"(?:current|previous|original|old|given|new|proposed|revised|improved|updated|rewritten)\s+"
+    r"instructions?\s+(?:is|are|was|were|says?|would\s+be|will\s+be)\b",
     re.IGNORECASE,
 )
 
 
 def speaks_of_the_instruction(sentence: str) -> bool:
-    """Whether ``sentence`` tells what the proposer's current or previous instruction says.
+    """Whether ``sentence`` tells what the proposer's current, previous or new instruction says.
 
     Example::
 
         >>> speaks_of_the_instruction("The current instruction is to remove the word 'the'.")
         True
+        >>> speaks_of_the_instruction('The new instructions are to change "their" to "theirself".')
+        True
         >>> speaks_of_the_instruction("Rewrite the sentence to negate its verb.")
         False
     """
     return bool(_OF_THE_INSTRUCTION.match(sentence))
+
+
+#: The proposer's framing of its new instruction, "The new instruction is to ...": what follows "to" is
+#: the instruction.
+_NEW_INSTRUCTION_IS_TO = re.compile(
+    r"^\W*(?:the\s+|my\s+|this\s+|our\s+)?(?:new|proposed|revised|improved|updated|rewritten)\s+"
+    r"instructions?\s+(?:is|are|would\s+be|will\s+be)\s+to\s+(?P<rest>\S.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def restated_new_instruction(sentence: str) -> str | None:
+    """The instruction that ``sentence`` frames as the proposer's new one, said as an instruction; None
+    when it frames none.
+
+    Example::
+
+        >>> restated_new_instruction("The new instruction is to rewrite the sentence with its verb negated.")
+        'Rewrite the sentence with its verb negated.'
+        >>> restated_new_instruction("Rewrite the sentence to negate its verb.") is None
+        True
+    """
+    found = _NEW_INSTRUCTION_IS_TO.match(sentence.strip())
+    if found is None:
+        return None
+    rest = found["rest"].strip()
+    return rest[:1].upper() + rest[1:]
 
 
 #: Text, a colon, a space and more text on one line: "Reply: - The jewelers are ...", "The jeweler visits

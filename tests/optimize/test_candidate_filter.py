@@ -151,6 +151,32 @@ def test_a_sentence_telling_what_the_current_instruction_says_is_removed() -> No
     assert clean_reply(own, negate) == Cleaned(own)
 
 
+def test_a_sentence_telling_what_the_new_instruction_says_is_removed_or_restated() -> None:
+    # The demo of 2026-12-07 proposed this, and it became a search candidate.
+    negate = Predict("sentence -> negated", instruction="Negate the sentence.")
+    reply = (
+        "Rewrite the sentence so that it says the opposite: negate its verb.\n"
+        'The new instructions are to change "their" to "theirself" but the code is to change "they" to '
+        '"them" so as to make it a gender specific case of "them".'
+    )
+    cleaned = clean_reply(reply, negate)
+    assert cleaned.text == "Rewrite the sentence so that it says the opposite: negate its verb."
+    assert cleaned.removed == ("proposer sentence",)
+    # Alone, the framing gives its instruction, said as one; what else speaks of an instruction goes.
+    framed = (
+        "The current instruction is to negate. "
+        "The proposed instruction is to rewrite the sentence with its verb negated."
+    )
+    assert clean_reply(framed, negate) == Cleaned(
+        "Rewrite the sentence with its verb negated.", ("the proposer's framing",)
+    )
+    # Reading back the current instruction alone still leaves nothing.
+    alone = clean_reply("The current instruction is to remove the word 'the'.", negate)
+    assert alone.text is None and alone.removed == ("proposer sentence",)
+    own = "Rewrite the sentence in the style the new instruction asks for."
+    assert clean_reply(own, negate) == Cleaned(own)
+
+
 @pytest.mark.parametrize(
     ("reply", "kept", "removed"),
     [
