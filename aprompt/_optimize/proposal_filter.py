@@ -114,7 +114,9 @@ from aprompt._optimize.proposal_sentences import (
     ECHO_SHARE,
     code_names,
     echoes,
+    holds_a_placeholder,
     is_labeled_example,
+    items_on_their_lines,
     names_code,
     quotes_an_example,
     restated_new_instruction,
@@ -179,7 +181,7 @@ def clean_proposal(
     if refuses(text.strip()):  # whatever it goes on to say, the proposer declined the task
         return Cleaned(None, (), f"the proposer refused: {_excerpt(text)}")
     removed: list[str] = []
-    kept = _without_code(unfenced_prose(text.strip()), removed)
+    kept = items_on_their_lines(_without_code(unfenced_prose(text.strip()), removed))
     kept = _cut_sections(_without_examples(kept, removed), labels, removed)
     for sentence in (s for s in sentences if s):
         pattern = re.compile(re.escape(sentence), re.IGNORECASE)
@@ -209,6 +211,7 @@ def clean_proposal(
         del removed[noted:]
         kept = _restated(framed, removed)
     kept = _without_lines(kept, is_labeled_example, "made-up examples", removed)
+    kept = _without_sentences(kept, holds_a_placeholder, "template placeholders", removed)
     kept = _without_sentences(kept, quotes_an_example, "made-up examples", removed)
     kept = _without_sentences(kept, speaks_of_classes, "names code", removed)
     if known_names is not None:

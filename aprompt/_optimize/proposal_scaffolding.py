@@ -35,6 +35,8 @@ SCAFFOLDING_LABELS: tuple[str, ...] = (
     "Observations",
     "Input Fields",
     "Output Fields",
+    "Input Field",
+    "Output Field",
 )
 #: Labels after which a proposer writes the instruction itself: what follows is kept.
 ANSWER_LABELS: tuple[str, ...] = (

@@ -62,6 +62,41 @@ def restated_new_instruction(sentence: str) -> str | None:
     return rest[:1].upper() + rest[1:]
 
 
+#: A template's placeholder ("{output_field}", "{current_instruction}"): the task's model sees it
+#: unfilled, so a sentence holding one says nothing it can follow.
+_PLACEHOLDER = re.compile(r"\{[^\W\d][\w]*\}")
+
+
+def holds_a_placeholder(sentence: str) -> bool:
+    """Whether ``sentence`` holds a template's placeholder, a name in braces.
+
+    Example::
+
+        >>> holds_a_placeholder("Reply with {output_field} only.")
+        True
+        >>> holds_a_placeholder('Reply with a JSON object such as {"answer": 3}.')
+        False
+    """
+    return bool(_PLACEHOLDER.search(sentence))
+
+
+#: A list item begun inside a line after a sentence's end, with a short label and a colon ("... asks
+#: about. - Answer: 11"): set on a line of its own, where the rules for lines see it.
+_INLINE_ITEM = re.compile(r"(?<=[.!?])[ \t]+[-*•][ \t]+(?=[^\W\d_][^:\n.!?]{0,40}:[ \t]*\S)")
+
+
+def items_on_their_lines(text: str) -> str:
+    """``text`` with each list item begun inside a line after a sentence's end moved to a line of its
+    own.
+
+    Example::
+
+        >>> items_on_their_lines("Count the objects. - Answer: 11")
+        'Count the objects.\\n- Answer: 11'
+    """
+    return _INLINE_ITEM.sub("\n- ", text)
+
+
 #: Text, a colon, a space and more text on one line: "Reply: - The jewelers are ...", "The jeweler visits
 #: the farm, negated: The jeweler does not visit the farm".
 _LABELED = re.compile(r"[^\W\d_][^:\n]*:\s+\S")

@@ -215,6 +215,66 @@ def test_made_up_labeled_or_quoted_examples_and_class_talk_are_removed(
 
 
 @pytest.mark.parametrize(
+    ("signature", "reply", "kept", "removed"),
+    [
+        # The embedded model's proposals of 2026-12-07 (`bench.proposals`, with the worked example).
+        (
+            "utterance -> intent",
+            "Find the movies with the highest ticket price.\n"
+            "- Input Field: {current_instruction} {current_instruction}\n"
+            "- Output Field: {output_field} {output_field} {input_field}\n- Output Field:\n{output_field}",
+            "Find the movies with the highest ticket price.",
+            ("scaffolding: Input Field", "scaffolding: Output Field"),
+        ),
+        (
+            "question -> answer: int",
+            "Count the objects the question asks about. - Question: I have two pianos. How many people can "
+            "I call?; answer: 5",
+            "Count the objects the question asks about.",
+            ("field label: Question",),
+        ),
+        (
+            "question -> answer: int",
+            "Count the objects the question asks about. - Answer: 11",
+            "Count the objects the question asks about.",
+            ("field label: Answer",),
+        ),
+        (
+            "question -> answer: int",
+            "Count the objects. - The count: I have two pianos and a violin, so 3",
+            "Count the objects.",
+            ("made-up examples",),
+        ),
+        (
+            "question -> answer: int",
+            "Reply with {answer} only. Count the objects the question asks about.",
+            "Count the objects the question asks about.",
+            ("template placeholders",),
+        ),
+        # An item of the instruction's own rules moves to its own line and stays.
+        (
+            "question -> answer: int",
+            "Count the objects. - Note: reply with digits.",
+            "Count the objects.\n- Note: reply with digits.",
+            (),
+        ),
+        # Braces that are not a placeholder stay.
+        (
+            "question -> answer: int",
+            'Count the objects. Reply as JSON, such as {"answer": 3}.',
+            'Count the objects. Reply as JSON, such as {"answer": 3}.',
+            (),
+        ),
+    ],
+)
+def test_placeholders_field_scaffolding_and_inline_made_up_items_are_removed(
+    signature: str, reply: str, kept: str, removed: tuple[str, ...]
+) -> None:
+    program = Predict(signature, instruction="Do the task.")
+    assert clean_reply(reply, program) == Cleaned(kept, removed)
+
+
+@pytest.mark.parametrize(
     "reply",
     [
         "Rewrite the sentence so that it says the opposite: negate its verb.",
