@@ -91,8 +91,8 @@ import attrs
 
 from aprompt._optimize.proposal_code import _without_code, _without_examples, unfenced_prose
 from aprompt._optimize.proposal_reading import _FIRST_PERSON as _FIRST_PERSON
+from aprompt._optimize.proposal_reading import _OBLIGATION, about_the_prompt, reads_as_instruction, refuses
 from aprompt._optimize.proposal_reading import _imperative_start as _imperative_start
-from aprompt._optimize.proposal_reading import about_the_prompt, reads_as_instruction, refuses
 from aprompt._optimize.proposal_scaffolding import (
     ANSWER_LABELS,
     SCAFFOLDING_LABELS,
@@ -218,9 +218,26 @@ def clean_proposal(
         kept = _without_sentences(
             kept, lambda sentence: names_code(sentence, known_names), "names code", removed
         )
-    value = _without_trailing_remarks(
-        _without_repeats(_tidy(_without_preamble(kept, removed)), removed), removed
+    kept = _tidy(_without_preamble(kept, removed))
+    # Beside an instruction, a remark on the prompt that names none of the program's fields ("The output
+    # fields are 2017-01-01-21-21.") goes; one that does ("The module receives a goal.") is context. A
+    # proposal of remarks alone reads as no instruction and is dropped below.
+    fields = {word.lower() for label in labels for word in re.findall(r"[^\W\d_]+", label)}
+    fields |= known_names or frozenset()
+    remarks: list[str] = []
+    unremarked = _without_sentences(
+        kept,
+        lambda sentence: (
+            remarks_on_the_prompt(sentence)
+            and not fields & {word.lower() for word in re.findall(r"[^\W\d_]+", sentence)}
+        ),
+        "remarks on the prompt",
+        remarks,
     )
+    if remarks and reads_as_instruction(unremarked):
+        kept = unremarked
+        removed.extend(remarks)
+    value = _without_trailing_remarks(_without_repeats(kept, removed), removed)
     removed = list(dict.fromkeys(removed))
     if text_length(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
         return Cleaned(None, tuple(removed), f"reads as no instruction: {_excerpt(value)}")
@@ -237,6 +254,29 @@ def clean_proposal(
             reason = f"too short ({len(value)} chars)"
         return Cleaned(None, tuple(removed), reason)
     return Cleaned(value, tuple(removed))
+
+
+def remarks_on_the_prompt(sentence: str) -> bool:
+    """Whether ``sentence`` talks about the prompt's machinery (its module, program, instruction or
+    fields: :func:`about_the_prompt`) and tells the model nothing to do: "The output fields are
+    2017-01-01-21-21.", never "The answer field must be one word."
+
+    Example::
+
+        >>> remarks_on_the_prompt("The output fields are 2017-01-01-21-21.")
+        True
+        >>> remarks_on_the_prompt("The answer field must be a single word.")
+        False
+    """
+    if not about_the_prompt(sentence):
+        return False
+    # A later clause of two words or more may still instruct ("...; answer it with a number"); one
+    # word after a bracket ("BELIEF(F).") does not.
+    for clause in re.split(r"[,;(:]", sentence)[1:]:
+        words = re.findall(r"[^\W\d_][\w'-]*", clause)
+        if len(words) >= 2 and (_imperative_start(words[0].lower()) or _OBLIGATION.search(clause)):
+            return False
+    return True
 
 
 def _restated(text: str, removed: list[str]) -> str:
@@ -383,6 +423,7 @@ __all__ = [
     "quotes_an_example",
     "reads_as_instruction",
     "refuses",
+    "remarks_on_the_prompt",
     "screen_means",
     "screen_verdict",
     "sentences_of",

@@ -251,6 +251,22 @@ def test_made_up_labeled_or_quoted_examples_and_class_talk_are_removed(
             "Count the objects the question asks about.",
             ("template placeholders",),
         ),
+        # intent_goal's describe stage, seed 3 of `bench.quality` on 2026-12-07: the search returned it.
+        (
+            "utterance -> goal",
+            "Say in a few words what the user wants the voice assistant to do. Do not hesitate to tell them "
+            "how to do it.\nThe output fields are 2017-01-01-21-21-21-22.11.11.BELIEF(F).",
+            "Say in a few words what the user wants the voice assistant to do. Do not hesitate to tell them "
+            "how to do it.",
+            ("remarks on the prompt",),
+        ),
+        # A remark on the prompt that names a field of the program is context, and stays.
+        (
+            "utterance -> goal",
+            "Say what the user wants. The module receives an utterance.",
+            "Say what the user wants. The module receives an utterance.",
+            (),
+        ),
         # An item of the instruction's own rules moves to its own line and stays.
         (
             "question -> answer: int",
@@ -267,7 +283,7 @@ def test_made_up_labeled_or_quoted_examples_and_class_talk_are_removed(
         ),
     ],
 )
-def test_placeholders_field_scaffolding_and_inline_made_up_items_are_removed(
+def test_placeholders_field_scaffolding_remarks_and_inline_made_up_items_are_removed(
     signature: str, reply: str, kept: str, removed: tuple[str, ...]
 ) -> None:
     program = Predict(signature, instruction="Do the task.")
