@@ -202,14 +202,16 @@ def clean_proposal(
             "proposer sentence",
             removed,
         )
-    framed, noted = kept, len(removed)
-    kept = _without_sentences(kept, speaks_of_the_instruction, "proposer sentence", removed)
-    if not re.search(r"[^\W\d_]", kept) and any(
-        restated_new_instruction(sentence) for line in framed.splitlines() for sentence in sentences_of(line)
-    ):
+    spoken: list[str] = []
+    without = _without_sentences(kept, speaks_of_the_instruction, "proposer sentence", spoken)
+    restated = _restated(kept) if spoken and not _has_letters(without) else ""
+    if _has_letters(restated):
         # Nothing but "The new instruction is to ...": the instruction it frames, said as one.
-        del removed[noted:]
-        kept = _restated(framed, removed)
+        kept = restated
+        removed.append("the proposer's framing")
+    else:
+        kept = without
+        removed.extend(spoken)
     kept = _without_lines(kept, is_labeled_example, "made-up examples", removed)
     kept = _without_sentences(kept, holds_a_placeholder, "template placeholders", removed)
     kept = _without_sentences(kept, quotes_an_example, "made-up examples", removed)
@@ -218,25 +220,8 @@ def clean_proposal(
         kept = _without_sentences(
             kept, lambda sentence: names_code(sentence, known_names), "names code", removed
         )
-    kept = _tidy(_without_preamble(kept, removed))
-    # Beside an instruction, a remark on the prompt that names none of the program's fields ("The output
-    # fields are 2017-01-01-21-21.") goes; one that does ("The module receives a goal.") is context. A
-    # proposal of remarks alone reads as no instruction and is dropped below.
-    fields = {word.lower() for label in labels for word in re.findall(r"[^\W\d_]+", label)}
-    fields |= known_names or frozenset()
-    remarks: list[str] = []
-    unremarked = _without_sentences(
-        kept,
-        lambda sentence: (
-            remarks_on_the_prompt(sentence)
-            and not fields & {word.lower() for word in re.findall(r"[^\W\d_]+", sentence)}
-        ),
-        "remarks on the prompt",
-        remarks,
-    )
-    if remarks and reads_as_instruction(unremarked):
-        kept = unremarked
-        removed.extend(remarks)
+    fields = {word for label in labels for word in _words(label)} | (known_names or frozenset())
+    kept = _without_fieldless_remarks(_tidy(_without_preamble(kept, removed)), fields, removed)
     value = _without_trailing_remarks(_without_repeats(kept, removed), removed)
     removed = list(dict.fromkeys(removed))
     if text_length(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
@@ -279,7 +264,33 @@ def remarks_on_the_prompt(sentence: str) -> bool:
     return True
 
 
-def _restated(text: str, removed: list[str]) -> str:
+def _without_fieldless_remarks(text: str, fields: set[str] | frozenset[str], removed: list[str]) -> str:
+    """``text`` without the remarks on the prompt (:func:`remarks_on_the_prompt`) that name none of the
+    program's ``fields`` (lower-case words): beside an instruction, "The output fields are
+    2017-01-01-21-21." goes and "The module receives a goal." stays as context. A proposal of remarks
+    alone is left whole: it reads as no instruction and is dropped as such."""
+    remarks: list[str] = []
+    kept = _without_sentences(
+        text,
+        lambda sentence: remarks_on_the_prompt(sentence) and not fields & _words(sentence),
+        "remarks on the prompt",
+        remarks,
+    )
+    if not remarks or not reads_as_instruction(kept):
+        return text
+    removed.extend(remarks)
+    return kept
+
+
+def _words(text: str) -> set[str]:
+    return {word.lower() for word in re.findall(r"[^\W\d_]+", text)}
+
+
+def _has_letters(text: str) -> bool:
+    return bool(re.search(r"[^\W\d_]", text))
+
+
+def _restated(text: str) -> str:
     """``text`` with each sentence framing the proposer's new instruction ("The new instruction is to
     ...") replaced by that instruction, and the other sentences that speak of an instruction removed."""
     lines = []
@@ -292,7 +303,6 @@ def _restated(text: str, removed: list[str]) -> str:
             elif not speaks_of_the_instruction(sentence):
                 kept.append(sentence)
         lines.append(" ".join(kept))
-    removed.append("the proposer's framing")
     return "\n".join(lines)
 
 

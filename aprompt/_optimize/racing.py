@@ -104,6 +104,7 @@ __all__ = [
     "run_race",
     "rung_increments",
     "rung_sizes",
+    "search_stops",
     "staged_evaluation",
     "within_budget",
     "within_time",
@@ -148,7 +149,7 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
             await _one_full_evaluation(loop)
             return
     while allowance > 0:
-        if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
+        if search_stops(loop):
             return
         entrants = _final_entrants(loop)
         if not entrants:
@@ -176,6 +177,12 @@ async def final_races(loop: SearchLoop, left: int, *, late: bool = False) -> Non
         )
 
 
+def search_stops(loop: SearchLoop) -> bool:
+    """Whether the search's evaluations end here: it was stopped, a limit or an outage stops it, or
+    nothing can score."""
+    return loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores()
+
+
 def _no_time_to_race(loop: SearchLoop) -> int:
     """1 when the time left under ``max_time`` is shorter than a race's rungs take, each about as long as
     a trial (the search's median), else 0 (and 0 before any trial this call ran was told)."""
@@ -189,7 +196,7 @@ async def _one_full_evaluation(loop: SearchLoop) -> None:
     """The final evaluation when the time left pays for no race: the most promising combination's full
     evaluation, all its examples at once (one wait for the slowest answer, where a race waits once a
     rung), so that the pick can weigh a searched program the deadline would otherwise cut."""
-    if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
+    if search_stops(loop):
         return
     entrants = _final_entrants(loop)
     if not entrants:

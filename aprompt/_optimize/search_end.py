@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aprompt._optimize.confirmation import confirm
 from aprompt._optimize.final_pick import key_of
-from aprompt._optimize.racing import final_races, plan_left, planned_full_evals
+from aprompt._optimize.racing import final_races, plan_left, planned_full_evals, search_stops
 
 if TYPE_CHECKING:
     from aprompt._optimize.search import SearchLoop
@@ -61,7 +61,7 @@ async def final_evaluations(loop: SearchLoop) -> None:
         await final_races(loop, plan_left(loop))
         return
     for _ in range(max(1, planned_full_evals(loop) - len(loop.full_evals))):
-        if loop.stopped is not None or loop.should_stop() is not None or loop.stops_as_nothing_scores():
+        if search_stops(loop):
             return
         choice = next_for_pick(loop)
         if choice is None:
