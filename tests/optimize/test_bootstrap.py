@@ -28,6 +28,7 @@ from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer
 from tests.conftest import TEST_API_KEY
 from tests.optimize.qa_task import QAProgram, answers, exact_match, item_of, last_user_of, lm_for, qa_examples
 from tests.optimize.world import TwoStageProgram, World, examples, metric
+from tests.set_order import sets_filled_in_two_orders
 
 pytestmark = pytest.mark.anyio
 
@@ -350,9 +351,7 @@ async def test_a_trainset_holding_an_example_twice_gives_no_set_a_demo_twice(
 def test_an_example_twice_with_a_set_built_in_another_order_is_one_labeled_demo() -> None:
     # A set iterates in an order that follows the hash seed and the order it was filled in: two equal
     # sets may print differently, and the copy would then be shown again in some processes only.
-    tags = [f"tag-{i}" for i in range(32)]
-    forward, backward = set(tags), set(reversed(tags))
-    assert forward == backward and str(forward) != str(backward), "the two sets print alike"
+    _, forward, backward = sets_filled_in_two_orders()
     predictor = Predict("question, tags -> answer")
     trainset = [
         Example({"question": "Is it red?", "tags": forward}, {"answer": "yes"}, id="one"),

@@ -22,6 +22,7 @@ from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.optimize.world import TwoStageProgram, World, examples, metric
 from tests.run._optimize_worker import MAX_CONCURRENCY, run_world
 from tests.run.test_report import _journaled_run
+from tests.set_order import sets_filled_in_two_orders
 
 API_KEY = "sk-report-examples-test"
 FAILING_RGB = tuple(int(FAILING_ROW[i : i + 2], 16) for i in (1, 3, 5))
@@ -103,9 +104,7 @@ def test_an_output_is_its_fields_as_json_reads_them_back() -> None:
 def test_a_set_shows_its_items_in_one_order_whatever_order_it_was_filled_in() -> None:
     # A set's own order follows the hash seed and how it was filled: a finished run resumed in another
     # process would return another table, and journal it again on every such call.
-    tags = [f"tag-{i}" for i in range(32)]
-    forward, backward = set(tags), set(reversed(tags))
-    assert str(forward) != str(backward), "the two sets print alike"
+    tags, forward, backward = sets_filled_in_two_orders()
     in_order = "{" + ", ".join(repr(tag) for tag in sorted(tags)) + "}"
     assert output_value({"tags": forward}) == output_value({"tags": backward}) == {"tags": in_order}
     frozen = output_value({"t": frozenset({"b", "a"}), "e": set()})
