@@ -145,8 +145,8 @@ def test_the_throughput_benchmark_runs_every_regime_in_quick_mode(tmp_path: Path
         assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_cpu_breakdown_times_the_collector_and_the_compiles_inside_each_run(tmp_path: Path) -> None:
-    # In its own process: it instruments anyio.run, the collector and re's compiler while it runs.
+def test_the_cpu_breakdown_times_collections_compiles_and_sleeps_inside_each_run(tmp_path: Path) -> None:
+    # In its own process: it instruments anyio.run, the collector, re's compiler and the selector.
     command = [sys.executable, "-m", "bench.cpu_breakdown", "--quick", "--systems", "aprompt"]
     done = subprocess.run(
         [*command, "--regimes", "latency", "--out-dir", str(tmp_path)],
@@ -160,6 +160,9 @@ def test_the_cpu_breakdown_times_the_collector_and_the_compiles_inside_each_run(
     for generation in (0, 1, 2):
         assert f"collections, generation {generation}: " in done.stdout
     assert re.search(r"regular expressions compiled: \d+", done.stdout)
+    # The quick run's calls take ~12 ms at the simulated server (its median): the loop sleeps meanwhile.
+    assert re.search(r"event-loop sleeps over 1 ms: [1-9]\d*, \d+\.\d ms on average", done.stdout)
+    assert re.search(r"event-loop sleeps per answered call: \d\.\d\d", done.stdout)
 
 
 def test_the_side_by_side_cpu_benchmark_alternates_a_commit_and_this_checkout(
