@@ -29,7 +29,7 @@ from aprompt._optimize.propose import Grounding
 from aprompt._optimize.result import PhaseUsage
 from aprompt._optimize.run_phases import EventSink, PhaseLog
 from aprompt._optimize.run_spending import RunSpending
-from aprompt._optimize.run_stop import limit_reached_in, stopped_outcome
+from aprompt._optimize.run_stop import cancellation_beside_refusals, limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, SearchOutcome
 from aprompt._slots import Slots
 from aprompt.lm._metering import metering
@@ -242,6 +242,8 @@ class RunContext:
                 except BaseException as exc:
                     refusal = limit_reached_in(exc)
                     if refusal is None:
+                        if (cancellation := cancellation_beside_refusals(exc)) is not None:
+                            raise cancellation from None
                         raise
                 else:
                     spending.ledger.ended_whole = True

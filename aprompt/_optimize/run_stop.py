@@ -1,4 +1,5 @@
-"""A run a limit stopped: finding the limit's refusal in what the strategy raised, and the result then.
+"""A run a limit stopped: finding the limit's refusal in what the strategy raised, and the result then;
+and a run cancelled while its limit refused requests, whose caller gets the cancellation alone.
 
 A refusal (of a step by the run's limits, or of a request by its meter) abandons the step; the run
 returns the best program so far: the search's pick when the search has fully evaluated something, else
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
 import attrs
 
 from aprompt._errors import ConfigError, RunLimitError
@@ -77,3 +79,30 @@ def _leaves(group: BaseExceptionGroup[LimitReached]) -> list[LimitReached]:
     for inner in group.exceptions:
         out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
     return out
+
+
+def cancellation_beside_refusals(exc: BaseException) -> BaseException | None:
+    """The cancellation to raise in place of ``exc`` when it is a group of the backend's cancellations and
+    limit refusals only, else ``None``.
+
+    A run cancelled (its caller's cancel scope, Ctrl-C) while some of its requests were being refused
+    ends in such a group. It was cancelled: its caller's scope must take the cancellation and nothing
+    more, as when no refusal came with it. Raised on, the refusals (an internal exception) would be what
+    is left once the scope has taken its cancellations, and would reach the caller raw.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    refused, rest = exc.split(LimitReached)
+    if refused is None or rest is None:
+        return None
+    cancelled = anyio.get_cancelled_exc_class()
+    taken, other = rest.split(cancelled)
+    if taken is None or other is not None:
+        return None
+    # One of them, not a group: asyncio takes a task as cancelled only when a cancellation itself ends it.
+    return _first_leaf(taken)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
