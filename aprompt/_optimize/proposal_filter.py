@@ -226,7 +226,7 @@ def clean_proposal(
     removed = list(dict.fromkeys(removed))
     if text_length(value) >= MIN_USABLE_CHARS and not reads_as_instruction(value):
         return Cleaned(None, tuple(removed), f"reads as no instruction: {_excerpt(value)}")
-    if text_length(value) < MIN_USABLE_CHARS or not re.search(r"[^\W\d_]", value):
+    if text_length(value) < MIN_USABLE_CHARS or not _has_letters(value):
         what = (
             "the proposer's scaffolding" if any(r.startswith(("scaff", "proposer")) for r in removed) else ""
         )
@@ -347,7 +347,7 @@ def _excerpt(text: str, limit: int = 80) -> str:
 def _tidy(text: str) -> str:
     lines = [line.strip() for line in text.splitlines()]
     # A line without a letter (a bullet, a list's numbers: "- 2.", a date) tells the model nothing.
-    value = "\n".join(line for line in lines if re.search(r"[^\W\d_]", line))
+    value = "\n".join(line for line in lines if _has_letters(line))
     value = re.sub(r"[ \t]{2,}", " ", value)
     return unquoted(value)
 

@@ -9,7 +9,7 @@ the stop is a :class:`~aprompt._errors.RunLimitError`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import attrs
@@ -23,6 +23,8 @@ from aprompt.lm._metering import LimitReached
 
 if TYPE_CHECKING:
     from aprompt._optimize.run_context import RunContext
+
+_Error = TypeVar("_Error", bound=BaseException)
 
 
 async def stopped_outcome(ctx: RunContext, refusal: LimitReached) -> tuple[Candidates, SearchOutcome]:
@@ -69,15 +71,16 @@ def limit_reached_in(exc: BaseException) -> LimitReached | None:
     if isinstance(exc, BaseExceptionGroup):
         matched, rest = exc.split(LimitReached)
         if matched is not None and rest is None:
-            leaves = _leaves(matched)
+            leaves = exception_leaves(matched)
             return next((e for e in leaves if e.unaffordable), leaves[0])
     return None
 
 
-def _leaves(group: BaseExceptionGroup[LimitReached]) -> list[LimitReached]:
-    out: list[LimitReached] = []
+def exception_leaves(group: BaseExceptionGroup[_Error]) -> list[_Error]:
+    """The exceptions of ``group`` and of the groups within it, in order."""
+    out: list[_Error] = []
     for inner in group.exceptions:
-        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+        out.extend(exception_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
     return out
 
 
@@ -100,9 +103,4 @@ def cancellation_beside_refusals(exc: BaseException) -> BaseException | None:
     if taken is None or other is not None:
         return None
     # One of them, not a group: asyncio takes a task as cancelled only when a cancellation itself ends it.
-    return _first_leaf(taken)
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+    return exception_leaves(taken)[0]

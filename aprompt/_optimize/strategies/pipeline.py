@@ -43,7 +43,7 @@ from aprompt._optimize.bootstrap import DemoSet
 from aprompt._optimize.candidates import Candidates, Choice
 from aprompt._optimize.outage import OutageGuard
 from aprompt._optimize.run_context import BASELINE_KIND, RunContext
-from aprompt._optimize.run_stop import limit_reached_in
+from aprompt._optimize.run_stop import exception_leaves, limit_reached_in
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.search_records import FullEval, full_eval_from_json, full_eval_to_json
 from aprompt._optimize.step_memo import note_runs
@@ -292,17 +292,10 @@ async def _own_errors() -> AsyncIterator[None]:
     try:
         yield
     except BaseExceptionGroup as grouped:
-        leaves = _leaves(grouped)
+        leaves = exception_leaves(grouped)
         if len(leaves) == 1:
             raise leaves[0] from grouped
         raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for inner in group.exceptions:
-        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
-    return out
 
 
 __all__ = ["REFERENCE_KIND", "Deferred", "Pipeline", "pipeline"]
