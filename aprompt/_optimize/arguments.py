@@ -37,7 +37,9 @@ from aprompt._optimize.examples import Example, metric_copy, missing_label
 from aprompt._optimize.metric_values import Metric, describe_metric, metric_score
 from aprompt._optimize.propose import Grounding
 from aprompt._optimize.strategies import STRATEGIES, Strategy
-from aprompt.lm._metering import LimitReached, RequestMeter, metering
+from aprompt.lm._limit_reached import LimitReached
+from aprompt.lm._meter_context import metering
+from aprompt.lm._metering import RequestMeter
 from aprompt.program.discovery import is_function
 from aprompt.program.predictor import Predict
 from aprompt.program.values import Prediction

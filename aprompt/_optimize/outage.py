@@ -68,7 +68,7 @@ from aprompt._errors import (
 )
 from aprompt._optimize.evaluate import Evaluation
 from aprompt._optimize.examples import Example
-from aprompt.lm._metering import current_meter, metered_chat
+from aprompt.lm._meter_context import current_meter, metered_chat
 from aprompt.lm._replies import accepting_cut_replies, is_answered_failure
 from aprompt.lm.retry import RETRYABLE_ERRORS
 from aprompt.lm.types import LM, Message

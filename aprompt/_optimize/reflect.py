@@ -57,7 +57,7 @@ from aprompt._optimize.proposal_filter import clean_proposal, finished_part, who
 from aprompt._optimize.proposer_text import PROPOSER_SENTENCES
 from aprompt._optimize.search import SearchLoop
 from aprompt._taskgroups import plain_errors_task_group
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 from aprompt.lm._replies import accepting_cut_replies, is_cut
 from aprompt.program.predictor import Predict
 from aprompt.run.journal import journaled_text

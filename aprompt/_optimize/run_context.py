@@ -32,7 +32,7 @@ from aprompt._optimize.run_spending import RunSpending
 from aprompt._optimize.run_stop import cancellation_beside_refusals, limit_reached_in, stopped_outcome
 from aprompt._optimize.search_records import FullEval, SearchOutcome
 from aprompt._slots import Slots
-from aprompt.lm._metering import metering
+from aprompt.lm._meter_context import metering
 from aprompt.lm.types import LM
 from aprompt.program.predictor import Predict
 from aprompt.run._limits import RunLimits
@@ -140,7 +140,7 @@ class RunContext:
         beside: int = 0,
     ) -> None:
         """Refuse a step the remaining budget cannot pay for, by raising
-        :class:`~aprompt.lm._metering.LimitReached` (:meth:`RunSpending.admit_step
+        :class:`~aprompt.lm._limit_reached.LimitReached` (:meth:`RunSpending.admit_step
         <aprompt._optimize.run_spending.RunSpending.admit_step>`).
 
         Steps overlap (the baseline's evaluation beside the bootstrap, proposals beside the reference's

@@ -14,7 +14,7 @@ import attrs
 
 from aprompt._optimize.events import Event, EventCallback, PhaseFinished, PhaseStarted
 from aprompt._optimize.result import PhaseUsage
-from aprompt.lm._metering import measuring
+from aprompt.lm._meter_context import measuring
 from aprompt.lm.usage import UsageSnapshot
 from aprompt.run.journal import RunJournal
 

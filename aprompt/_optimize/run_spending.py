@@ -23,7 +23,8 @@ from aprompt._optimize.refusals import journal_refusal, limit_value, refused_bef
 from aprompt._optimize.step_admission import affordable_by_limit, judge_step
 from aprompt._optimize.step_commitments import StepCommitments
 from aprompt._optimize.step_ledger import StepLedger
-from aprompt.lm._metering import BudgetKept, LimitReached, RequestMeter
+from aprompt.lm._limit_reached import BudgetKept, LimitReached
+from aprompt.lm._metering import RequestMeter
 from aprompt.run._limits import (
     SPENT_KIND,
     RunCosts,

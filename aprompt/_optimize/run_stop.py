@@ -19,7 +19,7 @@ from aprompt._optimize.candidates import Candidates
 from aprompt._optimize.events import FullEvaluation, NewBest
 from aprompt._optimize.final_pick import FinalPick
 from aprompt._optimize.search_records import SearchOutcome
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 
 if TYPE_CHECKING:
     from aprompt._optimize.run_context import RunContext

@@ -100,14 +100,14 @@ class SearchState:
     )
     #: Under a limit that can refuse steps: admits a trial only while the budget also keeps one full
     #: evaluation's program runs for the search's last race, else refuses it with
-    #: :class:`~aprompt.lm._metering.BudgetKept` (the trials end, the last race runs); ``None``: trials
+    #: :class:`~aprompt.lm._limit_reached.BudgetKept` (the trials end, the last race runs); ``None``: trials
     #: are admitted by ``admit_step``.
     admit_trial: Callable[[str, Sequence[tuple[str, str, int]]], None] | None = attrs.field(
         default=None, kw_only=True
     )
     #: Under a limit that can refuse steps: admits a periodic evaluation's step, ``(what, parts, runs of
     #: the trials that may start beside it)``, refusing one the budget cannot pay for with
-    #: :class:`~aprompt.lm._metering.BudgetKept` (the trials end, the last race runs on what is left)
+    #: :class:`~aprompt.lm._limit_reached.BudgetKept` (the trials end, the last race runs on what is left)
     #: rather than stopping the run; ``None``: ``admit_step``, with the trials' runs added to the step.
     admit_evaluation_step: Callable[[str, Sequence[tuple[str, str, int]], int], None] | None = attrs.field(
         default=None, kw_only=True
@@ -124,7 +124,7 @@ class SearchState:
     #: about as long, for their slowest answer.
     trial_seconds: float | None = attrs.field(default=None, init=False)
     #: The limit that ended the trials early to keep what the last race needs
-    #: (:class:`~aprompt.lm._metering.BudgetKept`, or ``"max_time"``), or that left the final races fewer
+    #: (:class:`~aprompt.lm._limit_reached.BudgetKept`, or ``"max_time"``), or that left the final races fewer
     #: program runs than the plan gives them: the run finishes, short of its plan.
     cut_short_by: str | None = attrs.field(default=None, init=False)
     #: Program runs the races leave for confirming an undecided pick under a limit

@@ -40,7 +40,7 @@ from aprompt._optimize.search_records import (
     trial_to_json,
 )
 from aprompt._optimize.staged_trial import staged_evaluation
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 
 if TYPE_CHECKING:
     from aprompt._optimize.search import SearchLoop

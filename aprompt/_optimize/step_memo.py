@@ -17,7 +17,7 @@ import attrs
 from aprompt._errors import JournalError
 from aprompt._optimize.run_spending import RunSpending
 from aprompt._optimize.search_records import FullEval, RungEval, Trial
-from aprompt.lm._metering import measuring
+from aprompt.lm._meter_context import measuring
 from aprompt.lm.cache._run_caches import replay_step
 
 T = TypeVar("T")

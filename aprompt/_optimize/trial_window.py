@@ -21,10 +21,11 @@ refusal is journaled, so a run stopped by a limit and resumed under the same lim
 stops at the same step. Once a limit refuses a trial, or a step of the evaluation beside (from its join
 on), no trial starts any more, those running are completed and recorded, and the search returns the best
 found. Under a limit on calls, tokens or cost a trial is also refused, with
-:class:`~aprompt.lm._metering.BudgetKept`, once the budget would no longer keep one full evaluation's runs
-beside it: the trials end there and the search goes on to its last race, which gets the rest of the budget
-(``RunContext.admit_trial``); a periodic race takes no more than the budget pays for beside the window's
-trials and that reserve. Both amounts are journaled (``RunSpending.decided``), so a resume replays them.
+:class:`~aprompt.lm._limit_reached.BudgetKept`, once the budget would no longer keep one full
+evaluation's runs beside it: the trials end there and the search goes on to its last race, which gets
+the rest of the budget (``RunContext.admit_trial``); a periodic race takes no more than the budget pays
+for beside the window's trials and that reserve. Both amounts are journaled (``RunSpending.decided``),
+so a resume replays them.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from aprompt._optimize.racing import (
 from aprompt._optimize.search_records import Trial
 from aprompt._optimize.search_steps import journaled_trial
 from aprompt._taskgroups import plain_errors_task_group
-from aprompt.lm._metering import BudgetKept, LimitReached
+from aprompt.lm._limit_reached import BudgetKept, LimitReached
 from aprompt.tpe import Categorical, TPESampler
 
 if TYPE_CHECKING:

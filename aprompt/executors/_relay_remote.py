@@ -19,7 +19,9 @@ from aprompt.executors._relay_messages import (
     RelayedOutcome,
 )
 from aprompt.executors.base import ProgramOutcome, ProgramRun, error_in, execute_run, lm_error_in
-from aprompt.lm._metering import LimitReached, RequestMeter, metering
+from aprompt.lm._limit_reached import LimitReached
+from aprompt.lm._meter_context import metering
+from aprompt.lm._metering import RequestMeter
 from aprompt.lm._replies import cut_reply_acceptor
 from aprompt.lm.types import LM, Completion, Message
 from aprompt.program.context import current_lm
@@ -38,7 +40,7 @@ _CHANNEL: contextvars.ContextVar[LMChannel | None] = contextvars.ContextVar(
 class RelayedLM:
     """Stand-in, where a program runs remotely, for one of the driver's LMs: each chat call goes through
     the run's :class:`LMChannel` to the driver's real client. It meters nothing itself (the driver
-    does), so the remote side's :func:`~aprompt.lm._metering.metered_chat` only counts it."""
+    does), so the remote side's :func:`~aprompt.lm._meter_context.metered_chat` only counts it."""
 
     meters_requests = True
 

@@ -44,7 +44,8 @@ from aprompt.executors._relay_messages import (
 )
 from aprompt.executors._relay_remote import RelayedLM, predictor_settings, run_relayed
 from aprompt.executors.base import ProgramOutcome, check_watch, setup_fault_in, unscored_lm_error
-from aprompt.lm._metering import LimitReached, metered_chat
+from aprompt.lm._limit_reached import LimitReached
+from aprompt.lm._meter_context import metered_chat
 from aprompt.lm._replies import accepting_cut_replies, is_answered_failure
 from aprompt.lm.types import LM
 from aprompt.program.overrides import current_watch

@@ -57,7 +57,7 @@ from aprompt._errors import (
 )
 from aprompt._slots import Slots
 from aprompt.lm._exchange import ReplyReader
-from aprompt.lm._metering import admit_request
+from aprompt.lm._meter_context import admit_request
 from aprompt.lm._pacing import pause_after_rate_limit, wait_out_pause
 from aprompt.lm._replies import incomplete_reply
 from aprompt.lm._reservations import Reservations

@@ -44,7 +44,7 @@ from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
 from aprompt.lm._exchange import ReplyReader
 from aprompt.lm._loop_owner import LoopOwner
 from aprompt.lm._messages import check_messages
-from aprompt.lm._metering import current_meter, meter_for_own_call, run_deadline
+from aprompt.lm._meter_context import current_meter, meter_for_own_call, run_deadline
 from aprompt.lm._pacing import pooled_rates
 from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (

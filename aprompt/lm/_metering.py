@@ -2,7 +2,10 @@
 
 A run creates one :class:`RequestMeter` and enters ``with metering(meter):``; the meter then lives in a
 :mod:`contextvars` variable, so it sees the requests of that run (and of every task started inside the
-block) and of nothing else. It is consulted at two layers aprompt owns:
+block) and of nothing else. The functions that read the meter from the context (:func:`metering`,
+:func:`measuring`, :func:`run_deadline`, :func:`admit_request`, :func:`metered_chat`) are in
+:mod:`aprompt.lm._meter_context`; :class:`LimitReached` is in :mod:`aprompt.lm._limit_reached`. The meter
+is consulted at two layers aprompt owns:
 
 * :class:`~aprompt.lm._http.HTTPChatLM` asks it (:func:`admit_request`) before each HTTP request, retries
   included, and reports the tokens the server counted (:meth:`RequestMeter.settle`). Cache hits send
@@ -36,80 +39,23 @@ Example::
 
 from __future__ import annotations
 
-import contextvars
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
-import anyio
 import attrs
 
 from aprompt._errors import ConfigError, ContextOverflowError, LMError, RateLimitError
+from aprompt.lm._limit_reached import LimitReached
+from aprompt.lm._meter_context import _CALL, _SCOPES
 from aprompt.lm._replies import is_answered_failure
-from aprompt.lm.types import LM, Completion, Message, TokenUsage
+from aprompt.lm.types import LM, TokenUsage
 from aprompt.lm.usage import UsageCounter, UsageSnapshot
 
-__all__ = [
-    "BudgetKept",
-    "LimitReached",
-    "RequestMeter",
-    "admit_request",
-    "current_meter",
-    "measuring",
-    "metered_chat",
-    "metering",
-    "run_deadline",
-]
+__all__ = ["ANSWERS_CHUNK", "RequestMeter"]
 
 #: Answers whose tokens a run may hold unrecorded under a token or cost limit (``on_answers``).
 ANSWERS_CHUNK = 16
-
-_METER: contextvars.ContextVar[RequestMeter | None] = contextvars.ContextVar("aprompt_meter", default=None)
-# Counters of the steps being measured in this context (see measuring()).
-_SCOPES: contextvars.ContextVar[tuple[UsageCounter, ...]] = contextvars.ContextVar(
-    "aprompt_meter_scopes", default=()
-)
-# Set inside metered_chat, which counts the call itself (see meter_for_own_call()): the call's program run
-# and what it prepaid. One variable, not three: every LM call sets it, and each set makes a few objects.
-_CALL: contextvars.ContextVar[_MeteredCall | None] = contextvars.ContextVar(
-    "aprompt_metered_call", default=None
-)
-
-
-class LimitReached(BaseException):
-    """A run limit refused a request or a step (see the module docstring for why it is a
-    ``BaseException``).
-
-    Attributes:
-        limit: ``"max_lm_calls"``, ``"max_tokens"``, ``"max_cost"`` or ``"max_time"``.
-        unaffordable: set when the limit can never pay for the run's first trial (the message says why);
-            the run turns this into a :class:`~aprompt._errors.ConfigError`.
-    """
-
-    def __init__(self, limit: str, message: str, *, unaffordable: bool = False) -> None:
-        super().__init__(message)
-        self.limit = limit
-        self.unaffordable = unaffordable
-
-
-class BudgetKept(LimitReached):
-    """A step refused to keep what a later step needs (a search's last evaluation, see
-    ``RunContext.admit_step``'s ``keep``): the run goes on to that step instead of stopping."""
-
-
-class _MeteredCall:
-    """One :func:`metered_chat` call in progress: the program run it belongs to (an opaque object, one per
-    run, see ``unit``), and whether it admitted its first request for an LM that does not meter itself
-    (``prepaid``), which an HTTP client inside it (a wrapper around one) has not yet ``claimed``."""
-
-    __slots__ = ("claimed", "prepaid", "unit")
-
-    def __init__(self, unit: object, prepaid: bool) -> None:
-        self.unit = unit
-        self.prepaid = prepaid
-        self.claimed = False
 
 
 @attrs.define
@@ -364,114 +310,3 @@ class RequestMeter:
         setattr(self._counter, name, getattr(self._counter, name) + amount)
         for scope in _SCOPES.get():
             setattr(scope, name, getattr(scope, name) + amount)
-
-
-def current_meter() -> RequestMeter | None:
-    """The meter of the run this task belongs to, or ``None``."""
-    return _METER.get()
-
-
-@contextmanager
-def metering(meter: RequestMeter) -> Iterator[RequestMeter]:
-    """Meter the requests made in this block (and in tasks started inside it) with ``meter``."""
-    token = _METER.set(meter)
-    try:
-        yield meter
-    finally:
-        _METER.reset(token)
-
-
-def run_deadline() -> AbstractContextManager[None]:
-    """End the block at the deadline of the run's ``max_time`` with :class:`LimitReached` (as
-    :func:`metered_chat` ends its calls); outside a run, or without a time limit, nothing ends it (one
-    shared null context: this is on every call's path)."""
-    meter = _METER.get()
-    if meter is None or meter.max_seconds is None:
-        return _NO_DEADLINE
-    return _until_deadline(meter)
-
-
-_NO_DEADLINE: AbstractContextManager[None] = nullcontext()
-
-
-@contextmanager
-def _until_deadline(meter: RequestMeter) -> Iterator[None]:
-    with anyio.CancelScope(deadline=anyio.current_time() + meter.seconds_left()) as scope:
-        yield
-    if scope.cancelled_caught:
-        raise LimitReached("max_time", f"run limit reached: {meter.describe('max_time')}")
-
-
-@contextmanager
-def measuring() -> Iterator[UsageCounter]:
-    """Count, apart, what the run's meter counts in this block (and in tasks started inside it)."""
-    counter = UsageCounter()
-    token = _SCOPES.set((*_SCOPES.get(), counter))
-    try:
-        yield counter
-    finally:
-        _SCOPES.reset(token)
-
-
-def meter_for_own_call() -> RequestMeter | None:
-    """For an LM that meters itself: the run's meter to count a finished chat call with
-    (:meth:`RequestMeter.note_call`) when no :func:`metered_chat` counts it (a metric's judge called
-    directly), else ``None``. Counted, its answers are the step's own when a resumed run runs the step
-    again (from the cache), as a predictor's are."""
-    return None if _CALL.get() is not None else _METER.get()
-
-
-def admit_request(model: str, *, retry: bool = False) -> RequestMeter | None:
-    """For an LM that meters itself: admit one request about to be sent (see :meth:`RequestMeter.admit`);
-    returns the meter to settle with, or ``None`` outside a metered run."""
-    meter = _METER.get()
-    if meter is None:
-        return None
-    call = _CALL.get()
-    if call is not None and call.prepaid and not call.claimed and not retry:
-        # The wrapper's call already paid for this first attempt; its answer is priced by this
-        # request's own model, which the wrapper's name may not be.
-        meter.check_priced(model)
-        call.claimed = True
-        return meter
-    meter.admit(model, retry=retry)
-    return meter
-
-
-async def metered_chat(
-    lm: LM, messages: Sequence[Message], *, rollout: int = 0, unit: object = None, **params: Any
-) -> Completion:
-    """``lm.chat(messages, rollout=rollout, **params)``, counted by the run's meter (if any).
-
-    ``unit`` identifies the program run the call belongs to (any object, the same for every call of one
-    run): the meter measures the first run's calls with it.
-
-    Raises:
-        LimitReached: a limit is spent, or the run's deadline passed while the call was in flight.
-    """
-    meter = _METER.get()
-    if meter is None:
-        return await lm.chat(messages, rollout=rollout, **params)
-    prepaid = getattr(lm, "meters_requests", False) is not True
-    call = _MeteredCall(unit, prepaid)
-    token = _CALL.set(call)
-    try:
-        if prepaid:
-            meter.admit(lm.model)
-        with run_deadline():
-            completion = await lm.chat(messages, rollout=rollout, **params)
-    except Exception as error:
-        meter.note_call(failed=True)
-        meter.note_failed_lm(lm, error)
-        if prepaid and not call.claimed:
-            meter.note_failure(error)
-        raise
-    finally:
-        _CALL.reset(token)
-    if prepaid and not call.claimed:
-        if completion.cached:
-            meter.refund()
-        else:
-            meter.settle(lm.model, completion.usage)
-    meter.note_call(cached=completion.cached)
-    return completion

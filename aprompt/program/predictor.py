@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aprompt._errors import ConfigError, ParseError, StateError
-from aprompt.lm._metering import metered_chat
+from aprompt.lm._meter_context import metered_chat
 from aprompt.lm._replies import accepting_cut_replies, cut_reply_acceptor, incomplete_reply
 from aprompt.lm.types import LM, Message, TokenUsage
 from aprompt.program.adapter import ReplyFormat, check_reply_format, correction_message, format_messages

@@ -6,7 +6,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aprompt.lm._metering import LimitReached, RequestMeter, metered_chat, metering
+from aprompt.lm._limit_reached import LimitReached
+from aprompt.lm._meter_context import metered_chat, metering
+from aprompt.lm._metering import RequestMeter
 from aprompt.lm.openai import OpenAICompatibleLM
 from aprompt.lm.types import Message
 from aprompt.testing.fake_openai import FakeOpenAIServer

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from aprompt._optimize.run_stop import cancellation_beside_refusals, limit_reached_in
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 
 
 def _refused() -> LimitReached:

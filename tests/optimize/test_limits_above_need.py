@@ -21,7 +21,7 @@ import pytest
 
 import aprompt
 from aprompt._optimize.final_pick import key_of
-from aprompt.lm._metering import BudgetKept
+from aprompt.lm._limit_reached import BudgetKept
 from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import TEST_API_KEY

@@ -17,7 +17,7 @@ import aprompt
 from aprompt._optimize.budget import resolve_budget
 from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.strategies.steps import leading_demo_sets, leading_sets_of
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 from aprompt.run._limits import RunLimits
 from aprompt.testing.fake_openai import ChatRequest, FakeOpenAIServer, RecordedRequest, Responder
 from tests.conftest import TEST_API_KEY

@@ -35,7 +35,7 @@ from aprompt._optimize.racing import (
 )
 from aprompt._optimize.search import SearchLoop
 from aprompt._optimize.trial_window import _waits, _with_reserve
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 from aprompt.program.discovery import named_predictors
 from aprompt.run.journal import RunJournal
 from aprompt.testing.fake_openai import FakeOpenAIServer, RecordedRequest, Responder

@@ -23,7 +23,7 @@ from aprompt._optimize.run_context import RunContext
 from aprompt._optimize.step_memo import note_runs
 from aprompt._optimize.strategies.grounding_step import grounding_calls, grounding_texts
 from aprompt._taskgroups import plain_errors_task_group
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 from aprompt.program.overrides import PromptOverride
 
 logger = logging.getLogger("aprompt")

@@ -52,7 +52,7 @@ from aprompt._optimize.strategies.demo_steps import labeled_reference, leading_d
 from aprompt._optimize.strategies.grounding_step import grounding_calls, grounding_texts
 from aprompt._optimize.strategies.warmup import Warmup, nothing_refuses
 from aprompt._taskgroups import plain_errors_task_group
-from aprompt.lm._metering import LimitReached
+from aprompt.lm._limit_reached import LimitReached
 from aprompt.program.overrides import PromptOverride
 
 T = TypeVar("T")
