@@ -192,7 +192,7 @@ def load(program: P, path: str | os.PathLike[str]) -> P:
     """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=json_object)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to read
         raise StateError(f"cannot read saved prompts from {path}: {exc}") from None
     if isinstance(data, dict) and data.get("format") == RESULT_FORMAT:
         version = data.get("version")

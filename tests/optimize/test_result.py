@@ -117,6 +117,17 @@ def test_a_result_of_another_version_is_a_state_error(
     assert prompts_of(program) == prompts_of(TwoStageProgram())
 
 
+def test_a_file_nested_too_deep_to_read_is_a_state_error(tmp_path: Path) -> None:
+    """A damaged or hostile file whose JSON nests past the recursion limit cannot be read: a StateError
+    naming the file, as for any other unreadable file, not Python's RecursionError."""
+    path = tmp_path / "optimized.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    program = TwoStageProgram()
+    with pytest.raises(aprompt.StateError, match=r"cannot read saved prompts from .*optimized\.json"):
+        aprompt.load(program, path)
+    assert prompts_of(program) == prompts_of(TwoStageProgram())
+
+
 def test_saves_of_one_path_at_once_leave_one_whole_result_and_raise_nothing(run: Run, tmp_path: Path) -> None:
     result, _ = run
     shorter = attrs.evolve(result, trials=result.trials[:1], full_evals=())
