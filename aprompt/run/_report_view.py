@@ -135,9 +135,11 @@ class RunView:
 
 
 def _read_json(path: Path) -> Any:
+    """An optional file beside the journal, or ``None`` when it cannot be read (missing, not JSON, nested
+    too deep to decode): the view does without it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

@@ -249,6 +249,20 @@ def test_a_run_that_writes_while_it_is_read_is_shown_as_it_stood_not_torn(tmp_pa
     assert finished.finished and len(finished.trials) == 3
 
 
+@pytest.mark.parametrize("name", [RESULT_FILE, ORIGINAL_FILE])
+def test_a_file_beside_the_journal_nested_too_deep_to_read_is_left_out(tmp_path: Path, name: str) -> None:
+    """The files beside the journal are optional: one that cannot be read (here JSON nested past the
+    recursion limit) is done without, as a missing or damaged one is, and the run is still shown."""
+    with RunJournal.open(tmp_path) as writer:
+        writer.append("config", {"strategy": "mipro", "seed": 0})
+        writer.append("trial", {"number": 0, "choice": {}, "score": 0.5}, key="0")
+        writer.append("result", {"best_choice": {}, "score": 0.5})
+    (tmp_path / name).write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    view = load_run(tmp_path)
+    assert view.finished and len(view.trials) == 1 and view.phases == ()
+    assert "best prompts (0.500: the program as written)" in describe_run(view)
+
+
 def test_calling_a_finished_run_again_does_not_journal_its_examples_again(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = _journaled_run(run_dir)
