@@ -214,11 +214,10 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
     result = _read_json(folder / RESULT_FILE)
     if not _same_run(result, final, trials):
         result = None  # an earlier run's: this one started over and has not finished
-    if isinstance(result, dict) and isinstance(result.get("candidates"), dict):
-        for name, cands in result["candidates"].items():
-            instructions.setdefault(name, {}).update(dict(enumerate(cands.get("instructions", ()))))
-            if name not in demo_sets:
-                demo_sets[name] = tuple(tuple(s.get("demos", ())) for s in cands.get("demo_sets", ()))
+    for name, (texts, sets) in _candidates(result).items():
+        instructions.setdefault(name, {}).update(dict(enumerate(texts)))
+        if name not in demo_sets:
+            demo_sets[name] = sets
     reply_formats: dict[str, tuple[str, ...]] = {}
     if isinstance(original, dict):
         for name, state in original.get("predictors", {}).items():
@@ -239,14 +238,14 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         best_choice=best_choice,
         best_score=best_score,
         finished=final is not None,
-        phases=tuple(result.get("phases", ())) if isinstance(result, dict) else (),
+        phases=_phases(result),
         seconds=result.get("seconds") if isinstance(result, dict) else None,
         stopped_by=_stopped_by(final, result),
         reply_formats=reply_formats,
         examples=examples,
         pick=_pick(final, result),
         in_flight=in_flight,
-        spent=dict(result.get("spent") or {}) if isinstance(result, dict) else {},
+        spent=_spent(result),
         unreadable=tuple(unreadable),
     )
 
@@ -276,6 +275,53 @@ def _trial_keys(trials: Any) -> list[tuple[Any, ...]] | None:
         ]
     except (KeyError, TypeError):
         return None
+
+
+def _phases(result: Any) -> tuple[Mapping[str, Any], ...]:
+    """RESULT_FILE's usage per phase; none when a phase is not as the run writes it (a file edited by
+    hand): the report leaves usage out rather than fail on it."""
+    found = result.get("phases") if isinstance(result, dict) else None
+    if not isinstance(found, list) or not all(_is_phase(phase) for phase in found):
+        return ()
+    return tuple(found)
+
+
+def _is_phase(phase: Any) -> bool:
+    """Whether ``phase`` is a phase as :meth:`OptimizeResult.save` writes it: a name, numbers of seconds
+    and a usage of counts."""
+    if not isinstance(phase, dict) or not isinstance(phase.get("phase", ""), str):
+        return False
+    usage = phase.get("usage", {})
+    if not isinstance(usage, dict):
+        return False
+    numbers = [phase.get("seconds", 0.0), phase.get("started", 0.0), *usage.values()]
+    return all(isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n) for n in numbers)
+
+
+def _spent(result: Any) -> dict[str, Any]:
+    """RESULT_FILE's amounts spent against the limits (none when not a mapping: a file edited by hand)."""
+    found = result.get("spent") if isinstance(result, dict) else None
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def _candidates(result: Any) -> dict[str, tuple[list[Any], tuple[tuple[Mapping[str, Any], ...], ...]]]:
+    """RESULT_FILE's candidates per predictor: its instructions and demo sets, each predictor's left out
+    when not as the run writes them (a file edited by hand)."""
+    found = result.get("candidates") if isinstance(result, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    out = {}
+    for name, cands in found.items():
+        texts = cands.get("instructions", []) if isinstance(cands, dict) else None
+        sets = cands.get("demo_sets", []) if isinstance(cands, dict) else None
+        if not isinstance(texts, list) or not isinstance(sets, list):
+            continue
+        if not all(isinstance(s, dict) and isinstance(s.get("demos", []), list) for s in sets):
+            continue
+        if not all(isinstance(d, dict) for s in sets for d in s.get("demos", [])):
+            continue
+        out[name] = (texts, tuple(tuple(s.get("demos", ())) for s in sets))
+    return out
 
 
 def _stopped_by(final: Any, result: Any) -> str | None:

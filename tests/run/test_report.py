@@ -263,6 +263,34 @@ def test_a_file_beside_the_journal_nested_too_deep_to_read_is_left_out(tmp_path:
     assert "best prompts (0.500: the program as written)" in describe_run(view)
 
 
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        {"phases": 5},
+        {"phases": [5]},
+        {"phases": [{"phase": "search", "seconds": 1.0, "usage": {"requests": "many"}}]},
+        {"spent": [1]},
+        {"candidates": {"answer": []}},
+        {"candidates": {"answer": {"instructions": 5}}},
+        {"candidates": {"answer": {"demo_sets": [5]}}},
+    ],
+)
+def test_a_result_file_edited_out_of_shape_is_done_without_where_it_is_out_of_shape(
+    tmp_path: Path, damaged: dict[str, Any]
+) -> None:
+    """result.json beside the journal is optional: a part of it not as the run writes it (edited by
+    hand) is left out, and the run is still shown and reported, never a Python error."""
+    with RunJournal.open(tmp_path) as writer:
+        writer.append("config", {"strategy": "mipro", "seed": 0})
+        writer.append("result", {"best_choice": {}, "score": 0.5})
+    result = {"score": 0.5, "best_choice": {}, "trials": [], **damaged}
+    (tmp_path / RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
+    view = load_run(tmp_path)
+    assert view.finished and view.phases == () and view.spent == {}
+    assert "best prompts (0.500: the program as written)" in describe_run(view)
+    assert "Usage per phase is saved by" in write_report(tmp_path).read_text(encoding="utf-8")
+
+
 def test_calling_a_finished_run_again_does_not_journal_its_examples_again(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = _journaled_run(run_dir)
