@@ -219,8 +219,12 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunView:
         if name not in demo_sets:
             demo_sets[name] = sets
     reply_formats: dict[str, tuple[str, ...]] = {}
-    if isinstance(original, dict):
-        for name, state in original.get("predictors", {}).items():
+    # A file not as save_state writes it (edited by hand) is done without, as a missing one.
+    states = original.get("predictors") if isinstance(original, dict) else None
+    if isinstance(states, dict):
+        for name, state in states.items():
+            if not isinstance(state, dict):
+                continue
             instructions.setdefault(name, {}).setdefault(0, str(state.get("instruction", "")))
             # Index 0 is the predictor's own format; a searched format parameter's other choice is the other.
             own = str(state.get("reply_format", "fields"))

@@ -291,6 +291,21 @@ def test_a_result_file_edited_out_of_shape_is_done_without_where_it_is_out_of_sh
     assert "Usage per phase is saved by" in write_report(tmp_path).read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("damaged", [{"predictors": []}, {"predictors": {"answer": 5}}])
+def test_an_original_program_file_edited_out_of_shape_is_done_without(
+    tmp_path: Path, damaged: dict[str, Any]
+) -> None:
+    """original_program.json is read only for a journal without its own copy of the prompts: one not as
+    save_state writes it is left out, and the run is still shown."""
+    with RunJournal.open(tmp_path) as writer:
+        writer.append("config", {"strategy": "mipro", "seed": 0})
+        writer.append("result", {"best_choice": {}, "score": 0.5})
+    (tmp_path / ORIGINAL_FILE).write_text(json.dumps(damaged), encoding="utf-8")
+    view = load_run(tmp_path)
+    assert view.finished and view.reply_formats == {}
+    assert "best prompts (0.500: the program as written)" in describe_run(view)
+
+
 def test_calling_a_finished_run_again_does_not_journal_its_examples_again(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = _journaled_run(run_dir)
