@@ -26,9 +26,10 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   ``not positive`` and ``I would not say it is positive`` are no ``positive``; so is one asked back
   and denied, ``positive? No.``). Text of punctuation only (``+``, ``-``) matches a choice only as written.
 - ``list[T]``: a JSON (or Python) list, also inside a code fence or backticks or before a full stop;
-  else numbers separated by spaces (one written with a leading zero, as ``000`` in ``1 000``, is an
-  error: one number in groups of digits or a list, the text does not say); else bullet or numbered
-  lines; else one item per line; else comma-separated items. Each item is coerced to ``T``.
+  else, on one line, the items between its brackets (``[Paris, New York]``) read as below; else numbers
+  separated by spaces (one written with a leading zero, as ``000`` in ``1 000``, is an error: one
+  number in groups of digits or a list, the text does not say); else bullet or numbered lines; else
+  one item per line; else comma-separated items. Each item is coerced to ``T``.
 
 Formatting (:func:`format_output`) is the inverse for every value the rules accept: ints and floats
 in ``repr`` form, bools as ``yes``/``no`` (a ``Literal`` choice, ``True`` included, as its text: the
@@ -269,6 +270,10 @@ def _split_list(text: str) -> list[Any]:
                 continue
             if isinstance(data, list | tuple):
                 return list(data)
+        inner = text[1:-1]
+        if not any(ch in inner for ch in "[]\n"):
+            # Brackets around unquoted items ("[Paris, New York]"): the list's, not its first and last item's.
+            text = inner.strip()
     if _NUMBERS_ONLY.fullmatch(text):  # "1 2 3": three numbers, not one item that reads as 1
         items = text.split()
         if any(_LEADING_ZERO.match(item) for item in items):

@@ -191,6 +191,10 @@ def test_an_empty_value_is_a_problem() -> None:
         ("int", "4\n- 2 cats\n- 2 dogs", 4),  # a bullet line after the value is no range
         ("int", "about 3 apples and 5 pears", 3),
         ("Literal['spam', 'not spam']", "It is not spam.", "not spam"),  # the choice, not a negated "spam"
+        ("list[str]", "[Paris, New York]", ["Paris", "New York"]),  # not "[Paris" and "New York]"
+        ("list[str]", "['Paris', New York]", ["Paris", "New York"]),
+        ("list[str]", "[Paris]", ["Paris"]),
+        ("list[int]", "[1 2 3]", [1, 2, 3]),
     ],
 )
 def test_typed_fields_are_coerced(type_: str, text: str, expected: Any) -> None:
