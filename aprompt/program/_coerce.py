@@ -22,8 +22,9 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   whose words say both (``No, that is not correct... yes``) is an error, not its first word.
 - ``Literal[...]``: the choice equal to the text after casefolding and turning punctuation into
   spaces; otherwise the single choice mentioned as a whole word or phrase in the text (two mentioned
-  is an error, as is one after a ``not``, ``never`` or ``-n't`` in its clause, or right after a ``no``:
-  ``not positive`` and ``I would not say it is positive`` are no ``positive``; so is one asked back
+  is an error, as is one after a ``not``, ``never`` or ``-n't`` in its clause, or right after a ``no``
+  or a ``non``: ``not positive``, ``I would not say it is positive`` and ``non-positive`` are no
+  ``positive``; so is one asked back
   and denied, ``positive? No.``). Text of punctuation only (``+``, ``-``) matches a choice only as written.
 - ``list[T]``: a JSON (or Python) list, also inside a code fence or backticks or before a full stop;
   else, on one line, the items between its brackets (``[Paris, New York]``) read as below; else numbers
@@ -98,8 +99,9 @@ _MINUS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 _BOOL_WORD = re.compile(r"(?:\b(not|never|\w+n['’]t)\s+)?\b(yes|true|no|false)\b", re.IGNORECASE)
 # A negation in a clause before a yes/no word or a choice denies it, however far ("would not say it is").
 _NEGATION = re.compile(r"\b(?:not|never|cannot|neither|nor|hardly)\b|\w+n['’]t\b", re.IGNORECASE)
-# The same in normalized text ("isn't" is "isn t"), or a "no" right before the choice ("no positive").
-_NEGATION_NORMALIZED = re.compile(r" (?:not|never|cannot|neither|nor|hardly) |n t | no $")
+# The same in normalized text ("isn't" is "isn t"), or a "no" or "non" right before the choice ("no positive",
+# "non-negative", which is "non negative").
+_NEGATION_NORMALIZED = re.compile(r" (?:not|never|cannot|neither|nor|hardly) |n t | non? $")
 _CLAUSE_BREAK = re.compile(r"[,;:.!?()\[\]\n\u2013\u2014]| - ")
 # A choice asked back and denied ("positive? No."): not an answer of that choice.
 _ECHO_DENIED = re.compile(r"\?\s*(?:no|nope|not|false)\b", re.IGNORECASE)

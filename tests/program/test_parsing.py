@@ -230,6 +230,8 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("Literal['positive', 'negative', 'neutral']", "It's not really negative.", "denies a choice"),
         ("Literal['positive', 'negative']", "positive? No.", "denies a choice"),  # asked back, denied
         ("Literal['positive', 'negative']", "There is no positive", "denies a choice"),
+        ("Literal['positive', 'negative', 'neutral']", "non-negative", "denies a choice"),  # not "negative"
+        ("Literal['spam', 'ham']", "Non spam", "denies a choice"),
         ("bool", "I would not say it is true", "plain yes or no"),  # not True
         ("list[int]", "[1, [2]]", "single values"),
         ("list[int]", "[1+2j]", "single values"),  # not a TypeError out of the parser
