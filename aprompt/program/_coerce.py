@@ -30,7 +30,8 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   else, on one line, the items between its brackets (``[Paris, New York]``) read as below; else numbers
   separated by spaces (one written with a leading zero, as ``000`` in ``1 000``, is an error: one
   number in groups of digits or a list, the text does not say); else bullet or numbered lines; else
-  one item per line; else comma-separated items. Each item is coerced to ``T``.
+  one item per line; else comma-separated items (in a list of numbers an ``and`` parts two items too:
+  ``1, 2 and 3``). Each item is coerced to ``T``.
 
 Formatting (:func:`format_output`) is the inverse for every value the rules accept: ints and floats
 in ``repr`` form, bools as ``yes``/``no`` (a ``Literal`` choice, ``True`` included, as its text: the
@@ -128,7 +129,7 @@ def coerce(text: str, annotation: Any) -> Any:
         return _coerce_choice(text, typing.get_args(annotation))
     if is_list(annotation):
         item_type = typing.get_args(annotation)[0]
-        return [_coerce_item(item, item_type) for item in _split_list(text)]
+        return [_coerce_item(item, item_type) for item in _split_list(text, item_type in (int, float))]
     raise CoercionError(f"unsupported type {annotation!r}")
 
 
@@ -262,7 +263,8 @@ def _coerce_item(item: Any, item_type: Any) -> Any:
     raise CoercionError(f"list items must be single values, got {repr(item)[:80]}")
 
 
-def _split_list(text: str) -> list[Any]:
+def _split_list(text: str, numeric: bool = False) -> list[Any]:
+    """The items of a list's ``text`` (``numeric``: a list of numbers)."""
     text = _unwrapped(text)
     if text.startswith("[") and text.endswith("]"):
         for reader in (json.loads, ast.literal_eval):
@@ -286,12 +288,18 @@ def _split_list(text: str) -> list[Any]:
     bullets = [_BULLET.match(line) for line in lines]
     if len(lines) > 1 or all(bullets):
         return [m.group(1) if m else line.strip() for m, line in zip(bullets, lines, strict=True)]
-    return [part.strip().strip("'\"") for part in text.split(",") if part.strip().strip("'\"")]
+    parts = text.split(",")
+    if numeric and "between" not in text.casefold():  # "between 3 and 5" is a range, not 3 and 5
+        # "1, 2 and 3": between numbers an "and" parts two items as a comma does (read as one, "2 and 3"
+        # would be 2, and the 3 lost).
+        parts = [item for part in parts for item in _AND_ITEM.split(part)]
+    return [part.strip().strip("'\"") for part in parts if part.strip().strip("'\"")]
 
 
 _FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
 # A number's group after a space ("000" in "1 000"): no list item is written with a leading zero.
 _LEADING_ZERO = re.compile(r"[-+]?0\d")
+_AND_ITEM = re.compile(r"(?:^|\s)and(?:\s|$)", re.IGNORECASE)
 _NUMBERS_ONLY = re.compile(r"\s*(?:" + _NUMBER.pattern + r")(?:\s+(?:" + _NUMBER.pattern + r"))+\s*")
 
 

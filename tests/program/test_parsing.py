@@ -195,6 +195,10 @@ def test_an_empty_value_is_a_problem() -> None:
         ("list[str]", "['Paris', New York]", ["Paris", "New York"]),
         ("list[str]", "[Paris]", ["Paris"]),
         ("list[int]", "[1 2 3]", [1, 2, 3]),
+        ("list[int]", "1, 2 and 3", [1, 2, 3]),  # not [1, 2]
+        ("list[int]", "1 and 2", [1, 2]),  # not [1]
+        ("list[float]", "0.5, 1.5, and 2", [0.5, 1.5, 2.0]),
+        ("list[int]", "1,0", [1, 0]),
     ],
 )
 def test_typed_fields_are_coerced(type_: str, text: str, expected: Any) -> None:
@@ -262,6 +266,7 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("float", "1 000,5", "decimal point"),  # not 1000.0
         ("list[int]", "1 000", "JSON list"),  # not [1, 0]
         ("list[int]", "1 000 2000", "JSON list"),  # not [1, 0, 2000]
+        ("list[int]", "1, between 3 and 5", "not a range"),  # not [1, 3, 5]
         ("float", "50%", "percent sign"),  # 50.0 where the field means 0.5, or the other way round
         ("float", "about 12.5 % of them", "percent sign"),
         ("float", "50 percent", "percent sign"),
