@@ -30,8 +30,9 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   else, on one line, the items between its brackets (``[Paris, New York]``) read as below; else numbers
   separated by spaces (one written with a leading zero, as ``000`` in ``1 000``, is an error: one
   number in groups of digits or a list, the text does not say); else bullet or numbered lines; else
-  one item per line; else comma-separated items (in a list of numbers an ``and`` parts two items too:
-  ``1, 2 and 3``). Each item is coerced to ``T``.
+  one item per line; else comma-separated items (in a list of numbers an ``and`` parts two items too,
+  ``1, 2 and 3``, and an item with a leading zero right after a comma, ``1,000``, is the same error).
+  Each item is coerced to ``T``.
 
 Formatting (:func:`format_output`) is the inverse for every value the rules accept: ints and floats
 in ``repr`` form, bools as ``yes``/``no`` (a ``Literal`` choice, ``True`` included, as its text: the
@@ -289,6 +290,9 @@ def _split_list(text: str, numeric: bool = False) -> list[Any]:
     if len(lines) > 1 or all(bullets):
         return [m.group(1) if m else line.strip() for m, line in zip(bullets, lines, strict=True)]
     parts = text.split(",")
+    if numeric and _COMMA_GROUP.search(text):
+        # "1,000" is a thousand with its separator, not [1, 0]: as with "1 000", the text does not say which.
+        raise CoercionError(f"write the list as a JSON list, like [1, 2], got {text[:80]!r}")
     if numeric and "between" not in text.casefold():  # "between 3 and 5" is a range, not 3 and 5
         # "1, 2 and 3": between numbers an "and" parts two items as a comma does (read as one, "2 and 3"
         # would be 2, and the 3 lost).
@@ -299,6 +303,8 @@ def _split_list(text: str, numeric: bool = False) -> list[Any]:
 _FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
 # A number's group after a space ("000" in "1 000"): no list item is written with a leading zero.
 _LEADING_ZERO = re.compile(r"[-+]?0\d")
+# A number's group after a comma ("1,000"): a thousands separator, since no item has a leading zero.
+_COMMA_GROUP = re.compile(r"\d,[-+]?0\d")
 _AND_ITEM = re.compile(r"(?:^|\s)and(?:\s|$)", re.IGNORECASE)
 _NUMBERS_ONLY = re.compile(r"\s*(?:" + _NUMBER.pattern + r")(?:\s+(?:" + _NUMBER.pattern + r"))+\s*")
 

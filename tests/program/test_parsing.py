@@ -267,6 +267,8 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("list[int]", "1 000", "JSON list"),  # not [1, 0]
         ("list[int]", "1 000 2000", "JSON list"),  # not [1, 0, 2000]
         ("list[int]", "1, between 3 and 5", "not a range"),  # not [1, 3, 5]
+        ("list[int]", "1,000", "JSON list"),  # not [1, 0]
+        ("list[float]", "1,000, 2,500", "JSON list"),  # not [1.0, 0.0, 2.0, 500.0]
         ("float", "50%", "percent sign"),  # 50.0 where the field means 0.5, or the other way round
         ("float", "about 12.5 % of them", "percent sign"),
         ("float", "50 percent", "percent sign"),
