@@ -7,8 +7,9 @@ Coercion rules (each raises :class:`CoercionError` with a reason the model can a
   spaces between groups of three digits (``1 000`` → 1000; a digit after the last group, ``1 000 2``,
   is an error), a trailing dot or ``.0`` is fine (``42.`` → 42, ``7.0`` → 7), other words are ignored
   (``about 7`` → 7); a fraction (``4.5``, ``3/4``, ``3 / 4``) is an error, as is a decimal comma
-  (``12,34``) and a range or a choice of two (``10-20``, ``3 to 5``, ``between 3 and 5``, ``3 or 4``,
-  ``3, 4``, ``3; 4``), which is no single number. With no digits at all, the first number word from
+  (``12,34``), a range or a choice of two (``10-20``, ``3 to 5``, ``between 3 and 5``, ``3 or 4``,
+  ``3, 4``, ``3; 4``), which is no single number, and a calculation (``2 + 2 = 4``, ``6 × 7``), whose
+  first number is no result. With no digits at all, the first number word from
   zero to twenty counts (``seven`` → 7), because small models often spell counts out; one joined to
   another (``twenty-one``, ``one hundred``) is an error, not its first word, as is a range of them
   (``three to five``). A minus sign (``−5``) is a minus.
@@ -90,6 +91,8 @@ _BETWEEN = re.compile(r"\bbetween[ \t]+$", re.IGNORECASE)
 _AND = re.compile(r"[ \t]+and[ \t]+(?:[-+]?\.?\d|(?:" + "|".join(_WORDS) + r")\b)", re.IGNORECASE)
 # Thousands in groups of three after spaces ("1 000", "12\u202f345.5"): one number, not its first group.
 _SPACED_GROUPS = re.compile(r"(?:[ \u00a0\u2009\u202f]\d{3}(?!\w))+(?:\.\d+(?!\w))?")
+# An operator and a number after the first number: a calculation ("2 + 2 = 4", "6 × 7"), not its result.
+_OPERATOR = re.compile(r"[ \t]*[+*\u00d7\u00f7=][ \t]*[-+\u2212]?\.?\d")
 # A percentage: 50 or 0.5 as the field means it ("%", the full-width one, the word).
 _PERCENT = re.compile(r"[ \t\u00a0]*(?:[%\uff05]|per[ \t]?cent\b)", re.IGNORECASE)
 _SPACED_MORE = re.compile(r"[ \u00a0\u2009\u202f]\d")
@@ -158,6 +161,9 @@ def _coerce_number(text: str, annotation: Any) -> int | float:
         if _RANGE.match(text, end) or (_AND.match(text, end) and _BETWEEN.search(text, 0, match.start())):
             # "10-20" is no single number: its first end would be a silently wrong value.
             raise CoercionError(f"give a single number, not a range or a choice of two, got {text[:80]!r}")
+        if _OPERATOR.match(text, end):
+            # "2 + 2 = 4": its first number is an operand, not the result.
+            raise CoercionError(f"write the result alone, not a calculation, got {text[:80]!r}")
         if annotation is float and _PERCENT.match(text, end):
             raise CoercionError(
                 f"write the number as the field means it, without a percent sign, got {text[:80]!r}"

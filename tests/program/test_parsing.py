@@ -190,6 +190,8 @@ def test_an_empty_value_is_a_problem() -> None:
         ("int", "3 or more", 3),
         ("int", "4\n- 2 cats\n- 2 dogs", 4),  # a bullet line after the value is no range
         ("int", "about 3 apples and 5 pears", 3),
+        ("int", "4 (2 + 2)", 4),
+        ("int", "5+ apples", 5),
         ("Literal['spam', 'not spam']", "It is not spam.", "not spam"),  # the choice, not a negated "spam"
         ("list[str]", "[Paris, New York]", ["Paris", "New York"]),  # not "[Paris" and "New York]"
         ("list[str]", "['Paris', New York]", ["Paris", "New York"]),
@@ -272,6 +274,10 @@ def test_choices_equal_in_python_but_written_differently_each_read_as_their_own(
         ("float", "50%", "percent sign"),  # 50.0 where the field means 0.5, or the other way round
         ("float", "about 12.5 % of them", "percent sign"),
         ("float", "50 percent", "percent sign"),
+        ("int", "2 + 2 = 4", "not a calculation"),  # not 2
+        ("float", "2.5 * 2 = 5", "not a calculation"),
+        ("int", "10+5", "not a calculation"),  # not 10
+        ("int", "6 \u00d7 7", "not a calculation"),
     ],
 )
 def test_unreadable_typed_values_are_parse_errors_with_a_reason(type_: str, text: str, message: str) -> None:
