@@ -79,7 +79,10 @@ def normalize_type(annotation: Any) -> Any:
             )
         return annotation
     if is_list(annotation):
-        (item,) = typing.get_args(annotation) or (str,)
+        args = typing.get_args(annotation) or (str,)
+        if len(args) != 1:
+            raise ConfigError(f"a list type takes one item type, not {len(args)}: {annotation!r}")
+        (item,) = args
         if is_list(item) or item is list:
             raise ConfigError(f"nested lists are not supported: {annotation!r}")
         return types.GenericAlias(list, (normalize_type(item),))

@@ -111,6 +111,14 @@ def test_an_unsupported_type_on_a_class_is_an_error_at_definition() -> None:
             answer: dict[str, int] = OutputField()
 
 
+def test_a_list_type_with_several_item_types_is_a_config_error_at_definition() -> None:
+    with pytest.raises(ConfigError, match="one item type"):
+
+        class Bad(Signature):
+            question: str = InputField()
+            answer: list[int, str] = OutputField()  # type: ignore[type-arg]
+
+
 def test_choices_that_differ_only_in_case_are_refused() -> None:
     with pytest.raises(ConfigError, match="differ only in case"):
         Signature.parse("q -> answer: Literal['Yes', 'yes']")
