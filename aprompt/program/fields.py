@@ -126,9 +126,13 @@ def _type_from_node(node: ast.expr, text: str) -> Any:
         if base in ("Literal", "typing.Literal"):
             values = []
             for arg in args:
-                if not isinstance(arg, ast.Constant) or not isinstance(arg.value, str | int):
+                # A negative int is a minus applied to a constant (how ``Literal[-2, 3]`` is written back).
+                negative = isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub)
+                constant = arg.operand if negative and isinstance(arg, ast.UnaryOp) else arg
+                kinds = (int,) if negative else (str, int, bool)
+                if not isinstance(constant, ast.Constant) or type(constant.value) not in kinds:
                     raise ConfigError(f"Literal choices must be constants in {text!r}")
-                values.append(arg.value)
+                values.append(-typing.cast(int, constant.value) if negative else constant.value)
             return typing.cast(Any, Literal)[tuple(values)]
         if base in ("list", "List", "typing.List") and len(args) == 1:
             return types.GenericAlias(list, (_type_from_node(args[0], text),))

@@ -34,6 +34,12 @@ def test_the_canonical_string_round_trips() -> None:
     assert Signature.parse(str(Signature.parse(text))) == Signature.parse(text)
 
 
+def test_a_signature_with_negative_choices_round_trips_through_its_string() -> None:
+    declared = Signature([Field("q")], [Field("rating", Literal[-2, 0, 3])])
+    assert str(declared) == "q -> rating: Literal[-2, 0, 3]"
+    assert Signature.parse(str(declared)) == declared
+
+
 def test_an_instruction_can_be_given_with_the_string() -> None:
     assert Signature.parse("q -> a", "Answer briefly.").instruction == "Answer briefly."
 
@@ -63,6 +69,9 @@ def test_labels_are_derived_from_names() -> None:
         ("q, , r -> answer", "empty field name"),
         ("q -> answer: dict", "unsupported field type"),
         ("q -> answer: int(", "cannot read the type"),
+        ("q -> answer: Literal[-'a']", "must be constants"),
+        ("q -> answer: Literal[-True]", "must be constants"),
+        ("q -> answer: Literal[~2]", "must be constants"),
         ("lm -> answer", "reserved"),
         ("q -> _secret", "underscore"),
     ],
