@@ -172,7 +172,8 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
     the same value is fine, and a text field keeps its first. Unlabeled text before the first marker is
     the first output field's value when that field is text and has no marker (a model that reasons
     first and labels only its answer).
-    With a single output field and no marker at all, the whole reply is the value.
+    With a single output field and no marker at all, the whole reply is the value; one that opens by
+    echoing input labels has for value the lines after the echoes' (``Question: 3 dogs?\n12`` is 12).
 
     A ``"bare"`` reply is read the same way (so one that labels its value anyway, ``Answer: 4``,
     reads), except that an unlabeled value ends where the model goes on to echo an input label, and a
@@ -232,13 +233,32 @@ def _other_value(field: Field, texts: Sequence[str], value: Any) -> str | None:
 
 def _unlabeled_values(markers: list[_Marker], text: str, reply_format: ReplyFormat) -> list[str]:
     """A single output's value when no marker labels it: the whole reply; for a bare reply, first the
-    text before an echoed input label (``4\nQuestion: ...``), then the whole reply."""
+    text before an echoed input label (``4\nQuestion: ...``), then the whole reply. A reply that opens
+    by echoing an input (``Question: ...\n12``) has for value only the lines after the echo's line."""
+    after = _after_echo(markers, text)
+    if after is not None:
+        value = _clean(after[0])
+        return [value] if value else []
     whole = _clean(text)
     if reply_format == "bare" and markers and markers[0][0] > 0:
         before = _clean(text[: markers[0][0]])
         if before:
             return [before, whole]
     return [whole]
+
+
+def _after_echo(markers: list[_Marker], text: str) -> tuple[str, bool] | None:
+    """For a reply of input markers only that opens with one (the model echoes ``Question: ...`` before
+    its value): the first text after an echo's first line up to the next marker, and whether a marker
+    follows it; else ``None``. An echo is never the value: a number in the question would read as one."""
+    if not markers or text[: markers[0][0]].strip():
+        return None
+    for i, (_, end, _) in enumerate(markers):
+        stop = markers[i + 1][0] if i + 1 < len(markers) else len(text)
+        rest = text[end:stop].partition("\n")[2]
+        if rest.strip() or i + 1 == len(markers):
+            return rest, i + 1 < len(markers)
+    return None  # pragma: no cover - the last marker always returns
 
 
 def answered_before_cut(signature: Signature, text: str, reply_format: ReplyFormat = "fields") -> bool:
@@ -258,6 +278,9 @@ def answered_before_cut(signature: Signature, text: str, reply_format: ReplyForm
         if reply_format != "bare":
             return False  # the whole reply is the value: nothing shows where it would have ended
         # An unlabeled bare value ends at an echoed input label after it, or at a line break.
+        after = _after_echo(markers, text)
+        if after is not None:
+            return after[1] or _line_ended(signature.outputs[0], after[0].lstrip())
         return any(start > 0 for start, _, _ in markers) or _line_ended(signature.outputs[0], text.lstrip())
     last = written[-1]
     if any(marker[0] >= last[1] for marker in markers):

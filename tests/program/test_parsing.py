@@ -9,6 +9,7 @@ import pytest
 from aprompt._errors import ParseError
 from aprompt.program import Signature, parse_reply
 from aprompt.program._coerce import format_output
+from aprompt.program.adapter import ReplyFormat
 
 QA = Signature.parse("question -> answer")
 COT = Signature.parse("question -> reasoning, answer: int")
@@ -117,6 +118,21 @@ def test_a_field_repeated_with_its_value_or_after_the_reply_turns_to_another_que
 
 def test_a_single_output_field_without_marker_takes_the_whole_reply() -> None:
     assert parse_reply(QA, "  Paris is the capital.\n") == {"answer": "Paris is the capital."}
+
+
+@pytest.mark.parametrize("reply_format", ["fields", "bare"])
+def test_a_reply_that_opens_by_echoing_an_input_is_read_after_the_echo(reply_format: ReplyFormat) -> None:
+    number = Signature.parse("question -> answer: int")
+    reply = "Question: How many legs do 3 dogs have?\n12"
+    assert parse_reply(number, reply, reply_format) == {"answer": 12}  # not the question's 3
+    with pytest.raises(ParseError, match="missing"):
+        parse_reply(number, "Question: How many legs do 3 dogs have?", reply_format)
+    assert parse_reply(QA, "Question: What is the capital of France?\nParis", reply_format) == {
+        "answer": "Paris"
+    }
+    two_inputs = Signature.parse("question, context -> answer: int")
+    reply = "Question: How many legs?\nContext: 3 dogs.\n12"
+    assert parse_reply(two_inputs, reply, reply_format) == {"answer": 12}
 
 
 def test_the_field_name_works_as_a_marker_as_well_as_the_label() -> None:

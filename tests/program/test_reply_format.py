@@ -100,12 +100,20 @@ def test_a_bare_text_value_ends_where_an_echoed_input_label_begins() -> None:
 
 @pytest.mark.parametrize(
     ("text", "answered"),
-    [("91", False), ("919\nBecause", True), ("Paris\nQuestion: next", True), ("Answer: 91", False)],
+    [
+        ("91", False),
+        ("919\nBecause", True),
+        ("Paris\nQuestion: next", True),
+        ("Answer: 91", False),
+        ("Question: 3 dogs?\n1", False),  # the value after the echo, cut
+        ("Question: 3 dogs?\n12\nBecause", True),
+    ],
 )
 def test_a_cut_bare_reply_counts_as_answered_only_when_its_value_visibly_ended(
     text: str, answered: bool
 ) -> None:
-    signature = COUNT if text[0].isdigit() or text.startswith("Answer") else Signature.parse("question -> a")
+    numeric = text[0].isdigit() or text.startswith(("Answer", "Question"))
+    signature = COUNT if numeric else Signature.parse("question -> a")
     assert answered_before_cut(signature, text, "bare") is answered
 
 
