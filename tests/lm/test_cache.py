@@ -63,6 +63,12 @@ class CountingCompute:
         return Completion(self.text, TokenUsage(11, 7), "served-model", "stop")
 
 
+async def cached_once_in(directory: Path, name: str) -> None:
+    """Answer entry ``name`` (its text is its name) into the cache in ``directory``."""
+    with ResponseCache.in_directory(directory) as cache:
+        await cache.get_or_compute(key_of(name), CountingCompute(name))
+
+
 def run_worker(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(WORKER), *map(str, args)],
@@ -618,6 +624,31 @@ def test_a_directory_where_the_file_should_be_is_named_as_such(tmp_path: Path) -
     (tmp_path / CACHE_FILE_NAME).mkdir()
     with pytest.raises(CacheError, match="the path is a directory, not a file; point the cache elsewhere"):
         ResponseCache.in_directory(tmp_path)
+
+
+@pytest.mark.anyio
+async def test_a_cache_another_process_holds_locked_is_not_called_safe_to_delete(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """A sound file another connection holds locked past the busy timeout (a process in exclusive locking
+    mode, a backup) is said to be locked, with what to do: not called unusable and safe to delete, which
+    would throw away answers paid for."""
+    await cached_once_in(tmp_path, "paid")
+    other = sqlite3.connect(tmp_path / CACHE_FILE_NAME, isolation_level=None)
+    try:
+        other.execute("PRAGMA locking_mode = EXCLUSIVE")
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("COMMIT")  # the connection keeps the file's exclusive lock until it closes
+        with pytest.raises(CacheError) as info:
+            ResponseCache.in_directory(tmp_path, busy_timeout=0)
+    finally:
+        other.close()
+    message = str(info.value)
+    assert "locked" in message and "busy_timeout" in message, message
+    assert "deleting the file is safe" not in message and "not a usable" not in message, message
+    with ResponseCache.in_directory(tmp_path) as cache:
+        completion, hit = await cache.get_or_compute(key_of("paid"), CountingCompute("asked again"))
+    assert (completion.text, hit) == ("paid", True)
 
 
 OPEN_AS_A_READER = """

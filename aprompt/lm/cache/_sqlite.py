@@ -260,7 +260,11 @@ def _unopenable(path: str, exc: sqlite3.Error) -> str | None:
     nothing around the file explains ``exc`` (then the file itself is at fault, and may be deleted)."""
     folder = os.path.dirname(os.path.abspath(path))
     fix = "fix the permissions or point the cache elsewhere"
-    if os.path.isdir(path):
+    if _is_busy(exc):
+        # A sound file another connection holds: it must not be called damaged, nor safe to delete.
+        problem = "another process holds the file locked for longer than the busy timeout"
+        fix = "wait for it to finish or pass a longer busy_timeout; keep the file (it holds answers paid for)"
+    elif os.path.isdir(path):
         problem, fix = "the path is a directory, not a file", "point the cache elsewhere"
     elif not os.path.isdir(folder):
         problem, fix = f"its folder {folder} does not exist", "create it or point the cache elsewhere"
@@ -275,6 +279,13 @@ def _unopenable(path: str, exc: sqlite3.Error) -> str | None:
     else:
         return None
     return f"cannot open the LM cache ({exc}): {problem}; {fix}"
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (another connection's lock), not the file's fault."""
+    # The primary code: an extended one (SQLITE_BUSY_RECOVERY, ...) carries it in its low byte.
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _prepare(conn: sqlite3.Connection, path: str) -> None:
