@@ -38,6 +38,7 @@ from aprompt._errors import (
     AuthenticationError,
     ConfigError,
     LMError,
+    TruncatedResponseError,
 )
 from aprompt.lm._attempt import Attempts
 from aprompt.lm._endpoint_setup import EndpointSpec, set_up_endpoints
@@ -50,6 +51,7 @@ from aprompt.lm._probe import probe_endpoint
 from aprompt.lm._replies import (
     DEFAULT_MAX_RESPONSE_BYTES,
     TRUNCATION_RETRY_MAX_TOKENS,
+    cut_reply_acceptor,
     incomplete_reply,
     is_cut,
 )
@@ -356,9 +358,7 @@ class HTTPChatLM(abc.ABC):
                     )
                     if cache is None:
                         cache, key = replay_key(key, self.endpoints)
-                    completion, hit = await cache.get_or_compute(
-                        key, lambda: self._requests.complete(messages, sent), owner=self
-                    )
+                    completion, hit = await self._from_cache(cache, key, messages, sent)
                     if (
                         hit
                         and is_cut(completion.finish_reason)
@@ -384,6 +384,29 @@ class HTTPChatLM(abc.ABC):
         if (own := meter_for_own_call()) is not None:  # a judge's call: no metered_chat counts it
             own.note_call(cached=completion.cached)
         return completion
+
+    async def _from_cache(
+        self, cache: ResponseCache, key: str, messages: Sequence[Message], sent: Mapping[str, Any]
+    ) -> tuple[Completion, bool]:
+        """``(completion, hit)`` of this request from ``cache``, asking the server on a miss.
+
+        A call that accepts cut replies (:func:`~aprompt.lm._replies.accepting_cut_replies`) never raises
+        the :class:`~aprompt._errors.TruncatedResponseError` of an identical call it waited for: that call
+        refused a cut reply this one may take, so it asks again, as it would without the cache.
+        """
+        asked = False
+
+        async def compute() -> Completion:
+            nonlocal asked
+            asked = True
+            return await self._requests.complete(messages, sent)
+
+        while True:
+            try:
+                return await cache.get_or_compute(key, compute, owner=self)
+            except TruncatedResponseError:
+                if asked or cut_reply_acceptor() is None:
+                    raise
 
     async def probe(self, *, within: float = 5.0, skip: set[str] | None = None) -> None:
         """Check, without spending tokens, that every endpoint answers and accepts the key: one

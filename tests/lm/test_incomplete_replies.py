@@ -4,8 +4,10 @@ never a reply: against both fake servers, on asyncio and trio."""
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
+import anyio
 import pytest
 
 import aprompt
@@ -159,6 +161,43 @@ async def test_a_cut_reply_one_caller_accepted_is_no_cached_answer_to_a_caller_t
     assert (answered.text, answered.finish_reason, answered.cached) == ("Answer: ok", "stop", False)
     assert (kept.text, kept.cached) == ("Answer: o", True)  # still the accepting callers' answer
     assert [(r.body or {}).get("max_tokens") for r in server.chat_requests] == [4, 4, 8, 4]
+
+
+async def test_a_caller_that_accepts_cut_replies_never_takes_the_cut_of_an_identical_call_that_does_not(
+    anyio_backend: str,
+) -> None:
+    # Two identical calls at once share one request; the first does not accept a cut reply and fails with
+    # TruncatedResponseError. The second accepts it: that failure is not its outcome, as without a cache.
+    asked, release = anyio.Event(), anyio.Event()
+
+    async def cut_once_released(request: ChatRequest) -> Fault:
+        asked.set()
+        await release.wait()
+        return Fault.truncated("Answer: o")
+
+    outcomes: dict[str, str] = {}
+    async with FakeOpenAIServer(responder=cut_once_released) as server:
+        with ResponseCache.memory_only() as cache:
+            async with OpenAICompatibleLM(
+                "fake", server.base_url, api_key="", retry=QUICK, cache=cache
+            ) as lm:
+
+                async def call(name: str, accepts: bool) -> None:
+                    with accepting_cut_replies(lambda text: True) if accepts else nullcontext():
+                        try:
+                            outcomes[name] = (await lm.chat(HELLO, max_tokens=4)).text
+                        except TruncatedResponseError as exc:
+                            outcomes[name] = type(exc).__name__
+
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(call, "strict", False)
+                        await asked.wait()
+                        tg.start_soon(call, "accepting", True)
+                        await anyio.wait_all_tasks_blocked()  # it waits for the strict call's request
+                        release.set()
+        assert [(r.body or {}).get("max_tokens") for r in server.chat_requests] == [4, 8, 4]
+    assert outcomes == {"strict": "TruncatedResponseError", "accepting": "Answer: o"}
 
 
 @pytest.mark.parametrize("reason", ["error", "abort", "insufficient_system_resource"])
