@@ -550,6 +550,23 @@ async def test_disk_keeps_the_first_completion_stored_under_a_key(anyio_backend:
         assert len(disk) == 1
 
 
+@pytest.mark.anyio
+async def test_a_reply_whose_model_name_holds_a_lone_surrogate_is_returned_and_stored(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    # JSON lets a server name its model with half a surrogate pair ("\\ud83d"): a str with no UTF-8 form.
+    # Storing it raised UnicodeEncodeError out of the call, after the answer was paid for.
+    served = "m-\ud83d"
+    messages: list[Message] = [{"role": "user", "content": "q"}]
+    async with FakeOpenAIServer(responder=lambda request: ("Answer: ok", {"model": served})) as server:
+        for _ in range(2):  # the second cache, on the same file, answers from it
+            with ResponseCache.in_directory(tmp_path) as cache:
+                async with OpenAICompatibleLM("m", server.base_url, api_key="", cache=cache) as lm:
+                    completion = await lm.chat(messages)
+            assert (completion.text, completion.model) == ("Answer: ok", served)
+        assert completion.cached and len(server.chat_requests) == 1
+
+
 async def test_the_file_holds_replies_of_a_few_kilobytes_without_blowing_up(
     anyio_backend: str, tmp_path: Path
 ) -> None:

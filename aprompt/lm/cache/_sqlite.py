@@ -359,13 +359,21 @@ def _fields(completion: Completion) -> dict[str, Any]:
 def _checksum(key: str, fields: dict[str, Any]) -> str:
     """SHA-256 over the key and the fields: an entry moved under another key fails it too."""
     text = json.dumps([key, fields], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    # "surrogatepass": a lone surrogate (see _encode) is hashed as itself; other text's bytes are unchanged.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _encode(key: str, completion: Completion) -> str:
     fields = _fields(completion)
     entry = {**fields, "checksum": _checksum(key, fields)}
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    value = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON lets a server send one, in its model's name) has no UTF-8 form for SQLite to
+        # store; JSON's escapes keep it, and it reads back as it was.
+        value = json.dumps(entry, separators=(",", ":"))
+    return value
 
 
 def _decode(value: str, key: str) -> Completion:
