@@ -183,7 +183,7 @@ def read_reply(signature: Signature, text: str, reply_format: ReplyFormat = "fie
     texts, own = _field_texts(markers, text)
     first = signature.outputs[0]
     if len(signature.outputs) == 1 and not texts:
-        texts = {first.name: _unlabeled_values(markers, text, reply_format)}
+        texts = {first.name: _unlabeled_values(markers, text, reply_format, first.annotation is str)}
     elif texts and first.name not in texts and first.annotation is str:
         leading = _clean(text[: markers[0][0]])
         if leading:
@@ -231,11 +231,14 @@ def _other_value(field: Field, texts: Sequence[str], value: Any) -> str | None:
     return None
 
 
-def _unlabeled_values(markers: list[_Marker], text: str, reply_format: ReplyFormat) -> list[str]:
+def _unlabeled_values(
+    markers: list[_Marker], text: str, reply_format: ReplyFormat, text_field: bool
+) -> list[str]:
     """A single output's value when no marker labels it: the whole reply; for a bare reply, first the
     text before an echoed input label (``4\nQuestion: ...``), then the whole reply. A reply that opens
-    by echoing an input (``Question: ...\n12``) has for value only the lines after the echo's line."""
-    after = _after_echo(markers, text)
+    by echoing an input (``Question: ...\n12``) has for value only the lines after the echo's line
+    (see :func:`_after_echo` for a text field's echo with nothing after it)."""
+    after = _after_echo(markers, text, text_field)
     if after is not None:
         value = _clean(after[0])
         return [value] if value else []
@@ -247,18 +250,22 @@ def _unlabeled_values(markers: list[_Marker], text: str, reply_format: ReplyForm
     return [whole]
 
 
-def _after_echo(markers: list[_Marker], text: str) -> tuple[str, bool] | None:
+def _after_echo(markers: list[_Marker], text: str, text_field: bool) -> tuple[str, bool] | None:
     """For a reply of input markers only that opens with one (the model echoes ``Question: ...`` before
     its value): the first text after an echo's first line up to the next marker, and whether a marker
-    follows it; else ``None``. An echo is never the value: a number in the question would read as one."""
+    follows it; else ``None``. An echo is never the value: a number in the question would read as one.
+
+    With nothing after the echoes, a text field (``text_field``) gets ``None``, the whole reply being its
+    value as before: its answer may share the echo's line (``Current instruction: ... New instruction:
+    ...``, which a proposer's reply cleaning reads). A typed field gets an empty value (missing)."""
     if not markers or text[: markers[0][0]].strip():
         return None
     for i, (_, end, _) in enumerate(markers):
         stop = markers[i + 1][0] if i + 1 < len(markers) else len(text)
         rest = text[end:stop].partition("\n")[2]
-        if rest.strip() or i + 1 == len(markers):
+        if rest.strip():
             return rest, i + 1 < len(markers)
-    return None  # pragma: no cover - the last marker always returns
+    return None if text_field else ("", False)
 
 
 def answered_before_cut(signature: Signature, text: str, reply_format: ReplyFormat = "fields") -> bool:
@@ -278,7 +285,7 @@ def answered_before_cut(signature: Signature, text: str, reply_format: ReplyForm
         if reply_format != "bare":
             return False  # the whole reply is the value: nothing shows where it would have ended
         # An unlabeled bare value ends at an echoed input label after it, or at a line break.
-        after = _after_echo(markers, text)
+        after = _after_echo(markers, text, signature.outputs[0].annotation is str)
         if after is not None:
             return after[1] or _line_ended(signature.outputs[0], after[0].lstrip())
         return any(start > 0 for start, _, _ in markers) or _line_ended(signature.outputs[0], text.lstrip())

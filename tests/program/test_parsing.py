@@ -135,6 +135,19 @@ def test_a_reply_that_opens_by_echoing_an_input_is_read_after_the_echo(reply_for
     assert parse_reply(two_inputs, reply, reply_format) == {"answer": 12}
 
 
+@pytest.mark.parametrize("reply_format", ["fields", "bare"])
+def test_a_text_reply_that_is_an_echoed_line_alone_is_read_whole(reply_format: ReplyFormat) -> None:
+    """A text field's answer may share the echo's line (a proposer writes ``Current instruction: ...
+    New instruction: ...``, which its reply cleaning reads): with nothing after the echo, the whole reply
+    is the value, as for any unlabeled reply. A typed field's echo alone stays missing (above)."""
+    rewrite = Signature.parse("current_instruction -> proposed_instruction")
+    reply = "Current instruction: Answer the question. New instruction: Reply with the code word only."
+    assert parse_reply(rewrite, reply, reply_format) == {"proposed_instruction": reply}
+    assert parse_reply(QA, "Question: What is the capital of France?", reply_format) == {
+        "answer": "Question: What is the capital of France?"
+    }
+
+
 def test_the_field_name_works_as_a_marker_as_well_as_the_label() -> None:
     signature = Signature.parse("question -> short_answer")
     assert parse_reply(signature, "short_answer: yes") == {"short_answer": "yes"}
