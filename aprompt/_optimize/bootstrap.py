@@ -38,7 +38,7 @@ from aprompt._optimize.evaluate import Evaluation, ExampleResult, Metric, evalua
 from aprompt._optimize.examples import Example
 from aprompt._optimize.labeled_demos import MAX_CLASSES as MAX_CLASSES
 from aprompt._optimize.labeled_demos import DemoSet as DemoSet
-from aprompt._optimize.labeled_demos import demo_key, example_label, label_quota
+from aprompt._optimize.labeled_demos import demo_key, example_label, label_quota, shown_labels
 from aprompt._optimize.labeled_demos import labeled_demo as labeled_demo
 from aprompt._optimize.labeled_demos import labeled_only_set as labeled_only_set
 from aprompt._optimize.labeled_demos import labeled_set as labeled_set
@@ -123,7 +123,9 @@ async def bootstrap_demo_sets(
     guard = OutageGuard.for_program(predictors, teacher_lm or lm, outage)
     bound = max_bootstrapped + max_labeled
     sizes = [min(bound, max(0, s)) for s in set_sizes] if set_sizes else [bound]
-    labels = [example_label(e) for e in trainset]
+    # The quota counts the labels the demos show: a note beside the answer would make each one distinct.
+    label_of = partial(example_label, names=shown_labels(predictors, trainset))
+    labels = [label_of(e) for e in trainset]
     sets: dict[str, list[DemoSet]] = {name: [DemoSet(())] for name, _ in predictors}
     if n_sets >= 2:
         for name, predictor in predictors:
@@ -160,6 +162,7 @@ async def bootstrap_demo_sets(
             want=want,
             quota=label_quota(labels, want),
             threshold=threshold,
+            label_of=label_of,
         )
         if on_set is not None:
             on_set(set_index, {name: built(set_index, name, predictor) for name, predictor in predictors})

@@ -6,10 +6,11 @@ label of a small label space with more labels than that and no more than the set
 (:func:`labeled_size`).
 
 Diversity: a set does not repeat an output while others are to be had. Outputs are the example's labels
-(a bootstrapped demo's run passed on them) or, for a labeled demo, the predictor's output fields. When the
-training labels look like a small label space (:func:`label_quota`: at most half as many distinct values
-as examples, and at most :data:`MAX_CLASSES`), each label may appear ``ceil(size / labels)`` times, so a
-set covers as many labels as its size allows; otherwise each output once, free text covering its patterns
+(those a demo shows, :func:`shown_labels`: a bootstrapped demo's run passed on them) or, for a labeled
+demo, the predictor's output fields. When the training labels look like a small label space
+(:func:`label_quota`: at most half as many distinct values as examples, and at most :data:`MAX_CLASSES`),
+each label may appear ``ceil(size / labels)`` times, so a set covers as many labels as its size allows;
+otherwise each output once, free text covering its patterns
 (:mod:`aprompt._optimize.demo_patterns`). Examples over the quota only fill a set the walk could not fill
 otherwise. A set never shows one demo twice (a trainset holding an example under two ids gives two equal
 demos).
@@ -21,7 +22,7 @@ import json
 import math
 import operator
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import TypeVar
 
 import attrs
@@ -64,9 +65,22 @@ def labeled_demo(predictor: Predict, example: Example) -> Demo | None:
     return None
 
 
-def example_label(example: Example) -> tuple[tuple[str, str], ...]:
-    """The example's labels as a hashable key (what a passing run's demos say)."""
-    return tuple(sorted((k, str(v)) for k, v in example.labels.items()))
+def example_label(example: Example, names: Collection[str] | None = None) -> tuple[tuple[str, str], ...]:
+    """The example's labels as a hashable key (what a passing run's demos say): those in ``names``
+    when given (:func:`shown_labels`)."""
+    return tuple(sorted((k, str(v)) for k, v in example.labels.items() if names is None or k in names))
+
+
+def shown_labels(
+    predictors: Sequence[tuple[str, Predict]], examples: Sequence[Example]
+) -> frozenset[str] | None:
+    """The labels a demo shows: those named as an output field of a predictor, or ``None`` (all of
+    them) when no label is (a metric reading a label of another name). A label no demo shows (a note,
+    a source, a row's id) would make every example's labels distinct, and a small label space look
+    like free text."""
+    outputs = {n for _, p in predictors for n in p.signature.output_names if n != "reasoning"}
+    shown = frozenset(n for e in examples for n in e.labels if n in outputs)
+    return shown or None
 
 
 def demo_output(predictor: Predict, demo: Demo) -> tuple[tuple[str, str], ...]:

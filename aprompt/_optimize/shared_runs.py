@@ -84,9 +84,10 @@ async def collect_passing(
     want: int,
     quota: int,
     threshold: float,
+    label_of: Callable[[Example], Hashable] = example_label,
 ) -> list[ExampleResult]:
-    """Walk ``order`` in waves until ``want`` passing runs with labels within ``quota`` are found (or it
-    ends; then passing runs over the quota fill up).
+    """Walk ``order`` in waves until ``want`` passing runs with labels (``label_of``) within ``quota``
+    are found (or it ends; then passing runs over the quota fill up).
 
     The results are read in ``order`` as they come, not wave by wave: the set is built as soon as the
     examples read give ``want`` passing runs, and the next wave starts as soon as the waves started
@@ -109,7 +110,7 @@ async def collect_passing(
 
     while len(passing) < want and read < len(order):
         while read < started and (result := runs.get((order[read].id, rollout))) is not None:
-            label = example_label(order[read])
+            label = label_of(order[read])
             read += 1
             if not usable(result):
                 continue

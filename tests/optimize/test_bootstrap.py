@@ -348,6 +348,26 @@ async def test_a_trainset_holding_an_example_twice_gives_no_set_a_demo_twice(
         assert len(shown) == len(set(shown)), demo_set
 
 
+def _intent(item: int) -> str:
+    return "rare" if item % 4 == 0 else "common"
+
+
+async def test_a_bootstrapped_set_covers_a_small_label_space_though_examples_carry_other_labels(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    # A label no predictor outputs (a note, a source, a row's id) makes every example's labels distinct;
+    # the outputs the demos show are still two intents, one in four examples the rare one.
+    fake_server.responder = lambda request: f"Answer: {_intent(item_of(request.last_user))}"
+    trainset = [
+        Example({"question": f"What is item-{i}?"}, {"answer": _intent(i), "note": f"note-{i}"}, id=f"q{i}")
+        for i in range(24)
+    ]
+    async with lm_for(fake_server) as lm:
+        result = await bootstrap(QAProgram(), trainset, lm, n_sets=6, max_bootstrapped=4)
+    for demo_set in result.demo_sets["answer"][2:]:
+        assert Counter(str(d["answer"]) for d in demo_set.demos) == {"rare": 2, "common": 2}, demo_set
+
+
 def test_an_example_twice_with_a_set_built_in_another_order_is_one_labeled_demo() -> None:
     # A set iterates in an order that follows the hash seed and the order it was filled in: two equal
     # sets may print differently, and the copy would then be shown again in some processes only.
