@@ -63,6 +63,12 @@ def split_valset(
         # or a demo made from one would be scored on its own answer.
         held = {inputs_key(example) for example in held_out}
         kept = [example for example in shuffled[n_val:] if inputs_key(example) not in held]
+        if not kept:  # a run would bootstrap and summarize nothing, and search blind
+            raise ConfigError(
+                f"the trainset's {len(shuffled)} examples hold {len(held)} distinct input(s), all held out "
+                "as the valset: no training example is left for demos; give more distinct examples or a "
+                "valset"
+            )
         if len(kept) < len(shuffled) - n_val:
             logger.info(
                 "aprompt: %d training example(s) share their inputs with held-out validation examples "

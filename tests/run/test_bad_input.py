@@ -130,6 +130,15 @@ def test_a_trainset_holding_its_examples_twice_keeps_the_copies_of_the_held_out_
     assert {inputs_key(example) for example in [*train, *val]} == {inputs_key(e) for e in examples(0, 40)}
 
 
+async def test_a_trainset_of_one_example_many_times_over_leaves_no_training_example_beside_the_valset(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # The copies of the held-out examples leave the trainset: nothing is left to bootstrap or summarize.
+    copies = [aprompt.Example(e.inputs, e.labels, id=f"copy-{n}") for n in range(6) for e in examples(0, 1)]
+    info = await refused(fake_server, tmp_path, aprompt.ConfigError, "no training example", trainset=copies)
+    assert "valset" in str(info.value)
+
+
 @pytest.mark.parametrize("labels", [{}, {"note": "no answer here"}])
 async def test_an_example_missing_the_label_the_metric_reads(
     fake_server: FakeOpenAIServer, tmp_path: Path, labels: dict[str, str]
