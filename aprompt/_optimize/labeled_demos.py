@@ -53,9 +53,11 @@ def labeled_demo(predictor: Predict, example: Example) -> Demo | None:
     """The example as a demo for ``predictor`` when it has all of its output fields and at least one of
     its input fields: the fields it has of the signature (the last stage of a pipeline shows the
     program's inputs and the final answer, as a hand-written prompt would, without the intermediate
-    fields no example labels). An output that is ``None`` or NaN (a missing value of a data frame's
-    row) labels nothing: shown, it would teach the model to answer "null"."""
-    fields = example.fields()
+    fields no example labels). A label that is ``None`` or NaN (a missing value of a data frame's row)
+    labels nothing: shown as an output, it would teach the model to answer "null", and as an input (an
+    intermediate field) that the field may be "nan"."""
+    present = {name: value for name, value in example.labels.items() if not missing_label(value)}
+    fields = {**example.inputs, **present}
     outputs = [n for n in predictor.signature.output_names if n != "reasoning"]
     inputs = predictor.signature.input_names
     labeled = all(n in fields and not missing_label(fields[n]) for n in outputs)

@@ -129,6 +129,23 @@ def test_an_answer_that_is_pandas_na_or_nat_is_no_labeled_demo() -> None:
     assert labeled_ids(pandas.NA) == labeled_ids(pandas.NaT) == ["q0", "q2", "q3", "q4", "q5"]
 
 
+@pytest.mark.parametrize("missing", [None, math.nan], ids=repr)
+def test_an_intermediate_label_that_is_a_missing_value_is_left_out_of_the_demo(missing: object) -> None:
+    # A data frame's column of codes, empty in some rows: shown, "Code: nan" would tell the last stage
+    # that a code may be "nan"; the demo shows the fields the row has, as for an example without a code.
+    answer = TwoStageProgram().answer  # question, code -> answer
+    with_code = Example({"question": "What is item-1?"}, {"code": "code-1", "answer": "ans-1"}, id="q1")
+    without = Example({"question": "What is item-2?"}, {"code": missing, "answer": "ans-2"}, id="q2")
+    demos = [d.to_dict() for d in labeled_only_set(answer, [with_code, without], 4, 4).demos]
+    assert demos == [
+        {"question": "What is item-1?", "code": "code-1", "answer": "ans-1"},
+        {"question": "What is item-2?", "answer": "ans-2"},
+    ]
+    # With no other input, such a row labels nothing for a stage reading the code only.
+    only_code = Predict("code -> answer")
+    assert labeled_only_set(only_code, [with_code, without], 4, 4).source_ids == ("q1",)
+
+
 @pytest.mark.parametrize(
     "present", [0, 0.0, False, "0", math.inf, decimal.Decimal("0"), numpy.timedelta64(5, "s")], ids=repr
 )
