@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import decimal
 import hashlib
 import json
@@ -274,10 +275,10 @@ def missing_label(value: object) -> bool:
 
 
 def run_inputs(example: Example) -> dict[str, Any]:
-    """The example's inputs for one program run: its lists, dicts and sets (nested ones too) as fresh
-    copies, so that a program changing an input in place (``passages.append(...)``, ``.sort()``) leaves
-    the example as it was for its next run; other values (text, numbers, a retriever object) are
-    passed as they are."""
+    """The example's inputs for one program run: its lists, dicts and sets (nested ones too, in tuples
+    as well; a ``defaultdict`` or ``OrderedDict`` of its own kind) as fresh copies, so that a program
+    changing an input in place (``passages.append(...)``, ``.sort()``) leaves the example as it was for
+    its next run; other values (text, numbers, a retriever object) are passed as they are."""
     return _own_mapping(example.inputs)
 
 
@@ -285,21 +286,36 @@ def _own_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` as a new dict whose lists, dicts and sets are fresh copies (text and numbers, the usual
     values, copied as they are in one C call: this is on every program run's path)."""
     for value in values.values():
-        if type(value) in _CONTAINERS:
+        if isinstance(value, _CONTAINERS):
             return {name: _fresh_containers(item) for name, item in values.items()}
     return dict(values)
 
 
-_CONTAINERS = frozenset({list, dict, set})
+#: The values a run gets its own copy of: a tuple for the lists it may hold.
+_CONTAINERS = (list, dict, set, tuple)
 
 
 def _fresh_containers(value: Any) -> Any:
-    if type(value) is list:
+    kind = type(value)
+    if kind is list:
         return [_fresh_containers(item) for item in value]
-    if type(value) is dict:
+    if kind is dict:
         return {key: _fresh_containers(item) for key, item in value.items()}
-    if type(value) is set:
+    if kind is set:
         return {_fresh_containers(item) for item in value}
+    if kind is tuple:
+        return tuple(_fresh_containers(item) for item in value)
+    if isinstance(value, dict | list | set):  # a subclass (defaultdict, OrderedDict): its own kind
+        try:
+            copied = copy.copy(value)
+            if isinstance(copied, dict):
+                for key in copied:  # values replaced in place: the keys and their order stay
+                    copied[key] = _fresh_containers(copied[key])
+            elif isinstance(copied, list):
+                copied[:] = [_fresh_containers(item) for item in copied]
+        except Exception:  # a kind that cannot be copied (or refuses changes): shared, as other objects are
+            return value
+        return copied
     return value
 
 

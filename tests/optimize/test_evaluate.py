@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,36 @@ async def test_a_program_changing_its_inputs_in_place_leaves_the_example_as_it_w
         "passages": ["p1"],
         "meta": {"tags": ["b", "a"]},
     }
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (["p1"],),  # a list inside a tuple
+        lambda: collections.defaultdict(list, {0: ["p1"]}),
+        lambda: collections.OrderedDict({0: ["p1"]}),
+    ],
+    ids=["tuple", "defaultdict", "OrderedDict"],
+)
+async def test_a_program_changing_a_list_in_a_tuple_or_a_kind_of_dict_leaves_the_example_as_it_was(
+    fake_server: FakeOpenAIServer, make: Any
+) -> None:
+    class Appending:
+        def __init__(self) -> None:
+            self.answer = Predict("question, passages -> answer")
+
+        async def __call__(self, question: str, passages: Any) -> Any:
+            passages[0].append("seen")
+            return await self.answer(question=question, passages=passages[0])
+
+    example = Example({"question": "What is the answer for item-1?", "passages": make()}, {"answer": "x"})
+    async with lm_for(fake_server) as lm:
+        for _ in range(2):
+            await evaluate(Appending(), [example], exact_match, lm=lm)
+    first, second = (messages_of(r) for r in fake_server.chat_requests)
+    assert first == second
+    assert example.inputs["passages"] == make()
+    assert type(example.inputs["passages"]) is type(make())
 
 
 async def test_traces_are_kept_only_when_asked(fake_server: FakeOpenAIServer) -> None:
