@@ -138,7 +138,8 @@ class ReplyReader:
             )
         try:
             return self.parse_completion(content)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        # OverflowError: a token count of JSON's Infinity, which int() refuses so.
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
         if _is_event_stream(headers, content):
             raise UnreadableResponseError(

@@ -281,9 +281,13 @@ class AnthropicLM(HTTPChatLM):
             int(usage.get(name) or 0)
             for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
+        completion_tokens = int(usage.get("output_tokens") or 0)
+        if prompt_tokens < 0 or completion_tokens < 0:
+            # Taken as counted, it would lower the tokens and cost a run's limits hold to.
+            raise ValueError(f"a token count is negative ({prompt_tokens}, {completion_tokens})")
         return Completion(
             text="".join(texts),
-            usage=TokenUsage(prompt_tokens, int(usage.get("output_tokens") or 0)),
+            usage=TokenUsage(prompt_tokens, completion_tokens),
             model=str(data.get("model") or self._model),
             finish_reason=finish_reason(data.get("stop_reason")),
         )

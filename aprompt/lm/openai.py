@@ -167,9 +167,16 @@ class OpenAICompatibleLM(HTTPChatLM):
             # OpenAI's refusal: no content, the model's reason in a field of its own, and finish_reason
             # "stop"; it is a refusal, not an empty reply.
             text, finish = refusal, REFUSAL_REASON
+        prompt_tokens, completion_tokens = (
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+        if prompt_tokens < 0 or completion_tokens < 0:
+            # Taken as counted, it would lower the tokens and cost a run's limits hold to.
+            raise ValueError(f"a token count is negative ({prompt_tokens}, {completion_tokens})")
         return Completion(
             text=text,
-            usage=TokenUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+            usage=TokenUsage(prompt_tokens, completion_tokens),
             model=str(data.get("model") or self._model),
             finish_reason=finish,
         )

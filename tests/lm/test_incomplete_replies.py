@@ -4,6 +4,7 @@ never a reply: against both fake servers, on asyncio and trio."""
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import nullcontext
 from typing import Any
 
@@ -231,8 +232,15 @@ async def test_replies_stopped_on_an_error_every_time_raise_an_incomplete_respon
 
 @pytest.mark.parametrize(
     "fields",
-    [{"usage": "not reported"}, {"usage": [1, 2]}],
-    ids=["usage-text", "usage-list"],
+    [
+        {"usage": "not reported"},
+        {"usage": [1, 2]},
+        # JSON's Infinity, which Python's json reads, and negative counts (which would lower the tokens
+        # and cost counted against a run's limits): each provider's names in one usage object.
+        {"usage": {"prompt_tokens": math.inf, "input_tokens": math.inf}},
+        {"usage": {"prompt_tokens": 9, "completion_tokens": -400, "input_tokens": 9, "output_tokens": -400}},
+    ],
+    ids=["usage-text", "usage-list", "usage-infinite", "usage-negative"],
 )
 async def test_a_body_with_malformed_usage_is_a_bad_response(
     provider: Provider, fields: dict[str, Any]
@@ -241,6 +249,7 @@ async def test_a_body_with_malformed_usage_is_a_bad_response(
     async with provider.make(max_retries=0) as lm:
         with pytest.raises(BadResponseError, match="malformed response body"):
             await lm.chat(HELLO)
+    assert (lm.usage.prompt_tokens, lm.usage.completion_tokens) == (0, 0)
 
 
 async def test_a_web_page_for_an_answer_says_what_came_and_where_to_look(provider: Provider) -> None:
