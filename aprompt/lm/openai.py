@@ -162,6 +162,8 @@ class OpenAICompatibleLM(HTTPChatLM):
         usage = data.get("usage") or {}
         message = choice["message"]
         text, finish = _content_text(message["content"]), choice.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):  # compared with reasons, it could not hash
+            raise TypeError(f"finish_reason is a {type(finish).__name__}, not a string")
         refusal = message.get("refusal")
         if not text and isinstance(refusal, str) and refusal.strip():
             # OpenAI's refusal: no content, the model's reason in a field of its own, and finish_reason

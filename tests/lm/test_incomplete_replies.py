@@ -252,6 +252,16 @@ async def test_a_body_with_malformed_usage_is_a_bad_response(
     assert (lm.usage.prompt_tokens, lm.usage.completion_tokens) == (0, 0)
 
 
+@pytest.mark.parametrize("reason", [{"type": "stop"}, ["stop"]], ids=["object", "list"])
+async def test_a_finish_reason_that_is_not_a_string_is_a_bad_response(reason: Any) -> None:
+    choice = {"index": 0, "message": {"role": "assistant", "content": "Answer: 4"}, "finish_reason": reason}
+    async with FakeOpenAIServer() as server:
+        server.script([Fault.reply(fields={"choices": [choice]})])
+        async with OpenAICompatibleLM("fake", server.base_url, api_key="", max_retries=0) as lm:
+            with pytest.raises(BadResponseError, match="malformed response body"):
+                await lm.chat(HELLO)
+
+
 async def test_a_web_page_for_an_answer_says_what_came_and_where_to_look(provider: Provider) -> None:
     # A base URL that points at a web server's site, not its API, answers 200 with a page.
     provider.server.queue_faults(*[Fault.html_page()] * 2)
