@@ -82,12 +82,16 @@ def set_up_endpoints(
         else:
             key = default_key
         target, url, hidden = endpoint_urls(endpoint.url)
+        parsed = httpx.URL(url)
+        if http_client is None and parsed.scheme not in ("http", "https"):
+            # Our connections (and httpx's, behind a proxy) speak HTTP alone: the first call would fail.
+            raise ConfigError(f"endpoint URL {url!r} must start with http:// or https://")
         if key is None and api_key is None and api_key_env:
             keyless.add(url)
         keys.extend(hidden)  # scrubbed from messages too, whatever their length, as a key is
         # A proxy's own error page (a 407, a 502) may quote its credentials: a caller's client may read
         # the environment's proxies too.
-        keys.extend(proxy_credentials(httpx.URL(url)))
+        keys.extend(proxy_credentials(parsed))
         if key and any(ord(char) < 32 or ord(char) >= 127 for char in key):
             # Sent as is, a line break would end the request's head early or add a header; a character
             # not ASCII is in no key (httpx refuses it with an error that holds the whole header).
@@ -102,7 +106,7 @@ def set_up_endpoints(
                 f"the max_concurrency of endpoint {url} must be an integer of at least 1, got {own!r}"
             )
         capacity = own or max_concurrency or MAX_CONCURRENCY
-        make_transport = transports.for_endpoint(httpx.URL(url))
+        make_transport = transports.for_endpoint(parsed)
         states.append(
             EndpointState(
                 url,

@@ -153,6 +153,14 @@ def test_a_url_without_scheme_or_host_is_a_config_error_that_shows_no_credential
     assert "SECRET" not in str(caught.value) and "SECRET" not in repr(caught.value)
 
 
+@pytest.mark.parametrize("scheme", ["ftp", "ws", "grpc"])
+def test_a_url_of_a_scheme_other_than_http_is_a_config_error_when_the_client_is_made(scheme: str) -> None:
+    # It was a raw ValueError out of the first chat() call (unsupported URL scheme).
+    with pytest.raises(ConfigError, match=r"http:// or https://") as caught:
+        OpenAICompatibleLM("m", f"{scheme}://user:SECRET-123456@gpu-1:8000/v1", api_key="")
+    assert f"{scheme}://gpu-1:8000/v1" in str(caught.value) and "SECRET" not in str(caught.value)
+
+
 def test_url_without_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         public_url("gpu-1:8000/v1")
