@@ -122,8 +122,19 @@ class HTTPChatLM(abc.ABC):
     ) -> None:
         if not model:
             raise ConfigError("a model name is required")
-        if max_response_bytes < 1:
-            raise ConfigError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
+        if (
+            isinstance(max_response_bytes, bool)
+            or not isinstance(max_response_bytes, int)
+            or max_response_bytes < 1
+        ):
+            raise ConfigError(
+                f"max_response_bytes must be an integer of at least 1, got {max_response_bytes!r}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigError(
+                f"retry must be a RetryPolicy, got {type(retry).__name__} {retry!r:.40}"
+                "; a number of re-sends is max_retries="
+            )
         if max_concurrency is not None and (
             isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
         ):

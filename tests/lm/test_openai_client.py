@@ -547,6 +547,8 @@ async def test_a_parameter_that_is_not_json_is_a_config_error_before_any_request
         ("timeout", "30"),
         ("max_concurrency", 2.5),
         ("max_concurrency", "8"),
+        ("retry", 3),  # a number of retries, meant as max_retries
+        ("max_response_bytes", "1000000"),
     ],
 )
 async def test_a_bad_client_option_is_a_config_error_naming_it(
