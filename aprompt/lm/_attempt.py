@@ -100,7 +100,8 @@ class Attempts:
     slots: Slots
     usage: UsageCounter
     reader: ReplyReader
-    request_urls: Mapping[EndpointState, httpx.URL]
+    # Never in a repr (see ReplyReader.secrets): a URL's query may hold a key.
+    request_urls: Mapping[EndpointState, httpx.URL] = attrs.field(repr=False)
     retry: RetryPolicy
     rng: random.Random
 

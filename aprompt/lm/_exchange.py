@@ -67,7 +67,8 @@ class ReplyReader:
     timeout: float
     max_response_bytes: int
     max_hold: float
-    secrets: tuple[str, ...]
+    # Never in a repr: a traceback printer that shows locals (or an error tracker) prints the reader's.
+    secrets: tuple[str, ...] = attrs.field(repr=False)
     keyless: frozenset[str]
     unset_key: str
     parse_completion: Callable[[bytes], Completion]

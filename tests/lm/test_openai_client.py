@@ -145,6 +145,27 @@ async def test_a_404_names_the_url_the_request_went_to_and_the_model(
     assert "the model name 'fake-model'" in str(caught.value) and caught.value.status_code == 404
 
 
+async def test_the_locals_of_a_failed_calls_traceback_show_no_key(fake_server: FakeOpenAIServer) -> None:
+    # What a traceback printer that shows locals (pytest's --showlocals, rich, an error tracker) prints.
+    fake_server.queue_faults(Fault.http_status(500))
+    url = f"{fake_server.base_url}?api-key=sk-query-key-123456"
+    async with OpenAICompatibleLM("fake-model", url, api_key=TEST_API_KEY, max_retries=0) as lm:
+        with pytest.raises(ServerError) as caught:
+            await lm.chat(HELLO)
+    frames = [entry.frame for entry in caught.traceback if "aprompt" in Path(entry.path).parts]
+    shown = [repr(value) for frame in frames for value in frame.f_locals.values()]
+    assert any("ReplyReader(" in text for text in shown)  # the reader's frame is among them
+    assert not [text for text in shown if TEST_API_KEY in text]
+    # A key in the URL's query is in the URL the request is sent to, and nowhere else.
+    beyond_the_url = [
+        repr(value)
+        for frame in frames
+        for value in frame.f_locals.values()
+        if not isinstance(value, httpx.URL)
+    ]
+    assert not [text for text in beyond_the_url if "sk-query-key-123456" in text]
+
+
 async def test_repr_shows_model_and_endpoint_but_not_the_key(lm_kwargs: dict[str, Any]) -> None:
     lm = OpenAICompatibleLM(**lm_kwargs)
     assert "fake-model" in repr(lm) and lm_kwargs["base_url"] in repr(lm)
