@@ -110,9 +110,29 @@ def qualified_name(target: Any) -> str:
 
 def _source_digest(target: Any) -> str | None:
     try:
-        return hashlib.sha256(source_of(target).encode()).hexdigest()[:16]
+        source = source_of(target)
     except (OSError, TypeError):  # built in, defined in a REPL, or source not shipped
         return None
+    found = hashlib.sha256(source.encode()).hexdigest()[:16]
+    place = _lambda_place(target, source)
+    return found if place is None else f"{found}:{place}"
+
+
+def _lambda_place(target: Any, source: str) -> str | None:
+    """Where a lambda's body starts in its source (line from its first, column), when that source, the
+    whole lines it is on, holds other lambdas too (``exact, loose = lambda ...: ..., lambda ...: ...``):
+    they share their name and their source, not their behaviour. ``None`` for any other callable, whose
+    identity stays as it was."""
+    code = getattr(target, "__code__", None)
+    if not inspect.isfunction(target) or target.__name__ != "<lambda>" or source.count("lambda") < 2:
+        return None
+    assert code is not None
+    spans = [
+        (line - code.co_firstlineno, column)
+        for line, _, column, end in code.co_positions()
+        if line is not None and column is not None and end is not None and end > column
+    ]
+    return f"{min(spans)[0]}.{min(spans)[1]}" if spans else None
 
 
 #: The types of the settings a function closes over or reads as globals: compared by value.
@@ -187,8 +207,9 @@ def _global_names(code: types.CodeType) -> set[str]:
 
 
 def callable_identity(fn: Any, *, _depth: int = 0) -> str:
-    """``module.qualname``, plus ``#`` and a hash of the source when it can be read, plus ``@`` and a
-    hash of its settings when it has some.
+    """``module.qualname``, plus ``#`` and a hash of the source when it can be read (and for a lambda
+    written on lines that hold others, ``:`` and where it starts), plus ``@`` and a hash of its settings
+    when it has some.
 
     A bound method is its function; a ``functools.partial`` adds its bound arguments; a callable
     object is its class (name and source), not its attributes; a function adds the plain values it

@@ -658,6 +658,17 @@ async def test_a_metric_whose_module_helper_changed_is_refused(
     assert await refusal(server, tmp_path, metric_=by_the_helper) == {"metric"}
 
 
+# Two metrics on one line, as a table of them often is written: the source of each is that whole line.
+EXACT, LONG_ENOUGH = (lambda e, p: metric(e, p)), (lambda e, p: metric(e, p) and len(str(p.answer)) > 5)
+
+
+async def test_another_lambda_metric_of_the_same_line_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path, metric_=EXACT)
+    assert await refusal(server, tmp_path, metric_=LONG_ENOUGH) == {"metric"}
+
+
 class Note:
     """A label value without a text of its own (its text would be its class's name)."""
 
