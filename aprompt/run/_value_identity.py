@@ -32,20 +32,23 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 def stable_form(value: Any) -> Any:
     """A JSON-able stand-in for ``value`` that is the same in every process and tells apart values of
-    different content (an array by its bytes, an object without a text of its own by its attributes)."""
+    different content (an array by its bytes, an attrs class or dataclass by its class and fields, an
+    object without a text of its own by its attributes)."""
     if isinstance(value, set | frozenset):
         return sorted(_canonical(item) for item in value)
     if isinstance(value, bytes | bytearray):
         return {"sha256": hashlib.sha256(value).hexdigest()}
-    if attrs.has(type(value)):
-        return attrs.asdict(value, recurse=False)
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    # A record by its class too: ``Refund(amount=10)`` and ``Charge(amount=10)`` hold the same fields,
+    # but their text (a prompt's) and what a program or metric makes of them differ.
+    if attrs.has(kind):
+        return {"object": name, "fields": attrs.asdict(value, recurse=False)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {"object": name, "fields": {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}}
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
         return to_dict()
-    kind = type(value)
-    name = f"{kind.__module__}.{kind.__qualname__}"
     if isinstance(getattr(value, "shape", None), tuple) and callable(getattr(value, "tobytes", None)):
         # An array: its text shows only some elements, to print precision; its bytes are all of it
         # (an array of objects holds addresses: its items instead).

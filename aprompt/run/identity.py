@@ -55,9 +55,10 @@ __all__ = [
 #: form by their content (an array's bytes, an object's attributes) rather than their text.
 #: 5: the plain values a program object holds (``self.k = 3``), and the class of a method run as the
 #: program (its ``forward``, or a bound method).
+#: 6: an attrs class's or a dataclass's value by its class too, not its fields alone.
 #: The metric's judges (``metric judge``) need no bump: the key is None for a metric that asks none, so a
 #: journal of such a run, which lacks it, still matches.
-IDENTITY_VERSION = 5
+IDENTITY_VERSION = 6
 VERSION_KEY = "identity"
 #: The strategy's journal format (``Strategy.journal_format``); a journal without it was written in 1.
 JOURNAL_FORMAT_KEY = "journal format"

@@ -7,6 +7,7 @@ server sees a single chat request.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -17,6 +18,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 
@@ -697,6 +699,42 @@ async def test_labels_whose_text_hides_a_change_are_refused(
         other_weights, note = weights, Note("fixed")
     trainset = with_extra_labels(other_weights, note)
     assert await refusal(server, tmp_path, trainset=trainset) == {"trainset content"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Refund:
+    amount: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Charge:
+    """The same field as :class:`Refund`: another value, as its text (``Charge(amount=10)``) shows."""
+
+    amount: int
+
+
+@attrs.frozen
+class Credit:
+    amount: int
+
+
+@attrs.frozen
+class Debit:
+    amount: int
+
+
+@pytest.mark.parametrize("kind", ["dataclass", "attrs"])
+async def test_labels_of_another_class_with_the_same_fields_are_refused(
+    server: FakeOpenAIServer, tmp_path: Path, kind: str
+) -> None:
+    def with_entry(entry: Any) -> list[Example]:
+        found = items(0, 40)
+        found[7] = Example(inputs=found[7].inputs, labels={**found[7].labels, "entry": entry}, id="item7")
+        return found
+
+    before, after = (Refund(10), Charge(10)) if kind == "dataclass" else (Credit(10), Debit(10))
+    await run(server, tmp_path, trainset=with_entry(before))
+    assert await refusal(server, tmp_path, trainset=with_entry(after)) == {"trainset content"}
 
 
 async def test_labels_of_the_same_content_resume(server: FakeOpenAIServer, tmp_path: Path) -> None:
