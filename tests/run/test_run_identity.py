@@ -552,6 +552,37 @@ async def test_a_program_whose_forward_helper_changed_is_refused(
     assert await refusal(server, tmp_path / "run", program=finishing(code, ".upper()")) == {"program code"}
 
 
+GRADER = """
+class Grader:
+    def score(self, example, prediction):
+        return self.normalize(prediction.answer) == example.labels["answer"]
+
+    def normalize(self, text):
+        return str(text).strip()%s
+"""
+
+
+def grading(folder: Path, ending: str) -> Any:
+    """A ``Grader().score`` metric from its module's file in ``folder``, written with the helper method's
+    ``ending``: the file edited between two runs."""
+    (folder / "grading_metric.py").write_text(GRADER % ending)
+    sys.modules.pop("grading_metric", None)
+    importlib.invalidate_caches()
+    return importlib.import_module("grading_metric").Grader().score
+
+
+async def test_a_bound_method_metric_whose_helper_method_changed_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.delitem(sys.modules, "grading_metric", raising=False)
+    await run(server, tmp_path / "run", metric_=grading(code, ""))
+    # ``score`` is the same: only the method it calls scores every answer otherwise.
+    assert await refusal(server, tmp_path / "run", metric_=grading(code, ".upper()")) == {"metric"}
+
+
 def set_labeled_ids() -> list[str]:
     """The ids a dataset without given ids gets, when its labels hold sets (and an object without
     a text of its own)."""
