@@ -10,7 +10,6 @@ names this module exports too.
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,8 +55,8 @@ __all__ = [
 #: form by their content (an array's bytes, an object's attributes) rather than their text.
 #: 5: the plain values a program object holds (``self.k = 3``), and the class of a method run as the
 #: program (its ``forward``, or a bound method).
-#: 6: an attrs class's or a dataclass's value by its class too, not its fields alone; the class of a
-#: metric that is a bound method.
+#: 6: an attrs class's or a dataclass's value by its class too, not its fields alone; a metric as a
+#: program's code is (a bound method's class, a callable object's ``__call__``).
 #: The metric's judges (``metric judge``) need no bump: the key is None for a metric that asks none, so a
 #: journal of such a run, which lacks it, still matches.
 IDENTITY_VERSION = 6
@@ -153,17 +152,6 @@ def judge_identity(metric: Any) -> dict[str, Any] | None:
     return found or None
 
 
-def _metric_identity(metric: Any) -> str:
-    """:func:`callable_identity` of ``metric``, and for a bound method of an object that of the object's
-    class too: the method scores through the rest of its class (``self.normalize(...)``), as a callable
-    object's ``__call__`` does, whose identity is its class's."""
-    found = callable_identity(metric)
-    owner = getattr(metric, "__self__", None) if inspect.ismethod(metric) else None
-    if owner is None or inspect.isclass(owner) or inspect.ismodule(owner):
-        return found
-    return f"{found} {callable_identity(type(owner))}"
-
-
 def run_fingerprint(
     strategy: str,
     budget: Any,
@@ -206,7 +194,9 @@ def run_fingerprint(
         "trainset content": digest([[e.inputs, e.labels] for e in trainset]),
         "valset": digest([e.id for e in valset]),
         "valset content": digest([[e.inputs, e.labels] for e in valset]),
-        "metric": _metric_identity(metric),
+        # What runs when the metric is called, as for the program: a bound method through the rest of its
+        # class (``self.normalize(...)``), a callable object through its ``__call__``'s helpers and globals.
+        "metric": program_identity(metric),
         # A callable object's (or a bound method's object's) plain values: ``Judge(threshold=0.9)`` scores
         # otherwise than ``Judge(threshold=0.5)``. None for a function, so journals without it still match.
         "metric settings": metric_settings,

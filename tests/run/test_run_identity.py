@@ -583,6 +583,35 @@ async def test_a_bound_method_metric_whose_helper_method_changed_is_refused(
     assert await refusal(server, tmp_path / "run", metric_=grading(code, ".upper()")) == {"metric"}
 
 
+CALLABLE_JUDGE = """
+def normalize(text):
+    return str(text).strip()%s
+
+
+class Judge:
+    def __call__(self, example, prediction):
+        return normalize(prediction.answer) == example.labels["answer"]
+"""
+
+
+async def test_a_callable_metric_whose_module_helper_changed_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def judge(ending: str) -> Any:
+        (code / "judging_metric.py").write_text(CALLABLE_JUDGE % ending)
+        sys.modules.pop("judging_metric", None)
+        importlib.invalidate_caches()
+        return importlib.import_module("judging_metric").Judge()
+
+    code = tmp_path / "code"
+    code.mkdir()
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.delitem(sys.modules, "judging_metric", raising=False)
+    await run(server, tmp_path / "run", metric_=judge(""))
+    # The class is the same: only the module's function its ``__call__`` calls scores otherwise.
+    assert await refusal(server, tmp_path / "run", metric_=judge(".upper()")) == {"metric"}
+
+
 def set_labeled_ids() -> list[str]:
     """The ids a dataset without given ids gets, when its labels hold sets (and an object without
     a text of its own)."""
