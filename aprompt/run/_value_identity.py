@@ -35,7 +35,8 @@ def stable_form(value: Any) -> Any:
     different content (an array by its bytes, an attrs class or dataclass by its class and fields, an
     object without a text of its own by its attributes)."""
     if isinstance(value, set | frozenset):
-        return sorted(_canonical(item) for item in value)
+        # Tagged: its items' texts alone would read as a list of those texts (``{1}`` as ``["1"]``).
+        return {"set": sorted(_canonical(item) for item in value)}
     if isinstance(value, bytes | bytearray):
         return {"sha256": hashlib.sha256(value).hexdigest()}
     kind = type(value)

@@ -55,8 +55,9 @@ __all__ = [
 #: form by their content (an array's bytes, an object's attributes) rather than their text.
 #: 5: the plain values a program object holds (``self.k = 3``), and the class of a method run as the
 #: program (its ``forward``, or a bound method).
-#: 6: an attrs class's or a dataclass's value by its class too, not its fields alone; a metric as a
-#: program's code is (a bound method's class, a callable object's ``__call__``).
+#: 6: an attrs class's or a dataclass's value by its class too, not its fields alone, and a set as one,
+#: not as a list of its items' texts; a metric as a program's code is (a bound method's class, a
+#: callable object's ``__call__``).
 #: The metric's judges (``metric judge``) need no bump: the key is None for a metric that asks none, so a
 #: journal of such a run, which lacks it, still matches.
 IDENTITY_VERSION = 6

@@ -797,6 +797,19 @@ async def test_labels_of_another_class_with_the_same_fields_are_refused(
     assert await refusal(server, tmp_path, trainset=with_entry(after)) == {"trainset content"}
 
 
+async def test_a_set_in_place_of_a_list_of_its_items_text_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    def with_tags(tags: Any) -> list[Example]:
+        found = items(0, 40)
+        found[7] = Example(inputs=found[7].inputs, labels={**found[7].labels, "tags": tags}, id="item7")
+        return found
+
+    # A prompt shows the set as [1, 2], the list as its lines of text: two values.
+    await run(server, tmp_path, trainset=with_tags({1, 2}))
+    assert await refusal(server, tmp_path, trainset=with_tags(["1", "2"])) == {"trainset content"}
+
+
 async def test_labels_of_the_same_content_resume(server: FakeOpenAIServer, tmp_path: Path) -> None:
     await run(server, tmp_path, trainset=with_extra_labels(np.arange(2_000, dtype=float), Note("kept")))
     server.reset_records()
