@@ -215,15 +215,16 @@ def callable_identity(fn: Any, *, _depth: int = 0) -> str:
     written on lines that hold others, ``:`` and where it starts), plus ``@`` and a hash of its settings
     when it has some.
 
-    A bound method is its function; a ``functools.partial`` adds its bound arguments; a callable
-    object is its class (name and source), not its attributes; a function adds the plain values it
-    closes over (made by a factory), defaults to or reads as module globals (a threshold, a model
-    name), and the identity of the functions it closes over or reads as module globals (a helper it
-    calls), three calls deep. Plain values are numbers (numpy scalars too), texts,
-    ``None`` and tuples of them: a cache or a client a metric uses is never part of its identity.
+    A bound method is its function; a ``functools.partial`` adds its bound arguments (a function among
+    them by its identity); a callable object is its class (name and source), not its attributes; a
+    function adds the plain values it closes over (made by a factory), defaults to or reads as module
+    globals (a threshold, a model name), and the identity of the functions it closes over or reads as
+    module globals (a helper it calls), three calls deep. Plain values are numbers (numpy scalars too),
+    texts, ``None`` and tuples of them: a cache or a client a metric uses is never part of its identity.
     """
     if isinstance(fn, functools.partial):
-        bound = digest([list(fn.args), dict(fn.keywords)])
+        args = [_bound_value(value, _depth) for value in fn.args]
+        bound = digest([args, {name: _bound_value(value, _depth) for name, value in fn.keywords.items()}])
         return f"partial({callable_identity(fn.func, _depth=_depth)}, {bound})"
     target = getattr(fn, "__func__", fn)  # bound method
     settings = _settings(target, _depth)
@@ -233,6 +234,14 @@ def callable_identity(fn: Any, *, _depth: int = 0) -> str:
     source = _source_digest(target)
     identity = name if source is None else f"{name}#{source}"
     return f"{identity}@{digest(settings)}" if settings else identity
+
+
+def _bound_value(value: Any, depth: int) -> Any:
+    """A partial's bound argument as its identity holds it: a function (``transform=lambda t: t.lower()``)
+    by its :func:`callable_identity`, three calls deep (its text names it alone), any other value as is."""
+    if depth < 3 and (inspect.isfunction(value) or isinstance(value, functools.partial)):
+        return {"callable": callable_identity(value, _depth=depth + 1)}
+    return value
 
 
 def program_identity(program: Any) -> str:

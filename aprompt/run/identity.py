@@ -57,7 +57,7 @@ __all__ = [
 #: program (its ``forward``, or a bound method).
 #: 6: an attrs class's or a dataclass's value by its class too, not its fields alone, and a set as one,
 #: not as a list of its items' texts; a metric as a program's code is (a bound method's class, a
-#: callable object's ``__call__``).
+#: callable object's ``__call__``), and a function a partial binds by its identity.
 #: The metric's judges (``metric judge``) need no bump: the key is None for a metric that asks none, so a
 #: journal of such a run, which lacks it, still matches.
 IDENTITY_VERSION = 6

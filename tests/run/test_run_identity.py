@@ -8,6 +8,7 @@ server sees a single chat request.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -550,6 +551,18 @@ async def test_a_program_whose_forward_helper_changed_is_refused(
     assert fresh.score == 0.0  # forward is the same: only its helper makes every answer wrong
     await run(server, tmp_path / "run", program=finishing(code, ""))
     assert await refusal(server, tmp_path / "run", program=finishing(code, ".upper()")) == {"program code"}
+
+
+def transformed(example: Example, prediction: Any, *, transform: Any) -> bool:
+    return bool(transform(str(prediction.answer).strip()) == example.labels["answer"])
+
+
+async def test_a_partial_metric_bound_to_another_function_is_refused(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    await run(server, tmp_path, metric_=functools.partial(transformed, transform=lambda text: text))
+    shouting = functools.partial(transformed, transform=lambda text: text.upper())
+    assert await refusal(server, tmp_path, metric_=shouting) == {"metric"}
 
 
 GRADER = """
