@@ -148,6 +148,11 @@ def no_predictors_found(program: object) -> str:
             f"function {name} names no predictor (in its globals, its closure, or functions it calls) to "
             "optimize"
         )
+    if isinstance(program, type):  # the class, not an instance: its predictors are made in __init__
+        return (
+            f"program {program.__qualname__} is a class, which holds no predictors to optimize: pass an "
+            f"instance of it, {program.__name__}()"
+        )
     if isinstance(program, functools.partial):
         wrapped = getattr(program.func, "__qualname__", program.func)
         return (

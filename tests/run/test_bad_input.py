@@ -186,6 +186,14 @@ async def test_a_program_without_predictors(fake_server: FakeOpenAIServer, tmp_p
     await refused(fake_server, tmp_path, aprompt.ConfigError, "no predictors", program=Plain())
 
 
+async def test_a_program_class_instead_of_an_instance_is_told_to_pass_an_instance(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # Its predictors are set in __init__, so the class itself holds none.
+    match = r"is a class.*TwoStageProgram\(\)"
+    await refused(fake_server, tmp_path, aprompt.ConfigError, match, program=TwoStageProgram)
+
+
 async def test_a_program_that_cannot_be_called(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     class Uncallable:  # its predictors are found, but there is nothing to call it by
         def __init__(self) -> None:
