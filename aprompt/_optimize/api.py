@@ -15,6 +15,7 @@ import attrs
 from aprompt._errors import ConfigError
 from aprompt._optimize.arguments import (
     check_arguments,
+    check_lm,
     check_metric_on_labels,
     no_predictors_found,
     resolve_limits,
@@ -235,6 +236,10 @@ async def optimize(
     predictors = named_predictors(program)
     if not predictors:
         raise ConfigError(no_predictors_found(program))
+    for name, predictor in predictors:
+        # A model name given as a predictor's lm would fail every program run, after the run's first calls.
+        if predictor.lm is not None:
+            check_lm(f"{name}.lm", predictor.lm)
     if is_function(program) and not in_place:
         raise ConfigError(
             f"program {getattr(program, '__qualname__', program)} is a function: its predictors live in "

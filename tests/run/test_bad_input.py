@@ -194,6 +194,19 @@ async def test_a_program_class_instead_of_an_instance_is_told_to_pass_an_instanc
     await refused(fake_server, tmp_path, aprompt.ConfigError, match, program=TwoStageProgram)
 
 
+class NamedModel:
+    """What a predictor given a model name (``lm="gpt-4o"``) or an unentered client would hold instead."""
+
+
+@pytest.mark.parametrize("bad_lm", ["gpt-4o", NamedModel()])
+async def test_a_predictor_whose_lm_is_not_an_lm(
+    fake_server: FakeOpenAIServer, tmp_path: Path, bad_lm: object
+) -> None:
+    program = TwoStageProgram()
+    program.answer.lm = bad_lm  # type: ignore[assignment]
+    await refused(fake_server, tmp_path, aprompt.ConfigError, r"answer\.lm must be an LM", program=program)
+
+
 async def test_a_program_that_cannot_be_called(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     class Uncallable:  # its predictors are found, but there is nothing to call it by
         def __init__(self) -> None:
