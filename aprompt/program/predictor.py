@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,14 +67,22 @@ class Predict:
         max_parse_retries: int = 1,
         **lm_params: Any,
     ) -> None:
-        if max_parse_retries < 0:
-            raise ConfigError(f"max_parse_retries must be >= 0, got {max_parse_retries}")
+        # Checked here: a wrong type or value (1.5, "1") would fail every call of the predictor instead.
+        retries: object = max_parse_retries  # typed int, but the caller's value may be anything
+        if not isinstance(retries, numbers.Integral) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"max_parse_retries must be a whole number >= 0, got {retries!r:.80}")
+        shown: object = instruction
+        if shown is not None and not isinstance(shown, str):
+            raise ConfigError(
+                f"instruction must be text or None (the signature's), got {type(shown).__name__} "
+                f"{shown!r:.80}"
+            )
         self._signature = self._prepare(as_signature(signature))
         self.instruction: str = instruction if instruction is not None else self._signature.instruction
         self.demos = demos
         self.reply_format = reply_format
         self.lm = lm
-        self.max_parse_retries = max_parse_retries
+        self.max_parse_retries = int(retries)
         self.lm_params: dict[str, Any] = dict(lm_params)
 
     def _prepare(self, signature: Signature) -> Signature:
@@ -92,6 +101,12 @@ class Predict:
 
     @demos.setter
     def demos(self, demos: Iterable[Demo | Mapping[str, Any]]) -> None:
+        # One demo or one text would be read item by item (a mapping by its keys), each refused as no demo.
+        if isinstance(demos, str | bytes | Mapping | Demo):
+            raise ConfigError(
+                f"demos must be a list of demos (aprompt.Demo or mappings of field values), got "
+                f"{type(demos).__name__} {demos!r:.80}; wrap a single demo in a list"
+            )
         self._demos = [as_demo(d) for d in demos]
 
     @property

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from aprompt._errors import ConfigError
 from aprompt.lm.types import Completion, TokenUsage
 
 __all__ = ["Demo", "Prediction"]
@@ -134,4 +135,16 @@ class Demo(_FieldValues):
 
 
 def as_demo(value: Demo | Mapping[str, Any]) -> Demo:
-    return value if isinstance(value, Demo) else Demo(value)
+    """``value`` as a :class:`Demo`.
+
+    Raises:
+        ConfigError: ``value`` is neither a Demo nor a mapping of field values (one text, a pair).
+    """
+    if isinstance(value, Demo):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"a demo must be an aprompt.Demo or a mapping of field values ({{'question': ..., 'answer': "
+            f"...}}), got {type(value).__name__} {value!r:.80}; pass demos as a list of them"
+        )
+    return Demo(value)

@@ -305,3 +305,27 @@ def test_demos_assigned_as_mappings_become_demo_values() -> None:
 def test_a_negative_retry_count_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="max_parse_retries"):
         Predict("q -> a", max_parse_retries=-1)
+
+
+@pytest.mark.parametrize("retries", [1.5, "1", None, True, float("nan")])
+def test_a_retry_count_that_is_not_a_whole_number_is_a_config_error(retries: Any) -> None:
+    # 1.5 and NaN used to be accepted and fail every call with a TypeError; "1" and None raised one here.
+    with pytest.raises(ConfigError, match="max_parse_retries must be a whole number"):
+        Predict("q -> a", max_parse_retries=retries)
+
+
+def test_an_instruction_that_is_not_text_is_a_config_error() -> None:
+    # It used to be accepted and fail every call with an AttributeError.
+    with pytest.raises(ConfigError, match="instruction must be text"):
+        Predict("q -> a", instruction=5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("demos", ["q: 2+2, a: 4", [("q", "a")], [None]])
+def test_demos_that_are_not_mappings_are_a_config_error(demos: Any) -> None:
+    with pytest.raises(ConfigError, match="demo"):
+        Predict("q -> a", demos=demos)
+
+
+def test_a_single_demo_given_as_demos_is_a_config_error_saying_to_wrap_it_in_a_list() -> None:
+    with pytest.raises(ConfigError, match="wrap a single demo in a list"):
+        Predict("q -> a", demos={"q": "2+2", "a": "4"})
