@@ -208,7 +208,7 @@ def as_examples(
                 )
             example = Example.from_dict(item, inputs)
         else:
-            raise ConfigError(f"{role}[{position}] is {type(item).__name__}, not an Example or mapping")
+            raise ConfigError(_not_an_example(item, f"{role}[{position}]"))
         check_keys(example)
         unique, count = example.id, last_suffix.get(example.id, 0)
         while unique in taken:  # a later example may already hold the name an earlier one would get
@@ -221,6 +221,24 @@ def as_examples(
             example = attrs.evolve(example, id=unique)
         out.append(example)
     return out
+
+
+def _not_an_example(item: object, where: str) -> str:
+    """Why ``item`` is no example, and what to give instead: a data frame's rows come as ``(index, row)``
+    pairs from ``iterrows()`` and as row objects (a ``pandas.Series``), which are not mappings."""
+    if isinstance(item, tuple) and len(item) == 2 and callable(getattr(item[1], "to_dict", None)):
+        remedy = (
+            "it looks like an (index, row) pair of df.iterrows(): pass df.to_dict('records') with "
+            "input_fields=[...]"
+        )
+    elif callable(getattr(item, "to_dict", None)):
+        remedy = "pass row.to_dict() (a data frame's rows: df.to_dict('records')) with input_fields=[...]"
+    else:
+        remedy = (
+            "give aprompt.Example(inputs={...}, labels={...}) objects, or mappings of field values with "
+            "input_fields=[...]"
+        )
+    return f"{where} is {type(item).__name__} {item!r:.80}, not an Example or mapping; {remedy}"
 
 
 def apart_from(train: Sequence[Example], val: Sequence[Example]) -> list[Example]:

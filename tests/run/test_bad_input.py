@@ -88,6 +88,32 @@ async def test_mappings_missing_an_input_field(fake_server: FakeOpenAIServer, tm
     )
 
 
+class Row:
+    """A data frame's row as its library gives it: not a mapping, but convertible to one."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+@pytest.mark.parametrize(
+    ("item", "remedy"),
+    [
+        ((0, Row({"question": "q", "answer": "a"})), r"\(index, row\) pair.*to_dict\('records'\)"),
+        (Row({"question": "q", "answer": "a"}), r"row\.to_dict\(\)"),
+        ("What is item-7?", r"aprompt\.Example\(inputs="),
+    ],
+    ids=["iterrows pair", "row object", "text"],
+)
+async def test_an_item_that_is_no_example_is_told_what_to_give(
+    fake_server: FakeOpenAIServer, tmp_path: Path, item: object, remedy: str
+) -> None:
+    trainset = [*examples(0, 10), item]
+    await refused(fake_server, tmp_path, aprompt.ConfigError, rf"trainset\[10\].*{remedy}", trainset=trainset)
+
+
 @pytest.mark.parametrize(
     "keys", [{("ans", 7): "x"}, {7: "x", "other": "y"}], ids=["tuple", "int beside text"]
 )
