@@ -19,8 +19,26 @@ from aprompt._errors import ConfigError
 from aprompt.run.identity import stable_form
 
 
-def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(value)
+def _as_dict(value: Mapping[str, Any], part: str) -> dict[str, Any]:
+    """``value`` as a dict of field values, or a :class:`ConfigError` saying to name the fields: a bare
+    value (``labels=answer``) would fail in ``dict()`` with a bare ``ValueError`` or ``TypeError``."""
+    if not isinstance(value, str | bytes):
+        try:
+            return dict(value)
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(
+        f"an example's {part} must be a mapping of field names to values ({part}={{'answer': ...}}), got "
+        f"{type(value).__name__} {value!r:.80}"
+    )
+
+
+def _as_inputs(value: Mapping[str, Any]) -> dict[str, Any]:
+    return _as_dict(value, "inputs")
+
+
+def _as_labels(value: Mapping[str, Any]) -> dict[str, Any]:
+    return _as_dict(value, "labels")
 
 
 def _same_in_every_process(value: Any) -> Any:
@@ -115,8 +133,8 @@ class Example:
         Example.from_dict({"question": "2+2?", "answer": "4"}, inputs=["question"])
     """
 
-    inputs: Mapping[str, Any] = attrs.field(converter=_as_dict)
-    labels: Mapping[str, Any] = attrs.field(converter=_as_dict, factory=dict)
+    inputs: Mapping[str, Any] = attrs.field(converter=_as_inputs)
+    labels: Mapping[str, Any] = attrs.field(converter=_as_labels, factory=dict)
     id: str = attrs.field(default="", converter=_as_id)
 
     def __attrs_post_init__(self) -> None:
@@ -131,6 +149,10 @@ class Example:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], inputs: Sequence[str], id: str = "") -> Example:
         """Split ``data`` into inputs (the keys named in ``inputs``) and labels (the rest)."""
+        if isinstance(inputs, str | bytes):  # one name, which would be read letter by letter
+            raise ConfigError(
+                f"inputs must be a list of field names, e.g. [{inputs!r:.80}], got {inputs!r:.80}"
+            )
         missing = [key for key in inputs if key not in data]
         if missing:
             raise ConfigError(f"example lacks input field(s) {missing}: {dict(data)!r:.200}")

@@ -88,6 +88,30 @@ async def test_mappings_missing_an_input_field(fake_server: FakeOpenAIServer, tm
     )
 
 
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"inputs": {"question": "2+2?"}, "labels": "4"}, r"labels must be a mapping.*got str '4'"),
+        ({"inputs": {"question": "2+2?"}, "labels": 4}, r"labels must be a mapping.*got int 4"),
+        ({"inputs": "2+2?"}, r"inputs must be a mapping.*got str '2\+2\?'"),
+        ({"inputs": None}, r"inputs must be a mapping.*got NoneType None"),
+    ],
+    ids=["labels as text", "labels as a number", "inputs as text", "inputs as None"],
+)
+def test_an_example_whose_inputs_or_labels_are_no_mapping_is_told_to_name_its_fields(
+    fields: dict[str, Any], match: str
+) -> None:
+    # A bare value (labels=answer) used to surface as a bare ValueError or TypeError from dict().
+    with pytest.raises(aprompt.ConfigError, match=match):
+        aprompt.Example(**fields)
+
+
+def test_from_dict_given_one_input_name_as_text_is_told_to_pass_a_list() -> None:
+    # It used to be read letter by letter: "example lacks input field(s) ['q', 'u', ...]".
+    with pytest.raises(aprompt.ConfigError, match=r"inputs must be a list of field names.*\['question'\]"):
+        aprompt.Example.from_dict({"question": "2+2?", "answer": "4"}, inputs="question")
+
+
 class Row:
     """A data frame's row as its library gives it: not a mapping, but convertible to one."""
 
