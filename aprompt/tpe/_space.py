@@ -181,6 +181,9 @@ def encode_space(space: Mapping[str, Distribution]) -> EncodedSpace:
 
 def encode_params(space: EncodedSpace, params: Mapping[str, object]) -> tuple[IntArray, FloatArray]:
     """One point's internal rows; raises :class:`ConfigError` for missing, extra or out-of-range values."""
+    # A string would pass the name check below as its characters, then fail on indexing with a TypeError.
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"params must be a mapping of name -> value, got {params!r}")
     expected = set(space.cat_names) | set(space.num_names)
     if set(params) != expected:
         missing = sorted(expected - set(params))

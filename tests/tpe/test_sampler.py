@@ -468,3 +468,20 @@ def test_ask_with_params_outside_the_space_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="missing"):
         sampler.ask({})
     assert sampler.trials == ()
+
+
+@pytest.mark.parametrize("params", ["ab", 3, 2.5])
+def test_params_that_are_not_a_mapping_are_a_config_error(params: Any) -> None:
+    # "ab" iterates as the space's names, a and b.
+    sampler = TPESampler({"a": Categorical(3), "b": Categorical(3)}, seed=0)
+    with pytest.raises(ConfigError, match="mapping"):
+        sampler.ask(params)
+    assert sampler.trials == ()
+
+
+@pytest.mark.parametrize("params", ["ab", 3, None])
+def test_a_history_record_whose_params_are_not_a_mapping_is_a_trial_error(params: Any) -> None:
+    sampler = TPESampler({"a": Categorical(3), "b": Categorical(3)}, seed=0)
+    with pytest.raises(TrialError, match="trial 0"):
+        sampler.tell_history([TrialRecord(0, params, TrialState.COMPLETE, 0.5)])
+    assert sampler.trials == ()
