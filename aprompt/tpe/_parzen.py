@@ -82,8 +82,15 @@ def fit_parzen(
     sigma = np.vstack([sigma, span[None, :]])
     log_mass = log_normal_mass((space.low - mu) / sigma, (space.high - mu) / sigma)
     log_norm = np.where(space.is_int, log_mass, log_mass + np.log(sigma) + _LOG_SQRT_2PI)
+    # Weights each finite may sum beyond the largest float (inf, then NaN probabilities): such weights
+    # are scaled by the largest first; those of a finite sum are used as given, bit for bit.
+    with np.errstate(over="ignore"):
+        total = mix.sum()
+    if not np.isfinite(total):
+        mix = mix / mix.max()
+        total = mix.sum()
     with np.errstate(divide="ignore"):  # an observation of weight 0 is left out: its log weight is -inf
-        log_weights = np.log(mix) - np.log(mix.sum())
+        log_weights = np.log(mix) - np.log(total)
     return ParzenEstimator(
         log_weights=log_weights,
         centres=centres,

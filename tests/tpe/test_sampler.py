@@ -343,6 +343,15 @@ def test_zero_weights_leave_those_observations_out_of_the_model() -> None:
     assert len(asked) == 12
 
 
+def test_weights_each_finite_but_summing_beyond_the_largest_float_still_fit_a_model() -> None:
+    # Each weight is allowed; their sum overflows to inf, which must not turn the mixture into NaN.
+    sampler = TPESampler(MIXED, seed=0, n_startup=2, weights=lambda n: np.full(n, 1e308))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asked = drive(sampler, 12)
+    assert len(asked) == 12
+
+
 def test_telling_a_trial_that_was_never_asked_is_an_error() -> None:
     sampler = TPESampler(MIXED)
     with pytest.raises(TrialError, match="never asked"):
