@@ -17,7 +17,8 @@ One ask, for trial number ``t``:
    ``avoid_repeats`` (the default), by a complete one. When every candidate is held and the space is
    small and finite (categorical and integer parameters, at most 4,096 points), the best-scoring point
    no trial holds (during the start-up, one drawn uniformly); otherwise (every point held, or a space
-   too large to list) the best candidate.
+   too large to list) the best candidate. With ``avoid_repeats``, that last resort looks first for a
+   point no *pending* trial holds, the same way: a point in flight is repeated only when all are.
    With noisy scores a repeat spends a trial re-measuring a point the caller can already judge
    (the search loop pools mini-batch evidence and fully evaluates the leaders), while a new point can
    only add to what the search has found.
@@ -302,12 +303,7 @@ class TPESampler:
             bad_rows = np.sort(np.concatenate([complete[bad], pending]))
             model = self._fit(cats[good_rows], nums[good_rows]), self._fit(cats[bad_rows], nums[bad_rows])
             cand_cats, cand_nums, scores = self._candidates(*model, rng, n)
-        best = self._best_untaken(scores, cand_cats, cand_nums)
-        if best is None:
-            # Every candidate is taken: in a small space a point no trial holds may remain, and a
-            # repeat would spend the trial on a point the caller can already judge.
-            cand_cats, cand_nums, scores = self._untaken_points(model, rng, cand_cats, cand_nums, scores)
-            best = int(np.argmax(scores))
+        cand_cats, cand_nums, best = self._choose(model, rng, cand_cats, cand_nums, scores)
         chosen = cand_cats[best].copy()
         if self._n_cover is None or number < self._n_cover:
             self._cover(chosen, cats[states != TrialTable.FAILED], rng)
@@ -322,17 +318,41 @@ class TPESampler:
             if untried.size:
                 chosen[d] = untried[int(rng.integers(untried.size))]
 
-    def _taken(self, cats: IntArray, nums: FloatArray) -> bool:
-        """Whether a pending (or, with ``avoid_repeats``, complete) trial holds this point."""
-        # A failed trial's params stay available: the failure says nothing about them.
-        taken = (TrialTable.PENDING, TrialTable.COMPLETE) if self._avoid_repeats else (TrialTable.PENDING,)
+    def _choose(
+        self,
+        model: tuple[_parzen.ParzenEstimator, _parzen.ParzenEstimator] | None,
+        rng: np.random.Generator,
+        cats: IntArray,
+        nums: FloatArray,
+        scores: FloatArray,
+    ) -> tuple[IntArray, FloatArray, int]:
+        """The points to choose from and the index of the chosen one (step 4 of the module docstring)."""
+        # A failed trial's params stay available: the failure says nothing about them. Once every point
+        # is held, a complete one is repeated before one in flight: measured twice at once, a point
+        # gives no more than re-measured after its value is in, and the batch would not spread out.
+        tiers = [(TrialTable.PENDING, TrialTable.COMPLETE)] if self._avoid_repeats else []
+        for taken in [*tiers, (TrialTable.PENDING,)]:
+            best = self._best_untaken(scores, cats, nums, taken)
+            if best is not None:
+                return cats, nums, best
+            # Every candidate is taken: in a small space a point no trial holds may remain, and a
+            # repeat would spend the trial on a point the caller can already judge.
+            free = self._untaken_points(model, rng, taken)
+            if free is not None:
+                return *free[:2], int(np.argmax(free[2]))
+        return cats, nums, int(np.argmax(scores))
+
+    def _taken(self, cats: IntArray, nums: FloatArray, taken: tuple[int, ...]) -> bool:
+        """Whether a trial in one of the states ``taken`` (codes) holds this point."""
         return self._table.has_point(point_key(cats, nums), taken)
 
-    def _best_untaken(self, scores: FloatArray, cats: IntArray, nums: FloatArray) -> int | None:
-        """The highest-scoring candidate whose point is not taken (the first wins ties); ``None`` when
-        every candidate is taken."""
+    def _best_untaken(
+        self, scores: FloatArray, cats: IntArray, nums: FloatArray, taken: tuple[int, ...]
+    ) -> int | None:
+        """The highest-scoring candidate whose point is not ``taken`` (the first wins ties); ``None``
+        when every candidate is."""
         for i in np.argsort(-scores, kind="stable"):
-            if not self._taken(cats[i], nums[i]):
+            if not self._taken(cats[i], nums[i], taken):
                 return int(i)
         return None
 
@@ -340,19 +360,16 @@ class TPESampler:
         self,
         model: tuple[_parzen.ParzenEstimator, _parzen.ParzenEstimator] | None,
         rng: np.random.Generator,
-        cats: IntArray,
-        nums: FloatArray,
-        scores: FloatArray,
-    ) -> tuple[IntArray, FloatArray, FloatArray]:
-        """The points of a small finite space that are not taken, scored by ``model`` (by a uniform draw
-        before the model is used); the candidates as they were when there is none, or the space is
-        too large to list."""
+        taken: tuple[int, ...],
+    ) -> tuple[IntArray, FloatArray, FloatArray] | None:
+        """The points of a small finite space that are not ``taken``, scored by ``model`` (by a uniform
+        draw before the model is used); ``None`` when there is none, or the space is too large to list."""
         points = enumerate_points(self._encoded, _MAX_LISTED_POINTS)
         if points is None:
-            return cats, nums, scores
-        free = np.array([not self._taken(c, x) for c, x in zip(*points, strict=True)], dtype=np.bool_)
+            return None
+        free = np.array([not self._taken(c, x, taken) for c, x in zip(*points, strict=True)], dtype=np.bool_)
         if not free.any():
-            return cats, nums, scores
+            return None
         cats, nums = points[0][free], points[1][free]
         if model is None:
             return cats, nums, np.asarray(rng.random(cats.shape[0]), dtype=np.float64)

@@ -195,6 +195,19 @@ def test_a_batch_never_repeats_a_pending_point_even_when_repeats_are_allowed() -
     assert len({tuple(s.params.values()) for s in batch}) == 8
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_once_every_point_is_held_a_batch_repeats_an_evaluated_point_rather_than_one_in_flight(
+    seed: int,
+) -> None:
+    # Repeats avoided (the default): past the space's 4 points the batch must repeat some, and one in
+    # flight is no better re-measured twice at once than one already told.
+    space = {"a": Categorical(2), "b": Categorical(2)}
+    sampler = TPESampler(space, seed=seed, n_startup=2)
+    drive(sampler, 3, score=index_sum)
+    batch = sampler.ask_batch(4)
+    assert len({tuple(s.params.values()) for s in batch}) == 4
+
+
 def test_repeats_of_evaluated_points_are_avoided_while_candidates_remain() -> None:
     space = {"a": Categorical(8), "b": Categorical(8)}
     sampler = TPESampler(space, seed=2, n_startup=3)
