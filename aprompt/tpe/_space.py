@@ -26,7 +26,15 @@ ParamValue: TypeAlias = int | float
 
 
 def _as_labels(labels: Iterable[str] | None) -> tuple[str, ...] | None:
-    return None if labels is None else tuple(labels)
+    if labels is None:
+        return None
+    # A string is iterable too: its characters would label the choices one each.
+    if isinstance(labels, str) or not isinstance(labels, Iterable):
+        raise ConfigError(f"Categorical labels must be a collection of strings, got {labels!r}")
+    labels = tuple(labels)
+    if not all(isinstance(label, str) for label in labels):
+        raise ConfigError(f"Categorical labels must be strings, got {labels!r}")
+    return labels
 
 
 @attrs.frozen

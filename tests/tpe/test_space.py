@@ -26,6 +26,10 @@ SPACE: dict[str, Distribution] = {
         lambda: Categorical(2.0),  # type: ignore[arg-type]
         lambda: Categorical(True),
         lambda: Categorical(2, labels=("only one",)),
+        # Labels are a collection of strings, one per choice: not a number, nor a string's characters.
+        lambda: Categorical(3, labels=5),  # type: ignore[arg-type]
+        lambda: Categorical(3, labels="abc"),
+        lambda: Categorical(3, labels=(1, 2, 3)),  # type: ignore[arg-type]
         lambda: IntRange(5, 4),
         lambda: IntRange(0, 1.5),  # type: ignore[arg-type]
         lambda: FloatRange(1.0, 1.0),
