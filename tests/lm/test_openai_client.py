@@ -18,6 +18,7 @@ import anyio
 import httpx
 import pytest
 
+import aprompt
 from aprompt._errors import (
     AuthenticationError,
     BadResponseError,
@@ -38,6 +39,9 @@ from aprompt.testing.fake_openai import FakeOpenAIServer, Fault
 from tests.conftest import TEST_API_KEY
 
 pytestmark = pytest.mark.anyio
+
+#: The package's folder: its frames are the library's own.
+_PACKAGE = Path(aprompt.__file__).resolve().parent
 both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 
 QUICK = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
@@ -152,7 +156,9 @@ async def test_the_locals_of_a_failed_calls_traceback_show_no_key(fake_server: F
     async with OpenAICompatibleLM("fake-model", url, api_key=TEST_API_KEY, max_retries=0) as lm:
         with pytest.raises(ServerError) as caught:
             await lm.chat(HELLO)
-    frames = [entry.frame for entry in caught.traceback if "aprompt" in Path(entry.path).parts]
+    # The library's own frames: the test's (which holds the fake server and its key) lies outside the
+    # package, wherever the repository is checked out (a clone's folder may be named aprompt too).
+    frames = [entry.frame for entry in caught.traceback if Path(entry.path).is_relative_to(_PACKAGE)]
     shown = [repr(value) for frame in frames for value in frame.f_locals.values()]
     assert any("ReplyReader(" in text for text in shown)  # the reader's frame is among them
     assert not [text for text in shown if TEST_API_KEY in text]
