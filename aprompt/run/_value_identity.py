@@ -169,16 +169,21 @@ def _settings(target: Any, depth: int) -> dict[str, Any]:
         for where, value in function_values(target):
             if _plain(value):
                 found[where] = value
-            elif (
-                not where.startswith("default ")
-                and depth < 3
-                and not (value is target and where.startswith("global "))
-                and (inspect.isfunction(value) or isinstance(value, functools.partial))
-            ):
+            elif not where.startswith("default ") and not (value is target and where.startswith("global ")):
                 # A helper it closes over, or a module's (``normalize``), decides the scores as much as
                 # the metric's own code.
-                found[where] = callable_identity(value, _depth=depth + 1)
+                helper = _helper_identity(value, depth)
+                if helper is not None:
+                    found[where] = helper
     return found
+
+
+def _helper_identity(value: Any, depth: int) -> str | None:
+    """The :func:`callable_identity` of a function (or partial) a callable holds, three calls deep;
+    ``None`` for any other value, or deeper."""
+    if depth < 3 and (inspect.isfunction(value) or isinstance(value, functools.partial)):
+        return callable_identity(value, _depth=depth + 1)
+    return None
 
 
 def function_values(function: types.FunctionType) -> Iterator[tuple[str, Any]]:
@@ -239,9 +244,8 @@ def callable_identity(fn: Any, *, _depth: int = 0) -> str:
 def _bound_value(value: Any, depth: int) -> Any:
     """A partial's bound argument as its identity holds it: a function (``transform=lambda t: t.lower()``)
     by its :func:`callable_identity`, three calls deep (its text names it alone), any other value as is."""
-    if depth < 3 and (inspect.isfunction(value) or isinstance(value, functools.partial)):
-        return {"callable": callable_identity(value, _depth=depth + 1)}
-    return value
+    helper = _helper_identity(value, depth)
+    return value if helper is None else {"callable": helper}
 
 
 def program_identity(program: Any) -> str:
